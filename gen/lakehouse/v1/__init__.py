@@ -1,0 +1,1 @@
+"""Generated gRPC stubs of the lakehouse.v1 contract (`make gen`; do not edit)."""
