@@ -1,0 +1,287 @@
+"""The service configuration: one frozen pydantic-settings model, read once at start-up.
+
+Sources, highest priority first: command-line flags, ``LAKEHOUSE_*`` environment variables
+(``__`` separates nested fields, e.g. ``LAKEHOUSE_S3__ENDPOINT_URL``), secrets read from
+files named by ``LAKEHOUSE_..._FILE`` variables, an optional YAML/JSON/TOML config file, and
+the defaults below. With no configuration at all the service runs on the embedded default:
+a SQLite catalog and a warehouse folder under ``data_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+    YamlConfigSettingsSource,
+)
+
+ENV_PREFIX = "LAKEHOUSE_"
+FILE_SUFFIX = "_FILE"
+CONFIG_FILE_ENV = "LAKEHOUSE_CONFIG_FILE"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message is one line meant for an operator."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+class CatalogSettings(_Section):
+    """Where the Iceberg catalog lives."""
+
+    type: Literal["sql", "rest"] = "sql"
+    """Catalog kind: ``sql`` (SQLite or PostgreSQL, Iceberg's JDBC catalog schema) or ``rest``."""
+    name: str = Field(default="lakehouse", min_length=1, max_length=64)
+    """Catalog name, as SQL engines sharing the catalog (Trino) must also call it."""
+    uri: SecretStr | None = None
+    """SQL: a SQLAlchemy URL (``postgresql+psycopg2://user:pw@host/db``); REST: the base URL.
+    Empty for sql means a SQLite file ``catalog.db`` under ``data_dir``. Secret: may hold a
+    password."""
+    warehouse: str | None = None
+    """Where new tables are stored: ``s3://bucket/prefix`` or ``file:///path``. Empty means the
+    folder ``warehouse`` under ``data_dir``."""
+    credential: SecretStr | None = None
+    """REST catalog only: OAuth2 client credential (``client_id:client_secret``)."""
+    token: SecretStr | None = None
+    """REST catalog only: bearer token."""
+
+    @model_validator(mode="after")
+    def _rest_needs_uri(self) -> CatalogSettings:
+        if self.type == "rest" and self.uri is None:
+            raise ValueError("catalog.uri is required when catalog.type is rest")
+        return self
+
+
+class S3Settings(_Section):
+    """The S3-compatible object store (MinIO, AWS S3, Ceph, ...)."""
+
+    endpoint_url: str | None = None
+    """Endpoint URL such as ``http://minio:9000``; empty means AWS's default endpoints."""
+    region: str = "us-east-1"
+    """Region name sent with signed requests."""
+    access_key_id: SecretStr | None = None
+    """Access key id; empty means the default AWS credential chain."""
+    secret_access_key: SecretStr | None = None
+    """Secret access key; empty means the default AWS credential chain."""
+    path_style: bool | None = None
+    """Path-style addressing (``endpoint/bucket/key``). Empty means on when endpoint_url is set
+    (MinIO and most S3-compatible stores need it), off for AWS."""
+    connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    """Timeout for opening a connection to the object store."""
+
+    @property
+    def use_path_style(self) -> bool:
+        """Whether requests use path-style addressing."""
+        return self.path_style if self.path_style is not None else self.endpoint_url is not None
+
+
+class TracingSettings(_Section):
+    """OpenTelemetry tracing. Spans are always created; they are exported only if configured."""
+
+    otlp_endpoint: str | None = None
+    """OTLP gRPC collector endpoint (``http://otel-collector:4317``); empty exports nothing."""
+    service_name: str = "lakehouse"
+    """The ``service.name`` resource attribute."""
+
+
+class Settings(BaseSettings):
+    """Everything the service can be configured with."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+        validate_default=True,
+        use_attribute_docstrings=True,
+    )
+
+    grpc_host: str = "0.0.0.0"
+    """Address the gRPC server binds to."""
+    grpc_port: int = Field(default=50051, ge=0, le=65535)
+    """gRPC port (all services, health, reflection). 0 picks a free one."""
+    http_host: str = "0.0.0.0"
+    """Address the sidecar HTTP server (/metrics, /healthz, /readyz) binds to."""
+    http_port: int = Field(default=9180, ge=0, le=65535)
+    """Sidecar HTTP port. 9180 clashes with neither Trino (8080) nor Prometheus (9090)."""
+    data_dir: Path = Path("lakehouse-data")
+    """Local folder for the embedded default (SQLite catalog, warehouse)."""
+    catalog: CatalogSettings = CatalogSettings()
+    """The Iceberg catalog."""
+    s3: S3Settings = S3Settings()
+    """The S3-compatible object store used by s3:// warehouses."""
+    tracing: TracingSettings = TracingSettings()
+    """OpenTelemetry tracing."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Minimum level of the JSON log lines on stdout."""
+    health_check_interval_seconds: float = Field(default=10.0, gt=0, le=3600)
+    """How often the catalog and the object store are checked for health and readiness."""
+    health_check_timeout_seconds: float = Field(default=5.0, gt=0, le=600)
+    """How long one dependency check may take before it counts as failed."""
+    shutdown_grace_seconds: float = Field(default=20.0, ge=0, le=3600)
+    """On SIGTERM, how long in-flight calls may run before they are cancelled."""
+    shutdown_drain_seconds: float = Field(default=1.0, ge=0, le=600)
+    """On SIGTERM, how long health reports NOT_SERVING before the server stops accepting calls,
+    so load balancers move traffic away first."""
+    max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024, le=1024 * 1024 * 1024)
+    """Largest gRPC message received or sent. Above gRPC's 4 MiB default on purpose: a
+    64k-row, 10-column Arrow batch is about 7 MB."""
+    blocking_threads: int = Field(default=8, ge=1, le=256)
+    """Threads for blocking catalog and file work (pyiceberg, pyarrow)."""
+
+    @property
+    def catalog_uri(self) -> str:
+        """The effective catalog URI (the embedded SQLite file when none is configured)."""
+        if self.catalog.uri is not None:
+            return self.catalog.uri.get_secret_value()
+        return f"sqlite:///{(self.data_dir / 'catalog.db').resolve()}"
+
+    @property
+    def warehouse(self) -> str:
+        """The effective warehouse location (a local folder when none is configured)."""
+        if self.catalog.warehouse:
+            return self.catalog.warehouse
+        return (self.data_dir / "warehouse").resolve().as_uri()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Flags, then environment, then ``_FILE`` secrets, then the config file."""
+        sources: list[PydanticBaseSettingsSource] = [
+            init_settings,
+            _WithoutFileKeys(settings_cls, env_settings),
+            _FileSecretsSource(settings_cls),
+        ]
+        config_file = os.environ.get(CONFIG_FILE_ENV)
+        if config_file:
+            sources.append(_config_file_source(settings_cls, Path(config_file)))
+        return tuple(sources)
+
+
+class _WithoutFileKeys(PydanticBaseSettingsSource):
+    """The environment source minus ``..._FILE`` variables (those name files, not values)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], inner: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self._inner = inner
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return _drop_file_keys(self._inner())
+
+
+def _drop_file_keys(values: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: _drop_file_keys(v) if isinstance(v, dict) else v
+        for k, v in values.items()
+        if not k.endswith(FILE_SUFFIX.lower())
+    }
+
+
+def _unknown_env_names() -> list[str]:
+    known = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields}
+    unknown = []
+    for key in os.environ:
+        if not key.startswith(ENV_PREFIX) or key == CONFIG_FILE_ENV:
+            continue
+        top = key.removesuffix(FILE_SUFFIX).split("__")[0]
+        if top not in known:
+            unknown.append(key)
+    return sorted(unknown)
+
+
+class _FileSecretsSource(PydanticBaseSettingsSource):
+    """Reads ``LAKEHOUSE_X__Y_FILE=/path`` as the value of ``x.y`` (Docker/Kubernetes secrets)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for key, path in os.environ.items():
+            if not (key.startswith(ENV_PREFIX) and key.endswith(FILE_SUFFIX)):
+                continue
+            if key == CONFIG_FILE_ENV:
+                continue
+            dotted = key[len(ENV_PREFIX) : -len(FILE_SUFFIX)].lower().split("__")
+            try:
+                secret = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from exc
+            target = values
+            for part in dotted[:-1]:
+                target = target.setdefault(part, {})
+            target[dotted[-1]] = secret
+        return values
+
+
+def _config_file_source(settings_cls: type[BaseSettings], path: Path) -> PydanticBaseSettingsSource:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    if path.suffix == ".toml":
+        return TomlConfigSettingsSource(settings_cls, toml_file=path)
+    if path.suffix in {".yaml", ".yml", ".json"}:
+        return YamlConfigSettingsSource(settings_cls, yaml_file=path)
+    raise ConfigError(f"config file {path}: use .yaml, .yml, .json or .toml")
+
+
+def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
+    """Reads the configuration from all sources.
+
+    Args:
+        overrides: Values from command-line flags, as nested dicts; they win over everything.
+
+    Returns:
+        The frozen settings.
+
+    Raises:
+        ConfigError: The configuration is invalid; the message is a single line.
+    """
+    unknown = _unknown_env_names()
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]} (see `lakehouse config` for the names)")
+    try:
+        return Settings(**(overrides or {}))
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from exc
+    except ValueError as exc:  # a malformed config file or env value outside pydantic's model
+        raise ConfigError(str(exc).splitlines()[0]) from exc
+
+
+def _one_line(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        parts.append(f"{where}: {err['msg']}")
+    return "invalid configuration: " + "; ".join(parts)
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """The effective configuration as JSON-ready data, secrets replaced by ``**********``."""
+    data: dict[str, Any] = json.loads(settings.model_dump_json())
+    data["effective"] = {"catalog_uri": _mask_url(settings), "warehouse": settings.warehouse}
+    return data
+
+
+def _mask_url(settings: Settings) -> str:
+    if settings.catalog.uri is None:
+        return settings.catalog_uri
+    return "**********"

@@ -1,0 +1,1 @@
+"""Domain logic: namespaces, tables, ingest and jobs, written against the adapters' ports."""

@@ -1,0 +1,235 @@
+"""Namespaces and tables: validation, paging and purge on top of the Iceberg adapter."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from pyiceberg.partitioning import PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table.sorting import SortOrder
+
+from lakehouse.adapters.iceberg import IcebergCatalog, TableInfo
+from lakehouse.adapters.object_store import ObjectStore
+from lakehouse.core.names import check_identifier, check_property_key
+from lakehouse.core.paging import Page, paginate
+from lakehouse.errors import InvalidArgument
+
+log = logging.getLogger(__name__)
+
+MAX_PROPERTIES = 1000
+MAX_PROPERTY_VALUE = 64 * 1024
+
+
+@dataclass(frozen=True)
+class NamespaceInfo:
+    """A namespace and its properties."""
+
+    name: str
+    properties: dict[str, str]
+
+
+@dataclass(frozen=True)
+class PropertiesUpdate:
+    """The outcome of a namespace property update."""
+
+    namespace: NamespaceInfo
+    updated: list[str]
+    removed: list[str]
+    missing: list[str]
+
+
+def check_properties(field: str, properties: dict[str, str]) -> dict[str, str]:
+    """Checks client-supplied properties (count, key shape, value size).
+
+    Raises:
+        InvalidArgument: Too many properties, a bad key or an oversized value.
+    """
+    if len(properties) > MAX_PROPERTIES:
+        raise InvalidArgument.field(field, f"at most {MAX_PROPERTIES} properties are allowed")
+    for key, value in properties.items():
+        check_property_key(f"{field}[{key[:64]!r}]", key)
+        if len(value) > MAX_PROPERTY_VALUE:
+            raise InvalidArgument.field(
+                f"{field}[{key[:64]!r}]", f"value is longer than {MAX_PROPERTY_VALUE} characters"
+            )
+    return properties
+
+
+class Tables:
+    """The table-management use cases behind TableService."""
+
+    def __init__(self, catalog: IcebergCatalog, store: ObjectStore) -> None:
+        self._catalog = catalog
+        self._store = store
+
+    # --- namespaces -------------------------------------------------------------------
+
+    async def create_namespace(self, name: str, properties: dict[str, str]) -> NamespaceInfo:
+        """Creates a namespace.
+
+        Raises:
+            InvalidArgument: Bad name or properties.
+            AlreadyExists: The namespace exists.
+        """
+        check_identifier("name", name)
+        check_properties("properties", properties)
+        props = await self._catalog.create_namespace(name, properties)
+        return NamespaceInfo(name, props)
+
+    async def get_namespace(self, name: str) -> NamespaceInfo:
+        """Gets a namespace.
+
+        Raises:
+            InvalidArgument: Bad name.
+            NotFound: No such namespace.
+        """
+        check_identifier("name", name)
+        return NamespaceInfo(name, await self._catalog.namespace_properties(name))
+
+    async def list_namespaces(self, page_size: int, page_token: str) -> Page[NamespaceInfo]:
+        """One page of namespaces in name order.
+
+        Raises:
+            InvalidArgument: Bad page size or token.
+        """
+        names = await self._catalog.list_namespaces()
+        page = paginate(
+            names, key=lambda n: n, scope="namespaces", requested_size=page_size, token=page_token
+        )
+        with_props = await self._catalog.namespaces_with_properties(page.items)
+        return Page([NamespaceInfo(n, p) for n, p in with_props], page.next_page_token)
+
+    async def update_namespace_properties(
+        self, name: str, updates: dict[str, str], removals: list[str]
+    ) -> PropertiesUpdate:
+        """Sets and removes namespace properties.
+
+        Raises:
+            InvalidArgument: Bad name, keys, or a key both set and removed.
+            NotFound: No such namespace.
+        """
+        check_identifier("name", name)
+        check_properties("updates", updates)
+        for i, key in enumerate(removals):
+            check_property_key(f"removals[{i}]", key)
+        both = sorted(set(updates) & set(removals))
+        if both:
+            raise InvalidArgument.field(
+                "removals", f"keys {both} are both updated and removed; pick one"
+            )
+        props, updated, removed, missing = await self._catalog.update_namespace_properties(
+            name, set(removals), updates
+        )
+        return PropertiesUpdate(NamespaceInfo(name, props), updated, removed, missing)
+
+    async def delete_namespace(self, name: str) -> None:
+        """Deletes an empty namespace.
+
+        Raises:
+            InvalidArgument: Bad name.
+            NotFound: No such namespace.
+            FailedPrecondition: The namespace holds tables (reason NAMESPACE_NOT_EMPTY).
+        """
+        check_identifier("name", name)
+        await self._catalog.drop_namespace(name)
+
+    # --- tables -----------------------------------------------------------------------
+
+    async def create_table(
+        self,
+        namespace: str,
+        name: str,
+        schema: Schema,
+        partition_spec: PartitionSpec,
+        sort_order: SortOrder,
+        properties: dict[str, str],
+    ) -> TableInfo:
+        """Creates a table from an already validated schema, spec and order.
+
+        Raises:
+            InvalidArgument: Bad names or properties.
+            NotFound: No such namespace.
+            AlreadyExists: The table exists.
+        """
+        check_identifier("namespace", namespace)
+        check_identifier("table", name)
+        check_properties("properties", properties)
+        return await self._catalog.create_table(
+            namespace, name, schema, partition_spec, sort_order, properties
+        )
+
+    async def get_table(self, namespace: str, name: str) -> TableInfo:
+        """Gets a table.
+
+        Raises:
+            InvalidArgument: Bad names.
+            NotFound: No such table.
+        """
+        check_identifier("namespace", namespace)
+        check_identifier("table", name)
+        return await self._catalog.load_table(namespace, name)
+
+    async def list_tables(self, namespace: str, page_size: int, page_token: str) -> Page[str]:
+        """One page of table names of a namespace, in name order.
+
+        Raises:
+            InvalidArgument: Bad namespace, page size or token.
+            NotFound: No such namespace.
+        """
+        check_identifier("namespace", namespace)
+        names = await self._catalog.list_tables(namespace)
+        return paginate(
+            names,
+            key=lambda n: n,
+            scope=f"tables:{namespace}",
+            requested_size=page_size,
+            token=page_token,
+        )
+
+    async def delete_table(self, namespace: str, name: str, purge: bool) -> int:
+        """Drops a table; with ``purge`` also deletes every object under its location.
+
+        The catalog entry goes first: once it is gone no reader can reach the files, so a
+        purge interrupted halfway leaves orphans (removable later) but never a broken table.
+
+        Returns:
+            The number of objects deleted (0 without purge).
+
+        Raises:
+            InvalidArgument: Bad names.
+            NotFound: No such table.
+            Unavailable: The object store failed during purge (the table is already dropped).
+        """
+        check_identifier("namespace", namespace)
+        check_identifier("table", name)
+        info = await self._catalog.load_table(namespace, name) if purge else None
+        await self._catalog.drop_table(namespace, name)
+        if info is None:
+            return 0
+        prefix = info.location.rstrip("/") + "/"
+        deleted = await self._store.delete_prefix(prefix)
+        log.info(
+            "purged table files",
+            extra={"namespace": namespace, "table": name, "objects_deleted": deleted},
+        )
+        return deleted
+
+    async def rename_table(
+        self, namespace: str, name: str, new_namespace: str, new_name: str
+    ) -> TableInfo:
+        """Renames a table, optionally into another namespace.
+
+        Raises:
+            InvalidArgument: Bad names, or the new name equals the old one.
+            NotFound: No such table or target namespace.
+            AlreadyExists: The target name is taken.
+        """
+        check_identifier("namespace", namespace)
+        check_identifier("table", name)
+        target_ns = new_namespace or namespace
+        check_identifier("new_namespace", target_ns)
+        check_identifier("new_table", new_name)
+        if (target_ns, new_name) == (namespace, name):
+            raise InvalidArgument.field("new_table", "is the table's current name")
+        return await self._catalog.rename_table(namespace, name, target_ns, new_name)

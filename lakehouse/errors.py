@@ -1,0 +1,141 @@
+"""The one error taxonomy of the service.
+
+Every domain error is a plain exception that declares its gRPC status code and a stable
+``ErrorInfo`` reason. Adapters translate backend errors into these at the call site; the
+transport layer turns them into ``google.rpc.Status`` in exactly one place
+(``lakehouse.server.errors``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import grpc
+
+ERROR_DOMAIN = "lakehouse.v1"
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One invalid field of a request (becomes a ``google.rpc.BadRequest`` violation)."""
+
+    field: str
+    description: str
+
+
+class LakehouseError(Exception):
+    """Base of all domain errors.
+
+    Attributes:
+        code: The gRPC status code clients see.
+        reason: The stable ``ErrorInfo.reason`` (UPPER_SNAKE); clients may branch on it.
+        metadata: Extra ``ErrorInfo.metadata`` (for example the table name).
+    """
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: str = "INTERNAL"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+
+class InvalidArgument(LakehouseError):
+    """The request is malformed; it changed nothing."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        violations: list[FieldViolation] | None = None,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.violations = violations or []
+
+    @classmethod
+    def field(cls, field: str, description: str, *, reason: str | None = None) -> InvalidArgument:
+        """An error about one field, phrased as ``field: description``."""
+        return cls(
+            f"{field}: {description}",
+            violations=[FieldViolation(field, description)],
+            reason=reason,
+        )
+
+
+class NotFound(LakehouseError):
+    """The named resource does not exist."""
+
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "NOT_FOUND"
+
+
+class AlreadyExists(LakehouseError):
+    """The resource to create exists already."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+    reason = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(LakehouseError):
+    """The system is not in a state that allows the operation (e.g. a non-empty namespace)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "FAILED_PRECONDITION"
+
+
+class Conflict(LakehouseError):
+    """A concurrent change won (a commit conflict or a stale etag); retrying may succeed."""
+
+    code = grpc.StatusCode.ABORTED
+    reason = "COMMIT_CONFLICT"
+
+
+class OutOfRange(LakehouseError):
+    """A value is past the valid range (e.g. an offset beyond what was written)."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+    reason = "OUT_OF_RANGE"
+
+
+class Unavailable(LakehouseError):
+    """A backing service (catalog, object store, engine) failed; retry with backoff.
+
+    Attributes:
+        retry_after_seconds: The delay suggested to clients in ``RetryInfo``.
+    """
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "BACKEND_UNAVAILABLE"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        retry_after_seconds: float = 1.0,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class CommitStateUnknown(LakehouseError):
+    """A commit was sent but its outcome is unknown; the caller must check before retrying."""
+
+    code = grpc.StatusCode.UNKNOWN
+    reason = "COMMIT_STATE_UNKNOWN"

@@ -1,0 +1,1 @@
+"""Transport: the grpc.aio server, interceptors, health, reflection and the sidecar HTTP app."""

@@ -1,0 +1,154 @@
+"""Builds, starts and gracefully stops the lakehouse process: gRPC plus the sidecar HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from importlib import metadata
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+from lakehouse.adapters.blocking import BlockingPool
+from lakehouse.adapters.iceberg import IcebergCatalog
+from lakehouse.adapters.object_store import object_store_for
+from lakehouse.config import Settings
+from lakehouse.core.tables import Tables
+from lakehouse.server import metrics
+from lakehouse.server.health import Dependency, HealthMonitor
+from lakehouse.server.http import build_http_app
+from lakehouse.server.interceptors import ObservabilityInterceptor
+from lakehouse.server.reflection import enable_reflection
+from lakehouse.server.tracing import configure_tracing
+from lakehouse.services.table_service import TableServicer
+from lakehouse.v1 import table_service_pb2, table_service_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("lakehouse")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class LakehouseServer:
+    """One lakehouse process: gRPC services, health, reflection and the sidecar HTTP port.
+
+    Attributes:
+        grpc_port: The bound gRPC port (known after ``start``; useful with port 0).
+        http_port: The bound sidecar HTTP port (known after ``start``).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.grpc_port = 0
+        self.http_port = 0
+        self._pool = BlockingPool(settings.blocking_threads)
+        self.catalog = IcebergCatalog(settings, self._pool)
+        self.store = object_store_for(settings.warehouse, settings.s3)
+        self.tables = Tables(self.catalog, self.store)
+        served = [table_service_pb2.DESCRIPTOR.services_by_name["TableService"].full_name]
+        self.monitor = HealthMonitor(
+            [
+                Dependency("catalog", self.catalog.check),
+                Dependency("object_store", self.store.check),
+            ],
+            served,
+            interval_seconds=settings.health_check_interval_seconds,
+            timeout_seconds=settings.health_check_timeout_seconds,
+        )
+        self._served = served
+        self._grpc: grpc.aio.Server | None = None
+        self._http: web.AppRunner | None = None
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        """Binds both ports, runs the first health check and starts serving.
+
+        Raises:
+            OSError: A port could not be bound.
+        """
+        configure_tracing(self.settings.tracing)
+        metrics.BUILD_INFO.labels(_version()).set(1)
+        limit = self.settings.max_message_bytes
+        server = grpc.aio.server(
+            interceptors=[
+                aio_server_interceptor(),  # type: ignore[no-untyped-call]
+                ObservabilityInterceptor(),
+            ],
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        # Methods of later milestones stay abstract and answer UNIMPLEMENTED until they land.
+        table_servicer = TableServicer(self.tables)  # type: ignore[abstract]
+        table_service_pb2_grpc.add_TableServiceServicer_to_server(table_servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.monitor.servicer, server)
+        enable_reflection(
+            [*self._served, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], server
+        )
+        address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
+        self.grpc_port = server.add_insecure_port(address)
+        if self.grpc_port == 0:
+            raise OSError(f"cannot bind gRPC address {address}")
+        runner = web.AppRunner(build_http_app(self.monitor), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port)
+        await site.start()
+        self._http = runner
+        self.http_port = _bound_port(runner, self.settings.http_port)
+        self._grpc = server
+        await self.monitor.check_once()
+        self.monitor.start()
+        await server.start()
+        log.info(
+            "serving",
+            extra={
+                "grpc_port": self.grpc_port,
+                "http_port": self.http_port,
+                "catalog": self.settings.catalog.type,
+                "warehouse": self.settings.warehouse,
+                "ready": self.monitor.readiness.ready,
+            },
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful shutdown: NOT_SERVING first, a short drain, then finish in-flight calls.
+
+        Args:
+            grace: Seconds in-flight calls may still run; defaults to the configured grace.
+        """
+        if self._stopped.is_set():
+            return
+        grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        await self.monitor.enter_graceful_shutdown()
+        log.info("shutting down", extra={"grace_seconds": grace})
+        if self.settings.shutdown_drain_seconds and self._grpc is not None:
+            await asyncio.sleep(self.settings.shutdown_drain_seconds)
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+        if self._http is not None:
+            await self._http.cleanup()
+        await self.store.close()
+        await self.catalog.close()
+        self._pool.close()
+        self._stopped.set()
+        log.info("stopped")
+
+    async def wait_stopped(self) -> None:
+        """Returns once ``stop`` has finished."""
+        await self._stopped.wait()
+
+
+def _bound_port(runner: web.AppRunner, requested: int) -> int:
+    for site in runner.sites:
+        server = getattr(site, "_server", None)
+        for sock in getattr(server, "sockets", None) or ():
+            return int(sock.getsockname()[1])
+    return requested

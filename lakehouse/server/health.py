@@ -1,0 +1,108 @@
+"""Background checks of the backing services, feeding gRPC health and /readyz."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from grpc_health.v1 import health, health_pb2
+
+from lakehouse.server import metrics
+
+log = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """A backing service and its check (raises when the service is unusable)."""
+
+    name: str
+    check: Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """The latest check results, as /readyz reports them."""
+
+    ready: bool
+    checks: dict[str, str]
+    checked_at: dt.datetime
+
+
+class HealthMonitor:
+    """Checks every dependency periodically and sets gRPC health for "" and each service."""
+
+    def __init__(
+        self,
+        dependencies: Sequence[Dependency],
+        services: Sequence[str],
+        *,
+        interval_seconds: float,
+        timeout_seconds: float,
+    ) -> None:
+        self.servicer = health.aio.HealthServicer()
+        self._dependencies = list(dependencies)
+        self._services = ["", *services]
+        self._interval = interval_seconds
+        self._timeout = timeout_seconds
+        self._task: asyncio.Task[None] | None = None
+        self._shutting_down = False
+        self.readiness = Readiness(False, {d.name: "unknown" for d in dependencies}, _now())
+
+    async def check_once(self) -> Readiness:
+        """Runs every check concurrently and publishes the result."""
+        results = await asyncio.gather(*(self._check(d) for d in self._dependencies))
+        checks = dict(zip((d.name for d in self._dependencies), results, strict=True))
+        ready = all(v == "ok" for v in checks.values()) and not self._shutting_down
+        if ready != self.readiness.ready:
+            log.log(
+                logging.INFO if ready else logging.WARNING,
+                "readiness changed",
+                extra={"ready": ready, "checks": checks},
+            )
+        self.readiness = Readiness(ready, checks, _now())
+        status = SERVING if ready else NOT_SERVING
+        for service in self._services:
+            await self.servicer.set(service, status)
+        return self.readiness
+
+    async def _check(self, dep: Dependency) -> str:
+        started = time.perf_counter()
+        try:
+            await asyncio.wait_for(dep.check(), self._timeout)
+            outcome = "ok"
+        except TimeoutError:
+            outcome = f"error: no answer within {self._timeout:g}s"
+        except Exception as exc:
+            outcome = f"error: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
+        metrics.DEPENDENCY_CHECK_SECONDS.labels(dep.name).observe(time.perf_counter() - started)
+        metrics.DEPENDENCY_UP.labels(dep.name).set(1 if outcome == "ok" else 0)
+        return outcome
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.check_once()
+
+    def start(self) -> None:
+        """Starts the periodic checks (after a first ``check_once``)."""
+        self._task = asyncio.create_task(self._loop(), name="health-monitor")
+
+    async def enter_graceful_shutdown(self) -> None:
+        """Reports NOT_SERVING everywhere from now on and stops checking."""
+        self._shutting_down = True
+        if self._task is not None:
+            self._task.cancel()
+        self.readiness = Readiness(False, self.readiness.checks, _now())
+        await self.servicer.enter_graceful_shutdown()
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)

@@ -1,0 +1,223 @@
+"""The server interceptor: metrics, one JSON log line per RPC, and error mapping.
+
+Error mapping sits innermost so metrics and logs see the final status code. OpenTelemetry's
+own interceptor runs before this one (see ``lakehouse.server.app``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from opentelemetry import trace
+
+from lakehouse.errors import LakehouseError
+from lakehouse.server import metrics
+from lakehouse.server.status import RpcFailure, failure_for, internal_failure, simple_failure
+
+log = logging.getLogger("lakehouse.rpc")
+Context = grpc.aio.ServicerContext[Any, Any]
+REQUEST_ID_HEADER = "x-request-id"
+
+
+@dataclass
+class _Call:
+    """Bookkeeping of one RPC."""
+
+    grpc_type: str
+    service: str
+    method: str
+    peer: str
+    request_id: str
+    started: float = field(default_factory=time.perf_counter)
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    error: str = ""
+
+    @property
+    def labels(self) -> tuple[str, str, str]:
+        return (self.grpc_type, self.service, self.method)
+
+
+def _split(full_method: str) -> tuple[str, str]:
+    _, service, method = (
+        full_method.split("/", 2) if full_method.count("/") >= 2 else ("", "", full_method)
+    )
+    return service, method
+
+
+def _request_id(context: Context) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER and isinstance(value, str) and 0 < len(value) <= 128:
+            return value
+    return uuid.uuid4().hex
+
+
+def _trace_id() -> str:
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else ""
+
+
+class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
+    """Counts, times and logs every RPC and maps exceptions to rich gRPC statuses."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        """Wraps the handler's behavior, keeping its (de)serializers."""
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        service, method = _split(handler_call_details.method)
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, "unary", service, method),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._streaming(handler.unary_stream, "server_stream", service, method),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                self._unary(handler.stream_unary, "client_stream", service, method),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        assert handler.stream_stream is not None
+        return grpc.stream_stream_rpc_method_handler(
+            self._streaming(handler.stream_stream, "bidi_stream", service, method),
+            handler.request_deserializer,
+            handler.response_serializer,
+        )
+
+    def _begin(self, grpc_type: str, service: str, method: str, context: Context) -> _Call:
+        call = _Call(grpc_type, service, method, context.peer() or "", _request_id(context))
+        metrics.STARTED.labels(*call.labels).inc()
+        metrics.IN_FLIGHT.labels(service, method).inc()
+        return call
+
+    def _count_requests(self, call: _Call, request_or_iterator: Any) -> Any:
+        if call.grpc_type in ("unary", "server_stream"):
+            metrics.MSG_RECEIVED.labels(*call.labels).inc()
+            return request_or_iterator
+
+        async def counted() -> AsyncIterator[Any]:
+            async for item in request_or_iterator:
+                metrics.MSG_RECEIVED.labels(*call.labels).inc()
+                yield item
+
+        return counted()
+
+    async def _fail(self, call: _Call, exc: BaseException, context: Context) -> None:
+        """Maps ``exc`` to a status and aborts the call with it (always raises)."""
+        failure: RpcFailure
+        if isinstance(exc, LakehouseError):
+            failure = failure_for(exc, call.request_id)
+        elif isinstance(exc, NotImplementedError) and (
+            context.code() == grpc.StatusCode.UNIMPLEMENTED
+        ):
+            failure = simple_failure(
+                grpc.StatusCode.UNIMPLEMENTED,
+                f"{call.service}/{call.method} is not implemented yet",
+                "NOT_IMPLEMENTED",
+                call.request_id,
+            )
+        else:
+            log.error(
+                "unexpected exception",
+                exc_info=exc,
+                extra={"request_id": call.request_id, "method": call.method},
+            )
+            failure = internal_failure(call.request_id)
+        call.code = failure.code
+        call.error = failure.message
+        await context.abort(failure.code, failure.message, failure.trailing_metadata)
+
+    def _finish(self, call: _Call) -> None:
+        elapsed = time.perf_counter() - call.started
+        metrics.IN_FLIGHT.labels(call.service, call.method).dec()
+        metrics.HANDLED.labels(*call.labels, metrics.GO_CODE_NAMES.get(call.code, "Unknown")).inc()
+        metrics.HANDLING_SECONDS.labels(*call.labels).observe(elapsed)
+        level = logging.ERROR if call.code == grpc.StatusCode.INTERNAL else logging.INFO
+        entry = {
+            "service": call.service,
+            "method": call.method,
+            "grpc_type": call.grpc_type,
+            "code": call.code.name,
+            "duration_ms": round(elapsed * 1000, 3),
+            "peer": call.peer,
+            "request_id": call.request_id,
+            "trace_id": _trace_id(),
+        }
+        if call.error:
+            entry["error"] = call.error
+        log.log(level, "rpc", extra=entry)
+
+    @staticmethod
+    def _observed_code(context: Context, default: grpc.StatusCode) -> grpc.StatusCode:
+        code = context.code()
+        return code if isinstance(code, grpc.StatusCode) else default
+
+    def _unary(
+        self, behavior: Callable[..., Awaitable[Any]], grpc_type: str, service: str, method: str
+    ) -> Callable[..., Awaitable[Any]]:
+        async def handle(request: Any, context: Context) -> Any:
+            call = self._begin(grpc_type, service, method, context)
+            try:
+                response = await behavior(self._count_requests(call, request), context)
+                metrics.MSG_SENT.labels(*call.labels).inc()
+                call.code = self._observed_code(context, grpc.StatusCode.OK)
+                return response
+            except asyncio.CancelledError:
+                call.code = grpc.StatusCode.CANCELLED
+                raise
+            except grpc.aio.AbortError:
+                call.code = self._observed_code(context, grpc.StatusCode.UNKNOWN)
+                raise
+            except Exception as exc:
+                await self._fail(call, exc, context)
+            finally:
+                self._finish(call)
+
+        return handle
+
+    def _streaming(
+        self, behavior: Callable[..., Any], grpc_type: str, service: str, method: str
+    ) -> Callable[..., AsyncIterator[Any]]:
+        async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
+            call = self._begin(grpc_type, service, method, context)
+            try:
+                result = behavior(self._count_requests(call, request), context)
+                if inspect.isawaitable(result):  # a handler writing with context.write()
+                    await result
+                else:
+                    async for response in result:
+                        yield response
+                        metrics.MSG_SENT.labels(*call.labels).inc()
+                call.code = self._observed_code(context, grpc.StatusCode.OK)
+            except asyncio.CancelledError:
+                call.code = grpc.StatusCode.CANCELLED
+                raise
+            except grpc.aio.AbortError:
+                call.code = self._observed_code(context, grpc.StatusCode.UNKNOWN)
+                raise
+            except Exception as exc:
+                await self._fail(call, exc, context)
+            finally:
+                self._finish(call)
+
+        return handle

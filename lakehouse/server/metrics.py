@@ -1,0 +1,76 @@
+"""Prometheus metrics, named like go-grpc-prometheus so existing dashboards work unchanged."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+from prometheus_client import Counter, Gauge, Histogram
+
+GO_CODE_NAMES: dict[grpc.StatusCode, str] = {
+    grpc.StatusCode.OK: "OK",
+    grpc.StatusCode.CANCELLED: "Canceled",
+    grpc.StatusCode.UNKNOWN: "Unknown",
+    grpc.StatusCode.INVALID_ARGUMENT: "InvalidArgument",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "DeadlineExceeded",
+    grpc.StatusCode.NOT_FOUND: "NotFound",
+    grpc.StatusCode.ALREADY_EXISTS: "AlreadyExists",
+    grpc.StatusCode.PERMISSION_DENIED: "PermissionDenied",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "ResourceExhausted",
+    grpc.StatusCode.FAILED_PRECONDITION: "FailedPrecondition",
+    grpc.StatusCode.ABORTED: "Aborted",
+    grpc.StatusCode.OUT_OF_RANGE: "OutOfRange",
+    grpc.StatusCode.UNIMPLEMENTED: "Unimplemented",
+    grpc.StatusCode.INTERNAL: "Internal",
+    grpc.StatusCode.UNAVAILABLE: "Unavailable",
+    grpc.StatusCode.DATA_LOSS: "DataLoss",
+    grpc.StatusCode.UNAUTHENTICATED: "Unauthenticated",
+}
+
+_LABELS = ("grpc_type", "grpc_service", "grpc_method")
+
+STARTED = Counter(
+    "grpc_server_started_total", "Total number of RPCs started on the server.", _LABELS
+)
+HANDLED = Counter(
+    "grpc_server_handled_total",
+    "Total number of RPCs completed on the server, regardless of success or failure.",
+    (*_LABELS, "grpc_code"),
+)
+HANDLING_SECONDS = Histogram(
+    "grpc_server_handling_seconds",
+    "Histogram of response latency (seconds) of gRPC that had been application-level "
+    "handled by the server.",
+    _LABELS,
+)
+MSG_RECEIVED = Counter(
+    "grpc_server_msg_received_total",
+    "Total number of RPC stream messages received on the server.",
+    _LABELS,
+)
+MSG_SENT = Counter(
+    "grpc_server_msg_sent_total",
+    "Total number of gRPC stream messages sent by the server.",
+    _LABELS,
+)
+IN_FLIGHT = Gauge(
+    "lakehouse_grpc_server_in_flight_requests",
+    "Number of RPCs currently being handled.",
+    ("grpc_service", "grpc_method"),
+)
+DEPENDENCY_UP = Gauge(
+    "lakehouse_dependency_up",
+    "Whether the last health check of a backing service succeeded (1) or failed (0).",
+    ("dependency",),
+)
+DEPENDENCY_CHECK_SECONDS = Histogram(
+    "lakehouse_dependency_check_seconds",
+    "Duration of backing-service health checks.",
+    ("dependency",),
+)
+_STARTED_AT = time.time()
+UPTIME = Gauge("lakehouse_uptime_seconds", "Seconds since the process started.")
+UPTIME.set_function(lambda: time.time() - _STARTED_AT)
+BUILD_INFO = Gauge(
+    "lakehouse_build_info", "Build information; the value is always 1.", ("version",)
+)

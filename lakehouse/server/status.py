@@ -1,0 +1,74 @@
+"""Domain errors to ``google.rpc.Status``: the one place where that mapping happens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import duration_pb2
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from lakehouse.errors import ERROR_DOMAIN, InvalidArgument, LakehouseError, Unavailable
+
+
+@dataclass(frozen=True)
+class RpcFailure:
+    """What the client receives: status code, message and trailing metadata with details."""
+
+    code: grpc.StatusCode
+    message: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
+
+
+def _status(code: grpc.StatusCode, message: str, details: list[Message]) -> RpcFailure:
+    proto = status_pb2.Status(code=code.value[0], message=message)
+    for detail in details:
+        proto.details.add().Pack(detail)
+    s = rpc_status.to_status(proto)
+    return RpcFailure(s.code, s.details, tuple(s.trailing_metadata))
+
+
+def failure_for(exc: LakehouseError, request_id: str) -> RpcFailure:
+    """The status for a domain error: ErrorInfo always, BadRequest and RetryInfo when apt."""
+    info = error_details_pb2.ErrorInfo(
+        reason=exc.reason, domain=ERROR_DOMAIN, metadata={**exc.metadata, "request_id": request_id}
+    )
+    details: list[Message] = [info]
+    if isinstance(exc, InvalidArgument) and exc.violations:
+        details.append(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=v.field, description=v.description
+                    )
+                    for v in exc.violations
+                ]
+            )
+        )
+    if isinstance(exc, Unavailable):
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(int(exc.retry_after_seconds * 1000))
+        details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+    return _status(exc.code, exc.message, details)
+
+
+def internal_failure(request_id: str) -> RpcFailure:
+    """The status for an unexpected exception: no internals, just a request id to quote."""
+    info = error_details_pb2.ErrorInfo(
+        reason="INTERNAL", domain=ERROR_DOMAIN, metadata={"request_id": request_id}
+    )
+    return _status(
+        grpc.StatusCode.INTERNAL,
+        f"internal error; quote request id {request_id} when reporting it",
+        [info],
+    )
+
+
+def simple_failure(code: grpc.StatusCode, message: str, reason: str, request_id: str) -> RpcFailure:
+    """A status with only an ErrorInfo (for transport-level errors such as UNIMPLEMENTED)."""
+    info = error_details_pb2.ErrorInfo(
+        reason=reason, domain=ERROR_DOMAIN, metadata={"request_id": request_id}
+    )
+    return _status(code, message, [info])

@@ -1,0 +1,1 @@
+"""Servicers: thin translation between lakehouse.v1 messages and the core."""
