@@ -1,0 +1,61 @@
+"""Name validation: what clients may call namespaces, tables and columns."""
+
+from __future__ import annotations
+
+import pytest
+
+from lakehouse.core.names import check_column_name, check_identifier
+from lakehouse.errors import InvalidArgument
+
+BAD_IDENTIFIERS = {
+    "": "must not be empty",
+    "a/b": "'/' is not allowed",
+    "..": "'.' is not allowed",
+    "a.b": "'.' is not allowed",
+    "tab\tname": "'\\t' is not allowed",
+    "nul\x00": "'\\x00' is not allowed",
+    "x" * 300: "at most 128 characters",
+    "Orders": "'O' is not allowed",
+    "caf\u00e9": "'é' is not allowed",
+    "\u0430dmin": "is not allowed",  # Cyrillic a: looks like "admin"
+    "1st": "must not start with a digit",
+    "a-b": "'-' is not allowed",
+    "a b": "' ' is not allowed",
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_IDENTIFIERS), ids=repr)
+def test_bad_identifiers_are_rejected_with_a_reason(name: str) -> None:
+    with pytest.raises(InvalidArgument) as exc:
+        check_identifier("table", name)
+    assert exc.value.reason == "INVALID_NAME"
+    (violation,) = exc.value.violations
+    assert violation.field == "table"
+    assert BAD_IDENTIFIERS[name] in violation.description
+
+
+@pytest.mark.parametrize("name", ["orders", "_staging", "t1", "a" * 128, "sales_2024"])
+def test_good_identifiers_pass(name: str) -> None:
+    assert check_identifier("table", name) == name
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("", "empty"),
+        ("a.b", "'.'"),
+        (" padded", "whitespace"),
+        ("bell\x07", "U+0007"),
+        ("zero\u200bwidth", "U+200B"),
+        ("x" * 129, "at most 128"),
+    ],
+)
+def test_bad_column_names_are_rejected(name: str, reason: str) -> None:
+    with pytest.raises(InvalidArgument) as exc:
+        check_column_name("schema.fields[0].name", name)
+    assert reason in exc.value.violations[0].description
+
+
+@pytest.mark.parametrize("name", ["id", "Amount", "näme", "with space", "x" * 128])
+def test_column_names_allow_mixed_case_and_unicode_letters(name: str) -> None:
+    assert check_column_name("f", name) == name
