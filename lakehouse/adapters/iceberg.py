@@ -8,6 +8,7 @@ into domain errors right here, at the call site.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -217,9 +218,14 @@ class IcebergCatalog:
         self._settings = settings
         self._pool = pool
         self._catalog: Catalog | None = None
+        self._catalog_lock = threading.Lock()
 
     def _load(self) -> Catalog:
-        if self._catalog is None:
+        if self._catalog is not None:
+            return self._catalog
+        with self._catalog_lock:  # the first calls arrive together from several threads
+            if self._catalog is not None:
+                return self._catalog
             if self._settings.catalog.type == "sql" and self._settings.catalog.uri is None:
                 self._settings.data_dir.mkdir(parents=True, exist_ok=True)
             self._catalog = load_catalog(

@@ -63,7 +63,11 @@ async def test_unexpected_exception_is_internal_with_request_id_and_no_leak(
 async def test_one_log_line_per_rpc_with_the_fields_operators_need(
     table_stub: Any, rpc_log: pytest.LogCaptureFixture
 ) -> None:
-    await table_stub.CreateNamespace(pb.CreateNamespaceRequest(name="logs"))
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    traceparent = f"00-{trace_id}-00f067aa0ba902b7-01"
+    await table_stub.CreateNamespace(
+        pb.CreateNamespaceRequest(name="logs"), metadata=(("traceparent", traceparent),)
+    )
     with pytest.raises(grpc.aio.AioRpcError):
         await table_stub.GetNamespace(pb.GetNamespaceRequest(name="nope"))
     lines = rpc_lines(rpc_log)
@@ -77,7 +81,9 @@ async def test_one_log_line_per_rpc_with_the_fields_operators_need(
         assert entry["duration_ms"] >= 0
         assert entry["peer"].startswith("ipv4:127.0.0.1")
         assert len(entry["request_id"]) == 32
-        assert len(entry["trace_id"]) == 32  # OpenTelemetry's interceptor opened a span
+    # OpenTelemetry's interceptor carries the caller's W3C trace context into the log line
+    assert lines[0]["trace_id"] == trace_id
+    assert lines[1]["trace_id"] == ""
     assert "does not exist" in lines[1]["error"]
 
 
