@@ -221,17 +221,14 @@ class IcebergCatalog:
         self._catalog_lock = threading.Lock()
 
     def _load(self) -> Catalog:
-        if self._catalog is not None:
-            return self._catalog
         with self._catalog_lock:  # the first calls arrive together from several threads
-            if self._catalog is not None:
-                return self._catalog
-            if self._settings.catalog.type == "sql" and self._settings.catalog.uri is None:
-                self._settings.data_dir.mkdir(parents=True, exist_ok=True)
-            self._catalog = load_catalog(
-                self._settings.catalog.name, **catalog_properties(self._settings)
-            )
-        return self._catalog
+            if self._catalog is None:
+                if self._settings.catalog.type == "sql" and self._settings.catalog.uri is None:
+                    self._settings.data_dir.mkdir(parents=True, exist_ok=True)
+                self._catalog = load_catalog(
+                    self._settings.catalog.name, **catalog_properties(self._settings)
+                )
+            return self._catalog
 
     async def _call(self, fn: Callable[[Catalog], T], namespace: str = "", table: str = "") -> T:
         def work() -> T:
