@@ -25,15 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17lakehouse/v1/rows.proto\x12\x0clakehouse.v1\x1a\x1cgoogle/protobuf/struct.proto\"(\n\x0b\x41rrowSchema\x12\x19\n\x11serialized_schema\x18\x01 \x01(\x0c\"F\n\x10\x41rrowRecordBatch\x12\x1f\n\x17serialized_record_batch\x18\x01 \x01(\x0c\x12\x11\n\trow_count\x18\x02 \x01(\x03\"1\n\x08JsonRows\x12%\n\x04rows\x18\x01 \x03(\x0b\x32\x17.google.protobuf.Struct*R\n\tRowFormat\x12\x1a\n\x16ROW_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10ROW_FORMAT_ARROW\x10\x01\x12\x13\n\x0fROW_FORMAT_JSON\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17lakehouse/v1/rows.proto\x12\x0clakehouse.v1\x1a\x1cgoogle/protobuf/struct.proto\"(\n\x0b\x41rrowSchema\x12\x19\n\x11serialized_schema\x18\x01 \x01(\x0c\"F\n\x10\x41rrowRecordBatch\x12\x1f\n\x17serialized_record_batch\x18\x01 \x01(\x0c\x12\x11\n\trow_count\x18\x02 \x01(\x03\"1\n\x08JsonRows\x12%\n\x04rows\x18\x01 \x03(\x0b\x32\x17.google.protobuf.Struct*\x8e\x01\n\x10\x41rrowCompression\x12!\n\x1d\x41RROW_COMPRESSION_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41RROW_COMPRESSION_NONE\x10\x01\x12\x1f\n\x1b\x41RROW_COMPRESSION_LZ4_FRAME\x10\x02\x12\x1a\n\x16\x41RROW_COMPRESSION_ZSTD\x10\x03*R\n\tRowFormat\x12\x1a\n\x16ROW_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10ROW_FORMAT_ARROW\x10\x01\x12\x13\n\x0fROW_FORMAT_JSON\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lakehouse.v1.rows_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROWFORMAT']._serialized_start=236
-  _globals['_ROWFORMAT']._serialized_end=318
+  _globals['_ARROWCOMPRESSION']._serialized_start=237
+  _globals['_ARROWCOMPRESSION']._serialized_end=379
+  _globals['_ROWFORMAT']._serialized_start=381
+  _globals['_ROWFORMAT']._serialized_end=463
   _globals['_ARROWSCHEMA']._serialized_start=71
   _globals['_ARROWSCHEMA']._serialized_end=111
   _globals['_ARROWRECORDBATCH']._serialized_start=113

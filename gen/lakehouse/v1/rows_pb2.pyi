@@ -20,6 +20,36 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _ArrowCompression:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ArrowCompressionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ArrowCompression.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ARROW_COMPRESSION_UNSPECIFIED: _ArrowCompression.ValueType  # 0
+    """Not set: buffers are not compressed."""
+    ARROW_COMPRESSION_NONE: _ArrowCompression.ValueType  # 1
+    """Buffers are not compressed (the fastest on a fast network)."""
+    ARROW_COMPRESSION_LZ4_FRAME: _ArrowCompression.ValueType  # 2
+    """LZ4 frame compression: cheap, moderate ratio."""
+    ARROW_COMPRESSION_ZSTD: _ArrowCompression.ValueType  # 3
+    """Zstandard compression: a higher ratio for a little more CPU; best on slower networks."""
+
+class ArrowCompression(_ArrowCompression, metaclass=_ArrowCompressionEnumTypeWrapper):
+    """ArrowCompression is the compression of the buffers inside Arrow IPC record batches (Arrow's
+    own IPC body compression: readers such as pyarrow decompress transparently).
+    """
+
+ARROW_COMPRESSION_UNSPECIFIED: ArrowCompression.ValueType  # 0
+"""Not set: buffers are not compressed."""
+ARROW_COMPRESSION_NONE: ArrowCompression.ValueType  # 1
+"""Buffers are not compressed (the fastest on a fast network)."""
+ARROW_COMPRESSION_LZ4_FRAME: ArrowCompression.ValueType  # 2
+"""LZ4 frame compression: cheap, moderate ratio."""
+ARROW_COMPRESSION_ZSTD: ArrowCompression.ValueType  # 3
+"""Zstandard compression: a higher ratio for a little more CPU; best on slower networks."""
+Global___ArrowCompression: _TypeAlias = ArrowCompression  # noqa: Y015
+
 class _RowFormat:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
