@@ -138,6 +138,11 @@ class Settings(BaseSettings):
     64k-row, 10-column Arrow batch is about 7 MB."""
     blocking_threads: int = Field(default=8, ge=1, le=256)
     """Threads for blocking catalog and file work (pyiceberg, pyarrow)."""
+    table_cache_size: int = Field(default=1000, ge=1, le=1_000_000)
+    """Loaded tables kept per process; each use revalidates by metadata location."""
+    read_message_bytes: int = Field(default=2 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024)
+    """Target size of one ReadRows message. Below gRPC's 4 MiB default receive limit, so
+    clients need no channel options."""
 
     @property
     def catalog_uri(self) -> str:

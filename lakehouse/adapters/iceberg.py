@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import pyarrow as pa
 from pyiceberg.catalog import Catalog, load_catalog
+from pyiceberg.catalog.sql import IcebergTables, SqlCatalog
 from pyiceberg.exceptions import (
     CommitFailedException,
     CommitStateUnknownException,
@@ -24,15 +27,31 @@ from pyiceberg.exceptions import (
     ServiceUnavailableError,
     TableAlreadyExistsError,
 )
+from pyiceberg.expressions import BooleanExpression
+from pyiceberg.io.pyarrow import ArrowScan, _read_all_delete_files, schema_to_pyarrow
 from pyiceberg.partitioning import PartitionSpec
 from pyiceberg.schema import Schema
+from pyiceberg.table import DataScan, FileScanTask
 from pyiceberg.table import Table as IcebergTable
+from pyiceberg.table.refs import MAIN_BRANCH
+from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.table.sorting import SortOrder
+from pyiceberg.table.update import (
+    AssertCurrentSchemaId,
+    AssertDefaultSortOrderId,
+    AssertDefaultSpecId,
+    AssertRefSnapshotId,
+    TableRequirement,
+)
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as SqlTimeoutError
 
 from lakehouse.adapters.blocking import BlockingPool
+from lakehouse.adapters.iceberg_updates import apply_changes
+from lakehouse.adapters.readahead import read_ahead
 from lakehouse.config import Settings
+from lakehouse.core.changes import TableChange
 from lakehouse.errors import (
     AlreadyExists,
     CommitStateUnknown,
@@ -75,6 +94,55 @@ class TableInfo:
     created_ms: int
     updated_ms: int
     stats: TableStats = field(default_factory=TableStats)
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """One snapshot of a table."""
+
+    snapshot_id: int
+    parent_snapshot_id: int | None
+    timestamp_ms: int
+    operation: str
+    summary: dict[str, str]
+    manifest_list: str
+    schema_id: int | None
+    sequence_number: int
+
+
+def snapshot_info(snapshot: Snapshot) -> SnapshotInfo:
+    """The domain view of a pyiceberg snapshot."""
+    summary = snapshot.summary
+    return SnapshotInfo(
+        snapshot_id=snapshot.snapshot_id,
+        parent_snapshot_id=snapshot.parent_snapshot_id,
+        timestamp_ms=snapshot.timestamp_ms,
+        operation=summary.operation.value if summary is not None else "",
+        summary={k: str(v) for k, v in summary.additional_properties.items()} if summary else {},
+        manifest_list=snapshot.manifest_list,
+        schema_id=snapshot.schema_id,
+        sequence_number=snapshot.sequence_number or 0,
+    )
+
+
+@dataclass(frozen=True)
+class ScanRequest:
+    """What a read asks for; the table version is resolved by the adapter."""
+
+    columns: tuple[str, ...]
+    row_filter: BooleanExpression
+    snapshot_id: int | None
+    as_of_ms: int | None
+    limit: int | None
+
+
+@dataclass
+class OpenScan:
+    """A lazily read scan: the Arrow schema, then record batches one by one."""
+
+    snapshot_id: int | None
+    schema: pa.Schema
+    reader: pa.RecordBatchReader | None
 
 
 def _summary_int(summary: Any, key: str) -> int:
@@ -207,6 +275,21 @@ def catalog_properties(settings: Settings) -> dict[str, str]:
     return props
 
 
+# One precompiled statement: revalidating a cached table is a single indexed lookup.
+_LOCATION_QUERY = select(IcebergTables.metadata_location).where(
+    IcebergTables.catalog_name == bindparam("catalog"),
+    IcebergTables.table_namespace == bindparam("namespace"),
+    IcebergTables.table_name == bindparam("name"),
+)
+
+_RAW_LOCATION_QUERY = {
+    style: "SELECT metadata_location FROM iceberg_tables "
+    f"WHERE catalog_name = {mark} AND table_namespace = {mark} AND table_name = {mark}"
+    for style, mark in (("qmark", "?"), ("format", "%s"), ("pyformat", "%s"))
+}
+assert IcebergTables.__tablename__ == "iceberg_tables"
+
+
 class IcebergCatalog:
     """Namespaces and tables in the configured Iceberg catalog.
 
@@ -219,6 +302,11 @@ class IcebergCatalog:
         self._pool = pool
         self._catalog: Catalog | None = None
         self._catalog_lock = threading.Lock()
+        # (namespace, table) -> loaded table and its domain view, revalidated by metadata
+        # location on every use
+        self._tables: OrderedDict[tuple[str, str], tuple[IcebergTable, TableInfo]] = OrderedDict()
+        self._tables_lock = threading.Lock()
+        self._cache_size = settings.table_cache_size
 
     def _load(self) -> Catalog:
         with self._catalog_lock:  # the first calls arrive together from several threads
@@ -336,11 +424,257 @@ class IcebergCatalog:
 
         return await self._call(work, namespace, name)
 
+    def _current_location(self, c: Catalog, namespace: str, name: str) -> str | None:
+        """The table's metadata location from the catalog database alone (no file read).
+
+        None when the catalog offers no such cheap lookup (REST).
+
+        Raises:
+            NoSuchTableError: The table does not exist.
+        """
+        if not isinstance(c, SqlCatalog):
+            return None
+        params = (c.name, namespace, name)
+        sql = _RAW_LOCATION_QUERY.get(c.engine.dialect.paramstyle)
+        if sql is None:
+            with c.engine.connect() as conn:
+                location = conn.execute(
+                    _LOCATION_QUERY, {"catalog": c.name, "namespace": namespace, "name": name}
+                ).scalar_one_or_none()
+        else:
+            # The DB-API directly: a third of the cost of a SQLAlchemy statement, and this
+            # runs on every GetTable and ReadRows.
+            raw = c.engine.raw_connection()
+            try:
+                cursor = raw.cursor()
+                cursor.execute(sql, params)
+                row = cursor.fetchone()
+                cursor.close()
+            finally:
+                raw.close()
+            location = row[0] if row else None
+        if location is None:
+            raise NoSuchTableError(f"{namespace}.{name}")
+        return str(location)
+
+    def _cached(self, c: Catalog, namespace: str, name: str) -> tuple[IcebergTable, TableInfo]:
+        """The table, from the cache when its metadata location is still current."""
+        key = (namespace, name)
+        location = self._current_location(c, namespace, name)
+        with self._tables_lock:
+            cached = self._tables.get(key)
+            if (
+                cached is not None
+                and location is not None
+                and cached[0].metadata_location == location
+            ):
+                self._tables.move_to_end(key)
+                return cached
+        return self._remember(namespace, name, c.load_table(key))
+
+    def _table(self, c: Catalog, namespace: str, name: str) -> IcebergTable:
+        return self._cached(c, namespace, name)[0]
+
+    def _remember(
+        self, namespace: str, name: str, table: IcebergTable
+    ) -> tuple[IcebergTable, TableInfo]:
+        entry = (table, table_info(namespace, name, table))
+        with self._tables_lock:
+            self._tables[(namespace, name)] = entry
+            self._tables.move_to_end((namespace, name))
+            while len(self._tables) > self._cache_size:
+                self._tables.popitem(last=False)
+        return entry
+
+    def _forget(self, namespace: str, name: str) -> None:
+        with self._tables_lock:
+            self._tables.pop((namespace, name), None)
+
     async def load_table(self, namespace: str, name: str) -> TableInfo:
-        """Loads a table's metadata. Raises NotFound."""
+        """Loads a table's metadata (cached, revalidated by metadata location). Raises NotFound."""
+        return await self._call(lambda c: self._cached(c, namespace, name)[1], namespace, name)
+
+    async def register_table(self, namespace: str, name: str, metadata_location: str) -> TableInfo:
+        """Adds an existing table to the catalog from its metadata file.
+
+        Raises:
+            NotFound: No such namespace, or no metadata file at that location.
+            AlreadyExists: The name is taken.
+        """
+
+        def work(c: Catalog) -> TableInfo:
+            c.load_namespace_properties(namespace)
+            try:
+                table = c.register_table((namespace, name), metadata_location)
+            except (FileNotFoundError, OSError) as exc:
+                if isinstance(exc, FileNotFoundError) or "not found" in str(exc).lower():
+                    raise NotFound(
+                        f"no table metadata file at {metadata_location}",
+                        reason="METADATA_NOT_FOUND",
+                    ) from exc
+                raise
+            return self._remember(namespace, name, table)[1]
+
+        return await self._call(work, namespace, name)
+
+    async def list_snapshots(self, namespace: str, name: str) -> list[SnapshotInfo]:
+        """Every snapshot kept in the table's metadata. Raises NotFound."""
         return await self._call(
-            lambda c: table_info(namespace, name, c.load_table((namespace, name))), namespace, name
+            lambda c: [snapshot_info(s) for s in self._table(c, namespace, name).snapshots()],
+            namespace,
+            name,
         )
+
+    async def update_table(
+        self,
+        namespace: str,
+        name: str,
+        changes: Sequence[TableChange],
+        expected_etag: str,
+    ) -> TableInfo:
+        """Applies ``changes`` in one commit, optionally only if the table is unchanged.
+
+        Raises:
+            NotFound: No such table.
+            InvalidArgument: A change is incompatible (nothing is applied).
+            Conflict: ``expected_etag`` is stale (reason ETAG_MISMATCH), or a concurrent
+                commit won.
+        """
+
+        def work(c: Catalog) -> TableInfo:
+            table = self._table(c, namespace, name)
+            tx = table.transaction()
+            if expected_etag:
+                _check_etag(table, expected_etag)
+                tx._apply((), _unchanged_since(table))
+            apply_changes(tx, changes)
+            try:
+                updated = tx.commit_transaction()
+            except CommitFailedException as exc:
+                self._forget(namespace, name)
+                if expected_etag:
+                    raise _etag_mismatch(namespace, name) from exc
+                raise
+            return self._remember(namespace, name, updated)[1]
+
+        return await self._call(work, namespace, name)
+
+    async def rollback(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        snapshot_id: int | None,
+        as_of_ms: int | None,
+        expected_etag: str,
+    ) -> TableInfo:
+        """Moves the current snapshot back to an ancestor (by id, or as of a time).
+
+        Raises:
+            NotFound: No such table, or no such snapshot (reason SNAPSHOT_NOT_FOUND).
+            InvalidArgument: The snapshot is not an ancestor of the current one.
+            Conflict: ``expected_etag`` is stale, or a concurrent commit won.
+        """
+
+        def work(c: Catalog) -> TableInfo:
+            table = self._table(c, namespace, name)
+            if expected_etag:
+                _check_etag(table, expected_etag)
+            manage = table.manage_snapshots()
+            if snapshot_id is not None:
+                if table.snapshot_by_id(snapshot_id) is None:
+                    raise NotFound(
+                        f"table {namespace}.{name} has no snapshot {snapshot_id}",
+                        reason="SNAPSHOT_NOT_FOUND",
+                    )
+                try:
+                    manage.rollback_to_snapshot(snapshot_id)
+                except ValueError as exc:
+                    raise InvalidArgument.field(
+                        "snapshot_id", "is not an ancestor of the current snapshot"
+                    ) from exc
+            else:
+                assert as_of_ms is not None
+                try:
+                    manage.rollback_to_timestamp(as_of_ms + 1)  # "as of" includes that instant
+                except ValueError as exc:
+                    raise NotFound(
+                        f"table {namespace}.{name} has no snapshot as old as the given time",
+                        reason="SNAPSHOT_NOT_FOUND",
+                    ) from exc
+            try:
+                manage.commit()
+            except CommitFailedException as exc:
+                self._forget(namespace, name)
+                if expected_etag:
+                    raise _etag_mismatch(namespace, name) from exc
+                raise
+            return self._remember(namespace, name, c.load_table((namespace, name)))[1]
+
+        return await self._call(work, namespace, name)
+
+    async def open_scan(self, namespace: str, name: str, request: ScanRequest) -> OpenScan:
+        """Plans a scan (files and row groups pruned by the filter) and opens a lazy reader.
+
+        Raises:
+            NotFound: No such table or snapshot.
+            InvalidArgument: An unknown column.
+        """
+
+        def work(c: Catalog) -> OpenScan:
+            table = self._table(c, namespace, name)
+            snapshot_id = request.snapshot_id
+            if snapshot_id is not None and table.snapshot_by_id(snapshot_id) is None:
+                raise NotFound(
+                    f"table {namespace}.{name} has no snapshot {snapshot_id}",
+                    reason="SNAPSHOT_NOT_FOUND",
+                )
+            if request.as_of_ms is not None:
+                snapshot = table.snapshot_as_of_timestamp(request.as_of_ms)
+                if snapshot is None:
+                    raise NotFound(
+                        f"table {namespace}.{name} has no snapshot as old as the given time",
+                        reason="SNAPSHOT_NOT_FOUND",
+                    )
+                snapshot_id = snapshot.snapshot_id
+            if snapshot_id is None and table.current_snapshot() is not None:
+                snapshot_id = table.metadata.current_snapshot_id
+            scan = table.scan(
+                row_filter=request.row_filter,
+                selected_fields=request.columns or ("*",),
+                snapshot_id=snapshot_id,
+                limit=request.limit,
+            )
+            try:
+                if snapshot_id is None:
+                    schema = schema_to_pyarrow(scan.projection(), include_field_ids=True)
+                    return OpenScan(None, schema, None)
+                reader = _lazy_reader(table, scan)
+            except ValueError as exc:
+                raise InvalidArgument.field("columns", str(exc).splitlines()[0]) from exc
+            return OpenScan(snapshot_id, reader.schema, reader)
+
+        return await self._call(work, namespace, name)
+
+    async def next_batch(self, scan: OpenScan) -> pa.RecordBatch | None:
+        """The next record batch of an open scan, or None at its end."""
+
+        def work() -> pa.RecordBatch | None:
+            if scan.reader is None:
+                return None
+            with translate_errors():
+                try:
+                    return scan.reader.read_next_batch()
+                except StopIteration:
+                    return None
+
+        return await self._pool.run(work)
+
+    async def close_scan(self, scan: OpenScan) -> None:
+        """Stops reading (the client went away or the limit was reached)."""
+        reader, scan.reader = scan.reader, None
+        if reader is not None:
+            await self._pool.run(reader.close)
 
     async def list_tables(self, namespace: str) -> list[str]:
         """The table names of a namespace. Raises NotFound."""
@@ -353,6 +687,7 @@ class IcebergCatalog:
 
     async def drop_table(self, namespace: str, name: str) -> None:
         """Drops a table from the catalog, leaving its files. Raises NotFound."""
+        self._forget(namespace, name)
         await self._call(lambda c: c.drop_table((namespace, name)), namespace, name)
 
     async def rename_table(
@@ -367,6 +702,7 @@ class IcebergCatalog:
                     raise TableAlreadyExistsError(f"{new_namespace}.{new_name}")
             with translate_errors(namespace, name):
                 c.load_table((namespace, name))  # NotFound names the source, not the target
+            self._forget(namespace, name)
             table = c.rename_table((namespace, name), (new_namespace, new_name))
             return table_info(new_namespace, new_name, table)
 
@@ -379,3 +715,56 @@ class IcebergCatalog:
         engine = getattr(catalog, "engine", None)
         if engine is not None:
             await self._pool.run(engine.dispose)
+
+
+def _check_etag(table: IcebergTable, expected_etag: str) -> None:
+    if table.metadata_location != expected_etag:
+        name = ".".join(table.name())
+        raise Conflict(
+            f"table {name} changed since etag {expected_etag}; get it again",
+            reason="ETAG_MISMATCH",
+            metadata={"current_etag": table.metadata_location},
+        )
+
+
+def _unchanged_since(table: IcebergTable) -> tuple[TableRequirement, ...]:
+    """Requirements the catalog checks atomically with the commit: nothing moved meanwhile."""
+    md = table.metadata
+    return (
+        AssertRefSnapshotId.model_validate(
+            {"ref": MAIN_BRANCH, "snapshot-id": md.current_snapshot_id}
+        ),
+        AssertCurrentSchemaId.model_validate({"current-schema-id": md.current_schema_id}),
+        AssertDefaultSpecId.model_validate({"default-spec-id": md.default_spec_id}),
+        AssertDefaultSortOrderId.model_validate(
+            {"default-sort-order-id": md.default_sort_order_id}
+        ),
+    )
+
+
+def _etag_mismatch(namespace: str, name: str) -> Conflict:
+    return Conflict(
+        f"table {namespace}.{name} changed while the update was applied; get it again",
+        reason="ETAG_MISMATCH",
+    )
+
+
+def _lazy_reader(table: IcebergTable, scan: DataScan) -> pa.RecordBatchReader:
+    """A reader that decodes data files a couple at a time, as the consumer asks for batches.
+
+    pyiceberg's own ``to_arrow_batch_reader`` decodes every file up front in its thread pool
+    (memory grows with the table); this keeps memory bounded by a few batches per open file.
+    """
+    tasks = list(scan.plan_files())
+    projected = scan.projection()
+    arrow_scan = ArrowScan(
+        table.metadata, table.io, projected, scan.row_filter, scan.case_sensitive, scan.limit
+    )
+    deletes = _read_all_delete_files(table.io, tasks)
+
+    def file_reader(task: FileScanTask) -> Callable[[], Iterator[pa.RecordBatch]]:
+        return lambda: arrow_scan._record_batches_from_scan_tasks_and_deletes([task], deletes)
+
+    batches = read_ahead([file_reader(t) for t in tasks])
+    target = schema_to_pyarrow(projected)
+    return pa.RecordBatchReader.from_batches(target, batches).cast(target)

@@ -9,11 +9,18 @@ from pyiceberg.partitioning import PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table.sorting import SortOrder
 
-from lakehouse.adapters.iceberg import IcebergCatalog, TableInfo
+from lakehouse.adapters.iceberg import IcebergCatalog, SnapshotInfo, TableInfo
 from lakehouse.adapters.object_store import ObjectStore
-from lakehouse.core.names import check_identifier, check_property_key
+from lakehouse.core.changes import (
+    AddColumn,
+    RemoveProperties,
+    RenameColumn,
+    SetProperties,
+    TableChange,
+)
+from lakehouse.core.names import check_column_name, check_identifier, check_property_key
 from lakehouse.core.paging import Page, paginate
-from lakehouse.errors import InvalidArgument
+from lakehouse.errors import InvalidArgument, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -233,3 +240,127 @@ class Tables:
         if (target_ns, new_name) == (namespace, name):
             raise InvalidArgument.field("new_table", "is the table's current name")
         return await self._catalog.rename_table(namespace, name, target_ns, new_name)
+
+    async def register_table(self, namespace: str, name: str, metadata_location: str) -> TableInfo:
+        """Adds an existing Iceberg table to the catalog from its metadata file.
+
+        Raises:
+            InvalidArgument: Bad names or an empty or non-JSON metadata location.
+            NotFound: No such namespace, or no metadata file there.
+            AlreadyExists: The name is taken.
+        """
+        check_identifier("namespace", namespace)
+        check_identifier("table", name)
+        if not metadata_location:
+            raise InvalidArgument.field("metadata_location", "is required")
+        if not metadata_location.endswith(".metadata.json") or any(
+            ord(c) < 32 for c in metadata_location
+        ):
+            raise InvalidArgument.field(
+                "metadata_location", "must be the location of a *.metadata.json file"
+            )
+        return await self._catalog.register_table(namespace, name, metadata_location)
+
+    async def update_table(
+        self, namespace: str, name: str, changes: list[TableChange], expected_etag: str
+    ) -> TableInfo:
+        """Applies changes atomically.
+
+        Raises:
+            InvalidArgument: Bad names, no changes, a malformed or incompatible change.
+            NotFound: No such table.
+            Conflict: A stale etag (reason ETAG_MISMATCH) or a concurrent commit.
+        """
+        check_identifier("namespace", namespace)
+        check_identifier("table", name)
+        if not changes:
+            raise InvalidArgument.field("changes", "at least one change is required")
+        for i, change in enumerate(changes):
+            _check_change(f"changes[{i}]", change)
+        return await self._catalog.update_table(namespace, name, changes, expected_etag)
+
+    async def list_snapshots(
+        self, namespace: str, name: str, page_size: int, page_token: str
+    ) -> Page[SnapshotInfo]:
+        """One page of a table's snapshots, newest first.
+
+        Raises:
+            InvalidArgument: Bad names, page size or token.
+            NotFound: No such table.
+        """
+        check_identifier("namespace", namespace)
+        check_identifier("table", name)
+        snapshots = await self._catalog.list_snapshots(namespace, name)
+        return paginate(
+            snapshots,
+            key=_newest_first,
+            scope=f"snapshots:{namespace}.{name}",
+            requested_size=page_size,
+            token=page_token,
+        )
+
+    async def get_snapshot(self, namespace: str, name: str, snapshot_id: int) -> SnapshotInfo:
+        """One snapshot of a table.
+
+        Raises:
+            InvalidArgument: Bad names.
+            NotFound: No such table or snapshot (reason SNAPSHOT_NOT_FOUND).
+        """
+        check_identifier("namespace", namespace)
+        check_identifier("table", name)
+        for snapshot in await self._catalog.list_snapshots(namespace, name):
+            if snapshot.snapshot_id == snapshot_id:
+                return snapshot
+        raise NotFound(
+            f"table {namespace}.{name} has no snapshot {snapshot_id}",
+            reason="SNAPSHOT_NOT_FOUND",
+            metadata={"namespace": namespace, "table": name},
+        )
+
+    async def rollback_table(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        snapshot_id: int | None,
+        as_of_ms: int | None,
+        expected_etag: str,
+    ) -> TableInfo:
+        """Moves the table's current snapshot back; data files stay.
+
+        Raises:
+            InvalidArgument: Bad names, no target, or a snapshot that is not an ancestor.
+            NotFound: No such table or snapshot.
+            Conflict: A stale etag or a concurrent commit.
+        """
+        check_identifier("namespace", namespace)
+        check_identifier("table", name)
+        if (snapshot_id is None) == (as_of_ms is None):
+            raise InvalidArgument.field("target", "set exactly one of snapshot_id or as_of_time")
+        return await self._catalog.rollback(
+            namespace, name, snapshot_id=snapshot_id, as_of_ms=as_of_ms, expected_etag=expected_etag
+        )
+
+
+# Keys that sort snapshots newest first under plain string order (the paging key).
+_MAX_MS = 10**15
+
+
+def _newest_first(snapshot: SnapshotInfo) -> str:
+    return (
+        f"{_MAX_MS - snapshot.timestamp_ms:016d}:{_MAX_MS - snapshot.sequence_number:016d}:"
+        f"{snapshot.snapshot_id + 2**63:020d}"
+    )
+
+
+def _check_change(field: str, change: TableChange) -> None:
+    """Validates what can be checked without the table: names and property keys."""
+    if isinstance(change, AddColumn):
+        check_column_name(f"{field}.add_column.field.name", change.name)
+    elif isinstance(change, RenameColumn):
+        check_column_name(f"{field}.rename_column.new_name", change.new_name)
+    elif isinstance(change, SetProperties):
+        check_properties(f"{field}.set_properties.properties", change.properties)
+    elif isinstance(change, RemoveProperties):
+        for i, key in enumerate(change.keys):
+            check_property_key(f"{field}.remove_properties.keys[{i}]", key)

@@ -15,6 +15,7 @@ from lakehouse.adapters.blocking import BlockingPool
 from lakehouse.adapters.iceberg import IcebergCatalog
 from lakehouse.adapters.object_store import object_store_for
 from lakehouse.config import Settings
+from lakehouse.core.reads import Reads
 from lakehouse.core.tables import Tables
 from lakehouse.server import metrics
 from lakehouse.server.health import Dependency, HealthMonitor
@@ -51,6 +52,7 @@ class LakehouseServer:
         self.catalog = IcebergCatalog(settings, self._pool)
         self.store = object_store_for(settings.warehouse, settings.s3)
         self.tables = Tables(self.catalog, self.store)
+        self.reads = Reads(self.catalog)
         served = [table_service_pb2.DESCRIPTOR.services_by_name["TableService"].full_name]
         self.monitor = HealthMonitor(
             [
@@ -86,8 +88,9 @@ class LakehouseServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        # Methods of later milestones stay abstract and answer UNIMPLEMENTED until they land.
-        table_servicer = TableServicer(self.tables)  # type: ignore[abstract]
+        table_servicer = TableServicer(
+            self.tables, self.reads, read_message_bytes=self.settings.read_message_bytes
+        )
         table_service_pb2_grpc.add_TableServiceServicer_to_server(table_servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.monitor.servicer, server)
         enable_reflection(

@@ -64,6 +64,25 @@ def _trace_id() -> str:
     return format(ctx.trace_id, "032x") if ctx.is_valid else ""
 
 
+def passthrough_serializer(
+    serializer: Callable[[Any], bytes] | None,
+) -> Callable[[Any], bytes] | None:
+    """Sends responses a servicer already encoded (``bytes``) as they are.
+
+    Streaming methods with large payloads encode their responses in a worker thread (see
+    ``lakehouse.services.wire``) so the event loop does not copy megabytes; everything else
+    goes through the generated serializer.
+    """
+    if serializer is None:
+        return None
+    inner = serializer
+
+    def serialize(message: Any) -> bytes:
+        return message if isinstance(message, bytes) else inner(message)
+
+    return serialize
+
+
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
     """Counts, times and logs every RPC and maps exceptions to rich gRPC statuses."""
 
@@ -83,25 +102,25 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(handler.unary_unary, "unary", service, method),
                 handler.request_deserializer,
-                handler.response_serializer,
+                passthrough_serializer(handler.response_serializer),
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 self._streaming(handler.unary_stream, "server_stream", service, method),
                 handler.request_deserializer,
-                handler.response_serializer,
+                passthrough_serializer(handler.response_serializer),
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
                 self._unary(handler.stream_unary, "client_stream", service, method),
                 handler.request_deserializer,
-                handler.response_serializer,
+                passthrough_serializer(handler.response_serializer),
             )
         assert handler.stream_stream is not None
         return grpc.stream_stream_rpc_method_handler(
             self._streaming(handler.stream_stream, "bidi_stream", service, method),
             handler.request_deserializer,
-            handler.response_serializer,
+            passthrough_serializer(handler.response_serializer),
         )
 
     def _begin(self, grpc_type: str, service: str, method: str, context: Context) -> _Call:

@@ -2,29 +2,60 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections import OrderedDict
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+import pyarrow as pa
 
+from lakehouse.adapters.iceberg import TableInfo
+from lakehouse.core.reads import ReadOptions, Reads, ReadStart
+from lakehouse.core.streams import prefetch
 from lakehouse.core.tables import Tables
 from lakehouse.errors import InvalidArgument
 from lakehouse.schemas import partition_spec_from_proto, schema_from_proto, sort_order_from_proto
-from lakehouse.services.convert import namespace_to_proto, table_to_proto
-from lakehouse.v1 import table_pb2, table_service_pb2_grpc
+from lakehouse.services.convert import (
+    changes_from_proto,
+    namespace_to_proto,
+    snapshot_to_proto,
+    table_to_proto,
+)
+from lakehouse.services.json_rows import batch_to_structs
+from lakehouse.services.wire import encode_arrow_batch_response
+from lakehouse.v1 import rows_pb2, table_pb2, table_service_pb2_grpc
 from lakehouse.v1 import table_service_pb2 as pb
 
 Context = grpc.aio.ServicerContext[Any, Any]
+_TABLE_PROTO_CACHE_SIZE = 1000
+_ROW_FORMATS = frozenset(rows_pb2.RowFormat.values())
+_COMPRESSIONS: dict[int, str | None] = {
+    rows_pb2.ARROW_COMPRESSION_UNSPECIFIED: None,
+    rows_pb2.ARROW_COMPRESSION_NONE: None,
+    rows_pb2.ARROW_COMPRESSION_LZ4_FRAME: "lz4",
+    rows_pb2.ARROW_COMPRESSION_ZSTD: "zstd",
+}
 
 
 class TableServicer(table_service_pb2_grpc.TableServiceServicer):
-    """Implements lakehouse.v1.TableService on top of the core ``Tables``.
+    """Implements lakehouse.v1.TableService on top of the core ``Tables`` and ``Reads``."""
 
-    Methods of later milestones (UpdateTable, snapshots, ReadRows...) are inherited from the
-    generated base class and answer UNIMPLEMENTED until they land.
-    """
-
-    def __init__(self, tables: Tables) -> None:
+    def __init__(self, tables: Tables, reads: Reads, *, read_message_bytes: int) -> None:
         self._tables = tables
+        self._reads = reads
+        self._read_message_bytes = read_message_bytes
+        # A metadata file never changes, so its proto form is cached by location.
+        self._table_protos: OrderedDict[tuple[str, str, str], table_pb2.Table] = OrderedDict()
+
+    def _table_proto(self, info: TableInfo) -> table_pb2.Table:
+        key = (info.namespace, info.name, info.metadata_location)
+        cached = self._table_protos.get(key)
+        if cached is None:
+            cached = self._table_protos[key] = table_to_proto(info)
+            while len(self._table_protos) > _TABLE_PROTO_CACHE_SIZE:
+                self._table_protos.popitem(last=False)
+        return cached
 
     async def CreateNamespace(
         self, request: pb.CreateNamespaceRequest, context: Context
@@ -88,7 +119,7 @@ class TableServicer(table_service_pb2_grpc.TableServiceServicer):
     async def GetTable(self, request: pb.GetTableRequest, context: Context) -> pb.GetTableResponse:
         """Gets a table."""
         info = await self._tables.get_table(request.namespace, request.table)
-        return pb.GetTableResponse(table=table_to_proto(info))
+        return pb.GetTableResponse(table=self._table_proto(info))
 
     async def ListTables(
         self, request: pb.ListTablesRequest, context: Context
@@ -120,3 +151,115 @@ class TableServicer(table_service_pb2_grpc.TableServiceServicer):
             request.namespace, request.table, request.new_namespace, request.new_table
         )
         return pb.RenameTableResponse(table=table_to_proto(info))
+
+    async def RegisterTable(
+        self, request: pb.RegisterTableRequest, context: Context
+    ) -> pb.RegisterTableResponse:
+        """Registers an existing table from its metadata file."""
+        info = await self._tables.register_table(
+            request.namespace, request.table, request.metadata_location
+        )
+        return pb.RegisterTableResponse(table=table_to_proto(info))
+
+    async def UpdateTable(
+        self, request: pb.UpdateTableRequest, context: Context
+    ) -> pb.UpdateTableResponse:
+        """Applies schema, partition, sort order and property changes atomically."""
+        changes = changes_from_proto(request.changes)
+        info = await self._tables.update_table(
+            request.namespace, request.table, changes, request.expected_etag
+        )
+        return pb.UpdateTableResponse(table=table_to_proto(info))
+
+    async def ListSnapshots(
+        self, request: pb.ListSnapshotsRequest, context: Context
+    ) -> pb.ListSnapshotsResponse:
+        """Lists snapshots, newest first."""
+        page = await self._tables.list_snapshots(
+            request.namespace, request.table, request.page_size, request.page_token
+        )
+        return pb.ListSnapshotsResponse(
+            snapshots=[snapshot_to_proto(s) for s in page.items],
+            next_page_token=page.next_page_token,
+        )
+
+    async def GetSnapshot(
+        self, request: pb.GetSnapshotRequest, context: Context
+    ) -> pb.GetSnapshotResponse:
+        """Gets one snapshot."""
+        snapshot = await self._tables.get_snapshot(
+            request.namespace, request.table, request.snapshot_id
+        )
+        return pb.GetSnapshotResponse(snapshot=snapshot_to_proto(snapshot))
+
+    async def RollbackTable(
+        self, request: pb.RollbackTableRequest, context: Context
+    ) -> pb.RollbackTableResponse:
+        """Moves the current snapshot back to an earlier one."""
+        target = request.WhichOneof("target")
+        info = await self._tables.rollback_table(
+            request.namespace,
+            request.table,
+            snapshot_id=request.snapshot_id if target == "snapshot_id" else None,
+            as_of_ms=request.as_of_time.ToMilliseconds() if target == "as_of_time" else None,
+            expected_etag=request.expected_etag,
+        )
+        return pb.RollbackTableResponse(table=table_to_proto(info))
+
+    async def ReadRows(  # type: ignore[override]  # yields pre-encoded responses (wire.py)
+        self, request: pb.ReadRowsRequest, context: Context
+    ) -> AsyncIterator[bytes]:
+        """Streams rows as Arrow record batches (default) or JSON objects."""
+        version = request.WhichOneof("version")
+        options = ReadOptions(
+            columns=tuple(request.columns.paths),
+            row_filter=request.row_filter,
+            snapshot_id=request.snapshot_id if version == "snapshot_id" else None,
+            as_of_ms=request.as_of_time.ToMilliseconds() if version == "as_of_time" else None,
+            limit=request.row_limit,
+        )
+        as_json = request.format == rows_pb2.ROW_FORMAT_JSON
+        if request.format not in _ROW_FORMATS:
+            raise InvalidArgument.field("format", f"unknown row format {request.format}")
+        if request.arrow_compression not in _COMPRESSIONS:
+            raise InvalidArgument.field(
+                "arrow_compression", f"unknown compression {request.arrow_compression}"
+            )
+        compression = _COMPRESSIONS[request.arrow_compression]
+        # JSON is several times larger than Arrow: cut smaller batches so messages stay small.
+        budget = self._read_message_bytes // (4 if as_json else 1)
+        snapshot_id: int | None = None
+
+        def encode(item: ReadStart | pa.RecordBatch) -> bytes | None:
+            nonlocal snapshot_id
+            if isinstance(item, ReadStart):
+                snapshot_id = item.snapshot_id
+                if as_json:
+                    return None
+                schema = rows_pb2.ArrowSchema(
+                    serialized_schema=item.schema.serialize().to_pybytes()
+                )
+                return pb.ReadRowsResponse(
+                    arrow_schema=schema, snapshot_id=snapshot_id
+                ).SerializeToString()
+            if as_json:
+                return pb.ReadRowsResponse(
+                    json_rows=rows_pb2.JsonRows(rows=batch_to_structs(item)),
+                    snapshot_id=snapshot_id,
+                ).SerializeToString()
+            return encode_arrow_batch_response(item, snapshot_id, compression)
+
+        async def encode_in_thread(item: ReadStart | pa.RecordBatch) -> bytes | None:
+            # Encoding copies megabytes: off the event loop, overlapping the next file's decode.
+            return await asyncio.to_thread(encode, item)
+
+        items = self._reads.read(request.namespace, request.table, options, budget_bytes=budget)
+        json_messages = 0
+        async for response in prefetch(items, encode_in_thread, depth=2):
+            if response is not None:
+                json_messages += as_json
+                yield response
+        if as_json and json_messages == 0:
+            # Every stream carries at least one message, so "no rows" is told from "broken".
+            empty = pb.ReadRowsResponse(json_rows=rows_pb2.JsonRows(), snapshot_id=snapshot_id)
+            yield empty.SerializeToString()

@@ -1,0 +1,112 @@
+"""ReadRows: a lazy, bounded stream of a table's rows.
+
+Files are read one batch at a time in the blocking pool, and each batch is cut into pieces
+under a byte budget, so a table far larger than memory streams through a fixed amount of it.
+The caller awaits each piece before the next is read, so a slow client slows the scan (gRPC
+flow control) instead of making the server buffer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+from pyiceberg.schema import Schema
+
+from lakehouse.adapters.iceberg import IcebergCatalog, ScanRequest
+from lakehouse.core.names import check_identifier
+from lakehouse.core.row_filter import parse_row_filter
+from lakehouse.errors import InvalidArgument
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """What to read."""
+
+    columns: tuple[str, ...] = ()
+    row_filter: str = ""
+    snapshot_id: int | None = None
+    as_of_ms: int | None = None
+    limit: int = 0
+
+
+@dataclass(frozen=True)
+class ReadStart:
+    """The first item of a read: the Arrow schema of every batch, and the snapshot read."""
+
+    schema: pa.Schema
+    snapshot_id: int | None
+
+
+def split_batch(batch: pa.RecordBatch, budget_bytes: int) -> Iterator[pa.RecordBatch]:
+    """Cuts a batch into zero-copy slices of about ``budget_bytes`` each (at least one row)."""
+    if batch.num_rows == 0:
+        return
+    size = batch.nbytes
+    if size <= budget_bytes:
+        yield batch
+        return
+    rows = max(1, batch.num_rows * budget_bytes // size)
+    for start in range(0, batch.num_rows, rows):
+        yield batch.slice(start, rows)
+
+
+def _check_columns(schema: Schema, columns: tuple[str, ...]) -> None:
+    for i, column in enumerate(columns):
+        try:
+            schema.find_field(column, case_sensitive=True)
+        except ValueError:
+            raise InvalidArgument.field(
+                f"columns.paths[{i}]", f"no column {column!r}", reason="UNKNOWN_COLUMN"
+            ) from None
+
+
+class Reads:
+    """The read use case behind TableService.ReadRows."""
+
+    def __init__(self, catalog: IcebergCatalog) -> None:
+        self._catalog = catalog
+
+    async def read(
+        self, namespace: str, name: str, options: ReadOptions, *, budget_bytes: int
+    ) -> AsyncIterator[ReadStart | pa.RecordBatch]:
+        """Yields a ReadStart, then record batches of at most about ``budget_bytes``.
+
+        Raises:
+            InvalidArgument: Bad names, columns, filter or limit.
+            NotFound: No such table or snapshot.
+            Unavailable: The catalog or the object store failed.
+        """
+        check_identifier("namespace", namespace)
+        check_identifier("table", name)
+        if options.limit < 0:
+            raise InvalidArgument.field("row_limit", f"must not be negative, got {options.limit}")
+        info = await self._catalog.load_table(namespace, name)
+        _check_columns(info.schema, options.columns)
+        expression = parse_row_filter(options.row_filter, info.schema)
+        scan = await self._catalog.open_scan(
+            namespace,
+            name,
+            ScanRequest(
+                columns=options.columns,
+                row_filter=expression,
+                snapshot_id=options.snapshot_id,
+                as_of_ms=options.as_of_ms,
+                limit=options.limit or None,
+            ),
+        )
+        try:
+            yield ReadStart(scan.schema, scan.snapshot_id)
+            remaining = options.limit or None
+            while remaining is None or remaining > 0:
+                batch = await self._catalog.next_batch(scan)
+                if batch is None:
+                    break
+                if remaining is not None:
+                    batch = batch.slice(0, remaining)
+                    remaining -= batch.num_rows
+                for piece in split_batch(batch, budget_bytes):
+                    yield piece
+        finally:
+            await self._catalog.close_scan(scan)
