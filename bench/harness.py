@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import contextlib
 import dataclasses
 import inspect
@@ -139,12 +140,20 @@ _POLL_CHANNEL_OPTIONS = [
 class ServerProcess:
     """One ``lakehouse serve`` process on 127.0.0.1, stdout/stderr in a log file."""
 
-    def __init__(self, backend: Backend, workdir: Path, *, log_level: str, label: str) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        workdir: Path,
+        *,
+        log_level: str,
+        label: str,
+        data_dir: Path | None = None,
+    ) -> None:
         self.backend = backend
         self.workdir = workdir
         self.log_level = log_level
         self.label = label
-        self.data_dir = workdir / "data"
+        self.data_dir = data_dir if data_dir is not None else workdir / "data"
         self.log_path = workdir / "server.log"
         self.grpc_port = 0
         self.http_port = 0
@@ -168,7 +177,7 @@ class ServerProcess:
     def spawn(self) -> None:
         """Starts the process (returns at once; :meth:`wait_serving` waits for it)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.data_dir.mkdir(exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         self.grpc_port, self.http_port = free_port(), free_port()
         while self.http_port == self.grpc_port:
             self.http_port = free_port()
@@ -333,6 +342,8 @@ class BenchContext:
     scenarios: dict[str, Scenario]
     server: ServerProcess | None = None
     results: dict[str, Result] = field(default_factory=dict)
+    fixtures: dict[str, Any] = field(default_factory=dict)
+    """Set-up that several scenarios share in this run (e.g. a table written once), by name."""
     _running: set[str] = field(default_factory=set)
     _spawned: int = 0
     _shared_error: str | None = None
@@ -389,15 +400,26 @@ class BenchContext:
 
     @contextlib.contextmanager
     def spawn_server(
-        self, label: str = "extra", timeout: float = SERVER_START_TIMEOUT_SECONDS
+        self,
+        label: str = "extra",
+        timeout: float = SERVER_START_TIMEOUT_SECONDS,
+        *,
+        share_data_dir: bool = False,
     ) -> Iterator[ServerProcess]:
-        """A fresh server on the same backend (its own data dir), SERVING; stopped on exit."""
+        """A fresh server on the same backend, SERVING; stopped on exit.
+
+        It gets its own data dir, or with ``share_data_dir`` the shared server's (started if
+        need be), so that on ``embedded`` it sees the same SQLite catalog and warehouse: the
+        tables a scenario set up there. (``postgres_s3`` servers share the catalog anyway.)
+        """
+        data_dir = self.shared_server().data_dir if share_data_dir else None
         self._spawned += 1
         server = ServerProcess(
             self.backend,
             self.workdir / f"{label}-{self._spawned}",
             log_level=self.server_log_level,
             label=f"{label}-{self._spawned}",
+            data_dir=data_dir,
         )
         try:
             server.spawn()
@@ -410,6 +432,27 @@ class BenchContext:
         """A grpc.aio channel to the shared server (create it inside the running event loop)."""
         return grpc.aio.insecure_channel(target or self.target)
 
+    def aio_channel_with(
+        self, options: list[tuple[str, Any]], target: str | None = None
+    ) -> grpc.aio.Channel:
+        """As :meth:`aio_channel`, with channel options (e.g. a larger receive limit)."""
+        return grpc.aio.insecure_channel(target or self.target, options=options)
+
+
+def _run_async(fn: Scenario, ctx: BenchContext) -> Any:
+    """Runs an ``async def`` scenario in a new event loop.
+
+    When an async scenario asks for another's result (``ctx.result_of`` runs it on demand),
+    its loop is already running in this thread: the other one then runs in its own loop in a
+    worker thread while the caller waits.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(fn(ctx))  # type: ignore[arg-type]
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bench-nested") as pool:
+        return pool.submit(lambda: asyncio.run(fn(ctx))).result()  # type: ignore[arg-type]
+
 
 def run_scenario(ctx: BenchContext, name: str) -> Result:
     """Runs one scenario; a scenario that raises becomes a result with no value and the error."""
@@ -417,7 +460,7 @@ def run_scenario(ctx: BenchContext, name: str) -> Result:
     started = time.perf_counter()
     try:
         fn = ctx.scenarios[name]
-        outcome = asyncio.run(fn(ctx)) if inspect.iscoroutinefunction(fn) else fn(ctx)
+        outcome = _run_async(fn, ctx) if inspect.iscoroutinefunction(fn) else fn(ctx)
         if inspect.isawaitable(outcome):
             raise HarnessError(f"scenario {name} returned an awaitable; make it `async def`")
         result: Result = outcome
