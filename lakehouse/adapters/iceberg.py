@@ -647,7 +647,7 @@ class IcebergCatalog:
             )
             try:
                 if snapshot_id is None:
-                    schema = schema_to_pyarrow(scan.projection(), include_field_ids=True)
+                    schema = _small_types(schema_to_pyarrow(scan.projection()))
                     return OpenScan(None, schema, None)
                 reader = _lazy_reader(table, scan)
             except ValueError as exc:
@@ -766,5 +766,29 @@ def _lazy_reader(table: IcebergTable, scan: DataScan) -> pa.RecordBatchReader:
         return lambda: arrow_scan._record_batches_from_scan_tasks_and_deletes([task], deletes)
 
     batches = read_ahead([file_reader(t) for t in tasks])
-    target = schema_to_pyarrow(projected)
+    target = _small_types(schema_to_pyarrow(projected))
     return pa.RecordBatchReader.from_batches(target, batches).cast(target)
+
+
+def _small_types(schema: pa.Schema) -> pa.Schema:
+    """The schema with 32-bit offsets: one batch never needs 64-bit ones, and they cost bytes."""
+
+    def small(t: pa.DataType) -> pa.DataType:
+        if pa.types.is_large_string(t):
+            return pa.string()
+        if pa.types.is_large_binary(t):
+            return pa.binary()
+        if pa.types.is_large_list(t):
+            return pa.list_(t.value_field.with_type(small(t.value_type)))
+        if pa.types.is_list(t):
+            return pa.list_(t.value_field.with_type(small(t.value_type)))
+        if pa.types.is_struct(t):
+            return pa.struct([f.with_type(small(f.type)) for f in t])
+        if pa.types.is_map(t):
+            return pa.map_(
+                t.key_field.with_type(small(t.key_type)),
+                t.item_field.with_type(small(t.item_type)),
+            )
+        return t
+
+    return pa.schema([f.with_type(small(f.type)) for f in schema], metadata=schema.metadata)
