@@ -583,10 +583,7 @@ class IcebergCatalog:
             manage = table.manage_snapshots()
             if snapshot_id is not None:
                 if table.snapshot_by_id(snapshot_id) is None:
-                    raise NotFound(
-                        f"table {namespace}.{name} has no snapshot {snapshot_id}",
-                        reason="SNAPSHOT_NOT_FOUND",
-                    )
+                    raise snapshot_not_found(namespace, name, str(snapshot_id))
                 try:
                     manage.rollback_to_snapshot(snapshot_id)
                 except ValueError as exc:
@@ -598,10 +595,7 @@ class IcebergCatalog:
                 try:
                     manage.rollback_to_timestamp(as_of_ms + 1)  # "as of" includes that instant
                 except ValueError as exc:
-                    raise NotFound(
-                        f"table {namespace}.{name} has no snapshot as old as the given time",
-                        reason="SNAPSHOT_NOT_FOUND",
-                    ) from exc
+                    raise snapshot_not_found(namespace, name, "as old as the given time") from exc
             try:
                 manage.commit()
             except CommitFailedException as exc:
@@ -625,17 +619,11 @@ class IcebergCatalog:
             table = self._table(c, namespace, name)
             snapshot_id = request.snapshot_id
             if snapshot_id is not None and table.snapshot_by_id(snapshot_id) is None:
-                raise NotFound(
-                    f"table {namespace}.{name} has no snapshot {snapshot_id}",
-                    reason="SNAPSHOT_NOT_FOUND",
-                )
+                raise snapshot_not_found(namespace, name, str(snapshot_id))
             if request.as_of_ms is not None:
                 snapshot = table.snapshot_as_of_timestamp(request.as_of_ms)
                 if snapshot is None:
-                    raise NotFound(
-                        f"table {namespace}.{name} has no snapshot as old as the given time",
-                        reason="SNAPSHOT_NOT_FOUND",
-                    )
+                    raise snapshot_not_found(namespace, name, "as old as the given time")
                 snapshot_id = snapshot.snapshot_id
             if snapshot_id is None and table.current_snapshot() is not None:
                 snapshot_id = table.metadata.current_snapshot_id
@@ -715,6 +703,15 @@ class IcebergCatalog:
         engine = getattr(catalog, "engine", None)
         if engine is not None:
             await self._pool.run(engine.dispose)
+
+
+def snapshot_not_found(namespace: str, name: str, which: str) -> NotFound:
+    """The error for a snapshot the table does not have (by id, or as of a time)."""
+    return NotFound(
+        f"table {namespace}.{name} has no snapshot {which}",
+        reason="SNAPSHOT_NOT_FOUND",
+        metadata={"namespace": namespace, "table": name},
+    )
 
 
 def _check_etag(table: IcebergTable, expected_etag: str) -> None:

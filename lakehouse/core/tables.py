@@ -9,7 +9,12 @@ from pyiceberg.partitioning import PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table.sorting import SortOrder
 
-from lakehouse.adapters.iceberg import IcebergCatalog, SnapshotInfo, TableInfo
+from lakehouse.adapters.iceberg import (
+    IcebergCatalog,
+    SnapshotInfo,
+    TableInfo,
+    snapshot_not_found,
+)
 from lakehouse.adapters.object_store import ObjectStore
 from lakehouse.core.changes import (
     AddColumn,
@@ -20,7 +25,7 @@ from lakehouse.core.changes import (
 )
 from lakehouse.core.names import check_column_name, check_identifier, check_property_key
 from lakehouse.core.paging import Page, paginate
-from lakehouse.errors import InvalidArgument, NotFound
+from lakehouse.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -311,11 +316,7 @@ class Tables:
         for snapshot in await self._catalog.list_snapshots(namespace, name):
             if snapshot.snapshot_id == snapshot_id:
                 return snapshot
-        raise NotFound(
-            f"table {namespace}.{name} has no snapshot {snapshot_id}",
-            reason="SNAPSHOT_NOT_FOUND",
-            metadata={"namespace": namespace, "table": name},
-        )
+        raise snapshot_not_found(namespace, name, str(snapshot_id))
 
     async def rollback_table(
         self,
