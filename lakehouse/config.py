@@ -85,6 +85,27 @@ class S3Settings(_Section):
         return self.path_style if self.path_style is not None else self.endpoint_url is not None
 
 
+class IngestSettings(_Section):
+    """Group commit, buffers and exactly-once bookkeeping of IngestService."""
+
+    commit_delay_ms: float = Field(default=100.0, ge=0, le=60_000)
+    """How long a table's committer waits for more writes before committing what it has."""
+    commit_rows: int = Field(default=1_000_000, ge=1, le=100_000_000)
+    """Commit as soon as this many rows are buffered for a table."""
+    commit_bytes: int = Field(default=128 * 1024 * 1024, ge=1024, le=16 * 1024**3)
+    """Commit as soon as this many bytes (Arrow) are buffered for a table."""
+    table_buffer_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024, le=64 * 1024**3)
+    """Most bytes buffered for one table; writers beyond it wait, then get RESOURCE_EXHAUSTED."""
+    buffer_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024 * 1024, le=256 * 1024**3)
+    """Most bytes buffered for all tables of the process together."""
+    buffer_wait_seconds: float = Field(default=10.0, ge=0, le=600)
+    """How long a write may wait for buffer space before RESOURCE_EXHAUSTED."""
+    commit_attempts: int = Field(default=10, ge=1, le=100)
+    """Commit attempts on conflicting commits (each re-checks offsets on fresh metadata)."""
+    request_id_window_seconds: float = Field(default=3600.0, ge=1, le=7 * 24 * 3600)
+    """How long a WriteRows request_id is remembered (it is kept in the table's snapshots)."""
+
+
 class TracingSettings(_Section):
     """OpenTelemetry tracing. Spans are always created; they are exported only if configured."""
 
@@ -122,6 +143,8 @@ class Settings(BaseSettings):
     """The S3-compatible object store used by s3:// warehouses."""
     tracing: TracingSettings = TracingSettings()
     """OpenTelemetry tracing."""
+    ingest: IngestSettings = IngestSettings()
+    """Group commit and buffers of IngestService."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Minimum level of the JSON log lines on stdout."""
     health_check_interval_seconds: float = Field(default=10.0, gt=0, le=3600)

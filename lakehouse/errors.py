@@ -139,3 +139,25 @@ class CommitStateUnknown(LakehouseError):
 
     code = grpc.StatusCode.UNKNOWN
     reason = "COMMIT_STATE_UNKNOWN"
+
+
+class ResourceExhausted(LakehouseError):
+    """A buffer or quota is full; retry after ``retry_after_seconds``.
+
+    Attributes:
+        retry_after_seconds: The delay suggested to clients in ``RetryInfo``.
+    """
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "RESOURCE_EXHAUSTED"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        retry_after_seconds: float = 1.0,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.retry_after_seconds = retry_after_seconds

@@ -48,6 +48,14 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as SqlTimeoutError
 
 from lakehouse.adapters.blocking import BlockingPool
+from lakehouse.adapters.iceberg_ingest import (
+    AppendOutcome,
+    AppendPlan,
+    IngestState,
+    planned_append,
+    read_state,
+    writer_last_commit,
+)
 from lakehouse.adapters.iceberg_updates import apply_changes
 from lakehouse.adapters.readahead import read_ahead
 from lakehouse.config import Settings
@@ -235,6 +243,10 @@ def translate_errors(namespace: str = "", table: str = "") -> Iterator[None]:
     except (ConnectionError, TimeoutError) as exc:
         raise Unavailable(
             "backing service unavailable: " + _brief(exc), reason="BACKEND_UNAVAILABLE"
+        ) from exc
+    except OSError as exc:  # pyarrow's file systems report S3 and disk failures as OSError
+        raise Unavailable(
+            "object store: " + _brief(exc), reason="OBJECT_STORE_UNAVAILABLE"
         ) from exc
 
 
@@ -604,6 +616,65 @@ class IcebergCatalog:
                     raise _etag_mismatch(namespace, name) from exc
                 raise
             return self._remember(namespace, name, c.load_table((namespace, name)))[1]
+
+        return await self._call(work, namespace, name)
+
+    async def planned_append(
+        self,
+        namespace: str,
+        name: str,
+        plan: Callable[[IngestState], AppendPlan],
+        *,
+        request_id_window_ms: int,
+        max_attempts: int,
+    ) -> AppendOutcome:
+        """Appends what ``plan`` decides on the freshest table state, in one commit.
+
+        ``plan`` runs in a worker thread, once per attempt: after a conflicting commit it is
+        called again on fresh metadata, so offsets are always checked against what is
+        committed.
+
+        Raises:
+            NotFound: No such table.
+            Conflict: Commits kept conflicting for ``max_attempts``.
+            FailedPrecondition: The data no longer matches the table schema.
+            Unavailable: The catalog or the object store failed; nothing was committed.
+        """
+
+        def work(c: Catalog) -> AppendOutcome:
+            try:
+                return planned_append(
+                    lambda: self._table(c, namespace, name),
+                    plan,
+                    request_id_window_ms=request_id_window_ms,
+                    max_attempts=max_attempts,
+                )
+            except ValueError as exc:  # pyiceberg's schema compatibility check
+                raise FailedPrecondition(
+                    f"rows no longer match the schema of {namespace}.{name} (it changed "
+                    f"meanwhile?): {str(exc).splitlines()[0]}",
+                    reason="SCHEMA_CHANGED",
+                ) from exc
+
+        return await self._call(work, namespace, name)
+
+    async def writer_position(
+        self, namespace: str, name: str, writer_id: str, *, request_id_window_ms: int
+    ) -> tuple[int, int | None, int] | None:
+        """(next_offset, last snapshot id, last commit ms) of a writer, or None if unknown.
+
+        Raises:
+            NotFound: No such table.
+        """
+
+        def work(c: Catalog) -> tuple[int, int | None, int] | None:
+            table = self._table(c, namespace, name)
+            state = read_state(table, request_id_window_ms=request_id_window_ms)
+            if writer_id not in state.writers:
+                return None
+            next_offset, commit_ms = state.writers[writer_id]
+            snapshot = writer_last_commit(table, writer_id)
+            return next_offset, snapshot.snapshot_id if snapshot else None, commit_ms
 
         return await self._call(work, namespace, name)
 

@@ -15,6 +15,7 @@ from lakehouse.adapters.blocking import BlockingPool
 from lakehouse.adapters.iceberg import IcebergCatalog
 from lakehouse.adapters.object_store import object_store_for
 from lakehouse.config import Settings
+from lakehouse.core.ingest import Ingest
 from lakehouse.core.reads import Reads
 from lakehouse.core.tables import Tables
 from lakehouse.server import metrics
@@ -23,8 +24,14 @@ from lakehouse.server.http import build_http_app
 from lakehouse.server.interceptors import ObservabilityInterceptor
 from lakehouse.server.reflection import enable_reflection
 from lakehouse.server.tracing import configure_tracing
+from lakehouse.services.ingest_service import IngestServicer
 from lakehouse.services.table_service import TableServicer
-from lakehouse.v1 import table_service_pb2, table_service_pb2_grpc
+from lakehouse.v1 import (
+    ingest_service_pb2,
+    ingest_service_pb2_grpc,
+    table_service_pb2,
+    table_service_pb2_grpc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +60,11 @@ class LakehouseServer:
         self.store = object_store_for(settings.warehouse, settings.s3)
         self.tables = Tables(self.catalog, self.store)
         self.reads = Reads(self.catalog)
-        served = [table_service_pb2.DESCRIPTOR.services_by_name["TableService"].full_name]
+        self.ingest = Ingest(self.catalog, settings.ingest)
+        served = [
+            table_service_pb2.DESCRIPTOR.services_by_name["TableService"].full_name,
+            ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
+        ]
         self.monitor = HealthMonitor(
             [
                 Dependency("catalog", self.catalog.check),
@@ -92,6 +103,9 @@ class LakehouseServer:
             self.tables, self.reads, read_message_bytes=self.settings.read_message_bytes
         )
         table_service_pb2_grpc.add_TableServiceServicer_to_server(table_servicer, server)
+        ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(
+            IngestServicer(self.ingest, self.tables), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.monitor.servicer, server)
         enable_reflection(
             [*self._served, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], server
@@ -136,6 +150,7 @@ class LakehouseServer:
             await asyncio.sleep(self.settings.shutdown_drain_seconds)
         if self._grpc is not None:
             await self._grpc.stop(grace)
+        await self.ingest.close()
         if self._http is not None:
             await self._http.cleanup()
         await self.store.close()

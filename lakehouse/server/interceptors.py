@@ -20,7 +20,7 @@ from opentelemetry import trace
 
 from lakehouse.errors import LakehouseError
 from lakehouse.server import metrics
-from lakehouse.server.status import RpcFailure, failure_for, internal_failure, simple_failure
+from lakehouse.services.status import RpcFailure, failure_for, internal_failure, simple_failure
 
 log = logging.getLogger("lakehouse.rpc")
 Context = grpc.aio.ServicerContext[Any, Any]

@@ -10,7 +10,13 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from lakehouse.errors import ERROR_DOMAIN, InvalidArgument, LakehouseError, Unavailable
+from lakehouse.errors import (
+    ERROR_DOMAIN,
+    InvalidArgument,
+    LakehouseError,
+    ResourceExhausted,
+    Unavailable,
+)
 
 
 @dataclass(frozen=True)
@@ -23,18 +29,27 @@ class RpcFailure:
 
 
 def _status(code: grpc.StatusCode, message: str, details: list[Message]) -> RpcFailure:
+    s = rpc_status.to_status(_status_proto(code, message, details))
+    return RpcFailure(s.code, s.details, tuple(s.trailing_metadata))
+
+
+def _status_proto(code: grpc.StatusCode, message: str, details: list[Message]) -> status_pb2.Status:
     proto = status_pb2.Status(code=code.value[0], message=message)
     for detail in details:
         proto.details.add().Pack(detail)
-    s = rpc_status.to_status(proto)
-    return RpcFailure(s.code, s.details, tuple(s.trailing_metadata))
+    return proto
 
 
 def failure_for(exc: LakehouseError, request_id: str) -> RpcFailure:
     """The status for a domain error: ErrorInfo always, BadRequest and RetryInfo when apt."""
-    info = error_details_pb2.ErrorInfo(
-        reason=exc.reason, domain=ERROR_DOMAIN, metadata={**exc.metadata, "request_id": request_id}
-    )
+    s = rpc_status.to_status(status_proto_for(exc, request_id))
+    return RpcFailure(s.code, s.details, tuple(s.trailing_metadata))
+
+
+def status_proto_for(exc: LakehouseError, request_id: str) -> status_pb2.Status:
+    """The ``google.rpc.Status`` of a domain error (also sent inside stream responses)."""
+    metadata = {**exc.metadata, "request_id": request_id} if request_id else dict(exc.metadata)
+    info = error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN, metadata=metadata)
     details: list[Message] = [info]
     if isinstance(exc, InvalidArgument) and exc.violations:
         details.append(
@@ -47,11 +62,11 @@ def failure_for(exc: LakehouseError, request_id: str) -> RpcFailure:
                 ]
             )
         )
-    if isinstance(exc, Unavailable):
+    if isinstance(exc, (Unavailable, ResourceExhausted)):
         delay = duration_pb2.Duration()
         delay.FromMilliseconds(int(exc.retry_after_seconds * 1000))
         details.append(error_details_pb2.RetryInfo(retry_delay=delay))
-    return _status(exc.code, exc.message, details)
+    return _status_proto(exc.code, exc.message, details)
 
 
 def internal_failure(request_id: str) -> RpcFailure:

@@ -1,0 +1,467 @@
+"""Ingest: group commit per table, exactly-once offsets, idempotent request ids.
+
+Writes to one table from every stream and every WriteRows call go to that table's single
+committer, which gathers them for up to ``commit_delay_ms`` (or until a row or byte
+threshold) and commits them as one Parquet append and one Iceberg snapshot. A write is
+answered only after the commit that holds it succeeded. Buffers are capped per table and per
+process: a writer that outruns the committer waits for room, then gets RESOURCE_EXHAUSTED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lakehouse import metrics
+from lakehouse.adapters.iceberg import IcebergCatalog
+from lakehouse.adapters.iceberg_ingest import AppendPlan, IngestState
+from lakehouse.config import IngestSettings
+from lakehouse.core.names import check_identifier
+from lakehouse.errors import (
+    InvalidArgument,
+    LakehouseError,
+    NotFound,
+    OutOfRange,
+    ResourceExhausted,
+)
+
+log = logging.getLogger(__name__)
+
+_WRITER_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+def check_writer_id(field: str, writer_id: str) -> str:
+    """Checks a writer id: 1 to 128 ASCII letters, digits, '.', '_' or '-'.
+
+    Raises:
+        InvalidArgument: Otherwise.
+    """
+    if not _WRITER_ID.fullmatch(writer_id) or writer_id in {".", ".."}:
+        raise InvalidArgument.field(
+            field,
+            "must be 1 to 128 ASCII letters, digits, '.', '_' or '-'",
+            reason="INVALID_WRITER_ID",
+        )
+    return writer_id
+
+
+def check_request_id(field: str, request_id: str) -> str:
+    """Checks a request id: 1 to 128 printable ASCII characters.
+
+    Raises:
+        InvalidArgument: Otherwise.
+    """
+    if not 1 <= len(request_id) <= 128 or not all(33 <= ord(c) < 127 for c in request_id):
+        raise InvalidArgument.field(
+            field, "must be 1 to 128 printable ASCII characters", reason="INVALID_REQUEST_ID"
+        )
+    return request_id
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """The outcome of one write."""
+
+    rows_written: int
+    snapshot_id: int | None
+    already_written: bool
+    offset: int | None
+
+
+@dataclass(frozen=True)
+class WriterInfo:
+    """A writer's committed position on a table."""
+
+    next_offset: int
+    last_snapshot_id: int | None
+    last_commit_ms: int
+
+
+@dataclass
+class _Unit:
+    data: pa.Table
+    span: int
+    """Rows the request counts in the writer's sequence (valid and dead-lettered)."""
+    indices: pa.Array | None
+    """Position in the request of each row of ``data``; None when all rows are there."""
+    writer_id: str
+    offset: int | None
+    request_id: str
+    nbytes: int
+    future: asyncio.Future[WriteResult]
+    enqueued: float = field(default_factory=time.monotonic)
+
+    def rows_from(self, skip: int) -> pa.Table:
+        """The rows at request positions ``skip`` and after."""
+        if self.indices is None:
+            return self.data.slice(skip)
+        return self.data.filter(pc.greater_equal(self.indices, skip))
+
+
+@dataclass
+class _Decision:
+    """What the plan does with one unit (recomputed on every commit attempt)."""
+
+    rows: int = 0
+    offset: int | None = None
+    already: bool = False
+    error: LakehouseError | None = None
+
+
+def plan_group(
+    units: list[_Unit], state: IngestState, now_ms: int
+) -> tuple[AppendPlan, list[_Decision]]:
+    """Decides, on one table state, which rows of which units to append.
+
+    Exactly-once per writer: rows below the writer's committed offset are skipped (a unit
+    entirely below it is already written), a unit starting beyond it is an offset gap. A
+    request id already recorded within the window is already written.
+    """
+    writers = dict(state.writers)
+    seen_requests = dict(state.request_ids)
+    new_requests: dict[str, int] = {}
+    commit_writers: set[str] = set()
+    pieces: list[pa.Table] = []
+    decisions: list[_Decision] = []
+    for unit in units:
+        decision = _Decision()
+        decisions.append(decision)
+        rows = unit.span
+        if unit.request_id and unit.request_id in seen_requests:
+            decision.already = True
+            decision.rows = seen_requests[unit.request_id]
+            continue
+        data = unit.data
+        if unit.writer_id:
+            committed = writers.get(unit.writer_id, (0, 0))[0]
+            start = committed if unit.offset is None else unit.offset
+            decision.offset = start
+            if unit.offset is not None and start > committed:
+                decision.error = OutOfRange(
+                    f"offset {start} of writer {unit.writer_id} is beyond its next offset "
+                    f"{committed}: resend from {committed}",
+                    reason="OFFSET_GAP",
+                    metadata={"next_offset": str(committed), "writer_id": unit.writer_id},
+                )
+                continue
+            end = start + rows
+            if rows == 0:
+                continue
+            if end <= committed:
+                decision.already = True
+                decision.rows = rows
+                continue
+            data = unit.rows_from(committed - start)
+            writers[unit.writer_id] = (end, now_ms)
+            commit_writers.add(unit.writer_id)
+        decision.rows = data.num_rows
+        if data.num_rows:
+            pieces.append(data)
+        if unit.request_id:
+            seen_requests[unit.request_id] = decision.rows
+            new_requests[unit.request_id] = decision.rows
+    combined = pa.concat_tables(pieces) if pieces else None
+    plan = AppendPlan(
+        data=combined,
+        writers=writers,
+        commit_writers=sorted(commit_writers),
+        request_ids=new_requests,
+    )
+    return plan, decisions
+
+
+class _BufferBudget:
+    """Bytes waiting to be committed, capped per table and for the whole process."""
+
+    def __init__(self, total: int, per_table: int) -> None:
+        self._total_cap = total
+        self._table_cap = per_table
+        self._total = 0
+        self._tables: dict[tuple[str, str], int] = {}
+        self._changed = asyncio.Condition()
+
+    def _fits(self, key: tuple[str, str], nbytes: int) -> bool:
+        table = self._tables.get(key, 0)
+        if table == 0 and self._total == 0:
+            return True  # a single oversized write still goes through, alone
+        return table + nbytes <= self._table_cap and self._total + nbytes <= self._total_cap
+
+    async def reserve(self, key: tuple[str, str], nbytes: int, timeout: float) -> None:
+        async with self._changed:
+            try:
+                await asyncio.wait_for(
+                    self._changed.wait_for(lambda: self._fits(key, nbytes)), timeout
+                )
+            except TimeoutError:
+                raise ResourceExhausted(
+                    f"the write buffer of {key[0]}.{key[1]} is full; retry later",
+                    reason="WRITE_BUFFER_FULL",
+                    retry_after_seconds=1.0,
+                ) from None
+            self._total += nbytes
+            self._tables[key] = self._tables.get(key, 0) + nbytes
+            metrics.INGEST_BUFFERED_BYTES.set(self._total)
+
+    async def release(self, key: tuple[str, str], nbytes: int) -> None:
+        async with self._changed:
+            self._total -= nbytes
+            self._tables[key] = self._tables.get(key, 0) - nbytes
+            if self._tables[key] <= 0:
+                del self._tables[key]
+            metrics.INGEST_BUFFERED_BYTES.set(self._total)
+            self._changed.notify_all()
+
+
+class _TableCommitter:
+    """The one committer of one table in this process."""
+
+    def __init__(
+        self,
+        key: tuple[str, str],
+        catalog: IcebergCatalog,
+        settings: IngestSettings,
+        budget: _BufferBudget,
+    ) -> None:
+        self._key = key
+        self._catalog = catalog
+        self._settings = settings
+        self._budget = budget
+        self._queue: asyncio.Queue[_Unit] = asyncio.Queue()
+        self._task = asyncio.create_task(self._run(), name=f"committer-{key[0]}.{key[1]}")
+
+    async def enqueue(self, unit: _Unit) -> asyncio.Future[WriteResult]:
+        """Waits for buffer room, queues the unit, and returns the future of its commit."""
+        await self._budget.reserve(self._key, unit.nbytes, self._settings.buffer_wait_seconds)
+        self._queue.put_nowait(unit)
+        return unit.future
+
+    async def _gather(self) -> list[_Unit]:
+        first = await self._queue.get()
+        group = [first]
+        rows, nbytes = first.data.num_rows, first.nbytes
+        deadline = first.enqueued + self._settings.commit_delay_ms / 1000
+        while rows < self._settings.commit_rows and nbytes < self._settings.commit_bytes:
+            try:
+                unit = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    unit = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    break
+            group.append(unit)
+            rows += unit.data.num_rows
+            nbytes += unit.nbytes
+        return group
+
+    async def _run(self) -> None:
+        while True:
+            group = await self._gather()
+            try:
+                await self._commit(group)
+            finally:
+                for unit in group:
+                    await self._budget.release(self._key, unit.nbytes)
+
+    async def _commit(self, group: list[_Unit]) -> None:
+        decisions: list[_Decision] = []
+
+        def plan(state: IngestState) -> AppendPlan:
+            nonlocal decisions
+            decided, decisions = plan_group(group, state, int(time.time() * 1000))
+            return decided
+
+        started = time.perf_counter()
+        try:
+            outcome = await self._catalog.planned_append(
+                *self._key,
+                plan,
+                request_id_window_ms=int(self._settings.request_id_window_seconds * 1000),
+                max_attempts=self._settings.commit_attempts,
+            )
+        except LakehouseError as exc:
+            metrics.INGEST_COMMITS.labels("error").inc()
+            for unit in group:
+                if not unit.future.done():
+                    unit.future.set_exception(exc)
+            return
+        except Exception as exc:
+            log.exception("ingest commit failed", extra={"table": ".".join(self._key)})
+            for unit in group:
+                if not unit.future.done():
+                    unit.future.set_exception(exc)
+            return
+        wrote = outcome.plan.data is not None and outcome.plan.data.num_rows > 0
+        if wrote:
+            metrics.INGEST_COMMITS.labels("ok").inc()
+            metrics.INGEST_COMMIT_SECONDS.observe(time.perf_counter() - started)
+            metrics.INGEST_ROWS.inc(outcome.plan.data.num_rows if outcome.plan.data else 0)
+        metrics.INGEST_COMMIT_CONFLICTS.inc(outcome.conflicts)
+        for unit, decision in zip(group, decisions, strict=True):
+            if unit.future.done():
+                continue
+            if decision.error is not None:
+                unit.future.set_exception(decision.error)
+                continue
+            unit.future.set_result(
+                WriteResult(
+                    rows_written=decision.rows,
+                    snapshot_id=outcome.snapshot_id,
+                    already_written=decision.already,
+                    offset=decision.offset,
+                )
+            )
+
+    async def close(self) -> None:
+        """Commits what is queued, then stops."""
+        while not self._queue.empty():
+            await asyncio.sleep(0.01)
+        self._task.cancel()
+
+
+class Ingest:
+    """The ingest use cases behind IngestService."""
+
+    def __init__(self, catalog: IcebergCatalog, settings: IngestSettings) -> None:
+        self._catalog = catalog
+        self._settings = settings
+        self._budget: _BufferBudget | None = None
+        self._committers: dict[tuple[str, str], _TableCommitter] = {}
+
+    def _committer(self, key: tuple[str, str]) -> _TableCommitter:
+        if self._budget is None:
+            self._budget = _BufferBudget(
+                self._settings.buffer_bytes, self._settings.table_buffer_bytes
+            )
+        committer = self._committers.get(key)
+        if committer is None:
+            committer = self._committers[key] = _TableCommitter(
+                key, self._catalog, self._settings, self._budget
+            )
+        return committer
+
+    async def write(
+        self,
+        namespace: str,
+        table: str,
+        data: pa.Table,
+        *,
+        span: int | None = None,
+        indices: pa.Array | None = None,
+        writer_id: str = "",
+        offset: int | None = None,
+        request_id: str = "",
+    ) -> WriteResult:
+        """Writes rows already conformed to the table's schema; returns once committed.
+
+        Args:
+            namespace: The table's namespace.
+            table: The table name.
+            data: The rows, in the table's Arrow schema.
+            span: Rows the request counts in the writer's sequence (default: those of data;
+                more when invalid rows were dead-lettered).
+            indices: Request position of each row of ``data`` when ``span`` is larger.
+            writer_id: For exactly-once delivery.
+            offset: Position of the request's first row in the writer's sequence.
+            request_id: Makes a retried request write once.
+
+        Raises:
+            InvalidArgument: Bad names, ids or offset.
+            NotFound: No such table.
+            OutOfRange: An offset beyond the writer's next one (nothing written).
+            ResourceExhausted: The write buffer stayed full.
+            Conflict: Commits kept conflicting.
+            Unavailable: The catalog or the object store failed (nothing acknowledged).
+        """
+        future = await self.enqueue(
+            namespace,
+            table,
+            data,
+            span=span,
+            indices=indices,
+            writer_id=writer_id,
+            offset=offset,
+            request_id=request_id,
+        )
+        return await future
+
+    async def enqueue(
+        self,
+        namespace: str,
+        table: str,
+        data: pa.Table,
+        *,
+        span: int | None = None,
+        indices: pa.Array | None = None,
+        writer_id: str = "",
+        offset: int | None = None,
+        request_id: str = "",
+    ) -> asyncio.Future[WriteResult]:
+        """Queues a write (waiting for buffer room) and returns the future of its commit.
+
+        Writes queued in order are committed in order, so a stream's requests keep theirs.
+
+        Raises:
+            InvalidArgument: Bad names, ids or offset.
+            ResourceExhausted: The write buffer stayed full.
+        """
+        check_identifier("namespace", namespace)
+        check_identifier("table", table)
+        if writer_id:
+            check_writer_id("writer_id", writer_id)
+        if request_id:
+            check_request_id("request_id", request_id)
+        if offset is not None:
+            if not writer_id:
+                raise InvalidArgument.field("offset", "an offset needs a writer_id")
+            if offset < 0:
+                raise InvalidArgument.field("offset", f"must not be negative, got {offset}")
+        unit = _Unit(
+            data=data,
+            span=data.num_rows if span is None else span,
+            indices=indices,
+            writer_id=writer_id,
+            offset=offset,
+            request_id=request_id,
+            nbytes=max(data.nbytes, 1),
+            future=asyncio.get_running_loop().create_future(),
+        )
+        return await self._committer((namespace, table)).enqueue(unit)
+
+    async def get_writer(self, namespace: str, table: str, writer_id: str) -> WriterInfo:
+        """A writer's committed position.
+
+        Raises:
+            InvalidArgument: Bad names or writer id.
+            NotFound: No such table, or the writer never committed (reason WRITER_NOT_FOUND).
+        """
+        check_identifier("namespace", namespace)
+        check_identifier("table", table)
+        check_writer_id("writer_id", writer_id)
+        found = await self._catalog.writer_position(
+            namespace,
+            table,
+            writer_id,
+            request_id_window_ms=int(self._settings.request_id_window_seconds * 1000),
+        )
+        if found is None:
+            raise NotFound(
+                f"writer {writer_id} has no committed rows in {namespace}.{table}; start at 0",
+                reason="WRITER_NOT_FOUND",
+                metadata={"writer_id": writer_id},
+            )
+        next_offset, snapshot_id, commit_ms = found
+        return WriterInfo(next_offset, snapshot_id, commit_ms)
+
+    async def close(self) -> None:
+        """Commits what is buffered and stops every committer."""
+        for committer in list(self._committers.values()):
+            await committer.close()

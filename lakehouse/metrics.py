@@ -1,0 +1,31 @@
+"""Domain metrics (``lakehouse_*``); the gRPC ones live in ``lakehouse.server.metrics``."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+INGEST_ROWS = Counter("lakehouse_ingest_rows_total", "Rows committed by IngestService.")
+INGEST_BYTES = Counter(
+    "lakehouse_ingest_bytes_total", "Bytes (Arrow, as received) accepted by IngestService."
+)
+INGEST_COMMITS = Counter(
+    "lakehouse_ingest_commits_total", "Group commits by outcome.", ("outcome",)
+)
+INGEST_COMMIT_SECONDS = Histogram(
+    "lakehouse_ingest_commit_seconds",
+    "Duration of a group commit, from the start of planning to the committed snapshot.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+INGEST_COMMIT_CONFLICTS = Counter(
+    "lakehouse_ingest_commit_conflicts_total",
+    "Commits that lost a race with another writer and were re-planned on fresh metadata.",
+)
+INGEST_BUFFERED_BYTES = Gauge(
+    "lakehouse_ingest_buffered_bytes", "Bytes waiting in the write buffers of all tables."
+)
+INGEST_REJECTED_ROWS = Counter(
+    "lakehouse_ingest_rejected_rows_total", "Rows that did not match the table schema.", ("reason",)
+)
+INGEST_DEAD_LETTERED_ROWS = Counter(
+    "lakehouse_ingest_dead_lettered_rows_total", "Invalid rows written to dead-letter tables."
+)

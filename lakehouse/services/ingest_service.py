@@ -1,0 +1,313 @@
+"""IngestService: AppendRows, WriteRows, GetWriter. Proto in, core call, proto out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import pyarrow as pa
+from google.protobuf import json_format
+
+from lakehouse import metrics
+from lakehouse.adapters.iceberg import TableInfo
+from lakehouse.core.dead_letters import DEAD_LETTER_TABLE, POLICY_PROPERTY, DeadLetters
+from lakehouse.core.ingest import Ingest, WriteResult
+from lakehouse.core.ingest_rows import DecodedRows, decode_arrow, decode_json
+from lakehouse.core.tables import Tables
+from lakehouse.errors import FieldViolation, InvalidArgument, LakehouseError
+from lakehouse.schemas import schema_to_arrow
+from lakehouse.services.status import status_proto_for
+from lakehouse.v1 import ingest_pb2, ingest_service_pb2_grpc, table_pb2
+from lakehouse.v1 import ingest_service_pb2 as pb
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+MAX_LISTED_ROW_ERRORS = 100
+# Requests of one stream decoded and queued ahead of their acknowledgement.
+STREAM_PIPELINE_DEPTH = 64
+
+
+@dataclass
+class _Stream:
+    """What the first request of an AppendRows stream fixed."""
+
+    namespace: str = ""
+    table: str = ""
+    writer_id: str = ""
+    schema_bytes: bytes | None = None
+
+
+def _row_errors(decoded: DecodedRows) -> list[ingest_pb2.RowError]:
+    return [
+        ingest_pb2.RowError(
+            row_index=p.row_index,
+            column=p.column,
+            reason=ingest_pb2.RowErrorReason.Value(f"ROW_ERROR_REASON_{p.reason.name}"),
+            message=p.message,
+        )
+        for p in decoded.problems[:MAX_LISTED_ROW_ERRORS]
+    ]
+
+
+def _rejection(decoded: DecodedRows) -> InvalidArgument:
+    error = _invalid_rows(decoded)
+    error.row_errors = _row_errors(decoded)  # type: ignore[attr-defined]  # for AppendRows acks
+    return error
+
+
+def _invalid_rows(decoded: DecodedRows) -> InvalidArgument:
+    violations = [
+        FieldViolation(
+            f"rows[{p.row_index}]" + (f".{p.column}" if p.column else ""),
+            f"{p.reason.name}: {p.message}",
+        )
+        for p in decoded.problems[:MAX_LISTED_ROW_ERRORS]
+    ]
+    first = violations[0]
+    bad_rows = len({p.row_index for p in decoded.problems})
+    return InvalidArgument(
+        f"{bad_rows} row(s) do not match the table schema; first: {first.field}: "
+        f"{first.description}; nothing was written",
+        violations=violations,
+        reason="INVALID_ROWS",
+    )
+
+
+@dataclass
+class _Queued:
+    """A request on its way: the future of its commit and what was dead-lettered."""
+
+    future: asyncio.Future[WriteResult] | None = None
+    row_errors: list[ingest_pb2.RowError] = field(default_factory=list)
+    dead_lettered: int = 0
+    dead_letter_namespace: str = ""
+
+    def result_proto(self, result: WriteResult) -> ingest_pb2.WriteResult:
+        proto = ingest_pb2.WriteResult(
+            rows_written=result.rows_written,
+            rows_dead_lettered=self.dead_lettered,
+            snapshot_id=result.snapshot_id or 0,
+            already_written=result.already_written,
+        )
+        if self.dead_lettered:
+            proto.dead_letter_table.CopyFrom(
+                table_pb2.TableReference(
+                    namespace=self.dead_letter_namespace, table=DEAD_LETTER_TABLE
+                )
+            )
+        return proto
+
+
+def _policy(requested: int, properties: dict[str, str]) -> int:
+    if requested not in ingest_pb2.InvalidRowPolicy.values():
+        raise InvalidArgument.field("invalid_row_policy", f"unknown policy {requested}")
+    if requested != ingest_pb2.INVALID_ROW_POLICY_UNSPECIFIED:
+        return requested
+    if properties.get(POLICY_PROPERTY, "reject") == "dead-letter":
+        return ingest_pb2.INVALID_ROW_POLICY_DEAD_LETTER
+    return ingest_pb2.INVALID_ROW_POLICY_REJECT
+
+
+class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
+    """Implements lakehouse.v1.IngestService on top of the core ``Ingest``."""
+
+    def __init__(self, ingest: Ingest, tables: Tables) -> None:
+        self._ingest = ingest
+        self._tables = tables
+        self._dead_letters = DeadLetters(tables, ingest)
+
+    async def _decode(
+        self, namespace: str, table: str, request: Any, schema_bytes: bytes | None
+    ) -> tuple[DecodedRows, TableInfo]:
+        info = await self._tables.get_table(namespace, table)
+        kind = request.WhichOneof("rows")
+        if kind == "arrow_record_batch":
+            payload = request.arrow_record_batch.serialized_record_batch
+            decoded = await asyncio.to_thread(decode_arrow, payload, schema_bytes, info.schema)
+        elif kind == "json_rows":
+            rows = [json_format.MessageToDict(s) for s in request.json_rows.rows]
+            decoded = await asyncio.to_thread(decode_json, rows, info.schema)
+        else:
+            empty = pa.Table.from_batches([], schema=schema_to_arrow(info.schema))
+            decoded = DecodedRows(empty, [], [], {}, 0)
+        for problem in decoded.problems[:MAX_LISTED_ROW_ERRORS]:
+            metrics.INGEST_REJECTED_ROWS.labels(problem.reason.name).inc()
+        return decoded, info
+
+    async def _enqueue(
+        self,
+        namespace: str,
+        table: str,
+        request: Any,
+        schema_bytes: bytes | None,
+        *,
+        writer_id: str,
+        offset: int | None,
+        request_id: str,
+    ) -> _Queued:
+        decoded, info = await self._decode(namespace, table, request, schema_bytes)
+        queued = _Queued(row_errors=_row_errors(decoded))
+        indices = None
+        if decoded.problems:
+            policy = _policy(request.invalid_row_policy, info.properties)
+            whole_payload = any(p.row_index < 0 for p in decoded.problems)
+            if policy != ingest_pb2.INVALID_ROW_POLICY_DEAD_LETTER or whole_payload:
+                raise _rejection(decoded)
+            queued.dead_lettered = await self._dead_letters.write(
+                namespace, table, decoded, writer_id=writer_id, offset=offset
+            )
+            metrics.INGEST_DEAD_LETTERED_ROWS.inc(queued.dead_lettered)
+            queued.dead_letter_namespace = namespace
+            indices = pa.array(decoded.valid_indices, pa.int64())
+        metrics.INGEST_BYTES.inc(decoded.valid.nbytes)
+        queued.future = await self._ingest.enqueue(
+            namespace,
+            table,
+            decoded.valid,
+            span=decoded.row_count,
+            indices=indices,
+            writer_id=writer_id,
+            offset=offset,
+            request_id=request_id,
+        )
+        return queued
+
+    async def WriteRows(
+        self, request: pb.WriteRowsRequest, context: Context
+    ) -> pb.WriteRowsResponse:
+        """Writes one batch of rows; with a request_id, at most once."""
+        schema_bytes = (
+            request.arrow_schema.serialized_schema if request.HasField("arrow_schema") else None
+        )
+        queued = await self._enqueue(
+            request.namespace,
+            request.table,
+            request,
+            schema_bytes,
+            writer_id="",
+            offset=None,
+            request_id=request.request_id,
+        )
+        assert queued.future is not None
+        result = await queued.future
+        return pb.WriteRowsResponse(
+            result=queued.result_proto(result), row_errors=queued.row_errors
+        )
+
+    async def GetWriter(
+        self, request: pb.GetWriterRequest, context: Context
+    ) -> pb.GetWriterResponse:
+        """A writer's committed position on a table."""
+        info = await self._ingest.get_writer(request.namespace, request.table, request.writer_id)
+        writer = ingest_pb2.Writer(
+            namespace=request.namespace,
+            table=request.table,
+            writer_id=request.writer_id,
+            next_offset=info.next_offset,
+            last_snapshot_id=info.last_snapshot_id or 0,
+        )
+        writer.last_commit_time.FromMilliseconds(info.last_commit_ms)
+        return pb.GetWriterResponse(writer=writer)
+
+    async def AppendRows(
+        self, request_iterator: AsyncIterator[pb.AppendRowsRequest], context: Context
+    ) -> AsyncIterator[pb.AppendRowsResponse]:
+        """Appends a stream of requests, acknowledging each in order after its commit."""
+        stream = _Stream()
+        pending: asyncio.Queue[Any] = asyncio.Queue(maxsize=STREAM_PIPELINE_DEPTH)
+        done = object()
+
+        async def read_requests() -> None:
+            index = 0
+            async for request in request_iterator:
+                await pending.put(await self._accept(stream, request, index))
+                index += 1
+            await pending.put(done)
+
+        reader = asyncio.create_task(read_requests())
+        try:
+            while True:
+                getter = asyncio.ensure_future(pending.get())
+                await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    reader.result()  # a stream-level error ends the call with its status
+                    continue
+                item = getter.result()
+                if item is done:
+                    return
+                offset, outcome = item
+                yield await self._acknowledge(offset, outcome)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+
+    async def _accept(
+        self, stream: _Stream, request: pb.AppendRowsRequest, index: int
+    ) -> tuple[int | None, Any]:
+        """Decodes and queues one request; returns its offset and future (or its error)."""
+        offset = request.offset if request.HasField("offset") else None
+        try:
+            self._bind(stream, request, index)
+            if request.HasField("arrow_schema"):
+                stream.schema_bytes = request.arrow_schema.serialized_schema
+            queued = await self._enqueue(
+                stream.namespace,
+                stream.table,
+                request,
+                stream.schema_bytes,
+                writer_id=stream.writer_id,
+                offset=offset,
+                request_id="",
+            )
+            return offset, queued
+        except LakehouseError as exc:
+            return offset, exc
+
+    @staticmethod
+    def _bind(stream: _Stream, request: pb.AppendRowsRequest, index: int) -> None:
+        if index == 0:
+            if not request.namespace or not request.table:
+                raise InvalidArgument.field(
+                    "namespace" if not request.namespace else "table",
+                    "the first request of a stream must name the table",
+                )
+            stream.namespace, stream.table = request.namespace, request.table
+            stream.writer_id = request.writer_id
+            return
+        for name, value, bound in (
+            ("namespace", request.namespace, stream.namespace),
+            ("table", request.table, stream.table),
+            ("writer_id", request.writer_id, stream.writer_id),
+        ):
+            if value and value != bound:
+                raise InvalidArgument.field(
+                    name, f"is {value!r} but the stream was opened with {bound!r}"
+                )
+
+    @staticmethod
+    async def _acknowledge(offset: int | None, outcome: Any) -> pb.AppendRowsResponse:
+        response = pb.AppendRowsResponse()
+        if isinstance(outcome, _Queued):
+            assert outcome.future is not None
+            response.row_errors.extend(outcome.row_errors)
+            try:
+                result: WriteResult = await outcome.future
+            except LakehouseError as exc:
+                outcome = exc
+            else:
+                if result.offset is not None:
+                    response.offset = result.offset
+                response.result.CopyFrom(outcome.result_proto(result))
+                return response
+        if offset is not None:
+            response.offset = offset
+        if isinstance(outcome, InvalidArgument) and outcome.reason == "INVALID_ROWS":
+            response.row_errors.extend(getattr(outcome, "row_errors", []))
+        response.error.CopyFrom(status_proto_for(outcome, ""))
+        return response
