@@ -233,6 +233,8 @@ class _TableCommitter:
         self._settings = settings
         self._budget = budget
         self._queue: asyncio.Queue[_Unit] = asyncio.Queue()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._task = asyncio.create_task(self._run(), name=f"committer-{key[0]}.{key[1]}")
 
     async def enqueue(self, unit: _Unit) -> asyncio.Future[WriteResult]:
@@ -265,11 +267,14 @@ class _TableCommitter:
     async def _run(self) -> None:
         while True:
             group = await self._gather()
+            self._idle.clear()
             try:
                 await self._commit(group)
             finally:
                 for unit in group:
                     await self._budget.release(self._key, unit.nbytes)
+                if self._queue.empty():
+                    self._idle.set()
 
     async def _commit(self, group: list[_Unit]) -> None:
         decisions: list[_Decision] = []
@@ -320,9 +325,10 @@ class _TableCommitter:
                 )
             )
 
-    async def close(self) -> None:
-        """Commits what is queued, then stops."""
-        while not self._queue.empty():
+    async def close(self, timeout: float) -> None:
+        """Commits what is queued (for at most ``timeout`` seconds), then stops."""
+        deadline = time.monotonic() + timeout
+        while (not self._queue.empty() or not self._idle.is_set()) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         self._task.cancel()
 
@@ -461,7 +467,7 @@ class Ingest:
         next_offset, snapshot_id, commit_ms = found
         return WriterInfo(next_offset, snapshot_id, commit_ms)
 
-    async def close(self) -> None:
-        """Commits what is buffered and stops every committer."""
+    async def close(self, timeout: float = 30.0) -> None:
+        """Commits what is buffered (within ``timeout``) and stops every committer."""
         for committer in list(self._committers.values()):
-            await committer.close()
+            await committer.close(timeout)

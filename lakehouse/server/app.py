@@ -150,7 +150,7 @@ class LakehouseServer:
             await asyncio.sleep(self.settings.shutdown_drain_seconds)
         if self._grpc is not None:
             await self._grpc.stop(grace)
-        await self.ingest.close()
+        await self.ingest.close(timeout=max(grace, 1.0))
         if self._http is not None:
             await self._http.cleanup()
         await self.store.close()

@@ -124,3 +124,47 @@ async def test_errors_show_code_and_details(grpcurl: Path, grpc_target: str) -> 
     assert "Code: InvalidArgument" in text
     assert "INVALID_NAME" in text
     assert '"field":"name"' in text.replace(" ", "")
+
+
+async def test_write_and_read_rows_as_json(grpcurl: Path, grpc_target: str) -> None:
+    await grpcurl_run(
+        grpcurl, grpc_target, "lakehouse.v1.TableService/CreateNamespace", data={"name": "j"}
+    )
+    await grpcurl_run(
+        grpcurl,
+        grpc_target,
+        "lakehouse.v1.TableService/CreateTable",
+        data={
+            "namespace": "j",
+            "table": "t",
+            "schema": {
+                "fields": [
+                    {"name": "id", "type": {"primitive": "PRIMITIVE_TYPE_LONG"}, "required": True},
+                    {"name": "amount", "type": {"decimal": {"precision": 10, "scale": 2}}},
+                ]
+            },
+        },
+    )
+    written = json.loads(
+        await grpcurl_run(
+            grpcurl,
+            grpc_target,
+            "lakehouse.v1.IngestService/WriteRows",
+            data={
+                "namespace": "j",
+                "table": "t",
+                "requestId": "first-load",
+                "jsonRows": {"rows": [{"id": 1, "amount": "12.50"}, {"id": 2}]},
+            },
+        )
+    )
+    assert written["result"]["rowsWritten"] == "2"
+    read = await grpcurl_run(
+        grpcurl,
+        grpc_target,
+        "lakehouse.v1.TableService/ReadRows",
+        data={"namespace": "j", "table": "t", "format": "ROW_FORMAT_JSON", "rowFilter": "id = 1"},
+    )
+    messages = [json.loads(chunk) for chunk in read.replace("}\n{", "}\x00{").split("\x00")]
+    rows = [row for m in messages for row in m.get("jsonRows", {}).get("rows", [])]
+    assert rows == [{"id": 1, "amount": "12.50"}]
