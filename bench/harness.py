@@ -405,17 +405,20 @@ class BenchContext:
         timeout: float = SERVER_START_TIMEOUT_SECONDS,
         *,
         share_data_dir: bool = False,
+        backend: Backend | None = None,
     ) -> Iterator[ServerProcess]:
         """A fresh server on the same backend, SERVING; stopped on exit.
 
         It gets its own data dir, or with ``share_data_dir`` the shared server's (started if
         need be), so that on ``embedded`` it sees the same SQLite catalog and warehouse: the
         tables a scenario set up there. (``postgres_s3`` servers share the catalog anyway.)
+        ``backend`` configures it differently from the run's backend (e.g. the embedded
+        SQLite catalog with a warehouse on a moto S3 the scenario started itself).
         """
         data_dir = self.shared_server().data_dir if share_data_dir else None
         self._spawned += 1
         server = ServerProcess(
-            self.backend,
+            backend or self.backend,
             self.workdir / f"{label}-{self._spawned}",
             log_level=self.server_log_level,
             label=f"{label}-{self._spawned}",

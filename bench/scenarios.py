@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import math
 import statistics
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,11 +29,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import NamespaceAlreadyExistsError
 
+from bench.backends import Backend, _test_fixtures, moto_process
 from bench.harness import BenchContext, HarnessError, Result, Scenario, ServerProcess, closed_loop
 from lakehouse.adapters.iceberg import catalog_properties
-from lakehouse.client.arrow import read_rows_request, read_rows_to_arrow_async
+from lakehouse.client.arrow import (
+    append_rows_requests,
+    read_rows_request,
+    read_rows_to_arrow_async,
+    write_rows_request,
+)
 from lakehouse.config import Settings
-from lakehouse.v1 import table_service_pb2, table_service_pb2_grpc
+from lakehouse.v1 import ingest_service_pb2_grpc, table_service_pb2, table_service_pb2_grpc
 
 #: Concurrent client streams of every "qps" scenario (the issues' "16 concurrent streams").
 CONCURRENCY = 16
@@ -409,6 +418,298 @@ async def read_rows_peak_rss_mb(ctx: BenchContext) -> Result:
     )
 
 
+# --- ingest: AppendRows / WriteRows against direct pyiceberg appends ---------------------------
+
+#: Rows of one ingest batch (10 columns of the read table's schema: ~9.3 MiB as Arrow).
+INGEST_BATCH_ROWS = 100_000
+#: The helper's byte budget of one serialized batch: above one 100k-row batch, so each goes
+#: whole, as one request (the helper's default, 4 MiB, would slice each into three).
+INGEST_MAX_BATCH_BYTES = 32 * _MIB
+#: Client channel options of the ingest scenarios: a 100k-row request is ~9.8 MB, over gRPC's
+#: default 4 MiB; the server accepts up to LAKEHOUSE_MAX_MESSAGE_BYTES (64 MiB by default).
+INGEST_CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", 64 * _MIB),
+    ("grpc.max_receive_message_length", 64 * _MIB),
+]
+#: The server's default per-table buffer cap (LAKEHOUSE_INGEST__TABLE_BUFFER_BYTES).
+TABLE_BUFFER_MIB = 256
+#: What one commit may hold on top of the buffer: the concatenated copy of up to commit_bytes
+#: (128 MiB) of buffered Arrow, plus Parquet encoding buffers and gRPC receive buffers.
+COMMIT_ALLOWANCE_MIB = 256
+#: Concurrent clients of write_rows_small.
+SMALL_WRITERS = 32
+#: Rows per WriteRows request of write_rows_small.
+SMALL_ROWS = 100
+
+
+def _catalog_of(server: ServerProcess, backend: Backend) -> Catalog:
+    """A pyiceberg catalog on ``server``'s catalog and warehouse, in the bench process."""
+    settings = Settings(data_dir=server.data_dir, **backend.settings)
+    return load_catalog(settings.catalog.name, **catalog_properties(settings))
+
+
+def _fresh_table(catalog: Catalog, name: str) -> tuple[str, str]:
+    """Creates ``bench.<name>`` (dropped first if there) with the read table's schema."""
+    with contextlib.suppress(NamespaceAlreadyExistsError):
+        catalog.create_namespace(BENCH_NAMESPACE)
+    identifier = (BENCH_NAMESPACE, name)
+    if catalog.table_exists(identifier):
+        catalog.drop_table(identifier)
+    catalog.create_table(identifier, schema=_rows(0, 1).schema)
+    return identifier
+
+
+def _table_rows_and_snapshots(catalog: Catalog, identifier: tuple[str, str]) -> tuple[int, int]:
+    """The row count (from the data files of the current snapshot) and the snapshot count."""
+    table = catalog.load_table(identifier)
+    if table.current_snapshot() is None:
+        return 0, 0
+    rows = sum(task.file.record_count for task in table.scan().plan_files())
+    return rows, len(table.metadata.snapshots)
+
+
+def _ingest_batches(ctx: BenchContext, count: int) -> list[pa.RecordBatch]:
+    """``count`` distinct 100k-row batches (made once per run and kept in the fixtures)."""
+    batches: list[pa.RecordBatch] = ctx.fixtures.setdefault("ingest_batches", [])
+    while len(batches) < count:
+        start = len(batches) * INGEST_BATCH_ROWS
+        batches.append(_rows(start, INGEST_BATCH_ROWS).combine_chunks().to_batches()[0])
+    return batches[:count]
+
+
+async def _append_stream(stub: Any, requests: Any, timeout: float = 600) -> tuple[int, int]:
+    """Sends one AppendRows stream; returns (rows acknowledged, responses). Errors raise."""
+    rows = responses = 0
+    call = stub.AppendRows(requests, timeout=timeout)
+    async for response in call:
+        responses += 1
+        if response.HasField("error"):
+            call.cancel()
+            raise HarnessError(
+                f"AppendRows request {responses} failed: code {response.error.code}, "
+                f"{response.error.message[:200]}"
+            )
+        rows += response.result.rows_written
+    return rows, responses
+
+
+@contextlib.contextmanager
+def _s3_server(ctx: BenchContext) -> Iterator[tuple[ServerProcess, Backend, str]]:
+    """A server whose warehouse is on S3 (moto): the shared one on ``postgres_s3``; on
+    ``embedded`` a fresh one with its SQLite catalog and a moto S3 this starts (a child
+    process, as postgres_s3's). Yields the server, its backend and a description."""
+    if ctx.backend.name == "postgres_s3":
+        yield ctx.shared_server(), ctx.backend, "shared server, PostgreSQL catalog + moto S3"
+        return
+    fixtures = _test_fixtures()
+    with moto_process() as endpoint:
+        bucket = fixtures.s3.create_bucket(endpoint, "lakehouse-bench-ingest")
+        backend = Backend(
+            "embedded+s3",
+            settings={
+                "catalog": {"warehouse": f"s3://{bucket}/wh"},
+                "s3": fixtures.s3.s3_settings(endpoint),
+            },
+        )
+        with ctx.spawn_server("s3", backend=backend) as server:
+            yield server, backend, "fresh server, SQLite catalog + moto S3 started for this"
+
+
+async def _append_rows_bulk(
+    ctx: BenchContext, name: str, server: ServerProcess, backend: Backend, where: str
+) -> Result:
+    """AppendRows of 100k-row batches on one stream, against direct pyiceberg appends of the
+    same batches into another table of the same catalog (one ``append`` per batch)."""
+    batches = _ingest_batches(ctx, ctx.count(20, 4))
+    rows = sum(b.num_rows for b in batches)
+    arrow_bytes = sum(b.nbytes for b in batches)
+    catalog = _catalog_of(server, backend)
+    ours = _fresh_table(catalog, f"{name}_ours")
+    direct = _fresh_table(catalog, f"{name}_direct")
+    warm_ours = _fresh_table(catalog, f"{name}_warmup")
+    warm_direct = _fresh_table(catalog, f"{name}_warmup_direct")
+    requests = list(append_rows_requests(*ours, batches, max_batch_bytes=INGEST_MAX_BATCH_BYTES))
+    if len(requests) != len(batches):
+        raise HarnessError(f"{len(batches)} batches became {len(requests)} requests")
+    wire_bytes = sum(r.ByteSize() for r in requests)
+    small = pa.Table.from_batches([batches[0].slice(0, 1000)])
+    async with ctx.aio_channel_with(INGEST_CHANNEL_OPTIONS, server.target) as channel:
+        stub = ingest_service_pb2_grpc.IngestServiceStub(channel)
+        # Warm-up on other tables, not measured: code paths, connections, imports on both sides.
+        await _append_stream(stub, iter(append_rows_requests(*warm_ours, small)))
+        catalog.load_table(warm_direct).append(small)
+        cpu0, client0, wall0 = server.cpu_seconds(), time.process_time(), time.perf_counter()
+        acked, responses = await _append_stream(stub, iter(requests))
+        seconds = time.perf_counter() - wall0
+        server_cores = (server.cpu_seconds() - cpu0) / seconds
+        client_cores = (time.process_time() - client0) / seconds
+    if acked != rows or responses != len(requests):
+        raise HarnessError(f"AppendRows acknowledged {acked} rows in {responses} responses")
+    table = catalog.load_table(direct)
+    t0 = time.perf_counter()
+    for batch in batches:
+        table.append(pa.Table.from_batches([batch]))
+    direct_seconds = time.perf_counter() - t0
+    found, snapshots = _table_rows_and_snapshots(catalog, ours)
+    found_direct, _ = _table_rows_and_snapshots(catalog, direct)
+    if found != rows or found_direct != rows:
+        raise HarnessError(f"the tables hold {found} and {found_direct} rows, not {rows}")
+    return Result(
+        name,
+        rows / seconds,
+        "rows/s",
+        limit_name="direct pyiceberg append per 100k batch",
+        limit_value=rows / direct_seconds,
+        goal_ratio=0.8,
+        notes=(
+            f"{arrow_bytes / _MIB / seconds:.0f} MiB/s Arrow "
+            f"({wire_bytes / 1e6 / seconds:.0f} MB/s on the wire); {rows:,} rows x 10 cols in "
+            f"{len(requests)} requests of 100k rows "
+            f"(one stream, kept whole: max_batch_bytes 32 MiB, client max_send 64 MiB), "
+            f"{seconds:.2f}s from first send to last ack, {snapshots} commits (row count "
+            f"checked); direct {arrow_bytes / _MIB / direct_seconds:.0f} MiB/s, "
+            f"{direct_seconds:.2f}s, {len(batches)} appends; CPU: server {server_cores:.2f} "
+            f"cores, client {client_cores:.2f}; {where}; ingest settings default"
+        ),
+    )
+
+
+async def append_rows_bulk_local(ctx: BenchContext) -> Result:
+    """AppendRows of 100k-row Arrow batches to local disk, against direct pyiceberg appends."""
+    where = "shared server" + (", local warehouse" if ctx.backend.name == "embedded" else "")
+    return await _append_rows_bulk(
+        ctx, "append_rows_bulk_local", ctx.shared_server(), ctx.backend, where
+    )
+
+
+async def append_rows_bulk_s3(ctx: BenchContext) -> Result:
+    """AppendRows of 100k-row Arrow batches to moto S3, against direct pyiceberg appends."""
+    with _s3_server(ctx) as (server, backend, where):
+        return await _append_rows_bulk(ctx, "append_rows_bulk_s3", server, backend, where)
+
+
+async def write_rows_small(ctx: BenchContext) -> Result:
+    """32 clients sending 100-row WriteRows back to back, against direct 100-row appends."""
+    server = ctx.shared_server()
+    catalog = _catalog_of(server, ctx.backend)
+    ours = _fresh_table(catalog, "write_rows_small_ours")
+    direct = _fresh_table(catalog, "write_rows_small_direct")
+    duration = ctx.seconds(20, 5)
+    tables = [_rows(i * SMALL_ROWS, SMALL_ROWS) for i in range(64)]
+    requests = [write_rows_request(*ours, t) for t in tables]
+    channels = [ctx.aio_channel_with(INGEST_CHANNEL_OPTIONS, server.target) for _ in range(2)]
+    try:
+        stubs = [ingest_service_pb2_grpc.IngestServiceStub(c) for c in channels]
+        await stubs[0].WriteRows(requests[0], timeout=30)  # warm-up: the committer starts
+        _, snapshots0 = _table_rows_and_snapshots(catalog, ours)
+        pairs = itertools.cycle([(stub, req) for req in requests for stub in stubs])
+
+        def call() -> Any:
+            stub, request = next(pairs)
+            return stub.WriteRows(request, timeout=30)
+
+        cpu0, client0, wall0 = server.cpu_seconds(), time.process_time(), time.perf_counter()
+        stats = await closed_loop(call, concurrency=SMALL_WRITERS, duration=duration, warmup=0)
+        wall = time.perf_counter() - wall0
+        server_cores = (server.cpu_seconds() - cpu0) / wall
+        client_cores = (time.process_time() - client0) / wall
+    finally:
+        for channel in channels:
+            await channel.close()
+    stats.require_success("WriteRows")
+    found, snapshots1 = _table_rows_and_snapshots(catalog, ours)
+    ok_calls = stats.calls - stats.errors
+    if found != (ok_calls + 1) * SMALL_ROWS:
+        raise HarnessError(f"the table holds {found} rows, not {(ok_calls + 1) * SMALL_ROWS}")
+    commits = snapshots1 - snapshots0
+    # The direct baseline: one pyiceberg append (one commit) per 100-row batch, same duration.
+    table = catalog.load_table(direct)
+    direct_commits = 0
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < duration:
+        table.append(tables[direct_commits % len(tables)])
+        direct_commits += 1
+    direct_seconds = time.perf_counter() - t0
+    direct_rate = direct_commits * SMALL_ROWS / direct_seconds
+    return Result(
+        "write_rows_small",
+        stats.per_second * SMALL_ROWS,
+        "rows/s",
+        limit_name="direct pyiceberg append per 100 rows",
+        limit_value=direct_rate,
+        goal_ratio=50.0,
+        notes=(
+            f"ack latency p50 {stats.percentile_ms(50):.1f} ms, p99 {stats.percentile_ms(99):.1f} "
+            f"ms; {SMALL_WRITERS} clients (coroutines on 2 channels), {stats.calls} calls of "
+            f"{SMALL_ROWS} rows in {stats.seconds:.1f}s, {stats.errors} errors"
+            + (f" (e.g. {stats.error_examples[0]})" if stats.error_examples else "")
+            + f"; {commits} commits ({ok_calls / max(commits, 1):.0f} requests per commit), "
+            f"row count checked; no request_id; CPU: server {server_cores:.2f} cores, client "
+            f"{client_cores:.2f}; direct: {direct_commits} commits in {direct_seconds:.1f}s "
+            f"({direct_commits / direct_seconds:.1f}/s); ingest settings default"
+        ),
+    )
+
+
+async def ingest_peak_rss_mb(ctx: BenchContext) -> Result:
+    """Peak RSS of a fresh server while one client streams 2 GB of Arrow via AppendRows."""
+    target_bytes = ctx.count(2_000_000_000, 300_000_000)
+    distinct = _ingest_batches(ctx, 4)
+    with ctx.spawn_server("ingest-rss") as server:
+        catalog = _catalog_of(server, ctx.backend)
+        identifier = _fresh_table(catalog, "ingest_rss")
+        prebuilt = list(
+            append_rows_requests(*identifier, distinct, max_batch_bytes=INGEST_MAX_BATCH_BYTES)
+        )
+        per_request = statistics.mean(r.ByteSize() for r in prebuilt)
+        count = math.ceil(target_bytes / per_request)
+
+        def requests() -> Iterator[Any]:
+            # The same few messages again and again (the client holds ~40 MB, not 2 GB);
+            # without a writer_id the service takes repeated rows as they come.
+            yield prebuilt[0]
+            for i in range(count - 1):
+                yield prebuilt[1 + i % (len(prebuilt) - 1)]
+
+        rows = count * INGEST_BATCH_ROWS  # every prebuilt request holds one whole batch
+        await asyncio.sleep(1.0)  # let start-up garbage settle
+        baseline_kib, baseline_hwm_kib = server.rss_kib(), server.hwm_kib()
+        with _RssSampler(server) as sampler:
+            async with ctx.aio_channel_with(INGEST_CHANNEL_OPTIONS, server.target) as channel:
+                stub = ingest_service_pb2_grpc.IngestServiceStub(channel)
+                t0 = time.perf_counter()
+                acked, _ = await _append_stream(stub, requests())
+                seconds = time.perf_counter() - t0
+            await asyncio.sleep(0.2)  # one more sample after the stream
+        peak_kib = max(server.hwm_kib(), sampler.peak_kib)
+        found, snapshots = _table_rows_and_snapshots(catalog, identifier)
+    if acked != rows or found != rows:
+        raise HarnessError(f"acknowledged {acked} rows, the table holds {found}, sent {rows}")
+    baseline, peak = baseline_kib / 1024, peak_kib / 1024
+    limit = baseline + TABLE_BUFFER_MIB + COMMIT_ALLOWANCE_MIB
+    sent = count * per_request
+    return Result(
+        "ingest_peak_rss_mb",
+        peak,
+        "MiB",
+        limit_name=f"RSS before + {TABLE_BUFFER_MIB} MiB table buffer + "
+        f"{COMMIT_ALLOWANCE_MIB} MiB commit",
+        limit_value=limit,
+        goal_ratio=1.0,
+        better="lower",
+        notes=(
+            f"VmHWM {peak:.0f} MiB, RSS before {baseline:.0f} MiB "
+            f"(HWM {baseline_hwm_kib / 1024:.0f}), growth {peak - baseline:.0f} MiB; one stream "
+            f"of {count} requests, {sent / 1e9:.2f} GB on the wire, {rows:,} rows in "
+            f"{seconds:.1f}s ({sent / 1e6 / seconds:.0f} MB/s), {snapshots} commits, row count "
+            f"checked; {sampler.samples} RSS samples, max {sampler.peak_kib / 1024:.0f} MiB; "
+            f"bound: table_buffer_bytes (default 256 MiB) + an allowance for one commit "
+            f"(concatenated copy of up to commit_bytes 128 MiB + Parquet/gRPC buffers); "
+            f"ingest settings default"
+        ),
+    )
+
+
 #: Every scenario, in the order they run (and appear in the results).
 SCENARIOS: list[Scenario] = [
     startup_seconds,
@@ -418,4 +719,8 @@ SCENARIOS: list[Scenario] = [
     read_rows_arrow,
     read_rows_arrow_zstd,
     read_rows_peak_rss_mb,
+    append_rows_bulk_local,
+    append_rows_bulk_s3,
+    write_rows_small,
+    ingest_peak_rss_mb,
 ]

@@ -643,12 +643,15 @@ class IcebergCatalog:
 
         def work(c: Catalog) -> AppendOutcome:
             try:
-                return planned_append(
+                outcome = planned_append(
                     lambda: self._table(c, namespace, name),
                     plan,
                     request_id_window_ms=request_id_window_ms,
                     max_attempts=max_attempts,
                 )
+                if outcome.table is not None:  # the next plan starts from the cache
+                    self._remember(namespace, name, outcome.table)
+                return outcome
             except ValueError as exc:  # pyiceberg's schema compatibility check
                 raise FailedPrecondition(
                     f"rows no longer match the schema of {namespace}.{name} (it changed "

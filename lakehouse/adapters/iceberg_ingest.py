@@ -62,6 +62,8 @@ class AppendOutcome:
     snapshot_id: int | None
     attempts: int
     conflicts: int
+    table: IcebergTable | None = None
+    """The table as committed (None when nothing was appended)."""
 
 
 def _summary(snapshot: Snapshot) -> Mapping[str, str]:
@@ -166,6 +168,6 @@ def planned_append(
             continue
         snapshot = committed.current_snapshot()
         return AppendOutcome(
-            decided, snapshot.snapshot_id if snapshot else None, attempt, conflicts
+            decided, snapshot.snapshot_id if snapshot else None, attempt, conflicts, committed
         )
     raise AssertionError("unreachable")  # pragma: no cover
