@@ -59,6 +59,7 @@ from pyiceberg.types import (
     UUIDType,
 )
 
+from lakehouse.core.json_values import json_value
 from lakehouse.schemas import schema_to_arrow
 
 #: A failing column cast is bisected to isolate its bad values; past this many cast attempts
@@ -603,7 +604,7 @@ class _ArrowPayloads(Mapping[int, str]):
         for name, column in zip(self._table.column_names, self._table.columns, strict=True):
             scalar = column[row]
             try:
-                obj[name] = _json_value(scalar.as_py())
+                obj[name] = json_value(scalar.as_py())
             except (ValueError, OverflowError, TypeError, pa.ArrowException):
                 obj[name] = _scalar_text(scalar)
         return json.dumps(obj, ensure_ascii=False, default=str)
@@ -624,33 +625,6 @@ def _scalar_text(scalar: pa.Scalar) -> str:
         return str(pc.cast(scalar, pa.string()).as_py())
     except (pa.ArrowException, ValueError):
         return f"<unprintable {scalar.type} value>"
-
-
-def _json_value(value: Any) -> Any:
-    """An Arrow Python value in the JSON row format (as ``lakehouse.services.json_rows``)."""
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, int):
-        return value if -_EXACT_INT <= value <= _EXACT_INT else str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "NaN"
-        if math.isinf(value):
-            return "Infinity" if value > 0 else "-Infinity"
-        return value
-    if isinstance(value, (dt.datetime, dt.date, dt.time)):
-        return value.isoformat()
-    if isinstance(value, (bytes, bytearray)):
-        return base64.b64encode(value).decode("ascii")
-    if isinstance(value, dict):
-        return {str(k): _json_value(v) for k, v in value.items()}
-    if isinstance(value, list):
-        if value and all(isinstance(v, tuple) and len(v) == 2 for v in value):
-            if all(isinstance(k, str) for k, _ in value):
-                return {k: _json_value(v) for k, v in value}
-            return [{"key": _json_value(k), "value": _json_value(v)} for k, v in value]
-        return [_json_value(v) for v in value]
-    return str(value)  # Decimal, UUID, timedelta...
 
 
 # --- JSON -------------------------------------------------------------------------------
