@@ -456,12 +456,25 @@ class IcebergCatalog:
         else:
             # The DB-API directly: a third of the cost of a SQLAlchemy statement, and this
             # runs on every GetTable and ReadRows.
-            raw = c.engine.raw_connection()
+            dbapi = c.engine.dialect.loaded_dbapi
+            try:
+                raw = c.engine.raw_connection()
+            except (DBAPIError, dbapi.OperationalError, dbapi.InterfaceError) as exc:
+                # the pool does not wrap a failed connect in SQLAlchemy's exceptions
+                raise Unavailable(
+                    "catalog unavailable: " + _brief(exc), reason="CATALOG_UNAVAILABLE"
+                ) from exc
             try:
                 cursor = raw.cursor()
                 cursor.execute(sql, params)
                 row = cursor.fetchone()
                 cursor.close()
+            except (dbapi.OperationalError, dbapi.InterfaceError) as exc:
+                # Not wrapped by SQLAlchemy on this path: drop the dead connection ourselves.
+                raw.invalidate()
+                raise Unavailable(
+                    "catalog unavailable: " + _brief(exc), reason="CATALOG_UNAVAILABLE"
+                ) from exc
             finally:
                 raw.close()
             location = row[0] if row else None
