@@ -190,8 +190,9 @@ def open_catalog(ctx: BenchContext) -> Catalog:
 def bench_table(ctx: BenchContext) -> BenchTable:
     """The read table (1,000,000 rows; 200,000 with --quick), written on first use.
 
-    There is no ingest API yet: it is appended with pyiceberg straight into the catalog the
-    shared server uses, in 10 appends (10 data files, 10 snapshots). Not measured.
+    It is appended with pyiceberg straight into the catalog the shared server uses (not
+    through IngestService, so that read figures do not depend on ingest), in 10 appends
+    (10 data files, 10 snapshots). Not measured.
     """
     cached = ctx.fixtures.get("bench_table")
     if cached is not None:
@@ -576,7 +577,9 @@ async def _append_rows_bulk(
 
 async def append_rows_bulk_local(ctx: BenchContext) -> Result:
     """AppendRows of 100k-row Arrow batches to local disk, against direct pyiceberg appends."""
-    where = "shared server" + (", local warehouse" if ctx.backend.name == "embedded" else "")
+    where = "shared server, " + (
+        "local warehouse" if ctx.backend.name == "embedded" else "its warehouse is on S3 here"
+    )
     return await _append_rows_bulk(
         ctx, "append_rows_bulk_local", ctx.shared_server(), ctx.backend, where
     )
