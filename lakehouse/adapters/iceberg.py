@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -319,6 +320,7 @@ class IcebergCatalog:
         self._tables: OrderedDict[tuple[str, str], tuple[IcebergTable, TableInfo]] = OrderedDict()
         self._tables_lock = threading.Lock()
         self._cache_size = settings.table_cache_size
+        self._validated: dict[tuple[str, str], float] = {}
 
     def _load(self) -> Catalog:
         with self._catalog_lock:  # the first calls arrive together from several threads
@@ -482,9 +484,24 @@ class IcebergCatalog:
             raise NoSuchTableError(f"{namespace}.{name}")
         return str(location)
 
-    def _cached(self, c: Catalog, namespace: str, name: str) -> tuple[IcebergTable, TableInfo]:
-        """The table, from the cache when its metadata location is still current."""
+    def _cached(
+        self, c: Catalog, namespace: str, name: str, max_age: float = 0.0
+    ) -> tuple[IcebergTable, TableInfo]:
+        """The table, from the cache when its metadata location is still current.
+
+        Args:
+            c: The catalog.
+            namespace: The table's namespace.
+            name: The table name.
+            max_age: Seconds a cached entry is trusted without asking the catalog (0: always
+                ask). For callers that only need the schema and check again at commit.
+        """
         key = (namespace, name)
+        if max_age > 0:
+            with self._tables_lock:
+                hit = self._tables.get(key)
+                if hit is not None and time.monotonic() - self._validated.get(key, 0.0) < max_age:
+                    return hit
         location = self._current_location(c, namespace, name)
         with self._tables_lock:
             cached = self._tables.get(key)
@@ -494,6 +511,7 @@ class IcebergCatalog:
                 and cached[0].metadata_location == location
             ):
                 self._tables.move_to_end(key)
+                self._validated[key] = time.monotonic()
                 return cached
         return self._remember(namespace, name, c.load_table(key))
 
@@ -506,18 +524,29 @@ class IcebergCatalog:
         entry = (table, table_info(namespace, name, table))
         with self._tables_lock:
             self._tables[(namespace, name)] = entry
+            self._validated[(namespace, name)] = time.monotonic()
             self._tables.move_to_end((namespace, name))
             while len(self._tables) > self._cache_size:
-                self._tables.popitem(last=False)
+                evicted, _ = self._tables.popitem(last=False)
+                self._validated.pop(evicted, None)
         return entry
 
     def _forget(self, namespace: str, name: str) -> None:
         with self._tables_lock:
             self._tables.pop((namespace, name), None)
+            self._validated.pop((namespace, name), None)
 
-    async def load_table(self, namespace: str, name: str) -> TableInfo:
-        """Loads a table's metadata (cached, revalidated by metadata location). Raises NotFound."""
-        return await self._call(lambda c: self._cached(c, namespace, name)[1], namespace, name)
+    async def load_table(self, namespace: str, name: str, *, max_age: float = 0.0) -> TableInfo:
+        """Loads a table's metadata (cached, revalidated by metadata location). Raises NotFound.
+
+        Args:
+            namespace: The table's namespace.
+            name: The table name.
+            max_age: Trust a cache entry validated this recently (seconds) without a query.
+        """
+        return await self._call(
+            lambda c: self._cached(c, namespace, name, max_age)[1], namespace, name
+        )
 
     async def register_table(self, namespace: str, name: str, metadata_location: str) -> TableInfo:
         """Adds an existing table to the catalog from its metadata file.

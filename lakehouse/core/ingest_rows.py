@@ -128,7 +128,7 @@ class DecodedRows:
     """
 
     valid: pa.Table
-    valid_indices: list[int]
+    valid_indices: Sequence[int]
     problems: Sequence[RowProblem]
     invalid_payloads: Mapping[int, str]
     row_count: int
@@ -267,7 +267,7 @@ def conform_arrow(table: pa.Table, table_schema: Schema) -> DecodedRows:
     )
     if not issues:
         valid = pa.Table.from_arrays(out, schema=target)
-        return DecodedRows(valid, _arange(n).to_pylist(), [], {}, n)
+        return DecodedRows(valid, range(n), [], {}, n)  # no per-row work on the clean path
     bad: pa.BooleanArray | None = None
     first = pa.nulls(n, pa.int32())
     for k, issue in enumerate(issues):

@@ -171,8 +171,14 @@ class Tables:
             namespace, name, schema, partition_spec, sort_order, properties
         )
 
-    async def get_table(self, namespace: str, name: str) -> TableInfo:
+    async def get_table(self, namespace: str, name: str, *, max_age: float = 0.0) -> TableInfo:
         """Gets a table.
+
+        Args:
+            namespace: The table's namespace.
+            name: The table name.
+            max_age: Accept a cached copy validated this many seconds ago (for callers that
+                only need the schema and are checked again at commit).
 
         Raises:
             InvalidArgument: Bad names.
@@ -180,7 +186,7 @@ class Tables:
         """
         check_identifier("namespace", namespace)
         check_identifier("table", name)
-        return await self._catalog.load_table(namespace, name)
+        return await self._catalog.load_table(namespace, name, max_age=max_age)
 
     async def list_tables(self, namespace: str, page_size: int, page_token: str) -> Page[str]:
         """One page of table names of a namespace, in name order.

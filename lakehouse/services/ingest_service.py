@@ -29,6 +29,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 MAX_LISTED_ROW_ERRORS = 100
 # Requests of one stream decoded and queued ahead of their acknowledgement.
 STREAM_PIPELINE_DEPTH = 64
+SCHEMA_MAX_AGE_SECONDS = 1.0
 
 
 @dataclass
@@ -123,7 +124,8 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
     async def _decode(
         self, namespace: str, table: str, request: Any, schema_bytes: bytes | None
     ) -> tuple[DecodedRows, TableInfo]:
-        info = await self._tables.get_table(namespace, table)
+        # The schema only: the commit checks the table again, so a second-old copy will do.
+        info = await self._tables.get_table(namespace, table, max_age=SCHEMA_MAX_AGE_SECONDS)
         kind = request.WhichOneof("rows")
         if kind == "arrow_record_batch":
             payload = request.arrow_record_batch.serialized_record_batch
