@@ -105,7 +105,7 @@ def test_record_batch_message_with_its_schema() -> None:
     decoded = decode_arrow(bytes(batch.serialize()), bytes(batch.schema.serialize()), SIMPLE)
     assert_conformed(decoded, SIMPLE)
     assert decoded.row_count == 2
-    assert decoded.valid_indices == [0, 1]
+    assert list(decoded.valid_indices) == [0, 1]
     assert list(decoded.problems) == []
     assert decoded.valid.to_pylist() == [
         {"id": 1, "name": "a", "score": None},
@@ -119,7 +119,7 @@ def test_ipc_stream_with_two_batches_ignores_schema_bytes() -> None:
     decoded = decode_arrow(ipc_stream(one, two), b"ignored", SIMPLE)
     assert decoded.row_count == 3
     assert decoded.valid.column("id").to_pylist() == [1, 2, 3]
-    assert decoded.valid_indices == [0, 1, 2]
+    assert list(decoded.valid_indices) == [0, 1, 2]
     assert_conformed(decoded, SIMPLE)
 
 
@@ -181,7 +181,7 @@ def test_safe_casts_and_missing_optional_columns_are_accepted() -> None:
         }
     )
     decoded = conform_arrow(pa.Table.from_batches([batch]), SIMPLE)
-    assert decoded.valid_indices == [0, 1]
+    assert list(decoded.valid_indices) == [0, 1]
     assert_conformed(decoded, SIMPLE)
     assert decoded.valid.to_pylist() == [
         {"id": 1, "name": None, "score": 1.5},
@@ -232,7 +232,7 @@ def test_unknown_column_invalidates_every_row() -> None:
     decoded = conform_arrow(table, SIMPLE)
     assert decoded.row_count == 2
     assert decoded.valid.num_rows == 0
-    assert decoded.valid_indices == []
+    assert list(decoded.valid_indices) == []
     assert reasons(decoded) == [
         (0, "Name", RowErrorReason.UNKNOWN_COLUMN),
         (1, "Name", RowErrorReason.UNKNOWN_COLUMN),
@@ -253,7 +253,7 @@ def test_missing_required_column_invalidates_every_row() -> None:
 def test_nulls_in_a_required_column_invalidate_those_rows_only() -> None:
     table = pa.table({"id": pa.array([1, None, 3], pa.int64()), "name": ["a", "b", "c"]})
     decoded = conform_arrow(table, SIMPLE)
-    assert decoded.valid_indices == [0, 2]
+    assert list(decoded.valid_indices) == [0, 2]
     assert decoded.valid.column("name").to_pylist() == ["a", "c"]
     assert reasons(decoded) == [(1, "id", RowErrorReason.MISSING_REQUIRED_COLUMN)]
     assert json.loads(decoded.invalid_payloads[1]) == {"id": None, "name": "b"}
@@ -289,7 +289,7 @@ def test_out_of_range_values_invalidate_their_rows_only() -> None:
         }
     )
     decoded = conform_arrow(table, schema)
-    assert decoded.valid_indices == [0, 2]
+    assert list(decoded.valid_indices) == [0, 2]
     assert decoded.valid.to_pylist() == [{"id": 1, "small": 1}, {"id": 3, "small": None}]
     assert reasons(decoded) == [
         (1, "small", RowErrorReason.VALUE_OUT_OF_RANGE),
@@ -305,7 +305,7 @@ def test_unparseable_strings_are_type_mismatches_per_row() -> None:
     table = pa.table({"id": pa.array(["1", "abc", "3", "4.5"])})
     decoded = conform_arrow(table, SIMPLE)
     assert decoded.valid.column("id").to_pylist() == [1, 3]
-    assert decoded.valid_indices == [0, 2]
+    assert list(decoded.valid_indices) == [0, 2]
     assert reasons(decoded) == [
         (1, "id", RowErrorReason.TYPE_MISMATCH),
         (3, "id", RowErrorReason.TYPE_MISMATCH),
@@ -342,7 +342,7 @@ def test_lossy_timestamp_and_decimal_casts_are_out_of_range() -> None:
         (1, "local_ts", RowErrorReason.VALUE_OUT_OF_RANGE),
         (2, "price", RowErrorReason.VALUE_OUT_OF_RANGE),
     ]
-    assert decoded.valid_indices == [0]
+    assert list(decoded.valid_indices) == [0]
 
 
 def test_nested_struct_list_and_map_are_conformed() -> None:
@@ -388,7 +388,7 @@ def test_nested_struct_list_and_map_are_conformed() -> None:
         (2, "address.city", RowErrorReason.MISSING_REQUIRED_COLUMN),
         (3, "tags.element", RowErrorReason.MISSING_REQUIRED_COLUMN),
     ]
-    assert decoded.valid_indices == [0, 1, 4]
+    assert list(decoded.valid_indices) == [0, 1, 4]
     assert_conformed(decoded, schema)
     rows = decoded.valid.to_pylist(maps_as_pydicts="strict")
     assert rows == [
@@ -421,7 +421,7 @@ def test_nested_unknown_field_and_bad_element_values() -> None:
     decoded = conform_arrow(nums, schema)
     assert reasons(decoded) == [(1, "nums.element", RowErrorReason.VALUE_OUT_OF_RANGE)]
     assert decoded.valid.column("nums").to_pylist() == [[1], None, [3]]
-    assert decoded.valid_indices == [0, 2, 3]
+    assert list(decoded.valid_indices) == [0, 2, 3]
     assert json.loads(decoded.invalid_payloads[1]) == {"nums": [2, 2**40]}
 
 
@@ -592,7 +592,7 @@ def test_bad_json_rows(row: Any, column: str, reason: RowErrorReason, text: str)
     good = {"id": 42}
     decoded = decode_json([good, row, good], ALL_TYPES)
     assert decoded.row_count == 3
-    assert decoded.valid_indices == [0, 2]
+    assert list(decoded.valid_indices) == [0, 2]
     assert decoded.valid.column("id").to_pylist() == [42, 42]
     [problem] = decoded.problems
     assert (problem.row_index, problem.column, problem.reason) == (1, column, reason)
@@ -646,8 +646,8 @@ def test_conformed_tables_append_to_a_real_iceberg_table(tmp_path: Path) -> None
         }
     )
     from_arrow = decode_arrow(ipc_stream(*arrow_in.to_batches()), None, schema)
-    assert from_json.valid_indices == [0, 1]
-    assert from_arrow.valid_indices == [0, 2]
+    assert list(from_json.valid_indices) == [0, 1]
+    assert list(from_arrow.valid_indices) == [0, 2]
     table.append(from_json.valid)
     table.append(from_arrow.valid)
     back = table.scan().to_arrow().sort_by("id")
