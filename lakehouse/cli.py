@@ -89,8 +89,10 @@ def run(argv: list[str]) -> int:
 
 
 async def _serve(settings: Settings) -> None:
+    from lakehouse.memory import tune_allocator
     from lakehouse.server.app import LakehouseServer
 
+    tune_allocator()
     server = LakehouseServer(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

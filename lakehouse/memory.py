@@ -1,0 +1,35 @@
+"""Process memory settings for a long-running server that moves large buffers.
+
+glibc's malloc raises its mmap threshold after large blocks are freed, so later multi-MB
+request payloads land in per-thread heap arenas that are never returned to the system: RSS
+then grows with the traffic seen, not with what is live. A fixed threshold keeps large blocks
+mmapped (returned on free), and fewer arenas bound the fragmentation of the rest.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+
+log = logging.getLogger(__name__)
+
+_M_ARENA_MAX = -8
+_M_MMAP_THRESHOLD = -3
+
+
+def tune_allocator(*, mmap_threshold: int = 1024 * 1024, arena_max: int = 4) -> bool:
+    """Applies the settings above where the C library is glibc; returns whether it did."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
+        return False
+    applied = bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(
+        mallopt(_M_ARENA_MAX, arena_max)
+    )
+    log.debug("allocator tuned", extra={"applied": applied})
+    return applied
