@@ -7,6 +7,7 @@ into domain errors right here, at the call site.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
@@ -321,6 +322,7 @@ class IcebergCatalog:
         self._tables_lock = threading.Lock()
         self._cache_size = settings.table_cache_size
         self._validated: dict[tuple[str, str], float] = {}
+        self._loading: dict[tuple[str, str], asyncio.Future[TableInfo]] = {}
 
     def _load(self) -> Catalog:
         with self._catalog_lock:  # the first calls arrive together from several threads
@@ -544,9 +546,29 @@ class IcebergCatalog:
             name: The table name.
             max_age: Trust a cache entry validated this recently (seconds) without a query.
         """
-        return await self._call(
-            lambda c: self._cached(c, namespace, name, max_age)[1], namespace, name
-        )
+        if max_age > 0:
+            return await self._call(
+                lambda c: self._cached(c, namespace, name, max_age)[1], namespace, name
+            )
+        # Calls for one table that arrive while its revalidation is under way share it: under
+        # load, one catalog query and one thread hop serve them all.
+        key = (namespace, name)
+        shared = self._loading.get(key)
+        if shared is not None:
+            return await asyncio.shield(shared)
+        shared = asyncio.get_running_loop().create_future()
+        self._loading[key] = shared
+        try:
+            info = await self._call(lambda c: self._cached(c, namespace, name)[1], namespace, name)
+        except BaseException as exc:
+            shared.set_exception(exc)
+            shared.exception()  # retrieved here, so an unshared failure is not reported twice
+            raise
+        else:
+            shared.set_result(info)
+            return info
+        finally:
+            del self._loading[key]
 
     async def register_table(self, namespace: str, name: str, metadata_location: str) -> TableInfo:
         """Adds an existing table to the catalog from its metadata file.
