@@ -112,15 +112,12 @@ class OutOfRange(LakehouseError):
     reason = "OUT_OF_RANGE"
 
 
-class Unavailable(LakehouseError):
-    """A backing service (catalog, object store, engine) failed; retry with backoff.
+class RetryableError(LakehouseError):
+    """An error the client should retry after a delay (sent as ``google.rpc.RetryInfo``).
 
     Attributes:
-        retry_after_seconds: The delay suggested to clients in ``RetryInfo``.
+        retry_after_seconds: The delay suggested to clients.
     """
-
-    code = grpc.StatusCode.UNAVAILABLE
-    reason = "BACKEND_UNAVAILABLE"
 
     def __init__(
         self,
@@ -132,6 +129,13 @@ class Unavailable(LakehouseError):
     ) -> None:
         super().__init__(message, reason=reason, metadata=metadata)
         self.retry_after_seconds = retry_after_seconds
+
+
+class Unavailable(RetryableError):
+    """A backing service (catalog, object store, engine) failed; retry with backoff."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "BACKEND_UNAVAILABLE"
 
 
 class CommitStateUnknown(LakehouseError):
@@ -141,23 +145,8 @@ class CommitStateUnknown(LakehouseError):
     reason = "COMMIT_STATE_UNKNOWN"
 
 
-class ResourceExhausted(LakehouseError):
-    """A buffer or quota is full; retry after ``retry_after_seconds``.
-
-    Attributes:
-        retry_after_seconds: The delay suggested to clients in ``RetryInfo``.
-    """
+class ResourceExhausted(RetryableError):
+    """A buffer or quota is full; retry after ``retry_after_seconds``."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     reason = "RESOURCE_EXHAUSTED"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        reason: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-        retry_after_seconds: float = 1.0,
-    ) -> None:
-        super().__init__(message, reason=reason, metadata=metadata)
-        self.retry_after_seconds = retry_after_seconds

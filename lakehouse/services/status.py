@@ -10,13 +10,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from lakehouse.errors import (
-    ERROR_DOMAIN,
-    InvalidArgument,
-    LakehouseError,
-    ResourceExhausted,
-    Unavailable,
-)
+from lakehouse.errors import ERROR_DOMAIN, InvalidArgument, LakehouseError, RetryableError
 
 
 @dataclass(frozen=True)
@@ -62,7 +56,7 @@ def status_proto_for(exc: LakehouseError, request_id: str) -> status_pb2.Status:
                 ]
             )
         )
-    if isinstance(exc, (Unavailable, ResourceExhausted)):
+    if isinstance(exc, RetryableError):
         delay = duration_pb2.Duration()
         delay.FromMilliseconds(int(exc.retry_after_seconds * 1000))
         details.append(error_details_pb2.RetryInfo(retry_delay=delay))
