@@ -1,0 +1,594 @@
+"""Table maintenance over pyiceberg: snapshot expiry, orphan file removal and compaction.
+
+Every function here blocks (pyiceberg and the object store are synchronous) and is meant to
+run in a worker thread. pyiceberg 0.12 only edits metadata when it expires snapshots and has
+no compaction or orphan removal, so the file bookkeeping lives here: which files the table's
+metadata references is computed by walking manifest lists and manifests, and files are
+deleted through the table's own ``FileIO`` (``table.io.delete``), which serves file:// and
+s3:// alike.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import pyarrow as pa
+from pyiceberg.exceptions import CommitFailedException, ValidationException
+from pyiceberg.expressions import AlwaysTrue, BooleanExpression
+from pyiceberg.io import FileIO
+from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files
+from pyiceberg.manifest import DataFile, ManifestFile
+from pyiceberg.table import ALWAYS_TRUE, FileScanTask, Table, TableProperties
+from pyiceberg.table.metadata import TableMetadata
+from pyiceberg.table.snapshots import Operation, Snapshot, Summary
+from pyiceberg.table.update.snapshot import _OverwriteFiles
+from pyiceberg.typedef import EMPTY_DICT, Record
+
+logger = logging.getLogger(__name__)
+
+#: Dry runs and results list at most this many paths (the counts stay exact).
+MAX_LISTED_FILES = 1_000
+#: Compaction rewrites the data files smaller than this fraction of the target size.
+SMALL_FILE_FRACTION = 0.75
+#: Deletes run in a few threads: on S3 each one is a round trip.
+_DELETE_THREADS = 8
+
+
+# -- Results -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExpireResult:
+    """What ``expire_snapshots`` removed (or, on a dry run, would remove).
+
+    Attributes:
+        snapshots_expired: Snapshot ids removed from the metadata.
+        data_files_deleted: Data and delete files no remaining snapshot references.
+        manifests_deleted: Manifest files no remaining snapshot references.
+        manifest_lists_deleted: Manifest lists of the expired snapshots.
+        metadata_files_deleted: Old metadata JSON files the commit dropped from the log.
+        bytes_freed: Bytes of the data files and manifests deleted (manifest lists and
+            metadata files are not sized, so this is a lower bound).
+        delete_failures: Files that could not be deleted; they are orphans now, and
+            ``remove_orphan_files`` takes them later.
+        dry_run: True when nothing was committed nor deleted.
+        files: The paths deleted (or to delete), at most ``MAX_LISTED_FILES``.
+    """
+
+    snapshots_expired: tuple[int, ...]
+    data_files_deleted: int
+    manifests_deleted: int
+    manifest_lists_deleted: int
+    metadata_files_deleted: int
+    bytes_freed: int
+    delete_failures: int
+    dry_run: bool
+    files: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class OrphanResult:
+    """What ``remove_orphan_files`` found and removed.
+
+    Attributes:
+        files_scanned: Files listed under the table location.
+        orphans_found: Unreferenced files older than the safety age.
+        orphans_deleted: Of those, how many were deleted (0 on a dry run).
+        delete_failures: Orphans that could not be deleted.
+        dry_run: True when nothing was deleted.
+        files: The orphan paths, at most ``MAX_LISTED_FILES``.
+    """
+
+    files_scanned: int
+    orphans_found: int
+    orphans_deleted: int
+    delete_failures: int
+    dry_run: bool
+    files: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class CompactResult:
+    """What ``compact_table`` rewrote.
+
+    Attributes:
+        files_rewritten: Small data files replaced.
+        files_added: New data files written in their place.
+        bytes_rewritten: Total size of the replaced files.
+        bytes_added: Total size of the new files.
+        rows_rewritten: Rows moved (the same number before and after).
+        groups_rewritten: Partitions (spec id and partition value) that were compacted.
+        snapshot_id: The replace snapshot committed, or None when nothing needed doing.
+    """
+
+    files_rewritten: int
+    files_added: int
+    bytes_rewritten: int
+    bytes_added: int
+    rows_rewritten: int
+    groups_rewritten: int
+    snapshot_id: int | None
+
+
+# -- Shared helpers ----------------------------------------------------------------------------
+
+
+@dataclass
+class _References:
+    """The files a set of snapshots references, by kind (normalized URI -> original path)."""
+
+    manifest_lists: dict[str, str] = field(default_factory=dict)
+    manifests: dict[str, str] = field(default_factory=dict)
+    content_files: dict[str, str] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    def all_keys(self) -> set[str]:
+        return set(self.manifest_lists) | set(self.manifests) | set(self.content_files)
+
+
+def normalize_uri(uri: str) -> str:
+    """Returns one spelling of a file location, so listed and referenced paths compare equal.
+
+    ``file:/p``, ``file:///p`` and a bare ``/p`` all become ``file:///p`` (with ``.`` and
+    duplicate slashes resolved); ``s3a://`` and ``s3n://`` become ``s3://``. Percent escapes
+    are decoded on local paths only, since S3 keys may hold a literal ``%``.
+
+    Args:
+        uri: A location as metadata stores it or as a listing returns it.
+
+    Returns:
+        The normalized location.
+    """
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    if scheme in ("", "file"):
+        path = unquote(parts.path) if scheme == "file" else uri
+        # A Windows drive letter is not a concern here; paths are POSIX.
+        return "file://" + os.path.normpath("/" + path.lstrip("/"))
+    if scheme in ("s3a", "s3n"):
+        scheme = "s3"
+    key = parts.path
+    return f"{scheme}://{parts.netloc}{key}"
+
+
+def _collect_references(
+    snapshots: Iterable[Snapshot],
+    io: FileIO,
+    manifest_cache: dict[str, list[tuple[str, int]]],
+) -> _References:
+    """Walks each snapshot's manifest list and manifests; manifests are read once per call site.
+
+    Deleted entries count as references too (``discard_deleted=False``): a manifest that
+    records a file as deleted still names it, and the file goes only when that manifest goes.
+    Any read error propagates: a partial reference set must never drive a delete.
+    """
+    refs = _References()
+    for snapshot in snapshots:
+        refs.manifest_lists[normalize_uri(snapshot.manifest_list)] = snapshot.manifest_list
+        manifests: list[ManifestFile] = snapshot.manifests(io)
+        for manifest in manifests:
+            key = normalize_uri(manifest.manifest_path)
+            refs.manifests[key] = manifest.manifest_path
+            refs.sizes[key] = manifest.manifest_length
+            if key not in manifest_cache:
+                manifest_cache[key] = [
+                    (entry.data_file.file_path, entry.data_file.file_size_in_bytes)
+                    for entry in manifest.fetch_manifest_entry(io, discard_deleted=False)
+                ]
+            for path, size in manifest_cache[key]:
+                file_key = normalize_uri(path)
+                refs.content_files[file_key] = path
+                refs.sizes[file_key] = size
+    return refs
+
+
+def _metadata_files(metadata: TableMetadata, metadata_location: str | None) -> dict[str, str]:
+    """The current metadata file, the ones in its log, and the statistics files it names."""
+    paths = [entry.metadata_file for entry in metadata.metadata_log]
+    if metadata_location:
+        paths.append(metadata_location)
+    paths.extend(stats.statistics_path for stats in metadata.statistics)
+    paths.extend(stats.statistics_path for stats in metadata.partition_statistics)
+    return {normalize_uri(p): p for p in paths}
+
+
+def _delete_all(io: FileIO, paths: Iterable[str]) -> tuple[int, int]:
+    """Deletes each path; returns (deleted, failed).
+
+    A missing file counts as deleted, so a retried job converges. Other failures are logged
+    and counted, not raised: the files are unreferenced already, so nothing is left broken
+    and orphan removal will take them later.
+    """
+
+    def one(path: str) -> bool:
+        try:
+            io.delete(path)
+        except FileNotFoundError:
+            return True
+        except Exception:
+            logger.warning("could not delete %s", path, exc_info=True)
+            return False
+        return True
+
+    todo = list(paths)
+    if not todo:
+        return 0, 0
+    with ThreadPoolExecutor(max_workers=min(_DELETE_THREADS, len(todo))) as pool:
+        outcomes = list(pool.map(one, todo))
+    deleted = sum(outcomes)
+    return deleted, len(outcomes) - deleted
+
+
+def _capped(paths: Iterable[str]) -> tuple[str, ...]:
+    out: list[str] = []
+    for path in paths:
+        if len(out) >= MAX_LISTED_FILES:
+            break
+        out.append(path)
+    return tuple(out)
+
+
+# -- expire_snapshots --------------------------------------------------------------------------
+
+
+def _retained_ancestors(metadata: TableMetadata, retain_last: int) -> set[int]:
+    """The current snapshot and its newest ancestors, ``retain_last`` snapshots in all."""
+    keep: set[int] = set()
+    snapshot = metadata.current_snapshot()
+    while snapshot is not None and len(keep) < retain_last:
+        keep.add(snapshot.snapshot_id)
+        parent = snapshot.parent_snapshot_id
+        snapshot = metadata.snapshot_by_id(parent) if parent is not None else None
+    return keep
+
+
+def expire_snapshots(
+    table: Table,
+    *,
+    older_than_ms: int | None,
+    retain_last: int,
+    dry_run: bool = False,
+) -> ExpireResult:
+    """Expires old snapshots, then deletes the files only they referenced.
+
+    A snapshot is expired when it is older than ``older_than_ms`` (any age when None) and
+    is neither one of the ``retain_last`` newest snapshots of the current lineage (the
+    current one included) nor the head of a branch or a tag. After the metadata commit, the
+    files referenced by the expired snapshots and by none of the remaining ones (data and
+    delete files, manifests, manifest lists) are deleted, as are the metadata JSON files the
+    commit dropped from the metadata log (``write.metadata.previous-versions-max``).
+
+    The remaining set is computed from the metadata the commit returned, so a snapshot
+    committed concurrently keeps its files.
+
+    Args:
+        table: The table, freshly loaded.
+        older_than_ms: Cut-off in epoch milliseconds; None expires by count only.
+        retain_last: How many of the newest snapshots of the current lineage always stay
+            (at least 1: the current snapshot is never expired).
+        dry_run: Only report what would be expired and deleted.
+
+    Returns:
+        What was expired and deleted.
+
+    Raises:
+        ValueError: If ``retain_last`` is below 1.
+        pyiceberg.exceptions.CommitFailedException: If the metadata commit conflicted.
+        OSError: If a manifest could not be read (nothing is deleted then).
+    """
+    if retain_last < 1:
+        raise ValueError("retain_last must be at least 1")
+    metadata = table.metadata
+    protected = {ref.snapshot_id for ref in metadata.refs.values()}
+    keep = _retained_ancestors(metadata, retain_last) | protected
+    to_expire = [
+        s.snapshot_id
+        for s in metadata.snapshots
+        if s.snapshot_id not in keep and (older_than_ms is None or s.timestamp_ms < older_than_ms)
+    ]
+    if not to_expire:
+        return ExpireResult((), 0, 0, 0, 0, 0, 0, dry_run)
+
+    io = table.io
+    cache: dict[str, list[tuple[str, int]]] = {}
+    before = _collect_references(metadata.snapshots, io, cache)
+    before_meta = _metadata_files(metadata, table.metadata_location)
+
+    if dry_run:
+        expired = set(to_expire)
+        after = _collect_references(
+            (s for s in metadata.snapshots if s.snapshot_id not in expired), io, cache
+        )
+        after_meta = before_meta
+    else:
+        table.maintenance.expire_snapshots().by_ids(to_expire).commit()
+        # The commit updated ``table`` to the metadata the catalog now holds, concurrent
+        # commits included: whatever it still references stays.
+        after = _collect_references(table.metadata.snapshots, io, cache)
+        after_meta = _metadata_files(table.metadata, table.metadata_location)
+
+    keep_keys = after.all_keys() | set(after_meta)
+    gone_lists = [p for k, p in before.manifest_lists.items() if k not in keep_keys]
+    gone_manifests = [p for k, p in before.manifests.items() if k not in keep_keys]
+    gone_files = [p for k, p in before.content_files.items() if k not in keep_keys]
+    gone_meta = [p for k, p in before_meta.items() if k not in keep_keys]
+    bytes_freed = sum(before.sizes.get(normalize_uri(p), 0) for p in (*gone_files, *gone_manifests))
+    # Data files first, manifest lists last: a crash midway leaves manifests that still
+    # name missing files only for snapshots that no longer exist.
+    ordered = [*gone_files, *gone_manifests, *gone_lists, *gone_meta]
+    failures = 0
+    if not dry_run:
+        _, failures = _delete_all(io, ordered)
+    return ExpireResult(
+        snapshots_expired=tuple(to_expire),
+        data_files_deleted=len(gone_files),
+        manifests_deleted=len(gone_manifests),
+        manifest_lists_deleted=len(gone_lists),
+        metadata_files_deleted=len(gone_meta),
+        bytes_freed=bytes_freed,
+        delete_failures=failures,
+        dry_run=dry_run,
+        files=_capped(ordered),
+    )
+
+
+# -- remove_orphan_files -----------------------------------------------------------------------
+
+
+def referenced_files(table: Table) -> set[str]:
+    """Every file the table's metadata names, as normalized URIs.
+
+    That is each snapshot's manifest list, manifests and data/delete files (on all branches
+    and tags), the current metadata file and those in its log, and statistics files.
+
+    Args:
+        table: The table.
+
+    Returns:
+        The normalized URIs (see ``normalize_uri``).
+
+    Raises:
+        OSError: If a manifest list or manifest could not be read.
+    """
+    refs = _collect_references(table.metadata.snapshots, table.io, {})
+    return refs.all_keys() | set(_metadata_files(table.metadata, table.metadata_location))
+
+
+def remove_orphan_files(
+    table: Table,
+    list_files: Callable[[str], Iterable[tuple[str, float]]],
+    *,
+    older_than_ms: int,
+    dry_run: bool,
+) -> OrphanResult:
+    """Deletes files under the table location that no metadata references.
+
+    Only files last modified before ``older_than_ms`` are candidates: a writer that has
+    written data files but not yet committed them must not lose them, so the safety age
+    should exceed the longest write (days, as Iceberg's default of 3 days, in production).
+
+    Args:
+        table: The table, freshly loaded (a stale copy could miss a recent commit's files;
+            the safety age covers that too).
+        list_files: Lists every object under a prefix as (URI, last-modified epoch seconds).
+        older_than_ms: Safety cut-off in epoch milliseconds.
+        dry_run: Only list the orphans.
+
+    Returns:
+        What was found and deleted.
+
+    Raises:
+        OSError: If the metadata could not be read (nothing is deleted then).
+    """
+    # Read the references before listing: a file committed after this point is younger
+    # than the listing and hence than any sane safety age.
+    referenced = referenced_files(table)
+    prefix = table.location().rstrip("/") + "/"
+    scanned = 0
+    orphans: list[str] = []
+    for uri, modified_seconds in list_files(prefix):
+        if uri.endswith("/"):
+            # A directory marker (S3 tools create empty "dir/" keys); never a table file,
+            # and deleting it through FileIO could mean deleting a whole directory.
+            continue
+        scanned += 1
+        if normalize_uri(uri) in referenced:
+            continue
+        if modified_seconds * 1000 >= older_than_ms:
+            continue
+        orphans.append(uri)
+    deleted = failures = 0
+    if not dry_run:
+        deleted, failures = _delete_all(table.io, orphans)
+    return OrphanResult(
+        files_scanned=scanned,
+        orphans_found=len(orphans),
+        orphans_deleted=deleted,
+        delete_failures=failures,
+        dry_run=dry_run,
+        files=_capped(orphans),
+    )
+
+
+# -- compact_table -----------------------------------------------------------------------------
+
+
+class _ReplaceFiles(_OverwriteFiles):
+    """An overwrite that commits as Iceberg's ``replace`` operation (a rewrite of files).
+
+    pyiceberg 0.12 has no rewrite producer: its summary code accepts only append,
+    overwrite and delete, so the summary is built as an overwrite and relabelled. Readers
+    and engines treat ``replace`` as "same data, new files" (incremental reads skip it).
+    """
+
+    def _summary(self, snapshot_properties: dict[str, str] = EMPTY_DICT) -> Summary:
+        summary = super()._summary(snapshot_properties)
+        return Summary(Operation.REPLACE, **summary.additional_properties)
+
+    def _build_delete_files_partition_predicate(self) -> None:
+        super()._build_delete_files_partition_predicate()
+        # For an unpartitioned spec pyiceberg builds AlwaysFalse (no partition field to
+        # match), which would prune every manifest and miss the files to delete.
+        for data_file in self._deleted_data_files:
+            if self.spec(data_file.spec_id).is_unpartitioned():
+                self.partition_filters[data_file.spec_id] = AlwaysTrue()
+
+    def _validate_concurrency(self) -> None:
+        """A rewrite conflicts only with changes to the files it replaces (as Java's RewriteFiles).
+
+        Concurrent appends are fine: their files are not touched. A file already removed, or
+        a new delete file against one of ours, fails the commit.
+        """
+        from pyiceberg.table.update.validate import (
+            _validate_data_files_exist,
+            _validate_no_new_deletes_for_data_files,
+        )
+
+        window = self._commit_window
+        if window is None or window.is_empty() or window.head is None:
+            return
+        table = self._transaction._table
+        _validate_data_files_exist(table, window.head, self._deleted_data_files, window.base)
+        _validate_no_new_deletes_for_data_files(
+            table, window.head, None, self._deleted_data_files, window.base
+        )
+
+
+def _partition_key(data_file: DataFile) -> tuple[int, tuple[Any, ...]]:
+    partition: Record = data_file.partition
+    return data_file.spec_id, tuple(partition[i] for i in range(len(partition)))
+
+
+def compact_table(
+    table: Table,
+    *,
+    target_file_bytes: int,
+    min_input_files: int = 2,
+    row_filter: BooleanExpression = ALWAYS_TRUE,
+) -> CompactResult:
+    """Rewrites the table's small data files into files near a target size, atomically.
+
+    Data files smaller than ``SMALL_FILE_FRACTION`` of the target, that the scan planner
+    selects for ``row_filter`` (whole files: a file with any matching row is rewritten in
+    full), and that carry no delete files, are grouped by partition (spec id and partition
+    value; files of different partitions are never merged). Each group of at least
+    ``min_input_files`` files is read and written again with the table's current schema and
+    spec. All groups land in one ``replace`` snapshot that removes the old files and adds
+    the new ones, so readers see the same rows before and after.
+
+    Args:
+        table: The table, freshly loaded.
+        target_file_bytes: The wanted size of the new files on storage.
+        min_input_files: A partition with fewer small files than this is left alone.
+        row_filter: Restricts compaction to files that may hold matching rows.
+
+    Returns:
+        What was rewritten; ``snapshot_id`` is None when nothing needed doing.
+
+    Raises:
+        ValueError: If ``target_file_bytes`` or ``min_input_files`` is not positive.
+        pyiceberg.exceptions.CommitFailedException: If the table changed concurrently in a
+            conflicting way; the files written are deleted, and the caller may retry.
+        pyiceberg.exceptions.ValidationException: If a file to replace was removed
+            concurrently (same clean-up; retry).
+    """
+    if target_file_bytes <= 0 or min_input_files < 1:
+        raise ValueError("target_file_bytes and min_input_files must be positive")
+    snapshot = table.current_snapshot()
+    if snapshot is None:
+        return CompactResult(0, 0, 0, 0, 0, 0, None)
+    threshold = target_file_bytes * SMALL_FILE_FRACTION
+    groups: dict[tuple[int, tuple[Any, ...]], list[DataFile]] = defaultdict(list)
+    scan = table.scan(row_filter=row_filter, snapshot_id=snapshot.snapshot_id)
+    for task in scan.plan_files():
+        # Files with deletes attached are left out: rewriting them would need the deletes
+        # applied and then the dangling delete files tracked; not worth it for a first cut.
+        if task.delete_files or task.file.file_size_in_bytes >= threshold:
+            continue
+        groups[_partition_key(task.file)].append(task.file)
+    groups = {k: v for k, v in groups.items() if len(v) >= min_input_files}
+    if not groups:
+        return CompactResult(0, 0, 0, 0, 0, 0, None)
+
+    metadata = table.metadata
+    schema = metadata.schema()
+    reader = ArrowScan(metadata, table.io, schema, AlwaysTrue(), case_sensitive=True)
+    write_uuid = uuid.uuid4()
+    counter = itertools.count(0)
+    written: list[DataFile] = []
+    removed: list[DataFile] = []
+    rows = 0
+    try:
+        for files in groups.values():
+            data = reader.to_table([FileScanTask(f) for f in files])
+            if data.num_rows != sum(f.record_count for f in files):
+                raise RuntimeError("compaction read a different row count than the manifests")
+            rows += data.num_rows
+            written.extend(
+                _write_files(
+                    metadata, table.io, data, files, target_file_bytes, write_uuid, counter
+                )
+            )
+            removed.extend(files)
+        tx = table.transaction()
+        producer = _ReplaceFiles(
+            operation=Operation.OVERWRITE,
+            transaction=tx,
+            io=table.io,
+            snapshot_properties={"lakehouse.operation": "compact"},
+        )
+        for f in removed:
+            producer.delete_data_file(f)
+        for f in written:
+            producer.append_data_file(f)
+        snapshot_id = producer.snapshot_id
+        producer.commit()
+        tx.commit_transaction()
+    except (CommitFailedException, ValidationException, RuntimeError, OSError, ValueError):
+        # These leave the commit undone (pyiceberg removes its own manifests), so the new
+        # data files are garbage: remove them rather than leave orphans. An unknown commit
+        # state is not caught: the files may be live.
+        _delete_all(table.io, (f.file_path for f in written))
+        raise
+    return CompactResult(
+        files_rewritten=len(removed),
+        files_added=len(written),
+        bytes_rewritten=sum(f.file_size_in_bytes for f in removed),
+        bytes_added=sum(f.file_size_in_bytes for f in written),
+        rows_rewritten=rows,
+        groups_rewritten=len(groups),
+        snapshot_id=snapshot_id,
+    )
+
+
+def _write_files(
+    metadata: TableMetadata,
+    io: FileIO,
+    data: pa.Table,
+    inputs: list[DataFile],
+    target_file_bytes: int,
+    write_uuid: uuid.UUID,
+    counter: itertools.count[int],
+) -> Iterator[DataFile]:
+    """Writes ``data`` as Parquet files of about ``target_file_bytes`` each.
+
+    pyiceberg bin-packs by in-memory Arrow bytes, not file bytes; the inputs' own ratio of
+    stored to in-memory size converts the target so the new files land near it on storage.
+    """
+    stored = sum(f.file_size_in_bytes for f in inputs)
+    ratio = data.nbytes / stored if stored and data.nbytes else 1.0
+    arrow_target = max(1, int(target_file_bytes * ratio))
+    props = dict(metadata.properties)
+    props[TableProperties.WRITE_TARGET_FILE_SIZE_BYTES] = str(arrow_target)
+    sized = metadata.model_copy(update={"properties": props})
+    # One uuid and one counter for the whole run keep the file names unique across groups.
+    yield from _dataframe_to_data_files(sized, data, io, write_uuid=write_uuid, counter=counter)

@@ -1,0 +1,369 @@
+"""Table maintenance (expiry, orphan removal, compaction) against real catalogs on both backends.
+
+Tables are made and checked with pyiceberg directly; every check reads the table afresh from
+the catalog, and row sets are compared as multisets (order-independent).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import pytest
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import CommitFailedException, ValidationException
+from pyiceberg.expressions import EqualTo
+from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table import Table
+from pyiceberg.transforms import IdentityTransform
+from pyiceberg.types import DoubleType, LongType, NestedField, StringType
+
+from fixtures import s3 as s3fixture
+from fixtures.iceberg import direct_catalog
+from lakehouse.adapters.iceberg_maintenance import (
+    compact_table,
+    expire_snapshots,
+    normalize_uri,
+    referenced_files,
+    remove_orphan_files,
+)
+
+NAMESPACE = "maint"
+SCHEMA = Schema(
+    NestedField(1, "id", LongType(), required=False),
+    NestedField(2, "cat", StringType(), required=False),
+    NestedField(3, "v", DoubleType(), required=False),
+)
+ARROW_SCHEMA = pa.schema([("id", pa.int64()), ("cat", pa.string()), ("v", pa.float64())])
+BIG_TARGET = 64 * 1024 * 1024
+FAR_FUTURE_MS = int((time.time() + 3600) * 1000)
+
+
+def _catalog(backend: Any) -> Catalog:
+    # The server makes data_dir on start; without a server the SQLite file needs it here.
+    Path(backend.data_dir).mkdir(parents=True, exist_ok=True)
+    catalog = direct_catalog(backend)
+    catalog.create_namespace_if_not_exists(NAMESPACE)
+    return catalog
+
+
+def _create(catalog: Catalog, name: str, *, partitioned: bool = False) -> Table:
+    spec = (
+        PartitionSpec(PartitionField(2, 1000, IdentityTransform(), "cat"))
+        if partitioned
+        else PartitionSpec()
+    )
+    return catalog.create_table((NAMESPACE, name), SCHEMA, partition_spec=spec)
+
+
+def _batch(start: int, n: int, cats: tuple[str, ...] = ("a",)) -> pa.Table:
+    ids = list(range(start, start + n))
+    return pa.table(
+        {"id": ids, "cat": [cats[i % len(cats)] for i in ids], "v": [i * 0.5 for i in ids]},
+        schema=ARROW_SCHEMA,
+    )
+
+
+def _rows(table: Table, snapshot_id: int | None = None) -> Counter[tuple[Any, ...]]:
+    data = table.scan(snapshot_id=snapshot_id).to_arrow()
+    return Counter(tuple(r.values()) for r in data.to_pylist())
+
+
+def _data_files(table: Table) -> list[Any]:
+    return [task.file for task in table.scan().plan_files()]
+
+
+def _lister(backend: Any) -> Any:
+    """list_files for the backend: os.walk on local disk, list_objects_v2 on moto S3."""
+
+    def local(prefix: str) -> Iterator[tuple[str, float]]:
+        root = urlsplit(prefix).path if prefix.startswith("file:") else prefix
+        for folder, _, names in os.walk(root):
+            for name in names:
+                path = os.path.join(folder, name)
+                yield path, os.stat(path).st_mtime
+
+    def s3(prefix: str) -> Iterator[tuple[str, float]]:
+        parts = urlsplit(prefix)
+        client = s3fixture.s3_client(backend.s3.endpoint_url)
+        pages = client.get_paginator("list_objects_v2").paginate(
+            Bucket=parts.netloc, Prefix=parts.path.lstrip("/")
+        )
+        for page in pages:
+            for obj in page.get("Contents", []):
+                # s3a:// on purpose: the module must match it to metadata's s3:// spelling.
+                # Directory markers ("dir/") come through too: the module must skip them.
+                yield f"s3a://{parts.netloc}/{obj['Key']}", obj["LastModified"].timestamp()
+
+    return s3 if backend.s3.endpoint_url and "s3://" in backend.warehouse else local
+
+
+def _stored(backend: Any, table: Table) -> set[str]:
+    listed = _lister(backend)(table.location() + "/")
+    return {normalize_uri(u) for u, _ in listed if not u.endswith("/")}
+
+
+# -- URIs ----------------------------------------------------------------------------------------
+
+
+def test_normalize_uri_spellings() -> None:
+    assert normalize_uri("file:/tmp/a//b") == "file:///tmp/a/b"
+    assert normalize_uri("file:///tmp/a/b") == "file:///tmp/a/b"
+    assert normalize_uri("/tmp/a/./b") == "file:///tmp/a/b"
+    assert normalize_uri("s3a://bkt/k/x.parquet") == "s3://bkt/k/x.parquet"
+    assert normalize_uri("s3://bkt/k/x.parquet") == "s3://bkt/k/x.parquet"
+
+
+# -- compact_table -------------------------------------------------------------------------------
+
+
+def test_compact_merges_small_files_and_keeps_every_row(backend: Any) -> None:
+    catalog = _catalog(backend)
+    table = _create(catalog, "small")
+    for i in range(20):
+        table.append(_batch(i * 50, 50))
+    before = _rows(table)
+    assert len(_data_files(table)) == 20
+
+    result = compact_table(catalog.load_table((NAMESPACE, "small")), target_file_bytes=BIG_TARGET)
+
+    fresh = catalog.load_table((NAMESPACE, "small"))
+    assert result.files_rewritten == 20
+    assert result.files_added == 1
+    assert result.rows_rewritten == 1000
+    assert len(_data_files(fresh)) == 1
+    assert _rows(fresh) == before
+    current = fresh.current_snapshot()
+    assert current is not None and current.snapshot_id == result.snapshot_id
+    assert current.summary is not None
+    assert current.summary.operation.value == "replace"
+    assert current.summary["total-records"] == "1000"
+    assert current.summary["total-data-files"] == "1"
+    # Nothing left to do the second time.
+    again = compact_table(fresh, target_file_bytes=BIG_TARGET)
+    assert again.snapshot_id is None and again.files_rewritten == 0
+
+
+def test_compact_partitioned_never_merges_partitions_and_honours_filter(backend: Any) -> None:
+    catalog = _catalog(backend)
+    table = _create(catalog, "parts", partitioned=True)
+    for i in range(6):
+        table.append(_batch(i * 10, 10, cats=("a", "b")))
+    before = _rows(table)
+    assert len(_data_files(table)) == 12
+
+    only_a = compact_table(
+        catalog.load_table((NAMESPACE, "parts")),
+        target_file_bytes=BIG_TARGET,
+        row_filter=EqualTo("cat", "a"),
+    )
+    fresh = catalog.load_table((NAMESPACE, "parts"))
+    assert (only_a.files_rewritten, only_a.files_added, only_a.groups_rewritten) == (6, 1, 1)
+    cats = Counter(f.partition[0] for f in _data_files(fresh))
+    assert cats == {"a": 1, "b": 6}
+    assert _rows(fresh) == before
+
+    rest = compact_table(fresh, target_file_bytes=BIG_TARGET)
+    fresh = catalog.load_table((NAMESPACE, "parts"))
+    assert (rest.files_rewritten, rest.files_added) == (6, 1)
+    files = _data_files(fresh)
+    assert sorted(f.partition[0] for f in files) == ["a", "b"]
+    # Each new file holds only its partition's rows.
+    for f in files:
+        col = fresh.scan(row_filter=EqualTo("cat", f.partition[0])).to_arrow()["cat"]
+        assert set(col.to_pylist()) == {f.partition[0]}
+    assert _rows(fresh) == before
+
+
+def test_compact_respects_min_input_files_and_size_threshold(backend: Any) -> None:
+    catalog = _catalog(backend)
+    table = _create(catalog, "few")
+    table.append(_batch(0, 10))
+    table.append(_batch(10, 10))
+    assert compact_table(table, target_file_bytes=BIG_TARGET, min_input_files=3).files_added == 0
+    # With a tiny target every file counts as big already.
+    assert compact_table(table, target_file_bytes=100).files_rewritten == 0
+    assert len(_data_files(catalog.load_table((NAMESPACE, "few")))) == 2
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_compact_conflict_raises_and_leaves_no_new_files(backend: Any) -> None:
+    catalog = _catalog(backend)
+    table = _create(catalog, "race")
+    for i in range(4):
+        table.append(_batch(i * 10, 10))
+    before = _rows(table)
+    stale = catalog.load_table((NAMESPACE, "race"))
+    compact_table(catalog.load_table((NAMESPACE, "race")), target_file_bytes=BIG_TARGET)
+    stored_before = _stored(backend, stale)
+
+    # The stale copy tries to replace files the first compaction already removed.
+    with pytest.raises((CommitFailedException, ValidationException)):
+        compact_table(stale, target_file_bytes=BIG_TARGET)
+
+    fresh = catalog.load_table((NAMESPACE, "race"))
+    assert _rows(fresh) == before
+    assert len(_data_files(fresh)) == 1
+    # Neither its data files nor its manifests stay behind.
+    assert _stored(backend, fresh) - stored_before <= referenced_files(fresh)
+    assert _stored(backend, fresh) <= referenced_files(fresh)
+
+
+def test_compact_then_concurrent_append_still_commits(backend: Any) -> None:
+    catalog = _catalog(backend)
+    table = _create(catalog, "busy")
+    for i in range(3):
+        table.append(_batch(i * 10, 10))
+    stale = catalog.load_table((NAMESPACE, "busy"))
+    catalog.load_table((NAMESPACE, "busy")).append(_batch(100, 10))
+
+    # A concurrent append does not touch the files being replaced: pyiceberg retries on top.
+    result = compact_table(stale, target_file_bytes=BIG_TARGET)
+
+    fresh = catalog.load_table((NAMESPACE, "busy"))
+    assert result.files_rewritten == 3
+    assert sum(_rows(fresh).values()) == 40
+    assert len(_data_files(fresh)) == 2
+
+
+# -- expire_snapshots ----------------------------------------------------------------------------
+
+
+def test_expire_snapshots_deletes_only_unreferenced_files(backend: Any) -> None:
+    catalog = _catalog(backend)
+    table = _create(catalog, "history")
+    for i in range(4):
+        table.append(_batch(i * 10, 10))
+    table.overwrite(_batch(1000, 5))  # the first four files now live in old snapshots only
+    table.append(_batch(2000, 5))
+    table.append(_batch(3000, 5))
+    table = catalog.load_table((NAMESPACE, "history"))
+    current = table.current_snapshot()
+    assert current is not None and current.parent_snapshot_id is not None
+    retained_parent = current.parent_snapshot_id
+    expected_now = _rows(table)
+    expected_parent = _rows(table, retained_parent)
+    snapshots_before = len(table.metadata.snapshots)
+    stored_before = _stored(backend, table)
+
+    preview = expire_snapshots(table, older_than_ms=FAR_FUTURE_MS, retain_last=2, dry_run=True)
+    assert _stored(backend, table) == stored_before
+    assert len(catalog.load_table((NAMESPACE, "history")).metadata.snapshots) == snapshots_before
+
+    result = expire_snapshots(
+        catalog.load_table((NAMESPACE, "history")), older_than_ms=FAR_FUTURE_MS, retain_last=2
+    )
+
+    assert len(result.snapshots_expired) == snapshots_before - 2
+    assert result.snapshots_expired == preview.snapshots_expired
+    assert result.data_files_deleted == preview.data_files_deleted == 4
+    assert result.manifest_lists_deleted == snapshots_before - 2
+    assert result.manifests_deleted > 0 and result.bytes_freed > 0
+    assert result.delete_failures == 0
+    fresh = catalog.load_table((NAMESPACE, "history"))
+    assert {s.snapshot_id for s in fresh.metadata.snapshots} == {
+        current.snapshot_id,
+        retained_parent,
+    }
+    assert _rows(fresh) == expected_now
+    assert _rows(fresh, retained_parent) == expected_parent
+    stored_after = _stored(backend, fresh)
+    assert len(stored_before - stored_after) == (
+        result.data_files_deleted + result.manifests_deleted + result.manifest_lists_deleted
+    )
+    # Everything the metadata still names is on storage, and nothing else is left over.
+    assert referenced_files(fresh) <= stored_after
+    assert stored_after - referenced_files(fresh) == set()
+
+
+def test_expire_by_age_keeps_younger_snapshots(backend: Any) -> None:
+    catalog = _catalog(backend)
+    table = _create(catalog, "aged")
+    table.append(_batch(0, 10))
+    table.append(_batch(10, 10))
+    table = catalog.load_table((NAMESPACE, "aged"))
+    oldest = min(s.timestamp_ms for s in table.metadata.snapshots)
+
+    result = expire_snapshots(table, older_than_ms=oldest, retain_last=1)
+
+    assert result.snapshots_expired == ()
+    assert len(catalog.load_table((NAMESPACE, "aged")).metadata.snapshots) == 2
+    # Appends only: expiring the first snapshot frees its manifest list, no data file.
+    result = expire_snapshots(
+        catalog.load_table((NAMESPACE, "aged")), older_than_ms=FAR_FUTURE_MS, retain_last=1
+    )
+    assert len(result.snapshots_expired) == 1
+    assert result.data_files_deleted == 0 and result.manifest_lists_deleted == 1
+    assert sum(_rows(catalog.load_table((NAMESPACE, "aged"))).values()) == 20
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_expire_rejects_retain_last_below_one(backend: Any) -> None:
+    table = _create(_catalog(backend), "bad")
+    with pytest.raises(ValueError, match="retain_last"):
+        expire_snapshots(table, older_than_ms=None, retain_last=0)
+
+
+# -- remove_orphan_files -------------------------------------------------------------------------
+
+
+def test_remove_orphan_files_respects_age_and_dry_run(backend: Any) -> None:
+    catalog = _catalog(backend)
+    table = _create(catalog, "orphans", partitioned=True)
+    table.append(_batch(0, 10, cats=("a", "b")))
+    table.append(_batch(10, 10, cats=("a", "b")))
+    table = catalog.load_table((NAMESPACE, "orphans"))
+    expected = _rows(table)
+    strays = [
+        f"{table.location()}/data/cat=a/stray-00000.parquet",
+        f"{table.location()}/metadata/stray-manifest.avro",
+    ]
+    for path in strays:
+        with table.io.new_output(path).create() as out:
+            out.write(b"not referenced")
+    lister = _lister(backend)
+
+    young = remove_orphan_files(
+        table, lister, older_than_ms=int(time.time() * 1000) - 3_600_000, dry_run=False
+    )
+    assert (young.orphans_found, young.orphans_deleted) == (0, 0)
+    assert young.files_scanned > len(strays)
+
+    preview = remove_orphan_files(table, lister, older_than_ms=FAR_FUTURE_MS, dry_run=True)
+    assert preview.orphans_found == 2 and preview.orphans_deleted == 0
+    assert {normalize_uri(p) for p in preview.files} == {normalize_uri(p) for p in strays}
+    assert {normalize_uri(p) for p in strays} <= _stored(backend, table)
+
+    result = remove_orphan_files(table, lister, older_than_ms=FAR_FUTURE_MS, dry_run=False)
+    assert (result.orphans_found, result.orphans_deleted, result.delete_failures) == (2, 2, 0)
+    fresh = catalog.load_table((NAMESPACE, "orphans"))
+    assert _stored(backend, fresh) == referenced_files(fresh)
+    assert _rows(fresh) == expected
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_expire_deletes_metadata_files_the_commit_drops_from_the_log(backend: Any) -> None:
+    catalog = _catalog(backend)
+    table = catalog.create_table(
+        (NAMESPACE, "short_log"), SCHEMA, properties={"write.metadata.previous-versions-max": "1"}
+    )
+    table.append(_batch(0, 10))
+    table.append(_batch(10, 10))
+    table = catalog.load_table((NAMESPACE, "short_log"))
+    dropped = [e.metadata_file for e in table.metadata.metadata_log]
+    assert len(dropped) == 1
+
+    result = expire_snapshots(table, older_than_ms=None, retain_last=1)
+
+    assert result.metadata_files_deleted == 1
+    assert normalize_uri(dropped[0]) not in _stored(backend, table)
+    fresh = catalog.load_table((NAMESPACE, "short_log"))
+    assert referenced_files(fresh) <= _stored(backend, fresh)
+    assert sum(_rows(fresh).values()) == 20
