@@ -131,8 +131,10 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             payload = request.arrow_record_batch.serialized_record_batch
             decoded = await asyncio.to_thread(decode_arrow, payload, schema_bytes, info.schema)
         elif kind == "json_rows":
-            rows = [json_format.MessageToDict(s) for s in request.json_rows.rows]
-            decoded = await asyncio.to_thread(decode_json, rows, info.schema)
+            structs = request.json_rows.rows
+            decoded = await asyncio.to_thread(
+                lambda: decode_json([json_format.MessageToDict(s) for s in structs], info.schema)
+            )
         else:
             empty = pa.Table.from_batches([], schema=schema_to_arrow(info.schema))
             decoded = DecodedRows(empty, [], [], {}, 0)
