@@ -54,28 +54,32 @@ def _row_errors(decoded: DecodedRows) -> list[ingest_pb2.RowError]:
     ]
 
 
-def _rejection(decoded: DecodedRows) -> InvalidArgument:
-    error = _invalid_rows(decoded)
-    error.row_errors = _row_errors(decoded)  # type: ignore[attr-defined]  # for AppendRows acks
-    return error
+class RowsRejected(InvalidArgument):
+    """A request whose rows do not match the table schema; nothing of it was written.
 
+    Attributes:
+        row_errors: The listed row errors, sent in AppendRows acknowledgements too.
+    """
 
-def _invalid_rows(decoded: DecodedRows) -> InvalidArgument:
-    violations = [
-        FieldViolation(
-            f"rows[{p.row_index}]" + (f".{p.column}" if p.column else ""),
-            f"{p.reason.name}: {p.message}",
+    def __init__(self, decoded: DecodedRows) -> None:
+        problems = decoded.problems[:MAX_LISTED_ROW_ERRORS]
+        violations = [
+            FieldViolation(
+                f"rows[{p.row_index}]" + (f".{p.column}" if p.column else ""),
+                f"{p.reason.name}: {p.message}",
+            )
+            for p in problems
+        ]
+        first = violations[0]
+        # invalid_count is derived, not counted: a rejected million-row batch costs no loop
+        bad_rows = max(decoded.invalid_count, 1)
+        super().__init__(
+            f"{bad_rows} row(s) do not match the table schema; first: {first.field}: "
+            f"{first.description}; nothing was written",
+            violations=violations,
+            reason="INVALID_ROWS",
         )
-        for p in decoded.problems[:MAX_LISTED_ROW_ERRORS]
-    ]
-    first = violations[0]
-    bad_rows = len({p.row_index for p in decoded.problems})
-    return InvalidArgument(
-        f"{bad_rows} row(s) do not match the table schema; first: {first.field}: "
-        f"{first.description}; nothing was written",
-        violations=violations,
-        reason="INVALID_ROWS",
-    )
+        self.row_errors = _row_errors(decoded)
 
 
 @dataclass
@@ -160,7 +164,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             policy = _policy(request.invalid_row_policy, info.properties)
             whole_payload = any(p.row_index < 0 for p in decoded.problems)
             if policy != ingest_pb2.INVALID_ROW_POLICY_DEAD_LETTER or whole_payload:
-                raise _rejection(decoded)
+                raise RowsRejected(decoded)
             queued.dead_lettered = await self._dead_letters.write(
                 namespace, table, decoded, writer_id=writer_id, offset=offset
             )
@@ -311,7 +315,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                 return response
         if offset is not None:
             response.offset = offset
-        if isinstance(outcome, InvalidArgument) and outcome.reason == "INVALID_ROWS":
-            response.row_errors.extend(getattr(outcome, "row_errors", []))
+        if isinstance(outcome, RowsRejected):
+            response.row_errors.extend(outcome.row_errors)
         response.error.CopyFrom(status_proto_for(outcome, ""))
         return response
