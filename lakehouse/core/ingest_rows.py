@@ -247,6 +247,49 @@ def _arange(n: int) -> pa.Array:
     return pc.cast(pc.indices_nonzero(_full(n, True)), pa.int64())
 
 
+def _unmasked(array: pa.Array, t: pa.DataType, nullable: bool) -> pa.Array:
+    """``array`` without nulls in non-nullable children that only a null parent hides.
+
+    A row whose optional struct is null may hold nulls in the struct's required children
+    (Parquet readers make exactly that), and conforming keeps them: the values are
+    masked by the parent, so they are not missing values. Arrow's Parquet writer still
+    refuses a non-nullable column with nulls, so the children's validity is dropped (the
+    slots' values are never read). By then every null that a valid parent does not hide was
+    refused, so only hidden ones are left to drop.
+    """
+    if pa.types.is_struct(t):
+        fields = list(t)
+        children = [_unmasked(array.field(i), f.type, f.nullable) for i, f in enumerate(fields)]
+        mask = array.is_null() if nullable and array.null_count else None
+        return pa.StructArray.from_arrays(children, fields=fields, mask=mask)
+    if pa.types.is_large_list(t) or pa.types.is_list(t):
+        field = t.value_field
+        values = _unmasked(array.values, field.type, field.nullable)
+        mask = array.is_null() if nullable and array.null_count else None
+        return type(array).from_arrays(array.offsets, values, type=t, mask=mask)
+    if nullable or not array.null_count:
+        return array
+    if isinstance(array, pa.ExtensionArray):
+        storage = _unmasked(array.storage, t.storage_type, nullable)
+        return pa.ExtensionArray.from_storage(t, storage)
+    buffers = array.buffers()
+    return pa.Array.from_buffers(t, len(array), [None, *buffers[1:]], offset=array.offset)
+
+
+def _drop_hidden_nulls(rows: pa.Table) -> pa.Table:
+    """The conformed rows with hidden nulls dropped (see ``_unmasked``); cheap: no copies."""
+    nested = [
+        i
+        for i, f in enumerate(rows.schema)
+        if pa.types.is_struct(f.type) or pa.types.is_large_list(f.type)
+    ]
+    for i in nested:
+        f = rows.schema.field(i)
+        chunks = [_unmasked(c, f.type, f.nullable) for c in rows.column(i).chunks]
+        rows = rows.set_column(i, f, pa.chunked_array(chunks, type=f.type))
+    return rows
+
+
 def conform_arrow(table: pa.Table, table_schema: Schema) -> DecodedRows:
     """Validates an Arrow table against ``table_schema`` and conforms its valid rows.
 
@@ -266,7 +309,7 @@ def conform_arrow(table: pa.Table, table_schema: Schema) -> DecodedRows:
         list(zip(table.column_names, columns.values(), strict=True)), fields, "", n, None
     )
     if not issues:
-        valid = pa.Table.from_arrays(out, schema=target)
+        valid = _drop_hidden_nulls(pa.Table.from_arrays(out, schema=target))
         return DecodedRows(valid, range(n), [], {}, n)  # no per-row work on the clean path
     bad: pa.BooleanArray | None = None
     first = pa.nulls(n, pa.int32())
@@ -279,7 +322,7 @@ def conform_arrow(table: pa.Table, table_schema: Schema) -> DecodedRows:
     good = pc.invert(bad)
     valid_indices = pc.indices_nonzero(good).to_pylist()
     if valid_indices:
-        valid = pa.Table.from_arrays(out, schema=target).filter(good)
+        valid = _drop_hidden_nulls(pa.Table.from_arrays(out, schema=target).filter(good))
     else:
         valid = target.empty_table()
     invalid_rows = pc.indices_nonzero(bad)

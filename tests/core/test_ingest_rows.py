@@ -655,3 +655,31 @@ def test_conformed_tables_append_to_a_real_iceberg_table(tmp_path: Path) -> None
     assert back.to_pylist() == expected.to_pylist()
     assert back.column("id").to_pylist() == [1, 2, 3, 4]
     assert back.column("uid")[0].as_py() == u
+
+
+def test_a_null_struct_hiding_nulls_in_its_required_children_appends(tmp_path: Path) -> None:
+    # Parquet readers give a null optional struct nulls in its required children too; they
+    # are hidden by the parent, and Arrow's Parquet writer must not see them as missing values.
+    schema = Schema(
+        NestedField(1, "id", LongType(), required=True),
+        NestedField(
+            2,
+            "address",
+            StructType(NestedField(3, "zip", StringType(), required=True)),
+            required=False,
+        ),
+    )
+    catalog = SqlCatalog("t", uri=f"sqlite:///{tmp_path}/c.db", warehouse=tmp_path.as_uri())
+    catalog.create_namespace("ns")
+    table = catalog.create_table("ns.people", schema=schema)
+    zips = pa.array(["1000", None], pa.string())
+    address = pa.StructArray.from_arrays(
+        [zips], fields=[pa.field("zip", pa.string(), nullable=False)], mask=pa.array([False, True])
+    )
+    data = pa.table({"id": pa.array([1, 2], pa.int64()), "address": address})
+
+    decoded = conform_arrow(data, table.schema())
+
+    assert decoded.invalid_count == 0
+    table.append(decoded.valid)
+    assert table.scan().to_arrow()["address"].to_pylist() == [{"zip": "1000"}, None]
