@@ -1,0 +1,1113 @@
+"""The job store: JobService's jobs in a SQL database (SQLite or PostgreSQL).
+
+Jobs live in a database rather than in a process so that any server replica or
+``lakehouse worker`` process can answer for, and run, any job. By default the database is
+the SQLite file of pyiceberg's SQL catalog, so every table here is prefixed
+``lakehouse_jobs`` to stay clear of pyiceberg's ``iceberg_*`` tables.
+
+The store is synchronous (SQLAlchemy Core); callers run it in a thread pool. It is
+thread-safe: one ``JobStore`` (one connection pool) serves every thread of a process.
+
+Concurrency is the database's job, not the process's:
+
+* PostgreSQL: every change locks the rows it reads (``SELECT ... FOR UPDATE``); ``claim``
+  skips rows other workers are claiming (``SKIP LOCKED``) and takes a transaction-scoped
+  advisory lock per (kind, table) so that two workers cannot start two maintenance jobs on
+  one table at once.
+* SQLite: every change runs in ``BEGIN IMMEDIATE``, which takes the database's write lock
+  up front, so read-then-write transactions are serialized. pysqlite's own transaction
+  handling would defer ``BEGIN`` past the reads (and so let two workers claim one job); the
+  engine is set up to emit the ``BEGIN`` itself, as the SQLAlchemy SQLite documentation
+  ("Serializable isolation / Savepoints / Transactional DDL") recommends.
+
+Times are integer microseconds since the Unix epoch (UTC). Every method that depends on
+"now" takes it as ``now_us``, so the caller (and tests) own the clock.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import hashlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Double,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    and_,
+    create_engine,
+    delete,
+    event,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    true,
+    update,
+)
+from sqlalchemy.engine import URL, Connection, Engine, RowMapping, make_url
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.selectable import Select
+
+from lakehouse.errors import ERROR_DOMAIN, AlreadyExists, FailedPrecondition, NotFound, Unavailable
+from lakehouse.v1 import job_pb2
+
+QUEUED: Final[int] = job_pb2.JOB_STATE_QUEUED
+RUNNING: Final[int] = job_pb2.JOB_STATE_RUNNING
+SUCCEEDED: Final[int] = job_pb2.JOB_STATE_SUCCEEDED
+FAILED: Final[int] = job_pb2.JOB_STATE_FAILED
+CANCELLED: Final[int] = job_pb2.JOB_STATE_CANCELLED
+#: States a job never leaves.
+TERMINAL_STATES: Final = frozenset({SUCCEEDED, FAILED, CANCELLED})
+_ACTIVE_STATES: Final = (QUEUED, RUNNING)
+_SQL_KIND: Final[int] = job_pb2.JOB_KIND_SQL
+
+#: The ``ErrorInfo.reason`` of a job failed because its worker died on the last attempt.
+LEASE_EXPIRED_REASON: Final = "JOB_LEASE_EXPIRED"
+LEASE_EXPIRED_MESSAGE: Final = (
+    "the worker running the job stopped responding (lease expired) on its last attempt"
+)
+
+#: The schema version this code writes; ``migrate`` brings older databases up to it.
+SCHEMA_VERSION: Final = 1
+
+_MICROS_PER_SECOND: Final = 1_000_000
+_PG_CONNECT_TIMEOUT_SECONDS: Final = 5
+# Execution option read by the SQLite "begin" hook: the BEGIN flavour of a transaction.
+_SQLITE_BEGIN_OPTION: Final = "lakehouse_sqlite_begin"
+# create() retries after losing an insert race; the next round finds the winner's job.
+_CREATE_ROUNDS: Final = 3
+# claim() looks at this many due jobs at most per call, bounding one transaction's work.
+_CLAIM_CANDIDATES: Final = 64
+# Serializes concurrent migrate() calls on PostgreSQL (a constant pg_advisory_xact_lock key).
+_MIGRATION_LOCK_KEY: Final = 0x6C616B656A6F6273  # "lakejobs"
+_UNAVAILABLE_REASON: Final = "JOB_STORE_UNAVAILABLE"
+
+# -- Schema ------------------------------------------------------------------------------------
+
+_metadata = MetaData()
+
+#: One row (id 1) holding the schema version, so later releases know what to migrate.
+schema_table = Table(
+    "lakehouse_jobs_schema",
+    _metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("version", Integer, nullable=False),
+)
+
+#: One row per job. Enums are the int values of the proto enums; spec, result and error are
+#: serialized protobuf messages the store never parses.
+jobs_table = Table(
+    "lakehouse_jobs",
+    _metadata,
+    Column("id", String, primary_key=True),
+    Column("kind", Integer, nullable=False),
+    Column("namespace", String, nullable=False),
+    # "table" is a reserved word in SQL; the record calls it ``table``.
+    Column("table_name", String, nullable=False),
+    Column("state", Integer, nullable=False),
+    Column("spec", LargeBinary, nullable=False),
+    # NULL when the job was created without one: NULLs never collide in a unique index, on
+    # SQLite and PostgreSQL alike, so a plain unique index does what a partial one would.
+    Column("request_id", String, nullable=True),
+    Column("spec_digest", String, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("cancel_requested", Boolean, nullable=False),
+    Column("worker", String, nullable=False),
+    Column("create_time_us", BigInteger, nullable=False),
+    Column("start_time_us", BigInteger, nullable=True),
+    Column("end_time_us", BigInteger, nullable=True),
+    Column("update_time_us", BigInteger, nullable=False),
+    Column("lease_expires_us", BigInteger, nullable=True),
+    Column("next_attempt_us", BigInteger, nullable=False),
+    Column("progress_fraction", Double, nullable=False),
+    Column("progress_message", String, nullable=False),
+    Column("result", LargeBinary, nullable=True),
+    Column("error", LargeBinary, nullable=True),
+    Column("scheduled", Boolean, nullable=False),
+    Column("version", BigInteger, nullable=False),
+)
+_jobs = jobs_table.c
+
+Index("lakehouse_jobs_claim_ix", _jobs.state, _jobs.next_attempt_us)
+Index("lakehouse_jobs_list_ix", _jobs.create_time_us, _jobs.id)
+Index("lakehouse_jobs_request_id_uq", _jobs.request_id, unique=True)
+# Serves latest() and claim()'s same-table check; its first three columns are the table key.
+Index(
+    "lakehouse_jobs_table_ix", _jobs.kind, _jobs.namespace, _jobs.table_name, _jobs.create_time_us
+)
+# At most one queued or running scheduled job per (kind, table): the scheduler of every
+# replica may enqueue at once, and the database decides which one wins.
+_ACTIVE_SCHEDULED = and_(_jobs.scheduled == true(), _jobs.state.in_(_ACTIVE_STATES))
+Index(
+    "lakehouse_jobs_scheduled_uq",
+    _jobs.kind,
+    _jobs.namespace,
+    _jobs.table_name,
+    unique=True,
+    sqlite_where=_ACTIVE_SCHEDULED,
+    postgresql_where=_ACTIVE_SCHEDULED,
+)
+
+
+def _create_v1(conn: Connection) -> None:
+    """Version 1: the jobs table and its indexes.
+
+    Later versions must use explicit DDL (``ALTER TABLE ...``), not ``jobs_table`` as it will
+    then be, so that each step keeps meaning what it meant when it was released.
+    """
+    jobs_table.create(conn, checkfirst=True)
+
+
+# _MIGRATIONS[n] takes a database from schema version n to n + 1.
+_MIGRATIONS: Final[tuple[Callable[[Connection], None], ...]] = (_create_v1,)
+assert len(_MIGRATIONS) == SCHEMA_VERSION
+
+
+# -- Records ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One stored job, as of one read.
+
+    Attributes:
+        id: The job id (assigned by the caller).
+        kind: A ``job_pb2.JobKind`` value.
+        namespace: The namespace of the table the job works on; empty if none.
+        table: The table the job works on; empty if none.
+        state: A ``job_pb2.JobState`` value.
+        spec: The serialized ``JobSpec``.
+        request_id: The request id the job was created with; empty if none.
+        spec_digest: The caller's digest of the spec, compared on request-id retries.
+        attempts: Attempts started so far (0 while first queued).
+        max_attempts: Attempts allowed for retryable failures.
+        cancel_requested: True once a running job was asked to cancel.
+        worker: The worker running, or that last ran, the job.
+        create_time_us: When the job was created.
+        start_time_us: When the last attempt started; None before the first.
+        end_time_us: When the job reached a terminal state; None until then.
+        update_time_us: When state, progress or attempts last changed.
+        lease_expires_us: When the running worker's lease ends; None unless RUNNING.
+        next_attempt_us: When a QUEUED job becomes due (later than now while backing off).
+        progress_fraction: The running attempt's estimated fraction done, 0 to 1.
+        progress_message: What the running attempt is doing, for people.
+        result: The serialized ``JobResult`` once SUCCEEDED.
+        error: The serialized ``google.rpc.Status`` of the failure, or of the last
+            attempt's failure while queued for a retry.
+        scheduled: True when the maintenance scheduler enqueued the job, not a client.
+        version: Grows by one on every visible change; WatchJob compares it.
+    """
+
+    id: str
+    kind: int
+    namespace: str
+    table: str
+    state: int
+    spec: bytes
+    request_id: str
+    spec_digest: str
+    attempts: int
+    max_attempts: int
+    cancel_requested: bool
+    worker: str
+    create_time_us: int
+    start_time_us: int | None
+    end_time_us: int | None
+    update_time_us: int
+    lease_expires_us: int | None
+    next_attempt_us: int
+    progress_fraction: float
+    progress_message: str
+    result: bytes | None
+    error: bytes | None
+    scheduled: bool
+    version: int
+
+    @property
+    def finished(self) -> bool:
+        """True in a terminal state (SUCCEEDED, FAILED, CANCELLED): nothing changes after."""
+        return self.state in TERMINAL_STATES
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job a worker now owns.
+
+    Attributes:
+        job: The job: RUNNING, owned by the claiming worker, ``attempts`` counting this one.
+            Pass ``job.attempts`` as ``attempt`` to heartbeat, finish and retry_later.
+        lease_lost_by: The worker whose lease expired when the job was taken over from it;
+            empty for a job that was queued.
+    """
+
+    job: JobRecord
+    lease_lost_by: str
+
+
+class LeaseLost(Exception):
+    """The caller no longer owns the job: it is not RUNNING under this worker and attempt.
+
+    It was finished, cancelled or taken over by another worker after the lease expired. The
+    worker must stop the attempt without committing anything.
+    """
+
+    def __init__(self, job_id: str, worker: str, attempt: int) -> None:
+        super().__init__(f"worker {worker} no longer owns attempt {attempt} of job {job_id}")
+        self.job_id = job_id
+        self.worker = worker
+        self.attempt = attempt
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _optional_bytes(value: Any) -> bytes | None:
+    return None if value is None else bytes(value)
+
+
+def _record(row: Mapping[Any, Any]) -> JobRecord:
+    """A record from a row (or from the values just written, keyed by column name)."""
+    return JobRecord(
+        id=str(row["id"]),
+        kind=int(row["kind"]),
+        namespace=str(row["namespace"]),
+        table=str(row["table_name"]),
+        state=int(row["state"]),
+        spec=bytes(row["spec"]),
+        request_id=row["request_id"] or "",
+        spec_digest=str(row["spec_digest"]),
+        attempts=int(row["attempts"]),
+        max_attempts=int(row["max_attempts"]),
+        cancel_requested=bool(row["cancel_requested"]),
+        worker=str(row["worker"]),
+        create_time_us=int(row["create_time_us"]),
+        start_time_us=_optional_int(row["start_time_us"]),
+        end_time_us=_optional_int(row["end_time_us"]),
+        update_time_us=int(row["update_time_us"]),
+        lease_expires_us=_optional_int(row["lease_expires_us"]),
+        next_attempt_us=int(row["next_attempt_us"]),
+        progress_fraction=float(row["progress_fraction"]),
+        progress_message=str(row["progress_message"]),
+        result=_optional_bytes(row["result"]),
+        error=_optional_bytes(row["error"]),
+        scheduled=bool(row["scheduled"]),
+        version=int(row["version"]),
+    )
+
+
+def lease_expired_status(worker: str) -> bytes:
+    """The serialized ``google.rpc.Status`` stored on a job whose last attempt's worker died.
+
+    UNAVAILABLE, because the failure was the infrastructure's, not the job's input; the
+    ``ErrorInfo`` lets clients tell it apart from the job's own errors.
+    """
+    info = error_details_pb2.ErrorInfo(
+        reason=LEASE_EXPIRED_REASON, domain=ERROR_DOMAIN, metadata={"worker": worker}
+    )
+    status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message=LEASE_EXPIRED_MESSAGE)
+    status.details.add().Pack(info)
+    data: bytes = status.SerializeToString()
+    return data
+
+
+def _micros(seconds: float) -> int:
+    return round(seconds * _MICROS_PER_SECOND)
+
+
+def _table_lock_key(kind: int, namespace: str, table: str) -> int:
+    """A stable signed 64-bit advisory lock key for one (kind, table) on PostgreSQL.
+
+    A hash collision only makes two unrelated tables wait for each other for one claim.
+    """
+    name = f"lakehouse_jobs\0{kind}\0{namespace}\0{table}".encode()
+    return int.from_bytes(hashlib.blake2b(name, digest_size=8).digest(), "big", signed=True)
+
+
+def _not_found(job_id: str) -> NotFound:
+    return NotFound(f"job {job_id} not found", reason="JOB_NOT_FOUND", metadata={"job_id": job_id})
+
+
+# -- Engine ----------------------------------------------------------------------------------
+
+
+def _parse_url(url: str) -> URL:
+    """The parsed URL; the error never repeats the URL, which may hold a password."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError("the job store URL is not a valid SQLAlchemy URL") from None
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise ValueError(f"the job store supports sqlite and postgresql URLs, not {backend!r}")
+    return parsed
+
+
+def _configure_sqlite(engine: Engine, busy_timeout_seconds: float) -> None:
+    """Makes SQLite transactions real and friendly to other processes sharing the file.
+
+    pysqlite begins transactions lazily, only before writes; with ``isolation_level = None``
+    it leaves transaction control alone and the "begin" hook emits ``BEGIN`` (or ``BEGIN
+    IMMEDIATE`` for writing transactions) itself. WAL lets readers (pyiceberg, other
+    replicas) run alongside the one writer; it is a persistent property of the file, harmless
+    to pyiceberg. ``busy_timeout`` makes a writer wait for the lock rather than fail at once.
+    """
+    busy_timeout_ms = max(0, round(busy_timeout_seconds * 1000))
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+            # Switching needs an exclusive lock, so only when the file is not WAL yet.
+            (mode,) = cursor.execute("PRAGMA journal_mode").fetchone()
+            if str(mode).lower() != "wal":
+                cursor.execute("PRAGMA journal_mode = WAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get(_SQLITE_BEGIN_OPTION, "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _make_engine(url: URL, busy_timeout_seconds: float) -> Engine:
+    if url.get_backend_name() == "sqlite":
+        engine = create_engine(url, pool_pre_ping=True)
+        _configure_sqlite(engine, busy_timeout_seconds)
+        return engine
+    connect_args: dict[str, Any] = {}
+    if "connect_timeout" not in url.query:  # a dead database fails fast, as Unavailable
+        connect_args["connect_timeout"] = _PG_CONNECT_TIMEOUT_SECONDS
+    try:
+        return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    except ImportError as exc:
+        # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the service ships psycopg2.
+        raise ValueError(
+            f"the job store URL's driver {url.drivername!r} is not installed "
+            f"({exc.name}); use postgresql+psycopg2://"
+        ) from None
+
+
+def _brief(exc: BaseException) -> str:
+    text_ = str(getattr(exc, "orig", None) or exc)
+    return text_.strip().splitlines()[0][:200] if text_.strip() else type(exc).__name__
+
+
+# -- The store -------------------------------------------------------------------------------
+
+
+class JobStore:
+    """Jobs in a SQL database, shared by every server replica and worker process.
+
+    Thread-safe; blocking (run it in a thread pool). Call ``migrate`` once at start-up before
+    anything else. Every method raises ``Unavailable`` (reason ``JOB_STORE_UNAVAILABLE``)
+    when the database cannot be reached, a query times out, or SQLite stays locked past the
+    busy timeout; its message never holds the URL or password.
+
+    Args:
+        url: A SQLAlchemy URL: ``sqlite:////abs/path/catalog.db`` (the catalog's own file is
+            fine: the tables are prefixed ``lakehouse_jobs``) or
+            ``postgresql+psycopg2://user:password@host/db``.
+        busy_timeout_seconds: SQLite only: how long a writer waits for the database lock held
+            by another connection or process before giving up with ``Unavailable``.
+
+    Raises:
+        ValueError: The URL is malformed, names another database than SQLite or
+            PostgreSQL, or a driver that is not installed.
+    """
+
+    def __init__(self, url: str, *, busy_timeout_seconds: float = 10.0) -> None:
+        parsed = _parse_url(url)
+        self._url = parsed
+        self._engine = _make_engine(parsed, busy_timeout_seconds)
+        # Writing transactions take SQLite's write lock up front (ignored on PostgreSQL).
+        self._writer = self._engine.execution_options(**{_SQLITE_BEGIN_OPTION: "IMMEDIATE"})
+        self._postgres = parsed.get_backend_name() == "postgresql"
+        secrets = {url, parsed.render_as_string(hide_password=False), parsed.password or ""}
+        self._secrets = sorted((s for s in secrets if s), key=len, reverse=True)
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _unavailable(self, exc: BaseException) -> Unavailable:
+        detail = _brief(exc)
+        for secret in self._secrets:
+            detail = detail.replace(secret, "***")
+        return Unavailable(f"job store unavailable: {detail}", reason=_UNAVAILABLE_REASON)
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        """Turns connectivity failures into ``Unavailable``; lets everything else through."""
+        try:
+            yield
+        except (OperationalError, InterfaceError, PoolTimeoutError) as exc:
+            raise self._unavailable(exc) from exc
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise self._unavailable(exc) from exc
+            raise
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        """A connection for reads (a deferred transaction, rolled back at the end)."""
+        with self._translated(), self._engine.connect() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        """A writing transaction, committed unless the block raises."""
+        with self._translated(), self._writer.begin() as conn:
+            yield conn
+
+    @staticmethod
+    def _locked(conn: Connection, job_id: str) -> RowMapping:
+        """The job's row, locked until the transaction ends (SQLite: by BEGIN IMMEDIATE)."""
+        stmt = select(jobs_table).where(_jobs.id == job_id).with_for_update()
+        row = conn.execute(stmt).mappings().first()
+        if row is None:
+            raise _not_found(job_id)
+        return row
+
+    @staticmethod
+    def _owned(conn: Connection, job_id: str, worker: str, attempt: int) -> RowMapping:
+        """The job's locked row if ``worker`` runs ``attempt`` of it; else ``LeaseLost``."""
+        stmt = select(jobs_table).where(_jobs.id == job_id).with_for_update()
+        row = conn.execute(stmt).mappings().first()
+        if (
+            row is None
+            or row["state"] != RUNNING
+            or row["worker"] != worker
+            or row["attempts"] != attempt
+        ):
+            raise LeaseLost(job_id, worker, attempt)
+        return row
+
+    @staticmethod
+    def _apply(
+        conn: Connection, row: RowMapping, values: dict[str, Any], *, visible: bool = True
+    ) -> JobRecord:
+        """Writes ``values`` to the locked ``row``; returns the job as written.
+
+        ``visible`` changes bump ``version`` (what WatchJob looks at). The update is also
+        conditioned on the version read, so a locking bug would fail loudly here instead of
+        silently letting two writers both win.
+        """
+        if visible:
+            values = {**values, "version": row["version"] + 1}
+        stmt = (
+            update(jobs_table)
+            .where(_jobs.id == row["id"], _jobs.version == row["version"])
+            .values(values)
+        )
+        if conn.execute(stmt).rowcount != 1:
+            raise RuntimeError(f"job {row['id']} changed under a row lock")
+        return _record({**row, **values})
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Creates or upgrades the job tables; idempotent and safe to run concurrently.
+
+        Every process runs it at start-up. Concurrent runs are serialized (SQLite's write
+        lock; a PostgreSQL advisory lock) and DDL is transactional on both databases, so a
+        crash leaves the previous version intact. For a SQLite file, its folder is created.
+
+        Raises:
+            FailedPrecondition: The database was migrated by a newer release
+                (reason ``JOB_STORE_SCHEMA_TOO_NEW``); run that release or newer.
+            Unavailable: The database cannot be reached.
+        """
+        self._make_sqlite_folder()
+        with self._writing() as conn:
+            if self._postgres:
+                conn.execute(select(func.pg_advisory_xact_lock(_MIGRATION_LOCK_KEY)))
+            schema_table.create(conn, checkfirst=True)
+            current = self._schema_version(conn)
+            if current > SCHEMA_VERSION:
+                raise FailedPrecondition(
+                    f"the job store schema is version {current}, newer than this release's "
+                    f"{SCHEMA_VERSION}; upgrade the service",
+                    reason="JOB_STORE_SCHEMA_TOO_NEW",
+                )
+            for step in _MIGRATIONS[current:]:
+                step(conn)
+            self._set_schema_version(conn, current)
+
+    def _make_sqlite_folder(self) -> None:
+        database = self._url.database
+        if self._postgres or not database or database == ":memory:":
+            return
+        if database.startswith("file:"):  # a URI filename; SQLite resolves it
+            return
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def _schema_version(conn: Connection) -> int:
+        stmt = select(schema_table.c.version).where(schema_table.c.id == 1)
+        version = conn.execute(stmt).scalar_one_or_none()
+        return 0 if version is None else int(version)
+
+    @staticmethod
+    def _set_schema_version(conn: Connection, previous: int) -> None:
+        if previous == 0:
+            conn.execute(insert(schema_table).values(id=1, version=SCHEMA_VERSION))
+        elif previous != SCHEMA_VERSION:
+            stmt = update(schema_table).where(schema_table.c.id == 1)
+            conn.execute(stmt.values(version=SCHEMA_VERSION))
+
+    def check(self) -> None:
+        """Runs a trivial query: the readiness probe of the job store.
+
+        Raises:
+            Unavailable: The database cannot be reached.
+        """
+        with self._reading() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def close(self) -> None:
+        """Closes the pooled connections. The store reconnects if used again."""
+        self._engine.dispose()
+
+    # -- client operations -----------------------------------------------------------------
+
+    def create(
+        self,
+        *,
+        job_id: str,
+        kind: int,
+        namespace: str,
+        table: str,
+        spec: bytes,
+        spec_digest: str,
+        request_id: str,
+        max_attempts: int,
+        now_us: int,
+        scheduled: bool = False,
+    ) -> tuple[JobRecord, bool]:
+        """Creates a QUEUED job, due at once, unless an equivalent one exists.
+
+        Args:
+            job_id: The new job's id (the caller makes it unique, e.g. a UUID).
+            kind: A ``job_pb2.JobKind`` value.
+            namespace: The table's namespace; empty if the job has no table.
+            table: The table; empty if the job has no table.
+            spec: The serialized ``JobSpec``.
+            spec_digest: A digest of the spec that tells a retry from a reuse of
+                ``request_id``.
+            request_id: The client's idempotency key; empty for none.
+            max_attempts: Attempts allowed for retryable failures.
+            now_us: The current time.
+            scheduled: True for the maintenance scheduler's jobs: at most one of them per
+                (kind, table) is queued or running.
+
+        Returns:
+            ``(job, True)`` for a new job. ``(existing, False)`` when a job with this
+            ``request_id`` and the same ``spec_digest`` exists (a retry), or, with
+            ``scheduled``, when a scheduled job of this kind is queued or running on the
+            table already.
+
+        Raises:
+            AlreadyExists: A job with this ``request_id`` has a different spec (reason
+                ``REQUEST_ID_REUSED``), or a job with ``job_id`` exists (reason
+                ``JOB_ALREADY_EXISTS``; the caller's ids are not unique).
+            Unavailable: The database cannot be reached.
+        """
+        values = {
+            "id": job_id,
+            "kind": kind,
+            "namespace": namespace,
+            "table_name": table,
+            "state": QUEUED,
+            "spec": spec,
+            "request_id": request_id or None,
+            "spec_digest": spec_digest,
+            "attempts": 0,
+            "max_attempts": max_attempts,
+            "cancel_requested": False,
+            "worker": "",
+            "create_time_us": now_us,
+            "start_time_us": None,
+            "end_time_us": None,
+            "update_time_us": now_us,
+            "lease_expires_us": None,
+            "next_attempt_us": now_us,
+            "progress_fraction": 0.0,
+            "progress_message": "",
+            "result": None,
+            "error": None,
+            "scheduled": scheduled,
+            "version": 1,
+        }
+        # The pre-check answers almost always. Two creates racing past it both insert; the
+        # unique indexes make one fail, and its next round finds the winner's job.
+        for _ in range(_CREATE_ROUNDS):
+            try:
+                with self._writing() as conn:
+                    existing = self._equivalent(conn, values)
+                    if existing is not None:
+                        return existing, False
+                    conn.execute(insert(jobs_table).values(values))
+                    return _record(values), True
+            except IntegrityError:
+                continue
+        raise AlreadyExists(
+            f"job {job_id} exists already", reason="JOB_ALREADY_EXISTS", metadata={"job_id": job_id}
+        )
+
+    @staticmethod
+    def _equivalent(conn: Connection, new: Mapping[str, Any]) -> JobRecord | None:
+        """The existing job that makes creating ``new`` unnecessary, if any.
+
+        Raises:
+            AlreadyExists: ``new``'s request id belongs to a job with another spec.
+        """
+        request_id = new["request_id"]
+        if request_id is not None:
+            stmt = select(jobs_table).where(_jobs.request_id == request_id)
+            row = conn.execute(stmt).mappings().first()
+            if row is not None:
+                if row["spec_digest"] != new["spec_digest"]:
+                    raise AlreadyExists(
+                        "request_id was already used for a job with a different spec",
+                        reason="REQUEST_ID_REUSED",
+                        metadata={"request_id": request_id, "job_id": str(row["id"])},
+                    )
+                return _record(row)
+        if new["scheduled"]:
+            stmt = select(jobs_table).where(
+                _ACTIVE_SCHEDULED,
+                _jobs.kind == new["kind"],
+                _jobs.namespace == new["namespace"],
+                _jobs.table_name == new["table_name"],
+            )
+            row = conn.execute(stmt).mappings().first()
+            if row is not None:
+                return _record(row)
+        return None
+
+    def get(self, job_id: str) -> JobRecord:
+        """The job as it is now.
+
+        Raises:
+            NotFound: No such job (reason ``JOB_NOT_FOUND``).
+            Unavailable: The database cannot be reached.
+        """
+        with self._reading() as conn:
+            stmt = select(jobs_table).where(_jobs.id == job_id)
+            row = conn.execute(stmt).mappings().first()
+        if row is None:
+            raise _not_found(job_id)
+        return _record(row)
+
+    def list(
+        self,
+        *,
+        states: Sequence[int],
+        kinds: Sequence[int],
+        namespace: str,
+        table: str,
+        limit: int,
+        after: tuple[int, str] | None,
+    ) -> builtins.list[JobRecord]:
+        """One page of jobs, newest first by ``(create_time_us, id)``.
+
+        Paging is by key, not offset, so pages neither skip nor repeat jobs while new ones
+        arrive. Filters combine with AND; an empty one matches anything.
+
+        Args:
+            states: Only jobs in one of these states.
+            kinds: Only jobs of one of these kinds.
+            namespace: Only jobs on tables of this namespace.
+            table: Only jobs on tables of this name.
+            limit: The page size (the caller clamps it).
+            after: ``(create_time_us, id)`` of the previous page's last job; None for the
+                first page.
+
+        Raises:
+            Unavailable: The database cannot be reached.
+        """
+        stmt = select(jobs_table)
+        if states:
+            stmt = stmt.where(_jobs.state.in_(builtins.list(states)))
+        if kinds:
+            stmt = stmt.where(_jobs.kind.in_(builtins.list(kinds)))
+        if namespace:
+            stmt = stmt.where(_jobs.namespace == namespace)
+        if table:
+            stmt = stmt.where(_jobs.table_name == table)
+        if after is not None:
+            time_us, job_id = after
+            stmt = stmt.where(
+                or_(
+                    _jobs.create_time_us < time_us,
+                    and_(_jobs.create_time_us == time_us, _jobs.id < job_id),
+                )
+            )
+        stmt = stmt.order_by(_jobs.create_time_us.desc(), _jobs.id.desc()).limit(limit)
+        with self._reading() as conn:
+            return [_record(row) for row in conn.execute(stmt).mappings()]
+
+    def cancel(self, job_id: str, *, now_us: int) -> JobRecord:
+        """Cancels a job: a QUEUED one at once, a RUNNING one at its next safe point.
+
+        A RUNNING job only gets ``cancel_requested``; its worker sees it in the next
+        heartbeat and finishes it as CANCELLED (or SUCCEEDED, if it was done first).
+
+        Returns:
+            The job after the call; unchanged if it was CANCELLED or cancel was requested
+            already.
+
+        Raises:
+            NotFound: No such job (reason ``JOB_NOT_FOUND``).
+            FailedPrecondition: The job SUCCEEDED or FAILED (reason ``JOB_ALREADY_FINISHED``).
+            Unavailable: The database cannot be reached.
+        """
+        with self._writing() as conn:
+            row = self._locked(conn, job_id)
+            state = row["state"]
+            if state == QUEUED:
+                return self._apply(
+                    conn, row, {"state": CANCELLED, "end_time_us": now_us, "update_time_us": now_us}
+                )
+            if state == RUNNING and not row["cancel_requested"]:
+                return self._apply(conn, row, {"cancel_requested": True, "update_time_us": now_us})
+            if state in (RUNNING, CANCELLED):
+                return _record(row)
+            raise FailedPrecondition(
+                f"job {job_id} has finished already",
+                reason="JOB_ALREADY_FINISHED",
+                metadata={"job_id": job_id},
+            )
+
+    def delete(self, job_id: str) -> None:
+        """Deletes a finished job's record (its request id becomes free again).
+
+        Raises:
+            NotFound: No such job (reason ``JOB_NOT_FOUND``).
+            FailedPrecondition: The job is QUEUED or RUNNING (reason ``JOB_NOT_FINISHED``).
+            Unavailable: The database cannot be reached.
+        """
+        with self._writing() as conn:
+            row = self._locked(conn, job_id)
+            if row["state"] not in TERMINAL_STATES:
+                raise FailedPrecondition(
+                    f"job {job_id} has not finished; cancel it first",
+                    reason="JOB_NOT_FINISHED",
+                    metadata={"job_id": job_id},
+                )
+            conn.execute(delete(jobs_table).where(_jobs.id == job_id))
+
+    # -- worker operations -----------------------------------------------------------------
+
+    def claim(
+        self,
+        *,
+        worker: str,
+        lease_seconds: float,
+        now_us: int,
+        kinds: Sequence[int] | None = None,
+    ) -> Claim | None:
+        """Takes the oldest due job for ``worker``, or None if there is none.
+
+        Due jobs are QUEUED ones past ``next_attempt_us`` and RUNNING ones whose lease
+        expired (their worker died). On the way, an expired job that asked to be cancelled
+        becomes CANCELLED, and one that was on its last attempt becomes FAILED (a
+        ``JOB_LEASE_EXPIRED`` status), instead of running again. A maintenance job (any kind
+        but SQL) waits while another job of its kind runs on the same table with a live
+        lease: two compactions of one table would only conflict.
+
+        The claimed job is RUNNING under ``worker`` with a new lease, ``attempts`` one
+        higher and its progress reset. No two workers ever own one job.
+
+        Args:
+            worker: The claiming worker's identity (host and process id).
+            lease_seconds: How long the job is the worker's without a heartbeat.
+            now_us: The current time.
+            kinds: Only jobs of these kinds; None or empty means any kind.
+
+        Raises:
+            Unavailable: The database cannot be reached.
+        """
+        lease_us = _micros(lease_seconds)
+        after: tuple[int, str] | None = None
+        with self._writing() as conn:
+            for _ in range(_CLAIM_CANDIDATES):
+                row = conn.execute(self._next_candidate(now_us, kinds, after)).mappings().first()
+                if row is None:
+                    return None
+                after = (int(row["create_time_us"]), str(row["id"]))
+                if self._end_expired(conn, row, now_us) or not self._may_start(conn, row, now_us):
+                    continue
+                values = {
+                    "state": RUNNING,
+                    "attempts": row["attempts"] + 1,
+                    "worker": worker,
+                    "start_time_us": now_us,
+                    "lease_expires_us": now_us + lease_us,
+                    "update_time_us": now_us,
+                    "progress_fraction": 0.0,
+                    "progress_message": "",
+                }
+                lost_by = str(row["worker"]) if row["state"] == RUNNING else ""
+                return Claim(job=self._apply(conn, row, values), lease_lost_by=lost_by)
+        return None
+
+    @staticmethod
+    def _next_candidate(
+        now_us: int, kinds: Sequence[int] | None, after: tuple[int, str] | None
+    ) -> Select[Any]:
+        """The next due job by age after ``after``, locked, skipping others' locked rows.
+
+        Maintenance jobs blocked by a running sibling are left out here, so that a backlog
+        on one table does not use up the candidates of a claim; jobs that will only be ended
+        (cancelled or out of attempts) are never blocked.
+        """
+        due = or_(
+            and_(_jobs.state == QUEUED, _jobs.next_attempt_us <= now_us),
+            and_(_jobs.state == RUNNING, _jobs.lease_expires_us <= now_us),
+        )
+        ending = and_(
+            _jobs.state == RUNNING,
+            or_(_jobs.cancel_requested == true(), _jobs.attempts >= _jobs.max_attempts),
+        )
+        startable = or_(_jobs.kind == _SQL_KIND, ~_sibling_running(now_us))
+        stmt = select(jobs_table).where(due, or_(ending, startable))
+        if kinds:
+            stmt = stmt.where(_jobs.kind.in_(builtins.list(kinds)))
+        if after is not None:
+            time_us, job_id = after
+            stmt = stmt.where(
+                or_(
+                    _jobs.create_time_us > time_us,
+                    and_(_jobs.create_time_us == time_us, _jobs.id > job_id),
+                )
+            )
+        stmt = stmt.order_by(_jobs.create_time_us, _jobs.id).limit(1)
+        return stmt.with_for_update(skip_locked=True)
+
+    def _end_expired(self, conn: Connection, row: RowMapping, now_us: int) -> bool:
+        """Ends an expired RUNNING job that must not run again; True if it did."""
+        if row["state"] != RUNNING:
+            return False
+        ended = {"end_time_us": now_us, "update_time_us": now_us, "lease_expires_us": None}
+        if row["cancel_requested"]:
+            self._apply(conn, row, {**ended, "state": CANCELLED})
+            return True
+        if row["attempts"] >= row["max_attempts"]:
+            error = lease_expired_status(str(row["worker"]))
+            self._apply(conn, row, {**ended, "state": FAILED, "error": error})
+            return True
+        return False
+
+    def _may_start(self, conn: Connection, row: RowMapping, now_us: int) -> bool:
+        """False while another job of the same kind runs on the same table (not for SQL).
+
+        The candidate query already filtered on this, but two PostgreSQL workers could each
+        pick a different job of one table at once; the advisory lock makes them take turns,
+        and the recheck (a fresh statement, so it sees the other's commit) decides.
+        """
+        if row["kind"] == _SQL_KIND:
+            return True
+        if self._postgres:
+            key = _table_lock_key(row["kind"], row["namespace"], row["table_name"])
+            locked = conn.execute(select(func.pg_try_advisory_xact_lock(key))).scalar_one()
+            if not locked:
+                return False
+        sibling = select(jobs_table.c.id).where(
+            _jobs.id == row["id"], _sibling_running(now_us)
+        )  # correlated on the candidate's own row
+        return conn.execute(sibling).first() is None
+
+    def heartbeat(
+        self,
+        job_id: str,
+        *,
+        worker: str,
+        attempt: int,
+        lease_seconds: float,
+        now_us: int,
+        progress: tuple[float, str] | None,
+    ) -> bool:
+        """Extends the worker's lease and records progress; returns ``cancel_requested``.
+
+        Progress that did not change is not a visible change (``version`` stays), so
+        watchers are not woken by heartbeats alone.
+
+        Args:
+            job_id: The job.
+            worker: The worker that claimed it.
+            attempt: The claimed attempt (``Claim.job.attempts``).
+            lease_seconds: The new lease, from now.
+            now_us: The current time.
+            progress: ``(fraction, message)``, or None to leave it.
+
+        Raises:
+            LeaseLost: The worker no longer owns this attempt; stop without committing.
+            Unavailable: The database cannot be reached.
+        """
+        with self._writing() as conn:
+            row = self._owned(conn, job_id, worker, attempt)
+            values: dict[str, Any] = {"lease_expires_us": now_us + _micros(lease_seconds)}
+            changed = progress is not None and progress != (
+                row["progress_fraction"],
+                row["progress_message"],
+            )
+            if progress is not None and changed:
+                values |= {
+                    "progress_fraction": progress[0],
+                    "progress_message": progress[1],
+                    "update_time_us": now_us,
+                }
+            self._apply(conn, row, values, visible=changed)
+            return bool(row["cancel_requested"])
+
+    def finish(
+        self,
+        job_id: str,
+        *,
+        worker: str,
+        attempt: int,
+        state: int,
+        now_us: int,
+        result: bytes | None = None,
+        error: bytes | None = None,
+    ) -> JobRecord:
+        """Ends the worker's attempt and the job: SUCCEEDED, FAILED or CANCELLED.
+
+        ``result`` and ``error`` replace the stored ones (so a success clears the error of an
+        earlier failed attempt). The lease is released; a success sets progress to 1.
+
+        Raises:
+            ValueError: ``state`` is not terminal.
+            LeaseLost: The worker no longer owns this attempt; its outcome is discarded.
+            Unavailable: The database cannot be reached.
+        """
+        if state not in TERMINAL_STATES:
+            raise ValueError(f"finish needs a terminal state, not {state}")
+        with self._writing() as conn:
+            row = self._owned(conn, job_id, worker, attempt)
+            values: dict[str, Any] = {
+                "state": state,
+                "end_time_us": now_us,
+                "update_time_us": now_us,
+                "lease_expires_us": None,
+                "result": result,
+                "error": error,
+            }
+            if state == SUCCEEDED:
+                values["progress_fraction"] = 1.0
+            return self._apply(conn, row, values)
+
+    def retry_later(
+        self,
+        job_id: str,
+        *,
+        worker: str,
+        attempt: int,
+        now_us: int,
+        delay_seconds: float,
+        error: bytes,
+    ) -> JobRecord:
+        """Queues the job again after a retryable failure of the worker's attempt.
+
+        It becomes due ``delay_seconds`` from now and keeps ``error`` (the failed attempt's
+        serialized ``google.rpc.Status``). If cancel was requested meanwhile, it becomes
+        CANCELLED instead. The caller decides whether attempts remain (``attempts <
+        max_attempts``); when none do, it calls ``finish`` with FAILED.
+
+        Raises:
+            LeaseLost: The worker no longer owns this attempt.
+            Unavailable: The database cannot be reached.
+        """
+        with self._writing() as conn:
+            row = self._owned(conn, job_id, worker, attempt)
+            values: dict[str, Any] = {
+                "update_time_us": now_us,
+                "lease_expires_us": None,
+                "error": error,
+            }
+            if row["cancel_requested"]:
+                values |= {"state": CANCELLED, "end_time_us": now_us}
+            else:
+                values |= {"state": QUEUED, "next_attempt_us": now_us + _micros(delay_seconds)}
+            return self._apply(conn, row, values)
+
+    # -- scheduler and metrics -------------------------------------------------------------
+
+    def queue_depth(self, *, now_us: int) -> dict[int, int]:
+        """Jobs waiting for a worker now (QUEUED and due), per kind, for a gauge.
+
+        Jobs backing off before a retry are not counted: they wait for time, not workers.
+        Every kind is present, with 0 when none wait, so a gauge drops back to 0.
+
+        Raises:
+            Unavailable: The database cannot be reached.
+        """
+        depth = {int(k): 0 for k in job_pb2.JobKind.values() if k != job_pb2.JOB_KIND_UNSPECIFIED}
+        stmt = (
+            select(_jobs.kind, func.count())
+            .where(_jobs.state == QUEUED, _jobs.next_attempt_us <= now_us)
+            .group_by(_jobs.kind)
+        )
+        with self._reading() as conn:
+            for kind, count in conn.execute(stmt):
+                depth[int(kind)] = int(count)
+        return depth
+
+    def latest(self, *, kind: int, namespace: str, table: str) -> JobRecord | None:
+        """The newest job of ``kind`` on the table, in any state; None if there is none.
+
+        Raises:
+            Unavailable: The database cannot be reached.
+        """
+        stmt = (
+            select(jobs_table)
+            .where(_jobs.kind == kind, _jobs.namespace == namespace, _jobs.table_name == table)
+            .order_by(_jobs.create_time_us.desc(), _jobs.id.desc())
+            .limit(1)
+        )
+        with self._reading() as conn:
+            row = conn.execute(stmt).mappings().first()
+        return None if row is None else _record(row)
+
+
+def _sibling_running(now_us: int) -> ColumnElement[bool]:
+    """True for a job when another job of its kind runs on its table with a live lease.
+
+    Correlated with the enclosing query's ``lakehouse_jobs`` row.
+    """
+    other = jobs_table.alias("lakehouse_jobs_sibling")
+    return exists().where(
+        other.c.kind == _jobs.kind,
+        other.c.namespace == _jobs.namespace,
+        other.c.table_name == _jobs.table_name,
+        other.c.state == RUNNING,
+        other.c.lease_expires_us > now_us,
+        other.c.id != _jobs.id,
+    )
