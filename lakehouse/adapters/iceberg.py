@@ -28,6 +28,7 @@ from pyiceberg.exceptions import (
     NoSuchTableError,
     ServiceUnavailableError,
     TableAlreadyExistsError,
+    ValidationException,
 )
 from pyiceberg.expressions import BooleanExpression
 from pyiceberg.io.pyarrow import ArrowScan, _read_all_delete_files, schema_to_pyarrow
@@ -226,7 +227,8 @@ def translate_errors(namespace: str = "", table: str = "") -> Iterator[None]:
             reason="NAMESPACE_NOT_EMPTY",
             metadata=meta,
         ) from exc
-    except CommitFailedException as exc:
+    except (CommitFailedException, ValidationException) as exc:
+        # ValidationException: a concurrent commit removed files this one replaces.
         raise Conflict(f"table {qualified} was changed concurrently; retry", metadata=meta) from exc
     except CommitStateUnknownException as exc:
         raise CommitStateUnknown(
@@ -340,6 +342,25 @@ class IcebergCatalog:
                 return fn(self._load())
 
         return await self._pool.run(work)
+
+    async def run_on_catalog(
+        self,
+        fn: Callable[[Catalog], T],
+        namespace: str = "",
+        table: str = "",
+        *,
+        pool: BlockingPool,
+    ) -> T:
+        """Runs ``fn`` with the pyiceberg catalog in ``pool``, translating its errors.
+
+        For long work on pyiceberg tables (jobs) that must not occupy the serving pool.
+        """
+
+        def work() -> T:
+            with translate_errors(namespace, table):
+                return fn(self._load())
+
+        return await pool.run(work)
 
     async def check(self) -> None:
         """Raises Unavailable unless the catalog answers a cheap query."""

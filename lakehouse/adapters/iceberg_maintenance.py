@@ -15,7 +15,7 @@ import logging
 import os
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +32,8 @@ from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.snapshots import Operation, Snapshot, Summary
 from pyiceberg.table.update.snapshot import _OverwriteFiles
 from pyiceberg.typedef import EMPTY_DICT, Record
+
+from lakehouse.core.job_context import JobContext, JobStopped
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +88,7 @@ class OrphanResult:
         delete_failures: Orphans that could not be deleted.
         dry_run: True when nothing was deleted.
         files: The orphan paths, at most ``MAX_LISTED_FILES``.
+        orphan_bytes: The orphans' total size, when the lister gave sizes (else 0).
     """
 
     files_scanned: int
@@ -94,6 +97,7 @@ class OrphanResult:
     delete_failures: int
     dry_run: bool
     files: tuple[str, ...] = field(default=())
+    orphan_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -369,6 +373,7 @@ def remove_orphan_files(
     *,
     older_than_ms: int,
     dry_run: bool,
+    sizes: Mapping[str, int] | None = None,
 ) -> OrphanResult:
     """Deletes files under the table location that no metadata references.
 
@@ -382,6 +387,7 @@ def remove_orphan_files(
         list_files: Lists every object under a prefix as (URI, last-modified epoch seconds).
         older_than_ms: Safety cut-off in epoch milliseconds.
         dry_run: Only list the orphans.
+        sizes: Object sizes by URI, as listed, to total the orphans' bytes.
 
     Returns:
         What was found and deleted.
@@ -416,6 +422,7 @@ def remove_orphan_files(
         delete_failures=failures,
         dry_run=dry_run,
         files=_capped(orphans),
+        orphan_bytes=sum(sizes.get(uri, 0) for uri in orphans) if sizes else 0,
     )
 
 
@@ -463,7 +470,8 @@ class _ReplaceFiles(_OverwriteFiles):
         )
 
 
-def _partition_key(data_file: DataFile) -> tuple[int, tuple[Any, ...]]:
+def partition_key(data_file: DataFile) -> tuple[int, tuple[Any, ...]]:
+    """What groups files for compaction: the partition spec id and the partition value."""
     partition: Record = data_file.partition
     return data_file.spec_id, tuple(partition[i] for i in range(len(partition)))
 
@@ -474,22 +482,30 @@ def compact_table(
     target_file_bytes: int,
     min_input_files: int = 2,
     row_filter: BooleanExpression = ALWAYS_TRUE,
+    small_file_bytes: int | None = None,
+    ctx: JobContext | None = None,
 ) -> CompactResult:
     """Rewrites the table's small data files into files near a target size, atomically.
 
-    Data files smaller than ``SMALL_FILE_FRACTION`` of the target, that the scan planner
+    Data files smaller than ``small_file_bytes`` (by default ``SMALL_FILE_FRACTION`` of the
+    target), that the scan planner
     selects for ``row_filter`` (whole files: a file with any matching row is rewritten in
     full), and that carry no delete files, are grouped by partition (spec id and partition
     value; files of different partitions are never merged). Each group of at least
     ``min_input_files`` files is read and written again with the table's current schema and
-    spec. All groups land in one ``replace`` snapshot that removes the old files and adds
-    the new ones, so readers see the same rows before and after.
+    spec, one bin of about the target size at a time (so memory stays near one output
+    file's worth, whatever the partition's size). All bins land in one ``replace`` snapshot
+    that removes the old files and adds the new ones, so readers see the same rows before
+    and after.
 
     Args:
         table: The table, freshly loaded.
         target_file_bytes: The wanted size of the new files on storage.
         min_input_files: A partition with fewer small files than this is left alone.
         row_filter: Restricts compaction to files that may hold matching rows.
+        small_file_bytes: Files at least this big are left alone.
+        ctx: The job running the compaction: checked between bins and before the commit
+            (a stop commits nothing and deletes the files written), and told the progress.
 
     Returns:
         What was rewritten; ``snapshot_id`` is None when nothing needed doing.
@@ -506,7 +522,7 @@ def compact_table(
     snapshot = table.current_snapshot()
     if snapshot is None:
         return CompactResult(0, 0, 0, 0, 0, 0, None)
-    threshold = target_file_bytes * SMALL_FILE_FRACTION
+    threshold = small_file_bytes or target_file_bytes * SMALL_FILE_FRACTION
     groups: dict[tuple[int, tuple[Any, ...]], list[DataFile]] = defaultdict(list)
     scan = table.scan(row_filter=row_filter, snapshot_id=snapshot.snapshot_id)
     for task in scan.plan_files():
@@ -514,7 +530,7 @@ def compact_table(
         # applied and then the dangling delete files tracked; not worth it for a first cut.
         if task.delete_files or task.file.file_size_in_bytes >= threshold:
             continue
-        groups[_partition_key(task.file)].append(task.file)
+        groups[partition_key(task.file)].append(task.file)
     groups = {k: v for k, v in groups.items() if len(v) >= min_input_files}
     if not groups:
         return CompactResult(0, 0, 0, 0, 0, 0, None)
@@ -527,8 +543,12 @@ def compact_table(
     written: list[DataFile] = []
     removed: list[DataFile] = []
     rows = 0
+    bins = [b for files in groups.values() for b in _bins(files, target_file_bytes)]
     try:
-        for files in groups.values():
+        for done, files in enumerate(bins):
+            if ctx is not None:
+                ctx.check()
+                ctx.progress(done / len(bins), f"rewrote {done} of {len(bins)} groups of files")
             data = reader.to_table([FileScanTask(f) for f in files])
             if data.num_rows != sum(f.record_count for f in files):
                 raise RuntimeError("compaction read a different row count than the manifests")
@@ -551,9 +571,18 @@ def compact_table(
         for f in written:
             producer.append_data_file(f)
         snapshot_id = producer.snapshot_id
+        if ctx is not None:
+            ctx.check()
         producer.commit()
         tx.commit_transaction()
-    except (CommitFailedException, ValidationException, RuntimeError, OSError, ValueError):
+    except (
+        CommitFailedException,
+        ValidationException,
+        RuntimeError,
+        OSError,
+        ValueError,
+        JobStopped,
+    ):
         # These leave the commit undone (pyiceberg removes its own manifests), so the new
         # data files are garbage: remove them rather than leave orphans. An unknown commit
         # state is not caught: the files may be live.
@@ -568,6 +597,31 @@ def compact_table(
         groups_rewritten=len(groups),
         snapshot_id=snapshot_id,
     )
+
+
+def _bins(files: list[DataFile], target_file_bytes: int) -> Iterator[list[DataFile]]:
+    """Splits one partition's small files into bins of about ``target_file_bytes`` stored.
+
+    Each bin is read and rewritten on its own, which bounds memory. A bin of a single file
+    would rewrite it for nothing, so a lone last file joins the bin before it.
+    """
+    current: list[DataFile] = []
+    size = 0
+    pending: list[DataFile] | None = None
+    for f in sorted(files, key=lambda f: f.file_size_in_bytes):
+        current.append(f)
+        size += f.file_size_in_bytes
+        if size >= target_file_bytes:
+            if pending is not None:
+                yield pending
+            pending, current, size = current, [], 0
+    if pending is not None and len(current) < 2:
+        pending.extend(current)
+        current = []
+    if pending is not None:
+        yield pending
+    if len(current) >= 2:
+        yield current
 
 
 def _write_files(

@@ -42,6 +42,19 @@ from lakehouse.errors import FieldViolation, InvalidArgument
 # Properties that belong to the table format, not to users: changing them through
 # properties would corrupt the table or silently do nothing.
 RESERVED_PROPERTIES = frozenset({"format-version", "uuid", "location", "current-snapshot-id"})
+#: Properties that hold counts, sizes or milliseconds (maintenance policies among them): a typo
+#: is refused when set rather than silently ignored by the scheduler later.
+COUNT_PROPERTIES = frozenset(
+    {
+        "history.expire.max-snapshot-age-ms",
+        "history.expire.min-snapshots-to-keep",
+        "write.target-file-size-bytes",
+        "lakehouse.compaction.min-input-files",
+        "lakehouse.compaction.small-file-size-bytes",
+        "lakehouse.orphans.min-file-age-ms",
+        "lakehouse.orphans.interval-ms",
+    }
+)
 
 
 class ChangeRejected(ValueError):
@@ -124,6 +137,10 @@ def apply_change(tx: Transaction, change: TableChange) -> None:
             raise ChangeRejected(
                 "properties", f"properties {reserved} are managed by the table format"
             )
+        for name in sorted(set(change.properties) & COUNT_PROPERTIES):
+            value = change.properties[name]
+            if not (value.isascii() and value.isdigit()):
+                raise ChangeRejected("properties", f"{name} must be a whole number, not {value!r}")
         tx.set_properties(change.properties)
     elif isinstance(change, RemoveProperties):
         reserved = sorted(set(change.keys) & RESERVED_PROPERTIES)
