@@ -25,6 +25,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import NamespaceAlreadyExistsError
@@ -39,7 +40,14 @@ from lakehouse.client.arrow import (
     write_rows_request,
 )
 from lakehouse.config import Settings
-from lakehouse.v1 import ingest_service_pb2_grpc, table_service_pb2, table_service_pb2_grpc
+from lakehouse.v1 import (
+    ingest_service_pb2_grpc,
+    job_pb2,
+    job_service_pb2,
+    job_service_pb2_grpc,
+    table_service_pb2,
+    table_service_pb2_grpc,
+)
 
 #: Concurrent client streams of every "qps" scenario (the issues' "16 concurrent streams").
 CONCURRENCY = 16
@@ -713,6 +721,88 @@ async def ingest_peak_rss_mb(ctx: BenchContext) -> Result:
     )
 
 
+#: Small files of the job_compaction table, and rows in each.
+COMPACTION_FILES = 1000
+COMPACTION_ROWS_PER_FILE = 200
+
+
+def _small_files_table(catalog: Catalog, name: str, files: int) -> tuple[str, str]:
+    """A table made of ``files`` small Parquet files, registered in one commit (add_files)."""
+    identifier = _fresh_table(catalog, name)
+    table = catalog.load_table(identifier)
+    paths = []
+    for i in range(files):
+        path = f"{table.location()}/data/small-{i:05d}.parquet"
+        with table.io.new_output(path).create(overwrite=True) as out:
+            pq.write_table(_rows(i * COMPACTION_ROWS_PER_FILE, COMPACTION_ROWS_PER_FILE), out)
+        paths.append(path)
+    table.add_files(paths)
+    return identifier
+
+
+def _rows_and_checksum(catalog: Catalog, identifier: tuple[str, str]) -> tuple[int, int, int]:
+    """Row count, sum of ids and data file count of the table's current snapshot."""
+    table = catalog.load_table(identifier)
+    data = table.scan(selected_fields=("id",)).to_arrow()
+    files = len(list(table.scan().plan_files()))
+    return data.num_rows, int(pc.sum(data["id"]).as_py() or 0), files
+
+
+async def job_compaction(ctx: BenchContext) -> Result:
+    """A compact_table job on a table of 1,000 small files, against a direct pyiceberg rewrite."""
+    server = ctx.shared_server()
+    catalog = _catalog_of(server, ctx.backend)
+    files = ctx.count(COMPACTION_FILES, 100)
+    ours = _small_files_table(catalog, "job_compaction_ours", files)
+    direct = _small_files_table(catalog, "job_compaction_direct", files)
+    before = _rows_and_checksum(catalog, ours)
+    async with ctx.aio_channel_with([], server.target) as channel:
+        stub = job_service_pb2_grpc.JobServiceStub(channel)
+        t0 = time.perf_counter()
+        created = await stub.CreateJob(
+            job_service_pb2.CreateJobRequest(
+                spec=job_pb2.JobSpec(
+                    compact_table=job_pb2.CompactTableJobSpec(namespace=ours[0], table=ours[1])
+                )
+            ),
+            timeout=30,
+        )
+        job = created.job
+        async for update in stub.WatchJob(
+            job_service_pb2.WatchJobRequest(job_id=job.id), timeout=600
+        ):
+            job = update.job
+        seconds = time.perf_counter() - t0
+    if job.state != job_pb2.JOB_STATE_SUCCEEDED:
+        raise HarnessError(f"compaction job ended {job.state}: {job.error.message}")
+    after = _rows_and_checksum(catalog, ours)
+    if after[:2] != before[:2]:
+        raise HarnessError(f"compaction changed the rows: {before[:2]} -> {after[:2]}")
+    # The direct baseline: what a user would script with pyiceberg alone: read everything,
+    # overwrite it as new files, one commit.
+    table = catalog.load_table(direct)
+    t0 = time.perf_counter()
+    table.overwrite(table.scan().to_arrow())
+    direct_seconds = time.perf_counter() - t0
+    result = job.result.compact_table
+    return Result(
+        "job_compaction",
+        seconds,
+        "s",
+        limit_name="direct pyiceberg read-all and overwrite",
+        limit_value=direct_seconds,
+        goal_ratio=2.0,
+        better="lower",
+        notes=(
+            f"{before[2]} files of {COMPACTION_ROWS_PER_FILE} rows -> {after[2]} "
+            f"({result.files_before} rewritten, {result.files_after} written, "
+            f"{result.bytes_before / 1e6:.1f} MB -> {result.bytes_after / 1e6:.1f} MB); rows and "
+            f"id checksum equal before and after ({before[0]} rows); seconds from CreateJob to "
+            f"the WatchJob stream's end (queueing and commit included)"
+        ),
+    )
+
+
 #: Every scenario, in the order they run (and appear in the results).
 SCENARIOS: list[Scenario] = [
     startup_seconds,
@@ -726,4 +816,5 @@ SCENARIOS: list[Scenario] = [
     append_rows_bulk_s3,
     write_rows_small,
     ingest_peak_rss_mb,
+    job_compaction,
 ]

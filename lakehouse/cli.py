@@ -1,4 +1,4 @@
-"""Command-line interface: ``lakehouse serve`` and ``lakehouse config``.
+"""Command-line interface: ``lakehouse serve``, ``lakehouse worker`` and ``lakehouse config``.
 
 Flags override the environment and the config file. An invalid configuration prints one line
 to stderr and exits with status 2 before any port is bound.
@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", parents=[common], help="run the server")
+    worker = sub.add_parser(
+        "worker", parents=[common], help="run job workers only (no gRPC; sidecar HTTP)"
+    )
+    worker.add_argument(
+        "--workers", type=int, help="jobs run at once (LAKEHOUSE_JOBS__WORKERS; at least 1)"
+    )
     sub.add_parser("config", parents=[common], help="print the effective config, secrets masked")
     return parser
 
@@ -60,6 +66,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "log_level": args.log_level,
     }
     result: dict[str, Any] = {k: v for k, v in flat.items() if v is not None}
+    if getattr(args, "workers", None) is not None:
+        result["jobs"] = {"workers": args.workers}
     catalog = {"uri": args.catalog_uri, "warehouse": args.warehouse}
     if any(v is not None for v in catalog.values()):
         result["catalog"] = {k: v for k, v in catalog.items() if v is not None}
@@ -79,9 +87,12 @@ def run(argv: list[str]) -> int:
     if args.command == "config":
         print(json.dumps(masked(settings), indent=2, sort_keys=True))
         return 0
+    if args.command == "worker" and settings.jobs.workers < 1:
+        print("lakehouse: jobs.workers must be at least 1 for a worker process", file=sys.stderr)
+        return EXIT_CONFIG
     configure_logging(settings.log_level)
     try:
-        asyncio.run(_serve(settings))
+        asyncio.run(_serve(settings) if args.command == "serve" else _work(settings))
     except OSError as exc:
         log.error("cannot start", extra={"error": str(exc)})
         return 1
@@ -101,3 +112,18 @@ async def _serve(settings: Settings) -> None:
     await server.start()
     await stop.wait()
     await server.stop()
+
+
+async def _work(settings: Settings) -> None:
+    from lakehouse.memory import tune_allocator
+    from lakehouse.server.worker_app import WorkerProcess
+
+    tune_allocator()
+    worker = WorkerProcess(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await worker.start()
+    await stop.wait()
+    await worker.stop()

@@ -106,6 +106,58 @@ class IngestSettings(_Section):
     """How long a WriteRows request_id is remembered (it is kept in the table's snapshots)."""
 
 
+class JobsSettings(_Section):
+    """JobService: the job store, the workers that run jobs, and the maintenance scheduler."""
+
+    database_uri: SecretStr | None = None
+    """SQLAlchemy URL of the database that stores jobs. Empty means the catalog's own database
+    (required with a REST catalog)."""
+    workers: int = Field(default=2, ge=0, le=64)
+    """Jobs the server process runs at once. 0 leaves all jobs to ``lakehouse worker``
+    processes."""
+    lease_seconds: float = Field(default=30.0, ge=1, le=3600)
+    """How long a worker holds a job without a heartbeat; after it, another worker takes over."""
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    """Attempts of a job whose failure is retryable (a dead worker, an unavailable backend)."""
+    retry_backoff_seconds: float = Field(default=5.0, ge=0, le=3600)
+    """Delay before the second attempt; it doubles for each further one (with jitter)."""
+    poll_interval_seconds: float = Field(default=1.0, gt=0, le=60)
+    """How often an idle worker looks for queued jobs, and WatchJob for changes by other
+    processes."""
+    import_prefixes: tuple[str, ...] = ()
+    """URI prefixes that import_files may read (``s3://landing/``, ``file:///srv/drop/``);
+    empty allows no import."""
+    scheduler_interval_seconds: float = Field(default=60.0, ge=0, le=86400)
+    """How often table maintenance policies are checked and their jobs enqueued; 0 turns the
+    scheduler off."""
+    duckdb_memory_limit_mb: int = Field(default=1024, ge=64, le=1024 * 1024)
+    """Memory limit of one DuckDB SQL job; larger intermediate results spill to temp files."""
+    duckdb_threads: int = Field(default=2, ge=1, le=256)
+    """Threads of one DuckDB SQL job."""
+
+
+class TrinoSettings(_Section):
+    """The Trino cluster that runs SQL jobs with engine TRINO.
+
+    Its Iceberg connector must use the same catalog as the service.
+    """
+
+    endpoint: str | None = None
+    """Trino coordinator URL (``http://trino:8080``); empty means the Trino engine is off."""
+    catalog: str = "iceberg"
+    """The Trino catalog that maps to the lakehouse's Iceberg catalog."""
+    user: str = "lakehouse"
+    """The Trino user queries run as."""
+    password: SecretStr | None = None
+    """Password for Trino's basic authentication (needs an https endpoint)."""
+    access_token: SecretStr | None = None
+    """Bearer token (JWT) for Trino's authentication, instead of a password."""
+    ca_file: Path | None = None
+    """CA bundle to verify an https endpoint with; empty means the system's."""
+    request_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    """Timeout of one HTTP request to Trino (a query spans many)."""
+
+
 class TracingSettings(_Section):
     """OpenTelemetry tracing. Spans are always created; they are exported only if configured."""
 
@@ -145,6 +197,10 @@ class Settings(BaseSettings):
     """OpenTelemetry tracing."""
     ingest: IngestSettings = IngestSettings()
     """Group commit and buffers of IngestService."""
+    jobs: JobsSettings = JobsSettings()
+    """JobService: job store, workers, maintenance scheduler."""
+    trino: TrinoSettings = TrinoSettings()
+    """Trino, for SQL jobs with engine TRINO."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Minimum level of the JSON log lines on stdout."""
     health_check_interval_seconds: float = Field(default=10.0, gt=0, le=3600)
@@ -167,12 +223,28 @@ class Settings(BaseSettings):
     """Target size of one ReadRows message. Below gRPC's 4 MiB default receive limit, so
     clients need no channel options."""
 
+    @model_validator(mode="after")
+    def _jobs_need_a_database(self) -> Settings:
+        if self.catalog.type == "rest" and self.jobs.database_uri is None:
+            raise ValueError(
+                "jobs.database_uri is required when catalog.type is rest "
+                "(jobs live in a SQL database)"
+            )
+        return self
+
     @property
     def catalog_uri(self) -> str:
         """The effective catalog URI (the embedded SQLite file when none is configured)."""
         if self.catalog.uri is not None:
             return self.catalog.uri.get_secret_value()
         return f"sqlite:///{(self.data_dir / 'catalog.db').resolve()}"
+
+    @property
+    def jobs_database_uri(self) -> str:
+        """The effective job store URL (the catalog's SQL database when none is configured)."""
+        if self.jobs.database_uri is not None:
+            return self.jobs.database_uri.get_secret_value()
+        return self.catalog_uri
 
     @property
     def warehouse(self) -> str:

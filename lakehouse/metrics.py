@@ -29,3 +29,28 @@ INGEST_REJECTED_ROWS = Counter(
 INGEST_DEAD_LETTERED_ROWS = Counter(
     "lakehouse_ingest_dead_lettered_rows_total", "Invalid rows written to dead-letter tables."
 )
+
+JOBS_CREATED = Counter(
+    "lakehouse_jobs_created_total",
+    "Jobs created, by kind and origin (api, scheduler).",
+    ("kind", "origin"),
+)
+JOBS_FINISHED = Counter(
+    "lakehouse_jobs_finished_total",
+    "Job attempts that ended, by kind and outcome (succeeded, failed, cancelled, retried).",
+    ("kind", "outcome"),
+)
+JOB_SECONDS = Histogram(
+    "lakehouse_job_seconds",
+    "Duration of one job attempt, from claim to its end, by kind.",
+    ("kind",),
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600),
+)
+JOBS_RUNNING = Gauge("lakehouse_jobs_running", "Jobs this process runs now, by kind.", ("kind",))
+JOBS_QUEUED = Gauge(
+    "lakehouse_jobs_queued", "Jobs waiting for a worker in the job store, by kind.", ("kind",)
+)
+JOB_LEASE_LOSSES = Counter(
+    "lakehouse_job_lease_losses_total",
+    "Jobs taken over from a worker whose lease expired (a dead or stalled worker).",
+)

@@ -153,6 +153,15 @@ def _base_settings(tmp_path: Path) -> dict[str, Any]:
         "health_check_timeout_seconds": 2.0,
         "shutdown_grace_seconds": 1.0,
         "shutdown_drain_seconds": 0.0,
+        # Jobs: quick polls and leases so tests see changes fast; the scheduler only where a
+        # test turns it on; imports from the test's own landing folder.
+        "jobs": {
+            "poll_interval_seconds": 0.1,
+            "lease_seconds": 3.0,
+            "retry_backoff_seconds": 0.1,
+            "scheduler_interval_seconds": 0,
+            "import_prefixes": [(tmp_path / "landing").as_uri() + "/"],
+        },
     }
 
 
@@ -171,8 +180,10 @@ def postgres_s3_settings(
     """PostgreSQL catalog (a fresh database) and an s3:// warehouse in a fresh moto bucket."""
     from lakehouse.config import Settings
 
+    base = _base_settings(tmp_path)
+    base["jobs"]["import_prefixes"] = [f"s3://{s3_bucket}/landing/"]
     return Settings(
-        **_base_settings(tmp_path),
+        **base,
         catalog={"uri": postgres_database_url, "warehouse": f"s3://{s3_bucket}/warehouse"},
         s3=s3.s3_settings(s3_endpoint),
     )

@@ -22,13 +22,17 @@ from lakehouse.server import metrics
 from lakehouse.server.health import Dependency, HealthMonitor
 from lakehouse.server.http import build_http_app
 from lakehouse.server.interceptors import ObservabilityInterceptor
+from lakehouse.server.job_runtime import JobRuntime
 from lakehouse.server.reflection import enable_reflection
 from lakehouse.server.tracing import configure_tracing
 from lakehouse.services.ingest_service import IngestServicer
+from lakehouse.services.job_service import JobServicer
 from lakehouse.services.table_service import TableServicer
 from lakehouse.v1 import (
     ingest_service_pb2,
     ingest_service_pb2_grpc,
+    job_service_pb2,
+    job_service_pb2_grpc,
     table_service_pb2,
     table_service_pb2_grpc,
 )
@@ -61,14 +65,24 @@ class LakehouseServer:
         self.tables = Tables(self.catalog, self.store)
         self.reads = Reads(self.catalog)
         self.ingest = Ingest(self.catalog, settings.ingest)
+        self.job_runtime = JobRuntime(
+            settings,
+            self.catalog,
+            self.store,
+            self._pool,
+            slots=settings.jobs.workers,
+            scheduler=True,
+        )
         served = [
             table_service_pb2.DESCRIPTOR.services_by_name["TableService"].full_name,
             ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
+            job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
         ]
         self.monitor = HealthMonitor(
             [
                 Dependency("catalog", self.catalog.check),
                 Dependency("object_store", self.store.check),
+                Dependency("job_store", self.job_runtime.check),
             ],
             served,
             interval_seconds=settings.health_check_interval_seconds,
@@ -106,6 +120,9 @@ class LakehouseServer:
         ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(
             IngestServicer(self.ingest, self.tables), server
         )
+        job_service_pb2_grpc.add_JobServiceServicer_to_server(
+            JobServicer(self.job_runtime.jobs, self.job_runtime.worker), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.monitor.servicer, server)
         enable_reflection(
             [*self._served, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], server
@@ -119,8 +136,9 @@ class LakehouseServer:
         site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port)
         await site.start()
         self._http = runner
-        self.http_port = _bound_port(runner, self.settings.http_port)
+        self.http_port = bound_port(runner, self.settings.http_port)
         self._grpc = server
+        await self.job_runtime.start()
         await self.monitor.check_once()
         self.monitor.start()
         await server.start()
@@ -151,6 +169,7 @@ class LakehouseServer:
         if self._grpc is not None:
             await self._grpc.stop(grace)
         await self.ingest.close(timeout=max(grace, 1.0))
+        await self.job_runtime.stop(grace)
         if self._http is not None:
             await self._http.cleanup()
         await self.store.close()
@@ -164,7 +183,8 @@ class LakehouseServer:
         await self._stopped.wait()
 
 
-def _bound_port(runner: web.AppRunner, requested: int) -> int:
+def bound_port(runner: web.AppRunner, requested: int) -> int:
+    """The port an aiohttp runner bound (the requested one unless it was 0)."""
     for site in runner.sites:
         server = getattr(site, "_server", None)
         for sock in getattr(server, "sockets", None) or ():

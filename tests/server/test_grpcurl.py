@@ -168,3 +168,70 @@ async def test_write_and_read_rows_as_json(grpcurl: Path, grpc_target: str) -> N
     messages = [json.loads(chunk) for chunk in read.replace("}\n{", "}\x00{").split("\x00")]
     rows = [row for m in messages for row in m.get("jsonRows", {}).get("rows", [])]
     assert rows == [{"id": 1, "amount": "12.50"}]
+
+
+async def test_jobs_through_grpcurl(grpcurl: Path, grpc_target: str) -> None:
+    """What an Airflow BashOperator or a cron line does: create with a request id, watch."""
+    await grpcurl_run(
+        grpcurl, grpc_target, "lakehouse.v1.TableService/CreateNamespace", data={"name": "ops"}
+    )
+    await grpcurl_run(
+        grpcurl,
+        grpc_target,
+        "lakehouse.v1.TableService/CreateTable",
+        data={
+            "namespace": "ops",
+            "table": "t",
+            "schema": {"fields": [{"name": "id", "type": {"primitive": "PRIMITIVE_TYPE_LONG"}}]},
+        },
+    )
+    for i in range(3):
+        await grpcurl_run(
+            grpcurl,
+            grpc_target,
+            "lakehouse.v1.IngestService/WriteRows",
+            data={"namespace": "ops", "table": "t", "jsonRows": {"rows": [{"id": i}]}},
+        )
+    create = {
+        "requestId": "nightly-2026-11-22",
+        "spec": {
+            "sql": {
+                "statement": "SELECT sum(id) AS total FROM ops.t",
+                "previewFormat": "ROW_FORMAT_JSON",
+            }
+        },
+    }
+    job = json.loads(
+        await grpcurl_run(grpcurl, grpc_target, "lakehouse.v1.JobService/CreateJob", data=create)
+    )["job"]
+    retried = json.loads(
+        await grpcurl_run(grpcurl, grpc_target, "lakehouse.v1.JobService/CreateJob", data=create)
+    )["job"]
+    assert retried["id"] == job["id"]
+
+    watched = await grpcurl_run(
+        grpcurl, grpc_target, "lakehouse.v1.JobService/WatchJob", data={"jobId": job["id"]}
+    )
+    versions = [json.loads(c) for c in watched.replace("}\n{", "}\x00{").split("\x00")]
+    last = versions[-1]["job"]
+    assert last["state"] == "JOB_STATE_SUCCEEDED", last
+    assert last["result"]["sql"]["previewJsonRows"]["rows"] == [{"total": "3"}]  # a HUGEINT
+
+    compact = json.loads(
+        await grpcurl_run(
+            grpcurl,
+            grpc_target,
+            "lakehouse.v1.JobService/CreateJob",
+            data={"spec": {"compactTable": {"namespace": "ops", "table": "t"}}},
+        )
+    )["job"]
+    assert compact["kind"] == "JOB_KIND_COMPACT_TABLE"
+    listed = json.loads(
+        await grpcurl_run(
+            grpcurl,
+            grpc_target,
+            "lakehouse.v1.JobService/ListJobs",
+            data={"kinds": ["JOB_KIND_SQL"]},
+        )
+    )
+    assert [j["id"] for j in listed["jobs"]] == [job["id"]]

@@ -39,7 +39,7 @@ async def test_serving_on_every_backend(channel: grpc.aio.Channel, http_url: str
     status, body = await get_json(f"{http_url}/readyz")
     assert status == 200
     assert body["status"] == "ready"
-    assert body["checks"] == {"catalog": "ok", "object_store": "ok"}
+    assert body["checks"] == {"catalog": "ok", "object_store": "ok", "job_store": "ok"}
     assert body["timestamp"].endswith("Z")
     status, body = await get_json(f"{http_url}/healthz")
     assert (status, body) == (200, {"status": "ok"})

@@ -1,0 +1,282 @@
+"""Running each kind of job: from a checked JobSpec to its typed JobResult.
+
+The work itself is blocking (pyiceberg, pyarrow, DuckDB) and runs in the jobs' own thread
+pool, never in the pool that serves RPCs, so a long compaction does not delay a GetTable.
+Every kind commits at most once, at its end, after a last ``ctx.check()``: a job stopped
+before that commits nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+from pyiceberg.catalog import Catalog
+from pyiceberg.expressions import AlwaysTrue, BooleanExpression
+
+from lakehouse.adapters import duckdb_engine, iceberg_import, iceberg_maintenance
+from lakehouse.adapters.blocking import BlockingPool
+from lakehouse.adapters.iceberg import IcebergCatalog
+from lakehouse.adapters.object_store import ObjectStore
+from lakehouse.adapters.sql_result import SqlOutcome
+from lakehouse.adapters.trino_engine import TrinoEngine
+from lakehouse.config import JobsSettings
+from lakehouse.core.job_context import JobContext
+from lakehouse.core.job_specs import (
+    DEFAULT_EXPIRE_AGE_SECONDS,
+    DEFAULT_ORPHAN_AGE_SECONDS,
+    duration_seconds,
+    preview_rows,
+    timestamp_ms,
+    under_spec,
+)
+from lakehouse.core.row_filter import parse_row_filter
+from lakehouse.errors import FailedPrecondition
+from lakehouse.services.json_rows import batch_to_structs
+from lakehouse.v1 import job_pb2, rows_pb2
+
+DEFAULT_TARGET_FILE_BYTES = 512 * 1024 * 1024
+DEFAULT_MIN_INPUT_FILES = 2
+MAX_LISTED_URIS = 1000
+
+
+class JobKinds:
+    """Runs the work of one job attempt, whatever its kind."""
+
+    def __init__(
+        self,
+        catalog: IcebergCatalog,
+        store: ObjectStore,
+        pool: BlockingPool,
+        settings: JobsSettings,
+        *,
+        trino: TrinoEngine | None,
+        temp_dir: Path,
+    ) -> None:
+        self._catalog = catalog
+        self._store = store
+        self._pool = pool
+        self._settings = settings
+        self._trino = trino
+        self._temp_dir = temp_dir
+
+    async def run(self, spec: job_pb2.JobSpec, ctx: JobContext) -> job_pb2.JobResult:
+        """Runs ``spec`` to its result; raises a domain error or JobStopped otherwise."""
+        which = spec.WhichOneof("kind")
+        if which == "sql":
+            return job_pb2.JobResult(sql=await self._sql(spec.sql, ctx))
+        if which == "compact_table":
+            return job_pb2.JobResult(compact_table=await self._compact(spec.compact_table, ctx))
+        if which == "expire_snapshots":
+            return job_pb2.JobResult(
+                expire_snapshots=await self._expire(spec.expire_snapshots, ctx)
+            )
+        if which == "remove_orphan_files":
+            return job_pb2.JobResult(
+                remove_orphan_files=await self._orphans(spec.remove_orphan_files, ctx)
+            )
+        if which == "import_files":
+            return job_pb2.JobResult(import_files=await self._import(spec.import_files, ctx))
+        raise FailedPrecondition(f"job spec has no known kind ({which})")
+
+    # -- SQL -------------------------------------------------------------------------------
+
+    async def _sql(self, spec: job_pb2.SqlJobSpec, ctx: JobContext) -> job_pb2.SqlJobResult:
+        destination = _destination(spec)
+        limit = preview_rows(spec.preview_row_limit)
+        if spec.engine == job_pb2.SQL_ENGINE_TRINO:
+            trino = self._trino
+            if trino is None:
+                raise FailedPrecondition(
+                    "the Trino engine is not configured (trino.endpoint)",
+                    reason="ENGINE_NOT_CONFIGURED",
+                )
+            outcome = await self._pool.run(
+                lambda: trino.run_statement(
+                    statement=spec.statement,
+                    default_namespace=spec.default_namespace,
+                    preview_limit=limit,
+                    destination=destination,
+                    ctx=ctx,
+                )
+            )
+        else:
+
+            def work(c: Catalog) -> SqlOutcome:
+                return duckdb_engine.run_statement(
+                    c,
+                    statement=spec.statement,
+                    default_namespace=spec.default_namespace,
+                    preview_limit=limit,
+                    destination=destination,
+                    ctx=ctx,
+                    memory_limit_mb=self._settings.duckdb_memory_limit_mb,
+                    threads=self._settings.duckdb_threads,
+                    temp_dir=self._temp_dir,
+                )
+
+            outcome = await self._catalog.run_on_catalog(work, pool=self._pool)
+        return _sql_result(outcome, spec.preview_format)
+
+    # -- Maintenance -------------------------------------------------------------------------
+
+    async def _compact(
+        self, spec: job_pb2.CompactTableJobSpec, ctx: JobContext
+    ) -> job_pb2.CompactTableJobResult:
+        def work(c: Catalog) -> iceberg_maintenance.CompactResult:
+            table = c.load_table((spec.namespace, spec.table))
+            row_filter: BooleanExpression = AlwaysTrue()
+            if spec.row_filter:
+                row_filter = parse_row_filter(
+                    spec.row_filter, table.schema(), field="spec.compact_table.row_filter"
+                )
+            target = spec.target_file_size_bytes or int(
+                table.properties.get("write.target-file-size-bytes", DEFAULT_TARGET_FILE_BYTES)
+            )
+            ctx.progress(0.0, "planning")
+            return iceberg_maintenance.compact_table(
+                table,
+                target_file_bytes=target,
+                min_input_files=spec.min_input_files or DEFAULT_MIN_INPUT_FILES,
+                row_filter=row_filter,
+                small_file_bytes=spec.small_file_size_bytes or None,
+                ctx=ctx,
+            )
+
+        r = await self._catalog.run_on_catalog(work, spec.namespace, spec.table, pool=self._pool)
+        result = job_pb2.CompactTableJobResult(
+            files_before=r.files_rewritten,
+            files_after=r.files_added,
+            bytes_before=r.bytes_rewritten,
+            bytes_after=r.bytes_added,
+            rows_rewritten=r.rows_rewritten,
+        )
+        if r.snapshot_id is not None:
+            result.snapshot_id = r.snapshot_id
+        return result
+
+    async def _expire(
+        self, spec: job_pb2.ExpireSnapshotsJobSpec, ctx: JobContext
+    ) -> job_pb2.ExpireSnapshotsJobResult:
+        now_ms = int(time.time() * 1000)
+        cutoffs = []
+        if spec.HasField("older_than"):
+            cutoffs.append(timestamp_ms("spec.expire_snapshots.older_than", spec.older_than))
+        if spec.HasField("max_snapshot_age"):
+            age = duration_seconds("spec.expire_snapshots.max_snapshot_age", spec.max_snapshot_age)
+            cutoffs.append(now_ms - int(age * 1000))
+        older_than_ms = min(cutoffs) if cutoffs else now_ms - DEFAULT_EXPIRE_AGE_SECONDS * 1000
+
+        def work(c: Catalog) -> iceberg_maintenance.ExpireResult:
+            table = c.load_table((spec.namespace, spec.table))
+            ctx.progress(0.1, "expiring snapshots")
+            ctx.check()
+            return iceberg_maintenance.expire_snapshots(
+                table, older_than_ms=older_than_ms, retain_last=spec.retain_last or 1
+            )
+
+        r = await self._catalog.run_on_catalog(work, spec.namespace, spec.table, pool=self._pool)
+        return job_pb2.ExpireSnapshotsJobResult(
+            snapshots_expired=len(r.snapshots_expired),
+            data_files_deleted=r.data_files_deleted,
+            metadata_files_deleted=r.manifests_deleted
+            + r.manifest_lists_deleted
+            + r.metadata_files_deleted,
+            bytes_deleted=r.bytes_freed,
+        )
+
+    async def _orphans(
+        self, spec: job_pb2.RemoveOrphanFilesJobSpec, ctx: JobContext
+    ) -> job_pb2.RemoveOrphanFilesJobResult:
+        age = DEFAULT_ORPHAN_AGE_SECONDS
+        if spec.HasField("min_file_age"):
+            age = int(duration_seconds("spec.remove_orphan_files.min_file_age", spec.min_file_age))
+        older_than_ms = int((time.time() - age) * 1000)
+        info = await self._catalog.load_table(spec.namespace, spec.table)
+        ctx.progress(0.0, "listing files")
+        location = info.location.rstrip("/") + "/"
+        listed: list[tuple[str, float]] = []
+        sizes: dict[str, int] = {}
+        async for obj in self._store.list_objects(location):
+            listed.append((obj.uri, obj.last_modified_epoch))
+            sizes[obj.uri] = obj.size
+            if len(listed) % 10_000 == 0:
+                ctx.check()
+        ctx.check()
+        ctx.progress(0.5, f"listed {len(listed)} files; looking for orphans")
+
+        def list_files(prefix: str) -> Iterator[tuple[str, float]]:
+            return iter(listed)
+
+        def work(c: Catalog) -> iceberg_maintenance.OrphanResult:
+            table = c.load_table((spec.namespace, spec.table))
+            ctx.check()
+            return iceberg_maintenance.remove_orphan_files(
+                table,
+                list_files,
+                older_than_ms=older_than_ms,
+                dry_run=spec.dry_run,
+                sizes=sizes,
+            )
+
+        r = await self._catalog.run_on_catalog(work, spec.namespace, spec.table, pool=self._pool)
+        return job_pb2.RemoveOrphanFilesJobResult(
+            orphan_files_found=r.orphans_found,
+            files_deleted=r.orphans_deleted,
+            orphan_bytes=r.orphan_bytes,
+            orphan_file_uris=list(r.files[:MAX_LISTED_URIS]),
+            orphan_file_uris_truncated=r.orphans_found > min(len(r.files), MAX_LISTED_URIS),
+        )
+
+    async def _import(
+        self, spec: job_pb2.ImportFilesJobSpec, ctx: JobContext
+    ) -> job_pb2.ImportFilesJobResult:
+        def work(c: Catalog) -> iceberg_import.ImportOutcome:
+            table = c.load_table((spec.namespace, spec.table))
+            with under_spec():
+                return iceberg_import.import_files(
+                    table,
+                    source_prefix=spec.source_prefix,
+                    source_uris=list(spec.source_uris),
+                    file_format=spec.format,
+                    ctx=ctx,
+                    allowed_prefixes=self._settings.import_prefixes,
+                )
+
+        r = await self._catalog.run_on_catalog(work, spec.namespace, spec.table, pool=self._pool)
+        result = job_pb2.ImportFilesJobResult(
+            files_imported=r.files_imported,
+            files_registered=r.files_registered,
+            files_rewritten=r.files_rewritten,
+            rows_imported=r.rows_imported,
+        )
+        if r.snapshot_id is not None:
+            result.snapshot_id = r.snapshot_id
+        return result
+
+
+def _destination(spec: job_pb2.SqlJobSpec) -> tuple[str, str] | None:
+    if not spec.destination_table:
+        return None
+    return (spec.destination_namespace or spec.default_namespace, spec.destination_table)
+
+
+def _sql_result(outcome: SqlOutcome, preview_format: int) -> job_pb2.SqlJobResult:
+    result = job_pb2.SqlJobResult(
+        rows_affected=outcome.rows_affected, preview_truncated=outcome.truncated
+    )
+    if outcome.snapshot_id is not None:
+        result.snapshot_id = outcome.snapshot_id
+    preview = outcome.preview
+    if preview_format == rows_pb2.ROW_FORMAT_JSON:
+        for batch in preview.to_batches():
+            result.preview_json_rows.rows.extend(batch_to_structs(batch))
+        return result
+    result.arrow_schema.serialized_schema = preview.schema.serialize().to_pybytes()
+    batches = preview.combine_chunks().to_batches()
+    merged = batches[0] if batches else pa.RecordBatch.from_pylist([], schema=preview.schema)
+    result.preview_arrow_record_batch.serialized_record_batch = merged.serialize().to_pybytes()
+    result.preview_arrow_record_batch.row_count = merged.num_rows
+    return result

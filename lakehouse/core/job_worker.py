@@ -1,0 +1,374 @@
+"""Workers: claim queued jobs from the shared store, run them, record how they ended.
+
+A worker holds each job it runs by a lease that it renews with a heartbeat. If the process
+dies, the lease runs out and another worker (of any process) takes the job over as a new
+attempt. Every kind is written so that a rerun after a crash is safe: maintenance is
+idempotent, and imports and SQL destinations record the job id in what they commit, so a
+second attempt sees the first one's commit instead of committing again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from google.rpc import status_pb2
+
+from lakehouse.adapters.blocking import BlockingPool
+from lakehouse.adapters.job_store import Claim, JobRecord, JobStore, LeaseLost
+from lakehouse.config import JobsSettings
+from lakehouse.core.job_context import JobContext, JobStopped
+from lakehouse.core.job_kinds import JobKinds
+from lakehouse.core.job_specs import KIND_NAMES
+from lakehouse.core.jobs import JobEvents, now_us
+from lakehouse.errors import (
+    CommitStateUnknown,
+    Conflict,
+    LakehouseError,
+    RetryableError,
+    Unavailable,
+)
+from lakehouse.metrics import (
+    JOB_LEASE_LOSSES,
+    JOB_SECONDS,
+    JOBS_FINISHED,
+    JOBS_QUEUED,
+    JOBS_RUNNING,
+)
+from lakehouse.services.status import status_proto_for
+from lakehouse.v1 import job_pb2
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Retryable: the same attempt could succeed later (a backend back up, a conflict resolved).
+_RETRYABLE = (RetryableError, Conflict, CommitStateUnknown)
+#: How often a running job's progress and cancel flag are exchanged with the store (at
+#: most; the lease also bounds it).
+_HEARTBEAT_SECONDS = 2.0
+
+
+def worker_name() -> str:
+    """This process as a worker: host name (the pod's, under Kubernetes) and process id."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class JobWorker:
+    """Runs up to ``slots`` jobs at once in this process."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        kinds: JobKinds,
+        pool: BlockingPool,
+        settings: JobsSettings,
+        events: JobEvents,
+        *,
+        slots: int,
+        name: str | None = None,
+    ) -> None:
+        self._store = store
+        self._kinds = kinds
+        self._pool = pool
+        self._settings = settings
+        self._events = events
+        self._slots = slots
+        self.name = name or worker_name()
+        self._running: dict[str, tuple[asyncio.Task[None], JobContext]] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._slot_freed = asyncio.Event()
+
+    def start(self) -> None:
+        """Starts claiming jobs in the background."""
+        if self._loop_task is None and self._slots > 0:
+            self._loop_task = asyncio.create_task(self._claim_loop(), name="job-worker")
+
+    async def stop(self, grace: float) -> None:
+        """Stops claiming, asks running jobs to stop, and waits up to ``grace`` seconds.
+
+        A job stopped this way goes back to the queue at once (for another worker) and
+        commits nothing. A job stuck past the grace period keeps its thread; its lease runs
+        out and another worker takes it over.
+        """
+        self._stopping = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        for _, ctx in self._running.values():
+            ctx.stop("shutdown")
+        tasks = [task for task, _ in self._running.values()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=max(grace, 0.1))
+
+    @property
+    def running(self) -> list[str]:
+        """Ids of the jobs this worker runs now."""
+        return list(self._running)
+
+    def cancel_local(self, job_id: str) -> None:
+        """Stops a job this process runs at its next safe point (CancelJob on this replica)."""
+        entry = self._running.get(job_id)
+        if entry is not None:
+            entry[1].stop("cancelled")
+
+    # -- Claiming ----------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        lease = self._settings.lease_seconds
+        while not self._stopping:
+            claim: Claim | None = None
+            if len(self._running) < self._slots:
+                try:
+                    claim = await self._pool.run(
+                        lambda: self._store.claim(
+                            worker=self.name, lease_seconds=lease, now_us=now_us()
+                        )
+                    )
+                except LakehouseError as exc:
+                    log.warning("claiming a job failed", extra={"error": exc.message})
+                except Exception:
+                    log.exception("claiming a job failed")
+            if claim is not None:
+                self._start(claim)
+                continue
+            await self._refresh_queue_depth()
+            await self._idle()
+
+    async def _idle(self) -> None:
+        self._events.work_queued.clear()
+        self._slot_freed.clear()
+        waits = [
+            asyncio.ensure_future(self._events.work_queued.wait()),
+            asyncio.ensure_future(self._slot_freed.wait()),
+        ]
+        try:
+            await asyncio.wait(
+                waits,
+                timeout=self._settings.poll_interval_seconds,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+
+    async def _refresh_queue_depth(self) -> None:
+        try:
+            depth = await self._pool.run(lambda: self._store.queue_depth(now_us=now_us()))
+        except Exception:  # a metric is not worth a failure
+            return
+        for kind, name in KIND_NAMES.items():
+            JOBS_QUEUED.labels(name).set(depth.get(kind, 0))
+
+    def _start(self, claim: Claim) -> None:
+        job = claim.job
+        if claim.lease_lost_by:
+            JOB_LEASE_LOSSES.inc()
+            log.warning(
+                "took over a job whose worker stopped responding",
+                extra={"job_id": job.id, "previous_worker": claim.lease_lost_by},
+            )
+        ctx = JobContext(job.id, attempt=job.attempts)
+        task = asyncio.create_task(self._run(job, ctx), name=f"job-{job.id}")
+        self._running[job.id] = (task, ctx)
+        self._events.changed(job.id)
+
+    # -- Running -----------------------------------------------------------------------------
+
+    async def _run(self, job: JobRecord, ctx: JobContext) -> None:
+        kind = KIND_NAMES.get(job.kind, "unknown")
+        started = time.monotonic()
+        JOBS_RUNNING.labels(kind).inc()
+        heartbeat = asyncio.create_task(self._heartbeat(job, ctx))
+        log.info(
+            "job started",
+            extra={"job_id": job.id, "kind": kind, "attempt": job.attempts, "worker": self.name},
+        )
+        try:
+            outcome = await self._execute(job, ctx)
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+            await self._record(job, ctx, outcome)
+            JOBS_FINISHED.labels(kind, outcome.label).inc()
+            log.info(
+                "job attempt ended",
+                extra={
+                    "job_id": job.id,
+                    "kind": kind,
+                    "attempt": job.attempts,
+                    "outcome": outcome.label,
+                    "duration_ms": round((time.monotonic() - started) * 1000, 1),
+                },
+            )
+        finally:
+            heartbeat.cancel()
+            JOBS_RUNNING.labels(kind).dec()
+            JOB_SECONDS.labels(kind).observe(time.monotonic() - started)
+            self._running.pop(job.id, None)
+            self._slot_freed.set()
+            self._events.changed(job.id)
+
+    async def _execute(self, job: JobRecord, ctx: JobContext) -> _Outcome:
+        spec = job_pb2.JobSpec.FromString(job.spec)
+        try:
+            result = await self._kinds.run(spec, ctx)
+        except JobStopped as stop:
+            return _Outcome(stop.why)
+        except _RETRYABLE as exc:
+            if job.attempts < job.max_attempts and not ctx.stopping:
+                return _Outcome("retried", error=status_proto_for(exc, ""))
+            return _Outcome("failed", error=status_proto_for(exc, ""))
+        except LakehouseError as exc:
+            return _Outcome("failed", error=status_proto_for(exc, ""))
+        except Exception:
+            log.exception("job failed unexpectedly", extra={"job_id": job.id})
+            return _Outcome("failed", error=_internal_status(job.id))
+        return _Outcome("succeeded", result=result)
+
+    async def _record(self, job: JobRecord, ctx: JobContext, outcome: _Outcome) -> None:
+        worker, attempt = self.name, job.attempts
+        if outcome.label == "lease_lost":
+            return  # another worker owns the job now; it records the outcome
+        if outcome.label == "shutdown":
+            await self._persist(
+                lambda: self._store.retry_later(
+                    job.id,
+                    worker=worker,
+                    attempt=attempt,
+                    now_us=now_us(),
+                    delay_seconds=0.0,
+                    error=_shutdown_status().SerializeToString(),
+                )
+            )
+            return
+        if outcome.label == "retried":
+            delay = _backoff(self._settings.retry_backoff_seconds, job.attempts)
+            assert outcome.error is not None
+            error = outcome.error.SerializeToString()
+            await self._persist(
+                lambda: self._store.retry_later(
+                    job.id,
+                    worker=worker,
+                    attempt=attempt,
+                    now_us=now_us(),
+                    delay_seconds=delay,
+                    error=error,
+                )
+            )
+            return
+        state = {
+            "succeeded": job_pb2.JOB_STATE_SUCCEEDED,
+            "cancelled": job_pb2.JOB_STATE_CANCELLED,
+            "failed": job_pb2.JOB_STATE_FAILED,
+        }[outcome.label]
+        result = outcome.result.SerializeToString() if outcome.result is not None else None
+        error = outcome.error.SerializeToString() if outcome.error is not None else None
+        await self._persist(
+            lambda: self._store.finish(
+                job.id,
+                worker=worker,
+                attempt=attempt,
+                state=state,
+                now_us=now_us(),
+                result=result,
+                error=error,
+            )
+        )
+
+    async def _persist(self, write: Callable[[], T]) -> T | None:
+        """Writes a job's outcome, retrying while the store is unreachable (up to a lease).
+
+        If the store stays down, the outcome is lost with the lease: another worker reruns
+        the job, which each kind makes safe.
+        """
+        deadline = time.monotonic() + self._settings.lease_seconds
+        delay = 0.2
+        while True:
+            try:
+                return await self._pool.run(write)
+            except LeaseLost:
+                return None
+            except RetryableError as exc:
+                if time.monotonic() + delay > deadline:
+                    log.error("could not record a job's outcome", extra={"error": exc.message})
+                    return None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _heartbeat(self, job: JobRecord, ctx: JobContext) -> None:
+        lease = self._settings.lease_seconds
+        interval = min(lease / 3, _HEARTBEAT_SECONDS)
+        last_ok = time.monotonic()
+        while True:
+            await asyncio.sleep(interval)
+            progress = ctx.take_progress()
+            try:
+                cancel = await self._pool.run(
+                    functools.partial(
+                        self._store.heartbeat,
+                        job.id,
+                        worker=self.name,
+                        attempt=job.attempts,
+                        lease_seconds=lease,
+                        now_us=now_us(),
+                        progress=progress,
+                    )
+                )
+            except LeaseLost:
+                ctx.stop("lease_lost")
+                return
+            except LakehouseError as exc:
+                # Past most of the lease another worker may take the job over: stop before
+                # two attempts could both commit.
+                if time.monotonic() - last_ok > lease * 0.8:
+                    log.error(
+                        "lost contact with the job store; stopping the job",
+                        extra={"job_id": job.id, "error": exc.message},
+                    )
+                    ctx.stop("lease_lost")
+                    return
+                continue
+            last_ok = time.monotonic()
+            if progress is not None:
+                self._events.changed(job.id)
+            if cancel:
+                ctx.stop("cancelled")
+
+
+class _Outcome:
+    """How one attempt ended: a label and the result or error to record."""
+
+    def __init__(
+        self,
+        label: str,
+        *,
+        result: job_pb2.JobResult | None = None,
+        error: status_pb2.Status | None = None,
+    ) -> None:
+        self.label = label
+        self.result = result
+        self.error = error
+
+
+def _backoff(base: float, attempt: int) -> float:
+    """Exponential backoff with full jitter around it (so retries do not march in step)."""
+    return float(base * (2 ** max(attempt - 1, 0)) * random.uniform(0.5, 1.5))
+
+
+def _internal_status(job_id: str) -> status_pb2.Status:
+    return status_proto_for(
+        LakehouseError(f"internal error; quote job id {job_id} when reporting it"), ""
+    )
+
+
+def _shutdown_status() -> status_pb2.Status:
+    return status_proto_for(
+        Unavailable("the worker shut down during the attempt", reason="WORKER_SHUTDOWN"), ""
+    )

@@ -1,0 +1,225 @@
+"""Jobs as clients see them: create, get, list, cancel, delete and watch.
+
+The job store is the source of truth, shared by every replica and worker; this module only
+adds the checks, the paging, and a local wake-up so that a worker or a watcher in the same
+process hears of a change at once instead of at its next poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
+
+from lakehouse.adapters.blocking import BlockingPool
+from lakehouse.adapters.job_store import JobRecord, JobStore
+from lakehouse.config import JobsSettings
+from lakehouse.core.job_specs import KIND_NAMES, SpecChecker, check_request_id
+from lakehouse.core.names import check_identifier
+from lakehouse.core.paging import Page, decode_token, encode_token, page_size
+from lakehouse.errors import InvalidArgument, NotFound
+from lakehouse.metrics import JOBS_CREATED
+from lakehouse.v1 import job_pb2
+
+TERMINAL_STATES = frozenset(
+    {job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED}
+)
+_MAX_JOB_ID_LENGTH = 128
+
+
+def now_us() -> int:
+    """The current time in epoch microseconds (the job store's unit)."""
+    return time.time_ns() // 1000
+
+
+class JobEvents:
+    """In-process wake-ups: "job X changed" for watchers, "work queued" for workers.
+
+    Changes made by other processes are not announced here; watchers and workers also poll
+    the store, so this only shortens the wait.
+    """
+
+    def __init__(self) -> None:
+        self._watchers: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self.work_queued = asyncio.Event()
+
+    def changed(self, job_id: str) -> None:
+        """Wakes the watchers of ``job_id``."""
+        for event in self._watchers.get(job_id, ()):
+            event.set()
+
+    def queued(self) -> None:
+        """Wakes idle workers of this process."""
+        self.work_queued.set()
+
+    async def wait_change(self, job_id: str, timeout: float) -> None:
+        """Returns when ``job_id`` changed in this process, or after ``timeout`` seconds."""
+        event = asyncio.Event()
+        self._watchers[job_id].add(event)
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            watchers = self._watchers.get(job_id)
+            if watchers is not None:
+                watchers.discard(event)
+                if not watchers:
+                    del self._watchers[job_id]
+
+
+def check_job_id(job_id: str) -> str:
+    """Checks the form of a job id (existence is the store's business)."""
+    if not job_id:
+        raise InvalidArgument.field("job_id", "must not be empty")
+    if len(job_id) > _MAX_JOB_ID_LENGTH or not all(
+        c.isascii() and (c.isalnum() or c in "-_") for c in job_id
+    ):
+        raise InvalidArgument.field("job_id", "is not a job id")
+    return job_id
+
+
+class Jobs:
+    """The JobService operations, over the shared job store."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        pool: BlockingPool,
+        checker: SpecChecker,
+        settings: JobsSettings,
+        events: JobEvents,
+    ) -> None:
+        self._store = store
+        self._pool = pool
+        self._checker = checker
+        self._settings = settings
+        self.events = events
+
+    async def create(
+        self, spec: job_pb2.JobSpec, request_id: str = "", *, scheduled: bool = False
+    ) -> tuple[JobRecord, bool]:
+        """Checks ``spec`` and queues a job for it.
+
+        Returns:
+            The job and whether it was created now (False: an earlier call with the same
+            request id created it, or the scheduler's job for that table and kind is still
+            queued or running).
+        """
+        check_request_id(request_id)
+        summary = await self._checker.check(spec)
+        job, created = await self._pool.run(
+            lambda: self._store.create(
+                job_id=uuid.uuid4().hex,
+                kind=summary.kind,
+                namespace=summary.namespace,
+                table=summary.table,
+                spec=spec.SerializeToString(deterministic=True),
+                spec_digest=summary.digest,
+                request_id=request_id,
+                max_attempts=self._settings.max_attempts,
+                now_us=now_us(),
+                scheduled=scheduled,
+            )
+        )
+        if created:
+            JOBS_CREATED.labels(KIND_NAMES[summary.kind], "scheduler" if scheduled else "api").inc()
+            self.events.queued()
+        return job, created
+
+    async def get(self, job_id: str) -> JobRecord:
+        """The job, or NotFound."""
+        check_job_id(job_id)
+        return await self._pool.run(self._store.get, job_id)
+
+    async def list(
+        self,
+        *,
+        states: Sequence[int],
+        kinds: Sequence[int],
+        namespace: str,
+        table: str,
+        requested_size: int,
+        token: str,
+    ) -> Page[JobRecord]:
+        """One page of jobs, newest first."""
+        for i, state in enumerate(states):
+            if state not in job_pb2.JobState.values() or state == job_pb2.JOB_STATE_UNSPECIFIED:
+                raise InvalidArgument.field(f"states[{i}]", f"unknown job state {state}")
+        for i, kind in enumerate(kinds):
+            if kind not in job_pb2.JobKind.values() or kind == job_pb2.JOB_KIND_UNSPECIFIED:
+                raise InvalidArgument.field(f"kinds[{i}]", f"unknown job kind {kind}")
+        if namespace:
+            check_identifier("namespace", namespace)
+        if table:
+            if not namespace:
+                raise InvalidArgument.field("namespace", "is required when table is set")
+            check_identifier("table", table)
+        size = page_size(requested_size)
+        scope = hashlib.sha256(
+            repr((sorted(set(states)), sorted(set(kinds)), namespace, table)).encode()
+        ).hexdigest()[:16]
+        after = _decode_position(decode_token(scope, token))
+        rows = await self._pool.run(
+            lambda: self._store.list(
+                states=sorted(set(states)),
+                kinds=sorted(set(kinds)),
+                namespace=namespace,
+                table=table,
+                limit=size + 1,
+                after=after,
+            )
+        )
+        page = rows[:size]
+        next_token = ""
+        if len(rows) > size:
+            last = page[-1]
+            next_token = encode_token(scope, f"{last.create_time_us}:{last.id}")
+        return Page(items=page, next_page_token=next_token)
+
+    async def cancel(self, job_id: str) -> JobRecord:
+        """Cancels a queued job, or asks a running one to stop."""
+        check_job_id(job_id)
+        job = await self._pool.run(lambda: self._store.cancel(job_id, now_us=now_us()))
+        self.events.changed(job_id)
+        return job
+
+    async def delete(self, job_id: str) -> None:
+        """Deletes a finished job's record."""
+        check_job_id(job_id)
+        await self._pool.run(self._store.delete, job_id)
+
+    async def watch(self, job_id: str) -> AsyncIterator[JobRecord]:
+        """The job now, then each version of it, until it reaches a terminal state.
+
+        A change made in this process wakes the watcher at once; one made by another
+        replica or worker is seen at the next poll.
+        """
+        check_job_id(job_id)
+        job = await self._pool.run(self._store.get, job_id)
+        yield job
+        seen = job.version
+        while job.state not in TERMINAL_STATES:
+            await self.events.wait_change(job_id, self._settings.poll_interval_seconds)
+            try:
+                job = await self._pool.run(self._store.get, job_id)
+            except NotFound:
+                return  # deleted meanwhile (only possible once terminal elsewhere)
+            if job.version != seen:
+                seen = job.version
+                yield job
+
+
+def _decode_position(key: str | None) -> tuple[int, str] | None:
+    if key is None:
+        return None
+    created, _, job_id = key.partition(":")
+    try:
+        return int(created), job_id
+    except ValueError:
+        raise InvalidArgument.field(
+            "page_token", "is not a token returned by this method", reason="INVALID_PAGE_TOKEN"
+        ) from None

@@ -1,0 +1,158 @@
+"""Everything JobService needs, put together once for the server and for ``lakehouse worker``.
+
+The job store, the SQL engines, the workers and the maintenance scheduler share the
+process's catalog and object store adapters. Job work gets a thread pool of its own, so long
+jobs never take the threads that serve RPCs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+
+from lakehouse.adapters import duckdb_engine
+from lakehouse.adapters.blocking import BlockingPool
+from lakehouse.adapters.iceberg import IcebergCatalog
+from lakehouse.adapters.job_store import JobStore
+from lakehouse.adapters.object_store import ObjectStore
+from lakehouse.adapters.trino_engine import TrinoEngine
+from lakehouse.config import Settings
+from lakehouse.core.job_kinds import JobKinds
+from lakehouse.core.job_specs import SpecChecker
+from lakehouse.core.job_worker import JobWorker
+from lakehouse.core.jobs import JobEvents, Jobs
+from lakehouse.core.maintenance_scheduler import MaintenanceScheduler
+from lakehouse.errors import InvalidArgument, RetryableError, Unavailable
+from lakehouse.v1 import job_pb2
+
+log = logging.getLogger(__name__)
+
+
+class JobRuntime:
+    """The job store, the API over it, this process's workers and the scheduler.
+
+    Attributes:
+        jobs: The JobService operations.
+        worker: This process's workers (with no slots when ``workers`` is 0).
+        store: The job store.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: IcebergCatalog,
+        object_store: ObjectStore,
+        pool: BlockingPool,
+        *,
+        slots: int,
+        scheduler: bool,
+    ) -> None:
+        self._settings = settings
+        self._pool = pool
+        self.store = JobStore(settings.jobs_database_uri)
+        # One thread per job slot, plus one for the scheduler's file planning.
+        self._job_pool = BlockingPool(max(slots, 1) + 1, name="lakehouse-jobs")
+        self.trino = TrinoEngine(settings.trino) if settings.trino.endpoint else None
+        self.events = JobEvents()
+        self._migrated = False
+        self._migrating: asyncio.Task[None] | None = None
+        checker = SpecChecker(
+            catalog.load_table,
+            self._check_sql,
+            load_namespace=catalog.namespace_properties,
+            import_prefixes=settings.jobs.import_prefixes,
+        )
+        self.jobs = Jobs(self.store, pool, checker, settings.jobs, self.events)
+        kinds = JobKinds(
+            catalog,
+            object_store,
+            self._job_pool,
+            settings.jobs,
+            trino=self.trino,
+            temp_dir=settings.data_dir / "tmp" / "sql",
+        )
+        self.worker = JobWorker(self.store, kinds, pool, settings.jobs, self.events, slots=slots)
+        self._scheduler = (
+            MaintenanceScheduler(
+                catalog,
+                self.jobs,
+                self.store,
+                self._job_pool,
+                interval_seconds=settings.jobs.scheduler_interval_seconds,
+            )
+            if scheduler
+            else None
+        )
+
+    async def start(self) -> None:
+        """Creates or migrates the job tables, then starts the workers and the scheduler.
+
+        A database that is down at start does not stop the process: the tables are made in
+        the background once it answers, and health reports ``job_store`` down until then.
+        """
+        try:
+            await self._pool.run(self.store.migrate)
+        except RetryableError as exc:
+            log.error("job store unavailable at start; retrying", extra={"error": exc.message})
+            self._migrating = asyncio.create_task(self._migrate_until_done())
+        else:
+            self._begin()
+
+    def _begin(self) -> None:
+        self._migrated = True
+        self.worker.start()
+        if self._scheduler is not None:
+            self._scheduler.start()
+
+    async def _migrate_until_done(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.jobs.poll_interval_seconds * 5)
+            try:
+                await self._pool.run(self.store.migrate)
+            except RetryableError:
+                continue
+            self._begin()
+            return
+
+    async def stop(self, grace: float) -> None:
+        """Stops the scheduler and the workers (running jobs go back to the queue)."""
+        if self._migrating is not None:
+            self._migrating.cancel()
+            await asyncio.gather(self._migrating, return_exceptions=True)
+        if self._scheduler is not None:
+            await self._scheduler.stop()
+        await self.worker.stop(grace)
+        await asyncio.to_thread(self._job_pool.close)
+        await self._pool.run(self.store.close)
+
+    async def check(self) -> None:
+        """Health: raises Unavailable if the job store does not answer or has no tables yet."""
+        await self._pool.run(self.store.check)
+        if not self._migrated:
+            raise Unavailable("the job store's tables are not created yet")
+
+    async def _check_sql(self, spec: job_pb2.SqlJobSpec) -> None:
+        if spec.engine == job_pb2.SQL_ENGINE_TRINO:
+            trino = self.trino
+            if trino is None:
+                raise InvalidArgument.field(
+                    "spec.sql.engine",
+                    "the Trino engine is not configured on this service (trino.endpoint)",
+                    reason="ENGINE_NOT_CONFIGURED",
+                )
+            await self._pool.run(
+                functools.partial(
+                    trino.check_statement,
+                    spec.statement,
+                    default_namespace=spec.default_namespace,
+                )
+            )
+            return
+        await self._pool.run(
+            functools.partial(
+                duckdb_engine.check_statement,
+                spec.statement,
+                default_namespace=spec.default_namespace,
+            )
+        )

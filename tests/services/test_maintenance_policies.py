@@ -1,0 +1,115 @@
+"""Maintenance policies in table properties, run by the scheduler without anyone asking.
+
+A real server with a fast scheduler; commits come from pyiceberg directly, as from any other
+writer sharing the catalog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pyarrow as pa
+import pytest
+import pytest_asyncio
+
+from fixtures.iceberg import direct_catalog
+from fixtures.net import LOOPBACK
+from lakehouse.v1 import job_pb2, job_service_pb2_grpc
+from lakehouse.v1 import job_service_pb2 as jpb
+
+NS = "policies"
+KEEP = 3
+COMMITS = 30
+SCHEDULER_INTERVAL = 0.3
+
+
+@pytest_asyncio.fixture
+async def scheduled_server(backend: Any) -> AsyncIterator[Any]:
+    from lakehouse.server.app import LakehouseServer
+
+    jobs = backend.jobs.model_copy(update={"scheduler_interval_seconds": SCHEDULER_INTERVAL})
+    server = LakehouseServer(backend.model_copy(update={"jobs": jobs}))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await asyncio.wait_for(server.stop(), 30)
+
+
+def _table(settings: Any, name: str, properties: dict[str, str]) -> Any:
+    catalog = direct_catalog(settings)
+    catalog.create_namespace_if_not_exists(NS)
+    schema = pa.schema([("id", pa.int64())])
+    return catalog.create_table((NS, name), schema=schema, properties=properties)
+
+
+async def _wait_for(predicate: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("backend", ["local", "postgres_s3"], indirect=True)
+async def test_snapshot_count_stays_bounded_under_a_trickle_of_commits(
+    backend: Any, scheduled_server: Any
+) -> None:
+    table = _table(
+        backend,
+        "trickle",
+        {
+            "history.expire.min-snapshots-to-keep": str(KEEP),
+            "history.expire.max-snapshot-age-ms": "0",
+        },
+    )
+    most = 0
+    for i in range(COMMITS):
+        for attempt in range(5):  # an expiry commit may win the race; pyiceberg then refreshes
+            try:
+                table.append(pa.table({"id": pa.array([i], pa.int64())}))
+                break
+            except Exception:  # CommitFailedException
+                table = table.refresh()
+                if attempt == 4:
+                    raise
+        table = table.refresh()
+        most = max(most, len(table.metadata.snapshots))
+        await asyncio.sleep(0.1)
+
+    # Bounded throughout: the policy's 3, plus what commits in about one scheduling round.
+    assert most <= KEEP + 10, most
+    await _wait_for(lambda: len(table.refresh().metadata.snapshots) <= KEEP)
+    assert sorted(table.refresh().scan().to_arrow()["id"].to_pylist()) == list(range(COMMITS))
+
+    async with grpc.aio.insecure_channel(f"{LOOPBACK}:{scheduled_server.grpc_port}") as ch:
+        stub = job_service_pb2_grpc.JobServiceStub(ch)
+        listed = await stub.ListJobs(
+            jpb.ListJobsRequest(
+                namespace=NS, table="trickle", kinds=[job_pb2.JOB_KIND_EXPIRE_SNAPSHOTS]
+            )
+        )
+    assert listed.jobs
+    assert all(j.state == job_pb2.JOB_STATE_SUCCEEDED for j in listed.jobs[1:])
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_small_files_get_compacted_by_policy(backend: Any, scheduled_server: Any) -> None:
+    table = _table(backend, "small", {"lakehouse.compaction.min-input-files": "5"})
+    for i in range(5):
+        table.append(pa.table({"id": pa.array(range(i * 10, i * 10 + 10), pa.int64())}))
+    await _wait_for(lambda: len(list(table.refresh().scan().plan_files())) == 1)
+    assert sorted(table.refresh().scan().to_arrow()["id"].to_pylist()) == list(range(50))
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_tables_without_a_policy_are_left_alone(backend: Any, scheduled_server: Any) -> None:
+    table = _table(backend, "plain", {})
+    for i in range(6):
+        table.append(pa.table({"id": pa.array([i], pa.int64())}))
+    await asyncio.sleep(SCHEDULER_INTERVAL * 4)
+    assert len(table.refresh().metadata.snapshots) == 6
+    assert len(list(table.refresh().scan().plan_files())) == 6
