@@ -235,3 +235,84 @@ async def test_jobs_through_grpcurl(grpcurl: Path, grpc_target: str) -> None:
         )
     )
     assert [j["id"] for j in listed["jobs"]] == [job["id"]]
+
+
+async def _create_and_watch(grpcurl: Path, target: str, spec: dict[str, Any]) -> dict[str, Any]:
+    job = json.loads(
+        await grpcurl_run(grpcurl, target, "lakehouse.v1.JobService/CreateJob", data={"spec": spec})
+    )["job"]
+    watched = await grpcurl_run(
+        grpcurl, target, "lakehouse.v1.JobService/WatchJob", data={"jobId": job["id"]}
+    )
+    last: dict[str, Any] = json.loads(watched.replace("}\n{", "}\x00{").split("\x00")[-1])["job"]
+    assert last["state"] == "JOB_STATE_SUCCEEDED", last
+    return last
+
+
+async def test_every_job_kind_through_grpcurl(
+    grpcurl: Path, grpc_target: str, backend: Any
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    await grpcurl_run(
+        grpcurl, grpc_target, "lakehouse.v1.TableService/CreateNamespace", data={"name": "k"}
+    )
+    await grpcurl_run(
+        grpcurl,
+        grpc_target,
+        "lakehouse.v1.TableService/CreateTable",
+        data={
+            "namespace": "k",
+            "table": "t",
+            "schema": {"fields": [{"name": "id", "type": {"primitive": "PRIMITIVE_TYPE_LONG"}}]},
+        },
+    )
+    landing = Path(backend.jobs.import_prefixes[0].removeprefix("file://"))
+    landing.mkdir(parents=True, exist_ok=True)
+    for i in range(3):
+        pq.write_table(pa.table({"id": pa.array([i], pa.int64())}), landing / f"part-{i}.parquet")
+
+    imported = await _create_and_watch(
+        grpcurl,
+        grpc_target,
+        {"importFiles": {"namespace": "k", "table": "t", "sourcePrefix": landing.as_uri() + "/"}},
+    )
+    assert imported["result"]["importFiles"]["rowsImported"] == "3"
+    for i in range(3, 6):  # two more snapshots and files
+        await grpcurl_run(
+            grpcurl,
+            grpc_target,
+            "lakehouse.v1.IngestService/WriteRows",
+            data={"namespace": "k", "table": "t", "jsonRows": {"rows": [{"id": i}]}},
+        )
+    compacted = await _create_and_watch(
+        grpcurl, grpc_target, {"compactTable": {"namespace": "k", "table": "t"}}
+    )
+    assert compacted["result"]["compactTable"]["filesBefore"] == "6"
+    expired = await _create_and_watch(
+        grpcurl,
+        grpc_target,
+        {
+            "expireSnapshots": {
+                "namespace": "k",
+                "table": "t",
+                "retainLast": 1,
+                "maxSnapshotAge": "0s",
+            }
+        },
+    )
+    assert expired["result"]["expireSnapshots"]["snapshotsExpired"] == "4"
+    orphans = await _create_and_watch(
+        grpcurl,
+        grpc_target,
+        {"removeOrphanFiles": {"namespace": "k", "table": "t", "dryRun": True}},
+    )
+    assert orphans["kind"] == "JOB_KIND_REMOVE_ORPHAN_FILES"
+    assert "removeOrphanFiles" in orphans["result"]
+    counted = await _create_and_watch(
+        grpcurl,
+        grpc_target,
+        {"sql": {"statement": "SELECT count(*) AS n FROM k.t", "previewFormat": "ROW_FORMAT_JSON"}},
+    )
+    assert counted["result"]["sql"]["previewJsonRows"]["rows"] == [{"n": 6}]

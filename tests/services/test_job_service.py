@@ -21,6 +21,7 @@ import pytest
 from google.protobuf import duration_pb2
 
 from fixtures.grpc_errors import rpc_error_details
+from fixtures.http import http_get
 from fixtures.iceberg import append, direct_catalog
 from fixtures.objects import put_object
 from lakehouse.v1 import job_pb2, job_service_pb2_grpc, rows_pb2, schema_pb2
@@ -510,3 +511,25 @@ def _csv(data: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     pacsv.write_csv(data, sink)
     return bytes(sink.getvalue().to_pybytes())
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_job_metrics(backend: Any, table_stub: Any, jobs: Any, http_url: str) -> None:
+    await make_table(table_stub)
+    await run(
+        jobs,
+        job_pb2.JobSpec(compact_table=job_pb2.CompactTableJobSpec(namespace=NS, table=TABLE)),
+    )
+    reply = await http_get(f"{http_url}/metrics")
+    assert reply.status == 200
+    text = reply.text
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("lakehouse_job")
+    }
+    assert samples['lakehouse_jobs_created_total{kind="compact_table",origin="api"}'] >= 1
+    assert samples['lakehouse_jobs_finished_total{kind="compact_table",outcome="succeeded"}'] >= 1
+    assert samples['lakehouse_job_seconds_count{kind="compact_table"}'] >= 1
+    assert 'lakehouse_jobs_queued{kind="sql"}' in samples
+    assert "lakehouse_job_lease_losses_total" in samples
