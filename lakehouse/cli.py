@@ -1,4 +1,4 @@
-"""Command-line interface: ``lakehouse serve``, ``lakehouse worker`` and ``lakehouse config``.
+"""Command-line interface: ``lakehouse serve``, ``worker``, ``config`` and ``health``.
 
 Flags override the environment and the config file. An invalid configuration prints one line
 to stderr and exits with status 2 before any port is bound.
@@ -53,6 +53,14 @@ def _parser() -> argparse.ArgumentParser:
         "--workers", type=int, help="jobs run at once (LAKEHOUSE_JOBS__WORKERS; at least 1)"
     )
     sub.add_parser("config", parents=[common], help="print the effective config, secrets masked")
+    health = sub.add_parser(
+        "health",
+        parents=[common],
+        help="exit 0 if the server's gRPC health is SERVING (for container health checks)",
+    )
+    health.add_argument("--target", help="HOST:PORT to check (default 127.0.0.1:<grpc port>)")
+    health.add_argument("--service", default="", help="a service name; empty means overall")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
     return parser
 
 
@@ -87,6 +95,9 @@ def run(argv: list[str]) -> int:
     if args.command == "config":
         print(json.dumps(masked(settings), indent=2, sort_keys=True))
         return 0
+    if args.command == "health":
+        target = args.target or f"127.0.0.1:{settings.grpc_port}"
+        return _health(target, args.service, args.timeout)
     if args.command == "worker" and settings.jobs.workers < 1:
         print("lakehouse: jobs.workers must be at least 1 for a worker process", file=sys.stderr)
         return EXIT_CONFIG
@@ -127,3 +138,20 @@ async def _work(settings: Settings) -> None:
     await worker.start()
     await stop.wait()
     await worker.stop()
+
+
+def _health(target: str, service: str, timeout: float) -> int:
+    """One grpc.health.v1 Check: prints the status, exit 0 only for SERVING."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(target) as channel:
+            stub: Any = health_pb2_grpc.HealthStub(channel)  # the stubs' types lack Check
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+    except grpc.RpcError as exc:
+        print(f"{target}: {exc.code().name}", file=sys.stderr)
+        return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(status)
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
