@@ -130,6 +130,8 @@ class JobsSettings(_Section):
     scheduler_interval_seconds: float = Field(default=60.0, ge=0, le=86400)
     """How often table maintenance policies are checked and their jobs enqueued; 0 turns the
     scheduler off."""
+    retention_days: float = Field(default=30.0, ge=0, le=3650)
+    """Finished jobs are deleted this long after they ended (by the scheduler); 0 keeps them."""
     duckdb_memory_limit_mb: int = Field(default=1024, ge=64, le=1024 * 1024)
     """Memory limit of one DuckDB SQL job; larger intermediate results spill to temp files."""
     duckdb_threads: int = Field(default=2, ge=1, le=256)

@@ -1096,6 +1096,30 @@ class JobStore:
             row = conn.execute(stmt).mappings().first()
         return None if row is None else _record(row)
 
+    def purge_finished(self, *, ended_before_us: int, limit: int = 1000) -> int:
+        """Deletes up to ``limit`` finished jobs that ended before ``ended_before_us``.
+
+        Run by the scheduler with the configured retention, so the table does not grow
+        forever; a small limit per call keeps each transaction short.
+
+        Returns:
+            How many jobs were deleted.
+
+        Raises:
+            Unavailable: The database cannot be reached.
+        """
+        old = (
+            select(_jobs.id)
+            .where(_jobs.state.in_(sorted(TERMINAL_STATES)), _jobs.end_time_us < ended_before_us)
+            .order_by(_jobs.end_time_us)
+            .limit(limit)
+        )
+        with self._writing() as conn:
+            ids = [row[0] for row in conn.execute(old)]
+            if ids:
+                conn.execute(delete(jobs_table).where(_jobs.id.in_(ids)))
+        return len(ids)
+
 
 def _sibling_running(now_us: int) -> ColumnElement[bool]:
     """True for a job when another job of its kind runs on its table with a live lease.

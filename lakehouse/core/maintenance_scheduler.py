@@ -90,12 +90,14 @@ class MaintenanceScheduler:
         pool: BlockingPool,
         *,
         interval_seconds: float,
+        retention_seconds: float = 0.0,
     ) -> None:
         self._catalog = catalog
         self._jobs = jobs
         self._store = store
         self._pool = pool
         self._interval = interval_seconds
+        self._retention_seconds = retention_seconds
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -119,7 +121,17 @@ class MaintenanceScheduler:
             await asyncio.sleep(self._interval)
 
     async def run_once(self) -> list[str]:
-        """One pass over all tables; returns the ids of the jobs it created."""
+        """One pass over all tables; returns the ids of the jobs it created.
+
+        Also deletes the records of jobs that finished longer ago than the retention.
+        """
+        if self._retention_seconds > 0:
+            cutoff = int((time.time() - self._retention_seconds) * 1_000_000)
+            purged = await self._pool.run(
+                lambda: self._store.purge_finished(ended_before_us=cutoff)
+            )
+            if purged:
+                log.info("deleted old finished jobs", extra={"jobs": purged})
         created: list[str] = []
         for namespace in await self._catalog.list_namespaces():
             for name in await self._catalog.list_tables(namespace):

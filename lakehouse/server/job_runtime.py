@@ -80,6 +80,7 @@ class JobRuntime:
                 self.store,
                 self._job_pool,
                 interval_seconds=settings.jobs.scheduler_interval_seconds,
+                retention_seconds=settings.jobs.retention_days * 86400,
             )
             if scheduler
             else None

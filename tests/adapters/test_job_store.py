@@ -637,6 +637,24 @@ def test_latest_is_the_newest_job_of_a_kind_on_a_table(store: JobStore) -> None:
     assert latest is not None and latest.id == "new"
 
 
+def test_purge_deletes_only_jobs_that_finished_before_the_cutoff(store: JobStore) -> None:
+    create(store, "old-cancelled")
+    store.cancel("old-cancelled", now_us=T0 + 1)
+    create(store, "new-cancelled")
+    store.cancel("new-cancelled", now_us=T0 + 10 * SECOND)
+    create(store, "queued")
+    create(store, "running", now_us=T0 + 1)
+    claim(store, now_us=T0 + 2)  # "queued" is older: it runs now
+
+    assert store.purge_finished(ended_before_us=T0 + 5 * SECOND) == 1
+    left = {
+        job.id
+        for job in store.list(states=[], kinds=[], namespace="", table="", limit=10, after=None)
+    }
+    assert left == {"new-cancelled", "queued", "running"}
+    assert store.purge_finished(ended_before_us=T0 + 5 * SECOND) == 0
+
+
 # -- concurrency -------------------------------------------------------------------------------
 
 
