@@ -166,10 +166,15 @@ class LakehouseServer:
         log.info("shutting down", extra={"grace_seconds": grace})
         if self.settings.shutdown_drain_seconds and self._grpc is not None:
             await asyncio.sleep(self.settings.shutdown_drain_seconds)
+        # One grace period for everything: running jobs are asked to stop (and go back to the
+        # queue) while in-flight calls finish, and ingest gets what is left of it.
+        deadline = asyncio.get_running_loop().time() + grace
+        stopping_jobs = asyncio.create_task(self.job_runtime.stop(grace))
         if self._grpc is not None:
             await self._grpc.stop(grace)
-        await self.ingest.close(timeout=max(grace, 1.0))
-        await self.job_runtime.stop(grace)
+        remaining = deadline - asyncio.get_running_loop().time()
+        await self.ingest.close(timeout=max(remaining, 1.0))
+        await stopping_jobs
         if self._http is not None:
             await self._http.cleanup()
         await self.store.close()
