@@ -1,0 +1,271 @@
+{{/*
+Names.
+*/}}
+{{- define "lakehouse.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The release's full name, at most 63 characters (a DNS label); "-headless" and "-worker" are
+appended to it, so it is cut to 52.
+*/}}
+{{- define "lakehouse.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "lakehouse.workerName" -}}
+{{- printf "%s-worker" (include "lakehouse.fullname" .) }}
+{{- end }}
+
+{{- define "lakehouse.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels. Selectors carry the component (server or worker) so that the gRPC Service never
+selects worker pods.
+*/}}
+{{- define "lakehouse.labels" -}}
+helm.sh/chart: {{ include "lakehouse.chart" . }}
+{{ include "lakehouse.selectorLabels" . }}
+{{- if .Chart.AppVersion }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: lakehouse
+{{- end }}
+
+{{- define "lakehouse.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "lakehouse.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Usage: include "lakehouse.componentLabels" (dict "root" $ "component" "server") */}}
+{{- define "lakehouse.componentLabels" -}}
+{{ include "lakehouse.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "lakehouse.componentSelectorLabels" -}}
+{{ include "lakehouse.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "lakehouse.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "lakehouse.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "lakehouse.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag | toString) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Secrets: the Secret's name, and which settings it feeds (a JSON object setting -> key). With
+an existing Secret every listed key is wired; with the chart-managed one only keys that have a
+value, so a setting without one keeps its default instead of reading an empty file.
+*/}}
+{{- define "lakehouse.secretName" -}}
+{{- default (include "lakehouse.fullname" .) .Values.secret.existingSecret }}
+{{- end }}
+
+{{- define "lakehouse.secretFiles" -}}
+{{- $out := dict }}
+{{- range $setting, $key := .Values.secret.keys }}
+{{- if and $key (or $.Values.secret.existingSecret (get $.Values.secret.values $key)) }}
+{{- $_ := set $out $setting $key }}
+{{- end }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/*
+A config value as the environment sees it: lists and maps as JSON, whole numbers without an
+exponent (YAML numbers arrive as float64), the rest as text.
+*/}}
+{{- define "lakehouse.configValue" -}}
+{{- if or (kindIs "slice" .) (kindIs "map" .) }}
+{{- toJson . }}
+{{- else if and (kindIs "float64" .) (eq (float64 (int64 .)) .) }}
+{{- int64 . }}
+{{- else }}
+{{- toString . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Seconds the kubelet waits between the start of termination and SIGKILL: the preStop sleep,
+the drain, the grace for in-flight calls, and a margin for closing the adapters.
+*/}}
+{{- define "lakehouse.serverTerminationGracePeriod" -}}
+{{- $s := .Values.shutdown }}
+{{- addf $s.preStopSleepSeconds $s.drainSeconds $s.graceSeconds $s.marginSeconds | ceil | int }}
+{{- end }}
+
+{{/* Workers take no traffic: no preStop sleep; running jobs get the grace, then requeue. */}}
+{{- define "lakehouse.workerTerminationGracePeriod" -}}
+{{- $s := .Values.shutdown }}
+{{- addf $s.drainSeconds $s.graceSeconds $s.marginSeconds | ceil | int }}
+{{- end }}
+
+{{/*
+Checks across values that the schema cannot express. Included by every Deployment.
+*/}}
+{{- define "lakehouse.validate" -}}
+{{- $secretFiles := include "lakehouse.secretFiles" . | fromJson }}
+{{- $listedKeys := values (.Values.secret.keys | default dict) }}
+{{- range $key, $_ := .Values.secret.values }}
+{{- if $.Values.secret.existingSecret }}
+{{- fail (printf "secret.values.%s: values are only used without secret.existingSecret (%s); put the key into that Secret instead" $key $.Values.secret.existingSecret) }}
+{{- end }}
+{{- if not (has $key $listedKeys) }}
+{{- fail (printf "secret.values.%s: no setting reads this key; map one to it in secret.keys (e.g. LAKEHOUSE_JOBS__DATABASE_URI: %s)" $key $key) }}
+{{- end }}
+{{- end }}
+{{- if ne (len $listedKeys) (len (uniq $listedKeys)) }}
+{{- fail "secret.keys: two settings map to the same key; each setting needs its own key" }}
+{{- end }}
+{{- $extraEnvNames := list }}
+{{- range .Values.extraEnv }}
+{{- $extraEnvNames = append $extraEnvNames .name }}
+{{- end }}
+{{- $sharedCatalog := or (hasKey $secretFiles "LAKEHOUSE_CATALOG__URI") (has "LAKEHOUSE_CATALOG__URI" $extraEnvNames) (has "LAKEHOUSE_CATALOG__URI_FILE" $extraEnvNames) }}
+{{- $pods := or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled .Values.worker.enabled }}
+{{- if and $pods (not $sharedCatalog) }}
+{{- fail "several pods need a shared catalog: without a catalog URI each pod keeps its own SQLite catalog in its emptyDir. Set the secret key mapped to LAKEHOUSE_CATALOG__URI (secret.values.catalog-uri, or secret.existingSecret), or run one replica without workers" }}
+{{- end }}
+{{- if .Values.autoscaling.enabled }}
+{{- if gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas) }}
+{{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" }}
+{{- end }}
+{{- end }}
+{{- if eq (int .Values.ports.grpc) (int .Values.ports.http) }}
+{{- fail "ports.grpc and ports.http must differ" }}
+{{- end }}
+{{- end }}
+
+{{/*
+Environment shared by server and worker: ports, data dir, shutdown timings, secret files, then
+extraEnv. Non-secret settings come from the ConfigMap through envFrom (explicit env wins).
+Usage: include "lakehouse.env" (dict "root" $ "component" "server")
+*/}}
+{{- define "lakehouse.env" -}}
+{{- $root := .root }}
+{{- $v := $root.Values }}
+{{- if eq .component "server" }}
+- name: LAKEHOUSE_GRPC_PORT
+  value: {{ $v.ports.grpc | int | quote }}
+{{- end }}
+- name: LAKEHOUSE_HTTP_PORT
+  value: {{ $v.ports.http | int | quote }}
+- name: LAKEHOUSE_DATA_DIR
+  value: {{ $v.dataVolume.mountPath | quote }}
+- name: LAKEHOUSE_SHUTDOWN_DRAIN_SECONDS
+  value: {{ include "lakehouse.configValue" $v.shutdown.drainSeconds | quote }}
+- name: LAKEHOUSE_SHUTDOWN_GRACE_SECONDS
+  value: {{ include "lakehouse.configValue" $v.shutdown.graceSeconds | quote }}
+{{- if eq .component "worker" }}
+- name: LAKEHOUSE_JOBS__WORKERS
+  value: {{ $v.worker.concurrency | int | quote }}
+{{- else if and $v.worker.enabled (not (hasKey $v.config "LAKEHOUSE_JOBS__WORKERS")) }}
+# Jobs run on the worker Deployment.
+- name: LAKEHOUSE_JOBS__WORKERS
+  value: "0"
+{{- end }}
+{{- $secretFiles := include "lakehouse.secretFiles" $root | fromJson }}
+{{- range $setting := keys $secretFiles | sortAlpha }}
+- name: {{ printf "%s_FILE" $setting }}
+  value: {{ printf "%s/%s" (trimSuffix "/" $v.secret.mountPath) (get $secretFiles $setting) | quote }}
+{{- end }}
+{{- with $v.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "lakehouse.volumeMounts" -}}
+- name: data
+  mountPath: {{ .Values.dataVolume.mountPath }}
+- name: tmp
+  mountPath: /tmp
+{{- if include "lakehouse.secretFiles" . | fromJson }}
+- name: secrets
+  mountPath: {{ .Values.secret.mountPath }}
+  readOnly: true
+{{- end }}
+{{- with .Values.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "lakehouse.volumes" -}}
+- name: data
+  emptyDir:
+    {{- with .Values.dataVolume.medium }}
+    medium: {{ . }}
+    {{- end }}
+    {{- with .Values.dataVolume.sizeLimit }}
+    sizeLimit: {{ . }}
+    {{- end }}
+- name: tmp
+  emptyDir:
+    {{- with .Values.tmpVolume.sizeLimit }}
+    sizeLimit: {{ . }}
+    {{- end }}
+{{- $secretFiles := include "lakehouse.secretFiles" . | fromJson }}
+{{- if $secretFiles }}
+- name: secrets
+  secret:
+    secretName: {{ include "lakehouse.secretName" . }}
+    # 0440: readable by the pod's group (fsGroup), nobody else.
+    defaultMode: 288
+    items:
+      {{- range $setting := keys $secretFiles | sortAlpha }}
+      - key: {{ get $secretFiles $setting }}
+        path: {{ get $secretFiles $setting }}
+      {{- end }}
+{{- end }}
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Pod annotations: a checksum of the ConfigMap and of the chart-managed Secret, so a change of
+either rolls the pods (the process reads its configuration once, at start).
+*/}}
+{{- define "lakehouse.checksums" -}}
+checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
+{{- if not .Values.secret.existingSecret }}
+checksum/secret: {{ include (print .Template.BasePath "/secret.yaml") . | sha256sum }}
+{{- end }}
+{{- end }}
+
+{{/* PodDisruptionBudget spec. Usage: dict "root" $ "component" "server" "pdb" <values> */}}
+{{- define "lakehouse.pdbSpec" -}}
+{{- if not (kindIs "invalid" .pdb.minAvailable) }}
+minAvailable: {{ .pdb.minAvailable }}
+{{- else }}
+maxUnavailable: {{ .pdb.maxUnavailable }}
+{{- end }}
+# An unready pod (e.g. during a dependency outage) must not block node drains.
+unhealthyPodEvictionPolicy: AlwaysAllow
+selector:
+  matchLabels:
+    {{- include "lakehouse.componentSelectorLabels" . | nindent 4 }}
+{{- end }}
