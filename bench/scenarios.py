@@ -31,7 +31,15 @@ from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import NamespaceAlreadyExistsError
 
 from bench.backends import Backend, _test_fixtures, moto_process
-from bench.harness import BenchContext, HarnessError, Result, Scenario, ServerProcess, closed_loop
+from bench.harness import (
+    ROOT,
+    BenchContext,
+    HarnessError,
+    Result,
+    Scenario,
+    ServerProcess,
+    closed_loop,
+)
 from lakehouse.adapters.iceberg import catalog_properties
 from lakehouse.client.arrow import (
     append_rows_requests,
@@ -803,6 +811,124 @@ async def job_compaction(ctx: BenchContext) -> Result:
     )
 
 
+# --- peers: a minimal Arrow Flight server over pyiceberg ----------------------------------
+
+
+@contextlib.contextmanager
+def _flight_peer(server: ServerProcess, backend: Backend) -> Iterator[Any]:
+    """``bench.flight_peer`` in a child process on the server's catalog; a connected client."""
+    import json as _json
+    import subprocess
+    import sys
+
+    import pyarrow.flight as flight
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.flight_peer",
+            "--data-dir",
+            str(server.data_dir),
+            "--settings-json",
+            _json.dumps(backend.settings),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline().decode()
+        if not first:
+            raise HarnessError("the Flight peer did not start")
+        port = int(_json.loads(first)["port"])
+        client = flight.FlightClient(f"grpc://127.0.0.1:{port}")
+        try:
+            yield client
+        finally:
+            client.close()
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def append_rows_vs_flight(ctx: BenchContext) -> Result:
+    """append_rows_bulk_local against the same batches through a Flight do_put peer."""
+    ours = ctx.result_of("append_rows_bulk_local")
+    import pyarrow.flight as flight
+
+    server = ctx.shared_server()
+    catalog = _catalog_of(server, ctx.backend)
+    batches = _ingest_batches(ctx, ctx.count(20, 4))
+    rows = sum(b.num_rows for b in batches)
+    peer_table = _fresh_table(catalog, "append_rows_vs_flight_peer")
+    warm_table = _fresh_table(catalog, "append_rows_vs_flight_warmup")
+    with _flight_peer(server, ctx.backend) as client:
+
+        def put(identifier: tuple[str, str], data: list[pa.RecordBatch]) -> None:
+            descriptor = flight.FlightDescriptor.for_path(*identifier)
+            writer, _ = client.do_put(descriptor, data[0].schema)
+            for batch in data:
+                writer.write_batch(batch)
+            writer.done_writing()
+            writer.close()  # returns once the peer has committed every batch
+
+        put(warm_table, [batches[0].slice(0, 1000)])
+        t0 = time.perf_counter()
+        put(peer_table, batches)
+        seconds = time.perf_counter() - t0
+    found, snapshots = _table_rows_and_snapshots(catalog, peer_table)
+    if found != rows:
+        raise HarnessError(f"the Flight peer's table holds {found} rows, not {rows}")
+    return Result(
+        "append_rows_vs_flight",
+        ours.value,
+        "rows/s",
+        limit_name="Arrow Flight do_put peer, pyiceberg append per batch",
+        limit_value=rows / seconds,
+        notes=(
+            f"ours: append_rows_bulk_local of this run; peer: {rows:,} rows in {len(batches)} "
+            f"batches on one do_put stream, {seconds:.2f}s to the last commit, {snapshots} "
+            f"commits (row count checked)"
+        ),
+    )
+
+
+def read_rows_vs_flight(ctx: BenchContext) -> Result:
+    """read_rows_arrow against a do_get of the same table from the Flight peer."""
+    ours = ctx.result_of("read_rows_arrow")
+    import pyarrow.flight as flight
+
+    table = bench_table(ctx)
+    server = ctx.shared_server()
+    tries = ctx.count(3, 1)
+    ticket = flight.Ticket(f"{table.namespace}.{table.name}".encode())
+    times = []
+    with _flight_peer(server, ctx.backend) as client:
+        client.do_get(ticket).read_all()  # warm-up: metadata, connections
+        for _ in range(tries):
+            t0 = time.perf_counter()
+            got = client.do_get(ticket).read_all()
+            times.append(time.perf_counter() - t0)
+            if got.num_rows != table.rows:
+                raise HarnessError(f"the Flight peer returned {got.num_rows} rows")
+            del got
+    best = min(times)
+    return Result(
+        "read_rows_vs_flight",
+        ours.value,
+        "rows/s",
+        limit_name="Arrow Flight do_get peer (pyiceberg scan batch reader)",
+        limit_value=table.rows / best,
+        notes=(
+            f"ours: read_rows_arrow of this run; peer: {table.rows:,} rows, best of {tries} "
+            f"do_get reads decoded into a pa.Table ({best:.2f}s)"
+        ),
+    )
+
+
 #: Every scenario, in the order they run (and appear in the results).
 SCENARIOS: list[Scenario] = [
     startup_seconds,
@@ -816,5 +942,7 @@ SCENARIOS: list[Scenario] = [
     append_rows_bulk_s3,
     write_rows_small,
     ingest_peak_rss_mb,
+    append_rows_vs_flight,
+    read_rows_vs_flight,
     job_compaction,
 ]
