@@ -4,6 +4,8 @@
 #   postgresql  initdb/pg_ctl under /usr/lib/postgresql/*/bin: tests start a throwaway cluster
 #               of their own on 127.0.0.1 and a random port (never the system service).
 #   prometheus  for `promtool check metrics` on the /metrics output.
+#   systemd     for `systemd-analyze verify` and `systemd-analyze security --offline` on the
+#               unit files (offline: no systemd needs to run, and none is started).
 #
 # Idempotent and fast when everything is present (no apt-get update then). Needs root, or sudo.
 # Service start-up during installation is suppressed with a temporary policy-rc.d, so the
@@ -17,14 +19,16 @@ have_postgres() {
 }
 have_promtool() { command -v promtool >/dev/null 2>&1 || [ -x /usr/bin/promtool ]; }
 have_runuser() { command -v runuser >/dev/null 2>&1; }
+have_systemd_analyze() { command -v systemd-analyze >/dev/null 2>&1; }
 
 missing=()
 have_postgres || missing+=(postgresql)
 have_promtool || missing+=(prometheus)
 have_runuser || missing+=(util-linux)
+have_systemd_analyze || missing+=(systemd)
 
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "install-system-deps: postgresql and promtool already present"
+  echo "install-system-deps: postgresql, promtool and systemd-analyze already present"
   exit 0
 fi
 
@@ -62,4 +66,5 @@ echo "install-system-deps: installing ${missing[*]}"
 
 have_postgres || { echo "install-system-deps: initdb/pg_ctl still missing" >&2; exit 1; }
 have_promtool || { echo "install-system-deps: promtool still missing" >&2; exit 1; }
+have_systemd_analyze || { echo "install-system-deps: systemd-analyze still missing" >&2; exit 1; }
 echo "install-system-deps: done"
