@@ -1,0 +1,257 @@
+"""Who may call what: the permissions, the roles, and the one method → permission table.
+
+Every RPC of ``lakehouse.v1`` has exactly one entry in :data:`RULES`; a test compares the table
+with the services' descriptors, so an RPC added to the contract without a decision about who
+may call it fails CI instead of shipping open (the interceptor also refuses unmapped methods
+to everyone but admin at run time).
+
+A rule names the permission a call needs, which may depend on the request (``CreateJob``
+needs ``maintenance.destructive`` for snapshot expiry and orphan file removal, which delete
+files, and ``jobs.create`` otherwise), and what the call acts on: the namespaces that
+per-namespace grants are checked against, and the target written to the audit log.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from lakehouse.config import RoleName
+
+TABLE_SERVICE: Final = "lakehouse.v1.TableService"
+INGEST_SERVICE: Final = "lakehouse.v1.IngestService"
+JOB_SERVICE: Final = "lakehouse.v1.JobService"
+HEALTH_SERVICE: Final = "grpc.health.v1.Health"
+REFLECTION_SERVICES: Final = frozenset(
+    {"grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection"}
+)
+
+
+class Permission(enum.StrEnum):
+    """What a role may do. The value is the name clients see in PERMISSION_DENIED errors."""
+
+    TABLES_READ = "tables.read"
+    """Read namespaces, tables, snapshots, rows and writers' positions."""
+    TABLES_WRITE = "tables.write"
+    """Create and change namespaces and tables (schema, properties, renames)."""
+    TABLES_DELETE = "tables.delete"
+    """Drop tables (with or without purge) and namespaces."""
+    TABLES_ROLLBACK = "tables.rollback"
+    """Move a table back to an older snapshot, dropping newer commits from its history."""
+    TABLES_REGISTER = "tables.register"
+    """Register a table from any metadata file (it can point at another table's files)."""
+    INGEST_WRITE = "ingest.write"
+    """Write rows (AppendRows, WriteRows)."""
+    JOBS_READ = "jobs.read"
+    """Get, list and watch jobs."""
+    JOBS_CREATE = "jobs.create"
+    """Create SQL, compaction and import jobs."""
+    JOBS_CANCEL = "jobs.cancel"
+    """Cancel jobs."""
+    JOBS_DELETE = "jobs.delete"
+    """Delete finished jobs' records."""
+    MAINTENANCE_DESTRUCTIVE = "maintenance.destructive"
+    """Create jobs that delete files: expire_snapshots and remove_orphan_files."""
+
+
+#: Permissions of calls that change nothing. Every other call is audited.
+READ_PERMISSIONS: Final = frozenset({Permission.TABLES_READ, Permission.JOBS_READ})
+
+_VIEWER = frozenset({Permission.TABLES_READ, Permission.JOBS_READ})
+_DEVELOPER = _VIEWER | {
+    Permission.TABLES_WRITE,
+    Permission.INGEST_WRITE,
+    Permission.JOBS_CREATE,
+    Permission.JOBS_CANCEL,
+}
+#: What each role may do. Roles nest: each has everything of the one before.
+ROLE_PERMISSIONS: Final[Mapping[RoleName, frozenset[Permission]]] = {
+    "viewer": _VIEWER,
+    "developer": _DEVELOPER,
+    "admin": frozenset(Permission),
+}
+#: The roles, least privileged first (a JWT listing several roles gets the last one it has).
+ROLE_ORDER: Final[tuple[RoleName, ...]] = ("viewer", "developer", "admin")
+
+
+@dataclass(frozen=True)
+class Target:
+    """What one call acts on.
+
+    Attributes:
+        namespaces: Every namespace the call touches; a namespace-limited caller must hold
+            a grant for each.
+        attributes: The target as the audit log shows it (``namespace``, ``table``,
+            ``job_id``, ``kind``...).
+        any_namespace: The call may reach any namespace (a SQL statement names its tables
+            in its text), so only callers without namespace grants may make it.
+        job_id: A job named by id; its namespace is looked up for namespace-limited callers.
+    """
+
+    namespaces: tuple[str, ...] = ()
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    any_namespace: bool = False
+    job_id: str = ""
+
+
+def _nothing(request: Any) -> Target:
+    return Target()
+
+
+def _namespace_by_name(request: Any) -> Target:
+    return Target((request.name,), {"namespace": request.name})
+
+
+def _namespace(request: Any) -> Target:
+    return Target((request.namespace,), {"namespace": request.namespace})
+
+
+def _table(request: Any) -> Target:
+    return Target((request.namespace,), {"namespace": request.namespace, "table": request.table})
+
+
+def _rename(request: Any) -> Target:
+    destination = request.new_namespace or request.namespace
+    return Target(
+        (request.namespace, destination),
+        {
+            "namespace": request.namespace,
+            "table": request.table,
+            "new_namespace": destination,
+            "new_table": request.new_table,
+        },
+    )
+
+
+def _job_by_id(request: Any) -> Target:
+    return Target(attributes={"job_id": request.job_id}, job_id=request.job_id)
+
+
+def _job_filter(request: Any) -> Target:
+    # Without a namespace filter the listing is filtered instead (see filter_response).
+    return _namespace(request) if request.namespace else Target()
+
+
+#: CreateJob spec kinds whose jobs delete files.
+DESTRUCTIVE_JOB_KINDS: Final = frozenset({"expire_snapshots", "remove_orphan_files"})
+
+
+def _job_spec(request: Any) -> Target:
+    kind = request.spec.WhichOneof("kind")
+    if kind is None:
+        return Target()
+    if kind == "sql":
+        sql = request.spec.sql
+        destination = sql.destination_namespace or sql.default_namespace
+        attributes = {"kind": kind}
+        if sql.destination_table:
+            attributes |= {"namespace": destination, "table": sql.destination_table}
+        return Target(attributes=attributes, any_namespace=True)
+    spec = getattr(request.spec, kind)
+    return Target(
+        (spec.namespace,), {"kind": kind, "namespace": spec.namespace, "table": spec.table}
+    )
+
+
+def _job_permission(request: Any) -> Permission:
+    if request.spec.WhichOneof("kind") in DESTRUCTIVE_JOB_KINDS:
+        return Permission.MAINTENANCE_DESTRUCTIVE
+    return Permission.JOBS_CREATE
+
+
+def _granted_namespaces(response: Any, granted: Callable[[str], bool]) -> None:
+    kept = [ns for ns in response.namespaces if granted(ns.name)]
+    del response.namespaces[:]
+    response.namespaces.extend(kept)
+
+
+def _granted_jobs(response: Any, granted: Callable[[str], bool]) -> None:
+    kept = [job for job in response.jobs if job.namespace and granted(job.namespace)]
+    del response.jobs[:]
+    response.jobs.extend(kept)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Who may call one method, and what it acts on.
+
+    Attributes:
+        permission: The permission needed, or a function of the request that returns it.
+        target: What a request acts on (for namespace grants and the audit log). For
+            client-streaming methods it is applied to every request message.
+        filter_response: For list methods: removes from a response, in place, the entries a
+            namespace-limited caller may not see (a page may then hold fewer entries than
+            asked for, which list methods allow; paging is unchanged).
+    """
+
+    permission: Permission | Callable[[Any], Permission]
+    target: Callable[[Any], Target] = _nothing
+    filter_response: Callable[[Any, Callable[[str], bool]], None] | None = None
+
+    def permission_for(self, request: Any) -> Permission:
+        """The permission ``request`` needs (client-streaming methods: pass None)."""
+        if isinstance(self.permission, Permission):
+            return self.permission
+        return self.permission(request)
+
+    @property
+    def fixed_permission(self) -> Permission | None:
+        """The permission when it does not depend on the request."""
+        return self.permission if isinstance(self.permission, Permission) else None
+
+
+def _method(service: str, name: str) -> str:
+    return f"/{service}/{name}"
+
+
+P = Permission
+#: THE table: every RPC of lakehouse.v1 and the rule it is checked by.
+RULES: Final[Mapping[str, Rule]] = {
+    # TableService
+    _method(TABLE_SERVICE, "CreateNamespace"): Rule(P.TABLES_WRITE, _namespace_by_name),
+    _method(TABLE_SERVICE, "GetNamespace"): Rule(P.TABLES_READ, _namespace_by_name),
+    _method(TABLE_SERVICE, "ListNamespaces"): Rule(
+        P.TABLES_READ, filter_response=_granted_namespaces
+    ),
+    _method(TABLE_SERVICE, "UpdateNamespaceProperties"): Rule(P.TABLES_WRITE, _namespace_by_name),
+    _method(TABLE_SERVICE, "DeleteNamespace"): Rule(P.TABLES_DELETE, _namespace_by_name),
+    _method(TABLE_SERVICE, "CreateTable"): Rule(P.TABLES_WRITE, _table),
+    _method(TABLE_SERVICE, "GetTable"): Rule(P.TABLES_READ, _table),
+    _method(TABLE_SERVICE, "ListTables"): Rule(P.TABLES_READ, _namespace),
+    _method(TABLE_SERVICE, "DeleteTable"): Rule(P.TABLES_DELETE, _table),
+    _method(TABLE_SERVICE, "RenameTable"): Rule(P.TABLES_WRITE, _rename),
+    _method(TABLE_SERVICE, "RegisterTable"): Rule(P.TABLES_REGISTER, _table),
+    _method(TABLE_SERVICE, "UpdateTable"): Rule(P.TABLES_WRITE, _table),
+    _method(TABLE_SERVICE, "ListSnapshots"): Rule(P.TABLES_READ, _table),
+    _method(TABLE_SERVICE, "GetSnapshot"): Rule(P.TABLES_READ, _table),
+    _method(TABLE_SERVICE, "RollbackTable"): Rule(P.TABLES_ROLLBACK, _table),
+    _method(TABLE_SERVICE, "ReadRows"): Rule(P.TABLES_READ, _table),
+    # IngestService
+    _method(INGEST_SERVICE, "AppendRows"): Rule(P.INGEST_WRITE, _table),
+    _method(INGEST_SERVICE, "WriteRows"): Rule(P.INGEST_WRITE, _table),
+    _method(INGEST_SERVICE, "GetWriter"): Rule(P.TABLES_READ, _table),
+    # JobService
+    _method(JOB_SERVICE, "CreateJob"): Rule(_job_permission, _job_spec),
+    _method(JOB_SERVICE, "GetJob"): Rule(P.JOBS_READ, _job_by_id),
+    _method(JOB_SERVICE, "ListJobs"): Rule(P.JOBS_READ, _job_filter, _granted_jobs),
+    _method(JOB_SERVICE, "CancelJob"): Rule(P.JOBS_CANCEL, _job_by_id),
+    _method(JOB_SERVICE, "WatchJob"): Rule(P.JOBS_READ, _job_by_id),
+    _method(JOB_SERVICE, "DeleteJob"): Rule(P.JOBS_DELETE, _job_by_id),
+}
+del P
+
+
+def is_authenticated_only(service: str) -> bool:
+    """Whether any authenticated caller, whatever its role, may call ``service``.
+
+    Health and reflection expose nothing of the data; when they are not configured public
+    they still need credentials, but no permission.
+    """
+    return service == HEALTH_SERVICE or service in REFLECTION_SERVICES
+
+
+def role_allows(role: RoleName, permission: Permission) -> bool:
+    """Whether ``role`` holds ``permission``."""
+    return permission in ROLE_PERMISSIONS[role]
