@@ -1,4 +1,4 @@
-"""Command-line interface: ``lakehouse serve``, ``worker``, ``config`` and ``health``.
+"""Command-line interface: ``lakehouse serve``, ``worker``, ``config``, ``health``, ``api-key``.
 
 Flags override the environment and the config file. An invalid configuration prints one line
 to stderr and exits with status 2 before any port is bound.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -61,6 +62,33 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument("--target", help="HOST:PORT to check (default 127.0.0.1:<grpc port>)")
     health.add_argument("--service", default="", help="a service name; empty means overall")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
+    health.add_argument(
+        "--tls", action="store_true", help="use TLS, trusting gRPC's bundled public CAs"
+    )
+    health.add_argument(
+        "--cacert", type=Path, help="PEM CA bundle the server's certificate must chain to (TLS)"
+    )
+    health.add_argument("--cert", type=Path, help="PEM client certificate (mTLS; with --key)")
+    health.add_argument("--key", type=Path, help="PEM private key of --cert")
+    health.add_argument(
+        "--server-name", help="name to verify the server's certificate against (TLS)"
+    )
+    api_key = sub.add_parser("api-key", help="manage API keys (see auth in the README)")
+    api_key_sub = api_key.add_subparsers(dest="api_key_command", required=True)
+    create = api_key_sub.add_parser(
+        "create",
+        help="print a new API key once, and the config entry (its SHA-256) that accepts it",
+    )
+    create.add_argument("--name", required=True, help="the principal the key stands for")
+    create.add_argument(
+        "--role", required=True, choices=["viewer", "developer", "admin"], help="its role"
+    )
+    create.add_argument(
+        "--namespaces", help="comma-separated namespaces it may touch (default: all)"
+    )
+    create.add_argument(
+        "--json", action="store_true", help='print {"key": ..., "entry": {...}} as JSON'
+    )
     return parser
 
 
@@ -85,6 +113,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def run(argv: list[str]) -> int:
     """Runs the command line; returns the process exit status."""
     args = _parser().parse_args(argv)
+    if args.command == "api-key":  # needs no configuration: it only makes a key
+        return _create_api_key(args)
     if args.config is not None:
         os.environ[CONFIG_FILE_ENV] = str(args.config)
     try:
@@ -97,7 +127,13 @@ def run(argv: list[str]) -> int:
         return 0
     if args.command == "health":
         target = args.target or f"127.0.0.1:{settings.grpc_port}"
-        return _health(target, args.service, args.timeout)
+        if (args.cert is None) != (args.key is None):
+            print("lakehouse: --cert and --key go together", file=sys.stderr)
+            return EXIT_CONFIG
+        tls = None
+        if args.tls or any(f is not None for f in (args.cacert, args.cert, args.server_name)):
+            tls = _ClientTls(args.cacert, args.cert, args.key, args.server_name)
+        return _health(target, args.service, args.timeout, tls)
     if args.command == "worker" and settings.jobs.workers < 1:
         print("lakehouse: jobs.workers must be at least 1 for a worker process", file=sys.stderr)
         return EXIT_CONFIG
@@ -107,51 +143,155 @@ def run(argv: list[str]) -> int:
     except OSError as exc:
         log.error("cannot start", extra={"error": str(exc)})
         return 1
+    except ConfigError as exc:  # found at start-up, e.g. a malformed auth key file
+        print(f"lakehouse: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     return 0
 
 
 async def _serve(settings: Settings) -> None:
+    """Runs the server until SIGTERM/SIGINT, telling systemd (``Type=notify``) about it.
+
+    READY=1 goes out once ``start`` returned: the gRPC port accepts calls and health has been
+    checked once. It is sent even when a dependency is down (STATUS says so): the process is
+    up and reports NOT_SERVING to load balancers, whereas holding READY back would make
+    systemd kill and restart it for an outage it cannot fix.
+    """
     from lakehouse.memory import tune_allocator
     from lakehouse.server.app import LakehouseServer
+    from lakehouse.server.systemd import Notifier
 
     tune_allocator()
+    notifier = Notifier.from_environment(os.environ)
     server = LakehouseServer(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await server.start()
-    await stop.wait()
-    await server.stop()
+    # SIGHUP re-reads the TLS files (systemd's ExecReload=kill -HUP); its default would kill us.
+    loop.add_signal_handler(signal.SIGHUP, server.tls.request_reload)
+    async with notifier.watchdog():
+        await server.start()
+        notifier.ready(
+            f"serving gRPC on port {server.grpc_port}, HTTP on port {server.http_port}; "
+            + _dependencies(server.monitor.readiness.ready)
+        )
+        await stop.wait()
+        # Before the drain: systemd then waits TimeoutStopSec instead of treating the
+        # quiet period as a hang.
+        notifier.stopping("draining: health is NOT_SERVING, in-flight calls finish")
+        await server.stop()
 
 
 async def _work(settings: Settings) -> None:
+    """Runs job workers until SIGTERM/SIGINT, with the same systemd notifications as serve."""
     from lakehouse.memory import tune_allocator
+    from lakehouse.server.systemd import Notifier
     from lakehouse.server.worker_app import WorkerProcess
 
     tune_allocator()
+    notifier = Notifier.from_environment(os.environ)
     worker = WorkerProcess(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await worker.start()
-    await stop.wait()
-    await worker.stop()
+    async with notifier.watchdog():
+        await worker.start()
+        notifier.ready(
+            f"running {settings.jobs.workers} job slots, HTTP on port {worker.http_port}; "
+            + _dependencies(worker.monitor.readiness.ready)
+        )
+        await stop.wait()
+        notifier.stopping("stopping: running jobs get the grace period, then are requeued")
+        await worker.stop()
 
 
-def _health(target: str, service: str, timeout: float) -> int:
-    """One grpc.health.v1 Check: prints the status, exit 0 only for SERVING."""
+def _dependencies(ready: bool) -> str:
+    """The readiness part of the systemd status line."""
+    return "dependencies ready" if ready else "waiting for dependencies (see /readyz)"
+
+
+@dataclasses.dataclass(frozen=True)
+class _ClientTls:
+    """The ``health`` command's TLS flags."""
+
+    cacert: Path | None
+    cert: Path | None
+    key: Path | None
+    server_name: str | None
+
+
+def _health(target: str, service: str, timeout: float, tls: _ClientTls | None = None) -> int:
+    """One grpc.health.v1 Check: prints the status, exit 0 only for SERVING.
+
+    With ``tls`` it speaks TLS (mTLS with a client certificate): an exec probe's way to check a
+    TLS port, since Kubernetes' own gRPC probes only speak plaintext.
+    """
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    from lakehouse.server.tls import CertificateError, client_credentials
+
+    if tls is None:
+        channel = grpc.insecure_channel(target)
+    else:
+        try:
+            credentials = client_credentials(tls.cacert, tls.cert, tls.key)
+        except CertificateError as exc:
+            print(f"lakehouse: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        options = [("grpc.ssl_target_name_override", tls.server_name)] if tls.server_name else []
+        channel = grpc.secure_channel(target, credentials, options)
     try:
-        with grpc.insecure_channel(target) as channel:
+        with channel:
             stub: Any = health_pb2_grpc.HealthStub(channel)  # the stubs' types lack Check
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
     except grpc.RpcError as exc:
-        print(f"{target}: {exc.code().name}", file=sys.stderr)
+        # The details say why a TLS handshake failed (unknown CA, name mismatch, no client cert).
+        print(f"{target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(status)
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _create_api_key(args: argparse.Namespace) -> int:
+    """``lakehouse api-key create``: a fresh key, printed once, and its config entry.
+
+    The key is 32 random bytes (URL-safe base64) behind an ``lh_`` prefix; only its SHA-256
+    goes into the configuration, so the configuration can be shared and backed up like any
+    other file, and a lost key is replaced, never recovered.
+    """
+    from pydantic import ValidationError
+
+    from lakehouse.server.credentials import new_api_key
+
+    namespaces = None
+    if args.namespaces is not None:
+        namespaces = [ns.strip() for ns in args.namespaces.split(",") if ns.strip()]
+    try:
+        key, entry = new_api_key(args.name, args.role, namespaces)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        print(f"lakehouse: {where}: {first['msg']}", file=sys.stderr)
+        return EXIT_CONFIG
+    data = entry.model_dump(exclude_none=True, mode="json")
+    if args.json:
+        print(json.dumps({"key": key, "entry": data}))
+        return 0
+    import yaml
+
+    print(f"API key of {entry.name} (shown once: store it now; the service keeps only its hash):")
+    print()
+    print(f"  {key}")
+    print()
+    print("Add this entry to the list in auth.api_keys_file (YAML):")
+    print()
+    print(yaml.safe_dump([data], sort_keys=False, default_flow_style=None).rstrip())
+    print()
+    print("or to the JSON list in LAKEHOUSE_AUTH__API_KEYS:")
+    print()
+    print(f"  {json.dumps(data)}")
+    return 0

@@ -2,17 +2,21 @@
 
 Sources, highest priority first: command-line flags, ``LAKEHOUSE_*`` environment variables
 (``__`` separates nested fields, e.g. ``LAKEHOUSE_S3__ENDPOINT_URL``), secrets read from
-files named by ``LAKEHOUSE_..._FILE`` variables, an optional YAML/JSON/TOML config file, and
-the defaults below. With no configuration at all the service runs on the embedded default:
-a SQLite catalog and a warehouse folder under ``data_dir``.
+files (named by ``LAKEHOUSE_..._FILE`` variables, or systemd credentials in
+``$CREDENTIALS_DIRECTORY``), an optional YAML/JSON/TOML config file, and the defaults below.
+With no configuration at all the service runs on the embedded default: a SQLite catalog and a
+warehouse folder under ``data_dir``.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
+import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
@@ -26,6 +30,9 @@ from pydantic_settings import (
 ENV_PREFIX = "LAKEHOUSE_"
 FILE_SUFFIX = "_FILE"
 CONFIG_FILE_ENV = "LAKEHOUSE_CONFIG_FILE"
+#: Set by systemd for a unit with ``LoadCredential=``/``SetCredential=``: a private folder
+#: holding one file per credential.
+CREDENTIALS_DIRECTORY_ENV = "CREDENTIALS_DIRECTORY"
 
 
 class ConfigError(Exception):
@@ -169,6 +176,207 @@ class TracingSettings(_Section):
     """The ``service.name`` resource attribute."""
 
 
+class TlsSettings(_Section):
+    """TLS on the gRPC port (optionally mTLS) and on the sidecar HTTP port.
+
+    Files are PEM. They are re-read on SIGHUP and when they change on disk, so a rotated
+    certificate (cert-manager, Vault agent, certbot) is picked up without a restart; a bad new
+    pair is refused and the previous one stays in use.
+    """
+
+    cert_file: Path | None = None
+    """Certificate chain of the gRPC port (leaf first, then intermediates). Empty means the
+    gRPC port is plaintext."""
+    key_file: Path | None = None
+    """Unencrypted private key of ``cert_file``; required with it."""
+    client_ca_file: Path | None = None
+    """CA bundle that client certificates must chain to (mTLS); needs
+    ``require_client_cert``."""
+    require_client_cert: bool = False
+    """Refuse clients without a certificate from ``client_ca_file``. gRPC Python can only
+    require client certificates or not ask for them (no "verify if presented"), hence both
+    settings go together."""
+    reload_interval_seconds: float = Field(default=60.0, ge=0, le=86400)
+    """How often the files are checked for changes (modification time, size, inode); 0 reloads
+    on SIGHUP only. Kubernetes updates mounted Secrets within about a minute."""
+    http_cert_file: Path | None = None
+    """Certificate chain of the sidecar HTTP port. Empty means the sidecar is plain HTTP."""
+    http_key_file: Path | None = None
+    """Unencrypted private key of ``http_cert_file``; required with it."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("tls.cert_file and tls.key_file go together: set both or neither")
+        if (self.http_cert_file is None) != (self.http_key_file is None):
+            raise ValueError(
+                "tls.http_cert_file and tls.http_key_file go together: set both or neither"
+            )
+        if self.require_client_cert and self.client_ca_file is None:
+            raise ValueError("tls.require_client_cert needs tls.client_ca_file")
+        if self.client_ca_file is not None and not self.require_client_cert:
+            # Accepting it would look like client certificates were checked while gRPC Python
+            # does not even ask for them.
+            raise ValueError(
+                "tls.client_ca_file needs tls.require_client_cert=true (gRPC Python cannot "
+                "verify client certificates without requiring them)"
+            )
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("tls.client_ca_file needs tls.cert_file and tls.key_file")
+        return self
+
+    @property
+    def grpc_enabled(self) -> bool:
+        """Whether the gRPC port uses TLS."""
+        return self.cert_file is not None
+
+    @property
+    def http_enabled(self) -> bool:
+        """Whether the sidecar HTTP port uses TLS."""
+        return self.http_cert_file is not None
+
+
+#: The roles a caller can have, least privileged first (see ``lakehouse.server.permissions``).
+RoleName = Literal["viewer", "developer", "admin"]
+#: JWT signature algorithms the service can verify. ``none`` is not among them, on purpose.
+JwtAlgorithm = Literal[
+    "HS256",
+    "HS384",
+    "HS512",
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+]
+_HMAC_MIN_SECRET_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+#: A namespace name as the service accepts it (``lakehouse.core.names``), for grants.
+NamespaceName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,127}$")]
+
+
+class ApiKey(_Section):
+    """One static API key: who it stands for and what it may do. Only its hash is kept."""
+
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@:-]*$")
+    """The principal the key authenticates, as it appears in the logs and the audit log."""
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    """SHA-256 of the key, lower-case hex (``lakehouse api-key create`` prints it). The key
+    itself is never stored: a leaked config file does not leak working keys."""
+    role: RoleName
+    """``viewer``, ``developer`` or ``admin``."""
+    namespaces: tuple[NamespaceName, ...] | None = Field(default=None, min_length=1)
+    """The namespaces the key may touch; absent means all of them."""
+
+
+class AuthSettings(_Section):
+    """Authentication (API keys, JWTs, mTLS client certificates) and role-based access.
+
+    With mode ``auto``, authentication is on as soon as any credential is configured; with
+    nothing configured the service runs open (every caller is admin) and says so loudly.
+    """
+
+    mode: Literal["auto", "required", "off"] = "auto"
+    """``auto``: on when any credential is configured; ``required``: on, and a configuration
+    without credentials is refused; ``off``: every caller is admin."""
+    api_keys: tuple[ApiKey, ...] = ()
+    """API keys as a JSON list of ``{name, sha256, role, namespaces?}`` (for the environment);
+    added to those of ``api_keys_file``."""
+    api_keys_file: Path | None = None
+    """YAML or JSON file holding a list of ``{name, sha256, role, namespaces?}``; read at
+    start-up."""
+    jwt_secret: SecretStr | None = None
+    """Shared secret of HS256 JWTs; at least 32 bytes (RFC 7518)."""
+    jwt_public_key_file: Path | None = None
+    """PEM file with one or more public keys or certificates verifying RS256/ES256 JWTs."""
+    jwt_jwks_file: Path | None = None
+    """JWKS file (``{"keys": [...]}``) verifying RS256/ES256 JWTs; a token's ``kid`` picks the
+    key."""
+    jwt_algorithms: tuple[JwtAlgorithm, ...] = ()
+    """Accepted JWT algorithms; empty means HS256 with a secret plus RS256 and ES256 with
+    public keys. Tokens with any other ``alg`` (``none`` included) are refused."""
+    jwt_issuer: str | None = None
+    """Required ``iss`` of JWTs; empty means not checked."""
+    jwt_audience: str | None = None
+    """Required ``aud`` of JWTs; empty means tokens must carry no ``aud``."""
+    jwt_leeway_seconds: float = Field(default=30.0, ge=0, le=600)
+    """Clock skew tolerated when checking ``exp`` and ``nbf``."""
+    jwt_role_claim: str = Field(default="role", min_length=1)
+    """JWT claim holding the role (a string, or a list whose most privileged known role
+    counts); a dotted path such as ``realm_access.roles`` reaches into nested claims."""
+    jwt_namespaces_claim: str | None = None
+    """JWT claim holding the namespaces the caller may touch (a list, or a space- or
+    comma-separated string); empty, or absent from a token, means all namespaces."""
+    mtls_roles: dict[str, RoleName] = Field(default_factory=dict)
+    """Role of each client certificate, keyed by a subject alternative name or common name
+    (``{"etl.internal": "developer"}``); needs ``tls.require_client_cert``."""
+    public_health: bool = True
+    """``grpc.health.v1.Health`` answers without credentials (load balancers, probes)."""
+    public_reflection: bool = True
+    """Server reflection answers without credentials (``grpcurl list``/``describe``)."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AuthSettings:
+        if self.mode == "required" and not self.configured:
+            raise ValueError(
+                "auth.mode is required but no credential is configured (set auth.api_keys, "
+                "auth.api_keys_file, auth.jwt_secret, auth.jwt_public_key_file, "
+                "auth.jwt_jwks_file or auth.mtls_roles)"
+            )
+        for algorithm in self.effective_jwt_algorithms:
+            if algorithm.startswith("HS"):
+                if self.jwt_secret is None:
+                    raise ValueError(f"auth.jwt_algorithms has {algorithm}: set auth.jwt_secret")
+                size = len(self.jwt_secret.get_secret_value().encode())
+                if size < _HMAC_MIN_SECRET_BYTES[algorithm]:
+                    raise ValueError(
+                        f"auth.jwt_secret must be at least {_HMAC_MIN_SECRET_BYTES[algorithm]} "
+                        f"bytes for {algorithm} (it has {size})"
+                    )
+            elif self.jwt_public_key_file is None and self.jwt_jwks_file is None:
+                raise ValueError(
+                    f"auth.jwt_algorithms has {algorithm}: set auth.jwt_public_key_file or "
+                    "auth.jwt_jwks_file"
+                )
+        names = [key.name for key in self.api_keys]
+        hashes = [key.sha256 for key in self.api_keys]
+        if len(set(names)) != len(names) or len(set(hashes)) != len(hashes):
+            raise ValueError("auth.api_keys: every key needs its own name and its own sha256")
+        return self
+
+    @property
+    def configured(self) -> bool:
+        """Whether any credential source is configured."""
+        return bool(
+            self.api_keys
+            or self.api_keys_file
+            or self.jwt_secret
+            or self.jwt_public_key_file
+            or self.jwt_jwks_file
+            or self.mtls_roles
+        )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether callers must authenticate (otherwise every caller is admin)."""
+        return self.mode == "required" or (self.mode == "auto" and self.configured)
+
+    @property
+    def effective_jwt_algorithms(self) -> tuple[str, ...]:
+        """The accepted JWT algorithms: the configured ones, or those the keys imply."""
+        if self.jwt_algorithms:
+            return self.jwt_algorithms
+        implied: list[str] = []
+        if self.jwt_secret is not None:
+            implied.append("HS256")
+        if self.jwt_public_key_file is not None or self.jwt_jwks_file is not None:
+            implied += ["RS256", "ES256"]
+        return tuple(implied)
+
+
 class Settings(BaseSettings):
     """Everything the service can be configured with."""
 
@@ -203,6 +411,10 @@ class Settings(BaseSettings):
     """JobService: job store, workers, maintenance scheduler."""
     trino: TrinoSettings = TrinoSettings()
     """Trino, for SQL jobs with engine TRINO."""
+    tls: TlsSettings = TlsSettings()
+    """TLS and mTLS on the gRPC port, TLS on the sidecar HTTP port."""
+    auth: AuthSettings = AuthSettings()
+    """Who may call the gRPC services: API keys, JWTs, mTLS roles."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Minimum level of the JSON log lines on stdout."""
     health_check_interval_seconds: float = Field(default=10.0, gt=0, le=3600)
@@ -217,6 +429,21 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024, le=1024 * 1024 * 1024)
     """Largest gRPC message received or sent. Above gRPC's 4 MiB default on purpose: a
     64k-row, 10-column Arrow batch is about 7 MB."""
+    request_timeout_seconds: float = Field(default=60.0, gt=0, le=24 * 3600)
+    """Longest a unary call may run when the client set no deadline or a longer one; it then
+    ends with DEADLINE_EXCEEDED (reason SERVER_DEADLINE). gRPC calls have no deadline unless
+    the client sets one, and a forgotten one must not hold server resources forever."""
+    stream_timeout_seconds: float = Field(default=3600.0, gt=0, le=7 * 24 * 3600)
+    """The same limit for streaming calls (ReadRows, AppendRows, WatchJob), which legitimately
+    run much longer than unary ones."""
+    max_concurrent_streams: int = Field(default=100, ge=1, le=100_000)
+    """Calls one client connection may have open at once (HTTP/2 SETTINGS); a client's extra
+    calls wait on its side, so one connection cannot take every handler."""
+    max_connection_age_seconds: float = Field(default=1800.0, ge=0, le=30 * 24 * 3600)
+    """After this long a connection is asked to go away (GOAWAY, with gRPC's 10 % jitter) and
+    clients reconnect, so long-lived HTTP/2 connections spread over replicas added since
+    (an L4 load balancer only balances new connections). Calls in flight may finish within
+    ``stream_timeout_seconds``. 0 keeps connections forever."""
     blocking_threads: int = Field(default=8, ge=1, le=256)
     """Threads for blocking catalog and file work (pyiceberg, pyarrow)."""
     table_cache_size: int = Field(default=1000, ge=1, le=1_000_000)
@@ -231,6 +458,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 "jobs.database_uri is required when catalog.type is rest "
                 "(jobs live in a SQL database)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _mtls_roles_need_client_certs(self) -> Settings:
+        if self.auth.mtls_roles and not self.tls.require_client_cert:
+            raise ValueError(
+                "auth.mtls_roles needs tls.require_client_cert (without it, clients present "
+                "no certificate to map)"
             )
         return self
 
@@ -287,15 +523,37 @@ class _WithoutFileKeys(PydanticBaseSettingsSource):
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return _drop_file_keys(self._inner())
+        return _drop_file_keys(self._inner(), self.settings_cls)
 
 
-def _drop_file_keys(values: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: _drop_file_keys(v) if isinstance(v, dict) else v
-        for k, v in values.items()
-        if not k.endswith(FILE_SUFFIX.lower())
-    }
+def _drop_file_keys(values: dict[str, Any], model: type[BaseModel] | None) -> dict[str, Any]:
+    """``values`` minus ``..._file`` keys, except settings named so themselves.
+
+    ``tls.cert_file`` is a path to use, not a file holding the value of ``tls.cert``.
+    """
+    kept: dict[str, Any] = {}
+    for key, value in values.items():
+        field = model.model_fields.get(key) if model is not None else None
+        if field is None and key.endswith(FILE_SUFFIX.lower()):
+            continue
+        kept[key] = _drop_file_keys(value, _section(field)) if isinstance(value, dict) else value
+    return kept
+
+
+def _section(field: Any) -> type[BaseModel] | None:
+    """The nested model of a settings field (``Settings.tls``), None for a plain value."""
+    annotation = getattr(field, "annotation", None)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def _is_setting(dotted: list[str]) -> bool:
+    """Whether a dotted name such as ``["tls", "cert_file"]`` is a setting of its own."""
+    model: type[BaseModel] | None = Settings
+    for part in dotted[:-1]:
+        model = _section(model.model_fields.get(part)) if model is not None else None
+    return model is not None and dotted[-1] in model.model_fields
 
 
 def _unknown_env_names() -> list[str]:
@@ -311,28 +569,129 @@ def _unknown_env_names() -> list[str]:
 
 
 class _FileSecretsSource(PydanticBaseSettingsSource):
-    """Reads ``LAKEHOUSE_X__Y_FILE=/path`` as the value of ``x.y`` (Docker/Kubernetes secrets)."""
+    """Secrets read from files, one value per file, a trailing newline dropped.
+
+    Two spellings, one level of precedence:
+
+    - ``LAKEHOUSE_X__Y_FILE=/path`` is the value of ``x.y`` (Docker and Kubernetes secrets);
+    - systemd credentials: a file named ``x.y`` in ``$CREDENTIALS_DIRECTORY`` (the unit's
+      ``LoadCredential=x.y:/etc/lakehouse/credentials/x.y``) is the value of the secret
+      setting ``x.y``; for a file setting (``tls.key_file``) its path is the value, since
+      the credential copy is the one file a ``DynamicUser=`` service can read.
+
+    Naming one setting both ways is refused: which file wins would be a guess.
+    """
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        values: dict[str, Any] = {}
+        found: dict[tuple[str, ...], tuple[str, str]] = {}  # setting -> (secret, its source)
         for key, path in os.environ.items():
             if not (key.startswith(ENV_PREFIX) and key.endswith(FILE_SUFFIX)):
                 continue
             if key == CONFIG_FILE_ENV:
                 continue
-            dotted = key[len(ENV_PREFIX) : -len(FILE_SUFFIX)].lower().split("__")
-            try:
-                secret = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
-            except OSError as exc:
-                raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from exc
+            if _is_setting(key[len(ENV_PREFIX) :].lower().split("__")):
+                continue  # LAKEHOUSE_TLS__CERT_FILE: the setting tls.cert_file, not a secret
+            dotted = tuple(key[len(ENV_PREFIX) : -len(FILE_SUFFIX)].lower().split("__"))
+            found[dotted] = (_read_secret(Path(path), key), key)
+        for name, credential, is_file_setting in _credential_files():
+            dotted = tuple(name.split("."))
+            if dotted in found:
+                raise ConfigError(
+                    f"{name} is set both by {found[dotted][1]} and by the systemd credential "
+                    f"{name}; keep one"
+                )
+            value = (
+                str(credential)
+                if is_file_setting
+                else _read_secret(credential, f"credential {name}")
+            )
+            found[dotted] = (value, f"credential {name}")
+        values: dict[str, Any] = {}
+        for dotted, (secret, _) in found.items():
             target = values
             for part in dotted[:-1]:
                 target = target.setdefault(part, {})
             target[dotted[-1]] = secret
         return values
+
+
+def _read_secret(path: Path, source: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read {path}: {exc.strerror}") from exc
+
+
+def secret_setting_names() -> list[str]:
+    """The secret settings' dotted names, such as ``s3.secret_access_key``.
+
+    They are the names ``lakehouse config`` prints, and the systemd credential names whose
+    content the service reads as the value.
+    """
+    return _setting_names(
+        lambda name, annotation: annotation is SecretStr or SecretStr in typing.get_args(annotation)
+    )
+
+
+def file_setting_names() -> list[str]:
+    """The dotted names of settings that name a file, such as ``tls.key_file``.
+
+    A systemd credential with such a name sets the setting to the credential's path.
+    """
+    return _setting_names(
+        lambda name, annotation: (
+            name.endswith("_file") and (annotation is Path or Path in typing.get_args(annotation))
+        )
+    )
+
+
+def _setting_names(matches: Callable[[str, Any], bool]) -> list[str]:
+    def walk(model: type[BaseModel], prefix: str) -> list[str]:
+        names = []
+        for name, field in model.model_fields.items():
+            section = _section(field)
+            if section is not None:
+                names += walk(section, f"{prefix}{name}.")
+            elif matches(name, field.annotation):
+                names.append(f"{prefix}{name}")
+        return names
+
+    return sorted(walk(Settings, ""))
+
+
+def _credential_files() -> list[tuple[str, Path, bool]]:
+    """(name, file, whether a file setting) of every systemd credential.
+
+    An unknown name is refused rather than skipped: a misspelt credential would otherwise
+    leave its setting at the default without a word (an S3 key missing, the embedded SQLite
+    catalog in place of PostgreSQL). systemd puts only the unit's own ``LoadCredential=``
+    entries in the folder, so everything there was meant for the service.
+    """
+    directory = os.environ.get(CREDENTIALS_DIRECTORY_ENV)
+    if not directory:
+        return []
+    try:
+        entries = sorted(Path(directory).iterdir())
+    except OSError as exc:
+        raise ConfigError(
+            f"{CREDENTIALS_DIRECTORY_ENV}: cannot read {directory}: {exc.strerror}"
+        ) from exc
+    secrets, files = set(secret_setting_names()), set(file_setting_names())
+    credentials = []
+    for entry in entries:
+        if entry.name not in secrets | files:
+            close = difflib.get_close_matches(entry.name, sorted(secrets | files), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(
+                f"unknown credential {entry.name!r} in ${CREDENTIALS_DIRECTORY_ENV}{hint}: "
+                "credentials are named after a secret setting (content is the value) or a "
+                "*_file setting (path is the value), as `lakehouse config` names them"
+            )
+        credentials.append((entry.name, entry, entry.name in files))
+    return credentials
 
 
 def _config_file_source(settings_cls: type[BaseSettings], path: Path) -> PydanticBaseSettingsSource:

@@ -150,3 +150,51 @@ class ResourceExhausted(RetryableError):
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     reason = "RESOURCE_EXHAUSTED"
+
+
+class DeadlineExceeded(LakehouseError):
+    """The call ran out of time on the server's own clock (a limit, not the client's deadline).
+
+    A client's deadline is enforced by gRPC itself; this is for the server-side limit applied
+    to calls that came without one (reason ``SERVER_DEADLINE``).
+    """
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "SERVER_DEADLINE"
+
+
+class Unauthenticated(LakehouseError):
+    """The call carries no valid credentials.
+
+    The message says only "missing credentials" or "invalid credentials": telling a client
+    that a signature did not verify or a token expired helps an attacker more than a user,
+    so the details go to the server log instead.
+    """
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(LakehouseError):
+    """The caller is known but may not make this call.
+
+    Attributes:
+        permission: The permission the call needs (also in ``ErrorInfo.metadata``), so that
+            the caller can ask for the right role instead of guessing.
+    """
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "PERMISSION_DENIED"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        permission: str,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(
+            message, reason=reason, metadata={**(metadata or {}), "permission": permission}
+        )
+        self.permission = permission

@@ -12,6 +12,7 @@ import itertools
 from collections.abc import Iterator, Sequence
 
 import pyarrow as pa
+from pyiceberg.exceptions import ValidationError as IcebergValidationError
 from pyiceberg.io.pyarrow import pyarrow_to_schema, schema_to_pyarrow
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
@@ -235,7 +236,8 @@ def _parse_transform(
         transform: Transform[object, object] = parse_transform(text or "identity")
         if isinstance(transform, UnknownTransform):
             raise ValueError(text)
-    except (ValueError, TypeError):
+    # pyiceberg's ValidationError (not a ValueError): "bucket[-1]" does not match bucket[N].
+    except (ValueError, TypeError, IcebergValidationError):
         problems.add(
             field,
             f"unknown transform {text!r}: use identity, bucket[N], truncate[W], year, month, "

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import inspect
 import threading
 import time
 from collections import OrderedDict
@@ -18,7 +20,7 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 from pyiceberg.catalog import Catalog, load_catalog
-from pyiceberg.catalog.sql import IcebergTables, SqlCatalog
+from pyiceberg.catalog.sql import IcebergNamespaceProperties, IcebergTables, SqlCatalog
 from pyiceberg.exceptions import (
     CommitFailedException,
     CommitStateUnknownException,
@@ -30,10 +32,13 @@ from pyiceberg.exceptions import (
     TableAlreadyExistsError,
     ValidationException,
 )
+from pyiceberg.exceptions import ValidationError as IcebergValidationError
 from pyiceberg.expressions import BooleanExpression
+from pyiceberg.io import load_file_io
 from pyiceberg.io.pyarrow import ArrowScan, _read_all_delete_files, schema_to_pyarrow
 from pyiceberg.partitioning import PartitionSpec
 from pyiceberg.schema import Schema
+from pyiceberg.serializers import FromInputFile
 from pyiceberg.table import DataScan, FileScanTask
 from pyiceberg.table import Table as IcebergTable
 from pyiceberg.table.refs import MAIN_BRANCH
@@ -46,8 +51,9 @@ from pyiceberg.table.update import (
     AssertRefSnapshotId,
     TableRequirement,
 )
+from pyiceberg.types import ListType, MapType, StructType
 from sqlalchemy import bindparam, select
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as SqlTimeoutError
 
 from lakehouse.adapters.blocking import BlockingPool
@@ -230,6 +236,14 @@ def translate_errors(namespace: str = "", table: str = "") -> Iterator[None]:
     except (CommitFailedException, ValidationException) as exc:
         # ValidationException: a concurrent commit removed files this one replaces.
         raise Conflict(f"table {qualified} was changed concurrently; retry", metadata=meta) from exc
+    except ValueError as exc:
+        if "UUID does not match" not in str(exc):
+            raise
+        # pyiceberg's commit retry refreshes the table and finds another one under the name:
+        # it was dropped and created again meanwhile (found by the fuzz test, as INTERNAL).
+        raise Conflict(
+            f"table {qualified} was dropped and created again meanwhile; retry", metadata=meta
+        ) from exc
     except CommitStateUnknownException as exc:
         raise CommitStateUnknown(
             f"the commit to {qualified} may or may not have happened", metadata=meta
@@ -237,6 +251,12 @@ def translate_errors(namespace: str = "", table: str = "") -> Iterator[None]:
     except (OperationalError, SqlTimeoutError, ServiceUnavailableError) as exc:
         raise Unavailable(
             "catalog unavailable: " + _brief(exc), reason="CATALOG_UNAVAILABLE"
+        ) from exc
+    except IntegrityError as exc:
+        # pyiceberg's SqlCatalog checks, then writes: two calls racing on one name pass the
+        # check together and the database's unique key stops the second one.
+        raise Conflict(
+            f"{qualified or 'the catalog'} was changed concurrently; retry", metadata=meta
         ) from exc
     except DBAPIError as exc:
         if exc.connection_invalidated:
@@ -256,6 +276,11 @@ def translate_errors(namespace: str = "", table: str = "") -> Iterator[None]:
 
 # pyiceberg's SqlCatalog stores this marker property on every namespace it creates.
 _INTERNAL_NAMESPACE_PROPERTIES = frozenset({"exists"})
+#: Namespace properties clients may not set: pyiceberg creates the namespace's tables under
+#: ``location``, so a client could have the service write files anywhere it may write (found
+#: by the fuzz test: a relative location crashed remove_orphan_files). Operators set it in
+#: the catalog itself; it stays visible and removable through the API.
+_OPERATOR_NAMESPACE_PROPERTIES = frozenset({"location"})
 
 
 def _public(properties: Any) -> dict[str, str]:
@@ -367,6 +392,17 @@ class IcebergCatalog:
         await self._call(lambda c: c.list_namespaces())
 
     @staticmethod
+    def _refuse_operator_keys(field: str, keys: Iterable[str]) -> None:
+        taken = sorted(set(keys) & _OPERATOR_NAMESPACE_PROPERTIES)
+        if taken:
+            raise InvalidArgument.field(
+                field,
+                f"property keys {taken} choose where the namespace's tables are stored; "
+                "only an operator sets them, in the catalog",
+                reason="INVALID_PROPERTY",
+            )
+
+    @staticmethod
     def _refuse_internal_keys(field: str, keys: Iterable[str]) -> None:
         reserved = sorted(set(keys) & _INTERNAL_NAMESPACE_PROPERTIES)
         if reserved:
@@ -384,9 +420,14 @@ class IcebergCatalog:
             InvalidArgument: A property key is reserved by the catalog.
         """
         self._refuse_internal_keys("properties", properties)
+        self._refuse_operator_keys("properties", properties)
 
         def work(c: Catalog) -> dict[str, str]:
-            c.create_namespace(name, properties)
+            try:
+                c.create_namespace(name, properties)
+            except IntegrityError as exc:
+                # A concurrent create of the same name won the race (see translate_errors).
+                raise NamespaceAlreadyExistsError(name) from exc
             return _public(c.load_namespace_properties(name))
 
         return await self._call(work, name)
@@ -405,6 +446,8 @@ class IcebergCatalog:
         """The properties of several namespaces, in one trip to the pool."""
 
         def work(c: Catalog) -> list[tuple[str, dict[str, str]]]:
+            if isinstance(c, SqlCatalog):
+                return _sql_namespace_properties(c, names)
             result = []
             for n in names:
                 with contextlib.suppress(NoSuchNamespaceError):  # deleted meanwhile
@@ -424,6 +467,7 @@ class IcebergCatalog:
         """
         self._refuse_internal_keys("updates", updates)
         self._refuse_internal_keys("removals", removals)
+        self._refuse_operator_keys("updates", updates)
 
         def work(c: Catalog) -> tuple[dict[str, str], list[str], list[str], list[str]]:
             summary = c.update_namespace_properties(name, removals, updates)
@@ -544,6 +588,7 @@ class IcebergCatalog:
     def _remember(
         self, namespace: str, name: str, table: IcebergTable
     ) -> tuple[IcebergTable, TableInfo]:
+        _fill_lazy_caches(table)
         entry = (table, table_info(namespace, name, table))
         with self._tables_lock:
             self._tables[(namespace, name)] = entry
@@ -596,20 +641,25 @@ class IcebergCatalog:
 
         Raises:
             NotFound: No such namespace, or no metadata file at that location.
+            InvalidArgument: The file is not Iceberg table metadata.
             AlreadyExists: The name is taken.
         """
 
         def work(c: Catalog) -> TableInfo:
             c.load_namespace_properties(namespace)
+            # pyiceberg's SqlCatalog inserts the table's row first and reads the file after:
+            # a missing or garbled file then failed the call yet left a table nobody can load
+            # (found by the fuzz test). Read it first, and undo the row if the read after fails.
+            with _metadata_errors(metadata_location):
+                io = load_file_io(c.properties, metadata_location)
+                FromInputFile.table_metadata(io.new_input(metadata_location))
             try:
                 table = c.register_table((namespace, name), metadata_location)
-            except (FileNotFoundError, OSError) as exc:
-                if isinstance(exc, FileNotFoundError) or "not found" in str(exc).lower():
-                    raise NotFound(
-                        f"no table metadata file at {metadata_location}",
-                        reason="METADATA_NOT_FOUND",
-                    ) from exc
-                raise
+            except (OSError, ValueError, IcebergValidationError):
+                with contextlib.suppress(Exception):
+                    c.drop_table((namespace, name))
+                with _metadata_errors(metadata_location):
+                    raise
             return self._remember(namespace, name, table)[1]
 
         return await self._call(work, namespace, name)
@@ -871,6 +921,87 @@ def snapshot_not_found(namespace: str, name: str, which: str) -> NotFound:
         reason="SNAPSHOT_NOT_FOUND",
         metadata={"namespace": namespace, "table": name},
     )
+
+
+@contextlib.contextmanager
+def _metadata_errors(location: str) -> Iterator[None]:
+    """Maps failures to read a table metadata file to NotFound or InvalidArgument."""
+    try:
+        yield
+    except (FileNotFoundError, OSError) as exc:
+        if isinstance(exc, FileNotFoundError) or "not found" in str(exc).lower():
+            raise NotFound(
+                f"no table metadata file at {location}", reason="METADATA_NOT_FOUND"
+            ) from exc
+        raise
+    except (ValueError, IcebergValidationError) as exc:  # not JSON, or not table metadata
+        # The parser's message quotes the file; it stays out of the answer.
+        raise InvalidArgument.field(
+            "metadata_location", "is not an Iceberg table metadata file"
+        ) from exc
+
+
+def _fill_lazy_caches(table: IcebergTable) -> None:
+    """Computes the lookups pyiceberg caches lazily on a table's schemas and specs, up front.
+
+    A cached table is shared by the pool's threads. pyiceberg stores ``cached_property``
+    values in an object's ``__dict__`` on first use, and every transaction deep-copies those
+    same objects: a first use on one thread while another thread copied failed the copy with
+    "dictionary changed size during iteration" (an INTERNAL found by the fuzz test). Filled in
+    before the table is shared, these objects are only read afterwards.
+    """
+    pending: list[object] = [*table.metadata.schemas, *table.metadata.partition_specs]
+    while pending:
+        obj = pending.pop()
+        for attribute in _lazy_attributes(type(obj)):
+            getattr(obj, attribute)
+        if isinstance(obj, Schema | StructType):
+            pending += [f.field_type for f in obj.fields]
+        elif isinstance(obj, ListType):
+            pending.append(obj.element_type)
+        elif isinstance(obj, MapType):
+            pending += [obj.key_type, obj.value_type]
+
+
+_LAZY_ATTRIBUTES: dict[type, tuple[str, ...]] = {}
+
+
+def _lazy_attributes(cls: type) -> tuple[str, ...]:
+    """The ``cached_property`` names of a class (its bases' included), looked up once."""
+    names = _LAZY_ATTRIBUTES.get(cls)
+    if names is None:
+        names = _LAZY_ATTRIBUTES[cls] = tuple(
+            name
+            for name, value in inspect.getmembers_static(cls)
+            if isinstance(value, functools.cached_property)
+        )
+    return names
+
+
+#: Namespaces per query: SQLite allows 999 bound parameters in older builds.
+_NAMESPACES_PER_QUERY = 500
+
+
+def _sql_namespace_properties(c: SqlCatalog, names: list[str]) -> list[tuple[str, dict[str, str]]]:
+    """The properties of many namespaces in one query per 500 names.
+
+    pyiceberg's ``load_namespace_properties`` costs three queries a namespace, so a page of
+    1,000 namespaces cost 3,000 (found by the fuzz test: ListNamespaces was its slowest call).
+    A namespace that only holds tables has no property rows; it is listed with none.
+    """
+    found: dict[str, dict[str, str]] = {}
+    props = IcebergNamespaceProperties
+    with c.engine.connect() as conn:
+        for start in range(0, len(names), _NAMESPACES_PER_QUERY):
+            chunk = names[start : start + _NAMESPACES_PER_QUERY]
+            rows = conn.execute(
+                select(props.namespace, props.property_key, props.property_value).where(
+                    props.catalog_name == c.name, props.namespace.in_(chunk)
+                )
+            )
+            for namespace, key, value in rows:
+                found.setdefault(namespace, {})[key] = value
+    return [(n, _public(found.get(n, {}))) for n in names]
 
 
 def _check_etag(table: IcebergTable, expected_etag: str) -> None:

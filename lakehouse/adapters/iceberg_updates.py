@@ -7,11 +7,17 @@ leaves the table untouched.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from pyiceberg.exceptions import ResolveError, ValidationError
 from pyiceberg.table import Transaction
-from pyiceberg.table.sorting import NullOrder
+from pyiceberg.table.sorting import UNSORTED_SORT_ORDER, UNSORTED_SORT_ORDER_ID, NullOrder
+from pyiceberg.table.update import (
+    AddSortOrderUpdate,
+    AssertDefaultSortOrderId,
+    SetDefaultSortOrderUpdate,
+    TableUpdate,
+)
 from pyiceberg.transforms import UnknownTransform, parse_transform
 from pyiceberg.types import (
     DecimalType,
@@ -55,6 +61,42 @@ COUNT_PROPERTIES = frozenset(
         "lakehouse.orphans.interval-ms",
     }
 )
+#: Properties only the service may set: they choose where the table's files are written (a
+#: client could point them at any path or bucket the service can write) or name a Python
+#: class that pyiceberg imports and calls on every write (``write.py-location-provider.impl``).
+SERVICE_ONLY_PROPERTIES = frozenset(
+    {"write.data.path", "write.metadata.path", "write.py-location-provider.impl"}
+)
+#: Table format versions pyiceberg creates and writes.
+FORMAT_VERSIONS = frozenset({"1", "2"})
+
+
+def table_property_problem(properties: Mapping[str, str], *, creating: bool) -> str | None:
+    """Why client-given table properties cannot be set, or None if they can.
+
+    Args:
+        properties: The properties to set.
+        creating: Whether they come with a new table, which may choose its format version.
+    """
+    # A new table may choose its format version; changing it later would do nothing.
+    reserved = RESERVED_PROPERTIES - {"format-version"} if creating else RESERVED_PROPERTIES
+    taken = sorted(set(properties) & reserved)
+    if taken:
+        return f"properties {taken} are managed by the table format"
+    taken = sorted(set(properties) & SERVICE_ONLY_PROPERTIES)
+    if taken:
+        return (
+            f"properties {taken} choose where files go or what code runs; "
+            "only the service sets them"
+        )
+    for name in sorted(set(properties) & COUNT_PROPERTIES):
+        value = properties[name]
+        if not (value.isascii() and value.isdigit()):
+            return f"{name} must be a whole number, not {value!r}"
+    version = properties.get("format-version")
+    if version is not None and version not in FORMAT_VERSIONS:
+        return f"format-version must be one of {sorted(FORMAT_VERSIONS)}, not {version!r}"
+    return None
 
 
 class ChangeRejected(ValueError):
@@ -88,6 +130,28 @@ def _transform(text: str, field: str) -> object:
     if isinstance(transform, UnknownTransform):
         raise ChangeRejected(field, f"unknown transform {text!r}")
     return transform
+
+
+def _make_unsorted(tx: Transaction) -> None:
+    """Makes the table unsorted, around a pyiceberg bug.
+
+    pyiceberg's ``update_sort_order`` adds the unsorted order (id 0) and then asks for the
+    "last added" one, which it takes to be the highest id: on a table created sorted (order
+    1, no order 0) the commit failed with ValueError (an INTERNAL found by the fuzz test).
+    """
+    metadata = tx.table_metadata
+    if metadata.default_sort_order_id == UNSORTED_SORT_ORDER_ID:
+        return
+    updates: list[TableUpdate] = []
+    if metadata.sort_order_by_id(UNSORTED_SORT_ORDER_ID) is None:
+        updates.append(AddSortOrderUpdate.model_validate({"sort-order": UNSORTED_SORT_ORDER}))
+    updates.append(
+        SetDefaultSortOrderUpdate.model_validate({"sort-order-id": UNSORTED_SORT_ORDER_ID})
+    )
+    requirement = AssertDefaultSortOrderId.model_validate(
+        {"default-sort-order-id": metadata.default_sort_order_id}
+    )
+    tx._apply(tuple(updates), (requirement,))
 
 
 def apply_change(tx: Transaction, change: TableChange) -> None:
@@ -132,21 +196,19 @@ def apply_change(tx: Transaction, change: TableChange) -> None:
         with tx.update_schema() as update:
             update.update_column(change.column, doc=change.doc)
     elif isinstance(change, SetProperties):
-        reserved = sorted(set(change.properties) & RESERVED_PROPERTIES)
-        if reserved:
-            raise ChangeRejected(
-                "properties", f"properties {reserved} are managed by the table format"
-            )
-        for name in sorted(set(change.properties) & COUNT_PROPERTIES):
-            value = change.properties[name]
-            if not (value.isascii() and value.isdigit()):
-                raise ChangeRejected("properties", f"{name} must be a whole number, not {value!r}")
+        problem = table_property_problem(change.properties, creating=False)
+        if problem is not None:
+            raise ChangeRejected("properties", problem)
         tx.set_properties(change.properties)
     elif isinstance(change, RemoveProperties):
         reserved = sorted(set(change.keys) & RESERVED_PROPERTIES)
         if reserved:
             raise ChangeRejected("keys", f"properties {reserved} are managed by the table format")
-        tx.remove_properties(*change.keys)
+        # Removing a key that is not set is a no-op; pyiceberg would raise KeyError instead
+        # (an INTERNAL found by the fuzz test).
+        present = [k for k in change.keys if k in tx.table_metadata.properties]
+        if present:
+            tx.remove_properties(*present)
     elif isinstance(change, AddPartitionField):
         _column(tx, change.source_column, "field.source_column")
         transform = _transform(change.transform, "field.transform")
@@ -158,6 +220,8 @@ def apply_change(tx: Transaction, change: TableChange) -> None:
             raise ChangeRejected("name", f"no partition field named {change.name!r}")
         with tx.update_spec() as spec:
             spec.remove_field(change.name)
+    elif isinstance(change, ReplaceSortOrder) and not change.keys:
+        _make_unsorted(tx)
     elif isinstance(change, ReplaceSortOrder):
         with tx.update_sort_order() as order:
             for i, key in enumerate(change.keys):

@@ -19,7 +19,7 @@ from pyiceberg.types import LongType, NestedField, StringType, TimestamptzType
 from lakehouse.core.ingest import Ingest
 from lakehouse.core.ingest_rows import DecodedRows
 from lakehouse.core.tables import Tables
-from lakehouse.errors import AlreadyExists
+from lakehouse.errors import AlreadyExists, FailedPrecondition
 from lakehouse.schemas import schema_to_arrow
 
 DEAD_LETTER_TABLE = "_dead_letters"
@@ -36,6 +36,20 @@ DEAD_LETTER_SCHEMA = Schema(
     NestedField(8, "request_offset", LongType(), doc="The request's offset, if any."),
     NestedField(9, "received_at", TimestamptzType(), required=True, doc="When it arrived."),
 )
+
+
+def _fits_dead_letters(schema: Schema) -> bool:
+    """Whether dead letters can be written to a table of this schema.
+
+    Every dead-letter column must be there with its type, and no other column may be
+    required (a dead letter would have no value for it).
+    """
+    by_name = {f.name: f for f in schema.fields}
+    expected = {f.name for f in DEAD_LETTER_SCHEMA.fields}
+    return all(
+        f.name in by_name and by_name[f.name].field_type == f.field_type
+        for f in DEAD_LETTER_SCHEMA.fields
+    ) and not any(f.required and f.name not in expected for f in schema.fields)
 
 
 class DeadLetters:
@@ -75,6 +89,7 @@ class DeadLetters:
 
         Raises:
             Unavailable: The catalog or the object store failed (nothing acknowledged).
+            FailedPrecondition: The namespace's dead-letter table has another schema.
         """
         first_problem: dict[int, tuple[str, str, str]] = {}
         for problem in decoded.problems:
@@ -85,6 +100,15 @@ class DeadLetters:
         if not rows:
             return 0
         schema = await self._ensure_table(namespace)
+        if not _fits_dead_letters(schema):
+            # A client may have created or altered a table of that name (found by the fuzz
+            # test, which failed here with an INTERNAL KeyError).
+            raise FailedPrecondition(
+                f"{namespace}.{DEAD_LETTER_TABLE} does not have the dead-letter schema; "
+                "rename or drop it, or send requests with the reject policy",
+                reason="DEAD_LETTER_TABLE_INVALID",
+                metadata={"namespace": namespace, "table": DEAD_LETTER_TABLE},
+            )
         now = dt.datetime.now(dt.UTC)
         data = pa.table(
             {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from pyiceberg.partitioning import PartitionSpec
 from pyiceberg.schema import Schema
@@ -15,6 +16,7 @@ from lakehouse.adapters.iceberg import (
     TableInfo,
     snapshot_not_found,
 )
+from lakehouse.adapters.iceberg_updates import table_property_problem
 from lakehouse.adapters.object_store import ObjectStore
 from lakehouse.core.changes import (
     AddColumn,
@@ -49,6 +51,22 @@ class PropertiesUpdate:
     updated: list[str]
     removed: list[str]
     missing: list[str]
+
+
+_METADATA_SCHEMES = frozenset({"s3", "s3a", "s3n", "file"})
+
+
+def _readable_location(location: str) -> bool:
+    """Whether a location names an object store or disk the service can read."""
+    try:
+        parts = urlsplit(location)
+    except ValueError:  # e.g. a malformed IPv6 host in s3://[...
+        return False
+    if parts.query or parts.fragment or "#" in location or "?" in location:
+        # File systems drop them: file:///etc/passwd#.metadata.json read /etc/passwd.
+        return False
+    scheme = parts.scheme.lower()
+    return scheme in _METADATA_SCHEMES or (not scheme and location.startswith("/"))
 
 
 def check_properties(field: str, properties: dict[str, str]) -> dict[str, str]:
@@ -167,6 +185,9 @@ class Tables:
         check_identifier("namespace", namespace)
         check_identifier("table", name)
         check_properties("properties", properties)
+        problem = table_property_problem(properties, creating=True)
+        if problem is not None:
+            raise InvalidArgument.field("properties", problem, reason="INVALID_PROPERTY")
         return await self._catalog.create_table(
             namespace, name, schema, partition_spec, sort_order, properties
         )
@@ -269,6 +290,13 @@ class Tables:
         ):
             raise InvalidArgument.field(
                 "metadata_location", "must be the location of a *.metadata.json file"
+            )
+        if not _readable_location(metadata_location):
+            # pyiceberg would guess a file system for other schemes (http, gs, ...) and fail
+            # with whatever that one raises; the service only has S3 credentials and disks.
+            raise InvalidArgument.field(
+                "metadata_location",
+                "must be an s3:// or file:// location or an absolute path, without ? or #",
             )
         return await self._catalog.register_table(namespace, name, metadata_location)
 

@@ -19,11 +19,15 @@ from lakehouse.core.ingest import Ingest
 from lakehouse.core.reads import Reads
 from lakehouse.core.tables import Tables
 from lakehouse.server import metrics
+from lakehouse.server.auth import AuthInterceptor
+from lakehouse.server.credentials import Authenticator
 from lakehouse.server.health import Dependency, HealthMonitor
 from lakehouse.server.http import build_http_app
 from lakehouse.server.interceptors import ObservabilityInterceptor
 from lakehouse.server.job_runtime import JobRuntime
+from lakehouse.server.limits import CallDeadlines, server_options
 from lakehouse.server.reflection import enable_reflection
+from lakehouse.server.tls import ServerTls
 from lakehouse.server.tracing import configure_tracing
 from lakehouse.services.ingest_service import IngestServicer
 from lakehouse.services.job_service import JobServicer
@@ -53,6 +57,7 @@ class LakehouseServer:
     Attributes:
         grpc_port: The bound gRPC port (known after ``start``; useful with port 0).
         http_port: The bound sidecar HTTP port (known after ``start``).
+        tls: Certificates of both ports; ``tls.request_reload()`` re-reads them (SIGHUP).
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -91,25 +96,29 @@ class LakehouseServer:
         self._served = served
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
+        self.tls = ServerTls(settings.tls)
+        # Built here, before any port: a bad key file stops the start (ConfigError).
+        self.authenticator = Authenticator.from_settings(settings.auth)
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
         """Binds both ports, runs the first health check and starts serving.
 
         Raises:
-            OSError: A port could not be bound.
+            OSError: A port could not be bound, or a TLS file is missing or invalid
+                (``CertificateError``).
         """
         configure_tracing(self.settings.tracing)
         metrics.BUILD_INFO.labels(_version()).set(1)
-        limit = self.settings.max_message_bytes
         server = grpc.aio.server(
             interceptors=[
                 aio_server_interceptor(),  # type: ignore[no-untyped-call]
-                ObservabilityInterceptor(),
+                ObservabilityInterceptor(CallDeadlines.from_settings(self.settings)),
+                # Inside observability: refusals are metered, logged and mapped like any error.
+                AuthInterceptor(self.authenticator, self.settings.auth, jobs=self.job_runtime.jobs),
             ],
             options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
+                *server_options(self.settings),  # message, stream, connection limits
                 ("grpc.so_reuseport", 0),
             ],
         )
@@ -128,12 +137,22 @@ class LakehouseServer:
             [*self._served, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], server
         )
         address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
-        self.grpc_port = server.add_insecure_port(address)
+        self.tls.load()  # before binding: bad certificate files stop the start-up here
+        credentials = self.tls.grpc_credentials
+        if credentials is None:
+            self.grpc_port = server.add_insecure_port(address)
+        else:
+            self.grpc_port = server.add_secure_port(address, credentials)
         if self.grpc_port == 0:
             raise OSError(f"cannot bind gRPC address {address}")
         runner = web.AppRunner(build_http_app(self.monitor), access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port)
+        site = web.TCPSite(
+            runner,
+            self.settings.http_host,
+            self.settings.http_port,
+            ssl_context=self.tls.http_ssl_context,
+        )
         await site.start()
         self._http = runner
         self.http_port = bound_port(runner, self.settings.http_port)
@@ -141,6 +160,7 @@ class LakehouseServer:
         await self.job_runtime.start()
         await self.monitor.check_once()
         self.monitor.start()
+        self.tls.start()
         await server.start()
         log.info(
             "serving",
@@ -150,6 +170,7 @@ class LakehouseServer:
                 "catalog": self.settings.catalog.type,
                 "warehouse": self.settings.warehouse,
                 "ready": self.monitor.readiness.ready,
+                "grpc_tls": self.tls.mode,
             },
         )
 
@@ -177,6 +198,7 @@ class LakehouseServer:
         await stopping_jobs
         if self._http is not None:
             await self._http.cleanup()
+        await self.tls.stop()
         await self.store.close()
         await self.catalog.close()
         self._pool.close()

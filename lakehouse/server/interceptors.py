@@ -7,19 +7,23 @@ own interceptor runs before this one (see ``lakehouse.server.app``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from opentelemetry import trace
 
-from lakehouse.errors import LakehouseError
+from lakehouse.errors import InvalidArgument, LakehouseError
 from lakehouse.server import metrics
+from lakehouse.server.limits import CallDeadlines
 from lakehouse.services.status import RpcFailure, failure_for, internal_failure, simple_failure
 
 log = logging.getLogger("lakehouse.rpc")
@@ -39,10 +43,29 @@ class _Call:
     started: float = field(default_factory=time.perf_counter)
     code: grpc.StatusCode = grpc.StatusCode.OK
     error: str = ""
+    principal: str = ""
 
     @property
     def labels(self) -> tuple[str, str, str]:
         return (self.grpc_type, self.service, self.method)
+
+
+#: The RPC being handled. Each call runs in its own task, hence its own context, so inner
+#: interceptors (auth) reach their call's bookkeeping without a parameter through gRPC.
+_current_call: ContextVar[_Call | None] = ContextVar("lakehouse_current_call", default=None)
+
+
+def set_principal(name: str) -> None:
+    """Names the authenticated caller of the current RPC in its log line."""
+    call = _current_call.get()
+    if call is not None:
+        call.principal = name
+
+
+def current_request_id() -> str:
+    """The request id of the current RPC (as in its log line and errors); "" outside one."""
+    call = _current_call.get()
+    return call.request_id if call is not None else ""
 
 
 def _split(full_method: str) -> tuple[str, str]:
@@ -83,8 +106,57 @@ def passthrough_serializer(
     return serialize
 
 
+@dataclass(frozen=True)
+class UndecodableRequest:
+    """Stands in for a request message whose bytes did not parse.
+
+    gRPC decodes a unary request before any handler or interceptor runs, and turns a parse
+    error into ``UNKNOWN`` with the Python exception's text. The tolerant deserializer hands
+    this over instead, so the call fails like any bad input: ``INVALID_ARGUMENT``, reason
+    ``MALFORMED_REQUEST``, with the usual ErrorInfo, log line and metrics.
+    """
+
+    type_name: str
+    detail: str
+
+    def error(self) -> InvalidArgument:
+        """The error the call ends with."""
+        return InvalidArgument(
+            f"the request is not a valid {self.type_name}: {self.detail}",
+            reason="MALFORMED_REQUEST",
+        )
+
+
+def tolerant_deserializer(
+    deserializer: Callable[[bytes], Any] | None,
+) -> Callable[[bytes], Any] | None:
+    """Wraps a request deserializer so that malformed bytes become an ``UndecodableRequest``."""
+    if deserializer is None:
+        return None
+    inner = deserializer
+    owner = getattr(inner, "__self__", None)  # the generated ``Message.FromString``
+    descriptor = getattr(owner, "DESCRIPTOR", None)
+    type_name = getattr(descriptor, "full_name", "request message")
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return inner(data)
+        except (DecodeError, RecursionError, UnicodeDecodeError) as exc:
+            return UndecodableRequest(type_name, str(exc) or type(exc).__name__)
+
+    return deserialize
+
+
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
-    """Counts, times and logs every RPC and maps exceptions to rich gRPC statuses."""
+    """Counts, times and logs every RPC and maps exceptions to rich gRPC statuses.
+
+    Args:
+        deadlines: The server's own time limit per call (see ``lakehouse.server.limits``);
+            None leaves calls to the client's deadline alone.
+    """
+
+    def __init__(self, deadlines: CallDeadlines | None = None) -> None:
+        self._deadlines = deadlines
 
     async def intercept_service(
         self,
@@ -101,45 +173,59 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(handler.unary_unary, "unary", service, method),
-                handler.request_deserializer,
+                tolerant_deserializer(handler.request_deserializer),
                 passthrough_serializer(handler.response_serializer),
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 self._streaming(handler.unary_stream, "server_stream", service, method),
-                handler.request_deserializer,
+                tolerant_deserializer(handler.request_deserializer),
                 passthrough_serializer(handler.response_serializer),
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
                 self._unary(handler.stream_unary, "client_stream", service, method),
-                handler.request_deserializer,
+                tolerant_deserializer(handler.request_deserializer),
                 passthrough_serializer(handler.response_serializer),
             )
         assert handler.stream_stream is not None
         return grpc.stream_stream_rpc_method_handler(
             self._streaming(handler.stream_stream, "bidi_stream", service, method),
-            handler.request_deserializer,
+            tolerant_deserializer(handler.request_deserializer),
             passthrough_serializer(handler.response_serializer),
         )
 
     def _begin(self, grpc_type: str, service: str, method: str, context: Context) -> _Call:
         call = _Call(grpc_type, service, method, context.peer() or "", _request_id(context))
+        _current_call.set(call)
         metrics.STARTED.labels(*call.labels).inc()
         metrics.IN_FLIGHT.labels(service, method).inc()
         return call
 
     def _count_requests(self, call: _Call, request_or_iterator: Any) -> Any:
+        """Counts received messages; a message that did not parse fails the call here."""
         if call.grpc_type in ("unary", "server_stream"):
             metrics.MSG_RECEIVED.labels(*call.labels).inc()
+            if isinstance(request_or_iterator, UndecodableRequest):
+                raise request_or_iterator.error()
             return request_or_iterator
 
         async def counted() -> AsyncIterator[Any]:
             async for item in request_or_iterator:
                 metrics.MSG_RECEIVED.labels(*call.labels).inc()
+                if isinstance(item, UndecodableRequest):
+                    raise item.error()
                 yield item
 
         return counted()
+
+    def _limit(
+        self, call: _Call, context: Context, *, streaming: bool
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        """The server's time limit for this call (nothing when none is configured)."""
+        if self._deadlines is None:
+            return contextlib.nullcontext()
+        return self._deadlines.applied(context, streaming=streaming, method=call.method)
 
     async def _fail(self, call: _Call, exc: BaseException, context: Context) -> None:
         """Maps ``exc`` to a status and aborts the call with it (always raises)."""
@@ -179,6 +265,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             "code": call.code.name,
             "duration_ms": round(elapsed * 1000, 3),
             "peer": call.peer,
+            "principal": call.principal,
             "request_id": call.request_id,
             "trace_id": _trace_id(),
         }
@@ -197,7 +284,8 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         async def handle(request: Any, context: Context) -> Any:
             call = self._begin(grpc_type, service, method, context)
             try:
-                response = await behavior(self._count_requests(call, request), context)
+                async with self._limit(call, context, streaming=False):
+                    response = await behavior(self._count_requests(call, request), context)
                 metrics.MSG_SENT.labels(*call.labels).inc()
                 call.code = self._observed_code(context, grpc.StatusCode.OK)
                 return response
@@ -214,19 +302,36 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
 
         return handle
 
+    @staticmethod
+    async def _write_all(call: _Call, responses: AsyncIterator[Any], context: Context) -> None:
+        """Sends a handler's responses with ``context.write``, closing the handler at the end.
+
+        Written here rather than yielded to gRPC so that the time spent sending (a slow
+        reader holds a send under HTTP/2 flow control) is inside the server's time limit:
+        a cancellation there lands in this frame, not in gRPC's loop, which would end the
+        call without a status.
+        """
+        try:
+            async for response in responses:
+                await context.write(response)
+                metrics.MSG_SENT.labels(*call.labels).inc()
+        finally:
+            aclose = getattr(responses, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
     def _streaming(
         self, behavior: Callable[..., Any], grpc_type: str, service: str, method: str
     ) -> Callable[..., AsyncIterator[Any]]:
         async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
             call = self._begin(grpc_type, service, method, context)
             try:
-                result = behavior(self._count_requests(call, request), context)
-                if inspect.isawaitable(result):  # a handler writing with context.write()
-                    await result
-                else:
-                    async for response in result:
-                        yield response
-                        metrics.MSG_SENT.labels(*call.labels).inc()
+                async with self._limit(call, context, streaming=True):
+                    result = behavior(self._count_requests(call, request), context)
+                    if inspect.isawaitable(result):  # a handler writing with context.write()
+                        await result
+                    else:
+                        await self._write_all(call, result, context)
                 call.code = self._observed_code(context, grpc.StatusCode.OK)
             except asyncio.CancelledError:
                 call.code = grpc.StatusCode.CANCELLED
@@ -238,5 +343,9 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                 await self._fail(call, exc, context)
             finally:
                 self._finish(call)
+            # The OpenTelemetry interceptor around this one iterates its handler, so this must
+            # stay an async generator; it yields nothing: responses went out by context.write.
+            return
+            yield  # type: ignore[unreachable]
 
         return handle

@@ -54,6 +54,25 @@ def _row_errors(decoded: DecodedRows) -> list[ingest_pb2.RowError]:
     ]
 
 
+def _struct_to_dict(index: int, row: Any) -> Any:
+    """A JSON row as a dict, refusing values JSON cannot hold.
+
+    A ``google.protobuf.Value`` can hold NaN or Infinity, or no value at all, and protobuf's
+    own conversion raises ValueError on them (an INTERNAL found by the fuzz test).
+
+    Raises:
+        InvalidArgument: The row holds such a value (reason INVALID_ROWS).
+    """
+    try:
+        return json_format.MessageToDict(row)
+    except (ValueError, json_format.Error):
+        raise InvalidArgument.field(
+            f"rows[{index}]",
+            "holds NaN, Infinity or an empty value, which JSON cannot",
+            reason="INVALID_ROWS",
+        ) from None
+
+
 class RowsRejected(InvalidArgument):
     """A request whose rows do not match the table schema; nothing of it was written.
 
@@ -137,7 +156,9 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         elif kind == "json_rows":
             structs = request.json_rows.rows
             decoded = await asyncio.to_thread(
-                lambda: decode_json([json_format.MessageToDict(s) for s in structs], info.schema)
+                lambda: decode_json(
+                    [_struct_to_dict(i, s) for i, s in enumerate(structs)], info.schema
+                )
             )
         else:
             empty = pa.Table.from_batches([], schema=schema_to_arrow(info.schema))

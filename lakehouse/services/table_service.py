@@ -11,6 +11,7 @@ import grpc
 import pyarrow as pa
 
 from lakehouse.adapters.iceberg import TableInfo
+from lakehouse.core.job_specs import timestamp_ms
 from lakehouse.core.reads import ReadOptions, Reads, ReadStart
 from lakehouse.core.streams import prefetch
 from lakehouse.core.tables import Tables
@@ -201,7 +202,10 @@ class TableServicer(table_service_pb2_grpc.TableServiceServicer):
             request.namespace,
             request.table,
             snapshot_id=request.snapshot_id if target == "snapshot_id" else None,
-            as_of_ms=request.as_of_time.ToMilliseconds() if target == "as_of_time" else None,
+            # Checked, not ToMilliseconds(): that raises ValueError (INTERNAL) on a bad time.
+            as_of_ms=timestamp_ms("as_of_time", request.as_of_time)
+            if target == "as_of_time"
+            else None,
             expected_etag=request.expected_etag,
         )
         return pb.RollbackTableResponse(table=table_to_proto(info))
@@ -215,7 +219,9 @@ class TableServicer(table_service_pb2_grpc.TableServiceServicer):
             columns=tuple(request.columns.paths),
             row_filter=request.row_filter,
             snapshot_id=request.snapshot_id if version == "snapshot_id" else None,
-            as_of_ms=request.as_of_time.ToMilliseconds() if version == "as_of_time" else None,
+            as_of_ms=timestamp_ms("as_of_time", request.as_of_time)
+            if version == "as_of_time"
+            else None,
             limit=request.row_limit,
         )
         as_json = request.format == rows_pb2.ROW_FORMAT_JSON

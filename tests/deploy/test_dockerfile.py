@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 import shutil
 import subprocess
@@ -119,6 +120,9 @@ def test_the_build_context_is_enough_to_build_the_package(tmp_path: Path) -> Non
         check=True,
         timeout=300,
         capture_output=True,
+        # pip's build may probe toolchains (a rustup proxy writes ~/.rustup): keep it out of
+        # the tests' isolated home.
+        env={**os.environ, "HOME": str(tmp_path / "home")},
     )
     (wheel,) = (tmp_path / "dist").glob("lakehouse-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
