@@ -9,6 +9,7 @@ commits nothing partial.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable
@@ -48,8 +49,9 @@ class JobContext:
     def stop(self, why: str) -> None:
         """Asks the job to stop (called by the worker); runs the registered stop callbacks.
 
-        The callbacks run in a thread of their own: cancelling a Trino query is an HTTP
-        call, and the worker calls this from its event loop.
+        Called from an event loop (the worker's heartbeat, CancelJob), the callbacks run in a
+        thread of their own: cancelling a Trino query is an HTTP call. From any other thread
+        they run at once, before this returns.
         """
         with self._lock:
             if self._stop.is_set():
@@ -57,10 +59,14 @@ class JobContext:
             self._why = why
             self._stop.set()
             callbacks = list(self._on_stop)
-        if callbacks:
+        if not callbacks:
+            return
+        if _in_event_loop():
             threading.Thread(
                 target=_run_all, args=(callbacks,), name=f"stop-job-{self.job_id}", daemon=True
             ).start()
+        else:  # a worker thread (the job's own, a timer) may block: interrupt right away
+            _run_all(callbacks)
 
     @property
     def stopping(self) -> bool:
@@ -111,3 +117,11 @@ def _run_all(callbacks: list[Callable[[], None]]) -> None:
             callback()
         except Exception:  # a failed interrupt must not hide the others; the stop still holds
             logging.getLogger(__name__).exception("a job's stop callback failed")
+
+
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
