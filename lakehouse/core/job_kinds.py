@@ -8,12 +8,14 @@ before that commits nothing.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression
 
 from lakehouse.adapters import duckdb_engine, iceberg_import, iceberg_maintenance
@@ -40,6 +42,8 @@ from lakehouse.v1 import job_pb2, rows_pb2
 DEFAULT_TARGET_FILE_BYTES = 512 * 1024 * 1024
 DEFAULT_MIN_INPUT_FILES = 2
 MAX_LISTED_URIS = 1000
+#: Commits an expiry tries within one attempt before it counts as a conflict.
+EXPIRE_COMMIT_ATTEMPTS = 5
 
 
 class JobKinds:
@@ -170,12 +174,22 @@ class JobKinds:
         older_than_ms = min(cutoffs) if cutoffs else now_ms - DEFAULT_EXPIRE_AGE_SECONDS * 1000
 
         def work(c: Catalog) -> iceberg_maintenance.ExpireResult:
-            table = c.load_table((spec.namespace, spec.table))
-            ctx.progress(0.1, "expiring snapshots")
-            ctx.check()
-            return iceberg_maintenance.expire_snapshots(
-                table, older_than_ms=older_than_ms, retain_last=spec.retain_last or 1
-            )
+            # A table under steady ingest commits while the expiry computes: losing that
+            # race is normal, and the expiry (which deletes nothing before its commit) is
+            # recomputed on the new metadata rather than failing the attempt.
+            for attempt in range(1, EXPIRE_COMMIT_ATTEMPTS + 1):
+                table = c.load_table((spec.namespace, spec.table))
+                ctx.progress(0.1, "expiring snapshots")
+                ctx.check()
+                try:
+                    return iceberg_maintenance.expire_snapshots(
+                        table, older_than_ms=older_than_ms, retain_last=spec.retain_last or 1
+                    )
+                except CommitFailedException:
+                    if attempt == EXPIRE_COMMIT_ATTEMPTS:
+                        raise
+                    time.sleep(random.uniform(0.05, 0.1) * 2**attempt)
+            raise AssertionError("unreachable")
 
         r = await self._catalog.run_on_catalog(work, spec.namespace, spec.table, pool=self._pool)
         return job_pb2.ExpireSnapshotsJobResult(

@@ -94,7 +94,14 @@ async def test_snapshot_count_stays_bounded_under_a_trickle_of_commits(
             )
         )
     assert listed.jobs
-    assert all(j.state == job_pb2.JOB_STATE_SUCCEEDED for j in listed.jobs[1:])
+    # The newest may still run; every earlier one ended well (conflicts with the trickle's
+    # commits are retried inside the job, not failed).
+    unsuccessful = [
+        (job_pb2.JobState.Name(j.state), j.attempts, j.error.message)
+        for j in listed.jobs[1:]
+        if j.state != job_pb2.JOB_STATE_SUCCEEDED
+    ]
+    assert not unsuccessful, unsuccessful
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
