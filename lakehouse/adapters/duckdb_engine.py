@@ -97,7 +97,8 @@ from pyiceberg.types import (
 )
 from pyiceberg.utils.datetime import date_to_days, datetime_to_micros
 
-from lakehouse.adapters.iceberg import _lazy_reader, _small_types, translate_errors
+from lakehouse.adapters.iceberg import translate_errors
+from lakehouse.adapters.iceberg_scan import lazy_batch_reader, small_offsets
 from lakehouse.adapters.sql_result import SqlOutcome
 from lakehouse.core.job_context import JobContext
 from lakehouse.core.names import MAX_NAME_LENGTH, check_column_name
@@ -620,7 +621,7 @@ def _earlier_destination(
     snapshot = table.current_snapshot()
     summary = snapshot.summary if snapshot is not None else None
     rows = int(summary.get("total-records") or 0) if summary is not None else 0
-    schema = _small_types(schema_to_pyarrow(table.schema()))
+    schema = small_offsets(schema_to_pyarrow(table.schema()))
     with translate_errors(namespace, name):
         preview = table.scan(limit=preview_limit).to_arrow() if preview_limit else None
     preview = schema.empty_table() if preview is None else preview.cast(schema)
@@ -760,7 +761,7 @@ class _IcebergSource(ArrowScanSource):
         self._failures = failures
         self._progress = progress
         self._snapshot_id = table.metadata.current_snapshot_id
-        self._schema = _small_types(schema_to_pyarrow(table.schema()))
+        self._schema = small_offsets(schema_to_pyarrow(table.schema()))
         self._types = {f.name: f.field_type for f in table.schema().fields}
 
     def __arrow_c_schema__(self) -> object:
@@ -802,7 +803,7 @@ class _IcebergSource(ArrowScanSource):
             selected_fields=tuple(wanted),
             snapshot_id=self._snapshot_id,
         )
-        reader = _lazy_reader(self._table, scan)
+        reader = lazy_batch_reader(self._table, scan)
         target = pa.schema([reader.schema.field(n) for n in wanted])
         batches = self._batches(reader, wanted)
         return pa.RecordBatchReader.from_batches(target, batches).__arrow_c_stream__(), narrowed
@@ -1045,7 +1046,7 @@ class _Engine:
         namespace, name = target
         with translate_errors(namespace, name):
             table = catalog.load_table(target)
-        target_schema = _small_types(schema_to_pyarrow(table.schema()))
+        target_schema = small_offsets(schema_to_pyarrow(table.schema()))
         query = self._insert_query(plan.query, plan.insert, table, target_schema)
         self._ctx.progress(0.05, "running the query")
         self._progress.start("running the query")

@@ -35,11 +35,10 @@ from pyiceberg.exceptions import (
 from pyiceberg.exceptions import ValidationError as IcebergValidationError
 from pyiceberg.expressions import BooleanExpression
 from pyiceberg.io import load_file_io
-from pyiceberg.io.pyarrow import ArrowScan, _read_all_delete_files, schema_to_pyarrow
+from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.partitioning import PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.serializers import FromInputFile
-from pyiceberg.table import DataScan, FileScanTask
 from pyiceberg.table import Table as IcebergTable
 from pyiceberg.table.refs import MAIN_BRANCH
 from pyiceberg.table.snapshots import Snapshot
@@ -65,8 +64,8 @@ from lakehouse.adapters.iceberg_ingest import (
     read_state,
     writer_last_commit,
 )
+from lakehouse.adapters.iceberg_scan import lazy_batch_reader, small_offsets
 from lakehouse.adapters.iceberg_updates import apply_changes
-from lakehouse.adapters.readahead import read_ahead
 from lakehouse.config import Settings
 from lakehouse.core.changes import TableChange
 from lakehouse.errors import (
@@ -844,9 +843,9 @@ class IcebergCatalog:
             )
             try:
                 if snapshot_id is None:
-                    schema = _small_types(schema_to_pyarrow(scan.projection()))
+                    schema = small_offsets(schema_to_pyarrow(scan.projection()))
                     return OpenScan(None, schema, None)
-                reader = _lazy_reader(table, scan)
+                reader = lazy_batch_reader(table, scan)
             except ValueError as exc:
                 raise InvalidArgument.field("columns", str(exc).splitlines()[0]) from exc
             return OpenScan(snapshot_id, reader.schema, reader)
@@ -1034,48 +1033,3 @@ def _etag_mismatch(namespace: str, name: str) -> Conflict:
         f"table {namespace}.{name} changed while the update was applied; get it again",
         reason="ETAG_MISMATCH",
     )
-
-
-def _lazy_reader(table: IcebergTable, scan: DataScan) -> pa.RecordBatchReader:
-    """A reader that decodes data files a couple at a time, as the consumer asks for batches.
-
-    pyiceberg's own ``to_arrow_batch_reader`` decodes every file up front in its thread pool
-    (memory grows with the table); this keeps memory bounded by a few batches per open file.
-    """
-    tasks = list(scan.plan_files())
-    projected = scan.projection()
-    arrow_scan = ArrowScan(
-        table.metadata, table.io, projected, scan.row_filter, scan.case_sensitive, scan.limit
-    )
-    deletes = _read_all_delete_files(table.io, tasks)
-
-    def file_reader(task: FileScanTask) -> Callable[[], Iterator[pa.RecordBatch]]:
-        return lambda: arrow_scan._record_batches_from_scan_tasks_and_deletes([task], deletes)
-
-    batches = read_ahead([file_reader(t) for t in tasks])
-    target = _small_types(schema_to_pyarrow(projected))
-    return pa.RecordBatchReader.from_batches(target, batches).cast(target)
-
-
-def _small_types(schema: pa.Schema) -> pa.Schema:
-    """The schema with 32-bit offsets: one batch never needs 64-bit ones, and they cost bytes."""
-
-    def small(t: pa.DataType) -> pa.DataType:
-        if pa.types.is_large_string(t):
-            return pa.string()
-        if pa.types.is_large_binary(t):
-            return pa.binary()
-        if pa.types.is_large_list(t):
-            return pa.list_(t.value_field.with_type(small(t.value_type)))
-        if pa.types.is_list(t):
-            return pa.list_(t.value_field.with_type(small(t.value_type)))
-        if pa.types.is_struct(t):
-            return pa.struct([f.with_type(small(f.type)) for f in t])
-        if pa.types.is_map(t):
-            return pa.map_(
-                t.key_field.with_type(small(t.key_type)),
-                t.item_field.with_type(small(t.item_type)),
-            )
-        return t
-
-    return pa.schema([f.with_type(small(f.type)) for f in schema], metadata=schema.metadata)
