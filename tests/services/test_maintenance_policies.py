@@ -7,6 +7,7 @@ writer sharing the catalog.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -121,3 +122,85 @@ async def test_tables_without_a_policy_are_left_alone(backend: Any, scheduled_se
     await asyncio.sleep(SCHEDULER_INTERVAL * 4)
     assert len(table.refresh().metadata.snapshots) == 6
     assert len(list(table.refresh().scan().plan_files())) == 6
+
+
+async def _jobs_of(server: Any, table: str, kind: int) -> list[job_pb2.Job]:
+    async with grpc.aio.insecure_channel(f"{LOOPBACK}:{server.grpc_port}") as ch:
+        stub = job_service_pb2_grpc.JobServiceStub(ch)
+        listed = await stub.ListJobs(jpb.ListJobsRequest(namespace=NS, table=table, kinds=[kind]))
+    return list(listed.jobs)
+
+
+def _stray_file(table: Any, name: str, age_seconds: float) -> Any:
+    """A file under the table's data folder that no metadata names, modified long ago."""
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    path = Path(urlparse(table.location()).path) / "data" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"left behind by a crashed writer")
+    then = time.time() - age_seconds
+    os.utime(path, (then, then))
+    return path
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_orphans_are_removed_by_policy_once_per_interval(
+    backend: Any, scheduled_server: Any
+) -> None:
+    interval_ms = 5_000
+    table = _table(
+        backend,
+        "orphaned",
+        {
+            "lakehouse.orphans.min-file-age-ms": str(3600 * 1000),
+            "lakehouse.orphans.interval-ms": str(interval_ms),
+        },
+    )
+    table.append(pa.table({"id": pa.array([1, 2, 3], pa.int64())}))
+    first = _stray_file(table, "stray-1.parquet", age_seconds=2 * 3600)
+    fresh = _stray_file(table, "fresh.parquet", age_seconds=0)
+    await _wait_for(lambda: not first.exists())
+
+    # The next run waits for the interval although rounds come every 0.3 s.
+    second = _stray_file(table, "stray-2.parquet", age_seconds=2 * 3600)
+    await _wait_for(lambda: not second.exists(), timeout=interval_ms / 1000 + 30)
+    orphan_jobs = await _jobs_of(scheduled_server, "orphaned", job_pb2.JOB_KIND_REMOVE_ORPHAN_FILES)
+    assert len(orphan_jobs) == 2, [j.create_time.ToJsonString() for j in orphan_jobs]
+    gap = orphan_jobs[0].create_time.ToMilliseconds() - orphan_jobs[1].create_time.ToMilliseconds()
+    assert gap >= interval_ms
+
+    assert fresh.exists(), "a file younger than the safety age is never an orphan"
+    assert sorted(table.refresh().scan().to_arrow()["id"].to_pylist()) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_finished_jobs_are_deleted_after_the_retention(backend: Any) -> None:
+    from lakehouse.server.app import LakehouseServer
+
+    jobs = backend.jobs.model_copy(
+        update={"scheduler_interval_seconds": SCHEDULER_INTERVAL, "retention_days": 2 / 86400}
+    )
+    server = LakehouseServer(backend.model_copy(update={"jobs": jobs}))
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"{LOOPBACK}:{server.grpc_port}") as ch:
+            stub = job_service_pb2_grpc.JobServiceStub(ch)
+            spec = job_pb2.JobSpec(sql=job_pb2.SqlJobSpec(statement="SELECT 1"))
+            job = (await stub.CreateJob(jpb.CreateJobRequest(spec=spec))).job
+            async for update in stub.WatchJob(jpb.WatchJobRequest(job_id=job.id), timeout=60):
+                last = update.job
+            assert last.state == job_pb2.JOB_STATE_SUCCEEDED
+            # Still there right after it ended, gone once the retention (2 s) has passed.
+            await stub.GetJob(jpb.GetJobRequest(job_id=job.id))
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    await stub.GetJob(jpb.GetJobRequest(job_id=job.id))
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.code() == grpc.StatusCode.NOT_FOUND, exc
+                    break
+                assert time.monotonic() < deadline, "the finished job was never deleted"
+                await asyncio.sleep(0.2)
+    finally:
+        await asyncio.wait_for(server.stop(), 30)
