@@ -91,7 +91,7 @@ VENV_STAMP := .venv/.installed-dev
 SYSTEM_DEPS := tests/tools/install-system-deps.sh
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps test run lint
+.PHONY: install system-deps test faults run lint
 
 $(VENV_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv .venv
@@ -107,6 +107,9 @@ test: $(VENV_STAMP) system-deps ## Run the whole test suite (all markers: faults
 	@rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests: that is a failure" >&2; fi; \
 	exit $$rc
+
+faults: $(VENV_STAMP) system-deps ## Only the fault-injection suite (tests/faults: real processes killed, services stopped).
+	$(PY) -m pytest -m faults tests/faults $(PYTEST_ARGS)
 
 run: $(VENV_STAMP) ## Serve on the embedded default (SQLite catalog + ./lakehouse-data).
 	.venv/bin/lakehouse serve
