@@ -14,11 +14,15 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lakehouse.config import CONFIG_FILE_ENV, ConfigError, Settings, load_settings, masked
 from lakehouse.logs import configure_logging
+
+if TYPE_CHECKING:  # the server's modules load only for the commands that run it
+    from lakehouse.server.health import HealthMonitor
 
 EXIT_CONFIG = 2
 log = logging.getLogger("lakehouse")
@@ -149,6 +153,16 @@ def run(argv: list[str]) -> int:
     return 0
 
 
+class _Process(Protocol):
+    """What ``serve`` and ``worker`` run: started, then stopped on a signal."""
+
+    monitor: HealthMonitor
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 async def _serve(settings: Settings) -> None:
     """Runs the server until SIGTERM/SIGINT, telling systemd (``Type=notify``) about it.
 
@@ -157,54 +171,57 @@ async def _serve(settings: Settings) -> None:
     up and reports NOT_SERVING to load balancers, whereas holding READY back would make
     systemd kill and restart it for an outage it cannot fix.
     """
-    from lakehouse.memory import tune_allocator
     from lakehouse.server.app import LakehouseServer
-    from lakehouse.server.systemd import Notifier
 
-    tune_allocator()
-    notifier = Notifier.from_environment(os.environ)
     server = LakehouseServer(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    # SIGHUP re-reads the TLS files (systemd's ExecReload=kill -HUP); its default would kill us.
-    loop.add_signal_handler(signal.SIGHUP, server.tls.request_reload)
-    async with notifier.watchdog():
-        await server.start()
-        notifier.ready(
-            f"serving gRPC on port {server.grpc_port}, HTTP on port {server.http_port}; "
-            + _dependencies(server.monitor.readiness.ready)
-        )
-        await stop.wait()
-        # Before the drain: systemd then waits TimeoutStopSec instead of treating the
-        # quiet period as a hang.
-        notifier.stopping("draining: health is NOT_SERVING, in-flight calls finish")
-        await server.stop()
+    await _run_until_signalled(
+        server,
+        ready=lambda: f"serving gRPC on port {server.grpc_port}, HTTP on port {server.http_port}",
+        # Before the drain: systemd then waits TimeoutStopSec instead of treating the quiet
+        # period as a hang.
+        stopping="draining: health is NOT_SERVING, in-flight calls finish",
+        # SIGHUP re-reads the TLS files (systemd's ExecReload=kill -HUP); its default would
+        # kill us.
+        on_sighup=server.tls.request_reload,
+    )
 
 
 async def _work(settings: Settings) -> None:
     """Runs job workers until SIGTERM/SIGINT, with the same systemd notifications as serve."""
+    from lakehouse.server.worker_app import WorkerProcess
+
+    worker = WorkerProcess(settings)
+    await _run_until_signalled(
+        worker,
+        ready=lambda: f"running {settings.jobs.workers} job slots, HTTP on port {worker.http_port}",
+        stopping="stopping: running jobs get the grace period, then are requeued",
+    )
+
+
+async def _run_until_signalled(
+    process: _Process,
+    *,
+    ready: Callable[[], str],
+    stopping: str,
+    on_sighup: Callable[[], None] | None = None,
+) -> None:
     from lakehouse.memory import tune_allocator
     from lakehouse.server.systemd import Notifier
-    from lakehouse.server.worker_app import WorkerProcess
 
     tune_allocator()
     notifier = Notifier.from_environment(os.environ)
-    worker = WorkerProcess(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if on_sighup is not None:
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
     async with notifier.watchdog():
-        await worker.start()
-        notifier.ready(
-            f"running {settings.jobs.workers} job slots, HTTP on port {worker.http_port}; "
-            + _dependencies(worker.monitor.readiness.ready)
-        )
+        await process.start()
+        notifier.ready(ready() + "; " + _dependencies(process.monitor.readiness.ready))
         await stop.wait()
-        notifier.stopping("stopping: running jobs get the grace period, then are requeued")
-        await worker.stop()
+        notifier.stopping(stopping)
+        await process.stop()
 
 
 def _dependencies(ready: bool) -> str:
