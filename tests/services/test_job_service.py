@@ -93,10 +93,18 @@ async def finished(jobs: Any, job_id: str) -> tuple[job_pb2.Job, list[job_pb2.Jo
 
 
 async def run(jobs: Any, spec: job_pb2.JobSpec, request_id: str = "") -> job_pb2.Job:
-    created = await jobs.CreateJob(jpb.CreateJobRequest(spec=spec, request_id=request_id))
-    job, _ = await finished(jobs, created.job.id)
-    assert job.state == job_pb2.JOB_STATE_SUCCEEDED, job.error
+    job, _ = await run_watched(jobs, spec, request_id)
     return job
+
+
+async def run_watched(
+    jobs: Any, spec: job_pb2.JobSpec, request_id: str = ""
+) -> tuple[job_pb2.Job, list[job_pb2.Job]]:
+    """Runs a job to success; returns it with every state WatchJob showed on the way."""
+    created = await jobs.CreateJob(jpb.CreateJobRequest(spec=spec, request_id=request_id))
+    job, seen = await finished(jobs, created.job.id)
+    assert job.state == job_pb2.JOB_STATE_SUCCEEDED, job.error
+    return job, seen
 
 
 # -- maintenance ------------------------------------------------------------------------------
@@ -111,7 +119,7 @@ async def test_compaction_rewrites_small_files_keeping_every_row(
     before = content(backend)
     assert data_files(backend) == 30
 
-    job, seen = await _run_watched(
+    job, seen = await run_watched(
         jobs, job_pb2.JobSpec(compact_table=job_pb2.CompactTableJobSpec(namespace=NS, table=TABLE))
     )
 
@@ -123,13 +131,6 @@ async def test_compaction_rewrites_small_files_keeping_every_row(
     assert seen[0].state in (job_pb2.JOB_STATE_QUEUED, job_pb2.JOB_STATE_RUNNING)
     assert job.attempts == 1 and job.worker and job.HasField("end_time")
     assert (job.namespace, job.table, job.kind) == (NS, TABLE, job_pb2.JOB_KIND_COMPACT_TABLE)
-
-
-async def _run_watched(jobs: Any, spec: job_pb2.JobSpec) -> tuple[job_pb2.Job, list[job_pb2.Job]]:
-    created = await jobs.CreateJob(jpb.CreateJobRequest(spec=spec))
-    job, seen = await finished(jobs, created.job.id)
-    assert job.state == job_pb2.JOB_STATE_SUCCEEDED, job.error
-    return job, seen
 
 
 async def test_expire_snapshots_keeps_the_last_n_and_deletes_their_files(
