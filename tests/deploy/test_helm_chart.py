@@ -243,6 +243,37 @@ def test_server_probes_use_the_grpc_health_service(default_docs: Docs, full_docs
         assert "grpc" not in c["livenessProbe"]
 
 
+def test_probes_switch_to_https_readyz_when_tls_is_on(
+    manifests: Callable[..., Docs],
+) -> None:
+    # The kubelet's gRPC probes cannot speak TLS: they would fail on a TLS gRPC port and keep
+    # every pod out of the Service.
+    tls = {
+        "LAKEHOUSE_TLS__CERT_FILE": "/etc/lakehouse/tls/tls.crt",
+        "LAKEHOUSE_TLS__KEY_FILE": "/etc/lakehouse/tls/tls.key",
+    }
+    grpc_tls = container(one(manifests({"config": tls}), "Deployment"))
+    for probe in ("startupProbe", "readinessProbe"):
+        assert "grpc" not in grpc_tls[probe]
+        assert grpc_tls[probe]["httpGet"] == {
+            "path": "/readyz",
+            "port": "http-metrics",
+            "scheme": "HTTP",
+        }
+    assert grpc_tls["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-metrics"}
+
+    both = {
+        **tls,
+        "LAKEHOUSE_TLS__HTTP_CERT_FILE": "/etc/lakehouse/tls/tls.crt",
+        "LAKEHOUSE_TLS__HTTP_KEY_FILE": "/etc/lakehouse/tls/tls.key",
+    }
+    docs = manifests({**SHARED_CATALOG, "config": both, "worker": {"enabled": True}})
+    for deployment in (one(docs, "Deployment"), one(docs, "Deployment", f"{FULLNAME}-worker")):
+        c = container(deployment)
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert c[probe]["httpGet"]["scheme"] == "HTTPS", (deployment["metadata"], probe)
+
+
 def test_ports_are_named_grpc_and_http_metrics(default_docs: Docs, full_docs: Docs) -> None:
     c = container(one(default_docs, "Deployment"))
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {

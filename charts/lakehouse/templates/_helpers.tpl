@@ -269,3 +269,11 @@ selector:
   matchLabels:
     {{- include "lakehouse.componentSelectorLabels" . | nindent 4 }}
 {{- end }}
+
+{{/*
+The sidecar HTTP port's scheme for probes: HTTPS once it has a certificate (the kubelet does
+not verify it).
+*/}}
+{{- define "lakehouse.httpScheme" -}}
+{{- if .Values.config.LAKEHOUSE_TLS__HTTP_CERT_FILE }}HTTPS{{ else }}HTTP{{ end }}
+{{- end }}
