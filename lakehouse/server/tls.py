@@ -12,12 +12,11 @@ new files for new connections while established ones keep theirs:
   SNI callback (OpenSSL calls it on every ClientHello, with or without SNI) that moves the
   handshake onto the newest context.
 
-New files are read on SIGHUP (:meth:`ServerTls.request_reload`) and when a file's modification
-time, size or inode changes (polled every ``tls.reload_interval_seconds``; polling rather than
-inotify because Kubernetes swaps a Secret volume's ``..data`` symlink, which inotify on the
-file's path does not see). A pair that cannot be read, does not parse, or whose key does not
-match its certificate is refused with an error log, and the previous pair stays in use: a
-botched rotation must not take the port down.
+New files are read on SIGHUP (:meth:`ServerTls.request_reload`) and when a file changes
+(polled every ``tls.reload_interval_seconds``, :mod:`lakehouse.server.file_watch`). A pair
+that cannot be read, does not parse, or whose key does not match its certificate is refused
+with an error log, and the previous pair stays in use: a botched rotation must not take the
+port down.
 
 The verified client identity of an mTLS call is in ``context.auth_context()``:
 ``x509_common_name``, ``x509_subject_alternative_name``, ``x509_subject`` and
@@ -27,11 +26,9 @@ The verified client identity of an mTLS call is in ``context.auth_context()``:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import hashlib
 import logging
-import os
 import re
 import ssl
 import threading
@@ -41,11 +38,10 @@ from typing import Literal, NoReturn
 import grpc
 
 from lakehouse.config import TlsSettings
+from lakehouse.server.file_watch import FileWatch
 
 log = logging.getLogger(__name__)
 
-#: Stands for a file that is missing (or unreadable) when the files are polled.
-_MISSING = (-1, -1, -1, -1)
 _PEM_CERTIFICATE = re.compile(
     rb"-----BEGIN CERTIFICATE-----\s+.+?\s+-----END CERTIFICATE-----", re.DOTALL
 )
@@ -155,9 +151,19 @@ class ServerTls:
         self._grpc_credentials: grpc.ServerCredentials | None = None
         self._http_initial: ssl.SSLContext | None = None
         self._http_current: ssl.SSLContext | None = None
-        self._stamps: dict[Path, tuple[int, int, int, int]] = {}
-        self._reload_now = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        candidates = (
+            settings.cert_file,
+            settings.key_file,
+            settings.client_ca_file,
+            settings.http_cert_file,
+            settings.http_key_file,
+        )
+        self._files = FileWatch(
+            "TLS certificates",
+            [path for path in candidates if path is not None],
+            settings.reload_interval_seconds,
+            self.reload,
+        )
 
     @property
     def mode(self) -> Mode:
@@ -183,7 +189,7 @@ class ServerTls:
             CertificateError: A file is missing, unreadable or invalid; the process should not
                 start (there is no previous certificate to fall back on).
         """
-        self._stamps = self._current_stamps()
+        self._files.mark_loaded()
         s = self.settings
         if s.cert_file is not None and s.key_file is not None:
             initial = self._grpc_configuration(s.cert_file, s.key_file)
@@ -202,23 +208,18 @@ class ServerTls:
 
     def start(self) -> None:
         """Starts watching the files (and serving :meth:`request_reload`) on the running loop."""
-        if self._task is None and (self.settings.grpc_enabled or self.settings.http_enabled):
-            self._task = asyncio.get_running_loop().create_task(self._watch(), name="tls-reload")
+        self._files.start()
 
     async def stop(self) -> None:
         """Stops watching; established and new connections keep the current certificates."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._files.stop()
 
     def request_reload(self) -> None:
         """Re-reads the files soon, changed or not (the SIGHUP handler; safe on the loop)."""
         if not (self.settings.grpc_enabled or self.settings.http_enabled):
             log.info("reload requested; TLS is off, nothing to reload")
             return
-        self._reload_now.set()
+        self._files.request()
 
     async def reload(self) -> bool:
         """Re-reads the files now; new connections get what they hold.
@@ -229,7 +230,7 @@ class ServerTls:
         Returns:
             True if every configured part was reloaded, False if one was refused (logged).
         """
-        self._stamps = self._current_stamps()
+        self._files.mark_loaded()
         s = self.settings
         ok = True
         if s.cert_file is not None and s.key_file is not None:
@@ -253,25 +254,6 @@ class ServerTls:
                 self._http_current = context
                 _log_loaded("http", s.http_cert_file, fingerprint)
         return ok
-
-    async def _watch(self) -> None:
-        interval = self.settings.reload_interval_seconds or None
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._reload_now.wait(), interval)
-            requested = self._reload_now.is_set()
-            self._reload_now.clear()
-            changed = self._current_stamps() != self._stamps
-            if not (requested or changed):
-                continue
-            log.info(
-                "reloading TLS certificates",
-                extra={"trigger": "signal" if requested else "file change"},
-            )
-            try:
-                await self.reload()
-            except Exception:  # a dead watcher would stop every later rotation, silently
-                log.exception("TLS certificate reload failed")
 
     def _grpc_configuration(
         self, cert_file: Path, key_file: Path
@@ -299,22 +281,6 @@ class ServerTls:
         current = self._http_current
         if current is not None and current is not initial:
             connection.context = current
-
-    def _watched_files(self) -> list[Path]:
-        s = self.settings
-        candidates = (s.cert_file, s.key_file, s.client_ca_file, s.http_cert_file, s.http_key_file)
-        return [path for path in candidates if path is not None]
-
-    def _current_stamps(self) -> dict[Path, tuple[int, int, int, int]]:
-        stamps = {}
-        for path in self._watched_files():
-            try:
-                st = os.stat(path)  # follows symlinks: a swapped ..data shows as a new inode
-            except OSError:
-                stamps[path] = _MISSING
-            else:
-                stamps[path] = (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
-        return stamps
 
 
 def _log_loaded(port: str, cert_file: Path, fingerprint: str, mtls: bool = False) -> None:
