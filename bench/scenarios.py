@@ -13,6 +13,7 @@ Durations come from ``ctx.seconds(full, quick)`` / ``ctx.count(full, quick)`` so
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import math
@@ -40,6 +41,7 @@ from bench.harness import (
     ServerProcess,
     closed_loop,
 )
+from bench.load import MIX, LoadReport, MixedLoad
 from lakehouse.adapters.iceberg import catalog_properties
 from lakehouse.client.arrow import (
     append_rows_requests,
@@ -811,6 +813,162 @@ async def job_compaction(ctx: BenchContext) -> Result:
     )
 
 
+# --- load_mixed: 64 clients, mixed reads, writes and jobs, on a fresh server ----------------
+
+#: Clients of load_mixed: coroutines over LOAD_CHANNELS channels; LOAD_JOB_CLIENTS of them run
+#: jobs back to back, the others pick from ``bench.load.MIX``.
+LOAD_CLIENTS = 64
+LOAD_JOB_CLIENTS = 4
+LOAD_CHANNELS = 4
+#: Tables written by load_mixed (WriteRows, AppendRows; compacted and counted by jobs).
+LOAD_WRITE_TABLES = 3
+#: Rows of load_mixed's read table (one file), and the filter of its reads (~10% of it).
+LOAD_READ_ROWS = 10_000
+LOAD_READ_FILTER = "customer_id < 10000"
+#: How much the server's RSS may grow from the end of the warm-up to the end of the run.
+LOAD_RSS_ALLOWANCE_MIB = 64
+
+
+def _load_report(ctx: BenchContext) -> LoadReport:
+    """load_mixed's report (runs it first if it has not run yet)."""
+    ctx.result_of("load_mixed")
+    report: LoadReport = ctx.fixtures["load_mixed"]
+    return report
+
+
+async def load_mixed(ctx: BenchContext) -> Result:
+    """64 clients for 60 s: mixed reads, writes and jobs on a fresh server; calls/s of all.
+
+    Unexpected errors and the RSS after warm-up are in the notes, and have their own rows
+    with goals: ``load_mixed_errors`` and ``load_mixed_rss_mb``.
+    """
+    warmup, window = ctx.seconds(10, 2), ctx.seconds(60, 8)
+    with ctx.spawn_server("load") as server:
+        catalog = _catalog_of(server, ctx.backend)
+        read = _fresh_table(catalog, "load_mixed_read")
+        data = _rows(0, LOAD_READ_ROWS)
+        catalog.load_table(read).append(data)
+        filter_rows = int(pc.sum(pc.less(data["customer_id"], 10_000)).as_py())
+        writes = [_fresh_table(catalog, f"load_mixed_w{i}")[1] for i in range(LOAD_WRITE_TABLES)]
+        load = MixedLoad(
+            target=server.target,
+            namespace=BENCH_NAMESPACE,
+            read_table=read[1],
+            read_filter=LOAD_READ_FILTER,
+            read_filter_rows=filter_rows,
+            write_tables=writes,
+            batches=[_rows(i * SMALL_ROWS, SMALL_ROWS) for i in range(16)],
+            channel_options=READ_CHANNEL_OPTIONS,
+        )
+        report = await load.run(
+            clients=LOAD_CLIENTS,
+            job_clients=LOAD_JOB_CLIENTS,
+            channels=LOAD_CHANNELS,
+            warmup=warmup,
+            window=window,
+            rss_kib=server.rss_kib,
+            cpu_seconds=server.cpu_seconds,
+            rss_interval=ctx.seconds(1.0, 0.5),
+            rss_edge=ctx.seconds(5.0, 2.0),
+        )
+        counts = {t: _table_rows_and_snapshots(catalog, (BENCH_NAMESPACE, t)) for t in writes}
+    ctx.fixtures["load_mixed"] = report
+    rows_check = []
+    for t in writes:
+        found, snapshots = counts[t]
+        acked, unknown = report.acked_rows[t], report.unknown_rows[t]
+        if not acked <= found <= acked + unknown:
+            raise HarnessError(
+                f"{BENCH_NAMESPACE}.{t} holds {found} rows, {acked} were acknowledged"
+                + (f" and {unknown} are unknown (calls that failed)" if unknown else "")
+            )
+        rows_check.append(
+            f"{t} {found:,} in {snapshots} snapshots" + (f" ({unknown} unknown)" if unknown else "")
+        )
+    methods = report.by_method()
+    per_method = []
+    for name, m in methods.items():
+        if name.startswith("job "):
+            continue
+        text = (
+            f"{name} {m.calls:,} ({m.calls / window:.1f}/s, p50 {m.percentile_ms(50):.0f} ms, "
+            f"p99 {m.percentile_ms(99):.0f} ms"
+        )
+        if m.codes:
+            text += ", errors " + " ".join(f"{c} {n}" for c, n in m.codes.most_common())
+        per_method.append(text + ")")
+    jobs = ", ".join(f"{k} {n}" for k, n in sorted(report.jobs.items())) or "none"
+    job_times = "; ".join(
+        f"{kind} p50 {statistics.median(ts):.1f}s"
+        for kind, ts in sorted(report.job_seconds.items())
+    )
+    expected = report.expected_errors()
+    unexpected = report.unexpected(warmup=False)
+    mix = ", ".join(f"{n} {w}%" for n, w in MIX)
+    notes = (
+        f"{unexpected} unexpected errors ({report.unexpected(warmup=True)} in the warm-up)"
+        + (f", e.g. {report.unexpected_examples[0]}" if report.unexpected_examples else "")
+        + "; expected errors (retried): "
+        + (" ".join(f"{c} {n}" for c, n in expected.most_common()) or "none")
+        + f"; {LOAD_CLIENTS} clients on {LOAD_CHANNELS} channels, one connection each "
+        f"({LOAD_JOB_CLIENTS} running "
+        f"jobs back to back, the others: {mix}), {window:.0f}s after a {warmup:.0f}s warm-up; "
+        f"by method: {'; '.join(per_method)}; jobs (whole run): {jobs}"
+        + (f" ({job_times} from CreateJob to the end)" if job_times else "")
+        + f"; rows acknowledged = rows found: {', '.join(rows_check)}; server RSS "
+        f"{report.rss_start_kib / 1024:.0f} MiB after warm-up, {report.rss_end_kib / 1024:.0f} "
+        f"at the end, max {report.rss_max_kib / 1024:.0f}; CPU: server "
+        f"{report.server_cores:.2f} cores, bench client {report.client_cores:.2f}; fresh server"
+    )
+    return Result("load_mixed", report.ok_per_second, "calls/s", notes=notes)
+
+
+def load_mixed_errors(ctx: BenchContext) -> Result:
+    """load_mixed's unexpected errors (goal: none), against the calls it made."""
+    report = _load_report(ctx)
+    calls = [c for c in report.calls if c.rpc]
+    errors = report.unexpected(warmup=False) + report.unexpected(warmup=True)
+    by_code = collections.Counter(c.code for c in report.calls if not c.expected)
+    return Result(
+        "load_mixed_errors",
+        errors,
+        "errors",
+        limit_name="calls made (warm-up included)",
+        limit_value=len(calls),
+        goal_ratio=0.0,
+        better="lower",
+        notes=(
+            "unexpected: any error but ABORTED and RESOURCE_EXHAUSTED with RetryInfo, a wrong "
+            "result, a job that did not succeed (but for ABORTED); "
+            + (" ".join(f"{c} {n}" for c, n in by_code.most_common()) or "none")
+            + "".join(f"; {e}" for e in report.unexpected_examples)
+        ),
+    )
+
+
+def load_mixed_rss_mb(ctx: BenchContext) -> Result:
+    """The server's RSS at the end of load_mixed, against its RSS after warm-up + 64 MiB."""
+    report = _load_report(ctx)
+    start, end = report.rss_start_kib / 1024, report.rss_end_kib / 1024
+    step = max(1, len(report.rss_kib) // 8)
+    series = ", ".join(f"{t:.0f}s {k / 1024:.0f}" for t, k in report.rss_kib[::step])
+    return Result(
+        "load_mixed_rss_mb",
+        end,
+        "MiB",
+        limit_name=f"RSS after warm-up + {LOAD_RSS_ALLOWANCE_MIB} MiB",
+        limit_value=start + LOAD_RSS_ALLOWANCE_MIB,
+        goal_ratio=1.0,
+        better="lower",
+        notes=(
+            f"VmRSS {start:.0f} MiB at the end of the warm-up, {end:.0f} MiB at the end "
+            f"(growth {end - start:+.0f} MiB), max {report.rss_max_kib / 1024:.0f} MiB; medians "
+            f"of the samples of the window's first and last {report.rss_edge:.0f}s; samples "
+            f"(s into the window, MiB): {series}"
+        ),
+    )
+
+
 # --- peers: a minimal Arrow Flight server over pyiceberg ----------------------------------
 
 
@@ -945,4 +1103,7 @@ SCENARIOS: list[Scenario] = [
     append_rows_vs_flight,
     read_rows_vs_flight,
     job_compaction,
+    load_mixed,
+    load_mixed_errors,
+    load_mixed_rss_mb,
 ]
