@@ -167,6 +167,38 @@ class TrinoSettings(_Section):
     """Timeout of one HTTP request to Trino (a query spans many)."""
 
 
+class ResilienceSettings(_Section):
+    """Retries and circuit breakers around the backing services.
+
+    The catalog, the object store, the job store and Trino each have a breaker. Only calls
+    that change nothing (loads, lists, scans, validations) are retried by the service; writes
+    and commits fail at once with UNAVAILABLE and are the client's to resend.
+    """
+
+    retry_attempts: int = Field(default=3, ge=1, le=10)
+    """Attempts of a read-only call whose backing service failed, the first one included;
+    1 turns retries off. No retry starts that cannot end before the call's deadline."""
+    retry_base_seconds: float = Field(default=0.1, gt=0, le=60)
+    """Backoff before the first retry; it doubles for each further one. Each wait is drawn
+    at random between 0 and that value (full jitter), so replicas do not retry in step."""
+    retry_max_seconds: float = Field(default=2.0, gt=0, le=600)
+    """Longest backoff between two attempts."""
+    breaker_failure_threshold: int = Field(default=5, ge=0, le=1000)
+    """Consecutive failures of a backing service after which its circuit breaker opens and
+    calls to it fail at once with UNAVAILABLE; 0 turns the breakers off."""
+    breaker_open_seconds: float = Field(default=10.0, gt=0, le=3600)
+    """How long an open breaker fails calls before it lets one trial call through (a passing
+    health check closes it sooner). Clients get the time left in ``RetryInfo``."""
+
+    @model_validator(mode="after")
+    def _backoff_range(self) -> ResilienceSettings:
+        if self.retry_max_seconds < self.retry_base_seconds:
+            raise ValueError(
+                "resilience.retry_max_seconds must not be below resilience.retry_base_seconds"
+            )
+        return self
+
+
 class TracingSettings(_Section):
     """OpenTelemetry tracing. Spans are always created; they are exported only if configured."""
 
@@ -411,6 +443,8 @@ class Settings(BaseSettings):
     """JobService: job store, workers, maintenance scheduler."""
     trino: TrinoSettings = TrinoSettings()
     """Trino, for SQL jobs with engine TRINO."""
+    resilience: ResilienceSettings = ResilienceSettings()
+    """Retries and circuit breakers around the backing services."""
     tls: TlsSettings = TlsSettings()
     """TLS and mTLS on the gRPC port, TLS on the sidecar HTTP port."""
     auth: AuthSettings = AuthSettings()

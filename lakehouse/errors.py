@@ -138,6 +138,36 @@ class Unavailable(RetryableError):
     reason = "BACKEND_UNAVAILABLE"
 
 
+class CircuitOpen(Unavailable):
+    """A backing service failed repeatedly; calls to it fail at once until it recovers.
+
+    The circuit breaker of the dependency is open (``lakehouse.adapters.resilience``). The
+    reason stays the dependency's own (``CATALOG_UNAVAILABLE``...), so a client that handles
+    UNAVAILABLE needs nothing new; ``ErrorInfo.metadata`` names the ``dependency`` and says
+    ``circuit_breaker: open``, and ``RetryInfo`` says when the next attempt is let through.
+
+    Attributes:
+        dependency: The backing service (``catalog``, ``object_store``, ``job_store``,
+            ``trino``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        dependency: str,
+        reason: str | None = None,
+        retry_after_seconds: float = 1.0,
+    ) -> None:
+        super().__init__(
+            message,
+            reason=reason,
+            metadata={"dependency": dependency, "circuit_breaker": "open"},
+            retry_after_seconds=retry_after_seconds,
+        )
+        self.dependency = dependency
+
+
 class CommitStateUnknown(LakehouseError):
     """A commit was sent but its outcome is unknown; the caller must check before retrying."""
 
@@ -156,7 +186,8 @@ class DeadlineExceeded(LakehouseError):
     """The call ran out of time on the server's own clock (a limit, not the client's deadline).
 
     A client's deadline is enforced by gRPC itself; this is for the server-side limit applied
-    to calls that came without one (reason ``SERVER_DEADLINE``).
+    to calls that came without one (reason ``SERVER_DEADLINE``), and for a call to a backing
+    service that the call's deadline left no time to start.
     """
 
     code = grpc.StatusCode.DEADLINE_EXCEEDED

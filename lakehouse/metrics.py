@@ -54,3 +54,27 @@ JOB_LEASE_LOSSES = Counter(
     "lakehouse_job_lease_losses_total",
     "Jobs taken over from a worker whose lease expired (a dead or stalled worker).",
 )
+
+# Backing services: retries and circuit breakers (lakehouse.adapters.resilience). The
+# dependency label is one of catalog, object_store, job_store, trino.
+BREAKER_STATE = Gauge(
+    "lakehouse_dependency_breaker_state",
+    "Circuit breaker of a backing service: 0 closed, 1 open (calls fail at once), "
+    "2 half-open (one trial call is let through).",
+    ("dependency",),
+)
+BREAKER_TRANSITIONS = Counter(
+    "lakehouse_dependency_breaker_transitions_total",
+    "Circuit breaker state changes of a backing service, by the state entered.",
+    ("dependency", "state"),
+)
+DEPENDENCY_RETRIES = Counter(
+    "lakehouse_dependency_retries_total",
+    "Calls to a backing service attempted again after a transient failure.",
+    ("dependency",),
+)
+DEPENDENCY_REJECTED_CALLS = Counter(
+    "lakehouse_dependency_rejected_calls_total",
+    "Calls failed at once with UNAVAILABLE because the backing service's breaker was open.",
+    ("dependency",),
+)

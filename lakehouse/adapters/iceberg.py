@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import pyarrow as pa
+import requests
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.catalog.sql import IcebergNamespaceProperties, IcebergTables, SqlCatalog
 from pyiceberg.exceptions import (
@@ -51,7 +52,7 @@ from pyiceberg.table.update import (
     TableRequirement,
 )
 from pyiceberg.types import ListType, MapType, StructType
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, make_url, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as SqlTimeoutError
 
@@ -66,12 +67,20 @@ from lakehouse.adapters.iceberg_ingest import (
 )
 from lakehouse.adapters.iceberg_scan import lazy_batch_reader, small_offsets
 from lakehouse.adapters.iceberg_updates import apply_changes
+from lakehouse.adapters.resilience import (
+    CATALOG,
+    OBJECT_STORE,
+    CircuitBreaker,
+    Resilience,
+    check_deadline,
+)
 from lakehouse.config import Settings
 from lakehouse.core.changes import TableChange
 from lakehouse.errors import (
     AlreadyExists,
     CommitStateUnknown,
     Conflict,
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     LakehouseError,
@@ -267,6 +276,12 @@ def translate_errors(namespace: str = "", table: str = "") -> Iterator[None]:
         raise Unavailable(
             "backing service unavailable: " + _brief(exc), reason="BACKEND_UNAVAILABLE"
         ) from exc
+    except requests.RequestException as exc:
+        # The REST catalog's transport (an OSError too: it must not pass for the object
+        # store's, whose breaker it would open).
+        raise Unavailable(
+            "catalog unavailable: " + _brief(exc), reason="CATALOG_UNAVAILABLE"
+        ) from exc
     except OSError as exc:  # pyarrow's file systems report S3 and disk failures as OSError
         raise Unavailable(
             "object store: " + _brief(exc), reason="OBJECT_STORE_UNAVAILABLE"
@@ -291,10 +306,29 @@ def _brief(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
+#: Connect timeout to a PostgreSQL catalog, unless its URL sets ``connect_timeout``: libpq
+#: waits for the TCP stack otherwise (minutes for a host that is gone), and each waiting call
+#: holds a pool thread. The job store uses the same.
+_PG_CONNECT_TIMEOUT_SECONDS = 5
+#: SQLAlchemy drivers over libpq, which takes ``connect_timeout`` in the URL.
+_LIBPQ_DRIVERS = frozenset({"psycopg2", "psycopg"})
+
+
+def _with_connect_timeout(uri: str) -> str:
+    url = make_url(uri)
+    if url.get_backend_name() != "postgresql" or url.get_driver_name() not in _LIBPQ_DRIVERS:
+        return uri
+    if "connect_timeout" in url.query:
+        return uri
+    url = url.update_query_dict({"connect_timeout": str(_PG_CONNECT_TIMEOUT_SECONDS)})
+    return url.render_as_string(hide_password=False)
+
+
 def catalog_properties(settings: Settings) -> dict[str, str]:
     """The pyiceberg catalog properties for the configured catalog and object store."""
     cat = settings.catalog
-    props: dict[str, str] = {"type": cat.type, "uri": settings.catalog_uri}
+    uri = _with_connect_timeout(settings.catalog_uri) if cat.type == "sql" else settings.catalog_uri
+    props: dict[str, str] = {"type": cat.type, "uri": uri}
     props["warehouse"] = settings.warehouse
     if cat.type == "sql":
         props["init_catalog_tables"] = "true"
@@ -335,11 +369,24 @@ class IcebergCatalog:
 
     Every method runs its pyiceberg work in the blocking pool and raises domain errors
     (``NotFound``, ``AlreadyExists``, ``FailedPrecondition``, ``Conflict``, ``Unavailable``).
+    Calls go through the circuit breakers of the catalog and the object store (pyiceberg
+    reaches both): an open one fails the call at once with ``CircuitOpen``. Read-only calls
+    are retried on transient failures; writes and commits never are.
+
+    Args:
+        settings: The service settings.
+        pool: The blocking pool that runs pyiceberg.
+        resilience: The process's breakers; a private set when None (tests, tools).
     """
 
-    def __init__(self, settings: Settings, pool: BlockingPool) -> None:
+    def __init__(
+        self, settings: Settings, pool: BlockingPool, resilience: Resilience | None = None
+    ) -> None:
         self._settings = settings
         self._pool = pool
+        self._resilience = resilience or Resilience(settings.resilience)
+        self._catalog_breaker = self._resilience.breaker(CATALOG)
+        self._store_breaker = self._resilience.breaker(OBJECT_STORE)
         self._catalog: Catalog | None = None
         self._catalog_lock = threading.Lock()
         # (namespace, table) -> loaded table and its domain view, revalidated by metadata
@@ -360,12 +407,44 @@ class IcebergCatalog:
                 )
             return self._catalog
 
-    async def _call(self, fn: Callable[[Catalog], T], namespace: str = "", table: str = "") -> T:
+    def _work(self, fn: Callable[[Catalog], T], namespace: str, table: str) -> Callable[[], T]:
+        """``fn`` on the catalog, with its errors translated, as a pool thread runs it."""
+
         def work() -> T:
+            # Queued behind a busy pool, the call may start after its caller gave up.
+            check_deadline(CATALOG)
             with translate_errors(namespace, table):
                 return fn(self._load())
 
-        return await self._pool.run(work)
+        return work
+
+    def _breakers(self, files: bool) -> tuple[CircuitBreaker, ...]:
+        return (self._catalog_breaker, self._store_breaker) if files else (self._catalog_breaker,)
+
+    async def _call(
+        self,
+        fn: Callable[[Catalog], T],
+        namespace: str = "",
+        table: str = "",
+        *,
+        retry: bool = False,
+        files: bool = True,
+    ) -> T:
+        """Runs ``fn`` with the catalog in the pool, behind the breakers.
+
+        Args:
+            fn: The pyiceberg work.
+            namespace: Named in NotFound and similar errors.
+            table: Named in NotFound and similar errors.
+            retry: ``fn`` changes nothing: attempt it again after a transient failure.
+            files: ``fn`` reads or writes files (metadata, manifests, data), so the object
+                store's breaker applies too; catalog-only calls keep working while the object
+                store is down. A failure of either is charged to the one that failed.
+        """
+        work = self._work(fn, namespace, table)
+        return await self._resilience.call(
+            lambda: self._pool.run(work), uses=self._breakers(files), retry=retry
+        )
 
     async def run_on_catalog(
         self,
@@ -377,18 +456,21 @@ class IcebergCatalog:
     ) -> T:
         """Runs ``fn`` with the pyiceberg catalog in ``pool``, translating its errors.
 
-        For long work on pyiceberg tables (jobs) that must not occupy the serving pool.
+        For long work on pyiceberg tables (jobs) that must not occupy the serving pool. It
+        goes through the breakers but is not retried here: jobs have attempts of their own.
         """
-
-        def work() -> T:
-            with translate_errors(namespace, table):
-                return fn(self._load())
-
-        return await pool.run(work)
+        work = self._work(fn, namespace, table)
+        return await self._resilience.call(
+            lambda: pool.run(work), uses=self._breakers(True), retry=False
+        )
 
     async def check(self) -> None:
-        """Raises Unavailable unless the catalog answers a cheap query."""
-        await self._call(lambda c: c.list_namespaces())
+        """Raises Unavailable unless the catalog answers a cheap query.
+
+        The health check: it bypasses the breaker, which it is meant to close once the
+        catalog answers again (see ``lakehouse.server.health``).
+        """
+        await self._pool.run(self._work(lambda c: c.list_namespaces(), "", ""))
 
     @staticmethod
     def _refuse_operator_keys(field: str, keys: Iterable[str]) -> None:
@@ -429,15 +511,19 @@ class IcebergCatalog:
                 raise NamespaceAlreadyExistsError(name) from exc
             return _public(c.load_namespace_properties(name))
 
-        return await self._call(work, name)
+        return await self._call(work, name, files=False)
 
     async def namespace_properties(self, name: str) -> dict[str, str]:
         """The properties of a namespace. Raises NotFound."""
-        return await self._call(lambda c: _public(c.load_namespace_properties(name)), name)
+        return await self._call(
+            lambda c: _public(c.load_namespace_properties(name)), name, retry=True, files=False
+        )
 
     async def list_namespaces(self) -> list[str]:
         """All top-level namespace names."""
-        return await self._call(lambda c: [".".join(ns) for ns in c.list_namespaces()])
+        return await self._call(
+            lambda c: [".".join(ns) for ns in c.list_namespaces()], retry=True, files=False
+        )
 
     async def namespaces_with_properties(
         self, names: list[str]
@@ -453,7 +539,7 @@ class IcebergCatalog:
                     result.append((n, _public(c.load_namespace_properties(n))))
             return result
 
-        return await self._call(work)
+        return await self._call(work, retry=True, files=False)
 
     async def update_namespace_properties(
         self, name: str, removals: set[str], updates: dict[str, str]
@@ -473,11 +559,11 @@ class IcebergCatalog:
             props = _public(c.load_namespace_properties(name))
             return props, list(summary.updated), list(summary.removed), list(summary.missing)
 
-        return await self._call(work, name)
+        return await self._call(work, name, files=False)
 
     async def drop_namespace(self, name: str) -> None:
         """Drops an empty namespace. Raises NotFound or FailedPrecondition."""
-        await self._call(lambda c: c.drop_namespace(name), name)
+        await self._call(lambda c: c.drop_namespace(name), name, files=False)
 
     async def create_table(
         self,
@@ -611,20 +697,38 @@ class IcebergCatalog:
             name: The table name.
             max_age: Trust a cache entry validated this recently (seconds) without a query.
         """
+        # Cache misses read the table's metadata file: a failing object store is charged for
+        # it, but does not stop loads the catalog alone can serve (files=False).
         if max_age > 0:
             return await self._call(
-                lambda c: self._cached(c, namespace, name, max_age)[1], namespace, name
+                lambda c: self._cached(c, namespace, name, max_age)[1],
+                namespace,
+                name,
+                retry=True,
+                files=False,
             )
+
+        def load(c: Catalog) -> TableInfo:
+            return self._cached(c, namespace, name)[1]
+
         # Calls for one table that arrive while its revalidation is under way share it: under
         # load, one catalog query and one thread hop serve them all.
         key = (namespace, name)
         shared = self._loading.get(key)
         if shared is not None:
-            return await asyncio.shield(shared)
+            try:
+                return await asyncio.shield(shared)
+            except (asyncio.CancelledError, DeadlineExceeded):
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # this call itself is cancelled
+                # The call that started the load gave up (its client went away, or its own
+                # deadline passed): that is no reason to fail this one; load without sharing.
+            return await self._call(load, namespace, name, retry=True, files=False)
         shared = asyncio.get_running_loop().create_future()
         self._loading[key] = shared
         try:
-            info = await self._call(lambda c: self._cached(c, namespace, name)[1], namespace, name)
+            info = await self._call(load, namespace, name, retry=True, files=False)
         except BaseException as exc:
             shared.set_exception(exc)
             shared.exception()  # retrieved here, so an unshared failure is not reported twice
@@ -669,6 +773,8 @@ class IcebergCatalog:
             lambda c: [snapshot_info(s) for s in self._table(c, namespace, name).snapshots()],
             namespace,
             name,
+            retry=True,
+            files=False,
         )
 
     async def update_table(
@@ -813,7 +919,7 @@ class IcebergCatalog:
             snapshot = writer_last_commit(table, writer_id)
             return next_offset, snapshot.snapshot_id if snapshot else None, commit_ms
 
-        return await self._call(work, namespace, name)
+        return await self._call(work, namespace, name, retry=True, files=False)
 
     async def open_scan(self, namespace: str, name: str, request: ScanRequest) -> OpenScan:
         """Plans a scan (files and row groups pruned by the filter) and opens a lazy reader.
@@ -850,21 +956,28 @@ class IcebergCatalog:
                 raise InvalidArgument.field("columns", str(exc).splitlines()[0]) from exc
             return OpenScan(snapshot_id, reader.schema, reader)
 
-        return await self._call(work, namespace, name)
+        return await self._call(work, namespace, name, retry=True)
 
     async def next_batch(self, scan: OpenScan) -> pa.RecordBatch | None:
-        """The next record batch of an open scan, or None at its end."""
+        """The next record batch of an open scan, or None at its end.
+
+        Behind the object store's breaker, and never retried: a reader that failed midway
+        cannot resume where it was.
+        """
 
         def work() -> pa.RecordBatch | None:
             if scan.reader is None:
                 return None
+            check_deadline(OBJECT_STORE)
             with translate_errors():
                 try:
                     return scan.reader.read_next_batch()
                 except StopIteration:
                     return None
 
-        return await self._pool.run(work)
+        return await self._resilience.call(
+            lambda: self._pool.run(work), uses=(self._store_breaker,), retry=False
+        )
 
     async def close_scan(self, scan: OpenScan) -> None:
         """Stops reading (the client went away or the limit was reached)."""
@@ -879,12 +992,12 @@ class IcebergCatalog:
             c.load_namespace_properties(namespace)
             return [ident[-1] for ident in c.list_tables(namespace)]
 
-        return await self._call(work, namespace)
+        return await self._call(work, namespace, retry=True, files=False)
 
     async def drop_table(self, namespace: str, name: str) -> None:
         """Drops a table from the catalog, leaving its files. Raises NotFound."""
         self._forget(namespace, name)
-        await self._call(lambda c: c.drop_table((namespace, name)), namespace, name)
+        await self._call(lambda c: c.drop_table((namespace, name)), namespace, name, files=False)
 
     async def rename_table(
         self, namespace: str, name: str, new_namespace: str, new_name: str

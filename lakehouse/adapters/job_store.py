@@ -71,6 +71,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import Select
 
+from lakehouse.adapters.resilience import CircuitBreaker, guarded
 from lakehouse.errors import ERROR_DOMAIN, AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from lakehouse.v1 import job_pb2
 
@@ -437,13 +438,22 @@ class JobStore:
             ``postgresql+psycopg2://user:password@host/db``.
         busy_timeout_seconds: SQLite only: how long a writer waits for the database lock held
             by another connection or process before giving up with ``Unavailable``.
+        breaker: The job store's circuit breaker: while it is open, every method but
+            ``check`` raises ``CircuitOpen`` at once. None: no breaker.
 
     Raises:
         ValueError: The URL is malformed, names another database than SQLite or
             PostgreSQL, or a driver that is not installed.
     """
 
-    def __init__(self, url: str, *, busy_timeout_seconds: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        busy_timeout_seconds: float = 10.0,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
+        self._breaker = breaker
         parsed = _parse_url(url)
         self._url = parsed
         self._engine = _make_engine(parsed, busy_timeout_seconds)
@@ -476,13 +486,13 @@ class JobStore:
     @contextlib.contextmanager
     def _reading(self) -> Iterator[Connection]:
         """A connection for reads (a deferred transaction, rolled back at the end)."""
-        with self._translated(), self._engine.connect() as conn:
+        with guarded(self._breaker), self._translated(), self._engine.connect() as conn:
             yield conn
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[Connection]:
         """A writing transaction, committed unless the block raises."""
-        with self._translated(), self._writer.begin() as conn:
+        with guarded(self._breaker), self._translated(), self._writer.begin() as conn:
             yield conn
 
     @staticmethod
@@ -584,10 +594,13 @@ class JobStore:
     def check(self) -> None:
         """Runs a trivial query: the readiness probe of the job store.
 
+        It bypasses the breaker, which it is meant to close once the database answers again
+        (see ``lakehouse.server.health``).
+
         Raises:
             Unavailable: The database cannot be reached.
         """
-        with self._reading() as conn:
+        with self._translated(), self._engine.connect() as conn:
             conn.execute(text("SELECT 1"))
 
     def close(self) -> None:

@@ -2,31 +2,51 @@
 
 Locations are URIs: ``s3://bucket/key`` or ``file:///path``. The S3 adapter uses only the
 S3 API that every S3-compatible store implements (MinIO, Ceph, AWS), with path-style
-addressing when configured.
+addressing when configured. Its requests go through the object store's circuit breaker, are
+cut at the call's deadline, and are retried on transient failures by the service's policy
+(``lakehouse.adapters.resilience``) rather than botocore's: every request it makes can be
+repeated safely (reads, listings, whole-object PUTs, deletes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import unquote, urlparse
 
 import aioboto3
 from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from lakehouse.config import S3Settings
-from lakehouse.errors import InvalidArgument, NotFound, Unavailable
+from lakehouse.adapters.resilience import OBJECT_STORE, Resilience, is_outage, remaining_seconds
+from lakehouse.config import ResilienceSettings, S3Settings
+from lakehouse.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
 
 _DELETE_BATCH = 1000  # the S3 DeleteObjects maximum
+#: S3 error codes that say "later", not "no": throttling and server-side timeouts.
+_TRANSIENT_CODES = frozenset(
+    {
+        "RequestTimeout",
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "ServiceUnavailable",
+        "InternalError",
+    }
+)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -68,14 +88,24 @@ def _split_s3(uri: str) -> tuple[str, str]:
 
 
 class S3ObjectStore:
-    """Object store over any S3-compatible endpoint, with one shared aioboto3 client."""
+    """Object store over any S3-compatible endpoint, with one shared aioboto3 client.
 
-    def __init__(self, settings: S3Settings, location: str) -> None:
+    Args:
+        settings: The ``s3`` settings.
+        location: The warehouse, ``s3://bucket/prefix``.
+        resilience: The process's breakers; a private set when None (tests, tools).
+    """
+
+    def __init__(
+        self, settings: S3Settings, location: str, resilience: Resilience | None = None
+    ) -> None:
         self._settings = settings
         self._bucket, self._prefix = _split_s3(location)
         self._client: S3Client | None = None
         self._client_cm: Any = None
         self._lock = asyncio.Lock()
+        self._resilience = resilience or Resilience(ResilienceSettings())
+        self._breaker = self._resilience.breaker(OBJECT_STORE)
 
     async def _s3(self) -> S3Client:
         if self._client is not None:
@@ -98,15 +128,50 @@ class S3ObjectStore:
                         s3={"addressing_style": "path" if s.use_path_style else "auto"},
                         connect_timeout=s.connect_timeout_seconds,
                         read_timeout=max(30.0, s.connect_timeout_seconds),
-                        retries={"max_attempts": 3, "mode": "standard"},
+                        # One attempt per request: retries are the adapter's (see above), so
+                        # that they respect the call's deadline and are not multiplied.
+                        retries={"max_attempts": 1, "mode": "standard"},
                     ),
                 )
                 self._client = await self._client_cm.__aenter__()
         assert self._client is not None
         return self._client
 
+    async def _request(self, make: Callable[[S3Client], Awaitable[T]], uri: str) -> T:
+        """One S3 request behind the breaker, cut at the call's deadline, retried if transient.
+
+        Raises:
+            NotFound: No such object or bucket.
+            Unavailable: The object store failed (``CircuitOpen`` when its breaker is open).
+            DeadlineExceeded: The call's deadline passed.
+        """
+
+        async def attempt() -> T:
+            client = await self._s3()
+            deadline = asyncio.timeout(remaining_seconds())
+            try:
+                async with deadline:
+                    return await make(client)
+            except TimeoutError as exc:
+                if not deadline.expired():
+                    raise _translate(exc, uri) from exc  # botocore's own timeout
+                raise DeadlineExceeded(
+                    f"the call's deadline passed while the object store handled {uri}",
+                    metadata={"dependency": OBJECT_STORE},
+                ) from None
+            except (BotoCoreError, ClientError, OSError) as exc:
+                raise _translate(exc, uri) from exc
+
+        return await self._resilience.call(
+            attempt, uses=(self._breaker,), retry=True, outage=_is_outage
+        )
+
     async def check(self) -> None:
-        """Raises Unavailable unless the warehouse bucket answers HeadBucket."""
+        """Raises Unavailable unless the warehouse bucket answers HeadBucket.
+
+        The health check: it bypasses the breaker, which it is meant to close once the store
+        answers again (see ``lakehouse.server.health``).
+        """
         try:
             await (await self._s3()).head_bucket(Bucket=self._bucket)
         except (BotoCoreError, ClientError, OSError) as exc:
@@ -116,71 +181,70 @@ class S3ObjectStore:
             ) from exc
 
     async def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
-        """Lists objects under an ``s3://`` prefix, page by page."""
+        """Lists objects under an ``s3://`` prefix, page by page (each page retried alone)."""
         bucket, key_prefix = _split_s3(prefix)
-        client = await self._s3()
-        paginator = client.get_paginator("list_objects_v2")
-        try:
-            async for page in paginator.paginate(Bucket=bucket, Prefix=key_prefix):
-                for obj in page.get("Contents", []):
-                    yield ObjectInfo(
-                        uri=f"s3://{bucket}/{obj['Key']}",
-                        size=int(obj.get("Size", 0)),
-                        last_modified_epoch=obj["LastModified"].timestamp(),
-                    )
-        except (BotoCoreError, ClientError, OSError) as exc:
-            raise _translate(exc, prefix) from exc
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": key_prefix}
+            if token is not None:
+                kwargs["ContinuationToken"] = token
+            page = await self._request(functools.partial(_list_page, **kwargs), prefix)
+            for obj in page.get("Contents", []):
+                yield ObjectInfo(
+                    uri=f"s3://{bucket}/{obj['Key']}",
+                    size=int(obj.get("Size", 0)),
+                    last_modified_epoch=obj["LastModified"].timestamp(),
+                )
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
 
     async def get(self, uri: str) -> bytes:
         """Reads one object."""
         bucket, key = _split_s3(uri)
-        try:
-            response = await (await self._s3()).get_object(Bucket=bucket, Key=key)
+
+        async def read(client: S3Client) -> bytes:
+            response = await client.get_object(Bucket=bucket, Key=key)
             async with response["Body"] as body:
                 data: bytes = await body.read()
                 return data
-        except (BotoCoreError, ClientError, OSError) as exc:
-            raise _translate(exc, uri) from exc
+
+        return await self._request(read, uri)
 
     async def put(self, uri: str, data: bytes) -> None:
-        """Writes one object."""
+        """Writes one object (replacing it: repeating the request is harmless)."""
         bucket, key = _split_s3(uri)
-        try:
-            await (await self._s3()).put_object(Bucket=bucket, Key=key, Body=data)
-        except (BotoCoreError, ClientError, OSError) as exc:
-            raise _translate(exc, uri) from exc
+        await self._request(lambda c: c.put_object(Bucket=bucket, Key=key, Body=data), uri)
 
     async def delete_prefix(self, prefix: str) -> int:
         """Deletes all objects under a prefix, 1,000 per request."""
         bucket, _ = _split_s3(prefix)
-        client = await self._s3()
         deleted = 0
         batch: list[str] = []
-        try:
-            async for obj in self.list_objects(prefix):
-                batch.append(_split_s3(obj.uri)[1])
-                if len(batch) == _DELETE_BATCH:
-                    deleted += await self._delete_batch(client, bucket, batch)
-                    batch = []
-            if batch:
-                deleted += await self._delete_batch(client, bucket, batch)
-        except (BotoCoreError, ClientError, OSError) as exc:
-            raise _translate(exc, prefix) from exc
+        async for obj in self.list_objects(prefix):
+            batch.append(_split_s3(obj.uri)[1])
+            if len(batch) == _DELETE_BATCH:
+                deleted += await self._delete_batch(bucket, batch, prefix)
+                batch = []
+        if batch:
+            deleted += await self._delete_batch(bucket, batch, prefix)
         return deleted
 
-    @staticmethod
-    async def _delete_batch(client: S3Client, bucket: str, keys: list[str]) -> int:
-        response = await client.delete_objects(
-            Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True}
-        )
-        errors = response.get("Errors", [])
-        if errors:
-            raise Unavailable(
-                f"object store: {len(errors)} objects could not be deleted "
-                f"(first: {errors[0].get('Key')}: {errors[0].get('Message')})",
-                reason="OBJECT_STORE_UNAVAILABLE",
+    async def _delete_batch(self, bucket: str, keys: list[str], prefix: str) -> int:
+        async def delete(client: S3Client) -> int:
+            response = await client.delete_objects(
+                Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True}
             )
-        return len(keys)
+            errors = response.get("Errors", [])
+            if errors:
+                raise Unavailable(
+                    f"object store: {len(errors)} objects could not be deleted "
+                    f"(first: {errors[0].get('Key')}: {errors[0].get('Message')})",
+                    reason="OBJECT_STORE_UNAVAILABLE",
+                )
+            return len(keys)
+
+        return await self._request(delete, prefix)
 
     async def close(self) -> None:
         """Closes the shared client."""
@@ -192,6 +256,24 @@ class S3ObjectStore:
 
 def _brief(exc: BaseException) -> str:
     return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
+async def _list_page(client: S3Client, **request: Any) -> Any:
+    return await client.list_objects_v2(**request)
+
+
+def _is_outage(exc: Unavailable) -> bool:
+    """Whether the store failed, rather than refused this one request (AccessDenied, 400s).
+
+    A refusal is still reported as UNAVAILABLE, but neither retried nor counted against the
+    breaker: one bucket without access must not stop the service from using the others.
+    """
+    cause = exc.__cause__
+    if isinstance(cause, ClientError):
+        error = cause.response.get("Error", {})
+        status = cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 500)
+        return error.get("Code", "") in _TRANSIENT_CODES or status >= 500 or status in (408, 429)
+    return is_outage(exc)
 
 
 def _translate(exc: BaseException, uri: str) -> Exception:
@@ -304,15 +386,22 @@ class LocalObjectStore:
         """Nothing to release."""
 
 
-def object_store_for(location: str, s3: S3Settings) -> ObjectStore:
+def object_store_for(
+    location: str, s3: S3Settings, resilience: Resilience | None = None
+) -> ObjectStore:
     """The adapter for a warehouse location, chosen by its scheme.
+
+    Args:
+        location: The warehouse, ``s3://...`` or ``file://...``.
+        s3: The ``s3`` settings.
+        resilience: The process's breakers (the S3 adapter reports to the object store's).
 
     Raises:
         InvalidArgument: The scheme is neither s3 nor file.
     """
     scheme = urlparse(location).scheme
     if scheme in {"s3", "s3a"}:
-        return S3ObjectStore(s3, location)
+        return S3ObjectStore(s3, location, resilience)
     if scheme in {"file", ""}:
         return LocalObjectStore(location)
     raise InvalidArgument(f"unsupported warehouse location {location!r}: use s3:// or file://")

@@ -16,6 +16,11 @@ Three properties matter to the job worker:
   cancel), so a cancelled job does not leave a query burning the cluster.
 * **Findability.** Every query carries ``source=lakehouse``, client tags and client info
   naming the job, so an operator can find it in Trino's UI and resource groups can select it.
+
+Calls go through Trino's circuit breaker (``lakehouse.adapters.resilience``): only a Trino
+that cannot be reached counts against it, not a query Trino failed. Validations are retried
+(they change nothing) within the call's deadline, which also caps each HTTP request's timeout;
+statements are not: a job's attempts are the job worker's business.
 """
 
 from __future__ import annotations
@@ -35,12 +40,14 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import pyarrow as pa
 import requests
+import trino.constants
 import trino.dbapi
 import trino.exceptions
 from trino.auth import Authentication, BasicAuthentication, JWTAuthentication
 
+from lakehouse.adapters.resilience import TRINO, Resilience, timeout_within
 from lakehouse.adapters.sql_result import SqlOutcome
-from lakehouse.config import TrinoSettings
+from lakehouse.config import ResilienceSettings, TrinoSettings
 from lakehouse.core.job_context import JobContext, JobStopped
 from lakehouse.errors import (
     AlreadyExists,
@@ -135,6 +142,7 @@ class TrinoEngine:
 
     Args:
         settings: The ``trino`` section of the service's settings.
+        resilience: The process's breakers; a private set when None (tests, tools).
 
     Raises:
         ValueError: The settings cannot work: no endpoint, an endpoint that is not a plain
@@ -142,7 +150,7 @@ class TrinoEngine:
             over plain http (the client refuses to send them, and so should we).
     """
 
-    def __init__(self, settings: TrinoSettings) -> None:
+    def __init__(self, settings: TrinoSettings, resilience: Resilience | None = None) -> None:
         if not settings.endpoint:
             raise ValueError("trino.endpoint is not set; the Trino engine is off")
         parts = urllib.parse.urlsplit(settings.endpoint)
@@ -165,6 +173,8 @@ class TrinoEngine:
         self._scheme = parts.scheme
         self._base_url = f"{parts.scheme}://{parts.hostname}:{port}"
         self._ca_file = str(settings.ca_file) if settings.ca_file else None
+        self._resilience = resilience or Resilience(ResilienceSettings())
+        self._breaker = self._resilience.breaker(TRINO)
 
     @property
     def endpoint(self) -> str:
@@ -192,18 +202,26 @@ class TrinoEngine:
             Unavailable: Trino cannot be reached or failed (retryable).
         """
         sql = f"EXPLAIN (TYPE VALIDATE) {_clean(statement)}"
-        connection = self._connect(default_namespace, tags=[CLIENT_TAG, "lakehouse-validate"])
-        try:
-            cursor = cast(_Cursor, connection.cursor())
-            cursor.execute(sql)
-            while cursor.fetchmany(FETCH_ROWS):
-                pass
-        except trino.exceptions.TrinoQueryError as err:
-            raise self._query_error(err) from err
-        except (trino.exceptions.Error, trino.exceptions.HttpError, OSError) as err:
-            raise self._transport_error(err) from err
-        finally:
-            connection.close()
+
+        def attempt() -> None:
+            connection = self._connect(
+                default_namespace,
+                tags=[CLIENT_TAG, "lakehouse-validate"],
+                timeout=timeout_within(self._settings.request_timeout_seconds, TRINO),
+            )
+            try:
+                cursor = cast(_Cursor, connection.cursor())
+                cursor.execute(sql)
+                while cursor.fetchmany(FETCH_ROWS):
+                    pass
+            except trino.exceptions.TrinoQueryError as err:
+                raise self._query_error(err) from err
+            except (trino.exceptions.Error, trino.exceptions.HttpError, OSError) as err:
+                raise self._transport_error(err) from err
+            finally:
+                connection.close()
+
+        self._resilience.call_sync(attempt, uses=(self._breaker,), retry=True, outage=_unreachable)
 
     def run_statement(
         self,
@@ -247,6 +265,16 @@ class TrinoEngine:
         if destination is not None:
             sql = self.destination_statement(sql, destination)
         ctx.check()
+        return self._resilience.call_sync(
+            lambda: self._run_once(sql, default_namespace, preview_limit, ctx),
+            uses=(self._breaker,),
+            retry=False,
+            outage=_unreachable,
+        )
+
+    def _run_once(
+        self, sql: str, default_namespace: str, preview_limit: int, ctx: JobContext
+    ) -> SqlOutcome:
         connection = self._connect(
             default_namespace,
             tags=[CLIENT_TAG, _tag(f"lakehouse-job:{ctx.job_id}")],
@@ -285,6 +313,8 @@ class TrinoEngine:
     def check(self, timeout: float | None = None) -> None:
         """Health: asks the coordinator for ``/v1/info``, a cheap request that runs nothing.
 
+        It bypasses the breaker and closes it when Trino answers.
+
         Args:
             timeout: Seconds to wait at most (the caller's deadline); defaults to
                 ``trino.request_timeout_seconds``.
@@ -309,6 +339,7 @@ class TrinoEngine:
             ) from err
         if not isinstance(info, dict) or info.get("starting", False):
             raise Unavailable(f"Trino at {self._base_url} is starting", reason=UNAVAILABLE_REASON)
+        self._breaker.probe_succeeded()
 
     def destination_statement(self, query: str, destination: tuple[str, str]) -> str:
         """The ``CREATE TABLE ... AS`` statement that writes ``query``'s result to a new table.
@@ -325,8 +356,16 @@ class TrinoEngine:
     # -- Internals -----------------------------------------------------------------------
 
     def _connect(
-        self, schema: str, *, tags: list[str], info: dict[str, Any] | None = None
+        self,
+        schema: str,
+        *,
+        tags: list[str],
+        info: dict[str, Any] | None = None,
+        timeout: float | None = None,
     ) -> _Connection:
+        # With ``timeout`` (from the call's deadline) each HTTP request gets that long and a
+        # single attempt: the client's own retries would run past the deadline; the adapter's
+        # stop in time.
         settings = self._settings
         auth: Authentication | None = None
         if settings.password is not None:
@@ -345,7 +384,8 @@ class TrinoEngine:
                 auth=auth,
                 # The client ignores `verify` when given a session; the session carries it.
                 http_session=_PinnedCaSession(self._ca_file) if self._ca_file else None,
-                request_timeout=settings.request_timeout_seconds,
+                request_timeout=settings.request_timeout_seconds if timeout is None else timeout,
+                max_attempts=trino.constants.DEFAULT_MAX_ATTEMPTS if timeout is None else 1,
                 client_tags=tags,
                 http_headers=headers,
                 # Results must not depend on the zone of whichever host runs the worker.
@@ -546,6 +586,15 @@ class _RunningQuery:
             logger.info(
                 "cancelled Trino query %s", cursor.query_id, extra={"job_id": self._ctx.job_id}
             )
+
+
+def _unreachable(error: Unavailable) -> bool:
+    """Whether Trino itself could not be reached (what its breaker counts and retries).
+
+    A query Trino ran and failed (out of resources, a connector's storage down) carries
+    Trino's error name; it says nothing about other queries, which may well succeed.
+    """
+    return "trino_error_name" not in error.metadata
 
 
 # -- Result conversion -------------------------------------------------------------------

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 from lakehouse import metrics
 from lakehouse.adapters.iceberg import IcebergCatalog
 from lakehouse.adapters.iceberg_ingest import AppendPlan, IngestState
+from lakehouse.adapters.resilience import without_deadline
 from lakehouse.config import IngestSettings
 from lakehouse.core.names import check_identifier
 from lakehouse.errors import (
@@ -235,7 +236,11 @@ class _TableCommitter:
         self._queue: asyncio.Queue[_Unit] = asyncio.Queue()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._task = asyncio.create_task(self._run(), name=f"committer-{key[0]}.{key[1]}")
+        # Made while handling the table's first write, but it outlives that call: its commits
+        # must not be cut at that call's deadline.
+        self._task = asyncio.create_task(
+            self._run(), name=f"committer-{key[0]}.{key[1]}", context=without_deadline()
+        )
 
     async def enqueue(self, unit: _Unit) -> asyncio.Future[WriteResult]:
         """Waits for buffer room, queues the unit, and returns the future of its commit."""

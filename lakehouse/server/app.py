@@ -14,6 +14,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from lakehouse.adapters.blocking import BlockingPool
 from lakehouse.adapters.iceberg import IcebergCatalog
 from lakehouse.adapters.object_store import object_store_for
+from lakehouse.adapters.resilience import CATALOG, JOB_STORE, OBJECT_STORE, Resilience
 from lakehouse.config import Settings
 from lakehouse.core.ingest import Ingest
 from lakehouse.core.reads import Reads
@@ -65,8 +66,11 @@ class LakehouseServer:
         self.grpc_port = 0
         self.http_port = 0
         self._pool = BlockingPool(settings.blocking_threads)
-        self.catalog = IcebergCatalog(settings, self._pool)
-        self.store = object_store_for(settings.warehouse, settings.s3)
+        # One set of circuit breakers for the process: every adapter reaching a dependency
+        # reports to, and is stopped by, the same breaker.
+        self.resilience = Resilience(settings.resilience)
+        self.catalog = IcebergCatalog(settings, self._pool, self.resilience)
+        self.store = object_store_for(settings.warehouse, settings.s3, self.resilience)
         self.tables = Tables(self.catalog, self.store)
         self.reads = Reads(self.catalog)
         self.ingest = Ingest(self.catalog, settings.ingest)
@@ -75,6 +79,7 @@ class LakehouseServer:
             self.catalog,
             self.store,
             self._pool,
+            resilience=self.resilience,
             slots=settings.jobs.workers,
             scheduler=True,
         )
@@ -85,9 +90,9 @@ class LakehouseServer:
         ]
         self.monitor = HealthMonitor(
             [
-                Dependency("catalog", self.catalog.check),
-                Dependency("object_store", self.store.check),
-                Dependency("job_store", self.job_runtime.check),
+                Dependency("catalog", self.catalog.check, self.resilience.breaker(CATALOG)),
+                Dependency("object_store", self.store.check, self.resilience.breaker(OBJECT_STORE)),
+                Dependency("job_store", self.job_runtime.check, self.resilience.breaker(JOB_STORE)),
             ],
             served,
             interval_seconds=settings.health_check_interval_seconds,

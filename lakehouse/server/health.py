@@ -1,4 +1,9 @@
-"""Background checks of the backing services, feeding gRPC health and /readyz."""
+"""Background checks of the backing services, feeding gRPC health and /readyz.
+
+The checks are also the probes of the circuit breakers (``lakehouse.adapters.resilience``):
+they bypass them, and a passing check closes its dependency's breaker at once, so calls
+resume within one check interval of a recovery.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from dataclasses import dataclass
 
 from grpc_health.v1 import health, health_pb2
 
+from lakehouse.adapters.resilience import CircuitBreaker
 from lakehouse.server import metrics
 
 log = logging.getLogger(__name__)
@@ -21,10 +27,11 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 @dataclass(frozen=True)
 class Dependency:
-    """A backing service and its check (raises when the service is unusable)."""
+    """A backing service, its check (raises when the service is unusable) and its breaker."""
 
     name: str
     check: Callable[[], Awaitable[None]]
+    breaker: CircuitBreaker | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,8 @@ class HealthMonitor:
         self._interval = interval_seconds
         self._timeout = timeout_seconds
         self._task: asyncio.Task[None] | None = None
+        # The check under way per dependency: a hung one is not started again on top of it.
+        self._running: dict[str, asyncio.Future[None]] = {}
         self._shutting_down = False
         self.readiness = Readiness(False, {d.name: "unknown" for d in dependencies}, _now())
 
@@ -75,13 +84,26 @@ class HealthMonitor:
 
     async def _check(self, dep: Dependency) -> str:
         started = time.perf_counter()
+        running = self._running.get(dep.name)
+        if running is not None and not running.done():
+            # A check that timed out still holds a thread (blocking clients cannot be
+            # interrupted); starting another every interval would pile them up.
+            return self._record(dep, started, "error: the previous check has not ended yet")
         try:
-            await asyncio.wait_for(dep.check(), self._timeout)
+            running = self._running[dep.name] = asyncio.ensure_future(dep.check())
+            running.add_done_callback(_retrieve)  # a late failure is not "never retrieved"
+            await asyncio.wait_for(asyncio.shield(running), self._timeout)
             outcome = "ok"
+            if dep.breaker is not None:
+                dep.breaker.probe_succeeded()
         except TimeoutError:
             outcome = f"error: no answer within {self._timeout:g}s"
         except Exception as exc:
             outcome = f"error: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
+        return self._record(dep, started, outcome)
+
+    @staticmethod
+    def _record(dep: Dependency, started: float, outcome: str) -> str:
         metrics.DEPENDENCY_CHECK_SECONDS.labels(dep.name).observe(time.perf_counter() - started)
         metrics.DEPENDENCY_UP.labels(dep.name).set(1 if outcome == "ok" else 0)
         return outcome
@@ -100,8 +122,15 @@ class HealthMonitor:
         self._shutting_down = True
         if self._task is not None:
             self._task.cancel()
+        for running in self._running.values():
+            running.cancel()
         self.readiness = Readiness(False, self.readiness.checks, _now())
         await self.servicer.enter_graceful_shutdown()
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _now() -> dt.datetime:

@@ -16,6 +16,7 @@ from lakehouse.adapters.blocking import BlockingPool
 from lakehouse.adapters.iceberg import IcebergCatalog
 from lakehouse.adapters.job_store import JobStore
 from lakehouse.adapters.object_store import ObjectStore
+from lakehouse.adapters.resilience import JOB_STORE, Resilience
 from lakehouse.adapters.trino_engine import TrinoEngine
 from lakehouse.config import Settings
 from lakehouse.core.job_kinds import JobKinds
@@ -36,6 +37,9 @@ class JobRuntime:
         jobs: The JobService operations.
         worker: This process's workers (with no slots when ``workers`` is 0).
         store: The job store.
+
+    The job store and Trino report to the breakers of ``resilience`` (the process's; a
+    private set when None).
     """
 
     def __init__(
@@ -47,13 +51,15 @@ class JobRuntime:
         *,
         slots: int,
         scheduler: bool,
+        resilience: Resilience | None = None,
     ) -> None:
         self._settings = settings
         self._pool = pool
-        self.store = JobStore(settings.jobs_database_uri)
+        resilience = resilience or Resilience(settings.resilience)
+        self.store = JobStore(settings.jobs_database_uri, breaker=resilience.breaker(JOB_STORE))
         # One thread per job slot, plus one for the scheduler's file planning.
         self._job_pool = BlockingPool(max(slots, 1) + 1, name="lakehouse-jobs")
-        self.trino = TrinoEngine(settings.trino) if settings.trino.endpoint else None
+        self.trino = TrinoEngine(settings.trino, resilience) if settings.trino.endpoint else None
         self.events = JobEvents()
         self._migrated = False
         self._migrating: asyncio.Task[None] | None = None

@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 
+from lakehouse.adapters.resilience import call_deadline
 from lakehouse.config import Settings
 from lakehouse.errors import DeadlineExceeded
 
@@ -67,17 +68,24 @@ class CallDeadlines:
         At the limit the body is cancelled (as a client deadline would cancel it, so the same
         ``finally`` clean-up runs) and ``DeadlineExceeded`` is raised in its place.
 
+        The body also runs with its deadline (the client's or this limit, the sooner) set for
+        the adapters (``lakehouse.adapters.resilience.call_deadline``), which time their calls
+        to backing services and their retries by it: gRPC Python does not pass it on.
+
         Raises:
             DeadlineExceeded: The body ran past the limit.
         """
-        budget = self.budget(context.time_remaining(), streaming=streaming)
+        remaining = context.time_remaining()
+        budget = self.budget(remaining, streaming=streaming)
         if budget is None:
-            yield
+            with call_deadline(remaining):
+                yield
             return
         timeout = asyncio.timeout(budget)
         try:
-            async with timeout:
-                yield
+            with call_deadline(budget):
+                async with timeout:
+                    yield
         except TimeoutError:
             if not timeout.expired():
                 raise  # a TimeoutError of the handler's own, not this limit

@@ -14,6 +14,7 @@ from aiohttp import web
 from lakehouse.adapters.blocking import BlockingPool
 from lakehouse.adapters.iceberg import IcebergCatalog
 from lakehouse.adapters.object_store import object_store_for
+from lakehouse.adapters.resilience import CATALOG, JOB_STORE, OBJECT_STORE, Resilience
 from lakehouse.config import Settings
 from lakehouse.server.app import bound_port
 from lakehouse.server.health import Dependency, HealthMonitor
@@ -34,21 +35,25 @@ class WorkerProcess:
         self.settings = settings
         self.http_port = 0
         self._pool = BlockingPool(settings.blocking_threads)
-        self.catalog = IcebergCatalog(settings, self._pool)
-        self.store = object_store_for(settings.warehouse, settings.s3)
+        # One set of circuit breakers for the process: every adapter reaching a dependency
+        # reports to, and is stopped by, the same breaker.
+        self.resilience = Resilience(settings.resilience)
+        self.catalog = IcebergCatalog(settings, self._pool, self.resilience)
+        self.store = object_store_for(settings.warehouse, settings.s3, self.resilience)
         self.job_runtime = JobRuntime(
             settings,
             self.catalog,
             self.store,
             self._pool,
+            resilience=self.resilience,
             slots=settings.jobs.workers,
             scheduler=False,
         )
         self.monitor = HealthMonitor(
             [
-                Dependency("catalog", self.catalog.check),
-                Dependency("object_store", self.store.check),
-                Dependency("job_store", self.job_runtime.check),
+                Dependency("catalog", self.catalog.check, self.resilience.breaker(CATALOG)),
+                Dependency("object_store", self.store.check, self.resilience.breaker(OBJECT_STORE)),
+                Dependency("job_store", self.job_runtime.check, self.resilience.breaker(JOB_STORE)),
             ],
             [],
             interval_seconds=settings.health_check_interval_seconds,
