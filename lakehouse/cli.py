@@ -180,9 +180,9 @@ async def _serve(settings: Settings) -> None:
         # Before the drain: systemd then waits TimeoutStopSec instead of treating the quiet
         # period as a hang.
         stopping="draining: health is NOT_SERVING, in-flight calls finish",
-        # SIGHUP re-reads the TLS files (systemd's ExecReload=kill -HUP); its default would
-        # kill us.
-        on_sighup=server.tls.request_reload,
+        # SIGHUP re-reads the TLS and key files (systemd's ExecReload=kill -HUP); its default
+        # would kill us.
+        on_sighup=server.request_reload,
     )
 
 

@@ -318,8 +318,8 @@ class AuthSettings(_Section):
     """API keys as a JSON list of ``{name, sha256, role, namespaces?}`` (for the environment);
     added to those of ``api_keys_file``."""
     api_keys_file: Path | None = None
-    """YAML or JSON file holding a list of ``{name, sha256, role, namespaces?}``; read at
-    start-up."""
+    """YAML or JSON file holding a list of ``{name, sha256, role, namespaces?}``; re-read when
+    it changes and on SIGHUP (see ``reload_interval_seconds``)."""
     jwt_secret: SecretStr | None = None
     """Shared secret of HS256 JWTs; at least 32 bytes (RFC 7518)."""
     jwt_public_key_file: Path | None = None
@@ -342,6 +342,10 @@ class AuthSettings(_Section):
     jwt_namespaces_claim: str | None = None
     """JWT claim holding the namespaces the caller may touch (a list, or a space- or
     comma-separated string); empty, or absent from a token, means all namespaces."""
+    reload_interval_seconds: float = Field(default=60.0, ge=0, le=86400)
+    """How often the key files (``api_keys_file``, ``jwt_public_key_file``,
+    ``jwt_jwks_file``) are checked for changes; 0 re-reads them on SIGHUP only. A file that
+    no longer parses is refused and the keys in use stay."""
     mtls_roles: dict[str, RoleName] = Field(default_factory=dict)
     """Role of each client certificate, keyed by a subject alternative name or common name
     (``{"etl.internal": "developer"}``); needs ``tls.require_client_cert``."""
@@ -390,6 +394,12 @@ class AuthSettings(_Section):
             or self.jwt_jwks_file
             or self.mtls_roles
         )
+
+    @property
+    def key_files(self) -> tuple[Path, ...]:
+        """The files keys are read from (and re-read when they change)."""
+        files = (self.api_keys_file, self.jwt_public_key_file, self.jwt_jwks_file)
+        return tuple(path for path in files if path is not None)
 
     @property
     def enabled(self) -> bool:

@@ -15,13 +15,14 @@ from lakehouse.adapters.blocking import BlockingPool
 from lakehouse.adapters.iceberg import IcebergCatalog
 from lakehouse.adapters.object_store import object_store_for
 from lakehouse.adapters.resilience import CATALOG, JOB_STORE, OBJECT_STORE, Resilience
-from lakehouse.config import Settings
+from lakehouse.config import ConfigError, Settings
 from lakehouse.core.ingest import Ingest
 from lakehouse.core.reads import Reads
 from lakehouse.core.tables import Tables
 from lakehouse.server import metrics
 from lakehouse.server.auth import AuthInterceptor
 from lakehouse.server.credentials import Authenticator
+from lakehouse.server.file_watch import FileWatch
 from lakehouse.server.health import Dependency, HealthMonitor
 from lakehouse.server.http import build_http_app
 from lakehouse.server.interceptors import ObservabilityInterceptor
@@ -102,6 +103,13 @@ class LakehouseServer:
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
         self.tls = ServerTls(settings.tls)
+        self._auth_files = FileWatch(
+            "authentication keys",
+            settings.auth.key_files,
+            settings.auth.reload_interval_seconds,
+            self._reload_auth_keys,
+        )
+        self._auth_files.mark_loaded()
         # Built here, before any port: a bad key file stops the start (ConfigError).
         self.authenticator = Authenticator.from_settings(settings.auth)
         self._stopped = asyncio.Event()
@@ -166,6 +174,7 @@ class LakehouseServer:
         await self.monitor.check_once()
         self.monitor.start()
         self.tls.start()
+        self._auth_files.start()
         await server.start()
         log.info(
             "serving",
@@ -204,6 +213,7 @@ class LakehouseServer:
         if self._http is not None:
             await self._http.cleanup()
         await self.tls.stop()
+        await self._auth_files.stop()
         await self.store.close()
         await self.catalog.close()
         self._pool.close()
@@ -213,6 +223,25 @@ class LakehouseServer:
     async def wait_stopped(self) -> None:
         """Returns once ``stop`` has finished."""
         await self._stopped.wait()
+
+    def request_reload(self) -> None:
+        """Re-reads the TLS files and the authentication key files soon (SIGHUP)."""
+        self.tls.request_reload()
+        self._auth_files.request()
+
+    async def _reload_auth_keys(self) -> None:
+        """Re-reads the key files; a file that no longer parses leaves the keys in use."""
+        self._auth_files.mark_loaded()
+        try:
+            fresh = await asyncio.to_thread(Authenticator.from_settings, self.settings.auth)
+        except ConfigError as exc:
+            log.error(
+                "authentication keys refused; the previous ones stay in use",
+                extra={"error": str(exc)},
+            )
+            return
+        self.authenticator.take_keys_of(fresh)
+        log.info("authentication keys reloaded", extra=fresh.describe())
 
 
 def bound_port(runner: web.AppRunner, requested: int) -> int:

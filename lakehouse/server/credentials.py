@@ -437,6 +437,15 @@ class Authenticator:
             mtls_roles=settings.mtls_roles,
         )
 
+    def take_keys_of(self, fresh: Authenticator) -> None:
+        """Verifies with the API keys and JWT keys of ``fresh`` from now on (a reload).
+
+        Calls already authenticated keep their principal; each assignment is atomic, so a
+        call sees either the old or the new keys of each kind.
+        """
+        self._api_keys = fresh._api_keys
+        self._jwts = fresh._jwts
+
     def describe(self) -> dict[str, Any]:
         """What is configured, for the start-up log line (no secrets)."""
         return {

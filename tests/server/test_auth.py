@@ -1120,3 +1120,92 @@ def test_a_bad_key_file_stops_the_server_before_it_binds(
     auth = AuthSettings(api_keys_file=tmp_path / "missing.yaml")
     with pytest.raises(ConfigError):
         LakehouseServer(local_settings.model_copy(update={"auth": auth}))
+
+
+# -- Key rotation ------------------------------------------------------------------------------
+
+
+async def _eventually_code(call: Any, code: grpc.StatusCode, timeout: float = 20.0) -> None:
+    """Waits until ``call()`` ends with ``code`` (a reload happens in the background)."""
+    deadline = time.monotonic() + timeout
+    while (got := await code_of(call())) != code:
+        assert time.monotonic() < deadline, f"still {got.name}, expected {code.name}"
+        await asyncio.sleep(0.1)
+
+
+async def test_rotated_key_files_are_picked_up_without_a_restart(
+    local_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    old_plain, old_entry = new_api_key("old-key", "admin")
+    new_plain, new_entry = new_api_key("new-key", "admin")
+    keys_file = tmp_path / "api-keys.yaml"
+    keys_file.write_text(yaml.safe_dump([old_entry.model_dump(exclude_none=True)]))
+    first = ec.generate_private_key(ec.SECP256R1())
+    second = ec.generate_private_key(ec.SECP256R1())
+    jwks_file = tmp_path / "jwks.json"
+
+    def publish(*keyed: tuple[str, ec.EllipticCurvePrivateKey]) -> None:
+        jwks = [
+            {**jwt.algorithms.ECAlgorithm.to_jwk(k.public_key(), as_dict=True), "kid": kid}
+            for kid, k in keyed
+        ]
+        jwks_file.write_text(json.dumps({"keys": jwks}))
+
+    def es256(kid: str, key: ec.EllipticCurvePrivateKey) -> str:
+        return jwt.encode(claims(aud=None), key, algorithm="ES256", headers={"kid": kid})
+
+    publish(("k1", first))
+    auth = AuthSettings(
+        api_keys_file=keys_file,
+        jwt_jwks_file=jwks_file,
+        jwt_issuer=ISSUER,
+        reload_interval_seconds=0.2,
+    )
+    async with started(local_settings.model_copy(update={"auth": auth})) as (_, channel):
+        tables = Stubs.on(channel).tables
+
+        def listing(token: str) -> Any:
+            return tables.ListNamespaces(tpb.ListNamespacesRequest(), metadata=bearer(token))
+
+        assert await code_of(listing(old_plain)) == grpc.StatusCode.OK
+        assert await code_of(listing(es256("k1", first))) == grpc.StatusCode.OK
+        assert await code_of(listing(new_plain)) == grpc.StatusCode.UNAUTHENTICATED
+
+        # The files change on disk: noticed by polling.
+        keys_file.write_text(yaml.safe_dump([new_entry.model_dump(exclude_none=True)]))
+        publish(("k2", second))
+        await _eventually_code(lambda: listing(new_plain), grpc.StatusCode.OK)
+        await _eventually_code(lambda: listing(es256("k2", second)), grpc.StatusCode.OK)
+        assert await code_of(listing(old_plain)) == grpc.StatusCode.UNAUTHENTICATED
+        assert await code_of(listing(es256("k1", first))) == grpc.StatusCode.UNAUTHENTICATED
+
+        # A botched rotation is refused: the keys in use stay.
+        with caplog.at_level(logging.ERROR, logger="lakehouse.server.app"):
+            keys_file.write_text("- {name: broken, sha256: [")
+            deadline = time.monotonic() + 20
+            while not any("refused" in r.getMessage() for r in caplog.records):
+                assert time.monotonic() < deadline, "the broken file was never noticed"
+                await asyncio.sleep(0.1)
+        assert await code_of(listing(new_plain)) == grpc.StatusCode.OK
+
+
+async def test_without_polling_keys_are_reloaded_on_request(
+    local_settings: Settings, tmp_path: Path
+) -> None:
+    old_plain, old_entry = new_api_key("old-key", "admin")
+    new_plain, new_entry = new_api_key("new-key", "admin")
+    keys_file = tmp_path / "api-keys.yaml"
+    keys_file.write_text(yaml.safe_dump([old_entry.model_dump(exclude_none=True)]))
+    auth = AuthSettings(api_keys_file=keys_file, reload_interval_seconds=0)
+    async with started(local_settings.model_copy(update={"auth": auth})) as (server, channel):
+        tables = Stubs.on(channel).tables
+
+        def listing(token: str) -> Any:
+            return tables.ListNamespaces(tpb.ListNamespacesRequest(), metadata=bearer(token))
+
+        keys_file.write_text(yaml.safe_dump([new_entry.model_dump(exclude_none=True)]))
+        await asyncio.sleep(0.5)
+        assert await code_of(listing(old_plain)) == grpc.StatusCode.OK  # not polled
+        server.request_reload()  # what SIGHUP calls
+        await _eventually_code(lambda: listing(new_plain), grpc.StatusCode.OK)
+        assert await code_of(listing(old_plain)) == grpc.StatusCode.UNAUTHENTICATED
