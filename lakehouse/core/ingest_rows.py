@@ -12,7 +12,7 @@ problems and payloads of invalid rows are built lazily, when read, so rejecting 
 batch stays cheap.
 
 JSON rows (``google.protobuf.Struct`` as ``MessageToDict`` gives them) follow the format of
-``lakehouse.services.json_rows``: integers beyond 2^53, decimals, NaN and infinities may be
+``lakehouse.core.json_values``: integers beyond 2^53, decimals, NaN and infinities may be
 strings; times ISO 8601; bytes base64; UUIDs canonical. A ``timestamptz`` value must carry a
 UTC offset (``Z`` or ``+02:00``) and a ``timestamp`` value must not: a naive time for a
 zoned column (or the reverse) is a ``TYPE_MISMATCH``, never a guess. The same rule holds for

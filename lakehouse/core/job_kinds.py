@@ -34,9 +34,9 @@ from lakehouse.core.job_specs import (
     timestamp_ms,
     under_spec,
 )
+from lakehouse.core.json_values import batch_to_structs
 from lakehouse.core.row_filter import parse_row_filter
 from lakehouse.errors import FailedPrecondition
-from lakehouse.services.json_rows import batch_to_structs
 from lakehouse.v1 import job_pb2, rows_pb2
 
 DEFAULT_TARGET_FILE_BYTES = 512 * 1024 * 1024

@@ -42,7 +42,7 @@ from lakehouse.metrics import (
     JOBS_QUEUED,
     JOBS_RUNNING,
 )
-from lakehouse.services.status import status_proto_for
+from lakehouse.status import status_proto_for
 from lakehouse.v1 import job_pb2
 
 log = logging.getLogger(__name__)

@@ -14,6 +14,9 @@ import math
 import uuid
 from typing import Any
 
+import pyarrow as pa
+from google.protobuf.struct_pb2 import Struct
+
 _EXACT_INT = 2**53
 
 
@@ -47,3 +50,13 @@ def json_value(value: Any) -> Any:
             return [{"key": json_value(k), "value": json_value(v)} for k, v in value]
         return [json_value(v) for v in value]
     return str(value)
+
+
+def batch_to_structs(batch: pa.RecordBatch) -> list[Struct]:
+    """The rows of a batch as Structs keyed by column name (ReadRows JSON, SQL previews)."""
+    rows = []
+    for row in batch.to_pylist(maps_as_pydicts=None):
+        struct = Struct()
+        struct.update({k: json_value(v) for k, v in row.items()})
+        rows.append(struct)
+    return rows

@@ -24,7 +24,7 @@ from opentelemetry import trace
 from lakehouse.errors import InvalidArgument, LakehouseError
 from lakehouse.server import metrics
 from lakehouse.server.limits import CallDeadlines
-from lakehouse.services.status import RpcFailure, failure_for, internal_failure, simple_failure
+from lakehouse.status import RpcFailure, failure_for, internal_failure, simple_failure
 
 log = logging.getLogger("lakehouse.rpc")
 Context = grpc.aio.ServicerContext[Any, Any]

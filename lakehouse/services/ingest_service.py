@@ -20,7 +20,7 @@ from lakehouse.core.ingest_rows import DecodedRows, decode_arrow, decode_json
 from lakehouse.core.tables import Tables
 from lakehouse.errors import FieldViolation, InvalidArgument, LakehouseError
 from lakehouse.schemas import schema_to_arrow
-from lakehouse.services.status import status_proto_for
+from lakehouse.status import status_proto_for
 from lakehouse.v1 import ingest_pb2, ingest_service_pb2_grpc, table_pb2
 from lakehouse.v1 import ingest_service_pb2 as pb
 

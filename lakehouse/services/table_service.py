@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from lakehouse.adapters.iceberg import TableInfo
 from lakehouse.core.job_specs import timestamp_ms
+from lakehouse.core.json_values import batch_to_structs
 from lakehouse.core.reads import ReadOptions, Reads, ReadStart
 from lakehouse.core.streams import prefetch
 from lakehouse.core.tables import Tables
@@ -23,7 +24,6 @@ from lakehouse.services.convert import (
     snapshot_to_proto,
     table_to_proto,
 )
-from lakehouse.services.json_rows import batch_to_structs
 from lakehouse.services.wire import encode_arrow_batch_response
 from lakehouse.v1 import rows_pb2, table_pb2, table_service_pb2_grpc
 from lakehouse.v1 import table_service_pb2 as pb

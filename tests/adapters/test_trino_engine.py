@@ -38,6 +38,7 @@ from lakehouse.adapters.sql_result import SqlOutcome
 from lakehouse.adapters.trino_engine import TrinoEngine, TrinoType, parse_trino_type
 from lakehouse.config import TrinoSettings
 from lakehouse.core.job_context import JobContext, JobStopped
+from lakehouse.core.json_values import batch_to_structs
 from lakehouse.errors import (
     AlreadyExists,
     CommitStateUnknown,
@@ -46,7 +47,6 @@ from lakehouse.errors import (
     NotFound,
     Unavailable,
 )
-from lakehouse.services.json_rows import batch_to_structs
 
 PASSWORD = "s3cret-pw"
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.e30.fake-signature"

@@ -1,4 +1,8 @@
-"""Domain errors to ``google.rpc.Status``: the one place where that mapping happens."""
+"""Domain errors to ``google.rpc.Status``: the one place where that mapping happens.
+
+The transport answers failed calls with it, and job records keep a failed attempt's error in
+the same form (``Job.error``), so both say the same thing about the same failure.
+"""
 
 from __future__ import annotations
 
