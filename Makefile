@@ -121,17 +121,19 @@ lint: $(VENV_STAMP) ## ruff check, ruff format --check, mypy (config in pyprojec
 
 # --- benchmarks --------------------------------------------------------------------------
 #
-# `make bench` runs every scenario in bench/scenarios.py against a separate `lakehouse serve`
-# process and writes bench/results.json and bench/results.md (see bench/README.md).
-# QUICK=1: short durations, the whole run in under two minutes (CI). BACKEND=postgres_s3: a
-# throwaway PostgreSQL catalog + moto S3 instead of the embedded default (SQLite + folder).
-BACKEND ?= embedded
+# `make bench` runs every scenario in bench/scenarios.py against separate `lakehouse serve`
+# processes, on the embedded default (SQLite + folder) and then on a throwaway PostgreSQL
+# catalog + moto S3 (each on fresh servers), and writes bench/results.json and
+# bench/results.md (see bench/README.md). QUICK=1: short durations (CI).
+# BACKEND=embedded or BACKEND=postgres_s3: only that one. postgres_s3 needs Debian's postgresql
+# (system-deps installs it when missing; skipped for BACKEND=embedded).
+BACKEND ?= all
 QUICK ?=
 BENCH_ARGS ?=
 BENCH_QUICK_FLAG = $(if $(filter-out 0 no false,$(QUICK)),--quick)
-BENCH_DEPS = $(VENV_STAMP) $(if $(filter postgres_s3,$(BACKEND)),system-deps)
+BENCH_DEPS = $(VENV_STAMP) $(if $(filter embedded,$(BACKEND)),,system-deps)
 
 .PHONY: bench
 
-bench: $(BENCH_DEPS) ## Benchmarks -> bench/results.{json,md}: [QUICK=1] [BACKEND=postgres_s3]
+bench: $(BENCH_DEPS) ## Benchmarks on embedded and postgres_s3 -> bench/results.{json,md}: [QUICK=1] [BACKEND=embedded|postgres_s3]
 	$(PY) -m bench --backend $(BACKEND) $(BENCH_QUICK_FLAG) $(BENCH_ARGS)

@@ -55,6 +55,7 @@ class Result:
     ``goal_ratio`` is the ratio the issue asks for: a floor when ``better`` is ``"higher"`` (the
     default: throughput), a ceiling when it is ``"lower"`` (latency, memory against a bound).
     ``better`` is not part of the JSON schema; the markdown table shows it as >= or <=.
+    ``backend`` is the backend the scenario ran on (set by the harness, not by the scenario).
     """
 
     name: str
@@ -65,6 +66,7 @@ class Result:
     ratio: float | None = None
     goal_ratio: float | None = None
     notes: str = ""
+    backend: str = ""
     better: str = field(default="higher", repr=False)
     failed: bool = field(default=False, repr=False)
     """The scenario raised: the harness is broken (the run exits non-zero). Not in the JSON."""
@@ -81,11 +83,11 @@ class Result:
         return self
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON form: exactly the schema's keys."""
+        """The JSON form: exactly the schema's keys, ``backend`` first."""
         data = dataclasses.asdict(self)
         data.pop("better")
         data.pop("failed")
-        return data
+        return {"backend": data.pop("backend"), **data}
 
     def goal_status(self) -> str:
         """ "met", "missed" or "" (no goal or no ratio)."""
@@ -478,7 +480,11 @@ def run_scenario(ctx: BenchContext, name: str) -> Result:
         result = Result(name, None, "", notes=f"ERROR {type(exc).__name__}: {first}", failed=True)
     finally:
         ctx._running.discard(name)
-    print(f"bench: {name} done in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+    result.backend = ctx.backend.name
+    print(
+        f"bench: {ctx.backend.name} {name} done in {time.perf_counter() - started:.1f}s",
+        file=sys.stderr,
+    )
     return result
 
 
@@ -572,8 +578,30 @@ async def closed_loop(
 # --- machine facts and output ----------------------------------------------------------------
 
 
-def machine_info(backend: str, quick: bool) -> dict[str, Any]:
-    """The facts a reader needs to compare two results files."""
+@dataclass
+class BackendRun:
+    """One backend's part of a run: its results, how long it took, and why it stopped early."""
+
+    name: str
+    results: list[Result] = field(default_factory=list)
+    notes: str = ""
+    """What the backend's services were (``Backend.notes``)."""
+    run_seconds: float = 0.0
+    error: str | None = None
+    """Set when the backend (or the harness on it) could not run: the run exits 2."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry of ``machine.backends`` in results.json."""
+        return {
+            "name": self.name,
+            "notes": self.notes,
+            "run_seconds": self.run_seconds,
+            "error": self.error,
+        }
+
+
+def machine_info(quick: bool) -> dict[str, Any]:
+    """The facts a reader needs to compare two results files (``backends`` is added later)."""
     cpu = platform.processor() or "unknown"
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -592,7 +620,6 @@ def machine_info(backend: str, quick: bool) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "git_commit": _git_commit(),
-        "backend": backend,
         "quick": quick,
         "grpcio": grpc.__version__,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -621,33 +648,109 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
-def markdown(machine: dict[str, Any], results: list[Result]) -> str:
-    """The results as a markdown table, then the machine facts."""
-    lines = ["# lakehouse benchmark results", ""]
-    lines.append("| scenario | value | unit | limit | limit value | ratio | goal | notes |")
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _goal(r: Result) -> str:
+    if r.goal_ratio is None:
+        return ""
+    return f"{'>=' if r.better == 'higher' else '<='} {_fmt(r.goal_ratio)}"
+
+
+def _summary(runs: list[BackendRun]) -> list[str]:
+    """One row per scenario, value and ratio side by side for each backend."""
+    names: list[str] = []
+    by_key: dict[tuple[str, str], Result] = {}
+    for run in runs:
+        for r in run.results:
+            if r.name not in names:
+                names.append(r.name)
+            by_key[(run.name, r.name)] = r
+    header = "| scenario | unit | goal |"
+    rule = "| --- | --- | --- |"
+    for run in runs:
+        header += f" {run.name} | {run.name} ratio |"
+        rule += " ---: | ---: |"
+    lines = [header, rule]
+    for name in names:
+        results = [by_key.get((run.name, name)) for run in runs]
+        known = [r for r in results if r is not None]
+        unit = next((r.unit for r in known if r.unit), "")
+        goal = next((_goal(r) for r in known if r.goal_ratio is not None), "")
+        row = f"| {name} | {unit} | {goal} |"
+        for result in results:
+            if result is None:
+                row += " not run | |"
+            elif result.value is None:
+                row += f" {'skipped' if result.notes.startswith('skipped:') else 'ERROR'} | |"
+            else:
+                status = result.goal_status()
+                ratio = _fmt(result.ratio) + (f" {status}" if status else "")
+                row += f" {_fmt(result.value, 4)} | {ratio} |"
+        lines.append(row)
+    return lines
+
+
+def _scenario_table(results: list[Result]) -> list[str]:
+    lines = ["| scenario | value | unit | limit | limit value | ratio | goal | notes |"]
     lines.append("| --- | ---: | --- | --- | ---: | ---: | --- | --- |")
     for r in results:
-        goal = ""
-        if r.goal_ratio is not None:
-            goal = f"{'>=' if r.better == 'higher' else '<='} {_fmt(r.goal_ratio)}"
-            status = r.goal_status()
-            goal += f" ({status})" if status else ""
-        notes = r.notes.replace("|", "\\|").replace("\n", " ")
+        goal = _goal(r)
+        status = r.goal_status()
+        goal += f" ({status})" if status else ""
         lines.append(
-            f"| {r.name} | {_fmt(r.value, 4)} | {r.unit} | {r.limit_name or ''} "
-            f"| {_fmt(r.limit_value, 4)} | {_fmt(r.ratio)} | {goal} | {notes} |"
+            f"| {r.name} | {_fmt(r.value, 4)} | {r.unit} | {_cell(r.limit_name or '')} "
+            f"| {_fmt(r.limit_value, 4)} | {_fmt(r.ratio)} | {goal} | {_cell(r.notes)} |"
         )
-    lines += ["", "| machine | |", "| --- | --- |"]
-    lines += [f"| {key} | {value} |" for key, value in machine.items()]
+    return lines
+
+
+def markdown(machine: dict[str, Any], runs: list[BackendRun]) -> str:
+    """The results as markdown: a summary across backends, one table per backend, the machine."""
+    lines = ["# lakehouse benchmark results", ""]
+    if len(runs) > 1:
+        lines += [
+            "## All backends",
+            "",
+            "Each figure and its ratio to its limit, measured on the same backend in this run "
+            "(notes and limits in the tables below).",
+            "",
+            *_summary(runs),
+            "",
+        ]
+    for run in runs:
+        lines += [f"## {run.name}", ""]
+        about = f"{run.notes}; " if run.notes else ""
+        lines.append(f"{about}ran in {run.run_seconds:.0f} s.")
+        if run.error is not None:
+            lines.append(f"**The backend could not run:** {_cell(run.error.splitlines()[0])}")
+        lines += ["", *_scenario_table(run.results), ""]
+    lines += ["## Machine", "", "| machine | |", "| --- | --- |"]
+    for key, value in machine.items():
+        if key == "backends":
+            value = ", ".join(
+                f"{b['name']} ({b['run_seconds']:.0f} s{', FAILED' if b['error'] else ''})"
+                for b in value
+            )
+        lines.append(f"| {key} | {_cell(str(value))} |")
     return "\n".join(lines) + "\n"
 
 
-def write_results(out_dir: Path, machine: dict[str, Any], results: list[Result]) -> str:
-    """Writes results.json and results.md; returns the markdown."""
+def write_results(out_dir: Path, machine: dict[str, Any], runs: list[BackendRun]) -> str:
+    """Writes results.json and results.md; returns the markdown.
+
+    ``machine`` gets ``backends`` (one entry per backend run); the scenarios of every backend
+    go in one list, each with its ``backend``, backend by backend in the order they ran.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": machine, "scenarios": [r.to_json() for r in results]}
+    machine = {**machine, "backends": [run.to_json() for run in runs]}
+    payload = {
+        "machine": machine,
+        "scenarios": [r.to_json() for run in runs for r in run.results],
+    }
     (out_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
-    text = markdown(machine, results)
+    text = markdown(machine, runs)
     (out_dir / "results.md").write_text(text)
     return text
 
