@@ -255,6 +255,12 @@ def run_statement(
                 return done
         engine.open_tables(catalog, plan.tables, default_namespace)
         return engine.query(catalog, plan.query, preview_limit, destination)
+    except duckdb.InterruptException:
+        # A stop interrupts whatever DuckDB call is running, not only the query (found by
+        # tests/faults: SIGTERM while the tables were being registered failed the job with
+        # INTERNAL instead of handing it back). The query's own errors are mapped inside.
+        ctx.check()
+        raise
     finally:
         unregister()
         con.close()
