@@ -13,8 +13,9 @@ import functools
 import inspect
 import threading
 import time
+import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -578,13 +579,14 @@ class IcebergCatalog:
 
         def work(c: Catalog) -> TableInfo:
             # SqlCatalog creates tables in a namespace nobody created; check first.
-            c.load_namespace_properties(namespace)
+            namespace_properties = c.load_namespace_properties(namespace)
             table = c.create_table(
                 (namespace, name),
                 schema=schema,
                 partition_spec=partition_spec,
                 sort_order=sort_order,
                 properties=properties,
+                location=unique_table_location(c, namespace, name, namespace_properties),
             )
             return table_info(namespace, name, table)
 
@@ -1024,6 +1026,27 @@ class IcebergCatalog:
         engine = getattr(catalog, "engine", None)
         if engine is not None:
             await self._pool.run(engine.dispose)
+
+
+def unique_table_location(
+    c: Catalog, namespace: str, name: str, namespace_properties: Mapping[str, str]
+) -> str | None:
+    """A fresh folder for a new table, unique even when the name is reused.
+
+    The usual ``<warehouse>/<namespace>/<table>`` plus a random suffix (as Trino's
+    ``iceberg.unique-table-location``).
+
+    Without it a table renamed away and a new table created under the old name share one
+    folder, and purging either deletes the other's files (found by the fuzz test: a renamed
+    table whose metadata a purge had deleted). None leaves the choice to the catalog (a REST
+    catalog server places tables itself).
+    """
+    if not isinstance(c, SqlCatalog):
+        return None
+    base = namespace_properties.get("location") or (
+        f"{str(c.properties['warehouse']).rstrip('/')}/{namespace}"
+    )
+    return f"{base.rstrip('/')}/{name}-{uuid.uuid4().hex}"
 
 
 def snapshot_not_found(namespace: str, name: str, which: str) -> NotFound:

@@ -253,6 +253,29 @@ async def test_delete_with_purge_removes_files_and_without_keeps_them(
     assert await objects_under(purged.location) == []
 
 
+async def test_purging_a_reused_name_leaves_the_renamed_table_whole(
+    table_stub: Any, server: Any
+) -> None:
+    # Rename a table away, create a new one under the old name, purge that one: the renamed
+    # table keeps its files (each table has a folder of its own, not one per name).
+    await table_stub.CreateNamespace(pb.CreateNamespaceRequest(name="r"))
+    first = await create_orders(table_stub, "r", "orders")
+    await table_stub.RenameTable(
+        pb.RenameTableRequest(namespace="r", table="orders", new_table="orders_2025")
+    )
+    second = await create_orders(table_stub, "r", "orders")
+    assert second.location != first.location
+    assert not second.location.startswith(first.location.rstrip("/") + "/")
+    assert not first.location.startswith(second.location.rstrip("/") + "/")
+
+    await table_stub.DeleteTable(pb.DeleteTableRequest(namespace="r", table="orders", purge=True))
+
+    kept = [o.uri async for o in server.store.list_objects(first.location.rstrip("/") + "/")]
+    assert kept, "the renamed table's files were purged with the other table"
+    renamed = await table_stub.GetTable(pb.GetTableRequest(namespace="r", table="orders_2025"))
+    assert renamed.table.location == first.location
+
+
 async def test_duplicates_and_unknowns(table_stub: Any) -> None:
     await table_stub.CreateNamespace(pb.CreateNamespaceRequest(name="sales"))
     await expect_error(
