@@ -171,6 +171,9 @@ async def _serve(settings: Settings) -> None:
     up and reports NOT_SERVING to load balancers, whereas holding READY back would make
     systemd kill and restart it for an outage it cannot fix.
     """
+    from lakehouse.memory import tune_allocator
+
+    tune_allocator()  # before the server's modules allocate anything
     from lakehouse.server.app import LakehouseServer
 
     server = LakehouseServer(settings)
@@ -188,6 +191,9 @@ async def _serve(settings: Settings) -> None:
 
 async def _work(settings: Settings) -> None:
     """Runs job workers until SIGTERM/SIGINT, with the same systemd notifications as serve."""
+    from lakehouse.memory import tune_allocator
+
+    tune_allocator()
     from lakehouse.server.worker_app import WorkerProcess
 
     worker = WorkerProcess(settings)
@@ -205,10 +211,8 @@ async def _run_until_signalled(
     stopping: str,
     on_sighup: Callable[[], None] | None = None,
 ) -> None:
-    from lakehouse.memory import tune_allocator
     from lakehouse.server.systemd import Notifier
 
-    tune_allocator()
     notifier = Notifier.from_environment(os.environ)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
