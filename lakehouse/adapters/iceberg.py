@@ -169,6 +169,9 @@ class OpenScan:
     snapshot_id: int | None
     schema: pa.Schema
     reader: pa.RecordBatchReader | None
+    #: The table read, for the errors of later batches.
+    namespace: str = ""
+    table: str = ""
 
 
 def _summary_int(summary: Any, key: str) -> int:
@@ -282,6 +285,15 @@ def translate_errors(namespace: str = "", table: str = "") -> Iterator[None]:
         # store's, whose breaker it would open).
         raise Unavailable(
             "catalog unavailable: " + _brief(exc), reason="CATALOG_UNAVAILABLE"
+        ) from exc
+    except FileNotFoundError as exc:
+        # A file the metadata names is gone (deleted outside the table's metadata): the table
+        # is damaged, which no retry mends, and the object store is up.
+        raise FailedPrecondition(
+            f"{qualified or 'the table'} references a file that no longer exists: "
+            + _brief(exc),
+            reason="TABLE_FILE_MISSING",
+            metadata=meta,
         ) from exc
     except OSError as exc:  # pyarrow's file systems report S3 and disk failures as OSError
         raise Unavailable(
@@ -952,11 +964,11 @@ class IcebergCatalog:
             try:
                 if snapshot_id is None:
                     schema = small_offsets(schema_to_pyarrow(scan.projection()))
-                    return OpenScan(None, schema, None)
+                    return OpenScan(None, schema, None, namespace, name)
                 reader = lazy_batch_reader(table, scan)
             except ValueError as exc:
                 raise InvalidArgument.field("columns", str(exc).splitlines()[0]) from exc
-            return OpenScan(snapshot_id, reader.schema, reader)
+            return OpenScan(snapshot_id, reader.schema, reader, namespace, name)
 
         return await self._call(work, namespace, name, retry=True)
 
@@ -971,7 +983,7 @@ class IcebergCatalog:
             if scan.reader is None:
                 return None
             check_deadline(OBJECT_STORE)
-            with translate_errors():
+            with translate_errors(scan.namespace, scan.table):
                 try:
                     return scan.reader.read_next_batch()
                 except StopIteration:

@@ -363,3 +363,20 @@ async def test_unknown_enum_values_are_invalid(table_stub: Any) -> None:
             async for _ in table_stub.ReadRows(request):
                 pass
         assert rpc_error_details(exc.value).violated_fields == [field]
+
+
+async def test_a_data_file_deleted_behind_the_tables_back_is_a_damaged_table(
+    table_stub: Any, backend: Any
+) -> None:
+    # Not UNAVAILABLE: the object store answers, and no retry brings the file back.
+    await make_table(table_stub)
+    table = append(backend, "r", "t", rows(0, 10))
+    (data_file,) = [task.file.file_path for task in table.scan().plan_files()]
+    table.io.delete(data_file)
+
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await read_arrow(table_stub)
+    details = rpc_error_details(exc.value)
+    assert details.code == grpc.StatusCode.FAILED_PRECONDITION, details
+    assert details.reason == "TABLE_FILE_MISSING"
+    assert "r.t" in details.message
