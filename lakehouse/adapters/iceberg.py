@@ -57,6 +57,7 @@ from sqlalchemy import bindparam, make_url, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as SqlTimeoutError
 
+from lakehouse.adapters import postgres
 from lakehouse.adapters.blocking import BlockingPool
 from lakehouse.adapters.iceberg_ingest import (
     AppendOutcome,
@@ -290,8 +291,7 @@ def translate_errors(namespace: str = "", table: str = "") -> Iterator[None]:
         # A file the metadata names is gone (deleted outside the table's metadata): the table
         # is damaged, which no retry mends, and the object store is up.
         raise FailedPrecondition(
-            f"{qualified or 'the table'} references a file that no longer exists: "
-            + _brief(exc),
+            f"{qualified or 'the table'} references a file that no longer exists: " + _brief(exc),
             reason="TABLE_FILE_MISSING",
             metadata=meta,
         ) from exc
@@ -319,28 +319,26 @@ def _brief(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
-#: Connect timeout to a PostgreSQL catalog, unless its URL sets ``connect_timeout``: libpq
-#: waits for the TCP stack otherwise (minutes for a host that is gone), and each waiting call
-#: holds a pool thread. The job store uses the same.
-_PG_CONNECT_TIMEOUT_SECONDS = 5
-#: SQLAlchemy drivers over libpq, which takes ``connect_timeout`` in the URL.
-_LIBPQ_DRIVERS = frozenset({"psycopg2", "psycopg"})
+#: Longest a catalog statement may run on the server: each is a small lookup or update, so
+#: one that runs longer is stuck (a lock held by a dead session) and holds a pool thread.
+_CATALOG_STATEMENT_TIMEOUT_MS = 30_000
 
 
-def _with_connect_timeout(uri: str) -> str:
+def _with_connection_settings(uri: str) -> str:
+    """The catalog URL with the fail-fast libpq settings it does not set itself."""
     url = make_url(uri)
-    if url.get_backend_name() != "postgresql" or url.get_driver_name() not in _LIBPQ_DRIVERS:
+    if not postgres.is_libpq(url):
         return uri
-    if "connect_timeout" in url.query:
-        return uri
-    url = url.update_query_dict({"connect_timeout": str(_PG_CONNECT_TIMEOUT_SECONDS)})
-    return url.render_as_string(hide_password=False)
+    missing = postgres.missing_settings(url, statement_timeout_ms=_CATALOG_STATEMENT_TIMEOUT_MS)
+    return url.update_query_dict(missing).render_as_string(hide_password=False)
 
 
 def catalog_properties(settings: Settings) -> dict[str, str]:
     """The pyiceberg catalog properties for the configured catalog and object store."""
     cat = settings.catalog
-    uri = _with_connect_timeout(settings.catalog_uri) if cat.type == "sql" else settings.catalog_uri
+    uri = settings.catalog_uri
+    if cat.type == "sql":
+        uri = _with_connection_settings(uri)
     props: dict[str, str] = {"type": cat.type, "uri": uri}
     props["warehouse"] = settings.warehouse
     if cat.type == "sql":

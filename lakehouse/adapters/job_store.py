@@ -71,6 +71,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import Select
 
+from lakehouse.adapters import postgres
 from lakehouse.adapters.resilience import CircuitBreaker, guarded
 from lakehouse.errors import ERROR_DOMAIN, AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from lakehouse.v1 import job_pb2
@@ -95,7 +96,6 @@ LEASE_EXPIRED_MESSAGE: Final = (
 SCHEMA_VERSION: Final = 1
 
 _MICROS_PER_SECOND: Final = 1_000_000
-_PG_CONNECT_TIMEOUT_SECONDS: Final = 5
 # Execution option read by the SQLite "begin" hook: the BEGIN flavour of a transaction.
 _SQLITE_BEGIN_OPTION: Final = "lakehouse_sqlite_begin"
 # create() retries after losing an insert race; the next round finds the winner's job.
@@ -403,9 +403,11 @@ def _make_engine(url: URL, busy_timeout_seconds: float) -> Engine:
         engine = create_engine(url, pool_pre_ping=True)
         _configure_sqlite(engine, busy_timeout_seconds)
         return engine
-    connect_args: dict[str, Any] = {}
-    if "connect_timeout" not in url.query:  # a dead database fails fast, as Unavailable
-        connect_args["connect_timeout"] = _PG_CONNECT_TIMEOUT_SECONDS
+    # A dead or vanished database fails fast, as Unavailable. No statement timeout: the
+    # scheduler's advisory lock waits on purpose.
+    connect_args: dict[str, Any] = (
+        dict(postgres.missing_settings(url)) if postgres.is_libpq(url) else {}
+    )
     try:
         return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
     except ImportError as exc:
