@@ -29,6 +29,8 @@ from __future__ import annotations
 import builtins
 import contextlib
 import hashlib
+import sqlite3
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -385,10 +387,7 @@ def _configure_sqlite(engine: Engine, busy_timeout_seconds: float) -> None:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
-            # Switching needs an exclusive lock, so only when the file is not WAL yet.
-            (mode,) = cursor.execute("PRAGMA journal_mode").fetchone()
-            if str(mode).lower() != "wal":
-                cursor.execute("PRAGMA journal_mode = WAL")
+            _switch_to_wal(cursor, busy_timeout_seconds)
         finally:
             cursor.close()
 
@@ -396,6 +395,28 @@ def _configure_sqlite(engine: Engine, busy_timeout_seconds: float) -> None:
     def _on_begin(conn: Connection) -> None:
         mode = conn.get_execution_options().get(_SQLITE_BEGIN_OPTION, "DEFERRED")
         conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _switch_to_wal(cursor: Any, busy_timeout_seconds: float) -> None:
+    """Puts the file in WAL mode unless it is already.
+
+    Switching needs an exclusive lock, and SQLite does not always wait for it with the busy
+    handler: two processes opening a fresh file at once saw "database is locked" at once (CI).
+    So the switch is retried until the busy timeout, re-reading the mode in between, since
+    the other process may have switched it meanwhile.
+    """
+    deadline = time.monotonic() + busy_timeout_seconds
+    while True:
+        (mode,) = cursor.execute("PRAGMA journal_mode").fetchone()
+        if str(mode).lower() == "wal":
+            return
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _make_engine(url: URL, busy_timeout_seconds: float) -> Engine:
