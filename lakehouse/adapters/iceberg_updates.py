@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from pyiceberg.exceptions import ResolveError, ValidationError
-from pyiceberg.table import Transaction
+from pyiceberg.table import TableProperties, Transaction
 from pyiceberg.table.sorting import UNSORTED_SORT_ORDER, UNSORTED_SORT_ORDER_ID, NullOrder
 from pyiceberg.table.update import (
     AddSortOrderUpdate,
@@ -27,6 +27,7 @@ from pyiceberg.types import (
     IntegerType,
     LongType,
     NestedField,
+    strtobool,
 )
 
 from lakehouse.core.changes import (
@@ -48,8 +49,21 @@ from lakehouse.errors import FieldViolation, InvalidArgument
 # Properties that belong to the table format, not to users: changing them through
 # properties would corrupt the table or silently do nothing.
 RESERVED_PROPERTIES = frozenset({"format-version", "uuid", "location", "current-snapshot-id"})
-#: Properties that hold counts, sizes or milliseconds (maintenance policies among them): a typo
-#: is refused when set rather than silently ignored by the scheduler later.
+
+
+def _typed_pyiceberg_properties(kind: type) -> frozenset[str]:
+    """Pyiceberg's table properties whose default is of ``kind`` (it parses them as such)."""
+    names = set()
+    for attribute in dir(TableProperties):
+        default = getattr(TableProperties, attribute + "_DEFAULT", None)
+        if not attribute.endswith("_DEFAULT") and type(default) is kind:
+            names.add(str(getattr(TableProperties, attribute)))
+    return frozenset(names)
+
+
+#: Properties that hold counts, sizes or milliseconds (maintenance policies among them, and
+#: every integer property pyiceberg reads): a typo is refused when set rather than ignored by
+#: the scheduler later, or failing every write (pyiceberg parses them on each one).
 COUNT_PROPERTIES = frozenset(
     {
         "history.expire.max-snapshot-age-ms",
@@ -60,7 +74,10 @@ COUNT_PROPERTIES = frozenset(
         "lakehouse.orphans.min-file-age-ms",
         "lakehouse.orphans.interval-ms",
     }
-)
+) | _typed_pyiceberg_properties(int)
+#: Switches pyiceberg reads (``write.object-storage.enabled``...): a value it cannot parse
+#: made table creation and every later write fail (found by the fuzz test, as INTERNAL).
+BOOLEAN_PROPERTIES = _typed_pyiceberg_properties(bool)
 #: Properties only the service may set: they choose where the table's files are written (a
 #: client could point them at any path or bucket the service can write) or name a Python
 #: class that pyiceberg imports and calls on every write (``write.py-location-provider.impl``).
@@ -93,6 +110,11 @@ def table_property_problem(properties: Mapping[str, str], *, creating: bool) -> 
         value = properties[name]
         if not (value.isascii() and value.isdigit()):
             return f"{name} must be a whole number, not {value!r}"
+    for name in sorted(set(properties) & BOOLEAN_PROPERTIES):
+        try:
+            strtobool(properties[name])
+        except ValueError:
+            return f"{name} must be true or false, not {properties[name]!r}"
     version = properties.get("format-version")
     if version is not None and version not in FORMAT_VERSIONS:
         return f"format-version must be one of {sorted(FORMAT_VERSIONS)}, not {version!r}"

@@ -189,3 +189,53 @@ async def test_rename_to_itself_is_refused(table_stub: Any) -> None:
         "new_table",
         "INVALID_ARGUMENT",
     )
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_typed_table_properties_are_checked_when_set(table_stub: Any) -> None:
+    # pyiceberg parses these on every write: a bad value would fail them all (as INTERNAL).
+    await table_stub.CreateNamespace(pb.CreateNamespaceRequest(name="ok"))
+    for key, value in [
+        ("write.object-storage.enabled", "dead-letter"),
+        ("commit.retry.num-retries", "four"),
+        ("write.parquet.row-group-limit", "-1"),
+    ]:
+        await assert_invalid(
+            table_stub.CreateTable(
+                pb.CreateTableRequest(
+                    namespace="ok", table="t", schema=GOOD_SCHEMA, properties={key: value}
+                )
+            ),
+            "properties",
+            "INVALID_PROPERTY",
+        )
+    listed = await table_stub.ListTables(pb.ListTablesRequest(namespace="ok"))
+    assert list(listed.tables) == []
+
+    await table_stub.CreateTable(
+        pb.CreateTableRequest(
+            namespace="ok",
+            table="t",
+            schema=GOOD_SCHEMA,
+            properties={"write.object-storage.enabled": "false"},
+        )
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await table_stub.UpdateTable(
+            pb.UpdateTableRequest(
+                namespace="ok",
+                table="t",
+                changes=[
+                    pb.TableChange(
+                        set_properties=pb.SetProperties(
+                            properties={"write.object-storage.enabled": "maybe"}
+                        )
+                    )
+                ],
+            )
+        )
+    details = rpc_error_details(exc.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "write.object-storage.enabled must be true or false" in details.message
+    got = await table_stub.GetTable(pb.GetTableRequest(namespace="ok", table="t"))
+    assert got.table.properties["write.object-storage.enabled"] == "false"
