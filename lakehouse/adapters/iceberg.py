@@ -758,6 +758,8 @@ class IcebergCatalog:
             NotFound: No such namespace, or no metadata file at that location.
             InvalidArgument: The file is not Iceberg table metadata.
             AlreadyExists: The name is taken.
+            FailedPrecondition: The table's folder is, contains or lies in another table's
+                (``LOCATION_IN_USE``): purging either would delete the other's files.
         """
 
         def work(c: Catalog) -> TableInfo:
@@ -767,7 +769,10 @@ class IcebergCatalog:
             # (found by the fuzz test). Read it first, and undo the row if the read after fails.
             with _metadata_errors(metadata_location):
                 io = load_file_io(c.properties, metadata_location)
-                FromInputFile.table_metadata(io.new_input(metadata_location))
+                registered = FromInputFile.table_metadata(io.new_input(metadata_location))
+            if c.table_exists((namespace, name)):  # the name first: the likelier mistake
+                raise TableAlreadyExistsError(f"{namespace}.{name}")
+            _refuse_shared_location(c, registered.location)
             try:
                 table = c.register_table((namespace, name), metadata_location)
             except (OSError, ValueError, IcebergValidationError):
@@ -1036,6 +1041,41 @@ class IcebergCatalog:
         engine = getattr(catalog, "engine", None)
         if engine is not None:
             await self._pool.run(engine.dispose)
+
+
+#: Every table's metadata location in one catalog (for RegisterTable's overlap check).
+_ALL_LOCATIONS_QUERY = select(
+    IcebergTables.table_namespace, IcebergTables.table_name, IcebergTables.metadata_location
+).where(IcebergTables.catalog_name == bindparam("catalog"))
+
+
+def _refuse_shared_location(c: Catalog, location: str) -> None:
+    """Refuses a table folder that is, contains or lies in another table's (SQL catalogs).
+
+    A table's folder is taken from its metadata location (``<folder>/metadata/<file>``, the
+    layout this service writes; ``write.metadata.path`` is refused). A REST catalog offers no
+    cheap listing and is not checked.
+
+    Raises:
+        FailedPrecondition: ``LOCATION_IN_USE``, naming the other table.
+    """
+    if not isinstance(c, SqlCatalog):
+        return
+    new = location.rstrip("/") + "/"
+    with c.engine.connect() as conn:
+        rows = conn.execute(_ALL_LOCATIONS_QUERY, {"catalog": c.name}).all()
+    for other_namespace, other_name, metadata_location in rows:
+        folder, sep, _ = str(metadata_location or "").rpartition("/metadata/")
+        if not sep:
+            continue
+        other = folder.rstrip("/") + "/"
+        if new.startswith(other) or other.startswith(new):
+            raise FailedPrecondition(
+                f"the table's folder {location} overlaps the folder of table "
+                f"{other_namespace}.{other_name}; purging either would delete the other's files",
+                reason="LOCATION_IN_USE",
+                metadata={"other_namespace": other_namespace, "other_table": other_name},
+            )
 
 
 def unique_table_location(

@@ -319,6 +319,22 @@ async def test_register_table_from_its_metadata_file(table_stub: Any, backend: A
             )
         )
     assert rpc_error_details(exc.value).reason == "TABLE_ALREADY_EXISTS"
+    # The same files under a second name: purging either would delete the other's files.
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await table_stub.RegisterTable(
+            pb.RegisterTableRequest(
+                namespace="r", table="twin", metadata_location=table.metadata_location
+            )
+        )
+    details = rpc_error_details(exc.value)
+    assert (details.code, details.reason) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "LOCATION_IN_USE",
+    )
+    assert "r.t" in details.message
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await table_stub.GetTable(pb.GetTableRequest(namespace="r", table="twin"))
+    assert exc.value.code() == grpc.StatusCode.NOT_FOUND
     missing = table.metadata_location.replace(".metadata.json", "-gone.metadata.json")
     with pytest.raises(grpc.aio.AioRpcError) as exc:
         await table_stub.RegisterTable(
