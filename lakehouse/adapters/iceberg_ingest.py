@@ -8,6 +8,10 @@ Every commit made by the ingest path carries, in its snapshot summary:
 - ``lakehouse.commit-writers``: JSON list of the writers with rows in this commit;
 - ``lakehouse.request-ids``: JSON ``{request_id: rows}`` of the WriteRows requests in it.
 
+A compaction's snapshot carries ``lakehouse.carried-writers``, a copy of the offsets, so that
+expiring the ingest snapshots behind it loses none. Request ids are not carried: one is
+remembered while the snapshot that committed it is kept, for at most the request-id window.
+
 State therefore lives in the table itself: it survives restarts, every replica sees the same,
 and a rollback rolls it back with the rows. pyiceberg's own commit retry is switched off for
 these commits, because it would re-apply the append on fresh metadata blind to offsets
@@ -31,6 +35,8 @@ from pyiceberg.table.snapshots import Snapshot
 WRITERS_KEY = "lakehouse.writers"
 COMMIT_WRITERS_KEY = "lakehouse.commit-writers"
 REQUEST_IDS_KEY = "lakehouse.request-ids"
+#: The writers' offsets as a maintenance snapshot (compaction) carries them forward.
+CARRIED_WRITERS_KEY = "lakehouse.carried-writers"
 
 
 @dataclass(frozen=True)
@@ -85,9 +91,16 @@ def read_state(table: IcebergTable, *, request_id_window_ms: int) -> IngestState
     chain = _ancestors(table)
     writers: dict[str, tuple[int, int]] = {}
     for snapshot in chain:
-        raw = _summary(snapshot).get(WRITERS_KEY)
+        summary = _summary(snapshot)
+        carried = summary.get(CARRIED_WRITERS_KEY)
+        if carried is not None:
+            # A maintenance snapshot's copy: maybe older than an ingest commit below it (a
+            # commit retried on top of it), so look on to that commit and keep the higher.
+            _merge_writers(writers, carried)
+            continue
+        raw = summary.get(WRITERS_KEY)
         if raw is not None:
-            writers = {k: (int(v[0]), int(v[1])) for k, v in json.loads(raw).items()}
+            _merge_writers(writers, raw)
             break
     request_ids: dict[str, int] = {}
     horizon = int(time.time() * 1000) - request_id_window_ms
@@ -100,6 +113,29 @@ def read_state(table: IcebergTable, *, request_id_window_ms: int) -> IngestState
                 request_ids.setdefault(rid, int(rows))
     current = table.current_snapshot()
     return IngestState(current.snapshot_id if current else None, writers, request_ids)
+
+
+def _merge_writers(writers: dict[str, tuple[int, int]], raw: str) -> None:
+    for writer, (offset, commit_ms) in json.loads(raw).items():
+        known = writers.get(writer)
+        if known is None or int(offset) > known[0]:
+            writers[writer] = (int(offset), int(commit_ms))
+
+
+def carried_writers(table: IcebergTable) -> dict[str, str]:
+    """Summary entries that keep the writers' offsets in a snapshot made by maintenance.
+
+    A compaction's snapshot carries no offsets of its own; once expiry removes the ingest
+    snapshots behind a few compactions in a row, the offsets would be gone and a writer's
+    resend written twice. Its snapshot therefore carries a copy, which ``read_state`` reads
+    as a lower bound.
+    """
+    for snapshot in _ancestors(table):
+        summary = _summary(snapshot)
+        raw = summary.get(WRITERS_KEY) or summary.get(CARRIED_WRITERS_KEY)
+        if raw is not None:
+            return {CARRIED_WRITERS_KEY: raw}
+    return {}
 
 
 def writer_last_commit(table: IcebergTable, writer_id: str) -> Snapshot | None:

@@ -42,6 +42,11 @@ from pyiceberg.table.update.snapshot import CommitWindow, _OverwriteFiles
 from pyiceberg.typedef import EMPTY_DICT, KeyDefaultDict, Record
 from pyiceberg.utils.concurrent import ExecutorFactory
 
+from lakehouse.adapters.iceberg_ingest import (
+    CARRIED_WRITERS_KEY,
+    WRITERS_KEY,
+    carried_writers,
+)
 from lakehouse.core.job_context import JobContext, JobStopped
 
 logger = logging.getLogger(__name__)
@@ -268,6 +273,26 @@ def _retained_ancestors(metadata: TableMetadata, retain_last: int) -> set[int]:
     return keep
 
 
+def _ingest_state_chain(metadata: TableMetadata) -> set[int]:
+    """The current snapshot and its ancestors down to the newest one holding writer offsets.
+
+    Exactly-once ingest reads its writers' offsets from the newest snapshot of the current
+    lineage that records them (``lakehouse.adapters.iceberg_ingest``), walking parents from
+    the current one. Expiring that snapshot, or one on the way to it (snapshots of other
+    writers, compactions), would lose the offsets and let a resend be written twice.
+    """
+    chain: set[int] = set()
+    snapshot = metadata.current_snapshot()
+    while snapshot is not None:
+        chain.add(snapshot.snapshot_id)
+        summary = snapshot.summary.additional_properties if snapshot.summary else {}
+        if WRITERS_KEY in summary or CARRIED_WRITERS_KEY in summary:
+            return chain
+        parent = snapshot.parent_snapshot_id
+        snapshot = metadata.snapshot_by_id(parent) if parent is not None else None
+    return set()  # no offsets recorded: nothing to keep for them
+
+
 def expire_snapshots(
     table: Table,
     *,
@@ -279,7 +304,8 @@ def expire_snapshots(
 
     A snapshot is expired when it is older than ``older_than_ms`` (any age when None) and
     is neither one of the ``retain_last`` newest snapshots of the current lineage (the
-    current one included) nor the head of a branch or a tag. After the metadata commit, the
+    current one included) nor the head of a branch or a tag, nor on the way from the current
+    snapshot to the newest one holding ingest writer offsets. After the metadata commit, the
     files referenced by the expired snapshots and by none of the remaining ones (data and
     delete files, manifests, manifest lists) are deleted, as are the metadata JSON files the
     commit dropped from the metadata log (``write.metadata.previous-versions-max``).
@@ -306,7 +332,7 @@ def expire_snapshots(
         raise ValueError("retain_last must be at least 1")
     metadata = table.metadata
     protected = {ref.snapshot_id for ref in metadata.refs.values()}
-    keep = _retained_ancestors(metadata, retain_last) | protected
+    keep = _retained_ancestors(metadata, retain_last) | protected | _ingest_state_chain(metadata)
     to_expire = [
         s.snapshot_id
         for s in metadata.snapshots
@@ -713,7 +739,7 @@ def _commit_replace(
             operation=Operation.OVERWRITE,
             transaction=tx,
             io=table.io,
-            snapshot_properties={"lakehouse.operation": "compact"},
+            snapshot_properties={"lakehouse.operation": "compact", **carried_writers(table)},
             entries=entries,
         )
         for f in removed:
