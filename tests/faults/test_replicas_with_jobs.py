@@ -220,7 +220,9 @@ def test_two_replicas_and_two_workers_ingest_and_maintain_one_table_exactly(
                     namespace=NAMESPACE,
                     table=TABLE,
                     retain_last=3,
-                    max_snapshot_age=duration_pb2.Duration(seconds=0),
+                    # Request ids are remembered while the snapshot that committed them is
+                    # kept: the resends come within milliseconds, so 10 s keeps them.
+                    max_snapshot_age=duration_pb2.Duration(seconds=10),
                 )
             ),
             replicas,
