@@ -29,6 +29,7 @@ import pytest
 import sqlalchemy
 from grpc_health.v1 import health_pb2
 
+from fixtures.faults import create_id_kind_table, run_threads
 from fixtures.grpc_errors import rpc_error_details
 from fixtures.iceberg import direct_catalog
 from fixtures.net import LOOPBACK
@@ -37,8 +38,7 @@ from fixtures.tcp_proxy import tcp_proxy
 from lakehouse.adapters.iceberg_ingest import WRITERS_KEY
 from lakehouse.client.arrow import append_rows_requests, write_rows_request
 from lakehouse.v1 import ingest_service_pb2 as ipb
-from lakehouse.v1 import ingest_service_pb2_grpc, schema_pb2, table_service_pb2_grpc
-from lakehouse.v1 import table_service_pb2 as tpb
+from lakehouse.v1 import ingest_service_pb2_grpc
 
 pytestmark = pytest.mark.faults
 
@@ -47,8 +47,6 @@ REQUESTS, ROWS_PER_REQUEST = 200, 500
 KILL_AFTER_ACKS = 30
 HEALTH_INTERVAL = 0.5
 CALL_TIMEOUT = 30.0
-LONG = schema_pb2.DataType(primitive=schema_pb2.PRIMITIVE_TYPE_LONG)
-STRING = schema_pb2.DataType(primitive=schema_pb2.PRIMITIVE_TYPE_STRING)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -73,25 +71,6 @@ def rows(start: int, count: int) -> pa.Table:
             "kind": pa.array([f"k{i % 7}" for i in range(start, start + count)], pa.string()),
         }
     )
-
-
-def create_table(server: ServeProcess) -> None:
-    with grpc.insecure_channel(server.target) as ch:
-        stub = table_service_pb2_grpc.TableServiceStub(ch)
-        stub.CreateNamespace(tpb.CreateNamespaceRequest(name=NAMESPACE), timeout=CALL_TIMEOUT)
-        stub.CreateTable(
-            tpb.CreateTableRequest(
-                namespace=NAMESPACE,
-                table=TABLE,
-                schema=schema_pb2.Schema(
-                    fields=[
-                        schema_pb2.Field(name="id", type=LONG, required=True),
-                        schema_pb2.Field(name="kind", type=STRING),
-                    ]
-                ),
-            ),
-            timeout=CALL_TIMEOUT,
-        )
 
 
 def stream_requests(writer_id: str, count: int = REQUESTS) -> list[ipb.AppendRowsRequest]:
@@ -203,7 +182,7 @@ def test_sigkill_mid_stream_keeps_every_ack_and_a_resend_is_exact(
 ) -> None:
     requests = stream_requests("crash")
     with serve_process(tmp_path / "server", server_env(backend, commit_delay_ms=10)) as server:
-        create_table(server)
+        create_id_kind_table(server.target, NAMESPACE, TABLE, CALL_TIMEOUT)
 
         def paced() -> Iterator[ipb.AppendRowsRequest]:
             for request in requests:
@@ -290,7 +269,7 @@ def test_backing_service_down_fails_unavailable_and_a_resend_is_exact(
     with tcp_proxy(*_outage_target(outage, postgres_s3_settings)) as proxy:
         env = _through_proxy(outage, postgres_s3_settings, proxy.port)
         with serve_process(tmp_path / "server", env) as server:
-            create_table(server)
+            create_id_kind_table(server.target, NAMESPACE, TABLE, CALL_TIMEOUT)
             with grpc.insecure_channel(server.target) as ch:
                 ingest = ingest_service_pb2_grpc.IngestServiceStub(ch)
                 base = ingest.WriteRows(
@@ -378,27 +357,6 @@ def test_backing_service_down_fails_unavailable_and_a_resend_is_exact(
 # -- 3. Two replicas, one catalog -------------------------------------------------------------
 
 
-def _run_threads(targets: list[tuple[Any, tuple[Any, ...]]], timeout: float) -> None:
-    """Runs each (function, args) in a thread; re-raises the first failure in this thread."""
-    errors: list[BaseException] = []
-
-    def guard(fn: Any, args: tuple[Any, ...]) -> None:
-        try:
-            fn(*args)
-        except BaseException as exc:  # handed to the test thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=guard, args=t, daemon=True) for t in targets]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + timeout
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    assert not any(t.is_alive() for t in threads), f"threads still running after {timeout}s"
-    if errors:
-        raise errors[0]
-
-
 @pytest.mark.timeout(150)
 def test_two_replicas_write_each_row_once(postgres_s3_settings: Any, tmp_path: Path) -> None:
     env = server_env(postgres_s3_settings, commit_delay_ms=30)
@@ -408,7 +366,7 @@ def test_two_replicas_write_each_row_once(postgres_s3_settings: Any, tmp_path: P
         serve_process(tmp_path / "a", env, name="a") as a,
         serve_process(tmp_path / "b", env, name="b") as b,
     ):
-        create_table(a)
+        create_id_kind_table(a.target, NAMESPACE, TABLE, CALL_TIMEOUT)
         acks: dict[str, list[ipb.AppendRowsResponse]] = {}
         barrier = threading.Barrier(2, timeout=30)
 
@@ -418,7 +376,7 @@ def test_two_replicas_write_each_row_once(postgres_s3_settings: Any, tmp_path: P
                 barrier.wait()
                 acks[server.name] = list(stub.AppendRows(iter(requests), timeout=90))
 
-        _run_threads([(stream_to, (a,)), (stream_to, (b,))], timeout=100)
+        run_threads([(stream_to, (a,)), (stream_to, (b,))], timeout=100)
         for name in ("a", "b"):
             got = acks[name]
             errors = [x.error for x in got if x.HasField("error")]
@@ -458,7 +416,7 @@ def test_two_replicas_write_each_row_once(postgres_s3_settings: Any, tmp_path: P
                     with lock:
                         replies[server.name].append(reply)
 
-        _run_threads(
+        run_threads(
             [(write_to, (s, w)) for s in (a, b) for w in range(threads_per_replica)], timeout=100
         )
     total = per_thread * threads_per_replica

@@ -31,6 +31,7 @@ import pytest
 from google.protobuf import duration_pb2
 
 from fixtures.faults import (
+    create_id_kind_table,
     create_job,
     data_file_count,
     duplicates,
@@ -47,10 +48,7 @@ from lakehouse.v1 import ingest_service_pb2 as ipb
 from lakehouse.v1 import (
     ingest_service_pb2_grpc,
     job_pb2,
-    schema_pb2,
-    table_service_pb2_grpc,
 )
-from lakehouse.v1 import table_service_pb2 as tpb
 
 pytestmark = pytest.mark.faults
 
@@ -83,27 +81,6 @@ def rows(source: str, start: int, count: int = ROWS_PER_REQUEST) -> pa.Table:
             "kind": pa.array([f"{source}:{i}" for i in ids], pa.string()),
         }
     )
-
-
-def create_table(server: ServeProcess) -> None:
-    long = schema_pb2.DataType(primitive=schema_pb2.PRIMITIVE_TYPE_LONG)
-    string = schema_pb2.DataType(primitive=schema_pb2.PRIMITIVE_TYPE_STRING)
-    with grpc.insecure_channel(server.target) as ch:
-        stub = table_service_pb2_grpc.TableServiceStub(ch)
-        stub.CreateNamespace(tpb.CreateNamespaceRequest(name=NAMESPACE), timeout=CALL_TIMEOUT)
-        stub.CreateTable(
-            tpb.CreateTableRequest(
-                namespace=NAMESPACE,
-                table=TABLE,
-                schema=schema_pb2.Schema(
-                    fields=[
-                        schema_pb2.Field(name="id", type=long, required=True),
-                        schema_pb2.Field(name="kind", type=string),
-                    ]
-                ),
-            ),
-            timeout=CALL_TIMEOUT,
-        )
 
 
 class Ingest:
@@ -204,7 +181,7 @@ def test_two_replicas_and_two_workers_ingest_and_maintain_one_table_exactly(
         ) as w2,
     ):
         replicas = [a, b]
-        create_table(a)
+        create_id_kind_table(a.target, NAMESPACE, TABLE, CALL_TIMEOUT)
         ingest = Ingest(replicas)
         compactions = JobRuns(
             "compact",

@@ -31,10 +31,16 @@ import pyarrow as pa
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from fixtures.faults import duplicates, fault_env, read_direct, wait_for
+from fixtures.faults import (
+    create_id_kind_table,
+    duplicates,
+    fault_env,
+    read_direct,
+    wait_for,
+)
 from fixtures.serve_process import ServeProcess, serve_process
 from lakehouse.client.arrow import read_rows_request, read_rows_to_arrow, write_rows_request
-from lakehouse.v1 import ingest_service_pb2_grpc, schema_pb2, table_service_pb2_grpc
+from lakehouse.v1 import ingest_service_pb2_grpc, table_service_pb2_grpc
 from lakehouse.v1 import table_service_pb2 as tpb
 
 pytestmark = pytest.mark.faults
@@ -79,27 +85,6 @@ def write_request(request_id: str) -> Any:
         }
     )
     return write_rows_request(NAMESPACE, TABLE, data, request_id=request_id)
-
-
-def create_table(target: str) -> None:
-    long = schema_pb2.DataType(primitive=schema_pb2.PRIMITIVE_TYPE_LONG)
-    string = schema_pb2.DataType(primitive=schema_pb2.PRIMITIVE_TYPE_STRING)
-    with grpc.insecure_channel(target) as ch:
-        stub = table_service_pb2_grpc.TableServiceStub(ch)
-        stub.CreateNamespace(tpb.CreateNamespaceRequest(name=NAMESPACE), timeout=CALL_TIMEOUT)
-        stub.CreateTable(
-            tpb.CreateTableRequest(
-                namespace=NAMESPACE,
-                table=TABLE,
-                schema=schema_pb2.Schema(
-                    fields=[
-                        schema_pb2.Field(name="id", type=long, required=True),
-                        schema_pb2.Field(name="kind", type=string),
-                    ]
-                ),
-            ),
-            timeout=CALL_TIMEOUT,
-        )
 
 
 class Load:
@@ -201,7 +186,7 @@ def test_sigterm_under_load_drains_and_keeps_every_acknowledged_write(
         LAKEHOUSE_SHUTDOWN_GRACE_SECONDS=str(GRACE_SECONDS),
     )
     with serve_process(tmp_path / "server", env) as server:
-        create_table(server.target)
+        create_id_kind_table(server.target, NAMESPACE, TABLE, CALL_TIMEOUT)
         load = Load(server.target)
         health: list[tuple[float, object]] = []
         stop_watch = threading.Event()
