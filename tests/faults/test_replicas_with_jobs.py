@@ -104,6 +104,9 @@ class Ingest:
             stubs = [ingest_service_pb2_grpc.IngestServiceStub(c) for c in (ch_here, ch_there)]
             base = 1_000_000 * (1 + 10 * replica + thread)
             for i in range(WRITES_PER_THREAD):
+                # Paced, so that the ingest outlasts a compaction even on a fast machine (the
+                # test checks that one finished while rows were still coming).
+                time.sleep(0.2)
                 request_id = f"r{replica}-t{thread}-{i}"
                 data = rows(request_id, base + i * ROWS_PER_REQUEST)
                 request = write_rows_request(NAMESPACE, TABLE, data, request_id=request_id)
