@@ -37,7 +37,15 @@ JOBS_CREATED = Counter(
 )
 JOBS_FINISHED = Counter(
     "lakehouse_jobs_finished_total",
-    "Job attempts that ended, by kind and outcome (succeeded, failed, cancelled, retried).",
+    "Jobs that reached a final state, by kind and state (succeeded, failed, cancelled); each "
+    "job is counted once, by the process that recorded its end.",
+    ("kind", "outcome"),
+)
+JOB_ATTEMPTS_ENDED = Counter(
+    "lakehouse_job_attempts_ended_total",
+    "Job attempts this process's workers ran that ended, by kind and outcome: succeeded, "
+    "failed, cancelled, retried (queued again after a retryable failure), shutdown (handed "
+    "back by a stopping worker), lease_lost (stopped because the lease was gone).",
     ("kind", "outcome"),
 )
 JOB_SECONDS = Histogram(
@@ -48,11 +56,15 @@ JOB_SECONDS = Histogram(
 )
 JOBS_RUNNING = Gauge("lakehouse_jobs_running", "Jobs this process runs now, by kind.", ("kind",))
 JOBS_QUEUED = Gauge(
-    "lakehouse_jobs_queued", "Jobs waiting for a worker in the job store, by kind.", ("kind",)
+    "lakehouse_jobs_queued",
+    "Jobs waiting for a worker in the shared job store, by kind. Every process reports the "
+    "same store: aggregate with max, not sum.",
+    ("kind",),
 )
 JOB_LEASE_LOSSES = Counter(
     "lakehouse_job_lease_losses_total",
-    "Jobs taken over from a worker whose lease expired (a dead or stalled worker).",
+    "Job leases that expired (a dead or stalled worker), counted once by the process that "
+    "found it: taking the job over, or ending it when it must not run again.",
 )
 
 # Backing services: retries and circuit breakers (lakehouse.adapters.resilience). The

@@ -146,15 +146,38 @@ _DATA_CHANGING = frozenset({"UPDATE", "DELETE", "CREATE", "DROP", "ALTER", "MERG
 # -- Public API --------------------------------------------------------------------------------
 
 
-def check_statement(statement: str, *, default_namespace: str | None = None) -> None:
+@dataclass(frozen=True)
+class NamedTable:
+    """A lakehouse table a statement names, resolved against the default namespace.
+
+    Attributes:
+        namespace: The table's namespace.
+        table: The table's name.
+        may_be_cte: The statement wrote a bare name that is also one of its common table
+            expressions: it reads the lakehouse table if one exists, the CTE otherwise.
+    """
+
+    namespace: str
+    table: str
+    may_be_cte: bool = False
+
+
+def check_statement(
+    statement: str, *, default_namespace: str | None = None
+) -> tuple[NamedTable, ...]:
     """Checks a statement without a catalog: DuckDB's parser and the allowed shapes only.
 
     Called when a SQL job is created, so that a statement that cannot run creates no job.
+    The caller then confirms that the tables returned exist (this function has no catalog).
 
     Args:
         statement: The SQL text.
         default_namespace: When given (even empty), bare table names are checked against
             it: with no default namespace, every table must be named ``namespace.table``.
+
+    Returns:
+        The tables the statement reads and the ``INSERT`` target, in the order named (none
+        when ``default_namespace`` is None: bare names cannot be resolved then).
 
     Raises:
         InvalidArgument: On field ``sql.statement``: a syntax error (DuckDB's message), more
@@ -167,12 +190,19 @@ def check_statement(statement: str, *, default_namespace: str | None = None) -> 
         plan = _analyze(con, statement)
     finally:
         con.close()
-    if default_namespace is not None:
-        for ref in plan.tables:
-            if not ref.maybe_cte:
-                _resolve(ref.parts, default_namespace)
-        if plan.insert is not None:
-            _resolve(plan.insert.target, default_namespace)
+    if default_namespace is None:
+        return ()
+    names: dict[tuple[str, str], NamedTable] = {}
+    for ref in plan.tables:
+        if ref.maybe_cte and not default_namespace:
+            continue  # can only be the CTE: there is no namespace to find a table in
+        key = _resolve(ref.parts, default_namespace)
+        if key not in names or not ref.maybe_cte:
+            names[key] = NamedTable(*key, may_be_cte=ref.maybe_cte)
+    if plan.insert is not None:
+        key = _resolve(plan.insert.target, default_namespace)
+        names[key] = NamedTable(*key)
+    return tuple(names.values())
 
 
 def run_statement(

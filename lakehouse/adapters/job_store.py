@@ -463,6 +463,11 @@ class JobStore:
             by another connection or process before giving up with ``Unavailable``.
         breaker: The job store's circuit breaker: while it is open, every method but
             ``check`` raises ``CircuitOpen`` at once. None: no breaker.
+        on_ended: Called with each job this store moves to a final state (SUCCEEDED,
+            FAILED, CANCELLED), once the change is committed: the hook for metrics.
+        on_lease_expired: Called with each job a claim found with an expired lease (taken
+            over, or ended because it must not run again) and the worker that held it, once
+            the change is committed.
 
     Raises:
         ValueError: The URL is malformed, names another database than SQLite or
@@ -475,8 +480,12 @@ class JobStore:
         *,
         busy_timeout_seconds: float = 10.0,
         breaker: CircuitBreaker | None = None,
+        on_ended: Callable[[JobRecord], None] | None = None,
+        on_lease_expired: Callable[[JobRecord, str], None] | None = None,
     ) -> None:
         self._breaker = breaker
+        self._on_ended = on_ended or _ignore
+        self._on_lease_expired = on_lease_expired or _ignore_expiry
         parsed = _parse_url(url)
         self._url = parsed
         self._engine = _make_engine(parsed, busy_timeout_seconds)
@@ -828,18 +837,21 @@ class JobStore:
             row = self._locked(conn, job_id)
             state = row["state"]
             if state == QUEUED:
-                return self._apply(
+                ended = self._apply(
                     conn, row, {"state": CANCELLED, "end_time_us": now_us, "update_time_us": now_us}
                 )
-            if state == RUNNING and not row["cancel_requested"]:
+            elif state == RUNNING and not row["cancel_requested"]:
                 return self._apply(conn, row, {"cancel_requested": True, "update_time_us": now_us})
-            if state in (RUNNING, CANCELLED):
+            elif state in (RUNNING, CANCELLED):
                 return _record(row)
-            raise FailedPrecondition(
-                f"job {job_id} has finished already",
-                reason="JOB_ALREADY_FINISHED",
-                metadata={"job_id": job_id},
-            )
+            else:
+                raise FailedPrecondition(
+                    f"job {job_id} has finished already",
+                    reason="JOB_ALREADY_FINISHED",
+                    metadata={"job_id": job_id},
+                )
+        self._on_ended(ended)
+        return ended
 
     def delete(self, job_id: str) -> None:
         """Deletes a finished job's record (its request id becomes free again).
@@ -892,13 +904,19 @@ class JobStore:
         """
         lease_us = _micros(lease_seconds)
         after: tuple[int, str] | None = None
+        claimed: Claim | None = None
+        expired: list[JobRecord] = []
         with self._writing() as conn:
             for _ in range(_CLAIM_CANDIDATES):
                 row = conn.execute(self._next_candidate(now_us, kinds, after)).mappings().first()
                 if row is None:
-                    return None
+                    break
                 after = (int(row["create_time_us"]), str(row["id"]))
-                if self._end_expired(conn, row, now_us) or not self._may_start(conn, row, now_us):
+                ended = self._end_expired(conn, row, now_us)
+                if ended is not None:
+                    expired.append(ended)
+                    continue
+                if not self._may_start(conn, row, now_us):
                     continue
                 values = {
                     "state": RUNNING,
@@ -911,8 +929,14 @@ class JobStore:
                     "progress_message": "",
                 }
                 lost_by = str(row["worker"]) if row["state"] == RUNNING else ""
-                return Claim(job=self._apply(conn, row, values), lease_lost_by=lost_by)
-        return None
+                claimed = Claim(job=self._apply(conn, row, values), lease_lost_by=lost_by)
+                break
+        for job in expired:
+            self._on_lease_expired(job, job.worker)
+            self._on_ended(job)
+        if claimed is not None and claimed.lease_lost_by:
+            self._on_lease_expired(claimed.job, claimed.lease_lost_by)
+        return claimed
 
     @staticmethod
     def _next_candidate(
@@ -947,19 +971,17 @@ class JobStore:
         stmt = stmt.order_by(_jobs.create_time_us, _jobs.id).limit(1)
         return stmt.with_for_update(skip_locked=True)
 
-    def _end_expired(self, conn: Connection, row: RowMapping, now_us: int) -> bool:
-        """Ends an expired RUNNING job that must not run again; True if it did."""
+    def _end_expired(self, conn: Connection, row: RowMapping, now_us: int) -> JobRecord | None:
+        """Ends an expired RUNNING job that must not run again; the job if it did."""
         if row["state"] != RUNNING:
-            return False
+            return None
         ended = {"end_time_us": now_us, "update_time_us": now_us, "lease_expires_us": None}
         if row["cancel_requested"]:
-            self._apply(conn, row, {**ended, "state": CANCELLED})
-            return True
+            return self._apply(conn, row, {**ended, "state": CANCELLED})
         if row["attempts"] >= row["max_attempts"]:
             error = lease_expired_status(str(row["worker"]))
-            self._apply(conn, row, {**ended, "state": FAILED, "error": error})
-            return True
-        return False
+            return self._apply(conn, row, {**ended, "state": FAILED, "error": error})
+        return None
 
     def _may_start(self, conn: Connection, row: RowMapping, now_us: int) -> bool:
         """False while another job of the same kind runs on the same table (not for SQL).
@@ -1058,7 +1080,9 @@ class JobStore:
             }
             if state == SUCCEEDED:
                 values["progress_fraction"] = 1.0
-            return self._apply(conn, row, values)
+            ended = self._apply(conn, row, values)
+        self._on_ended(ended)
+        return ended
 
     def retry_later(
         self,
@@ -1092,7 +1116,10 @@ class JobStore:
                 values |= {"state": CANCELLED, "end_time_us": now_us}
             else:
                 values |= {"state": QUEUED, "next_attempt_us": now_us + _micros(delay_seconds)}
-            return self._apply(conn, row, values)
+            job = self._apply(conn, row, values)
+        if job.finished:
+            self._on_ended(job)
+        return job
 
     # -- scheduler and metrics -------------------------------------------------------------
 
@@ -1155,6 +1182,14 @@ class JobStore:
             if ids:
                 conn.execute(delete(jobs_table).where(_jobs.id.in_(ids)))
         return len(ids)
+
+
+def _ignore(job: JobRecord) -> None:
+    pass
+
+
+def _ignore_expiry(job: JobRecord, worker: str) -> None:
+    pass
 
 
 def _sibling_running(now_us: int) -> ColumnElement[bool]:

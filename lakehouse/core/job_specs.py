@@ -31,6 +31,8 @@ DEFAULT_ORPHAN_AGE_SECONDS = 3 * 24 * 3600
 MIN_ORPHAN_AGE_SECONDS = 3600
 DEFAULT_EXPIRE_AGE_SECONDS = 5 * 24 * 3600
 MAX_REQUEST_ID_LENGTH = 128
+#: The request field a SQL job's statement errors are reported against.
+STATEMENT_FIELD = "spec.sql.statement"
 
 KIND_BY_FIELD: dict[str, int] = {
     "sql": job_pb2.JOB_KIND_SQL,
@@ -45,6 +47,8 @@ KIND_NAMES = FIELD_BY_KIND
 
 LoadTable = Callable[[str, str], Awaitable[TableInfo]]
 LoadNamespace = Callable[[str], Awaitable[object]]
+#: Checks a SQL spec with its engine: parses the statement and confirms the tables it names
+#: exist. Raises InvalidArgument (fields relative to the spec) or NotFound.
 CheckSql = Callable[[job_pb2.SqlJobSpec], Awaitable[None]]
 
 
@@ -188,10 +192,10 @@ class SpecChecker:
     async def _check_sql_spec(self, sql: job_pb2.SqlJobSpec) -> tuple[str, str]:
         statement = sql.statement.strip()
         if not statement:
-            raise InvalidArgument.field("spec.sql.statement", "must not be empty")
+            raise InvalidArgument.field(STATEMENT_FIELD, "must not be empty")
         if len(sql.statement.encode()) > MAX_STATEMENT_BYTES:
             raise InvalidArgument.field(
-                "spec.sql.statement", f"must be at most {MAX_STATEMENT_BYTES} bytes"
+                STATEMENT_FIELD, f"must be at most {MAX_STATEMENT_BYTES} bytes"
             )
         if sql.engine not in job_pb2.SqlEngine.values():
             raise InvalidArgument.field("spec.sql.engine", f"unknown engine {sql.engine}")
@@ -212,8 +216,16 @@ class SpecChecker:
                     "is required with destination_table when default_namespace is empty",
                 )
             check_identifier("spec.sql.destination_namespace", namespace)
-        with under_spec():
-            await self._check_sql(sql)
+        try:
+            with under_spec():
+                await self._check_sql(sql)
+        except NotFound as exc:
+            # NOT_FOUND carries no BadRequest; ErrorInfo says which field named the table.
+            raise NotFound(
+                f"{STATEMENT_FIELD}: {exc.message}",
+                reason=exc.reason,
+                metadata={**exc.metadata, "field": STATEMENT_FIELD},
+            ) from None
         if table:
             await self._load_namespace(namespace)
             try:

@@ -36,6 +36,7 @@ from lakehouse.errors import (
     Unavailable,
 )
 from lakehouse.metrics import (
+    JOB_ATTEMPTS_ENDED,
     JOB_LEASE_LOSSES,
     JOB_SECONDS,
     JOBS_FINISHED,
@@ -53,6 +54,51 @@ _RETRYABLE = (RetryableError, Conflict, CommitStateUnknown)
 #: How often a running job's progress and cancel flag are exchanged with the store (at
 #: most; the lease also bounds it).
 _HEARTBEAT_SECONDS = 2.0
+#: The longest wait before a retry, however many attempts failed before.
+MAX_RETRY_BACKOFF_SECONDS = 3600.0
+
+
+_FINAL_LABELS: dict[int, str] = {
+    job_pb2.JOB_STATE_SUCCEEDED: "succeeded",
+    job_pb2.JOB_STATE_FAILED: "failed",
+    job_pb2.JOB_STATE_CANCELLED: "cancelled",
+}
+
+
+def count_ended(job: JobRecord) -> None:
+    """Counts a job that reached its final state (the job store's ``on_ended`` hook).
+
+    The store calls it wherever a job ends (a worker's finish, a cancelled queued job, an
+    expired lease on the last attempt), so each job is counted once, by one process.
+    """
+    JOBS_FINISHED.labels(KIND_NAMES.get(job.kind, "unknown"), _FINAL_LABELS[job.state]).inc()
+
+
+def count_lease_expired(job: JobRecord, worker: str) -> None:
+    """Counts a lease that expired (the job store's ``on_lease_expired`` hook).
+
+    Counted once, by the process whose claim found it, whether or not the worker that held
+    it is alive to notice: that worker's side shows as an attempt ended ``lease_lost``.
+    """
+    JOB_LEASE_LOSSES.inc()
+    log.warning(
+        "a job's lease expired: its worker stopped responding",
+        extra={
+            "job_id": job.id,
+            "previous_worker": worker,
+            "taken_over": job.state == job_pb2.JOB_STATE_RUNNING,
+        },
+    )
+
+
+async def refresh_queue_depth(store: JobStore, pool: BlockingPool) -> None:
+    """Sets the ``lakehouse_jobs_queued`` gauge from the store; a failure leaves it as it was."""
+    try:
+        depth = await pool.run(lambda: store.queue_depth(now_us=now_us()))
+    except Exception:  # a metric is not worth a failure
+        return
+    for kind, name in KIND_NAMES.items():
+        JOBS_QUEUED.labels(name).set(depth.get(kind, 0))
 
 
 def worker_name() -> str:
@@ -139,7 +185,6 @@ class JobWorker:
             if claim is not None:
                 self._start(claim)
                 continue
-            await self._refresh_queue_depth()
             await self._idle()
 
     async def _idle(self) -> None:
@@ -159,22 +204,8 @@ class JobWorker:
             for waiter in waits:
                 waiter.cancel()
 
-    async def _refresh_queue_depth(self) -> None:
-        try:
-            depth = await self._pool.run(lambda: self._store.queue_depth(now_us=now_us()))
-        except Exception:  # a metric is not worth a failure
-            return
-        for kind, name in KIND_NAMES.items():
-            JOBS_QUEUED.labels(name).set(depth.get(kind, 0))
-
     def _start(self, claim: Claim) -> None:
         job = claim.job
-        if claim.lease_lost_by:
-            JOB_LEASE_LOSSES.inc()
-            log.warning(
-                "took over a job whose worker stopped responding",
-                extra={"job_id": job.id, "previous_worker": claim.lease_lost_by},
-            )
         ctx = JobContext(job.id, attempt=job.attempts)
         task = asyncio.create_task(self._run(job, ctx), name=f"job-{job.id}")
         self._running[job.id] = (task, ctx)
@@ -195,15 +226,15 @@ class JobWorker:
             outcome = await self._execute(job, ctx)
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
-            await self._record(job, ctx, outcome)
-            JOBS_FINISHED.labels(kind, outcome.label).inc()
+            label = await self._record(job, outcome)
+            JOB_ATTEMPTS_ENDED.labels(kind, label).inc()
             log.info(
                 "job attempt ended",
                 extra={
                     "job_id": job.id,
                     "kind": kind,
                     "attempt": job.attempts,
-                    "outcome": outcome.label,
+                    "outcome": label,
                     "duration_ms": round((time.monotonic() - started) * 1000, 1),
                 },
             )
@@ -232,10 +263,18 @@ class JobWorker:
             return _Outcome("failed", error=_internal_status(job.id))
         return _Outcome("succeeded", result=result)
 
-    async def _record(self, job: JobRecord, ctx: JobContext, outcome: _Outcome) -> None:
+    async def _record(self, job: JobRecord, outcome: _Outcome) -> str:
+        """Writes how the attempt ended; returns its label (``lease_lost`` if it was too late)."""
+        try:
+            await self._write_outcome(job, outcome)
+        except LeaseLost:
+            return "lease_lost"  # another worker owns the job now; it records the outcome
+        return outcome.label
+
+    async def _write_outcome(self, job: JobRecord, outcome: _Outcome) -> None:
         worker, attempt = self.name, job.attempts
         if outcome.label == "lease_lost":
-            return  # another worker owns the job now; it records the outcome
+            return
         if outcome.label == "shutdown":
             await self._persist(
                 lambda: self._store.retry_later(
@@ -287,14 +326,15 @@ class JobWorker:
 
         If the store stays down, the outcome is lost with the lease: another worker reruns
         the job, which each kind makes safe.
+
+        Raises:
+            LeaseLost: The worker no longer owns the attempt; nothing was written.
         """
         deadline = time.monotonic() + self._settings.lease_seconds
         delay = 0.2
         while True:
             try:
                 return await self._pool.run(write)
-            except LeaseLost:
-                return None
             except RetryableError as exc:
                 if time.monotonic() + delay > deadline:
                     log.error("could not record a job's outcome", extra={"error": exc.message})
@@ -358,8 +398,13 @@ class _Outcome:
 
 
 def _backoff(base: float, attempt: int) -> float:
-    """Exponential backoff with full jitter around it (so retries do not march in step)."""
-    return float(base * (2 ** max(attempt - 1, 0)) * random.uniform(0.5, 1.5))
+    """Exponential backoff with jitter around it (so retries do not march in step), capped.
+
+    Without the cap, a job allowed many attempts would wait days after its tenth failure.
+    The cap applies before the jitter, so retries that reached it stay spread out.
+    """
+    centre = min(base * 2.0 ** min(max(attempt - 1, 0), 32), MAX_RETRY_BACKOFF_SECONDS / 1.5)
+    return centre * random.uniform(0.5, 1.5)
 
 
 def _internal_status(job_id: str) -> status_pb2.Status:

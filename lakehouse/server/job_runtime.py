@@ -21,13 +21,22 @@ from lakehouse.adapters.trino_engine import TrinoEngine
 from lakehouse.config import Settings
 from lakehouse.core.job_kinds import JobKinds
 from lakehouse.core.job_specs import SpecChecker
-from lakehouse.core.job_worker import JobWorker
+from lakehouse.core.job_worker import (
+    JobWorker,
+    count_ended,
+    count_lease_expired,
+    refresh_queue_depth,
+)
 from lakehouse.core.jobs import JobEvents, Jobs
 from lakehouse.core.maintenance_scheduler import MaintenanceScheduler
-from lakehouse.errors import InvalidArgument, RetryableError, Unavailable
+from lakehouse.errors import InvalidArgument, NotFound, RetryableError, Unavailable
 from lakehouse.v1 import job_pb2
 
 log = logging.getLogger(__name__)
+
+#: How often the ``lakehouse_jobs_queued`` gauge is read from the job store (one cheap
+#: grouped count; scrapes come every 15 s or more).
+QUEUE_DEPTH_SECONDS = 10.0
 
 
 class JobRuntime:
@@ -54,15 +63,22 @@ class JobRuntime:
         resilience: Resilience | None = None,
     ) -> None:
         self._settings = settings
+        self._catalog = catalog
         self._pool = pool
         resilience = resilience or Resilience(settings.resilience)
-        self.store = JobStore(settings.jobs_database_uri, breaker=resilience.breaker(JOB_STORE))
+        self.store = JobStore(
+            settings.jobs_database_uri,
+            breaker=resilience.breaker(JOB_STORE),
+            on_ended=count_ended,
+            on_lease_expired=count_lease_expired,
+        )
         # One thread per job slot, plus one for the scheduler's file planning.
         self._job_pool = BlockingPool(max(slots, 1) + 1, name="lakehouse-jobs")
         self.trino = TrinoEngine(settings.trino, resilience) if settings.trino.endpoint else None
         self.events = JobEvents()
         self._migrated = False
         self._migrating: asyncio.Task[None] | None = None
+        self._gauges: asyncio.Task[None] | None = None
         checker = SpecChecker(
             catalog.load_table,
             self._check_sql,
@@ -108,6 +124,7 @@ class JobRuntime:
 
     def _begin(self) -> None:
         self._migrated = True
+        self._gauges = asyncio.create_task(self._refresh_gauges(), name="job-queue-depth")
         self.worker.start()
         if self._scheduler is not None:
             self._scheduler.start()
@@ -122,11 +139,19 @@ class JobRuntime:
             self._begin()
             return
 
+    async def _refresh_gauges(self) -> None:
+        # In every process, API-only replicas (no workers) included: whichever is scraped
+        # reports the shared queue.
+        while True:
+            await refresh_queue_depth(self.store, self._pool)
+            await asyncio.sleep(QUEUE_DEPTH_SECONDS)
+
     async def stop(self, grace: float) -> None:
         """Stops the scheduler and the workers (running jobs go back to the queue)."""
-        if self._migrating is not None:
-            self._migrating.cancel()
-            await asyncio.gather(self._migrating, return_exceptions=True)
+        for task in (self._migrating, self._gauges):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._scheduler is not None:
             await self._scheduler.stop()
         await self.worker.stop(grace)
@@ -156,10 +181,18 @@ class JobRuntime:
                 )
             )
             return
-        await self._pool.run(
+        names = await self._pool.run(
             functools.partial(
                 duckdb_engine.check_statement,
                 spec.statement,
                 default_namespace=spec.default_namespace,
             )
         )
+        # DuckDB's parser knows no catalog; the tables are confirmed here so that a statement
+        # naming a table that does not exist creates no job (Trino's EXPLAIN does both).
+        for name in names:
+            try:
+                await self._catalog.load_table(name.namespace, name.table)
+            except NotFound:
+                if not name.may_be_cte:
+                    raise

@@ -14,6 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -22,9 +23,11 @@ from pyiceberg.table import Table
 from pyiceberg.types import LongType, StringType
 
 from fixtures.iceberg import direct_catalog
+from lakehouse.adapters import duckdb_engine
 from lakehouse.adapters.duckdb_engine import (
     JOB_ID_PROPERTY,
     STATEMENT_FIELD,
+    NamedTable,
     check_statement,
     run_statement,
 )
@@ -177,6 +180,23 @@ def test_default_namespace_resolves_bare_names(shared: Catalog, tmp_path: Path) 
     with pytest.raises(InvalidArgument, match="has no namespace"):
         check_statement("SELECT count(*) FROM orders", default_namespace="")
     check_statement("SELECT count(*) FROM orders", default_namespace="sales")
+
+
+def test_check_statement_names_the_tables_to_confirm() -> None:
+    names = check_statement(
+        "INSERT INTO ref.totals WITH recent AS (SELECT * FROM orders) "
+        "SELECT * FROM recent JOIN ref.customers c ON recent.customer_id = c.id "
+        "WHERE EXISTS (SELECT 1 FROM sales.orders) AND c.id IN (SELECT id FROM recent)",
+        default_namespace="sales",
+    )
+    assert sorted(names, key=lambda n: (n.namespace, n.table)) == [
+        NamedTable("ref", "customers"),
+        NamedTable("ref", "totals"),
+        NamedTable("sales", "orders"),
+        NamedTable("sales", "recent", may_be_cte=True),
+    ]
+    # Without a default namespace a bare CTE name can only be the CTE.
+    assert check_statement("WITH r AS (SELECT 1 AS x) SELECT * FROM r", default_namespace="") == ()
 
 
 def test_aggregate_matches_pyarrow(shared: Catalog, tmp_path: Path) -> None:
@@ -517,6 +537,66 @@ def test_check_statement_refuses_without_a_catalog(statement: str) -> None:
     with pytest.raises(InvalidArgument) as info:
         check_statement(statement.format(tmp="/tmp/never"))
     assert info.value.violations[0].field == STATEMENT_FIELD
+
+
+#: Run straight on the engine's connection, past the statement check: DuckDB itself must
+#: refuse each one (a gap in the check must not become a way out).
+ENGINE_REFUSES = [
+    ("SELECT * FROM read_csv('/etc/passwd')", duckdb.PermissionException),
+    ("SELECT * FROM read_text('{tmp}/../*')", duckdb.PermissionException),
+    ("SELECT * FROM glob('/etc/*')", duckdb.PermissionException),
+    ("ATTACH '{tmp}/attached.db' AS other", duckdb.PermissionException),
+    ("COPY (SELECT 1 AS x) TO '{tmp}/copied.csv'", duckdb.PermissionException),
+    ("COPY sales.orders TO '{tmp}/copied.parquet'", duckdb.PermissionException),
+    ("EXPORT DATABASE '{tmp}/exported'", duckdb.PermissionException),
+    ("INSTALL httpfs", duckdb.PermissionException),
+    ("FORCE INSTALL httpfs", duckdb.PermissionException),
+    ("LOAD httpfs", duckdb.PermissionException),
+    ("LOAD '{tmp}/evil.duckdb_extension'", duckdb.PermissionException),
+    ("SELECT * FROM read_parquet('http://127.0.0.1:1/x.parquet')", duckdb.PermissionException),
+    ("SELECT * FROM 'https://example.com/x.csv'", duckdb.PermissionException),
+    ("SET enable_external_access = true", duckdb.InvalidInputException),
+    ("SET GLOBAL enable_external_access = true", duckdb.InvalidInputException),
+    ("RESET enable_external_access", duckdb.InvalidInputException),
+    ("SET lock_configuration = false", duckdb.InvalidInputException),
+    ("RESET lock_configuration", duckdb.InvalidInputException),
+    ("SET autoinstall_known_extensions = true", duckdb.InvalidInputException),
+    ("SET autoload_known_extensions = true", duckdb.InvalidInputException),
+    ("SET allow_unsigned_extensions = true", duckdb.InvalidInputException),
+    ("SET allow_community_extensions = true", duckdb.InvalidInputException),
+    ("SET python_enable_replacements = true", duckdb.InvalidInputException),
+    ("SET allowed_directories = ['/']", duckdb.InvalidInputException),
+    ("SET temp_directory = '{tmp}'", duckdb.InvalidInputException),
+    ("SET extension_directory = '{tmp}'", duckdb.InvalidInputException),
+    ("SET memory_limit = '100GB'", duckdb.InvalidInputException),
+    ("RESET memory_limit", duckdb.InvalidInputException),
+    ("PRAGMA threads = 64", duckdb.InvalidInputException),
+]
+
+
+@pytest.mark.parametrize(("statement", "refusal"), ENGINE_REFUSES)
+def test_the_engine_itself_refuses_what_the_check_would(
+    shared: Catalog, tmp_path: Path, statement: str, refusal: type[duckdb.Error]
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    # The connection exactly as run_statement has it when the statement runs: the engine's
+    # own connect, the tables opened, the configuration locked.
+    con = duckdb_engine._connect(memory_limit_mb=256, threads=1, temp_dir=tmp_path / "spill")
+    try:
+        duckdb_engine._Engine(con, JobContext("lockdown")).open_tables(
+            shared, [duckdb_engine._TableRef(("sales", "orders"), "sales.orders")], "sales"
+        )
+        with pytest.raises(refusal, match=r"disabled (by|through) configuration|been locked"):
+            con.execute(statement.format(tmp=outside)).fetchall()
+        settings = con.execute(
+            "SELECT current_setting('enable_external_access'), "
+            "current_setting('lock_configuration'), current_setting('memory_limit')"
+        ).fetchone()
+        assert settings == (False, True, "244.1 MiB")  # 256MB, as DuckDB shows it
+    finally:
+        con.close()
+    assert list(outside.iterdir()) == []
 
 
 def test_engine_settings_are_locked(shared: Catalog, tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ from lakehouse.adapters.iceberg_maintenance import (
     referenced_files,
     remove_orphan_files,
 )
+from lakehouse.core.job_context import JobContext, JobStopped
 
 NAMESPACE = "maint"
 SCHEMA = Schema(
@@ -231,6 +232,47 @@ def test_compact_then_concurrent_append_still_commits(backend: Any) -> None:
     assert result.files_rewritten == 3
     assert sum(_rows(fresh).values()) == 40
     assert len(_data_files(fresh)) == 2
+
+
+class StopAt(JobContext):
+    """A real JobContext whose worker asks it to stop when the job reports a given progress."""
+
+    def __init__(self, when: str) -> None:
+        super().__init__(job_id="job-stop")
+        self.when = when
+        self.messages: list[str] = []
+
+    def progress(self, fraction: float, message: str) -> None:
+        super().progress(fraction, message)
+        self.messages.append(message)
+        if message.startswith(self.when):
+            self.stop("cancelled")
+
+
+@pytest.mark.parametrize(
+    "when",
+    # Between two bins (the third is never written), and after the last bin was written,
+    # right before the commit.
+    ["rewrote 1 of 3", "rewrote 2 of 3"],
+)
+def test_a_stopped_compaction_commits_nothing_and_leaves_no_files(backend: Any, when: str) -> None:
+    catalog = _catalog(backend)
+    table = _create(catalog, "stopped", partitioned=True)
+    for i in range(4):
+        table.append(_batch(i * 30, 30, cats=("a", "b", "c")))  # 3 partitions: 3 bins
+    fresh = catalog.load_table((NAMESPACE, "stopped"))
+    before, location, stored = _rows(fresh), fresh.metadata_location, _stored(backend, fresh)
+    ctx = StopAt(when)
+
+    with pytest.raises(JobStopped):
+        compact_table(fresh, target_file_bytes=BIG_TARGET, ctx=ctx)
+
+    after = catalog.load_table((NAMESPACE, "stopped"))
+    assert ctx.messages[-1].startswith(when)  # it stopped at the next safe point
+    assert after.metadata_location == location
+    assert len(_data_files(after)) == 12
+    assert _rows(after) == before
+    assert _stored(backend, after) == stored  # the files of the bins written are gone
 
 
 # -- expire_snapshots ----------------------------------------------------------------------------

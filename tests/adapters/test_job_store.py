@@ -502,6 +502,57 @@ def test_an_expired_lease_with_cancel_requested_cancels(store: JobStore) -> None
     assert (job.state, job.end_time_us, job.attempts) == (CANCELLED, T0 + 31 * SECOND, 1)
 
 
+def test_hooks_see_each_final_state_and_each_expired_lease_once(store_url: str) -> None:
+    ended: list[tuple[str, int]] = []
+    expired: list[tuple[str, str, int]] = []
+    store = JobStore(
+        store_url,
+        on_ended=lambda job: ended.append((job.id, job.state)),
+        on_lease_expired=lambda job, worker: expired.append((job.id, worker, job.state)),
+    )
+    store.migrate()
+    try:
+        # Cancelled while queued: ends at once, once.
+        create(store, "queued")
+        store.cancel("queued", now_us=T0 + 1)
+        store.cancel("queued", now_us=T0 + 2)
+        assert (ended, expired) == ([("queued", CANCELLED)], [])
+
+        # A retry is no end; the success is, and a late second finish changes nothing.
+        create(store, "retried", now_us=T0 + 3)
+        claim(store, now_us=T0 + 4)
+        store.retry_later(
+            "retried", worker="w1", attempt=1, now_us=T0 + 5, delay_seconds=0, error=b""
+        )
+        claim(store, now_us=T0 + 6)
+        store.finish("retried", worker="w1", attempt=2, state=SUCCEEDED, now_us=T0 + 7)
+        with pytest.raises(LeaseLost):
+            store.finish("retried", worker="w1", attempt=2, state=FAILED, now_us=T0 + 8)
+        assert ended[1:] == [("retried", SUCCEEDED)]
+
+        # Two expired leases: one taken over, then one ended on the last attempt.
+        late = T0 + 100 * SECOND
+        create(store, "lost", now_us=late, max_attempts=2)
+        claim(store, worker="dead-1", now_us=late)
+        assert claim(store, worker="w2", now_us=late + 31 * SECOND).lease_lost_by == "dead-1"
+        assert store.claim(worker="w3", lease_seconds=LEASE, now_us=late + 62 * SECOND) is None
+        assert expired == [("lost", "dead-1", RUNNING), ("lost", "w2", FAILED)]
+        assert ended[2:] == [("lost", FAILED)]
+
+        # Cancel of a running job ends it only when its worker hands it back.
+        create(store, "running", now_us=late + 63 * SECOND)
+        claim(store, now_us=late + 64 * SECOND)
+        store.cancel("running", now_us=late + 65 * SECOND)
+        assert len(ended) == 3
+        store.retry_later(
+            "running", worker="w1", attempt=1, now_us=late + 66 * SECOND, delay_seconds=0, error=b""
+        )
+        assert ended[3:] == [("running", CANCELLED)]
+        assert len(expired) == 2
+    finally:
+        store.close()
+
+
 def test_maintenance_jobs_of_one_table_run_one_at_a_time(store: JobStore) -> None:
     create(store, "compact-1", kind=COMPACT, namespace="ns", table="t")
     create(store, "compact-2", kind=COMPACT, namespace="ns", table="t", now_us=T0 + 1)

@@ -22,7 +22,7 @@ from lakehouse.adapters.job_store import JobRecord, JobStore
 from lakehouse.config import JobsSettings
 from lakehouse.core.job_context import JobContext
 from lakehouse.core.job_kinds import JobKinds
-from lakehouse.core.job_worker import JobWorker
+from lakehouse.core.job_worker import MAX_RETRY_BACKOFF_SECONDS, JobWorker, _backoff
 from lakehouse.core.jobs import TERMINAL_STATES, JobEvents, now_us
 from lakehouse.errors import Conflict, InvalidArgument, Unavailable
 from lakehouse.v1 import job_pb2
@@ -155,3 +155,16 @@ async def test_a_cancel_recorded_by_another_replica_stops_the_running_job(
     assert job.cancel_requested
     assert job.progress_message == "waiting to be stopped"  # heartbeats carried progress
     assert time.monotonic() - started < 10  # within a few heartbeats
+
+
+def test_retry_backoff_doubles_with_jitter_and_is_capped() -> None:
+    for attempt, low, high in [(1, 2.5, 7.5), (3, 10.0, 30.0)]:
+        delays = [_backoff(5.0, attempt) for _ in range(500)]
+        assert all(low <= d <= high for d in delays), (attempt, min(delays), max(delays))
+    # Many failures later (and with the largest base allowed) the wait stays under the cap,
+    # still spread so that retries do not march in step.
+    for base, attempt in [(5.0, 30), (5.0, 100), (3600.0, 1)]:
+        delays = [_backoff(base, attempt) for _ in range(500)]
+        assert all(MAX_RETRY_BACKOFF_SECONDS / 3 <= d <= MAX_RETRY_BACKOFF_SECONDS for d in delays)
+        assert max(delays) - min(delays) > MAX_RETRY_BACKOFF_SECONDS / 2
+    assert MAX_RETRY_BACKOFF_SECONDS == 3600.0

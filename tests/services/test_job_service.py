@@ -23,6 +23,7 @@ from google.protobuf import duration_pb2
 from fixtures.grpc_errors import rpc_error_details
 from fixtures.http import http_get
 from fixtures.iceberg import append, direct_catalog
+from fixtures.net import LOOPBACK
 from fixtures.objects import put_object
 from lakehouse.v1 import job_pb2, job_service_pb2_grpc, rows_pb2, schema_pb2
 from lakehouse.v1 import job_service_pb2 as jpb
@@ -415,6 +416,36 @@ BAD_SPECS = [
         id="sql-syntax",
     ),
     pytest.param(
+        job_pb2.JobSpec(sql=job_pb2.SqlJobSpec(statement=f"SELECT * FROM {NS}.nope")),
+        grpc.StatusCode.NOT_FOUND,
+        "spec.sql.statement",
+        id="sql-unknown-table",
+    ),
+    pytest.param(
+        job_pb2.JobSpec(
+            sql=job_pb2.SqlJobSpec(
+                statement=f"SELECT * FROM {TABLE} JOIN nope USING (id)", default_namespace=NS
+            )
+        ),
+        grpc.StatusCode.NOT_FOUND,
+        "spec.sql.statement",
+        id="sql-unknown-bare-table-in-a-join",
+    ),
+    pytest.param(
+        job_pb2.JobSpec(sql=job_pb2.SqlJobSpec(statement=f"SELECT * FROM nowhere.{TABLE}")),
+        grpc.StatusCode.NOT_FOUND,
+        "spec.sql.statement",
+        id="sql-unknown-namespace",
+    ),
+    pytest.param(
+        job_pb2.JobSpec(
+            sql=job_pb2.SqlJobSpec(statement=f"INSERT INTO {NS}.nope SELECT * FROM {NS}.{TABLE}")
+        ),
+        grpc.StatusCode.NOT_FOUND,
+        "spec.sql.statement",
+        id="sql-insert-into-unknown-table",
+    ),
+    pytest.param(
         job_pb2.JobSpec(sql=job_pb2.SqlJobSpec(statement="SELECT * FROM read_csv('/etc/passwd')")),
         grpc.StatusCode.INVALID_ARGUMENT,
         "spec.sql.statement",
@@ -485,9 +516,34 @@ async def test_bad_specs_are_refused_and_create_nothing(
         await jobs.CreateJob(jpb.CreateJobRequest(spec=spec))
     details = rpc_error_details(err.value)
     assert details.code == code, details.message
-    if field is not None:
+    if code == grpc.StatusCode.NOT_FOUND:
+        assert details.reason in ("TABLE_NOT_FOUND", "NAMESPACE_NOT_FOUND"), details.reason
+        # NOT_FOUND has no BadRequest: ErrorInfo names the field that named the table.
+        assert details.metadata.get("field") == field, details.metadata
+    elif field is not None:
         assert details.violated_fields == [field], details.message
     assert not (await jobs.ListJobs(jpb.ListJobsRequest())).jobs
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_a_cte_named_like_a_missing_table_is_not_refused(
+    backend: Any, table_stub: Any, jobs: Any
+) -> None:
+    await make_table(table_stub)
+    append(backend, NS, TABLE, rows(0, 10))
+    job = await run(
+        jobs,
+        job_pb2.JobSpec(
+            sql=job_pb2.SqlJobSpec(
+                statement=f"WITH nope AS (SELECT id FROM {TABLE} WHERE id < 3) "
+                "SELECT count(*) AS n FROM nope",
+                default_namespace=NS,
+                preview_format=rows_pb2.ROW_FORMAT_JSON,
+            )
+        ),
+    )
+    [row] = job.result.sql.preview_json_rows.rows
+    assert row.fields["n"].number_value == 3
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
@@ -514,23 +570,79 @@ def _csv(data: pa.Table) -> bytes:
     return bytes(sink.getvalue().to_pybytes())
 
 
+async def job_samples(http_url: str) -> dict[str, float]:
+    """The ``lakehouse_job*`` samples of the server's /metrics, by name with labels."""
+    reply = await http_get(f"{http_url}/metrics")
+    assert reply.status == 200
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in reply.text.splitlines()
+        if line.startswith("lakehouse_job")
+    }
+
+
+FINISHED_OK = 'lakehouse_jobs_finished_total{kind="compact_table",outcome="succeeded"}'
+ATTEMPT_OK = 'lakehouse_job_attempts_ended_total{kind="compact_table",outcome="succeeded"}'
+
+
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 async def test_job_metrics(backend: Any, table_stub: Any, jobs: Any, http_url: str) -> None:
     await make_table(table_stub)
+    before = await job_samples(http_url)
     await run(
         jobs,
         job_pb2.JobSpec(compact_table=job_pb2.CompactTableJobSpec(namespace=NS, table=TABLE)),
     )
-    reply = await http_get(f"{http_url}/metrics")
-    assert reply.status == 200
-    text = reply.text
-    samples = {
-        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("lakehouse_job")
-    }
+    samples = await job_samples(http_url)
     assert samples['lakehouse_jobs_created_total{kind="compact_table",origin="api"}'] >= 1
-    assert samples['lakehouse_jobs_finished_total{kind="compact_table",outcome="succeeded"}'] >= 1
+    assert samples[FINISHED_OK] - before.get(FINISHED_OK, 0) == 1
+    assert samples[ATTEMPT_OK] - before.get(ATTEMPT_OK, 0) == 1
     assert samples['lakehouse_job_seconds_count{kind="compact_table"}'] >= 1
     assert 'lakehouse_jobs_queued{kind="sql"}' in samples
     assert "lakehouse_job_lease_losses_total" in samples
+    # Only final states count as finished; retries and hand-backs are attempts.
+    finished = [k for k in samples if k.startswith("lakehouse_jobs_finished_total{")]
+    assert finished and all(
+        any(f'outcome="{state}"' in k for state in ("succeeded", "failed", "cancelled"))
+        for k in finished
+    ), finished
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_an_api_only_replica_reports_the_queue_and_its_cancels(
+    backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lakehouse.server import job_runtime
+    from lakehouse.server.app import LakehouseServer
+    from lakehouse.v1 import table_service_pb2_grpc
+
+    monkeypatch.setattr(job_runtime, "QUEUE_DEPTH_SECONDS", 0.05)
+    queued = 'lakehouse_jobs_queued{kind="compact_table"}'
+    cancelled = 'lakehouse_jobs_finished_total{kind="compact_table",outcome="cancelled"}'
+    settings = backend.model_copy(update={"jobs": backend.jobs.model_copy(update={"workers": 0})})
+    server = LakehouseServer(settings)
+    await server.start()
+    try:
+        http_url = f"http://{LOOPBACK}:{server.http_port}"
+        async with grpc.aio.insecure_channel(f"{LOOPBACK}:{server.grpc_port}") as channel:
+            jobs = job_service_pb2_grpc.JobServiceStub(channel)
+            await make_table(table_service_pb2_grpc.TableServiceStub(channel))
+            before = await job_samples(http_url)
+            spec = job_pb2.JobSpec(
+                compact_table=job_pb2.CompactTableJobSpec(namespace=NS, table=TABLE)
+            )
+            created = await jobs.CreateJob(jpb.CreateJobRequest(spec=spec))
+
+            async def queue_depth_becomes(value: float) -> dict[str, float]:
+                deadline = time.monotonic() + WAIT_SECONDS
+                while (samples := await job_samples(http_url)).get(queued) != value:
+                    assert time.monotonic() < deadline, samples.get(queued)
+                    await asyncio.sleep(0.05)
+                return samples
+
+            await queue_depth_becomes(1)  # no worker here, yet the gauge follows the store
+            await jobs.CancelJob(jpb.CancelJobRequest(job_id=created.job.id))
+            after = await queue_depth_becomes(0)
+            assert after[cancelled] - before.get(cancelled, 0) == 1
+    finally:
+        await asyncio.wait_for(server.stop(), 30)

@@ -14,7 +14,7 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from fixtures.fake_trino import SYNTAX_ERROR, FakeTrino, Rows, Slow
+from fixtures.fake_trino import SYNTAX_ERROR, TABLE_NOT_FOUND, Failure, FakeTrino, Rows, Slow
 from fixtures.grpc_errors import rpc_error_details
 from fixtures.net import LOOPBACK
 from lakehouse.v1 import job_pb2, job_service_pb2_grpc, rows_pb2
@@ -102,6 +102,32 @@ async def test_a_statement_trino_refuses_creates_no_job(jobs: Any, fake: FakeTri
     assert details.code == grpc.StatusCode.INVALID_ARGUMENT
     assert details.violated_fields == ["spec.sql.statement"]
     assert "mismatched input" in details.message
+    assert not (await jobs.ListJobs(jpb.ListJobsRequest())).jobs
+
+
+@pytest.mark.parametrize(
+    ("failure", "reason"),
+    [
+        (TABLE_NOT_FOUND, "TABLE_NOT_FOUND"),
+        (
+            Failure("line 1:15: Schema 'nope' does not exist", "SCHEMA_NOT_FOUND", 45),
+            "NAMESPACE_NOT_FOUND",
+        ),
+    ],
+    ids=["table", "schema"],
+)
+async def test_a_statement_naming_an_unknown_table_creates_no_job(
+    jobs: Any, fake: FakeTrino, failure: Failure, reason: str
+) -> None:
+    # Trino reports the missing name from EXPLAIN (TYPE VALIDATE), as it would to run it.
+    fake.script("SELECT * FROM nope.orders", failure)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await jobs.CreateJob(jpb.CreateJobRequest(spec=trino_spec("SELECT * FROM nope.orders")))
+    details = rpc_error_details(err.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.NOT_FOUND, reason)
+    assert details.metadata["field"] == "spec.sql.statement"
+    assert "does not exist" in details.message
+    assert [s.sql.split(" ", 3)[:3] for s in fake.statements] == [["EXPLAIN", "(TYPE", "VALIDATE)"]]
     assert not (await jobs.ListJobs(jpb.ListJobsRequest())).jobs
 
 
