@@ -107,7 +107,8 @@ WRITE_CHUNK_BYTES = 128 * 1024 * 1024
 
 _COMPRESSED_SUFFIXES = (".gz", ".bz2", ".zst")  # what pyarrow's "detect" decompresses
 _MAX_VIOLATIONS = 100
-_S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
+# An S3 bucket name as AWS and S3-compatible stores accept it (also checked by RegisterTable).
+S3_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
 _UTC_NAMES = frozenset({"UTC", "+00:00", "Etc/UTC", "Z"})
 _FIELD_ID_KEY = b"PARQUET:field_id"
 _MISSING_HINTS = ("NoSuchBucket", "NO_SUCH_BUCKET", "NoSuchKey", "Path does not exist")
@@ -209,7 +210,7 @@ def canonical_uri(uri: str, *, folder: bool) -> str:
     if any(s == ".." or unquote(s) == ".." for s in segments):
         raise ValueError(f"{_shown(uri)} must not contain '..' segments")
     if scheme == "s3":
-        if not _S3_BUCKET.fullmatch(parts.netloc) or ".." in parts.netloc:
+        if not S3_BUCKET_NAME.fullmatch(parts.netloc) or ".." in parts.netloc:
             raise ValueError(f"{_shown(uri)} must name a bucket: s3://bucket/key")
         key = parts.path[1:]
         if not folder and (not key or key.endswith("/")):

@@ -16,6 +16,7 @@ from lakehouse.adapters.iceberg import (
     TableInfo,
     snapshot_not_found,
 )
+from lakehouse.adapters.iceberg_import import S3_BUCKET_NAME
 from lakehouse.adapters.iceberg_updates import table_property_problem
 from lakehouse.adapters.object_store import ObjectStore
 from lakehouse.core.changes import (
@@ -66,6 +67,12 @@ def _readable_location(location: str) -> bool:
         # File systems drop them: file:///etc/passwd#.metadata.json read /etc/passwd.
         return False
     scheme = parts.scheme.lower()
+    if scheme.startswith("s3") and (
+        not S3_BUCKET_NAME.fullmatch(parts.netloc) or ".." in parts.netloc
+    ):
+        # No bucket is named that: a file system would look the name up as a host (seconds,
+        # then UNAVAILABLE) for what is a typo or a probe (s3://../x.metadata.json).
+        return False
     return scheme in _METADATA_SCHEMES or (not scheme and location.startswith("/"))
 
 
@@ -296,7 +303,7 @@ class Tables:
             # with whatever that one raises; the service only has S3 credentials and disks.
             raise InvalidArgument.field(
                 "metadata_location",
-                "must be an s3:// or file:// location or an absolute path, without ? or #",
+                "must be an s3://bucket/ or file:// location or an absolute path, without ? or #",
             )
         return await self._catalog.register_table(namespace, name, metadata_location)
 

@@ -341,11 +341,24 @@ async def test_register_table_from_its_metadata_file(table_stub: Any, backend: A
             pb.RegisterTableRequest(namespace="r", table="u", metadata_location=missing)
         )
     assert exc.value.code() == grpc.StatusCode.NOT_FOUND
-    with pytest.raises(grpc.aio.AioRpcError) as exc:
-        await table_stub.RegisterTable(
-            pb.RegisterTableRequest(namespace="r", table="u", metadata_location="/etc/passwd")
-        )
-    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # Refused before any file system is asked: not metadata, a query or fragment a file system
+    # would cut off, a scheme with no credentials here, and names no bucket can have (a file
+    # system would look those up as hosts, and answer UNAVAILABLE seconds later).
+    for location in (
+        "/etc/passwd",
+        "file:///etc/passwd#.metadata.json",
+        "https://example.invalid/t.metadata.json",
+        "s3://../../x.metadata.json",
+        "s3://Bad_Bucket/x.metadata.json",
+        "s3a://a/x.metadata.json",
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as exc:
+            await table_stub.RegisterTable(
+                pb.RegisterTableRequest(namespace="r", table="u", metadata_location=location),
+                timeout=5,
+            )
+        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT, location
+        assert "metadata_location" in (exc.value.details() or ""), location
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
