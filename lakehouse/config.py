@@ -16,7 +16,7 @@ import os
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
@@ -26,6 +26,11 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
     YamlConfigSettingsSource,
 )
+
+from lakehouse.core.names import IDENTIFIER_PATTERN
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 ENV_PREFIX = "LAKEHOUSE_"
 FILE_SUFFIX = "_FILE"
@@ -51,9 +56,13 @@ class CatalogSettings(_Section):
     name: str = Field(default="lakehouse", min_length=1, max_length=64)
     """Catalog name, as SQL engines sharing the catalog (Trino) must also call it."""
     uri: SecretStr | None = None
-    """SQL: a SQLAlchemy URL (``postgresql+psycopg2://user:pw@host/db``); REST: the base URL.
-    Empty for sql means a SQLite file ``catalog.db`` under ``data_dir``. Secret: may hold a
-    password."""
+    """SQL: a SQLAlchemy URL (``postgresql+psycopg2://user@host:5432/db``); REST: the base URL.
+    Empty for sql means a SQLite file ``catalog.db`` under ``data_dir``. Secret, as it may
+    hold a password; without one (see ``password``) it can be plain configuration."""
+    password: SecretStr | None = None
+    """SQL catalog on a database server: the password, put into ``uri`` (URL-quoted, so any
+    character is fine), which must then name a user and hold no password itself. Keeps the
+    URI out of the secrets; the job store gets it too when it uses the catalog's database."""
     warehouse: str | None = None
     """Where new tables are stored: ``s3://bucket/prefix`` or ``file:///path``. Empty means the
     folder ``warehouse`` under ``data_dir``."""
@@ -67,6 +76,62 @@ class CatalogSettings(_Section):
         if self.type == "rest" and self.uri is None:
             raise ValueError("catalog.uri is required when catalog.type is rest")
         return self
+
+    @model_validator(mode="after")
+    def _password_fits_the_uri(self) -> CatalogSettings:
+        # Messages never quote the URI: it may hold a password.
+        if self.password is None:
+            return self
+        if self.type != "sql":
+            raise ValueError(
+                "catalog.password is for a sql catalog; a rest catalog authenticates with "
+                "catalog.credential or catalog.token"
+            )
+        if self.uri is None:
+            raise ValueError(
+                "catalog.password needs catalog.uri (the embedded SQLite catalog has none)"
+            )
+        url = _sql_url(self.uri)
+        if url.get_backend_name() == "sqlite":
+            raise ValueError("catalog.password needs a database server in catalog.uri, not SQLite")
+        if url.password is not None:
+            raise ValueError(
+                "catalog.uri already holds a password and catalog.password is set too: keep one"
+            )
+        if not url.username:
+            raise ValueError(
+                "catalog.password needs a user name in catalog.uri "
+                "(postgresql+psycopg2://USER@host:5432/db)"
+            )
+        return self
+
+    @property
+    def connection_uri(self) -> str | None:
+        """``uri`` with ``password`` put in, or ``uri`` as configured (None when unset)."""
+        if self.uri is None:
+            return None
+        if self.password is None:
+            return self.uri.get_secret_value()
+        url = _sql_url(self.uri).set(password=self.password.get_secret_value())
+        return url.render_as_string(hide_password=False)
+
+
+def _sql_url(uri: SecretStr) -> URL:
+    """``uri`` parsed as a SQLAlchemy URL.
+
+    Raises:
+        ValueError: It is none (pydantic reports it as a configuration error).
+    """
+    # Imported here: most commands never parse a URL, and SQLAlchemy is slow to import.
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(uri.get_secret_value())
+    except ArgumentError:
+        raise ValueError(
+            "catalog.uri is not a SQLAlchemy URL (dialect+driver://user@host:port/database)"
+        ) from None
 
 
 class S3Settings(_Section):
@@ -127,7 +192,7 @@ class JobsSettings(_Section):
     max_attempts: int = Field(default=3, ge=1, le=100)
     """Attempts of a job whose failure is retryable (a dead worker, an unavailable backend)."""
     retry_backoff_seconds: float = Field(default=5.0, ge=0, le=3600)
-    """Delay before the second attempt; it doubles for each further one (with jitter)."""
+    """Delay before the second attempt; it doubles for each further one (with jitter), up to 1h."""
     poll_interval_seconds: float = Field(default=1.0, gt=0, le=60)
     """How often an idle worker looks for queued jobs, and WatchJob for changes by other
     processes."""
@@ -287,7 +352,7 @@ JwtAlgorithm = Literal[
 ]
 _HMAC_MIN_SECRET_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 #: A namespace name as the service accepts it (``lakehouse.core.names``), for grants.
-NamespaceName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,127}$")]
+NamespaceName = Annotated[str, Field(pattern=f"^{IDENTIFIER_PATTERN}$")]
 
 
 class ApiKey(_Section):
@@ -353,6 +418,13 @@ class AuthSettings(_Section):
     """``grpc.health.v1.Health`` answers without credentials (load balancers, probes)."""
     public_reflection: bool = True
     """Server reflection answers without credentials (``grpcurl list``/``describe``)."""
+    public_metrics: bool = True
+    """The sidecar's ``/metrics`` answers without credentials; when False (and authentication
+    is on) a scrape needs ``authorization: Bearer`` with an API key or JWT of any role."""
+    public_probes: bool = True
+    """The sidecar's ``/healthz`` and ``/readyz`` answer without credentials (kubelet and load
+    balancer probes send none); when False (and authentication is on) they need a bearer
+    API key or JWT of any role."""
 
     @model_validator(mode="after")
     def _consistent(self) -> AuthSettings:
@@ -517,8 +589,9 @@ class Settings(BaseSettings):
     @property
     def catalog_uri(self) -> str:
         """The effective catalog URI (the embedded SQLite file when none is configured)."""
-        if self.catalog.uri is not None:
-            return self.catalog.uri.get_secret_value()
+        uri = self.catalog.connection_uri
+        if uri is not None:
+            return uri
         return f"sqlite:///{(self.data_dir / 'catalog.db').resolve()}"
 
     @property

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 
@@ -23,7 +22,7 @@ from lakehouse.adapters.iceberg import IcebergCatalog
 from lakehouse.adapters.iceberg_ingest import AppendPlan, IngestState
 from lakehouse.adapters.resilience import without_deadline
 from lakehouse.config import IngestSettings
-from lakehouse.core.names import check_identifier
+from lakehouse.core.names import check_identifier, check_writer_id
 from lakehouse.errors import (
     InvalidArgument,
     LakehouseError,
@@ -33,23 +32,6 @@ from lakehouse.errors import (
 )
 
 log = logging.getLogger(__name__)
-
-_WRITER_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-
-
-def check_writer_id(field: str, writer_id: str) -> str:
-    """Checks a writer id: 1 to 128 ASCII letters, digits, '.', '_' or '-'.
-
-    Raises:
-        InvalidArgument: Otherwise.
-    """
-    if not _WRITER_ID.fullmatch(writer_id) or writer_id in {".", ".."}:
-        raise InvalidArgument.field(
-            field,
-            "must be 1 to 128 ASCII letters, digits, '.', '_' or '-'",
-            reason="INVALID_WRITER_ID",
-        )
-    return writer_id
 
 
 def check_request_id(field: str, request_id: str) -> str:

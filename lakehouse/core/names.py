@@ -3,18 +3,25 @@
 Namespace and table names become path segments of object-store locations and identifiers in
 SQL engines that share the catalog (Trino lower-cases identifiers), so they are restricted to
 lowercase ASCII letters, digits and underscores. Column names are freer but may not contain
-control characters or dots (pyiceberg addresses nested fields by dotted paths).
+control characters or dots (pyiceberg addresses nested fields by dotted paths). Writer ids
+are stored in table properties and logged: a short run of ASCII letters, digits, ``.``,
+``_`` and ``-``.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from typing import Final
 
 from lakehouse.errors import InvalidArgument
 
-MAX_NAME_LENGTH = 128
-_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
+MAX_NAME_LENGTH: Final = 128
+#: A whole namespace or table name, length included (``lakehouse.config`` checks namespace
+#: grants with it, so a grant can name exactly the namespaces the service accepts).
+IDENTIFIER_PATTERN: Final = rf"[a-z_][a-z0-9_]{{0,{MAX_NAME_LENGTH - 1}}}"
+_IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
+_WRITER_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 def _describe_identifier_problem(value: str) -> str | None:
@@ -91,3 +98,18 @@ def check_property_key(field: str, key: str) -> str:
             reason="INVALID_PROPERTY",
         )
     return key
+
+
+def check_writer_id(field: str, writer_id: str) -> str:
+    """Checks a writer id: 1 to 128 ASCII letters, digits, '.', '_' or '-', not "." or "..".
+
+    Raises:
+        InvalidArgument: Otherwise (reason ``INVALID_WRITER_ID``).
+    """
+    if not _WRITER_ID.fullmatch(writer_id) or writer_id in {".", ".."}:
+        raise InvalidArgument.field(
+            field,
+            "must be 1 to 128 ASCII letters, digits, '.', '_' or '-'",
+            reason="INVALID_WRITER_ID",
+        )
+    return writer_id

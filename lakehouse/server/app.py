@@ -15,17 +15,16 @@ from lakehouse.adapters.blocking import BlockingPool
 from lakehouse.adapters.iceberg import IcebergCatalog
 from lakehouse.adapters.object_store import object_store_for
 from lakehouse.adapters.resilience import CATALOG, JOB_STORE, OBJECT_STORE, Resilience
-from lakehouse.config import ConfigError, Settings
+from lakehouse.config import Settings
 from lakehouse.core.ingest import Ingest
 from lakehouse.core.reads import Reads
 from lakehouse.core.tables import Tables
 from lakehouse.server import metrics
 from lakehouse.server.auth import AuthInterceptor
-from lakehouse.server.credentials import Authenticator
-from lakehouse.server.file_watch import FileWatch
+from lakehouse.server.auth_keys import AuthKeys
 from lakehouse.server.health import Dependency, HealthMonitor
 from lakehouse.server.http import build_http_app
-from lakehouse.server.interceptors import ObservabilityInterceptor
+from lakehouse.server.interceptors import ObservabilityInterceptor, RequestDecodingInterceptor
 from lakehouse.server.job_runtime import JobRuntime
 from lakehouse.server.limits import CallDeadlines, server_options
 from lakehouse.server.reflection import enable_reflection
@@ -103,15 +102,8 @@ class LakehouseServer:
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
         self.tls = ServerTls(settings.tls)
-        self._auth_files = FileWatch(
-            "authentication keys",
-            settings.auth.key_files,
-            settings.auth.reload_interval_seconds,
-            self._reload_auth_keys,
-        )
-        self._auth_files.mark_loaded()
-        # Built here, before any port: a bad key file stops the start (ConfigError).
-        self.authenticator = Authenticator.from_settings(settings.auth)
+        self._auth_keys = AuthKeys(settings.auth)  # a bad key file stops the start here
+        self.authenticator = self._auth_keys.authenticator
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
@@ -129,6 +121,8 @@ class LakehouseServer:
                 ObservabilityInterceptor(CallDeadlines.from_settings(self.settings)),
                 # Inside observability: refusals are metered, logged and mapped like any error.
                 AuthInterceptor(self.authenticator, self.settings.auth, jobs=self.job_runtime.jobs),
+                # Inside auth: bytes that do not parse are answered only to a caller let in.
+                RequestDecodingInterceptor(),
             ],
             options=[
                 *server_options(self.settings),  # message, stream, connection limits
@@ -158,7 +152,10 @@ class LakehouseServer:
             self.grpc_port = server.add_secure_port(address, credentials)
         if self.grpc_port == 0:
             raise OSError(f"cannot bind gRPC address {address}")
-        runner = web.AppRunner(build_http_app(self.monitor), access_log=None)
+        runner = web.AppRunner(
+            build_http_app(self.monitor, authenticator=self.authenticator, auth=self.settings.auth),
+            access_log=None,
+        )
         await runner.setup()
         site = web.TCPSite(
             runner,
@@ -174,7 +171,7 @@ class LakehouseServer:
         await self.monitor.check_once()
         self.monitor.start()
         self.tls.start()
-        self._auth_files.start()
+        self._auth_keys.start()
         await server.start()
         log.info(
             "serving",
@@ -213,7 +210,7 @@ class LakehouseServer:
         if self._http is not None:
             await self._http.cleanup()
         await self.tls.stop()
-        await self._auth_files.stop()
+        await self._auth_keys.stop()
         await self.store.close()
         await self.catalog.close()
         self._pool.close()
@@ -227,21 +224,7 @@ class LakehouseServer:
     def request_reload(self) -> None:
         """Re-reads the TLS files and the authentication key files soon (SIGHUP)."""
         self.tls.request_reload()
-        self._auth_files.request()
-
-    async def _reload_auth_keys(self) -> None:
-        """Re-reads the key files; a file that no longer parses leaves the keys in use."""
-        self._auth_files.mark_loaded()
-        try:
-            fresh = await asyncio.to_thread(Authenticator.from_settings, self.settings.auth)
-        except ConfigError as exc:
-            log.error(
-                "authentication keys refused; the previous ones stay in use",
-                extra={"error": str(exc)},
-            )
-            return
-        self.authenticator.take_keys_of(fresh)
-        log.info("authentication keys reloaded", extra=fresh.describe())
+        self._auth_keys.request_reload()
 
 
 def bound_port(runner: web.AppRunner, requested: int) -> int:

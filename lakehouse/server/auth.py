@@ -4,8 +4,13 @@ It sits inside ``ObservabilityInterceptor`` (see ``lakehouse.server.app``), so a
 is an ordinary domain error raised from the handler: ``UNAUTHENTICATED`` or
 ``PERMISSION_DENIED`` with an ``ErrorInfo``, counted in the metrics and logged like any other
 outcome. The check runs inside the handler rather than in ``intercept_service`` because only
-there is the request message at hand: ``CreateJob``'s permission depends on its spec, and
-namespace grants on the namespace a request names.
+there are the peer's certificate and the request message at hand: ``CreateJob``'s permission
+depends on its spec, and namespace grants on the namespace a request names.
+
+It also sits outside ``RequestDecodingInterceptor``: request bytes that do not parse reach it
+as an ``UndecodableRequest``, and fail the call only after the caller was authenticated and
+its role found to allow the method at all (the permission an empty request would need), so
+nobody learns anything from the server without credentials.
 
 For each call, in order:
 
@@ -16,7 +21,8 @@ For each call, in order:
    role must hold it.
 4. A namespace-limited caller must hold a grant for every namespace the request touches;
    client-streaming requests are checked message by message as the handler reads them; jobs
-   named by id are looked up; list responses are filtered.
+   named by id are looked up; list responses are filtered. A request that did not parse
+   names no namespace: it goes on to fail with ``INVALID_ARGUMENT``.
 5. Mutating calls, and every refused call, leave one line on the ``lakehouse.audit`` logger.
 """
 
@@ -35,7 +41,7 @@ from google.protobuf.message import Message
 from lakehouse.config import AuthSettings
 from lakehouse.errors import LakehouseError, PermissionDenied, Unauthenticated
 from lakehouse.server.credentials import ANONYMOUS, Authenticator, CredentialError, Principal
-from lakehouse.server.interceptors import current_request_id, set_principal
+from lakehouse.server.interceptors import UndecodableRequest, current_request_id, set_principal
 from lakehouse.server.permissions import (
     HEALTH_SERVICE,
     READ_PERMISSIONS,
@@ -110,6 +116,19 @@ def _outcome(exc: BaseException, context: Context) -> grpc.StatusCode:
     if isinstance(code, grpc.StatusCode) and code != grpc.StatusCode.OK:
         return code  # an abort, or UNIMPLEMENTED set by a generated base servicer
     return grpc.StatusCode.INTERNAL
+
+
+def _least_permission(rule: Rule, request: UndecodableRequest) -> str:
+    """The permission a request that did not parse is checked against.
+
+    An empty request of the method's type asks for nothing in particular, so it needs the
+    least any request of the method needs (``jobs.create`` for ``CreateJob``).
+    """
+    if rule.fixed_permission is not None:
+        return rule.fixed_permission
+    if request.message_type is None:
+        return UNMAPPED_PERMISSION
+    return rule.permission_for(request.message_type())
 
 
 def _finished(context: Context) -> grpc.StatusCode:
@@ -259,11 +278,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             PermissionDenied: The caller's role or namespace grants do not cover the call.
         """
         rule = check.rule
+        undecodable = isinstance(request, UndecodableRequest)
         if rule is not None:
             if streamed_requests:
                 # Known before any message: client-streaming rules have a fixed permission
                 # (a test holds the table to that); targets come with the messages.
                 check.permission = rule.fixed_permission or UNMAPPED_PERMISSION
+            elif isinstance(request, UndecodableRequest):
+                check.permission = _least_permission(rule, request)
             else:
                 check.permission = rule.permission_for(request)
                 check.target = rule.target(request)
@@ -306,7 +328,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 f"{principal.role} does not have",
                 permission=check.permission,
             )
-        if principal.namespaces is not None and not streamed_requests:
+        if principal.namespaces is not None and not streamed_requests and not undecodable:
             await self._check_grants(check, principal, check.target)
         return principal
 
@@ -359,7 +381,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         rule = check.rule
         first = True
         async for request in requests:
-            if rule is not None:
+            if rule is not None and not isinstance(request, UndecodableRequest):
                 target = rule.target(request)
                 if first:
                     check.target = target

@@ -5,8 +5,11 @@ namespaces it may touch. A failed check raises :class:`CredentialError`, whose `
 meant for the server log only: clients learn "missing credentials" or "invalid credentials"
 and nothing about which check failed.
 
-Keys and files are read once, when the :class:`Authenticator` is built at start-up; a
-malformed file stops the start with a :class:`~lakehouse.config.ConfigError`.
+Keys and files are read when the :class:`Authenticator` is built at start-up, where a malformed
+file stops the start with a :class:`~lakehouse.config.ConfigError`, and again whenever a key
+file changes or the process gets SIGHUP (``LakehouseServer`` builds a fresh authenticator and
+:meth:`Authenticator.take_keys_of` it); a file that no longer parses is then refused and the
+keys in use stay.
 """
 
 from __future__ import annotations
@@ -55,6 +58,28 @@ _EC_CURVES: Final[Mapping[str, type[ec.EllipticCurve]]] = {
 _MIN_RSA_BITS: Final = 2048
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.+?-----END \1-----", re.DOTALL)
 _API_KEYS: Final = TypeAdapter(list[ApiKey])
+#: Schemes that a refused ``authorization`` header is named by in the log (IANA's HTTP
+#: authentication scheme registry, plus the common ``Token``); any other first word may be a
+#: credential sent without a scheme, and only its length is logged.
+_KNOWN_SCHEMES: Final[Mapping[str, str]] = {
+    name.lower(): name
+    for name in (
+        "Basic",
+        "Concealed",
+        "Digest",
+        "DPoP",
+        "GNAP",
+        "HOBA",
+        "Mutual",
+        "Negotiate",
+        "OAuth",
+        "PrivateToken",
+        "SCRAM-SHA-1",
+        "SCRAM-SHA-256",
+        "Token",
+        "vapid",
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -511,8 +536,27 @@ def _bearer_token(metadata: Metadata) -> str | None:
     scheme, _, token = value.strip().partition(" ")
     token = token.strip()
     if scheme.lower() != BEARER or not token:
-        raise CredentialError(f"authorization scheme {scheme[:16]!r} is not Bearer")
+        raise CredentialError(
+            f"the authorization header is not 'Bearer <token>': {_shape(scheme, token)}"
+        )
     return token
+
+
+def _shape(scheme: str, token: str) -> str:
+    """What a refused authorization header looked like, safe for the log.
+
+    Nothing the caller sent is quoted unless it is a well-known scheme name: a client that
+    forgets ``Bearer`` sends its key as the "scheme", and even a prefix of it would put part
+    of a working key into the log.
+    """
+    if scheme.lower() == BEARER:
+        return "Bearer without a token"
+    if not token:
+        return f"no scheme, a single word of {len(scheme)} characters"
+    known = _KNOWN_SCHEMES.get(scheme.lower())
+    if known is not None:
+        return f"scheme {known}"
+    return f"an unknown scheme of {len(scheme)} characters"
 
 
 def load_api_keys_file(path: Path) -> list[ApiKey]:

@@ -1,7 +1,9 @@
-"""The server interceptor: metrics, one JSON log line per RPC, and error mapping.
+"""The server interceptors: metrics, one JSON log line per RPC, error mapping, request decoding.
 
-Error mapping sits innermost so metrics and logs see the final status code. OpenTelemetry's
-own interceptor runs before this one (see ``lakehouse.server.app``).
+The order (see ``lakehouse.server.app``): OpenTelemetry's interceptor, then
+:class:`ObservabilityInterceptor` (error mapping innermost in it, so metrics and logs see the
+final status code), then the auth interceptor, then :class:`RequestDecodingInterceptor`, so
+that a request whose bytes do not parse fails only after its caller was authenticated.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from opentelemetry import trace
 
 from lakehouse.errors import InvalidArgument, LakehouseError
@@ -112,12 +114,21 @@ class UndecodableRequest:
 
     gRPC decodes a unary request before any handler or interceptor runs, and turns a parse
     error into ``UNKNOWN`` with the Python exception's text. The tolerant deserializer hands
-    this over instead, so the call fails like any bad input: ``INVALID_ARGUMENT``, reason
-    ``MALFORMED_REQUEST``, with the usual ErrorInfo, log line and metrics.
+    this over instead, and :class:`RequestDecodingInterceptor` fails the call with it like
+    any bad input: ``INVALID_ARGUMENT``, reason ``MALFORMED_REQUEST``, with the usual
+    ErrorInfo, log line and metrics. Interceptors in between see it in place of the request.
+
+    Attributes:
+        type_name: Full name of the message type the bytes should have been.
+        detail: What the parser said.
+        message_type: That message type (None when the deserializer is not a generated
+            ``FromString``): the auth interceptor decides on an empty one which permission
+            the call needs at the least.
     """
 
     type_name: str
     detail: str
+    message_type: type[Message] | None = None
 
     def error(self) -> InvalidArgument:
         """The error the call ends with."""
@@ -137,14 +148,111 @@ def tolerant_deserializer(
     owner = getattr(inner, "__self__", None)  # the generated ``Message.FromString``
     descriptor = getattr(owner, "DESCRIPTOR", None)
     type_name = getattr(descriptor, "full_name", "request message")
+    message_type = owner if isinstance(owner, type) and issubclass(owner, Message) else None
 
     def deserialize(data: bytes) -> Any:
         try:
             return inner(data)
         except (DecodeError, RecursionError, UnicodeDecodeError) as exc:
-            return UndecodableRequest(type_name, str(exc) or type(exc).__name__)
+            return UndecodableRequest(type_name, str(exc) or type(exc).__name__, message_type)
 
     return deserialize
+
+
+class RequestDecodingInterceptor(grpc.aio.ServerInterceptor):
+    """Fails a call whose request bytes do not parse, as the innermost interceptor.
+
+    Its tolerant deserializer is the one gRPC uses (the interceptors around it keep their
+    handler's deserializer), so a malformed message reaches the outer interceptors as an
+    :class:`UndecodableRequest`; only here, right before the servicer, does it become
+    ``INVALID_ARGUMENT``. Innermost, because what the caller learns about its request bytes
+    is an answer like any other: an anonymous caller is told ``UNAUTHENTICATED``, a role
+    that may not call the method at all ``PERMISSION_DENIED``, whatever the bytes.
+    """
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        """Wraps the handler's behavior and makes its request deserializer tolerant."""
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        deserializer = tolerant_deserializer(handler.request_deserializer)
+        serializer = handler.response_serializer
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _checked_unary(handler.unary_unary), deserializer, serializer
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _checked_streaming(handler.unary_stream, _decoded), deserializer, serializer
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                _checked_client_stream(handler.stream_unary), deserializer, serializer
+            )
+        assert handler.stream_stream is not None
+        return grpc.stream_stream_rpc_method_handler(
+            _checked_streaming(handler.stream_stream, _all_decoded), deserializer, serializer
+        )
+
+
+def _checked_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def handle(request: Any, context: Context) -> Any:
+        return await behavior(_decoded(request), context)
+
+    return handle
+
+
+def _checked_client_stream(
+    behavior: Callable[..., Awaitable[Any]],
+) -> Callable[..., Awaitable[Any]]:
+    async def handle(requests: AsyncIterator[Any], context: Context) -> Any:
+        return await behavior(_all_decoded(requests), context)
+
+    return handle
+
+
+def _checked_streaming(
+    behavior: Callable[..., Any], checked: Callable[[Any], Any]
+) -> Callable[..., AsyncIterator[Any]]:
+    async def handle(request_or_iterator: Any, context: Context) -> AsyncIterator[Any]:
+        result = behavior(checked(request_or_iterator), context)
+        if inspect.isawaitable(result):  # a handler writing with context.write()
+            await result
+            return
+        try:
+            async for response in result:
+                yield response
+        finally:
+            # Closed with this generator (a cancelled call, a client gone), so the handler's
+            # clean-up runs now rather than whenever the garbage collector gets to it.
+            aclose = getattr(result, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    return handle
+
+
+def _decoded(request: Any) -> Any:
+    """The request, unless it did not parse.
+
+    Raises:
+        InvalidArgument: It did not (reason ``MALFORMED_REQUEST``).
+    """
+    if isinstance(request, UndecodableRequest):
+        raise request.error()
+    return request
+
+
+async def _all_decoded(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """The messages of a request stream; the first that did not parse fails the call."""
+    async for request in requests:
+        yield _decoded(request)
 
 
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
@@ -173,25 +281,25 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(handler.unary_unary, "unary", service, method),
-                tolerant_deserializer(handler.request_deserializer),
+                handler.request_deserializer,
                 passthrough_serializer(handler.response_serializer),
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 self._streaming(handler.unary_stream, "server_stream", service, method),
-                tolerant_deserializer(handler.request_deserializer),
+                handler.request_deserializer,
                 passthrough_serializer(handler.response_serializer),
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
                 self._unary(handler.stream_unary, "client_stream", service, method),
-                tolerant_deserializer(handler.request_deserializer),
+                handler.request_deserializer,
                 passthrough_serializer(handler.response_serializer),
             )
         assert handler.stream_stream is not None
         return grpc.stream_stream_rpc_method_handler(
             self._streaming(handler.stream_stream, "bidi_stream", service, method),
-            tolerant_deserializer(handler.request_deserializer),
+            handler.request_deserializer,
             passthrough_serializer(handler.response_serializer),
         )
 
@@ -203,18 +311,14 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         return call
 
     def _count_requests(self, call: _Call, request_or_iterator: Any) -> Any:
-        """Counts received messages; a message that did not parse fails the call here."""
+        """Counts received messages (those that did not parse too: they were received)."""
         if call.grpc_type in ("unary", "server_stream"):
             metrics.MSG_RECEIVED.labels(*call.labels).inc()
-            if isinstance(request_or_iterator, UndecodableRequest):
-                raise request_or_iterator.error()
             return request_or_iterator
 
         async def counted() -> AsyncIterator[Any]:
             async for item in request_or_iterator:
                 metrics.MSG_RECEIVED.labels(*call.labels).inc()
-                if isinstance(item, UndecodableRequest):
-                    raise item.error()
                 yield item
 
         return counted()

@@ -1,10 +1,12 @@
-"""Name validation: what clients may call namespaces, tables and columns."""
+"""Name validation: what clients may call namespaces, tables, columns and writers."""
 
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
-from lakehouse.core.names import check_column_name, check_identifier
+from lakehouse.config import ApiKey
+from lakehouse.core.names import check_column_name, check_identifier, check_writer_id
 from lakehouse.errors import InvalidArgument
 
 BAD_IDENTIFIERS = {
@@ -22,6 +24,7 @@ BAD_IDENTIFIERS = {
     "a-b": "'-' is not allowed",
     "a b": "' ' is not allowed",
 }
+GOOD_IDENTIFIERS = ["orders", "_staging", "t1", "a" * 128, "sales_2024"]
 
 
 @pytest.mark.parametrize("name", list(BAD_IDENTIFIERS), ids=repr)
@@ -34,7 +37,7 @@ def test_bad_identifiers_are_rejected_with_a_reason(name: str) -> None:
     assert BAD_IDENTIFIERS[name] in violation.description
 
 
-@pytest.mark.parametrize("name", ["orders", "_staging", "t1", "a" * 128, "sales_2024"])
+@pytest.mark.parametrize("name", GOOD_IDENTIFIERS)
 def test_good_identifiers_pass(name: str) -> None:
     assert check_identifier("table", name) == name
 
@@ -59,3 +62,34 @@ def test_bad_column_names_are_rejected(name: str, reason: str) -> None:
 @pytest.mark.parametrize("name", ["id", "Amount", "näme", "with space", "x" * 128])
 def test_column_names_allow_mixed_case_and_unicode_letters(name: str) -> None:
     assert check_column_name("f", name) == name
+
+
+@pytest.mark.parametrize("name", [*BAD_IDENTIFIERS, "x" * 129, "ok\n", *GOOD_IDENTIFIERS], ids=repr)
+def test_namespace_grants_accept_exactly_the_names_the_service_accepts(name: str) -> None:
+    """An API key's ``namespaces`` are checked by the same rule as CreateNamespace's name."""
+    try:
+        check_identifier("name", name)
+        service_accepts = True
+    except InvalidArgument:
+        service_accepts = False
+    try:
+        ApiKey(name="k", sha256="0" * 64, role="viewer", namespaces=(name,))
+        grant_accepted = True
+    except ValidationError:
+        grant_accepted = False
+    assert grant_accepted == service_accepts
+
+
+@pytest.mark.parametrize(
+    "writer_id", ["", ".", "..", "a/b", "a\\b", "x" * 129, "tab\t", "caf\u00e9", "a b", "w\x00"]
+)
+def test_bad_writer_ids_are_rejected(writer_id: str) -> None:
+    with pytest.raises(InvalidArgument) as exc:
+        check_writer_id("writer_id", writer_id)
+    assert exc.value.reason == "INVALID_WRITER_ID"
+    assert [v.field for v in exc.value.violations] == ["writer_id"]
+
+
+@pytest.mark.parametrize("writer_id", ["w1", "etl.orders-2024_06", "...", "a..b", "X" * 128])
+def test_writer_ids_allow_dots_dashes_and_mixed_case(writer_id: str) -> None:
+    assert check_writer_id("writer_id", writer_id) == writer_id

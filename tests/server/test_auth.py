@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import jwt
 import pytest
@@ -474,6 +475,76 @@ async def test_a_refused_call_changes_nothing(auth_channel: grpc.aio.Channel, ke
     assert err.code() == grpc.StatusCode.NOT_FOUND
 
 
+#: Bytes that parse as no request message (a field 25 whose varint never ends).
+CORRUPT = b"\xca\x01\xff"
+
+
+async def test_corrupt_request_bytes_are_answered_only_after_authentication(
+    auth_channel: grpc.aio.Channel, keys: Keys, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="lakehouse")
+
+    async def send(method: str, metadata: Any = (), *, stream: bool = False) -> Any:
+        path = f"/lakehouse.v1.{method}"
+        if stream:  # a client stream: AppendRows
+            call = auth_channel.stream_stream(path)(iter([CORRUPT]), metadata=metadata, timeout=15)
+        elif method.endswith("ReadRows"):
+            call = auth_channel.unary_stream(path)(CORRUPT, metadata=metadata, timeout=15)
+        else:
+            call = auth_channel.unary_unary(path)(CORRUPT, metadata=metadata, timeout=15)
+        return rpc_error_details(await failure(call))
+
+    viewer, developer, admin = (bearer(keys.plain[r]) for r in ("viewer", "developer", "admin"))
+    for method in ["TableService/DeleteTable", "TableService/ReadRows", "JobService/CreateJob"]:
+        anonymous = await send(method)
+        assert (anonymous.code, anonymous.message) == (
+            grpc.StatusCode.UNAUTHENTICATED,
+            "missing credentials",
+        ), method
+        bad_key = await send(method, bearer("lh_" + "x" * 43))
+        assert bad_key.code == grpc.StatusCode.UNAUTHENTICATED, method
+    anonymous_stream = await send("IngestService/AppendRows", stream=True)
+    assert anonymous_stream.code == grpc.StatusCode.UNAUTHENTICATED
+
+    # A role that may not call the method at all is told so, whatever the bytes...
+    denied = await send("TableService/DeleteTable", viewer)
+    assert denied.code == grpc.StatusCode.PERMISSION_DENIED
+    assert denied.metadata["permission"] == "tables.delete"
+    # ...CreateJob included, whose permission depends on a spec these bytes do not carry: the
+    # least any CreateJob needs.
+    denied = await send("JobService/CreateJob", viewer)
+    assert (denied.code, denied.metadata["permission"]) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "jobs.create",
+    )
+    # Callers let in learn that their bytes are not a request.
+    for method, metadata in [
+        ("TableService/DeleteTable", admin),
+        ("JobService/CreateJob", developer),
+        ("TableService/ReadRows", viewer),
+    ]:
+        malformed = await send(method, metadata)
+        assert (malformed.code, malformed.reason) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "MALFORMED_REQUEST",
+        ), method
+    malformed = await send("IngestService/AppendRows", developer, stream=True)
+    assert malformed.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL)
+    if malformed.code == grpc.StatusCode.INVALID_ARGUMENT:  # see test_limits (grpc/grpc#36066)
+        assert malformed.reason == "MALFORMED_REQUEST"
+
+    # Refused and mutating calls are audited, corrupt or not.
+    outcomes = [
+        (a["method"].rsplit("/", 1)[1], a["principal"], a["outcome"])
+        for a in audit_lines(caplog)
+        if a["method"].endswith(("DeleteTable", "CreateJob"))
+    ]
+    assert ("DeleteTable", "", "UNAUTHENTICATED") in outcomes
+    assert ("DeleteTable", "viewer-key", "PERMISSION_DENIED") in outcomes
+    assert ("DeleteTable", "admin-key", "INVALID_ARGUMENT") in outcomes
+    assert ("CreateJob", "developer-key", "INVALID_ARGUMENT") in outcomes
+
+
 # -- Credentials over the wire ---------------------------------------------------------------
 
 
@@ -530,10 +601,8 @@ async def test_jwts_of_each_kind_and_each_way_to_fail(
     assert len(failures) == len(bad)
     reasons = " ".join(str(r.__dict__["reason"]) for r in failures)
     assert "expired" in reasons and "audience" in reasons.lower()  # the operator learns why
-    for record in failures:
-        assert record.levelno == logging.INFO
-        line = JsonFormatter().format(record)
-        assert not any(token in line for token in bad.values())  # never the token
+    assert {r.levelno for r in failures} == {logging.INFO}
+    assert_nothing_of_logged(caplog, [*good.values(), *bad.values()])
 
 
 def _hmac_forgery(payload: dict[str, Any], public_pem: bytes) -> str:
@@ -543,23 +612,59 @@ def _hmac_forgery(payload: dict[str, Any], public_pem: bytes) -> str:
     return unsigned_token + "." + base64.urlsafe_b64encode(signature).rstrip(b"=").decode()
 
 
-async def test_api_keys_right_and_wrong(auth_channel: grpc.aio.Channel, keys: Keys) -> None:
+def assert_nothing_of_logged(
+    caplog: pytest.LogCaptureFixture, sent: list[str], fragment: int = 8
+) -> None:
+    """No ``fragment`` characters in a row of any credential sent appear in any log record.
+
+    Every captured record counts, whatever its logger and level, as the JSON line it would
+    become (message, extra fields, traceback): a prefix of a key logged by mistake is as bad
+    as the whole key.
+    """
+    formatter = JsonFormatter()
+    logged = "\n".join(formatter.format(r) for r in caplog.records)
+    assert caplog.records, "nothing was logged: the check would prove nothing"
+    for token in sent:
+        for start in range(len(token) - fragment + 1):
+            piece = token[start : start + fragment]
+            assert piece not in logged, f"{piece!r} of a credential sent is in the logs"
+
+
+async def test_api_keys_right_and_wrong(
+    auth_channel: grpc.aio.Channel, keys: Keys, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)  # every logger, every level
+    caplog.set_level(logging.DEBUG, logger="lakehouse")
     tables = Stubs.on(auth_channel).tables
     for label in ("viewer", "admin"):  # one from the settings, one from the YAML file
         await tables.ListNamespaces(tpb.ListNamespacesRequest(), metadata=bearer(keys.plain[label]))
     wrong = keys.plain["viewer"][:-2] + ("AA" if not keys.plain["viewer"].endswith("AA") else "BB")
-    for metadata in [
-        bearer(wrong),
-        (("authorization", keys.plain["viewer"]),),  # no scheme
-        (("authorization", f"Basic {keys.plain['viewer']}"),),
-    ]:
+    refused = {
+        "wrong key": bearer(wrong),
+        "no scheme": (("authorization", keys.plain["viewer"]),),
+        "Basic": (("authorization", f"Basic {keys.plain['viewer']}"),),
+        "unknown scheme": (("authorization", f"{keys.plain['admin']} {keys.plain['viewer']}"),),
+        "Bearer only": (("authorization", "Bearer"),),
+    }
+    for label, metadata in refused.items():
         err = await failure(tables.ListNamespaces(tpb.ListNamespacesRequest(), metadata=metadata))
         assert (err.code(), err.details()) == (
             grpc.StatusCode.UNAUTHENTICATED,
             "invalid credentials",
-        )
+        ), label
     err = await failure(tables.ListNamespaces(tpb.ListNamespacesRequest()))
     assert err.details() == "missing credentials"
+
+    reasons = [
+        str(r.__dict__["reason"])
+        for r in caplog.records
+        if r.getMessage() == "authentication failed"
+    ]
+    assert len(reasons) == len(refused) + 1
+    # The operator still learns what was wrong with the header, without any of its bytes.
+    assert any("no scheme, a single word of 46 characters" in r for r in reasons), reasons
+    assert any("scheme Basic" in r for r in reasons), reasons
+    assert_nothing_of_logged(caplog, [keys.plain["viewer"], keys.plain["admin"], wrong])
 
 
 async def test_api_key_made_by_the_cli_works(
@@ -651,6 +756,113 @@ async def test_health_and_reflection_can_require_credentials(
         viewer = bearer(keys.plain["viewer"])  # any role will do
         assert await _health(channel, viewer) == grpc.StatusCode.OK
         assert await _reflection(channel, viewer) == grpc.StatusCode.OK
+
+
+# -- The sidecar HTTP port -------------------------------------------------------------------
+
+SIDECAR_PATHS = ("/metrics", "/healthz", "/readyz")
+
+
+@dataclass(frozen=True)
+class HttpAnswer:
+    status: int
+    headers: Any
+    body: bytes
+
+
+async def sidecar(
+    server: LakehouseServer, path: str, authorization: str | None = None, method: str = "GET"
+) -> HttpAnswer:
+    """One request to the server's sidecar port over real HTTP."""
+    headers = {"Authorization": authorization} if authorization is not None else {}
+    url = f"http://{LOOPBACK}:{server.http_port}{path}"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, url, headers=headers, allow_redirects=False) as resp,
+    ):
+        return HttpAnswer(resp.status, resp.headers, await resp.read())
+
+
+async def test_the_sidecar_is_public_by_default(local_settings: Settings, keys: Keys) -> None:
+    async with started(local_settings.model_copy(update={"auth": keys.auth()})) as (server, _):
+        for path in SIDECAR_PATHS:
+            assert (await sidecar(server, path)).status == 200, path
+            # A stale credential does not fail a public path either.
+            assert (await sidecar(server, path, "Bearer lh_revoked")).status == 200, path
+
+
+async def test_the_sidecar_can_require_credentials(
+    local_settings: Settings, keys: Keys, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="lakehouse")
+    auth = keys.auth(public_metrics=False, public_probes=False)
+    viewer = keys.plain["viewer"]
+    refused = {
+        "no credentials": None,
+        "unknown key": "Bearer lh_" + "x" * 43,
+        "expired JWT": f"Bearer {hs256(role='admin', exp=int(time.time()) - 120)}",
+        "no scheme": viewer,
+        "Basic": f"Basic {viewer}",
+    }
+    accepted = {  # any role will do
+        "viewer key": f"Bearer {viewer}",
+        "JWT": f"Bearer {hs256(role='viewer')}",
+        "lower-case scheme": f"bearer {keys.plain['admin']}",
+    }
+    async with started(local_settings.model_copy(update={"auth": auth})) as (server, _):
+        bodies = set()
+        for path in SIDECAR_PATHS:
+            for label, authorization in refused.items():
+                answer = await sidecar(server, path, authorization)
+                assert answer.status == 401, (path, label)
+                assert answer.headers["WWW-Authenticate"] == "Bearer", (path, label)
+                bodies.add(answer.body)
+            for label, authorization in accepted.items():
+                answer = await sidecar(server, path, authorization)
+                assert answer.status == 200, (path, label, answer.body)
+            # HEAD is routed to the same handler: guarded too.
+            assert (await sidecar(server, path, method="HEAD")).status == 401, path
+        assert (
+            b"# TYPE grpc_server_started_total counter"
+            in (await sidecar(server, "/metrics", f"Bearer {viewer}")).body
+        )
+        # Nothing that looks like a guarded path slips past the check.
+        for path in ("/metrics/", "/Metrics", "//metrics", "/readyz?x=1"):
+            assert (await sidecar(server, path)).status in (401, 404), path
+    assert len(bodies) == 1  # no hint of what was wrong with the credentials
+    (body,) = bodies
+    assert viewer.encode() not in body
+    reasons = [
+        (r.__dict__["path"], str(r.__dict__["reason"]))
+        for r in caplog.records
+        if r.getMessage() == "authentication failed"
+    ]
+    assert ("/metrics", "no bearer token and no client certificate") in reasons
+    assert any(path == "/readyz" and "expired" in reason.lower() for path, reason in reasons)
+    assert_nothing_of_logged(caplog, [viewer, keys.plain["admin"], *accepted.values()])
+
+
+@pytest.mark.parametrize(
+    ("setting", "guarded"),
+    [("public_metrics", ["/metrics"]), ("public_probes", ["/healthz", "/readyz"])],
+)
+async def test_metrics_and_probes_are_configured_apart(
+    local_settings: Settings, keys: Keys, setting: str, guarded: list[str]
+) -> None:
+    auth = keys.auth(**{setting: False})
+    async with started(local_settings.model_copy(update={"auth": auth})) as (server, _):
+        for path in SIDECAR_PATHS:
+            expected = 401 if path in guarded else 200
+            assert (await sidecar(server, path)).status == expected, path
+
+
+async def test_without_authentication_the_sidecar_stays_open(local_settings: Settings) -> None:
+    # Nothing to check a credential against: guarding would only lock everyone out.
+    auth = AuthSettings(public_metrics=False, public_probes=False)
+    async with started(local_settings.model_copy(update={"auth": auth})) as (server, _):
+        for path in SIDECAR_PATHS:
+            assert (await sidecar(server, path)).status == 200, path
 
 
 async def test_open_mode_warns_and_treats_everyone_as_admin(

@@ -1,8 +1,9 @@
-"""Property-based fuzzing of every RPC: random, mutated and undecodable requests.
+"""Property-based fuzzing of every RPC: random, mutated and undecodable requests and callers.
 
-At least 10,000 requests, spread over every method of TableService, IngestService and
+More than 12,000 requests, spread over every method of TableService, IngestService and
 JobService (enumerated from the service descriptors, so a new RPC is fuzzed without a change
-here), go to one real in-process server on the embedded backend. They come in three kinds:
+here), go to one real in-process server on the embedded backend with authentication on. They
+come in three kinds:
 
 - generated: a message built from the request's descriptor, every field random (huge and
   negative numbers, unknown enum numbers, odd and long Unicode strings, path traversal,
@@ -12,6 +13,16 @@ here), go to one real in-process server on the embedded backend. They come in th
 - raw: random bytes, or a valid request's bytes flipped, truncated or spliced, sent as the
   serialized request through a generic channel method with identity serializers.
 
+Each call also draws its caller. Most calls carry the admin API key, so that the request space
+is explored as deep as the handlers go; the others carry the developer, viewer or
+namespace-limited developer key (limited to a namespace no request names), or broken
+credentials: none, a key under another header or in ``authorization-bin``, garbage, another
+scheme (``Basic``...), a key without ``Bearer``, a truncated or altered key, a header of many
+KiB (under the server's metadata limit), two ``authorization`` headers, JWT-looking garbage
+and forged JWTs (``alg: none``, wrong secret, expired...). gRPC's client refuses header values
+outside printable ASCII, so non-ASCII reaches the server percent-encoded, base64-encoded or as
+binary metadata only.
+
 The properties:
 
 1. Every answer is deliberate: OK, or a status the service chose, carrying a
@@ -20,8 +31,14 @@ The properties:
    escaped the handler), except UNKNOWN with reason COMMIT_STATE_UNKNOWN, which the service
    sends on purpose. The same holds for statuses inside stream messages (AppendRows
    acknowledgements) and for the errors of jobs the fuzz created.
-2. The server stays up: health is SERVING at the end.
-3. Nothing is created that no call was answered OK for: every namespace, table and job that
+2. Access is decided as configured: broken credentials get UNAUTHENTICATED ("missing" or
+   "invalid credentials", nothing more), whatever the request bytes; a key whose role lacks
+   the call's permission (``lakehouse.server.permissions``) gets PERMISSION_DENIED naming it,
+   and so does the limited key for anything outside its namespace; a valid key allowed to
+   make the call is never refused. A viewer or limited key never gets OK for a method that
+   changes data, and the limited key's listings show its namespace only.
+3. The server stays up: health is SERVING at the end.
+4. Nothing is created that no call was answered OK for: every namespace, table and job that
    exists at the end was prepared by the test, or named by a request that got OK (a
    CreateNamespace, CreateTable, RegisterTable or RenameTable, a CreateJob and its SQL
    destination table). Names of requests that failed are not tracked at all, so a failed
@@ -30,12 +47,18 @@ The properties:
    documented as delivered at least once. And no file is written outside the server's data
    folder (its working directory is the test's folder, so a relative location would show).
 
+Every method is called by every caller class, and the count of calls is asserted; the summary
+(calls by method and caller, codes by caller, bad credentials by kind, answers by code and
+reason) is printed and attached to every assertion message.
+
 Generation is Hypothesis's, in a child process with the gRPC client (see ``run_fuzzer``);
 there is no shrinking (each example is a batch of requests sent concurrently to a shared
-server, so an example does not replay alone). A failure names the request, its method and
-kind, the answer and, for an INTERNAL, the server's traceback; the Hypothesis seed is printed,
-and ``FUZZ_SEED=<seed>`` generates the same requests again (``FUZZ_EXAMPLES=<n>`` runs n
-batches of 50 instead of 200).
+server, so an example does not replay alone). The seed is random on each run, so that runs
+keep exploring new requests, and every assertion message starts with it: ``FUZZ_SEED=<seed>``
+draws the same requests and callers again (the keys, the prepared snapshot and job ids and
+the interleaving of concurrent calls differ from run to run, so a replay is close, not
+exact). ``FUZZ_EXAMPLES=<n>`` runs n batches of 50 instead of 250 (the count assertion then
+fails, after all the others).
 """
 
 from __future__ import annotations
@@ -51,6 +74,7 @@ import logging
 import os
 import pickle
 import secrets
+import string
 import subprocess
 import sys
 import threading
@@ -74,6 +98,9 @@ from hypothesis import strategies as st
 
 from fixtures.net import LOOPBACK
 from lakehouse.client.arrow import write_rows_request
+from lakehouse.config import AuthSettings, RoleName
+from lakehouse.server.credentials import AUTHORIZATION_HEADER, new_api_key
+from lakehouse.server.permissions import RULES, role_allows
 from lakehouse.v1 import (
     ingest_pb2,
     ingest_service_pb2,
@@ -91,9 +118,10 @@ T = TypeVar("T")
 
 #: The Hypothesis seed; set FUZZ_SEED to replay a run (printed on failure).
 FUZZ_SEED = int(os.environ.get("FUZZ_SEED") or secrets.randbits(32))
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES") or 200)
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES") or 250)
 BATCH = 50
-MIN_REQUESTS = 10_000
+#: The issue asks for at least 10,000; the default run makes 12,500, with room to spare.
+MIN_REQUESTS = 12_000
 IN_FLIGHT = 16
 BATCHES_IN_FLIGHT = 4
 #: A client-side safety net only: longer than the server's own limits below, so that a call
@@ -352,6 +380,10 @@ class World:
     job_ids: list[str] = field(default_factory=list)
     arrow_schema: bytes = b""
     arrow_batch: bytes = b""
+    #: The plain API key of each caller class but UNAUTHENTICATED.
+    keys: dict[str, str] = field(default_factory=dict)
+    #: Forged JWTs by name (see ``forged_jwts``).
+    forged: dict[str, str] = field(default_factory=dict)
 
 
 WORLD = World()
@@ -701,16 +733,210 @@ def _bases(method: MethodDescriptor) -> list[Message]:
     return [message]
 
 
+# -- callers -----------------------------------------------------------------------------------
+
+ADMIN, DEVELOPER, VIEWER, LIMITED = "admin", "developer", "viewer", "limited"
+UNAUTHENTICATED = "unauthenticated"
+CALLER_CLASSES = (ADMIN, DEVELOPER, VIEWER, LIMITED, UNAUTHENTICATED)
+#: The role of each key. LIMITED is a developer granted GRANTED_NS only, which no request
+#: names (it is in none of the pools), so it may never change anything.
+KEY_ROLES: dict[str, RoleName] = {
+    ADMIN: "admin",
+    DEVELOPER: "developer",
+    VIEWER: "viewer",
+    LIMITED: "developer",
+}
+GRANTED_NS = "granted"
+#: Mostly admin: its calls pass every check and reach the handlers, where the depth is.
+_CALLER = st.sampled_from(
+    [ADMIN] * 26 + [DEVELOPER] * 4 + [VIEWER] * 3 + [LIMITED] * 3 + [UNAUTHENTICATED] * 4
+)
+#: Methods that change nothing, written from the issue's role table (not from the server's
+#: permission table): the only ones a viewer or the limited key may ever get OK for.
+READ_METHODS = frozenset(
+    {
+        "GetNamespace",
+        "ListNamespaces",
+        "GetTable",
+        "ListTables",
+        "ListSnapshots",
+        "GetSnapshot",
+        "ReadRows",
+        "GetWriter",
+        "GetJob",
+        "ListJobs",
+        "WatchJob",
+    }
+)
+
+#: Kinds of broken credentials; the first three carry no ``authorization`` header at all.
+MISSING_CREDENTIALS = ("missing", "other-header", "binary")
+BAD_CREDENTIALS = (
+    *MISSING_CREDENTIALS,
+    "no-token",
+    "no-scheme",
+    "wrong-scheme",
+    "basic",
+    "truncated",
+    "altered",
+    "garbage",
+    "bearer-garbage",
+    "huge",
+    "duplicate",
+    "jwt-garbage",
+    "jwt-forged",
+)
+FORGED_JWTS = (
+    "alg-none",
+    "wrong-secret",
+    "expired",
+    "not-yet-valid",
+    "unknown-role",
+    "no-expiry",
+    "hs256-with-api-key",
+)
+#: The largest authorization value sent: under the server's 16 KiB metadata limit with the
+#: other headers (beyond it gRPC itself answers RESOURCE_EXHAUSTED, before any handler).
+HUGE_HEADER = 15_000
+Metadata = tuple[tuple[str, str | bytes], ...]
+
+_BAD_KIND = st.sampled_from(BAD_CREDENTIALS)
+_ANY_KEY = st.sampled_from([ADMIN, DEVELOPER, VIEWER, LIMITED])
+_SCHEME = st.sampled_from(["Bearer"] * 4 + ["bearer", "BEARER"])
+_WRONG_SCHEME = st.sampled_from(
+    ["Basic", "Token", "ApiKey", "Digest", "Negotiate", "Bearer:", "Bearer,", "Bearer%20", "JWT"]
+)
+_NO_TOKEN = st.sampled_from(["", " ", "Bearer", "Bearer ", "bearer   ", 'Bearer ""', "null"])
+_OTHER_HEADER = st.sampled_from(
+    ["x-api-key", "api-key", "authentication", "proxy-authorization", "x-authorization", "token"]
+)
+_PRINTABLE = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=48)
+_TOKEN_CHAR = st.sampled_from(string.ascii_letters + string.digits + "-_")
+_TOKEN_PREFIX = st.sampled_from(["", "lh_", "eyJ", "lh_lh_", "%C3%A9", "\\u00e9"])
+_HUGE = st.integers(2_000, HUGE_HEADER - len("Bearer "))
+_JWT_ALG = st.sampled_from(["none", "None", "HS256", "HS512", "RS256", "ES256", "", "A" * 40])
+_JWT_ROLE = st.sampled_from(["admin", "developer", "root", "", "ADMIN"])
+_FORGED = st.sampled_from(FORGED_JWTS)
+_EXPIRY = _ints(0, 2**62)
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unsigned_jwt(header: dict[str, Any], payload: dict[str, Any], signature: bytes) -> str:
+    parts = (json.dumps(header).encode(), json.dumps(payload).encode(), signature)
+    return ".".join(_b64url(part) for part in parts)
+
+
+def forged_jwts(secret: str, api_key: str) -> dict[str, str]:
+    """JWTs no server configured with ``secret`` may accept, each claiming the admin role."""
+    import jwt
+
+    now = int(time.time())
+    claims = {"sub": "mallory", "role": "admin", "iat": now, "exp": now + 3600}
+    other_secret = secrets.token_urlsafe(48)
+    tokens = {
+        "alg-none": _unsigned_jwt({"alg": "none", "typ": "JWT"}, claims, b""),
+        "wrong-secret": jwt.encode(claims, other_secret, algorithm="HS256"),
+        "expired": jwt.encode(claims | {"exp": now - 3600}, secret, algorithm="HS256"),
+        "not-yet-valid": jwt.encode(claims | {"nbf": now + 3600}, secret, algorithm="HS256"),
+        "unknown-role": jwt.encode(claims | {"role": "root"}, secret, algorithm="HS256"),
+        "no-expiry": jwt.encode(
+            {k: v for k, v in claims.items() if k != "exp"}, secret, algorithm="HS256"
+        ),
+        # An API key is no JWT secret: a token "signed" with one must not pass either.
+        "hs256-with-api-key": jwt.encode(claims, api_key, algorithm="HS256"),
+    }
+    assert set(tokens) == set(FORGED_JWTS)
+    return tokens
+
+
+def draw_caller(draw: st.DrawFn) -> tuple[str, str, Metadata]:
+    """A caller class, the kind of its credentials, and the metadata that carries them."""
+    caller = draw(_CALLER)
+    if caller != UNAUTHENTICATED:
+        return caller, "bearer", ((AUTHORIZATION_HEADER, f"{draw(_SCHEME)} {WORLD.keys[caller]}"),)
+    kind = draw(_BAD_KIND)
+    return caller, kind, draw_bad_credentials(draw, kind, WORLD.keys[draw(_ANY_KEY)])
+
+
+def draw_bad_credentials(draw: st.DrawFn, kind: str, key: str) -> Metadata:
+    """Metadata of ``kind`` (one of BAD_CREDENTIALS) that no server may accept.
+
+    ``key`` is a valid API key: most kinds are near misses of one.
+    """
+
+    def authorization(value: str) -> Metadata:
+        return ((AUTHORIZATION_HEADER, value),)
+
+    if kind == "missing":
+        return ()
+    if kind == "other-header":
+        return ((draw(_OTHER_HEADER), f"Bearer {key}" if draw(_COIN) else key),)
+    if kind == "binary":
+        value = f"Bearer {key}".encode() if draw(_COIN) else draw(_RANDOM_BYTES)
+        return ((f"{AUTHORIZATION_HEADER}-bin", value),)
+    if kind == "no-token":
+        return authorization(draw(_NO_TOKEN))
+    if kind == "no-scheme":
+        return authorization(key)
+    if kind == "wrong-scheme":
+        return authorization(f"{draw(_WRONG_SCHEME)} {key}")
+    if kind == "basic":
+        user = "admin" if draw(_COIN) else draw(_PRINTABLE)
+        password = key if draw(_COIN) else draw(_PRINTABLE)
+        return authorization("Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    if kind == "truncated":
+        return authorization(f"Bearer {key[: draw(_CUT) % len(key)]}")
+    if kind == "altered":
+        if draw(_COIN):
+            return authorization(f"Bearer {key}{draw(_TOKEN_CHAR)}")
+        where = draw(_CUT) % len(key)
+        char = draw(_TOKEN_CHAR)
+        if char == key[where]:
+            char = "A" if char != "A" else "B"
+        return authorization(f"Bearer {key[:where]}{char}{key[where + 1 :]}")
+    if kind == "garbage":
+        return authorization(draw(_PRINTABLE))
+    if kind == "bearer-garbage":
+        return authorization(f"Bearer {draw(_TOKEN_PREFIX)}{draw(_PRINTABLE)}")
+    if kind == "huge":
+        size = draw(_HUGE)
+        token = (key * (size // len(key) + 1))[:size]
+        if draw(_COIN):  # three parts: the JWT parser's turn
+            token = f"eyJ{token[: size // 3]}.{token[size // 3 : 2 * size // 3]}.{token[-10:]}"
+        return authorization(f"Bearer {token}")
+    if kind == "duplicate":
+        # Two headers, even two valid ones, are not one credential.
+        second = f"Bearer {key}" if draw(_COIN) else draw(_PRINTABLE)
+        return ((AUTHORIZATION_HEADER, f"Bearer {key}"), (AUTHORIZATION_HEADER, second))
+    if kind == "jwt-garbage":
+        header = {"alg": draw(_JWT_ALG), "typ": "JWT"}
+        payload = {"sub": draw(_PRINTABLE), "role": draw(_JWT_ROLE), "exp": draw(_EXPIRY)}
+        if draw(_COIN):
+            return authorization(f"Bearer {_unsigned_jwt(header, payload, draw(_RANDOM_BYTES))}")
+        parts = [_b64url(draw(_RANDOM_BYTES)) for _ in range(3)]
+        return authorization("Bearer " + ".".join(parts))
+    if kind == "jwt-forged":
+        return authorization(f"Bearer {WORLD.forged[draw(_FORGED)]}")
+    raise AssertionError(f"unknown kind of bad credentials {kind}")
+
+
 # -- calls -------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class FuzzCall:
-    """One call: the method and the serialized request(s) (several for a request stream)."""
+    """One call: the method, the serialized request(s) (several for a request stream), and
+    the caller: its class, the kind of its credentials, and the metadata carrying them."""
 
     method: MethodDescriptor
     kind: str
     payloads: tuple[bytes, ...]
+    caller: str = ADMIN
+    credential: str = "bearer"
+    metadata: Metadata = ()
 
     @property
     def path(self) -> str:
@@ -725,7 +951,9 @@ class FuzzCall:
             except DecodeError:
                 text = f"raw {payload[:200]!r}"
             requests.append(text)
-        return f"{self.path} [{self.kind}] " + " | ".join(requests)
+        # The caller by class and kind only: the metadata holds the keys.
+        who = f"{self.caller}/{self.credential}"
+        return f"{self.path} [{self.kind}, {who}] " + " | ".join(requests)
 
 
 _DAMAGE = st.sampled_from(["flip", "truncate", "insert", "duplicate"])
@@ -758,7 +986,7 @@ def draw_raw_bytes(draw: st.DrawFn, method: MethodDescriptor) -> bytes:
 
 @st.composite
 def fuzz_calls(draw: st.DrawFn) -> FuzzCall:
-    """A call to any method, its requests generated, mutated or raw."""
+    """A call to any method, its requests generated, mutated or raw, by any caller."""
     method = draw(_METHOD)
     kind = draw(_KINDS)
     count = draw(_COUNTS) if method.client_streaming else 1
@@ -772,7 +1000,8 @@ def fuzz_calls(draw: st.DrawFn) -> FuzzCall:
         else:
             message = draw_message(draw, method.input_type)
         payloads.append(message.SerializeToString())
-    return FuzzCall(method, kind, tuple(payloads))
+    caller, credential, metadata = draw_caller(draw)
+    return FuzzCall(method, kind, tuple(payloads), caller, credential, metadata)
 
 
 @dataclass
@@ -796,7 +1025,7 @@ def _decoded_status(trailers: Any) -> status_pb2.Status | None:
 
 async def execute(channel: grpc.aio.Channel, call: FuzzCall, request_id: str) -> Outcome:
     """Sends ``call`` with identity serializers and collects the answer."""
-    metadata = (("x-request-id", request_id),)
+    metadata = (("x-request-id", request_id), *call.metadata)
     method = call.method
     try:
         if not method.client_streaming and not method.server_streaming:
@@ -842,6 +1071,8 @@ class Answer:
     request_id: str
     method: str
     kind: str
+    caller: str
+    credential: str
     payloads: tuple[bytes, ...]
     code: str
     message: str
@@ -850,7 +1081,8 @@ class Answer:
     seconds: float
 
     def call(self) -> FuzzCall:
-        return FuzzCall(METHODS_BY_NAME[self.method], self.kind, self.payloads)
+        method = METHODS_BY_NAME[self.method]
+        return FuzzCall(method, self.kind, self.payloads, self.caller, self.credential)
 
     def outcome(self) -> Outcome:
         status = status_pb2.Status.FromString(self.status) if self.status is not None else None
@@ -858,6 +1090,9 @@ class Answer:
 
 
 METHODS_BY_NAME = {m.full_name: m for m in METHODS}
+#: The keys and forged tokens reach the fuzzer in its environment, not on its command line
+#: (which ``ps`` shows).
+CREDENTIALS_ENV = "FUZZ_CREDENTIALS"
 
 
 def run_fuzzer(target: str, out: BinaryIO, examples: int, seed_value: int) -> None:
@@ -891,6 +1126,8 @@ def run_fuzzer(target: str, out: BinaryIO, examples: int, seed_value: int) -> No
             request_id,
             call.method.full_name,
             call.kind,
+            call.caller,
+            call.credential,
             call.payloads,
             outcome.code.name,
             outcome.message,
@@ -939,6 +1176,8 @@ def fuzzer_main(argv: list[str]) -> int:
     WORLD.job_ids = state["job_ids"]
     WORLD.arrow_schema = base64.b64decode(state["arrow_schema"])
     WORLD.arrow_batch = base64.b64decode(state["arrow_batch"])
+    credentials = json.loads(os.environ[CREDENTIALS_ENV])
+    WORLD.keys, WORLD.forged = credentials["keys"], credentials["forged"]
     with os.fdopen(int(fd), "wb") as out:
         run_fuzzer(target, out, int(examples), int(seed_value))
     return 0
@@ -972,7 +1211,7 @@ def status_problem(code: grpc.StatusCode, status: status_pb2.Status | None) -> s
 
 def outcome_problems(call: FuzzCall, outcome: Outcome) -> list[str]:
     """Everything wrong with an answer."""
-    problems = []
+    problems = access_problems(call, outcome)
     if outcome.as_logged:
         if outcome.code in UNDELIBERATE:
             problems.append(f"{outcome.code.name} (as the server logged it)")
@@ -995,6 +1234,120 @@ def outcome_problems(call: FuzzCall, outcome: Outcome) -> list[str]:
     return problems
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """How a call must be refused, whatever its request says.
+
+    Attributes:
+        answers: The acceptable answers, as ``CODE`` or ``CODE/REASON``.
+        why: Why, for the failure message.
+        permission: The permission a PERMISSION_DENIED must name ("" for any).
+    """
+
+    answers: frozenset[str]
+    why: str
+    permission: str = ""
+
+
+_DENIED = "PERMISSION_DENIED"
+_REFUSALS = {"UNAUTHENTICATED", _DENIED}
+
+
+def _first_request(call: FuzzCall) -> Message | None:
+    """The (first) request as the server parses it; None if there is none or it does not."""
+    if not call.payloads:
+        return None
+    try:
+        return _message_class(call.method.input_type).FromString(call.payloads[0])
+    except (DecodeError, RecursionError, UnicodeDecodeError):
+        return None
+
+
+def refusal(call: FuzzCall) -> Refusal | None:
+    """How ``call`` must be refused for its caller, or None when the handler decides.
+
+    The permission comes from the server's one table (``RULES``; the role matrix test checks
+    that table against the README independently). Request bytes that do not parse are no
+    way around a check: they get UNAUTHENTICATED without valid credentials, and
+    PERMISSION_DENIED from a role lacking the permission an empty request of the method needs
+    (the least any of its requests needs); only then MALFORMED_REQUEST.
+    """
+    if call.caller == UNAUTHENTICATED:
+        return Refusal(frozenset({"UNAUTHENTICATED"}), f"{call.credential} credentials")
+    role = KEY_ROLES[call.caller]
+    rule = RULES[call.path]
+    streamed = call.method.client_streaming
+    request = _first_request(call)
+    if streamed:
+        # Checked before any message arrives, so it depends on none.
+        permission = rule.fixed_permission
+    else:
+        parsed = request or _message_class(call.method.input_type)()
+        permission = rule.permission_for(parsed)
+    if permission is not None and not role_allows(role, permission):
+        return Refusal(frozenset({_DENIED}), f"role {role} lacks {permission}", str(permission))
+    if call.caller != LIMITED or request is None:
+        return None
+    # A request stream's grants are checked on its messages, the first naming its own table.
+    target = rule.target(request)
+    outside = sorted({n for n in target.namespaces if n != GRANTED_NS})
+    if target.any_namespace or outside:
+        why = f"the limited key reaches {outside or 'any namespace'}"
+        return Refusal(frozenset({_DENIED}), why, str(permission))
+    if target.job_id:
+        # No job lies in GRANTED_NS: an existing job is denied, an unknown id is not found.
+        answers = frozenset({_DENIED, "NOT_FOUND", "INVALID_ARGUMENT"})
+        return Refusal(answers, "the limited key names a job", str(permission))
+    return None
+
+
+def access_problems(call: FuzzCall, outcome: Outcome) -> list[str]:
+    """What is wrong with how the answer treats the call's caller."""
+    code = outcome.code.name
+    info = _error_info(outcome.status)
+    answer = f"{code}/{info.reason}" if info is not None else code
+    expected = refusal(call)
+    problems = []
+    if expected is None:
+        if code in _REFUSALS:
+            problems.append(f"{answer} for the {call.caller} key, which may make this call")
+    elif code not in expected.answers and answer not in expected.answers:
+        problems.append(f"{answer}, not {' or '.join(sorted(expected.answers))}: {expected.why}")
+    elif info is not None and code in _REFUSALS:
+        if info.reason != code:
+            problems.append(f"{code} with reason {info.reason}")
+        named = info.metadata.get("permission", "")
+        if code == _DENIED and expected.permission and named != expected.permission:
+            problems.append(f"{code} naming {named!r}, not {expected.permission}")
+        # Clients learn that credentials are missing or invalid, and nothing else.
+        wanted = (
+            "missing credentials"
+            if call.credential in MISSING_CREDENTIALS
+            else "invalid credentials"
+        )
+        if code == "UNAUTHENTICATED" and outcome.message != wanted:
+            problems.append(f"{code} saying {outcome.message!r}, not {wanted!r}")
+    if code != "OK" or call.caller not in (VIEWER, LIMITED):
+        return problems
+    # An empty request stream asks for nothing (the permission was checked before it).
+    if call.method.name not in READ_METHODS and call.payloads:
+        problems.append(f"OK for the {call.caller} key, on a method that changes data")
+    if call.caller == LIMITED:
+        output = _message_class(call.method.output_type)
+        for raw in outcome.responses:
+            with contextlib.suppress(DecodeError):
+                response = output.FromString(raw)
+                if isinstance(response, tpb.ListNamespacesResponse):
+                    seen = {n.name for n in response.namespaces}
+                elif isinstance(response, jpb.ListJobsResponse):
+                    seen = {j.namespace for j in response.jobs}
+                else:
+                    continue
+                if seen - {GRANTED_NS}:
+                    problems.append(f"the limited key was shown {sorted(seen - {GRANTED_NS})}")
+    return problems
+
+
 def _code(number: int) -> grpc.StatusCode:
     return next((c for c in grpc.StatusCode if c.value[0] == number), grpc.StatusCode.UNKNOWN)
 
@@ -1008,6 +1361,11 @@ class Ledger:
     destination_tables: set[str] = field(default_factory=set)
     jobs: set[str] = field(default_factory=set)
     calls: Counter[str] = field(default_factory=Counter)
+    #: Calls by (method, caller class), answers by (caller class, code), and the calls with
+    #: bad credentials by kind.
+    callers: Counter[tuple[str, str]] = field(default_factory=Counter)
+    codes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    credentials: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
     samples: dict[str, str] = field(default_factory=dict)
     failures: dict[str, list[str]] = field(default_factory=dict)
@@ -1017,6 +1375,10 @@ class Ledger:
         self, call: FuzzCall, outcome: Outcome, problems: list[str], log: str, seconds: float
     ) -> None:
         self.calls[call.method.name] += 1
+        self.callers[call.method.name, call.caller] += 1
+        self.codes[call.caller, outcome.code.name] += 1
+        if call.caller == UNAUTHENTICATED:
+            self.credentials[call.credential] += 1
         if seconds > 1.0:
             self.slowest.append((seconds, f"{call.describe()[:300]} -> {outcome.code.name}"))
         info = _error_info(outcome.status)
@@ -1050,8 +1412,21 @@ class Ledger:
                 self.jobs.add(jpb.CreateJobResponse.FromString(raw).job.id)
 
     def report(self) -> str:
-        """Answers by code and reason, with an example each, and the slowest calls."""
-        lines = [
+        """Calls by method and caller, codes by caller, bad credentials by kind, answers by
+        code and reason (with an example each), and the slowest calls."""
+        lines = [f"calls by method: total = {' / '.join(CALLER_CLASSES)}"]
+        for method in sorted(self.calls):
+            counts = "/".join(str(self.callers[method, c]) for c in CALLER_CLASSES)
+            lines.append(f"  {method:<26} {self.calls[method]:5d} = {counts}")
+        lines.append("codes by caller:")
+        for caller in CALLER_CLASSES:
+            codes = Counter({code: n for (c, code), n in self.codes.items() if c == caller})
+            text = ", ".join(f"{code} {n}" for code, n in codes.most_common())
+            lines.append(f"  {caller:<16} {text}")
+        kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(self.credentials.items()))
+        lines.append(f"bad credentials: {kinds}")
+        lines.append("answers by code/reason:")
+        lines += [
             f"{count:6d} {key}: e.g. {self.samples[key]}"
             for key, count in self.reasons.most_common()
         ]
@@ -1154,10 +1529,28 @@ class Harness:
     tables: Any
     ingest: Any
     jobs: Any
+    #: The plain API key of each caller class, and the forged JWTs (for the fuzzer).
+    keys: dict[str, str]
+    forged: dict[str, str]
 
     @property
     def target(self) -> str:
         return f"{LOOPBACK}:{self.server.grpc_port}"
+
+
+class _Authorized(grpc.aio.UnaryUnaryClientInterceptor):
+    """Sends one ``authorization`` value with every unary call (the harness's own calls)."""
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    async def intercept_unary_unary(
+        self, continuation: Any, client_call_details: Any, request: Any
+    ) -> Any:
+        metadata = grpc.aio.Metadata(
+            *(client_call_details.metadata or ()), (AUTHORIZATION_HEADER, self._value)
+        )
+        return await continuation(client_call_details._replace(metadata=metadata), request)
 
 
 @pytest.fixture
@@ -1165,6 +1558,10 @@ def harness(
     local_settings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Harness]:
     """The server on the embedded backend, started in ``tmp_path`` as its working directory.
+
+    Authentication is on: an API key for each caller class, made as ``lakehouse api-key
+    create`` makes them, and an HS256 JWT secret (so that JWT-looking tokens reach the JWT
+    checks). The harness's own channel calls as admin.
 
     A relative table location (a namespace ``location`` property could set one) makes the
     server write relative to its working directory: here that is the test's folder, which
@@ -1175,8 +1572,16 @@ def harness(
     monkeypatch.chdir(tmp_path)
     from lakehouse.v1 import ingest_service_pb2_grpc, job_service_pb2_grpc, table_service_pb2_grpc
 
+    keys: dict[str, str] = {}
+    entries = []
+    for caller, role in KEY_ROLES.items():
+        namespaces = [GRANTED_NS] if caller == LIMITED else None
+        keys[caller], entry = new_api_key(f"fuzz-{caller}", role, namespaces)
+        entries.append(entry)
+    jwt_secret = secrets.token_urlsafe(48)
     settings = local_settings.model_copy(
         update={
+            "auth": AuthSettings(api_keys=tuple(entries), jwt_secret=jwt_secret),
             "request_timeout_seconds": SERVER_UNARY_LIMIT_SECONDS,
             "stream_timeout_seconds": SERVER_STREAM_LIMIT_SECONDS,
             "jobs": local_settings.jobs.model_copy(update={"workers": 1}),
@@ -1187,7 +1592,9 @@ def harness(
     async def start() -> Harness:
         server = LakehouseServer(settings)
         await server.start()
-        channel = grpc.aio.insecure_channel(f"{LOOPBACK}:{server.grpc_port}")
+        channel = grpc.aio.insecure_channel(
+            f"{LOOPBACK}:{server.grpc_port}", interceptors=[_Authorized(f"Bearer {keys[ADMIN]}")]
+        )
         await asyncio.wait_for(channel.channel_ready(), 10)
         return Harness(
             loop,
@@ -1196,6 +1603,8 @@ def harness(
             table_service_pb2_grpc.TableServiceStub(channel),
             ingest_service_pb2_grpc.IngestServiceStub(channel),
             job_service_pb2_grpc.JobServiceStub(channel),
+            keys,
+            forged_jwts(jwt_secret, keys[ADMIN]),
         )
 
     async def stop(h: Harness) -> None:
@@ -1217,6 +1626,8 @@ async def prepare(h: Harness) -> None:
     generation reads must not change during the run.
     """
     await h.tables.CreateNamespace(tpb.CreateNamespaceRequest(name=NS))
+    # The limited key's only namespace: what its listings may show.
+    await h.tables.CreateNamespace(tpb.CreateNamespaceRequest(name=GRANTED_NS))
     for namespace, table in PREPARED_TABLES:
         await restore(h, namespace, table)
     info = (await h.tables.GetTable(tpb.GetTableRequest(namespace=NS, table=TABLE))).table
@@ -1330,6 +1741,7 @@ def test_every_rpc_answers_random_and_broken_requests_deliberately(
         "PYTHONPATH": os.pathsep.join(str(root / p) for p in (".", "gen", "tests")),
         # Hypothesis keeps caches in .hypothesis/ of the working directory otherwise.
         "HYPOTHESIS_STORAGE_DIRECTORY": str(fuzzer_dir / ".hypothesis"),
+        CREDENTIALS_ENV: json.dumps({"keys": harness.keys, "forged": harness.forged}),
     }
     fuzzer_args = [str(EXAMPLES), str(FUZZ_SEED), json.dumps(world)]
     read_end, write_end = os.pipe()
@@ -1371,18 +1783,32 @@ def test_every_rpc_answers_random_and_broken_requests_deliberately(
                 fuzzer.wait()
     elapsed = time.monotonic() - started
     total = sum(ledger.calls.values())
+    # Every message starts with the seed and ends with the summary: a failure is replayable
+    # (FUZZ_SEED=...) and shows what was covered.
     summary = f"FUZZ_SEED={FUZZ_SEED}: {total} calls in {elapsed:.1f} s"
-    print(summary, "\n" + ledger.report())
+    report = ledger.report()
+    print(summary, "\n" + report)
 
-    assert fuzzer.returncode == 0, f"the fuzzer failed ({summary}):\n{stderr_path.read_text()}"
-    assert not ledger.failures, (
-        f"{sum(map(len, ledger.failures.values()))} undeliberate answers, "
-        f"{len(ledger.failures)} distinct ({summary}); one of each:\n\n"
+    def context(message: str) -> str:
+        return f"{summary}: {message}\n\n{report}"
+
+    assert fuzzer.returncode == 0, context(f"the fuzzer failed:\n{stderr_path.read_text()}")
+    assert not ledger.failures, context(
+        f"{sum(map(len, ledger.failures.values()))} wrong answers, "
+        f"{len(ledger.failures)} distinct; one of each:\n\n"
         + "\n\n".join(f"[{len(v)}x] {v[0]}" for v in ledger.failures.values())
     )
-    assert total >= MIN_REQUESTS, summary
-    missing = {m.name for m in METHODS} - set(ledger.calls)
-    assert not missing, f"never called: {missing}"
+    assert total == EXAMPLES * BATCH, context("some calls got no answer")
+    assert total >= MIN_REQUESTS, context(f"fewer than {MIN_REQUESTS} calls")
+    uncovered = [
+        f"{m.name} by {caller}"
+        for m in METHODS
+        for caller in CALLER_CLASSES
+        if not ledger.callers[m.name, caller]
+    ]
+    assert not uncovered, context(f"never called: {uncovered}")
+    unused = set(BAD_CREDENTIALS) - set(ledger.credentials)
+    assert not unused, context(f"bad credentials never sent: {sorted(unused)}")
 
     # The server is still up and healthy.
     async def health() -> int:
@@ -1390,22 +1816,23 @@ def test_every_rpc_answers_random_and_broken_requests_deliberately(
         reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
         return int(reply.status)
 
-    assert harness.loop.run(health()) == health_pb2.HealthCheckResponse.SERVING
+    assert harness.loop.run(health()) == health_pb2.HealthCheckResponse.SERVING, context("health")
 
     # Nothing exists that no call was answered OK for.
     namespaces, tables, jobs = harness.loop.run(everything(harness))
-    unexpected_namespaces = namespaces - ledger.namespaces - {NS}
-    assert not unexpected_namespaces, f"created by failed calls: {unexpected_namespaces}"
+    unexpected_namespaces = namespaces - ledger.namespaces - {NS, GRANTED_NS}
+    assert not unexpected_namespaces, context(f"created by failed calls: {unexpected_namespaces}")
     unexpected_tables = {
         (namespace, table)
         for namespace, table in tables - ledger.tables - set(PREPARED_TABLES)
         if table != DEAD_LETTERS and table not in ledger.destination_tables
     }
-    assert not unexpected_tables, f"created by failed calls: {unexpected_tables}"
+    assert not unexpected_tables, context(f"created by failed calls: {unexpected_tables}")
     unexpected_jobs = {job.id for job in jobs} - ledger.jobs - set(WORLD.job_ids)
-    assert not unexpected_jobs, f"jobs created by failed calls: {unexpected_jobs}"
+    assert not unexpected_jobs, context(f"jobs created by failed calls: {unexpected_jobs}")
     # Nothing was written outside the data folder (the working directory is the test's).
-    assert {p.name for p in tmp_path.iterdir()} <= {"data", fuzzer_dir.name}
+    outside = {p.name for p in tmp_path.iterdir()} - {"data", fuzzer_dir.name}
+    assert not outside, context(f"written outside the data folder: {outside}")
 
     # Jobs the fuzz created failed, if they did, for a reason somebody chose.
     job_problems = []
@@ -1415,7 +1842,7 @@ def test_every_rpc_answers_random_and_broken_requests_deliberately(
             if problem is not None:
                 log = "\n".join(server_log.errors.get(job.id, ()))
                 job_problems.append(f"job {job.id} {job.spec}: {problem}\n{log}")
-    assert not job_problems, "\n\n".join(job_problems[:10])
+    assert not job_problems, context("\n\n".join(job_problems[:10]))
 
 
 # -- what the fuzz found, kept fixed (one deterministic request each) ----------------------------

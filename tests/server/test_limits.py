@@ -229,8 +229,34 @@ async def test_streams_beyond_the_per_connection_limit_wait(no_workers: Settings
         watches[1].cancel()
 
 
+async def test_a_message_beyond_the_size_limit_is_refused(local_settings: Settings) -> None:
+    mib = 1024 * 1024
+    settings = local_settings.model_copy(update={"max_message_bytes": mib})
+    async with serving(settings) as channel:
+        tables = table_service_pb2_grpc.TableServiceStub(channel)
+        big = tpb.CreateNamespaceRequest(name="big", properties={"blob": "x" * (2 * mib)})
+        assert big.ByteSize() > 2 * mib
+        with pytest.raises(grpc.aio.AioRpcError) as exc:
+            await tables.CreateNamespace(big, timeout=30)
+        # gRPC refuses it before any handler runs, with its own message.
+        assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert str(mib) in (exc.value.details() or "")
+        # The server is still up, on the same connection, and the refused call did nothing.
+        listed = await tables.ListNamespaces(tpb.ListNamespacesRequest(), timeout=30)
+        assert "big" not in [ns.name for ns in listed.namespaces]
+        # Just under the limit still goes through (property values are 64 KiB at most).
+        blobs = {f"blob{i}": "x" * 60_000 for i in range(17)}
+        fits = tpb.CreateNamespaceRequest(name="fits", properties=blobs)
+        assert 0.9 * mib < fits.ByteSize() < mib
+        created = await tables.CreateNamespace(fits, timeout=30)
+        assert created.namespace.name == "fits"
+
+
 def test_server_options_carry_the_limits(local_settings: Settings) -> None:
     options = dict(server_options(local_settings))
+    assert options["grpc.max_receive_message_length"] == local_settings.max_message_bytes
+    assert options["grpc.max_send_message_length"] == local_settings.max_message_bytes
+    assert local_settings.max_message_bytes == 64 * 1024 * 1024
     assert options["grpc.max_concurrent_streams"] == 100
     assert options["grpc.max_metadata_size"] == MAX_METADATA_BYTES
     assert options["grpc.max_connection_age_ms"] == 1_800_000

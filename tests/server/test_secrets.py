@@ -6,6 +6,10 @@ DSNs in their messages, tracebacks show locals. A real ``lakehouse serve`` proce
 answers calls with UNAVAILABLE, and no marker may appear in anything it said: its stdout and
 stderr, the status messages and every byte of the trailing metadata (``google.rpc.Status``
 details included) of every call, /metrics, /readyz and /healthz.
+
+Authentication is on (a JWT secret, an API key, /metrics behind credentials), so calls carry
+credentials, good ones and bad ones (unknown, forged, expired, sent without ``Bearer``):
+neither the JWT secret nor any 8 characters in a row of a key or token sent may show either.
 """
 
 from __future__ import annotations
@@ -16,15 +20,19 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
+import jwt
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from fixtures.http import http_get_sync
+from fixtures.http import HttpResponse, http_get_sync
 from fixtures.net import LOOPBACK, free_port
+from lakehouse.server.credentials import new_api_key
 from lakehouse.v1 import ingest_service_pb2 as ipb
 from lakehouse.v1 import (
     ingest_service_pb2_grpc,
@@ -49,6 +57,10 @@ TRINO_PASSWORD = "TrinoPwMarker"
 TRINO_TOKEN = "TrinoTokenMarker.eyJhbGciOiJIUzI1NiJ9"
 REST_CREDENTIAL = "rest-client:RestClientSecretMarker"
 REST_TOKEN = "RestBearerTokenMarker"
+JWT_SECRET = "JwtSecretMarker-q7Rv2pLx9sKd4mNw8bYt3cZh"
+#: The configured API key (the server gets only its hash) and one that is not configured.
+API_KEY, API_KEY_ENTRY = new_api_key("secrets-test", "admin")
+UNKNOWN_KEY = new_api_key("nobody", "admin")[0]
 
 
 def down_port() -> int:
@@ -73,11 +85,25 @@ def secret_env(port: int) -> dict[str, str]:
         "LAKEHOUSE_TRINO__ENDPOINT": f"https://{LOOPBACK}:{port}",
         "LAKEHOUSE_TRINO__PASSWORD": TRINO_PASSWORD,
         "LAKEHOUSE_TRINO__REQUEST_TIMEOUT_SECONDS": "2",
+        "LAKEHOUSE_AUTH__JWT_SECRET": JWT_SECRET,
+        "LAKEHOUSE_AUTH__API_KEYS": json.dumps([API_KEY_ENTRY.model_dump(exclude_none=True)]),
+        "LAKEHOUSE_AUTH__PUBLIC_METRICS": "false",
     }
 
 
 #: What must never appear (the S3 key id is not a secret by itself, but it is marked as one).
-SECRETS = [CATALOG_PASSWORD, JOBS_PASSWORD, S3_SECRET, S3_KEY_ID, TRINO_PASSWORD]
+SECRETS = [CATALOG_PASSWORD, JOBS_PASSWORD, S3_SECRET, S3_KEY_ID, TRINO_PASSWORD, JWT_SECRET]
+FRAGMENT = 8
+
+
+def token(secret: str = JWT_SECRET, **claims: object) -> str:
+    """An HS256 JWT of an admin, valid for 10 minutes unless ``claims`` say otherwise."""
+    now = int(time.time())
+    return jwt.encode({"sub": "jwt-admin", "role": "admin", "exp": now + 600} | claims, secret)
+
+
+def bearer(credential: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {credential}"),)
 
 
 def base_env(home: Path) -> dict[str, str]:
@@ -91,10 +117,17 @@ def base_env(home: Path) -> dict[str, str]:
     }
 
 
-def assert_no_secret(where: str, text: str | bytes, secrets: list[str] = SECRETS) -> None:
+def assert_no_secret(
+    where: str, text: str | bytes, secrets: Sequence[str] = SECRETS, sent: Sequence[str] = ()
+) -> None:
+    """No secret appears whole, and nothing of a credential ``sent`` appears at all."""
     data = text.encode() if isinstance(text, str) else text
     for secret in secrets:
         assert secret.encode() not in data, f"{secret!r} leaked in {where}:\n{data[:3000]!r}"
+    for credential in sent:
+        for start in range(len(credential) - FRAGMENT + 1):
+            piece = credential[start : start + FRAGMENT].encode()
+            assert piece not in data, f"{piece!r} of a credential leaked in {where}"
 
 
 # -- lakehouse config ----------------------------------------------------------------------------
@@ -119,6 +152,9 @@ def test_lakehouse_config_masks_every_secret(tmp_path: Path) -> None:
     assert shown["s3"]["secret_access_key"] == "**********"
     assert shown["jobs"]["database_uri"] == "**********"
     assert shown["trino"]["password"] == "**********"
+    assert shown["auth"]["jwt_secret"] == "**********"
+    assert shown["auth"]["api_keys"][0]["sha256"] == API_KEY_ENTRY.sha256  # a hash, no key
+    assert_no_secret("`lakehouse config`", out, sent=[API_KEY])
 
 
 def test_lakehouse_config_masks_tokens_and_secrets_from_files(tmp_path: Path) -> None:
@@ -232,6 +268,17 @@ def test_no_secret_leaks_from_a_server_whose_backends_are_down(down_server: Serv
     rows = rows_pb2.JsonRows()
     rows.rows.add().update({"id": 1})
     answers: dict[str, bytes] = {}
+    key, jwt_admin = bearer(API_KEY), bearer(token())
+    # Refused credentials: each is a secret of its own that a careless log line would keep.
+    refused = {
+        "unknown key": bearer(UNKNOWN_KEY),
+        "key without Bearer": (("authorization", API_KEY),),
+        "forged JWT": bearer(token("AnotherSecretOfMoreThan32BytesForgery")),
+        "expired JWT": bearer(token(exp=int(time.time()) - 600)),
+    }
+    sent = [API_KEY, UNKNOWN_KEY] + [
+        value.split()[-1] for metadata in (jwt_admin, *refused.values()) for _, value in metadata
+    ]
     with grpc.insecure_channel(target) as channel:
         tables = table_service_pb2_grpc.TableServiceStub(channel)
         ingest = ingest_service_pb2_grpc.IngestServiceStub(channel)
@@ -240,10 +287,12 @@ def test_no_secret_leaks_from_a_server_whose_backends_are_down(down_server: Serv
         trino = job_pb2.SqlJobSpec(statement="SELECT 1", engine=job_pb2.SQL_ENGINE_TRINO)
         calls = {
             "CreateNamespace": lambda: tables.CreateNamespace(
-                tpb.CreateNamespaceRequest(name="sales"), timeout=CALL_TIMEOUT_SECONDS
+                tpb.CreateNamespaceRequest(name="sales"),
+                metadata=key,
+                timeout=CALL_TIMEOUT_SECONDS,
             ),
             "ListNamespaces": lambda: tables.ListNamespaces(
-                tpb.ListNamespacesRequest(), timeout=CALL_TIMEOUT_SECONDS
+                tpb.ListNamespacesRequest(), metadata=jwt_admin, timeout=CALL_TIMEOUT_SECONDS
             ),
             "CreateTable": lambda: tables.CreateTable(
                 tpb.CreateTableRequest(
@@ -251,10 +300,12 @@ def test_no_secret_leaks_from_a_server_whose_backends_are_down(down_server: Serv
                     table="orders",
                     schema=schema_pb2.Schema(fields=[schema_pb2.Field(name="id", type=long)]),
                 ),
+                metadata=key,
                 timeout=CALL_TIMEOUT_SECONDS,
             ),
             "GetTable": lambda: tables.GetTable(
                 tpb.GetTableRequest(namespace="sales", table="orders"),
+                metadata=jwt_admin,
                 timeout=CALL_TIMEOUT_SECONDS,
             ),
             "RegisterTable": lambda: tables.RegisterTable(
@@ -263,26 +314,34 @@ def test_no_secret_leaks_from_a_server_whose_backends_are_down(down_server: Serv
                     table="old",
                     metadata_location="s3://warehouse/old/metadata/v1.metadata.json",
                 ),
+                metadata=key,
                 timeout=CALL_TIMEOUT_SECONDS,
             ),
             "ReadRows": lambda: list(
                 tables.ReadRows(
                     tpb.ReadRowsRequest(namespace="sales", table="orders"),
+                    metadata=jwt_admin,
                     timeout=CALL_TIMEOUT_SECONDS,
                 )
             ),
             "WriteRows": lambda: ingest.WriteRows(
                 ipb.WriteRowsRequest(namespace="sales", table="orders", json_rows=rows),
+                metadata=key,
                 timeout=CALL_TIMEOUT_SECONDS,
             ),
             "CreateJob": lambda: jobs.CreateJob(
-                jpb.CreateJobRequest(spec=job_pb2.JobSpec(sql=sql)), timeout=CALL_TIMEOUT_SECONDS
+                jpb.CreateJobRequest(spec=job_pb2.JobSpec(sql=sql)),
+                metadata=jwt_admin,
+                timeout=CALL_TIMEOUT_SECONDS,
             ),
             "CreateJob/trino": lambda: jobs.CreateJob(
                 jpb.CreateJobRequest(spec=job_pb2.JobSpec(sql=trino)),
+                metadata=key,
                 timeout=CALL_TIMEOUT_SECONDS,
             ),
-            "ListJobs": lambda: jobs.ListJobs(jpb.ListJobsRequest(), timeout=CALL_TIMEOUT_SECONDS),
+            "ListJobs": lambda: jobs.ListJobs(
+                jpb.ListJobsRequest(), metadata=jwt_admin, timeout=CALL_TIMEOUT_SECONDS
+            ),
         }
         for name, call in calls.items():
             try:
@@ -291,31 +350,66 @@ def test_no_secret_leaks_from_a_server_whose_backends_are_down(down_server: Serv
                 answers[name] = everything_said(err)
             else:
                 answers[name] = b"OK"  # the backend it needs is up (SQLite)
+        refusals: dict[str, bytes] = {}
+        for label, metadata in refused.items():
+            try:
+                tables.CreateNamespace(
+                    tpb.CreateNamespaceRequest(name="sales"),
+                    metadata=metadata,
+                    timeout=CALL_TIMEOUT_SECONDS,
+                )
+            except grpc.RpcError as err:
+                refusals[label] = everything_said(err)
+            else:
+                refusals[label] = b"OK"
         health = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(), timeout=CALL_TIMEOUT_SECONDS
         )
     assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
 
+    assert {label: said.split(b"\n")[:2] for label, said in refusals.items()} == {
+        label: [b"UNAUTHENTICATED", b"invalid credentials"] for label in refused
+    }
     codes = {name: said.split(b"\n", 1)[0].decode() for name, said in answers.items()}
     # The calls reached the backends that are down, and failed deliberately.
     assert set(codes.values()) <= {"UNAVAILABLE", "NOT_FOUND", "OK"}, codes
     assert codes["CreateTable"] == "UNAVAILABLE", answers["CreateTable"]
     assert codes["RegisterTable"] == "UNAVAILABLE", answers["RegisterTable"]
     assert codes["CreateJob/trino"] == "UNAVAILABLE", answers["CreateJob/trino"]
-    for name, said in answers.items():
-        assert_no_secret(f"the answer to {name}", said)
+    for name, said in answers.items() | refusals.items():
+        assert_no_secret(f"the answer to {name}", said, sent=sent)
 
     http = f"http://{LOOPBACK}:{down_server.http_port}"
     readyz = http_get_sync(f"{http}/readyz")
     assert readyz.status == 503
+    metrics = http_get_with(f"{http}/metrics", f"Bearer {API_KEY}")
+    assert metrics.status == 200 and b"grpc_server_handled_total" in metrics.body
+    for label, metadata in refused.items():
+        refused_scrape = http_get_with(f"{http}/metrics", metadata[0][1])
+        assert refused_scrape.status == 401, label
+        assert_no_secret(f"/metrics refused ({label})", refused_scrape.body, sent=sent)
+    assert http_get_sync(f"{http}/metrics").status == 401
     for path, response in [
         ("/readyz", readyz),
         ("/healthz", http_get_sync(f"{http}/healthz")),
-        ("/metrics", http_get_sync(f"{http}/metrics")),
+        ("/metrics", metrics),
+        ("/metrics with a JWT", http_get_with(f"{http}/metrics", jwt_admin[0][1])),
     ]:
-        assert_no_secret(path, response.body)
+        assert_no_secret(path, response.body, sent=sent)
 
     down_server.stop()
     logs = down_server.logs()
     assert "unavailable" in logs.lower()  # the failures were logged, secrets masked
-    assert_no_secret("the server's logs", logs)
+    assert logs.count('"msg": "authentication failed"') == 2 * len(refused) + 1
+    assert_no_secret("the server's logs", logs, sent=sent)
+
+
+def http_get_with(url: str, authorization: str) -> HttpResponse:
+    """GET ``url`` with an ``Authorization`` header; error statuses are returned."""
+    request = urllib.request.Request(url, headers={"Authorization": authorization})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return HttpResponse(resp.status, resp.headers, resp.read())
+    except urllib.error.HTTPError as err:
+        with err:
+            return HttpResponse(err.code, err.headers, err.read())
