@@ -43,8 +43,11 @@ WORKDIR /var/lib/lakehouse
 USER 10001:10001
 # gRPC (all services, health, reflection) and the sidecar HTTP port (/metrics, /healthz, /readyz).
 EXPOSE 50051 9180
-# The gRPC health service, as Kubernetes' grpc probes see it (a worker container has no gRPC
-# port: give it `--no-healthcheck` or an HTTP check on :9180/healthz instead).
+# `lakehouse health` picks the check from the container's own settings: the gRPC health
+# service on the local gRPC port, as Kubernetes' grpc probes see it; the sidecar's /healthz
+# (HTTPS if it has TLS) when the container runs `lakehouse worker` (no gRPC port) or the gRPC
+# port has TLS (a gRPC check would need the CA, the server's name and, with mTLS, a client
+# certificate). Explicit --target/--service/--tls flags keep a gRPC check.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["lakehouse", "health", "--timeout", "4"]
 STOPSIGNAL SIGTERM

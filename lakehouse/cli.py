@@ -61,10 +61,18 @@ def _parser() -> argparse.ArgumentParser:
     health = sub.add_parser(
         "health",
         parents=[common],
-        help="exit 0 if the server's gRPC health is SERVING (for container health checks)",
+        help="exit 0 if the local process is healthy (for container health checks)",
+        description=(
+            "Without --target, --service or a TLS flag, the check follows this host's "
+            "settings: the sidecar's /healthz (HTTPS if it has TLS) when the container runs "
+            "`lakehouse worker` (no gRPC port) or the gRPC port has TLS; otherwise one "
+            "grpc.health.v1 Check on the local gRPC port, SERVING meaning healthy."
+        ),
     )
-    health.add_argument("--target", help="HOST:PORT to check (default 127.0.0.1:<grpc port>)")
-    health.add_argument("--service", default="", help="a service name; empty means overall")
+    health.add_argument(
+        "--target", help="HOST:PORT to check over gRPC (default the local gRPC port)"
+    )
+    health.add_argument("--service", help="a gRPC health service name; empty means overall")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
     health.add_argument(
         "--tls", action="store_true", help="use TLS, trusting gRPC's bundled public CAs"
@@ -130,14 +138,17 @@ def run(argv: list[str]) -> int:
         print(json.dumps(masked(settings), indent=2, sort_keys=True))
         return 0
     if args.command == "health":
-        target = args.target or f"127.0.0.1:{settings.grpc_port}"
         if (args.cert is None) != (args.key is None):
             print("lakehouse: --cert and --key go together", file=sys.stderr)
             return EXIT_CONFIG
         tls = None
         if args.tls or any(f is not None for f in (args.cacert, args.cert, args.server_name)):
             tls = _ClientTls(args.cacert, args.cert, args.key, args.server_name)
-        return _health(target, args.service, args.timeout, tls)
+        explicit = tls is not None or args.target is not None or args.service is not None
+        if not explicit and (_container_command() == "worker" or settings.tls.grpc_enabled):
+            return _http_health(settings, args.timeout)
+        target = args.target or _local_address(settings.grpc_host, settings.grpc_port)
+        return _health(target, args.service or "", args.timeout, tls)
     if args.command == "worker" and settings.jobs.workers < 1:
         print("lakehouse: jobs.workers must be at least 1 for a worker process", file=sys.stderr)
         return EXIT_CONFIG
@@ -201,6 +212,7 @@ async def _work(settings: Settings) -> None:
         worker,
         ready=lambda: f"running {settings.jobs.workers} job slots, HTTP on port {worker.http_port}",
         stopping="stopping: running jobs get the grace period, then are requeued",
+        on_sighup=worker.request_reload,
     )
 
 
@@ -275,6 +287,71 @@ def _health(target: str, service: str, timeout: float, tls: _ClientTls | None = 
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(status)
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _container_command(cmdline: Path = Path("/proc/1/cmdline")) -> str | None:
+    """The ``lakehouse`` command the container's main process runs (``serve``, ``worker``).
+
+    In a container, PID 1 is the image's entry point (or an init such as tini in front of
+    it), so this tells a worker container from a server one although both have the same
+    settings and the same HEALTHCHECK. None outside a container or for anything else.
+    """
+    try:
+        argv = [arg.decode(errors="replace") for arg in cmdline.read_bytes().split(b"\0")]
+    except OSError:
+        return None
+    for i, arg in enumerate(argv[:-1]):
+        if Path(arg).name == "lakehouse" or arg == "lakehouse_cmd.lakehouse":
+            return argv[i + 1]
+    return None
+
+
+def _local_address(bind_host: str, port: int) -> str:
+    """``HOST:PORT`` that reaches a port bound to ``bind_host`` from this host."""
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(bind_host, bind_host)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _http_health(settings: Settings, timeout: float) -> int:
+    """GET /healthz on the local sidecar port: exit 0 for 200.
+
+    Over HTTPS the certificate is not verified when the address is a loopback one: the
+    request never leaves this host, so nobody can sit in between, and the question is whether
+    the process lives, not who it is. (The certificate names the service's DNS name, which
+    127.0.0.1 is not, so verifying would fail every healthy check.)
+    """
+    import ipaddress
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    address = _local_address(settings.http_host, settings.http_port)
+    context = None
+    if settings.tls.http_enabled:
+        context = ssl.create_default_context()
+        host = address.rpartition(":")[0].strip("[]")
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        if loopback:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+    url = f"{'https' if context else 'http'}://{address}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as reply:
+            status = reply.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (urllib.error.URLError, OSError) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        print(f"{url}: {reason}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"{url}: HTTP {status}", file=sys.stderr)
+        return 1
+    print(f"{url}: alive")
+    return 0
 
 
 def _create_api_key(args: argparse.Namespace) -> int:

@@ -23,6 +23,12 @@ log = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+#: The health service name for liveness probes (Kubernetes' ``grpc: {service: liveness}``).
+#: SERVING while the process lives and NOT_SERVING only once shutdown begins: it follows no
+#: dependency, since a liveness probe failing during a PostgreSQL or S3 outage would restart
+#: every replica and fix nothing. Answering at all proves the event loop runs. (The kubelet
+#: stops liveness probes of a pod being deleted, so the shutdown status costs no restart.)
+LIVENESS_SERVICE = "liveness"
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,10 @@ class Readiness:
 
 
 class HealthMonitor:
-    """Checks every dependency periodically and sets gRPC health for "" and each service."""
+    """Checks every dependency periodically and sets gRPC health for "" and each service.
+
+    It also publishes ``LIVENESS_SERVICE``, which the checks leave alone.
+    """
 
     def __init__(
         self,
@@ -63,10 +72,18 @@ class HealthMonitor:
         # The check under way per dependency: a hung one is not started again on top of it.
         self._running: dict[str, asyncio.Future[None]] = {}
         self._shutting_down = False
+        self._liveness_published = False
         self.readiness = Readiness(False, {d.name: "unknown" for d in dependencies}, _now())
 
     async def check_once(self) -> Readiness:
-        """Runs every check concurrently and publishes the result."""
+        """Runs every check concurrently and publishes the result.
+
+        The first call also reports ``LIVENESS_SERVICE`` SERVING (servers call it before
+        their port opens, so the name exists from the first probe on).
+        """
+        if not self._liveness_published:
+            self._liveness_published = True
+            await self.servicer.set(LIVENESS_SERVICE, SERVING)
         results = await asyncio.gather(*(self._check(d) for d in self._dependencies))
         checks = dict(zip((d.name for d in self._dependencies), results, strict=True))
         ready = all(v == "ok" for v in checks.values()) and not self._shutting_down

@@ -1,7 +1,8 @@
 """``lakehouse worker``: a process that only runs jobs (a separate systemd unit or Deployment).
 
 It serves no gRPC; its sidecar HTTP port serves ``/metrics``, ``/healthz`` and ``/readyz``
-like the server's, so it is scraped and probed the same way.
+like the server's, with the same TLS and the same credentials when those are configured, so
+it is scraped and probed the same way.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from lakehouse.adapters.object_store import object_store_for
 from lakehouse.adapters.resilience import CATALOG, JOB_STORE, OBJECT_STORE, Resilience
 from lakehouse.config import Settings
 from lakehouse.server.app import bound_port
+from lakehouse.server.auth_keys import AuthKeys
 from lakehouse.server.health import Dependency, HealthMonitor
 from lakehouse.server.http import build_http_app
 from lakehouse.server.job_runtime import JobRuntime
+from lakehouse.server.tls import ServerTls
 
 log = logging.getLogger(__name__)
 
@@ -60,19 +63,34 @@ class WorkerProcess:
             timeout_seconds=settings.health_check_timeout_seconds,
         )
         self._http: web.AppRunner | None = None
+        self.tls = ServerTls(settings.tls)
+        self._auth_keys = AuthKeys(settings.auth)  # a bad key file stops the start here
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
         """Binds the sidecar port and starts claiming jobs."""
-        runner = web.AppRunner(build_http_app(self.monitor), access_log=None)
+        self.tls.load()  # before binding: bad certificate files stop the start-up here
+        runner = web.AppRunner(
+            build_http_app(
+                self.monitor, authenticator=self._auth_keys.authenticator, auth=self.settings.auth
+            ),
+            access_log=None,
+        )
         await runner.setup()
-        site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port)
+        site = web.TCPSite(
+            runner,
+            self.settings.http_host,
+            self.settings.http_port,
+            ssl_context=self.tls.http_ssl_context,
+        )
         await site.start()
         self._http = runner
         self.http_port = bound_port(runner, self.settings.http_port)
         await self.job_runtime.start()
         await self.monitor.check_once()
         self.monitor.start()
+        self.tls.start()
+        self._auth_keys.start()
         log.info(
             "worker started",
             extra={
@@ -92,8 +110,15 @@ class WorkerProcess:
         await self.job_runtime.stop(grace)
         if self._http is not None:
             await self._http.cleanup()
+        await self.tls.stop()
+        await self._auth_keys.stop()
         await self.store.close()
         await self.catalog.close()
         self._pool.close()
         self._stopped.set()
         log.info("stopped")
+
+    def request_reload(self) -> None:
+        """Re-reads the TLS files and the authentication key files soon (SIGHUP)."""
+        self.tls.request_reload()
+        self._auth_keys.request_reload()

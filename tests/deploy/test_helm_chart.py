@@ -5,11 +5,14 @@
 - every rendered object validates strictly against the Kubernetes OpenAPI schemas of the
   oldest supported and the newest known Kubernetes (PyPI ``kubernetes-validate``, offline);
   the ServiceMonitor, a CRD those schemas lack, gets a structural check;
-- the rendered pods do what the service needs: gRPC probes on the health service, named
-  ports, settings from a ConfigMap and secrets as mounted files wired with ``*_FILE``
-  variables (checked by loading the rendered environment with the service's own config
-  loader), a termination grace period longer than its graceful shutdown, a non-root
-  read-only-root security context, and standalone workers only when enabled;
+- the rendered pods do what the service needs: gRPC probes on the health service (liveness
+  on its own "liveness" name; HTTP when the kubelet's plaintext gRPC probes cannot work),
+  named ports, settings from a ConfigMap and secrets as mounted files wired with ``*_FILE``
+  variables, or as the path itself for settings that name a file (checked by loading the
+  rendered environment with the service's own config loader), the PostgreSQL catalog by DNS
+  name with its password from a Secret, a termination grace period longer than its graceful
+  shutdown, a non-root read-only-root security context, and standalone workers only when
+  enabled;
 - ``values.schema.json`` rejects bad values at install time and knows exactly the settings
   that ``lakehouse.config.Settings`` defines.
 """
@@ -28,8 +31,12 @@ import kubernetes_validate
 import pytest
 import yaml
 from pydantic import BaseModel
+from sqlalchemy.engine import make_url
 
-from lakehouse.config import Settings, load_settings
+from fixtures.certs import TestCA
+from lakehouse.config import Settings, file_setting_names, load_settings
+from lakehouse.server.health import LIVENESS_SERVICE
+from lakehouse.server.tls import load_ca_bundle, load_key_pair
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "lakehouse"
@@ -41,7 +48,10 @@ GRPC_PORT = 50051
 HTTP_PORT = 9180
 
 #: The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest known.
-KUBE_VERSIONS = ("1.30.0", kubernetes_validate.utils.latest_version() + ".0")
+KUBE_VERSIONS = ("1.30.0", kubernetes_validate.utils.latest_version())
+#: Secret settings that `config` may hold when they carry no secret (the schema checks the
+#: value: a catalog URI without a password).
+SECRET_CAPABLE_IN_CONFIG = {"LAKEHOUSE_CATALOG__URI"}
 #: Settings the chart sets itself from `ports`, `dataVolume` and `shutdown`.
 CHART_MANAGED = {
     "LAKEHOUSE_GRPC_PORT",
@@ -50,9 +60,15 @@ CHART_MANAGED = {
     "LAKEHOUSE_SHUTDOWN_DRAIN_SECONDS",
     "LAKEHOUSE_SHUTDOWN_GRACE_SECONDS",
 }
-#: A catalog URI for tests that need a shared catalog (never a real credential).
+#: The default catalog: PostgreSQL by DNS name, the password from the Secret.
+DEFAULT_CATALOG_URI = "postgresql+psycopg2://lakehouse@postgresql:5432/lakehouse"
+#: A catalog URI holding a password (never a real credential).
 CATALOG_URI = "postgresql+psycopg2://lakehouse:not-a-password@postgresql:5432/lakehouse"
-SHARED_CATALOG = {"secret": {"values": {"catalog-uri": CATALOG_URI}}}
+#: A password that needs URL quoting on its way into the URI.
+CATALOG_PASSWORD = "n0t:a/pass@word%?#"
+SHARED_CATALOG = {"secret": {"values": {"catalog-password": CATALOG_PASSWORD}}}
+#: The try-out: no PostgreSQL, the embedded SQLite catalog in the pod's emptyDir.
+EMBEDDED_CATALOG: dict[str, Any] = {"config": {"LAKEHOUSE_CATALOG__URI": None}}
 IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
 URL_WITH_PASSWORD = re.compile(r"://[^/\s:@\"']+:[^/\s@\"']+@")
 
@@ -237,41 +253,146 @@ def test_server_probes_use_the_grpc_health_service(default_docs: Docs, full_docs
         assert c["args"] == ["serve"]
         assert c["startupProbe"]["grpc"] == {"port": GRPC_PORT}
         assert c["readinessProbe"]["grpc"] == {"port": GRPC_PORT}
-        # Liveness must not follow the dependencies (gRPC health does): /healthz answers while
-        # the process lives, so a PostgreSQL outage does not restart every replica.
-        assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-metrics"}
-        assert "grpc" not in c["livenessProbe"]
+        # Liveness must not follow the dependencies (the overall status does): its own name
+        # is SERVING while the process lives, so a PostgreSQL outage restarts no replica.
+        assert c["livenessProbe"]["grpc"] == {"port": GRPC_PORT, "service": LIVENESS_SERVICE}
+        assert all("httpGet" not in c[p] for p in ("startupProbe", "readinessProbe"))
+        assert "httpGet" not in c["livenessProbe"]
 
 
+TLS_FILES = {
+    "LAKEHOUSE_TLS__CERT_FILE": "/etc/lakehouse/tls/tls.crt",
+    "LAKEHOUSE_TLS__KEY_FILE": "/etc/lakehouse/tls/tls.key",
+}
+HTTP_TLS_FILES = {
+    "LAKEHOUSE_TLS__HTTP_CERT_FILE": "/etc/lakehouse/tls/tls.crt",
+    "LAKEHOUSE_TLS__HTTP_KEY_FILE": "/etc/lakehouse/tls/tls.key",
+}
+
+
+def http_probes(c: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The probes' httpGet handlers, asserting none is a gRPC probe."""
+    probes = ("startupProbe", "readinessProbe", "livenessProbe")
+    assert all("grpc" not in c[p] for p in probes), c
+    return {p: c[p]["httpGet"] for p in probes}
+
+
+def expected_http_probes(scheme: str) -> dict[str, dict[str, Any]]:
+    def get(path: str) -> dict[str, Any]:
+        return {"path": path, "port": "http-metrics", "scheme": scheme}
+
+    return {
+        "startupProbe": get("/readyz"),
+        "readinessProbe": get("/readyz"),
+        "livenessProbe": get("/healthz"),
+    }
+
+
+def tls_in_secret(files: dict[str, str]) -> dict[str, Any]:
+    """Values that map the TLS files to keys of an existing Secret instead of config."""
+    keys = {name: name.removeprefix("LAKEHOUSE_").lower().replace("__", ".") for name in files}
+    return {"secret": {"existingSecret": "lakehouse-tls", "keys": keys}}
+
+
+@pytest.mark.parametrize("where", ["config", "secret"])
 def test_probes_switch_to_https_readyz_when_tls_is_on(
-    manifests: Callable[..., Docs],
+    where: str, manifests: Callable[..., Docs]
 ) -> None:
     # The kubelet's gRPC probes cannot speak TLS: they would fail on a TLS gRPC port and keep
-    # every pod out of the Service.
-    tls = {
-        "LAKEHOUSE_TLS__CERT_FILE": "/etc/lakehouse/tls/tls.crt",
-        "LAKEHOUSE_TLS__KEY_FILE": "/etc/lakehouse/tls/tls.key",
-    }
-    grpc_tls = container(one(manifests({"config": tls}), "Deployment"))
-    for probe in ("startupProbe", "readinessProbe"):
-        assert "grpc" not in grpc_tls[probe]
-        assert grpc_tls[probe]["httpGet"] == {
-            "path": "/readyz",
-            "port": "http-metrics",
-            "scheme": "HTTP",
-        }
-    assert grpc_tls["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-metrics"}
+    # every pod out of the Service. TLS files may come from config or from a Secret.
+    def values(files: dict[str, str], **more: Any) -> dict[str, Any]:
+        return {"config": files, **more} if where == "config" else {**tls_in_secret(files), **more}
 
-    both = {
-        **tls,
-        "LAKEHOUSE_TLS__HTTP_CERT_FILE": "/etc/lakehouse/tls/tls.crt",
-        "LAKEHOUSE_TLS__HTTP_KEY_FILE": "/etc/lakehouse/tls/tls.key",
-    }
-    docs = manifests({**SHARED_CATALOG, "config": both, "worker": {"enabled": True}})
-    for deployment in (one(docs, "Deployment"), one(docs, "Deployment", f"{FULLNAME}-worker")):
-        c = container(deployment)
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert c[probe]["httpGet"]["scheme"] == "HTTPS", (deployment["metadata"], probe)
+    grpc_tls = container(one(manifests(values(TLS_FILES)), "Deployment"))
+    assert http_probes(grpc_tls) == expected_http_probes("HTTP")
+
+    both = values({**TLS_FILES, **HTTP_TLS_FILES}, worker={"enabled": True})
+    docs = manifests(both)
+    assert http_probes(container(one(docs, "Deployment"))) == expected_http_probes("HTTPS")
+    worker = container(one(docs, "Deployment", f"{FULLNAME}-worker"))
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert worker[probe]["httpGet"]["scheme"] == "HTTPS", probe
+
+    # TLS on the sidecar only: the gRPC probes stay.
+    http_only = container(one(manifests(values(HTTP_TLS_FILES)), "Deployment"))
+    assert http_only["readinessProbe"]["grpc"] == {"port": GRPC_PORT}
+
+
+@pytest.mark.parametrize("value", [False, "false", "0", "off"])
+def test_probes_switch_to_http_when_grpc_health_needs_credentials(
+    value: object, manifests: Callable[..., Docs]
+) -> None:
+    # The kubelet's gRPC probes carry no credentials: with auth.public_health off they would
+    # get UNAUTHENTICATED and keep every pod unready (and restart them all).
+    values = {"config": {"LAKEHOUSE_AUTH__PUBLIC_HEALTH": value}}
+    c = container(one(manifests(values), "Deployment"))
+    assert http_probes(c) == expected_http_probes("HTTP")
+    public = container(
+        one(manifests({"config": {"LAKEHOUSE_AUTH__PUBLIC_HEALTH": True}}), "Deployment")
+    )
+    assert public["livenessProbe"]["grpc"]["service"] == LIVENESS_SERVICE
+
+
+def test_probes_stay_grpc_when_only_the_sidecar_probes_need_credentials(
+    manifests: Callable[..., Docs],
+) -> None:
+    # auth.public_probes guards /healthz and /readyz, which the server's gRPC probes never use.
+    c = container(
+        one(manifests({"config": {"LAKEHOUSE_AUTH__PUBLIC_PROBES": False}}), "Deployment")
+    )
+    assert c["readinessProbe"]["grpc"] == {"port": GRPC_PORT}
+    assert c["livenessProbe"]["grpc"] == {"port": GRPC_PORT, "service": LIVENESS_SERVICE}
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {
+                "config": {
+                    "LAKEHOUSE_AUTH__PUBLIC_HEALTH": False,
+                    "LAKEHOUSE_AUTH__PUBLIC_PROBES": False,
+                }
+            },
+            "LAKEHOUSE_AUTH__PUBLIC_PROBES=false: the kubelet's probes carry no credentials",
+        ),
+        (
+            {"config": {**TLS_FILES, "LAKEHOUSE_AUTH__PUBLIC_PROBES": "false"}},
+            "LAKEHOUSE_AUTH__PUBLIC_PROBES=false: the kubelet's probes carry no credentials",
+        ),
+        (
+            {"config": {"LAKEHOUSE_AUTH__PUBLIC_PROBES": "0"}, "worker": {"enabled": True}},
+            "the workers' probes GET /readyz and /healthz without credentials",
+        ),
+        (
+            {
+                "config": {"LAKEHOUSE_AUTH__PUBLIC_METRICS": False},
+                "serviceMonitor": {"enabled": True},
+            },
+            "the chart's ServiceMonitor scrapes /metrics without credentials",
+        ),
+    ],
+)
+def test_probes_and_scrapes_that_would_need_credentials_fail_at_render(
+    values: dict[str, Any], message: str, render: Callable[..., dict[str, str]]
+) -> None:
+    with pytest.raises(helm.HelmRenderError, match=re.escape(message)):
+        render(values)
+
+
+def test_the_service_monitor_scrapes_https_when_the_sidecar_has_tls(
+    manifests: Callable[..., Docs],
+) -> None:
+    tls_config = {"ca": {"secret": {"name": "lakehouse-ca", "key": "ca.crt"}}}
+    for files in (HTTP_TLS_FILES, tls_in_secret(HTTP_TLS_FILES)):
+        values = {"config": files} if "secret" not in files else dict(files)
+        values["serviceMonitor"] = {"enabled": True, "tlsConfig": tls_config}
+        (endpoint,) = one(manifests(values), "ServiceMonitor")["spec"]["endpoints"]
+        assert (endpoint["scheme"], endpoint["tlsConfig"]) == ("https", tls_config)
+    (plain,) = one(manifests({"serviceMonitor": {"enabled": True}}), "ServiceMonitor")["spec"][
+        "endpoints"
+    ]
+    assert plain["scheme"] == "http" and "tlsConfig" not in plain
 
 
 def test_ports_are_named_grpc_and_http_metrics(default_docs: Docs, full_docs: Docs) -> None:
@@ -301,8 +422,11 @@ def test_settings_come_from_the_configmap_and_secrets_from_files(full_docs: Docs
     assert all(key.startswith("LAKEHOUSE_") for key in configmap["data"])
     assert configmap["data"]["LAKEHOUSE_JOBS__IMPORT_PREFIXES"] == '["s3://landing/"]'
     assert configmap["data"]["LAKEHOUSE_INGEST__BUFFER_BYTES"] == "536870912"
+    assert configmap["data"]["LAKEHOUSE_CATALOG__URI"].startswith(
+        "postgresql+psycopg2://lakehouse@"
+    )
     expected_files = {
-        "LAKEHOUSE_CATALOG__URI_FILE": "catalog-uri",
+        "LAKEHOUSE_CATALOG__PASSWORD_FILE": "catalog-password",
         "LAKEHOUSE_S3__ACCESS_KEY_ID_FILE": "s3-access-key-id",
         "LAKEHOUSE_S3__SECRET_ACCESS_KEY_FILE": "s3-secret-access-key",
         "LAKEHOUSE_JOBS__DATABASE_URI_FILE": "jobs-database-uri",
@@ -335,11 +459,11 @@ def test_chart_managed_secret_wires_only_keys_with_a_value(
     assert not any(k.endswith("_FILE") for k in env_of(one(default_docs, "Deployment")))
     docs = manifests(SHARED_CATALOG)
     secret = one(docs, "Secret")
-    assert base64.b64decode(secret["data"]["catalog-uri"]).decode() == CATALOG_URI
-    assert list(secret["data"]) == ["catalog-uri"]
+    assert base64.b64decode(secret["data"]["catalog-password"]).decode() == CATALOG_PASSWORD
+    assert list(secret["data"]) == ["catalog-password"]
     env = env_of(one(docs, "Deployment"))
     assert {k: v for k, v in env.items() if k.endswith("_FILE")} == {
-        "LAKEHOUSE_CATALOG__URI_FILE": "/etc/lakehouse/secrets/catalog-uri"
+        "LAKEHOUSE_CATALOG__PASSWORD_FILE": "/etc/lakehouse/secrets/catalog-password"
     }
 
 
@@ -357,13 +481,23 @@ def test_existing_secret_wires_the_listed_keys_and_null_removes_one(
     deployment = one(docs, "Deployment")
     env = env_of(deployment)
     assert {k: v for k, v in env.items() if k.endswith("_FILE")} == {
-        "LAKEHOUSE_CATALOG__URI_FILE": "/etc/lakehouse/secrets/catalog-uri"
+        "LAKEHOUSE_CATALOG__PASSWORD_FILE": "/etc/lakehouse/secrets/catalog-password"
     }
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     assert volumes["secrets"]["secret"]["secretName"] == "mine"
     assert not any(d["kind"] == "Secret" for d in docs)
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert "checksum/secret" not in annotations
+
+
+def load_rendered(docs: Docs, name: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The settings a pod of Deployment ``name`` would load: ConfigMap + env as the kubelet
+    sets them (secret files must exist where the env names them)."""
+    configmap = one(docs, "ConfigMap")["data"]
+    with monkeypatch.context() as m:
+        for key, value in {**configmap, **env_of(one(docs, "Deployment", name))}.items():
+            m.setenv(key, value)
+        return load_settings()
 
 
 def test_the_service_config_loader_accepts_the_rendered_environment(
@@ -376,7 +510,7 @@ def test_the_service_config_loader_accepts_the_rendered_environment(
     secret_dir = tmp_path / "secrets"
     secret_dir.mkdir()
     secrets = {
-        "catalog-uri": CATALOG_URI,
+        "catalog-password": CATALOG_PASSWORD,
         "s3-access-key-id": "AKIAEXAMPLE",
         "s3-secret-access-key": "not-a-secret",
         "jobs-database-uri": CATALOG_URI.replace("/lakehouse", "/jobs"),
@@ -390,15 +524,16 @@ def test_the_service_config_loader_accepts_the_rendered_environment(
         "dataVolume": {"mountPath": str(tmp_path / "data")},
     }
     docs = manifests(values)
-    configmap = one(docs, "ConfigMap")["data"]
-    loaded = {}
-    for name, component in ((FULLNAME, "server"), (f"{FULLNAME}-worker", "worker")):
-        with monkeypatch.context() as m:
-            for key, value in {**configmap, **env_of(one(docs, "Deployment", name))}.items():
-                m.setenv(key, value)
-            loaded[component] = load_settings()
-    server, worker = loaded["server"], loaded["worker"]
-    assert server.catalog_uri == CATALOG_URI
+    server = load_rendered(docs, FULLNAME, monkeypatch)
+    worker = load_rendered(docs, f"{FULLNAME}-worker", monkeypatch)
+    # The password from the Secret went into the URI from the ConfigMap, quoted.
+    catalog = make_url(server.catalog_uri)
+    assert catalog.password == CATALOG_PASSWORD
+    assert (catalog.username, catalog.host, catalog.database) == (
+        "lakehouse",
+        "postgresql.databases.svc.cluster.local",
+        "lakehouse",
+    )
     assert server.jobs_database_uri == secrets["jobs-database-uri"]
     assert server.s3.secret_access_key is not None
     assert server.s3.secret_access_key.get_secret_value() == "not-a-secret"
@@ -410,7 +545,81 @@ def test_the_service_config_loader_accepts_the_rendered_environment(
     assert (server.shutdown_drain_seconds, server.shutdown_grace_seconds) == (2, 30)
     assert server.jobs.workers == 0  # jobs run on the workers
     assert worker.jobs.workers == full_values["worker"]["concurrency"]
-    assert worker.catalog_uri == CATALOG_URI
+    assert worker.catalog_uri == server.catalog_uri
+
+
+def test_default_catalog_is_postgresql_by_name_with_the_password_from_the_secret(
+    manifests: Callable[..., Docs], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret_dir = tmp_path / "secrets"
+    secret_dir.mkdir()
+    (secret_dir / "catalog-password").write_text(CATALOG_PASSWORD + "\n")
+    values = {
+        **SHARED_CATALOG,
+        "secret": {**SHARED_CATALOG["secret"], "mountPath": str(secret_dir)},
+    }
+    settings = load_rendered(manifests(values), FULLNAME, monkeypatch)
+    catalog = make_url(settings.catalog_uri)
+    assert catalog.render_as_string(hide_password=True) == DEFAULT_CATALOG_URI.replace(
+        "lakehouse@", "lakehouse:***@"
+    )
+    assert catalog.password == CATALOG_PASSWORD
+    # The job store lives in the catalog's database unless told otherwise: same password.
+    assert settings.jobs_database_uri == settings.catalog_uri
+    # Several replicas are fine on the default catalog; the try-out is one replica on SQLite.
+    assert (
+        one(manifests({**SHARED_CATALOG, "replicaCount": 3}), "Deployment")["spec"]["replicas"] == 3
+    )
+    tryout = load_rendered(manifests(EMBEDDED_CATALOG), FULLNAME, monkeypatch)
+    assert tryout.catalog.uri is None and tryout.catalog_uri.startswith("sqlite:///")
+
+
+def test_settings_that_name_a_file_get_the_mounted_path_from_a_secret(
+    manifests: Callable[..., Docs], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tls.key_file mapped to a Secret key is the mounted file's path, not a file holding a
+    path: <SETTING>=<file>, never <SETTING>_FILE=<file> (which would read the PEM as a path)."""
+    secret_dir = tmp_path / "secrets"
+    ca = TestCA("chart test CA")
+    server_pair = ca.issue("lakehouse.data.svc", server=True)
+    (secret_dir).mkdir()
+    (secret_dir / "tls.crt").write_bytes(server_pair.cert_pem)
+    (secret_dir / "tls.key").write_bytes(server_pair.key_pem)
+    (secret_dir / "trino-ca.pem").write_bytes(ca.cert_pem)
+    keys = {
+        "LAKEHOUSE_TLS__CERT_FILE": "tls.crt",
+        "LAKEHOUSE_TLS__KEY_FILE": "tls.key",
+        "LAKEHOUSE_TRINO__CA_FILE": "trino-ca.pem",
+    }
+    values = {
+        "secret": {"existingSecret": "lakehouse-tls", "keys": keys, "mountPath": str(secret_dir)}
+    }
+    docs = manifests(values)
+    env = env_of(one(docs, "Deployment"))
+    for setting, key in keys.items():
+        assert env[setting] == str(secret_dir / key)
+        assert f"{setting}_FILE" not in env
+    (secret_dir / "catalog-password").write_text("x\n")  # the default keys are wired as well
+    (secret_dir / "s3-access-key-id").write_text("AKIAEXAMPLE\n")
+    (secret_dir / "s3-secret-access-key").write_text("not-a-secret\n")
+    settings = load_rendered(docs, FULLNAME, monkeypatch)
+    assert settings.tls.cert_file == secret_dir / "tls.crt"
+    assert settings.trino.ca_file == secret_dir / "trino-ca.pem"
+    # The service can use what it was given: a key pair and a CA bundle, not text as a path.
+    assert settings.tls.key_file is not None
+    load_key_pair(settings.tls.cert_file, settings.tls.key_file)
+    assert load_ca_bundle(settings.trino.ca_file).startswith(b"-----BEGIN CERTIFICATE-----")
+    # The TLS files came from the Secret, and still switched the probes away from gRPC.
+    assert http_probes(container(one(docs, "Deployment"))) == expected_http_probes("HTTP")
+
+
+def test_the_chart_and_the_service_agree_on_which_settings_name_a_file(chart: Any) -> None:
+    key_names = chart.schema["properties"]["secret"]["properties"]["keys"]["propertyNames"]["enum"]
+    chart_paths = {name for name in key_names if name.endswith("_FILE")}  # lakehouse.isPathSetting
+    service_paths = {
+        "LAKEHOUSE_" + name.upper().replace(".", "__") for name in file_setting_names()
+    }
+    assert chart_paths == service_paths
 
 
 def test_termination_grace_covers_the_graceful_shutdown(
@@ -536,7 +745,7 @@ def test_config_and_secret_changes_roll_the_pods(manifests: Callable[..., Docs])
 
     base = annotations(SHARED_CATALOG)
     other_config = annotations({**SHARED_CATALOG, "config": {"LAKEHOUSE_LOG_LEVEL": "DEBUG"}})
-    other_secret = annotations({"secret": {"values": {"catalog-uri": CATALOG_URI + "2"}}})
+    other_secret = annotations({"secret": {"values": {"catalog-password": CATALOG_PASSWORD + "2"}}})
     assert other_config["checksum/config"] != base["checksum/config"]
     assert other_config["checksum/secret"] == base["checksum/secret"]
     assert other_secret["checksum/secret"] != base["checksum/secret"]
@@ -569,7 +778,11 @@ def test_defaults_point_at_services_by_name_and_hold_no_credentials(chart: Any) 
     assert values["image"]["repository"] == "lakehouse" and values["image"]["tag"] == ""
     assert values["config"]["LAKEHOUSE_CATALOG__WAREHOUSE"] == "s3://lakehouse/warehouse"
     assert values["config"]["LAKEHOUSE_S3__ENDPOINT_URL"] == "http://minio:9000"
-    assert values["secret"]["keys"]["LAKEHOUSE_CATALOG__URI"] == "catalog-uri"
+    # External PostgreSQL by DNS name, the password by secret reference.
+    assert values["config"]["LAKEHOUSE_CATALOG__URI"] == DEFAULT_CATALOG_URI
+    assert make_url(DEFAULT_CATALOG_URI).get_driver_name() == "psycopg2"  # pyiceberg[sql-postgres]
+    assert values["secret"]["keys"]["LAKEHOUSE_CATALOG__PASSWORD"] == "catalog-password"
+    assert "LAKEHOUSE_CATALOG__URI" not in values["secret"]["keys"]
     assert values["secret"]["values"] == {} and values["secret"]["existingSecret"] == ""
     text = yaml.safe_dump(values)  # the values, not the comments' placeholders
     assert IPV4.findall(text) == [] and URL_WITH_PASSWORD.findall(text) == []
@@ -587,6 +800,8 @@ def test_defaults_point_at_services_by_name_and_hold_no_credentials(chart: Any) 
         ({"ports": {"http": 0}}, "/ports/http"),
         ({"config": {"LAKEHOUSE_CATALOG_WAREHOUSE": "s3://x/y"}}, "LAKEHOUSE_CATALOG_WAREHOUSE"),
         ({"config": {"LAKEHOUSE_CATALOG__URI": CATALOG_URI}}, "LAKEHOUSE_CATALOG__URI"),
+        ({"config": {"LAKEHOUSE_CATALOG__URI": "https://u:p@rest:8181"}}, "LAKEHOUSE_CATALOG__URI"),
+        ({"config": {"LAKEHOUSE_CATALOG__PASSWORD": "x"}}, "LAKEHOUSE_CATALOG__PASSWORD"),
         ({"config": {"LAKEHOUSE_GRPC_PORT": 1234}}, "LAKEHOUSE_GRPC_PORT"),
         ({"image": {"tag": 1.1}}, "/image/tag"),
         ({"service": {"type": "Ingress"}}, "/service/type"),
@@ -599,26 +814,86 @@ def test_defaults_point_at_services_by_name_and_hold_no_credentials(chart: Any) 
 def test_schema_rejects_bad_values(
     values: dict[str, Any], message: str, render: Callable[..., dict[str, str]]
 ) -> None:
-    with pytest.raises(helm.HelmValuesError, match=re.escape(message)):
+    with pytest.raises(helm.HelmValuesError, match=re.escape(message)) as exc:
         render(values)
+    assert "not-a-password" not in str(exc.value)  # a refused URI is not echoed
     report = helm.lint(CHART, values, strict=True, namespace=NAMESPACE)
     assert any(message in error for error in report["errors"]), report
 
 
 @pytest.mark.parametrize(
+    "uri",
+    [
+        DEFAULT_CATALOG_URI,
+        "postgresql+psycopg2://lakehouse@db.example.internal:5432/lakehouse?sslmode=verify-full",
+        "postgresql+psycopg2://db:5432/lakehouse",
+        "sqlite:////var/lib/lakehouse/catalog.db",
+        "https://rest-catalog:8181",
+    ],
+)
+def test_schema_accepts_a_catalog_uri_without_a_password_in_config(
+    uri: str, manifests: Callable[..., Docs]
+) -> None:
+    values: dict[str, Any] = {"config": {"LAKEHOUSE_CATALOG__URI": uri}}
+    if uri.startswith("sqlite") or uri.startswith("https"):
+        values["secret"] = {"keys": {"LAKEHOUSE_CATALOG__PASSWORD": None}}
+    assert one(manifests(values), "ConfigMap")["data"]["LAKEHOUSE_CATALOG__URI"] == uri
+
+
+@pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"replicaCount": 3}, "several pods need a shared catalog"),
-        ({"worker": {"enabled": True}}, "several pods need a shared catalog"),
-        ({"autoscaling": {"enabled": True}}, "several pods need a shared catalog"),
+        ({**EMBEDDED_CATALOG, "replicaCount": 3}, "several pods need a shared catalog"),
+        ({**EMBEDDED_CATALOG, "worker": {"enabled": True}}, "several pods need a shared catalog"),
+        (
+            {**EMBEDDED_CATALOG, "autoscaling": {"enabled": True}},
+            "several pods need a shared catalog",
+        ),
+        (
+            {
+                "config": {"LAKEHOUSE_CATALOG__URI": "sqlite:////var/lib/lakehouse/c.db"},
+                "replicaCount": 2,
+            },
+            "several pods need a shared catalog",
+        ),
         ({"secret": {"values": {"trino-password": "x"}}}, "secret.values.trino-password"),
         (
-            {"secret": {"existingSecret": "mine", "values": {"catalog-uri": "x"}}},
+            {"secret": {"existingSecret": "mine", "values": {"catalog-password": "x"}}},
             "only used without secret.existingSecret",
         ),
         (
-            {"secret": {"keys": {"LAKEHOUSE_S3__ACCESS_KEY_ID": "catalog-uri"}}},
+            {"secret": {"keys": {"LAKEHOUSE_S3__ACCESS_KEY_ID": "catalog-password"}}},
             "two settings map to the same key",
+        ),
+        (
+            {
+                "secret": {
+                    "existingSecret": "mine",
+                    "keys": {"LAKEHOUSE_CATALOG__URI": "catalog-uri"},
+                }
+            },
+            "LAKEHOUSE_CATALOG__URI is set both in config and in secret.keys",
+        ),
+        (
+            {**EMBEDDED_CATALOG, "secret": {"values": {"catalog-password": "x"}}},
+            "LAKEHOUSE_CATALOG__PASSWORD is wired but no catalog URI is set",
+        ),
+        (
+            {
+                "config": {"LAKEHOUSE_CATALOG__URI": "sqlite:////var/lib/lakehouse/c.db"},
+                "secret": {"values": {"catalog-password": "x"}},
+            },
+            "LAKEHOUSE_CATALOG__PASSWORD is wired but config.LAKEHOUSE_CATALOG__URI is SQLite",
+        ),
+        (
+            {
+                "config": {
+                    "LAKEHOUSE_CATALOG__TYPE": "rest",
+                    "LAKEHOUSE_CATALOG__URI": "https://rest",
+                },
+                "secret": {"values": {"catalog-password": "x"}},
+            },
+            "LAKEHOUSE_CATALOG__PASSWORD is wired but the catalog is rest",
         ),
         (
             {
@@ -651,11 +926,12 @@ def test_schema_knows_exactly_the_service_settings(chart: Any) -> None:
         else:
             names.add(f"LAKEHOUSE_{field.upper()}")
     assert names >= CHART_MANAGED
+    assert secret_names >= SECRET_CAPABLE_IN_CONFIG
     schema = chart.schema
     config_names = set(schema["properties"]["config"]["propertyNames"]["enum"])
     key_names = set(schema["properties"]["secret"]["properties"]["keys"]["propertyNames"]["enum"])
     where = "charts/lakehouse/values.schema.json, properties.%s.propertyNames.enum"
-    expected_config = names - CHART_MANAGED - secret_names
+    expected_config = names - CHART_MANAGED - secret_names | SECRET_CAPABLE_IN_CONFIG
     assert config_names == expected_config, (
         f"{where % 'config'}: add {sorted(expected_config - config_names)}, "
         f"remove {sorted(config_names - expected_config)}"
@@ -674,7 +950,13 @@ def test_notes_explain_http2_load_balancing(
     default_notes = render()["lakehouse/templates/NOTES.txt"]
     assert "balances connections, not calls" in default_notes
     assert "service.headless=true" in default_notes
-    assert "WARNING: no catalog URI" in default_notes
+    assert "WARNING" not in default_notes  # PostgreSQL by default
+    assert "reached without a password" in default_notes  # ... but no password value yet
+    assert (
+        "reached without a password" not in render(SHARED_CATALOG)["lakehouse/templates/NOTES.txt"]
+    )
+    tryout_notes = render(EMBEDDED_CATALOG)["lakehouse/templates/NOTES.txt"]
+    assert "WARNING: no shared catalog is configured" in tryout_notes
     full_notes = render(full_values)["lakehouse/templates/NOTES.txt"]
     assert f"dns:///{FULLNAME}-headless.{NAMESPACE}.svc.cluster.local:{GRPC_PORT}" in full_notes
     assert "round_robin" in full_notes

@@ -40,7 +40,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import BaseModel
 
-from fixtures.net import LOOPBACK
+from fixtures.net import LOOPBACK, free_port
 from lakehouse.cli import EXIT_CONFIG
 from lakehouse.config import (
     ConfigError,
@@ -56,6 +56,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SYSTEMD_DIR = ROOT / "systemd"
 UNITS = {"lakehouse.service": "serve", "lakehouse-worker.service": "worker"}
 ENV_EXAMPLE = SYSTEMD_DIR / "lakehouse.env.example"
+README = ROOT / "README.md"
 LAKEHOUSE = Path(sys.executable).parent / "lakehouse"
 INSTALLED_LAKEHOUSE = "/opt/lakehouse/bin/lakehouse"
 MAX_EXPOSURE = 2.5
@@ -154,6 +155,10 @@ def test_sandbox_exposure_is_at_most_2_5(unit: str) -> None:
     assert match, result.stdout + result.stderr
     exposure = float(match.group(1))
     assert exposure <= MAX_EXPOSURE, result.stdout
+    # The README quotes the score: it must be the one systemd gives today.
+    quoted = re.search(r"--offline=yes` scores both (\d+(?:\.\d+)?)", README.read_text())
+    assert quoted, "README's 'Run on bare metal' no longer quotes the exposure score"
+    assert float(quoted.group(1)) == exposure, f"README says {quoted.group(1)}, systemd {exposure}"
 
 
 @pytest.mark.parametrize(("unit", "command"), list(UNITS.items()))
@@ -161,8 +166,8 @@ def test_unit_runs_the_container_entry_point_and_fits_the_shutdown_settings(
     unit: str, command: str
 ) -> None:
     svc = service(unit)
-    # Only the server handles SIGHUP (TLS reload); for the worker it would be fatal.
-    assert ("ExecReload" in svc) == (command == "serve")
+    # `systemctl reload`: both re-read their TLS and key files on SIGHUP.
+    assert one(unit, "ExecReload") == "kill -HUP $MAINPID"
     # The container's ENTRYPOINT ["lakehouse"] with CMD serve/worker, from /opt/lakehouse.
     assert one(unit, "ExecStart") == f"{INSTALLED_LAKEHOUSE} {command}"
     assert (one(unit, "Type"), one(unit, "NotifyAccess")) == ("notify", "main")
@@ -692,6 +697,37 @@ def test_serve_notifies_ready_when_serving_and_stopping_on_sigterm(unit_workdir:
             process.kill()
 
 
+def test_serve_is_ready_while_the_catalog_is_down_and_says_so(tmp_path: Path) -> None:
+    """READY=1 means the process is up, not that its dependencies are: held back, systemd
+    would time the start out and restart the service over an outage a restart cannot fix.
+    STATUS says it waits for them, and gRPC health reports NOT_SERVING to load balancers."""
+    creds = tmp_path / "credentials"
+    creds.mkdir(mode=0o700)
+    # The catalog's password as a credential (catalog.password), its URI in the env file:
+    # PostgreSQL on a port where nothing listens.
+    (creds / "catalog.password").write_text("not-a-password\n")
+    dead_catalog = f"postgresql+psycopg2://lakehouse@{LOOPBACK}:{free_port()}/lakehouse"
+    env_file = unit_env_file(tmp_path) + f"LAKEHOUSE_CATALOG__URI={dead_catalog}\n"
+    with notify_socket() as (sock, address):
+        process = UnitProcess("lakehouse.service", tmp_path, address, env_file)
+        try:
+            process.start()
+            ready, _ = wait_message(sock, process, "READY", START_TIMEOUT_SECONDS)
+            port = int(process.log_entry("serving")["grpc_port"])
+            assert ready["STATUS"].startswith(f"serving gRPC on port {port}")
+            assert "waiting for dependencies" in ready["STATUS"], ready
+            with grpc.insecure_channel(f"{LOOPBACK}:{port}") as channel:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=5
+                )
+            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert "not-a-password" not in process.logs()
+            stopping = sigterm_and_wait_stopping(sock, process)
+            assert stopping["STATUS"].startswith("draining")
+        finally:
+            process.kill()
+
+
 def test_worker_notifies_ready_and_stopping_over_an_abstract_socket(unit_workdir: Path) -> None:
     with notify_socket(abstract=True) as (sock, address):
         process = UnitProcess(
@@ -707,6 +743,13 @@ def test_worker_notifies_ready_and_stopping_over_an_abstract_socket(unit_workdir
                 assert reply.status == 200
                 assert json.load(reply)["status"] == "ready"
             assert (unit_workdir / "from-credential.db").exists()
+            # ExecReload's SIGHUP re-reads files; it must not end the worker.
+            assert process.proc is not None
+            process.proc.send_signal(signal.SIGHUP)
+            time.sleep(0.5)
+            assert process.proc.poll() is None, process.logs()
+            with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/healthz", timeout=5) as reply:
+                assert reply.status == 200
             sigterm_and_wait_stopping(sock, process)
         finally:
             process.kill()

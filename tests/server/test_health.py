@@ -15,6 +15,7 @@ from fixtures.grpc_errors import rpc_error_details
 from fixtures.net import free_port
 from lakehouse.config import Settings
 from lakehouse.server.app import LakehouseServer
+from lakehouse.server.health import LIVENESS_SERVICE
 from lakehouse.v1 import table_service_pb2 as pb
 from lakehouse.v1 import table_service_pb2_grpc
 
@@ -29,7 +30,7 @@ async def get_json(url: str) -> tuple[int, Any]:
 
 async def test_serving_on_every_backend(channel: grpc.aio.Channel, http_url: str) -> None:
     health = health_pb2_grpc.HealthStub(channel)
-    for service in ("", "lakehouse.v1.TableService"):
+    for service in ("", "lakehouse.v1.TableService", LIVENESS_SERVICE):
         reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
         assert reply.status == SERVING
     with pytest.raises(grpc.aio.AioRpcError) as exc:
@@ -94,3 +95,37 @@ async def test_dead_catalog_means_not_ready_and_unavailable(tmp_path: Path) -> N
             assert "secret" not in details.message
     finally:
         await server.stop()
+
+
+async def test_liveness_follows_the_process_not_the_dependencies(tmp_path: Path) -> None:
+    """The name Kubernetes' liveness probe asks for: SERVING through a catalog outage (a
+    restart would fix nothing), NOT_SERVING once shutdown begins."""
+    dead = f"postgresql+psycopg2://nobody@127.0.0.1:{free_port()}/nothing"
+    settings = Settings(
+        grpc_host="127.0.0.1",
+        grpc_port=0,
+        http_host="127.0.0.1",
+        http_port=0,
+        data_dir=tmp_path,
+        catalog={"uri": dead},
+        health_check_interval_seconds=0.2,
+        shutdown_drain_seconds=1,
+    )
+    server = LakehouseServer(settings)
+    await server.start()
+    stopping = None
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            liveness = health_pb2.HealthCheckRequest(service=LIVENESS_SERVICE)
+            watch = health.Watch(liveness)
+            assert (await asyncio.wait_for(watch.read(), 10)).status == SERVING
+            await asyncio.sleep(0.5)  # a few failed dependency checks later
+            overall = await health.Check(health_pb2.HealthCheckRequest(service=""))
+            assert overall.status == NOT_SERVING
+            assert (await health.Check(liveness)).status == SERVING
+            stopping = asyncio.create_task(server.stop(grace=1))
+            assert (await asyncio.wait_for(watch.read(), 10)).status == NOT_SERVING
+            watch.cancel()
+    finally:
+        await (stopping if stopping is not None else server.stop())

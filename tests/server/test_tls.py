@@ -35,9 +35,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from fixtures.certs import Issued, TestCA
 from fixtures.net import LOOPBACK
 from fixtures.serve_process import LAKEHOUSE, serve_process, settings_env
-from lakehouse.config import ConfigError, Settings, TlsSettings, load_settings
+from lakehouse.config import AuthSettings, ConfigError, Settings, TlsSettings, load_settings
 from lakehouse.server.app import LakehouseServer
+from lakehouse.server.credentials import new_api_key
 from lakehouse.server.tls import CertificateError, ServerTls, load_key_pair
+from lakehouse.server.worker_app import WorkerProcess
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 #: How long a rotated certificate may take to show (the watch polls every 0.1 s in tests).
@@ -482,6 +484,45 @@ async def test_sidecar_serves_https_when_configured(local_settings: Settings, pk
         with pytest.raises(urllib.error.URLError) as unverified:
             await asyncio.to_thread(get, url, untrusting)
         assert isinstance(unverified.value.reason, ssl.SSLCertVerificationError)
+
+
+async def test_a_worker_sidecar_gets_the_same_tls_and_credentials(
+    local_settings: Settings, pki: Pki
+) -> None:
+    """``lakehouse worker`` reads the same settings: its probes and scrapes work the same way."""
+    plain, entry = new_api_key("scraper", "viewer")
+    settings = local_settings.model_copy(
+        update={
+            "tls": TlsSettings(
+                http_cert_file=pki.dir / "http.crt", http_key_file=pki.dir / "http.key"
+            ),
+            "auth": AuthSettings(api_keys=(entry,), public_metrics=False),
+        }
+    )
+    worker = WorkerProcess(settings)
+    await worker.start()
+    try:
+        trusting = ssl.create_default_context(cadata=pki.ca.cert_pem.decode())
+
+        def get(path: str, authorization: str | None = None) -> int:
+            request = urllib.request.Request(f"https://{LOOPBACK}:{worker.http_port}{path}")
+            if authorization:
+                request.add_header("Authorization", authorization)
+            try:
+                with urllib.request.urlopen(request, timeout=5, context=trusting) as resp:
+                    return int(resp.status)
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        assert await asyncio.to_thread(get, "/healthz") == 200
+        assert await asyncio.to_thread(get, "/metrics") == 401
+        assert await asyncio.to_thread(get, "/metrics", f"Bearer {plain}") == 200
+        with pytest.raises(ConnectionError):  # no plain HTTP beside it
+            await asyncio.to_thread(
+                urllib.request.urlopen, f"http://{LOOPBACK}:{worker.http_port}/healthz", None, 5
+            )
+    finally:
+        await asyncio.wait_for(worker.stop(), 30)
 
 
 # -- Configuration and start-up --------------------------------------------------------------

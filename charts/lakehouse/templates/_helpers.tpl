@@ -96,6 +96,73 @@ value, so a setting without one keeps its default instead of reading an empty fi
 {{- end }}
 
 {{/*
+Whether a setting is a path itself (tls.key_file, trino.ca_file, auth.jwks_file...: the names
+ending in _FILE, as lakehouse.config.file_setting_names). Mapped to a Secret key, such a setting
+gets the mounted file's path as its value; any other setting gets <SETTING>_FILE=<path>, which
+the service reads the value from.
+*/}}
+{{- define "lakehouse.isPathSetting" -}}
+{{- if hasSuffix "_FILE" . }}true{{ end }}
+{{- end }}
+
+{{/*
+The environment variable that a Secret-mapped setting is wired with.
+*/}}
+{{- define "lakehouse.secretEnvName" -}}
+{{- if include "lakehouse.isPathSetting" . }}{{ . }}{{ else }}{{ printf "%s_FILE" . }}{{ end }}
+{{- end }}
+
+{{/*
+Whether a setting is given at all: in config (not null), by a wired Secret key, or in extraEnv
+(itself or its _FILE form). Usage: include "lakehouse.isSet" (dict "root" $ "name" "LAKEHOUSE_...")
+*/}}
+{{- define "lakehouse.isSet" -}}
+{{- $v := .root.Values }}
+{{- $secretFiles := include "lakehouse.secretFiles" .root | fromJson }}
+{{- $extraEnvNames := list }}
+{{- range $v.extraEnv }}
+{{- $extraEnvNames = append $extraEnvNames .name }}
+{{- end }}
+{{- if or (not (kindIs "invalid" (index $v.config .name))) (hasKey $secretFiles .name) (has .name $extraEnvNames) (has (printf "%s_FILE" .name) $extraEnvNames) }}true{{ end }}
+{{- end }}
+
+{{/*
+Whether a boolean setting is switched off in config or extraEnv (as pydantic reads booleans).
+Usage: include "lakehouse.isOff" (dict "root" $ "name" "LAKEHOUSE_...")
+*/}}
+{{- define "lakehouse.isOff" -}}
+{{- $value := index .root.Values.config .name }}
+{{- range .root.Values.extraEnv }}
+{{- if and (eq .name $.name) (hasKey . "value") }}
+{{- $value = .value }}
+{{- end }}
+{{- end }}
+{{- if and (not (kindIs "invalid" $value)) (has (toString $value | lower) (list "false" "0" "off" "f" "n" "no")) }}true{{ end }}
+{{- end }}
+
+{{/*
+Whether the server's probes can be the kubelet's native gRPC probes: they speak plaintext
+without credentials, so not with TLS on the gRPC port (tls.cert_file, from config or a Secret)
+nor when health needs credentials (auth.public_health=false). Otherwise the probes GET /readyz
+and /healthz on the sidecar port, which report the same.
+*/}}
+{{- define "lakehouse.grpcProbes" -}}
+{{- if not (or (include "lakehouse.isSet" (dict "root" . "name" "LAKEHOUSE_TLS__CERT_FILE")) (include "lakehouse.isOff" (dict "root" . "name" "LAKEHOUSE_AUTH__PUBLIC_HEALTH"))) }}true{{ end }}
+{{- end }}
+
+{{/*
+Whether the catalog is shared by every pod: a catalog URI that is not SQLite (whose file would
+sit in each pod's emptyDir). A URI from a Secret or extraEnv is taken to be shared.
+*/}}
+{{- define "lakehouse.sharedCatalog" -}}
+{{- $uri := index .Values.config "LAKEHOUSE_CATALOG__URI" }}
+{{- $secretFiles := include "lakehouse.secretFiles" . | fromJson }}
+{{- $configured := and (not (kindIs "invalid" $uri)) (ne (toString $uri) "") }}
+{{- $elsewhere := and (include "lakehouse.isSet" (dict "root" . "name" "LAKEHOUSE_CATALOG__URI")) (kindIs "invalid" $uri) }}
+{{- if or (and $configured (not (hasPrefix "sqlite" (toString $uri)))) $elsewhere }}true{{ end }}
+{{- end }}
+
+{{/*
 A config value as the environment sees it: lists and maps as JSON, whole numbers without an
 exponent (YAML numbers arrive as float64), the rest as text.
 */}}
@@ -141,14 +208,33 @@ Checks across values that the schema cannot express. Included by every Deploymen
 {{- if ne (len $listedKeys) (len (uniq $listedKeys)) }}
 {{- fail "secret.keys: two settings map to the same key; each setting needs its own key" }}
 {{- end }}
-{{- $extraEnvNames := list }}
-{{- range .Values.extraEnv }}
-{{- $extraEnvNames = append $extraEnvNames .name }}
+{{- range $setting := keys $secretFiles | sortAlpha }}
+{{- if not (kindIs "invalid" (index $.Values.config $setting)) }}
+{{- fail (printf "%s is set both in config and in secret.keys: keep one (config.%s: null, or secret.keys.%s: null)" $setting $setting $setting) }}
 {{- end }}
-{{- $sharedCatalog := or (hasKey $secretFiles "LAKEHOUSE_CATALOG__URI") (has "LAKEHOUSE_CATALOG__URI" $extraEnvNames) (has "LAKEHOUSE_CATALOG__URI_FILE" $extraEnvNames) }}
+{{- end }}
 {{- $pods := or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled .Values.worker.enabled }}
-{{- if and $pods (not $sharedCatalog) }}
-{{- fail "several pods need a shared catalog: without a catalog URI each pod keeps its own SQLite catalog in its emptyDir. Set the secret key mapped to LAKEHOUSE_CATALOG__URI (secret.values.catalog-uri, or secret.existingSecret), or run one replica without workers" }}
+{{- if and $pods (not (include "lakehouse.sharedCatalog" .)) }}
+{{- fail "several pods need a shared catalog: the embedded SQLite catalog lives in each pod's emptyDir. Set config.LAKEHOUSE_CATALOG__URI to a PostgreSQL URL without the password (the password goes to the Secret key mapped to LAKEHOUSE_CATALOG__PASSWORD), or run one replica without workers" }}
+{{- end }}
+{{- if hasKey $secretFiles "LAKEHOUSE_CATALOG__PASSWORD" }}
+{{- $uri := index .Values.config "LAKEHOUSE_CATALOG__URI" }}
+{{- if eq (toString (index .Values.config "LAKEHOUSE_CATALOG__TYPE")) "rest" }}
+{{- fail "secret.keys.LAKEHOUSE_CATALOG__PASSWORD is wired but the catalog is rest, which takes LAKEHOUSE_CATALOG__CREDENTIAL or LAKEHOUSE_CATALOG__TOKEN: set secret.keys.LAKEHOUSE_CATALOG__PASSWORD to null" }}
+{{- else if not (include "lakehouse.isSet" (dict "root" . "name" "LAKEHOUSE_CATALOG__URI")) }}
+{{- fail "secret.keys.LAKEHOUSE_CATALOG__PASSWORD is wired but no catalog URI is set (the embedded SQLite catalog has no password): set config.LAKEHOUSE_CATALOG__URI, or secret.keys.LAKEHOUSE_CATALOG__PASSWORD to null" }}
+{{- else if and (not (kindIs "invalid" $uri)) (hasPrefix "sqlite" (toString $uri)) }}
+{{- fail "secret.keys.LAKEHOUSE_CATALOG__PASSWORD is wired but config.LAKEHOUSE_CATALOG__URI is SQLite, which has no password: set secret.keys.LAKEHOUSE_CATALOG__PASSWORD to null" }}
+{{- end }}
+{{- end }}
+{{- if and (not (include "lakehouse.grpcProbes" .)) (include "lakehouse.isOff" (dict "root" . "name" "LAKEHOUSE_AUTH__PUBLIC_PROBES")) }}
+{{- fail "config.LAKEHOUSE_AUTH__PUBLIC_PROBES=false: the kubelet's probes carry no credentials, and with TLS on the gRPC port or LAKEHOUSE_AUTH__PUBLIC_HEALTH=false they GET /readyz and /healthz, which would refuse them and keep every pod unready. Keep LAKEHOUSE_AUTH__PUBLIC_PROBES true (restrict the port with networkPolicy.metricsFrom instead)" }}
+{{- end }}
+{{- if and .Values.serviceMonitor.enabled (include "lakehouse.isOff" (dict "root" . "name" "LAKEHOUSE_AUTH__PUBLIC_METRICS")) }}
+{{- fail "config.LAKEHOUSE_AUTH__PUBLIC_METRICS=false: the chart's ServiceMonitor scrapes /metrics without credentials, which would be refused. Keep LAKEHOUSE_AUTH__PUBLIC_METRICS true (restrict the port with networkPolicy.metricsFrom), or turn serviceMonitor off and scrape with a bearer token of your own" }}
+{{- end }}
+{{- if and .Values.worker.enabled (include "lakehouse.isOff" (dict "root" . "name" "LAKEHOUSE_AUTH__PUBLIC_PROBES")) }}
+{{- fail "config.LAKEHOUSE_AUTH__PUBLIC_PROBES=false: the workers' probes GET /readyz and /healthz without credentials, which would be refused and keep every worker pod unready. Keep LAKEHOUSE_AUTH__PUBLIC_PROBES true (restrict the port with networkPolicy.metricsFrom instead)" }}
 {{- end }}
 {{- if .Values.autoscaling.enabled }}
 {{- if gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas) }}
@@ -190,7 +276,7 @@ Usage: include "lakehouse.env" (dict "root" $ "component" "server")
 {{- end }}
 {{- $secretFiles := include "lakehouse.secretFiles" $root | fromJson }}
 {{- range $setting := keys $secretFiles | sortAlpha }}
-- name: {{ printf "%s_FILE" $setting }}
+- name: {{ include "lakehouse.secretEnvName" $setting }}
   value: {{ printf "%s/%s" (trimSuffix "/" $v.secret.mountPath) (get $secretFiles $setting) | quote }}
 {{- end }}
 {{- with $v.extraEnv }}
@@ -271,9 +357,9 @@ selector:
 {{- end }}
 
 {{/*
-The sidecar HTTP port's scheme for probes: HTTPS once it has a certificate (the kubelet does
-not verify it).
+The sidecar HTTP port's scheme for probes: HTTPS once it has a certificate, from config or a
+Secret (the kubelet does not verify it).
 */}}
 {{- define "lakehouse.httpScheme" -}}
-{{- if .Values.config.LAKEHOUSE_TLS__HTTP_CERT_FILE }}HTTPS{{ else }}HTTP{{ end }}
+{{- if include "lakehouse.isSet" (dict "root" . "name" "LAKEHOUSE_TLS__HTTP_CERT_FILE") }}HTTPS{{ else }}HTTP{{ end }}
 {{- end }}
