@@ -58,17 +58,23 @@ async def test_watch_sees_graceful_shutdown(server: LakehouseServer) -> None:
         await asyncio.wait_for(stopping, 30)
 
 
+def dead_catalog_settings(tmp_path: Path, user: str, **overrides: Any) -> Settings:
+    """A server on 127.0.0.1 whose PostgreSQL catalog is a port nobody listens on."""
+    dead = f"postgresql+psycopg2://{user}@127.0.0.1:{free_port()}/nothing"
+    values: dict[str, Any] = {
+        "grpc_host": "127.0.0.1",
+        "grpc_port": 0,
+        "http_host": "127.0.0.1",
+        "http_port": 0,
+        "data_dir": tmp_path,
+        "catalog": {"uri": dead},
+    }
+    return Settings(**(values | overrides))
+
+
 async def test_dead_catalog_means_not_ready_and_unavailable(tmp_path: Path) -> None:
-    dead = f"postgresql+psycopg2://nobody:secret@127.0.0.1:{free_port()}/nothing"
-    settings = Settings(
-        grpc_host="127.0.0.1",
-        grpc_port=0,
-        http_host="127.0.0.1",
-        http_port=0,
-        data_dir=tmp_path,
-        catalog={"uri": dead},
-        health_check_interval_seconds=0.5,
-        shutdown_drain_seconds=0,
+    settings = dead_catalog_settings(
+        tmp_path, "nobody:secret", health_check_interval_seconds=0.5, shutdown_drain_seconds=0
     )
     server = LakehouseServer(settings)
     await server.start()
@@ -100,16 +106,8 @@ async def test_dead_catalog_means_not_ready_and_unavailable(tmp_path: Path) -> N
 async def test_liveness_follows_the_process_not_the_dependencies(tmp_path: Path) -> None:
     """The name Kubernetes' liveness probe asks for: SERVING through a catalog outage (a
     restart would fix nothing), NOT_SERVING once shutdown begins."""
-    dead = f"postgresql+psycopg2://nobody@127.0.0.1:{free_port()}/nothing"
-    settings = Settings(
-        grpc_host="127.0.0.1",
-        grpc_port=0,
-        http_host="127.0.0.1",
-        http_port=0,
-        data_dir=tmp_path,
-        catalog={"uri": dead},
-        health_check_interval_seconds=0.2,
-        shutdown_drain_seconds=1,
+    settings = dead_catalog_settings(
+        tmp_path, "nobody", health_check_interval_seconds=0.2, shutdown_drain_seconds=1
     )
     server = LakehouseServer(settings)
     await server.start()
