@@ -41,7 +41,12 @@ from google.protobuf.message import Message
 from lakehouse.config import AuthSettings
 from lakehouse.errors import LakehouseError, PermissionDenied, Unauthenticated
 from lakehouse.server.credentials import ANONYMOUS, Authenticator, CredentialError, Principal
-from lakehouse.server.interceptors import UndecodableRequest, current_request_id, set_principal
+from lakehouse.server.interceptors import (
+    UndecodableRequest,
+    current_request_id,
+    rewrapped,
+    set_principal,
+)
 from lakehouse.server.permissions import (
     HEALTH_SERVICE,
     READ_PERMISSIONS,
@@ -186,30 +191,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or _service(method) in self._public:
             return handler
         rule = RULES.get(method)
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method, rule, streamed_requests=False),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self._streaming(handler.unary_stream, method, rule, streamed_requests=False),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                self._unary(handler.stream_unary, method, rule, streamed_requests=True),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        assert handler.stream_stream is not None
-        return grpc.stream_stream_rpc_method_handler(
-            self._streaming(handler.stream_stream, method, rule, streamed_requests=True),
-            handler.request_deserializer,
-            handler.response_serializer,
-        )
+
+        def wrap(behavior: Callable[..., Any], grpc_type: str) -> Callable[..., Any]:
+            streamed = grpc_type in ("client_stream", "bidi_stream")
+            if grpc_type in ("unary", "client_stream"):  # one response
+                return self._unary(behavior, method, rule, streamed_requests=streamed)
+            return self._streaming(behavior, method, rule, streamed_requests=streamed)
+
+        return rewrapped(handler, wrap)
 
     def _unary(
         self,

@@ -108,6 +108,43 @@ def passthrough_serializer(
     return serialize
 
 
+#: A handler's behavior, wrapped by an interceptor given the call's gRPC type ("unary",
+#: "server_stream", "client_stream" or "bidi_stream").
+Wrap = Callable[[Callable[..., Any], str], Callable[..., Any]]
+
+
+def rewrapped(
+    handler: grpc.RpcMethodHandler[Any, Any],
+    wrap: Wrap,
+    *,
+    request_deserializer: Callable[[bytes], Any] | None = None,
+    response_serializer: Callable[[Any], bytes] | None = None,
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """``handler`` with its behavior passed through ``wrap``, of whichever of the four kinds.
+
+    The (de)serializers stay the handler's unless replaced: gRPC uses the ones of the
+    outermost handler it is given, so an interceptor that drops them changes the wire.
+    """
+    deserializer = request_deserializer or handler.request_deserializer
+    serializer = response_serializer or handler.response_serializer
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(
+            wrap(handler.unary_unary, "unary"), deserializer, serializer
+        )
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            wrap(handler.unary_stream, "server_stream"), deserializer, serializer
+        )
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(
+            wrap(handler.stream_unary, "client_stream"), deserializer, serializer
+        )
+    assert handler.stream_stream is not None
+    return grpc.stream_stream_rpc_method_handler(
+        wrap(handler.stream_stream, "bidi_stream"), deserializer, serializer
+    )
+
+
 @dataclass(frozen=True)
 class UndecodableRequest:
     """Stands in for a request message whose bytes did not parse.
@@ -181,24 +218,22 @@ class RequestDecodingInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        deserializer = tolerant_deserializer(handler.request_deserializer)
-        serializer = handler.response_serializer
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _checked_unary(handler.unary_unary), deserializer, serializer
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _checked_streaming(handler.unary_stream, _decoded), deserializer, serializer
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                _checked_client_stream(handler.stream_unary), deserializer, serializer
-            )
-        assert handler.stream_stream is not None
-        return grpc.stream_stream_rpc_method_handler(
-            _checked_streaming(handler.stream_stream, _all_decoded), deserializer, serializer
+        return rewrapped(
+            handler,
+            _checked,
+            request_deserializer=tolerant_deserializer(handler.request_deserializer),
         )
+
+
+def _checked(behavior: Callable[..., Any], grpc_type: str) -> Callable[..., Any]:
+    """``behavior`` failing the call on a request that did not parse."""
+    if grpc_type == "unary":
+        return _checked_unary(behavior)
+    if grpc_type == "server_stream":
+        return _checked_streaming(behavior, _decoded)
+    if grpc_type == "client_stream":
+        return _checked_client_stream(behavior)
+    return _checked_streaming(behavior, _all_decoded)
 
 
 def _checked_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -278,29 +313,14 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         service, method = _split(handler_call_details.method)
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, "unary", service, method),
-                handler.request_deserializer,
-                passthrough_serializer(handler.response_serializer),
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self._streaming(handler.unary_stream, "server_stream", service, method),
-                handler.request_deserializer,
-                passthrough_serializer(handler.response_serializer),
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                self._unary(handler.stream_unary, "client_stream", service, method),
-                handler.request_deserializer,
-                passthrough_serializer(handler.response_serializer),
-            )
-        assert handler.stream_stream is not None
-        return grpc.stream_stream_rpc_method_handler(
-            self._streaming(handler.stream_stream, "bidi_stream", service, method),
-            handler.request_deserializer,
-            passthrough_serializer(handler.response_serializer),
+
+        def wrap(behavior: Callable[..., Any], grpc_type: str) -> Callable[..., Any]:
+            if grpc_type in ("unary", "client_stream"):  # one response
+                return self._unary(behavior, grpc_type, service, method)
+            return self._streaming(behavior, grpc_type, service, method)
+
+        return rewrapped(
+            handler, wrap, response_serializer=passthrough_serializer(handler.response_serializer)
         )
 
     def _begin(self, grpc_type: str, service: str, method: str, context: Context) -> _Call:
