@@ -26,6 +26,11 @@ INGEST_BUFFERED_BYTES = Gauge(
 INGEST_REJECTED_ROWS = Counter(
     "lakehouse_ingest_rejected_rows_total", "Rows that did not match the table schema.", ("reason",)
 )
+REQUEST_IDS_UNRECORDED = Counter(
+    "lakehouse_request_ids_unrecorded_total",
+    "Committed WriteRows request ids the request-id store could not record: each is "
+    "remembered only while its snapshot is kept.",
+)
 INGEST_DEAD_LETTERED_ROWS = Counter(
     "lakehouse_ingest_dead_lettered_rows_total", "Invalid rows written to dead-letter tables."
 )

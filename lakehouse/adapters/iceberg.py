@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -63,6 +63,7 @@ from lakehouse.adapters.iceberg_ingest import (
     AppendOutcome,
     AppendPlan,
     IngestState,
+    RequestIdLedger,
     planned_append,
     read_state,
     writer_last_commit,
@@ -884,12 +885,16 @@ class IcebergCatalog:
         *,
         request_id_window_ms: int,
         max_attempts: int,
+        ledger: RequestIdLedger | None = None,
+        request_ids: Collection[str] = (),
     ) -> AppendOutcome:
         """Appends what ``plan`` decides on the freshest table state, in one commit.
 
         ``plan`` runs in a worker thread, once per attempt: after a conflicting commit it is
         called again on fresh metadata, so offsets are always checked against what is
-        committed.
+        committed. ``request_ids`` are looked up in ``ledger`` when the retained snapshots no
+        longer cover the window, and committed ones are recorded there (in the same thread;
+        a failure to record is returned in ``AppendOutcome.unrecorded``, not raised).
 
         Raises:
             NotFound: No such table.
@@ -905,6 +910,8 @@ class IcebergCatalog:
                     plan,
                     request_id_window_ms=request_id_window_ms,
                     max_attempts=max_attempts,
+                    ledger=ledger,
+                    request_ids=request_ids,
                 )
                 if outcome.table is not None:  # the next plan starts from the cache
                     self._remember(namespace, name, outcome.table)

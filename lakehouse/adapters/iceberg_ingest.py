@@ -9,8 +9,13 @@ Every commit made by the ingest path carries, in its snapshot summary:
 - ``lakehouse.request-ids``: JSON ``{request_id: rows}`` of the WriteRows requests in it.
 
 A compaction's snapshot carries ``lakehouse.carried-writers``, a copy of the offsets, so that
-expiring the ingest snapshots behind it loses none. Request ids are not carried: one is
-remembered while the snapshot that committed it is kept, for at most the request-id window.
+expiring the ingest snapshots behind it loses none. Request ids are not carried forward (that
+would grow every summary with the traffic of a whole window); instead they are also kept in
+the request-id ledger (``lakehouse.adapters.request_id_store``): recorded after each commit
+holding some, copied again by expiry from the snapshots it removes (which covers a crash
+between a commit and its record), and read only when the retained snapshots of the current
+lineage no longer reach back over the whole window. The summaries stay the atomic record;
+the ledger only stretches how long they are remembered.
 
 State therefore lives in the table itself: it survives restarts, every replica sees the same,
 and a rollback rolls it back with the rows. pyiceberg's own commit retry is switched off for
@@ -23,14 +28,19 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import pyarrow as pa
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table as IcebergTable
 from pyiceberg.table import TableProperties
+from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.snapshots import Snapshot
+
+from lakehouse.adapters.request_id_store import RecordedRequest
+from lakehouse.errors import Unavailable
 
 WRITERS_KEY = "lakehouse.writers"
 COMMIT_WRITERS_KEY = "lakehouse.commit-writers"
@@ -48,6 +58,26 @@ class IngestState:
     """writer_id -> (next_offset, last commit epoch ms)."""
     request_ids: dict[str, int]
     """request_id -> rows, for requests committed within the retention window."""
+    window_covered: bool = True
+    """Whether the retained snapshots reach back over the whole window (else expiry removed
+    some inside it, and ``request_ids`` may miss ids only the ledger still knows)."""
+    unverified: frozenset[str] = frozenset()
+    """Ids neither found nor ruled out: the ledger was needed and could not be read."""
+
+
+class RequestIdLedger(Protocol):
+    """Where request ids outlive their snapshots (``request_id_store.RequestIdStore``)."""
+
+    def record(self, table_uuid: str, requests: Sequence[RecordedRequest]) -> None:
+        """Upserts committed request ids; raises ``Unavailable`` when it cannot."""
+
+    def find(
+        self, table_uuid: str, request_ids: Collection[str], *, since_ms: int
+    ) -> dict[str, RecordedRequest]:
+        """The given ids committed since ``since_ms``; raises ``Unavailable`` when it cannot."""
+
+    def forget_snapshots(self, table_uuid: str, snapshot_ids: Collection[int]) -> None:
+        """Deletes the ids these snapshots committed; raises ``Unavailable`` when it cannot."""
 
 
 @dataclass
@@ -70,6 +100,9 @@ class AppendOutcome:
     conflicts: int
     table: IcebergTable | None = None
     """The table as committed (None when nothing was appended)."""
+    unrecorded: Unavailable | None = None
+    """Why the committed request ids could not be put in the ledger (None: they were, or
+    there were none). The commit stands: its summary holds them."""
 
 
 def _summary(snapshot: Snapshot) -> Mapping[str, str]:
@@ -104,6 +137,7 @@ def read_state(table: IcebergTable, *, request_id_window_ms: int) -> IngestState
             break
     request_ids: dict[str, int] = {}
     horizon = int(time.time() * 1000) - request_id_window_ms
+    covered = True
     for snapshot in chain:
         if snapshot.timestamp_ms < horizon:
             break
@@ -111,8 +145,95 @@ def read_state(table: IcebergTable, *, request_id_window_ms: int) -> IngestState
         if raw is not None:
             for rid, rows in json.loads(raw).items():
                 request_ids.setdefault(rid, int(rows))
+    else:
+        # Every retained ancestor is inside the window: complete only if the oldest is the
+        # table's first snapshot. pyiceberg clears the parent id of a snapshot whose parent
+        # it expires, so only the sequence number (1 for the first commit of a format-2
+        # table) tells the two apart; a format-1 table's cannot, and counts as cut.
+        oldest = chain[-1] if chain else None
+        covered = oldest is None or (
+            oldest.parent_snapshot_id is None and oldest.sequence_number == 1
+        )
     current = table.current_snapshot()
-    return IngestState(current.snapshot_id if current else None, writers, request_ids)
+    return IngestState(
+        current.snapshot_id if current else None, writers, request_ids, window_covered=covered
+    )
+
+
+def recall_request_ids(
+    table: IcebergTable,
+    state: IngestState,
+    wanted: Collection[str],
+    ledger: RequestIdLedger,
+    *,
+    request_id_window_ms: int,
+) -> IngestState:
+    """``state`` with those of ``wanted`` that only the ledger still remembers.
+
+    The ledger is asked only when expiry cut the lineage inside the window and some wanted
+    id is not in the retained summaries. An id whose snapshot is still in the metadata but
+    off the current lineage was rolled back with its rows, and stays unwritten. When the
+    ledger cannot be read, the missing ids come back in ``unverified``.
+    """
+    missing = [rid for rid in wanted if rid not in state.request_ids]
+    if state.window_covered or not missing:
+        return state
+    since_ms = int(time.time() * 1000) - request_id_window_ms
+    try:
+        found = ledger.find(str(table.metadata.table_uuid), missing, since_ms=since_ms)
+    except Unavailable:
+        return replace(state, unverified=frozenset(missing))
+    lineage = {s.snapshot_id for s in _ancestors(table)}
+    known = {s.snapshot_id for s in table.metadata.snapshots}
+    recalled = {
+        rid: r.rows
+        for rid, r in found.items()
+        if r.snapshot_id in lineage or r.snapshot_id not in known
+    }
+    return replace(state, request_ids={**state.request_ids, **recalled})
+
+
+def keep_expiring_request_ids(
+    metadata: TableMetadata,
+    expiring: Collection[int],
+    ledger: RequestIdLedger,
+    *,
+    request_id_window_ms: int,
+) -> None:
+    """Before expiry: copies the ids of expiring snapshots still inside the window.
+
+    Ids of expiring snapshots off the current lineage (rolled back) are deleted from the
+    ledger instead, so that they stay unwritten once their snapshot is gone.
+
+    Raises:
+        Unavailable: The ledger cannot be written; do not expire.
+    """
+    horizon = int(time.time() * 1000) - request_id_window_ms
+    lineage: set[int] = set()
+    snapshot = metadata.current_snapshot()
+    while snapshot is not None:
+        lineage.add(snapshot.snapshot_id)
+        parent = snapshot.parent_snapshot_id
+        snapshot = metadata.snapshot_by_id(parent) if parent is not None else None
+    records: list[RecordedRequest] = []
+    rolled_back: list[int] = []
+    for snapshot_id in expiring:
+        found = metadata.snapshot_by_id(snapshot_id)
+        if found is None:
+            continue
+        if snapshot_id not in lineage:
+            rolled_back.append(snapshot_id)
+            continue
+        raw = _summary(found).get(REQUEST_IDS_KEY)
+        if raw is None or found.timestamp_ms < horizon:
+            continue
+        records.extend(
+            RecordedRequest(rid, int(rows), snapshot_id, found.timestamp_ms)
+            for rid, rows in json.loads(raw).items()
+        )
+    table_uuid = str(metadata.table_uuid)
+    ledger.record(table_uuid, records)
+    ledger.forget_snapshots(table_uuid, rolled_back)
 
 
 def _merge_writers(writers: dict[str, tuple[int, int]], raw: str) -> None:
@@ -171,8 +292,19 @@ def planned_append(
     request_id_window_ms: int,
     max_attempts: int,
     backoff_ms: tuple[int, int] = (20, 2000),
+    ledger: RequestIdLedger | None = None,
+    request_ids: Collection[str] = (),
 ) -> AppendOutcome:
     """Plans on the freshest state and appends, re-planning after every conflict.
+
+    Args:
+        load: Loads the table, fresh.
+        plan: Decides what to append on one state.
+        request_id_window_ms: How long request ids are remembered.
+        max_attempts: Commit attempts before giving up on conflicts.
+        backoff_ms: The first and the longest wait between attempts.
+        ledger: The request-id ledger; None remembers ids only in snapshot summaries.
+        request_ids: The ids of the requests being planned (looked up in the ledger).
 
     Raises:
         CommitFailedException: Still conflicting after ``max_attempts``.
@@ -181,6 +313,11 @@ def planned_append(
     for attempt in range(1, max_attempts + 1):
         table = load()
         state = read_state(table, request_id_window_ms=request_id_window_ms)
+        if ledger is not None and request_ids:
+            # Again on every attempt: expiry may have cut the lineage since the last one.
+            state = recall_request_ids(
+                table, state, request_ids, ledger, request_id_window_ms=request_id_window_ms
+            )
         decided = plan(state)
         if decided.data is None or decided.data.num_rows == 0:
             return AppendOutcome(decided, state.snapshot_id, attempt, conflicts)
@@ -203,7 +340,30 @@ def planned_append(
             time.sleep(random.uniform(wait / 2, wait) / 1000)
             continue
         snapshot = committed.current_snapshot()
+        unrecorded = None
+        if ledger is not None and decided.request_ids and snapshot is not None:
+            unrecorded = _record(ledger, committed, snapshot, decided.request_ids)
         return AppendOutcome(
-            decided, snapshot.snapshot_id if snapshot else None, attempt, conflicts, committed
+            decided,
+            snapshot.snapshot_id if snapshot else None,
+            attempt,
+            conflicts,
+            committed,
+            unrecorded,
         )
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _record(
+    ledger: RequestIdLedger, table: IcebergTable, snapshot: Snapshot, request_ids: dict[str, int]
+) -> Unavailable | None:
+    """Puts a commit's request ids in the ledger; the failure, if any, for the caller to log."""
+    records = [
+        RecordedRequest(rid, rows, snapshot.snapshot_id, snapshot.timestamp_ms)
+        for rid, rows in request_ids.items()
+    ]
+    try:
+        ledger.record(str(table.metadata.table_uuid), records)
+    except Unavailable as exc:
+        return exc
+    return None

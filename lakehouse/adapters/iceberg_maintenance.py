@@ -45,7 +45,9 @@ from pyiceberg.utils.concurrent import ExecutorFactory
 from lakehouse.adapters.iceberg_ingest import (
     CARRIED_WRITERS_KEY,
     WRITERS_KEY,
+    RequestIdLedger,
     carried_writers,
+    keep_expiring_request_ids,
 )
 from lakehouse.core.job_context import JobContext, JobStopped
 
@@ -299,6 +301,8 @@ def expire_snapshots(
     older_than_ms: int | None,
     retain_last: int,
     dry_run: bool = False,
+    request_ids: RequestIdLedger | None = None,
+    request_id_window_ms: int = 0,
 ) -> ExpireResult:
     """Expires old snapshots, then deletes the files only they referenced.
 
@@ -319,12 +323,17 @@ def expire_snapshots(
         retain_last: How many of the newest snapshots of the current lineage always stay
             (at least 1: the current snapshot is never expired).
         dry_run: Only report what would be expired and deleted.
+        request_ids: The request-id ledger: before the commit, the request ids of the
+            expiring snapshots still inside ``request_id_window_ms`` are copied there, so
+            that a resend is still recognized after its snapshot is gone. None: not kept.
+        request_id_window_ms: How long request ids are remembered.
 
     Returns:
         What was expired and deleted.
 
     Raises:
         ValueError: If ``retain_last`` is below 1.
+        Unavailable: The request ids could not be copied to the ledger; nothing expired.
         pyiceberg.exceptions.CommitFailedException: If the metadata commit conflicted.
         OSError: If a manifest could not be read (nothing is deleted then).
     """
@@ -353,6 +362,10 @@ def expire_snapshots(
         )
         after_meta = before_meta
     else:
+        if request_ids is not None:
+            keep_expiring_request_ids(
+                metadata, to_expire, request_ids, request_id_window_ms=request_id_window_ms
+            )
         table.maintenance.expire_snapshots().by_ids(to_expire).commit()
         # The commit updated ``table`` to the metadata the catalog now holds, concurrent
         # commits included: whatever it still references stays.

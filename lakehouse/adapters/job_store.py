@@ -2,8 +2,10 @@
 
 Jobs live in a database rather than in a process so that any server replica or
 ``lakehouse worker`` process can answer for, and run, any job. By default the database is
-the SQLite file of pyiceberg's SQL catalog, so every table here is prefixed
-``lakehouse_jobs`` to stay clear of pyiceberg's ``iceberg_*`` tables.
+the SQLite file of pyiceberg's SQL catalog, so every table here is prefixed ``lakehouse_``
+to stay clear of pyiceberg's ``iceberg_*`` tables. The same database also holds the
+request-id ledger of ingest (``lakehouse.adapters.request_id_store``), which shares this
+store's engine, breaker and migrations.
 
 The store is synchronous (SQLAlchemy Core); callers run it in a thread pool. It is
 thread-safe: one ``JobStore`` (one connection pool) serves every thread of a process.
@@ -95,7 +97,7 @@ LEASE_EXPIRED_MESSAGE: Final = (
 )
 
 #: The schema version this code writes; ``migrate`` brings older databases up to it.
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 _MICROS_PER_SECOND: Final = 1_000_000
 # Execution option read by the SQLite "begin" hook: the BEGIN flavour of a transaction.
@@ -185,8 +187,28 @@ def _create_v1(conn: Connection) -> None:
     jobs_table.create(conn, checkfirst=True)
 
 
+def _create_v2(conn: Connection) -> None:
+    """Version 2: ``lakehouse_request_ids``, ingest's request ids past snapshot expiry.
+
+    The table is spelled out here as it was in version 2 (not imported from
+    ``request_id_store``), for the reason given in ``_create_v1``.
+    """
+    frozen = MetaData()
+    table = Table(
+        "lakehouse_request_ids",
+        frozen,
+        Column("table_uuid", String(36), primary_key=True),
+        Column("request_id", String(128), primary_key=True),
+        Column("rows_written", BigInteger, nullable=False),
+        Column("snapshot_id", BigInteger, nullable=False),
+        Column("committed_ms", BigInteger, nullable=False),
+    )
+    Index("lakehouse_request_ids_committed_ix", table.c.committed_ms)
+    table.create(conn, checkfirst=True)
+
+
 # _MIGRATIONS[n] takes a database from schema version n to n + 1.
-_MIGRATIONS: Final[tuple[Callable[[Connection], None], ...]] = (_create_v1,)
+_MIGRATIONS: Final[tuple[Callable[[Connection], None], ...]] = (_create_v1, _create_v2)
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -526,6 +548,26 @@ class JobStore:
         """A writing transaction, committed unless the block raises."""
         with guarded(self._breaker), self._translated(), self._writer.begin() as conn:
             yield conn
+
+    def reading(self) -> contextlib.AbstractContextManager[Connection]:
+        """A read connection for other tables of this database (the request-id ledger).
+
+        Same breaker and error translation as the job methods.
+
+        Raises:
+            CircuitOpen: The job store's breaker is open.
+            Unavailable: The database cannot be reached.
+        """
+        return self._reading()
+
+    def writing(self) -> contextlib.AbstractContextManager[Connection]:
+        """A writing transaction for other tables of this database (the request-id ledger).
+
+        Raises:
+            CircuitOpen: The job store's breaker is open.
+            Unavailable: The database cannot be reached.
+        """
+        return self._writing()
 
     @staticmethod
     def _locked(conn: Connection, job_id: str) -> RowMapping:

@@ -5,6 +5,11 @@ committer, which gathers them for up to ``commit_delay_ms`` (or until a row or b
 threshold) and commits them as one Parquet append and one Iceberg snapshot. A write is
 answered only after the commit that holds it succeeded. Buffers are capped per table and per
 process: a writer that outruns the committer waits for room, then gets RESOURCE_EXHAUSTED.
+
+Request ids are remembered for the whole window: in the summaries of the retained snapshots,
+and in the request-id ledger for those that expiry removed (see
+``lakehouse.adapters.iceberg_ingest``). When the ledger is needed and cannot be read, the
+requests it would have decided fail UNAVAILABLE (retryable) rather than risk a double write.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import pyarrow.compute as pc
 
 from lakehouse import metrics
 from lakehouse.adapters.iceberg import IcebergCatalog
-from lakehouse.adapters.iceberg_ingest import AppendPlan, IngestState
+from lakehouse.adapters.iceberg_ingest import AppendPlan, IngestState, RequestIdLedger
 from lakehouse.adapters.resilience import without_deadline
 from lakehouse.config import IngestSettings
 from lakehouse.core.names import check_identifier, check_writer_id
@@ -29,6 +34,7 @@ from lakehouse.errors import (
     NotFound,
     OutOfRange,
     ResourceExhausted,
+    Unavailable,
 )
 
 log = logging.getLogger(__name__)
@@ -104,7 +110,8 @@ def plan_group(
 
     Exactly-once per writer: rows below the writer's committed offset are skipped (a unit
     entirely below it is already written), a unit starting beyond it is an offset gap. A
-    request id already recorded within the window is already written.
+    request id already recorded within the window is already written; one the state could not
+    verify (the ledger was down) fails retryably and writes nothing.
     """
     writers = dict(state.writers)
     seen_requests = dict(state.request_ids)
@@ -119,6 +126,14 @@ def plan_group(
         if unit.request_id and unit.request_id in seen_requests:
             decision.already = True
             decision.rows = seen_requests[unit.request_id]
+            continue
+        if unit.request_id and unit.request_id in state.unverified:
+            decision.error = Unavailable(
+                f"cannot tell whether request {unit.request_id} was written already: the "
+                "request-id store is unavailable; retry later",
+                reason="REQUEST_ID_STORE_UNAVAILABLE",
+                metadata={"request_id": unit.request_id},
+            )
             continue
         data = unit.data
         if unit.writer_id:
@@ -210,11 +225,13 @@ class _TableCommitter:
         catalog: IcebergCatalog,
         settings: IngestSettings,
         budget: _BufferBudget,
+        ledger: RequestIdLedger | None,
     ) -> None:
         self._key = key
         self._catalog = catalog
         self._settings = settings
         self._budget = budget
+        self._ledger = ledger
         self._queue: asyncio.Queue[_Unit] = asyncio.Queue()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -278,6 +295,8 @@ class _TableCommitter:
                 plan,
                 request_id_window_ms=int(self._settings.request_id_window_seconds * 1000),
                 max_attempts=self._settings.commit_attempts,
+                ledger=self._ledger,
+                request_ids=[unit.request_id for unit in group if unit.request_id],
             )
         except LakehouseError as exc:
             metrics.INGEST_COMMITS.labels("error").inc()
@@ -297,6 +316,17 @@ class _TableCommitter:
             metrics.INGEST_COMMIT_SECONDS.observe(time.perf_counter() - started)
             metrics.INGEST_ROWS.inc(outcome.plan.data.num_rows if outcome.plan.data else 0)
         metrics.INGEST_COMMIT_CONFLICTS.inc(outcome.conflicts)
+        if outcome.unrecorded is not None:
+            # The ids are in the commit's summary; only their life past its expiry is lost.
+            metrics.REQUEST_IDS_UNRECORDED.inc(len(outcome.plan.request_ids))
+            log.warning(
+                "request ids committed but not recorded in the request-id store",
+                extra={
+                    "table": ".".join(self._key),
+                    "request_ids": len(outcome.plan.request_ids),
+                    "error": outcome.unrecorded.message,
+                },
+            )
         for unit, decision in zip(group, decisions, strict=True):
             if unit.future.done():
                 continue
@@ -323,9 +353,24 @@ class _TableCommitter:
 class Ingest:
     """The ingest use cases behind IngestService."""
 
-    def __init__(self, catalog: IcebergCatalog, settings: IngestSettings) -> None:
+    def __init__(
+        self,
+        catalog: IcebergCatalog,
+        settings: IngestSettings,
+        *,
+        request_ids: RequestIdLedger | None = None,
+    ) -> None:
+        """The ingest use cases.
+
+        Args:
+            catalog: The Iceberg catalog adapter.
+            settings: The ingest settings.
+            request_ids: The request-id ledger that keeps ids past snapshot expiry; None
+                keeps them only as long as the snapshots that committed them.
+        """
         self._catalog = catalog
         self._settings = settings
+        self._ledger = request_ids
         self._budget: _BufferBudget | None = None
         self._committers: dict[tuple[str, str], _TableCommitter] = {}
 
@@ -337,7 +382,7 @@ class Ingest:
         committer = self._committers.get(key)
         if committer is None:
             committer = self._committers[key] = _TableCommitter(
-                key, self._catalog, self._settings, self._budget
+                key, self._catalog, self._settings, self._budget, self._ledger
             )
         return committer
 

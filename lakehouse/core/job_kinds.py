@@ -21,6 +21,7 @@ from pyiceberg.expressions import AlwaysTrue, BooleanExpression
 from lakehouse.adapters import duckdb_engine, iceberg_import, iceberg_maintenance
 from lakehouse.adapters.blocking import BlockingPool
 from lakehouse.adapters.iceberg import IcebergCatalog
+from lakehouse.adapters.iceberg_ingest import RequestIdLedger
 from lakehouse.adapters.object_store import ObjectStore
 from lakehouse.adapters.sql_result import SqlOutcome
 from lakehouse.adapters.trino_engine import TrinoEngine
@@ -58,7 +59,11 @@ class JobKinds:
         *,
         trino: TrinoEngine | None,
         temp_dir: Path,
+        request_ids: RequestIdLedger | None = None,
+        request_id_window_seconds: float = 0.0,
     ) -> None:
+        self._request_ids = request_ids
+        self._request_id_window_ms = int(request_id_window_seconds * 1000)
         self._catalog = catalog
         self._store = store
         self._pool = pool
@@ -183,7 +188,11 @@ class JobKinds:
                 ctx.check()
                 try:
                     return iceberg_maintenance.expire_snapshots(
-                        table, older_than_ms=older_than_ms, retain_last=spec.retain_last or 1
+                        table,
+                        older_than_ms=older_than_ms,
+                        retain_last=spec.retain_last or 1,
+                        request_ids=self._request_ids,
+                        request_id_window_ms=self._request_id_window_ms,
                     )
                 except CommitFailedException:
                     if attempt == EXPIRE_COMMIT_ATTEMPTS:

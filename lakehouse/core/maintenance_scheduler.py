@@ -15,7 +15,8 @@ and the scheduler in every server process turns them into jobs:
 | ``lakehouse.orphans.interval-ms`` | how often to look for orphans (default: a day) |
 
 Replicas all run the scheduler; the job store admits one queued-or-running scheduled job per
-table and kind, so they never pile up duplicates.
+table and kind, so they never pile up duplicates. Each pass also deletes finished jobs past
+their retention and request ids past the ingest request-id window.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from lakehouse.adapters.blocking import BlockingPool
 from lakehouse.adapters.iceberg import IcebergCatalog, TableInfo
 from lakehouse.adapters.iceberg_maintenance import SMALL_FILE_FRACTION, partition_key
 from lakehouse.adapters.job_store import JobStore
+from lakehouse.adapters.request_id_store import RequestIdStore
 from lakehouse.core.job_kinds import DEFAULT_MIN_INPUT_FILES, DEFAULT_TARGET_FILE_BYTES
 from lakehouse.core.jobs import Jobs
 from lakehouse.errors import LakehouseError
@@ -51,6 +53,9 @@ ORPHANS_INTERVAL = "lakehouse.orphans.interval-ms"
 _DEFAULT_MAX_AGE_MS = 5 * 24 * 3600 * 1000
 _DEFAULT_KEEP = 1
 _DEFAULT_ORPHAN_INTERVAL_MS = 24 * 3600 * 1000
+#: Request ids deleted per statement, and statements per scheduler pass at most.
+_PRUNE_BATCH = 5000
+_PRUNE_BATCHES = 20
 
 POLICY_PROPERTIES = (
     EXPIRE_MAX_AGE,
@@ -91,7 +96,11 @@ class MaintenanceScheduler:
         *,
         interval_seconds: float,
         retention_seconds: float = 0.0,
+        request_ids: RequestIdStore | None = None,
+        request_id_window_seconds: float = 0.0,
     ) -> None:
+        self._request_ids = request_ids
+        self._request_id_window_seconds = request_id_window_seconds
         self._catalog = catalog
         self._jobs = jobs
         self._store = store
@@ -132,6 +141,7 @@ class MaintenanceScheduler:
             )
             if purged:
                 log.info("deleted old finished jobs", extra={"jobs": purged})
+        await self._prune_request_ids()
         created: list[str] = []
         for namespace in await self._catalog.list_namespaces():
             for name in await self._catalog.list_tables(namespace):
@@ -143,6 +153,30 @@ class MaintenanceScheduler:
                         extra={"namespace": namespace, "table": name, "error": exc.message},
                     )
         return created
+
+    async def _prune_request_ids(self) -> None:
+        """Deletes request ids older than the window, a bounded batch at a time.
+
+        A failure only postpones the pruning to the next pass; old rows are never read as
+        duplicates anyway (lookups filter on the window).
+        """
+        ledger = self._request_ids
+        if ledger is None:
+            return
+        before_ms = int((time.time() - self._request_id_window_seconds) * 1000)
+        pruned = 0
+        try:
+            for _ in range(_PRUNE_BATCHES):
+                deleted = await self._pool.run(
+                    lambda: ledger.prune(before_ms=before_ms, limit=_PRUNE_BATCH)
+                )
+                pruned += deleted
+                if deleted < _PRUNE_BATCH:
+                    break
+        except LakehouseError as exc:
+            log.warning("could not prune old request ids", extra={"error": exc.message})
+        if pruned:
+            log.info("deleted expired request ids", extra={"request_ids": pruned})
 
     async def _check_table(self, namespace: str, name: str) -> list[str]:
         info = await self._catalog.load_table(namespace, name)

@@ -73,7 +73,6 @@ class LakehouseServer:
         self.store = object_store_for(settings.warehouse, settings.s3, self.resilience)
         self.tables = Tables(self.catalog, self.store)
         self.reads = Reads(self.catalog)
-        self.ingest = Ingest(self.catalog, settings.ingest)
         self.job_runtime = JobRuntime(
             settings,
             self.catalog,
@@ -82,6 +81,9 @@ class LakehouseServer:
             resilience=self.resilience,
             slots=settings.jobs.workers,
             scheduler=True,
+        )
+        self.ingest = Ingest(
+            self.catalog, settings.ingest, request_ids=self.job_runtime.request_ids
         )
         served = [
             table_service_pb2.DESCRIPTOR.services_by_name["TableService"].full_name,

@@ -16,6 +16,7 @@ from lakehouse.adapters.blocking import BlockingPool
 from lakehouse.adapters.iceberg import IcebergCatalog
 from lakehouse.adapters.job_store import JobStore
 from lakehouse.adapters.object_store import ObjectStore
+from lakehouse.adapters.request_id_store import RequestIdStore
 from lakehouse.adapters.resilience import JOB_STORE, Resilience
 from lakehouse.adapters.trino_engine import TrinoEngine
 from lakehouse.config import Settings
@@ -46,6 +47,8 @@ class JobRuntime:
         jobs: The JobService operations.
         worker: This process's workers (with no slots when ``workers`` is 0).
         store: The job store.
+        request_ids: The request-id ledger in the job store's database (ingest records and
+            reads it, expiry copies to it, the scheduler prunes it).
 
     The job store and Trino report to the breakers of ``resilience`` (the process's; a
     private set when None).
@@ -72,6 +75,8 @@ class JobRuntime:
             on_ended=count_ended,
             on_lease_expired=count_lease_expired,
         )
+        self.request_ids = RequestIdStore(self.store)
+        window = settings.ingest.request_id_window_seconds
         # One thread per job slot, plus one for the scheduler's file planning.
         self._job_pool = BlockingPool(max(slots, 1) + 1, name="lakehouse-jobs")
         self.trino = TrinoEngine(settings.trino, resilience) if settings.trino.endpoint else None
@@ -93,6 +98,8 @@ class JobRuntime:
             settings.jobs,
             trino=self.trino,
             temp_dir=settings.data_dir / "tmp" / "sql",
+            request_ids=self.request_ids,
+            request_id_window_seconds=window,
         )
         self.worker = JobWorker(self.store, kinds, pool, settings.jobs, self.events, slots=slots)
         self._scheduler = (
@@ -103,6 +110,8 @@ class JobRuntime:
                 self._job_pool,
                 interval_seconds=settings.jobs.scheduler_interval_seconds,
                 retention_seconds=settings.jobs.retention_days * 86400,
+                request_ids=self.request_ids,
+                request_id_window_seconds=window,
             )
             if scheduler
             else None

@@ -24,6 +24,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from fixtures import postgres as pg
 from fixtures.net import LOOPBACK, free_port
+from lakehouse.adapters import job_store as job_store_module
 from lakehouse.adapters.job_store import (
     LEASE_EXPIRED_MESSAGE,
     SCHEMA_VERSION,
@@ -32,6 +33,7 @@ from lakehouse.adapters.job_store import (
     JobStore,
     LeaseLost,
 )
+from lakehouse.adapters.request_id_store import RecordedRequest, RequestIdStore
 from lakehouse.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from lakehouse.v1 import job_pb2
 
@@ -194,6 +196,34 @@ def test_migrate_refuses_a_newer_schema(url: str) -> None:
         with pytest.raises(FailedPrecondition) as err:
             store.migrate()
         assert err.value.reason == "JOB_STORE_SCHEMA_TOO_NEW"
+    finally:
+        store.close()
+
+
+def test_migrate_from_version_1_adds_the_request_id_table_and_keeps_jobs(url: str) -> None:
+    if url.startswith("sqlite"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as conn:  # a database as the release with schema 1 left it
+        job_store_module.schema_table.create(conn)
+        job_store_module._MIGRATIONS[0](conn)
+        conn.execute(sqlalchemy.text("INSERT INTO lakehouse_jobs_schema VALUES (1, 1)"))
+    engine.dispose()
+    store = JobStore(url)
+    ledger = RequestIdStore(store)
+    try:
+        create(store, "job-1")
+        with pytest.raises(Unavailable) as err:  # not migrated yet: no table to read
+            ledger.find("t-uuid", ["r1"], since_ms=0)
+        assert err.value.reason == "REQUEST_ID_STORE_UNAVAILABLE"
+
+        store.migrate()
+
+        assert schema_versions(url) == [2] == [SCHEMA_VERSION]
+        assert store.get("job-1").state == QUEUED
+        recorded = RecordedRequest("r1", rows=3, snapshot_id=7, committed_ms=1000)
+        ledger.record("t-uuid", [recorded])
+        assert ledger.find("t-uuid", ["r1", "r2"], since_ms=0) == {"r1": recorded}
     finally:
         store.close()
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -13,10 +13,14 @@ from pyiceberg.schema import Schema
 from pyiceberg.types import LongType, NestedField, StringType
 
 from fixtures.iceberg import direct_catalog
+from fixtures.net import LOOPBACK, free_port
 from lakehouse.adapters.blocking import BlockingPool
 from lakehouse.adapters.iceberg import IcebergCatalog
+from lakehouse.adapters.iceberg_maintenance import expire_snapshots
+from lakehouse.adapters.job_store import JobStore
+from lakehouse.adapters.request_id_store import RequestIdStore
 from lakehouse.core.ingest import Ingest
-from lakehouse.errors import InvalidArgument, NotFound, OutOfRange
+from lakehouse.errors import InvalidArgument, NotFound, OutOfRange, Unavailable
 
 SCHEMA = Schema(NestedField(1, "id", LongType(), required=True), NestedField(2, "v", StringType()))
 ARROW = pa.schema([pa.field("id", pa.int64(), nullable=False), pa.field("v", pa.string())])
@@ -32,10 +36,10 @@ def rows(start: int, count: int) -> pa.Table:
 class Replica:
     """One process's worth of ingest machinery on a shared catalog."""
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: Any, ledger: RequestIdStore | None = None) -> None:
         self.pool = BlockingPool(4)
         self.catalog = IcebergCatalog(settings, self.pool)
-        self.ingest = Ingest(self.catalog, settings.ingest)
+        self.ingest = Ingest(self.catalog, settings.ingest, request_ids=ledger)
 
     async def close(self) -> None:
         await self.ingest.close()
@@ -152,3 +156,196 @@ async def test_two_replicas_same_writer_each_row_lands_once(backend: Any) -> Non
     finally:
         await a.close()
         await b.close()
+
+
+# -- request ids past snapshot expiry -----------------------------------------------------------
+
+
+@pytest.fixture
+def ledger(backend: Any) -> Iterator[RequestIdStore]:
+    """The request-id ledger in the job store's database, as the server sets it up."""
+    store = JobStore(backend.jobs_database_uri)
+    store.migrate()
+    yield RequestIdStore(store)
+    store.close()
+
+
+@pytest.fixture
+def down_ledger() -> Iterator[RequestIdStore]:
+    """A ledger whose database does not answer (nothing listens on its port)."""
+    store = JobStore(f"postgresql+psycopg2://u:p@{LOOPBACK}:{free_port()}/db")
+    yield RequestIdStore(store)
+    store.close()
+
+
+async def started(settings: Any, ledger: RequestIdStore | None) -> Replica:
+    r = Replica(settings, ledger)
+    await r.catalog.create_namespace("ing", {})
+    from pyiceberg.partitioning import PartitionSpec
+    from pyiceberg.table.sorting import SortOrder
+
+    await r.catalog.create_table("ing", "t", SCHEMA, PartitionSpec(), SortOrder(), {})
+    return r
+
+
+def expire_to_newest(settings: Any, ledger: RequestIdStore | None) -> int:
+    """Expires every snapshot but the current one; returns how many were expired."""
+    table = direct_catalog(settings).load_table(("ing", "t"))
+    window_ms = int(settings.ingest.request_id_window_seconds * 1000)
+    result = expire_snapshots(
+        table, older_than_ms=None, retain_last=1, request_ids=ledger, request_id_window_ms=window_ms
+    )
+    return len(result.snapshots_expired)
+
+
+async def test_a_request_id_outlives_the_expiry_of_its_snapshot(
+    backend: Any, ledger: RequestIdStore
+) -> None:
+    r = await started(backend, ledger)
+    try:
+        first = await r.ingest.write("ing", "t", rows(0, 4), request_id="req-1")
+        await r.ingest.write("ing", "t", rows(10, 2), request_id="req-2")
+        for i in range(3):
+            await r.ingest.write("ing", "t", rows(100 + i, 1))
+        # Expired by something that does not copy ids (an older release, another tool): the
+        # record made right after each commit is what remembers them.
+        assert expire_to_newest(backend, None) == 4
+        assert snapshot_count(backend) == 1
+
+        again = await r.ingest.write("ing", "t", rows(0, 4), request_id="req-1")
+        both = await asyncio.gather(
+            r.ingest.write("ing", "t", rows(10, 2), request_id="req-2"),
+            r.ingest.write("ing", "t", rows(50, 1), request_id="req-3"),
+        )
+
+        assert (again.already_written, again.rows_written) == (True, first.rows_written)
+        assert [(b.already_written, b.rows_written) for b in both] == [(True, 2), (False, 1)]
+        assert table_ids(backend) == [0, 1, 2, 3, 10, 11, 50, 100, 101, 102]
+    finally:
+        await r.close()
+
+
+async def test_an_unrecorded_id_is_acked_then_copied_by_expiry(
+    backend: Any, ledger: RequestIdStore, down_ledger: RequestIdStore
+) -> None:
+    from lakehouse import metrics
+
+    unrecorded = metrics.REQUEST_IDS_UNRECORDED._value.get()
+    r = await started(backend, down_ledger)
+    try:
+        one = await r.ingest.write("ing", "t", rows(0, 3), request_id="req-1")
+        two = await r.ingest.write("ing", "t", rows(0, 3), request_id="req-1")
+        assert (one.already_written, two.already_written) == (False, True)  # by the summary
+        assert metrics.REQUEST_IDS_UNRECORDED._value.get() == unrecorded + 1
+        await r.ingest.write("ing", "t", rows(10, 1))
+
+        with pytest.raises(Unavailable):  # it cannot copy the ids: it expires nothing
+            expire_to_newest(backend, down_ledger)
+        assert snapshot_count(backend) == 2
+
+        assert expire_to_newest(backend, ledger) == 1  # the copy covers the missed record
+    finally:
+        await r.close()
+    r = Replica(backend, ledger)
+    try:
+        three = await r.ingest.write("ing", "t", rows(0, 3), request_id="req-1")
+        assert (three.already_written, three.rows_written) == (True, 3)
+        assert table_ids(backend) == [0, 1, 2, 10]
+    finally:
+        await r.close()
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_an_id_that_cannot_be_checked_is_unavailable_not_written_twice(
+    backend: Any, down_ledger: RequestIdStore
+) -> None:
+    r = await started(backend, down_ledger)
+    try:
+        await r.ingest.write("ing", "t", rows(0, 3), request_id="req-1")
+        await r.ingest.write("ing", "t", rows(10, 1))
+        # With the whole window retained the summaries decide, and the ledger is not asked.
+        fresh = await r.ingest.write("ing", "t", rows(20, 1), request_id="req-2")
+        assert not fresh.already_written
+        expire_to_newest(backend, None)  # the lineage is now cut inside the window
+
+        with pytest.raises(Unavailable) as err:
+            await r.ingest.write("ing", "t", rows(0, 3), request_id="req-1")
+        plain = await r.ingest.write("ing", "t", rows(30, 1))  # no id: nothing to check
+
+        assert err.value.reason == "REQUEST_ID_STORE_UNAVAILABLE"
+        assert not plain.already_written
+        assert table_ids(backend) == [0, 1, 2, 10, 20, 30]
+    finally:
+        await r.close()
+
+
+async def test_ids_older_than_the_window_are_pruned_and_written_again(backend: Any) -> None:
+    from lakehouse.adapters.object_store import object_store_for
+    from lakehouse.core.maintenance_scheduler import MaintenanceScheduler
+    from lakehouse.server.job_runtime import JobRuntime
+
+    settings = backend.model_copy(
+        update={"ingest": backend.ingest.model_copy(update={"request_id_window_seconds": 1.0})}
+    )
+    pool = BlockingPool(2)
+    runtime = JobRuntime(
+        settings,
+        IcebergCatalog(settings, pool),
+        object_store_for(settings.warehouse, settings.s3),
+        pool,
+        slots=0,
+        scheduler=False,
+    )
+    await pool.run(runtime.store.migrate)
+    ledger = runtime.request_ids
+    r = await started(settings, ledger)
+    try:
+        await r.ingest.write("ing", "t", rows(0, 2), request_id="req-1")
+        await r.ingest.write("ing", "t", rows(10, 1))
+        expire_to_newest(settings, ledger)
+        table_uuid = str(direct_catalog(settings).load_table(("ing", "t")).metadata.table_uuid)
+        assert list(ledger.find(table_uuid, ["req-1"], since_ms=0)) == ["req-1"]
+        await asyncio.sleep(1.2)  # past the window
+
+        scheduler = MaintenanceScheduler(
+            r.catalog,
+            runtime.jobs,
+            runtime.store,
+            pool,
+            interval_seconds=0,
+            request_ids=ledger,
+            request_id_window_seconds=1.0,
+        )
+        await scheduler.run_once()
+        assert ledger.find(table_uuid, ["req-1"], since_ms=0) == {}
+
+        again = await r.ingest.write("ing", "t", rows(0, 2), request_id="req-1")
+        assert not again.already_written
+        assert table_ids(settings) == [0, 0, 1, 1, 10]
+    finally:
+        await r.close()
+        await runtime.stop(1)
+        pool.close()
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_an_id_rolled_back_with_its_rows_is_written_again_after_expiry(
+    backend: Any, ledger: RequestIdStore
+) -> None:
+    r = await started(backend, ledger)
+    try:
+        await r.ingest.write("ing", "t", rows(0, 1))
+        base = direct_catalog(backend).load_table(("ing", "t"))
+        base_id = base.metadata.current_snapshot_id
+        assert base_id is not None
+        await r.ingest.write("ing", "t", rows(10, 2), request_id="req-1")
+        base.refresh().manage_snapshots().rollback_to_snapshot(base_id).commit()
+        await r.ingest.write("ing", "t", rows(20, 1))
+        assert expire_to_newest(backend, ledger) == 2  # the base and the rolled-back one
+
+        again = await r.ingest.write("ing", "t", rows(10, 2), request_id="req-1")
+
+        assert not again.already_written
+        assert table_ids(backend) == [0, 10, 11, 20]
+    finally:
+        await r.close()

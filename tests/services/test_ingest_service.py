@@ -9,7 +9,7 @@ import grpc
 import pyarrow as pa
 import pytest
 import pytest_asyncio
-from google.protobuf import struct_pb2
+from google.protobuf import duration_pb2, struct_pb2
 
 from fixtures.grpc_errors import rpc_error_details
 from fixtures.iceberg import direct_catalog
@@ -17,10 +17,13 @@ from lakehouse.client.arrow import append_rows_requests, write_rows_request
 from lakehouse.v1 import (
     ingest_pb2,
     ingest_service_pb2_grpc,
+    job_pb2,
+    job_service_pb2_grpc,
     rows_pb2,
     schema_pb2,
 )
 from lakehouse.v1 import ingest_service_pb2 as ipb
+from lakehouse.v1 import job_service_pb2 as jpb
 from lakehouse.v1 import table_service_pb2 as tpb
 
 LONG = schema_pb2.DataType(primitive=schema_pb2.PRIMITIVE_TYPE_LONG)
@@ -89,6 +92,41 @@ async def test_write_rows_json_and_arrow_with_request_id(ingest_stub: Any, backe
     assert first.result.rows_written == 5 and not first.result.already_written
     assert second.result.already_written and second.result.rows_written == 5
     assert ids(backend) == [1, 2, 10, 11, 12, 13, 14]
+
+
+async def test_a_resend_after_its_snapshot_expired_is_still_already_written(
+    ingest_stub: Any, channel: grpc.aio.Channel, backend: Any
+) -> None:
+    request = write_rows_request("ing", "events", arrow_rows(0, 4), request_id="req-keep")
+    first = await ingest_stub.WriteRows(request)
+    for i in range(3):
+        await ingest_stub.WriteRows(write_rows_request("ing", "events", arrow_rows(10 + i, 1)))
+    jobs = job_service_pb2_grpc.JobServiceStub(channel)
+    created = await jobs.CreateJob(
+        jpb.CreateJobRequest(
+            spec=job_pb2.JobSpec(
+                expire_snapshots=job_pb2.ExpireSnapshotsJobSpec(
+                    namespace="ing",
+                    table="events",
+                    retain_last=1,
+                    max_snapshot_age=duration_pb2.Duration(seconds=0),
+                )
+            )
+        )
+    )
+    job = created.job
+    async for message in jobs.WatchJob(jpb.WatchJobRequest(job_id=job.id), timeout=60):
+        job = message.job
+    assert job.state == job_pb2.JOB_STATE_SUCCEEDED, job.error
+    assert job.result.expire_snapshots.snapshots_expired == 3
+    table = direct_catalog(backend).load_table(("ing", "events"))
+    assert len(table.metadata.snapshots) == 1
+
+    again = await ingest_stub.WriteRows(request)
+
+    assert again.result.already_written
+    assert again.result.rows_written == first.result.rows_written == 4
+    assert ids(backend) == [0, 1, 2, 3, 10, 11, 12]
 
 
 async def test_append_rows_stream_exactly_once_and_resume(ingest_stub: Any, backend: Any) -> None:
