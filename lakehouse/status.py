@@ -16,6 +16,18 @@ from grpc_status import rpc_status
 
 from lakehouse.errors import ERROR_DOMAIN, InvalidArgument, LakehouseError, RetryableError
 
+# Errors often quote what the client sent (a name, a value); a status carries that twice in
+# the trailers (grpc-message and grpc-status-details-bin), and a client drops the whole call
+# with RESOURCE_EXHAUSTED when trailers pass its metadata limit (8-16 KiB). Bounded, a
+# status stays a few KiB whatever the request held.
+MAX_MESSAGE_CHARS = 500
+MAX_DETAIL_CHARS = 200
+MAX_FIELD_VIOLATIONS = 10
+
+
+def _bounded(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
 
 @dataclass(frozen=True)
 class RpcFailure:
@@ -47,16 +59,21 @@ def failure_for(exc: LakehouseError, request_id: str) -> RpcFailure:
 def status_proto_for(exc: LakehouseError, request_id: str) -> status_pb2.Status:
     """The ``google.rpc.Status`` of a domain error (also sent inside stream responses)."""
     metadata = {**exc.metadata, "request_id": request_id} if request_id else dict(exc.metadata)
-    info = error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN, metadata=metadata)
+    info = error_details_pb2.ErrorInfo(
+        reason=exc.reason,
+        domain=ERROR_DOMAIN,
+        metadata={k: _bounded(str(v), MAX_DETAIL_CHARS) for k, v in metadata.items()},
+    )
     details: list[Message] = [info]
     if isinstance(exc, InvalidArgument) and exc.violations:
         details.append(
             error_details_pb2.BadRequest(
                 field_violations=[
                     error_details_pb2.BadRequest.FieldViolation(
-                        field=v.field, description=v.description
+                        field=_bounded(v.field, MAX_DETAIL_CHARS),
+                        description=_bounded(v.description, MAX_DETAIL_CHARS),
                     )
-                    for v in exc.violations
+                    for v in exc.violations[:MAX_FIELD_VIOLATIONS]
                 ]
             )
         )
@@ -64,7 +81,7 @@ def status_proto_for(exc: LakehouseError, request_id: str) -> status_pb2.Status:
         delay = duration_pb2.Duration()
         delay.FromMilliseconds(int(exc.retry_after_seconds * 1000))
         details.append(error_details_pb2.RetryInfo(retry_delay=delay))
-    return _status_proto(exc.code, exc.message, details)
+    return _status_proto(exc.code, _bounded(exc.message, MAX_MESSAGE_CHARS), details)
 
 
 def internal_failure(request_id: str) -> RpcFailure:

@@ -939,6 +939,26 @@ async def _make_table(stubs: Stubs, admin: Any, namespace: str, table: str) -> N
     )
 
 
+async def test_a_refusal_quoting_a_huge_name_stays_within_the_clients_metadata_limit(
+    auth_channel: grpc.aio.Channel, keys: Keys
+) -> None:
+    """The refusal names the namespace; a 20,000-character one must not push the trailers
+    past what a client accepts (it would see RESOURCE_EXHAUSTED; found by the fuzz test)."""
+    stubs = Stubs.on(auth_channel)
+    huge = "y" * 20_000
+    details = rpc_error_details(
+        await failure(
+            stubs.tables.GetNamespace(
+                tpb.GetNamespaceRequest(name=huge), metadata=bearer(keys.plain["limited"])
+            )
+        )
+    )
+    assert details.code == grpc.StatusCode.PERMISSION_DENIED, details
+    assert details.metadata["namespace"].startswith("yyyy")
+    assert len(details.metadata["namespace"]) < 1_000
+    assert len(details.message) < 1_000
+
+
 async def test_namespace_grants(auth_channel: grpc.aio.Channel, keys: Keys) -> None:
     stubs = Stubs.on(auth_channel)
     admin, limited = bearer(keys.plain["admin"]), bearer(keys.plain["limited"])
