@@ -14,6 +14,7 @@ created again under the same name. It is blocking (SQLAlchemy Core): run it in a
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -92,11 +93,17 @@ class RequestIdStore:
     def __init__(self, store: JobStore) -> None:
         self._store = store
 
-    def _unavailable(self, exc: Exception) -> Unavailable:
-        detail = exc.message if isinstance(exc, Unavailable) else type(exc).__name__
-        return Unavailable(
-            f"the request-id store is unavailable: {detail}", reason=UNAVAILABLE_REASON
-        )
+    @contextlib.contextmanager
+    def _connection(self, *, write: bool) -> Iterator[Connection]:
+        """A job-store connection (a transaction when writing); any failure is Unavailable."""
+        try:
+            with self._store.writing() if write else self._store.reading() as conn:
+                yield conn
+        except (Unavailable, SQLAlchemyError) as exc:
+            detail = exc.message if isinstance(exc, Unavailable) else type(exc).__name__
+            raise Unavailable(
+                f"the request-id store is unavailable: {detail}", reason=UNAVAILABLE_REASON
+            ) from exc
 
     def record(self, table_uuid: str, requests: Sequence[RecordedRequest]) -> None:
         """Upserts ``requests`` in one transaction; a newer commit of an id replaces an older.
@@ -108,12 +115,9 @@ class RequestIdStore:
         """
         if not requests:
             return
-        try:
-            with self._store.writing() as conn:
-                for chunk in _chunks(requests):
-                    conn.execute(self._upsert(conn, table_uuid, chunk))
-        except (Unavailable, SQLAlchemyError) as exc:
-            raise self._unavailable(exc) from exc
+        with self._connection(write=True) as conn:
+            for chunk in _chunks(requests):
+                conn.execute(self._upsert(conn, table_uuid, chunk))
 
     @staticmethod
     def _upsert(conn: Connection, table_uuid: str, requests: Sequence[RecordedRequest]) -> Any:
@@ -151,23 +155,20 @@ class RequestIdStore:
         """
         wanted = sorted(set(request_ids))
         found: dict[str, RecordedRequest] = {}
-        try:
-            with self._store.reading() as conn:
-                for chunk in _chunks(wanted):
-                    stmt = select(request_ids_table).where(
-                        _c.table_uuid == table_uuid,
-                        _c.request_id.in_(chunk),
-                        _c.committed_ms >= since_ms,
+        with self._connection(write=False) as conn:
+            for chunk in _chunks(wanted):
+                stmt = select(request_ids_table).where(
+                    _c.table_uuid == table_uuid,
+                    _c.request_id.in_(chunk),
+                    _c.committed_ms >= since_ms,
+                )
+                for row in conn.execute(stmt).mappings():
+                    found[str(row["request_id"])] = RecordedRequest(
+                        str(row["request_id"]),
+                        int(row["rows_written"]),
+                        int(row["snapshot_id"]),
+                        int(row["committed_ms"]),
                     )
-                    for row in conn.execute(stmt).mappings():
-                        found[str(row["request_id"])] = RecordedRequest(
-                            str(row["request_id"]),
-                            int(row["rows_written"]),
-                            int(row["snapshot_id"]),
-                            int(row["committed_ms"]),
-                        )
-        except (Unavailable, SQLAlchemyError) as exc:
-            raise self._unavailable(exc) from exc
         return found
 
     def forget_snapshots(self, table_uuid: str, snapshot_ids: Collection[int]) -> None:
@@ -178,16 +179,13 @@ class RequestIdStore:
         """
         if not snapshot_ids:
             return
-        try:
-            with self._store.writing() as conn:
-                for chunk in _chunks(sorted(snapshot_ids)):
-                    conn.execute(
-                        delete(request_ids_table).where(
-                            _c.table_uuid == table_uuid, _c.snapshot_id.in_(chunk)
-                        )
+        with self._connection(write=True) as conn:
+            for chunk in _chunks(sorted(snapshot_ids)):
+                conn.execute(
+                    delete(request_ids_table).where(
+                        _c.table_uuid == table_uuid, _c.snapshot_id.in_(chunk)
                     )
-        except (Unavailable, SQLAlchemyError) as exc:
-            raise self._unavailable(exc) from exc
+                )
 
     def prune(self, *, before_ms: int, limit: int = 5000) -> int:
         """Deletes up to ``limit`` ids committed before ``before_ms`` (out of every window).
@@ -205,9 +203,6 @@ class RequestIdStore:
             .limit(limit)
         )
         stmt = delete(request_ids_table).where(tuple_(_c.table_uuid, _c.request_id).in_(oldest))
-        try:
-            with self._store.writing() as conn:
-                deleted = conn.execute(stmt).rowcount
-        except (Unavailable, SQLAlchemyError) as exc:
-            raise self._unavailable(exc) from exc
+        with self._connection(write=True) as conn:
+            deleted = conn.execute(stmt).rowcount
         return int(deleted)

@@ -40,6 +40,7 @@ from pyiceberg.types import (
 
 from fixtures import s3 as s3fixture
 from fixtures.iceberg import direct_catalog
+from fixtures.job_contexts import StopAt
 from fixtures.tcp_proxy import tcp_proxy
 from lakehouse.adapters.iceberg import catalog_properties
 from lakehouse.adapters.iceberg_import import (
@@ -172,21 +173,6 @@ def _import(
         ctx=ctx or _ctx(),
         **kw,
     )
-
-
-class StopAt(JobContext):
-    """A real JobContext whose worker asks it to stop when the job reports a given progress."""
-
-    def __init__(self, job_id: str, when: str) -> None:
-        super().__init__(job_id=job_id)
-        self.when = when
-        self.messages: list[str] = []
-
-    def progress(self, fraction: float, message: str) -> None:
-        super().progress(fraction, message)
-        self.messages.append(message)
-        if message.startswith(self.when):
-            self.stop("cancelled")
 
 
 class DuringCommit(JobContext):
@@ -552,7 +538,7 @@ def test_a_stopped_job_commits_nothing_and_leaves_no_files(
     table = _create(catalog, "stop")
     _mixed_sources(landing)
     landing.put("2024-05/zz-last.csv", b"id\n7\n")
-    ctx = StopAt("job-stop", when)
+    ctx = StopAt(when)
 
     with pytest.raises(JobStopped):
         _import(table, landing.root + "2024-05/", ctx)

@@ -27,6 +27,7 @@ from pyiceberg.types import DoubleType, LongType, NestedField, StringType
 
 from fixtures import s3 as s3fixture
 from fixtures.iceberg import direct_catalog
+from fixtures.job_contexts import StopAt
 from lakehouse.adapters.iceberg_maintenance import (
     compact_table,
     expire_snapshots,
@@ -34,7 +35,7 @@ from lakehouse.adapters.iceberg_maintenance import (
     referenced_files,
     remove_orphan_files,
 )
-from lakehouse.core.job_context import JobContext, JobStopped
+from lakehouse.core.job_context import JobStopped
 
 NAMESPACE = "maint"
 SCHEMA = Schema(
@@ -232,21 +233,6 @@ def test_compact_then_concurrent_append_still_commits(backend: Any) -> None:
     assert result.files_rewritten == 3
     assert sum(_rows(fresh).values()) == 40
     assert len(_data_files(fresh)) == 2
-
-
-class StopAt(JobContext):
-    """A real JobContext whose worker asks it to stop when the job reports a given progress."""
-
-    def __init__(self, when: str) -> None:
-        super().__init__(job_id="job-stop")
-        self.when = when
-        self.messages: list[str] = []
-
-    def progress(self, fraction: float, message: str) -> None:
-        super().progress(fraction, message)
-        self.messages.append(message)
-        if message.startswith(self.when):
-            self.stop("cancelled")
 
 
 @pytest.mark.parametrize(
