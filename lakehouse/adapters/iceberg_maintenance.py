@@ -13,6 +13,8 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import random
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -768,6 +770,9 @@ def _commit_replace(
         except CommitFailedException:
             if attempt == REPLACE_COMMIT_ATTEMPTS:
                 raise
+            # A jittered pause before trying again: re-committing at once against a steady
+            # appender on a busy machine loses the same race every time.
+            time.sleep(random.uniform(0, min(0.025 * 2**attempt, 1.0)))
             table.refresh()
         except ValidationException:
             table.refresh()
