@@ -208,6 +208,23 @@ class JobsSettings(_Section):
     """Memory limit of one DuckDB SQL job; larger intermediate results spill to temp files."""
     duckdb_threads: int = Field(default=2, ge=1, le=256)
     """Threads of one DuckDB SQL job."""
+    duckdb_temp_limit_mb: int = Field(default=10 * 1024, ge=16, le=16 * 1024 * 1024)
+    """Spill space on disk of one DuckDB SQL job (its own folder under the data folder,
+    removed when it ends); past it the job fails with JOB_TEMP_SPACE_EXHAUSTED."""
+    timeout_seconds: float = Field(default=3600.0, gt=0, le=7 * 86400)
+    """Wall-clock limit of one job attempt when its spec sets no ``timeout``; past it the job
+    stops, commits nothing and fails with JOB_TIMEOUT (not retried)."""
+    max_timeout_seconds: float = Field(default=86400.0, gt=0, le=7 * 86400)
+    """The longest ``timeout`` a job spec may ask for; more is INVALID_ARGUMENT."""
+    preview_max_bytes: int = Field(default=1024 * 1024, ge=1024, le=16 * 1024 * 1024)
+    """Size cap of a SQL job's stored result preview; rows past it are left out and
+    ``preview_truncated`` is set, so that every response carrying the job stays small."""
+
+    @model_validator(mode="after")
+    def _timeouts(self) -> JobsSettings:
+        if self.timeout_seconds > self.max_timeout_seconds:
+            raise ValueError("jobs.timeout_seconds must not be above jobs.max_timeout_seconds")
+        return self
 
 
 class TrinoSettings(_Section):

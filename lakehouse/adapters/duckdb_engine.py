@@ -216,6 +216,8 @@ def run_statement(
     memory_limit_mb: int,
     threads: int,
     temp_dir: Path,
+    temp_limit_mb: int = 10 * 1024,
+    preview_max_bytes: int = 1024 * 1024,
 ) -> SqlOutcome:
     """Runs one statement on an embedded, locked-down DuckDB; blocks (run it in a worker).
 
@@ -236,6 +238,9 @@ def run_statement(
         threads: DuckDB's worker threads.
         temp_dir: Where DuckDB spills, in a folder of this run's own that is removed at the
             end; created if missing.
+        temp_limit_mb: The most DuckDB may spill; past it the statement fails.
+        preview_max_bytes: The most Arrow bytes the preview may hold (rows past it are left
+            out and the outcome marked truncated).
 
     Returns:
         Row count, preview and the snapshot committed (if any).
@@ -246,7 +251,8 @@ def run_statement(
         NotFound: A table the statement names, or the destination's namespace, does not
             exist (reasons ``TABLE_NOT_FOUND``, ``NAMESPACE_NOT_FOUND``).
         AlreadyExists: The destination table exists and was not made by this job.
-        ResourceExhausted: The query ran out of memory.
+        ResourceExhausted: The query ran out of memory (reason ``JOB_MEMORY_EXHAUSTED``) or
+            of spill space (``JOB_TEMP_SPACE_EXHAUSTED``).
         Conflict: The INSERT target changed concurrently in a conflicting way.
         Unavailable: The catalog or object store failed.
         JobStopped: The job was asked to stop; nothing was committed.
@@ -257,7 +263,12 @@ def run_statement(
     # A folder of its own: DuckDB removes its spill folder on close, and jobs run side by side.
     spill_dir = Path(tempfile.mkdtemp(prefix="duckdb-", dir=temp_dir))
     try:
-        con = _connect(memory_limit_mb=memory_limit_mb, threads=threads, temp_dir=spill_dir)
+        con = _connect(
+            memory_limit_mb=memory_limit_mb,
+            threads=threads,
+            temp_dir=spill_dir,
+            temp_limit_mb=temp_limit_mb,
+        )
     except BaseException:
         shutil.rmtree(spill_dir, ignore_errors=True)
         raise
@@ -266,7 +277,7 @@ def run_statement(
         plan = _analyze(con, statement)
         ctx.check()
         ctx.progress(0.0, "loading tables")
-        engine = _Engine(con, ctx)
+        engine = _Engine(con, ctx, preview_max_bytes)
         if plan.insert is not None:
             if destination is not None:
                 raise InvalidArgument.field(
@@ -301,7 +312,7 @@ def run_statement(
 
 
 def _connect(
-    *, memory_limit_mb: int, threads: int, temp_dir: Path | None
+    *, memory_limit_mb: int, threads: int, temp_dir: Path | None, temp_limit_mb: int = 0
 ) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB that can reach nothing outside itself (configuration not yet locked).
 
@@ -320,6 +331,8 @@ def _connect(
     }
     if temp_dir is not None:
         config["temp_directory"] = str(temp_dir)
+        # DuckDB's default is 90% of the free disk: one sort filled the data folder.
+        config["max_temp_directory_size"] = f"{max(temp_limit_mb, 1)}MB"
     con = duckdb.connect(":memory:", config=config)
     try:
         # Timestamps with time zone come out in UTC, the only zone Iceberg stores.
@@ -437,8 +450,14 @@ def _table_refs(con: duckdb.DuckDBPyConnection, query: str) -> tuple[_TableRef, 
             continue
         if node.get("type") == "BASE_TABLE" and "table_name" in node:
             tables.append(node)
+        if node.get("type") == "SHOW_REF" and node.get("table_name"):
+            # SHOW / DESCRIBE / SUMMARIZE of a name: one rule with FROM, so a path is
+            # refused here whichever statement form carries it.
+            tables.append(node)
         if node.get("type") == "TABLE_FUNCTION":
             _check_table_function(node)
+        if node.get("class") == "FUNCTION":
+            _check_scalar_function(node)
         cte_map = node.get("cte_map")
         if isinstance(cte_map, dict):
             ctes.update(str(entry.get("key", "")).lower() for entry in cte_map.get("map", []))
@@ -478,6 +497,24 @@ def _check_table_function(node: dict[str, Any]) -> None:
         raise _invalid(
             f"table function {name or '?'}() is not allowed: a SQL job reads only the "
             "lakehouse's tables, named namespace.table",
+            reason=NOT_ALLOWED,
+        )
+
+
+#: Scalar functions that read the engine's configuration or the process's environment,
+#: which hold server paths (temp_directory, home_directory, extension_directory,
+#: secret_directory, allowed_directories...). The tables that list them
+#: (duckdb_settings(), pragma_database_list(), duckdb_databases()...) are table functions,
+#: refused above.
+_HIDDEN_FUNCTIONS = frozenset({"current_setting", "getenv", "getvariable"})
+
+
+def _check_scalar_function(node: dict[str, Any]) -> None:
+    name = str(node.get("function_name", "")).lower()
+    if name in _HIDDEN_FUNCTIONS:
+        raise _invalid(
+            f"function {name}() is not allowed: a SQL job cannot read the engine's settings "
+            "or the server's environment",
             reason=NOT_ALLOWED,
         )
 
@@ -916,9 +953,12 @@ _STREAM_ERRORS: dict[str, type[duckdb.Error]] = {
 class _Engine:
     """One statement's DuckDB connection, its registered tables and error translation."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, ctx: JobContext) -> None:
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, ctx: JobContext, preview_max_bytes: int
+    ) -> None:
         self._con = con
         self._ctx = ctx
+        self._preview_max_bytes = preview_max_bytes
         self._failures = _Failures()
         self._progress = _Progress(con, ctx)
         self._tables: dict[tuple[str, str], IcebergTable] = {}
@@ -986,9 +1026,19 @@ class _Engine:
             return Unavailable(f"reading a table failed: {_first_line(cause)}")
         message = str(exc)
         if isinstance(exc, duckdb.OutOfMemoryException):
+            # Both are limits of the job, deterministic for its input: the worker does not
+            # retry them (lakehouse.core.job_worker.NOT_RETRIED_REASONS).
+            if "max_temp_directory_size" in message:
+                return ResourceExhausted(
+                    "the query needs more spill space on disk than a SQL job may use "
+                    "(jobs.duckdb_temp_limit_mb)",
+                    reason="JOB_TEMP_SPACE_EXHAUSTED",
+                    retry_after_seconds=60.0,
+                )
             return ResourceExhausted(
-                "the query needs more memory than the SQL engine may use: " + _first_line(exc),
-                reason="SQL_OUT_OF_MEMORY",
+                "the query needs more memory than the SQL engine may use "
+                "(jobs.duckdb_memory_limit_mb): " + _first_line(exc),
+                reason="JOB_MEMORY_EXHAUSTED",
                 retry_after_seconds=60.0,
             )
         if isinstance(exc, duckdb.InterruptException):
@@ -1048,7 +1098,7 @@ class _Engine:
         self._progress.start("running the query")
         try:
             reader = self._reader(query)
-            collector = _Preview(reader.schema, preview_limit)
+            collector = _Preview(reader.schema, preview_limit, self._preview_max_bytes)
             snapshot_id = None
             if destination is None:
                 for batch in self._batches(reader):
@@ -1227,23 +1277,35 @@ def _delete_quietly(io: FileIO, files: Iterable[DataFile]) -> None:
 
 
 class _Preview:
-    """Counts the result rows and keeps the first ``limit`` of them, copied out of the batch."""
+    """Counts the result rows and keeps the first ``limit`` of them, copied out of the batch.
 
-    def __init__(self, schema: pa.Schema, limit: int) -> None:
+    The rows kept also stay within ``max_bytes`` (Arrow bytes): a preview of a few huge
+    values would otherwise be stored with the job and make every answer showing it too
+    large to send.
+    """
+
+    def __init__(self, schema: pa.Schema, limit: int, max_bytes: int = 1 << 62) -> None:
         self.schema = schema
         self.limit = limit
         self.rows = 0
         self._kept: list[pa.RecordBatch] = []
         self._kept_rows = 0
+        self._room_bytes = max_bytes
+        self._full = False
 
     def add(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         self.rows += batch.num_rows
         room = self.limit - self._kept_rows
-        if room > 0 and batch.num_rows:
-            # A slice would pin the whole batch's buffers; a copy holds only the preview.
-            kept = batch.take(pa.array(range(min(room, batch.num_rows)), pa.int64()))
-            self._kept.append(kept)
-            self._kept_rows += kept.num_rows
+        if room > 0 and batch.num_rows and not self._full:
+            count = fitting_rows(batch, min(room, batch.num_rows), self._room_bytes)
+            if count < min(room, batch.num_rows):
+                self._full = True
+            if count:
+                # A slice would pin the whole batch's buffers; a copy holds only the preview.
+                kept = batch.take(pa.array(range(count), pa.int64()))
+                self._kept.append(kept)
+                self._kept_rows += kept.num_rows
+                self._room_bytes -= kept.nbytes
         return batch
 
     def outcome(self, snapshot_id: int | None, *, preview: bool = True) -> SqlOutcome:
@@ -1251,6 +1313,22 @@ class _Preview:
             return SqlOutcome(self.rows, pa.table({}), False, snapshot_id)
         table = pa.Table.from_batches(self._kept, self.schema)
         return SqlOutcome(self.rows, table, self.rows > table.num_rows, snapshot_id)
+
+
+def fitting_rows(batch: pa.RecordBatch, most: int, max_bytes: int) -> int:
+    """How many of the batch's first rows (at most ``most``) take at most ``max_bytes``."""
+    if most <= 0 or max_bytes <= 0:
+        return 0
+    if batch.slice(0, most).nbytes <= max_bytes:
+        return most
+    low, high = 0, most  # low fits, high does not
+    while high - low > 1:
+        middle = (low + high) // 2
+        if batch.slice(0, middle).nbytes <= max_bytes:
+            low = middle
+        else:
+            high = middle
+    return low
 
 
 # -- Result types ----------------------------------------------------------------------------

@@ -798,6 +798,17 @@ class JobStore:
                 return _record(row)
         return None
 
+    def find_by_request_id(self, request_id: str) -> JobRecord | None:
+        """The job created with ``request_id``, or None.
+
+        Raises:
+            Unavailable: The database cannot be reached.
+        """
+        with self._reading() as conn:
+            stmt = select(jobs_table).where(_jobs.request_id == request_id)
+            row = conn.execute(stmt).mappings().first()
+        return None if row is None else _record(row)
+
     def get(self, job_id: str) -> JobRecord:
         """The job as it is now.
 

@@ -20,7 +20,8 @@ class JobStopped(Exception):
     """Raised at a safe point when the job must stop without committing.
 
     Attributes:
-        why: ``"cancelled"``, ``"lease_lost"`` or ``"shutdown"``.
+        why: ``"cancelled"``, ``"lease_lost"``, ``"shutdown"`` or ``"timeout"`` (the job ran
+            past its wall-clock limit).
     """
 
     def __init__(self, why: str) -> None:
@@ -67,6 +68,12 @@ class JobContext:
             ).start()
         else:  # a worker thread (the job's own, a timer) may block: interrupt right away
             _run_all(callbacks)
+
+    @property
+    def why(self) -> str:
+        """Why the job was asked to stop (see ``JobStopped.why``); empty while it runs on."""
+        with self._lock:
+            return self._why
 
     @property
     def stopping(self) -> bool:

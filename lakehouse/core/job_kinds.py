@@ -124,10 +124,12 @@ class JobKinds:
                     memory_limit_mb=self._settings.duckdb_memory_limit_mb,
                     threads=self._settings.duckdb_threads,
                     temp_dir=self._temp_dir,
+                    temp_limit_mb=self._settings.duckdb_temp_limit_mb,
+                    preview_max_bytes=self._settings.preview_max_bytes,
                 )
 
             outcome = await self._catalog.run_on_catalog(work, pool=self._pool)
-        return _sql_result(outcome, spec.preview_format)
+        return _sql_result(outcome, spec.preview_format, self._settings.preview_max_bytes)
 
     # -- Maintenance -------------------------------------------------------------------------
 
@@ -286,7 +288,11 @@ def _destination(spec: job_pb2.SqlJobSpec) -> tuple[str, str] | None:
     return (spec.destination_namespace or spec.default_namespace, spec.destination_table)
 
 
-def _sql_result(outcome: SqlOutcome, preview_format: int) -> job_pb2.SqlJobResult:
+def _sql_result(outcome: SqlOutcome, preview_format: int, max_bytes: int) -> job_pb2.SqlJobResult:
+    """The result message, its preview cut to ``max_bytes`` as serialized.
+
+    Engines cap the Arrow bytes they keep; JSON rows and IPC framing may take more.
+    """
     result = job_pb2.SqlJobResult(
         rows_affected=outcome.rows_affected, preview_truncated=outcome.truncated
     )
@@ -294,12 +300,21 @@ def _sql_result(outcome: SqlOutcome, preview_format: int) -> job_pb2.SqlJobResul
         result.snapshot_id = outcome.snapshot_id
     preview = outcome.preview
     if preview_format == rows_pb2.ROW_FORMAT_JSON:
+        used = 0
         for batch in preview.to_batches():
-            result.preview_json_rows.rows.extend(batch_to_structs(batch))
+            for row in batch_to_structs(batch):
+                used += row.ByteSize() + 8
+                if used > max_bytes:
+                    result.preview_truncated = True
+                    return result
+                result.preview_json_rows.rows.append(row)
         return result
     result.arrow_schema.serialized_schema = preview.schema.serialize().to_pybytes()
     batches = preview.combine_chunks().to_batches()
     merged = batches[0] if batches else pa.RecordBatch.from_pylist([], schema=preview.schema)
+    while merged.num_rows and merged.serialize().size > max_bytes:
+        merged = merged.slice(0, merged.num_rows // 2)
+        result.preview_truncated = True
     result.preview_arrow_record_batch.serialized_record_batch = merged.serialize().to_pybytes()
     result.preview_arrow_record_batch.row_count = merged.num_rows
     return result

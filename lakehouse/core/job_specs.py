@@ -18,6 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from lakehouse.adapters.iceberg import TableInfo
 from lakehouse.adapters.iceberg_import import check_source_uris
+from lakehouse.config import JobsSettings
 from lakehouse.core.names import check_identifier
 from lakehouse.core.row_filter import parse_row_filter
 from lakehouse.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
@@ -128,6 +129,26 @@ def timestamp_ms(field: str, value: Timestamp) -> int:
     if value.seconds < 0 or value.seconds > 253_402_300_799 or not 0 <= value.nanos < 10**9:
         raise InvalidArgument.field(field, "must be a time between 1970 and 9999")
     return value.seconds * 1000 + value.nanos // 1_000_000
+
+
+def job_timeout_seconds(spec: job_pb2.JobSpec, settings: JobsSettings) -> float:
+    """The wall-clock limit of one attempt of the job: the spec's, or the configured default.
+
+    Raises:
+        InvalidArgument: On field ``spec.timeout``: malformed, zero or negative, or above
+            ``jobs.max_timeout_seconds``.
+    """
+    if not spec.HasField("timeout"):
+        return settings.timeout_seconds
+    seconds = duration_seconds("spec.timeout", spec.timeout)
+    if seconds <= 0:
+        raise InvalidArgument.field("spec.timeout", "must be positive (or unset for the default)")
+    if seconds > settings.max_timeout_seconds:
+        raise InvalidArgument.field(
+            "spec.timeout",
+            f"must be at most {settings.max_timeout_seconds:g}s (jobs.max_timeout_seconds)",
+        )
+    return seconds
 
 
 def preview_rows(requested: int) -> int:

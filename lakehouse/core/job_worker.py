@@ -26,11 +26,13 @@ from lakehouse.adapters.job_store import Claim, JobRecord, JobStore, LeaseLost
 from lakehouse.config import JobsSettings
 from lakehouse.core.job_context import JobContext, JobStopped
 from lakehouse.core.job_kinds import JobKinds
-from lakehouse.core.job_specs import KIND_NAMES
+from lakehouse.core.job_specs import KIND_NAMES, job_timeout_seconds
 from lakehouse.core.jobs import JobEvents, now_us
 from lakehouse.errors import (
     CommitStateUnknown,
     Conflict,
+    DeadlineExceeded,
+    InvalidArgument,
     LakehouseError,
     RetryableError,
     Unavailable,
@@ -54,6 +56,10 @@ _RETRYABLE = (RetryableError, Conflict, CommitStateUnknown)
 #: How often a running job's progress and cancel flag are exchanged with the store (at
 #: most; the lease also bounds it).
 _HEARTBEAT_SECONDS = 2.0
+#: Failures that would only repeat: a job past one of its limits is not retried.
+NOT_RETRIED_REASONS = frozenset({"JOB_TIMEOUT", "JOB_TEMP_SPACE_EXHAUSTED", "JOB_MEMORY_EXHAUSTED"})
+#: ``JobStopped.why`` of an attempt stopped by its wall-clock limit.
+_TIMEOUT = "timeout"
 #: The longest wait before a retry, however many attempts failed before.
 MAX_RETRY_BACKOFF_SECONDS = 3600.0
 
@@ -249,18 +255,39 @@ class JobWorker:
     async def _execute(self, job: JobRecord, ctx: JobContext) -> _Outcome:
         spec = job_pb2.JobSpec.FromString(job.spec)
         try:
+            timeout = job_timeout_seconds(spec, self._settings)
+        except InvalidArgument:  # stored before the maximum was lowered: the maximum holds
+            timeout = self._settings.max_timeout_seconds
+        # The wall-clock limit stops the attempt like a cancel (a running query is
+        # interrupted), so nothing is committed; the job then fails instead of going back.
+        timer = asyncio.get_running_loop().call_later(timeout, ctx.stop, _TIMEOUT)
+        try:
             result = await self._kinds.run(spec, ctx)
         except JobStopped as stop:
+            if stop.why == _TIMEOUT:
+                return _Outcome("failed", error=_timeout_status(timeout))
             return _Outcome(stop.why)
         except _RETRYABLE as exc:
-            if job.attempts < job.max_attempts and not ctx.stopping:
+            if ctx.why == _TIMEOUT:
+                return _Outcome("failed", error=_timeout_status(timeout))
+            if (
+                job.attempts < job.max_attempts
+                and not ctx.stopping
+                and exc.reason not in NOT_RETRIED_REASONS
+            ):
                 return _Outcome("retried", error=status_proto_for(exc, ""))
             return _Outcome("failed", error=status_proto_for(exc, ""))
         except LakehouseError as exc:
+            if ctx.why == _TIMEOUT:
+                return _Outcome("failed", error=_timeout_status(timeout))
             return _Outcome("failed", error=status_proto_for(exc, ""))
         except Exception:
+            if ctx.why == _TIMEOUT:
+                return _Outcome("failed", error=_timeout_status(timeout))
             log.exception("job failed unexpectedly", extra={"job_id": job.id})
             return _Outcome("failed", error=_internal_status(job.id))
+        finally:
+            timer.cancel()
         return _Outcome("succeeded", result=result)
 
     async def _record(self, job: JobRecord, outcome: _Outcome) -> str:
@@ -410,6 +437,18 @@ def _backoff(base: float, attempt: int) -> float:
 def _internal_status(job_id: str) -> status_pb2.Status:
     return status_proto_for(
         LakehouseError(f"internal error; quote job id {job_id} when reporting it"), ""
+    )
+
+
+def _timeout_status(timeout: float) -> status_pb2.Status:
+    return status_proto_for(
+        DeadlineExceeded(
+            f"the job ran longer than its limit of {timeout:g}s and was stopped; nothing "
+            "was committed (set a longer spec.timeout, up to jobs.max_timeout_seconds)",
+            reason="JOB_TIMEOUT",
+            metadata={"timeout_seconds": f"{timeout:g}"},
+        ),
+        "",
     )
 
 

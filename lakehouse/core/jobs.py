@@ -8,6 +8,7 @@ process hears of a change at once instead of at its next poll.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import time
 import uuid
@@ -17,10 +18,16 @@ from collections.abc import AsyncIterator, Sequence
 from lakehouse.adapters.blocking import BlockingPool
 from lakehouse.adapters.job_store import JobRecord, JobStore
 from lakehouse.config import JobsSettings
-from lakehouse.core.job_specs import KIND_NAMES, SpecChecker, check_request_id
+from lakehouse.core.job_specs import (
+    KIND_NAMES,
+    SpecChecker,
+    check_request_id,
+    job_timeout_seconds,
+    spec_digest,
+)
 from lakehouse.core.names import check_identifier
 from lakehouse.core.paging import Page, decode_token, encode_token, page_size
-from lakehouse.errors import InvalidArgument, NotFound
+from lakehouse.errors import AlreadyExists, InvalidArgument, NotFound
 from lakehouse.metrics import JOBS_CREATED
 from lakehouse.v1 import job_pb2
 
@@ -28,6 +35,8 @@ TERMINAL_STATES = frozenset(
     {job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED}
 )
 _MAX_JOB_ID_LENGTH = 128
+#: Room for a job's other fields and a result's non-preview fields, in bytes.
+_SLACK = 64 * 1024
 
 
 def now_us() -> int:
@@ -92,7 +101,10 @@ class Jobs:
         checker: SpecChecker,
         settings: JobsSettings,
         events: JobEvents,
+        *,
+        max_response_bytes: int = 64 * 1024 * 1024,
     ) -> None:
+        self._max_response_bytes = max_response_bytes
         self._store = store
         self._pool = pool
         self._checker = checker
@@ -110,6 +122,20 @@ class Jobs:
             queued or running).
         """
         check_request_id(request_id)
+        if request_id:
+            # A retry is answered before the spec is checked again: a spec that can be valid
+            # only once (a destination the first run created, files it imported) would
+            # otherwise refuse the retry of a job that worked (issue 20).
+            earlier = await self._pool.run(self._store.find_by_request_id, request_id)
+            if earlier is not None:
+                if earlier.spec_digest != spec_digest(spec):
+                    raise AlreadyExists(
+                        "request_id was already used for a job with a different spec",
+                        reason="REQUEST_ID_REUSED",
+                        metadata={"request_id": request_id, "job_id": earlier.id},
+                    )
+                return earlier, False
+        job_timeout_seconds(spec, self._settings)
         summary = await self._checker.check(spec)
         job, created = await self._pool.run(
             lambda: self._store.create(
@@ -133,7 +159,7 @@ class Jobs:
     async def get(self, job_id: str) -> JobRecord:
         """The job, or NotFound."""
         check_job_id(job_id)
-        return await self._pool.run(self._store.get, job_id)
+        return self._bounded(await self._pool.run(self._store.get, job_id))
 
     async def list(
         self,
@@ -173,9 +199,18 @@ class Jobs:
                 after=after,
             )
         )
-        page = rows[:size]
+        page = [self._bounded(job) for job in rows[:size]]
+        # However large the stored jobs, a page must fit one response: it stops early (the
+        # next page starts where it stopped), keeping at least one job so listing moves on.
+        budget = self._max_response_bytes // 2
+        used = 0
+        for kept, job in enumerate(page):
+            used += _record_bytes(job)
+            if used > budget and kept > 0:
+                page = page[:kept]
+                break
         next_token = ""
-        if len(rows) > size:
+        if len(rows) > len(page):
             last = page[-1]
             next_token = encode_token(scope, f"{last.create_time_us}:{last.id}")
         return Page(items=page, next_page_token=next_token)
@@ -200,7 +235,7 @@ class Jobs:
         """
         check_job_id(job_id)
         job = await self._pool.run(self._store.get, job_id)
-        yield job
+        yield self._bounded(job)
         seen = job.version
         while job.state not in TERMINAL_STATES:
             await self.events.wait_change(job_id, self._settings.poll_interval_seconds)
@@ -210,7 +245,29 @@ class Jobs:
                 return  # deleted meanwhile (only possible once terminal elsewhere)
             if job.version != seen:
                 seen = job.version
-                yield job
+                yield self._bounded(job)
+
+    def _bounded(self, job: JobRecord) -> JobRecord:
+        """The job with a result no larger than a preview may be.
+
+        Workers cap the previews they store, but a result stored before the cap (or under a
+        larger one) must not make every call that shows the job fail: its preview is
+        dropped from the answer and marked truncated.
+        """
+        if job.result is None or len(job.result) <= self._settings.preview_max_bytes + _SLACK:
+            return job
+        result = job_pb2.JobResult.FromString(job.result)
+        if result.WhichOneof("kind") == "sql":
+            sql = result.sql
+            sql.ClearField("preview_arrow_record_batch")
+            sql.ClearField("preview_json_rows")
+            sql.preview_truncated = True
+        return dataclasses.replace(job, result=result.SerializeToString())
+
+
+def _record_bytes(job: JobRecord) -> int:
+    """About how many bytes a job takes in a response (its blobs and some for the rest)."""
+    return len(job.spec) + len(job.result or b"") + len(job.error or b"") + _SLACK
 
 
 def _decode_position(key: str | None) -> tuple[int, str] | None:

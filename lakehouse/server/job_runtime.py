@@ -90,7 +90,14 @@ class JobRuntime:
             load_namespace=catalog.namespace_properties,
             import_prefixes=settings.jobs.import_prefixes,
         )
-        self.jobs = Jobs(self.store, pool, checker, settings.jobs, self.events)
+        self.jobs = Jobs(
+            self.store,
+            pool,
+            checker,
+            settings.jobs,
+            self.events,
+            max_response_bytes=settings.max_message_bytes,
+        )
         kinds = JobKinds(
             catalog,
             object_store,

@@ -419,6 +419,7 @@ class JobSpec(_message.Message):
     EXPIRE_SNAPSHOTS_FIELD_NUMBER: _builtins.int
     REMOVE_ORPHAN_FILES_FIELD_NUMBER: _builtins.int
     IMPORT_FILES_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def sql(self) -> Global___SqlJobSpec:
         """Run one SQL statement."""
@@ -439,6 +440,14 @@ class JobSpec(_message.Message):
     def import_files(self) -> Global___ImportFilesJobSpec:
         """Import files into a table."""
 
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """The longest one attempt of the job may run, wall-clock. Unset uses the service's
+        default (jobs.timeout_seconds); more than its maximum (jobs.max_timeout_seconds) is
+        INVALID_ARGUMENT. A job past it stops, commits nothing and ends FAILED with
+        DEADLINE_EXCEEDED and reason JOB_TIMEOUT; it is not retried.
+        """
+
     def __init__(
         self,
         *,
@@ -447,10 +456,11 @@ class JobSpec(_message.Message):
         expire_snapshots: Global___ExpireSnapshotsJobSpec | None = ...,
         remove_orphan_files: Global___RemoveOrphanFilesJobSpec | None = ...,
         import_files: Global___ImportFilesJobSpec | None = ...,
+        timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["compact_table", b"compact_table", "expire_snapshots", b"expire_snapshots", "import_files", b"import_files", "kind", b"kind", "remove_orphan_files", b"remove_orphan_files", "sql", b"sql"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["compact_table", b"compact_table", "expire_snapshots", b"expire_snapshots", "import_files", b"import_files", "kind", b"kind", "remove_orphan_files", b"remove_orphan_files", "sql", b"sql", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compact_table", b"compact_table", "expire_snapshots", b"expire_snapshots", "import_files", b"import_files", "kind", b"kind", "remove_orphan_files", b"remove_orphan_files", "sql", b"sql"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compact_table", b"compact_table", "expire_snapshots", b"expire_snapshots", "import_files", b"import_files", "kind", b"kind", "remove_orphan_files", b"remove_orphan_files", "sql", b"sql", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["sql", "compact_table", "expire_snapshots", "remove_orphan_files", "import_files"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
@@ -475,7 +485,10 @@ class SqlJobResult(_message.Message):
     the number of rows of its full result.
     """
     preview_truncated: _builtins.bool
-    """True when the result has more rows than the preview holds."""
+    """True when the result has more rows than the preview holds: the preview stopped at the
+    spec's preview_row_limit, or earlier at the service's preview size cap in bytes
+    (jobs.preview_max_bytes), so that every response carrying the job stays small.
+    """
     snapshot_id: _builtins.int
     """The snapshot committed in the destination table, or in the table a data-changing
     statement wrote; absent when nothing was committed.
