@@ -18,10 +18,9 @@ import pytest
 import pytest_asyncio
 
 from fixtures.net import LOOPBACK
-from lakehouse.v1 import job_pb2, job_service_pb2_grpc, rows_pb2
+from lakehouse.v1 import job_pb2, job_service_pb2_grpc, rows_pb2, table_service_pb2_grpc
 from lakehouse.v1 import job_service_pb2 as jpb
 from lakehouse.v1 import table_service_pb2 as tpb
-from lakehouse.v1 import table_service_pb2_grpc
 
 TERMINAL = {job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED}
 WAIT_SECONDS = 60.0
