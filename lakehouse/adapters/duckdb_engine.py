@@ -74,7 +74,7 @@ from pyiceberg.expressions.literals import (
     StringLiteral,
     TimestampLiteral,
 )
-from pyiceberg.io import FileIO
+from pyiceberg.io import FileIO, InputFile, OutputFile, OutputStream
 from pyiceberg.io.pyarrow import (
     _check_pyarrow_schema_compatible,
     _dataframe_to_data_files,
@@ -1204,7 +1204,7 @@ class _Engine:
         job stops or anything fails before the commit, the files written are deleted.
         """
         metadata = transaction.table_metadata
-        io: FileIO = transaction._table.io
+        io = _TrackingIO(transaction._table.io)
         written: list[DataFile] = []
         try:
             with translate_errors(namespace, name):
@@ -1234,12 +1234,81 @@ class _Engine:
                 transaction.commit_transaction()
         except LakehouseError as exc:
             if exc.reason != "COMMIT_STATE_UNKNOWN":
-                _delete_quietly(io, written)
+                io.abort()
             raise
         except BaseException:
-            _delete_quietly(io, written)
+            io.abort()
             raise
         return snapshot_id
+
+
+class _TrackedOutput(OutputFile):
+    """A data file being written: tells its ``_TrackingIO`` when it is complete.
+
+    pyiceberg asks a file's length once its writer closed it, so that call marks the end.
+    """
+
+    def __init__(self, inner: OutputFile, owner: _TrackingIO) -> None:
+        super().__init__(inner.location)
+        self._inner = inner
+        self._owner = owner
+
+    def __len__(self) -> int:
+        size = len(self._inner)
+        self._owner.finished(self.location)
+        return size
+
+    def exists(self) -> bool:
+        return self._inner.exists()
+
+    def to_input_file(self) -> InputFile:
+        return self._inner.to_input_file()
+
+    def create(self, overwrite: bool = False) -> OutputStream:
+        return self._inner.create(overwrite=overwrite)
+
+
+class _TrackingIO(FileIO):
+    """The table's FileIO, remembering every data file a write starts, to undo it.
+
+    A stopped or failed job must leave no files: those of a destination table are under
+    a location no table owns (orphan removal never looks there). pyiceberg writes files in
+    its own threads, and the ones still being written when the job stops are not among
+    the data files returned so far, so each file is tracked from its start: ``abort``
+    deletes the complete ones, and one that completes afterwards deletes itself.
+    """
+
+    def __init__(self, io: FileIO) -> None:
+        super().__init__(io.properties)
+        self._io = io
+        self._lock = threading.Lock()
+        self._started: set[str] = set()
+        self._aborted = False
+
+    def new_input(self, location: str) -> InputFile:
+        return self._io.new_input(location)
+
+    def new_output(self, location: str) -> OutputFile:
+        with self._lock:
+            self._started.add(location)
+        return _TrackedOutput(self._io.new_output(location), self)
+
+    def delete(self, location: str | InputFile | OutputFile) -> None:
+        self._io.delete(location)
+
+    def finished(self, location: str) -> None:
+        """Called when a file is complete; deletes it if the write was aborted meanwhile."""
+        with self._lock:
+            aborted = self._aborted
+        if aborted:
+            _delete_quietly(self._io, [location])
+
+    def abort(self) -> None:
+        """Deletes every file started so far (files still being written follow when done)."""
+        with self._lock:
+            self._aborted = True
+            started = sorted(self._started)
+        _delete_quietly(self._io, started)
 
 
 def _write(
@@ -1268,12 +1337,13 @@ def _write(
             yield from _dataframe_to_data_files(metadata, table, io, write_uuid, counter)
 
 
-def _delete_quietly(io: FileIO, files: Iterable[DataFile]) -> None:
-    for data_file in files:
+def _delete_quietly(io: FileIO, locations: Iterable[str]) -> None:
+    for location in locations:
         try:
-            io.delete(data_file.file_path)
+            if io.new_input(location).exists():
+                io.delete(location)
         except Exception:  # best effort; remove_orphan_files collects what is left
-            log.warning("could not delete uncommitted file %s", data_file.file_path)
+            log.warning("could not delete uncommitted file %s", location)
 
 
 class _Preview:

@@ -229,3 +229,30 @@ async def test_retrying_a_failed_job_by_request_id_returns_the_failed_job(
     assert job.state == job_pb2.JOB_STATE_FAILED
     after = await client.jobs.CreateJob(jpb.CreateJobRequest(spec=spec, request_id="fail-1"))
     assert after.job.id == first.job.id and after.job.state == job_pb2.JOB_STATE_FAILED
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_cancelling_a_job_while_it_writes_its_destination_leaves_no_files(
+    client: Client,
+) -> None:
+    from pathlib import Path
+
+    await make_namespace(client, "staging")
+    warehouse = Path(client.settings.warehouse.removeprefix("file://"))
+    spec = job_pb2.JobSpec(
+        sql=job_pb2.SqlJobSpec(
+            statement="SELECT i, repeat('x', 100) AS s FROM range(12000000) t(i)",
+            destination_namespace="staging",
+            destination_table="big",
+        )
+    )
+    created = await client.jobs.CreateJob(jpb.CreateJobRequest(spec=spec))
+    deadline = time.monotonic() + WAIT_SECONDS
+    # The first data file appears on disk when pyiceberg starts writing it.
+    while not list(warehouse.rglob("*.parquet")):
+        assert time.monotonic() < deadline, "no data file was started"
+        await asyncio.sleep(0.05)
+    await client.jobs.CancelJob(jpb.CancelJobRequest(job_id=created.job.id))
+    job = await finished(client, created.job.id)
+    assert job.state == job_pb2.JOB_STATE_CANCELLED
+    assert list(warehouse.rglob("*.parquet")) == []
