@@ -219,6 +219,15 @@ class JobsSettings(_Section):
     preview_max_bytes: int = Field(default=1024 * 1024, ge=1024, le=16 * 1024 * 1024)
     """Size cap of a SQL job's stored result preview; rows past it are left out and
     ``preview_truncated`` is set, so that every response carrying the job stays small."""
+    max_unfinished_per_principal: int = Field(default=500, ge=0, le=1_000_000)
+    """Queued or running jobs one caller (principal) may have; CreateJob past it is
+    RESOURCE_EXHAUSTED with reason JOB_QUOTA_EXCEEDED. 0 means no limit."""
+    max_running_per_principal: int = Field(default=4, ge=0, le=10_000)
+    """Jobs of one caller that run at once across all workers; its further jobs wait while
+    other callers' jobs are claimed. 0 means no limit."""
+    max_running_per_namespace: int = Field(default=0, ge=0, le=10_000)
+    """Jobs on one namespace's tables that run at once across all workers; 0 means no
+    limit."""
 
     @model_validator(mode="after")
     def _timeouts(self) -> JobsSettings:

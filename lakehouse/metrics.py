@@ -40,6 +40,10 @@ JOBS_CREATED = Counter(
     "Jobs created, by kind and origin (api, scheduler).",
     ("kind", "origin"),
 )
+JOB_QUOTA_REFUSALS = Counter(
+    "lakehouse_job_quota_refusals_total",
+    "CreateJob calls refused because the caller had as many unfinished jobs as it may.",
+)
 JOBS_FINISHED = Counter(
     "lakehouse_jobs_finished_total",
     "Jobs that reached a final state, by kind and state (succeeded, failed, cancelled); each "

@@ -954,7 +954,10 @@ class _Engine:
     """One statement's DuckDB connection, its registered tables and error translation."""
 
     def __init__(
-        self, con: duckdb.DuckDBPyConnection, ctx: JobContext, preview_max_bytes: int
+        self,
+        con: duckdb.DuckDBPyConnection,
+        ctx: JobContext,
+        preview_max_bytes: int = 1024 * 1024,
     ) -> None:
         self._con = con
         self._ctx = ctx

@@ -73,11 +73,18 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.sql.elements import ColumnElement
-from sqlalchemy.sql.selectable import Select
+from sqlalchemy.sql.selectable import ScalarSelect, Select
 
 from lakehouse.adapters import postgres
 from lakehouse.adapters.resilience import CircuitBreaker, guarded
-from lakehouse.errors import ERROR_DOMAIN, AlreadyExists, FailedPrecondition, NotFound, Unavailable
+from lakehouse.errors import (
+    ERROR_DOMAIN,
+    AlreadyExists,
+    FailedPrecondition,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from lakehouse.v1 import job_pb2
 
 QUEUED: Final[int] = job_pb2.JOB_STATE_QUEUED
@@ -97,7 +104,7 @@ LEASE_EXPIRED_MESSAGE: Final = (
 )
 
 #: The schema version this code writes; ``migrate`` brings older databases up to it.
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 _MICROS_PER_SECOND: Final = 1_000_000
 # Execution option read by the SQLite "begin" hook: the BEGIN flavour of a transaction.
@@ -109,6 +116,10 @@ _CLAIM_CANDIDATES: Final = 64
 # Serializes concurrent migrate() calls on PostgreSQL (a constant pg_advisory_xact_lock key).
 _MIGRATION_LOCK_KEY: Final = 0x6C616B656A6F6273  # "lakejobs"
 _UNAVAILABLE_REASON: Final = "JOB_STORE_UNAVAILABLE"
+#: The ``ErrorInfo.reason`` of a CreateJob past the principal's unfinished-job limit.
+QUOTA_REASON: Final = "JOB_QUOTA_EXCEEDED"
+# Jobs take seconds to minutes: a refused caller may look again after this.
+_QUOTA_RETRY_SECONDS: Final = 30.0
 
 # -- Schema ------------------------------------------------------------------------------------
 
@@ -154,6 +165,9 @@ jobs_table = Table(
     Column("error", LargeBinary, nullable=True),
     Column("scheduled", Boolean, nullable=False),
     Column("version", BigInteger, nullable=False),
+    # Who created the job (schema 3); empty for the scheduler's jobs and older ones, which
+    # no per-principal limit counts.
+    Column("principal", String, nullable=False, server_default=""),
 )
 _jobs = jobs_table.c
 
@@ -164,6 +178,8 @@ Index("lakehouse_jobs_request_id_uq", _jobs.request_id, unique=True)
 Index(
     "lakehouse_jobs_table_ix", _jobs.kind, _jobs.namespace, _jobs.table_name, _jobs.create_time_us
 )
+# Serves the per-principal limits (unfinished jobs at CreateJob, running ones at claim).
+Index("lakehouse_jobs_principal_ix", _jobs.principal, _jobs.state)
 # At most one queued or running scheduled job per (kind, table): the scheduler of every
 # replica may enqueue at once, and the database decides which one wins.
 _ACTIVE_SCHEDULED = and_(_jobs.scheduled == true(), _jobs.state.in_(_ACTIVE_STATES))
@@ -179,12 +195,56 @@ Index(
 
 
 def _create_v1(conn: Connection) -> None:
-    """Version 1: the jobs table and its indexes.
+    """Version 1: the jobs table and its indexes, spelled out as they were then.
 
-    Later versions must use explicit DDL (``ALTER TABLE ...``), not ``jobs_table`` as it will
-    then be, so that each step keeps meaning what it meant when it was released.
+    Later versions use explicit DDL (``ALTER TABLE ...``), not ``jobs_table`` as it is now,
+    so that each step keeps meaning what it meant when it was released.
     """
-    jobs_table.create(conn, checkfirst=True)
+    frozen = MetaData()
+    table = Table(
+        "lakehouse_jobs",
+        frozen,
+        Column("id", String, primary_key=True),
+        Column("kind", Integer, nullable=False),
+        Column("namespace", String, nullable=False),
+        Column("table_name", String, nullable=False),
+        Column("state", Integer, nullable=False),
+        Column("spec", LargeBinary, nullable=False),
+        Column("request_id", String, nullable=True),
+        Column("spec_digest", String, nullable=False),
+        Column("attempts", Integer, nullable=False),
+        Column("max_attempts", Integer, nullable=False),
+        Column("cancel_requested", Boolean, nullable=False),
+        Column("worker", String, nullable=False),
+        Column("create_time_us", BigInteger, nullable=False),
+        Column("start_time_us", BigInteger, nullable=True),
+        Column("end_time_us", BigInteger, nullable=True),
+        Column("update_time_us", BigInteger, nullable=False),
+        Column("lease_expires_us", BigInteger, nullable=True),
+        Column("next_attempt_us", BigInteger, nullable=False),
+        Column("progress_fraction", Double, nullable=False),
+        Column("progress_message", String, nullable=False),
+        Column("result", LargeBinary, nullable=True),
+        Column("error", LargeBinary, nullable=True),
+        Column("scheduled", Boolean, nullable=False),
+        Column("version", BigInteger, nullable=False),
+    )
+    c = table.c
+    Index("lakehouse_jobs_claim_ix", c.state, c.next_attempt_us)
+    Index("lakehouse_jobs_list_ix", c.create_time_us, c.id)
+    Index("lakehouse_jobs_request_id_uq", c.request_id, unique=True)
+    Index("lakehouse_jobs_table_ix", c.kind, c.namespace, c.table_name, c.create_time_us)
+    active = and_(c.scheduled == true(), c.state.in_(_ACTIVE_STATES))
+    Index(
+        "lakehouse_jobs_scheduled_uq",
+        c.kind,
+        c.namespace,
+        c.table_name,
+        unique=True,
+        sqlite_where=active,
+        postgresql_where=active,
+    )
+    table.create(conn, checkfirst=True)
 
 
 def _create_v2(conn: Connection) -> None:
@@ -207,8 +267,22 @@ def _create_v2(conn: Connection) -> None:
     table.create(conn, checkfirst=True)
 
 
+def _add_principal_v3(conn: Connection) -> None:
+    """Version 3: who created each job, for the per-principal limits."""
+    conn.execute(
+        text("ALTER TABLE lakehouse_jobs ADD COLUMN principal VARCHAR NOT NULL DEFAULT ''")
+    )
+    conn.execute(
+        text("CREATE INDEX lakehouse_jobs_principal_ix ON lakehouse_jobs (principal, state)")
+    )
+
+
 # _MIGRATIONS[n] takes a database from schema version n to n + 1.
-_MIGRATIONS: Final[tuple[Callable[[Connection], None], ...]] = (_create_v1, _create_v2)
+_MIGRATIONS: Final[tuple[Callable[[Connection], None], ...]] = (
+    _create_v1,
+    _create_v2,
+    _add_principal_v3,
+)
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -245,6 +319,8 @@ class JobRecord:
             attempt's failure while queued for a retry.
         scheduled: True when the maintenance scheduler enqueued the job, not a client.
         version: Grows by one on every visible change; WatchJob compares it.
+        principal: Who created the job; empty for the scheduler's jobs (and jobs stored
+            before schema 3).
     """
 
     id: str
@@ -271,6 +347,7 @@ class JobRecord:
     error: bytes | None
     scheduled: bool
     version: int
+    principal: str = ""
 
     @property
     def finished(self) -> bool:
@@ -342,6 +419,7 @@ def _record(row: Mapping[Any, Any]) -> JobRecord:
         error=_optional_bytes(row["error"]),
         scheduled=bool(row["scheduled"]),
         version=int(row["version"]),
+        principal=str(row.get("principal") or ""),
     )
 
 
@@ -370,6 +448,12 @@ def _table_lock_key(kind: int, namespace: str, table: str) -> int:
     A hash collision only makes two unrelated tables wait for each other for one claim.
     """
     name = f"lakehouse_jobs\0{kind}\0{namespace}\0{table}".encode()
+    return int.from_bytes(hashlib.blake2b(name, digest_size=8).digest(), "big", signed=True)
+
+
+def _principal_lock_key(principal: str) -> int:
+    """A stable signed 64-bit advisory lock key for one principal's jobs on PostgreSQL."""
+    name = f"lakehouse_jobs_principal\0{principal}".encode()
     return int.from_bytes(hashlib.blake2b(name, digest_size=8).digest(), "big", signed=True)
 
 
@@ -696,6 +780,8 @@ class JobStore:
         max_attempts: int,
         now_us: int,
         scheduled: bool = False,
+        principal: str = "",
+        max_unfinished: int = 0,
     ) -> tuple[JobRecord, bool]:
         """Creates a QUEUED job, due at once, unless an equivalent one exists.
 
@@ -712,6 +798,9 @@ class JobStore:
             now_us: The current time.
             scheduled: True for the maintenance scheduler's jobs: at most one of them per
                 (kind, table) is queued or running.
+            principal: Who creates the job; empty for none (the scheduler).
+            max_unfinished: The most QUEUED or RUNNING jobs ``principal`` may have, this
+                one included; 0 (or an empty principal) for no limit.
 
         Returns:
             ``(job, True)`` for a new job. ``(existing, False)`` when a job with this
@@ -723,9 +812,12 @@ class JobStore:
             AlreadyExists: A job with this ``request_id`` has a different spec (reason
                 ``REQUEST_ID_REUSED``), or a job with ``job_id`` exists (reason
                 ``JOB_ALREADY_EXISTS``; the caller's ids are not unique).
+            ResourceExhausted: ``principal`` has ``max_unfinished`` unfinished jobs already
+                (reason ``JOB_QUOTA_EXCEEDED``).
             Unavailable: The database cannot be reached.
         """
         values = {
+            "principal": principal,
             "id": job_id,
             "kind": kind,
             "namespace": namespace,
@@ -759,6 +851,8 @@ class JobStore:
                     existing = self._equivalent(conn, values)
                     if existing is not None:
                         return existing, False
+                    if principal and max_unfinished > 0:
+                        self._check_quota(conn, principal, max_unfinished)
                     conn.execute(insert(jobs_table).values(values))
                     return _record(values), True
             except IntegrityError:
@@ -766,6 +860,28 @@ class JobStore:
         raise AlreadyExists(
             f"job {job_id} exists already", reason="JOB_ALREADY_EXISTS", metadata={"job_id": job_id}
         )
+
+    def _check_quota(self, conn: Connection, principal: str, max_unfinished: int) -> None:
+        """Refuses a job past the principal's limit of unfinished jobs.
+
+        On PostgreSQL a per-principal advisory lock makes concurrent creates count in turn
+        (SQLite's BEGIN IMMEDIATE already does).
+        """
+        if self._postgres:
+            conn.execute(select(func.pg_advisory_xact_lock(_principal_lock_key(principal))))
+        unfinished = conn.execute(
+            select(func.count())
+            .select_from(jobs_table)
+            .where(_jobs.principal == principal, _jobs.state.in_(_ACTIVE_STATES))
+        ).scalar_one()
+        if int(unfinished) >= max_unfinished:
+            raise ResourceExhausted(
+                f"{principal} has {unfinished} unfinished jobs, the most one caller may have "
+                "queued or running; wait for some to finish or cancel some",
+                reason=QUOTA_REASON,
+                metadata={"principal": principal, "limit": str(max_unfinished)},
+                retry_after_seconds=_QUOTA_RETRY_SECONDS,
+            )
 
     @staticmethod
     def _equivalent(conn: Connection, new: Mapping[str, Any]) -> JobRecord | None:
@@ -933,6 +1049,8 @@ class JobStore:
         lease_seconds: float,
         now_us: int,
         kinds: Sequence[int] | None = None,
+        max_running_per_principal: int = 0,
+        max_running_per_namespace: int = 0,
     ) -> Claim | None:
         """Takes the oldest due job for ``worker``, or None if there is none.
 
@@ -951,17 +1069,24 @@ class JobStore:
             lease_seconds: How long the job is the worker's without a heartbeat.
             now_us: The current time.
             kinds: Only jobs of these kinds; None or empty means any kind.
+            max_running_per_principal: Jobs of one principal that may run at once (live
+                leases, across every worker); a job of a principal at the limit is skipped
+                so that other principals' jobs are claimed. 0: no limit. Jobs without a
+                principal (the scheduler's) are not limited.
+            max_running_per_namespace: The same, per namespace of the job's table.
 
         Raises:
             Unavailable: The database cannot be reached.
         """
         lease_us = _micros(lease_seconds)
+        limits = _Limits(max_running_per_principal, max_running_per_namespace)
         after: tuple[int, str] | None = None
         claimed: Claim | None = None
         expired: list[JobRecord] = []
         with self._writing() as conn:
             for _ in range(_CLAIM_CANDIDATES):
-                row = conn.execute(self._next_candidate(now_us, kinds, after)).mappings().first()
+                candidate = self._next_candidate(now_us, kinds, after, limits)
+                row = conn.execute(candidate).mappings().first()
                 if row is None:
                     break
                 after = (int(row["create_time_us"]), str(row["id"]))
@@ -969,7 +1094,9 @@ class JobStore:
                 if ended is not None:
                     expired.append(ended)
                     continue
-                if not self._may_start(conn, row, now_us):
+                if not self._may_start(conn, row, now_us) or not self._within_limits(
+                    conn, row, now_us, limits
+                ):
                     continue
                 values = {
                     "state": RUNNING,
@@ -993,7 +1120,10 @@ class JobStore:
 
     @staticmethod
     def _next_candidate(
-        now_us: int, kinds: Sequence[int] | None, after: tuple[int, str] | None
+        now_us: int,
+        kinds: Sequence[int] | None,
+        after: tuple[int, str] | None,
+        limits: _Limits | None = None,
     ) -> Select[Any]:
         """The next due job by age after ``after``, locked, skipping others' locked rows.
 
@@ -1010,6 +1140,10 @@ class JobStore:
             or_(_jobs.cancel_requested == true(), _jobs.attempts >= _jobs.max_attempts),
         )
         startable = or_(_jobs.kind == _SQL_KIND, ~_sibling_running(now_us))
+        if limits is not None:
+            # Jobs of a principal (or namespace) at its running limit are passed over here,
+            # so that its backlog does not use up the claim's candidates.
+            startable = and_(startable, *_under_limits(now_us, limits))
         stmt = select(jobs_table).where(due, or_(ending, startable))
         if kinds:
             stmt = stmt.where(_jobs.kind.in_(builtins.list(kinds)))
@@ -1054,6 +1188,29 @@ class JobStore:
             _jobs.id == row["id"], _sibling_running(now_us)
         )  # correlated on the candidate's own row
         return conn.execute(sibling).first() is None
+
+    def _within_limits(
+        self, conn: Connection, row: RowMapping, now_us: int, limits: _Limits
+    ) -> bool:
+        """False while the job's principal or namespace runs as many jobs as it may.
+
+        The candidate query filtered on this already; as in ``_may_start``, PostgreSQL
+        workers claiming at once take turns on an advisory lock and recheck with a fresh
+        statement, so two of them cannot both start a principal's last allowed job.
+        """
+        checks = _under_limits(now_us, limits)
+        if not checks:
+            return True
+        if self._postgres and limits.per_principal and row["principal"]:
+            key = _principal_lock_key(str(row["principal"]))
+            if not conn.execute(select(func.pg_try_advisory_xact_lock(key))).scalar_one():
+                return False
+        if self._postgres and limits.per_namespace and row["namespace"]:
+            key = _principal_lock_key(f"namespace\0{row['namespace']}")
+            if not conn.execute(select(func.pg_try_advisory_xact_lock(key))).scalar_one():
+                return False
+        fresh = select(jobs_table.c.id).where(_jobs.id == row["id"], *checks)
+        return conn.execute(fresh).first() is not None
 
     def heartbeat(
         self,
@@ -1243,6 +1400,53 @@ def _ignore(job: JobRecord) -> None:
 
 def _ignore_expiry(job: JobRecord, worker: str) -> None:
     pass
+
+
+@dataclass(frozen=True)
+class _Limits:
+    """Running-job limits of a claim; 0 means none."""
+
+    per_principal: int
+    per_namespace: int
+
+
+def _running_like(now_us: int, column: str) -> ScalarSelect[int]:
+    """How many other jobs with the candidate's ``column`` value run with a live lease.
+
+    Correlated with the enclosing query's ``lakehouse_jobs`` row.
+    """
+    other = jobs_table.alias(f"lakehouse_jobs_same_{column}")
+    return (
+        select(func.count())
+        .select_from(other)
+        .where(
+            other.c[column] == _jobs[column],
+            other.c.state == RUNNING,
+            other.c.lease_expires_us > now_us,
+            other.c.id != _jobs.id,
+        )
+        .scalar_subquery()
+    )
+
+
+def _under_limits(now_us: int, limits: _Limits) -> list[ColumnElement[bool]]:
+    """Conditions a job must meet to start under ``limits`` (none when there are none)."""
+    conditions: list[ColumnElement[bool]] = []
+    if limits.per_principal > 0:
+        conditions.append(
+            or_(
+                _jobs.principal == "",
+                _running_like(now_us, "principal") < limits.per_principal,
+            )
+        )
+    if limits.per_namespace > 0:
+        conditions.append(
+            or_(
+                _jobs.namespace == "",
+                _running_like(now_us, "namespace") < limits.per_namespace,
+            )
+        )
+    return conditions
 
 
 def _sibling_running(now_us: int) -> ColumnElement[bool]:

@@ -181,7 +181,11 @@ class JobWorker:
                 try:
                     claim = await self._pool.run(
                         lambda: self._store.claim(
-                            worker=self.name, lease_seconds=lease, now_us=now_us()
+                            worker=self.name,
+                            lease_seconds=lease,
+                            now_us=now_us(),
+                            max_running_per_principal=self._settings.max_running_per_principal,
+                            max_running_per_namespace=self._settings.max_running_per_namespace,
                         )
                     )
                 except LakehouseError as exc:

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from lakehouse.adapters.blocking import BlockingPool
 from lakehouse.adapters.job_store import JobRecord, JobStore
 from lakehouse.config import JobsSettings
+from lakehouse.core.caller import current_principal
 from lakehouse.core.job_specs import (
     KIND_NAMES,
     SpecChecker,
@@ -27,8 +28,8 @@ from lakehouse.core.job_specs import (
 )
 from lakehouse.core.names import check_identifier
 from lakehouse.core.paging import Page, decode_token, encode_token, page_size
-from lakehouse.errors import AlreadyExists, InvalidArgument, NotFound
-from lakehouse.metrics import JOBS_CREATED
+from lakehouse.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
+from lakehouse.metrics import JOB_QUOTA_REFUSALS, JOBS_CREATED
 from lakehouse.v1 import job_pb2
 
 TERMINAL_STATES = frozenset(
@@ -114,7 +115,10 @@ class Jobs:
     async def create(
         self, spec: job_pb2.JobSpec, request_id: str = "", *, scheduled: bool = False
     ) -> tuple[JobRecord, bool]:
-        """Checks ``spec`` and queues a job for it.
+        """Checks ``spec`` and queues a job for it, for the current call's principal.
+
+        A retry (a request id seen before, with the same spec) gets the earlier job before
+        anything else is checked.
 
         Returns:
             The job and whether it was created now (False: an earlier call with the same
@@ -137,20 +141,27 @@ class Jobs:
                 return earlier, False
         job_timeout_seconds(spec, self._settings)
         summary = await self._checker.check(spec)
-        job, created = await self._pool.run(
-            lambda: self._store.create(
-                job_id=uuid.uuid4().hex,
-                kind=summary.kind,
-                namespace=summary.namespace,
-                table=summary.table,
-                spec=spec.SerializeToString(deterministic=True),
-                spec_digest=summary.digest,
-                request_id=request_id,
-                max_attempts=self._settings.max_attempts,
-                now_us=now_us(),
-                scheduled=scheduled,
+        principal = "" if scheduled else current_principal()
+        try:
+            job, created = await self._pool.run(
+                lambda: self._store.create(
+                    job_id=uuid.uuid4().hex,
+                    kind=summary.kind,
+                    namespace=summary.namespace,
+                    table=summary.table,
+                    spec=spec.SerializeToString(deterministic=True),
+                    spec_digest=summary.digest,
+                    request_id=request_id,
+                    max_attempts=self._settings.max_attempts,
+                    now_us=now_us(),
+                    scheduled=scheduled,
+                    principal=principal,
+                    max_unfinished=self._settings.max_unfinished_per_principal,
+                )
             )
-        )
+        except ResourceExhausted:
+            JOB_QUOTA_REFUSALS.inc()
+            raise
         if created:
             JOBS_CREATED.labels(KIND_NAMES[summary.kind], "scheduler" if scheduled else "api").inc()
             self.events.queued()

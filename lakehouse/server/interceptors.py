@@ -23,6 +23,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 from opentelemetry import trace
 
+from lakehouse.core.caller import set_current_principal
 from lakehouse.errors import InvalidArgument, LakehouseError
 from lakehouse.server import metrics
 from lakehouse.server.limits import CallDeadlines
@@ -58,7 +59,8 @@ _current_call: ContextVar[_Call | None] = ContextVar("lakehouse_current_call", d
 
 
 def set_principal(name: str) -> None:
-    """Names the authenticated caller of the current RPC in its log line."""
+    """Names the authenticated caller of the current RPC: its log line, per-caller limits."""
+    set_current_principal(name)
     call = _current_call.get()
     if call is not None:
         call.principal = name

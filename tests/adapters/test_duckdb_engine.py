@@ -599,18 +599,25 @@ def test_the_engine_itself_refuses_what_the_check_would(
     assert list(outside.iterdir()) == []
 
 
-def test_engine_settings_are_locked(shared: Catalog, tmp_path: Path) -> None:
-    out = _run(
-        shared,
-        "SELECT current_setting('enable_external_access') AS external, "
-        "current_setting('lock_configuration') AS locked, "
-        "current_setting('autoload_known_extensions') AS autoload, "
-        "current_setting('python_enable_replacements') AS replacements",
-        tmp_path,
+def test_engine_settings_are_locked_and_the_limits_apply(shared: Catalog, tmp_path: Path) -> None:
+    # A statement may not read settings (current_setting would show server paths), so the
+    # connection a job gets is inspected directly, as run_statement sets it up.
+    con = duckdb_engine._connect(
+        memory_limit_mb=96, threads=1, temp_dir=tmp_path / "spill", temp_limit_mb=32
     )
-    assert out.preview.to_pylist() == [
-        {"external": False, "locked": True, "autoload": False, "replacements": False}
-    ]
+    try:
+        duckdb_engine._Engine(con, JobContext("j")).open_tables(shared, [], "")
+        row = con.sql(
+            "SELECT current_setting('enable_external_access'), "
+            "current_setting('lock_configuration'), "
+            "current_setting('autoload_known_extensions'), "
+            "current_setting('python_enable_replacements'), "
+            "current_setting('memory_limit'), current_setting('max_temp_directory_size')"
+        ).fetchall()[0]
+    finally:
+        con.close()
+    assert row[:4] == (False, True, False, False)
+    assert row[4:] == ("91.5 MiB", "30.5 MiB")  # 96 and 32 MB, as DuckDB shows them
 
 
 def test_python_variables_are_not_tables(shared: Catalog, tmp_path: Path) -> None:

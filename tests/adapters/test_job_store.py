@@ -208,19 +208,30 @@ def test_migrate_from_version_1_adds_the_request_id_table_and_keeps_jobs(url: st
         job_store_module.schema_table.create(conn)
         job_store_module._MIGRATIONS[0](conn)
         conn.execute(sqlalchemy.text("INSERT INTO lakehouse_jobs_schema VALUES (1, 1)"))
+        # A job as that release wrote it (no principal column yet).
+        conn.execute(
+            sqlalchemy.text(
+                "INSERT INTO lakehouse_jobs (id, kind, namespace, table_name, state, spec, "
+                "request_id, spec_digest, attempts, max_attempts, cancel_requested, worker, "
+                "create_time_us, update_time_us, next_attempt_us, progress_fraction, "
+                "progress_message, scheduled, version) VALUES ('job-1', :kind, '', '', "
+                ":state, :spec, NULL, 'digest', 0, 3, false, '', :t, :t, :t, 0, '', false, 1)"
+            ),
+            {"kind": SQL, "state": QUEUED, "spec": b"spec of job-1", "t": T0},
+        )
     engine.dispose()
     store = JobStore(url)
     ledger = RequestIdStore(store)
     try:
-        create(store, "job-1")
         with pytest.raises(Unavailable) as err:  # not migrated yet: no table to read
             ledger.find("t-uuid", ["r1"], since_ms=0)
         assert err.value.reason == "REQUEST_ID_STORE_UNAVAILABLE"
 
         store.migrate()
 
-        assert schema_versions(url) == [2] == [SCHEMA_VERSION]
+        assert schema_versions(url) == [3] == [SCHEMA_VERSION]
         assert store.get("job-1").state == QUEUED
+        assert store.get("job-1").principal == ""  # older jobs count against no caller
         recorded = RecordedRequest("r1", rows=3, snapshot_id=7, committed_ms=1000)
         ledger.record("t-uuid", [recorded])
         assert ledger.find("t-uuid", ["r1", "r2"], since_ms=0) == {"r1": recorded}
@@ -260,6 +271,7 @@ def test_create_then_get(store: JobStore) -> None:
         "error": None,
         "scheduled": False,
         "version": 1,
+        "principal": "",
     }
     assert not job.finished
 

@@ -9,7 +9,9 @@ would print server paths are refused when the job is created.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -167,3 +169,92 @@ async def test_statements_that_reveal_server_paths_are_refused_at_create(
     assert details.code == grpc.StatusCode.INVALID_ARGUMENT
     assert details.violated_fields == ["spec.sql.statement"]
     assert details.reason == "SQL_NOT_ALLOWED"
+
+
+# -- Per-principal limits ----------------------------------------------------------------------
+
+LONG = "SELECT count(*) FROM range(1000000000000)"
+
+
+@asynccontextmanager
+async def server_with(settings: Any) -> AsyncIterator[Any]:
+    from lakehouse.server.app import LakehouseServer
+
+    srv = LakehouseServer(settings)
+    await srv.start()
+    try:
+        async with grpc.aio.insecure_channel(f"{LOOPBACK}:{srv.grpc_port}") as channel:
+            yield job_service_pb2_grpc.JobServiceStub(channel)
+    finally:
+        await asyncio.wait_for(srv.stop(), 30)
+
+
+async def test_a_caller_past_its_unfinished_job_limit_is_refused(backend: Any) -> None:
+    jobs = backend.jobs.model_copy(update={"workers": 0, "max_unfinished_per_principal": 2})
+    async with server_with(backend.model_copy(update={"jobs": jobs})) as stub:
+        first = await stub.CreateJob(jpb.CreateJobRequest(spec=sql(LONG), request_id="q-1"))
+        await stub.CreateJob(jpb.CreateJobRequest(spec=sql(LONG)))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.CreateJob(jpb.CreateJobRequest(spec=sql(LONG)))
+        details = rpc_error_details(err.value)
+        assert (details.code, details.reason) == (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "JOB_QUOTA_EXCEEDED",
+        )
+        assert details.metadata["limit"] == "2" and details.retry_delay_seconds
+        listed = await stub.ListJobs(jpb.ListJobsRequest())
+        assert len(listed.jobs) == 2  # the refused call created nothing
+
+        # A retry of a job the caller has is still answered; a finished job frees a place.
+        again = await stub.CreateJob(jpb.CreateJobRequest(spec=sql(LONG), request_id="q-1"))
+        assert again.job.id == first.job.id
+        await stub.CancelJob(jpb.CancelJobRequest(job_id=first.job.id))
+        await stub.CreateJob(jpb.CreateJobRequest(spec=sql(LONG)))
+
+
+def api_key(name: str) -> tuple[Any, tuple[tuple[str, str], ...]]:
+    from lakehouse.config import ApiKey
+
+    key = f"lh_{name}_{'k' * 32}"
+    entry = ApiKey(name=name, sha256=hashlib.sha256(key.encode()).hexdigest(), role="admin")
+    return entry, (("authorization", f"Bearer {key}"),)
+
+
+async def state_of(stub: Any, job_id: str, metadata: Any) -> int:
+    got = await stub.GetJob(jpb.GetJobRequest(job_id=job_id), metadata=metadata)
+    return int(got.job.state)
+
+
+async def test_one_callers_long_jobs_do_not_block_another_callers_job(backend: Any) -> None:
+    from lakehouse.config import AuthSettings
+
+    alice, as_alice = api_key("alice")
+    bob, as_bob = api_key("bob")
+    jobs = backend.jobs.model_copy(
+        update={"workers": 2, "max_running_per_principal": 1, "timeout_seconds": 120.0}
+    )
+    settings = backend.model_copy(
+        update={"jobs": jobs, "auth": AuthSettings(api_keys=(alice, bob))}
+    )
+    async with server_with(settings) as stub:
+        long_ids = []
+        for _ in range(2):
+            created = await stub.CreateJob(jpb.CreateJobRequest(spec=sql(LONG)), metadata=as_alice)
+            long_ids.append(created.job.id)
+        quick = await stub.CreateJob(jpb.CreateJobRequest(spec=sql("SELECT 42")), metadata=as_bob)
+
+        async def bob_done() -> job_pb2.Job:
+            async for message in stub.WatchJob(
+                jpb.WatchJobRequest(job_id=quick.job.id), metadata=as_bob
+            ):
+                if message.job.state in TERMINAL:
+                    return message.job
+            raise AssertionError("the watch ended early")
+
+        job = await asyncio.wait_for(bob_done(), WAIT_SECONDS)
+        assert job.state == job_pb2.JOB_STATE_SUCCEEDED
+        # Bob's job ran while alice's second one waited: alice had her one running job.
+        states = sorted([await state_of(stub, i, as_alice) for i in long_ids])
+        assert states == sorted([job_pb2.JOB_STATE_QUEUED, job_pb2.JOB_STATE_RUNNING])
+        for job_id in long_ids:
+            await stub.CancelJob(jpb.CancelJobRequest(job_id=job_id), metadata=as_alice)
