@@ -231,6 +231,7 @@ class TrinoEngine:
         preview_limit: int,
         destination: tuple[str, str] | None,
         ctx: JobContext,
+        preview_max_bytes: int = 1024 * 1024,
     ) -> SqlOutcome:
         """Runs ``statement`` on Trino to its end; blocking, for a job's worker thread.
 
@@ -244,6 +245,8 @@ class TrinoEngine:
                 table exists after a failed attempt is for the caller to check.
             ctx: The job's context: progress goes out through it, and stopping the job
                 cancels the Trino query.
+            preview_max_bytes: About the most bytes the preview's values may take; rows
+                past it are counted, not kept (the preview is then truncated).
 
         Returns:
             For a query, its row count and preview; for a data-changing statement (and for
@@ -266,14 +269,19 @@ class TrinoEngine:
             sql = self.destination_statement(sql, destination)
         ctx.check()
         return self._resilience.call_sync(
-            lambda: self._run_once(sql, default_namespace, preview_limit, ctx),
+            lambda: self._run_once(sql, default_namespace, preview_limit, ctx, preview_max_bytes),
             uses=(self._breaker,),
             retry=False,
             outage=_unreachable,
         )
 
     def _run_once(
-        self, sql: str, default_namespace: str, preview_limit: int, ctx: JobContext
+        self,
+        sql: str,
+        default_namespace: str,
+        preview_limit: int,
+        ctx: JobContext,
+        preview_max_bytes: int,
     ) -> SqlOutcome:
         connection = self._connect(
             default_namespace,
@@ -286,7 +294,7 @@ class TrinoEngine:
             query.attach(cursor)
             unregister = ctx.on_stop(query.cancel)
             try:
-                return self._run(cursor, sql, preview_limit, ctx)
+                return self._run(cursor, sql, preview_limit, ctx, preview_max_bytes)
             except JobStopped:
                 query.cancel()
                 raise
@@ -393,7 +401,14 @@ class TrinoEngine:
             ),
         )
 
-    def _run(self, cursor: _Cursor, sql: str, preview_limit: int, ctx: JobContext) -> SqlOutcome:
+    def _run(
+        self,
+        cursor: _Cursor,
+        sql: str,
+        preview_limit: int,
+        ctx: JobContext,
+        preview_max_bytes: int = 1024 * 1024,
+    ) -> SqlOutcome:
         cursor.execute(sql)
         if cursor.update_type is not None:
             return self._write_outcome(cursor, ctx)
@@ -401,6 +416,7 @@ class TrinoEngine:
         columns = [_plan_column(str(c[0]), str(c[1])) for c in cursor.description or []]
         limit = max(preview_limit, 0)
         kept: list[list[Any]] = []
+        room_bytes = preview_max_bytes
         total = 0
         while True:
             ctx.check()
@@ -408,9 +424,17 @@ class TrinoEngine:
             if not rows:
                 break
             total += len(rows)
-            room = limit - len(kept)
-            if room > 0:
-                kept.extend(rows[:room])
+            # Rows are kept while both the row limit and the byte cap allow: a few huge
+            # values would otherwise be held here and stored with the job.
+            for row in rows:
+                if len(kept) >= limit or room_bytes <= 0:
+                    break
+                size = _row_bytes(row)
+                if size > room_bytes:
+                    room_bytes = 0
+                    break
+                room_bytes -= size
+                kept.append(row)
         ctx.check()
         return SqlOutcome(
             rows_affected=total, preview=_preview(columns, kept), truncated=total > len(kept)
@@ -812,6 +836,11 @@ def _text(value: Any) -> str:
     if isinstance(value, (dict, list)):
         return json.dumps(value, default=str)
     return str(value)
+
+
+def _row_bytes(row: Sequence[Any]) -> int:
+    """About how many bytes a result row's values take (text and binary by their length)."""
+    return sum(len(v) if isinstance(v, (str, bytes)) else 16 for v in row) + 8
 
 
 def _preview(columns: Sequence[_Column], rows: list[list[Any]]) -> pa.Table:

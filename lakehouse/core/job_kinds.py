@@ -109,6 +109,7 @@ class JobKinds:
                     preview_limit=limit,
                     destination=destination,
                     ctx=ctx,
+                    preview_max_bytes=self._settings.preview_max_bytes,
                 )
             )
         else:

@@ -256,3 +256,27 @@ async def test_cancelling_a_job_while_it_writes_its_destination_leaves_no_files(
     job = await finished(client, created.job.id)
     assert job.state == job_pb2.JOB_STATE_CANCELLED
     assert list(warehouse.rglob("*.parquet")) == []
+
+
+def test_the_trino_preview_is_capped_in_bytes_too() -> None:
+    from fixtures.fake_trino import FakeTrino, Rows
+    from lakehouse.adapters.trino_engine import TrinoEngine
+    from lakehouse.config import TrinoSettings
+    from lakehouse.core.job_context import JobContext
+
+    huge = "x" * 100_000
+    with FakeTrino() as fake:
+        fake.script("SELECT s FROM t", Rows([("s", "varchar")], [[huge] for _ in range(30)]))
+        engine = TrinoEngine(
+            TrinoSettings(endpoint=fake.url, catalog="iceberg", user="u", request_timeout_seconds=5)
+        )
+        outcome = engine.run_statement(
+            statement="SELECT s FROM t",
+            default_namespace="sales",
+            preview_limit=100,
+            destination=None,
+            ctx=JobContext(job_id="job-1"),
+            preview_max_bytes=256 * 1024,
+        )
+    assert outcome.rows_affected == 30 and outcome.truncated
+    assert outcome.preview.num_rows == 2  # 2 x 100 kB fit in 256 kiB, 3 do not

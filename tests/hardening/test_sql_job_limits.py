@@ -139,6 +139,18 @@ async def test_a_huge_sort_fails_with_temp_space_exhausted_and_leaves_no_files(
     assert not spill.exists() or not any(spill.rglob("*"))
 
 
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_a_query_past_the_memory_limit_fails_with_memory_exhausted_once(
+    limited: tuple[Any, Any],
+) -> None:
+    _, stub = limited
+    statement = "SELECT string_agg(i::VARCHAR, ',') FROM range(30000000) t(i)"
+    job = await run_to_end(stub, sql(statement))
+    assert job.state == job_pb2.JOB_STATE_FAILED
+    assert (job.error.code, reason(job)) == (code_pb2.RESOURCE_EXHAUSTED, "JOB_MEMORY_EXHAUSTED")
+    assert job.attempts == 1  # deterministic for its input: not retried
+
+
 LEAKS = [
     "SELECT current_setting('temp_directory')",
     "SELECT current_setting('allowed_directories')",
