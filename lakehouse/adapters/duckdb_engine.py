@@ -1370,7 +1370,7 @@ class _Preview:
         self.rows += batch.num_rows
         room = self.limit - self._kept_rows
         if room > 0 and batch.num_rows and not self._full:
-            count = fitting_rows(batch, min(room, batch.num_rows), self._room_bytes)
+            count = _fitting_rows(batch, min(room, batch.num_rows), self._room_bytes)
             if count < min(room, batch.num_rows):
                 self._full = True
             if count:
@@ -1388,7 +1388,7 @@ class _Preview:
         return SqlOutcome(self.rows, table, self.rows > table.num_rows, snapshot_id)
 
 
-def fitting_rows(batch: pa.RecordBatch, most: int, max_bytes: int) -> int:
+def _fitting_rows(batch: pa.RecordBatch, most: int, max_bytes: int) -> int:
     """How many of the batch's first rows (at most ``most``) take at most ``max_bytes``."""
     if most <= 0 or max_bytes <= 0:
         return 0

@@ -265,7 +265,10 @@ class Jobs:
         larger one) must not make every call that shows the job fail: its preview is
         dropped from the answer and marked truncated.
         """
-        if job.result is None or len(job.result) <= self._settings.preview_max_bytes + _SLACK:
+        # A quarter of a response at most, whatever the preview cap says: a page of jobs
+        # must hold at least one job.
+        most = min(self._settings.preview_max_bytes, self._max_response_bytes // 4)
+        if job.result is None or len(job.result) <= most + _SLACK:
             return job
         result = job_pb2.JobResult.FromString(job.result)
         if result.WhichOneof("kind") == "sql":

@@ -443,8 +443,8 @@ class JobSpec(_message.Message):
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
         """The longest one attempt of the job may run, wall-clock. Unset uses the service's
-        default (jobs.timeout_seconds); more than its maximum (jobs.max_timeout_seconds) is
-        INVALID_ARGUMENT. A job past it stops, commits nothing and ends FAILED with
+        default (jobs.timeout_seconds); zero, negative or more than its maximum
+        (jobs.max_timeout_seconds) is INVALID_ARGUMENT. A job past it stops, commits nothing and ends FAILED with
         DEADLINE_EXCEEDED and reason JOB_TIMEOUT; it is not retried.
         """
 
