@@ -1257,7 +1257,12 @@ class _TrackedOutput(OutputFile):
         self._owner = owner
 
     def __len__(self) -> int:
-        size = len(self._inner)
+        try:
+            size = len(self._inner)
+        except FileNotFoundError:
+            if not self._owner.aborted:
+                raise
+            return 0  # deleted by the abort while it was written (local disk): all undone
         self._owner.finished(self.location)
         return size
 
@@ -1298,6 +1303,12 @@ class _TrackingIO(FileIO):
 
     def delete(self, location: str | InputFile | OutputFile) -> None:
         self._io.delete(location)
+
+    @property
+    def aborted(self) -> bool:
+        """True once the write was aborted."""
+        with self._lock:
+            return self._aborted
 
     def finished(self, location: str) -> None:
         """Called when a file is complete; deletes it if the write was aborted meanwhile."""
