@@ -270,3 +270,48 @@ async def test_one_callers_long_jobs_do_not_block_another_callers_job(backend: A
         assert states == sorted([job_pb2.JOB_STATE_QUEUED, job_pb2.JOB_STATE_RUNNING])
         for job_id in long_ids:
             await stub.CancelJob(jpb.CancelJobRequest(job_id=job_id), metadata=as_alice)
+
+
+async def test_claims_skip_a_principal_or_namespace_at_its_running_limit(backend: Any) -> None:
+    """The claim query itself, on SQLite and PostgreSQL: jobs past a limit are passed over."""
+    from lakehouse.server.app import LakehouseServer
+
+    jobs = backend.jobs.model_copy(update={"workers": 0})
+    srv = LakehouseServer(backend.model_copy(update={"jobs": jobs}))
+    await srv.start()
+    try:
+        store = srv.job_runtime.store
+
+        def create(job_id: str, principal: str, namespace: str, t: int) -> None:
+            store.create(
+                job_id=job_id,
+                kind=job_pb2.JOB_KIND_SQL,
+                namespace=namespace,
+                table="t" if namespace else "",
+                spec=b"",
+                spec_digest=job_id,
+                request_id="",
+                max_attempts=1,
+                now_us=t,
+                principal=principal,
+            )
+
+        def claim(**limits: int) -> str | None:
+            got = store.claim(worker="w", lease_seconds=60, now_us=10**15, **limits)
+            return None if got is None else got.job.id
+
+        create("a1", "alice", "", 1)
+        create("a2", "alice", "", 2)
+        create("s1", "", "", 3)  # the scheduler's: no principal, never limited
+        create("b1", "bob", "", 4)
+        per_principal = {"max_running_per_principal": 1}
+        assert [claim(**per_principal) for _ in range(4)] == ["a1", "s1", "b1", None]
+
+        create("n1", "carol", "sales", 5)
+        create("n2", "dave", "sales", 6)
+        create("n3", "erin", "hr", 7)
+        per_namespace = {"max_running_per_namespace": 1}
+        assert [claim(**per_namespace) for _ in range(4)] == ["a2", "n1", "n3", None]
+        assert claim() == "n2"  # no limits: the rest is claimed
+    finally:
+        await asyncio.wait_for(srv.stop(), 30)
