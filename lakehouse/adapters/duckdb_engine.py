@@ -291,7 +291,9 @@ def run_statement(
             engine.open_tables(catalog, plan.tables, default_namespace)
             return engine.insert(catalog, plan, target)
         if destination is not None:
-            done = _earlier_destination(catalog, destination, ctx.job_id, preview_limit)
+            done = _earlier_destination(
+                catalog, destination, ctx.job_id, preview_limit, preview_max_bytes
+            )
             if done is not None:
                 return done
         engine.open_tables(catalog, plan.tables, default_namespace)
@@ -669,7 +671,11 @@ def _earlier_insert(catalog: Catalog, target: tuple[str, str], job_id: str) -> S
 
 
 def _earlier_destination(
-    catalog: Catalog, destination: tuple[str, str], job_id: str, preview_limit: int
+    catalog: Catalog,
+    destination: tuple[str, str],
+    job_id: str,
+    preview_limit: int,
+    preview_max_bytes: int,
 ) -> SqlOutcome | None:
     """Refuses an existing destination, unless an earlier attempt of this job made it.
 
@@ -698,6 +704,7 @@ def _earlier_destination(
     with translate_errors(namespace, name):
         preview = table.scan(limit=preview_limit).to_arrow() if preview_limit else None
     preview = schema.empty_table() if preview is None else preview.cast(schema)
+    preview = preview.slice(0, _fitting_rows(preview, preview.num_rows, preview_max_bytes))
     return SqlOutcome(
         rows, preview, rows > preview.num_rows, snapshot.snapshot_id if snapshot else None
     )
@@ -1399,7 +1406,7 @@ class _Preview:
         return SqlOutcome(self.rows, table, self.rows > table.num_rows, snapshot_id)
 
 
-def _fitting_rows(batch: pa.RecordBatch, most: int, max_bytes: int) -> int:
+def _fitting_rows(batch: pa.RecordBatch | pa.Table, most: int, max_bytes: int) -> int:
     """How many of the batch's first rows (at most ``most``) take at most ``max_bytes``."""
     if most <= 0 or max_bytes <= 0:
         return 0

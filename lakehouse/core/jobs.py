@@ -124,6 +124,15 @@ class Jobs:
             The job and whether it was created now (False: an earlier call with the same
             request id created it, or the scheduler's job for that table and kind is still
             queued or running).
+
+        Raises:
+            InvalidArgument: The spec or request id is malformed (the field is named).
+            NotFound: A table the spec names does not exist.
+            AlreadyExists: The request id belongs to a job with another spec, or a SQL
+                destination table exists.
+            ResourceExhausted: The caller has as many unfinished jobs as it may (reason
+                ``JOB_QUOTA_EXCEEDED``).
+            Unavailable: The job store or catalog cannot be reached.
         """
         check_request_id(request_id)
         if request_id:
@@ -138,7 +147,7 @@ class Jobs:
                         reason="REQUEST_ID_REUSED",
                         metadata={"request_id": request_id, "job_id": earlier.id},
                     )
-                return earlier, False
+                return self._bounded(earlier), False
         job_timeout_seconds(spec, self._settings)
         summary = await self._checker.check(spec)
         principal = "" if scheduled else current_principal()
@@ -165,7 +174,7 @@ class Jobs:
         if created:
             JOBS_CREATED.labels(KIND_NAMES[summary.kind], "scheduler" if scheduled else "api").inc()
             self.events.queued()
-        return job, created
+        return self._bounded(job), created
 
     async def get(self, job_id: str) -> JobRecord:
         """The job, or NotFound."""
