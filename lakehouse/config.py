@@ -222,6 +222,10 @@ class JobsSettings(_Section):
     max_unfinished_per_principal: int = Field(default=500, ge=0, le=1_000_000)
     """Queued or running jobs one caller (principal) may have; CreateJob past it is
     RESOURCE_EXHAUSTED with reason JOB_QUOTA_EXCEEDED. 0 means no limit."""
+    max_unfinished_per_namespace: int = Field(default=0, ge=0, le=1_000_000)
+    """Queued or running jobs (of callers, not the scheduler) on one namespace's tables;
+    CreateJob past it is RESOURCE_EXHAUSTED with reason JOB_QUOTA_EXCEEDED. 0 means no
+    limit."""
     max_running_per_principal: int = Field(default=4, ge=0, le=10_000)
     """Jobs of one caller that run at once across all workers; its further jobs wait while
     other callers' jobs are claimed. 0 means no limit."""

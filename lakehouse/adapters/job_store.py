@@ -178,8 +178,10 @@ Index("lakehouse_jobs_request_id_uq", _jobs.request_id, unique=True)
 Index(
     "lakehouse_jobs_table_ix", _jobs.kind, _jobs.namespace, _jobs.table_name, _jobs.create_time_us
 )
-# Serves the per-principal limits (unfinished jobs at CreateJob, running ones at claim).
+# Serve the per-principal and per-namespace limits (unfinished jobs at CreateJob, running
+# ones at claim).
 Index("lakehouse_jobs_principal_ix", _jobs.principal, _jobs.state)
+Index("lakehouse_jobs_namespace_ix", _jobs.namespace, _jobs.state)
 # At most one queued or running scheduled job per (kind, table): the scheduler of every
 # replica may enqueue at once, and the database decides which one wins.
 _ACTIVE_SCHEDULED = and_(_jobs.scheduled == true(), _jobs.state.in_(_ACTIVE_STATES))
@@ -268,12 +270,15 @@ def _create_v2(conn: Connection) -> None:
 
 
 def _add_principal_v3(conn: Connection) -> None:
-    """Version 3: who created each job, for the per-principal limits."""
+    """Version 3: who created each job; indexes for the per-principal and namespace limits."""
     conn.execute(
         text("ALTER TABLE lakehouse_jobs ADD COLUMN principal VARCHAR NOT NULL DEFAULT ''")
     )
     conn.execute(
         text("CREATE INDEX lakehouse_jobs_principal_ix ON lakehouse_jobs (principal, state)")
+    )
+    conn.execute(
+        text("CREATE INDEX lakehouse_jobs_namespace_ix ON lakehouse_jobs (namespace, state)")
     )
 
 
@@ -782,6 +787,7 @@ class JobStore:
         scheduled: bool = False,
         principal: str = "",
         max_unfinished: int = 0,
+        max_unfinished_in_namespace: int = 0,
     ) -> tuple[JobRecord, bool]:
         """Creates a QUEUED job, due at once, unless an equivalent one exists.
 
@@ -801,6 +807,8 @@ class JobStore:
             principal: Who creates the job; empty for none (the scheduler).
             max_unfinished: The most QUEUED or RUNNING jobs ``principal`` may have, this
                 one included; 0 (or an empty principal) for no limit.
+            max_unfinished_in_namespace: The most QUEUED or RUNNING jobs created by
+                principals (not the scheduler) that ``namespace`` may have; 0 for no limit.
 
         Returns:
             ``(job, True)`` for a new job. ``(existing, False)`` when a job with this
@@ -812,8 +820,8 @@ class JobStore:
             AlreadyExists: A job with this ``request_id`` has a different spec (reason
                 ``REQUEST_ID_REUSED``), or a job with ``job_id`` exists (reason
                 ``JOB_ALREADY_EXISTS``; the caller's ids are not unique).
-            ResourceExhausted: ``principal`` has ``max_unfinished`` unfinished jobs already
-                (reason ``JOB_QUOTA_EXCEEDED``).
+            ResourceExhausted: ``principal`` (or ``namespace``) has as many unfinished jobs
+                as it may already (reason ``JOB_QUOTA_EXCEEDED``).
             Unavailable: The database cannot be reached.
         """
         values = {
@@ -852,7 +860,9 @@ class JobStore:
                     if existing is not None:
                         return existing, False
                     if principal and max_unfinished > 0:
-                        self._check_quota(conn, principal, max_unfinished)
+                        self._check_quota(conn, "principal", principal, max_unfinished)
+                    if principal and namespace and max_unfinished_in_namespace > 0:
+                        self._check_quota(conn, "namespace", namespace, max_unfinished_in_namespace)
                     conn.execute(insert(jobs_table).values(values))
                     return _record(values), True
             except IntegrityError:
@@ -861,25 +871,32 @@ class JobStore:
             f"job {job_id} exists already", reason="JOB_ALREADY_EXISTS", metadata={"job_id": job_id}
         )
 
-    def _check_quota(self, conn: Connection, principal: str, max_unfinished: int) -> None:
-        """Refuses a job past the principal's limit of unfinished jobs.
+    def _check_quota(self, conn: Connection, column: str, value: str, limit: int) -> None:
+        """Refuses a job past the limit of unfinished jobs of one principal or namespace.
 
-        On PostgreSQL a per-principal advisory lock makes concurrent creates count in turn
-        (SQLite's BEGIN IMMEDIATE already does).
+        On PostgreSQL an advisory lock per principal (or namespace) makes concurrent creates
+        count in turn (SQLite's BEGIN IMMEDIATE already does). The scheduler's jobs (no
+        principal) are not counted.
         """
         if self._postgres:
-            conn.execute(select(func.pg_advisory_xact_lock(_principal_lock_key(principal))))
+            key = _principal_lock_key(f"{column}\0{value}")
+            conn.execute(select(func.pg_advisory_xact_lock(key)))
         unfinished = conn.execute(
             select(func.count())
             .select_from(jobs_table)
-            .where(_jobs.principal == principal, _jobs.state.in_(_ACTIVE_STATES))
+            .where(
+                jobs_table.c[column] == value,
+                _jobs.principal != "",
+                _jobs.state.in_(_ACTIVE_STATES),
+            )
         ).scalar_one()
-        if int(unfinished) >= max_unfinished:
+        if int(unfinished) >= limit:
+            who = value if column == "principal" else f"namespace {value}"
             raise ResourceExhausted(
-                f"{principal} has {unfinished} unfinished jobs, the most one caller may have "
-                "queued or running; wait for some to finish or cancel some",
+                f"{who} has {unfinished} unfinished jobs, as many as it may have queued or "
+                "running; wait for some to finish or cancel some",
                 reason=QUOTA_REASON,
-                metadata={"principal": principal, "limit": str(max_unfinished)},
+                metadata={column: value, "limit": str(limit)},
                 retry_after_seconds=_QUOTA_RETRY_SECONDS,
             )
 

@@ -166,6 +166,7 @@ class Jobs:
                     scheduled=scheduled,
                     principal=principal,
                     max_unfinished=self._settings.max_unfinished_per_principal,
+                    max_unfinished_in_namespace=self._settings.max_unfinished_per_namespace,
                 )
             )
         except ResourceExhausted:

@@ -315,3 +315,37 @@ async def test_claims_skip_a_principal_or_namespace_at_its_running_limit(backend
         assert claim() == "n2"  # no limits: the rest is claimed
     finally:
         await asyncio.wait_for(srv.stop(), 30)
+
+
+async def test_a_namespace_past_its_unfinished_job_limit_is_refused(backend: Any) -> None:
+    from lakehouse.server.app import LakehouseServer
+    from lakehouse.v1 import table_service_pb2 as tpb
+    from lakehouse.v1 import table_service_pb2_grpc
+
+    jobs = backend.jobs.model_copy(update={"workers": 0, "max_unfinished_per_namespace": 1})
+    srv = LakehouseServer(backend.model_copy(update={"jobs": jobs}))
+    await srv.start()
+    try:
+        async with grpc.aio.insecure_channel(f"{LOOPBACK}:{srv.grpc_port}") as channel:
+            tables = table_service_pb2_grpc.TableServiceStub(channel)
+            stub = job_service_pb2_grpc.JobServiceStub(channel)
+            for name in ("busy", "calm"):
+                await tables.CreateNamespace(tpb.CreateNamespaceRequest(name=name))
+
+            def into(namespace: str, table: str) -> job_pb2.JobSpec:
+                return sql(
+                    "SELECT 1 AS x", destination_namespace=namespace, destination_table=table
+                )
+
+            await stub.CreateJob(jpb.CreateJobRequest(spec=into("busy", "a")))
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.CreateJob(jpb.CreateJobRequest(spec=into("busy", "b")))
+            details = rpc_error_details(err.value)
+            assert (details.code, details.reason) == (
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "JOB_QUOTA_EXCEEDED",
+            )
+            assert details.metadata["namespace"] == "busy" and details.metadata["limit"] == "1"
+            await stub.CreateJob(jpb.CreateJobRequest(spec=into("calm", "a")))  # others go on
+    finally:
+        await asyncio.wait_for(srv.stop(), 30)
