@@ -602,6 +602,8 @@ class _Files:
                     )
             for name in files:
                 path = os.path.join(folder, name)
+                if _hidden(path[len(base) :].lstrip("/")):
+                    continue  # skipped by the caller anyway, wherever it points
                 real = self._resolved(field_name, "file://" + path, path)
                 try:
                     stat = os.stat(real)

@@ -211,3 +211,64 @@ def test_a_parquet_link_registered_in_place_names_the_real_file(
     # Registered or rewritten, the table never points at the link (which could be swapped).
     assert not any("link.parquet" in p for p in paths), paths
     assert os.path.realpath(target) == str(target.resolve())
+
+
+class SwapBeforeReading(JobContext):
+    """A real JobContext that, when the import first checks in (after its sources were
+    resolved, before any is read), runs ``swap``: the race of a link put in place meanwhile."""
+
+    def __init__(self, swap: Any) -> None:
+        super().__init__(job_id=f"job-{uuid.uuid4().hex[:8]}")
+        self._swap = swap
+
+    def check(self) -> None:
+        if self._swap is not None:
+            swap, self._swap = self._swap, None
+            swap()
+        super().check()
+
+
+def run_racing(table: Table, landing: Path, uri: str, swap: Any) -> InvalidArgument:
+    with pytest.raises(InvalidArgument) as exc:
+        import_files(
+            table,
+            source_prefix="",
+            source_uris=[uri],
+            file_format=ImportFormat.UNSPECIFIED,
+            ctx=SwapBeforeReading(swap),
+            allowed_prefixes=[landing.as_uri() + "/"],
+        )
+    return exc.value
+
+
+def test_a_file_swapped_for_a_link_after_the_check_is_not_followed(
+    table: Table, landing: Path, outside: Path
+) -> None:
+    source = landing / "orders.csv"
+    source.write_text("id,name\n1,one\n")
+
+    def swap() -> None:
+        source.unlink()
+        source.symlink_to(outside / "secret.csv")
+
+    err = run_racing(table, landing, source.as_uri(), swap)
+    assert "became a symbolic link" in err.message
+    assert "secret" not in err.message
+    assert table.refresh().metadata.snapshots == []
+
+
+def test_a_folder_swapped_for_a_link_after_the_check_is_caught(
+    table: Table, landing: Path, outside: Path
+) -> None:
+    folder = landing / "day"
+    folder.mkdir()
+    (folder / "secret.csv").write_text("id,name\n1,one\n")
+
+    def swap() -> None:
+        (folder / "secret.csv").unlink()
+        folder.rmdir()
+        folder.symlink_to(outside, target_is_directory=True)  # day/secret.csv is outside now
+
+    err = run_racing(table, landing, (folder / "secret.csv").as_uri(), swap)
+    assert "leads outside every prefix" in err.message
+    assert table.refresh().metadata.snapshots == []
