@@ -141,8 +141,9 @@ MAX_IN_VALUES = 10_000
 MAX_CONDITIONS = 1_000
 """The most conditions (leaves of the AND/OR/NOT tree) a filter may hold.
 
-Equalities on one column joined by ``OR`` (``id = 1 OR id = 2 ...``) are merged into one
-``IN`` first and count as one condition, as does an ``IN`` list; ``BETWEEN`` counts as two.
+Eight or more equalities (and ``IN`` lists) on one column joined by ``OR`` (``id = 1 OR
+id = 2 ...``) are merged into one ``IN`` first and count as one condition, as does an ``IN``
+list; ``BETWEEN`` counts as two.
 The limit bounds the work of every later step, which is not linear in the tree size: pyarrow
 evaluates a 4,000-term ``OR`` of ranges in about 0.6 s per data file (16 times the cost of
 1,000 terms), and pyiceberg binds and evaluates the tree once per manifest and file.
