@@ -159,7 +159,11 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
         Raises:
             ResourceExhausted: The caller's bucket is empty (reason ``RATE_LIMITED``).
         """
-        key = caller_key(current_principal(), context.peer() or "", by_peer=self._by_peer)
+        principal = current_principal()
+        if self._by_peer or not principal:
+            key = caller_key(principal, context.peer() or "", by_peer=True)
+        else:
+            key = f"principal:{principal}"  # the hot path: no peer string to build
         wait = self.buckets.take(key)
         if wait <= 0.0:
             return
