@@ -294,6 +294,30 @@ class ResilienceSettings(_Section):
         return self
 
 
+class QuotaSettings(_Section):
+    """Limits on what the catalog holds and on how fast one caller may call.
+
+    The namespace and table limits count what the catalog stores, so they hold for all
+    replicas together (two creates racing on different replicas for the last free slot may
+    both pass). The rate limit is kept in each process: with N replicas a caller may make up
+    to N times as many calls in all.
+    """
+
+    max_namespaces: int = Field(default=10_000, ge=0, le=10_000_000)
+    """Namespaces the catalog may hold; CreateNamespace beyond it is RESOURCE_EXHAUSTED
+    (reason ``NAMESPACE_QUOTA_EXCEEDED``). 0 means no limit."""
+    max_tables_per_namespace: int = Field(default=10_000, ge=0, le=10_000_000)
+    """Tables one namespace may hold; CreateTable, RegisterTable and RenameTable into a full
+    namespace are RESOURCE_EXHAUSTED (reason ``TABLE_QUOTA_EXCEEDED``). 0 means no limit."""
+    calls_per_second: float = Field(default=1000.0, ge=0, le=1_000_000)
+    """Calls per second each authenticated principal (each client address when
+    authentication is off) may make to one process, on average; beyond it calls are
+    RESOURCE_EXHAUSTED (reason ``RATE_LIMITED``) with ``RetryInfo``. Health and reflection
+    are exempt. 0 turns the rate limit off."""
+    burst_calls: int = Field(default=2000, ge=1, le=10_000_000)
+    """Calls a principal may make at once after being idle (the token bucket's size)."""
+
+
 class TracingSettings(_Section):
     """OpenTelemetry tracing. Spans are always created; they are exported only if configured."""
 
@@ -561,6 +585,8 @@ class Settings(BaseSettings):
     """TLS and mTLS on the gRPC port, TLS on the sidecar HTTP port."""
     auth: AuthSettings = AuthSettings()
     """Who may call the gRPC services: API keys, JWTs, mTLS roles."""
+    quotas: QuotaSettings = QuotaSettings()
+    """Namespace and table quotas, and the per-caller rate limit."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Minimum level of the JSON log lines on stdout."""
     health_check_interval_seconds: float = Field(default=10.0, gt=0, le=3600)

@@ -182,6 +182,17 @@ class ResourceExhausted(RetryableError):
     reason = "RESOURCE_EXHAUSTED"
 
 
+class QuotaExceeded(LakehouseError):
+    """A quota on stored things (namespaces, tables) is full.
+
+    ``RESOURCE_EXHAUSTED`` without ``RetryInfo``: waiting does not help, deleting something
+    or raising the quota does. The ``ErrorInfo`` metadata carries the limit.
+    """
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "QUOTA_EXCEEDED"
+
+
 class DeadlineExceeded(LakehouseError):
     """The call ran out of time on the server's own clock (a limit, not the client's deadline).
 

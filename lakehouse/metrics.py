@@ -99,3 +99,10 @@ DEPENDENCY_REJECTED_CALLS = Counter(
     "Calls failed at once with UNAVAILABLE because the backing service's breaker was open.",
     ("dependency",),
 )
+
+QUOTA_REFUSALS = Counter(
+    "lakehouse_quota_refusals_total",
+    "Calls refused with RESOURCE_EXHAUSTED by a quota: namespaces, tables (per namespace) or "
+    "rate (the per-principal call rate).",
+    ("quota",),
+)

@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import itertools
 import logging
+import os
 import posixpath
 import re
 import unicodedata
@@ -62,7 +64,7 @@ from pyiceberg.utils.properties import property_as_int
 
 from lakehouse.adapters.iceberg import translate_errors
 from lakehouse.adapters.iceberg_maintenance import normalize_uri
-from lakehouse.core.ingest_rows import DecodedRows, conform_arrow
+from lakehouse.core.ingest_rows import DecodedRows, RowErrorReason, RowProblem, conform_arrow
 from lakehouse.core.job_context import JobContext
 from lakehouse.errors import (
     CommitStateUnknown,
@@ -339,6 +341,11 @@ class _Source:
     fs: pa_fs.FileSystem
     size: int
     format: ImportFormat
+    local: bool = False
+    """A local file: ``path`` is its resolved real path, opened without following links."""
+    guard: tuple[str, ...] | None = None
+    """For a local file, the resolved allowed folders it must still lie in when opened
+    (None: no allow-list to check)."""
 
     @property
     def label(self) -> str:
@@ -369,12 +376,89 @@ def _reading(source_field: str, uri: str, what: str) -> Iterator[None]:
     try:
         yield
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-        brief = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
         raise InvalidArgument.field(
-            source_field, f"{uri}: not readable as {what}: {brief}"
+            source_field, f"{uri}: not readable as {what}: {_arrow_problem(exc)}"
         ) from exc
     except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a link that appeared after the check
+            raise InvalidArgument.field(
+                source_field, f"{uri}: became a symbolic link while the import ran"
+            ) from exc
         raise _object_store_error(exc, source_field, uri) from exc
+
+
+# What pyarrow's reader errors say, minus the file content they quote ("CSV parse error:
+# Expected 2 columns, got 3: <the whole line>"; "invalid value '<the value>'"): a source may
+# be any file the service can read, so an error shows the kind of problem and where, never
+# the bytes.
+_ARROW_PROBLEMS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"Expected (\d+) columns, got (\d+)"), "a row has {2} fields, expected {1}"),
+    (re.compile(r"conversion error to ([a-z0-9_\[\](), ]+?):"), "a value is not a valid {1}"),
+    (re.compile(r"changed from (\w+) to (\w+)"), "a value changed from {1} to {2}"),
+    (re.compile(r"JSON parse error: ([A-Za-z ,'{}\[\]-]{1,80})\."), "malformed JSON ({1})"),
+    (re.compile(r"straddl"), "a record is longer than the parse block"),
+    (re.compile(r"Parquet magic bytes not found"), "not a Parquet file (no Parquet footer)"),
+    (re.compile(r"Unterminated|unterminated"), "an unterminated quoted value"),
+)
+_ARROW_WHERE = (
+    (re.compile(r"Row #(\d+)"), "row {1}"),
+    (re.compile(r"In CSV column #(\d+)"), "column #{1}"),
+    (re.compile(r" in row (\d+)"), "row {1} of a parse block"),
+)
+
+
+def _arrow_problem(exc: Exception) -> str:
+    """The kind of problem a pyarrow reader error reports and where, without any content."""
+    text = str(exc)
+    where = []
+    for pattern, shown in _ARROW_WHERE:
+        match = pattern.search(text)
+        if match:
+            where.append(shown.format(match.group(0), *match.groups()))
+    for pattern, shown in _ARROW_PROBLEMS:
+        match = pattern.search(text)
+        if match:
+            kind = shown.format(match.group(0), *match.groups())
+            break
+    else:
+        kind = f"malformed ({type(exc).__name__})"
+    return ": ".join([*where, kind])
+
+
+#: A column name an error may quote: names of other shapes may be a line of the file (a CSV
+#: header is the file's first line), so they are described instead.
+_SHOWABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_ .-]{0,63}")
+
+
+_SHOWABLE_TYPE = re.compile(r"[a-z][a-z0-9_\[\](), =/+:-]{0,59}")
+
+
+def _name(column: str) -> str:
+    return repr(column) if _SHOWABLE_NAME.fullmatch(column) else "(a name that is not shown)"
+
+
+def _row_problem(problem: RowProblem) -> str:
+    """A row problem of a source file, in words that quote no value of it."""
+    column = _name(problem.column)
+    if problem.reason == RowErrorReason.UNKNOWN_COLUMN:
+        return f"unknown column {column}: the table has no such column"
+    if problem.reason == RowErrorReason.MISSING_REQUIRED_COLUMN:
+        return f"required column {column} is missing or null"
+    if problem.reason == RowErrorReason.TYPE_MISMATCH:
+        # "column 'x': expected T, got <value>": the table's type stays, the value goes.
+        head = f"column {problem.column!r}: expected "
+        if problem.message.startswith(head):
+            rest = problem.message[len(head) :]
+            expected = re.split(r", got |; ", rest, maxsplit=1)[0]
+            # The file's type of a column (the schema check) is no value: shown unless
+            # nested (a struct's type names its fields, which may be any text).
+            got = rest[len(expected) :].removeprefix(", got Arrow type ")
+            shown = f", got Arrow type {got}" if _SHOWABLE_TYPE.fullmatch(got) else ""
+            return f"column {column}: expected {expected[:100]}{shown}"
+        return f"column {column}: a value of the wrong type"
+    if problem.reason == RowErrorReason.VALUE_OUT_OF_RANGE:
+        return f"column {column}: a value is out of range"
+    return f"column {column}: {problem.reason.name.lower().replace('_', ' ')}"
 
 
 class _Files:
@@ -385,12 +469,32 @@ class _Files:
     table's own files.
     """
 
-    def __init__(self, io: FileIO) -> None:
+    def __init__(self, io: FileIO, allowed_prefixes: Sequence[str] | None = None) -> None:
         self._io = io if isinstance(io, PyArrowFileIO) else PyArrowFileIO(io.properties)
+        self._guard = _local_guard(allowed_prefixes)
 
     def locate(self, uri: str) -> tuple[pa_fs.FileSystem, str]:
         scheme, netloc, path = PyArrowFileIO.parse_location(uri, self._io.properties)
         return self._io.fs_by_scheme(scheme, netloc), path
+
+    def _resolved(self, field_name: str, uri: str, path: str) -> str:
+        """The real path of a local source, refused unless it lies in an allowed folder.
+
+        The URI's own spelling passed the prefix check; a symbolic link anywhere on its path
+        may still lead elsewhere (a link to /etc/passwd, a linked folder). Resolved once
+        here; the file is then opened by this path without following links.
+
+        Raises:
+            InvalidArgument: The real path is outside every allowed folder.
+        """
+        real = os.path.realpath(path)
+        if self._guard is not None and not _inside(real, self._guard):
+            raise InvalidArgument.field(
+                field_name,
+                f"{_shown(uri)} leads outside every prefix the setting "
+                f"{IMPORT_PREFIXES_SETTING} allows (through a symbolic link)",
+            )
+        return real
 
     def expand(
         self, sources: list[tuple[str, str]], prefix: bool, requested: ImportFormat
@@ -399,10 +503,23 @@ class _Files:
         if prefix:
             ((field_name, uri),) = sources
             return self._list(field_name, uri, requested)
-        return [self._stat(field_name, uri, requested) for field_name, uri in sources]
+        out: list[_Source] = []
+        seen: dict[str, str] = {}
+        for field_name, uri in sources:
+            source = self._stat(field_name, uri, requested)
+            if source.uri in seen:  # a link and its target, named once each
+                raise InvalidArgument.field(
+                    field_name, f"names the same file as {seen[source.uri]} (through a link)"
+                )
+            seen[source.uri] = field_name
+            out.append(source)
+        return out
 
     def _stat(self, field_name: str, uri: str, requested: ImportFormat) -> _Source:
         fs, path = self.locate(uri)
+        local = urlsplit(uri).scheme == "file"
+        if local:
+            path = self._resolved(field_name, uri, path)
         with _reading(field_name, uri, "a file"):
             info = fs.get_file_info(path)
         if info.type == pa_fs.FileType.NotFound:
@@ -412,32 +529,173 @@ class _Files:
                 field_name, f"{uri}: is a folder, not a file; use source_prefix to import a folder"
             )
         fmt = _format_of(uri, requested, field_name)
-        return _Source(field_name, uri, path, fs, int(info.size or 0), fmt)
+        if local:
+            uri = "file://" + path  # registered in place, the real path is what is read
+        return _Source(field_name, uri, path, fs, int(info.size or 0), fmt, local, self._guard)
 
     def _list(self, field_name: str, prefix: str, requested: ImportFormat) -> list[_Source]:
         fs, path = self.locate(prefix)
         scheme = urlsplit(prefix).scheme
-        base = path.rstrip("/")
-        selector = pa_fs.FileSelector(base, recursive=True, allow_not_found=True)
-        with _reading(field_name, prefix, "a folder"):
-            infos = fs.get_file_info(selector)
+        if scheme == "file":
+            base = self._resolved(field_name, prefix, path.rstrip("/") or "/").rstrip("/")
+            with _reading(field_name, prefix, "a folder"):
+                infos = self._walk_local(field_name, base)
+        else:
+            base = path.rstrip("/")
+            selector = pa_fs.FileSelector(base, recursive=True, allow_not_found=True)
+            with _reading(field_name, prefix, "a folder"):
+                infos = [(str(i.path), i) for i in fs.get_file_info(selector)]
         out = []
-        for info in sorted(infos, key=lambda i: str(i.path)):
+        for listed, info in sorted(infos, key=lambda i: i[0]):
             # Folders and zero-byte objects (S3 "folder/" markers, "_SUCCESS") hold no rows.
             if info.type != pa_fs.FileType.File or not info.size:
                 continue
-            relative = str(info.path)[len(base) :].lstrip("/")
+            relative = listed[len(base) :].lstrip("/")
             if _hidden(relative):
                 continue
             uri = f"s3://{info.path}" if scheme == "s3" else f"file://{info.path}"
             fmt = _format_of(uri, requested, field_name)
-            out.append(_Source(field_name, uri, str(info.path), fs, int(info.size), fmt))
+            out.append(
+                _Source(
+                    field_name,
+                    uri,
+                    str(info.path),
+                    fs,
+                    int(info.size),
+                    fmt,
+                    scheme == "file",
+                    self._guard,
+                )
+            )
             if len(out) > MAX_SOURCE_FILES:
                 raise InvalidArgument.field(
                     field_name,
                     f"{prefix} holds more than {MAX_SOURCE_FILES} files; import it in parts",
                 )
         return out
+
+    def _walk_local(self, field_name: str, base: str) -> list[tuple[str, pa_fs.FileInfo]]:
+        """The files under a local folder, as (path as listed, info of its real file).
+
+        Walked without following links to folders (pyarrow's recursive listing follows
+        them, out of the prefix too); a linked folder, or a linked file whose target is
+        outside every allowed folder, is refused. A link to a file inside them is listed
+        by its own path and read from its target.
+
+        Raises:
+            InvalidArgument: A link leads outside the allowed folders, or to a folder.
+        """
+        listed: list[tuple[str, pa_fs.FileInfo]] = []
+        seen: set[str] = set()  # a link and its target: one file, imported once
+        if not os.path.isdir(base):
+            if os.path.exists(base):
+                raise NotADirectoryError(errno.ENOTDIR, "not a folder")  # as pyarrow says it
+            return listed  # a prefix nothing was put under yet
+        for folder, dirs, files in os.walk(base, followlinks=False):
+            for name in dirs:
+                linked = os.path.join(folder, name)
+                if os.path.islink(linked) and not _hidden(linked[len(base) :].lstrip("/")):
+                    raise InvalidArgument.field(
+                        field_name,
+                        f"{_shown('file://' + linked)} is a symbolic link to a folder; "
+                        "imports do not follow them",
+                    )
+            for name in files:
+                path = os.path.join(folder, name)
+                if _hidden(path[len(base) :].lstrip("/")):
+                    continue  # skipped by the caller anyway, wherever it points
+                real = self._resolved(field_name, "file://" + path, path)
+                try:
+                    stat = os.stat(real)
+                except FileNotFoundError:  # a dangling link, or deleted since the walk
+                    continue
+                if real in seen:
+                    continue
+                seen.add(real)
+                kind = pa_fs.FileType.File if os.path.isfile(real) else pa_fs.FileType.Unknown
+                listed.append((path, pa_fs.FileInfo(real, kind, size=stat.st_size)))
+            if len(listed) > MAX_SOURCE_FILES:
+                break  # the caller refuses the folder as too large
+        return listed
+
+
+def _local_guard(allowed_prefixes: Sequence[str] | None) -> tuple[str, ...] | None:
+    """The real paths of the allowed ``file://`` prefixes (None: no allow-list to check)."""
+    if allowed_prefixes is None:
+        return None
+    guard = []
+    for prefix in _allowed_prefixes(allowed_prefixes):
+        if prefix.startswith("file://"):
+            real = os.path.realpath(prefix[len("file://") :])
+            guard.append(real.rstrip("/") + "/")
+    return tuple(guard)
+
+
+def _inside(real: str, guard: Sequence[str]) -> bool:
+    """Whether a resolved path is, or lies in, one of the resolved allowed folders."""
+    as_folder = real.rstrip("/") + "/"
+    return any(as_folder.startswith(folder) for folder in guard)
+
+
+_CODECS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}  # what pyarrow's "detect" picks
+
+
+@contextlib.contextmanager
+def _local_fd(source: _Source) -> Iterator[str]:
+    """A path that reopens exactly the file checked: ``/proc/self/fd/N`` of a no-follow open.
+
+    ``source.path`` is already resolved; ``O_NOFOLLOW`` refuses a link put in its place
+    since, and the descriptor's own path (``/proc/self/fd/N`` names the opened file, not a
+    path that could be swapped) is checked against the allowed folders once more, so a
+    folder on the way that became a link is caught too.
+
+    Raises:
+        OSError: ``ELOOP`` when the file became a link; others as ``open`` raises them.
+        InvalidArgument: The opened file lies outside the allowed folders.
+    """
+    fd = os.open(source.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        proc = f"/proc/self/fd/{fd}"
+        if not os.path.exists(proc):  # no /proc (not Linux): the checked path it is
+            yield source.path
+            return
+        if source.guard is not None and not _inside(os.readlink(proc), source.guard):
+            raise InvalidArgument.field(
+                source.field,
+                f"{_shown(source.uri)} leads outside every prefix the setting "
+                f"{IMPORT_PREFIXES_SETTING} allows (it was moved while the import ran)",
+            )
+        yield proc
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _input_file(source: _Source) -> Iterator[pa.NativeFile]:
+    """The source opened for random access (Parquet footers)."""
+    if not source.local:
+        with source.fs.open_input_file(source.path) as f:
+            yield f
+        return
+    with _local_fd(source) as path, pa.OSFile(path, "rb") as f:
+        yield f
+
+
+@contextlib.contextmanager
+def _input_stream(source: _Source) -> Iterator[pa.NativeFile]:
+    """The source opened as a stream, decompressed by its extension (.gz, .bz2, .zst)."""
+    if not source.local:
+        # open_input_stream decompresses .gz, .bz2 and .zst files by their extension.
+        with source.fs.open_input_stream(source.path) as stream:
+            yield stream
+        return
+    codec = _CODECS.get(posixpath.splitext(source.path)[1].lower())
+    with _local_fd(source) as path, pa.OSFile(path, "rb") as raw:
+        if codec is None:
+            yield raw
+        else:
+            with pa.CompressedInputStream(raw, codec) as stream:
+                yield stream
 
 
 def _hidden(relative: str) -> bool:
@@ -561,12 +819,11 @@ class _Reader:
         longer than that block makes it read again with the full block size.
         """
         if source.format == ImportFormat.PARQUET:
-            with source.fs.open_input_file(source.path) as f:
+            with _input_file(source) as f:
                 metadata = pq.read_metadata(f)
             return metadata.schema.to_arrow_schema(), metadata
         for block in (_CHECK_BLOCK_BYTES, TEXT_BLOCK_BYTES):
-            # open_input_stream decompresses .gz, .bz2 and .zst files by their extension.
-            with source.fs.open_input_stream(source.path) as stream:
+            with _input_stream(source) as stream:
                 try:
                     reader = self._open(source, stream, block)
                 except pa.ArrowInvalid as exc:
@@ -580,11 +837,11 @@ class _Reader:
     def batches(self, source: _Source) -> Generator[pa.RecordBatch, None, None]:
         """The file's rows in batches of bounded size."""
         if source.format == ImportFormat.PARQUET:
-            with source.fs.open_input_file(source.path) as f:
+            with _input_file(source) as f:
                 yield from pq.ParquetFile(f).iter_batches(batch_size=PARQUET_BATCH_ROWS)
             return
         with (
-            source.fs.open_input_stream(source.path) as stream,
+            _input_stream(source) as stream,
             contextlib.closing(self._open(source, stream, TEXT_BLOCK_BYTES)) as reader,
         ):
             yield from reader
@@ -701,7 +958,7 @@ class _SchemaCheck:
         decoded = conform_arrow(probe, self._relaxed)
         if decoded.problems:
             problem = decoded.problems[0]
-            raise InvalidArgument.field(source.field, f"{source.uri}: {problem.message}")
+            raise InvalidArgument.field(source.field, f"{source.uri}: {_row_problem(problem)}")
         missing = _missing_required(list(file_schema), self._schema.fields, "")
         if missing is not None:
             raise InvalidArgument.field(
@@ -915,7 +1172,8 @@ def _bad_rows(source: _Source, decoded: DecodedRows, offset: int) -> InvalidArgu
     more = decoded.invalid_count - 1
     tail = f" (and {more} more invalid rows in this batch)" if more > 0 else ""
     return InvalidArgument.field(
-        source.field, f"{source.uri}: row {offset + problem.row_index + 1}: {problem.message}{tail}"
+        source.field,
+        f"{source.uri}: row {offset + problem.row_index + 1}: {_row_problem(problem)}{tail}",
     )
 
 
@@ -1012,7 +1270,7 @@ def import_files(
     except ValueError:
         raise InvalidArgument.field(FORMAT_FIELD, f"unknown format {file_format}") from None
     checked = _checked_sources(source_prefix, source_uris, allowed_prefixes)
-    files = _Files(table.io)
+    files = _Files(table.io, allowed_prefixes)
     sources = files.expand(checked, bool(source_prefix), requested)
     if not sources:
         ctx.progress(1.0, "no files to import")

@@ -20,7 +20,7 @@ from lakehouse.adapters.iceberg import TableInfo
 from lakehouse.adapters.iceberg_import import check_source_uris
 from lakehouse.config import JobsSettings
 from lakehouse.core.names import check_identifier
-from lakehouse.core.row_filter import parse_row_filter
+from lakehouse.core.row_filter import parse_row_filter_off_loop
 from lakehouse.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from lakehouse.v1 import job_pb2, rows_pb2
 
@@ -205,7 +205,7 @@ class SpecChecker:
             self._check_import(spec.import_files)
         info = await self._load_table(namespace, table)
         if which == "compact_table" and spec.compact_table.row_filter:
-            parse_row_filter(
+            await parse_row_filter_off_loop(
                 spec.compact_table.row_filter, info.schema, field="spec.compact_table.row_filter"
             )
         return SpecSummary(kind, namespace, table, digest)

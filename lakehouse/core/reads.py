@@ -16,7 +16,7 @@ from pyiceberg.schema import Schema
 
 from lakehouse.adapters.iceberg import IcebergCatalog, ScanRequest
 from lakehouse.core.names import check_identifier
-from lakehouse.core.row_filter import parse_row_filter
+from lakehouse.core.row_filter import parse_row_filter_off_loop
 from lakehouse.errors import InvalidArgument
 
 
@@ -84,7 +84,7 @@ class Reads:
             raise InvalidArgument.field("row_limit", f"must not be negative, got {options.limit}")
         info = await self._catalog.load_table(namespace, name)
         _check_columns(info.schema, options.columns)
-        expression = parse_row_filter(options.row_filter, info.schema)
+        expression = await parse_row_filter_off_loop(options.row_filter, info.schema)
         scan = await self._catalog.open_scan(
             namespace,
             name,

@@ -19,6 +19,7 @@ from lakehouse.adapters.iceberg import (
 from lakehouse.adapters.iceberg_import import S3_BUCKET_NAME
 from lakehouse.adapters.iceberg_updates import table_property_problem
 from lakehouse.adapters.object_store import ObjectStore
+from lakehouse.config import QuotaSettings
 from lakehouse.core.changes import (
     AddColumn,
     RemoveProperties,
@@ -28,7 +29,8 @@ from lakehouse.core.changes import (
 )
 from lakehouse.core.names import check_column_name, check_identifier, check_property_key
 from lakehouse.core.paging import Page, paginate
-from lakehouse.errors import InvalidArgument
+from lakehouse.errors import InvalidArgument, QuotaExceeded
+from lakehouse.metrics import QUOTA_REFUSALS
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +96,66 @@ def check_properties(field: str, properties: dict[str, str]) -> dict[str, str]:
 
 
 class Tables:
-    """The table-management use cases behind TableService."""
+    """The table-management use cases behind TableService.
 
-    def __init__(self, catalog: IcebergCatalog, store: ObjectStore) -> None:
+    Args:
+        catalog: The Iceberg catalog.
+        store: The object store (for purges).
+        quotas: The namespace and table quotas; None means the defaults.
+    """
+
+    def __init__(
+        self, catalog: IcebergCatalog, store: ObjectStore, quotas: QuotaSettings | None = None
+    ) -> None:
         self._catalog = catalog
         self._store = store
+        self._quotas = quotas or QuotaSettings()
+
+    # --- quotas -----------------------------------------------------------------------
+    #
+    # Counted in the catalog, so every replica sees the same count. The count and the create
+    # are two steps: creates racing for the last free slot (on one replica or several) may
+    # all pass, so a quota can be overshot by the number of such races, never by more.
+
+    async def _check_namespace_quota(self) -> None:
+        """Refuses a new namespace when the catalog holds ``max_namespaces`` already.
+
+        Raises:
+            QuotaExceeded: Reason ``NAMESPACE_QUOTA_EXCEEDED``, the limit in its metadata.
+        """
+        limit = self._quotas.max_namespaces
+        if not limit:
+            return
+        count = len(await self._catalog.list_namespaces())
+        if count >= limit:
+            QUOTA_REFUSALS.labels("namespaces").inc()
+            raise QuotaExceeded(
+                f"the catalog holds {count} namespaces, the quota is {limit}: delete one "
+                "or ask an operator to raise quotas.max_namespaces",
+                reason="NAMESPACE_QUOTA_EXCEEDED",
+                metadata={"limit": str(limit)},
+            )
+
+    async def _check_table_quota(self, namespace: str) -> None:
+        """Refuses a new table in ``namespace`` when it holds ``max_tables_per_namespace``.
+
+        Raises:
+            QuotaExceeded: Reason ``TABLE_QUOTA_EXCEEDED``, the limit and namespace in its
+                metadata.
+            NotFound: No such namespace.
+        """
+        limit = self._quotas.max_tables_per_namespace
+        if not limit:
+            return
+        count = len(await self._catalog.list_tables(namespace))
+        if count >= limit:
+            QUOTA_REFUSALS.labels("tables").inc()
+            raise QuotaExceeded(
+                f"namespace {namespace!r} holds {count} tables, the quota is {limit}: delete "
+                "one or ask an operator to raise quotas.max_tables_per_namespace",
+                reason="TABLE_QUOTA_EXCEEDED",
+                metadata={"limit": str(limit), "namespace": namespace},
+            )
 
     # --- namespaces -------------------------------------------------------------------
 
@@ -108,9 +165,11 @@ class Tables:
         Raises:
             InvalidArgument: Bad name or properties.
             AlreadyExists: The namespace exists.
+            QuotaExceeded: The catalog holds ``quotas.max_namespaces`` namespaces.
         """
         check_identifier("name", name)
         check_properties("properties", properties)
+        await self._check_namespace_quota()
         props = await self._catalog.create_namespace(name, properties)
         return NamespaceInfo(name, props)
 
@@ -188,6 +247,7 @@ class Tables:
             InvalidArgument: Bad names or properties.
             NotFound: No such namespace.
             AlreadyExists: The table exists.
+            QuotaExceeded: The namespace holds ``quotas.max_tables_per_namespace`` tables.
         """
         check_identifier("namespace", namespace)
         check_identifier("table", name)
@@ -195,6 +255,7 @@ class Tables:
         problem = table_property_problem(properties, creating=True)
         if problem is not None:
             raise InvalidArgument.field("properties", problem, reason="INVALID_PROPERTY")
+        await self._check_table_quota(namespace)
         return await self._catalog.create_table(
             namespace, name, schema, partition_spec, sort_order, properties
         )
@@ -270,6 +331,7 @@ class Tables:
             InvalidArgument: Bad names, or the new name equals the old one.
             NotFound: No such table or target namespace.
             AlreadyExists: The target name is taken.
+            QuotaExceeded: The target namespace is another one and is full.
         """
         check_identifier("namespace", namespace)
         check_identifier("table", name)
@@ -278,6 +340,8 @@ class Tables:
         check_identifier("new_table", new_name)
         if (target_ns, new_name) == (namespace, name):
             raise InvalidArgument.field("new_table", "is the table's current name")
+        if target_ns != namespace:  # a move adds a table to the target namespace
+            await self._check_table_quota(target_ns)
         return await self._catalog.rename_table(namespace, name, target_ns, new_name)
 
     async def register_table(self, namespace: str, name: str, metadata_location: str) -> TableInfo:
@@ -287,6 +351,7 @@ class Tables:
             InvalidArgument: Bad names or an empty or non-JSON metadata location.
             NotFound: No such namespace, or no metadata file there.
             AlreadyExists: The name is taken.
+            QuotaExceeded: The namespace holds ``quotas.max_tables_per_namespace`` tables.
         """
         check_identifier("namespace", namespace)
         check_identifier("table", name)
@@ -305,6 +370,7 @@ class Tables:
                 "metadata_location",
                 "must be an s3://bucket/ or file:// location or an absolute path, without ? or #",
             )
+        await self._check_table_quota(namespace)
         return await self._catalog.register_table(namespace, name, metadata_location)
 
     async def update_table(

@@ -27,6 +27,7 @@ from lakehouse.server.http import build_http_app
 from lakehouse.server.interceptors import ObservabilityInterceptor, RequestDecodingInterceptor
 from lakehouse.server.job_runtime import JobRuntime
 from lakehouse.server.limits import CallDeadlines, server_options
+from lakehouse.server.rate_limit import RateLimitInterceptor
 from lakehouse.server.reflection import enable_reflection
 from lakehouse.server.tls import ServerTls
 from lakehouse.server.tracing import configure_tracing
@@ -71,7 +72,7 @@ class LakehouseServer:
         self.resilience = Resilience(settings.resilience)
         self.catalog = IcebergCatalog(settings, self._pool, self.resilience)
         self.store = object_store_for(settings.warehouse, settings.s3, self.resilience)
-        self.tables = Tables(self.catalog, self.store)
+        self.tables = Tables(self.catalog, self.store, settings.quotas)
         self.reads = Reads(self.catalog)
         self.job_runtime = JobRuntime(
             settings,
@@ -117,15 +118,22 @@ class LakehouseServer:
         """
         configure_tracing(self.settings.tracing)
         metrics.BUILD_INFO.labels(_version()).set(1)
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            aio_server_interceptor(),  # type: ignore[no-untyped-call]
+            ObservabilityInterceptor(CallDeadlines.from_settings(self.settings)),
+            # Inside observability: refusals are metered, logged and mapped like any error.
+            AuthInterceptor(self.authenticator, self.settings.auth, jobs=self.job_runtime.jobs),
+        ]
+        if self.settings.quotas.calls_per_second > 0:
+            # Inside auth: buckets are per authenticated principal (per client address when
+            # authentication is off); a caller refused by auth never takes a token.
+            interceptors.append(
+                RateLimitInterceptor(self.settings.quotas, by_peer=not self.authenticator.enabled)
+            )
+        # Innermost: bytes that do not parse are answered only to a caller let in.
+        interceptors.append(RequestDecodingInterceptor())
         server = grpc.aio.server(
-            interceptors=[
-                aio_server_interceptor(),  # type: ignore[no-untyped-call]
-                ObservabilityInterceptor(CallDeadlines.from_settings(self.settings)),
-                # Inside observability: refusals are metered, logged and mapped like any error.
-                AuthInterceptor(self.authenticator, self.settings.auth, jobs=self.job_runtime.jobs),
-                # Inside auth: bytes that do not parse are answered only to a caller let in.
-                RequestDecodingInterceptor(),
-            ],
+            interceptors=interceptors,
             options=[
                 *server_options(self.settings),  # message, stream, connection limits
                 ("grpc.so_reuseport", 0),
