@@ -66,12 +66,6 @@ def set_principal(name: str) -> None:
         call.principal = name
 
 
-def current_principal() -> str:
-    """The authenticated caller of the current RPC, as named by ``set_principal``; "" if none."""
-    call = _current_call.get()
-    return call.principal if call is not None else ""
-
-
 def current_request_id() -> str:
     """The request id of the current RPC (as in its log line and errors); "" outside one."""
     call = _current_call.get()

@@ -28,9 +28,10 @@ from typing import Any
 import grpc
 
 from lakehouse.config import QuotaSettings
+from lakehouse.core.caller import current_principal
 from lakehouse.errors import ResourceExhausted
 from lakehouse.metrics import QUOTA_REFUSALS
-from lakehouse.server.interceptors import current_principal, rewrapped
+from lakehouse.server.interceptors import rewrapped
 from lakehouse.server.permissions import HEALTH_SERVICE, REFLECTION_SERVICES
 
 Context = grpc.aio.ServicerContext[Any, Any]
