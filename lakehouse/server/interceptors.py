@@ -33,6 +33,10 @@ Context = grpc.aio.ServicerContext[Any, Any]
 REQUEST_ID_HEADER = "x-request-id"
 
 
+class _PeerGone(Exception):
+    """A response could not be sent: the client cancelled the call or its connection went."""
+
+
 @dataclass
 class _Call:
     """Bookkeeping of one RPC."""
@@ -437,7 +441,14 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         """
         try:
             async for response in responses:
-                await context.write(response)
+                try:
+                    await context.write(response)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    # gRPC's own error (ExecuteBatchError, UsageError) for a send on a call
+                    # the client cancelled or whose connection went away: not a bug of ours.
+                    raise _PeerGone() from exc
                 metrics.MSG_SENT.labels(*call.labels).inc()
         finally:
             aclose = getattr(responses, "aclose", None)
@@ -460,6 +471,10 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             except asyncio.CancelledError:
                 call.code = grpc.StatusCode.CANCELLED
                 raise
+            except _PeerGone:
+                # The call is over on the client's side: no status can reach it, and there
+                # is nothing to log but the CANCELLED line.
+                call.code = grpc.StatusCode.CANCELLED
             except grpc.aio.AbortError:
                 call.code = self._observed_code(context, grpc.StatusCode.UNKNOWN)
                 raise
