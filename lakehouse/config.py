@@ -172,6 +172,15 @@ class IngestSettings(_Section):
     """Most bytes buffered for all tables of the process together."""
     buffer_wait_seconds: float = Field(default=10.0, ge=0, le=600)
     """How long a write may wait for buffer space before RESOURCE_EXHAUSTED."""
+    max_request_rows: int = Field(default=1_000_000, ge=1, le=100_000_000)
+    """Most rows of one WriteRows or AppendRows request; more is INVALID_ARGUMENT (reason
+    TOO_MANY_ROWS). Read from the Arrow headers before anything is decoded: a null-type
+    column claims any number of rows in a few bytes."""
+    max_request_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024, le=64 * 1024**3)
+    """Most memory decoding one request may take: its decoded Arrow buffers (compressed ones at
+    their decompressed length), a copy for casts, and a slot per row for each table column.
+    Known from the Arrow headers before decoding, and charged to the write buffers while it
+    decodes; more is INVALID_ARGUMENT (reason REQUEST_TOO_LARGE)."""
     commit_attempts: int = Field(default=10, ge=1, le=100)
     """Commit attempts on conflicting commits (each re-checks offsets on fresh metadata)."""
     request_id_window_seconds: float = Field(default=3600.0, ge=1, le=7 * 24 * 3600)

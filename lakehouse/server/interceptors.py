@@ -23,7 +23,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 from opentelemetry import trace
 
-from lakehouse.errors import InvalidArgument, LakehouseError
+from lakehouse.errors import InvalidArgument, LakehouseError, ResourceExhausted
 from lakehouse.server import metrics
 from lakehouse.server.limits import CallDeadlines
 from lakehouse.status import RpcFailure, failure_for, internal_failure, simple_failure
@@ -360,6 +360,21 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         failure: RpcFailure
         if isinstance(exc, LakehouseError):
             failure = failure_for(exc, call.request_id)
+        elif isinstance(exc, MemoryError):
+            # An allocation failed (pyarrow's ArrowMemoryError is one): the process is short of
+            # memory, the request is not malformed, and a later attempt may succeed.
+            log.warning(
+                "out of memory",
+                extra={"request_id": call.request_id, "method": call.method, "error": str(exc)},
+            )
+            failure = failure_for(
+                ResourceExhausted(
+                    "the server is short of memory for this call; retry later",
+                    reason="OUT_OF_MEMORY",
+                    retry_after_seconds=1.0,
+                ),
+                call.request_id,
+            )
         elif isinstance(exc, NotImplementedError) and (
             context.code() == grpc.StatusCode.UNIMPLEMENTED
         ):
