@@ -576,6 +576,13 @@ class Settings(BaseSettings):
     read_message_bytes: int = Field(default=2 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024)
     """Target size of one ReadRows message. Below gRPC's 4 MiB default receive limit, so
     clients need no channel options."""
+    read_buffer_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024, le=64 * 1024**3)
+    """Most decoded bytes of ReadRows batches read ahead of all streams of the process together
+    (counted decoded, whatever the files' compression). A stream with nothing read ahead may
+    still read one batch, so each stream also holds about one batch, a decoded piece of about
+    2 MiB and the messages in flight; a stream without budget waits (its client is slow)."""
+    read_stream_buffer_bytes: int = Field(default=32 * 1024 * 1024, ge=1024 * 1024, le=64 * 1024**3)
+    """Most decoded bytes one ReadRows stream reads ahead of what its client has taken."""
 
     @model_validator(mode="after")
     def _jobs_need_a_database(self) -> Settings:
