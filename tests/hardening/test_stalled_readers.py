@@ -43,8 +43,8 @@ CALL_TIMEOUT = 120.0
 
 
 @pytest.fixture
-def server(local_settings: Any, tmp_path: Path) -> Iterator[ServeProcess]:
-    with serve_process(tmp_path / "server", settings_env(local_settings)) as server:
+def server(backend: Any, tmp_path: Path) -> Iterator[ServeProcess]:
+    with serve_process(tmp_path / "server", settings_env(backend)) as server:
         with grpc.insecure_channel(server.target) as channel:
             tables = table_service_pb2_grpc.TableServiceStub(channel)
             tables.CreateNamespace(tpb.CreateNamespaceRequest(name=NS), timeout=CALL_TIMEOUT)
@@ -66,7 +66,7 @@ def server(local_settings: Any, tmp_path: Path) -> Iterator[ServeProcess]:
         blob = pa.array(["x" * VALUE_BYTES] * ROWS_PER_FILE, pa.large_string())
         for i in range(FILES):
             ids = pa.array(range(i * ROWS_PER_FILE, (i + 1) * ROWS_PER_FILE), pa.int64())
-            append(local_settings, NS, TABLE, pa.table([ids, blob], schema=schema))
+            append(backend, NS, TABLE, pa.table([ids, blob], schema=schema))
         cap_address_space(server.pid, ADDRESS_SPACE_HEADROOM)
         yield server
 
