@@ -9,9 +9,9 @@ per-stream cap and one per process that every stream shares. Counting batches is
 a batch of highly compressible rows can decode to hundreds of megabytes, and a client that
 reads one message and then holds the call must not make the server decode the rest of its
 files into memory. A producer without budget waits (its stream's client is slow or stalled;
-the other streams go on). A stream with nothing queued may always queue one batch, so a
-stream never waits for budget held by other streams' stalled clients forever, and a scan
-never deadlocks on its own budget.
+the other streams go on). A producer with nothing queued may always queue one batch, so a
+stream never waits forever for budget held by other streams' stalled clients, and a scan
+never deadlocks on its own budget (its current file can always make progress).
 """
 
 from __future__ import annotations
@@ -78,14 +78,18 @@ class _StreamBudget:
         self._held = 0
         self._lock = threading.Lock()
 
-    def acquire(self, nbytes: int, stop: threading.Event) -> bool:
-        """Waits until ``nbytes`` fit (or the stream holds nothing); False when stopped."""
+    def acquire(self, nbytes: int, stop: threading.Event, alone: Callable[[], bool]) -> bool:
+        """Waits until ``nbytes`` fit, or ``alone`` (the producer holds nothing queued).
+
+        Returns:
+            False when ``stop`` was set while waiting.
+        """
         if self._budget is None:
             return True
         ok = self._budget._acquire(
             nbytes,
             fits_stream=lambda: self._held + nbytes <= self._cap,
-            alone=lambda: self._held == 0,
+            alone=alone,
             stop=stop,
         )
         if ok:
@@ -114,6 +118,11 @@ class _FileProducer:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._budget = budget
+        # Charged bytes in this producer's queue. Each producer may queue one batch whatever
+        # the budget: the consumer reads the files in order, so a later file's producer must
+        # not take the last budget the current file's producer needs (that deadlocks).
+        self._queued = 0
+        self._queued_lock = threading.Lock()
         self._thread = threading.Thread(
             target=self._run, args=(open_batches,), name="lakehouse-readahead", daemon=True
         )
@@ -132,10 +141,12 @@ class _FileProducer:
         try:
             for batch in open_batches():
                 nbytes = batch.get_total_buffer_size()
-                if not self._budget.acquire(nbytes, self._stop):
+                if not self._budget.acquire(nbytes, self._stop, lambda: self._queued == 0):
                     return
+                with self._queued_lock:
+                    self._queued += nbytes
                 if not self._put((batch, nbytes)):
-                    self._budget.release(nbytes)
+                    self._given_back(nbytes)
                     return
                 if self._stop.is_set():  # stopped while it was put: nothing will take it
                     self._drain()
@@ -154,8 +165,13 @@ class _FileProducer:
                 raise item.exc
             batch, nbytes = item
             # The consumer holds it from now on (one batch per stream, outside the budget).
-            self._budget.release(nbytes)
+            self._given_back(nbytes)
             yield batch
+
+    def _given_back(self, nbytes: int) -> None:
+        with self._queued_lock:
+            self._queued -= nbytes
+        self._budget.release(nbytes)
 
     def stop(self) -> None:
         """Stops the thread and gives back what its queue was charged."""
@@ -169,7 +185,7 @@ class _FileProducer:
             except queue.Empty:
                 return
             if isinstance(item, tuple):
-                self._budget.release(item[1])
+                self._given_back(item[1])
 
 
 class _Failed:

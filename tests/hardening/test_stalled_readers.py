@@ -121,3 +121,60 @@ def test_fifty_stalled_streams_stay_within_the_read_bound(server: ServeProcess) 
         assert rows == FILES * ROWS_PER_FILE
     growth = peak_rss(server.pid) - before
     assert growth < RSS_GROWTH_BOUND, f"peak RSS grew by {growth // MIB} MiB"
+
+
+# -- the read-ahead budget itself (no server) --------------------------------------------------
+
+
+def _files(count: int, batches: int, rows: int) -> list[Any]:
+    def opener(f: int) -> Any:
+        def open_batches() -> Iterator[pa.RecordBatch]:
+            for b in range(batches):
+                start = (f * batches + b) * rows
+                yield pa.record_batch([pa.array(range(start, start + rows), pa.int64())], ["v"])
+
+        return open_batches
+
+    return [opener(f) for f in range(count)]
+
+
+def test_streams_sharing_a_tiny_budget_still_finish() -> None:
+    """A stream with nothing queued may always queue one batch: no deadlock, whatever the
+    budget, even with every stream's producers waiting on it."""
+    from lakehouse.adapters.readahead import ReadBudget, read_ahead
+
+    budget = ReadBudget(1)  # smaller than any batch
+    streams = [read_ahead(_files(3, 4, 1000), budget=budget, stream_bytes=1) for _ in range(4)]
+    seen: list[list[int]] = [[] for _ in streams]
+    # Interleaved consumption: each stream advances one batch at a time.
+    active = set(range(len(streams)))
+    while active:
+        for i in sorted(active):
+            batch = next(streams[i], None)
+            if batch is None:
+                active.discard(i)
+            else:
+                seen[i].extend(batch.column(0).to_pylist())
+    for values in seen:
+        assert values == list(range(3 * 4 * 1000))
+    assert budget.held == 0
+
+
+def test_a_stalled_stream_queues_no_more_than_its_share() -> None:
+    from lakehouse.adapters.readahead import ReadBudget, read_ahead
+
+    batch_bytes = 8 * 1000
+    budget = ReadBudget(10 * batch_bytes)
+    stream = read_ahead(
+        _files(4, 50, 1000), budget=budget, stream_bytes=3 * batch_bytes, batches_ahead=10
+    )
+    next(stream)  # then the client stalls
+    deadline = time.monotonic() + SETTLE_LIMIT_SECONDS
+    last = -1
+    while time.monotonic() < deadline and budget.held != last:  # until the producers block
+        last = budget.held
+        time.sleep(0.3)
+    # Without the budget two files would queue 10 batches each.
+    assert 0 < budget.held <= 3 * batch_bytes
+    stream.close()  # a cancelled read gives everything back
+    assert budget.held == 0
