@@ -599,12 +599,10 @@ def _header_sizes(payload: bytes, schema_bytes: bytes | None) -> tuple[int, int]
     rows = body_bytes = 0
     for message in messages:
         kind, header = _message_header(message)
-        if kind == _HEADER_DICTIONARY_BATCH and header is not None:
+        dictionary = kind == _HEADER_DICTIONARY_BATCH
+        if dictionary and header is not None:
             header = header.table(1)  # the dictionary's values, as a one-column batch
-            batch_schema = None
-        elif kind == _HEADER_RECORD_BATCH and header is not None:
-            batch_schema = schema
-        else:
+        elif kind != _HEADER_RECORD_BATCH or header is None:
             continue  # not ours to size: decoding refuses it
         if header is None:
             continue
@@ -613,8 +611,9 @@ def _header_sizes(payload: bytes, schema_bytes: bytes | None) -> tuple[int, int]
         length = header.scalar(0, "<q")
         if length < 0:
             raise _CorruptArrow(f"a record batch claims {length} rows")
-        if batch_schema is not None:
-            _check_layout(batch_schema, length, nodes, lengths)
+        if not dictionary:
+            if schema is not None:  # without one, decoding refuses the batch at once
+                _check_layout(schema, length, nodes, lengths)
             rows += length
         body_bytes += sum(lengths)
     return rows, body_bytes
