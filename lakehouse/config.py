@@ -172,6 +172,15 @@ class IngestSettings(_Section):
     """Most bytes buffered for all tables of the process together."""
     buffer_wait_seconds: float = Field(default=10.0, ge=0, le=600)
     """How long a write may wait for buffer space before RESOURCE_EXHAUSTED."""
+    max_request_rows: int = Field(default=1_000_000, ge=1, le=100_000_000)
+    """Most rows of one WriteRows or AppendRows request; more is INVALID_ARGUMENT (reason
+    TOO_MANY_ROWS). Read from the Arrow headers before anything is decoded: a null-type
+    column claims any number of rows in a few bytes."""
+    max_request_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024, le=64 * 1024**3)
+    """Most memory decoding one request may take: its decoded Arrow buffers (compressed ones at
+    their decompressed length), a copy for casts, and a slot per row for each table column.
+    Known from the Arrow headers before decoding, and charged to the write buffers while it
+    decodes; more is INVALID_ARGUMENT (reason REQUEST_TOO_LARGE)."""
     commit_attempts: int = Field(default=10, ge=1, le=100)
     """Commit attempts on conflicting commits (each re-checks offsets on fresh metadata)."""
     request_id_window_seconds: float = Field(default=3600.0, ge=1, le=7 * 24 * 3600)
@@ -623,6 +632,13 @@ class Settings(BaseSettings):
     read_message_bytes: int = Field(default=2 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024)
     """Target size of one ReadRows message. Below gRPC's 4 MiB default receive limit, so
     clients need no channel options."""
+    read_buffer_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024, le=64 * 1024**3)
+    """Most decoded bytes of ReadRows batches read ahead of all streams of the process together
+    (counted decoded, whatever the files' compression). A stream with nothing read ahead may
+    still read one batch, so each stream also holds about one batch, a decoded piece of about
+    2 MiB and the messages in flight; a stream without budget waits (its client is slow)."""
+    read_stream_buffer_bytes: int = Field(default=32 * 1024 * 1024, ge=1024 * 1024, le=64 * 1024**3)
+    """Most decoded bytes one ReadRows stream reads ahead of what its client has taken."""
 
     @model_validator(mode="after")
     def _jobs_need_a_database(self) -> Settings:

@@ -23,6 +23,10 @@ INGEST_COMMIT_CONFLICTS = Counter(
 INGEST_BUFFERED_BYTES = Gauge(
     "lakehouse_ingest_buffered_bytes", "Bytes waiting in the write buffers of all tables."
 )
+READ_AHEAD_BYTES = Gauge(
+    "lakehouse_read_ahead_bytes",
+    "Decoded bytes of ReadRows batches queued ahead of their streams, all streams together.",
+)
 INGEST_REJECTED_ROWS = Counter(
     "lakehouse_ingest_rejected_rows_total", "Rows that did not match the table schema.", ("reason",)
 )

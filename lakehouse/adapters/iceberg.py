@@ -70,6 +70,7 @@ from lakehouse.adapters.iceberg_ingest import (
 )
 from lakehouse.adapters.iceberg_scan import lazy_batch_reader, small_offsets
 from lakehouse.adapters.iceberg_updates import apply_changes
+from lakehouse.adapters.readahead import ReadBudget
 from lakehouse.adapters.resilience import (
     CATALOG,
     OBJECT_STORE,
@@ -408,6 +409,8 @@ class IcebergCatalog:
         self._cache_size = settings.table_cache_size
         self._validated: dict[tuple[str, str], float] = {}
         self._loading: dict[tuple[str, str], asyncio.Future[TableInfo]] = {}
+        # Decoded ReadRows batches queued ahead of all streams together (see readahead.py).
+        self._read_budget = ReadBudget(settings.read_buffer_bytes)
 
     def _load(self) -> Catalog:
         with self._catalog_lock:  # the first calls arrive together from several threads
@@ -975,7 +978,12 @@ class IcebergCatalog:
                 if snapshot_id is None:
                     schema = small_offsets(schema_to_pyarrow(scan.projection()))
                     return OpenScan(None, schema, None, namespace, name)
-                reader = lazy_batch_reader(table, scan)
+                reader = lazy_batch_reader(
+                    table,
+                    scan,
+                    budget=self._read_budget,
+                    stream_bytes=self._settings.read_stream_buffer_bytes,
+                )
             except ValueError as exc:
                 raise InvalidArgument.field("columns", str(exc).splitlines()[0]) from exc
             return OpenScan(snapshot_id, reader.schema, reader, namespace, name)

@@ -3,6 +3,15 @@
 A scan decodes the next files while the current one is being sent, so decoding (which
 pyarrow does outside the GIL) overlaps with the network, yet memory stays bounded: at most
 ``files_ahead`` files are open and each holds at most ``batches_ahead`` decoded batches.
+
+Batches waiting in those queues are charged, in decoded bytes, to a :class:`ReadBudget`: a
+per-stream cap and one per process that every stream shares. Counting batches is not enough:
+a batch of highly compressible rows can decode to hundreds of megabytes, and a client that
+reads one message and then holds the call must not make the server decode the rest of its
+files into memory. A producer without budget waits (its stream's client is slow or stalled;
+the other streams go on). A producer with nothing queued may always queue one batch, so a
+stream never waits forever for budget held by other streams' stalled clients, and a scan
+never deadlocks on its own budget (its current file can always make progress).
 """
 
 from __future__ import annotations
@@ -14,16 +23,106 @@ from typing import Any
 
 import pyarrow as pa
 
+from lakehouse import metrics
+
 _END = object()
 _POLL_SECONDS = 0.1
+
+
+class ReadBudget:
+    """Decoded bytes of read-ahead batches, capped for the whole process (thread-safe).
+
+    Args:
+        total_bytes: The cap shared by every stream of the process.
+    """
+
+    def __init__(self, total_bytes: int) -> None:
+        self._total = total_bytes
+        self._held = 0
+        self._changed = threading.Condition()
+
+    @property
+    def held(self) -> int:
+        """Bytes charged now."""
+        return self._held
+
+    def _acquire(
+        self,
+        nbytes: int,
+        fits_stream: Callable[[], bool],
+        alone: Callable[[], bool],
+        stop: threading.Event,
+    ) -> bool:
+        with self._changed:
+            while not (alone() or (fits_stream() and self._held + nbytes <= self._total)):
+                if stop.is_set():
+                    return False
+                self._changed.wait(_POLL_SECONDS)
+            self._held += nbytes
+            metrics.READ_AHEAD_BYTES.set(self._held)
+            return True
+
+    def _release(self, nbytes: int) -> None:
+        with self._changed:
+            self._held -= nbytes
+            metrics.READ_AHEAD_BYTES.set(self._held)
+            self._changed.notify_all()
+
+
+class _StreamBudget:
+    """One scan's share of a :class:`ReadBudget`, with its own cap."""
+
+    def __init__(self, budget: ReadBudget | None, stream_bytes: int) -> None:
+        self._budget = budget
+        self._cap = stream_bytes
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def acquire(self, nbytes: int, stop: threading.Event, alone: Callable[[], bool]) -> bool:
+        """Waits until ``nbytes`` fit, or ``alone`` (the producer holds nothing queued).
+
+        Returns:
+            False when ``stop`` was set while waiting.
+        """
+        if self._budget is None:
+            return True
+        ok = self._budget._acquire(
+            nbytes,
+            fits_stream=lambda: self._held + nbytes <= self._cap,
+            alone=alone,
+            stop=stop,
+        )
+        if ok:
+            with self._lock:
+                self._held += nbytes
+        return ok
+
+    def release(self, nbytes: int) -> None:
+        """Gives ``nbytes`` back."""
+        if self._budget is None or nbytes == 0:
+            return
+        with self._lock:
+            self._held -= nbytes
+        self._budget._release(nbytes)
 
 
 class _FileProducer:
     """Decodes one file in its own thread into a small queue."""
 
-    def __init__(self, open_batches: Callable[[], Iterator[pa.RecordBatch]], depth: int) -> None:
+    def __init__(
+        self,
+        open_batches: Callable[[], Iterator[pa.RecordBatch]],
+        depth: int,
+        budget: _StreamBudget,
+    ) -> None:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
+        self._budget = budget
+        # Charged bytes in this producer's queue. Each producer may queue one batch whatever
+        # the budget: the consumer reads the files in order, so a later file's producer must
+        # not take the last budget the current file's producer needs (that deadlocks).
+        self._queued = 0
+        self._queued_lock = threading.Lock()
         self._thread = threading.Thread(
             target=self._run, args=(open_batches,), name="lakehouse-readahead", daemon=True
         )
@@ -41,7 +140,16 @@ class _FileProducer:
     def _run(self, open_batches: Callable[[], Iterator[pa.RecordBatch]]) -> None:
         try:
             for batch in open_batches():
-                if not self._put(batch):
+                nbytes = batch.get_total_buffer_size()
+                if not self._budget.acquire(nbytes, self._stop, lambda: self._queued == 0):
+                    return
+                with self._queued_lock:
+                    self._queued += nbytes
+                if not self._put((batch, nbytes)):
+                    self._given_back(nbytes)
+                    return
+                if self._stop.is_set():  # stopped while it was put: nothing will take it
+                    self._drain()
                     return
         except BaseException as exc:  # handed to the consumer, raised there
             self._put(_Failed(exc))
@@ -55,10 +163,29 @@ class _FileProducer:
                 return
             if isinstance(item, _Failed):
                 raise item.exc
-            yield item
+            batch, nbytes = item
+            # The consumer holds it from now on (one batch per stream, outside the budget).
+            self._given_back(nbytes)
+            yield batch
+
+    def _given_back(self, nbytes: int) -> None:
+        with self._queued_lock:
+            self._queued -= nbytes
+        self._budget.release(nbytes)
 
     def stop(self) -> None:
+        """Stops the thread and gives back what its queue was charged."""
         self._stop.set()
+        self._drain()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, tuple):
+                self._given_back(item[1])
 
 
 class _Failed:
@@ -71,17 +198,27 @@ def read_ahead(
     *,
     files_ahead: int = 2,
     batches_ahead: int = 2,
+    budget: ReadBudget | None = None,
+    stream_bytes: int = 64 * 1024 * 1024,
 ) -> Iterator[pa.RecordBatch]:
     """Yields the batches of every file in order, decoding up to ``files_ahead`` at once.
 
+    Args:
+        files: One callable per file, opening its batches.
+        files_ahead: Files decoded at once.
+        batches_ahead: Batches queued per file.
+        budget: The process's read-ahead budget; None charges nothing (counts only).
+        stream_bytes: This stream's cap on decoded bytes queued ahead.
+
     Closing the generator early (a cancelled read) stops every producer.
     """
+    share = _StreamBudget(budget, stream_bytes)
     producers: list[_FileProducer] = []
     started = 0
     try:
         for index in range(len(files)):
             while started < len(files) and started < index + files_ahead:
-                producers.append(_FileProducer(files[started], batches_ahead))
+                producers.append(_FileProducer(files[started], batches_ahead, share))
                 started += 1
             yield from producers[index].batches()
             producers[index].stop()

@@ -175,14 +175,19 @@ def plan_group(
 
 
 class _BufferBudget:
-    """Bytes waiting to be committed, capped per table and for the whole process."""
+    """Bytes being decoded or waiting to be committed, capped per table and for the process.
+
+    A request is charged before it is decoded (what its Arrow headers say decoding may take),
+    its charge becomes the size of its conformed rows once they are queued, and it is
+    released when they are committed: concurrent requests share one hard bound.
+    """
 
     def __init__(self, total: int, per_table: int) -> None:
         self._total_cap = total
         self._table_cap = per_table
         self._total = 0
         self._tables: dict[tuple[str, str], int] = {}
-        self._changed = asyncio.Condition()
+        self._changed = asyncio.Event()
 
     def _fits(self, key: tuple[str, str], nbytes: int) -> bool:
         table = self._tables.get(key, 0)
@@ -191,29 +196,51 @@ class _BufferBudget:
         return table + nbytes <= self._table_cap and self._total + nbytes <= self._total_cap
 
     async def reserve(self, key: tuple[str, str], nbytes: int, timeout: float) -> None:
-        async with self._changed:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self._fits(key, nbytes):
+            changed = self._changed
             try:
-                await asyncio.wait_for(
-                    self._changed.wait_for(lambda: self._fits(key, nbytes)), timeout
-                )
+                await asyncio.wait_for(changed.wait(), max(deadline - loop.time(), 0))
             except TimeoutError:
                 raise ResourceExhausted(
                     f"the write buffer of {key[0]}.{key[1]} is full; retry later",
                     reason="WRITE_BUFFER_FULL",
                     retry_after_seconds=1.0,
                 ) from None
-            self._total += nbytes
-            self._tables[key] = self._tables.get(key, 0) + nbytes
-            metrics.INGEST_BUFFERED_BYTES.set(self._total)
+        self._total += nbytes
+        self._tables[key] = self._tables.get(key, 0) + nbytes
+        metrics.INGEST_BUFFERED_BYTES.set(self._total)
 
-    async def release(self, key: tuple[str, str], nbytes: int) -> None:
-        async with self._changed:
-            self._total -= nbytes
-            self._tables[key] = self._tables.get(key, 0) - nbytes
-            if self._tables[key] <= 0:
-                del self._tables[key]
-            metrics.INGEST_BUFFERED_BYTES.set(self._total)
-            self._changed.notify_all()
+    def release(self, key: tuple[str, str], nbytes: int) -> None:
+        """Gives ``nbytes`` back and wakes the waiters (synchronous: safe in any ``finally``)."""
+        if nbytes <= 0:
+            return
+        self._total -= nbytes
+        self._tables[key] = self._tables.get(key, 0) - nbytes
+        if self._tables[key] <= 0:
+            del self._tables[key]
+        metrics.INGEST_BUFFERED_BYTES.set(self._total)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+
+class Reservation:
+    """Write-buffer bytes held for one request while it is decoded (see ``Ingest.reserve``).
+
+    Queuing the request's rows takes the reservation over (resized to the rows' size);
+    :meth:`release` gives back whatever was not taken over, and is safe to call twice.
+    """
+
+    def __init__(self, budget: _BufferBudget, key: tuple[str, str], nbytes: int) -> None:
+        self._budget = budget
+        self.key = key
+        self.nbytes = nbytes
+
+    def release(self) -> None:
+        """Gives the reserved bytes back (nothing if they were taken over or released)."""
+        nbytes, self.nbytes = self.nbytes, 0
+        self._budget.release(self.key, nbytes)
 
 
 class _TableCommitter:
@@ -241,9 +268,26 @@ class _TableCommitter:
             self._run(), name=f"committer-{key[0]}.{key[1]}", context=without_deadline()
         )
 
-    async def enqueue(self, unit: _Unit) -> asyncio.Future[WriteResult]:
-        """Waits for buffer room, queues the unit, and returns the future of its commit."""
-        await self._budget.reserve(self._key, unit.nbytes, self._settings.buffer_wait_seconds)
+    async def enqueue(
+        self, unit: _Unit, reservation: Reservation | None = None
+    ) -> asyncio.Future[WriteResult]:
+        """Waits for buffer room, queues the unit, and returns the future of its commit.
+
+        With a ``reservation`` (made while the request was decoded), the unit takes it over:
+        only bytes beyond it are waited for, and bytes it reserved in excess are given back.
+        """
+        held = 0
+        if reservation is not None and reservation.key == self._key:
+            held, reservation.nbytes = reservation.nbytes, 0
+        try:
+            if unit.nbytes > held:
+                await self._budget.reserve(
+                    self._key, unit.nbytes - held, self._settings.buffer_wait_seconds
+                )
+        except BaseException:
+            self._budget.release(self._key, held)
+            raise
+        self._budget.release(self._key, held - unit.nbytes)
         self._queue.put_nowait(unit)
         return unit.future
 
@@ -276,7 +320,7 @@ class _TableCommitter:
                 await self._commit(group)
             finally:
                 for unit in group:
-                    await self._budget.release(self._key, unit.nbytes)
+                    self._budget.release(self._key, unit.nbytes)
                 if self._queue.empty():
                     self._idle.set()
 
@@ -374,17 +418,41 @@ class Ingest:
         self._budget: _BufferBudget | None = None
         self._committers: dict[tuple[str, str], _TableCommitter] = {}
 
-    def _committer(self, key: tuple[str, str]) -> _TableCommitter:
-        if self._budget is None:
+    @property
+    def settings(self) -> IngestSettings:
+        """The ingest settings (request limits for the servicer)."""
+        return self._settings
+
+    def _buffers(self) -> _BufferBudget:
+        if self._budget is None:  # made on first use: it needs the running loop's objects
             self._budget = _BufferBudget(
                 self._settings.buffer_bytes, self._settings.table_buffer_bytes
             )
+        return self._budget
+
+    def _committer(self, key: tuple[str, str]) -> _TableCommitter:
         committer = self._committers.get(key)
         if committer is None:
             committer = self._committers[key] = _TableCommitter(
-                key, self._catalog, self._settings, self._budget, self._ledger
+                key, self._catalog, self._settings, self._buffers(), self._ledger
             )
         return committer
+
+    async def reserve(self, namespace: str, table: str, nbytes: int) -> Reservation:
+        """Reserves write-buffer bytes for a request about to be decoded.
+
+        Decoding is charged to the same buffers as queued rows, so concurrent requests
+        cannot decode more together than the buffers hold. Pass the reservation to
+        :meth:`enqueue`, and release it when the request fails before that.
+
+        Raises:
+            ResourceExhausted: No room within ``buffer_wait_seconds`` (reason
+                WRITE_BUFFER_FULL, with RetryInfo).
+        """
+        key = (namespace, table)
+        budget = self._buffers()
+        await budget.reserve(key, nbytes, self._settings.buffer_wait_seconds)
+        return Reservation(budget, key, nbytes)
 
     async def write(
         self,
@@ -442,10 +510,12 @@ class Ingest:
         writer_id: str = "",
         offset: int | None = None,
         request_id: str = "",
+        reservation: Reservation | None = None,
     ) -> asyncio.Future[WriteResult]:
         """Queues a write (waiting for buffer room) and returns the future of its commit.
 
         Writes queued in order are committed in order, so a stream's requests keep theirs.
+        A ``reservation`` from :meth:`reserve` is taken over by the queued rows.
 
         Raises:
             InvalidArgument: Bad names, ids or offset.
@@ -472,7 +542,7 @@ class Ingest:
             nbytes=max(data.nbytes, 1),
             future=asyncio.get_running_loop().create_future(),
         )
-        return await self._committer((namespace, table)).enqueue(unit)
+        return await self._committer((namespace, table)).enqueue(unit, reservation)
 
     async def get_writer(self, namespace: str, table: str, writer_id: str) -> WriterInfo:
         """A writer's committed position.

@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError, Message
 from opentelemetry import trace
 
 from lakehouse.core.caller import set_current_principal
-from lakehouse.errors import InvalidArgument, LakehouseError
+from lakehouse.errors import InvalidArgument, LakehouseError, ResourceExhausted
 from lakehouse.server import metrics
 from lakehouse.server.limits import CallDeadlines
 from lakehouse.status import RpcFailure, failure_for, internal_failure, simple_failure
@@ -32,6 +32,10 @@ from lakehouse.status import RpcFailure, failure_for, internal_failure, simple_f
 log = logging.getLogger("lakehouse.rpc")
 Context = grpc.aio.ServicerContext[Any, Any]
 REQUEST_ID_HEADER = "x-request-id"
+
+
+class _PeerGone(Exception):
+    """A response could not be sent: the client cancelled the call or its connection went."""
 
 
 @dataclass
@@ -358,6 +362,21 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         failure: RpcFailure
         if isinstance(exc, LakehouseError):
             failure = failure_for(exc, call.request_id)
+        elif isinstance(exc, MemoryError):
+            # An allocation failed (pyarrow's ArrowMemoryError is one): the process is short of
+            # memory, the request is not malformed, and a later attempt may succeed.
+            log.warning(
+                "out of memory",
+                extra={"request_id": call.request_id, "method": call.method, "error": str(exc)},
+            )
+            failure = failure_for(
+                ResourceExhausted(
+                    "the server is short of memory for this call; retry later",
+                    reason="OUT_OF_MEMORY",
+                    retry_after_seconds=1.0,
+                ),
+                call.request_id,
+            )
         elif isinstance(exc, NotImplementedError) and (
             context.code() == grpc.StatusCode.UNIMPLEMENTED
         ):
@@ -439,7 +458,14 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         """
         try:
             async for response in responses:
-                await context.write(response)
+                try:
+                    await context.write(response)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    # gRPC's own error (ExecuteBatchError, UsageError) for a send on a call
+                    # the client cancelled or whose connection went away: not a bug of ours.
+                    raise _PeerGone() from exc
                 metrics.MSG_SENT.labels(*call.labels).inc()
         finally:
             aclose = getattr(responses, "aclose", None)
@@ -462,6 +488,10 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             except asyncio.CancelledError:
                 call.code = grpc.StatusCode.CANCELLED
                 raise
+            except _PeerGone:
+                # The call is over on the client's side: no status can reach it, and there
+                # is nothing to log but the CANCELLED line.
+                call.code = grpc.StatusCode.CANCELLED
             except grpc.aio.AbortError:
                 call.code = self._observed_code(context, grpc.StatusCode.UNKNOWN)
                 raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,10 +16,16 @@ from google.protobuf import json_format
 from lakehouse import metrics
 from lakehouse.adapters.iceberg import TableInfo
 from lakehouse.core.dead_letters import DEAD_LETTER_TABLE, POLICY_PROPERTY, DeadLetters
-from lakehouse.core.ingest import Ingest, WriteResult
-from lakehouse.core.ingest_rows import DecodedRows, decode_arrow, decode_json
+from lakehouse.core.ingest import Ingest, Reservation, WriteResult
+from lakehouse.core.ingest_rows import (
+    ArrowLimits,
+    DecodedRows,
+    arrow_size,
+    decode_arrow,
+    decode_json,
+)
 from lakehouse.core.tables import Tables
-from lakehouse.errors import FieldViolation, InvalidArgument, LakehouseError
+from lakehouse.errors import FieldViolation, InvalidArgument, LakehouseError, ResourceExhausted
 from lakehouse.schemas import schema_to_arrow
 from lakehouse.status import status_proto_for
 from lakehouse.v1 import ingest_pb2, ingest_service_pb2_grpc, table_pb2
@@ -52,6 +59,19 @@ def _row_errors(decoded: DecodedRows) -> list[ingest_pb2.RowError]:
         )
         for p in decoded.problems[:MAX_LISTED_ROW_ERRORS]
     ]
+
+
+def _out_of_memory() -> ResourceExhausted:
+    """The error for an allocation that failed while decoding.
+
+    The process is short of memory, the request is not at fault, and another attempt (or a
+    smaller request) may succeed.
+    """
+    return ResourceExhausted(
+        "not enough memory to decode the rows now; retry later or send smaller requests",
+        reason="INGEST_MEMORY_EXHAUSTED",
+        retry_after_seconds=1.0,
+    )
 
 
 def _struct_to_dict(index: int, row: Any) -> Any:
@@ -146,26 +166,55 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
 
     async def _decode(
         self, namespace: str, table: str, request: Any, schema_bytes: bytes | None
-    ) -> tuple[DecodedRows, TableInfo]:
+    ) -> tuple[DecodedRows, TableInfo, Reservation | None]:
         # The schema only: the commit checks the table again, so a second-old copy will do.
         info = await self._tables.get_table(namespace, table, max_age=SCHEMA_MAX_AGE_SECONDS)
+        settings = self._ingest.settings
         kind = request.WhichOneof("rows")
+        reservation: Reservation | None = None
         if kind == "arrow_record_batch":
             payload = request.arrow_record_batch.serialized_record_batch
-            decoded = await asyncio.to_thread(decode_arrow, payload, schema_bytes, info.schema)
+            limits = ArrowLimits(settings.max_request_rows, settings.max_request_bytes)
+            # What decoding takes is read from the headers and charged before it starts, so
+            # concurrent requests (and a few bytes that claim gigabytes) stay within the
+            # write buffers; decoding then runs in a thread, away from the event loop.
+            size = await asyncio.to_thread(arrow_size, payload, schema_bytes, info.schema, limits)
+            reservation = await self._ingest.reserve(namespace, table, max(size.charge, 1))
+            try:
+                decoded = await asyncio.to_thread(
+                    functools.partial(
+                        decode_arrow, payload, schema_bytes, info.schema, max_bytes=limits.max_bytes
+                    )
+                )
+            except MemoryError:
+                reservation.release()
+                raise _out_of_memory() from None
+            except BaseException:
+                reservation.release()
+                raise
         elif kind == "json_rows":
             structs = request.json_rows.rows
-            decoded = await asyncio.to_thread(
-                lambda: decode_json(
-                    [_struct_to_dict(i, s) for i, s in enumerate(structs)], info.schema
+            if len(structs) > settings.max_request_rows:
+                raise InvalidArgument.field(
+                    "json_rows.rows",
+                    f"holds {len(structs)} rows; one request may hold at most "
+                    f"{settings.max_request_rows}: split it",
+                    reason="TOO_MANY_ROWS",
                 )
-            )
+            try:
+                decoded = await asyncio.to_thread(
+                    lambda: decode_json(
+                        [_struct_to_dict(i, s) for i, s in enumerate(structs)], info.schema
+                    )
+                )
+            except MemoryError:
+                raise _out_of_memory() from None
         else:
             empty = pa.Table.from_batches([], schema=schema_to_arrow(info.schema))
             decoded = DecodedRows(empty, [], [], {}, 0)
         for problem in decoded.problems[:MAX_LISTED_ROW_ERRORS]:
             metrics.INGEST_REJECTED_ROWS.labels(problem.reason.name).inc()
-        return decoded, info
+        return decoded, info, reservation
 
     async def _enqueue(
         self,
@@ -178,31 +227,36 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         offset: int | None,
         request_id: str,
     ) -> _Queued:
-        decoded, info = await self._decode(namespace, table, request, schema_bytes)
-        queued = _Queued(row_errors=_row_errors(decoded))
-        indices = None
-        if decoded.problems:
-            policy = _policy(request.invalid_row_policy, info.properties)
-            whole_payload = any(p.row_index < 0 for p in decoded.problems)
-            if policy != ingest_pb2.INVALID_ROW_POLICY_DEAD_LETTER or whole_payload:
-                raise RowsRejected(decoded)
-            queued.dead_lettered = await self._dead_letters.write(
-                namespace, table, decoded, writer_id=writer_id, offset=offset
+        decoded, info, reservation = await self._decode(namespace, table, request, schema_bytes)
+        try:
+            queued = _Queued(row_errors=_row_errors(decoded))
+            indices = None
+            if decoded.problems:
+                policy = _policy(request.invalid_row_policy, info.properties)
+                whole_payload = any(p.row_index < 0 for p in decoded.problems)
+                if policy != ingest_pb2.INVALID_ROW_POLICY_DEAD_LETTER or whole_payload:
+                    raise RowsRejected(decoded)
+                queued.dead_lettered = await self._dead_letters.write(
+                    namespace, table, decoded, writer_id=writer_id, offset=offset
+                )
+                metrics.INGEST_DEAD_LETTERED_ROWS.inc(queued.dead_lettered)
+                queued.dead_letter_namespace = namespace
+                indices = pa.array(decoded.valid_indices, pa.int64())
+            metrics.INGEST_BYTES.inc(decoded.valid.nbytes)
+            queued.future = await self._ingest.enqueue(
+                namespace,
+                table,
+                decoded.valid,
+                span=decoded.row_count,
+                indices=indices,
+                writer_id=writer_id,
+                offset=offset,
+                request_id=request_id,
+                reservation=reservation,
             )
-            metrics.INGEST_DEAD_LETTERED_ROWS.inc(queued.dead_lettered)
-            queued.dead_letter_namespace = namespace
-            indices = pa.array(decoded.valid_indices, pa.int64())
-        metrics.INGEST_BYTES.inc(decoded.valid.nbytes)
-        queued.future = await self._ingest.enqueue(
-            namespace,
-            table,
-            decoded.valid,
-            span=decoded.row_count,
-            indices=indices,
-            writer_id=writer_id,
-            offset=offset,
-            request_id=request_id,
-        )
+        finally:
+            if reservation is not None:
+                reservation.release()  # taken over by the queued rows, or given back
         return queued
 
     async def WriteRows(
