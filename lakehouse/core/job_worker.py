@@ -28,6 +28,7 @@ from lakehouse.core.job_context import JobContext, JobStopped
 from lakehouse.core.job_kinds import JobKinds
 from lakehouse.core.job_specs import KIND_NAMES
 from lakehouse.core.jobs import JobEvents, now_us
+from lakehouse.core.survival import own_cancellation
 from lakehouse.errors import (
     CommitStateUnknown,
     Conflict,
@@ -180,7 +181,9 @@ class JobWorker:
                     )
                 except LakehouseError as exc:
                     log.warning("claiming a job failed", extra={"error": exc.message})
-                except Exception:
+                except BaseException as exc:  # SystemExit from a library included
+                    if own_cancellation(exc):
+                        raise
                     log.exception("claiming a job failed")
             if claim is not None:
                 self._start(claim)
@@ -258,7 +261,11 @@ class JobWorker:
             return _Outcome("failed", error=status_proto_for(exc, ""))
         except LakehouseError as exc:
             return _Outcome("failed", error=status_proto_for(exc, ""))
-        except Exception:
+        except BaseException as exc:
+            # SystemExit or KeyboardInterrupt from a library fails this job, not the process
+            # (an asyncio task ending with one stops the event loop).
+            if own_cancellation(exc):
+                raise
             log.exception("job failed unexpectedly", extra={"job_id": job.id})
             return _Outcome("failed", error=_internal_status(job.id))
         return _Outcome("succeeded", result=result)
