@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import inspect
+import posixpath
 import threading
 import time
 import uuid
@@ -18,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import requests
@@ -36,12 +38,13 @@ from pyiceberg.exceptions import (
 )
 from pyiceberg.exceptions import ValidationError as IcebergValidationError
 from pyiceberg.expressions import BooleanExpression
-from pyiceberg.io import load_file_io
+from pyiceberg.io import FileIO
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.partitioning import PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.serializers import FromInputFile
 from pyiceberg.table import Table as IcebergTable
+from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.refs import MAIN_BRANCH
 from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.table.sorting import SortOrder
@@ -70,6 +73,7 @@ from lakehouse.adapters.iceberg_ingest import (
 )
 from lakehouse.adapters.iceberg_scan import lazy_batch_reader, small_offsets
 from lakehouse.adapters.iceberg_updates import apply_changes
+from lakehouse.adapters.pyiceberg_private import confine_catalog_io, service_file_io
 from lakehouse.adapters.resilience import (
     CATALOG,
     OBJECT_STORE,
@@ -414,8 +418,8 @@ class IcebergCatalog:
             if self._catalog is None:
                 if self._settings.catalog.type == "sql" and self._settings.catalog.uri is None:
                     self._settings.data_dir.mkdir(parents=True, exist_ok=True)
-                self._catalog = load_catalog(
-                    self._settings.catalog.name, **catalog_properties(self._settings)
+                self._catalog = confine_catalog_io(
+                    load_catalog(self._settings.catalog.name, **catalog_properties(self._settings))
                 )
             return self._catalog
 
@@ -757,7 +761,11 @@ class IcebergCatalog:
 
         Raises:
             NotFound: No such namespace, or no metadata file at that location.
-            InvalidArgument: The file is not Iceberg table metadata.
+            InvalidArgument: The file is not Iceberg table metadata; or it, the table's
+                location or a file the table references lies outside the warehouse
+                (``LOCATION_OUTSIDE_WAREHOUSE``: the service would read, and a purge delete,
+                files it does not own), or the table has too many files to check
+                (``TABLE_TOO_LARGE_TO_REGISTER``).
             AlreadyExists: The name is taken.
             FailedPrecondition: The table's folder is, contains or lies in another table's
                 (``LOCATION_IN_USE``): purging either would delete the other's files.
@@ -768,9 +776,13 @@ class IcebergCatalog:
             # pyiceberg's SqlCatalog inserts the table's row first and reads the file after:
             # a missing or garbled file then failed the call yet left a table nobody can load
             # (found by the fuzz test). Read it first, and undo the row if the read after fails.
+            warehouse = self._settings.warehouse
+            # Checked before anything is read: the file itself may lie anywhere.
+            _refuse_outside(metadata_location, warehouse, "metadata file")
             with _metadata_errors(metadata_location):
-                io = load_file_io(c.properties, metadata_location)
+                io = service_file_io(c.properties, metadata_location)
                 registered = FromInputFile.table_metadata(io.new_input(metadata_location))
+                _refuse_files_outside(registered, io, warehouse)
             if c.table_exists((namespace, name)):  # the name first: the likelier mistake
                 raise TableAlreadyExistsError(f"{namespace}.{name}")
             _refuse_shared_location(c, registered.location)
@@ -784,6 +796,10 @@ class IcebergCatalog:
             return self._remember(namespace, name, table)[1]
 
         return await self._call(work, namespace, name)
+
+    def owns_location(self, location: str) -> bool:
+        """Whether ``location`` lies strictly inside the warehouse (see ``within_location``)."""
+        return within_location(location, self._settings.warehouse)
 
     async def list_snapshots(self, namespace: str, name: str) -> list[SnapshotInfo]:
         """Every snapshot kept in the table's metadata. Raises NotFound."""
@@ -1083,6 +1099,110 @@ def _refuse_shared_location(c: Catalog, location: str) -> None:
                 reason="LOCATION_IN_USE",
                 metadata={"other_namespace": other_namespace, "other_table": other_name},
             )
+
+
+_S3_SCHEMES = frozenset({"s3", "s3a", "s3n"})
+
+
+def _canonical_location(location: str) -> str | None:
+    """``location`` as ``s3://bucket/key`` or ``file:///abs/path``, or None if it is neither.
+
+    Local paths are normalised lexically (``..`` resolved, as the file system would); an
+    S3 key with a ``.`` or ``..`` segment is None, since S3 keeps such segments literally
+    while some clients resolve them.
+    """
+    try:
+        parts = urlsplit(location)
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if parts.query or parts.fragment or "?" in location or "#" in location:
+        return None
+    if scheme in _S3_SCHEMES:
+        segments = parts.path.split("/")
+        if not parts.netloc or any(s in {".", ".."} for s in segments):
+            return None
+        return f"s3://{parts.netloc}/" + "/".join(s for s in segments if s)
+    if scheme == "file" or (not scheme and location.startswith("/")):
+        if scheme and parts.netloc not in {"", "localhost"}:
+            return None
+        path = parts.path if scheme else location
+        return "file://" + posixpath.normpath(path).replace("//", "/")
+    return None
+
+
+def within_location(location: str, root: str) -> bool:
+    """Whether ``location`` lies strictly below ``root`` (the same bucket or disk).
+
+    False when either cannot be parsed as an S3 or local location: a REST catalog's
+    warehouse is a name, and its server places tables itself.
+    """
+    path, base = _canonical_location(location), _canonical_location(root)
+    if path is None or base is None:
+        return False
+    return path.startswith(base.rstrip("/") + "/")
+
+
+def _refuse_outside(location: str, warehouse: str, what: str) -> None:
+    """Refuses a registered table's ``location`` unless it lies inside the warehouse.
+
+    Raises:
+        InvalidArgument: ``LOCATION_OUTSIDE_WAREHOUSE`` on ``metadata_location``; the message
+            names what was outside, not the path (it may be a server path).
+    """
+    if _canonical_location(warehouse) is None:  # a REST catalog's warehouse name
+        return
+    if not within_location(location, warehouse):
+        raise InvalidArgument.field(
+            "metadata_location",
+            f"the table's {what} lies outside the warehouse; only tables whose files are all "
+            "inside it can be registered",
+            reason="LOCATION_OUTSIDE_WAREHOUSE",
+        )
+
+
+#: Most manifests plus file entries RegisterTable reads to check where a table's files are.
+#: It bounds the work of one call (each entry is a few hundred bytes of Avro); a larger
+#: table is refused rather than half checked.
+MAX_REGISTER_CHECKED_ENTRIES = 200_000
+
+
+def _refuse_files_outside(metadata: TableMetadata, io: FileIO, warehouse: str) -> None:
+    """Refuses a table to register unless every file its metadata reaches is in the warehouse.
+
+    Walks the table location, every snapshot's manifest list, each distinct manifest and
+    every entry in it (deleted ones included: time travel and the change feed read them),
+    and the statistics files; each path is checked before it is read. At most
+    ``MAX_REGISTER_CHECKED_ENTRIES`` manifests and entries are read.
+
+    Raises:
+        InvalidArgument: ``LOCATION_OUTSIDE_WAREHOUSE``, or ``TABLE_TOO_LARGE_TO_REGISTER``.
+    """
+    if _canonical_location(warehouse) is None:
+        return
+    _refuse_outside(metadata.location, warehouse, "location")
+    for stats in (*metadata.statistics, *metadata.partition_statistics):
+        _refuse_outside(stats.statistics_path, warehouse, "statistics file")
+    budget = MAX_REGISTER_CHECKED_ENTRIES
+    seen: set[str] = set()
+    for snapshot in metadata.snapshots:
+        _refuse_outside(snapshot.manifest_list, warehouse, "manifest list")
+        for manifest in snapshot.manifests(io):
+            if manifest.manifest_path in seen:
+                continue
+            seen.add(manifest.manifest_path)
+            _refuse_outside(manifest.manifest_path, warehouse, "manifest")
+            budget -= 1
+            for entry in manifest.fetch_manifest_entry(io, discard_deleted=False):
+                budget -= 1
+                if budget < 0:
+                    raise InvalidArgument.field(
+                        "metadata_location",
+                        f"the table has more than {MAX_REGISTER_CHECKED_ENTRIES} manifests "
+                        "and files to check",
+                        reason="TABLE_TOO_LARGE_TO_REGISTER",
+                    )
+                _refuse_outside(entry.data_file.file_path, warehouse, "data file")
 
 
 def unique_table_location(

@@ -338,6 +338,46 @@ PROPERTY_KEYS = [
 ]
 PROPERTY_VALUES = ["dead-letter", "reject", "-1", "0", "1", "abc", "1e99", "zstd", "orc", "3", ""]
 PROPERTY_VALUES += ["yes", "true", "truncate(x)", "none", "os.getcwd", "file:///tmp/elsewhere"]
+# Keys pyiceberg's FileIO implementations and location providers read from a table's
+# properties (it merges them over the catalog's): classes to import, endpoints, credentials,
+# paths. The service refuses them and never lets a table's copy reach its storage layer.
+PROPERTY_KEYS += [
+    "py-io-impl",
+    "io-impl",
+    "write.location-provider.impl",
+    "write.object-storage.partitioned-paths",
+    "write.object-storage.path",
+    "write.folder-storage.path",
+    "s3.endpoint",
+    "s3.access-key-id",
+    "s3.secret-access-key",
+    "s3.session-token",
+    "s3.region",
+    "s3.proxy-uri",
+    "s3.signer",
+    "s3.signer.uri",
+    "s3.force-virtual-addressing",
+    "client.region",
+    "client.access-key-id",
+    "client.secret-access-key",
+    "gcs.project-id",
+    "gcs.oauth2.token",
+    "gcs.service.host",
+    "adls.account-name",
+    "adls.account-key",
+    "adls.connection-string",
+    "hf.endpoint",
+    "hf.token",
+    "warehouse",
+    "user.team",
+    "comment",
+]
+PROPERTY_VALUES += [
+    "sys.exit",
+    "builtins.print",
+    "http://127.0.0.1:9",
+    "pyiceberg.io.fsspec.FsspecFileIO",
+]
 
 _INT_RANGES = {
     FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
