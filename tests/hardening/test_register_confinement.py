@@ -1,0 +1,117 @@
+"""RegisterTable and purge stay inside the warehouse (issue 13, finding 3).
+
+A table crafted under another folder (or bucket, or a sibling prefix such as
+``warehouse-evil``) was registered and readable, and DeleteTable with purge then deleted its
+files, outside the warehouse. Now the metadata file, the table location and every file the
+metadata reaches must lie inside the warehouse, and purge deletes only inside it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+import pyarrow as pa
+import pytest
+from pyiceberg.catalog import Catalog
+from pyiceberg.io.pyarrow import PyArrowFileIO
+from pyiceberg.schema import Schema
+from pyiceberg.types import LongType, NestedField
+
+from fixtures.grpc_errors import rpc_error_details
+from fixtures.iceberg import direct_catalog
+from lakehouse.adapters.iceberg import catalog_properties
+from lakehouse.adapters.pyiceberg_private import confine_catalog_io
+from lakehouse.v1 import table_service_pb2 as pb
+
+SCHEMA = Schema(NestedField(1, "id", LongType(), required=True))
+DATA = pa.table({"id": pa.array([1, 2, 3], pa.int64())}, schema=SCHEMA.as_arrow())
+
+
+def _outside(settings: Any) -> str:
+    # A sibling of the warehouse: a plain prefix test ("starts with the warehouse") lets it in.
+    return settings.warehouse.rstrip("/") + "-evil"
+
+
+def _catalog(settings: Any) -> Catalog:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return confine_catalog_io(direct_catalog(settings))
+
+
+def _external_table(settings: Any, name: str) -> tuple[str, str]:
+    """A table with all its files outside the warehouse, not in the catalog; (metadata, folder)."""
+    catalog = _catalog(settings)
+    catalog.create_namespace_if_not_exists("h")
+    folder = f"{_outside(settings)}/{name}"
+    table = catalog.create_table(("h", name), schema=SCHEMA, location=folder)
+    table.append(DATA)
+    metadata_location = str(catalog.load_table(("h", name)).metadata_location)
+    catalog.drop_table(("h", name))  # the files stay
+    return metadata_location, folder
+
+
+def _copy(settings: Any, metadata_location: str, target: str, **changes: Any) -> None:
+    io = PyArrowFileIO(catalog_properties(settings))
+    with io.new_input(metadata_location).open() as f:
+        metadata = json.loads(f.read())
+    metadata.update(changes)
+    with io.new_output(target).create(overwrite=True) as f:
+        f.write(json.dumps(metadata).encode())
+
+
+async def _assert_refused(table_stub: Any, settings: Any, metadata_location: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await table_stub.RegisterTable(
+            pb.RegisterTableRequest(
+                namespace="h", table="stolen", metadata_location=metadata_location
+            )
+        )
+    details = rpc_error_details(exc.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT, details.message
+    assert details.reason == "LOCATION_OUTSIDE_WAREHOUSE"
+    assert details.violated_fields == ["metadata_location"]
+    assert settings.warehouse not in details.message  # no server paths in answers
+    listed = await table_stub.ListTables(pb.ListTablesRequest(namespace="h"))
+    assert "stolen" not in listed.tables
+
+
+async def test_register_refuses_a_metadata_file_outside_the_warehouse(
+    table_stub: Any, backend: Any
+) -> None:
+    metadata_location, _ = _external_table(backend, "ext")
+    await _assert_refused(table_stub, backend, metadata_location)
+
+
+async def test_register_refuses_a_table_location_outside_the_warehouse(
+    table_stub: Any, backend: Any
+) -> None:
+    metadata_location, _ = _external_table(backend, "ext")
+    inside = f"{backend.warehouse.rstrip('/')}/h/copied/metadata/00001-x.metadata.json"
+    _copy(backend, metadata_location, inside)
+    await _assert_refused(table_stub, backend, inside)
+
+
+async def test_register_refuses_manifests_and_data_outside_the_warehouse(
+    table_stub: Any, backend: Any
+) -> None:
+    # Metadata file and location inside; the manifest list, manifests and data outside.
+    metadata_location, _ = _external_table(backend, "ext")
+    folder = f"{backend.warehouse.rstrip('/')}/h/copied"
+    inside = f"{folder}/metadata/00001-x.metadata.json"
+    _copy(backend, metadata_location, inside, location=folder)
+    await _assert_refused(table_stub, backend, inside)
+
+
+async def test_purge_leaves_files_outside_the_warehouse(table_stub: Any, backend: Any) -> None:
+    # A table registered before RegisterTable checked (here: directly in the catalog).
+    metadata_location, folder = _external_table(backend, "legacy")
+    _catalog(backend).register_table(("h", "legacy"), metadata_location)
+    table = _catalog(backend).load_table(("h", "legacy"))
+    files = [metadata_location, *(t.file.file_path for t in table.scan().plan_files())]
+    await table_stub.DeleteTable(pb.DeleteTableRequest(namespace="h", table="legacy", purge=True))
+    io = PyArrowFileIO(catalog_properties(backend))
+    assert all(io.new_input(path).exists() for path in files)
+    listed = await table_stub.ListTables(pb.ListTablesRequest(namespace="h"))
+    assert "legacy" not in listed.tables
+    assert folder.startswith(_outside(backend))
