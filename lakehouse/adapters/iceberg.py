@@ -12,6 +12,7 @@ import contextlib
 import functools
 import inspect
 import posixpath
+import re
 import threading
 import time
 import uuid
@@ -296,7 +297,8 @@ def translate_errors(namespace: str = "", table: str = "") -> Iterator[None]:
         # A file the metadata names is gone (deleted outside the table's metadata): the table
         # is damaged, which no retry mends, and the object store is up.
         raise FailedPrecondition(
-            f"{qualified or 'the table'} references a file that no longer exists: " + _brief(exc),
+            f"{qualified or 'the table'} references a file that no longer exists: "
+            + _missing_file(exc),
             reason="TABLE_FILE_MISSING",
             metadata=meta,
         ) from exc
@@ -319,9 +321,37 @@ def _public(properties: Any) -> dict[str, str]:
     return {k: v for k, v in dict(properties).items() if k not in _INTERNAL_NAMESPACE_PROPERTIES}
 
 
+#: An absolute local path or an object-store URI inside an error text (pyarrow quotes the
+#: file it failed on: "Failed to open local file '/srv/lakehouse/warehouse/...'").
+_PATH_IN_TEXT = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]*|(?<![\w.])/[^\s'\"]+)")
+
+
+_QUOTED_PATH = re.compile(r"'([^'\s]*/[^'\s]*)'")
+
+
+def _without_paths(text: str) -> str:
+    """``text`` with every path or URI cut to its last segment.
+
+    An answer names the file, not where the server keeps its warehouse.
+    """
+    return _PATH_IN_TEXT.sub(lambda m: posixpath.basename(m.group(0).rstrip("/")) or "/", text)
+
+
 def _brief(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", None) or exc)
-    return text.splitlines()[0][:200] if text else type(exc).__name__
+    return _without_paths(text.splitlines()[0])[:200] if text else type(exc).__name__
+
+
+def _missing_file(exc: BaseException) -> str:
+    """The name of the file a FileNotFoundError is about, without its folder."""
+    name = getattr(exc, "filename", None)
+    if not name:
+        # pyarrow's S3 file system quotes the key: "... for key 'warehouse/r/t/data/x.parquet'"
+        quoted = _QUOTED_PATH.search(str(exc))
+        name = quoted.group(1) if quoted else None
+    if name:
+        return posixpath.basename(str(name).rstrip("/"))
+    return _brief(exc)
 
 
 #: Longest a catalog statement may run on the server: each is a small lookup or update, so
@@ -935,7 +965,7 @@ class IcebergCatalog:
             except ValueError as exc:  # pyiceberg's schema compatibility check
                 raise FailedPrecondition(
                     f"rows no longer match the schema of {namespace}.{name} (it changed "
-                    f"meanwhile?): {str(exc).splitlines()[0]}",
+                    f"meanwhile?): {_brief(exc)}",
                     reason="SCHEMA_CHANGED",
                 ) from exc
 
@@ -993,7 +1023,7 @@ class IcebergCatalog:
                     return OpenScan(None, schema, None, namespace, name)
                 reader = lazy_batch_reader(table, scan)
             except ValueError as exc:
-                raise InvalidArgument.field("columns", str(exc).splitlines()[0]) from exc
+                raise InvalidArgument.field("columns", _brief(exc)) from exc
             return OpenScan(snapshot_id, reader.schema, reader, namespace, name)
 
         return await self._call(work, namespace, name, retry=True)

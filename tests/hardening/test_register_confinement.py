@@ -115,3 +115,35 @@ async def test_purge_leaves_files_outside_the_warehouse(table_stub: Any, backend
     listed = await table_stub.ListTables(pb.ListTablesRequest(namespace="h"))
     assert "legacy" not in listed.tables
     assert folder.startswith(_outside(backend))
+
+
+async def test_a_missing_file_is_named_without_the_servers_paths(
+    table_stub: Any, backend: Any
+) -> None:
+    # TABLE_FILE_MISSING quoted pyarrow's message, with the absolute path of the file under
+    # the warehouse (finding 4): it names the file only now.
+    from fixtures.iceberg import append
+    from lakehouse.v1 import schema_pb2
+
+    long = schema_pb2.DataType(primitive=schema_pb2.PRIMITIVE_TYPE_LONG)
+    await table_stub.CreateNamespace(pb.CreateNamespaceRequest(name="m"))
+    await table_stub.CreateTable(
+        pb.CreateTableRequest(
+            namespace="m",
+            table="t",
+            schema=schema_pb2.Schema(fields=[schema_pb2.Field(name="id", type=long)]),
+        )
+    )
+    table = append(backend, "m", "t", pa.table({"id": pa.array([1, 2], pa.int64())}))
+    (data_file,) = [task.file.file_path for task in table.scan().plan_files()]
+    table.io.delete(data_file)
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        async for _ in table_stub.ReadRows(pb.ReadRowsRequest(namespace="m", table="t")):
+            pass
+    details = rpc_error_details(exc.value)
+    assert details.reason == "TABLE_FILE_MISSING", details
+    basename = data_file.rsplit("/", 1)[1]
+    assert basename in details.message
+    assert data_file.rsplit("/", 1)[0] not in details.message
+    assert str(backend.data_dir) not in details.message
+    assert "/warehouse" not in details.message
