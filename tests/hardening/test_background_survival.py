@@ -1,0 +1,135 @@
+"""One bad table never stops a background loop (issue 13, finding 2).
+
+A table whose ``py-io-impl`` was ``sys.exit`` raised ``SystemExit`` in the maintenance
+scheduler's task; an asyncio task that ends with ``SystemExit`` stops the event loop, so the
+server exited, and after every restart again. The service no longer lets table properties
+reach pyiceberg's FileIO (``test_table_properties.py``); here the scheduler meets that
+``SystemExit`` anyway, through a catalog loaded the way pyiceberg loads it without the
+service's confinement, and must log it, carry on with the other tables, and still stop when
+its own task is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from pyiceberg.catalog import Catalog, load_catalog
+from pyiceberg.schema import Schema
+from pyiceberg.types import LongType, NestedField
+
+from fixtures.iceberg import direct_catalog
+from lakehouse.adapters.blocking import BlockingPool
+from lakehouse.adapters.iceberg import IcebergCatalog, catalog_properties
+from lakehouse.adapters.object_store import object_store_for
+from lakehouse.adapters.pyiceberg_private import confine_catalog_io
+from lakehouse.core.maintenance_scheduler import MaintenanceScheduler
+from lakehouse.core.survival import EscapedError, contained, tamed
+from lakehouse.server.job_runtime import JobRuntime
+
+SCHEMA = Schema(NestedField(1, "id", LongType(), required=True))
+POLICY = {"history.expire.min-snapshots-to-keep": "1", "history.expire.max-snapshot-age-ms": "0"}
+
+
+class UnconfinedCatalog(IcebergCatalog):
+    """The service's catalog adapter over a pyiceberg catalog as pyiceberg loads it.
+
+    Without ``confine_catalog_io`` pyiceberg imports and calls a table's ``py-io-impl``: the
+    ``SystemExit`` below is pyiceberg's own doing, as it was in the service before.
+    """
+
+    def _load(self) -> Catalog:
+        if self._catalog is None:
+            self._catalog = load_catalog(
+                self._settings.catalog.name, **catalog_properties(self._settings)
+            )
+        return self._catalog
+
+
+def _table(settings: Any, name: str, properties: dict[str, str]) -> None:
+    catalog = confine_catalog_io(direct_catalog(settings))  # safe to write a hostile table
+    catalog.create_namespace_if_not_exists("b")
+    table = catalog.create_table(("b", name), schema=SCHEMA, properties=properties)
+    for i in range(2):  # two snapshots, both older than the policy's 0 ms: expiry is due
+        table.append(pa.table({"id": pa.array([i], pa.int64())}, schema=SCHEMA.as_arrow()))
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_scheduler_survives_system_exit_of_one_table(backend: Any) -> None:
+    backend.data_dir.mkdir(parents=True, exist_ok=True)
+    _table(backend, "a_bad", {**POLICY, "py-io-impl": "sys.exit"})
+    _table(backend, "z_good", POLICY)
+    pool = BlockingPool(2)
+    catalog = UnconfinedCatalog(backend, pool)
+    runtime = JobRuntime(
+        backend,
+        catalog,
+        object_store_for(backend.warehouse, backend.s3),
+        pool,
+        slots=0,
+        scheduler=False,
+    )
+    await pool.run(runtime.store.migrate)
+    scheduler = MaintenanceScheduler(
+        catalog, runtime.jobs, runtime.store, pool, interval_seconds=0.05
+    )
+    try:
+        scheduler.start()
+        deadline = time.monotonic() + 30
+        scheduled: set[str] = set()
+        while time.monotonic() < deadline and "z_good" not in scheduled:
+            page = await runtime.jobs.list(
+                states=[], kinds=[], namespace="b", table="", requested_size=100, token=""
+            )
+            scheduled = {job.table for job in page.items}
+            await asyncio.sleep(0.05)
+        # The bad table comes first in every pass; the good one after it is still maintained.
+        assert scheduled == {"z_good"}
+        task = scheduler._task
+        assert task is not None and not task.done()
+        await scheduler.stop()  # its own cancellation still ends the loop
+        assert task.done() and task.cancelled()
+    finally:
+        await scheduler.stop()
+        await runtime.stop(1)
+        await catalog.close()
+        pool.close()
+
+
+async def test_contained_swallows_base_exceptions_but_not_its_own_cancellation() -> None:
+    async def unit(exc: BaseException) -> None:
+        with contained("unit test", "t"):
+            await asyncio.sleep(0)
+            raise exc
+
+    for exc in (SystemExit(3), KeyboardInterrupt(), GeneratorExit(), ValueError("x")):
+        await unit(exc)  # logged, not raised
+    # A CancelledError from something it awaited (not a cancel() of this task) is contained.
+    await unit(asyncio.CancelledError())
+
+    started = asyncio.Event()
+
+    async def loop() -> None:
+        while True:
+            with contained("unit loop"):
+                started.set()
+                await asyncio.sleep(3600)
+
+    task = asyncio.create_task(loop())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_tamed_turns_system_exit_of_a_task_into_an_exception() -> None:
+    async def exits() -> None:
+        raise SystemExit(1)
+
+    # Unwrapped, this task's SystemExit would stop the event loop running the test.
+    task = asyncio.ensure_future(tamed(exits()))
+    with pytest.raises(EscapedError):
+        await task
