@@ -20,7 +20,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import pyarrow as pa
 import requests
@@ -72,6 +71,7 @@ from lakehouse.adapters.iceberg_ingest import (
     read_state,
     writer_last_commit,
 )
+from lakehouse.adapters.iceberg_locations import canonical_location, within_location
 from lakehouse.adapters.iceberg_scan import lazy_batch_reader, small_offsets
 from lakehouse.adapters.iceberg_updates import apply_changes
 from lakehouse.adapters.pyiceberg_private import confine_catalog_io, service_file_io
@@ -1131,48 +1131,6 @@ def _refuse_shared_location(c: Catalog, location: str) -> None:
             )
 
 
-_S3_SCHEMES = frozenset({"s3", "s3a", "s3n"})
-
-
-def _canonical_location(location: str) -> str | None:
-    """``location`` as ``s3://bucket/key`` or ``file:///abs/path``, or None if it is neither.
-
-    Local paths are normalised lexically (``..`` resolved, as the file system would); an
-    S3 key with a ``.`` or ``..`` segment is None, since S3 keeps such segments literally
-    while some clients resolve them.
-    """
-    try:
-        parts = urlsplit(location)
-    except ValueError:
-        return None
-    scheme = parts.scheme.lower()
-    if parts.query or parts.fragment or "?" in location or "#" in location:
-        return None
-    if scheme in _S3_SCHEMES:
-        segments = parts.path.split("/")
-        if not parts.netloc or any(s in {".", ".."} for s in segments):
-            return None
-        return f"s3://{parts.netloc}/" + "/".join(s for s in segments if s)
-    if scheme == "file" or (not scheme and location.startswith("/")):
-        if scheme and parts.netloc not in {"", "localhost"}:
-            return None
-        path = parts.path if scheme else location
-        return "file://" + posixpath.normpath(path).replace("//", "/")
-    return None
-
-
-def within_location(location: str, root: str) -> bool:
-    """Whether ``location`` lies strictly below ``root`` (the same bucket or disk).
-
-    False when either cannot be parsed as an S3 or local location: a REST catalog's
-    warehouse is a name, and its server places tables itself.
-    """
-    path, base = _canonical_location(location), _canonical_location(root)
-    if path is None or base is None:
-        return False
-    return path.startswith(base.rstrip("/") + "/")
-
-
 def _refuse_outside(location: str, warehouse: str, what: str) -> None:
     """Refuses a registered table's ``location`` unless it lies inside the warehouse.
 
@@ -1180,7 +1138,7 @@ def _refuse_outside(location: str, warehouse: str, what: str) -> None:
         InvalidArgument: ``LOCATION_OUTSIDE_WAREHOUSE`` on ``metadata_location``; the message
             names what was outside, not the path (it may be a server path).
     """
-    if _canonical_location(warehouse) is None:  # a REST catalog's warehouse name
+    if canonical_location(warehouse) is None:  # a REST catalog's warehouse name
         return
     if not within_location(location, warehouse):
         raise InvalidArgument.field(
@@ -1208,7 +1166,7 @@ def _refuse_files_outside(metadata: TableMetadata, io: FileIO, warehouse: str) -
     Raises:
         InvalidArgument: ``LOCATION_OUTSIDE_WAREHOUSE``, or ``TABLE_TOO_LARGE_TO_REGISTER``.
     """
-    if _canonical_location(warehouse) is None:
+    if canonical_location(warehouse) is None:
         return
     _refuse_outside(metadata.location, warehouse, "location")
     for stats in (*metadata.statistics, *metadata.partition_statistics):

@@ -17,7 +17,7 @@ import random
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +51,7 @@ from lakehouse.adapters.iceberg_ingest import (
     carried_writers,
     keep_expiring_request_ids,
 )
+from lakehouse.adapters.iceberg_locations import within_location
 from lakehouse.core.job_context import JobContext, JobStopped
 
 logger = logging.getLogger(__name__)
@@ -254,6 +255,23 @@ def _delete_all(io: FileIO, paths: Iterable[str]) -> tuple[int, int]:
     return deleted, len(outcomes) - deleted
 
 
+def _inside_table(table: Table, paths: Sequence[str]) -> list[str]:
+    """The paths under the table's own folder; the others are left, and logged.
+
+    A table registered before RegisterTable checked where its files are may reference files
+    of another table or outside the warehouse: expiring its snapshots must not delete them.
+    """
+    location = table.location()
+    inside = [p for p in paths if within_location(p, location)]
+    if len(inside) < len(paths):
+        logger.warning(
+            "left %d expired files outside the folder of table %s",
+            len(paths) - len(inside),
+            ".".join(table.name()),
+        )
+    return inside
+
+
 def _capped(paths: Iterable[str]) -> tuple[str, ...]:
     out: list[str] = []
     for path in paths:
@@ -385,7 +403,7 @@ def expire_snapshots(
     ordered = [*gone_files, *gone_manifests, *gone_lists, *gone_meta]
     failures = 0
     if not dry_run:
-        _, failures = _delete_all(io, ordered)
+        _, failures = _delete_all(io, _inside_table(table, ordered))
     return ExpireResult(
         snapshots_expired=tuple(to_expire),
         data_files_deleted=len(gone_files),

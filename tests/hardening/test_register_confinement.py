@@ -147,3 +147,53 @@ async def test_a_missing_file_is_named_without_the_servers_paths(
     assert data_file.rsplit("/", 1)[0] not in details.message
     assert str(backend.data_dir) not in details.message
     assert "/warehouse" not in details.message
+
+
+async def test_expiry_leaves_files_outside_the_tables_folder(
+    table_stub: Any, channel: Any, backend: Any
+) -> None:
+    # Sibling of purge: a legacy table inside the warehouse whose snapshots reference files
+    # outside its folder. Expiring its old snapshot deleted those files; they are left now.
+    import asyncio
+
+    from google.protobuf import duration_pb2
+
+    from lakehouse.v1 import job_pb2, job_service_pb2_grpc
+    from lakehouse.v1 import job_service_pb2 as jpb
+
+    metadata_location, _ = _external_table(backend, "ext")
+    catalog = _catalog(backend)
+    outside_table = catalog.register_table(("h", "tmp"), metadata_location)
+    outside_table.append(DATA)  # a second snapshot: the first one can expire
+    # An append keeps the first snapshot's data: its manifest list is what expiry deletes.
+    first_files = [outside_table.metadata.snapshots[0].manifest_list]
+    newest = str(catalog.load_table(("h", "tmp")).metadata_location)
+    catalog.drop_table(("h", "tmp"))
+    folder = f"{backend.warehouse.rstrip('/')}/h/legacy"
+    inside = f"{folder}/metadata/00009-x.metadata.json"
+    _copy(backend, newest, inside, location=folder)
+    catalog.register_table(("h", "legacy"), inside)
+
+    jobs = job_service_pb2_grpc.JobServiceStub(channel)
+    spec = job_pb2.JobSpec(
+        expire_snapshots=job_pb2.ExpireSnapshotsJobSpec(
+            namespace="h",
+            table="legacy",
+            retain_last=1,
+            max_snapshot_age=duration_pb2.Duration(nanos=1_000_000),
+        )
+    )
+    created = await jobs.CreateJob(jpb.CreateJobRequest(spec=spec))
+
+    async def done() -> job_pb2.Job:
+        while True:
+            job = (await jobs.GetJob(jpb.GetJobRequest(job_id=created.job.id))).job
+            if job.state not in (job_pb2.JOB_STATE_QUEUED, job_pb2.JOB_STATE_RUNNING):
+                return job
+            await asyncio.sleep(0.1)
+
+    job = await asyncio.wait_for(done(), 60)
+    assert job.state == job_pb2.JOB_STATE_SUCCEEDED, job.error
+    assert job.result.expire_snapshots.snapshots_expired == 1
+    io = PyArrowFileIO(catalog_properties(backend))
+    assert first_files and all(io.new_input(path).exists() for path in first_files)
