@@ -764,6 +764,7 @@ def _commit_replace(
     """
     entries: dict[str, list[ManifestEntry]] = {}
     read_at = table.metadata.current_snapshot_id  # what the rewrite read
+    spec_at_read = table.metadata.default_spec_id
     for attempt in range(1, REPLACE_COMMIT_ATTEMPTS + 1):
         if ctx is not None:
             ctx.check()
@@ -798,6 +799,17 @@ def _commit_replace(
                 read_at is not None and table.metadata.snapshot_by_id(read_at) is not None
             ):
                 raise  # the history was there to check: a real conflict
+        except (IndexError, ValueError) as exc:
+            # pyiceberg's own retry inside commit_transaction rebuilt the snapshot on metadata
+            # whose partition spec changed since the rewrite: it failed writing the files'
+            # old partition values (IndexError, an INTERNAL found by the fuzz test). That is
+            # a conflict with the concurrent spec change.
+            table.refresh()
+            if table.metadata.default_spec_id == spec_at_read:
+                raise
+            raise ValidationException(
+                "the table's partition spec changed while it was being compacted"
+            ) from exc
         logger.info(
             "compaction lost a commit race; committing again on fresh metadata",
             extra={"attempt": attempt, "table": ".".join(table.name())},

@@ -1927,7 +1927,7 @@ async def _answer(call: Any) -> tuple[grpc.StatusCode, str | None, list[str]]:
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 async def test_fuzz_findings_answer_deliberately(
-    table_stub: Any, channel: grpc.aio.Channel, tmp_path: Path
+    table_stub: Any, channel: grpc.aio.Channel, tmp_path: Path, backend: Any
 ) -> None:
     from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -2011,13 +2011,17 @@ async def test_fuzz_findings_answer_deliberately(
 
     # RegisterTable: schemes nobody can read, a fragment that made /etc/passwd the file read,
     # and files that are missing or not metadata (these had left a broken table behind).
-    junk = tmp_path / "junk.metadata.json"
+    # (Inside the warehouse: a file outside it is refused before it is read.)
+    warehouse = backend.data_dir / "warehouse"
+    warehouse.mkdir(parents=True, exist_ok=True)
+    junk = warehouse / "junk.metadata.json"
     junk.write_text("not json")
     for location, expected in (
         ("http://127.0.0.1:1/x.metadata.json", invalid),
         ("file:///etc/passwd#.metadata.json", invalid),
+        ("file:///etc/passwd.metadata.json", invalid),
         (junk.as_uri(), invalid),
-        ((tmp_path / "missing.metadata.json").as_uri(), grpc.StatusCode.NOT_FOUND),
+        ((warehouse / "missing.metadata.json").as_uri(), grpc.StatusCode.NOT_FOUND),
     ):
         code, _, _ = await _answer(
             table_stub.RegisterTable(
