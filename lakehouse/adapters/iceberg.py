@@ -828,8 +828,15 @@ class IcebergCatalog:
         return await self._call(work, namespace, name)
 
     def owns_location(self, location: str) -> bool:
-        """Whether ``location`` lies strictly inside the warehouse (see ``within_location``)."""
-        return within_location(location, self._settings.warehouse)
+        """Whether ``location`` lies strictly inside the warehouse (see ``within_location``).
+
+        A REST catalog's warehouse is a name, not a location: its server places the tables,
+        so any S3 or local location counts as the catalog's own.
+        """
+        warehouse = self._settings.warehouse
+        if canonical_location(warehouse) is None:
+            return canonical_location(location) is not None
+        return within_location(location, warehouse)
 
     async def list_snapshots(self, namespace: str, name: str) -> list[SnapshotInfo]:
         """Every snapshot kept in the table's metadata. Raises NotFound."""
