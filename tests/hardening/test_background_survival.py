@@ -133,3 +133,49 @@ async def test_tamed_turns_system_exit_of_a_task_into_an_exception() -> None:
     task = asyncio.ensure_future(tamed(exits()))
     with pytest.raises(EscapedError):
         await task
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_job_worker_survives_system_exit_of_one_job(backend: Any) -> None:
+    # The job task's SystemExit stopped the event loop: now that job fails, the next runs.
+    from lakehouse.v1 import job_pb2
+
+    backend.data_dir.mkdir(parents=True, exist_ok=True)
+    _table(backend, "a_bad", {})
+    _table(backend, "z_good", {})
+    pool = BlockingPool(2)
+    catalog = UnconfinedCatalog(backend, pool)
+    runtime = JobRuntime(
+        backend,
+        catalog,
+        object_store_for(backend.warehouse, backend.s3),
+        pool,
+        slots=1,
+        scheduler=False,
+    )
+    await pool.run(runtime.store.migrate)
+    try:
+        ids = []
+        for name in ("a_bad", "z_good"):
+            spec = job_pb2.JobSpec(
+                expire_snapshots=job_pb2.ExpireSnapshotsJobSpec(
+                    namespace="b", table=name, retain_last=1
+                )
+            )
+            job, _ = await runtime.jobs.create(spec)  # checked while the table is benign
+            ids.append(job.id)
+        hostile = confine_catalog_io(direct_catalog(backend)).load_table(("b", "a_bad"))
+        hostile.transaction().set_properties({"py-io-impl": "sys.exit"}).commit_transaction()
+        await runtime.start()
+        deadline = time.monotonic() + 60
+        states: list[int] = []
+        while time.monotonic() < deadline:
+            states = [(await runtime.jobs.get(job_id)).state for job_id in ids]
+            if all(s not in (job_pb2.JOB_STATE_QUEUED, job_pb2.JOB_STATE_RUNNING) for s in states):
+                break
+            await asyncio.sleep(0.05)
+        assert states == [job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_SUCCEEDED]
+    finally:
+        await runtime.stop(1)
+        await catalog.close()
+        pool.close()
