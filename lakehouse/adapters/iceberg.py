@@ -806,13 +806,14 @@ class IcebergCatalog:
             # pyiceberg's SqlCatalog inserts the table's row first and reads the file after:
             # a missing or garbled file then failed the call yet left a table nobody can load
             # (found by the fuzz test). Read it first, and undo the row if the read after fails.
-            warehouse = self._settings.warehouse
+            # The warehouse, and the prefixes the operator allowed besides it.
+            roots = (self._settings.warehouse, *self._settings.catalog.register_prefixes)
             # Checked before anything is read: the file itself may lie anywhere.
-            _refuse_outside(metadata_location, warehouse, "metadata file")
+            _refuse_outside(metadata_location, roots, "metadata file")
             with _metadata_errors(metadata_location):
                 io = service_file_io(c.properties, metadata_location)
                 registered = FromInputFile.table_metadata(io.new_input(metadata_location))
-                _refuse_files_outside(registered, io, warehouse)
+                _refuse_files_outside(registered, io, roots)
             if c.table_exists((namespace, name)):  # the name first: the likelier mistake
                 raise TableAlreadyExistsError(f"{namespace}.{name}")
             _refuse_shared_location(c, registered.location)
@@ -1138,20 +1139,23 @@ def _refuse_shared_location(c: Catalog, location: str) -> None:
             )
 
 
-def _refuse_outside(location: str, warehouse: str, what: str) -> None:
-    """Refuses a registered table's ``location`` unless it lies inside the warehouse.
+def _refuse_outside(location: str, roots: Sequence[str], what: str) -> None:
+    """Refuses a registered table's ``location`` unless it lies inside one of ``roots``.
+
+    ``roots`` are the warehouse, then ``catalog.register_prefixes``. A REST catalog's
+    warehouse is a name: its server places tables, and nothing is checked.
 
     Raises:
         InvalidArgument: ``LOCATION_OUTSIDE_WAREHOUSE`` on ``metadata_location``; the message
             names what was outside, not the path (it may be a server path).
     """
-    if canonical_location(warehouse) is None:  # a REST catalog's warehouse name
+    if canonical_location(roots[0]) is None:  # a REST catalog's warehouse name
         return
-    if not within_location(location, warehouse):
+    if not any(within_location(location, root) for root in roots):
         raise InvalidArgument.field(
             "metadata_location",
             f"the table's {what} lies outside the warehouse; only tables whose files are all "
-            "inside it can be registered",
+            "inside it (or under catalog.register_prefixes) can be registered",
             reason="LOCATION_OUTSIDE_WAREHOUSE",
         )
 
@@ -1162,7 +1166,7 @@ def _refuse_outside(location: str, warehouse: str, what: str) -> None:
 MAX_REGISTER_CHECKED_ENTRIES = 200_000
 
 
-def _refuse_files_outside(metadata: TableMetadata, io: FileIO, warehouse: str) -> None:
+def _refuse_files_outside(metadata: TableMetadata, io: FileIO, roots: Sequence[str]) -> None:
     """Refuses a table to register unless every file its metadata reaches is in the warehouse.
 
     Walks the table location, every snapshot's manifest list, each distinct manifest and
@@ -1173,20 +1177,20 @@ def _refuse_files_outside(metadata: TableMetadata, io: FileIO, warehouse: str) -
     Raises:
         InvalidArgument: ``LOCATION_OUTSIDE_WAREHOUSE``, or ``TABLE_TOO_LARGE_TO_REGISTER``.
     """
-    if canonical_location(warehouse) is None:
+    if canonical_location(roots[0]) is None:
         return
-    _refuse_outside(metadata.location, warehouse, "location")
+    _refuse_outside(metadata.location, roots, "location")
     for stats in (*metadata.statistics, *metadata.partition_statistics):
-        _refuse_outside(stats.statistics_path, warehouse, "statistics file")
+        _refuse_outside(stats.statistics_path, roots, "statistics file")
     budget = MAX_REGISTER_CHECKED_ENTRIES
     seen: set[str] = set()
     for snapshot in metadata.snapshots:
-        _refuse_outside(snapshot.manifest_list, warehouse, "manifest list")
+        _refuse_outside(snapshot.manifest_list, roots, "manifest list")
         for manifest in snapshot.manifests(io):
             if manifest.manifest_path in seen:
                 continue
             seen.add(manifest.manifest_path)
-            _refuse_outside(manifest.manifest_path, warehouse, "manifest")
+            _refuse_outside(manifest.manifest_path, roots, "manifest")
             budget -= 1
             for entry in manifest.fetch_manifest_entry(io, discard_deleted=False):
                 budget -= 1
@@ -1197,7 +1201,7 @@ def _refuse_files_outside(metadata: TableMetadata, io: FileIO, warehouse: str) -
                         "and files to check",
                         reason="TABLE_TOO_LARGE_TO_REGISTER",
                     )
-                _refuse_outside(entry.data_file.file_path, warehouse, "data file")
+                _refuse_outside(entry.data_file.file_path, roots, "data file")
 
 
 def unique_table_location(

@@ -23,6 +23,7 @@ from fixtures.grpc_errors import rpc_error_details
 from fixtures.iceberg import direct_catalog
 from lakehouse.adapters.iceberg import catalog_properties
 from lakehouse.adapters.pyiceberg_private import confine_catalog_io
+from lakehouse.errors import InvalidArgument
 from lakehouse.v1 import table_service_pb2 as pb
 
 SCHEMA = Schema(NestedField(1, "id", LongType(), required=True))
@@ -197,3 +198,34 @@ async def test_expiry_leaves_files_outside_the_tables_folder(
     assert job.result.expire_snapshots.snapshots_expired == 1
     io = PyArrowFileIO(catalog_properties(backend))
     assert first_files and all(io.new_input(path).exists() for path in first_files)
+
+
+async def test_register_prefixes_admit_a_table_outside_the_warehouse(backend: Any) -> None:
+    # catalog.register_prefixes: where the operator allows tables besides the warehouse.
+    from lakehouse.adapters.blocking import BlockingPool
+    from lakehouse.adapters.iceberg import IcebergCatalog
+
+    metadata_location, folder = _external_table(backend, "ext")
+    allowed = backend.model_copy(
+        update={
+            "catalog": backend.catalog.model_copy(
+                update={"register_prefixes": (_outside(backend) + "/",)}
+            )
+        }
+    )
+    pool = BlockingPool(2)
+    for settings, admitted in ((backend, False), (allowed, True)):
+        catalog = IcebergCatalog(settings, pool)
+        try:
+            if admitted:
+                info = await catalog.register_table("h", "ext", metadata_location)
+                assert info.location.rstrip("/") == folder
+                assert info.stats.row_count == 3
+                assert not catalog.owns_location(info.location)  # purge would leave it
+            else:
+                with pytest.raises(InvalidArgument) as exc:
+                    await catalog.register_table("h", "ext", metadata_location)
+                assert exc.value.reason == "LOCATION_OUTSIDE_WAREHOUSE"
+        finally:
+            await catalog.close()
+    pool.close()
