@@ -229,3 +229,29 @@ async def test_register_prefixes_admit_a_table_outside_the_warehouse(backend: An
         finally:
             await catalog.close()
     pool.close()
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_register_bounds_the_files_it_checks(
+    table_stub: Any, backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each manifest and entry is read to check its path: a table with more than the bound is
+    # refused rather than half checked (the bound lowered here from 200,000).
+    from lakehouse.adapters import iceberg
+
+    monkeypatch.setattr(iceberg, "MAX_REGISTER_CHECKED_ENTRIES", 1)
+    catalog = _catalog(backend)
+    catalog.create_namespace_if_not_exists("h")
+    folder = f"{backend.warehouse.rstrip('/')}/h/big"
+    table = catalog.create_table(("h", "big"), schema=SCHEMA, location=folder)
+    table.append(DATA)  # one manifest, one entry: two to check
+    metadata_location = str(catalog.load_table(("h", "big")).metadata_location)
+    catalog.drop_table(("h", "big"))
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await table_stub.RegisterTable(
+            pb.RegisterTableRequest(namespace="h", table="big", metadata_location=metadata_location)
+        )
+    details = rpc_error_details(exc.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.reason == "TABLE_TOO_LARGE_TO_REGISTER"
+    assert details.violated_fields == ["metadata_location"]
