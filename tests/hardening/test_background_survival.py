@@ -179,3 +179,24 @@ async def test_job_worker_survives_system_exit_of_one_job(backend: Any) -> None:
         await runtime.stop(1)
         await catalog.close()
         pool.close()
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_an_rpc_whose_library_code_raises_system_exit_fails_alone(
+    server: Any, table_stub: Any, backend: Any
+) -> None:
+    # Sibling in the RPC handlers: their task ending with SystemExit stopped the server's
+    # event loop (RegisterTable of a py-io-impl table did). Now that call is INTERNAL.
+    import grpc
+
+    from fixtures.grpc_errors import rpc_error_details
+    from lakehouse.v1 import table_service_pb2 as pb
+
+    _table(backend, "hostile", {"py-io-impl": "sys.exit"})
+    # The server's catalog as pyiceberg loads it, without the service's confinement.
+    server.catalog._catalog = load_catalog(backend.catalog.name, **catalog_properties(backend))
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await table_stub.GetTable(pb.GetTableRequest(namespace="b", table="hostile"))
+    assert rpc_error_details(exc.value).code == grpc.StatusCode.INTERNAL
+    listed = await table_stub.ListTables(pb.ListTablesRequest(namespace="b"))
+    assert [t.table for t in listed.tables] == ["hostile"]
