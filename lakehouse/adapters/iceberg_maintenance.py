@@ -51,8 +51,9 @@ from lakehouse.adapters.iceberg_ingest import (
     carried_writers,
     keep_expiring_request_ids,
 )
-from lakehouse.adapters.iceberg_locations import within_location
+from lakehouse.adapters.iceberg_locations import canonical_location, within_location
 from lakehouse.core.job_context import JobContext, JobStopped
+from lakehouse.errors import FailedPrecondition
 
 logger = logging.getLogger(__name__)
 
@@ -466,7 +467,21 @@ def remove_orphan_files(
 
     Raises:
         OSError: If the metadata could not be read (nothing is deleted then).
+        FailedPrecondition: ``LOCATION_OUTSIDE_WAREHOUSE``: the table's folder is not inside
+            the warehouse (a table registered before RegisterTable checked): its other files
+            may belong to anyone, so nothing is listed or deleted.
     """
+    # The table's FileIO is built from the service's catalog properties only, warehouse
+    # included (see pyiceberg_private); a REST catalog's warehouse name is no location.
+    warehouse = str(table.io.properties.get("warehouse", ""))
+    if canonical_location(warehouse) is not None and not within_location(
+        table.location(), warehouse
+    ):
+        raise FailedPrecondition(
+            f"table {'.'.join(table.name())} lies outside the warehouse: its folder may hold "
+            "files of others, so orphan files are not removed there",
+            reason="LOCATION_OUTSIDE_WAREHOUSE",
+        )
     # Read the references before listing: a file committed after this point is younger
     # than the listing and hence than any sane safety age.
     referenced = referenced_files(table)

@@ -9,6 +9,8 @@ metadata reaches must lie inside the warehouse, and purge deletes only inside it
 from __future__ import annotations
 
 import json
+import os
+import time
 from typing import Any
 
 import grpc
@@ -255,3 +257,53 @@ async def test_register_bounds_the_files_it_checks(
     assert details.code == grpc.StatusCode.INVALID_ARGUMENT
     assert details.reason == "TABLE_TOO_LARGE_TO_REGISTER"
     assert details.violated_fields == ["metadata_location"]
+
+
+async def test_orphan_removal_refuses_a_table_outside_the_warehouse(
+    table_stub: Any, channel: Any, backend: Any
+) -> None:
+    # Sibling of purge: remove_orphan_files lists the table's folder and deletes what its
+    # metadata does not name; for a legacy table outside the warehouse that folder may hold
+    # anybody's files.
+    import asyncio
+
+    from google.protobuf import duration_pb2
+    from google.rpc import error_details_pb2
+
+    from lakehouse.v1 import job_pb2, job_service_pb2_grpc
+    from lakehouse.v1 import job_service_pb2 as jpb
+
+    metadata_location, folder = _external_table(backend, "legacy")
+    _catalog(backend).register_table(("h", "legacy"), metadata_location)
+    io = PyArrowFileIO(catalog_properties(backend))
+    stray = f"{folder}/someone-elses.txt"
+    with io.new_output(stray).create(overwrite=True) as f:
+        f.write(b"not the table's")
+    if stray.startswith("file://"):  # old enough to be an orphan (moto cannot backdate)
+        day_ago = time.time() - 86400
+        os.utime(stray.removeprefix("file://"), (day_ago, day_ago))
+
+    jobs = job_service_pb2_grpc.JobServiceStub(channel)
+    spec = job_pb2.JobSpec(
+        remove_orphan_files=job_pb2.RemoveOrphanFilesJobSpec(
+            namespace="h", table="legacy", min_file_age=duration_pb2.Duration(seconds=3600)
+        )
+    )
+    created = await jobs.CreateJob(jpb.CreateJobRequest(spec=spec))
+
+    async def done() -> job_pb2.Job:
+        while True:
+            job = (await jobs.GetJob(jpb.GetJobRequest(job_id=created.job.id))).job
+            if job.state not in (job_pb2.JOB_STATE_QUEUED, job_pb2.JOB_STATE_RUNNING):
+                return job
+            await asyncio.sleep(0.1)
+
+    job = await asyncio.wait_for(done(), 60)
+    assert job.state == job_pb2.JOB_STATE_FAILED, job
+    reasons = []
+    for detail in job.error.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            reasons.append(info.reason)
+    assert reasons == ["LOCATION_OUTSIDE_WAREHOUSE"], job.error
+    assert io.new_input(stray).exists()
