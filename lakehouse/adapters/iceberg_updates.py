@@ -143,8 +143,20 @@ ICEBERG_PROPERTY_PREFIXES = (
     "read.split.",
     "read.parquet.vectorization.",
 )
-#: The service's own policy keys (maintenance, ingest): typed below.
+#: The service's own policy keys (maintenance, ingest; typed below). Other ``lakehouse.*``
+#: keys are the service's bookkeeping (``lakehouse.job-id`` marks a SQL job's destination
+#: table) and are refused, so a client cannot forge them. Kept in step with
+#: ``core.maintenance_scheduler.POLICY_PROPERTIES`` and ``core.dead_letters`` by a test.
 SERVICE_PROPERTY_PREFIX = "lakehouse."
+SERVICE_POLICY_PROPERTIES = frozenset(
+    {
+        "lakehouse.ingest.invalid-row-policy",
+        "lakehouse.compaction.min-input-files",
+        "lakehouse.compaction.small-file-size-bytes",
+        "lakehouse.orphans.min-file-age-ms",
+        "lakehouse.orphans.interval-ms",
+    }
+)
 #: Keys that belong to the table's users and mean nothing to any engine: the two that Spark,
 #: Trino and Hive write themselves (``comment``, ``owner``), and anything under ``user.``
 #: for the rest (teams, tags, contacts), so a user's key can never collide with one a later
@@ -166,7 +178,7 @@ def is_settable_property(key: str) -> bool:
     return (
         key in ICEBERG_PROPERTIES
         or key.startswith(ICEBERG_PROPERTY_PREFIXES)
-        or key.startswith(SERVICE_PROPERTY_PREFIX)
+        or key in SERVICE_POLICY_PROPERTIES
         or key in USER_PROPERTIES
         or key.startswith(USER_PROPERTY_PREFIX)
     )

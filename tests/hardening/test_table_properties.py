@@ -300,3 +300,15 @@ def test_a_confined_catalog_ignores_table_properties_for_io(local_settings: Any)
     assert "py-io-impl" not in table.io.properties
     provider = table.location_provider()
     assert provider.data_path == f"{table.location().rstrip('/')}/data"
+
+
+def test_every_policy_key_of_the_service_is_settable_and_no_other_lakehouse_key() -> None:
+    from lakehouse.adapters.iceberg_updates import is_settable_property
+    from lakehouse.core.dead_letters import POLICY_PROPERTY
+    from lakehouse.core.maintenance_scheduler import POLICY_PROPERTIES
+
+    for key in (*POLICY_PROPERTIES, POLICY_PROPERTY):
+        assert is_settable_property(key), key
+    # The service's bookkeeping: a client must not forge a SQL job's mark on a table.
+    for key in ("lakehouse.job-id", "lakehouse.writers", "lakehouse.request-ids"):
+        assert not is_settable_property(key), key
