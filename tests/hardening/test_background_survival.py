@@ -200,3 +200,29 @@ async def test_an_rpc_whose_library_code_raises_system_exit_fails_alone(
     assert rpc_error_details(exc.value).code == grpc.StatusCode.INTERNAL
     listed = await table_stub.ListTables(pb.ListTablesRequest(namespace="b"))
     assert [t.table for t in listed.tables] == ["hostile"]
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_ingest_committer_survives_system_exit_of_its_table(backend: Any) -> None:
+    # The committer task's SystemExit stopped the event loop; now the writes of that commit
+    # fail, the committer keeps serving its table, and other tables' committers are untouched.
+    from lakehouse.core.ingest import Ingest
+
+    backend.data_dir.mkdir(parents=True, exist_ok=True)
+    _table(backend, "a_bad", {"py-io-impl": "sys.exit"})
+    _table(backend, "z_good", {})
+    pool = BlockingPool(2)
+    catalog = UnconfinedCatalog(backend, pool)
+    ingest = Ingest(catalog, backend.ingest)
+    data = pa.table({"id": pa.array([7], pa.int64())}, schema=SCHEMA.as_arrow())
+    try:
+        for _ in range(2):  # the same committer answers again: it did not die
+            with pytest.raises(EscapedError):
+                await asyncio.wait_for(ingest.write("b", "a_bad", data), 30)
+        await asyncio.wait_for(ingest.write("b", "z_good", data), 30)
+        good = confine_catalog_io(direct_catalog(backend)).load_table(("b", "z_good"))
+        assert sorted(good.scan().to_arrow().column("id").to_pylist()) == [0, 1, 7]
+    finally:
+        await ingest.close()
+        await catalog.close()
+        pool.close()
