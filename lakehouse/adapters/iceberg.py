@@ -1169,10 +1169,10 @@ MAX_REGISTER_CHECKED_ENTRIES = 200_000
 def _refuse_files_outside(metadata: TableMetadata, io: FileIO, roots: Sequence[str]) -> None:
     """Refuses a table to register unless every file its metadata reaches is in the warehouse.
 
-    Walks the table location, every snapshot's manifest list, each distinct manifest and
-    every entry in it (deleted ones included: time travel and the change feed read them),
-    and the statistics files; each path is checked before it is read. At most
-    ``MAX_REGISTER_CHECKED_ENTRIES`` manifests and entries are read.
+    Walks the table location, the statistics files, the previous metadata files, every
+    snapshot's manifest list, each distinct manifest and every entry in it (deleted ones
+    included: time travel and the change feed read them); each path is checked before it is
+    read. At most ``MAX_REGISTER_CHECKED_ENTRIES`` manifests and entries are read.
 
     Raises:
         InvalidArgument: ``LOCATION_OUTSIDE_WAREHOUSE``, or ``TABLE_TOO_LARGE_TO_REGISTER``.
@@ -1182,6 +1182,8 @@ def _refuse_files_outside(metadata: TableMetadata, io: FileIO, roots: Sequence[s
     _refuse_outside(metadata.location, roots, "location")
     for stats in (*metadata.statistics, *metadata.partition_statistics):
         _refuse_outside(stats.statistics_path, roots, "statistics file")
+    for logged in metadata.metadata_log:  # snapshot expiry deletes these
+        _refuse_outside(logged.metadata_file, roots, "previous metadata file")
     budget = MAX_REGISTER_CHECKED_ENTRIES
     seen: set[str] = set()
     for snapshot in metadata.snapshots:

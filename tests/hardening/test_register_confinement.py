@@ -307,3 +307,36 @@ async def test_orphan_removal_refuses_a_table_outside_the_warehouse(
             reasons.append(info.reason)
     assert reasons == ["LOCATION_OUTSIDE_WAREHOUSE"], job.error
     assert io.new_input(stray).exists()
+
+
+async def test_register_refuses_a_previous_metadata_file_outside_the_warehouse(
+    table_stub: Any, backend: Any
+) -> None:
+    # Snapshot expiry deletes the files of the metadata log: they must be inside too.
+    seed = await _seed(table_stub)
+    inside = seed.metadata_location.rsplit("/", 1)[0] + "/00009-x.metadata.json"
+    elsewhere = f"{_outside(backend)}/old/00000-x.metadata.json"
+    _copy(
+        backend,
+        seed.metadata_location,
+        inside,
+        **{"metadata-log": [{"metadata-file": elsewhere, "timestamp-ms": 1}]},
+    )
+    await _assert_refused(table_stub, backend, inside)
+
+
+async def _seed(table_stub: Any) -> Any:
+    """A table made by the service, dropped from the catalog (its files stay)."""
+    from lakehouse.v1 import schema_pb2
+
+    long = schema_pb2.DataType(primitive=schema_pb2.PRIMITIVE_TYPE_LONG)
+    await table_stub.CreateNamespace(pb.CreateNamespaceRequest(name="h"))
+    created = await table_stub.CreateTable(
+        pb.CreateTableRequest(
+            namespace="h",
+            table="seed",
+            schema=schema_pb2.Schema(fields=[schema_pb2.Field(name="id", type=long)]),
+        )
+    )
+    await table_stub.DeleteTable(pb.DeleteTableRequest(namespace="h", table="seed"))
+    return created.table
