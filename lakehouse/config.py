@@ -66,6 +66,11 @@ class CatalogSettings(_Section):
     warehouse: str | None = None
     """Where new tables are stored: ``s3://bucket/prefix`` or ``file:///path``. Empty means the
     folder ``warehouse`` under ``data_dir``."""
+    register_prefixes: tuple[str, ...] = ()
+    """Locations besides the warehouse (``s3://bucket/tables/``, ``file:///srv/iceberg/``) under
+    which RegisterTable accepts a table: its metadata file, location and every file it
+    references must lie inside the warehouse or one of them. Empty allows the warehouse only.
+    Purge still deletes only inside the warehouse."""
     credential: SecretStr | None = None
     """REST catalog only: OAuth2 client credential (``client_id:client_secret``)."""
     token: SecretStr | None = None

@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import functools
 import inspect
+import posixpath
+import re
 import threading
 import time
 import uuid
@@ -36,12 +38,13 @@ from pyiceberg.exceptions import (
 )
 from pyiceberg.exceptions import ValidationError as IcebergValidationError
 from pyiceberg.expressions import BooleanExpression
-from pyiceberg.io import load_file_io
+from pyiceberg.io import FileIO
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.partitioning import PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.serializers import FromInputFile
 from pyiceberg.table import Table as IcebergTable
+from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.refs import MAIN_BRANCH
 from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.table.sorting import SortOrder
@@ -68,8 +71,10 @@ from lakehouse.adapters.iceberg_ingest import (
     read_state,
     writer_last_commit,
 )
+from lakehouse.adapters.iceberg_locations import canonical_location, within_location
 from lakehouse.adapters.iceberg_scan import lazy_batch_reader, small_offsets
 from lakehouse.adapters.iceberg_updates import apply_changes
+from lakehouse.adapters.pyiceberg_private import confine_catalog_io, service_file_io
 from lakehouse.adapters.readahead import ReadBudget
 from lakehouse.adapters.resilience import (
     CATALOG,
@@ -293,7 +298,8 @@ def translate_errors(namespace: str = "", table: str = "") -> Iterator[None]:
         # A file the metadata names is gone (deleted outside the table's metadata): the table
         # is damaged, which no retry mends, and the object store is up.
         raise FailedPrecondition(
-            f"{qualified or 'the table'} references a file that no longer exists: " + _brief(exc),
+            f"{qualified or 'the table'} references a file that no longer exists: "
+            + _missing_file(exc),
             reason="TABLE_FILE_MISSING",
             metadata=meta,
         ) from exc
@@ -316,9 +322,37 @@ def _public(properties: Any) -> dict[str, str]:
     return {k: v for k, v in dict(properties).items() if k not in _INTERNAL_NAMESPACE_PROPERTIES}
 
 
+#: An absolute local path or an object-store URI inside an error text (pyarrow quotes the
+#: file it failed on: "Failed to open local file '/srv/lakehouse/warehouse/...'").
+_PATH_IN_TEXT = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]*|(?<![\w.])/[^\s'\"]+)")
+
+
+_QUOTED_PATH = re.compile(r"'([^'\s]*/[^'\s]*)'")
+
+
+def _without_paths(text: str) -> str:
+    """``text`` with every path or URI cut to its last segment.
+
+    An answer names the file, not where the server keeps its warehouse.
+    """
+    return _PATH_IN_TEXT.sub(lambda m: posixpath.basename(m.group(0).rstrip("/")) or "/", text)
+
+
 def _brief(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", None) or exc)
-    return text.splitlines()[0][:200] if text else type(exc).__name__
+    return _without_paths(text.splitlines()[0])[:200] if text else type(exc).__name__
+
+
+def _missing_file(exc: BaseException) -> str:
+    """The name of the file a FileNotFoundError is about, without its folder."""
+    name = getattr(exc, "filename", None)
+    if not name:
+        # pyarrow's S3 file system quotes the key: "... for key 'warehouse/r/t/data/x.parquet'"
+        quoted = _QUOTED_PATH.search(str(exc))
+        name = quoted.group(1) if quoted else None
+    if name:
+        return posixpath.basename(str(name).rstrip("/"))
+    return _brief(exc)
 
 
 #: Longest a catalog statement may run on the server: each is a small lookup or update, so
@@ -417,8 +451,8 @@ class IcebergCatalog:
             if self._catalog is None:
                 if self._settings.catalog.type == "sql" and self._settings.catalog.uri is None:
                     self._settings.data_dir.mkdir(parents=True, exist_ok=True)
-                self._catalog = load_catalog(
-                    self._settings.catalog.name, **catalog_properties(self._settings)
+                self._catalog = confine_catalog_io(
+                    load_catalog(self._settings.catalog.name, **catalog_properties(self._settings))
                 )
             return self._catalog
 
@@ -760,7 +794,11 @@ class IcebergCatalog:
 
         Raises:
             NotFound: No such namespace, or no metadata file at that location.
-            InvalidArgument: The file is not Iceberg table metadata.
+            InvalidArgument: The file is not Iceberg table metadata; or it, the table's
+                location or a file the table references lies outside the warehouse
+                (``LOCATION_OUTSIDE_WAREHOUSE``: the service would read, and a purge delete,
+                files it does not own), or the table has too many files to check
+                (``TABLE_TOO_LARGE_TO_REGISTER``).
             AlreadyExists: The name is taken.
             FailedPrecondition: The table's folder is, contains or lies in another table's
                 (``LOCATION_IN_USE``): purging either would delete the other's files.
@@ -771,9 +809,14 @@ class IcebergCatalog:
             # pyiceberg's SqlCatalog inserts the table's row first and reads the file after:
             # a missing or garbled file then failed the call yet left a table nobody can load
             # (found by the fuzz test). Read it first, and undo the row if the read after fails.
+            # The warehouse, and the prefixes the operator allowed besides it.
+            roots = (self._settings.warehouse, *self._settings.catalog.register_prefixes)
+            # Checked before anything is read: the file itself may lie anywhere.
+            _refuse_outside(metadata_location, roots, "metadata file")
             with _metadata_errors(metadata_location):
-                io = load_file_io(c.properties, metadata_location)
+                io = service_file_io(c.properties, metadata_location)
                 registered = FromInputFile.table_metadata(io.new_input(metadata_location))
+                _refuse_files_outside(registered, io, roots)
             if c.table_exists((namespace, name)):  # the name first: the likelier mistake
                 raise TableAlreadyExistsError(f"{namespace}.{name}")
             _refuse_shared_location(c, registered.location)
@@ -787,6 +830,17 @@ class IcebergCatalog:
             return self._remember(namespace, name, table)[1]
 
         return await self._call(work, namespace, name)
+
+    def owns_location(self, location: str) -> bool:
+        """Whether ``location`` lies strictly inside the warehouse (see ``within_location``).
+
+        A REST catalog's warehouse is a name, not a location: its server places the tables,
+        so any S3 or local location counts as the catalog's own.
+        """
+        warehouse = self._settings.warehouse
+        if canonical_location(warehouse) is None:
+            return canonical_location(location) is not None
+        return within_location(location, warehouse)
 
     async def list_snapshots(self, namespace: str, name: str) -> list[SnapshotInfo]:
         """Every snapshot kept in the table's metadata. Raises NotFound."""
@@ -922,7 +976,7 @@ class IcebergCatalog:
             except ValueError as exc:  # pyiceberg's schema compatibility check
                 raise FailedPrecondition(
                     f"rows no longer match the schema of {namespace}.{name} (it changed "
-                    f"meanwhile?): {str(exc).splitlines()[0]}",
+                    f"meanwhile?): {_brief(exc)}",
                     reason="SCHEMA_CHANGED",
                 ) from exc
 
@@ -985,7 +1039,7 @@ class IcebergCatalog:
                     stream_bytes=self._settings.read_stream_buffer_bytes,
                 )
             except ValueError as exc:
-                raise InvalidArgument.field("columns", str(exc).splitlines()[0]) from exc
+                raise InvalidArgument.field("columns", _brief(exc)) from exc
             return OpenScan(snapshot_id, reader.schema, reader, namespace, name)
 
         return await self._call(work, namespace, name, retry=True)
@@ -1091,6 +1145,73 @@ def _refuse_shared_location(c: Catalog, location: str) -> None:
                 reason="LOCATION_IN_USE",
                 metadata={"other_namespace": other_namespace, "other_table": other_name},
             )
+
+
+def _refuse_outside(location: str, roots: Sequence[str], what: str) -> None:
+    """Refuses a registered table's ``location`` unless it lies inside one of ``roots``.
+
+    ``roots`` are the warehouse, then ``catalog.register_prefixes``. A REST catalog's
+    warehouse is a name: its server places tables, and nothing is checked.
+
+    Raises:
+        InvalidArgument: ``LOCATION_OUTSIDE_WAREHOUSE`` on ``metadata_location``; the message
+            names what was outside, not the path (it may be a server path).
+    """
+    if canonical_location(roots[0]) is None:  # a REST catalog's warehouse name
+        return
+    if not any(within_location(location, root) for root in roots):
+        raise InvalidArgument.field(
+            "metadata_location",
+            f"the table's {what} lies outside the warehouse; only tables whose files are all "
+            "inside it (or under catalog.register_prefixes) can be registered",
+            reason="LOCATION_OUTSIDE_WAREHOUSE",
+        )
+
+
+#: Most manifests plus file entries RegisterTable reads to check where a table's files are.
+#: It bounds the work of one call (each entry is a few hundred bytes of Avro); a larger
+#: table is refused rather than half checked.
+MAX_REGISTER_CHECKED_ENTRIES = 200_000
+
+
+def _refuse_files_outside(metadata: TableMetadata, io: FileIO, roots: Sequence[str]) -> None:
+    """Refuses a table to register unless every file its metadata reaches is in the warehouse.
+
+    Walks the table location, the statistics files, the previous metadata files, every
+    snapshot's manifest list, each distinct manifest and every entry in it (deleted ones
+    included: time travel and the change feed read them); each path is checked before it is
+    read. At most ``MAX_REGISTER_CHECKED_ENTRIES`` manifests and entries are read.
+
+    Raises:
+        InvalidArgument: ``LOCATION_OUTSIDE_WAREHOUSE``, or ``TABLE_TOO_LARGE_TO_REGISTER``.
+    """
+    if canonical_location(roots[0]) is None:
+        return
+    _refuse_outside(metadata.location, roots, "location")
+    for stats in (*metadata.statistics, *metadata.partition_statistics):
+        _refuse_outside(stats.statistics_path, roots, "statistics file")
+    for logged in metadata.metadata_log:  # snapshot expiry deletes these
+        _refuse_outside(logged.metadata_file, roots, "previous metadata file")
+    budget = MAX_REGISTER_CHECKED_ENTRIES
+    seen: set[str] = set()
+    for snapshot in metadata.snapshots:
+        _refuse_outside(snapshot.manifest_list, roots, "manifest list")
+        for manifest in snapshot.manifests(io):
+            if manifest.manifest_path in seen:
+                continue
+            seen.add(manifest.manifest_path)
+            _refuse_outside(manifest.manifest_path, roots, "manifest")
+            budget -= 1
+            for entry in manifest.fetch_manifest_entry(io, discard_deleted=False):
+                budget -= 1
+                if budget < 0:
+                    raise InvalidArgument.field(
+                        "metadata_location",
+                        f"the table has more than {MAX_REGISTER_CHECKED_ENTRIES} manifests "
+                        "and files to check",
+                        reason="TABLE_TOO_LARGE_TO_REGISTER",
+                    )
+                _refuse_outside(entry.data_file.file_path, roots, "data file")
 
 
 def unique_table_location(

@@ -17,7 +17,7 @@ import random
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,7 +51,9 @@ from lakehouse.adapters.iceberg_ingest import (
     carried_writers,
     keep_expiring_request_ids,
 )
+from lakehouse.adapters.iceberg_locations import canonical_location, within_location
 from lakehouse.core.job_context import JobContext, JobStopped
+from lakehouse.errors import FailedPrecondition
 
 logger = logging.getLogger(__name__)
 
@@ -254,6 +256,23 @@ def _delete_all(io: FileIO, paths: Iterable[str]) -> tuple[int, int]:
     return deleted, len(outcomes) - deleted
 
 
+def _inside_table(table: Table, paths: Sequence[str]) -> list[str]:
+    """The paths under the table's own folder; the others are left, and logged.
+
+    A table registered before RegisterTable checked where its files are may reference files
+    of another table or outside the warehouse: expiring its snapshots must not delete them.
+    """
+    location = table.location()
+    inside = [p for p in paths if within_location(p, location)]
+    if len(inside) < len(paths):
+        logger.warning(
+            "left %d expired files outside the folder of table %s",
+            len(paths) - len(inside),
+            ".".join(table.name()),
+        )
+    return inside
+
+
 def _capped(paths: Iterable[str]) -> tuple[str, ...]:
     out: list[str] = []
     for path in paths:
@@ -385,7 +404,7 @@ def expire_snapshots(
     ordered = [*gone_files, *gone_manifests, *gone_lists, *gone_meta]
     failures = 0
     if not dry_run:
-        _, failures = _delete_all(io, ordered)
+        _, failures = _delete_all(io, _inside_table(table, ordered))
     return ExpireResult(
         snapshots_expired=tuple(to_expire),
         data_files_deleted=len(gone_files),
@@ -448,7 +467,21 @@ def remove_orphan_files(
 
     Raises:
         OSError: If the metadata could not be read (nothing is deleted then).
+        FailedPrecondition: ``LOCATION_OUTSIDE_WAREHOUSE``: the table's folder is not inside
+            the warehouse (a table registered before RegisterTable checked): its other files
+            may belong to anyone, so nothing is listed or deleted.
     """
+    # The table's FileIO is built from the service's catalog properties only, warehouse
+    # included (see pyiceberg_private); a REST catalog's warehouse name is no location.
+    warehouse = str(table.io.properties.get("warehouse", ""))
+    if canonical_location(warehouse) is not None and not within_location(
+        table.location(), warehouse
+    ):
+        raise FailedPrecondition(
+            f"table {'.'.join(table.name())} lies outside the warehouse: its folder may hold "
+            "files of others, so orphan files are not removed there",
+            reason="LOCATION_OUTSIDE_WAREHOUSE",
+        )
     # Read the references before listing: a file committed after this point is younger
     # than the listing and hence than any sane safety age.
     referenced = referenced_files(table)
@@ -746,6 +779,7 @@ def _commit_replace(
     """
     entries: dict[str, list[ManifestEntry]] = {}
     read_at = table.metadata.current_snapshot_id  # what the rewrite read
+    spec_at_read = table.metadata.default_spec_id
     for attempt in range(1, REPLACE_COMMIT_ATTEMPTS + 1):
         if ctx is not None:
             ctx.check()
@@ -780,6 +814,17 @@ def _commit_replace(
                 read_at is not None and table.metadata.snapshot_by_id(read_at) is not None
             ):
                 raise  # the history was there to check: a real conflict
+        except (IndexError, ValueError) as exc:
+            # pyiceberg's own retry inside commit_transaction rebuilt the snapshot on metadata
+            # whose partition spec changed since the rewrite: it failed writing the files'
+            # old partition values (IndexError, an INTERNAL found by the fuzz test). That is
+            # a conflict with the concurrent spec change.
+            table.refresh()
+            if table.metadata.default_spec_id == spec_at_read:
+                raise
+            raise ValidationException(
+                "the table's partition spec changed while it was being compacted"
+            ) from exc
         logger.info(
             "compaction lost a commit race; committing again on fresh metadata",
             extra={"attempt": attempt, "table": ".".join(table.name())},

@@ -78,56 +78,165 @@ COUNT_PROPERTIES = frozenset(
 #: Switches pyiceberg reads (``write.object-storage.enabled``...): a value it cannot parse
 #: made table creation and every later write fail (found by the fuzz test, as INTERNAL).
 BOOLEAN_PROPERTIES = _typed_pyiceberg_properties(bool)
-#: Properties only the service may set: they choose where the table's files are written (a
-#: client could point them at any path or bucket the service can write) or name a Python
-#: class that pyiceberg imports and calls on every write (``write.py-location-provider.impl``).
-SERVICE_ONLY_PROPERTIES = frozenset(
-    {"write.data.path", "write.metadata.path", "write.py-location-provider.impl"}
+#: Table properties a client may set: Iceberg's own properties that shape the format, the
+#: layout of data files, commits and history (from the Iceberg spec's table-properties page
+#: and pyiceberg's ``TableProperties``). Left out on purpose, so refused: anything that names
+#: a path (``write.data.path``, ``write.metadata.path``, ``write.object-storage.path``,
+#: ``write.folder-storage.path``), a class (``write.py-location-provider.impl``,
+#: ``write.location-provider.impl``, ``py-io-impl``, ``io-impl``) or storage settings
+#: (``s3.*``, ``gcs.*``, ``adls.*``, ``hf.*``, ``client.*``): pyiceberg merges table
+#: properties into its FileIO and location provider, so they would let a client redirect or
+#: crash the server. Also left out: ``schema.name-mapping.default`` (set by imports; a bad
+#: one breaks every read) and the format's own keys (``RESERVED_PROPERTIES``).
+ICEBERG_PROPERTIES = frozenset(
+    {
+        "format-version",  # at create only, see RESERVED_PROPERTIES
+        "write.format.default",
+        "write.delete.format.default",
+        "write.target-file-size-bytes",
+        "write.delete.target-file-size-bytes",
+        "write.avro.compression-codec",
+        "write.avro.compression-level",
+        "write.distribution-mode",
+        "write.delete.distribution-mode",
+        "write.update.distribution-mode",
+        "write.merge.distribution-mode",
+        "write.delete.mode",
+        "write.update.mode",
+        "write.merge.mode",
+        "write.delete.isolation-level",
+        "write.update.isolation-level",
+        "write.merge.isolation-level",
+        "write.metadata.metrics.default",
+        "write.metadata.metrics.max-inferred-column-defaults",
+        "write.metadata.compression-codec",
+        "write.metadata.previous-versions-max",
+        "write.metadata.delete-after-commit.enabled",
+        "write.summary.partition-limit",
+        "write.object-storage.enabled",
+        "write.object-storage.partitioned-paths",
+        "write.wap.enabled",
+        "commit.retry.num-retries",
+        "commit.retry.min-wait-ms",
+        "commit.retry.max-wait-ms",
+        "commit.retry.total-timeout-ms",
+        "commit.status-check.num-retries",
+        "commit.status-check.min-wait-ms",
+        "commit.status-check.max-wait-ms",
+        "commit.status-check.total-timeout-ms",
+        "commit.manifest.target-size-bytes",
+        "commit.manifest.min-count-to-merge",
+        "commit.manifest-merge.enabled",
+        "history.expire.max-snapshot-age-ms",
+        "history.expire.min-snapshots-to-keep",
+        "history.expire.max-ref-age-ms",
+        "gc.enabled",
+    }
 )
+#: Prefixes of Iceberg property families a client may set (per-column metrics modes and
+#: bloom filters, Parquet and ORC writer tuning, read split planning): none of their keys
+#: names a path, a class or an endpoint.
+ICEBERG_PROPERTY_PREFIXES = (
+    "write.parquet.",
+    "write.orc.",
+    "write.metadata.metrics.column.",
+    "read.split.",
+    "read.parquet.vectorization.",
+)
+#: The service's own policy keys (maintenance, ingest; typed below). Other ``lakehouse.*``
+#: keys are the service's bookkeeping (``lakehouse.job-id`` marks a SQL job's destination
+#: table) and are refused, so a client cannot forge them. Kept in step with
+#: ``core.maintenance_scheduler.POLICY_PROPERTIES`` and ``core.dead_letters`` by a test.
+SERVICE_PROPERTY_PREFIX = "lakehouse."
+SERVICE_POLICY_PROPERTIES = frozenset(
+    {
+        "lakehouse.ingest.invalid-row-policy",
+        "lakehouse.compaction.min-input-files",
+        "lakehouse.compaction.small-file-size-bytes",
+        "lakehouse.orphans.min-file-age-ms",
+        "lakehouse.orphans.interval-ms",
+    }
+)
+#: Keys that belong to the table's users and mean nothing to any engine: the two that Spark,
+#: Trino and Hive write themselves (``comment``, ``owner``), and anything under ``user.``
+#: for the rest (teams, tags, contacts), so a user's key can never collide with one a later
+#: Iceberg or pyiceberg release starts to read.
+USER_PROPERTIES = frozenset({"comment", "owner"})
+USER_PROPERTY_PREFIX = "user."
+#: Properties with a fixed set of values pyiceberg understands: anything else failed every
+#: later write.
+ENUM_PROPERTIES = {
+    "write.format.default": frozenset({"parquet"}),
+    "write.delete.mode": frozenset({"copy-on-write", "merge-on-read"}),
+}
 #: Table format versions pyiceberg creates and writes.
 FORMAT_VERSIONS = frozenset({"1", "2"})
 
 
-def table_property_problem(properties: Mapping[str, str], *, creating: bool) -> str | None:
+def is_settable_property(key: str) -> bool:
+    """Whether a client may set table property ``key`` (see ``ICEBERG_PROPERTIES``)."""
+    return (
+        key in ICEBERG_PROPERTIES
+        or key.startswith(ICEBERG_PROPERTY_PREFIXES)
+        or key in SERVICE_POLICY_PROPERTIES
+        or key in USER_PROPERTIES
+        or key.startswith(USER_PROPERTY_PREFIX)
+    )
+
+
+def table_property_problem(
+    properties: Mapping[str, str], *, creating: bool
+) -> tuple[str, str] | None:
     """Why client-given table properties cannot be set, or None if they can.
 
     Args:
         properties: The properties to set.
         creating: Whether they come with a new table, which may choose its format version.
+
+    Returns:
+        The offending key and the reason, or None.
     """
     # A new table may choose its format version; changing it later would do nothing.
     reserved = RESERVED_PROPERTIES - {"format-version"} if creating else RESERVED_PROPERTIES
-    taken = sorted(set(properties) & reserved)
-    if taken:
-        return f"properties {taken} are managed by the table format"
-    taken = sorted(set(properties) & SERVICE_ONLY_PROPERTIES)
-    if taken:
-        return (
-            f"properties {taken} choose where files go or what code runs; "
-            "only the service sets them"
-        )
+    for name in sorted(properties):
+        if name in reserved:
+            return name, f"property {name!r} is managed by the table format"
+        if not is_settable_property(name):
+            return name, (
+                f"property {name[:64]!r} is not one a client may set: use an Iceberg table "
+                f"property, a {SERVICE_PROPERTY_PREFIX}* policy key, 'comment', 'owner' or a "
+                f"{USER_PROPERTY_PREFIX}* key (keys naming paths, classes or storage "
+                "settings are refused)"
+            )
     for name in sorted(set(properties) & COUNT_PROPERTIES):
         value = properties[name]
         if not (value.isascii() and value.isdigit()):
-            return f"{name} must be a whole number, not {value!r}"
+            return name, f"{name} must be a whole number, not {value!r}"
     for name in sorted(set(properties) & BOOLEAN_PROPERTIES):
         try:
             strtobool(properties[name])
         except ValueError:
-            return f"{name} must be true or false, not {properties[name]!r}"
+            return name, f"{name} must be true or false, not {properties[name]!r}"
+    for name in sorted(set(properties) & set(ENUM_PROPERTIES)):
+        if properties[name] not in ENUM_PROPERTIES[name]:
+            return name, f"{name} must be one of {sorted(ENUM_PROPERTIES[name])}"
     version = properties.get("format-version")
     if version is not None and version not in FORMAT_VERSIONS:
-        return f"format-version must be one of {sorted(FORMAT_VERSIONS)}, not {version!r}"
+        return (
+            "format-version",
+            f"format-version must be one of {sorted(FORMAT_VERSIONS)}, not {version!r}",
+        )
     return None
 
 
 class ChangeRejected(ValueError):
     """A change cannot apply; ``field`` names the part of the change that is wrong."""
 
-    def __init__(self, field: str, description: str) -> None:
+    def __init__(self, field: str, description: str, reason: str = "INCOMPATIBLE_CHANGE") -> None:
         super().__init__(description)
         self.field = field
         self.description = description
+        self.reason = reason
 
 
 def _is_widening(old: IcebergType, new: IcebergType) -> bool:
@@ -220,7 +329,8 @@ def apply_change(tx: Transaction, change: TableChange) -> None:
     elif isinstance(change, SetProperties):
         problem = table_property_problem(change.properties, creating=False)
         if problem is not None:
-            raise ChangeRejected("properties", problem)
+            bad_key, description = problem
+            raise ChangeRejected(f"properties[{bad_key[:64]!r}]", description, "INVALID_PROPERTY")
         tx.set_properties(change.properties)
     elif isinstance(change, RemoveProperties):
         reserved = sorted(set(change.keys) & RESERVED_PROPERTIES)
@@ -286,14 +396,14 @@ def apply_changes(tx: Transaction, changes: Sequence[TableChange]) -> None:
         try:
             apply_change(tx, change)
         except ChangeRejected as exc:
-            raise _rejected(f"{prefix}.{exc.field}", exc.description) from exc
+            raise _rejected(f"{prefix}.{exc.field}", exc.description, exc.reason) from exc
         except (ValueError, ValidationError, ResolveError, TypeError) as exc:
             raise _rejected(prefix, str(exc).splitlines()[0] or type(exc).__name__) from exc
 
 
-def _rejected(field: str, description: str) -> InvalidArgument:
+def _rejected(field: str, description: str, reason: str = "INCOMPATIBLE_CHANGE") -> InvalidArgument:
     return InvalidArgument(
         f"{field}: {description}",
         violations=[FieldViolation(field, description)],
-        reason="INCOMPATIBLE_CHANGE",
+        reason=reason,
     )

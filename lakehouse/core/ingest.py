@@ -28,6 +28,7 @@ from lakehouse.adapters.iceberg_ingest import AppendPlan, IngestState, RequestId
 from lakehouse.adapters.resilience import without_deadline
 from lakehouse.config import IngestSettings
 from lakehouse.core.names import check_identifier, check_writer_id
+from lakehouse.core.survival import EscapedError, own_cancellation
 from lakehouse.errors import (
     InvalidArgument,
     LakehouseError,
@@ -348,11 +349,15 @@ class _TableCommitter:
                 if not unit.future.done():
                     unit.future.set_exception(exc)
             return
-        except Exception as exc:
+        except BaseException as exc:
+            if own_cancellation(exc):
+                raise
             log.exception("ingest commit failed", extra={"table": ".".join(self._key)})
+            # A SystemExit handed to the writers' futures would stop their tasks' event loop.
+            failure = exc if isinstance(exc, Exception) else EscapedError(type(exc).__name__)
             for unit in group:
                 if not unit.future.done():
-                    unit.future.set_exception(exc)
+                    unit.future.set_exception(failure)
             return
         wrote = outcome.plan.data is not None and outcome.plan.data.num_rows > 0
         if wrote:

@@ -28,6 +28,7 @@ from lakehouse.core.job_context import JobContext, JobStopped
 from lakehouse.core.job_kinds import JobKinds
 from lakehouse.core.job_specs import KIND_NAMES, job_timeout_seconds
 from lakehouse.core.jobs import JobEvents, now_us
+from lakehouse.core.survival import own_cancellation
 from lakehouse.errors import (
     CommitStateUnknown,
     Conflict,
@@ -190,7 +191,9 @@ class JobWorker:
                     )
                 except LakehouseError as exc:
                     log.warning("claiming a job failed", extra={"error": exc.message})
-                except Exception:
+                except BaseException as exc:  # SystemExit from a library included
+                    if own_cancellation(exc):
+                        raise
                     log.exception("claiming a job failed")
             if claim is not None:
                 self._start(claim)
@@ -285,7 +288,11 @@ class JobWorker:
             if ctx.why == _TIMEOUT:
                 return _Outcome("failed", error=_timeout_status(timeout))
             return _Outcome("failed", error=status_proto_for(exc, ""))
-        except Exception:
+        except BaseException as exc:
+            # SystemExit or KeyboardInterrupt from a library fails this job, not the process
+            # (an asyncio task ending with one stops the event loop).
+            if own_cancellation(exc):
+                raise
             if ctx.why == _TIMEOUT:
                 return _Outcome("failed", error=_timeout_status(timeout))
             log.exception("job failed unexpectedly", extra={"job_id": job.id})

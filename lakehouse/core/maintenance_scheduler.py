@@ -38,6 +38,7 @@ from lakehouse.adapters.job_store import JobStore
 from lakehouse.adapters.request_id_store import RequestIdStore
 from lakehouse.core.job_kinds import DEFAULT_MIN_INPUT_FILES, DEFAULT_TARGET_FILE_BYTES
 from lakehouse.core.jobs import Jobs
+from lakehouse.core.survival import contained
 from lakehouse.errors import LakehouseError
 from lakehouse.v1 import job_pb2
 
@@ -123,10 +124,8 @@ class MaintenanceScheduler:
 
     async def _loop(self) -> None:
         while True:
-            try:
+            with contained("maintenance pass"):
                 await self.run_once()
-            except Exception:
-                log.exception("maintenance scheduling failed")
             await asyncio.sleep(self._interval)
 
     async def run_once(self) -> list[str]:
@@ -145,13 +144,15 @@ class MaintenanceScheduler:
         created: list[str] = []
         for namespace in await self._catalog.list_namespaces():
             for name in await self._catalog.list_tables(namespace):
-                try:
-                    created.extend(await self._check_table(namespace, name))
-                except LakehouseError as exc:  # a table dropped meanwhile, a backend blip
-                    log.info(
-                        "skipped a table's maintenance check",
-                        extra={"namespace": namespace, "table": name, "error": exc.message},
-                    )
+                # One table's failure, whatever it raises, never ends the pass or the loop.
+                with contained("maintenance check", f"{namespace}.{name}"):
+                    try:
+                        created.extend(await self._check_table(namespace, name))
+                    except LakehouseError as exc:  # a table dropped meanwhile, a backend blip
+                        log.info(
+                            "skipped a table's maintenance check",
+                            extra={"namespace": namespace, "table": name, "error": exc.message},
+                        )
         return created
 
     async def _prune_request_ids(self) -> None:

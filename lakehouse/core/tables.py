@@ -254,7 +254,10 @@ class Tables:
         check_properties("properties", properties)
         problem = table_property_problem(properties, creating=True)
         if problem is not None:
-            raise InvalidArgument.field("properties", problem, reason="INVALID_PROPERTY")
+            key, description = problem
+            raise InvalidArgument.field(
+                f"properties[{key[:64]!r}]", description, reason="INVALID_PROPERTY"
+            )
         await self._check_table_quota(namespace)
         return await self._catalog.create_table(
             namespace, name, schema, partition_spec, sort_order, properties
@@ -307,12 +310,23 @@ class Tables:
             InvalidArgument: Bad names.
             NotFound: No such table.
             Unavailable: The object store failed during purge (the table is already dropped).
+
+        Purge deletes only under a table location strictly inside the warehouse; the files of
+        a table elsewhere (registered before that was checked) are left, and logged.
         """
         check_identifier("namespace", namespace)
         check_identifier("table", name)
         info = await self._catalog.load_table(namespace, name) if purge else None
         await self._catalog.drop_table(namespace, name)
         if info is None:
+            return 0
+        if not self._catalog.owns_location(info.location):
+            # A table registered before RegisterTable checked where its files are: its folder
+            # may be another system's. The catalog entry is gone; the files are left.
+            log.warning(
+                "purge left the files of a table whose location is outside the warehouse",
+                extra={"namespace": namespace, "table": name},
+            )
             return 0
         prefix = info.location.rstrip("/") + "/"
         deleted = await self._store.delete_prefix(prefix)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from grpc_health.v1 import health, health_pb2
 
 from lakehouse.adapters.resilience import CircuitBreaker
+from lakehouse.core.survival import contained, tamed
 from lakehouse.server import metrics
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,8 @@ class HealthMonitor:
             # interrupted); starting another every interval would pile them up.
             return self._record(dep, started, "error: the previous check has not ended yet")
         try:
-            running = self._running[dep.name] = asyncio.ensure_future(dep.check())
+            # Its own task: tamed, or a SystemExit from a client library stops the event loop.
+            running = self._running[dep.name] = asyncio.ensure_future(tamed(dep.check()))
             running.add_done_callback(_retrieve)  # a late failure is not "never retrieved"
             await asyncio.wait_for(asyncio.shield(running), self._timeout)
             outcome = "ok"
@@ -128,7 +130,8 @@ class HealthMonitor:
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
-            await self.check_once()
+            with contained("health check"):
+                await self.check_once()
 
     def start(self) -> None:
         """Starts the periodic checks (after a first ``check_once``)."""

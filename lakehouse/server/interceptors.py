@@ -24,6 +24,7 @@ from google.protobuf.message import DecodeError, Message
 from opentelemetry import trace
 
 from lakehouse.core.caller import set_current_principal
+from lakehouse.core.survival import EscapedError
 from lakehouse.errors import InvalidArgument, LakehouseError, ResourceExhausted
 from lakehouse.server import metrics
 from lakehouse.server.limits import CallDeadlines
@@ -440,8 +441,8 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             except grpc.aio.AbortError:
                 call.code = self._observed_code(context, grpc.StatusCode.UNKNOWN)
                 raise
-            except Exception as exc:
-                await self._fail(call, exc, context)
+            except BaseException as exc:
+                await self._fail(call, _escaped(exc), context)
             finally:
                 self._finish(call)
 
@@ -495,8 +496,8 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             except grpc.aio.AbortError:
                 call.code = self._observed_code(context, grpc.StatusCode.UNKNOWN)
                 raise
-            except Exception as exc:
-                await self._fail(call, exc, context)
+            except BaseException as exc:
+                await self._fail(call, _escaped(exc), context)
             finally:
                 self._finish(call)
             # The OpenTelemetry interceptor around this one iterates its handler, so this must
@@ -505,3 +506,15 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             yield  # type: ignore[unreachable]
 
         return handle
+
+
+def _escaped(exc: BaseException) -> Exception:
+    """``exc``, or an ``EscapedError`` in place of a ``SystemExit``/``KeyboardInterrupt``.
+
+    Library code can raise those in a handler (pyiceberg once called a table's
+    ``py-io-impl: sys.exit``); a handler task ending with one stops the server's event loop,
+    so the call fails with INTERNAL instead. Cancellation is handled before this.
+    """
+    if isinstance(exc, Exception):
+        return exc
+    return EscapedError(f"{type(exc).__name__} raised by library code")

@@ -30,6 +30,7 @@ from lakehouse.core.job_worker import (
 )
 from lakehouse.core.jobs import JobEvents, Jobs
 from lakehouse.core.maintenance_scheduler import MaintenanceScheduler
+from lakehouse.core.survival import contained
 from lakehouse.errors import InvalidArgument, NotFound, RetryableError, Unavailable
 from lakehouse.v1 import job_pb2
 
@@ -159,7 +160,8 @@ class JobRuntime:
         # In every process, API-only replicas (no workers) included: whichever is scraped
         # reports the shared queue.
         while True:
-            await refresh_queue_depth(self.store, self._pool)
+            with contained("job queue gauge"):
+                await refresh_queue_depth(self.store, self._pool)
             await asyncio.sleep(QUEUE_DEPTH_SECONDS)
 
     async def stop(self, grace: float) -> None:

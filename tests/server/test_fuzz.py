@@ -338,6 +338,46 @@ PROPERTY_KEYS = [
 ]
 PROPERTY_VALUES = ["dead-letter", "reject", "-1", "0", "1", "abc", "1e99", "zstd", "orc", "3", ""]
 PROPERTY_VALUES += ["yes", "true", "truncate(x)", "none", "os.getcwd", "file:///tmp/elsewhere"]
+# Keys pyiceberg's FileIO implementations and location providers read from a table's
+# properties (it merges them over the catalog's): classes to import, endpoints, credentials,
+# paths. The service refuses them and never lets a table's copy reach its storage layer.
+PROPERTY_KEYS += [
+    "py-io-impl",
+    "io-impl",
+    "write.location-provider.impl",
+    "write.object-storage.partitioned-paths",
+    "write.object-storage.path",
+    "write.folder-storage.path",
+    "s3.endpoint",
+    "s3.access-key-id",
+    "s3.secret-access-key",
+    "s3.session-token",
+    "s3.region",
+    "s3.proxy-uri",
+    "s3.signer",
+    "s3.signer.uri",
+    "s3.force-virtual-addressing",
+    "client.region",
+    "client.access-key-id",
+    "client.secret-access-key",
+    "gcs.project-id",
+    "gcs.oauth2.token",
+    "gcs.service.host",
+    "adls.account-name",
+    "adls.account-key",
+    "adls.connection-string",
+    "hf.endpoint",
+    "hf.token",
+    "warehouse",
+    "user.team",
+    "comment",
+]
+PROPERTY_VALUES += [
+    "sys.exit",
+    "builtins.print",
+    "http://127.0.0.1:9",
+    "pyiceberg.io.fsspec.FsspecFileIO",
+]
 
 _INT_RANGES = {
     FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
@@ -1887,7 +1927,7 @@ async def _answer(call: Any) -> tuple[grpc.StatusCode, str | None, list[str]]:
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 async def test_fuzz_findings_answer_deliberately(
-    table_stub: Any, channel: grpc.aio.Channel, tmp_path: Path
+    table_stub: Any, channel: grpc.aio.Channel, tmp_path: Path, backend: Any
 ) -> None:
     from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -1971,13 +2011,17 @@ async def test_fuzz_findings_answer_deliberately(
 
     # RegisterTable: schemes nobody can read, a fragment that made /etc/passwd the file read,
     # and files that are missing or not metadata (these had left a broken table behind).
-    junk = tmp_path / "junk.metadata.json"
+    # (Inside the warehouse: a file outside it is refused before it is read.)
+    warehouse = backend.data_dir / "warehouse"
+    warehouse.mkdir(parents=True, exist_ok=True)
+    junk = warehouse / "junk.metadata.json"
     junk.write_text("not json")
     for location, expected in (
         ("http://127.0.0.1:1/x.metadata.json", invalid),
         ("file:///etc/passwd#.metadata.json", invalid),
+        ("file:///etc/passwd.metadata.json", invalid),
         (junk.as_uri(), invalid),
-        ((tmp_path / "missing.metadata.json").as_uri(), grpc.StatusCode.NOT_FOUND),
+        ((warehouse / "missing.metadata.json").as_uri(), grpc.StatusCode.NOT_FOUND),
     ):
         code, _, _ = await _answer(
             table_stub.RegisterTable(

@@ -206,7 +206,7 @@ async def test_typed_table_properties_are_checked_when_set(table_stub: Any) -> N
                     namespace="ok", table="t", schema=GOOD_SCHEMA, properties={key: value}
                 )
             ),
-            "properties",
+            f"properties[{key!r}]",
             "INVALID_PROPERTY",
         )
     listed = await table_stub.ListTables(pb.ListTablesRequest(namespace="ok"))

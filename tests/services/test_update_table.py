@@ -47,7 +47,10 @@ async def make_table(stub: Any) -> Any:
     return (
         await stub.CreateTable(
             pb.CreateTableRequest(
-                namespace="evo", table="t", schema=schema, properties={"keep": "1", "drop": "2"}
+                namespace="evo",
+                table="t",
+                schema=schema,
+                properties={"user.keep": "1", "user.drop": "2"},
             )
         )
     ).table
@@ -80,7 +83,7 @@ async def test_every_change_kind_in_one_atomic_commit(table_stub: Any) -> None:
         change(make_column_optional=pb.MakeColumnOptional(column="qty")),
         change(update_column_doc=pb.UpdateColumnDoc(column="id", doc="the key")),
         change(set_properties=pb.SetProperties(properties={"owner": "team-b"})),
-        change(remove_properties=pb.RemoveProperties(keys=["drop"])),
+        change(remove_properties=pb.RemoveProperties(keys=["user.drop"])),
         change(
             add_partition_field=pb.AddPartitionField(
                 field=schema_pb2.PartitionField(source_column="ts", transform="day")
@@ -114,8 +117,8 @@ async def test_every_change_kind_in_one_atomic_commit(table_stub: Any) -> None:
     assert f["rating"].id == fields_by_name(before)["score"].id  # renamed, same column
     assert f["price"].type.decimal.precision == 18
     assert f["id"].doc == "the key"
-    assert after.properties["owner"] == "team-b" and "drop" not in after.properties
-    assert after.properties["keep"] == "1"
+    assert after.properties["owner"] == "team-b" and "user.drop" not in after.properties
+    assert after.properties["user.keep"] == "1"
     assert [(p.source_column, p.transform) for p in after.partition_spec.fields] == [("ts", "day")]
     assert after.sort_order.fields[0].direction == schema_pb2.SORT_DIRECTION_DESC
     assert after.etag != before.etag
@@ -145,7 +148,7 @@ async def test_stale_etag_is_aborted_and_changes_nothing(table_stub: Any) -> Non
         pb.UpdateTableRequest(
             namespace="evo",
             table="t",
-            changes=[change(set_properties=pb.SetProperties(properties={"a": "1"}))],
+            changes=[change(set_properties=pb.SetProperties(properties={"user.a": "1"}))],
         )
     )
     with pytest.raises(grpc.aio.AioRpcError) as exc:
@@ -226,7 +229,7 @@ async def test_incompatible_change_is_invalid_and_nothing_applies(
 ) -> None:
     before = await make_table(table_stub)
     bad, field = INCOMPATIBLE[case]
-    first = change(set_properties=pb.SetProperties(properties={"applied": "yes"}))
+    first = change(set_properties=pb.SetProperties(properties={"user.applied": "yes"}))
     with pytest.raises(grpc.aio.AioRpcError) as exc:
         await table_stub.UpdateTable(
             pb.UpdateTableRequest(namespace="evo", table="t", changes=[first, bad])
@@ -236,7 +239,7 @@ async def test_incompatible_change_is_invalid_and_nothing_applies(
     assert details.violated_fields and details.violated_fields[0].startswith(field), details
     now = (await table_stub.GetTable(pb.GetTableRequest(namespace="evo", table="t"))).table
     assert now.etag == before.etag
-    assert "applied" not in now.properties
+    assert "user.applied" not in now.properties
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
