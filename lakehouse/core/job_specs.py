@@ -48,6 +48,8 @@ KIND_NAMES = FIELD_BY_KIND
 
 LoadTable = Callable[[str, str], Awaitable[TableInfo]]
 LoadNamespace = Callable[[str], Awaitable[object]]
+#: Refuses a new table in a namespace that may hold no more (raises QuotaExceeded).
+CheckNewTable = Callable[[str], Awaitable[None]]
 #: Checks a SQL spec with its engine: parses the statement and confirms the tables it names
 #: exist. Raises InvalidArgument (fields relative to the spec) or NotFound.
 CheckSql = Callable[[job_pb2.SqlJobSpec], Awaitable[None]]
@@ -168,8 +170,10 @@ class SpecChecker:
         *,
         load_namespace: LoadNamespace,
         import_prefixes: tuple[str, ...],
+        check_new_table: CheckNewTable | None = None,
     ) -> None:
         self._load_table = load_table
+        self._check_new_table = check_new_table
         self._load_namespace = load_namespace
         self._check_sql = check_sql
         self._import_prefixes = import_prefixes
@@ -181,6 +185,7 @@ class SpecChecker:
             InvalidArgument: A field is malformed (named in the error).
             NotFound: The table (or the SQL statement's table) does not exist.
             AlreadyExists: A SQL job's destination table exists.
+            QuotaExceeded: A SQL job's destination namespace holds as many tables as allowed.
         """
         which = spec.WhichOneof("kind")
         if which is None:
@@ -260,6 +265,8 @@ class SpecChecker:
                     reason="TABLE_ALREADY_EXISTS",
                     metadata={"namespace": namespace, "table": table},
                 )
+            if self._check_new_table is not None:
+                await self._check_new_table(namespace)
         return namespace, table
 
     @staticmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -137,25 +138,7 @@ class Tables:
             )
 
     async def _check_table_quota(self, namespace: str) -> None:
-        """Refuses a new table in ``namespace`` when it holds ``max_tables_per_namespace``.
-
-        Raises:
-            QuotaExceeded: Reason ``TABLE_QUOTA_EXCEEDED``, the limit and namespace in its
-                metadata.
-            NotFound: No such namespace.
-        """
-        limit = self._quotas.max_tables_per_namespace
-        if not limit:
-            return
-        count = len(await self._catalog.list_tables(namespace))
-        if count >= limit:
-            QUOTA_REFUSALS.labels("tables").inc()
-            raise QuotaExceeded(
-                f"namespace {namespace!r} holds {count} tables, the quota is {limit}: delete "
-                "one or ask an operator to raise quotas.max_tables_per_namespace",
-                reason="TABLE_QUOTA_EXCEEDED",
-                metadata={"limit": str(limit), "namespace": namespace},
-            )
+        await check_table_quota(self._catalog.list_tables, namespace, self._quotas)
 
     # --- namespaces -------------------------------------------------------------------
 
@@ -486,3 +469,30 @@ def _check_change(field: str, change: TableChange) -> None:
     elif isinstance(change, RemoveProperties):
         for i, key in enumerate(change.keys):
             check_property_key(f"{field}.remove_properties.keys[{i}]", key)
+
+
+async def check_table_quota(
+    list_tables: Callable[[str], Awaitable[list[str]]], namespace: str, quotas: QuotaSettings
+) -> None:
+    """Refuses a new table in ``namespace`` when it holds ``max_tables_per_namespace``.
+
+    Every path that creates a table calls it: CreateTable, RegisterTable, RenameTable into
+    another namespace, and a SQL job's destination table.
+
+    Raises:
+        QuotaExceeded: Reason ``TABLE_QUOTA_EXCEEDED``, the limit and namespace in its
+            metadata.
+        NotFound: No such namespace.
+    """
+    limit = quotas.max_tables_per_namespace
+    if not limit:
+        return
+    count = len(await list_tables(namespace))
+    if count >= limit:
+        QUOTA_REFUSALS.labels("tables").inc()
+        raise QuotaExceeded(
+            f"namespace {namespace!r} holds {count} tables, the quota is {limit}: delete "
+            "one or ask an operator to raise quotas.max_tables_per_namespace",
+            reason="TABLE_QUOTA_EXCEEDED",
+            metadata={"limit": str(limit), "namespace": namespace},
+        )

@@ -263,21 +263,31 @@ def _checked_streaming(
     behavior: Callable[..., Any], checked: Callable[[Any], Any]
 ) -> Callable[..., AsyncIterator[Any]]:
     async def handle(request_or_iterator: Any, context: Context) -> AsyncIterator[Any]:
-        result = behavior(checked(request_or_iterator), context)
-        if inspect.isawaitable(result):  # a handler writing with context.write()
-            await result
-            return
-        try:
-            async for response in result:
-                yield response
-        finally:
-            # Closed with this generator (a cancelled call, a client gone), so the handler's
-            # clean-up runs now rather than whenever the garbage collector gets to it.
-            aclose = getattr(result, "aclose", None)
-            if aclose is not None:
-                await aclose()
+        async for response in relay(behavior(checked(request_or_iterator), context)):
+            yield response
 
     return handle
+
+
+async def relay(result: Any) -> AsyncIterator[Any]:
+    """Yields the responses of a wrapped streaming handler's ``result``.
+
+    Args:
+        result: What the handler returned: an async iterator of responses, or an awaitable
+            when the handler writes with ``context.write()`` itself.
+    """
+    if inspect.isawaitable(result):
+        await result
+        return
+    try:
+        async for response in result:
+            yield response
+    finally:
+        # Closed with this generator (a cancelled call, a client gone), so the handler's
+        # clean-up runs now rather than whenever the garbage collector gets to it.
+        aclose = getattr(result, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def _decoded(request: Any) -> Any:

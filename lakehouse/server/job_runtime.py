@@ -31,6 +31,7 @@ from lakehouse.core.job_worker import (
 from lakehouse.core.jobs import JobEvents, Jobs
 from lakehouse.core.maintenance_scheduler import MaintenanceScheduler
 from lakehouse.core.survival import contained
+from lakehouse.core.tables import check_table_quota
 from lakehouse.errors import InvalidArgument, NotFound, RetryableError, Unavailable
 from lakehouse.v1 import job_pb2
 
@@ -90,6 +91,9 @@ class JobRuntime:
             self._check_sql,
             load_namespace=catalog.namespace_properties,
             import_prefixes=settings.jobs.import_prefixes,
+            check_new_table=functools.partial(
+                check_table_quota, catalog.list_tables, quotas=settings.quotas
+            ),
         )
         self.jobs = Jobs(
             self.store,

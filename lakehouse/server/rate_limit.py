@@ -19,7 +19,6 @@ any other error.
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,7 +30,7 @@ from lakehouse.config import QuotaSettings
 from lakehouse.core.caller import current_principal
 from lakehouse.errors import ResourceExhausted
 from lakehouse.metrics import QUOTA_REFUSALS
-from lakehouse.server.interceptors import rewrapped
+from lakehouse.server.interceptors import relay, rewrapped
 from lakehouse.server.permissions import HEALTH_SERVICE, REFLECTION_SERVICES
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -193,18 +192,7 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
 
         async def streaming(request: Any, context: Context) -> AsyncIterator[Any]:
             self._admit(context)
-            result = behavior(request, context)
-            if inspect.isawaitable(result):  # a handler writing with context.write()
-                await result
-                return
-            try:
-                async for response in result:
-                    yield response
-            finally:
-                # Closed with this generator (a cancelled call), so the handler's clean-up
-                # runs now rather than whenever the garbage collector gets to it.
-                aclose = getattr(result, "aclose", None)
-                if aclose is not None:
-                    await aclose()
+            async for response in relay(behavior(request, context)):
+                yield response
 
         return streaming

@@ -25,7 +25,13 @@ from lakehouse.config import AuthSettings, QuotaSettings, Settings
 from lakehouse.server.app import LakehouseServer
 from lakehouse.server.credentials import new_api_key
 from lakehouse.server.rate_limit import TokenBuckets, caller_key
-from lakehouse.v1 import schema_pb2, table_service_pb2_grpc
+from lakehouse.v1 import (
+    job_pb2,
+    job_service_pb2,
+    job_service_pb2_grpc,
+    schema_pb2,
+    table_service_pb2_grpc,
+)
 from lakehouse.v1 import table_service_pb2 as pb
 
 LONG = schema_pb2.DataType(primitive=schema_pb2.PRIMITIVE_TYPE_LONG)
@@ -142,6 +148,31 @@ async def test_a_full_namespace_takes_no_more_tables(backend: Settings) -> None:
         # A rename inside a full namespace adds nothing.
         await stub.RenameTable(pb.RenameTableRequest(namespace="full", table="t1", new_table="t1b"))
         assert sorted(await tables(stub, "full")) == ["t1b", "t2"]
+
+
+async def test_a_sql_job_cannot_create_its_destination_in_a_full_namespace(
+    backend: Settings,
+) -> None:
+    async with started(with_quotas(backend, max_tables_per_namespace=1)) as stub:
+        await stub.CreateNamespace(pb.CreateNamespaceRequest(name="crowded"))
+        await stub.CreateTable(
+            pb.CreateTableRequest(namespace="crowded", table="t1", schema=SCHEMA)
+        )
+        jobs = job_service_pb2_grpc.JobServiceStub(stub.channel)
+        sql = job_pb2.SqlJobSpec(
+            statement="SELECT id FROM crowded.t1",
+            destination_namespace="crowded",
+            destination_table="copy",
+        )
+        details = await refused(
+            jobs.CreateJob(job_service_pb2.CreateJobRequest(spec=job_pb2.JobSpec(sql=sql)))
+        )
+        assert details.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert details.reason == "TABLE_QUOTA_EXCEEDED"
+        assert details.metadata["namespace"] == "crowded"
+        listed = await jobs.ListJobs(job_service_pb2.ListJobsRequest())
+        assert list(listed.jobs) == []  # no job was created
+        assert await tables(stub, "crowded") == ["t1"]
 
 
 # --- the rate limit ---------------------------------------------------------------------------
