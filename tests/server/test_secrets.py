@@ -312,7 +312,7 @@ def test_no_secret_leaks_from_a_server_whose_backends_are_down(down_server: Serv
                 tpb.RegisterTableRequest(
                     namespace="sales",
                     table="old",
-                    metadata_location="s3://warehouse/old/metadata/v1.metadata.json",
+                    metadata_location="s3://warehouse/tables/old/metadata/v1.metadata.json",
                 ),
                 metadata=key,
                 timeout=CALL_TIMEOUT_SECONDS,
