@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from pyiceberg.avro.codecs import CODEC_MAPPING_ICEBERG_TO_AVRO, KNOWN_CODECS
 from pyiceberg.exceptions import ResolveError, ValidationError
+from pyiceberg.io.pyarrow import match_metrics_mode
 from pyiceberg.table import TableProperties, Transaction
 from pyiceberg.table.sorting import UNSORTED_SORT_ORDER, UNSORTED_SORT_ORDER_ID, NullOrder
 from pyiceberg.table.update import (
@@ -168,7 +170,31 @@ USER_PROPERTY_PREFIX = "user."
 ENUM_PROPERTIES = {
     "write.format.default": frozenset({"parquet"}),
     "write.delete.mode": frozenset({"copy-on-write", "merge-on-read"}),
+    # pyiceberg passes it to pyarrow's Parquet writer ("uncompressed" as "none"): an unknown
+    # codec failed every later write with INTERNAL.
+    TableProperties.PARQUET_COMPRESSION: frozenset(
+        {"zstd", "snappy", "gzip", "lz4", "brotli", "uncompressed", "none"}
+    ),
+    # The codecs pyiceberg's manifest writer knows, by their Avro or their Iceberg names.
+    TableProperties.WRITE_AVRO_COMPRESSION: frozenset(KNOWN_CODECS)
+    | frozenset(CODEC_MAPPING_ICEBERG_TO_AVRO),
 }
+#: Row and byte counts pyarrow's Parquet writer takes as they are: 0 made it loop forever on
+#: every write (``page-row-limit``), pinning a catalog thread each, or fail every write.
+#: pyarrow reads them as 32- or 64-bit integers; the cap keeps them within either.
+POSITIVE_PROPERTIES = frozenset(
+    {
+        TableProperties.PARQUET_PAGE_ROW_LIMIT,
+        TableProperties.PARQUET_ROW_GROUP_LIMIT,
+        TableProperties.PARQUET_PAGE_SIZE_BYTES,
+        TableProperties.PARQUET_DICT_SIZE_BYTES,
+    }
+)
+MAX_POSITIVE_PROPERTY = 2**31 - 1
+#: Metrics modes (``none``, ``counts``, ``full``, ``truncate(N)``) pyiceberg parses on every
+#: write: a bad one failed them all.
+METRICS_MODE_PROPERTY = TableProperties.DEFAULT_WRITE_METRICS_MODE
+METRICS_MODE_PREFIX = TableProperties.METRICS_MODE_COLUMN_CONF_PREFIX + "."
 #: Table format versions pyiceberg creates and writes.
 FORMAT_VERSIONS = frozenset({"1", "2"})
 
@@ -220,6 +246,23 @@ def table_property_problem(
     for name in sorted(set(properties) & set(ENUM_PROPERTIES)):
         if properties[name] not in ENUM_PROPERTIES[name]:
             return name, f"{name} must be one of {sorted(ENUM_PROPERTIES[name])}"
+    for name in sorted(set(properties) & POSITIVE_PROPERTIES):
+        # Whole numbers already (COUNT_PROPERTIES); a 0 is what the writer cannot take.
+        value = properties[name]
+        # The length first: int() of a string of thousands of digits raises.
+        if len(value) > len(str(MAX_POSITIVE_PROPERTY)) or not 1 <= int(value) <= (
+            MAX_POSITIVE_PROPERTY
+        ):
+            return name, f"{name} must be from 1 to {MAX_POSITIVE_PROPERTY}"
+    for name in sorted(properties):
+        if name == METRICS_MODE_PROPERTY or name.startswith(METRICS_MODE_PREFIX):
+            try:
+                match_metrics_mode(properties[name])
+            except ValueError:
+                return name, (
+                    f"{name[:64]} must be none, counts, full or truncate(N) with N from 1, "
+                    f"not {properties[name][:64]!r}"
+                )
     version = properties.get("format-version")
     if version is not None and version not in FORMAT_VERSIONS:
         return (

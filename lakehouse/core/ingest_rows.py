@@ -197,24 +197,52 @@ def decode_arrow(
 
 
 def _dictionary_bytes(table: pa.Table) -> int:
-    """Bytes the top-level dictionary-encoded columns of ``table`` take decoded to plain."""
-    total = 0
-    for column in table.columns:
-        if not pa.types.is_dictionary(column.type):
-            continue
-        for chunk in column.chunks:
-            values = chunk.dictionary
-            total += len(chunk) * _SLOT_BYTES
-            if (
-                pa.types.is_string(values.type)
-                or pa.types.is_binary(values.type)
-                or (pa.types.is_large_string(values.type) or pa.types.is_large_binary(values.type))
-            ):
-                picked = pc.sum(pc.take(pc.binary_length(values), chunk.indices)).as_py()
-                total += int(picked or 0)
-            elif len(values):
-                total += len(chunk) * max(values.nbytes // len(values), 1)
-    return total
+    """Bytes the dictionary-encoded arrays of ``table`` take decoded to plain.
+
+    Nested ones count too: a ``list<dictionary<int32, string>>`` column of one 64 KiB value
+    picked 24,000 times (162 KB on the wire) decoded to 1.5 GB when it was conformed.
+    """
+    return sum(_picked_bytes(chunk) for column in table.columns for chunk in column.chunks)
+
+
+def _picked_bytes(array: pa.Array) -> int:
+    """Bytes the dictionary-encoded parts of ``array`` (at any depth) take decoded."""
+    t = _storage(array.type)
+    if isinstance(array, pa.ExtensionArray):
+        array = array.storage
+    if pa.types.is_dictionary(t):
+        values = array.dictionary
+        rows = len(array)
+        total = rows * _SLOT_BYTES
+        if _is_binary_like(values.type):
+            picked = pc.sum(pc.take(pc.binary_length(values), array.indices)).as_py()
+            return total + int(picked or 0)
+        if not len(values):
+            return total
+        try:
+            width: int = max(int(values.type.bit_width) // 8, 1)
+        except ValueError:  # nested values: each pick may be the largest, so charge them all
+            width = int(values.nbytes)
+        return total + rows * width
+    if (
+        pa.types.is_list(t)
+        or pa.types.is_large_list(t)
+        or pa.types.is_map(t)
+        or pa.types.is_fixed_size_list(t)
+    ):
+        return _picked_bytes(array.values)
+    if pa.types.is_struct(t):
+        return sum(_picked_bytes(array.field(i)) for i in range(t.num_fields))
+    return 0
+
+
+def _is_binary_like(t: pa.DataType) -> bool:
+    return bool(
+        pa.types.is_string(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_large_binary(t)
+    )
 
 
 def _read_arrow(payload: bytes, schema_bytes: bytes | None) -> pa.Table:
