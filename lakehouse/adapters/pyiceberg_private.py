@@ -16,8 +16,8 @@ registered from a crafted metadata file, or created before that check, carries w
 metadata says. So the service builds every ``FileIO`` from its own configuration only and
 every location provider from the table's location only, whatever the table's properties.
 
-Both hooks are private or module-level pyiceberg names; ``tests/adapters/test_pyiceberg_private.py``
-fails loudly when an upgrade moves them.
+Both hooks are private or module-level pyiceberg names; the contract tests in
+``tests/hardening/test_table_properties.py`` fail loudly when an upgrade moves them.
 """
 
 from __future__ import annotations
