@@ -99,6 +99,7 @@ from pyiceberg.utils.datetime import date_to_days, datetime_to_micros
 
 from lakehouse.adapters.iceberg import translate_errors, without_paths
 from lakehouse.adapters.iceberg_scan import lazy_batch_reader, small_offsets
+from lakehouse.adapters.pyiceberg_private import writable_table
 from lakehouse.adapters.sql_result import SqlOutcome
 from lakehouse.core.job_context import JobContext
 from lakehouse.core.names import MAX_NAME_LENGTH, check_column_name
@@ -1145,7 +1146,8 @@ class _Engine:
         assert plan.insert is not None
         namespace, name = target
         with translate_errors(namespace, name):
-            table = catalog.load_table(target)
+            # Writes only with writer values pyiceberg can use (see writable_table).
+            table = writable_table(catalog.load_table(target))
         target_schema = small_offsets(schema_to_pyarrow(table.schema()))
         query = self._insert_query(plan.query, plan.insert, table, target_schema)
         self._ctx.progress(0.05, "running the query")

@@ -178,3 +178,53 @@ async def test_usable_levels_are_accepted_and_written_with(
     )
     now = await table_stub.GetTable(pb.GetTableRequest(namespace="h", table="t"))
     assert now.table.stats.row_count == 2
+
+
+#: Values a table set up before the checks (or directly in the catalog) may still carry.
+LEGACY = {
+    "write.parquet.page-row-limit": "0",  # spun a catalog thread forever on every write
+    CODEC: "gzip",
+    LEVEL: "99",  # OSError inside pyarrow on every write
+    "write.avro.compression-codec": "bogus",  # every manifest write failed
+    "write.metadata.metrics.default": "bogus",
+    "write.target-file-size-bytes": "9" * 20,  # OverflowError: INTERNAL
+}
+
+
+def _legacy_table(settings: Any, name: str) -> None:
+    """A table created directly in the catalog, as before the service checked values."""
+    from pyiceberg.schema import Schema
+    from pyiceberg.types import LongType, NestedField
+
+    from fixtures.iceberg import direct_catalog
+
+    catalog = direct_catalog(settings)
+    schema = Schema(NestedField(1, "id", LongType(), required=True))
+    catalog.create_table(("h", name), schema=schema, properties=LEGACY)
+
+
+async def test_a_table_already_carrying_unusable_values_is_written_with_defaults(
+    table_stub: Any, channel: grpc.aio.Channel, backend: Any
+) -> None:
+    await table_stub.CreateNamespace(pb.CreateNamespaceRequest(name="h"))
+    _legacy_table(backend, "legacy")
+    ingest = ingest_service_pb2_grpc.IngestServiceStub(channel)
+    for ids in ((1, 2), (3,)):
+        await ingest.WriteRows(
+            ingest_service_pb2.WriteRowsRequest(
+                namespace="h", table="legacy", json_rows=_rows(*ids)
+            ),
+            timeout=60,
+        )
+    now = (await table_stub.GetTable(pb.GetTableRequest(namespace="h", table="legacy"))).table
+    assert now.stats.row_count == 3
+    # The stored properties are left as they are: the owner sees them and can fix them.
+    for key, value in LEGACY.items():
+        assert now.properties[key] == value
+    fixed = pb.TableChange(
+        remove_properties=pb.RemoveProperties(keys=["write.parquet.page-row-limit"])
+    )
+    updated = await table_stub.UpdateTable(
+        pb.UpdateTableRequest(namespace="h", table="legacy", changes=[fixed])
+    )
+    assert "write.parquet.page-row-limit" not in updated.table.properties
