@@ -228,3 +228,52 @@ async def test_a_table_already_carrying_unusable_values_is_written_with_defaults
         pb.UpdateTableRequest(namespace="h", table="legacy", changes=[fixed])
     )
     assert "write.parquet.page-row-limit" not in updated.table.properties
+
+
+async def _run_job(channel: grpc.aio.Channel, spec: Any) -> Any:
+    """Runs one job to its end on the in-process server; returns the final Job."""
+    from lakehouse.v1 import job_pb2, job_service_pb2_grpc
+    from lakehouse.v1 import job_service_pb2 as jpb
+
+    jobs = job_service_pb2_grpc.JobServiceStub(channel)
+    created = await jobs.CreateJob(jpb.CreateJobRequest(spec=spec))
+    last = None
+    async for message in jobs.WatchJob(jpb.WatchJobRequest(job_id=created.job.id), timeout=60):
+        last = message.job
+    terminal = {
+        job_pb2.JOB_STATE_SUCCEEDED,
+        job_pb2.JOB_STATE_FAILED,
+        job_pb2.JOB_STATE_CANCELLED,
+    }
+    assert last is not None and last.state in terminal
+    return last
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_sql_insert_and_compaction_of_such_a_table_use_defaults(
+    table_stub: Any, channel: grpc.aio.Channel, backend: Any
+) -> None:
+    from lakehouse.v1 import job_pb2
+
+    await table_stub.CreateNamespace(pb.CreateNamespaceRequest(name="h"))
+    _legacy_table(backend, "legacy")
+    for i in (1, 2):
+        job = await _run_job(
+            channel,
+            job_pb2.JobSpec(
+                sql=job_pb2.SqlJobSpec(statement=f"INSERT INTO h.legacy SELECT {i}::BIGINT AS id")
+            ),
+        )
+        assert job.state == job_pb2.JOB_STATE_SUCCEEDED, job.error.message
+    job = await _run_job(
+        channel,
+        job_pb2.JobSpec(
+            compact_table=job_pb2.CompactTableJobSpec(
+                namespace="h", table="legacy", min_input_files=2
+            )
+        ),
+    )
+    assert job.state == job_pb2.JOB_STATE_SUCCEEDED, job.error.message
+    now = (await table_stub.GetTable(pb.GetTableRequest(namespace="h", table="legacy"))).table
+    assert now.stats.row_count == 2
+    assert now.stats.file_count == 1
