@@ -97,8 +97,9 @@ from pyiceberg.types import (
 )
 from pyiceberg.utils.datetime import date_to_days, datetime_to_micros
 
-from lakehouse.adapters.iceberg import translate_errors
+from lakehouse.adapters.iceberg import translate_errors, without_paths
 from lakehouse.adapters.iceberg_scan import lazy_batch_reader, small_offsets
+from lakehouse.adapters.pyiceberg_private import writable_table
 from lakehouse.adapters.sql_result import SqlOutcome
 from lakehouse.core.job_context import JobContext
 from lakehouse.core.names import MAX_NAME_LENGTH, check_column_name
@@ -1033,8 +1034,10 @@ class _Engine:
                 return mapped
             except BaseException:
                 pass
-            return Unavailable(f"reading a table failed: {_first_line(cause)}")
+            return Unavailable(f"reading a table failed: {without_paths(_first_line(cause))}")
         message = str(exc)
+        # Storage, permission and memory errors may quote the engine's temp folder or the
+        # warehouse: an answer names the file, not where the server keeps it.
         if isinstance(exc, duckdb.OutOfMemoryException):
             # Both are limits of the job, deterministic for its input: the worker does not
             # retry them (lakehouse.core.job_worker.NOT_RETRIED_REASONS).
@@ -1047,20 +1050,22 @@ class _Engine:
                 )
             return ResourceExhausted(
                 "the query needs more memory than the SQL engine may use "
-                "(jobs.duckdb_memory_limit_mb): " + _first_line(exc),
+                "(jobs.duckdb_memory_limit_mb): " + without_paths(_first_line(exc)),
                 reason="JOB_MEMORY_EXHAUSTED",
                 retry_after_seconds=60.0,
             )
         if isinstance(exc, duckdb.InterruptException):
             return Unavailable("the query was interrupted", reason="SQL_INTERRUPTED")
         if isinstance(exc, duckdb.PermissionException):
-            return _invalid(message, reason=NOT_ALLOWED)
+            return _invalid(without_paths(message), reason=NOT_ALLOWED)
         if isinstance(exc, duckdb.CatalogException) and "Table with name" in message:
             return NotFound(message, reason="TABLE_NOT_FOUND")
         if isinstance(exc, (duckdb.InternalException, duckdb.FatalException)):
-            return LakehouseError(f"the SQL engine failed: {_first_line(exc)}")
+            return LakehouseError(f"the SQL engine failed: {without_paths(_first_line(exc))}")
         if isinstance(exc, duckdb.IOException):
-            return Unavailable(f"the SQL engine's storage failed: {_first_line(exc)}")
+            return Unavailable(
+                f"the SQL engine's storage failed: {without_paths(_first_line(exc))}"
+            )
         return _invalid(message)
 
     def _reader(self, query: str) -> pa.RecordBatchReader:
@@ -1141,7 +1146,8 @@ class _Engine:
         assert plan.insert is not None
         namespace, name = target
         with translate_errors(namespace, name):
-            table = catalog.load_table(target)
+            # Writes only with writer values pyiceberg can use (see writable_table).
+            table = writable_table(catalog.load_table(target))
         target_schema = small_offsets(schema_to_pyarrow(table.schema()))
         query = self._insert_query(plan.query, plan.insert, table, target_schema)
         self._ctx.progress(0.05, "running the query")

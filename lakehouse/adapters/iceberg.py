@@ -73,7 +73,7 @@ from lakehouse.adapters.iceberg_ingest import (
 )
 from lakehouse.adapters.iceberg_locations import canonical_location, within_location
 from lakehouse.adapters.iceberg_scan import lazy_batch_reader, small_offsets
-from lakehouse.adapters.iceberg_updates import apply_changes
+from lakehouse.adapters.iceberg_updates import apply_changes, property_value_problem
 from lakehouse.adapters.pyiceberg_private import confine_catalog_io, service_file_io
 from lakehouse.adapters.readahead import ReadBudget
 from lakehouse.adapters.resilience import (
@@ -330,7 +330,7 @@ _PATH_IN_TEXT = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]*|(?<![\w.])/[
 _QUOTED_PATH = re.compile(r"'([^'\s]*/[^'\s]*)'")
 
 
-def _without_paths(text: str) -> str:
+def without_paths(text: str) -> str:
     """``text`` with every path or URI cut to its last segment.
 
     An answer names the file, not where the server keeps its warehouse.
@@ -340,7 +340,7 @@ def _without_paths(text: str) -> str:
 
 def _brief(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", None) or exc)
-    return _without_paths(text.splitlines()[0])[:200] if text else type(exc).__name__
+    return without_paths(text.splitlines()[0])[:200] if text else type(exc).__name__
 
 
 def _missing_file(exc: BaseException) -> str:
@@ -798,7 +798,8 @@ class IcebergCatalog:
                 location or a file the table references lies outside the warehouse
                 (``LOCATION_OUTSIDE_WAREHOUSE``: the service would read, and a purge delete,
                 files it does not own), or the table has too many files to check
-                (``TABLE_TOO_LARGE_TO_REGISTER``).
+                (``TABLE_TOO_LARGE_TO_REGISTER``), or it carries a property value pyiceberg's
+                writers cannot use (``INVALID_PROPERTY``).
             AlreadyExists: The name is taken.
             FailedPrecondition: The table's folder is, contains or lies in another table's
                 (``LOCATION_IN_USE``): purging either would delete the other's files.
@@ -817,6 +818,7 @@ class IcebergCatalog:
                 io = service_file_io(c.properties, metadata_location)
                 registered = FromInputFile.table_metadata(io.new_input(metadata_location))
                 _refuse_files_outside(registered, io, roots)
+            _refuse_unusable_properties(registered)
             if c.table_exists((namespace, name)):  # the name first: the likelier mistake
                 raise TableAlreadyExistsError(f"{namespace}.{name}")
             _refuse_shared_location(c, registered.location)
@@ -1145,6 +1147,28 @@ def _refuse_shared_location(c: Catalog, location: str) -> None:
                 reason="LOCATION_IN_USE",
                 metadata={"other_namespace": other_namespace, "other_table": other_name},
             )
+
+
+def _refuse_unusable_properties(metadata: TableMetadata) -> None:
+    """Refuses to register a table carrying a property value the writers cannot use.
+
+    CreateTable and UpdateTable refuse such values, but a table's metadata file may say
+    anything: ``write.parquet.page-row-limit: 0`` made every write spin a catalog thread
+    forever, an unknown codec failed every write. Keys no client may set are not refused
+    here (other engines write their own); the ones that name paths or classes are ignored
+    by ``pyiceberg_private``.
+
+    Raises:
+        InvalidArgument: ``INVALID_PROPERTY`` on ``metadata_location``, naming the key.
+    """
+    problem = property_value_problem(metadata.properties)
+    if problem is not None:
+        key, description = problem
+        raise InvalidArgument.field(
+            "metadata_location",
+            f"the table's property {key[:64]!r} cannot be used: {description}",
+            reason="INVALID_PROPERTY",
+        )
 
 
 def _refuse_outside(location: str, roots: Sequence[str], what: str) -> None:

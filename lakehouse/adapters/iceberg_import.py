@@ -64,6 +64,7 @@ from pyiceberg.utils.properties import property_as_int
 
 from lakehouse.adapters.iceberg import translate_errors
 from lakehouse.adapters.iceberg_maintenance import normalize_uri
+from lakehouse.adapters.pyiceberg_private import writable_table
 from lakehouse.core.ingest_rows import DecodedRows, RowErrorReason, RowProblem, conform_arrow
 from lakehouse.core.job_context import JobContext
 from lakehouse.errors import (
@@ -1261,6 +1262,8 @@ def import_files(
             snapshot by job id if it landed.
         JobStopped: The job was asked to stop; nothing was committed.
     """
+    # Writes only with writer values pyiceberg can use (see writable_table).
+    table = writable_table(table)
     done = earlier_outcome(table, ctx.job_id)
     if done is not None:
         logger.info("job %s committed snapshot %s already", ctx.job_id, done.snapshot_id)

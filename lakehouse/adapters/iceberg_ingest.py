@@ -39,6 +39,7 @@ from pyiceberg.table import TableProperties
 from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.snapshots import Snapshot
 
+from lakehouse.adapters.pyiceberg_private import writable_table
 from lakehouse.adapters.request_id_store import RecordedRequest
 from lakehouse.errors import Unavailable
 
@@ -274,7 +275,8 @@ def _without_commit_retries(table: IcebergTable) -> IcebergTable:
     pyiceberg reads the retry count from the table properties of the object the transaction
     was opened on; this in-memory copy changes only that, nothing is written to the table.
     """
-    metadata = table.metadata
+    # Writes also only with writer values pyiceberg can use (see writable_table).
+    metadata = writable_table(table).metadata
     properties = {**metadata.properties, TableProperties.COMMIT_NUM_RETRIES: "0"}
     return IcebergTable(
         table.name(),

@@ -52,6 +52,7 @@ from lakehouse.adapters.iceberg_ingest import (
     keep_expiring_request_ids,
 )
 from lakehouse.adapters.iceberg_locations import canonical_location, within_location
+from lakehouse.adapters.pyiceberg_private import writable_table
 from lakehouse.core.job_context import JobContext, JobStopped
 from lakehouse.errors import FailedPrecondition
 
@@ -693,6 +694,8 @@ def compact_table(
     """
     if target_file_bytes <= 0 or min_input_files < 1:
         raise ValueError("target_file_bytes and min_input_files must be positive")
+    # Writes only with writer values pyiceberg can use (see writable_table).
+    table = writable_table(table)
     snapshot = table.current_snapshot()
     if snapshot is None:
         return CompactResult(0, 0, 0, 0, 0, 0, None)

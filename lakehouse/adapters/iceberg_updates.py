@@ -7,8 +7,10 @@ leaves the table untouched.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
+import pyarrow as pa
 from pyiceberg.avro.codecs import CODEC_MAPPING_ICEBERG_TO_AVRO, KNOWN_CODECS
 from pyiceberg.exceptions import ResolveError, ValidationError
 from pyiceberg.io.pyarrow import match_metrics_mode
@@ -191,12 +193,22 @@ POSITIVE_PROPERTIES = frozenset(
     }
 )
 MAX_POSITIVE_PROPERTY = 2**31 - 1
+#: The largest count (Iceberg reads them as Java longs; pyarrow as C longs).
+MAX_COUNT_PROPERTY = 2**63 - 1
 #: Metrics modes (``none``, ``counts``, ``full``, ``truncate(N)``) pyiceberg parses on every
 #: write: a bad one failed them all.
 METRICS_MODE_PROPERTY = TableProperties.DEFAULT_WRITE_METRICS_MODE
 METRICS_MODE_PREFIX = TableProperties.METRICS_MODE_COLUMN_CONF_PREFIX + "."
 #: Table format versions pyiceberg creates and writes.
 FORMAT_VERSIONS = frozenset({"1", "2"})
+#: The Parquet codecs that take a compression level, with the levels pyarrow accepts for each
+#: (its ``Codec.minimum/maximum_compression_level``); the others take none.
+_LEVELLED_CODECS = {
+    codec: (pa.Codec.minimum_compression_level(codec), pa.Codec.maximum_compression_level(codec))
+    for codec in ("zstd", "gzip", "lz4", "brotli")
+}
+#: An optionally signed whole number short enough for int() (zstd's levels go below zero).
+_LEVEL_TEXT = re.compile(r"-?[0-9]{1,7}")
 
 
 def is_settable_property(key: str) -> bool:
@@ -234,15 +246,44 @@ def table_property_problem(
                 f"{USER_PROPERTY_PREFIX}* key (keys naming paths, classes or storage "
                 "settings are refused)"
             )
+    problem = property_value_problem(properties)
+    if problem is not None:
+        return problem
+    version = properties.get("format-version")
+    if version is not None and version not in FORMAT_VERSIONS:
+        return (
+            "format-version",
+            f"format-version must be one of {sorted(FORMAT_VERSIONS)}, not {version!r}",
+        )
+    return None
+
+
+def property_value_problem(properties: Mapping[str, str]) -> tuple[str, str] | None:
+    """Why a value among ``properties`` would break pyiceberg's readers or writers, or None.
+
+    Only the values of keys pyiceberg reads are checked, whoever set them: RegisterTable
+    applies it to the properties a table arrives with (which may hold keys no client may set).
+
+    Args:
+        properties: A table's properties (all of them, so the compression level is checked
+            against the codec the table writes with).
+
+    Returns:
+        The offending key and the reason, or None.
+    """
     for name in sorted(set(properties) & COUNT_PROPERTIES):
         value = properties[name]
         if not (value.isascii() and value.isdigit()):
-            return name, f"{name} must be a whole number, not {value!r}"
+            return name, f"{name} must be a whole number, not {value[:64]!r}"
+        # The length first: int() of a string of thousands of digits raises. Past a 64-bit
+        # integer the writers fail (target-file-size-bytes overflowed pyarrow: INTERNAL).
+        if len(value) > len(str(MAX_COUNT_PROPERTY)) or int(value) > MAX_COUNT_PROPERTY:
+            return name, f"{name} must be a whole number up to {MAX_COUNT_PROPERTY}"
     for name in sorted(set(properties) & BOOLEAN_PROPERTIES):
         try:
             strtobool(properties[name])
         except ValueError:
-            return name, f"{name} must be true or false, not {properties[name]!r}"
+            return name, f"{name} must be true or false, not {properties[name][:64]!r}"
     for name in sorted(set(properties) & set(ENUM_PROPERTIES)):
         if properties[name] not in ENUM_PROPERTIES[name]:
             return name, f"{name} must be one of {sorted(ENUM_PROPERTIES[name])}"
@@ -263,13 +304,58 @@ def table_property_problem(
                     f"{name[:64]} must be none, counts, full or truncate(N) with N from 1, "
                     f"not {properties[name][:64]!r}"
                 )
-    version = properties.get("format-version")
-    if version is not None and version not in FORMAT_VERSIONS:
-        return (
-            "format-version",
-            f"format-version must be one of {sorted(FORMAT_VERSIONS)}, not {version!r}",
+    return compression_level_problem(properties)
+
+
+def compression_level_problem(properties: Mapping[str, str]) -> tuple[str, str] | None:
+    """Why the Parquet compression level cannot go with the codec, or None.
+
+    pyarrow takes a level only within its codec's range: ``gzip`` with level 99 failed every
+    write with an OSError (reported as the object store failing, and retried), ``snappy`` or
+    ``uncompressed`` with any level with ArrowInvalid (INTERNAL).
+
+    Args:
+        properties: The table's properties after a change: the level is checked against the
+            codec they name, or pyiceberg's default codec.
+
+    Returns:
+        The level's key and the reason, or None.
+    """
+    level_key = TableProperties.PARQUET_COMPRESSION_LEVEL
+    text = properties.get(level_key)
+    if text is None:
+        return None
+    codec = properties.get(
+        TableProperties.PARQUET_COMPRESSION, TableProperties.PARQUET_COMPRESSION_DEFAULT
+    )
+    # The pattern bounds the length: int() of a string of thousands of digits raises.
+    if not _LEVEL_TEXT.fullmatch(text):
+        return level_key, f"{level_key} must be a whole number, not {text[:64]!r}"
+    if codec not in _LEVELLED_CODECS:
+        return level_key, (
+            f"{level_key} cannot be set with {TableProperties.PARQUET_COMPRESSION} "
+            f"{codec[:64]!r}: that codec takes no level"
         )
+    low, high = _LEVELLED_CODECS[codec]
+    if not low <= int(text) <= high:
+        return level_key, f"{level_key} for {codec} must be from {low} to {high}, not {text}"
     return None
+
+
+_COMPRESSION_KEYS = frozenset(
+    {TableProperties.PARQUET_COMPRESSION, TableProperties.PARQUET_COMPRESSION_LEVEL}
+)
+
+
+def _check_compression(properties: Mapping[str, str], field: str) -> None:
+    """Refuses a change that leaves the table a compression level its codec cannot take.
+
+    Raises:
+        ChangeRejected: With reason INVALID_PROPERTY on ``field``.
+    """
+    problem = compression_level_problem(properties)
+    if problem is not None:
+        raise ChangeRejected(field, problem[1], "INVALID_PROPERTY")
 
 
 class ChangeRejected(ValueError):
@@ -374,6 +460,14 @@ def apply_change(tx: Transaction, change: TableChange) -> None:
         if problem is not None:
             bad_key, description = problem
             raise ChangeRejected(f"properties[{bad_key[:64]!r}]", description, "INVALID_PROPERTY")
+        changed = sorted(_COMPRESSION_KEYS & set(change.properties))
+        if changed:
+            # The level must suit the codec the table writes with, and either may change:
+            # the field names the level if the change sets it, else the codec.
+            _check_compression(
+                {**tx.table_metadata.properties, **change.properties},
+                f"properties[{changed[-1]!r}]",
+            )
         tx.set_properties(change.properties)
     elif isinstance(change, RemoveProperties):
         reserved = sorted(set(change.keys) & RESERVED_PROPERTIES)
@@ -382,6 +476,10 @@ def apply_change(tx: Transaction, change: TableChange) -> None:
         # Removing a key that is not set is a no-op; pyiceberg would raise KeyError instead
         # (an INTERNAL found by the fuzz test).
         present = [k for k in change.keys if k in tx.table_metadata.properties]
+        if _COMPRESSION_KEYS & set(present):
+            # Removing the codec makes the level apply to pyiceberg's default codec.
+            left = {k: v for k, v in tx.table_metadata.properties.items() if k not in present}
+            _check_compression(left, "keys")
         if present:
             tx.remove_properties(*present)
     elif isinstance(change, AddPartitionField):

@@ -23,16 +23,19 @@ Both hooks are private or module-level pyiceberg names; the contract tests in
 from __future__ import annotations
 
 import importlib
+import logging
 import threading
 from collections.abc import Mapping
 from typing import Any
 
 from pyiceberg.catalog import Catalog
 from pyiceberg.io import FileIO, load_file_io
-from pyiceberg.table import TableProperties
+from pyiceberg.table import Table, TableProperties
 from pyiceberg.table import locations as _locations
 from pyiceberg.table.locations import LocationProvider
 from pyiceberg.typedef import EMPTY_DICT, Properties
+
+from lakehouse.adapters.iceberg_updates import property_value_problem
 
 #: Table properties a location provider must never see: they name a class to import, or a
 #: path outside the table's own folder.
@@ -52,6 +55,8 @@ LOCATION_PROVIDER_MODULES = (
     "pyiceberg.io.pyarrow",
     "pyiceberg.table",
 )
+
+log = logging.getLogger(__name__)
 
 _original_load_location_provider = _locations.load_location_provider
 _install_lock = threading.Lock()
@@ -121,3 +126,58 @@ def confine_catalog_io(catalog: Catalog) -> Catalog:
     catalog._load_file_io = _load_file_io  # type: ignore[method-assign]
     confine_location_providers()
     return catalog
+
+
+#: (table uuid, key) pairs whose ignored value was logged: once per table and key per
+#: process, not on every write. Bounded: past it, nothing more is remembered (or logged).
+_IGNORED_LOGGED: set[tuple[str, str]] = set()
+_IGNORED_LOGGED_MAX = 10_000
+_ignored_lock = threading.Lock()
+
+
+def writer_properties(properties: Mapping[str, str]) -> dict[str, str]:
+    """``properties`` without the writer values pyiceberg cannot use.
+
+    CreateTable, UpdateTable and RegisterTable refuse them, but a table set up before those
+    checks (or directly in the catalog) may still carry one: ``write.parquet.page-row-limit``
+    0 spun a thread forever on every write, a bogus codec or a level it cannot take failed
+    every write. Each such key is left out, so pyiceberg uses its default for it.
+    """
+    usable = dict(properties)
+    # Each round drops the key the check names; there are finitely many keys.
+    while (problem := property_value_problem(usable)) is not None:
+        del usable[problem[0]]
+    return usable
+
+
+def writable_table(table: Table) -> Table:
+    """The same table, in memory, with only writer property values pyiceberg can use.
+
+    Data and manifest writers read the properties of the table object the transaction is
+    opened on; the catalog applies a commit's changes to the table as it stands in the
+    catalog, so the stored properties stay as they are (a client can still see and fix
+    them). Each ignored key is logged once per table.
+    """
+    metadata = table.metadata
+    usable = writer_properties(metadata.properties)
+    if len(usable) == len(metadata.properties):
+        return table
+    ignored = sorted(set(metadata.properties) - set(usable))
+    with _ignored_lock:
+        fresh = [k for k in ignored if (str(metadata.table_uuid), k) not in _IGNORED_LOGGED]
+        if len(_IGNORED_LOGGED) < _IGNORED_LOGGED_MAX:
+            _IGNORED_LOGGED.update((str(metadata.table_uuid), k) for k in fresh)
+    if fresh:
+        log.warning(
+            "table %s carries writer properties pyiceberg cannot use; writing with "
+            "pyiceberg's defaults for %s",
+            ".".join(table.name()),
+            [k[:64] for k in fresh],
+        )
+    return Table(
+        table.name(),
+        metadata=metadata.model_copy(update={"properties": usable}),
+        metadata_location=table.metadata_location,
+        io=table.io,
+        catalog=table.catalog,
+    )
