@@ -11,9 +11,21 @@ from collections.abc import Callable, Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pyiceberg.io.pyarrow import ArrowScan, _read_all_delete_files, schema_to_pyarrow
+from pyiceberg.expressions import AlwaysTrue
+from pyiceberg.expressions.visitors import bind, translate_column_names
+from pyiceberg.io.pyarrow import (
+    ArrowScan,
+    _combine_positional_deletes,
+    _get_column_projection_values,
+    _read_all_delete_files,
+    _to_requested_schema,
+    expression_to_pyarrow,
+    pyarrow_to_schema,
+    schema_to_pyarrow,
+)
 from pyiceberg.manifest import FileFormat
-from pyiceberg.table import DataScan, FileScanTask
+from pyiceberg.schema import prune_columns
+from pyiceberg.table import DataScan, FileScanTask, TableProperties
 from pyiceberg.table import Table as IcebergTable
 
 from lakehouse.adapters.readahead import ReadBudget, read_ahead
@@ -24,6 +36,10 @@ PIECE_BYTES = 2 * 1024 * 1024
 #: 4 bytes each): read it as a dictionary. Mostly distinct values take more.
 DICTIONARY_BYTES_PER_ROW = 4
 _DICTIONARY_PAGE_SLACK = 64 * 1024
+#: What one row of a column read dictionary-encoded takes before its values are decoded.
+DICTIONARY_INDEX_BYTES = 4
+#: Rows per batch at most, however narrow the rows (Arrow's own default batch size).
+MAX_BATCH_ROWS = 65_536
 
 
 class _DictionaryNotice(logging.Filter):
@@ -53,15 +69,20 @@ def lazy_batch_reader(
     (memory grows with the table); this keeps memory bounded by a few batches per open file,
     charged in decoded bytes to ``budget`` (see ``lakehouse.adapters.readahead``).
 
+    Each Parquet file is read ``batch_rows`` rows at a time (see ``_batch_rows``): about
+    ``PIECE_BYTES`` decoded per batch whatever the compression, judged from the row groups'
+    uncompressed sizes. Arrow's dataset scanner (what pyiceberg reads with) decodes a whole row
+    group per batch, so a file of highly compressible rows (kilobytes on disk) took hundreds of
+    megabytes per open file whatever the batch size; ``ParquetFile.iter_batches`` decodes only
+    the pages the next batch needs.
+
     A string or binary column whose values are nearly all dictionary-encoded in a file (its
     column chunks take at most ``DICTIONARY_BYTES_PER_ROW`` per row before decompression:
     little more than the dictionary indices) is read from that file dictionary-encoded, and
-    decoded to plain values only in pieces of about ``PIECE_BYTES`` as they are consumed.
-    Arrow's Parquet reader otherwise materialises a whole row group of such a column at once,
-    so a file of highly compressible rows (kilobytes on disk) takes hundreds of megabytes per
-    open file, whatever the batch size. Other columns (mostly distinct values, stored about
-    as large as they decode) are read plain: reading them as dictionaries costs a hash table
-    and is several times slower.
+    decoded to plain values only in pieces of about ``PIECE_BYTES`` as they are consumed: its
+    uncompressed size says nothing of its decoded size. Other columns (mostly distinct values,
+    stored about as large as they decode) are read plain: reading them as dictionaries costs a
+    hash table and is several times slower.
 
     Args:
         table: The table.
@@ -73,6 +94,7 @@ def lazy_batch_reader(
     projected = scan.projection()
     target = small_offsets(schema_to_pyarrow(projected))
     deletes = _read_all_delete_files(table.io, tasks)
+    page_rows = _page_row_limit(table)
 
     def arrow_scan(dictionary_columns: tuple[str, ...]) -> ArrowScan:
         return ArrowScan(
@@ -89,9 +111,19 @@ def lazy_batch_reader(
 
     def file_reader(task: FileScanTask) -> Callable[[], Iterator[pa.RecordBatch]]:
         def batches() -> Iterator[pa.RecordBatch]:
-            columns = _dictionary_columns(table, task)
-            reader = arrow_scan(columns) if columns else plain
-            return reader._record_batches_from_scan_tasks_and_deletes([task], deletes)
+            if task.file.file_format != FileFormat.PARQUET:
+                return plain._record_batches_from_scan_tasks_and_deletes([task], deletes)
+            with table.io.new_input(task.file.file_path).open() as f:
+                metadata = pq.ParquetFile(f).metadata
+            dictionary = _dictionary_columns(metadata)
+            if _few_pages_per_row_group(metadata, page_rows):
+                reader = arrow_scan(dictionary) if dictionary else plain
+                return reader._record_batches_from_scan_tasks_and_deletes([task], deletes)
+            file_deletes = deletes.get(task.file.file_path)
+            return _limited(
+                _parquet_batches(table, plain, task, file_deletes, metadata, dictionary),
+                scan.limit,
+            )
 
         return batches
 
@@ -99,15 +131,176 @@ def lazy_batch_reader(
     return pa.RecordBatchReader.from_batches(target, _decoded_pieces(batches, target))
 
 
-def _dictionary_columns(table: IcebergTable, task: FileScanTask) -> tuple[str, ...]:
+def _limited(batches: Iterator[pa.RecordBatch], limit: int | None) -> Iterator[pa.RecordBatch]:
+    """At most ``limit`` rows of ``batches`` (per file, as pyiceberg applies it to one task)."""
+    if limit is None:
+        yield from batches
+        return
+    left = limit
+    for batch in batches:
+        if left <= 0:
+            return
+        yield batch.slice(0, left)
+        left -= batch.num_rows
+
+
+def _parquet_batches(
+    table: IcebergTable,
+    scan: ArrowScan,
+    task: FileScanTask,
+    positional_deletes: list[pa.ChunkedArray] | None,
+    file_metadata: pq.FileMetaData,
+    dictionary: tuple[str, ...],
+) -> Iterator[pa.RecordBatch]:
+    """One Parquet file's rows as pyiceberg's ``_task_to_record_batches`` yields them.
+
+    The same projection, filter, positional deletes and schema evolution (its helpers do the
+    work); only the reading differs: ``iter_batches`` with ``_batch_rows`` rows per batch
+    rather than the dataset scanner's whole row groups.
+    """
+    metadata = table.metadata
+    downcast = scan._downcast_ns_timestamp_to_us
+    if downcast is None:
+        downcast = metadata.format_version <= 2
+    with table.io.new_input(task.file.file_path).open() as fin:
+        # Pre-buffered, as pyiceberg reads: a row group's projected column chunks are fetched
+        # at once (coalesced, few requests on S3) and held compressed while it is read. A
+        # buffered stream instead holds a buffer per column (8 MiB each: 80 MiB per open file
+        # of 10 columns), more than the compressed row group of most files.
+        parquet = pq.ParquetFile(
+            fin,
+            metadata=file_metadata,
+            pre_buffer=True,
+            read_dictionary=dictionary or None,
+        )
+        physical_schema = parquet.schema_arrow
+        file_schema = pyarrow_to_schema(
+            physical_schema,
+            metadata.name_mapping(),
+            downcast_ns_timestamp_to_us=downcast,
+            format_version=metadata.format_version,
+        )
+        # Iceberg's column projection rules (partition values of missing columns).
+        missing = _get_column_projection_values(
+            task.file,
+            scan._projected_schema,
+            metadata.schema(),
+            metadata.specs().get(task.file.spec_id),
+            file_schema.field_ids,
+        )
+        row_filter = None
+        if scan._bound_row_filter is not AlwaysTrue():
+            translated = translate_column_names(
+                scan._bound_row_filter,
+                file_schema,
+                case_sensitive=scan._case_sensitive,
+                projected_field_values=missing,
+            )
+            bound = bind(file_schema, translated, case_sensitive=scan._case_sensitive)
+            row_filter = expression_to_pyarrow(bound, file_schema)
+        file_project_schema = prune_columns(
+            file_schema, scan._projected_field_ids, select_full_types=False
+        )
+        columns = [column.name for column in file_project_schema.columns]
+        rows = _batch_rows(parquet.metadata, columns, dictionary)
+        next_index = 0
+        for batch in parquet.iter_batches(batch_size=rows, columns=columns):
+            start = next_index
+            next_index += batch.num_rows
+            if positional_deletes:
+                indices = _combine_positional_deletes(positional_deletes, start, next_index)
+                batch = batch.take(indices)
+            if row_filter is not None and batch.num_rows:
+                # Through a Table: RecordBatch.filter raised IndexError on empty results in
+                # older pyarrow (pyiceberg does the same).
+                filtered = pa.Table.from_batches([batch]).filter(row_filter)
+                batch = (
+                    batch.slice(0, 0)
+                    if filtered.num_rows == 0
+                    else filtered.combine_chunks().to_batches()[0]
+                )
+            if batch.num_rows == 0:
+                continue
+            yield _to_requested_schema(
+                scan._projected_schema,
+                file_project_schema,
+                batch,
+                downcast_ns_timestamp_to_us=downcast,
+                projected_missing_fields=missing,
+                allow_timestamp_tz_mismatch=True,
+            )
+
+
+def _page_row_limit(table: IcebergTable) -> int:
+    """The rows Arrow's writer puts in a page before it checks the page's size.
+
+    This server writes with the table's ``write.parquet.page-row-limit`` (pyiceberg's default
+    when unset); files written elsewhere are judged by it too (a guess, see below).
+    """
+    try:
+        return max(
+            1,
+            int(
+                table.properties.get(
+                    TableProperties.PARQUET_PAGE_ROW_LIMIT,
+                    TableProperties.PARQUET_PAGE_ROW_LIMIT_DEFAULT,
+                )
+            ),
+        )
+    except ValueError:
+        return TableProperties.PARQUET_PAGE_ROW_LIMIT_DEFAULT
+
+
+def _few_pages_per_row_group(metadata: pq.FileMetaData, page_rows: int) -> bool:
+    """Whether the file's row groups are likely at most about two pages per column.
+
+    Arrow's Parquet reader decompresses a whole page at once and keeps it (and its
+    decompression buffer) while an ``iter_batches`` reader is open: on a file whose row
+    groups are one page or two, reading it in small batches holds about twice what decoding
+    whole row groups does (the dataset scanner frees the pages once a row group is decoded).
+    Arrow's writer closes a page only every ``page_rows`` rows, so row groups of at most
+    ``2 * page_rows`` rows are read a row group at a time, as pyiceberg does.
+    """
+    largest = max(
+        (metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)), default=0
+    )
+    return largest <= 2 * page_rows
+
+
+def _batch_rows(metadata: pq.FileMetaData, columns: list[str], dictionary: tuple[str, ...]) -> int:
+    """Rows per batch so that a batch of the file decodes to about ``PIECE_BYTES``.
+
+    Judged from the largest row group's uncompressed bytes per row of the projected columns
+    (after encoding, before compression: about what they decode to). A column read as a
+    dictionary counts its indices only (``DICTIONARY_INDEX_BYTES`` per row): its values are
+    decoded later, in pieces (``_decoded_pieces``).
+    """
+    wanted = set(columns)
+    dictionary_set = set(dictionary)
+    per_row = 1.0
+    for g in range(metadata.num_row_groups):
+        group = metadata.row_group(g)
+        if group.num_rows == 0:
+            continue
+        size = 0.0
+        for c in range(group.num_columns):
+            chunk = group.column(c)
+            top = chunk.path_in_schema.split(".", 1)[0]
+            if top not in wanted:
+                continue
+            if top in dictionary_set:
+                size += DICTIONARY_INDEX_BYTES * group.num_rows
+            else:
+                size += chunk.total_uncompressed_size
+        per_row = max(per_row, size / group.num_rows)
+    return max(1, min(MAX_BATCH_ROWS, int(PIECE_BYTES // per_row)))
+
+
+def _dictionary_columns(metadata: pq.FileMetaData) -> tuple[str, ...]:
     """The top-level string and binary columns of a file worth reading dictionary-encoded.
 
     See ``lazy_batch_reader``; the names are the file's (what Arrow's reader matches).
     """
-    if task.file.file_format != FileFormat.PARQUET:
-        return ()
-    with table.io.new_input(task.file.file_path).open() as f:
-        metadata = pq.ParquetFile(f).metadata
     arrow_schema = metadata.schema.to_arrow_schema()
     leaves = {metadata.schema.column(i).path: i for i in range(metadata.num_columns)}
     chosen = []

@@ -11,7 +11,9 @@ reads one message and then holds the call must not make the server decode the re
 files into memory. A producer without budget waits (its stream's client is slow or stalled;
 the other streams go on). A producer with nothing queued may always queue one batch, so a
 stream never waits forever for budget held by other streams' stalled clients, and a scan
-never deadlocks on its own budget (its current file can always make progress).
+never deadlocks on its own budget (its current file can always make progress). The batch the
+consumer holds stays charged until it asks for the next one: a stream may go past its share
+by that batch and one queued, but both are counted, so the other streams wait for them.
 """
 
 from __future__ import annotations
@@ -164,9 +166,15 @@ class _FileProducer:
             if isinstance(item, _Failed):
                 raise item.exc
             batch, nbytes = item
-            # The consumer holds it from now on (one batch per stream, outside the budget).
-            self._given_back(nbytes)
-            yield batch
+            # The consumer holds it from now on: it leaves this producer's queue (so the
+            # producer may queue one more whatever the budget), but stays charged to the
+            # budget until the consumer asks for the next batch or closes the stream.
+            with self._queued_lock:
+                self._queued -= nbytes
+            try:
+                yield batch
+            finally:
+                self._budget.release(nbytes)
 
     def _given_back(self, nbytes: int) -> None:
         with self._queued_lock:

@@ -123,6 +123,89 @@ def test_fifty_stalled_streams_stay_within_the_read_bound(server: ServeProcess) 
     assert growth < RSS_GROWTH_BOUND, f"peak RSS grew by {growth // MIB} MiB"
 
 
+# -- rows that decode to megabytes each (no dictionary) ----------------------------------------
+
+WIDE_TABLE, WIDE_ROWS, WIDE_VALUE_BYTES, WIDE_STREAMS = "wide", 120, MIB, 10
+#: docs/limits.md "Reads": the process budget, plus per stream one batch of at most
+#: ``PIECE_BYTES`` (2 MiB) decoded held by its client, the message being sent (2 MiB) and slack
+#: for its gRPC and Python state: 20 MiB per stream.
+WIDE_RSS_GROWTH_BOUND = READ_BUFFER_BYTES + WIDE_STREAMS * 20 * MIB
+
+
+@pytest.fixture
+def wide_server(backend: Any, tmp_path: Path) -> Iterator[ServeProcess]:
+    """A table of 120 distinct 1 MiB strings (kilobytes on disk: each a short prefix and then
+    one repeated byte), written in pages of one row so that a reader can decode a row at a
+    time (``write.parquet.page-row-limit`` 1: Arrow checks a page's size once per that many
+    rows, so a page holds at least that many rows whatever their size)."""
+    with serve_process(tmp_path / "server", settings_env(backend)) as server:
+        with grpc.insecure_channel(server.target) as channel:
+            tables = table_service_pb2_grpc.TableServiceStub(channel)
+            tables.CreateNamespace(tpb.CreateNamespaceRequest(name=NS), timeout=CALL_TIMEOUT)
+            long = schema_pb2.DataType(primitive=schema_pb2.PRIMITIVE_TYPE_LONG)
+            string = schema_pb2.DataType(primitive=schema_pb2.PRIMITIVE_TYPE_STRING)
+            fields = [
+                schema_pb2.Field(name="id", type=long, required=True),
+                schema_pb2.Field(name="blob", type=string),
+            ]
+            tables.CreateTable(
+                tpb.CreateTableRequest(
+                    namespace=NS,
+                    table=WIDE_TABLE,
+                    schema=schema_pb2.Schema(fields=fields),
+                    properties={"write.parquet.page-row-limit": "1"},
+                ),
+                timeout=CALL_TIMEOUT,
+            )
+        schema = pa.schema(
+            [pa.field("id", pa.int64(), nullable=False), pa.field("blob", pa.large_string())]
+        )
+        ids = pa.array(range(WIDE_ROWS), pa.int64())
+        blobs = pa.array(
+            [f"{i:06d}" + "x" * WIDE_VALUE_BYTES for i in range(WIDE_ROWS)], pa.large_string()
+        )
+        append(backend, NS, WIDE_TABLE, pa.table([ids, blobs], schema=schema))
+        del blobs
+        cap_address_space(server.pid, ADDRESS_SPACE_HEADROOM)
+        yield server
+
+
+def test_stalled_streams_of_megabyte_rows_stay_within_the_read_bound(
+    wide_server: ServeProcess,
+) -> None:
+    """Arrow's dataset scanner decoded a whole row group (120 MiB) per open file, so 10 streams
+    that read one message and stalled held about 1.4 GB; a batch is now ~2 MiB decoded."""
+    request = tpb.ReadRowsRequest(namespace=NS, table=WIDE_TABLE)
+    before = peak_rss(wide_server.pid)
+    with contextlib.ExitStack() as stack:
+        channel = stack.enter_context(grpc.insecure_channel(wide_server.target))
+        stub = table_service_pb2_grpc.TableServiceStub(channel)
+        calls = []
+        for _ in range(WIDE_STREAMS):
+            call = stub.ReadRows(request, timeout=CALL_TIMEOUT)
+            stack.callback(call.cancel)
+            calls.append(call)
+        for call in calls:
+            assert next(call).WhichOneof("payload") == "arrow_schema"
+            assert next(call).WhichOneof("payload") == "arrow_record_batch"
+        growth = settled_peak(wide_server.pid) - before
+        assert growth < WIDE_RSS_GROWTH_BOUND, (
+            f"peak RSS grew by {growth // MIB} MiB with {WIDE_STREAMS} stalled streams "
+            f"(bound {WIDE_RSS_GROWTH_BOUND // MIB} MiB)"
+        )
+        rows = 0
+        for response in stub.ReadRows(request, timeout=CALL_TIMEOUT):
+            if response.WhichOneof("payload") == "arrow_record_batch":
+                batch = pa.ipc.read_record_batch(
+                    pa.py_buffer(response.arrow_record_batch.serialized_record_batch),
+                    pa.schema([("id", pa.int64()), ("blob", pa.string())]),
+                )
+                rows += batch.num_rows
+        assert rows == WIDE_ROWS
+    growth = peak_rss(wide_server.pid) - before
+    assert growth < WIDE_RSS_GROWTH_BOUND, f"peak RSS grew by {growth // MIB} MiB"
+
+
 # -- the read-ahead budget itself (no server) --------------------------------------------------
 
 
@@ -174,7 +257,69 @@ def test_a_stalled_stream_queues_no_more_than_its_share() -> None:
     while time.monotonic() < deadline and budget.held != last:  # until the producers block
         last = budget.held
         time.sleep(0.3)
-    # Without the budget two files would queue 10 batches each.
-    assert 0 < budget.held <= 3 * batch_bytes
+    # Without the budget two files would queue 10 batches each. The batch the consumer holds
+    # is charged too (on top of the share, as a stream may always hold one).
+    assert 0 < budget.held <= 3 * batch_bytes + batch_bytes
     stream.close()  # a cancelled read gives everything back
     assert budget.held == 0
+
+
+def test_files_read_in_small_batches_keep_the_scan_semantics(backend: Any) -> None:
+    """Projection, row filter, limit-free reads and schema evolution are what pyiceberg's own
+    scan returns when files are read in small batches (pages of one row: many per row group)."""
+    from pyiceberg.types import LongType, NestedField, StringType
+
+    from fixtures.iceberg import direct_catalog
+    from lakehouse.adapters.iceberg_scan import lazy_batch_reader
+
+    Path(backend.data_dir).mkdir(parents=True, exist_ok=True)  # the server would make it
+    catalog = direct_catalog(backend)
+    catalog.create_namespace("semantics")
+    schema = pa.schema([pa.field("id", pa.int64(), nullable=False), pa.field("name", pa.string())])
+    from pyiceberg.schema import Schema
+
+    table = catalog.create_table(
+        ("semantics", "t"),
+        schema=Schema(
+            NestedField(1, "id", LongType(), required=True),
+            NestedField(2, "name", StringType(), required=False),
+        ),
+        properties={"write.parquet.page-row-limit": "1"},
+    )
+    rows = 3000
+    table.append(
+        pa.table(
+            [pa.array(range(rows), pa.int64()), pa.array([f"n{i % 7}" * 50 for i in range(rows)])],
+            schema=schema,
+        )
+    )
+    with table.update_schema() as update:
+        update.add_column("extra", StringType())
+        update.rename_column("name", "label")
+    table = catalog.load_table(("semantics", "t"))
+    evolved = pa.schema(
+        [
+            pa.field("id", pa.int64(), nullable=False),
+            pa.field("label", pa.string()),
+            pa.field("extra", pa.string()),
+        ]
+    )
+    table.append(
+        pa.table(
+            [
+                pa.array(range(rows, 2 * rows), pa.int64()),
+                pa.array([f"l{i}" for i in range(rows)]),
+                pa.array([None if i % 3 else f"e{i}" for i in range(rows)]),
+            ],
+            schema=evolved,
+        )
+    )
+    for scan in (
+        table.scan(),
+        table.scan(row_filter="id >= 2500 and id < 3500", selected_fields=("id", "extra")),
+        table.scan(row_filter="label == 'n3n3'", selected_fields=("label",)),
+    ):
+        ours = lazy_batch_reader(table, scan).read_all()
+        theirs = scan.to_arrow()
+        assert ours.num_rows == theirs.num_rows
+        assert ours.to_pylist() == theirs.cast(ours.schema).to_pylist()
