@@ -20,9 +20,12 @@ from lakehouse.core.ingest_rows import (
     ArrowLimits,
     DecodedRows,
     arrow_size,
-    decode_arrow,
+    check_dictionary_bytes,
+    conform_arrow,
     decode_json,
+    dictionary_bytes,
     json_charge,
+    read_arrow,
 )
 from lakehouse.core.tables import Tables
 from lakehouse.errors import FieldViolation, InvalidArgument, LakehouseError, ResourceExhausted
@@ -186,14 +189,18 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             )
             reservation = await self._ingest.reserve(namespace, table, max(size.charge, 1))
             try:
-                decoded = await asyncio.to_thread(
-                    lambda: decode_arrow(
-                        batch.serialized_record_batch,
-                        schema_bytes,
-                        info.schema,
-                        max_bytes=limits.max_bytes,
-                    )
+                read = await asyncio.to_thread(
+                    lambda: read_arrow(batch.serialized_record_batch, schema_bytes, info.schema)
                 )
+                if isinstance(read, DecodedRows):
+                    decoded = read  # corrupt bytes: nothing to conform
+                else:
+                    # Decoding dictionaries to plain values takes what the indices pick, which
+                    # the headers do not tell: charged too, before the casts allocate it.
+                    expanded = await asyncio.to_thread(dictionary_bytes, read)
+                    check_dictionary_bytes(expanded, limits.max_bytes)
+                    await self._ingest.grow(reservation, expanded)
+                    decoded = await asyncio.to_thread(conform_arrow, read, info.schema)
             except MemoryError:
                 reservation.release()
                 raise _out_of_memory() from None

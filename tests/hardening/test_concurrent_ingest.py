@@ -271,11 +271,11 @@ async def test_json_request_beyond_the_budget_waits_then_is_refused(backend: Any
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
             await _make_tables(channel)
             ingest = ingest_service_pb2_grpc.IngestServiceStub(channel)
-            # 600k rows: decoded, then buffered as about 11.6 MiB (the id, amount and the null
-            # note column), which leaves about 4.4 MiB.
+            # 600k rows, buffered as 14.5 MB (id, amount and the null note column), which
+            # leaves 2.3 MB.
             holder = asyncio.ensure_future(ingest.WriteRows(_arrow_request(600_000, OTHER)))
             for _ in range(400):  # bounded: until the holder's rows are buffered
-                if await _buffered_bytes() >= 9 * MIB or holder.done():
+                if 13 * MIB <= await _buffered_bytes() <= 14 * MIB or holder.done():
                     break
                 await asyncio.sleep(0.01)
             assert not holder.done(), holder
@@ -329,6 +329,78 @@ async def test_ordinary_json_writes_still_work(backend: Any) -> None:
             ]
             assert [a.result.rows_written for a in acks] == [5, 7]
             assert await _row_count(channel, TABLE) == 812
+            assert await _buffered_bytes() == 0
+    finally:
+        await server.stop()
+
+
+# -- dictionary-encoded columns: what they decode to is charged before they are decoded ---------
+
+
+def _dictionary_request(rows: int, value_bytes: int) -> ipb.WriteRowsRequest:
+    """``rows`` indices into one string of ``value_bytes``: a few bytes a row on the wire, a
+    copy of the string a row once decoded to plain values."""
+    note = pa.DictionaryArray.from_arrays(
+        pa.array([0] * rows, pa.int32()), pa.array(["x" * value_bytes])
+    )
+    batch = pa.record_batch([note], names=["note"])
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    return ipb.WriteRowsRequest(
+        namespace=NS,
+        table=TABLE,
+        arrow_record_batch=rows_pb2.ArrowRecordBatch(
+            serialized_record_batch=sink.getvalue().to_pybytes()
+        ),
+    )
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_dictionary_columns_are_charged_before_they_are_decoded(backend: Any) -> None:
+    """100k indices into one 1000-byte string: 0.4 MB on the wire, charged about 3.5 MB from
+    its headers, 100 MB once decoded to plain strings. With most of the budget held by
+    another table's rows, the request fits on its headers but not decoded: it waits, then is
+    refused (WRITE_BUFFER_FULL with RetryInfo) before it is decoded. Before, it was decoded
+    outside the budget (100 MB more in Arrow's memory pool, per request, however many came
+    at once) and only then waited for room, holding them."""
+    server = await _in_process(
+        backend,
+        commit_delay_ms=4000,  # the other table's rows stay buffered while the request runs
+        buffer_bytes=16 * MIB,
+        table_buffer_bytes=16 * MIB,
+        buffer_wait_seconds=0.5,
+    )
+    pool = pa.default_memory_pool()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            await _make_tables(channel)
+            ingest = ingest_service_pb2_grpc.IngestServiceStub(channel)
+            # 400k rows, buffered as 9.7 MB, which leaves 7.1 MB: room for the 3.5 MB charged
+            # from the request's headers, not for the 100 MB its dictionary decodes to.
+            holder = asyncio.ensure_future(ingest.WriteRows(_arrow_request(400_000, OTHER)))
+            for _ in range(400):  # bounded: until the holder's rows are buffered
+                if 8 * MIB <= await _buffered_bytes() <= 10 * MIB or holder.done():
+                    break
+                await asyncio.sleep(0.01)
+            assert not holder.done(), holder
+            peak_before = pool.max_memory()
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await ingest.WriteRows(_dictionary_request(100_000, 1000))
+            grown = pool.max_memory() - peak_before
+            details = rpc_error_details(refused.value)
+            assert details.code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
+            assert details.reason == "WRITE_BUFFER_FULL", details
+            assert details.retry_delay_seconds, details
+            assert grown < 50 * MIB, f"Arrow's peak memory grew by {grown // MIB} MiB"
+            assert (await holder).result.rows_written == 400_000
+            assert await _row_count(channel, TABLE) == 0
+
+            # Alone, the same request is written: its whole charge exceeds the caps, but a
+            # request that holds all of the buffers grows past them rather than wait for itself.
+            response = await ingest.WriteRows(_dictionary_request(100_000, 1000))
+            assert response.result.rows_written == 100_000
+            assert await _row_count(channel, TABLE) == 100_000
             assert await _buffered_bytes() == 0
     finally:
         await server.stop()
