@@ -157,10 +157,6 @@ def decode_arrow(
 ) -> DecodedRows:
     """Reads Arrow IPC bytes and conforms them to ``table_schema``.
 
-    The ingest service runs the two steps apart (:func:`read_arrow`, then
-    :func:`conform_arrow`), so that what decoding dictionaries takes is charged to the write
-    buffers in between.
-
     Args:
         payload: Either one encapsulated record batch message (``RecordBatch.serialize()``)
             or a complete Arrow IPC stream (schema message, then batches).
@@ -178,34 +174,8 @@ def decode_arrow(
         ArrowTooLarge: Dictionary-encoded columns that decode to more than ``max_bytes``.
         MemoryError: An allocation failed (``pyarrow.ArrowMemoryError`` included).
     """
-    table = read_arrow(payload, schema_bytes, table_schema)
-    if isinstance(table, DecodedRows):
-        return table
-    if max_bytes is not None:
-        check_dictionary_bytes(dictionary_bytes(table), max_bytes)
-    return conform_arrow(table, table_schema)
-
-
-def read_arrow(
-    payload: bytes, schema_bytes: bytes | None, table_schema: Schema
-) -> pa.Table | DecodedRows:
-    """Reads (and fully validates) Arrow IPC bytes, without conforming them.
-
-    Args:
-        payload: As for :func:`decode_arrow`.
-        schema_bytes: As for :func:`decode_arrow`.
-        table_schema: The table's current Iceberg schema (for the empty result of corrupt
-            bytes).
-
-    Returns:
-        The Arrow table as sent (dictionary-encoded columns still encoded), or, for
-        unreadable bytes, decoded rows with one ``CORRUPT_ARROW`` problem and no rows.
-
-    Raises:
-        MemoryError: An allocation failed (``pyarrow.ArrowMemoryError`` included).
-    """
     try:
-        return _read_arrow(payload, schema_bytes)
+        table = _read_arrow(payload, schema_bytes)
     except _CorruptArrow as exc:
         return DecodedRows(
             valid=schema_to_arrow(table_schema).empty_table(),
@@ -214,29 +184,20 @@ def read_arrow(
             invalid_payloads={},
             row_count=0,
         )
+    if max_bytes is not None:
+        expanded = _dictionary_bytes(table)
+        if expanded > max_bytes:
+            raise ArrowTooLarge.field(
+                "arrow_record_batch.serialized_record_batch",
+                f"its dictionary-encoded columns decode to {expanded} bytes; one request may "
+                f"take at most {max_bytes}: split it",
+                reason="REQUEST_TOO_LARGE",
+            )
+    return conform_arrow(table, table_schema)
 
 
-def check_dictionary_bytes(expanded: int, max_bytes: int) -> None:
-    """Refuses a request whose dictionary-encoded columns decode to more than ``max_bytes``.
-
-    Raises:
-        ArrowTooLarge: They do (reason ``REQUEST_TOO_LARGE``).
-    """
-    if expanded > max_bytes:
-        raise ArrowTooLarge.field(
-            "arrow_record_batch.serialized_record_batch",
-            f"its dictionary-encoded columns decode to {expanded} bytes; one request may "
-            f"take at most {max_bytes}: split it",
-            reason="REQUEST_TOO_LARGE",
-        )
-
-
-def dictionary_bytes(table: pa.Table) -> int:
-    """Bytes the top-level dictionary-encoded columns of ``table`` take decoded to plain.
-
-    The Arrow headers tell the size of the indices and of the dictionaries, not of what the
-    indices pick: a million indices into one long string decode to a million copies of it.
-    """
+def _dictionary_bytes(table: pa.Table) -> int:
+    """Bytes the top-level dictionary-encoded columns of ``table`` take decoded to plain."""
     total = 0
     for column in table.columns:
         if not pa.types.is_dictionary(column.type):
@@ -289,6 +250,60 @@ def _read_arrow(payload: bytes, schema_bytes: bytes | None) -> pa.Table:
     except (pa.ArrowException, OSError, EOFError, ValueError, TypeError) as exc:
         raise _CorruptArrow(f"unreadable Arrow IPC data: {exc}") from exc
     return table
+
+
+def read_arrow(
+    payload: bytes, schema_bytes: bytes | None, table_schema: Schema
+) -> pa.Table | DecodedRows:
+    """Reads (and fully validates) Arrow IPC bytes, without conforming them.
+
+    Args:
+        payload: As for :func:`decode_arrow`.
+        schema_bytes: As for :func:`decode_arrow`.
+        table_schema: The table's current Iceberg schema (for the empty result of corrupt
+            bytes).
+
+    Returns:
+        The Arrow table as sent (dictionary-encoded columns still encoded), or, for
+        unreadable bytes, decoded rows with one ``CORRUPT_ARROW`` problem and no rows.
+
+    Raises:
+        MemoryError: An allocation failed (``pyarrow.ArrowMemoryError`` included).
+    """
+    try:
+        return _read_arrow(payload, schema_bytes)
+    except _CorruptArrow as exc:
+        return DecodedRows(
+            valid=schema_to_arrow(table_schema).empty_table(),
+            valid_indices=[],
+            problems=[RowProblem(-1, "", RowErrorReason.CORRUPT_ARROW, str(exc))],
+            invalid_payloads={},
+            row_count=0,
+        )
+
+
+def check_dictionary_bytes(expanded: int, max_bytes: int) -> None:
+    """Refuses a request whose dictionary-encoded columns decode to more than ``max_bytes``.
+
+    Raises:
+        ArrowTooLarge: They do (reason ``REQUEST_TOO_LARGE``).
+    """
+    if expanded > max_bytes:
+        raise ArrowTooLarge.field(
+            "arrow_record_batch.serialized_record_batch",
+            f"its dictionary-encoded columns decode to {expanded} bytes; one request may "
+            f"take at most {max_bytes}: split it",
+            reason="REQUEST_TOO_LARGE",
+        )
+
+
+def dictionary_bytes(table: pa.Table) -> int:
+    """Bytes the dictionary-encoded arrays of ``table`` take decoded to plain values.
+
+    The Arrow headers tell the size of the indices and of the dictionaries, not of what the
+    indices pick: a million indices into one long string decode to a million copies of it.
+    """
+    return _dictionary_bytes(table)
 
 
 # --- Arrow IPC sizes, read from the message headers before any body is decoded ------------
