@@ -190,16 +190,27 @@ class _BufferBudget:
         self._tables: dict[tuple[str, str], int] = {}
         self._changed = asyncio.Event()
 
-    def _fits(self, key: tuple[str, str], nbytes: int) -> bool:
+    def _fits(self, key: tuple[str, str], nbytes: int, held: int) -> bool:
         table = self._tables.get(key, 0)
-        if table == 0 and self._total == 0:
+        if table == held and self._total == held:
             return True  # a single oversized write still goes through, alone
         return table + nbytes <= self._table_cap and self._total + nbytes <= self._total_cap
 
-    async def reserve(self, key: tuple[str, str], nbytes: int, timeout: float) -> None:
+    async def reserve(
+        self, key: tuple[str, str], nbytes: int, timeout: float, *, held: int = 0
+    ) -> None:
+        """Waits (at most ``timeout`` seconds) for room for ``nbytes`` more, and takes it.
+
+        ``held`` is what the caller already holds of ``key``'s bytes: a request that holds
+        everything there is counts as alone, and grows past the caps rather than waiting for
+        itself.
+
+        Raises:
+            ResourceExhausted: No room in time (reason WRITE_BUFFER_FULL, with RetryInfo).
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while not self._fits(key, nbytes):
+        while not self._fits(key, nbytes, held):
             changed = self._changed
             try:
                 await asyncio.wait_for(changed.wait(), max(deadline - loop.time(), 0))
@@ -237,6 +248,18 @@ class Reservation:
         self._budget = budget
         self.key = key
         self.nbytes = nbytes
+
+    async def grow(self, nbytes: int, timeout: float) -> None:
+        """Reserves ``nbytes`` more, waiting for room as :meth:`Ingest.reserve` does.
+
+        Raises:
+            ResourceExhausted: No room within ``timeout`` (reason WRITE_BUFFER_FULL, with
+                RetryInfo); what was reserved before is still held.
+        """
+        if nbytes <= 0:
+            return
+        await self._budget.reserve(self.key, nbytes, timeout, held=self.nbytes)
+        self.nbytes += nbytes
 
     def release(self) -> None:
         """Gives the reserved bytes back (nothing if they were taken over or released)."""
@@ -283,7 +306,7 @@ class _TableCommitter:
         try:
             if unit.nbytes > held:
                 await self._budget.reserve(
-                    self._key, unit.nbytes - held, self._settings.buffer_wait_seconds
+                    self._key, unit.nbytes - held, self._settings.buffer_wait_seconds, held=held
                 )
         except BaseException:
             self._budget.release(self._key, held)
@@ -458,6 +481,18 @@ class Ingest:
         budget = self._buffers()
         await budget.reserve(key, nbytes, self._settings.buffer_wait_seconds)
         return Reservation(budget, key, nbytes)
+
+    async def grow(self, reservation: Reservation, nbytes: int) -> None:
+        """Reserves ``nbytes`` more for a request being decoded (see :meth:`reserve`).
+
+        For what decoding turns out to take beyond the first estimate (dictionary-encoded
+        columns), charged before that work starts.
+
+        Raises:
+            ResourceExhausted: No room within ``buffer_wait_seconds`` (reason
+                WRITE_BUFFER_FULL, with RetryInfo).
+        """
+        await reservation.grow(nbytes, self._settings.buffer_wait_seconds)
 
     async def write(
         self,
