@@ -177,13 +177,7 @@ def decode_arrow(
     try:
         table = _read_arrow(payload, schema_bytes)
     except _CorruptArrow as exc:
-        return DecodedRows(
-            valid=schema_to_arrow(table_schema).empty_table(),
-            valid_indices=[],
-            problems=[RowProblem(-1, "", RowErrorReason.CORRUPT_ARROW, str(exc))],
-            invalid_payloads={},
-            row_count=0,
-        )
+        return _corrupt(table_schema, exc)
     if max_bytes is not None:
         expanded = _dictionary_bytes(table)
         if expanded > max_bytes:
@@ -301,13 +295,7 @@ def read_arrow(
     try:
         return _read_arrow(payload, schema_bytes)
     except _CorruptArrow as exc:
-        return DecodedRows(
-            valid=schema_to_arrow(table_schema).empty_table(),
-            valid_indices=[],
-            problems=[RowProblem(-1, "", RowErrorReason.CORRUPT_ARROW, str(exc))],
-            invalid_payloads={},
-            row_count=0,
-        )
+        return _corrupt(table_schema, exc)
 
 
 def check_dictionary_bytes(expanded: int, max_bytes: int) -> None:
@@ -1553,3 +1541,14 @@ def _describe(value: Any) -> str:
     if isinstance(value, list):
         return "array"
     return type(value).__name__
+
+
+def _corrupt(table_schema: Schema, exc: Exception) -> DecodedRows:
+    """No rows, and one ``CORRUPT_ARROW`` problem for the whole payload."""
+    return DecodedRows(
+        valid=schema_to_arrow(table_schema).empty_table(),
+        valid_indices=[],
+        problems=[RowProblem(-1, "", RowErrorReason.CORRUPT_ARROW, str(exc))],
+        invalid_payloads={},
+        row_count=0,
+    )

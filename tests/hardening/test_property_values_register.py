@@ -18,6 +18,7 @@ import pytest
 from google.protobuf import struct_pb2
 
 from fixtures.grpc_errors import rpc_error_details
+from fixtures.properties import assert_property_update_refused
 from lakehouse.adapters.iceberg import catalog_properties
 from lakehouse.v1 import ingest_service_pb2, ingest_service_pb2_grpc, rows_pb2, schema_pb2
 from lakehouse.v1 import table_service_pb2 as pb
@@ -136,22 +137,10 @@ async def test_update_table_refuses_a_level_the_merged_codec_cannot_take(
     field: str,
 ) -> None:
     await table_stub.CreateNamespace(pb.CreateNamespaceRequest(name="h"))
-    created = await table_stub.CreateTable(
+    await table_stub.CreateTable(
         pb.CreateTableRequest(namespace="h", table="t", schema=SCHEMA, properties=existing)
     )
-    request = pb.UpdateTableRequest(
-        namespace="h",
-        table="t",
-        changes=[pb.TableChange(set_properties=pb.SetProperties(properties=change))],
-    )
-    with pytest.raises(grpc.aio.AioRpcError) as exc:
-        await table_stub.UpdateTable(request)
-    details = rpc_error_details(exc.value)
-    assert details.code == grpc.StatusCode.INVALID_ARGUMENT, details.message
-    assert details.reason == "INVALID_PROPERTY"
-    assert details.violated_fields == [f"changes[0].set_properties.properties[{field!r}]"]
-    now = await table_stub.GetTable(pb.GetTableRequest(namespace="h", table="t"))
-    assert now.table.etag == created.table.etag
+    await assert_property_update_refused(table_stub, "h", "t", change, field)
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
