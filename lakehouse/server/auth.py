@@ -46,6 +46,7 @@ from lakehouse.server.interceptors import (
     current_request_id,
     rewrapped,
     set_principal,
+    split_method,
 )
 from lakehouse.server.permissions import (
     HEALTH_SERVICE,
@@ -102,13 +103,8 @@ class _Check:
     @property
     def mutating(self) -> bool:
         if self.rule is None:
-            return not is_authenticated_only(_service(self.method))
+            return not is_authenticated_only(split_method(self.method)[0])
         return self.permission not in READ_PERMISSIONS
-
-
-def _service(method: str) -> str:
-    parts = method.split("/")
-    return parts[1] if len(parts) >= 3 else ""
 
 
 def _outcome(exc: BaseException, context: Context) -> grpc.StatusCode:
@@ -188,7 +184,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         """Wraps the handler in the checks, keeping its (de)serializers."""
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or _service(method) in self._public:
+        if handler is None or split_method(method)[0] in self._public:
             return handler
         rule = RULES.get(method)
 
@@ -278,7 +274,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             else:
                 check.permission = rule.permission_for(request)
                 check.target = rule.target(request)
-        elif not is_authenticated_only(_service(check.method)):
+        elif not is_authenticated_only(split_method(check.method)[0]):
             check.permission = UNMAPPED_PERMISSION
         try:
             principal = (

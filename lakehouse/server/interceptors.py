@@ -77,7 +77,8 @@ def current_request_id() -> str:
     return call.request_id if call is not None else ""
 
 
-def _split(full_method: str) -> tuple[str, str]:
+def split_method(full_method: str) -> tuple[str, str]:
+    """``/pkg.Service/Method`` as ``("pkg.Service", "Method")``; ``("", name)`` if malformed."""
     _, service, method = (
         full_method.split("/", 2) if full_method.count("/") >= 2 else ("", "", full_method)
     )
@@ -329,7 +330,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        service, method = _split(handler_call_details.method)
+        service, method = split_method(handler_call_details.method)
 
         def wrap(behavior: Callable[..., Any], grpc_type: str) -> Callable[..., Any]:
             if grpc_type in ("unary", "client_stream"):  # one response

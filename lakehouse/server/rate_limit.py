@@ -30,7 +30,7 @@ from lakehouse.config import QuotaSettings
 from lakehouse.core.caller import current_principal
 from lakehouse.errors import ResourceExhausted
 from lakehouse.metrics import QUOTA_REFUSALS
-from lakehouse.server.interceptors import relay, rewrapped
+from lakehouse.server.interceptors import relay, rewrapped, split_method
 from lakehouse.server.permissions import HEALTH_SERVICE, REFLECTION_SERVICES
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -148,8 +148,7 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        parts = handler_call_details.method.split("/")
-        if len(parts) >= 3 and parts[1] in EXEMPT_SERVICES:
+        if split_method(handler_call_details.method)[0] in EXEMPT_SERVICES:
             return handler
         return rewrapped(handler, self._wrap)
 

@@ -57,11 +57,8 @@ def _table(settings: Any, name: str, properties: dict[str, str]) -> None:
         table.append(pa.table({"id": pa.array([i], pa.int64())}, schema=SCHEMA.as_arrow()))
 
 
-@pytest.mark.parametrize("backend", ["local"], indirect=True)
-async def test_scheduler_survives_system_exit_of_one_table(backend: Any) -> None:
-    backend.data_dir.mkdir(parents=True, exist_ok=True)
-    _table(backend, "a_bad", {**POLICY, "py-io-impl": "sys.exit"})
-    _table(backend, "z_good", POLICY)
+async def _runtime(backend: Any, *, slots: int) -> tuple[BlockingPool, Any, JobRuntime]:
+    """A job runtime over an unconfined catalog (the tables carry hostile properties)."""
     pool = BlockingPool(2)
     catalog = UnconfinedCatalog(backend, pool)
     runtime = JobRuntime(
@@ -69,10 +66,19 @@ async def test_scheduler_survives_system_exit_of_one_table(backend: Any) -> None
         catalog,
         object_store_for(backend.warehouse, backend.s3),
         pool,
-        slots=0,
+        slots=slots,
         scheduler=False,
     )
     await pool.run(runtime.store.migrate)
+    return pool, catalog, runtime
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_scheduler_survives_system_exit_of_one_table(backend: Any) -> None:
+    backend.data_dir.mkdir(parents=True, exist_ok=True)
+    _table(backend, "a_bad", {**POLICY, "py-io-impl": "sys.exit"})
+    _table(backend, "z_good", POLICY)
+    pool, catalog, runtime = await _runtime(backend, slots=0)
     scheduler = MaintenanceScheduler(
         catalog, runtime.jobs, runtime.store, pool, interval_seconds=0.05
     )
@@ -143,17 +149,7 @@ async def test_job_worker_survives_system_exit_of_one_job(backend: Any) -> None:
     backend.data_dir.mkdir(parents=True, exist_ok=True)
     _table(backend, "a_bad", {})
     _table(backend, "z_good", {})
-    pool = BlockingPool(2)
-    catalog = UnconfinedCatalog(backend, pool)
-    runtime = JobRuntime(
-        backend,
-        catalog,
-        object_store_for(backend.warehouse, backend.s3),
-        pool,
-        slots=1,
-        scheduler=False,
-    )
-    await pool.run(runtime.store.migrate)
+    pool, catalog, runtime = await _runtime(backend, slots=1)
     try:
         ids = []
         for name in ("a_bad", "z_good"):
