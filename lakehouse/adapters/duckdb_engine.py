@@ -77,7 +77,6 @@ from pyiceberg.expressions.literals import (
 from pyiceberg.io import FileIO, InputFile, OutputFile, OutputStream
 from pyiceberg.io.pyarrow import (
     _check_pyarrow_schema_compatible,
-    _dataframe_to_data_files,
     schema_to_pyarrow,
 )
 from pyiceberg.manifest import DataFile
@@ -99,7 +98,7 @@ from pyiceberg.utils.datetime import date_to_days, datetime_to_micros
 
 from lakehouse.adapters.iceberg import translate_errors, without_paths
 from lakehouse.adapters.iceberg_scan import lazy_batch_reader, small_offsets
-from lakehouse.adapters.pyiceberg_private import writable_table
+from lakehouse.adapters.pyiceberg_private import writable_table, write_data_files
 from lakehouse.adapters.sql_result import SqlOutcome
 from lakehouse.core.job_context import JobContext
 from lakehouse.core.names import MAX_NAME_LENGTH, check_column_name
@@ -1350,7 +1349,7 @@ def _write(
     counter = itertools.count(0)
     if metadata.spec().is_unpartitioned():
         reader = pa.RecordBatchReader.from_batches(schema, batches)
-        yield from _dataframe_to_data_files(metadata, reader, io, write_uuid, counter)
+        yield from write_data_files(metadata, reader, io, write_uuid, counter)
         return
     chunk: list[pa.RecordBatch] = []
     size = 0
@@ -1361,7 +1360,7 @@ def _write(
         if chunk and (batch is None or size >= _CHUNK_BYTES):
             table = pa.Table.from_batches(chunk, schema)
             chunk, size = [], 0
-            yield from _dataframe_to_data_files(metadata, table, io, write_uuid, counter)
+            yield from write_data_files(metadata, table, io, write_uuid, counter)
 
 
 def _delete_quietly(io: FileIO, locations: Iterable[str]) -> None:

@@ -49,7 +49,6 @@ import pyarrow.parquet as pq
 from pyiceberg.io import FileIO
 from pyiceberg.io.pyarrow import (
     PyArrowFileIO,
-    _dataframe_to_data_files,
     compute_statistics_plan,
     data_file_statistics_from_parquet_metadata,
     parquet_path_to_id_mapping,
@@ -64,7 +63,7 @@ from pyiceberg.utils.properties import property_as_int
 
 from lakehouse.adapters.iceberg import translate_errors
 from lakehouse.adapters.iceberg_maintenance import normalize_uri
-from lakehouse.adapters.pyiceberg_private import writable_table
+from lakehouse.adapters.pyiceberg_private import writable_table, write_data_files
 from lakehouse.core.ingest_rows import DecodedRows, RowErrorReason, RowProblem, conform_arrow
 from lakehouse.core.job_context import JobContext
 from lakehouse.errors import (
@@ -1146,7 +1145,7 @@ class _Writer:
         self._buffer, self._buffered = [], 0
         with translate_errors():
             self.written.extend(
-                _dataframe_to_data_files(
+                write_data_files(
                     self._metadata,
                     chunk,
                     self._io,

@@ -39,7 +39,7 @@ from pyiceberg.table import TableProperties
 from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.snapshots import Snapshot
 
-from lakehouse.adapters.pyiceberg_private import writable_table
+from lakehouse.adapters.pyiceberg_private import paged_by_bytes, writable_table
 from lakehouse.adapters.request_id_store import RecordedRequest
 from lakehouse.errors import Unavailable
 
@@ -269,14 +269,15 @@ def writer_last_commit(table: IcebergTable, writer_id: str) -> Snapshot | None:
     return None
 
 
-def _without_commit_retries(table: IcebergTable) -> IcebergTable:
+def _without_commit_retries(table: IcebergTable, data: pa.Table) -> IcebergTable:
     """The same table whose transactions do not retry conflicts by themselves.
 
     pyiceberg reads the retry count from the table properties of the object the transaction
     was opened on; this in-memory copy changes only that, nothing is written to the table.
     """
-    # Writes also only with writer values pyiceberg can use (see writable_table).
-    metadata = writable_table(table).metadata
+    # Writes also only with writer values pyiceberg can use (see writable_table), in pages
+    # sized by bytes for ``data`` (see paged_by_bytes).
+    metadata = paged_by_bytes(writable_table(table).metadata, data)
     properties = {**metadata.properties, TableProperties.COMMIT_NUM_RETRIES: "0"}
     return IcebergTable(
         table.name(),
@@ -329,7 +330,7 @@ def planned_append(
         }
         if decided.request_ids:
             properties[REQUEST_IDS_KEY] = json.dumps(decided.request_ids, separators=(",", ":"))
-        transaction = _without_commit_retries(table).transaction()
+        transaction = _without_commit_retries(table, decided.data).transaction()
         transaction.append(decided.data, snapshot_properties=properties)
         try:
             committed = transaction.commit_transaction()

@@ -27,7 +27,7 @@ import pyarrow as pa
 from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression
 from pyiceberg.io import FileIO
-from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files
+from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.manifest import (
     DataFile,
     DataFileContent,
@@ -52,7 +52,7 @@ from lakehouse.adapters.iceberg_ingest import (
     keep_expiring_request_ids,
 )
 from lakehouse.adapters.iceberg_locations import canonical_location, within_location
-from lakehouse.adapters.pyiceberg_private import writable_table
+from lakehouse.adapters.pyiceberg_private import writable_table, write_data_files
 from lakehouse.core.job_context import JobContext, JobStopped
 from lakehouse.errors import FailedPrecondition
 
@@ -904,4 +904,4 @@ def _write_files(
     props[TableProperties.WRITE_TARGET_FILE_SIZE_BYTES] = str(arrow_target)
     sized = metadata.model_copy(update={"properties": props})
     # One uuid and one counter for the whole run keep the file names unique across groups.
-    yield from _dataframe_to_data_files(sized, data, io, write_uuid=write_uuid, counter=counter)
+    yield from write_data_files(sized, data, io, write_uuid=write_uuid, counter=counter)

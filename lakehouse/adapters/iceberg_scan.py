@@ -28,6 +28,7 @@ from pyiceberg.schema import prune_columns
 from pyiceberg.table import DataScan, FileScanTask, TableProperties
 from pyiceberg.table import Table as IcebergTable
 
+from lakehouse.adapters.pyiceberg_private import MAX_PAGE_BYTES
 from lakehouse.adapters.readahead import ReadBudget, read_ahead
 
 #: Decoded size of the batches a reader yields (ReadRows cuts them again into messages).
@@ -95,6 +96,7 @@ def lazy_batch_reader(
     target = small_offsets(schema_to_pyarrow(projected))
     deletes = _read_all_delete_files(table.io, tasks)
     page_rows = _page_row_limit(table)
+    page_bytes = _page_bytes(table)
 
     def arrow_scan(dictionary_columns: tuple[str, ...]) -> ArrowScan:
         return ArrowScan(
@@ -116,7 +118,7 @@ def lazy_batch_reader(
             with table.io.new_input(task.file.file_path).open() as f:
                 metadata = pq.ParquetFile(f).metadata
             dictionary = _dictionary_columns(metadata)
-            if _few_pages_per_row_group(metadata, page_rows):
+            if _few_pages_per_row_group(metadata, page_rows, page_bytes):
                 reader = arrow_scan(dictionary) if dictionary else plain
                 return reader._record_batches_from_scan_tasks_and_deletes([task], deletes)
             file_deletes = deletes.get(task.file.file_path)
@@ -235,36 +237,48 @@ def _page_row_limit(table: IcebergTable) -> int:
     """The rows Arrow's writer puts in a page before it checks the page's size.
 
     This server writes with the table's ``write.parquet.page-row-limit`` (pyiceberg's default
-    when unset); files written elsewhere are judged by it too (a guess, see below).
+    when unset), or fewer for wide rows (``paged_by_bytes``); files written elsewhere are
+    judged by it too (a guess, see below).
     """
+    key = TableProperties.PARQUET_PAGE_ROW_LIMIT
+    return _int_property(table, key, TableProperties.PARQUET_PAGE_ROW_LIMIT_DEFAULT)
+
+
+def _page_bytes(table: IcebergTable) -> int:
+    """The size at which Arrow's writer closes a page, as this server writes the table."""
+    key = TableProperties.PARQUET_PAGE_SIZE_BYTES
+    page_bytes = _int_property(table, key, TableProperties.PARQUET_PAGE_SIZE_BYTES_DEFAULT)
+    return min(page_bytes, MAX_PAGE_BYTES)
+
+
+def _int_property(table: IcebergTable, key: str, default: int) -> int:
     try:
-        return max(
-            1,
-            int(
-                table.properties.get(
-                    TableProperties.PARQUET_PAGE_ROW_LIMIT,
-                    TableProperties.PARQUET_PAGE_ROW_LIMIT_DEFAULT,
-                )
-            ),
-        )
+        return max(1, int(table.properties.get(key, default)))
     except ValueError:
-        return TableProperties.PARQUET_PAGE_ROW_LIMIT_DEFAULT
+        return default
 
 
-def _few_pages_per_row_group(metadata: pq.FileMetaData, page_rows: int) -> bool:
+def _few_pages_per_row_group(metadata: pq.FileMetaData, page_rows: int, page_bytes: int) -> bool:
     """Whether the file's row groups are likely at most about two pages per column.
 
     Arrow's Parquet reader decompresses a whole page at once and keeps it (and its
     decompression buffer) while an ``iter_batches`` reader is open: on a file whose row
     groups are one page or two, reading it in small batches holds about twice what decoding
     whole row groups does (the dataset scanner frees the pages once a row group is decoded).
-    Arrow's writer closes a page only every ``page_rows`` rows, so row groups of at most
-    ``2 * page_rows`` rows are read a row group at a time, as pyiceberg does.
+    Arrow's writer closes a page every ``page_rows`` rows or once it holds ``page_bytes``,
+    whichever comes first (see ``paged_by_bytes``), so row groups of at most ``2 * page_rows``
+    rows whose column chunks hold at most ``2 * page_bytes`` are read a row group at a time,
+    as pyiceberg does. Any larger row group is read in batches: a whole one could decode to
+    far more than a batch.
     """
-    largest = max(
-        (metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)), default=0
-    )
-    return largest <= 2 * page_rows
+    for g in range(metadata.num_row_groups):
+        group = metadata.row_group(g)
+        if group.num_rows > 2 * page_rows:
+            return False
+        for c in range(group.num_columns):
+            if group.column(c).total_uncompressed_size > 2 * page_bytes:
+                return False
+    return True
 
 
 def _batch_rows(metadata: pq.FileMetaData, columns: list[str], dictionary: tuple[str, ...]) -> int:

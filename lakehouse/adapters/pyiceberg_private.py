@@ -18,21 +18,35 @@ every location provider from the table's location only, whatever the table's pro
 
 Both hooks are private or module-level pyiceberg names; the contract tests in
 ``tests/hardening/test_table_properties.py`` fail loudly when an upgrade moves them.
+
+Data files are written through :func:`write_data_files` (pyiceberg's private
+``_dataframe_to_data_files``), with pages sized by bytes: pyiceberg hands Arrow's writer
+``write.parquet.page-row-limit`` (20,000 rows) as its mini-batch, and Arrow closes a page only
+between mini-batches, so 120 rows of 1 MiB made one 120 MiB page, which every reader must
+decode whole before it can send a row. Its contract tests are in
+``tests/hardening/test_stalled_readers.py``.
 """
 
 from __future__ import annotations
 
 import importlib
+import itertools
 import logging
 import threading
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog
 from pyiceberg.io import FileIO, load_file_io
+from pyiceberg.io.pyarrow import _dataframe_to_data_files, bin_pack_record_batches
+from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table, TableProperties
 from pyiceberg.table import locations as _locations
 from pyiceberg.table.locations import LocationProvider
+from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.typedef import EMPTY_DICT, Properties
 
 from lakehouse.adapters.iceberg_updates import property_value_problem
@@ -57,6 +71,11 @@ LOCATION_PROVIDER_MODULES = (
 )
 
 log = logging.getLogger(__name__)
+
+#: The largest data or dictionary page the service writes, whatever a table's
+#: ``write.parquet.page-size-bytes`` / ``write.parquet.dict-size-bytes`` ask: a reader decodes
+#: a page whole, so page size is what one open file costs a reader (docs/limits.md, "Reads").
+MAX_PAGE_BYTES = 16 * 1024 * 1024
 
 _original_load_location_provider = _locations.load_location_provider
 _install_lock = threading.Lock()
@@ -181,3 +200,90 @@ def writable_table(table: Table) -> Table:
         io=table.io,
         catalog=table.catalog,
     )
+
+
+def paged_by_bytes(metadata: TableMetadata, data: pa.Table) -> TableMetadata:
+    """``metadata`` with the page settings that write ``data`` in pages of about their size.
+
+    Arrow closes a page once it reaches ``write.parquet.page-size-bytes``, but checks only
+    after every ``write.parquet.page-row-limit`` rows (pyiceberg's ``write_batch_size``): a page
+    holds at least that many rows however wide they are. The row limit is lowered to what the
+    widest row of ``data`` allows (never raised), and both page sizes are capped at
+    ``MAX_PAGE_BYTES``. Only this in-memory copy changes; the table's properties stay as they are.
+    """
+    properties = writer_properties(metadata.properties)
+    page_bytes = _capped(properties, TableProperties.PARQUET_PAGE_SIZE_BYTES, 1024 * 1024)
+    _capped(properties, TableProperties.PARQUET_DICT_SIZE_BYTES, 2 * 1024 * 1024)
+    limit = int(
+        properties.get(
+            TableProperties.PARQUET_PAGE_ROW_LIMIT, TableProperties.PARQUET_PAGE_ROW_LIMIT_DEFAULT
+        )
+    )
+    rows = max(1, min(limit, page_bytes // widest_row_bytes(data)))
+    properties[TableProperties.PARQUET_PAGE_ROW_LIMIT] = str(rows)
+    if properties == metadata.properties:
+        return metadata
+    return metadata.model_copy(update={"properties": properties})
+
+
+def _capped(properties: dict[str, str], key: str, default: int) -> int:
+    value = min(int(properties.get(key, default)), MAX_PAGE_BYTES)
+    if key in properties:
+        properties[key] = str(value)
+    return value
+
+
+def widest_row_bytes(data: pa.Table) -> int:
+    """An upper bound of the bytes one row of ``data`` puts in one column's page (at least 1).
+
+    Exact for strings and binaries (the longest value) and for fixed-width types; the column's
+    average for nested ones, whose values cannot be measured without flattening them.
+    """
+    widest = 1
+    for column in data.columns:
+        if len(column) == 0:
+            continue
+        kind = column.type
+        if (
+            pa.types.is_string(kind)
+            or pa.types.is_large_string(kind)
+            or pa.types.is_binary(kind)
+            or pa.types.is_large_binary(kind)
+            or pa.types.is_string_view(kind)
+            or pa.types.is_binary_view(kind)
+        ):
+            longest = pc.max(pc.binary_length(column)).as_py() or 0
+            widest = max(widest, longest + 4)  # a plain-encoded value's length prefix
+        else:
+            widest = max(widest, -(-column.nbytes // len(column)))
+    return widest
+
+
+def write_data_files(
+    metadata: TableMetadata,
+    data: pa.Table | pa.RecordBatchReader,
+    io: FileIO,
+    write_uuid: uuid.UUID,
+    counter: itertools.count[int],
+) -> Iterator[DataFile]:
+    """Data files of ``data`` (not committed), in pages sized by bytes (see ``paged_by_bytes``).
+
+    A reader is written one file-sized bin at a time (as pyiceberg streams it), each bin's
+    pages sized by its own rows.
+    """
+    if isinstance(data, pa.Table):
+        yield from _dataframe_to_data_files(
+            paged_by_bytes(metadata, data), data, io, write_uuid, counter
+        )
+        return
+    target = int(
+        metadata.properties.get(
+            TableProperties.WRITE_TARGET_FILE_SIZE_BYTES,
+            TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT,
+        )
+    )
+    for batches in bin_pack_record_batches(data, target):
+        chunk = pa.Table.from_batches(batches, data.schema)
+        yield from _dataframe_to_data_files(
+            paged_by_bytes(metadata, chunk), chunk, io, write_uuid, counter
+        )

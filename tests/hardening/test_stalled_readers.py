@@ -26,7 +26,8 @@ import pytest
 from fixtures.iceberg import append
 from fixtures.process_memory import MIB, cap_address_space, peak_rss
 from fixtures.serve_process import ServeProcess, serve_process, settings_env
-from lakehouse.v1 import schema_pb2, table_service_pb2_grpc
+from lakehouse.v1 import ingest_service_pb2 as ipb
+from lakehouse.v1 import ingest_service_pb2_grpc, rows_pb2, schema_pb2, table_service_pb2_grpc
 from lakehouse.v1 import table_service_pb2 as tpb
 
 NS, TABLE = "stalled", "blobs"
@@ -206,6 +207,101 @@ def test_stalled_streams_of_megabyte_rows_stay_within_the_read_bound(
     assert growth < WIDE_RSS_GROWTH_BOUND, f"peak RSS grew by {growth // MIB} MiB"
 
 
+# -- the same rows written by the service with a table's defaults ------------------------------
+
+DEFAULT_TABLE, DEFAULT_WRITES, DEFAULT_ROWS_PER_WRITE = "defaults", 3, 40
+#: A client may send 64 MiB messages (the server's default ``max_message_bytes``).
+MESSAGE_OPTIONS = [("grpc.max_send_message_length", 64 * MIB)]
+
+
+@pytest.fixture
+def default_written_server(backend: Any, tmp_path: Path) -> Iterator[ServeProcess]:
+    """The 120 distinct 1 MiB strings of ``wide_server``, in a table with default properties,
+    written by the service itself (three WriteRows of 40 rows). pyiceberg's default page row
+    limit is 20,000 rows, so each file used to be one 40 MiB page that a reader decodes whole
+    before it sends a row; the service now sizes pages by bytes (``paged_by_bytes``)."""
+    with serve_process(tmp_path / "server", settings_env(backend)) as server:
+        with grpc.insecure_channel(server.target, options=MESSAGE_OPTIONS) as channel:
+            tables = table_service_pb2_grpc.TableServiceStub(channel)
+            tables.CreateNamespace(tpb.CreateNamespaceRequest(name=NS), timeout=CALL_TIMEOUT)
+            long = schema_pb2.DataType(primitive=schema_pb2.PRIMITIVE_TYPE_LONG)
+            string = schema_pb2.DataType(primitive=schema_pb2.PRIMITIVE_TYPE_STRING)
+            fields = [
+                schema_pb2.Field(name="id", type=long, required=True),
+                schema_pb2.Field(name="blob", type=string),
+            ]
+            tables.CreateTable(
+                tpb.CreateTableRequest(
+                    namespace=NS, table=DEFAULT_TABLE, schema=schema_pb2.Schema(fields=fields)
+                ),
+                timeout=CALL_TIMEOUT,
+            )
+            ingest = ingest_service_pb2_grpc.IngestServiceStub(channel)
+            for w in range(DEFAULT_WRITES):
+                first = w * DEFAULT_ROWS_PER_WRITE
+                rows = range(first, first + DEFAULT_ROWS_PER_WRITE)
+                batch = pa.record_batch(
+                    [
+                        pa.array(rows, pa.int64()),
+                        pa.array([f"{i:06d}" + "x" * WIDE_VALUE_BYTES for i in rows]),
+                    ],
+                    names=["id", "blob"],
+                )
+                ingest.WriteRows(
+                    ipb.WriteRowsRequest(
+                        namespace=NS,
+                        table=DEFAULT_TABLE,
+                        arrow_schema=rows_pb2.ArrowSchema(
+                            serialized_schema=batch.schema.serialize().to_pybytes()
+                        ),
+                        arrow_record_batch=rows_pb2.ArrowRecordBatch(
+                            serialized_record_batch=batch.serialize().to_pybytes()
+                        ),
+                    ),
+                    timeout=CALL_TIMEOUT,
+                )
+                del batch
+        cap_address_space(server.pid, ADDRESS_SPACE_HEADROOM)
+        yield server
+
+
+def test_stalled_streams_of_a_table_written_with_defaults_stay_within_the_read_bound(
+    default_written_server: ServeProcess,
+) -> None:
+    """10 streams that read one message and stalled grew the server by about 1.8 GB: each held
+    the 40 MiB page of every file it had open. Pages are now about 1 MiB."""
+    request = tpb.ReadRowsRequest(namespace=NS, table=DEFAULT_TABLE)
+    server = default_written_server
+    before = peak_rss(server.pid)
+    with contextlib.ExitStack() as stack:
+        channel = stack.enter_context(grpc.insecure_channel(server.target))
+        stub = table_service_pb2_grpc.TableServiceStub(channel)
+        calls = []
+        for _ in range(WIDE_STREAMS):
+            call = stub.ReadRows(request, timeout=CALL_TIMEOUT)
+            stack.callback(call.cancel)
+            calls.append(call)
+        for call in calls:
+            assert next(call).WhichOneof("payload") == "arrow_schema"
+            assert next(call).WhichOneof("payload") == "arrow_record_batch"
+        growth = settled_peak(server.pid) - before
+        assert growth < WIDE_RSS_GROWTH_BOUND, (
+            f"peak RSS grew by {growth // MIB} MiB with {WIDE_STREAMS} stalled streams "
+            f"(bound {WIDE_RSS_GROWTH_BOUND // MIB} MiB)"
+        )
+        ids = []
+        for response in stub.ReadRows(request, timeout=CALL_TIMEOUT):
+            if response.WhichOneof("payload") == "arrow_record_batch":
+                batch = pa.ipc.read_record_batch(
+                    pa.py_buffer(response.arrow_record_batch.serialized_record_batch),
+                    pa.schema([("id", pa.int64()), ("blob", pa.string())]),
+                )
+                ids.extend(batch.column(0).to_pylist())
+        assert sorted(ids) == list(range(DEFAULT_WRITES * DEFAULT_ROWS_PER_WRITE))
+    growth = peak_rss(server.pid) - before
+    assert growth < WIDE_RSS_GROWTH_BOUND, f"peak RSS grew by {growth // MIB} MiB"
+
+
 # -- the read-ahead budget itself (no server) --------------------------------------------------
 
 
@@ -323,3 +419,84 @@ def test_files_read_in_small_batches_keep_the_scan_semantics(backend: Any) -> No
         theirs = scan.to_arrow()
         assert ours.num_rows == theirs.num_rows
         assert ours.to_pylist() == theirs.cast(ours.schema).to_pylist()
+
+
+# -- pages sized by bytes: the contract with pyiceberg's writer and Arrow's reader -------------
+
+
+def _metadata(properties: dict[str, str]) -> Any:
+    from pyiceberg.partitioning import UNPARTITIONED_PARTITION_SPEC
+    from pyiceberg.schema import Schema
+    from pyiceberg.table.metadata import new_table_metadata
+    from pyiceberg.table.sorting import UNSORTED_SORT_ORDER
+    from pyiceberg.types import LongType, NestedField, StringType
+
+    schema = Schema(
+        NestedField(1, "id", LongType(), required=True),
+        NestedField(2, "blob", StringType(), required=False),
+    )
+    return new_table_metadata(
+        schema, UNPARTITIONED_PARTITION_SPEC, UNSORTED_SORT_ORDER, "file:///nowhere", properties
+    )
+
+
+def _wide_rows(rows: int, value_bytes: int) -> pa.Table:
+    return pa.table(
+        [
+            pa.array(range(rows), pa.int64()),
+            pa.array([f"{i:06d}" + "x" * value_bytes for i in range(rows)], pa.large_string()),
+        ],
+        schema=pa.schema(
+            [pa.field("id", pa.int64(), nullable=False), pa.field("blob", pa.large_string())]
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("properties", "rows", "value_bytes", "page_row_limit"),
+    [
+        ({}, 40, MIB, "1"),  # a 1 MiB row fills a page by itself
+        ({}, 1000, 10_000, "104"),  # 1 MiB // the longest value and its length prefix
+        ({}, 1000, 10, "20000"),  # narrow rows: pyiceberg's default, never raised
+        ({"write.parquet.page-row-limit": "5"}, 1000, 10_000, "5"),  # a lower limit is kept
+        ({"write.parquet.page-size-bytes": str(2**30)}, 40, MIB, "15"),  # capped at 16 MiB
+    ],
+)
+def test_pages_are_sized_by_the_widest_row(
+    properties: dict[str, str], rows: int, value_bytes: int, page_row_limit: str
+) -> None:
+    from lakehouse.adapters.pyiceberg_private import MAX_PAGE_BYTES, paged_by_bytes
+
+    paged = paged_by_bytes(_metadata(properties), _wide_rows(rows, value_bytes)).properties
+    assert paged["write.parquet.page-row-limit"] == page_row_limit
+    assert int(paged.get("write.parquet.page-size-bytes", MIB)) <= MAX_PAGE_BYTES
+    assert int(paged.get("write.parquet.dict-size-bytes", 2 * MIB)) <= MAX_PAGE_BYTES
+
+
+def test_written_files_let_a_reader_hold_one_small_page(tmp_path: Path) -> None:
+    """Contract with pyiceberg (``_dataframe_to_data_files`` reads the page row limit from the
+    metadata it is given) and Arrow (a page closes only between mini-batches of that many
+    rows): a reader of a file of 40 rows of 1 MiB, written with the table's defaults, holds
+    about one 1 MiB page, not the 40 MiB one pyiceberg's defaults write."""
+    import itertools
+    import uuid
+
+    import pyarrow.parquet as pq
+    from pyiceberg.io.pyarrow import PyArrowFileIO
+
+    from lakehouse.adapters.pyiceberg_private import write_data_files
+
+    metadata = _metadata({}).model_copy(update={"location": tmp_path.as_uri()})
+    data = _wide_rows(40, MIB)
+    io = PyArrowFileIO()
+    for source in (data, data.to_reader()):
+        files = list(write_data_files(metadata, source, io, uuid.uuid4(), itertools.count()))
+        assert sum(f.record_count for f in files) == 40
+        path = files[0].file_path.removeprefix("file://")
+        reader = pq.ParquetFile(path).iter_batches(batch_size=1, columns=["blob"])
+        before = pa.total_allocated_bytes()
+        first = next(reader)
+        held = pa.total_allocated_bytes() - before
+        assert first.num_rows == 1
+        assert held < 8 * MIB, f"a reader of its first row holds {held // MIB} MiB"
+        del reader, first
