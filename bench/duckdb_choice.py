@@ -177,7 +177,7 @@ def _text(value: Any) -> str:
 def child_a(root: Path, query: str) -> None:
     """Option a in this process: the lakehouse's DuckDB engine."""
     from lakehouse.adapters.duckdb_engine import run_statement
-    from lakehouse.core.job_context import JobContext
+    from lakehouse.domain.job_context import JobContext
 
     catalog = _catalog(root)
     before = _rss("VmRSS")

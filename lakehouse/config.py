@@ -27,7 +27,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from lakehouse.core.names import IDENTIFIER_PATTERN
+from lakehouse.domain.names import IDENTIFIER_PATTERN
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -419,7 +419,7 @@ JwtAlgorithm = Literal[
     "ES512",
 ]
 _HMAC_MIN_SECRET_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
-#: A namespace name as the service accepts it (``lakehouse.core.names``), for grants.
+#: A namespace name as the service accepts it (``lakehouse.domain.names``), for grants.
 NamespaceName = Annotated[str, Field(pattern=f"^{IDENTIFIER_PATTERN}$")]
 
 

@@ -100,9 +100,7 @@ from lakehouse.adapters.iceberg import translate_errors, without_paths
 from lakehouse.adapters.iceberg_scan import lazy_batch_reader, small_offsets
 from lakehouse.adapters.pyiceberg_private import writable_table, write_data_files
 from lakehouse.adapters.sql_result import SqlOutcome
-from lakehouse.core.job_context import JobContext
-from lakehouse.core.names import MAX_NAME_LENGTH, check_column_name
-from lakehouse.errors import (
+from lakehouse.domain.errors import (
     AlreadyExists,
     InvalidArgument,
     LakehouseError,
@@ -110,6 +108,8 @@ from lakehouse.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from lakehouse.domain.job_context import JobContext
+from lakehouse.domain.names import MAX_NAME_LENGTH, check_column_name
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pyarrow as pa
@@ -37,7 +37,6 @@ from pyiceberg.exceptions import (
     ValidationException,
 )
 from pyiceberg.exceptions import ValidationError as IcebergValidationError
-from pyiceberg.expressions import BooleanExpression
 from pyiceberg.io import FileIO
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.partitioning import PartitionSpec
@@ -61,31 +60,23 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as SqlTimeoutError
 
 from lakehouse.adapters import postgres
-from lakehouse.adapters.blocking import BlockingPool
 from lakehouse.adapters.iceberg_ingest import (
     AppendOutcome,
-    AppendPlan,
-    IngestState,
-    RequestIdLedger,
     planned_append,
     read_state,
     writer_last_commit,
 )
 from lakehouse.adapters.iceberg_locations import canonical_location, within_location
 from lakehouse.adapters.iceberg_scan import lazy_batch_reader, small_offsets
-from lakehouse.adapters.iceberg_updates import apply_changes, property_value_problem
+from lakehouse.adapters.iceberg_updates import apply_changes
 from lakehouse.adapters.pyiceberg_private import confine_catalog_io, service_file_io
 from lakehouse.adapters.readahead import ReadBudget
-from lakehouse.adapters.resilience import (
-    CATALOG,
-    OBJECT_STORE,
-    CircuitBreaker,
-    Resilience,
-    check_deadline,
-)
+from lakehouse.adapters.resilience import CATALOG, OBJECT_STORE, CircuitBreaker, Resilience
+from lakehouse.blocking import BlockingPool
 from lakehouse.config import Settings
-from lakehouse.core.changes import TableChange
-from lakehouse.errors import (
+from lakehouse.deadlines import check_deadline
+from lakehouse.domain.changes import TableChange
+from lakehouse.domain.errors import (
     AlreadyExists,
     CommitStateUnknown,
     Conflict,
@@ -96,52 +87,11 @@ from lakehouse.errors import (
     NotFound,
     Unavailable,
 )
+from lakehouse.domain.ingest import AppendPlan, IngestState, RequestIdLedger
+from lakehouse.domain.table_properties import property_value_problem
+from lakehouse.domain.tables import ScanRequest, SnapshotInfo, TableInfo, TableStats
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class TableStats:
-    """Counts of the current snapshot, from its Iceberg summary."""
-
-    row_count: int = 0
-    file_count: int = 0
-    total_bytes: int = 0
-    snapshot_count: int = 0
-
-
-@dataclass(frozen=True)
-class TableInfo:
-    """A table's metadata as the core and the servicers see it."""
-
-    namespace: str
-    name: str
-    uuid: str
-    schema: Schema
-    partition_spec: PartitionSpec
-    sort_order: SortOrder
-    properties: dict[str, str]
-    location: str
-    metadata_location: str
-    current_snapshot_id: int | None
-    format_version: int
-    created_ms: int
-    updated_ms: int
-    stats: TableStats = field(default_factory=TableStats)
-
-
-@dataclass(frozen=True)
-class SnapshotInfo:
-    """One snapshot of a table."""
-
-    snapshot_id: int
-    parent_snapshot_id: int | None
-    timestamp_ms: int
-    operation: str
-    summary: dict[str, str]
-    manifest_list: str
-    schema_id: int | None
-    sequence_number: int
 
 
 def snapshot_info(snapshot: Snapshot) -> SnapshotInfo:
@@ -157,17 +107,6 @@ def snapshot_info(snapshot: Snapshot) -> SnapshotInfo:
         schema_id=snapshot.schema_id,
         sequence_number=snapshot.sequence_number or 0,
     )
-
-
-@dataclass(frozen=True)
-class ScanRequest:
-    """What a read asks for; the table version is resolved by the adapter."""
-
-    columns: tuple[str, ...]
-    row_filter: BooleanExpression
-    snapshot_id: int | None
-    as_of_ms: int | None
-    limit: int | None
 
 
 @dataclass

@@ -64,16 +64,16 @@ from pyiceberg.utils.properties import property_as_int
 from lakehouse.adapters.iceberg import translate_errors
 from lakehouse.adapters.iceberg_maintenance import normalize_uri
 from lakehouse.adapters.pyiceberg_private import writable_table, write_data_files
-from lakehouse.core.ingest_rows import DecodedRows, RowErrorReason, RowProblem, conform_arrow
-from lakehouse.core.job_context import JobContext
-from lakehouse.errors import (
+from lakehouse.domain.errors import (
     CommitStateUnknown,
     FieldViolation,
     InvalidArgument,
     LakehouseError,
     Unavailable,
 )
-from lakehouse.schemas import schema_to_arrow
+from lakehouse.domain.ingest_rows import DecodedRows, RowErrorReason, RowProblem, conform_arrow
+from lakehouse.domain.job_context import JobContext
+from lakehouse.domain.schemas import schema_to_arrow
 
 logger = logging.getLogger(__name__)
 

@@ -28,9 +28,8 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Protocol
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, replace
 
 import pyarrow as pa
 from pyiceberg.exceptions import CommitFailedException
@@ -40,55 +39,14 @@ from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.snapshots import Snapshot
 
 from lakehouse.adapters.pyiceberg_private import paged_by_bytes, writable_table
-from lakehouse.adapters.request_id_store import RecordedRequest
-from lakehouse.errors import Unavailable
+from lakehouse.domain.errors import Unavailable
+from lakehouse.domain.ingest import AppendPlan, IngestState, RecordedRequest, RequestIdLedger
 
 WRITERS_KEY = "lakehouse.writers"
 COMMIT_WRITERS_KEY = "lakehouse.commit-writers"
 REQUEST_IDS_KEY = "lakehouse.request-ids"
 #: The writers' offsets as a maintenance snapshot (compaction) carries them forward.
 CARRIED_WRITERS_KEY = "lakehouse.carried-writers"
-
-
-@dataclass(frozen=True)
-class IngestState:
-    """What the table says about writers and recent requests, at one snapshot."""
-
-    snapshot_id: int | None
-    writers: dict[str, tuple[int, int]]
-    """writer_id -> (next_offset, last commit epoch ms)."""
-    request_ids: dict[str, int]
-    """request_id -> rows, for requests committed within the retention window."""
-    window_covered: bool = True
-    """Whether the retained snapshots reach back over the whole window (else expiry removed
-    some inside it, and ``request_ids`` may miss ids only the ledger still knows)."""
-    unverified: frozenset[str] = frozenset()
-    """Ids neither found nor ruled out: the ledger was needed and could not be read."""
-
-
-class RequestIdLedger(Protocol):
-    """Where request ids outlive their snapshots (``request_id_store.RequestIdStore``)."""
-
-    def record(self, table_uuid: str, requests: Sequence[RecordedRequest]) -> None:
-        """Upserts committed request ids; raises ``Unavailable`` when it cannot."""
-
-    def find(
-        self, table_uuid: str, request_ids: Collection[str], *, since_ms: int
-    ) -> dict[str, RecordedRequest]:
-        """The given ids committed since ``since_ms``; raises ``Unavailable`` when it cannot."""
-
-    def forget_snapshots(self, table_uuid: str, snapshot_ids: Collection[int]) -> None:
-        """Deletes the ids these snapshots committed; raises ``Unavailable`` when it cannot."""
-
-
-@dataclass
-class AppendPlan:
-    """What to append, decided on one state: the rows and the state to record with them."""
-
-    data: pa.Table | None
-    writers: dict[str, tuple[int, int]] = field(default_factory=dict)
-    commit_writers: list[str] = field(default_factory=list)
-    request_ids: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

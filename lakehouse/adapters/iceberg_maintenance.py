@@ -47,14 +47,14 @@ from pyiceberg.utils.concurrent import ExecutorFactory
 from lakehouse.adapters.iceberg_ingest import (
     CARRIED_WRITERS_KEY,
     WRITERS_KEY,
-    RequestIdLedger,
     carried_writers,
     keep_expiring_request_ids,
 )
 from lakehouse.adapters.iceberg_locations import canonical_location, within_location
 from lakehouse.adapters.pyiceberg_private import writable_table, write_data_files
-from lakehouse.core.job_context import JobContext, JobStopped
-from lakehouse.errors import FailedPrecondition
+from lakehouse.domain.errors import FailedPrecondition
+from lakehouse.domain.ingest import RequestIdLedger
+from lakehouse.domain.job_context import JobContext, JobStopped
 
 logger = logging.getLogger(__name__)
 

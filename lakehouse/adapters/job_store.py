@@ -77,7 +77,7 @@ from sqlalchemy.sql.selectable import ScalarSelect, Select
 
 from lakehouse.adapters import postgres
 from lakehouse.adapters.resilience import CircuitBreaker, guarded
-from lakehouse.errors import (
+from lakehouse.domain.errors import (
     ERROR_DOMAIN,
     AlreadyExists,
     FailedPrecondition,

@@ -24,9 +24,10 @@ import aioboto3
 from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from lakehouse.adapters.resilience import OBJECT_STORE, Resilience, is_outage, remaining_seconds
+from lakehouse.adapters.resilience import OBJECT_STORE, Resilience, is_outage
 from lakehouse.config import ResilienceSettings, S3Settings
-from lakehouse.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
+from lakehouse.deadlines import remaining_seconds
+from lakehouse.domain.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client

@@ -49,7 +49,7 @@ from pyiceberg.table.locations import LocationProvider
 from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.typedef import EMPTY_DICT, Properties
 
-from lakehouse.adapters.iceberg_updates import property_value_problem
+from lakehouse.domain.table_properties import property_value_problem
 
 #: Table properties a location provider must never see: they name a class to import, or a
 #: path outside the table's own folder.

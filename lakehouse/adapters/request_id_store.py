@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, Final
 
 from sqlalchemy import (
@@ -35,7 +34,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from lakehouse.adapters.job_store import JobStore
-from lakehouse.errors import Unavailable
+from lakehouse.domain.errors import Unavailable
+from lakehouse.domain.ingest import RecordedRequest
 
 #: The reason of the ``Unavailable`` raised when the ledger cannot be read or written. No
 #: breaker carries it: the job store's own breaker has already been told by then.
@@ -55,23 +55,6 @@ request_ids_table = Table(
 )
 _c = request_ids_table.c
 Index("lakehouse_request_ids_committed_ix", _c.committed_ms)
-
-
-@dataclass(frozen=True)
-class RecordedRequest:
-    """One committed WriteRows request id.
-
-    Attributes:
-        request_id: The client's request id.
-        rows: Rows the request wrote (what a resend is answered).
-        snapshot_id: The snapshot that committed it.
-        committed_ms: That snapshot's timestamp, epoch milliseconds.
-    """
-
-    request_id: str
-    rows: int
-    snapshot_id: int
-    committed_ms: int
 
 
 def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:

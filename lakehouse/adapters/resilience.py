@@ -3,8 +3,8 @@
 Every adapter puts its calls to a backing service (the catalog, the object store, the job
 store, Trino) through the same three pieces:
 
-* **The call's deadline.** The transport sets it (:func:`call_deadline`) from the client's
-  deadline and the server's own limit; adapters read it. A backing-service call does not
+* **The call's deadline** (``lakehouse.deadlines``). The transport sets it from the
+  client's deadline and the server's own limit; adapters read it. A backing-service call does not
   start once it has passed, client libraries get the time left as their timeout where they
   take one, and no retry starts that could not end in time.
 * **Retries** of transient failures (``Unavailable``) with full-jitter exponential backoff,
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import enum
 import itertools
 import logging
@@ -38,7 +37,8 @@ from typing import TypeVar
 
 from lakehouse import metrics
 from lakehouse.config import ResilienceSettings
-from lakehouse.errors import (
+from lakehouse.deadlines import check_deadline, label, remaining_seconds
+from lakehouse.domain.errors import (
     CircuitOpen,
     CommitStateUnknown,
     DeadlineExceeded,
@@ -66,78 +66,6 @@ REASONS: dict[str, str] = {
 
 #: The shortest ``RetryInfo`` delay given out: zero would invite an immediate retry storm.
 MIN_RETRY_AFTER_SECONDS = 0.1
-
-
-# -- The call's deadline ---------------------------------------------------------------------
-
-#: ``time.monotonic()`` by which the current gRPC call must end; None outside a call (jobs,
-#: background work) or for a call without any deadline.
-_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "lakehouse_call_deadline", default=None
-)
-
-
-@contextlib.contextmanager
-def call_deadline(seconds: float | None) -> Iterator[None]:
-    """Runs the block with a deadline ``seconds`` from now (None: keep the current one).
-
-    A deadline already set and sooner stays in force.
-    """
-    if seconds is None:
-        yield
-        return
-    deadline = time.monotonic() + seconds
-    current = _DEADLINE.get()
-    token = _DEADLINE.set(deadline if current is None else min(current, deadline))
-    try:
-        yield
-    finally:
-        _DEADLINE.reset(token)
-
-
-def remaining_seconds() -> float | None:
-    """Seconds left before the current call's deadline (negative once passed), or None."""
-    deadline = _DEADLINE.get()
-    return None if deadline is None else deadline - time.monotonic()
-
-
-def check_deadline(dependency: str) -> None:
-    """Refuses to start a call to ``dependency`` once the current call's deadline passed.
-
-    Work queued behind a busy pool can start after its caller gave up; it must not then
-    occupy the dependency (or a thread) for nobody.
-
-    Raises:
-        DeadlineExceeded: The deadline has passed.
-    """
-    left = remaining_seconds()
-    if left is not None and left <= 0:
-        raise DeadlineExceeded(
-            f"the call's deadline passed before the {_label(dependency)} was called",
-            metadata={"dependency": dependency},
-        )
-
-
-def timeout_within(limit: float, dependency: str) -> float:
-    """A client library timeout: ``limit``, or less when the call's deadline is sooner.
-
-    Raises:
-        DeadlineExceeded: The deadline has passed.
-    """
-    check_deadline(dependency)
-    left = remaining_seconds()
-    return limit if left is None else min(limit, left)
-
-
-def without_deadline() -> contextvars.Context:
-    """A copy of the current context without the call's deadline, for background tasks.
-
-    A task started while handling a call copies that call's context; work that outlives the
-    call (a table's group committer) must not inherit its deadline.
-    """
-    context = contextvars.copy_context()
-    context.run(_DEADLINE.set, None)
-    return context
 
 
 # -- Retries ---------------------------------------------------------------------------------
@@ -370,16 +298,12 @@ class CircuitBreaker:
     def _rejection(self, retry_after: float) -> CircuitOpen:
         wait = max(retry_after, MIN_RETRY_AFTER_SECONDS)
         return CircuitOpen(
-            f"{_label(self.dependency)} unavailable: failing fast after {self._failures} "
+            f"{label(self.dependency)} unavailable: failing fast after {self._failures} "
             f"failures in a row; next attempt in {wait:.1f}s (last failure: {self._last_error})",
             dependency=self.dependency,
             reason=self.reason,
             retry_after_seconds=wait,
         )
-
-
-def _label(dependency: str) -> str:
-    return dependency.replace("_", " ")
 
 
 # -- The guard around calls ------------------------------------------------------------------

@@ -45,11 +45,11 @@ import trino.dbapi
 import trino.exceptions
 from trino.auth import Authentication, BasicAuthentication, JWTAuthentication
 
-from lakehouse.adapters.resilience import TRINO, Resilience, timeout_within
+from lakehouse.adapters.resilience import TRINO, Resilience
 from lakehouse.adapters.sql_result import SqlOutcome
 from lakehouse.config import ResilienceSettings, TrinoSettings
-from lakehouse.core.job_context import JobContext, JobStopped
-from lakehouse.errors import (
+from lakehouse.deadlines import timeout_within
+from lakehouse.domain.errors import (
     AlreadyExists,
     CommitStateUnknown,
     FailedPrecondition,
@@ -59,6 +59,7 @@ from lakehouse.errors import (
     NotFound,
     Unavailable,
 )
+from lakehouse.domain.job_context import JobContext, JobStopped
 
 if TYPE_CHECKING:
     from requests.sessions import _Settings

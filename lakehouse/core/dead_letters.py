@@ -17,10 +17,10 @@ from pyiceberg.table.sorting import SortOrder
 from pyiceberg.types import LongType, NestedField, StringType, TimestamptzType
 
 from lakehouse.core.ingest import Ingest
-from lakehouse.core.ingest_rows import DecodedRows
 from lakehouse.core.tables import Tables
-from lakehouse.errors import AlreadyExists, FailedPrecondition
-from lakehouse.schemas import schema_to_arrow
+from lakehouse.domain.errors import AlreadyExists, FailedPrecondition
+from lakehouse.domain.ingest_rows import DecodedRows
+from lakehouse.domain.schemas import schema_to_arrow
 
 DEAD_LETTER_TABLE = "_dead_letters"
 POLICY_PROPERTY = "lakehouse.ingest.invalid-row-policy"

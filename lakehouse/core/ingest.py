@@ -24,12 +24,10 @@ import pyarrow.compute as pc
 
 from lakehouse import metrics
 from lakehouse.adapters.iceberg import IcebergCatalog
-from lakehouse.adapters.iceberg_ingest import AppendPlan, IngestState, RequestIdLedger
-from lakehouse.adapters.resilience import without_deadline
 from lakehouse.config import IngestSettings
-from lakehouse.core.names import check_identifier, check_writer_id
 from lakehouse.core.survival import EscapedError, own_cancellation
-from lakehouse.errors import (
+from lakehouse.deadlines import without_deadline
+from lakehouse.domain.errors import (
     InvalidArgument,
     LakehouseError,
     NotFound,
@@ -37,6 +35,8 @@ from lakehouse.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from lakehouse.domain.ingest import AppendPlan, IngestState, RequestIdLedger
+from lakehouse.domain.names import check_identifier, check_writer_id
 
 log = logging.getLogger(__name__)
 

@@ -19,14 +19,12 @@ from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression
 
 from lakehouse.adapters import duckdb_engine, iceberg_import, iceberg_maintenance
-from lakehouse.adapters.blocking import BlockingPool
 from lakehouse.adapters.iceberg import IcebergCatalog
-from lakehouse.adapters.iceberg_ingest import RequestIdLedger
 from lakehouse.adapters.object_store import ObjectStore
 from lakehouse.adapters.sql_result import SqlOutcome
 from lakehouse.adapters.trino_engine import TrinoEngine
+from lakehouse.blocking import BlockingPool
 from lakehouse.config import JobsSettings
-from lakehouse.core.job_context import JobContext
 from lakehouse.core.job_specs import (
     DEFAULT_EXPIRE_AGE_SECONDS,
     DEFAULT_ORPHAN_AGE_SECONDS,
@@ -35,9 +33,11 @@ from lakehouse.core.job_specs import (
     timestamp_ms,
     under_spec,
 )
-from lakehouse.core.json_values import batch_to_structs
 from lakehouse.core.row_filter import parse_row_filter
-from lakehouse.errors import FailedPrecondition
+from lakehouse.domain.errors import FailedPrecondition
+from lakehouse.domain.ingest import RequestIdLedger
+from lakehouse.domain.job_context import JobContext
+from lakehouse.domain.json_values import batch_to_structs
 from lakehouse.v1 import job_pb2, rows_pb2
 
 DEFAULT_TARGET_FILE_BYTES = 512 * 1024 * 1024

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from lakehouse.adapters.iceberg import TableInfo
 from lakehouse.adapters.iceberg_import import check_source_uris
 from lakehouse.config import JobsSettings
-from lakehouse.core.names import check_identifier
 from lakehouse.core.row_filter import parse_row_filter_off_loop
-from lakehouse.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
+from lakehouse.domain.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
+from lakehouse.domain.names import check_identifier
+from lakehouse.domain.tables import TableInfo
 from lakehouse.v1 import job_pb2, rows_pb2
 
 #: Longest SQL statement accepted (a statement is code, not data).

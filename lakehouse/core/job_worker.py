@@ -21,15 +21,14 @@ from typing import TypeVar
 
 from google.rpc import status_pb2
 
-from lakehouse.adapters.blocking import BlockingPool
 from lakehouse.adapters.job_store import Claim, JobRecord, JobStore, LeaseLost
+from lakehouse.blocking import BlockingPool
 from lakehouse.config import JobsSettings
-from lakehouse.core.job_context import JobContext, JobStopped
 from lakehouse.core.job_kinds import JobKinds
 from lakehouse.core.job_specs import KIND_NAMES, job_timeout_seconds
 from lakehouse.core.jobs import JobEvents, now_us
 from lakehouse.core.survival import own_cancellation
-from lakehouse.errors import (
+from lakehouse.domain.errors import (
     CommitStateUnknown,
     Conflict,
     DeadlineExceeded,
@@ -38,6 +37,8 @@ from lakehouse.errors import (
     RetryableError,
     Unavailable,
 )
+from lakehouse.domain.job_context import JobContext, JobStopped
+from lakehouse.domain.status import status_proto_for
 from lakehouse.metrics import (
     JOB_ATTEMPTS_ENDED,
     JOB_LEASE_LOSSES,
@@ -46,7 +47,6 @@ from lakehouse.metrics import (
     JOBS_QUEUED,
     JOBS_RUNNING,
 )
-from lakehouse.status import status_proto_for
 from lakehouse.v1 import job_pb2
 
 log = logging.getLogger(__name__)

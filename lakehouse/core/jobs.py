@@ -15,8 +15,8 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 
-from lakehouse.adapters.blocking import BlockingPool
 from lakehouse.adapters.job_store import JobRecord, JobStore
+from lakehouse.blocking import BlockingPool
 from lakehouse.config import JobsSettings
 from lakehouse.core.caller import current_principal
 from lakehouse.core.job_specs import (
@@ -26,9 +26,9 @@ from lakehouse.core.job_specs import (
     job_timeout_seconds,
     spec_digest,
 )
-from lakehouse.core.names import check_identifier
 from lakehouse.core.paging import Page, decode_token, encode_token, page_size
-from lakehouse.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
+from lakehouse.domain.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
+from lakehouse.domain.names import check_identifier
 from lakehouse.metrics import JOB_QUOTA_REFUSALS, JOBS_CREATED
 from lakehouse.v1 import job_pb2
 

@@ -31,15 +31,16 @@ from typing import Any
 from google.protobuf.duration_pb2 import Duration
 from pyiceberg.catalog import Catalog
 
-from lakehouse.adapters.blocking import BlockingPool
-from lakehouse.adapters.iceberg import IcebergCatalog, TableInfo
+from lakehouse.adapters.iceberg import IcebergCatalog
 from lakehouse.adapters.iceberg_maintenance import SMALL_FILE_FRACTION, partition_key
 from lakehouse.adapters.job_store import JobStore
 from lakehouse.adapters.request_id_store import RequestIdStore
+from lakehouse.blocking import BlockingPool
 from lakehouse.core.job_kinds import DEFAULT_MIN_INPUT_FILES, DEFAULT_TARGET_FILE_BYTES
 from lakehouse.core.jobs import Jobs
 from lakehouse.core.survival import contained
-from lakehouse.errors import LakehouseError
+from lakehouse.domain.errors import LakehouseError
+from lakehouse.domain.tables import TableInfo
 from lakehouse.v1 import job_pb2
 
 log = logging.getLogger(__name__)

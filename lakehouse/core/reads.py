@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import pyarrow as pa
 from pyiceberg.schema import Schema
 
-from lakehouse.adapters.iceberg import IcebergCatalog, ScanRequest
-from lakehouse.core.names import check_identifier
+from lakehouse.adapters.iceberg import IcebergCatalog
 from lakehouse.core.row_filter import parse_row_filter_off_loop
-from lakehouse.errors import InvalidArgument
+from lakehouse.domain.errors import InvalidArgument
+from lakehouse.domain.names import check_identifier
+from lakehouse.domain.tables import ScanRequest
 
 
 @dataclass(frozen=True)

@@ -114,7 +114,7 @@ from pyiceberg.types import (
 )
 from pyiceberg.utils.datetime import date_to_days, datetime_to_micros, time_to_micros
 
-from lakehouse.errors import FieldViolation, InvalidArgument
+from lakehouse.domain.errors import FieldViolation, InvalidArgument
 
 __all__ = [
     "MAX_CONDITIONS",

@@ -11,26 +11,22 @@ from pyiceberg.partitioning import PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table.sorting import SortOrder
 
-from lakehouse.adapters.iceberg import (
-    IcebergCatalog,
-    SnapshotInfo,
-    TableInfo,
-    snapshot_not_found,
-)
+from lakehouse.adapters.iceberg import IcebergCatalog, snapshot_not_found
 from lakehouse.adapters.iceberg_import import S3_BUCKET_NAME
-from lakehouse.adapters.iceberg_updates import table_property_problem
 from lakehouse.adapters.object_store import ObjectStore
 from lakehouse.config import QuotaSettings
-from lakehouse.core.changes import (
+from lakehouse.core.paging import Page, paginate
+from lakehouse.domain.changes import (
     AddColumn,
     RemoveProperties,
     RenameColumn,
     SetProperties,
     TableChange,
 )
-from lakehouse.core.names import check_column_name, check_identifier, check_property_key
-from lakehouse.core.paging import Page, paginate
-from lakehouse.errors import InvalidArgument, QuotaExceeded
+from lakehouse.domain.errors import InvalidArgument, QuotaExceeded
+from lakehouse.domain.names import check_column_name, check_identifier, check_property_key
+from lakehouse.domain.table_properties import table_property_problem
+from lakehouse.domain.tables import SnapshotInfo, TableInfo
 from lakehouse.metrics import QUOTA_REFUSALS
 
 log = logging.getLogger(__name__)

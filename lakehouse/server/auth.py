@@ -39,7 +39,7 @@ import grpc
 from google.protobuf.message import Message
 
 from lakehouse.config import AuthSettings
-from lakehouse.errors import LakehouseError, PermissionDenied, Unauthenticated
+from lakehouse.domain.errors import LakehouseError, PermissionDenied, Unauthenticated
 from lakehouse.server.credentials import ANONYMOUS, Authenticator, CredentialError, Principal
 from lakehouse.server.interceptors import (
     UndecodableRequest,

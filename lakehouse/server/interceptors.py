@@ -25,10 +25,10 @@ from opentelemetry import trace
 
 from lakehouse.core.caller import set_current_principal
 from lakehouse.core.survival import EscapedError
-from lakehouse.errors import InvalidArgument, LakehouseError, ResourceExhausted
+from lakehouse.domain.errors import InvalidArgument, LakehouseError, ResourceExhausted
+from lakehouse.domain.status import RpcFailure, failure_for, internal_failure, simple_failure
 from lakehouse.server import metrics
 from lakehouse.server.limits import CallDeadlines
-from lakehouse.status import RpcFailure, failure_for, internal_failure, simple_failure
 
 log = logging.getLogger("lakehouse.rpc")
 Context = grpc.aio.ServicerContext[Any, Any]

@@ -12,13 +12,13 @@ import functools
 import logging
 
 from lakehouse.adapters import duckdb_engine
-from lakehouse.adapters.blocking import BlockingPool
 from lakehouse.adapters.iceberg import IcebergCatalog
 from lakehouse.adapters.job_store import JobStore
 from lakehouse.adapters.object_store import ObjectStore
 from lakehouse.adapters.request_id_store import RequestIdStore
 from lakehouse.adapters.resilience import JOB_STORE, Resilience
 from lakehouse.adapters.trino_engine import TrinoEngine
+from lakehouse.blocking import BlockingPool
 from lakehouse.config import Settings
 from lakehouse.core.job_kinds import JobKinds
 from lakehouse.core.job_specs import SpecChecker
@@ -32,7 +32,7 @@ from lakehouse.core.jobs import JobEvents, Jobs
 from lakehouse.core.maintenance_scheduler import MaintenanceScheduler
 from lakehouse.core.survival import contained
 from lakehouse.core.tables import check_table_quota
-from lakehouse.errors import InvalidArgument, NotFound, RetryableError, Unavailable
+from lakehouse.domain.errors import InvalidArgument, NotFound, RetryableError, Unavailable
 from lakehouse.v1 import job_pb2
 
 log = logging.getLogger(__name__)

@@ -20,9 +20,9 @@ from typing import Any
 
 import grpc
 
-from lakehouse.adapters.resilience import call_deadline
 from lakehouse.config import Settings
-from lakehouse.errors import DeadlineExceeded
+from lakehouse.deadlines import call_deadline
+from lakehouse.domain.errors import DeadlineExceeded
 
 #: Largest request metadata (headers) accepted. gRPC's own soft limit is 8 KiB; a JWT bearer
 #: token, ``traceparent`` and ``x-request-id`` fit in a quarter of this. Larger headers are
@@ -69,7 +69,7 @@ class CallDeadlines:
         ``finally`` clean-up runs) and ``DeadlineExceeded`` is raised in its place.
 
         The body also runs with its deadline (the client's or this limit, the sooner) set for
-        the adapters (``lakehouse.adapters.resilience.call_deadline``), which time their calls
+        the adapters (``lakehouse.deadlines.call_deadline``), which time their calls
         to backing services and their retries by it: gRPC Python does not pass it on.
 
         Raises:

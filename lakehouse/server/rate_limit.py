@@ -28,7 +28,7 @@ import grpc
 
 from lakehouse.config import QuotaSettings
 from lakehouse.core.caller import current_principal
-from lakehouse.errors import ResourceExhausted
+from lakehouse.domain.errors import ResourceExhausted
 from lakehouse.metrics import QUOTA_REFUSALS
 from lakehouse.server.interceptors import relay, rewrapped, split_method
 from lakehouse.server.permissions import HEALTH_SERVICE, REFLECTION_SERVICES

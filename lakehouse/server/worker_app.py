@@ -12,10 +12,10 @@ import logging
 
 from aiohttp import web
 
-from lakehouse.adapters.blocking import BlockingPool
 from lakehouse.adapters.iceberg import IcebergCatalog
 from lakehouse.adapters.object_store import object_store_for
 from lakehouse.adapters.resilience import CATALOG, JOB_STORE, OBJECT_STORE, Resilience
+from lakehouse.blocking import BlockingPool
 from lakehouse.config import Settings
 from lakehouse.server.app import bound_port
 from lakehouse.server.auth_keys import AuthKeys

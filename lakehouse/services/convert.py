@@ -7,12 +7,12 @@ from collections.abc import Sequence
 from google.protobuf.timestamp_pb2 import Timestamp
 from pyiceberg.types import IcebergType
 
-from lakehouse.adapters.iceberg import SnapshotInfo, TableInfo
-from lakehouse.core import changes as ch
-from lakehouse.core.changes import TableChange
 from lakehouse.core.tables import NamespaceInfo
-from lakehouse.errors import FieldViolation, InvalidArgument
-from lakehouse.schemas import (
+from lakehouse.domain import changes as ch
+from lakehouse.domain.changes import TableChange
+from lakehouse.domain.errors import FieldViolation, InvalidArgument
+from lakehouse.domain.tables import SnapshotInfo, TableInfo
+from lakehouse.services.schemas import (
     partition_spec_to_proto,
     schema_from_proto,
     schema_to_proto,

@@ -13,10 +13,16 @@ import pyarrow as pa
 from google.protobuf import json_format
 
 from lakehouse import metrics
-from lakehouse.adapters.iceberg import TableInfo
 from lakehouse.core.dead_letters import DEAD_LETTER_TABLE, POLICY_PROPERTY, DeadLetters
 from lakehouse.core.ingest import Ingest, Reservation, WriteResult
-from lakehouse.core.ingest_rows import (
+from lakehouse.core.tables import Tables
+from lakehouse.domain.errors import (
+    FieldViolation,
+    InvalidArgument,
+    LakehouseError,
+    ResourceExhausted,
+)
+from lakehouse.domain.ingest_rows import (
     ArrowLimits,
     DecodedRows,
     arrow_size,
@@ -27,10 +33,9 @@ from lakehouse.core.ingest_rows import (
     json_charge,
     read_arrow,
 )
-from lakehouse.core.tables import Tables
-from lakehouse.errors import FieldViolation, InvalidArgument, LakehouseError, ResourceExhausted
-from lakehouse.schemas import schema_to_arrow
-from lakehouse.status import status_proto_for
+from lakehouse.domain.schemas import schema_to_arrow
+from lakehouse.domain.status import status_proto_for
+from lakehouse.domain.tables import TableInfo
 from lakehouse.v1 import ingest_pb2, ingest_service_pb2_grpc, table_pb2
 from lakehouse.v1 import ingest_service_pb2 as pb
 

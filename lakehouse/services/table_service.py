@@ -10,19 +10,23 @@ from typing import Any
 import grpc
 import pyarrow as pa
 
-from lakehouse.adapters.iceberg import TableInfo
 from lakehouse.core.job_specs import timestamp_ms
-from lakehouse.core.json_values import batch_to_structs
 from lakehouse.core.reads import ReadOptions, Reads, ReadStart
 from lakehouse.core.streams import prefetch
 from lakehouse.core.tables import Tables
-from lakehouse.errors import InvalidArgument
-from lakehouse.schemas import partition_spec_from_proto, schema_from_proto, sort_order_from_proto
+from lakehouse.domain.errors import InvalidArgument
+from lakehouse.domain.json_values import batch_to_structs
+from lakehouse.domain.tables import TableInfo
 from lakehouse.services.convert import (
     changes_from_proto,
     namespace_to_proto,
     snapshot_to_proto,
     table_to_proto,
+)
+from lakehouse.services.schemas import (
+    partition_spec_from_proto,
+    schema_from_proto,
+    sort_order_from_proto,
 )
 from lakehouse.services.wire import encode_arrow_batch_response
 from lakehouse.v1 import rows_pb2, table_pb2, table_service_pb2_grpc

@@ -32,8 +32,8 @@ from lakehouse.adapters.duckdb_engine import (
     run_statement,
 )
 from lakehouse.adapters.sql_result import SqlOutcome
-from lakehouse.core.job_context import JobContext, JobStopped
-from lakehouse.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
+from lakehouse.domain.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
+from lakehouse.domain.job_context import JobContext, JobStopped
 
 ORDERS = pa.schema(
     [

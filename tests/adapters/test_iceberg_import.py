@@ -52,8 +52,8 @@ from lakehouse.adapters.iceberg_import import (
     check_source_uris,
     import_files,
 )
-from lakehouse.core.job_context import JobContext, JobStopped
-from lakehouse.errors import Conflict, InvalidArgument, Unavailable
+from lakehouse.domain.errors import Conflict, InvalidArgument, Unavailable
+from lakehouse.domain.job_context import JobContext, JobStopped
 
 NAMESPACE = "imports"
 SCHEMA = Schema(

@@ -35,7 +35,7 @@ from lakehouse.adapters.iceberg_maintenance import (
     referenced_files,
     remove_orphan_files,
 )
-from lakehouse.core.job_context import JobStopped
+from lakehouse.domain.job_context import JobStopped
 
 NAMESPACE = "maint"
 SCHEMA = Schema(

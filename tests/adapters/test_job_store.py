@@ -33,8 +33,9 @@ from lakehouse.adapters.job_store import (
     JobStore,
     LeaseLost,
 )
-from lakehouse.adapters.request_id_store import RecordedRequest, RequestIdStore
-from lakehouse.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
+from lakehouse.adapters.request_id_store import RequestIdStore
+from lakehouse.domain.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
+from lakehouse.domain.ingest import RecordedRequest
 from lakehouse.v1 import job_pb2
 
 T = TypeVar("T")

@@ -12,7 +12,7 @@ from fixtures import s3
 from fixtures.net import free_port
 from lakehouse.adapters.object_store import ObjectStore, object_store_for
 from lakehouse.config import S3Settings
-from lakehouse.errors import InvalidArgument, NotFound, Unavailable
+from lakehouse.domain.errors import InvalidArgument, NotFound, Unavailable
 
 
 @pytest_asyncio.fixture(params=["local", "s3"])

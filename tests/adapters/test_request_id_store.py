@@ -9,8 +9,9 @@ import pytest
 
 from fixtures.net import LOOPBACK, free_port
 from lakehouse.adapters.job_store import JobStore
-from lakehouse.adapters.request_id_store import RecordedRequest, RequestIdStore
-from lakehouse.errors import Unavailable
+from lakehouse.adapters.request_id_store import RequestIdStore
+from lakehouse.domain.errors import Unavailable
+from lakehouse.domain.ingest import RecordedRequest
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -34,18 +34,20 @@ from lakehouse.adapters.resilience import (
     CircuitBreaker,
     Resilience,
     RetryPolicy,
-    call_deadline,
-    check_deadline,
     guarded,
     is_outage,
-    remaining_seconds,
-    timeout_within,
-    without_deadline,
 )
 from lakehouse.adapters.trino_engine import TrinoEngine
 from lakehouse.adapters.trino_engine import _unreachable as trino_unreachable
 from lakehouse.config import ResilienceSettings, TrinoSettings
-from lakehouse.errors import (
+from lakehouse.deadlines import (
+    call_deadline,
+    check_deadline,
+    remaining_seconds,
+    timeout_within,
+    without_deadline,
+)
+from lakehouse.domain.errors import (
     CircuitOpen,
     CommitStateUnknown,
     DeadlineExceeded,

@@ -37,9 +37,7 @@ from fixtures.net import LOOPBACK, free_port
 from lakehouse.adapters.sql_result import SqlOutcome
 from lakehouse.adapters.trino_engine import TrinoEngine, TrinoType, parse_trino_type
 from lakehouse.config import TrinoSettings
-from lakehouse.core.job_context import JobContext, JobStopped
-from lakehouse.core.json_values import batch_to_structs
-from lakehouse.errors import (
+from lakehouse.domain.errors import (
     AlreadyExists,
     CommitStateUnknown,
     FailedPrecondition,
@@ -47,6 +45,8 @@ from lakehouse.errors import (
     NotFound,
     Unavailable,
 )
+from lakehouse.domain.job_context import JobContext, JobStopped
+from lakehouse.domain.json_values import batch_to_structs
 
 PASSWORD = "s3cret-pw"
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.e30.fake-signature"

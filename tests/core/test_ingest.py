@@ -14,13 +14,13 @@ from pyiceberg.types import LongType, NestedField, StringType
 
 from fixtures.iceberg import direct_catalog
 from fixtures.net import LOOPBACK, free_port
-from lakehouse.adapters.blocking import BlockingPool
 from lakehouse.adapters.iceberg import IcebergCatalog
 from lakehouse.adapters.iceberg_maintenance import expire_snapshots
 from lakehouse.adapters.job_store import JobStore
 from lakehouse.adapters.request_id_store import RequestIdStore
+from lakehouse.blocking import BlockingPool
 from lakehouse.core.ingest import Ingest
-from lakehouse.errors import InvalidArgument, NotFound, OutOfRange, Unavailable
+from lakehouse.domain.errors import InvalidArgument, NotFound, OutOfRange, Unavailable
 
 SCHEMA = Schema(NestedField(1, "id", LongType(), required=True), NestedField(2, "v", StringType()))
 ARROW = pa.schema([pa.field("id", pa.int64(), nullable=False), pa.field("v", pa.string())])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lakehouse.core.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, encode_token, paginate
-from lakehouse.errors import InvalidArgument
+from lakehouse.domain.errors import InvalidArgument
 
 ITEMS = [f"t{i:04d}" for i in range(2500)]
 

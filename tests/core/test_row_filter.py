@@ -62,7 +62,7 @@ from lakehouse.core.row_filter import (
     MAX_NESTING_DEPTH,
     parse_row_filter,
 )
-from lakehouse.errors import InvalidArgument
+from lakehouse.domain.errors import InvalidArgument
 
 SCHEMA = Schema(
     NestedField(1, "id", LongType(), required=True),

@@ -17,7 +17,7 @@ import pytest
 
 from fixtures.iceberg import direct_catalog
 from lakehouse.adapters import duckdb_engine
-from lakehouse.core.job_context import JobContext, JobStopped
+from lakehouse.domain.job_context import JobContext, JobStopped
 
 pytestmark = pytest.mark.faults
 

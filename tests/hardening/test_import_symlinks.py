@@ -23,8 +23,8 @@ from pyiceberg.types import LongType, NestedField, StringType
 
 from fixtures.iceberg import direct_catalog
 from lakehouse.adapters.iceberg_import import ImportFormat, ImportOutcome, import_files
-from lakehouse.core.job_context import JobContext
-from lakehouse.errors import InvalidArgument
+from lakehouse.domain.errors import InvalidArgument
+from lakehouse.domain.job_context import JobContext
 
 SCHEMA = Schema(
     NestedField(1, "id", LongType(), required=True),

@@ -262,7 +262,7 @@ def test_the_trino_preview_is_capped_in_bytes_too() -> None:
     from fixtures.fake_trino import FakeTrino, Rows
     from lakehouse.adapters.trino_engine import TrinoEngine
     from lakehouse.config import TrinoSettings
-    from lakehouse.core.job_context import JobContext
+    from lakehouse.domain.job_context import JobContext
 
     huge = "x" * 100_000
     with FakeTrino() as fake:

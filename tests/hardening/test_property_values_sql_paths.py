@@ -19,8 +19,8 @@ import pytest
 
 from fixtures.iceberg import direct_catalog
 from lakehouse.adapters.duckdb_engine import run_statement
-from lakehouse.core.job_context import JobContext
-from lakehouse.errors import LakehouseError
+from lakehouse.domain.errors import LakehouseError
+from lakehouse.domain.job_context import JobContext
 
 #: Sorting this with a 16 MB memory limit spills tens of MB to the temp folder.
 SPILLING_SORT = (

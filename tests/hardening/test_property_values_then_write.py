@@ -17,7 +17,7 @@ from google.protobuf import struct_pb2
 from pyiceberg.table import TableProperties
 
 from fixtures.grpc_errors import rpc_error_details
-from lakehouse.adapters.iceberg_updates import ICEBERG_PROPERTIES, is_settable_property
+from lakehouse.domain.table_properties import ICEBERG_PROPERTIES, is_settable_property
 from lakehouse.v1 import ingest_service_pb2, ingest_service_pb2_grpc, rows_pb2, schema_pb2
 from lakehouse.v1 import table_service_pb2 as pb
 

@@ -25,7 +25,7 @@ from fixtures.grpc_errors import rpc_error_details
 from fixtures.iceberg import direct_catalog
 from lakehouse.adapters.iceberg import catalog_properties
 from lakehouse.adapters.pyiceberg_private import confine_catalog_io
-from lakehouse.errors import InvalidArgument
+from lakehouse.domain.errors import InvalidArgument
 from lakehouse.v1 import table_service_pb2 as pb
 
 SCHEMA = Schema(NestedField(1, "id", LongType(), required=True))
@@ -204,8 +204,8 @@ async def test_expiry_leaves_files_outside_the_tables_folder(
 
 async def test_register_prefixes_admit_a_table_outside_the_warehouse(backend: Any) -> None:
     # catalog.register_prefixes: where the operator allows tables besides the warehouse.
-    from lakehouse.adapters.blocking import BlockingPool
     from lakehouse.adapters.iceberg import IcebergCatalog
+    from lakehouse.blocking import BlockingPool
 
     metadata_location, folder = _external_table(backend, "ext")
     allowed = backend.model_copy(

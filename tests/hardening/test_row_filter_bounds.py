@@ -30,7 +30,7 @@ from lakehouse.core.row_filter import (
     _measure,
     parse_row_filter,
 )
-from lakehouse.errors import InvalidArgument
+from lakehouse.domain.errors import InvalidArgument
 from lakehouse.v1 import schema_pb2, table_service_pb2_grpc
 from lakehouse.v1 import table_service_pb2 as pb
 

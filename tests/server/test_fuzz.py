@@ -2078,7 +2078,7 @@ async def test_racing_creates_of_one_namespace_are_one_ok_and_already_exists(
 
 def test_a_table_replaced_during_a_commit_is_a_conflict() -> None:
     from lakehouse.adapters.iceberg import translate_errors
-    from lakehouse.errors import Conflict
+    from lakehouse.domain.errors import Conflict
 
     # What pyiceberg's commit retry raises when the table was dropped and created again.
     with pytest.raises(Conflict), translate_errors("ns", "t"):

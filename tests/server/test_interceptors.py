@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from fixtures.grpc_errors import rpc_error_details
-from lakehouse.errors import Unavailable
+from lakehouse.domain.errors import Unavailable
 from lakehouse.logs import JsonFormatter
 from lakehouse.server.app import LakehouseServer
 from lakehouse.v1 import table_service_pb2 as pb

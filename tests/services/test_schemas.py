@@ -26,13 +26,12 @@ from pyiceberg.types import (
     UUIDType,
 )
 
-from lakehouse.errors import InvalidArgument
-from lakehouse.schemas import (
+from lakehouse.domain.errors import InvalidArgument
+from lakehouse.domain.schemas import schema_from_arrow, schema_to_arrow
+from lakehouse.services.schemas import (
     partition_spec_from_proto,
     partition_spec_to_proto,
-    schema_from_arrow,
     schema_from_proto,
-    schema_to_arrow,
     schema_to_proto,
     sort_order_from_proto,
     sort_order_to_proto,

@@ -11,12 +11,9 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator, Sequence
 
-import pyarrow as pa
 from pyiceberg.exceptions import ValidationError as IcebergValidationError
-from pyiceberg.io.pyarrow import pyarrow_to_schema, schema_to_pyarrow
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
-from pyiceberg.table.name_mapping import create_mapping_from_schema
 from pyiceberg.table.sorting import NullOrder, SortDirection, SortField, SortOrder
 from pyiceberg.transforms import (
     BucketTransform,
@@ -54,8 +51,8 @@ from pyiceberg.types import (
     UUIDType,
 )
 
-from lakehouse.core.names import check_column_name
-from lakehouse.errors import FieldViolation, InvalidArgument
+from lakehouse.domain.errors import FieldViolation, InvalidArgument
+from lakehouse.domain.names import check_column_name
 from lakehouse.v1 import schema_pb2
 
 MAX_DECIMAL_PRECISION = 38
@@ -461,23 +458,3 @@ def sort_order_to_proto(order: SortOrder, schema: Schema) -> schema_pb2.SortOrde
             for f in order.fields
         ],
     )
-
-
-# --- Iceberg <-> Arrow ------------------------------------------------------------------
-
-
-def schema_to_arrow(schema: Schema) -> pa.Schema:
-    """The Arrow schema of an Iceberg schema (with Iceberg field ids in the field metadata)."""
-    return schema_to_pyarrow(schema)
-
-
-def schema_from_arrow(arrow_schema: pa.Schema, like: Schema | None = None) -> Schema:
-    """The Iceberg schema of an Arrow schema.
-
-    Args:
-        arrow_schema: The Arrow schema, with or without Iceberg field-id metadata.
-        like: An Iceberg schema whose field ids to reuse by name (needed when the Arrow
-            schema carries no field ids).
-    """
-    mapping = create_mapping_from_schema(like) if like is not None else None
-    return pyarrow_to_schema(arrow_schema, name_mapping=mapping)

@@ -3,7 +3,7 @@
 Every domain error is a plain exception that declares its gRPC status code and a stable
 ``ErrorInfo`` reason. Adapters translate backend errors into these at the call site; the
 transport layer turns them into ``google.rpc.Status`` in exactly one place
-(``lakehouse.status``: for RPC answers and for the errors job records keep).
+(``lakehouse.domain.status``: for RPC answers and for the errors job records keep).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ problems and payloads of invalid rows are built lazily, when read, so rejecting 
 batch stays cheap.
 
 JSON rows (``google.protobuf.Struct`` as ``MessageToDict`` gives them) follow the format of
-``lakehouse.core.json_values``: integers beyond 2^53, decimals, NaN and infinities may be
+``lakehouse.domain.json_values``: integers beyond 2^53, decimals, NaN and infinities may be
 strings; times ISO 8601; bytes base64; UUIDs canonical. A ``timestamptz`` value must carry a
 UTC offset (``Z`` or ``+02:00``) and a ``timestamp`` value must not: a naive time for a
 zoned column (or the reverse) is a ``TYPE_MISMATCH``, never a guess. The same rule holds for
@@ -60,9 +60,9 @@ from pyiceberg.types import (
     UUIDType,
 )
 
-from lakehouse.core.json_values import json_value
-from lakehouse.errors import InvalidArgument
-from lakehouse.schemas import schema_to_arrow
+from lakehouse.domain.errors import InvalidArgument
+from lakehouse.domain.json_values import json_value
+from lakehouse.domain.schemas import schema_to_arrow
 
 #: A failing column cast is bisected to isolate its bad values; past this many cast attempts
 #: the rest of the column's unresolved slices are marked invalid as a whole.

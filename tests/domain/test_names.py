@@ -6,8 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from lakehouse.config import ApiKey
-from lakehouse.core.names import check_column_name, check_identifier, check_writer_id
-from lakehouse.errors import InvalidArgument
+from lakehouse.domain.errors import InvalidArgument
+from lakehouse.domain.names import check_column_name, check_identifier, check_writer_id
 
 BAD_IDENTIFIERS = {
     "": "must not be empty",

@@ -14,7 +14,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from lakehouse.errors import ERROR_DOMAIN, InvalidArgument, LakehouseError, RetryableError
+from lakehouse.domain.errors import ERROR_DOMAIN, InvalidArgument, LakehouseError, RetryableError
 
 # Errors often quote what the client sent (a name, a value); a status carries that twice in
 # the trailers (grpc-message and grpc-status-details-bin), and a client drops the whole call

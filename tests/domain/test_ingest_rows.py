@@ -35,7 +35,7 @@ from pyiceberg.types import (
     UUIDType,
 )
 
-from lakehouse.core.ingest_rows import (
+from lakehouse.domain.ingest_rows import (
     DecodedRows,
     RowErrorReason,
     RowProblem,
@@ -43,7 +43,7 @@ from lakehouse.core.ingest_rows import (
     decode_arrow,
     decode_json,
 )
-from lakehouse.schemas import schema_to_arrow
+from lakehouse.domain.schemas import schema_to_arrow
 
 UTC = dt.UTC
 

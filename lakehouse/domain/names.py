@@ -14,7 +14,7 @@ import re
 import unicodedata
 from typing import Final
 
-from lakehouse.errors import InvalidArgument
+from lakehouse.domain.errors import InvalidArgument
 
 MAX_NAME_LENGTH: Final = 128
 #: A whole namespace or table name, length included (``lakehouse.config`` checks namespace

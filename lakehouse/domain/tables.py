@@ -1,0 +1,65 @@
+"""What core and servicers know of a table: its metadata, snapshots and scan requests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pyiceberg.expressions import BooleanExpression
+from pyiceberg.partitioning import PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table.sorting import SortOrder
+
+
+@dataclass(frozen=True)
+class TableStats:
+    """Counts of the current snapshot, from its Iceberg summary."""
+
+    row_count: int = 0
+    file_count: int = 0
+    total_bytes: int = 0
+    snapshot_count: int = 0
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """A table's metadata as the core and the servicers see it."""
+
+    namespace: str
+    name: str
+    uuid: str
+    schema: Schema
+    partition_spec: PartitionSpec
+    sort_order: SortOrder
+    properties: dict[str, str]
+    location: str
+    metadata_location: str
+    current_snapshot_id: int | None
+    format_version: int
+    created_ms: int
+    updated_ms: int
+    stats: TableStats = field(default_factory=TableStats)
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """One snapshot of a table."""
+
+    snapshot_id: int
+    parent_snapshot_id: int | None
+    timestamp_ms: int
+    operation: str
+    summary: dict[str, str]
+    manifest_list: str
+    schema_id: int | None
+    sequence_number: int
+
+
+@dataclass(frozen=True)
+class ScanRequest:
+    """What a read asks for; the table version is resolved by the adapter."""
+
+    columns: tuple[str, ...]
+    row_filter: BooleanExpression
+    snapshot_id: int | None
+    as_of_ms: int | None
+    limit: int | None
