@@ -18,7 +18,6 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pyarrow as pa
@@ -60,12 +59,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as SqlTimeoutError
 
 from lakehouse.adapters import postgres
-from lakehouse.adapters.iceberg_ingest import (
-    AppendOutcome,
-    planned_append,
-    read_state,
-    writer_last_commit,
-)
+from lakehouse.adapters.iceberg_ingest import planned_append, read_state, writer_last_commit
 from lakehouse.adapters.iceberg_locations import canonical_location, within_location
 from lakehouse.adapters.iceberg_scan import lazy_batch_reader, small_offsets
 from lakehouse.adapters.iceberg_updates import apply_changes
@@ -87,9 +81,16 @@ from lakehouse.domain.errors import (
     NotFound,
     Unavailable,
 )
-from lakehouse.domain.ingest import AppendPlan, IngestState, RequestIdLedger
+from lakehouse.domain.ingest import AppendOutcome, AppendPlan, IngestState, RequestIdLedger
 from lakehouse.domain.table_properties import property_value_problem
-from lakehouse.domain.tables import ScanRequest, SnapshotInfo, TableInfo, TableStats
+from lakehouse.domain.tables import (
+    OpenScan,
+    ScanRequest,
+    SnapshotInfo,
+    TableInfo,
+    TableStats,
+    snapshot_not_found,
+)
 
 T = TypeVar("T")
 
@@ -107,18 +108,6 @@ def snapshot_info(snapshot: Snapshot) -> SnapshotInfo:
         schema_id=snapshot.schema_id,
         sequence_number=snapshot.sequence_number or 0,
     )
-
-
-@dataclass
-class OpenScan:
-    """A lazily read scan: the Arrow schema, then record batches one by one."""
-
-    snapshot_id: int | None
-    schema: pa.Schema
-    reader: pa.RecordBatchReader | None
-    #: The table read, for the errors of later batches.
-    namespace: str = ""
-    table: str = ""
 
 
 def _summary_int(summary: Any, key: str) -> int:
@@ -1196,15 +1185,6 @@ def unique_table_location(
         f"{str(c.properties['warehouse']).rstrip('/')}/{namespace}"
     )
     return f"{base.rstrip('/')}/{name}-{uuid.uuid4().hex}"
-
-
-def snapshot_not_found(namespace: str, name: str, which: str) -> NotFound:
-    """The error for a snapshot the table does not have (by id, or as of a time)."""
-    return NotFound(
-        f"table {namespace}.{name} has no snapshot {which}",
-        reason="SNAPSHOT_NOT_FOUND",
-        metadata={"namespace": namespace, "table": name},
-    )
 
 
 @contextlib.contextmanager

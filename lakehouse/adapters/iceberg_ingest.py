@@ -29,7 +29,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import pyarrow as pa
 from pyiceberg.exceptions import CommitFailedException
@@ -40,28 +40,19 @@ from pyiceberg.table.snapshots import Snapshot
 
 from lakehouse.adapters.pyiceberg_private import paged_by_bytes, writable_table
 from lakehouse.domain.errors import Unavailable
-from lakehouse.domain.ingest import AppendPlan, IngestState, RecordedRequest, RequestIdLedger
+from lakehouse.domain.ingest import (
+    AppendOutcome,
+    AppendPlan,
+    IngestState,
+    RecordedRequest,
+    RequestIdLedger,
+)
 
 WRITERS_KEY = "lakehouse.writers"
 COMMIT_WRITERS_KEY = "lakehouse.commit-writers"
 REQUEST_IDS_KEY = "lakehouse.request-ids"
 #: The writers' offsets as a maintenance snapshot (compaction) carries them forward.
 CARRIED_WRITERS_KEY = "lakehouse.carried-writers"
-
-
-@dataclass(frozen=True)
-class AppendOutcome:
-    """The result of a planned append: the plan that was committed, and its snapshot."""
-
-    plan: AppendPlan
-    snapshot_id: int | None
-    attempts: int
-    conflicts: int
-    table: IcebergTable | None = None
-    """The table as committed (None when nothing was appended)."""
-    unrecorded: Unavailable | None = None
-    """Why the committed request ids could not be put in the ledger (None: they were, or
-    there were none). The commit stands: its summary holds them."""
 
 
 def _summary(snapshot: Snapshot) -> Mapping[str, str]:

@@ -41,7 +41,7 @@ from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.refs import MAIN_BRANCH
 from pyiceberg.table.snapshots import Operation, Snapshot, Summary
 from pyiceberg.table.update.snapshot import CommitWindow, _OverwriteFiles
-from pyiceberg.typedef import EMPTY_DICT, KeyDefaultDict, Record
+from pyiceberg.typedef import EMPTY_DICT, KeyDefaultDict
 from pyiceberg.utils.concurrent import ExecutorFactory
 
 from lakehouse.adapters.iceberg_ingest import (
@@ -52,6 +52,7 @@ from lakehouse.adapters.iceberg_ingest import (
 )
 from lakehouse.adapters.iceberg_locations import canonical_location, within_location
 from lakehouse.adapters.pyiceberg_private import writable_table, write_data_files
+from lakehouse.domain.compaction import SMALL_FILE_FRACTION, partition_key
 from lakehouse.domain.errors import FailedPrecondition
 from lakehouse.domain.ingest import RequestIdLedger
 from lakehouse.domain.job_context import JobContext, JobStopped
@@ -60,8 +61,6 @@ logger = logging.getLogger(__name__)
 
 #: Dry runs and results list at most this many paths (the counts stay exact).
 MAX_LISTED_FILES = 1_000
-#: Compaction rewrites the data files smaller than this fraction of the target size.
-SMALL_FILE_FRACTION = 0.75
 #: Deletes run in a few threads: on S3 each one is a round trip.
 _DELETE_THREADS = 8
 #: Times a compaction commits its rewrite on fresh metadata before it counts as a conflict
@@ -643,12 +642,6 @@ class _ReplaceFiles(_OverwriteFiles):
         _validate_no_new_deletes_for_data_files(
             table, window.head, None, self._deleted_data_files, window.base
         )
-
-
-def partition_key(data_file: DataFile) -> tuple[int, tuple[Any, ...]]:
-    """What groups files for compaction: the partition spec id and the partition value."""
-    partition: Record = data_file.partition
-    return data_file.spec_id, tuple(partition[i] for i in range(len(partition)))
 
 
 def compact_table(

@@ -15,9 +15,8 @@ import contextlib
 import functools
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlparse
 
 import aioboto3
@@ -28,6 +27,7 @@ from lakehouse.adapters.resilience import OBJECT_STORE, Resilience, is_outage
 from lakehouse.config import ResilienceSettings, S3Settings
 from lakehouse.deadlines import remaining_seconds
 from lakehouse.domain.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
+from lakehouse.domain.objects import ObjectInfo
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -48,37 +48,6 @@ _TRANSIENT_CODES = frozenset(
 )
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    """One stored object."""
-
-    uri: str
-    size: int
-    last_modified_epoch: float
-
-
-class ObjectStore(Protocol):
-    """What the core needs from object storage (shaped like pyiceberg's FileIO, but async)."""
-
-    async def check(self) -> None:
-        """Raises Unavailable if the store cannot be reached or the location is unusable."""
-
-    def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
-        """Lists the objects whose URI starts with ``prefix``."""
-
-    async def get(self, uri: str) -> bytes:
-        """Reads one object. Raises NotFound if it does not exist."""
-
-    async def put(self, uri: str, data: bytes) -> None:
-        """Writes one object, replacing any previous one."""
-
-    async def delete_prefix(self, prefix: str) -> int:
-        """Deletes every object under ``prefix``; returns how many were deleted."""
-
-    async def close(self) -> None:
-        """Releases connections."""
 
 
 def _split_s3(uri: str) -> tuple[str, str]:
@@ -389,7 +358,7 @@ class LocalObjectStore:
 
 def object_store_for(
     location: str, s3: S3Settings, resilience: Resilience | None = None
-) -> ObjectStore:
+) -> S3ObjectStore | LocalObjectStore:
     """The adapter for a warehouse location, chosen by its scheme.
 
     Args:

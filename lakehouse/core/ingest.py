@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakehouse import metrics
-from lakehouse.adapters.iceberg import IcebergCatalog
 from lakehouse.config import IngestSettings
+from lakehouse.core.ports import CatalogPort
 from lakehouse.core.survival import EscapedError, own_cancellation
 from lakehouse.deadlines import without_deadline
 from lakehouse.domain.errors import (
@@ -273,7 +273,7 @@ class _TableCommitter:
     def __init__(
         self,
         key: tuple[str, str],
-        catalog: IcebergCatalog,
+        catalog: CatalogPort,
         settings: IngestSettings,
         budget: _BufferBudget,
         ledger: RequestIdLedger | None,
@@ -427,7 +427,7 @@ class Ingest:
 
     def __init__(
         self,
-        catalog: IcebergCatalog,
+        catalog: CatalogPort,
         settings: IngestSettings,
         *,
         request_ids: RequestIdLedger | None = None,

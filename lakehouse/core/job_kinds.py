@@ -19,8 +19,6 @@ from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression
 
 from lakehouse.adapters import duckdb_engine, iceberg_import, iceberg_maintenance
-from lakehouse.adapters.iceberg import IcebergCatalog
-from lakehouse.adapters.object_store import ObjectStore
 from lakehouse.adapters.sql_result import SqlOutcome
 from lakehouse.adapters.trino_engine import TrinoEngine
 from lakehouse.blocking import BlockingPool
@@ -33,6 +31,7 @@ from lakehouse.core.job_specs import (
     timestamp_ms,
     under_spec,
 )
+from lakehouse.core.ports import CatalogPort, ObjectStorePort
 from lakehouse.core.row_filter import parse_row_filter
 from lakehouse.domain.errors import FailedPrecondition
 from lakehouse.domain.ingest import RequestIdLedger
@@ -52,8 +51,8 @@ class JobKinds:
 
     def __init__(
         self,
-        catalog: IcebergCatalog,
-        store: ObjectStore,
+        catalog: CatalogPort,
+        store: ObjectStorePort,
         pool: BlockingPool,
         settings: JobsSettings,
         *,

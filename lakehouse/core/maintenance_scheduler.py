@@ -31,15 +31,15 @@ from typing import Any
 from google.protobuf.duration_pb2 import Duration
 from pyiceberg.catalog import Catalog
 
-from lakehouse.adapters.iceberg import IcebergCatalog
-from lakehouse.adapters.iceberg_maintenance import SMALL_FILE_FRACTION, partition_key
 from lakehouse.adapters.job_store import JobStore
-from lakehouse.adapters.request_id_store import RequestIdStore
 from lakehouse.blocking import BlockingPool
 from lakehouse.core.job_kinds import DEFAULT_MIN_INPUT_FILES, DEFAULT_TARGET_FILE_BYTES
 from lakehouse.core.jobs import Jobs
+from lakehouse.core.ports import CatalogPort
 from lakehouse.core.survival import contained
+from lakehouse.domain.compaction import SMALL_FILE_FRACTION, partition_key
 from lakehouse.domain.errors import LakehouseError
+from lakehouse.domain.ingest import RequestIdLedger
 from lakehouse.domain.tables import TableInfo
 from lakehouse.v1 import job_pb2
 
@@ -91,14 +91,14 @@ class MaintenanceScheduler:
 
     def __init__(
         self,
-        catalog: IcebergCatalog,
+        catalog: CatalogPort,
         jobs: Jobs,
         store: JobStore,
         pool: BlockingPool,
         *,
         interval_seconds: float,
         retention_seconds: float = 0.0,
-        request_ids: RequestIdStore | None = None,
+        request_ids: RequestIdLedger | None = None,
         request_id_window_seconds: float = 0.0,
     ) -> None:
         self._request_ids = request_ids

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 from pyiceberg.schema import Schema
 
-from lakehouse.adapters.iceberg import IcebergCatalog
+from lakehouse.core.ports import CatalogPort
 from lakehouse.core.row_filter import parse_row_filter_off_loop
 from lakehouse.domain.errors import InvalidArgument
 from lakehouse.domain.names import check_identifier
@@ -66,7 +66,7 @@ def _check_columns(schema: Schema, columns: tuple[str, ...]) -> None:
 class Reads:
     """The read use case behind TableService.ReadRows."""
 
-    def __init__(self, catalog: IcebergCatalog) -> None:
+    def __init__(self, catalog: CatalogPort) -> None:
         self._catalog = catalog
 
     async def read(

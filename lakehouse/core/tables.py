@@ -11,11 +11,10 @@ from pyiceberg.partitioning import PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table.sorting import SortOrder
 
-from lakehouse.adapters.iceberg import IcebergCatalog, snapshot_not_found
 from lakehouse.adapters.iceberg_import import S3_BUCKET_NAME
-from lakehouse.adapters.object_store import ObjectStore
 from lakehouse.config import QuotaSettings
 from lakehouse.core.paging import Page, paginate
+from lakehouse.core.ports import CatalogPort, ObjectStorePort
 from lakehouse.domain.changes import (
     AddColumn,
     RemoveProperties,
@@ -26,7 +25,7 @@ from lakehouse.domain.changes import (
 from lakehouse.domain.errors import InvalidArgument, QuotaExceeded
 from lakehouse.domain.names import check_column_name, check_identifier, check_property_key
 from lakehouse.domain.table_properties import table_property_problem
-from lakehouse.domain.tables import SnapshotInfo, TableInfo
+from lakehouse.domain.tables import SnapshotInfo, TableInfo, snapshot_not_found
 from lakehouse.metrics import QUOTA_REFUSALS
 
 log = logging.getLogger(__name__)
@@ -102,7 +101,7 @@ class Tables:
     """
 
     def __init__(
-        self, catalog: IcebergCatalog, store: ObjectStore, quotas: QuotaSettings | None = None
+        self, catalog: CatalogPort, store: ObjectStorePort, quotas: QuotaSettings | None = None
     ) -> None:
         self._catalog = catalog
         self._store = store

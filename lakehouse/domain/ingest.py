@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import pyarrow as pa
+from pyiceberg.table import Table as IcebergTable
+
+from lakehouse.domain.errors import Unavailable
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,9 @@ class RequestIdLedger(Protocol):
     def forget_snapshots(self, table_uuid: str, snapshot_ids: Collection[int]) -> None:
         """Deletes the ids these snapshots committed; raises ``Unavailable`` when it cannot."""
 
+    def prune(self, *, before_ms: int, limit: int = 5000) -> int:
+        """Deletes up to ``limit`` ids committed before ``before_ms``; returns how many."""
+
 
 @dataclass
 class AppendPlan:
@@ -65,3 +71,18 @@ class AppendPlan:
     writers: dict[str, tuple[int, int]] = field(default_factory=dict)
     commit_writers: list[str] = field(default_factory=list)
     request_ids: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AppendOutcome:
+    """The result of a planned append: the plan that was committed, and its snapshot."""
+
+    plan: AppendPlan
+    snapshot_id: int | None
+    attempts: int
+    conflicts: int
+    table: IcebergTable | None = None
+    """The table as committed (None when nothing was appended)."""
+    unrecorded: Unavailable | None = None
+    """Why the committed request ids could not be put in the ledger (None: they were, or
+    there were none). The commit stands: its summary holds them."""

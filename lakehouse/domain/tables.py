@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pyarrow as pa
 from pyiceberg.expressions import BooleanExpression
 from pyiceberg.partitioning import PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table.sorting import SortOrder
+
+from lakehouse.domain.errors import NotFound
 
 
 @dataclass(frozen=True)
@@ -63,3 +66,24 @@ class ScanRequest:
     snapshot_id: int | None
     as_of_ms: int | None
     limit: int | None
+
+
+@dataclass
+class OpenScan:
+    """A lazily read scan: the Arrow schema, then record batches one by one."""
+
+    snapshot_id: int | None
+    schema: pa.Schema
+    reader: pa.RecordBatchReader | None
+    #: The table read, for the errors of later batches.
+    namespace: str = ""
+    table: str = ""
+
+
+def snapshot_not_found(namespace: str, name: str, which: str) -> NotFound:
+    """The error for a snapshot the table does not have (by id, or as of a time)."""
+    return NotFound(
+        f"table {namespace}.{name} has no snapshot {which}",
+        reason="SNAPSHOT_NOT_FOUND",
+        metadata={"namespace": namespace, "table": name},
+    )

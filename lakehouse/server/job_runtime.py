@@ -14,7 +14,6 @@ import logging
 from lakehouse.adapters import duckdb_engine
 from lakehouse.adapters.iceberg import IcebergCatalog
 from lakehouse.adapters.job_store import JobStore
-from lakehouse.adapters.object_store import ObjectStore
 from lakehouse.adapters.request_id_store import RequestIdStore
 from lakehouse.adapters.resilience import JOB_STORE, Resilience
 from lakehouse.adapters.trino_engine import TrinoEngine
@@ -30,6 +29,7 @@ from lakehouse.core.job_worker import (
 )
 from lakehouse.core.jobs import JobEvents, Jobs
 from lakehouse.core.maintenance_scheduler import MaintenanceScheduler
+from lakehouse.core.ports import ObjectStorePort
 from lakehouse.core.survival import contained
 from lakehouse.core.tables import check_table_quota
 from lakehouse.domain.errors import InvalidArgument, NotFound, RetryableError, Unavailable
@@ -60,7 +60,7 @@ class JobRuntime:
         self,
         settings: Settings,
         catalog: IcebergCatalog,
-        object_store: ObjectStore,
+        object_store: ObjectStorePort,
         pool: BlockingPool,
         *,
         slots: int,

@@ -10,15 +10,16 @@ import pytest_asyncio
 
 from fixtures import s3
 from fixtures.net import free_port
-from lakehouse.adapters.object_store import ObjectStore, object_store_for
+from lakehouse.adapters.object_store import object_store_for
 from lakehouse.config import S3Settings
+from lakehouse.core.ports import ObjectStorePort
 from lakehouse.domain.errors import InvalidArgument, NotFound, Unavailable
 
 
 @pytest_asyncio.fixture(params=["local", "s3"])
 async def store_and_root(
     request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[tuple[ObjectStore, str]]:
+) -> AsyncIterator[tuple[ObjectStorePort, str]]:
     if request.param == "local":
         root = (tmp_path / "wh").as_uri()
         store = object_store_for(root, S3Settings())
@@ -33,7 +34,7 @@ async def store_and_root(
         await store.close()
 
 
-async def test_put_get_list_delete_prefix(store_and_root: tuple[ObjectStore, str]) -> None:
+async def test_put_get_list_delete_prefix(store_and_root: tuple[ObjectStorePort, str]) -> None:
     store, root = store_and_root
     await store.check()
     for name in ("t1/data/a.parquet", "t1/metadata/v1.json", "t10/data/b.parquet"):

@@ -57,12 +57,9 @@ ALLOWED: dict[str, set[str]] = {
 #: (importing module, imported module) pairs that still break the rule.
 KNOWN_VIOLATIONS: set[tuple[str, str]] = {
     ("lakehouse.adapters.job_store", "lakehouse.v1"),
-    ("lakehouse.core.ingest", "lakehouse.adapters.iceberg"),
     ("lakehouse.core.job_kinds", "lakehouse.adapters.duckdb_engine"),
-    ("lakehouse.core.job_kinds", "lakehouse.adapters.iceberg"),
     ("lakehouse.core.job_kinds", "lakehouse.adapters.iceberg_import"),
     ("lakehouse.core.job_kinds", "lakehouse.adapters.iceberg_maintenance"),
-    ("lakehouse.core.job_kinds", "lakehouse.adapters.object_store"),
     ("lakehouse.core.job_kinds", "lakehouse.adapters.sql_result"),
     ("lakehouse.core.job_kinds", "lakehouse.adapters.trino_engine"),
     ("lakehouse.core.job_kinds", "lakehouse.v1"),
@@ -72,15 +69,9 @@ KNOWN_VIOLATIONS: set[tuple[str, str]] = {
     ("lakehouse.core.job_worker", "lakehouse.v1"),
     ("lakehouse.core.jobs", "lakehouse.adapters.job_store"),
     ("lakehouse.core.jobs", "lakehouse.v1"),
-    ("lakehouse.core.maintenance_scheduler", "lakehouse.adapters.iceberg"),
-    ("lakehouse.core.maintenance_scheduler", "lakehouse.adapters.iceberg_maintenance"),
     ("lakehouse.core.maintenance_scheduler", "lakehouse.adapters.job_store"),
-    ("lakehouse.core.maintenance_scheduler", "lakehouse.adapters.request_id_store"),
     ("lakehouse.core.maintenance_scheduler", "lakehouse.v1"),
-    ("lakehouse.core.reads", "lakehouse.adapters.iceberg"),
-    ("lakehouse.core.tables", "lakehouse.adapters.iceberg"),
     ("lakehouse.core.tables", "lakehouse.adapters.iceberg_import"),
-    ("lakehouse.core.tables", "lakehouse.adapters.object_store"),
     ("lakehouse.server.health", "lakehouse.adapters.resilience"),
     ("lakehouse.services.job_service", "lakehouse.adapters.job_store"),
 }
