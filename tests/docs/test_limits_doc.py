@@ -1,6 +1,6 @@
-"""docs/limits.md is checked against the code: every bound it names exists with the default
-it states, every setting that bounds a caller is listed, and every reason it quotes is one the
-service raises."""
+"""docs/operations/limits.md is checked against the code: every bound it names exists with the
+default it states, every setting that bounds a caller is listed, and every reason it quotes is
+one the service raises."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from lakehouse.config import Settings
 
 ROOT = Path(__file__).parents[2]
-DOC = ROOT / "docs" / "limits.md"
+DOC = ROOT / "docs" / "operations" / "limits.md"
 # A table row whose first cell is a backticked name and whose second starts with a backticked value.
 ROW = re.compile(r"^\| `([^`]+)` \| `([^`]*)`")
 
@@ -75,7 +75,7 @@ def _bounds_a_caller(name: str) -> bool:
 def test_every_setting_that_bounds_a_caller_is_listed() -> None:
     listed = {name for name, _ in _rows()}
     missing = sorted(n for n in _settings(Settings) if _bounds_a_caller(n) and n not in listed)
-    assert not missing, f"docs/limits.md does not list {missing}"
+    assert not missing, f"docs/operations/limits.md does not list {missing}"
 
 
 def test_every_quoted_reason_is_raised_by_the_service() -> None:
@@ -86,7 +86,7 @@ def test_every_quoted_reason_is_raised_by_the_service() -> None:
     assert reasons
     # A reason is a string the service raises; a row error code is a member of an enum.
     unknown = sorted(r for r in reasons if f'"{r}"' not in source and f"{r} = " not in source)
-    assert not unknown, f"docs/limits.md quotes reasons the service never raises: {unknown}"
+    assert not unknown, f"{DOC.name} quotes reasons the service never raises: {unknown}"
 
 
 def test_the_metrics_it_names_exist() -> None:

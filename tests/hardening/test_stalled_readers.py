@@ -127,7 +127,7 @@ def test_fifty_stalled_streams_stay_within_the_read_bound(server: ServeProcess) 
 # -- rows that decode to megabytes each (no dictionary) ----------------------------------------
 
 WIDE_TABLE, WIDE_ROWS, WIDE_VALUE_BYTES, WIDE_STREAMS = "wide", 120, MIB, 10
-#: docs/limits.md "Reads": the process budget, plus per stream one batch of at most
+#: docs/operations/limits.md "Reads": the process budget, plus per stream one batch of at most
 #: ``PIECE_BYTES`` (2 MiB) decoded held by its client, the message being sent (2 MiB) and slack
 #: for its gRPC and Python state: 20 MiB per stream.
 WIDE_RSS_GROWTH_BOUND = READ_BUFFER_BYTES + WIDE_STREAMS * 20 * MIB

@@ -244,8 +244,8 @@ def _spec(**kind: Any) -> jpb.CreateJobRequest:
 
 
 #: Every RPC (and every CreateJob kind) with a minimal request that changes nothing, the least
-#: role allowed to call it, and the permission a refusal names. Written from the README's
-#: role table, independently of lakehouse.server.permissions.
+#: role allowed to call it, and the permission a refusal names. Written from the role
+#: table of docs/security.md, independently of lakehouse.server.permissions.
 MATRIX: list[tuple[str, str, Any, str, str]] = [
     ("tables", "CreateNamespace", tpb.CreateNamespaceRequest(name=""), "developer", "tables.write"),
     ("tables", "GetNamespace", tpb.GetNamespaceRequest(name="nope"), "viewer", "tables.read"),
@@ -701,7 +701,7 @@ async def test_api_key_made_by_the_cli_works(
 async def test_grpcurl_with_a_bearer_token(
     local_settings: Settings, keys: Keys, grpcurl: Path
 ) -> None:
-    """What the README shows: reflection is public, calls carry ``-H authorization``."""
+    """What docs/security.md shows: reflection is public, calls carry ``-H authorization``."""
     settings = local_settings.model_copy(update={"auth": keys.auth()})
     async with started(settings) as (server, _):
         target = f"{LOOPBACK}:{server.grpc_port}"

@@ -1333,7 +1333,7 @@ def refusal(call: FuzzCall) -> Refusal | None:
     """How ``call`` must be refused for its caller, or None when the handler decides.
 
     The permission comes from the server's one table (``RULES``; the role matrix test checks
-    that table against the README independently). Request bytes that do not parse are no
+    that table against docs/security.md independently). Request bytes that do not parse are no
     way around a check: they get UNAUTHENTICATED without valid credentials, and
     PERMISSION_DENIED from a role lacking the permission an empty request of the method needs
     (the least any of its requests needs); only then MALFORMED_REQUEST.

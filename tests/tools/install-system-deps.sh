@@ -6,6 +6,7 @@
 #   prometheus  for `promtool check metrics` on the /metrics output.
 #   systemd     for `systemd-analyze verify` and `systemd-analyze security --offline` on the
 #               unit files (offline: no systemd needs to run, and none is started).
+#   curl, jq    the docs' shell examples use them, and tests/docs/test_examples.py runs those.
 #
 # Idempotent and fast when everything is present (no apt-get update then). Needs root, or sudo.
 # Service start-up during installation is suppressed with a temporary policy-rc.d, so the
@@ -20,15 +21,19 @@ have_postgres() {
 have_promtool() { command -v promtool >/dev/null 2>&1 || [ -x /usr/bin/promtool ]; }
 have_runuser() { command -v runuser >/dev/null 2>&1; }
 have_systemd_analyze() { command -v systemd-analyze >/dev/null 2>&1; }
+have_curl() { command -v curl >/dev/null 2>&1; }
+have_jq() { command -v jq >/dev/null 2>&1; }
 
 missing=()
 have_postgres || missing+=(postgresql)
 have_promtool || missing+=(prometheus)
 have_runuser || missing+=(util-linux)
 have_systemd_analyze || missing+=(systemd)
+have_curl || missing+=(curl)
+have_jq || missing+=(jq)
 
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "install-system-deps: postgresql, promtool and systemd-analyze already present"
+  echo "install-system-deps: postgresql, promtool, systemd-analyze, curl and jq already present"
   exit 0
 fi
 

@@ -26,7 +26,7 @@ class _InvalidRowPolicy:
 class _InvalidRowPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_InvalidRowPolicy.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     INVALID_ROW_POLICY_UNSPECIFIED: _InvalidRowPolicy.ValueType  # 0
-    """Not set: the table's default policy applies (set by a table property, see the README);
+    """Not set: the table's default policy applies (set by a table property, see docs/ingest.md);
     REJECT when the table sets none.
     """
     INVALID_ROW_POLICY_REJECT: _InvalidRowPolicy.ValueType  # 1
@@ -42,7 +42,7 @@ class InvalidRowPolicy(_InvalidRowPolicy, metaclass=_InvalidRowPolicyEnumTypeWra
     """
 
 INVALID_ROW_POLICY_UNSPECIFIED: InvalidRowPolicy.ValueType  # 0
-"""Not set: the table's default policy applies (set by a table property, see the README);
+"""Not set: the table's default policy applies (set by a table property, see docs/ingest.md);
 REJECT when the table sets none.
 """
 INVALID_ROW_POLICY_REJECT: InvalidRowPolicy.ValueType  # 1

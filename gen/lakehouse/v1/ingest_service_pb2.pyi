@@ -180,7 +180,7 @@ class WriteRowsRequest(_message.Message):
     request_id: _builtins.str
     """An optional id that makes retries safe: 1 to 128 characters (a UUID is a good choice).
     A request with the same request_id on the same table, within the retention window
-    documented in the README, is not written again and gets the first one's result.
+    documented in docs/ingest.md, is not written again and gets the first one's result.
     """
     invalid_row_policy: _ingest_pb2.InvalidRowPolicy.ValueType
     """What to do with rows that do not match the table schema; unset means the table's default.
