@@ -74,7 +74,7 @@ log = logging.getLogger(__name__)
 
 #: The largest data or dictionary page the service writes, whatever a table's
 #: ``write.parquet.page-size-bytes`` / ``write.parquet.dict-size-bytes`` ask: a reader decodes
-#: a page whole, so page size is what one open file costs a reader (docs/limits.md, "Reads").
+#: a page whole, so page size is what one open file costs a reader (docs/operations/limits.md, "Reads").
 MAX_PAGE_BYTES = 16 * 1024 * 1024
 
 _original_load_location_provider = _locations.load_location_provider
