@@ -17,7 +17,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from lakehouse.adapters.iceberg import TableInfo
-from lakehouse.adapters.iceberg_import import check_source_uris
+from lakehouse.adapters.imports.uri_policy import check_source_uris
 from lakehouse.config import JobsSettings
 from lakehouse.core.names import check_identifier
 from lakehouse.core.row_filter import parse_row_filter_off_loop

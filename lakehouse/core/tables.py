@@ -17,8 +17,8 @@ from lakehouse.adapters.iceberg import (
     TableInfo,
     snapshot_not_found,
 )
-from lakehouse.adapters.iceberg_import import S3_BUCKET_NAME
 from lakehouse.adapters.iceberg_updates import table_property_problem
+from lakehouse.adapters.imports.buckets import S3_BUCKET_NAME
 from lakehouse.adapters.object_store import ObjectStore
 from lakehouse.config import QuotaSettings
 from lakehouse.core.changes import (
