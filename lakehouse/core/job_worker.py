@@ -22,7 +22,8 @@ from typing import TypeVar
 from google.rpc import status_pb2
 
 from lakehouse.adapters.blocking import BlockingPool
-from lakehouse.adapters.job_store import Claim, JobRecord, JobStore, LeaseLost
+from lakehouse.adapters.job_store.records import Claim, JobRecord, LeaseLost
+from lakehouse.adapters.job_store.store import JobStore
 from lakehouse.config import JobsSettings
 from lakehouse.core.job_context import JobContext, JobStopped
 from lakehouse.core.job_kinds import JobKinds

@@ -16,7 +16,8 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 
 from lakehouse.adapters.blocking import BlockingPool
-from lakehouse.adapters.job_store import JobRecord, JobStore
+from lakehouse.adapters.job_store.records import JobRecord
+from lakehouse.adapters.job_store.store import JobStore
 from lakehouse.config import JobsSettings
 from lakehouse.core.caller import current_principal
 from lakehouse.core.job_specs import (

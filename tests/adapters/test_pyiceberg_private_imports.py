@@ -110,9 +110,7 @@ def test_dataframe_to_data_files_keeps_its_name_and_signature() -> None:
 
 
 def test_data_files_written_are_uncommitted_and_hold_the_rows(table: Table) -> None:
-    files = list(
-        write_data_files(table.metadata, ROWS, table.io, uuid.uuid4(), itertools.count())
-    )
+    files = list(write_data_files(table.metadata, ROWS, table.io, uuid.uuid4(), itertools.count()))
     assert sum(f.record_count for f in files) == ROWS.num_rows
     assert all(f.file_path.startswith(table.metadata.location) for f in files)
     table.refresh()

@@ -18,7 +18,8 @@ import pytest_asyncio
 from google.rpc import error_details_pb2, status_pb2
 
 from lakehouse.adapters.blocking import BlockingPool
-from lakehouse.adapters.job_store import JobRecord, JobStore
+from lakehouse.adapters.job_store.records import JobRecord
+from lakehouse.adapters.job_store.store import JobStore
 from lakehouse.config import JobsSettings
 from lakehouse.core.job_context import JobContext
 from lakehouse.core.job_kinds import JobKinds
