@@ -43,10 +43,11 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.io import FileIO, load_file_io
 from pyiceberg.io.pyarrow import _dataframe_to_data_files, bin_pack_record_batches
 from pyiceberg.manifest import DataFile
-from pyiceberg.table import Table, TableProperties
+from pyiceberg.table import Table, TableProperties, Transaction
 from pyiceberg.table import locations as _locations
 from pyiceberg.table.locations import LocationProvider
 from pyiceberg.table.metadata import TableMetadata
+from pyiceberg.table.update import TableRequirement
 from pyiceberg.typedef import EMPTY_DICT, Properties
 
 from lakehouse.domain.table_properties import property_value_problem
@@ -74,7 +75,8 @@ log = logging.getLogger(__name__)
 
 #: The largest data or dictionary page the service writes, whatever a table's
 #: ``write.parquet.page-size-bytes`` / ``write.parquet.dict-size-bytes`` ask: a reader decodes
-#: a page whole, so page size is what one open file costs a reader (docs/operations/limits.md, "Reads").
+#: a page whole, so page size is what one open file costs a reader
+#: (docs/operations/limits.md, "Reads").
 MAX_PAGE_BYTES = 16 * 1024 * 1024
 
 _original_load_location_provider = _locations.load_location_provider
@@ -287,3 +289,22 @@ def write_data_files(
         yield from _dataframe_to_data_files(
             paged_by_bytes(metadata, chunk), chunk, io, write_uuid, counter
         )
+
+
+def add_commit_requirements(tx: Transaction, *requirements: TableRequirement) -> None:
+    """Makes ``tx``'s commit require ``requirements`` of the table as the catalog has it.
+
+    pyiceberg's public API offers no way to add a requirement to a transaction; its private
+    ``Transaction._apply`` with no updates checks them against the transaction's metadata at
+    once and sends them with the commit, where the catalog refuses the commit (pyiceberg's
+    ``CommitFailedException``) unless they hold. Its contract tests are in
+    ``tests/adapters/test_pyiceberg_private_imports.py``.
+
+    Args:
+        tx: The open transaction.
+        *requirements: What must hold at commit, e.g. ``AssertCurrentSchemaId``.
+
+    Raises:
+        CommitFailedException: A requirement does not hold for ``tx``'s own metadata.
+    """
+    tx._apply((), requirements)

@@ -33,7 +33,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from lakehouse.adapters.job_store import JobStore
+from lakehouse.adapters.job_store.store import JobStore
 from lakehouse.domain.errors import Unavailable
 from lakehouse.domain.ingest import RecordedRequest
 

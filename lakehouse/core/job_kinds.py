@@ -18,7 +18,9 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression
 
-from lakehouse.adapters import duckdb_engine, iceberg_import, iceberg_maintenance
+from lakehouse.adapters import duckdb_engine, iceberg_maintenance
+from lakehouse.adapters.imports.commit import ImportOutcome
+from lakehouse.adapters.imports.job import import_files
 from lakehouse.adapters.sql_result import SqlOutcome
 from lakehouse.adapters.trino_engine import TrinoEngine
 from lakehouse.blocking import BlockingPool
@@ -258,10 +260,10 @@ class JobKinds:
     async def _import(
         self, spec: job_pb2.ImportFilesJobSpec, ctx: JobContext
     ) -> job_pb2.ImportFilesJobResult:
-        def work(c: Catalog) -> iceberg_import.ImportOutcome:
+        def work(c: Catalog) -> ImportOutcome:
             table = c.load_table((spec.namespace, spec.table))
             with under_spec():
-                return iceberg_import.import_files(
+                return import_files(
                     table,
                     source_prefix=spec.source_prefix,
                     source_uris=list(spec.source_uris),

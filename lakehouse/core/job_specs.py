@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from lakehouse.adapters.iceberg_import import check_source_uris
+from lakehouse.adapters.imports.uri_policy import check_source_uris
 from lakehouse.config import JobsSettings
 from lakehouse.core.row_filter import parse_row_filter_off_loop
 from lakehouse.domain.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound

@@ -21,12 +21,12 @@ from typing import TypeVar
 
 from google.rpc import status_pb2
 
-from lakehouse.adapters.job_store import Claim, JobRecord, JobStore, LeaseLost
 from lakehouse.blocking import BlockingPool
 from lakehouse.config import JobsSettings
 from lakehouse.core.job_kinds import JobKinds
 from lakehouse.core.job_specs import KIND_NAMES, job_timeout_seconds
 from lakehouse.core.jobs import JobEvents, now_us
+from lakehouse.core.ports import JobStorePort
 from lakehouse.core.survival import own_cancellation
 from lakehouse.domain.errors import (
     CommitStateUnknown,
@@ -38,6 +38,7 @@ from lakehouse.domain.errors import (
     Unavailable,
 )
 from lakehouse.domain.job_context import JobContext, JobStopped
+from lakehouse.domain.jobs import Claim, JobRecord, LeaseLost
 from lakehouse.domain.status import status_proto_for
 from lakehouse.metrics import (
     JOB_ATTEMPTS_ENDED,
@@ -98,7 +99,7 @@ def count_lease_expired(job: JobRecord, worker: str) -> None:
     )
 
 
-async def refresh_queue_depth(store: JobStore, pool: BlockingPool) -> None:
+async def refresh_queue_depth(store: JobStorePort, pool: BlockingPool) -> None:
     """Sets the ``lakehouse_jobs_queued`` gauge from the store; a failure leaves it as it was."""
     try:
         depth = await pool.run(lambda: store.queue_depth(now_us=now_us()))
@@ -118,7 +119,7 @@ class JobWorker:
 
     def __init__(
         self,
-        store: JobStore,
+        store: JobStorePort,
         kinds: JobKinds,
         pool: BlockingPool,
         settings: JobsSettings,

@@ -15,7 +15,6 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 
-from lakehouse.adapters.job_store import JobRecord, JobStore
 from lakehouse.blocking import BlockingPool
 from lakehouse.config import JobsSettings
 from lakehouse.core.caller import current_principal
@@ -27,7 +26,9 @@ from lakehouse.core.job_specs import (
     spec_digest,
 )
 from lakehouse.core.paging import Page, decode_token, encode_token, page_size
+from lakehouse.core.ports import JobStorePort
 from lakehouse.domain.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
+from lakehouse.domain.jobs import JobRecord
 from lakehouse.domain.names import check_identifier
 from lakehouse.metrics import JOB_QUOTA_REFUSALS, JOBS_CREATED
 from lakehouse.v1 import job_pb2
@@ -97,7 +98,7 @@ class Jobs:
 
     def __init__(
         self,
-        store: JobStore,
+        store: JobStorePort,
         pool: BlockingPool,
         checker: SpecChecker,
         settings: JobsSettings,

@@ -31,11 +31,10 @@ from typing import Any
 from google.protobuf.duration_pb2 import Duration
 from pyiceberg.catalog import Catalog
 
-from lakehouse.adapters.job_store import JobStore
 from lakehouse.blocking import BlockingPool
 from lakehouse.core.job_kinds import DEFAULT_MIN_INPUT_FILES, DEFAULT_TARGET_FILE_BYTES
 from lakehouse.core.jobs import Jobs
-from lakehouse.core.ports import CatalogPort
+from lakehouse.core.ports import CatalogPort, JobStorePort
 from lakehouse.core.survival import contained
 from lakehouse.domain.compaction import SMALL_FILE_FRACTION, partition_key
 from lakehouse.domain.errors import LakehouseError
@@ -93,7 +92,7 @@ class MaintenanceScheduler:
         self,
         catalog: CatalogPort,
         jobs: Jobs,
-        store: JobStore,
+        store: JobStorePort,
         pool: BlockingPool,
         *,
         interval_seconds: float,

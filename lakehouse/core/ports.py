@@ -8,6 +8,7 @@ typing): it does not import this module, since adapters import only the domain.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from typing import Protocol, TypeVar
 
@@ -20,6 +21,7 @@ from pyiceberg.table.sorting import SortOrder
 from lakehouse.blocking import BlockingPool
 from lakehouse.domain.changes import TableChange
 from lakehouse.domain.ingest import AppendOutcome, AppendPlan, IngestState, RequestIdLedger
+from lakehouse.domain.jobs import Claim, JobRecord
 from lakehouse.domain.objects import ObjectInfo
 from lakehouse.domain.tables import OpenScan, ScanRequest, SnapshotInfo, TableInfo
 
@@ -163,3 +165,108 @@ class ObjectStorePort(Protocol):
 
     async def close(self) -> None:
         """Releases connections."""
+
+
+class JobStorePort(Protocol):
+    """The durable job queue (``lakehouse.adapters.job_store.store.JobStore``)."""
+
+    def create(
+        self,
+        *,
+        job_id: str,
+        kind: int,
+        namespace: str,
+        table: str,
+        spec: bytes,
+        spec_digest: str,
+        request_id: str,
+        max_attempts: int,
+        now_us: int,
+        scheduled: bool = False,
+        principal: str = "",
+        max_unfinished: int = 0,
+        max_unfinished_in_namespace: int = 0,
+    ) -> tuple[JobRecord, bool]:
+        """Creates a QUEUED job, due at once, unless an equivalent one exists."""
+
+    def find_by_request_id(self, request_id: str) -> JobRecord | None:
+        """The job created with ``request_id``, or None."""
+
+    def get(self, job_id: str) -> JobRecord:
+        """The job as it is now."""
+
+    def list(
+        self,
+        *,
+        states: Sequence[int],
+        kinds: Sequence[int],
+        namespace: str,
+        table: str,
+        limit: int,
+        after: tuple[int, str] | None,
+    ) -> builtins.list[JobRecord]:
+        """One page of jobs, newest first by ``(create_time_us, id)``."""
+
+    def cancel(self, job_id: str, *, now_us: int) -> JobRecord:
+        """Cancels a job: a QUEUED one at once, a RUNNING one at its next safe point."""
+
+    def delete(self, job_id: str) -> None:
+        """Deletes a finished job's record (its request id becomes free again)."""
+
+    def claim(
+        self,
+        *,
+        worker: str,
+        lease_seconds: float,
+        now_us: int,
+        kinds: Sequence[int] | None = None,
+        max_running_per_principal: int = 0,
+        max_running_per_namespace: int = 0,
+    ) -> Claim | None:
+        """Takes the oldest due job for ``worker``, or None if there is none."""
+
+    def heartbeat(
+        self,
+        job_id: str,
+        *,
+        worker: str,
+        attempt: int,
+        lease_seconds: float,
+        now_us: int,
+        progress: tuple[float, str] | None,
+    ) -> bool:
+        """Extends the worker's lease and records progress; returns ``cancel_requested``."""
+
+    def finish(
+        self,
+        job_id: str,
+        *,
+        worker: str,
+        attempt: int,
+        state: int,
+        now_us: int,
+        result: bytes | None = None,
+        error: bytes | None = None,
+    ) -> JobRecord:
+        """Ends the worker's attempt and the job: SUCCEEDED, FAILED or CANCELLED."""
+
+    def retry_later(
+        self,
+        job_id: str,
+        *,
+        worker: str,
+        attempt: int,
+        now_us: int,
+        delay_seconds: float,
+        error: bytes,
+    ) -> JobRecord:
+        """Queues the job again after a retryable failure of the worker's attempt."""
+
+    def queue_depth(self, *, now_us: int) -> dict[int, int]:
+        """Jobs waiting for a worker now (QUEUED and due), per kind, for a gauge."""
+
+    def latest(self, *, kind: int, namespace: str, table: str) -> JobRecord | None:
+        """The newest job of ``kind`` on the table, in any state; None if there is none."""
+
+    def purge_finished(self, *, ended_before_us: int, limit: int = 1000) -> int:
+        """Deletes up to ``limit`` finished jobs that ended before ``ended_before_us``."""

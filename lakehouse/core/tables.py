@@ -11,10 +11,10 @@ from pyiceberg.partitioning import PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table.sorting import SortOrder
 
-from lakehouse.adapters.iceberg_import import S3_BUCKET_NAME
 from lakehouse.config import QuotaSettings
 from lakehouse.core.paging import Page, paginate
 from lakehouse.core.ports import CatalogPort, ObjectStorePort
+from lakehouse.domain.buckets import S3_BUCKET_NAME
 from lakehouse.domain.changes import (
     AddColumn,
     RemoveProperties,

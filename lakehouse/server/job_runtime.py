@@ -13,7 +13,7 @@ import logging
 
 from lakehouse.adapters import duckdb_engine
 from lakehouse.adapters.iceberg import IcebergCatalog
-from lakehouse.adapters.job_store import JobStore
+from lakehouse.adapters.job_store.store import JobStore
 from lakehouse.adapters.request_id_store import RequestIdStore
 from lakehouse.adapters.resilience import JOB_STORE, Resilience
 from lakehouse.adapters.trino_engine import TrinoEngine

@@ -9,9 +9,9 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import status_pb2
 
-from lakehouse.adapters.job_store import JobRecord
 from lakehouse.core.job_worker import JobWorker
 from lakehouse.core.jobs import Jobs
+from lakehouse.domain.jobs import JobRecord
 from lakehouse.v1 import job_pb2, job_service_pb2_grpc
 from lakehouse.v1 import job_service_pb2 as pb
 

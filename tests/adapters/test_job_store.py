@@ -24,18 +24,13 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from fixtures import postgres as pg
 from fixtures.net import LOOPBACK, free_port
-from lakehouse.adapters import job_store as job_store_module
-from lakehouse.adapters.job_store import (
-    LEASE_EXPIRED_MESSAGE,
-    SCHEMA_VERSION,
-    Claim,
-    JobRecord,
-    JobStore,
-    LeaseLost,
-)
+from lakehouse.adapters.job_store import migrations
+from lakehouse.adapters.job_store.migrations import SCHEMA_VERSION
+from lakehouse.adapters.job_store.store import LEASE_EXPIRED_MESSAGE, JobStore
 from lakehouse.adapters.request_id_store import RequestIdStore
 from lakehouse.domain.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from lakehouse.domain.ingest import RecordedRequest
+from lakehouse.domain.jobs import Claim, JobRecord, LeaseLost
 from lakehouse.v1 import job_pb2
 
 T = TypeVar("T")
@@ -206,8 +201,8 @@ def test_migrate_from_version_1_adds_the_request_id_table_and_keeps_jobs(url: st
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     engine = sqlalchemy.create_engine(url)
     with engine.begin() as conn:  # a database as the release with schema 1 left it
-        job_store_module.schema_table.create(conn)
-        job_store_module._MIGRATIONS[0](conn)
+        migrations.schema_table.create(conn)
+        migrations._MIGRATIONS[0](conn)
         conn.execute(sqlalchemy.text("INSERT INTO lakehouse_jobs_schema VALUES (1, 1)"))
         # A job as that release wrote it (no principal column yet).
         conn.execute(

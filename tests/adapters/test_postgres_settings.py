@@ -19,8 +19,8 @@ from pyiceberg.catalog.sql import SqlCatalog
 from sqlalchemy.engine import URL, make_url
 
 from fixtures import postgres as pg
-from lakehouse.adapters import job_store as job_store_module
 from lakehouse.adapters.iceberg import catalog_properties
+from lakehouse.adapters.job_store.engines import make_engine
 from lakehouse.cli import EXIT_CONFIG
 from lakehouse.config import Settings, load_settings, masked
 
@@ -64,7 +64,7 @@ def test_settings_in_the_url_win(postgres_s3_settings: Any) -> None:
 
 def test_the_job_store_has_keepalives_but_no_statement_timeout(postgres_url: str) -> None:
     # Its scheduler waits for an advisory lock on purpose.
-    engine = job_store_module._make_engine(make_url(postgres_url), busy_timeout_seconds=1)
+    engine = make_engine(make_url(postgres_url), busy_timeout_seconds=1)
     try:
         with engine.connect() as conn:
             assert conn.exec_driver_sql("SHOW statement_timeout").scalar() == "0"
@@ -131,8 +131,8 @@ def test_the_catalog_password_is_put_into_the_uri_for_catalog_and_job_store(
     assert _current_user(catalog_properties(settings)["uri"]) == role
     # The job store lives in the catalog's database by default, and gets the password too.
     assert settings.jobs_database_uri == settings.catalog_uri
-    make_engine = functools.partial(job_store_module._make_engine, busy_timeout_seconds=1)
-    assert _current_user(settings.jobs_database_uri, make_engine) == role
+    store_engine = functools.partial(make_engine, busy_timeout_seconds=1)
+    assert _current_user(settings.jobs_database_uri, store_engine) == role
     # The test can fail: PostgreSQL checks the password (scram), a wrong one is refused.
     wrong = Settings(data_dir=tmp_path, catalog={"uri": uri, "password": "not-it"})
     with pytest.raises(sqlalchemy.exc.OperationalError, match="password authentication failed"):

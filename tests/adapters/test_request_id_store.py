@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fixtures.net import LOOPBACK, free_port
-from lakehouse.adapters.job_store import JobStore
+from lakehouse.adapters.job_store.store import JobStore
 from lakehouse.adapters.request_id_store import RequestIdStore
 from lakehouse.domain.errors import Unavailable
 from lakehouse.domain.ingest import RecordedRequest

@@ -23,7 +23,7 @@ from prometheus_client import REGISTRY
 from fixtures.fake_trino import INTERNAL_ERROR, FakeTrino
 from fixtures.net import LOOPBACK, free_port
 from fixtures.tcp_proxy import tcp_proxy
-from lakehouse.adapters.job_store import JobStore
+from lakehouse.adapters.job_store.store import JobStore
 from lakehouse.adapters.object_store import _is_outage as s3_outage
 from lakehouse.adapters.resilience import (
     CATALOG,

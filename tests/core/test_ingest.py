@@ -16,7 +16,7 @@ from fixtures.iceberg import direct_catalog
 from fixtures.net import LOOPBACK, free_port
 from lakehouse.adapters.iceberg import IcebergCatalog
 from lakehouse.adapters.iceberg_maintenance import expire_snapshots
-from lakehouse.adapters.job_store import JobStore
+from lakehouse.adapters.job_store.store import JobStore
 from lakehouse.adapters.request_id_store import RequestIdStore
 from lakehouse.blocking import BlockingPool
 from lakehouse.core.ingest import Ingest

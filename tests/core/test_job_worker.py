@@ -17,7 +17,7 @@ import grpc
 import pytest_asyncio
 from google.rpc import error_details_pb2, status_pb2
 
-from lakehouse.adapters.job_store import JobRecord, JobStore
+from lakehouse.adapters.job_store.store import JobStore
 from lakehouse.blocking import BlockingPool
 from lakehouse.config import JobsSettings
 from lakehouse.core.job_kinds import JobKinds
@@ -25,6 +25,7 @@ from lakehouse.core.job_worker import MAX_RETRY_BACKOFF_SECONDS, JobWorker, _bac
 from lakehouse.core.jobs import TERMINAL_STATES, JobEvents, now_us
 from lakehouse.domain.errors import Conflict, InvalidArgument, Unavailable
 from lakehouse.domain.job_context import JobContext
+from lakehouse.domain.jobs import JobRecord
 from lakehouse.v1 import job_pb2
 
 SPEC = job_pb2.JobSpec(compact_table=job_pb2.CompactTableJobSpec(namespace="ns", table="t"))

@@ -14,6 +14,8 @@ PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^\s*(```|~~~)")
 HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$")
+
+
 #: Pages linked already and written on another branch of issue 14; remove once merged.
 def _prose(text: str) -> list[str]:
     """The lines of ``text`` outside fenced code blocks, inline code blanked out."""

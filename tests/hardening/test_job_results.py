@@ -107,7 +107,7 @@ async def store_oversized_jobs(client: Client, count: int, result_bytes: int) ->
     """Jobs whose stored results are as large as the service stored before the cap."""
     from sqlalchemy import update
 
-    from lakehouse.adapters.job_store import jobs_table
+    from lakehouse.adapters.job_store.schema import jobs_table
 
     store = client.server.job_runtime.store
     spec = job_pb2.JobSpec(sql=job_pb2.SqlJobSpec(statement="SELECT 1"))

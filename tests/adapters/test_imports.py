@@ -43,15 +43,15 @@ from fixtures.iceberg import direct_catalog
 from fixtures.job_contexts import StopAt
 from fixtures.tcp_proxy import tcp_proxy
 from lakehouse.adapters.iceberg import catalog_properties
-from lakehouse.adapters.iceberg_import import (
+from lakehouse.adapters.imports.commit import (
     FILES_REGISTERED_KEY,
     JOB_ID_KEY,
     ROWS_IMPORTED_KEY,
-    ImportFormat,
     ImportOutcome,
-    check_source_uris,
-    import_files,
 )
+from lakehouse.adapters.imports.job import import_files
+from lakehouse.adapters.imports.sources import ImportFormat
+from lakehouse.adapters.imports.uri_policy import check_source_uris
 from lakehouse.domain.errors import Conflict, InvalidArgument, Unavailable
 from lakehouse.domain.job_context import JobContext, JobStopped
 

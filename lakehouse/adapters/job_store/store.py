@@ -31,51 +31,22 @@ from __future__ import annotations
 import builtins
 import contextlib
 import hashlib
-import sqlite3
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    Column,
-    Double,
-    Index,
-    Integer,
-    LargeBinary,
-    MetaData,
-    String,
-    Table,
-    and_,
-    create_engine,
-    delete,
-    event,
-    exists,
-    func,
-    insert,
-    or_,
-    select,
-    text,
-    true,
-    update,
-)
-from sqlalchemy.engine import URL, Connection, Engine, RowMapping, make_url
-from sqlalchemy.exc import (
-    ArgumentError,
-    DBAPIError,
-    IntegrityError,
-    InterfaceError,
-    OperationalError,
-)
+from sqlalchemy import and_, delete, exists, func, insert, or_, select, text, true, update
+from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import ScalarSelect, Select
 
-from lakehouse.adapters import postgres
+from lakehouse.adapters.job_store.engines import SQLITE_BEGIN_OPTION, make_engine, parse_url
+from lakehouse.adapters.job_store.migrations import migrate
+from lakehouse.adapters.job_store.schema import ACTIVE_SCHEDULED, jobs_table
 from lakehouse.adapters.resilience import CircuitBreaker, guarded
 from lakehouse.domain.errors import (
     ERROR_DOMAIN,
@@ -85,16 +56,20 @@ from lakehouse.domain.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from lakehouse.domain.jobs import (
+    ACTIVE_STATES,
+    CANCELLED,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    TERMINAL_STATES,
+    Claim,
+    JobRecord,
+    LeaseLost,
+)
 from lakehouse.v1 import job_pb2
 
-QUEUED: Final[int] = job_pb2.JOB_STATE_QUEUED
-RUNNING: Final[int] = job_pb2.JOB_STATE_RUNNING
-SUCCEEDED: Final[int] = job_pb2.JOB_STATE_SUCCEEDED
-FAILED: Final[int] = job_pb2.JOB_STATE_FAILED
-CANCELLED: Final[int] = job_pb2.JOB_STATE_CANCELLED
-#: States a job never leaves.
-TERMINAL_STATES: Final = frozenset({SUCCEEDED, FAILED, CANCELLED})
-_ACTIVE_STATES: Final = (QUEUED, RUNNING)
 _SQL_KIND: Final[int] = job_pb2.JOB_KIND_SQL
 
 #: The ``ErrorInfo.reason`` of a job failed because its worker died on the last attempt.
@@ -103,290 +78,18 @@ LEASE_EXPIRED_MESSAGE: Final = (
     "the worker running the job stopped responding (lease expired) on its last attempt"
 )
 
-#: The schema version this code writes; ``migrate`` brings older databases up to it.
-SCHEMA_VERSION: Final = 3
-
 _MICROS_PER_SECOND: Final = 1_000_000
-# Execution option read by the SQLite "begin" hook: the BEGIN flavour of a transaction.
-_SQLITE_BEGIN_OPTION: Final = "lakehouse_sqlite_begin"
 # create() retries after losing an insert race; the next round finds the winner's job.
 _CREATE_ROUNDS: Final = 3
 # claim() looks at this many due jobs at most per call, bounding one transaction's work.
 _CLAIM_CANDIDATES: Final = 64
-# Serializes concurrent migrate() calls on PostgreSQL (a constant pg_advisory_xact_lock key).
-_MIGRATION_LOCK_KEY: Final = 0x6C616B656A6F6273  # "lakejobs"
 _UNAVAILABLE_REASON: Final = "JOB_STORE_UNAVAILABLE"
 #: The ``ErrorInfo.reason`` of a CreateJob past the principal's unfinished-job limit.
 QUOTA_REASON: Final = "JOB_QUOTA_EXCEEDED"
 # Jobs take seconds to minutes: a refused caller may look again after this.
 _QUOTA_RETRY_SECONDS: Final = 30.0
-
-# -- Schema ------------------------------------------------------------------------------------
-
-_metadata = MetaData()
-
-#: One row (id 1) holding the schema version, so later releases know what to migrate.
-schema_table = Table(
-    "lakehouse_jobs_schema",
-    _metadata,
-    Column("id", Integer, primary_key=True, autoincrement=False),
-    Column("version", Integer, nullable=False),
-)
-
-#: One row per job. Enums are the int values of the proto enums; spec, result and error are
-#: serialized protobuf messages the store never parses.
-jobs_table = Table(
-    "lakehouse_jobs",
-    _metadata,
-    Column("id", String, primary_key=True),
-    Column("kind", Integer, nullable=False),
-    Column("namespace", String, nullable=False),
-    # "table" is a reserved word in SQL; the record calls it ``table``.
-    Column("table_name", String, nullable=False),
-    Column("state", Integer, nullable=False),
-    Column("spec", LargeBinary, nullable=False),
-    # NULL when the job was created without one: NULLs never collide in a unique index, on
-    # SQLite and PostgreSQL alike, so a plain unique index does what a partial one would.
-    Column("request_id", String, nullable=True),
-    Column("spec_digest", String, nullable=False),
-    Column("attempts", Integer, nullable=False),
-    Column("max_attempts", Integer, nullable=False),
-    Column("cancel_requested", Boolean, nullable=False),
-    Column("worker", String, nullable=False),
-    Column("create_time_us", BigInteger, nullable=False),
-    Column("start_time_us", BigInteger, nullable=True),
-    Column("end_time_us", BigInteger, nullable=True),
-    Column("update_time_us", BigInteger, nullable=False),
-    Column("lease_expires_us", BigInteger, nullable=True),
-    Column("next_attempt_us", BigInteger, nullable=False),
-    Column("progress_fraction", Double, nullable=False),
-    Column("progress_message", String, nullable=False),
-    Column("result", LargeBinary, nullable=True),
-    Column("error", LargeBinary, nullable=True),
-    Column("scheduled", Boolean, nullable=False),
-    Column("version", BigInteger, nullable=False),
-    # Who created the job (schema 3); empty for the scheduler's jobs and older ones, which
-    # no per-principal limit counts.
-    Column("principal", String, nullable=False, server_default=""),
-)
+# The jobs table's columns, as the queries below name them.
 _jobs = jobs_table.c
-
-Index("lakehouse_jobs_claim_ix", _jobs.state, _jobs.next_attempt_us)
-Index("lakehouse_jobs_list_ix", _jobs.create_time_us, _jobs.id)
-Index("lakehouse_jobs_request_id_uq", _jobs.request_id, unique=True)
-# Serves latest() and claim()'s same-table check; its first three columns are the table key.
-Index(
-    "lakehouse_jobs_table_ix", _jobs.kind, _jobs.namespace, _jobs.table_name, _jobs.create_time_us
-)
-# Serve the per-principal and per-namespace limits (unfinished jobs at CreateJob, running
-# ones at claim).
-Index("lakehouse_jobs_principal_ix", _jobs.principal, _jobs.state)
-Index("lakehouse_jobs_namespace_ix", _jobs.namespace, _jobs.state)
-# At most one queued or running scheduled job per (kind, table): the scheduler of every
-# replica may enqueue at once, and the database decides which one wins.
-_ACTIVE_SCHEDULED = and_(_jobs.scheduled == true(), _jobs.state.in_(_ACTIVE_STATES))
-Index(
-    "lakehouse_jobs_scheduled_uq",
-    _jobs.kind,
-    _jobs.namespace,
-    _jobs.table_name,
-    unique=True,
-    sqlite_where=_ACTIVE_SCHEDULED,
-    postgresql_where=_ACTIVE_SCHEDULED,
-)
-
-
-def _create_v1(conn: Connection) -> None:
-    """Version 1: the jobs table and its indexes, spelled out as they were then.
-
-    Later versions use explicit DDL (``ALTER TABLE ...``), not ``jobs_table`` as it is now,
-    so that each step keeps meaning what it meant when it was released.
-    """
-    frozen = MetaData()
-    table = Table(
-        "lakehouse_jobs",
-        frozen,
-        Column("id", String, primary_key=True),
-        Column("kind", Integer, nullable=False),
-        Column("namespace", String, nullable=False),
-        Column("table_name", String, nullable=False),
-        Column("state", Integer, nullable=False),
-        Column("spec", LargeBinary, nullable=False),
-        Column("request_id", String, nullable=True),
-        Column("spec_digest", String, nullable=False),
-        Column("attempts", Integer, nullable=False),
-        Column("max_attempts", Integer, nullable=False),
-        Column("cancel_requested", Boolean, nullable=False),
-        Column("worker", String, nullable=False),
-        Column("create_time_us", BigInteger, nullable=False),
-        Column("start_time_us", BigInteger, nullable=True),
-        Column("end_time_us", BigInteger, nullable=True),
-        Column("update_time_us", BigInteger, nullable=False),
-        Column("lease_expires_us", BigInteger, nullable=True),
-        Column("next_attempt_us", BigInteger, nullable=False),
-        Column("progress_fraction", Double, nullable=False),
-        Column("progress_message", String, nullable=False),
-        Column("result", LargeBinary, nullable=True),
-        Column("error", LargeBinary, nullable=True),
-        Column("scheduled", Boolean, nullable=False),
-        Column("version", BigInteger, nullable=False),
-    )
-    c = table.c
-    Index("lakehouse_jobs_claim_ix", c.state, c.next_attempt_us)
-    Index("lakehouse_jobs_list_ix", c.create_time_us, c.id)
-    Index("lakehouse_jobs_request_id_uq", c.request_id, unique=True)
-    Index("lakehouse_jobs_table_ix", c.kind, c.namespace, c.table_name, c.create_time_us)
-    active = and_(c.scheduled == true(), c.state.in_(_ACTIVE_STATES))
-    Index(
-        "lakehouse_jobs_scheduled_uq",
-        c.kind,
-        c.namespace,
-        c.table_name,
-        unique=True,
-        sqlite_where=active,
-        postgresql_where=active,
-    )
-    table.create(conn, checkfirst=True)
-
-
-def _create_v2(conn: Connection) -> None:
-    """Version 2: ``lakehouse_request_ids``, ingest's request ids past snapshot expiry.
-
-    The table is spelled out here as it was in version 2 (not imported from
-    ``request_id_store``), for the reason given in ``_create_v1``.
-    """
-    frozen = MetaData()
-    table = Table(
-        "lakehouse_request_ids",
-        frozen,
-        Column("table_uuid", String(36), primary_key=True),
-        Column("request_id", String(128), primary_key=True),
-        Column("rows_written", BigInteger, nullable=False),
-        Column("snapshot_id", BigInteger, nullable=False),
-        Column("committed_ms", BigInteger, nullable=False),
-    )
-    Index("lakehouse_request_ids_committed_ix", table.c.committed_ms)
-    table.create(conn, checkfirst=True)
-
-
-def _add_principal_v3(conn: Connection) -> None:
-    """Version 3: who created each job; indexes for the per-principal and namespace limits."""
-    conn.execute(
-        text("ALTER TABLE lakehouse_jobs ADD COLUMN principal VARCHAR NOT NULL DEFAULT ''")
-    )
-    conn.execute(
-        text("CREATE INDEX lakehouse_jobs_principal_ix ON lakehouse_jobs (principal, state)")
-    )
-    conn.execute(
-        text("CREATE INDEX lakehouse_jobs_namespace_ix ON lakehouse_jobs (namespace, state)")
-    )
-
-
-# _MIGRATIONS[n] takes a database from schema version n to n + 1.
-_MIGRATIONS: Final[tuple[Callable[[Connection], None], ...]] = (
-    _create_v1,
-    _create_v2,
-    _add_principal_v3,
-)
-assert len(_MIGRATIONS) == SCHEMA_VERSION
-
-
-# -- Records ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class JobRecord:
-    """One stored job, as of one read.
-
-    Attributes:
-        id: The job id (assigned by the caller).
-        kind: A ``job_pb2.JobKind`` value.
-        namespace: The namespace of the table the job works on; empty if none.
-        table: The table the job works on; empty if none.
-        state: A ``job_pb2.JobState`` value.
-        spec: The serialized ``JobSpec``.
-        request_id: The request id the job was created with; empty if none.
-        spec_digest: The caller's digest of the spec, compared on request-id retries.
-        attempts: Attempts started so far (0 while first queued).
-        max_attempts: Attempts allowed for retryable failures.
-        cancel_requested: True once a running job was asked to cancel.
-        worker: The worker running, or that last ran, the job.
-        create_time_us: When the job was created.
-        start_time_us: When the last attempt started; None before the first.
-        end_time_us: When the job reached a terminal state; None until then.
-        update_time_us: When state, progress or attempts last changed.
-        lease_expires_us: When the running worker's lease ends; None unless RUNNING.
-        next_attempt_us: When a QUEUED job becomes due (later than now while backing off).
-        progress_fraction: The running attempt's estimated fraction done, 0 to 1.
-        progress_message: What the running attempt is doing, for people.
-        result: The serialized ``JobResult`` once SUCCEEDED.
-        error: The serialized ``google.rpc.Status`` of the failure, or of the last
-            attempt's failure while queued for a retry.
-        scheduled: True when the maintenance scheduler enqueued the job, not a client.
-        version: Grows by one on every visible change; WatchJob compares it.
-        principal: Who created the job; empty for the scheduler's jobs (and jobs stored
-            before schema 3).
-    """
-
-    id: str
-    kind: int
-    namespace: str
-    table: str
-    state: int
-    spec: bytes
-    request_id: str
-    spec_digest: str
-    attempts: int
-    max_attempts: int
-    cancel_requested: bool
-    worker: str
-    create_time_us: int
-    start_time_us: int | None
-    end_time_us: int | None
-    update_time_us: int
-    lease_expires_us: int | None
-    next_attempt_us: int
-    progress_fraction: float
-    progress_message: str
-    result: bytes | None
-    error: bytes | None
-    scheduled: bool
-    version: int
-    principal: str = ""
-
-    @property
-    def finished(self) -> bool:
-        """True in a terminal state (SUCCEEDED, FAILED, CANCELLED): nothing changes after."""
-        return self.state in TERMINAL_STATES
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A job a worker now owns.
-
-    Attributes:
-        job: The job: RUNNING, owned by the claiming worker, ``attempts`` counting this one.
-            Pass ``job.attempts`` as ``attempt`` to heartbeat, finish and retry_later.
-        lease_lost_by: The worker whose lease expired when the job was taken over from it;
-            empty for a job that was queued.
-    """
-
-    job: JobRecord
-    lease_lost_by: str
-
-
-class LeaseLost(Exception):
-    """The caller no longer owns the job: it is not RUNNING under this worker and attempt.
-
-    It was finished, cancelled or taken over by another worker after the lease expired. The
-    worker must stop the attempt without committing anything.
-    """
-
-    def __init__(self, job_id: str, worker: str, attempt: int) -> None:
-        super().__init__(f"worker {worker} no longer owns attempt {attempt} of job {job_id}")
-        self.job_id = job_id
-        self.worker = worker
-        self.attempt = attempt
 
 
 def _optional_int(value: Any) -> int | None:
@@ -466,96 +169,9 @@ def _not_found(job_id: str) -> NotFound:
     return NotFound(f"job {job_id} not found", reason="JOB_NOT_FOUND", metadata={"job_id": job_id})
 
 
-# -- Engine ----------------------------------------------------------------------------------
-
-
-def _parse_url(url: str) -> URL:
-    """The parsed URL; the error never repeats the URL, which may hold a password."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise ValueError("the job store URL is not a valid SQLAlchemy URL") from None
-    backend = parsed.get_backend_name()
-    if backend not in ("sqlite", "postgresql"):
-        raise ValueError(f"the job store supports sqlite and postgresql URLs, not {backend!r}")
-    return parsed
-
-
-def _configure_sqlite(engine: Engine, busy_timeout_seconds: float) -> None:
-    """Makes SQLite transactions real and friendly to other processes sharing the file.
-
-    pysqlite begins transactions lazily, only before writes; with ``isolation_level = None``
-    it leaves transaction control alone and the "begin" hook emits ``BEGIN`` (or ``BEGIN
-    IMMEDIATE`` for writing transactions) itself. WAL lets readers (pyiceberg, other
-    replicas) run alongside the one writer; it is a persistent property of the file, harmless
-    to pyiceberg. ``busy_timeout`` makes a writer wait for the lock rather than fail at once.
-    """
-    busy_timeout_ms = max(0, round(busy_timeout_seconds * 1000))
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
-            _switch_to_wal(cursor, busy_timeout_seconds)
-        finally:
-            cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        mode = conn.get_execution_options().get(_SQLITE_BEGIN_OPTION, "DEFERRED")
-        conn.exec_driver_sql(f"BEGIN {mode}")
-
-
-def _switch_to_wal(cursor: Any, busy_timeout_seconds: float) -> None:
-    """Puts the file in WAL mode unless it is already.
-
-    Switching needs an exclusive lock, and SQLite does not always wait for it with the busy
-    handler: two processes opening a fresh file at once saw "database is locked" at once (CI).
-    So the switch is retried until the busy timeout, re-reading the mode in between, since
-    the other process may have switched it meanwhile.
-    """
-    deadline = time.monotonic() + busy_timeout_seconds
-    while True:
-        (mode,) = cursor.execute("PRAGMA journal_mode").fetchone()
-        if str(mode).lower() == "wal":
-            return
-        try:
-            cursor.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() >= deadline:
-                raise
-            time.sleep(0.02)
-
-
-def _make_engine(url: URL, busy_timeout_seconds: float) -> Engine:
-    if url.get_backend_name() == "sqlite":
-        engine = create_engine(url, pool_pre_ping=True)
-        _configure_sqlite(engine, busy_timeout_seconds)
-        return engine
-    # A dead or vanished database fails fast, as Unavailable. No statement timeout: the
-    # scheduler's advisory lock waits on purpose.
-    connect_args: dict[str, Any] = (
-        dict(postgres.missing_settings(url)) if postgres.is_libpq(url) else {}
-    )
-    try:
-        return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
-    except ImportError as exc:
-        # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the service ships psycopg2.
-        raise ValueError(
-            f"the job store URL's driver {url.drivername!r} is not installed "
-            f"({exc.name}); use postgresql+psycopg2://"
-        ) from None
-
-
 def _brief(exc: BaseException) -> str:
     text_ = str(getattr(exc, "orig", None) or exc)
     return text_.strip().splitlines()[0][:200] if text_.strip() else type(exc).__name__
-
-
-# -- The store -------------------------------------------------------------------------------
 
 
 class JobStore:
@@ -597,11 +213,11 @@ class JobStore:
         self._breaker = breaker
         self._on_ended = on_ended or _ignore
         self._on_lease_expired = on_lease_expired or _ignore_expiry
-        parsed = _parse_url(url)
+        parsed = parse_url(url)
         self._url = parsed
-        self._engine = _make_engine(parsed, busy_timeout_seconds)
+        self._engine = make_engine(parsed, busy_timeout_seconds)
         # Writing transactions take SQLite's write lock up front (ignored on PostgreSQL).
-        self._writer = self._engine.execution_options(**{_SQLITE_BEGIN_OPTION: "IMMEDIATE"})
+        self._writer = self._engine.execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"})
         self._postgres = parsed.get_backend_name() == "postgresql"
         secrets = {url, parsed.render_as_string(hide_password=False), parsed.password or ""}
         self._secrets = sorted((s for s in secrets if s), key=len, reverse=True)
@@ -718,19 +334,7 @@ class JobStore:
         """
         self._make_sqlite_folder()
         with self._writing() as conn:
-            if self._postgres:
-                conn.execute(select(func.pg_advisory_xact_lock(_MIGRATION_LOCK_KEY)))
-            schema_table.create(conn, checkfirst=True)
-            current = self._schema_version(conn)
-            if current > SCHEMA_VERSION:
-                raise FailedPrecondition(
-                    f"the job store schema is version {current}, newer than this release's "
-                    f"{SCHEMA_VERSION}; upgrade the service",
-                    reason="JOB_STORE_SCHEMA_TOO_NEW",
-                )
-            for step in _MIGRATIONS[current:]:
-                step(conn)
-            self._set_schema_version(conn, current)
+            migrate(conn, postgres=self._postgres)
 
     def _make_sqlite_folder(self) -> None:
         database = self._url.database
@@ -739,20 +343,6 @@ class JobStore:
         if database.startswith("file:"):  # a URI filename; SQLite resolves it
             return
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-
-    @staticmethod
-    def _schema_version(conn: Connection) -> int:
-        stmt = select(schema_table.c.version).where(schema_table.c.id == 1)
-        version = conn.execute(stmt).scalar_one_or_none()
-        return 0 if version is None else int(version)
-
-    @staticmethod
-    def _set_schema_version(conn: Connection, previous: int) -> None:
-        if previous == 0:
-            conn.execute(insert(schema_table).values(id=1, version=SCHEMA_VERSION))
-        elif previous != SCHEMA_VERSION:
-            stmt = update(schema_table).where(schema_table.c.id == 1)
-            conn.execute(stmt.values(version=SCHEMA_VERSION))
 
     def check(self) -> None:
         """Runs a trivial query: the readiness probe of the job store.
@@ -887,7 +477,7 @@ class JobStore:
             .where(
                 jobs_table.c[column] == value,
                 _jobs.principal != "",
-                _jobs.state.in_(_ACTIVE_STATES),
+                _jobs.state.in_(ACTIVE_STATES),
             )
         ).scalar_one()
         if int(unfinished) >= limit:
@@ -921,7 +511,7 @@ class JobStore:
                 return _record(row)
         if new["scheduled"]:
             stmt = select(jobs_table).where(
-                _ACTIVE_SCHEDULED,
+                ACTIVE_SCHEDULED,
                 _jobs.kind == new["kind"],
                 _jobs.namespace == new["namespace"],
                 _jobs.table_name == new["table_name"],
