@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 from pyiceberg.catalog import Catalog, load_catalog
 
-from lakehouse.adapters.iceberg import catalog_properties
+from lakehouse.adapters.iceberg.catalog import catalog_properties
 from lakehouse.config import Settings
 
 

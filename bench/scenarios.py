@@ -42,7 +42,7 @@ from bench.harness import (
     closed_loop,
 )
 from bench.load import MIX, LoadReport, MixedLoad
-from lakehouse.adapters.iceberg import catalog_properties
+from lakehouse.adapters.iceberg.catalog import catalog_properties
 from lakehouse.client.arrow import (
     append_rows_requests,
     read_rows_request,

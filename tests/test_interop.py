@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from fixtures.iceberg import append, direct_catalog
-from lakehouse.adapters.iceberg import catalog_properties
+from lakehouse.adapters.iceberg.catalog import catalog_properties
 from lakehouse.v1 import schema_pb2
 from lakehouse.v1 import table_service_pb2 as pb
 

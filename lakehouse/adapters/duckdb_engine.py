@@ -96,8 +96,8 @@ from pyiceberg.types import (
 )
 from pyiceberg.utils.datetime import date_to_days, datetime_to_micros
 
-from lakehouse.adapters.iceberg import translate_errors, without_paths
-from lakehouse.adapters.iceberg_scan import lazy_batch_reader, small_offsets
+from lakehouse.adapters.iceberg.errors import translate_errors, without_paths
+from lakehouse.adapters.iceberg.scan import lazy_batch_reader, small_offsets
 from lakehouse.adapters.pyiceberg_private import writable_table, write_data_files
 from lakehouse.adapters.sql_result import SqlOutcome
 from lakehouse.domain.errors import (

@@ -11,7 +11,7 @@ pyiceberg lets a table's own properties reach its storage layer:
   and honours ``write.data.path`` / ``write.metadata.path``, so a table could have the
   service write anywhere it may write.
 
-Clients cannot set those keys (see ``iceberg_updates.table_property_problem``), but a table
+Clients cannot set those keys (see ``lakehouse.domain.table_properties``), but a table
 registered from a crafted metadata file, or created before that check, carries whatever its
 metadata says. So the service builds every ``FileIO`` from its own configuration only and
 every location provider from the table's location only, whatever the table's properties.

@@ -1,7 +1,7 @@
 """The request-id ledger: WriteRows request ids remembered past snapshot expiry.
 
 A committed request id lives first in the summary of the snapshot that committed it
-(``lakehouse.adapters.iceberg_ingest``); that is the atomic record. Snapshot expiry may drop
+(``lakehouse.adapters.iceberg.ingest``); that is the atomic record. Snapshot expiry may drop
 that snapshot long before the dedup window ends, so the ids are also kept here, in the job
 store's database (table ``lakehouse_request_ids``, created by the job store's migration 2):
 written after each ingest commit that holds request ids, copied again by expiry from the

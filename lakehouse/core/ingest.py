@@ -8,7 +8,7 @@ process: a writer that outruns the committer waits for room, then gets RESOURCE_
 
 Request ids are remembered for the whole window: in the summaries of the retained snapshots,
 and in the request-id ledger for those that expiry removed (see
-``lakehouse.adapters.iceberg_ingest``). When the ledger is needed and cannot be read, the
+``lakehouse.adapters.iceberg.ingest``). When the ledger is needed and cannot be read, the
 requests it would have decided fail UNAVAILABLE (retryable) rather than risk a double write.
 """
 

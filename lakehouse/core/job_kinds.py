@@ -18,7 +18,8 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression
 
-from lakehouse.adapters import duckdb_engine, iceberg_maintenance
+from lakehouse.adapters import duckdb_engine
+from lakehouse.adapters.iceberg import maintenance
 from lakehouse.adapters.imports.commit import ImportOutcome
 from lakehouse.adapters.imports.job import import_files
 from lakehouse.adapters.sql_result import SqlOutcome
@@ -138,7 +139,7 @@ class JobKinds:
     async def _compact(
         self, spec: job_pb2.CompactTableJobSpec, ctx: JobContext
     ) -> job_pb2.CompactTableJobResult:
-        def work(c: Catalog) -> iceberg_maintenance.CompactResult:
+        def work(c: Catalog) -> maintenance.CompactResult:
             table = c.load_table((spec.namespace, spec.table))
             row_filter: BooleanExpression = AlwaysTrue()
             if spec.row_filter:
@@ -149,7 +150,7 @@ class JobKinds:
                 table.properties.get("write.target-file-size-bytes", DEFAULT_TARGET_FILE_BYTES)
             )
             ctx.progress(0.0, "planning")
-            return iceberg_maintenance.compact_table(
+            return maintenance.compact_table(
                 table,
                 target_file_bytes=target,
                 min_input_files=spec.min_input_files or DEFAULT_MIN_INPUT_FILES,
@@ -182,7 +183,7 @@ class JobKinds:
             cutoffs.append(now_ms - int(age * 1000))
         older_than_ms = min(cutoffs) if cutoffs else now_ms - DEFAULT_EXPIRE_AGE_SECONDS * 1000
 
-        def work(c: Catalog) -> iceberg_maintenance.ExpireResult:
+        def work(c: Catalog) -> maintenance.ExpireResult:
             # A table under steady ingest commits while the expiry computes: losing that
             # race is normal, and the expiry (which deletes nothing before its commit) is
             # recomputed on the new metadata rather than failing the attempt.
@@ -191,7 +192,7 @@ class JobKinds:
                 ctx.progress(0.1, "expiring snapshots")
                 ctx.check()
                 try:
-                    return iceberg_maintenance.expire_snapshots(
+                    return maintenance.expire_snapshots(
                         table,
                         older_than_ms=older_than_ms,
                         retain_last=spec.retain_last or 1,
@@ -237,10 +238,10 @@ class JobKinds:
         def list_files(prefix: str) -> Iterator[tuple[str, float]]:
             return iter(listed)
 
-        def work(c: Catalog) -> iceberg_maintenance.OrphanResult:
+        def work(c: Catalog) -> maintenance.OrphanResult:
             table = c.load_table((spec.namespace, spec.table))
             ctx.check()
-            return iceberg_maintenance.remove_orphan_files(
+            return maintenance.remove_orphan_files(
                 table,
                 list_files,
                 older_than_ms=older_than_ms,

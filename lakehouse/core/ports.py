@@ -29,7 +29,7 @@ T = TypeVar("T")
 
 
 class CatalogPort(Protocol):
-    """Iceberg tables and namespaces (``lakehouse.adapters.iceberg.IcebergCatalog``)."""
+    """Iceberg tables and namespaces (``lakehouse.adapters.iceberg.catalog.IcebergCatalog``)."""
 
     async def run_on_catalog(
         self,

@@ -11,7 +11,7 @@ from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-from lakehouse.adapters.iceberg import IcebergCatalog
+from lakehouse.adapters.iceberg.catalog import IcebergCatalog
 from lakehouse.adapters.object_store import object_store_for
 from lakehouse.adapters.resilience import CATALOG, JOB_STORE, OBJECT_STORE, Resilience
 from lakehouse.blocking import BlockingPool

@@ -12,7 +12,7 @@ import functools
 import logging
 
 from lakehouse.adapters import duckdb_engine
-from lakehouse.adapters.iceberg import IcebergCatalog
+from lakehouse.adapters.iceberg.catalog import IcebergCatalog
 from lakehouse.adapters.job_store.store import JobStore
 from lakehouse.adapters.request_id_store import RequestIdStore
 from lakehouse.adapters.resilience import JOB_STORE, Resilience

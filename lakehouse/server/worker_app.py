@@ -12,7 +12,7 @@ import logging
 
 from aiohttp import web
 
-from lakehouse.adapters.iceberg import IcebergCatalog
+from lakehouse.adapters.iceberg.catalog import IcebergCatalog
 from lakehouse.adapters.object_store import object_store_for
 from lakehouse.adapters.resilience import CATALOG, JOB_STORE, OBJECT_STORE, Resilience
 from lakehouse.blocking import BlockingPool

@@ -28,7 +28,7 @@ from pyiceberg.types import DoubleType, LongType, NestedField, StringType
 from fixtures import s3 as s3fixture
 from fixtures.iceberg import direct_catalog
 from fixtures.job_contexts import StopAt
-from lakehouse.adapters.iceberg_maintenance import (
+from lakehouse.adapters.iceberg.maintenance import (
     compact_table,
     expire_snapshots,
     normalize_uri,
@@ -402,7 +402,7 @@ def test_expiry_and_compaction_keep_ingest_writer_offsets(backend: Any) -> None:
     # Writer offsets live in the newest ingest snapshot; appends by other writers and
     # compactions on top of it must not let an expiry take them (a resend would then be
     # written twice).
-    from lakehouse.adapters.iceberg_ingest import WRITERS_KEY, read_state
+    from lakehouse.adapters.iceberg.ingest import WRITERS_KEY, read_state
 
     table = _create(_catalog(backend), "offsets")
     table.append(_batch(0, 10), snapshot_properties={WRITERS_KEY: '{"w":[10,1]}'})

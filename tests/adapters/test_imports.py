@@ -42,7 +42,7 @@ from fixtures import s3 as s3fixture
 from fixtures.iceberg import direct_catalog
 from fixtures.job_contexts import StopAt
 from fixtures.tcp_proxy import tcp_proxy
-from lakehouse.adapters.iceberg import catalog_properties
+from lakehouse.adapters.iceberg.catalog import catalog_properties
 from lakehouse.adapters.imports.commit import (
     FILES_REGISTERED_KEY,
     JOB_ID_KEY,

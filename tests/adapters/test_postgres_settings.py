@@ -19,7 +19,7 @@ from pyiceberg.catalog.sql import SqlCatalog
 from sqlalchemy.engine import URL, make_url
 
 from fixtures import postgres as pg
-from lakehouse.adapters.iceberg import catalog_properties
+from lakehouse.adapters.iceberg.catalog import catalog_properties
 from lakehouse.adapters.job_store.engines import make_engine
 from lakehouse.cli import EXIT_CONFIG
 from lakehouse.config import Settings, load_settings, masked

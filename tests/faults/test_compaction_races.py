@@ -18,7 +18,7 @@ import pytest
 
 from fixtures.faults import duplicates
 from fixtures.iceberg import direct_catalog
-from lakehouse.adapters.iceberg_maintenance import compact_table, expire_snapshots
+from lakehouse.adapters.iceberg.maintenance import compact_table, expire_snapshots
 
 pytestmark = pytest.mark.faults
 

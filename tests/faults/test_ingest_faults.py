@@ -35,7 +35,7 @@ from fixtures.iceberg import direct_catalog
 from fixtures.net import LOOPBACK
 from fixtures.serve_process import ServeProcess, serve_process, settings_env
 from fixtures.tcp_proxy import tcp_proxy
-from lakehouse.adapters.iceberg_ingest import WRITERS_KEY
+from lakehouse.adapters.iceberg.ingest import WRITERS_KEY
 from lakehouse.client.arrow import append_rows_requests, write_rows_request
 from lakehouse.v1 import ingest_service_pb2 as ipb
 from lakehouse.v1 import ingest_service_pb2_grpc

@@ -22,7 +22,7 @@ from pyiceberg.schema import Schema
 from pyiceberg.types import LongType, NestedField
 
 from fixtures.iceberg import direct_catalog
-from lakehouse.adapters.iceberg import IcebergCatalog, catalog_properties
+from lakehouse.adapters.iceberg.catalog import IcebergCatalog, catalog_properties
 from lakehouse.adapters.object_store import object_store_for
 from lakehouse.adapters.pyiceberg_private import confine_catalog_io
 from lakehouse.blocking import BlockingPool

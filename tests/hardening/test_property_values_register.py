@@ -19,7 +19,7 @@ from google.protobuf import struct_pb2
 
 from fixtures.grpc_errors import rpc_error_details
 from fixtures.properties import assert_property_update_refused
-from lakehouse.adapters.iceberg import catalog_properties
+from lakehouse.adapters.iceberg.catalog import catalog_properties
 from lakehouse.v1 import ingest_service_pb2, ingest_service_pb2_grpc, rows_pb2, schema_pb2
 from lakehouse.v1 import table_service_pb2 as pb
 

@@ -23,7 +23,7 @@ from pyiceberg.types import LongType, NestedField
 
 from fixtures.grpc_errors import rpc_error_details
 from fixtures.iceberg import direct_catalog
-from lakehouse.adapters.iceberg import catalog_properties
+from lakehouse.adapters.iceberg.catalog import catalog_properties
 from lakehouse.adapters.pyiceberg_private import confine_catalog_io
 from lakehouse.domain.errors import InvalidArgument
 from lakehouse.v1 import table_service_pb2 as pb
@@ -204,7 +204,7 @@ async def test_expiry_leaves_files_outside_the_tables_folder(
 
 async def test_register_prefixes_admit_a_table_outside_the_warehouse(backend: Any) -> None:
     # catalog.register_prefixes: where the operator allows tables besides the warehouse.
-    from lakehouse.adapters.iceberg import IcebergCatalog
+    from lakehouse.adapters.iceberg.catalog import IcebergCatalog
     from lakehouse.blocking import BlockingPool
 
     metadata_location, folder = _external_table(backend, "ext")
@@ -239,7 +239,7 @@ async def test_register_bounds_the_files_it_checks(
 ) -> None:
     # Each manifest and entry is read to check its path: a table with more than the bound is
     # refused rather than half checked (the bound lowered here from 200,000).
-    from lakehouse.adapters import iceberg
+    from lakehouse.adapters.iceberg import registration as iceberg
 
     monkeypatch.setattr(iceberg, "MAX_REGISTER_CHECKED_ENTRIES", 1)
     catalog = _catalog(backend)

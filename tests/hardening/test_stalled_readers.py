@@ -320,7 +320,7 @@ def _files(count: int, batches: int, rows: int) -> list[Any]:
 def test_streams_sharing_a_tiny_budget_still_finish() -> None:
     """A stream with nothing queued may always queue one batch: no deadlock, whatever the
     budget, even with every stream's producers waiting on it."""
-    from lakehouse.adapters.readahead import ReadBudget, read_ahead
+    from lakehouse.adapters.iceberg.readahead import ReadBudget, read_ahead
 
     budget = ReadBudget(1)  # smaller than any batch
     streams = [read_ahead(_files(3, 4, 1000), budget=budget, stream_bytes=1) for _ in range(4)]
@@ -340,7 +340,7 @@ def test_streams_sharing_a_tiny_budget_still_finish() -> None:
 
 
 def test_a_stalled_stream_queues_no_more_than_its_share() -> None:
-    from lakehouse.adapters.readahead import ReadBudget, read_ahead
+    from lakehouse.adapters.iceberg.readahead import ReadBudget, read_ahead
 
     batch_bytes = 8 * 1000
     budget = ReadBudget(10 * batch_bytes)
@@ -366,7 +366,7 @@ def test_files_read_in_small_batches_keep_the_scan_semantics(backend: Any) -> No
     from pyiceberg.types import LongType, NestedField, StringType
 
     from fixtures.iceberg import direct_catalog
-    from lakehouse.adapters.iceberg_scan import lazy_batch_reader
+    from lakehouse.adapters.iceberg.scan import lazy_batch_reader
 
     Path(backend.data_dir).mkdir(parents=True, exist_ok=True)  # the server would make it
     catalog = direct_catalog(backend)

@@ -30,7 +30,7 @@ from fixtures.iceberg import direct_catalog
 from fixtures.properties import assert_property_update_refused
 from fixtures.serve_process import serve_process, settings_env
 from lakehouse.adapters import pyiceberg_private
-from lakehouse.adapters.iceberg import catalog_properties
+from lakehouse.adapters.iceberg.catalog import catalog_properties
 from lakehouse.v1 import (
     ingest_service_pb2,
     ingest_service_pb2_grpc,

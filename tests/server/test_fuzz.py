@@ -2077,7 +2077,7 @@ async def test_racing_creates_of_one_namespace_are_one_ok_and_already_exists(
 
 
 def test_a_table_replaced_during_a_commit_is_a_conflict() -> None:
-    from lakehouse.adapters.iceberg import translate_errors
+    from lakehouse.adapters.iceberg.errors import translate_errors
     from lakehouse.domain.errors import Conflict
 
     # What pyiceberg's commit retry raises when the table was dropped and created again.
@@ -2096,7 +2096,7 @@ def test_shared_tables_have_their_lazy_lookups_filled_in() -> None:
     from pyiceberg.table.sorting import UNSORTED_SORT_ORDER
     from pyiceberg.types import ListType, LongType, NestedField, StringType
 
-    from lakehouse.adapters.iceberg import _fill_lazy_caches
+    from lakehouse.adapters.iceberg.catalog import _fill_lazy_caches
 
     schema = Schema(
         NestedField(1, "id", LongType()),

@@ -14,7 +14,7 @@ from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table, TableProperties
 from pyiceberg.table.update import AssertCurrentSchemaId, AssertDefaultSpecId
 
-from lakehouse.adapters.iceberg import translate_errors
+from lakehouse.adapters.iceberg.errors import translate_errors
 from lakehouse.adapters.pyiceberg_private import add_commit_requirements
 
 logger = logging.getLogger(__name__)

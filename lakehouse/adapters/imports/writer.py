@@ -11,7 +11,7 @@ from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table, TableProperties
 from pyiceberg.utils.properties import property_as_int
 
-from lakehouse.adapters.iceberg import translate_errors
+from lakehouse.adapters.iceberg.errors import translate_errors
 from lakehouse.adapters.pyiceberg_private import write_data_files
 
 logger = logging.getLogger(__name__)

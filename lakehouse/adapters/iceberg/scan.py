@@ -1,6 +1,6 @@
 """Reading an Iceberg scan as Arrow batches with bounded memory.
 
-Shared by ``ReadRows`` (``lakehouse.adapters.iceberg``) and the DuckDB engine's scan source.
+Shared by ``ReadRows`` (``lakehouse.adapters.iceberg.catalog``) and the DuckDB engine's scan source.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from pyiceberg.schema import prune_columns
 from pyiceberg.table import DataScan, FileScanTask, TableProperties
 from pyiceberg.table import Table as IcebergTable
 
+from lakehouse.adapters.iceberg.readahead import ReadBudget, read_ahead
 from lakehouse.adapters.pyiceberg_private import MAX_PAGE_BYTES
-from lakehouse.adapters.readahead import ReadBudget, read_ahead
 
 #: Decoded size of the batches a reader yields (ReadRows cuts them again into messages).
 PIECE_BYTES = 2 * 1024 * 1024
@@ -68,7 +68,7 @@ def lazy_batch_reader(
 
     pyiceberg's own ``to_arrow_batch_reader`` decodes every file up front in its thread pool
     (memory grows with the table); this keeps memory bounded by a few batches per open file,
-    charged in decoded bytes to ``budget`` (see ``lakehouse.adapters.readahead``).
+    charged in decoded bytes to ``budget`` (see ``lakehouse.adapters.iceberg.readahead``).
 
     Each Parquet file is read ``batch_rows`` rows at a time (see ``_batch_rows``): about
     ``PIECE_BYTES`` decoded per batch whatever the compression, judged from the row groups'

@@ -9,42 +9,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import inspect
-import posixpath
-import re
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import TypeVar
 
 import pyarrow as pa
-import requests
 from pyiceberg.catalog import Catalog, load_catalog
-from pyiceberg.catalog.sql import IcebergNamespaceProperties, IcebergTables, SqlCatalog
+from pyiceberg.catalog.sql import IcebergTables, SqlCatalog
 from pyiceberg.exceptions import (
     CommitFailedException,
-    CommitStateUnknownException,
     NamespaceAlreadyExistsError,
-    NamespaceNotEmptyError,
     NoSuchNamespaceError,
     NoSuchTableError,
-    ServiceUnavailableError,
     TableAlreadyExistsError,
-    ValidationException,
 )
 from pyiceberg.exceptions import ValidationError as IcebergValidationError
-from pyiceberg.io import FileIO
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.partitioning import PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.serializers import FromInputFile
 from pyiceberg.table import Table as IcebergTable
-from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.refs import MAIN_BRANCH
-from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.table.sorting import SortOrder
 from pyiceberg.table.update import (
     AssertCurrentSchemaId,
@@ -53,234 +41,65 @@ from pyiceberg.table.update import (
     AssertRefSnapshotId,
     TableRequirement,
 )
-from pyiceberg.types import ListType, MapType, StructType
-from sqlalchemy import bindparam, make_url, select
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.exc import TimeoutError as SqlTimeoutError
+from sqlalchemy import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from lakehouse.adapters import postgres
-from lakehouse.adapters.iceberg_ingest import planned_append, read_state, writer_last_commit
-from lakehouse.adapters.iceberg_locations import canonical_location, within_location
-from lakehouse.adapters.iceberg_scan import lazy_batch_reader, small_offsets
-from lakehouse.adapters.iceberg_updates import apply_changes
+from lakehouse.adapters.iceberg.cache import fill_lazy_caches
+from lakehouse.adapters.iceberg.conversions import (
+    INTERNAL_NAMESPACE_PROPERTIES,
+    public_namespace_properties,
+    snapshot_info,
+    table_info,
+)
+from lakehouse.adapters.iceberg.errors import brief, metadata_errors, translate_errors
+from lakehouse.adapters.iceberg.fast_paths import (
+    LOCATION_QUERY,
+    RAW_LOCATION_QUERY,
+    sql_namespace_properties,
+)
+from lakehouse.adapters.iceberg.ingest import planned_append, read_state, writer_last_commit
+from lakehouse.adapters.iceberg.locations import canonical_location, within_location
+from lakehouse.adapters.iceberg.readahead import ReadBudget
+from lakehouse.adapters.iceberg.registration import (
+    refuse_files_outside,
+    refuse_outside,
+    refuse_shared_location,
+    refuse_unusable_properties,
+)
+from lakehouse.adapters.iceberg.scan import lazy_batch_reader, small_offsets
+from lakehouse.adapters.iceberg.updates import apply_changes
 from lakehouse.adapters.pyiceberg_private import confine_catalog_io, service_file_io
-from lakehouse.adapters.readahead import ReadBudget
 from lakehouse.adapters.resilience import CATALOG, OBJECT_STORE, CircuitBreaker, Resilience
 from lakehouse.blocking import BlockingPool
 from lakehouse.config import Settings
 from lakehouse.deadlines import check_deadline
 from lakehouse.domain.changes import TableChange
 from lakehouse.domain.errors import (
-    AlreadyExists,
-    CommitStateUnknown,
     Conflict,
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
-    LakehouseError,
-    NotFound,
     Unavailable,
 )
 from lakehouse.domain.ingest import AppendOutcome, AppendPlan, IngestState, RequestIdLedger
-from lakehouse.domain.table_properties import property_value_problem
 from lakehouse.domain.tables import (
     OpenScan,
     ScanRequest,
     SnapshotInfo,
     TableInfo,
-    TableStats,
     snapshot_not_found,
 )
 
 T = TypeVar("T")
 
 
-def snapshot_info(snapshot: Snapshot) -> SnapshotInfo:
-    """The domain view of a pyiceberg snapshot."""
-    summary = snapshot.summary
-    return SnapshotInfo(
-        snapshot_id=snapshot.snapshot_id,
-        parent_snapshot_id=snapshot.parent_snapshot_id,
-        timestamp_ms=snapshot.timestamp_ms,
-        operation=summary.operation.value if summary is not None else "",
-        summary={k: str(v) for k, v in summary.additional_properties.items()} if summary else {},
-        manifest_list=snapshot.manifest_list,
-        schema_id=snapshot.schema_id,
-        sequence_number=snapshot.sequence_number or 0,
-    )
-
-
-def _summary_int(summary: Any, key: str) -> int:
-    if summary is None:
-        return 0
-    try:
-        return int(summary.get(key, 0) or 0)
-    except (TypeError, ValueError):
-        return 0
-
-
-def table_info(namespace: str, name: str, table: IcebergTable) -> TableInfo:
-    """Builds the domain view of a loaded pyiceberg table."""
-    md = table.metadata
-    snapshot = table.current_snapshot()
-    summary = snapshot.summary if snapshot is not None else None
-    created = min([e.timestamp_ms for e in md.metadata_log] + [md.last_updated_ms])
-    return TableInfo(
-        namespace=namespace,
-        name=name,
-        uuid=str(md.table_uuid),
-        schema=table.schema(),
-        partition_spec=table.spec(),
-        sort_order=table.sort_order(),
-        properties=dict(md.properties),
-        location=md.location,
-        metadata_location=table.metadata_location,
-        current_snapshot_id=md.current_snapshot_id,
-        format_version=int(md.format_version),
-        created_ms=created,
-        updated_ms=md.last_updated_ms,
-        stats=TableStats(
-            row_count=_summary_int(summary, "total-records"),
-            file_count=_summary_int(summary, "total-data-files"),
-            total_bytes=_summary_int(summary, "total-files-size"),
-            snapshot_count=len(md.snapshots),
-        ),
-    )
-
-
-@contextlib.contextmanager
-def translate_errors(namespace: str = "", table: str = "") -> Iterator[None]:
-    """Maps pyiceberg and database errors to domain errors (one map, used at every call)."""
-    meta = {k: v for k, v in (("namespace", namespace), ("table", table)) if v}
-    qualified = f"{namespace}.{table}" if table else namespace
-    try:
-        yield
-    except LakehouseError:
-        raise
-    except NoSuchTableError as exc:
-        raise NotFound(
-            f"table {qualified} does not exist", reason="TABLE_NOT_FOUND", metadata=meta
-        ) from exc
-    except NoSuchNamespaceError as exc:
-        raise NotFound(
-            f"namespace {namespace} does not exist", reason="NAMESPACE_NOT_FOUND", metadata=meta
-        ) from exc
-    except TableAlreadyExistsError as exc:
-        raise AlreadyExists(
-            f"table {qualified} already exists", reason="TABLE_ALREADY_EXISTS", metadata=meta
-        ) from exc
-    except NamespaceAlreadyExistsError as exc:
-        raise AlreadyExists(
-            f"namespace {namespace} already exists",
-            reason="NAMESPACE_ALREADY_EXISTS",
-            metadata=meta,
-        ) from exc
-    except NamespaceNotEmptyError as exc:
-        raise FailedPrecondition(
-            f"namespace {namespace} still holds tables; delete them first",
-            reason="NAMESPACE_NOT_EMPTY",
-            metadata=meta,
-        ) from exc
-    except (CommitFailedException, ValidationException) as exc:
-        # ValidationException: a concurrent commit removed files this one replaces.
-        raise Conflict(f"table {qualified} was changed concurrently; retry", metadata=meta) from exc
-    except ValueError as exc:
-        if "UUID does not match" not in str(exc):
-            raise
-        # pyiceberg's commit retry refreshes the table and finds another one under the name:
-        # it was dropped and created again meanwhile (found by the fuzz test, as INTERNAL).
-        raise Conflict(
-            f"table {qualified} was dropped and created again meanwhile; retry", metadata=meta
-        ) from exc
-    except CommitStateUnknownException as exc:
-        raise CommitStateUnknown(
-            f"the commit to {qualified} may or may not have happened", metadata=meta
-        ) from exc
-    except (OperationalError, SqlTimeoutError, ServiceUnavailableError) as exc:
-        raise Unavailable(
-            "catalog unavailable: " + _brief(exc), reason="CATALOG_UNAVAILABLE"
-        ) from exc
-    except IntegrityError as exc:
-        # pyiceberg's SqlCatalog checks, then writes: two calls racing on one name pass the
-        # check together and the database's unique key stops the second one.
-        raise Conflict(
-            f"{qualified or 'the catalog'} was changed concurrently; retry", metadata=meta
-        ) from exc
-    except DBAPIError as exc:
-        if exc.connection_invalidated:
-            raise Unavailable(
-                "catalog unavailable: " + _brief(exc), reason="CATALOG_UNAVAILABLE"
-            ) from exc
-        raise
-    except (ConnectionError, TimeoutError) as exc:
-        raise Unavailable(
-            "backing service unavailable: " + _brief(exc), reason="BACKEND_UNAVAILABLE"
-        ) from exc
-    except requests.RequestException as exc:
-        # The REST catalog's transport (an OSError too: it must not pass for the object
-        # store's, whose breaker it would open).
-        raise Unavailable(
-            "catalog unavailable: " + _brief(exc), reason="CATALOG_UNAVAILABLE"
-        ) from exc
-    except FileNotFoundError as exc:
-        # A file the metadata names is gone (deleted outside the table's metadata): the table
-        # is damaged, which no retry mends, and the object store is up.
-        raise FailedPrecondition(
-            f"{qualified or 'the table'} references a file that no longer exists: "
-            + _missing_file(exc),
-            reason="TABLE_FILE_MISSING",
-            metadata=meta,
-        ) from exc
-    except OSError as exc:  # pyarrow's file systems report S3 and disk failures as OSError
-        raise Unavailable(
-            "object store: " + _brief(exc), reason="OBJECT_STORE_UNAVAILABLE"
-        ) from exc
-
-
 # pyiceberg's SqlCatalog stores this marker property on every namespace it creates.
-_INTERNAL_NAMESPACE_PROPERTIES = frozenset({"exists"})
 #: Namespace properties clients may not set: pyiceberg creates the namespace's tables under
 #: ``location``, so a client could have the service write files anywhere it may write (found
 #: by the fuzz test: a relative location crashed remove_orphan_files). Operators set it in
 #: the catalog itself; it stays visible and removable through the API.
 _OPERATOR_NAMESPACE_PROPERTIES = frozenset({"location"})
-
-
-def _public(properties: Any) -> dict[str, str]:
-    return {k: v for k, v in dict(properties).items() if k not in _INTERNAL_NAMESPACE_PROPERTIES}
-
-
-#: An absolute local path or an object-store URI inside an error text (pyarrow quotes the
-#: file it failed on: "Failed to open local file '/srv/lakehouse/warehouse/...'").
-_PATH_IN_TEXT = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]*|(?<![\w.])/[^\s'\"]+)")
-
-
-_QUOTED_PATH = re.compile(r"'([^'\s]*/[^'\s]*)'")
-
-
-def without_paths(text: str) -> str:
-    """``text`` with every path or URI cut to its last segment.
-
-    An answer names the file, not where the server keeps its warehouse.
-    """
-    return _PATH_IN_TEXT.sub(lambda m: posixpath.basename(m.group(0).rstrip("/")) or "/", text)
-
-
-def _brief(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc)
-    return without_paths(text.splitlines()[0])[:200] if text else type(exc).__name__
-
-
-def _missing_file(exc: BaseException) -> str:
-    """The name of the file a FileNotFoundError is about, without its folder."""
-    name = getattr(exc, "filename", None)
-    if not name:
-        # pyarrow's S3 file system quotes the key: "... for key 'warehouse/r/t/data/x.parquet'"
-        quoted = _QUOTED_PATH.search(str(exc))
-        name = quoted.group(1) if quoted else None
-    if name:
-        return posixpath.basename(str(name).rstrip("/"))
-    return _brief(exc)
 
 
 #: Longest a catalog statement may run on the server: each is a small lookup or update, so
@@ -324,18 +143,6 @@ def catalog_properties(settings: Settings) -> dict[str, str]:
     return props
 
 
-# One precompiled statement: revalidating a cached table is a single indexed lookup.
-_LOCATION_QUERY = select(IcebergTables.metadata_location).where(
-    IcebergTables.catalog_name == bindparam("catalog"),
-    IcebergTables.table_namespace == bindparam("namespace"),
-    IcebergTables.table_name == bindparam("name"),
-)
-
-_RAW_LOCATION_QUERY = {
-    style: "SELECT metadata_location FROM iceberg_tables "
-    f"WHERE catalog_name = {mark} AND table_namespace = {mark} AND table_name = {mark}"
-    for style, mark in (("qmark", "?"), ("format", "%s"), ("pyformat", "%s"))
-}
 assert IcebergTables.__tablename__ == "iceberg_tables"
 
 
@@ -462,7 +269,7 @@ class IcebergCatalog:
 
     @staticmethod
     def _refuse_internal_keys(field: str, keys: Iterable[str]) -> None:
-        reserved = sorted(set(keys) & _INTERNAL_NAMESPACE_PROPERTIES)
+        reserved = sorted(set(keys) & INTERNAL_NAMESPACE_PROPERTIES)
         if reserved:
             raise InvalidArgument.field(
                 field,
@@ -486,14 +293,17 @@ class IcebergCatalog:
             except IntegrityError as exc:
                 # A concurrent create of the same name won the race (see translate_errors).
                 raise NamespaceAlreadyExistsError(name) from exc
-            return _public(c.load_namespace_properties(name))
+            return public_namespace_properties(c.load_namespace_properties(name))
 
         return await self._call(work, name, files=False)
 
     async def namespace_properties(self, name: str) -> dict[str, str]:
         """The properties of a namespace. Raises NotFound."""
         return await self._call(
-            lambda c: _public(c.load_namespace_properties(name)), name, retry=True, files=False
+            lambda c: public_namespace_properties(c.load_namespace_properties(name)),
+            name,
+            retry=True,
+            files=False,
         )
 
     async def list_namespaces(self) -> list[str]:
@@ -509,11 +319,11 @@ class IcebergCatalog:
 
         def work(c: Catalog) -> list[tuple[str, dict[str, str]]]:
             if isinstance(c, SqlCatalog):
-                return _sql_namespace_properties(c, names)
+                return sql_namespace_properties(c, names)
             result = []
             for n in names:
                 with contextlib.suppress(NoSuchNamespaceError):  # deleted meanwhile
-                    result.append((n, _public(c.load_namespace_properties(n))))
+                    result.append((n, public_namespace_properties(c.load_namespace_properties(n))))
             return result
 
         return await self._call(work, retry=True, files=False)
@@ -533,7 +343,7 @@ class IcebergCatalog:
 
         def work(c: Catalog) -> tuple[dict[str, str], list[str], list[str], list[str]]:
             summary = c.update_namespace_properties(name, removals, updates)
-            props = _public(c.load_namespace_properties(name))
+            props = public_namespace_properties(c.load_namespace_properties(name))
             return props, list(summary.updated), list(summary.removed), list(summary.missing)
 
         return await self._call(work, name, files=False)
@@ -579,11 +389,11 @@ class IcebergCatalog:
         if not isinstance(c, SqlCatalog):
             return None
         params = (c.name, namespace, name)
-        sql = _RAW_LOCATION_QUERY.get(c.engine.dialect.paramstyle)
+        sql = RAW_LOCATION_QUERY.get(c.engine.dialect.paramstyle)
         if sql is None:
             with c.engine.connect() as conn:
                 location = conn.execute(
-                    _LOCATION_QUERY, {"catalog": c.name, "namespace": namespace, "name": name}
+                    LOCATION_QUERY, {"catalog": c.name, "namespace": namespace, "name": name}
                 ).scalar_one_or_none()
         else:
             # The DB-API directly: a third of the cost of a SQLAlchemy statement, and this
@@ -594,7 +404,7 @@ class IcebergCatalog:
             except (DBAPIError, dbapi.OperationalError, dbapi.InterfaceError) as exc:
                 # the pool does not wrap a failed connect in SQLAlchemy's exceptions
                 raise Unavailable(
-                    "catalog unavailable: " + _brief(exc), reason="CATALOG_UNAVAILABLE"
+                    "catalog unavailable: " + brief(exc), reason="CATALOG_UNAVAILABLE"
                 ) from exc
             try:
                 cursor = raw.cursor()
@@ -605,7 +415,7 @@ class IcebergCatalog:
                 # Not wrapped by SQLAlchemy on this path: drop the dead connection ourselves.
                 raw.invalidate()
                 raise Unavailable(
-                    "catalog unavailable: " + _brief(exc), reason="CATALOG_UNAVAILABLE"
+                    "catalog unavailable: " + brief(exc), reason="CATALOG_UNAVAILABLE"
                 ) from exc
             finally:
                 raw.close()
@@ -651,7 +461,7 @@ class IcebergCatalog:
     def _remember(
         self, namespace: str, name: str, table: IcebergTable
     ) -> tuple[IcebergTable, TableInfo]:
-        _fill_lazy_caches(table)
+        fill_lazy_caches(table)
         entry = (table, table_info(namespace, name, table))
         with self._tables_lock:
             self._tables[(namespace, name)] = entry
@@ -741,21 +551,21 @@ class IcebergCatalog:
             # The warehouse, and the prefixes the operator allowed besides it.
             roots = (self._settings.warehouse, *self._settings.catalog.register_prefixes)
             # Checked before anything is read: the file itself may lie anywhere.
-            _refuse_outside(metadata_location, roots, "metadata file")
-            with _metadata_errors(metadata_location):
+            refuse_outside(metadata_location, roots, "metadata file")
+            with metadata_errors(metadata_location):
                 io = service_file_io(c.properties, metadata_location)
                 registered = FromInputFile.table_metadata(io.new_input(metadata_location))
-                _refuse_files_outside(registered, io, roots)
-            _refuse_unusable_properties(registered)
+                refuse_files_outside(registered, io, roots)
+            refuse_unusable_properties(registered)
             if c.table_exists((namespace, name)):  # the name first: the likelier mistake
                 raise TableAlreadyExistsError(f"{namespace}.{name}")
-            _refuse_shared_location(c, registered.location)
+            refuse_shared_location(c, registered.location)
             try:
                 table = c.register_table((namespace, name), metadata_location)
             except (OSError, ValueError, IcebergValidationError):
                 with contextlib.suppress(Exception):
                     c.drop_table((namespace, name))
-                with _metadata_errors(metadata_location):
+                with metadata_errors(metadata_location):
                     raise
             return self._remember(namespace, name, table)[1]
 
@@ -906,7 +716,7 @@ class IcebergCatalog:
             except ValueError as exc:  # pyiceberg's schema compatibility check
                 raise FailedPrecondition(
                     f"rows no longer match the schema of {namespace}.{name} (it changed "
-                    f"meanwhile?): {_brief(exc)}",
+                    f"meanwhile?): {brief(exc)}",
                     reason="SCHEMA_CHANGED",
                 ) from exc
 
@@ -969,7 +779,7 @@ class IcebergCatalog:
                     stream_bytes=self._settings.read_stream_buffer_bytes,
                 )
             except ValueError as exc:
-                raise InvalidArgument.field("columns", _brief(exc)) from exc
+                raise InvalidArgument.field("columns", brief(exc)) from exc
             return OpenScan(snapshot_id, reader.schema, reader, namespace, name)
 
         return await self._call(work, namespace, name, retry=True)
@@ -1042,130 +852,6 @@ class IcebergCatalog:
             await self._pool.run(engine.dispose)
 
 
-#: Every table's metadata location in one catalog (for RegisterTable's overlap check).
-_ALL_LOCATIONS_QUERY = select(
-    IcebergTables.table_namespace, IcebergTables.table_name, IcebergTables.metadata_location
-).where(IcebergTables.catalog_name == bindparam("catalog"))
-
-
-def _refuse_shared_location(c: Catalog, location: str) -> None:
-    """Refuses a table folder that is, contains or lies in another table's (SQL catalogs).
-
-    A table's folder is taken from its metadata location (``<folder>/metadata/<file>``, the
-    layout this service writes; ``write.metadata.path`` is refused). A REST catalog offers no
-    cheap listing and is not checked.
-
-    Raises:
-        FailedPrecondition: ``LOCATION_IN_USE``, naming the other table.
-    """
-    if not isinstance(c, SqlCatalog):
-        return
-    new = location.rstrip("/") + "/"
-    with c.engine.connect() as conn:
-        rows = conn.execute(_ALL_LOCATIONS_QUERY, {"catalog": c.name}).all()
-    for other_namespace, other_name, metadata_location in rows:
-        folder, sep, _ = str(metadata_location or "").rpartition("/metadata/")
-        if not sep:
-            continue
-        other = folder.rstrip("/") + "/"
-        if new.startswith(other) or other.startswith(new):
-            raise FailedPrecondition(
-                f"the table's folder {location} overlaps the folder of table "
-                f"{other_namespace}.{other_name}; purging either would delete the other's files",
-                reason="LOCATION_IN_USE",
-                metadata={"other_namespace": other_namespace, "other_table": other_name},
-            )
-
-
-def _refuse_unusable_properties(metadata: TableMetadata) -> None:
-    """Refuses to register a table carrying a property value the writers cannot use.
-
-    CreateTable and UpdateTable refuse such values, but a table's metadata file may say
-    anything: ``write.parquet.page-row-limit: 0`` made every write spin a catalog thread
-    forever, an unknown codec failed every write. Keys no client may set are not refused
-    here (other engines write their own); the ones that name paths or classes are ignored
-    by ``pyiceberg_private``.
-
-    Raises:
-        InvalidArgument: ``INVALID_PROPERTY`` on ``metadata_location``, naming the key.
-    """
-    problem = property_value_problem(metadata.properties)
-    if problem is not None:
-        key, description = problem
-        raise InvalidArgument.field(
-            "metadata_location",
-            f"the table's property {key[:64]!r} cannot be used: {description}",
-            reason="INVALID_PROPERTY",
-        )
-
-
-def _refuse_outside(location: str, roots: Sequence[str], what: str) -> None:
-    """Refuses a registered table's ``location`` unless it lies inside one of ``roots``.
-
-    ``roots`` are the warehouse, then ``catalog.register_prefixes``. A REST catalog's
-    warehouse is a name: its server places tables, and nothing is checked.
-
-    Raises:
-        InvalidArgument: ``LOCATION_OUTSIDE_WAREHOUSE`` on ``metadata_location``; the message
-            names what was outside, not the path (it may be a server path).
-    """
-    if canonical_location(roots[0]) is None:  # a REST catalog's warehouse name
-        return
-    if not any(within_location(location, root) for root in roots):
-        raise InvalidArgument.field(
-            "metadata_location",
-            f"the table's {what} lies outside the warehouse; only tables whose files are all "
-            "inside it (or under catalog.register_prefixes) can be registered",
-            reason="LOCATION_OUTSIDE_WAREHOUSE",
-        )
-
-
-#: Most manifests plus file entries RegisterTable reads to check where a table's files are.
-#: It bounds the work of one call (each entry is a few hundred bytes of Avro); a larger
-#: table is refused rather than half checked.
-MAX_REGISTER_CHECKED_ENTRIES = 200_000
-
-
-def _refuse_files_outside(metadata: TableMetadata, io: FileIO, roots: Sequence[str]) -> None:
-    """Refuses a table to register unless every file its metadata reaches is in the warehouse.
-
-    Walks the table location, the statistics files, the previous metadata files, every
-    snapshot's manifest list, each distinct manifest and every entry in it (deleted ones
-    included: time travel and the change feed read them); each path is checked before it is
-    read. At most ``MAX_REGISTER_CHECKED_ENTRIES`` manifests and entries are read.
-
-    Raises:
-        InvalidArgument: ``LOCATION_OUTSIDE_WAREHOUSE``, or ``TABLE_TOO_LARGE_TO_REGISTER``.
-    """
-    if canonical_location(roots[0]) is None:
-        return
-    _refuse_outside(metadata.location, roots, "location")
-    for stats in (*metadata.statistics, *metadata.partition_statistics):
-        _refuse_outside(stats.statistics_path, roots, "statistics file")
-    for logged in metadata.metadata_log:  # snapshot expiry deletes these
-        _refuse_outside(logged.metadata_file, roots, "previous metadata file")
-    budget = MAX_REGISTER_CHECKED_ENTRIES
-    seen: set[str] = set()
-    for snapshot in metadata.snapshots:
-        _refuse_outside(snapshot.manifest_list, roots, "manifest list")
-        for manifest in snapshot.manifests(io):
-            if manifest.manifest_path in seen:
-                continue
-            seen.add(manifest.manifest_path)
-            _refuse_outside(manifest.manifest_path, roots, "manifest")
-            budget -= 1
-            for entry in manifest.fetch_manifest_entry(io, discard_deleted=False):
-                budget -= 1
-                if budget < 0:
-                    raise InvalidArgument.field(
-                        "metadata_location",
-                        f"the table has more than {MAX_REGISTER_CHECKED_ENTRIES} manifests "
-                        "and files to check",
-                        reason="TABLE_TOO_LARGE_TO_REGISTER",
-                    )
-                _refuse_outside(entry.data_file.file_path, roots, "data file")
-
-
 def unique_table_location(
     c: Catalog, namespace: str, name: str, namespace_properties: Mapping[str, str]
 ) -> str | None:
@@ -1185,87 +871,6 @@ def unique_table_location(
         f"{str(c.properties['warehouse']).rstrip('/')}/{namespace}"
     )
     return f"{base.rstrip('/')}/{name}-{uuid.uuid4().hex}"
-
-
-@contextlib.contextmanager
-def _metadata_errors(location: str) -> Iterator[None]:
-    """Maps failures to read a table metadata file to NotFound or InvalidArgument."""
-    try:
-        yield
-    except (FileNotFoundError, OSError) as exc:
-        if isinstance(exc, FileNotFoundError) or "not found" in str(exc).lower():
-            raise NotFound(
-                f"no table metadata file at {location}", reason="METADATA_NOT_FOUND"
-            ) from exc
-        raise
-    except (ValueError, IcebergValidationError) as exc:  # not JSON, or not table metadata
-        # The parser's message quotes the file; it stays out of the answer.
-        raise InvalidArgument.field(
-            "metadata_location", "is not an Iceberg table metadata file"
-        ) from exc
-
-
-def _fill_lazy_caches(table: IcebergTable) -> None:
-    """Computes the lookups pyiceberg caches lazily on a table's schemas and specs, up front.
-
-    A cached table is shared by the pool's threads. pyiceberg stores ``cached_property``
-    values in an object's ``__dict__`` on first use, and every transaction deep-copies those
-    same objects: a first use on one thread while another thread copied failed the copy with
-    "dictionary changed size during iteration" (an INTERNAL found by the fuzz test). Filled in
-    before the table is shared, these objects are only read afterwards.
-    """
-    pending: list[object] = [*table.metadata.schemas, *table.metadata.partition_specs]
-    while pending:
-        obj = pending.pop()
-        for attribute in _lazy_attributes(type(obj)):
-            getattr(obj, attribute)
-        if isinstance(obj, Schema | StructType):
-            pending += [f.field_type for f in obj.fields]
-        elif isinstance(obj, ListType):
-            pending.append(obj.element_type)
-        elif isinstance(obj, MapType):
-            pending += [obj.key_type, obj.value_type]
-
-
-_LAZY_ATTRIBUTES: dict[type, tuple[str, ...]] = {}
-
-
-def _lazy_attributes(cls: type) -> tuple[str, ...]:
-    """The ``cached_property`` names of a class (its bases' included), looked up once."""
-    names = _LAZY_ATTRIBUTES.get(cls)
-    if names is None:
-        names = _LAZY_ATTRIBUTES[cls] = tuple(
-            name
-            for name, value in inspect.getmembers_static(cls)
-            if isinstance(value, functools.cached_property)
-        )
-    return names
-
-
-#: Namespaces per query: SQLite allows 999 bound parameters in older builds.
-_NAMESPACES_PER_QUERY = 500
-
-
-def _sql_namespace_properties(c: SqlCatalog, names: list[str]) -> list[tuple[str, dict[str, str]]]:
-    """The properties of many namespaces in one query per 500 names.
-
-    pyiceberg's ``load_namespace_properties`` costs three queries a namespace, so a page of
-    1,000 namespaces cost 3,000 (found by the fuzz test: ListNamespaces was its slowest call).
-    A namespace that only holds tables has no property rows; it is listed with none.
-    """
-    found: dict[str, dict[str, str]] = {}
-    props = IcebergNamespaceProperties
-    with c.engine.connect() as conn:
-        for start in range(0, len(names), _NAMESPACES_PER_QUERY):
-            chunk = names[start : start + _NAMESPACES_PER_QUERY]
-            rows = conn.execute(
-                select(props.namespace, props.property_key, props.property_value).where(
-                    props.catalog_name == c.name, props.namespace.in_(chunk)
-                )
-            )
-            for namespace, key, value in rows:
-                found.setdefault(namespace, {})[key] = value
-    return [(n, _public(found.get(n, {}))) for n in names]
 
 
 def _check_etag(table: IcebergTable, expected_etag: str) -> None:

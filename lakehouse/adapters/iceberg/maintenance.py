@@ -44,13 +44,13 @@ from pyiceberg.table.update.snapshot import CommitWindow, _OverwriteFiles
 from pyiceberg.typedef import EMPTY_DICT, KeyDefaultDict
 from pyiceberg.utils.concurrent import ExecutorFactory
 
-from lakehouse.adapters.iceberg_ingest import (
+from lakehouse.adapters.iceberg.ingest import (
     CARRIED_WRITERS_KEY,
     WRITERS_KEY,
     carried_writers,
     keep_expiring_request_ids,
 )
-from lakehouse.adapters.iceberg_locations import canonical_location, within_location
+from lakehouse.adapters.iceberg.locations import canonical_location, within_location
 from lakehouse.adapters.pyiceberg_private import writable_table, write_data_files
 from lakehouse.domain.compaction import SMALL_FILE_FRACTION, partition_key
 from lakehouse.domain.errors import FailedPrecondition
@@ -300,7 +300,7 @@ def _ingest_state_chain(metadata: TableMetadata) -> set[int]:
     """The current snapshot and its ancestors down to the newest one holding writer offsets.
 
     Exactly-once ingest reads its writers' offsets from the newest snapshot of the current
-    lineage that records them (``lakehouse.adapters.iceberg_ingest``), walking parents from
+    lineage that records them (``lakehouse.adapters.iceberg.ingest``), walking parents from
     the current one. Expiring that snapshot, or one on the way to it (snapshots of other
     writers, compactions), would lose the offsets and let a resend be written twice.
     """
