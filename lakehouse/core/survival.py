@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 log = logging.getLogger(__name__)
@@ -44,18 +44,20 @@ def own_cancellation(exc: BaseException) -> bool:
     return task is None or task.cancelling() > 0
 
 
-async def tamed(awaitable: Awaitable[T]) -> T:
-    """Awaits ``awaitable``; a ``BaseException`` it raises becomes ``EscapedError``.
+async def tamed(start: Callable[[], Awaitable[T]]) -> T:
+    """Awaits what ``start()`` returns; a ``BaseException`` it raises becomes ``EscapedError``.
 
     For work run as its own task (``asyncio.create_task``), whose ``SystemExit`` would stop
     the event loop before anyone awaits it. ``Exception``s and the current task's own
-    cancellation pass unchanged.
+    cancellation pass unchanged. The work is started inside the task (``start``, not a
+    coroutine made beforehand), so a task cancelled before it ran leaves no coroutine that
+    was never awaited.
 
     Raises:
         EscapedError: The awaitable raised a ``BaseException`` that is not an ``Exception``.
     """
     try:
-        return await awaitable
+        return await start()
     except BaseException as exc:
         if isinstance(exc, Exception) or own_cancellation(exc):
             raise

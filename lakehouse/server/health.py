@@ -109,7 +109,7 @@ class HealthMonitor:
             return self._record(dep, started, "error: the previous check has not ended yet")
         try:
             # Its own task: tamed, or a SystemExit from a client library stops the event loop.
-            running = self._running[dep.name] = asyncio.ensure_future(tamed(dep.check()))
+            running = self._running[dep.name] = asyncio.ensure_future(tamed(dep.check))
             running.add_done_callback(_retrieve)  # a late failure is not "never retrieved"
             await asyncio.wait_for(asyncio.shield(running), self._timeout)
             outcome = "ok"

@@ -136,9 +136,26 @@ async def test_tamed_turns_system_exit_of_a_task_into_an_exception() -> None:
         raise SystemExit(1)
 
     # Unwrapped, this task's SystemExit would stop the event loop running the test.
-    task = asyncio.ensure_future(tamed(exits()))
+    task = asyncio.ensure_future(tamed(exits))
     with pytest.raises(EscapedError):
         await task
+
+
+async def test_a_tamed_task_cancelled_before_it_ran_leaves_no_unawaited_coroutine() -> None:
+    # Health checks are tamed tasks; a shutdown right after one was scheduled cancelled it
+    # before it ran, and the check's coroutine (made beforehand) was never awaited: pytest
+    # failed the test that stopped the server with "coroutine ... was never awaited".
+    calls = 0
+
+    async def check() -> None:
+        nonlocal calls
+        calls += 1
+
+    task = asyncio.ensure_future(tamed(check))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert calls == 0  # nothing started, so nothing was left unawaited
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
