@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import pyarrow as pa
 
-from lakehouse.adapters.iceberg import TableInfo
-from lakehouse.core.job_specs import timestamp_ms
+from lakehouse.core.job_specs import timestamp_to_ms
 from lakehouse.core.json_values import batch_to_structs
 from lakehouse.core.reads import ReadOptions, Reads, ReadStart
 from lakehouse.core.streams import prefetch
@@ -19,6 +17,7 @@ from lakehouse.core.tables import Tables
 from lakehouse.errors import InvalidArgument
 from lakehouse.schemas import partition_spec_from_proto, schema_from_proto, sort_order_from_proto
 from lakehouse.services.convert import (
+    TableProtoCache,
     changes_from_proto,
     namespace_to_proto,
     snapshot_to_proto,
@@ -29,7 +28,6 @@ from lakehouse.v1 import rows_pb2, table_pb2, table_service_pb2_grpc
 from lakehouse.v1 import table_service_pb2 as pb
 
 Context = grpc.aio.ServicerContext[Any, Any]
-_TABLE_PROTO_CACHE_SIZE = 1000
 _ROW_FORMATS = frozenset(rows_pb2.RowFormat.values())
 _COMPRESSIONS: dict[int, str | None] = {
     rows_pb2.ARROW_COMPRESSION_UNSPECIFIED: None,
@@ -46,17 +44,7 @@ class TableServicer(table_service_pb2_grpc.TableServiceServicer):
         self._tables = tables
         self._reads = reads
         self._read_message_bytes = read_message_bytes
-        # A metadata file never changes, so its proto form is cached by location.
-        self._table_protos: OrderedDict[tuple[str, str, str], table_pb2.Table] = OrderedDict()
-
-    def _table_proto(self, info: TableInfo) -> table_pb2.Table:
-        key = (info.namespace, info.name, info.metadata_location)
-        cached = self._table_protos.get(key)
-        if cached is None:
-            cached = self._table_protos[key] = table_to_proto(info)
-            while len(self._table_protos) > _TABLE_PROTO_CACHE_SIZE:
-                self._table_protos.popitem(last=False)
-        return cached
+        self._table_protos = TableProtoCache()
 
     async def CreateNamespace(
         self, request: pb.CreateNamespaceRequest, context: Context
@@ -120,7 +108,7 @@ class TableServicer(table_service_pb2_grpc.TableServiceServicer):
     async def GetTable(self, request: pb.GetTableRequest, context: Context) -> pb.GetTableResponse:
         """Gets a table."""
         info = await self._tables.get_table(request.namespace, request.table)
-        return pb.GetTableResponse(table=self._table_proto(info))
+        return pb.GetTableResponse(table=self._table_protos.table_to_proto(info))
 
     async def ListTables(
         self, request: pb.ListTablesRequest, context: Context
@@ -203,7 +191,7 @@ class TableServicer(table_service_pb2_grpc.TableServiceServicer):
             request.table,
             snapshot_id=request.snapshot_id if target == "snapshot_id" else None,
             # Checked, not ToMilliseconds(): that raises ValueError (INTERNAL) on a bad time.
-            as_of_ms=timestamp_ms("as_of_time", request.as_of_time)
+            as_of_ms=timestamp_to_ms("as_of_time", request.as_of_time)
             if target == "as_of_time"
             else None,
             expected_etag=request.expected_etag,
@@ -219,7 +207,7 @@ class TableServicer(table_service_pb2_grpc.TableServiceServicer):
             columns=tuple(request.columns.paths),
             row_filter=request.row_filter,
             snapshot_id=request.snapshot_id if version == "snapshot_id" else None,
-            as_of_ms=timestamp_ms("as_of_time", request.as_of_time)
+            as_of_ms=timestamp_to_ms("as_of_time", request.as_of_time)
             if version == "as_of_time"
             else None,
             limit=request.row_limit,

@@ -293,7 +293,7 @@ def test_a_confined_catalog_ignores_table_properties_for_io(local_settings: Any)
 
 def test_every_policy_key_of_the_service_is_settable_and_no_other_lakehouse_key() -> None:
     from lakehouse.adapters.iceberg_updates import is_settable_property
-    from lakehouse.core.dead_letters import POLICY_PROPERTY
+    from lakehouse.core.invalid_rows import POLICY_PROPERTY
     from lakehouse.core.maintenance_scheduler import POLICY_PROPERTIES
 
     for key in (*POLICY_PROPERTIES, POLICY_PROPERTY):
