@@ -20,6 +20,8 @@ from lakehouse.core.ingest import WriteResult, WriterInfo
 from lakehouse.core.ingest_requests import ArrowRows, JsonRows, QueuedRows, Rows
 from lakehouse.core.ingest_rows import RowProblem
 from lakehouse.core.invalid_rows import InvalidRowPolicy, RequestedPolicy, UnknownPolicy
+from lakehouse.core.job_specs import timestamp_to_ms
+from lakehouse.core.reads import ReadOptions
 from lakehouse.core.tables import NamespaceInfo
 from lakehouse.errors import FieldViolation, InvalidArgument
 from lakehouse.schemas import (
@@ -33,6 +35,7 @@ from lakehouse.v1 import (
     ingest_service_pb2,
     job_pb2,
     namespace_pb2,
+    rows_pb2,
     schema_pb2,
     snapshot_pb2,
     table_pb2,
@@ -40,6 +43,13 @@ from lakehouse.v1 import (
 )
 
 _TABLE_PROTO_CACHE_SIZE = 1000
+_ROW_FORMATS = frozenset(rows_pb2.RowFormat.values())
+_COMPRESSIONS: dict[int, str | None] = {
+    rows_pb2.ARROW_COMPRESSION_UNSPECIFIED: None,
+    rows_pb2.ARROW_COMPRESSION_NONE: None,
+    rows_pb2.ARROW_COMPRESSION_LZ4_FRAME: "lz4",
+    rows_pb2.ARROW_COMPRESSION_ZSTD: "zstd",
+}
 
 
 def ms_to_timestamp(ms: int) -> Timestamp:
@@ -362,3 +372,44 @@ def writer_to_proto(
     )
     writer.last_commit_time.FromMilliseconds(info.last_commit_ms)
     return writer
+
+
+def read_options_from_proto(request: table_service_pb2.ReadRowsRequest) -> ReadOptions:
+    """What a ReadRows request reads.
+
+    Raises:
+        InvalidArgument: On field ``as_of_time``: a time outside years 1970 to 9999.
+    """
+    version = request.WhichOneof("version")
+    return ReadOptions(
+        columns=tuple(request.columns.paths),
+        row_filter=request.row_filter,
+        snapshot_id=request.snapshot_id if version == "snapshot_id" else None,
+        # Checked, not ToMilliseconds(): that raises ValueError (INTERNAL) on a bad time.
+        as_of_ms=timestamp_to_ms("as_of_time", request.as_of_time)
+        if version == "as_of_time"
+        else None,
+        limit=request.row_limit,
+    )
+
+
+def is_json_row_format(value: int) -> bool:
+    """Whether a ReadRows request asks for JSON rows (otherwise Arrow).
+
+    Raises:
+        InvalidArgument: On field ``format``: a value this server does not know.
+    """
+    if value not in _ROW_FORMATS:
+        raise InvalidArgument.field("format", f"unknown row format {value}")
+    return value == rows_pb2.ROW_FORMAT_JSON
+
+
+def arrow_compression_from_proto(value: int) -> str | None:
+    """The Arrow IPC compression a ReadRows request asks for (None: uncompressed).
+
+    Raises:
+        InvalidArgument: On field ``arrow_compression``: a value this server does not know.
+    """
+    if value not in _COMPRESSIONS:
+        raise InvalidArgument.field("arrow_compression", f"unknown compression {value}")
+    return _COMPRESSIONS[value]

@@ -11,15 +11,18 @@ import pyarrow as pa
 
 from lakehouse.core.job_specs import timestamp_to_ms
 from lakehouse.core.json_values import batch_to_structs
-from lakehouse.core.reads import ReadOptions, Reads, ReadStart
+from lakehouse.core.reads import Reads, ReadStart
 from lakehouse.core.streams import prefetch
 from lakehouse.core.tables import Tables
 from lakehouse.errors import InvalidArgument
 from lakehouse.schemas import partition_spec_from_proto, schema_from_proto, sort_order_from_proto
 from lakehouse.services.convert import (
     TableProtoCache,
+    arrow_compression_from_proto,
     changes_from_proto,
+    is_json_row_format,
     namespace_to_proto,
+    read_options_from_proto,
     snapshot_to_proto,
     table_to_proto,
 )
@@ -28,13 +31,6 @@ from lakehouse.v1 import rows_pb2, table_pb2, table_service_pb2_grpc
 from lakehouse.v1 import table_service_pb2 as pb
 
 Context = grpc.aio.ServicerContext[Any, Any]
-_ROW_FORMATS = frozenset(rows_pb2.RowFormat.values())
-_COMPRESSIONS: dict[int, str | None] = {
-    rows_pb2.ARROW_COMPRESSION_UNSPECIFIED: None,
-    rows_pb2.ARROW_COMPRESSION_NONE: None,
-    rows_pb2.ARROW_COMPRESSION_LZ4_FRAME: "lz4",
-    rows_pb2.ARROW_COMPRESSION_ZSTD: "zstd",
-}
 
 
 class TableServicer(table_service_pb2_grpc.TableServiceServicer):
@@ -202,24 +198,9 @@ class TableServicer(table_service_pb2_grpc.TableServiceServicer):
         self, request: pb.ReadRowsRequest, context: Context
     ) -> AsyncIterator[bytes]:
         """Streams rows as Arrow record batches (default) or JSON objects."""
-        version = request.WhichOneof("version")
-        options = ReadOptions(
-            columns=tuple(request.columns.paths),
-            row_filter=request.row_filter,
-            snapshot_id=request.snapshot_id if version == "snapshot_id" else None,
-            as_of_ms=timestamp_to_ms("as_of_time", request.as_of_time)
-            if version == "as_of_time"
-            else None,
-            limit=request.row_limit,
-        )
-        as_json = request.format == rows_pb2.ROW_FORMAT_JSON
-        if request.format not in _ROW_FORMATS:
-            raise InvalidArgument.field("format", f"unknown row format {request.format}")
-        if request.arrow_compression not in _COMPRESSIONS:
-            raise InvalidArgument.field(
-                "arrow_compression", f"unknown compression {request.arrow_compression}"
-            )
-        compression = _COMPRESSIONS[request.arrow_compression]
+        options = read_options_from_proto(request)
+        as_json = is_json_row_format(request.format)
+        compression = arrow_compression_from_proto(request.arrow_compression)
         # JSON is several times larger than Arrow: cut smaller batches so messages stay small.
         budget = self._read_message_bytes // (4 if as_json else 1)
         snapshot_id: int | None = None
