@@ -23,7 +23,6 @@ from lakehouse.domain.ingest_rows import DecodedRows
 from lakehouse.domain.schemas import schema_to_arrow
 
 DEAD_LETTER_TABLE = "_dead_letters"
-POLICY_PROPERTY = "lakehouse.ingest.invalid-row-policy"
 
 DEAD_LETTER_SCHEMA = Schema(
     NestedField(1, "table", StringType(), required=True, doc="The table the row was sent to."),

@@ -31,7 +31,7 @@ from lakehouse.core.job_specs import (
     DEFAULT_ORPHAN_AGE_SECONDS,
     duration_seconds,
     preview_rows,
-    timestamp_ms,
+    timestamp_to_ms,
     under_spec,
 )
 from lakehouse.core.ports import CatalogPort, ObjectStorePort
@@ -177,7 +177,7 @@ class JobKinds:
         now_ms = int(time.time() * 1000)
         cutoffs = []
         if spec.HasField("older_than"):
-            cutoffs.append(timestamp_ms("spec.expire_snapshots.older_than", spec.older_than))
+            cutoffs.append(timestamp_to_ms("spec.expire_snapshots.older_than", spec.older_than))
         if spec.HasField("max_snapshot_age"):
             age = duration_seconds("spec.expire_snapshots.max_snapshot_age", spec.max_snapshot_age)
             cutoffs.append(now_ms - int(age * 1000))

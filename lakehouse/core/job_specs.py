@@ -126,7 +126,7 @@ def duration_seconds(field: str, value: Duration) -> float:
     return value.seconds + value.nanos / 1e9
 
 
-def timestamp_ms(field: str, value: Timestamp) -> int:
+def timestamp_to_ms(field: str, value: Timestamp) -> int:
     """A Timestamp as epoch milliseconds, refusing values outside years 1970 to 9999."""
     if value.seconds < 0 or value.seconds > 253_402_300_799 or not 0 <= value.nanos < 10**9:
         raise InvalidArgument.field(field, "must be a time between 1970 and 9999")
@@ -282,7 +282,7 @@ class SpecChecker:
     @staticmethod
     def _check_expire(spec: job_pb2.ExpireSnapshotsJobSpec) -> None:
         if spec.HasField("older_than"):
-            timestamp_ms("spec.expire_snapshots.older_than", spec.older_than)
+            timestamp_to_ms("spec.expire_snapshots.older_than", spec.older_than)
         if spec.HasField("max_snapshot_age"):
             duration_seconds("spec.expire_snapshots.max_snapshot_age", spec.max_snapshot_age)
         if spec.retain_last < 0:

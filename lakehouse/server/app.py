@@ -17,6 +17,8 @@ from lakehouse.adapters.resilience import CATALOG, JOB_STORE, OBJECT_STORE, Resi
 from lakehouse.blocking import BlockingPool
 from lakehouse.config import Settings
 from lakehouse.core.ingest import Ingest
+from lakehouse.core.ingest_requests import IngestRequests
+from lakehouse.core.job_cancellation import JobCancellation
 from lakehouse.core.reads import Reads
 from lakehouse.core.tables import Tables
 from lakehouse.server import metrics
@@ -144,10 +146,14 @@ class LakehouseServer:
         )
         table_service_pb2_grpc.add_TableServiceServicer_to_server(table_servicer, server)
         ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(
-            IngestServicer(self.ingest, self.tables), server
+            IngestServicer(IngestRequests(self.ingest, self.tables), self.ingest), server
         )
         job_service_pb2_grpc.add_JobServiceServicer_to_server(
-            JobServicer(self.job_runtime.jobs, self.job_runtime.worker), server
+            JobServicer(
+                self.job_runtime.jobs,
+                JobCancellation(self.job_runtime.jobs, self.job_runtime.worker),
+            ),
+            server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.monitor.servicer, server)
         enable_reflection(

@@ -1,16 +1,28 @@
-"""Domain values to lakehouse.v1 messages."""
+"""Conversions between lakehouse.v1 messages and core values, in both directions."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
+from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import status_pb2
 from pyiceberg.types import IcebergType
 
+from lakehouse.core.dead_letters import DEAD_LETTER_TABLE
+from lakehouse.core.ingest import WriteResult, WriterInfo
+from lakehouse.core.ingest_requests import ArrowRows, JsonRows, QueuedRows, Rows
+from lakehouse.core.invalid_rows import InvalidRowPolicy, RequestedPolicy, UnknownPolicy
+from lakehouse.core.job_specs import timestamp_to_ms
+from lakehouse.core.reads import ReadOptions
 from lakehouse.core.tables import NamespaceInfo
 from lakehouse.domain import changes as ch
 from lakehouse.domain.changes import TableChange
 from lakehouse.domain.errors import FieldViolation, InvalidArgument
+from lakehouse.domain.ingest_rows import RowProblem
+from lakehouse.domain.jobs import JobRecord
 from lakehouse.domain.tables import SnapshotInfo, TableInfo
 from lakehouse.services.schemas import (
     partition_spec_to_proto,
@@ -18,13 +30,39 @@ from lakehouse.services.schemas import (
     schema_to_proto,
     sort_order_to_proto,
 )
-from lakehouse.v1 import namespace_pb2, schema_pb2, snapshot_pb2, table_pb2, table_service_pb2
+from lakehouse.v1 import (
+    ingest_pb2,
+    ingest_service_pb2,
+    job_pb2,
+    namespace_pb2,
+    rows_pb2,
+    schema_pb2,
+    snapshot_pb2,
+    table_pb2,
+    table_service_pb2,
+)
+
+_TABLE_PROTO_CACHE_SIZE = 1000
+_ROW_FORMATS = frozenset(rows_pb2.RowFormat.values())
+_COMPRESSIONS: dict[int, str | None] = {
+    rows_pb2.ARROW_COMPRESSION_UNSPECIFIED: None,
+    rows_pb2.ARROW_COMPRESSION_NONE: None,
+    rows_pb2.ARROW_COMPRESSION_LZ4_FRAME: "lz4",
+    rows_pb2.ARROW_COMPRESSION_ZSTD: "zstd",
+}
 
 
-def timestamp_ms(ms: int) -> Timestamp:
+def ms_to_timestamp(ms: int) -> Timestamp:
     """A protobuf Timestamp from epoch milliseconds."""
     ts = Timestamp()
     ts.FromMilliseconds(ms)
+    return ts
+
+
+def us_to_timestamp(us: int) -> Timestamp:
+    """A protobuf Timestamp from epoch microseconds."""
+    ts = Timestamp()
+    ts.FromMicroseconds(us)
     return ts
 
 
@@ -46,8 +84,8 @@ def table_to_proto(info: TableInfo) -> table_pb2.Table:
         location=info.location,
         metadata_location=info.metadata_location,
         etag=info.metadata_location,
-        create_time=timestamp_ms(info.created_ms),
-        update_time=timestamp_ms(info.updated_ms),
+        create_time=ms_to_timestamp(info.created_ms),
+        update_time=ms_to_timestamp(info.updated_ms),
         format_version=info.format_version,
         stats=table_pb2.TableStats(
             row_count=info.stats.row_count,
@@ -61,11 +99,32 @@ def table_to_proto(info: TableInfo) -> table_pb2.Table:
     return table
 
 
+class TableProtoCache:
+    """Proto forms of tables, cached by metadata location.
+
+    A metadata file never changes, so the proto form of a table at one location never does
+    either; the least recently added of ``_TABLE_PROTO_CACHE_SIZE`` entries is dropped first.
+    """
+
+    def __init__(self) -> None:
+        self._protos: OrderedDict[tuple[str, str, str], table_pb2.Table] = OrderedDict()
+
+    def table_to_proto(self, info: TableInfo) -> table_pb2.Table:
+        """The proto form of a table, converted once per metadata location."""
+        key = (info.namespace, info.name, info.metadata_location)
+        cached = self._protos.get(key)
+        if cached is None:
+            cached = self._protos[key] = table_to_proto(info)
+            while len(self._protos) > _TABLE_PROTO_CACHE_SIZE:
+                self._protos.popitem(last=False)
+        return cached
+
+
 def snapshot_to_proto(s: SnapshotInfo) -> snapshot_pb2.Snapshot:
     """The proto form of a snapshot."""
     message = snapshot_pb2.Snapshot(
         snapshot_id=s.snapshot_id,
-        commit_time=timestamp_ms(s.timestamp_ms),
+        commit_time=ms_to_timestamp(s.timestamp_ms),
         operation=s.operation,
         summary=s.summary,
         manifest_list=s.manifest_list,
@@ -183,3 +242,174 @@ def changes_from_proto(messages: Sequence[table_service_pb2.TableChange]) -> lis
         else:
             raise InvalidArgument.field(where, "no change set: set exactly one kind of change")
     return changes
+
+
+def job_to_proto(job: JobRecord) -> job_pb2.Job:
+    """The API view of a stored job."""
+    proto = job_pb2.Job(
+        id=job.id,
+        spec=job_pb2.JobSpec.FromString(job.spec),
+        kind=job.kind,  # type: ignore[arg-type]
+        namespace=job.namespace,
+        table=job.table,
+        state=job.state,  # type: ignore[arg-type]
+        attempts=job.attempts,
+        max_attempts=job.max_attempts,
+        cancel_requested=job.cancel_requested,
+        worker=job.worker,
+        create_time=us_to_timestamp(job.create_time_us),
+        update_time=us_to_timestamp(job.update_time_us),
+        request_id=job.request_id,
+    )
+    if job.state == job_pb2.JOB_STATE_RUNNING or job.progress_message:
+        proto.progress.fraction = job.progress_fraction
+        proto.progress.message = job.progress_message
+    if job.start_time_us is not None:
+        proto.start_time.CopyFrom(us_to_timestamp(job.start_time_us))
+    if job.end_time_us is not None:
+        proto.end_time.CopyFrom(us_to_timestamp(job.end_time_us))
+    if job.result is not None:
+        proto.result.ParseFromString(job.result)
+    if job.error is not None:
+        proto.error.CopyFrom(status_pb2.Status.FromString(job.error))
+    return proto
+
+
+def _struct_to_dict(index: int, row: Any) -> Any:
+    """A JSON row as a dict, refusing values JSON cannot hold.
+
+    A ``google.protobuf.Value`` can hold NaN or Infinity, or no value at all, and protobuf's
+    own conversion raises ValueError on them (an INTERNAL found by the fuzz test).
+
+    Raises:
+        InvalidArgument: The row holds such a value (reason INVALID_ROWS).
+    """
+    try:
+        return json_format.MessageToDict(row)
+    except (ValueError, json_format.Error):
+        raise InvalidArgument.field(
+            f"rows[{index}]",
+            "holds NaN, Infinity or an empty value, which JSON cannot",
+            reason="INVALID_ROWS",
+        ) from None
+
+
+def rows_from_proto(
+    request: ingest_service_pb2.WriteRowsRequest | ingest_service_pb2.AppendRowsRequest,
+    schema_bytes: bytes | None,
+) -> Rows:
+    """The rows of a WriteRows or AppendRows request, read from it only when needed.
+
+    Nothing is copied or checked here: the core charges the write buffers first, then reads
+    (a protobuf bytes field is copied on each access, so the payload is not kept).
+    """
+    kind = request.WhichOneof("rows")
+    if kind == "arrow_record_batch":
+        batch = request.arrow_record_batch
+        return ArrowRows(lambda: batch.serialized_record_batch, schema_bytes)
+    if kind == "json_rows":
+        structs = request.json_rows.rows
+        return JsonRows(
+            count=len(structs),
+            # Row by row: protobuf's ByteSize serializes, and a row is a small temporary.
+            serialized_bytes=lambda: sum(s.ByteSize() for s in structs),
+            to_dicts=lambda: [_struct_to_dict(i, s) for i, s in enumerate(structs)],
+        )
+    return None
+
+
+def invalid_row_policy_from_proto(value: int) -> RequestedPolicy:
+    """A request's invalid-row policy; an unknown value is refused only if a row needs it."""
+    if value not in ingest_pb2.InvalidRowPolicy.values():
+        return UnknownPolicy(value)
+    if value == ingest_pb2.INVALID_ROW_POLICY_DEAD_LETTER:
+        return InvalidRowPolicy.DEAD_LETTER
+    if value == ingest_pb2.INVALID_ROW_POLICY_REJECT:
+        return InvalidRowPolicy.REJECT
+    return None
+
+
+def row_errors_to_proto(problems: Sequence[RowProblem]) -> list[ingest_pb2.RowError]:
+    """The proto form of listed row problems."""
+    return [
+        ingest_pb2.RowError(
+            row_index=p.row_index,
+            column=p.column,
+            reason=ingest_pb2.RowErrorReason.Value(f"ROW_ERROR_REASON_{p.reason.name}"),
+            message=p.message,
+        )
+        for p in problems
+    ]
+
+
+def write_result_to_proto(queued: QueuedRows, result: WriteResult) -> ingest_pb2.WriteResult:
+    """The proto form of a committed request: its commit and what was dead-lettered."""
+    proto = ingest_pb2.WriteResult(
+        rows_written=result.rows_written,
+        rows_dead_lettered=queued.dead_lettered,
+        snapshot_id=result.snapshot_id or 0,
+        already_written=result.already_written,
+    )
+    if queued.dead_lettered:
+        proto.dead_letter_table.CopyFrom(
+            table_pb2.TableReference(
+                namespace=queued.dead_letter_namespace, table=DEAD_LETTER_TABLE
+            )
+        )
+    return proto
+
+
+def writer_to_proto(
+    namespace: str, table: str, writer_id: str, info: WriterInfo
+) -> ingest_pb2.Writer:
+    """The proto form of a writer's committed position on a table."""
+    writer = ingest_pb2.Writer(
+        namespace=namespace,
+        table=table,
+        writer_id=writer_id,
+        next_offset=info.next_offset,
+        last_snapshot_id=info.last_snapshot_id or 0,
+    )
+    writer.last_commit_time.FromMilliseconds(info.last_commit_ms)
+    return writer
+
+
+def read_options_from_proto(request: table_service_pb2.ReadRowsRequest) -> ReadOptions:
+    """What a ReadRows request reads.
+
+    Raises:
+        InvalidArgument: On field ``as_of_time``: a time outside years 1970 to 9999.
+    """
+    version = request.WhichOneof("version")
+    return ReadOptions(
+        columns=tuple(request.columns.paths),
+        row_filter=request.row_filter,
+        snapshot_id=request.snapshot_id if version == "snapshot_id" else None,
+        # Checked, not ToMilliseconds(): that raises ValueError (INTERNAL) on a bad time.
+        as_of_ms=timestamp_to_ms("as_of_time", request.as_of_time)
+        if version == "as_of_time"
+        else None,
+        limit=request.row_limit,
+    )
+
+
+def is_json_row_format(value: int) -> bool:
+    """Whether a ReadRows request asks for JSON rows (otherwise Arrow).
+
+    Raises:
+        InvalidArgument: On field ``format``: a value this server does not know.
+    """
+    if value not in _ROW_FORMATS:
+        raise InvalidArgument.field("format", f"unknown row format {value}")
+    return value == rows_pb2.ROW_FORMAT_JSON
+
+
+def arrow_compression_from_proto(value: int) -> str | None:
+    """The Arrow IPC compression a ReadRows request asks for (None: uncompressed).
+
+    Raises:
+        InvalidArgument: On field ``arrow_compression``: a value this server does not know.
+    """
+    if value not in _COMPRESSIONS:
+        raise InvalidArgument.field("arrow_compression", f"unknown compression {value}")
+    return _COMPRESSIONS[value]

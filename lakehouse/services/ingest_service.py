@@ -5,46 +5,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import pyarrow as pa
-from google.protobuf import json_format
 
-from lakehouse import metrics
-from lakehouse.core.dead_letters import DEAD_LETTER_TABLE, POLICY_PROPERTY, DeadLetters
-from lakehouse.core.ingest import Ingest, Reservation, WriteResult
-from lakehouse.core.tables import Tables
-from lakehouse.domain.errors import (
-    FieldViolation,
-    InvalidArgument,
-    LakehouseError,
-    ResourceExhausted,
-)
-from lakehouse.domain.ingest_rows import (
-    ArrowLimits,
-    DecodedRows,
-    arrow_size,
-    check_dictionary_bytes,
-    conform_arrow,
-    decode_json,
-    dictionary_bytes,
-    json_charge,
-    read_arrow,
-)
-from lakehouse.domain.schemas import schema_to_arrow
+from lakehouse.core.ingest import Ingest, WriteResult
+from lakehouse.core.ingest_requests import IngestRequests, QueuedRows
+from lakehouse.core.invalid_rows import RowsRejected
+from lakehouse.domain.errors import InvalidArgument, LakehouseError
 from lakehouse.domain.status import status_proto_for
-from lakehouse.domain.tables import TableInfo
-from lakehouse.v1 import ingest_pb2, ingest_service_pb2_grpc, table_pb2
+from lakehouse.services.convert import (
+    invalid_row_policy_from_proto,
+    row_errors_to_proto,
+    rows_from_proto,
+    write_result_to_proto,
+    writer_to_proto,
+)
 from lakehouse.v1 import ingest_service_pb2 as pb
+from lakehouse.v1 import ingest_service_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-MAX_LISTED_ROW_ERRORS = 100
 # Requests of one stream decoded and queued ahead of their acknowledgement.
 STREAM_PIPELINE_DEPTH = 64
-SCHEMA_MAX_AGE_SECONDS = 1.0
 
 
 @dataclass
@@ -57,238 +41,12 @@ class _Stream:
     schema_bytes: bytes | None = None
 
 
-def _row_errors(decoded: DecodedRows) -> list[ingest_pb2.RowError]:
-    return [
-        ingest_pb2.RowError(
-            row_index=p.row_index,
-            column=p.column,
-            reason=ingest_pb2.RowErrorReason.Value(f"ROW_ERROR_REASON_{p.reason.name}"),
-            message=p.message,
-        )
-        for p in decoded.problems[:MAX_LISTED_ROW_ERRORS]
-    ]
-
-
-def _out_of_memory() -> ResourceExhausted:
-    """The error for an allocation that failed while decoding.
-
-    The process is short of memory, the request is not at fault, and another attempt (or a
-    smaller request) may succeed.
-    """
-    return ResourceExhausted(
-        "not enough memory to decode the rows now; retry later or send smaller requests",
-        reason="INGEST_MEMORY_EXHAUSTED",
-        retry_after_seconds=1.0,
-    )
-
-
-def _struct_to_dict(index: int, row: Any) -> Any:
-    """A JSON row as a dict, refusing values JSON cannot hold.
-
-    A ``google.protobuf.Value`` can hold NaN or Infinity, or no value at all, and protobuf's
-    own conversion raises ValueError on them (an INTERNAL found by the fuzz test).
-
-    Raises:
-        InvalidArgument: The row holds such a value (reason INVALID_ROWS).
-    """
-    try:
-        return json_format.MessageToDict(row)
-    except (ValueError, json_format.Error):
-        raise InvalidArgument.field(
-            f"rows[{index}]",
-            "holds NaN, Infinity or an empty value, which JSON cannot",
-            reason="INVALID_ROWS",
-        ) from None
-
-
-class RowsRejected(InvalidArgument):
-    """A request whose rows do not match the table schema; nothing of it was written.
-
-    Attributes:
-        row_errors: The listed row errors, sent in AppendRows acknowledgements too.
-    """
-
-    def __init__(self, decoded: DecodedRows) -> None:
-        problems = decoded.problems[:MAX_LISTED_ROW_ERRORS]
-        violations = [
-            FieldViolation(
-                f"rows[{p.row_index}]" + (f".{p.column}" if p.column else ""),
-                f"{p.reason.name}: {p.message}",
-            )
-            for p in problems
-        ]
-        first = violations[0]
-        # invalid_count is derived, not counted: a rejected million-row batch costs no loop
-        bad_rows = max(decoded.invalid_count, 1)
-        super().__init__(
-            f"{bad_rows} row(s) do not match the table schema; first: {first.field}: "
-            f"{first.description}; nothing was written",
-            violations=violations,
-            reason="INVALID_ROWS",
-        )
-        self.row_errors = _row_errors(decoded)
-
-
-@dataclass
-class _Queued:
-    """A request on its way: the future of its commit and what was dead-lettered."""
-
-    future: asyncio.Future[WriteResult] | None = None
-    row_errors: list[ingest_pb2.RowError] = field(default_factory=list)
-    dead_lettered: int = 0
-    dead_letter_namespace: str = ""
-
-    def result_proto(self, result: WriteResult) -> ingest_pb2.WriteResult:
-        proto = ingest_pb2.WriteResult(
-            rows_written=result.rows_written,
-            rows_dead_lettered=self.dead_lettered,
-            snapshot_id=result.snapshot_id or 0,
-            already_written=result.already_written,
-        )
-        if self.dead_lettered:
-            proto.dead_letter_table.CopyFrom(
-                table_pb2.TableReference(
-                    namespace=self.dead_letter_namespace, table=DEAD_LETTER_TABLE
-                )
-            )
-        return proto
-
-
-def _policy(requested: int, properties: dict[str, str]) -> int:
-    if requested not in ingest_pb2.InvalidRowPolicy.values():
-        raise InvalidArgument.field("invalid_row_policy", f"unknown policy {requested}")
-    if requested != ingest_pb2.INVALID_ROW_POLICY_UNSPECIFIED:
-        return requested
-    if properties.get(POLICY_PROPERTY, "reject") == "dead-letter":
-        return ingest_pb2.INVALID_ROW_POLICY_DEAD_LETTER
-    return ingest_pb2.INVALID_ROW_POLICY_REJECT
-
-
 class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
-    """Implements lakehouse.v1.IngestService on top of the core ``Ingest``."""
+    """Implements lakehouse.v1.IngestService on top of the core ``IngestRequests``."""
 
-    def __init__(self, ingest: Ingest, tables: Tables) -> None:
+    def __init__(self, requests: IngestRequests, ingest: Ingest) -> None:
+        self._requests = requests
         self._ingest = ingest
-        self._tables = tables
-        self._dead_letters = DeadLetters(tables, ingest)
-
-    async def _decode(
-        self, namespace: str, table: str, request: Any, schema_bytes: bytes | None
-    ) -> tuple[DecodedRows, TableInfo, Reservation | None]:
-        # The schema only: the commit checks the table again, so a second-old copy will do.
-        info = await self._tables.get_table(namespace, table, max_age=SCHEMA_MAX_AGE_SECONDS)
-        settings = self._ingest.settings
-        kind = request.WhichOneof("rows")
-        reservation: Reservation | None = None
-        if kind == "arrow_record_batch":
-            batch = request.arrow_record_batch
-            limits = ArrowLimits(settings.max_request_rows, settings.max_request_bytes)
-            # What decoding takes is read from the headers and charged before it starts, so
-            # concurrent requests (and a few bytes that claim gigabytes) stay within the
-            # write buffers; decoding then runs in a thread, away from the event loop.
-            # Protobuf copies a bytes field on each access: it is read once to size it and
-            # again to decode it, so a request waiting for room holds only gRPC's message,
-            # not a copy of its payload besides (40 waiting 16 MiB requests: 640 MiB less).
-            size = await asyncio.to_thread(
-                lambda: arrow_size(batch.serialized_record_batch, schema_bytes, info.schema, limits)
-            )
-            reservation = await self._ingest.reserve(namespace, table, max(size.charge, 1))
-            try:
-                read = await asyncio.to_thread(
-                    lambda: read_arrow(batch.serialized_record_batch, schema_bytes, info.schema)
-                )
-                if isinstance(read, DecodedRows):
-                    decoded = read  # corrupt bytes: nothing to conform
-                else:
-                    # Decoding dictionaries to plain values takes what the indices pick, which
-                    # the headers do not tell: charged too, before the casts allocate it.
-                    expanded = await asyncio.to_thread(dictionary_bytes, read)
-                    check_dictionary_bytes(expanded, limits.max_bytes)
-                    await self._ingest.grow(reservation, expanded)
-                    decoded = await asyncio.to_thread(conform_arrow, read, info.schema)
-            except MemoryError:
-                reservation.release()
-                raise _out_of_memory() from None
-            except BaseException:
-                reservation.release()
-                raise
-        elif kind == "json_rows":
-            structs = request.json_rows.rows
-            if len(structs) > settings.max_request_rows:
-                raise InvalidArgument.field(
-                    "json_rows.rows",
-                    f"holds {len(structs)} rows; one request may hold at most "
-                    f"{settings.max_request_rows}: split it",
-                    reason="TOO_MANY_ROWS",
-                )
-            # JSON rows carry no header that tells what converting them takes (Python
-            # objects, then Arrow): an estimate from their serialized size is charged before
-            # converting, so concurrent JSON requests share the buffers' hard bound too.
-            # Row by row: protobuf's ByteSize serializes, and a row is a small temporary.
-            serialized = await asyncio.to_thread(lambda: sum(s.ByteSize() for s in structs))
-            charge = json_charge(serialized, len(structs))
-            reservation = await self._ingest.reserve(namespace, table, charge)
-            try:
-                decoded = await asyncio.to_thread(
-                    lambda: decode_json(
-                        [_struct_to_dict(i, s) for i, s in enumerate(structs)], info.schema
-                    )
-                )
-            except MemoryError:
-                reservation.release()
-                raise _out_of_memory() from None
-            except BaseException:
-                reservation.release()
-                raise
-        else:
-            empty = pa.Table.from_batches([], schema=schema_to_arrow(info.schema))
-            decoded = DecodedRows(empty, [], [], {}, 0)
-        for problem in decoded.problems[:MAX_LISTED_ROW_ERRORS]:
-            metrics.INGEST_REJECTED_ROWS.labels(problem.reason.name).inc()
-        return decoded, info, reservation
-
-    async def _enqueue(
-        self,
-        namespace: str,
-        table: str,
-        request: Any,
-        schema_bytes: bytes | None,
-        *,
-        writer_id: str,
-        offset: int | None,
-        request_id: str,
-    ) -> _Queued:
-        decoded, info, reservation = await self._decode(namespace, table, request, schema_bytes)
-        try:
-            queued = _Queued(row_errors=_row_errors(decoded))
-            indices = None
-            if decoded.problems:
-                policy = _policy(request.invalid_row_policy, info.properties)
-                whole_payload = any(p.row_index < 0 for p in decoded.problems)
-                if policy != ingest_pb2.INVALID_ROW_POLICY_DEAD_LETTER or whole_payload:
-                    raise RowsRejected(decoded)
-                queued.dead_lettered = await self._dead_letters.write(
-                    namespace, table, decoded, writer_id=writer_id, offset=offset
-                )
-                metrics.INGEST_DEAD_LETTERED_ROWS.inc(queued.dead_lettered)
-                queued.dead_letter_namespace = namespace
-                indices = pa.array(decoded.valid_indices, pa.int64())
-            metrics.INGEST_BYTES.inc(decoded.valid.nbytes)
-            queued.future = await self._ingest.enqueue(
-                namespace,
-                table,
-                decoded.valid,
-                span=decoded.row_count,
-                indices=indices,
-                writer_id=writer_id,
-                offset=offset,
-                request_id=request_id,
-                reservation=reservation,
-            )
-        finally:
-            if reservation is not None:
-                reservation.release()  # taken over by the queued rows, or given back
-        return queued
 
     async def WriteRows(
         self, request: pb.WriteRowsRequest, context: Context
@@ -297,19 +55,19 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         schema_bytes = (
             request.arrow_schema.serialized_schema if request.HasField("arrow_schema") else None
         )
-        queued = await self._enqueue(
+        queued = await self._requests.enqueue(
             request.namespace,
             request.table,
-            request,
-            schema_bytes,
+            rows_from_proto(request, schema_bytes),
+            invalid_row_policy_from_proto(request.invalid_row_policy),
             writer_id="",
             offset=None,
             request_id=request.request_id,
         )
-        assert queued.future is not None
         result = await queued.future
         return pb.WriteRowsResponse(
-            result=queued.result_proto(result), row_errors=queued.row_errors
+            result=write_result_to_proto(queued, result),
+            row_errors=row_errors_to_proto(queued.problems),
         )
 
     async def GetWriter(
@@ -317,14 +75,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
     ) -> pb.GetWriterResponse:
         """A writer's committed position on a table."""
         info = await self._ingest.get_writer(request.namespace, request.table, request.writer_id)
-        writer = ingest_pb2.Writer(
-            namespace=request.namespace,
-            table=request.table,
-            writer_id=request.writer_id,
-            next_offset=info.next_offset,
-            last_snapshot_id=info.last_snapshot_id or 0,
-        )
-        writer.last_commit_time.FromMilliseconds(info.last_commit_ms)
+        writer = writer_to_proto(request.namespace, request.table, request.writer_id, info)
         return pb.GetWriterResponse(writer=writer)
 
     async def AppendRows(
@@ -370,11 +121,11 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             self._bind(stream, request, index)
             if request.HasField("arrow_schema"):
                 stream.schema_bytes = request.arrow_schema.serialized_schema
-            queued = await self._enqueue(
+            queued = await self._requests.enqueue(
                 stream.namespace,
                 stream.table,
-                request,
-                stream.schema_bytes,
+                rows_from_proto(request, stream.schema_bytes),
+                invalid_row_policy_from_proto(request.invalid_row_policy),
                 writer_id=stream.writer_id,
                 offset=offset,
                 request_id="",
@@ -407,9 +158,8 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
     @staticmethod
     async def _acknowledge(offset: int | None, outcome: Any) -> pb.AppendRowsResponse:
         response = pb.AppendRowsResponse()
-        if isinstance(outcome, _Queued):
-            assert outcome.future is not None
-            response.row_errors.extend(outcome.row_errors)
+        if isinstance(outcome, QueuedRows):
+            response.row_errors.extend(row_errors_to_proto(outcome.problems))
             try:
                 result: WriteResult = await outcome.future
             except LakehouseError as exc:
@@ -417,11 +167,11 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             else:
                 if result.offset is not None:
                     response.offset = result.offset
-                response.result.CopyFrom(outcome.result_proto(result))
+                response.result.CopyFrom(write_result_to_proto(outcome, result))
                 return response
         if offset is not None:
             response.offset = offset
         if isinstance(outcome, RowsRejected):
-            response.row_errors.extend(outcome.row_errors)
+            response.row_errors.extend(row_errors_to_proto(outcome.problems))
         response.error.CopyFrom(status_proto_for(outcome, ""))
         return response

@@ -6,61 +6,22 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
-from google.rpc import status_pb2
 
-from lakehouse.core.job_worker import JobWorker
+from lakehouse.core.job_cancellation import JobCancellation
 from lakehouse.core.jobs import Jobs
-from lakehouse.domain.jobs import JobRecord
-from lakehouse.v1 import job_pb2, job_service_pb2_grpc
+from lakehouse.services.convert import job_to_proto
 from lakehouse.v1 import job_service_pb2 as pb
+from lakehouse.v1 import job_service_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-def _timestamp(us: int) -> Timestamp:
-    ts = Timestamp()
-    ts.FromMicroseconds(us)
-    return ts
-
-
-def job_to_proto(job: JobRecord) -> job_pb2.Job:
-    """The API view of a stored job."""
-    proto = job_pb2.Job(
-        id=job.id,
-        spec=job_pb2.JobSpec.FromString(job.spec),
-        kind=job.kind,  # type: ignore[arg-type]
-        namespace=job.namespace,
-        table=job.table,
-        state=job.state,  # type: ignore[arg-type]
-        attempts=job.attempts,
-        max_attempts=job.max_attempts,
-        cancel_requested=job.cancel_requested,
-        worker=job.worker,
-        create_time=_timestamp(job.create_time_us),
-        update_time=_timestamp(job.update_time_us),
-        request_id=job.request_id,
-    )
-    if job.state == job_pb2.JOB_STATE_RUNNING or job.progress_message:
-        proto.progress.fraction = job.progress_fraction
-        proto.progress.message = job.progress_message
-    if job.start_time_us is not None:
-        proto.start_time.CopyFrom(_timestamp(job.start_time_us))
-    if job.end_time_us is not None:
-        proto.end_time.CopyFrom(_timestamp(job.end_time_us))
-    if job.result is not None:
-        proto.result.ParseFromString(job.result)
-    if job.error is not None:
-        proto.error.CopyFrom(status_pb2.Status.FromString(job.error))
-    return proto
 
 
 class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     """Implements lakehouse.v1.JobService on top of the core ``Jobs``."""
 
-    def __init__(self, jobs: Jobs, worker: JobWorker | None) -> None:
+    def __init__(self, jobs: Jobs, cancellation: JobCancellation) -> None:
         self._jobs = jobs
-        self._worker = worker
+        self._cancellation = cancellation
 
     async def CreateJob(
         self, request: pb.CreateJobRequest, context: Context
@@ -91,9 +52,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self, request: pb.CancelJobRequest, context: Context
     ) -> pb.CancelJobResponse:
         """Cancels a job (a running one stops at its next safe point)."""
-        job = await self._jobs.cancel(request.job_id)
-        if self._worker is not None and job.state == job_pb2.JOB_STATE_RUNNING:
-            self._worker.cancel_local(job.id)
+        job = await self._cancellation.cancel(request.job_id)
         return pb.CancelJobResponse(job=job_to_proto(job))
 
     async def WatchJob(

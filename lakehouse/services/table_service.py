@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import pyarrow as pa
 
-from lakehouse.core.job_specs import timestamp_ms
-from lakehouse.core.reads import ReadOptions, Reads, ReadStart
+from lakehouse.core.job_specs import timestamp_to_ms
+from lakehouse.core.reads import Reads, ReadStart
 from lakehouse.core.streams import prefetch
 from lakehouse.core.tables import Tables
 from lakehouse.domain.errors import InvalidArgument
 from lakehouse.domain.json_values import batch_to_structs
-from lakehouse.domain.tables import TableInfo
 from lakehouse.services.convert import (
+    TableProtoCache,
+    arrow_compression_from_proto,
     changes_from_proto,
+    is_json_row_format,
     namespace_to_proto,
+    read_options_from_proto,
     snapshot_to_proto,
     table_to_proto,
 )
@@ -33,14 +35,6 @@ from lakehouse.v1 import rows_pb2, table_pb2, table_service_pb2_grpc
 from lakehouse.v1 import table_service_pb2 as pb
 
 Context = grpc.aio.ServicerContext[Any, Any]
-_TABLE_PROTO_CACHE_SIZE = 1000
-_ROW_FORMATS = frozenset(rows_pb2.RowFormat.values())
-_COMPRESSIONS: dict[int, str | None] = {
-    rows_pb2.ARROW_COMPRESSION_UNSPECIFIED: None,
-    rows_pb2.ARROW_COMPRESSION_NONE: None,
-    rows_pb2.ARROW_COMPRESSION_LZ4_FRAME: "lz4",
-    rows_pb2.ARROW_COMPRESSION_ZSTD: "zstd",
-}
 
 
 class TableServicer(table_service_pb2_grpc.TableServiceServicer):
@@ -50,17 +44,7 @@ class TableServicer(table_service_pb2_grpc.TableServiceServicer):
         self._tables = tables
         self._reads = reads
         self._read_message_bytes = read_message_bytes
-        # A metadata file never changes, so its proto form is cached by location.
-        self._table_protos: OrderedDict[tuple[str, str, str], table_pb2.Table] = OrderedDict()
-
-    def _table_proto(self, info: TableInfo) -> table_pb2.Table:
-        key = (info.namespace, info.name, info.metadata_location)
-        cached = self._table_protos.get(key)
-        if cached is None:
-            cached = self._table_protos[key] = table_to_proto(info)
-            while len(self._table_protos) > _TABLE_PROTO_CACHE_SIZE:
-                self._table_protos.popitem(last=False)
-        return cached
+        self._table_protos = TableProtoCache()
 
     async def CreateNamespace(
         self, request: pb.CreateNamespaceRequest, context: Context
@@ -124,7 +108,7 @@ class TableServicer(table_service_pb2_grpc.TableServiceServicer):
     async def GetTable(self, request: pb.GetTableRequest, context: Context) -> pb.GetTableResponse:
         """Gets a table."""
         info = await self._tables.get_table(request.namespace, request.table)
-        return pb.GetTableResponse(table=self._table_proto(info))
+        return pb.GetTableResponse(table=self._table_protos.table_to_proto(info))
 
     async def ListTables(
         self, request: pb.ListTablesRequest, context: Context
@@ -207,7 +191,7 @@ class TableServicer(table_service_pb2_grpc.TableServiceServicer):
             request.table,
             snapshot_id=request.snapshot_id if target == "snapshot_id" else None,
             # Checked, not ToMilliseconds(): that raises ValueError (INTERNAL) on a bad time.
-            as_of_ms=timestamp_ms("as_of_time", request.as_of_time)
+            as_of_ms=timestamp_to_ms("as_of_time", request.as_of_time)
             if target == "as_of_time"
             else None,
             expected_etag=request.expected_etag,
@@ -218,24 +202,9 @@ class TableServicer(table_service_pb2_grpc.TableServiceServicer):
         self, request: pb.ReadRowsRequest, context: Context
     ) -> AsyncIterator[bytes]:
         """Streams rows as Arrow record batches (default) or JSON objects."""
-        version = request.WhichOneof("version")
-        options = ReadOptions(
-            columns=tuple(request.columns.paths),
-            row_filter=request.row_filter,
-            snapshot_id=request.snapshot_id if version == "snapshot_id" else None,
-            as_of_ms=timestamp_ms("as_of_time", request.as_of_time)
-            if version == "as_of_time"
-            else None,
-            limit=request.row_limit,
-        )
-        as_json = request.format == rows_pb2.ROW_FORMAT_JSON
-        if request.format not in _ROW_FORMATS:
-            raise InvalidArgument.field("format", f"unknown row format {request.format}")
-        if request.arrow_compression not in _COMPRESSIONS:
-            raise InvalidArgument.field(
-                "arrow_compression", f"unknown compression {request.arrow_compression}"
-            )
-        compression = _COMPRESSIONS[request.arrow_compression]
+        options = read_options_from_proto(request)
+        as_json = is_json_row_format(request.format)
+        compression = arrow_compression_from_proto(request.arrow_compression)
         # JSON is several times larger than Arrow: cut smaller batches so messages stay small.
         budget = self._read_message_bytes // (4 if as_json else 1)
         snapshot_id: int | None = None

@@ -292,7 +292,7 @@ def test_a_confined_catalog_ignores_table_properties_for_io(local_settings: Any)
 
 
 def test_every_policy_key_of_the_service_is_settable_and_no_other_lakehouse_key() -> None:
-    from lakehouse.core.dead_letters import POLICY_PROPERTY
+    from lakehouse.core.invalid_rows import POLICY_PROPERTY
     from lakehouse.core.maintenance_scheduler import POLICY_PROPERTIES
     from lakehouse.domain.table_properties import is_settable_property
 
