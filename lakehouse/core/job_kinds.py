@@ -18,8 +18,9 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression
 
-from lakehouse.adapters import duckdb_engine, iceberg_import, iceberg_maintenance
+from lakehouse.adapters import iceberg_import, iceberg_maintenance
 from lakehouse.adapters.blocking import BlockingPool
+from lakehouse.adapters.duckdb import engine as duckdb_engine
 from lakehouse.adapters.iceberg import IcebergCatalog
 from lakehouse.adapters.iceberg_ingest import RequestIdLedger
 from lakehouse.adapters.object_store import ObjectStore

@@ -11,8 +11,8 @@ import asyncio
 import functools
 import logging
 
-from lakehouse.adapters import duckdb_engine
 from lakehouse.adapters.blocking import BlockingPool
+from lakehouse.adapters.duckdb import statements as duckdb_statements
 from lakehouse.adapters.iceberg import IcebergCatalog
 from lakehouse.adapters.job_store import JobStore
 from lakehouse.adapters.object_store import ObjectStore
@@ -205,7 +205,7 @@ class JobRuntime:
             return
         names = await self._pool.run(
             functools.partial(
-                duckdb_engine.check_statement,
+                duckdb_statements.check_statement,
                 spec.statement,
                 default_namespace=spec.default_namespace,
             )
