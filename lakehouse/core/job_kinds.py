@@ -25,7 +25,7 @@ from lakehouse.adapters.iceberg import IcebergCatalog
 from lakehouse.adapters.iceberg_ingest import RequestIdLedger
 from lakehouse.adapters.object_store import ObjectStore
 from lakehouse.adapters.sql_result import SqlOutcome
-from lakehouse.adapters.trino_engine import TrinoEngine
+from lakehouse.adapters.trino.engine import TrinoEngine
 from lakehouse.config import JobsSettings
 from lakehouse.core.job_context import JobContext
 from lakehouse.core.job_specs import (

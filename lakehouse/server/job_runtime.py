@@ -18,7 +18,7 @@ from lakehouse.adapters.job_store import JobStore
 from lakehouse.adapters.object_store import ObjectStore
 from lakehouse.adapters.request_id_store import RequestIdStore
 from lakehouse.adapters.resilience import JOB_STORE, Resilience
-from lakehouse.adapters.trino_engine import TrinoEngine
+from lakehouse.adapters.trino.engine import TrinoEngine
 from lakehouse.config import Settings
 from lakehouse.core.job_kinds import JobKinds
 from lakehouse.core.job_specs import SpecChecker

@@ -42,8 +42,8 @@ from lakehouse.adapters.resilience import (
     timeout_within,
     without_deadline,
 )
-from lakehouse.adapters.trino_engine import TrinoEngine
-from lakehouse.adapters.trino_engine import _unreachable as trino_unreachable
+from lakehouse.adapters.trino.engine import TrinoEngine
+from lakehouse.adapters.trino.engine import _unreachable as trino_unreachable
 from lakehouse.config import ResilienceSettings, TrinoSettings
 from lakehouse.errors import (
     CircuitOpen,

@@ -35,7 +35,8 @@ from fixtures.fake_trino import (
 )
 from fixtures.net import LOOPBACK, free_port
 from lakehouse.adapters.sql_result import SqlOutcome
-from lakehouse.adapters.trino_engine import TrinoEngine, TrinoType, parse_trino_type
+from lakehouse.adapters.trino.engine import TrinoEngine
+from lakehouse.adapters.trino.results import TrinoType, parse_trino_type
 from lakehouse.config import TrinoSettings
 from lakehouse.core.job_context import JobContext, JobStopped
 from lakehouse.core.json_values import batch_to_structs

@@ -260,7 +260,7 @@ async def test_cancelling_a_job_while_it_writes_its_destination_leaves_no_files(
 
 def test_the_trino_preview_is_capped_in_bytes_too() -> None:
     from fixtures.fake_trino import FakeTrino, Rows
-    from lakehouse.adapters.trino_engine import TrinoEngine
+    from lakehouse.adapters.trino.engine import TrinoEngine
     from lakehouse.config import TrinoSettings
     from lakehouse.core.job_context import JobContext
 
