@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Iterator, Mapping
 
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
@@ -20,12 +19,10 @@ from pyiceberg.expressions import AlwaysTrue, BooleanExpression
 
 from lakehouse.adapters import iceberg_import, iceberg_maintenance
 from lakehouse.adapters.blocking import BlockingPool
-from lakehouse.adapters.duckdb import engine as duckdb_engine
 from lakehouse.adapters.iceberg import IcebergCatalog
 from lakehouse.adapters.iceberg_ingest import RequestIdLedger
 from lakehouse.adapters.object_store import ObjectStore
 from lakehouse.adapters.sql_result import SqlOutcome
-from lakehouse.adapters.trino.engine import TrinoEngine
 from lakehouse.config import JobsSettings
 from lakehouse.core.job_context import JobContext
 from lakehouse.core.job_specs import (
@@ -38,6 +35,7 @@ from lakehouse.core.job_specs import (
 )
 from lakehouse.core.json_values import batch_to_structs
 from lakehouse.core.row_filter import parse_row_filter
+from lakehouse.core.sql_engines import SqlEnginePort, engine_for
 from lakehouse.errors import FailedPrecondition
 from lakehouse.v1 import job_pb2, rows_pb2
 
@@ -58,8 +56,7 @@ class JobKinds:
         pool: BlockingPool,
         settings: JobsSettings,
         *,
-        trino: TrinoEngine | None,
-        temp_dir: Path,
+        sql_engines: Mapping[str, SqlEnginePort],
         request_ids: RequestIdLedger | None = None,
         request_id_window_seconds: float = 0.0,
     ) -> None:
@@ -69,8 +66,7 @@ class JobKinds:
         self._store = store
         self._pool = pool
         self._settings = settings
-        self._trino = trino
-        self._temp_dir = temp_dir
+        self._sql_engines = sql_engines
 
     async def run(self, spec: job_pb2.JobSpec, ctx: JobContext) -> job_pb2.JobResult:
         """Runs ``spec`` to its result; raises a domain error or JobStopped otherwise."""
@@ -96,41 +92,15 @@ class JobKinds:
     async def _sql(self, spec: job_pb2.SqlJobSpec, ctx: JobContext) -> job_pb2.SqlJobResult:
         destination = _destination(spec)
         limit = preview_rows(spec.preview_row_limit)
-        if spec.engine == job_pb2.SQL_ENGINE_TRINO:
-            trino = self._trino
-            if trino is None:
-                raise FailedPrecondition(
-                    "the Trino engine is not configured (trino.endpoint)",
-                    reason="ENGINE_NOT_CONFIGURED",
-                )
-            outcome = await self._pool.run(
-                lambda: trino.run_statement(
-                    statement=spec.statement,
-                    default_namespace=spec.default_namespace,
-                    preview_limit=limit,
-                    destination=destination,
-                    ctx=ctx,
-                    preview_max_bytes=self._settings.preview_max_bytes,
-                )
-            )
-        else:
-
-            def work(c: Catalog) -> SqlOutcome:
-                return duckdb_engine.run_statement(
-                    c,
-                    statement=spec.statement,
-                    default_namespace=spec.default_namespace,
-                    preview_limit=limit,
-                    destination=destination,
-                    ctx=ctx,
-                    memory_limit_mb=self._settings.duckdb_memory_limit_mb,
-                    threads=self._settings.duckdb_threads,
-                    temp_dir=self._temp_dir,
-                    temp_limit_mb=self._settings.duckdb_temp_limit_mb,
-                    preview_max_bytes=self._settings.preview_max_bytes,
-                )
-
-            outcome = await self._catalog.run_on_catalog(work, pool=self._pool)
+        engine = engine_for(self._sql_engines, spec.engine)
+        outcome = await engine.run_statement(
+            statement=spec.statement,
+            default_namespace=spec.default_namespace,
+            preview_limit=limit,
+            destination=destination,
+            ctx=ctx,
+            preview_max_bytes=self._settings.preview_max_bytes,
+        )
         return _sql_result(outcome, spec.preview_format, self._settings.preview_max_bytes)
 
     # -- Maintenance -------------------------------------------------------------------------
