@@ -301,7 +301,8 @@ def check_arrow_schema_fits(
 
     The check pyiceberg's own ``append`` runs before writing (its private
     ``_check_pyarrow_schema_compatible``): names, types and nullability, with the promotions
-    Iceberg allows for the table's format version.
+    Iceberg allows for the table's format version. Its contract test is in
+    ``tests/adapters/test_pyiceberg_private_contract.py``.
 
     Raises:
         ValueError: The data does not fit the table (pyiceberg's message says why).
@@ -315,7 +316,8 @@ def transaction_io(transaction: Transaction) -> FileIO:
     """The ``FileIO`` of the table ``transaction`` changes (a new table's, for a create).
 
     pyiceberg keeps that table in the private ``Transaction._table``; a create-table
-    transaction has no other way to it.
+    transaction has no other way to it. Its contract test is in
+    ``tests/adapters/test_pyiceberg_private_contract.py``.
     """
     io: FileIO = transaction._table.io
     return io
