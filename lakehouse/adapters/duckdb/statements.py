@@ -29,6 +29,7 @@ NOT_ALLOWED = "SQL_NOT_ALLOWED"
 
 _MESSAGE_LIMIT = 2000
 _PARSER_MEMORY_MB = 64
+#: A name part the lakehouse can hold, unquoted (a namespace is also a DuckDB schema name).
 IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
 
 _READ_ONLY_HINT = (
