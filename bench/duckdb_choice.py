@@ -3,7 +3,7 @@
 Two ways to let DuckDB query the lakehouse's Iceberg tables:
 
 * ``a_pyiceberg_stream``: DuckDB 2.x (this venv) with each table registered as an Arrow scan
-  source fed by pyiceberg (``lakehouse.adapters.duckdb_engine``, what SQL jobs use): the
+  source fed by pyiceberg (``lakehouse.adapters.duckdb``, what SQL jobs use): the
   columns and filters DuckDB pushes down become pyiceberg's ``selected_fields`` and
   ``row_filter``.
 * ``b_iceberg_extension``: DuckDB 1.5 with the PyPI packages ``duckdb-extension-iceberg``
@@ -176,7 +176,7 @@ def _text(value: Any) -> str:
 
 def child_a(root: Path, query: str) -> None:
     """Option a in this process: the lakehouse's DuckDB engine."""
-    from lakehouse.adapters.duckdb_engine import run_statement
+    from lakehouse.adapters.duckdb.engine import run_statement
     from lakehouse.domain.job_context import JobContext
 
     catalog = _catalog(root)

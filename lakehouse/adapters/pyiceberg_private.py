@@ -41,14 +41,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog
 from pyiceberg.io import FileIO, load_file_io
-from pyiceberg.io.pyarrow import _dataframe_to_data_files, bin_pack_record_batches
+from pyiceberg.io.pyarrow import (
+    _check_pyarrow_schema_compatible,
+    _dataframe_to_data_files,
+    bin_pack_record_batches,
+)
 from pyiceberg.manifest import DataFile
+from pyiceberg.schema import Schema
 from pyiceberg.table import Table, TableProperties, Transaction
 from pyiceberg.table import locations as _locations
 from pyiceberg.table.locations import LocationProvider
 from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.update import TableRequirement
-from pyiceberg.typedef import EMPTY_DICT, Properties
+from pyiceberg.typedef import EMPTY_DICT, Properties, TableVersion
 
 from lakehouse.domain.table_properties import property_value_problem
 
@@ -308,3 +313,32 @@ def add_commit_requirements(tx: Transaction, *requirements: TableRequirement) ->
         CommitFailedException: A requirement does not hold for ``tx``'s own metadata.
     """
     tx._apply((), requirements)
+
+
+def check_arrow_schema_fits(
+    table_schema: Schema, arrow_schema: pa.Schema, *, format_version: TableVersion
+) -> None:
+    """Checks that Arrow data of ``arrow_schema`` can be written into a table of ``table_schema``.
+
+    The check pyiceberg's own ``append`` runs before writing (its private
+    ``_check_pyarrow_schema_compatible``): names, types and nullability, with the promotions
+    Iceberg allows for the table's format version. Its contract test is in
+    ``tests/adapters/test_pyiceberg_private_contract.py``.
+
+    Raises:
+        ValueError: The data does not fit the table (pyiceberg's message says why).
+    """
+    _check_pyarrow_schema_compatible(
+        table_schema, provided_schema=arrow_schema, format_version=format_version
+    )
+
+
+def transaction_io(transaction: Transaction) -> FileIO:
+    """The ``FileIO`` of the table ``transaction`` changes (a new table's, for a create).
+
+    pyiceberg keeps that table in the private ``Transaction._table``; a create-table
+    transaction has no other way to it. Its contract test is in
+    ``tests/adapters/test_pyiceberg_private_contract.py``.
+    """
+    io: FileIO = transaction._table.io
+    return io

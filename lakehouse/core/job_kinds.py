@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Iterator, Mapping
 
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression
 
-from lakehouse.adapters import duckdb_engine
 from lakehouse.adapters.iceberg import maintenance
 from lakehouse.adapters.imports.commit import ImportOutcome
 from lakehouse.adapters.imports.job import import_files
-from lakehouse.adapters.sql_result import SqlOutcome
-from lakehouse.adapters.trino_engine import TrinoEngine
 from lakehouse.blocking import BlockingPool
 from lakehouse.config import JobsSettings
 from lakehouse.core.job_specs import (
@@ -34,12 +30,14 @@ from lakehouse.core.job_specs import (
     timestamp_to_ms,
     under_spec,
 )
-from lakehouse.core.ports import CatalogPort, ObjectStorePort
+from lakehouse.core.ports import CatalogPort, ObjectStorePort, SqlEnginePort
 from lakehouse.core.row_filter import parse_row_filter
+from lakehouse.core.sql_engines import engine_for
 from lakehouse.domain.errors import FailedPrecondition
 from lakehouse.domain.ingest import RequestIdLedger
 from lakehouse.domain.job_context import JobContext
 from lakehouse.domain.json_values import batch_to_structs
+from lakehouse.domain.sql_result import SqlOutcome
 from lakehouse.v1 import job_pb2, rows_pb2
 
 DEFAULT_TARGET_FILE_BYTES = 512 * 1024 * 1024
@@ -59,8 +57,7 @@ class JobKinds:
         pool: BlockingPool,
         settings: JobsSettings,
         *,
-        trino: TrinoEngine | None,
-        temp_dir: Path,
+        sql_engines: Mapping[str, SqlEnginePort],
         request_ids: RequestIdLedger | None = None,
         request_id_window_seconds: float = 0.0,
     ) -> None:
@@ -70,8 +67,7 @@ class JobKinds:
         self._store = store
         self._pool = pool
         self._settings = settings
-        self._trino = trino
-        self._temp_dir = temp_dir
+        self._sql_engines = sql_engines
 
     async def run(self, spec: job_pb2.JobSpec, ctx: JobContext) -> job_pb2.JobResult:
         """Runs ``spec`` to its result; raises a domain error or JobStopped otherwise."""
@@ -97,41 +93,15 @@ class JobKinds:
     async def _sql(self, spec: job_pb2.SqlJobSpec, ctx: JobContext) -> job_pb2.SqlJobResult:
         destination = _destination(spec)
         limit = preview_rows(spec.preview_row_limit)
-        if spec.engine == job_pb2.SQL_ENGINE_TRINO:
-            trino = self._trino
-            if trino is None:
-                raise FailedPrecondition(
-                    "the Trino engine is not configured (trino.endpoint)",
-                    reason="ENGINE_NOT_CONFIGURED",
-                )
-            outcome = await self._pool.run(
-                lambda: trino.run_statement(
-                    statement=spec.statement,
-                    default_namespace=spec.default_namespace,
-                    preview_limit=limit,
-                    destination=destination,
-                    ctx=ctx,
-                    preview_max_bytes=self._settings.preview_max_bytes,
-                )
-            )
-        else:
-
-            def work(c: Catalog) -> SqlOutcome:
-                return duckdb_engine.run_statement(
-                    c,
-                    statement=spec.statement,
-                    default_namespace=spec.default_namespace,
-                    preview_limit=limit,
-                    destination=destination,
-                    ctx=ctx,
-                    memory_limit_mb=self._settings.duckdb_memory_limit_mb,
-                    threads=self._settings.duckdb_threads,
-                    temp_dir=self._temp_dir,
-                    temp_limit_mb=self._settings.duckdb_temp_limit_mb,
-                    preview_max_bytes=self._settings.preview_max_bytes,
-                )
-
-            outcome = await self._catalog.run_on_catalog(work, pool=self._pool)
+        engine = engine_for(self._sql_engines, spec.engine)
+        outcome = await engine.run_statement(
+            statement=spec.statement,
+            default_namespace=spec.default_namespace,
+            preview_limit=limit,
+            destination=destination,
+            ctx=ctx,
+            preview_max_bytes=self._settings.preview_max_bytes,
+        )
         return _sql_result(outcome, spec.preview_format, self._settings.preview_max_bytes)
 
     # -- Maintenance -------------------------------------------------------------------------

@@ -21,8 +21,10 @@ from pyiceberg.table.sorting import SortOrder
 from lakehouse.blocking import BlockingPool
 from lakehouse.domain.changes import TableChange
 from lakehouse.domain.ingest import AppendOutcome, AppendPlan, IngestState, RequestIdLedger
+from lakehouse.domain.job_context import JobContext
 from lakehouse.domain.jobs import Claim, JobRecord
 from lakehouse.domain.objects import ObjectInfo
+from lakehouse.domain.sql_result import SqlOutcome
 from lakehouse.domain.tables import OpenScan, ScanRequest, SnapshotInfo, TableInfo
 
 T = TypeVar("T")
@@ -270,3 +272,54 @@ class JobStorePort(Protocol):
 
     def purge_finished(self, *, ended_before_us: int, limit: int = 1000) -> int:
         """Deletes up to ``limit`` finished jobs that ended before ``ended_before_us``."""
+
+
+class SqlEnginePort(Protocol):
+    """An engine that checks and runs one SQL statement over the lakehouse's tables."""
+
+    async def check_statement(self, statement: str, *, default_namespace: str) -> None:
+        """Checks ``statement`` without running it, so that a bad one creates no job.
+
+        Args:
+            statement: The SQL text, in the engine's dialect.
+            default_namespace: The namespace of table names written without one ("" for
+                none).
+
+        Raises:
+            InvalidArgument: The statement cannot run (fields named relative to the spec,
+                ``sql.statement``), or the engine is not configured (``sql.engine``).
+            NotFound: A table or namespace the statement names does not exist.
+            Unavailable: The engine or the catalog cannot be reached.
+        """
+        ...
+
+    async def run_statement(
+        self,
+        *,
+        statement: str,
+        default_namespace: str,
+        preview_limit: int,
+        destination: tuple[str, str] | None,
+        ctx: JobContext,
+        preview_max_bytes: int,
+    ) -> SqlOutcome:
+        """Runs ``statement`` to its end, for one attempt of a SQL job.
+
+        Args:
+            statement: The SQL text, in the engine's dialect.
+            default_namespace: The namespace of table names written without one ("" for
+                none).
+            preview_limit: The most result rows to keep for the preview.
+            destination: ``(namespace, table)`` of a new table to write the result into.
+            ctx: The running job: stop requests, progress and the job id.
+            preview_max_bytes: About the most bytes the preview may hold.
+
+        Returns:
+            Row count, preview and the snapshot committed (when the engine knows it).
+
+        Raises:
+            JobStopped: The job was asked to stop.
+            FailedPrecondition: The engine is not configured (``ENGINE_NOT_CONFIGURED``).
+            LakehouseError: The statement failed (the engine's errors, mapped).
+        """
+        ...

@@ -11,12 +11,10 @@ import asyncio
 import functools
 import logging
 
-from lakehouse.adapters import duckdb_engine
 from lakehouse.adapters.iceberg.catalog import IcebergCatalog
 from lakehouse.adapters.job_store.store import JobStore
 from lakehouse.adapters.request_id_store import RequestIdStore
 from lakehouse.adapters.resilience import JOB_STORE, Resilience
-from lakehouse.adapters.trino_engine import TrinoEngine
 from lakehouse.blocking import BlockingPool
 from lakehouse.config import Settings
 from lakehouse.core.job_kinds import JobKinds
@@ -30,9 +28,11 @@ from lakehouse.core.job_worker import (
 from lakehouse.core.jobs import JobEvents, Jobs
 from lakehouse.core.maintenance_scheduler import MaintenanceScheduler
 from lakehouse.core.ports import ObjectStorePort
+from lakehouse.core.sql_engines import engine_for
 from lakehouse.core.survival import contained
 from lakehouse.core.tables import check_table_quota
-from lakehouse.domain.errors import InvalidArgument, NotFound, RetryableError, Unavailable
+from lakehouse.domain.errors import RetryableError, Unavailable
+from lakehouse.server.sql_engines import SqlEngineSetup, load_sql_engines
 from lakehouse.v1 import job_pb2
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class JobRuntime:
         jobs: The JobService operations.
         worker: This process's workers (with no slots when ``workers`` is 0).
         store: The job store.
+        sql_engines: Every SQL engine by name (``lakehouse.server.sql_engines``).
         request_ids: The request-id ledger in the job store's database (ingest records and
             reads it, expiry copies to it, the scheduler prunes it).
 
@@ -81,7 +82,16 @@ class JobRuntime:
         window = settings.ingest.request_id_window_seconds
         # One thread per job slot, plus one for the scheduler's file planning.
         self._job_pool = BlockingPool(max(slots, 1) + 1, name="lakehouse-jobs")
-        self.trino = TrinoEngine(settings.trino, resilience) if settings.trino.endpoint else None
+        self.sql_engines = load_sql_engines(
+            SqlEngineSetup(
+                settings=settings,
+                catalog=catalog,
+                pool=pool,
+                job_pool=self._job_pool,
+                temp_dir=settings.data_dir / "tmp" / "sql",
+                resilience=resilience,
+            )
+        )
         self.events = JobEvents()
         self._migrated = False
         self._migrating: asyncio.Task[None] | None = None
@@ -108,8 +118,7 @@ class JobRuntime:
             object_store,
             self._job_pool,
             settings.jobs,
-            trino=self.trino,
-            temp_dir=settings.data_dir / "tmp" / "sql",
+            sql_engines=self.sql_engines,
             request_ids=self.request_ids,
             request_id_window_seconds=window,
         )
@@ -187,34 +196,5 @@ class JobRuntime:
             raise Unavailable("the job store's tables are not created yet")
 
     async def _check_sql(self, spec: job_pb2.SqlJobSpec) -> None:
-        if spec.engine == job_pb2.SQL_ENGINE_TRINO:
-            trino = self.trino
-            if trino is None:
-                raise InvalidArgument.field(
-                    "spec.sql.engine",
-                    "the Trino engine is not configured on this service (trino.endpoint)",
-                    reason="ENGINE_NOT_CONFIGURED",
-                )
-            await self._pool.run(
-                functools.partial(
-                    trino.check_statement,
-                    spec.statement,
-                    default_namespace=spec.default_namespace,
-                )
-            )
-            return
-        names = await self._pool.run(
-            functools.partial(
-                duckdb_engine.check_statement,
-                spec.statement,
-                default_namespace=spec.default_namespace,
-            )
-        )
-        # DuckDB's parser knows no catalog; the tables are confirmed here so that a statement
-        # naming a table that does not exist creates no job (Trino's EXPLAIN does both).
-        for name in names:
-            try:
-                await self._catalog.load_table(name.namespace, name.table)
-            except NotFound:
-                if not name.may_be_cte:
-                    raise
+        engine = engine_for(self.sql_engines, spec.engine)
+        await engine.check_statement(spec.statement, default_namespace=spec.default_namespace)

@@ -23,17 +23,19 @@ from pyiceberg.table import Table
 from pyiceberg.types import LongType, StringType
 
 from fixtures.iceberg import direct_catalog
-from lakehouse.adapters import duckdb_engine
-from lakehouse.adapters.duckdb_engine import (
-    JOB_ID_PROPERTY,
+from lakehouse.adapters.duckdb import engine
+from lakehouse.adapters.duckdb.connection import connect
+from lakehouse.adapters.duckdb.earlier_attempts import JOB_ID_PROPERTY
+from lakehouse.adapters.duckdb.engine import run_statement
+from lakehouse.adapters.duckdb.statements import (
     STATEMENT_FIELD,
     NamedTable,
+    TableRef,
     check_statement,
-    run_statement,
 )
-from lakehouse.adapters.sql_result import SqlOutcome
 from lakehouse.domain.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
 from lakehouse.domain.job_context import JobContext, JobStopped
+from lakehouse.domain.sql_result import SqlOutcome
 
 ORDERS = pa.schema(
     [
@@ -582,10 +584,10 @@ def test_the_engine_itself_refuses_what_the_check_would(
     outside.mkdir()
     # The connection exactly as run_statement has it when the statement runs: the engine's
     # own connect, the tables opened, the configuration locked.
-    con = duckdb_engine._connect(memory_limit_mb=256, threads=1, temp_dir=tmp_path / "spill")
+    con = connect(memory_limit_mb=256, threads=1, temp_dir=tmp_path / "spill")
     try:
-        duckdb_engine._Engine(con, JobContext("lockdown")).open_tables(
-            shared, [duckdb_engine._TableRef(("sales", "orders"), "sales.orders")], "sales"
+        engine._Engine(con, JobContext("lockdown")).open_tables(
+            shared, [TableRef(("sales", "orders"), "sales.orders")], "sales"
         )
         with pytest.raises(refusal, match=r"disabled (by|through) configuration|been locked"):
             con.execute(statement.format(tmp=outside)).fetchall()
@@ -602,11 +604,9 @@ def test_the_engine_itself_refuses_what_the_check_would(
 def test_engine_settings_are_locked_and_the_limits_apply(shared: Catalog, tmp_path: Path) -> None:
     # A statement may not read settings (current_setting would show server paths), so the
     # connection a job gets is inspected directly, as run_statement sets it up.
-    con = duckdb_engine._connect(
-        memory_limit_mb=96, threads=1, temp_dir=tmp_path / "spill", temp_limit_mb=32
-    )
+    con = connect(memory_limit_mb=96, threads=1, temp_dir=tmp_path / "spill", temp_limit_mb=32)
     try:
-        duckdb_engine._Engine(con, JobContext("j")).open_tables(shared, [], "")
+        engine._Engine(con, JobContext("j")).open_tables(shared, [], "")
         row = con.sql(
             "SELECT current_setting('enable_external_access'), "
             "current_setting('lock_configuration'), "

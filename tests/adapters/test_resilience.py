@@ -37,8 +37,8 @@ from lakehouse.adapters.resilience import (
     guarded,
     is_outage,
 )
-from lakehouse.adapters.trino_engine import TrinoEngine
-from lakehouse.adapters.trino_engine import _unreachable as trino_unreachable
+from lakehouse.adapters.trino.engine import TrinoEngine
+from lakehouse.adapters.trino.engine import _unreachable as trino_unreachable
 from lakehouse.config import ResilienceSettings, TrinoSettings
 from lakehouse.deadlines import (
     call_deadline,

@@ -34,8 +34,8 @@ from fixtures.fake_trino import (
     server_ssl_context,
 )
 from fixtures.net import LOOPBACK, free_port
-from lakehouse.adapters.sql_result import SqlOutcome
-from lakehouse.adapters.trino_engine import TrinoEngine, TrinoType, parse_trino_type
+from lakehouse.adapters.trino.engine import TrinoEngine
+from lakehouse.adapters.trino.results import TrinoType, parse_trino_type
 from lakehouse.config import TrinoSettings
 from lakehouse.domain.errors import (
     AlreadyExists,
@@ -47,6 +47,7 @@ from lakehouse.domain.errors import (
 )
 from lakehouse.domain.job_context import JobContext, JobStopped
 from lakehouse.domain.json_values import batch_to_structs
+from lakehouse.domain.sql_result import SqlOutcome
 
 PASSWORD = "s3cret-pw"
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.e30.fake-signature"

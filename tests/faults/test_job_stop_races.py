@@ -16,7 +16,8 @@ import pyarrow as pa
 import pytest
 
 from fixtures.iceberg import direct_catalog
-from lakehouse.adapters import duckdb_engine
+from lakehouse.adapters.duckdb.engine import run_statement
+from lakehouse.adapters.duckdb.scan_source import IcebergSource
 from lakehouse.domain.job_context import JobContext, JobStopped
 
 pytestmark = pytest.mark.faults
@@ -38,7 +39,7 @@ def test_a_stop_while_tables_register_stops_the_job(
     data = pa.table({"id": pa.array(range(1000), pa.int64())})
     catalog.create_table((NS, "numbers"), schema=data.schema).append(data)
     ctx = JobContext("job-1")
-    schema_of = duckdb_engine._IcebergSource.__arrow_c_schema__
+    schema_of = IcebergSource.__arrow_c_schema__
 
     def stop_while_registering(source: Any) -> object:
         # DuckDB asks for the schema while it registers the table: the stop (what SIGTERM
@@ -46,9 +47,9 @@ def test_a_stop_while_tables_register_stops_the_job(
         ctx.stop("shutdown")
         return schema_of(source)
 
-    monkeypatch.setattr(duckdb_engine._IcebergSource, "__arrow_c_schema__", stop_while_registering)
+    monkeypatch.setattr(IcebergSource, "__arrow_c_schema__", stop_while_registering)
     with pytest.raises(JobStopped) as stopped:
-        duckdb_engine.run_statement(
+        run_statement(
             catalog,
             statement=f"SELECT count(*) AS n FROM {NS}.numbers",
             default_namespace="",

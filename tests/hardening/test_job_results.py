@@ -260,7 +260,7 @@ async def test_cancelling_a_job_while_it_writes_its_destination_leaves_no_files(
 
 def test_the_trino_preview_is_capped_in_bytes_too() -> None:
     from fixtures.fake_trino import FakeTrino, Rows
-    from lakehouse.adapters.trino_engine import TrinoEngine
+    from lakehouse.adapters.trino.engine import TrinoEngine
     from lakehouse.config import TrinoSettings
     from lakehouse.domain.job_context import JobContext
 
@@ -292,13 +292,13 @@ def test_files_a_stopped_write_started_are_deleted_even_if_they_complete_later(
     import pyarrow as pa
 
     from fixtures.iceberg import direct_catalog
-    from lakehouse.adapters import duckdb_engine
+    from lakehouse.adapters.duckdb.writes import TrackingIO
 
     Path(backend.data_dir).mkdir(parents=True, exist_ok=True)  # no server made it
     catalog = direct_catalog(backend)
     catalog.create_namespace("undo")
     table = catalog.create_table(("undo", "t"), pa.schema([("x", pa.int64())]))
-    io = duckdb_engine._TrackingIO(table.io)
+    io = TrackingIO(table.io)
     done = f"{table.location()}/data/done.parquet"
     late = f"{table.location()}/data/late.parquet"
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from fixtures.iceberg import direct_catalog
-from lakehouse.adapters.duckdb_engine import run_statement
+from lakehouse.adapters.duckdb.engine import run_statement
 from lakehouse.domain.errors import LakehouseError
 from lakehouse.domain.job_context import JobContext
 

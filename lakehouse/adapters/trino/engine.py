@@ -13,7 +13,7 @@ Three properties matter to the job worker:
 * **Bounded memory.** Result pages are fetched one at a time; the first ``preview_limit``
   rows are kept, the rest only counted.
 * **Cancellation.** Stopping the job sends ``DELETE`` to the query's ``nextUri`` (Trino's
-  cancel), so a cancelled job does not leave a query burning the cluster.
+  cancel), so a cancelled job does not leave a query burning the cluster (``running_query``).
 * **Findability.** Every query carries ``source=lakehouse``, client tags and client info
   naming the job, so an operator can find it in Trino's UI and resource groups can select it.
 
@@ -25,28 +25,24 @@ statements are not: a job's attempts are the job worker's business.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import logging
 import re
 import ssl
-import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any, cast
 
 import pyarrow as pa
-import requests
 import trino.constants
 import trino.dbapi
 import trino.exceptions
 from trino.auth import Authentication, BasicAuthentication, JWTAuthentication
 
 from lakehouse.adapters.resilience import TRINO, Resilience
-from lakehouse.adapters.sql_result import SqlOutcome
+from lakehouse.adapters.trino.client import Connection, Cursor, PinnedCaSession
+from lakehouse.adapters.trino.results import plan_column, preview_table, row_bytes
+from lakehouse.adapters.trino.running_query import RunningQuery
 from lakehouse.config import ResilienceSettings, TrinoSettings
 from lakehouse.deadlines import timeout_within
 from lakehouse.domain.errors import (
@@ -60,11 +56,7 @@ from lakehouse.domain.errors import (
     Unavailable,
 )
 from lakehouse.domain.job_context import JobContext, JobStopped
-
-if TYPE_CHECKING:
-    from requests.sessions import _Settings
-
-logger = logging.getLogger(__name__)
+from lakehouse.domain.sql_result import SqlOutcome
 
 #: ``X-Trino-Source``: what Trino's UI, event listeners and resource groups see as the client.
 SOURCE = "lakehouse"
@@ -90,49 +82,6 @@ _NOT_FOUND_REASONS = {
 _KILLED_ERRORS = frozenset({"USER_CANCELED", "ADMINISTRATIVELY_KILLED"})
 
 _EMPTY_PREVIEW = pa.table({})
-
-
-class _Cursor(Protocol):
-    """The part of ``trino.dbapi.Cursor`` the adapter uses (the client leaves it untyped)."""
-
-    @property
-    def description(self) -> list[Any] | None:
-        """Per column ``(name, type_code, ...)``; type_code is Trino's type, as text."""
-
-    @property
-    def rowcount(self) -> int:
-        """Trino's ``updateCount``, -1 when it reported none."""
-
-    @property
-    def update_type(self) -> str | None:
-        """Trino's ``updateType`` ("INSERT", "CREATE TABLE"...); None for a query."""
-
-    @property
-    def query_id(self) -> str | None:
-        """Trino's query id, once the statement was accepted."""
-
-    @property
-    def stats(self) -> dict[str, Any] | None:
-        """The ``stats`` of the last page received (``state`` is FINISHED at the end)."""
-
-    def execute(self, operation: str) -> object:
-        """POSTs the statement and waits until its first rows (or its end)."""
-
-    def fetchmany(self, size: int) -> list[list[Any]]:
-        """The next rows, fetching pages as needed; empty at the end."""
-
-    def cancel(self) -> None:
-        """DELETEs the query's ``nextUri`` (a no-op once the query is over)."""
-
-
-class _Connection(Protocol):
-    """The part of ``trino.dbapi.Connection`` the adapter uses."""
-
-    def cursor(self, *, stats_callback: Callable[[dict[str, Any]], None] | None = None) -> object:
-        """A new cursor; ``stats_callback`` receives each page's ``stats``."""
-
-    def close(self) -> None:
-        """Closes the HTTP session."""
 
 
 class TrinoEngine:
@@ -211,7 +160,7 @@ class TrinoEngine:
                 timeout=timeout_within(self._settings.request_timeout_seconds, TRINO),
             )
             try:
-                cursor = cast(_Cursor, connection.cursor())
+                cursor = cast(Cursor, connection.cursor())
                 cursor.execute(sql)
                 while cursor.fetchmany(FETCH_ROWS):
                     pass
@@ -290,8 +239,8 @@ class TrinoEngine:
             info={"job_id": ctx.job_id, "attempt": ctx.attempt},
         )
         try:
-            query = _RunningQuery(ctx)
-            cursor = cast(_Cursor, connection.cursor(stats_callback=query.on_stats))
+            query = RunningQuery(ctx)
+            cursor = cast(Cursor, connection.cursor(stats_callback=query.on_stats))
             query.attach(cursor)
             unregister = ctx.on_stop(query.cancel)
             try:
@@ -371,7 +320,7 @@ class TrinoEngine:
         tags: list[str],
         info: dict[str, Any] | None = None,
         timeout: float | None = None,
-    ) -> _Connection:
+    ) -> Connection:
         # With ``timeout`` (from the call's deadline) each HTTP request gets that long and a
         # single attempt: the client's own retries would run past the deadline; the adapter's
         # stop in time.
@@ -383,7 +332,7 @@ class TrinoEngine:
             auth = JWTAuthentication(settings.access_token.get_secret_value())
         headers = {"X-Trino-Client-Info": json.dumps({"client": SOURCE, **(info or {})})}
         return cast(
-            _Connection,
+            Connection,
             trino.dbapi.Connection(
                 host=self._base_url,
                 user=settings.user,
@@ -392,7 +341,7 @@ class TrinoEngine:
                 schema=schema or None,
                 auth=auth,
                 # The client ignores `verify` when given a session; the session carries it.
-                http_session=_PinnedCaSession(self._ca_file) if self._ca_file else None,
+                http_session=PinnedCaSession(self._ca_file) if self._ca_file else None,
                 request_timeout=settings.request_timeout_seconds if timeout is None else timeout,
                 max_attempts=trino.constants.DEFAULT_MAX_ATTEMPTS if timeout is None else 1,
                 client_tags=tags,
@@ -404,7 +353,7 @@ class TrinoEngine:
 
     def _run(
         self,
-        cursor: _Cursor,
+        cursor: Cursor,
         sql: str,
         preview_limit: int,
         ctx: JobContext,
@@ -414,7 +363,7 @@ class TrinoEngine:
         if cursor.update_type is not None:
             return self._write_outcome(cursor, ctx)
         ctx.check()  # a stop during execute() cancelled the query and ended its wait early
-        columns = [_plan_column(str(c[0]), str(c[1])) for c in cursor.description or []]
+        columns = [plan_column(str(c[0]), str(c[1])) for c in cursor.description or []]
         limit = max(preview_limit, 0)
         kept: list[list[Any]] = []
         room_bytes = preview_max_bytes
@@ -430,7 +379,7 @@ class TrinoEngine:
             for row in rows:
                 if len(kept) >= limit or room_bytes <= 0:
                     break
-                size = _row_bytes(row)
+                size = row_bytes(row)
                 if size > room_bytes:
                     room_bytes = 0
                     break
@@ -438,10 +387,10 @@ class TrinoEngine:
                 kept.append(row)
         ctx.check()
         return SqlOutcome(
-            rows_affected=total, preview=_preview(columns, kept), truncated=total > len(kept)
+            rows_affected=total, preview=preview_table(columns, kept), truncated=total > len(kept)
         )
 
-    def _write_outcome(self, cursor: _Cursor, ctx: JobContext) -> SqlOutcome:
+    def _write_outcome(self, cursor: Cursor, ctx: JobContext) -> SqlOutcome:
         """The outcome of a data-changing statement (INSERT, ..., CREATE TABLE AS).
 
         The client has drained its pages already, unless a stop cancelled it on the way.
@@ -500,7 +449,7 @@ class TrinoEngine:
             metadata={"engine": "trino"},
         )
 
-    def _outcome_unknown(self, cursor: _Cursor, why: str) -> CommitStateUnknown:
+    def _outcome_unknown(self, cursor: Cursor, why: str) -> CommitStateUnknown:
         """A data-changing statement whose end was not seen (it may or may not have run)."""
         metadata = {"engine": "trino", "trino_update_type": cursor.update_type or ""}
         if cursor.query_id:
@@ -526,93 +475,6 @@ class TrinoEngine:
         return text
 
 
-class _PinnedCaSession(requests.Session):
-    """A requests session that verifies TLS against the configured CA bundle, always.
-
-    Plain requests lets ``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE`` from the environment
-    override a session's ``verify`` (psf/requests#4726, kept for compatibility), so a
-    container that sets them for its own reasons would silently replace ``trino.ca_file``
-    and fail against a private CA. Proxies and the rest of the environment still apply.
-    """
-
-    def __init__(self, ca_file: str) -> None:
-        super().__init__()
-        self.verify = ca_file
-        self._ca_file = ca_file
-
-    def merge_environment_settings(
-        self,
-        url: str | bytes | None,
-        proxies: Any,
-        stream: Any,
-        verify: Any,
-        cert: Any,
-    ) -> _Settings:
-        """The usual merge, then the configured CA bundle over the environment's."""
-        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
-        settings["verify"] = self._ca_file
-        return settings
-
-
-class _RunningQuery:
-    """Ties one Trino query to its job: progress out, cancellation in.
-
-    ``cancel`` may be called from the worker's thread (``ctx.stop``) while the job's thread
-    is inside the client waiting for a page. If the query has no id yet (its POST is in
-    flight) there is nothing to cancel; ``on_stats`` runs as soon as the POST answers and
-    cancels then.
-    """
-
-    def __init__(self, ctx: JobContext) -> None:
-        self._ctx = ctx
-        self._cursor: _Cursor | None = None
-        self._lock = threading.Lock()
-        self._cancelled = False
-
-    def attach(self, cursor: _Cursor) -> None:
-        """Sets the cursor the query runs on (made after this object: it needs on_stats)."""
-        self._cursor = cursor
-
-    def on_stats(self, stats: dict[str, Any]) -> None:
-        """The client's per-page callback: forwards split progress, enforces a stop.
-
-        Runs inside the client, so it must not raise.
-        """
-        state = str(stats.get("state", ""))
-        total = stats.get("totalSplits")
-        done = stats.get("completedSplits")
-        query_id = stats.get("queryId", "")
-        if isinstance(total, int) and isinstance(done, int) and total > 0:
-            self._ctx.progress(
-                done / total, f"Trino query {query_id} {state}: {done}/{total} splits"
-            )
-        elif state:
-            self._ctx.progress(0.0, f"Trino query {query_id} {state}")
-        if self._ctx.stopping:
-            self.cancel()
-
-    def cancel(self) -> None:
-        """Asks Trino to cancel the query (once); never raises."""
-        cursor = self._cursor
-        with self._lock:
-            if self._cancelled or cursor is None or cursor.query_id is None:
-                return
-            self._cancelled = True
-        try:
-            cursor.cancel()
-        except Exception:  # a failed cancel must not hide why the job stopped
-            logger.warning(
-                "could not cancel Trino query %s",
-                cursor.query_id,
-                exc_info=True,
-                extra={"job_id": self._ctx.job_id},
-            )
-        else:
-            logger.info(
-                "cancelled Trino query %s", cursor.query_id, extra={"job_id": self._ctx.job_id}
-            )
-
-
 def _unreachable(error: Unavailable) -> bool:
     """Whether Trino itself could not be reached (what its breaker counts and retries).
 
@@ -620,249 +482,6 @@ def _unreachable(error: Unavailable) -> bool:
     Trino's error name; it says nothing about other queries, which may well succeed.
     """
     return "trino_error_name" not in error.metadata
-
-
-# -- Result conversion -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TrinoType:
-    """A Trino type as the client protocol names it (``decimal(10, 2)``, ``row(a bigint)``).
-
-    Attributes:
-        base: The lower-case base name: ``bigint``, ``timestamp with time zone``, ``array``...
-        params: Numeric parameters (length, precision, scale).
-        fields: Element types: one for array, key and value for map, the fields of a row
-            (with their names, None when unnamed).
-    """
-
-    base: str
-    params: tuple[int, ...] = ()
-    fields: tuple[tuple[str | None, TrinoType], ...] = ()
-
-
-_TOKEN = re.compile(
-    r'\s*(?:(?P<quoted>"(?:[^"]|"")*")|(?P<word>[A-Za-z_][A-Za-z0-9_]*)|(?P<number>\d+)'
-    r"|(?P<punct>[(),]))"
-)
-# Multi-word types: their words must not be read as a row field's name and type.
-_MULTIWORD_TYPES = frozenset(
-    {"interval day to second", "interval year to month", "double precision"}
-)
-
-
-def parse_trino_type(text: str) -> TrinoType:
-    """Parses a type as Trino writes it in a result's ``columns``.
-
-    Raises:
-        ValueError: ``text`` is not a type in Trino's notation.
-    """
-    tokens: list[tuple[str, str]] = []
-    pos = 0
-    text = text.strip()
-    while pos < len(text):
-        match = _TOKEN.match(text, pos)
-        if match is None or match.end() == pos:
-            raise ValueError(f"unexpected character at {pos} in type {text!r}")
-        kind = match.lastgroup or ""
-        tokens.append((kind, match.group(kind)))
-        pos = match.end()
-    parser = _TypeParser(tokens)
-    parsed = parser.type()
-    if parser.pos != len(tokens):
-        raise ValueError(f"trailing text in type {text!r}")
-    return parsed
-
-
-class _TypeParser:
-    """Recursive descent over the tokens of one type."""
-
-    def __init__(self, tokens: list[tuple[str, str]]) -> None:
-        self.tokens = tokens
-        self.pos = 0
-
-    def peek(self, offset: int = 0) -> tuple[str, str]:
-        index = self.pos + offset
-        return self.tokens[index] if index < len(self.tokens) else ("end", "")
-
-    def take(self, kind: str, value: str | None = None) -> str:
-        token_kind, token = self.peek()
-        if token_kind != kind or (value is not None and token != value):
-            raise ValueError(f"expected {value or kind}, found {token or 'the end'}")
-        self.pos += 1
-        return token
-
-    def words(self) -> list[str]:
-        words = []
-        while self.peek()[0] == "word":
-            words.append(self.take("word").lower())
-        return words
-
-    def type(self) -> TrinoType:
-        words = self.words()
-        if not words:
-            raise ValueError(f"expected a type name, found {self.peek()[1] or 'the end'}")
-        params: list[int] = []
-        fields: list[tuple[str | None, TrinoType]] = []
-        if self.peek() == ("punct", "("):
-            self.take("punct", "(")
-            while True:
-                if words == ["row"]:
-                    fields.append(self.row_field())
-                elif self.peek()[0] == "number":
-                    params.append(int(self.take("number")))
-                else:
-                    fields.append((None, self.type()))
-                if self.peek() == ("punct", ","):
-                    self.take("punct", ",")
-                    continue
-                self.take("punct", ")")
-                break
-            words += self.words()  # "timestamp(3) with time zone"
-        return TrinoType(" ".join(words), tuple(params), tuple(fields))
-
-    def row_field(self) -> tuple[str | None, TrinoType]:
-        kind, token = self.peek()
-        if kind == "quoted":
-            self.pos += 1
-            return token[1:-1].replace('""', '"'), self.type()
-        # "a bigint" is a named field, "bigint" and "interval day to second" are not.
-        count = 0
-        while self.peek(count)[0] == "word":
-            count += 1
-        spelled = " ".join(self.peek(i)[1].lower() for i in range(count))
-        if count >= 2 and spelled not in _MULTIWORD_TYPES:
-            return self.take("word"), self.type()
-        return None, self.type()
-
-
-@dataclass(frozen=True)
-class _Column:
-    name: str
-    arrow_type: pa.DataType
-    convert: Callable[[Any], Any]
-
-
-def _plan_column(name: str, type_text: str) -> _Column:
-    try:
-        arrow_type, convert = _plan(parse_trino_type(type_text))
-    except ValueError:
-        logger.warning("unknown Trino type %r of column %r; previewed as text", type_text, name)
-        arrow_type, convert = pa.string(), _nullable(_text)
-    return _Column(name, arrow_type, convert)
-
-
-_SIMPLE_TYPES: dict[str, pa.DataType] = {
-    "boolean": pa.bool_(),
-    "tinyint": pa.int8(),
-    "smallint": pa.int16(),
-    "integer": pa.int32(),
-    "bigint": pa.int64(),
-    "real": pa.float32(),
-    "double": pa.float64(),
-    "varchar": pa.string(),
-    "char": pa.string(),
-    "json": pa.string(),
-    "varbinary": pa.binary(),
-    "date": pa.date32(),
-}
-
-
-def _plan(t: TrinoType) -> tuple[pa.DataType, Callable[[Any], Any]]:
-    """The Arrow type of a Trino type, and a converter for its values.
-
-    The converter turns the Python value the client made (``trino.mapper``) into one that
-    ``pa.array`` accepts for that Arrow type.
-    """
-    if t.base in _SIMPLE_TYPES:
-        return _SIMPLE_TYPES[t.base], _identity
-    if t.base == "decimal" and len(t.params) == 2:
-        precision, scale = t.params
-        if precision <= 38:
-            return pa.decimal128(precision, scale), _identity
-        return pa.decimal256(precision, scale), _identity
-    if t.base in ("timestamp", "timestamp with time zone"):
-        # The client rounds to microseconds (what Python's datetime holds): beyond that,
-        # microseconds are the honest unit.
-        unit = "ms" if t.params and t.params[0] <= 3 else "us"
-        if t.base == "timestamp":
-            return pa.timestamp(unit), _identity
-        # Arrow has one zone per column, Trino one per value: normalise to UTC.
-        return pa.timestamp(unit, tz="UTC"), _nullable(_to_utc)
-    if t.base == "time":
-        if t.params and t.params[0] <= 3:
-            return pa.time32("ms"), _identity
-        return pa.time64("us"), _identity
-    if t.base == "array" and len(t.fields) == 1:
-        element_type, element = _plan(t.fields[0][1])
-        return pa.list_(element_type), _nullable(lambda v: [element(x) for x in v])
-    if t.base == "map" and len(t.fields) == 2:
-        key_type, key = _plan(t.fields[0][1])
-        value_type, value = _plan(t.fields[1][1])
-        return pa.map_(key_type, value_type), _nullable(
-            lambda v: [(key(k), value(x)) for k, x in v.items()]
-        )
-    if t.base == "row" and t.fields:
-        plans = [_plan(field_type) for _, field_type in t.fields]
-        struct = pa.struct(
-            [
-                pa.field(name or f"_col{i}", arrow_type)
-                for i, ((name, _), (arrow_type, _)) in enumerate(zip(t.fields, plans, strict=True))
-            ]
-        )
-        converters = [convert for _, convert in plans]
-        return struct, _nullable(lambda v: tuple(c(x) for c, x in zip(converters, v, strict=True)))
-    # uuid, ipaddress, interval..., time with time zone, number, sketches: text keeps them
-    # readable without inventing a representation.
-    return pa.string(), _nullable(_text)
-
-
-def _identity(value: Any) -> Any:
-    return value
-
-
-def _nullable(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    return lambda value: None if value is None else convert(value)
-
-
-def _to_utc(value: Any) -> Any:
-    if isinstance(value, dt.datetime) and value.tzinfo is not None:
-        return value.astimezone(dt.UTC)
-    return value
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, default=str)
-    return str(value)
-
-
-def _row_bytes(row: Sequence[Any]) -> int:
-    """About how many bytes a result row's values take (text and binary by their length)."""
-    return sum(len(v) if isinstance(v, (str, bytes)) else 16 for v in row) + 8
-
-
-def _preview(columns: Sequence[_Column], rows: list[list[Any]]) -> pa.Table:
-    """The kept rows as an Arrow table with the result's schema."""
-    arrays = []
-    fields = []
-    for index, column in enumerate(columns):
-        values = [column.convert(row[index]) for row in rows]
-        try:
-            arrays.append(pa.array(values, type=column.arrow_type))
-            fields.append(pa.field(column.name, column.arrow_type))
-        except (pa.ArrowException, TypeError, ValueError, OverflowError):
-            # A value the mapping did not foresee: show the column as text rather than
-            # failing a query that succeeded.
-            logger.warning("Trino column %r previewed as text", column.name, exc_info=True)
-            arrays.append(pa.array([None if v is None else _text(v) for v in values], pa.string()))
-            fields.append(pa.field(column.name, pa.string()))
-    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
-
-
-# -- Small helpers -----------------------------------------------------------------------
 
 
 def _clean(statement: str) -> str:
@@ -884,7 +503,7 @@ def _tag(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.:=-]", "_", text)[:200]
 
 
-def _finished(cursor: _Cursor) -> bool:
+def _finished(cursor: Cursor) -> bool:
     """Whether the last page Trino sent says the query finished (it then has no nextUri)."""
     return (cursor.stats or {}).get("state") == "FINISHED"
 

@@ -1,0 +1,80 @@
+"""Contract tests of the private pyiceberg API behind ``lakehouse.adapters.pyiceberg_private``.
+
+One test per wrapped name, against the pyiceberg installed: when an upgrade removes a name
+or changes what the wrapper relies on, the test that names it fails here, not a SQL job in
+production. (The location-provider hooks and ``_dataframe_to_data_files`` have theirs in
+``tests/hardening/test_table_properties.py`` and ``tests/hardening/test_stalled_readers.py``.)
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from pyiceberg.catalog import Catalog
+from pyiceberg.io import FileIO
+from pyiceberg.io import pyarrow as pyiceberg_pyarrow
+from pyiceberg.schema import Schema
+from pyiceberg.table import Transaction
+from pyiceberg.types import LongType, NestedField, StringType
+
+from fixtures.iceberg import direct_catalog
+from lakehouse.adapters.pyiceberg_private import check_arrow_schema_fits, transaction_io
+
+SCHEMA = Schema(
+    NestedField(1, "id", LongType(), required=True),
+    NestedField(2, "name", StringType(), required=False),
+)
+
+
+@pytest.fixture
+def catalog(local_settings: Any) -> Catalog:
+    """A pyiceberg catalog on the embedded default (SQLite, local warehouse)."""
+    Path(local_settings.data_dir).mkdir(parents=True, exist_ok=True)
+    catalog = direct_catalog(local_settings)
+    catalog.create_namespace("contract")
+    return catalog
+
+
+def test_check_pyarrow_schema_compatible_checks_what_an_append_would() -> None:
+    """``_check_pyarrow_schema_compatible(requested, provided_schema=, format_version=)``."""
+    parameters = inspect.signature(pyiceberg_pyarrow._check_pyarrow_schema_compatible).parameters
+    assert {"provided_schema", "format_version"} <= set(parameters)
+
+    fits = pa.schema([pa.field("id", pa.int64(), nullable=False), ("name", pa.string())])
+    check_arrow_schema_fits(SCHEMA, fits, format_version=2)
+    # An optional column may be left out; a narrower integer is promoted, as append does.
+    check_arrow_schema_fits(
+        SCHEMA, pa.schema([pa.field("id", pa.int32(), nullable=False)]), format_version=2
+    )
+    # What the DuckDB engine turns into "the result does not fit table ...": a ValueError.
+    with pytest.raises(ValueError, match="id"):
+        check_arrow_schema_fits(SCHEMA, pa.schema([("id", pa.string())]), format_version=2)
+    with pytest.raises(ValueError):
+        check_arrow_schema_fits(SCHEMA, pa.schema([("name", pa.string())]), format_version=2)
+    with pytest.raises(ValueError):
+        check_arrow_schema_fits(
+            SCHEMA,
+            pa.schema([pa.field("id", pa.int64(), nullable=False), ("extra", pa.string())]),
+            format_version=2,
+        )
+
+
+def test_transaction_table_is_the_table_the_transaction_changes(catalog: Catalog) -> None:
+    """``Transaction._table``: its ``io`` writes where the table, new or existing, lives."""
+    table = catalog.create_table(("contract", "existing"), SCHEMA)
+    transaction = table.transaction()
+    assert isinstance(transaction, Transaction) and transaction._table is table
+    assert transaction_io(transaction) is table.io
+
+    created = catalog.create_table_transaction(("contract", "created"), SCHEMA)
+    io = transaction_io(created)
+    assert isinstance(io, FileIO)
+    location = f"{created.table_metadata.location}/data/probe.bin"
+    with io.new_output(location).create() as stream:
+        stream.write(b"probe")
+    assert io.new_input(location).exists()
+    io.delete(location)
