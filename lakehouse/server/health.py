@@ -13,10 +13,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from grpc_health.v1 import health, health_pb2
 
-from lakehouse.adapters.resilience import CircuitBreaker
 from lakehouse.core.survival import contained, tamed
 from lakehouse.server import metrics
 
@@ -32,13 +32,20 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 LIVENESS_SERVICE = "liveness"
 
 
+class Breaker(Protocol):
+    """What a check needs of its dependency's circuit breaker (``adapters.resilience``)."""
+
+    def probe_succeeded(self) -> None:
+        """Closes the breaker: the dependency answered its health check."""
+
+
 @dataclass(frozen=True)
 class Dependency:
     """A backing service, its check (raises when the service is unusable) and its breaker."""
 
     name: str
     check: Callable[[], Awaitable[None]]
-    breaker: CircuitBreaker | None = None
+    breaker: Breaker | None = None
 
 
 @dataclass(frozen=True)

@@ -51,8 +51,8 @@ from lakehouse.adapters.imports.commit import (
 )
 from lakehouse.adapters.imports.job import import_files
 from lakehouse.adapters.imports.sources import ImportFormat
-from lakehouse.adapters.imports.uri_policy import check_source_uris
 from lakehouse.domain.errors import Conflict, InvalidArgument, Unavailable
+from lakehouse.domain.import_uris import check_source_uris
 from lakehouse.domain.job_context import JobContext, JobStopped
 
 NAMESPACE = "imports"

@@ -1,9 +1,8 @@
 """Importing existing files into an Iceberg table (the ``import_files`` job), one module per step.
 
+Which source URIs are accepted is a rule of the domain (``lakehouse.domain.import_uris``).
+
 * ``job``: the job itself, its three passes (check, write, commit) end to end.
-* ``uri_policy``: which source URIs are accepted: canonical form, allowed prefixes, and the
-  real-path confinement of local files.
-* ``buckets``: the S3 bucket-name pattern (pure; RegisterTable checks it too).
 * ``sources``: finding the source files (lookup, listing, formats).
 * ``readers``: reading sources as Arrow (Parquet, CSV, JSON lines).
 * ``read_errors``: what a failed read says, naming the source, never quoting its content.

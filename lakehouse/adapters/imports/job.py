@@ -43,10 +43,10 @@ from lakehouse.adapters.imports.readers import Reader
 from lakehouse.adapters.imports.registration import live_data_files, registered_file
 from lakehouse.adapters.imports.schema_check import SchemaCheck
 from lakehouse.adapters.imports.sources import ImportFormat, Source, SourceFiles
-from lakehouse.adapters.imports.uri_policy import checked_sources
 from lakehouse.adapters.imports.writer import Writer
 from lakehouse.adapters.pyiceberg_private import writable_table
 from lakehouse.domain.errors import CommitStateUnknown, InvalidArgument
+from lakehouse.domain.import_uris import checked_sources
 from lakehouse.domain.ingest_rows import DecodedRows, conform_arrow
 from lakehouse.domain.job_context import JobContext
 from lakehouse.domain.schemas import schema_to_arrow

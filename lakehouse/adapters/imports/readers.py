@@ -18,8 +18,8 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from lakehouse.adapters.imports.sources import ImportFormat, Source
-from lakehouse.adapters.imports.uri_policy import IMPORT_PREFIXES_SETTING, inside, shown
 from lakehouse.domain.errors import InvalidArgument
+from lakehouse.domain.import_uris import IMPORT_PREFIXES_SETTING, inside, shown
 
 #: CSV and JSON lines are parsed in blocks of this size; a JSON line must fit in one.
 TEXT_BLOCK_BYTES = 16 * 1024 * 1024

@@ -21,14 +21,14 @@ from pyiceberg.io import FileIO
 from pyiceberg.io.pyarrow import PyArrowFileIO
 
 from lakehouse.adapters.imports.read_errors import reading
-from lakehouse.adapters.imports.uri_policy import (
+from lakehouse.domain.errors import InvalidArgument
+from lakehouse.domain.import_uris import (
     IMPORT_PREFIXES_SETTING,
     MAX_SOURCE_FILES,
     inside,
     local_guard,
     shown,
 )
-from lakehouse.domain.errors import InvalidArgument
 
 _COMPRESSED_SUFFIXES = (".gz", ".bz2", ".zst")  # what pyarrow's "detect" decompresses
 
