@@ -314,10 +314,14 @@ class LocalObjectStore:
             yield info
 
     async def get(self, uri: str) -> bytes:
-        """Reads one file."""
+        """Reads one file.
+
+        Raises:
+            NotFound: No such file. A folder is no object either (as a prefix in S3 is not).
+        """
         try:
             return await asyncio.to_thread(_local_path(uri).read_bytes)
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise NotFound(f"object {uri} does not exist", reason="OBJECT_NOT_FOUND") from exc
 
     async def put(self, uri: str, data: bytes) -> None:
