@@ -369,6 +369,33 @@ async def test_register_refuses_a_taken_name(table: TableInfo, catalog: CatalogP
     )
 
 
+async def test_register_refuses_what_is_not_table_metadata_in_the_warehouse(
+    table: TableInfo, catalog: CatalogPort
+) -> None:
+    inside = table.location.rstrip("/") + "/metadata/never-written.metadata.json"
+    await raises(NotFound, "METADATA_NOT_FOUND", catalog.register_table("ns", "u", inside))
+    for outside in ("file:///tmp/elsewhere/v1.metadata.json", "s3://elsewhere/v1.metadata.json"):
+        await raises(
+            InvalidArgument,
+            "LOCATION_OUTSIDE_WAREHOUSE",
+            catalog.register_table("ns", "u", outside),
+        )
+    assert await catalog.list_tables("ns") == ["t"]  # nothing half-registered
+
+
+async def test_a_cached_load_reflects_the_catalogs_own_commits(
+    table: TableInfo, catalog: CatalogPort
+) -> None:
+    assert (await catalog.load_table("ns", "t", max_age=60)).current_snapshot_id is None
+    snapshot_id = await append(catalog, 1)
+    updated = await catalog.update_table("ns", "t", [SetProperties({"user.k": "v"})], "")
+
+    cached = await catalog.load_table("ns", "t", max_age=60)
+
+    assert cached.current_snapshot_id == snapshot_id
+    assert cached.metadata_location == updated.metadata_location
+
+
 async def test_a_table_created_again_under_a_dropped_name_is_another_table(
     table: TableInfo, catalog: CatalogPort
 ) -> None:

@@ -19,7 +19,7 @@ from fixtures.ports import protocol_mismatches
 from lakehouse.adapters.object_store import LocalObjectStore, S3ObjectStore, object_store_for
 from lakehouse.config import S3Settings
 from lakehouse.core.ports import ObjectStorePort
-from lakehouse.domain.errors import NotFound
+from lakehouse.domain.errors import NotFound, Unavailable
 
 IMPLEMENTATIONS = [LocalObjectStore, S3ObjectStore]
 
@@ -49,6 +49,23 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         endpoint = request.getfixturevalue("s3_endpoint")
         bucket = request.getfixturevalue("s3_bucket")
         root = f"s3://{bucket}/wh"
+        port = object_store_for(root, S3Settings(**s3.s3_settings(endpoint)))
+    try:
+        yield Store(port, root)
+    finally:
+        await port.close()
+
+
+@pytest_asyncio.fixture(params=["local", "s3"])
+async def unusable(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """A store whose location cannot hold objects: a folder below a file; a missing bucket."""
+    if request.param == "local":
+        (tmp_path / "a-file").write_bytes(b"not a folder")
+        root = (tmp_path / "a-file" / "wh").as_uri()
+        port: ObjectStorePort = object_store_for(root, S3Settings())
+    else:
+        endpoint = request.getfixturevalue("s3_endpoint")
+        root = "s3://no-such-bucket-for-this-test/wh"
         port = object_store_for(root, S3Settings(**s3.s3_settings(endpoint)))
     try:
         yield Store(port, root)
@@ -99,6 +116,12 @@ async def test_put_get_list_delete_prefix(store: Store) -> None:
 async def test_check_passes_on_a_usable_location(store: Store) -> None:
     await store.port.check()
     await store.port.check()  # and again: it changes nothing
+
+
+async def test_check_fails_on_an_unusable_location(unusable: Store) -> None:
+    with pytest.raises(Unavailable) as err:
+        await unusable.port.check()
+    assert err.value.reason == "OBJECT_STORE_UNAVAILABLE"
 
 
 async def test_put_replaces_an_object_and_size_is_its_length(store: Store) -> None:
