@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pyarrow as pa
@@ -25,6 +25,7 @@ from pyiceberg.schema import Schema
 from pyiceberg.table.sorting import SortOrder
 from pyiceberg.types import LongType, NestedField, StringType
 
+from fixtures.memory_ledger import MemoryLedger
 from fixtures.ports import protocol_mismatches
 from lakehouse.adapters.iceberg import IcebergCatalog
 from lakehouse.blocking import BlockingPool
@@ -38,7 +39,7 @@ from lakehouse.domain.errors import (
     LakehouseError,
     NotFound,
 )
-from lakehouse.domain.ingest import AppendPlan, IngestState, RecordedRequest
+from lakehouse.domain.ingest import AppendPlan, IngestState
 from lakehouse.domain.tables import OpenScan, ScanRequest, TableInfo
 
 IMPLEMENTATIONS = [IcebergCatalog]
@@ -554,7 +555,7 @@ async def test_request_ids_are_remembered_by_the_table_and_recorded_in_the_ledge
     )
 
     assert outcome.unrecorded is None
-    (recorded,) = ledger.recorded[table.uuid]
+    (recorded,) = ledger.recorded(table.uuid)
     assert (recorded.request_id, recorded.rows, recorded.snapshot_id) == (
         "req-1",
         2,
@@ -787,30 +788,3 @@ async def test_owns_only_locations_inside_its_warehouse(
     assert catalog.owns_location(table.location.rstrip("/") + "/data/part-0.parquet")
     for elsewhere in ("file:///etc/passwd", "s3://another-bucket/warehouse/t", "/tmp", ""):
         assert not catalog.owns_location(elsewhere), elsewhere
-
-
-class MemoryLedger:
-    """A RequestIdLedger that remembers in memory what planned_append recorded in it."""
-
-    def __init__(self) -> None:
-        self.recorded: dict[str, list[RecordedRequest]] = {}
-
-    def record(self, table_uuid: str, requests: Sequence[RecordedRequest]) -> None:
-        self.recorded.setdefault(table_uuid, []).extend(requests)
-
-    def find(
-        self, table_uuid: str, request_ids: Collection[str], *, since_ms: int
-    ) -> dict[str, RecordedRequest]:
-        return {
-            r.request_id: r
-            for r in self.recorded.get(table_uuid, [])
-            if r.request_id in request_ids and r.committed_ms >= since_ms
-        }
-
-    def forget_snapshots(self, table_uuid: str, snapshot_ids: Collection[int]) -> None:
-        self.recorded[table_uuid] = [
-            r for r in self.recorded.get(table_uuid, []) if r.snapshot_id not in snapshot_ids
-        ]
-
-    def prune(self, *, before_ms: int, limit: int = 5000) -> int:
-        return 0

@@ -3,7 +3,9 @@
 ``RequestIdStore`` lives in the job store's database: ``[sqlite]`` is a SQLite file under
 tmp_path (the embedded default shares it with the catalog), ``[postgres]`` a fresh database in
 the session's PostgreSQL cluster. Both are built as the wiring builds them (a migrated
-``JobStore``, and the ledger on it); the tests use the port's methods only.
+``JobStore``, and the ledger on it); the tests use the port's methods only. ``[memory]`` is
+the in-memory stand-in of ``tests/fixtures/memory_ledger.py``: other tests may use it only
+because it passes this suite too.
 """
 
 from __future__ import annotations
@@ -13,19 +15,24 @@ from pathlib import Path
 
 import pytest
 
+from fixtures.memory_ledger import MemoryLedger, MemoryLedgerDatabase
 from fixtures.ports import protocol_mismatches
 from lakehouse.adapters.job_store.store import JobStore
 from lakehouse.adapters.request_id_store import RequestIdStore
 from lakehouse.domain.ingest import RecordedRequest, RequestIdLedger
 
-IMPLEMENTATIONS = [RequestIdStore]
+IMPLEMENTATIONS = [RequestIdStore, MemoryLedger]
 
 #: Opens one more ledger on the same database (another replica, or the process restarted).
 Open = Callable[[], RequestIdLedger]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "memory"])
 def open_ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Open]:
+    if request.param == "memory":
+        database = MemoryLedgerDatabase()
+        yield lambda: MemoryLedger(database)
+        return
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'data' / 'catalog.db'}"
     else:
@@ -60,9 +67,9 @@ def test_the_implementation_has_every_method_of_the_port(cls: type) -> None:
     assert protocol_mismatches(RequestIdLedger, cls) == []
 
 
-def _statically_conforms(store: RequestIdStore) -> RequestIdLedger:
-    """Never called: mypy checks that the implementation is assignable to the port."""
-    return store
+def _statically_conforms(store: RequestIdStore, memory: MemoryLedger) -> list[RequestIdLedger]:
+    """Never called: mypy checks that each implementation is assignable to the port."""
+    return [store, memory]
 
 
 # -- behaviour (the first four moved from tests/adapters/test_request_id_store.py) -------------
