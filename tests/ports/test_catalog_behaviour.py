@@ -588,6 +588,32 @@ async def test_concurrent_replicas_append_each_offset_exactly_once(
     assert await read_ids(replicas[0]) == list(range(10))
 
 
+async def test_planned_append_gives_up_with_a_conflict_after_max_attempts(
+    table: TableInfo, catalog: CatalogPort, open_catalog: OpenCatalog
+) -> None:
+    replica, other, mine = open_catalog(), Writer("other"), Writer("mine")
+    loop = asyncio.get_running_loop()
+    planned = 0
+
+    def plan(state: IngestState) -> AppendPlan:
+        # Another replica commits while this plan is being made, every time.
+        nonlocal planned
+        planned += 1
+        asyncio.run_coroutine_threadsafe(append(replica, planned, other), loop).result(30)
+        decided: AppendPlan = mine.plan_upto(5)(state)
+        return decided
+
+    await raises(
+        Conflict,
+        "COMMIT_CONFLICT",
+        catalog.planned_append("ns", "t", plan, request_id_window_ms=WINDOW_MS, max_attempts=2),
+    )
+
+    assert planned == 2  # planned again on fresh state after the first conflict
+    assert await read_ids(catalog) == [0, 1]  # the other writer's rows; none of mine
+    assert await catalog.writer_position("ns", "t", "mine", request_id_window_ms=WINDOW_MS) is None
+
+
 # -- snapshots and rollback --------------------------------------------------------------------
 
 
