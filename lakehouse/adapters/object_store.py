@@ -297,7 +297,8 @@ class LocalObjectStore:
                 path = Path(dirpath) / name
                 if str(path).startswith(wanted):
                     found.append(path)
-        return sorted(found)
+        # In key order, as S3 lists (``sorted(found)`` compared path parts: "a/b" before "a-c").
+        return sorted(found, key=str)
 
     async def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         """Lists files whose path starts with a ``file://`` prefix."""

@@ -169,6 +169,18 @@ async def test_list_matches_a_string_prefix_not_only_a_folder(store: Store) -> N
     assert await store.names("") == ["t1.txt", "t1/a", "t10/b", "t2/c"]
 
 
+async def test_list_is_in_key_order(store: Store) -> None:
+    # Byte order of the key, as S3 lists: "-" (0x2d) and "." (0x2e) sort before "/" (0x2f).
+    for name in ("t/a/b", "t/a-c", "t/a0", "t/a.txt", "t/B", "t/a/a"):
+        await store.port.put(store.uri(name), b"x")
+
+    listed = [
+        o.uri.removeprefix(store.root + "/") async for o in store.port.list_objects(store.uri("t/"))
+    ]
+
+    assert listed == ["t/B", "t/a-c", "t/a.txt", "t/a/a", "t/a/b", "t/a0"]
+
+
 async def test_every_listed_uri_reads_back(store: Store) -> None:
     names = ("t/data/part-0.parquet", "t/data/a b=1/part 1.parquet", "t/metadata/v1.json")
     for name in names:
