@@ -20,9 +20,10 @@ import pytest
 import pytest_asyncio
 from pyiceberg.catalog import Catalog
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression, EqualTo
-from pyiceberg.partitioning import PartitionSpec
+from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
-from pyiceberg.table.sorting import SortOrder
+from pyiceberg.table.sorting import SortField, SortOrder
+from pyiceberg.transforms import IdentityTransform
 from pyiceberg.types import LongType, NestedField, StringType
 
 from fixtures.memory_ledger import MemoryLedger
@@ -276,6 +277,24 @@ async def test_create_then_load_a_table(catalog: CatalogPort) -> None:
     assert (loaded.uuid, loaded.metadata_location) == (created.uuid, created.metadata_location)
     assert loaded.schema.as_struct() == SCHEMA.as_struct()
     assert await catalog.list_tables("ns") == ["t"]
+
+
+async def test_a_table_keeps_its_partition_spec_sort_order_and_properties(
+    catalog: CatalogPort,
+) -> None:
+    await catalog.create_namespace("ns", {})
+    spec = PartitionSpec(
+        PartitionField(source_id=2, field_id=1000, transform=IdentityTransform(), name="v")
+    )
+    order = SortOrder(SortField(source_id=1, transform=IdentityTransform()))
+
+    await catalog.create_table("ns", "p", SCHEMA, spec, order, {"owner": "ana"})
+    loaded = await catalog.load_table("ns", "p")
+
+    assert [(f.name, str(f.transform)) for f in loaded.partition_spec.fields] == [("v", "identity")]
+    (key,) = loaded.sort_order.fields
+    assert loaded.schema.find_column_name(key.source_id) == "id"
+    assert loaded.properties["owner"] == "ana"
 
 
 async def test_a_table_name_is_taken_once(table: TableInfo, catalog: CatalogPort) -> None:
@@ -693,6 +712,18 @@ async def test_rollback_errors(table: TableInfo, catalog: CatalogPort) -> None:
         catalog.rollback("ns", "t", snapshot_id=first, as_of_ms=None, expected_etag=etag),
     )
     assert (await catalog.load_table("ns", "t")).stats.row_count == 3  # nothing moved
+
+
+async def test_rollback_only_to_an_ancestor(table: TableInfo, catalog: CatalogPort) -> None:
+    first = await append(catalog, 1)
+    second = await append(catalog, 2)
+    await catalog.rollback("ns", "t", snapshot_id=first, as_of_ms=None, expected_etag="")
+
+    with pytest.raises(InvalidArgument) as err:
+        await catalog.rollback("ns", "t", snapshot_id=second, as_of_ms=None, expected_etag="")
+
+    assert err.value.violations[0].field == "snapshot_id"
+    assert (await catalog.load_table("ns", "t")).current_snapshot_id == first
 
 
 # -- scans -------------------------------------------------------------------------------------
