@@ -297,7 +297,8 @@ class LocalObjectStore:
                 path = Path(dirpath) / name
                 if str(path).startswith(wanted):
                     found.append(path)
-        return sorted(found)
+        # In key order, as S3 lists (``sorted(found)`` compared path parts: "a/b" before "a-c").
+        return sorted(found, key=str)
 
     async def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         """Lists files whose path starts with a ``file://`` prefix."""
@@ -314,10 +315,14 @@ class LocalObjectStore:
             yield info
 
     async def get(self, uri: str) -> bytes:
-        """Reads one file."""
+        """Reads one file.
+
+        Raises:
+            NotFound: No such file. A folder is no object either (as a prefix in S3 is not).
+        """
         try:
             return await asyncio.to_thread(_local_path(uri).read_bytes)
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise NotFound(f"object {uri} does not exist", reason="OBJECT_NOT_FOUND") from exc
 
     async def put(self, uri: str, data: bytes) -> None:

@@ -154,7 +154,7 @@ class ObjectStorePort(Protocol):
         """Raises Unavailable if the store cannot be reached or the location is unusable."""
 
     def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
-        """Lists the objects whose URI starts with ``prefix``."""
+        """Lists the objects whose URI starts with ``prefix``, in key order (as S3 lists)."""
 
     async def get(self, uri: str) -> bytes:
         """Reads one object. Raises NotFound if it does not exist."""
