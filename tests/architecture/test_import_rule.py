@@ -68,13 +68,11 @@ KNOWN_VIOLATIONS: set[tuple[str, str]] = {
     ("lakehouse.core.job_kinds", "lakehouse.adapters.imports.commit"),
     ("lakehouse.core.job_kinds", "lakehouse.adapters.imports.job"),
     ("lakehouse.core.job_kinds", "lakehouse.v1"),
-    ("lakehouse.core.job_specs", "lakehouse.domain.import_uris"),
     ("lakehouse.core.job_specs", "lakehouse.v1"),
     ("lakehouse.core.job_worker", "lakehouse.v1"),
     ("lakehouse.core.jobs", "lakehouse.v1"),
     ("lakehouse.core.maintenance_scheduler", "lakehouse.v1"),
     ("lakehouse.core.sql_engines", "lakehouse.v1"),
-    ("lakehouse.server.health", "lakehouse.adapters.resilience"),
 }
 
 

@@ -28,7 +28,7 @@ from pyiceberg.types import LongType, NestedField, StringType
 
 from fixtures.memory_ledger import MemoryLedger
 from fixtures.ports import protocol_mismatches
-from lakehouse.adapters.iceberg import IcebergCatalog
+from lakehouse.adapters.iceberg.catalog import IcebergCatalog
 from lakehouse.blocking import BlockingPool
 from lakehouse.core.ports import CatalogPort
 from lakehouse.domain.changes import AddColumn, DropColumn, SetProperties, TableChange
