@@ -8,19 +8,11 @@ before that commits nothing.
 
 from __future__ import annotations
 
-import random
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import pyarrow as pa
-from pyiceberg.catalog import Catalog
-from pyiceberg.exceptions import CommitFailedException
-from pyiceberg.expressions import AlwaysTrue, BooleanExpression
 
-from lakehouse.adapters.iceberg import maintenance
-from lakehouse.adapters.imports.commit import ImportOutcome
-from lakehouse.adapters.imports.job import import_files
-from lakehouse.blocking import BlockingPool
 from lakehouse.config import JobsSettings
 from lakehouse.core.job_specs import (
     DEFAULT_EXPIRE_AGE_SECONDS,
@@ -30,21 +22,16 @@ from lakehouse.core.job_specs import (
     timestamp_to_ms,
     under_spec,
 )
-from lakehouse.core.ports import CatalogPort, ObjectStorePort, SqlEnginePort
-from lakehouse.core.row_filter import parse_row_filter
+from lakehouse.core.ports import CatalogPort, ObjectStorePort, SqlEnginePort, TableJobsPort
 from lakehouse.core.sql_engines import engine_for
+from lakehouse.domain.compaction import DEFAULT_MIN_INPUT_FILES
 from lakehouse.domain.errors import FailedPrecondition
-from lakehouse.domain.ingest import RequestIdLedger
 from lakehouse.domain.job_context import JobContext
 from lakehouse.domain.json_values import batch_to_structs
 from lakehouse.domain.sql_result import SqlOutcome
 from lakehouse.v1 import job_pb2, rows_pb2
 
-DEFAULT_TARGET_FILE_BYTES = 512 * 1024 * 1024
-DEFAULT_MIN_INPUT_FILES = 2
 MAX_LISTED_URIS = 1000
-#: Commits an expiry tries within one attempt before it counts as a conflict.
-EXPIRE_COMMIT_ATTEMPTS = 5
 
 
 class JobKinds:
@@ -54,19 +41,15 @@ class JobKinds:
         self,
         catalog: CatalogPort,
         store: ObjectStorePort,
-        pool: BlockingPool,
         settings: JobsSettings,
         *,
+        table_jobs: TableJobsPort,
         sql_engines: Mapping[str, SqlEnginePort],
-        request_ids: RequestIdLedger | None = None,
-        request_id_window_seconds: float = 0.0,
     ) -> None:
-        self._request_ids = request_ids
-        self._request_id_window_ms = int(request_id_window_seconds * 1000)
         self._catalog = catalog
         self._store = store
-        self._pool = pool
         self._settings = settings
+        self._table_jobs = table_jobs
         self._sql_engines = sql_engines
 
     async def run(self, spec: job_pb2.JobSpec, ctx: JobContext) -> job_pb2.JobResult:
@@ -109,27 +92,15 @@ class JobKinds:
     async def _compact(
         self, spec: job_pb2.CompactTableJobSpec, ctx: JobContext
     ) -> job_pb2.CompactTableJobResult:
-        def work(c: Catalog) -> maintenance.CompactResult:
-            table = c.load_table((spec.namespace, spec.table))
-            row_filter: BooleanExpression = AlwaysTrue()
-            if spec.row_filter:
-                row_filter = parse_row_filter(
-                    spec.row_filter, table.schema(), field="spec.compact_table.row_filter"
-                )
-            target = spec.target_file_size_bytes or int(
-                table.properties.get("write.target-file-size-bytes", DEFAULT_TARGET_FILE_BYTES)
-            )
-            ctx.progress(0.0, "planning")
-            return maintenance.compact_table(
-                table,
-                target_file_bytes=target,
-                min_input_files=spec.min_input_files or DEFAULT_MIN_INPUT_FILES,
-                row_filter=row_filter,
-                small_file_bytes=spec.small_file_size_bytes or None,
-                ctx=ctx,
-            )
-
-        r = await self._catalog.run_on_catalog(work, spec.namespace, spec.table, pool=self._pool)
+        r = await self._table_jobs.compact(
+            spec.namespace,
+            spec.table,
+            row_filter=spec.row_filter,
+            target_file_bytes=spec.target_file_size_bytes or None,
+            min_input_files=spec.min_input_files or DEFAULT_MIN_INPUT_FILES,
+            small_file_bytes=spec.small_file_size_bytes or None,
+            ctx=ctx,
+        )
         result = job_pb2.CompactTableJobResult(
             files_before=r.files_rewritten,
             files_after=r.files_added,
@@ -153,29 +124,13 @@ class JobKinds:
             cutoffs.append(now_ms - int(age * 1000))
         older_than_ms = min(cutoffs) if cutoffs else now_ms - DEFAULT_EXPIRE_AGE_SECONDS * 1000
 
-        def work(c: Catalog) -> maintenance.ExpireResult:
-            # A table under steady ingest commits while the expiry computes: losing that
-            # race is normal, and the expiry (which deletes nothing before its commit) is
-            # recomputed on the new metadata rather than failing the attempt.
-            for attempt in range(1, EXPIRE_COMMIT_ATTEMPTS + 1):
-                table = c.load_table((spec.namespace, spec.table))
-                ctx.progress(0.1, "expiring snapshots")
-                ctx.check()
-                try:
-                    return maintenance.expire_snapshots(
-                        table,
-                        older_than_ms=older_than_ms,
-                        retain_last=spec.retain_last or 1,
-                        request_ids=self._request_ids,
-                        request_id_window_ms=self._request_id_window_ms,
-                    )
-                except CommitFailedException:
-                    if attempt == EXPIRE_COMMIT_ATTEMPTS:
-                        raise
-                    time.sleep(random.uniform(0.05, 0.1) * 2**attempt)
-            raise AssertionError("unreachable")
-
-        r = await self._catalog.run_on_catalog(work, spec.namespace, spec.table, pool=self._pool)
+        r = await self._table_jobs.expire_snapshots(
+            spec.namespace,
+            spec.table,
+            older_than_ms=older_than_ms,
+            retain_last=spec.retain_last or 1,
+            ctx=ctx,
+        )
         return job_pb2.ExpireSnapshotsJobResult(
             snapshots_expired=len(r.snapshots_expired),
             data_files_deleted=r.data_files_deleted,
@@ -205,21 +160,15 @@ class JobKinds:
         ctx.check()
         ctx.progress(0.5, f"listed {len(listed)} files; looking for orphans")
 
-        def list_files(prefix: str) -> Iterator[tuple[str, float]]:
-            return iter(listed)
-
-        def work(c: Catalog) -> maintenance.OrphanResult:
-            table = c.load_table((spec.namespace, spec.table))
-            ctx.check()
-            return maintenance.remove_orphan_files(
-                table,
-                list_files,
-                older_than_ms=older_than_ms,
-                dry_run=spec.dry_run,
-                sizes=sizes,
-            )
-
-        r = await self._catalog.run_on_catalog(work, spec.namespace, spec.table, pool=self._pool)
+        r = await self._table_jobs.remove_orphan_files(
+            spec.namespace,
+            spec.table,
+            listed=listed,
+            sizes=sizes,
+            older_than_ms=older_than_ms,
+            dry_run=spec.dry_run,
+            ctx=ctx,
+        )
         return job_pb2.RemoveOrphanFilesJobResult(
             orphan_files_found=r.orphans_found,
             files_deleted=r.orphans_deleted,
@@ -231,19 +180,16 @@ class JobKinds:
     async def _import(
         self, spec: job_pb2.ImportFilesJobSpec, ctx: JobContext
     ) -> job_pb2.ImportFilesJobResult:
-        def work(c: Catalog) -> ImportOutcome:
-            table = c.load_table((spec.namespace, spec.table))
-            with under_spec():
-                return import_files(
-                    table,
-                    source_prefix=spec.source_prefix,
-                    source_uris=list(spec.source_uris),
-                    file_format=spec.format,
-                    ctx=ctx,
-                    allowed_prefixes=self._settings.import_prefixes,
-                )
-
-        r = await self._catalog.run_on_catalog(work, spec.namespace, spec.table, pool=self._pool)
+        with under_spec():
+            r = await self._table_jobs.import_files(
+                spec.namespace,
+                spec.table,
+                source_prefix=spec.source_prefix,
+                source_uris=list(spec.source_uris),
+                file_format=spec.format,
+                allowed_prefixes=self._settings.import_prefixes,
+                ctx=ctx,
+            )
         result = job_pb2.ImportFilesJobResult(
             files_imported=r.files_imported,
             files_registered=r.files_registered,

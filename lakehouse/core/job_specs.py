@@ -17,10 +17,10 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from lakehouse.config import JobsSettings
-from lakehouse.core.row_filter import parse_row_filter_off_loop
 from lakehouse.domain.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from lakehouse.domain.import_uris import check_source_uris
 from lakehouse.domain.names import check_identifier
+from lakehouse.domain.row_filter import parse_row_filter_off_loop
 from lakehouse.domain.tables import TableInfo
 from lakehouse.v1 import job_pb2, rows_pb2
 

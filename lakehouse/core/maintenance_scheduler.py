@@ -32,11 +32,15 @@ from google.protobuf.duration_pb2 import Duration
 from pyiceberg.catalog import Catalog
 
 from lakehouse.blocking import BlockingPool
-from lakehouse.core.job_kinds import DEFAULT_MIN_INPUT_FILES, DEFAULT_TARGET_FILE_BYTES
 from lakehouse.core.jobs import Jobs
 from lakehouse.core.ports import CatalogPort, JobStorePort
 from lakehouse.core.survival import contained
-from lakehouse.domain.compaction import SMALL_FILE_FRACTION, partition_key
+from lakehouse.domain.compaction import (
+    DEFAULT_MIN_INPUT_FILES,
+    DEFAULT_TARGET_FILE_BYTES,
+    SMALL_FILE_FRACTION,
+    partition_key,
+)
 from lakehouse.domain.errors import LakehouseError
 from lakehouse.domain.ingest import RequestIdLedger
 from lakehouse.domain.tables import TableInfo

@@ -9,7 +9,7 @@ typing): it does not import this module, since adapters import only the domain.
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 import pyarrow as pa
@@ -25,6 +25,7 @@ from lakehouse.domain.job_context import JobContext
 from lakehouse.domain.jobs import Claim, JobRecord
 from lakehouse.domain.objects import ObjectInfo
 from lakehouse.domain.sql_result import SqlOutcome
+from lakehouse.domain.table_jobs import CompactResult, ExpireResult, ImportOutcome, OrphanResult
 from lakehouse.domain.tables import OpenScan, ScanRequest, SnapshotInfo, TableInfo
 
 T = TypeVar("T")
@@ -323,3 +324,51 @@ class SqlEnginePort(Protocol):
             LakehouseError: The statement failed (the engine's errors, mapped).
         """
         ...
+
+
+class TableJobsPort(Protocol):
+    """The table jobs (``lakehouse.adapters.iceberg.table_jobs.IcebergTableJobs``)."""
+
+    async def compact(
+        self,
+        namespace: str,
+        table: str,
+        *,
+        row_filter: str,
+        target_file_bytes: int | None,
+        min_input_files: int,
+        small_file_bytes: int | None,
+        ctx: JobContext,
+    ) -> CompactResult:
+        """Rewrites the table's small files (those ``row_filter`` selects) into larger ones."""
+
+    async def expire_snapshots(
+        self, namespace: str, table: str, *, older_than_ms: int, retain_last: int, ctx: JobContext
+    ) -> ExpireResult:
+        """Expires the snapshots older than ``older_than_ms``, keeping the last ``retain_last``."""
+
+    async def remove_orphan_files(
+        self,
+        namespace: str,
+        table: str,
+        *,
+        listed: Sequence[tuple[str, float]],
+        sizes: Mapping[str, int],
+        older_than_ms: int,
+        dry_run: bool,
+        ctx: JobContext,
+    ) -> OrphanResult:
+        """Deletes the listed files under the table that no snapshot, ref or log names."""
+
+    async def import_files(
+        self,
+        namespace: str,
+        table: str,
+        *,
+        source_prefix: str,
+        source_uris: Sequence[str],
+        file_format: int,
+        allowed_prefixes: Sequence[str],
+        ctx: JobContext,
+    ) -> ImportOutcome:
+        """Imports existing files into the table in one commit (fields relative to the spec)."""

@@ -15,9 +15,9 @@ import pyarrow as pa
 from pyiceberg.schema import Schema
 
 from lakehouse.core.ports import CatalogPort
-from lakehouse.core.row_filter import parse_row_filter_off_loop
 from lakehouse.domain.errors import InvalidArgument
 from lakehouse.domain.names import check_identifier
+from lakehouse.domain.row_filter import parse_row_filter_off_loop
 from lakehouse.domain.tables import ScanRequest
 
 

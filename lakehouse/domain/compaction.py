@@ -7,6 +7,10 @@ from typing import Any
 from pyiceberg.manifest import DataFile
 from pyiceberg.typedef import Record
 
+#: The target size of compaction's files when neither the job nor the table names one.
+DEFAULT_TARGET_FILE_BYTES = 512 * 1024 * 1024
+#: A group of fewer small files than this is left alone.
+DEFAULT_MIN_INPUT_FILES = 2
 #: Compaction rewrites the data files smaller than this fraction of the target size.
 SMALL_FILE_FRACTION = 0.75
 

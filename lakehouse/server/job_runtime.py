@@ -12,6 +12,7 @@ import functools
 import logging
 
 from lakehouse.adapters.iceberg.catalog import IcebergCatalog
+from lakehouse.adapters.iceberg.table_jobs import IcebergTableJobs
 from lakehouse.adapters.job_store.store import JobStore
 from lakehouse.adapters.request_id_store import RequestIdStore
 from lakehouse.adapters.resilience import JOB_STORE, Resilience
@@ -113,14 +114,18 @@ class JobRuntime:
             self.events,
             max_response_bytes=settings.max_message_bytes,
         )
+        table_jobs = IcebergTableJobs(
+            catalog,
+            self._job_pool,
+            request_ids=self.request_ids,
+            request_id_window_seconds=window,
+        )
         kinds = JobKinds(
             catalog,
             object_store,
-            self._job_pool,
             settings.jobs,
+            table_jobs=table_jobs,
             sql_engines=self.sql_engines,
-            request_ids=self.request_ids,
-            request_id_window_seconds=window,
         )
         self.worker = JobWorker(self.store, kinds, pool, settings.jobs, self.events, slots=slots)
         self._scheduler = (

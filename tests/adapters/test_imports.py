@@ -43,17 +43,13 @@ from fixtures.iceberg import direct_catalog
 from fixtures.job_contexts import StopAt
 from fixtures.tcp_proxy import tcp_proxy
 from lakehouse.adapters.iceberg.catalog import catalog_properties
-from lakehouse.adapters.imports.commit import (
-    FILES_REGISTERED_KEY,
-    JOB_ID_KEY,
-    ROWS_IMPORTED_KEY,
-    ImportOutcome,
-)
+from lakehouse.adapters.imports.commit import FILES_REGISTERED_KEY, JOB_ID_KEY, ROWS_IMPORTED_KEY
 from lakehouse.adapters.imports.job import import_files
 from lakehouse.adapters.imports.sources import ImportFormat
 from lakehouse.domain.errors import Conflict, InvalidArgument, Unavailable
 from lakehouse.domain.import_uris import check_source_uris
 from lakehouse.domain.job_context import JobContext, JobStopped
+from lakehouse.domain.table_jobs import ImportOutcome
 
 NAMESPACE = "imports"
 SCHEMA = Schema(

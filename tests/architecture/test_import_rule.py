@@ -64,9 +64,6 @@ ALLOWED: dict[str, set[str]] = {
 KNOWN_VIOLATIONS: set[tuple[str, str]] = {
     ("lakehouse.adapters.job_store.store", "lakehouse.v1"),
     ("lakehouse.core.job_cancellation", "lakehouse.v1"),
-    ("lakehouse.core.job_kinds", "lakehouse.adapters.iceberg.maintenance"),
-    ("lakehouse.core.job_kinds", "lakehouse.adapters.imports.commit"),
-    ("lakehouse.core.job_kinds", "lakehouse.adapters.imports.job"),
     ("lakehouse.core.job_kinds", "lakehouse.v1"),
     ("lakehouse.core.job_specs", "lakehouse.v1"),
     ("lakehouse.core.job_worker", "lakehouse.v1"),

@@ -22,11 +22,11 @@ from pyiceberg.table import Table
 from pyiceberg.types import LongType, NestedField, StringType
 
 from fixtures.iceberg import direct_catalog
-from lakehouse.adapters.imports.commit import ImportOutcome
 from lakehouse.adapters.imports.job import import_files
 from lakehouse.adapters.imports.sources import ImportFormat
 from lakehouse.domain.errors import InvalidArgument
 from lakehouse.domain.job_context import JobContext
+from lakehouse.domain.table_jobs import ImportOutcome
 
 SCHEMA = Schema(
     NestedField(1, "id", LongType(), required=True),

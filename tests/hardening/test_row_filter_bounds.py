@@ -24,13 +24,13 @@ from pyiceberg.types import LongType, NestedField, StringType
 from fixtures.grpc_errors import rpc_error_details
 from fixtures.iceberg import append
 from fixtures.serve_process import serve_process, settings_env
-from lakehouse.core.row_filter import (
+from lakehouse.domain.errors import InvalidArgument
+from lakehouse.domain.row_filter import (
     MAX_CONDITIONS,
     MAX_FILTER_BYTES,
     _measure,
     parse_row_filter,
 )
-from lakehouse.domain.errors import InvalidArgument
 from lakehouse.v1 import schema_pb2, table_service_pb2_grpc
 from lakehouse.v1 import table_service_pb2 as pb
 

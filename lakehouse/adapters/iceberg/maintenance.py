@@ -56,6 +56,7 @@ from lakehouse.domain.compaction import SMALL_FILE_FRACTION, partition_key
 from lakehouse.domain.errors import FailedPrecondition
 from lakehouse.domain.ingest import RequestIdLedger
 from lakehouse.domain.job_context import JobContext, JobStopped
+from lakehouse.domain.table_jobs import CompactResult, ExpireResult, OrphanResult
 
 logger = logging.getLogger(__name__)
 
@@ -70,81 +71,6 @@ REPLACE_COMMIT_ATTEMPTS = 8
 
 
 # -- Results -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ExpireResult:
-    """What ``expire_snapshots`` removed (or, on a dry run, would remove).
-
-    Attributes:
-        snapshots_expired: Snapshot ids removed from the metadata.
-        data_files_deleted: Data and delete files no remaining snapshot references.
-        manifests_deleted: Manifest files no remaining snapshot references.
-        manifest_lists_deleted: Manifest lists of the expired snapshots.
-        metadata_files_deleted: Old metadata JSON files the commit dropped from the log.
-        bytes_freed: Bytes of the data files and manifests deleted (manifest lists and
-            metadata files are not sized, so this is a lower bound).
-        delete_failures: Files that could not be deleted; they are orphans now, and
-            ``remove_orphan_files`` takes them later.
-        dry_run: True when nothing was committed nor deleted.
-        files: The paths deleted (or to delete), at most ``MAX_LISTED_FILES``.
-    """
-
-    snapshots_expired: tuple[int, ...]
-    data_files_deleted: int
-    manifests_deleted: int
-    manifest_lists_deleted: int
-    metadata_files_deleted: int
-    bytes_freed: int
-    delete_failures: int
-    dry_run: bool
-    files: tuple[str, ...] = field(default=())
-
-
-@dataclass(frozen=True)
-class OrphanResult:
-    """What ``remove_orphan_files`` found and removed.
-
-    Attributes:
-        files_scanned: Files listed under the table location.
-        orphans_found: Unreferenced files older than the safety age.
-        orphans_deleted: Of those, how many were deleted (0 on a dry run).
-        delete_failures: Orphans that could not be deleted.
-        dry_run: True when nothing was deleted.
-        files: The orphan paths, at most ``MAX_LISTED_FILES``.
-        orphan_bytes: The orphans' total size, when the lister gave sizes (else 0).
-    """
-
-    files_scanned: int
-    orphans_found: int
-    orphans_deleted: int
-    delete_failures: int
-    dry_run: bool
-    files: tuple[str, ...] = field(default=())
-    orphan_bytes: int = 0
-
-
-@dataclass(frozen=True)
-class CompactResult:
-    """What ``compact_table`` rewrote.
-
-    Attributes:
-        files_rewritten: Small data files replaced.
-        files_added: New data files written in their place.
-        bytes_rewritten: Total size of the replaced files.
-        bytes_added: Total size of the new files.
-        rows_rewritten: Rows moved (the same number before and after).
-        groups_rewritten: Partitions (spec id and partition value) that were compacted.
-        snapshot_id: The replace snapshot committed, or None when nothing needed doing.
-    """
-
-    files_rewritten: int
-    files_added: int
-    bytes_rewritten: int
-    bytes_added: int
-    rows_rewritten: int
-    groups_rewritten: int
-    snapshot_id: int | None
 
 
 # -- Shared helpers ----------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table, TableProperties
@@ -16,6 +15,7 @@ from pyiceberg.table.update import AssertCurrentSchemaId, AssertDefaultSpecId
 
 from lakehouse.adapters.iceberg.errors import translate_errors
 from lakehouse.adapters.pyiceberg_private import add_commit_requirements
+from lakehouse.domain.table_jobs import ImportOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -26,26 +26,6 @@ FILES_IMPORTED_KEY = "lakehouse.import.files-imported"
 FILES_REGISTERED_KEY = "lakehouse.import.files-registered"
 FILES_REWRITTEN_KEY = "lakehouse.import.files-rewritten"
 ROWS_IMPORTED_KEY = "lakehouse.import.rows-imported"
-
-
-@dataclass(frozen=True)
-class ImportOutcome:
-    """What an import committed (mirrors ``lakehouse.v1.ImportFilesJobResult``).
-
-    Attributes:
-        files_imported: Files imported, registered or rewritten.
-        files_registered: Parquet files registered in place, without copying.
-        files_rewritten: Files read and written as new data files (files without rows count
-            here too, though they add no data file).
-        rows_imported: Rows added to the table.
-        snapshot_id: The snapshot committed; None when no file was found or no file held a row.
-    """
-
-    files_imported: int
-    files_registered: int
-    files_rewritten: int
-    rows_imported: int
-    snapshot_id: int | None
 
 
 def _summary_int(summary: Mapping[str, str], key: str) -> int:

@@ -37,7 +37,7 @@ from pyiceberg.table import Table
 from pyiceberg.table.metadata import TableMetadata
 
 from lakehouse.adapters.iceberg.maintenance import normalize_uri
-from lakehouse.adapters.imports.commit import ImportOutcome, commit_import, earlier_outcome
+from lakehouse.adapters.imports.commit import commit_import, earlier_outcome
 from lakehouse.adapters.imports.read_errors import reading, row_problem
 from lakehouse.adapters.imports.readers import Reader
 from lakehouse.adapters.imports.registration import live_data_files, registered_file
@@ -50,6 +50,7 @@ from lakehouse.domain.import_uris import checked_sources
 from lakehouse.domain.ingest_rows import DecodedRows, conform_arrow
 from lakehouse.domain.job_context import JobContext
 from lakehouse.domain.schemas import schema_to_arrow
+from lakehouse.domain.table_jobs import ImportOutcome
 
 logger = logging.getLogger(__name__)
 

@@ -56,13 +56,13 @@ from pyiceberg.types import (
     UUIDType,
 )
 
-from lakehouse.core.row_filter import (
+from lakehouse.domain.errors import InvalidArgument
+from lakehouse.domain.row_filter import (
     MAX_FILTER_BYTES,
     MAX_IN_VALUES,
     MAX_NESTING_DEPTH,
     parse_row_filter,
 )
-from lakehouse.domain.errors import InvalidArgument
 
 SCHEMA = Schema(
     NestedField(1, "id", LongType(), required=True),
