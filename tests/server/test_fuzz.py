@@ -2096,7 +2096,7 @@ def test_shared_tables_have_their_lazy_lookups_filled_in() -> None:
     from pyiceberg.table.sorting import UNSORTED_SORT_ORDER
     from pyiceberg.types import ListType, LongType, NestedField, StringType
 
-    from lakehouse.adapters.iceberg.catalog import _fill_lazy_caches
+    from lakehouse.adapters.iceberg.cache import fill_lazy_caches
 
     schema = Schema(
         NestedField(1, "id", LongType()),
@@ -2106,7 +2106,7 @@ def test_shared_tables_have_their_lazy_lookups_filled_in() -> None:
         schema, UNPARTITIONED_PARTITION_SPEC, UNSORTED_SORT_ORDER, "file:///tmp/t", {}
     )
     table = type("Table", (), {"metadata": metadata})()
-    _fill_lazy_caches(table)
+    fill_lazy_caches(table)
     shared = metadata.schemas[0]
     before = set(vars(shared))
     assert {"_lazy_id_to_field", "_lazy_name_to_id_lower", "name_mapping"} <= before
