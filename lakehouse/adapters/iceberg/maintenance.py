@@ -30,19 +30,13 @@ from pyiceberg.io import FileIO
 from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.manifest import (
     DataFile,
-    DataFileContent,
     ManifestContent,
     ManifestEntry,
-    ManifestEntryStatus,
     ManifestFile,
 )
 from pyiceberg.table import ALWAYS_TRUE, FileScanTask, Table, TableProperties
 from pyiceberg.table.metadata import TableMetadata
-from pyiceberg.table.refs import MAIN_BRANCH
-from pyiceberg.table.snapshots import Operation, Snapshot, Summary
-from pyiceberg.table.update.snapshot import CommitWindow, _OverwriteFiles
-from pyiceberg.typedef import EMPTY_DICT, KeyDefaultDict
-from pyiceberg.utils.concurrent import ExecutorFactory
+from pyiceberg.table.snapshots import Operation, Snapshot
 
 from lakehouse.adapters.iceberg.ingest import (
     CARRIED_WRITERS_KEY,
@@ -51,7 +45,8 @@ from lakehouse.adapters.iceberg.ingest import (
     keep_expiring_request_ids,
 )
 from lakehouse.adapters.iceberg.locations import canonical_location, within_location
-from lakehouse.adapters.pyiceberg_private import writable_table, write_data_files
+from lakehouse.adapters.pyiceberg_private.commits import ReplaceFiles
+from lakehouse.adapters.pyiceberg_private.writes import writable_table, write_data_files
 from lakehouse.domain.compaction import SMALL_FILE_FRACTION, partition_key
 from lakehouse.domain.errors import FailedPrecondition
 from lakehouse.domain.ingest import RequestIdLedger
@@ -442,134 +437,6 @@ def remove_orphan_files(
 # -- compact_table -----------------------------------------------------------------------------
 
 
-class _ReplaceFiles(_OverwriteFiles):
-    """An overwrite that commits as Iceberg's ``replace`` operation (a rewrite of files).
-
-    pyiceberg 0.12 has no rewrite producer: its summary code accepts only append,
-    overwrite and delete, so the summary is built as an overwrite and relabelled. Readers
-    and engines treat ``replace`` as "same data, new files" (incremental reads skip it).
-
-    Manifests are immutable, so their entries are read once per compaction (``entries``,
-    shared by the producers of every commit attempt): a retry after a lost commit race then
-    reads only the manifests committed since, instead of every manifest of the table, which
-    keeps each retry short enough to win against a steady stream of appends.
-    """
-
-    def __init__(
-        self, *args: Any, entries: dict[str, list[ManifestEntry]] | None = None, **kwargs: Any
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._entries: dict[str, list[ManifestEntry]] = {} if entries is None else entries
-
-    def _live_entries(self, manifest: ManifestFile) -> list[ManifestEntry]:
-        entries = self._entries.get(manifest.manifest_path)
-        if entries is None:
-            entries = manifest.fetch_manifest_entry(self._io, discard_deleted=True)
-            self._entries[manifest.manifest_path] = entries
-        return entries
-
-    def _existing_manifests(self) -> list[ManifestFile]:
-        """As pyiceberg's ``_OverwriteFiles._existing_manifests``, through the cache."""
-        existing: list[ManifestFile] = []
-        evaluators: dict[int, Callable[[ManifestFile], bool]] = KeyDefaultDict(
-            self._build_manifest_evaluator
-        )
-        snapshot = self._transaction.table_metadata.snapshot_by_name(name=self._target_branch)
-        if snapshot is None:
-            return existing
-        for manifest in snapshot.manifests(io=self._io):
-            if not evaluators[manifest.partition_spec_id](manifest):
-                existing.append(manifest)
-                continue
-            entries = self._live_entries(manifest)
-            kept = [e for e in entries if e.data_file not in self._deleted_data_files]
-            if len(kept) == len(entries):
-                existing.append(manifest)
-                continue
-            if not kept:
-                continue
-            with self.new_manifest_writer(self.spec(manifest.partition_spec_id)) as writer:
-                for entry in kept:
-                    writer.add_entry(
-                        ManifestEntry.from_args(
-                            status=ManifestEntryStatus.EXISTING,
-                            snapshot_id=entry.snapshot_id,
-                            sequence_number=entry.sequence_number,
-                            file_sequence_number=entry.file_sequence_number,
-                            data_file=entry.data_file,
-                        )
-                    )
-            existing.append(writer.to_manifest_file())
-        return existing
-
-    def _deleted_entries(self) -> list[ManifestEntry]:
-        """As pyiceberg's ``_OverwriteFiles._deleted_entries``, through the cache."""
-        deleted: list[ManifestEntry] = []
-        if self._parent_snapshot_id is not None:
-            parent = self._transaction.table_metadata.snapshot_by_id(self._parent_snapshot_id)
-            if parent is None:
-                raise ValueError(f"no previous snapshot {self._parent_snapshot_id}")
-            evaluators: dict[int, Callable[[ManifestFile], bool]] = KeyDefaultDict(
-                self._build_manifest_evaluator
-            )
-            manifests = [
-                m for m in parent.manifests(self._io) if evaluators[m.partition_spec_id](m)
-            ]
-            # Read in parallel (on S3 each manifest not cached yet is a round trip).
-            read = ExecutorFactory.get_or_create().map(self._live_entries, manifests)
-            deleted = [
-                ManifestEntry.from_args(
-                    status=ManifestEntryStatus.DELETED,
-                    snapshot_id=self._snapshot_id,
-                    sequence_number=entry.sequence_number,
-                    file_sequence_number=entry.file_sequence_number,
-                    data_file=entry.data_file,
-                )
-                for entries in read
-                for entry in entries
-                if entry.data_file.content == DataFileContent.DATA
-                and entry.data_file in self._deleted_data_files
-            ]
-        self._validate_required_deletes(deleted)
-        return deleted
-
-    def _summary(self, snapshot_properties: dict[str, str] = EMPTY_DICT) -> Summary:
-        summary = super()._summary(snapshot_properties)
-        return Summary(Operation.REPLACE, **summary.additional_properties)
-
-    def _build_delete_files_partition_predicate(self) -> None:
-        super()._build_delete_files_partition_predicate()
-        # For an unpartitioned spec pyiceberg builds AlwaysFalse (no partition field to
-        # match), which would prune every manifest and miss the files to delete.
-        # One lookup per spec id, not per file: each ``spec()`` call deep-copies the whole
-        # table metadata (found by the fault suite: with a few dozen files on a table of a few
-        # hundred snapshots this took seconds per commit attempt, so under steady ingest the
-        # replace lost every commit race and the job failed).
-        for spec_id in {data_file.spec_id for data_file in self._deleted_data_files}:
-            if self.spec(spec_id).is_unpartitioned():
-                self.partition_filters[spec_id] = AlwaysTrue()
-
-    def _validate_concurrency(self) -> None:
-        """A rewrite conflicts only with changes to the files it replaces (as Java's RewriteFiles).
-
-        Concurrent appends are fine: their files are not touched. A file already removed, or
-        a new delete file against one of ours, fails the commit.
-        """
-        from pyiceberg.table.update.validate import (
-            _validate_data_files_exist,
-            _validate_no_new_deletes_for_data_files,
-        )
-
-        window = self._commit_window
-        if window is None or window.is_empty() or window.head is None:
-            return
-        table = self._transaction._table
-        _validate_data_files_exist(table, window.head, self._deleted_data_files, window.base)
-        _validate_no_new_deletes_for_data_files(
-            table, window.head, None, self._deleted_data_files, window.base
-        )
-
-
 def compact_table(
     table: Table,
     *,
@@ -706,7 +573,7 @@ def _commit_replace(
         if ctx is not None:
             ctx.check()
         tx = table.transaction()
-        producer = _ReplaceFiles(
+        producer = ReplaceFiles(
             operation=Operation.OVERWRITE,
             transaction=tx,
             io=table.io,
@@ -755,7 +622,7 @@ def _commit_replace(
 
 
 def _validate_since(
-    producer: _ReplaceFiles, metadata: TableMetadata, read_at: int | None, io: FileIO
+    producer: ReplaceFiles, metadata: TableMetadata, read_at: int | None, io: FileIO
 ) -> None:
     """Checks the commits since the rewrite read the table (``read_at``) against it.
 
@@ -764,10 +631,7 @@ def _validate_since(
             history since ``read_at`` was expired and the table holds delete files.
     """
     if read_at is not None and metadata.snapshot_by_id(read_at) is not None:
-        # From the start, as if pyiceberg had retried all along (its retries keep this base).
-        producer._starting_snapshot_id = read_at
-        producer._commit_window = CommitWindow.resolve(metadata, read_at, MAIN_BRANCH)
-        producer._validate_concurrency()
+        producer.validate_since(metadata, read_at)
         return
     head = metadata.current_snapshot()
     if head is not None and any(m.content == ManifestContent.DELETES for m in head.manifests(io)):

@@ -44,7 +44,7 @@ from lakehouse.adapters.imports.registration import live_data_files, registered_
 from lakehouse.adapters.imports.schema_check import SchemaCheck
 from lakehouse.adapters.imports.sources import ImportFormat, Source, SourceFiles
 from lakehouse.adapters.imports.writer import Writer
-from lakehouse.adapters.pyiceberg_private import writable_table
+from lakehouse.adapters.pyiceberg_private.writes import writable_table
 from lakehouse.domain.errors import CommitStateUnknown, InvalidArgument
 from lakehouse.domain.import_uris import checked_sources
 from lakehouse.domain.ingest_rows import DecodedRows, conform_arrow
