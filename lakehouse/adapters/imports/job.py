@@ -36,7 +36,7 @@ from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.table.metadata import TableMetadata
 
-from lakehouse.adapters.iceberg.maintenance import normalize_uri
+from lakehouse.adapters.iceberg.references import normalize_uri
 from lakehouse.adapters.imports.commit import commit_import, earlier_outcome
 from lakehouse.adapters.imports.read_errors import reading, row_problem
 from lakehouse.adapters.imports.readers import Reader
