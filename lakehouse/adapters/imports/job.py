@@ -47,8 +47,9 @@ from lakehouse.adapters.imports.writer import Writer
 from lakehouse.adapters.pyiceberg_private.writes import writable_table
 from lakehouse.domain.errors import CommitStateUnknown, InvalidArgument
 from lakehouse.domain.import_uris import checked_sources
-from lakehouse.domain.ingest_rows import DecodedRows, conform_arrow
 from lakehouse.domain.job_context import JobContext
+from lakehouse.domain.rows.arrow_conform import conform_arrow
+from lakehouse.domain.rows.problems import DecodedRows
 from lakehouse.domain.schemas import schema_to_arrow
 from lakehouse.domain.table_jobs import ImportOutcome
 
