@@ -19,7 +19,7 @@ from pyiceberg.types import LongType, NestedField, StringType, TimestamptzType
 from lakehouse.core.ingest import Ingest
 from lakehouse.core.tables import Tables
 from lakehouse.domain.errors import AlreadyExists, FailedPrecondition
-from lakehouse.domain.ingest_rows import DecodedRows
+from lakehouse.domain.rows.problems import DecodedRows
 from lakehouse.domain.schemas import schema_to_arrow
 
 DEAD_LETTER_TABLE = "_dead_letters"

@@ -29,18 +29,11 @@ from lakehouse.core.invalid_rows import (
 )
 from lakehouse.core.tables import Tables
 from lakehouse.domain.errors import InvalidArgument, ResourceExhausted
-from lakehouse.domain.ingest_rows import (
-    ArrowLimits,
-    DecodedRows,
-    RowProblem,
-    arrow_size,
-    check_dictionary_bytes,
-    conform_arrow,
-    decode_json,
-    dictionary_bytes,
-    json_charge,
-    read_arrow,
-)
+from lakehouse.domain.rows.arrow_conform import conform_arrow
+from lakehouse.domain.rows.arrow_read import check_dictionary_bytes, dictionary_bytes, read_arrow
+from lakehouse.domain.rows.arrow_size import ArrowLimits, arrow_size
+from lakehouse.domain.rows.json_rows import decode_json, json_charge
+from lakehouse.domain.rows.problems import DecodedRows, RowProblem
 from lakehouse.domain.schemas import schema_to_arrow
 from lakehouse.domain.tables import TableInfo
 

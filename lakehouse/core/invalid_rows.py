@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from lakehouse.domain.errors import FieldViolation, InvalidArgument
-from lakehouse.domain.ingest_rows import DecodedRows, RowProblem
+from lakehouse.domain.rows.problems import DecodedRows, RowProblem
 
 MAX_LISTED_ROW_ERRORS = 100
 POLICY_PROPERTY = "lakehouse.ingest.invalid-row-policy"

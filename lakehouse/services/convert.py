@@ -21,8 +21,8 @@ from lakehouse.core.tables import NamespaceInfo
 from lakehouse.domain import changes as ch
 from lakehouse.domain.changes import TableChange
 from lakehouse.domain.errors import FieldViolation, InvalidArgument
-from lakehouse.domain.ingest_rows import RowProblem
 from lakehouse.domain.jobs import JobRecord
+from lakehouse.domain.rows.problems import RowProblem
 from lakehouse.domain.tables import SnapshotInfo, TableInfo
 from lakehouse.services.schemas import (
     partition_spec_to_proto,

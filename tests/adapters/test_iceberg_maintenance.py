@@ -28,13 +28,10 @@ from pyiceberg.types import DoubleType, LongType, NestedField, StringType
 from fixtures import s3 as s3fixture
 from fixtures.iceberg import direct_catalog
 from fixtures.job_contexts import StopAt
-from lakehouse.adapters.iceberg.maintenance import (
-    compact_table,
-    expire_snapshots,
-    normalize_uri,
-    referenced_files,
-    remove_orphan_files,
-)
+from lakehouse.adapters.iceberg.compaction import compact_table
+from lakehouse.adapters.iceberg.expiry import expire_snapshots
+from lakehouse.adapters.iceberg.orphans import referenced_files, remove_orphan_files
+from lakehouse.adapters.iceberg.references import normalize_uri
 from lakehouse.domain.job_context import JobStopped
 
 NAMESPACE = "maint"

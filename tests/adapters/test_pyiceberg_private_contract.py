@@ -22,7 +22,7 @@ from pyiceberg.table import Transaction
 from pyiceberg.types import LongType, NestedField, StringType
 
 from fixtures.iceberg import direct_catalog
-from lakehouse.adapters.pyiceberg_private import check_arrow_schema_fits, transaction_io
+from lakehouse.adapters.pyiceberg_private.writes import check_arrow_schema_fits, transaction_io
 
 SCHEMA = Schema(
     NestedField(1, "id", LongType(), required=True),
@@ -78,3 +78,67 @@ def test_transaction_table_is_the_table_the_transaction_changes(catalog: Catalog
         stream.write(b"probe")
     assert io.new_input(location).exists()
     io.delete(location)
+
+
+# -- names the replace producer and the per-file scan rely on ----------------------------------
+
+
+def _private_names() -> list[tuple[Any, str, tuple[str, ...] | None]]:
+    from pyiceberg.table.update import snapshot, validate
+
+    """(owner, attribute, the parameter names it must start with, or None: only exists)."""
+    return [
+        # ReplaceFiles (pyiceberg_private.commits) subclasses _OverwriteFiles and overrides:
+        (snapshot, "_OverwriteFiles", None),
+        (snapshot._OverwriteFiles, "_existing_manifests", ("self",)),
+        (snapshot._OverwriteFiles, "_deleted_entries", ("self",)),
+        (snapshot._OverwriteFiles, "_summary", ("self", "snapshot_properties")),
+        (snapshot._OverwriteFiles, "_build_delete_files_partition_predicate", ("self",)),
+        (snapshot._OverwriteFiles, "_validate_concurrency", ("self",)),
+        (snapshot._OverwriteFiles, "_build_manifest_evaluator", ("self", "spec_id")),
+        (snapshot, "CommitWindow", None),
+        (validate, "_validate_data_files_exist", None),
+        (validate, "_validate_no_new_deletes_for_data_files", None),
+        # scans: one file read as pyiceberg's scan reads it.
+        (pyiceberg_pyarrow, "_read_all_delete_files", ("io", "tasks")),
+        (pyiceberg_pyarrow, "_combine_positional_deletes", None),
+        (pyiceberg_pyarrow, "_get_column_projection_values", None),
+        (pyiceberg_pyarrow, "_to_requested_schema", None),
+        (
+            pyiceberg_pyarrow.ArrowScan,
+            "_record_batches_from_scan_tasks_and_deletes",
+            ("self", "tasks", "deletes_per_file"),
+        ),
+    ]
+
+
+def test_the_private_names_the_wrappers_rely_on_are_there() -> None:
+    missing = []
+    for owner, name, parameters in _private_names():
+        value = getattr(owner, name, None)
+        if value is None:
+            missing.append(f"{getattr(owner, '__name__', owner)}.{name} is gone")
+            continue
+        if parameters is not None:
+            found = tuple(inspect.signature(value).parameters)
+            if found[: len(parameters)] != parameters:
+                missing.append(f"{name} takes {found}, not {parameters}")
+    assert missing == [], "pyiceberg changed what pyiceberg_private relies on: " + "; ".join(
+        missing
+    )
+
+
+def test_an_arrow_scan_keeps_the_state_the_per_file_reader_reads(catalog: Catalog) -> None:
+    table = catalog.create_table(("contract", "scan_state"), schema=SCHEMA)
+    scan = table.scan(row_filter="id > 1", selected_fields=("id",))
+    arrow = pyiceberg_pyarrow.ArrowScan(
+        table.metadata, table.io, scan.projection(), scan.row_filter, scan.case_sensitive, None
+    )
+    for attribute in (
+        "_projected_schema",
+        "_bound_row_filter",
+        "_case_sensitive",
+        "_projected_field_ids",
+        "_downcast_ns_timestamp_to_us",
+    ):
+        assert hasattr(arrow, attribute), f"ArrowScan.{attribute} is gone"

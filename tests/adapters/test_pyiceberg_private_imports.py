@@ -23,7 +23,8 @@ from pyiceberg.table import Table, Transaction
 from pyiceberg.table.update import AssertCurrentSchemaId, AssertDefaultSpecId
 from pyiceberg.types import LongType, NestedField, StringType
 
-from lakehouse.adapters.pyiceberg_private import add_commit_requirements, write_data_files
+from lakehouse.adapters.pyiceberg_private.commits import add_commit_requirements
+from lakehouse.adapters.pyiceberg_private.writes import write_data_files
 
 SCHEMA = Schema(
     NestedField(1, "id", LongType(), required=True),

@@ -15,7 +15,7 @@ from pyiceberg.types import LongType, NestedField, StringType
 from fixtures.iceberg import direct_catalog
 from fixtures.net import LOOPBACK, free_port
 from lakehouse.adapters.iceberg.catalog import IcebergCatalog
-from lakehouse.adapters.iceberg.maintenance import expire_snapshots
+from lakehouse.adapters.iceberg.expiry import expire_snapshots
 from lakehouse.adapters.job_store.store import JobStore
 from lakehouse.adapters.request_id_store import RequestIdStore
 from lakehouse.blocking import BlockingPool

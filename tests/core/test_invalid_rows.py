@@ -14,7 +14,7 @@ from lakehouse.core.invalid_rows import (
     resolve_policy,
 )
 from lakehouse.domain.errors import InvalidArgument
-from lakehouse.domain.ingest_rows import DecodedRows, RowErrorReason, RowProblem
+from lakehouse.domain.rows.problems import DecodedRows, RowErrorReason, RowProblem
 
 
 @pytest.mark.parametrize("requested", list(InvalidRowPolicy))

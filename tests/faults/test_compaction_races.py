@@ -18,7 +18,8 @@ import pytest
 
 from fixtures.faults import duplicates
 from fixtures.iceberg import direct_catalog
-from lakehouse.adapters.iceberg.maintenance import compact_table, expire_snapshots
+from lakehouse.adapters.iceberg.compaction import compact_table
+from lakehouse.adapters.iceberg.expiry import expire_snapshots
 
 pytestmark = pytest.mark.faults
 

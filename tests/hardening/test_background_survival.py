@@ -24,7 +24,7 @@ from pyiceberg.types import LongType, NestedField
 from fixtures.iceberg import direct_catalog
 from lakehouse.adapters.iceberg.catalog import IcebergCatalog, catalog_properties
 from lakehouse.adapters.object_store import object_store_for
-from lakehouse.adapters.pyiceberg_private import confine_catalog_io
+from lakehouse.adapters.pyiceberg_private.io import confine_catalog_io
 from lakehouse.blocking import BlockingPool
 from lakehouse.core.maintenance_scheduler import MaintenanceScheduler
 from lakehouse.core.survival import EscapedError, contained, tamed

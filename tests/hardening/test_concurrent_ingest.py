@@ -8,7 +8,7 @@ against a real ``lakehouse serve`` process with a small budget.
 JSON rows (``json_rows``) used to be bounded only by a row count: any number of concurrent
 requests converted their rows to Python objects and Arrow at once, outside the budget. Now an
 estimate of what converting them takes is charged first (see
-``lakehouse.domain.ingest_rows.json_charge``), and refused like Arrow's past the budget.
+``lakehouse.domain.rows.json_rows.json_charge``), and refused like Arrow's past the budget.
 """
 
 from __future__ import annotations
@@ -258,7 +258,7 @@ async def test_json_request_beyond_the_budget_waits_then_is_refused(backend: Any
     RESOURCE_EXHAUSTED / WRITE_BUFFER_FULL with RetryInfo, and writes nothing. Before, JSON
     rows were converted outside the budget and only their (small) Arrow result was charged,
     so the request was written."""
-    from lakehouse.domain.ingest_rows import json_charge
+    from lakehouse.domain.rows.json_rows import json_charge
 
     server = await _in_process(
         backend,

@@ -24,7 +24,7 @@ from pyiceberg.types import LongType, NestedField
 from fixtures.grpc_errors import rpc_error_details
 from fixtures.iceberg import direct_catalog
 from lakehouse.adapters.iceberg.catalog import catalog_properties
-from lakehouse.adapters.pyiceberg_private import confine_catalog_io
+from lakehouse.adapters.pyiceberg_private.io import confine_catalog_io
 from lakehouse.domain.errors import InvalidArgument
 from lakehouse.v1 import table_service_pb2 as pb
 

@@ -465,7 +465,7 @@ def _wide_rows(rows: int, value_bytes: int) -> pa.Table:
 def test_pages_are_sized_by_the_widest_row(
     properties: dict[str, str], rows: int, value_bytes: int, page_row_limit: str
 ) -> None:
-    from lakehouse.adapters.pyiceberg_private import MAX_PAGE_BYTES, paged_by_bytes
+    from lakehouse.adapters.pyiceberg_private.writes import MAX_PAGE_BYTES, paged_by_bytes
 
     paged = paged_by_bytes(_metadata(properties), _wide_rows(rows, value_bytes)).properties
     assert paged["write.parquet.page-row-limit"] == page_row_limit
@@ -484,7 +484,7 @@ def test_written_files_let_a_reader_hold_one_small_page(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
     from pyiceberg.io.pyarrow import PyArrowFileIO
 
-    from lakehouse.adapters.pyiceberg_private import write_data_files
+    from lakehouse.adapters.pyiceberg_private.writes import write_data_files
 
     metadata = _metadata({}).model_copy(update={"location": tmp_path.as_uri()})
     data = _wide_rows(40, MIB)

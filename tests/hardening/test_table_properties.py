@@ -29,8 +29,8 @@ from fixtures.grpc_errors import rpc_error_details
 from fixtures.iceberg import direct_catalog
 from fixtures.properties import assert_property_update_refused
 from fixtures.serve_process import serve_process, settings_env
-from lakehouse.adapters import pyiceberg_private
 from lakehouse.adapters.iceberg.catalog import catalog_properties
+from lakehouse.adapters.pyiceberg_private import io as pyiceberg_private
 from lakehouse.v1 import (
     ingest_service_pb2,
     ingest_service_pb2_grpc,

@@ -57,7 +57,7 @@ from lakehouse.adapters.duckdb.storable import cast_result, conform, storable_sc
 from lakehouse.adapters.duckdb.writes import TrackingIO, write_files
 from lakehouse.adapters.iceberg.errors import translate_errors, without_paths
 from lakehouse.adapters.iceberg.scan import small_offsets
-from lakehouse.adapters.pyiceberg_private import (
+from lakehouse.adapters.pyiceberg_private.writes import (
     check_arrow_schema_fits,
     transaction_io,
     writable_table,

@@ -17,7 +17,7 @@ from pyiceberg.io import FileIO, InputFile, OutputFile, OutputStream
 from pyiceberg.manifest import DataFile
 from pyiceberg.table.metadata import TableMetadata
 
-from lakehouse.adapters.pyiceberg_private import write_data_files
+from lakehouse.adapters.pyiceberg_private.writes import write_data_files
 
 log = logging.getLogger(__name__)
 

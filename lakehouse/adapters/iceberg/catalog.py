@@ -69,7 +69,8 @@ from lakehouse.adapters.iceberg.registration import (
 )
 from lakehouse.adapters.iceberg.scan import lazy_batch_reader, small_offsets
 from lakehouse.adapters.iceberg.updates import apply_changes
-from lakehouse.adapters.pyiceberg_private import confine_catalog_io, service_file_io
+from lakehouse.adapters.pyiceberg_private.commits import add_commit_requirements
+from lakehouse.adapters.pyiceberg_private.io import confine_catalog_io, service_file_io
 from lakehouse.adapters.resilience import CATALOG, OBJECT_STORE, CircuitBreaker, Resilience
 from lakehouse.blocking import BlockingPool
 from lakehouse.config import Settings
@@ -613,7 +614,7 @@ class IcebergCatalog:
             tx = table.transaction()
             if expected_etag:
                 _check_etag(table, expected_etag)
-                tx._apply((), _unchanged_since(table))
+                add_commit_requirements(tx, *_unchanged_since(table))
             apply_changes(tx, changes)
             try:
                 updated = tx.commit_transaction()

@@ -38,7 +38,7 @@ from pyiceberg.table import TableProperties
 from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.snapshots import Snapshot
 
-from lakehouse.adapters.pyiceberg_private import paged_by_bytes, writable_table
+from lakehouse.adapters.pyiceberg_private.writes import paged_by_bytes, writable_table
 from lakehouse.domain.errors import Unavailable
 from lakehouse.domain.ingest import (
     AppendOutcome,

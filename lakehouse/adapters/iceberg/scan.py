@@ -11,25 +11,21 @@ from collections.abc import Callable, Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pyiceberg.expressions import AlwaysTrue
-from pyiceberg.expressions.visitors import bind, translate_column_names
 from pyiceberg.io.pyarrow import (
     ArrowScan,
-    _combine_positional_deletes,
-    _get_column_projection_values,
-    _read_all_delete_files,
-    _to_requested_schema,
-    expression_to_pyarrow,
-    pyarrow_to_schema,
     schema_to_pyarrow,
 )
 from pyiceberg.manifest import FileFormat
-from pyiceberg.schema import prune_columns
 from pyiceberg.table import DataScan, FileScanTask, TableProperties
 from pyiceberg.table import Table as IcebergTable
 
 from lakehouse.adapters.iceberg.readahead import ReadBudget, read_ahead
-from lakehouse.adapters.pyiceberg_private import MAX_PAGE_BYTES
+from lakehouse.adapters.pyiceberg_private.scans import (
+    parquet_task_batches,
+    read_delete_files,
+    task_batches,
+)
+from lakehouse.adapters.pyiceberg_private.writes import MAX_PAGE_BYTES
 
 #: Decoded size of the batches a reader yields (ReadRows cuts them again into messages).
 PIECE_BYTES = 2 * 1024 * 1024
@@ -94,7 +90,7 @@ def lazy_batch_reader(
     tasks = list(scan.plan_files())
     projected = scan.projection()
     target = small_offsets(schema_to_pyarrow(projected))
-    deletes = _read_all_delete_files(table.io, tasks)
+    deletes = read_delete_files(table.io, tasks)
     page_rows = _page_row_limit(table)
     page_bytes = _page_bytes(table)
 
@@ -114,16 +110,24 @@ def lazy_batch_reader(
     def file_reader(task: FileScanTask) -> Callable[[], Iterator[pa.RecordBatch]]:
         def batches() -> Iterator[pa.RecordBatch]:
             if task.file.file_format != FileFormat.PARQUET:
-                return plain._record_batches_from_scan_tasks_and_deletes([task], deletes)
+                return task_batches(plain, task, deletes)
             with table.io.new_input(task.file.file_path).open() as f:
                 metadata = pq.ParquetFile(f).metadata
             dictionary = _dictionary_columns(metadata)
             if _few_pages_per_row_group(metadata, page_rows, page_bytes):
                 reader = arrow_scan(dictionary) if dictionary else plain
-                return reader._record_batches_from_scan_tasks_and_deletes([task], deletes)
+                return task_batches(reader, task, deletes)
             file_deletes = deletes.get(task.file.file_path)
             return _limited(
-                _parquet_batches(table, plain, task, file_deletes, metadata, dictionary),
+                parquet_task_batches(
+                    table,
+                    plain,
+                    task,
+                    file_deletes,
+                    metadata,
+                    dictionary,
+                    lambda m, columns: _batch_rows(m, columns, dictionary),
+                ),
                 scan.limit,
             )
 
@@ -144,93 +148,6 @@ def _limited(batches: Iterator[pa.RecordBatch], limit: int | None) -> Iterator[p
             return
         yield batch.slice(0, left)
         left -= batch.num_rows
-
-
-def _parquet_batches(
-    table: IcebergTable,
-    scan: ArrowScan,
-    task: FileScanTask,
-    positional_deletes: list[pa.ChunkedArray] | None,
-    file_metadata: pq.FileMetaData,
-    dictionary: tuple[str, ...],
-) -> Iterator[pa.RecordBatch]:
-    """One Parquet file's rows as pyiceberg's ``_task_to_record_batches`` yields them.
-
-    The same projection, filter, positional deletes and schema evolution (its helpers do the
-    work); only the reading differs: ``iter_batches`` with ``_batch_rows`` rows per batch
-    rather than the dataset scanner's whole row groups.
-    """
-    metadata = table.metadata
-    downcast = scan._downcast_ns_timestamp_to_us
-    if downcast is None:
-        downcast = metadata.format_version <= 2
-    with table.io.new_input(task.file.file_path).open() as fin:
-        # Pre-buffered, as pyiceberg reads: a row group's projected column chunks are fetched
-        # at once (coalesced, few requests on S3) and held compressed while it is read. A
-        # buffered stream instead holds a buffer per column (8 MiB each: 80 MiB per open file
-        # of 10 columns), more than the compressed row group of most files.
-        parquet = pq.ParquetFile(
-            fin,
-            metadata=file_metadata,
-            pre_buffer=True,
-            read_dictionary=dictionary or None,
-        )
-        physical_schema = parquet.schema_arrow
-        file_schema = pyarrow_to_schema(
-            physical_schema,
-            metadata.name_mapping(),
-            downcast_ns_timestamp_to_us=downcast,
-            format_version=metadata.format_version,
-        )
-        # Iceberg's column projection rules (partition values of missing columns).
-        missing = _get_column_projection_values(
-            task.file,
-            scan._projected_schema,
-            metadata.schema(),
-            metadata.specs().get(task.file.spec_id),
-            file_schema.field_ids,
-        )
-        row_filter = None
-        if scan._bound_row_filter is not AlwaysTrue():
-            translated = translate_column_names(
-                scan._bound_row_filter,
-                file_schema,
-                case_sensitive=scan._case_sensitive,
-                projected_field_values=missing,
-            )
-            bound = bind(file_schema, translated, case_sensitive=scan._case_sensitive)
-            row_filter = expression_to_pyarrow(bound, file_schema)
-        file_project_schema = prune_columns(
-            file_schema, scan._projected_field_ids, select_full_types=False
-        )
-        columns = [column.name for column in file_project_schema.columns]
-        rows = _batch_rows(parquet.metadata, columns, dictionary)
-        next_index = 0
-        for batch in parquet.iter_batches(batch_size=rows, columns=columns):
-            start = next_index
-            next_index += batch.num_rows
-            if positional_deletes:
-                indices = _combine_positional_deletes(positional_deletes, start, next_index)
-                batch = batch.take(indices)
-            if row_filter is not None and batch.num_rows:
-                # Through a Table: RecordBatch.filter raised IndexError on empty results in
-                # older pyarrow (pyiceberg does the same).
-                filtered = pa.Table.from_batches([batch]).filter(row_filter)
-                batch = (
-                    batch.slice(0, 0)
-                    if filtered.num_rows == 0
-                    else filtered.combine_chunks().to_batches()[0]
-                )
-            if batch.num_rows == 0:
-                continue
-            yield _to_requested_schema(
-                scan._projected_schema,
-                file_project_schema,
-                batch,
-                downcast_ns_timestamp_to_us=downcast,
-                projected_missing_fields=missing,
-                allow_timestamp_tz_mismatch=True,
-            )
 
 
 def _page_row_limit(table: IcebergTable) -> int:

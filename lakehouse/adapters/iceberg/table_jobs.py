@@ -15,8 +15,10 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression
 
-from lakehouse.adapters.iceberg import maintenance
 from lakehouse.adapters.iceberg.catalog import IcebergCatalog
+from lakehouse.adapters.iceberg.compaction import compact_table
+from lakehouse.adapters.iceberg.expiry import expire_snapshots
+from lakehouse.adapters.iceberg.orphans import remove_orphan_files
 from lakehouse.adapters.imports.job import import_files
 from lakehouse.blocking import BlockingPool
 from lakehouse.domain.compaction import DEFAULT_TARGET_FILE_BYTES
@@ -69,7 +71,7 @@ class IcebergTableJobs:
                 loaded.properties.get("write.target-file-size-bytes", DEFAULT_TARGET_FILE_BYTES)
             )
             ctx.progress(0.0, "planning")
-            return maintenance.compact_table(
+            return compact_table(
                 loaded,
                 target_file_bytes=target,
                 min_input_files=min_input_files,
@@ -94,7 +96,7 @@ class IcebergTableJobs:
                 ctx.progress(0.1, "expiring snapshots")
                 ctx.check()
                 try:
-                    return maintenance.expire_snapshots(
+                    return expire_snapshots(
                         loaded,
                         older_than_ms=older_than_ms,
                         retain_last=retain_last,
@@ -128,7 +130,7 @@ class IcebergTableJobs:
         def work(c: Catalog) -> OrphanResult:
             loaded = c.load_table((namespace, table))
             ctx.check()
-            return maintenance.remove_orphan_files(
+            return remove_orphan_files(
                 loaded,
                 list_files,
                 older_than_ms=older_than_ms,

@@ -29,6 +29,7 @@ from pyiceberg.types import (
     NestedField,
 )
 
+from lakehouse.adapters.pyiceberg_private.commits import apply_updates
 from lakehouse.domain.changes import (
     AddColumn,
     AddPartitionField,
@@ -119,7 +120,7 @@ def _make_unsorted(tx: Transaction) -> None:
     requirement = AssertDefaultSortOrderId.model_validate(
         {"default-sort-order-id": metadata.default_sort_order_id}
     )
-    tx._apply(tuple(updates), (requirement,))
+    apply_updates(tx, tuple(updates), requirement)
 
 
 def apply_change(tx: Transaction, change: TableChange) -> None:

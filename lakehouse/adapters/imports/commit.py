@@ -14,7 +14,7 @@ from pyiceberg.table import Table, TableProperties
 from pyiceberg.table.update import AssertCurrentSchemaId, AssertDefaultSpecId
 
 from lakehouse.adapters.iceberg.errors import translate_errors
-from lakehouse.adapters.pyiceberg_private import add_commit_requirements
+from lakehouse.adapters.pyiceberg_private.commits import add_commit_requirements
 from lakehouse.domain.table_jobs import ImportOutcome
 
 logger = logging.getLogger(__name__)

@@ -36,7 +36,7 @@ from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.table.metadata import TableMetadata
 
-from lakehouse.adapters.iceberg.maintenance import normalize_uri
+from lakehouse.adapters.iceberg.references import normalize_uri
 from lakehouse.adapters.imports.commit import commit_import, earlier_outcome
 from lakehouse.adapters.imports.read_errors import reading, row_problem
 from lakehouse.adapters.imports.readers import Reader
@@ -44,11 +44,12 @@ from lakehouse.adapters.imports.registration import live_data_files, registered_
 from lakehouse.adapters.imports.schema_check import SchemaCheck
 from lakehouse.adapters.imports.sources import ImportFormat, Source, SourceFiles
 from lakehouse.adapters.imports.writer import Writer
-from lakehouse.adapters.pyiceberg_private import writable_table
+from lakehouse.adapters.pyiceberg_private.writes import writable_table
 from lakehouse.domain.errors import CommitStateUnknown, InvalidArgument
 from lakehouse.domain.import_uris import checked_sources
-from lakehouse.domain.ingest_rows import DecodedRows, conform_arrow
 from lakehouse.domain.job_context import JobContext
+from lakehouse.domain.rows.arrow_conform import conform_arrow
+from lakehouse.domain.rows.problems import DecodedRows
 from lakehouse.domain.schemas import schema_to_arrow
 from lakehouse.domain.table_jobs import ImportOutcome
 

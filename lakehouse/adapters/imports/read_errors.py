@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pyarrow as pa
 
 from lakehouse.domain.errors import InvalidArgument, LakehouseError, Unavailable
-from lakehouse.domain.ingest_rows import RowErrorReason, RowProblem
+from lakehouse.domain.rows.problems import RowErrorReason, RowProblem
 
 _MISSING_HINTS = ("NoSuchBucket", "NO_SUCH_BUCKET", "NoSuchKey", "Path does not exist")
 _DENIED_HINTS = ("ACCESS_DENIED", "AccessDenied", "[code 15]", "Forbidden")

@@ -21,7 +21,7 @@ from pyiceberg.manifest import DataFile, DataFileContent, FileFormat, ManifestCo
 from pyiceberg.table import Table
 from pyiceberg.table.metadata import TableMetadata
 
-from lakehouse.adapters.iceberg.maintenance import normalize_uri
+from lakehouse.adapters.iceberg.references import normalize_uri
 from lakehouse.adapters.imports.sources import Source
 
 logger = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from pyiceberg.types import IcebergType, ListType, MapType, NestedField, StructT
 from lakehouse.adapters.imports.read_errors import row_problem
 from lakehouse.adapters.imports.sources import Source
 from lakehouse.domain.errors import InvalidArgument
-from lakehouse.domain.ingest_rows import conform_arrow
+from lakehouse.domain.rows.arrow_conform import conform_arrow
 
 
 def _relaxed_type(t: IcebergType) -> IcebergType:

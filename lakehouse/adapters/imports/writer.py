@@ -12,7 +12,7 @@ from pyiceberg.table import Table, TableProperties
 from pyiceberg.utils.properties import property_as_int
 
 from lakehouse.adapters.iceberg.errors import translate_errors
-from lakehouse.adapters.pyiceberg_private import write_data_files
+from lakehouse.adapters.pyiceberg_private.writes import write_data_files
 
 logger = logging.getLogger(__name__)
 

@@ -35,14 +35,10 @@ from pyiceberg.types import (
     UUIDType,
 )
 
-from lakehouse.domain.ingest_rows import (
-    DecodedRows,
-    RowErrorReason,
-    RowProblem,
-    conform_arrow,
-    decode_arrow,
-    decode_json,
-)
+from lakehouse.domain.rows.arrow_conform import conform_arrow
+from lakehouse.domain.rows.arrow_read import decode_arrow
+from lakehouse.domain.rows.json_rows import decode_json
+from lakehouse.domain.rows.problems import DecodedRows, RowErrorReason, RowProblem
 from lakehouse.domain.schemas import schema_to_arrow
 
 UTC = dt.UTC
