@@ -37,8 +37,7 @@ from pyiceberg.types import (
 )
 
 from lakehouse.domain.json_values import json_value
-from lakehouse.domain.rows.json_rows import _type_name
-from lakehouse.domain.rows.problems import DecodedRows, RowErrorReason, RowProblem
+from lakehouse.domain.rows.problems import DecodedRows, RowErrorReason, RowProblem, type_name
 from lakehouse.domain.schemas import schema_to_arrow
 
 #: A failing column cast is bisected to isolate its bad values; past this many cast attempts
@@ -282,7 +281,7 @@ def _is_list(t: pa.DataType) -> bool:
 def _mismatch(
     array: pa.Array, t: pa.DataType, itype: IcebergType, path: str
 ) -> tuple[pa.Array, list[_Issue]]:
-    message = f"column {path!r}: expected {_type_name(itype)}, got Arrow type {array.type}"
+    message = f"column {path!r}: expected {type_name(itype)}, got Arrow type {array.type}"
     return pa.nulls(len(array), t), [_Issue(None, path, RowErrorReason.TYPE_MISMATCH, message)]
 
 
@@ -412,7 +411,7 @@ def _cast_by_parts(
     positions = list(details) + [p for s, ln, _ in unresolved for p in range(s, s + ln)]
     for start, length, error in unresolved:
         message = (
-            f"column {path!r}: expected {_type_name(itype)}; too many invalid values to check "
+            f"column {path!r}: expected {type_name(itype)}; too many invalid values to check "
             f"them one by one: {error}"
         )
         for p in range(start, start + length):
@@ -433,7 +432,7 @@ def _cast_problem(
         shown = _scalar_text(value)
     if len(shown) > 80:
         shown = shown[:77] + "..."
-    message = f"column {path!r}: expected {_type_name(itype)}, got {source} {shown}: {error}"
+    message = f"column {path!r}: expected {type_name(itype)}, got {source} {shown}: {error}"
     return reason, message
 
 

@@ -7,13 +7,9 @@ import pyarrow.compute as pc
 from pyiceberg.schema import Schema
 
 from lakehouse.domain.rows.arrow_conform import conform_arrow
-from lakehouse.domain.rows.arrow_size import _SLOT_BYTES, ArrowTooLarge, _storage
-from lakehouse.domain.rows.json_rows import _corrupt
-from lakehouse.domain.rows.problems import DecodedRows
-
-
-class _CorruptArrow(Exception):
-    pass
+from lakehouse.domain.rows.arrow_size import SLOT_BYTES, ArrowTooLarge, CorruptArrow, storage_type
+from lakehouse.domain.rows.problems import DecodedRows, RowErrorReason, RowProblem
+from lakehouse.domain.schemas import schema_to_arrow
 
 
 def decode_arrow(
@@ -44,7 +40,7 @@ def decode_arrow(
     """
     try:
         table = _read_arrow(payload, schema_bytes)
-    except _CorruptArrow as exc:
+    except CorruptArrow as exc:
         return _corrupt(table_schema, exc)
     if max_bytes is not None:
         expanded = _dictionary_bytes(table)
@@ -69,13 +65,13 @@ def _dictionary_bytes(table: pa.Table) -> int:
 
 def _picked_bytes(array: pa.Array) -> int:
     """Bytes the dictionary-encoded parts of ``array`` (at any depth) take decoded."""
-    t = _storage(array.type)
+    t = storage_type(array.type)
     if isinstance(array, pa.ExtensionArray):
         array = array.storage
     if pa.types.is_dictionary(t):
         values = array.dictionary
         rows = len(array)
-        total = rows * _SLOT_BYTES
+        total = rows * SLOT_BYTES
         if _is_binary_like(values.type):
             picked = pc.sum(pc.take(pc.binary_length(values), array.indices)).as_py()
             return total + int(picked or 0)
@@ -116,13 +112,13 @@ def _read_arrow(payload: bytes, schema_bytes: bytes | None) -> pa.Table:
             table = pa.ipc.open_stream(buffer).read_all()
         elif first.type == "record batch":
             if not schema_bytes:
-                raise _CorruptArrow(
+                raise CorruptArrow(
                     "a record batch message needs the Arrow schema (arrow_schema) sent "
                     "before it, or send a complete Arrow IPC stream"
                 )
             rest = payload[reader.tell() :]
             if rest and rest not in (b"\xff\xff\xff\xff\x00\x00\x00\x00", b"\x00" * 4):
-                raise _CorruptArrow(
+                raise CorruptArrow(
                     f"{len(rest)} bytes follow the record batch message; send one message "
                     "or a complete IPC stream"
                 )
@@ -130,15 +126,15 @@ def _read_arrow(payload: bytes, schema_bytes: bytes | None) -> pa.Table:
             batch = pa.ipc.read_record_batch(first, schema)
             table = pa.Table.from_batches([batch])
         else:
-            raise _CorruptArrow(
+            raise CorruptArrow(
                 f"expected an Arrow IPC stream or record batch message, got a {first.type} message"
             )
         # Untrusted bytes: check offsets, UTF-8 and the like before any kernel reads them.
         table.validate(full=True)
-    except (_CorruptArrow, MemoryError):
+    except (CorruptArrow, MemoryError):
         raise  # ArrowMemoryError is an ArrowException too, but the bytes are not at fault
     except (pa.ArrowException, OSError, EOFError, ValueError, TypeError) as exc:
-        raise _CorruptArrow(f"unreadable Arrow IPC data: {exc}") from exc
+        raise CorruptArrow(f"unreadable Arrow IPC data: {exc}") from exc
     return table
 
 
@@ -162,7 +158,7 @@ def read_arrow(
     """
     try:
         return _read_arrow(payload, schema_bytes)
-    except _CorruptArrow as exc:
+    except CorruptArrow as exc:
         return _corrupt(table_schema, exc)
 
 
@@ -188,3 +184,14 @@ def dictionary_bytes(table: pa.Table) -> int:
     indices pick: a million indices into one long string decode to a million copies of it.
     """
     return _dictionary_bytes(table)
+
+
+def _corrupt(table_schema: Schema, exc: Exception) -> DecodedRows:
+    """No rows, and one ``CORRUPT_ARROW`` problem for the whole payload."""
+    return DecodedRows(
+        valid=schema_to_arrow(table_schema).empty_table(),
+        valid_indices=[],
+        problems=[RowProblem(-1, "", RowErrorReason.CORRUPT_ARROW, str(exc))],
+        invalid_payloads={},
+        row_count=0,
+    )

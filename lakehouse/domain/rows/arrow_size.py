@@ -9,13 +9,12 @@ import pyarrow as pa
 from pyiceberg.schema import Schema
 
 from lakehouse.domain.errors import InvalidArgument
-from lakehouse.domain.rows.arrow_read import _CorruptArrow
 from lakehouse.domain.rows.problems import RowErrorReason
 from lakehouse.domain.schemas import schema_to_arrow
 
 #: Bytes one row of a conformed column takes at the least (a value slot plus its validity
 #: bit, rounded up): what a column that the request leaves out, or a null-type one, costs.
-_SLOT_BYTES = 9
+SLOT_BYTES = 9
 
 #: Message header types of the Arrow IPC format (``MessageHeader`` in Message.fbs).
 _HEADER_SCHEMA, _HEADER_DICTIONARY_BATCH, _HEADER_RECORD_BATCH = 1, 2, 3
@@ -72,7 +71,7 @@ class _Flat:
 
     def _unpack(self, fmt: str, pos: int) -> int:
         if pos < 0 or pos + struct.calcsize(fmt) > len(self._data):
-            raise _CorruptArrow("the Arrow message header points outside itself")
+            raise CorruptArrow("the Arrow message header points outside itself")
         value: int = struct.unpack_from(fmt, self._data, pos)[0]
         return value
 
@@ -99,7 +98,7 @@ class _Flat:
         vector = at + self._unpack("<I", at)
         count = self._unpack("<I", vector)
         if vector + 4 + count * size > len(self._data):
-            raise _CorruptArrow("an Arrow message header vector is longer than the header")
+            raise CorruptArrow("an Arrow message header vector is longer than the header")
         return [struct.unpack_from("<qq", self._data, vector + 4 + i * size) for i in range(count)]
 
 
@@ -110,13 +109,14 @@ def _message_header(message: pa.ipc.Message) -> tuple[int, _Flat | None]:
     return root.scalar(1, "<B"), root.table(2)
 
 
-def _storage(t: pa.DataType) -> pa.DataType:
+def storage_type(t: pa.DataType) -> pa.DataType:
+    """The type an extension type is stored as (``t`` itself for other types)."""
     return t.storage_type if isinstance(t, pa.BaseExtensionType) else t
 
 
 def _buffer_count(t: pa.DataType) -> int | None:
     """Buffers of one array of type ``t`` in the IPC format (None: not modelled here)."""
-    t = _storage(t)
+    t = storage_type(t)
     if pa.types.is_null(t):
         return 0
     if pa.types.is_dictionary(t):
@@ -142,7 +142,7 @@ def _buffer_count(t: pa.DataType) -> int | None:
 
 
 def _children(t: pa.DataType) -> list[pa.DataType]:
-    t = _storage(t)
+    t = storage_type(t)
     if pa.types.is_dictionary(t):
         return []
     return [t.field(i).type for i in range(t.num_fields)]
@@ -153,7 +153,7 @@ def _min_lengths(t: pa.DataType, rows: int) -> list[int]:
 
     A validity bitmap may be left out when there are no nulls, so it needs nothing.
     """
-    t = _storage(t)
+    t = storage_type(t)
     if pa.types.is_null(t) or rows == 0:
         return []
     if pa.types.is_boolean(t):
@@ -175,7 +175,7 @@ def _min_lengths(t: pa.DataType, rows: int) -> list[int]:
 
 def _max_lengths(t: pa.DataType, rows: int) -> list[int | None]:
     """The most decoded length of each buffer that rows bound (None: unbounded, e.g. data)."""
-    t = _storage(t)
+    t = storage_type(t)
     if pa.types.is_null(t):
         return []
     bitmap = (rows + 7) // 8 + _PADDING
@@ -202,25 +202,25 @@ def _decoded_lengths(
     """The field nodes of a record batch and the decoded length of each of its buffers.
 
     Raises:
-        _CorruptArrow: A buffer outside the body, or a compressed buffer without its length.
+        CorruptArrow: A buffer outside the body, or a compressed buffer without its length.
     """
     nodes = header.structs(1, 16)
     lengths: list[int] = []
     for offset, length in header.structs(2, 16):
         if offset < 0 or length < 0 or offset + length > body.size:
-            raise _CorruptArrow(
+            raise CorruptArrow(
                 f"a buffer of {length} bytes at {offset} lies outside the {body.size}-byte body"
             )
         if not compressed or length == 0:
             lengths.append(length)
             continue
         if length < 8:
-            raise _CorruptArrow("a compressed buffer is shorter than its 8-byte length prefix")
+            raise CorruptArrow("a compressed buffer is shorter than its 8-byte length prefix")
         # Each compressed buffer starts with its decompressed length (-1: stored as is); that
         # is what decompressing it allocates, so it is what it costs.
         prefix = struct.unpack("<q", body.slice(offset, 8).to_pybytes())[0]
         if prefix < -1:
-            raise _CorruptArrow(f"a compressed buffer claims {prefix} decompressed bytes")
+            raise CorruptArrow(f"a compressed buffer claims {prefix} decompressed bytes")
         lengths.append(length - 8 if prefix == -1 else prefix)
     return nodes, lengths
 
@@ -235,7 +235,7 @@ def _check_layout(
     its rows need (where rows bound it). Types not modelled here are checked by Arrow.
 
     Raises:
-        _CorruptArrow: The header and the buffers disagree.
+        CorruptArrow: The header and the buffers disagree.
     """
     node_at = buffer_at = 0
 
@@ -245,11 +245,11 @@ def _check_layout(
         if count is None:
             return False
         if node_at >= len(nodes) or buffer_at + count > len(lengths):
-            raise _CorruptArrow("the record batch has fewer field nodes or buffers than its schema")
+            raise CorruptArrow("the record batch has fewer field nodes or buffers than its schema")
         length, null_count = nodes[node_at]
         node_at += 1
         if length < 0 or not 0 <= null_count <= length:
-            raise _CorruptArrow(f"column {path!r} claims {length} rows with {null_count} nulls")
+            raise CorruptArrow(f"column {path!r} claims {length} rows with {null_count} nulls")
         mine = lengths[buffer_at : buffer_at + count]
         buffer_at += count
         lows, highs = _min_lengths(t, length), _max_lengths(t, length)
@@ -257,9 +257,9 @@ def _check_layout(
             low = lows[i] if i < len(lows) else 0
             high = highs[i] if i < len(highs) else None
             if i == 0 and got == 0 and null_count:
-                raise _CorruptArrow(f"column {path!r} claims nulls but has no validity bitmap")
+                raise CorruptArrow(f"column {path!r} claims nulls but has no validity bitmap")
             if got < low or (high is not None and got > high):
-                raise _CorruptArrow(
+                raise CorruptArrow(
                     f"column {path!r} claims {length} rows, which its {got}-byte buffer cannot hold"
                     if got < low
                     else f"column {path!r} has a {got}-byte "
@@ -271,19 +271,19 @@ def _check_layout(
         if not walk(column.type, column.name):
             return
     if node_at != len(nodes) or buffer_at != len(lengths):
-        raise _CorruptArrow("the record batch has more field nodes or buffers than its schema")
+        raise CorruptArrow("the record batch has more field nodes or buffers than its schema")
     del rows
 
 
 def _slot_bytes(t: pa.DataType) -> int:
     """Bytes per row of a conformed column of type ``t`` at the least, children included."""
-    t = _storage(t)
+    t = storage_type(t)
     if pa.types.is_struct(t):
         return 1 + sum(_slot_bytes(t.field(i).type) for i in range(t.num_fields))
     try:
         return max(int(t.bit_width) // 8, 1) + 1
     except ValueError:
-        return _SLOT_BYTES
+        return SLOT_BYTES
 
 
 def arrow_size(
@@ -315,7 +315,7 @@ def arrow_size(
     field = "arrow_record_batch.serialized_record_batch"
     try:
         rows, body_bytes = _header_sizes(payload, schema_bytes)
-    except _CorruptArrow as exc:
+    except CorruptArrow as exc:
         raise InvalidArgument.field(
             field, f"{RowErrorReason.CORRUPT_ARROW.name}: {exc}", reason="INVALID_ROWS"
         ) from None
@@ -349,7 +349,7 @@ def _header_sizes(payload: bytes, schema_bytes: bytes | None) -> tuple[int, int]
             except StopIteration:
                 break
     except (pa.ArrowException, OSError, EOFError, ValueError) as exc:
-        raise _CorruptArrow(f"unreadable Arrow IPC data: {exc}") from exc
+        raise CorruptArrow(f"unreadable Arrow IPC data: {exc}") from exc
     if not messages:
         return 0, 0
     schema: pa.Schema | None = None
@@ -372,7 +372,7 @@ def _header_sizes(payload: bytes, schema_bytes: bytes | None) -> tuple[int, int]
         nodes, lengths = _decoded_lengths(header, message.body, compressed)
         length = header.scalar(0, "<q")
         if length < 0:
-            raise _CorruptArrow(f"a record batch claims {length} rows")
+            raise CorruptArrow(f"a record batch claims {length} rows")
         if not dictionary:
             if schema is not None:  # without one, decoding refuses the batch at once
                 _check_layout(schema, length, nodes, lengths)
@@ -385,4 +385,10 @@ def _read_schema(data: bytes | pa.Buffer) -> pa.Schema:
     try:
         return pa.ipc.read_schema(pa.py_buffer(data) if isinstance(data, bytes) else data)
     except (pa.ArrowException, OSError, EOFError, ValueError) as exc:
-        raise _CorruptArrow(f"unreadable Arrow schema: {exc}") from exc
+        raise CorruptArrow(f"unreadable Arrow schema: {exc}") from exc
+
+
+class CorruptArrow(Exception):
+    """An Arrow IPC payload that cannot be read; its rows are one ``CORRUPT_ARROW`` problem."""
+
+    pass

@@ -43,7 +43,7 @@ from pyiceberg.types import (
     UUIDType,
 )
 
-from lakehouse.domain.rows.problems import DecodedRows, RowErrorReason, RowProblem
+from lakehouse.domain.rows.problems import DecodedRows, RowErrorReason, RowProblem, type_name
 from lakehouse.domain.schemas import schema_to_arrow
 
 _INT_RANGE = (-(2**31), 2**31 - 1)
@@ -181,12 +181,12 @@ def _json_to_arrow(value: Any, itype: IcebergType, path: str) -> Any:
 
 
 def _mismatched(value: Any, itype: IcebergType, path: str, why: str = "") -> _Bad:
-    message = f"column {path!r}: expected {_type_name(itype)}, got {_describe(value)}"
+    message = f"column {path!r}: expected {type_name(itype)}, got {_describe(value)}"
     return _Bad(path, RowErrorReason.TYPE_MISMATCH, message + (f" ({why})" if why else ""))
 
 
 def _out_of_range(value: Any, itype: IcebergType, path: str, why: str) -> _Bad:
-    message = f"column {path!r}: {_describe(value)} is out of range for {_type_name(itype)}: {why}"
+    message = f"column {path!r}: {_describe(value)} is out of range for {type_name(itype)}: {why}"
     return _Bad(path, RowErrorReason.VALUE_OUT_OF_RANGE, message)
 
 
@@ -414,16 +414,6 @@ _CONVERTERS: dict[type[IcebergType], Callable[[Any, IcebergType, str], Any]] = {
 }
 
 
-def _type_name(itype: IcebergType) -> str:
-    if isinstance(itype, StructType):
-        return "struct"
-    if isinstance(itype, ListType):
-        return "list"
-    if isinstance(itype, MapType):
-        return "map"
-    return str(itype)
-
-
 def _describe(value: Any) -> str:
     """A JSON value as an error message shows it: ``string 'abc'``, ``number 1.5``..."""
     if value is None:
@@ -440,14 +430,3 @@ def _describe(value: Any) -> str:
     if isinstance(value, list):
         return "array"
     return type(value).__name__
-
-
-def _corrupt(table_schema: Schema, exc: Exception) -> DecodedRows:
-    """No rows, and one ``CORRUPT_ARROW`` problem for the whole payload."""
-    return DecodedRows(
-        valid=schema_to_arrow(table_schema).empty_table(),
-        valid_indices=[],
-        problems=[RowProblem(-1, "", RowErrorReason.CORRUPT_ARROW, str(exc))],
-        invalid_payloads={},
-        row_count=0,
-    )

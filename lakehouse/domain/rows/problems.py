@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
+from pyiceberg.types import IcebergType, ListType, MapType, StructType
 
 
 class RowErrorReason(enum.Enum):
@@ -79,3 +80,14 @@ class DecodedRows:
 
 
 # --- JSON -------------------------------------------------------------------------------
+
+
+def type_name(itype: IcebergType) -> str:
+    """An Iceberg type as error messages name it (``struct``, ``list``, ``map``, ``long``...)."""
+    if isinstance(itype, StructType):
+        return "struct"
+    if isinstance(itype, ListType):
+        return "list"
+    if isinstance(itype, MapType):
+        return "map"
+    return str(itype)
