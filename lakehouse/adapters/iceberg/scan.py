@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pyiceberg.expressions import AlwaysTrue
+from pyiceberg.expressions.visitors import bind, extract_field_ids
 from pyiceberg.io.pyarrow import (
     ArrowScan,
     schema_to_pyarrow,
@@ -106,6 +108,7 @@ def lazy_batch_reader(
         )
 
     plain = arrow_scan(())
+    filtered = _filtered_field_ids(scan)
 
     def file_reader(task: FileScanTask) -> Callable[[], Iterator[pa.RecordBatch]]:
         def batches() -> Iterator[pa.RecordBatch]:
@@ -113,7 +116,7 @@ def lazy_batch_reader(
                 return task_batches(plain, task, deletes)
             with table.io.new_input(task.file.file_path).open() as f:
                 metadata = pq.ParquetFile(f).metadata
-            dictionary = _dictionary_columns(metadata)
+            dictionary = _dictionary_columns(metadata, filtered)
             if _few_pages_per_row_group(metadata, page_rows, page_bytes):
                 reader = arrow_scan(dictionary) if dictionary else plain
                 return task_batches(reader, task, deletes)
@@ -227,17 +230,43 @@ def _batch_rows(metadata: pq.FileMetaData, columns: list[str], dictionary: tuple
     return max(1, min(MAX_BATCH_ROWS, int(PIECE_BYTES // per_row)))
 
 
-def _dictionary_columns(metadata: pq.FileMetaData) -> tuple[str, ...]:
+def _filtered_field_ids(scan: DataScan) -> frozenset[int | str] | None:
+    """The field ids and names the scan's row filter compares (None: unknown, so all).
+
+    Arrow's compute functions behind some filters (``starts_with`` for ``LIKE 'a%'``) have no
+    kernel for dictionary arrays, so a column the filter reads is never read as a dictionary
+    (found by the fuzz suite: such a read was INTERNAL).
+    """
+    if scan.row_filter == AlwaysTrue():
+        return frozenset()
+    try:
+        schema = scan.table_metadata.schema()
+        ids = extract_field_ids(bind(schema, scan.row_filter, scan.case_sensitive))
+        # Names too, for files written without field ids (matched by name, as pyiceberg does).
+        return frozenset(ids) | {schema.find_column_name(i) or "" for i in ids}
+    except Exception:  # a filter the current schema cannot bind: read every column plain
+        return None
+
+
+def _dictionary_columns(
+    metadata: pq.FileMetaData, filtered: frozenset[int | str] | None
+) -> tuple[str, ...]:
     """The top-level string and binary columns of a file worth reading dictionary-encoded.
 
-    See ``lazy_batch_reader``; the names are the file's (what Arrow's reader matches).
+    See ``lazy_batch_reader``; the names are the file's (what Arrow's reader matches). Columns
+    the row filter reads (``filtered`` field ids and names; None: all) are read plain.
     """
+    if filtered is None:
+        return ()
     arrow_schema = metadata.schema.to_arrow_schema()
     leaves = {metadata.schema.column(i).path: i for i in range(metadata.num_columns)}
     chosen = []
     for field in arrow_schema:
         leaf = leaves.get(field.name)
         if leaf is None or not _plain_bytes(field.type):
+            continue
+        field_id = (field.metadata or {}).get(b"PARQUET:field_id")
+        if (int(field_id) if field_id is not None else field.name) in filtered:
             continue
         groups = [metadata.row_group(g) for g in range(metadata.num_row_groups)]
         if groups and all(
