@@ -34,9 +34,6 @@ MAX_REQUEST_ID_LENGTH = 128
 #: The request field a SQL job's statement errors are reported against.
 STATEMENT_FIELD = "spec.sql.statement"
 
-KIND_BY_FIELD: dict[str, int] = {name: kind for kind, name in KIND_NAMES.items()}
-FIELD_BY_KIND = dict(KIND_NAMES)
-
 LoadTable = Callable[[str, str], Awaitable[TableInfo]]
 LoadNamespace = Callable[[str], Awaitable[object]]
 #: Refuses a new table in a namespace that may hold no more (raises QuotaExceeded).
@@ -192,7 +189,7 @@ class SpecChecker:
         which = spec.field
         if body is None or which is None:
             raise InvalidArgument.field(
-                "spec.kind", f"set exactly one of {', '.join(KIND_BY_FIELD)}"
+                "spec.kind", f"set exactly one of {', '.join(KIND_NAMES.values())}"
             )
         kind = spec.kind
         if isinstance(body, js.SqlJobSpec):
