@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from lakehouse.core.job_worker import JobWorker
 from lakehouse.core.jobs import Jobs
-from lakehouse.domain.jobs import JobRecord
-from lakehouse.v1 import job_pb2
+from lakehouse.domain.jobs import RUNNING, JobRecord
 
 
 class JobCancellation:
@@ -33,6 +32,6 @@ class JobCancellation:
             Unavailable: The job store cannot be reached.
         """
         job = await self._jobs.cancel(job_id)
-        if self._worker is not None and job.state == job_pb2.JOB_STATE_RUNNING:
+        if self._worker is not None and job.state == RUNNING:
             self._worker.cancel_local(job.id)
         return job

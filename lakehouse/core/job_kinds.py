@@ -1,4 +1,4 @@
-"""Running each kind of job: from a checked JobSpec to its typed JobResult.
+"""Running each kind of job: from a checked job spec to its typed result (domain values).
 
 The work itself is blocking (pyiceberg, pyarrow, DuckDB) and runs in the jobs' own thread
 pool, never in the pool that serves RPCs, so a long compaction does not delay a GetTable.
@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping
 
 import pyarrow as pa
+from google.protobuf.struct_pb2 import Struct
 
 from lakehouse.config import JobsSettings
 from lakehouse.core.job_specs import (
@@ -24,12 +25,13 @@ from lakehouse.core.job_specs import (
 )
 from lakehouse.core.ports import CatalogPort, ObjectStorePort, SqlEnginePort, TableJobsPort
 from lakehouse.core.sql_engines import engine_for
+from lakehouse.domain import job_results as jr
+from lakehouse.domain import job_specs as js
 from lakehouse.domain.compaction import DEFAULT_MIN_INPUT_FILES
 from lakehouse.domain.errors import FailedPrecondition
 from lakehouse.domain.job_context import JobContext
 from lakehouse.domain.json_values import batch_to_structs
 from lakehouse.domain.sql_result import SqlOutcome
-from lakehouse.v1 import job_pb2, rows_pb2
 
 MAX_LISTED_URIS = 1000
 
@@ -52,28 +54,24 @@ class JobKinds:
         self._table_jobs = table_jobs
         self._sql_engines = sql_engines
 
-    async def run(self, spec: job_pb2.JobSpec, ctx: JobContext) -> job_pb2.JobResult:
+    async def run(self, spec: js.JobSpec, ctx: JobContext) -> jr.JobResult:
         """Runs ``spec`` to its result; raises a domain error or JobStopped otherwise."""
-        which = spec.WhichOneof("kind")
-        if which == "sql":
-            return job_pb2.JobResult(sql=await self._sql(spec.sql, ctx))
-        if which == "compact_table":
-            return job_pb2.JobResult(compact_table=await self._compact(spec.compact_table, ctx))
-        if which == "expire_snapshots":
-            return job_pb2.JobResult(
-                expire_snapshots=await self._expire(spec.expire_snapshots, ctx)
-            )
-        if which == "remove_orphan_files":
-            return job_pb2.JobResult(
-                remove_orphan_files=await self._orphans(spec.remove_orphan_files, ctx)
-            )
-        if which == "import_files":
-            return job_pb2.JobResult(import_files=await self._import(spec.import_files, ctx))
-        raise FailedPrecondition(f"job spec has no known kind ({which})")
+        body = spec.body
+        if isinstance(body, js.SqlJobSpec):
+            return await self._sql(body, ctx)
+        if isinstance(body, js.CompactTableSpec):
+            return await self._compact(body, ctx)
+        if isinstance(body, js.ExpireSnapshotsSpec):
+            return await self._expire(body, ctx)
+        if isinstance(body, js.RemoveOrphanFilesSpec):
+            return await self._orphans(body, ctx)
+        if isinstance(body, js.ImportFilesSpec):
+            return await self._import(body, ctx)
+        raise FailedPrecondition(f"job spec has no known kind ({spec.field})")
 
     # -- SQL -------------------------------------------------------------------------------
 
-    async def _sql(self, spec: job_pb2.SqlJobSpec, ctx: JobContext) -> job_pb2.SqlJobResult:
+    async def _sql(self, spec: js.SqlJobSpec, ctx: JobContext) -> jr.SqlJobResult:
         destination = _destination(spec)
         limit = preview_rows(spec.preview_row_limit)
         engine = engine_for(self._sql_engines, spec.engine)
@@ -89,9 +87,7 @@ class JobKinds:
 
     # -- Maintenance -------------------------------------------------------------------------
 
-    async def _compact(
-        self, spec: job_pb2.CompactTableJobSpec, ctx: JobContext
-    ) -> job_pb2.CompactTableJobResult:
+    async def _compact(self, spec: js.CompactTableSpec, ctx: JobContext) -> jr.CompactTableResult:
         r = await self._table_jobs.compact(
             spec.namespace,
             spec.table,
@@ -101,25 +97,23 @@ class JobKinds:
             small_file_bytes=spec.small_file_size_bytes or None,
             ctx=ctx,
         )
-        result = job_pb2.CompactTableJobResult(
+        return jr.CompactTableResult(
             files_before=r.files_rewritten,
             files_after=r.files_added,
             bytes_before=r.bytes_rewritten,
             bytes_after=r.bytes_added,
             rows_rewritten=r.rows_rewritten,
+            snapshot_id=r.snapshot_id,
         )
-        if r.snapshot_id is not None:
-            result.snapshot_id = r.snapshot_id
-        return result
 
     async def _expire(
-        self, spec: job_pb2.ExpireSnapshotsJobSpec, ctx: JobContext
-    ) -> job_pb2.ExpireSnapshotsJobResult:
+        self, spec: js.ExpireSnapshotsSpec, ctx: JobContext
+    ) -> jr.ExpireSnapshotsResult:
         now_ms = int(time.time() * 1000)
         cutoffs = []
-        if spec.HasField("older_than"):
+        if spec.older_than is not None:
             cutoffs.append(timestamp_to_ms("spec.expire_snapshots.older_than", spec.older_than))
-        if spec.HasField("max_snapshot_age"):
+        if spec.max_snapshot_age is not None:
             age = duration_seconds("spec.expire_snapshots.max_snapshot_age", spec.max_snapshot_age)
             cutoffs.append(now_ms - int(age * 1000))
         older_than_ms = min(cutoffs) if cutoffs else now_ms - DEFAULT_EXPIRE_AGE_SECONDS * 1000
@@ -131,7 +125,7 @@ class JobKinds:
             retain_last=spec.retain_last or 1,
             ctx=ctx,
         )
-        return job_pb2.ExpireSnapshotsJobResult(
+        return jr.ExpireSnapshotsResult(
             snapshots_expired=len(r.snapshots_expired),
             data_files_deleted=r.data_files_deleted,
             metadata_files_deleted=r.manifests_deleted
@@ -141,10 +135,10 @@ class JobKinds:
         )
 
     async def _orphans(
-        self, spec: job_pb2.RemoveOrphanFilesJobSpec, ctx: JobContext
-    ) -> job_pb2.RemoveOrphanFilesJobResult:
+        self, spec: js.RemoveOrphanFilesSpec, ctx: JobContext
+    ) -> jr.RemoveOrphanFilesResult:
         age = DEFAULT_ORPHAN_AGE_SECONDS
-        if spec.HasField("min_file_age"):
+        if spec.min_file_age is not None:
             age = int(duration_seconds("spec.remove_orphan_files.min_file_age", spec.min_file_age))
         older_than_ms = int((time.time() - age) * 1000)
         info = await self._catalog.load_table(spec.namespace, spec.table)
@@ -169,17 +163,15 @@ class JobKinds:
             dry_run=spec.dry_run,
             ctx=ctx,
         )
-        return job_pb2.RemoveOrphanFilesJobResult(
+        return jr.RemoveOrphanFilesResult(
             orphan_files_found=r.orphans_found,
             files_deleted=r.orphans_deleted,
             orphan_bytes=r.orphan_bytes,
-            orphan_file_uris=list(r.files[:MAX_LISTED_URIS]),
+            orphan_file_uris=tuple(r.files[:MAX_LISTED_URIS]),
             orphan_file_uris_truncated=r.orphans_found > min(len(r.files), MAX_LISTED_URIS),
         )
 
-    async def _import(
-        self, spec: job_pb2.ImportFilesJobSpec, ctx: JobContext
-    ) -> job_pb2.ImportFilesJobResult:
+    async def _import(self, spec: js.ImportFilesSpec, ctx: JobContext) -> jr.ImportFilesResult:
         with under_spec():
             r = await self._table_jobs.import_files(
                 spec.namespace,
@@ -190,50 +182,59 @@ class JobKinds:
                 allowed_prefixes=self._settings.import_prefixes,
                 ctx=ctx,
             )
-        result = job_pb2.ImportFilesJobResult(
+        return jr.ImportFilesResult(
             files_imported=r.files_imported,
             files_registered=r.files_registered,
             files_rewritten=r.files_rewritten,
             rows_imported=r.rows_imported,
+            snapshot_id=r.snapshot_id,
         )
-        if r.snapshot_id is not None:
-            result.snapshot_id = r.snapshot_id
-        return result
 
 
-def _destination(spec: job_pb2.SqlJobSpec) -> tuple[str, str] | None:
+def _destination(spec: js.SqlJobSpec) -> tuple[str, str] | None:
     if not spec.destination_table:
         return None
     return (spec.destination_namespace or spec.default_namespace, spec.destination_table)
 
 
-def _sql_result(outcome: SqlOutcome, preview_format: int, max_bytes: int) -> job_pb2.SqlJobResult:
-    """The result message, its preview cut to ``max_bytes`` as serialized.
+def _sql_result(outcome: SqlOutcome, preview_format: int, max_bytes: int) -> jr.SqlJobResult:
+    """The result, its preview cut to ``max_bytes`` as serialized.
 
     Engines cap the Arrow bytes they keep; JSON rows and IPC framing may take more.
     """
-    result = job_pb2.SqlJobResult(
-        rows_affected=outcome.rows_affected, preview_truncated=outcome.truncated
-    )
-    if outcome.snapshot_id is not None:
-        result.snapshot_id = outcome.snapshot_id
     preview = outcome.preview
-    if preview_format == rows_pb2.ROW_FORMAT_JSON:
+    if preview_format == js.ROW_FORMAT_JSON:
+        rows: list[Struct] = []
         used = 0
+        full = False
         for batch in preview.to_batches():
             for row in batch_to_structs(batch):
                 used += row.ByteSize() + 8
                 if used > max_bytes:
-                    result.preview_truncated = True
-                    return result
-                result.preview_json_rows.rows.append(row)
-        return result
-    result.arrow_schema.serialized_schema = preview.schema.serialize().to_pybytes()
+                    full = True
+                    break
+                rows.append(row)
+            if full:
+                break
+        return jr.SqlJobResult(
+            rows_affected=outcome.rows_affected,
+            # The contract's JsonRows is present only once it holds a row.
+            preview_json_rows=tuple(rows) if rows else None,
+            preview_truncated=outcome.truncated or full,
+            snapshot_id=outcome.snapshot_id,
+        )
     batches = preview.combine_chunks().to_batches()
     merged = batches[0] if batches else pa.RecordBatch.from_pylist([], schema=preview.schema)
+    truncated = outcome.truncated
     while merged.num_rows and merged.serialize().size > max_bytes:
         merged = merged.slice(0, merged.num_rows // 2)
-        result.preview_truncated = True
-    result.preview_arrow_record_batch.serialized_record_batch = merged.serialize().to_pybytes()
-    result.preview_arrow_record_batch.row_count = merged.num_rows
-    return result
+        truncated = True
+    return jr.SqlJobResult(
+        rows_affected=outcome.rows_affected,
+        arrow_schema=preview.schema.serialize().to_pybytes(),
+        preview_arrow_record_batch=jr.ArrowBatch(
+            serialized_record_batch=merged.serialize().to_pybytes(), row_count=merged.num_rows
+        ),
+        preview_truncated=truncated,
+        snapshot_id=outcome.snapshot_id,
+    )

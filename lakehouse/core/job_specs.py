@@ -1,4 +1,4 @@
-"""Checking a JobSpec before a job is created, and what a spec says about its job.
+"""Checking a job spec before a job is created, and what a spec says about its job.
 
 Everything that can be known wrong at ``CreateJob`` time is refused there, so a bad request
 creates no job: names, numbers, durations, source URIs, a SQL statement the engine cannot
@@ -12,17 +12,16 @@ import hashlib
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-
-from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
+from typing import Protocol
 
 from lakehouse.config import JobsSettings
+from lakehouse.domain import job_specs as js
 from lakehouse.domain.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from lakehouse.domain.import_uris import check_source_uris
+from lakehouse.domain.jobs import KIND_NAMES
 from lakehouse.domain.names import check_identifier
 from lakehouse.domain.row_filter import parse_row_filter_off_loop
 from lakehouse.domain.tables import TableInfo
-from lakehouse.v1 import job_pb2, rows_pb2
 
 #: Longest SQL statement accepted (a statement is code, not data).
 MAX_STATEMENT_BYTES = 1024 * 1024
@@ -35,24 +34,23 @@ MAX_REQUEST_ID_LENGTH = 128
 #: The request field a SQL job's statement errors are reported against.
 STATEMENT_FIELD = "spec.sql.statement"
 
-KIND_BY_FIELD: dict[str, int] = {
-    "sql": job_pb2.JOB_KIND_SQL,
-    "compact_table": job_pb2.JOB_KIND_COMPACT_TABLE,
-    "expire_snapshots": job_pb2.JOB_KIND_EXPIRE_SNAPSHOTS,
-    "remove_orphan_files": job_pb2.JOB_KIND_REMOVE_ORPHAN_FILES,
-    "import_files": job_pb2.JOB_KIND_IMPORT_FILES,
-}
-FIELD_BY_KIND = {kind: name for name, kind in KIND_BY_FIELD.items()}
-#: Kind label for metrics and logs (``compact_table``, ...).
-KIND_NAMES = FIELD_BY_KIND
-
 LoadTable = Callable[[str, str], Awaitable[TableInfo]]
 LoadNamespace = Callable[[str], Awaitable[object]]
 #: Refuses a new table in a namespace that may hold no more (raises QuotaExceeded).
 CheckNewTable = Callable[[str], Awaitable[None]]
 #: Checks a SQL spec with its engine: parses the statement and confirms the tables it names
 #: exist. Raises InvalidArgument (fields relative to the spec) or NotFound.
-CheckSql = Callable[[job_pb2.SqlJobSpec], Awaitable[None]]
+CheckSql = Callable[[js.SqlJobSpec], Awaitable[None]]
+
+
+class _SecondsNanos(Protocol):
+    """A duration or timestamp as seconds and nanos (the domain's, or a request's)."""
+
+    @property
+    def seconds(self) -> int: ...
+
+    @property
+    def nanos(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -100,9 +98,9 @@ def under_spec() -> Iterator[None]:
         ) from None
 
 
-def spec_digest(spec: job_pb2.JobSpec) -> str:
-    """A stable digest of a spec (deterministic serialization)."""
-    return hashlib.sha256(spec.SerializeToString(deterministic=True)).hexdigest()
+def spec_digest(encoded: bytes) -> str:
+    """A stable digest of a spec, from its stored (deterministic) bytes (``JobCodec``)."""
+    return hashlib.sha256(encoded).hexdigest()
 
 
 def check_request_id(request_id: str) -> None:
@@ -117,7 +115,7 @@ def check_request_id(request_id: str) -> None:
         raise InvalidArgument.field("request_id", "must be printable ASCII")
 
 
-def duration_seconds(field: str, value: Duration) -> float:
+def duration_seconds(field: str, value: _SecondsNanos) -> float:
     """A Duration as seconds, refusing negative and malformed ones."""
     if value.seconds < 0 or value.nanos < 0:
         raise InvalidArgument.field(field, "must not be negative")
@@ -126,21 +124,21 @@ def duration_seconds(field: str, value: Duration) -> float:
     return value.seconds + value.nanos / 1e9
 
 
-def timestamp_to_ms(field: str, value: Timestamp) -> int:
+def timestamp_to_ms(field: str, value: _SecondsNanos) -> int:
     """A Timestamp as epoch milliseconds, refusing values outside years 1970 to 9999."""
     if value.seconds < 0 or value.seconds > 253_402_300_799 or not 0 <= value.nanos < 10**9:
         raise InvalidArgument.field(field, "must be a time between 1970 and 9999")
     return value.seconds * 1000 + value.nanos // 1_000_000
 
 
-def job_timeout_seconds(spec: job_pb2.JobSpec, settings: JobsSettings) -> float:
+def job_timeout_seconds(spec: js.JobSpec, settings: JobsSettings) -> float:
     """The wall-clock limit of one attempt of the job: the spec's, or the configured default.
 
     Raises:
         InvalidArgument: On field ``spec.timeout``: malformed, zero or negative, or above
             ``jobs.max_timeout_seconds``.
     """
-    if not spec.HasField("timeout"):
+    if spec.timeout is None:
         return settings.timeout_seconds
     seconds = duration_seconds("spec.timeout", spec.timeout)
     if seconds <= 0:
@@ -178,8 +176,8 @@ class SpecChecker:
         self._check_sql = check_sql
         self._import_prefixes = import_prefixes
 
-    async def check(self, spec: job_pb2.JobSpec) -> SpecSummary:
-        """Checks ``spec`` completely; returns what the store indexes.
+    async def check(self, spec: js.JobSpec, digest: str) -> SpecSummary:
+        """Checks ``spec`` completely; returns what the store indexes (with ``digest``).
 
         Raises:
             InvalidArgument: A field is malformed (named in the error).
@@ -187,35 +185,34 @@ class SpecChecker:
             AlreadyExists: A SQL job's destination table exists.
             QuotaExceeded: A SQL job's destination namespace holds as many tables as allowed.
         """
-        which = spec.WhichOneof("kind")
-        if which is None:
+        body = spec.body
+        which = spec.field
+        if body is None or which is None:
             raise InvalidArgument.field(
-                "spec.kind", f"set exactly one of {', '.join(KIND_BY_FIELD)}"
+                "spec.kind", f"set exactly one of {', '.join(KIND_NAMES.values())}"
             )
-        kind = KIND_BY_FIELD[which]
-        digest = spec_digest(spec)
-        if which == "sql":
-            namespace, table = await self._check_sql_spec(spec.sql)
+        kind = spec.kind
+        if isinstance(body, js.SqlJobSpec):
+            namespace, table = await self._check_sql_spec(body)
             return SpecSummary(kind, namespace, table, digest)
-        target = getattr(spec, which)
-        namespace = check_identifier(f"spec.{which}.namespace", target.namespace)
-        table = check_identifier(f"spec.{which}.table", target.table)
-        if which == "compact_table":
-            self._check_compact_numbers(spec.compact_table)
-        elif which == "expire_snapshots":
-            self._check_expire(spec.expire_snapshots)
-        elif which == "remove_orphan_files":
-            self._check_orphans(spec.remove_orphan_files)
-        elif which == "import_files":
-            self._check_import(spec.import_files)
+        namespace = check_identifier(f"spec.{which}.namespace", body.namespace)
+        table = check_identifier(f"spec.{which}.table", body.table)
+        if isinstance(body, js.CompactTableSpec):
+            self._check_compact_numbers(body)
+        elif isinstance(body, js.ExpireSnapshotsSpec):
+            self._check_expire(body)
+        elif isinstance(body, js.RemoveOrphanFilesSpec):
+            self._check_orphans(body)
+        else:
+            self._check_import(body)
         info = await self._load_table(namespace, table)
-        if which == "compact_table" and spec.compact_table.row_filter:
+        if isinstance(body, js.CompactTableSpec) and body.row_filter:
             await parse_row_filter_off_loop(
-                spec.compact_table.row_filter, info.schema, field="spec.compact_table.row_filter"
+                body.row_filter, info.schema, field="spec.compact_table.row_filter"
             )
         return SpecSummary(kind, namespace, table, digest)
 
-    async def _check_sql_spec(self, sql: job_pb2.SqlJobSpec) -> tuple[str, str]:
+    async def _check_sql_spec(self, sql: js.SqlJobSpec) -> tuple[str, str]:
         statement = sql.statement.strip()
         if not statement:
             raise InvalidArgument.field(STATEMENT_FIELD, "must not be empty")
@@ -223,9 +220,9 @@ class SpecChecker:
             raise InvalidArgument.field(
                 STATEMENT_FIELD, f"must be at most {MAX_STATEMENT_BYTES} bytes"
             )
-        if sql.engine not in job_pb2.SqlEngine.values():
+        if sql.engine not in js.SQL_ENGINES:
             raise InvalidArgument.field("spec.sql.engine", f"unknown engine {sql.engine}")
-        if sql.preview_format not in rows_pb2.RowFormat.values():
+        if sql.preview_format not in js.ROW_FORMATS:
             raise InvalidArgument.field(
                 "spec.sql.preview_format", f"unknown format {sql.preview_format}"
             )
@@ -270,7 +267,7 @@ class SpecChecker:
         return namespace, table
 
     @staticmethod
-    def _check_compact_numbers(spec: job_pb2.CompactTableJobSpec) -> None:
+    def _check_compact_numbers(spec: js.CompactTableSpec) -> None:
         for name in ("target_file_size_bytes", "small_file_size_bytes", "min_input_files"):
             if getattr(spec, name) < 0:
                 raise InvalidArgument.field(f"spec.compact_table.{name}", "must not be negative")
@@ -280,17 +277,17 @@ class SpecChecker:
             )
 
     @staticmethod
-    def _check_expire(spec: job_pb2.ExpireSnapshotsJobSpec) -> None:
-        if spec.HasField("older_than"):
+    def _check_expire(spec: js.ExpireSnapshotsSpec) -> None:
+        if spec.older_than is not None:
             timestamp_to_ms("spec.expire_snapshots.older_than", spec.older_than)
-        if spec.HasField("max_snapshot_age"):
+        if spec.max_snapshot_age is not None:
             duration_seconds("spec.expire_snapshots.max_snapshot_age", spec.max_snapshot_age)
         if spec.retain_last < 0:
             raise InvalidArgument.field("spec.expire_snapshots.retain_last", "must not be negative")
 
     @staticmethod
-    def _check_orphans(spec: job_pb2.RemoveOrphanFilesJobSpec) -> None:
-        if spec.HasField("min_file_age"):
+    def _check_orphans(spec: js.RemoveOrphanFilesSpec) -> None:
+        if spec.min_file_age is not None:
             age = duration_seconds("spec.remove_orphan_files.min_file_age", spec.min_file_age)
             if age < MIN_ORPHAN_AGE_SECONDS:
                 raise InvalidArgument.field(
@@ -298,8 +295,8 @@ class SpecChecker:
                     "must be at least 1h, so that files of writes in progress are kept",
                 )
 
-    def _check_import(self, spec: job_pb2.ImportFilesJobSpec) -> None:
-        if spec.format not in job_pb2.FileFormat.values():
+    def _check_import(self, spec: js.ImportFilesSpec) -> None:
+        if spec.format not in js.FILE_FORMATS:
             raise InvalidArgument.field("spec.import_files.format", f"unknown format {spec.format}")
         with under_spec():
             check_source_uris(spec.source_prefix, list(spec.source_uris), self._import_prefixes)

@@ -24,9 +24,9 @@ from google.rpc import status_pb2
 from lakehouse.blocking import BlockingPool
 from lakehouse.config import JobsSettings
 from lakehouse.core.job_kinds import JobKinds
-from lakehouse.core.job_specs import KIND_NAMES, job_timeout_seconds
+from lakehouse.core.job_specs import job_timeout_seconds
 from lakehouse.core.jobs import JobEvents, now_us
-from lakehouse.core.ports import JobStorePort
+from lakehouse.core.ports import JobCodec, JobStorePort
 from lakehouse.core.survival import own_cancellation
 from lakehouse.domain.errors import (
     CommitStateUnknown,
@@ -38,7 +38,17 @@ from lakehouse.domain.errors import (
     Unavailable,
 )
 from lakehouse.domain.job_context import JobContext, JobStopped
-from lakehouse.domain.jobs import Claim, JobRecord, LeaseLost
+from lakehouse.domain.job_results import JobResult
+from lakehouse.domain.jobs import (
+    CANCELLED,
+    FAILED,
+    KIND_NAMES,
+    RUNNING,
+    SUCCEEDED,
+    Claim,
+    JobRecord,
+    LeaseLost,
+)
 from lakehouse.domain.status import status_proto_for
 from lakehouse.metrics import (
     JOB_ATTEMPTS_ENDED,
@@ -48,7 +58,6 @@ from lakehouse.metrics import (
     JOBS_QUEUED,
     JOBS_RUNNING,
 )
-from lakehouse.v1 import job_pb2
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -67,9 +76,9 @@ MAX_RETRY_BACKOFF_SECONDS = 3600.0
 
 
 _FINAL_LABELS: dict[int, str] = {
-    job_pb2.JOB_STATE_SUCCEEDED: "succeeded",
-    job_pb2.JOB_STATE_FAILED: "failed",
-    job_pb2.JOB_STATE_CANCELLED: "cancelled",
+    SUCCEEDED: "succeeded",
+    FAILED: "failed",
+    CANCELLED: "cancelled",
 }
 
 
@@ -94,7 +103,7 @@ def count_lease_expired(job: JobRecord, worker: str) -> None:
         extra={
             "job_id": job.id,
             "previous_worker": worker,
-            "taken_over": job.state == job_pb2.JOB_STATE_RUNNING,
+            "taken_over": job.state == RUNNING,
         },
     )
 
@@ -126,8 +135,10 @@ class JobWorker:
         events: JobEvents,
         *,
         slots: int,
+        codec: JobCodec,
         name: str | None = None,
     ) -> None:
+        self._codec = codec
         self._store = store
         self._kinds = kinds
         self._pool = pool
@@ -261,7 +272,7 @@ class JobWorker:
             self._events.changed(job.id)
 
     async def _execute(self, job: JobRecord, ctx: JobContext) -> _Outcome:
-        spec = job_pb2.JobSpec.FromString(job.spec)
+        spec = self._codec.decode_spec(job.spec)
         try:
             timeout = job_timeout_seconds(spec, self._settings)
         except InvalidArgument:  # stored before the maximum was lowered: the maximum holds
@@ -342,11 +353,11 @@ class JobWorker:
             )
             return
         state = {
-            "succeeded": job_pb2.JOB_STATE_SUCCEEDED,
-            "cancelled": job_pb2.JOB_STATE_CANCELLED,
-            "failed": job_pb2.JOB_STATE_FAILED,
+            "succeeded": SUCCEEDED,
+            "cancelled": CANCELLED,
+            "failed": FAILED,
         }[outcome.label]
-        result = outcome.result.SerializeToString() if outcome.result is not None else None
+        result = self._codec.encode_result(outcome.result) if outcome.result is not None else None
         error = outcome.error.SerializeToString() if outcome.error is not None else None
         await self._persist(
             lambda: self._store.finish(
@@ -428,7 +439,7 @@ class _Outcome:
         self,
         label: str,
         *,
-        result: job_pb2.JobResult | None = None,
+        result: JobResult | None = None,
         error: status_pb2.Status | None = None,
     ) -> None:
         self.label = label

@@ -19,22 +19,25 @@ from lakehouse.blocking import BlockingPool
 from lakehouse.config import JobsSettings
 from lakehouse.core.caller import current_principal
 from lakehouse.core.job_specs import (
-    KIND_NAMES,
     SpecChecker,
     check_request_id,
     job_timeout_seconds,
     spec_digest,
 )
 from lakehouse.core.paging import Page, decode_token, encode_token, page_size
-from lakehouse.core.ports import JobStorePort
+from lakehouse.core.ports import JobCodec, JobStorePort
+from lakehouse.domain import job_results as jr
+from lakehouse.domain import jobs as states
 from lakehouse.domain.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
-from lakehouse.domain.jobs import JobRecord
+from lakehouse.domain.job_specs import JobSpec
+from lakehouse.domain.jobs import KIND_NAMES, JobRecord
 from lakehouse.domain.names import check_identifier
 from lakehouse.metrics import JOB_QUOTA_REFUSALS, JOBS_CREATED
-from lakehouse.v1 import job_pb2
 
-TERMINAL_STATES = frozenset(
-    {job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED}
+TERMINAL_STATES = states.TERMINAL_STATES
+#: Job states a client may filter on.
+_STATES = frozenset(
+    {states.QUEUED, states.RUNNING, states.SUCCEEDED, states.FAILED, states.CANCELLED}
 )
 _MAX_JOB_ID_LENGTH = 128
 #: Room for a job's other fields and a result's non-preview fields, in bytes.
@@ -104,8 +107,10 @@ class Jobs:
         settings: JobsSettings,
         events: JobEvents,
         *,
+        codec: JobCodec,
         max_response_bytes: int = 64 * 1024 * 1024,
     ) -> None:
+        self._codec = codec
         self._max_response_bytes = max_response_bytes
         self._store = store
         self._pool = pool
@@ -114,7 +119,7 @@ class Jobs:
         self.events = events
 
     async def create(
-        self, spec: job_pb2.JobSpec, request_id: str = "", *, scheduled: bool = False
+        self, spec: JobSpec, request_id: str = "", *, scheduled: bool = False
     ) -> tuple[JobRecord, bool]:
         """Checks ``spec`` and queues a job for it, for the current call's principal.
 
@@ -136,13 +141,15 @@ class Jobs:
             Unavailable: The job store or catalog cannot be reached.
         """
         check_request_id(request_id)
+        encoded = self._codec.encode_spec(spec)
+        digest = spec_digest(encoded)
         if request_id:
             # A retry is answered before the spec is checked again: a spec that can be valid
             # only once (a destination the first run created, files it imported) would
             # otherwise refuse the retry of a job that worked (issue 20).
             earlier = await self._pool.run(self._store.find_by_request_id, request_id)
             if earlier is not None:
-                if earlier.spec_digest != spec_digest(spec):
+                if earlier.spec_digest != digest:
                     raise AlreadyExists(
                         "request_id was already used for a job with a different spec",
                         reason="REQUEST_ID_REUSED",
@@ -150,7 +157,7 @@ class Jobs:
                     )
                 return self._bounded(earlier), False
         job_timeout_seconds(spec, self._settings)
-        summary = await self._checker.check(spec)
+        summary = await self._checker.check(spec, digest)
         principal = "" if scheduled else current_principal()
         try:
             job, created = await self._pool.run(
@@ -159,7 +166,7 @@ class Jobs:
                     kind=summary.kind,
                     namespace=summary.namespace,
                     table=summary.table,
-                    spec=spec.SerializeToString(deterministic=True),
+                    spec=encoded,
                     spec_digest=summary.digest,
                     request_id=request_id,
                     max_attempts=self._settings.max_attempts,
@@ -195,10 +202,10 @@ class Jobs:
     ) -> Page[JobRecord]:
         """One page of jobs, newest first."""
         for i, state in enumerate(states):
-            if state not in job_pb2.JobState.values() or state == job_pb2.JOB_STATE_UNSPECIFIED:
+            if state not in _STATES:
                 raise InvalidArgument.field(f"states[{i}]", f"unknown job state {state}")
         for i, kind in enumerate(kinds):
-            if kind not in job_pb2.JobKind.values() or kind == job_pb2.JOB_KIND_UNSPECIFIED:
+            if kind not in KIND_NAMES:
                 raise InvalidArgument.field(f"kinds[{i}]", f"unknown job kind {kind}")
         if namespace:
             check_identifier("namespace", namespace)
@@ -281,13 +288,15 @@ class Jobs:
         most = min(self._settings.preview_max_bytes, self._max_response_bytes // 4)
         if job.result is None or len(job.result) <= most + _SLACK:
             return job
-        result = job_pb2.JobResult.FromString(job.result)
-        if result.WhichOneof("kind") == "sql":
-            sql = result.sql
-            sql.ClearField("preview_arrow_record_batch")
-            sql.ClearField("preview_json_rows")
-            sql.preview_truncated = True
-        return dataclasses.replace(job, result=result.SerializeToString())
+        result = self._codec.decode_result(job.result)
+        if isinstance(result, jr.SqlJobResult):
+            result = dataclasses.replace(
+                result,
+                preview_arrow_record_batch=None,
+                preview_json_rows=None,
+                preview_truncated=True,
+            )
+        return dataclasses.replace(job, result=self._codec.encode_result(result))
 
 
 def _record_bytes(job: JobRecord) -> int:

@@ -28,13 +28,13 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from google.protobuf.duration_pb2 import Duration
 from pyiceberg.catalog import Catalog
 
 from lakehouse.blocking import BlockingPool
 from lakehouse.core.jobs import Jobs
 from lakehouse.core.ports import CatalogPort, JobStorePort
 from lakehouse.core.survival import contained
+from lakehouse.domain import job_specs as js
 from lakehouse.domain.compaction import (
     DEFAULT_MIN_INPUT_FILES,
     DEFAULT_TARGET_FILE_BYTES,
@@ -43,8 +43,8 @@ from lakehouse.domain.compaction import (
 )
 from lakehouse.domain.errors import LakehouseError
 from lakehouse.domain.ingest import RequestIdLedger
+from lakehouse.domain.jobs import KIND_REMOVE_ORPHAN_FILES
 from lakehouse.domain.tables import TableInfo
-from lakehouse.v1 import job_pb2
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +83,11 @@ def _int_property(props: Mapping[str, str], key: str) -> int | None:
     return value if value >= 0 else None
 
 
-def _duration_ms(ms: int) -> Duration:
-    d = Duration()
-    d.FromMilliseconds(ms)
-    return d
+def _duration_ms(ms: int) -> js.Duration:
+    """Milliseconds as a Duration (seconds and nanos of one sign, as protobuf's)."""
+    sign = -1 if ms < 0 else 1
+    seconds, rest = divmod(abs(ms), 1000)
+    return js.Duration(sign * seconds, sign * rest * 1_000_000)
 
 
 class MaintenanceScheduler:
@@ -188,7 +189,7 @@ class MaintenanceScheduler:
         props = info.properties
         if not any(key in props for key in POLICY_PROPERTIES):
             return []
-        specs: list[job_pb2.JobSpec] = []
+        specs: list[js.JobSpec] = []
         expire = await self._expire_spec(info)
         if expire is not None:
             specs.append(expire)
@@ -209,12 +210,12 @@ class MaintenanceScheduler:
                         "job_id": job.id,
                         "namespace": namespace,
                         "table": name,
-                        "kind": spec.WhichOneof("kind"),
+                        "kind": spec.field,
                     },
                 )
         return created
 
-    async def _expire_spec(self, info: TableInfo) -> job_pb2.JobSpec | None:
+    async def _expire_spec(self, info: TableInfo) -> js.JobSpec | None:
         props = info.properties
         max_age = _int_property(props, EXPIRE_MAX_AGE)
         keep = _int_property(props, EXPIRE_KEEP)
@@ -229,8 +230,8 @@ class MaintenanceScheduler:
         cutoff = int(time.time() * 1000) - max_age
         if not any(s.timestamp_ms < cutoff for s in newest_first[keep:]):
             return None
-        return job_pb2.JobSpec(
-            expire_snapshots=job_pb2.ExpireSnapshotsJobSpec(
+        return js.JobSpec(
+            js.ExpireSnapshotsSpec(
                 namespace=info.namespace,
                 table=info.name,
                 max_snapshot_age=_duration_ms(max_age),
@@ -238,7 +239,7 @@ class MaintenanceScheduler:
             )
         )
 
-    async def _compact_spec(self, info: TableInfo) -> job_pb2.JobSpec | None:
+    async def _compact_spec(self, info: TableInfo) -> js.JobSpec | None:
         props = info.properties
         min_files = _int_property(props, COMPACT_MIN_FILES)
         if min_files is None:
@@ -263,8 +264,8 @@ class MaintenanceScheduler:
         )
         if worst < min_files:
             return None
-        return job_pb2.JobSpec(
-            compact_table=job_pb2.CompactTableJobSpec(
+        return js.JobSpec(
+            js.CompactTableSpec(
                 namespace=info.namespace,
                 table=info.name,
                 target_file_size_bytes=target,
@@ -273,7 +274,7 @@ class MaintenanceScheduler:
             )
         )
 
-    async def _orphan_spec(self, info: TableInfo) -> job_pb2.JobSpec | None:
+    async def _orphan_spec(self, info: TableInfo) -> js.JobSpec | None:
         props = info.properties
         min_age = _int_property(props, ORPHANS_MIN_AGE)
         if min_age is None:
@@ -281,15 +282,15 @@ class MaintenanceScheduler:
         interval = _int_property(props, ORPHANS_INTERVAL) or _DEFAULT_ORPHAN_INTERVAL_MS
         latest = await self._pool.run(
             lambda: self._store.latest(
-                kind=job_pb2.JOB_KIND_REMOVE_ORPHAN_FILES,
+                kind=KIND_REMOVE_ORPHAN_FILES,
                 namespace=info.namespace,
                 table=info.name,
             )
         )
         if latest is not None and latest.create_time_us > (time.time() * 1000 - interval) * 1000:
             return None
-        return job_pb2.JobSpec(
-            remove_orphan_files=job_pb2.RemoveOrphanFilesJobSpec(
+        return js.JobSpec(
+            js.RemoveOrphanFilesSpec(
                 namespace=info.namespace,
                 table=info.name,
                 min_file_age=_duration_ms(max(min_age, 3600 * 1000)),

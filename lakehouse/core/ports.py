@@ -22,6 +22,8 @@ from lakehouse.blocking import BlockingPool
 from lakehouse.domain.changes import TableChange
 from lakehouse.domain.ingest import AppendOutcome, AppendPlan, IngestState, RequestIdLedger
 from lakehouse.domain.job_context import JobContext
+from lakehouse.domain.job_results import JobResult
+from lakehouse.domain.job_specs import JobSpec
 from lakehouse.domain.jobs import Claim, JobRecord
 from lakehouse.domain.objects import ObjectInfo
 from lakehouse.domain.sql_result import SqlOutcome
@@ -168,6 +170,31 @@ class ObjectStorePort(Protocol):
 
     async def close(self) -> None:
         """Releases connections."""
+
+
+class JobCodec(Protocol):
+    """The stored form of job specs and results (``lakehouse.services.job_codec``).
+
+    The job store keeps specs and results as opaque bytes; their format is the contract's
+    serialized ``JobSpec`` and ``JobResult`` (job store schema 3), which only the servicer
+    layer may name. Core encodes and decodes through this port.
+    """
+
+    def encode_spec(self, spec: JobSpec) -> bytes:
+        """The stored bytes of ``spec`` (deterministic: equal specs, equal bytes)."""
+        ...
+
+    def decode_spec(self, data: bytes) -> JobSpec:
+        """The spec stored as ``data``."""
+        ...
+
+    def encode_result(self, result: JobResult | None) -> bytes:
+        """The stored bytes of ``result``."""
+        ...
+
+    def decode_result(self, data: bytes) -> JobResult | None:
+        """The result stored as ``data`` (None when it holds no kind)."""
+        ...
 
 
 class JobStorePort(Protocol):

@@ -11,30 +11,28 @@ from collections.abc import Mapping
 
 from lakehouse.core.ports import SqlEnginePort
 from lakehouse.domain.errors import FailedPrecondition
-from lakehouse.v1 import job_pb2
+from lakehouse.domain.job_specs import SQL_ENGINE_NAMES, SQL_ENGINE_UNSPECIFIED
 
 #: The engine of a spec that names none (``SQL_ENGINE_UNSPECIFIED``).
 DEFAULT_ENGINE = "DUCKDB"
 
 
-def engine_name(engine: job_pb2.SqlEngine.ValueType) -> str:
+def engine_name(engine: int) -> str:
     """The registry name of a spec's engine: ``SQL_ENGINE_TRINO`` is ``TRINO``.
 
     Raises:
         FailedPrecondition: ``engine`` is no value of the enum (a spec the checks let through
             would not have it).
     """
-    if engine == job_pb2.SQL_ENGINE_UNSPECIFIED:
+    if engine == SQL_ENGINE_UNSPECIFIED:
         return DEFAULT_ENGINE
     try:
-        return job_pb2.SqlEngine.Name(engine).removeprefix("SQL_ENGINE_")
-    except ValueError:
+        return SQL_ENGINE_NAMES[engine]
+    except KeyError:
         raise FailedPrecondition(f"unknown SQL engine {engine}") from None
 
 
-def engine_for(
-    engines: Mapping[str, SqlEnginePort], engine: job_pb2.SqlEngine.ValueType
-) -> SqlEnginePort:
+def engine_for(engines: Mapping[str, SqlEnginePort], engine: int) -> SqlEnginePort:
     """The engine a spec's ``engine`` names, from the engines the wiring made.
 
     Raises:

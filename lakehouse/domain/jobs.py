@@ -2,8 +2,8 @@
 
 Plain values with no storage behind them, shared by the job store, core and the servicers;
 ``LeaseLost`` is what the store raises when a worker no longer owns the job it works on. The
-states are the numbers of ``lakehouse.v1.JobState`` (the domain does not import the contract;
-``tests/domain/test_jobs.py`` holds them equal).
+states and kinds are the numbers of ``lakehouse.v1.JobState`` and ``JobKind`` (the domain
+does not import the contract; ``tests/domain/test_jobs.py`` holds them equal).
 """
 
 from __future__ import annotations
@@ -21,6 +21,21 @@ TERMINAL_STATES: Final = frozenset({SUCCEEDED, FAILED, CANCELLED})
 #: States a job still leaves: waiting for a worker, or running.
 ACTIVE_STATES: Final = (QUEUED, RUNNING)
 
+#: Job kinds (the numbers of ``lakehouse.v1.JobKind``).
+KIND_SQL: Final[int] = 1
+KIND_COMPACT_TABLE: Final[int] = 2
+KIND_EXPIRE_SNAPSHOTS: Final[int] = 3
+KIND_REMOVE_ORPHAN_FILES: Final[int] = 4
+KIND_IMPORT_FILES: Final[int] = 5
+#: Kind label for metrics and logs, and the spec field of each kind (``compact_table``...).
+KIND_NAMES: Final[dict[int, str]] = {
+    KIND_SQL: "sql",
+    KIND_COMPACT_TABLE: "compact_table",
+    KIND_EXPIRE_SNAPSHOTS: "expire_snapshots",
+    KIND_REMOVE_ORPHAN_FILES: "remove_orphan_files",
+    KIND_IMPORT_FILES: "import_files",
+}
+
 
 @dataclass(frozen=True)
 class JobRecord:
@@ -28,10 +43,10 @@ class JobRecord:
 
     Attributes:
         id: The job id (assigned by the caller).
-        kind: A ``job_pb2.JobKind`` value.
+        kind: A ``KIND_*`` value.
         namespace: The namespace of the table the job works on; empty if none.
         table: The table the job works on; empty if none.
-        state: A ``job_pb2.JobState`` value.
+        state: A job state (``QUEUED``...).
         spec: The serialized ``JobSpec``.
         request_id: The request id the job was created with; empty if none.
         spec_digest: The caller's digest of the spec, compared on request-id retries.

@@ -28,13 +28,14 @@ from lakehouse.core.job_worker import (
 )
 from lakehouse.core.jobs import JobEvents, Jobs
 from lakehouse.core.maintenance_scheduler import MaintenanceScheduler
-from lakehouse.core.ports import ObjectStorePort
+from lakehouse.core.ports import JobCodec, ObjectStorePort
 from lakehouse.core.sql_engines import engine_for
 from lakehouse.core.survival import contained
 from lakehouse.core.tables import check_table_quota
 from lakehouse.domain.errors import RetryableError, Unavailable
+from lakehouse.domain.job_specs import SqlJobSpec
 from lakehouse.server.sql_engines import SqlEngineSetup, load_sql_engines
-from lakehouse.v1 import job_pb2
+from lakehouse.services.job_codec import ProtoJobCodec
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,8 @@ class JobRuntime:
         self._migrated = False
         self._migrating: asyncio.Task[None] | None = None
         self._gauges: asyncio.Task[None] | None = None
+        # Typed as the port, so that mypy checks the codec has the shape core needs.
+        codec: JobCodec = ProtoJobCodec()
         checker = SpecChecker(
             catalog.load_table,
             self._check_sql,
@@ -112,6 +115,7 @@ class JobRuntime:
             checker,
             settings.jobs,
             self.events,
+            codec=codec,
             max_response_bytes=settings.max_message_bytes,
         )
         table_jobs = IcebergTableJobs(
@@ -127,7 +131,9 @@ class JobRuntime:
             table_jobs=table_jobs,
             sql_engines=self.sql_engines,
         )
-        self.worker = JobWorker(self.store, kinds, pool, settings.jobs, self.events, slots=slots)
+        self.worker = JobWorker(
+            self.store, kinds, pool, settings.jobs, self.events, slots=slots, codec=codec
+        )
         self._scheduler = (
             MaintenanceScheduler(
                 catalog,
@@ -200,6 +206,6 @@ class JobRuntime:
         if not self._migrated:
             raise Unavailable("the job store's tables are not created yet")
 
-    async def _check_sql(self, spec: job_pb2.SqlJobSpec) -> None:
+    async def _check_sql(self, spec: SqlJobSpec) -> None:
         engine = engine_for(self.sql_engines, spec.engine)
         await engine.check_statement(spec.statement, default_namespace=spec.default_namespace)

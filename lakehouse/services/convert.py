@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from google.protobuf import json_format
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import status_pb2
 from pyiceberg.types import IcebergType
@@ -19,6 +20,8 @@ from lakehouse.core.job_specs import timestamp_to_ms
 from lakehouse.core.reads import ReadOptions
 from lakehouse.core.tables import NamespaceInfo
 from lakehouse.domain import changes as ch
+from lakehouse.domain import job_results as jr
+from lakehouse.domain import job_specs as js
 from lakehouse.domain.changes import TableChange
 from lakehouse.domain.errors import FieldViolation, InvalidArgument
 from lakehouse.domain.jobs import JobRecord
@@ -413,3 +416,254 @@ def arrow_compression_from_proto(value: int) -> str | None:
     if value not in _COMPRESSIONS:
         raise InvalidArgument.field("arrow_compression", f"unknown compression {value}")
     return _COMPRESSIONS[value]
+
+
+# -- Job specs and results ---------------------------------------------------------------------
+
+
+def _duration_from_proto(message: Any, field: str) -> js.Duration | None:
+    if not message.HasField(field):
+        return None
+    value = getattr(message, field)
+    return js.Duration(value.seconds, value.nanos)
+
+
+def _timestamp_from_proto(message: Any, field: str) -> js.Timestamp | None:
+    if not message.HasField(field):
+        return None
+    value = getattr(message, field)
+    return js.Timestamp(value.seconds, value.nanos)
+
+
+def _set_time(target: Duration | Timestamp, value: js.Duration | js.Timestamp) -> None:
+    """Sets a Duration or Timestamp field, present even when zero (as the request had it)."""
+    target.SetInParent()
+    target.seconds = value.seconds
+    target.nanos = value.nanos
+
+
+def job_spec_from_proto(proto: job_pb2.JobSpec) -> js.JobSpec:
+    """The domain value of a ``JobSpec`` (unchecked: core checks it)."""
+    which = proto.WhichOneof("kind")
+    body: js.JobBody | None = None
+    if which == "sql":
+        s = proto.sql
+        body = js.SqlJobSpec(
+            statement=s.statement,
+            engine=s.engine,
+            default_namespace=s.default_namespace,
+            preview_row_limit=s.preview_row_limit,
+            destination_namespace=s.destination_namespace,
+            destination_table=s.destination_table,
+            preview_format=s.preview_format,
+        )
+    elif which == "compact_table":
+        c = proto.compact_table
+        body = js.CompactTableSpec(
+            namespace=c.namespace,
+            table=c.table,
+            row_filter=c.row_filter,
+            target_file_size_bytes=c.target_file_size_bytes,
+            small_file_size_bytes=c.small_file_size_bytes,
+            min_input_files=c.min_input_files,
+        )
+    elif which == "expire_snapshots":
+        e = proto.expire_snapshots
+        body = js.ExpireSnapshotsSpec(
+            namespace=e.namespace,
+            table=e.table,
+            older_than=_timestamp_from_proto(e, "older_than"),
+            max_snapshot_age=_duration_from_proto(e, "max_snapshot_age"),
+            retain_last=e.retain_last,
+        )
+    elif which == "remove_orphan_files":
+        o = proto.remove_orphan_files
+        body = js.RemoveOrphanFilesSpec(
+            namespace=o.namespace,
+            table=o.table,
+            min_file_age=_duration_from_proto(o, "min_file_age"),
+            dry_run=o.dry_run,
+        )
+    elif which == "import_files":
+        i = proto.import_files
+        body = js.ImportFilesSpec(
+            namespace=i.namespace,
+            table=i.table,
+            source_prefix=i.source_prefix,
+            source_uris=tuple(i.source_uris),
+            format=i.format,
+        )
+    return js.JobSpec(body=body, timeout=_duration_from_proto(proto, "timeout"))
+
+
+def job_spec_to_proto(spec: js.JobSpec) -> job_pb2.JobSpec:
+    """The contract's ``JobSpec`` of a domain spec (what clients see and the store keeps)."""
+    proto = job_pb2.JobSpec()
+    if spec.timeout is not None:
+        _set_time(proto.timeout, spec.timeout)
+    body = spec.body
+    if isinstance(body, js.SqlJobSpec):
+        proto.sql.SetInParent()
+        proto.sql.statement = body.statement
+        proto.sql.engine = body.engine  # type: ignore[assignment]
+        proto.sql.default_namespace = body.default_namespace
+        proto.sql.preview_row_limit = body.preview_row_limit
+        proto.sql.destination_namespace = body.destination_namespace
+        proto.sql.destination_table = body.destination_table
+        proto.sql.preview_format = body.preview_format  # type: ignore[assignment]
+    elif isinstance(body, js.CompactTableSpec):
+        proto.compact_table.SetInParent()
+        proto.compact_table.namespace = body.namespace
+        proto.compact_table.table = body.table
+        proto.compact_table.row_filter = body.row_filter
+        proto.compact_table.target_file_size_bytes = body.target_file_size_bytes
+        proto.compact_table.small_file_size_bytes = body.small_file_size_bytes
+        proto.compact_table.min_input_files = body.min_input_files
+    elif isinstance(body, js.ExpireSnapshotsSpec):
+        e = proto.expire_snapshots
+        e.SetInParent()
+        e.namespace = body.namespace
+        e.table = body.table
+        if body.older_than is not None:
+            _set_time(e.older_than, body.older_than)
+        if body.max_snapshot_age is not None:
+            _set_time(e.max_snapshot_age, body.max_snapshot_age)
+        e.retain_last = body.retain_last
+    elif isinstance(body, js.RemoveOrphanFilesSpec):
+        o = proto.remove_orphan_files
+        o.SetInParent()
+        o.namespace = body.namespace
+        o.table = body.table
+        if body.min_file_age is not None:
+            _set_time(o.min_file_age, body.min_file_age)
+        o.dry_run = body.dry_run
+    elif isinstance(body, js.ImportFilesSpec):
+        i = proto.import_files
+        i.SetInParent()
+        i.namespace = body.namespace
+        i.table = body.table
+        i.source_prefix = body.source_prefix
+        i.source_uris.extend(body.source_uris)
+        i.format = body.format  # type: ignore[assignment]
+    return proto
+
+
+def _optional_int(message: Any, field: str) -> int | None:
+    return getattr(message, field) if message.HasField(field) else None
+
+
+def job_result_from_proto(proto: job_pb2.JobResult) -> jr.JobResult | None:
+    """The domain value of a ``JobResult``; None when it holds no kind."""
+    which = proto.WhichOneof("kind")
+    if which == "sql":
+        s = proto.sql
+        return jr.SqlJobResult(
+            rows_affected=s.rows_affected,
+            arrow_schema=s.arrow_schema.serialized_schema if s.HasField("arrow_schema") else None,
+            preview_arrow_record_batch=jr.ArrowBatch(
+                s.preview_arrow_record_batch.serialized_record_batch,
+                s.preview_arrow_record_batch.row_count,
+            )
+            if s.HasField("preview_arrow_record_batch")
+            else None,
+            preview_json_rows=tuple(s.preview_json_rows.rows)
+            if s.HasField("preview_json_rows")
+            else None,
+            preview_truncated=s.preview_truncated,
+            snapshot_id=_optional_int(s, "snapshot_id"),
+        )
+    if which == "compact_table":
+        c = proto.compact_table
+        return jr.CompactTableResult(
+            files_before=c.files_before,
+            files_after=c.files_after,
+            bytes_before=c.bytes_before,
+            bytes_after=c.bytes_after,
+            rows_rewritten=c.rows_rewritten,
+            snapshot_id=_optional_int(c, "snapshot_id"),
+        )
+    if which == "expire_snapshots":
+        e = proto.expire_snapshots
+        return jr.ExpireSnapshotsResult(
+            snapshots_expired=e.snapshots_expired,
+            data_files_deleted=e.data_files_deleted,
+            metadata_files_deleted=e.metadata_files_deleted,
+            bytes_deleted=e.bytes_deleted,
+        )
+    if which == "remove_orphan_files":
+        o = proto.remove_orphan_files
+        return jr.RemoveOrphanFilesResult(
+            orphan_files_found=o.orphan_files_found,
+            files_deleted=o.files_deleted,
+            orphan_bytes=o.orphan_bytes,
+            orphan_file_uris=tuple(o.orphan_file_uris),
+            orphan_file_uris_truncated=o.orphan_file_uris_truncated,
+        )
+    if which == "import_files":
+        i = proto.import_files
+        return jr.ImportFilesResult(
+            files_imported=i.files_imported,
+            files_registered=i.files_registered,
+            files_rewritten=i.files_rewritten,
+            rows_imported=i.rows_imported,
+            snapshot_id=_optional_int(i, "snapshot_id"),
+        )
+    return None
+
+
+def job_result_to_proto(result: jr.JobResult | None) -> job_pb2.JobResult:
+    """The contract's ``JobResult`` of a domain result (empty for None)."""
+    proto = job_pb2.JobResult()
+    if isinstance(result, jr.SqlJobResult):
+        s = proto.sql
+        s.SetInParent()
+        s.rows_affected = result.rows_affected
+        if result.arrow_schema is not None:
+            s.arrow_schema.SetInParent()
+            s.arrow_schema.serialized_schema = result.arrow_schema
+        if result.preview_arrow_record_batch is not None:
+            batch = result.preview_arrow_record_batch
+            s.preview_arrow_record_batch.SetInParent()
+            s.preview_arrow_record_batch.serialized_record_batch = batch.serialized_record_batch
+            s.preview_arrow_record_batch.row_count = batch.row_count
+        if result.preview_json_rows is not None:
+            s.preview_json_rows.SetInParent()
+            s.preview_json_rows.rows.extend(result.preview_json_rows)
+        s.preview_truncated = result.preview_truncated
+        if result.snapshot_id is not None:
+            s.snapshot_id = result.snapshot_id
+    elif isinstance(result, jr.CompactTableResult):
+        c = proto.compact_table
+        c.SetInParent()
+        c.files_before = result.files_before
+        c.files_after = result.files_after
+        c.bytes_before = result.bytes_before
+        c.bytes_after = result.bytes_after
+        c.rows_rewritten = result.rows_rewritten
+        if result.snapshot_id is not None:
+            c.snapshot_id = result.snapshot_id
+    elif isinstance(result, jr.ExpireSnapshotsResult):
+        e = proto.expire_snapshots
+        e.SetInParent()
+        e.snapshots_expired = result.snapshots_expired
+        e.data_files_deleted = result.data_files_deleted
+        e.metadata_files_deleted = result.metadata_files_deleted
+        e.bytes_deleted = result.bytes_deleted
+    elif isinstance(result, jr.RemoveOrphanFilesResult):
+        o = proto.remove_orphan_files
+        o.SetInParent()
+        o.orphan_files_found = result.orphan_files_found
+        o.files_deleted = result.files_deleted
+        o.orphan_bytes = result.orphan_bytes
+        o.orphan_file_uris.extend(result.orphan_file_uris)
+        o.orphan_file_uris_truncated = result.orphan_file_uris_truncated
+    elif isinstance(result, jr.ImportFilesResult):
+        i = proto.import_files
+        i.SetInParent()
+        i.files_imported = result.files_imported
+        i.files_registered = result.files_registered
+        i.files_rewritten = result.files_rewritten
+        i.rows_imported = result.rows_imported
+        if result.snapshot_id is not None:
+            i.snapshot_id = result.snapshot_id
+    return proto

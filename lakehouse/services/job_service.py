@@ -9,7 +9,7 @@ import grpc
 
 from lakehouse.core.job_cancellation import JobCancellation
 from lakehouse.core.jobs import Jobs
-from lakehouse.services.convert import job_to_proto
+from lakehouse.services.convert import job_spec_from_proto, job_to_proto
 from lakehouse.v1 import job_service_pb2 as pb
 from lakehouse.v1 import job_service_pb2_grpc
 
@@ -27,7 +27,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self, request: pb.CreateJobRequest, context: Context
     ) -> pb.CreateJobResponse:
         """Checks the spec and queues a job (or returns the job of an earlier retry)."""
-        job, _ = await self._jobs.create(request.spec, request.request_id)
+        job, _ = await self._jobs.create(job_spec_from_proto(request.spec), request.request_id)
         return pb.CreateJobResponse(job=job_to_proto(job))
 
     async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.GetJobResponse:

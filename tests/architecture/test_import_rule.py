@@ -61,16 +61,7 @@ ALLOWED: dict[str, set[str]] = {
 }
 
 #: (importing module, imported module) pairs that still break the rule.
-KNOWN_VIOLATIONS: set[tuple[str, str]] = {
-    ("lakehouse.adapters.job_store.store", "lakehouse.v1"),
-    ("lakehouse.core.job_cancellation", "lakehouse.v1"),
-    ("lakehouse.core.job_kinds", "lakehouse.v1"),
-    ("lakehouse.core.job_specs", "lakehouse.v1"),
-    ("lakehouse.core.job_worker", "lakehouse.v1"),
-    ("lakehouse.core.jobs", "lakehouse.v1"),
-    ("lakehouse.core.maintenance_scheduler", "lakehouse.v1"),
-    ("lakehouse.core.sql_engines", "lakehouse.v1"),
-}
+KNOWN_VIOLATIONS: set[tuple[str, str]] = set()
 
 
 def layer(module: str) -> str:

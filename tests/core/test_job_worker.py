@@ -25,11 +25,17 @@ from lakehouse.core.job_worker import MAX_RETRY_BACKOFF_SECONDS, JobWorker, _bac
 from lakehouse.core.jobs import TERMINAL_STATES, JobEvents, now_us
 from lakehouse.domain.errors import Conflict, InvalidArgument, Unavailable
 from lakehouse.domain.job_context import JobContext
+from lakehouse.domain.job_results import CompactTableResult, JobResult
+from lakehouse.domain.job_specs import CompactTableSpec, JobSpec
 from lakehouse.domain.jobs import JobRecord
+from lakehouse.services.job_codec import ProtoJobCodec
 from lakehouse.v1 import job_pb2
 
+#: The spec as the job store keeps it (the contract's bytes) and as the work receives it.
 SPEC = job_pb2.JobSpec(compact_table=job_pb2.CompactTableJobSpec(namespace="ns", table="t"))
-RESULT = job_pb2.JobResult(compact_table=job_pb2.CompactTableJobResult(files_before=3))
+DOMAIN_SPEC = JobSpec(CompactTableSpec(namespace="ns", table="t"))
+RESULT = CompactTableResult(files_before=3)
+STORED_RESULT = job_pb2.JobResult(compact_table=job_pb2.CompactTableJobResult(files_before=3))
 SETTINGS = JobsSettings(
     lease_seconds=3, poll_interval_seconds=0.05, retry_backoff_seconds=0.05, max_attempts=3
 )
@@ -43,7 +49,8 @@ class ScriptedWork:
         self.outcomes = list(outcomes)
         self.attempts: list[int] = []
 
-    async def run(self, spec: job_pb2.JobSpec, ctx: JobContext) -> job_pb2.JobResult:
+    async def run(self, spec: JobSpec, ctx: JobContext) -> JobResult:
+        assert spec == DOMAIN_SPEC
         self.attempts.append(ctx.attempt)
         outcome = self.outcomes.pop(0)
         if outcome == "wait":
@@ -53,7 +60,7 @@ class ScriptedWork:
                 await asyncio.sleep(0.02)
         if isinstance(outcome, BaseException):
             raise outcome
-        assert isinstance(outcome, job_pb2.JobResult)
+        assert isinstance(outcome, CompactTableResult)
         return outcome
 
 
@@ -69,7 +76,14 @@ async def run_job(store: JobStore, work: ScriptedWork, *, cancel_after: float = 
     pool = BlockingPool(4)
     events = JobEvents()
     worker = JobWorker(
-        store, cast(JobKinds, work), pool, SETTINGS, events, slots=1, name="test-worker"
+        store,
+        cast(JobKinds, work),
+        pool,
+        SETTINGS,
+        events,
+        slots=1,
+        codec=ProtoJobCodec(),
+        name="test-worker",
     )
     job, _ = store.create(
         job_id="j1",
@@ -116,7 +130,7 @@ async def test_a_retryable_failure_is_retried_and_can_succeed(store: JobStore) -
     assert job.state == job_pb2.JOB_STATE_SUCCEEDED
     assert work.attempts == [1, 2, 3]
     assert job.attempts == 3
-    assert job_pb2.JobResult.FromString(job.result or b"") == RESULT
+    assert job_pb2.JobResult.FromString(job.result or b"") == STORED_RESULT
     assert job.error is None  # the earlier attempts' errors are gone with the success
 
 

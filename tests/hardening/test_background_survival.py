@@ -161,6 +161,7 @@ async def test_a_tamed_task_cancelled_before_it_ran_leaves_no_unawaited_coroutin
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 async def test_job_worker_survives_system_exit_of_one_job(backend: Any) -> None:
     # The job task's SystemExit stopped the event loop: now that job fails, the next runs.
+    from lakehouse.domain.job_specs import ExpireSnapshotsSpec, JobSpec
     from lakehouse.v1 import job_pb2
 
     backend.data_dir.mkdir(parents=True, exist_ok=True)
@@ -170,11 +171,7 @@ async def test_job_worker_survives_system_exit_of_one_job(backend: Any) -> None:
     try:
         ids = []
         for name in ("a_bad", "z_good"):
-            spec = job_pb2.JobSpec(
-                expire_snapshots=job_pb2.ExpireSnapshotsJobSpec(
-                    namespace="b", table=name, retain_last=1
-                )
-            )
+            spec = JobSpec(ExpireSnapshotsSpec(namespace="b", table=name, retain_last=1))
             job, _ = await runtime.jobs.create(spec)  # checked while the table is benign
             ids.append(job.id)
         hostile = confine_catalog_io(direct_catalog(backend)).load_table(("b", "a_bad"))

@@ -60,6 +60,8 @@ from lakehouse.domain.jobs import (
     ACTIVE_STATES,
     CANCELLED,
     FAILED,
+    KIND_NAMES,
+    KIND_SQL,
     QUEUED,
     RUNNING,
     SUCCEEDED,
@@ -68,9 +70,8 @@ from lakehouse.domain.jobs import (
     JobRecord,
     LeaseLost,
 )
-from lakehouse.v1 import job_pb2
 
-_SQL_KIND: Final[int] = job_pb2.JOB_KIND_SQL
+_SQL_KIND: Final[int] = KIND_SQL
 
 #: The ``ErrorInfo.reason`` of a job failed because its worker died on the last attempt.
 LEASE_EXPIRED_REASON: Final = "JOB_LEASE_EXPIRED"
@@ -383,7 +384,7 @@ class JobStore:
 
         Args:
             job_id: The new job's id (the caller makes it unique, e.g. a UUID).
-            kind: A ``job_pb2.JobKind`` value.
+            kind: A job kind (``lakehouse.domain.jobs.KIND_*``).
             namespace: The table's namespace; empty if the job has no table.
             table: The table; empty if the job has no table.
             spec: The serialized ``JobSpec``.
@@ -949,7 +950,7 @@ class JobStore:
         Raises:
             Unavailable: The database cannot be reached.
         """
-        depth = {int(k): 0 for k in job_pb2.JobKind.values() if k != job_pb2.JOB_KIND_UNSPECIFIED}
+        depth = {kind: 0 for kind in KIND_NAMES}
         stmt = (
             select(_jobs.kind, func.count())
             .where(_jobs.state == QUEUED, _jobs.next_attempt_us <= now_us)
