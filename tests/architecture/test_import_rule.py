@@ -7,10 +7,6 @@ only the domain. Only the wiring (``server/app.py``, ``server/worker_app.py``,
 ``server/job_runtime.py``, ``server/sql_engines.py``) names concrete adapters. The test
 reads every import of every module (function-level and ``TYPE_CHECKING`` ones too: a
 reader must follow them all).
-
-``KNOWN_VIOLATIONS`` lists the imports that still break the rule while issue 14 is under way.
-It is a ratchet: a new violation fails, and so does a listed one that is gone (remove it from
-the list, so it cannot come back).
 """
 
 from __future__ import annotations
@@ -59,10 +55,6 @@ ALLOWED: dict[str, set[str]] = {
         "client",
     },
 }
-
-#: (importing module, imported module) pairs that still break the rule.
-KNOWN_VIOLATIONS: set[tuple[str, str]] = set()
-
 
 def layer(module: str) -> str:
     """The layer a ``lakehouse`` module belongs to."""
@@ -143,16 +135,10 @@ def test_every_module_belongs_to_a_layer() -> None:
 
 
 def test_no_module_imports_from_a_layer_above_it() -> None:
-    found = violations()
-    new = sorted(found - KNOWN_VIOLATIONS)
-    assert new == [], "imports that break the layer rule:\n" + "\n".join(
-        f"  {a} ({layer(a)}) imports {b} ({layer(b)})" for a, b in new
+    found = sorted(violations())
+    assert found == [], "imports that break the layer rule:\n" + "\n".join(
+        f"  {a} ({layer(a)}) imports {b} ({layer(b)})" for a, b in found
     )
-
-
-def test_the_known_violations_only_shrink() -> None:
-    gone = sorted(KNOWN_VIOLATIONS - violations())
-    assert gone == [], f"fixed, remove from KNOWN_VIOLATIONS: {gone}"
 
 
 @pytest.mark.parametrize(
