@@ -56,6 +56,7 @@ ALLOWED: dict[str, set[str]] = {
     },
 }
 
+
 def layer(module: str) -> str:
     """The layer a ``lakehouse`` module belongs to."""
     if module in SHARED:
