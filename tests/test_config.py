@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from fixtures.subprocess_coverage import coverage_env
 from lakehouse.config import ConfigError, load_settings, masked
 
 
@@ -76,7 +77,7 @@ def test_invalid_config_is_one_clear_line(
 
 
 def test_cli_exits_2_on_invalid_config_before_binding(tmp_path: Path) -> None:
-    env = {"PATH": "/usr/bin:/bin", "LAKEHOUSE_GRPC_PORT": "not-a-port"}
+    env = {"PATH": "/usr/bin:/bin", "LAKEHOUSE_GRPC_PORT": "not-a-port", **coverage_env()}
     proc = subprocess.run(
         [sys.executable, "-m", "lakehouse_cmd.lakehouse", "serve", "--data-dir", str(tmp_path)],
         env=env,
@@ -95,6 +96,7 @@ def test_cli_config_prints_effective_config_masked(tmp_path: Path) -> None:
         "PATH": "/usr/bin:/bin",
         "LAKEHOUSE_S3__ACCESS_KEY_ID": "AKIA-very-secret",
         "LAKEHOUSE_S3__SECRET_ACCESS_KEY": "also-secret",
+        **coverage_env(),
     }
     proc = subprocess.run(
         [sys.executable, "-m", "lakehouse_cmd.lakehouse", "config", "--grpc-port", "6000"],

@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fixtures.net import free_port
+from fixtures.subprocess_coverage import coverage_env
 
 LAKEHOUSE = Path(sys.executable).parent / "lakehouse"
 
@@ -38,6 +39,7 @@ def test_sigterm_drains_and_exits_zero(tmp_path: Path) -> None:
         "HOME": str(tmp_path),
         "LAKEHOUSE_SHUTDOWN_DRAIN_SECONDS": "1",
         "LAKEHOUSE_SHUTDOWN_GRACE_SECONDS": "5",
+        **coverage_env(),
     }
     argv = [
         str(LAKEHOUSE), "serve",

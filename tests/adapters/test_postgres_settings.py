@@ -19,6 +19,7 @@ from pyiceberg.catalog.sql import SqlCatalog
 from sqlalchemy.engine import URL, make_url
 
 from fixtures import postgres as pg
+from fixtures.subprocess_coverage import coverage_env
 from lakehouse.adapters.iceberg.catalog import catalog_properties
 from lakehouse.adapters.job_store.engines import make_engine
 from lakehouse.cli import EXIT_CONFIG
@@ -175,7 +176,12 @@ def test_the_catalog_password_comes_from_a_file_and_stays_masked(
 def test_a_catalog_password_that_cannot_be_used_is_one_line_and_exit_2(
     env: dict[str, str], message: str, tmp_path: Path
 ) -> None:
-    full_env = {"PATH": "/usr/bin:/bin", "LAKEHOUSE_CATALOG__PASSWORD": "the-password", **env}
+    full_env = {
+        "PATH": "/usr/bin:/bin",
+        "LAKEHOUSE_CATALOG__PASSWORD": "the-password",
+        **coverage_env(),
+        **env,
+    }
     proc = subprocess.run(
         [sys.executable, "-m", "lakehouse_cmd.lakehouse", "config", "--data-dir", str(tmp_path)],
         env=full_env,

@@ -41,6 +41,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import BaseModel
 
 from fixtures.net import LOOPBACK, free_port
+from fixtures.subprocess_coverage import coverage_env
 from lakehouse.cli import EXIT_CONFIG
 from lakehouse.config import (
     ConfigError,
@@ -394,7 +395,7 @@ def test_an_unreadable_credentials_directory_is_a_config_error(
 def cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "lakehouse_cmd.lakehouse", *args],
-        env={"PATH": SERVICE_PATH, "HOME": str(cwd), **env},
+        env={"PATH": SERVICE_PATH, "HOME": str(cwd), **coverage_env(), **env},
         capture_output=True,
         text=True,
         timeout=60,
@@ -569,6 +570,7 @@ class UnitProcess:
             "NOTIFY_SOCKET": notify_address,
             "WATCHDOG_USEC": "1000000",
             "CREDENTIALS_DIRECTORY": str(workdir / "credentials"),
+            **coverage_env(),
         }
         if "PYTHONPATH" in os.environ:  # e.g. a patched checkout under test
             self.env["PYTHONPATH"] = os.environ["PYTHONPATH"]

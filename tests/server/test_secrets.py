@@ -32,6 +32,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fixtures.http import HttpResponse, http_get_sync
 from fixtures.net import LOOPBACK, free_port
+from fixtures.subprocess_coverage import coverage_env
 from lakehouse.server.credentials import new_api_key
 from lakehouse.v1 import ingest_service_pb2 as ipb
 from lakehouse.v1 import (
@@ -114,6 +115,7 @@ def base_env(home: Path) -> dict[str, str]:
         "AWS_CONFIG_FILE": str(home / "no-aws-config"),
         "AWS_SHARED_CREDENTIALS_FILE": str(home / "no-aws-credentials"),
         "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+        **coverage_env(),
     }
 
 
