@@ -186,8 +186,13 @@ class IngestSettings(_Section):
     their decompressed length), a copy for casts, and a slot per row for each table column.
     Known from the Arrow headers before decoding, and charged to the write buffers while it
     decodes; more is INVALID_ARGUMENT (reason REQUEST_TOO_LARGE)."""
-    commit_attempts: int = Field(default=10, ge=1, le=100)
-    """Commit attempts on conflicting commits (each re-checks offsets on fresh metadata)."""
+    commit_attempts: int = Field(default=30, ge=1, le=100)
+    """Commit attempts on conflicting commits (each re-checks offsets on fresh metadata).
+
+    Waits between attempts grow to 2 s, so 30 keep a committer trying through about a minute
+    of contention: with two replicas writing one table, the one that loses a race waits while
+    the other drains its burst (10 gave up after ~5 s, and a slower machine made that
+    ABORTED). Conflicts are not failures: each attempt re-plans on the table as it is."""
     request_id_window_seconds: float = Field(default=3600.0, ge=1, le=7 * 24 * 3600)
     """How long a WriteRows request_id is remembered (it is kept in the table's snapshots)."""
 
