@@ -35,9 +35,14 @@ from lakehouse.domain.compaction import SMALL_FILE_FRACTION, partition_key
 from lakehouse.domain.job_context import JobContext, JobStopped
 from lakehouse.domain.table_jobs import CompactResult
 
-#: Times a compaction commits its rewrite on fresh metadata before it counts as a conflict
-#: (each with pyiceberg's own retries inside). The data files are written once; only the
-#: commit is redone, so losing races to a steady stream of appends is cheap.
+#: How long a compaction keeps committing its rewrite on fresh metadata after lost races
+#: before it gives up (each attempt with pyiceberg's own retries inside), at least
+#: ``REPLACE_COMMIT_ATTEMPTS`` attempts (the most after a validation that could not look at
+#: the history since the rewrite read the table). The data files are written once; only the
+#: commit is redone, so losing races to a steady stream of appends is cheap. Iceberg's own
+#: engines retry commits for up to 30 minutes (``commit.retry.total-timeout-ms``); a fixed 8
+#: attempts lost every race to appends every 20 ms on a slower machine (the fault suite).
+REPLACE_COMMIT_SECONDS = 120.0
 REPLACE_COMMIT_ATTEMPTS = 8
 
 logger = logging.getLogger(__name__)
@@ -175,9 +180,11 @@ def _commit_replace(
     entries: dict[str, list[ManifestEntry]] = {}
     read_at = table.metadata.current_snapshot_id  # what the rewrite read
     spec_at_read = table.metadata.default_spec_id
-    for attempt in range(1, REPLACE_COMMIT_ATTEMPTS + 1):
+    deadline = time.monotonic() + REPLACE_COMMIT_SECONDS
+    for attempt in itertools.count(1):
         if ctx is not None:
             ctx.check()
+        last = attempt >= REPLACE_COMMIT_ATTEMPTS and time.monotonic() >= deadline
         tx = table.transaction()
         producer = ReplaceFiles(
             operation=Operation.OVERWRITE,
@@ -197,7 +204,7 @@ def _commit_replace(
             tx.commit_transaction()
             return producer.snapshot_id
         except CommitFailedException:
-            if attempt == REPLACE_COMMIT_ATTEMPTS:
+            if last:
                 raise
             # A jittered pause before trying again: re-committing at once against a steady
             # appender on a busy machine loses the same race every time.
@@ -205,7 +212,7 @@ def _commit_replace(
             table.refresh()
         except ValidationException:
             table.refresh()
-            if attempt == REPLACE_COMMIT_ATTEMPTS or (
+            if attempt >= REPLACE_COMMIT_ATTEMPTS or (
                 read_at is not None and table.metadata.snapshot_by_id(read_at) is not None
             ):
                 raise  # the history was there to check: a real conflict
