@@ -15,6 +15,9 @@ Per test:
     channel, table_stub    a grpc.aio channel to it, and the generated TableService stub
     http_url               the server's sidecar HTTP base URL
     grpcurl, promtool      paths of the real binaries
+    store_url              a job store database of each kind, without jobs
+                           (``[sqlite]`` / ``[postgres]``; PostgreSQL's migrated once per
+                           module, ``postgres_jobs_url``)
 
 To run a server test on one backend only::
 
@@ -36,11 +39,13 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import pytest
 import pytest_asyncio
+import sqlalchemy
 
 from fixtures import postgres as pg
 from fixtures import s3
 from fixtures.net import LOOPBACK
 from fixtures.tools import grpcurl_path, promtool_path
+from lakehouse.adapters.job_store.store import JobStore
 
 if TYPE_CHECKING:
     from lakehouse.config import Settings
@@ -271,3 +276,37 @@ def promtool() -> Path:
         return promtool_path()
     except FileNotFoundError as exc:
         pytest.fail(str(exc), pytrace=False)
+
+
+# -- the job store on both kinds of database ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def postgres_jobs_url(postgres_cluster: pg.PostgresCluster) -> Iterator[str]:
+    """One migrated PostgreSQL database for a module's job store tests.
+
+    Creating a database per test costs more than all the module's queries; each test
+    empties the jobs table instead (``store_url``).
+    """
+    name = postgres_cluster.create_database()
+    database_url = postgres_cluster.url(name)
+    job_store = JobStore(database_url)
+    job_store.migrate()
+    job_store.close()
+    yield database_url
+    postgres_cluster.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of a database of each kind without jobs (migrated on PostgreSQL)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'data' / 'catalog.db'}"
+    database_url: str = request.getfixturevalue("postgres_jobs_url")
+    engine = sqlalchemy.create_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text("TRUNCATE lakehouse_jobs"))
+    finally:
+        engine.dispose()
+    return database_url

@@ -43,24 +43,34 @@ SETTLE_SECONDS, SETTLE_LIMIT_SECONDS = 1.0, 30.0
 CALL_TIMEOUT = 120.0
 
 
+def _create_blob_table(
+    channel: grpc.Channel, table: str, properties: dict[str, str] | None = None
+) -> None:
+    """Namespace ``NS`` and a table (id long required, blob string) in it, through the API."""
+    tables = table_service_pb2_grpc.TableServiceStub(channel)
+    tables.CreateNamespace(tpb.CreateNamespaceRequest(name=NS), timeout=CALL_TIMEOUT)
+    long = schema_pb2.DataType(primitive=schema_pb2.PRIMITIVE_TYPE_LONG)
+    string = schema_pb2.DataType(primitive=schema_pb2.PRIMITIVE_TYPE_STRING)
+    fields = [
+        schema_pb2.Field(name="id", type=long, required=True),
+        schema_pb2.Field(name="blob", type=string),
+    ]
+    tables.CreateTable(
+        tpb.CreateTableRequest(
+            namespace=NS,
+            table=table,
+            schema=schema_pb2.Schema(fields=fields),
+            properties=properties or {},
+        ),
+        timeout=CALL_TIMEOUT,
+    )
+
+
 @pytest.fixture
 def server(backend: Any, tmp_path: Path) -> Iterator[ServeProcess]:
     with serve_process(tmp_path / "server", settings_env(backend)) as server:
         with grpc.insecure_channel(server.target) as channel:
-            tables = table_service_pb2_grpc.TableServiceStub(channel)
-            tables.CreateNamespace(tpb.CreateNamespaceRequest(name=NS), timeout=CALL_TIMEOUT)
-            long = schema_pb2.DataType(primitive=schema_pb2.PRIMITIVE_TYPE_LONG)
-            string = schema_pb2.DataType(primitive=schema_pb2.PRIMITIVE_TYPE_STRING)
-            fields = [
-                schema_pb2.Field(name="id", type=long, required=True),
-                schema_pb2.Field(name="blob", type=string),
-            ]
-            tables.CreateTable(
-                tpb.CreateTableRequest(
-                    namespace=NS, table=TABLE, schema=schema_pb2.Schema(fields=fields)
-                ),
-                timeout=CALL_TIMEOUT,
-            )
+            _create_blob_table(channel, TABLE)
         schema = pa.schema(
             [pa.field("id", pa.int64(), nullable=False), pa.field("blob", pa.large_string())]
         )
@@ -141,23 +151,7 @@ def wide_server(backend: Any, tmp_path: Path) -> Iterator[ServeProcess]:
     rows, so a page holds at least that many rows whatever their size)."""
     with serve_process(tmp_path / "server", settings_env(backend)) as server:
         with grpc.insecure_channel(server.target) as channel:
-            tables = table_service_pb2_grpc.TableServiceStub(channel)
-            tables.CreateNamespace(tpb.CreateNamespaceRequest(name=NS), timeout=CALL_TIMEOUT)
-            long = schema_pb2.DataType(primitive=schema_pb2.PRIMITIVE_TYPE_LONG)
-            string = schema_pb2.DataType(primitive=schema_pb2.PRIMITIVE_TYPE_STRING)
-            fields = [
-                schema_pb2.Field(name="id", type=long, required=True),
-                schema_pb2.Field(name="blob", type=string),
-            ]
-            tables.CreateTable(
-                tpb.CreateTableRequest(
-                    namespace=NS,
-                    table=WIDE_TABLE,
-                    schema=schema_pb2.Schema(fields=fields),
-                    properties={"write.parquet.page-row-limit": "1"},
-                ),
-                timeout=CALL_TIMEOUT,
-            )
+            _create_blob_table(channel, WIDE_TABLE, {"write.parquet.page-row-limit": "1"})
         schema = pa.schema(
             [pa.field("id", pa.int64(), nullable=False), pa.field("blob", pa.large_string())]
         )
@@ -176,10 +170,18 @@ def test_stalled_streams_of_megabyte_rows_stay_within_the_read_bound(
 ) -> None:
     """Arrow's dataset scanner decoded a whole row group (120 MiB) per open file, so 10 streams
     that read one message and stalled held about 1.4 GB; a batch is now ~2 MiB decoded."""
-    request = tpb.ReadRowsRequest(namespace=NS, table=WIDE_TABLE)
-    before = peak_rss(wide_server.pid)
+    ids = _stall_then_read(wide_server, WIDE_TABLE)
+    assert sorted(ids) == list(range(WIDE_ROWS))
+
+
+def _stall_then_read(server: ServeProcess, table: str) -> list[int]:
+    """``WIDE_STREAMS`` ReadRows of ``table`` that each read one message and hold the call:
+    the server's peak RSS grows less than ``WIDE_RSS_GROWTH_BOUND``, and a fresh read then
+    reads the table to its end. Returns the ids that read found."""
+    request = tpb.ReadRowsRequest(namespace=NS, table=table)
+    before = peak_rss(server.pid)
     with contextlib.ExitStack() as stack:
-        channel = stack.enter_context(grpc.insecure_channel(wide_server.target))
+        channel = stack.enter_context(grpc.insecure_channel(server.target))
         stub = table_service_pb2_grpc.TableServiceStub(channel)
         calls = []
         for _ in range(WIDE_STREAMS):
@@ -189,22 +191,22 @@ def test_stalled_streams_of_megabyte_rows_stay_within_the_read_bound(
         for call in calls:
             assert next(call).WhichOneof("payload") == "arrow_schema"
             assert next(call).WhichOneof("payload") == "arrow_record_batch"
-        growth = settled_peak(wide_server.pid) - before
+        growth = settled_peak(server.pid) - before
         assert growth < WIDE_RSS_GROWTH_BOUND, (
             f"peak RSS grew by {growth // MIB} MiB with {WIDE_STREAMS} stalled streams "
             f"(bound {WIDE_RSS_GROWTH_BOUND // MIB} MiB)"
         )
-        rows = 0
+        ids: list[int] = []
         for response in stub.ReadRows(request, timeout=CALL_TIMEOUT):
             if response.WhichOneof("payload") == "arrow_record_batch":
                 batch = pa.ipc.read_record_batch(
                     pa.py_buffer(response.arrow_record_batch.serialized_record_batch),
                     pa.schema([("id", pa.int64()), ("blob", pa.string())]),
                 )
-                rows += batch.num_rows
-        assert rows == WIDE_ROWS
-    growth = peak_rss(wide_server.pid) - before
+                ids.extend(batch.column(0).to_pylist())
+    growth = peak_rss(server.pid) - before
     assert growth < WIDE_RSS_GROWTH_BOUND, f"peak RSS grew by {growth // MIB} MiB"
+    return ids
 
 
 # -- the same rows written by the service with a table's defaults ------------------------------
@@ -222,20 +224,7 @@ def default_written_server(backend: Any, tmp_path: Path) -> Iterator[ServeProces
     before it sends a row; the service now sizes pages by bytes (``paged_by_bytes``)."""
     with serve_process(tmp_path / "server", settings_env(backend)) as server:
         with grpc.insecure_channel(server.target, options=MESSAGE_OPTIONS) as channel:
-            tables = table_service_pb2_grpc.TableServiceStub(channel)
-            tables.CreateNamespace(tpb.CreateNamespaceRequest(name=NS), timeout=CALL_TIMEOUT)
-            long = schema_pb2.DataType(primitive=schema_pb2.PRIMITIVE_TYPE_LONG)
-            string = schema_pb2.DataType(primitive=schema_pb2.PRIMITIVE_TYPE_STRING)
-            fields = [
-                schema_pb2.Field(name="id", type=long, required=True),
-                schema_pb2.Field(name="blob", type=string),
-            ]
-            tables.CreateTable(
-                tpb.CreateTableRequest(
-                    namespace=NS, table=DEFAULT_TABLE, schema=schema_pb2.Schema(fields=fields)
-                ),
-                timeout=CALL_TIMEOUT,
-            )
+            _create_blob_table(channel, DEFAULT_TABLE)
             ingest = ingest_service_pb2_grpc.IngestServiceStub(channel)
             for w in range(DEFAULT_WRITES):
                 first = w * DEFAULT_ROWS_PER_WRITE
@@ -270,36 +259,8 @@ def test_stalled_streams_of_a_table_written_with_defaults_stay_within_the_read_b
 ) -> None:
     """10 streams that read one message and stalled grew the server by about 1.8 GB: each held
     the 40 MiB page of every file it had open. Pages are now about 1 MiB."""
-    request = tpb.ReadRowsRequest(namespace=NS, table=DEFAULT_TABLE)
-    server = default_written_server
-    before = peak_rss(server.pid)
-    with contextlib.ExitStack() as stack:
-        channel = stack.enter_context(grpc.insecure_channel(server.target))
-        stub = table_service_pb2_grpc.TableServiceStub(channel)
-        calls = []
-        for _ in range(WIDE_STREAMS):
-            call = stub.ReadRows(request, timeout=CALL_TIMEOUT)
-            stack.callback(call.cancel)
-            calls.append(call)
-        for call in calls:
-            assert next(call).WhichOneof("payload") == "arrow_schema"
-            assert next(call).WhichOneof("payload") == "arrow_record_batch"
-        growth = settled_peak(server.pid) - before
-        assert growth < WIDE_RSS_GROWTH_BOUND, (
-            f"peak RSS grew by {growth // MIB} MiB with {WIDE_STREAMS} stalled streams "
-            f"(bound {WIDE_RSS_GROWTH_BOUND // MIB} MiB)"
-        )
-        ids = []
-        for response in stub.ReadRows(request, timeout=CALL_TIMEOUT):
-            if response.WhichOneof("payload") == "arrow_record_batch":
-                batch = pa.ipc.read_record_batch(
-                    pa.py_buffer(response.arrow_record_batch.serialized_record_batch),
-                    pa.schema([("id", pa.int64()), ("blob", pa.string())]),
-                )
-                ids.extend(batch.column(0).to_pylist())
-        assert sorted(ids) == list(range(DEFAULT_WRITES * DEFAULT_ROWS_PER_WRITE))
-    growth = peak_rss(server.pid) - before
-    assert growth < WIDE_RSS_GROWTH_BOUND, f"peak RSS grew by {growth // MIB} MiB"
+    ids = _stall_then_read(default_written_server, DEFAULT_TABLE)
+    assert sorted(ids) == list(range(DEFAULT_WRITES * DEFAULT_ROWS_PER_WRITE))
 
 
 # -- the read-ahead budget itself (no server) --------------------------------------------------

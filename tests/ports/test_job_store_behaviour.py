@@ -21,13 +21,10 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
-import sqlalchemy
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from fixtures import postgres as pg
 from fixtures.job_store import (
     CANCELLED,
     COMPACT,
@@ -58,37 +55,6 @@ IMPLEMENTATIONS = [JobStore]
 
 #: Opens one more store on the test's database (another process); closed after the test.
 OpenStore = Callable[[], JobStorePort]
-
-
-@pytest.fixture(scope="module")
-def postgres_jobs_url(postgres_cluster: pg.PostgresCluster) -> Iterator[str]:
-    """One migrated PostgreSQL database for the module's tests.
-
-    Creating a database per test costs more than all the module's queries; each test
-    empties the jobs table instead (``store_url``).
-    """
-    name = postgres_cluster.create_database()
-    database_url = postgres_cluster.url(name)
-    job_store = JobStore(database_url)
-    job_store.migrate()
-    job_store.close()
-    yield database_url
-    postgres_cluster.drop_database(name)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The URL of a database of each kind without jobs (migrated on PostgreSQL)."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'data' / 'catalog.db'}"
-    database_url: str = request.getfixturevalue("postgres_jobs_url")
-    engine = sqlalchemy.create_engine(database_url)
-    try:
-        with engine.begin() as conn:
-            conn.execute(sqlalchemy.text("TRUNCATE lakehouse_jobs"))
-    finally:
-        engine.dispose()
-    return database_url
 
 
 @pytest.fixture
