@@ -21,7 +21,12 @@ from fixtures.iceberg import direct_catalog
 from lakehouse.adapters.iceberg.compaction import compact_table
 from lakehouse.adapters.iceberg.expiry import expire_snapshots
 
-pytestmark = pytest.mark.faults
+#: Not traced for coverage: line tracing slows the compaction (lakehouse code, traced line by
+#: line) several times more than the appends it races (pyiceberg, not measured), so under
+#: ``make test``'s coverage the race this test sets up was lost every time (60 lost commits in
+#: 2 minutes), while untraced it is won within a few attempts. The same code is measured by
+#: the compaction tests in tests/adapters.
+pytestmark = [pytest.mark.faults, pytest.mark.no_cover]
 
 NAMESPACE, TABLE = "faults", "raced"
 SCHEMA = pa.schema([pa.field("id", pa.int64(), nullable=False)])

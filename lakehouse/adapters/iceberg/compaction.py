@@ -36,13 +36,12 @@ from lakehouse.domain.job_context import JobContext, JobStopped
 from lakehouse.domain.table_jobs import CompactResult
 
 #: How long a compaction keeps committing its rewrite on fresh metadata after lost races
-#: before it gives up (each attempt with pyiceberg's own retries inside), at least
-#: ``REPLACE_COMMIT_ATTEMPTS`` attempts (the most after a validation that could not look at
-#: the history since the rewrite read the table). The data files are written once; only the
-#: commit is redone, so losing races to a steady stream of appends is cheap. Iceberg's own
-#: engines retry commits for up to 30 minutes (``commit.retry.total-timeout-ms``); a fixed 8
-#: attempts lost every race to appends every 20 ms on a slower machine (the fault suite).
-REPLACE_COMMIT_SECONDS = 120.0
+#: before it gives up (each attempt with pyiceberg's own retries inside): a minute, and at
+#: least ``REPLACE_COMMIT_ATTEMPTS`` attempts (the most after a validation that could not look
+#: at the history since the rewrite read the table). The data files are written once; only
+#: the commit is redone, so losing races to a steady stream of appends is cheap. Iceberg's own
+#: engines retry commits by time too (``commit.retry.total-timeout-ms``, 30 minutes).
+REPLACE_COMMIT_SECONDS = 60.0
 REPLACE_COMMIT_ATTEMPTS = 8
 
 logger = logging.getLogger(__name__)
