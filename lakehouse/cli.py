@@ -85,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument(
         "--server-name", help="name to verify the server's certificate against (TLS)"
     )
-    api_key = sub.add_parser("api-key", help="manage API keys (see auth in the README)")
+    api_key = sub.add_parser("api-key", help="manage API keys (see docs/security.md)")
     api_key_sub = api_key.add_subparsers(dest="api_key_command", required=True)
     create = api_key_sub.add_parser(
         "create",
