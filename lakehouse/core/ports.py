@@ -14,6 +14,7 @@ from typing import Protocol, TypeVar
 
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
+from pyiceberg.expressions import BooleanExpression
 from pyiceberg.partitioning import PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table.sorting import SortOrder
@@ -26,6 +27,7 @@ from lakehouse.domain.job_results import JobResult
 from lakehouse.domain.job_specs import JobSpec
 from lakehouse.domain.jobs import Claim, JobRecord
 from lakehouse.domain.objects import ObjectInfo
+from lakehouse.domain.row_changes import DeleteOutcome, RowChange
 from lakehouse.domain.sql_result import SqlOutcome
 from lakehouse.domain.table_jobs import CompactResult, ExpireResult, ImportOutcome, OrphanResult
 from lakehouse.domain.tables import OpenScan, ScanRequest, SnapshotInfo, TableInfo
@@ -121,8 +123,26 @@ class CatalogPort(Protocol):
         max_attempts: int,
         ledger: RequestIdLedger | None = None,
         request_ids: Collection[str] = (),
+        change: RowChange | None = None,
     ) -> AppendOutcome:
-        """Appends what ``plan`` decides on the freshest table state, in one commit."""
+        """Appends what ``plan`` decides on the freshest table state, in one commit.
+
+        With a ``change``, the same snapshot removes the rows it replaces.
+        """
+
+    async def delete_rows(
+        self,
+        namespace: str,
+        name: str,
+        row_filter: BooleanExpression,
+        *,
+        request_id: str,
+        expected_etag: str,
+        request_id_window_ms: int,
+        max_attempts: int,
+        ledger: RequestIdLedger | None = None,
+    ) -> DeleteOutcome:
+        """Deletes the rows ``row_filter`` matches, in one snapshot; a request id deletes once."""
 
     async def writer_position(
         self, namespace: str, name: str, writer_id: str, *, request_id_window_ms: int

@@ -10,6 +10,7 @@ import pyarrow as pa
 from pyiceberg.table import Table as IcebergTable
 
 from lakehouse.domain.errors import Unavailable
+from lakehouse.domain.row_changes import ChangeStats
 
 
 @dataclass(frozen=True)
@@ -86,3 +87,5 @@ class AppendOutcome:
     unrecorded: Unavailable | None = None
     """Why the committed request ids could not be put in the ledger (None: they were, or
     there were none). The commit stands: its summary holds them."""
+    stats: ChangeStats | None = None
+    """What a write in a mode other than APPEND did to the rows already in the table."""

@@ -20,6 +20,7 @@ from lakehouse.core.ingest import Ingest
 from lakehouse.core.ingest_requests import IngestRequests
 from lakehouse.core.job_cancellation import JobCancellation
 from lakehouse.core.reads import Reads
+from lakehouse.core.row_changes import RowChanges
 from lakehouse.core.tables import Tables
 from lakehouse.server import metrics
 from lakehouse.server.auth import AuthInterceptor
@@ -88,6 +89,9 @@ class LakehouseServer:
         self.ingest = Ingest(
             self.catalog, settings.ingest, request_ids=self.job_runtime.request_ids
         )
+        self.row_changes = RowChanges(
+            self.catalog, settings.ingest, request_ids=self.job_runtime.request_ids
+        )
         served = [
             table_service_pb2.DESCRIPTOR.services_by_name["TableService"].full_name,
             ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
@@ -142,7 +146,10 @@ class LakehouseServer:
             ],
         )
         table_servicer = TableServicer(
-            self.tables, self.reads, read_message_bytes=self.settings.read_message_bytes
+            self.tables,
+            self.reads,
+            self.row_changes,
+            read_message_bytes=self.settings.read_message_bytes,
         )
         table_service_pb2_grpc.add_TableServiceServicer_to_server(table_servicer, server)
         ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(

@@ -25,6 +25,7 @@ from lakehouse.domain import job_specs as js
 from lakehouse.domain.changes import TableChange
 from lakehouse.domain.errors import FieldViolation, InvalidArgument
 from lakehouse.domain.jobs import JobRecord
+from lakehouse.domain.row_changes import DeleteOutcome
 from lakehouse.domain.rows.problems import RowProblem
 from lakehouse.domain.tables import SnapshotInfo, TableInfo
 from lakehouse.services.schemas import (
@@ -667,3 +668,16 @@ def job_result_to_proto(result: jr.JobResult | None) -> job_pb2.JobResult:
         if result.snapshot_id is not None:
             i.snapshot_id = result.snapshot_id
     return proto
+
+
+def delete_outcome_to_proto(outcome: DeleteOutcome) -> table_service_pb2.DeleteRowsResponse:
+    """A DeleteRows outcome as its response."""
+    stats = outcome.stats
+    return table_service_pb2.DeleteRowsResponse(
+        rows_deleted=stats.rows_deleted,
+        files_rewritten=stats.files_rewritten,
+        files_removed=stats.files_removed,
+        snapshot_id=outcome.snapshot_id or 0,
+        already_applied=outcome.already_applied,
+        etag=outcome.etag,
+    )

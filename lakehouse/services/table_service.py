@@ -11,6 +11,7 @@ import pyarrow as pa
 
 from lakehouse.core.job_specs import timestamp_to_ms
 from lakehouse.core.reads import Reads, ReadStart
+from lakehouse.core.row_changes import RowChanges
 from lakehouse.core.streams import prefetch
 from lakehouse.core.tables import Tables
 from lakehouse.domain.errors import InvalidArgument
@@ -19,6 +20,7 @@ from lakehouse.services.convert import (
     TableProtoCache,
     arrow_compression_from_proto,
     changes_from_proto,
+    delete_outcome_to_proto,
     is_json_row_format,
     namespace_to_proto,
     read_options_from_proto,
@@ -40,9 +42,12 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class TableServicer(table_service_pb2_grpc.TableServiceServicer):
     """Implements lakehouse.v1.TableService on top of the core ``Tables`` and ``Reads``."""
 
-    def __init__(self, tables: Tables, reads: Reads, *, read_message_bytes: int) -> None:
+    def __init__(
+        self, tables: Tables, reads: Reads, row_changes: RowChanges, *, read_message_bytes: int
+    ) -> None:
         self._tables = tables
         self._reads = reads
+        self._row_changes = row_changes
         self._read_message_bytes = read_message_bytes
         self._table_protos = TableProtoCache()
 
@@ -242,3 +247,16 @@ class TableServicer(table_service_pb2_grpc.TableServiceServicer):
             # Every stream carries at least one message, so "no rows" is told from "broken".
             empty = pb.ReadRowsResponse(json_rows=rows_pb2.JsonRows(), snapshot_id=snapshot_id)
             yield empty.SerializeToString()
+
+    async def DeleteRows(
+        self, request: pb.DeleteRowsRequest, context: Context
+    ) -> pb.DeleteRowsResponse:
+        """Deletes the rows a filter matches, in one snapshot."""
+        outcome = await self._row_changes.delete_rows(
+            request.namespace,
+            request.table,
+            request.row_filter,
+            request_id=request.request_id,
+            expected_etag=request.expected_etag,
+        )
+        return delete_outcome_to_proto(outcome)

@@ -26,21 +26,23 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from lakehouse.v1 import table_pb2 as lakehouse_dot_v1_dot_table__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19lakehouse/v1/ingest.proto\x12\x0clakehouse.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18lakehouse/v1/table.proto\"\xa2\x01\n\x06Writer\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05table\x18\x02 \x01(\t\x12\x11\n\twriter_id\x18\x03 \x01(\t\x12\x13\n\x0bnext_offset\x18\x04 \x01(\x03\x12\x18\n\x10last_snapshot_id\x18\x05 \x01(\x03\x12\x34\n\x10last_commit_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"l\n\x08RowError\x12\x11\n\trow_index\x18\x01 \x01(\x03\x12\x0e\n\x06\x63olumn\x18\x02 \x01(\t\x12,\n\x06reason\x18\x03 \x01(\x0e\x32\x1c.lakehouse.v1.RowErrorReason\x12\x0f\n\x07message\x18\x04 \x01(\t\"\xa6\x01\n\x0bWriteResult\x12\x14\n\x0crows_written\x18\x01 \x01(\x03\x12\x1a\n\x12rows_dead_lettered\x18\x02 \x01(\x03\x12\x13\n\x0bsnapshot_id\x18\x03 \x01(\x03\x12\x17\n\x0f\x61lready_written\x18\x04 \x01(\x08\x12\x37\n\x11\x64\x65\x61\x64_letter_table\x18\x05 \x01(\x0b\x32\x1c.lakehouse.v1.TableReference*y\n\x10InvalidRowPolicy\x12\"\n\x1eINVALID_ROW_POLICY_UNSPECIFIED\x10\x00\x12\x1d\n\x19INVALID_ROW_POLICY_REJECT\x10\x01\x12\"\n\x1eINVALID_ROW_POLICY_DEAD_LETTER\x10\x02*\x9c\x02\n\x0eRowErrorReason\x12 \n\x1cROW_ERROR_REASON_UNSPECIFIED\x10\x00\x12,\n(ROW_ERROR_REASON_MISSING_REQUIRED_COLUMN\x10\x01\x12\"\n\x1eROW_ERROR_REASON_TYPE_MISMATCH\x10\x02\x12#\n\x1fROW_ERROR_REASON_UNKNOWN_COLUMN\x10\x03\x12$\n ROW_ERROR_REASON_UNPARSEABLE_ROW\x10\x04\x12\"\n\x1eROW_ERROR_REASON_CORRUPT_ARROW\x10\x05\x12\'\n#ROW_ERROR_REASON_VALUE_OUT_OF_RANGE\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19lakehouse/v1/ingest.proto\x12\x0clakehouse.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18lakehouse/v1/table.proto\"\xa2\x01\n\x06Writer\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05table\x18\x02 \x01(\t\x12\x11\n\twriter_id\x18\x03 \x01(\t\x12\x13\n\x0bnext_offset\x18\x04 \x01(\x03\x12\x18\n\x10last_snapshot_id\x18\x05 \x01(\x03\x12\x34\n\x10last_commit_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"l\n\x08RowError\x12\x11\n\trow_index\x18\x01 \x01(\x03\x12\x0e\n\x06\x63olumn\x18\x02 \x01(\t\x12,\n\x06reason\x18\x03 \x01(\x0e\x32\x1c.lakehouse.v1.RowErrorReason\x12\x0f\n\x07message\x18\x04 \x01(\t\"\x82\x02\n\x0bWriteResult\x12\x14\n\x0crows_written\x18\x01 \x01(\x03\x12\x1a\n\x12rows_dead_lettered\x18\x02 \x01(\x03\x12\x13\n\x0bsnapshot_id\x18\x03 \x01(\x03\x12\x17\n\x0f\x61lready_written\x18\x04 \x01(\x08\x12\x37\n\x11\x64\x65\x61\x64_letter_table\x18\x05 \x01(\x0b\x32\x1c.lakehouse.v1.TableReference\x12\x14\n\x0crows_deleted\x18\x06 \x01(\x03\x12\x14\n\x0crows_updated\x18\x07 \x01(\x03\x12\x17\n\x0f\x66iles_rewritten\x18\x08 \x01(\x03\x12\x15\n\rfiles_removed\x18\t \x01(\x03*y\n\x10InvalidRowPolicy\x12\"\n\x1eINVALID_ROW_POLICY_UNSPECIFIED\x10\x00\x12\x1d\n\x19INVALID_ROW_POLICY_REJECT\x10\x01\x12\"\n\x1eINVALID_ROW_POLICY_DEAD_LETTER\x10\x02*\x94\x01\n\tWriteMode\x12\x1a\n\x16WRITE_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11WRITE_MODE_APPEND\x10\x01\x12\x18\n\x14WRITE_MODE_OVERWRITE\x10\x02\x12#\n\x1fWRITE_MODE_OVERWRITE_PARTITIONS\x10\x03\x12\x15\n\x11WRITE_MODE_UPSERT\x10\x04*\x9c\x02\n\x0eRowErrorReason\x12 \n\x1cROW_ERROR_REASON_UNSPECIFIED\x10\x00\x12,\n(ROW_ERROR_REASON_MISSING_REQUIRED_COLUMN\x10\x01\x12\"\n\x1eROW_ERROR_REASON_TYPE_MISMATCH\x10\x02\x12#\n\x1fROW_ERROR_REASON_UNKNOWN_COLUMN\x10\x03\x12$\n ROW_ERROR_REASON_UNPARSEABLE_ROW\x10\x04\x12\"\n\x1eROW_ERROR_REASON_CORRUPT_ARROW\x10\x05\x12\'\n#ROW_ERROR_REASON_VALUE_OUT_OF_RANGE\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lakehouse.v1.ingest_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_INVALIDROWPOLICY']._serialized_start=546
-  _globals['_INVALIDROWPOLICY']._serialized_end=667
-  _globals['_ROWERRORREASON']._serialized_start=670
-  _globals['_ROWERRORREASON']._serialized_end=954
+  _globals['_INVALIDROWPOLICY']._serialized_start=638
+  _globals['_INVALIDROWPOLICY']._serialized_end=759
+  _globals['_WRITEMODE']._serialized_start=762
+  _globals['_WRITEMODE']._serialized_end=910
+  _globals['_ROWERRORREASON']._serialized_start=913
+  _globals['_ROWERRORREASON']._serialized_end=1197
   _globals['_WRITER']._serialized_start=103
   _globals['_WRITER']._serialized_end=265
   _globals['_ROWERROR']._serialized_start=267
   _globals['_ROWERROR']._serialized_end=375
   _globals['_WRITERESULT']._serialized_start=378
-  _globals['_WRITERESULT']._serialized_end=544
+  _globals['_WRITERESULT']._serialized_end=636
 # @@protoc_insertion_point(module_scope)

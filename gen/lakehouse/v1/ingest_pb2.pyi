@@ -53,6 +53,69 @@ INVALID_ROW_POLICY_DEAD_LETTER: InvalidRowPolicy.ValueType  # 2
 """
 Global___InvalidRowPolicy: _TypeAlias = InvalidRowPolicy  # noqa: Y015
 
+class _WriteMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WriteModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WriteMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WRITE_MODE_UNSPECIFIED: _WriteMode.ValueType  # 0
+    """Not set: APPEND."""
+    WRITE_MODE_APPEND: _WriteMode.ValueType  # 1
+    """The rows are added; nothing already in the table changes."""
+    WRITE_MODE_OVERWRITE: _WriteMode.ValueType  # 2
+    """The rows that match overwrite_filter are replaced by the request's rows, in one snapshot.
+    An empty filter is refused (replacing the whole table is "true" spelled out); rows sent
+    need not match the filter.
+    """
+    WRITE_MODE_OVERWRITE_PARTITIONS: _WriteMode.ValueType  # 3
+    """Every partition that the request's rows fall in (by the table's current partition spec)
+    is replaced by them: rerunning a daily load replaces the day instead of adding it twice.
+    FAILED_PRECONDITION (reason TABLE_NOT_PARTITIONED) on an unpartitioned table.
+    """
+    WRITE_MODE_UPSERT: _WriteMode.ValueType  # 4
+    """Rows whose identifier fields (the table schema's identifier_field_ids) match a row of the
+    table replace it; the others are inserted. FAILED_PRECONDITION (reason
+    NO_IDENTIFIER_FIELDS) on a table without identifier fields. Two optional columns, not part
+    of the table, make the rows a change stream (CDC): "_change_type" (string, "UPSERT" or
+    "DELETE"; absent or null means UPSERT) deletes the row of a key with DELETE, and
+    "_change_sequence_number" (long) orders the changes of one key: within one write the
+    highest wins. Without it, two rows with the same key in one request are INVALID_ARGUMENT.
+    """
+
+class WriteMode(_WriteMode, metaclass=_WriteModeEnumTypeWrapper):
+    """WriteMode says what a write does to the rows already in the table. Every mode commits one
+    Iceberg snapshot per write (per stream for the overwrite modes of AppendRows), so readers
+    see the table before or after it, never between. The modes other than APPEND remove rows,
+    and need the tables.change_rows permission; invalid rows are always rejected in them (a
+    partial overwrite would lose data), whatever the invalid-row policy says.
+    """
+
+WRITE_MODE_UNSPECIFIED: WriteMode.ValueType  # 0
+"""Not set: APPEND."""
+WRITE_MODE_APPEND: WriteMode.ValueType  # 1
+"""The rows are added; nothing already in the table changes."""
+WRITE_MODE_OVERWRITE: WriteMode.ValueType  # 2
+"""The rows that match overwrite_filter are replaced by the request's rows, in one snapshot.
+An empty filter is refused (replacing the whole table is "true" spelled out); rows sent
+need not match the filter.
+"""
+WRITE_MODE_OVERWRITE_PARTITIONS: WriteMode.ValueType  # 3
+"""Every partition that the request's rows fall in (by the table's current partition spec)
+is replaced by them: rerunning a daily load replaces the day instead of adding it twice.
+FAILED_PRECONDITION (reason TABLE_NOT_PARTITIONED) on an unpartitioned table.
+"""
+WRITE_MODE_UPSERT: WriteMode.ValueType  # 4
+"""Rows whose identifier fields (the table schema's identifier_field_ids) match a row of the
+table replace it; the others are inserted. FAILED_PRECONDITION (reason
+NO_IDENTIFIER_FIELDS) on a table without identifier fields. Two optional columns, not part
+of the table, make the rows a change stream (CDC): "_change_type" (string, "UPSERT" or
+"DELETE"; absent or null means UPSERT) deletes the row of a key with DELETE, and
+"_change_sequence_number" (long) orders the changes of one key: within one write the
+highest wins. Without it, two rows with the same key in one request are INVALID_ARGUMENT.
+"""
+Global___WriteMode: _TypeAlias = WriteMode  # noqa: Y015
+
 class _RowErrorReason:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -196,6 +259,10 @@ class WriteResult(_message.Message):
     SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
     ALREADY_WRITTEN_FIELD_NUMBER: _builtins.int
     DEAD_LETTER_TABLE_FIELD_NUMBER: _builtins.int
+    ROWS_DELETED_FIELD_NUMBER: _builtins.int
+    ROWS_UPDATED_FIELD_NUMBER: _builtins.int
+    FILES_REWRITTEN_FIELD_NUMBER: _builtins.int
+    FILES_REMOVED_FIELD_NUMBER: _builtins.int
     rows_written: _builtins.int
     """The number of rows written to the table."""
     rows_dead_lettered: _builtins.int
@@ -209,6 +276,19 @@ class WriteResult(_message.Message):
     """True when the rows had already been committed by an earlier attempt (exactly-once
     retries): nothing was written this time.
     """
+    rows_deleted: _builtins.int
+    """Rows of the table the write removed: those matching the overwrite filter, those of the
+    replaced partitions, or, for UPSERT, the rows deleted by "_change_type" DELETE. Rows
+    replaced by an UPSERT count in rows_updated instead. 0 for APPEND.
+    """
+    rows_updated: _builtins.int
+    """UPSERT only: rows of the table replaced by a row with the same key (counted in
+    rows_written too, as the rows that replaced them).
+    """
+    files_rewritten: _builtins.int
+    """Data files the write rewrote without the removed rows (copy-on-write)."""
+    files_removed: _builtins.int
+    """Data files the write removed whole, every row of them being removed."""
     @_builtins.property
     def dead_letter_table(self) -> _table_pb2.TableReference:
         """The dead-letter table that received the invalid rows; absent when there were none."""
@@ -221,10 +301,14 @@ class WriteResult(_message.Message):
         snapshot_id: _builtins.int = ...,
         already_written: _builtins.bool = ...,
         dead_letter_table: _table_pb2.TableReference | None = ...,
+        rows_deleted: _builtins.int = ...,
+        rows_updated: _builtins.int = ...,
+        files_rewritten: _builtins.int = ...,
+        files_removed: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["dead_letter_table", b"dead_letter_table"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_written", b"already_written", "dead_letter_table", b"dead_letter_table", "rows_dead_lettered", b"rows_dead_lettered", "rows_written", b"rows_written", "snapshot_id", b"snapshot_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_written", b"already_written", "dead_letter_table", b"dead_letter_table", "files_removed", b"files_removed", "files_rewritten", b"files_rewritten", "rows_dead_lettered", b"rows_dead_lettered", "rows_deleted", b"rows_deleted", "rows_updated", b"rows_updated", "rows_written", b"rows_written", "snapshot_id", b"snapshot_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

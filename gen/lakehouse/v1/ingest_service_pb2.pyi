@@ -35,6 +35,8 @@ class AppendRowsRequest(_message.Message):
     ARROW_RECORD_BATCH_FIELD_NUMBER: _builtins.int
     JSON_ROWS_FIELD_NUMBER: _builtins.int
     INVALID_ROW_POLICY_FIELD_NUMBER: _builtins.int
+    WRITE_MODE_FIELD_NUMBER: _builtins.int
+    OVERWRITE_FILTER_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """The namespace of the table. Required in the first request of the stream; later requests
     leave it empty or repeat the same value.
@@ -59,6 +61,18 @@ class AppendRowsRequest(_message.Message):
     """
     invalid_row_policy: _ingest_pb2.InvalidRowPolicy.ValueType
     """What to do with rows that do not match the table schema; unset means the table's default."""
+    write_mode: _ingest_pb2.WriteMode.ValueType
+    """What the stream's writes do to the rows in the table; APPEND when unset. Set in the first
+    request only (later requests leave it unset or repeat it). In OVERWRITE and
+    OVERWRITE_PARTITIONS the whole stream is one write: its requests are held (within the
+    table's write buffer) and committed in one snapshot when the client half-closes, and then
+    every request is answered; a stream that ends with an error or is cancelled changes
+    nothing. In UPSERT each request is committed and answered as in APPEND.
+    """
+    overwrite_filter: _builtins.str
+    """The rows to replace in OVERWRITE mode, in the row_filter syntax of ReadRows; required in
+    that mode, refused in the others. First request only, as write_mode.
+    """
     @_builtins.property
     def arrow_schema(self) -> _rows_pb2.ArrowSchema:
         """The Arrow schema of arrow_record_batch, as sent by the writer. Needed in the first
@@ -87,10 +101,12 @@ class AppendRowsRequest(_message.Message):
         arrow_record_batch: _rows_pb2.ArrowRecordBatch | None = ...,
         json_rows: _rows_pb2.JsonRows | None = ...,
         invalid_row_policy: _ingest_pb2.InvalidRowPolicy.ValueType = ...,
+        write_mode: _ingest_pb2.WriteMode.ValueType = ...,
+        overwrite_filter: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_offset", b"_offset", "arrow_record_batch", b"arrow_record_batch", "arrow_schema", b"arrow_schema", "json_rows", b"json_rows", "offset", b"offset", "rows", b"rows"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_offset", b"_offset", "arrow_record_batch", b"arrow_record_batch", "arrow_schema", b"arrow_schema", "invalid_row_policy", b"invalid_row_policy", "json_rows", b"json_rows", "namespace", b"namespace", "offset", b"offset", "rows", b"rows", "table", b"table", "writer_id", b"writer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_offset", b"_offset", "arrow_record_batch", b"arrow_record_batch", "arrow_schema", b"arrow_schema", "invalid_row_policy", b"invalid_row_policy", "json_rows", b"json_rows", "namespace", b"namespace", "offset", b"offset", "overwrite_filter", b"overwrite_filter", "rows", b"rows", "table", b"table", "write_mode", b"write_mode", "writer_id", b"writer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__offset: _TypeAlias = _typing.Literal["offset"]  # noqa: Y015
     _WhichOneofArgType__offset: _TypeAlias = _typing.Literal["_offset", b"_offset"]  # noqa: Y015
@@ -173,6 +189,8 @@ class WriteRowsRequest(_message.Message):
     ARROW_RECORD_BATCH_FIELD_NUMBER: _builtins.int
     JSON_ROWS_FIELD_NUMBER: _builtins.int
     INVALID_ROW_POLICY_FIELD_NUMBER: _builtins.int
+    WRITE_MODE_FIELD_NUMBER: _builtins.int
+    OVERWRITE_FILTER_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """The namespace of the table."""
     table: _builtins.str
@@ -186,6 +204,12 @@ class WriteRowsRequest(_message.Message):
     """What to do with rows that do not match the table schema; unset means the table's default.
     Rejected requests fail with INVALID_ARGUMENT and google.rpc.BadRequest field violations
     naming each bad row and column.
+    """
+    write_mode: _ingest_pb2.WriteMode.ValueType
+    """What the write does to the rows in the table; APPEND when unset. See WriteMode."""
+    overwrite_filter: _builtins.str
+    """The rows to replace in OVERWRITE mode, in the row_filter syntax of ReadRows; required in
+    that mode, refused in the others.
     """
     @_builtins.property
     def arrow_schema(self) -> _rows_pb2.ArrowSchema:
@@ -213,10 +237,12 @@ class WriteRowsRequest(_message.Message):
         arrow_record_batch: _rows_pb2.ArrowRecordBatch | None = ...,
         json_rows: _rows_pb2.JsonRows | None = ...,
         invalid_row_policy: _ingest_pb2.InvalidRowPolicy.ValueType = ...,
+        write_mode: _ingest_pb2.WriteMode.ValueType = ...,
+        overwrite_filter: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["arrow_record_batch", b"arrow_record_batch", "arrow_schema", b"arrow_schema", "json_rows", b"json_rows", "rows", b"rows"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrow_record_batch", b"arrow_record_batch", "arrow_schema", b"arrow_schema", "invalid_row_policy", b"invalid_row_policy", "json_rows", b"json_rows", "namespace", b"namespace", "request_id", b"request_id", "rows", b"rows", "table", b"table"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrow_record_batch", b"arrow_record_batch", "arrow_schema", b"arrow_schema", "invalid_row_policy", b"invalid_row_policy", "json_rows", b"json_rows", "namespace", b"namespace", "overwrite_filter", b"overwrite_filter", "request_id", b"request_id", "rows", b"rows", "table", b"table", "write_mode", b"write_mode"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_rows: _TypeAlias = _typing.Literal["arrow_record_batch", "json_rows"]  # noqa: Y015
     _WhichOneofArgType_rows: _TypeAlias = _typing.Literal["rows", b"rows"]  # noqa: Y015

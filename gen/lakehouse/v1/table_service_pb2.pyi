@@ -1441,3 +1441,94 @@ class ReadRowsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
 Global___ReadRowsResponse: _TypeAlias = ReadRowsResponse  # noqa: Y015
+
+@_typing.final
+class DeleteRowsRequest(_message.Message):
+    """DeleteRowsRequest is the request of TableService.DeleteRows."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    TABLE_FIELD_NUMBER: _builtins.int
+    ROW_FILTER_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    EXPECTED_ETAG_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """The namespace of the table."""
+    table: _builtins.str
+    """The table name."""
+    row_filter: _builtins.str
+    """The rows to delete, in the row_filter syntax of ReadRows. Required: deleting every row is
+    "true" spelled out. A row for which the filter is NULL (a comparison with a null value) is
+    kept, as in SQL.
+    """
+    request_id: _builtins.str
+    """An optional id that makes retries safe: 1 to 128 printable ASCII characters. A request
+    with the same request_id on the same table, within the retention window of ingest
+    request ids (docs/ingest.md), deletes nothing again and answers already_applied with the
+    first one's row count. A delete that matched no row commits nothing and records nothing.
+    """
+    expected_etag: _builtins.str
+    """The etag from GetTable. If set and the table changed since, the call fails with ABORTED
+    (reason ETAG_MISMATCH) and nothing changes.
+    """
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        table: _builtins.str = ...,
+        row_filter: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        expected_etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_etag", b"expected_etag", "namespace", b"namespace", "request_id", b"request_id", "row_filter", b"row_filter", "table", b"table"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteRowsRequest: _TypeAlias = DeleteRowsRequest  # noqa: Y015
+
+@_typing.final
+class DeleteRowsResponse(_message.Message):
+    """DeleteRowsResponse is the response of TableService.DeleteRows."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_DELETED_FIELD_NUMBER: _builtins.int
+    FILES_REWRITTEN_FIELD_NUMBER: _builtins.int
+    FILES_REMOVED_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    ALREADY_APPLIED_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    rows_deleted: _builtins.int
+    """The number of rows deleted."""
+    files_rewritten: _builtins.int
+    """Data files written again without the deleted rows."""
+    files_removed: _builtins.int
+    """Data files removed whole (all of their rows matched)."""
+    snapshot_id: _builtins.int
+    """The snapshot that committed the delete; 0 when no row matched (nothing was committed)."""
+    already_applied: _builtins.bool
+    """True when an earlier call with the same request_id did the delete: nothing was deleted
+    this time, rows_deleted is that call's and the file counts are 0.
+    """
+    etag: _builtins.str
+    """The table's etag after the delete, for a following conditional change."""
+    def __init__(
+        self,
+        *,
+        rows_deleted: _builtins.int = ...,
+        files_rewritten: _builtins.int = ...,
+        files_removed: _builtins.int = ...,
+        snapshot_id: _builtins.int = ...,
+        already_applied: _builtins.bool = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_applied", b"already_applied", "etag", b"etag", "files_removed", b"files_removed", "files_rewritten", b"files_rewritten", "rows_deleted", b"rows_deleted", "snapshot_id", b"snapshot_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteRowsResponse: _TypeAlias = DeleteRowsResponse  # noqa: Y015

@@ -116,6 +116,11 @@ class TableServiceStub:
                 request_serializer=lakehouse_dot_v1_dot_table__service__pb2.ReadRowsRequest.SerializeToString,
                 response_deserializer=lakehouse_dot_v1_dot_table__service__pb2.ReadRowsResponse.FromString,
                 _registered_method=True)
+        self.DeleteRows = channel.unary_unary(
+                '/lakehouse.v1.TableService/DeleteRows',
+                request_serializer=lakehouse_dot_v1_dot_table__service__pb2.DeleteRowsRequest.SerializeToString,
+                response_deserializer=lakehouse_dot_v1_dot_table__service__pb2.DeleteRowsResponse.FromString,
+                _registered_method=True)
 
 
 class TableServiceServicer:
@@ -237,6 +242,15 @@ class TableServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteRows(self, request, context):
+        """Deletes the rows that match a filter, in one snapshot (copy-on-write: the data files
+        holding matching rows are written again without them, files of only matching rows are
+        removed). With a request_id, a retry deletes once. Needs tables.change_rows.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TableServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -319,6 +333,11 @@ def add_TableServiceServicer_to_server(servicer, server):
                     servicer.ReadRows,
                     request_deserializer=lakehouse_dot_v1_dot_table__service__pb2.ReadRowsRequest.FromString,
                     response_serializer=lakehouse_dot_v1_dot_table__service__pb2.ReadRowsResponse.SerializeToString,
+            ),
+            'DeleteRows': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRows,
+                    request_deserializer=lakehouse_dot_v1_dot_table__service__pb2.DeleteRowsRequest.FromString,
+                    response_serializer=lakehouse_dot_v1_dot_table__service__pb2.DeleteRowsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -755,6 +774,33 @@ class TableService:
             '/lakehouse.v1.TableService/ReadRows',
             lakehouse_dot_v1_dot_table__service__pb2.ReadRowsRequest.SerializeToString,
             lakehouse_dot_v1_dot_table__service__pb2.ReadRowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lakehouse.v1.TableService/DeleteRows',
+            lakehouse_dot_v1_dot_table__service__pb2.DeleteRowsRequest.SerializeToString,
+            lakehouse_dot_v1_dot_table__service__pb2.DeleteRowsResponse.FromString,
             options,
             channel_credentials,
             insecure,

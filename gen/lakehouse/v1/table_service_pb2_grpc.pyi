@@ -71,6 +71,11 @@ class TableServiceStub:
     """Moves a table's current snapshot back to an earlier snapshot. Data files stay."""
     ReadRows: _grpc.UnaryStreamMultiCallable[_table_service_pb2.ReadRowsRequest, _table_service_pb2.ReadRowsResponse]
     """Streams a table's rows, optionally projected, filtered and as of a snapshot or time."""
+    DeleteRows: _grpc.UnaryUnaryMultiCallable[_table_service_pb2.DeleteRowsRequest, _table_service_pb2.DeleteRowsResponse]
+    """Deletes the rows that match a filter, in one snapshot (copy-on-write: the data files
+    holding matching rows are written again without them, files of only matching rows are
+    removed). With a request_id, a retry deletes once. Needs tables.change_rows.
+    """
 
 @_typing.type_check_only
 class TableServiceAsyncStub(TableServiceStub):
@@ -115,6 +120,11 @@ class TableServiceAsyncStub(TableServiceStub):
     """Moves a table's current snapshot back to an earlier snapshot. Data files stay."""
     ReadRows: _aio.UnaryStreamMultiCallable[_table_service_pb2.ReadRowsRequest, _table_service_pb2.ReadRowsResponse]  # type: ignore[assignment]
     """Streams a table's rows, optionally projected, filtered and as of a snapshot or time."""
+    DeleteRows: _aio.UnaryUnaryMultiCallable[_table_service_pb2.DeleteRowsRequest, _table_service_pb2.DeleteRowsResponse]  # type: ignore[assignment]
+    """Deletes the rows that match a filter, in one snapshot (copy-on-write: the data files
+    holding matching rows are written again without them, files of only matching rows are
+    removed). With a request_id, a retry deletes once. Needs tables.change_rows.
+    """
 
 class TableServiceServicer(metaclass=_abc_1.ABCMeta):
     """TableService manages namespaces and Apache Iceberg tables, their schemas and snapshots,
@@ -252,5 +262,16 @@ class TableServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_table_service_pb2.ReadRowsResponse], _abc.AsyncIterator[_table_service_pb2.ReadRowsResponse]]:
         """Streams a table's rows, optionally projected, filtered and as of a snapshot or time."""
+
+    @_abc_1.abstractmethod
+    def DeleteRows(
+        self,
+        request: _table_service_pb2.DeleteRowsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_table_service_pb2.DeleteRowsResponse, _abc.Awaitable[_table_service_pb2.DeleteRowsResponse]]:
+        """Deletes the rows that match a filter, in one snapshot (copy-on-write: the data files
+        holding matching rows are written again without them, files of only matching rows are
+        removed). With a request_id, a retry deletes once. Needs tables.change_rows.
+        """
 
 def add_TableServiceServicer_to_server(servicer: TableServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -21,12 +21,14 @@ from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.catalog.sql import IcebergTables, SqlCatalog
 from pyiceberg.exceptions import (
     CommitFailedException,
+    CommitStateUnknownException,
     NamespaceAlreadyExistsError,
     NoSuchNamespaceError,
     NoSuchTableError,
     TableAlreadyExistsError,
 )
 from pyiceberg.exceptions import ValidationError as IcebergValidationError
+from pyiceberg.expressions import BooleanExpression
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.partitioning import PartitionSpec
 from pyiceberg.schema import Schema
@@ -60,6 +62,7 @@ from lakehouse.adapters.iceberg.fast_paths import (
 )
 from lakehouse.adapters.iceberg.ingest import planned_append, read_state, writer_last_commit
 from lakehouse.adapters.iceberg.locations import canonical_location, within_location
+from lakehouse.adapters.iceberg.planned_changes import ChangeCommitter, planned_delete
 from lakehouse.adapters.iceberg.readahead import ReadBudget
 from lakehouse.adapters.iceberg.registration import (
     refuse_files_outside,
@@ -84,6 +87,7 @@ from lakehouse.domain.errors import (
     Unavailable,
 )
 from lakehouse.domain.ingest import AppendOutcome, AppendPlan, IngestState, RequestIdLedger
+from lakehouse.domain.row_changes import DeleteOutcome, RowChange
 from lakehouse.domain.tables import (
     OpenScan,
     ScanRequest,
@@ -685,8 +689,12 @@ class IcebergCatalog:
         max_attempts: int,
         ledger: RequestIdLedger | None = None,
         request_ids: Collection[str] = (),
+        change: RowChange | None = None,
     ) -> AppendOutcome:
         """Appends what ``plan`` decides on the freshest table state, in one commit.
+
+        With a ``change`` (a write mode other than APPEND), the commit also removes the rows
+        the change replaces, in the same snapshot.
 
         ``plan`` runs in a worker thread, once per attempt: after a conflicting commit it is
         called again on fresh metadata, so offsets are always checked against what is
@@ -702,6 +710,7 @@ class IcebergCatalog:
         """
 
         def work(c: Catalog) -> AppendOutcome:
+            committer = ChangeCommitter(change) if change is not None else None
             try:
                 outcome = planned_append(
                     lambda: self._table(c, namespace, name),
@@ -710,16 +719,64 @@ class IcebergCatalog:
                     max_attempts=max_attempts,
                     ledger=ledger,
                     request_ids=request_ids,
+                    change=committer.commit if committer is not None else None,
                 )
                 if outcome.table is not None:  # the next plan starts from the cache
                     self._remember(namespace, name, outcome.table)
+                if committer is not None:
+                    committer.discard(self._table(c, namespace, name))
                 return outcome
+            except CommitStateUnknownException:
+                raise  # the files written may be live: leave them
             except ValueError as exc:  # pyiceberg's schema compatibility check
+                if committer is not None:
+                    committer.discard(self._table(c, namespace, name))
                 raise FailedPrecondition(
                     f"rows no longer match the schema of {namespace}.{name} (it changed "
                     f"meanwhile?): {brief(exc)}",
                     reason="SCHEMA_CHANGED",
                 ) from exc
+            except BaseException:
+                if committer is not None:
+                    committer.discard(self._table(c, namespace, name))
+                raise
+
+        return await self._call(work, namespace, name)
+
+    async def delete_rows(
+        self,
+        namespace: str,
+        name: str,
+        row_filter: BooleanExpression,
+        *,
+        request_id: str,
+        expected_etag: str,
+        request_id_window_ms: int,
+        max_attempts: int,
+        ledger: RequestIdLedger | None = None,
+    ) -> DeleteOutcome:
+        """Deletes the rows ``row_filter`` matches, in one snapshot (copy-on-write).
+
+        Raises:
+            NotFound: No such table.
+            Conflict: A stale etag (ETAG_MISMATCH), or every attempt lost its commit race.
+            Unavailable: The catalog, the object store or the request-id ledger failed;
+                nothing was deleted.
+        """
+
+        def work(c: Catalog) -> DeleteOutcome:
+            try:
+                return planned_delete(
+                    lambda: self._table(c, namespace, name),
+                    row_filter,
+                    request_id=request_id,
+                    expected_etag=expected_etag,
+                    ledger=ledger,
+                    request_id_window_ms=request_id_window_ms,
+                    max_attempts=max_attempts,
+                )
+            finally:
+                self._forget(namespace, name)
 
         return await self._call(work, namespace, name)
 

@@ -47,6 +47,7 @@ from lakehouse.domain.ingest import (
     RecordedRequest,
     RequestIdLedger,
 )
+from lakehouse.domain.row_changes import ChangeStats
 
 WRITERS_KEY = "lakehouse.writers"
 COMMIT_WRITERS_KEY = "lakehouse.commit-writers"
@@ -237,6 +238,14 @@ def _without_commit_retries(table: IcebergTable, data: pa.Table) -> IcebergTable
     )
 
 
+#: Commits an ingest plan's rows in a write mode other than APPEND on exactly the table given:
+#: (table, rows, snapshot summary properties) -> (table as committed, snapshot id or None when
+#: nothing changed, what it did). Raises ``CommitFailedException`` when the table moved on.
+ChangeCommit = Callable[
+    [IcebergTable, pa.Table, dict[str, str]], tuple[IcebergTable, int | None, ChangeStats]
+]
+
+
 def planned_append(
     load: Callable[[], IcebergTable],
     plan: Callable[[IngestState], AppendPlan],
@@ -246,6 +255,7 @@ def planned_append(
     backoff_ms: tuple[int, int] = (20, 2000),
     ledger: RequestIdLedger | None = None,
     request_ids: Collection[str] = (),
+    change: ChangeCommit | None = None,
 ) -> AppendOutcome:
     """Plans on the freshest state and appends, re-planning after every conflict.
 
@@ -257,6 +267,8 @@ def planned_append(
         backoff_ms: The first and the longest wait between attempts.
         ledger: The request-id ledger; None remembers ids only in snapshot summaries.
         request_ids: The ids of the requests being planned (looked up in the ledger).
+        change: Commits the plan's rows in a write mode other than APPEND (removing rows
+            too), on exactly the table given; None appends them.
 
     Raises:
         CommitFailedException: Still conflicting after ``max_attempts``.
@@ -271,18 +283,28 @@ def planned_append(
                 table, state, request_ids, ledger, request_id_window_ms=request_id_window_ms
             )
         decided = plan(state)
-        if decided.data is None or decided.data.num_rows == 0:
+        nothing = decided.data is None or (decided.data.num_rows == 0 and change is None)
+        if nothing:
             return AppendOutcome(decided, state.snapshot_id, attempt, conflicts)
+        assert decided.data is not None
         properties = {
             WRITERS_KEY: json.dumps(decided.writers, separators=(",", ":"), sort_keys=True),
             COMMIT_WRITERS_KEY: json.dumps(sorted(decided.commit_writers)),
         }
         if decided.request_ids:
             properties[REQUEST_IDS_KEY] = json.dumps(decided.request_ids, separators=(",", ":"))
-        transaction = _without_commit_retries(table, decided.data).transaction()
-        transaction.append(decided.data, snapshot_properties=properties)
+        stats = None
         try:
-            committed = transaction.commit_transaction()
+            if change is not None:
+                committed, changed_id, stats = change(table, decided.data, properties)
+                if changed_id is None:  # nothing matched and no row to add
+                    return AppendOutcome(
+                        decided, state.snapshot_id, attempt, conflicts, stats=stats
+                    )
+            else:
+                transaction = _without_commit_retries(table, decided.data).transaction()
+                transaction.append(decided.data, snapshot_properties=properties)
+                committed = transaction.commit_transaction()
         except CommitFailedException:
             conflicts += 1
             if attempt == max_attempts:
@@ -294,7 +316,7 @@ def planned_append(
         snapshot = committed.current_snapshot()
         unrecorded = None
         if ledger is not None and decided.request_ids and snapshot is not None:
-            unrecorded = _record(ledger, committed, snapshot, decided.request_ids)
+            unrecorded = record_request_ids(ledger, committed, decided.request_ids)
         return AppendOutcome(
             decided,
             snapshot.snapshot_id if snapshot else None,
@@ -302,14 +324,22 @@ def planned_append(
             conflicts,
             committed,
             unrecorded,
+            stats,
         )
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _record(
-    ledger: RequestIdLedger, table: IcebergTable, snapshot: Snapshot, request_ids: dict[str, int]
+def record_request_ids(
+    ledger: RequestIdLedger, table: IcebergTable, request_ids: dict[str, int]
 ) -> Unavailable | None:
-    """Puts a commit's request ids in the ledger; the failure, if any, for the caller to log."""
+    """Puts the request ids of ``table``'s current snapshot in the ledger.
+
+    Returns:
+        The failure, if any, for the caller to log (the ids are in the commit's summary).
+    """
+    snapshot = table.current_snapshot()
+    if snapshot is None:
+        return None
     records = [
         RecordedRequest(rid, rows, snapshot.snapshot_id, snapshot.timestamp_ms)
         for rid, rows in request_ids.items()

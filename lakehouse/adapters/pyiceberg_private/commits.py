@@ -63,6 +63,9 @@ class ReplaceFiles(_OverwriteFiles):
     overwrite and delete, so the summary is built as an overwrite and relabelled. Readers
     and engines treat ``replace`` as "same data, new files" (incremental reads skip it).
 
+    Row-level changes commit through it too, labelled ``overwrite`` or ``delete`` (``label``),
+    for its manifest cache and its handling of unpartitioned specs.
+
     Manifests are immutable, so their entries are read once per compaction (``entries``,
     shared by the producers of every commit attempt): a retry after a lost commit race then
     reads only the manifests committed since, instead of every manifest of the table, which
@@ -70,10 +73,15 @@ class ReplaceFiles(_OverwriteFiles):
     """
 
     def __init__(
-        self, *args: Any, entries: dict[str, list[ManifestEntry]] | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        entries: dict[str, list[ManifestEntry]] | None = None,
+        label: Operation = Operation.REPLACE,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._entries: dict[str, list[ManifestEntry]] = {} if entries is None else entries
+        self._label = label
 
     def _live_entries(self, manifest: ManifestFile) -> list[ManifestEntry]:
         entries = self._entries.get(manifest.manifest_path)
@@ -149,7 +157,7 @@ class ReplaceFiles(_OverwriteFiles):
 
     def _summary(self, snapshot_properties: dict[str, str] = EMPTY_DICT) -> Summary:
         summary = super()._summary(snapshot_properties)
-        return Summary(Operation.REPLACE, **summary.additional_properties)
+        return Summary(self._label, **summary.additional_properties)
 
     def _build_delete_files_partition_predicate(self) -> None:
         super()._build_delete_files_partition_predicate()

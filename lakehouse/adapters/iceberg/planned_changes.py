@@ -1,0 +1,239 @@
+"""Row changes planned on fresh metadata and committed exactly once: DeleteRows, write modes.
+
+Both loops plan on the table as it is, commit on that exact state (pyiceberg's own retries
+off), and plan again after a lost race, reusing the files already rewritten. A delete carries
+the writers' offsets forward (as compaction does) and records its request id in the snapshot
+summary and the request-id ledger, as ingest does, so a retried delete deletes once.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyiceberg.exceptions import CommitFailedException, CommitStateUnknownException
+from pyiceberg.expressions import BooleanExpression
+from pyiceberg.manifest import DataFile
+from pyiceberg.table import Table
+
+from lakehouse.adapters.iceberg.ingest import (
+    REQUEST_IDS_KEY,
+    carried_writers,
+    read_state,
+    recall_request_ids,
+    record_request_ids,
+)
+from lakehouse.adapters.iceberg.row_changes import (
+    FileRewrite,
+    RewriteCache,
+    change_stats,
+    commit_change,
+    rewrite_matching,
+    write_rows,
+)
+from lakehouse.adapters.iceberg.row_matchers import filter_matcher, key_matcher, partition_matcher
+from lakehouse.domain.errors import Conflict, FailedPrecondition, Unavailable
+from lakehouse.domain.ingest import RequestIdLedger
+from lakehouse.domain.row_changes import (
+    CHANGE_COLUMNS,
+    CHANGE_TYPE_COLUMN,
+    DELETE,
+    ChangeStats,
+    DeleteOutcome,
+    RowChange,
+    WriteMode,
+)
+
+OPERATION_KEY = "lakehouse.operation"
+
+
+def planned_delete(
+    load: Callable[[], Table],
+    row_filter: BooleanExpression,
+    *,
+    request_id: str,
+    expected_etag: str,
+    ledger: RequestIdLedger | None,
+    request_id_window_ms: int,
+    max_attempts: int,
+    backoff_ms: tuple[int, int] = (20, 2000),
+) -> DeleteOutcome:
+    """Deletes the rows ``row_filter`` matches in one snapshot; see the module docstring.
+
+    Raises:
+        Conflict: A stale etag (ETAG_MISMATCH), or every attempt lost its race.
+        Unavailable: The request-id ledger could not tell whether ``request_id`` was done.
+    """
+    cache = RewriteCache()
+    committed: list[DataFile] = []
+    table = load()
+    try:
+        for attempt in range(1, max_attempts + 1):
+            if attempt > 1:
+                table = load()
+            check_etag(table, expected_etag)
+            if request_id:
+                done = _recorded(table, request_id, ledger, request_id_window_ms)
+                if done is not None:
+                    return DeleteOutcome(
+                        ChangeStats(rows_deleted=done), None, True, table.metadata_location
+                    )
+            rewrites = rewrite_matching(table, filter_matcher(table, row_filter), cache)
+            if not rewrites:
+                return DeleteOutcome(ChangeStats(), None, False, table.metadata_location)
+            stats = change_stats(rewrites, [])
+            properties = {OPERATION_KEY: "delete", **carried_writers(table)}
+            if request_id:
+                properties[REQUEST_IDS_KEY] = json.dumps({request_id: stats.rows_deleted})
+            try:
+                after, snapshot_id = commit_change(table, rewrites, [], properties)
+            except CommitFailedException:
+                if expected_etag:
+                    raise _etag_mismatch(table) from None
+                _pause(attempt, backoff_ms)
+                continue
+            committed = [f for r in rewrites for f in r.written]
+            if request_id and ledger is not None:
+                record_request_ids(ledger, after, {request_id: stats.rows_deleted})
+            return DeleteOutcome(stats, snapshot_id, False, after.metadata_location or "")
+        raise Conflict(
+            f"the delete on {'.'.join(table.name())} lost {max_attempts} commit races to "
+            "concurrent commits; retry",
+            reason="COMMIT_CONFLICT",
+        )
+    except CommitStateUnknownException:
+        raise  # the rewritten files may be live: leave them
+    finally:
+        cache.discard_uncommitted(table, committed)
+
+
+def _recorded(
+    table: Table, request_id: str, ledger: RequestIdLedger | None, window_ms: int
+) -> int | None:
+    state = read_state(table, request_id_window_ms=window_ms)
+    if ledger is not None:
+        state = recall_request_ids(
+            table, state, [request_id], ledger, request_id_window_ms=window_ms
+        )
+    if request_id in state.unverified:
+        raise Unavailable(
+            f"cannot tell whether request {request_id} was applied already: the request-id "
+            "store is unavailable; retry later",
+            reason="REQUEST_ID_STORE_UNAVAILABLE",
+            metadata={"request_id": request_id},
+        )
+    return state.request_ids.get(request_id)
+
+
+class ChangeCommitter:
+    """Commits the rows an ingest plan decided in a mode other than APPEND.
+
+    Kept across the commit attempts of one group: the new rows' files and the rewrites of
+    files still live are reused while the plan's rows stay the same.
+    """
+
+    def __init__(self, change: RowChange) -> None:
+        self.change = change
+        self.cache = RewriteCache()
+        self._data: pa.Table | None = None
+        self._added: list[DataFile] = []
+        self.committed: list[DataFile] = []
+
+    def commit(
+        self, table: Table, data: pa.Table, properties: dict[str, str]
+    ) -> tuple[Table, int | None, ChangeStats]:
+        """Removes what the change removes, adds ``data``'s rows, in one snapshot.
+
+        Returns:
+            The table as committed (``table`` when nothing changed), the snapshot id, what
+            it did.
+
+        Raises:
+            CommitFailedException: ``table`` is no longer current; plan again.
+            FailedPrecondition: The mode does not fit the table.
+        """
+        if self._data is None or not self._data.equals(data):
+            # Other rows than the last attempt's: another matcher, nothing to reuse.
+            self.cache.files.clear()
+            self._data = data
+            self._added = []
+        rows = data.drop_columns([c for c in CHANGE_COLUMNS if c in data.column_names])
+        inserted = rows
+        if self.change.mode is WriteMode.UPSERT and CHANGE_TYPE_COLUMN in data.column_names:
+            upserts = pc.fill_null(pc.not_equal(data[CHANGE_TYPE_COLUMN], DELETE), True)
+            inserted = rows.filter(upserts)
+        if not self._added:
+            self._added = write_rows(table, inserted, self.cache)
+        rewrites = self._rewrites(table, data, rows)
+        stats = change_stats(rewrites, self._added)
+        if not rewrites and not self._added:
+            return table, None, stats
+        properties = {OPERATION_KEY: self.change.mode.name.lower(), **properties}
+        after, snapshot_id = commit_change(table, rewrites, self._added, properties)
+        self.committed = [f for r in rewrites for f in r.written] + self._added
+        return after, snapshot_id, stats
+
+    def _rewrites(self, table: Table, data: pa.Table, rows: pa.Table) -> list[FileRewrite]:
+        mode = self.change.mode
+        if mode is WriteMode.OVERWRITE:
+            assert self.change.overwrite_filter is not None
+            matcher = filter_matcher(table, self.change.overwrite_filter)
+        elif mode is WriteMode.OVERWRITE_PARTITIONS:
+            if rows.num_rows == 0:
+                return []
+            matcher = partition_matcher(table, rows, self._added)
+        elif mode is WriteMode.UPSERT:
+            keys = identifier_columns(table)
+            if CHANGE_TYPE_COLUMN in data.column_names:
+                replacing = pc.fill_null(pc.not_equal(data[CHANGE_TYPE_COLUMN], DELETE), True)
+            else:
+                replacing = pa.array([True] * data.num_rows)
+            matcher = key_matcher(table, keys, rows, replacing)
+        else:  # pragma: no cover - APPEND never comes here
+            raise AssertionError(mode)
+        return rewrite_matching(table, matcher, self.cache)
+
+    def discard(self, table: Table) -> None:
+        """Deletes the files written that the commit did not take."""
+        self.cache.discard_uncommitted(table, self.committed)
+
+
+def identifier_columns(table: Table) -> tuple[str, ...]:
+    """The table's identifier columns (full names), in field-id order.
+
+    Raises:
+        FailedPrecondition: It has none (NO_IDENTIFIER_FIELDS).
+    """
+    schema = table.schema()
+    names = tuple(schema.find_column_name(i) or "" for i in sorted(schema.identifier_field_ids))
+    if not names:
+        raise FailedPrecondition(
+            f"table {'.'.join(table.name())} has no identifier fields: UPSERT matches rows "
+            "by them; set them with UpdateTable",
+            reason="NO_IDENTIFIER_FIELDS",
+        )
+    return names
+
+
+def check_etag(table: Table, expected_etag: str) -> None:
+    """Raises ``Conflict`` (ETAG_MISMATCH) when ``expected_etag`` is set and stale."""
+    if expected_etag and table.metadata_location != expected_etag:
+        raise _etag_mismatch(table)
+
+
+def _etag_mismatch(table: Table) -> Conflict:
+    return Conflict(
+        f"table {'.'.join(table.name())} changed since the etag sent; get it again",
+        reason="ETAG_MISMATCH",
+        metadata={"current_etag": table.metadata_location or ""},
+    )
+
+
+def _pause(attempt: int, backoff_ms: tuple[int, int]) -> None:
+    low, high = backoff_ms
+    wait = min(high, low * 2 ** (attempt - 1))
+    time.sleep(random.uniform(wait / 2, wait) / 1000)
