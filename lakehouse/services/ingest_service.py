@@ -39,6 +39,10 @@ class _StagedPart:
     last: bool
 
 
+#: How long an overwrite stream waits after its last request before committing, for a
+#: cancellation of the call to arrive (it follows the end of the requests at once).
+CANCEL_SETTLE_SECONDS = 0.1
+
 # Requests of one stream decoded and queued ahead of their acknowledgement.
 STREAM_PIPELINE_DEPTH = 64
 
@@ -120,6 +124,10 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                 index += 1
             if stream.staged:
                 # An overwrite stream: all its requests are one write, answered in order.
+                # gRPC Python ends the requests of a cancelled call as if the client had
+                # half-closed, and cancels the handler a moment later: wait that moment, so
+                # that a cancelled overwrite writes nothing.
+                await asyncio.sleep(CANCEL_SETTLE_SECONDS)
                 for item in await self._commit_staged(stream):
                     await pending.put(item)
             await pending.put(done)
