@@ -8,6 +8,23 @@ INGEST_ROWS = Counter("lakehouse_ingest_rows_total", "Rows committed by IngestSe
 INGEST_BYTES = Counter(
     "lakehouse_ingest_bytes_total", "Bytes (Arrow, as received) accepted by IngestService."
 )
+ROW_CHANGES = Counter(
+    "lakehouse_row_changes_total",
+    "Committed row changes by kind: delete (DeleteRows), overwrite, overwrite_partitions, "
+    "upsert (write modes).",
+    ("kind",),
+)
+ROW_CHANGE_ROWS = Counter(
+    "lakehouse_row_change_rows_total",
+    "Rows already in tables that row changes removed, by how: deleted or updated.",
+    ("how",),
+)
+ROW_CHANGE_FILES = Counter(
+    "lakehouse_row_change_files_total",
+    "Data files row changes took out of tables, by how: rewritten (without the removed rows) "
+    "or removed (whole).",
+    ("how",),
+)
 INGEST_COMMITS = Counter(
     "lakehouse_ingest_commits_total", "Group commits by outcome.", ("outcome",)
 )

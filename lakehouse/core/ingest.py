@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from lakehouse import metrics
 from lakehouse.config import IngestSettings
+from lakehouse.core.change_metrics import count_change
 from lakehouse.core.ports import CatalogPort
 from lakehouse.core.survival import EscapedError, own_cancellation
 from lakehouse.deadlines import without_deadline
@@ -407,15 +408,15 @@ class _TableCommitter:
                 if not unit.future.done():
                     unit.future.set_exception(failure)
             return
-        wrote = outcome.snapshot_id is not None and (
-            outcome.stats is not None
-            or (outcome.plan.data is not None and outcome.plan.data.num_rows > 0)
-        )
+        wrote = outcome.table is not None  # a commit was made
         if wrote:
             metrics.INGEST_COMMITS.labels("ok").inc()
             metrics.INGEST_COMMIT_SECONDS.observe(time.perf_counter() - started)
             metrics.INGEST_ROWS.inc(outcome.plan.data.num_rows if outcome.plan.data else 0)
         metrics.INGEST_COMMIT_CONFLICTS.inc(outcome.conflicts)
+        change = group[0].change
+        if change is not None and outcome.stats is not None and outcome.table is not None:
+            count_change(change.mode.name.lower(), outcome.stats)
         if outcome.unrecorded is not None:
             # The ids are in the commit's summary; only their life past its expiry is lost.
             metrics.REQUEST_IDS_UNRECORDED.inc(len(outcome.plan.request_ids))

@@ -9,6 +9,7 @@ needs its filter.
 from __future__ import annotations
 
 from lakehouse.config import IngestSettings
+from lakehouse.core.change_metrics import count_change
 from lakehouse.core.ingest import check_request_id
 from lakehouse.core.ports import CatalogPort
 from lakehouse.domain.errors import FailedPrecondition, InvalidArgument
@@ -70,7 +71,7 @@ class RowChanges:
             )
         info = await self._catalog.load_table(namespace, table)
         expression = await parse_row_filter_off_loop(row_filter, info.schema)
-        return await self._catalog.delete_rows(
+        outcome = await self._catalog.delete_rows(
             namespace,
             table,
             expression,
@@ -80,6 +81,9 @@ class RowChanges:
             max_attempts=self._settings.commit_attempts,
             ledger=self._ledger,
         )
+        if outcome.snapshot_id is not None:
+            count_change("delete", outcome.stats)
+        return outcome
 
 
 async def prepare_change(

@@ -19,8 +19,10 @@ import grpc
 import pytest
 import pytest_asyncio
 from google.protobuf import struct_pb2
+from prometheus_client.parser import text_string_to_metric_families
 
 from fixtures.grpc_errors import rpc_error_details
+from fixtures.http import http_get
 from fixtures.iceberg import direct_catalog
 from lakehouse.adapters.iceberg.catalog import catalog_properties
 from lakehouse.v1 import ingest_pb2, ingest_service_pb2_grpc, rows_pb2, schema_pb2
@@ -393,3 +395,37 @@ async def _one_then_wait(rows: list[dict[str, Any]]) -> AsyncIterator[ipb.Append
         namespace="rc", table="events", write_mode=PARTITIONS, json_rows=json_rows(*rows)
     )
     await asyncio.Event().wait()
+
+
+# -- Metrics ----------------------------------------------------------------------------------
+
+
+def _row_change_samples(text: str) -> dict[tuple[str, str], float]:
+    found: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("lakehouse_row_change") and sample.name.endswith("_total"):
+                label = next(iter(sample.labels.values()), "")
+                found[(sample.name, label)] = sample.value
+    return found
+
+
+async def test_row_changes_are_counted_in_the_metrics(
+    ingest: Any, backend: Any, http_url: str
+) -> None:
+    await write(ingest, "users", *({"id": i, "name": "a"} for i in range(4)))
+    before = _row_change_samples((await http_get(f"{http_url}/metrics")).text)
+
+    await write(
+        ingest, "users", {"id": 1, "name": "b"}, {"id": 9, "name": "new"}, write_mode=UPSERT
+    )
+    await write(ingest, "users", write_mode=UPSERT)  # nothing: not counted
+    after = _row_change_samples((await http_get(f"{http_url}/metrics")).text)
+
+    def delta(name: str, label: str) -> float:
+        return after.get((name, label), 0.0) - before.get((name, label), 0.0)
+
+    assert delta("lakehouse_row_changes_total", "upsert") == 1
+    assert delta("lakehouse_row_change_rows_total", "updated") == 1
+    assert delta("lakehouse_row_change_rows_total", "deleted") == 0
+    assert delta("lakehouse_row_change_files_total", "rewritten") == 1

@@ -163,6 +163,8 @@ class ChangeCommitter:
             self._data = data
             self._added = []
         rows = data.drop_columns([c for c in CHANGE_COLUMNS if c in data.column_names])
+        if rows.num_rows == 0 and self.change.mode is not WriteMode.OVERWRITE:
+            return table, None, ChangeStats()  # no key, no partition: nothing to replace
         inserted = rows
         if self.change.mode is WriteMode.UPSERT and CHANGE_TYPE_COLUMN in data.column_names:
             upserts = pc.fill_null(pc.not_equal(data[CHANGE_TYPE_COLUMN], DELETE), True)
