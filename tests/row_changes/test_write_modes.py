@@ -429,3 +429,91 @@ async def test_row_changes_are_counted_in_the_metrics(
     assert delta("lakehouse_row_change_rows_total", "updated") == 1
     assert delta("lakehouse_row_change_rows_total", "deleted") == 0
     assert delta("lakehouse_row_change_files_total", "rewritten") == 1
+
+
+# -- Concurrency --------------------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def other_replica(server: Any, backend: Any) -> AsyncIterator[Any]:
+    """The ingest stub of a second server on the same catalog and warehouse (a replica)."""
+    from lakehouse.server.app import LakehouseServer
+
+    replica = LakehouseServer(backend)
+    await replica.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{replica.grpc_port}") as channel:
+            yield ingest_service_pb2_grpc.IngestServiceStub(channel)
+    finally:
+        await asyncio.wait_for(replica.stop(), 30)
+
+
+async def test_upserts_racing_appends_lose_and_resurrect_nothing(
+    ingest: Any, other_replica: Any, backend: Any
+) -> None:
+    """Another replica appends new keys while a change stream keeps rewriting the same files.
+
+    The two replicas' commits race; each commit of the upserts that lost a race is planned
+    again on the table as it is then. At the end every acknowledged append is there exactly
+    once, every key the stream deleted is gone, and every other key has its newest value.
+    """
+    await write(ingest, "users", *({"id": i, "name": "v0"} for i in range(20)))
+    appended: list[int] = []
+    rounds = 6
+
+    async def appender(start: int) -> None:
+        for n in range(rounds * 2):
+            key = start + n
+            await write(other_replica, "users", {"id": key, "name": "appended"})
+            appended.append(key)
+
+    async def changes() -> None:
+        for round_ in range(1, rounds + 1):
+            await write(
+                ingest,
+                "users",
+                *({"id": i, "name": f"v{round_}"} for i in range(0, 20, 2)),
+                *({"id": i, "_change_type": "DELETE"} for i in range(1, 20, 4)),
+                write_mode=UPSERT,
+            )
+
+    await asyncio.wait_for(asyncio.gather(appender(1000), appender(2000), changes()), timeout=120)
+
+    rows = rows_of(backend, "users")
+    ids = [r["id"] for r in rows]
+    assert len(ids) == len(set(ids)), "a key is there twice"
+    got = {r["id"]: r["name"] for r in rows}
+    expected = {i: f"v{rounds}" for i in range(0, 20, 2)}
+    expected |= {i: "v0" for i in range(3, 20, 4)}  # odd keys the stream never deleted
+    expected |= {key: "appended" for key in appended}
+    assert got == expected
+
+
+async def test_a_retried_row_change_with_its_request_id_changes_nothing_again(
+    ingest: Any, backend: Any
+) -> None:
+    await write(ingest, "plain", *({"id": i, "name": "a"} for i in range(4)))
+    first = await write(
+        ingest,
+        "plain",
+        {"id": 10, "name": "b"},
+        write_mode=OVERWRITE,
+        overwrite_filter="name = 'a'",
+        request_id="reload-1",
+    )
+    assert (first.rows_written, first.rows_deleted, first.already_written) == (1, 4, False)
+    # Rows the retry's filter would match arrive in between: the retry must not delete them.
+    await write(ingest, "plain", {"id": 20, "name": "a"})
+
+    again = await write(
+        ingest,
+        "plain",
+        {"id": 10, "name": "b"},
+        write_mode=OVERWRITE,
+        overwrite_filter="name = 'a'",
+        request_id="reload-1",
+    )
+
+    assert again.already_written
+    assert again.rows_deleted == 0
+    assert names(backend, "plain") == {10: "b", 20: "a"}
