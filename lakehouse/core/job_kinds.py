@@ -132,6 +132,10 @@ class JobKinds:
             + r.manifest_lists_deleted
             + r.metadata_files_deleted,
             bytes_deleted=r.bytes_freed,
+            delete_files_deleted=r.delete_files_deleted,
+            manifests_deleted=r.manifests_deleted,
+            manifest_lists_deleted=r.manifest_lists_deleted,
+            metadata_json_files_deleted=r.metadata_files_deleted,
         )
 
     async def _orphans(

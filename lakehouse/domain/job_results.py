@@ -61,6 +61,10 @@ class ExpireSnapshotsResult:
     data_files_deleted: int = 0
     metadata_files_deleted: int = 0
     bytes_deleted: int = 0
+    delete_files_deleted: int = 0
+    manifests_deleted: int = 0
+    manifest_lists_deleted: int = 0
+    metadata_json_files_deleted: int = 0
 
 
 @dataclass(frozen=True)

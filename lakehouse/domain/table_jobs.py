@@ -11,7 +11,7 @@ class ExpireResult:
 
     Attributes:
         snapshots_expired: Snapshot ids removed from the metadata.
-        data_files_deleted: Data and delete files no remaining snapshot references.
+        data_files_deleted: Data files no remaining snapshot has live.
         manifests_deleted: Manifest files no remaining snapshot references.
         manifest_lists_deleted: Manifest lists of the expired snapshots.
         metadata_files_deleted: Old metadata JSON files the commit dropped from the log.
@@ -21,6 +21,8 @@ class ExpireResult:
             ``remove_orphan_files`` takes them later.
         dry_run: True when nothing was committed nor deleted.
         files: The paths deleted (or to delete), at most ``MAX_LISTED_FILES``.
+        delete_files_deleted: Delete files (position or equality deletes) no remaining
+            snapshot has live.
     """
 
     snapshots_expired: tuple[int, ...]
@@ -32,6 +34,7 @@ class ExpireResult:
     delete_failures: int
     dry_run: bool
     files: tuple[str, ...] = field(default=())
+    delete_files_deleted: int = 0
 
 
 @dataclass(frozen=True)

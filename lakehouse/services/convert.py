@@ -615,6 +615,10 @@ def job_result_from_proto(proto: job_pb2.JobResult) -> jr.JobResult | None:
             data_files_deleted=e.data_files_deleted,
             metadata_files_deleted=e.metadata_files_deleted,
             bytes_deleted=e.bytes_deleted,
+            delete_files_deleted=e.delete_files_deleted,
+            manifests_deleted=e.manifests_deleted,
+            manifest_lists_deleted=e.manifest_lists_deleted,
+            metadata_json_files_deleted=e.metadata_json_files_deleted,
         )
     if which == "remove_orphan_files":
         o = proto.remove_orphan_files
@@ -675,6 +679,10 @@ def job_result_to_proto(result: jr.JobResult | None) -> job_pb2.JobResult:
         e.data_files_deleted = result.data_files_deleted
         e.metadata_files_deleted = result.metadata_files_deleted
         e.bytes_deleted = result.bytes_deleted
+        e.delete_files_deleted = result.delete_files_deleted
+        e.manifests_deleted = result.manifests_deleted
+        e.manifest_lists_deleted = result.manifest_lists_deleted
+        e.metadata_json_files_deleted = result.metadata_json_files_deleted
     elif isinstance(result, jr.RemoveOrphanFilesResult):
         o = proto.remove_orphan_files
         o.SetInParent()

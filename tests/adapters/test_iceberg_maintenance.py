@@ -6,108 +6,33 @@ the catalog, and row sets are compared as multisets (order-independent).
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import pyarrow as pa
 import pytest
-from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.expressions import EqualTo
-from pyiceberg.partitioning import PartitionField, PartitionSpec
-from pyiceberg.schema import Schema
-from pyiceberg.table import Table
-from pyiceberg.transforms import IdentityTransform
-from pyiceberg.types import DoubleType, LongType, NestedField, StringType
 
-from fixtures import s3 as s3fixture
-from fixtures.iceberg import direct_catalog
 from fixtures.job_contexts import StopAt
+from fixtures.maintenance import (
+    BIG_TARGET,
+    FAR_FUTURE_MS,
+    NAMESPACE,
+    SCHEMA,
+    batch,
+    create_table,
+    file_lister,
+    live_data_files,
+    maintenance_catalog,
+    row_counts,
+    stored_files,
+)
 from lakehouse.adapters.iceberg.compaction import compact_table
 from lakehouse.adapters.iceberg.expiry import expire_snapshots
 from lakehouse.adapters.iceberg.orphans import referenced_files, remove_orphan_files
 from lakehouse.adapters.iceberg.references import normalize_uri
 from lakehouse.domain.job_context import JobStopped
-
-NAMESPACE = "maint"
-SCHEMA = Schema(
-    NestedField(1, "id", LongType(), required=False),
-    NestedField(2, "cat", StringType(), required=False),
-    NestedField(3, "v", DoubleType(), required=False),
-)
-ARROW_SCHEMA = pa.schema([("id", pa.int64()), ("cat", pa.string()), ("v", pa.float64())])
-BIG_TARGET = 64 * 1024 * 1024
-FAR_FUTURE_MS = int((time.time() + 3600) * 1000)
-
-
-def _catalog(backend: Any) -> Catalog:
-    # The server makes data_dir on start; without a server the SQLite file needs it here.
-    Path(backend.data_dir).mkdir(parents=True, exist_ok=True)
-    catalog = direct_catalog(backend)
-    catalog.create_namespace_if_not_exists(NAMESPACE)
-    return catalog
-
-
-def _create(catalog: Catalog, name: str, *, partitioned: bool = False) -> Table:
-    spec = (
-        PartitionSpec(PartitionField(2, 1000, IdentityTransform(), "cat"))
-        if partitioned
-        else PartitionSpec()
-    )
-    return catalog.create_table((NAMESPACE, name), SCHEMA, partition_spec=spec)
-
-
-def _batch(start: int, n: int, cats: tuple[str, ...] = ("a",)) -> pa.Table:
-    ids = list(range(start, start + n))
-    return pa.table(
-        {"id": ids, "cat": [cats[i % len(cats)] for i in ids], "v": [i * 0.5 for i in ids]},
-        schema=ARROW_SCHEMA,
-    )
-
-
-def _rows(table: Table, snapshot_id: int | None = None) -> Counter[tuple[Any, ...]]:
-    data = table.scan(snapshot_id=snapshot_id).to_arrow()
-    return Counter(tuple(r.values()) for r in data.to_pylist())
-
-
-def _data_files(table: Table) -> list[Any]:
-    return [task.file for task in table.scan().plan_files()]
-
-
-def _lister(backend: Any) -> Any:
-    """list_files for the backend: os.walk on local disk, list_objects_v2 on moto S3."""
-
-    def local(prefix: str) -> Iterator[tuple[str, float]]:
-        root = urlsplit(prefix).path if prefix.startswith("file:") else prefix
-        for folder, _, names in os.walk(root):
-            for name in names:
-                path = os.path.join(folder, name)
-                yield path, os.stat(path).st_mtime
-
-    def s3(prefix: str) -> Iterator[tuple[str, float]]:
-        parts = urlsplit(prefix)
-        client = s3fixture.s3_client(backend.s3.endpoint_url)
-        pages = client.get_paginator("list_objects_v2").paginate(
-            Bucket=parts.netloc, Prefix=parts.path.lstrip("/")
-        )
-        for page in pages:
-            for obj in page.get("Contents", []):
-                # s3a:// on purpose: the module must match it to metadata's s3:// spelling.
-                # Directory markers ("dir/") come through too: the module must skip them.
-                yield f"s3a://{parts.netloc}/{obj['Key']}", obj["LastModified"].timestamp()
-
-    return s3 if backend.s3.endpoint_url and "s3://" in backend.warehouse else local
-
-
-def _stored(backend: Any, table: Table) -> set[str]:
-    listed = _lister(backend)(table.location() + "/")
-    return {normalize_uri(u) for u, _ in listed if not u.endswith("/")}
-
 
 # -- URIs ----------------------------------------------------------------------------------------
 
@@ -124,12 +49,12 @@ def test_normalize_uri_spellings() -> None:
 
 
 def test_compact_merges_small_files_and_keeps_every_row(backend: Any) -> None:
-    catalog = _catalog(backend)
-    table = _create(catalog, "small")
+    catalog = maintenance_catalog(backend)
+    table = create_table(catalog, "small")
     for i in range(20):
-        table.append(_batch(i * 50, 50))
-    before = _rows(table)
-    assert len(_data_files(table)) == 20
+        table.append(batch(i * 50, 50))
+    before = row_counts(table)
+    assert len(live_data_files(table)) == 20
 
     result = compact_table(catalog.load_table((NAMESPACE, "small")), target_file_bytes=BIG_TARGET)
 
@@ -137,8 +62,8 @@ def test_compact_merges_small_files_and_keeps_every_row(backend: Any) -> None:
     assert result.files_rewritten == 20
     assert result.files_added == 1
     assert result.rows_rewritten == 1000
-    assert len(_data_files(fresh)) == 1
-    assert _rows(fresh) == before
+    assert len(live_data_files(fresh)) == 1
+    assert row_counts(fresh) == before
     current = fresh.current_snapshot()
     assert current is not None and current.snapshot_id == result.snapshot_id
     assert current.summary is not None
@@ -151,12 +76,12 @@ def test_compact_merges_small_files_and_keeps_every_row(backend: Any) -> None:
 
 
 def test_compact_partitioned_never_merges_partitions_and_honours_filter(backend: Any) -> None:
-    catalog = _catalog(backend)
-    table = _create(catalog, "parts", partitioned=True)
+    catalog = maintenance_catalog(backend)
+    table = create_table(catalog, "parts", partitioned=True)
     for i in range(6):
-        table.append(_batch(i * 10, 10, cats=("a", "b")))
-    before = _rows(table)
-    assert len(_data_files(table)) == 12
+        table.append(batch(i * 10, 10, cats=("a", "b")))
+    before = row_counts(table)
+    assert len(live_data_files(table)) == 12
 
     only_a = compact_table(
         catalog.load_table((NAMESPACE, "parts")),
@@ -165,71 +90,71 @@ def test_compact_partitioned_never_merges_partitions_and_honours_filter(backend:
     )
     fresh = catalog.load_table((NAMESPACE, "parts"))
     assert (only_a.files_rewritten, only_a.files_added, only_a.groups_rewritten) == (6, 1, 1)
-    cats = Counter(f.partition[0] for f in _data_files(fresh))
+    cats = Counter(f.partition[0] for f in live_data_files(fresh))
     assert cats == {"a": 1, "b": 6}
-    assert _rows(fresh) == before
+    assert row_counts(fresh) == before
 
     rest = compact_table(fresh, target_file_bytes=BIG_TARGET)
     fresh = catalog.load_table((NAMESPACE, "parts"))
     assert (rest.files_rewritten, rest.files_added) == (6, 1)
-    files = _data_files(fresh)
+    files = live_data_files(fresh)
     assert sorted(f.partition[0] for f in files) == ["a", "b"]
     # Each new file holds only its partition's rows.
     for f in files:
         col = fresh.scan(row_filter=EqualTo("cat", f.partition[0])).to_arrow()["cat"]
         assert set(col.to_pylist()) == {f.partition[0]}
-    assert _rows(fresh) == before
+    assert row_counts(fresh) == before
 
 
 def test_compact_respects_min_input_files_and_size_threshold(backend: Any) -> None:
-    catalog = _catalog(backend)
-    table = _create(catalog, "few")
-    table.append(_batch(0, 10))
-    table.append(_batch(10, 10))
+    catalog = maintenance_catalog(backend)
+    table = create_table(catalog, "few")
+    table.append(batch(0, 10))
+    table.append(batch(10, 10))
     assert compact_table(table, target_file_bytes=BIG_TARGET, min_input_files=3).files_added == 0
     # With a tiny target every file counts as big already.
     assert compact_table(table, target_file_bytes=100).files_rewritten == 0
-    assert len(_data_files(catalog.load_table((NAMESPACE, "few")))) == 2
+    assert len(live_data_files(catalog.load_table((NAMESPACE, "few")))) == 2
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_compact_conflict_raises_and_leaves_no_new_files(backend: Any) -> None:
-    catalog = _catalog(backend)
-    table = _create(catalog, "race")
+    catalog = maintenance_catalog(backend)
+    table = create_table(catalog, "race")
     for i in range(4):
-        table.append(_batch(i * 10, 10))
-    before = _rows(table)
+        table.append(batch(i * 10, 10))
+    before = row_counts(table)
     stale = catalog.load_table((NAMESPACE, "race"))
     compact_table(catalog.load_table((NAMESPACE, "race")), target_file_bytes=BIG_TARGET)
-    stored_before = _stored(backend, stale)
+    stored_before = stored_files(backend, stale)
 
     # The stale copy tries to replace files the first compaction already removed.
     with pytest.raises((CommitFailedException, ValidationException)):
         compact_table(stale, target_file_bytes=BIG_TARGET)
 
     fresh = catalog.load_table((NAMESPACE, "race"))
-    assert _rows(fresh) == before
-    assert len(_data_files(fresh)) == 1
+    assert row_counts(fresh) == before
+    assert len(live_data_files(fresh)) == 1
     # Neither its data files nor its manifests stay behind.
-    assert _stored(backend, fresh) - stored_before <= referenced_files(fresh)
-    assert _stored(backend, fresh) <= referenced_files(fresh)
+    assert stored_files(backend, fresh) - stored_before <= referenced_files(fresh)
+    assert stored_files(backend, fresh) <= referenced_files(fresh)
 
 
 def test_compact_then_concurrent_append_still_commits(backend: Any) -> None:
-    catalog = _catalog(backend)
-    table = _create(catalog, "busy")
+    catalog = maintenance_catalog(backend)
+    table = create_table(catalog, "busy")
     for i in range(3):
-        table.append(_batch(i * 10, 10))
+        table.append(batch(i * 10, 10))
     stale = catalog.load_table((NAMESPACE, "busy"))
-    catalog.load_table((NAMESPACE, "busy")).append(_batch(100, 10))
+    catalog.load_table((NAMESPACE, "busy")).append(batch(100, 10))
 
     # A concurrent append does not touch the files being replaced: pyiceberg retries on top.
     result = compact_table(stale, target_file_bytes=BIG_TARGET)
 
     fresh = catalog.load_table((NAMESPACE, "busy"))
     assert result.files_rewritten == 3
-    assert sum(_rows(fresh).values()) == 40
-    assert len(_data_files(fresh)) == 2
+    assert sum(row_counts(fresh).values()) == 40
+    assert len(live_data_files(fresh)) == 2
 
 
 @pytest.mark.parametrize(
@@ -239,12 +164,16 @@ def test_compact_then_concurrent_append_still_commits(backend: Any) -> None:
     ["rewrote 1 of 3", "rewrote 2 of 3"],
 )
 def test_a_stopped_compaction_commits_nothing_and_leaves_no_files(backend: Any, when: str) -> None:
-    catalog = _catalog(backend)
-    table = _create(catalog, "stopped", partitioned=True)
+    catalog = maintenance_catalog(backend)
+    table = create_table(catalog, "stopped", partitioned=True)
     for i in range(4):
-        table.append(_batch(i * 30, 30, cats=("a", "b", "c")))  # 3 partitions: 3 bins
+        table.append(batch(i * 30, 30, cats=("a", "b", "c")))  # 3 partitions: 3 bins
     fresh = catalog.load_table((NAMESPACE, "stopped"))
-    before, location, stored = _rows(fresh), fresh.metadata_location, _stored(backend, fresh)
+    before, location, stored = (
+        row_counts(fresh),
+        fresh.metadata_location,
+        stored_files(backend, fresh),
+    )
     ctx = StopAt(when)
 
     with pytest.raises(JobStopped):
@@ -253,33 +182,33 @@ def test_a_stopped_compaction_commits_nothing_and_leaves_no_files(backend: Any, 
     after = catalog.load_table((NAMESPACE, "stopped"))
     assert ctx.messages[-1].startswith(when)  # it stopped at the next safe point
     assert after.metadata_location == location
-    assert len(_data_files(after)) == 12
-    assert _rows(after) == before
-    assert _stored(backend, after) == stored  # the files of the bins written are gone
+    assert len(live_data_files(after)) == 12
+    assert row_counts(after) == before
+    assert stored_files(backend, after) == stored  # the files of the bins written are gone
 
 
 # -- expire_snapshots ----------------------------------------------------------------------------
 
 
 def test_expire_snapshots_deletes_only_unreferenced_files(backend: Any) -> None:
-    catalog = _catalog(backend)
-    table = _create(catalog, "history")
+    catalog = maintenance_catalog(backend)
+    table = create_table(catalog, "history")
     for i in range(4):
-        table.append(_batch(i * 10, 10))
-    table.overwrite(_batch(1000, 5))  # the first four files now live in old snapshots only
-    table.append(_batch(2000, 5))
-    table.append(_batch(3000, 5))
+        table.append(batch(i * 10, 10))
+    table.overwrite(batch(1000, 5))  # the first four files now live in old snapshots only
+    table.append(batch(2000, 5))
+    table.append(batch(3000, 5))
     table = catalog.load_table((NAMESPACE, "history"))
     current = table.current_snapshot()
     assert current is not None and current.parent_snapshot_id is not None
     retained_parent = current.parent_snapshot_id
-    expected_now = _rows(table)
-    expected_parent = _rows(table, retained_parent)
+    expected_now = row_counts(table)
+    expected_parent = row_counts(table, retained_parent)
     snapshots_before = len(table.metadata.snapshots)
-    stored_before = _stored(backend, table)
+    stored_before = stored_files(backend, table)
 
     preview = expire_snapshots(table, older_than_ms=FAR_FUTURE_MS, retain_last=2, dry_run=True)
-    assert _stored(backend, table) == stored_before
+    assert stored_files(backend, table) == stored_before
     assert len(catalog.load_table((NAMESPACE, "history")).metadata.snapshots) == snapshots_before
 
     result = expire_snapshots(
@@ -297,9 +226,9 @@ def test_expire_snapshots_deletes_only_unreferenced_files(backend: Any) -> None:
         current.snapshot_id,
         retained_parent,
     }
-    assert _rows(fresh) == expected_now
-    assert _rows(fresh, retained_parent) == expected_parent
-    stored_after = _stored(backend, fresh)
+    assert row_counts(fresh) == expected_now
+    assert row_counts(fresh, retained_parent) == expected_parent
+    stored_after = stored_files(backend, fresh)
     assert len(stored_before - stored_after) == (
         result.data_files_deleted + result.manifests_deleted + result.manifest_lists_deleted
     )
@@ -309,10 +238,10 @@ def test_expire_snapshots_deletes_only_unreferenced_files(backend: Any) -> None:
 
 
 def test_expire_by_age_keeps_younger_snapshots(backend: Any) -> None:
-    catalog = _catalog(backend)
-    table = _create(catalog, "aged")
-    table.append(_batch(0, 10))
-    table.append(_batch(10, 10))
+    catalog = maintenance_catalog(backend)
+    table = create_table(catalog, "aged")
+    table.append(batch(0, 10))
+    table.append(batch(10, 10))
     table = catalog.load_table((NAMESPACE, "aged"))
     oldest = min(s.timestamp_ms for s in table.metadata.snapshots)
 
@@ -326,12 +255,12 @@ def test_expire_by_age_keeps_younger_snapshots(backend: Any) -> None:
     )
     assert len(result.snapshots_expired) == 1
     assert result.data_files_deleted == 0 and result.manifest_lists_deleted == 1
-    assert sum(_rows(catalog.load_table((NAMESPACE, "aged"))).values()) == 20
+    assert sum(row_counts(catalog.load_table((NAMESPACE, "aged"))).values()) == 20
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_expire_rejects_retain_last_below_one(backend: Any) -> None:
-    table = _create(_catalog(backend), "bad")
+    table = create_table(maintenance_catalog(backend), "bad")
     with pytest.raises(ValueError, match="retain_last"):
         expire_snapshots(table, older_than_ms=None, retain_last=0)
 
@@ -340,12 +269,12 @@ def test_expire_rejects_retain_last_below_one(backend: Any) -> None:
 
 
 def test_remove_orphan_files_respects_age_and_dry_run(backend: Any) -> None:
-    catalog = _catalog(backend)
-    table = _create(catalog, "orphans", partitioned=True)
-    table.append(_batch(0, 10, cats=("a", "b")))
-    table.append(_batch(10, 10, cats=("a", "b")))
+    catalog = maintenance_catalog(backend)
+    table = create_table(catalog, "orphans", partitioned=True)
+    table.append(batch(0, 10, cats=("a", "b")))
+    table.append(batch(10, 10, cats=("a", "b")))
     table = catalog.load_table((NAMESPACE, "orphans"))
-    expected = _rows(table)
+    expected = row_counts(table)
     strays = [
         f"{table.location()}/data/cat=a/stray-00000.parquet",
         f"{table.location()}/metadata/stray-manifest.avro",
@@ -353,7 +282,7 @@ def test_remove_orphan_files_respects_age_and_dry_run(backend: Any) -> None:
     for path in strays:
         with table.io.new_output(path).create() as out:
             out.write(b"not referenced")
-    lister = _lister(backend)
+    lister = file_lister(backend)
 
     young = remove_orphan_files(
         table, lister, older_than_ms=int(time.time() * 1000) - 3_600_000, dry_run=False
@@ -364,23 +293,23 @@ def test_remove_orphan_files_respects_age_and_dry_run(backend: Any) -> None:
     preview = remove_orphan_files(table, lister, older_than_ms=FAR_FUTURE_MS, dry_run=True)
     assert preview.orphans_found == 2 and preview.orphans_deleted == 0
     assert {normalize_uri(p) for p in preview.files} == {normalize_uri(p) for p in strays}
-    assert {normalize_uri(p) for p in strays} <= _stored(backend, table)
+    assert {normalize_uri(p) for p in strays} <= stored_files(backend, table)
 
     result = remove_orphan_files(table, lister, older_than_ms=FAR_FUTURE_MS, dry_run=False)
     assert (result.orphans_found, result.orphans_deleted, result.delete_failures) == (2, 2, 0)
     fresh = catalog.load_table((NAMESPACE, "orphans"))
-    assert _stored(backend, fresh) == referenced_files(fresh)
-    assert _rows(fresh) == expected
+    assert stored_files(backend, fresh) == referenced_files(fresh)
+    assert row_counts(fresh) == expected
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_expire_deletes_metadata_files_the_commit_drops_from_the_log(backend: Any) -> None:
-    catalog = _catalog(backend)
+    catalog = maintenance_catalog(backend)
     table = catalog.create_table(
         (NAMESPACE, "short_log"), SCHEMA, properties={"write.metadata.previous-versions-max": "1"}
     )
-    table.append(_batch(0, 10))
-    table.append(_batch(10, 10))
+    table.append(batch(0, 10))
+    table.append(batch(10, 10))
     table = catalog.load_table((NAMESPACE, "short_log"))
     dropped = [e.metadata_file for e in table.metadata.metadata_log]
     assert len(dropped) == 1
@@ -388,10 +317,10 @@ def test_expire_deletes_metadata_files_the_commit_drops_from_the_log(backend: An
     result = expire_snapshots(table, older_than_ms=None, retain_last=1)
 
     assert result.metadata_files_deleted == 1
-    assert normalize_uri(dropped[0]) not in _stored(backend, table)
+    assert normalize_uri(dropped[0]) not in stored_files(backend, table)
     fresh = catalog.load_table((NAMESPACE, "short_log"))
-    assert referenced_files(fresh) <= _stored(backend, fresh)
-    assert sum(_rows(fresh).values()) == 20
+    assert referenced_files(fresh) <= stored_files(backend, fresh)
+    assert sum(row_counts(fresh).values()) == 20
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
@@ -401,21 +330,21 @@ def test_expiry_and_compaction_keep_ingest_writer_offsets(backend: Any) -> None:
     # written twice).
     from lakehouse.adapters.iceberg.ingest import WRITERS_KEY, read_state
 
-    table = _create(_catalog(backend), "offsets")
-    table.append(_batch(0, 10), snapshot_properties={WRITERS_KEY: '{"w":[10,1]}'})
+    table = create_table(maintenance_catalog(backend), "offsets")
+    table.append(batch(0, 10), snapshot_properties={WRITERS_KEY: '{"w":[10,1]}'})
     for i in range(1, 4):
-        table.append(_batch(i * 10, 10))  # another writer: no offsets of its own
+        table.append(batch(i * 10, 10))  # another writer: no offsets of its own
     compact_table(table.refresh(), target_file_bytes=1 << 30, min_input_files=2)
-    table.append(_batch(100, 10))
+    table.append(batch(100, 10))
 
     expire_snapshots(table.refresh(), older_than_ms=None, retain_last=1)
 
     table = table.refresh()
     assert read_state(table, request_id_window_ms=3_600_000).writers == {"w": (10, 1)}
-    assert sum(_rows(table).values()) == 50
+    assert sum(row_counts(table).values()) == 50
     # A compaction's own snapshot carries the offsets: the chain to keep is short again.
     compact_table(table, target_file_bytes=1 << 30, min_input_files=2)
-    table.append(_batch(200, 10))
+    table.append(batch(200, 10))
     expire_snapshots(table.refresh(), older_than_ms=None, retain_last=1)
     table = table.refresh()
     assert len(table.metadata.snapshots) == 2

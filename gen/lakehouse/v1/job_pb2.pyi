@@ -583,14 +583,34 @@ class ExpireSnapshotsJobResult(_message.Message):
     DATA_FILES_DELETED_FIELD_NUMBER: _builtins.int
     METADATA_FILES_DELETED_FIELD_NUMBER: _builtins.int
     BYTES_DELETED_FIELD_NUMBER: _builtins.int
+    DELETE_FILES_DELETED_FIELD_NUMBER: _builtins.int
+    MANIFESTS_DELETED_FIELD_NUMBER: _builtins.int
+    MANIFEST_LISTS_DELETED_FIELD_NUMBER: _builtins.int
+    METADATA_JSON_FILES_DELETED_FIELD_NUMBER: _builtins.int
     snapshots_expired: _builtins.int
     """The number of snapshots removed from the table metadata."""
     data_files_deleted: _builtins.int
-    """The number of data and delete files deleted."""
+    """The number of data files deleted: those no remaining snapshot has live (a file that
+    remaining snapshots name only as deleted, such as a compaction's input or a file a row
+    change rewrote, is deleted with the last snapshot that read it). Delete files are counted
+    in delete_files_deleted.
+    """
     metadata_files_deleted: _builtins.int
-    """The number of manifest, manifest list and old metadata files deleted."""
+    """The number of manifest, manifest list and old metadata files deleted (the sum of
+    manifests_deleted, manifest_lists_deleted and metadata_json_files_deleted).
+    """
     bytes_deleted: _builtins.int
-    """The total size of the deleted files in bytes."""
+    """The total size of the deleted data files, delete files and manifests in bytes."""
+    delete_files_deleted: _builtins.int
+    """The number of delete files (position and equality deletes) deleted."""
+    manifests_deleted: _builtins.int
+    """The number of manifest files deleted."""
+    manifest_lists_deleted: _builtins.int
+    """The number of manifest lists deleted (one per expired snapshot, unless shared)."""
+    metadata_json_files_deleted: _builtins.int
+    """The number of table metadata JSON files deleted (those the commit dropped from the
+    metadata log).
+    """
     def __init__(
         self,
         *,
@@ -598,10 +618,14 @@ class ExpireSnapshotsJobResult(_message.Message):
         data_files_deleted: _builtins.int = ...,
         metadata_files_deleted: _builtins.int = ...,
         bytes_deleted: _builtins.int = ...,
+        delete_files_deleted: _builtins.int = ...,
+        manifests_deleted: _builtins.int = ...,
+        manifest_lists_deleted: _builtins.int = ...,
+        metadata_json_files_deleted: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_deleted", b"bytes_deleted", "data_files_deleted", b"data_files_deleted", "metadata_files_deleted", b"metadata_files_deleted", "snapshots_expired", b"snapshots_expired"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_deleted", b"bytes_deleted", "data_files_deleted", b"data_files_deleted", "delete_files_deleted", b"delete_files_deleted", "manifest_lists_deleted", b"manifest_lists_deleted", "manifests_deleted", b"manifests_deleted", "metadata_files_deleted", b"metadata_files_deleted", "metadata_json_files_deleted", b"metadata_json_files_deleted", "snapshots_expired", b"snapshots_expired"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -11,6 +11,7 @@ from lakehouse.adapters.iceberg.ingest import (
     keep_expiring_request_ids,
 )
 from lakehouse.adapters.iceberg.references import (
+    ManifestFacts,
     capped,
     collect_references,
     delete_all,
@@ -109,7 +110,7 @@ def expire_snapshots(
         return ExpireResult((), 0, 0, 0, 0, 0, 0, dry_run)
 
     io = table.io
-    cache: dict[str, list[tuple[str, int]]] = {}
+    cache: dict[str, ManifestFacts] = {}
     before = collect_references(metadata.snapshots, io, cache)
     before_meta = metadata_files(metadata, table.metadata_location)
 
@@ -130,21 +131,31 @@ def expire_snapshots(
         after = collect_references(table.metadata.snapshots, io, cache)
         after_meta = metadata_files(table.metadata, table.metadata_location)
 
+    # A content file stays only if a remaining snapshot has it live: one that the remaining
+    # snapshots name only as deleted (the inputs of a compaction, the files a row change
+    # rewrote) goes with the last snapshot that read it. Files mentioned only as deleted
+    # before are candidates too, so what an older expiry left behind goes now.
     keep_keys = after.all_keys() | set(after_meta)
     gone_lists = [p for k, p in before.manifest_lists.items() if k not in keep_keys]
     gone_manifests = [p for k, p in before.manifests.items() if k not in keep_keys]
-    gone_files = [p for k, p in before.content_files.items() if k not in keep_keys]
+    candidates = {**before.mentioned, **before.content_files}
+    gone_content = {k: p for k, p in candidates.items() if k not in keep_keys}
+    gone_files = [p for k, p in gone_content.items() if k not in before.delete_files]
+    gone_deletes = [p for k, p in gone_content.items() if k in before.delete_files]
     gone_meta = [p for k, p in before_meta.items() if k not in keep_keys]
-    bytes_freed = sum(before.sizes.get(normalize_uri(p), 0) for p in (*gone_files, *gone_manifests))
+    bytes_freed = sum(
+        before.sizes.get(normalize_uri(p), 0) for p in (*gone_content.values(), *gone_manifests)
+    )
     # Data files first, manifest lists last: a crash midway leaves manifests that still
     # name missing files only for snapshots that no longer exist.
-    ordered = [*gone_files, *gone_manifests, *gone_lists, *gone_meta]
+    ordered = [*gone_files, *gone_deletes, *gone_manifests, *gone_lists, *gone_meta]
     failures = 0
     if not dry_run:
         _, failures = delete_all(io, inside_table(table, ordered))
     return ExpireResult(
         snapshots_expired=tuple(to_expire),
         data_files_deleted=len(gone_files),
+        delete_files_deleted=len(gone_deletes),
         manifests_deleted=len(gone_manifests),
         manifest_lists_deleted=len(gone_lists),
         metadata_files_deleted=len(gone_meta),

@@ -19,6 +19,8 @@ from urllib.parse import unquote, urlsplit
 
 from pyiceberg.io import FileIO
 from pyiceberg.manifest import (
+    DataFileContent,
+    ManifestEntryStatus,
     ManifestFile,
 )
 from pyiceberg.table import Table
@@ -43,15 +45,25 @@ DELETE_THREADS = 8
 
 @dataclass
 class References:
-    """The files a set of snapshots references, by kind (normalized URI -> original path)."""
+    """The files a set of snapshots references, by kind (normalized URI -> original path).
+
+    ``content_files`` are the data and delete files live in some snapshot of the set (an
+    ADDED or EXISTING manifest entry): the files those snapshots read. A file named only by
+    DELETED entries (removed by a commit of the set, live only in an older snapshot) is in
+    ``mentioned`` instead: it keeps nothing alive, as in Iceberg's reference
+    implementation, and once the snapshots where it was live are gone it can be deleted.
+    """
 
     manifest_lists: dict[str, str] = field(default_factory=dict)
     manifests: dict[str, str] = field(default_factory=dict)
     content_files: dict[str, str] = field(default_factory=dict)
+    mentioned: dict[str, str] = field(default_factory=dict)
+    delete_files: set[str] = field(default_factory=set)
+    """Keys (of content files or mentioned ones) that are delete files, not data files."""
     sizes: dict[str, int] = field(default_factory=dict)
 
     def all_keys(self) -> set[str]:
-        """Every referenced path: manifest lists, manifests and content files."""
+        """Every path the snapshots need: manifest lists, manifests and live content files."""
         return set(self.manifest_lists) | set(self.manifests) | set(self.content_files)
 
 
@@ -80,16 +92,21 @@ def normalize_uri(uri: str) -> str:
     return f"{scheme}://{parts.netloc}{key}"
 
 
+#: What one manifest says of one content file: path, size, whether it is a delete file, and
+#: whether the entry is live (ADDED or EXISTING) rather than DELETED.
+ManifestFacts = list[tuple[str, int, bool, bool]]
+
+
 def collect_references(
     snapshots: Iterable[Snapshot],
     io: FileIO,
-    manifest_cache: dict[str, list[tuple[str, int]]],
+    manifest_cache: dict[str, ManifestFacts],
 ) -> References:
     """Walks each snapshot's manifest list and manifests; manifests are read once per call site.
 
-    Deleted entries count as references too (``discard_deleted=False``): a manifest that
-    records a file as deleted still names it, and the file goes only when that manifest goes.
-    Any read error propagates: a partial reference set must never drive a delete.
+    A content file is referenced when an entry of one of the snapshots' manifests has it live
+    (ADDED or EXISTING); DELETED entries only mention it (see ``References``). Any read error
+    propagates: a partial reference set must never drive a delete.
     """
     refs = References()
     for snapshot in snapshots:
@@ -101,13 +118,25 @@ def collect_references(
             refs.sizes[key] = manifest.manifest_length
             if key not in manifest_cache:
                 manifest_cache[key] = [
-                    (entry.data_file.file_path, entry.data_file.file_size_in_bytes)
+                    (
+                        entry.data_file.file_path,
+                        entry.data_file.file_size_in_bytes,
+                        entry.data_file.content != DataFileContent.DATA,
+                        entry.status != ManifestEntryStatus.DELETED,
+                    )
                     for entry in manifest.fetch_manifest_entry(io, discard_deleted=False)
                 ]
-            for path, size in manifest_cache[key]:
+            for path, size, is_delete_file, live in manifest_cache[key]:
                 file_key = normalize_uri(path)
-                refs.content_files[file_key] = path
+                if live:
+                    refs.content_files[file_key] = path
+                else:
+                    refs.mentioned[file_key] = path
+                if is_delete_file:
+                    refs.delete_files.add(file_key)
                 refs.sizes[file_key] = size
+    for file_key in refs.content_files:
+        refs.mentioned.pop(file_key, None)
     return refs
 
 
