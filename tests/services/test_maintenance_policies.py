@@ -115,6 +115,42 @@ async def test_small_files_get_compacted_by_policy(backend: Any, scheduled_serve
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_policies_reclaim_a_compactions_inputs_with_no_commit_after_it(
+    backend: Any, scheduled_server: Any
+) -> None:
+    """Compaction then expiry by policy, and nobody writes again: the small files go."""
+    table = _table(
+        backend,
+        "reclaimed",
+        {
+            "lakehouse.compaction.min-input-files": "5",
+            "history.expire.min-snapshots-to-keep": "1",
+            "history.expire.max-snapshot-age-ms": "0",
+        },
+    )
+    for i in range(5):
+        table.append(pa.table({"id": pa.array(range(i * 10, i * 10 + 10), pa.int64())}))
+    location = table.location().removeprefix("file://")
+
+    def parquet_files() -> list[str]:
+        return [
+            os.path.join(folder, name)
+            for folder, _, names in os.walk(location)
+            for name in names
+            if name.endswith(".parquet")
+        ]
+
+    # The compaction is the last commit; its inputs are reclaimed all the same.
+    await _wait_for(lambda: len(parquet_files()) == 1, timeout=60)
+    fresh = table.refresh()
+    assert len(fresh.metadata.snapshots) == 1
+    assert [t.file.file_path.removeprefix("file://") for t in fresh.scan().plan_files()] == (
+        parquet_files()
+    )
+    assert sorted(fresh.scan().to_arrow()["id"].to_pylist()) == list(range(50))
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
 async def test_tables_without_a_policy_are_left_alone(backend: Any, scheduled_server: Any) -> None:
     table = _table(backend, "plain", {})
     for i in range(6):
