@@ -15,7 +15,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from pyiceberg.catalog import Catalog
 from pyiceberg.expressions import EqualTo
 from pyiceberg.table import Table
@@ -188,7 +187,6 @@ def test_after_a_delete_and_an_expiry_no_file_holds_the_deleted_rows(backend: An
     assert sum(1 for r in row_counts(fresh) if r[1] == "b") == 0
 
 
-@pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_concurrent_appends_during_expiry_lose_nothing(backend: Any) -> None:
     catalog = maintenance_catalog(backend)
     table = create_table(catalog, "busy")
