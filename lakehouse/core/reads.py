@@ -30,6 +30,10 @@ class ReadOptions:
     snapshot_id: int | None = None
     as_of_ms: int | None = None
     limit: int = 0
+    start_snapshot_id: int | None = None
+    """An incremental read: what changed after this snapshot."""
+    end_snapshot_id: int | None = None
+    """The last snapshot of an incremental read (default: the current one)."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,21 @@ def _check_columns(schema: Schema, columns: tuple[str, ...]) -> None:
             ) from None
 
 
+def _check_incremental(options: ReadOptions) -> None:
+    """An incremental read names its start, and no other version of the table."""
+    if options.start_snapshot_id is None:
+        if options.end_snapshot_id is not None:
+            raise InvalidArgument.field(
+                "end_snapshot_id", "is the end of an incremental read: set start_snapshot_id too"
+            )
+        return
+    if options.snapshot_id is not None or options.as_of_ms is not None:
+        raise InvalidArgument.field(
+            "start_snapshot_id",
+            "reads the changes between two snapshots: not with snapshot_id or as_of_time",
+        )
+
+
 class Reads:
     """The read use case behind TableService.ReadRows."""
 
@@ -83,6 +102,7 @@ class Reads:
         check_identifier("table", name)
         if options.limit < 0:
             raise InvalidArgument.field("row_limit", f"must not be negative, got {options.limit}")
+        _check_incremental(options)
         info = await self._catalog.load_table(namespace, name)
         _check_columns(info.schema, options.columns)
         expression = await parse_row_filter_off_loop(options.row_filter, info.schema)
@@ -95,6 +115,8 @@ class Reads:
                 snapshot_id=options.snapshot_id,
                 as_of_ms=options.as_of_ms,
                 limit=options.limit or None,
+                start_snapshot_id=options.start_snapshot_id,
+                end_snapshot_id=options.end_snapshot_id,
             ),
         )
         try:

@@ -66,6 +66,10 @@ class ScanRequest:
     snapshot_id: int | None
     as_of_ms: int | None
     limit: int | None
+    start_snapshot_id: int | None = None
+    """An incremental read: only what changed after this snapshot (exclusive)."""
+    end_snapshot_id: int | None = None
+    """The last snapshot of an incremental read (inclusive); None: the current one."""
 
 
 @dataclass

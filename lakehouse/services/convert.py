@@ -419,6 +419,10 @@ def read_options_from_proto(request: table_service_pb2.ReadRowsRequest) -> ReadO
         if version == "as_of_time"
         else None,
         limit=request.row_limit,
+        start_snapshot_id=(
+            request.start_snapshot_id if request.HasField("start_snapshot_id") else None
+        ),
+        end_snapshot_id=request.end_snapshot_id if request.HasField("end_snapshot_id") else None,
     )
 
 

@@ -1344,6 +1344,8 @@ class ReadRowsRequest(_message.Message):
     ROW_LIMIT_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
     ARROW_COMPRESSION_FIELD_NUMBER: _builtins.int
+    START_SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    END_SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """The namespace of the table."""
     table: _builtins.str
@@ -1361,6 +1363,23 @@ class ReadRowsRequest(_message.Message):
     arrow_compression: _rows_pb2.ArrowCompression.ValueType
     """With ARROW, compress the record batches' buffers (as BigQuery's Storage Read API does).
     Worth it when the network, not the CPU, is the limit. Ignored for JSON.
+    """
+    start_snapshot_id: _builtins.int
+    """An incremental read: only what changed after this snapshot (exclusive) up to
+    end_snapshot_id (inclusive). When every snapshot in between only appended (compactions
+    are skipped: they change no row), the rows are those added, in the table's columns. When
+    some overwrote or deleted rows, the rows are changes, as Spark's changelog view defines
+    them: the table's columns plus "_change_type" (INSERT or DELETE), "_change_ordinal" (the
+    position of the change's snapshot in the range, from 0) and "_commit_snapshot_id"; rows a
+    copy-on-write rewrite carried over unchanged cancel out. The filter applies to both kinds
+    of change, the columns to the table's. FAILED_PRECONDITION with reason
+    SNAPSHOT_NOT_IN_LINEAGE when this snapshot is not an ancestor of the end one, and
+    SNAPSHOT_EXPIRED when the table no longer has it: never a silent gap. Not with
+    snapshot_id or as_of_time.
+    """
+    end_snapshot_id: _builtins.int
+    """The last snapshot of an incremental read (inclusive); the current one when absent. Only
+    with start_snapshot_id.
     """
     @_builtins.property
     def columns(self) -> _field_mask_pb2.FieldMask:
@@ -1382,13 +1401,24 @@ class ReadRowsRequest(_message.Message):
         row_limit: _builtins.int = ...,
         format: _rows_pb2.RowFormat.ValueType = ...,
         arrow_compression: _rows_pb2.ArrowCompression.ValueType = ...,
+        start_snapshot_id: _builtins.int | None = ...,
+        end_snapshot_id: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of_time", b"as_of_time", "columns", b"columns", "snapshot_id", b"snapshot_id", "version", b"version"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_end_snapshot_id", b"_end_snapshot_id", "_start_snapshot_id", b"_start_snapshot_id", "as_of_time", b"as_of_time", "columns", b"columns", "end_snapshot_id", b"end_snapshot_id", "snapshot_id", b"snapshot_id", "start_snapshot_id", b"start_snapshot_id", "version", b"version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrow_compression", b"arrow_compression", "as_of_time", b"as_of_time", "columns", b"columns", "format", b"format", "namespace", b"namespace", "row_filter", b"row_filter", "row_limit", b"row_limit", "snapshot_id", b"snapshot_id", "table", b"table", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_end_snapshot_id", b"_end_snapshot_id", "_start_snapshot_id", b"_start_snapshot_id", "arrow_compression", b"arrow_compression", "as_of_time", b"as_of_time", "columns", b"columns", "end_snapshot_id", b"end_snapshot_id", "format", b"format", "namespace", b"namespace", "row_filter", b"row_filter", "row_limit", b"row_limit", "snapshot_id", b"snapshot_id", "start_snapshot_id", b"start_snapshot_id", "table", b"table", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__end_snapshot_id: _TypeAlias = _typing.Literal["end_snapshot_id"]  # noqa: Y015
+    _WhichOneofArgType__end_snapshot_id: _TypeAlias = _typing.Literal["_end_snapshot_id", b"_end_snapshot_id"]  # noqa: Y015
+    _WhichOneofReturnType__start_snapshot_id: _TypeAlias = _typing.Literal["start_snapshot_id"]  # noqa: Y015
+    _WhichOneofArgType__start_snapshot_id: _TypeAlias = _typing.Literal["_start_snapshot_id", b"_start_snapshot_id"]  # noqa: Y015
     _WhichOneofReturnType_version: _TypeAlias = _typing.Literal["snapshot_id", "as_of_time"]  # noqa: Y015
     _WhichOneofArgType_version: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__end_snapshot_id) -> _WhichOneofReturnType__end_snapshot_id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__start_snapshot_id) -> _WhichOneofReturnType__start_snapshot_id | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType_version) -> _WhichOneofReturnType_version | None: ...
 
 Global___ReadRowsRequest: _TypeAlias = ReadRowsRequest  # noqa: Y015

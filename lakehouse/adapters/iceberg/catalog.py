@@ -48,6 +48,12 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from lakehouse.adapters import postgres
 from lakehouse.adapters.iceberg.cache import fill_lazy_caches
+from lakehouse.adapters.iceberg.changes_scan import (
+    changelog_batches,
+    changelog_schema,
+    only_appends,
+    snapshots_between,
+)
 from lakehouse.adapters.iceberg.conversions import (
     INTERNAL_NAMESPACE_PROPERTIES,
     public_namespace_properties,
@@ -810,6 +816,8 @@ class IcebergCatalog:
 
         def work(c: Catalog) -> OpenScan:
             table = self._table(c, namespace, name)
+            if request.start_snapshot_id is not None:
+                return self._open_changes(table, namespace, name, request)
             snapshot_id = request.snapshot_id
             if snapshot_id is not None and table.snapshot_by_id(snapshot_id) is None:
                 raise snapshot_not_found(namespace, name, str(snapshot_id))
@@ -841,6 +849,49 @@ class IcebergCatalog:
             return OpenScan(snapshot_id, reader.schema, reader, namespace, name)
 
         return await self._call(work, namespace, name, retry=True)
+
+    def _open_changes(
+        self, table: IcebergTable, namespace: str, name: str, request: ScanRequest
+    ) -> OpenScan:
+        """An incremental read: the rows appended, or the changes, after a snapshot."""
+        assert request.start_snapshot_id is not None
+        end = request.end_snapshot_id
+        if end is None:
+            end = table.metadata.current_snapshot_id
+        if end is None or table.snapshot_by_id(end) is None:
+            raise snapshot_not_found(namespace, name, str(end))
+        chain = snapshots_between(
+            table.metadata, request.start_snapshot_id, end, f"{namespace}.{name}"
+        )
+        try:
+            schema = table.schema()
+            projected = schema.select(*request.columns) if request.columns else schema
+            if not chain:  # the start is the end: nothing changed
+                return OpenScan(
+                    end, small_offsets(schema_to_pyarrow(projected)), None, namespace, name
+                )
+            if only_appends(chain):
+                scan = table.incremental_append_scan(
+                    from_snapshot_id_exclusive=request.start_snapshot_id,
+                    to_snapshot_id_inclusive=end,
+                    row_filter=request.row_filter,
+                    selected_fields=request.columns or ("*",),
+                    limit=request.limit,
+                )
+                reader = lazy_batch_reader(
+                    table,
+                    scan,
+                    budget=self._read_budget,
+                    stream_bytes=self._settings.read_stream_buffer_bytes,
+                )
+                return OpenScan(end, reader.schema, reader, namespace, name)
+        except ValueError as exc:
+            raise InvalidArgument.field("columns", brief(exc)) from exc
+        changes = changelog_schema(projected)
+        batches = changelog_batches(table, chain, request.row_filter, projected)
+        return OpenScan(
+            end, changes, pa.RecordBatchReader.from_batches(changes, batches), namespace, name
+        )
 
     async def next_batch(self, scan: OpenScan) -> pa.RecordBatch | None:
         """The next record batch of an open scan, or None at its end.

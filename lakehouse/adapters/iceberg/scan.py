@@ -18,7 +18,7 @@ from pyiceberg.io.pyarrow import (
     schema_to_pyarrow,
 )
 from pyiceberg.manifest import FileFormat
-from pyiceberg.table import DataScan, FileScanTask, TableProperties
+from pyiceberg.table import DataScan, FileScanTask, IncrementalAppendScan, TableProperties
 from pyiceberg.table import Table as IcebergTable
 
 from lakehouse.adapters.iceberg.readahead import ReadBudget, read_ahead
@@ -57,7 +57,7 @@ logging.getLogger("pyiceberg.io.pyarrow").addFilter(_DictionaryNotice())
 
 def lazy_batch_reader(
     table: IcebergTable,
-    scan: DataScan,
+    scan: DataScan | IncrementalAppendScan,
     *,
     budget: ReadBudget | None = None,
     stream_bytes: int = 64 * 1024 * 1024,
@@ -230,7 +230,7 @@ def _batch_rows(metadata: pq.FileMetaData, columns: list[str], dictionary: tuple
     return max(1, min(MAX_BATCH_ROWS, int(PIECE_BYTES // per_row)))
 
 
-def _filtered_field_ids(scan: DataScan) -> frozenset[int | str] | None:
+def _filtered_field_ids(scan: DataScan | IncrementalAppendScan) -> frozenset[int | str] | None:
     """The field ids and names the scan's row filter compares (None: unknown, so all).
 
     Arrow's compute functions behind some filters (``starts_with`` for ``LIKE 'a%'``) have no
