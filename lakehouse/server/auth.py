@@ -18,7 +18,9 @@ For each call, in order:
 2. The caller is authenticated (:mod:`lakehouse.server.credentials`); failures are logged at
    INFO with the reason, and the client hears only "missing" or "invalid credentials".
 3. The method's rule (:mod:`lakehouse.server.permissions`) names the permission; the caller's
-   role must hold it.
+   role must hold it, and any further permission the request needs (a write mode that
+   removes rows); a request stream's messages are checked for the latter one by one, as the
+   handler reads them, so a message asking for more than the caller may do is never acted on.
 4. A namespace-limited caller must hold a grant for every namespace the request touches;
    client-streaming requests are checked message by message as the handler reads them; jobs
    named by id are looked up; list responses are filtered. A request that did not parse
@@ -313,9 +315,35 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 f"{principal.role} does not have",
                 permission=check.permission,
             )
+        if rule is not None and not streamed_requests and not undecodable:
+            self._check_further_permission(check, principal, rule, request)
         if principal.namespaces is not None and not streamed_requests and not undecodable:
             await self._check_grants(check, principal, check.target)
         return principal
+
+    @staticmethod
+    def _check_further_permission(
+        check: _Check, principal: Principal, rule: Rule, request: Any
+    ) -> None:
+        """Refuses a request needing a further permission that the caller's role lacks.
+
+        A write in a mode that removes rows needs ``tables.change_rows`` on top of
+        ``ingest.write``; the audit line then names the further permission.
+
+        Raises:
+            PermissionDenied: The role lacks the further permission.
+        """
+        further = rule.further_permission_for(request)
+        if further is None:
+            return
+        needed, check.permission = check.permission, further  # the audit names the stronger
+        if not role_allows(principal.role, further):
+            check.refused = True
+            raise PermissionDenied(
+                f"permission denied: this {check.method} request needs {further} besides "
+                f"{needed}, which role {principal.role} does not have",
+                permission=further,
+            )
 
     async def _check_grants(self, check: _Check, principal: Principal, target: Target) -> None:
         """Refuses a call that reaches beyond a namespace-limited caller's grants."""
@@ -361,12 +389,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         The first message's target is the call's target in the audit log (AppendRows names
         its table in the first message). Later messages may leave the namespace empty ("the
         stream's table"), so only the namespaces they do name are checked; the first one
-        must name its own.
+        must name its own. Any message may need a further permission (an AppendRows write
+        mode that removes rows): checked here too, before the handler sees the message.
         """
         rule = check.rule
         first = True
         async for request in requests:
             if rule is not None and not isinstance(request, UndecodableRequest):
+                self._check_further_permission(check, principal, rule, request)
                 target = rule.target(request)
                 if first:
                     check.target = target

@@ -7,8 +7,10 @@ to everyone but admin at run time).
 
 A rule names the permission a call needs, which may depend on the request (``CreateJob``
 needs ``maintenance.destructive`` for snapshot expiry and orphan file removal, which delete
-files, and ``jobs.create`` otherwise), and what the call acts on: the namespaces that
-per-namespace grants are checked against, and the target written to the audit log.
+files, and ``jobs.create`` otherwise), a further permission some requests need on top of it
+(``WriteRows`` and ``AppendRows`` in a write mode that removes rows also need
+``tables.change_rows``), and what the call acts on: the namespaces that per-namespace grants
+are checked against, and the target written to the audit log.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from lakehouse.config import RoleName
+from lakehouse.v1 import ingest_pb2
 
 TABLE_SERVICE: Final = "lakehouse.v1.TableService"
 INGEST_SERVICE: Final = "lakehouse.v1.IngestService"
@@ -44,6 +47,9 @@ class Permission(enum.StrEnum):
     """Register a table from any metadata file (it can point at another table's files)."""
     INGEST_WRITE = "ingest.write"
     """Write rows (AppendRows, WriteRows)."""
+    TABLES_CHANGE_ROWS = "tables.change_rows"
+    """Delete or replace rows: DeleteRows, and writes in the OVERWRITE, OVERWRITE_PARTITIONS
+    and UPSERT modes (which also need ingest.write)."""
     JOBS_READ = "jobs.read"
     """Get, list and watch jobs."""
     JOBS_CREATE = "jobs.create"
@@ -155,6 +161,20 @@ def _job_spec(request: Any) -> Target:
     )
 
 
+#: The write modes that only add rows; every other one, unknown numbers included, may remove
+#: rows, so a mode this server does not know is refused to those who may not remove rows.
+APPEND_WRITE_MODES: Final = frozenset(
+    {ingest_pb2.WRITE_MODE_UNSPECIFIED, ingest_pb2.WRITE_MODE_APPEND}
+)
+
+
+def _write_mode_permission(request: Any) -> Permission | None:
+    # Read as a number: an unknown enum number stays one in proto3, never APPEND.
+    if request.write_mode in APPEND_WRITE_MODES:
+        return None
+    return Permission.TABLES_CHANGE_ROWS
+
+
 def _job_permission(request: Any) -> Permission:
     if request.spec.WhichOneof("kind") in DESTRUCTIVE_JOB_KINDS:
         return Permission.MAINTENANCE_DESTRUCTIVE
@@ -184,11 +204,17 @@ class Rule:
         filter_response: For list methods: removes from a response, in place, the entries a
             namespace-limited caller may not see (a page may then hold fewer entries than
             asked for, which list methods allow; paging is unchanged).
+        further_permission: A permission some requests need on top of ``permission`` (a
+            function of the request: None when it needs no more). Checked after
+            ``permission``; for client-streaming methods on every request message, before
+            the handler reads it, so a stream that asks for more than its caller may do
+            mid-way fails there and that message is never acted on.
     """
 
     permission: Permission | Callable[[Any], Permission]
     target: Callable[[Any], Target] = _nothing
     filter_response: Callable[[Any, Callable[[str], bool]], None] | None = None
+    further_permission: Callable[[Any], Permission | None] | None = None
 
     def permission_for(self, request: Any) -> Permission:
         """The permission ``request`` needs (client-streaming methods: pass None)."""
@@ -200,6 +226,12 @@ class Rule:
     def fixed_permission(self) -> Permission | None:
         """The permission when it does not depend on the request."""
         return self.permission if isinstance(self.permission, Permission) else None
+
+    def further_permission_for(self, request: Any) -> Permission | None:
+        """The permission ``request`` needs on top of :meth:`permission_for`, if any."""
+        if self.further_permission is None:
+            return None
+        return self.further_permission(request)
 
 
 def _method(service: str, name: str) -> str:
@@ -228,9 +260,14 @@ RULES: Final[Mapping[str, Rule]] = {
     _method(TABLE_SERVICE, "GetSnapshot"): Rule(P.TABLES_READ, _table),
     _method(TABLE_SERVICE, "RollbackTable"): Rule(P.TABLES_ROLLBACK, _table),
     _method(TABLE_SERVICE, "ReadRows"): Rule(P.TABLES_READ, _table),
+    _method(TABLE_SERVICE, "DeleteRows"): Rule(P.TABLES_CHANGE_ROWS, _table),
     # IngestService
-    _method(INGEST_SERVICE, "AppendRows"): Rule(P.INGEST_WRITE, _table),
-    _method(INGEST_SERVICE, "WriteRows"): Rule(P.INGEST_WRITE, _table),
+    _method(INGEST_SERVICE, "AppendRows"): Rule(
+        P.INGEST_WRITE, _table, further_permission=_write_mode_permission
+    ),
+    _method(INGEST_SERVICE, "WriteRows"): Rule(
+        P.INGEST_WRITE, _table, further_permission=_write_mode_permission
+    ),
     _method(INGEST_SERVICE, "GetWriter"): Rule(P.TABLES_READ, _table),
     # JobService
     _method(JOB_SERVICE, "CreateJob"): Rule(_job_permission, _job_spec),

@@ -33,10 +33,11 @@ The properties:
    acknowledgements) and for the errors of jobs the fuzz created.
 2. Access is decided as configured: broken credentials get UNAUTHENTICATED ("missing" or
    "invalid credentials", nothing more), whatever the request bytes; a key whose role lacks
-   the call's permission (``lakehouse.server.permissions``) gets PERMISSION_DENIED naming it,
-   and so does the limited key for anything outside its namespace; a valid key allowed to
-   make the call is never refused. A viewer or limited key never gets OK for a method that
-   changes data, and the limited key's listings show its namespace only.
+   the call's permission (``lakehouse.server.permissions``), or the further one a request
+   needs (a write mode that removes rows, in any request of a stream), gets PERMISSION_DENIED
+   naming it, and so does the limited key for anything outside its namespace; a valid key
+   allowed to make the call is never refused. A viewer or limited key never gets OK for a
+   method that changes data, and the limited key's listings show its namespace only.
 3. The server stays up: health is SERVING at the end.
 4. Nothing is created that no call was answered OK for: every namespace, table and job that
    exists at the end was prepared by the test, or named by a request that got OK (a
@@ -116,6 +117,8 @@ from lakehouse.v1 import table_service_pb2 as tpb
 
 T = TypeVar("T")
 
+#: Bytes that parse as no request message (a field 25 whose varint never ends).
+CORRUPT_REQUEST = b"\xca\x01\xff"
 #: The Hypothesis seed; set FUZZ_SEED to replay a run (printed on failure).
 FUZZ_SEED = int(os.environ.get("FUZZ_SEED") or secrets.randbits(32))
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES") or 250)
@@ -462,6 +465,7 @@ def _strings_for(name: str) -> st.SearchStrategy[str]:
         "paths": COLUMNS,
         "identifier_field_names": COLUMNS,
         "row_filter": ROW_FILTERS,
+        "overwrite_filter": ROW_FILTERS,
         "statement": STATEMENTS,
         "metadata_location": URIS,
         "source_prefix": URIS,
@@ -633,6 +637,12 @@ def _bases(method: MethodDescriptor) -> list[Message]:
     json_rows = rows_pb2.JsonRows()
     json_rows.rows.add().update({"id": 7, "name": "j", "amount": "1.25", "tags": ["x"]})
     arrow = write_rows_request(NS, TABLE, ARROW_ROWS)
+    overwrite: dict[str, Any] = {
+        "write_mode": ingest_pb2.WRITE_MODE_OVERWRITE,
+        "overwrite_filter": "id = 7",
+    }
+    partitions = ingest_pb2.WRITE_MODE_OVERWRITE_PARTITIONS
+    upsert = ingest_pb2.WRITE_MODE_UPSERT
     specific: dict[str, list[Message]] = {
         "CreateNamespace": [tpb.CreateNamespaceRequest(name="fz_a", properties={"owner": "f"})],
         "UpdateNamespaceProperties": [
@@ -697,6 +707,16 @@ def _bases(method: MethodDescriptor) -> list[Message]:
                 arrow_compression=rows_pb2.ARROW_COMPRESSION_ZSTD,
             ),
         ],
+        "DeleteRows": [
+            tpb.DeleteRowsRequest(namespace=NS, table=TABLE, row_filter="id = 3"),
+            tpb.DeleteRowsRequest(
+                namespace=NS,
+                table=OTHER_TABLE,
+                row_filter="name = 'a'",
+                request_id="fz-delete",
+                expected_etag="fz-etag",
+            ),
+        ],
         "WriteRows": [
             ipb.WriteRowsRequest(namespace=NS, table=TABLE, json_rows=json_rows),
             arrow,
@@ -706,6 +726,15 @@ def _bases(method: MethodDescriptor) -> list[Message]:
                 json_rows=json_rows,
                 invalid_row_policy=ingest_pb2.INVALID_ROW_POLICY_DEAD_LETTER,
             ),
+            # The write modes that remove rows (the table is partitioned, with an identifier).
+            ipb.WriteRowsRequest(namespace=NS, table=TABLE, json_rows=json_rows, **overwrite),
+            ipb.WriteRowsRequest(
+                namespace=NS,
+                table=TABLE,
+                arrow_record_batch=arrow.arrow_record_batch,
+                write_mode=partitions,
+            ),
+            ipb.WriteRowsRequest(namespace=NS, table=TABLE, json_rows=json_rows, write_mode=upsert),
         ],
         "AppendRows": [
             ipb.AppendRowsRequest(
@@ -717,6 +746,22 @@ def _bases(method: MethodDescriptor) -> list[Message]:
                 arrow_record_batch=arrow.arrow_record_batch,
             ),
             ipb.AppendRowsRequest(namespace=NS, table=TABLE, json_rows=json_rows),
+            ipb.AppendRowsRequest(namespace=NS, table=TABLE, json_rows=json_rows, **overwrite),
+            ipb.AppendRowsRequest(
+                namespace=NS,
+                table=TABLE,
+                arrow_schema=arrow.arrow_schema,
+                arrow_record_batch=arrow.arrow_record_batch,
+                write_mode=partitions,
+            ),
+            ipb.AppendRowsRequest(
+                namespace=NS,
+                table=TABLE,
+                writer_id="fz-cdc",
+                offset=0,
+                json_rows=json_rows,
+                write_mode=upsert,
+            ),
         ],
         "GetWriter": [ipb.GetWriterRequest(namespace=NS, table=TABLE, writer_id="fz-writer")],
         "CreateJob": [
@@ -1308,11 +1353,14 @@ class Refusal:
         answers: The acceptable answers, as ``CODE`` or ``CODE/REASON``.
         why: Why, for the failure message.
         permission: The permission a PERMISSION_DENIED must name ("" for any).
+        unless_ended_before: The refusal is due to a later request of a stream, which the
+            handler may not read: it may also end the call with an error of its own.
     """
 
     answers: frozenset[str]
     why: str
     permission: str = ""
+    unless_ended_before: bool = False
 
 
 _DENIED = "PERMISSION_DENIED"
@@ -1352,8 +1400,11 @@ def refusal(call: FuzzCall) -> Refusal | None:
         permission = rule.permission_for(parsed)
     if permission is not None and not role_allows(role, permission):
         return Refusal(frozenset({_DENIED}), f"role {role} lacks {permission}", str(permission))
+    further = further_refusal(call, role)
+    if further is not None and not further.unless_ended_before:
+        return further  # a request's further permission is checked before its namespaces
     if call.caller != LIMITED or request is None:
-        return None
+        return further
     # A request stream's grants are checked on its messages, the first naming its own table.
     target = rule.target(request)
     outside = sorted({n for n in target.namespaces if n != GRANTED_NS})
@@ -1364,6 +1415,27 @@ def refusal(call: FuzzCall) -> Refusal | None:
         # No job lies in GRANTED_NS: an existing job is denied, an unknown id is not found.
         answers = frozenset({_DENIED, "NOT_FOUND", "INVALID_ARGUMENT"})
         return Refusal(answers, "the limited key names a job", str(permission))
+    return None
+
+
+def further_refusal(call: FuzzCall, role: RoleName) -> Refusal | None:
+    """How a request needing more than its method's permission (a write mode that removes
+    rows, unknown mode numbers included) must be refused, if its caller's role lacks it.
+
+    Each request of a stream is checked as the handler reads it, so a stream is refused at
+    its first such request; unless that is the first, the handler may have ended the call
+    before reading it. A request that does not parse ends the call there (MALFORMED_REQUEST).
+    """
+    rule = RULES[call.path]
+    for index, payload in enumerate(call.payloads):
+        try:
+            request = _message_class(call.method.input_type).FromString(payload)
+        except (DecodeError, RecursionError, UnicodeDecodeError):
+            return None
+        further = rule.further_permission_for(request)
+        if further is not None and not role_allows(role, further):
+            why = f"role {role} lacks {further}, which request {index} needs"
+            return Refusal(frozenset({_DENIED}), why, str(further), index > 0)
     return None
 
 
@@ -1378,7 +1450,10 @@ def access_problems(call: FuzzCall, outcome: Outcome) -> list[str]:
         if code in _REFUSALS:
             problems.append(f"{answer} for the {call.caller} key, which may make this call")
     elif code not in expected.answers and answer not in expected.answers:
-        problems.append(f"{answer}, not {' or '.join(sorted(expected.answers))}: {expected.why}")
+        ended_before = expected.unless_ended_before and code not in _REFUSALS | {"OK"}
+        if not ended_before:
+            wanted = " or ".join(sorted(expected.answers))
+            problems.append(f"{answer}, not {wanted}: {expected.why}")
     elif info is not None and code in _REFUSALS:
         if info.reason != code:
             problems.append(f"{code} with reason {info.reason}")
@@ -2113,6 +2188,39 @@ def test_shared_tables_have_their_lazy_lookups_filled_in() -> None:
     shared.find_field("tags.element")
     shared.name_mapping  # noqa: B018
     assert set(vars(shared)) == before
+
+
+def test_expected_refusals_follow_the_write_mode_of_every_request() -> None:
+    """The fuzz's own expectation (what it holds the server to) for writes removing rows."""
+    append_rows = METHODS_BY_NAME["lakehouse.v1.IngestService.AppendRows"]
+    write_rows = METHODS_BY_NAME["lakehouse.v1.IngestService.WriteRows"]
+    append = ipb.AppendRowsRequest(namespace=NS, table=TABLE).SerializeToString()
+    upsert = ipb.AppendRowsRequest(
+        namespace=NS, table=TABLE, write_mode=ingest_pb2.WRITE_MODE_UPSERT
+    ).SerializeToString()
+
+    def expected(method: MethodDescriptor, caller: str, *payloads: bytes) -> Refusal | None:
+        return refusal(FuzzCall(method, "generated", payloads, caller))
+
+    assert expected(append_rows, DEVELOPER, append, append) is None
+    assert expected(append_rows, ADMIN, upsert) is None
+    first = expected(append_rows, DEVELOPER, upsert, append)
+    assert first is not None
+    assert (first.answers, first.permission, first.unless_ended_before) == (
+        frozenset({"PERMISSION_DENIED"}),
+        "tables.change_rows",
+        False,
+    )
+    later = expected(append_rows, DEVELOPER, append, upsert)
+    assert later is not None and later.unless_ended_before
+    assert expected(append_rows, DEVELOPER, CORRUPT_REQUEST, upsert) is None  # malformed first
+    viewer = expected(append_rows, VIEWER, upsert)
+    assert viewer is not None and viewer.permission == "ingest.write"
+    limited = expected(append_rows, LIMITED, upsert)
+    assert limited is not None and limited.permission == "tables.change_rows"
+    unknown_mode = ipb.WriteRowsRequest(namespace=NS, table=TABLE, write_mode=99)  # type: ignore[arg-type]
+    denied = expected(write_rows, DEVELOPER, unknown_mode.SerializeToString())
+    assert denied is not None and denied.permission == "tables.change_rows"
 
 
 def test_mutation_bases_are_requests_of_their_method() -> None:

@@ -15,8 +15,10 @@ from lakehouse.server.permissions import (
     RULES,
     Permission,
     is_authenticated_only,
+    role_allows,
 )
-from lakehouse.v1 import job_pb2, namespace_pb2
+from lakehouse.v1 import ingest_pb2, job_pb2, namespace_pb2
+from lakehouse.v1 import ingest_service_pb2 as ipb
 from lakehouse.v1 import job_service_pb2 as jpb
 from lakehouse.v1 import table_service_pb2 as tpb
 
@@ -90,6 +92,48 @@ def test_create_job_permission_follows_the_spec_kind(
     }
     rule = RULES["/lakehouse.v1.JobService/CreateJob"]
     assert rule.permission_for(jpb.CreateJobRequest(spec=spec)) == permission
+
+
+#: Every WriteMode, and whether a write in it may remove rows (so needs tables.change_rows).
+#: Unknown numbers (a newer client's mode) are refused to those who may not remove rows.
+WRITE_MODES = [
+    (ingest_pb2.WRITE_MODE_UNSPECIFIED, False),
+    (ingest_pb2.WRITE_MODE_APPEND, False),
+    (ingest_pb2.WRITE_MODE_OVERWRITE, True),
+    (ingest_pb2.WRITE_MODE_OVERWRITE_PARTITIONS, True),
+    (ingest_pb2.WRITE_MODE_UPSERT, True),
+    (5, True),
+    (2**31 - 1, True),
+    (-1, True),
+]
+
+
+@pytest.mark.parametrize(("mode", "removes_rows"), WRITE_MODES)
+def test_writes_that_remove_rows_need_change_rows_besides_ingest_write(
+    mode: int, removes_rows: bool
+) -> None:
+    # Every WriteMode is listed above: a new mode must get a decision here too.
+    assert set(ingest_pb2.WriteMode.values()) <= {m for m, _ in WRITE_MODES}
+    further = Permission.TABLES_CHANGE_ROWS if removes_rows else None
+    for path, request in [
+        ("/lakehouse.v1.IngestService/WriteRows", ipb.WriteRowsRequest(write_mode=mode)),  # type: ignore[arg-type]
+        ("/lakehouse.v1.IngestService/AppendRows", ipb.AppendRowsRequest(write_mode=mode)),  # type: ignore[arg-type]
+    ]:
+        rule = RULES[path]
+        assert rule.permission_for(request) == Permission.INGEST_WRITE, path
+        assert rule.further_permission_for(request) == further, path
+
+
+def test_removing_rows_is_for_admins_only() -> None:
+    change_rows = Permission.TABLES_CHANGE_ROWS
+    assert RULES["/lakehouse.v1.TableService/DeleteRows"].fixed_permission == change_rows
+    assert [r for r in ROLE_ORDER if role_allows(r, change_rows)] == ["admin"]
+    assert change_rows not in READ_PERMISSIONS  # audited
+    # Nothing else asks for more than its method's permission.
+    assert {p for p, r in RULES.items() if r.further_permission is not None} == {
+        "/lakehouse.v1.IngestService/WriteRows",
+        "/lakehouse.v1.IngestService/AppendRows",
+    }
 
 
 def test_reads_are_the_get_list_read_and_watch_methods() -> None:

@@ -71,6 +71,7 @@ def planned_delete(
     """
     cache = RewriteCache()
     committed: list[DataFile] = []
+    outcome_unknown = False
     table = load()
     try:
         for attempt in range(1, max_attempts + 1):
@@ -107,9 +108,12 @@ def planned_delete(
             reason="COMMIT_CONFLICT",
         )
     except CommitStateUnknownException:
-        raise  # the rewritten files may be live: leave them
+        outcome_unknown = True  # the rewritten files may be live: leave them (orphan removal)
+        raise
     finally:
-        cache.discard_uncommitted(table, committed)
+        # Also reached when the except clause above re-raises, hence the flag.
+        if not outcome_unknown:
+            cache.discard_uncommitted(table, committed)
 
 
 def _recorded(
