@@ -21,7 +21,6 @@ from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.catalog.sql import IcebergTables, SqlCatalog
 from pyiceberg.exceptions import (
     CommitFailedException,
-    CommitStateUnknownException,
     NamespaceAlreadyExistsError,
     NoSuchNamespaceError,
     NoSuchTableError,
@@ -730,13 +729,11 @@ class IcebergCatalog:
                 if outcome.table is not None:  # the next plan starts from the cache
                     self._remember(namespace, name, outcome.table)
                 if committer is not None:
-                    committer.discard(self._table(c, namespace, name))
+                    committer.discard()
                 return outcome
-            except CommitStateUnknownException:
-                raise  # the files written may be live: leave them
             except ValueError as exc:  # pyiceberg's schema compatibility check
                 if committer is not None:
-                    committer.discard(self._table(c, namespace, name))
+                    committer.discard()
                 raise FailedPrecondition(
                     f"rows no longer match the schema of {namespace}.{name} (it changed "
                     f"meanwhile?): {brief(exc)}",
@@ -744,7 +741,7 @@ class IcebergCatalog:
                 ) from exc
             except BaseException:
                 if committer is not None:
-                    committer.discard(self._table(c, namespace, name))
+                    committer.discard()  # only files no commit can have taken
                 raise
 
         return await self._call(work, namespace, name)

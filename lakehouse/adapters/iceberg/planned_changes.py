@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyiceberg.exceptions import CommitFailedException, CommitStateUnknownException
+from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import BooleanExpression
 from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table
@@ -71,7 +71,10 @@ def planned_delete(
     """
     cache = RewriteCache()
     committed: list[DataFile] = []
-    outcome_unknown = False
+    # Set while a commit is in flight: an error other than a refused commit leaves its
+    # outcome unknown (a catalog that committed, then failed to answer), so the files it
+    # names may be live and must stay (orphan removal takes them if they are not).
+    in_flight = False
     table = load()
     try:
         for attempt in range(1, max_attempts + 1):
@@ -92,8 +95,11 @@ def planned_delete(
             if request_id:
                 properties[REQUEST_IDS_KEY] = json.dumps({request_id: stats.rows_deleted})
             try:
+                in_flight = True
                 after, snapshot_id = commit_change(table, rewrites, [], properties)
+                in_flight = False
             except CommitFailedException:
+                in_flight = False  # refused: nothing of it is live
                 if expected_etag:
                     raise _etag_mismatch(table) from None
                 _pause(attempt, backoff_ms)
@@ -107,12 +113,8 @@ def planned_delete(
             "concurrent commits; retry",
             reason="COMMIT_CONFLICT",
         )
-    except CommitStateUnknownException:
-        outcome_unknown = True  # the rewritten files may be live: leave them (orphan removal)
-        raise
     finally:
-        # Also reached when the except clause above re-raises, hence the flag.
-        if not outcome_unknown:
+        if not in_flight:
             cache.discard_uncommitted(table, committed)
 
 
@@ -147,6 +149,10 @@ class ChangeCommitter:
         self._data: pa.Table | None = None
         self._added: list[DataFile] = []
         self.committed: list[DataFile] = []
+        #: A commit is in flight: an error other than a refused commit leaves its outcome
+        #: unknown, so ``discard`` leaves the files (orphan removal takes them if not live).
+        self.in_flight = False
+        self._table: Table | None = None  # the last table planned on: its FileIO deletes
 
     def commit(
         self, table: Table, data: pa.Table, properties: dict[str, str]
@@ -161,6 +167,7 @@ class ChangeCommitter:
             CommitFailedException: ``table`` is no longer current; plan again.
             FailedPrecondition: The mode does not fit the table.
         """
+        self._table = table
         if self._data is None or not self._data.equals(data):
             # Other rows than the last attempt's: another matcher, nothing to reuse.
             self.cache.files.clear()
@@ -180,7 +187,13 @@ class ChangeCommitter:
         if not rewrites and not self._added:
             return table, None, stats
         properties = {OPERATION_KEY: self.change.mode.name.lower(), **properties}
-        after, snapshot_id = commit_change(table, rewrites, self._added, properties)
+        self.in_flight = True
+        try:
+            after, snapshot_id = commit_change(table, rewrites, self._added, properties)
+        except CommitFailedException:
+            self.in_flight = False  # refused: nothing of it is live
+            raise
+        self.in_flight = False
         self.committed = [f for r in rewrites for f in r.written] + self._added
         return after, snapshot_id, stats
 
@@ -204,9 +217,10 @@ class ChangeCommitter:
             raise AssertionError(mode)
         return rewrite_matching(table, matcher, self.cache)
 
-    def discard(self, table: Table) -> None:
-        """Deletes the files written that the commit did not take."""
-        self.cache.discard_uncommitted(table, self.committed)
+    def discard(self) -> None:
+        """Deletes the files written that the commit did not take (none while in doubt)."""
+        if not self.in_flight and self._table is not None:
+            self.cache.discard_uncommitted(self._table, self.committed)
 
 
 def identifier_columns(table: Table) -> tuple[str, ...]:
