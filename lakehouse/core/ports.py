@@ -27,6 +27,7 @@ from lakehouse.domain.job_results import JobResult
 from lakehouse.domain.job_specs import JobSpec
 from lakehouse.domain.jobs import Claim, JobRecord
 from lakehouse.domain.objects import ObjectInfo
+from lakehouse.domain.refs import RefInfo, RefKind
 from lakehouse.domain.row_changes import DeleteOutcome, RowChange
 from lakehouse.domain.sql_result import SqlOutcome
 from lakehouse.domain.table_jobs import CompactResult, ExpireResult, ImportOutcome, OrphanResult
@@ -112,6 +113,31 @@ class CatalogPort(Protocol):
         expected_etag: str,
     ) -> TableInfo:
         """Moves the current snapshot back to an ancestor (by id, or as of a time)."""
+
+    async def list_refs(self, namespace: str, name: str) -> list[RefInfo]:
+        """The table's branches and tags, main first, then by name."""
+
+    async def create_ref(
+        self,
+        namespace: str,
+        name: str,
+        ref: str,
+        kind: RefKind,
+        snapshot_id: int | None,
+        *,
+        max_ref_age_ms: int | None = None,
+        min_snapshots_to_keep: int | None = None,
+        max_snapshot_age_ms: int | None = None,
+    ) -> RefInfo:
+        """Creates a branch or a tag at a snapshot (default: the current one)."""
+
+    async def delete_ref(self, namespace: str, name: str, ref: str) -> None:
+        """Deletes a branch or a tag (not main)."""
+
+    async def publish_branch(
+        self, namespace: str, name: str, branch: str, expected_etag: str
+    ) -> TableInfo:
+        """Fast-forwards main to a branch's head."""
 
     async def planned_append(
         self,

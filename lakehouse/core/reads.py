@@ -17,6 +17,7 @@ from pyiceberg.schema import Schema
 from lakehouse.core.ports import CatalogPort
 from lakehouse.domain.errors import InvalidArgument
 from lakehouse.domain.names import check_identifier
+from lakehouse.domain.refs import check_ref_name
 from lakehouse.domain.row_filter import parse_row_filter_off_loop
 from lakehouse.domain.tables import ScanRequest
 
@@ -34,6 +35,8 @@ class ReadOptions:
     """An incremental read: what changed after this snapshot."""
     end_snapshot_id: int | None = None
     """The last snapshot of an incremental read (default: the current one)."""
+    ref: str = ""
+    """A branch or tag to read (its head or snapshot); empty: the current snapshot."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,22 @@ def _check_columns(schema: Schema, columns: tuple[str, ...]) -> None:
 
 
 def _check_incremental(options: ReadOptions) -> None:
-    """An incremental read names its start, and no other version of the table."""
+    """Checks the version options: one of snapshot, time, ref or incremental range.
+
+    An incremental read names its start, and no other version of the table; a read of a ref
+    names no other version either.
+    """
+    if options.ref:
+        check_ref_name("ref", options.ref, allow_main=True)
+        if (
+            options.snapshot_id is not None
+            or options.as_of_ms is not None
+            or options.start_snapshot_id is not None
+        ):
+            raise InvalidArgument.field(
+                "ref",
+                "names the version to read: not with snapshot_id, as_of_time or start_snapshot_id",
+            )
     if options.start_snapshot_id is None:
         if options.end_snapshot_id is not None:
             raise InvalidArgument.field(
@@ -117,6 +135,7 @@ class Reads:
                 limit=options.limit or None,
                 start_snapshot_id=options.start_snapshot_id,
                 end_snapshot_id=options.end_snapshot_id,
+                ref=options.ref,
             ),
         )
         try:

@@ -70,6 +70,8 @@ class ScanRequest:
     """An incremental read: only what changed after this snapshot (exclusive)."""
     end_snapshot_id: int | None = None
     """The last snapshot of an incremental read (inclusive); None: the current one."""
+    ref: str = ""
+    """Read this branch's head or tag's snapshot; empty: the current snapshot."""
 
 
 @dataclass

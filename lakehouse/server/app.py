@@ -20,6 +20,7 @@ from lakehouse.core.ingest import Ingest
 from lakehouse.core.ingest_requests import IngestRequests
 from lakehouse.core.job_cancellation import JobCancellation
 from lakehouse.core.reads import Reads
+from lakehouse.core.refs import Refs
 from lakehouse.core.row_changes import RowChanges
 from lakehouse.core.tables import Tables
 from lakehouse.server import metrics
@@ -149,6 +150,7 @@ class LakehouseServer:
             self.tables,
             self.reads,
             self.row_changes,
+            Refs(self.catalog),
             read_message_bytes=self.settings.read_message_bytes,
         )
         table_service_pb2_grpc.add_TableServiceServicer_to_server(table_servicer, server)

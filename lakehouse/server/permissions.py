@@ -260,6 +260,11 @@ RULES: Final[Mapping[str, Rule]] = {
     _method(TABLE_SERVICE, "GetSnapshot"): Rule(P.TABLES_READ, _table),
     _method(TABLE_SERVICE, "RollbackTable"): Rule(P.TABLES_ROLLBACK, _table),
     _method(TABLE_SERVICE, "ReadRows"): Rule(P.TABLES_READ, _table),
+    _method(TABLE_SERVICE, "CreateBranch"): Rule(P.TABLES_WRITE, _table),
+    _method(TABLE_SERVICE, "CreateTag"): Rule(P.TABLES_WRITE, _table),
+    _method(TABLE_SERVICE, "ListRefs"): Rule(P.TABLES_READ, _table),
+    _method(TABLE_SERVICE, "DeleteRef"): Rule(P.TABLES_DELETE, _table),
+    _method(TABLE_SERVICE, "PublishBranch"): Rule(P.TABLES_WRITE, _table),
     _method(TABLE_SERVICE, "DeleteRows"): Rule(P.TABLES_CHANGE_ROWS, _table),
     # IngestService
     _method(INGEST_SERVICE, "AppendRows"): Rule(

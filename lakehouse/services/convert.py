@@ -25,6 +25,7 @@ from lakehouse.domain import job_specs as js
 from lakehouse.domain.changes import TableChange
 from lakehouse.domain.errors import FieldViolation, InvalidArgument
 from lakehouse.domain.jobs import JobRecord
+from lakehouse.domain.refs import RefInfo, RefKind
 from lakehouse.domain.row_changes import DeleteOutcome, WriteMode
 from lakehouse.domain.rows.problems import RowProblem
 from lakehouse.domain.tables import SnapshotInfo, TableInfo
@@ -423,6 +424,7 @@ def read_options_from_proto(request: table_service_pb2.ReadRowsRequest) -> ReadO
             request.start_snapshot_id if request.HasField("start_snapshot_id") else None
         ),
         end_snapshot_id=request.end_snapshot_id if request.HasField("end_snapshot_id") else None,
+        ref=request.ref,
     )
 
 
@@ -704,6 +706,22 @@ def job_result_to_proto(result: jr.JobResult | None) -> job_pb2.JobResult:
         i.rows_imported = result.rows_imported
         if result.snapshot_id is not None:
             i.snapshot_id = result.snapshot_id
+    return proto
+
+
+def ref_to_proto(ref: RefInfo) -> snapshot_pb2.SnapshotRef:
+    """A branch or tag as its proto."""
+    proto = snapshot_pb2.SnapshotRef(
+        name=ref.name,
+        type=snapshot_pb2.REF_TYPE_TAG if ref.kind is RefKind.TAG else snapshot_pb2.REF_TYPE_BRANCH,
+        snapshot_id=ref.snapshot_id,
+    )
+    if ref.max_ref_age_ms is not None:
+        proto.max_ref_age_ms = ref.max_ref_age_ms
+    if ref.min_snapshots_to_keep is not None:
+        proto.min_snapshots_to_keep = ref.min_snapshots_to_keep
+    if ref.max_snapshot_age_ms is not None:
+        proto.max_snapshot_age_ms = ref.max_snapshot_age_ms
     return proto
 
 

@@ -11,11 +11,13 @@ import pyarrow as pa
 
 from lakehouse.core.job_specs import timestamp_to_ms
 from lakehouse.core.reads import Reads, ReadStart
+from lakehouse.core.refs import Refs
 from lakehouse.core.row_changes import RowChanges
 from lakehouse.core.streams import prefetch
 from lakehouse.core.tables import Tables
 from lakehouse.domain.errors import InvalidArgument
 from lakehouse.domain.json_values import batch_to_structs
+from lakehouse.domain.refs import RefKind
 from lakehouse.services.convert import (
     TableProtoCache,
     arrow_compression_from_proto,
@@ -24,6 +26,7 @@ from lakehouse.services.convert import (
     is_json_row_format,
     namespace_to_proto,
     read_options_from_proto,
+    ref_to_proto,
     snapshot_to_proto,
     table_to_proto,
 )
@@ -43,11 +46,18 @@ class TableServicer(table_service_pb2_grpc.TableServiceServicer):
     """Implements lakehouse.v1.TableService on top of the core ``Tables`` and ``Reads``."""
 
     def __init__(
-        self, tables: Tables, reads: Reads, row_changes: RowChanges, *, read_message_bytes: int
+        self,
+        tables: Tables,
+        reads: Reads,
+        row_changes: RowChanges,
+        refs: Refs,
+        *,
+        read_message_bytes: int,
     ) -> None:
         self._tables = tables
         self._reads = reads
         self._row_changes = row_changes
+        self._refs = refs
         self._read_message_bytes = read_message_bytes
         self._table_protos = TableProtoCache()
 
@@ -260,3 +270,60 @@ class TableServicer(table_service_pb2_grpc.TableServiceServicer):
             expected_etag=request.expected_etag,
         )
         return delete_outcome_to_proto(outcome)
+
+    async def CreateBranch(
+        self, request: pb.CreateBranchRequest, context: Context
+    ) -> pb.CreateBranchResponse:
+        """Creates a branch at a snapshot."""
+        ref = await self._refs.create(
+            request.namespace,
+            request.table,
+            request.name,
+            RefKind.BRANCH,
+            request.snapshot_id if request.HasField("snapshot_id") else None,
+            max_ref_age_ms=_optional(request, "max_ref_age_ms"),
+            min_snapshots_to_keep=_optional(request, "min_snapshots_to_keep"),
+            max_snapshot_age_ms=_optional(request, "max_snapshot_age_ms"),
+        )
+        return pb.CreateBranchResponse(ref=ref_to_proto(ref))
+
+    async def CreateTag(
+        self, request: pb.CreateTagRequest, context: Context
+    ) -> pb.CreateTagResponse:
+        """Creates a tag at a snapshot."""
+        ref = await self._refs.create(
+            request.namespace,
+            request.table,
+            request.name,
+            RefKind.TAG,
+            request.snapshot_id if request.HasField("snapshot_id") else None,
+            max_ref_age_ms=_optional(request, "max_ref_age_ms"),
+        )
+        return pb.CreateTagResponse(ref=ref_to_proto(ref))
+
+    async def ListRefs(self, request: pb.ListRefsRequest, context: Context) -> pb.ListRefsResponse:
+        """Lists a table's branches and tags."""
+        refs = await self._refs.list(request.namespace, request.table)
+        return pb.ListRefsResponse(refs=[ref_to_proto(r) for r in refs])
+
+    async def DeleteRef(
+        self, request: pb.DeleteRefRequest, context: Context
+    ) -> pb.DeleteRefResponse:
+        """Deletes a branch or a tag."""
+        await self._refs.delete(request.namespace, request.table, request.name)
+        return pb.DeleteRefResponse()
+
+    async def PublishBranch(
+        self, request: pb.PublishBranchRequest, context: Context
+    ) -> pb.PublishBranchResponse:
+        """Fast-forwards main to a branch's head."""
+        info = await self._refs.publish(
+            request.namespace, request.table, request.branch, request.expected_etag
+        )
+        return pb.PublishBranchResponse(table=table_to_proto(info))
+
+
+def _optional(request: Any, field: str) -> int | None:
+    """An optional scalar field of ``request``: its value, or None when unset."""
+    value: int = getattr(request, field)
+    return value if request.HasField(field) else None

@@ -707,6 +707,25 @@ def _bases(method: MethodDescriptor) -> list[Message]:
                 arrow_compression=rows_pb2.ARROW_COMPRESSION_ZSTD,
             ),
         ],
+        "CreateBranch": [
+            tpb.CreateBranchRequest(namespace=NS, table=TABLE, name="fz-branch"),
+            tpb.CreateBranchRequest(
+                namespace=NS,
+                table=TABLE,
+                name="fz-kept",
+                snapshot_id=snapshot,
+                min_snapshots_to_keep=2,
+                max_ref_age_ms=86_400_000,
+            ),
+        ],
+        "CreateTag": [
+            tpb.CreateTagRequest(namespace=NS, table=TABLE, name="fz-tag", snapshot_id=snapshot)
+        ],
+        "ListRefs": [tpb.ListRefsRequest(namespace=NS, table=TABLE)],
+        "DeleteRef": [tpb.DeleteRefRequest(namespace=NS, table=TABLE, name="fz-tag")],
+        "PublishBranch": [
+            tpb.PublishBranchRequest(namespace=NS, table=TABLE, branch="fz-branch"),
+        ],
         "DeleteRows": [
             tpb.DeleteRowsRequest(namespace=NS, table=TABLE, row_filter="id = 3"),
             tpb.DeleteRowsRequest(
@@ -840,6 +859,7 @@ _CALLER = st.sampled_from(
 #: permission table): the only ones a viewer or the limited key may ever get OK for.
 READ_METHODS = frozenset(
     {
+        "ListRefs",
         "GetNamespace",
         "ListNamespaces",
         "GetTable",

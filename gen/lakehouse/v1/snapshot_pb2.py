@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blakehouse/v1/snapshot.proto\x12\x0clakehouse.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc4\x02\n\x08Snapshot\x12\x13\n\x0bsnapshot_id\x18\x01 \x01(\x03\x12\x1f\n\x12parent_snapshot_id\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12/\n\x0b\x63ommit_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\toperation\x18\x04 \x01(\t\x12\x34\n\x07summary\x18\x05 \x03(\x0b\x32#.lakehouse.v1.Snapshot.SummaryEntry\x12\x15\n\rmanifest_list\x18\x06 \x01(\t\x12\x11\n\tschema_id\x18\x07 \x01(\x05\x12\x17\n\x0fsequence_number\x18\x08 \x01(\x03\x1a.\n\x0cSummaryEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x15\n\x13_parent_snapshot_idb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blakehouse/v1/snapshot.proto\x12\x0clakehouse.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc4\x02\n\x08Snapshot\x12\x13\n\x0bsnapshot_id\x18\x01 \x01(\x03\x12\x1f\n\x12parent_snapshot_id\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12/\n\x0b\x63ommit_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\toperation\x18\x04 \x01(\t\x12\x34\n\x07summary\x18\x05 \x03(\x0b\x32#.lakehouse.v1.Snapshot.SummaryEntry\x12\x15\n\rmanifest_list\x18\x06 \x01(\t\x12\x11\n\tschema_id\x18\x07 \x01(\x05\x12\x17\n\x0fsequence_number\x18\x08 \x01(\x03\x1a.\n\x0cSummaryEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x15\n\x13_parent_snapshot_id\"\xfd\x01\n\x0bSnapshotRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x04type\x18\x02 \x01(\x0e\x32\x15.lakehouse.v1.RefType\x12\x13\n\x0bsnapshot_id\x18\x03 \x01(\x03\x12\x1b\n\x0emax_ref_age_ms\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\"\n\x15min_snapshots_to_keep\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12 \n\x13max_snapshot_age_ms\x18\x06 \x01(\x03H\x02\x88\x01\x01\x42\x11\n\x0f_max_ref_age_msB\x18\n\x16_min_snapshots_to_keepB\x16\n\x14_max_snapshot_age_ms*J\n\x07RefType\x12\x18\n\x14REF_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0fREF_TYPE_BRANCH\x10\x01\x12\x10\n\x0cREF_TYPE_TAG\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SNAPSHOT_SUMMARYENTRY']._loaded_options = None
   _globals['_SNAPSHOT_SUMMARYENTRY']._serialized_options = b'8\001'
+  _globals['_REFTYPE']._serialized_start=661
+  _globals['_REFTYPE']._serialized_end=735
   _globals['_SNAPSHOT']._serialized_start=79
   _globals['_SNAPSHOT']._serialized_end=403
   _globals['_SNAPSHOT_SUMMARYENTRY']._serialized_start=334
   _globals['_SNAPSHOT_SUMMARYENTRY']._serialized_end=380
+  _globals['_SNAPSHOTREF']._serialized_start=406
+  _globals['_SNAPSHOTREF']._serialized_end=659
 # @@protoc_insertion_point(module_scope)

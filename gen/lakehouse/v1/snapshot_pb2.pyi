@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -18,6 +19,32 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _RefType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RefTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RefType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REF_TYPE_UNSPECIFIED: _RefType.ValueType  # 0
+    """Not set. Never sent by the service."""
+    REF_TYPE_BRANCH: _RefType.ValueType  # 1
+    """A branch: commits to it move it forward. "main" is the table's current state."""
+    REF_TYPE_TAG: _RefType.ValueType  # 2
+    """A tag: a fixed name for one snapshot, for example a release or an audit point."""
+
+class RefType(_RefType, metaclass=_RefTypeEnumTypeWrapper):
+    """RefType says whether a named reference to a snapshot moves with commits (a branch) or
+    stays where it was put (a tag).
+    """
+
+REF_TYPE_UNSPECIFIED: RefType.ValueType  # 0
+"""Not set. Never sent by the service."""
+REF_TYPE_BRANCH: RefType.ValueType  # 1
+"""A branch: commits to it move it forward. "main" is the table's current state."""
+REF_TYPE_TAG: RefType.ValueType  # 2
+"""A tag: a fixed name for one snapshot, for example a release or an audit point."""
+Global___RefType: _TypeAlias = RefType  # noqa: Y015
 
 @_typing.final
 class Snapshot(_message.Message):
@@ -96,3 +123,66 @@ class Snapshot(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__parent_snapshot_id) -> _WhichOneofReturnType__parent_snapshot_id | None: ...
 
 Global___Snapshot: _TypeAlias = Snapshot  # noqa: Y015
+
+@_typing.final
+class SnapshotRef(_message.Message):
+    """SnapshotRef is a named reference to a snapshot of a table (an Iceberg branch or tag).
+    Snapshot expiry keeps every snapshot a reference points at, and for a branch its
+    min_snapshots_to_keep newest ancestors.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    MAX_REF_AGE_MS_FIELD_NUMBER: _builtins.int
+    MIN_SNAPSHOTS_TO_KEEP_FIELD_NUMBER: _builtins.int
+    MAX_SNAPSHOT_AGE_MS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The reference's name: 1 to 128 characters, ASCII letters, digits, '.', '_' and '-'."""
+    type: Global___RefType.ValueType
+    """Branch or tag."""
+    snapshot_id: _builtins.int
+    """The snapshot the reference points at."""
+    max_ref_age_ms: _builtins.int
+    """How long the reference is to be kept after its snapshot was committed; absent: forever.
+    Recorded in the table's metadata for engines that expire references (Spark, Trino); the
+    service keeps references until DeleteRef.
+    """
+    min_snapshots_to_keep: _builtins.int
+    """Branches: the number of the newest snapshots of the branch that expiry keeps (at least
+    the head); absent: only the head.
+    """
+    max_snapshot_age_ms: _builtins.int
+    """Branches: the age beyond which snapshots of the branch may be expired, for engines that
+    read it; absent: the table's default.
+    """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        type: Global___RefType.ValueType = ...,
+        snapshot_id: _builtins.int = ...,
+        max_ref_age_ms: _builtins.int | None = ...,
+        min_snapshots_to_keep: _builtins.int | None = ...,
+        max_snapshot_age_ms: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_ref_age_ms", b"_max_ref_age_ms", "_max_snapshot_age_ms", b"_max_snapshot_age_ms", "_min_snapshots_to_keep", b"_min_snapshots_to_keep", "max_ref_age_ms", b"max_ref_age_ms", "max_snapshot_age_ms", b"max_snapshot_age_ms", "min_snapshots_to_keep", b"min_snapshots_to_keep"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_ref_age_ms", b"_max_ref_age_ms", "_max_snapshot_age_ms", b"_max_snapshot_age_ms", "_min_snapshots_to_keep", b"_min_snapshots_to_keep", "max_ref_age_ms", b"max_ref_age_ms", "max_snapshot_age_ms", b"max_snapshot_age_ms", "min_snapshots_to_keep", b"min_snapshots_to_keep", "name", b"name", "snapshot_id", b"snapshot_id", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_ref_age_ms: _TypeAlias = _typing.Literal["max_ref_age_ms"]  # noqa: Y015
+    _WhichOneofArgType__max_ref_age_ms: _TypeAlias = _typing.Literal["_max_ref_age_ms", b"_max_ref_age_ms"]  # noqa: Y015
+    _WhichOneofReturnType__max_snapshot_age_ms: _TypeAlias = _typing.Literal["max_snapshot_age_ms"]  # noqa: Y015
+    _WhichOneofArgType__max_snapshot_age_ms: _TypeAlias = _typing.Literal["_max_snapshot_age_ms", b"_max_snapshot_age_ms"]  # noqa: Y015
+    _WhichOneofReturnType__min_snapshots_to_keep: _TypeAlias = _typing.Literal["min_snapshots_to_keep"]  # noqa: Y015
+    _WhichOneofArgType__min_snapshots_to_keep: _TypeAlias = _typing.Literal["_min_snapshots_to_keep", b"_min_snapshots_to_keep"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_ref_age_ms) -> _WhichOneofReturnType__max_ref_age_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_snapshot_age_ms) -> _WhichOneofReturnType__max_snapshot_age_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_snapshots_to_keep) -> _WhichOneofReturnType__min_snapshots_to_keep | None: ...
+
+Global___SnapshotRef: _TypeAlias = SnapshotRef  # noqa: Y015

@@ -1346,6 +1346,7 @@ class ReadRowsRequest(_message.Message):
     ARROW_COMPRESSION_FIELD_NUMBER: _builtins.int
     START_SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
     END_SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    REF_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """The namespace of the table."""
     table: _builtins.str
@@ -1380,7 +1381,10 @@ class ReadRowsRequest(_message.Message):
     end_snapshot_id: _builtins.int
     """The last snapshot of an incremental read (inclusive); the current one when absent. Only
     with start_snapshot_id.
+    Read the head of this branch or the snapshot of this tag (see ListRefs); empty means
     """
+    ref: _builtins.str
+    """"main", the current snapshot. Not with snapshot_id, as_of_time or start_snapshot_id."""
     @_builtins.property
     def columns(self) -> _field_mask_pb2.FieldMask:
         """The columns to return (dotted paths for nested fields); empty means all columns."""
@@ -1403,10 +1407,11 @@ class ReadRowsRequest(_message.Message):
         arrow_compression: _rows_pb2.ArrowCompression.ValueType = ...,
         start_snapshot_id: _builtins.int | None = ...,
         end_snapshot_id: _builtins.int | None = ...,
+        ref: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_end_snapshot_id", b"_end_snapshot_id", "_start_snapshot_id", b"_start_snapshot_id", "as_of_time", b"as_of_time", "columns", b"columns", "end_snapshot_id", b"end_snapshot_id", "snapshot_id", b"snapshot_id", "start_snapshot_id", b"start_snapshot_id", "version", b"version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_end_snapshot_id", b"_end_snapshot_id", "_start_snapshot_id", b"_start_snapshot_id", "arrow_compression", b"arrow_compression", "as_of_time", b"as_of_time", "columns", b"columns", "end_snapshot_id", b"end_snapshot_id", "format", b"format", "namespace", b"namespace", "row_filter", b"row_filter", "row_limit", b"row_limit", "snapshot_id", b"snapshot_id", "start_snapshot_id", b"start_snapshot_id", "table", b"table", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_end_snapshot_id", b"_end_snapshot_id", "_start_snapshot_id", b"_start_snapshot_id", "arrow_compression", b"arrow_compression", "as_of_time", b"as_of_time", "columns", b"columns", "end_snapshot_id", b"end_snapshot_id", "format", b"format", "namespace", b"namespace", "ref", b"ref", "row_filter", b"row_filter", "row_limit", b"row_limit", "snapshot_id", b"snapshot_id", "start_snapshot_id", b"start_snapshot_id", "table", b"table", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__end_snapshot_id: _TypeAlias = _typing.Literal["end_snapshot_id"]  # noqa: Y015
     _WhichOneofArgType__end_snapshot_id: _TypeAlias = _typing.Literal["_end_snapshot_id", b"_end_snapshot_id"]  # noqa: Y015
@@ -1562,3 +1567,320 @@ class DeleteRowsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteRowsResponse: _TypeAlias = DeleteRowsResponse  # noqa: Y015
+
+@_typing.final
+class CreateBranchRequest(_message.Message):
+    """CreateBranchRequest is the request of TableService.CreateBranch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    TABLE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    MAX_REF_AGE_MS_FIELD_NUMBER: _builtins.int
+    MIN_SNAPSHOTS_TO_KEEP_FIELD_NUMBER: _builtins.int
+    MAX_SNAPSHOT_AGE_MS_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """The namespace of the table."""
+    table: _builtins.str
+    """The table name."""
+    name: _builtins.str
+    """The branch name: 1 to 128 characters, ASCII letters, digits, '.', '_' and '-'; not
+    "main".
+    """
+    snapshot_id: _builtins.int
+    """The snapshot the branch starts at; absent: the current one. A table without snapshots
+    has no snapshot to branch from (FAILED_PRECONDITION).
+    """
+    max_ref_age_ms: _builtins.int
+    """See SnapshotRef."""
+    min_snapshots_to_keep: _builtins.int
+    """See SnapshotRef; at least 1."""
+    max_snapshot_age_ms: _builtins.int
+    """See SnapshotRef."""
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        table: _builtins.str = ...,
+        name: _builtins.str = ...,
+        snapshot_id: _builtins.int | None = ...,
+        max_ref_age_ms: _builtins.int | None = ...,
+        min_snapshots_to_keep: _builtins.int | None = ...,
+        max_snapshot_age_ms: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_ref_age_ms", b"_max_ref_age_ms", "_max_snapshot_age_ms", b"_max_snapshot_age_ms", "_min_snapshots_to_keep", b"_min_snapshots_to_keep", "_snapshot_id", b"_snapshot_id", "max_ref_age_ms", b"max_ref_age_ms", "max_snapshot_age_ms", b"max_snapshot_age_ms", "min_snapshots_to_keep", b"min_snapshots_to_keep", "snapshot_id", b"snapshot_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_ref_age_ms", b"_max_ref_age_ms", "_max_snapshot_age_ms", b"_max_snapshot_age_ms", "_min_snapshots_to_keep", b"_min_snapshots_to_keep", "_snapshot_id", b"_snapshot_id", "max_ref_age_ms", b"max_ref_age_ms", "max_snapshot_age_ms", b"max_snapshot_age_ms", "min_snapshots_to_keep", b"min_snapshots_to_keep", "name", b"name", "namespace", b"namespace", "snapshot_id", b"snapshot_id", "table", b"table"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_ref_age_ms: _TypeAlias = _typing.Literal["max_ref_age_ms"]  # noqa: Y015
+    _WhichOneofArgType__max_ref_age_ms: _TypeAlias = _typing.Literal["_max_ref_age_ms", b"_max_ref_age_ms"]  # noqa: Y015
+    _WhichOneofReturnType__max_snapshot_age_ms: _TypeAlias = _typing.Literal["max_snapshot_age_ms"]  # noqa: Y015
+    _WhichOneofArgType__max_snapshot_age_ms: _TypeAlias = _typing.Literal["_max_snapshot_age_ms", b"_max_snapshot_age_ms"]  # noqa: Y015
+    _WhichOneofReturnType__min_snapshots_to_keep: _TypeAlias = _typing.Literal["min_snapshots_to_keep"]  # noqa: Y015
+    _WhichOneofArgType__min_snapshots_to_keep: _TypeAlias = _typing.Literal["_min_snapshots_to_keep", b"_min_snapshots_to_keep"]  # noqa: Y015
+    _WhichOneofReturnType__snapshot_id: _TypeAlias = _typing.Literal["snapshot_id"]  # noqa: Y015
+    _WhichOneofArgType__snapshot_id: _TypeAlias = _typing.Literal["_snapshot_id", b"_snapshot_id"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_ref_age_ms) -> _WhichOneofReturnType__max_ref_age_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_snapshot_age_ms) -> _WhichOneofReturnType__max_snapshot_age_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_snapshots_to_keep) -> _WhichOneofReturnType__min_snapshots_to_keep | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__snapshot_id) -> _WhichOneofReturnType__snapshot_id | None: ...
+
+Global___CreateBranchRequest: _TypeAlias = CreateBranchRequest  # noqa: Y015
+
+@_typing.final
+class CreateBranchResponse(_message.Message):
+    """CreateBranchResponse is the response of TableService.CreateBranch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REF_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ref(self) -> _snapshot_pb2.SnapshotRef:
+        """The branch created."""
+
+    def __init__(
+        self,
+        *,
+        ref: _snapshot_pb2.SnapshotRef | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ref", b"ref"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ref", b"ref"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateBranchResponse: _TypeAlias = CreateBranchResponse  # noqa: Y015
+
+@_typing.final
+class CreateTagRequest(_message.Message):
+    """CreateTagRequest is the request of TableService.CreateTag."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    TABLE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    MAX_REF_AGE_MS_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """The namespace of the table."""
+    table: _builtins.str
+    """The table name."""
+    name: _builtins.str
+    """The tag name: 1 to 128 characters, ASCII letters, digits, '.', '_' and '-'; not "main"."""
+    snapshot_id: _builtins.int
+    """The snapshot to tag; absent: the current one."""
+    max_ref_age_ms: _builtins.int
+    """See SnapshotRef."""
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        table: _builtins.str = ...,
+        name: _builtins.str = ...,
+        snapshot_id: _builtins.int | None = ...,
+        max_ref_age_ms: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_ref_age_ms", b"_max_ref_age_ms", "_snapshot_id", b"_snapshot_id", "max_ref_age_ms", b"max_ref_age_ms", "snapshot_id", b"snapshot_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_ref_age_ms", b"_max_ref_age_ms", "_snapshot_id", b"_snapshot_id", "max_ref_age_ms", b"max_ref_age_ms", "name", b"name", "namespace", b"namespace", "snapshot_id", b"snapshot_id", "table", b"table"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_ref_age_ms: _TypeAlias = _typing.Literal["max_ref_age_ms"]  # noqa: Y015
+    _WhichOneofArgType__max_ref_age_ms: _TypeAlias = _typing.Literal["_max_ref_age_ms", b"_max_ref_age_ms"]  # noqa: Y015
+    _WhichOneofReturnType__snapshot_id: _TypeAlias = _typing.Literal["snapshot_id"]  # noqa: Y015
+    _WhichOneofArgType__snapshot_id: _TypeAlias = _typing.Literal["_snapshot_id", b"_snapshot_id"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_ref_age_ms) -> _WhichOneofReturnType__max_ref_age_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__snapshot_id) -> _WhichOneofReturnType__snapshot_id | None: ...
+
+Global___CreateTagRequest: _TypeAlias = CreateTagRequest  # noqa: Y015
+
+@_typing.final
+class CreateTagResponse(_message.Message):
+    """CreateTagResponse is the response of TableService.CreateTag."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REF_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ref(self) -> _snapshot_pb2.SnapshotRef:
+        """The tag created."""
+
+    def __init__(
+        self,
+        *,
+        ref: _snapshot_pb2.SnapshotRef | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ref", b"ref"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ref", b"ref"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTagResponse: _TypeAlias = CreateTagResponse  # noqa: Y015
+
+@_typing.final
+class ListRefsRequest(_message.Message):
+    """ListRefsRequest is the request of TableService.ListRefs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    TABLE_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """The namespace of the table."""
+    table: _builtins.str
+    """The table name."""
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        table: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "table", b"table"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRefsRequest: _TypeAlias = ListRefsRequest  # noqa: Y015
+
+@_typing.final
+class ListRefsResponse(_message.Message):
+    """ListRefsResponse is the response of TableService.ListRefs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def refs(self) -> _containers.RepeatedCompositeFieldContainer[_snapshot_pb2.SnapshotRef]:
+        """The table's branches and tags: "main" first (absent while the table has no snapshot),
+        then by name.
+        """
+
+    def __init__(
+        self,
+        *,
+        refs: _abc.Iterable[_snapshot_pb2.SnapshotRef] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["refs", b"refs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRefsResponse: _TypeAlias = ListRefsResponse  # noqa: Y015
+
+@_typing.final
+class DeleteRefRequest(_message.Message):
+    """DeleteRefRequest is the request of TableService.DeleteRef."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    TABLE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """The namespace of the table."""
+    table: _builtins.str
+    """The table name."""
+    name: _builtins.str
+    """The branch or tag to delete; not "main"."""
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        table: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "namespace", b"namespace", "table", b"table"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteRefRequest: _TypeAlias = DeleteRefRequest  # noqa: Y015
+
+@_typing.final
+class DeleteRefResponse(_message.Message):
+    """DeleteRefResponse is the response of TableService.DeleteRef."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteRefResponse: _TypeAlias = DeleteRefResponse  # noqa: Y015
+
+@_typing.final
+class PublishBranchRequest(_message.Message):
+    """PublishBranchRequest is the request of TableService.PublishBranch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    TABLE_FIELD_NUMBER: _builtins.int
+    BRANCH_FIELD_NUMBER: _builtins.int
+    EXPECTED_ETAG_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """The namespace of the table."""
+    table: _builtins.str
+    """The table name."""
+    branch: _builtins.str
+    """The branch whose head becomes the table's current snapshot."""
+    expected_etag: _builtins.str
+    """The etag from GetTable. If set and the table changed since, the call fails with ABORTED
+    (reason ETAG_MISMATCH) and nothing changes.
+    """
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        table: _builtins.str = ...,
+        branch: _builtins.str = ...,
+        expected_etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch", b"branch", "expected_etag", b"expected_etag", "namespace", b"namespace", "table", b"table"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishBranchRequest: _TypeAlias = PublishBranchRequest  # noqa: Y015
+
+@_typing.final
+class PublishBranchResponse(_message.Message):
+    """PublishBranchResponse is the response of TableService.PublishBranch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TABLE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def table(self) -> _table_pb2.Table:
+        """The table after the publish."""
+
+    def __init__(
+        self,
+        *,
+        table: _table_pb2.Table | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["table", b"table"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["table", b"table"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishBranchResponse: _TypeAlias = PublishBranchResponse  # noqa: Y015

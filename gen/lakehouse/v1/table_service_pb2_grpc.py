@@ -121,6 +121,31 @@ class TableServiceStub:
                 request_serializer=lakehouse_dot_v1_dot_table__service__pb2.DeleteRowsRequest.SerializeToString,
                 response_deserializer=lakehouse_dot_v1_dot_table__service__pb2.DeleteRowsResponse.FromString,
                 _registered_method=True)
+        self.CreateBranch = channel.unary_unary(
+                '/lakehouse.v1.TableService/CreateBranch',
+                request_serializer=lakehouse_dot_v1_dot_table__service__pb2.CreateBranchRequest.SerializeToString,
+                response_deserializer=lakehouse_dot_v1_dot_table__service__pb2.CreateBranchResponse.FromString,
+                _registered_method=True)
+        self.CreateTag = channel.unary_unary(
+                '/lakehouse.v1.TableService/CreateTag',
+                request_serializer=lakehouse_dot_v1_dot_table__service__pb2.CreateTagRequest.SerializeToString,
+                response_deserializer=lakehouse_dot_v1_dot_table__service__pb2.CreateTagResponse.FromString,
+                _registered_method=True)
+        self.ListRefs = channel.unary_unary(
+                '/lakehouse.v1.TableService/ListRefs',
+                request_serializer=lakehouse_dot_v1_dot_table__service__pb2.ListRefsRequest.SerializeToString,
+                response_deserializer=lakehouse_dot_v1_dot_table__service__pb2.ListRefsResponse.FromString,
+                _registered_method=True)
+        self.DeleteRef = channel.unary_unary(
+                '/lakehouse.v1.TableService/DeleteRef',
+                request_serializer=lakehouse_dot_v1_dot_table__service__pb2.DeleteRefRequest.SerializeToString,
+                response_deserializer=lakehouse_dot_v1_dot_table__service__pb2.DeleteRefResponse.FromString,
+                _registered_method=True)
+        self.PublishBranch = channel.unary_unary(
+                '/lakehouse.v1.TableService/PublishBranch',
+                request_serializer=lakehouse_dot_v1_dot_table__service__pb2.PublishBranchRequest.SerializeToString,
+                response_deserializer=lakehouse_dot_v1_dot_table__service__pb2.PublishBranchResponse.FromString,
+                _registered_method=True)
 
 
 class TableServiceServicer:
@@ -251,6 +276,46 @@ class TableServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateBranch(self, request, context):
+        """Creates a branch of a table at a snapshot (the current one by default). ALREADY_EXISTS
+        (reason REF_ALREADY_EXISTS) if the table has a reference of that name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateTag(self, request, context):
+        """Creates a tag: a fixed name for a snapshot (the current one by default), kept by expiry.
+        ALREADY_EXISTS (reason REF_ALREADY_EXISTS) if the table has a reference of that name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRefs(self, request, context):
+        """Lists a table's branches and tags, "main" first, then by name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRef(self, request, context):
+        """Deletes a branch or a tag (never "main"); its snapshots are then expired as any others.
+        NOT_FOUND (reason REF_NOT_FOUND) if there is none of that name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishBranch(self, request, context):
+        """Makes a branch the table's current state: "main" moves to the branch's head, when main's
+        head is an ancestor of it (a fast-forward, as write-audit-publish does); ABORTED with
+        reason NOT_FAST_FORWARD otherwise, and nothing changes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TableServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -338,6 +403,31 @@ def add_TableServiceServicer_to_server(servicer, server):
                     servicer.DeleteRows,
                     request_deserializer=lakehouse_dot_v1_dot_table__service__pb2.DeleteRowsRequest.FromString,
                     response_serializer=lakehouse_dot_v1_dot_table__service__pb2.DeleteRowsResponse.SerializeToString,
+            ),
+            'CreateBranch': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateBranch,
+                    request_deserializer=lakehouse_dot_v1_dot_table__service__pb2.CreateBranchRequest.FromString,
+                    response_serializer=lakehouse_dot_v1_dot_table__service__pb2.CreateBranchResponse.SerializeToString,
+            ),
+            'CreateTag': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTag,
+                    request_deserializer=lakehouse_dot_v1_dot_table__service__pb2.CreateTagRequest.FromString,
+                    response_serializer=lakehouse_dot_v1_dot_table__service__pb2.CreateTagResponse.SerializeToString,
+            ),
+            'ListRefs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRefs,
+                    request_deserializer=lakehouse_dot_v1_dot_table__service__pb2.ListRefsRequest.FromString,
+                    response_serializer=lakehouse_dot_v1_dot_table__service__pb2.ListRefsResponse.SerializeToString,
+            ),
+            'DeleteRef': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRef,
+                    request_deserializer=lakehouse_dot_v1_dot_table__service__pb2.DeleteRefRequest.FromString,
+                    response_serializer=lakehouse_dot_v1_dot_table__service__pb2.DeleteRefResponse.SerializeToString,
+            ),
+            'PublishBranch': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishBranch,
+                    request_deserializer=lakehouse_dot_v1_dot_table__service__pb2.PublishBranchRequest.FromString,
+                    response_serializer=lakehouse_dot_v1_dot_table__service__pb2.PublishBranchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -801,6 +891,141 @@ class TableService:
             '/lakehouse.v1.TableService/DeleteRows',
             lakehouse_dot_v1_dot_table__service__pb2.DeleteRowsRequest.SerializeToString,
             lakehouse_dot_v1_dot_table__service__pb2.DeleteRowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateBranch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lakehouse.v1.TableService/CreateBranch',
+            lakehouse_dot_v1_dot_table__service__pb2.CreateBranchRequest.SerializeToString,
+            lakehouse_dot_v1_dot_table__service__pb2.CreateBranchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTag(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lakehouse.v1.TableService/CreateTag',
+            lakehouse_dot_v1_dot_table__service__pb2.CreateTagRequest.SerializeToString,
+            lakehouse_dot_v1_dot_table__service__pb2.CreateTagResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRefs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lakehouse.v1.TableService/ListRefs',
+            lakehouse_dot_v1_dot_table__service__pb2.ListRefsRequest.SerializeToString,
+            lakehouse_dot_v1_dot_table__service__pb2.ListRefsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRef(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lakehouse.v1.TableService/DeleteRef',
+            lakehouse_dot_v1_dot_table__service__pb2.DeleteRefRequest.SerializeToString,
+            lakehouse_dot_v1_dot_table__service__pb2.DeleteRefResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishBranch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lakehouse.v1.TableService/PublishBranch',
+            lakehouse_dot_v1_dot_table__service__pb2.PublishBranchRequest.SerializeToString,
+            lakehouse_dot_v1_dot_table__service__pb2.PublishBranchResponse.FromString,
             options,
             channel_credentials,
             insecure,

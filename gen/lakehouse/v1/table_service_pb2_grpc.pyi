@@ -76,6 +76,25 @@ class TableServiceStub:
     holding matching rows are written again without them, files of only matching rows are
     removed). With a request_id, a retry deletes once. Needs tables.change_rows.
     """
+    CreateBranch: _grpc.UnaryUnaryMultiCallable[_table_service_pb2.CreateBranchRequest, _table_service_pb2.CreateBranchResponse]
+    """Creates a branch of a table at a snapshot (the current one by default). ALREADY_EXISTS
+    (reason REF_ALREADY_EXISTS) if the table has a reference of that name.
+    """
+    CreateTag: _grpc.UnaryUnaryMultiCallable[_table_service_pb2.CreateTagRequest, _table_service_pb2.CreateTagResponse]
+    """Creates a tag: a fixed name for a snapshot (the current one by default), kept by expiry.
+    ALREADY_EXISTS (reason REF_ALREADY_EXISTS) if the table has a reference of that name.
+    """
+    ListRefs: _grpc.UnaryUnaryMultiCallable[_table_service_pb2.ListRefsRequest, _table_service_pb2.ListRefsResponse]
+    """Lists a table's branches and tags, "main" first, then by name."""
+    DeleteRef: _grpc.UnaryUnaryMultiCallable[_table_service_pb2.DeleteRefRequest, _table_service_pb2.DeleteRefResponse]
+    """Deletes a branch or a tag (never "main"); its snapshots are then expired as any others.
+    NOT_FOUND (reason REF_NOT_FOUND) if there is none of that name.
+    """
+    PublishBranch: _grpc.UnaryUnaryMultiCallable[_table_service_pb2.PublishBranchRequest, _table_service_pb2.PublishBranchResponse]
+    """Makes a branch the table's current state: "main" moves to the branch's head, when main's
+    head is an ancestor of it (a fast-forward, as write-audit-publish does); ABORTED with
+    reason NOT_FAST_FORWARD otherwise, and nothing changes.
+    """
 
 @_typing.type_check_only
 class TableServiceAsyncStub(TableServiceStub):
@@ -124,6 +143,25 @@ class TableServiceAsyncStub(TableServiceStub):
     """Deletes the rows that match a filter, in one snapshot (copy-on-write: the data files
     holding matching rows are written again without them, files of only matching rows are
     removed). With a request_id, a retry deletes once. Needs tables.change_rows.
+    """
+    CreateBranch: _aio.UnaryUnaryMultiCallable[_table_service_pb2.CreateBranchRequest, _table_service_pb2.CreateBranchResponse]  # type: ignore[assignment]
+    """Creates a branch of a table at a snapshot (the current one by default). ALREADY_EXISTS
+    (reason REF_ALREADY_EXISTS) if the table has a reference of that name.
+    """
+    CreateTag: _aio.UnaryUnaryMultiCallable[_table_service_pb2.CreateTagRequest, _table_service_pb2.CreateTagResponse]  # type: ignore[assignment]
+    """Creates a tag: a fixed name for a snapshot (the current one by default), kept by expiry.
+    ALREADY_EXISTS (reason REF_ALREADY_EXISTS) if the table has a reference of that name.
+    """
+    ListRefs: _aio.UnaryUnaryMultiCallable[_table_service_pb2.ListRefsRequest, _table_service_pb2.ListRefsResponse]  # type: ignore[assignment]
+    """Lists a table's branches and tags, "main" first, then by name."""
+    DeleteRef: _aio.UnaryUnaryMultiCallable[_table_service_pb2.DeleteRefRequest, _table_service_pb2.DeleteRefResponse]  # type: ignore[assignment]
+    """Deletes a branch or a tag (never "main"); its snapshots are then expired as any others.
+    NOT_FOUND (reason REF_NOT_FOUND) if there is none of that name.
+    """
+    PublishBranch: _aio.UnaryUnaryMultiCallable[_table_service_pb2.PublishBranchRequest, _table_service_pb2.PublishBranchResponse]  # type: ignore[assignment]
+    """Makes a branch the table's current state: "main" moves to the branch's head, when main's
+    head is an ancestor of it (a fast-forward, as write-audit-publish does); ABORTED with
+    reason NOT_FAST_FORWARD otherwise, and nothing changes.
     """
 
 class TableServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -272,6 +310,55 @@ class TableServiceServicer(metaclass=_abc_1.ABCMeta):
         """Deletes the rows that match a filter, in one snapshot (copy-on-write: the data files
         holding matching rows are written again without them, files of only matching rows are
         removed). With a request_id, a retry deletes once. Needs tables.change_rows.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateBranch(
+        self,
+        request: _table_service_pb2.CreateBranchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_table_service_pb2.CreateBranchResponse, _abc.Awaitable[_table_service_pb2.CreateBranchResponse]]:
+        """Creates a branch of a table at a snapshot (the current one by default). ALREADY_EXISTS
+        (reason REF_ALREADY_EXISTS) if the table has a reference of that name.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateTag(
+        self,
+        request: _table_service_pb2.CreateTagRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_table_service_pb2.CreateTagResponse, _abc.Awaitable[_table_service_pb2.CreateTagResponse]]:
+        """Creates a tag: a fixed name for a snapshot (the current one by default), kept by expiry.
+        ALREADY_EXISTS (reason REF_ALREADY_EXISTS) if the table has a reference of that name.
+        """
+
+    @_abc_1.abstractmethod
+    def ListRefs(
+        self,
+        request: _table_service_pb2.ListRefsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_table_service_pb2.ListRefsResponse, _abc.Awaitable[_table_service_pb2.ListRefsResponse]]:
+        """Lists a table's branches and tags, "main" first, then by name."""
+
+    @_abc_1.abstractmethod
+    def DeleteRef(
+        self,
+        request: _table_service_pb2.DeleteRefRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_table_service_pb2.DeleteRefResponse, _abc.Awaitable[_table_service_pb2.DeleteRefResponse]]:
+        """Deletes a branch or a tag (never "main"); its snapshots are then expired as any others.
+        NOT_FOUND (reason REF_NOT_FOUND) if there is none of that name.
+        """
+
+    @_abc_1.abstractmethod
+    def PublishBranch(
+        self,
+        request: _table_service_pb2.PublishBranchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_table_service_pb2.PublishBranchResponse, _abc.Awaitable[_table_service_pb2.PublishBranchResponse]]:
+        """Makes a branch the table's current state: "main" moves to the branch's head, when main's
+        head is an ancestor of it (a fast-forward, as write-audit-publish does); ABORTED with
+        reason NOT_FAST_FORWARD otherwise, and nothing changes.
         """
 
 def add_TableServiceServicer_to_server(servicer: TableServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

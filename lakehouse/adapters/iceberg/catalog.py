@@ -76,6 +76,13 @@ from lakehouse.adapters.iceberg.registration import (
     refuse_unusable_properties,
 )
 from lakehouse.adapters.iceberg.scan import lazy_batch_reader, small_offsets
+from lakehouse.adapters.iceberg.snapshot_refs import (
+    create_ref,
+    delete_ref,
+    list_refs,
+    publish_branch,
+    resolve_ref,
+)
 from lakehouse.adapters.iceberg.updates import apply_changes
 from lakehouse.adapters.pyiceberg_private.commits import add_commit_requirements
 from lakehouse.adapters.pyiceberg_private.io import confine_catalog_io, service_file_io
@@ -92,6 +99,7 @@ from lakehouse.domain.errors import (
     Unavailable,
 )
 from lakehouse.domain.ingest import AppendOutcome, AppendPlan, IngestState, RequestIdLedger
+from lakehouse.domain.refs import RefInfo, RefKind
 from lakehouse.domain.row_changes import DeleteOutcome, RowChange
 from lakehouse.domain.tables import (
     OpenScan,
@@ -684,6 +692,81 @@ class IcebergCatalog:
 
         return await self._call(work, namespace, name)
 
+    async def list_refs(self, namespace: str, name: str) -> list[RefInfo]:
+        """The table's branches and tags, main first.
+
+        Raises:
+            NotFound: No such table.
+        """
+
+        def work(c: Catalog) -> list[RefInfo]:
+            return list_refs(self._table(c, namespace, name))
+
+        return await self._call(work, namespace, name, retry=True)
+
+    async def create_ref(
+        self,
+        namespace: str,
+        name: str,
+        ref: str,
+        kind: RefKind,
+        snapshot_id: int | None,
+        *,
+        max_ref_age_ms: int | None = None,
+        min_snapshots_to_keep: int | None = None,
+        max_snapshot_age_ms: int | None = None,
+    ) -> RefInfo:
+        """Creates a branch or a tag (see ``snapshot_refs.create_ref``)."""
+
+        def work(c: Catalog) -> RefInfo:
+            try:
+                return create_ref(
+                    self._table(c, namespace, name),
+                    ref,
+                    kind,
+                    snapshot_id,
+                    max_ref_age_ms=max_ref_age_ms,
+                    min_snapshots_to_keep=min_snapshots_to_keep,
+                    max_snapshot_age_ms=max_snapshot_age_ms,
+                )
+            finally:
+                self._forget(namespace, name)
+
+        return await self._call(work, namespace, name)
+
+    async def delete_ref(self, namespace: str, name: str, ref: str) -> None:
+        """Deletes a branch or a tag (see ``snapshot_refs.delete_ref``)."""
+
+        def work(c: Catalog) -> None:
+            try:
+                delete_ref(self._table(c, namespace, name), ref)
+            finally:
+                self._forget(namespace, name)
+
+        await self._call(work, namespace, name)
+
+    async def publish_branch(
+        self, namespace: str, name: str, branch: str, expected_etag: str
+    ) -> TableInfo:
+        """Fast-forwards main to a branch's head (see ``snapshot_refs.publish_branch``).
+
+        Raises:
+            Conflict: A stale etag (ETAG_MISMATCH), not a fast-forward, or a concurrent commit.
+        """
+
+        def work(c: Catalog) -> TableInfo:
+            table = self._table(c, namespace, name)
+            if expected_etag:
+                _check_etag(table, expected_etag)
+            try:
+                published = publish_branch(table, branch)
+            except Conflict:
+                self._forget(namespace, name)
+                raise
+            return self._remember(namespace, name, published)[1]
+
+        return await self._call(work, namespace, name)
+
     async def planned_append(
         self,
         namespace: str,
@@ -816,6 +899,8 @@ class IcebergCatalog:
             if request.start_snapshot_id is not None:
                 return self._open_changes(table, namespace, name, request)
             snapshot_id = request.snapshot_id
+            if request.ref:
+                snapshot_id = resolve_ref(table, request.ref)
             if snapshot_id is not None and table.snapshot_by_id(snapshot_id) is None:
                 raise snapshot_not_found(namespace, name, str(snapshot_id))
             if request.as_of_ms is not None:

@@ -34,6 +34,21 @@ def _retained_ancestors(metadata: TableMetadata, retain_last: int) -> set[int]:
     return keep
 
 
+def _kept_by_refs(metadata: TableMetadata) -> set[int]:
+    """Every ref's snapshot, and each branch's ``min_snapshots_to_keep`` newest snapshots."""
+    keep: set[int] = set()
+    for ref in metadata.refs.values():
+        snapshot = metadata.snapshot_by_id(ref.snapshot_id)
+        wanted = ref.min_snapshots_to_keep or 1
+        kept = 0
+        while snapshot is not None and kept < wanted:
+            keep.add(snapshot.snapshot_id)
+            kept += 1
+            parent = snapshot.parent_snapshot_id
+            snapshot = metadata.snapshot_by_id(parent) if parent is not None else None
+    return keep
+
+
 def _ingest_state_chain(metadata: TableMetadata) -> set[int]:
     """The current snapshot and its ancestors down to the newest one holding writer offsets.
 
@@ -99,7 +114,7 @@ def expire_snapshots(
     if retain_last < 1:
         raise ValueError("retain_last must be at least 1")
     metadata = table.metadata
-    protected = {ref.snapshot_id for ref in metadata.refs.values()}
+    protected = _kept_by_refs(metadata)
     keep = _retained_ancestors(metadata, retain_last) | protected | _ingest_state_chain(metadata)
     to_expire = [
         s.snapshot_id
