@@ -39,6 +39,7 @@ from pyiceberg.table.snapshots import Operation
 from lakehouse.adapters.iceberg.references import delete_all
 from lakehouse.adapters.pyiceberg_private.commits import ReplaceFiles
 from lakehouse.adapters.pyiceberg_private.writes import (
+    check_arrow_schema_fits,
     paged_by_bytes,
     writable_table,
     write_data_files,
@@ -181,9 +182,17 @@ def _rewrite_file(
 
 
 def write_rows(table: Table, data: pa.Table, cache: RewriteCache) -> list[DataFile]:
-    """Writes ``data`` (the table's Arrow schema) as new data files, not committed."""
+    """Writes ``data`` (the table's Arrow schema) as new data files, not committed.
+
+    Raises:
+        ValueError: ``data`` no longer fits the table's schema (it changed since the rows
+            were checked), as pyiceberg's own append says.
+    """
     if data.num_rows == 0:
         return []
+    check_arrow_schema_fits(
+        table.schema(), data.schema, format_version=table.metadata.format_version
+    )
     metadata = paged_by_bytes(writable_table(table).metadata, data)
     written = list(write_data_files(metadata, data, table.io, cache.write_uuid, cache.counter))
     cache.written.extend(written)
