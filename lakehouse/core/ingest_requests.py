@@ -37,6 +37,7 @@ from lakehouse.domain.row_changes import (
     WriteMode,
     change_stream_problems,
     latest_change_per_key,
+    required_values,
     with_change_columns,
 )
 from lakehouse.domain.rows.arrow_conform import conform_arrow
@@ -331,7 +332,7 @@ class IngestRequests:
             decoded, info, reservation = await self._decode(namespace, table, rows, mode)
         try:
             if change is not None:
-                return await self._staged_change(decoded, change, reservation)
+                return await self._staged_change(decoded, info, change, reservation)
             return await self._staged_append(
                 namespace, table, decoded, info, policy, writer_id, offset, reservation
             )
@@ -341,12 +342,17 @@ class IngestRequests:
             raise
 
     async def _staged_change(
-        self, decoded: DecodedRows, change: RowChange, reservation: Reservation | None
+        self,
+        decoded: DecodedRows,
+        info: TableInfo,
+        change: RowChange,
+        reservation: Reservation | None,
     ) -> StagedRows:
         if decoded.problems:
             raise RowsRejected(decoded)
         data, indices = decoded.valid, None
         if change.mode is WriteMode.UPSERT:
+            required_values(data, info.schema)
             data, indices = await asyncio.to_thread(_latest_changes, data, change.key_columns)
         metrics.INGEST_BYTES.inc(data.nbytes)
         return StagedRows(data, decoded.row_count, indices, [], change, reservation)

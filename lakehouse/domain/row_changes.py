@@ -130,17 +130,45 @@ def with_change_columns(schema: Schema) -> Schema:
     """``schema`` with the two optional change-stream columns after its own (new field ids).
 
     A change stream's rows are decoded and checked against it, so the change columns get
-    the same type checks and row errors as the table's own.
+    the same type checks and row errors as the table's own. Its required columns other than
+    the key are optional in it: a DELETE row carries only the key (``required_values``
+    checks the other rows).
     """
     next_id = schema.highest_field_id + 1
+    keys = set(schema.identifier_field_ids)
+    own = (
+        f
+        if f.field_id in keys or not f.required
+        else NestedField(f.field_id, f.name, f.field_type, required=False, doc=f.doc)
+        for f in schema.fields
+    )
     fields = (
-        *schema.fields,
+        *own,
         NestedField(next_id, CHANGE_TYPE_COLUMN, StringType(), required=False),
         NestedField(next_id + 1, SEQUENCE_COLUMN, LongType(), required=False),
     )
     return Schema(
         *fields, schema_id=schema.schema_id, identifier_field_ids=schema.identifier_field_ids
     )
+
+
+def required_values(data: pa.Table, schema: Schema) -> None:
+    """Checks that the rows that are not DELETEs carry every required column of ``schema``.
+
+    Raises:
+        InvalidArgument: A row that upserts without a required column (reason INVALID_ROWS),
+            naming the first.
+    """
+    upserts = pa.array([True] * data.num_rows, pa.bool_())
+    if CHANGE_TYPE_COLUMN in data.column_names:
+        upserts = pc.fill_null(pc.not_equal(data[CHANGE_TYPE_COLUMN], DELETE), True)
+    for f in schema.fields:
+        if f.required and f.name in data.column_names:
+            _first_bad(
+                pc.and_(upserts, pc.is_null(data[f.name])),
+                f.name,
+                "MISSING_REQUIRED_COLUMN: a required column must be set in an UPSERT row",
+            )
 
 
 def latest_change_per_key(

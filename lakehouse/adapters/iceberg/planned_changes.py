@@ -22,6 +22,7 @@ from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table
 
 from lakehouse.adapters.iceberg.ingest import (
+    COMMIT_WRITERS_KEY,
     REQUEST_IDS_KEY,
     carried_writers,
     read_state,
@@ -80,13 +81,15 @@ def planned_delete(
         for attempt in range(1, max_attempts + 1):
             if attempt > 1:
                 table = load()
-            check_etag(table, expected_etag)
             if request_id:
+                # Before the etag: a retry of a conditional delete that was applied finds the
+                # table changed by itself, and is answered as applied.
                 done = _recorded(table, request_id, ledger, request_id_window_ms)
                 if done is not None:
                     return DeleteOutcome(
                         ChangeStats(rows_deleted=done), None, True, table.metadata_location
                     )
+            check_etag(table, expected_etag)
             rewrites = rewrite_matching(table, filter_matcher(table, row_filter), cache)
             if not rewrites:
                 return DeleteOutcome(ChangeStats(), None, False, table.metadata_location)
@@ -179,13 +182,18 @@ class ChangeCommitter:
         inserted = rows
         if self.change.mode is WriteMode.UPSERT and CHANGE_TYPE_COLUMN in data.column_names:
             upserts = pc.fill_null(pc.not_equal(data[CHANGE_TYPE_COLUMN], DELETE), True)
-            inserted = rows.filter(upserts)
+            # Decoded with the key's columns alone required (a DELETE carries only those);
+            # the rows written carry every required column (checked), typed as the table's.
+            inserted = rows.filter(upserts).cast(_nullability_of(table, rows.schema))
         if not self._added:
             self._added = write_rows(table, inserted, self.cache)
         rewrites = self._rewrites(table, data, rows)
         stats = replace(change_stats(rewrites, self._added), rows_added=inserted.num_rows)
-        if not rewrites and not self._added:
+        if not rewrites and not self._added and not _records_progress(properties):
             return table, None, stats
+        # Even a change that removes and adds nothing commits when it moves a writer's offset
+        # or records a request id (a change stream's DELETE of a key that is not there): the
+        # next request of the stream starts after it.
         properties = {OPERATION_KEY: self.change.mode.name.lower(), **properties}
         self.in_flight = True
         try:
@@ -221,6 +229,21 @@ class ChangeCommitter:
         """Deletes the files written that the commit did not take (none while in doubt)."""
         if not self.in_flight and self._table is not None:
             self.cache.discard_uncommitted(self._table, self.committed)
+
+
+def _nullability_of(table: Table, schema: pa.Schema) -> pa.Schema:
+    """``schema`` with each top-level field as nullable as the table's column of that name."""
+    required = {f.name for f in table.schema().fields if f.required}
+    return pa.schema(
+        [f.with_nullable(f.name not in required) for f in schema], metadata=schema.metadata
+    )
+
+
+def _records_progress(properties: dict[str, str]) -> bool:
+    """Whether a commit's summary moves a writer's offset or records a request id."""
+    return json.loads(properties.get(COMMIT_WRITERS_KEY, "[]")) != [] or (
+        REQUEST_IDS_KEY in properties
+    )
 
 
 def identifier_columns(table: Table) -> tuple[str, ...]:
