@@ -18,7 +18,8 @@ wins). ``changes_to_arrow`` builds those rows for a table's Arrow schema::
     ): ...
 
 With a ``writer_id`` the stream is exactly once: a writer that restarts resends from
-``GetWriter``'s ``next_offset`` (``start_offset``), and what was committed is skipped.
+``writer_next_offset`` (``GetWriter``'s ``next_offset``, 0 for a new writer) as
+``start_offset``, and what was committed is skipped.
 
 This module needs pyarrow, an optional dependency of the client package
 (``pip install './gen[arrow]'``).
@@ -29,9 +30,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lakehouse.v1 import table_service_pb2
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+from lakehouse.v1 import ingest_service_pb2, table_service_pb2
 
 try:
     import pyarrow as pa
@@ -41,6 +45,9 @@ except ImportError as e:  # pragma: no cover - depends on the environment
         "(from a checkout: pip install './gen[arrow]')"
     ) from e
 
+if TYPE_CHECKING:
+    from lakehouse.v1 import ingest_service_pb2_grpc
+
 __all__ = [
     "CHANGE_SEQUENCE_NUMBER_COLUMN",
     "CHANGE_TYPE_COLUMN",
@@ -48,6 +55,7 @@ __all__ = [
     "ChangeKind",
     "changes_to_arrow",
     "delete_rows_request",
+    "writer_next_offset",
 ]
 
 #: The column that says what a row of a change stream does: "UPSERT" or "DELETE".
@@ -216,3 +224,57 @@ def delete_rows_request(
         request_id=request_id,
         expected_etag=expected_etag,
     )
+
+
+def writer_next_offset(
+    stub: ingest_service_pb2_grpc.IngestServiceStub,
+    namespace: str,
+    table: str,
+    writer_id: str,
+    *,
+    timeout: float | None = None,
+) -> int:
+    """The offset a writer resumes from: ``GetWriter``'s ``next_offset``, 0 for a new writer.
+
+    ``GetWriter`` answers ``NOT_FOUND`` for a writer that has committed nothing on the table;
+    for a writer about to start, that is offset 0.
+
+    Args:
+        stub: An ``IngestServiceStub`` on a sync ``grpc.Channel``.
+        namespace: The table's namespace.
+        table: The table name.
+        writer_id: The writer id.
+        timeout: The deadline of the call, in seconds.
+
+    Returns:
+        The offset of the next row the service expects from the writer.
+
+    Raises:
+        grpc.RpcError: The call failed otherwise (e.g. ``NOT_FOUND`` with no such table).
+    """
+    request = ingest_service_pb2.GetWriterRequest(
+        namespace=namespace, table=table, writer_id=writer_id
+    )
+    try:
+        return int(stub.GetWriter(request, timeout=timeout).writer.next_offset)
+    except grpc.RpcError as exc:
+        if _reason(exc) == "WRITER_NOT_FOUND":
+            return 0
+        raise
+
+
+def _reason(exc: grpc.RpcError) -> str:
+    """The ``ErrorInfo`` reason of a failed call; "" when it carries none."""
+    # A failed call's error is also its grpc.Call (typeshed's classes do not say so).
+    trailing_metadata = getattr(exc, "trailing_metadata", None)
+    trailers: Sequence[tuple[str, str | bytes]] = (
+        (trailing_metadata() or ()) if callable(trailing_metadata) else ()
+    )
+    for key, value in trailers:
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    return str(info.reason)
+    return ""
