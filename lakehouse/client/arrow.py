@@ -566,6 +566,8 @@ def append_rows_requests(
     invalid_row_policy: ingest_pb2.InvalidRowPolicy.ValueType = (
         ingest_pb2.INVALID_ROW_POLICY_UNSPECIFIED
     ),
+    write_mode: ingest_pb2.WriteMode.ValueType = ingest_pb2.WRITE_MODE_UNSPECIFIED,
+    overwrite_filter: str = "",
 ) -> Iterator[ingest_service_pb2.AppendRowsRequest]:
     """Turns Arrow data into the requests of one ``AppendRows`` stream.
 
@@ -582,6 +584,13 @@ def append_rows_requests(
     ``start_offset`` (0 by default; after a crash, ``GetWriter``'s committed offset), which
     makes delivery exactly once. Without one, delivery is at least once.
 
+    ``write_mode`` and ``overwrite_filter`` go in the first request, which fixes them for the
+    stream. In ``WRITE_MODE_OVERWRITE`` and ``WRITE_MODE_OVERWRITE_PARTITIONS`` the whole
+    stream is one write, committed when the client half-closes (when this generator is
+    exhausted): all or nothing. In ``WRITE_MODE_UPSERT`` each request is committed on its own;
+    with a ``writer_id`` the stream stays exactly once (``lakehouse.client.changes`` builds
+    change-stream rows).
+
     Args:
         namespace: The table's namespace.
         table: The table name.
@@ -590,6 +599,10 @@ def append_rows_requests(
         start_offset: The offset of the first row in the writer's sequence (needs writer_id).
         max_batch_bytes: The byte budget of one serialized record batch.
         invalid_row_policy: What the service does with rows that do not match the schema.
+        write_mode: What the write does to the rows in the table (``ingest_pb2.WRITE_MODE_*``);
+            APPEND when unset.
+        overwrite_filter: The rows replaced in ``WRITE_MODE_OVERWRITE`` (row filter syntax);
+            required in that mode, refused by the service in the others.
 
     Yields:
         The requests, to pass to ``IngestServiceStub.AppendRows``.
@@ -625,6 +638,7 @@ def append_rows_requests(
             )
             if first:
                 request.namespace, request.table, request.writer_id = namespace, table, writer_id
+                request.write_mode, request.overwrite_filter = write_mode, overwrite_filter
                 first = False
             if not as_stream and (sent_schema is None or not chunk.schema.equals(sent_schema)):
                 request.arrow_schema.serialized_schema = chunk.schema.serialize().to_pybytes()
@@ -640,6 +654,8 @@ def append_rows_requests(
             table=table,
             writer_id=writer_id,
             invalid_row_policy=invalid_row_policy,
+            write_mode=write_mode,
+            overwrite_filter=overwrite_filter,
         )
         request.arrow_schema.serialized_schema = schema.serialize().to_pybytes()
         yield request
@@ -654,6 +670,8 @@ def write_rows_request(
     invalid_row_policy: ingest_pb2.InvalidRowPolicy.ValueType = (
         ingest_pb2.INVALID_ROW_POLICY_UNSPECIFIED
     ),
+    write_mode: ingest_pb2.WriteMode.ValueType = ingest_pb2.WRITE_MODE_UNSPECIFIED,
+    overwrite_filter: str = "",
 ) -> ingest_service_pb2.WriteRowsRequest:
     """Builds a ``WriteRowsRequest`` holding all of ``data`` in one message.
 
@@ -668,6 +686,11 @@ def write_rows_request(
         data: The rows.
         request_id: An id that makes retries safe (a UUID is a good choice); empty for none.
         invalid_row_policy: What the service does with rows that do not match the schema.
+        write_mode: What the write does to the rows in the table (``ingest_pb2.WRITE_MODE_*``);
+            APPEND when unset. The modes other than APPEND commit the request's rows and the
+            removal of the rows they replace in one snapshot.
+        overwrite_filter: The rows replaced in ``WRITE_MODE_OVERWRITE`` (row filter syntax);
+            required in that mode, refused by the service in the others.
 
     Returns:
         The request, to pass to ``IngestServiceStub.WriteRows``.
@@ -682,4 +705,6 @@ def write_rows_request(
             row_count=data.num_rows,
         ),
         invalid_row_policy=invalid_row_policy,
+        write_mode=write_mode,
+        overwrite_filter=overwrite_filter,
     )

@@ -628,6 +628,41 @@ def test_append_passes_the_invalid_row_policy() -> None:
     assert next(requests).invalid_row_policy == ingest_pb2.INVALID_ROW_POLICY_DEAD_LETTER
 
 
+def test_append_sets_the_write_mode_on_the_first_request_only() -> None:
+    table = pa.table({"n": list(range(100))})
+    requests = list(
+        append_rows_requests(
+            "s",
+            "t",
+            table,
+            writer_id="w",
+            max_batch_bytes=256,
+            write_mode=ingest_pb2.WRITE_MODE_OVERWRITE,
+            overwrite_filter="n >= 0",
+        )
+    )
+    assert len(requests) > 1
+    first, *later = requests
+    assert (first.write_mode, first.overwrite_filter) == (
+        ingest_pb2.WRITE_MODE_OVERWRITE,
+        "n >= 0",
+    )
+    # Later requests may only repeat them: leaving them unset is the smallest message.
+    assert all(r.write_mode == ingest_pb2.WRITE_MODE_UNSPECIFIED for r in later)
+    assert all(r.overwrite_filter == "" for r in later)
+    (empty,) = append_rows_requests(
+        "s",
+        "t",
+        table.schema.empty_table(),
+        write_mode=ingest_pb2.WRITE_MODE_OVERWRITE,
+        overwrite_filter="n > 5",
+    )
+    assert (empty.write_mode, empty.overwrite_filter) == (
+        ingest_pb2.WRITE_MODE_OVERWRITE,
+        "n > 5",
+    )
+
+
 def test_append_reads_its_input_lazily() -> None:
     produced = threading.Event()
 
@@ -679,3 +714,19 @@ def test_write_rows_request_takes_a_record_batch() -> None:
     request = write_rows_request("s", "t", batch)
     data = request.arrow_record_batch.serialized_record_batch
     assert pa.ipc.open_stream(pa.py_buffer(data)).read_all().to_batches() == [batch]
+
+
+def test_write_rows_request_carries_the_write_mode() -> None:
+    batch = pa.record_batch({"n": [1]})
+    assert write_rows_request("s", "t", batch).write_mode == ingest_pb2.WRITE_MODE_UNSPECIFIED
+    request = write_rows_request(
+        "s",
+        "t",
+        batch,
+        write_mode=ingest_pb2.WRITE_MODE_OVERWRITE,
+        overwrite_filter="n = 1",
+    )
+    assert (request.write_mode, request.overwrite_filter) == (
+        ingest_pb2.WRITE_MODE_OVERWRITE,
+        "n = 1",
+    )

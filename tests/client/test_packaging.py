@@ -79,6 +79,7 @@ def test_the_client_wheel_holds_stubs_and_helpers(tmp_path: Path) -> None:
     for expected in [
         "lakehouse/client/__init__.py",
         "lakehouse/client/arrow.py",
+        "lakehouse/client/changes.py",
         "lakehouse/client/py.typed",
         "lakehouse/v1/__init__.py",
         "lakehouse/v1/py.typed",

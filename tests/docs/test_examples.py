@@ -226,7 +226,13 @@ def test_the_examples_of_the_page_run_as_written(
 
 def test_the_walkthrough_and_the_guides_have_examples() -> None:
     names = {p.relative_to(ROOT).as_posix() for p in PAGES_WITH_EXAMPLES}
-    assert {"README.md", "docs/tables.md", "docs/ingest.md", "docs/jobs.md"} <= names
+    assert {
+        "README.md",
+        "docs/tables.md",
+        "docs/ingest.md",
+        "docs/jobs.md",
+        "docs/row-changes.md",
+    } <= names
     assert any(b.language in PYTHON_LANGUAGES for b in examples(ROOT / "docs" / "client.md"))
 
 
