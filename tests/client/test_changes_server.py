@@ -145,12 +145,6 @@ async def test_change_streams_overwrites_and_deletes_through_the_helpers(
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
-@pytest.mark.xfail(
-    strict=True,
-    reason="server: an UPSERT request whose changes alter no row (a DELETE of a missing key) is "
-    "acknowledged but its writer offset is not committed, so GetWriter lags and the next "
-    "request's offset is a gap",
-)
 async def test_an_upsert_request_that_changes_nothing_still_moves_the_writer_on(
     table_stub: Any, backend: Any, grpc_target: str
 ) -> None:
@@ -168,12 +162,6 @@ async def test_an_upsert_request_that_changes_nothing_still_moves_the_writer_on(
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
-@pytest.mark.xfail(
-    strict=True,
-    reason="server: DeleteRows checks expected_etag before request_id, so the retry of a delete "
-    "that went through (same request, etag now stale) is ABORTED ETAG_MISMATCH, not "
-    "already_applied",
-)
 async def test_the_retry_of_a_conditional_delete_is_already_applied(
     table_stub: Any, backend: Any, grpc_target: str
 ) -> None:
@@ -196,12 +184,6 @@ async def test_the_retry_of_a_conditional_delete_is_already_applied(
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
-@pytest.mark.xfail(
-    strict=True,
-    reason="server: a DELETE change row is checked like a whole row, so on a table with a "
-    "required column besides the key it is INVALID_ARGUMENT MISSING_REQUIRED_COLUMN "
-    "(docs/row-changes.md tells users to keep such columns optional)",
-)
 async def test_a_delete_change_needs_only_the_key_even_with_required_columns(
     table_stub: Any, backend: Any, grpc_target: str
 ) -> None:
@@ -223,8 +205,11 @@ async def test_a_delete_change_needs_only_the_key_even_with_required_columns(
             tables = table_service_pb2_grpc.TableServiceStub(channel)
             ingest = ingest_service_pb2_grpc.IngestServiceStub(channel)
             schema = read_table(tables, "crm", "customers", row_limit=1).schema
-            upsert_stream(ingest, schema, [Change.upsert({"id": 1, "name": "a"}, 1)], "w", 1 << 20)
-            upsert_stream(ingest, schema, [Change.delete({"id": 1}, 2)], "w", 1 << 20)
+            # The writer's whole sequence each time: the helper resends from GetWriter's offset.
+            history = [Change.upsert({"id": 1, "name": "a"}, 1)]
+            upsert_stream(ingest, schema, history, "w", 1 << 20)
+            history.append(Change.delete({"id": 1}, 2))
+            upsert_stream(ingest, schema, history, "w", 1 << 20)
             return list(read_table(tables, "crm", "customers").to_pylist())
 
     assert await asyncio.to_thread(scenario) == []

@@ -227,12 +227,6 @@ def test_the_guides_mirror_keeps_the_lakehouse_table_equal_to_postgresql(
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(
-    strict=True,
-    reason="server: an UPSERT request that alters no row (here a row inserted and deleted in one "
-    "transaction) is acknowledged without committing its writer offset, so the mirror's next "
-    "request is an OFFSET_GAP",
-)
 def test_a_transaction_that_leaves_no_trace_does_not_stop_the_mirror(
     source: tuple[Any, str], server: ServeProcess
 ) -> None:

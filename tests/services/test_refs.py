@@ -161,9 +161,7 @@ async def test_bad_ref_requests_change_nothing(ingest: Any, table_stub: Any, bac
             "NOT_FOUND",
         ),
         (
-            tpb.CreateBranchRequest(
-                namespace="refs", table="t", name="b", min_snapshots_to_keep=0
-            ),
+            tpb.CreateBranchRequest(namespace="refs", table="t", name="b", min_snapshots_to_keep=0),
             "INVALID_ARGUMENT",
         ),
         (tpb.DeleteRefRequest(namespace="refs", table="t", name="main"), "INVALID_ARGUMENT"),
