@@ -19,8 +19,8 @@ from fixtures.grpc_errors import rpc_error_details
 from fixtures.iceberg import direct_catalog
 from lakehouse.adapters.iceberg.expiry import expire_snapshots
 from lakehouse.client.arrow import read_rows_to_arrow_async
-from lakehouse.v1 import ingest_service_pb2_grpc, rows_pb2, schema_pb2, snapshot_pb2
 from lakehouse.v1 import ingest_service_pb2 as ipb
+from lakehouse.v1 import ingest_service_pb2_grpc, rows_pb2, schema_pb2, snapshot_pb2
 from lakehouse.v1 import table_service_pb2 as tpb
 
 LONG = schema_pb2.DataType(primitive=schema_pb2.PRIMITIVE_TYPE_LONG)
