@@ -171,6 +171,8 @@ class ChangeCommitter:
             FailedPrecondition: The mode does not fit the table.
         """
         self._table = table
+        if not self.cache.fit(table):
+            self._added = []  # written with another spec or schema: write them again
         if self._data is None or not self._data.equals(data):
             # Other rows than the last attempt's: another matcher, nothing to reuse.
             self.cache.files.clear()

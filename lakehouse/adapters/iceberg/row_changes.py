@@ -100,8 +100,24 @@ class RewriteCache:
 
     files: dict[str, FileRewrite | None] = field(default_factory=dict)
     written: list[DataFile] = field(default_factory=list)
+    layout: tuple[int, int] | None = None
+    """The partition spec and schema the cached files were written with."""
     write_uuid: uuid.UUID = field(default_factory=uuid.uuid4)
     counter: itertools.count[int] = field(default_factory=lambda: itertools.count(0))
+
+    def fit(self, table: Table) -> bool:
+        """Forgets the cached work when ``table``'s spec or schema changed since it was done.
+
+        Files written with another partition spec carry partition values of that spec: a
+        commit of them on the new one fails (pyiceberg writes their values by the new spec's
+        fields). Returns whether the cache was kept.
+        """
+        layout = (table.metadata.default_spec_id, table.metadata.current_schema_id)
+        kept = self.layout is None or self.layout == layout
+        if not kept:
+            self.files.clear()  # the files stay in ``written``, for discard_uncommitted
+        self.layout = layout
+        return kept
 
     def discard_uncommitted(self, table: Table, committed: Iterable[DataFile]) -> None:
         """Deletes the files written that no commit took (nothing references them)."""
@@ -124,6 +140,7 @@ def rewrite_matching(
     snapshot = table.current_snapshot()
     if snapshot is None:
         return []
+    cache.fit(table)
     table = writable_table(table)
     rewrites: list[FileRewrite] = []
     tasks = table.scan(row_filter=matcher.scope, snapshot_id=snapshot.snapshot_id).plan_files()
