@@ -969,6 +969,150 @@ def load_mixed_rss_mb(ctx: BenchContext) -> Result:
     )
 
 
+# --- row-level changes: DeleteRows and WriteRows' write modes against pyiceberg's own -------
+
+#: Rows and data files of the tables of the row-change scenarios (one file per append).
+CHANGE_ROWS = 2_000_000
+CHANGE_FILES = 20
+#: delete_rows' filter: ``customer_id`` is uniform over [0, 100,000), so this is 1% of the
+#: rows, in every file (a GDPR-like delete: no partition or min/max pruning can help).
+DELETE_FILTER = "customer_id < 1000"
+DELETE_CUSTOMERS = 1000
+
+
+def _change_batches(ctx: BenchContext, rows: int, files: int) -> list[pa.Table]:
+    """``files`` slices of ``rows`` rows of the read table's columns, made once per run."""
+    key = f"change_batches_{rows}_{files}"
+    cached: list[pa.Table] | None = ctx.fixtures.get(key)
+    if cached is None:
+        step = rows // files
+        cached = [_rows(i * step, step) for i in range(files)]
+        ctx.fixtures[key] = cached
+    return cached
+
+
+def _change_table(
+    catalog: Catalog,
+    name: str,
+    batches: list[pa.Table],
+    *,
+    identifier_field: str | None = None,
+    partition_column: str | None = None,
+) -> tuple[str, str]:
+    """``bench.<name>`` (dropped first if there) holding ``batches``, one data file each.
+
+    The appends are one transaction (one catalog commit, one snapshot per batch): set-up,
+    not measured, and the same on both sides of a scenario.
+    """
+    with contextlib.suppress(NamespaceAlreadyExistsError):
+        catalog.create_namespace(BENCH_NAMESPACE)
+    identifier = (BENCH_NAMESPACE, name)
+    if catalog.table_exists(identifier):
+        catalog.drop_table(identifier)
+    table = catalog.create_table(identifier, schema=batches[0].schema)
+    if identifier_field is not None:
+        with table.update_schema() as update:
+            update.set_identifier_fields(identifier_field)
+    if partition_column is not None:
+        with table.update_spec() as spec:
+            spec.add_identity(partition_column)
+    with table.transaction() as tx:
+        for batch in batches:
+            tx.append(batch)
+    return identifier
+
+
+def _count_rows(catalog: Catalog, identifier: tuple[str, str], row_filter: str = "true") -> int:
+    """The rows of the table's current snapshot that ``row_filter`` matches (read, not planned)."""
+    table = catalog.load_table(identifier)
+    return table.scan(row_filter=row_filter, selected_fields=("id",)).to_arrow().num_rows
+
+
+def _files_since(catalog: Catalog, identifier: tuple[str, str], since: int | None) -> str:
+    """Data files removed and added, and snapshots made, after snapshot ``since``: a note."""
+    table = catalog.load_table(identifier)
+    removed = added = snapshots = 0
+    snapshot = table.current_snapshot()
+    while snapshot is not None and snapshot.snapshot_id != since:
+        summary = snapshot.summary
+        if summary is not None:
+            removed += int(summary.get("deleted-data-files", "0") or 0)
+            added += int(summary.get("added-data-files", "0") or 0)
+        snapshots += 1
+        parent = snapshot.parent_snapshot_id
+        snapshot = table.snapshot_by_id(parent) if parent is not None else None
+    return f"{removed} data files removed, {added} added, {snapshots} snapshots"
+
+
+def _current_snapshot_id(catalog: Catalog, identifier: tuple[str, str]) -> int | None:
+    snapshot = catalog.load_table(identifier).current_snapshot()
+    return snapshot.snapshot_id if snapshot is not None else None
+
+
+async def delete_rows(ctx: BenchContext) -> Result:
+    """DeleteRows of 1% of a 2M-row, 20-file table, against pyiceberg's ``Table.delete``."""
+    server = ctx.shared_server()
+    catalog = _catalog_of(server, ctx.backend)
+    rows, files = ctx.count(CHANGE_ROWS, 100_000), ctx.count(CHANGE_FILES, 10)
+    batches = _change_batches(ctx, rows, files)
+    doomed = sum(int(pc.sum(pc.less(b["customer_id"], DELETE_CUSTOMERS)).as_py()) for b in batches)
+    # Each side gets its own, identical table: both rewrite the same files.
+    ours = _change_table(catalog, "delete_rows_ours", batches)
+    direct = _change_table(catalog, "delete_rows_direct", batches)
+    warm = [batches[0].slice(0, 1000)]
+    warm_ours = _change_table(catalog, "delete_rows_warmup", warm)
+    warm_direct = _change_table(catalog, "delete_rows_warmup_direct", warm)
+    base_ours, base_direct = (_current_snapshot_id(catalog, t) for t in (ours, direct))
+    async with ctx.aio_channel_with([], server.target) as channel:
+        stub = table_service_pb2_grpc.TableServiceStub(channel)
+        # Warm-up, not measured: code paths and imports on both sides, the table's metadata in
+        # the server's cache (as a GetTable before a conditional delete would leave it).
+        await stub.DeleteRows(_delete_request(warm_ours), timeout=60)
+        await stub.GetTable(table_service_pb2.GetTableRequest(namespace=ours[0], table=ours[1]))
+        catalog.load_table(warm_direct).delete(DELETE_FILTER)
+        cpu0, wall0 = server.cpu_seconds(), time.perf_counter()
+        response = await stub.DeleteRows(_delete_request(ours), timeout=1800)
+        seconds = time.perf_counter() - wall0
+        server_cores = (server.cpu_seconds() - cpu0) / seconds
+    table = catalog.load_table(direct)
+    t0 = time.perf_counter()
+    table.delete(DELETE_FILTER)
+    direct_seconds = time.perf_counter() - t0
+    if response.rows_deleted != doomed:
+        raise HarnessError(f"DeleteRows deleted {response.rows_deleted} rows, not {doomed}")
+    for identifier in (ours, direct):
+        left, matching = (
+            _count_rows(catalog, identifier),
+            _count_rows(catalog, identifier, DELETE_FILTER),
+        )
+        if left != rows - doomed or matching:
+            raise HarnessError(
+                f"{'.'.join(identifier)} holds {left} rows ({matching} matching), "
+                f"not {rows - doomed}"
+            )
+    return Result(
+        "delete_rows",
+        doomed / seconds,
+        "rows/s",
+        limit_name="direct pyiceberg Table.delete, same filter",
+        limit_value=doomed / direct_seconds,
+        goal_ratio=1.0,
+        notes=(
+            f"{doomed:,} of {rows:,} rows ({DELETE_FILTER!r}, in every one of {files} files) in "
+            f"{seconds:.2f}s: {response.files_rewritten} files rewritten, "
+            f"{response.files_removed} removed ({_files_since(catalog, ours, base_ours)}); "
+            f"server CPU {server_cores:.2f} cores; direct {direct_seconds:.2f}s "
+            f"({_files_since(catalog, direct, base_direct)}); rows left checked on both sides"
+        ),
+    )
+
+
+def _delete_request(identifier: tuple[str, str]) -> table_service_pb2.DeleteRowsRequest:
+    return table_service_pb2.DeleteRowsRequest(
+        namespace=identifier[0], table=identifier[1], row_filter=DELETE_FILTER
+    )
+
+
 # --- peers: a minimal Arrow Flight server over pyiceberg ----------------------------------
 
 
@@ -1103,6 +1247,7 @@ SCENARIOS: list[Scenario] = [
     append_rows_vs_flight,
     read_rows_vs_flight,
     job_compaction,
+    delete_rows,
     load_mixed,
     load_mixed_errors,
     load_mixed_rss_mb,
