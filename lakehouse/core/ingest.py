@@ -37,6 +37,7 @@ from lakehouse.domain.errors import (
 )
 from lakehouse.domain.ingest import AppendPlan, IngestState, RequestIdLedger
 from lakehouse.domain.names import check_identifier, check_writer_id
+from lakehouse.domain.row_changes import ChangeStats, RowChange
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +57,17 @@ def check_request_id(field: str, request_id: str) -> str:
 
 @dataclass(frozen=True)
 class WriteResult:
-    """The outcome of one write."""
+    """The outcome of one write.
+
+    ``stats`` is what a write in a mode other than APPEND did to the rows already in the
+    table (all zero for an append).
+    """
 
     rows_written: int
     snapshot_id: int | None
     already_written: bool
     offset: int | None
+    stats: ChangeStats = field(default_factory=ChangeStats)
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,8 @@ class _Unit:
     request_id: str
     nbytes: int
     future: asyncio.Future[WriteResult]
+    change: RowChange | None = None
+    """A write mode other than APPEND: the unit is committed alone."""
     enqueued: float = field(default_factory=time.monotonic)
 
     def rows_from(self, skip: int) -> pa.Table:
@@ -120,6 +128,7 @@ def plan_group(
     commit_writers: set[str] = set()
     pieces: list[pa.Table] = []
     decisions: list[_Decision] = []
+    empty: pa.Table | None = None  # a unit to write that has no rows (an overwrite's)
     for unit in units:
         decision = _Decision()
         decisions.append(decision)
@@ -162,10 +171,14 @@ def plan_group(
         decision.rows = data.num_rows
         if data.num_rows:
             pieces.append(data)
+        else:
+            empty = data
         if unit.request_id:
             seen_requests[unit.request_id] = decision.rows
             new_requests[unit.request_id] = decision.rows
-    combined = pa.concat_tables(pieces) if pieces else None
+    # A unit with no rows still counts in a write mode that removes rows: an overwrite with
+    # no rows deletes what its filter matches.
+    combined = pa.concat_tables(pieces) if pieces else empty
     plan = AppendPlan(
         data=combined,
         writers=writers,
@@ -284,6 +297,9 @@ class _TableCommitter:
         self._budget = budget
         self._ledger = ledger
         self._queue: asyncio.Queue[_Unit] = asyncio.Queue()
+        # A unit taken off the queue that could not join the group gathered (a row change
+        # after appends, or an append after a row change): first in the next group.
+        self._held: _Unit | None = None
         self._idle = asyncio.Event()
         self._idle.set()
         # Made while handling the table's first write, but it outlives that call: its commits
@@ -316,8 +332,13 @@ class _TableCommitter:
         return unit.future
 
     async def _gather(self) -> list[_Unit]:
-        first = await self._queue.get()
+        if self._held is not None:
+            first, self._held = self._held, None
+        else:
+            first = await self._queue.get()
         group = [first]
+        if first.change is not None:
+            return group  # a row change is committed alone
         rows, nbytes = first.data.num_rows, first.nbytes
         deadline = first.enqueued + self._settings.commit_delay_ms / 1000
         while rows < self._settings.commit_rows and nbytes < self._settings.commit_bytes:
@@ -331,6 +352,9 @@ class _TableCommitter:
                     unit = await asyncio.wait_for(self._queue.get(), remaining)
                 except TimeoutError:
                     break
+            if unit.change is not None:
+                self._held = unit  # after this group, in queue order
+                break
             group.append(unit)
             rows += unit.data.num_rows
             nbytes += unit.nbytes
@@ -345,7 +369,7 @@ class _TableCommitter:
             finally:
                 for unit in group:
                     self._budget.release(self._key, unit.nbytes)
-                if self._queue.empty():
+                if self._queue.empty() and self._held is None:
                     self._idle.set()
 
     async def _commit(self, group: list[_Unit]) -> None:
@@ -365,6 +389,7 @@ class _TableCommitter:
                 max_attempts=self._settings.commit_attempts,
                 ledger=self._ledger,
                 request_ids=[unit.request_id for unit in group if unit.request_id],
+                change=group[0].change,
             )
         except LakehouseError as exc:
             metrics.INGEST_COMMITS.labels("error").inc()
@@ -382,7 +407,10 @@ class _TableCommitter:
                 if not unit.future.done():
                     unit.future.set_exception(failure)
             return
-        wrote = outcome.plan.data is not None and outcome.plan.data.num_rows > 0
+        wrote = outcome.snapshot_id is not None and (
+            outcome.stats is not None
+            or (outcome.plan.data is not None and outcome.plan.data.num_rows > 0)
+        )
         if wrote:
             metrics.INGEST_COMMITS.labels("ok").inc()
             metrics.INGEST_COMMIT_SECONDS.observe(time.perf_counter() - started)
@@ -405,19 +433,27 @@ class _TableCommitter:
             if decision.error is not None:
                 unit.future.set_exception(decision.error)
                 continue
+            rows = decision.rows
+            if outcome.stats is not None and not decision.already:
+                rows = outcome.stats.rows_added  # a change stream's DELETE rows add none
             unit.future.set_result(
                 WriteResult(
-                    rows_written=decision.rows,
+                    rows_written=rows,
                     snapshot_id=outcome.snapshot_id,
                     already_written=decision.already,
                     offset=decision.offset,
+                    stats=(outcome.stats or ChangeStats())
+                    if not decision.already
+                    else ChangeStats(),
                 )
             )
 
     async def close(self, timeout: float) -> None:
         """Commits what is queued (for at most ``timeout`` seconds), then stops."""
         deadline = time.monotonic() + timeout
-        while (not self._queue.empty() or not self._idle.is_set()) and time.monotonic() < deadline:
+        while (
+            not self._queue.empty() or self._held is not None or not self._idle.is_set()
+        ) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         self._task.cancel()
 
@@ -505,6 +541,7 @@ class Ingest:
         writer_id: str = "",
         offset: int | None = None,
         request_id: str = "",
+        change: RowChange | None = None,
     ) -> WriteResult:
         """Writes rows already conformed to the table's schema; returns once committed.
 
@@ -518,6 +555,7 @@ class Ingest:
             writer_id: For exactly-once delivery.
             offset: Position of the request's first row in the writer's sequence.
             request_id: Makes a retried request write once.
+            change: A write mode other than APPEND (committed alone, in queue order).
 
         Raises:
             InvalidArgument: Bad names, ids or offset.
@@ -536,6 +574,7 @@ class Ingest:
             writer_id=writer_id,
             offset=offset,
             request_id=request_id,
+            change=change,
         )
         return await future
 
@@ -551,6 +590,7 @@ class Ingest:
         offset: int | None = None,
         request_id: str = "",
         reservation: Reservation | None = None,
+        change: RowChange | None = None,
     ) -> asyncio.Future[WriteResult]:
         """Queues a write (waiting for buffer room) and returns the future of its commit.
 
@@ -581,6 +621,7 @@ class Ingest:
             request_id=request_id,
             nbytes=max(data.nbytes, 1),
             future=asyncio.get_running_loop().create_future(),
+            change=change,
         )
         return await self._committer((namespace, table)).enqueue(unit, reservation)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lakehouse import metrics
 from lakehouse.core.dead_letters import DeadLetters
@@ -27,8 +28,17 @@ from lakehouse.core.invalid_rows import (
     listed_problems,
     resolve_policy,
 )
+from lakehouse.core.row_changes import prepare_change
 from lakehouse.core.tables import Tables
 from lakehouse.domain.errors import InvalidArgument, ResourceExhausted
+from lakehouse.domain.row_changes import (
+    SEQUENCE_COLUMN,
+    RowChange,
+    WriteMode,
+    change_stream_problems,
+    latest_change_per_key,
+    with_change_columns,
+)
 from lakehouse.domain.rows.arrow_conform import conform_arrow
 from lakehouse.domain.rows.arrow_read import check_dictionary_bytes, dictionary_bytes, read_arrow
 from lakehouse.domain.rows.arrow_size import ArrowLimits, arrow_size
@@ -93,6 +103,58 @@ class QueuedRows:
     dead_letter_namespace: str = ""
 
 
+@dataclass
+class StagedRows:
+    """A request decoded and checked, not queued yet.
+
+    Attributes:
+        data: The rows to write (with the change columns, for a change stream).
+        span: Rows the request counts in the writer's sequence.
+        indices: The request position of each row of ``data``, when some were left out
+            (dead-lettered, or older changes of a key).
+        problems: The listed problems of dead-lettered rows.
+        change: The write mode's change; None appends.
+        reservation: The write-buffer bytes held for the rows.
+        dead_lettered: How many rows went to the dead-letter table.
+        dead_letter_namespace: The namespace of that table (empty when none went).
+    """
+
+    data: pa.Table
+    span: int
+    indices: pa.Array | None
+    problems: list[RowProblem]
+    change: RowChange | None
+    reservation: Reservation | None
+    dead_lettered: int = 0
+    dead_letter_namespace: str = ""
+
+
+def _latest_changes(data: pa.Table, keys: tuple[str, ...]) -> tuple[pa.Table, pa.Array | None]:
+    """A change stream's rows checked, keeping the newest change of each key."""
+    has_sequence = SEQUENCE_COLUMN in data.column_names and data[SEQUENCE_COLUMN].null_count < len(
+        data
+    )
+    change_stream_problems(data, has_sequence=has_sequence)
+    return latest_change_per_key(data, keys, has_sequence=has_sequence)
+
+
+def _combined(staged: list[StagedRows]) -> tuple[pa.Table, int, pa.Array | None]:
+    """Several staged requests of one stream as one write: rows, span and positions."""
+    data = pa.concat_tables([one.data for one in staged])
+    positions: list[pa.Array] = []
+    base = 0
+    for one in staged:
+        if one.indices is None:
+            positions.append(pa.array(range(base, base + one.data.num_rows), pa.int64()))
+        else:
+            positions.append(pc.add(one.indices, base))
+        base += one.span
+    indices = None
+    if any(one.indices is not None for one in staged):
+        indices = pa.concat_arrays(positions)
+    return data, base, indices
+
+
 def _out_of_memory() -> ResourceExhausted:
     """The error for an allocation that failed while decoding.
 
@@ -115,10 +177,12 @@ class IngestRequests:
         self._dead_letters = DeadLetters(tables, ingest)
 
     async def _decode(
-        self, namespace: str, table: str, rows: Rows
+        self, namespace: str, table: str, rows: Rows, mode: WriteMode = WriteMode.APPEND
     ) -> tuple[DecodedRows, TableInfo, Reservation | None]:
         # The schema only: the commit checks the table again, so a second-old copy will do.
         info = await self._tables.get_table(namespace, table, max_age=SCHEMA_MAX_AGE_SECONDS)
+        # A change stream's rows may carry the change columns: decoded as columns of their own.
+        schema = with_change_columns(info.schema) if mode is WriteMode.UPSERT else info.schema
         settings = self._ingest.settings
         reservation: Reservation | None = None
         if isinstance(rows, ArrowRows):
@@ -128,12 +192,12 @@ class IngestRequests:
             # write buffers; decoding then runs in a thread, away from the event loop.
             # The payload is read once to size it and again to decode it (see ArrowRows).
             size = await asyncio.to_thread(
-                lambda: arrow_size(rows.payload(), rows.schema_bytes, info.schema, limits)
+                lambda: arrow_size(rows.payload(), rows.schema_bytes, schema, limits)
             )
             reservation = await self._ingest.reserve(namespace, table, max(size.charge, 1))
             try:
                 read = await asyncio.to_thread(
-                    lambda: read_arrow(rows.payload(), rows.schema_bytes, info.schema)
+                    lambda: read_arrow(rows.payload(), rows.schema_bytes, schema)
                 )
                 if isinstance(read, DecodedRows):
                     decoded = read  # corrupt bytes: nothing to conform
@@ -143,7 +207,7 @@ class IngestRequests:
                     expanded = await asyncio.to_thread(dictionary_bytes, read)
                     check_dictionary_bytes(expanded, limits.max_bytes)
                     await self._ingest.grow(reservation, expanded)
-                    decoded = await asyncio.to_thread(conform_arrow, read, info.schema)
+                    decoded = await asyncio.to_thread(conform_arrow, read, schema)
             except MemoryError:
                 reservation.release()
                 raise _out_of_memory() from None
@@ -165,7 +229,7 @@ class IngestRequests:
             charge = json_charge(serialized, rows.count)
             reservation = await self._ingest.reserve(namespace, table, charge)
             try:
-                decoded = await asyncio.to_thread(lambda: decode_json(rows.to_dicts(), info.schema))
+                decoded = await asyncio.to_thread(lambda: decode_json(rows.to_dicts(), schema))
             except MemoryError:
                 reservation.release()
                 raise _out_of_memory() from None
@@ -173,7 +237,7 @@ class IngestRequests:
                 reservation.release()
                 raise
         else:
-            empty = pa.Table.from_batches([], schema=schema_to_arrow(info.schema))
+            empty = pa.Table.from_batches([], schema=schema_to_arrow(schema))
             decoded = DecodedRows(empty, [], [], {}, 0)
         for problem in decoded.problems[:MAX_LISTED_ROW_ERRORS]:
             metrics.INGEST_REJECTED_ROWS.labels(problem.reason.name).inc()
@@ -189,8 +253,13 @@ class IngestRequests:
         writer_id: str,
         offset: int | None,
         request_id: str,
+        mode: WriteMode = WriteMode.APPEND,
+        overwrite_filter: str = "",
     ) -> QueuedRows:
         """Decodes a request's rows and queues the valid ones for the table's group commit.
+
+        In a mode other than APPEND the write is committed alone, and invalid rows are always
+        rejected (a partial overwrite would lose rows).
 
         Args:
             namespace: The table's namespace.
@@ -200,6 +269,8 @@ class IngestRequests:
             writer_id: The writer of a stream with offsets, or empty.
             offset: The request's offset in the writer's sequence, if any.
             request_id: The request id of an idempotent write, or empty.
+            mode: What the write does to the rows already in the table.
+            overwrite_filter: OVERWRITE: the rows replaced (row filter syntax).
 
         Returns:
             The queued request; await its future for the commit.
@@ -211,38 +282,154 @@ class IngestRequests:
             ResourceExhausted: No room in the write buffers, or no memory to decode.
             NotFound: The table does not exist.
             Unavailable: The catalog or the object store failed.
-            FailedPrecondition: The namespace's dead-letter table has another schema.
+            FailedPrecondition: The namespace's dead-letter table has another schema; or the
+                mode does not fit the table (no identifier fields, not partitioned).
         """
-        decoded, info, reservation = await self._decode(namespace, table, rows)
+        staged = await self.stage(
+            namespace,
+            table,
+            rows,
+            policy,
+            mode,
+            overwrite_filter,
+            writer_id=writer_id,
+            offset=offset,
+        )
+        return await self.enqueue_staged(
+            namespace, table, [staged], writer_id=writer_id, offset=offset, request_id=request_id
+        )
+
+    async def stage(
+        self,
+        namespace: str,
+        table: str,
+        rows: Rows,
+        policy: RequestedPolicy,
+        mode: WriteMode = WriteMode.APPEND,
+        overwrite_filter: str = "",
+        *,
+        writer_id: str = "",
+        offset: int | None = None,
+    ) -> StagedRows:
+        """Decodes and checks a request's rows, holding their write-buffer bytes (not queued).
+
+        An AppendRows stream in an overwrite mode stages each request and queues them all as
+        one write when the client half-closes (``enqueue_staged``); a plain request is staged
+        and queued at once. Release ``reservation`` of a staged request that is not queued.
+
+        Raises:
+            As ``enqueue``.
+        """
+        if mode is WriteMode.APPEND and not overwrite_filter:
+            change = None
+            decoded, info, reservation = await self._decode(namespace, table, rows)
+        else:
+            info = await self._tables.get_table(namespace, table, max_age=SCHEMA_MAX_AGE_SECONDS)
+            change = await prepare_change(
+                info, mode, overwrite_filter, filter_field="overwrite_filter"
+            )
+            decoded, info, reservation = await self._decode(namespace, table, rows, mode)
         try:
-            problems = listed_problems(decoded)
-            dead_lettered = 0
-            dead_letter_namespace = ""
-            indices = None
-            if decoded.problems:
-                resolved = resolve_policy(policy, info.properties)
-                whole_payload = any(p.row_index < 0 for p in decoded.problems)
-                if resolved != InvalidRowPolicy.DEAD_LETTER or whole_payload:
-                    raise RowsRejected(decoded)
-                dead_lettered = await self._dead_letters.write(
-                    namespace, table, decoded, writer_id=writer_id, offset=offset
-                )
-                metrics.INGEST_DEAD_LETTERED_ROWS.inc(dead_lettered)
-                dead_letter_namespace = namespace
-                indices = pa.array(decoded.valid_indices, pa.int64())
-            metrics.INGEST_BYTES.inc(decoded.valid.nbytes)
+            if change is not None:
+                return await self._staged_change(decoded, change, reservation)
+            return await self._staged_append(
+                namespace, table, decoded, info, policy, writer_id, offset, reservation
+            )
+        except BaseException:
+            if reservation is not None:
+                reservation.release()
+            raise
+
+    async def _staged_change(
+        self, decoded: DecodedRows, change: RowChange, reservation: Reservation | None
+    ) -> StagedRows:
+        if decoded.problems:
+            raise RowsRejected(decoded)
+        data, indices = decoded.valid, None
+        if change.mode is WriteMode.UPSERT:
+            data, indices = await asyncio.to_thread(_latest_changes, data, change.key_columns)
+        metrics.INGEST_BYTES.inc(data.nbytes)
+        return StagedRows(data, decoded.row_count, indices, [], change, reservation)
+
+    async def _staged_append(
+        self,
+        namespace: str,
+        table: str,
+        decoded: DecodedRows,
+        info: TableInfo,
+        policy: RequestedPolicy,
+        writer_id: str,
+        offset: int | None,
+        reservation: Reservation | None,
+    ) -> StagedRows:
+        problems = listed_problems(decoded)
+        dead_lettered = 0
+        dead_letter_namespace = ""
+        indices = None
+        if decoded.problems:
+            resolved = resolve_policy(policy, info.properties)
+            whole_payload = any(p.row_index < 0 for p in decoded.problems)
+            if resolved != InvalidRowPolicy.DEAD_LETTER or whole_payload:
+                raise RowsRejected(decoded)
+            dead_lettered = await self._dead_letters.write(
+                namespace, table, decoded, writer_id=writer_id, offset=offset
+            )
+            metrics.INGEST_DEAD_LETTERED_ROWS.inc(dead_lettered)
+            dead_letter_namespace = namespace
+            indices = pa.array(decoded.valid_indices, pa.int64())
+        metrics.INGEST_BYTES.inc(decoded.valid.nbytes)
+        return StagedRows(
+            decoded.valid,
+            decoded.row_count,
+            indices,
+            problems,
+            None,
+            reservation,
+            dead_lettered,
+            dead_letter_namespace,
+        )
+
+    async def enqueue_staged(
+        self,
+        namespace: str,
+        table: str,
+        staged: list[StagedRows],
+        *,
+        writer_id: str,
+        offset: int | None,
+        request_id: str = "",
+    ) -> QueuedRows:
+        """Queues staged requests as one write (their reservations are taken over).
+
+        Raises:
+            InvalidArgument: Bad names, ids or offset.
+            ResourceExhausted: The write buffer stayed full.
+        """
+        first = staged[0]
+        try:
+            if len(staged) == 1:
+                data, span, indices = first.data, first.span, first.indices
+            else:
+                data, span, indices = _combined(staged)
+            reservation = first.reservation
+            for other in staged[1:]:
+                if other.reservation is not None and reservation is not None:
+                    reservation.nbytes += other.reservation.nbytes  # one charge for the write
+                    other.reservation.nbytes = 0
             future = await self._ingest.enqueue(
                 namespace,
                 table,
-                decoded.valid,
-                span=decoded.row_count,
+                data,
+                span=span,
                 indices=indices,
                 writer_id=writer_id,
                 offset=offset,
                 request_id=request_id,
                 reservation=reservation,
+                change=first.change,
             )
         finally:
-            if reservation is not None:
-                reservation.release()  # taken over by the queued rows, or given back
-        return QueuedRows(future, problems, dead_lettered, dead_letter_namespace)
+            for one in staged:
+                if one.reservation is not None:
+                    one.reservation.release()  # taken over by the queued rows, or given back
+        return QueuedRows(future, first.problems, first.dead_lettered, first.dead_letter_namespace)

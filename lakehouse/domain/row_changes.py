@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.expressions import BooleanExpression
+from pyiceberg.schema import Schema
+from pyiceberg.types import LongType, NestedField, StringType
 
 from lakehouse.domain.errors import FieldViolation, InvalidArgument
 
@@ -73,6 +75,7 @@ class ChangeStats:
         files_rewritten: Data files written again without the removed rows.
         files_removed: Data files removed whole.
         files_added: Data files written by the change (rewrites and new rows).
+        rows_added: Rows the change added (a change stream's DELETE rows add none).
     """
 
     rows_deleted: int = 0
@@ -80,6 +83,7 @@ class ChangeStats:
     files_rewritten: int = 0
     files_removed: int = 0
     files_added: int = 0
+    rows_added: int = 0
 
 
 @dataclass(frozen=True)
@@ -122,18 +126,41 @@ def change_stream_problems(data: pa.Table, *, has_sequence: bool) -> None:
         _first_bad(pc.is_null(data[SEQUENCE_COLUMN]), SEQUENCE_COLUMN, "must not be null")
 
 
-def latest_change_per_key(data: pa.Table, keys: tuple[str, ...], *, has_sequence: bool) -> pa.Table:
-    """The newest change of each key: the highest sequence number wins.
+def with_change_columns(schema: Schema) -> Schema:
+    """``schema`` with the two optional change-stream columns after its own (new field ids).
+
+    A change stream's rows are decoded and checked against it, so the change columns get
+    the same type checks and row errors as the table's own.
+    """
+    next_id = schema.highest_field_id + 1
+    fields = (
+        *schema.fields,
+        NestedField(next_id, CHANGE_TYPE_COLUMN, StringType(), required=False),
+        NestedField(next_id + 1, SEQUENCE_COLUMN, LongType(), required=False),
+    )
+    return Schema(
+        *fields, schema_id=schema.schema_id, identifier_field_ids=schema.identifier_field_ids
+    )
+
+
+def latest_change_per_key(
+    data: pa.Table, keys: tuple[str, ...], *, has_sequence: bool
+) -> tuple[pa.Table, pa.Array | None]:
+    """The newest change of each key (the highest sequence number wins), and their positions.
 
     Without a sequence number, two rows with the same key are refused: their order would be
     a guess.
+
+    Returns:
+        The rows kept, in request order, and the request position of each (None when every
+        row is kept).
 
     Raises:
         InvalidArgument: Two rows with the same key and no sequence number (reason
             INVALID_ROWS), naming the second row.
     """
     if data.num_rows <= 1:
-        return data
+        return data, None
     position = "__lakehouse_position"
     indexed = data.select(list(keys)).append_column(
         position, pa.array(range(data.num_rows), pa.int64())
@@ -143,8 +170,10 @@ def latest_change_per_key(data: pa.Table, keys: tuple[str, ...], *, has_sequence
         # Highest sequence last within each key; ties keep the later row.
         ordered = indexed.sort_by([(SEQUENCE_COLUMN, "ascending"), (position, "ascending")])
         last = ordered.group_by(list(keys), use_threads=False).aggregate([(position, "last")])
-        chosen = pc.sort_indices(last[f"{position}_last"])
-        return data.take(pc.take(last[f"{position}_last"], chosen))
+        positions = pc.take(last[f"{position}_last"], pc.sort_indices(last[f"{position}_last"]))
+        if len(positions) == data.num_rows:
+            return data, None
+        return data.take(positions), positions.combine_chunks()
     counts = indexed.group_by(list(keys), use_threads=False).aggregate(
         [(position, "count"), (position, "max")]
     )
@@ -157,7 +186,7 @@ def latest_change_per_key(data: pa.Table, keys: tuple[str, ...], *, has_sequence
             "has the same key as an earlier row of the request; send _change_sequence_number "
             "to order changes of one key",
         )
-    return data
+    return data, None
 
 
 def _first_bad(mask: pa.ChunkedArray | pa.Array, column: str, description: str) -> None:

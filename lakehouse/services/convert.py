@@ -25,7 +25,7 @@ from lakehouse.domain import job_specs as js
 from lakehouse.domain.changes import TableChange
 from lakehouse.domain.errors import FieldViolation, InvalidArgument
 from lakehouse.domain.jobs import JobRecord
-from lakehouse.domain.row_changes import DeleteOutcome
+from lakehouse.domain.row_changes import DeleteOutcome, WriteMode
 from lakehouse.domain.rows.problems import RowProblem
 from lakehouse.domain.tables import SnapshotInfo, TableInfo
 from lakehouse.services.schemas import (
@@ -346,14 +346,39 @@ def row_errors_to_proto(problems: Sequence[RowProblem]) -> list[ingest_pb2.RowEr
     ]
 
 
-def write_result_to_proto(queued: QueuedRows, result: WriteResult) -> ingest_pb2.WriteResult:
-    """The proto form of a committed request: its commit and what was dead-lettered."""
+def write_mode_from_proto(value: int) -> WriteMode:
+    """A request's write mode (APPEND when unset).
+
+    Raises:
+        InvalidArgument: On field ``write_mode``: a value this server does not know.
+    """
+    if value == ingest_pb2.WRITE_MODE_UNSPECIFIED:
+        return WriteMode.APPEND
+    if value not in ingest_pb2.WriteMode.values():
+        raise InvalidArgument.field("write_mode", f"unknown write mode {value}")
+    name = ingest_pb2.WriteMode.Name(ingest_pb2.WriteMode.ValueType(value))
+    return WriteMode[name.removeprefix("WRITE_MODE_")]
+
+
+def write_result_to_proto(
+    queued: QueuedRows, result: WriteResult, *, with_stats: bool = True
+) -> ingest_pb2.WriteResult:
+    """The proto form of a committed request: its commit and what was dead-lettered.
+
+    ``with_stats`` False leaves out what the write removed (every request of an overwrite
+    stream but the last, so that the counts are not repeated).
+    """
     proto = ingest_pb2.WriteResult(
         rows_written=result.rows_written,
         rows_dead_lettered=queued.dead_lettered,
         snapshot_id=result.snapshot_id or 0,
         already_written=result.already_written,
     )
+    if with_stats:
+        proto.rows_deleted = result.stats.rows_deleted
+        proto.rows_updated = result.stats.rows_updated
+        proto.files_rewritten = result.stats.files_rewritten
+        proto.files_removed = result.stats.files_removed
     if queued.dead_lettered:
         proto.dead_letter_table.CopyFrom(
             table_pb2.TableReference(

@@ -5,20 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import grpc
 
 from lakehouse.core.ingest import Ingest, WriteResult
-from lakehouse.core.ingest_requests import IngestRequests, QueuedRows
+from lakehouse.core.ingest_requests import IngestRequests, QueuedRows, StagedRows
 from lakehouse.core.invalid_rows import RowsRejected
 from lakehouse.domain.errors import InvalidArgument, LakehouseError
+from lakehouse.domain.row_changes import WriteMode
 from lakehouse.domain.status import status_proto_for
 from lakehouse.services.convert import (
     invalid_row_policy_from_proto,
     row_errors_to_proto,
     rows_from_proto,
+    write_mode_from_proto,
     write_result_to_proto,
     writer_to_proto,
 )
@@ -27,18 +29,39 @@ from lakehouse.v1 import ingest_service_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
+
+@dataclass(frozen=True)
+class _StagedPart:
+    """One request of an overwrite stream, answered once the stream's one write committed."""
+
+    queued: QueuedRows
+    rows: int
+    last: bool
+
+
 # Requests of one stream decoded and queued ahead of their acknowledgement.
 STREAM_PIPELINE_DEPTH = 64
 
 
 @dataclass
 class _Stream:
-    """What the first request of an AppendRows stream fixed."""
+    """What the first request of an AppendRows stream fixed, and an overwrite's requests."""
 
     namespace: str = ""
     table: str = ""
     writer_id: str = ""
     schema_bytes: bytes | None = None
+    mode: WriteMode = WriteMode.APPEND
+    overwrite_filter: str = ""
+    staged: list[tuple[int | None, StagedRows]] = field(default_factory=list)
+    """OVERWRITE / OVERWRITE_PARTITIONS: the requests held until the client half-closes."""
+
+    def release(self) -> None:
+        """Gives back the buffer bytes of requests staged and never queued."""
+        for _, one in self.staged:
+            if one.reservation is not None:
+                one.reservation.release()
+        self.staged.clear()
 
 
 class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
@@ -63,6 +86,8 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             writer_id="",
             offset=None,
             request_id=request.request_id,
+            mode=write_mode_from_proto(request.write_mode),
+            overwrite_filter=request.overwrite_filter,
         )
         result = await queued.future
         return pb.WriteRowsResponse(
@@ -89,8 +114,14 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         async def read_requests() -> None:
             index = 0
             async for request in request_iterator:
-                await pending.put(await self._accept(stream, request, index))
+                accepted = await self._accept(stream, request, index)
+                if accepted is not None:
+                    await pending.put(accepted)
                 index += 1
+            if stream.staged:
+                # An overwrite stream: all its requests are one write, answered in order.
+                for item in await self._commit_staged(stream):
+                    await pending.put(item)
             await pending.put(done)
 
         reader = asyncio.create_task(read_requests())
@@ -111,14 +142,39 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
+            stream.release()
 
     async def _accept(
         self, stream: _Stream, request: pb.AppendRowsRequest, index: int
-    ) -> tuple[int | None, Any]:
-        """Decodes and queues one request; returns its offset and future (or its error)."""
+    ) -> tuple[int | None, Any] | None:
+        """Decodes and queues one request; returns its offset and future (or its error).
+
+        In an overwrite mode the request is only staged (None is returned); an error then
+        ends the whole stream, since the write is all or nothing.
+        """
         offset = request.offset if request.HasField("offset") else None
+        if index == 0:
+            stream.mode = write_mode_from_proto(request.write_mode)
+            stream.overwrite_filter = request.overwrite_filter
+        if stream.mode.whole_stream:
+            self._bind(stream, request, index)
+            if request.HasField("arrow_schema"):
+                stream.schema_bytes = request.arrow_schema.serialized_schema
+            self._check_following(stream, request, offset)
+            staged = await self._requests.stage(
+                stream.namespace,
+                stream.table,
+                rows_from_proto(request, stream.schema_bytes),
+                invalid_row_policy_from_proto(request.invalid_row_policy),
+                stream.mode,
+                stream.overwrite_filter,
+            )
+            stream.staged.append((offset, staged))
+            return None
         try:
             self._bind(stream, request, index)
+            if index > 0:
+                self._check_following(stream, request, offset)
             if request.HasField("arrow_schema"):
                 stream.schema_bytes = request.arrow_schema.serialized_schema
             queued = await self._requests.enqueue(
@@ -129,10 +185,61 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                 writer_id=stream.writer_id,
                 offset=offset,
                 request_id="",
+                mode=stream.mode,
+                overwrite_filter=stream.overwrite_filter,
             )
             return offset, queued
         except LakehouseError as exc:
             return offset, exc
+
+    @staticmethod
+    def _check_following(
+        stream: _Stream, request: pb.AppendRowsRequest, offset: int | None
+    ) -> None:
+        """Checks a later request against the stream's first.
+
+        It may repeat the stream's mode and filter, not change them; in an overwrite stream
+        with offsets, each request must follow the one before.
+        """
+        if request.write_mode and write_mode_from_proto(request.write_mode) is not stream.mode:
+            raise InvalidArgument.field(
+                "write_mode",
+                "is set in the first request of a stream; later ones may only repeat it",
+            )
+        if request.overwrite_filter and request.overwrite_filter != stream.overwrite_filter:
+            raise InvalidArgument.field(
+                "overwrite_filter",
+                "is set in the first request of a stream; later ones may only repeat it",
+            )
+        if not stream.staged or offset is None:
+            return
+        first, _ = stream.staged[0]
+        expected = (first or 0) + sum(one.span for _, one in stream.staged)
+        if first is None or offset != expected:
+            raise InvalidArgument.field(
+                "offset",
+                f"is {offset}; in an overwrite stream each request follows the one before "
+                f"(expected {expected if first is not None else 'none, as the first request'})",
+            )
+
+    async def _commit_staged(self, stream: _Stream) -> list[tuple[int | None, Any]]:
+        """Queues an overwrite stream's requests as one write; one acknowledgement each."""
+        staged = [one for _, one in stream.staged]
+        first_offset = stream.staged[0][0]
+        offsets = [offset for offset, _ in stream.staged]
+        stream.staged = []  # the reservations are taken over (or released) from here
+        queued = await self._requests.enqueue_staged(
+            stream.namespace,
+            stream.table,
+            staged,
+            writer_id=stream.writer_id,
+            offset=first_offset,
+        )
+        last = len(staged) - 1
+        return [
+            (offsets[i], _StagedPart(queued, one.data.num_rows, last=i == last))
+            for i, one in enumerate(staged)
+        ]
 
     @staticmethod
     def _bind(stream: _Stream, request: pb.AppendRowsRequest, index: int) -> None:
@@ -158,10 +265,23 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
     @staticmethod
     async def _acknowledge(offset: int | None, outcome: Any) -> pb.AppendRowsResponse:
         response = pb.AppendRowsResponse()
+        if isinstance(outcome, _StagedPart):
+            # One request of an overwrite stream: the stream's one commit, this request's rows.
+            # A failed write ends the stream with its status: it was all or nothing.
+            result: WriteResult = await outcome.queued.future
+            if offset is not None:
+                response.offset = offset
+            rows = 0 if result.already_written else outcome.rows
+            response.result.CopyFrom(
+                write_result_to_proto(
+                    outcome.queued, replace(result, rows_written=rows), with_stats=outcome.last
+                )
+            )
+            return response
         if isinstance(outcome, QueuedRows):
             response.row_errors.extend(row_errors_to_proto(outcome.problems))
             try:
-                result: WriteResult = await outcome.future
+                result = await outcome.future
             except LakehouseError as exc:
                 outcome = exc
             else:

@@ -12,6 +12,7 @@ import json
 import random
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -169,7 +170,7 @@ class ChangeCommitter:
         if not self._added:
             self._added = write_rows(table, inserted, self.cache)
         rewrites = self._rewrites(table, data, rows)
-        stats = change_stats(rewrites, self._added)
+        stats = replace(change_stats(rewrites, self._added), rows_added=inserted.num_rows)
         if not rewrites and not self._added:
             return table, None, stats
         properties = {OPERATION_KEY: self.change.mode.name.lower(), **properties}

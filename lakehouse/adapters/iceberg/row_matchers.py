@@ -87,7 +87,8 @@ def partition_matcher(table: Table, data: pa.Table, added: Sequence[DataFile]) -
                 f"cannot compute partition transform {f.transform} here: {exc}",
                 reason="FAILED_PRECONDITION",
             ) from exc
-    touched_records = {_values(f.partition) for f in added if f.spec_id == spec.spec_id}
+    # New files are written with the current spec (their spec id is set only in a manifest).
+    touched_records = {_values(f.partition) for f in added}
 
     def partitions(batch: pa.RecordBatch | pa.Table) -> list[tuple[Any, ...]]:
         columns = [
