@@ -51,6 +51,8 @@ from lakehouse.client.arrow import (
 )
 from lakehouse.config import Settings
 from lakehouse.v1 import (
+    ingest_pb2,
+    ingest_service_pb2,
     ingest_service_pb2_grpc,
     job_pb2,
     job_service_pb2,
@@ -978,6 +980,12 @@ CHANGE_FILES = 20
 #: rows, in every file (a GDPR-like delete: no partition or min/max pruning can help).
 DELETE_FILTER = "customer_id < 1000"
 DELETE_CUSTOMERS = 1000
+#: upsert_rows: keys sent (half already in the table, spread over every file; half new).
+UPSERT_KEYS = 20_000
+#: The ``quantity`` of every row a change writes: the table's own are in [0, 50), so the
+#: written rows can be counted afterwards (and pyiceberg's upsert sees every matched row as
+#: changed, as it must to replace it).
+CHANGED_QUANTITY = -1
 
 
 def _change_batches(ctx: BenchContext, rows: int, files: int) -> list[pa.Table]:
@@ -989,6 +997,30 @@ def _change_batches(ctx: BenchContext, rows: int, files: int) -> list[pa.Table]:
         cached = [_rows(i * step, step) for i in range(files)]
         ctx.fixtures[key] = cached
     return cached
+
+
+def _keyed(data: pa.Table) -> pa.Table:
+    """``data`` with ``id`` required (an identifier field must be), in the schema upserts use."""
+    schema = data.schema.set(0, pa.field("id", pa.int64(), nullable=False))
+    return data.cast(schema)
+
+
+def _daily(data: pa.Table, rows_per_day: int) -> pa.Table:
+    """``data`` with an ``event_date`` column: day ``id // rows_per_day`` from 2023-12-01.
+
+    The tables of overwrite_partitions are partitioned by identity on it, not by ``day(
+    event_time)``: pyiceberg 0.12's ``dynamic_partition_overwrite``, the reference, refuses
+    every transform but identity.
+    """
+    days = pc.add(pc.divide(data["id"], rows_per_day), 19_692)  # 19,692: 2023-12-01
+    return data.append_column("event_date", pc.cast(pc.cast(days, pa.int32()), pa.date32()))
+
+
+def _changed(data: pa.Table) -> pa.Table:
+    """``data`` with every ``quantity`` set to CHANGED_QUANTITY (the written rows' mark)."""
+    index = data.schema.get_field_index("quantity")
+    marked = pa.array([CHANGED_QUANTITY] * data.num_rows, pa.int64())
+    return data.set_column(index, data.schema.field(index), marked)
 
 
 def _change_table(
@@ -1110,6 +1142,161 @@ async def delete_rows(ctx: BenchContext) -> Result:
 def _delete_request(identifier: tuple[str, str]) -> table_service_pb2.DeleteRowsRequest:
     return table_service_pb2.DeleteRowsRequest(
         namespace=identifier[0], table=identifier[1], row_filter=DELETE_FILTER
+    )
+
+
+def _write_request(
+    identifier: tuple[str, str], data: pa.Table, mode: int
+) -> ingest_service_pb2.WriteRowsRequest:
+    """One WriteRows request holding ``data``, in write mode ``mode``."""
+    request = write_rows_request(*identifier, data)
+    request.write_mode = mode  # type: ignore[assignment]
+    return request
+
+
+async def upsert_rows(ctx: BenchContext) -> Result:
+    """WriteRows UPSERT of 20k keys (half new) into a 2M-row table, against ``Table.upsert``."""
+    server = ctx.shared_server()
+    catalog = _catalog_of(server, ctx.backend)
+    rows, files = ctx.count(CHANGE_ROWS, 100_000), ctx.count(CHANGE_FILES, 10)
+    keys = ctx.count(UPSERT_KEYS, 2_000)
+    batches = [_keyed(b) for b in _change_batches(ctx, rows, files)]
+    # Half the keys are rows of the table, evenly spread (so in every file), half are new.
+    existing = list(range(0, rows, rows // (keys // 2)))[: keys // 2]
+    fresh = list(range(rows, rows + keys - len(existing)))
+    changes = _changed(_rows(rows, keys))
+    changes = _keyed(changes.set_column(0, "id", pa.array(existing + fresh, pa.int64())))
+    ours = _change_table(catalog, "upsert_rows_ours", batches, identifier_field="id")
+    direct = _change_table(catalog, "upsert_rows_direct", batches, identifier_field="id")
+    warm = [batches[0].slice(0, 1000)]
+    warm_ours = _change_table(catalog, "upsert_rows_warmup", warm, identifier_field="id")
+    warm_direct = _change_table(catalog, "upsert_rows_warmup_direct", warm, identifier_field="id")
+    base_ours, base_direct = (_current_snapshot_id(catalog, t) for t in (ours, direct))
+    warm_changes = _changed(warm[0].slice(0, 10))
+    request = _write_request(ours, changes, ingest_pb2.WRITE_MODE_UPSERT)
+    async with ctx.aio_channel_with(INGEST_CHANNEL_OPTIONS, server.target) as channel:
+        stub = ingest_service_pb2_grpc.IngestServiceStub(channel)
+        tables = table_service_pb2_grpc.TableServiceStub(channel)
+        # Warm-up, not measured (as delete_rows').
+        await stub.WriteRows(
+            _write_request(warm_ours, warm_changes, ingest_pb2.WRITE_MODE_UPSERT), timeout=60
+        )
+        await tables.GetTable(table_service_pb2.GetTableRequest(namespace=ours[0], table=ours[1]))
+        catalog.load_table(warm_direct).upsert(warm_changes)
+        cpu0, wall0 = server.cpu_seconds(), time.perf_counter()
+        response = await stub.WriteRows(request, timeout=1800)
+        seconds = time.perf_counter() - wall0
+        server_cores = (server.cpu_seconds() - cpu0) / seconds
+    table = catalog.load_table(direct)
+    t0 = time.perf_counter()
+    outcome = table.upsert(changes)
+    direct_seconds = time.perf_counter() - t0
+    result = response.result
+    if result.rows_written != keys or result.rows_updated != len(existing):
+        raise HarnessError(
+            f"UPSERT wrote {result.rows_written} rows, updated {result.rows_updated}; "
+            f"sent {keys}, {len(existing)} of them existing keys"
+        )
+    if outcome.rows_updated != len(existing) or outcome.rows_inserted != len(fresh):
+        raise HarnessError(
+            f"Table.upsert updated {outcome.rows_updated}, inserted {outcome.rows_inserted}"
+        )
+    for identifier in (ours, direct):
+        found = _count_rows(catalog, identifier)
+        marked = _count_rows(catalog, identifier, f"quantity = {CHANGED_QUANTITY}")
+        if found != rows + len(fresh) or marked != keys:
+            raise HarnessError(
+                f"{'.'.join(identifier)} holds {found} rows ({marked} upserted), "
+                f"not {rows + len(fresh)} ({keys})"
+            )
+    return Result(
+        "upsert_rows",
+        keys / seconds,
+        "rows/s",
+        limit_name="direct pyiceberg Table.upsert, same rows",
+        limit_value=keys / direct_seconds,
+        goal_ratio=1.0,
+        notes=(
+            f"{keys:,} keys ({len(existing):,} updated, spread over all {files} files; "
+            f"{len(fresh):,} new) into {rows:,} rows in {seconds:.2f}s, one WriteRows: "
+            f"{result.files_rewritten} files rewritten, {result.files_removed} removed "
+            f"({_files_since(catalog, ours, base_ours)}); server CPU {server_cores:.2f} cores; "
+            f"direct {direct_seconds:.2f}s ({_files_since(catalog, direct, base_direct)}); "
+            "rows and upserted rows checked on both sides"
+        ),
+    )
+
+
+async def overwrite_partitions(ctx: BenchContext) -> Result:
+    """WriteRows OVERWRITE_PARTITIONS of one day of a table partitioned by day, against
+    pyiceberg's ``dynamic_partition_overwrite``."""
+    server = ctx.shared_server()
+    catalog = _catalog_of(server, ctx.backend)
+    rows, days = ctx.count(CHANGE_ROWS, 100_000), ctx.count(CHANGE_FILES, 10)
+    per_day = rows // days
+    batches = [_daily(b, per_day) for b in _change_batches(ctx, rows, days)]
+    day = days // 2
+    reload = _changed(batches[day])
+    ours = _change_table(
+        catalog, "overwrite_partitions_ours", batches, partition_column="event_date"
+    )
+    direct = _change_table(
+        catalog, "overwrite_partitions_direct", batches, partition_column="event_date"
+    )
+    warm = [batches[0].slice(0, 1000)]
+    warm_ours = _change_table(
+        catalog, "overwrite_partitions_warmup", warm, partition_column="event_date"
+    )
+    warm_direct = _change_table(
+        catalog, "overwrite_partitions_warmup_direct", warm, partition_column="event_date"
+    )
+    base_ours, base_direct = (_current_snapshot_id(catalog, t) for t in (ours, direct))
+    mode = ingest_pb2.WRITE_MODE_OVERWRITE_PARTITIONS
+    request = _write_request(ours, reload, mode)
+    async with ctx.aio_channel_with(INGEST_CHANNEL_OPTIONS, server.target) as channel:
+        stub = ingest_service_pb2_grpc.IngestServiceStub(channel)
+        tables = table_service_pb2_grpc.TableServiceStub(channel)
+        # Warm-up, not measured (as delete_rows').
+        await stub.WriteRows(_write_request(warm_ours, _changed(warm[0]), mode), timeout=60)
+        await tables.GetTable(table_service_pb2.GetTableRequest(namespace=ours[0], table=ours[1]))
+        catalog.load_table(warm_direct).dynamic_partition_overwrite(_changed(warm[0]))
+        cpu0, wall0 = server.cpu_seconds(), time.perf_counter()
+        response = await stub.WriteRows(request, timeout=1800)
+        seconds = time.perf_counter() - wall0
+        server_cores = (server.cpu_seconds() - cpu0) / seconds
+    table = catalog.load_table(direct)
+    t0 = time.perf_counter()
+    table.dynamic_partition_overwrite(reload)
+    direct_seconds = time.perf_counter() - t0
+    result = response.result
+    if result.rows_written != per_day or result.rows_deleted != per_day:
+        raise HarnessError(
+            f"OVERWRITE_PARTITIONS wrote {result.rows_written} rows and deleted "
+            f"{result.rows_deleted}, not {per_day} and {per_day}"
+        )
+    for identifier in (ours, direct):
+        found = _count_rows(catalog, identifier)
+        marked = _count_rows(catalog, identifier, f"quantity = {CHANGED_QUANTITY}")
+        if found != rows or marked != per_day:
+            raise HarnessError(
+                f"{'.'.join(identifier)} holds {found} rows ({marked} reloaded), "
+                f"not {rows} ({per_day})"
+            )
+    return Result(
+        "overwrite_partitions",
+        per_day / seconds,
+        "rows/s",
+        limit_name="direct pyiceberg dynamic_partition_overwrite, same rows",
+        limit_value=per_day / direct_seconds,
+        goal_ratio=0.8,
+        notes=(
+            f"one day of {days} reloaded ({per_day:,} of {rows:,} rows, one WriteRows, "
+            f"partitioned by identity(event_date)) in {seconds:.2f}s: "
+            f"{result.files_removed} files removed, {result.files_rewritten} rewritten "
+            f"({_files_since(catalog, ours, base_ours)}); server CPU {server_cores:.2f} cores; "
+            f"direct {direct_seconds:.2f}s ({_files_since(catalog, direct, base_direct)}); "
+            "rows and reloaded rows checked on both sides"
+        ),
     )
 
 
@@ -1248,6 +1435,8 @@ SCENARIOS: list[Scenario] = [
     read_rows_vs_flight,
     job_compaction,
     delete_rows,
+    upsert_rows,
+    overwrite_partitions,
     load_mixed,
     load_mixed_errors,
     load_mixed_rss_mb,
