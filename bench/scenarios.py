@@ -17,6 +17,7 @@ import collections
 import contextlib
 import itertools
 import math
+import os
 import statistics
 import threading
 import time
@@ -1153,7 +1154,9 @@ def _tries_note(best: _ChangeTry, best_direct: _ChangeTry, count: int) -> str:
     return (
         f"ours {best.seconds:.2f}s ({best.files}; server CPU {best.server_cores:.2f} cores), "
         f"direct {best_direct.direct_seconds:.2f}s ({best_direct.direct_files}); best of "
-        f"{count} (tries alternate the sides, on fresh tables)"
+        f"{count} (tries alternate the sides, on fresh tables); load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end (the server's share "
+        "of a busy machine sets these figures)"
     )
 
 
