@@ -17,10 +17,11 @@ import collections
 import contextlib
 import itertools
 import math
+import os
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ import pyarrow.parquet as pq
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import NamespaceAlreadyExistsError
+from pyiceberg.table import Table
 
 from bench.backends import Backend, _test_fixtures, moto_process
 from bench.harness import (
@@ -51,6 +53,8 @@ from lakehouse.client.arrow import (
 )
 from lakehouse.config import Settings
 from lakehouse.v1 import (
+    ingest_pb2,
+    ingest_service_pb2,
     ingest_service_pb2_grpc,
     job_pb2,
     job_service_pb2,
@@ -969,6 +973,408 @@ def load_mixed_rss_mb(ctx: BenchContext) -> Result:
     )
 
 
+# --- row-level changes: DeleteRows and WriteRows' write modes against pyiceberg's own -------
+
+#: Rows and data files of the tables of the row-change scenarios (one file per append).
+CHANGE_ROWS = 2_000_000
+CHANGE_FILES = 20
+#: delete_rows' filter: ``customer_id`` is uniform over [0, 100,000), so this is 1% of the
+#: rows, in every file (a GDPR-like delete: no partition or min/max pruning can help).
+DELETE_FILTER = "customer_id < 1000"
+DELETE_CUSTOMERS = 1000
+#: upsert_rows: keys sent (half already in the table, spread over every file; half new).
+UPSERT_KEYS = 20_000
+#: The ``quantity`` of every row a change writes: the table's own are in [0, 50), so the
+#: written rows can be counted afterwards (and pyiceberg's upsert sees every matched row as
+#: changed, as it must to replace it).
+CHANGED_QUANTITY = -1
+#: Tries of each row-change scenario (fresh tables each; 1 with --quick): best of these.
+CHANGE_TRIES = 3
+
+
+def _change_batches(ctx: BenchContext, rows: int, files: int) -> list[pa.Table]:
+    """``files`` slices of ``rows`` rows of the read table's columns, made once per run."""
+    key = f"change_batches_{rows}_{files}"
+    cached: list[pa.Table] | None = ctx.fixtures.get(key)
+    if cached is None:
+        step = rows // files
+        cached = [_rows(i * step, step) for i in range(files)]
+        ctx.fixtures[key] = cached
+    return cached
+
+
+def _keyed(data: pa.Table) -> pa.Table:
+    """``data`` with ``id`` required (an identifier field must be), in the schema upserts use."""
+    schema = data.schema.set(0, pa.field("id", pa.int64(), nullable=False))
+    return data.cast(schema)
+
+
+def _daily(data: pa.Table, rows_per_day: int) -> pa.Table:
+    """``data`` with an ``event_date`` column: day ``id // rows_per_day`` from 2023-12-01.
+
+    The tables of overwrite_partitions are partitioned by identity on it, not by ``day(
+    event_time)``: pyiceberg 0.12's ``dynamic_partition_overwrite``, the reference, refuses
+    every transform but identity.
+    """
+    days = pc.add(pc.divide(data["id"], rows_per_day), 19_692)  # 19,692: 2023-12-01
+    return data.append_column("event_date", pc.cast(pc.cast(days, pa.int32()), pa.date32()))
+
+
+def _changed(data: pa.Table) -> pa.Table:
+    """``data`` with every ``quantity`` set to CHANGED_QUANTITY (the written rows' mark)."""
+    index = data.schema.get_field_index("quantity")
+    marked = pa.array([CHANGED_QUANTITY] * data.num_rows, pa.int64())
+    return data.set_column(index, data.schema.field(index), marked)
+
+
+def _change_table(
+    catalog: Catalog,
+    name: str,
+    batches: list[pa.Table],
+    *,
+    identifier_field: str | None = None,
+    partition_column: str | None = None,
+) -> tuple[str, str]:
+    """``bench.<name>`` (dropped first if there) holding ``batches``, one data file each.
+
+    The appends are one transaction (one catalog commit, one snapshot per batch): set-up,
+    not measured, and the same on both sides of a scenario.
+    """
+    with contextlib.suppress(NamespaceAlreadyExistsError):
+        catalog.create_namespace(BENCH_NAMESPACE)
+    identifier = (BENCH_NAMESPACE, name)
+    if catalog.table_exists(identifier):
+        catalog.purge_table(identifier)  # its files too: each try writes a table anew
+    table = catalog.create_table(identifier, schema=batches[0].schema)
+    if identifier_field is not None:
+        with table.update_schema() as update:
+            update.set_identifier_fields(identifier_field)
+    if partition_column is not None:
+        with table.update_spec() as spec:
+            spec.add_identity(partition_column)
+    with table.transaction() as tx:
+        for batch in batches:
+            tx.append(batch)
+    return identifier
+
+
+def _count_rows(catalog: Catalog, identifier: tuple[str, str], row_filter: str = "true") -> int:
+    """The rows of the table's current snapshot that ``row_filter`` matches (read, not planned)."""
+    table = catalog.load_table(identifier)
+    return int(table.scan(row_filter=row_filter, selected_fields=("id",)).to_arrow().num_rows)
+
+
+def _files_since(catalog: Catalog, identifier: tuple[str, str], since: int | None) -> str:
+    """Data files removed and added, and snapshots made, after snapshot ``since``: a note."""
+    table = catalog.load_table(identifier)
+    removed = added = snapshots = 0
+    snapshot = table.current_snapshot()
+    while snapshot is not None and snapshot.snapshot_id != since:
+        summary = snapshot.summary
+        if summary is not None:
+            removed += int(summary.get("deleted-data-files", "0") or 0)
+            added += int(summary.get("added-data-files", "0") or 0)
+        snapshots += 1
+        parent = snapshot.parent_snapshot_id
+        snapshot = table.snapshot_by_id(parent) if parent is not None else None
+    return f"{removed} data files removed, {added} added, {snapshots} snapshots"
+
+
+def _current_snapshot_id(catalog: Catalog, identifier: tuple[str, str]) -> int | None:
+    snapshot = catalog.load_table(identifier).current_snapshot()
+    return snapshot.snapshot_id if snapshot is not None else None
+
+
+@dataclass
+class _ChangeTry:
+    """One try of a row-change scenario: each side's seconds, and what our side answered."""
+
+    seconds: float
+    direct_seconds: float
+    server_cores: float
+    response: Any
+    files: str
+    direct_files: str
+
+
+async def _change_tries(
+    ctx: BenchContext,
+    name: str,
+    build: Callable[[str], tuple[str, str]],
+    ours: Callable[[tuple[str, str]], Awaitable[Any]],
+    direct: Callable[[Table], object],
+    check: Callable[[tuple[str, str]], None],
+) -> tuple[_ChangeTry, _ChangeTry, int]:
+    """Runs a row-change scenario's tries; returns the best try of each side and the count.
+
+    Each try builds two identical fresh tables with ``build`` (not measured), makes the change
+    on one through the service (``ours``, after a GetTable that leaves its metadata cached
+    in the server, as a client checking an etag would) and on the other with pyiceberg in this
+    process (``direct``), then ``check``\\ s both. Tries alternate the sides, so drifts of a
+    shared machine hit both alike: best of 3, 1 with --quick.
+    """
+    server = ctx.shared_server()
+    catalog = _catalog_of(server, ctx.backend)
+    tries: list[_ChangeTry] = []
+    async with ctx.aio_channel_with(INGEST_CHANNEL_OPTIONS, server.target) as channel:
+        tables = table_service_pb2_grpc.TableServiceStub(channel)
+        for _ in range(ctx.count(CHANGE_TRIES, 1)):
+            mine, theirs = build(f"{name}_ours"), build(f"{name}_direct")
+            base, direct_base = (_current_snapshot_id(catalog, t) for t in (mine, theirs))
+            await tables.GetTable(
+                table_service_pb2.GetTableRequest(namespace=mine[0], table=mine[1]), timeout=30
+            )
+            cpu0, t0 = server.cpu_seconds(), time.perf_counter()
+            response = await ours(mine)
+            seconds = time.perf_counter() - t0
+            cores = (server.cpu_seconds() - cpu0) / seconds
+            table = catalog.load_table(theirs)
+            t0 = time.perf_counter()
+            direct(table)
+            direct_seconds = time.perf_counter() - t0
+            check(mine)
+            check(theirs)
+            tries.append(
+                _ChangeTry(
+                    seconds,
+                    direct_seconds,
+                    cores,
+                    response,
+                    _files_since(catalog, mine, base),
+                    _files_since(catalog, theirs, direct_base),
+                )
+            )
+    best = min(tries, key=lambda t: t.seconds)
+    best_direct = min(tries, key=lambda t: t.direct_seconds)
+    return best, best_direct, len(tries)
+
+
+def _tries_note(best: _ChangeTry, best_direct: _ChangeTry, count: int) -> str:
+    """Both sides' best times and what each committed, for a row-change result's notes."""
+    return (
+        f"ours {best.seconds:.2f}s ({best.files}; server CPU {best.server_cores:.2f} cores), "
+        f"direct {best_direct.direct_seconds:.2f}s ({best_direct.direct_files}); best of "
+        f"{count} (tries alternate the sides, on fresh tables); load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end (the server's share "
+        "of a busy machine sets these figures)"
+    )
+
+
+async def delete_rows(ctx: BenchContext) -> Result:
+    """DeleteRows of 1% of a 2M-row, 20-file table, against pyiceberg's ``Table.delete``."""
+    catalog = _catalog_of(ctx.shared_server(), ctx.backend)
+    rows, files = ctx.count(CHANGE_ROWS, 100_000), ctx.count(CHANGE_FILES, 10)
+    batches = _change_batches(ctx, rows, files)
+    doomed = sum(int(pc.sum(pc.less(b["customer_id"], DELETE_CUSTOMERS)).as_py()) for b in batches)
+    async with ctx.aio_channel_with([], ctx.shared_server().target) as channel:
+        stub = table_service_pb2_grpc.TableServiceStub(channel)
+        # Warm-up on tables of their own, not measured: code paths and imports on both sides.
+        warm = [batches[0].slice(0, 1000)]
+        await stub.DeleteRows(
+            _delete_request(_change_table(catalog, "delete_rows_warmup", warm)), timeout=60
+        )
+        catalog.load_table(_change_table(catalog, "delete_rows_warmup_direct", warm)).delete(
+            DELETE_FILTER
+        )
+
+        async def ours(identifier: tuple[str, str]) -> Any:
+            response = await stub.DeleteRows(_delete_request(identifier), timeout=1800)
+            if response.rows_deleted != doomed:
+                raise HarnessError(f"DeleteRows deleted {response.rows_deleted} rows, not {doomed}")
+            return response
+
+        def check(identifier: tuple[str, str]) -> None:
+            left = _count_rows(catalog, identifier)
+            matching = _count_rows(catalog, identifier, DELETE_FILTER)
+            if left != rows - doomed or matching:
+                raise HarnessError(
+                    f"{'.'.join(identifier)} holds {left} rows ({matching} matching), "
+                    f"not {rows - doomed}"
+                )
+
+        best, best_direct, count = await _change_tries(
+            ctx,
+            "delete_rows",
+            lambda name: _change_table(catalog, name, batches),
+            ours,
+            lambda table: table.delete(DELETE_FILTER),
+            check,
+        )
+    response = best.response
+    return Result(
+        "delete_rows",
+        doomed / best.seconds,
+        "rows/s",
+        limit_name="direct pyiceberg Table.delete, same filter",
+        limit_value=doomed / best_direct.direct_seconds,
+        goal_ratio=1.0,
+        notes=(
+            f"{doomed:,} of {rows:,} rows ({DELETE_FILTER!r}, in every one of {files} files): "
+            f"{response.files_rewritten} files rewritten, {response.files_removed} removed; "
+            f"{_tries_note(best, best_direct, count)}; rows deleted, left and still matching "
+            "checked on both sides"
+        ),
+    )
+
+
+def _delete_request(identifier: tuple[str, str]) -> table_service_pb2.DeleteRowsRequest:
+    return table_service_pb2.DeleteRowsRequest(
+        namespace=identifier[0], table=identifier[1], row_filter=DELETE_FILTER
+    )
+
+
+def _write_request(
+    identifier: tuple[str, str], data: pa.Table, mode: int
+) -> ingest_service_pb2.WriteRowsRequest:
+    """One WriteRows request holding ``data``, in write mode ``mode``."""
+    request = write_rows_request(*identifier, data)
+    request.write_mode = mode  # type: ignore[assignment]
+    return request
+
+
+async def upsert_rows(ctx: BenchContext) -> Result:
+    """WriteRows UPSERT of 20k keys (half new) into a 2M-row table, against ``Table.upsert``."""
+    catalog = _catalog_of(ctx.shared_server(), ctx.backend)
+    rows, files = ctx.count(CHANGE_ROWS, 100_000), ctx.count(CHANGE_FILES, 10)
+    keys = ctx.count(UPSERT_KEYS, 2_000)
+    batches = [_keyed(b) for b in _change_batches(ctx, rows, files)]
+    # Half the keys are rows of the table, evenly spread (so in every file), half are new.
+    existing = list(range(0, rows, rows // (keys // 2)))[: keys // 2]
+    fresh = list(range(rows, rows + keys - len(existing)))
+    changes = _changed(_rows(rows, keys))
+    changes = _keyed(changes.set_column(0, "id", pa.array(existing + fresh, pa.int64())))
+    mode = ingest_pb2.WRITE_MODE_UPSERT
+
+    def build(name: str) -> tuple[str, str]:
+        return _change_table(catalog, name, batches, identifier_field="id")
+
+    async with ctx.aio_channel_with(INGEST_CHANNEL_OPTIONS, ctx.shared_server().target) as channel:
+        stub = ingest_service_pb2_grpc.IngestServiceStub(channel)
+        # Warm-up on tables of their own, not measured (as delete_rows').
+        warm = [batches[0].slice(0, 1000)]
+        warm_changes = _changed(warm[0].slice(0, 10))
+        await stub.WriteRows(
+            _write_request(build("upsert_rows_warmup"), warm_changes, mode), timeout=60
+        )
+        catalog.load_table(build("upsert_rows_warmup_direct")).upsert(warm_changes)
+
+        async def ours(identifier: tuple[str, str]) -> Any:
+            response = await stub.WriteRows(_write_request(identifier, changes, mode), timeout=1800)
+            result = response.result
+            if result.rows_written != keys or result.rows_updated != len(existing):
+                raise HarnessError(
+                    f"UPSERT wrote {result.rows_written} rows, updated {result.rows_updated}; "
+                    f"sent {keys}, {len(existing)} of them existing keys"
+                )
+            return result
+
+        def direct(table: Table) -> None:
+            outcome = table.upsert(changes)
+            if outcome.rows_updated != len(existing) or outcome.rows_inserted != len(fresh):
+                raise HarnessError(
+                    f"Table.upsert updated {outcome.rows_updated}, inserted {outcome.rows_inserted}"
+                )
+
+        def check(identifier: tuple[str, str]) -> None:
+            found = _count_rows(catalog, identifier)
+            marked = _count_rows(catalog, identifier, f"quantity = {CHANGED_QUANTITY}")
+            if found != rows + len(fresh) or marked != keys:
+                raise HarnessError(
+                    f"{'.'.join(identifier)} holds {found} rows ({marked} upserted), "
+                    f"not {rows + len(fresh)} ({keys})"
+                )
+
+        best, best_direct, count = await _change_tries(
+            ctx, "upsert_rows", build, ours, direct, check
+        )
+    result = best.response
+    return Result(
+        "upsert_rows",
+        keys / best.seconds,
+        "rows/s",
+        limit_name="direct pyiceberg Table.upsert, same rows",
+        limit_value=keys / best_direct.direct_seconds,
+        goal_ratio=1.0,
+        notes=(
+            f"{keys:,} keys ({len(existing):,} updated, spread over all {files} files; "
+            f"{len(fresh):,} new) into {rows:,} rows, one WriteRows: {result.files_rewritten} "
+            f"files rewritten, {result.files_removed} removed; "
+            f"{_tries_note(best, best_direct, count)}; rows and upserted rows checked on both "
+            "sides"
+        ),
+    )
+
+
+async def overwrite_partitions(ctx: BenchContext) -> Result:
+    """WriteRows OVERWRITE_PARTITIONS of one day of a table partitioned by day, against
+    pyiceberg's ``dynamic_partition_overwrite``."""
+    catalog = _catalog_of(ctx.shared_server(), ctx.backend)
+    rows, days = ctx.count(CHANGE_ROWS, 100_000), ctx.count(CHANGE_FILES, 10)
+    per_day = rows // days
+    batches = [_daily(b, per_day) for b in _change_batches(ctx, rows, days)]
+    reload = _changed(batches[days // 2])
+    mode = ingest_pb2.WRITE_MODE_OVERWRITE_PARTITIONS
+
+    def build(name: str) -> tuple[str, str]:
+        return _change_table(catalog, name, batches, partition_column="event_date")
+
+    async with ctx.aio_channel_with(INGEST_CHANNEL_OPTIONS, ctx.shared_server().target) as channel:
+        stub = ingest_service_pb2_grpc.IngestServiceStub(channel)
+        # Warm-up on tables of their own, not measured (as delete_rows').
+        warm = [batches[0].slice(0, 1000)]
+        warm_ours = _change_table(
+            catalog, "overwrite_partitions_warmup", warm, partition_column="event_date"
+        )
+        warm_direct = _change_table(
+            catalog, "overwrite_partitions_warmup_direct", warm, partition_column="event_date"
+        )
+        await stub.WriteRows(_write_request(warm_ours, _changed(warm[0]), mode), timeout=60)
+        catalog.load_table(warm_direct).dynamic_partition_overwrite(_changed(warm[0]))
+
+        async def ours(identifier: tuple[str, str]) -> Any:
+            response = await stub.WriteRows(_write_request(identifier, reload, mode), timeout=1800)
+            result = response.result
+            if result.rows_written != per_day or result.rows_deleted != per_day:
+                raise HarnessError(
+                    f"OVERWRITE_PARTITIONS wrote {result.rows_written} rows and deleted "
+                    f"{result.rows_deleted}, not {per_day} and {per_day}"
+                )
+            return result
+
+        def check(identifier: tuple[str, str]) -> None:
+            found = _count_rows(catalog, identifier)
+            marked = _count_rows(catalog, identifier, f"quantity = {CHANGED_QUANTITY}")
+            if found != rows or marked != per_day:
+                raise HarnessError(
+                    f"{'.'.join(identifier)} holds {found} rows ({marked} reloaded), "
+                    f"not {rows} ({per_day})"
+                )
+
+        best, best_direct, count = await _change_tries(
+            ctx,
+            "overwrite_partitions",
+            build,
+            ours,
+            lambda table: table.dynamic_partition_overwrite(reload),
+            check,
+        )
+    result = best.response
+    return Result(
+        "overwrite_partitions",
+        per_day / best.seconds,
+        "rows/s",
+        limit_name="direct pyiceberg dynamic_partition_overwrite, same rows",
+        limit_value=per_day / best_direct.direct_seconds,
+        goal_ratio=0.8,
+        notes=(
+            f"one day of {days} reloaded ({per_day:,} of {rows:,} rows, one WriteRows, "
+            f"partitioned by identity(event_date)): {result.files_removed} files removed, "
+            f"{result.files_rewritten} rewritten; {_tries_note(best, best_direct, count)}; "
+            "rows and reloaded rows checked on both sides"
+        ),
+    )
+
+
 # --- peers: a minimal Arrow Flight server over pyiceberg ----------------------------------
 
 
@@ -1103,6 +1509,9 @@ SCENARIOS: list[Scenario] = [
     append_rows_vs_flight,
     read_rows_vs_flight,
     job_compaction,
+    delete_rows,
+    upsert_rows,
+    overwrite_partitions,
     load_mixed,
     load_mixed_errors,
     load_mixed_rss_mb,
