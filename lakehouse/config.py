@@ -639,6 +639,9 @@ class Settings(BaseSettings):
     """Threads for blocking catalog and file work (pyiceberg, pyarrow)."""
     table_cache_size: int = Field(default=1000, ge=1, le=1_000_000)
     """Loaded tables kept per process; each use revalidates by metadata location."""
+    table_metrics_max_tables: int = Field(default=100, ge=0, le=10_000)
+    """Tables with per-table gauges (``lakehouse_table_*``) at most, the most recently touched
+    ones (a commit or a GetTableHealth); the others' series are removed. 0: none."""
     read_message_bytes: int = Field(default=2 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024)
     """Target size of one ReadRows message. Below gRPC's 4 MiB default receive limit, so
     clients need no channel options."""

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections import OrderedDict
+
 from prometheus_client import Counter, Gauge, Histogram
+from pyiceberg.table import Table as IcebergTable
 
 INGEST_ROWS = Counter("lakehouse_ingest_rows_total", "Rows committed by IngestService.")
 INGEST_BYTES = Counter(
@@ -127,3 +132,88 @@ QUOTA_REFUSALS = Counter(
     "rate (the per-principal call rate).",
     ("quota",),
 )
+
+
+# -- Per-table gauges --------------------------------------------------------------------------
+# A label per table would grow without end on a catalog of thousands of tables, and every
+# scrape would carry them all: the gauges hold only the tables a process touched most
+# recently (a commit of this process, or a GetTableHealth), LAKEHOUSE_TABLE_METRICS_MAX_TABLES
+# of them; touching one more removes the series of the least recent.
+
+TABLE_DATA_FILES = Gauge(
+    "lakehouse_table_data_files",
+    "Data files of a table's current snapshot (tables touched recently; see "
+    "LAKEHOUSE_TABLE_METRICS_MAX_TABLES).",
+    ("namespace", "table"),
+)
+TABLE_SNAPSHOTS = Gauge(
+    "lakehouse_table_snapshots",
+    "Snapshots in a table's metadata (tables touched recently).",
+    ("namespace", "table"),
+)
+TABLE_SMALL_FILES = Gauge(
+    "lakehouse_table_small_data_files",
+    "Small data files of a table's current snapshot, as of its last GetTableHealth.",
+    ("namespace", "table"),
+)
+TABLE_VERDICT = Gauge(
+    "lakehouse_table_health_verdict",
+    "A table's health verdict as of its last GetTableHealth: 1 healthy, 2 needs maintenance, "
+    "3 unhealthy.",
+    ("namespace", "table"),
+)
+_GAUGES = (TABLE_DATA_FILES, TABLE_SNAPSHOTS, TABLE_SMALL_FILES, TABLE_VERDICT)
+
+
+class TableGauges:
+    """Sets the per-table gauges, keeping series for at most ``max_tables`` tables."""
+
+    def __init__(self, max_tables: int) -> None:
+        self._max_tables = max_tables
+        self._tables: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def touched(
+        self,
+        table: tuple[str, str],
+        *,
+        data_files: int | None = None,
+        snapshots: int | None = None,
+        small_files: int | None = None,
+        verdict: int | None = None,
+    ) -> None:
+        """Sets what is known of ``table`` now, making it the most recently touched."""
+        if self._max_tables <= 0:
+            return
+        with self._lock:
+            self._tables[table] = None
+            self._tables.move_to_end(table)
+            while len(self._tables) > self._max_tables:
+                evicted, _ = self._tables.popitem(last=False)
+                for gauge in _GAUGES:
+                    with contextlib.suppress(KeyError):  # that gauge was never set for it
+                        gauge.remove(*evicted)
+            for gauge, value in (
+                (TABLE_DATA_FILES, data_files),
+                (TABLE_SNAPSHOTS, snapshots),
+                (TABLE_SMALL_FILES, small_files),
+                (TABLE_VERDICT, verdict),
+            ):
+                if value is not None:
+                    gauge.labels(*table).set(value)
+
+    def committed(self, table: tuple[str, str], committed: IcebergTable) -> None:
+        """Sets the counts a commit's table tells at no cost (its summary, its snapshots)."""
+        snapshot = committed.current_snapshot()
+        summary = snapshot.summary if snapshot is not None else None
+        files = summary.additional_properties.get("total-data-files") if summary else None
+        self.touched(
+            table,
+            data_files=int(files) if files is not None else None,
+            snapshots=len(committed.metadata.snapshots),
+        )
+
+    def tracked(self) -> list[tuple[str, str]]:
+        """The tables with series now, least recently touched first."""
+        with self._lock:
+            return list(self._tables)

@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 from lakehouse import metrics
 from lakehouse.config import IngestSettings
 from lakehouse.core.change_metrics import count_change
+from lakehouse.core.commit_conflicts import ConflictLog
 from lakehouse.core.ports import CatalogPort
 from lakehouse.core.survival import EscapedError, own_cancellation
 from lakehouse.deadlines import without_deadline
@@ -39,6 +40,7 @@ from lakehouse.domain.errors import (
 from lakehouse.domain.ingest import AppendPlan, IngestState, RequestIdLedger
 from lakehouse.domain.names import check_identifier, check_writer_id
 from lakehouse.domain.row_changes import ChangeStats, RowChange
+from lakehouse.metrics import TableGauges
 
 log = logging.getLogger(__name__)
 
@@ -291,8 +293,12 @@ class _TableCommitter:
         settings: IngestSettings,
         budget: _BufferBudget,
         ledger: RequestIdLedger | None,
+        conflicts: ConflictLog | None = None,
+        gauges: TableGauges | None = None,
     ) -> None:
         self._key = key
+        self._conflicts = conflicts
+        self._gauges = gauges
         self._catalog = catalog
         self._settings = settings
         self._budget = budget
@@ -414,6 +420,10 @@ class _TableCommitter:
             metrics.INGEST_COMMIT_SECONDS.observe(time.perf_counter() - started)
             metrics.INGEST_ROWS.inc(outcome.plan.data.num_rows if outcome.plan.data else 0)
         metrics.INGEST_COMMIT_CONFLICTS.inc(outcome.conflicts)
+        if self._conflicts is not None:
+            self._conflicts.record(self._key, outcome.conflicts)
+        if self._gauges is not None and outcome.table is not None:
+            self._gauges.committed(self._key, outcome.table)
         change = group[0].change
         if change is not None and outcome.stats is not None and outcome.table is not None:
             count_change(change.mode.name.lower(), outcome.stats)
@@ -468,6 +478,8 @@ class Ingest:
         settings: IngestSettings,
         *,
         request_ids: RequestIdLedger | None = None,
+        conflicts: ConflictLog | None = None,
+        gauges: TableGauges | None = None,
     ) -> None:
         """The ingest use cases.
 
@@ -476,7 +488,11 @@ class Ingest:
             settings: The ingest settings.
             request_ids: The request-id ledger that keeps ids past snapshot expiry; None
                 keeps them only as long as the snapshots that committed them.
+            conflicts: Where lost commit races are counted per table (GetTableHealth).
+            gauges: The per-table gauges, set after each commit.
         """
+        self._conflicts = conflicts
+        self._gauges = gauges
         self._catalog = catalog
         self._settings = settings
         self._ledger = request_ids
@@ -499,7 +515,13 @@ class Ingest:
         committer = self._committers.get(key)
         if committer is None:
             committer = self._committers[key] = _TableCommitter(
-                key, self._catalog, self._settings, self._buffers(), self._ledger
+                key,
+                self._catalog,
+                self._settings,
+                self._buffers(),
+                self._ledger,
+                self._conflicts,
+                self._gauges,
             )
         return committer
 

@@ -38,8 +38,9 @@ from lakehouse.domain import job_specs as js
 from lakehouse.domain.compaction import (
     DEFAULT_MIN_INPUT_FILES,
     DEFAULT_TARGET_FILE_BYTES,
-    SMALL_FILE_FRACTION,
+    SMALL_FILE_BYTES_PROPERTY,
     partition_key,
+    small_file_bytes,
 )
 from lakehouse.domain.errors import LakehouseError
 from lakehouse.domain.ingest import RequestIdLedger
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 EXPIRE_MAX_AGE = "history.expire.max-snapshot-age-ms"
 EXPIRE_KEEP = "history.expire.min-snapshots-to-keep"
 COMPACT_MIN_FILES = "lakehouse.compaction.min-input-files"
-COMPACT_SMALL_BYTES = "lakehouse.compaction.small-file-size-bytes"
+COMPACT_SMALL_BYTES = SMALL_FILE_BYTES_PROPERTY
 ORPHANS_MIN_AGE = "lakehouse.orphans.min-file-age-ms"
 ORPHANS_INTERVAL = "lakehouse.orphans.interval-ms"
 #: Iceberg's defaults for expiry when only one of its two properties is set.
@@ -248,7 +249,7 @@ class MaintenanceScheduler:
         if info.stats.file_count < min_files:
             return None
         target = _int_property(props, "write.target-file-size-bytes") or DEFAULT_TARGET_FILE_BYTES
-        small = _int_property(props, COMPACT_SMALL_BYTES) or int(target * SMALL_FILE_FRACTION)
+        small = small_file_bytes(props)
 
         def worst_partition(c: Catalog) -> int:
             table = c.load_table((info.namespace, info.name))

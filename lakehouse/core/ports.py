@@ -30,6 +30,7 @@ from lakehouse.domain.objects import ObjectInfo
 from lakehouse.domain.refs import RefInfo, RefKind
 from lakehouse.domain.row_changes import DeleteOutcome, RowChange
 from lakehouse.domain.sql_result import SqlOutcome
+from lakehouse.domain.table_health import FileStats
 from lakehouse.domain.table_jobs import CompactResult, ExpireResult, ImportOutcome, OrphanResult
 from lakehouse.domain.tables import OpenScan, ScanRequest, SnapshotInfo, TableInfo
 
@@ -113,6 +114,9 @@ class CatalogPort(Protocol):
         expected_etag: str,
     ) -> TableInfo:
         """Moves the current snapshot back to an ancestor (by id, or as of a time)."""
+
+    async def file_stats(self, namespace: str, name: str) -> FileStats:
+        """What the table's current metadata says of its files (for GetTableHealth)."""
 
     async def list_refs(self, namespace: str, name: str) -> list[RefInfo]:
         """The table's branches and tags, main first, then by name."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pyiceberg.manifest import DataFile
@@ -13,6 +14,34 @@ DEFAULT_TARGET_FILE_BYTES = 512 * 1024 * 1024
 DEFAULT_MIN_INPUT_FILES = 2
 #: Compaction rewrites the data files smaller than this fraction of the target size.
 SMALL_FILE_FRACTION = 0.75
+
+
+#: The table property that says what counts as a small file (bytes).
+SMALL_FILE_BYTES_PROPERTY = "lakehouse.compaction.small-file-size-bytes"
+#: The table property of the target data file size (bytes), Iceberg's own.
+TARGET_FILE_BYTES_PROPERTY = "write.target-file-size-bytes"
+
+
+def small_file_bytes(properties: Mapping[str, str]) -> int:
+    """Below what size a data file counts as small, by the table's properties.
+
+    ``lakehouse.compaction.small-file-size-bytes`` when set, else ``SMALL_FILE_FRACTION`` of
+    ``write.target-file-size-bytes`` (512 MiB when unset). Values that are not positive
+    integers are ignored.
+    """
+    small = _positive(properties.get(SMALL_FILE_BYTES_PROPERTY))
+    if small is not None:
+        return small
+    target = _positive(properties.get(TARGET_FILE_BYTES_PROPERTY)) or DEFAULT_TARGET_FILE_BYTES
+    return int(target * SMALL_FILE_FRACTION)
+
+
+def _positive(raw: str | None) -> int | None:
+    try:
+        value = int(raw) if raw is not None else 0
+    except ValueError:
+        return None
+    return value if value > 0 else None
 
 
 def partition_key(data_file: DataFile) -> tuple[int, tuple[Any, ...]]:

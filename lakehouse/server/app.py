@@ -16,13 +16,16 @@ from lakehouse.adapters.object_store import object_store_for
 from lakehouse.adapters.resilience import CATALOG, JOB_STORE, OBJECT_STORE, Resilience
 from lakehouse.blocking import BlockingPool
 from lakehouse.config import Settings
+from lakehouse.core.commit_conflicts import ConflictLog
 from lakehouse.core.ingest import Ingest
 from lakehouse.core.ingest_requests import IngestRequests
 from lakehouse.core.job_cancellation import JobCancellation
 from lakehouse.core.reads import Reads
 from lakehouse.core.refs import Refs
 from lakehouse.core.row_changes import RowChanges
+from lakehouse.core.table_health import TableHealthCheck
 from lakehouse.core.tables import Tables
+from lakehouse.metrics import TableGauges
 from lakehouse.server import metrics
 from lakehouse.server.auth import AuthInterceptor
 from lakehouse.server.auth_keys import AuthKeys
@@ -87,8 +90,14 @@ class LakehouseServer:
             slots=settings.jobs.workers,
             scheduler=True,
         )
+        self.conflicts = ConflictLog()
+        self.table_gauges = TableGauges(settings.table_metrics_max_tables)
         self.ingest = Ingest(
-            self.catalog, settings.ingest, request_ids=self.job_runtime.request_ids
+            self.catalog,
+            settings.ingest,
+            request_ids=self.job_runtime.request_ids,
+            conflicts=self.conflicts,
+            gauges=self.table_gauges,
         )
         self.row_changes = RowChanges(
             self.catalog, settings.ingest, request_ids=self.job_runtime.request_ids
@@ -151,6 +160,9 @@ class LakehouseServer:
             self.reads,
             self.row_changes,
             Refs(self.catalog),
+            TableHealthCheck(
+                self.catalog, self.job_runtime.jobs, self.conflicts, self.table_gauges
+            ),
             read_message_bytes=self.settings.read_message_bytes,
         )
         table_service_pb2_grpc.add_TableServiceServicer_to_server(table_servicer, server)

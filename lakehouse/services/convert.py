@@ -28,6 +28,7 @@ from lakehouse.domain.jobs import JobRecord
 from lakehouse.domain.refs import RefInfo, RefKind
 from lakehouse.domain.row_changes import DeleteOutcome, WriteMode
 from lakehouse.domain.rows.problems import RowProblem
+from lakehouse.domain.table_health import TableHealth
 from lakehouse.domain.tables import SnapshotInfo, TableInfo
 from lakehouse.services.schemas import (
     partition_spec_to_proto,
@@ -722,6 +723,36 @@ def ref_to_proto(ref: RefInfo) -> snapshot_pb2.SnapshotRef:
         proto.min_snapshots_to_keep = ref.min_snapshots_to_keep
     if ref.max_snapshot_age_ms is not None:
         proto.max_snapshot_age_ms = ref.max_snapshot_age_ms
+    return proto
+
+
+def table_health_to_proto(health: TableHealth) -> table_service_pb2.TableHealth:
+    """A table's health as its proto."""
+    files = health.files
+    proto = table_service_pb2.TableHealth(
+        data_files=files.data_files,
+        small_data_files=files.small_data_files,
+        small_file_bytes=files.small_file_bytes,
+        average_data_file_bytes=files.data_bytes // files.data_files if files.data_files else 0,
+        records=files.records,
+        delete_files=files.delete_files,
+        snapshots=files.snapshots,
+        metadata_file_bytes=files.metadata_file_bytes,
+        commit_conflicts_last_hour=health.commit_conflicts_last_hour,
+        maintenance_jobs_last_hour=health.maintenance_jobs_last_hour,
+        failed_maintenance_jobs_last_hour=health.failed_maintenance_jobs_last_hour,
+        verdict=table_service_pb2.TableVerdict.Value(f"TABLE_VERDICT_{health.verdict.name}"),
+        findings=[
+            table_service_pb2.HealthFinding(
+                code=f.code,
+                message=f.message,
+                recommended_job=job_pb2.JobKind.ValueType(f.recommended_job),
+            )
+            for f in health.findings
+        ],
+    )
+    if files.last_commit_ms is not None:
+        proto.last_commit_time.FromMilliseconds(files.last_commit_ms)
     return proto
 
 

@@ -14,6 +14,7 @@ from lakehouse.core.reads import Reads, ReadStart
 from lakehouse.core.refs import Refs
 from lakehouse.core.row_changes import RowChanges
 from lakehouse.core.streams import prefetch
+from lakehouse.core.table_health import TableHealthCheck
 from lakehouse.core.tables import Tables
 from lakehouse.domain.errors import InvalidArgument
 from lakehouse.domain.json_values import batch_to_structs
@@ -28,6 +29,7 @@ from lakehouse.services.convert import (
     read_options_from_proto,
     ref_to_proto,
     snapshot_to_proto,
+    table_health_to_proto,
     table_to_proto,
 )
 from lakehouse.services.schemas import (
@@ -51,9 +53,11 @@ class TableServicer(table_service_pb2_grpc.TableServiceServicer):
         reads: Reads,
         row_changes: RowChanges,
         refs: Refs,
+        health: TableHealthCheck,
         *,
         read_message_bytes: int,
     ) -> None:
+        self._health = health
         self._tables = tables
         self._reads = reads
         self._row_changes = row_changes
@@ -321,6 +325,13 @@ class TableServicer(table_service_pb2_grpc.TableServiceServicer):
             request.namespace, request.table, request.branch, request.expected_etag
         )
         return pb.PublishBranchResponse(table=table_to_proto(info))
+
+    async def GetTableHealth(
+        self, request: pb.GetTableHealthRequest, context: Context
+    ) -> pb.GetTableHealthResponse:
+        """Reports a table's health."""
+        health = await self._health.health(request.namespace, request.table)
+        return pb.GetTableHealthResponse(health=table_health_to_proto(health))
 
 
 def _optional(request: Any, field: str) -> int | None:

@@ -722,6 +722,7 @@ def _bases(method: MethodDescriptor) -> list[Message]:
             tpb.CreateTagRequest(namespace=NS, table=TABLE, name="fz-tag", snapshot_id=snapshot)
         ],
         "ListRefs": [tpb.ListRefsRequest(namespace=NS, table=TABLE)],
+        "GetTableHealth": [tpb.GetTableHealthRequest(namespace=NS, table=TABLE)],
         "DeleteRef": [tpb.DeleteRefRequest(namespace=NS, table=TABLE, name="fz-tag")],
         "PublishBranch": [
             tpb.PublishBranchRequest(namespace=NS, table=TABLE, branch="fz-branch"),
@@ -860,6 +861,7 @@ _CALLER = st.sampled_from(
 READ_METHODS = frozenset(
     {
         "ListRefs",
+        "GetTableHealth",
         "GetNamespace",
         "ListNamespaces",
         "GetTable",

@@ -9,6 +9,8 @@ from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from lakehouse.v1 import job_pb2 as _job_pb2
 from lakehouse.v1 import namespace_pb2 as _namespace_pb2
 from lakehouse.v1 import rows_pb2 as _rows_pb2
 from lakehouse.v1 import schema_pb2 as _schema_pb2
@@ -24,6 +26,42 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _TableVerdict:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TableVerdictEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TableVerdict.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TABLE_VERDICT_UNSPECIFIED: _TableVerdict.ValueType  # 0
+    """Not set. Never sent by the service."""
+    TABLE_VERDICT_HEALTHY: _TableVerdict.ValueType  # 1
+    """Nothing to do."""
+    TABLE_VERDICT_NEEDS_MAINTENANCE: _TableVerdict.ValueType  # 2
+    """Maintenance is due (see the findings: compaction, snapshot expiry); readers and writers
+    pay for it until it is done.
+    """
+    TABLE_VERDICT_UNHEALTHY: _TableVerdict.ValueType  # 3
+    """Something fails: maintenance jobs failed in the last hour, or writers keep losing commit
+    races to each other.
+    """
+
+class TableVerdict(_TableVerdict, metaclass=_TableVerdictEnumTypeWrapper):
+    """TableVerdict sums up a table's health."""
+
+TABLE_VERDICT_UNSPECIFIED: TableVerdict.ValueType  # 0
+"""Not set. Never sent by the service."""
+TABLE_VERDICT_HEALTHY: TableVerdict.ValueType  # 1
+"""Nothing to do."""
+TABLE_VERDICT_NEEDS_MAINTENANCE: TableVerdict.ValueType  # 2
+"""Maintenance is due (see the findings: compaction, snapshot expiry); readers and writers
+pay for it until it is done.
+"""
+TABLE_VERDICT_UNHEALTHY: TableVerdict.ValueType  # 3
+"""Something fails: maintenance jobs failed in the last hour, or writers keep losing commit
+races to each other.
+"""
+Global___TableVerdict: _TypeAlias = TableVerdict  # noqa: Y015
 
 @_typing.final
 class CreateNamespaceRequest(_message.Message):
@@ -1884,3 +1922,171 @@ class PublishBranchResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PublishBranchResponse: _TypeAlias = PublishBranchResponse  # noqa: Y015
+
+@_typing.final
+class GetTableHealthRequest(_message.Message):
+    """GetTableHealthRequest is the request of TableService.GetTableHealth."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    TABLE_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """The namespace of the table."""
+    table: _builtins.str
+    """The table name."""
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        table: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "table", b"table"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTableHealthRequest: _TypeAlias = GetTableHealthRequest  # noqa: Y015
+
+@_typing.final
+class GetTableHealthResponse(_message.Message):
+    """GetTableHealthResponse is the response of TableService.GetTableHealth."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEALTH_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def health(self) -> Global___TableHealth:
+        """The table's health."""
+
+    def __init__(
+        self,
+        *,
+        health: Global___TableHealth | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["health", b"health"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTableHealthResponse: _TypeAlias = GetTableHealthResponse  # noqa: Y015
+
+@_typing.final
+class HealthFinding(_message.Message):
+    """HealthFinding is one reason behind a table's verdict."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    RECOMMENDED_JOB_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    """A stable code to branch on: SMALL_FILES, MANY_SNAPSHOTS, LARGE_METADATA, DELETE_FILES,
+    COMMIT_CONTENTION or MAINTENANCE_FAILING.
+    """
+    message: _builtins.str
+    """What was found and what to do, for people: "312 small files (under 384 MiB): compaction
+    recommended".
+    """
+    recommended_job: _job_pb2.JobKind.ValueType
+    """The job that would fix it (CreateJob), if one would; JOB_KIND_UNSPECIFIED otherwise."""
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        message: _builtins.str = ...,
+        recommended_job: _job_pb2.JobKind.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "recommended_job", b"recommended_job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HealthFinding: _TypeAlias = HealthFinding  # noqa: Y015
+
+@_typing.final
+class TableHealth(_message.Message):
+    """TableHealth is what GetTableHealth reports of a table's current snapshot."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FILES_FIELD_NUMBER: _builtins.int
+    SMALL_DATA_FILES_FIELD_NUMBER: _builtins.int
+    SMALL_FILE_BYTES_FIELD_NUMBER: _builtins.int
+    AVERAGE_DATA_FILE_BYTES_FIELD_NUMBER: _builtins.int
+    RECORDS_FIELD_NUMBER: _builtins.int
+    DELETE_FILES_FIELD_NUMBER: _builtins.int
+    SNAPSHOTS_FIELD_NUMBER: _builtins.int
+    METADATA_FILE_BYTES_FIELD_NUMBER: _builtins.int
+    LAST_COMMIT_TIME_FIELD_NUMBER: _builtins.int
+    COMMIT_CONFLICTS_LAST_HOUR_FIELD_NUMBER: _builtins.int
+    MAINTENANCE_JOBS_LAST_HOUR_FIELD_NUMBER: _builtins.int
+    FAILED_MAINTENANCE_JOBS_LAST_HOUR_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    FINDINGS_FIELD_NUMBER: _builtins.int
+    data_files: _builtins.int
+    """The data files of the current snapshot."""
+    small_data_files: _builtins.int
+    """The data files smaller than small_file_bytes: compaction rewrites them."""
+    small_file_bytes: _builtins.int
+    """What counts as small: the table's "lakehouse.compaction.small-file-size-bytes", or three
+    quarters of "write.target-file-size-bytes".
+    """
+    average_data_file_bytes: _builtins.int
+    """The average size of a data file in bytes (0 without data files)."""
+    records: _builtins.int
+    """The rows of the current snapshot."""
+    delete_files: _builtins.int
+    """The delete files (position and equality deletes) applying to the current snapshot's data."""
+    snapshots: _builtins.int
+    """The snapshots in the table's metadata (all branches and tags)."""
+    metadata_file_bytes: _builtins.int
+    """The size of the current metadata file in bytes: every commit rewrites it."""
+    commit_conflicts_last_hour: _builtins.int
+    """Commit attempts lost to concurrent commits on this table in the last hour, as seen by
+    the replica that answers (ingest, row changes).
+    """
+    maintenance_jobs_last_hour: _builtins.int
+    """Maintenance jobs (compaction, expiry, orphan removal) on this table created in the last
+    hour, and how many of them failed.
+    """
+    failed_maintenance_jobs_last_hour: _builtins.int
+    """See maintenance_jobs_last_hour."""
+    verdict: Global___TableVerdict.ValueType
+    """The verdict."""
+    @_builtins.property
+    def last_commit_time(self) -> _timestamp_pb2.Timestamp:
+        """When the current snapshot was committed; absent for a table without snapshots."""
+
+    @_builtins.property
+    def findings(self) -> _containers.RepeatedCompositeFieldContainer[Global___HealthFinding]:
+        """The reasons for the verdict, most urgent first; empty when the table is healthy."""
+
+    def __init__(
+        self,
+        *,
+        data_files: _builtins.int = ...,
+        small_data_files: _builtins.int = ...,
+        small_file_bytes: _builtins.int = ...,
+        average_data_file_bytes: _builtins.int = ...,
+        records: _builtins.int = ...,
+        delete_files: _builtins.int = ...,
+        snapshots: _builtins.int = ...,
+        metadata_file_bytes: _builtins.int = ...,
+        last_commit_time: _timestamp_pb2.Timestamp | None = ...,
+        commit_conflicts_last_hour: _builtins.int = ...,
+        maintenance_jobs_last_hour: _builtins.int = ...,
+        failed_maintenance_jobs_last_hour: _builtins.int = ...,
+        verdict: Global___TableVerdict.ValueType = ...,
+        findings: _abc.Iterable[Global___HealthFinding] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_commit_time", b"last_commit_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["average_data_file_bytes", b"average_data_file_bytes", "commit_conflicts_last_hour", b"commit_conflicts_last_hour", "data_files", b"data_files", "delete_files", b"delete_files", "failed_maintenance_jobs_last_hour", b"failed_maintenance_jobs_last_hour", "findings", b"findings", "last_commit_time", b"last_commit_time", "maintenance_jobs_last_hour", b"maintenance_jobs_last_hour", "metadata_file_bytes", b"metadata_file_bytes", "records", b"records", "small_data_files", b"small_data_files", "small_file_bytes", b"small_file_bytes", "snapshots", b"snapshots", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TableHealth: _TypeAlias = TableHealth  # noqa: Y015

@@ -146,6 +146,11 @@ class TableServiceStub:
                 request_serializer=lakehouse_dot_v1_dot_table__service__pb2.PublishBranchRequest.SerializeToString,
                 response_deserializer=lakehouse_dot_v1_dot_table__service__pb2.PublishBranchResponse.FromString,
                 _registered_method=True)
+        self.GetTableHealth = channel.unary_unary(
+                '/lakehouse.v1.TableService/GetTableHealth',
+                request_serializer=lakehouse_dot_v1_dot_table__service__pb2.GetTableHealthRequest.SerializeToString,
+                response_deserializer=lakehouse_dot_v1_dot_table__service__pb2.GetTableHealthResponse.FromString,
+                _registered_method=True)
 
 
 class TableServiceServicer:
@@ -316,6 +321,16 @@ class TableServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTableHealth(self, request, context):
+        """Reports a table's health, so that operators see which tables need maintenance before
+        readers feel it: its files, snapshots and metadata, the commit conflicts and maintenance
+        jobs of the last hour, and a verdict with the findings behind it ("312 small files:
+        compaction recommended").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TableServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -428,6 +443,11 @@ def add_TableServiceServicer_to_server(servicer, server):
                     servicer.PublishBranch,
                     request_deserializer=lakehouse_dot_v1_dot_table__service__pb2.PublishBranchRequest.FromString,
                     response_serializer=lakehouse_dot_v1_dot_table__service__pb2.PublishBranchResponse.SerializeToString,
+            ),
+            'GetTableHealth': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTableHealth,
+                    request_deserializer=lakehouse_dot_v1_dot_table__service__pb2.GetTableHealthRequest.FromString,
+                    response_serializer=lakehouse_dot_v1_dot_table__service__pb2.GetTableHealthResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1026,6 +1046,33 @@ class TableService:
             '/lakehouse.v1.TableService/PublishBranch',
             lakehouse_dot_v1_dot_table__service__pb2.PublishBranchRequest.SerializeToString,
             lakehouse_dot_v1_dot_table__service__pb2.PublishBranchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTableHealth(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lakehouse.v1.TableService/GetTableHealth',
+            lakehouse_dot_v1_dot_table__service__pb2.GetTableHealthRequest.SerializeToString,
+            lakehouse_dot_v1_dot_table__service__pb2.GetTableHealthResponse.FromString,
             options,
             channel_credentials,
             insecure,

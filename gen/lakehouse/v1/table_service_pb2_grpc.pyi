@@ -95,6 +95,12 @@ class TableServiceStub:
     head is an ancestor of it (a fast-forward, as write-audit-publish does); ABORTED with
     reason NOT_FAST_FORWARD otherwise, and nothing changes.
     """
+    GetTableHealth: _grpc.UnaryUnaryMultiCallable[_table_service_pb2.GetTableHealthRequest, _table_service_pb2.GetTableHealthResponse]
+    """Reports a table's health, so that operators see which tables need maintenance before
+    readers feel it: its files, snapshots and metadata, the commit conflicts and maintenance
+    jobs of the last hour, and a verdict with the findings behind it ("312 small files:
+    compaction recommended").
+    """
 
 @_typing.type_check_only
 class TableServiceAsyncStub(TableServiceStub):
@@ -162,6 +168,12 @@ class TableServiceAsyncStub(TableServiceStub):
     """Makes a branch the table's current state: "main" moves to the branch's head, when main's
     head is an ancestor of it (a fast-forward, as write-audit-publish does); ABORTED with
     reason NOT_FAST_FORWARD otherwise, and nothing changes.
+    """
+    GetTableHealth: _aio.UnaryUnaryMultiCallable[_table_service_pb2.GetTableHealthRequest, _table_service_pb2.GetTableHealthResponse]  # type: ignore[assignment]
+    """Reports a table's health, so that operators see which tables need maintenance before
+    readers feel it: its files, snapshots and metadata, the commit conflicts and maintenance
+    jobs of the last hour, and a verdict with the findings behind it ("312 small files:
+    compaction recommended").
     """
 
 class TableServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -359,6 +371,18 @@ class TableServiceServicer(metaclass=_abc_1.ABCMeta):
         """Makes a branch the table's current state: "main" moves to the branch's head, when main's
         head is an ancestor of it (a fast-forward, as write-audit-publish does); ABORTED with
         reason NOT_FAST_FORWARD otherwise, and nothing changes.
+        """
+
+    @_abc_1.abstractmethod
+    def GetTableHealth(
+        self,
+        request: _table_service_pb2.GetTableHealthRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_table_service_pb2.GetTableHealthResponse, _abc.Awaitable[_table_service_pb2.GetTableHealthResponse]]:
+        """Reports a table's health, so that operators see which tables need maintenance before
+        readers feel it: its files, snapshots and metadata, the commit conflicts and maintenance
+        jobs of the last hour, and a verdict with the findings behind it ("312 small files:
+        compaction recommended").
         """
 
 def add_TableServiceServicer_to_server(servicer: TableServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -65,6 +65,7 @@ from lakehouse.adapters.iceberg.fast_paths import (
     RAW_LOCATION_QUERY,
     sql_namespace_properties,
 )
+from lakehouse.adapters.iceberg.health import file_stats
 from lakehouse.adapters.iceberg.ingest import planned_append, read_state, writer_last_commit
 from lakehouse.adapters.iceberg.locations import canonical_location, within_location
 from lakehouse.adapters.iceberg.planned_changes import ChangeCommitter, planned_delete
@@ -101,6 +102,7 @@ from lakehouse.domain.errors import (
 from lakehouse.domain.ingest import AppendOutcome, AppendPlan, IngestState, RequestIdLedger
 from lakehouse.domain.refs import RefInfo, RefKind
 from lakehouse.domain.row_changes import DeleteOutcome, RowChange
+from lakehouse.domain.table_health import FileStats
 from lakehouse.domain.tables import (
     OpenScan,
     ScanRequest,
@@ -691,6 +693,18 @@ class IcebergCatalog:
             return self._remember(namespace, name, c.load_table((namespace, name)))[1]
 
         return await self._call(work, namespace, name)
+
+    async def file_stats(self, namespace: str, name: str) -> FileStats:
+        """What the table's current metadata says of its files (see ``health.file_stats``).
+
+        Raises:
+            NotFound: No such table.
+        """
+
+        def work(c: Catalog) -> FileStats:
+            return file_stats(self._table(c, namespace, name))
+
+        return await self._call(work, namespace, name, retry=True)
 
     async def list_refs(self, namespace: str, name: str) -> list[RefInfo]:
         """The table's branches and tags, main first.
