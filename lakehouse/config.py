@@ -639,6 +639,10 @@ class Settings(BaseSettings):
     """Threads for blocking catalog and file work (pyiceberg, pyarrow)."""
     table_cache_size: int = Field(default=1000, ge=1, le=1_000_000)
     """Loaded tables kept per process; each use revalidates by metadata location."""
+    max_watchers: int = Field(default=1000, ge=0, le=100_000)
+    """WatchTable streams open at once in one process; one more is RESOURCE_EXHAUSTED
+    (WATCHERS_EXHAUSTED). Each polls its table's metadata location about once a second when
+    idle."""
     table_metrics_max_tables: int = Field(default=100, ge=0, le=10_000)
     """Tables with per-table gauges (``lakehouse_table_*``) at most, the most recently touched
     ones (a commit or a GetTableHealth); the others' series are removed. 0: none."""

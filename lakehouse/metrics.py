@@ -134,6 +134,12 @@ QUOTA_REFUSALS = Counter(
 )
 
 
+TABLE_WATCHERS = Gauge(
+    "lakehouse_table_watchers",
+    "WatchTable streams open now in this process (at most LAKEHOUSE_MAX_WATCHERS).",
+)
+
+
 # -- Per-table gauges --------------------------------------------------------------------------
 # A label per table would grow without end on a catalog of thousands of tables, and every
 # scrape would carry them all: the gauges hold only the tables a process touched most

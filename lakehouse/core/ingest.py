@@ -26,6 +26,7 @@ from lakehouse import metrics
 from lakehouse.config import IngestSettings
 from lakehouse.core.change_metrics import count_change
 from lakehouse.core.commit_conflicts import ConflictLog
+from lakehouse.core.commit_notifier import CommitNotifier
 from lakehouse.core.ports import CatalogPort
 from lakehouse.core.survival import EscapedError, own_cancellation
 from lakehouse.deadlines import without_deadline
@@ -295,7 +296,9 @@ class _TableCommitter:
         ledger: RequestIdLedger | None,
         conflicts: ConflictLog | None = None,
         gauges: TableGauges | None = None,
+        notifier: CommitNotifier | None = None,
     ) -> None:
+        self._notifier = notifier
         self._key = key
         self._conflicts = conflicts
         self._gauges = gauges
@@ -424,6 +427,8 @@ class _TableCommitter:
             self._conflicts.record(self._key, outcome.conflicts)
         if self._gauges is not None and outcome.table is not None:
             self._gauges.committed(self._key, outcome.table)
+        if self._notifier is not None and outcome.table is not None:
+            self._notifier.committed(self._key)
         change = group[0].change
         if change is not None and outcome.stats is not None and outcome.table is not None:
             count_change(change.mode.name.lower(), outcome.stats)
@@ -480,6 +485,7 @@ class Ingest:
         request_ids: RequestIdLedger | None = None,
         conflicts: ConflictLog | None = None,
         gauges: TableGauges | None = None,
+        notifier: CommitNotifier | None = None,
     ) -> None:
         """The ingest use cases.
 
@@ -490,7 +496,9 @@ class Ingest:
                 keeps them only as long as the snapshots that committed them.
             conflicts: Where lost commit races are counted per table (GetTableHealth).
             gauges: The per-table gauges, set after each commit.
+            notifier: Wakes the table's watchers after each commit.
         """
+        self._notifier = notifier
         self._conflicts = conflicts
         self._gauges = gauges
         self._catalog = catalog
@@ -522,6 +530,7 @@ class Ingest:
                 self._ledger,
                 self._conflicts,
                 self._gauges,
+                self._notifier,
             )
         return committer
 

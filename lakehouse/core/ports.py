@@ -115,6 +115,11 @@ class CatalogPort(Protocol):
     ) -> TableInfo:
         """Moves the current snapshot back to an ancestor (by id, or as of a time)."""
 
+    async def snapshots_after(
+        self, namespace: str, name: str, after: int | None
+    ) -> builtins.list[SnapshotInfo]:
+        """The snapshots of the current lineage after ``after`` (all when None), oldest first."""
+
     async def file_stats(self, namespace: str, name: str) -> FileStats:
         """What the table's current metadata says of its files (for GetTableHealth)."""
 

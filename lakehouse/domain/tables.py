@@ -55,6 +55,8 @@ class SnapshotInfo:
     manifest_list: str
     schema_id: int | None
     sequence_number: int
+    writer_offsets: dict[str, int] = field(default_factory=dict)
+    """Exactly-once writers whose rows the snapshot committed, and each one's next offset."""
 
 
 @dataclass(frozen=True)

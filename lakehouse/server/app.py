@@ -17,6 +17,7 @@ from lakehouse.adapters.resilience import CATALOG, JOB_STORE, OBJECT_STORE, Resi
 from lakehouse.blocking import BlockingPool
 from lakehouse.config import Settings
 from lakehouse.core.commit_conflicts import ConflictLog
+from lakehouse.core.commit_notifier import CommitNotifier
 from lakehouse.core.ingest import Ingest
 from lakehouse.core.ingest_requests import IngestRequests
 from lakehouse.core.job_cancellation import JobCancellation
@@ -25,6 +26,7 @@ from lakehouse.core.refs import Refs
 from lakehouse.core.row_changes import RowChanges
 from lakehouse.core.table_health import TableHealthCheck
 from lakehouse.core.tables import Tables
+from lakehouse.core.watch import TableWatch
 from lakehouse.metrics import TableGauges
 from lakehouse.server import metrics
 from lakehouse.server.auth import AuthInterceptor
@@ -91,6 +93,7 @@ class LakehouseServer:
             scheduler=True,
         )
         self.conflicts = ConflictLog()
+        self.notifier = CommitNotifier()
         self.table_gauges = TableGauges(settings.table_metrics_max_tables)
         self.ingest = Ingest(
             self.catalog,
@@ -98,6 +101,7 @@ class LakehouseServer:
             request_ids=self.job_runtime.request_ids,
             conflicts=self.conflicts,
             gauges=self.table_gauges,
+            notifier=self.notifier,
         )
         self.row_changes = RowChanges(
             self.catalog, settings.ingest, request_ids=self.job_runtime.request_ids
@@ -163,6 +167,7 @@ class LakehouseServer:
             TableHealthCheck(
                 self.catalog, self.job_runtime.jobs, self.conflicts, self.table_gauges
             ),
+            TableWatch(self.catalog, self.notifier, max_watchers=self.settings.max_watchers),
             read_message_bytes=self.settings.read_message_bytes,
         )
         table_service_pb2_grpc.add_TableServiceServicer_to_server(table_servicer, server)

@@ -266,6 +266,7 @@ RULES: Final[Mapping[str, Rule]] = {
     _method(TABLE_SERVICE, "DeleteRef"): Rule(P.TABLES_DELETE, _table),
     _method(TABLE_SERVICE, "PublishBranch"): Rule(P.TABLES_WRITE, _table),
     _method(TABLE_SERVICE, "GetTableHealth"): Rule(P.TABLES_READ, _table),
+    _method(TABLE_SERVICE, "WatchTable"): Rule(P.TABLES_READ, _table),
     _method(TABLE_SERVICE, "DeleteRows"): Rule(P.TABLES_CHANGE_ROWS, _table),
     # IngestService
     _method(INGEST_SERVICE, "AppendRows"): Rule(

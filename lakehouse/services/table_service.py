@@ -16,6 +16,7 @@ from lakehouse.core.row_changes import RowChanges
 from lakehouse.core.streams import prefetch
 from lakehouse.core.table_health import TableHealthCheck
 from lakehouse.core.tables import Tables
+from lakehouse.core.watch import TableWatch
 from lakehouse.domain.errors import InvalidArgument
 from lakehouse.domain.json_values import batch_to_structs
 from lakehouse.domain.refs import RefKind
@@ -54,10 +55,12 @@ class TableServicer(table_service_pb2_grpc.TableServiceServicer):
         row_changes: RowChanges,
         refs: Refs,
         health: TableHealthCheck,
+        watch: TableWatch,
         *,
         read_message_bytes: int,
     ) -> None:
         self._health = health
+        self._watch = watch
         self._tables = tables
         self._reads = reads
         self._row_changes = row_changes
@@ -332,6 +335,16 @@ class TableServicer(table_service_pb2_grpc.TableServiceServicer):
         """Reports a table's health."""
         health = await self._health.health(request.namespace, request.table)
         return pb.GetTableHealthResponse(health=table_health_to_proto(health))
+
+    async def WatchTable(
+        self, request: pb.WatchTableRequest, context: Context
+    ) -> AsyncIterator[pb.WatchTableResponse]:
+        """Streams the table's new snapshots, from a cursor."""
+        after = request.after_snapshot_id if request.HasField("after_snapshot_id") else None
+        async for snapshot in self._watch.watch(request.namespace, request.table, after):
+            yield pb.WatchTableResponse(
+                snapshot=snapshot_to_proto(snapshot), writer_offsets=snapshot.writer_offsets
+            )
 
 
 def _optional(request: Any, field: str) -> int | None:

@@ -430,6 +430,13 @@ MATRIX: list[tuple[str, str, Any, str, str | dict[str, str]]] = [
     ),
     (
         "tables",
+        "WatchTable",
+        tpb.WatchTableRequest(namespace="nope", table="t"),
+        "viewer",
+        "tables.read",
+    ),
+    (
+        "tables",
         "DeleteRef",
         tpb.DeleteRefRequest(namespace="nope", table="t", name="v1"),
         "admin",

@@ -130,6 +130,9 @@ BATCHES_IN_FLIGHT = 4
 #: A client-side safety net only: longer than the server's own limits below, so that a call
 #: the server forgets shows up as a client deadline (a failure) instead of a hang.
 CLIENT_TIMEOUT_SECONDS = 30.0
+#: Server streams that run until the client hangs up, and how long the fuzzer listens.
+ENDLESS_STREAMS = frozenset({"WatchTable"})
+WATCH_SECONDS = 1.0
 SERVER_UNARY_LIMIT_SECONDS = 10.0
 SERVER_STREAM_LIMIT_SECONDS = 5.0
 MAX_STREAM_MESSAGES = 200
@@ -723,6 +726,10 @@ def _bases(method: MethodDescriptor) -> list[Message]:
         ],
         "ListRefs": [tpb.ListRefsRequest(namespace=NS, table=TABLE)],
         "GetTableHealth": [tpb.GetTableHealthRequest(namespace=NS, table=TABLE)],
+        "WatchTable": [
+            tpb.WatchTableRequest(namespace=NS, table=TABLE),
+            tpb.WatchTableRequest(namespace=NS, table=TABLE, after_snapshot_id=snapshot),
+        ],
         "DeleteRef": [tpb.DeleteRefRequest(namespace=NS, table=TABLE, name="fz-tag")],
         "PublishBranch": [
             tpb.PublishBranchRequest(namespace=NS, table=TABLE, branch="fz-branch"),
@@ -862,6 +869,7 @@ READ_METHODS = frozenset(
     {
         "ListRefs",
         "GetTableHealth",
+        "WatchTable",
         "GetNamespace",
         "ListNamespaces",
         "GetTable",
@@ -1150,8 +1158,12 @@ async def execute(channel: grpc.aio.Channel, call: FuzzCall, request_id: str) ->
                 iter(call.payloads), metadata=metadata, timeout=CLIENT_TIMEOUT_SECONDS
             )
         else:
+            # A watch never ends by itself: the fuzzer hangs up after a moment.
+            watching = method.name in ENDLESS_STREAMS
             stream = channel.unary_stream(call.path)(
-                call.payloads[0], metadata=metadata, timeout=CLIENT_TIMEOUT_SECONDS
+                call.payloads[0],
+                metadata=metadata,
+                timeout=WATCH_SECONDS if watching else CLIENT_TIMEOUT_SECONDS,
             )
         responses = []
         async for reply in stream:
@@ -1161,6 +1173,12 @@ async def execute(channel: grpc.aio.Channel, call: FuzzCall, request_id: str) ->
                 return Outcome(grpc.StatusCode.OK, "cancelled by the fuzzer", None, responses)
         return Outcome(grpc.StatusCode.OK, responses=responses)
     except grpc.aio.AioRpcError as err:
+        if (
+            err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            and method.name in ENDLESS_STREAMS
+            and _decoded_status(err.trailing_metadata()) is None  # the client's own deadline
+        ):
+            return Outcome(grpc.StatusCode.OK, "ended by the fuzzer", None, [])
         return Outcome(err.code(), err.details() or "", _decoded_status(err.trailing_metadata()))
 
 

@@ -2090,3 +2090,89 @@ class TableHealth(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TableHealth: _TypeAlias = TableHealth  # noqa: Y015
+
+@_typing.final
+class WatchTableRequest(_message.Message):
+    """WatchTableRequest is the request of TableService.WatchTable."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    TABLE_FIELD_NUMBER: _builtins.int
+    AFTER_SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """The namespace of the table."""
+    table: _builtins.str
+    """The table name."""
+    after_snapshot_id: _builtins.int
+    """The cursor: the last snapshot the client saw. Every later snapshot of the current lineage
+    is sent. Absent: from now (the snapshots committed after the call starts).
+    """
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        table: _builtins.str = ...,
+        after_snapshot_id: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_after_snapshot_id", b"_after_snapshot_id", "after_snapshot_id", b"after_snapshot_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_snapshot_id", b"_after_snapshot_id", "after_snapshot_id", b"after_snapshot_id", "namespace", b"namespace", "table", b"table"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__after_snapshot_id: _TypeAlias = _typing.Literal["after_snapshot_id"]  # noqa: Y015
+    _WhichOneofArgType__after_snapshot_id: _TypeAlias = _typing.Literal["_after_snapshot_id", b"_after_snapshot_id"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__after_snapshot_id) -> _WhichOneofReturnType__after_snapshot_id | None: ...
+
+Global___WatchTableRequest: _TypeAlias = WatchTableRequest  # noqa: Y015
+
+@_typing.final
+class WatchTableResponse(_message.Message):
+    """WatchTableResponse is one message of the WatchTable stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class WriterOffsetsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    WRITER_OFFSETS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def snapshot(self) -> _snapshot_pb2.Snapshot:
+        """The snapshot committed; its id is the cursor to resume from."""
+
+    @_builtins.property
+    def writer_offsets(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """For exactly-once writers whose rows this snapshot committed: each one's next offset
+        after it (as GetWriter would answer right after the commit).
+        """
+
+    def __init__(
+        self,
+        *,
+        snapshot: _snapshot_pb2.Snapshot | None = ...,
+        writer_offsets: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot", "writer_offsets", b"writer_offsets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchTableResponse: _TypeAlias = WatchTableResponse  # noqa: Y015

@@ -151,6 +151,11 @@ class TableServiceStub:
                 request_serializer=lakehouse_dot_v1_dot_table__service__pb2.GetTableHealthRequest.SerializeToString,
                 response_deserializer=lakehouse_dot_v1_dot_table__service__pb2.GetTableHealthResponse.FromString,
                 _registered_method=True)
+        self.WatchTable = channel.unary_stream(
+                '/lakehouse.v1.TableService/WatchTable',
+                request_serializer=lakehouse_dot_v1_dot_table__service__pb2.WatchTableRequest.SerializeToString,
+                response_deserializer=lakehouse_dot_v1_dot_table__service__pb2.WatchTableResponse.FromString,
+                _registered_method=True)
 
 
 class TableServiceServicer:
@@ -331,6 +336,22 @@ class TableServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchTable(self, request, context):
+        """Streams one event per snapshot committed to the table's current lineage ("main"), in
+        commit order, from a cursor: what changed, pushed, instead of a rescan on a timer. A
+        client that reconnects with the last snapshot id it got receives every later snapshot
+        exactly once. Snapshots committed by this replica arrive at once; those of other replicas
+        and engines within about a second (the table's metadata location is polled, with
+        backoff). A slow client slows the stream (flow control), never the server's memory. Ends
+        with NOT_FOUND when the table is dropped; FAILED_PRECONDITION with reason CURSOR_EXPIRED
+        when the cursor's snapshot was expired, or CURSOR_NOT_IN_LINEAGE when the table was
+        rolled back past it; RESOURCE_EXHAUSTED (WATCHERS_EXHAUSTED) past the replica's watchers.
+        Read incremental rows for an event with ReadRows (start_snapshot_id = its parent).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TableServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -448,6 +469,11 @@ def add_TableServiceServicer_to_server(servicer, server):
                     servicer.GetTableHealth,
                     request_deserializer=lakehouse_dot_v1_dot_table__service__pb2.GetTableHealthRequest.FromString,
                     response_serializer=lakehouse_dot_v1_dot_table__service__pb2.GetTableHealthResponse.SerializeToString,
+            ),
+            'WatchTable': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTable,
+                    request_deserializer=lakehouse_dot_v1_dot_table__service__pb2.WatchTableRequest.FromString,
+                    response_serializer=lakehouse_dot_v1_dot_table__service__pb2.WatchTableResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1073,6 +1099,33 @@ class TableService:
             '/lakehouse.v1.TableService/GetTableHealth',
             lakehouse_dot_v1_dot_table__service__pb2.GetTableHealthRequest.SerializeToString,
             lakehouse_dot_v1_dot_table__service__pb2.GetTableHealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchTable(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/lakehouse.v1.TableService/WatchTable',
+            lakehouse_dot_v1_dot_table__service__pb2.WatchTableRequest.SerializeToString,
+            lakehouse_dot_v1_dot_table__service__pb2.WatchTableResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -101,6 +101,18 @@ class TableServiceStub:
     jobs of the last hour, and a verdict with the findings behind it ("312 small files:
     compaction recommended").
     """
+    WatchTable: _grpc.UnaryStreamMultiCallable[_table_service_pb2.WatchTableRequest, _table_service_pb2.WatchTableResponse]
+    """Streams one event per snapshot committed to the table's current lineage ("main"), in
+    commit order, from a cursor: what changed, pushed, instead of a rescan on a timer. A
+    client that reconnects with the last snapshot id it got receives every later snapshot
+    exactly once. Snapshots committed by this replica arrive at once; those of other replicas
+    and engines within about a second (the table's metadata location is polled, with
+    backoff). A slow client slows the stream (flow control), never the server's memory. Ends
+    with NOT_FOUND when the table is dropped; FAILED_PRECONDITION with reason CURSOR_EXPIRED
+    when the cursor's snapshot was expired, or CURSOR_NOT_IN_LINEAGE when the table was
+    rolled back past it; RESOURCE_EXHAUSTED (WATCHERS_EXHAUSTED) past the replica's watchers.
+    Read incremental rows for an event with ReadRows (start_snapshot_id = its parent).
+    """
 
 @_typing.type_check_only
 class TableServiceAsyncStub(TableServiceStub):
@@ -174,6 +186,18 @@ class TableServiceAsyncStub(TableServiceStub):
     readers feel it: its files, snapshots and metadata, the commit conflicts and maintenance
     jobs of the last hour, and a verdict with the findings behind it ("312 small files:
     compaction recommended").
+    """
+    WatchTable: _aio.UnaryStreamMultiCallable[_table_service_pb2.WatchTableRequest, _table_service_pb2.WatchTableResponse]  # type: ignore[assignment]
+    """Streams one event per snapshot committed to the table's current lineage ("main"), in
+    commit order, from a cursor: what changed, pushed, instead of a rescan on a timer. A
+    client that reconnects with the last snapshot id it got receives every later snapshot
+    exactly once. Snapshots committed by this replica arrive at once; those of other replicas
+    and engines within about a second (the table's metadata location is polled, with
+    backoff). A slow client slows the stream (flow control), never the server's memory. Ends
+    with NOT_FOUND when the table is dropped; FAILED_PRECONDITION with reason CURSOR_EXPIRED
+    when the cursor's snapshot was expired, or CURSOR_NOT_IN_LINEAGE when the table was
+    rolled back past it; RESOURCE_EXHAUSTED (WATCHERS_EXHAUSTED) past the replica's watchers.
+    Read incremental rows for an event with ReadRows (start_snapshot_id = its parent).
     """
 
 class TableServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -383,6 +407,24 @@ class TableServiceServicer(metaclass=_abc_1.ABCMeta):
         readers feel it: its files, snapshots and metadata, the commit conflicts and maintenance
         jobs of the last hour, and a verdict with the findings behind it ("312 small files:
         compaction recommended").
+        """
+
+    @_abc_1.abstractmethod
+    def WatchTable(
+        self,
+        request: _table_service_pb2.WatchTableRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_table_service_pb2.WatchTableResponse], _abc.AsyncIterator[_table_service_pb2.WatchTableResponse]]:
+        """Streams one event per snapshot committed to the table's current lineage ("main"), in
+        commit order, from a cursor: what changed, pushed, instead of a rescan on a timer. A
+        client that reconnects with the last snapshot id it got receives every later snapshot
+        exactly once. Snapshots committed by this replica arrive at once; those of other replicas
+        and engines within about a second (the table's metadata location is polled, with
+        backoff). A slow client slows the stream (flow control), never the server's memory. Ends
+        with NOT_FOUND when the table is dropped; FAILED_PRECONDITION with reason CURSOR_EXPIRED
+        when the cursor's snapshot was expired, or CURSOR_NOT_IN_LINEAGE when the table was
+        rolled back past it; RESOURCE_EXHAUSTED (WATCHERS_EXHAUSTED) past the replica's watchers.
+        Read incremental rows for an event with ReadRows (start_snapshot_id = its parent).
         """
 
 def add_TableServiceServicer_to_server(servicer: TableServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

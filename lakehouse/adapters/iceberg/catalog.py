@@ -50,6 +50,7 @@ from lakehouse.adapters.iceberg.cache import fill_lazy_caches
 from lakehouse.adapters.iceberg.changes_scan import (
     changelog_batches,
     changelog_schema,
+    lineage_after,
     only_appends,
     snapshots_between,
 )
@@ -693,6 +694,27 @@ class IcebergCatalog:
             return self._remember(namespace, name, c.load_table((namespace, name)))[1]
 
         return await self._call(work, namespace, name)
+
+    async def snapshots_after(
+        self, namespace: str, name: str, after: int | None
+    ) -> list[SnapshotInfo]:
+        """The snapshots of the current lineage after ``after`` (all when None), oldest first.
+
+        One catalog query when nothing changed (the cached metadata is revalidated by its
+        location), so polling it is cheap.
+
+        Raises:
+            NotFound: No such table (a watched table was dropped).
+            FailedPrecondition: ``after`` expired (CURSOR_EXPIRED) or is off the lineage
+                (CURSOR_NOT_IN_LINEAGE).
+        """
+
+        def work(c: Catalog) -> list[SnapshotInfo]:
+            table = self._table(c, namespace, name)
+            chain = lineage_after(table.metadata, after, f"{namespace}.{name}")
+            return [snapshot_info(s) for s in chain]
+
+        return await self._call(work, namespace, name, retry=True, files=False)
 
     async def file_stats(self, namespace: str, name: str) -> FileStats:
         """What the table's current metadata says of its files (see ``health.file_stats``).

@@ -70,6 +70,32 @@ def snapshots_between(metadata: TableMetadata, start: int, end: int, name: str) 
     return chain
 
 
+def lineage_after(metadata: TableMetadata, after: int | None, name: str) -> list[Snapshot]:
+    """The current lineage's snapshots after ``after`` (all when None), oldest first.
+
+    Raises:
+        FailedPrecondition: ``after`` was expired (CURSOR_EXPIRED), or is not an ancestor of
+            the current snapshot: the table was rolled back past it (CURSOR_NOT_IN_LINEAGE).
+    """
+    current = metadata.current_snapshot_id
+    if current is None or current == after:
+        return []
+    if after is None:
+        chain: list[Snapshot] = []
+        snapshot = metadata.snapshot_by_id(current)
+        while snapshot is not None:
+            chain.append(snapshot)
+            parent = snapshot.parent_snapshot_id
+            snapshot = metadata.snapshot_by_id(parent) if parent is not None else None
+        chain.reverse()
+        return chain
+    try:
+        return snapshots_between(metadata, after, current, name)
+    except FailedPrecondition as exc:
+        reason = "CURSOR_EXPIRED" if exc.reason == "SNAPSHOT_EXPIRED" else "CURSOR_NOT_IN_LINEAGE"
+        raise FailedPrecondition(exc.message, reason=reason, metadata=exc.metadata) from exc
+
+
 def only_appends(chain: list[Snapshot]) -> bool:
     """Whether every snapshot of ``chain`` appended rows or changed none."""
     return all(

@@ -7,6 +7,7 @@ from typing import Any
 from pyiceberg.table import Table as IcebergTable
 from pyiceberg.table.snapshots import Snapshot
 
+from lakehouse.adapters.iceberg.ingest import committed_offsets
 from lakehouse.domain.tables import (
     SnapshotInfo,
     TableInfo,
@@ -26,6 +27,7 @@ def snapshot_info(snapshot: Snapshot) -> SnapshotInfo:
         manifest_list=snapshot.manifest_list,
         schema_id=snapshot.schema_id,
         sequence_number=snapshot.sequence_number or 0,
+        writer_offsets=committed_offsets(snapshot),
     )
 
 

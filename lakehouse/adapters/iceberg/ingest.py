@@ -210,6 +210,16 @@ def carried_writers(table: IcebergTable) -> dict[str, str]:
     return {}
 
 
+def committed_offsets(snapshot: Snapshot) -> dict[str, int]:
+    """The exactly-once writers whose rows ``snapshot`` committed, and their next offsets."""
+    summary = _summary(snapshot)
+    raw_writers, raw_committed = summary.get(WRITERS_KEY), summary.get(COMMIT_WRITERS_KEY)
+    if raw_writers is None or raw_committed is None:
+        return {}
+    writers = json.loads(raw_writers)
+    return {w: int(writers[w][0]) for w in json.loads(raw_committed) if w in writers}
+
+
 def writer_last_commit(table: IcebergTable, writer_id: str) -> Snapshot | None:
     """The newest snapshot in the current lineage that committed rows of ``writer_id``."""
     for snapshot in _ancestors(table):
