@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import pyarrow as pa
+
 from lakehouse import metrics
 from lakehouse.core.commit_notifier import CommitNotifier
 from lakehouse.core.ports import CatalogPort
+from lakehouse.core.reads import ReadOptions, Reads, ReadStart
 from lakehouse.domain.errors import ResourceExhausted
 from lakehouse.domain.names import check_identifier
 from lakehouse.domain.tables import SnapshotInfo
@@ -25,17 +28,31 @@ class TableWatch:
     """The WatchTable use case."""
 
     def __init__(
-        self, catalog: CatalogPort, notifier: CommitNotifier, *, max_watchers: int
+        self,
+        catalog: CatalogPort,
+        notifier: CommitNotifier,
+        reads: Reads,
+        *,
+        max_watchers: int,
     ) -> None:
         self._catalog = catalog
+        self._reads = reads
         self._notifier = notifier
         self._max_watchers = max_watchers
         self._watchers = 0
 
     async def watch(
-        self, namespace: str, table: str, after: int | None
-    ) -> AsyncIterator[SnapshotInfo]:
+        self,
+        namespace: str,
+        table: str,
+        after: int | None,
+        *,
+        rows_budget_bytes: int | None = None,
+    ) -> AsyncIterator[SnapshotInfo | ReadStart | pa.RecordBatch]:
         """Yields the snapshots after ``after`` (None: from now), then each new one, forever.
+
+        With ``rows_budget_bytes``, each snapshot is followed by the rows it changed (a
+        ``ReadStart``, then batches of about that size): an incremental read from its parent.
 
         Raises:
             InvalidArgument: Bad names.
@@ -71,6 +88,9 @@ class TableWatch:
                     events = []
                 for event in events:
                     yield event
+                    if rows_budget_bytes is not None:
+                        async for item in self._rows(namespace, table, event, rows_budget_bytes):
+                            yield item
                     cursor = event.snapshot_id
                     from_start = False
                 wait = POLL_SECONDS[0] if events else min(wait * 2, POLL_SECONDS[1])
@@ -78,3 +98,15 @@ class TableWatch:
         finally:
             self._watchers -= 1
             metrics.TABLE_WATCHERS.set(self._watchers)
+
+    def _rows(
+        self, namespace: str, table: str, event: SnapshotInfo, budget: int
+    ) -> AsyncIterator[ReadStart | pa.RecordBatch]:
+        """The rows ``event`` changed: from its parent, or all of it for a first snapshot."""
+        if event.parent_snapshot_id is None:
+            options = ReadOptions(snapshot_id=event.snapshot_id)
+        else:
+            options = ReadOptions(
+                start_snapshot_id=event.parent_snapshot_id, end_snapshot_id=event.snapshot_id
+            )
+        return self._reads.read(namespace, table, options, budget_bytes=budget)

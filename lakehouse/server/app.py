@@ -167,7 +167,9 @@ class LakehouseServer:
             TableHealthCheck(
                 self.catalog, self.job_runtime.jobs, self.conflicts, self.table_gauges
             ),
-            TableWatch(self.catalog, self.notifier, max_watchers=self.settings.max_watchers),
+            TableWatch(
+                self.catalog, self.notifier, self.reads, max_watchers=self.settings.max_watchers
+            ),
             read_message_bytes=self.settings.read_message_bytes,
         )
         table_service_pb2_grpc.add_TableServiceServicer_to_server(table_servicer, server)

@@ -38,7 +38,7 @@ from lakehouse.services.schemas import (
     schema_from_proto,
     sort_order_from_proto,
 )
-from lakehouse.services.wire import encode_arrow_batch_response
+from lakehouse.services.wire import encode_arrow_batch_response, serialize_batch
 from lakehouse.v1 import rows_pb2, table_pb2, table_service_pb2_grpc
 from lakehouse.v1 import table_service_pb2 as pb
 
@@ -341,10 +341,25 @@ class TableServicer(table_service_pb2_grpc.TableServiceServicer):
     ) -> AsyncIterator[pb.WatchTableResponse]:
         """Streams the table's new snapshots, from a cursor."""
         after = request.after_snapshot_id if request.HasField("after_snapshot_id") else None
-        async for snapshot in self._watch.watch(request.namespace, request.table, after):
-            yield pb.WatchTableResponse(
-                snapshot=snapshot_to_proto(snapshot), writer_offsets=snapshot.writer_offsets
-            )
+        budget = self._read_message_bytes if request.include_rows else None
+        items = self._watch.watch(request.namespace, request.table, after, rows_budget_bytes=budget)
+        async for item in items:
+            if isinstance(item, ReadStart):
+                schema = item.schema.serialize().to_pybytes()
+                yield pb.WatchTableResponse(
+                    arrow_schema=rows_pb2.ArrowSchema(serialized_schema=schema)
+                )
+            elif isinstance(item, pa.RecordBatch):
+                batch = await asyncio.to_thread(serialize_batch, item)
+                yield pb.WatchTableResponse(
+                    arrow_record_batch=rows_pb2.ArrowRecordBatch(
+                        serialized_record_batch=batch.to_pybytes(), row_count=item.num_rows
+                    )
+                )
+            else:
+                yield pb.WatchTableResponse(
+                    snapshot=snapshot_to_proto(item), writer_offsets=item.writer_offsets
+                )
 
 
 def _optional(request: Any, field: str) -> int | None:

@@ -190,3 +190,45 @@ async def test_watchers_are_bounded_per_process(backend: Any) -> None:
             await again.close()
     finally:
         await asyncio.wait_for(server.stop(), 30)
+
+
+async def test_events_carry_the_rows_they_changed(ingest: Any, table_stub: Any) -> None:
+    first = await write(ingest, 1, 2)
+    request = tpb.WatchTableRequest(
+        namespace="w", table="t", after_snapshot_id=first, include_rows=True
+    )
+    watcher = Watcher(table_stub.WatchTable(request))
+    try:
+        appended = await write(ingest, 3, 4)
+        await table_stub.DeleteRows(
+            tpb.DeleteRowsRequest(namespace="w", table="t", row_filter="id = 1")
+        )
+        # Messages: event, schema, batches... for each snapshot, in commit order.
+        events: list[Any] = []
+        rows: list[list[dict[str, Any]]] = []
+        schema: pa.Schema | None = None
+        while sum(len(r) for r in rows) < 3:  # 2 rows appended, 1 deleted
+            message = await watcher.next()
+            if message.HasField("snapshot"):
+                events.append(message.snapshot)
+                rows.append([])
+            elif message.HasField("arrow_schema"):
+                schema = pa.ipc.read_schema(pa.py_buffer(message.arrow_schema.serialized_schema))
+            else:
+                batch = pa.ipc.read_record_batch(
+                    pa.py_buffer(message.arrow_record_batch.serialized_record_batch), schema
+                )
+                rows[-1].extend(batch.to_pylist())
+
+        assert events[0].snapshot_id == appended
+        assert sorted(r["id"] for r in rows[0]) == [3, 4]
+        assert rows[1] == [
+            {
+                "id": 1,
+                "_change_type": "DELETE",
+                "_change_ordinal": 0,
+                "_commit_snapshot_id": events[1].snapshot_id,
+            }
+        ]
+    finally:
+        await watcher.close()

@@ -2100,6 +2100,7 @@ class WatchTableRequest(_message.Message):
     NAMESPACE_FIELD_NUMBER: _builtins.int
     TABLE_FIELD_NUMBER: _builtins.int
     AFTER_SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    INCLUDE_ROWS_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """The namespace of the table."""
     table: _builtins.str
@@ -2108,16 +2109,24 @@ class WatchTableRequest(_message.Message):
     """The cursor: the last snapshot the client saw. Every later snapshot of the current lineage
     is sent. Absent: from now (the snapshots committed after the call starts).
     """
+    include_rows: _builtins.bool
+    """Follow each event with the rows it changed, in Arrow: a message with their schema, then
+    messages with record batches of about the size ReadRows sends. They are what an
+    incremental ReadRows from the event's parent to it returns: the rows appended, or the
+    changes (with "_change_type", "_change_ordinal" and "_commit_snapshot_id") of an
+    overwrite or delete. A compaction's event carries no rows.
+    """
     def __init__(
         self,
         *,
         namespace: _builtins.str = ...,
         table: _builtins.str = ...,
         after_snapshot_id: _builtins.int | None = ...,
+        include_rows: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_after_snapshot_id", b"_after_snapshot_id", "after_snapshot_id", b"after_snapshot_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_snapshot_id", b"_after_snapshot_id", "after_snapshot_id", b"after_snapshot_id", "namespace", b"namespace", "table", b"table"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_snapshot_id", b"_after_snapshot_id", "after_snapshot_id", b"after_snapshot_id", "include_rows", b"include_rows", "namespace", b"namespace", "table", b"table"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__after_snapshot_id: _TypeAlias = _typing.Literal["after_snapshot_id"]  # noqa: Y015
     _WhichOneofArgType__after_snapshot_id: _TypeAlias = _typing.Literal["_after_snapshot_id", b"_after_snapshot_id"]  # noqa: Y015
@@ -2153,6 +2162,8 @@ class WatchTableResponse(_message.Message):
 
     SNAPSHOT_FIELD_NUMBER: _builtins.int
     WRITER_OFFSETS_FIELD_NUMBER: _builtins.int
+    ARROW_SCHEMA_FIELD_NUMBER: _builtins.int
+    ARROW_RECORD_BATCH_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def snapshot(self) -> _snapshot_pb2.Snapshot:
         """The snapshot committed; its id is the cursor to resume from."""
@@ -2163,15 +2174,27 @@ class WatchTableResponse(_message.Message):
         after it (as GetWriter would answer right after the commit).
         """
 
+    @_builtins.property
+    def arrow_schema(self) -> _rows_pb2.ArrowSchema:
+        """With include_rows: the Arrow schema of the record batches that follow, in the message
+        after each event (then no snapshot is set).
+        """
+
+    @_builtins.property
+    def arrow_record_batch(self) -> _rows_pb2.ArrowRecordBatch:
+        """With include_rows: a record batch of the last event's rows (then no snapshot is set)."""
+
     def __init__(
         self,
         *,
         snapshot: _snapshot_pb2.Snapshot | None = ...,
         writer_offsets: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        arrow_schema: _rows_pb2.ArrowSchema | None = ...,
+        arrow_record_batch: _rows_pb2.ArrowRecordBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["arrow_record_batch", b"arrow_record_batch", "arrow_schema", b"arrow_schema", "snapshot", b"snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["snapshot", b"snapshot", "writer_offsets", b"writer_offsets"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrow_record_batch", b"arrow_record_batch", "arrow_schema", b"arrow_schema", "snapshot", b"snapshot", "writer_offsets", b"writer_offsets"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
