@@ -1,0 +1,306 @@
+"""DeleteRows semantics through the real server, on SQLite + local disk and PostgreSQL + S3.
+
+Issue 15, "Semantics that must hold": the rows deleted are exactly those the filter matches
+(a row for which it is NULL is kept, as in SQL), across files and partitions; the answer
+counts what was done; a file with no match is left as it is; bad input and a stale etag
+change nothing; a delete that matches nothing commits nothing; a request id deletes once,
+even after its snapshot expired. Every expectation is computed from the rows' ids alone
+(``fixtures.row_tables.row``), and checked with ReadRows and with pyiceberg on the catalog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+from google.protobuf import duration_pb2
+
+from fixtures.grpc_errors import rpc_error_details
+from fixtures.row_tables import (
+    NS,
+    Row,
+    create_table,
+    delete,
+    expected_after,
+    ids_by_file,
+    live_files,
+    load,
+    read_ids,
+    write,
+)
+from lakehouse.v1 import ingest_service_pb2_grpc, job_pb2, job_service_pb2_grpc
+from lakehouse.v1 import job_service_pb2 as jpb
+from lakehouse.v1 import table_service_pb2 as tpb
+
+#: Three WriteRows calls of 40 rows: 9 files partitioned by ``part``, 12 by ``day(ts)``.
+BATCHES = [range(0, 40), range(40, 80), range(80, 120)]
+ALL_IDS = list(range(120))
+JOB_WAIT_SECONDS = 60.0
+
+
+def _and(*values: bool | None) -> bool | None:
+    """SQL's AND over TRUE/FALSE/NULL (None)."""
+    if any(v is False for v in values):
+        return False
+    return None if any(v is None for v in values) else True
+
+
+def _or(*values: bool | None) -> bool | None:
+    """SQL's OR over TRUE/FALSE/NULL (None)."""
+    if any(v is True for v in values):
+        return True
+    return None if any(v is None for v in values) else False
+
+
+def _cmp(value: Any, test: Callable[[Any], bool]) -> bool | None:
+    """A comparison with a column value: NULL when the value is NULL."""
+    return None if value is None else test(value)
+
+
+#: Filters applied one after the other to one table, each with its meaning in SQL's
+#: three-valued logic (None: NULL, which keeps the row).
+STEPS: list[tuple[str, Callable[[Row], bool | None]]] = [
+    (
+        "amount >= 50 AND amount < 70",
+        lambda r: _and(_cmp(r["amount"], lambda a: a >= 50), _cmp(r["amount"], lambda a: a < 70)),
+    ),
+    ("NOT (amount < 100)", lambda r: _cmp(r["amount"], lambda a: not a < 100)),
+    (
+        "note != 'n8' AND id < 30",
+        lambda r: _and(_cmp(r["note"], lambda n: n != "n8"), r["id"] < 30),
+    ),
+    (
+        "part = 'b' OR ts < TIMESTAMP '2024-01-02'",
+        lambda r: _or(r["part"] == "b", r["ts"].day == 1),
+    ),
+    ("amount IS NULL AND id > 40", lambda r: r["amount"] is None and r["id"] > 40),
+    (
+        "id IN (31, 32, 33, 34) OR note LIKE 'n4%'",
+        lambda r: _or(r["id"] in (31, 32, 33, 34), _cmp(r["note"], lambda n: n.startswith("n4"))),
+    ),
+]
+
+
+@pytest_asyncio.fixture
+async def ingest_stub(channel: grpc.aio.Channel) -> AsyncIterator[Any]:
+    yield ingest_service_pb2_grpc.IngestServiceStub(channel)
+
+
+async def filled(table_stub: Any, ingest_stub: Any, name: str, partitioning: str) -> None:
+    """Creates ``rc.<name>`` and writes ``BATCHES`` into it, one commit each."""
+    await create_table(table_stub, name, partitioning)
+    for ids in BATCHES:
+        await write(ingest_stub, name, ids)
+
+
+async def etag_of(table_stub: Any, name: str) -> str:
+    etag: str = (
+        await table_stub.GetTable(tpb.GetTableRequest(namespace=NS, table=name))
+    ).table.etag
+    return etag
+
+
+@pytest.mark.parametrize("partitioning", ["identity", "day"])
+async def test_deletes_exactly_the_matching_rows_and_rewrites_only_their_files(
+    table_stub: Any, ingest_stub: Any, backend: Any, partitioning: str
+) -> None:
+    await filled(table_stub, ingest_stub, "t", partitioning)
+    before = load(backend, "t")
+    assert len(live_files(before)) == {"identity": 9, "day": 12}[partitioning]
+    expected = ALL_IDS
+    for row_filter, matches in STEPS:
+        held = ids_by_file(load(backend, "t"))
+        hit = {
+            path: [i for i in ids if i not in expected_after(ids, matches)]
+            for path, ids in held.items()
+        }
+        untouched = {path for path, gone in hit.items() if not gone}
+        expected = expected_after(expected, matches)
+
+        reply = await delete(table_stub, "t", row_filter)
+
+        after = load(backend, "t")
+        assert await read_ids(table_stub, "t") == expected, row_filter
+        assert reply.rows_deleted == sum(len(gone) for gone in hit.values()), row_filter
+        assert reply.files_removed == sum(
+            1 for path, gone in hit.items() if gone and len(gone) == len(held[path])
+        ), row_filter
+        assert reply.files_rewritten == sum(
+            1 for path, gone in hit.items() if gone and len(gone) < len(held[path])
+        ), row_filter
+        assert not reply.already_applied
+        snapshot = after.current_snapshot()
+        assert snapshot is not None and reply.snapshot_id == snapshot.snapshot_id
+        assert reply.etag == after.metadata_location == await etag_of(table_stub, "t")
+        # A file without a matching row is still live under the same path; none with one is.
+        assert untouched <= live_files(after), row_filter
+        assert not (set(hit) - untouched) & live_files(after), row_filter
+    assert expected  # the steps leave some rows, so "kept" was really checked
+    # One snapshot per delete, on top of the three appends.
+    assert len(load(backend, "t").metadata.snapshots) == len(BATCHES) + len(STEPS)
+
+
+async def test_true_deletes_every_row_removing_every_file(
+    table_stub: Any, ingest_stub: Any, backend: Any
+) -> None:
+    await filled(table_stub, ingest_stub, "t", "identity")
+    files = len(live_files(load(backend, "t")))
+
+    reply = await delete(table_stub, "t", "true")
+
+    assert (reply.rows_deleted, reply.files_removed, reply.files_rewritten) == (120, files, 0)
+    assert reply.snapshot_id != 0
+    assert await read_ids(table_stub, "t") == []
+    assert live_files(load(backend, "t")) == set()
+
+
+@pytest.mark.parametrize(
+    ("row_filter", "reason"),
+    [
+        ("", "INVALID_ROW_FILTER"),
+        ("   ", "INVALID_ROW_FILTER"),
+        ("missing = 1", "INVALID_ROW_FILTER"),
+        ("id = 'x'", "INVALID_ROW_FILTER"),
+        ("amount >", "INVALID_ROW_FILTER"),
+    ],
+)
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_a_bad_filter_is_invalid_argument_and_changes_nothing(
+    table_stub: Any, ingest_stub: Any, backend: Any, row_filter: str, reason: str
+) -> None:
+    await filled(table_stub, ingest_stub, "t", "identity")
+    etag = await etag_of(table_stub, "t")
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await delete(table_stub, "t", row_filter)
+
+    details = rpc_error_details(caught.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.reason == reason
+    assert details.violated_fields == ["row_filter"]
+    assert await etag_of(table_stub, "t") == etag
+    assert await read_ids(table_stub, "t") == ALL_IDS
+
+
+async def test_unknown_column_on_both_backends_changes_nothing(
+    table_stub: Any, ingest_stub: Any, backend: Any
+) -> None:
+    await filled(table_stub, ingest_stub, "t", "day")
+    etag = await etag_of(table_stub, "t")
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await delete(table_stub, "t", "id < 10 OR nope = 1")
+
+    details = rpc_error_details(caught.value)
+    assert (details.code, details.violated_fields) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ["row_filter"],
+    )
+    assert await etag_of(table_stub, "t") == etag
+    assert len(load(backend, "t").metadata.snapshots) == len(BATCHES)
+
+
+async def test_a_stale_etag_is_aborted_and_changes_nothing(
+    table_stub: Any, ingest_stub: Any, backend: Any
+) -> None:
+    await filled(table_stub, ingest_stub, "t", "identity")
+    stale = await etag_of(table_stub, "t")
+    await write(ingest_stub, "t", [500])
+    current = await etag_of(table_stub, "t")
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await delete(table_stub, "t", "id < 60", expected_etag=stale)
+
+    details = rpc_error_details(caught.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.ABORTED, "ETAG_MISMATCH")
+    assert details.metadata.get("current_etag") == current
+    assert await etag_of(table_stub, "t") == current
+    assert await read_ids(table_stub, "t") == [*ALL_IDS, 500]
+
+    # The current etag works, and the answer's etag is the next one's.
+    reply = await delete(table_stub, "t", "id < 60", expected_etag=current)
+    assert reply.rows_deleted == 60
+    again = await delete(table_stub, "t", "id = 500", expected_etag=reply.etag)
+    assert again.rows_deleted == 1
+    assert await read_ids(table_stub, "t") == list(range(60, 120))
+
+
+async def test_a_delete_matching_nothing_commits_nothing(
+    table_stub: Any, ingest_stub: Any, backend: Any
+) -> None:
+    await filled(table_stub, ingest_stub, "t", "day")
+    etag = await etag_of(table_stub, "t")
+    snapshots = len(load(backend, "t").metadata.snapshots)
+
+    # Pruned by statistics (id), by partition (ts), and read without a match (NULL amount).
+    for row_filter in ["id > 1000", "ts > TIMESTAMP '2030-01-01'", "amount = 5", "false"]:
+        reply = await delete(table_stub, "t", row_filter, request_id=f"none-{len(row_filter)}")
+        assert (reply.rows_deleted, reply.files_rewritten, reply.files_removed) == (0, 0, 0)
+        assert reply.snapshot_id == 0 and not reply.already_applied
+        assert reply.etag == etag
+
+    assert len(load(backend, "t").metadata.snapshots) == snapshots
+    assert await etag_of(table_stub, "t") == etag
+
+
+async def test_the_same_request_id_deletes_once_even_when_new_rows_match(
+    table_stub: Any, ingest_stub: Any, backend: Any
+) -> None:
+    await filled(table_stub, ingest_stub, "t", "identity")
+    first = await delete(table_stub, "t", "id < 10", request_id="gdpr-1")
+    await write(ingest_stub, "t", range(-5, 0))  # rows the same filter matches
+
+    second = await delete(table_stub, "t", "id < 10", request_id="gdpr-1")
+
+    assert (first.rows_deleted, first.already_applied) == (10, False)
+    assert (second.rows_deleted, second.already_applied) == (10, True)
+    assert (second.files_rewritten, second.files_removed, second.snapshot_id) == (0, 0, 0)
+    assert await read_ids(table_stub, "t") == [*range(-5, 0), *range(10, 120)]
+    # Another request id is another delete.
+    third = await delete(table_stub, "t", "id < 10", request_id="gdpr-2")
+    assert (third.rows_deleted, third.already_applied) == (5, False)
+    assert await read_ids(table_stub, "t") == list(range(10, 120))
+
+
+async def test_a_request_id_outlives_its_snapshot_through_the_ledger(
+    table_stub: Any, ingest_stub: Any, channel: grpc.aio.Channel, backend: Any
+) -> None:
+    await filled(table_stub, ingest_stub, "t", "none")
+    first = await delete(table_stub, "t", "id >= 100", request_id="gdpr-old")
+    for i in range(3):
+        await write(ingest_stub, "t", [1000 + i])
+    await write(ingest_stub, "t", [200])  # matches the filter again
+    jobs = job_service_pb2_grpc.JobServiceStub(channel)
+    created = await jobs.CreateJob(
+        jpb.CreateJobRequest(
+            spec=job_pb2.JobSpec(
+                expire_snapshots=job_pb2.ExpireSnapshotsJobSpec(
+                    namespace=NS,
+                    table="t",
+                    retain_last=1,
+                    max_snapshot_age=duration_pb2.Duration(seconds=0),
+                )
+            )
+        )
+    )
+    job = created.job
+
+    async def watch() -> None:
+        nonlocal job
+        async for message in jobs.WatchJob(jpb.WatchJobRequest(job_id=job.id)):
+            job = message.job
+
+    await asyncio.wait_for(watch(), JOB_WAIT_SECONDS)
+    assert job.state == job_pb2.JOB_STATE_SUCCEEDED, job.error
+    table = load(backend, "t")
+    assert len(table.metadata.snapshots) == 1  # the delete's snapshot is gone
+
+    again = await delete(table_stub, "t", "id >= 100", request_id="gdpr-old")
+
+    assert first.rows_deleted == 20
+    assert (again.already_applied, again.rows_deleted) == (True, 20)
+    assert await read_ids(table_stub, "t") == [*range(100), 200, 1000, 1001, 1002]
