@@ -15,12 +15,14 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+import pyarrow as pa
 import pytest
 import pytest_asyncio
 from google.protobuf import duration_pb2
 
 from fixtures.grpc_errors import rpc_error_details
 from fixtures.row_tables import (
+    LONG,
     NS,
     Row,
     create_table,
@@ -30,9 +32,12 @@ from fixtures.row_tables import (
     live_files,
     load,
     read_ids,
+    row,
+    rows,
     write,
 )
-from lakehouse.v1 import ingest_service_pb2_grpc, job_pb2, job_service_pb2_grpc
+from lakehouse.client.arrow import write_rows_request
+from lakehouse.v1 import ingest_service_pb2_grpc, job_pb2, job_service_pb2_grpc, schema_pb2
 from lakehouse.v1 import job_service_pb2 as jpb
 from lakehouse.v1 import table_service_pb2 as tpb
 
@@ -95,6 +100,11 @@ async def filled(table_stub: Any, ingest_stub: Any, name: str, partitioning: str
     await create_table(table_stub, name, partitioning)
     for ids in BATCHES:
         await write(ingest_stub, name, ids)
+
+
+def static_ids(table: Any) -> list[int]:
+    """The ids pyiceberg reads from the table's current snapshot."""
+    return sorted(table.scan().to_arrow().column("id").to_pylist())
 
 
 async def etag_of(table_stub: Any, name: str) -> str:
@@ -304,3 +314,68 @@ async def test_a_request_id_outlives_its_snapshot_through_the_ledger(
     assert first.rows_deleted == 20
     assert (again.already_applied, again.rows_deleted) == (True, 20)
     assert await read_ids(table_stub, "t") == [*range(100), 200, 1000, 1001, 1002]
+
+
+async def test_deletes_after_schema_and_partition_evolution(
+    table_stub: Any, ingest_stub: Any, backend: Any
+) -> None:
+    """Files written before a column was added or renamed, or under an older partition spec,
+    are matched by field id: a missing column is NULL in them."""
+    await create_table(table_stub, "t", "identity")
+    await write(ingest_stub, "t", range(40))
+    await table_stub.UpdateTable(
+        tpb.UpdateTableRequest(
+            namespace=NS,
+            table="t",
+            changes=[
+                tpb.TableChange(
+                    add_column=tpb.AddColumn(field=schema_pb2.Field(name="extra", type=LONG))
+                ),
+                tpb.TableChange(rename_column=tpb.RenameColumn(column="amount", new_name="price")),
+                tpb.TableChange(
+                    add_partition_field=tpb.AddPartitionField(
+                        field=schema_pb2.PartitionField(source_column="ts", transform="day")
+                    )
+                ),
+            ],
+        )
+    )
+    newer = rows(range(40, 80)).rename_columns(["id", "part", "ts", "price", "note"])
+    newer = newer.append_column("extra", pa.array(range(40, 80), pa.int64()))
+    await ingest_stub.WriteRows(write_rows_request(NS, "t", newer))
+
+    def full(i: int) -> Row:
+        r = row(i)
+        return {**r, "price": r["amount"], "extra": i if i >= 40 else None}
+
+    steps: list[tuple[str, Callable[[Row], bool | None]]] = [
+        ("extra IS NULL AND id < 10", lambda r: r["extra"] is None and r["id"] < 10),
+        ("price >= 70", lambda r: _cmp(r["price"], lambda p: p >= 70)),
+        ("extra = 45 OR extra < 0", lambda r: _cmp(r["extra"], lambda e: e == 45 or e < 0)),
+        (
+            "part = 'a' AND ts < TIMESTAMP '2024-01-02'",
+            lambda r: r["part"] == "a" and r["ts"].day == 1,
+        ),
+    ]
+    expected = list(range(80))
+    for row_filter, matches in steps:
+        gone = [i for i in expected if matches(full(i)) is True]
+        expected = [i for i in expected if i not in gone]
+
+        reply = await delete(table_stub, "t", row_filter)
+
+        assert reply.rows_deleted == len(gone), row_filter
+        assert await read_ids(table_stub, "t") == expected, row_filter
+    assert static_ids(load(backend, "t")) == expected
+
+
+async def test_a_delete_on_a_table_without_rows_commits_nothing(
+    table_stub: Any, backend: Any
+) -> None:
+    etag = await create_table(table_stub, "t", "day")
+
+    reply = await delete(table_stub, "t", "true", request_id="empty")
+
+    assert (reply.rows_deleted, reply.snapshot_id, reply.already_applied) == (0, 0, False)
+    assert reply.etag == etag == await etag_of(table_stub, "t")
+    assert load(backend, "t").metadata.snapshots == []

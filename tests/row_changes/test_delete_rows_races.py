@@ -227,3 +227,27 @@ async def test_a_delete_racing_compaction_ends_right_or_aborted(
     assert set(outcomes.values()) <= {"ok", "COMMIT_CONFLICT"}
     assert await read_ids(table_stub, "t") == sorted(set(ids) - deleted)
     assert_no_stray_files(backend)
+
+
+async def test_the_same_request_id_sent_twice_at_once_deletes_once(
+    table_stub: Any, ingest_stub: Any, backend: Any
+) -> None:
+    """A client retrying while its first call still runs: one deletes, the other finds the
+    first's snapshot when it re-plans, and answers already_applied with the same count."""
+    ids = await filled(table_stub, ingest_stub, files=4, per_file=30)
+
+    for attempt in range(3):
+        request_id = f"retry-{attempt}"
+        row_filter = f"id >= {attempt * 30} AND id < {attempt * 30 + 5}"
+        replies = await asyncio.wait_for(
+            asyncio.gather(
+                *(delete(table_stub, "t", row_filter, request_id=request_id) for _ in range(2))
+            ),
+            60,
+        )
+        assert sorted(r.already_applied for r in replies) == [False, True]
+        assert [r.rows_deleted for r in replies] == [5, 5]
+
+    gone = {i for a in range(3) for i in range(a * 30, a * 30 + 5)}
+    assert await read_ids(table_stub, "t") == [i for i in ids if i not in gone]
+    assert_no_stray_files(backend)
