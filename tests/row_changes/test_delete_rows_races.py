@@ -251,3 +251,25 @@ async def test_the_same_request_id_sent_twice_at_once_deletes_once(
     gone = {i for a in range(3) for i in range(a * 30, a * 30 + 5)}
     assert await read_ids(table_stub, "t") == [i for i in ids if i not in gone]
     assert_no_stray_files(backend)
+
+
+async def test_deletes_on_one_etag_one_wins_the_others_change_nothing_and_leave_no_file(
+    table_stub: Any, ingest_stub: Any, backend: Any
+) -> None:
+    """Three conditional deletes sent at once on the same etag: each rewrites every file,
+    one commits, the others fail (ABORTED, ETAG_MISMATCH), after their rewrites when they
+    started together, and must delete what they wrote."""
+    ids = await filled(table_stub, ingest_stub, files=4, per_file=500)
+    etag = (await table_stub.GetTable(tpb.GetTableRequest(namespace=NS, table="t"))).table.etag
+    filters = {k: f"id IN ({', '.join(str(f * 500 + k) for f in range(4))})" for k in range(3)}
+
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(*(try_delete(table_stub, f, expected_etag=etag) for f in filters.values())),
+        60,
+    )
+
+    assert sorted(outcomes) == ["ETAG_MISMATCH", "ETAG_MISMATCH", "ok"]
+    winner = outcomes.index("ok")
+    gone = {f * 500 + winner for f in range(4)}
+    assert await read_ids(table_stub, "t") == [i for i in ids if i not in gone]
+    assert_no_stray_files(backend)
