@@ -10,7 +10,6 @@ even after its snapshot expired. Every expectation is computed from the rows' id
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -18,7 +17,6 @@ import grpc
 import pyarrow as pa
 import pytest
 import pytest_asyncio
-from google.protobuf import duration_pb2
 
 from fixtures.grpc_errors import rpc_error_details
 from fixtures.row_tables import (
@@ -28,6 +26,7 @@ from fixtures.row_tables import (
     create_table,
     delete,
     expected_after,
+    expire_all_but_the_last_snapshot,
     ids_by_file,
     live_files,
     load,
@@ -37,14 +36,12 @@ from fixtures.row_tables import (
     write,
 )
 from lakehouse.client.arrow import write_rows_request
-from lakehouse.v1 import ingest_service_pb2_grpc, job_pb2, job_service_pb2_grpc, schema_pb2
-from lakehouse.v1 import job_service_pb2 as jpb
+from lakehouse.v1 import ingest_service_pb2_grpc, schema_pb2
 from lakehouse.v1 import table_service_pb2 as tpb
 
 #: Three WriteRows calls of 40 rows: 9 files partitioned by ``part``, 12 by ``day(ts)``.
 BATCHES = [range(0, 40), range(40, 80), range(80, 120)]
 ALL_IDS = list(range(120))
-JOB_WAIT_SECONDS = 60.0
 
 
 def _and(*values: bool | None) -> bool | None:
@@ -284,28 +281,7 @@ async def test_a_request_id_outlives_its_snapshot_through_the_ledger(
     for i in range(3):
         await write(ingest_stub, "t", [1000 + i])
     await write(ingest_stub, "t", [200])  # matches the filter again
-    jobs = job_service_pb2_grpc.JobServiceStub(channel)
-    created = await jobs.CreateJob(
-        jpb.CreateJobRequest(
-            spec=job_pb2.JobSpec(
-                expire_snapshots=job_pb2.ExpireSnapshotsJobSpec(
-                    namespace=NS,
-                    table="t",
-                    retain_last=1,
-                    max_snapshot_age=duration_pb2.Duration(seconds=0),
-                )
-            )
-        )
-    )
-    job = created.job
-
-    async def watch() -> None:
-        nonlocal job
-        async for message in jobs.WatchJob(jpb.WatchJobRequest(job_id=job.id)):
-            job = message.job
-
-    await asyncio.wait_for(watch(), JOB_WAIT_SECONDS)
-    assert job.state == job_pb2.JOB_STATE_SUCCEEDED, job.error
+    await expire_all_but_the_last_snapshot(channel, "t")
     table = load(backend, "t")
     assert len(table.metadata.snapshots) == 1  # the delete's snapshot is gone
 

@@ -22,6 +22,7 @@ from fixtures.row_tables import (
     NS,
     create_table,
     delete,
+    expire_all_but_the_last_snapshot,
     ids_in,
     load,
     read_ids,
@@ -112,7 +113,7 @@ async def test_a_reader_sees_the_whole_before_or_the_whole_after(
 
 
 async def test_writer_offsets_survive_a_delete_and_a_resend_is_not_written_twice(
-    table_stub: Any, ingest_stub: Any, backend: Any
+    table_stub: Any, ingest_stub: Any, channel: grpc.aio.Channel, backend: Any
 ) -> None:
     await create_table(table_stub, "t")
     requests = list(
@@ -130,6 +131,10 @@ async def test_writer_offsets_survive_a_delete_and_a_resend_is_not_written_twice
     assert reply.rows_deleted == 50
     writer = (await ingest_stub.GetWriter(get)).writer
     assert writer.next_offset == before.next_offset == 300
+    # The deletes' snapshots carry the offsets: expiring the appends' snapshots loses none.
+    await expire_all_but_the_last_snapshot(channel, "t")
+    assert len(load(backend, "t").metadata.snapshots) == 1
+    assert (await ingest_stub.GetWriter(get)).writer.next_offset == 300
     # A client that crashed before its acks resends the whole stream: nothing is written
     # again, and the deleted rows stay deleted.
     again = [a async for a in ingest_stub.AppendRows(iter(requests))]
