@@ -355,3 +355,41 @@ async def test_a_delete_on_a_table_without_rows_commits_nothing(
     assert (reply.rows_deleted, reply.snapshot_id, reply.already_applied) == (0, 0, False)
     assert reply.etag == etag == await etag_of(table_stub, "t")
     assert load(backend, "t").metadata.snapshots == []
+
+
+@pytest.mark.parametrize(
+    ("row_filter", "matches"),
+    [
+        (
+            "amount NOT IN (1, 2, 3)",
+            lambda r: _cmp(r["amount"], lambda a: a not in (1, 2, 3)),
+        ),
+        (
+            "NOT (note IN ('n1', 'n2'))",
+            lambda r: _cmp(r["note"], lambda n: n not in ("n1", "n2")),
+        ),
+        (
+            "NOT (amount IN (1, 2) OR id > 100)",
+            lambda r: _and(_cmp(r["amount"], lambda a: a not in (1, 2)), r["id"] <= 100),
+        ),
+        ("amount IN (5, 6, 7)", lambda r: _cmp(r["amount"], lambda a: a in (5, 6, 7))),
+        ("note NOT LIKE 'n1%'", lambda r: _cmp(r["note"], lambda n: not n.startswith("n1"))),
+        ("NOT (amount = 4)", lambda r: _cmp(r["amount"], lambda a: a != 4)),
+    ],
+)
+async def test_a_null_in_an_in_list_comparison_keeps_the_row(
+    table_stub: Any,
+    ingest_stub: Any,
+    backend: Any,
+    row_filter: str,
+    matches: Callable[[Row], bool | None],
+) -> None:
+    """``NULL NOT IN (...)`` is NULL in SQL, also under NOT: the row stays (Arrow's is_in
+    answers false for a null, which NOT would turn into a match)."""
+    await filled(table_stub, ingest_stub, "t", "identity")
+    expected = expected_after(ALL_IDS, matches)
+
+    reply = await delete(table_stub, "t", row_filter)
+
+    assert await read_ids(table_stub, "t") == expected
+    assert reply.rows_deleted == len(ALL_IDS) - len(expected)
