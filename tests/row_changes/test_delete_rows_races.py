@@ -34,7 +34,7 @@ from fixtures.row_tables import (
 from lakehouse.adapters.iceberg.orphans import referenced_files
 from lakehouse.client.arrow import append_rows_requests
 from lakehouse.v1 import ingest_service_pb2 as ipb
-from lakehouse.v1 import ingest_service_pb2_grpc, job_pb2, job_service_pb2_grpc
+from lakehouse.v1 import ingest_service_pb2_grpc, job_pb2, job_service_pb2_grpc, schema_pb2
 from lakehouse.v1 import job_service_pb2 as jpb
 from lakehouse.v1 import table_service_pb2 as tpb
 
@@ -277,4 +277,54 @@ async def test_deletes_on_one_etag_one_wins_the_others_change_nothing_and_leave_
     winner = outcomes.index("ok")
     gone = {f * 500 + winner for f in range(4)}
     assert await read_ids(table_stub, "t") == [i for i in ids if i not in gone]
+    assert_no_stray_files(backend)
+
+
+async def test_deletes_racing_partition_spec_changes_commit_under_the_new_spec(
+    table_stub: Any, ingest_stub: Any, backend: Any
+) -> None:
+    """A delete that lost its race to a partition change re-plans on the new spec: the files
+    it had rewritten under the old one are written again (committing them failed with
+    INTERNAL: pyiceberg writes a commit's added files in one manifest of the current spec)."""
+    ids = await filled(table_stub, ingest_stub, files=6, per_file=500)
+    changes = [("ts", "day"), ("id", "bucket[4]"), ("note", "truncate[2]")]
+
+    async def evolve() -> None:
+        for column, transform in changes:
+            field = schema_pb2.PartitionField(source_column=column, transform=transform)
+            change = tpb.TableChange(add_partition_field=tpb.AddPartitionField(field=field))
+            while True:  # UpdateTable answers ABORTED when a delete committed in between
+                try:
+                    await table_stub.UpdateTable(
+                        tpb.UpdateTableRequest(namespace=NS, table="t", changes=[change])
+                    )
+                    break
+                except grpc.aio.AioRpcError as err:
+                    assert err.code() == grpc.StatusCode.ABORTED, err
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(0)
+
+    def doomed(k: int) -> list[int]:
+        return [f * 500 + k for f in range(6)]
+
+    appended: list[int] = []
+
+    async def appender() -> None:
+        # Appends make the deletes lose races, so they re-plan under a newer spec too.
+        for n in range(6):
+            batch = range(APPENDED + n * 10, APPENDED + n * 10 + 10)
+            await write(ingest_stub, "t", batch)
+            appended.extend(batch)
+
+    deletes = [
+        delete(table_stub, "t", f"id IN ({', '.join(map(str, doomed(k)))})") for k in range(4)
+    ]
+    await asyncio.wait_for(asyncio.gather(evolve(), appender(), *deletes), 90)
+
+    gone = {i for k in range(4) for i in doomed(k)}
+    expected = sorted({*ids, *appended} - gone)
+    assert await read_ids(table_stub, "t") == expected
+    table = load(backend, "t")
+    assert len(table.spec().fields) == 3
+    assert len(table.scan().to_arrow()) == len(expected)
     assert_no_stray_files(backend)

@@ -32,6 +32,7 @@ from lakehouse.adapters.iceberg.row_changes import (
     RewriteCache,
     change_stats,
     commit_change,
+    pinned,
     rewrite_matching,
     write_rows,
 )
@@ -70,11 +71,11 @@ def planned_delete(
     """
     cache = RewriteCache()
     committed: list[DataFile] = []
-    table = load()
+    table = pinned(load())
     try:
         for attempt in range(1, max_attempts + 1):
             if attempt > 1:
-                table = load()
+                table = pinned(load())
             check_etag(table, expected_etag)
             if request_id:
                 done = _recorded(table, request_id, ledger, request_id_window_ms)
@@ -156,6 +157,7 @@ class ChangeCommitter:
             CommitFailedException: ``table`` is no longer current; plan again.
             FailedPrecondition: The mode does not fit the table.
         """
+        table = pinned(table)
         if self._data is None or not self._data.equals(data):
             # Other rows than the last attempt's: another matcher, nothing to reuse.
             self.cache.files.clear()
@@ -166,7 +168,7 @@ class ChangeCommitter:
         if self.change.mode is WriteMode.UPSERT and CHANGE_TYPE_COLUMN in data.column_names:
             upserts = pc.fill_null(pc.not_equal(data[CHANGE_TYPE_COLUMN], DELETE), True)
             inserted = rows.filter(upserts)
-        if not self._added:
+        if self.cache.follow_spec(table) or not self._added:
             self._added = write_rows(table, inserted, self.cache)
         rewrites = self._rewrites(table, data, rows)
         stats = change_stats(rewrites, self._added)

@@ -101,6 +101,26 @@ class RewriteCache:
     written: list[DataFile] = field(default_factory=list)
     write_uuid: uuid.UUID = field(default_factory=uuid.uuid4)
     counter: itertools.count[int] = field(default_factory=lambda: itertools.count(0))
+    spec_id: int | None = None
+
+    def follow_spec(self, table: Table) -> bool:
+        """Forgets the rewrites written for another partition spec than ``table``'s.
+
+        pyiceberg writes a commit's added files into one manifest of the table's current
+        spec, so a file written before a concurrent partition change cannot be committed
+        after it (its partition tuple has the old spec's shape: the commit failed with an
+        IndexError). Such files are written again; the stale ones are deleted with the
+        others no commit took.
+
+        Returns:
+            Whether the spec changed since files were last written.
+        """
+        current = table.metadata.default_spec_id
+        changed = self.spec_id is not None and self.spec_id != current
+        self.spec_id = current
+        if changed:
+            self.files = {p: r for p, r in self.files.items() if r is None or not r.written}
+        return changed
 
     def discard_uncommitted(self, table: Table, committed: Iterable[DataFile]) -> None:
         """Deletes the files written that no commit took (nothing references them)."""
@@ -124,6 +144,7 @@ def rewrite_matching(
     if snapshot is None:
         return []
     table = writable_table(table)
+    cache.follow_spec(table)
     rewrites: list[FileRewrite] = []
     tasks = table.scan(row_filter=matcher.scope, snapshot_id=snapshot.snapshot_id).plan_files()
     for task in tasks:
@@ -233,6 +254,24 @@ def change_stats(rewrites: list[FileRewrite], added: list[DataFile]) -> ChangeSt
         files_rewritten=sum(1 for r in rewrites if not r.whole),
         files_removed=sum(1 for r in rewrites if r.whole),
         files_added=sum(len(r.written) for r in rewrites) + len(added),
+    )
+
+
+def pinned(table: Table) -> Table:
+    """A table object of its own on ``table``'s current metadata, which nothing else changes.
+
+    The catalog adapter hands the same cached table object to concurrent calls, and a commit
+    through it (UpdateTable) replaces its metadata in place. A change that planned on it
+    would then write files for one partition spec and commit them under another (an
+    IndexError in pyiceberg's manifest writer), or plan on one snapshot and commit on the
+    next; it plans, writes and commits on this copy instead.
+    """
+    return Table(
+        table.name(),
+        metadata=table.metadata,
+        metadata_location=table.metadata_location,
+        io=table.io,
+        catalog=table.catalog,
     )
 
 
