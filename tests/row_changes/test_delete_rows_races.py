@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+import pytest
 import pytest_asyncio
 
 from fixtures.grpc_errors import rpc_error_details
@@ -280,6 +281,10 @@ async def test_deletes_on_one_etag_one_wins_the_others_change_nothing_and_leave_
     assert_no_stray_files(backend)
 
 
+# Local only: four deletes rewriting every file serialize on their conflicts, which takes
+# over a minute on moto S3 (the bug is in the engine, the same on both backends).
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
 async def test_deletes_racing_partition_spec_changes_commit_under_the_new_spec(
     table_stub: Any, ingest_stub: Any, backend: Any
 ) -> None:
