@@ -113,7 +113,9 @@ def partition_matcher(table: Table, data: pa.Table, added: Sequence[DataFile]) -
                 f"cannot compute partition transform {f.transform} here: {exc}",
                 reason="FAILED_PRECONDITION",
             ) from exc
-    touched_records = {_values(f.partition) for f in added if f.spec_id == spec.spec_id}
+    # ``added`` were written for the current spec (ChangeCommitter writes them again after a
+    # spec change); a freshly written DataFile has no spec_id to compare (AttributeError).
+    touched_records = {_values(f.partition) for f in added}
 
     def partitions(batch: pa.RecordBatch | pa.Table) -> list[tuple[Any, ...]]:
         columns = [
