@@ -25,6 +25,7 @@ another replica may have committed meanwhile; the caller re-plans on fresh metad
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import time
@@ -33,12 +34,19 @@ from dataclasses import replace
 
 import pyarrow as pa
 from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table as IcebergTable
 from pyiceberg.table import TableProperties
 from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.snapshots import Snapshot
 
-from lakehouse.adapters.pyiceberg_private.writes import paged_by_bytes, writable_table
+from lakehouse.adapters.iceberg.references import delete_all
+from lakehouse.adapters.pyiceberg_private.writes import (
+    check_arrow_schema_fits,
+    paged_by_bytes,
+    writable_table,
+    write_data_files,
+)
 from lakehouse.domain.errors import Unavailable
 from lakehouse.domain.ingest import (
     AppendOutcome,
@@ -248,6 +256,40 @@ def _without_commit_retries(table: IcebergTable, data: pa.Table) -> IcebergTable
     )
 
 
+def _append_or_discard(
+    table: IcebergTable, data: pa.Table, properties: dict[str, str]
+) -> IcebergTable:
+    """Appends ``data`` in one snapshot on exactly ``table``; a refused commit leaves no file.
+
+    pyiceberg's ``Transaction.append`` deletes its manifests when the catalog refuses the
+    commit, but not the data files it wrote. Appends lose such races to row changes
+    (DeleteRows, overwrites) and compactions, and each would leave an unreferenced data file
+    on storage until orphan removal; so the files are written here, as that append writes
+    them, and deleted when the commit is refused (the next attempt writes its own).
+
+    Raises:
+        CommitFailedException: ``table`` is no longer current.
+        ValueError: ``data`` does not fit the table's schema.
+    """
+    writable = _without_commit_retries(table, data)
+    metadata = writable.metadata
+    check_arrow_schema_fits(metadata.schema(), data.schema, format_version=metadata.format_version)
+    transaction = writable.transaction()
+    written: list[DataFile] = []
+    with transaction.update_snapshot(snapshot_properties=properties).fast_append() as append:
+        if data.num_rows:
+            for data_file in write_data_files(
+                metadata, data, table.io, append.commit_uuid, itertools.count(0)
+            ):
+                written.append(data_file)
+                append.append_data_file(data_file)
+    try:
+        return transaction.commit_transaction()
+    except CommitFailedException:
+        delete_all(table.io, (f.file_path for f in written))
+        raise
+
+
 #: Commits an ingest plan's rows in a write mode other than APPEND on exactly the table given:
 #: (table, rows, snapshot summary properties) -> (table as committed, snapshot id or None when
 #: nothing changed, what it did). Raises ``CommitFailedException`` when the table moved on.
@@ -312,9 +354,7 @@ def planned_append(
                         decided, state.snapshot_id, attempt, conflicts, stats=stats
                     )
             else:
-                transaction = _without_commit_retries(table, decided.data).transaction()
-                transaction.append(decided.data, snapshot_properties=properties)
-                committed = transaction.commit_transaction()
+                committed = _append_or_discard(table, decided.data, properties)
         except CommitFailedException:
             conflicts += 1
             if attempt == max_attempts:

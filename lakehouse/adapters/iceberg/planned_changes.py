@@ -34,6 +34,7 @@ from lakehouse.adapters.iceberg.row_changes import (
     RewriteCache,
     change_stats,
     commit_change,
+    pinned,
     rewrite_matching,
     write_rows,
 )
@@ -76,11 +77,11 @@ def planned_delete(
     # outcome unknown (a catalog that committed, then failed to answer), so the files it
     # names may be live and must stay (orphan removal takes them if they are not).
     in_flight = False
-    table = load()
+    table = pinned(load())
     try:
         for attempt in range(1, max_attempts + 1):
             if attempt > 1:
-                table = load()
+                table = pinned(load())
             if request_id:
                 # Before the etag: a retry of a conditional delete that was applied finds the
                 # table changed by itself, and is answered as applied.
@@ -170,6 +171,7 @@ class ChangeCommitter:
             CommitFailedException: ``table`` is no longer current; plan again.
             FailedPrecondition: The mode does not fit the table.
         """
+        table = pinned(table)
         self._table = table
         if not self.cache.fit(table):
             self._added = []  # written with another spec or schema: write them again

@@ -311,6 +311,24 @@ def change_stats(rewrites: list[FileRewrite], added: list[DataFile]) -> ChangeSt
     )
 
 
+def pinned(table: Table) -> Table:
+    """A table object of its own on ``table``'s current metadata, which nothing else changes.
+
+    The catalog adapter hands the same cached table object to concurrent calls, and a commit
+    through it (UpdateTable) replaces its metadata in place. A change that planned on it
+    would then write files for one partition spec and commit them under another (an
+    IndexError in pyiceberg's manifest writer), or plan on one snapshot and commit on the
+    next; it plans, writes and commits on this copy instead.
+    """
+    return Table(
+        table.name(),
+        metadata=table.metadata,
+        metadata_location=table.metadata_location,
+        io=table.io,
+        catalog=table.catalog,
+    )
+
+
 def without_commit_retries(table: Table) -> Table:
     """The same table whose transactions do not retry a lost commit race by themselves."""
     metadata = table.metadata

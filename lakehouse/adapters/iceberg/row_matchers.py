@@ -17,13 +17,19 @@ from pyiceberg.expressions import (
     AlwaysTrue,
     And,
     BooleanExpression,
+    BoundIn,
+    BoundIsNull,
+    BoundNotIn,
     GreaterThanOrEqual,
     In,
     LessThanOrEqual,
+    Not,
+    Or,
 )
 from pyiceberg.expressions.visitors import bind, extract_field_ids
 from pyiceberg.io.pyarrow import expression_to_pyarrow
 from pyiceberg.manifest import DataFile
+from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.typedef import Record
 
@@ -38,7 +44,7 @@ def filter_matcher(table: Table, row_filter: BooleanExpression) -> RowMatcher:
     """The rows ``row_filter`` matches; a row for which it is NULL is kept, as in SQL."""
     schema = table.schema()
     bound = bind(schema, row_filter, case_sensitive=True)
-    expression = expression_to_pyarrow(bound, schema)
+    expression = sql_nulls(bound, schema)
     columns = tuple(sorted({schema.find_column_name(i) or "" for i in extract_field_ids(bound)}))
 
     def matches(batch: pa.RecordBatch) -> pa.Array:
@@ -46,6 +52,26 @@ def filter_matcher(table: Table, row_filter: BooleanExpression) -> RowMatcher:
 
     # A filter without columns (TRUE, FALSE) still needs a column to count rows by.
     return RowMatcher(row_filter, matches, columns or _first_column(table))
+
+
+def sql_nulls(bound: BooleanExpression, schema: Schema) -> pc.Expression:
+    """The Arrow expression of a bound filter, where IN and NOT IN give NULL for a NULL value.
+
+    Arrow's ``is_in`` answers false for a null, so ``NOT (x IN (...))`` (and ``x NOT IN``,
+    its negation) would be true for a row whose ``x`` is NULL, and delete it; in SQL both
+    are NULL and the row is kept. Every other predicate already propagates NULL.
+    """
+    if isinstance(bound, And):
+        return sql_nulls(bound.left, schema) & sql_nulls(bound.right, schema)
+    if isinstance(bound, Or):
+        return sql_nulls(bound.left, schema) | sql_nulls(bound.right, schema)
+    if isinstance(bound, Not):
+        return ~sql_nulls(bound.child, schema)
+    expression = expression_to_pyarrow(bound, schema)
+    if isinstance(bound, (BoundIn, BoundNotIn)):
+        is_null = expression_to_pyarrow(cast(Any, BoundIsNull)(bound.term), schema)
+        return cast(pc.Expression, pc.if_else(is_null, pa.scalar(None, pa.bool_()), expression))
+    return expression
 
 
 def evaluate(batch: pa.RecordBatch, expression: pc.Expression) -> pa.Array:
@@ -88,7 +114,8 @@ def partition_matcher(table: Table, data: pa.Table, added: Sequence[DataFile]) -
                 f"cannot compute partition transform {f.transform} here: {exc}",
                 reason="FAILED_PRECONDITION",
             ) from exc
-    # New files are written with the current spec (their spec id is set only in a manifest).
+    # ``added`` were written for the current spec (ChangeCommitter writes them again after a
+    # spec change); a freshly written DataFile has no spec_id to compare (AttributeError).
     touched_records = {_values(f.partition) for f in added}
 
     def partitions(batch: pa.RecordBatch | pa.Table) -> list[tuple[Any, ...]]:
