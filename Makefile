@@ -97,7 +97,7 @@ PYTEST_ARGS ?=
 COVERAGE ?= 1
 COV_ARGS = $(if $(filter-out 0 no false,$(COVERAGE)),--cov --cov-report=term --cov-report=html)
 
-.PHONY: install system-deps test faults run lint
+.PHONY: install system-deps readers test faults run lint
 
 $(VENV_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv .venv
@@ -109,7 +109,10 @@ install: $(VENV_STAMP) ## Create or update the venv (server + dev tools) when py
 system-deps: ## Install the Debian packages the tests use (PostgreSQL, promtool); quick when present.
 	bash $(SYSTEM_DEPS)
 
-test: $(VENV_STAMP) system-deps ## Run the whole test suite (all markers: faults, bench, slow too) with coverage: [COVERAGE=0]
+readers: $(VENV_STAMP) ## The readers of our tables nobody here wrote (DuckDB 1.5.5 + its Iceberg extension, a venv of its own under .build/).
+	PYTHONPATH=tests $(PY) -c 'from fixtures.duckdb15 import duckdb15_python; duckdb15_python()'
+
+test: $(VENV_STAMP) system-deps readers ## Run the whole test suite (all markers: faults, bench, slow too) with coverage: [COVERAGE=0]
 	@# Data of an earlier or killed run must not count (pytest-cov erases too; this also
 	@# clears .coverage.* files left by children of a run that was itself killed).
 	$(PY) -m coverage erase
@@ -117,7 +120,7 @@ test: $(VENV_STAMP) system-deps ## Run the whole test suite (all markers: faults
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests: that is a failure" >&2; fi; \
 	exit $$rc
 
-faults: $(VENV_STAMP) system-deps ## Only the fault-injection suite (tests/faults: real processes killed, services stopped).
+faults: $(VENV_STAMP) system-deps readers ## Only the fault-injection suite (tests/faults: real processes killed, services stopped).
 	$(PY) -m pytest -m faults tests/faults $(PYTEST_ARGS)
 
 run: $(VENV_STAMP) ## Serve on the embedded default (SQLite catalog + ./lakehouse-data).

@@ -21,6 +21,7 @@ import pytest_asyncio
 from google.protobuf import struct_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
+from fixtures.duckdb15 import duckdb15_python, iceberg_ids
 from fixtures.grpc_errors import rpc_error_details
 from fixtures.http import http_get
 from fixtures.iceberg import direct_catalog
@@ -517,3 +518,45 @@ async def test_a_retried_row_change_with_its_request_id_changes_nothing_again(
     assert again.already_written
     assert again.rows_deleted == 0
     assert names(backend, "plain") == {10: "b", 20: "a"}
+
+
+# -- Readers nobody here wrote -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+async def test_duckdb_reads_the_result_of_every_write_mode(ingest: Any, backend: Any) -> None:
+    """DuckDB 1.5.5's own ``iceberg_scan`` (its own venv, ``fixtures.duckdb15``) reads each
+    table after an upsert, an overwrite and a partition reload exactly as pyiceberg does."""
+    python = await asyncio.to_thread(duckdb15_python)
+    await write(ingest, "users", *({"id": i, "name": "a"} for i in range(6)))
+    await write(
+        ingest,
+        "users",
+        {"id": 2, "name": "b"},
+        {"id": 3, "_change_type": "DELETE"},
+        {"id": 9, "name": "new"},
+        write_mode=UPSERT,
+    )
+    await write(ingest, "plain", *({"id": i, "name": "a" if i < 3 else "b"} for i in range(6)))
+    await write(
+        ingest,
+        "plain",
+        {"id": 50, "name": "b"},
+        write_mode=OVERWRITE,
+        overwrite_filter="name = 'b'",
+    )
+    await write(ingest, "events", *day_rows("2026-02-01", range(0, 4), "old"))
+    await write(ingest, "events", *day_rows("2026-02-02", range(4, 8), "old"))
+    await write(
+        ingest, "events", *day_rows("2026-02-02", range(20, 22), "new"), write_mode=PARTITIONS
+    )
+
+    for table, expected in (
+        ("users", [0, 1, 2, 4, 5, 9]),
+        ("plain", [0, 1, 2, 50]),
+        ("events", [0, 1, 2, 3, 20, 21]),
+    ):
+        location = direct_catalog(backend).load_table(("rc", table)).metadata_location
+        assert [r["id"] for r in rows_of(backend, table)] == expected
+        assert await asyncio.to_thread(iceberg_ids, python, location, backend) == expected
