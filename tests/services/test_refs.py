@@ -6,6 +6,7 @@ branches come later), as from any engine sharing the catalog.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 import pytest_asyncio
 from google.protobuf import struct_pb2
 
+from fixtures.duckdb15 import duckdb15_python, iceberg_ids
 from fixtures.grpc_errors import rpc_error_details
 from fixtures.iceberg import direct_catalog
 from lakehouse.adapters.iceberg.expiry import expire_snapshots
@@ -183,3 +185,26 @@ async def test_bad_ref_requests_change_nothing(ingest: Any, table_stub: Any, bac
     both = await refused(ids(table_stub, ref="v1", snapshot_id=first))
     assert both.code == grpc.StatusCode.INVALID_ARGUMENT
     assert both.field_violations[0][0] == "ref"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+async def test_duckdb_reads_a_tagged_snapshot_and_a_published_branch(
+    ingest: Any, table_stub: Any, backend: Any
+) -> None:
+    python = await asyncio.to_thread(duckdb15_python)
+    await write(ingest, 1, 2)
+    tag = await table_stub.CreateTag(tpb.CreateTagRequest(namespace="refs", table="t", name="v1"))
+    await table_stub.CreateBranch(tpb.CreateBranchRequest(namespace="refs", table="t", name="b"))
+    table_of(backend).append(pa.table({"id": pa.array([7], pa.int64())}), branch="b")
+    await table_stub.PublishBranch(
+        tpb.PublishBranchRequest(namespace="refs", table="t", branch="b")
+    )
+    location = table_of(backend).metadata_location
+
+    published = await asyncio.to_thread(iceberg_ids, python, location, backend)
+    tagged = await asyncio.to_thread(
+        iceberg_ids, python, location, backend, "id", tag.ref.snapshot_id
+    )
+
+    assert (published, tagged) == ([1, 2, 7], [1, 2])
