@@ -1,17 +1,20 @@
 """The statement rules of DuckDB SQL jobs, checked with DuckDB's own parser.
 
 A statement is parsed before it runs (and when its job is created): exactly one statement,
-a query or ``INSERT INTO``, every table it names a lakehouse table (no file paths, table
-functions that read files, three-part names or time travel), and no function that reads the
-engine's settings or the server's environment. The connection settings (``connection``) are
-the guarantee; these checks give clear messages. Every statement error is an
-``InvalidArgument`` on field ``sql.statement`` (``invalid``).
+a query, ``INSERT INTO``, ``DELETE FROM`` or ``UPDATE``, every table it names a lakehouse
+table (no file paths, table functions that read files, three-part names or time travel), and
+no function that reads the engine's settings or the server's environment. A DELETE or
+UPDATE is checked as the SELECT that evaluates it: the same text, the same rules. The
+connection settings (``connection``) are the guarantee; these checks give clear messages.
+Every statement error is an ``InvalidArgument`` on field ``sql.statement`` (``invalid``).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,14 +36,16 @@ _PARSER_MEMORY_MB = 64
 IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
 
 _READ_ONLY_HINT = (
-    "DuckDB jobs are read-only apart from INSERT INTO namespace.table <query>; "
-    "run {kind} statements with the TRINO engine"
+    "DuckDB jobs change rows only with INSERT INTO, DELETE FROM and UPDATE on "
+    "namespace.table; run {kind} statements with the TRINO engine"
 )
 _QUERY_HINT = (
     "{kind} statements are not allowed: a SQL job runs one query (SELECT, WITH, VALUES, "
-    "TABLE, set operations) or INSERT INTO namespace.table <query>"
+    "TABLE, set operations), INSERT INTO namespace.table <query>, DELETE FROM "
+    "namespace.table WHERE ... or UPDATE namespace.table SET ... [WHERE ...]"
 )
-_DATA_CHANGING = frozenset({"UPDATE", "DELETE", "CREATE", "DROP", "ALTER", "MERGE_INTO"})
+_DATA_CHANGING = frozenset({"CREATE", "DROP", "ALTER", "MERGE_INTO"})
+_ROW_CHANGES = frozenset({"DELETE", "UPDATE"})
 
 
 @dataclass(frozen=True)
@@ -73,14 +78,16 @@ def check_statement(
             it: with no default namespace, every table must be named ``namespace.table``.
 
     Returns:
-        The tables the statement reads and the ``INSERT`` target, in the order named (none
+        The tables the statement reads and the target of an ``INSERT``, ``DELETE`` or
+        ``UPDATE``, in the order named (none
         when ``default_namespace`` is None: bare names cannot be resolved then).
 
     Raises:
         InvalidArgument: On field ``sql.statement``: a syntax error (DuckDB's message), more
-            or fewer than one statement, a statement type other than a query or ``INSERT``
-            (reason ``SQL_NOT_ALLOWED``), or a table reference that cannot be a lakehouse
-            table (a file path, a three-part name, time travel).
+            or fewer than one statement, a statement type other than a query, ``INSERT``,
+            ``DELETE`` or ``UPDATE`` (reason ``SQL_NOT_ALLOWED``), a ``DELETE`` without a
+            WHERE or a form of ``DELETE``/``UPDATE`` not supported, or a table reference
+            that cannot be a lakehouse table (a file path, a three-part name, time travel).
     """
     con = connect(memory_limit_mb=_PARSER_MEMORY_MB, threads=1, temp_dir=None)
     try:
@@ -96,8 +103,11 @@ def check_statement(
         key = resolve(ref.parts, default_namespace)
         if key not in names or not ref.maybe_cte:
             names[key] = NamedTable(*key, may_be_cte=ref.maybe_cte)
-    if plan.insert is not None:
-        key = resolve(plan.insert.target, default_namespace)
+    written = plan.insert.target if plan.insert is not None else None
+    if plan.change is not None:
+        written = plan.change.target
+    if written is not None:
+        key = resolve(written, default_namespace)
         names[key] = NamedTable(*key)
     return tuple(names.values())
 
@@ -121,12 +131,51 @@ class Insert:
 
 
 @dataclass(frozen=True)
+class RowChange:
+    """A ``DELETE`` or ``UPDATE``: its target, which rows it changes and their new values.
+
+    Attributes:
+        kind: ``DELETE`` or ``UPDATE``.
+        target: The target table's name parts as written (lower-cased).
+        alias: The name the WHERE and SET expressions give the target's rows (its alias,
+            or its table name).
+        where: The WHERE condition as written; None for an UPDATE of every row.
+        assignments: UPDATE: ``(column, expression)`` pairs as written, in order.
+    """
+
+    kind: str
+    target: tuple[str, ...]
+    alias: str
+    where: str | None
+    assignments: tuple[tuple[str, str], ...] = ()
+
+    def query(self, source: str, items: Iterable[str], *, where: bool = True) -> str:
+        """A SELECT of ``items`` over ``source`` under the target's alias, with the WHERE.
+
+        The statement's check and each evaluation over a batch of the target's rows are
+        this one text with another ``source``: what runs is what was checked.
+        """
+        condition = f" WHERE (\n{self.where}\n)" if where and self.where is not None else ""
+        return f"SELECT {', '.join(items)} FROM {source} AS {quote(self.alias)}{condition}"
+
+    def checked_query(self) -> str:
+        """The SELECT that is checked for the statement: its WHERE and SET over the target."""
+        items = ["*", *(f"(\n{expression}\n)" for _, expression in self.assignments)]
+        return self.query(".".join(quote(p) for p in self.target), items)
+
+
+@dataclass(frozen=True)
 class Plan:
-    """What runs: the query text (the INSERT's source for an INSERT) and what it reads."""
+    """What runs: the query text (the INSERT's source for an INSERT) and what it reads.
+
+    For a DELETE or UPDATE (``change``), ``query`` is the SELECT checked for it (not run as
+    such) and ``tables`` include the target.
+    """
 
     query: str
     tables: tuple[TableRef, ...]
     insert: Insert | None
+    change: RowChange | None = None
 
 
 def invalid(description: str, *, reason: str | None = None) -> InvalidArgument:
@@ -140,7 +189,8 @@ def analyze(con: duckdb.DuckDBPyConnection, statement: str) -> Plan:
     """Parses ``statement`` and checks its shape: what runs and which tables it names.
 
     Raises:
-        InvalidArgument: The statement is not one allowed query or ``INSERT``.
+        InvalidArgument: The statement is not one allowed query, ``INSERT``, ``DELETE`` or
+            ``UPDATE``.
     """
     try:
         statements = con.extract_statements(statement)
@@ -159,6 +209,12 @@ def analyze(con: duckdb.DuckDBPyConnection, statement: str) -> Plan:
     if kind == "INSERT":
         insert, query = _split_insert(con, text)
         return Plan(query, _table_refs(con, query), insert)
+    if kind in _ROW_CHANGES:
+        change = _split_row_change(con, kind, text)
+        query = change.checked_query()
+        return Plan(query, _table_refs(con, query), None, change)
+    if kind == "MERGE_INTO":
+        raise invalid(_MERGE_HINT, reason=NOT_ALLOWED)
     hint = _READ_ONLY_HINT if kind in _DATA_CHANGING else _QUERY_HINT
     raise invalid(hint.format(kind=kind.replace("_", " ")), reason=NOT_ALLOWED)
 
@@ -388,6 +444,143 @@ def _split_insert(con: duckdb.DuckDBPyConnection, text: str) -> tuple[Insert, st
             raise invalid("WITH both before INSERT and in its query is not supported")
         rest = f"{prefix}\n{rest}"
     return Insert(target, columns, by_name), rest
+
+
+_MERGE_HINT = (
+    "MERGE INTO is not supported by DuckDB jobs: run it with the TRINO engine, or mirror rows "
+    "by key with WriteRows in UPSERT mode"
+)
+
+
+def _split_row_change(con: duckdb.DuckDBPyConnection, kind: str, text: str) -> RowChange:
+    """``DELETE FROM name [[AS] alias] WHERE cond`` or ``UPDATE name [[AS] alias] SET ...``.
+
+    DuckDB has parsed the whole statement already (its grammar is DuckDB's); it serialises
+    only SELECT statements, so the parts are found with its tokenizer, at the top level of
+    parentheses, and each is then parsed on its own. Forms whose rows would not come from
+    the target alone (``DELETE ... USING``, ``UPDATE ... FROM``), ``RETURNING`` and a
+    leading ``WITH`` are refused; so is a DELETE without a WHERE (as DeleteRows needs a
+    filter: deleting every row is ``WHERE true`` spelled out).
+    """
+    toks = _token_positions(text)
+    shown = kind.lower()
+
+    def word(i: int) -> str:
+        return toks[i][2].lower() if i < len(toks) and toks[i][1] == "keyword" else ""
+
+    if word(0) != shown:
+        raise invalid(
+            f"WITH before {kind} is not supported: use a subquery in the WHERE",
+            reason=NOT_ALLOWED,
+        )
+    marks = _top_level_keywords(toks)
+    start = 2 if kind == "DELETE" else 1
+    if kind == "DELETE" and word(1) != "from":
+        raise invalid("expected FROM after DELETE")
+    ends = {"using", "where", "returning"} if kind == "DELETE" else {"set"}
+    stop = next((i for i, w in marks if i >= start and w in ends), len(toks))
+    if stop == start or start >= len(toks):
+        raise invalid(f"{kind} needs a target table")
+    end = toks[stop][0] if stop < len(toks) else len(text)
+    target, alias = _change_target(con, text[toks[start][0] : end].strip())
+    clauses: dict[str, tuple[int, int]] = {}
+    following = [(i, w) for i, w in marks if i >= stop]
+    for n, (i, w) in enumerate(following):
+        until = following[n + 1][0] if n + 1 < len(following) else len(toks)
+        if w in clauses:
+            raise invalid(f"{w.upper()} appears twice")
+        clauses[w] = (
+            toks[i + 1][0] if i + 1 < len(toks) else len(text),
+            toks[until][0] if until < len(toks) else len(text),
+        )
+    for refused, why in (
+        ("using", "DELETE ... USING is not supported: use a subquery in the WHERE"),
+        ("from", "UPDATE ... FROM is not supported: use subqueries in the SET and WHERE"),
+        ("returning", f"{kind} ... RETURNING is not supported"),
+    ):
+        if refused in clauses:
+            raise invalid(why, reason=NOT_ALLOWED)
+    where = _clause(text, clauses.get("where"))
+    if kind == "DELETE":
+        if where is None:
+            raise invalid(
+                "DELETE needs a WHERE: to delete every row, write WHERE true",
+                reason=NOT_ALLOWED,
+            )
+        return RowChange(kind, target, alias, where)
+    assignments = _assignments(text, toks, clauses.get("set"))
+    return RowChange(kind, target, alias, where, assignments)
+
+
+#: Keywords that start a clause of a DELETE or UPDATE (at the top level of parentheses).
+_CHANGE_CLAUSES = frozenset({"using", "where", "returning", "set", "from"})
+#: Brackets that nest: a list or struct literal holds commas and keywords of its own.
+_NESTING = {"(": 1, ")": -1, "[": 1, "]": -1, "{": 1, "}": -1}
+
+
+def _top_level_keywords(toks: list[tuple[int, str, str]]) -> list[tuple[int, str]]:
+    depth = 0
+    found = []
+    for i, (_, kind, tok) in enumerate(toks):
+        if kind == "operator":
+            depth += sum(_NESTING.get(char, 0) for char in tok)
+        elif depth == 0 and kind == "keyword" and tok.lower() in _CHANGE_CLAUSES:
+            found.append((i, tok.lower()))
+    return found
+
+
+def _clause(text: str, span: tuple[int, int] | None) -> str | None:
+    if span is None:
+        return None
+    body = text[span[0] : span[1]].strip()
+    if not body:
+        raise invalid("an empty clause in the statement")
+    return body
+
+
+def _change_target(con: duckdb.DuckDBPyConnection, name_text: str) -> tuple[tuple[str, ...], str]:
+    """The target's name parts and the name its rows go by (the alias, or the table name)."""
+    refs = _table_refs(con, f"SELECT * FROM {name_text}")
+    tree = _serialize(con, f"SELECT * FROM {name_text}")
+    node = tree["statements"][0]["node"].get("from_table") or {}
+    if len(refs) != 1 or len(refs[0].parts) > 2 or node.get("type") != "BASE_TABLE":
+        raise invalid(f"{name_text!r} is not a table name")
+    if node.get("column_name_alias") or node.get("sample"):
+        raise invalid(f"{name_text!r}: only a table name and an alias are supported")
+    alias = str(node.get("alias") or refs[0].parts[-1])
+    return refs[0].parts, alias
+
+
+def _assignments(
+    text: str, toks: list[tuple[int, str, str]], span: tuple[int, int] | None
+) -> tuple[tuple[str, str], ...]:
+    """``column = expression`` pairs of a SET, split at its top-level commas."""
+    body = _clause(text, span)
+    if body is None or span is None:
+        raise invalid("UPDATE needs SET column = expression")
+    cuts = [span[0]]
+    depth = 0
+    for start, kind, tok in toks:
+        if not span[0] <= start < span[1] or kind != "operator":
+            continue
+        for offset, char in enumerate(text[start : start + len(tok)]):
+            depth += _NESTING.get(char, 0)
+            if char == "," and depth == 0:
+                cuts.append(start + offset + 1)
+    cuts.append(span[1] + 1)
+    pairs: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for begin, until in itertools.pairwise(cuts):
+        item = text[begin : until - 1].strip()
+        column_text, equals, expression = item.partition("=")
+        column = _unquote(column_text.strip())
+        if not equals or not expression.strip() or not column or "." in column_text:
+            raise invalid(f"SET {item!r}: expected column = expression (one column of the target)")
+        if column.casefold() in seen:
+            raise invalid(f"column {column!r} is set more than once")
+        seen.add(column.casefold())
+        pairs.append((column, expression.strip()))
+    return tuple(pairs)
 
 
 def _insert_target(con: duckdb.DuckDBPyConnection, name_text: str) -> tuple[str, ...]:
