@@ -21,7 +21,7 @@ from pyiceberg.table import StaticTable, Table
 from fixtures.iceberg import direct_catalog
 from lakehouse.adapters.duckdb.engine import run_statement
 from lakehouse.adapters.duckdb.statements import STATEMENT_FIELD, NamedTable, check_statement
-from lakehouse.domain.errors import InvalidArgument, NotFound
+from lakehouse.domain.errors import InvalidArgument, LakehouseError, NotFound
 from lakehouse.domain.job_context import JobContext, JobStopped
 from lakehouse.domain.sql_result import SqlOutcome
 
@@ -298,3 +298,31 @@ def test_check_statement_names_the_target_and_what_the_where_reads() -> None:
     assert check_statement("UPDATE sales.t SET a = 1", default_namespace="") == (
         NamedTable("sales", "t"),
     )
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_files_the_where_rules_out_are_not_read(catalog: Catalog, tmp_path: Path) -> None:
+    # The WHERE's pushable predicates prune files by their column statistics: the file of
+    # ids 0-99 cannot hold id >= 100, so it is never opened, even though it is gone.
+    table = _orders_table(catalog)
+    files = table.inspect.files()
+    first = next(
+        p
+        for p, low in zip(
+            files["file_path"].to_pylist(), files["readable_metrics"].to_pylist(), strict=True
+        )
+        if low["id"]["lower_bound"] == 0
+    )
+    Path(first.removeprefix("file://")).unlink()
+    out = _run(catalog, "DELETE FROM sales.orders WHERE id >= 100 AND id % 2 = 0", tmp_path)
+    assert out.rows_affected == 55  # 50 of 100-199, 5 of 1000-1009
+    out = _run(
+        catalog,
+        "UPDATE sales.orders SET note = 'odd' WHERE id > 150",
+        tmp_path,
+        ctx=JobContext("job-2"),
+    )
+    assert out.rows_affected == 25 + 5
+    # Without a predicate to prune by, every file is read: the missing one fails the job.
+    with pytest.raises(LakehouseError, match="references a file that no longer exists"):
+        _run(catalog, "DELETE FROM sales.orders WHERE note = 'n3'", tmp_path, ctx=JobContext("j3"))

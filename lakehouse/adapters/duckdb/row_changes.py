@@ -8,44 +8,127 @@ lakehouse tables the job opened, at the snapshot each was loaded at when the job
 Only the files that hold matching rows are rewritten, and everything lands in one commit
 (``lakehouse.adapters.iceberg.planned_changes.planned_change``), planned again on fresh
 metadata when a concurrent commit wins the race, so rows appended meanwhile are kept.
+
+Which files to read, and which of their columns, DuckDB says itself: the statement's WHERE
+first runs once over a probe of the target that has its columns but no rows, and records
+the scans DuckDB asks of it, with the predicates it pushes down (``pushdown``, the same
+translation the job's reads use) and the columns it needs. The pushed predicates hold for
+every matching row, so they prune files by partition and column statistics; the counting
+pass reads only the columns the WHERE uses.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyiceberg.expressions import AlwaysTrue
+from duckdb._sources import ArrowScanSource
+from duckdb._sources.nodes import Node
+from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, Or
+from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.table import Table
 
+from lakehouse.adapters.duckdb.pushdown import to_iceberg
 from lakehouse.adapters.duckdb.statements import RowChange, invalid, quote
 from lakehouse.adapters.iceberg.row_changes import RowMatcher
+from lakehouse.adapters.iceberg.scan import small_offsets
 
 #: The hidden name a batch of the target's rows is registered under while it is evaluated.
 BATCH_NAME = "__lakehouse_batch"
 #: The column that numbers a batch's rows, so results can be put back in row order.
 ROW_NUMBER = "__lakehouse_row"
+#: The hidden name of the probe the WHERE runs over once, to learn what it reads.
+PROBE_NAME = "__lakehouse_probe"
 
 
 def change_matcher(con: duckdb.DuckDBPyConnection, change: RowChange, table: Table) -> RowMatcher:
     """The rows ``change`` deletes or updates in ``table``, evaluated by DuckDB on ``con``.
 
-    ``scope`` is every file: the WHERE is DuckDB's SQL, which the scan planner cannot read,
-    so each live file is read once to count its matching rows (and only files with some are
-    written again).
+    Each file the WHERE's pushed-down predicates do not rule out is read once, only the
+    columns the WHERE uses, to count its matching rows; only files with some are written
+    again.
 
     Raises:
         InvalidArgument: An UPDATE sets a column the table does not have.
     """
     evaluator = _Evaluator(con, change, table)
+    scope, _ = _probe(con, change, table, pushdown=True)
+    _, columns = _probe(con, change, table, pushdown=False)
     if change.kind == "DELETE":
-        return RowMatcher(AlwaysTrue(), evaluator.matches)
+        return RowMatcher(scope, evaluator.matches, columns)
     return RowMatcher(
-        AlwaysTrue(),
+        scope,
         evaluator.matches,
+        columns,
         replace=evaluator.replace,
         replaced=lambda _batch, mask: int(pc.sum(mask).as_py() or 0),
     )
+
+
+def _probe(
+    con: duckdb.DuckDBPyConnection, change: RowChange, table: Table, *, pushdown: bool
+) -> tuple[BooleanExpression, tuple[str, ...] | None]:
+    """What DuckDB reads of the target to evaluate the WHERE: a dry run over no rows.
+
+    With ``pushdown`` the predicates it pushes (their AND, and an OR over scans); without,
+    every column it needs (it then evaluates the whole WHERE itself). A WHERE that DuckDB
+    decides without scanning gives no answer: every file, every column.
+    """
+    probe = _ScanProbe(table, pushdown=pushdown)
+    con._register_arrow_source(PROBE_NAME, probe)
+    try:
+        con.sql(change.query(PROBE_NAME, ["1"])).to_arrow_table()
+    finally:
+        con.unregister(PROBE_NAME)
+    if not probe.scans:
+        return AlwaysTrue(), None
+    scope: BooleanExpression | None = None
+    needed: list[str] = []
+    for columns, expression in probe.scans:
+        scope = expression if scope is None else Or(scope, expression)
+        needed.extend(c for c in columns if c not in needed)
+    assert scope is not None
+    return scope, tuple(needed) or None
+
+
+class _ScanProbe(ArrowScanSource):
+    """The target's columns and no rows, recording each scan DuckDB asks of it."""
+
+    schema_is_stable = True
+
+    def __init__(self, table: Table, *, pushdown: bool) -> None:
+        super().__init__(table)
+        self._schema = small_offsets(schema_to_pyarrow(table.schema()))
+        self._types = {f.name: f.field_type for f in table.schema().fields}
+        self._pushdown = pushdown
+        self.scans: list[tuple[list[str], BooleanExpression]] = []
+
+    def __arrow_c_schema__(self) -> object:
+        return self._schema.__arrow_c_schema__()
+
+    def accepts(self, predicate: Node) -> bool:
+        """Takes what the job's table scans take (``pushdown.to_iceberg``), when asked to."""
+        if not self._pushdown:
+            return False
+        try:
+            return to_iceberg(predicate, self._types) is not None
+        except Exception:  # a node shape we do not know: DuckDB keeps the predicate
+            return False
+
+    def stream(self, columns: Sequence[int] | None, filters: Sequence[Node]) -> tuple[object, bool]:
+        """Records the columns and predicates of the scan; no rows."""
+        names = self._schema.names
+        wanted = [names[i] for i in columns] if columns else list(names)
+        expression: BooleanExpression = AlwaysTrue()
+        for node in filters:
+            translated = to_iceberg(node, self._types)
+            if translated is None:  # accepted earlier, so translatable: never happens
+                raise RuntimeError("a pushed-down filter could not be translated")
+            expression = And(expression, translated)
+        self.scans.append((wanted, expression))
+        return self._schema.empty_table().select(wanted).__arrow_c_stream__(), True
 
 
 class _Evaluator:
