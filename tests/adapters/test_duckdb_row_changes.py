@@ -326,3 +326,33 @@ def test_files_the_where_rules_out_are_not_read(catalog: Catalog, tmp_path: Path
     # Without a predicate to prune by, every file is read: the missing one fails the job.
     with pytest.raises(LakehouseError, match="references a file that no longer exists"):
         _run(catalog, "DELETE FROM sales.orders WHERE note = 'n3'", tmp_path, ctx=JobContext("j3"))
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_now_has_one_value_for_the_whole_statement(catalog: Catalog, tmp_path: Path) -> None:
+    # Three files, each read twice, in many DuckDB queries: still one statement's time.
+    out = _run(
+        catalog,
+        "UPDATE sales.orders SET note = CAST(now() AS VARCHAR) WHERE now() > DATE '2000-01-01'",
+        tmp_path,
+    )
+    notes = set(_read(catalog)["note"].to_pylist())
+    assert out.rows_affected == sum(n for _, n in BATCHES)
+    assert len(notes) == 1, notes
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "DELETE FROM sales.orders WHERE random() < 0.5",
+        "UPDATE sales.orders SET note = 'x' WHERE id IN (SELECT id FROM ref.c WHERE uuid() > x)",
+        "DELETE FROM sales.orders WHERE gen_random_uuid() IS NOT NULL",
+    ],
+)
+def test_a_where_that_picks_other_rows_each_time_is_refused(statement: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        check_statement(statement, default_namespace="sales")
+    assert info.value.reason == "SQL_NOT_ALLOWED"
+    assert "evaluated more than once" in str(info.value)
+    # In a SET, a volatile function is one value per row, as in any UPDATE.
+    check_statement("UPDATE sales.orders SET note = uuid() WHERE id = 1", default_namespace="")

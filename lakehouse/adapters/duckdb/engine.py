@@ -428,6 +428,9 @@ class _Engine:
         self._progress.start("rewriting the files that hold matching rows")
         try:
             with self._engine_errors(), translate_errors(namespace, name):
+                # The WHERE and SET run many times (per batch, per attempt): in one DuckDB
+                # transaction, now() and its kin have one value for the whole statement.
+                self._con.execute("BEGIN TRANSACTION")
                 done = planned_change(
                     load,
                     lambda table: change_matcher(self._con, change, table),

@@ -19,7 +19,8 @@ pass reads only the columns the WHERE uses.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import duckdb
 import pyarrow as pa
@@ -77,11 +78,8 @@ def _probe(
     decides without scanning gives no answer: every file, every column.
     """
     probe = _ScanProbe(table, pushdown=pushdown)
-    con._register_arrow_source(PROBE_NAME, probe)
-    try:
+    with _registered(con, PROBE_NAME, probe):
         con.sql(change.query(PROBE_NAME, ["1"])).to_arrow_table()
-    finally:
-        con.unregister(PROBE_NAME)
     if not probe.scans:
         return AlwaysTrue(), None
     scope: BooleanExpression | None = None
@@ -154,19 +152,13 @@ class _Evaluator:
         self._update_query = f"{change.query(BATCH_NAME, items, where=False)} ORDER BY 1"
 
     def _duckdb_types(self, arrow_schema: pa.Schema) -> list[str]:
-        self._con.register(BATCH_NAME, arrow_schema.empty_table())
-        try:
+        with _registered(self._con, BATCH_NAME, arrow_schema.empty_table()):
             return [str(t) for t in self._con.sql(f"SELECT * FROM {BATCH_NAME}").types]
-        finally:
-            self._con.unregister(BATCH_NAME)
 
     def _run(self, query: str, batch: pa.RecordBatch) -> pa.Table:
         numbered = batch.append_column(ROW_NUMBER, _row_numbers(batch.num_rows))
-        self._con.register(BATCH_NAME, numbered)
-        try:
+        with _registered(self._con, BATCH_NAME, numbered):
             return self._con.sql(query).to_arrow_table()
-        finally:
-            self._con.unregister(BATCH_NAME)
 
     def matches(self, batch: pa.RecordBatch) -> pa.Array:
         """The rows of ``batch`` for which the WHERE is true (NULL does not match, as in SQL)."""
@@ -191,6 +183,26 @@ class _Evaluator:
                 raise invalid(f"column {name!r} is required: UPDATE cannot set it to NULL")
             updated = updated.set_column(index, field, values)
         return updated
+
+
+@contextlib.contextmanager
+def _registered(
+    con: duckdb.DuckDBPyConnection, name: str, source: pa.Table | pa.RecordBatch | ArrowScanSource
+) -> Iterator[None]:
+    """``source`` readable as ``name`` on ``con`` for the duration of the block."""
+    if isinstance(source, ArrowScanSource):
+        con._register_arrow_source(name, source)
+    else:
+        con.register(name, source)
+    try:
+        yield
+    except BaseException:
+        # An error aborts the statement's transaction, and unregistering would then fail
+        # too, hiding the error that matters (the job ends with it anyway).
+        with contextlib.suppress(duckdb.Error):
+            con.unregister(name)
+        raise
+    con.unregister(name)
 
 
 def _row_numbers(count: int) -> pa.Array:

@@ -501,6 +501,8 @@ def _split_row_change(con: duckdb.DuckDBPyConnection, kind: str, text: str) -> R
         if refused in clauses:
             raise invalid(why, reason=NOT_ALLOWED)
     where = _clause(text, clauses.get("where"))
+    if where is not None:
+        _check_deterministic(con, kind, where)
     if kind == "DELETE":
         if where is None:
             raise invalid(
@@ -516,6 +518,45 @@ def _split_row_change(con: duckdb.DuckDBPyConnection, kind: str, text: str) -> R
 _CHANGE_CLAUSES = frozenset({"using", "where", "returning", "set", "from"})
 #: Brackets that nest: a list or struct literal holds commas and keywords of its own.
 _NESTING = {"(": 1, ")": -1, "[": 1, "]": -1, "{": 1, "}": -1}
+
+
+#: Functions whose value differs each time they are evaluated. The WHERE of a DELETE or
+#: UPDATE is evaluated more than once (to find the files, to count, to rewrite), and must
+#: pick the same rows each time. (``now()`` and its kin are fixed: the statement runs in one
+#: DuckDB transaction.)
+_VOLATILE_FUNCTIONS = frozenset(
+    {
+        "random",
+        "setseed",
+        "uuid",
+        "uuidv4",
+        "uuidv7",
+        "gen_random_uuid",
+        "nextval",
+        "currval",
+        "setval",
+        "current_query",
+        "current_query_id",
+        "sleep_ms",
+    }
+)
+
+
+def _check_deterministic(con: duckdb.DuckDBPyConnection, kind: str, where: str) -> None:
+    pending: list[Any] = [_serialize(con, f"SELECT 1 WHERE (\n{where}\n)")]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, list):
+            pending.extend(node)
+        elif isinstance(node, dict):
+            name = str(node.get("function_name", "")).lower()
+            if node.get("class") == "FUNCTION" and name in _VOLATILE_FUNCTIONS:
+                raise invalid(
+                    f"function {name}() is not allowed in the WHERE of a {kind}: the WHERE is "
+                    "evaluated more than once and must pick the same rows each time",
+                    reason=NOT_ALLOWED,
+                )
+            pending.extend(node.values())
 
 
 def _top_level_keywords(toks: list[tuple[int, str, str]]) -> list[tuple[int, str]]:
