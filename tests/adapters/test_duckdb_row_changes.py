@@ -356,3 +356,28 @@ def test_a_where_that_picks_other_rows_each_time_is_refused(statement: str) -> N
     assert "evaluated more than once" in str(info.value)
     # In a SET, a volatile function is one value per row, as in any UPDATE.
     check_statement("UPDATE sales.orders SET note = uuid() WHERE id = 1", default_namespace="")
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_an_update_of_the_partition_column_moves_rows_to_their_new_partition(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    schema = pa.schema([("id", pa.int64()), ("region", pa.string())])
+    table = catalog.create_table(("sales", "by_region"), schema)
+    with table.update_spec() as spec:
+        spec.add_identity("region")
+    table = catalog.load_table(("sales", "by_region"))
+    table.append(pa.table({"id": list(range(10)), "region": ["eu"] * 5 + ["us"] * 5}, schema))
+    out = _run(catalog, "UPDATE by_region SET region = 'apac' WHERE id IN (1, 7)", tmp_path)
+    assert out.rows_affected == 2
+    table = catalog.load_table(("sales", "by_region"))
+    # Planning on the new partition finds exactly the moved rows' files, and only them.
+    moved = table.scan(row_filter="region = 'apac'")
+    assert {t.file.partition[0] for t in moved.plan_files()} == {"apac"}
+    assert sorted(moved.to_arrow()["id"].to_pylist()) == [1, 7]
+    assert sorted(table.scan(row_filter="region = 'eu'").to_arrow()["id"].to_pylist()) == [
+        0,
+        2,
+        3,
+        4,
+    ]
