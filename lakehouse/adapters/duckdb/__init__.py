@@ -10,4 +10,5 @@
 * ``storable``: result columns as an Iceberg table can store them.
 * ``writes``: the result's data files, streamed and undone unless committed.
 * ``earlier_attempts``: what an earlier attempt of the same job committed.
+* ``row_changes``: DELETE and UPDATE, as matchers of the copy-on-write engine.
 """

@@ -9,6 +9,10 @@
   by file (``writes``), and everything lands in one Iceberg commit that records the job id, so
   that a retried attempt finds its own commit instead of writing twice
   (``earlier_attempts``).
+* **DELETE and UPDATE are copy-on-write.** The WHERE and SET are evaluated by DuckDB over
+  the target's rows, batch by batch (``row_changes``); only the files holding matching rows
+  are rewritten, in one commit planned on fresh metadata
+  (``lakehouse.adapters.iceberg.planned_changes``).
 * **A stop is prompt and commits nothing.** ``JobContext.on_stop`` interrupts the running
   query; ``JobContext.check`` runs between batches and right before the commit.
 * **Errors say whose fault they are.** DuckDB's errors become the service's: the statement's
