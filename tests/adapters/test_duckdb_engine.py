@@ -27,12 +27,8 @@ from lakehouse.adapters.duckdb import engine
 from lakehouse.adapters.duckdb.connection import connect
 from lakehouse.adapters.duckdb.earlier_attempts import JOB_ID_PROPERTY
 from lakehouse.adapters.duckdb.engine import run_statement
-from lakehouse.adapters.duckdb.statements import (
-    STATEMENT_FIELD,
-    NamedTable,
-    TableRef,
-    check_statement,
-)
+from lakehouse.adapters.duckdb.parse_tree import STATEMENT_FIELD, TableRef
+from lakehouse.adapters.duckdb.statements import NamedTable, check_statement
 from lakehouse.domain.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
 from lakehouse.domain.job_context import JobContext, JobStopped
 from lakehouse.domain.sql_result import SqlOutcome

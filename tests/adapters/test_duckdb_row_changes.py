@@ -20,7 +20,8 @@ from pyiceberg.table import StaticTable, Table
 
 from fixtures.iceberg import direct_catalog
 from lakehouse.adapters.duckdb.engine import run_statement
-from lakehouse.adapters.duckdb.statements import STATEMENT_FIELD, NamedTable, check_statement
+from lakehouse.adapters.duckdb.parse_tree import STATEMENT_FIELD
+from lakehouse.adapters.duckdb.statements import NamedTable, check_statement
 from lakehouse.domain.errors import InvalidArgument, LakehouseError, NotFound
 from lakehouse.domain.job_context import JobContext, JobStopped
 from lakehouse.domain.sql_result import SqlOutcome

@@ -43,23 +43,20 @@ from lakehouse.adapters.duckdb.earlier_attempts import (
     earlier_destination,
     earlier_insert,
 )
-from lakehouse.adapters.duckdb.preview import Preview
-from lakehouse.adapters.duckdb.progress import Progress
-from lakehouse.adapters.duckdb.row_changes import change_matcher
-from lakehouse.adapters.duckdb.scan_source import Failures, IcebergSource
-from lakehouse.adapters.duckdb.statements import (
+from lakehouse.adapters.duckdb.parse_tree import (
     IDENTIFIER,
     NOT_ALLOWED,
-    Insert,
-    Plan,
-    RowChange,
     TableRef,
-    analyze,
     first_line,
     invalid,
     quote,
-    resolve,
 )
+from lakehouse.adapters.duckdb.preview import Preview
+from lakehouse.adapters.duckdb.progress import Progress
+from lakehouse.adapters.duckdb.row_changes import change_matcher
+from lakehouse.adapters.duckdb.row_statements import RowChange
+from lakehouse.adapters.duckdb.scan_source import Failures, IcebergSource
+from lakehouse.adapters.duckdb.statements import Insert, Plan, analyze, resolve
 from lakehouse.adapters.duckdb.storable import cast_result, conform, storable_schema
 from lakehouse.adapters.duckdb.writes import TrackingIO, write_files
 from lakehouse.adapters.iceberg.errors import translate_errors, without_paths

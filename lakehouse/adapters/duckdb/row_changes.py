@@ -31,8 +31,9 @@ from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, Or
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.table import Table
 
+from lakehouse.adapters.duckdb.parse_tree import invalid, quote
 from lakehouse.adapters.duckdb.pushdown import to_iceberg
-from lakehouse.adapters.duckdb.statements import RowChange, invalid, quote
+from lakehouse.adapters.duckdb.row_statements import RowChange
 from lakehouse.adapters.iceberg.row_changes import RowMatcher
 from lakehouse.adapters.iceberg.scan import small_offsets
 
