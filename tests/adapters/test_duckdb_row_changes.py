@@ -7,6 +7,7 @@ computed with pyarrow from the same data, never by DuckDB.
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
@@ -382,3 +383,82 @@ def test_an_update_of_the_partition_column_moves_rows_to_their_new_partition(
         3,
         4,
     ]
+
+
+_PIECES = [
+    "DELETE",
+    "FROM",
+    "UPDATE",
+    "SET",
+    "WHERE",
+    "USING",
+    "RETURNING",
+    "AS",
+    "o",
+    "sales.orders",
+    "orders",
+    "a.b.c",
+    "'x'",
+    "(",
+    ")",
+    "[",
+    "]",
+    "{",
+    "}",
+    ",",
+    "=",
+    "1",
+    "id",
+    "note",
+    "true",
+    "SELECT",
+    "*",
+    "IN",
+    "WITH",
+    ";",
+    "x.y",
+    ":",
+    "'/etc/passwd'",
+    "random()",
+    "getenv('a')",
+    "AND",
+    "OR",
+    "NOT",
+    "IS",
+    "NULL",
+    "ref.c",
+    "MERGE",
+    "INTO",
+    "ON",
+    "WHEN",
+    "MATCHED",
+    "THEN",
+    "--c\n",
+]
+_BASES = (
+    "DELETE FROM sales.orders o WHERE id = 1",
+    "UPDATE sales.orders SET note = 'x', id = (1) WHERE id IN (SELECT 1)",
+    "UPDATE orders AS o SET note = [1, 2] WHERE o.id = 1",
+)
+
+
+def test_mangled_deletes_and_updates_are_accepted_or_invalid_argument() -> None:
+    # A statement the splitter does not expect must be refused as the caller's fault,
+    # never fail the call with another error (the CreateJob fuzz sweep's rule).
+    rng = random.Random(15)
+    outcomes: Counter[str] = Counter()
+    for _ in range(400):
+        words = rng.choice(_BASES).split(" ")
+        for _ in range(rng.randint(1, 4)):
+            at = rng.randrange(len(words) + 1)
+            if rng.random() < 0.5 or not words:
+                words.insert(at, rng.choice(_PIECES))
+            else:
+                words[min(at, len(words) - 1)] = rng.choice(_PIECES)
+        try:
+            check_statement(" ".join(words), default_namespace="sales")
+            outcomes["accepted"] += 1
+        except InvalidArgument as exc:
+            assert exc.violations[0].field == STATEMENT_FIELD
+            outcomes["refused"] += 1
+    assert outcomes["accepted"] and outcomes["refused"]
