@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyiceberg.exceptions import CommitFailedException, CommitStateUnknownException
+from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import BooleanExpression
 from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table
@@ -128,6 +128,10 @@ def planned_change(
     """
     cache = RewriteCache()
     committed: list[DataFile] = []
+    # Set while a commit is in flight: an error other than a refused commit leaves its
+    # outcome unknown (a catalog that committed, then failed to answer), so the files it
+    # names may be live and must stay (orphan removal takes them if they are not).
+    in_flight = False
     table = load()
     try:
         for attempt in range(1, max_attempts + 1):
@@ -155,8 +159,11 @@ def planned_change(
                 summary[REQUEST_IDS_KEY] = json.dumps({request_id: stats.rows_deleted})
             check()
             try:
+                in_flight = True
                 after, snapshot_id = commit_change(table, rewrites, [], summary)
+                in_flight = False
             except CommitFailedException:
+                in_flight = False  # refused: nothing of it is live
                 if expected_etag:
                     raise _etag_mismatch(table) from None
                 _pause(attempt, backoff_ms)
@@ -170,10 +177,9 @@ def planned_change(
             "concurrent commits; retry",
             reason="COMMIT_CONFLICT",
         )
-    except CommitStateUnknownException:
-        raise  # the rewritten files may be live: leave them
     finally:
-        cache.discard_uncommitted(table, committed)
+        if not in_flight:
+            cache.discard_uncommitted(table, committed)
 
 
 def _recorded(
