@@ -118,11 +118,13 @@ def test_delete_removes_exactly_the_matching_rows_in_one_snapshot(
 ) -> None:
     before = _orders_table(catalog)
     snapshots = len(before.snapshots())
+    ctx = JobContext("job-1")
     out = _run(
         catalog,
         "DELETE FROM sales.orders o WHERE o.customer_id IN "
         "(SELECT id FROM ref.customers WHERE region = 'eu') AND note IS NOT NULL",
         tmp_path,
+        ctx=ctx,
     )
     data = _all_orders()
     eu = [k for k, v in REGIONS.items() if v == "eu"]
@@ -150,6 +152,11 @@ def test_delete_removes_exactly_the_matching_rows_in_one_snapshot(
     # A reader that knows nothing of the service reads the same rows.
     static = StaticTable.from_metadata(after.metadata_location, properties=after.io.properties)
     assert _rows(static.scan().to_arrow()) == _rows(want)
+    # WatchJob's last progress tells what was done to the files.
+    assert ctx.take_progress() == (
+        1.0,
+        f"{out.rows_affected} rows deleted: 2 files rewritten, 0 removed, 2 written",
+    )
 
 
 def test_update_sets_the_new_values_of_the_matching_rows_only(

@@ -442,8 +442,15 @@ class _Engine:
                 )
         finally:
             self._progress.stop()
-        self._ctx.progress(1.0, "done")
-        rows = done.stats.rows_deleted + done.stats.rows_updated
+        stats = done.stats
+        rows = stats.rows_deleted + stats.rows_updated
+        # The result holds the row count; the files touched are told in the last progress.
+        self._ctx.progress(
+            1.0,
+            f"{rows} rows {'deleted' if change.kind == 'DELETE' else 'updated'}: "
+            f"{stats.files_rewritten} files rewritten, {stats.files_removed} removed, "
+            f"{stats.files_added} written",
+        )
         return SqlOutcome(rows, pa.table({}), False, done.snapshot_id)
 
     def _insert_query(
