@@ -469,3 +469,25 @@ def test_mangled_deletes_and_updates_are_accepted_or_invalid_argument() -> None:
             assert exc.violations[0].field == STATEMENT_FIELD
             outcomes["refused"] += 1
     assert outcomes["accepted"] and outcomes["refused"]
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_is_distinct_from_is_an_expression_not_a_from_clause(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    out = _run(
+        catalog,
+        "UPDATE sales.orders SET note = note IS DISTINCT FROM 'n1' WHERE id < 3",
+        tmp_path,
+    )
+    assert out.rows_affected == 3
+    deleted = _run(
+        catalog,
+        "DELETE FROM sales.orders WHERE note IS NOT DISTINCT FROM NULL",
+        tmp_path,
+        ctx=JobContext("job-2"),
+    )
+    data = _all_orders()
+    assert deleted.rows_affected == data["note"].null_count - 1  # id 0's note is now 'true'
+    notes = dict(zip(*(_read(catalog)[c].to_pylist() for c in ("id", "note")), strict=True))
+    assert (notes[0], notes[1], notes[2]) == ("true", "false", "true")

@@ -176,13 +176,23 @@ def _check_deterministic(con: duckdb.DuckDBPyConnection, kind: str, where: str) 
 
 
 def _top_level_keywords(toks: list[tuple[int, str, str]]) -> list[tuple[int, str]]:
+    """The clause keywords outside brackets, as ``(token index, keyword)``.
+
+    Expressions hold some of the same words: ``a IS [NOT] DISTINCT FROM b`` is no FROM
+    clause, and after WHERE (the last clause) only RETURNING can follow.
+    """
     depth = 0
-    found = []
+    found: list[tuple[int, str]] = []
+    previous = ""
     for i, (_, kind, tok) in enumerate(toks):
+        word = tok.lower() if kind == "keyword" else ""
         if kind == "operator":
             depth += sum(_NESTING.get(char, 0) for char in tok)
-        elif depth == 0 and kind == "keyword" and tok.lower() in _CHANGE_CLAUSES:
-            found.append((i, tok.lower()))
+        elif depth == 0 and word in _CHANGE_CLAUSES and previous != "distinct":
+            after_where = any(w == "where" for _, w in found)
+            if not after_where or word == "returning":
+                found.append((i, word))
+        previous = word
     return found
 
 
