@@ -491,3 +491,10 @@ def test_is_distinct_from_is_an_expression_not_a_from_clause(
     assert deleted.rows_affected == data["note"].null_count - 1  # id 0's note is now 'true'
     notes = dict(zip(*(_read(catalog)[c].to_pylist() for c in ("id", "note")), strict=True))
     assert (notes[0], notes[1], notes[2]) == ("true", "false", "true")
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_an_update_without_where_changes_every_row(catalog: Catalog, tmp_path: Path) -> None:
+    out = _run(catalog, "UPDATE sales.orders SET tags = []", tmp_path)
+    assert out.rows_affected == _all_orders().num_rows
+    assert set(map(tuple, _read(catalog)["tags"].to_pylist())) == {()}
