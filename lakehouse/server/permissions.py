@@ -16,6 +16,7 @@ are checked against, and the target written to the audit log.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -49,7 +50,8 @@ class Permission(enum.StrEnum):
     """Write rows (AppendRows, WriteRows)."""
     TABLES_CHANGE_ROWS = "tables.change_rows"
     """Delete or replace rows: DeleteRows, and writes in the OVERWRITE, OVERWRITE_PARTITIONS
-    and UPSERT modes (which also need ingest.write)."""
+    and UPSERT modes (which also need ingest.write), and SQL jobs that DELETE, UPDATE or
+    MERGE."""
     JOBS_READ = "jobs.read"
     """Get, list and watch jobs."""
     JOBS_CREATE = "jobs.create"
@@ -175,9 +177,18 @@ def _write_mode_permission(request: Any) -> Permission | None:
     return Permission.TABLES_CHANGE_ROWS
 
 
+#: A SQL statement that may delete or replace rows (DELETE, UPDATE, MERGE). Matched anywhere
+#: in the text, not parsed: a query that merely names a column "update" also needs the
+#: permission, which errs towards asking for more, never less.
+_ROW_CHANGING_SQL: Final = re.compile(r"\b(delete|update|merge)\b", re.IGNORECASE)
+
+
 def _job_permission(request: Any) -> Permission:
-    if request.spec.WhichOneof("kind") in DESTRUCTIVE_JOB_KINDS:
+    kind = request.spec.WhichOneof("kind")
+    if kind in DESTRUCTIVE_JOB_KINDS:
         return Permission.MAINTENANCE_DESTRUCTIVE
+    if kind == "sql" and _ROW_CHANGING_SQL.search(request.spec.sql.statement):
+        return Permission.TABLES_CHANGE_ROWS
     return Permission.JOBS_CREATE
 
 

@@ -27,12 +27,8 @@ from lakehouse.adapters.duckdb import engine
 from lakehouse.adapters.duckdb.connection import connect
 from lakehouse.adapters.duckdb.earlier_attempts import JOB_ID_PROPERTY
 from lakehouse.adapters.duckdb.engine import run_statement
-from lakehouse.adapters.duckdb.statements import (
-    STATEMENT_FIELD,
-    NamedTable,
-    TableRef,
-    check_statement,
-)
+from lakehouse.adapters.duckdb.parse_tree import STATEMENT_FIELD, TableRef
+from lakehouse.adapters.duckdb.statements import NamedTable, check_statement
 from lakehouse.domain.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
 from lakehouse.domain.job_context import JobContext, JobStopped
 from lakehouse.domain.sql_result import SqlOutcome
@@ -506,8 +502,26 @@ LOCKDOWN = [
     "CREATE TABLE sales.evil AS SELECT 1 AS x",
     "CREATE SECRET s (TYPE s3, KEY_ID 'k', SECRET 's')",
     "DROP TABLE sales.orders",
-    "UPDATE sales.orders SET note = 'x'",
+    # DELETE and UPDATE run only on lakehouse tables, and their WHERE and SET follow the
+    # rules of a query.
     "DELETE FROM sales.orders",
+    "DELETE FROM '{tmp}/x.parquet' WHERE true",
+    "DELETE FROM memory.sales.orders WHERE true",
+    "UPDATE memory.sales.orders SET note = 'x' WHERE true",
+    "UPDATE '{tmp}/x.parquet' SET note = 'x' WHERE true",
+    "DELETE FROM sales.orders WHERE note = current_setting('temp_directory')",
+    "UPDATE sales.orders SET note = getenv('HOME') WHERE id = 1",
+    "DELETE FROM sales.orders WHERE note IN (SELECT content FROM read_text('{tmp}/../*'))",
+    "UPDATE sales.orders SET note = (SELECT max(content) FROM read_text('/etc/passwd'))",
+    "DELETE FROM sales.orders WHERE id IN (SELECT * FROM glob('/etc/*'))",
+    "DELETE FROM sales.orders WHERE id IN (SELECT id FROM sales.orders AT (VERSION => 1))",
+    "DELETE FROM sales.orders WHERE true; DELETE FROM ref.customers WHERE true",
+    "UPDATE sales.orders SET note = 'x' WHERE true; COPY sales.orders TO '{tmp}/c.csv'",
+    "DELETE FROM sales.orders USING ref.customers c WHERE customer_id = c.id",
+    "UPDATE sales.orders SET note = c.name FROM ref.customers c WHERE customer_id = c.id",
+    "DELETE FROM sales.orders WHERE true RETURNING *",
+    "WITH d AS (SELECT 1 AS id) DELETE FROM sales.orders WHERE id IN (SELECT id FROM d)",
+    "MERGE INTO sales.orders t USING ref.customers s ON t.id = s.id WHEN MATCHED THEN DELETE",
     "SELECT * FROM memory.sales.orders",
     "SELECT * FROM sales.orders AT (VERSION => 1)",
 ]

@@ -166,6 +166,9 @@ LEAKS = [
     "DESCRIBE '/etc/passwd'",
     "SUMMARIZE '/etc/passwd'",
     "SELECT * FROM '/etc/passwd'",
+    "DELETE FROM '/etc/passwd' WHERE true",
+    "DELETE FROM sales.orders WHERE getenv('HOME') IS NOT NULL",
+    "UPDATE sales.orders SET note = current_setting('home_directory') WHERE true",
 ]
 
 

@@ -209,3 +209,26 @@ def test_health_and_reflection_need_no_permission() -> None:
     assert is_authenticated_only("grpc.health.v1.Health")
     assert is_authenticated_only("grpc.reflection.v1alpha.ServerReflection")
     assert not is_authenticated_only("lakehouse.v1.TableService")
+
+
+@pytest.mark.parametrize(
+    ("statement", "permission"),
+    [
+        ("SELECT count(*) FROM sales.orders", "jobs.create"),
+        ("INSERT INTO sales.orders SELECT * FROM sales.staged", "jobs.create"),
+        ("DELETE FROM sales.orders WHERE id = 1", "tables.change_rows"),
+        ("  update sales.orders SET amount = 0 WHERE id = 1", "tables.change_rows"),
+        (
+            "MERGE INTO sales.orders t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
+            "tables.change_rows",
+        ),
+        # Not parsed: a word that could change rows asks for the permission, never less.
+        ("SELECT id AS update FROM sales.orders", "tables.change_rows"),
+    ],
+)
+def test_sql_jobs_that_delete_or_update_rows_need_change_rows(
+    statement: str, permission: str
+) -> None:
+    spec = job_pb2.JobSpec(sql=job_pb2.SqlJobSpec(statement=statement))
+    rule = RULES["/lakehouse.v1.JobService/CreateJob"]
+    assert rule.permission_for(jpb.CreateJobRequest(spec=spec)) == permission

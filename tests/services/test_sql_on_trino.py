@@ -14,7 +14,15 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from fixtures.fake_trino import SYNTAX_ERROR, TABLE_NOT_FOUND, Failure, FakeTrino, Rows, Slow
+from fixtures.fake_trino import (
+    SYNTAX_ERROR,
+    TABLE_NOT_FOUND,
+    Failure,
+    FakeTrino,
+    Rows,
+    Slow,
+    Update,
+)
 from fixtures.grpc_errors import rpc_error_details
 from fixtures.net import LOOPBACK
 from lakehouse.v1 import job_pb2, job_service_pb2_grpc, rows_pb2
@@ -92,6 +100,30 @@ async def test_a_query_runs_on_trino(jobs: Any, fake: FakeTrino) -> None:
     assert ran.headers["x-trino-user"] == "etl"
     assert ran.headers["x-trino-schema"] == "sales"
     assert f"lakehouse-job:{job.id}" in ran.headers["x-trino-client-tags"]
+
+
+@pytest.mark.parametrize(
+    ("statement", "update_type"),
+    [
+        ("DELETE FROM orders WHERE id < 4", "DELETE"),
+        ("UPDATE orders SET qty = 0 WHERE id < 4", "UPDATE"),
+        ("MERGE INTO orders o USING new n ON o.id = n.id WHEN MATCHED THEN DELETE", "MERGE"),
+    ],
+)
+async def test_row_changes_pass_through_to_trino_and_report_rows_affected(
+    jobs: Any, fake: FakeTrino, statement: str, update_type: str
+) -> None:
+    # The DuckDB sandbox's statement rules are DuckDB's: a Trino job's statement is Trino's
+    # to check (EXPLAIN (TYPE VALIDATE)) and to run, MERGE included.
+    fake.script(statement, Update(update_type, 3))
+    created = await jobs.CreateJob(
+        jpb.CreateJobRequest(spec=trino_spec(statement, default_namespace="sales"))
+    )
+    job = await watch_to_end(jobs, created.job.id)
+
+    assert job.state == job_pb2.JOB_STATE_SUCCEEDED, job.error
+    assert job.result.sql.rows_affected == 3
+    assert [s.sql for s in fake.statements] == [f"EXPLAIN (TYPE VALIDATE) {statement}", statement]
 
 
 async def test_a_statement_trino_refuses_creates_no_job(jobs: Any, fake: FakeTrino) -> None:

@@ -14,6 +14,7 @@ from pyiceberg.io.pyarrow import (
 
 from lakehouse.adapters.duckdb.preview import fitting_rows
 from lakehouse.adapters.iceberg.errors import translate_errors
+from lakehouse.adapters.iceberg.planned_changes import ROWS_DELETED_KEY, ROWS_UPDATED_KEY
 from lakehouse.adapters.iceberg.scan import small_offsets
 from lakehouse.domain.errors import (
     AlreadyExists,
@@ -22,7 +23,8 @@ from lakehouse.domain.errors import (
 from lakehouse.domain.sql_result import SqlOutcome
 
 JOB_ID_PROPERTY = "lakehouse.job-id"
-"""Recorded in the snapshot summary (INSERT) or table properties (destination) a job commits."""
+"""Recorded in the snapshot summary (INSERT, DELETE, UPDATE) or the table properties
+(destination) of what a job commits."""
 
 
 def earlier_insert(catalog: Catalog, target: tuple[str, str], job_id: str) -> SqlOutcome | None:
@@ -33,6 +35,18 @@ def earlier_insert(catalog: Catalog, target: tuple[str, str], job_id: str) -> Sq
         summary = snapshot.summary
         if summary is not None and summary.get(JOB_ID_PROPERTY) == job_id:
             rows = int(summary.get("added-records") or 0)
+            return SqlOutcome(rows, pa.table({}), False, snapshot.snapshot_id)
+    return None
+
+
+def earlier_change(catalog: Catalog, target: tuple[str, str], job_id: str) -> SqlOutcome | None:
+    """The outcome of this job's DELETE or UPDATE if an earlier attempt committed it already."""
+    with translate_errors(*target):
+        table = catalog.load_table(target)
+    for snapshot in table.metadata.snapshots:
+        summary = snapshot.summary
+        if summary is not None and summary.get(JOB_ID_PROPERTY) == job_id:
+            rows = int(summary.get(ROWS_DELETED_KEY) or 0) + int(summary.get(ROWS_UPDATED_KEY) or 0)
             return SqlOutcome(rows, pa.table({}), False, snapshot.snapshot_id)
     return None
 

@@ -9,6 +9,10 @@
   by file (``writes``), and everything lands in one Iceberg commit that records the job id, so
   that a retried attempt finds its own commit instead of writing twice
   (``earlier_attempts``).
+* **DELETE and UPDATE are copy-on-write.** The WHERE and SET are evaluated by DuckDB over
+  the target's rows, batch by batch (``row_changes``); only the files holding matching rows
+  are rewritten, in one commit planned on fresh metadata
+  (``lakehouse.adapters.iceberg.planned_changes``).
 * **A stop is prompt and commits nothing.** ``JobContext.on_stop`` interrupts the running
   query; ``JobContext.check`` runs between batches and right before the commit.
 * **Errors say whose fault they are.** DuckDB's errors become the service's: the statement's
@@ -35,27 +39,28 @@ from pyiceberg.table import Transaction
 from lakehouse.adapters.duckdb.connection import connect, interrupter
 from lakehouse.adapters.duckdb.earlier_attempts import (
     JOB_ID_PROPERTY,
+    earlier_change,
     earlier_destination,
     earlier_insert,
 )
-from lakehouse.adapters.duckdb.preview import Preview
-from lakehouse.adapters.duckdb.progress import Progress
-from lakehouse.adapters.duckdb.scan_source import Failures, IcebergSource
-from lakehouse.adapters.duckdb.statements import (
+from lakehouse.adapters.duckdb.parse_tree import (
     IDENTIFIER,
     NOT_ALLOWED,
-    Insert,
-    Plan,
     TableRef,
-    analyze,
     first_line,
     invalid,
     quote,
-    resolve,
 )
+from lakehouse.adapters.duckdb.preview import Preview
+from lakehouse.adapters.duckdb.progress import Progress
+from lakehouse.adapters.duckdb.row_changes import change_matcher
+from lakehouse.adapters.duckdb.row_statements import RowChange
+from lakehouse.adapters.duckdb.scan_source import Failures, IcebergSource
+from lakehouse.adapters.duckdb.statements import Insert, Plan, analyze, resolve
 from lakehouse.adapters.duckdb.storable import cast_result, conform, storable_schema
 from lakehouse.adapters.duckdb.writes import TrackingIO, write_files
 from lakehouse.adapters.iceberg.errors import translate_errors, without_paths
+from lakehouse.adapters.iceberg.planned_changes import planned_change
 from lakehouse.adapters.iceberg.scan import small_offsets
 from lakehouse.adapters.pyiceberg_private.writes import (
     check_arrow_schema_fits,
@@ -73,6 +78,8 @@ from lakehouse.domain.job_context import JobContext
 from lakehouse.domain.sql_result import SqlOutcome
 
 _BATCH_ROWS = 64 * 1024
+#: Commit attempts of a DELETE or UPDATE that keeps losing races (as ingest.commit_attempts).
+COMMIT_ATTEMPTS = 30
 _SOURCE_PREFIX = "__lakehouse_scan_"
 
 
@@ -94,9 +101,10 @@ def run_statement(
 
     A query returns its row count and a preview; with ``destination`` its full result is
     also written into that new table. ``INSERT INTO ns.t <query>`` appends the query's rows
-    to an existing table. Whatever is written lands in one commit that records
-    ``ctx.job_id``; a retried attempt that finds that commit returns its outcome without
-    running the statement again.
+    to an existing table; ``DELETE FROM ns.t WHERE ...`` and ``UPDATE ns.t SET ... [WHERE
+    ...]`` rewrite the table's files that hold matching rows (``row_changes``). Whatever is
+    written lands in one commit that records ``ctx.job_id``; a retried attempt that finds
+    that commit returns its outcome without running the statement again.
 
     Args:
         catalog: The lakehouse's pyiceberg catalog.
@@ -124,7 +132,8 @@ def run_statement(
         AlreadyExists: The destination table exists and was not made by this job.
         ResourceExhausted: The query ran out of memory (reason ``JOB_MEMORY_EXHAUSTED``) or
             of spill space (``JOB_TEMP_SPACE_EXHAUSTED``).
-        Conflict: The INSERT target changed concurrently in a conflicting way.
+        Conflict: The INSERT target changed concurrently in a conflicting way, or a DELETE
+            or UPDATE lost every one of its commit races (``COMMIT_CONFLICT``).
         Unavailable: The catalog or object store failed.
         JobStopped: The job was asked to stop; nothing was committed.
     """
@@ -149,12 +158,18 @@ def run_statement(
         ctx.check()
         ctx.progress(0.0, "loading tables")
         engine = _Engine(con, ctx, preview_max_bytes)
+        if plan.change is not None:
+            if destination is not None:
+                raise _no_destination(plan.change.kind)
+            target = resolve(plan.change.target, default_namespace)
+            done = earlier_change(catalog, target, ctx.job_id)
+            if done is not None:
+                return done
+            engine.open_tables(catalog, plan.tables, default_namespace)
+            return engine.change(catalog, plan.change, target)
         if plan.insert is not None:
             if destination is not None:
-                raise InvalidArgument.field(
-                    "sql.destination_table",
-                    "an INSERT writes into its own target table; leave destination_table empty",
-                )
+                raise _no_destination("INSERT")
             target = resolve(plan.insert.target, default_namespace)
             done = earlier_insert(catalog, target, ctx.job_id)
             if done is not None:
@@ -397,6 +412,47 @@ class _Engine:
         self._ctx.progress(1.0, "done")
         return counter.outcome(snapshot_id, preview=False)
 
+    def change(self, catalog: Catalog, change: RowChange, target: tuple[str, str]) -> SqlOutcome:
+        """Deletes or updates the matching rows of the target in one commit (copy-on-write).
+
+        Planned on the table as it is and planned again after a lost commit race, so rows
+        appended concurrently are neither lost nor changed unless they match; a statement
+        that matches no row commits nothing.
+        """
+        namespace, name = target
+
+        def load() -> IcebergTable:
+            with translate_errors(namespace, name):
+                return catalog.load_table(target)
+
+        self._ctx.progress(0.05, f"finding the rows to {change.kind.lower()}")
+        self._progress.start("rewriting the files that hold matching rows")
+        try:
+            with self._engine_errors(), translate_errors(namespace, name):
+                # The WHERE and SET run many times (per batch, per attempt): in one DuckDB
+                # transaction, now() and its kin have one value for the whole statement.
+                self._con.execute("BEGIN TRANSACTION")
+                done = planned_change(
+                    load,
+                    lambda table: change_matcher(self._con, change, table),
+                    operation=change.kind.lower(),
+                    max_attempts=COMMIT_ATTEMPTS,
+                    properties={JOB_ID_PROPERTY: self._ctx.job_id},
+                    check=self._ctx.check,
+                )
+        finally:
+            self._progress.stop()
+        stats = done.stats
+        rows = stats.rows_deleted + stats.rows_updated
+        # The result holds the row count; the files touched are told in the last progress.
+        self._ctx.progress(
+            1.0,
+            f"{rows} rows {'deleted' if change.kind == 'DELETE' else 'updated'}: "
+            f"{stats.files_rewritten} files rewritten, {stats.files_removed} removed, "
+            f"{stats.files_added} written",
+        )
+        return SqlOutcome(rows, pa.table({}), False, done.snapshot_id)
+
     def _insert_query(
         self, query: str, insert: Insert, table: IcebergTable, target_schema: pa.Schema
     ) -> str:
@@ -487,6 +543,13 @@ class _Engine:
             io.abort()
             raise
         return snapshot_id
+
+
+def _no_destination(kind: str) -> InvalidArgument:
+    return InvalidArgument.field(
+        "sql.destination_table",
+        f"an {kind} writes into its own target table; leave destination_table empty",
+    )
 
 
 def _sql_string(value: str) -> str:

@@ -1,46 +1,46 @@
 """The statement rules of DuckDB SQL jobs, checked with DuckDB's own parser.
 
 A statement is parsed before it runs (and when its job is created): exactly one statement,
-a query or ``INSERT INTO``, every table it names a lakehouse table (no file paths, table
-functions that read files, three-part names or time travel), and no function that reads the
-engine's settings or the server's environment. The connection settings (``connection``) are
-the guarantee; these checks give clear messages. Every statement error is an
-``InvalidArgument`` on field ``sql.statement`` (``invalid``).
+a query, ``INSERT INTO``, ``DELETE FROM`` or ``UPDATE``, every table it names a lakehouse
+table (no file paths, table functions that read files, three-part names or time travel), and
+no function that reads the engine's settings or the server's environment. A DELETE or
+UPDATE is checked as the SELECT that evaluates it: the same text, the same rules. The
+connection settings (``connection``) are the guarantee; these checks give clear messages.
+Every statement error is an ``InvalidArgument`` on field ``sql.statement``
+(``parse_tree.invalid``); DuckDB's parse trees are read in ``parse_tree``, DELETE and UPDATE
+split in ``row_statements``.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass
-from typing import Any
 
 import duckdb
 
 from lakehouse.adapters.duckdb.connection import connect
-from lakehouse.domain.errors import InvalidArgument
-from lakehouse.domain.names import MAX_NAME_LENGTH
+from lakehouse.adapters.duckdb.parse_tree import (
+    NOT_ALLOWED,
+    TableRef,
+    invalid,
+    table_refs,
+    token_positions,
+    unquote,
+)
+from lakehouse.adapters.duckdb.row_statements import RowChange, split_row_change
 
-STATEMENT_FIELD = "sql.statement"
-"""The request field every statement error is reported against."""
-
-NOT_ALLOWED = "SQL_NOT_ALLOWED"
-"""The ``ErrorInfo`` reason of a statement the engine refuses to run (not a syntax error)."""
-
-_MESSAGE_LIMIT = 2000
 _PARSER_MEMORY_MB = 64
-#: A name part the lakehouse can hold, unquoted (a namespace is also a DuckDB schema name).
-IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
 
 _READ_ONLY_HINT = (
-    "DuckDB jobs are read-only apart from INSERT INTO namespace.table <query>; "
-    "run {kind} statements with the TRINO engine"
+    "DuckDB jobs change rows only with INSERT INTO, DELETE FROM and UPDATE on "
+    "namespace.table; run {kind} statements with the TRINO engine"
 )
 _QUERY_HINT = (
     "{kind} statements are not allowed: a SQL job runs one query (SELECT, WITH, VALUES, "
-    "TABLE, set operations) or INSERT INTO namespace.table <query>"
+    "TABLE, set operations), INSERT INTO namespace.table <query>, DELETE FROM "
+    "namespace.table WHERE ... or UPDATE namespace.table SET ... [WHERE ...]"
 )
-_DATA_CHANGING = frozenset({"UPDATE", "DELETE", "CREATE", "DROP", "ALTER", "MERGE_INTO"})
+_DATA_CHANGING = frozenset({"CREATE", "DROP", "ALTER", "MERGE_INTO"})
+_ROW_CHANGES = frozenset({"DELETE", "UPDATE"})
 
 
 @dataclass(frozen=True)
@@ -73,14 +73,16 @@ def check_statement(
             it: with no default namespace, every table must be named ``namespace.table``.
 
     Returns:
-        The tables the statement reads and the ``INSERT`` target, in the order named (none
+        The tables the statement reads and the target of an ``INSERT``, ``DELETE`` or
+        ``UPDATE``, in the order named (none
         when ``default_namespace`` is None: bare names cannot be resolved then).
 
     Raises:
         InvalidArgument: On field ``sql.statement``: a syntax error (DuckDB's message), more
-            or fewer than one statement, a statement type other than a query or ``INSERT``
-            (reason ``SQL_NOT_ALLOWED``), or a table reference that cannot be a lakehouse
-            table (a file path, a three-part name, time travel).
+            or fewer than one statement, a statement type other than a query, ``INSERT``,
+            ``DELETE`` or ``UPDATE`` (reason ``SQL_NOT_ALLOWED``), a ``DELETE`` without a
+            WHERE or a form of ``DELETE``/``UPDATE`` not supported, or a table reference
+            that cannot be a lakehouse table (a file path, a three-part name, time travel).
     """
     con = connect(memory_limit_mb=_PARSER_MEMORY_MB, threads=1, temp_dir=None)
     try:
@@ -96,19 +98,13 @@ def check_statement(
         key = resolve(ref.parts, default_namespace)
         if key not in names or not ref.maybe_cte:
             names[key] = NamedTable(*key, may_be_cte=ref.maybe_cte)
-    if plan.insert is not None:
-        key = resolve(plan.insert.target, default_namespace)
+    written = plan.insert.target if plan.insert is not None else None
+    if plan.change is not None:
+        written = plan.change.target
+    if written is not None:
+        key = resolve(written, default_namespace)
         names[key] = NamedTable(*key)
     return tuple(names.values())
-
-
-@dataclass(frozen=True)
-class TableRef:
-    """A table name as the statement wrote it (lower-cased parts)."""
-
-    parts: tuple[str, ...]
-    shown: str
-    maybe_cte: bool = False
 
 
 @dataclass(frozen=True)
@@ -122,25 +118,24 @@ class Insert:
 
 @dataclass(frozen=True)
 class Plan:
-    """What runs: the query text (the INSERT's source for an INSERT) and what it reads."""
+    """What runs: the query text (the INSERT's source for an INSERT) and what it reads.
+
+    For a DELETE or UPDATE (``change``), ``query`` is the SELECT checked for it (not run as
+    such) and ``tables`` include the target.
+    """
 
     query: str
     tables: tuple[TableRef, ...]
     insert: Insert | None
-
-
-def invalid(description: str, *, reason: str | None = None) -> InvalidArgument:
-    """The statement's fault, on field ``sql.statement`` (a long description is cut)."""
-    if len(description) > _MESSAGE_LIMIT:
-        description = description[:_MESSAGE_LIMIT] + "..."
-    return InvalidArgument.field(STATEMENT_FIELD, description, reason=reason)
+    change: RowChange | None = None
 
 
 def analyze(con: duckdb.DuckDBPyConnection, statement: str) -> Plan:
     """Parses ``statement`` and checks its shape: what runs and which tables it names.
 
     Raises:
-        InvalidArgument: The statement is not one allowed query or ``INSERT``.
+        InvalidArgument: The statement is not one allowed query, ``INSERT``, ``DELETE`` or
+            ``UPDATE``.
     """
     try:
         statements = con.extract_statements(statement)
@@ -155,10 +150,16 @@ def analyze(con: duckdb.DuckDBPyConnection, statement: str) -> Plan:
     kind = parsed.type.name
     text = _strip_terminator(parsed.query)
     if kind == "SELECT":
-        return Plan(text, _table_refs(con, text), None)
+        return Plan(text, table_refs(con, text), None)
     if kind == "INSERT":
         insert, query = _split_insert(con, text)
-        return Plan(query, _table_refs(con, query), insert)
+        return Plan(query, table_refs(con, query), insert)
+    if kind in _ROW_CHANGES:
+        change = split_row_change(con, kind, text)
+        query = change.checked_query()
+        return Plan(query, table_refs(con, query), None, change)
+    if kind == "MERGE_INTO":
+        raise invalid(_MERGE_HINT, reason=NOT_ALLOWED)
     hint = _READ_ONLY_HINT if kind in _DATA_CHANGING else _QUERY_HINT
     raise invalid(hint.format(kind=kind.replace("_", " ")), reason=NOT_ALLOWED)
 
@@ -168,118 +169,6 @@ def _strip_terminator(text: str) -> str:
     while text.endswith(";"):
         text = text[:-1].rstrip()
     return text
-
-
-def _serialize(con: duckdb.DuckDBPyConnection, query: str) -> dict[str, Any]:
-    """DuckDB's parse tree of a SELECT (parse only: no table needs to exist)."""
-    try:
-        rows = con.sql("SELECT json_serialize_sql($1)", params=[query]).fetchall()
-    except duckdb.Error as exc:
-        raise invalid(str(exc)) from exc
-    tree: dict[str, Any] = json.loads(rows[0][0])
-    if tree.get("error"):
-        raise invalid(str(tree.get("error_message", "the statement cannot be analysed")))
-    return tree
-
-
-def _table_refs(con: duckdb.DuckDBPyConnection, query: str) -> tuple[TableRef, ...]:
-    """Every table the query names, from DuckDB's parse tree.
-
-    The walk is generic (any dict that is a BASE_TABLE), so subqueries, joins, set
-    operations and expressions are covered whatever node types hold them. A one-part name
-    that is also the name of a common table expression may be that CTE: it is read if the
-    lakehouse has such a table and skipped otherwise (DuckDB's scoping decides).
-    """
-    tree = _serialize(con, query)
-    tables: list[dict[str, Any]] = []
-    ctes: set[str] = set()
-    pending: list[Any] = [tree]
-    while pending:
-        node = pending.pop()
-        if isinstance(node, list):
-            pending.extend(node)
-            continue
-        if not isinstance(node, dict):
-            continue
-        if node.get("type") == "BASE_TABLE" and "table_name" in node:
-            tables.append(node)
-        if node.get("type") == "SHOW_REF" and node.get("table_name"):
-            # SHOW / DESCRIBE / SUMMARIZE of a name: one rule with FROM, so a path is
-            # refused here whichever statement form carries it.
-            tables.append(node)
-        if node.get("type") == "TABLE_FUNCTION":
-            _check_table_function(node)
-        if node.get("class") == "FUNCTION":
-            _check_scalar_function(node)
-        cte_map = node.get("cte_map")
-        if isinstance(cte_map, dict):
-            ctes.update(str(entry.get("key", "")).lower() for entry in cte_map.get("map", []))
-        pending.extend(node.values())
-    refs: dict[tuple[str, ...], TableRef] = {}
-    for table in tables:
-        names = [table.get("catalog_name") or "", table.get("schema_name") or ""]
-        parts = tuple(p for p in (*names, table["table_name"]) if p)
-        shown = ".".join(parts)
-        if table.get("catalog_name"):
-            raise invalid(
-                f"table {shown!r}: tables are named namespace.table (no catalog part)",
-                reason=NOT_ALLOWED,
-            )
-        if table.get("at_clause"):
-            raise invalid(f"table {shown!r}: time travel (AT ...) is not supported")
-        lowered = tuple(p.lower() for p in parts)
-        for part in lowered:
-            _check_name_part(part, shown)
-        maybe_cte = len(lowered) == 1 and lowered[0] in ctes
-        known = refs.get(lowered)
-        if known is None or (known.maybe_cte and not maybe_cte):
-            refs[lowered] = TableRef(lowered, shown, maybe_cte)
-    return tuple(refs.values())
-
-
-#: Table functions that make rows out of their arguments alone. Any other (read_csv,
-#: read_parquet, glob, read_text...) reads files or URLs: refused when the job is created,
-#: not only when it runs (where external access is off anyway).
-_GENERATING_TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest"})
-
-
-def _check_table_function(node: dict[str, Any]) -> None:
-    function = node.get("function")
-    name = str(function.get("function_name", "")) if isinstance(function, dict) else ""
-    if name.lower() not in _GENERATING_TABLE_FUNCTIONS:
-        raise invalid(
-            f"table function {name or '?'}() is not allowed: a SQL job reads only the "
-            "lakehouse's tables, named namespace.table",
-            reason=NOT_ALLOWED,
-        )
-
-
-#: Scalar functions that read the engine's configuration or the process's environment,
-#: which hold server paths (temp_directory, home_directory, extension_directory,
-#: secret_directory, allowed_directories...). The tables that list them
-#: (duckdb_settings(), pragma_database_list(), duckdb_databases()...) are table functions,
-#: refused above.
-_HIDDEN_FUNCTIONS = frozenset({"current_setting", "getenv", "getvariable"})
-
-
-def _check_scalar_function(node: dict[str, Any]) -> None:
-    name = str(node.get("function_name", "")).lower()
-    if name in _HIDDEN_FUNCTIONS:
-        raise invalid(
-            f"function {name}() is not allowed: a SQL job cannot read the engine's settings "
-            "or the server's environment",
-            reason=NOT_ALLOWED,
-        )
-
-
-def _check_name_part(part: str, shown: str) -> None:
-    """A name the lakehouse can hold; anything else (a file path, a URL) is refused."""
-    if len(part) > MAX_NAME_LENGTH or not IDENTIFIER.fullmatch(part):
-        raise invalid(
-            f"{shown!r} is not a lakehouse table: a SQL job reads only the lakehouse's "
-            "tables, named namespace.table",
-            reason=NOT_ALLOWED,
-        )
 
 
 def resolve(parts: tuple[str, ...], default_namespace: str) -> tuple[str, str]:
@@ -293,16 +182,6 @@ def resolve(parts: tuple[str, ...], default_namespace: str) -> tuple[str, str]:
     return default_namespace, parts[0]
 
 
-def _token_positions(text: str) -> list[tuple[int, str, str]]:
-    marks = duckdb.tokenize(text)
-    result = []
-    for i, (start, kind) in enumerate(marks):
-        end = marks[i + 1][0] if i + 1 < len(marks) else len(text)
-        if kind.name != "comment":
-            result.append((start, kind.name, text[start:end].strip()))
-    return result
-
-
 _QUERY_STARTS = frozenset({"select", "with", "values", "from", "table"})
 
 
@@ -313,7 +192,7 @@ def _split_insert(con: duckdb.DuckDBPyConnection, text: str) -> tuple[Insert, st
     tokenizer and each part parsed on its own: the target as a table name, the rest as a
     query (with the leading WITH, if any, put back in front of it).
     """
-    toks = _token_positions(text)
+    toks = token_positions(text)
 
     def word(i: int) -> str:
         return toks[i][2].lower() if i < len(toks) and toks[i][1] == "keyword" else ""
@@ -355,7 +234,7 @@ def _split_insert(con: duckdb.DuckDBPyConnection, text: str) -> tuple[Insert, st
         while i < len(toks) and toks[i][2] != ")":
             kind, tok = toks[i][1], toks[i][2]
             if kind == "identifier" or (kind == "keyword" and tok != ","):
-                names.append(_unquote(tok))
+                names.append(unquote(tok))
             elif tok != ",":
                 raise invalid(f"unexpected {tok!r} in the INSERT column list")
             i += 1
@@ -390,25 +269,14 @@ def _split_insert(con: duckdb.DuckDBPyConnection, text: str) -> tuple[Insert, st
     return Insert(target, columns, by_name), rest
 
 
+_MERGE_HINT = (
+    "MERGE INTO is not supported by DuckDB jobs: run it with the TRINO engine, or mirror rows "
+    "by key with WriteRows in UPSERT mode"
+)
+
+
 def _insert_target(con: duckdb.DuckDBPyConnection, name_text: str) -> tuple[str, ...]:
-    refs = _table_refs(con, f"SELECT * FROM {name_text}")
+    refs = table_refs(con, f"SELECT * FROM {name_text}")
     if len(refs) != 1 or len(refs[0].parts) > 2:
         raise invalid(f"{name_text!r} is not a table name")
     return refs[0].parts
-
-
-def _unquote(token: str) -> str:
-    if len(token) >= 2 and token[0] == token[-1] == '"':
-        return token[1:-1].replace('""', '"')
-    return token
-
-
-def quote(name: str) -> str:
-    """A double-quoted SQL identifier (quotes inside are doubled)."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an error's message (at most 500 characters), for an answer."""
-    text = str(exc).strip()
-    return text.splitlines()[0][:500] if text else type(exc).__name__

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from lakehouse.adapters.duckdb.statements import STATEMENT_FIELD, first_line, invalid
+from lakehouse.adapters.duckdb.parse_tree import STATEMENT_FIELD, first_line, invalid
 from lakehouse.domain.errors import (
     InvalidArgument,
 )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 import pyarrow as pa
@@ -32,6 +32,7 @@ from lakehouse.adapters.iceberg.ingest import (
 from lakehouse.adapters.iceberg.row_changes import (
     FileRewrite,
     RewriteCache,
+    RowMatcher,
     change_stats,
     commit_change,
     pinned,
@@ -52,6 +53,9 @@ from lakehouse.domain.row_changes import (
 )
 
 OPERATION_KEY = "lakehouse.operation"
+#: Snapshot summary keys of what a planned change did (a retried SQL job reads them back).
+ROWS_DELETED_KEY = "lakehouse.rows-deleted"
+ROWS_UPDATED_KEY = "lakehouse.rows-updated"
 
 
 def planned_delete(
@@ -66,6 +70,60 @@ def planned_delete(
     backoff_ms: tuple[int, int] = (20, 2000),
 ) -> DeleteOutcome:
     """Deletes the rows ``row_filter`` matches in one snapshot; see the module docstring.
+
+    Raises:
+        Conflict: A stale etag (ETAG_MISMATCH), or every attempt lost its race.
+        Unavailable: The request-id ledger could not tell whether ``request_id`` was done.
+    """
+    return planned_change(
+        load,
+        lambda table: filter_matcher(table, row_filter),
+        operation="delete",
+        request_id=request_id,
+        expected_etag=expected_etag,
+        ledger=ledger,
+        request_id_window_ms=request_id_window_ms,
+        max_attempts=max_attempts,
+        backoff_ms=backoff_ms,
+    )
+
+
+def planned_change(
+    load: Callable[[], Table],
+    matcher_for: Callable[[Table], RowMatcher],
+    *,
+    operation: str,
+    max_attempts: int,
+    properties: Mapping[str, str] | None = None,
+    request_id: str = "",
+    expected_etag: str = "",
+    ledger: RequestIdLedger | None = None,
+    request_id_window_ms: int = 0,
+    backoff_ms: tuple[int, int] = (20, 2000),
+    check: Callable[[], None] = lambda: None,
+) -> DeleteOutcome:
+    """Removes (and for an UPDATE replaces) the rows a matcher picks, in one snapshot.
+
+    Each attempt plans on the table as it is: ``matcher_for`` builds the matcher for that
+    state (a filter is bound to its schema), the files that hold matching rows are rewritten
+    (reusing what earlier attempts did for files still live), and the commit is made on
+    that exact state; a lost race plans again after a pause.
+
+    Args:
+        load: Loads the table as it is now (called again for each attempt).
+        matcher_for: The rows removed, for the table as loaded.
+        operation: What the snapshot summary records as ``lakehouse.operation``.
+        max_attempts: Commit attempts before giving up (ABORTED, COMMIT_CONFLICT).
+        properties: More snapshot summary properties (a SQL job's id).
+        request_id: When set, a change already recorded under it is not done again.
+        expected_etag: When set, the table must still be at this metadata location.
+        ledger: Where request ids are also recorded (they outlive their snapshots there).
+        request_id_window_ms: How long request ids are remembered.
+        backoff_ms: The first and the longest pause between attempts.
+        check: Called between files and right before the commit (a job's stop check).
+
+    Returns:
+        What was done; ``snapshot_id`` None when nothing matched.
 
     Raises:
         Conflict: A stale etag (ETAG_MISMATCH), or every attempt lost its race.
@@ -91,16 +149,23 @@ def planned_delete(
                         ChangeStats(rows_deleted=done), None, True, table.metadata_location
                     )
             check_etag(table, expected_etag)
-            rewrites = rewrite_matching(table, filter_matcher(table, row_filter), cache)
+            rewrites = rewrite_matching(table, matcher_for(table), cache, check)
             if not rewrites:
                 return DeleteOutcome(ChangeStats(), None, False, table.metadata_location)
             stats = change_stats(rewrites, [])
-            properties = {OPERATION_KEY: "delete", **carried_writers(table)}
+            summary = {
+                OPERATION_KEY: operation,
+                ROWS_DELETED_KEY: str(stats.rows_deleted),
+                ROWS_UPDATED_KEY: str(stats.rows_updated),
+                **(properties or {}),
+                **carried_writers(table),
+            }
             if request_id:
-                properties[REQUEST_IDS_KEY] = json.dumps({request_id: stats.rows_deleted})
+                summary[REQUEST_IDS_KEY] = json.dumps({request_id: stats.rows_deleted})
+            check()
             try:
                 in_flight = True
-                after, snapshot_id = commit_change(table, rewrites, [], properties)
+                after, snapshot_id = commit_change(table, rewrites, [], summary)
                 in_flight = False
             except CommitFailedException:
                 in_flight = False  # refused: nothing of it is live
@@ -113,7 +178,7 @@ def planned_delete(
                 record_request_ids(ledger, after, {request_id: stats.rows_deleted})
             return DeleteOutcome(stats, snapshot_id, False, after.metadata_location or "")
         raise Conflict(
-            f"the delete on {'.'.join(table.name())} lost {max_attempts} commit races to "
+            f"the {operation} on {'.'.join(table.name())} lost {max_attempts} commit races to "
             "concurrent commits; retry",
             reason="COMMIT_CONFLICT",
         )
