@@ -58,14 +58,17 @@ def change_matcher(con: duckdb.DuckDBPyConnection, change: RowChange, table: Tab
     evaluator = _Evaluator(con, change, table)
     scope, _ = _probe(con, change, table, pushdown=True)
     _, columns = _probe(con, change, table, pushdown=False)
+    # One DuckDB connection evaluates every batch: it refuses a second caller, so files are
+    # rewritten one at a time.
     if change.kind == "DELETE":
-        return RowMatcher(scope, evaluator.matches, columns)
+        return RowMatcher(scope, evaluator.matches, columns, concurrent=False)
     return RowMatcher(
         scope,
         evaluator.matches,
         columns,
         replace=evaluator.replace,
         replaced=lambda _batch, mask: int(pc.sum(mask).as_py() or 0),
+        concurrent=False,
     )
 
 

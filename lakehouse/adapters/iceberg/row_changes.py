@@ -78,6 +78,7 @@ class RowMatcher:
             False leaves it, None reads it.
         replaced: Of the removed rows of a batch (the mask), how many an UPSERT replaces
             (the others are deleted).
+        concurrent: See the attribute.
     """
 
     scope: BooleanExpression
@@ -86,6 +87,9 @@ class RowMatcher:
     replace: Callable[[pa.RecordBatch], pa.Table] | None = None
     decide: Callable[[DataFile], bool | None] | None = None
     replaced: Callable[[pa.RecordBatch, pa.Array], int] | None = None
+    concurrent: bool = True
+    """Whether ``matches`` and ``replace`` may run in two threads at once (a SQL job's
+    evaluate on its one DuckDB connection, which refuses a second caller: False)."""
 
 
 @dataclass
@@ -189,13 +193,14 @@ def _rewrite_files(
         in_flight -= task.file.file_size_in_bytes
         cache.files[task.file.file_path] = future.result()
 
-    with ThreadPoolExecutor(REWRITE_THREADS, thread_name_prefix="lakehouse-rewrite") as pool:
+    threads = REWRITE_THREADS if matcher.concurrent else 1
+    with ThreadPoolExecutor(threads, thread_name_prefix="lakehouse-rewrite") as pool:
         try:
             for task in tasks:
                 check()
                 size = task.file.file_size_in_bytes
                 while running and (
-                    len(running) >= REWRITE_THREADS or in_flight + size > REWRITE_PARALLEL_BYTES
+                    len(running) >= threads or in_flight + size > REWRITE_PARALLEL_BYTES
                 ):
                     collect()
                 running.append((task, pool.submit(_rewrite_file, table, task, matcher, cache)))
