@@ -130,8 +130,11 @@ class StagedRows:
     dead_letter_namespace: str = ""
 
 
-def _latest_changes(data: pa.Table, keys: tuple[str, ...]) -> tuple[pa.Table, pa.Array | None]:
+def _latest_changes(
+    data: pa.Table, keys: tuple[str, ...], info: TableInfo
+) -> tuple[pa.Table, pa.Array | None]:
     """A change stream's rows checked, keeping the newest change of each key."""
+    required_values(data, info.schema)
     has_sequence = SEQUENCE_COLUMN in data.column_names and data[SEQUENCE_COLUMN].null_count < len(
         data
     )
@@ -352,8 +355,8 @@ class IngestRequests:
             raise RowsRejected(decoded)
         data, indices = decoded.valid, None
         if change.mode is WriteMode.UPSERT:
-            required_values(data, info.schema)
-            data, indices = await asyncio.to_thread(_latest_changes, data, change.key_columns)
+            # Arrow compute over the whole request: in a thread, off the event loop.
+            data, indices = await asyncio.to_thread(_latest_changes, data, change.key_columns, info)
         metrics.INGEST_BYTES.inc(data.nbytes)
         return StagedRows(data, decoded.row_count, indices, [], change, reservation)
 

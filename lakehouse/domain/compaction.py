@@ -29,14 +29,16 @@ def small_file_bytes(properties: Mapping[str, str]) -> int:
     ``write.target-file-size-bytes`` (512 MiB when unset). Values that are not positive
     integers are ignored.
     """
-    small = _positive(properties.get(SMALL_FILE_BYTES_PROPERTY))
+    small = positive_property(properties, SMALL_FILE_BYTES_PROPERTY)
     if small is not None:
         return small
-    target = _positive(properties.get(TARGET_FILE_BYTES_PROPERTY)) or DEFAULT_TARGET_FILE_BYTES
+    target = positive_property(properties, TARGET_FILE_BYTES_PROPERTY) or DEFAULT_TARGET_FILE_BYTES
     return int(target * SMALL_FILE_FRACTION)
 
 
-def _positive(raw: str | None) -> int | None:
+def positive_property(properties: Mapping[str, str], key: str) -> int | None:
+    """A table property holding a positive integer; None when unset or anything else."""
+    raw = properties.get(key)
     try:
         value = int(raw) if raw is not None else 0
     except ValueError:

@@ -12,6 +12,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from lakehouse.domain.compaction import positive_property
 from lakehouse.domain.jobs import KIND_COMPACT_TABLE, KIND_EXPIRE_SNAPSHOTS
 
 #: Small files worth a compaction when the table sets no ``lakehouse.compaction.min-input-files``.
@@ -110,7 +111,9 @@ def assess(
                 "writers contend for this table (fewer, larger writes; one writer per table)",
             )
         )
-    worth_compacting = max(_int(properties, _MIN_INPUT_FILES) or SMALL_FILES_WORTH_COMPACTING, 2)
+    worth_compacting = max(
+        positive_property(properties, _MIN_INPUT_FILES) or SMALL_FILES_WORTH_COMPACTING, 2
+    )
     if files.small_data_files >= worth_compacting:
         due.append(
             Finding(
@@ -128,7 +131,7 @@ def assess(
                 "files they apply to is recommended",
             )
         )
-    keep = _int(properties, _MIN_SNAPSHOTS)
+    keep = positive_property(properties, _MIN_SNAPSHOTS)
     worth_expiring = 2 * keep + 10 if keep else SNAPSHOTS_WORTH_EXPIRING
     if files.snapshots > worth_expiring:
         due.append(
@@ -151,14 +154,6 @@ def assess(
         Verdict.UNHEALTHY if failing else Verdict.NEEDS_MAINTENANCE if due else Verdict.HEALTHY
     )
     return TableHealth(files, conflicts, jobs, failed_jobs, verdict, (*failing, *due))
-
-
-def _int(properties: Mapping[str, str], key: str) -> int | None:
-    try:
-        value = int(properties.get(key, ""))
-    except ValueError:
-        return None
-    return value if value > 0 else None
 
 
 def _size(nbytes: int) -> str:

@@ -36,11 +36,11 @@ import pyarrow as pa
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table as IcebergTable
-from pyiceberg.table import TableProperties
 from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.snapshots import Snapshot
 
 from lakehouse.adapters.iceberg.references import delete_all
+from lakehouse.adapters.iceberg.row_changes import without_commit_retries
 from lakehouse.adapters.pyiceberg_private.writes import (
     check_arrow_schema_fits,
     paged_by_bytes,
@@ -245,14 +245,16 @@ def _without_commit_retries(table: IcebergTable, data: pa.Table) -> IcebergTable
     """
     # Writes also only with writer values pyiceberg can use (see writable_table), in pages
     # sized by bytes for ``data`` (see paged_by_bytes).
-    metadata = paged_by_bytes(writable_table(table).metadata, data)
-    properties = {**metadata.properties, TableProperties.COMMIT_NUM_RETRIES: "0"}
-    return IcebergTable(
-        table.name(),
-        metadata=metadata.model_copy(update={"properties": properties}),
-        metadata_location=table.metadata_location,
-        io=table.io,
-        catalog=table.catalog,
+    paged = writable_table(table)
+    metadata = paged_by_bytes(paged.metadata, data)
+    return without_commit_retries(
+        IcebergTable(
+            table.name(),
+            metadata=metadata,
+            metadata_location=table.metadata_location,
+            io=table.io,
+            catalog=table.catalog,
+        )
     )
 
 

@@ -131,7 +131,7 @@ def publish_branch(table: Table, branch: str) -> Table:
 
     Raises:
         NotFound: No such branch (REF_NOT_FOUND).
-        InvalidArgument-like FailedPrecondition: The ref is a tag (NOT_A_BRANCH).
+        FailedPrecondition: The ref is a tag (NOT_A_BRANCH).
         Conflict: Main's head is not an ancestor of the branch's (NOT_FAST_FORWARD), or main
             moved while publishing (COMMIT_CONFLICT); nothing changed.
     """
