@@ -1493,6 +1493,111 @@ def read_rows_vs_flight(ctx: BenchContext) -> Result:
     )
 
 
+# --- WatchTable: commit to event ------------------------------------------------------------
+
+#: Writes a watch-latency scenario makes, and the pause between two (so that a watcher on
+#: another replica has gone back to idle polling between most of them, as in real use).
+WATCH_PAUSE_SECONDS = 0.3
+
+
+async def _watch_latencies(
+    ctx: BenchContext, writer: ServerProcess, watcher: ServerProcess, name: str
+) -> tuple[list[float], int]:
+    """Latencies (seconds) from each WriteRows acknowledgement to the WatchTable event of its
+    snapshot on ``watcher``, and how many events arrived before their write's ack (counted as
+    0: the event beat the ack). One 100-row write at a time, ``WATCH_PAUSE_SECONDS`` apart."""
+    catalog = _catalog_of(writer, ctx.backend)
+    identifier = _fresh_table(catalog, name)
+    writes = ctx.count(60, 15)
+    arrived: dict[int, float] = {}
+    everything_arrived = asyncio.Event()
+    acked: dict[int, float] = {}
+    async with (
+        ctx.aio_channel(watcher.target) as watch_channel,
+        ctx.aio_channel(writer.target) as write_channel,
+    ):
+        tables = table_service_pb2_grpc.TableServiceStub(watch_channel)
+        ingest = ingest_service_pb2_grpc.IngestServiceStub(write_channel)
+        # The cursor is the table's current snapshot, so the watch misses nothing written next.
+        first = await ingest.WriteRows(write_rows_request(*identifier, _rows(0, SMALL_ROWS)))
+        stream = tables.WatchTable(
+            table_service_pb2.WatchTableRequest(
+                namespace=identifier[0],
+                table=identifier[1],
+                after_snapshot_id=first.result.snapshot_id,
+            ),
+            timeout=writes * (WATCH_PAUSE_SECONDS + 5) + 60,
+        )
+
+        async def watch() -> None:
+            async for event in stream:
+                arrived[event.snapshot.snapshot_id] = time.perf_counter()
+                if len(arrived) == writes:
+                    everything_arrived.set()
+                    return
+
+        watching = asyncio.create_task(watch())
+        try:
+            for i in range(writes):
+                await asyncio.sleep(WATCH_PAUSE_SECONDS)
+                request = write_rows_request(*identifier, _rows((i + 1) * SMALL_ROWS, SMALL_ROWS))
+                response = await ingest.WriteRows(request, timeout=30)
+                acked[response.result.snapshot_id] = time.perf_counter()
+            await asyncio.wait_for(everything_arrived.wait(), 30)
+        finally:
+            stream.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
+    if set(arrived) != set(acked):
+        raise HarnessError(
+            f"WatchTable sent {sorted(set(arrived) - set(acked))} beyond the writes and missed "
+            f"{sorted(set(acked) - set(arrived))}"
+        )
+    gaps = [arrived[s] - acked[s] for s in acked]
+    return [max(0.0, g) for g in gaps], sum(g < 0 for g in gaps)
+
+
+def _watch_result(
+    name: str, latencies: list[float], early: int, goal_ms: float, where: str
+) -> Result:
+    ms = sorted(1000 * s for s in latencies)
+    p50, p99 = statistics.median(ms), ms[min(len(ms) - 1, math.ceil(0.99 * len(ms)) - 1)]
+    return Result(
+        name,
+        p50,
+        "ms",
+        limit_name=f"the issue's bound on commit-to-event p50 ({where})",
+        limit_value=goal_ms,
+        goal_ratio=1.0,
+        notes=(
+            f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {ms[-1]:.1f} ms over {len(ms)} single "
+            f"100-row WriteRows {WATCH_PAUSE_SECONDS} s apart, each from its ack to its event; "
+            f"{early} events arrived before their write's ack (counted as 0 ms); {where}"
+        ),
+        better="lower",
+    )
+
+
+async def watch_latency(ctx: BenchContext) -> Result:
+    """WriteRows ack → WatchTable event on the same server (its commits wake its watchers)."""
+    server = ctx.shared_server()
+    latencies, early = await _watch_latencies(ctx, server, server, "watch_latency")
+    return _watch_result(
+        "watch_latency", latencies, early, 50.0, "writer and watcher on one server"
+    )
+
+
+async def watch_latency_replica(ctx: BenchContext) -> Result:
+    """WriteRows ack on one server → WatchTable event on another replica of the same catalog
+    (which learns of the commit by polling the table's metadata location)."""
+    writer = ctx.shared_server()
+    with ctx.spawn_server("replica", share_data_dir=True) as watcher:
+        latencies, early = await _watch_latencies(ctx, writer, watcher, "watch_latency_replica")
+    return _watch_result(
+        "watch_latency_replica", latencies, early, 1000.0, "watcher on a second replica"
+    )
+
+
 #: Every scenario, in the order they run (and appear in the results).
 SCENARIOS: list[Scenario] = [
     startup_seconds,
@@ -1512,6 +1617,8 @@ SCENARIOS: list[Scenario] = [
     delete_rows,
     upsert_rows,
     overwrite_partitions,
+    watch_latency,
+    watch_latency_replica,
     load_mixed,
     load_mixed_errors,
     load_mixed_rss_mb,
