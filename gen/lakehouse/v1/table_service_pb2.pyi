@@ -1419,10 +1419,11 @@ class ReadRowsRequest(_message.Message):
     end_snapshot_id: _builtins.int
     """The last snapshot of an incremental read (inclusive); the current one when absent. Only
     with start_snapshot_id.
-    Read the head of this branch or the snapshot of this tag (see ListRefs); empty means
     """
     ref: _builtins.str
-    """"main", the current snapshot. Not with snapshot_id, as_of_time or start_snapshot_id."""
+    """Read the head of this branch or the snapshot of this tag (see ListRefs); empty means
+    "main", the current snapshot. Not with snapshot_id, as_of_time or start_snapshot_id.
+    """
     @_builtins.property
     def columns(self) -> _field_mask_pb2.FieldMask:
         """The columns to return (dotted paths for nested fields); empty means all columns."""
