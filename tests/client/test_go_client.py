@@ -7,7 +7,8 @@ runs it against a server with authentication on and a developer API key made by
 back are the rows sent, the resent request wrote nothing (three rows, not five; a second run
 writes nothing either), the refused call's ErrorInfo reason is ``TABLE_NOT_FOUND``, and a call
 without the key is refused and changes nothing. The table is read again through the Python
-stubs, so the program's own report is not the only witness.
+stubs, so the program's own report is not the only witness. The program's output is the one
+the page shows, and the program is gofmt-formatted and `go vet` clean.
 
 Go is installed by tests/tools/install-system-deps.sh (``make test`` runs it); without it the
 tests fail, they are not skipped.
@@ -40,7 +41,7 @@ from lakehouse.v1 import (
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs" / "clients" / "go.md"
-SH_BLOCK = re.compile(r"^```sh\n(.*?)^```", re.MULTILINE | re.DOTALL)
+BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 #: What the program writes (docs/clients/go/example/main.go's ``rows``).
 ROWS_SENT = 3
 BUILD_TIMEOUT_SECONDS = 400
@@ -59,11 +60,26 @@ class Example:
     key: str
 
 
+def page_block(language: str, containing: str) -> str:
+    """The page's one ``language`` block that contains ``containing``."""
+    found = [
+        text
+        for lang, text in BLOCK.findall(PAGE.read_text())
+        if lang == language and containing in text
+    ]
+    assert len(found) == 1, f"{PAGE.name}: expected one {language} block with {containing!r}"
+    return found[0]
+
+
 def page_command(containing: str) -> str:
     """The page's ``sh`` block that contains ``containing``."""
-    found = [block for block in SH_BLOCK.findall(PAGE.read_text()) if containing in block]
-    assert len(found) == 1, f"{PAGE.name}: expected one sh block with {containing!r}"
-    return found[0]
+    return page_block("sh", containing)
+
+
+def output_lines(text: str) -> list[str]:
+    """The program's output lines, snapshot ids blanked (they vary) and sorted (the order of
+    rows read back is the order of the table's files, which is not fixed)."""
+    return sorted(re.sub(r"snapshot \d+", "snapshot N", line) for line in text.splitlines())
 
 
 def run_bash(script: str, example_cwd: Path, env: dict[str, str], timeout: float) -> str:
@@ -180,6 +196,8 @@ def test_the_example_writes_once_reads_back_and_reads_the_error_reason(example: 
     assert rows_in_table(example, "go_example", "orders") == sent
 
     assert "GetTable go_example.no_such_table refused: code NotFound, reason TABLE_NOT_FOUND" in out
+    # What the page says the program prints is what it prints.
+    assert output_lines(out) == output_lines(page_block("text", "created namespace"))
 
     # A second run (a restarted writer with the same id) writes nothing: the offsets are the
     # table's, across streams and processes.
@@ -217,3 +235,30 @@ def test_without_the_key_the_call_is_refused_and_nothing_is_created(example: Exa
             timeout=30,
         )
     assert "go_without_key" not in [n.name for n in names.namespaces]
+
+
+def test_the_example_is_gofmt_formatted_and_go_vet_clean(example: Example) -> None:
+    """The program a newcomer copies is formatted as Go code is, and `go vet` finds nothing
+    (ruff and mypy cover the Python; this is their Go counterpart)."""
+    gofmt = subprocess.run(
+        ["gofmt", "-l", "docs/clients/go"],
+        cwd=example.cwd,
+        env=example.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (gofmt.returncode, gofmt.stdout, gofmt.stderr) == (0, "", "")
+    gopath = f"{example.cwd / '.build' / 'gopath'}{os.pathsep}/usr/share/gocode"
+    vet_env = {**example.env, "GO111MODULE": "off", "CGO_ENABLED": "0", "GOPATH": gopath}
+    vet = subprocess.run(
+        ["go", "vet", "./docs/clients/go/example"],
+        cwd=example.cwd,
+        env=vet_env,
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT_SECONDS,
+        check=False,
+    )
+    assert vet.returncode == 0, vet.stderr
