@@ -7,6 +7,11 @@
 #   systemd     for `systemd-analyze verify` and `systemd-analyze security --offline` on the
 #               unit files (offline: no systemd needs to run, and none is started).
 #   curl, jq    the docs' shell examples use them, and tests/docs/test_examples.py runs those.
+#   golang-go, protoc-gen-go, protoc-gen-go-grpc, golang-google-grpc-dev,
+#   golang-github-golang-protobuf-1-5-dev, golang-google-genproto-dev
+#               the Go client: `make clients-go` (and so `make gen-check`) runs the two plugins,
+#               and tests/client/test_go_client.py builds the example against these packages
+#               (GOPATH mode, /usr/share/gocode; no network).
 #
 # Idempotent and fast when everything is present (no apt-get update then). Needs root, or sudo.
 # Service start-up during installation is suppressed with a temporary policy-rc.d, so the
@@ -23,6 +28,13 @@ have_runuser() { command -v runuser >/dev/null 2>&1; }
 have_systemd_analyze() { command -v systemd-analyze >/dev/null 2>&1; }
 have_curl() { command -v curl >/dev/null 2>&1; }
 have_jq() { command -v jq >/dev/null 2>&1; }
+have_go() { command -v go >/dev/null 2>&1; }
+have_protoc_gen_go() { command -v protoc-gen-go >/dev/null 2>&1; }
+have_protoc_gen_go_grpc() { command -v protoc-gen-go-grpc >/dev/null 2>&1; }
+GOCODE=/usr/share/gocode/src
+have_go_grpc() { [ -d "$GOCODE/google.golang.org/grpc" ]; }
+have_go_protobuf() { [ -d "$GOCODE/github.com/golang/protobuf" ]; }
+have_go_genproto() { [ -d "$GOCODE/google.golang.org/genproto/googleapis/rpc/errdetails" ]; }
 
 missing=()
 have_postgres || missing+=(postgresql)
@@ -31,9 +43,15 @@ have_runuser || missing+=(util-linux)
 have_systemd_analyze || missing+=(systemd)
 have_curl || missing+=(curl)
 have_jq || missing+=(jq)
+have_go || missing+=(golang-go)
+have_protoc_gen_go || missing+=(protoc-gen-go)
+have_protoc_gen_go_grpc || missing+=(protoc-gen-go-grpc)
+have_go_grpc || missing+=(golang-google-grpc-dev)
+have_go_protobuf || missing+=(golang-github-golang-protobuf-1-5-dev)
+have_go_genproto || missing+=(golang-google-genproto-dev)
 
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "install-system-deps: postgresql, promtool, systemd-analyze, curl and jq already present"
+  echo "install-system-deps: postgresql, promtool, systemd-analyze, curl, jq and Go already present"
   exit 0
 fi
 
@@ -72,4 +90,6 @@ echo "install-system-deps: installing ${missing[*]}"
 have_postgres || { echo "install-system-deps: initdb/pg_ctl still missing" >&2; exit 1; }
 have_promtool || { echo "install-system-deps: promtool still missing" >&2; exit 1; }
 have_systemd_analyze || { echo "install-system-deps: systemd-analyze still missing" >&2; exit 1; }
+have_go && have_protoc_gen_go && have_protoc_gen_go_grpc && have_go_grpc && have_go_protobuf \
+  && have_go_genproto || { echo "install-system-deps: the Go toolchain or packages still missing" >&2; exit 1; }
 echo "install-system-deps: done"
