@@ -2740,7 +2740,8 @@ type ReadRowsRequest struct {
 	StartSnapshotId *int64 `protobuf:"varint,10,opt,name=start_snapshot_id,json=startSnapshotId,proto3,oneof" json:"start_snapshot_id,omitempty"`
 	// The last snapshot of an incremental read (inclusive); the current one when absent. Only
 	// with start_snapshot_id.
-	EndSnapshotId *int64 `protobuf:"varint,11,opt,name=end_snapshot_id,json=endSnapshotId,proto3,oneof" json:"end_snapshot_id,omitempty"` // Read the head of this branch or the snapshot of this tag (see ListRefs); empty means
+	EndSnapshotId *int64 `protobuf:"varint,11,opt,name=end_snapshot_id,json=endSnapshotId,proto3,oneof" json:"end_snapshot_id,omitempty"`
+	// Read the head of this branch or the snapshot of this tag (see ListRefs); empty means
 	// "main", the current snapshot. Not with snapshot_id, as_of_time or start_snapshot_id.
 	Ref string `protobuf:"bytes,12,opt,name=ref,proto3" json:"ref,omitempty"`
 }
