@@ -107,7 +107,13 @@ TS_EXAMPLE_JS := $(TS_EXAMPLE)/dist/lakehouse_example.js
 
 clients: clients-ts ## Regenerate the clients of other languages under gen/ (see clients-*).
 
+# The pinned packages support Node 20 (the .npmrc's engine-strict refuses any that does not);
+# Debian 12's own nodejs (18) is too old.
+NODE_CHECK = @node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' \
+  || { echo "make: the TypeScript client needs Node.js 20 or newer and npm on PATH" >&2; exit 1; }
+
 $(TS_GEN_NPM): $(TS_GEN)/package.json $(TS_GEN)/package-lock.json
+	$(NODE_CHECK)
 	cd $(TS_GEN) && $(NPM) ci --no-audit --no-fund
 	touch $@
 
