@@ -117,6 +117,7 @@ def _by_id(rows: list[dict[str, Any]]) -> list[tuple[int, str, float]]:
     return sorted((int(r["id"]), str(r["region"]), float(r["amount"])) for r in rows)
 
 
+@pytest.mark.slow
 def test_the_example_runs_every_step_against_a_real_server(
     program: Path, server: ServeProcess
 ) -> None:
@@ -152,6 +153,7 @@ def test_the_example_runs_every_step_against_a_real_server(
     assert "ListNamespaces without the API key: Unauthenticated" in lines
 
 
+@pytest.mark.slow
 def test_a_wrong_api_key_is_refused(program: Path, server: ServeProcess) -> None:
     result = run_example(program, server, "lh_not-a-key-of-this-server")
     assert result.returncode != 0
