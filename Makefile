@@ -49,7 +49,7 @@ gen: ## Regenerate gen/ (Python stubs, .pyi types, descriptor set) from proto/.
 	  > $(GEN_PKG)/__init__.py
 	touch $(GEN_PKG)/py.typed
 
-gen-check: gen clients-go ## Fail if gen/ (Python stubs and the Go client) is not what `make gen clients-go` produce from proto/.
+gen-check: gen clients ## Fail if gen/ (Python stubs, the Go and TypeScript clients) is not what `make gen clients` produce from proto/.
 	git diff --exit-code -- $(GEN_DIR)/
 	@untracked="$$(git ls-files --others --exclude-standard -- $(GEN_DIR)/)"; \
 	if [ -n "$$untracked" ]; then \
@@ -65,7 +65,7 @@ GO_GEN_DIR := $(GEN_DIR)/go
 
 .PHONY: clients clients-go
 
-clients: clients-go ## Regenerate the clients of other languages under gen/ (Go).
+clients: clients-go clients-ts ## Regenerate the clients of other languages under gen/ (Go, TypeScript).
 
 clients-go: image ## Regenerate the Go client, gen/go/lakehouse/v1, from proto/ (buf + Debian's protoc-gen-go, protoc-gen-go-grpc).
 	rm -rf $(GO_GEN_DIR)/lakehouse
@@ -94,6 +94,63 @@ buf-baseline: buf-lint ## Deliberately accept the current contract as the baseli
 	  lines[j:j] = [entry] if lines[j:j + 1] and lines[j].startswith("- ") else [entry, ""]; \
 	  p.write_text("\n".join(lines).rstrip() + "\n")' '$(REASON)'
 	@echo "Baseline updated; commit $(BASELINE) with CHANGELOG.md."
+
+# --- generated clients in other languages --------------------------------------------------
+#
+# `make clients` regenerates them with buf and local plugins (never a remote registry), from
+# an image of proto/ plus google/rpc/error_details.proto (ErrorInfo, BadRequest...: what a
+# client reads from a refused call's grpc-status-details-bin trailer). Committed under gen/
+# like the Python stubs, and checked by `make gen-check`.
+#
+# TypeScript: gen/ts is the npm package @lakehouse/client (protobuf-es messages and service
+# descriptors, which @connectrpc/connect uses as they are); protoc-gen-es comes from
+# gen/ts/node_modules (`npm ci`: versions exactly as gen/ts/package-lock.json says).
+# docs/examples/typescript is the example program of docs/clients/typescript.md, built with
+# tsc against a copy of gen/ts; tests/client/test_typescript_client.py runs it.
+NPM ?= npm
+TS_GEN := $(GEN_DIR)/ts
+TS_IMAGE := .build/clients_ts.binpb
+TS_EXAMPLE := docs/examples/typescript
+# Stamps inside the folders they describe: deleting node_modules or dist redoes the step.
+TS_GEN_NPM := $(TS_GEN)/node_modules/.lakehouse-installed
+TS_GEN_DIST := $(TS_GEN)/dist/.lakehouse-built
+TS_EXAMPLE_NPM := $(TS_EXAMPLE)/node_modules/.lakehouse-installed
+TS_EXAMPLE_JS := $(TS_EXAMPLE)/dist/lakehouse_example.js
+
+.PHONY: clients-ts ts-example
+
+# The pinned packages support Node 20 (the .npmrc's engine-strict refuses any that does not);
+# Debian 12's own nodejs (18) is too old.
+NODE_CHECK = @node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' \
+  || { echo "make: the TypeScript client needs Node.js 20 or newer and npm on PATH" >&2; exit 1; }
+
+$(TS_GEN_NPM): $(TS_GEN)/package.json $(TS_GEN)/package-lock.json
+	$(NODE_CHECK)
+	cd $(TS_GEN) && $(NPM) ci --no-audit --no-fund
+	touch $@
+
+clients-ts: $(VENV_STAMP) $(TS_GEN_NPM) ## Regenerate the TypeScript client gen/ts/src from proto/ (buf + local protoc-gen-es).
+	mkdir -p $(dir $(TS_IMAGE))
+	$(PROTOC) --descriptor_set_out=$(TS_IMAGE) --include_imports --include_source_info \
+	  $(PROTO_FILES) google/rpc/error_details.proto
+	$(BUF) generate $(TS_IMAGE) --template $(TS_GEN)/buf.gen.yaml \
+	  --path lakehouse/v1 --path google/rpc/status.proto --path google/rpc/error_details.proto
+
+$(TS_GEN_DIST): $(TS_GEN_NPM) $(TS_GEN)/tsconfig.json $(shell find $(TS_GEN)/src -name '*.ts' 2>/dev/null)
+	rm -rf $(TS_GEN)/dist
+	cd $(TS_GEN) && $(NPM) run build
+	touch $@
+
+# install-links (its .npmrc) copies gen/ts, dist included, into node_modules: a new dist needs
+# a fresh install.
+$(TS_EXAMPLE_NPM): $(TS_EXAMPLE)/package.json $(TS_EXAMPLE)/package-lock.json $(TS_GEN_DIST)
+	cd $(TS_EXAMPLE) && $(NPM) ci --no-audit --no-fund
+	touch $@
+
+$(TS_EXAMPLE_JS): $(TS_EXAMPLE_NPM) $(TS_EXAMPLE)/tsconfig.json $(wildcard $(TS_EXAMPLE)/src/*.ts)
+	cd $(TS_EXAMPLE) && $(NPM) run build
+
+ts-example: $(TS_EXAMPLE_JS) ## Build the TypeScript client and its example program (what the TypeScript tests run).
 
 # --- development: venv, tests, lint, run -------------------------------------------------
 #
@@ -126,7 +183,7 @@ system-deps: ## Install the Debian packages the tests use (PostgreSQL, promtool)
 readers: $(VENV_STAMP) ## The readers of our tables nobody here wrote (DuckDB 1.5.5 + its Iceberg extension, a venv of its own under .build/).
 	PYTHONPATH=tests $(PY) -c 'from fixtures.duckdb15 import duckdb15_python; duckdb15_python()'
 
-test: $(VENV_STAMP) system-deps readers ## Run the whole test suite (all markers: faults, bench, slow too) with coverage: [COVERAGE=0]
+test: $(VENV_STAMP) system-deps readers ts-example ## Run the whole test suite (all markers: faults, bench, slow too) with coverage: [COVERAGE=0]
 	@# Data of an earlier or killed run must not count (pytest-cov erases too; this also
 	@# clears .coverage.* files left by children of a run that was itself killed).
 	$(PY) -m coverage erase

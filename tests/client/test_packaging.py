@@ -45,7 +45,9 @@ def test_the_client_package_imports_without_pyarrow() -> None:
 def test_the_client_wheel_holds_stubs_and_helpers(tmp_path: Path) -> None:
     # The same layout as the checkout, so that gen/pyproject.toml's "../lakehouse/client"
     # resolves; built in a copy so that the build leaves nothing in the working tree.
-    ignore = shutil.ignore_patterns("__pycache__", "build", "*.egg-info", ".mypy_cache")
+    ignore = shutil.ignore_patterns(
+        "__pycache__", "build", "*.egg-info", ".mypy_cache", "node_modules"
+    )
     shutil.copytree(ROOT / "gen", tmp_path / "gen", ignore=ignore)
     shutil.copytree(ROOT / "lakehouse" / "client", tmp_path / "lakehouse" / "client", ignore=ignore)
     build = subprocess.run(

@@ -40,12 +40,13 @@ import grpc
 import pytest
 
 from fixtures.certs import TestCA
+from fixtures.doc_pages import doc_pages
 from fixtures.net import LOOPBACK
 from fixtures.serve_process import ServeProcess, serve_process
 
 ROOT = Path(__file__).parents[2]
 README = ROOT / "README.md"
-PAGES = sorted([README, *(ROOT / "docs").rglob("*.md")])
+PAGES = doc_pages()
 FENCE = re.compile(r"^```(\w*)\s*$")
 DIRECTIVE = re.compile(r"^<!--\s*example:\s*(.*?)\s*-->$")
 SHELL_LANGUAGES = {"sh", "bash", "shell"}

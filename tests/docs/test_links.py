@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from fixtures.doc_pages import doc_pages
+
 ROOT = Path(__file__).parents[2]
-PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
+PAGES = doc_pages()
 #: ``[text](target)``; images too. Targets with spaces are not links in CommonMark.
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^\s*(```|~~~)")

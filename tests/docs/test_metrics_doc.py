@@ -6,8 +6,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from fixtures.doc_pages import doc_pages
+
 ROOT = Path(__file__).parents[2]
-PAGES = [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")]
+PAGES = doc_pages()
 #: A metric's definition: ``Counter("name", ...``, also split over lines.
 DEFINED = re.compile(r'\b(?:Counter|Gauge|Histogram|Summary|Info)\(\s*"([a-z_:][a-z0-9_:]*)"')
 #: A backticked name of ours in the docs, with its labels if any (``name{label}``).
