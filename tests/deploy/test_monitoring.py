@@ -97,6 +97,19 @@ def dashboard_queries() -> list[str]:
     return [t["expr"] for p in panels(dashboard()) for t in p["targets"]]
 
 
+def variable_selectors() -> list[str]:
+    """The series selectors of the dashboard's query variables (``label_values(SELECTOR, L)``)."""
+    selectors = []
+    for variable in dashboard()["templating"]["list"]:
+        if variable["type"] != "query":
+            continue
+        query = variable["query"]
+        match = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", query["query"])
+        assert match, f"an unexpected variable query: {query}"
+        selectors.append(match.group(1))
+    return selectors
+
+
 def alert_rules() -> list[dict[str, Any]]:
     groups = yaml.safe_load(RULES.read_text())["groups"]
     return [rule for group in groups for rule in group["rules"]]
@@ -201,6 +214,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory, grpcurl: Path) -> Iterato
     # The traffic reached the metrics the dashboard and alerts are about.
     assert samples["lakehouse_ingest_rows_total"] == 2
     assert samples["lakehouse_ingest_buffer_limit_bytes"] > 0
+    assert samples["lakehouse_build_info"] == 1  # the dashboard's job and instance pickers
     assert "lakehouse_table_small_data_files" in samples
     yield scraped_names(text)
 
@@ -208,7 +222,11 @@ def exported(tmp_path_factory: pytest.TempPathFactory, grpcurl: Path) -> Iterato
 def test_every_metric_the_dashboard_and_the_alerts_query_is_exported(
     exported: set[str],
 ) -> None:
-    queries = dashboard_queries() + [rule["expr"] for rule in alert_rules()]
+    queries = [
+        *dashboard_queries(),
+        *variable_selectors(),
+        *(rule["expr"] for rule in alert_rules()),
+    ]
     used: set[str] = set()
     for expr in queries:
         names = metric_names(substituted(expr))
