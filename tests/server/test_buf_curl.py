@@ -97,7 +97,28 @@ def test_buf_curl_lists_the_services(buf: Path, open_server: ServeProcess) -> No
         "lakehouse.v1.IngestService",
         "lakehouse.v1.JobService",
         "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
     } <= set(services)
+
+    # Listing methods resolves every service's file through reflection, v1's own included.
+    result = run_tool(
+        [
+            buf,
+            "curl",
+            "--protocol",
+            "grpc",
+            "--http2-prior-knowledge",
+            "--reflect-protocol",
+            "grpc-v1",
+            "--list-methods",
+            f"http://{open_server.target}",
+        ]
+    )
+    assert result.returncode == 0, result.stderr
+    methods = result.stdout.split()
+    assert "grpc.reflection.v1.ServerReflection/ServerReflectionInfo" in methods
+    assert "lakehouse.v1.TableService/ListNamespaces" in methods
 
 
 def test_buf_curl_shows_invalid_argument_with_its_reason(
