@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -343,6 +344,23 @@ def test_a_wrong_threshold_fails_the_unit_tests(promtool: Path, tmp_path: Path) 
     assert "LakehouseHighErrorRatio" in result.stdout + result.stderr
 
 
+def test_the_docs_promtool_commands_run_as_written(promtool: Path) -> None:
+    """docs/operations/alerts.md shows how to check a changed copy: those lines work."""
+    blocks = re.findall(r"^```sh\n(.*?)^```", ALERTS_DOC.read_text(), re.M | re.S)
+    (block,) = [b for b in blocks if "promtool" in b]
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", block.replace("promtool ", f"{promtool} ")],
+        cwd=ROOT,  # the paths are the repository's
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("SUCCESS") == 2, result.stdout
+
+
 def test_every_alert_has_a_runbook_section() -> None:
     doc = ALERTS_DOC.read_text()
     headings = set(re.findall(r"^### (\w+)$", doc, re.M))
@@ -416,7 +434,7 @@ def test_the_chart_ships_the_alerts_as_a_prometheus_rule(chart: Any) -> None:
     )
     for name, expected in file_rules.items():
         if name != "LakehouseDown":
-            assert got[name] == expected, name
+            assert got[name] == expected, name  # no runbook_url without a base URL either
 
     docs = rendered(
         chart,
@@ -424,6 +442,7 @@ def test_the_chart_ships_the_alerts_as_a_prometheus_rule(chart: Any) -> None:
             "prometheusRule": {
                 "enabled": True,
                 "jobSelector": 'job="lakehouse-prod"',
+                "runbookBaseUrl": "https://git.example.com/lakehouse/blob/main/",
                 "alerts": {
                     "LakehouseHighLatency": {"for": "15m", "severity": "critical", "expr": "x > 5"},
                     "LakehouseJobFailures": {"enabled": False},
@@ -441,6 +460,9 @@ def test_the_chart_ships_the_alerts_as_a_prometheus_rule(chart: Any) -> None:
         "x > 5",
     )
     assert got["LakehouseDown"]["expr"].strip() == 'up{job="lakehouse-prod"} == 0'
+    assert got["LakehouseDown"]["annotations"]["runbook_url"] == (
+        "https://git.example.com/lakehouse/blob/main/docs/operations/alerts.md#lakehousedown"
+    )
 
 
 @pytest.mark.parametrize(
