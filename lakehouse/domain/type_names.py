@@ -41,6 +41,8 @@ from pyiceberg.types import (
 )
 
 MAX_DECIMAL_PRECISION = 38
+#: The typed form's FixedType.length is an int32.
+MAX_FIXED_LENGTH = 2**31 - 1
 #: Deeper nesting is refused: it is never meant, and the parser recurses.
 MAX_DEPTH = 32
 
@@ -162,8 +164,10 @@ class _Parser:
             self._expect("[")
             length = self._number()
             self._expect("]")
-            if length <= 0:
-                raise self._error(position, f"fixed length must be positive, got {length}")
+            if not 0 < length <= MAX_FIXED_LENGTH:
+                raise self._error(
+                    position, f"fixed length must be 1 to {MAX_FIXED_LENGTH}, got {length}"
+                )
             return FixedType(length)
         if name == "list":
             element_id = next(self.ids)
