@@ -661,7 +661,20 @@ def _bases(method: MethodDescriptor) -> list[Message]:
                 partition_spec=PARTITION_SPEC,
                 sort_order=SORT_ORDER,
                 properties={"owner": "f"},
-            )
+            ),
+            # The schema shorthand: type names for the fuzzer to mangle.
+            tpb.CreateTableRequest(
+                namespace=NS,
+                table="fz_a",
+                schema=schema_pb2.Schema(
+                    fields=[
+                        schema_pb2.Field(name="id", type_name="long", required=True),
+                        schema_pb2.Field(name="m", type_name="map<string,decimal(9,2) not null>"),
+                        schema_pb2.Field(name="s", type_name="struct<a:list<fixed[4]>,`b c`:int>"),
+                    ],
+                    identifier_field_names=["id"],
+                ),
+            ),
         ],
         "DeleteTable": [tpb.DeleteTableRequest(namespace=NS, table="fz_a", purge=True)],
         "RenameTable": [
