@@ -54,7 +54,7 @@ DIRECTIVE = re.compile(r"^<!--\s*example:\s*(.*?)\s*-->$")
 SHELL_LANGUAGES = {"sh", "bash", "shell"}
 PYTHON_LANGUAGES = {"python", "py"}
 #: What the walkthrough sets ``G`` to; pages after it use ``$G`` the same way.
-G = ".venv/bin/grpcurl -plaintext"
+G = ".venv-run/bin/grpcurl -plaintext"
 BLOCK_TIMEOUT_SECONDS = 120
 #: A viewer API key of the ``api-key`` server (what ``lakehouse api-key create`` prints).
 API_KEY = "lh_docs-examples-viewer-key"
@@ -125,9 +125,10 @@ PAGES_WITH_EXAMPLES = [p for p in PAGES if examples(p)]
 
 @dataclasses.dataclass
 class Sandbox:
-    """The working folder examples run in: ``.venv/bin/grpcurl`` and ``grpcurl`` on PATH, and
-    ``.venv/bin/buf`` and ``buf``, are the real binaries; the CA and client certificate of the
-    TLS servers lie there too."""
+    """The working folder examples run in: ``.venv-run/bin/grpcurl`` (``make grpcurl``'s),
+    ``.venv/bin/grpcurl`` (the dev venv's) and ``grpcurl`` on PATH are the real binary, and the
+    same three ``buf``; the CA and client certificate of the TLS servers lie there
+    too."""
 
     cwd: Path
     env: dict[str, str]
@@ -137,10 +138,11 @@ class Sandbox:
 @pytest.fixture
 def sandbox(tmp_path: Path, grpcurl: Path, buf: Path) -> Sandbox:
     cwd = tmp_path / "cwd"
-    bin_dir = cwd / ".venv" / "bin"
-    bin_dir.mkdir(parents=True)
-    (bin_dir / "grpcurl").symlink_to(grpcurl)
-    (bin_dir / "buf").symlink_to(buf)
+    bin_dir = cwd / ".venv-run" / "bin"
+    for venv in (".venv-run", ".venv"):
+        (cwd / venv / "bin").mkdir(parents=True)
+        (cwd / venv / "bin" / "grpcurl").symlink_to(grpcurl)
+        (cwd / venv / "bin" / "buf").symlink_to(buf)
     env = {
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
         "HOME": str(tmp_path),
