@@ -57,6 +57,9 @@ SERVER_STOP_TIMEOUT_SECONDS = 30
 CHANNEL_READY_TIMEOUT_SECONDS = 10
 
 _ISOLATED_HOME = Path(tempfile.mkdtemp(prefix="lakehouse-test-home-"))
+#: Where the tools the tests run keep their caches (buf's, for one): beside HOME, not in it,
+#: so that HOME stays empty and a test that writes there is seen (test_fixtures.py).
+_ISOLATED_CACHE = Path(tempfile.mkdtemp(prefix="lakehouse-test-cache-"))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -71,14 +74,16 @@ def pytest_configure(config: pytest.Config) -> None:
         if key.startswith(ISOLATED_ENV_PREFIXES):
             del os.environ[key]
     os.environ["HOME"] = str(_ISOLATED_HOME)
+    os.environ["XDG_CACHE_HOME"] = str(_ISOLATED_CACHE)
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """Removes the empty HOME made for the run."""
+    """Removes the empty HOME and the tools' cache made for the run."""
     import shutil
 
     shutil.rmtree(_ISOLATED_HOME, ignore_errors=True)
+    shutil.rmtree(_ISOLATED_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
@@ -88,6 +93,7 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
         if key.startswith(ISOLATED_ENV_PREFIXES):
             monkeypatch.delenv(key)
     monkeypatch.setenv("HOME", str(_ISOLATED_HOME))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(_ISOLATED_CACHE))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     # Point the shared AWS files at a path that does not exist, so no profile leaks in.
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))

@@ -18,7 +18,7 @@ def _dry_run(tmp_path: Path, *args: str) -> list[str]:
     for name in ("Makefile", "pyproject.toml"):
         shutil.copy(ROOT / name, tmp_path / name)
     done = subprocess.run(
-        ["make", "-n", *args],
+        ["make", "--no-print-directory", "-n", *args],
         cwd=tmp_path,
         capture_output=True,
         text=True,

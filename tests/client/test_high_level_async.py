@@ -114,7 +114,7 @@ async def test_decode_error_reads_aio_refusals(server: ServeProcess) -> None:
         error = decode_error(raw.value)
         assert (error.code, error.reason, error.domain) == (
             grpc.StatusCode.NOT_FOUND,
-            "TABLE_NOT_FOUND",
+            "NAMESPACE_NOT_FOUND",
             "lakehouse.v1",
         )
         bad = pb.CreateTableRequest(
