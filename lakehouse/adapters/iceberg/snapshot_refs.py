@@ -10,6 +10,7 @@ from __future__ import annotations
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
 from pyiceberg.table.refs import MAIN_BRANCH, SnapshotRef, SnapshotRefType
+from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.table.update import AssertRefSnapshotId
 from pyiceberg.table.update.snapshot import ManageSnapshots
 
@@ -49,6 +50,28 @@ def resolve_ref(table: Table, name: str) -> int:
     if ref is None:
         raise _ref_not_found(table, name)
     return ref.snapshot_id
+
+
+def write_head(table: Table, branch: str) -> Snapshot | None:
+    """The head of the branch a write commits to; None for main of a table with no snapshot.
+
+    Raises:
+        NotFound: No such branch (REF_NOT_FOUND).
+        FailedPrecondition: ``branch`` names a tag (NOT_A_BRANCH): a tag never moves.
+    """
+    ref = table.metadata.refs.get(branch)
+    if ref is None:
+        if branch == MAIN_BRANCH:
+            return None
+        raise _ref_not_found(table, branch)
+    if ref.snapshot_ref_type != SnapshotRefType.BRANCH:
+        raise FailedPrecondition(
+            f"{branch} of table {'.'.join(table.name())} is a tag: a tag never moves, so rows "
+            "are written to a branch",
+            reason="NOT_A_BRANCH",
+            metadata={"ref": branch},
+        )
+    return table.snapshot_by_id(ref.snapshot_id)
 
 
 def create_ref(
