@@ -433,8 +433,9 @@ class TableJobsPort(Protocol):
         min_input_files: int,
         small_file_bytes: int | None,
         ctx: JobContext,
+        branch: str = MAIN,
     ) -> CompactResult:
-        """Rewrites the table's small files (those ``row_filter`` selects) into larger ones."""
+        """Rewrites the small files (those ``row_filter`` selects) of ``branch``'s head."""
 
     async def expire_snapshots(
         self, namespace: str, table: str, *, older_than_ms: int, retain_last: int, ctx: JobContext

@@ -44,7 +44,7 @@ from pyiceberg.table.snapshots import Snapshot
 
 from lakehouse.adapters.iceberg.references import delete_all
 from lakehouse.adapters.iceberg.row_changes import without_commit_retries
-from lakehouse.adapters.iceberg.snapshot_refs import write_head
+from lakehouse.adapters.iceberg.snapshot_refs import commit_to_branch, write_head
 from lakehouse.adapters.pyiceberg_private.writes import (
     check_arrow_schema_fits,
     paged_by_bytes,
@@ -302,7 +302,7 @@ def _append_or_discard(
                 written.append(data_file)
                 append.append_data_file(data_file)
     try:
-        return transaction.commit_transaction()
+        return commit_to_branch(transaction)
     except CommitFailedException:
         delete_all(table.io, (f.file_path for f in written))
         raise

@@ -44,6 +44,7 @@ from pyiceberg.table.refs import MAIN_BRANCH
 from pyiceberg.table.snapshots import Operation
 
 from lakehouse.adapters.iceberg.references import delete_all
+from lakehouse.adapters.iceberg.snapshot_refs import commit_to_branch
 from lakehouse.adapters.pyiceberg_private.commits import ReplaceFiles
 from lakehouse.adapters.pyiceberg_private.writes import (
     check_arrow_schema_fits,
@@ -312,7 +313,7 @@ def commit_change(
     for f in new_files:
         producer.append_data_file(f)
     producer.commit()
-    committed = tx.commit_transaction()
+    committed = commit_to_branch(tx)
     return committed, producer.snapshot_id
 
 

@@ -8,7 +8,7 @@ concurrent change makes it fail instead of overwriting.
 from __future__ import annotations
 
 from pyiceberg.exceptions import CommitFailedException
-from pyiceberg.table import Table
+from pyiceberg.table import Table, Transaction
 from pyiceberg.table.refs import MAIN_BRANCH, SnapshotRef, SnapshotRefType
 from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.table.update import AssertRefSnapshotId
@@ -50,6 +50,32 @@ def resolve_ref(table: Table, name: str) -> int:
     if ref is None:
         raise _ref_not_found(table, name)
     return ref.snapshot_id
+
+
+#: What pyiceberg's metadata update says when a new snapshot was numbered on metadata older
+#: than the catalog's (see ``commit_to_branch``).
+_STALE_SEQUENCE = "older than last sequence number"
+
+
+def commit_to_branch(tx: Transaction) -> Table:
+    """Commits ``tx``, which adds a snapshot to a branch; the table as committed.
+
+    A commit asserts only the head of the branch it moves, so one to a branch can race one
+    to main (or another branch) that the catalog took first: the requirement still holds,
+    but the snapshot's sequence number, taken from the older metadata, is no longer above
+    the table's last one, and pyiceberg refuses to apply it (a ``ValueError``, before the
+    catalog writes anything). That is a lost race like any other: raised as
+    ``CommitFailedException`` so the caller plans again on fresh metadata.
+
+    Raises:
+        CommitFailedException: The catalog refused the commit, or the race above.
+    """
+    try:
+        return tx.commit_transaction()
+    except ValueError as exc:
+        if _STALE_SEQUENCE in str(exc):
+            raise CommitFailedException(f"lost a commit race to another branch: {exc}") from exc
+        raise
 
 
 def write_head(table: Table, branch: str) -> Snapshot | None:
