@@ -32,6 +32,7 @@ from lakehouse.core.ports import CatalogPort
 from lakehouse.core.survival import EscapedError, own_cancellation
 from lakehouse.deadlines import without_deadline
 from lakehouse.domain.errors import (
+    FailedPrecondition,
     InvalidArgument,
     LakehouseError,
     NotFound,
@@ -41,7 +42,7 @@ from lakehouse.domain.errors import (
 )
 from lakehouse.domain.ingest import AppendPlan, IngestState, RequestIdLedger
 from lakehouse.domain.names import check_identifier, check_writer_id
-from lakehouse.domain.refs import MAIN, check_branch
+from lakehouse.domain.refs import MAIN, RefKind, check_branch
 from lakehouse.domain.row_changes import ChangeStats, RowChange
 from lakehouse.metrics import TableGauges
 
@@ -675,6 +676,36 @@ class Ingest:
             change=change,
         )
         return await self._committer((namespace, table), branch).enqueue(unit, reservation)
+
+    async def check_branch(self, namespace: str, table: str, branch: str) -> None:
+        """Checks, on fresh metadata, that a write can go to ``branch`` (empty or main: yes).
+
+        The commit checks again (the branch may go meanwhile); this is for work done before
+        it that the commit cannot undo, such as dead-lettering a request's invalid rows.
+
+        Raises:
+            InvalidArgument: A malformed name (INVALID_NAME).
+            NotFound: No such table, or branch (REF_NOT_FOUND).
+            FailedPrecondition: ``branch`` is a tag (NOT_A_BRANCH).
+        """
+        branch = check_branch("branch", branch)
+        if branch == MAIN:
+            return
+        refs = {ref.name: ref for ref in await self._catalog.list_refs(namespace, table)}
+        found = refs.get(branch)
+        if found is None:
+            raise NotFound(
+                f"table {namespace}.{table} has no branch or tag {branch}",
+                reason="REF_NOT_FOUND",
+                metadata={"ref": branch},
+            )
+        if found.kind is not RefKind.BRANCH:
+            raise FailedPrecondition(
+                f"{branch} of table {namespace}.{table} is a tag: a tag never moves, so rows "
+                "are written to a branch",
+                reason="NOT_A_BRANCH",
+                metadata={"ref": branch},
+            )
 
     async def get_writer(
         self, namespace: str, table: str, writer_id: str, branch: str = ""

@@ -350,7 +350,7 @@ class IngestRequests:
             if change is not None:
                 return await self._staged_change(decoded, info, change, reservation)
             return await self._staged_append(
-                namespace, table, decoded, info, policy, writer_id, offset, reservation
+                namespace, table, decoded, info, policy, writer_id, offset, reservation, branch
             )
         except BaseException:
             if reservation is not None:
@@ -383,6 +383,7 @@ class IngestRequests:
         writer_id: str,
         offset: int | None,
         reservation: Reservation | None,
+        branch: str = "",
     ) -> StagedRows:
         problems = listed_problems(decoded)
         dead_lettered = 0
@@ -393,6 +394,9 @@ class IngestRequests:
             whole_payload = any(p.row_index < 0 for p in decoded.problems)
             if resolved != InvalidRowPolicy.DEAD_LETTER or whole_payload:
                 raise RowsRejected(decoded)
+            # Dead letters are written before the commit: a write the commit would refuse
+            # for its branch must not leave them behind.
+            await self._ingest.check_branch(namespace, table, branch)
             dead_lettered = await self._dead_letters.write(
                 namespace, table, decoded, writer_id=writer_id, offset=offset
             )

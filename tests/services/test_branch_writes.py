@@ -304,3 +304,32 @@ async def finished(jobs: Any, job_id: str) -> Any:
 
     await asyncio.wait_for(watch(), 60.0)
     return last
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_invalid_rows_are_not_dead_lettered_for_a_write_to_no_branch(
+    ingest: Any, table_stub: Any
+) -> None:
+    bad = struct_pb2.Struct()
+    bad.update({"id": "not a number"})
+    good = rows(1).rows[0]
+    request = ipb.WriteRowsRequest(
+        **TABLE,
+        json_rows=rows_pb2.JsonRows(rows=[good, bad]),
+        invalid_row_policy=ingest_pb2.INVALID_ROW_POLICY_DEAD_LETTER,
+    )
+    request.branch = "nope"
+    error = await refused(ingest.WriteRows(request))
+    assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, "REF_NOT_FOUND")
+    listed = await table_stub.ListTables(tpb.ListTablesRequest(namespace="br"))
+    assert "_dead_letters" not in [t.table for t in listed.tables]
+
+    # On a branch that exists, the valid row goes to the branch and the other is dead-lettered.
+    await write(ingest, 0)
+    await branch(table_stub)
+    request.branch = "audit"
+    reply = await ingest.WriteRows(request)
+    assert reply.result.rows_written == 1
+    assert reply.result.rows_dead_lettered == 1
+    assert await ids(table_stub, ref="audit") == [0, 1]
+    assert await ids(table_stub) == [0]
