@@ -333,3 +333,50 @@ async def test_invalid_rows_are_not_dead_lettered_for_a_write_to_no_branch(
     assert reply.result.rows_dead_lettered == 1
     assert await ids(table_stub, ref="audit") == [0, 1]
     assert await ids(table_stub) == [0]
+
+
+async def sql(jobs: Any, statement: str) -> Any:
+    spec = job_pb2.JobSpec(
+        sql=job_pb2.SqlJobSpec(statement=statement, preview_format=rows_pb2.ROW_FORMAT_JSON)
+    )
+    created = await jobs.CreateJob(jpb.CreateJobRequest(spec=spec))
+    return await finished(jobs, created.job.id)
+
+
+async def test_a_sql_job_reads_a_branch_or_a_tag_by_table_at_ref(
+    ingest: Any, table_stub: Any, channel: grpc.aio.Channel
+) -> None:
+    jobs = job_service_pb2_grpc.JobServiceStub(channel)
+    await write(ingest, 1, 2)
+    await table_stub.CreateTag(tpb.CreateTagRequest(**TABLE, name="v1"))
+    await branch(table_stub)
+    await write(ingest, 10, -5, branch="audit")
+    await write(ingest, 3)
+
+    job = await sql(
+        jobs,
+        'SELECT (SELECT count(*) FROM br."t@audit") AS audit, '
+        '(SELECT count(*) FROM br."t@audit" WHERE id < 0) AS negative, '
+        '(SELECT count(*) FROM br."t@v1") AS tagged, (SELECT count(*) FROM br.t) AS main',
+    )
+    assert job.state == job_pb2.JOB_STATE_SUCCEEDED, job.error
+    row = job.result.sql.preview_json_rows.rows[0]
+    assert {k: int(v.number_value) for k, v in row.fields.items()} == {
+        "audit": 4,
+        "negative": 1,
+        "tagged": 2,
+        "main": 3,
+    }
+
+    missing = await sql(jobs, 'SELECT count(*) FROM br."t@nope"')
+    assert missing.state == job_pb2.JOB_STATE_FAILED
+    assert missing.error.code == grpc.StatusCode.NOT_FOUND.value[0]
+    # A branch is read-only in SQL (its writes go through the branch field of the RPCs):
+    # such a statement creates no job.
+    for statement in (
+        'DELETE FROM br."t@audit" WHERE id < 0',
+        'INSERT INTO br."t@audit" VALUES (7)',
+    ):
+        error = await refused(sql(jobs, statement))
+        assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "SQL_NOT_ALLOWED")
+    assert await ids(table_stub, ref="audit") == [-5, 1, 2, 10]
