@@ -379,4 +379,7 @@ async def test_a_sql_job_reads_a_branch_or_a_tag_by_table_at_ref(
     ):
         error = await refused(sql(jobs, statement))
         assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "SQL_NOT_ALLOWED")
+    # What follows '@' is a ref name: it cannot smuggle a path in.
+    error = await refused(sql(jobs, 'SELECT * FROM br."t@../../etc/passwd"'))
+    assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "SQL_NOT_ALLOWED")
     assert await ids(table_stub, ref="audit") == [-5, 1, 2, 10]
