@@ -383,3 +383,26 @@ async def test_a_sql_job_reads_a_branch_or_a_tag_by_table_at_ref(
     error = await refused(sql(jobs, 'SELECT * FROM br."t@../../etc/passwd"'))
     assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "SQL_NOT_ALLOWED")
     assert await ids(table_stub, ref="audit") == [-5, 1, 2, 10]
+
+
+async def test_an_overwrite_stream_replaces_the_branchs_rows_only(
+    ingest: Any, table_stub: Any
+) -> None:
+    await write(ingest, 1, 2)
+    await branch(table_stub)
+
+    async def stream() -> AsyncIterator[ipb.AppendRowsRequest]:
+        yield ipb.AppendRowsRequest(
+            **TABLE,
+            branch="audit",
+            write_mode=ingest_pb2.WRITE_MODE_OVERWRITE,
+            overwrite_filter="true",
+            json_rows=rows(7),
+        )
+        yield ipb.AppendRowsRequest(json_rows=rows(8), branch="audit")
+
+    acks = [a async for a in ingest.AppendRows(stream())]
+    assert [a.WhichOneof("response") for a in acks] == ["result", "result"]
+    assert acks[0].result.snapshot_id == acks[1].result.snapshot_id  # one commit
+    assert await ids(table_stub, ref="audit") == [7, 8]
+    assert await ids(table_stub) == [1, 2]
