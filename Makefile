@@ -168,7 +168,7 @@ PYTEST_ARGS ?=
 COVERAGE ?= 1
 COV_ARGS = $(if $(filter-out 0 no false,$(COVERAGE)),--cov --cov-report=term --cov-report=html)
 
-.PHONY: install system-deps readers test faults run lint
+.PHONY: install system-deps readers test faults run grpcurl lint
 
 $(VENV_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv .venv
@@ -194,8 +194,24 @@ test: $(VENV_STAMP) system-deps readers ts-example ## Run the whole test suite (
 faults: $(VENV_STAMP) system-deps readers ## Only the fault-injection suite (tests/faults: real processes killed, services stopped).
 	$(PY) -m pytest -m faults tests/faults $(PYTEST_ARGS)
 
-run: $(VENV_STAMP) ## Serve on the embedded default (SQLite catalog + ./lakehouse-data).
-	.venv/bin/lakehouse serve
+# `make run` has a venv of its own with only what serving needs (no test, lint or contract
+# tools): a newcomer's first run downloads a fraction of the dev venv. Ports and other
+# settings come from the environment (LAKEHOUSE_GRPC_PORT=50052 make run) or as flags in ARGS
+# (make run ARGS="--grpc-port 50052 --http-port 9181").
+RUN_VENV := .venv-run
+RUN_STAMP := $(RUN_VENV)/.installed-run
+ARGS ?=
+
+$(RUN_STAMP): pyproject.toml
+	test -x $(RUN_VENV)/bin/python || $(PYTHON) -m venv $(RUN_VENV)
+	$(RUN_VENV)/bin/python -m pip install --disable-pip-version-check -q -e .
+	touch $@
+
+run: $(RUN_STAMP) ## Serve on the embedded default (SQLite catalog + ./lakehouse-data): [LAKEHOUSE_GRPC_PORT=...] [ARGS="--grpc-port ... --http-port ..."]
+	$(RUN_VENV)/bin/lakehouse serve $(ARGS)
+
+grpcurl: $(RUN_STAMP) ## Put grpcurl in .venv-run/bin (the README's walkthrough uses it; the dev venv has its own).
+	$(RUN_VENV)/bin/python -m pip install --disable-pip-version-check -q -e '.[grpcurl]'
 
 lint: $(VENV_STAMP) ## ruff check, ruff format --check, mypy (config in pyproject.toml).
 	$(PY) -m ruff check .

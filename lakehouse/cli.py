@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from lakehouse.config import CONFIG_FILE_ENV, ConfigError, Settings, load_settings, masked
 from lakehouse.logs import configure_logging
+from lakehouse.server.ports import PortInUse
 
 if TYPE_CHECKING:  # the server's modules load only for the commands that run it
     from lakehouse.server.health import HealthMonitor
@@ -155,6 +156,9 @@ def run(argv: list[str]) -> int:
     configure_logging(settings.log_level)
     try:
         asyncio.run(_serve(settings) if args.command == "serve" else _work(settings))
+    except PortInUse as exc:  # a configuration problem, like the ones above: one line, 2
+        print(f"lakehouse: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except OSError as exc:
         log.error("cannot start", extra={"error": str(exc)})
         return 1

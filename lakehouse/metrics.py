@@ -45,6 +45,11 @@ INGEST_COMMIT_CONFLICTS = Counter(
 INGEST_BUFFERED_BYTES = Gauge(
     "lakehouse_ingest_buffered_bytes", "Bytes waiting in the write buffers of all tables."
 )
+INGEST_BUFFER_LIMIT_BYTES = Gauge(
+    "lakehouse_ingest_buffer_limit_bytes",
+    "Most bytes the write buffers of all tables may hold together (LAKEHOUSE_INGEST__BUFFER_BYTES"
+    "); alerts compare lakehouse_ingest_buffered_bytes with it.",
+)
 READ_AHEAD_BYTES = Gauge(
     "lakehouse_read_ahead_bytes",
     "Decoded bytes of ReadRows batches queued ahead of their streams, all streams together.",

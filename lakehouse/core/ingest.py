@@ -206,6 +206,7 @@ class _BufferBudget:
     def __init__(self, total: int, per_table: int) -> None:
         self._total_cap = total
         self._table_cap = per_table
+        metrics.INGEST_BUFFER_LIMIT_BYTES.set(total)
         self._total = 0
         self._tables: dict[tuple[str, str], int] = {}
         self._changed = asyncio.Event()

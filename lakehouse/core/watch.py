@@ -8,7 +8,7 @@ slow client slows the stream and nothing piles up in memory.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pyarrow as pa
 
@@ -48,11 +48,16 @@ class TableWatch:
         after: int | None,
         *,
         rows_budget_bytes: int | None = None,
+        on_started: Callable[[], Awaitable[None]] | None = None,
     ) -> AsyncIterator[SnapshotInfo | ReadStart | pa.RecordBatch]:
         """Yields the snapshots after ``after`` (None: from now), then each new one, forever.
 
         With ``rows_budget_bytes``, each snapshot is followed by the rows it changed (a
         ``ReadStart``, then batches of about that size): an incremental read from its parent.
+        ``on_started`` is awaited once the table and the cursor have been checked (the first
+        poll succeeded), before any event: from then on the watch only ends by the caller, a
+        dropped table or an outage. (A quiet table sends nothing for a long time; this is how
+        a client learns that its watch was accepted.)
 
         Raises:
             InvalidArgument: Bad names.
@@ -86,6 +91,9 @@ class TableWatch:
                     events = await self._catalog.snapshots_after(namespace, table, cursor)
                 else:
                     events = []
+                if on_started is not None:
+                    await on_started()
+                    on_started = None
                 for event in events:
                     yield event
                     if rows_budget_bytes is not None:

@@ -36,6 +36,7 @@ from lakehouse.server.http import build_http_app
 from lakehouse.server.interceptors import ObservabilityInterceptor, RequestDecodingInterceptor
 from lakehouse.server.job_runtime import JobRuntime
 from lakehouse.server.limits import CallDeadlines, server_options
+from lakehouse.server.ports import GRPC_PORT, HTTP_PORT, binding, check_free
 from lakehouse.server.rate_limit import RateLimitInterceptor
 from lakehouse.server.reflection import enable_reflection
 from lakehouse.server.tls import ServerTls
@@ -189,11 +190,16 @@ class LakehouseServer:
         )
         address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
         self.tls.load()  # before binding: bad certificate files stop the start-up here
+        check_free(self.settings.grpc_host, self.settings.grpc_port, **GRPC_PORT)
+        check_free(self.settings.http_host, self.settings.http_port, **HTTP_PORT)
         credentials = self.tls.grpc_credentials
-        if credentials is None:
-            self.grpc_port = server.add_insecure_port(address)
-        else:
-            self.grpc_port = server.add_secure_port(address, credentials)
+        try:
+            if credentials is None:
+                self.grpc_port = server.add_insecure_port(address)
+            else:
+                self.grpc_port = server.add_secure_port(address, credentials)
+        except RuntimeError as exc:  # grpc's "Failed to bind", whatever the cause
+            raise OSError(f"cannot bind gRPC address {address}") from exc
         if self.grpc_port == 0:
             raise OSError(f"cannot bind gRPC address {address}")
         runner = web.AppRunner(
@@ -207,7 +213,8 @@ class LakehouseServer:
             self.settings.http_port,
             ssl_context=self.tls.http_ssl_context,
         )
-        await site.start()
+        with binding(self.settings.http_host, self.settings.http_port, **HTTP_PORT):
+            await site.start()
         self._http = runner
         self.http_port = bound_port(runner, self.settings.http_port)
         self._grpc = server

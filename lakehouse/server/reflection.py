@@ -4,6 +4,12 @@ The descriptors compiled into ``*_pb2.py`` have no source info, so reflection al
 ``grpcurl describe`` users bare fields. The descriptor set written by ``make gen`` keeps the
 comments; this pool serves those file descriptors and delegates every lookup to the default
 pool the generated modules registered into.
+
+Both reflection versions are served: ``grpc.reflection.v1alpha`` (what grpcio-reflection
+implements, and what older grpcurl asks for) and ``grpc.reflection.v1`` (what buf curl and
+newer clients ask for first). The two protos are the same messages under another package, so
+the wire bytes are identical: one servicer answers both, the v1 service registered with the
+v1alpha message classes.
 """
 
 from __future__ import annotations
@@ -11,10 +17,13 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
+import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 DESCRIPTOR_SET = "lakehouse_v1.binpb"
+V1_SERVICE_NAME = "grpc.reflection.v1.ServerReflection"
+_V1_FILE = "grpc/reflection/v1/reflection.proto"
 
 
 class _FileWithSourceInfo:
@@ -66,10 +75,49 @@ def _load_descriptor_set() -> dict[str, descriptor_pb2.FileDescriptorProto]:
     return {f.name: f for f in fds.file}
 
 
-def enable_reflection(service_names: list[str], server: Any) -> None:
-    """Registers server reflection (v1alpha, which grpcurl and buf curl fall back to)."""
-    reflection.enable_server_reflection(
-        [*service_names, reflection.SERVICE_NAME],
-        server,
-        pool=_CommentedPool(_load_descriptor_set()),  # type: ignore[arg-type]
+def _register_v1_file() -> None:
+    """Adds ``grpc/reflection/v1/reflection.proto`` to the default pool (once).
+
+    grpcio-reflection ships only v1alpha's file; without v1's, a client that lists the
+    services and then describes each (grpcui, ``grpcurl describe``) would fail on v1's. It is
+    v1alpha's file under v1's package, as upstream's v1 proto is.
+    """
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindFileByName(_V1_FILE)
+        return
+    except KeyError:
+        pass
+    proto = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(proto)
+    old, new = f".{proto.package}.", ".grpc.reflection.v1."
+    proto.name = _V1_FILE
+    proto.package = "grpc.reflection.v1"
+    proto.ClearField("options")  # v1alpha's are deprecated=true and its Java/Go packages
+    for message in proto.message_type:
+        for field in message.field:
+            if field.type_name.startswith(old):  # assigning "" would mark a scalar typed
+                field.type_name = new + field.type_name[len(old) :]
+    for service in proto.service:
+        for method in service.method:
+            method.input_type = method.input_type.replace(old, new, 1)
+            method.output_type = method.output_type.replace(old, new, 1)
+    pool.AddSerializedFile(proto.SerializeToString())
+
+
+def enable_reflection(service_names: list[str], server: grpc.aio.Server) -> None:
+    """Registers server reflection, v1alpha and v1 (see the module docstring)."""
+    _register_v1_file()
+    servicer = reflection.aio.ReflectionServicer(
+        [*service_names, reflection.SERVICE_NAME, V1_SERVICE_NAME],
+        pool=_CommentedPool(_load_descriptor_set()),  # type: ignore[arg-type,unused-ignore]
+    )
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    v1_info = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(V1_SERVICE_NAME, {"ServerReflectionInfo": v1_info}),)
     )

@@ -22,6 +22,7 @@ from lakehouse.server.auth_keys import AuthKeys
 from lakehouse.server.health import Dependency, HealthMonitor
 from lakehouse.server.http import build_http_app
 from lakehouse.server.job_runtime import JobRuntime
+from lakehouse.server.ports import HTTP_PORT, binding
 from lakehouse.server.tls import ServerTls
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,8 @@ class WorkerProcess:
             self.settings.http_port,
             ssl_context=self.tls.http_ssl_context,
         )
-        await site.start()
+        with binding(self.settings.http_host, self.settings.http_port, **HTTP_PORT):
+            await site.start()
         self._http = runner
         self.http_port = bound_port(runner, self.settings.http_port)
         await self.job_runtime.start()

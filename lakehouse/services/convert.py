@@ -142,14 +142,26 @@ def snapshot_to_proto(s: SnapshotInfo) -> snapshot_pb2.Snapshot:
     return message
 
 
-def _column_type(message: schema_pb2.DataType, field: str) -> IcebergType:
-    """A client's type for a new or widened column (ids are reassigned by the table)."""
-    wrapper = schema_pb2.Schema(fields=[schema_pb2.Field(name="x", type=message)])
+def _column_type(message: schema_pb2.DataType, field: str, type_name: str = "") -> IcebergType:
+    """A client's type for a new or widened column (ids are reassigned by the table).
+
+    ``field`` is the path of the type; a ``type_name`` (a new column's shorthand) is reported
+    at the sibling path ``...type_name``.
+    """
+    column = schema_pb2.Field(name="x", type_name=type_name)
+    if message.WhichOneof("kind") is not None or not type_name:
+        column.type.CopyFrom(message)
+    wrapper = schema_pb2.Schema(fields=[column])
     try:
         return schema_from_proto(wrapper).fields[0].field_type
     except InvalidArgument as exc:
         violations = [
-            FieldViolation(v.field.replace("schema.fields[0].type", field, 1), v.description)
+            FieldViolation(
+                v.field.replace("schema.fields[0].type_name", field + "_name", 1).replace(
+                    "schema.fields[0].type", field, 1
+                ),
+                v.description,
+            )
             for v in exc.violations
         ]
         raise InvalidArgument(
@@ -179,7 +191,7 @@ def changes_from_proto(messages: Sequence[table_service_pb2.TableChange]) -> lis
                 ch.AddColumn(
                     parent=m.add_column.parent,
                     name=f.name,
-                    type=_column_type(f.type, f"{where}.add_column.field.type"),
+                    type=_column_type(f.type, f"{where}.add_column.field.type", f.type_name),
                     required=f.required,
                     doc=f.doc or None,
                 )

@@ -53,9 +53,14 @@ from pyiceberg.types import (
 
 from lakehouse.domain.errors import FieldViolation, InvalidArgument
 from lakehouse.domain.names import check_column_name
+from lakehouse.domain.type_names import (
+    MAX_DECIMAL_PRECISION,
+    TypeNameError,
+    parse_type_name,
+    type_name,
+)
 from lakehouse.v1 import schema_pb2
 
-MAX_DECIMAL_PRECISION = 38
 MAX_COLUMNS = 10_000
 
 _PRIMITIVES: dict[int, type[PrimitiveType]] = {
@@ -155,12 +160,67 @@ def _fields_from_proto(
             problems.add(path, f"at most {MAX_COLUMNS} columns are supported")
             break
         field_id = next(ids)
-        field_type = _type_from_proto(f.type, f"{where}.type", ids, problems, f.HasField("type"))
+        field_type = _field_type_from_proto(f, where, ids, problems)
         if field_type is not None:
             result.append(
                 NestedField(field_id, f.name, field_type, required=f.required, doc=f.doc or None)
             )
     return result
+
+
+def _field_type_from_proto(
+    f: schema_pb2.Field, where: str, ids: Iterator[int], problems: _Problems
+) -> IcebergType | None:
+    """The type of a field given as ``type`` or as ``type_name``.
+
+    Both may be set when they agree: a schema read from ``GetTable`` carries both, and
+    creating a table from it must keep working.
+    """
+    if not f.type_name:
+        return _type_from_proto(f.type, f"{where}.type", ids, problems, f.HasField("type"))
+    if f.HasField("type"):
+        typed = _type_from_proto(f.type, f"{where}.type", ids, problems)
+        if typed is None:
+            return None
+        try:
+            # Ids do not matter for the comparison: the name holds none.
+            agrees = type_name(parse_type_name(f.type_name)) == type_name(typed)
+        except TypeNameError as exc:
+            problems.add(f"{where}.type_name", str(exc))
+            return None
+        if not agrees:
+            problems.add(
+                f"{where}.type_name",
+                f"type is {type_name(typed)} but type_name is {f.type_name!r}: set one of "
+                "them, or both alike",
+            )
+            return None
+        return typed
+    try:
+        parsed = parse_type_name(f.type_name, ids)
+    except TypeNameError as exc:
+        problems.add(f"{where}.type_name", str(exc))
+        return None
+    for name in _struct_field_names(parsed):
+        try:
+            check_column_name(f"{where}.type_name", name)
+        except InvalidArgument as exc:
+            for v in exc.violations:
+                problems.add(v.field, f"struct field {name!r}: {v.description}")
+    return parsed
+
+
+def _struct_field_names(t: IcebergType) -> Iterator[str]:
+    """The names of the struct fields inside a type, at any depth (they need the name rules)."""
+    if isinstance(t, StructType):
+        for f in t.fields:
+            yield f.name
+            yield from _struct_field_names(f.field_type)
+    elif isinstance(t, ListType):
+        yield from _struct_field_names(t.element_type)
+    elif isinstance(t, MapType):
+        yield from _struct_field_names(t.key_type)
+        yield from _struct_field_names(t.value_type)
 
 
 def _type_from_proto(
@@ -375,6 +435,7 @@ def _field_to_proto(f: NestedField) -> schema_pb2.Field:
         type=type_to_proto(f.field_type),
         required=f.required,
         doc=f.doc or "",
+        type_name=type_name(f.field_type),
     )
 
 

@@ -343,7 +343,15 @@ class TableServicer(table_service_pb2_grpc.TableServiceServicer):
         """Streams the table's new snapshots, from a cursor."""
         after = request.after_snapshot_id if request.HasField("after_snapshot_id") else None
         budget = self._read_message_bytes if request.include_rows else None
-        items = self._watch.watch(request.namespace, request.table, after, rows_budget_bytes=budget)
+        items = self._watch.watch(
+            request.namespace,
+            request.table,
+            after,
+            rows_budget_bytes=budget,
+            # Headers once the watch is accepted: a client (or a probe) then knows that the
+            # silence that follows is a quiet table, not a call still being checked.
+            on_started=lambda: context.send_initial_metadata(WATCH_ACCEPTED),
+        )
         async for item in items:
             if isinstance(item, ReadStart):
                 schema = item.schema.serialize().to_pybytes()
@@ -361,6 +369,11 @@ class TableServicer(table_service_pb2_grpc.TableServiceServicer):
                 yield pb.WatchTableResponse(
                     snapshot=snapshot_to_proto(item), writer_offsets=item.writer_offsets
                 )
+
+
+#: The response headers of a WatchTable call the server accepted (a refusal has none: its
+#: status comes alone).
+WATCH_ACCEPTED = (("lakehouse-watch", "accepted"),)
 
 
 def _optional(request: Any, field: str) -> int | None:

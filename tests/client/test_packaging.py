@@ -31,7 +31,13 @@ def test_the_client_package_imports_without_pyarrow() -> None:
     result = run_python(
         "import sys; sys.modules['pyarrow'] = None\n"
         "import lakehouse.client\n"
+        "from lakehouse.client.errors import decode_error\n"
+        "from lakehouse.client.retry import RetryPolicy\n"
         "from lakehouse.v1 import table_service_pb2_grpc\n"
+        "try:\n"
+        "    lakehouse.client.Lakehouse\n"
+        "except ImportError as e:\n"
+        "    print(e)\n"
         "try:\n"
         "    import lakehouse.client.arrow\n"
         "except ImportError as e:\n"
@@ -39,6 +45,7 @@ def test_the_client_package_imports_without_pyarrow() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "pip install 'lakehouse-client[arrow]'" in result.stdout
+    assert "the high-level client needs pyarrow" in result.stdout
 
 
 @pytest.mark.slow
@@ -82,6 +89,13 @@ def test_the_client_wheel_holds_stubs_and_helpers(tmp_path: Path) -> None:
         "lakehouse/client/__init__.py",
         "lakehouse/client/arrow.py",
         "lakehouse/client/changes.py",
+        "lakehouse/client/errors.py",
+        "lakehouse/client/schema.py",
+        "lakehouse/client/jobs.py",
+        "lakehouse/client/retry.py",
+        "lakehouse/client/request_builders.py",
+        "lakehouse/client/high_level.py",
+        "lakehouse/client/high_level_async.py",
         "lakehouse/client/py.typed",
         "lakehouse/v1/__init__.py",
         "lakehouse/v1/py.typed",
@@ -97,3 +111,5 @@ def test_the_client_wheel_holds_stubs_and_helpers(tmp_path: Path) -> None:
     requirements = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     assert any("pyarrow" in line and 'extra == "arrow"' in line for line in requirements)
     assert not any("pyiceberg" in line or "pydantic" in line for line in requirements)
+    # lakehouse.client.errors decodes google.rpc.Status with it
+    assert any(line.startswith("Requires-Dist: grpcio-status") for line in requirements)

@@ -216,12 +216,14 @@ def test_default_objects_and_optional_ones_are_switchable(
     }
     assert kinds(full_docs) == {
         ("ConfigMap", FULLNAME),
+        ("ConfigMap", f"{FULLNAME}-dashboard"),
         ("Deployment", FULLNAME),
         ("Deployment", f"{FULLNAME}-worker"),
         ("HorizontalPodAutoscaler", FULLNAME),
         ("NetworkPolicy", FULLNAME),
         ("PodDisruptionBudget", FULLNAME),
         ("PodDisruptionBudget", f"{FULLNAME}-worker"),
+        ("PrometheusRule", FULLNAME),
         ("Service", FULLNAME),
         ("Service", f"{FULLNAME}-headless"),
         ("Service", f"{FULLNAME}-worker"),

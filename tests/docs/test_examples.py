@@ -1,16 +1,18 @@
-"""Every grpcurl command and Python example of README.md and docs/**.md runs, as written,
-against a real ``lakehouse serve``, so a renamed field or method fails here, not in a
-newcomer's first hour.
+"""Every grpcurl and buf curl command and Python example of README.md and docs/**.md runs,
+as written, against a real ``lakehouse serve``, so a renamed field or method fails here, not in
+a newcomer's first hour.
 
 An example is a fenced block in ``python``, or in ``sh`` when it calls grpcurl (``grpcurl``
-or the walkthrough's ``$G``); other shell blocks (``make``, ``helm``, ``systemctl``...) are
-not run. Each page runs in order against a server of its own, after the README's walkthrough
-(which creates ``sales.orders`` and writes two rows): shell blocks in ``bash -euo pipefail``
-with ``G`` set as the walkthrough sets it, Python blocks one after another in one namespace,
-so a snippet may use what an earlier one on its page defined. Only the addresses change:
-``localhost:50051`` and ``lakehouse:50051`` (``lakehouse.example:50051`` with TLS) become the
-test server's gRPC port, ``localhost:9180`` its HTTP port. A grpcurl call that fails exits
-non-zero, and so fails the test; so does a Python example that raises.
+or the walkthrough's ``$G``) or ``buf curl``; other shell blocks (``make``, ``helm``,
+``systemctl``...) are not run. Each page runs in order against a server of its own, after the
+README's walkthrough (which creates ``sales.orders`` and writes two rows): shell blocks in
+``bash -euo pipefail`` with ``G`` set as the walkthrough sets it, Python blocks one after
+another in one namespace, so a snippet may use what an earlier one on its page defined. Only
+the addresses change: ``localhost:50051`` and ``lakehouse:50051`` (``lakehouse.example:50051``
+with TLS) become the test server's gRPC port (in buf curl's ``http://localhost:50051/...`` URLs
+too), ``localhost:9180`` its HTTP port. ``grpcurl`` and ``.venv/bin/grpcurl``, ``buf`` and
+``.venv/bin/buf`` are the real binaries of the dev venv. A grpcurl or buf curl call that fails
+exits non-zero, and so fails the test; so does a Python example that raises.
 
 An HTML comment right above a block changes how it runs:
 
@@ -52,7 +54,7 @@ DIRECTIVE = re.compile(r"^<!--\s*example:\s*(.*?)\s*-->$")
 SHELL_LANGUAGES = {"sh", "bash", "shell"}
 PYTHON_LANGUAGES = {"python", "py"}
 #: What the walkthrough sets ``G`` to; pages after it use ``$G`` the same way.
-G = ".venv/bin/grpcurl -plaintext"
+G = ".venv-run/bin/grpcurl -plaintext"
 BLOCK_TIMEOUT_SECONDS = 120
 #: A viewer API key of the ``api-key`` server (what ``lakehouse api-key create`` prints).
 API_KEY = "lh_docs-examples-viewer-key"
@@ -74,7 +76,9 @@ class Block:
     def is_example(self) -> bool:
         if self.language in PYTHON_LANGUAGES:
             return True
-        return self.language in SHELL_LANGUAGES and ("grpcurl" in self.text or "$G" in self.text)
+        return self.language in SHELL_LANGUAGES and any(
+            tool in self.text for tool in ("grpcurl", "$G", "buf curl")
+        )
 
     @property
     def server(self) -> str:
@@ -121,8 +125,10 @@ PAGES_WITH_EXAMPLES = [p for p in PAGES if examples(p)]
 
 @dataclasses.dataclass
 class Sandbox:
-    """The working folder examples run in: ``.venv/bin/grpcurl`` and ``grpcurl`` on PATH are
-    the real binary; the CA and client certificate of the TLS servers lie there too."""
+    """The working folder examples run in: ``.venv-run/bin/grpcurl`` (``make grpcurl``'s),
+    ``.venv/bin/grpcurl`` (the dev venv's) and ``grpcurl`` on PATH are the real binary, and the
+    same three ``buf``; the CA and client certificate of the TLS servers lie there
+    too."""
 
     cwd: Path
     env: dict[str, str]
@@ -130,11 +136,13 @@ class Sandbox:
 
 
 @pytest.fixture
-def sandbox(tmp_path: Path, grpcurl: Path) -> Sandbox:
+def sandbox(tmp_path: Path, grpcurl: Path, buf: Path) -> Sandbox:
     cwd = tmp_path / "cwd"
-    bin_dir = cwd / ".venv" / "bin"
-    bin_dir.mkdir(parents=True)
-    (bin_dir / "grpcurl").symlink_to(grpcurl)
+    bin_dir = cwd / ".venv-run" / "bin"
+    for venv in (".venv-run", ".venv"):
+        (cwd / venv / "bin").mkdir(parents=True)
+        (cwd / venv / "bin" / "grpcurl").symlink_to(grpcurl)
+        (cwd / venv / "bin" / "buf").symlink_to(buf)
     env = {
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
         "HOME": str(tmp_path),
@@ -263,6 +271,9 @@ def test_a_stale_example_fails(tmp_path: Path, sandbox: Sandbox) -> None:
         '$G -d \'{"namespace": "sales", "tabel": "orders"}\' localhost:50051 '
         "lakehouse.v1.TableService/GetTable\n",
         "$G localhost:50051 lakehouse.v1.TableService/DropTable\n",
+        "buf curl --protocol grpc --http2-prior-knowledge "
+        '-d \'{"namespace": "sales", "tabel": "orders"}\' '
+        "http://localhost:50051/lakehouse.v1.TableService/GetTable\n",
     ]
     with server_for("default", tmp_path, sandbox) as server:
         for text in stale:

@@ -836,9 +836,19 @@ async def _health(channel: grpc.aio.Channel, metadata: Any = ()) -> grpc.StatusC
 
 
 async def _reflection(channel: grpc.aio.Channel, metadata: Any = ()) -> grpc.StatusCode:
+    """The status of a reflection call, the same for v1alpha and v1 (or the v1 one differs)."""
     stub: Any = reflection_pb2_grpc.ServerReflectionStub(channel)
     request = reflection_pb2.ServerReflectionRequest(list_services="")
-    return await code_of(stub.ServerReflectionInfo(iter([request]), metadata=metadata, timeout=10))
+    alpha = await code_of(stub.ServerReflectionInfo(iter([request]), metadata=metadata, timeout=10))
+    # v1 has the same messages under another package name (what buf curl asks for first)
+    v1_info = channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    v1 = await code_of(v1_info(iter([request]), metadata=metadata, timeout=10))
+    assert v1 == alpha, f"reflection v1alpha answers {alpha}, v1 {v1}"
+    return alpha
 
 
 async def test_health_and_reflection_are_public_by_default(

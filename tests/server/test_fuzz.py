@@ -130,7 +130,8 @@ BATCHES_IN_FLIGHT = 4
 #: A client-side safety net only: longer than the server's own limits below, so that a call
 #: the server forgets shows up as a client deadline (a failure) instead of a hang.
 CLIENT_TIMEOUT_SECONDS = 30.0
-#: Server streams that run until the client hangs up, and how long the fuzzer listens.
+#: Server streams that run until the client hangs up, and how long the fuzzer listens once
+#: the server has accepted one (sent its headers).
 ENDLESS_STREAMS = frozenset({"WatchTable"})
 WATCH_SECONDS = 1.0
 SERVER_UNARY_LIMIT_SECONDS = 10.0
@@ -661,7 +662,20 @@ def _bases(method: MethodDescriptor) -> list[Message]:
                 partition_spec=PARTITION_SPEC,
                 sort_order=SORT_ORDER,
                 properties={"owner": "f"},
-            )
+            ),
+            # The schema shorthand: type names for the fuzzer to mangle.
+            tpb.CreateTableRequest(
+                namespace=NS,
+                table="fz_a",
+                schema=schema_pb2.Schema(
+                    fields=[
+                        schema_pb2.Field(name="id", type_name="long", required=True),
+                        schema_pb2.Field(name="m", type_name="map<string,decimal(9,2) not null>"),
+                        schema_pb2.Field(name="s", type_name="struct<a:list<fixed[4]>,`b c`:int>"),
+                    ],
+                    identifier_field_names=["id"],
+                ),
+            ),
         ],
         "DeleteTable": [tpb.DeleteTableRequest(namespace=NS, table="fz_a", purge=True)],
         "RenameTable": [
@@ -1158,13 +1172,11 @@ async def execute(channel: grpc.aio.Channel, call: FuzzCall, request_id: str) ->
                 iter(call.payloads), metadata=metadata, timeout=CLIENT_TIMEOUT_SECONDS
             )
         else:
-            # A watch never ends by itself: the fuzzer hangs up after a moment.
-            watching = method.name in ENDLESS_STREAMS
             stream = channel.unary_stream(call.path)(
-                call.payloads[0],
-                metadata=metadata,
-                timeout=WATCH_SECONDS if watching else CLIENT_TIMEOUT_SECONDS,
+                call.payloads[0], metadata=metadata, timeout=CLIENT_TIMEOUT_SECONDS
             )
+            if method.name in ENDLESS_STREAMS:
+                return await _listen_to_watch(stream)
         responses = []
         async for reply in stream:
             responses.append(reply)
@@ -1173,13 +1185,31 @@ async def execute(channel: grpc.aio.Channel, call: FuzzCall, request_id: str) ->
                 return Outcome(grpc.StatusCode.OK, "cancelled by the fuzzer", None, responses)
         return Outcome(grpc.StatusCode.OK, responses=responses)
     except grpc.aio.AioRpcError as err:
-        if (
-            err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            and method.name in ENDLESS_STREAMS
-            and _decoded_status(err.trailing_metadata()) is None  # the client's own deadline
-        ):
-            return Outcome(grpc.StatusCode.OK, "ended by the fuzzer", None, [])
         return Outcome(err.code(), err.details() or "", _decoded_status(err.trailing_metadata()))
+
+
+async def _listen_to_watch(stream: Any) -> Outcome:
+    """A watch never ends by itself. The server sends its headers once it has accepted the
+    watch (a refusal comes before, as the call's status), so the fuzzer waits for them (up to
+    the call's deadline: a watch neither accepted nor refused in time is a failure), listens
+    ``WATCH_SECONDS`` more, then hangs up. Waiting on the headers, not a clock, keeps a refusal
+    that a loaded machine answers late from passing for a watch."""
+    await stream.initial_metadata()
+    responses: list[Any] = []
+
+    async def listen() -> None:
+        async for reply in stream:
+            responses.append(reply)
+            if len(responses) >= MAX_STREAM_MESSAGES:
+                return
+
+    try:
+        await asyncio.wait_for(listen(), WATCH_SECONDS)
+    except TimeoutError:
+        stream.cancel()
+        return Outcome(grpc.StatusCode.OK, "ended by the fuzzer", None, responses)
+    stream.cancel()
+    return Outcome(grpc.StatusCode.OK, "cancelled by the fuzzer", None, responses)
 
 
 # -- the fuzzer: Hypothesis and the gRPC client, in a process of their own ---------------------

@@ -69,6 +69,12 @@ class Watcher:
     async def next(self) -> Any:
         return await asyncio.wait_for(self.events.get(), EVENT_TIMEOUT)
 
+    async def accepted(self) -> bool:
+        """Waits for the response headers: whether the server accepted the watch (it checked
+        the table and the cursor), or refused it (its status came alone)."""
+        headers = await asyncio.wait_for(self.call.initial_metadata(), EVENT_TIMEOUT)
+        return ("lakehouse-watch", "accepted") in tuple(headers or ())
+
     async def close(self) -> None:
         self.call.cancel()
         with pytest.raises((asyncio.CancelledError, grpc.aio.AioRpcError)):
@@ -107,7 +113,7 @@ async def test_from_now_events_carry_writer_offsets_and_other_writers_commits(
     await write(ingest, 1)
     watcher = watch(table_stub)
     try:
-        await asyncio.sleep(0.3)  # the watch has taken the current snapshot as its cursor
+        assert await watcher.accepted()  # it has taken the current snapshot as its cursor
 
         async def stream() -> AsyncIterator[ipb.AppendRowsRequest]:
             yield ipb.AppendRowsRequest(
@@ -127,6 +133,35 @@ async def test_from_now_events_carry_writer_offsets_and_other_writers_commits(
         assert other.snapshot.operation == "append"
     finally:
         await watcher.close()
+
+
+async def test_headers_say_a_watch_was_accepted_before_any_event(
+    ingest: Any, table_stub: Any
+) -> None:
+    """A quiet table sends nothing for a long time: the headers are how a client knows its
+    watch is running, and a refused watch ends without them being followed by anything."""
+    await write(ingest, 1)
+    watcher = watch(table_stub)
+    try:
+        assert await watcher.accepted()
+        assert watcher.events.empty()
+    finally:
+        await watcher.close()
+    refused = Watcher(table_stub.WatchTable(tpb.WatchTableRequest(namespace="w", table="nope")))
+    assert not await refused.accepted()
+    assert (await _ended_with(refused)).code == grpc.StatusCode.NOT_FOUND
+
+
+async def _watch_once_there_is_room(stub: Any) -> Watcher:
+    """A watch, retried while the server still counts a watcher that just hung up."""
+    deadline = asyncio.get_running_loop().time() + EVENT_TIMEOUT
+    while True:
+        watcher = watch(stub)
+        if await watcher.accepted():
+            return watcher
+        assert (await _ended_with(watcher)).code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert asyncio.get_running_loop().time() < deadline, "the first watcher never left"
+        await asyncio.sleep(0.05)
 
 
 async def _ended_with(watcher: Watcher) -> Any:
@@ -150,7 +185,7 @@ async def test_a_lost_cursor_and_a_dropped_table_end_the_watch(
     assert (unknown.code, unknown.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "CURSOR_EXPIRED")
 
     watcher = watch(table_stub)
-    await asyncio.sleep(0.3)
+    assert await watcher.accepted()
     await table_stub.DeleteTable(tpb.DeleteTableRequest(namespace="w", table="t"))
     dropped = await _ended_with(watcher)
     assert dropped.code == grpc.StatusCode.NOT_FOUND
@@ -176,15 +211,14 @@ async def test_watchers_are_bounded_per_process(backend: Any) -> None:
             )
             await write(ingest, 1)
             first = watch(stub)
-            await asyncio.sleep(0.3)
+            assert await first.accepted()
             refused = await _ended_with(watch(stub))
             assert (refused.code, refused.reason) == (
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "WATCHERS_EXHAUSTED",
             )
             await first.close()
-            await asyncio.sleep(0.3)
-            again = watch(stub)  # room again once the first one left
+            again = await _watch_once_there_is_room(stub)  # the first one's slot is free again
             new = await write(ingest, 2)
             assert (await again.next()).snapshot.snapshot_id == new
             await again.close()

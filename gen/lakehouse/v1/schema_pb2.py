@@ -24,19 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19lakehouse/v1/schema.proto\x12\x0clakehouse.v1\"/\n\x0b\x44\x65\x63imalType\x12\x11\n\tprecision\x18\x01 \x01(\x05\x12\r\n\x05scale\x18\x02 \x01(\x05\"\x1b\n\tFixedType\x12\x0e\n\x06length\x18\x01 \x01(\x05\"1\n\nStructType\x12#\n\x06\x66ields\x18\x01 \x03(\x0b\x32\x13.lakehouse.v1.Field\"a\n\x08ListType\x12\x12\n\nelement_id\x18\x01 \x01(\x05\x12\'\n\x07\x65lement\x18\x02 \x01(\x0b\x32\x16.lakehouse.v1.DataType\x12\x18\n\x10\x65lement_required\x18\x03 \x01(\x08\"\x8f\x01\n\x07MapType\x12\x0e\n\x06key_id\x18\x01 \x01(\x05\x12#\n\x03key\x18\x02 \x01(\x0b\x32\x16.lakehouse.v1.DataType\x12\x10\n\x08value_id\x18\x03 \x01(\x05\x12%\n\x05value\x18\x04 \x01(\x0b\x32\x16.lakehouse.v1.DataType\x12\x16\n\x0evalue_required\x18\x05 \x01(\x08\"\x96\x02\n\x08\x44\x61taType\x12\x30\n\tprimitive\x18\x01 \x01(\x0e\x32\x1b.lakehouse.v1.PrimitiveTypeH\x00\x12,\n\x07\x64\x65\x63imal\x18\x02 \x01(\x0b\x32\x19.lakehouse.v1.DecimalTypeH\x00\x12(\n\x05\x66ixed\x18\x03 \x01(\x0b\x32\x17.lakehouse.v1.FixedTypeH\x00\x12*\n\x06struct\x18\x04 \x01(\x0b\x32\x18.lakehouse.v1.StructTypeH\x00\x12&\n\x04list\x18\x05 \x01(\x0b\x32\x16.lakehouse.v1.ListTypeH\x00\x12$\n\x03map\x18\x06 \x01(\x0b\x32\x15.lakehouse.v1.MapTypeH\x00\x42\x06\n\x04kind\"f\n\x05\x46ield\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12$\n\x04type\x18\x03 \x01(\x0b\x32\x16.lakehouse.v1.DataType\x12\x10\n\x08required\x18\x04 \x01(\x08\x12\x0b\n\x03\x64oc\x18\x05 \x01(\t\"~\n\x06Schema\x12\x11\n\tschema_id\x18\x01 \x01(\x05\x12#\n\x06\x66ields\x18\x02 \x03(\x0b\x32\x13.lakehouse.v1.Field\x12\x1c\n\x14identifier_field_ids\x18\x03 \x03(\x05\x12\x1e\n\x16identifier_field_names\x18\x04 \x03(\t\"m\n\x0ePartitionField\x12\x15\n\rsource_column\x18\x01 \x01(\t\x12\x11\n\tsource_id\x18\x02 \x01(\x05\x12\x10\n\x08\x66ield_id\x18\x03 \x01(\x05\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x11\n\ttransform\x18\x05 \x01(\t\"N\n\rPartitionSpec\x12\x0f\n\x07spec_id\x18\x01 \x01(\x05\x12,\n\x06\x66ields\x18\x02 \x03(\x0b\x32\x1c.lakehouse.v1.PartitionField\"\xa5\x01\n\tSortField\x12\x15\n\rsource_column\x18\x01 \x01(\t\x12\x11\n\tsource_id\x18\x02 \x01(\x05\x12\x11\n\ttransform\x18\x03 \x01(\t\x12.\n\tdirection\x18\x04 \x01(\x0e\x32\x1b.lakehouse.v1.SortDirection\x12+\n\nnull_order\x18\x05 \x01(\x0e\x32\x17.lakehouse.v1.NullOrder\"F\n\tSortOrder\x12\x10\n\x08order_id\x18\x01 \x01(\x05\x12\'\n\x06\x66ields\x18\x02 \x03(\x0b\x32\x17.lakehouse.v1.SortField*\xf0\x02\n\rPrimitiveType\x12\x1e\n\x1aPRIMITIVE_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n\x16PRIMITIVE_TYPE_BOOLEAN\x10\x01\x12\x16\n\x12PRIMITIVE_TYPE_INT\x10\x02\x12\x17\n\x13PRIMITIVE_TYPE_LONG\x10\x03\x12\x18\n\x14PRIMITIVE_TYPE_FLOAT\x10\x04\x12\x19\n\x15PRIMITIVE_TYPE_DOUBLE\x10\x05\x12\x17\n\x13PRIMITIVE_TYPE_DATE\x10\x06\x12\x17\n\x13PRIMITIVE_TYPE_TIME\x10\x07\x12\x1c\n\x18PRIMITIVE_TYPE_TIMESTAMP\x10\x08\x12\x1e\n\x1aPRIMITIVE_TYPE_TIMESTAMPTZ\x10\t\x12\x19\n\x15PRIMITIVE_TYPE_STRING\x10\n\x12\x17\n\x13PRIMITIVE_TYPE_UUID\x10\x0b\x12\x19\n\x15PRIMITIVE_TYPE_BINARY\x10\x0c*`\n\rSortDirection\x12\x1e\n\x1aSORT_DIRECTION_UNSPECIFIED\x10\x00\x12\x16\n\x12SORT_DIRECTION_ASC\x10\x01\x12\x17\n\x13SORT_DIRECTION_DESC\x10\x02*^\n\tNullOrder\x12\x1a\n\x16NULL_ORDER_UNSPECIFIED\x10\x00\x12\x1a\n\x16NULL_ORDER_NULLS_FIRST\x10\x01\x12\x19\n\x15NULL_ORDER_NULLS_LAST\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19lakehouse/v1/schema.proto\x12\x0clakehouse.v1\"/\n\x0b\x44\x65\x63imalType\x12\x11\n\tprecision\x18\x01 \x01(\x05\x12\r\n\x05scale\x18\x02 \x01(\x05\"\x1b\n\tFixedType\x12\x0e\n\x06length\x18\x01 \x01(\x05\"1\n\nStructType\x12#\n\x06\x66ields\x18\x01 \x03(\x0b\x32\x13.lakehouse.v1.Field\"a\n\x08ListType\x12\x12\n\nelement_id\x18\x01 \x01(\x05\x12\'\n\x07\x65lement\x18\x02 \x01(\x0b\x32\x16.lakehouse.v1.DataType\x12\x18\n\x10\x65lement_required\x18\x03 \x01(\x08\"\x8f\x01\n\x07MapType\x12\x0e\n\x06key_id\x18\x01 \x01(\x05\x12#\n\x03key\x18\x02 \x01(\x0b\x32\x16.lakehouse.v1.DataType\x12\x10\n\x08value_id\x18\x03 \x01(\x05\x12%\n\x05value\x18\x04 \x01(\x0b\x32\x16.lakehouse.v1.DataType\x12\x16\n\x0evalue_required\x18\x05 \x01(\x08\"\x96\x02\n\x08\x44\x61taType\x12\x30\n\tprimitive\x18\x01 \x01(\x0e\x32\x1b.lakehouse.v1.PrimitiveTypeH\x00\x12,\n\x07\x64\x65\x63imal\x18\x02 \x01(\x0b\x32\x19.lakehouse.v1.DecimalTypeH\x00\x12(\n\x05\x66ixed\x18\x03 \x01(\x0b\x32\x17.lakehouse.v1.FixedTypeH\x00\x12*\n\x06struct\x18\x04 \x01(\x0b\x32\x18.lakehouse.v1.StructTypeH\x00\x12&\n\x04list\x18\x05 \x01(\x0b\x32\x16.lakehouse.v1.ListTypeH\x00\x12$\n\x03map\x18\x06 \x01(\x0b\x32\x15.lakehouse.v1.MapTypeH\x00\x42\x06\n\x04kind\"y\n\x05\x46ield\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12$\n\x04type\x18\x03 \x01(\x0b\x32\x16.lakehouse.v1.DataType\x12\x10\n\x08required\x18\x04 \x01(\x08\x12\x0b\n\x03\x64oc\x18\x05 \x01(\t\x12\x11\n\ttype_name\x18\x06 \x01(\t\"~\n\x06Schema\x12\x11\n\tschema_id\x18\x01 \x01(\x05\x12#\n\x06\x66ields\x18\x02 \x03(\x0b\x32\x13.lakehouse.v1.Field\x12\x1c\n\x14identifier_field_ids\x18\x03 \x03(\x05\x12\x1e\n\x16identifier_field_names\x18\x04 \x03(\t\"m\n\x0ePartitionField\x12\x15\n\rsource_column\x18\x01 \x01(\t\x12\x11\n\tsource_id\x18\x02 \x01(\x05\x12\x10\n\x08\x66ield_id\x18\x03 \x01(\x05\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x11\n\ttransform\x18\x05 \x01(\t\"N\n\rPartitionSpec\x12\x0f\n\x07spec_id\x18\x01 \x01(\x05\x12,\n\x06\x66ields\x18\x02 \x03(\x0b\x32\x1c.lakehouse.v1.PartitionField\"\xa5\x01\n\tSortField\x12\x15\n\rsource_column\x18\x01 \x01(\t\x12\x11\n\tsource_id\x18\x02 \x01(\x05\x12\x11\n\ttransform\x18\x03 \x01(\t\x12.\n\tdirection\x18\x04 \x01(\x0e\x32\x1b.lakehouse.v1.SortDirection\x12+\n\nnull_order\x18\x05 \x01(\x0e\x32\x17.lakehouse.v1.NullOrder\"F\n\tSortOrder\x12\x10\n\x08order_id\x18\x01 \x01(\x05\x12\'\n\x06\x66ields\x18\x02 \x03(\x0b\x32\x17.lakehouse.v1.SortField*\xf0\x02\n\rPrimitiveType\x12\x1e\n\x1aPRIMITIVE_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n\x16PRIMITIVE_TYPE_BOOLEAN\x10\x01\x12\x16\n\x12PRIMITIVE_TYPE_INT\x10\x02\x12\x17\n\x13PRIMITIVE_TYPE_LONG\x10\x03\x12\x18\n\x14PRIMITIVE_TYPE_FLOAT\x10\x04\x12\x19\n\x15PRIMITIVE_TYPE_DOUBLE\x10\x05\x12\x17\n\x13PRIMITIVE_TYPE_DATE\x10\x06\x12\x17\n\x13PRIMITIVE_TYPE_TIME\x10\x07\x12\x1c\n\x18PRIMITIVE_TYPE_TIMESTAMP\x10\x08\x12\x1e\n\x1aPRIMITIVE_TYPE_TIMESTAMPTZ\x10\t\x12\x19\n\x15PRIMITIVE_TYPE_STRING\x10\n\x12\x17\n\x13PRIMITIVE_TYPE_UUID\x10\x0b\x12\x19\n\x15PRIMITIVE_TYPE_BINARY\x10\x0c*`\n\rSortDirection\x12\x1e\n\x1aSORT_DIRECTION_UNSPECIFIED\x10\x00\x12\x16\n\x12SORT_DIRECTION_ASC\x10\x01\x12\x17\n\x13SORT_DIRECTION_DESC\x10\x02*^\n\tNullOrder\x12\x1a\n\x16NULL_ORDER_UNSPECIFIED\x10\x00\x12\x1a\n\x16NULL_ORDER_NULLS_FIRST\x10\x01\x12\x19\n\x15NULL_ORDER_NULLS_LAST\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lakehouse.v1.schema_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PRIMITIVETYPE']._serialized_start=1362
-  _globals['_PRIMITIVETYPE']._serialized_end=1730
-  _globals['_SORTDIRECTION']._serialized_start=1732
-  _globals['_SORTDIRECTION']._serialized_end=1828
-  _globals['_NULLORDER']._serialized_start=1830
-  _globals['_NULLORDER']._serialized_end=1924
+  _globals['_PRIMITIVETYPE']._serialized_start=1381
+  _globals['_PRIMITIVETYPE']._serialized_end=1749
+  _globals['_SORTDIRECTION']._serialized_start=1751
+  _globals['_SORTDIRECTION']._serialized_end=1847
+  _globals['_NULLORDER']._serialized_start=1849
+  _globals['_NULLORDER']._serialized_end=1943
   _globals['_DECIMALTYPE']._serialized_start=43
   _globals['_DECIMALTYPE']._serialized_end=90
   _globals['_FIXEDTYPE']._serialized_start=92
@@ -50,15 +50,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DATATYPE']._serialized_start=418
   _globals['_DATATYPE']._serialized_end=696
   _globals['_FIELD']._serialized_start=698
-  _globals['_FIELD']._serialized_end=800
-  _globals['_SCHEMA']._serialized_start=802
-  _globals['_SCHEMA']._serialized_end=928
-  _globals['_PARTITIONFIELD']._serialized_start=930
-  _globals['_PARTITIONFIELD']._serialized_end=1039
-  _globals['_PARTITIONSPEC']._serialized_start=1041
-  _globals['_PARTITIONSPEC']._serialized_end=1119
-  _globals['_SORTFIELD']._serialized_start=1122
-  _globals['_SORTFIELD']._serialized_end=1287
-  _globals['_SORTORDER']._serialized_start=1289
-  _globals['_SORTORDER']._serialized_end=1359
+  _globals['_FIELD']._serialized_end=819
+  _globals['_SCHEMA']._serialized_start=821
+  _globals['_SCHEMA']._serialized_end=947
+  _globals['_PARTITIONFIELD']._serialized_start=949
+  _globals['_PARTITIONFIELD']._serialized_end=1058
+  _globals['_PARTITIONSPEC']._serialized_start=1060
+  _globals['_PARTITIONSPEC']._serialized_end=1138
+  _globals['_SORTFIELD']._serialized_start=1141
+  _globals['_SORTFIELD']._serialized_end=1306
+  _globals['_SORTORDER']._serialized_start=1308
+  _globals['_SORTORDER']._serialized_end=1378
 # @@protoc_insertion_point(module_scope)

@@ -344,6 +344,7 @@ class Field(_message.Message):
     TYPE_FIELD_NUMBER: _builtins.int
     REQUIRED_FIELD_NUMBER: _builtins.int
     DOC_FIELD_NUMBER: _builtins.int
+    TYPE_NAME_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """The Iceberg field id, unique within the schema. Ignored on create: the service assigns
     fresh ids and returns them.
@@ -354,9 +355,20 @@ class Field(_message.Message):
     """Whether the field may not be null."""
     doc: _builtins.str
     """Free-form documentation of the field."""
+    type_name: _builtins.str
+    """The type of the field as text, in Iceberg's spelling: boolean, int, long, float, double,
+    decimal(P,S), date, time, timestamp, timestamptz, string, uuid, fixed[L], binary, and the
+    nested list<T>, map<K,V> and struct<name:T,...>. A nested element, value or struct field
+    is optional unless its type ends in "not null" (list<long not null>); a struct field name
+    that is not a plain identifier goes in backticks. A shorthand for people writing JSON
+    ("typeName": "decimal(12,2)"); on create, set type or type_name (both only when they
+    agree). On read, filled beside type.
+    """
     @_builtins.property
     def type(self) -> Global___DataType:
-        """The type of the field."""
+        """The type of the field. On create, set type or type_name (both only when they agree, as
+        GetTable returns them).
+        """
 
     def __init__(
         self,
@@ -366,10 +378,11 @@ class Field(_message.Message):
         type: Global___DataType | None = ...,
         required: _builtins.bool = ...,
         doc: _builtins.str = ...,
+        type_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["type", b"type"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["doc", b"doc", "id", b"id", "name", b"name", "required", b"required", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["doc", b"doc", "id", b"id", "name", b"name", "required", b"required", "type", b"type", "type_name", b"type_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -111,7 +111,10 @@ class TableServiceStub:
     with NOT_FOUND when the table is dropped; FAILED_PRECONDITION with reason CURSOR_EXPIRED
     when the cursor's snapshot was expired, or CURSOR_NOT_IN_LINEAGE when the table was
     rolled back past it; RESOURCE_EXHAUSTED (WATCHERS_EXHAUSTED) past the replica's watchers.
-    Read incremental rows for an event with ReadRows (start_snapshot_id = its parent).
+    Read incremental rows for an event with ReadRows (start_snapshot_id = its parent). The
+    response headers (initial metadata), "lakehouse-watch: accepted", are sent as soon as the
+    table and the cursor have been checked, before any event: a client waiting for them knows
+    its watch was accepted (a refused watch ends with its status and no such header).
     """
 
 @_typing.type_check_only
@@ -197,7 +200,10 @@ class TableServiceAsyncStub(TableServiceStub):
     with NOT_FOUND when the table is dropped; FAILED_PRECONDITION with reason CURSOR_EXPIRED
     when the cursor's snapshot was expired, or CURSOR_NOT_IN_LINEAGE when the table was
     rolled back past it; RESOURCE_EXHAUSTED (WATCHERS_EXHAUSTED) past the replica's watchers.
-    Read incremental rows for an event with ReadRows (start_snapshot_id = its parent).
+    Read incremental rows for an event with ReadRows (start_snapshot_id = its parent). The
+    response headers (initial metadata), "lakehouse-watch: accepted", are sent as soon as the
+    table and the cursor have been checked, before any event: a client waiting for them knows
+    its watch was accepted (a refused watch ends with its status and no such header).
     """
 
 class TableServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -424,7 +430,10 @@ class TableServiceServicer(metaclass=_abc_1.ABCMeta):
         with NOT_FOUND when the table is dropped; FAILED_PRECONDITION with reason CURSOR_EXPIRED
         when the cursor's snapshot was expired, or CURSOR_NOT_IN_LINEAGE when the table was
         rolled back past it; RESOURCE_EXHAUSTED (WATCHERS_EXHAUSTED) past the replica's watchers.
-        Read incremental rows for an event with ReadRows (start_snapshot_id = its parent).
+        Read incremental rows for an event with ReadRows (start_snapshot_id = its parent). The
+        response headers (initial metadata), "lakehouse-watch: accepted", are sent as soon as the
+        table and the cursor have been checked, before any event: a client waiting for them knows
+        its watch was accepted (a refused watch ends with its status and no such header).
         """
 
 def add_TableServiceServicer_to_server(servicer: TableServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -220,7 +220,15 @@ class IcebergCatalog:
             # Queued behind a busy pool, the call may start after its caller gave up.
             check_deadline(CATALOG)
             with translate_errors(namespace, table):
-                return fn(self._load())
+                catalog = self._load()
+                try:
+                    return fn(catalog)
+                except NoSuchTableError:
+                    # pyiceberg says "no such table" for a table of a missing namespace too;
+                    # the caller must learn which name is wrong (one more query, on misses only).
+                    if table and not catalog.namespace_exists(namespace):
+                        raise NoSuchNamespaceError(namespace) from None
+                    raise
 
         return work
 

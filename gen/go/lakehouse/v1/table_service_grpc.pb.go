@@ -84,7 +84,10 @@ type TableServiceClient interface {
 	// with NOT_FOUND when the table is dropped; FAILED_PRECONDITION with reason CURSOR_EXPIRED
 	// when the cursor's snapshot was expired, or CURSOR_NOT_IN_LINEAGE when the table was
 	// rolled back past it; RESOURCE_EXHAUSTED (WATCHERS_EXHAUSTED) past the replica's watchers.
-	// Read incremental rows for an event with ReadRows (start_snapshot_id = its parent).
+	// Read incremental rows for an event with ReadRows (start_snapshot_id = its parent). The
+	// response headers (initial metadata), "lakehouse-watch: accepted", are sent as soon as the
+	// table and the cursor have been checked, before any event: a client waiting for them knows
+	// its watch was accepted (a refused watch ends with its status and no such header).
 	WatchTable(ctx context.Context, in *WatchTableRequest, opts ...grpc.CallOption) (TableService_WatchTableClient, error)
 }
 
@@ -429,7 +432,10 @@ type TableServiceServer interface {
 	// with NOT_FOUND when the table is dropped; FAILED_PRECONDITION with reason CURSOR_EXPIRED
 	// when the cursor's snapshot was expired, or CURSOR_NOT_IN_LINEAGE when the table was
 	// rolled back past it; RESOURCE_EXHAUSTED (WATCHERS_EXHAUSTED) past the replica's watchers.
-	// Read incremental rows for an event with ReadRows (start_snapshot_id = its parent).
+	// Read incremental rows for an event with ReadRows (start_snapshot_id = its parent). The
+	// response headers (initial metadata), "lakehouse-watch: accepted", are sent as soon as the
+	// table and the cursor have been checked, before any event: a client waiting for them knows
+	// its watch was accepted (a refused watch ends with its status and no such header).
 	WatchTable(*WatchTableRequest, TableService_WatchTableServer) error
 	mustEmbedUnimplementedTableServiceServer()
 }
