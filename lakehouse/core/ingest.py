@@ -1,8 +1,9 @@
 """Ingest: group commit per table, exactly-once offsets, idempotent request ids.
 
-Writes to one table from every stream and every WriteRows call go to that table's single
-committer, which gathers them for up to ``commit_delay_ms`` (or until a row or byte
-threshold) and commits them as one Parquet append and one Iceberg snapshot. A write is
+Writes to one branch of a table (main unless a request names another) from every stream and
+every WriteRows call go to that branch's single committer, which gathers them for up to
+``commit_delay_ms`` (or until a row or byte threshold) and commits them as one Parquet append
+and one Iceberg snapshot. A write is
 answered only after the commit that holds it succeeded. Buffers are capped per table and per
 process: a writer that outruns the committer waits for room, then gets RESOURCE_EXHAUSTED.
 
@@ -31,6 +32,7 @@ from lakehouse.core.ports import CatalogPort
 from lakehouse.core.survival import EscapedError, own_cancellation
 from lakehouse.deadlines import without_deadline
 from lakehouse.domain.errors import (
+    FailedPrecondition,
     InvalidArgument,
     LakehouseError,
     NotFound,
@@ -40,6 +42,7 @@ from lakehouse.domain.errors import (
 )
 from lakehouse.domain.ingest import AppendPlan, IngestState, RequestIdLedger
 from lakehouse.domain.names import check_identifier, check_writer_id
+from lakehouse.domain.refs import MAIN, RefKind, check_branch
 from lakehouse.domain.row_changes import ChangeStats, RowChange
 from lakehouse.metrics import TableGauges
 
@@ -286,11 +289,16 @@ class Reservation:
 
 
 class _TableCommitter:
-    """The one committer of one table in this process."""
+    """The one committer of one branch of one table in this process.
+
+    Branches commit independently (each asserts only its own head), so each has its own
+    queue; the write buffers are still charged per table (``key``).
+    """
 
     def __init__(
         self,
         key: tuple[str, str],
+        branch: str,
         catalog: CatalogPort,
         settings: IngestSettings,
         budget: _BufferBudget,
@@ -301,6 +309,7 @@ class _TableCommitter:
     ) -> None:
         self._notifier = notifier
         self._key = key
+        self._branch = branch
         self._conflicts = conflicts
         self._gauges = gauges
         self._catalog = catalog
@@ -316,7 +325,9 @@ class _TableCommitter:
         # Made while handling the table's first write, but it outlives that call: its commits
         # must not be cut at that call's deadline.
         self._task = asyncio.create_task(
-            self._run(), name=f"committer-{key[0]}.{key[1]}", context=without_deadline()
+            self._run(),
+            name=f"committer-{key[0]}.{key[1]}@{branch}",
+            context=without_deadline(),
         )
 
     async def enqueue(
@@ -401,6 +412,7 @@ class _TableCommitter:
                 ledger=self._ledger,
                 request_ids=[unit.request_id for unit in group if unit.request_id],
                 change=group[0].change,
+                branch=self._branch,
             )
         except LakehouseError as exc:
             metrics.INGEST_COMMITS.labels("error").inc()
@@ -506,7 +518,7 @@ class Ingest:
         self._settings = settings
         self._ledger = request_ids
         self._budget: _BufferBudget | None = None
-        self._committers: dict[tuple[str, str], _TableCommitter] = {}
+        self._committers: dict[tuple[str, str, str], _TableCommitter] = {}
 
     @property
     def settings(self) -> IngestSettings:
@@ -520,11 +532,12 @@ class Ingest:
             )
         return self._budget
 
-    def _committer(self, key: tuple[str, str]) -> _TableCommitter:
-        committer = self._committers.get(key)
+    def _committer(self, key: tuple[str, str], branch: str) -> _TableCommitter:
+        committer = self._committers.get((*key, branch))
         if committer is None:
-            committer = self._committers[key] = _TableCommitter(
+            committer = self._committers[(*key, branch)] = _TableCommitter(
                 key,
+                branch,
                 self._catalog,
                 self._settings,
                 self._buffers(),
@@ -575,6 +588,7 @@ class Ingest:
         offset: int | None = None,
         request_id: str = "",
         change: RowChange | None = None,
+        branch: str = "",
     ) -> WriteResult:
         """Writes rows already conformed to the table's schema; returns once committed.
 
@@ -589,10 +603,12 @@ class Ingest:
             offset: Position of the request's first row in the writer's sequence.
             request_id: Makes a retried request write once.
             change: A write mode other than APPEND (committed alone, in queue order).
+            branch: The branch committed to (empty: main).
 
         Raises:
             InvalidArgument: Bad names, ids or offset.
-            NotFound: No such table.
+            NotFound: No such table, or branch (REF_NOT_FOUND).
+            FailedPrecondition: ``branch`` is a tag (NOT_A_BRANCH).
             OutOfRange: An offset beyond the writer's next one (nothing written).
             ResourceExhausted: The write buffer stayed full.
             Conflict: Commits kept conflicting.
@@ -608,6 +624,7 @@ class Ingest:
             offset=offset,
             request_id=request_id,
             change=change,
+            branch=branch,
         )
         return await future
 
@@ -624,11 +641,13 @@ class Ingest:
         request_id: str = "",
         reservation: Reservation | None = None,
         change: RowChange | None = None,
+        branch: str = "",
     ) -> asyncio.Future[WriteResult]:
         """Queues a write (waiting for buffer room) and returns the future of its commit.
 
         Writes queued in order are committed in order, so a stream's requests keep theirs.
-        A ``reservation`` from :meth:`reserve` is taken over by the queued rows.
+        A ``reservation`` from :meth:`reserve` is taken over by the queued rows. ``branch``
+        (empty: main) is the branch committed to; whether it exists is checked at commit.
 
         Raises:
             InvalidArgument: Bad names, ids or offset.
@@ -636,6 +655,7 @@ class Ingest:
         """
         check_identifier("namespace", namespace)
         check_identifier("table", table)
+        branch = check_branch("branch", branch)
         if writer_id:
             check_writer_id("writer_id", writer_id)
         if request_id:
@@ -656,27 +676,64 @@ class Ingest:
             future=asyncio.get_running_loop().create_future(),
             change=change,
         )
-        return await self._committer((namespace, table)).enqueue(unit, reservation)
+        return await self._committer((namespace, table), branch).enqueue(unit, reservation)
 
-    async def get_writer(self, namespace: str, table: str, writer_id: str) -> WriterInfo:
-        """A writer's committed position.
+    async def check_branch(self, namespace: str, table: str, branch: str) -> None:
+        """Checks, on fresh metadata, that a write can go to ``branch`` (empty or main: yes).
+
+        The commit checks again (the branch may go meanwhile); this is for work done before
+        it that the commit cannot undo, such as dead-lettering a request's invalid rows.
+
+        Raises:
+            InvalidArgument: A malformed name (INVALID_NAME).
+            NotFound: No such table, or branch (REF_NOT_FOUND).
+            FailedPrecondition: ``branch`` is a tag (NOT_A_BRANCH).
+        """
+        branch = check_branch("branch", branch)
+        if branch == MAIN:
+            return
+        refs = {ref.name: ref for ref in await self._catalog.list_refs(namespace, table)}
+        found = refs.get(branch)
+        if found is None:
+            raise NotFound(
+                f"table {namespace}.{table} has no branch or tag {branch}",
+                reason="REF_NOT_FOUND",
+                metadata={"ref": branch},
+            )
+        if found.kind is not RefKind.BRANCH:
+            raise FailedPrecondition(
+                f"{branch} of table {namespace}.{table} is a tag: a tag never moves, so rows "
+                "are written to a branch",
+                reason="NOT_A_BRANCH",
+                metadata={"ref": branch},
+            )
+
+    async def get_writer(
+        self, namespace: str, table: str, writer_id: str, branch: str = ""
+    ) -> WriterInfo:
+        """A writer's committed position on a branch (empty: main).
 
         Raises:
             InvalidArgument: Bad names or writer id.
-            NotFound: No such table, or the writer never committed (reason WRITER_NOT_FOUND).
+            NotFound: No such table, or branch (REF_NOT_FOUND), or the writer never
+                committed on it (reason WRITER_NOT_FOUND).
+            FailedPrecondition: ``branch`` is a tag (NOT_A_BRANCH).
         """
         check_identifier("namespace", namespace)
         check_identifier("table", table)
         check_writer_id("writer_id", writer_id)
+        branch = check_branch("branch", branch)
         found = await self._catalog.writer_position(
             namespace,
             table,
             writer_id,
             request_id_window_ms=int(self._settings.request_id_window_seconds * 1000),
+            branch=branch,
         )
         if found is None:
+            where = f"{namespace}.{table}" + (f" (branch {branch})" if branch != MAIN else "")
             raise NotFound(
-                f"writer {writer_id} has no committed rows in {namespace}.{table}; start at 0",
+                f"writer {writer_id} has no committed rows in {where}; start at 0",
                 reason="WRITER_NOT_FOUND",
                 metadata={"writer_id": writer_id},
             )

@@ -31,6 +31,7 @@ from lakehouse.core.invalid_rows import (
 from lakehouse.core.row_changes import prepare_change
 from lakehouse.core.tables import Tables
 from lakehouse.domain.errors import InvalidArgument, ResourceExhausted
+from lakehouse.domain.refs import check_branch
 from lakehouse.domain.row_changes import (
     SEQUENCE_COLUMN,
     RowChange,
@@ -259,6 +260,7 @@ class IngestRequests:
         request_id: str,
         mode: WriteMode = WriteMode.APPEND,
         overwrite_filter: str = "",
+        branch: str = "",
     ) -> QueuedRows:
         """Decodes a request's rows and queues the valid ones for the table's group commit.
 
@@ -275,6 +277,8 @@ class IngestRequests:
             request_id: The request id of an idempotent write, or empty.
             mode: What the write does to the rows already in the table.
             overwrite_filter: OVERWRITE: the rows replaced (row filter syntax).
+            branch: The branch committed to (empty: main); invalid rows dead-lettered go to
+                the dead-letter table's main all the same.
 
         Returns:
             The queued request; await its future for the commit.
@@ -298,9 +302,16 @@ class IngestRequests:
             overwrite_filter,
             writer_id=writer_id,
             offset=offset,
+            branch=branch,
         )
         return await self.enqueue_staged(
-            namespace, table, [staged], writer_id=writer_id, offset=offset, request_id=request_id
+            namespace,
+            table,
+            [staged],
+            writer_id=writer_id,
+            offset=offset,
+            request_id=request_id,
+            branch=branch,
         )
 
     async def stage(
@@ -314,6 +325,7 @@ class IngestRequests:
         *,
         writer_id: str = "",
         offset: int | None = None,
+        branch: str = "",
     ) -> StagedRows:
         """Decodes and checks a request's rows, holding their write-buffer bytes (not queued).
 
@@ -324,6 +336,7 @@ class IngestRequests:
         Raises:
             As ``enqueue``.
         """
+        check_branch("branch", branch)  # before any work: a bad name changes nothing
         if mode is WriteMode.APPEND and not overwrite_filter:
             change = None
             decoded, info, reservation = await self._decode(namespace, table, rows)
@@ -337,7 +350,7 @@ class IngestRequests:
             if change is not None:
                 return await self._staged_change(decoded, info, change, reservation)
             return await self._staged_append(
-                namespace, table, decoded, info, policy, writer_id, offset, reservation
+                namespace, table, decoded, info, policy, writer_id, offset, reservation, branch
             )
         except BaseException:
             if reservation is not None:
@@ -370,6 +383,7 @@ class IngestRequests:
         writer_id: str,
         offset: int | None,
         reservation: Reservation | None,
+        branch: str = "",
     ) -> StagedRows:
         problems = listed_problems(decoded)
         dead_lettered = 0
@@ -380,6 +394,9 @@ class IngestRequests:
             whole_payload = any(p.row_index < 0 for p in decoded.problems)
             if resolved != InvalidRowPolicy.DEAD_LETTER or whole_payload:
                 raise RowsRejected(decoded)
+            # Dead letters are written before the commit: a write the commit would refuse
+            # for its branch must not leave them behind.
+            await self._ingest.check_branch(namespace, table, branch)
             dead_lettered = await self._dead_letters.write(
                 namespace, table, decoded, writer_id=writer_id, offset=offset
             )
@@ -407,6 +424,7 @@ class IngestRequests:
         writer_id: str,
         offset: int | None,
         request_id: str = "",
+        branch: str = "",
     ) -> QueuedRows:
         """Queues staged requests as one write (their reservations are taken over).
 
@@ -436,6 +454,7 @@ class IngestRequests:
                 request_id=request_id,
                 reservation=reservation,
                 change=first.change,
+                branch=branch,
             )
         finally:
             for one in staged:

@@ -31,6 +31,7 @@ from lakehouse.domain.compaction import DEFAULT_MIN_INPUT_FILES
 from lakehouse.domain.errors import FailedPrecondition
 from lakehouse.domain.job_context import JobContext
 from lakehouse.domain.json_values import batch_to_structs
+from lakehouse.domain.refs import MAIN
 from lakehouse.domain.sql_result import SqlOutcome
 
 MAX_LISTED_URIS = 1000
@@ -96,6 +97,7 @@ class JobKinds:
             min_input_files=spec.min_input_files or DEFAULT_MIN_INPUT_FILES,
             small_file_bytes=spec.small_file_size_bytes or None,
             ctx=ctx,
+            branch=spec.branch or MAIN,
         )
         return jr.CompactTableResult(
             files_before=r.files_rewritten,

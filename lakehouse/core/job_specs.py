@@ -20,6 +20,7 @@ from lakehouse.domain.errors import AlreadyExists, FieldViolation, InvalidArgume
 from lakehouse.domain.import_uris import check_source_uris
 from lakehouse.domain.jobs import KIND_NAMES
 from lakehouse.domain.names import check_identifier
+from lakehouse.domain.refs import check_branch
 from lakehouse.domain.row_filter import parse_row_filter_off_loop
 from lakehouse.domain.tables import TableInfo
 
@@ -199,6 +200,7 @@ class SpecChecker:
         table = check_identifier(f"spec.{which}.table", body.table)
         if isinstance(body, js.CompactTableSpec):
             self._check_compact_numbers(body)
+            check_branch("spec.compact_table.branch", body.branch)
         elif isinstance(body, js.ExpireSnapshotsSpec):
             self._check_expire(body)
         elif isinstance(body, js.RemoveOrphanFilesSpec):

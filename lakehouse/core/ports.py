@@ -27,7 +27,7 @@ from lakehouse.domain.job_results import JobResult
 from lakehouse.domain.job_specs import JobSpec
 from lakehouse.domain.jobs import Claim, JobRecord
 from lakehouse.domain.objects import ObjectInfo
-from lakehouse.domain.refs import RefInfo, RefKind
+from lakehouse.domain.refs import MAIN, RefInfo, RefKind
 from lakehouse.domain.row_changes import DeleteOutcome, RowChange
 from lakehouse.domain.sql_result import SqlOutcome
 from lakehouse.domain.table_health import FileStats
@@ -159,10 +159,12 @@ class CatalogPort(Protocol):
         ledger: RequestIdLedger | None = None,
         request_ids: Collection[str] = (),
         change: RowChange | None = None,
+        branch: str = MAIN,
     ) -> AppendOutcome:
         """Appends what ``plan`` decides on the freshest table state, in one commit.
 
-        With a ``change``, the same snapshot removes the rows it replaces.
+        With a ``change``, the same snapshot removes the rows it replaces. The commit goes to
+        ``branch``'s head; the plan sees the exactly-once state of that branch's lineage.
         """
 
     async def delete_rows(
@@ -176,13 +178,23 @@ class CatalogPort(Protocol):
         request_id_window_ms: int,
         max_attempts: int,
         ledger: RequestIdLedger | None = None,
+        branch: str = MAIN,
     ) -> DeleteOutcome:
-        """Deletes the rows ``row_filter`` matches, in one snapshot; a request id deletes once."""
+        """Deletes the rows ``row_filter`` matches, in one snapshot on ``branch``.
+
+        A request id deletes once (per branch lineage).
+        """
 
     async def writer_position(
-        self, namespace: str, name: str, writer_id: str, *, request_id_window_ms: int
+        self,
+        namespace: str,
+        name: str,
+        writer_id: str,
+        *,
+        request_id_window_ms: int,
+        branch: str = MAIN,
     ) -> tuple[int, int | None, int] | None:
-        """(next_offset, last snapshot id, last commit ms) of a writer, or None if unknown."""
+        """(next_offset, last snapshot id, last commit ms) of a writer on ``branch``, or None."""
 
     async def open_scan(self, namespace: str, name: str, request: ScanRequest) -> OpenScan:
         """Plans a scan (files and row groups pruned by the filter) and opens a lazy reader."""
@@ -421,8 +433,9 @@ class TableJobsPort(Protocol):
         min_input_files: int,
         small_file_bytes: int | None,
         ctx: JobContext,
+        branch: str = MAIN,
     ) -> CompactResult:
-        """Rewrites the table's small files (those ``row_filter`` selects) into larger ones."""
+        """Rewrites the small files (those ``row_filter`` selects) of ``branch``'s head."""
 
     async def expire_snapshots(
         self, namespace: str, table: str, *, older_than_ms: int, retain_last: int, ctx: JobContext

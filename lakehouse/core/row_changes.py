@@ -15,6 +15,7 @@ from lakehouse.core.ports import CatalogPort
 from lakehouse.domain.errors import FailedPrecondition, InvalidArgument
 from lakehouse.domain.ingest import RequestIdLedger
 from lakehouse.domain.names import check_identifier
+from lakehouse.domain.refs import check_branch
 from lakehouse.domain.row_changes import DeleteOutcome, RowChange, WriteMode
 from lakehouse.domain.row_filter import parse_row_filter_off_loop
 from lakehouse.domain.tables import TableInfo
@@ -49,18 +50,21 @@ class RowChanges:
         *,
         request_id: str = "",
         expected_etag: str = "",
+        branch: str = "",
     ) -> DeleteOutcome:
-        """Deletes the rows ``row_filter`` matches, in one snapshot.
+        """Deletes the rows ``row_filter`` matches, in one snapshot on ``branch`` (empty: main).
 
         Raises:
             InvalidArgument: Bad names, request id, or a filter that is empty or does not
                 parse for the table (INVALID_ROW_FILTER).
-            NotFound: No such table.
+            NotFound: No such table, or branch (REF_NOT_FOUND).
+            FailedPrecondition: ``branch`` is a tag (NOT_A_BRANCH).
             Conflict: A stale etag (ETAG_MISMATCH) or commit races lost (COMMIT_CONFLICT).
             Unavailable: A backing service failed; nothing was deleted.
         """
         check_identifier("namespace", namespace)
         check_identifier("table", table)
+        branch = check_branch("branch", branch)
         if request_id:
             check_request_id("request_id", request_id)
         if not row_filter.strip():
@@ -80,6 +84,7 @@ class RowChanges:
             request_id_window_ms=int(self._settings.request_id_window_seconds * 1000),
             max_attempts=self._settings.commit_attempts,
             ledger=self._ledger,
+            branch=branch,
         )
         if outcome.snapshot_id is not None:
             count_change("delete", outcome.stats)

@@ -88,6 +88,8 @@ class CompactTableSpec:
     target_file_size_bytes: int = 0
     small_file_size_bytes: int = 0
     min_input_files: int = 0
+    branch: str = ""
+    """The branch compacted; empty: main."""
 
 
 @dataclass(frozen=True)

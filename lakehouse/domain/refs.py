@@ -57,3 +57,14 @@ def check_ref_name(field: str, name: str, *, allow_main: bool = False) -> str:
             field, '"main" is the table itself: name another branch or tag', reason="INVALID_NAME"
         )
     return name
+
+
+def check_branch(field: str, name: str) -> str:
+    """The branch a write or a read of offsets names: empty is main.
+
+    Raises:
+        InvalidArgument: A malformed name (reason INVALID_NAME).
+    """
+    if not name:
+        return MAIN
+    return check_ref_name(field, name, allow_main=True)

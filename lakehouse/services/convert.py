@@ -511,6 +511,7 @@ def job_spec_from_proto(proto: job_pb2.JobSpec) -> js.JobSpec:
             target_file_size_bytes=c.target_file_size_bytes,
             small_file_size_bytes=c.small_file_size_bytes,
             min_input_files=c.min_input_files,
+            branch=c.branch,
         )
     elif which == "expire_snapshots":
         e = proto.expire_snapshots
@@ -564,6 +565,7 @@ def job_spec_to_proto(spec: js.JobSpec) -> job_pb2.JobSpec:
         proto.compact_table.target_file_size_bytes = body.target_file_size_bytes
         proto.compact_table.small_file_size_bytes = body.small_file_size_bytes
         proto.compact_table.min_input_files = body.min_input_files
+        proto.compact_table.branch = body.branch
     elif isinstance(body, js.ExpireSnapshotsSpec):
         e = proto.expire_snapshots
         e.SetInParent()

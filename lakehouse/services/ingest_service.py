@@ -54,6 +54,7 @@ class _Stream:
     namespace: str = ""
     table: str = ""
     writer_id: str = ""
+    branch: str = ""
     schema_bytes: bytes | None = None
     mode: WriteMode = WriteMode.APPEND
     overwrite_filter: str = ""
@@ -92,6 +93,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             request_id=request.request_id,
             mode=write_mode_from_proto(request.write_mode),
             overwrite_filter=request.overwrite_filter,
+            branch=request.branch,
         )
         result = await queued.future
         return pb.WriteRowsResponse(
@@ -103,7 +105,9 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         self, request: pb.GetWriterRequest, context: Context
     ) -> pb.GetWriterResponse:
         """A writer's committed position on a table."""
-        info = await self._ingest.get_writer(request.namespace, request.table, request.writer_id)
+        info = await self._ingest.get_writer(
+            request.namespace, request.table, request.writer_id, request.branch
+        )
         writer = writer_to_proto(request.namespace, request.table, request.writer_id, info)
         return pb.GetWriterResponse(writer=writer)
 
@@ -176,6 +180,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                 invalid_row_policy_from_proto(request.invalid_row_policy),
                 stream.mode,
                 stream.overwrite_filter,
+                branch=stream.branch,
             )
             stream.staged.append((offset, staged))
             return None
@@ -195,6 +200,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                 request_id="",
                 mode=stream.mode,
                 overwrite_filter=stream.overwrite_filter,
+                branch=stream.branch,
             )
             return offset, queued
         except LakehouseError as exc:
@@ -242,6 +248,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             staged,
             writer_id=stream.writer_id,
             offset=first_offset,
+            branch=stream.branch,
         )
         last = len(staged) - 1
         return [
@@ -259,11 +266,13 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                 )
             stream.namespace, stream.table = request.namespace, request.table
             stream.writer_id = request.writer_id
+            stream.branch = request.branch
             return
         for name, value, bound in (
             ("namespace", request.namespace, stream.namespace),
             ("table", request.table, stream.table),
             ("writer_id", request.writer_id, stream.writer_id),
+            ("branch", request.branch, stream.branch),
         ):
             if value and value != bound:
                 raise InvalidArgument.field(

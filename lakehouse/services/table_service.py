@@ -275,6 +275,7 @@ class TableServicer(table_service_pb2_grpc.TableServiceServicer):
             request.row_filter,
             request_id=request.request_id,
             expected_etag=request.expected_etag,
+            branch=request.branch,
         )
         return delete_outcome_to_proto(outcome)
 

@@ -27,7 +27,7 @@ from lakehouse.v1 import ingest_pb2 as lakehouse_dot_v1_dot_ingest__pb2
 from lakehouse.v1 import rows_pb2 as lakehouse_dot_v1_dot_rows__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!lakehouse/v1/ingest_service.proto\x12\x0clakehouse.v1\x1a\x17google/rpc/status.proto\x1a\x19lakehouse/v1/ingest.proto\x1a\x17lakehouse/v1/rows.proto\"\x8f\x03\n\x11\x41ppendRowsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05table\x18\x02 \x01(\t\x12\x11\n\twriter_id\x18\x03 \x01(\t\x12\x13\n\x06offset\x18\x04 \x01(\x03H\x01\x88\x01\x01\x12/\n\x0c\x61rrow_schema\x18\x05 \x01(\x0b\x32\x19.lakehouse.v1.ArrowSchema\x12<\n\x12\x61rrow_record_batch\x18\x06 \x01(\x0b\x32\x1e.lakehouse.v1.ArrowRecordBatchH\x00\x12+\n\tjson_rows\x18\x07 \x01(\x0b\x32\x16.lakehouse.v1.JsonRowsH\x00\x12:\n\x12invalid_row_policy\x18\x08 \x01(\x0e\x32\x1e.lakehouse.v1.InvalidRowPolicy\x12+\n\nwrite_mode\x18\t \x01(\x0e\x32\x17.lakehouse.v1.WriteMode\x12\x18\n\x10overwrite_filter\x18\n \x01(\tB\x06\n\x04rowsB\t\n\x07_offset\"\xbe\x01\n\x12\x41ppendRowsResponse\x12\x13\n\x06offset\x18\x01 \x01(\x03H\x01\x88\x01\x01\x12+\n\x06result\x18\x02 \x01(\x0b\x32\x19.lakehouse.v1.WriteResultH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x12*\n\nrow_errors\x18\x04 \x03(\x0b\x32\x16.lakehouse.v1.RowErrorB\n\n\x08responseB\t\n\x07_offset\"\xef\x02\n\x10WriteRowsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05table\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12/\n\x0c\x61rrow_schema\x18\x04 \x01(\x0b\x32\x19.lakehouse.v1.ArrowSchema\x12<\n\x12\x61rrow_record_batch\x18\x05 \x01(\x0b\x32\x1e.lakehouse.v1.ArrowRecordBatchH\x00\x12+\n\tjson_rows\x18\x06 \x01(\x0b\x32\x16.lakehouse.v1.JsonRowsH\x00\x12:\n\x12invalid_row_policy\x18\x07 \x01(\x0e\x32\x1e.lakehouse.v1.InvalidRowPolicy\x12+\n\nwrite_mode\x18\x08 \x01(\x0e\x32\x17.lakehouse.v1.WriteMode\x12\x18\n\x10overwrite_filter\x18\t \x01(\tB\x06\n\x04rows\"j\n\x11WriteRowsResponse\x12)\n\x06result\x18\x01 \x01(\x0b\x32\x19.lakehouse.v1.WriteResult\x12*\n\nrow_errors\x18\x02 \x03(\x0b\x32\x16.lakehouse.v1.RowError\"G\n\x10GetWriterRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05table\x18\x02 \x01(\t\x12\x11\n\twriter_id\x18\x03 \x01(\t\"9\n\x11GetWriterResponse\x12$\n\x06writer\x18\x01 \x01(\x0b\x32\x14.lakehouse.v1.Writer2\x80\x02\n\rIngestService\x12S\n\nAppendRows\x12\x1f.lakehouse.v1.AppendRowsRequest\x1a .lakehouse.v1.AppendRowsResponse(\x01\x30\x01\x12L\n\tWriteRows\x12\x1e.lakehouse.v1.WriteRowsRequest\x1a\x1f.lakehouse.v1.WriteRowsResponse\x12L\n\tGetWriter\x12\x1e.lakehouse.v1.GetWriterRequest\x1a\x1f.lakehouse.v1.GetWriterResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!lakehouse/v1/ingest_service.proto\x12\x0clakehouse.v1\x1a\x17google/rpc/status.proto\x1a\x19lakehouse/v1/ingest.proto\x1a\x17lakehouse/v1/rows.proto\"\x9f\x03\n\x11\x41ppendRowsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05table\x18\x02 \x01(\t\x12\x11\n\twriter_id\x18\x03 \x01(\t\x12\x13\n\x06offset\x18\x04 \x01(\x03H\x01\x88\x01\x01\x12/\n\x0c\x61rrow_schema\x18\x05 \x01(\x0b\x32\x19.lakehouse.v1.ArrowSchema\x12<\n\x12\x61rrow_record_batch\x18\x06 \x01(\x0b\x32\x1e.lakehouse.v1.ArrowRecordBatchH\x00\x12+\n\tjson_rows\x18\x07 \x01(\x0b\x32\x16.lakehouse.v1.JsonRowsH\x00\x12:\n\x12invalid_row_policy\x18\x08 \x01(\x0e\x32\x1e.lakehouse.v1.InvalidRowPolicy\x12+\n\nwrite_mode\x18\t \x01(\x0e\x32\x17.lakehouse.v1.WriteMode\x12\x18\n\x10overwrite_filter\x18\n \x01(\t\x12\x0e\n\x06\x62ranch\x18\x0b \x01(\tB\x06\n\x04rowsB\t\n\x07_offset\"\xbe\x01\n\x12\x41ppendRowsResponse\x12\x13\n\x06offset\x18\x01 \x01(\x03H\x01\x88\x01\x01\x12+\n\x06result\x18\x02 \x01(\x0b\x32\x19.lakehouse.v1.WriteResultH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x12*\n\nrow_errors\x18\x04 \x03(\x0b\x32\x16.lakehouse.v1.RowErrorB\n\n\x08responseB\t\n\x07_offset\"\xff\x02\n\x10WriteRowsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05table\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12/\n\x0c\x61rrow_schema\x18\x04 \x01(\x0b\x32\x19.lakehouse.v1.ArrowSchema\x12<\n\x12\x61rrow_record_batch\x18\x05 \x01(\x0b\x32\x1e.lakehouse.v1.ArrowRecordBatchH\x00\x12+\n\tjson_rows\x18\x06 \x01(\x0b\x32\x16.lakehouse.v1.JsonRowsH\x00\x12:\n\x12invalid_row_policy\x18\x07 \x01(\x0e\x32\x1e.lakehouse.v1.InvalidRowPolicy\x12+\n\nwrite_mode\x18\x08 \x01(\x0e\x32\x17.lakehouse.v1.WriteMode\x12\x18\n\x10overwrite_filter\x18\t \x01(\t\x12\x0e\n\x06\x62ranch\x18\n \x01(\tB\x06\n\x04rows\"j\n\x11WriteRowsResponse\x12)\n\x06result\x18\x01 \x01(\x0b\x32\x19.lakehouse.v1.WriteResult\x12*\n\nrow_errors\x18\x02 \x03(\x0b\x32\x16.lakehouse.v1.RowError\"W\n\x10GetWriterRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05table\x18\x02 \x01(\t\x12\x11\n\twriter_id\x18\x03 \x01(\t\x12\x0e\n\x06\x62ranch\x18\x04 \x01(\t\"9\n\x11GetWriterResponse\x12$\n\x06writer\x18\x01 \x01(\x0b\x32\x14.lakehouse.v1.Writer2\x80\x02\n\rIngestService\x12S\n\nAppendRows\x12\x1f.lakehouse.v1.AppendRowsRequest\x1a .lakehouse.v1.AppendRowsResponse(\x01\x30\x01\x12L\n\tWriteRows\x12\x1e.lakehouse.v1.WriteRowsRequest\x1a\x1f.lakehouse.v1.WriteRowsResponse\x12L\n\tGetWriter\x12\x1e.lakehouse.v1.GetWriterRequest\x1a\x1f.lakehouse.v1.GetWriterResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,17 +35,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lakehouse.v1.ingest_service
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_APPENDROWSREQUEST']._serialized_start=129
-  _globals['_APPENDROWSREQUEST']._serialized_end=528
-  _globals['_APPENDROWSRESPONSE']._serialized_start=531
-  _globals['_APPENDROWSRESPONSE']._serialized_end=721
-  _globals['_WRITEROWSREQUEST']._serialized_start=724
-  _globals['_WRITEROWSREQUEST']._serialized_end=1091
-  _globals['_WRITEROWSRESPONSE']._serialized_start=1093
-  _globals['_WRITEROWSRESPONSE']._serialized_end=1199
-  _globals['_GETWRITERREQUEST']._serialized_start=1201
-  _globals['_GETWRITERREQUEST']._serialized_end=1272
-  _globals['_GETWRITERRESPONSE']._serialized_start=1274
-  _globals['_GETWRITERRESPONSE']._serialized_end=1331
-  _globals['_INGESTSERVICE']._serialized_start=1334
-  _globals['_INGESTSERVICE']._serialized_end=1590
+  _globals['_APPENDROWSREQUEST']._serialized_end=544
+  _globals['_APPENDROWSRESPONSE']._serialized_start=547
+  _globals['_APPENDROWSRESPONSE']._serialized_end=737
+  _globals['_WRITEROWSREQUEST']._serialized_start=740
+  _globals['_WRITEROWSREQUEST']._serialized_end=1123
+  _globals['_WRITEROWSRESPONSE']._serialized_start=1125
+  _globals['_WRITEROWSRESPONSE']._serialized_end=1231
+  _globals['_GETWRITERREQUEST']._serialized_start=1233
+  _globals['_GETWRITERREQUEST']._serialized_end=1320
+  _globals['_GETWRITERRESPONSE']._serialized_start=1322
+  _globals['_GETWRITERRESPONSE']._serialized_end=1379
+  _globals['_INGESTSERVICE']._serialized_start=1382
+  _globals['_INGESTSERVICE']._serialized_end=1638
 # @@protoc_insertion_point(module_scope)

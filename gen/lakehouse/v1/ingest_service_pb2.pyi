@@ -37,6 +37,7 @@ class AppendRowsRequest(_message.Message):
     INVALID_ROW_POLICY_FIELD_NUMBER: _builtins.int
     WRITE_MODE_FIELD_NUMBER: _builtins.int
     OVERWRITE_FILTER_FIELD_NUMBER: _builtins.int
+    BRANCH_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """The namespace of the table. Required in the first request of the stream; later requests
     leave it empty or repeat the same value.
@@ -73,6 +74,13 @@ class AppendRowsRequest(_message.Message):
     """The rows to replace in OVERWRITE mode, in the row_filter syntax of ReadRows; required in
     that mode, refused in the others. First request only, as write_mode.
     """
+    branch: _builtins.str
+    """The branch the stream's rows are committed to (see CreateBranch); empty means "main".
+    Set in the first request only (later requests leave it empty or repeat it). The
+    writer's offsets are those of that branch: a branch starts with main's offsets where it
+    was created, and later commits on one do not move the other's. An unknown branch fails
+    with NOT_FOUND (reason REF_NOT_FOUND), a tag with FAILED_PRECONDITION (NOT_A_BRANCH).
+    """
     @_builtins.property
     def arrow_schema(self) -> _rows_pb2.ArrowSchema:
         """The Arrow schema of arrow_record_batch, as sent by the writer. Needed in the first
@@ -103,10 +111,11 @@ class AppendRowsRequest(_message.Message):
         invalid_row_policy: _ingest_pb2.InvalidRowPolicy.ValueType = ...,
         write_mode: _ingest_pb2.WriteMode.ValueType = ...,
         overwrite_filter: _builtins.str = ...,
+        branch: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_offset", b"_offset", "arrow_record_batch", b"arrow_record_batch", "arrow_schema", b"arrow_schema", "json_rows", b"json_rows", "offset", b"offset", "rows", b"rows"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_offset", b"_offset", "arrow_record_batch", b"arrow_record_batch", "arrow_schema", b"arrow_schema", "invalid_row_policy", b"invalid_row_policy", "json_rows", b"json_rows", "namespace", b"namespace", "offset", b"offset", "overwrite_filter", b"overwrite_filter", "rows", b"rows", "table", b"table", "write_mode", b"write_mode", "writer_id", b"writer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_offset", b"_offset", "arrow_record_batch", b"arrow_record_batch", "arrow_schema", b"arrow_schema", "branch", b"branch", "invalid_row_policy", b"invalid_row_policy", "json_rows", b"json_rows", "namespace", b"namespace", "offset", b"offset", "overwrite_filter", b"overwrite_filter", "rows", b"rows", "table", b"table", "write_mode", b"write_mode", "writer_id", b"writer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__offset: _TypeAlias = _typing.Literal["offset"]  # noqa: Y015
     _WhichOneofArgType__offset: _TypeAlias = _typing.Literal["_offset", b"_offset"]  # noqa: Y015
@@ -191,6 +200,7 @@ class WriteRowsRequest(_message.Message):
     INVALID_ROW_POLICY_FIELD_NUMBER: _builtins.int
     WRITE_MODE_FIELD_NUMBER: _builtins.int
     OVERWRITE_FILTER_FIELD_NUMBER: _builtins.int
+    BRANCH_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """The namespace of the table."""
     table: _builtins.str
@@ -210,6 +220,11 @@ class WriteRowsRequest(_message.Message):
     overwrite_filter: _builtins.str
     """The rows to replace in OVERWRITE mode, in the row_filter syntax of ReadRows; required in
     that mode, refused in the others.
+    """
+    branch: _builtins.str
+    """The branch the rows are committed to (see CreateBranch); empty means "main". The
+    request_id is remembered in that branch's history. An unknown branch fails with
+    NOT_FOUND (reason REF_NOT_FOUND), a tag with FAILED_PRECONDITION (NOT_A_BRANCH).
     """
     @_builtins.property
     def arrow_schema(self) -> _rows_pb2.ArrowSchema:
@@ -239,10 +254,11 @@ class WriteRowsRequest(_message.Message):
         invalid_row_policy: _ingest_pb2.InvalidRowPolicy.ValueType = ...,
         write_mode: _ingest_pb2.WriteMode.ValueType = ...,
         overwrite_filter: _builtins.str = ...,
+        branch: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["arrow_record_batch", b"arrow_record_batch", "arrow_schema", b"arrow_schema", "json_rows", b"json_rows", "rows", b"rows"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrow_record_batch", b"arrow_record_batch", "arrow_schema", b"arrow_schema", "invalid_row_policy", b"invalid_row_policy", "json_rows", b"json_rows", "namespace", b"namespace", "overwrite_filter", b"overwrite_filter", "request_id", b"request_id", "rows", b"rows", "table", b"table", "write_mode", b"write_mode"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrow_record_batch", b"arrow_record_batch", "arrow_schema", b"arrow_schema", "branch", b"branch", "invalid_row_policy", b"invalid_row_policy", "json_rows", b"json_rows", "namespace", b"namespace", "overwrite_filter", b"overwrite_filter", "request_id", b"request_id", "rows", b"rows", "table", b"table", "write_mode", b"write_mode"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_rows: _TypeAlias = _typing.Literal["arrow_record_batch", "json_rows"]  # noqa: Y015
     _WhichOneofArgType_rows: _TypeAlias = _typing.Literal["rows", b"rows"]  # noqa: Y015
@@ -289,22 +305,26 @@ class GetWriterRequest(_message.Message):
     NAMESPACE_FIELD_NUMBER: _builtins.int
     TABLE_FIELD_NUMBER: _builtins.int
     WRITER_ID_FIELD_NUMBER: _builtins.int
+    BRANCH_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """The namespace of the table."""
     table: _builtins.str
     """The table name."""
     writer_id: _builtins.str
     """The writer id."""
+    branch: _builtins.str
+    """The branch whose offsets to read; empty means "main". Each branch has its own."""
     def __init__(
         self,
         *,
         namespace: _builtins.str = ...,
         table: _builtins.str = ...,
         writer_id: _builtins.str = ...,
+        branch: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "table", b"table", "writer_id", b"writer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch", b"branch", "namespace", b"namespace", "table", b"table", "writer_id", b"writer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -231,6 +231,7 @@ class CompactTableJobSpec(_message.Message):
     TARGET_FILE_SIZE_BYTES_FIELD_NUMBER: _builtins.int
     SMALL_FILE_SIZE_BYTES_FIELD_NUMBER: _builtins.int
     MIN_INPUT_FILES_FIELD_NUMBER: _builtins.int
+    BRANCH_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """The namespace of the table."""
     table: _builtins.str
@@ -252,6 +253,12 @@ class CompactTableJobSpec(_message.Message):
     """A group of files (one partition) is rewritten only when it holds at least this many
     small files. 0 means the default of 2.
     """
+    branch: _builtins.str
+    """The branch to compact (see TableService.CreateBranch); empty means "main". The files of
+    the branch's head are rewritten and the replace snapshot is committed to that branch
+    only. An unknown branch fails the job with NOT_FOUND (REF_NOT_FOUND), a tag with
+    FAILED_PRECONDITION (NOT_A_BRANCH).
+    """
     def __init__(
         self,
         *,
@@ -261,10 +268,11 @@ class CompactTableJobSpec(_message.Message):
         target_file_size_bytes: _builtins.int = ...,
         small_file_size_bytes: _builtins.int = ...,
         min_input_files: _builtins.int = ...,
+        branch: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_input_files", b"min_input_files", "namespace", b"namespace", "row_filter", b"row_filter", "small_file_size_bytes", b"small_file_size_bytes", "table", b"table", "target_file_size_bytes", b"target_file_size_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch", b"branch", "min_input_files", b"min_input_files", "namespace", b"namespace", "row_filter", b"row_filter", "small_file_size_bytes", b"small_file_size_bytes", "table", b"table", "target_file_size_bytes", b"target_file_size_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

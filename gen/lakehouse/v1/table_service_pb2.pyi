@@ -1527,6 +1527,7 @@ class DeleteRowsRequest(_message.Message):
     ROW_FILTER_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     EXPECTED_ETAG_FIELD_NUMBER: _builtins.int
+    BRANCH_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """The namespace of the table."""
     table: _builtins.str
@@ -1546,6 +1547,11 @@ class DeleteRowsRequest(_message.Message):
     """The etag from GetTable. If set and the table changed since, the call fails with ABORTED
     (reason ETAG_MISMATCH) and nothing changes.
     """
+    branch: _builtins.str
+    """The branch to delete from (see CreateBranch); empty means "main". The rows matched are
+    those of the branch's head, and only the branch moves. An unknown branch fails with
+    NOT_FOUND (reason REF_NOT_FOUND), a tag with FAILED_PRECONDITION (NOT_A_BRANCH).
+    """
     def __init__(
         self,
         *,
@@ -1554,10 +1560,11 @@ class DeleteRowsRequest(_message.Message):
         row_filter: _builtins.str = ...,
         request_id: _builtins.str = ...,
         expected_etag: _builtins.str = ...,
+        branch: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_etag", b"expected_etag", "namespace", b"namespace", "request_id", b"request_id", "row_filter", b"row_filter", "table", b"table"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch", b"branch", "expected_etag", b"expected_etag", "namespace", b"namespace", "request_id", b"request_id", "row_filter", b"row_filter", "table", b"table"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -50,6 +50,7 @@ from lakehouse.adapters.duckdb.parse_tree import (
     first_line,
     invalid,
     quote,
+    split_ref,
 )
 from lakehouse.adapters.duckdb.preview import Preview
 from lakehouse.adapters.duckdb.progress import Progress
@@ -62,6 +63,7 @@ from lakehouse.adapters.duckdb.writes import TrackingIO, write_files
 from lakehouse.adapters.iceberg.errors import translate_errors, without_paths
 from lakehouse.adapters.iceberg.planned_changes import planned_change
 from lakehouse.adapters.iceberg.scan import small_offsets
+from lakehouse.adapters.iceberg.snapshot_refs import resolve_ref
 from lakehouse.adapters.pyiceberg_private.writes import (
     check_arrow_schema_fits,
     transaction_io,
@@ -240,14 +242,17 @@ class _Engine:
             namespace, name = resolve(ref.parts, default_namespace)
             if (namespace, name) in self._tables:
                 continue
+            # ns."t@audit" reads branch audit's head (or tag audit's snapshot) of ns.t.
+            table_name, ref_name = split_ref(name)
             try:
-                with translate_errors(namespace, name):
-                    table = catalog.load_table((namespace, name))
+                with translate_errors(namespace, table_name):
+                    table = catalog.load_table((namespace, table_name))
             except NotFound:
                 if ref.maybe_cte:
                     continue
                 raise
-            source = IcebergSource(table, self._ctx, self._failures, self._progress)
+            snapshot_id = resolve_ref(table, ref_name) if ref_name else None
+            source = IcebergSource(table, self._ctx, self._failures, self._progress, snapshot_id)
             hidden = f"{_SOURCE_PREFIX}{len(self._tables)}"
             self._con._register_arrow_source(hidden, source)
             if namespace not in schemas:

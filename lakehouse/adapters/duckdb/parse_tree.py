@@ -108,8 +108,13 @@ def table_refs(con: duckdb.DuckDBPyConnection, query: str) -> tuple[TableRef, ..
         if table.get("at_clause"):
             raise invalid(f"table {shown!r}: time travel (AT ...) is not supported")
         lowered = tuple(p.lower() for p in parts)
-        for part in lowered:
+        for part in lowered[:-1]:
             _check_name_part(part, shown)
+        # The table part may name a branch or tag: "t@audit" (see split_ref).
+        table_part, at, ref_part = lowered[-1].partition("@")
+        _check_name_part(table_part, shown)
+        if at and not _REF_NAME.fullmatch(ref_part):
+            _check_name_part(lowered[-1], shown)  # refused, with its message
         maybe_cte = len(lowered) == 1 and lowered[0] in ctes
         known = refs.get(lowered)
         if known is None or (known.maybe_cte and not maybe_cte):
@@ -189,3 +194,40 @@ def first_line(exc: BaseException) -> str:
     """The first line of an error's message (at most 500 characters), for an answer."""
     text = str(exc).strip()
     return text.splitlines()[0][:500] if text else type(exc).__name__
+
+
+def split_ref(name: str) -> tuple[str, str]:
+    """``(table, ref)`` of a table name that may name a branch or tag: ``"orders@audit"``.
+
+    A SQL job reads a branch's head or a tag's snapshot under the quoted name
+    ``ns."table@ref"``; without ``@`` the ref is empty (the current snapshot).
+
+    Raises:
+        InvalidArgument: A malformed ref name (on ``sql.statement``).
+    """
+    table, at, ref = name.partition("@")
+    if not at:
+        return name, ""
+    if not _REF_NAME.fullmatch(ref):
+        raise invalid(
+            f"{name!r}: after '@' comes a branch or tag name (ASCII letters, digits, '.', '_' "
+            "or '-')"
+        )
+    return table, ref
+
+
+def refuse_ref_target(parts: tuple[str, ...]) -> None:
+    """Refuses a write whose target names a branch or tag (SQL jobs read them only).
+
+    Raises:
+        InvalidArgument: SQL_NOT_ALLOWED, pointing to the RPCs that write to a branch.
+    """
+    if "@" in parts[-1]:
+        raise invalid(
+            f"{'.'.join(parts)!r}: a branch or tag is read-only in a SQL job; write to a branch "
+            "with WriteRows, AppendRows or DeleteRows and their branch field",
+            reason="SQL_NOT_ALLOWED",
+        )
+
+
+_REF_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")

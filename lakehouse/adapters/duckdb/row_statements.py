@@ -18,6 +18,7 @@ from lakehouse.adapters.duckdb.parse_tree import (
     NOT_ALLOWED,
     invalid,
     quote,
+    refuse_ref_target,
     serialize,
     table_refs,
     token_positions,
@@ -214,6 +215,7 @@ def _change_target(con: duckdb.DuckDBPyConnection, name_text: str) -> tuple[tupl
         raise invalid(f"{name_text!r} is not a table name")
     if node.get("column_name_alias") or node.get("sample"):
         raise invalid(f"{name_text!r}: only a table name and an alias are supported")
+    refuse_ref_target(refs[0].parts)
     alias = str(node.get("alias") or refs[0].parts[-1])
     return refs[0].parts, alias
 

@@ -66,14 +66,22 @@ class IcebergSource(ArrowScanSource):
     schema_is_stable = True
 
     def __init__(
-        self, table: IcebergTable, ctx: JobContext, failures: Failures, progress: Progress
+        self,
+        table: IcebergTable,
+        ctx: JobContext,
+        failures: Failures,
+        progress: Progress,
+        snapshot_id: int | None = None,
     ) -> None:
+        """A source reading ``snapshot_id`` (a branch's head, a tag's), or the current one."""
         super().__init__(table)
         self._table = table
         self._ctx = ctx
         self._failures = failures
         self._progress = progress
-        self._snapshot_id = table.metadata.current_snapshot_id
+        self._snapshot_id = (
+            snapshot_id if snapshot_id is not None else table.metadata.current_snapshot_id
+        )
         self._schema = small_offsets(schema_to_pyarrow(table.schema()))
         self._types = {f.name: f.field_type for f in table.schema().fields}
 

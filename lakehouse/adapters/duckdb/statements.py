@@ -22,6 +22,8 @@ from lakehouse.adapters.duckdb.parse_tree import (
     NOT_ALLOWED,
     TableRef,
     invalid,
+    refuse_ref_target,
+    split_ref,
     table_refs,
     token_positions,
     unquote,
@@ -95,7 +97,8 @@ def check_statement(
     for ref in plan.tables:
         if ref.maybe_cte and not default_namespace:
             continue  # can only be the CTE: there is no namespace to find a table in
-        key = resolve(ref.parts, default_namespace)
+        namespace, name = resolve(ref.parts, default_namespace)
+        key = (namespace, split_ref(name)[0])  # "t@audit" reads table t (the ref: at run)
         if key not in names or not ref.maybe_cte:
             names[key] = NamedTable(*key, may_be_cte=ref.maybe_cte)
     written = plan.insert.target if plan.insert is not None else None
@@ -279,4 +282,5 @@ def _insert_target(con: duckdb.DuckDBPyConnection, name_text: str) -> tuple[str,
     refs = table_refs(con, f"SELECT * FROM {name_text}")
     if len(refs) != 1 or len(refs[0].parts) > 2:
         raise invalid(f"{name_text!r} is not a table name")
+    refuse_ref_target(refs[0].parts)
     return refs[0].parts

@@ -84,6 +84,7 @@ from lakehouse.adapters.iceberg.snapshot_refs import (
     list_refs,
     publish_branch,
     resolve_ref,
+    write_head,
 )
 from lakehouse.adapters.iceberg.updates import apply_changes
 from lakehouse.adapters.pyiceberg_private.commits import add_commit_requirements
@@ -822,11 +823,13 @@ class IcebergCatalog:
         ledger: RequestIdLedger | None = None,
         request_ids: Collection[str] = (),
         change: RowChange | None = None,
+        branch: str = MAIN_BRANCH,
     ) -> AppendOutcome:
         """Appends what ``plan`` decides on the freshest table state, in one commit.
 
         With a ``change`` (a write mode other than APPEND), the commit also removes the rows
-        the change replaces, in the same snapshot.
+        the change replaces, in the same snapshot. The commit goes to ``branch``'s head, and
+        the plan sees the exactly-once state of that branch's lineage.
 
         ``plan`` runs in a worker thread, once per attempt: after a conflicting commit it is
         called again on fresh metadata, so offsets are always checked against what is
@@ -835,14 +838,15 @@ class IcebergCatalog:
         a failure to record is returned in ``AppendOutcome.unrecorded``, not raised).
 
         Raises:
-            NotFound: No such table.
+            NotFound: No such table, or branch (REF_NOT_FOUND).
             Conflict: Commits kept conflicting for ``max_attempts``.
-            FailedPrecondition: The data no longer matches the table schema.
+            FailedPrecondition: The data no longer matches the table schema; or ``branch``
+                is a tag (NOT_A_BRANCH).
             Unavailable: The catalog or the object store failed; nothing was committed.
         """
 
         def work(c: Catalog) -> AppendOutcome:
-            committer = ChangeCommitter(change) if change is not None else None
+            committer = ChangeCommitter(change, branch) if change is not None else None
             try:
                 outcome = planned_append(
                     lambda: self._table(c, namespace, name),
@@ -852,6 +856,7 @@ class IcebergCatalog:
                     ledger=ledger,
                     request_ids=request_ids,
                     change=committer.commit if committer is not None else None,
+                    branch=branch,
                 )
                 if outcome.table is not None:  # the next plan starts from the cache
                     self._remember(namespace, name, outcome.table)
@@ -884,11 +889,13 @@ class IcebergCatalog:
         request_id_window_ms: int,
         max_attempts: int,
         ledger: RequestIdLedger | None = None,
+        branch: str = MAIN_BRANCH,
     ) -> DeleteOutcome:
-        """Deletes the rows ``row_filter`` matches, in one snapshot (copy-on-write).
+        """Deletes the rows ``row_filter`` matches, in one snapshot on ``branch`` (copy-on-write).
 
         Raises:
-            NotFound: No such table.
+            NotFound: No such table, or branch (REF_NOT_FOUND).
+            FailedPrecondition: ``branch`` is a tag (NOT_A_BRANCH).
             Conflict: A stale etag (ETAG_MISMATCH), or every attempt lost its commit race.
             Unavailable: The catalog, the object store or the request-id ledger failed;
                 nothing was deleted.
@@ -904,6 +911,7 @@ class IcebergCatalog:
                     ledger=ledger,
                     request_id_window_ms=request_id_window_ms,
                     max_attempts=max_attempts,
+                    branch=branch,
                 )
             finally:
                 self._forget(namespace, name)
@@ -911,21 +919,29 @@ class IcebergCatalog:
         return await self._call(work, namespace, name)
 
     async def writer_position(
-        self, namespace: str, name: str, writer_id: str, *, request_id_window_ms: int
+        self,
+        namespace: str,
+        name: str,
+        writer_id: str,
+        *,
+        request_id_window_ms: int,
+        branch: str = MAIN_BRANCH,
     ) -> tuple[int, int | None, int] | None:
-        """(next_offset, last snapshot id, last commit ms) of a writer, or None if unknown.
+        """(next_offset, last snapshot id, last commit ms) of a writer on a branch, or None.
 
         Raises:
-            NotFound: No such table.
+            NotFound: No such table, or branch (REF_NOT_FOUND).
+            FailedPrecondition: ``branch`` is a tag (NOT_A_BRANCH).
         """
 
         def work(c: Catalog) -> tuple[int, int | None, int] | None:
             table = self._table(c, namespace, name)
-            state = read_state(table, request_id_window_ms=request_id_window_ms)
+            write_head(table, branch)
+            state = read_state(table, request_id_window_ms=request_id_window_ms, branch=branch)
             if writer_id not in state.writers:
                 return None
             next_offset, commit_ms = state.writers[writer_id]
-            snapshot = writer_last_commit(table, writer_id)
+            snapshot = writer_last_commit(table, writer_id, branch)
             return next_offset, snapshot.snapshot_id if snapshot else None, commit_ms
 
         return await self._call(work, namespace, name, retry=True, files=False)

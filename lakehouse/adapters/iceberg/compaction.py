@@ -23,12 +23,14 @@ from pyiceberg.manifest import (
 )
 from pyiceberg.table import ALWAYS_TRUE, FileScanTask, Table, TableProperties
 from pyiceberg.table.metadata import TableMetadata
+from pyiceberg.table.refs import MAIN_BRANCH
 from pyiceberg.table.snapshots import Operation
 
 from lakehouse.adapters.iceberg.ingest import (
     carried_writers,
 )
 from lakehouse.adapters.iceberg.references import delete_all
+from lakehouse.adapters.iceberg.snapshot_refs import commit_to_branch, write_head
 from lakehouse.adapters.pyiceberg_private.commits import ReplaceFiles
 from lakehouse.adapters.pyiceberg_private.writes import writable_table, write_data_files
 from lakehouse.domain.compaction import SMALL_FILE_FRACTION, partition_key
@@ -55,8 +57,12 @@ def compact_table(
     row_filter: BooleanExpression = ALWAYS_TRUE,
     small_file_bytes: int | None = None,
     ctx: JobContext | None = None,
+    branch: str = MAIN_BRANCH,
 ) -> CompactResult:
     """Rewrites the table's small data files into files near a target size, atomically.
+
+    The files are those of ``branch``'s head, and the snapshot is committed to that branch
+    (asserting its head): compacting a branch leaves main alone, and the reverse.
 
     Data files smaller than ``small_file_bytes`` (by default ``SMALL_FILE_FRACTION`` of the
     target), that the scan planner
@@ -77,12 +83,15 @@ def compact_table(
         small_file_bytes: Files at least this big are left alone.
         ctx: The job running the compaction: checked between bins and before the commit
             (a stop commits nothing and deletes the files written), and told the progress.
+        branch: The branch compacted.
 
     Returns:
         What was rewritten; ``snapshot_id`` is None when nothing needed doing.
 
     Raises:
         ValueError: If ``target_file_bytes`` or ``min_input_files`` is not positive.
+        NotFound: No such branch (REF_NOT_FOUND).
+        FailedPrecondition: ``branch`` is a tag (NOT_A_BRANCH).
         pyiceberg.exceptions.CommitFailedException: If the table changed concurrently in a
             conflicting way; the files written are deleted, and the caller may retry.
         pyiceberg.exceptions.ValidationException: If a file to replace was removed
@@ -92,7 +101,7 @@ def compact_table(
         raise ValueError("target_file_bytes and min_input_files must be positive")
     # Writes only with writer values pyiceberg can use (see writable_table).
     table = writable_table(table)
-    snapshot = table.current_snapshot()
+    snapshot = write_head(table, branch)
     if snapshot is None:
         return CompactResult(0, 0, 0, 0, 0, 0, None)
     threshold = small_file_bytes or target_file_bytes * SMALL_FILE_FRACTION
@@ -132,7 +141,7 @@ def compact_table(
                 )
             )
             removed.extend(files)
-        snapshot_id = _commit_replace(table, removed, written, ctx)
+        snapshot_id = _commit_replace(table, removed, written, ctx, branch)
     except (
         CommitFailedException,
         ValidationException,
@@ -158,9 +167,15 @@ def compact_table(
 
 
 def _commit_replace(
-    table: Table, removed: list[DataFile], written: list[DataFile], ctx: JobContext | None
+    table: Table,
+    removed: list[DataFile],
+    written: list[DataFile],
+    ctx: JobContext | None,
+    branch: str = MAIN_BRANCH,
 ) -> int:
-    """Commits one ``replace`` snapshot swapping ``removed`` for ``written``; its id.
+    """Commits one ``replace`` snapshot swapping ``removed`` for ``written`` on ``branch``.
+
+    Returns the snapshot's id.
 
     pyiceberg retries a commit that lost a race on top of the new metadata, but only a few
     times, and not at all once a concurrent expiry removed the snapshot the rewrite read (it
@@ -177,7 +192,8 @@ def _commit_replace(
         JobStopped: The job was asked to stop before a commit.
     """
     entries: dict[str, list[ManifestEntry]] = {}
-    read_at = table.metadata.current_snapshot_id  # what the rewrite read
+    head = table.metadata.snapshot_by_name(branch)
+    read_at = head.snapshot_id if head is not None else None  # what the rewrite read
     spec_at_read = table.metadata.default_spec_id
     deadline = time.monotonic() + REPLACE_COMMIT_SECONDS
     for attempt in itertools.count(1):
@@ -189,8 +205,12 @@ def _commit_replace(
             operation=Operation.OVERWRITE,
             transaction=tx,
             io=table.io,
-            snapshot_properties={"lakehouse.operation": "compact", **carried_writers(table)},
+            snapshot_properties={
+                "lakehouse.operation": "compact",
+                **carried_writers(table, branch),
+            },
             entries=entries,
+            branch=branch,
         )
         for f in removed:
             producer.delete_data_file(f)
@@ -198,9 +218,9 @@ def _commit_replace(
             producer.append_data_file(f)
         try:
             if attempt > 1:
-                _validate_since(producer, tx.table_metadata, read_at, table.io)
+                _validate_since(producer, tx.table_metadata, read_at, table.io, branch)
             producer.commit()
-            tx.commit_transaction()
+            commit_to_branch(tx)
             return producer.snapshot_id
         except CommitFailedException:
             if last:
@@ -234,7 +254,11 @@ def _commit_replace(
 
 
 def _validate_since(
-    producer: ReplaceFiles, metadata: TableMetadata, read_at: int | None, io: FileIO
+    producer: ReplaceFiles,
+    metadata: TableMetadata,
+    read_at: int | None,
+    io: FileIO,
+    branch: str = MAIN_BRANCH,
 ) -> None:
     """Checks the commits since the rewrite read the table (``read_at``) against it.
 
@@ -243,9 +267,9 @@ def _validate_since(
             history since ``read_at`` was expired and the table holds delete files.
     """
     if read_at is not None and metadata.snapshot_by_id(read_at) is not None:
-        producer.validate_since(metadata, read_at)
+        producer.validate_since(metadata, read_at, branch)
         return
-    head = metadata.current_snapshot()
+    head = metadata.snapshot_by_name(branch)
     if head is not None and any(m.content == ManifestContent.DELETES for m in head.manifests(io)):
         raise ValidationException(
             f"snapshot {read_at} the compaction read was expired, and the table has delete "

@@ -18,7 +18,9 @@ lineage no longer reach back over the whole window. The summaries stay the atomi
 the ledger only stretches how long they are remembered.
 
 State therefore lives in the table itself: it survives restarts, every replica sees the same,
-and a rollback rolls it back with the rows. pyiceberg's own commit retry is switched off for
+and a rollback rolls it back with the rows. A write to a branch reads and commits the state of
+that branch's lineage: a branch created from main starts with main's offsets at the fork, and
+later commits on either move only their own. pyiceberg's own commit retry is switched off for
 these commits, because it would re-apply the append on fresh metadata blind to offsets
 another replica may have committed meanwhile; the caller re-plans on fresh metadata instead.
 """
@@ -37,10 +39,12 @@ from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table as IcebergTable
 from pyiceberg.table.metadata import TableMetadata
+from pyiceberg.table.refs import MAIN_BRANCH, SnapshotRefType
 from pyiceberg.table.snapshots import Snapshot
 
 from lakehouse.adapters.iceberg.references import delete_all
 from lakehouse.adapters.iceberg.row_changes import without_commit_retries
+from lakehouse.adapters.iceberg.snapshot_refs import commit_to_branch, write_head
 from lakehouse.adapters.pyiceberg_private.writes import (
     check_arrow_schema_fits,
     paged_by_bytes,
@@ -68,9 +72,9 @@ def _summary(snapshot: Snapshot) -> Mapping[str, str]:
     return snapshot.summary.additional_properties if snapshot.summary is not None else {}
 
 
-def _ancestors(table: IcebergTable) -> list[Snapshot]:
+def _ancestors(table: IcebergTable, branch: str = MAIN_BRANCH) -> list[Snapshot]:
     chain = []
-    snapshot = table.current_snapshot()
+    snapshot = table.snapshot_by_name(branch)
     while snapshot is not None:
         chain.append(snapshot)
         parent = snapshot.parent_snapshot_id
@@ -78,9 +82,11 @@ def _ancestors(table: IcebergTable) -> list[Snapshot]:
     return chain
 
 
-def read_state(table: IcebergTable, *, request_id_window_ms: int) -> IngestState:
-    """The writers and recent request ids recorded in the table's current lineage."""
-    chain = _ancestors(table)
+def read_state(
+    table: IcebergTable, *, request_id_window_ms: int, branch: str = MAIN_BRANCH
+) -> IngestState:
+    """The writers and recent request ids recorded in the lineage of ``branch``'s head."""
+    chain = _ancestors(table, branch)
     writers: dict[str, tuple[int, int]] = {}
     for snapshot in chain:
         summary = _summary(snapshot)
@@ -113,9 +119,9 @@ def read_state(table: IcebergTable, *, request_id_window_ms: int) -> IngestState
         covered = oldest is None or (
             oldest.parent_snapshot_id is None and oldest.sequence_number == 1
         )
-    current = table.current_snapshot()
+    head = chain[0] if chain else None
     return IngestState(
-        current.snapshot_id if current else None, writers, request_ids, window_covered=covered
+        head.snapshot_id if head else None, writers, request_ids, window_covered=covered
     )
 
 
@@ -126,6 +132,7 @@ def recall_request_ids(
     ledger: RequestIdLedger,
     *,
     request_id_window_ms: int,
+    branch: str = MAIN_BRANCH,
 ) -> IngestState:
     """``state`` with those of ``wanted`` that only the ledger still remembers.
 
@@ -142,7 +149,7 @@ def recall_request_ids(
         found = ledger.find(str(table.metadata.table_uuid), missing, since_ms=since_ms)
     except Unavailable:
         return replace(state, unverified=frozenset(missing))
-    lineage = {s.snapshot_id for s in _ancestors(table)}
+    lineage = {s.snapshot_id for s in _ancestors(table, branch)}
     known = {s.snapshot_id for s in table.metadata.snapshots}
     recalled = {
         rid: r.rows
@@ -161,7 +168,7 @@ def keep_expiring_request_ids(
 ) -> None:
     """Before expiry: copies the ids of expiring snapshots still inside the window.
 
-    Ids of expiring snapshots off the current lineage (rolled back) are deleted from the
+    Ids of expiring snapshots off every branch's lineage (rolled back) are deleted from the
     ledger instead, so that they stay unwritten once their snapshot is gone.
 
     Raises:
@@ -169,11 +176,14 @@ def keep_expiring_request_ids(
     """
     horizon = int(time.time() * 1000) - request_id_window_ms
     lineage: set[int] = set()
-    snapshot = metadata.current_snapshot()
-    while snapshot is not None:
-        lineage.add(snapshot.snapshot_id)
-        parent = snapshot.parent_snapshot_id
-        snapshot = metadata.snapshot_by_id(parent) if parent is not None else None
+    for ref in metadata.refs.values():
+        if ref.snapshot_ref_type != SnapshotRefType.BRANCH:
+            continue
+        snapshot = metadata.snapshot_by_id(ref.snapshot_id)
+        while snapshot is not None and snapshot.snapshot_id not in lineage:
+            lineage.add(snapshot.snapshot_id)
+            parent = snapshot.parent_snapshot_id
+            snapshot = metadata.snapshot_by_id(parent) if parent is not None else None
     records: list[RecordedRequest] = []
     rolled_back: list[int] = []
     for snapshot_id in expiring:
@@ -202,15 +212,15 @@ def _merge_writers(writers: dict[str, tuple[int, int]], raw: str) -> None:
             writers[writer] = (int(offset), int(commit_ms))
 
 
-def carried_writers(table: IcebergTable) -> dict[str, str]:
+def carried_writers(table: IcebergTable, branch: str = MAIN_BRANCH) -> dict[str, str]:
     """Summary entries that keep the writers' offsets in a snapshot made by maintenance.
 
     A compaction's snapshot carries no offsets of its own; once expiry removes the ingest
     snapshots behind a few compactions in a row, the offsets would be gone and a writer's
     resend written twice. Its snapshot therefore carries a copy, which ``read_state`` reads
-    as a lower bound.
+    as a lower bound. ``branch`` is the branch the snapshot is committed to.
     """
-    for snapshot in _ancestors(table):
+    for snapshot in _ancestors(table, branch):
         summary = _summary(snapshot)
         raw = summary.get(WRITERS_KEY) or summary.get(CARRIED_WRITERS_KEY)
         if raw is not None:
@@ -228,9 +238,11 @@ def committed_offsets(snapshot: Snapshot) -> dict[str, int]:
     return {w: int(writers[w][0]) for w in json.loads(raw_committed) if w in writers}
 
 
-def writer_last_commit(table: IcebergTable, writer_id: str) -> Snapshot | None:
-    """The newest snapshot in the current lineage that committed rows of ``writer_id``."""
-    for snapshot in _ancestors(table):
+def writer_last_commit(
+    table: IcebergTable, writer_id: str, branch: str = MAIN_BRANCH
+) -> Snapshot | None:
+    """The newest snapshot in ``branch``'s lineage that committed rows of ``writer_id``."""
+    for snapshot in _ancestors(table, branch):
         raw = _summary(snapshot).get(COMMIT_WRITERS_KEY)
         if raw is not None and writer_id in json.loads(raw):
             return snapshot
@@ -259,9 +271,12 @@ def _without_commit_retries(table: IcebergTable, data: pa.Table) -> IcebergTable
 
 
 def _append_or_discard(
-    table: IcebergTable, data: pa.Table, properties: dict[str, str]
+    table: IcebergTable, data: pa.Table, properties: dict[str, str], branch: str = MAIN_BRANCH
 ) -> IcebergTable:
     """Appends ``data`` in one snapshot on exactly ``table``; a refused commit leaves no file.
+
+    The snapshot's parent is ``branch``'s head, and the commit asserts that head (pyiceberg's
+    ``branch=``): a commit on another branch meanwhile does not refuse it.
 
     pyiceberg's ``Transaction.append`` deletes its manifests when the catalog refuses the
     commit, but not the data files it wrote. Appends lose such races to row changes
@@ -278,7 +293,8 @@ def _append_or_discard(
     check_arrow_schema_fits(metadata.schema(), data.schema, format_version=metadata.format_version)
     transaction = writable.transaction()
     written: list[DataFile] = []
-    with transaction.update_snapshot(snapshot_properties=properties).fast_append() as append:
+    update = transaction.update_snapshot(snapshot_properties=properties, branch=branch)
+    with update.fast_append() as append:
         if data.num_rows:
             for data_file in write_data_files(
                 metadata, data, table.io, append.commit_uuid, itertools.count(0)
@@ -286,15 +302,16 @@ def _append_or_discard(
                 written.append(data_file)
                 append.append_data_file(data_file)
     try:
-        return transaction.commit_transaction()
+        return commit_to_branch(transaction)
     except CommitFailedException:
         delete_all(table.io, (f.file_path for f in written))
         raise
 
 
-#: Commits an ingest plan's rows in a write mode other than APPEND on exactly the table given:
-#: (table, rows, snapshot summary properties) -> (table as committed, snapshot id or None when
-#: nothing changed, what it did). Raises ``CommitFailedException`` when the table moved on.
+#: Commits an ingest plan's rows in a write mode other than APPEND on exactly the table given
+#: (on the branch the plan is for): (table, rows, snapshot summary properties) -> (table as
+#: committed, snapshot id or None when nothing changed, what it did). Raises
+#: ``CommitFailedException`` when the branch moved on.
 ChangeCommit = Callable[
     [IcebergTable, pa.Table, dict[str, str]], tuple[IcebergTable, int | None, ChangeStats]
 ]
@@ -310,6 +327,7 @@ def planned_append(
     ledger: RequestIdLedger | None = None,
     request_ids: Collection[str] = (),
     change: ChangeCommit | None = None,
+    branch: str = MAIN_BRANCH,
 ) -> AppendOutcome:
     """Plans on the freshest state and appends, re-planning after every conflict.
 
@@ -323,18 +341,27 @@ def planned_append(
         request_ids: The ids of the requests being planned (looked up in the ledger).
         change: Commits the plan's rows in a write mode other than APPEND (removing rows
             too), on exactly the table given; None appends them.
+        branch: The branch committed to; its lineage holds the exactly-once state.
 
     Raises:
         CommitFailedException: Still conflicting after ``max_attempts``.
+        NotFound: No such branch (REF_NOT_FOUND).
+        FailedPrecondition: ``branch`` is a tag (NOT_A_BRANCH).
     """
     conflicts = 0
     for attempt in range(1, max_attempts + 1):
         table = load()
-        state = read_state(table, request_id_window_ms=request_id_window_ms)
+        write_head(table, branch)  # the branch may have been deleted since the last attempt
+        state = read_state(table, request_id_window_ms=request_id_window_ms, branch=branch)
         if ledger is not None and request_ids:
             # Again on every attempt: expiry may have cut the lineage since the last one.
             state = recall_request_ids(
-                table, state, request_ids, ledger, request_id_window_ms=request_id_window_ms
+                table,
+                state,
+                request_ids,
+                ledger,
+                request_id_window_ms=request_id_window_ms,
+                branch=branch,
             )
         decided = plan(state)
         nothing = decided.data is None or (decided.data.num_rows == 0 and change is None)
@@ -356,7 +383,7 @@ def planned_append(
                         decided, state.snapshot_id, attempt, conflicts, stats=stats
                     )
             else:
-                committed = _append_or_discard(table, decided.data, properties)
+                committed = _append_or_discard(table, decided.data, properties, branch)
         except CommitFailedException:
             conflicts += 1
             if attempt == max_attempts:
@@ -365,10 +392,10 @@ def planned_append(
             wait = min(high, low * 2 ** (attempt - 1))
             time.sleep(random.uniform(wait / 2, wait) / 1000)
             continue
-        snapshot = committed.current_snapshot()
+        snapshot = committed.snapshot_by_name(branch)
         unrecorded = None
         if ledger is not None and decided.request_ids and snapshot is not None:
-            unrecorded = record_request_ids(ledger, committed, decided.request_ids)
+            unrecorded = record_request_ids(ledger, committed, decided.request_ids, branch)
         return AppendOutcome(
             decided,
             snapshot.snapshot_id if snapshot else None,
@@ -382,14 +409,17 @@ def planned_append(
 
 
 def record_request_ids(
-    ledger: RequestIdLedger, table: IcebergTable, request_ids: dict[str, int]
+    ledger: RequestIdLedger,
+    table: IcebergTable,
+    request_ids: dict[str, int],
+    branch: str = MAIN_BRANCH,
 ) -> Unavailable | None:
-    """Puts the request ids of ``table``'s current snapshot in the ledger.
+    """Puts the request ids of the head snapshot of ``table``'s ``branch`` in the ledger.
 
     Returns:
         The failure, if any, for the caller to log (the ids are in the commit's summary).
     """
-    snapshot = table.current_snapshot()
+    snapshot = table.snapshot_by_name(branch)
     if snapshot is None:
         return None
     records = [

@@ -20,6 +20,7 @@ from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import BooleanExpression
 from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table
+from pyiceberg.table.refs import MAIN_BRANCH
 
 from lakehouse.adapters.iceberg.ingest import (
     COMMIT_WRITERS_KEY,
@@ -40,6 +41,7 @@ from lakehouse.adapters.iceberg.row_changes import (
     write_rows,
 )
 from lakehouse.adapters.iceberg.row_matchers import filter_matcher, key_matcher, partition_matcher
+from lakehouse.adapters.iceberg.snapshot_refs import write_head
 from lakehouse.domain.errors import Conflict, FailedPrecondition, Unavailable
 from lakehouse.domain.ingest import RequestIdLedger
 from lakehouse.domain.row_changes import (
@@ -68,12 +70,15 @@ def planned_delete(
     request_id_window_ms: int,
     max_attempts: int,
     backoff_ms: tuple[int, int] = (20, 2000),
+    branch: str = MAIN_BRANCH,
 ) -> DeleteOutcome:
     """Deletes the rows ``row_filter`` matches in one snapshot; see the module docstring.
 
     Raises:
         Conflict: A stale etag (ETAG_MISMATCH), or every attempt lost its race.
         Unavailable: The request-id ledger could not tell whether ``request_id`` was done.
+        NotFound: No such branch (REF_NOT_FOUND).
+        FailedPrecondition: ``branch`` is a tag (NOT_A_BRANCH).
     """
     return planned_change(
         load,
@@ -85,6 +90,7 @@ def planned_delete(
         request_id_window_ms=request_id_window_ms,
         max_attempts=max_attempts,
         backoff_ms=backoff_ms,
+        branch=branch,
     )
 
 
@@ -101,6 +107,7 @@ def planned_change(
     request_id_window_ms: int = 0,
     backoff_ms: tuple[int, int] = (20, 2000),
     check: Callable[[], None] = lambda: None,
+    branch: str = MAIN_BRANCH,
 ) -> DeleteOutcome:
     """Removes (and for an UPDATE replaces) the rows a matcher picks, in one snapshot.
 
@@ -121,6 +128,8 @@ def planned_change(
         request_id_window_ms: How long request ids are remembered.
         backoff_ms: The first and the longest pause between attempts.
         check: Called between files and right before the commit (a job's stop check).
+        branch: The branch changed: planned on its head, committed to it (asserting that
+            head), its lineage holding the request ids and the writers' offsets.
 
     Returns:
         What was done; ``snapshot_id`` None when nothing matched.
@@ -128,6 +137,8 @@ def planned_change(
     Raises:
         Conflict: A stale etag (ETAG_MISMATCH), or every attempt lost its race.
         Unavailable: The request-id ledger could not tell whether ``request_id`` was done.
+        NotFound: No such branch (REF_NOT_FOUND).
+        FailedPrecondition: ``branch`` is a tag (NOT_A_BRANCH).
     """
     cache = RewriteCache()
     committed: list[DataFile] = []
@@ -140,16 +151,17 @@ def planned_change(
         for attempt in range(1, max_attempts + 1):
             if attempt > 1:
                 table = pinned(load())
+            write_head(table, branch)  # it may have been deleted since the last attempt
             if request_id:
                 # Before the etag: a retry of a conditional delete that was applied finds the
                 # table changed by itself, and is answered as applied.
-                done = _recorded(table, request_id, ledger, request_id_window_ms)
+                done = _recorded(table, request_id, ledger, request_id_window_ms, branch)
                 if done is not None:
                     return DeleteOutcome(
                         ChangeStats(rows_deleted=done), None, True, table.metadata_location
                     )
             check_etag(table, expected_etag)
-            rewrites = rewrite_matching(table, matcher_for(table), cache, check)
+            rewrites = rewrite_matching(table, matcher_for(table), cache, check, branch=branch)
             if not rewrites:
                 return DeleteOutcome(ChangeStats(), None, False, table.metadata_location)
             stats = change_stats(rewrites, [])
@@ -158,14 +170,14 @@ def planned_change(
                 ROWS_DELETED_KEY: str(stats.rows_deleted),
                 ROWS_UPDATED_KEY: str(stats.rows_updated),
                 **(properties or {}),
-                **carried_writers(table),
+                **carried_writers(table, branch),
             }
             if request_id:
                 summary[REQUEST_IDS_KEY] = json.dumps({request_id: stats.rows_deleted})
             check()
             try:
                 in_flight = True
-                after, snapshot_id = commit_change(table, rewrites, [], summary)
+                after, snapshot_id = commit_change(table, rewrites, [], summary, branch)
                 in_flight = False
             except CommitFailedException:
                 in_flight = False  # refused: nothing of it is live
@@ -175,7 +187,7 @@ def planned_change(
                 continue
             committed = [f for r in rewrites for f in r.written]
             if request_id and ledger is not None:
-                record_request_ids(ledger, after, {request_id: stats.rows_deleted})
+                record_request_ids(ledger, after, {request_id: stats.rows_deleted}, branch)
             return DeleteOutcome(stats, snapshot_id, False, after.metadata_location or "")
         raise Conflict(
             f"the {operation} on {'.'.join(table.name())} lost {max_attempts} commit races to "
@@ -188,12 +200,12 @@ def planned_change(
 
 
 def _recorded(
-    table: Table, request_id: str, ledger: RequestIdLedger | None, window_ms: int
+    table: Table, request_id: str, ledger: RequestIdLedger | None, window_ms: int, branch: str
 ) -> int | None:
-    state = read_state(table, request_id_window_ms=window_ms)
+    state = read_state(table, request_id_window_ms=window_ms, branch=branch)
     if ledger is not None:
         state = recall_request_ids(
-            table, state, [request_id], ledger, request_id_window_ms=window_ms
+            table, state, [request_id], ledger, request_id_window_ms=window_ms, branch=branch
         )
     if request_id in state.unverified:
         raise Unavailable(
@@ -209,11 +221,13 @@ class ChangeCommitter:
     """Commits the rows an ingest plan decided in a mode other than APPEND.
 
     Kept across the commit attempts of one group: the new rows' files and the rewrites of
-    files still live are reused while the plan's rows stay the same.
+    files still live are reused while the plan's rows stay the same. The change is planned on
+    ``branch``'s head and committed to that branch.
     """
 
-    def __init__(self, change: RowChange) -> None:
+    def __init__(self, change: RowChange, branch: str = MAIN_BRANCH) -> None:
         self.change = change
+        self.branch = branch
         self.cache = RewriteCache()
         self._data: pa.Table | None = None
         self._added: list[DataFile] = []
@@ -266,7 +280,9 @@ class ChangeCommitter:
         properties = {OPERATION_KEY: self.change.mode.name.lower(), **properties}
         self.in_flight = True
         try:
-            after, snapshot_id = commit_change(table, rewrites, self._added, properties)
+            after, snapshot_id = commit_change(
+                table, rewrites, self._added, properties, self.branch
+            )
         except CommitFailedException:
             self.in_flight = False  # refused: nothing of it is live
             raise
@@ -292,7 +308,7 @@ class ChangeCommitter:
             matcher = key_matcher(table, keys, rows, replacing)
         else:  # pragma: no cover - APPEND never comes here
             raise AssertionError(mode)
-        return rewrite_matching(table, matcher, self.cache)
+        return rewrite_matching(table, matcher, self.cache, branch=self.branch)
 
     def discard(self) -> None:
         """Deletes the files written that the commit did not take (none while in doubt)."""

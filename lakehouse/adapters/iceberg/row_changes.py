@@ -40,9 +40,11 @@ from pyiceberg.expressions import AlwaysTrue, BooleanExpression
 from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.manifest import DataFile
 from pyiceberg.table import FileScanTask, Table, TableProperties
+from pyiceberg.table.refs import MAIN_BRANCH
 from pyiceberg.table.snapshots import Operation
 
 from lakehouse.adapters.iceberg.references import delete_all
+from lakehouse.adapters.iceberg.snapshot_refs import commit_to_branch
 from lakehouse.adapters.pyiceberg_private.commits import ReplaceFiles
 from lakehouse.adapters.pyiceberg_private.writes import (
     check_arrow_schema_fits,
@@ -141,17 +143,23 @@ class RewriteCache:
 
 
 def rewrite_matching(
-    table: Table, matcher: RowMatcher, cache: RewriteCache, check: Callable[[], None] = lambda: None
+    table: Table,
+    matcher: RowMatcher,
+    cache: RewriteCache,
+    check: Callable[[], None] = lambda: None,
+    *,
+    branch: str = MAIN_BRANCH,
 ) -> list[FileRewrite]:
-    """The rewrites of every live file of ``table`` that holds rows ``matcher`` removes.
+    """The rewrites of every live file of ``branch``'s head that holds rows ``matcher`` removes.
 
     Args:
-        table: The table as the change will commit on it (its current snapshot).
+        table: The table as the change will commit on it.
         matcher: The rows removed.
         cache: Work of earlier attempts of the same change (updated).
         check: Called between files (a job's stop check).
+        branch: The branch the change commits to: its head snapshot is planned on.
     """
-    snapshot = table.current_snapshot()
+    snapshot = table.snapshot_by_name(branch)
     if snapshot is None:
         return []
     cache.fit(table)
@@ -278,12 +286,13 @@ def commit_change(
     rewrites: list[FileRewrite],
     added: list[DataFile],
     properties: dict[str, str],
+    branch: str = MAIN_BRANCH,
 ) -> tuple[Table, int]:
-    """Commits the rewrites and the added files as one snapshot on ``table``'s current one.
+    """Commits the rewrites and the added files as one snapshot on ``branch``'s head.
 
     The snapshot is a ``delete`` when it only removes files, an ``overwrite`` otherwise.
-    pyiceberg's commit retries are off: the parent must still be current, or the catalog
-    refuses the commit (``CommitFailedException``) and the caller plans again.
+    pyiceberg's commit retries are off: the parent must still be the branch's head, or the
+    catalog refuses the commit (``CommitFailedException``) and the caller plans again.
 
     Returns:
         The table as committed, and the new snapshot's id.
@@ -297,13 +306,14 @@ def commit_change(
         io=table.io,
         snapshot_properties=properties,
         label=label,
+        branch=branch,
     )
     for rewrite in rewrites:
         producer.delete_data_file(rewrite.removed)
     for f in new_files:
         producer.append_data_file(f)
     producer.commit()
-    committed = tx.commit_transaction()
+    committed = commit_to_branch(tx)
     return committed, producer.snapshot_id
 
 

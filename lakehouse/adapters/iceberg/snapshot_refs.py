@@ -8,8 +8,9 @@ concurrent change makes it fail instead of overwriting.
 from __future__ import annotations
 
 from pyiceberg.exceptions import CommitFailedException
-from pyiceberg.table import Table
+from pyiceberg.table import Table, Transaction
 from pyiceberg.table.refs import MAIN_BRANCH, SnapshotRef, SnapshotRefType
+from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.table.update import AssertRefSnapshotId
 from pyiceberg.table.update.snapshot import ManageSnapshots
 
@@ -49,6 +50,54 @@ def resolve_ref(table: Table, name: str) -> int:
     if ref is None:
         raise _ref_not_found(table, name)
     return ref.snapshot_id
+
+
+#: What pyiceberg's metadata update says when a new snapshot was numbered on metadata older
+#: than the catalog's (see ``commit_to_branch``).
+_STALE_SEQUENCE = "older than last sequence number"
+
+
+def commit_to_branch(tx: Transaction) -> Table:
+    """Commits ``tx``, which adds a snapshot to a branch; the table as committed.
+
+    A commit asserts only the head of the branch it moves, so one to a branch can race one
+    to main (or another branch) that the catalog took first: the requirement still holds,
+    but the snapshot's sequence number, taken from the older metadata, is no longer above
+    the table's last one, and pyiceberg refuses to apply it (a ``ValueError``, before the
+    catalog writes anything). That is a lost race like any other: raised as
+    ``CommitFailedException`` so the caller plans again on fresh metadata.
+
+    Raises:
+        CommitFailedException: The catalog refused the commit, or the race above.
+    """
+    try:
+        return tx.commit_transaction()
+    except ValueError as exc:
+        if _STALE_SEQUENCE in str(exc):
+            raise CommitFailedException(f"lost a commit race to another branch: {exc}") from exc
+        raise
+
+
+def write_head(table: Table, branch: str) -> Snapshot | None:
+    """The head of the branch a write commits to; None for main of a table with no snapshot.
+
+    Raises:
+        NotFound: No such branch (REF_NOT_FOUND).
+        FailedPrecondition: ``branch`` names a tag (NOT_A_BRANCH): a tag never moves.
+    """
+    ref = table.metadata.refs.get(branch)
+    if ref is None:
+        if branch == MAIN_BRANCH:
+            return None
+        raise _ref_not_found(table, branch)
+    if ref.snapshot_ref_type != SnapshotRefType.BRANCH:
+        raise FailedPrecondition(
+            f"{branch} of table {'.'.join(table.name())} is a tag: a tag never moves, so rows "
+            "are written to a branch",
+            reason="NOT_A_BRANCH",
+            metadata={"ref": branch},
+        )
+    return table.snapshot_by_id(ref.snapshot_id)
 
 
 def create_ref(

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression
+from pyiceberg.table.refs import MAIN_BRANCH
 
 from lakehouse.adapters.iceberg.catalog import IcebergCatalog
 from lakehouse.adapters.iceberg.compaction import compact_table
@@ -57,8 +58,14 @@ class IcebergTableJobs:
         min_input_files: int,
         small_file_bytes: int | None,
         ctx: JobContext,
+        branch: str = MAIN_BRANCH,
     ) -> CompactResult:
-        """Rewrites the table's small files (those ``row_filter`` selects) into larger ones."""
+        """Rewrites the small files (those ``row_filter`` selects) of ``branch``'s head.
+
+        Raises:
+            NotFound: No such branch (REF_NOT_FOUND).
+            FailedPrecondition: ``branch`` is a tag (NOT_A_BRANCH).
+        """
 
         def work(c: Catalog) -> CompactResult:
             loaded = c.load_table((namespace, table))
@@ -78,6 +85,7 @@ class IcebergTableJobs:
                 row_filter=selected,
                 small_file_bytes=small_file_bytes,
                 ctx=ctx,
+                branch=branch,
             )
 
         return await self._catalog.run_on_catalog(work, namespace, table, pool=self._pool)

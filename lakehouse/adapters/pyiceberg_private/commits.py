@@ -191,8 +191,10 @@ class ReplaceFiles(_OverwriteFiles):
             table, window.head, None, self._deleted_data_files, window.base
         )
 
-    def validate_since(self, metadata: TableMetadata, read_at: int) -> None:
-        """Checks the commits since snapshot ``read_at`` against this rewrite.
+    def validate_since(
+        self, metadata: TableMetadata, read_at: int, branch: str = MAIN_BRANCH
+    ) -> None:
+        """Checks the commits to ``branch`` since snapshot ``read_at`` against this rewrite.
 
         As if pyiceberg had retried from ``read_at`` all along (its retries keep that base):
         the producer's private starting snapshot and commit window are set to it.
@@ -201,5 +203,5 @@ class ReplaceFiles(_OverwriteFiles):
             ValidationException: A replaced file was removed or gained a delete file.
         """
         self._starting_snapshot_id = read_at
-        self._commit_window = CommitWindow.resolve(metadata, read_at, MAIN_BRANCH)
+        self._commit_window = CommitWindow.resolve(metadata, read_at, branch)
         self._validate_concurrency()

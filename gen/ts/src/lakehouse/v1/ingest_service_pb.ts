@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file lakehouse/v1/ingest_service.proto.
  */
 export const file_lakehouse_v1_ingest_service: GenFile = /*@__PURE__*/
-  fileDesc("CiFsYWtlaG91c2UvdjEvaW5nZXN0X3NlcnZpY2UucHJvdG8SDGxha2Vob3VzZS52MSKPAwoRQXBwZW5kUm93c1JlcXVlc3QSEQoJbmFtZXNwYWNlGAEgASgJEg0KBXRhYmxlGAIgASgJEhEKCXdyaXRlcl9pZBgDIAEoCRITCgZvZmZzZXQYBCABKANIAYgBARIvCgxhcnJvd19zY2hlbWEYBSABKAsyGS5sYWtlaG91c2UudjEuQXJyb3dTY2hlbWESPAoSYXJyb3dfcmVjb3JkX2JhdGNoGAYgASgLMh4ubGFrZWhvdXNlLnYxLkFycm93UmVjb3JkQmF0Y2hIABIrCglqc29uX3Jvd3MYByABKAsyFi5sYWtlaG91c2UudjEuSnNvblJvd3NIABI6ChJpbnZhbGlkX3Jvd19wb2xpY3kYCCABKA4yHi5sYWtlaG91c2UudjEuSW52YWxpZFJvd1BvbGljeRIrCgp3cml0ZV9tb2RlGAkgASgOMhcubGFrZWhvdXNlLnYxLldyaXRlTW9kZRIYChBvdmVyd3JpdGVfZmlsdGVyGAogASgJQgYKBHJvd3NCCQoHX29mZnNldCK+AQoSQXBwZW5kUm93c1Jlc3BvbnNlEhMKBm9mZnNldBgBIAEoA0gBiAEBEisKBnJlc3VsdBgCIAEoCzIZLmxha2Vob3VzZS52MS5Xcml0ZVJlc3VsdEgAEiMKBWVycm9yGAMgASgLMhIuZ29vZ2xlLnJwYy5TdGF0dXNIABIqCgpyb3dfZXJyb3JzGAQgAygLMhYubGFrZWhvdXNlLnYxLlJvd0Vycm9yQgoKCHJlc3BvbnNlQgkKB19vZmZzZXQi7wIKEFdyaXRlUm93c1JlcXVlc3QSEQoJbmFtZXNwYWNlGAEgASgJEg0KBXRhYmxlGAIgASgJEhIKCnJlcXVlc3RfaWQYAyABKAkSLwoMYXJyb3dfc2NoZW1hGAQgASgLMhkubGFrZWhvdXNlLnYxLkFycm93U2NoZW1hEjwKEmFycm93X3JlY29yZF9iYXRjaBgFIAEoCzIeLmxha2Vob3VzZS52MS5BcnJvd1JlY29yZEJhdGNoSAASKwoJanNvbl9yb3dzGAYgASgLMhYubGFrZWhvdXNlLnYxLkpzb25Sb3dzSAASOgoSaW52YWxpZF9yb3dfcG9saWN5GAcgASgOMh4ubGFrZWhvdXNlLnYxLkludmFsaWRSb3dQb2xpY3kSKwoKd3JpdGVfbW9kZRgIIAEoDjIXLmxha2Vob3VzZS52MS5Xcml0ZU1vZGUSGAoQb3ZlcndyaXRlX2ZpbHRlchgJIAEoCUIGCgRyb3dzImoKEVdyaXRlUm93c1Jlc3BvbnNlEikKBnJlc3VsdBgBIAEoCzIZLmxha2Vob3VzZS52MS5Xcml0ZVJlc3VsdBIqCgpyb3dfZXJyb3JzGAIgAygLMhYubGFrZWhvdXNlLnYxLlJvd0Vycm9yIkcKEEdldFdyaXRlclJlcXVlc3QSEQoJbmFtZXNwYWNlGAEgASgJEg0KBXRhYmxlGAIgASgJEhEKCXdyaXRlcl9pZBgDIAEoCSI5ChFHZXRXcml0ZXJSZXNwb25zZRIkCgZ3cml0ZXIYASABKAsyFC5sYWtlaG91c2UudjEuV3JpdGVyMoACCg1Jbmdlc3RTZXJ2aWNlElMKCkFwcGVuZFJvd3MSHy5sYWtlaG91c2UudjEuQXBwZW5kUm93c1JlcXVlc3QaIC5sYWtlaG91c2UudjEuQXBwZW5kUm93c1Jlc3BvbnNlKAEwARJMCglXcml0ZVJvd3MSHi5sYWtlaG91c2UudjEuV3JpdGVSb3dzUmVxdWVzdBofLmxha2Vob3VzZS52MS5Xcml0ZVJvd3NSZXNwb25zZRJMCglHZXRXcml0ZXISHi5sYWtlaG91c2UudjEuR2V0V3JpdGVyUmVxdWVzdBofLmxha2Vob3VzZS52MS5HZXRXcml0ZXJSZXNwb25zZWIGcHJvdG8z", [file_google_rpc_status, file_lakehouse_v1_ingest, file_lakehouse_v1_rows]);
+  fileDesc("CiFsYWtlaG91c2UvdjEvaW5nZXN0X3NlcnZpY2UucHJvdG8SDGxha2Vob3VzZS52MSKfAwoRQXBwZW5kUm93c1JlcXVlc3QSEQoJbmFtZXNwYWNlGAEgASgJEg0KBXRhYmxlGAIgASgJEhEKCXdyaXRlcl9pZBgDIAEoCRITCgZvZmZzZXQYBCABKANIAYgBARIvCgxhcnJvd19zY2hlbWEYBSABKAsyGS5sYWtlaG91c2UudjEuQXJyb3dTY2hlbWESPAoSYXJyb3dfcmVjb3JkX2JhdGNoGAYgASgLMh4ubGFrZWhvdXNlLnYxLkFycm93UmVjb3JkQmF0Y2hIABIrCglqc29uX3Jvd3MYByABKAsyFi5sYWtlaG91c2UudjEuSnNvblJvd3NIABI6ChJpbnZhbGlkX3Jvd19wb2xpY3kYCCABKA4yHi5sYWtlaG91c2UudjEuSW52YWxpZFJvd1BvbGljeRIrCgp3cml0ZV9tb2RlGAkgASgOMhcubGFrZWhvdXNlLnYxLldyaXRlTW9kZRIYChBvdmVyd3JpdGVfZmlsdGVyGAogASgJEg4KBmJyYW5jaBgLIAEoCUIGCgRyb3dzQgkKB19vZmZzZXQivgEKEkFwcGVuZFJvd3NSZXNwb25zZRITCgZvZmZzZXQYASABKANIAYgBARIrCgZyZXN1bHQYAiABKAsyGS5sYWtlaG91c2UudjEuV3JpdGVSZXN1bHRIABIjCgVlcnJvchgDIAEoCzISLmdvb2dsZS5ycGMuU3RhdHVzSAASKgoKcm93X2Vycm9ycxgEIAMoCzIWLmxha2Vob3VzZS52MS5Sb3dFcnJvckIKCghyZXNwb25zZUIJCgdfb2Zmc2V0Iv8CChBXcml0ZVJvd3NSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRINCgV0YWJsZRgCIAEoCRISCgpyZXF1ZXN0X2lkGAMgASgJEi8KDGFycm93X3NjaGVtYRgEIAEoCzIZLmxha2Vob3VzZS52MS5BcnJvd1NjaGVtYRI8ChJhcnJvd19yZWNvcmRfYmF0Y2gYBSABKAsyHi5sYWtlaG91c2UudjEuQXJyb3dSZWNvcmRCYXRjaEgAEisKCWpzb25fcm93cxgGIAEoCzIWLmxha2Vob3VzZS52MS5Kc29uUm93c0gAEjoKEmludmFsaWRfcm93X3BvbGljeRgHIAEoDjIeLmxha2Vob3VzZS52MS5JbnZhbGlkUm93UG9saWN5EisKCndyaXRlX21vZGUYCCABKA4yFy5sYWtlaG91c2UudjEuV3JpdGVNb2RlEhgKEG92ZXJ3cml0ZV9maWx0ZXIYCSABKAkSDgoGYnJhbmNoGAogASgJQgYKBHJvd3MiagoRV3JpdGVSb3dzUmVzcG9uc2USKQoGcmVzdWx0GAEgASgLMhkubGFrZWhvdXNlLnYxLldyaXRlUmVzdWx0EioKCnJvd19lcnJvcnMYAiADKAsyFi5sYWtlaG91c2UudjEuUm93RXJyb3IiVwoQR2V0V3JpdGVyUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSDQoFdGFibGUYAiABKAkSEQoJd3JpdGVyX2lkGAMgASgJEg4KBmJyYW5jaBgEIAEoCSI5ChFHZXRXcml0ZXJSZXNwb25zZRIkCgZ3cml0ZXIYASABKAsyFC5sYWtlaG91c2UudjEuV3JpdGVyMoACCg1Jbmdlc3RTZXJ2aWNlElMKCkFwcGVuZFJvd3MSHy5sYWtlaG91c2UudjEuQXBwZW5kUm93c1JlcXVlc3QaIC5sYWtlaG91c2UudjEuQXBwZW5kUm93c1Jlc3BvbnNlKAEwARJMCglXcml0ZVJvd3MSHi5sYWtlaG91c2UudjEuV3JpdGVSb3dzUmVxdWVzdBofLmxha2Vob3VzZS52MS5Xcml0ZVJvd3NSZXNwb25zZRJMCglHZXRXcml0ZXISHi5sYWtlaG91c2UudjEuR2V0V3JpdGVyUmVxdWVzdBofLmxha2Vob3VzZS52MS5HZXRXcml0ZXJSZXNwb25zZWIGcHJvdG8z", [file_google_rpc_status, file_lakehouse_v1_ingest, file_lakehouse_v1_rows]);
 
 /**
  * AppendRowsRequest is one request of the IngestService.AppendRows stream.
@@ -122,6 +122,17 @@ export type AppendRowsRequest = Message<"lakehouse.v1.AppendRowsRequest"> & {
    * @generated from field: string overwrite_filter = 10;
    */
   overwriteFilter: string;
+
+  /**
+   * The branch the stream's rows are committed to (see CreateBranch); empty means "main".
+   * Set in the first request only (later requests leave it empty or repeat it). The
+   * writer's offsets are those of that branch: a branch starts with main's offsets where it
+   * was created, and later commits on one do not move the other's. An unknown branch fails
+   * with NOT_FOUND (reason REF_NOT_FOUND), a tag with FAILED_PRECONDITION (NOT_A_BRANCH).
+   *
+   * @generated from field: string branch = 11;
+   */
+  branch: string;
 };
 
 /**
@@ -273,6 +284,15 @@ export type WriteRowsRequest = Message<"lakehouse.v1.WriteRowsRequest"> & {
    * @generated from field: string overwrite_filter = 9;
    */
   overwriteFilter: string;
+
+  /**
+   * The branch the rows are committed to (see CreateBranch); empty means "main". The
+   * request_id is remembered in that branch's history. An unknown branch fails with
+   * NOT_FOUND (reason REF_NOT_FOUND), a tag with FAILED_PRECONDITION (NOT_A_BRANCH).
+   *
+   * @generated from field: string branch = 10;
+   */
+  branch: string;
 };
 
 /**
@@ -336,6 +356,13 @@ export type GetWriterRequest = Message<"lakehouse.v1.GetWriterRequest"> & {
    * @generated from field: string writer_id = 3;
    */
   writerId: string;
+
+  /**
+   * The branch whose offsets to read; empty means "main". Each branch has its own.
+   *
+   * @generated from field: string branch = 4;
+   */
+  branch: string;
 };
 
 /**
