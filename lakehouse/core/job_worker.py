@@ -289,16 +289,21 @@ class JobWorker:
         except _RETRYABLE as exc:
             if ctx.why == _TIMEOUT:
                 return _Outcome("failed", error=_timeout_status(timeout))
-            if (
-                job.attempts < job.max_attempts
-                and not ctx.stopping
-                and exc.reason not in NOT_RETRIED_REASONS
-            ):
+            if ctx.stopping:
+                return _Outcome(ctx.why)  # see below
+            if job.attempts < job.max_attempts and exc.reason not in NOT_RETRIED_REASONS:
                 return _Outcome("retried", error=status_proto_for(exc, ""))
             return _Outcome("failed", error=status_proto_for(exc, ""))
         except LakehouseError as exc:
             if ctx.why == _TIMEOUT:
                 return _Outcome("failed", error=_timeout_status(timeout))
+            if ctx.stopping:
+                # Asked to stop, the job ended with an error, not JobStopped: the stop's
+                # interrupt surfaced as the engine's error where no safe point caught it
+                # (DuckDB's "INTERRUPT Error" once came back as a statement error). Whatever
+                # it says, the stop decides: a worker shutting down hands the job back, a
+                # cancel cancels it, a lost lease leaves it to the new owner.
+                return _Outcome(ctx.why)
             return _Outcome("failed", error=status_proto_for(exc, ""))
         except BaseException as exc:
             # SystemExit or KeyboardInterrupt from a library fails this job, not the process

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import grpc
+import pytest
 import pytest_asyncio
 from google.rpc import error_details_pb2, status_pb2
 
@@ -41,9 +42,18 @@ SETTINGS = JobsSettings(
 )
 
 
+class EchoOfTheStop:
+    """An outcome: run until asked to stop, then fail with ``error`` instead of JobStopped,
+    as an engine whose interrupt surfaces as its own error (DuckDB's "INTERRUPT Error")."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
 class ScriptedWork:
-    """Each attempt takes the next outcome: an exception to raise, a result, or "wait"
-    (run until stopped, checking the stop flag as real job code does at its safe points)."""
+    """Each attempt takes the next outcome: an exception to raise, a result, "wait" (run
+    until stopped, checking the stop flag as real job code does at its safe points) or an
+    :class:`EchoOfTheStop`."""
 
     def __init__(self, *outcomes: Any) -> None:
         self.outcomes = list(outcomes)
@@ -58,6 +68,10 @@ class ScriptedWork:
                 ctx.progress(0.5, "waiting to be stopped")
                 ctx.check()
                 await asyncio.sleep(0.02)
+        if isinstance(outcome, EchoOfTheStop):
+            while not ctx.stopping:
+                await asyncio.sleep(0.02)
+            raise outcome.error
         if isinstance(outcome, BaseException):
             raise outcome
         assert isinstance(outcome, CompactTableResult)
@@ -170,6 +184,61 @@ async def test_a_cancel_recorded_by_another_replica_stops_the_running_job(
     assert job.cancel_requested
     assert job.progress_message == "waiting to be stopped"  # heartbeats carried progress
     assert time.monotonic() - started < 10  # within a few heartbeats
+
+
+#: Errors an interrupted engine may end with: a statement error, a retryable one.
+ECHOES = [InvalidArgument("INTERRUPT Error: Interrupted!"), Unavailable("interrupted")]
+
+
+@pytest.mark.parametrize("echo", ECHOES, ids=["invalid", "unavailable"])
+async def test_an_error_that_echoes_a_cancel_cancels_the_job(
+    store: JobStore, echo: Exception
+) -> None:
+    work = ScriptedWork(EchoOfTheStop(echo))
+    job = await run_job(store, work, cancel_after=0.2)
+    assert job.state == job_pb2.JOB_STATE_CANCELLED, status(job)
+    assert work.attempts == [1]  # not retried either
+
+
+@pytest.mark.parametrize("echo", ECHOES, ids=["invalid", "unavailable"])
+async def test_an_error_that_echoes_a_shutdown_hands_the_job_back(
+    store: JobStore, echo: Exception
+) -> None:
+    """The worker stopping interrupts the job, which fails with its engine's error: the job
+    goes back to the queue for another worker, as if it had stopped at a safe point."""
+    pool = BlockingPool(4)
+    worker = JobWorker(
+        store,
+        cast(JobKinds, ScriptedWork(EchoOfTheStop(echo))),
+        pool,
+        SETTINGS,
+        JobEvents(),
+        slots=1,
+        codec=ProtoJobCodec(),
+        name="test-worker",
+    )
+    store.create(
+        job_id="j1",
+        kind=job_pb2.JOB_KIND_COMPACT_TABLE,
+        namespace="ns",
+        table="t",
+        spec=SPEC.SerializeToString(),
+        spec_digest="d",
+        request_id="",
+        max_attempts=SETTINGS.max_attempts,
+        now_us=now_us(),
+    )
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while store.get("j1").state != job_pb2.JOB_STATE_RUNNING:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+    finally:
+        await worker.stop(5.0)
+        pool.close()
+    job = store.get("j1")
+    assert job.state == job_pb2.JOB_STATE_QUEUED, status(job)
 
 
 def test_retry_backoff_doubles_with_jitter_and_is_capped() -> None:

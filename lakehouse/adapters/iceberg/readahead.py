@@ -54,6 +54,7 @@ class ReadBudget:
         fits_stream: Callable[[], bool],
         alone: Callable[[], bool],
         stop: threading.Event,
+        charge_stream: Callable[[], None],
     ) -> bool:
         with self._changed:
             while not (alone() or (fits_stream() and self._held + nbytes <= self._total)):
@@ -61,6 +62,9 @@ class ReadBudget:
                     return False
                 self._changed.wait(_POLL_SECONDS)
             self._held += nbytes
+            # Under the same lock as the check: two producers of one stream (its next files)
+            # must not both see the stream's share free and both take it.
+            charge_stream()
             metrics.READ_AHEAD_BYTES.set(self._held)
             return True
 
@@ -88,16 +92,18 @@ class _StreamBudget:
         """
         if self._budget is None:
             return True
-        ok = self._budget._acquire(
+
+        def charge() -> None:
+            with self._lock:
+                self._held += nbytes
+
+        return self._budget._acquire(
             nbytes,
             fits_stream=lambda: self._held + nbytes <= self._cap,
             alone=alone,
             stop=stop,
+            charge_stream=charge,
         )
-        if ok:
-            with self._lock:
-                self._held += nbytes
-        return ok
 
     def release(self, nbytes: int) -> None:
         """Gives ``nbytes`` back."""
