@@ -19,9 +19,11 @@ from pyiceberg.io import FileIO
 from pyiceberg.io import pyarrow as pyiceberg_pyarrow
 from pyiceberg.schema import Schema
 from pyiceberg.table import Transaction
+from pyiceberg.table.update import update_table_metadata
 from pyiceberg.types import LongType, NestedField, StringType
 
 from fixtures.iceberg import direct_catalog
+from lakehouse.adapters.pyiceberg_private.commits import transaction
 from lakehouse.adapters.pyiceberg_private.writes import check_arrow_schema_fits, transaction_io
 
 SCHEMA = Schema(
@@ -78,6 +80,46 @@ def test_transaction_table_is_the_table_the_transaction_changes(catalog: Catalog
         stream.write(b"probe")
     assert io.new_input(location).exists()
     io.delete(location)
+
+
+ROWS_SCHEMA = pa.schema([pa.field("id", pa.int64(), nullable=False), pa.field("name", pa.string())])
+
+
+def test_a_memoized_transaction_sees_every_staged_change_and_commits_as_pyiceberg(
+    catalog: Catalog,
+) -> None:
+    """``Transaction._table`` and ``_updates`` (a tuple ``_apply`` replaces): the memoized
+    ``table_metadata`` is pyiceberg's own after each staged change, computed once per change,
+    and a commit through it lands as one through ``table.transaction()`` would."""
+    table = catalog.create_table(("contract", "memo"), SCHEMA)
+    table.append(pa.table({"id": [1], "name": ["a"]}, schema=ROWS_SCHEMA))
+    table = catalog.load_table(("contract", "memo"))
+    tx = transaction(table)
+    before = tx.table_metadata
+    assert tx.table_metadata is before  # nothing staged: the same result, not a new copy
+    assert before == Transaction(table).table_metadata
+
+    tx.set_properties(owner="contract")
+    staged = tx.table_metadata
+    assert staged is not before and staged.properties["owner"] == "contract"
+    assert staged == update_table_metadata(table.metadata, tx._updates).model_copy(deep=True)
+
+    with tx.update_snapshot().fast_append() as append:
+        for data_file in _data_files(
+            table, pa.table({"id": [2], "name": ["b"]}, schema=ROWS_SCHEMA)
+        ):
+            append.append_data_file(data_file)
+    tx.commit_transaction()
+    committed = catalog.load_table(("contract", "memo"))
+    assert committed.properties["owner"] == "contract"
+    assert sorted(committed.scan().to_arrow().column("id").to_pylist()) == [1, 2]
+    assert len(committed.snapshots()) == 2
+
+
+def _data_files(table: Any, data: pa.Table) -> list[Any]:
+    from pyiceberg.io.pyarrow import _dataframe_to_data_files
+
+    return list(_dataframe_to_data_files(table_metadata=table.metadata, df=data, io=table.io))
 
 
 # -- names the replace producer and the per-file scan rely on ----------------------------------

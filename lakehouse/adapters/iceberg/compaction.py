@@ -31,7 +31,7 @@ from lakehouse.adapters.iceberg.ingest import (
 )
 from lakehouse.adapters.iceberg.references import delete_all
 from lakehouse.adapters.iceberg.snapshot_refs import commit_to_branch, write_head
-from lakehouse.adapters.pyiceberg_private.commits import ReplaceFiles
+from lakehouse.adapters.pyiceberg_private.commits import ReplaceFiles, transaction
 from lakehouse.adapters.pyiceberg_private.writes import writable_table, write_data_files
 from lakehouse.domain.compaction import SMALL_FILE_FRACTION, partition_key
 from lakehouse.domain.job_context import JobContext, JobStopped
@@ -200,7 +200,7 @@ def _commit_replace(
         if ctx is not None:
             ctx.check()
         last = attempt >= REPLACE_COMMIT_ATTEMPTS and time.monotonic() >= deadline
-        tx = table.transaction()
+        tx = transaction(table)
         producer = ReplaceFiles(
             operation=Operation.OVERWRITE,
             transaction=tx,

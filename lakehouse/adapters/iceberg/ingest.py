@@ -45,6 +45,7 @@ from pyiceberg.table.snapshots import Snapshot
 from lakehouse.adapters.iceberg.references import delete_all
 from lakehouse.adapters.iceberg.row_changes import without_commit_retries
 from lakehouse.adapters.iceberg.snapshot_refs import commit_to_branch, write_head
+from lakehouse.adapters.pyiceberg_private.commits import transaction as memoized_transaction
 from lakehouse.adapters.pyiceberg_private.writes import (
     check_arrow_schema_fits,
     paged_by_bytes,
@@ -291,7 +292,7 @@ def _append_or_discard(
     writable = _without_commit_retries(table, data)
     metadata = writable.metadata
     check_arrow_schema_fits(metadata.schema(), data.schema, format_version=metadata.format_version)
-    transaction = writable.transaction()
+    transaction = memoized_transaction(writable)
     written: list[DataFile] = []
     update = transaction.update_snapshot(snapshot_properties=properties, branch=branch)
     with update.fast_append() as append:

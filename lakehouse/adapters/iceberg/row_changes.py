@@ -45,7 +45,7 @@ from pyiceberg.table.snapshots import Operation
 
 from lakehouse.adapters.iceberg.references import delete_all
 from lakehouse.adapters.iceberg.snapshot_refs import commit_to_branch
-from lakehouse.adapters.pyiceberg_private.commits import ReplaceFiles
+from lakehouse.adapters.pyiceberg_private.commits import ReplaceFiles, transaction
 from lakehouse.adapters.pyiceberg_private.writes import (
     check_arrow_schema_fits,
     paged_by_bytes,
@@ -299,7 +299,7 @@ def commit_change(
     """
     new_files = [f for r in rewrites for f in r.written] + added
     label = Operation.OVERWRITE if new_files else Operation.DELETE
-    tx = without_commit_retries(table).transaction()
+    tx = transaction(without_commit_retries(table))
     producer = ReplaceFiles(
         operation=Operation.OVERWRITE,
         transaction=tx,

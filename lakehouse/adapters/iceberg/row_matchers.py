@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from pyiceberg.expressions import (
+    AlwaysFalse,
     AlwaysTrue,
     And,
     BooleanExpression,
@@ -22,6 +23,7 @@ from pyiceberg.expressions import (
     BoundNotIn,
     GreaterThanOrEqual,
     In,
+    IsNull,
     LessThanOrEqual,
     Not,
     Or,
@@ -29,8 +31,10 @@ from pyiceberg.expressions import (
 from pyiceberg.expressions.visitors import bind, extract_field_ids
 from pyiceberg.io.pyarrow import expression_to_pyarrow
 from pyiceberg.manifest import DataFile
+from pyiceberg.partitioning import PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
+from pyiceberg.transforms import IdentityTransform
 from pyiceberg.typedef import Record
 
 from lakehouse.adapters.iceberg.row_changes import RowMatcher
@@ -142,7 +146,46 @@ def partition_matcher(table: Table, data: pa.Table, added: Sequence[DataFile]) -
             )
         return pa.array([p in touched_rows for p in partitions(batch)], pa.bool_())
 
-    return RowMatcher(AlwaysTrue(), matches, tuple(sorted(set(sources))), decide=decide)
+    scope = _partitions_scope(schema, spec, touched_records)
+    return RowMatcher(scope, matches, tuple(sorted(set(sources))), decide=decide)
+
+
+def _partitions_scope(
+    schema: Schema, spec: PartitionSpec, partitions: set[tuple[Any, ...]]
+) -> BooleanExpression:
+    """A filter that lets the scan planner skip what cannot hold a row of ``partitions``.
+
+    Every manifest and file is skipped unless it may: the identity fields' source values, by
+    IN (one of them: the same
+    pruning as pyiceberg's ``dynamic_partition_overwrite``, which reads only the manifests
+    whose partition ranges hold a reloaded day). Other transforms are not turned back into
+    source ranges: they only narrow what ``decide`` then decides exactly. AlwaysTrue when
+    nothing can be pruned this way (no identity field, too many partitions, a value the
+    filter cannot bind).
+    """
+    identity = [
+        (i, schema.find_column_name(f.source_id))
+        for i, f in enumerate(spec.fields)
+        if isinstance(f.transform, IdentityTransform)
+    ]
+    if not identity or not partitions or len(partitions) > IN_SCOPE_VALUES:
+        return AlwaysTrue()
+    scope: BooleanExpression = AlwaysTrue()
+    for i, name in identity:
+        if name is None:
+            return AlwaysTrue()
+        values = {p[i] for p in partitions}
+        present = {v for v in values if v is not None}
+        # pyiceberg's expression constructors are typed for bound terms; names bind later.
+        field: BooleanExpression = cast(Any, In)(name, present) if present else AlwaysFalse()
+        if None in values:
+            field = Or(field, cast(Any, IsNull)(name))
+        scope = And(scope, field)
+    try:
+        bind(schema, scope, case_sensitive=True)
+    except (TypeError, ValueError):  # a partition value the filter cannot hold as a literal
+        return AlwaysTrue()
+    return scope
 
 
 def _distinct_partitions(columns: list[pa.Array | pa.ChunkedArray]) -> set[tuple[Any, ...]]:

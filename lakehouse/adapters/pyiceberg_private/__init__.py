@@ -10,6 +10,6 @@ pyiceberg to its minor version.
   table's location only (a table's properties never reach the storage layer).
 * ``writes``: data files written with usable writer values and pages sized by bytes.
 * ``commits``: requirements and updates added to a transaction; the ``replace`` producer
-  compaction commits with.
+  compaction commits with; a transaction that computes its metadata once per change.
 * ``scans``: one data file read as pyiceberg's scan reads it, in small batches.
 """

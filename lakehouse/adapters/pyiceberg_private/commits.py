@@ -1,7 +1,8 @@
 """Commits pyiceberg's public API cannot make, through its private transaction internals.
 
-Requirements and raw updates added to a transaction, and the ``replace`` producer compaction
-commits its rewrites with.
+Requirements and raw updates added to a transaction, the ``replace`` producer compaction
+commits its rewrites with, and a transaction that does not copy the table's metadata on every
+look at it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pyiceberg.manifest import (
     ManifestEntryStatus,
     ManifestFile,
 )
-from pyiceberg.table import Transaction
+from pyiceberg.table import Table, Transaction
 from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.refs import MAIN_BRANCH
 from pyiceberg.table.snapshots import Operation, Summary
@@ -24,6 +25,41 @@ from pyiceberg.table.update import TableRequirement, TableUpdate
 from pyiceberg.table.update.snapshot import CommitWindow, _OverwriteFiles
 from pyiceberg.typedef import EMPTY_DICT, KeyDefaultDict
 from pyiceberg.utils.concurrent import ExecutorFactory
+
+
+class _MemoizedTransaction(Transaction):
+    """A transaction whose ``table_metadata`` is computed once per state of its updates.
+
+    pyiceberg 0.12 computes ``Transaction.table_metadata`` anew on every access: it applies
+    the staged updates to the table's metadata and returns a deep copy of the result. A commit
+    reads it some 30 times (its producer's schema, spec, snapshot id, manifests...), and the
+    metadata holds every snapshot of the table, so the copies cost more than the commit's own
+    work and grow with the table's history (70 overwrites of one table: 0.08 s to 0.19 s each;
+    the copies were half the commit's CPU). The metadata models are frozen, so one result is
+    shared until an update is staged (``_apply`` replaces the ``_updates`` tuple) or the table
+    is refreshed.
+    """
+
+    _memo: tuple[TableMetadata, tuple[TableUpdate, ...], TableMetadata] | None = None
+
+    @property
+    def table_metadata(self) -> TableMetadata:
+        base, updates = self._table.metadata, self._updates
+        memo = self._memo
+        if memo is not None and memo[0] is base and memo[1] is updates:
+            return memo[2]
+        metadata = super().table_metadata
+        self._memo = (base, updates, metadata)
+        return metadata
+
+
+def transaction(table: Table) -> Transaction:
+    """``table.transaction()``, with its metadata computed once per staged change.
+
+    See ``_MemoizedTransaction``. The private part is ``Transaction``'s ``_table`` and
+    ``_updates``, checked by the contract tests.
+    """
+    return _MemoizedTransaction(table)
 
 
 def add_commit_requirements(tx: Transaction, *requirements: TableRequirement) -> None:
