@@ -4,7 +4,8 @@ Client threads keep writing (WriteRows with request ids) and reading (GetTable, 
 while the process gets SIGTERM, as in a Kubernetes rolling update:
 
 - gRPC health turns NOT_SERVING before the port closes (a watcher polling Health/Check sees
-  NOT_SERVING, not a refused connection, first);
+  NOT_SERVING, not a refused connection, first; its last probe may be cut as the server
+  exits);
 - every call started before the signal ends OK; calls after it end OK or UNAVAILABLE (each
   client stops at its first refusal, as one that turns to another replica), never
   UNKNOWN/INTERNAL/CANCELLED;
@@ -229,7 +230,14 @@ def test_sigterm_under_load_drains_and_keeps_every_acknowledged_write(
         first_not_serving = after.index(NOT_SERVING)
         assert all(s == SERVING for s in after[:first_not_serving]), after
         assert all(s == NOT_SERVING for s in after[first_not_serving:-1]), after
-        assert after[-1] in (NOT_SERVING, grpc.StatusCode.UNAVAILABLE), after
+        # The last probe ends with the server: refused (UNAVAILABLE), or, when it was in flight
+        # as the stopped server let go of its connections, cut by the server (CANCELLED: seen
+        # once in a loaded parallel run). Either way NOT_SERVING came first.
+        assert after[-1] in (
+            NOT_SERVING,
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.CANCELLED,
+        ), after
 
         # Calls: everything in flight or started before the signal ended OK; later calls OK
         # or UNAVAILABLE (refused while stopping); no other code anywhere.
