@@ -23,7 +23,7 @@ from pyiceberg.table.update import update_table_metadata
 from pyiceberg.types import LongType, NestedField, StringType
 
 from fixtures.iceberg import direct_catalog
-from lakehouse.adapters.pyiceberg_private.commits import transaction
+from lakehouse.adapters.pyiceberg_private.commits import is_stale_sequence_number, transaction
 from lakehouse.adapters.pyiceberg_private.writes import check_arrow_schema_fits, transaction_io
 
 SCHEMA = Schema(
@@ -189,3 +189,25 @@ def test_an_arrow_scan_keeps_the_state_the_per_file_reader_reads(catalog: Catalo
         "_downcast_ns_timestamp_to_us",
     ):
         assert hasattr(arrow, attribute), f"ArrowScan.{attribute} is gone"
+
+
+def test_a_snapshot_numbered_on_stale_metadata_is_refused_with_the_text_we_recognise(
+    catalog: Catalog,
+) -> None:
+    """``is_stale_sequence_number``: pyiceberg refuses a branch commit planned before another
+    branch moved with a ``ValueError`` known only by its text; the wrapper must recognise it
+    (and nothing else), or a lost race between branches surfaces as an error to the caller."""
+    table = catalog.create_table(("contract", "stale"), SCHEMA)
+    table.append(pa.table({"id": [1], "name": ["a"]}, schema=ROWS_SCHEMA))
+    head = table.metadata.current_snapshot_id
+    assert head is not None
+    table.manage_snapshots().create_branch(head, "audit").commit()
+    stale = catalog.load_table(("contract", "stale"))
+    table.append(pa.table({"id": [2], "name": ["b"]}, schema=ROWS_SCHEMA))
+
+    tx = stale.transaction()
+    tx.append(pa.table({"id": [3], "name": ["c"]}, schema=ROWS_SCHEMA), branch="audit")
+    with pytest.raises(ValueError) as refused:
+        tx.commit_transaction()
+    assert is_stale_sequence_number(refused.value)
+    assert not is_stale_sequence_number(ValueError("Cannot add snapshot: some other reason"))

@@ -14,7 +14,10 @@ from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.table.update import AssertRefSnapshotId
 from pyiceberg.table.update.snapshot import ManageSnapshots
 
-from lakehouse.adapters.pyiceberg_private.commits import add_commit_requirements
+from lakehouse.adapters.pyiceberg_private.commits import (
+    add_commit_requirements,
+    is_stale_sequence_number,
+)
 from lakehouse.domain.errors import AlreadyExists, Conflict, FailedPrecondition, NotFound
 from lakehouse.domain.refs import RefInfo, RefKind
 from lakehouse.domain.tables import snapshot_not_found
@@ -52,11 +55,6 @@ def resolve_ref(table: Table, name: str) -> int:
     return ref.snapshot_id
 
 
-#: What pyiceberg's metadata update says when a new snapshot was numbered on metadata older
-#: than the catalog's (see ``commit_to_branch``).
-_STALE_SEQUENCE = "older than last sequence number"
-
-
 def commit_to_branch(tx: Transaction) -> Table:
     """Commits ``tx``, which adds a snapshot to a branch; the table as committed.
 
@@ -73,7 +71,7 @@ def commit_to_branch(tx: Transaction) -> Table:
     try:
         return tx.commit_transaction()
     except ValueError as exc:
-        if _STALE_SEQUENCE in str(exc):
+        if is_stale_sequence_number(exc):
             raise CommitFailedException(f"lost a commit race to another branch: {exc}") from exc
         raise
 

@@ -62,6 +62,22 @@ def transaction(table: Table) -> Transaction:
     return _MemoizedTransaction(table)
 
 
+#: What pyiceberg 0.12's metadata update says (a ``ValueError``, raised before the catalog
+#: writes anything) when a new snapshot was numbered on metadata older than the catalog's.
+_STALE_SEQUENCE_NUMBER = "older than last sequence number"
+
+
+def is_stale_sequence_number(exc: ValueError) -> bool:
+    """Whether pyiceberg refused a snapshot whose sequence number came from stale metadata.
+
+    A commit to a branch asserts only that branch's head, so it can pass the catalog's
+    requirement check after another branch moved; pyiceberg then refuses the snapshot's
+    sequence number with a ``ValueError`` whose only mark is its text (no exception type of
+    its own), which the contract test pins.
+    """
+    return _STALE_SEQUENCE_NUMBER in str(exc)
+
+
 def add_commit_requirements(tx: Transaction, *requirements: TableRequirement) -> None:
     """Makes ``tx``'s commit require ``requirements`` of the table as the catalog has it.
 
