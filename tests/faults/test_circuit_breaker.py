@@ -26,13 +26,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import aiohttp
 import grpc
 import pyarrow as pa
 import pytest
 import sqlalchemy
-from prometheus_client.parser import text_string_to_metric_families
 
+from fixtures.breakers import breaker_state, wait_breaker_state
 from fixtures.grpc_errors import ErrorDetails, rpc_error_details
 from fixtures.net import LOOPBACK
 from fixtures.tcp_proxy import tcp_proxy
@@ -203,32 +202,6 @@ async def failure(call: Any) -> tuple[ErrorDetails, float]:
 
 def is_fast_fail(details: ErrorDetails) -> bool:
     return details.metadata.get("circuit_breaker") == "open"
-
-
-async def breaker_state(server: LakehouseServer, dependency: str) -> float:
-    url = f"http://{LOOPBACK}:{server.http_port}/metrics"
-    async with aiohttp.ClientSession() as session, session.get(url) as response:
-        text = await response.text()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if (
-                sample.name == "lakehouse_dependency_breaker_state"
-                and sample.labels.get("dependency") == dependency
-            ):
-                return float(sample.value)
-    raise AssertionError(f"no breaker state for {dependency} in /metrics")
-
-
-async def wait_breaker_state(
-    server: LakehouseServer, dependency: str, state: float, timeout: float
-) -> float:
-    """Waits for the breaker state metric; returns the seconds it took."""
-    started = time.monotonic()
-    while True:
-        if await breaker_state(server, dependency) == state:
-            return time.monotonic() - started
-        assert time.monotonic() - started < timeout, f"{dependency} breaker is not {state}"
-        await asyncio.sleep(0.1)
 
 
 def assert_fast_fail(details: ErrorDetails, dependency: str, reason: str) -> None:

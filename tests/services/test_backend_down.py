@@ -1,4 +1,5 @@
-"""Reads and rejected writes when things go wrong: S3 away mid-read, row errors in acks."""
+"""Calls when things go wrong: S3 away mid-read or mid-branch-write, the catalog away for a
+row delete or a watch, row errors in acks."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import grpc
 import pyarrow as pa
 import pytest
 from google.protobuf import struct_pb2
+from pydantic import SecretStr
 
+from fixtures.breakers import wait_breaker_state
 from fixtures.grpc_errors import rpc_error_details
 from fixtures.tcp_proxy import tcp_proxy
-from lakehouse.client.arrow import read_table_async, write_rows_request
+from lakehouse.client.arrow import read_rows_to_arrow_async, read_table_async, write_rows_request
 from lakehouse.config import S3Settings, Settings
 from lakehouse.server.app import LakehouseServer
 from lakehouse.v1 import ingest_service_pb2 as ipb
@@ -86,3 +89,111 @@ async def test_a_rejected_stream_request_lists_its_row_errors(server: Any, chann
     assert ack.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert [(e.row_index, e.column) for e in ack.row_errors] == [(0, "id")]
     assert "1 row(s) do not match" in ack.error.message
+
+
+def _proxied(backend: Settings, catalog_port: int | None = None, s3_endpoint: str = "") -> Settings:
+    """``backend`` with its catalog database or its object store reached through a proxy."""
+    update: dict[str, Any] = {}
+    if catalog_port is not None:
+        uri = urlparse(backend.catalog.uri.get_secret_value() if backend.catalog.uri else "")
+        proxied = uri._replace(netloc=uri.netloc.replace(f":{uri.port}", f":{catalog_port}"))
+        update["catalog"] = backend.catalog.model_copy(update={"uri": SecretStr(proxied.geturl())})
+    if s3_endpoint:
+        update["s3"] = S3Settings(**{**backend.s3.model_dump(), "endpoint_url": s3_endpoint})
+    return backend.model_copy(update=update)
+
+
+def _catalog_address(backend: Settings) -> tuple[str, int]:
+    uri = urlparse(backend.catalog.uri.get_secret_value() if backend.catalog.uri else "")
+    return uri.hostname or "127.0.0.1", uri.port or 5432
+
+
+async def _ids(tables: Any, ref: str = "") -> list[int]:
+    request = tpb.ReadRowsRequest(namespace="down", table="t", ref=ref)
+    data = await read_rows_to_arrow_async(tables.ReadRows(request, timeout=60))
+    return sorted(data.column("id").to_pylist())
+
+
+@pytest.mark.parametrize("backend", ["postgres_s3"], indirect=True)
+async def test_delete_rows_and_watch_with_the_catalog_down_are_unavailable_and_change_nothing(
+    backend: Settings,
+) -> None:
+    with tcp_proxy(*_catalog_address(backend)) as proxy:
+        server = LakehouseServer(_proxied(backend, catalog_port=proxy.port))
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+                tables = table_service_pb2_grpc.TableServiceStub(channel)
+                ingest = ingest_service_pb2_grpc.IngestServiceStub(channel)
+                await _make_table(tables)
+                await ingest.WriteRows(write_rows_request("down", "t", pa.table({"id": range(10)})))
+                delete = tpb.DeleteRowsRequest(
+                    namespace="down", table="t", row_filter="id < 5", request_id="d-1"
+                )
+
+                proxy.down()
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await tables.DeleteRows(delete, timeout=60)
+                details = rpc_error_details(refused.value)
+                assert details.code == grpc.StatusCode.UNAVAILABLE, details.message
+                assert details.reason == "CATALOG_UNAVAILABLE"
+                assert details.retry_delay_seconds is not None
+                watch = tables.WatchTable(
+                    tpb.WatchTableRequest(namespace="down", table="t"), timeout=60
+                )
+                with pytest.raises(grpc.aio.AioRpcError) as unwatched:
+                    await watch.read()
+                assert unwatched.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert rpc_error_details(unwatched.value).reason == "CATALOG_UNAVAILABLE"
+
+                # The breaker opened on the failures; PostgreSQL back, a health check closes it.
+                proxy.up()
+                await wait_breaker_state(server, "catalog", 0, timeout=30)
+                assert await _ids(tables) == list(range(10))  # the refused delete did nothing
+                deleted = await tables.DeleteRows(delete, timeout=60)
+                assert deleted.rows_deleted == 5 and not deleted.already_applied
+                assert await _ids(tables) == list(range(5, 10))
+        finally:
+            await server.stop()
+
+
+@pytest.mark.parametrize("backend", ["postgres_s3"], indirect=True)
+async def test_a_branch_write_with_the_object_store_down_is_unavailable_and_a_resend_is_exact(
+    backend: Settings,
+) -> None:
+    endpoint = urlparse(backend.s3.endpoint_url or "")
+    with tcp_proxy(endpoint.hostname or "127.0.0.1", endpoint.port or 80) as proxy:
+        server = LakehouseServer(_proxied(backend, s3_endpoint=proxy.endpoint))
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+                tables = table_service_pb2_grpc.TableServiceStub(channel)
+                ingest = ingest_service_pb2_grpc.IngestServiceStub(channel)
+                await _make_table(tables)
+                await ingest.WriteRows(write_rows_request("down", "t", pa.table({"id": [0]})))
+                await tables.CreateBranch(
+                    tpb.CreateBranchRequest(namespace="down", table="t", name="audit")
+                )
+                request = write_rows_request(
+                    "down", "t", pa.table({"id": [1, 2]}), request_id="branch-1"
+                )
+                request.branch = "audit"
+
+                proxy.down()
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await ingest.WriteRows(request, timeout=60)
+                details = rpc_error_details(refused.value)
+                assert details.code == grpc.StatusCode.UNAVAILABLE, details.message
+                assert details.reason == "OBJECT_STORE_UNAVAILABLE"
+
+                proxy.up()
+                await wait_breaker_state(server, "object_store", 0, timeout=30)
+                first = await ingest.WriteRows(request, timeout=60)
+                again = await ingest.WriteRows(request, timeout=60)
+                assert first.result.rows_written == 2 and not first.result.already_written
+                assert again.result.already_written
+                assert again.result.snapshot_id == first.result.snapshot_id
+                assert await _ids(tables, ref="audit") == [0, 1, 2]
+                assert await _ids(tables) == [0]  # main never saw the branch's rows
+        finally:
+            await server.stop()
