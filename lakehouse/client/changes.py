@@ -232,7 +232,9 @@ def writer_next_offset(
     table: str,
     writer_id: str,
     *,
+    branch: str = "",
     timeout: float | None = None,
+    metadata: Sequence[tuple[str, str | bytes]] | None = None,
 ) -> int:
     """The offset a writer resumes from: ``GetWriter``'s ``next_offset``, 0 for a new writer.
 
@@ -244,7 +246,9 @@ def writer_next_offset(
         namespace: The table's namespace.
         table: The table name.
         writer_id: The writer id.
+        branch: The branch the writer writes to; empty for main (offsets are per branch).
         timeout: The deadline of the call, in seconds.
+        metadata: Call metadata, e.g. ``[("authorization", "Bearer <key>")]``.
 
     Returns:
         The offset of the next row the service expects from the writer.
@@ -253,10 +257,12 @@ def writer_next_offset(
         grpc.RpcError: The call failed otherwise (e.g. ``NOT_FOUND`` with no such table).
     """
     request = ingest_service_pb2.GetWriterRequest(
-        namespace=namespace, table=table, writer_id=writer_id
+        namespace=namespace, table=table, writer_id=writer_id, branch=branch
     )
     try:
-        return int(stub.GetWriter(request, timeout=timeout).writer.next_offset)
+        call_metadata = None if metadata is None else tuple(metadata)
+        reply = stub.GetWriter(request, timeout=timeout, metadata=call_metadata)
+        return int(reply.writer.next_offset)
     except grpc.RpcError as exc:
         if _reason(exc) == "WRITER_NOT_FOUND":
             return 0

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import decimal
+import hashlib
+import json
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pyarrow as pa
 import pytest
 
+from fixtures.serve_process import serve_process
+from lakehouse.client import Lakehouse
 from lakehouse.client.arrow import append_rows_requests, read_table, write_rows_request
 from lakehouse.client.changes import (
     Change,
@@ -213,3 +218,43 @@ async def test_a_delete_change_needs_only_the_key_even_with_required_columns(
             return list(read_table(tables, "crm", "customers").to_pylist())
 
     assert await asyncio.to_thread(scenario) == []
+
+
+KEY = "lh_changes-helpers-test-key"
+
+
+def test_writer_next_offset_sends_credentials_and_reads_the_offsets_of_a_branch(
+    tmp_path: Path,
+) -> None:
+    key = {"name": "cdc", "sha256": hashlib.sha256(KEY.encode()).hexdigest(), "role": "admin"}
+    schema = pa.schema([pa.field("id", pa.int64(), nullable=False)])
+    with serve_process(tmp_path, {"LAKEHOUSE_AUTH__API_KEYS": json.dumps([key])}) as server:
+        with Lakehouse(server.target, api_key=KEY) as lh:
+            lh.create_namespace("crm")
+            lh.create_table("crm.t", schema)
+            lh.write("crm.t", pa.table({"id": [0]}, schema=schema))
+        metadata = [("authorization", f"Bearer {KEY}")]
+        with grpc.insecure_channel(server.target) as channel:
+            tables = table_service_pb2_grpc.TableServiceStub(channel)
+            ingest = ingest_service_pb2_grpc.IngestServiceStub(channel)
+            tables.CreateBranch(
+                pb.CreateBranchRequest(namespace="crm", table="t", name="audit"),
+                metadata=metadata,
+                timeout=60,
+            )
+            requests = list(
+                append_rows_requests(
+                    "crm", "t", pa.table({"id": range(1, 6)}, schema=schema), writer_id="w"
+                )
+            )
+            requests[0].branch = "audit"
+            acks = list(ingest.AppendRows(iter(requests), metadata=metadata, timeout=60))
+            assert not [a for a in acks if a.HasField("error")]
+
+            assert (
+                writer_next_offset(ingest, "crm", "t", "w", branch="audit", metadata=metadata) == 5
+            )
+            assert writer_next_offset(ingest, "crm", "t", "w", metadata=metadata) == 0  # main's
+            with pytest.raises(grpc.RpcError) as anonymous:
+                writer_next_offset(ingest, "crm", "t", "w", branch="audit")
+            assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
