@@ -657,8 +657,9 @@ def test_unknown_table_and_column(shared: Catalog, tmp_path: Path) -> None:
     with pytest.raises(NotFound) as info:
         _run(shared, "SELECT * FROM sales.nope", tmp_path)
     assert info.value.reason == "TABLE_NOT_FOUND"
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound) as info:
         _run(shared, "SELECT * FROM nowhere.orders", tmp_path)
+    assert info.value.reason == "NAMESPACE_NOT_FOUND", info.value
     with pytest.raises(InvalidArgument, match='Binder Error: Referenced column "nope"'):
         _run(shared, "SELECT nope FROM sales.orders", tmp_path)
 

@@ -60,7 +60,11 @@ from lakehouse.adapters.duckdb.scan_source import Failures, IcebergSource
 from lakehouse.adapters.duckdb.statements import Insert, Plan, analyze, resolve
 from lakehouse.adapters.duckdb.storable import cast_result, conform, storable_schema
 from lakehouse.adapters.duckdb.writes import TrackingIO, write_files
-from lakehouse.adapters.iceberg.errors import translate_errors, without_paths
+from lakehouse.adapters.iceberg.errors import (
+    telling_a_missing_namespace,
+    translate_errors,
+    without_paths,
+)
 from lakehouse.adapters.iceberg.planned_changes import planned_change
 from lakehouse.adapters.iceberg.scan import small_offsets
 from lakehouse.adapters.iceberg.snapshot_refs import resolve_ref
@@ -245,7 +249,10 @@ class _Engine:
             # ns."t@audit" reads branch audit's head (or tag audit's snapshot) of ns.t.
             table_name, ref_name = split_ref(name)
             try:
-                with translate_errors(namespace, table_name):
+                with (
+                    translate_errors(namespace, table_name),
+                    telling_a_missing_namespace(catalog, namespace, table_name),
+                ):
                     table = catalog.load_table((namespace, table_name))
             except NotFound:
                 if ref.maybe_cte:

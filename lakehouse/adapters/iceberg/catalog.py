@@ -60,7 +60,12 @@ from lakehouse.adapters.iceberg.conversions import (
     snapshot_info,
     table_info,
 )
-from lakehouse.adapters.iceberg.errors import brief, metadata_errors, translate_errors
+from lakehouse.adapters.iceberg.errors import (
+    brief,
+    metadata_errors,
+    telling_a_missing_namespace,
+    translate_errors,
+)
 from lakehouse.adapters.iceberg.fast_paths import (
     LOCATION_QUERY,
     RAW_LOCATION_QUERY,
@@ -221,14 +226,8 @@ class IcebergCatalog:
             check_deadline(CATALOG)
             with translate_errors(namespace, table):
                 catalog = self._load()
-                try:
+                with telling_a_missing_namespace(catalog, namespace, table):
                     return fn(catalog)
-                except NoSuchTableError:
-                    # pyiceberg says "no such table" for a table of a missing namespace too;
-                    # the caller must learn which name is wrong (one more query, on misses only).
-                    if table and not catalog.namespace_exists(namespace):
-                        raise NoSuchNamespaceError(namespace) from None
-                    raise
 
         return work
 

@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterator
 
 import requests
+from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import (
     CommitFailedException,
     CommitStateUnknownException,
@@ -33,6 +34,22 @@ from lakehouse.domain.errors import (
     NotFound,
     Unavailable,
 )
+
+
+@contextlib.contextmanager
+def telling_a_missing_namespace(catalog: Catalog, namespace: str, table: str) -> Iterator[None]:
+    """Turns pyiceberg's "no such table" into "no such namespace" when the namespace is missing.
+
+    pyiceberg's SQL catalog says "no such table" for a table of a namespace that does not
+    exist; the caller must learn which name is wrong (one more query, on misses only). Use it
+    inside ``translate_errors``.
+    """
+    try:
+        yield
+    except NoSuchTableError:
+        if table and not catalog.namespace_exists(namespace):
+            raise NoSuchNamespaceError(namespace) from None
+        raise
 
 
 @contextlib.contextmanager
