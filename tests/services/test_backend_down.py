@@ -3,6 +3,8 @@ row delete or a watch, row errors in acks."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlparse
 
@@ -36,36 +38,50 @@ async def _make_table(tables: Any) -> None:
     )
 
 
+@contextlib.asynccontextmanager
+async def _serving(settings: Settings) -> AsyncIterator[tuple[LakehouseServer, Any, Any]]:
+    """A server on ``settings`` with the table ``down.t`` made: it, a TableService and an
+    IngestService stub."""
+    server = LakehouseServer(settings)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            tables = table_service_pb2_grpc.TableServiceStub(channel)
+            await _make_table(tables)
+            yield server, tables, ingest_service_pb2_grpc.IngestServiceStub(channel)
+    finally:
+        await server.stop()
+
+
+async def _assert_unavailable(call: Any, reason: str) -> None:
+    """Awaits ``call`` (a unary call, or a stream's first message): UNAVAILABLE with ``reason``
+    and a RetryInfo."""
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call
+    details = rpc_error_details(refused.value)
+    assert details.code == grpc.StatusCode.UNAVAILABLE, details.message
+    assert details.reason == reason, details.message
+    assert details.retry_delay_seconds is not None
+
+
 @pytest.mark.parametrize("backend", ["postgres_s3"], indirect=True)
 async def test_read_rows_with_the_object_store_down_is_unavailable_then_recovers(
     backend: Settings,
 ) -> None:
     endpoint = urlparse(backend.s3.endpoint_url or "")
     with tcp_proxy(endpoint.hostname or "127.0.0.1", endpoint.port or 80) as proxy:
-        s3 = S3Settings(**{**backend.s3.model_dump(), "endpoint_url": proxy.endpoint})
-        server = LakehouseServer(backend.model_copy(update={"s3": s3}))
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
-                tables = table_service_pb2_grpc.TableServiceStub(channel)
-                ingest = ingest_service_pb2_grpc.IngestServiceStub(channel)
-                await _make_table(tables)
-                data = pa.table({"id": list(range(100))})
-                await ingest.WriteRows(write_rows_request("down", "t", data))
+        async with _serving(_proxied(backend, s3_endpoint=proxy.endpoint)) as (_, tables, ingest):
+            data = pa.table({"id": list(range(100))})
+            await ingest.WriteRows(write_rows_request("down", "t", data))
 
-                proxy.down()
-                with pytest.raises(grpc.aio.AioRpcError) as exc:
-                    await read_table_async(tables, "down", "t", timeout=60)
-                details = rpc_error_details(exc.value)
-                assert details.code == grpc.StatusCode.UNAVAILABLE, details.message
-                assert details.reason == "OBJECT_STORE_UNAVAILABLE"
-                assert details.retry_delay_seconds is not None
+            proxy.down()
+            await _assert_unavailable(
+                read_table_async(tables, "down", "t", timeout=60), "OBJECT_STORE_UNAVAILABLE"
+            )
 
-                proxy.up()
-                back = await read_table_async(tables, "down", "t", timeout=60)
-                assert sorted(back.column("id").to_pylist()) == list(range(100))
-        finally:
-            await server.stop()
+            proxy.up()
+            back = await read_table_async(tables, "down", "t", timeout=60)
+            assert sorted(back.column("id").to_pylist()) == list(range(100))
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
@@ -119,42 +135,27 @@ async def test_delete_rows_and_watch_with_the_catalog_down_are_unavailable_and_c
     backend: Settings,
 ) -> None:
     with tcp_proxy(*_catalog_address(backend)) as proxy:
-        server = LakehouseServer(_proxied(backend, catalog_port=proxy.port))
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
-                tables = table_service_pb2_grpc.TableServiceStub(channel)
-                ingest = ingest_service_pb2_grpc.IngestServiceStub(channel)
-                await _make_table(tables)
-                await ingest.WriteRows(write_rows_request("down", "t", pa.table({"id": range(10)})))
-                delete = tpb.DeleteRowsRequest(
-                    namespace="down", table="t", row_filter="id < 5", request_id="d-1"
-                )
+        settings = _proxied(backend, catalog_port=proxy.port)
+        async with _serving(settings) as (server, tables, ingest):
+            await ingest.WriteRows(write_rows_request("down", "t", pa.table({"id": range(10)})))
+            delete = tpb.DeleteRowsRequest(
+                namespace="down", table="t", row_filter="id < 5", request_id="d-1"
+            )
 
-                proxy.down()
-                with pytest.raises(grpc.aio.AioRpcError) as refused:
-                    await tables.DeleteRows(delete, timeout=60)
-                details = rpc_error_details(refused.value)
-                assert details.code == grpc.StatusCode.UNAVAILABLE, details.message
-                assert details.reason == "CATALOG_UNAVAILABLE"
-                assert details.retry_delay_seconds is not None
-                watch = tables.WatchTable(
-                    tpb.WatchTableRequest(namespace="down", table="t"), timeout=60
-                )
-                with pytest.raises(grpc.aio.AioRpcError) as unwatched:
-                    await watch.read()
-                assert unwatched.value.code() == grpc.StatusCode.UNAVAILABLE
-                assert rpc_error_details(unwatched.value).reason == "CATALOG_UNAVAILABLE"
+            proxy.down()
+            await _assert_unavailable(tables.DeleteRows(delete, timeout=60), "CATALOG_UNAVAILABLE")
+            watch = tables.WatchTable(
+                tpb.WatchTableRequest(namespace="down", table="t"), timeout=60
+            )
+            await _assert_unavailable(watch.read(), "CATALOG_UNAVAILABLE")
 
-                # The breaker opened on the failures; PostgreSQL back, a health check closes it.
-                proxy.up()
-                await wait_breaker_state(server, "catalog", 0, timeout=30)
-                assert await _ids(tables) == list(range(10))  # the refused delete did nothing
-                deleted = await tables.DeleteRows(delete, timeout=60)
-                assert deleted.rows_deleted == 5 and not deleted.already_applied
-                assert await _ids(tables) == list(range(5, 10))
-        finally:
-            await server.stop()
+            # The breaker opened on the failures; PostgreSQL back, a health check closes it.
+            proxy.up()
+            await wait_breaker_state(server, "catalog", 0, timeout=30)
+            assert await _ids(tables) == list(range(10))  # the refused delete did nothing
+            deleted = await tables.DeleteRows(delete, timeout=60)
+            assert deleted.rows_deleted == 5 and not deleted.already_applied
+            assert await _ids(tables) == list(range(5, 10))
 
 
 @pytest.mark.parametrize("backend", ["postgres_s3"], indirect=True)
@@ -163,37 +164,28 @@ async def test_a_branch_write_with_the_object_store_down_is_unavailable_and_a_re
 ) -> None:
     endpoint = urlparse(backend.s3.endpoint_url or "")
     with tcp_proxy(endpoint.hostname or "127.0.0.1", endpoint.port or 80) as proxy:
-        server = LakehouseServer(_proxied(backend, s3_endpoint=proxy.endpoint))
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
-                tables = table_service_pb2_grpc.TableServiceStub(channel)
-                ingest = ingest_service_pb2_grpc.IngestServiceStub(channel)
-                await _make_table(tables)
-                await ingest.WriteRows(write_rows_request("down", "t", pa.table({"id": [0]})))
-                await tables.CreateBranch(
-                    tpb.CreateBranchRequest(namespace="down", table="t", name="audit")
-                )
-                request = write_rows_request(
-                    "down", "t", pa.table({"id": [1, 2]}), request_id="branch-1"
-                )
-                request.branch = "audit"
+        settings = _proxied(backend, s3_endpoint=proxy.endpoint)
+        async with _serving(settings) as (server, tables, ingest):
+            await ingest.WriteRows(write_rows_request("down", "t", pa.table({"id": [0]})))
+            await tables.CreateBranch(
+                tpb.CreateBranchRequest(namespace="down", table="t", name="audit")
+            )
+            request = write_rows_request(
+                "down", "t", pa.table({"id": [1, 2]}), request_id="branch-1"
+            )
+            request.branch = "audit"
 
-                proxy.down()
-                with pytest.raises(grpc.aio.AioRpcError) as refused:
-                    await ingest.WriteRows(request, timeout=60)
-                details = rpc_error_details(refused.value)
-                assert details.code == grpc.StatusCode.UNAVAILABLE, details.message
-                assert details.reason == "OBJECT_STORE_UNAVAILABLE"
+            proxy.down()
+            await _assert_unavailable(
+                ingest.WriteRows(request, timeout=60), "OBJECT_STORE_UNAVAILABLE"
+            )
 
-                proxy.up()
-                await wait_breaker_state(server, "object_store", 0, timeout=30)
-                first = await ingest.WriteRows(request, timeout=60)
-                again = await ingest.WriteRows(request, timeout=60)
-                assert first.result.rows_written == 2 and not first.result.already_written
-                assert again.result.already_written
-                assert again.result.snapshot_id == first.result.snapshot_id
-                assert await _ids(tables, ref="audit") == [0, 1, 2]
-                assert await _ids(tables) == [0]  # main never saw the branch's rows
-        finally:
-            await server.stop()
+            proxy.up()
+            await wait_breaker_state(server, "object_store", 0, timeout=30)
+            first = await ingest.WriteRows(request, timeout=60)
+            again = await ingest.WriteRows(request, timeout=60)
+            assert first.result.rows_written == 2 and not first.result.already_written
+            assert again.result.already_written
+            assert again.result.snapshot_id == first.result.snapshot_id
+            assert await _ids(tables, ref="audit") == [0, 1, 2]
+            assert await _ids(tables) == [0]  # main never saw the branch's rows
