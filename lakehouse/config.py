@@ -584,6 +584,22 @@ class Settings(BaseSettings):
     """Address the sidecar HTTP server (/metrics, /healthz, /readyz) binds to."""
     http_port: int = Field(default=9180, ge=0, le=65535)
     """Sidecar HTTP port. 9180 clashes with neither Trino (8080) nor Prometheus (9090)."""
+    flight_host: str = "0.0.0.0"
+    """Address the Arrow Flight data plane binds to (when ``flight_port`` is set)."""
+    flight_port: int | None = Field(default=None, ge=0, le=65535)
+    """Arrow Flight port (``do_get`` reads, ``do_put`` appends; docs/flight.md). Unset: no
+    Flight server. 0 picks a free one."""
+    flight_advertised_host: str = ""
+    """Host put in the locations of FlightInfo endpoints (with the bound Flight port), for
+    clients that must reach this replica by another name. Empty: no location, and clients
+    redeem tickets on the connection that asked for them (any replica: tickets are signed
+    with ``flight_ticket_secret``)."""
+    flight_ticket_ttl_seconds: float = Field(default=300.0, gt=0, le=24 * 3600)
+    """How long a Flight ticket from ``get_flight_info`` may be redeemed with ``do_get``."""
+    flight_ticket_secret: SecretStr | None = Field(default=None, min_length=32)
+    """Key (at least 32 bytes) that signs Flight tickets (HMAC-SHA256). Every replica needs the
+    same one, so a ticket minted by one is accepted by all. Unset: a random key per process,
+    and tickets work only on the replica that made them."""
     data_dir: Path = Path("lakehouse-data")
     """Local folder for the embedded default (SQLite catalog, warehouse)."""
     catalog: CatalogSettings = CatalogSettings()
