@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -17,14 +16,15 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 import pytest_asyncio
+from google.protobuf import field_mask_pb2
 
 from fixtures.net import LOOPBACK
-from lakehouse.client.arrow import read_table_async
+from lakehouse.client.arrow import read_rows_to_arrow_async
 from lakehouse.config import AuthSettings, Settings
 from lakehouse.server.app import LakehouseServer
 from lakehouse.server.credentials import new_api_key
+from lakehouse.v1 import ingest_pb2, schema_pb2, table_service_pb2_grpc
 from lakehouse.v1 import ingest_service_pb2 as ingest_pb
-from lakehouse.v1 import rows_pb2, schema_pb2, table_service_pb2_grpc
 from lakehouse.v1 import table_service_pb2 as pb
 
 T = TypeVar("T")
@@ -82,13 +82,300 @@ def flight_settings(settings: Settings, **overrides: Any) -> Settings:
 
 
 @pytest_asyncio.fixture
-async def started(request: pytest.FixtureRequest, backend: Settings) -> AsyncIterator[Any]:
-    marker = request.node.get_closest_marker("flight_settings")
-    overrides = dict(marker.kwargs) if marker is not None else {}
-    settings = Settings(**(flight_settings(backend).model_dump() | overrides))
-    server = LakehouseServer(settings)
-    await server.start()
+async def start_server(backend: Settings) -> AsyncIterator[Callable[..., Any]]:
+    """Starts a server with Flight on ``backend`` and the given settings; stops it after."""
+    servers: list[LakehouseServer] = []
+
+    async def start(**overrides: Any) -> LakehouseServer:
+        values = flight_settings(backend).model_dump() | overrides
+        server = LakehouseServer(Settings(**values))
+        await server.start()
+        servers.append(server)
+        return server
+
     try:
-        yield server
+        yield start
     finally:
-        await asyncio.wait_for(server.stop(), STOP_TIMEOUT_SECONDS)
+        for server in servers:
+            await asyncio.wait_for(server.stop(), STOP_TIMEOUT_SECONDS)
+
+
+@pytest_asyncio.fixture
+async def started(start_server: Callable[..., Any]) -> Any:
+    """A server with Flight, authentication off."""
+    return await start_server()
+
+
+async def create_table(server: Any, namespace: str = "sales", table: str = "orders") -> None:
+    """A table of ROWS, written in two commits (two data files) through the gRPC API."""
+    async with grpc.aio.insecure_channel(f"{LOOPBACK}:{server.grpc_port}") as channel:
+        stub = table_service_pb2_grpc.TableServiceStub(channel)
+        await stub.CreateNamespace(pb.CreateNamespaceRequest(name=namespace))
+        fields = [
+            schema_pb2.Field(name="id", type=LONG, required=False),
+            schema_pb2.Field(name="region", type=STRING),
+        ]
+        await stub.CreateTable(
+            pb.CreateTableRequest(
+                namespace=namespace, table=table, schema=schema_pb2.Schema(fields=fields)
+            )
+        )
+    client = flight.connect(f"grpc://{LOOPBACK}:{server.flight_port}")
+    for half in (ROWS.slice(0, 500), ROWS.slice(500)):
+        await off_loop(lambda half=half: put(client, append_command(namespace, table), half))
+
+
+def append_command(namespace: str, table: str, **fields: Any) -> bytes:
+    return ingest_pb.AppendRowsRequest(
+        namespace=namespace, table=table, **fields
+    ).SerializeToString()
+
+
+def put(
+    client: flight.FlightClient,
+    command: bytes,
+    data: pa.Table,
+    options: flight.FlightCallOptions | None = None,
+) -> list[ingest_pb.AppendRowsResponse]:
+    """do_put of ``data``'s batches; the acknowledgements read back."""
+    descriptor = flight.FlightDescriptor.for_command(command)
+    writer, reader = client.do_put(descriptor, data.schema, options=options)
+    acks = []
+    with writer:
+        for batch in data.to_batches():
+            writer.write_batch(batch)
+        writer.done_writing()
+        while (ack := reader.read()) is not None:
+            acks.append(ingest_pb.AppendRowsResponse.FromString(ack.to_pybytes()))
+    return acks
+
+
+def read(
+    client: flight.FlightClient,
+    request: pb.ReadRowsRequest,
+    options: flight.FlightCallOptions | None = None,
+) -> pa.Table:
+    """get_flight_info, then do_get of every endpoint."""
+    descriptor = flight.FlightDescriptor.for_command(request.SerializeToString())
+    info = client.get_flight_info(descriptor, options)
+    parts = [client.do_get(e.ticket, options).read_all() for e in info.endpoints]
+    return pa.concat_tables(parts) if parts else info.schema.empty_table()
+
+
+async def grpc_read(server: Any, request: pb.ReadRowsRequest) -> pa.Table:
+    async with grpc.aio.insecure_channel(f"{LOOPBACK}:{server.grpc_port}") as channel:
+        stub = table_service_pb2_grpc.TableServiceStub(channel)
+        return await read_rows_to_arrow_async(stub.ReadRows(request))
+
+
+def plain(table: pa.Table) -> pa.Table:
+    """Rows to compare: field metadata dropped, sorted by id."""
+    schema = pa.schema([pa.field(f.name, f.type, f.nullable) for f in table.schema])
+    return table.cast(schema).sort_by("id") if "id" in table.column_names else table.cast(schema)
+
+
+async def test_reads_return_read_rows_rows_for_each_selection(started: Any) -> None:
+    await create_table(started)
+    client = flight.connect(f"grpc://{LOOPBACK}:{started.flight_port}")
+    first = await grpc_read(started, pb.ReadRowsRequest(namespace="sales", table="orders"))
+    assert first.num_rows == 1000
+    selections = [
+        pb.ReadRowsRequest(namespace="sales", table="orders"),
+        pb.ReadRowsRequest(
+            namespace="sales", table="orders", columns=field_mask_pb2.FieldMask(paths=["id"])
+        ),
+        pb.ReadRowsRequest(
+            namespace="sales", table="orders", row_filter="region = 'us' and id < 600"
+        ),
+        pb.ReadRowsRequest(namespace="sales", table="orders", row_filter="id >= 990"),
+    ]
+    for request in selections:
+        got = await off_loop(lambda request=request: read(client, request))
+        expected = await grpc_read(started, request)
+        assert plain(got).equals(plain(expected)), request
+        assert got.num_rows > 0
+    # A row limit: as many rows as ReadRows gives.
+    limited = pb.ReadRowsRequest(namespace="sales", table="orders", row_limit=7)
+    assert (await off_loop(lambda: read(client, limited))).num_rows == 7
+
+
+async def test_a_ticket_reads_the_snapshot_planned(started: Any) -> None:
+    """A ticket is pinned: a commit after get_flight_info does not change what do_get reads."""
+    await create_table(started)
+    client = flight.connect(f"grpc://{LOOPBACK}:{started.flight_port}")
+    request = pb.ReadRowsRequest(namespace="sales", table="orders")
+    descriptor = flight.FlightDescriptor.for_command(request.SerializeToString())
+    info = await off_loop(lambda: client.get_flight_info(descriptor))
+    await off_loop(lambda: put(client, append_command("sales", "orders"), ROWS.slice(0, 10)))
+    got = await off_loop(lambda: client.do_get(info.endpoints[0].ticket).read_all())
+    assert got.num_rows == 1000
+    assert (await off_loop(lambda: read(client, request))).num_rows == 1010
+
+
+async def test_bad_descriptors_and_tickets_are_clear_errors(started: Any) -> None:
+    await create_table(started)
+    client = flight.connect(f"grpc://{LOOPBACK}:{started.flight_port}")
+
+    def info(descriptor: flight.FlightDescriptor) -> Any:
+        return client.get_flight_info(descriptor)
+
+    cases = [
+        (
+            flight.FlightDescriptor.for_path("sales", "orders"),
+            pa.ArrowInvalid,
+            "[MALFORMED_REQUEST] descriptor",
+        ),
+        (
+            flight.FlightDescriptor.for_command(b"\xff\xff"),
+            pa.ArrowInvalid,
+            "[MALFORMED_REQUEST] descriptor.cmd",
+        ),
+        (
+            flight.FlightDescriptor.for_command(
+                pb.ReadRowsRequest(
+                    namespace="sales",
+                    table="orders",
+                    columns=field_mask_pb2.FieldMask(paths=["nope"]),
+                ).SerializeToString()
+            ),
+            pa.ArrowInvalid,
+            "[UNKNOWN_COLUMN] columns.paths[0]",
+        ),
+        (
+            flight.FlightDescriptor.for_command(
+                pb.ReadRowsRequest(
+                    namespace="sales", table="orders", row_filter="id >"
+                ).SerializeToString()
+            ),
+            pa.ArrowInvalid,
+            "row_filter",
+        ),
+        (
+            flight.FlightDescriptor.for_command(
+                pb.ReadRowsRequest(namespace="sales", table="missing").SerializeToString()
+            ),
+            KeyError,
+            "[TABLE_NOT_FOUND]",
+        ),
+    ]
+    for descriptor, kind, text in cases:
+        with pytest.raises(kind) as caught:
+            await off_loop(lambda descriptor=descriptor: info(descriptor))
+        assert text in str(caught.value), str(caught.value)
+    with pytest.raises(flight.FlightUnauthenticatedError, match=r"\[FLIGHT_TICKET_INVALID\]"):
+        await off_loop(lambda: client.do_get(flight.Ticket(b"not a ticket")).read_all())
+
+
+def bearer(key: str) -> flight.FlightCallOptions:
+    return flight.FlightCallOptions(headers=[(b"authorization", f"Bearer {key}".encode())])
+
+
+KEYS = make_keys()
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_auth_on_the_flight_port(start_server: Callable[..., Any]) -> None:
+    started = await start_server(auth=KEYS.auth, flight_ticket_ttl_seconds=2.0)
+    client = flight.connect(f"grpc://{LOOPBACK}:{started.flight_port}")
+    developer, viewer, other = bearer(KEYS.developer), bearer(KEYS.viewer), bearer(KEYS.other)
+    command = append_command("sales", "orders", writer_id="w1", offset=0)
+    request = pb.ReadRowsRequest(namespace="sales", table="orders")
+    descriptor = flight.FlightDescriptor.for_command(request.SerializeToString())
+    async with grpc.aio.insecure_channel(f"{LOOPBACK}:{started.grpc_port}") as channel:
+        stub = table_service_pb2_grpc.TableServiceStub(channel)
+        metadata = [("authorization", f"Bearer {KEYS.developer}")]
+        await stub.CreateNamespace(pb.CreateNamespaceRequest(name="sales"), metadata=metadata)
+        fields = [
+            schema_pb2.Field(name="id", type=LONG),
+            schema_pb2.Field(name="region", type=STRING),
+        ]
+        await stub.CreateTable(
+            pb.CreateTableRequest(
+                namespace="sales", table="orders", schema=schema_pb2.Schema(fields=fields)
+            ),
+            metadata=metadata,
+        )
+    # No credentials, or a wrong key: UNAUTHENTICATED before anything is read or written.
+    for options in (None, bearer("lh_" + "x" * 40)):
+        with pytest.raises(flight.FlightUnauthenticatedError):
+            await off_loop(lambda options=options: client.get_flight_info(descriptor, options))
+        with pytest.raises(flight.FlightUnauthenticatedError):
+            await off_loop(lambda options=options: put(client, command, ROWS, options))
+    # A viewer reads but may not append (ingest.write), and nothing is written.
+    with pytest.raises(flight.FlightUnauthorizedError, match=r"ingest\.write"):
+        await off_loop(lambda: put(client, command, ROWS, viewer))
+    acks = await off_loop(lambda: put(client, command, ROWS, developer))
+    assert [a.offset for a in acks] == [0]
+    # A namespace-limited admin may not read another namespace.
+    with pytest.raises(flight.FlightUnauthorizedError, match="namespace"):
+        await off_loop(lambda: client.get_flight_info(descriptor, bearer(KEYS.limited)))
+    info = await off_loop(lambda: client.get_flight_info(descriptor, viewer))
+    ticket = info.endpoints[0].ticket
+    # Another principal's ticket: PERMISSION_DENIED; a tampered one: UNAUTHENTICATED.
+    with pytest.raises(flight.FlightUnauthorizedError, match="FLIGHT_TICKET_OTHER_PRINCIPAL"):
+        await off_loop(lambda: client.do_get(ticket, other).read_all())
+    tampered = bytearray(ticket.ticket)
+    tampered[12] ^= 1
+    with pytest.raises(flight.FlightUnauthenticatedError, match="FLIGHT_TICKET_INVALID"):
+        await off_loop(lambda: client.do_get(flight.Ticket(bytes(tampered)), viewer).read_all())
+    assert (await off_loop(lambda: client.do_get(ticket, viewer).read_all())).num_rows == 1000
+    # Past its TTL (2 s), the ticket is refused even to its own principal.
+    await asyncio.sleep(2.1)
+    with pytest.raises(flight.FlightUnauthenticatedError, match="FLIGHT_TICKET_EXPIRED"):
+        await off_loop(lambda: client.do_get(ticket, viewer).read_all())
+
+
+async def row_count(client: flight.FlightClient) -> int:
+    request = pb.ReadRowsRequest(namespace="sales", table="orders")
+    return int((await off_loop(lambda: read(client, request))).num_rows)
+
+
+async def test_do_put_is_exactly_once_with_offsets(started: Any) -> None:
+    await create_table(started)
+    client = flight.connect(f"grpc://{LOOPBACK}:{started.flight_port}")
+    batches = pa.Table.from_batches(ROWS.slice(0, 30).to_batches(max_chunksize=10))
+    command = append_command("sales", "orders", writer_id="loader", offset=0)
+    acks = await off_loop(lambda: put(client, command, batches))
+    assert [(a.offset, a.result.rows_written, a.result.already_written) for a in acks] == [
+        (0, 10, False),
+        (10, 10, False),
+        (20, 10, False),
+    ]
+    assert all(a.result.snapshot_id for a in acks)
+    assert await row_count(client) == 1030
+    # The writer resends from offset 10 (it lost the last two acknowledgements) and goes on.
+    resend = pa.Table.from_batches(ROWS.slice(10, 30).to_batches(max_chunksize=10))
+    command = append_command("sales", "orders", writer_id="loader", offset=10)
+    acks = await off_loop(lambda: put(client, command, resend))
+    assert [(a.offset, a.result.already_written) for a in acks] == [
+        (10, True),
+        (20, True),
+        (30, False),
+    ]
+    assert await row_count(client) == 1040
+    # A gap in the writer's offsets is refused, and nothing is written.
+    command = append_command("sales", "orders", writer_id="loader", offset=100)
+    with pytest.raises(pa.ArrowInvalid, match="offset"):
+        await off_loop(lambda: put(client, command, ROWS.slice(0, 5)))
+    assert await row_count(client) == 1040
+
+
+async def test_bad_do_put_is_a_clear_error_and_writes_nothing(started: Any) -> None:
+    await create_table(started)
+    client = flight.connect(f"grpc://{LOOPBACK}:{started.flight_port}")
+    wrong = pa.table({"id": pa.array(["a", "b"]), "region": pa.array(["eu", "us"])})
+    cases = [
+        (append_command("sales", "orders"), wrong, "id"),
+        (b"\xff\xff", ROWS.slice(0, 2), "[MALFORMED_REQUEST] descriptor.cmd"),
+        (append_command("sales", ""), ROWS.slice(0, 2), "table"),
+        (
+            append_command("sales", "orders", write_mode=ingest_pb2.WRITE_MODE_UPSERT),
+            ROWS.slice(0, 2),
+            "write_mode",
+        ),
+    ]
+    for command, data, text in cases:
+        with pytest.raises(pa.ArrowInvalid) as caught:
+            await off_loop(lambda command=command, data=data: put(client, command, data))
+        assert text in str(caught.value), str(caught.value)
+    assert await row_count(client) == 1000
