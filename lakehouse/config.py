@@ -460,6 +460,10 @@ class AuthSettings(_Section):
     it changes and on SIGHUP (see ``reload_interval_seconds``)."""
     jwt_secret: SecretStr | None = None
     """Shared secret of HS256 JWTs; at least 32 bytes (RFC 7518)."""
+    flight_ticket_secret: SecretStr | None = Field(default=None, min_length=32)
+    """Key (at least 32 bytes) that signs Arrow Flight tickets (HMAC-SHA256). Every replica
+    needs the same one, so a ticket one made is accepted by all. Unset: a random key per
+    process, and tickets work only on the replica that made them."""
     jwt_public_key_file: Path | None = None
     """PEM file with one or more public keys or certificates verifying RS256/ES256 JWTs."""
     jwt_jwks_file: Path | None = None
@@ -593,13 +597,9 @@ class Settings(BaseSettings):
     """Host put in the locations of FlightInfo endpoints (with the bound Flight port), for
     clients that must reach this replica by another name. Empty: no location, and clients
     redeem tickets on the connection that asked for them (any replica: tickets are signed
-    with ``flight_ticket_secret``)."""
+    with ``auth.flight_ticket_secret``)."""
     flight_ticket_ttl_seconds: float = Field(default=300.0, gt=0, le=24 * 3600)
     """How long a Flight ticket from ``get_flight_info`` may be redeemed with ``do_get``."""
-    flight_ticket_secret: SecretStr | None = Field(default=None, min_length=32)
-    """Key (at least 32 bytes) that signs Flight tickets (HMAC-SHA256). Every replica needs the
-    same one, so a ticket minted by one is accepted by all. Unset: a random key per process,
-    and tickets work only on the replica that made them."""
     data_dir: Path = Path("lakehouse-data")
     """Local folder for the embedded default (SQLite catalog, warehouse)."""
     catalog: CatalogSettings = CatalogSettings()

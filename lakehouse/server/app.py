@@ -8,6 +8,7 @@ from collections.abc import Awaitable
 from importlib import metadata
 
 import grpc
+import pyarrow as pa
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
@@ -301,7 +302,11 @@ class LakehouseServer:
             if files.require_client_cert and files.client_ca_file is not None:
                 client_ca = load_ca_bundle(files.client_ca_file)
             tls = FlightTls(pair.cert_chain, pair.private_key, client_ca)
-        secret = settings.flight_ticket_secret
+        secret = settings.auth.flight_ticket_secret
+        signer = TicketSigner(
+            secret.get_secret_value().encode() if secret is not None else None,
+            settings.flight_ticket_ttl_seconds,
+        )
         try:
             server = LakehouseFlightServer(
                 settings.flight_host,
@@ -309,15 +314,12 @@ class LakehouseServer:
                 loop=asyncio.get_running_loop(),
                 source=ReadRowsSource(self.reads),
                 requests=IngestRequests(self.ingest, self.tables),
-                signer=TicketSigner(
-                    secret.get_secret_value().encode() if secret is not None else None,
-                    settings.flight_ticket_ttl_seconds,
-                ),
+                signer=signer,
                 authenticator=self.authenticator,
                 tls=tls,
                 advertised_host=settings.flight_advertised_host,
             )
-        except Exception as exc:  # pyarrow's ArrowException: its bind failed, whatever the cause
+        except pa.ArrowException as exc:  # pyarrow's bind failure, whatever the cause
             raise OSError(
                 f"cannot bind the Arrow Flight address {settings.flight_host}:"
                 f"{settings.flight_port}: {exc}"

@@ -72,13 +72,12 @@ def make_keys() -> Keys:
 
 
 def flight_settings(settings: Settings, **overrides: Any) -> Settings:
-    values = {
-        "flight_host": LOOPBACK,
-        "flight_port": 0,
-        "flight_ticket_secret": SECRET,
-        **overrides,
-    }
-    return settings.model_copy(update=values)
+    """``settings`` with a Flight port on 127.0.0.1 and a ticket key."""
+    values = settings.model_dump()
+    auth = values.pop("auth") | {"flight_ticket_secret": SECRET}
+    return Settings(
+        **values | {"flight_host": LOOPBACK, "flight_port": 0, "auth": auth} | overrides
+    )
 
 
 @pytest_asyncio.fixture
@@ -87,8 +86,7 @@ async def start_server(backend: Settings) -> AsyncIterator[Callable[..., Any]]:
     servers: list[LakehouseServer] = []
 
     async def start(**overrides: Any) -> LakehouseServer:
-        values = flight_settings(backend).model_dump() | overrides
-        server = LakehouseServer(Settings(**values))
+        server = LakehouseServer(flight_settings(backend, **overrides))
         await server.start()
         servers.append(server)
         return server
@@ -275,7 +273,8 @@ KEYS = make_keys()
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 async def test_auth_on_the_flight_port(start_server: Callable[..., Any]) -> None:
-    started = await start_server(auth=KEYS.auth, flight_ticket_ttl_seconds=2.0)
+    auth = KEYS.auth.model_dump() | {"flight_ticket_secret": SECRET}
+    started = await start_server(auth=auth, flight_ticket_ttl_seconds=2.0)
     client = flight.connect(f"grpc://{LOOPBACK}:{started.flight_port}")
     developer, viewer, other = bearer(KEYS.developer), bearer(KEYS.viewer), bearer(KEYS.other)
     command = append_command("sales", "orders", writer_id="w1", offset=0)

@@ -4,7 +4,7 @@ A ticket is ``version || expiry (8 bytes, ms) || principal length (2) || princip
 || HMAC-SHA256(key, everything before)``. The payload is what the read source needs to
 stream (for today's reads, a ``ReadRowsRequest`` pinned to one snapshot); it is signed, not
 encrypted: a ticket names a table the caller was allowed to read when it was made, nothing
-secret. Every replica checks tickets with the same key (``flight_ticket_secret``), so a
+secret. Every replica checks tickets with the same key (``auth.flight_ticket_secret``), so a
 ticket minted by one replica is redeemed by any.
 """
 
