@@ -9,15 +9,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
+import aiohttp
 import grpc
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 import pytest_asyncio
 from google.protobuf import field_mask_pb2
+from prometheus_client.parser import text_string_to_metric_families
 
+from fixtures.certs import TestCA
 from fixtures.net import LOOPBACK
 from lakehouse.client.arrow import read_rows_to_arrow_async
 from lakehouse.config import AuthSettings, Settings
@@ -104,10 +108,18 @@ async def started(start_server: Callable[..., Any]) -> Any:
     return await start_server()
 
 
-async def create_table(server: Any, namespace: str = "sales", table: str = "orders") -> None:
-    """A table of ROWS, written in two commits (two data files) through the gRPC API."""
-    async with grpc.aio.insecure_channel(f"{LOOPBACK}:{server.grpc_port}") as channel:
-        stub = table_service_pb2_grpc.TableServiceStub(channel)
+async def create_table(
+    server: Any,
+    namespace: str = "sales",
+    table: str = "orders",
+    *,
+    channel: grpc.aio.Channel | None = None,
+    client: flight.FlightClient | None = None,
+) -> None:
+    """A table of ROWS, written in two commits (two data files): created through the gRPC API,
+    written through Flight."""
+    async with channel or grpc.aio.insecure_channel(f"{LOOPBACK}:{server.grpc_port}") as ch:
+        stub = table_service_pb2_grpc.TableServiceStub(ch)
         await stub.CreateNamespace(pb.CreateNamespaceRequest(name=namespace))
         fields = [
             schema_pb2.Field(name="id", type=LONG, required=False),
@@ -118,7 +130,7 @@ async def create_table(server: Any, namespace: str = "sales", table: str = "orde
                 namespace=namespace, table=table, schema=schema_pb2.Schema(fields=fields)
             )
         )
-    client = flight.connect(f"grpc://{LOOPBACK}:{server.flight_port}")
+    client = client or flight.connect(f"grpc://{LOOPBACK}:{server.flight_port}")
     for half in (ROWS.slice(0, 500), ROWS.slice(500)):
         await off_loop(lambda half=half: put(client, append_command(namespace, table), half))
 
@@ -378,3 +390,90 @@ async def test_bad_do_put_is_a_clear_error_and_writes_nothing(started: Any) -> N
             await off_loop(lambda command=command, data=data: put(client, command, data))
         assert text in str(caught.value), str(caught.value)
     assert await row_count(client) == 1000
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_tls_and_mtls_as_on_the_grpc_port(
+    start_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    ca = TestCA("flight test CA")
+    cert_file, key_file = ca.issue("lakehouse", server=True).write(tmp_path, "server")
+    ca_file = ca.write(tmp_path, "ca")
+    client_cert = ca.issue("etl.internal", client=True)
+    stranger = TestCA("another CA").issue("stranger", client=True)
+    request = pb.ReadRowsRequest(namespace="sales", table="orders")
+    # TLS: the gRPC port's certificate; a plaintext client gets no answer.
+    server = await start_server(tls={"cert_file": cert_file, "key_file": key_file})
+    client = flight.connect(
+        f"grpc+tls://localhost:{server.flight_port}", tls_root_certs=ca.cert_pem
+    )
+    channel = grpc.aio.secure_channel(
+        f"localhost:{server.grpc_port}", grpc.ssl_channel_credentials(ca.cert_pem)
+    )
+    await create_table(server, channel=channel, client=client)
+    assert (await off_loop(lambda: read(client, request))).num_rows == 1000
+    plaintext = flight.connect(f"grpc://localhost:{server.flight_port}")
+    with pytest.raises(flight.FlightUnavailableError):
+        await off_loop(lambda: read(plaintext, request, flight.FlightCallOptions(timeout=5)))
+    # mTLS: a client certificate from the configured CA is required.
+    tls = {
+        "cert_file": cert_file,
+        "key_file": key_file,
+        "client_ca_file": ca_file,
+        "require_client_cert": True,
+    }
+    server = await start_server(tls=tls)
+    location = f"grpc+tls://localhost:{server.flight_port}"
+    channel = grpc.aio.secure_channel(
+        f"localhost:{server.grpc_port}",
+        grpc.ssl_channel_credentials(ca.cert_pem, client_cert.key_pem, client_cert.cert_pem),
+    )
+    trusted = flight.connect(
+        location,
+        tls_root_certs=ca.cert_pem,
+        cert_chain=client_cert.cert_pem,
+        private_key=client_cert.key_pem,
+    )
+    await create_table(server, "mtls", channel=channel, client=trusted)  # same catalog
+    request = pb.ReadRowsRequest(namespace="mtls", table="orders")
+    assert (await off_loop(lambda: read(trusted, request))).num_rows == 1000
+    for certificate in (None, stranger):
+        keys = (
+            {}
+            if certificate is None
+            else {"cert_chain": certificate.cert_pem, "private_key": certificate.key_pem}
+        )
+        refused = flight.connect(location, tls_root_certs=ca.cert_pem, **keys)
+        with pytest.raises(flight.FlightUnavailableError):
+            await off_loop(
+                lambda refused=refused: read(refused, request, flight.FlightCallOptions(timeout=5))
+            )
+
+
+async def test_metrics_count_flight_calls_by_method_and_code(started: Any) -> None:
+    await create_table(started)
+    client = flight.connect(f"grpc://{LOOPBACK}:{started.flight_port}")
+    await off_loop(lambda: read(client, pb.ReadRowsRequest(namespace="sales", table="orders")))
+    with pytest.raises(flight.FlightUnauthenticatedError):
+        await off_loop(lambda: client.do_get(flight.Ticket(b"x")).read_all())
+    url = f"http://{LOOPBACK}:{started.http_port}/metrics"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        text = await response.text()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for m in text_string_to_metric_families(text)
+        for s in m.samples
+    }
+
+    def value(name: str, **labels: str) -> float:
+        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    handled = "lakehouse_flight_server_handled_total"
+    assert value(handled, flight_method="do_put", grpc_code="OK") >= 2
+    assert value(handled, flight_method="get_flight_info", grpc_code="OK") >= 1
+    assert value(handled, flight_method="do_get", grpc_code="OK") >= 1
+    assert value(handled, flight_method="do_get", grpc_code="Unauthenticated") >= 1
+    assert value("lakehouse_flight_server_sent_bytes_total", flight_method="do_get") >= ROWS.nbytes
+    assert (
+        value("lakehouse_flight_server_received_bytes_total", flight_method="do_put") >= ROWS.nbytes
+    )
