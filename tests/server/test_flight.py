@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fixtures.certs import TestCA
 from fixtures.net import LOOPBACK
+from fixtures.serve_process import serve_process
 from lakehouse.client.arrow import read_rows_to_arrow_async
 from lakehouse.config import AuthSettings, Settings
 from lakehouse.server.app import LakehouseServer
@@ -477,3 +479,50 @@ async def test_metrics_count_flight_calls_by_method_and_code(started: Any) -> No
     assert (
         value("lakehouse_flight_server_received_bytes_total", flight_method="do_put") >= ROWS.nbytes
     )
+
+
+def test_sigterm_lets_a_running_do_get_finish(tmp_path: Path) -> None:
+    """A rolling update: SIGTERM while a do_get streams; the stream ends whole, exit 0."""
+    env = {"LAKEHOUSE_FLIGHT_HOST": LOOPBACK, "LAKEHOUSE_FLIGHT_PORT": "0"}
+    with serve_process(tmp_path / "server", env) as server:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = table_service_pb2_grpc.TableServiceStub(channel)
+            stub.CreateNamespace(pb.CreateNamespaceRequest(name="sales"), timeout=30)
+            fields = [
+                schema_pb2.Field(name="id", type=LONG),
+                schema_pb2.Field(name="region", type=STRING),
+            ]
+            stub.CreateTable(
+                pb.CreateTableRequest(
+                    namespace="sales", table="orders", schema=schema_pb2.Schema(fields=fields)
+                ),
+                timeout=30,
+            )
+        client = flight.connect(f"grpc://{LOOPBACK}:{server.flight_port}")
+        # Five files of 200,000 rows: far more than the transport buffers, so the server is
+        # still sending when the signal comes.
+        part = pa.table(
+            {
+                "id": pa.array(range(200_000), pa.int64()),
+                "region": pa.array(["region-" + str(i % 97) for i in range(200_000)]),
+            }
+        )
+        for _ in range(5):
+            put(client, append_command("sales", "orders"), part)
+        request = pb.ReadRowsRequest(namespace="sales", table="orders")
+        info = client.get_flight_info(
+            flight.FlightDescriptor.for_command(request.SerializeToString())
+        )
+        reader = client.do_get(info.endpoints[0].ticket)
+        first = reader.read_chunk()
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGTERM)
+        rest = reader.read_all()
+        assert first.data.num_rows + rest.num_rows == 1_000_000
+        assert server.proc.wait(timeout=30) == 0
+        # The port is closed: a new call finds nobody.
+        with pytest.raises(flight.FlightUnavailableError):
+            client.get_flight_info(
+                flight.FlightDescriptor.for_command(request.SerializeToString()),
+                flight.FlightCallOptions(timeout=5),
+            )
