@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
 import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -526,3 +527,75 @@ def test_sigterm_lets_a_running_do_get_finish(tmp_path: Path) -> None:
                 flight.FlightDescriptor.for_command(request.SerializeToString()),
                 flight.FlightCallOptions(timeout=5),
             )
+
+
+#: Answers a Flight call may end with: deliberate ones (never INTERNAL or UNKNOWN).
+DELIBERATE = (
+    pa.ArrowInvalid,
+    KeyError,
+    flight.FlightUnauthenticatedError,
+    flight.FlightUnauthorizedError,
+)
+
+
+def mutations(rng: random.Random, valid: bytes, count: int) -> list[bytes]:
+    """Random bytes, and ``valid`` flipped, truncated, spliced or extended."""
+    out = []
+    for _ in range(count):
+        kind = rng.randrange(5)
+        data = bytearray(valid)
+        if kind == 0:
+            data = bytearray(rng.randbytes(rng.randrange(0, 64)))
+        elif kind == 1 and data:
+            for _ in range(rng.randrange(1, 4)):
+                data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        elif kind == 2:
+            data = data[: rng.randrange(len(data) + 1)]
+        elif kind == 3:
+            at = rng.randrange(len(data) + 1)
+            data[at:at] = rng.randbytes(rng.randrange(1, 16))
+        else:
+            data += rng.randbytes(rng.randrange(1, 32))
+        out.append(bytes(data))
+    return out
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_fuzzed_descriptors_commands_and_tickets_get_deliberate_answers(
+    started: Any,
+) -> None:
+    """400 mutated descriptors, do_put commands and tickets: each answer is OK or chosen."""
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    await create_table(started)
+    client = flight.connect(f"grpc://{LOOPBACK}:{started.flight_port}")
+    read_command = pb.ReadRowsRequest(
+        namespace="sales", table="orders", row_filter="id < 10", row_limit=5
+    ).SerializeToString()
+    info = await off_loop(
+        lambda: client.get_flight_info(flight.FlightDescriptor.for_command(read_command))
+    )
+    ticket = info.endpoints[0].ticket.ticket
+    put_command = append_command("sales", "orders", writer_id="fuzz", offset=0)
+    calls: list[Callable[[], Any]] = []
+    for command in mutations(rng, read_command, 200):
+        descriptor = flight.FlightDescriptor.for_command(command)
+        calls.append(lambda d=descriptor: client.get_flight_info(d))
+    for raw in mutations(rng, ticket, 150):
+        calls.append(lambda r=raw: client.do_get(flight.Ticket(r)).read_all())
+    for command in mutations(rng, put_command, 50):
+        calls.append(lambda c=command: put(client, c, ROWS.slice(0, 3)))
+    answers: dict[str, int] = {}
+    for call in calls:
+        try:
+            await off_loop(call)
+            outcome = "OK"
+        except DELIBERATE as exc:
+            outcome = type(exc).__name__
+        except Exception as exc:
+            raise AssertionError(f"FLIGHT_FUZZ_SEED={seed}: {type(exc).__name__}: {exc}") from exc
+        answers[outcome] = answers.get(outcome, 0) + 1
+    assert sum(answers.values()) == 400, answers
+    assert answers.get("FlightUnauthenticatedError", 0) > 0, answers  # bad tickets, at least
+    # Still serving: a valid read answers.
+    assert (await off_loop(lambda: client.do_get(flight.Ticket(ticket)).read_all())).num_rows == 5
