@@ -35,6 +35,7 @@ from pyiceberg.table import Table
 
 from bench.backends import Backend, _test_fixtures, moto_process
 from bench.harness import (
+    LOOPBACK,
     ROOT,
     BenchContext,
     HarnessError,
@@ -1493,6 +1494,127 @@ def read_rows_vs_flight(ctx: BenchContext) -> Result:
     )
 
 
+# --- our Arrow Flight port ------------------------------------------------------------------
+
+
+def flight_read(ctx: BenchContext) -> Result:
+    """get_flight_info + do_get of the whole read table from the server's Flight port, against
+    a direct in-process pyiceberg scan (interleaved, best of each)."""
+    import pyarrow.flight as flight
+
+    from lakehouse.v1 import table_service_pb2 as pb
+
+    table = bench_table(ctx)
+    server = ctx.shared_server()
+    tries = ctx.count(3, 1)
+    identifier = (table.namespace, table.name)
+    command = pb.ReadRowsRequest(namespace=table.namespace, table=table.name).SerializeToString()
+    descriptor = flight.FlightDescriptor.for_command(command)
+    client = flight.connect(f"grpc://{LOOPBACK}:{server.flight_port}")
+
+    def read_all() -> pa.Table:
+        info = client.get_flight_info(descriptor)
+        return pa.concat_tables(client.do_get(e.ticket).read_all() for e in info.endpoints)
+
+    ours: list[float] = []
+    direct: list[float] = []
+    try:
+        read_all()  # warm-up: metadata, connections, both sides' files
+        table.catalog.load_table(identifier).scan(limit=1000).to_arrow()
+        for _ in range(tries):
+            t0 = time.perf_counter()
+            got = read_all()
+            ours.append(time.perf_counter() - t0)
+            if got.num_rows != table.rows:
+                raise HarnessError(f"do_get returned {got.num_rows} rows, not {table.rows}")
+            ours_bytes = got.nbytes
+            del got
+            t0 = time.perf_counter()
+            ref = table.catalog.load_table(identifier).scan().to_arrow()
+            direct.append(time.perf_counter() - t0)
+            del ref
+    finally:
+        client.close()
+    best, best_direct = min(ours), min(direct)
+    return Result(
+        "flight_read",
+        table.rows / best,
+        "rows/s",
+        limit_name="direct pyiceberg scan().to_arrow()",
+        limit_value=table.rows / best_direct,
+        goal_ratio=0.9,
+        notes=(
+            f"{ours_bytes / _MIB / best:.0f} MiB/s decoded Arrow ({best:.2f}s, best of {tries}, "
+            f"get_flight_info included); direct {best_direct:.2f}s; {table.describe()}"
+        ),
+    )
+
+
+def flight_append(ctx: BenchContext) -> Result:
+    """do_put of the ingest batches (one stream, a writer with offsets, every acknowledgement
+    read) on the server's Flight port, against direct pyiceberg appends of the same batches."""
+    import pyarrow.flight as flight
+
+    from lakehouse.v1 import ingest_service_pb2 as ipb
+
+    server = ctx.shared_server()
+    catalog = _catalog_of(server, ctx.backend)
+    batches = _ingest_batches(ctx, ctx.count(20, 4))
+    rows = sum(b.num_rows for b in batches)
+    ours = _fresh_table(catalog, "flight_append_ours")
+    direct = _fresh_table(catalog, "flight_append_direct")
+    warm = _fresh_table(catalog, "flight_append_warmup")
+    warm_direct = _fresh_table(catalog, "flight_append_warmup_direct")
+    client = flight.connect(f"grpc://{LOOPBACK}:{server.flight_port}")
+
+    def put(identifier: tuple[str, str], data: list[pa.RecordBatch]) -> int:
+        command = ipb.AppendRowsRequest(
+            namespace=identifier[0], table=identifier[1], writer_id="bench", offset=0
+        )
+        descriptor = flight.FlightDescriptor.for_command(command.SerializeToString())
+        writer, acks = client.do_put(descriptor, data[0].schema)
+        written = 0
+        with writer:
+            for batch in data:
+                writer.write_batch(batch)
+            writer.done_writing()
+            while (ack := acks.read()) is not None:
+                written += ipb.AppendRowsResponse.FromString(ack.to_pybytes()).result.rows_written
+        return written
+
+    try:
+        put(warm, [batches[0].slice(0, 1000)])
+        catalog.load_table(warm_direct).append(pa.Table.from_batches([batches[0].slice(0, 1000)]))
+        cpu0, wall0 = server.cpu_seconds(), time.perf_counter()
+        acked = put(ours, batches)
+        seconds = time.perf_counter() - wall0
+        server_cores = (server.cpu_seconds() - cpu0) / seconds
+    finally:
+        client.close()
+    table = catalog.load_table(direct)
+    t0 = time.perf_counter()
+    for batch in batches:
+        table.append(pa.Table.from_batches([batch]))
+    direct_seconds = time.perf_counter() - t0
+    found, snapshots = _table_rows_and_snapshots(catalog, ours)
+    if acked != rows or found != rows:
+        raise HarnessError(f"do_put acknowledged {acked} rows, the table holds {found}, not {rows}")
+    return Result(
+        "flight_append",
+        rows / seconds,
+        "rows/s",
+        limit_name="direct pyiceberg append per 100k batch",
+        limit_value=rows / direct_seconds,
+        goal_ratio=1.0,
+        notes=(
+            f"{rows:,} rows x 10 cols in {len(batches)} batches on one do_put, {seconds:.2f}s "
+            f"from first batch to last acknowledgement, {snapshots} commits (group commit; row "
+            f"count checked); direct {direct_seconds:.2f}s, {len(batches)} appends; server "
+            f"{server_cores:.2f} cores"
+        ),
+    )
+
+
 # --- WatchTable: commit to event ------------------------------------------------------------
 
 #: Writes a watch-latency scenario makes, and the pause between two (so that a watcher on
@@ -1613,6 +1735,8 @@ SCENARIOS: list[Scenario] = [
     ingest_peak_rss_mb,
     append_rows_vs_flight,
     read_rows_vs_flight,
+    flight_read,
+    flight_append,
     job_compaction,
     delete_rows,
     upsert_rows,
