@@ -1420,8 +1420,10 @@ def _flight_peer(server: ServerProcess, backend: Backend) -> Iterator[Any]:
 
 
 def append_rows_vs_flight(ctx: BenchContext) -> Result:
-    """append_rows_bulk_local against the same batches through a Flight do_put peer."""
-    ours = ctx.result_of("append_rows_bulk_local")
+    """Our Flight port's do_put (flight_append) against the same batches through today's
+    Flight do_put peer (bench/flight_peer.py: pyiceberg append per batch, no auth, no
+    exactly-once); append_rows_bulk_local is the gRPC AppendRows figure."""
+    ours = ctx.result_of("flight_append")
     import pyarrow.flight as flight
 
     server = ctx.shared_server()
@@ -1454,16 +1456,17 @@ def append_rows_vs_flight(ctx: BenchContext) -> Result:
         limit_name="Arrow Flight do_put peer, pyiceberg append per batch",
         limit_value=rows / seconds,
         notes=(
-            f"ours: append_rows_bulk_local of this run; peer: {rows:,} rows in {len(batches)} "
-            f"batches on one do_put stream, {seconds:.2f}s to the last commit, {snapshots} "
-            f"commits (row count checked)"
+            f"ours: flight_append of this run (our Flight port); peer: {rows:,} rows in "
+            f"{len(batches)} batches on one do_put stream, {seconds:.2f}s to the last commit, "
+            f"{snapshots} commits (row count checked)"
         ),
     )
 
 
 def read_rows_vs_flight(ctx: BenchContext) -> Result:
-    """read_rows_arrow against a do_get of the same table from the Flight peer."""
-    ours = ctx.result_of("read_rows_arrow")
+    """Our Flight port's read (flight_read) against a do_get of the same table from today's
+    Flight peer (bench/flight_peer.py); read_rows_arrow is the gRPC ReadRows figure."""
+    ours = ctx.result_of("flight_read")
     import pyarrow.flight as flight
 
     table = bench_table(ctx)
@@ -1488,7 +1491,8 @@ def read_rows_vs_flight(ctx: BenchContext) -> Result:
         limit_name="Arrow Flight do_get peer (pyiceberg scan batch reader)",
         limit_value=table.rows / best,
         notes=(
-            f"ours: read_rows_arrow of this run; peer: {table.rows:,} rows, best of {tries} "
+            f"ours: flight_read of this run (our Flight port); peer: {table.rows:,} rows, best "
+            f"of {tries} "
             f"do_get reads decoded into a pa.Table ({best:.2f}s)"
         ),
     )
