@@ -311,9 +311,6 @@ async def _read_rows_against_direct(ctx: BenchContext, name: str, compression: i
     table = bench_table(ctx)
     tries = ctx.count(3, 1)
     identifier = (table.namespace, table.name)
-    ours: list[float] = []
-    direct: list[float] = []
-    ours_bytes = direct_bytes = 0
     async with ctx.aio_channel_with(READ_CHANNEL_OPTIONS) as channel:
         stub = table_service_pb2_grpc.TableServiceStub(channel)
         # Warm-up, not measured: the server loads the table's metadata, both sides open files.
@@ -322,21 +319,23 @@ async def _read_rows_against_direct(ctx: BenchContext, name: str, compression: i
             stub.ReadRows(read_rows_request(*identifier, row_limit=1000), timeout=60)
         )
         table.catalog.load_table(identifier).scan(limit=1000).to_arrow()
-        for _ in range(tries):  # interleaved, so that drifts hit both alike
-            t0 = time.perf_counter()
-            got = await _read_all(stub, table, compression)
-            ours.append(time.perf_counter() - t0)
-            if got.num_rows != table.rows:
-                raise HarnessError(f"ReadRows returned {got.num_rows} rows, not {table.rows}")
-            ours_bytes = got.nbytes
-            del got
-            t0 = time.perf_counter()
-            ref = table.catalog.load_table(identifier).scan().to_arrow()
-            direct.append(time.perf_counter() - t0)
-            if ref.num_rows != table.rows:
-                raise HarnessError(f"direct scan returned {ref.num_rows} rows, not {table.rows}")
-            direct_bytes = ref.nbytes
-            del ref
+        tried = await _against_direct(
+            table, tries, lambda: _read_all(stub, table, compression), "ReadRows"
+        )
+    return _read_result(name, table, *tried, 0.7, "")
+
+
+def _read_result(
+    name: str,
+    table: BenchTable,
+    ours: list[float],
+    direct: list[float],
+    ours_bytes: int,
+    direct_bytes: int,
+    goal: float,
+    how: str,
+) -> Result:
+    """A whole-table read's result against the direct scan: the best try of each side."""
     best, best_direct = min(ours), min(direct)
     return Result(
         name,
@@ -344,13 +343,44 @@ async def _read_rows_against_direct(ctx: BenchContext, name: str, compression: i
         "rows/s",
         limit_name="direct pyiceberg scan().to_arrow()",
         limit_value=table.rows / best_direct,
-        goal_ratio=0.7,
+        goal_ratio=goal,
         notes=(
-            f"{ours_bytes / _MIB / best:.0f} MiB/s decoded Arrow ({best:.2f}s, best of {tries}); "
-            f"direct {direct_bytes / _MIB / best_direct:.0f} MiB/s ({best_direct:.2f}s); "
-            f"{table.describe()}, {ours_bytes / _MIB:.0f} MiB as Arrow"
+            f"{ours_bytes / _MIB / best:.0f} MiB/s decoded Arrow ({best:.2f}s, best of "
+            f"{len(ours)}{how}); direct {direct_bytes / _MIB / best_direct:.0f} MiB/s "
+            f"({best_direct:.2f}s); {table.describe()}, {ours_bytes / _MIB:.0f} MiB as Arrow"
         ),
     )
+
+
+async def _against_direct(
+    table: BenchTable, tries: int, read: Callable[[], Awaitable[pa.Table]], what: str
+) -> tuple[list[float], list[float], int, int]:
+    """``tries`` reads of the whole table each way, interleaved so that drifts hit both alike:
+    our seconds, the direct scan's, and the decoded bytes of each (row counts checked)."""
+    ours: list[float] = []
+    direct: list[float] = []
+    ours_bytes = direct_bytes = 0
+    for _ in range(tries):
+        t0 = time.perf_counter()
+        got = await read()
+        ours.append(time.perf_counter() - t0)
+        if got.num_rows != table.rows:
+            raise HarnessError(f"{what} returned {got.num_rows} rows, not {table.rows}")
+        ours_bytes = got.nbytes
+        del got
+        seconds, direct_bytes = _direct_scan(table)
+        direct.append(seconds)
+    return ours, direct, ours_bytes, direct_bytes
+
+
+def _direct_scan(table: BenchTable) -> tuple[float, int]:
+    """Seconds and decoded bytes of a direct in-process pyiceberg scan of the whole table."""
+    t0 = time.perf_counter()
+    ref = table.catalog.load_table((table.namespace, table.name)).scan().to_arrow()
+    seconds = time.perf_counter() - t0
+    if ref.num_rows != table.rows:
+        raise HarnessError(f"direct scan returned {ref.num_rows} rows, not {table.rows}")
+    return seconds, ref.nbytes
 
 
 class _RssSampler:
@@ -1501,7 +1531,7 @@ def read_rows_vs_flight(ctx: BenchContext) -> Result:
 # --- our Arrow Flight port ------------------------------------------------------------------
 
 
-def flight_read(ctx: BenchContext) -> Result:
+async def flight_read(ctx: BenchContext) -> Result:
     """get_flight_info + do_get of the whole read table from the server's Flight port, against
     a direct in-process pyiceberg scan (interleaved, best of each)."""
     import pyarrow.flight as flight
@@ -1520,38 +1550,13 @@ def flight_read(ctx: BenchContext) -> Result:
         info = client.get_flight_info(descriptor)
         return pa.concat_tables(client.do_get(e.ticket).read_all() for e in info.endpoints)
 
-    ours: list[float] = []
-    direct: list[float] = []
     try:
         read_all()  # warm-up: metadata, connections, both sides' files
         table.catalog.load_table(identifier).scan(limit=1000).to_arrow()
-        for _ in range(tries):
-            t0 = time.perf_counter()
-            got = read_all()
-            ours.append(time.perf_counter() - t0)
-            if got.num_rows != table.rows:
-                raise HarnessError(f"do_get returned {got.num_rows} rows, not {table.rows}")
-            ours_bytes = got.nbytes
-            del got
-            t0 = time.perf_counter()
-            ref = table.catalog.load_table(identifier).scan().to_arrow()
-            direct.append(time.perf_counter() - t0)
-            del ref
+        tried = await _against_direct(table, tries, lambda: asyncio.to_thread(read_all), "do_get")
     finally:
         client.close()
-    best, best_direct = min(ours), min(direct)
-    return Result(
-        "flight_read",
-        table.rows / best,
-        "rows/s",
-        limit_name="direct pyiceberg scan().to_arrow()",
-        limit_value=table.rows / best_direct,
-        goal_ratio=0.9,
-        notes=(
-            f"{ours_bytes / _MIB / best:.0f} MiB/s decoded Arrow ({best:.2f}s, best of {tries}, "
-            f"get_flight_info included); direct {best_direct:.2f}s; {table.describe()}"
-        ),
-    )
+    return _read_result("flight_read", table, *tried, 0.9, ", get_flight_info included")
 
 
 def flight_append(ctx: BenchContext) -> Result:

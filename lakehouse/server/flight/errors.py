@@ -12,6 +12,9 @@ column 'x'``.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import grpc
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -61,6 +64,15 @@ def flight_error(exc: LakehouseError | TicketError) -> Exception:
     else:
         error = flight.FlightInternalError(text)
     return error
+
+
+@contextlib.contextmanager
+def flight_errors() -> Iterator[None]:
+    """Turns the domain errors raised inside into the Flight errors a handler raises."""
+    try:
+        yield
+    except (LakehouseError, TicketError) as exc:
+        raise flight_error(exc) from None
 
 
 def code_name(exc: BaseException | None) -> str:

@@ -19,7 +19,7 @@ import collections
 import concurrent.futures
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -43,9 +43,9 @@ from lakehouse.server.flight.auth import (
     authorize,
     caller,
 )
-from lakehouse.server.flight.errors import flight_error
+from lakehouse.server.flight.errors import flight_errors
 from lakehouse.server.flight.sources import FlightReadSource
-from lakehouse.server.flight.tickets import TicketError, TicketSigner
+from lakehouse.server.flight.tickets import TicketSigner
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -133,38 +133,21 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self._submit(coro).result()
 
-    @staticmethod
-    def _handled(call: Callable[[], T]) -> T:
-        """Runs a handler's body, turning domain errors into Flight errors."""
-        try:
-            return call()
-        except (LakehouseError, TicketError) as exc:
-            raise flight_error(exc) from None
-
     # -- reads -------------------------------------------------------------------------------
 
     def get_flight_info(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.FlightInfo:
         """Plans a read: the schema, and one endpoint per stream with a signed ticket."""
-
-        def plan() -> flight.FlightInfo:
+        with flight_errors():
             principal = caller(context)
-            if descriptor.descriptor_type != flight.DescriptorType.CMD:
-                raise InvalidArgument.field(
-                    "descriptor",
-                    "must be a command: a serialized lakehouse.v1.ReadRowsRequest "
-                    "(FlightDescriptor.for_command)",
-                    reason="MALFORMED_REQUEST",
-                )
-            read = self._run(self._source.plan(principal, descriptor.command))
+            command = _command(descriptor, "lakehouse.v1.ReadRowsRequest")
+            read = self._run(self._source.plan(principal, command))
             endpoints = [
                 flight.FlightEndpoint(self._signer.sign(principal.name, payload), self.locations)
                 for payload in read.streams
             ]
             return flight.FlightInfo(read.schema, descriptor, endpoints, -1, -1)
-
-        return self._handled(plan)
 
     def get_schema(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
@@ -174,13 +157,10 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
 
     def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> Any:
         """Streams the batches of a ticket's stream (its caller's ticket, within its TTL)."""
-
-        def start() -> tuple[pa.Schema, AsyncIterator[pa.RecordBatch]]:
+        with flight_errors():
             principal = caller(context)
             content = self._signer.open(ticket.ticket, principal.name)
-            return self._run(self._source.open(principal, content.payload))
-
-        schema, batches = self._handled(start)
+            schema, batches = self._run(self._source.open(principal, content.payload))
         return flight.GeneratorStream(schema, self._sent(context, batches))
 
     def _sent(
@@ -189,16 +169,17 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         """The batches, each asked for while the one before is sent."""
         pending: concurrent.futures.Future[pa.RecordBatch | None] | None = None
         try:
-            pending = self._handled(lambda: self._submit(_next(batches)))
-            while True:
-                batch = self._handled(pending.result)
-                pending = None
-                if batch is None or context.is_cancelled():
-                    return
-                pending = self._handled(lambda: self._submit(_next(batches)))
-                metrics.FLIGHT_BATCHES_SENT.labels("do_get").inc()
-                metrics.FLIGHT_BYTES_SENT.labels("do_get").inc(batch.nbytes)
-                yield batch
+            with flight_errors():
+                pending = self._submit(_next(batches))
+                while True:
+                    batch = pending.result()
+                    pending = None
+                    if batch is None or context.is_cancelled():
+                        return
+                    pending = self._submit(_next(batches))
+                    metrics.FLIGHT_BATCHES_SENT.labels("do_get").inc()
+                    metrics.FLIGHT_BYTES_SENT.labels("do_get").inc(batch.nbytes)
+                    yield batch
         finally:
             # Not waited for: a generator dropped by Flight may be closed on any thread.
             asyncio.run_coroutine_threadsafe(_closed(pending, batches), self._loop)
@@ -213,46 +194,32 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         writer: flight.FlightMetadataWriter,
     ) -> None:
         """Appends each batch as one AppendRows request, acknowledged in ``app_metadata``."""
-        self._handled(lambda: self._put(context, descriptor, reader, writer))
+        with flight_errors():
+            principal = caller(context)
+            request = parse_append_command(_command(descriptor, "lakehouse.v1.AppendRowsRequest"))
+            authorize(principal, APPEND_METHOD, request, "do_put")
+            stream = PutStream.open(request, reader.schema)
+            acks: collections.deque[concurrent.futures.Future[Any]] = collections.deque()
 
-    def _put(
-        self,
-        context: flight.ServerCallContext,
-        descriptor: flight.FlightDescriptor,
-        reader: flight.MetadataRecordBatchReader,
-        writer: flight.FlightMetadataWriter,
-    ) -> None:
-        principal = caller(context)
-        if descriptor.descriptor_type != flight.DescriptorType.CMD:
-            raise InvalidArgument.field(
-                "descriptor",
-                "must be a command: a serialized lakehouse.v1.AppendRowsRequest",
-                reason="MALFORMED_REQUEST",
-            )
-        request = parse_append_command(descriptor.command)
-        authorize(principal, APPEND_METHOD, request, "do_put")
-        stream = PutStream.open(request, reader.schema)
-        acks: collections.deque[concurrent.futures.Future[Any]] = collections.deque()
+            def acknowledge(block: bool) -> None:
+                while acks and (block or acks[0].done() or len(acks) >= PUT_PIPELINE_DEPTH):
+                    response, error = acks.popleft().result()
+                    if error is not None:
+                        raise error
+                    writer.write(pa.py_buffer(response.SerializeToString()))
 
-        def acknowledge(block: bool) -> None:
-            while acks and (block or acks[0].done() or len(acks) >= PUT_PIPELINE_DEPTH):
-                response, error = acks.popleft().result()
-                if error is not None:
-                    raise error
-                writer.write(pa.py_buffer(response.SerializeToString()))
-
-        for chunk in reader:
-            if chunk.data is None:
-                continue  # metadata without rows: nothing to append
-            metrics.FLIGHT_BATCHES_RECEIVED.labels("do_put").inc()
-            metrics.FLIGHT_BYTES_RECEIVED.labels("do_put").inc(chunk.data.nbytes)
-            offset, outcome = self._run(enqueue_batch(self._requests, stream, chunk.data))
-            if isinstance(outcome, LakehouseError):
-                acknowledge(block=True)  # what came before is committed and acknowledged
-                raise outcome
-            acks.append(self._submit(acknowledgement(offset, outcome)))
-            acknowledge(block=False)
-        acknowledge(block=True)
+            for chunk in reader:
+                if chunk.data is None:
+                    continue  # metadata without rows: nothing to append
+                metrics.FLIGHT_BATCHES_RECEIVED.labels("do_put").inc()
+                metrics.FLIGHT_BYTES_RECEIVED.labels("do_put").inc(chunk.data.nbytes)
+                offset, outcome = self._run(enqueue_batch(self._requests, stream, chunk.data))
+                if isinstance(outcome, LakehouseError):
+                    acknowledge(block=True)  # what came before is committed and acknowledged
+                    raise outcome
+                acks.append(self._submit(acknowledgement(offset, outcome)))
+                acknowledge(block=False)
+            acknowledge(block=True)
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -265,6 +232,21 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             log.info("flight calls still running after the grace period: ending them")
             self._cancelled = True
             await stopped
+
+
+def _command(descriptor: flight.FlightDescriptor, message: str) -> bytes:
+    """The command of a command descriptor.
+
+    Raises:
+        InvalidArgument: On field ``descriptor``: a path descriptor.
+    """
+    if descriptor.descriptor_type != flight.DescriptorType.CMD:
+        raise InvalidArgument.field(
+            "descriptor",
+            f"must be a command: a serialized {message} (FlightDescriptor.for_command)",
+            reason="MALFORMED_REQUEST",
+        )
+    return bytes(descriptor.command)
 
 
 async def _next(batches: AsyncIterator[pa.RecordBatch]) -> pa.RecordBatch | None:
