@@ -599,3 +599,71 @@ async def test_fuzzed_descriptors_commands_and_tickets_get_deliberate_answers(
     assert answers.get("FlightUnauthenticatedError", 0) > 0, answers  # bad tickets, at least
     # Still serving: a valid read answers.
     assert (await off_loop(lambda: client.do_get(flight.Ticket(ticket)).read_all())).num_rows == 5
+
+
+async def test_replicas_with_one_ticket_key_redeem_each_others_tickets(
+    start_server: Callable[..., Any],
+) -> None:
+    """Two replicas on one catalog with the same key: a ticket from one reads on the other;
+    a replica with another key refuses it as invalid."""
+    first = await start_server()
+    await create_table(first)
+    second = await start_server()
+    stranger = await start_server(
+        auth={"flight_ticket_secret": "another-key-of-at-least-32-bytes!!"}
+    )
+    request = pb.ReadRowsRequest(namespace="sales", table="orders", row_filter="id < 100")
+    descriptor = flight.FlightDescriptor.for_command(request.SerializeToString())
+    planner = flight.connect(f"grpc://{LOOPBACK}:{first.flight_port}")
+    info = await off_loop(lambda: planner.get_flight_info(descriptor))
+    ticket = info.endpoints[0].ticket
+    other = flight.connect(f"grpc://{LOOPBACK}:{second.flight_port}")
+    assert (await off_loop(lambda: other.do_get(ticket).read_all())).num_rows == 100
+    foreign = flight.connect(f"grpc://{LOOPBACK}:{stranger.flight_port}")
+    with pytest.raises(flight.FlightUnauthenticatedError, match="FLIGHT_TICKET_INVALID"):
+        await off_loop(lambda: foreign.do_get(ticket).read_all())
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_role_matrix_on_the_flight_port(start_server: Callable[..., Any]) -> None:
+    """Reads (get_flight_info, do_get) need tables.read, do_put ingest.write, as ReadRows and
+    AppendRows do on the gRPC port."""
+    plain: dict[str, str] = {}
+    entries = []
+    for role in ("viewer", "developer", "admin"):
+        plain[role], entry = new_api_key(f"{role}-key", role)  # type: ignore[arg-type]
+        entries.append(entry)
+    auth = {"api_keys": [e.model_dump() for e in entries], "flight_ticket_secret": SECRET}
+    server = await start_server(auth=auth)
+    client = flight.connect(f"grpc://{LOOPBACK}:{server.flight_port}")
+    admin = bearer(plain["admin"])
+    async with grpc.aio.insecure_channel(f"{LOOPBACK}:{server.grpc_port}") as channel:
+        stub = table_service_pb2_grpc.TableServiceStub(channel)
+        metadata = [("authorization", f"Bearer {plain['admin']}")]
+        await stub.CreateNamespace(pb.CreateNamespaceRequest(name="sales"), metadata=metadata)
+        fields = [
+            schema_pb2.Field(name="id", type=LONG),
+            schema_pb2.Field(name="region", type=STRING),
+        ]
+        schema = schema_pb2.Schema(fields=fields)
+        await stub.CreateTable(
+            pb.CreateTableRequest(namespace="sales", table="orders", schema=schema),
+            metadata=metadata,
+        )
+    await off_loop(lambda: put(client, append_command("sales", "orders"), ROWS, admin))
+    request = pb.ReadRowsRequest(namespace="sales", table="orders")
+    allowed = {"viewer": {"read"}, "developer": {"read", "put"}, "admin": {"read", "put"}}
+    for role, may in allowed.items():
+        options = bearer(plain[role])
+        actions: dict[str, Callable[[], Any]] = {
+            "read": lambda options=options: read(client, request, options),
+            "put": lambda options=options: put(
+                client, append_command("sales", "orders"), ROWS.slice(0, 1), options
+            ),
+        }
+        for action, call in actions.items():
+            if action in may:
+                await off_loop(call)
+            else:
+                with pytest.raises(flight.FlightUnauthorizedError, match="permission denied"):
+                    await off_loop(call)
