@@ -1485,6 +1485,7 @@ def append_rows_vs_flight(ctx: BenchContext) -> Result:
         "rows/s",
         limit_name="Arrow Flight do_put peer, pyiceberg append per batch",
         limit_value=rows / seconds,
+        goal_ratio=1.0,
         notes=(
             f"ours: flight_append of this run (our Flight port); peer: {rows:,} rows in "
             f"{len(batches)} batches on one do_put stream, {seconds:.2f}s to the last commit, "
@@ -1520,6 +1521,7 @@ def read_rows_vs_flight(ctx: BenchContext) -> Result:
         "rows/s",
         limit_name="Arrow Flight do_get peer (pyiceberg scan batch reader)",
         limit_value=table.rows / best,
+        goal_ratio=1.0,
         notes=(
             f"ours: flight_read of this run (our Flight port); peer: {table.rows:,} rows, best "
             f"of {tries} "
