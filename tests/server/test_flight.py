@@ -482,38 +482,38 @@ async def test_metrics_count_flight_calls_by_method_and_code(started: Any) -> No
     )
 
 
+def _big_table(server: Any, client: flight.FlightClient) -> bytes:
+    """sales.orders of 1,000,000 rows in five files, far more than the transport buffers (so
+    a server is still sending when a signal comes); the command that reads it all."""
+    with grpc.insecure_channel(server.target) as channel:
+        stub = table_service_pb2_grpc.TableServiceStub(channel)
+        stub.CreateNamespace(pb.CreateNamespaceRequest(name="sales"), timeout=30)
+        fields = [
+            schema_pb2.Field(name="id", type=LONG),
+            schema_pb2.Field(name="region", type=STRING),
+        ]
+        schema = schema_pb2.Schema(fields=fields)
+        stub.CreateTable(
+            pb.CreateTableRequest(namespace="sales", table="orders", schema=schema), timeout=30
+        )
+    part = pa.table(
+        {
+            "id": pa.array(range(200_000), pa.int64()),
+            "region": pa.array(["region-" + str(i % 97) for i in range(200_000)]),
+        }
+    )
+    for _ in range(5):
+        put(client, append_command("sales", "orders"), part)
+    return pb.ReadRowsRequest(namespace="sales", table="orders").SerializeToString()
+
+
 def test_sigterm_lets_a_running_do_get_finish(tmp_path: Path) -> None:
     """A rolling update: SIGTERM while a do_get streams; the stream ends whole, exit 0."""
     env = {"LAKEHOUSE_FLIGHT_HOST": LOOPBACK, "LAKEHOUSE_FLIGHT_PORT": "0"}
     with serve_process(tmp_path / "server", env) as server:
-        with grpc.insecure_channel(server.target) as channel:
-            stub = table_service_pb2_grpc.TableServiceStub(channel)
-            stub.CreateNamespace(pb.CreateNamespaceRequest(name="sales"), timeout=30)
-            fields = [
-                schema_pb2.Field(name="id", type=LONG),
-                schema_pb2.Field(name="region", type=STRING),
-            ]
-            stub.CreateTable(
-                pb.CreateTableRequest(
-                    namespace="sales", table="orders", schema=schema_pb2.Schema(fields=fields)
-                ),
-                timeout=30,
-            )
         client = flight.connect(f"grpc://{LOOPBACK}:{server.flight_port}")
-        # Five files of 200,000 rows: far more than the transport buffers, so the server is
-        # still sending when the signal comes.
-        part = pa.table(
-            {
-                "id": pa.array(range(200_000), pa.int64()),
-                "region": pa.array(["region-" + str(i % 97) for i in range(200_000)]),
-            }
-        )
-        for _ in range(5):
-            put(client, append_command("sales", "orders"), part)
-        request = pb.ReadRowsRequest(namespace="sales", table="orders")
-        info = client.get_flight_info(
-            flight.FlightDescriptor.for_command(request.SerializeToString())
-        )
+        command = _big_table(server, client)
+        info = client.get_flight_info(flight.FlightDescriptor.for_command(command))
         reader = client.do_get(info.endpoints[0].ticket)
         first = reader.read_chunk()
         assert server.proc is not None
@@ -524,8 +524,7 @@ def test_sigterm_lets_a_running_do_get_finish(tmp_path: Path) -> None:
         # The port is closed: a new call finds nobody.
         with pytest.raises(flight.FlightUnavailableError):
             client.get_flight_info(
-                flight.FlightDescriptor.for_command(request.SerializeToString()),
-                flight.FlightCallOptions(timeout=5),
+                flight.FlightDescriptor.for_command(command), flight.FlightCallOptions(timeout=5)
             )
 
 
@@ -667,3 +666,18 @@ async def test_role_matrix_on_the_flight_port(start_server: Callable[..., Any]) 
             else:
                 with pytest.raises(flight.FlightUnauthorizedError, match="permission denied"):
                     await off_loop(call)
+
+
+def test_a_replica_killed_mid_do_get_fails_the_read_clearly(tmp_path: Path) -> None:
+    """SIGKILL while a do_get streams: the client's read ends with UNAVAILABLE, promptly."""
+    env = {"LAKEHOUSE_FLIGHT_HOST": LOOPBACK, "LAKEHOUSE_FLIGHT_PORT": "0"}
+    with serve_process(tmp_path / "server", env) as server:
+        client = flight.connect(f"grpc://{LOOPBACK}:{server.flight_port}")
+        command = _big_table(server, client)
+        info = client.get_flight_info(flight.FlightDescriptor.for_command(command))
+        reader = client.do_get(info.endpoints[0].ticket, flight.FlightCallOptions(timeout=60))
+        reader.read_chunk()
+        assert server.proc is not None
+        server.proc.kill()
+        with pytest.raises(flight.FlightUnavailableError):
+            reader.read_all()
