@@ -206,6 +206,13 @@ async def _serve(settings: Settings) -> None:
         # would kill us.
         on_sighup=server.request_reload,
     )
+    if server.abandoned_calls:
+        # Everything was stopped, flushed and closed; only threads waiting on stalled Flight
+        # clients are left, and a normal exit would wait for them (see abandoned_calls).
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 async def _work(settings: Settings) -> None:

@@ -282,6 +282,15 @@ class LakehouseServer:
         self._stopped.set()
         log.info("stopped")
 
+    @property
+    def abandoned_calls(self) -> bool:
+        """Whether calls of stalled Flight clients were still open when ``stop`` returned.
+
+        Their threads wait on the clients for good, and pyarrow's server waits for them when
+        it is destroyed: the process must then end without the interpreter's clean-up.
+        """
+        return self._flight is not None and self._flight.abandoned
+
     def _start_flight(self) -> LakehouseFlightServer | None:
         """Binds the Flight port, which serves at once; None when no port is configured.
 

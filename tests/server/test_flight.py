@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import random
 import signal
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -680,4 +681,23 @@ def test_a_replica_killed_mid_do_get_fails_the_read_clearly(tmp_path: Path) -> N
         assert server.proc is not None
         server.proc.kill()
         with pytest.raises(flight.FlightUnavailableError):
+            reader.read_all()
+
+
+def test_a_stalled_do_get_does_not_hold_shutdown_past_the_grace_period(tmp_path: Path) -> None:
+    """SIGTERM while a client holds a do_get open without reading: exit 0 after the grace
+    period (2 s here), not whenever the client lets go."""
+    env = {"LAKEHOUSE_FLIGHT_HOST": LOOPBACK, "LAKEHOUSE_FLIGHT_PORT": "0"}
+    with serve_process(tmp_path / "server", env) as server:
+        client = flight.connect(f"grpc://{LOOPBACK}:{server.flight_port}")
+        command = _big_table(server, client)
+        info = client.get_flight_info(flight.FlightDescriptor.for_command(command))
+        reader = client.do_get(info.endpoints[0].ticket)
+        reader.read_chunk()  # then reads nothing more: the server's sends fill the window
+        assert server.proc is not None
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=30) == 0
+        assert time.monotonic() - started < 15
+        with pytest.raises(flight.FlightError):
             reader.read_all()

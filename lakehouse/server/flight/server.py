@@ -19,6 +19,7 @@ import collections
 import concurrent.futures
 import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -49,6 +50,10 @@ from lakehouse.server.flight.tickets import TicketSigner
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+#: After the grace period, how long calls that did not come back are waited for before the
+#: server is left behind (see ``LakehouseFlightServer.stop``).
+ABANDON_SECONDS = 2.0
 
 #: do_put batches decoded and queued ahead of their acknowledgement (AppendRows' depth).
 PUT_PIPELINE_DEPTH = 64
@@ -117,6 +122,7 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         self._requests = requests
         self._signer = signer
         self._cancelled = False
+        self.abandoned = False
         self.locations: list[flight.Location] = []
         if advertised_host:
             make = flight.Location.for_grpc_tcp if tls is None else flight.Location.for_grpc_tls
@@ -224,14 +230,34 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     # -- life cycle --------------------------------------------------------------------------
 
     async def stop(self, grace: float) -> None:
-        """Stops taking calls; in-flight ones may finish within ``grace`` seconds."""
-        stopped = asyncio.ensure_future(asyncio.to_thread(self.shutdown))
-        try:
-            await asyncio.wait_for(asyncio.shield(stopped), grace)
-        except TimeoutError:
-            log.info("flight calls still running after the grace period: ending them")
-            self._cancelled = True
-            await stopped
+        """Stops taking calls; in-flight ones may finish within ``grace`` seconds.
+
+        A call still running after it ends with UNAVAILABLE when it next comes back to the
+        core. A do_get whose client stopped reading never does (Flight's C++ writer waits for
+        the client's window, and pyarrow's shutdown has no deadline): after
+        ``ABANDON_SECONDS`` more the server is left behind (``abandoned``), so that such a
+        client cannot hold the process past its grace period.
+        """
+        done = threading.Event()
+        # A daemon thread, not the loop's executor: an abandoned shutdown must not be joined
+        # when the process exits.
+        threading.Thread(
+            target=self._shutdown, args=(done,), name="flight-stop", daemon=True
+        ).start()
+        if await asyncio.to_thread(done.wait, grace):
+            return
+        log.info("flight calls still running after the grace period: ending them")
+        self._cancelled = True
+        if not await asyncio.to_thread(done.wait, ABANDON_SECONDS):
+            self.abandoned = True
+            log.warning(
+                "flight calls of clients that stopped reading are still open: not waiting for them",
+                extra={"waited_seconds": grace + ABANDON_SECONDS},
+            )
+
+    def _shutdown(self, done: threading.Event) -> None:
+        self.shutdown()
+        done.set()
 
 
 def _command(descriptor: flight.FlightDescriptor, message: str) -> bytes:
