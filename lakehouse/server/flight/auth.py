@@ -29,6 +29,10 @@ from lakehouse.server.permissions import READ_PERMISSIONS, RULES, Permission, ro
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("lakehouse.audit")
+rpc_log = logging.getLogger("lakehouse.rpc")
+
+#: The service Flight's methods belong to, in log lines.
+FLIGHT_SERVICE = "arrow.flight.protocol.FlightService"
 
 MIDDLEWARE_KEY = "lakehouse"
 READ_METHOD = "/lakehouse.v1.TableService/ReadRows"
@@ -46,10 +50,21 @@ class CallMiddleware(flight.ServerMiddleware):  # type: ignore[misc]
         metrics.FLIGHT_STARTED.labels(method).inc()
 
     def call_completed(self, exception: BaseException | None) -> None:
-        """Counts the call by its outcome."""
-        metrics.FLIGHT_HANDLED.labels(self.method, code_name(exception)).inc()
-        metrics.FLIGHT_HANDLING_SECONDS.labels(self.method).observe(
-            time.perf_counter() - self._started
+        """Counts the call by its outcome and writes its log line (as the gRPC port's)."""
+        elapsed = time.perf_counter() - self._started
+        code = code_name(exception)
+        metrics.FLIGHT_HANDLED.labels(self.method, code).inc()
+        metrics.FLIGHT_HANDLING_SECONDS.labels(self.method).observe(elapsed)
+        rpc_log.log(
+            logging.INFO if exception is None else logging.WARNING,
+            "rpc",
+            extra={
+                "service": FLIGHT_SERVICE,
+                "method": self.method,
+                "code": code,
+                "duration_ms": round(elapsed * 1000, 3),
+                "principal": self.principal.name,
+            },
         )
 
 

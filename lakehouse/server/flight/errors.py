@@ -13,6 +13,7 @@ column 'x'``.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 
 import grpc
@@ -23,6 +24,8 @@ from lakehouse.domain.errors import LakehouseError
 from lakehouse.domain.status import status_proto_for
 from lakehouse.server.flight.tickets import TicketError
 from lakehouse.server.metrics import GO_CODE_NAMES
+
+log = logging.getLogger(__name__)
 
 _WITH_DETAILS: dict[grpc.StatusCode, type[flight.FlightError]] = {
     grpc.StatusCode.UNAUTHENTICATED: flight.FlightUnauthenticatedError,
@@ -73,6 +76,14 @@ def flight_errors() -> Iterator[None]:
         yield
     except (LakehouseError, TicketError) as exc:
         raise flight_error(exc) from None
+    except pa.ArrowException:
+        raise  # Flight's own errors, and Arrow's about what the client sent (a bad stream)
+    except Exception:
+        # A bug: the traceback goes to the log, not to the client (pyarrow would send it).
+        log.exception("unexpected exception in a Flight call")
+        raise flight.FlightInternalError(
+            "[INTERNAL] internal error: the server log has the details"
+        ) from None
 
 
 def code_name(exc: BaseException | None) -> str:
