@@ -701,3 +701,22 @@ def test_a_stalled_do_get_does_not_hold_shutdown_past_the_grace_period(tmp_path:
         assert time.monotonic() - started < 15
         with pytest.raises(flight.FlightError):
             reader.read_all()
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_endpoints_name_the_advertised_host_or_no_location(
+    start_server: Callable[..., Any],
+) -> None:
+    quiet = await start_server()
+    await create_table(quiet)
+    advertising = await start_server(flight_advertised_host="replica-1.flight.example")
+    descriptor = flight.FlightDescriptor.for_command(
+        pb.ReadRowsRequest(namespace="sales", table="orders").SerializeToString()
+    )
+    for server, expected in (
+        (quiet, []),
+        (advertising, [f"grpc+tcp://replica-1.flight.example:{advertising.flight_port}"]),
+    ):
+        client = flight.connect(f"grpc://{LOOPBACK}:{server.flight_port}")
+        info = await off_loop(lambda client=client: client.get_flight_info(descriptor))
+        assert [loc.uri.decode() for loc in info.endpoints[0].locations] == expected
