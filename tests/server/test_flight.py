@@ -31,6 +31,7 @@ from lakehouse.client.arrow import read_rows_to_arrow_async
 from lakehouse.config import AuthSettings, Settings
 from lakehouse.server.app import LakehouseServer
 from lakehouse.server.credentials import new_api_key
+from lakehouse.server.flight.tickets import TicketSigner
 from lakehouse.v1 import ingest_pb2, schema_pb2, table_service_pb2_grpc
 from lakehouse.v1 import ingest_service_pb2 as ingest_pb
 from lakehouse.v1 import table_service_pb2 as pb
@@ -720,3 +721,18 @@ async def test_endpoints_name_the_advertised_host_or_no_location(
         client = flight.connect(f"grpc://{LOOPBACK}:{server.flight_port}")
         info = await off_loop(lambda client=client: client.get_flight_info(descriptor))
         assert [loc.uri.decode() for loc in info.endpoints[0].locations] == expected
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_do_get_checks_grants_again_even_for_a_well_signed_ticket(
+    start_server: Callable[..., Any],
+) -> None:
+    """A ticket forged with a leaked key for a table outside the caller's grants is refused."""
+    server = await start_server(auth=KEYS.auth.model_dump() | {"flight_ticket_secret": SECRET})
+    client = flight.connect(f"grpc://{LOOPBACK}:{server.flight_port}")
+    payload = pb.ReadRowsRequest(namespace="sales", table="orders").SerializeToString()
+    forged = TicketSigner(SECRET.encode(), 60).sign("limited-key", payload)
+    with pytest.raises(flight.FlightUnauthorizedError, match="namespace 'sales'"):
+        await off_loop(
+            lambda: client.do_get(flight.Ticket(forged), bearer(KEYS.limited)).read_all()
+        )
