@@ -460,7 +460,7 @@ class AuthSettings(_Section):
     it changes and on SIGHUP (see ``reload_interval_seconds``)."""
     jwt_secret: SecretStr | None = None
     """Shared secret of HS256 JWTs; at least 32 bytes (RFC 7518)."""
-    flight_ticket_secret: SecretStr | None = Field(default=None, min_length=32)
+    flight_ticket_secret: SecretStr | None = None
     """Key (at least 32 bytes) that signs Arrow Flight tickets (HMAC-SHA256). Every replica
     needs the same one, so a ticket one made is accepted by all. Unset: a random key per
     process, and tickets work only on the replica that made them."""
@@ -502,6 +502,17 @@ class AuthSettings(_Section):
     """The sidecar's ``/healthz`` and ``/readyz`` answer without credentials (kubelet and load
     balancer probes send none); when False (and authentication is on) they need a bearer
     API key or JWT of any role."""
+
+    @model_validator(mode="after")
+    def _flight_ticket_secret_is_long_enough(self) -> AuthSettings:
+        if self.flight_ticket_secret is not None:
+            size = len(self.flight_ticket_secret.get_secret_value().encode())
+            if size < _HMAC_MIN_SECRET_BYTES["HS256"]:
+                raise ValueError(
+                    f"auth.flight_ticket_secret must be at least "
+                    f"{_HMAC_MIN_SECRET_BYTES['HS256']} bytes (it has {size})"
+                )
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> AuthSettings:

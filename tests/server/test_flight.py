@@ -755,3 +755,8 @@ async def test_do_get_checks_grants_again_even_for_a_well_signed_ticket(
         await off_loop(
             lambda: client.do_get(flight.Ticket(forged), bearer(KEYS.limited)).read_all()
         )
+
+
+def test_a_short_ticket_key_is_a_configuration_error() -> None:
+    with pytest.raises(ValueError, match=r"auth.flight_ticket_secret must be at least 32 bytes"):
+        AuthSettings(flight_ticket_secret="too short")
