@@ -187,8 +187,10 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                     metrics.FLIGHT_BYTES_SENT.labels("do_get").inc(batch.nbytes)
                     yield batch
         finally:
-            # Not waited for: a generator dropped by Flight may be closed on any thread.
-            asyncio.run_coroutine_threadsafe(_closed(pending, batches), self._loop)
+            # Not waited for: a generator dropped by Flight may be closed on any thread (and
+            # after the loop ended, when an abandoned call's generator goes at exit).
+            if not self._loop.is_closed():
+                asyncio.run_coroutine_threadsafe(_closed(pending, batches), self._loop)
 
     # -- appends -----------------------------------------------------------------------------
 
