@@ -159,6 +159,7 @@ class ServerProcess:
         self.log_path = workdir / "server.log"
         self.grpc_port = 0
         self.http_port = 0
+        self.flight_port = 0  # the Arrow Flight data plane (flight_* scenarios)
         self.proc: subprocess.Popen[bytes] | None = None
         self.spawned_at = 0.0
         self.port_open_seconds: float | None = None
@@ -183,6 +184,9 @@ class ServerProcess:
         self.grpc_port, self.http_port = free_port(), free_port()
         while self.http_port == self.grpc_port:
             self.http_port = free_port()
+        self.flight_port = free_port()
+        while self.flight_port in (self.grpc_port, self.http_port):
+            self.flight_port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("LAKEHOUSE_")}
         env.update(self.backend.env())
         env.update(
@@ -191,6 +195,7 @@ class ServerProcess:
                 # Shutdown speed is not measured; do not wait for load balancers that are not there.
                 "LAKEHOUSE_SHUTDOWN_DRAIN_SECONDS": "0",
                 "LAKEHOUSE_SHUTDOWN_GRACE_SECONDS": "2",
+                "LAKEHOUSE_FLIGHT_HOST": LOOPBACK,
             }
         )
         cmd = [
@@ -204,6 +209,8 @@ class ServerProcess:
             LOOPBACK,
             "--http-port",
             str(self.http_port),
+            "--flight-port",
+            str(self.flight_port),
             "--data-dir",
             str(self.data_dir),
         ]

@@ -35,6 +35,7 @@ from pyiceberg.table import Table
 
 from bench.backends import Backend, _test_fixtures, moto_process
 from bench.harness import (
+    LOOPBACK,
     ROOT,
     BenchContext,
     HarnessError,
@@ -310,9 +311,6 @@ async def _read_rows_against_direct(ctx: BenchContext, name: str, compression: i
     table = bench_table(ctx)
     tries = ctx.count(3, 1)
     identifier = (table.namespace, table.name)
-    ours: list[float] = []
-    direct: list[float] = []
-    ours_bytes = direct_bytes = 0
     async with ctx.aio_channel_with(READ_CHANNEL_OPTIONS) as channel:
         stub = table_service_pb2_grpc.TableServiceStub(channel)
         # Warm-up, not measured: the server loads the table's metadata, both sides open files.
@@ -321,21 +319,23 @@ async def _read_rows_against_direct(ctx: BenchContext, name: str, compression: i
             stub.ReadRows(read_rows_request(*identifier, row_limit=1000), timeout=60)
         )
         table.catalog.load_table(identifier).scan(limit=1000).to_arrow()
-        for _ in range(tries):  # interleaved, so that drifts hit both alike
-            t0 = time.perf_counter()
-            got = await _read_all(stub, table, compression)
-            ours.append(time.perf_counter() - t0)
-            if got.num_rows != table.rows:
-                raise HarnessError(f"ReadRows returned {got.num_rows} rows, not {table.rows}")
-            ours_bytes = got.nbytes
-            del got
-            t0 = time.perf_counter()
-            ref = table.catalog.load_table(identifier).scan().to_arrow()
-            direct.append(time.perf_counter() - t0)
-            if ref.num_rows != table.rows:
-                raise HarnessError(f"direct scan returned {ref.num_rows} rows, not {table.rows}")
-            direct_bytes = ref.nbytes
-            del ref
+        tried = await _against_direct(
+            table, tries, lambda: _read_all(stub, table, compression), "ReadRows"
+        )
+    return _read_result(name, table, *tried, 0.7, "")
+
+
+def _read_result(
+    name: str,
+    table: BenchTable,
+    ours: list[float],
+    direct: list[float],
+    ours_bytes: int,
+    direct_bytes: int,
+    goal: float,
+    how: str,
+) -> Result:
+    """A whole-table read's result against the direct scan: the best try of each side."""
     best, best_direct = min(ours), min(direct)
     return Result(
         name,
@@ -343,13 +343,44 @@ async def _read_rows_against_direct(ctx: BenchContext, name: str, compression: i
         "rows/s",
         limit_name="direct pyiceberg scan().to_arrow()",
         limit_value=table.rows / best_direct,
-        goal_ratio=0.7,
+        goal_ratio=goal,
         notes=(
-            f"{ours_bytes / _MIB / best:.0f} MiB/s decoded Arrow ({best:.2f}s, best of {tries}); "
-            f"direct {direct_bytes / _MIB / best_direct:.0f} MiB/s ({best_direct:.2f}s); "
-            f"{table.describe()}, {ours_bytes / _MIB:.0f} MiB as Arrow"
+            f"{ours_bytes / _MIB / best:.0f} MiB/s decoded Arrow ({best:.2f}s, best of "
+            f"{len(ours)}{how}); direct {direct_bytes / _MIB / best_direct:.0f} MiB/s "
+            f"({best_direct:.2f}s); {table.describe()}, {ours_bytes / _MIB:.0f} MiB as Arrow"
         ),
     )
+
+
+async def _against_direct(
+    table: BenchTable, tries: int, read: Callable[[], Awaitable[pa.Table]], what: str
+) -> tuple[list[float], list[float], int, int]:
+    """``tries`` reads of the whole table each way, interleaved so that drifts hit both alike:
+    our seconds, the direct scan's, and the decoded bytes of each (row counts checked)."""
+    ours: list[float] = []
+    direct: list[float] = []
+    ours_bytes = direct_bytes = 0
+    for _ in range(tries):
+        t0 = time.perf_counter()
+        got = await read()
+        ours.append(time.perf_counter() - t0)
+        if got.num_rows != table.rows:
+            raise HarnessError(f"{what} returned {got.num_rows} rows, not {table.rows}")
+        ours_bytes = got.nbytes
+        del got
+        seconds, direct_bytes = _direct_scan(table)
+        direct.append(seconds)
+    return ours, direct, ours_bytes, direct_bytes
+
+
+def _direct_scan(table: BenchTable) -> tuple[float, int]:
+    """Seconds and decoded bytes of a direct in-process pyiceberg scan of the whole table."""
+    t0 = time.perf_counter()
+    ref = table.catalog.load_table((table.namespace, table.name)).scan().to_arrow()
+    seconds = time.perf_counter() - t0
+    if ref.num_rows != table.rows:
+        raise HarnessError(f"direct scan returned {ref.num_rows} rows, not {table.rows}")
+    return seconds, ref.nbytes
 
 
 class _RssSampler:
@@ -1419,8 +1450,10 @@ def _flight_peer(server: ServerProcess, backend: Backend) -> Iterator[Any]:
 
 
 def append_rows_vs_flight(ctx: BenchContext) -> Result:
-    """append_rows_bulk_local against the same batches through a Flight do_put peer."""
-    ours = ctx.result_of("append_rows_bulk_local")
+    """Our Flight port's do_put (flight_append) against the same batches through today's
+    Flight do_put peer (bench/flight_peer.py: pyiceberg append per batch, no auth, no
+    exactly-once); append_rows_bulk_local is the gRPC AppendRows figure."""
+    ours = ctx.result_of("flight_append")
     import pyarrow.flight as flight
 
     server = ctx.shared_server()
@@ -1452,17 +1485,19 @@ def append_rows_vs_flight(ctx: BenchContext) -> Result:
         "rows/s",
         limit_name="Arrow Flight do_put peer, pyiceberg append per batch",
         limit_value=rows / seconds,
+        goal_ratio=1.0,
         notes=(
-            f"ours: append_rows_bulk_local of this run; peer: {rows:,} rows in {len(batches)} "
-            f"batches on one do_put stream, {seconds:.2f}s to the last commit, {snapshots} "
-            f"commits (row count checked)"
+            f"ours: flight_append of this run (our Flight port); peer: {rows:,} rows in "
+            f"{len(batches)} batches on one do_put stream, {seconds:.2f}s to the last commit, "
+            f"{snapshots} commits (row count checked)"
         ),
     )
 
 
 def read_rows_vs_flight(ctx: BenchContext) -> Result:
-    """read_rows_arrow against a do_get of the same table from the Flight peer."""
-    ours = ctx.result_of("read_rows_arrow")
+    """Our Flight port's read (flight_read) against a do_get of the same table from today's
+    Flight peer (bench/flight_peer.py); read_rows_arrow is the gRPC ReadRows figure."""
+    ours = ctx.result_of("flight_read")
     import pyarrow.flight as flight
 
     table = bench_table(ctx)
@@ -1486,9 +1521,107 @@ def read_rows_vs_flight(ctx: BenchContext) -> Result:
         "rows/s",
         limit_name="Arrow Flight do_get peer (pyiceberg scan batch reader)",
         limit_value=table.rows / best,
+        goal_ratio=1.0,
         notes=(
-            f"ours: read_rows_arrow of this run; peer: {table.rows:,} rows, best of {tries} "
+            f"ours: flight_read of this run (our Flight port); peer: {table.rows:,} rows, best "
+            f"of {tries} "
             f"do_get reads decoded into a pa.Table ({best:.2f}s)"
+        ),
+    )
+
+
+# --- our Arrow Flight port ------------------------------------------------------------------
+
+
+async def flight_read(ctx: BenchContext) -> Result:
+    """get_flight_info + do_get of the whole read table from the server's Flight port, against
+    a direct in-process pyiceberg scan (interleaved, best of each)."""
+    import pyarrow.flight as flight
+
+    from lakehouse.v1 import table_service_pb2 as pb
+
+    table = bench_table(ctx)
+    server = ctx.shared_server()
+    tries = ctx.count(3, 1)
+    identifier = (table.namespace, table.name)
+    command = pb.ReadRowsRequest(namespace=table.namespace, table=table.name).SerializeToString()
+    descriptor = flight.FlightDescriptor.for_command(command)
+    client = flight.connect(f"grpc://{LOOPBACK}:{server.flight_port}")
+
+    def read_all() -> pa.Table:
+        info = client.get_flight_info(descriptor)
+        return pa.concat_tables(client.do_get(e.ticket).read_all() for e in info.endpoints)
+
+    try:
+        read_all()  # warm-up: metadata, connections, both sides' files
+        table.catalog.load_table(identifier).scan(limit=1000).to_arrow()
+        tried = await _against_direct(table, tries, lambda: asyncio.to_thread(read_all), "do_get")
+    finally:
+        client.close()
+    return _read_result("flight_read", table, *tried, 0.9, ", get_flight_info included")
+
+
+def flight_append(ctx: BenchContext) -> Result:
+    """do_put of the ingest batches (one stream, a writer with offsets, every acknowledgement
+    read) on the server's Flight port, against direct pyiceberg appends of the same batches."""
+    import pyarrow.flight as flight
+
+    from lakehouse.v1 import ingest_service_pb2 as ipb
+
+    server = ctx.shared_server()
+    catalog = _catalog_of(server, ctx.backend)
+    batches = _ingest_batches(ctx, ctx.count(20, 4))
+    rows = sum(b.num_rows for b in batches)
+    ours = _fresh_table(catalog, "flight_append_ours")
+    direct = _fresh_table(catalog, "flight_append_direct")
+    warm = _fresh_table(catalog, "flight_append_warmup")
+    warm_direct = _fresh_table(catalog, "flight_append_warmup_direct")
+    client = flight.connect(f"grpc://{LOOPBACK}:{server.flight_port}")
+
+    def put(identifier: tuple[str, str], data: list[pa.RecordBatch]) -> int:
+        command = ipb.AppendRowsRequest(
+            namespace=identifier[0], table=identifier[1], writer_id="bench", offset=0
+        )
+        descriptor = flight.FlightDescriptor.for_command(command.SerializeToString())
+        writer, acks = client.do_put(descriptor, data[0].schema)
+        written = 0
+        with writer:
+            for batch in data:
+                writer.write_batch(batch)
+            writer.done_writing()
+            while (ack := acks.read()) is not None:
+                written += ipb.AppendRowsResponse.FromString(ack.to_pybytes()).result.rows_written
+        return written
+
+    try:
+        put(warm, [batches[0].slice(0, 1000)])
+        catalog.load_table(warm_direct).append(pa.Table.from_batches([batches[0].slice(0, 1000)]))
+        cpu0, wall0 = server.cpu_seconds(), time.perf_counter()
+        acked = put(ours, batches)
+        seconds = time.perf_counter() - wall0
+        server_cores = (server.cpu_seconds() - cpu0) / seconds
+    finally:
+        client.close()
+    table = catalog.load_table(direct)
+    t0 = time.perf_counter()
+    for batch in batches:
+        table.append(pa.Table.from_batches([batch]))
+    direct_seconds = time.perf_counter() - t0
+    found, snapshots = _table_rows_and_snapshots(catalog, ours)
+    if acked != rows or found != rows:
+        raise HarnessError(f"do_put acknowledged {acked} rows, the table holds {found}, not {rows}")
+    return Result(
+        "flight_append",
+        rows / seconds,
+        "rows/s",
+        limit_name="direct pyiceberg append per 100k batch",
+        limit_value=rows / direct_seconds,
+        goal_ratio=1.0,
+        notes=(
+            f"{rows:,} rows x 10 cols in {len(batches)} batches on one do_put, {seconds:.2f}s "
+            f"from first batch to last acknowledgement, {snapshots} commits (group commit; row "
+            f"count checked); direct {direct_seconds:.2f}s, {len(batches)} appends; server "
+            f"{server_cores:.2f} cores"
         ),
     )
 
@@ -1613,6 +1746,8 @@ SCENARIOS: list[Scenario] = [
     ingest_peak_rss_mb,
     append_rows_vs_flight,
     read_rows_vs_flight,
+    flight_read,
+    flight_append,
     job_compaction,
     delete_rows,
     upsert_rows,

@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--http-host", help="sidecar HTTP bind address (LAKEHOUSE_HTTP_HOST)")
     common.add_argument("--http-port", type=int, help="sidecar HTTP port (LAKEHOUSE_HTTP_PORT)")
     common.add_argument(
+        "--flight-port", type=int, help="Arrow Flight port; unset: none (LAKEHOUSE_FLIGHT_PORT)"
+    )
+    common.add_argument(
         "--data-dir", type=Path, help="embedded default's folder (LAKEHOUSE_DATA_DIR)"
     )
     common.add_argument("--catalog-uri", help="catalog URI (LAKEHOUSE_CATALOG__URI)")
@@ -111,6 +114,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "grpc_port": args.grpc_port,
         "http_host": args.http_host,
         "http_port": args.http_port,
+        "flight_port": args.flight_port,
         "data_dir": args.data_dir,
         "log_level": args.log_level,
     }
@@ -202,6 +206,13 @@ async def _serve(settings: Settings) -> None:
         # would kill us.
         on_sighup=server.request_reload,
     )
+    if server.abandoned_calls:
+        # Everything was stopped, flushed and closed; only threads waiting on stalled Flight
+        # clients are left, and a normal exit would wait for them (see abandoned_calls).
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 async def _work(settings: Settings) -> None:

@@ -460,6 +460,10 @@ class AuthSettings(_Section):
     it changes and on SIGHUP (see ``reload_interval_seconds``)."""
     jwt_secret: SecretStr | None = None
     """Shared secret of HS256 JWTs; at least 32 bytes (RFC 7518)."""
+    flight_ticket_secret: SecretStr | None = None
+    """Key (at least 32 bytes) that signs Arrow Flight tickets (HMAC-SHA256). Every replica
+    needs the same one, so a ticket one made is accepted by all. Unset: a random key per
+    process, and tickets work only on the replica that made them."""
     jwt_public_key_file: Path | None = None
     """PEM file with one or more public keys or certificates verifying RS256/ES256 JWTs."""
     jwt_jwks_file: Path | None = None
@@ -498,6 +502,17 @@ class AuthSettings(_Section):
     """The sidecar's ``/healthz`` and ``/readyz`` answer without credentials (kubelet and load
     balancer probes send none); when False (and authentication is on) they need a bearer
     API key or JWT of any role."""
+
+    @model_validator(mode="after")
+    def _flight_ticket_secret_is_long_enough(self) -> AuthSettings:
+        if self.flight_ticket_secret is not None:
+            size = len(self.flight_ticket_secret.get_secret_value().encode())
+            if size < _HMAC_MIN_SECRET_BYTES["HS256"]:
+                raise ValueError(
+                    f"auth.flight_ticket_secret must be at least "
+                    f"{_HMAC_MIN_SECRET_BYTES['HS256']} bytes (it has {size})"
+                )
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> AuthSettings:
@@ -584,6 +599,18 @@ class Settings(BaseSettings):
     """Address the sidecar HTTP server (/metrics, /healthz, /readyz) binds to."""
     http_port: int = Field(default=9180, ge=0, le=65535)
     """Sidecar HTTP port. 9180 clashes with neither Trino (8080) nor Prometheus (9090)."""
+    flight_host: str = "0.0.0.0"
+    """Address the Arrow Flight data plane binds to (when ``flight_port`` is set)."""
+    flight_port: int | None = Field(default=None, ge=0, le=65535)
+    """Arrow Flight port (``do_get`` reads, ``do_put`` appends; docs/flight.md). Unset: no
+    Flight server. 0 picks a free one."""
+    flight_advertised_host: str = ""
+    """Host put in the locations of FlightInfo endpoints (with the bound Flight port), for
+    clients that must reach this replica by another name. Empty: no location, and clients
+    redeem tickets on the connection that asked for them (any replica: tickets are signed
+    with ``auth.flight_ticket_secret``)."""
+    flight_ticket_ttl_seconds: float = Field(default=300.0, gt=0, le=24 * 3600)
+    """How long a Flight ticket from ``get_flight_info`` may be redeemed with ``do_get``."""
     data_dir: Path = Path("lakehouse-data")
     """Local folder for the embedded default (SQLite catalog, warehouse)."""
     catalog: CatalogSettings = CatalogSettings()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from importlib import metadata
 
 import grpc
+import pyarrow as pa
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
@@ -31,15 +33,18 @@ from lakehouse.metrics import TableGauges
 from lakehouse.server import metrics
 from lakehouse.server.auth import AuthInterceptor
 from lakehouse.server.auth_keys import AuthKeys
+from lakehouse.server.flight.server import FlightTls, LakehouseFlightServer
+from lakehouse.server.flight.sources import ReadRowsSource
+from lakehouse.server.flight.tickets import TicketSigner
 from lakehouse.server.health import Dependency, HealthMonitor
 from lakehouse.server.http import build_http_app
 from lakehouse.server.interceptors import ObservabilityInterceptor, RequestDecodingInterceptor
 from lakehouse.server.job_runtime import JobRuntime
 from lakehouse.server.limits import CallDeadlines, server_options
-from lakehouse.server.ports import GRPC_PORT, HTTP_PORT, binding, check_free
+from lakehouse.server.ports import FLIGHT_PORT, GRPC_PORT, HTTP_PORT, binding, check_free
 from lakehouse.server.rate_limit import RateLimitInterceptor
 from lakehouse.server.reflection import enable_reflection
-from lakehouse.server.tls import ServerTls
+from lakehouse.server.tls import ServerTls, load_ca_bundle, load_key_pair
 from lakehouse.server.tracing import configure_tracing
 from lakehouse.services.ingest_service import IngestServicer
 from lakehouse.services.job_service import JobServicer
@@ -69,6 +74,7 @@ class LakehouseServer:
     Attributes:
         grpc_port: The bound gRPC port (known after ``start``; useful with port 0).
         http_port: The bound sidecar HTTP port (known after ``start``).
+        flight_port: The bound Arrow Flight port (known after ``start``; 0 without Flight).
         tls: Certificates of both ports; ``tls.request_reload()`` re-reads them (SIGHUP).
     """
 
@@ -76,6 +82,8 @@ class LakehouseServer:
         self.settings = settings
         self.grpc_port = 0
         self.http_port = 0
+        self.flight_port = 0
+        self._flight: LakehouseFlightServer | None = None
         self._pool = BlockingPool(settings.blocking_threads)
         # One set of circuit breakers for the process: every adapter reaching a dependency
         # reports to, and is stopped by, the same breaker.
@@ -217,6 +225,7 @@ class LakehouseServer:
             await site.start()
         self._http = runner
         self.http_port = bound_port(runner, self.settings.http_port)
+        self._flight = self._start_flight()
         self._grpc = server
         await self.job_runtime.start()
         await self.monitor.check_once()
@@ -229,6 +238,7 @@ class LakehouseServer:
             extra={
                 "grpc_port": self.grpc_port,
                 "http_port": self.http_port,
+                "flight_port": self.flight_port,
                 "catalog": self.settings.catalog.type,
                 "warehouse": self.settings.warehouse,
                 "ready": self.monitor.readiness.ready,
@@ -253,8 +263,12 @@ class LakehouseServer:
         # queue) while in-flight calls finish, and ingest gets what is left of it.
         deadline = asyncio.get_running_loop().time() + grace
         stopping_jobs = asyncio.create_task(self.job_runtime.stop(grace))
+        stopping: list[Awaitable[None]] = []
         if self._grpc is not None:
-            await self._grpc.stop(grace)
+            stopping.append(self._grpc.stop(grace))
+        if self._flight is not None:
+            stopping.append(self._flight.stop(grace))
+        await asyncio.gather(*stopping)
         remaining = deadline - asyncio.get_running_loop().time()
         await self.ingest.close(timeout=max(remaining, 1.0))
         await stopping_jobs
@@ -267,6 +281,60 @@ class LakehouseServer:
         self._pool.close()
         self._stopped.set()
         log.info("stopped")
+
+    @property
+    def abandoned_calls(self) -> bool:
+        """Whether calls of stalled Flight clients were still open when ``stop`` returned.
+
+        Their threads wait on the clients for good, and pyarrow's server waits for them when
+        it is destroyed: the process must then end without the interpreter's clean-up.
+        """
+        return self._flight is not None and self._flight.abandoned
+
+    def _start_flight(self) -> LakehouseFlightServer | None:
+        """Binds the Flight port, which serves at once; None when no port is configured.
+
+        Raises:
+            OSError: The port could not be bound.
+        """
+        settings = self.settings
+        if settings.flight_port is None:
+            return None
+        check_free(settings.flight_host, settings.flight_port, **FLIGHT_PORT)
+        tls = None
+        files = settings.tls
+        if files.cert_file is not None and files.key_file is not None:
+            # Read once: pyarrow cannot swap a running Flight server's certificate, so a
+            # rotation reaches the Flight port at the next restart (docs/flight.md).
+            pair = load_key_pair(files.cert_file, files.key_file)
+            client_ca = None
+            if files.require_client_cert and files.client_ca_file is not None:
+                client_ca = load_ca_bundle(files.client_ca_file)
+            tls = FlightTls(pair.cert_chain, pair.private_key, client_ca)
+        secret = settings.auth.flight_ticket_secret
+        signer = TicketSigner(
+            secret.get_secret_value().encode() if secret is not None else None,
+            settings.flight_ticket_ttl_seconds,
+        )
+        try:
+            server = LakehouseFlightServer(
+                settings.flight_host,
+                settings.flight_port,
+                loop=asyncio.get_running_loop(),
+                source=ReadRowsSource(self.reads),
+                requests=IngestRequests(self.ingest, self.tables),
+                signer=signer,
+                authenticator=self.authenticator,
+                tls=tls,
+                advertised_host=settings.flight_advertised_host,
+            )
+        except pa.ArrowException as exc:  # pyarrow's bind failure, whatever the cause
+            raise OSError(
+                f"cannot bind the Arrow Flight address {settings.flight_host}:"
+                f"{settings.flight_port}: {exc}"
+            ) from exc
+        self.flight_port = server.port
+        return server
 
     async def wait_stopped(self) -> None:
         """Returns once ``stop`` has finished."""

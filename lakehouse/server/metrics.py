@@ -74,3 +74,43 @@ UPTIME.set_function(lambda: time.time() - _STARTED_AT)
 BUILD_INFO = Gauge(
     "lakehouse_build_info", "Build information; the value is always 1.", ("version",)
 )
+
+# The Arrow Flight port (docs/flight.md). Its calls are counted like gRPC ones, under their
+# own names: Flight methods are not lakehouse.v1 RPCs, and dashboards of the gRPC port must
+# not change when Flight is turned on.
+_FLIGHT_LABELS = ("flight_method",)
+FLIGHT_STARTED = Counter(
+    "lakehouse_flight_server_started_total",
+    "Arrow Flight calls started on the server.",
+    _FLIGHT_LABELS,
+)
+FLIGHT_HANDLED = Counter(
+    "lakehouse_flight_server_handled_total",
+    "Arrow Flight calls completed on the server, by gRPC code (Go's spelling).",
+    (*_FLIGHT_LABELS, "grpc_code"),
+)
+FLIGHT_HANDLING_SECONDS = Histogram(
+    "lakehouse_flight_server_handling_seconds",
+    "Duration of Arrow Flight calls on the server.",
+    _FLIGHT_LABELS,
+)
+FLIGHT_BYTES_SENT = Counter(
+    "lakehouse_flight_server_sent_bytes_total",
+    "Arrow record batch bytes (in memory) sent by do_get.",
+    _FLIGHT_LABELS,
+)
+FLIGHT_BYTES_RECEIVED = Counter(
+    "lakehouse_flight_server_received_bytes_total",
+    "Arrow record batch bytes (in memory) received by do_put.",
+    _FLIGHT_LABELS,
+)
+FLIGHT_BATCHES_SENT = Counter(
+    "lakehouse_flight_server_sent_batches_total",
+    "Arrow record batches sent by do_get.",
+    _FLIGHT_LABELS,
+)
+FLIGHT_BATCHES_RECEIVED = Counter(
+    "lakehouse_flight_server_received_batches_total",
+    "Arrow record batches received by do_put.",
+    _FLIGHT_LABELS,
+)

@@ -16,6 +16,7 @@ from typing import Final
 #: How each port is named in the message: what it serves and the setting that moves it.
 GRPC_PORT: Final = {"what": "gRPC", "setting": "LAKEHOUSE_GRPC_PORT or --grpc-port"}
 HTTP_PORT: Final = {"what": "sidecar HTTP", "setting": "LAKEHOUSE_HTTP_PORT or --http-port"}
+FLIGHT_PORT: Final = {"what": "Arrow Flight", "setting": "LAKEHOUSE_FLIGHT_PORT or --flight-port"}
 
 
 class PortInUse(OSError):

@@ -56,6 +56,7 @@ SECRET_CAPABLE_IN_CONFIG = {"LAKEHOUSE_CATALOG__URI"}
 CHART_MANAGED = {
     "LAKEHOUSE_GRPC_PORT",
     "LAKEHOUSE_HTTP_PORT",
+    "LAKEHOUSE_FLIGHT_PORT",
     "LAKEHOUSE_DATA_DIR",
     "LAKEHOUSE_SHUTDOWN_DRAIN_SECONDS",
     "LAKEHOUSE_SHUTDOWN_GRACE_SECONDS",
@@ -417,6 +418,37 @@ def test_ports_are_named_grpc_and_http_metrics(default_docs: Docs, full_docs: Do
     headless = one(full_docs, "Service", f"{FULLNAME}-headless")["spec"]
     assert headless["clusterIP"] == "None"
     assert [p["name"] for p in headless["ports"]] == ["grpc"]
+
+
+def test_the_flight_port_is_opened_only_when_set(
+    default_docs: Docs, manifests: Callable[..., Docs], full_values: dict[str, Any]
+) -> None:
+    assert "LAKEHOUSE_FLIGHT_PORT" not in env_of(one(default_docs, "Deployment"))
+    values = {
+        **full_values,
+        "ports": {**full_values.get("ports", {}), "flight": 50052},
+        "secret": {
+            **full_values["secret"],
+            "keys": {
+                **full_values["secret"]["keys"],
+                "LAKEHOUSE_AUTH__FLIGHT_TICKET_SECRET": "flight-ticket-secret",
+            },
+        },
+    }
+    docs = manifests(values)
+    deployment = one(docs, "Deployment")
+    assert {p["name"]: p["containerPort"] for p in container(deployment)["ports"]}[
+        "flight"
+    ] == 50052
+    assert env_of(deployment)["LAKEHOUSE_FLIGHT_PORT"] == "50052"
+    service = one(docs, "Service")["spec"]
+    assert ("flight", 50052, "flight") in [
+        (p["name"], p["port"], p["targetPort"]) for p in service["ports"]
+    ]
+    policy = one(docs, "NetworkPolicy")["spec"]
+    assert [r["ports"][0]["port"] for r in policy["ingress"]] == ["grpc", "flight", "http-metrics"]
+    # The ticket key comes from the Secret, like every secret setting (a file the service reads).
+    assert "LAKEHOUSE_AUTH__FLIGHT_TICKET_SECRET_FILE" in env_of(deployment)
 
 
 def test_settings_come_from_the_configmap_and_secrets_from_files(full_docs: Docs) -> None:
@@ -927,6 +959,8 @@ def test_schema_knows_exactly_the_service_settings(chart: Any) -> None:
                     secret_names.add(name)
         else:
             names.add(f"LAKEHOUSE_{field.upper()}")
+            if "SecretStr" in str(info.annotation):
+                secret_names.add(f"LAKEHOUSE_{field.upper()}")
     assert names >= CHART_MANAGED
     assert secret_names >= SECRET_CAPABLE_IN_CONFIG
     schema = chart.schema

@@ -10,8 +10,9 @@ README's walkthrough (which creates ``sales.orders`` and writes two rows): shell
 another in one namespace, so a snippet may use what an earlier one on its page defined. Only
 the addresses change: ``localhost:50051`` and ``lakehouse:50051`` (``lakehouse.example:50051``
 with TLS) become the test server's gRPC port (in buf curl's ``http://localhost:50051/...`` URLs
-too), ``localhost:9180`` its HTTP port. ``grpcurl`` and ``.venv/bin/grpcurl``, ``buf`` and
-``.venv/bin/buf`` are the real binaries of the dev venv. A grpcurl or buf curl call that fails
+too), ``localhost:9180`` its HTTP port, ``localhost:50052`` its Arrow Flight port.
+``grpcurl`` and ``.venv/bin/grpcurl``, ``buf`` and ``.venv/bin/buf`` are the real binaries of
+the dev venv. A grpcurl or buf curl call that fails
 exits non-zero, and so fails the test; so does a Python example that raises.
 
 An HTML comment right above a block changes how it runs:
@@ -155,6 +156,7 @@ def _addresses(text: str, server: ServeProcess) -> str:
     grpc_address = f"{LOOPBACK}:{server.grpc_port}"
     text = re.sub(r"\b(localhost|lakehouse):50051\b", grpc_address, text)
     text = re.sub(r"\blakehouse\.example:50051\b", f"localhost:{server.grpc_port}", text)
+    text = re.sub(r"\blocalhost:50052\b", f"{LOOPBACK}:{server.flight_port}", text)
     return re.sub(r"\blocalhost:9180\b", f"{LOOPBACK}:{server.http_port}", text)
 
 
@@ -185,7 +187,8 @@ def run_block(block: Block, server: ServeProcess, sandbox: Sandbox) -> None:
 @contextlib.contextmanager
 def server_for(kind: str, tmp_path: Path, sandbox: Sandbox) -> Iterator[ServeProcess]:
     workdir = tmp_path / f"server-{kind}"
-    env: dict[str, str] = {}
+    # Every example server serves Arrow Flight too (docs/flight.md; localhost:50052).
+    env: dict[str, str] = {"LAKEHOUSE_FLIGHT_HOST": LOOPBACK, "LAKEHOUSE_FLIGHT_PORT": "0"}
     credentials = None
     if kind == "api-key":
         key = {"name": "docs", "sha256": hashlib.sha256(API_KEY.encode()).hexdigest()}

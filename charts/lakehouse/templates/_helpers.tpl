@@ -257,6 +257,10 @@ Usage: include "lakehouse.env" (dict "root" $ "component" "server")
 {{- if eq .component "server" }}
 - name: LAKEHOUSE_GRPC_PORT
   value: {{ $v.ports.grpc | int | quote }}
+{{- if not (kindIs "invalid" $v.ports.flight) }}
+- name: LAKEHOUSE_FLIGHT_PORT
+  value: {{ $v.ports.flight | int | quote }}
+{{- end }}
 {{- end }}
 - name: LAKEHOUSE_HTTP_PORT
   value: {{ $v.ports.http | int | quote }}

@@ -1,0 +1,294 @@
+"""The Arrow Flight server: pyarrow's C++ gRPC transport, the lakehouse core behind it.
+
+Flight handlers run on pyarrow's threads, not on the event loop. The core is async and
+owns state bound to the loop (the ingest committers, the catalog's cache, the blocking
+pool), so each handler hands its core calls to the loop with
+``asyncio.run_coroutine_threadsafe`` and waits for them on its own thread; the bytes of
+batches never pass through Python per message (Flight's transport sends the Arrow buffers).
+A do_get asks for its next batch while Flight sends the current one.
+
+Shutdown: the server stops taking calls at once and in-flight calls may finish within the
+grace period; after it they end with UNAVAILABLE (reason ``SHUTTING_DOWN``), so a client
+reads again elsewhere and a do_put writer resends from its last acknowledged offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from lakehouse.core.ingest_requests import IngestRequests
+from lakehouse.domain.errors import InvalidArgument, LakehouseError, Unavailable
+from lakehouse.server import metrics
+from lakehouse.server.credentials import Authenticator
+from lakehouse.server.flight.appends import (
+    PutStream,
+    acknowledgement,
+    enqueue_batch,
+    parse_append_command,
+)
+from lakehouse.server.flight.auth import (
+    APPEND_METHOD,
+    MIDDLEWARE_KEY,
+    AuthMiddlewareFactory,
+    authorize,
+    caller,
+)
+from lakehouse.server.flight.errors import flight_errors
+from lakehouse.server.flight.sources import FlightReadSource
+from lakehouse.server.flight.tickets import TicketSigner
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: After the grace period, how long calls that did not come back are waited for before the
+#: server is left behind (see ``LakehouseFlightServer.stop``).
+ABANDON_SECONDS = 2.0
+
+#: do_put batches decoded and queued ahead of their acknowledgement (AppendRows' depth).
+PUT_PIPELINE_DEPTH = 64
+
+
+@dataclass(frozen=True)
+class FlightTls:
+    """TLS of the Flight port: the gRPC port's certificate, and its client CA for mTLS."""
+
+    cert_chain: bytes
+    private_key: bytes
+    client_ca: bytes | None
+
+
+def _shutting_down() -> Unavailable:
+    return Unavailable(
+        "the server is shutting down: read again, or resend from the last acknowledged "
+        "offset, on another replica",
+        reason="SHUTTING_DOWN",
+    )
+
+
+class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
+    """Flight reads (get_flight_info, do_get) and appends (do_put) on the lakehouse core.
+
+    Args:
+        host: Address to bind.
+        port: Port to bind; 0 picks a free one (``self.port`` tells which).
+        loop: The event loop the core runs on.
+        source: What reads are planned and streamed with.
+        requests: The ingest use case do_put feeds.
+        signer: Signs and checks tickets.
+        authenticator: The process's authenticator (shared with the gRPC port).
+        tls: The port's certificate, or None for plaintext.
+        advertised_host: Host named in endpoint locations; empty for none.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        source: FlightReadSource,
+        requests: IngestRequests,
+        signer: TicketSigner,
+        authenticator: Authenticator,
+        tls: FlightTls | None = None,
+        advertised_host: str = "",
+    ) -> None:
+        bind = f"[{host}]" if ":" in host else host
+        scheme = "grpc+tcp" if tls is None else "grpc+tls"
+        options: dict[str, Any] = {}
+        if tls is not None:
+            options["tls_certificates"] = [flight.CertKeyPair(tls.cert_chain, tls.private_key)]
+            if tls.client_ca is not None:
+                options["verify_client"] = True
+                options["root_certificates"] = tls.client_ca
+        super().__init__(
+            f"{scheme}://{bind}:{port}",
+            middleware={MIDDLEWARE_KEY: AuthMiddlewareFactory(authenticator)},
+            **options,
+        )
+        self._loop = loop
+        self._source = source
+        self._requests = requests
+        self._signer = signer
+        self._cancelled = False
+        self.abandoned = False
+        self.locations: list[flight.Location] = []
+        if advertised_host:
+            make = flight.Location.for_grpc_tcp if tls is None else flight.Location.for_grpc_tls
+            self.locations.append(make(advertised_host, self.port))
+
+    # -- bridging to the core --------------------------------------------------------------
+
+    def _submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        if self._cancelled:
+            coro.close()
+            raise _shutting_down()
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._submit(coro).result()
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def get_flight_info(
+        self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
+    ) -> flight.FlightInfo:
+        """Plans a read: the schema, and one endpoint per stream with a signed ticket."""
+        with flight_errors():
+            principal = caller(context)
+            command = _command(descriptor, "lakehouse.v1.ReadRowsRequest")
+            read = self._run(self._source.plan(principal, command))
+            endpoints = [
+                flight.FlightEndpoint(self._signer.sign(principal.name, payload), self.locations)
+                for payload in read.streams
+            ]
+            return flight.FlightInfo(read.schema, descriptor, endpoints, -1, -1)
+
+    def get_schema(
+        self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
+    ) -> flight.SchemaResult:
+        """The schema ``get_flight_info`` would plan."""
+        return flight.SchemaResult(self.get_flight_info(context, descriptor).schema)
+
+    def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> Any:
+        """Streams the batches of a ticket's stream (its caller's ticket, within its TTL)."""
+        with flight_errors():
+            principal = caller(context)
+            content = self._signer.open(ticket.ticket, principal.name)
+            schema, batches = self._run(self._source.open(principal, content.payload))
+        return flight.GeneratorStream(schema, self._sent(context, batches))
+
+    def _sent(
+        self, context: flight.ServerCallContext, batches: AsyncIterator[pa.RecordBatch]
+    ) -> Iterator[pa.RecordBatch]:
+        """The batches, each asked for while the one before is sent."""
+        pending: concurrent.futures.Future[pa.RecordBatch | None] | None = None
+        try:
+            with flight_errors():
+                pending = self._submit(_next(batches))
+                while True:
+                    batch = pending.result()
+                    pending = None
+                    if batch is None or context.is_cancelled():
+                        return
+                    pending = self._submit(_next(batches))
+                    metrics.FLIGHT_BATCHES_SENT.labels("do_get").inc()
+                    metrics.FLIGHT_BYTES_SENT.labels("do_get").inc(batch.nbytes)
+                    yield batch
+        finally:
+            # Not waited for: a generator dropped by Flight may be closed on any thread (and
+            # after the loop ended, when an abandoned call's generator goes at exit).
+            if not self._loop.is_closed():
+                asyncio.run_coroutine_threadsafe(_closed(pending, batches), self._loop)
+
+    # -- appends -----------------------------------------------------------------------------
+
+    def do_put(
+        self,
+        context: flight.ServerCallContext,
+        descriptor: flight.FlightDescriptor,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.FlightMetadataWriter,
+    ) -> None:
+        """Appends each batch as one AppendRows request, acknowledged in ``app_metadata``."""
+        with flight_errors():
+            principal = caller(context)
+            request = parse_append_command(_command(descriptor, "lakehouse.v1.AppendRowsRequest"))
+            authorize(principal, APPEND_METHOD, request, "do_put")
+            stream = PutStream.open(request, reader.schema)
+            acks: collections.deque[concurrent.futures.Future[Any]] = collections.deque()
+
+            def acknowledge(block: bool) -> None:
+                while acks and (block or acks[0].done() or len(acks) >= PUT_PIPELINE_DEPTH):
+                    response, error = acks.popleft().result()
+                    if error is not None:
+                        raise error
+                    writer.write(pa.py_buffer(response.SerializeToString()))
+
+            for chunk in reader:
+                if chunk.data is None:
+                    continue  # metadata without rows: nothing to append
+                metrics.FLIGHT_BATCHES_RECEIVED.labels("do_put").inc()
+                metrics.FLIGHT_BYTES_RECEIVED.labels("do_put").inc(chunk.data.nbytes)
+                offset, outcome = self._run(enqueue_batch(self._requests, stream, chunk.data))
+                if isinstance(outcome, LakehouseError):
+                    acknowledge(block=True)  # what came before is committed and acknowledged
+                    raise outcome
+                acks.append(self._submit(acknowledgement(offset, outcome)))
+                acknowledge(block=False)
+            acknowledge(block=True)
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    async def stop(self, grace: float) -> None:
+        """Stops taking calls; in-flight ones may finish within ``grace`` seconds.
+
+        A call still running after it ends with UNAVAILABLE when it next comes back to the
+        core. A do_get whose client stopped reading never does (Flight's C++ writer waits for
+        the client's window, and pyarrow's shutdown has no deadline): after
+        ``ABANDON_SECONDS`` more the server is left behind (``abandoned``), so that such a
+        client cannot hold the process past its grace period.
+        """
+        done = threading.Event()
+        # A daemon thread, not the loop's executor: an abandoned shutdown must not be joined
+        # when the process exits.
+        threading.Thread(
+            target=self._shutdown, args=(done,), name="flight-stop", daemon=True
+        ).start()
+        if await asyncio.to_thread(done.wait, grace):
+            return
+        log.info("flight calls still running after the grace period: ending them")
+        self._cancelled = True
+        if not await asyncio.to_thread(done.wait, ABANDON_SECONDS):
+            self.abandoned = True
+            log.warning(
+                "flight calls of clients that stopped reading are still open: not waiting for them",
+                extra={"waited_seconds": grace + ABANDON_SECONDS},
+            )
+
+    def _shutdown(self, done: threading.Event) -> None:
+        self.shutdown()
+        done.set()
+
+
+def _command(descriptor: flight.FlightDescriptor, message: str) -> bytes:
+    """The command of a command descriptor.
+
+    Raises:
+        InvalidArgument: On field ``descriptor``: a path descriptor.
+    """
+    if descriptor.descriptor_type != flight.DescriptorType.CMD:
+        raise InvalidArgument.field(
+            "descriptor",
+            f"must be a command: a serialized {message} (FlightDescriptor.for_command)",
+            reason="MALFORMED_REQUEST",
+        )
+    return bytes(descriptor.command)
+
+
+async def _next(batches: AsyncIterator[pa.RecordBatch]) -> pa.RecordBatch | None:
+    return await anext(batches, None)
+
+
+async def _closed(
+    pending: concurrent.futures.Future[Any] | None, batches: AsyncIterator[pa.RecordBatch]
+) -> None:
+    """Closes a read once the batch it was asked for last has come (or failed)."""
+    if pending is not None:
+        # Its error was reported to the client already, or never will be: the call is over.
+        with contextlib.suppress(BaseException):
+            await asyncio.wrap_future(pending)
+    aclose = getattr(batches, "aclose", None)
+    if aclose is not None:
+        await aclose()

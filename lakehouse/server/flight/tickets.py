@@ -1,0 +1,114 @@
+"""Flight tickets: opaque, short-lived, HMAC-signed and bound to the principal they were made for.
+
+A ticket is ``version || expiry (8 bytes, ms) || principal length (2) || principal || payload
+|| HMAC-SHA256(key, everything before)``. The payload is what the read source needs to
+stream (for today's reads, a ``ReadRowsRequest`` pinned to one snapshot); it is signed, not
+encrypted: a ticket names a table the caller was allowed to read when it was made, nothing
+secret. Every replica checks tickets with the same key (``auth.flight_ticket_secret``), so a
+ticket minted by one replica is redeemed by any.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+_VERSION = 1
+_HEADER = struct.Struct(">BQH")
+_MAC_BYTES = hashlib.sha256().digest_size
+
+
+class TicketError(Exception):
+    """A ticket that cannot be redeemed.
+
+    Attributes:
+        reason: The stable reason clients see (``FLIGHT_TICKET_INVALID``,
+            ``FLIGHT_TICKET_EXPIRED``, ``FLIGHT_TICKET_OTHER_PRINCIPAL``).
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class TicketContent:
+    """What a valid ticket carries."""
+
+    principal: str
+    payload: bytes
+    expires_ms: int
+
+
+class TicketSigner:
+    """Makes and checks tickets with one key.
+
+    Args:
+        secret: The signing key; None makes a random one for this process (tickets then
+            work only here, which is logged).
+        ttl_seconds: How long a new ticket is valid.
+        clock: Seconds since the epoch (tests move it forward).
+    """
+
+    def __init__(
+        self,
+        secret: bytes | None,
+        ttl_seconds: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if secret is None:
+            secret = secrets.token_bytes(32)
+            log.warning(
+                "flight_ticket_secret is not set: Flight tickets are signed with a random key "
+                "and only this process accepts them"
+            )
+        self._key = secret
+        self._ttl_ms = int(ttl_seconds * 1000)
+        self._clock = clock
+
+    def sign(self, principal: str, payload: bytes) -> bytes:
+        """A ticket for ``payload``, redeemable by ``principal`` until the TTL has passed."""
+        name = principal.encode()
+        expires_ms = int(self._clock() * 1000) + self._ttl_ms
+        body = _HEADER.pack(_VERSION, expires_ms, len(name)) + name + payload
+        return body + hmac.digest(self._key, body, "sha256")
+
+    def open(self, ticket: bytes, principal: str) -> TicketContent:
+        """The content of a ticket ``principal`` may redeem now.
+
+        Raises:
+            TicketError: A ticket not made by a server with this key, or changed since
+                (``FLIGHT_TICKET_INVALID``), past its TTL (``FLIGHT_TICKET_EXPIRED``), or made
+                for another principal (``FLIGHT_TICKET_OTHER_PRINCIPAL``).
+        """
+        if len(ticket) < _HEADER.size + _MAC_BYTES:
+            raise TicketError("not a lakehouse Flight ticket", "FLIGHT_TICKET_INVALID")
+        body, mac = ticket[:-_MAC_BYTES], ticket[-_MAC_BYTES:]
+        if not hmac.compare_digest(mac, hmac.digest(self._key, body, "sha256")):
+            raise TicketError(
+                "the Flight ticket's signature does not verify (changed, or made with another "
+                "flight_ticket_secret)",
+                "FLIGHT_TICKET_INVALID",
+            )
+        version, expires_ms, name_length = _HEADER.unpack_from(body)
+        if version != _VERSION or len(body) < _HEADER.size + name_length:
+            raise TicketError("not a lakehouse Flight ticket", "FLIGHT_TICKET_INVALID")
+        owner = body[_HEADER.size : _HEADER.size + name_length].decode()
+        if int(self._clock() * 1000) >= expires_ms:
+            raise TicketError(
+                "the Flight ticket has expired: ask get_flight_info for a new one",
+                "FLIGHT_TICKET_EXPIRED",
+            )
+        if not hmac.compare_digest(owner.encode(), principal.encode()):
+            raise TicketError(
+                "the Flight ticket was made for another principal", "FLIGHT_TICKET_OTHER_PRINCIPAL"
+            )
+        return TicketContent(owner, body[_HEADER.size + name_length :], expires_ms)
