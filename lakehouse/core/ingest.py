@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -306,6 +307,8 @@ class Reservation:
         self._budget.release(self.key, nbytes)
 
 
+#: Seconds a non-owner plans on the table as it last saw it (see ``_TableCommitter._stage``).
+_STAGE_MAX_AGE = 5.0
 #: Handed batches one owner's commit takes at most (the rest wait for the next window).
 _MAX_BATCHES = 256
 
@@ -333,6 +336,8 @@ class _TableCommitter:
         self._notifier = notifier
         self._fleet = fleet
         self._lease = Lease(fleet, key, branch, settings) if fleet is not None else None
+        # Writers' next offsets once this replica's handed batches committed (see _stage).
+        self._known_writers: dict[str, int] = {}
         self._key = key
         self._branch = branch
         self._conflicts = conflicts
@@ -520,7 +525,10 @@ class _TableCommitter:
             if resolution.status is BatchStatus.COMMITTED:
                 for unit, decision in waiting:
                     _answer(unit, decision, resolution.snapshot_id)
+                    if unit.writer_id and decision.end is not None:
+                        self._known_writers[unit.writer_id] = decision.end
                 return
+            self._known_writers.clear()  # the table moved on otherwise: plan afresh
             if resolution.status is BatchStatus.REJECTED:
                 await self._discard(staged.paths)
                 pending = [unit for unit, _ in waiting]
@@ -538,18 +546,28 @@ class _TableCommitter:
         )
 
     async def _stage(
-        self, group: list[_Unit]
+        self, group: list[_Unit], *, fresh: bool = False
     ) -> tuple[StagedAppend | None, list[tuple[_Unit, _Decision]]]:
         """Plans ``group`` on committed state and writes its files; answers what it can.
 
-        Units already written, or in error, are answered here; the others come back.
+        Units already written, or in error, are answered here; the others come back. The
+        plan is made on the table as this replica last saw it (up to ``_STAGE_MAX_AGE``
+        seconds old; the table changes with every commit of the owner, and loading it afresh
+        for each group cost more than writing the group's file), with the offsets of its own
+        committed batches on top: the owner takes the batch only if it continues the state
+        exactly, and rejects it otherwise. What that plan decides against a unit (already
+        written, an offset gap) is decided again on fresh metadata before it is answered.
         """
         decisions: list[_Decision] = []
+        negative = False
 
         def plan(state: IngestState) -> AppendPlan:
-            nonlocal decisions
+            nonlocal decisions, negative
+            if not fresh:
+                state = self._with_known_writers(state)
             decided, decisions = plan_group(group, state, int(time.time() * 1000))
-            return decided
+            negative = not fresh and any(d.error is not None or d.already for d in decisions)
+            return AppendPlan(None) if negative else decided  # nothing written on a doubt
 
         try:
             staged = await self._catalog.stage_append(
@@ -559,10 +577,13 @@ class _TableCommitter:
                 ledger=self._ledger,
                 request_ids=[unit.request_id for unit in group if unit.request_id],
                 branch=self._branch,
+                max_age=0.0 if fresh else _STAGE_MAX_AGE,
             )
         except LakehouseError as exc:
             _fail(group, exc)
             return None, []
+        if negative:
+            return await self._stage(group, fresh=True)
         waiting = []
         for unit, decision in zip(group, decisions, strict=True):
             if decision.error is not None:
@@ -572,6 +593,16 @@ class _TableCommitter:
             else:
                 waiting.append((unit, decision))
         return staged, waiting
+
+    def _with_known_writers(self, state: IngestState) -> IngestState:
+        """``state`` with the offsets this replica's committed batches moved writers to."""
+        if not self._known_writers:
+            return state
+        writers = dict(state.writers)
+        for writer, end in self._known_writers.items():
+            if end > writers.get(writer, (0, 0))[0]:
+                writers[writer] = (end, 0)
+        return dataclasses.replace(state, writers=writers)
 
     async def _await_batch(self, batch: PendingBatch, paths: tuple[str, ...]) -> BatchResolution:
         """Waits for the owner to resolve ``batch``, taking the lease over if it lapses."""

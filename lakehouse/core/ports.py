@@ -185,8 +185,12 @@ class CatalogPort(Protocol):
         ledger: RequestIdLedger | None = None,
         request_ids: Collection[str] = (),
         branch: str = MAIN,
+        max_age: float = 0.0,
     ) -> StagedAppend:
-        """Plans on fresh committed state and writes the rows' data files, uncommitted."""
+        """Plans on committed state and writes the rows' data files, uncommitted.
+
+        ``max_age``: plan on the table as cached if validated this recently (seconds).
+        """
 
     async def discard_files(self, namespace: str, name: str, paths: Collection[str]) -> None:
         """Deletes staged data files that no commit took."""

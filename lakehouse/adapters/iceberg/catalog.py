@@ -900,11 +900,13 @@ class IcebergCatalog:
         ledger: RequestIdLedger | None = None,
         request_ids: Collection[str] = (),
         branch: str = MAIN_BRANCH,
+        max_age: float = 0.0,
     ) -> StagedAppend:
         """Plans on fresh committed state and writes the rows' data files, uncommitted.
 
         For a replica that hands its files to the table's commit owner; see
-        ``lakehouse.adapters.iceberg.ingest.stage_append``.
+        ``lakehouse.adapters.iceberg.ingest.stage_append``. ``max_age``: plan on the table as
+        cached if it was validated this recently (seconds); 0 asks the catalog.
 
         Raises:
             NotFound: No such table, or branch (REF_NOT_FOUND).
@@ -916,7 +918,7 @@ class IcebergCatalog:
         def work(c: Catalog) -> StagedAppend:
             try:
                 return stage_append(
-                    lambda: self._table(c, namespace, name),
+                    lambda: self._cached(c, namespace, name, max_age)[0],
                     plan,
                     request_id_window_ms=request_id_window_ms,
                     ledger=ledger,
