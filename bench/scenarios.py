@@ -1634,6 +1634,8 @@ class _ScaleOutRun:
     errors: int
     commits: int
     rows: int
+    cpu_shares: list[float]
+    """Each replica's CPU seconds per second of the run (the owner's first)."""
 
 
 async def _scale_out_run(
@@ -1662,7 +1664,13 @@ async def _scale_out_run(
             i = next(turn)
             return stubs[i % replicas].WriteRows(requests[i % len(requests)], timeout=60)
 
+        cpu0, wall0 = [s.cpu_seconds() for s in used], time.perf_counter()
         stats = await closed_loop(call, concurrency=clients, duration=ctx.seconds(20, 4), warmup=0)
+        wall = time.perf_counter() - wall0
+        cpu = [(s.cpu_seconds() - c0) / wall for s, c0 in zip(used, cpu0, strict=True)]
+        owned = [_metric_sum(s, "lakehouse_ingest_commit_owned_branches") for s in used]
+        # The owner first (with 1 replica, or when no lease is held, the order stays).
+        cpu = [c for _, c in sorted(zip(owned, cpu, strict=True), key=lambda p: -p[0])]
     finally:
         for channel in channels:
             await channel.close()
@@ -1688,6 +1696,7 @@ async def _scale_out_run(
         stats.errors,
         snapshots1 - snapshots0,
         found,
+        cpu,
     )
 
 
@@ -1712,7 +1721,8 @@ async def ingest_scale_out(ctx: BenchContext) -> Result:
         f"{r.replicas} replicas x {r.clients} clients: {r.rows_per_second:,.0f} rows/s, "
         f"p50 {r.p50_ms:.0f} ms, "
         f"p99 {r.p99_ms:.0f} ms, {r.conflicts} conflicts, {r.errors} errors, {r.commits} "
-        f"commits, {r.rows} rows checked"
+        f"commits, {r.rows} rows checked, server CPU (cores, owner first) "
+        + "/".join(f"{c:.2f}" for c in r.cpu_shares)
         for r in runs
     )
     return Result(

@@ -402,6 +402,10 @@ class _TableCommitter:
             return group  # a row change is committed alone
         rows, nbytes = first.data.num_rows, first.nbytes
         deadline = first.enqueued + self._settings.commit_delay_ms / 1000
+        if self._lease is not None and self._lease.epoch is None:
+            # A replica that hands its files over takes what is queued: the owner's window
+            # groups the batches, and the next group forms while this one waits for it.
+            deadline = 0.0
         while rows < self._settings.commit_rows and nbytes < self._settings.commit_bytes:
             try:
                 unit = self._queue.get_nowait()

@@ -133,6 +133,7 @@ class Lease:
         self._ttl = settings.commit_lease_seconds
         self.epoch: int | None = None
         self._renewed = 0.0
+        self._asked = -self._ttl
         self._busy = time.monotonic()
 
     def _set(self, epoch: int | None) -> None:
@@ -146,7 +147,10 @@ class Lease:
         self.epoch = epoch
 
     async def hold(self) -> int | None:
-        """Takes or renews the lease (renewed at most every third of its TTL); its epoch.
+        """Takes or renews the lease; its epoch, or None while another replica holds it.
+
+        Renewed every third of the TTL; a replica that does not hold it asks at most every
+        tenth.
 
         Raises:
             Unavailable: The database cannot be reached (the lease is then counted lost).
@@ -154,6 +158,9 @@ class Lease:
         now = time.monotonic()
         if self.epoch is not None and now - self._renewed < self._ttl / 3:
             return self.epoch
+        if self.epoch is None and now - self._asked < self._ttl / 10:
+            return None  # another replica held it a moment ago; the next look is soon enough
+        self._asked = now
         try:
             epoch = await self._fleet.store.acquire(
                 self._key, self._branch, self._fleet.owner, self._ttl
