@@ -584,6 +584,8 @@ class _TableCommitter:
                 max_age=0.0 if fresh else _STAGE_MAX_AGE,
             )
         except LakehouseError as exc:
+            if not fresh:  # a branch or a schema the cached table does not know yet?
+                return await self._stage(group, fresh=True)
             _fail(group, exc)
             return None, []
         if negative:

@@ -28,6 +28,7 @@ from fixtures.faults import (
     create_id_kind_table,
     duplicates,
     fault_env,
+    id_kind_rows,
     read_direct,
     row_checksum,
     run_threads,
@@ -58,13 +59,7 @@ def fleet_env(settings: Any) -> dict[str, str]:
 
 
 def rows(source: str, start: int, count: int = ROWS) -> pa.Table:
-    ids = range(start, start + count)
-    return pa.table(
-        {
-            "id": pa.array(ids, pa.int64()),
-            "kind": pa.array([f"{source}:{i}" for i in ids], pa.string()),
-        }
-    )
+    return id_kind_rows(source, start, count)
 
 
 def metric(server: ServeProcess, name: str) -> float:

@@ -342,6 +342,34 @@ ChangeCommit = Callable[
 ]
 
 
+def _loaded_state(
+    load: Callable[[], IcebergTable],
+    request_id_window_ms: int,
+    ledger: RequestIdLedger | None,
+    request_ids: Collection[str],
+    branch: str,
+) -> tuple[IcebergTable, IngestState]:
+    """The table and the exactly-once state of ``branch`` (ids only the ledger knows too).
+
+    Raises:
+        NotFound: No such branch (REF_NOT_FOUND).
+        FailedPrecondition: ``branch`` is a tag (NOT_A_BRANCH).
+    """
+    table = load()
+    write_head(table, branch)
+    state = read_state(table, request_id_window_ms=request_id_window_ms, branch=branch)
+    if ledger is not None and request_ids:
+        state = recall_request_ids(
+            table,
+            state,
+            request_ids,
+            ledger,
+            request_id_window_ms=request_id_window_ms,
+            branch=branch,
+        )
+    return table, state
+
+
 def planned_append(
     load: Callable[[], IcebergTable],
     plan: Callable[[IngestState], AppendPlan],
@@ -375,19 +403,9 @@ def planned_append(
     """
     conflicts = 0
     for attempt in range(1, max_attempts + 1):
-        table = load()
-        write_head(table, branch)  # the branch may have been deleted since the last attempt
-        state = read_state(table, request_id_window_ms=request_id_window_ms, branch=branch)
-        if ledger is not None and request_ids:
-            # Again on every attempt: expiry may have cut the lineage since the last one.
-            state = recall_request_ids(
-                table,
-                state,
-                request_ids,
-                ledger,
-                request_id_window_ms=request_id_window_ms,
-                branch=branch,
-            )
+        # Again on every attempt: the branch may have been deleted, and expiry may have cut
+        # the lineage since the last one.
+        table, state = _loaded_state(load, request_id_window_ms, ledger, request_ids, branch)
         decided = plan(state)
         handed = [f for raw in decided.files for f in load_data_files(raw)]
         nothing = not handed and (
@@ -488,18 +506,7 @@ def stage_append(
         FailedPrecondition: ``branch`` is a tag (NOT_A_BRANCH).
         ValueError: The rows do not fit the table's schema.
     """
-    table = load()
-    write_head(table, branch)
-    state = read_state(table, request_id_window_ms=request_id_window_ms, branch=branch)
-    if ledger is not None and request_ids:
-        state = recall_request_ids(
-            table,
-            state,
-            request_ids,
-            ledger,
-            request_id_window_ms=request_id_window_ms,
-            branch=branch,
-        )
+    table, state = _loaded_state(load, request_id_window_ms, ledger, request_ids, branch)
     decided = plan(state)
     if decided.data is None or decided.data.num_rows == 0:
         return StagedAppend(decided, state.snapshot_id, b"", ())
