@@ -527,6 +527,7 @@ class _TableCommitter:
                 return
             resolution = await self._await_batch(batch, staged.paths)
             if resolution.status is BatchStatus.COMMITTED:
+                metrics.INGEST_ROWS.inc(rows)  # counted where they were received
                 for unit, decision in waiting:
                     _answer(unit, decision, resolution.snapshot_id)
                     if unit.writer_id and decision.end is not None:

@@ -159,6 +159,7 @@ def test_three_replicas_commit_one_table_through_one_owner_exactly_once(
         owners = [metric(r, "lakehouse_ingest_commit_owned_branches") for r in replicas]
         handed = sum(metric(r, "lakehouse_ingest_handed_batches_total") for r in replicas)
         conflicts = commit_conflicts(replicas)
+        rows_counted = sum(metric(r, "lakehouse_ingest_rows_total") for r in replicas)
 
     request_ids = [f"{table}-r{r}-t{t}-{i}" for r in range(3) for t in range(2) for i in range(8)]
     assert sorted(writes.fresh) == sorted(request_ids)
@@ -170,6 +171,8 @@ def test_three_replicas_commit_one_table_through_one_owner_exactly_once(
     assert sorted(owners) == [0, 0, 1], owners
     assert conflicts == 0
     assert handed > 0
+    # Each row counted once, by the replica that received it.
+    assert rows_counted == sum(t.num_rows for t in writes.sent)
     snapshots = direct_catalog(settings).load_table((NAMESPACE, table)).metadata.snapshots
     assert len(snapshots) < len(request_ids) * 2 + 30  # group commits, fewer than the calls
 
