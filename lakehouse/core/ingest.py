@@ -522,8 +522,13 @@ class _TableCommitter:
             try:
                 await self._fleet.store.submit(self._key, self._branch, batch)
             except Unavailable as exc:
+                # As when the lease cannot be read: commit here rather than fail the writes.
+                log.warning(
+                    "cannot hand ingest files over; committing locally",
+                    extra={"table": ".".join(self._key), "error": exc.message},
+                )
                 await self._discard(staged.paths)
-                _fail(pending, exc)
+                await self._commit([unit for unit, _ in waiting])
                 return
             resolution = await self._await_batch(batch, staged.paths)
             if resolution.status is BatchStatus.COMMITTED:

@@ -23,8 +23,10 @@ from typing import Any
 import grpc
 import pyarrow as pa
 import pytest
+import sqlalchemy
 
 from fixtures.faults import (
+    catalog_address,
     create_id_kind_table,
     duplicates,
     fault_env,
@@ -35,7 +37,9 @@ from fixtures.faults import (
     wait_for,
 )
 from fixtures.iceberg import direct_catalog
+from fixtures.net import LOOPBACK
 from fixtures.serve_process import ServeProcess, serve_process
+from fixtures.tcp_proxy import tcp_proxy
 from lakehouse.client.arrow import append_rows_requests, write_rows_request
 from lakehouse.v1 import ingest_service_pb2_grpc
 
@@ -284,4 +288,62 @@ def test_killing_the_owner_mid_window_loses_and_doubles_nothing(
     assert all(x.result.already_written for x in outcomes["stream-resent"])
     assert sorted(new_owners) == [0, 1], new_owners
     assert handed_batches > 0
+    assert_exactly(settings, table, sent)
+
+
+@pytest.mark.timeout(240)
+def test_without_the_shared_database_replicas_commit_their_own_writes_exactly(
+    postgres_s3_settings: Any, tmp_path: Path
+) -> None:
+    """The job store (leases, hand-offs) cut off, the catalog up: writes go on, exactly."""
+    settings = postgres_s3_settings
+    table = "jobstore_down"
+    with tcp_proxy(*catalog_address(settings)) as proxy:
+        jobs_url = sqlalchemy.engine.make_url(settings.catalog_uri).set(
+            host=LOOPBACK, port=proxy.port
+        )
+        env = {
+            **fleet_env(settings),
+            "LAKEHOUSE_JOBS__DATABASE_URI": jobs_url.render_as_string(hide_password=False),
+        }
+        with (
+            serve_process(tmp_path / "a", env, name="replica-a") as a,
+            serve_process(tmp_path / "b", env, name="replica-b") as b,
+        ):
+            create_id_kind_table(a.target, NAMESPACE, table, CALL_TIMEOUT)
+            sent: list[pa.Table] = []
+            answers: dict[str, list[bool]] = {}
+
+            def write(replicas: list[ServeProcess], request_id: str, start: int) -> None:
+                data = rows(request_id, start)
+                request = write_rows_request(NAMESPACE, table, data, request_id=request_id)
+                if request_id not in answers:
+                    sent.append(data)
+                for replica in replicas:
+                    with grpc.insecure_channel(replica.target) as ch:
+                        reply = ingest_service_pb2_grpc.IngestServiceStub(ch).WriteRows(
+                            request, timeout=CALL_TIMEOUT
+                        )
+                    assert reply.result.rows_written == ROWS
+                    answers.setdefault(request_id, []).append(reply.result.already_written)
+
+            for i in range(3):  # through the owner
+                write([a, b], f"before-{i}", i * ROWS)
+            proxy.down()
+            # Each write to both replicas at once, then resent: each commits its own.
+            run_threads(
+                [
+                    (write, ([replica, other], f"down-{i}-{n}", 10_000 * (n + 1) + i * ROWS))
+                    for i in range(3)
+                    for n, (replica, other) in enumerate(((a, b), (b, a)))
+                ],
+                timeout=120,
+            )
+            proxy.up()
+            for i in range(3):  # through an owner again
+                write([b, a], f"after-{i}", 100_000 + i * ROWS)
+            logs = a.logs(10) + b.logs(10)
+
+    for request_id, already in answers.items():
+        assert already == [False, True], (request_id, already, logs)
     assert_exactly(settings, table, sent)
