@@ -11,7 +11,8 @@ Two tables, created by the job store's migration 4:
   resolves them (committed with the snapshot id, rejected for re-planning, or failed with the
   error); a resolution counts only under the epoch that claimed the batch, so an owner that
   lost its lease while paused cannot overrule the next one. The replica that handed a batch
-  reads its resolution and deletes the row.
+  reads its resolution and deletes the row; resolutions left unread for an hour (their
+  replica died) are deleted by the owner.
 
 Blocking SQLAlchemy Core behind the job store's connections and breaker, run in the given
 pool; only PostgreSQL is used (a database replicas on several machines share).
@@ -54,6 +55,8 @@ PENDING, CLAIMED = BatchStatus.PENDING, BatchStatus.CLAIMED
 FAILED = BatchStatus.FAILED
 
 T = TypeVar("T")
+#: How long a resolution waits to be read by its replica before it is deleted (1 hour).
+_FORGOTTEN_AFTER_US: Final = 3600 * 1_000_000
 
 _metadata = MetaData()
 leases_table = Table(
@@ -300,6 +303,10 @@ class IngestFleetStore:
                         resolved_us=now,
                     )
                 )
+            # Resolutions nobody read (their replica died meanwhile) go after a while.
+            conn.execute(
+                delete(batches_table).where(_batches.resolved_us < now - _FORGOTTEN_AFTER_US)
+            )
 
         await self._run(work)
 

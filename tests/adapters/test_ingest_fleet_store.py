@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
+import sqlalchemy
 
 from lakehouse.adapters.ingest_fleet_store import IngestFleetStore
 from lakehouse.adapters.job_store.store import JobStore
@@ -78,5 +79,31 @@ def test_a_batch_is_claimed_resolved_and_read_once(fleet: IngestFleetStore) -> N
         await fleet.submit(TABLE, "main", batch("b3"))
         assert await fleet.withdraw("b3")
         assert await fleet.claim(TABLE, "main", 2, 10) == []
+
+    asyncio.run(scenario())
+
+
+def test_resolutions_nobody_reads_are_deleted_after_an_hour(
+    fleet: IngestFleetStore, postgres_jobs_url: str
+) -> None:
+    async def scenario() -> None:
+        await fleet.submit(TABLE, "main", batch("orphan"))
+        await fleet.claim(TABLE, "main", 5, 10)
+        await fleet.resolve(5, [BatchResolution("orphan", BatchStatus.COMMITTED, 1)])
+        engine = sqlalchemy.create_engine(postgres_jobs_url)
+        with engine.begin() as conn:  # resolved an hour and a second ago
+            conn.execute(
+                sqlalchemy.text(
+                    "UPDATE lakehouse_ingest_batches SET resolved_us = resolved_us - 3601000000"
+                )
+            )
+        engine.dispose()
+        await fleet.submit(TABLE, "main", batch("next"))
+        await fleet.claim(TABLE, "main", 5, 10)
+        await fleet.resolve(5, [BatchResolution("next", BatchStatus.COMMITTED, 2)])
+        gone = await fleet.resolution("orphan")
+        assert gone is not None and gone.error is not None
+        assert gone.error.reason == "INGEST_BATCH_LOST"
+        assert await fleet.resolution("next") == BatchResolution("next", BatchStatus.COMMITTED, 2)
 
     asyncio.run(scenario())
