@@ -18,9 +18,11 @@ import contextlib
 import itertools
 import math
 import os
+import re
 import statistics
 import threading
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +35,7 @@ from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import NamespaceAlreadyExistsError
 from pyiceberg.table import Table
 
-from bench.backends import Backend, _test_fixtures, moto_process
+from bench.backends import Backend, _test_fixtures, moto_process, start_backend
 from bench.harness import (
     LOOPBACK,
     ROOT,
@@ -1731,6 +1733,146 @@ async def watch_latency_replica(ctx: BenchContext) -> Result:
     )
 
 
+#: Replica counts and client counts of ingest_scale_out.
+SCALE_OUT_REPLICAS = (1, 2, 3)
+SCALE_OUT_CLIENTS = (24, 72)
+
+
+def _metric_sum(server: ServerProcess, name: str) -> float:
+    """The sum of a metric's samples on ``server``'s /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    pattern = re.compile(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", re.MULTILINE)
+    return sum(float(v) for v in pattern.findall(text))
+
+
+@contextlib.contextmanager
+def _postgres_s3(ctx: BenchContext) -> Iterator[Backend]:
+    """The run's backend on ``postgres_s3``; else a PostgreSQL and a moto S3 started for this."""
+    if ctx.backend.name == "postgres_s3":
+        yield ctx.backend
+        return
+    with start_backend("postgres_s3") as backend:
+        yield backend
+
+
+@dataclass
+class _ScaleOutRun:
+    replicas: int
+    clients: int
+    rows_per_second: float
+    p50_ms: float
+    p99_ms: float
+    conflicts: int
+    errors: int
+    commits: int
+    rows: int
+    cpu_shares: list[float]
+    """Each replica's CPU seconds per second of the run (the owner's first)."""
+
+
+async def _scale_out_run(
+    ctx: BenchContext,
+    servers: list[ServerProcess],
+    catalog: Catalog,
+    replicas: int,
+    clients: int,
+) -> _ScaleOutRun:
+    """``clients`` closed-loop WriteRows clients spread evenly over the first ``replicas``."""
+    used = servers[:replicas]
+    identifier = _fresh_table(catalog, f"scale_out_{replicas}x{clients}")
+    tables = [_rows(i * SMALL_ROWS, SMALL_ROWS) for i in range(64)]
+    requests = [write_rows_request(*identifier, t) for t in tables]
+    channels = [ctx.aio_channel_with(INGEST_CHANNEL_OPTIONS, s.target) for s in used]
+    conflicts0 = sum(_metric_sum(s, "lakehouse_ingest_commit_conflicts_total") for s in used)
+    try:
+        stubs = [ingest_service_pb2_grpc.IngestServiceStub(c) for c in channels]
+        for stub in stubs:  # warm-up: each replica's committer starts, one takes the lease
+            await stub.WriteRows(requests[0], timeout=60)
+        _, snapshots0 = _table_rows_and_snapshots(catalog, identifier)
+        turn = itertools.count()
+
+        def call() -> Any:
+            # Calls go round the replicas: the clients are spread evenly over them.
+            i = next(turn)
+            return stubs[i % replicas].WriteRows(requests[i % len(requests)], timeout=60)
+
+        cpu0, wall0 = [s.cpu_seconds() for s in used], time.perf_counter()
+        stats = await closed_loop(call, concurrency=clients, duration=ctx.seconds(20, 4), warmup=0)
+        wall = time.perf_counter() - wall0
+        cpu = [(s.cpu_seconds() - c0) / wall for s, c0 in zip(used, cpu0, strict=True)]
+        owned = [_metric_sum(s, "lakehouse_ingest_commit_owned_branches") for s in used]
+        # The owner first (with 1 replica, or when no lease is held, the order stays).
+        cpu = [c for _, c in sorted(zip(owned, cpu, strict=True), key=lambda p: -p[0])]
+    finally:
+        for channel in channels:
+            await channel.close()
+    conflicts = (
+        sum(_metric_sum(s, "lakehouse_ingest_commit_conflicts_total") for s in used) - conflicts0
+    )
+    found, snapshots1 = _table_rows_and_snapshots(catalog, identifier)
+    ok_calls = stats.calls - stats.errors
+    expected = (ok_calls + replicas) * SMALL_ROWS
+    # Errors are not acknowledged: their rows may or may not be in (never more than once).
+    if not expected <= found <= expected + stats.errors * SMALL_ROWS:
+        raise HarnessError(
+            f"{replicas} replicas, {clients} clients: the table holds {found} rows, "
+            f"acknowledged {expected}"
+        )
+    return _ScaleOutRun(
+        replicas,
+        clients,
+        stats.per_second * SMALL_ROWS,
+        stats.percentile_ms(50),
+        stats.percentile_ms(99),
+        int(conflicts),
+        stats.errors,
+        snapshots1 - snapshots0,
+        found,
+        cpu,
+    )
+
+
+async def ingest_scale_out(ctx: BenchContext) -> Result:
+    """1, 2 and 3 replicas on one table (PostgreSQL + S3), 24 and 72 clients of 100-row
+    WriteRows spread over them: 3 replicas' rows/s against one replica's."""
+    runs: list[_ScaleOutRun] = []
+    with _postgres_s3(ctx) as backend, contextlib.ExitStack() as stack:
+        servers = [
+            stack.enter_context(ctx.spawn_server(f"scale-out-{i}", backend=backend))
+            for i in range(max(SCALE_OUT_REPLICAS))
+        ]
+        catalog = _catalog_of(servers[0], backend)
+        for clients in SCALE_OUT_CLIENTS:
+            for replicas in SCALE_OUT_REPLICAS:
+                runs.append(await _scale_out_run(ctx, servers, catalog, replicas, clients))
+    by = {(r.replicas, r.clients): r for r in runs}
+    one, three = by[(1, SCALE_OUT_CLIENTS[0])], by[(3, SCALE_OUT_CLIENTS[0])]
+    many = SCALE_OUT_CLIENTS[1]
+    many_ratio = by[(3, many)].rows_per_second / max(by[(1, many)].rows_per_second, 1.0)
+    table = "; ".join(
+        f"{r.replicas} replicas x {r.clients} clients: {r.rows_per_second:,.0f} rows/s, "
+        f"p50 {r.p50_ms:.0f} ms, "
+        f"p99 {r.p99_ms:.0f} ms, {r.conflicts} conflicts, {r.errors} errors, {r.commits} "
+        f"commits, {r.rows} rows checked, server CPU (cores, owner first) "
+        + "/".join(f"{c:.2f}" for c in r.cpu_shares)
+        for r in runs
+    )
+    return Result(
+        "ingest_scale_out",
+        three.rows_per_second,
+        "rows/s",
+        limit_name=f"one replica, {SCALE_OUT_CLIENTS[0]} clients",
+        limit_value=one.rows_per_second,
+        goal_ratio=1.0,
+        notes=(
+            f"{table}; 3 vs 1 replica at {many} clients: {many_ratio:.2f}x; "
+            f"real lakehouse serve processes on PostgreSQL + moto S3 ({backend.notes}), "
+            f"{os.cpu_count()} cores; every table's rows checked against the acknowledged calls"
+        ),
+    )
+
+
 #: Every scenario, in the order they run (and appear in the results).
 SCENARIOS: list[Scenario] = [
     startup_seconds,
@@ -1754,6 +1896,7 @@ SCENARIOS: list[Scenario] = [
     overwrite_partitions,
     watch_latency,
     watch_latency_replica,
+    ingest_scale_out,
     load_mixed,
     load_mixed_errors,
     load_mixed_rss_mb,

@@ -195,6 +195,21 @@ class IngestSettings(_Section):
     ABORTED). Conflicts are not failures: each attempt re-plans on the table as it is."""
     request_id_window_seconds: float = Field(default=3600.0, ge=1, le=7 * 24 * 3600)
     """How long a WriteRows request_id is remembered (it is kept in the table's snapshots)."""
+    single_committer: bool = True
+    """With a PostgreSQL job store (a database the replicas share), one replica at a time
+    commits each table branch's writes, those of every replica, in one snapshot per window;
+    the others write their Parquet files and hand them over. Off: each replica commits its
+    own writes, and replicas writing one table conflict."""
+    commit_lease_seconds: float = Field(default=10.0, ge=1, le=600)
+    """How long a table's commit owner holds its lease without renewing it; after it (an owner
+    that died), another replica takes the commits over. A draining owner gives it up at
+    once."""
+    handoff_poll_ms: float = Field(default=20.0, ge=1, le=10_000)
+    """How often a replica looks for the owner's answer to the files it handed over, and an
+    owner for files handed to it."""
+    handoff_timeout_seconds: float = Field(default=60.0, ge=1, le=3600)
+    """How long handed files may wait for an owner to take them before the writes fail
+    UNAVAILABLE (COMMIT_OWNER_UNAVAILABLE), nothing written."""
 
 
 class JobsSettings(_Section):

@@ -42,6 +42,16 @@ INGEST_COMMIT_CONFLICTS = Counter(
     "lakehouse_ingest_commit_conflicts_total",
     "Commits that lost a race with another writer and were re-planned on fresh metadata.",
 )
+INGEST_OWNED_BRANCHES = Gauge(
+    "lakehouse_ingest_commit_owned_branches",
+    "Table branches whose ingest commits this replica owns (its commit leases).",
+)
+INGEST_HANDED_BATCHES = Counter(
+    "lakehouse_ingest_handed_batches_total",
+    "Batches of data files other replicas handed to this replica as commit owner, by fate: "
+    "committed, or rejected for their replica to plan again.",
+    ("outcome",),
+)
 INGEST_BUFFERED_BYTES = Gauge(
     "lakehouse_ingest_buffered_bytes", "Bytes waiting in the write buffers of all tables."
 )

@@ -16,8 +16,11 @@ requests it would have decided fail UNAVAILABLE (retryable) rather than risk a d
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -28,10 +31,12 @@ from lakehouse.config import IngestSettings
 from lakehouse.core.change_metrics import count_change
 from lakehouse.core.commit_conflicts import ConflictLog
 from lakehouse.core.commit_notifier import CommitNotifier
-from lakehouse.core.ports import CatalogPort
+from lakehouse.core.ingest_fleet import Fleet, Lease, add_batches, new_batch, resolutions
+from lakehouse.core.ports import CatalogPort, IngestFleetPort
 from lakehouse.core.survival import EscapedError, own_cancellation
 from lakehouse.deadlines import without_deadline
 from lakehouse.domain.errors import (
+    Conflict,
     FailedPrecondition,
     InvalidArgument,
     LakehouseError,
@@ -40,7 +45,16 @@ from lakehouse.domain.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from lakehouse.domain.ingest import AppendPlan, IngestState, RequestIdLedger
+from lakehouse.domain.ingest import (
+    AppendPlan,
+    BatchEntry,
+    BatchResolution,
+    BatchStatus,
+    IngestState,
+    PendingBatch,
+    RequestIdLedger,
+    StagedAppend,
+)
 from lakehouse.domain.names import check_identifier, check_writer_id
 from lakehouse.domain.refs import MAIN, RefKind, check_branch
 from lakehouse.domain.row_changes import ChangeStats, RowChange
@@ -117,6 +131,10 @@ class _Decision:
     offset: int | None = None
     already: bool = False
     error: LakehouseError | None = None
+    base: int | None = None
+    """The writer's committed offset the unit's rows continue (None: no writer, no rows)."""
+    end: int | None = None
+    """The writer's next offset once the unit's rows are committed."""
 
 
 def plan_group(
@@ -173,6 +191,7 @@ def plan_group(
                 decision.rows = rows
                 continue
             data = unit.rows_from(committed - start)
+            decision.base, decision.end = committed, end
             writers[unit.writer_id] = (end, now_ms)
             commit_writers.add(unit.writer_id)
         decision.rows = data.num_rows
@@ -288,6 +307,12 @@ class Reservation:
         self._budget.release(self.key, nbytes)
 
 
+#: Seconds a non-owner plans on the table as it last saw it (see ``_TableCommitter._stage``).
+_STAGE_MAX_AGE = 5.0
+#: Handed batches one owner's commit takes at most (the rest wait for the next window).
+_MAX_BATCHES = 256
+
+
 class _TableCommitter:
     """The one committer of one branch of one table in this process.
 
@@ -306,8 +331,13 @@ class _TableCommitter:
         conflicts: ConflictLog | None = None,
         gauges: TableGauges | None = None,
         notifier: CommitNotifier | None = None,
+        fleet: Fleet | None = None,
     ) -> None:
         self._notifier = notifier
+        self._fleet = fleet
+        self._lease = Lease(fleet, key, branch, settings) if fleet is not None else None
+        # Writers' next offsets once this replica's handed batches committed (see _stage).
+        self._known_writers: dict[str, int] = {}
         self._key = key
         self._branch = branch
         self._conflicts = conflicts
@@ -356,6 +386,15 @@ class _TableCommitter:
     async def _gather(self) -> list[_Unit]:
         if self._held is not None:
             first, self._held = self._held, None
+        elif self._lease is not None and self._lease.epoch is not None:
+            # An owner wakes up for the batches other replicas hand it, with or without
+            # writes of its own.
+            try:
+                first = await asyncio.wait_for(
+                    self._queue.get(), self._settings.handoff_poll_ms / 1000
+                )
+            except TimeoutError:
+                return []
         else:
             first = await self._queue.get()
         group = [first]
@@ -363,6 +402,10 @@ class _TableCommitter:
             return group  # a row change is committed alone
         rows, nbytes = first.data.num_rows, first.nbytes
         deadline = first.enqueued + self._settings.commit_delay_ms / 1000
+        if self._lease is not None and self._lease.epoch is None:
+            # A replica that hands its files over takes what is queued: the owner's window
+            # groups the batches, and the next group forms while this one waits for it.
+            deadline = 0.0
         while rows < self._settings.commit_rows and nbytes < self._settings.commit_bytes:
             try:
                 unit = self._queue.get_nowait()
@@ -387,19 +430,248 @@ class _TableCommitter:
             group = await self._gather()
             self._idle.clear()
             try:
-                await self._commit(group)
+                if self._lease is None or (group and group[0].change is not None):
+                    await self._commit(group)  # a row change commits where it is received
+                else:
+                    await self._commit_in_fleet(group)
+            except Exception as exc:
+                # Only the fleet path can get here (``_commit`` hands its failures to the
+                # futures): the committer must outlive it, its writers get the error.
+                log.exception("ingest hand-off failed", extra={"table": ".".join(self._key)})
+                _fail(group, exc)
             finally:
                 for unit in group:
                     self._budget.release(self._key, unit.nbytes)
                 if self._queue.empty() and self._held is None:
                     self._idle.set()
 
-    async def _commit(self, group: list[_Unit]) -> None:
+    async def _commit_in_fleet(self, group: list[_Unit]) -> None:
+        """Commits as the table's owner, or hands the group's files to the owner."""
+        assert self._lease is not None and self._fleet is not None
+        try:
+            epoch = await self._lease.hold()
+        except Unavailable as exc:
+            # Without the shared database, commit here: a race with another committer costs
+            # a conflict and a re-plan, never a double write.
+            log.warning(
+                "ingest commit lease unavailable; committing locally",
+                extra={"table": ".".join(self._key), "error": exc.message},
+            )
+            if group:
+                await self._commit(group)
+            return
+        if epoch is not None:
+            await self._commit_as_owner(group, epoch)
+        elif group:
+            await self._hand_off(group)
+
+    async def _commit_as_owner(self, group: list[_Unit], epoch: int) -> None:
+        assert self._lease is not None and self._fleet is not None
+        store = self._fleet.store
+        try:
+            batches = await store.claim(self._key, self._branch, epoch, _MAX_BATCHES)
+        except Unavailable as exc:
+            log.warning(
+                "cannot claim handed ingest batches",
+                extra={"table": ".".join(self._key), "error": exc.message},
+            )
+            batches = []
+        if not group and not batches:
+            if self._lease.idle():
+                await self._lease.release()
+            return
+        self._lease.busy()
+        fates: dict[str, BatchStatus] = {}
+        result = await self._commit(group, batches, fates)
+        if isinstance(result, LakehouseError):
+            done = [BatchResolution(b.batch_id, BatchStatus.FAILED, error=result) for b in batches]
+        else:
+            done = resolutions(fates, result)
+        for fate in fates.values():
+            metrics.INGEST_HANDED_BATCHES.labels(fate.name.lower()).inc()
+        try:
+            await store.resolve(epoch, done)
+        except Unavailable as exc:
+            # The batches stay claimed: the next owner (or this one) finds the committed
+            # ones in the snapshot summaries.
+            log.warning(
+                "cannot record handed ingest batches",
+                extra={"table": ".".join(self._key), "error": exc.message},
+            )
+
+    async def _hand_off(self, group: list[_Unit]) -> None:
+        """Writes the group's files here, hands them to the owner, answers once committed."""
+        assert self._fleet is not None
+        pending = group
+        for _ in range(self._settings.commit_attempts):
+            staged, waiting = await self._stage(pending)
+            if staged is None or not waiting:
+                return
+            entries = [
+                BatchEntry(
+                    unit.request_id if unit.request_id in staged.plan.request_ids else "",
+                    decision.rows,
+                    unit.writer_id,
+                    decision.base,
+                    decision.end,
+                )
+                for unit, decision in waiting
+            ]
+            rows = staged.plan.data.num_rows if staged.plan.data is not None else 0
+            batch = new_batch(entries, staged.files, rows)
+            try:
+                await self._fleet.store.submit(self._key, self._branch, batch)
+            except Unavailable as exc:
+                # As when the lease cannot be read: commit here rather than fail the writes.
+                log.warning(
+                    "cannot hand ingest files over; committing locally",
+                    extra={"table": ".".join(self._key), "error": exc.message},
+                )
+                await self._discard(staged.paths)
+                await self._commit([unit for unit, _ in waiting])
+                return
+            resolution = await self._await_batch(batch, staged.paths)
+            if resolution.status is BatchStatus.COMMITTED:
+                metrics.INGEST_ROWS.inc(rows)  # counted where they were received
+                for unit, decision in waiting:
+                    _answer(unit, decision, resolution.snapshot_id)
+                    if unit.writer_id and decision.end is not None:
+                        self._known_writers[unit.writer_id] = decision.end
+                return
+            self._known_writers.clear()  # the table moved on otherwise: plan afresh
+            if resolution.status is BatchStatus.REJECTED:
+                await self._discard(staged.paths)
+                pending = [unit for unit, _ in waiting]
+                continue
+            # Failed: whether the owner's commit took the files is not known (a commit state
+            # unknown); orphan removal takes them if it did not.
+            _fail(pending, resolution.error or Unavailable("the handed batch failed"))
+            return
+        _fail(
+            pending,
+            Conflict(
+                f"the writes to {'.'.join(self._key)} kept conflicting with others",
+                reason="COMMIT_CONFLICT",
+            ),
+        )
+
+    async def _stage(
+        self, group: list[_Unit], *, fresh: bool = False
+    ) -> tuple[StagedAppend | None, list[tuple[_Unit, _Decision]]]:
+        """Plans ``group`` on committed state and writes its files; answers what it can.
+
+        Units already written, or in error, are answered here; the others come back. The
+        plan is made on the table as this replica last saw it (up to ``_STAGE_MAX_AGE``
+        seconds old; the table changes with every commit of the owner, and loading it afresh
+        for each group cost more than writing the group's file), with the offsets of its own
+        committed batches on top: the owner takes the batch only if it continues the state
+        exactly, and rejects it otherwise. What that plan decides against a unit (already
+        written, an offset gap) is decided again on fresh metadata before it is answered.
+        """
+        decisions: list[_Decision] = []
+        negative = False
+
+        def plan(state: IngestState) -> AppendPlan:
+            nonlocal decisions, negative
+            if not fresh:
+                state = self._with_known_writers(state)
+            decided, decisions = plan_group(group, state, int(time.time() * 1000))
+            negative = not fresh and any(d.error is not None or d.already for d in decisions)
+            return AppendPlan(None) if negative else decided  # nothing written on a doubt
+
+        try:
+            staged = await self._catalog.stage_append(
+                *self._key,
+                plan,
+                request_id_window_ms=int(self._settings.request_id_window_seconds * 1000),
+                ledger=self._ledger,
+                request_ids=[unit.request_id for unit in group if unit.request_id],
+                branch=self._branch,
+                max_age=0.0 if fresh else _STAGE_MAX_AGE,
+            )
+        except LakehouseError as exc:
+            if not fresh:  # a branch or a schema the cached table does not know yet?
+                return await self._stage(group, fresh=True)
+            _fail(group, exc)
+            return None, []
+        if negative:
+            return await self._stage(group, fresh=True)
+        waiting = []
+        for unit, decision in zip(group, decisions, strict=True):
+            if decision.error is not None:
+                unit.future.set_exception(decision.error)
+            elif decision.already or not staged.files:
+                _answer(unit, decision, staged.snapshot_id)
+            else:
+                waiting.append((unit, decision))
+        return staged, waiting
+
+    def _with_known_writers(self, state: IngestState) -> IngestState:
+        """``state`` with the offsets this replica's committed batches moved writers to."""
+        if not self._known_writers:
+            return state
+        writers = dict(state.writers)
+        for writer, end in self._known_writers.items():
+            if end > writers.get(writer, (0, 0))[0]:
+                writers[writer] = (end, 0)
+        return dataclasses.replace(state, writers=writers)
+
+    async def _await_batch(self, batch: PendingBatch, paths: tuple[str, ...]) -> BatchResolution:
+        """Waits for the owner to resolve ``batch``, taking the lease over if it lapses."""
+        assert self._fleet is not None and self._lease is not None
+        store = self._fleet.store
+        poll = self._settings.handoff_poll_ms / 1000
+        deadline = time.monotonic() + self._settings.handoff_timeout_seconds
+        while True:
+            await asyncio.sleep(poll)
+            try:
+                resolution = await store.resolution(batch.batch_id)
+                if resolution is not None:
+                    return resolution
+                epoch = await self._lease.hold()
+                if epoch is not None:  # the owner died or drained: commit them here
+                    await self._commit_as_owner([], epoch)
+                    continue
+            except Unavailable as exc:
+                if time.monotonic() < deadline:
+                    continue
+                # Not withdrawn: whether an owner commits it is unknown, so no answer but a
+                # retryable error (a resend with the same request id writes once).
+                return BatchResolution(batch.batch_id, BatchStatus.FAILED, error=exc)
+            if time.monotonic() >= deadline:
+                if await _withdrawn(store, batch.batch_id):
+                    await self._discard(paths)
+                    return BatchResolution(
+                        batch.batch_id,
+                        BatchStatus.FAILED,
+                        error=Unavailable(
+                            f"no replica committed the writes to {'.'.join(self._key)} in "
+                            f"{self._settings.handoff_timeout_seconds:g} s; retry later",
+                            reason="COMMIT_OWNER_UNAVAILABLE",
+                        ),
+                    )
+                deadline = time.monotonic() + self._settings.handoff_timeout_seconds
+
+    async def _discard(self, paths: tuple[str, ...]) -> None:
+        with contextlib.suppress(LakehouseError):  # orphan removal takes them
+            await self._catalog.discard_files(*self._key, paths)
+
+    async def _commit(
+        self,
+        group: list[_Unit],
+        batches: Sequence[PendingBatch] = (),
+        fates: dict[str, BatchStatus] | None = None,
+    ) -> int | LakehouseError | None:
+        """Commits the group (and handed batches); the snapshot id, or the failure."""
         decisions: list[_Decision] = []
 
         def plan(state: IngestState) -> AppendPlan:
             nonlocal decisions
-            decided, decisions = plan_group(group, state, int(time.time() * 1000))
+            now_ms = int(time.time() * 1000)
+            decided, decisions = plan_group(group, state, now_ms)
+            if batches and fates is not None:
+                fates.clear()
+                fates.update(add_batches(decided, batches, state, now_ms))
             return decided
 
         started = time.perf_counter()
@@ -410,8 +682,9 @@ class _TableCommitter:
                 request_id_window_ms=int(self._settings.request_id_window_seconds * 1000),
                 max_attempts=self._settings.commit_attempts,
                 ledger=self._ledger,
-                request_ids=[unit.request_id for unit in group if unit.request_id],
-                change=group[0].change,
+                request_ids=[unit.request_id for unit in group if unit.request_id]
+                + [e.request_id for b in batches for e in b.entries if e.request_id],
+                change=group[0].change if group else None,
                 branch=self._branch,
             )
         except LakehouseError as exc:
@@ -419,7 +692,7 @@ class _TableCommitter:
             for unit in group:
                 if not unit.future.done():
                     unit.future.set_exception(exc)
-            return
+            return exc
         except BaseException as exc:
             if own_cancellation(exc):
                 raise
@@ -429,7 +702,7 @@ class _TableCommitter:
             for unit in group:
                 if not unit.future.done():
                     unit.future.set_exception(failure)
-            return
+            return Unavailable(f"the commit failed: {type(exc).__name__}")
         wrote = outcome.table is not None  # a commit was made
         if wrote:
             metrics.INGEST_COMMITS.labels("ok").inc()
@@ -442,7 +715,7 @@ class _TableCommitter:
             self._gauges.committed(self._key, outcome.table)
         if self._notifier is not None and outcome.table is not None:
             self._notifier.committed(self._key)
-        change = group[0].change
+        change = group[0].change if group else None
         if change is not None and outcome.stats is not None and outcome.table is not None:
             count_change(change.mode.name.lower(), outcome.stats)
         if outcome.unrecorded is not None:
@@ -476,15 +749,50 @@ class _TableCommitter:
                     else ChangeStats(),
                 )
             )
+        return outcome.snapshot_id
 
     async def close(self, timeout: float) -> None:
-        """Commits what is queued (for at most ``timeout`` seconds), then stops."""
+        """Commits what is queued (for at most ``timeout`` seconds), then stops.
+
+        An owner then gives its commit lease up, so that another replica takes the batches
+        handed to it at once rather than after the lease's TTL.
+        """
         deadline = time.monotonic() + timeout
         while (
             not self._queue.empty() or self._held is not None or not self._idle.is_set()
         ) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         self._task.cancel()
+        if self._lease is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            await self._lease.release()
+
+
+def _answer(unit: _Unit, decision: _Decision, snapshot_id: int | None) -> None:
+    """Answers an appended unit (its commit, or the state that already held it)."""
+    if not unit.future.done():
+        unit.future.set_result(
+            WriteResult(
+                rows_written=decision.rows,
+                snapshot_id=snapshot_id,
+                already_written=decision.already,
+                offset=decision.offset,
+            )
+        )
+
+
+def _fail(group: Sequence[_Unit], error: BaseException) -> None:
+    for unit in group:
+        if not unit.future.done():
+            unit.future.set_exception(error)
+
+
+async def _withdrawn(store: IngestFleetPort, batch_id: str) -> bool:
+    try:
+        return await store.withdraw(batch_id)
+    except Unavailable:
+        return False
 
 
 class Ingest:
@@ -499,6 +807,7 @@ class Ingest:
         conflicts: ConflictLog | None = None,
         gauges: TableGauges | None = None,
         notifier: CommitNotifier | None = None,
+        fleet: Fleet | None = None,
     ) -> None:
         """The ingest use cases.
 
@@ -510,7 +819,10 @@ class Ingest:
             conflicts: Where lost commit races are counted per table (GetTableHealth).
             gauges: The per-table gauges, set after each commit.
             notifier: Wakes the table's watchers after each commit.
+            fleet: The shared database where replicas agree on one committer per table
+                branch (``lakehouse.core.ingest_fleet``); None commits in this process.
         """
+        self._fleet = fleet
         self._notifier = notifier
         self._conflicts = conflicts
         self._gauges = gauges
@@ -545,6 +857,7 @@ class Ingest:
                 self._conflicts,
                 self._gauges,
                 self._notifier,
+                self._fleet,
             )
         return committer
 

@@ -21,7 +21,15 @@ from pyiceberg.table.sorting import SortOrder
 
 from lakehouse.blocking import BlockingPool
 from lakehouse.domain.changes import TableChange
-from lakehouse.domain.ingest import AppendOutcome, AppendPlan, IngestState, RequestIdLedger
+from lakehouse.domain.ingest import (
+    AppendOutcome,
+    AppendPlan,
+    BatchResolution,
+    IngestState,
+    PendingBatch,
+    RequestIdLedger,
+    StagedAppend,
+)
 from lakehouse.domain.job_context import JobContext
 from lakehouse.domain.job_results import JobResult
 from lakehouse.domain.job_specs import JobSpec
@@ -167,6 +175,26 @@ class CatalogPort(Protocol):
         ``branch``'s head; the plan sees the exactly-once state of that branch's lineage.
         """
 
+    async def stage_append(
+        self,
+        namespace: str,
+        name: str,
+        plan: Callable[[IngestState], AppendPlan],
+        *,
+        request_id_window_ms: int,
+        ledger: RequestIdLedger | None = None,
+        request_ids: Collection[str] = (),
+        branch: str = MAIN,
+        max_age: float = 0.0,
+    ) -> StagedAppend:
+        """Plans on committed state and writes the rows' data files, uncommitted.
+
+        ``max_age``: plan on the table as cached if validated this recently (seconds).
+        """
+
+    async def discard_files(self, namespace: str, name: str, paths: Collection[str]) -> None:
+        """Deletes staged data files that no commit took."""
+
     async def delete_rows(
         self,
         namespace: str,
@@ -262,6 +290,39 @@ class JobCodec(Protocol):
     def decode_result(self, data: bytes) -> JobResult | None:
         """The result stored as ``data`` (None when it holds no kind)."""
         ...
+
+
+class IngestFleetPort(Protocol):
+    """Commit leases and handed batches in the database replicas share.
+
+    Implemented by ``lakehouse.adapters.ingest_fleet_store.IngestFleetStore``. Every method
+    raises ``Unavailable`` when the database cannot be reached.
+    """
+
+    async def acquire(
+        self, table: tuple[str, str], branch: str, owner: str, ttl_seconds: float
+    ) -> int | None:
+        """Takes or renews the commit lease of a table branch; its epoch, or None if held."""
+
+    async def release(self, table: tuple[str, str], branch: str, owner: str) -> None:
+        """Gives the lease up at once, if ``owner`` still holds it."""
+
+    async def submit(self, table: tuple[str, str], branch: str, batch: PendingBatch) -> None:
+        """Hands a batch to the table branch's owner."""
+
+    async def claim(
+        self, table: tuple[str, str], branch: str, epoch: int, limit: int
+    ) -> list[PendingBatch]:
+        """Claims, under ``epoch``, the batches not resolved yet, oldest first."""
+
+    async def resolve(self, epoch: int, resolutions: Sequence[BatchResolution]) -> None:
+        """Records what the owner did (only for batches still claimed under ``epoch``)."""
+
+    async def resolution(self, batch_id: str) -> BatchResolution | None:
+        """The batch's resolution (forgetting it), or None while it is open."""
+
+    async def withdraw(self, batch_id: str) -> bool:
+        """Takes a batch back if no owner claimed it yet; whether it was taken back."""
 
 
 class JobStorePort(Protocol):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Protocol
 
 import pyarrow as pa
 from pyiceberg.table import Table as IcebergTable
 
-from lakehouse.domain.errors import Unavailable
+from lakehouse.domain.errors import LakehouseError, Unavailable
 from lakehouse.domain.row_changes import ChangeStats
 
 
@@ -44,6 +45,8 @@ class IngestState:
     some inside it, and ``request_ids`` may miss ids only the ledger still knows)."""
     unverified: frozenset[str] = frozenset()
     """Ids neither found nor ruled out: the ledger was needed and could not be read."""
+    batch_ids: frozenset[str] = frozenset()
+    """Handed-off batches (``PendingBatch``) committed within the retention window."""
 
 
 class RequestIdLedger(Protocol):
@@ -72,6 +75,82 @@ class AppendPlan:
     writers: dict[str, tuple[int, int]] = field(default_factory=dict)
     commit_writers: list[str] = field(default_factory=list)
     request_ids: dict[str, int] = field(default_factory=dict)
+    files: list[bytes] = field(default_factory=list)
+    """Data files written by other replicas (serialized by the catalog adapter), committed
+    in the same snapshot as ``data``."""
+    batch_ids: list[str] = field(default_factory=list)
+    """The handed-off batches whose ``files`` this plan commits (recorded in the summary)."""
+
+
+@dataclass(frozen=True)
+class BatchEntry:
+    """One request of a handed-off batch, as its replica planned it on committed state.
+
+    The owner commits the batch only if every entry still continues the state exactly: the
+    request id is new and the writer's next offset is still ``start``.
+    """
+
+    request_id: str
+    rows: int
+    writer_id: str
+    start: int | None
+    end: int | None
+
+
+@dataclass(frozen=True)
+class PendingBatch:
+    """Data files a replica wrote and handed to the table's commit owner.
+
+    Attributes:
+        batch_id: Unique; recorded in the summary of the snapshot that commits it.
+        entries: The requests it holds, in order.
+        files: Serialized data files (opaque to the core).
+        rows: Rows in ``files``.
+    """
+
+    batch_id: str
+    entries: tuple[BatchEntry, ...]
+    files: bytes
+    rows: int
+
+
+class BatchStatus(IntEnum):
+    """Where a handed batch is (stored as its int value)."""
+
+    PENDING = 0
+    CLAIMED = 1
+    COMMITTED = 2
+    REJECTED = 3
+    FAILED = 4
+
+
+@dataclass(frozen=True)
+class BatchResolution:
+    """What the commit owner did with a handed batch.
+
+    Attributes:
+        batch_id: The batch.
+        status: COMMITTED, REJECTED (no longer fits the table: re-plan and hand again) or
+            FAILED.
+        snapshot_id: The snapshot holding it (COMMITTED).
+        error: Why it failed (FAILED).
+    """
+
+    batch_id: str
+    status: BatchStatus
+    snapshot_id: int | None = None
+    error: LakehouseError | None = None
+
+
+@dataclass(frozen=True)
+class StagedAppend:
+    """Rows planned on committed state and written to data files, not committed yet."""
+
+    plan: AppendPlan
+    snapshot_id: int | None
+    files: bytes
+    """The written data files, serialized; empty when the plan had no rows."""
+    paths: tuple[str, ...]
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,7 @@ class LakehouseServer:
             conflicts=self.conflicts,
             gauges=self.table_gauges,
             notifier=self.notifier,
+            fleet=self.job_runtime.ingest_fleet,
         )
         self.row_changes = RowChanges(
             self.catalog, settings.ingest, request_ids=self.job_runtime.request_ids

@@ -13,11 +13,13 @@ import logging
 
 from lakehouse.adapters.iceberg.catalog import IcebergCatalog
 from lakehouse.adapters.iceberg.table_jobs import IcebergTableJobs
+from lakehouse.adapters.ingest_fleet_store import IngestFleetStore
 from lakehouse.adapters.job_store.store import JobStore
 from lakehouse.adapters.request_id_store import RequestIdStore
 from lakehouse.adapters.resilience import JOB_STORE, Resilience
 from lakehouse.blocking import BlockingPool
 from lakehouse.config import Settings
+from lakehouse.core.ingest_fleet import Fleet, replica_id
 from lakehouse.core.job_kinds import JobKinds
 from lakehouse.core.job_specs import SpecChecker
 from lakehouse.core.job_worker import (
@@ -81,6 +83,12 @@ class JobRuntime:
             on_lease_expired=count_lease_expired,
         )
         self.request_ids = RequestIdStore(self.store)
+        # One committer per table across replicas needs a database they all share.
+        self.ingest_fleet = (
+            Fleet(IngestFleetStore(self.store, pool), replica_id())
+            if settings.ingest.single_committer and self.store.shared
+            else None
+        )
         window = settings.ingest.request_id_window_seconds
         # One thread per job slot, plus one for the scheduler's file planning.
         self._job_pool = BlockingPool(max(slots, 1) + 1, name="lakehouse-jobs")

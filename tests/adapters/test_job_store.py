@@ -138,7 +138,12 @@ def test_migrate_from_version_1_adds_the_request_id_table_and_keeps_jobs(url: st
 
         store.migrate()
 
-        assert schema_versions(url) == [3] == [SCHEMA_VERSION]
+        assert schema_versions(url) == [4] == [SCHEMA_VERSION]
+        # Version 4: the ingest commit leases and handed batches, empty.
+        with sqlalchemy.create_engine(url).connect() as conn:
+            for table in ("lakehouse_ingest_leases", "lakehouse_ingest_batches"):
+                count = conn.execute(sqlalchemy.text(f"SELECT count(*) FROM {table}"))
+                assert count.scalar_one() == 0
         assert store.get("job-1").state == QUEUED
         assert store.get("job-1").principal == ""  # older jobs count against no caller
         recorded = RecordedRequest("r1", rows=3, snapshot_id=7, committed_ms=1000)

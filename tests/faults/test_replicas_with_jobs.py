@@ -36,6 +36,7 @@ from fixtures.faults import (
     data_file_count,
     duplicates,
     fault_env,
+    id_kind_rows,
     read_direct,
     row_checksum,
     run_threads,
@@ -74,13 +75,7 @@ def job_env(settings: Any, workers: int) -> dict[str, str]:
 
 
 def rows(source: str, start: int, count: int = ROWS_PER_REQUEST) -> pa.Table:
-    ids = range(start, start + count)
-    return pa.table(
-        {
-            "id": pa.array(ids, pa.int64()),
-            "kind": pa.array([f"{source}:{i}" for i in ids], pa.string()),
-        }
-    )
+    return id_kind_rows(source, start, count)
 
 
 class Ingest:

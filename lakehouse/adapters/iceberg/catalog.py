@@ -72,10 +72,16 @@ from lakehouse.adapters.iceberg.fast_paths import (
     sql_namespace_properties,
 )
 from lakehouse.adapters.iceberg.health import file_stats
-from lakehouse.adapters.iceberg.ingest import planned_append, read_state, writer_last_commit
+from lakehouse.adapters.iceberg.ingest import (
+    planned_append,
+    read_state,
+    stage_append,
+    writer_last_commit,
+)
 from lakehouse.adapters.iceberg.locations import canonical_location, within_location
 from lakehouse.adapters.iceberg.planned_changes import ChangeCommitter, planned_delete
 from lakehouse.adapters.iceberg.readahead import ReadBudget
+from lakehouse.adapters.iceberg.references import delete_all
 from lakehouse.adapters.iceberg.registration import (
     refuse_files_outside,
     refuse_outside,
@@ -106,7 +112,13 @@ from lakehouse.domain.errors import (
     InvalidArgument,
     Unavailable,
 )
-from lakehouse.domain.ingest import AppendOutcome, AppendPlan, IngestState, RequestIdLedger
+from lakehouse.domain.ingest import (
+    AppendOutcome,
+    AppendPlan,
+    IngestState,
+    RequestIdLedger,
+    StagedAppend,
+)
 from lakehouse.domain.refs import RefInfo, RefKind
 from lakehouse.domain.row_changes import DeleteOutcome, RowChange
 from lakehouse.domain.table_health import FileStats
@@ -876,6 +888,60 @@ class IcebergCatalog:
                 raise
 
         return await self._call(work, namespace, name)
+
+    async def stage_append(
+        self,
+        namespace: str,
+        name: str,
+        plan: Callable[[IngestState], AppendPlan],
+        *,
+        request_id_window_ms: int,
+        ledger: RequestIdLedger | None = None,
+        request_ids: Collection[str] = (),
+        branch: str = MAIN_BRANCH,
+        max_age: float = 0.0,
+    ) -> StagedAppend:
+        """Plans on fresh committed state and writes the rows' data files, uncommitted.
+
+        For a replica that hands its files to the table's commit owner; see
+        ``lakehouse.adapters.iceberg.ingest.stage_append``. ``max_age``: plan on the table as
+        cached if it was validated this recently (seconds); 0 asks the catalog.
+
+        Raises:
+            NotFound: No such table, or branch (REF_NOT_FOUND).
+            FailedPrecondition: The rows no longer match the schema (SCHEMA_CHANGED); or
+                ``branch`` is a tag (NOT_A_BRANCH).
+            Unavailable: The catalog or the object store failed.
+        """
+
+        def work(c: Catalog) -> StagedAppend:
+            try:
+                return stage_append(
+                    lambda: self._cached(c, namespace, name, max_age)[0],
+                    plan,
+                    request_id_window_ms=request_id_window_ms,
+                    ledger=ledger,
+                    request_ids=request_ids,
+                    branch=branch,
+                )
+            except ValueError as exc:
+                raise FailedPrecondition(
+                    f"rows no longer match the schema of {namespace}.{name} (it changed "
+                    f"meanwhile?): {brief(exc)}",
+                    reason="SCHEMA_CHANGED",
+                ) from exc
+
+        return await self._call(work, namespace, name)
+
+    async def discard_files(self, namespace: str, name: str, paths: Collection[str]) -> None:
+        """Deletes staged data files no commit took (failures are left to orphan removal)."""
+        if not paths:
+            return
+
+        def work(c: Catalog) -> None:
+            delete_all(self._table(c, namespace, name).io, paths)
+
+        await self._call(work, namespace, name)
 
     async def delete_rows(
         self,

@@ -6,7 +6,10 @@ Every commit made by the ingest path carries, in its snapshot summary:
   to the table (carried forward from the previous state, so reading it is one lookup on the
   newest snapshot that has it);
 - ``lakehouse.commit-writers``: JSON list of the writers with rows in this commit;
-- ``lakehouse.request-ids``: JSON ``{request_id: rows}`` of the WriteRows requests in it.
+- ``lakehouse.request-ids``: JSON ``{request_id: rows}`` of the WriteRows requests in it;
+- ``lakehouse.ingest-batches``: JSON list of the batches other replicas handed to this table's
+  commit owner that the commit holds (``lakehouse.core.ingest_fleet``), so that an owner
+  taking over never commits one twice.
 
 A compaction's snapshot carries ``lakehouse.carried-writers``, a copy of the offsets, so that
 expiring the ingest snapshots behind it loses none. Request ids are not carried forward (that
@@ -31,7 +34,8 @@ import itertools
 import json
 import random
 import time
-from collections.abc import Callable, Collection, Mapping
+import uuid
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 
 import pyarrow as pa
@@ -42,6 +46,7 @@ from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.refs import MAIN_BRANCH, SnapshotRefType
 from pyiceberg.table.snapshots import Snapshot
 
+from lakehouse.adapters.iceberg.ingest_files import dump_data_files, load_data_files
 from lakehouse.adapters.iceberg.references import delete_all
 from lakehouse.adapters.iceberg.row_changes import without_commit_retries
 from lakehouse.adapters.iceberg.snapshot_refs import commit_to_branch, write_head
@@ -59,12 +64,14 @@ from lakehouse.domain.ingest import (
     IngestState,
     RecordedRequest,
     RequestIdLedger,
+    StagedAppend,
 )
 from lakehouse.domain.row_changes import ChangeStats
 
 WRITERS_KEY = "lakehouse.writers"
 COMMIT_WRITERS_KEY = "lakehouse.commit-writers"
 REQUEST_IDS_KEY = "lakehouse.request-ids"
+BATCHES_KEY = "lakehouse.ingest-batches"
 #: The writers' offsets as a maintenance snapshot (compaction) carries them forward.
 CARRIED_WRITERS_KEY = "lakehouse.carried-writers"
 
@@ -102,15 +109,20 @@ def read_state(
             _merge_writers(writers, raw)
             break
     request_ids: dict[str, int] = {}
+    batch_ids: set[str] = set()
     horizon = int(time.time() * 1000) - request_id_window_ms
     covered = True
     for snapshot in chain:
         if snapshot.timestamp_ms < horizon:
             break
-        raw = _summary(snapshot).get(REQUEST_IDS_KEY)
+        summary = _summary(snapshot)
+        raw = summary.get(REQUEST_IDS_KEY)
         if raw is not None:
             for rid, rows in json.loads(raw).items():
                 request_ids.setdefault(rid, int(rows))
+        raw_batches = summary.get(BATCHES_KEY)
+        if raw_batches is not None:
+            batch_ids.update(json.loads(raw_batches))
     else:
         # Every retained ancestor is inside the window: complete only if the oldest is the
         # table's first snapshot. pyiceberg clears the parent id of a snapshot whose parent
@@ -122,7 +134,11 @@ def read_state(
         )
     head = chain[0] if chain else None
     return IngestState(
-        head.snapshot_id if head else None, writers, request_ids, window_covered=covered
+        head.snapshot_id if head else None,
+        writers,
+        request_ids,
+        window_covered=covered,
+        batch_ids=frozenset(batch_ids),
     )
 
 
@@ -272,7 +288,11 @@ def _without_commit_retries(table: IcebergTable, data: pa.Table) -> IcebergTable
 
 
 def _append_or_discard(
-    table: IcebergTable, data: pa.Table, properties: dict[str, str], branch: str = MAIN_BRANCH
+    table: IcebergTable,
+    data: pa.Table,
+    properties: dict[str, str],
+    branch: str = MAIN_BRANCH,
+    handed: Sequence[DataFile] = (),
 ) -> IcebergTable:
     """Appends ``data`` in one snapshot on exactly ``table``; a refused commit leaves no file.
 
@@ -284,6 +304,8 @@ def _append_or_discard(
     (DeleteRows, overwrites) and compactions, and each would leave an unreferenced data file
     on storage until orphan removal; so the files are written here, as that append writes
     them, and deleted when the commit is refused (the next attempt writes its own).
+    ``handed`` are files other replicas wrote (``stage_append``), appended as they are and
+    never deleted here: the next attempt commits them again.
 
     Raises:
         CommitFailedException: ``table`` is no longer current.
@@ -302,6 +324,8 @@ def _append_or_discard(
             ):
                 written.append(data_file)
                 append.append_data_file(data_file)
+        for data_file in handed:
+            append.append_data_file(data_file)
     try:
         return commit_to_branch(transaction)
     except CommitFailedException:
@@ -316,6 +340,34 @@ def _append_or_discard(
 ChangeCommit = Callable[
     [IcebergTable, pa.Table, dict[str, str]], tuple[IcebergTable, int | None, ChangeStats]
 ]
+
+
+def _loaded_state(
+    load: Callable[[], IcebergTable],
+    request_id_window_ms: int,
+    ledger: RequestIdLedger | None,
+    request_ids: Collection[str],
+    branch: str,
+) -> tuple[IcebergTable, IngestState]:
+    """The table and the exactly-once state of ``branch`` (ids only the ledger knows too).
+
+    Raises:
+        NotFound: No such branch (REF_NOT_FOUND).
+        FailedPrecondition: ``branch`` is a tag (NOT_A_BRANCH).
+    """
+    table = load()
+    write_head(table, branch)
+    state = read_state(table, request_id_window_ms=request_id_window_ms, branch=branch)
+    if ledger is not None and request_ids:
+        state = recall_request_ids(
+            table,
+            state,
+            request_ids,
+            ledger,
+            request_id_window_ms=request_id_window_ms,
+            branch=branch,
+        )
+    return table, state
 
 
 def planned_append(
@@ -351,40 +403,35 @@ def planned_append(
     """
     conflicts = 0
     for attempt in range(1, max_attempts + 1):
-        table = load()
-        write_head(table, branch)  # the branch may have been deleted since the last attempt
-        state = read_state(table, request_id_window_ms=request_id_window_ms, branch=branch)
-        if ledger is not None and request_ids:
-            # Again on every attempt: expiry may have cut the lineage since the last one.
-            state = recall_request_ids(
-                table,
-                state,
-                request_ids,
-                ledger,
-                request_id_window_ms=request_id_window_ms,
-                branch=branch,
-            )
+        # Again on every attempt: the branch may have been deleted, and expiry may have cut
+        # the lineage since the last one.
+        table, state = _loaded_state(load, request_id_window_ms, ledger, request_ids, branch)
         decided = plan(state)
-        nothing = decided.data is None or (decided.data.num_rows == 0 and change is None)
+        handed = [f for raw in decided.files for f in load_data_files(raw)]
+        nothing = not handed and (
+            decided.data is None or (decided.data.num_rows == 0 and change is None)
+        )
         if nothing:
             return AppendOutcome(decided, state.snapshot_id, attempt, conflicts)
-        assert decided.data is not None
+        data = decided.data if decided.data is not None else _no_rows(table)
         properties = {
             WRITERS_KEY: json.dumps(decided.writers, separators=(",", ":"), sort_keys=True),
             COMMIT_WRITERS_KEY: json.dumps(sorted(decided.commit_writers)),
         }
         if decided.request_ids:
             properties[REQUEST_IDS_KEY] = json.dumps(decided.request_ids, separators=(",", ":"))
+        if decided.batch_ids:
+            properties[BATCHES_KEY] = json.dumps(decided.batch_ids, separators=(",", ":"))
         stats = None
         try:
             if change is not None:
-                committed, changed_id, stats = change(table, decided.data, properties)
+                committed, changed_id, stats = change(table, data, properties)
                 if changed_id is None:  # nothing matched and no row to add
                     return AppendOutcome(
                         decided, state.snapshot_id, attempt, conflicts, stats=stats
                     )
             else:
-                committed = _append_or_discard(table, decided.data, properties, branch)
+                committed = _append_or_discard(table, data, properties, branch, handed)
         except CommitFailedException:
             conflicts += 1
             if attempt == max_attempts:
@@ -432,3 +479,47 @@ def record_request_ids(
     except Unavailable as exc:
         return exc
     return None
+
+
+def _no_rows(table: IcebergTable) -> pa.Table:
+    """An empty Arrow table of ``table``'s schema (a commit of handed files only)."""
+    return table.schema().as_arrow().empty_table()
+
+
+def stage_append(
+    load: Callable[[], IcebergTable],
+    plan: Callable[[IngestState], AppendPlan],
+    *,
+    request_id_window_ms: int,
+    ledger: RequestIdLedger | None = None,
+    request_ids: Collection[str] = (),
+    branch: str = MAIN_BRANCH,
+) -> StagedAppend:
+    """Plans on the freshest committed state and writes the rows' data files, uncommitted.
+
+    What a replica that does not own the table's commits does with its writes: the owner
+    commits the files (``planned_append`` with ``AppendPlan.files``) if the plan still holds
+    on the state it commits on.
+
+    Raises:
+        NotFound: No such branch (REF_NOT_FOUND).
+        FailedPrecondition: ``branch`` is a tag (NOT_A_BRANCH).
+        ValueError: The rows do not fit the table's schema.
+    """
+    table, state = _loaded_state(load, request_id_window_ms, ledger, request_ids, branch)
+    decided = plan(state)
+    if decided.data is None or decided.data.num_rows == 0:
+        return StagedAppend(decided, state.snapshot_id, b"", ())
+    metadata = _without_commit_retries(table, decided.data).metadata
+    check_arrow_schema_fits(
+        metadata.schema(), decided.data.schema, format_version=metadata.format_version
+    )
+    written = list(
+        write_data_files(metadata, decided.data, table.io, uuid.uuid4(), itertools.count(0))
+    )
+    return StagedAppend(
+        decided,
+        state.snapshot_id,
+        dump_data_files(written, metadata.default_spec_id),
+        tuple(f.file_path for f in written),
+    )

@@ -35,7 +35,7 @@ from lakehouse.domain.errors import FailedPrecondition
 from lakehouse.domain.jobs import ACTIVE_STATES
 
 #: The schema version this code writes; ``migrate`` brings older databases up to it.
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 
 # Serializes concurrent migrate() calls on PostgreSQL (a constant pg_advisory_xact_lock key).
 _MIGRATION_LOCK_KEY: Final = 0x6C616B656A6F6273  # "lakejobs"
@@ -137,11 +137,52 @@ def _add_principal_v3(conn: Connection) -> None:
     )
 
 
+def _create_ingest_fleet_v4(conn: Connection) -> None:
+    """Version 4: the ingest commit leases and the batches handed to a table's commit owner.
+
+    Spelled out here as they were in version 4 (see ``_create_v1``); they are used by
+    ``lakehouse.adapters.ingest_fleet_store``.
+    """
+    frozen = MetaData()
+    Table(
+        "lakehouse_ingest_leases",
+        frozen,
+        Column("namespace", String, primary_key=True),
+        Column("table_name", String, primary_key=True),
+        Column("branch", String, primary_key=True),
+        Column("owner", String, nullable=False),
+        Column("epoch", BigInteger, nullable=False),
+        Column("expires_us", BigInteger, nullable=False),
+    ).create(conn, checkfirst=True)
+    batches = Table(
+        "lakehouse_ingest_batches",
+        frozen,
+        Column("batch_id", String(64), primary_key=True),
+        Column("namespace", String, nullable=False),
+        Column("table_name", String, nullable=False),
+        Column("branch", String, nullable=False),
+        Column("status", Integer, nullable=False),
+        Column("epoch", BigInteger, nullable=False),
+        Column("entries", LargeBinary, nullable=False),
+        Column("files", LargeBinary, nullable=False),
+        Column("rows_count", BigInteger, nullable=False),
+        Column("snapshot_id", BigInteger, nullable=True),
+        Column("error", LargeBinary, nullable=True),
+        Column("created_us", BigInteger, nullable=False),
+        Column("resolved_us", BigInteger, nullable=True),
+    )
+    c = batches.c
+    Index("lakehouse_ingest_batches_table_ix", c.namespace, c.table_name, c.branch, c.status)
+    Index("lakehouse_ingest_batches_resolved_ix", c.resolved_us)
+    batches.create(conn, checkfirst=True)
+
+
 # _MIGRATIONS[n] takes a database from schema version n to n + 1.
 _MIGRATIONS: Final[tuple[Callable[[Connection], None], ...]] = (
     _create_v1,
     _create_v2,
     _add_principal_v3,
+    _create_ingest_fleet_v4,
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 

@@ -255,6 +255,11 @@ class JobStore:
         with guarded(self._breaker), self._translated(), self._writer.begin() as conn:
             yield conn
 
+    @property
+    def shared(self) -> bool:
+        """Whether the database can be shared by replicas on several machines (PostgreSQL)."""
+        return self._postgres
+
     def reading(self) -> contextlib.AbstractContextManager[Connection]:
         """A read connection for other tables of this database (the request-id ledger).
 
