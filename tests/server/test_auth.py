@@ -380,6 +380,13 @@ MATRIX: list[tuple[str, str, Any, str, str | dict[str, str]]] = [
         "tables.read",
     ),
     (
+        "tables",
+        "CreateReadSession",
+        tpb.CreateReadSessionRequest(namespace="nope", table="t"),
+        "viewer",
+        "tables.read",
+    ),
+    (
         "ingest",
         "AppendRows",
         ipb.AppendRowsRequest(namespace="nope", table="t"),
