@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -425,6 +426,23 @@ def read_options_from_proto(request: table_service_pb2.ReadRowsRequest) -> ReadO
     Raises:
         InvalidArgument: On field ``as_of_time``: a time outside years 1970 to 9999.
     """
+    return dataclasses.replace(
+        selection_from_proto(request),
+        start_snapshot_id=(
+            request.start_snapshot_id if request.HasField("start_snapshot_id") else None
+        ),
+        end_snapshot_id=request.end_snapshot_id if request.HasField("end_snapshot_id") else None,
+    )
+
+
+def selection_from_proto(
+    request: table_service_pb2.ReadRowsRequest | table_service_pb2.CreateReadSessionRequest,
+) -> ReadOptions:
+    """What a ReadRows or CreateReadSession request selects (not an incremental range).
+
+    Raises:
+        InvalidArgument: On field ``as_of_time``: a time outside years 1970 to 9999.
+    """
     version = request.WhichOneof("version")
     return ReadOptions(
         columns=tuple(request.columns.paths),
@@ -435,10 +453,6 @@ def read_options_from_proto(request: table_service_pb2.ReadRowsRequest) -> ReadO
         if version == "as_of_time"
         else None,
         limit=request.row_limit,
-        start_snapshot_id=(
-            request.start_snapshot_id if request.HasField("start_snapshot_id") else None
-        ),
-        end_snapshot_id=request.end_snapshot_id if request.HasField("end_snapshot_id") else None,
         ref=request.ref,
     )
 
@@ -470,27 +484,6 @@ def check_stream_request(request: table_service_pb2.ReadRowsRequest) -> None:
             raise InvalidArgument.field(
                 name, "not with read_session: the session fixes what its streams read"
             )
-
-
-def read_session_options_from_proto(
-    request: table_service_pb2.CreateReadSessionRequest,
-) -> ReadOptions:
-    """What a CreateReadSession request reads.
-
-    Raises:
-        InvalidArgument: On field ``as_of_time``: a time outside years 1970 to 9999.
-    """
-    version = request.WhichOneof("version")
-    return ReadOptions(
-        columns=tuple(request.columns.paths),
-        row_filter=request.row_filter,
-        snapshot_id=request.snapshot_id if version == "snapshot_id" else None,
-        as_of_ms=timestamp_to_ms("as_of_time", request.as_of_time)
-        if version == "as_of_time"
-        else None,
-        limit=request.row_limit,
-        ref=request.ref,
-    )
 
 
 def read_session_to_proto(session: ReadSession) -> read_session_pb2.ReadSession:

@@ -31,9 +31,9 @@ from lakehouse.services.convert import (
     is_json_row_format,
     namespace_to_proto,
     read_options_from_proto,
-    read_session_options_from_proto,
     read_session_to_proto,
     ref_to_proto,
+    selection_from_proto,
     snapshot_to_proto,
     table_health_to_proto,
     table_to_proto,
@@ -286,7 +286,7 @@ class TableServicer(table_service_pb2_grpc.TableServiceServicer):
         session = await self._read_sessions.create(
             request.namespace,
             request.table,
-            read_session_options_from_proto(request),
+            selection_from_proto(request),
             max_streams=request.max_streams,
             principal=current_principal(),
         )
