@@ -473,11 +473,16 @@ _SELECTION_FIELDS = (
 
 
 def check_stream_request(request: table_service_pb2.ReadRowsRequest) -> None:
-    """Checks that a ReadRows request of a session's stream selects nothing itself.
+    """Checks that a ReadRows request reads a table or a session's stream, not both.
 
     Raises:
-        InvalidArgument: On the first selection field set beside ``read_session``.
+        InvalidArgument: On the first selection field set beside ``read_session``, or on
+            ``stream`` without it.
     """
+    if not request.read_session:
+        if request.stream:
+            raise InvalidArgument.field("stream", "only with read_session")
+        return
     given = {field.name for field, _ in request.ListFields()}
     for name in _SELECTION_FIELDS:
         if name in given:

@@ -231,8 +231,7 @@ class TableServicer(table_service_pb2_grpc.TableServiceServicer):
         self, request: pb.ReadRowsRequest, context: Context
     ) -> AsyncIterator[bytes]:
         """Streams rows as Arrow record batches (default) or JSON objects; or a session's stream."""
-        if request.read_session:
-            check_stream_request(request)
+        check_stream_request(request)
         options = read_options_from_proto(request)
         as_json = is_json_row_format(request.format)
         compression = arrow_compression_from_proto(request.arrow_compression)

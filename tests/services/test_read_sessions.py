@@ -172,6 +172,10 @@ async def test_bad_session_reads_are_refused_clearly(table_stub: Any, backend: S
         table_stub.ReadRows(pb.ReadRowsRequest(read_session=session.name, row_limit=3))
     )
     assert limited.field_violations[0][0] == "row_limit"
+    lone = await failure(
+        table_stub.ReadRows(pb.ReadRowsRequest(namespace="r", table="t", stream=1))
+    )
+    assert (lone.code, lone.field_violations[0][0]) == (grpc.StatusCode.INVALID_ARGUMENT, "stream")
     # No such stream.
     for index in (2, -1):
         bad = await failure(
