@@ -26,6 +26,14 @@ def read_session_secret(settings: Settings) -> bytes:
     if configured is not None:
         return configured.get_secret_value().encode()
     path = settings.data_dir / KEY_FILE
+    if settings.catalog.uri is not None or settings.catalog.type == "rest":
+        # A shared catalog means replicas: each would sign with its own data folder's key.
+        log.warning(
+            "read_sessions.signing_key is unset: read sessions are signed with %s, so their "
+            "streams are readable only on replicas sharing it; set the same signing key on "
+            "every replica",
+            path,
+        )
     try:
         if not path.exists():
             _create_key(path)
