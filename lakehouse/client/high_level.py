@@ -424,6 +424,10 @@ class Lakehouse:
     ) -> pa.Table:
         """Reads a table, or its selected columns and rows, at a version, into Arrow.
 
+        As a read session (``CreateReadSession``) whose streams are read at once over
+        ``read_streams`` connections, in the order of one ``ReadRows``; with a ``limit``, or
+        ``read_streams=1``, as one ``ReadRows``.
+
         Args:
             table: ``"namespace.table"`` or ``(namespace, table)``.
             columns: The columns (dotted paths for nested fields); None for all.
