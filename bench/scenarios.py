@@ -52,8 +52,10 @@ from lakehouse.client.arrow import (
     append_rows_requests,
     read_rows_request,
     read_rows_to_arrow_async,
+    read_table_async,
     write_rows_request,
 )
+from lakehouse.client.parallel_reads import DEFAULT_STREAMS
 from lakehouse.config import Settings
 from lakehouse.v1 import (
     ingest_pb2,
@@ -149,6 +151,8 @@ def idle_rss_mb(ctx: BenchContext) -> Result:
 BENCH_NAMESPACE = "bench"
 #: Client channel options of the read scenarios ("just in case": messages are ~2 MiB).
 READ_CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+#: Channels of a read session's streams: each its own connection (see the client's own).
+SESSION_CHANNEL_OPTIONS = [*READ_CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
 _MIB = 1024 * 1024
 
 
@@ -288,16 +292,15 @@ async def get_table_qps(ctx: BenchContext) -> Result:
     )
 
 
-async def _read_all(stub: Any, table: BenchTable, compression: int = 0) -> pa.Table:
-    """The whole table through ReadRows (ARROW), decoded into a pyarrow table."""
-
-    request = read_rows_request(table.namespace, table.name, compression=compression)  # type: ignore[arg-type]
-    return await read_rows_to_arrow_async(stub.ReadRows(request, timeout=300))
-
-
 async def read_rows_arrow(ctx: BenchContext) -> Result:
-    """ReadRows ARROW of the whole read table, against a direct in-process pyiceberg scan."""
-    return await _read_rows_against_direct(ctx, "read_rows_arrow", 0)
+    """The whole read table as ``read_table_async`` reads it by default (a read session, its
+    streams at once over as many channels), against a direct in-process pyiceberg scan."""
+    return await _read_rows_against_direct(ctx, "read_rows_arrow", 0, DEFAULT_STREAMS)
+
+
+async def read_rows_arrow_single_stream(ctx: BenchContext) -> Result:
+    """One plain ReadRows ARROW of the whole read table, against the same direct scan."""
+    return await _read_rows_against_direct(ctx, "read_rows_arrow_single_stream", 0, 1)
 
 
 async def read_rows_arrow_zstd(ctx: BenchContext) -> Result:
@@ -305,26 +308,42 @@ async def read_rows_arrow_zstd(ctx: BenchContext) -> Result:
     from lakehouse.v1 import rows_pb2
 
     return await _read_rows_against_direct(
-        ctx, "read_rows_arrow_zstd", rows_pb2.ARROW_COMPRESSION_ZSTD
+        ctx, "read_rows_arrow_zstd", rows_pb2.ARROW_COMPRESSION_ZSTD, DEFAULT_STREAMS
     )
 
 
-async def _read_rows_against_direct(ctx: BenchContext, name: str, compression: int) -> Result:
+async def _read_rows_against_direct(
+    ctx: BenchContext, name: str, compression: int, streams: int
+) -> Result:
     table = bench_table(ctx)
     tries = ctx.count(3, 1)
     identifier = (table.namespace, table.name)
-    async with ctx.aio_channel_with(READ_CHANNEL_OPTIONS) as channel:
-        stub = table_service_pb2_grpc.TableServiceStub(channel)
+    # One channel per stream, each its own connection, as the client's Lakehouse.read opens.
+    channels = [ctx.aio_channel_with(SESSION_CHANNEL_OPTIONS) for _ in range(streams)]
+    try:
+        stubs = [table_service_pb2_grpc.TableServiceStub(c) for c in channels]
         # Warm-up, not measured: the server loads the table's metadata, both sides open files.
-
         await read_rows_to_arrow_async(
-            stub.ReadRows(read_rows_request(*identifier, row_limit=1000), timeout=60)
+            stubs[0].ReadRows(read_rows_request(*identifier, row_limit=1000), timeout=60)
         )
         table.catalog.load_table(identifier).scan(limit=1000).to_arrow()
-        tried = await _against_direct(
-            table, tries, lambda: _read_all(stub, table, compression), "ReadRows"
-        )
-    return _read_result(name, table, *tried, 0.7, "")
+
+        def read() -> Awaitable[pa.Table]:
+            return read_table_async(
+                stubs,
+                table.namespace,
+                table.name,
+                compression=compression,  # type: ignore[arg-type]
+                max_streams=streams,
+                timeout=300,
+            )
+
+        tried = await _against_direct(table, tries, read, "ReadRows")
+    finally:
+        for channel in channels:
+            await channel.close()
+    how = f"; {streams} stream(s) over as many channels"
+    return _read_result(name, table, *tried, 0.8 if streams > 1 else 0.7, how)
 
 
 def _read_result(
@@ -1880,6 +1899,7 @@ SCENARIOS: list[Scenario] = [
     health_check_qps,
     get_table_qps,
     read_rows_arrow,
+    read_rows_arrow_single_stream,
     read_rows_arrow_zstd,
     read_rows_peak_rss_mb,
     append_rows_bulk_local,

@@ -352,6 +352,33 @@ class QuotaSettings(_Section):
     """Calls a principal may make at once after being idle (the token bucket's size)."""
 
 
+class ReadSessionSettings(_Section):
+    """Read sessions (CreateReadSession): a read split into streams read in parallel.
+
+    A session's name is signed with ``signing_key`` and carries the whole read, so any replica
+    holding the same secret serves its streams; nothing is stored.
+    """
+
+    signing_key: SecretStr | None = None
+    """Key (at least 16 characters) that signs read-session names. Every replica must have
+    the same one, or a stream read on another replica than the session's is INVALID_ARGUMENT
+    (reason ``INVALID_READ_SESSION``). Unset: a random key kept in ``read-session.key`` under
+    ``data_dir`` (created on first start), which suits one process or replicas sharing
+    ``data_dir``."""
+    ttl_seconds: int = Field(default=3600, ge=10, le=7 * 24 * 3600)
+    """How long a session's streams can be read; later, FAILED_PRECONDITION (reason
+    ``READ_SESSION_EXPIRED``). Keep it below the tables' snapshot retention: a stream whose
+    pinned snapshot was expired meanwhile fails (``SNAPSHOT_EXPIRED``)."""
+    max_streams: int = Field(default=16, ge=1, le=1000)
+    """The most streams one session is split into, whatever the client asks."""
+
+    @model_validator(mode="after")
+    def _long_enough_secret(self) -> ReadSessionSettings:
+        if self.signing_key is not None and len(self.signing_key.get_secret_value()) < 16:
+            raise ValueError("read_sessions.signing_key needs at least 16 characters")
+        return self
+
+
 class TracingSettings(_Section):
     """OpenTelemetry tracing. Spans are always created; they are exported only if configured."""
 
@@ -648,6 +675,8 @@ class Settings(BaseSettings):
     """Who may call the gRPC services: API keys, JWTs, mTLS roles."""
     quotas: QuotaSettings = QuotaSettings()
     """Namespace and table quotas, and the per-caller rate limit."""
+    read_sessions: ReadSessionSettings = ReadSessionSettings()
+    """Read sessions: the signing secret, their lifetime, their most streams."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Minimum level of the JSON log lines on stdout."""
     health_check_interval_seconds: float = Field(default=10.0, gt=0, le=3600)

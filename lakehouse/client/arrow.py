@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from google.protobuf import field_mask_pb2, json_format
 
@@ -43,8 +43,16 @@ except ImportError as e:  # pragma: no cover - depends on the environment
         "(from a checkout: pip install './gen[arrow]')"
     ) from e
 
+from lakehouse.client.parallel_reads import (
+    DEFAULT_STREAMS,
+    read_session_table,
+    read_session_table_async,
+)
+
 if TYPE_CHECKING:
     from lakehouse.v1 import table_service_pb2_grpc
+
+S = TypeVar("S")
 
 __all__ = [
     "DEFAULT_MAX_BATCH_BYTES",
@@ -55,6 +63,7 @@ __all__ = [
     "read_rows_request",
     "read_rows_to_arrow",
     "read_rows_to_arrow_async",
+    "read_session_request",
     "read_table",
     "read_table_async",
     "write_rows_request",
@@ -388,7 +397,8 @@ def read_rows_request(
 
 
 def read_table(
-    stub: table_service_pb2_grpc.TableServiceStub,
+    stub: table_service_pb2_grpc.TableServiceStub
+    | Sequence[table_service_pb2_grpc.TableServiceStub],
     namespace: str,
     table: str,
     *,
@@ -400,11 +410,19 @@ def read_table(
     compression: rows_pb2.ArrowCompression.ValueType = rows_pb2.ARROW_COMPRESSION_UNSPECIFIED,
     timeout: float | None = None,
     metadata: Sequence[tuple[str, str | bytes]] | None = None,
+    ref: str = "",
+    max_streams: int = DEFAULT_STREAMS,
 ) -> pa.Table:
     """Reads a table (or its selected columns and rows) into a pyarrow table.
 
+    By default as a read session (``CreateReadSession``) whose streams are read at once, one
+    thread each, spread over the stubs given (a stream broken by ``UNAVAILABLE`` is read
+    again on the next one); ``max_streams=1``, or a ``row_limit``, reads one ``ReadRows``.
+    Either way the rows are those, and in the order, of one ``ReadRows``.
+
     Args:
-        stub: A ``TableServiceStub`` on a sync ``grpc.Channel``.
+        stub: A ``TableServiceStub`` on a sync ``grpc.Channel``, or several on separate
+            channels (e.g. to several replicas) to spread the streams over.
         namespace: The table's namespace.
         table: The table name.
         columns: The columns to read (dotted paths for nested fields); None for all.
@@ -413,15 +431,18 @@ def read_table(
         as_of_time: Read the snapshot current at this time (timezone-aware).
         row_limit: The maximum number of rows; 0 for no limit.
         compression: Arrow buffer compression (e.g. ``ARROW_COMPRESSION_ZSTD``).
-        timeout: The deadline of the whole call, in seconds.
-        metadata: gRPC metadata sent with the call.
+        timeout: The deadline of each call, in seconds.
+        metadata: gRPC metadata sent with each call.
+        ref: Read the head of this branch or this tag.
+        max_streams: The most streams read at once; 1 for one plain ``ReadRows``.
 
     Returns:
         The rows, with the table's Arrow schema (projected to ``columns``).
 
     Raises:
-        grpc.RpcError: The call failed (``NOT_FOUND`` table, ``INVALID_ARGUMENT`` filter...).
-        ReadRowsStreamError: The stream breaks the wire format.
+        grpc.RpcError: A call failed (``NOT_FOUND`` table, ``INVALID_ARGUMENT`` filter...,
+            ``UNAVAILABLE`` on every channel tried).
+        ReadRowsStreamError: A stream breaks the wire format.
         ValueError: Both snapshot_id and as_of_time are given.
     """
     request = read_rows_request(
@@ -434,11 +455,23 @@ def read_table(
         row_limit=row_limit,
         compression=compression,
     )
-    return read_rows_to_arrow(stub.ReadRows(request, timeout=timeout, metadata=_metadata(metadata)))
+    request.ref = ref
+    stubs = _stubs(stub)
+    if max_streams <= 1 or row_limit:
+        call = stubs[0].ReadRows(request, timeout=timeout, metadata=_metadata(metadata))
+        return read_rows_to_arrow(call)
+    return read_session_table(
+        stubs,
+        read_session_request(request, max_streams),
+        compression=compression,
+        timeout=timeout,
+        metadata=_metadata(metadata),
+    )
 
 
 async def read_table_async(
-    stub: table_service_pb2_grpc.TableServiceAsyncStub,
+    stub: table_service_pb2_grpc.TableServiceAsyncStub
+    | Sequence[table_service_pb2_grpc.TableServiceAsyncStub],
     namespace: str,
     table: str,
     *,
@@ -450,11 +483,14 @@ async def read_table_async(
     compression: rows_pb2.ArrowCompression.ValueType = rows_pb2.ARROW_COMPRESSION_UNSPECIFIED,
     timeout: float | None = None,
     metadata: Sequence[tuple[str, str | bytes]] | None = None,
+    ref: str = "",
+    max_streams: int = DEFAULT_STREAMS,
 ) -> pa.Table:
-    """Reads a table into a pyarrow table over a grpc.aio channel; as ``read_table``.
+    """Reads a table into a pyarrow table over grpc.aio channels; as ``read_table``.
 
     Args:
-        stub: A ``TableServiceStub`` on a ``grpc.aio.Channel``.
+        stub: A ``TableServiceStub`` on a ``grpc.aio.Channel``, or several on separate
+            channels to spread a read session's streams over.
         namespace: The table's namespace.
         table: The table name.
         columns: The columns to read (dotted paths for nested fields); None for all.
@@ -463,15 +499,17 @@ async def read_table_async(
         as_of_time: Read the snapshot current at this time (timezone-aware).
         row_limit: The maximum number of rows; 0 for no limit.
         compression: Arrow buffer compression (e.g. ``ARROW_COMPRESSION_ZSTD``).
-        timeout: The deadline of the whole call, in seconds.
-        metadata: gRPC metadata sent with the call.
+        timeout: The deadline of each call, in seconds.
+        metadata: gRPC metadata sent with each call.
+        ref: Read the head of this branch or this tag.
+        max_streams: The most streams read at once; 1 for one plain ``ReadRows``.
 
     Returns:
         The rows, with the table's Arrow schema (projected to ``columns``).
 
     Raises:
-        grpc.RpcError: The call failed (``grpc.aio.AioRpcError``).
-        ReadRowsStreamError: The stream breaks the wire format.
+        grpc.RpcError: A call failed (``grpc.aio.AioRpcError``).
+        ReadRowsStreamError: A stream breaks the wire format.
         ValueError: Both snapshot_id and as_of_time are given.
     """
     request = read_rows_request(
@@ -484,8 +522,48 @@ async def read_table_async(
         row_limit=row_limit,
         compression=compression,
     )
-    call = stub.ReadRows(request, timeout=timeout, metadata=_metadata(metadata))
-    return await read_rows_to_arrow_async(call)
+    request.ref = ref
+    stubs = _stubs(stub)
+    if max_streams <= 1 or row_limit:
+        call = stubs[0].ReadRows(request, timeout=timeout, metadata=_metadata(metadata))
+        return await read_rows_to_arrow_async(call)
+    return await read_session_table_async(
+        stubs,
+        read_session_request(request, max_streams),
+        compression=compression,
+        timeout=timeout,
+        metadata=_metadata(metadata),
+    )
+
+
+def read_session_request(
+    request: table_service_pb2.ReadRowsRequest, max_streams: int
+) -> table_service_pb2.CreateReadSessionRequest:
+    """The ``CreateReadSessionRequest`` of a ``ReadRowsRequest``'s selection."""
+    session = table_service_pb2.CreateReadSessionRequest(
+        namespace=request.namespace,
+        table=request.table,
+        row_filter=request.row_filter,
+        row_limit=request.row_limit,
+        ref=request.ref,
+        max_streams=max_streams,
+    )
+    if request.HasField("columns"):
+        session.columns.CopyFrom(request.columns)
+    if request.HasField("snapshot_id"):
+        session.snapshot_id = request.snapshot_id
+    if request.HasField("as_of_time"):
+        session.as_of_time.CopyFrom(request.as_of_time)
+    return session
+
+
+def _stubs(stub: S | Sequence[S]) -> Sequence[S]:
+    """One stub or several, as a non-empty sequence."""
+    if isinstance(stub, Sequence):
+        if not stub:
+            raise ValueError("give at least one stub")
+        return stub
+    return [stub]
 
 
 def _metadata(

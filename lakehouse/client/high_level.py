@@ -44,12 +44,15 @@ from lakehouse.client.arrow import (
     append_rows_requests,
     read_rows_request,
     read_rows_to_arrow,
+    read_session_request,
     write_rows_request,
 )
 from lakehouse.client.errors import LakehouseError, decode_error, error_from_status
 from lakehouse.client.jobs import Job, sql_preview, succeeded
+from lakehouse.client.parallel_reads import DEFAULT_STREAMS, read_session_table
 from lakehouse.client.request_builders import (
     CHANNEL_OPTIONS,
+    READ_CHANNEL_OPTIONS,
     Connection,
     Partitioning,
     TableName,
@@ -95,6 +98,8 @@ class Lakehouse:
             attempt's whole stream); None for none.
         retry: When to retry and how long to wait (``RetryPolicy()`` by default).
         on_retry: Called before each retry's wait (for logs or metrics).
+        read_streams: ``read`` reads a read session's streams at once, at most this many,
+            over as many connections (opened on the first read); 1 reads one ``ReadRows``.
     """
 
     def __init__(
@@ -109,6 +114,7 @@ class Lakehouse:
         timeout: float | None = 60.0,
         retry: RetryPolicy | None = None,
         on_retry: OnRetry | None = None,
+        read_streams: int = DEFAULT_STREAMS,
     ) -> None:
         self._connection = Connection(
             target, api_key, tls, root_certificates, client_certificate, client_key
@@ -129,11 +135,29 @@ class Lakehouse:
         """The generated ``IngestService`` stub."""
         self.jobs = job_service_pb2_grpc.JobServiceStub(self._channel)
         """The generated ``JobService`` stub."""
+        self.read_streams = read_streams
+        self._read_channels: list[grpc.Channel] = []
+
+    def _read_stubs(self) -> list[table_service_pb2_grpc.TableServiceStub]:
+        """The main channel's stub and those of the read channels, opened on first use."""
+        if not self._read_channels:
+            credentials = self._connection.credentials()
+            target = self._connection.target
+            self._read_channels = [
+                grpc.secure_channel(target, credentials, options=READ_CHANNEL_OPTIONS)
+                if credentials is not None
+                else grpc.insecure_channel(target, options=READ_CHANNEL_OPTIONS)
+                for _ in range(self.read_streams - 1)
+            ]
+        extra = [table_service_pb2_grpc.TableServiceStub(c) for c in self._read_channels]
+        return [self.tables, *extra]
 
     # --- life -----------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Closes the channel; calls in flight are cancelled."""
+        """Closes the channels; calls in flight are cancelled."""
+        for channel in self._read_channels:
+            channel.close()
         self._channel.close()
 
     def __enter__(self) -> Lakehouse:
@@ -400,6 +424,10 @@ class Lakehouse:
     ) -> pa.Table:
         """Reads a table, or its selected columns and rows, at a version, into Arrow.
 
+        As a read session (``CreateReadSession``) whose streams are read at once over
+        ``read_streams`` connections, in the order of one ``ReadRows``; with a ``limit``, or
+        ``read_streams=1``, as one ``ReadRows``.
+
         Args:
             table: ``"namespace.table"`` or ``(namespace, table)``.
             columns: The columns (dotted paths for nested fields); None for all.
@@ -425,8 +453,16 @@ class Lakehouse:
         request.ref = ref
         # A read restarts from the beginning on a retry: the rows of a broken stream are
         # dropped, never mixed with the next attempt's.
+        if limit or self.read_streams <= 1:
+            return self._call(
+                lambda: read_rows_to_arrow(self.tables.ReadRows(request, **self._options())),
+                idempotent=True,
+            )
+        # A read session's streams at once; a stream broken by UNAVAILABLE is read again on
+        # another channel, and a failed session as a whole is retried as one read.
+        session = read_session_request(request, self.read_streams)
         return self._call(
-            lambda: read_rows_to_arrow(self.tables.ReadRows(request, **self._options())),
+            lambda: read_session_table(self._read_stubs(), session, **self._options()),
             idempotent=True,
         )
 

@@ -35,12 +35,15 @@ from lakehouse.client.arrow import (
     append_rows_requests,
     read_rows_request,
     read_rows_to_arrow_async,
+    read_session_request,
     write_rows_request,
 )
 from lakehouse.client.errors import LakehouseError, decode_error, error_from_status
 from lakehouse.client.jobs import Job, sql_preview, succeeded
+from lakehouse.client.parallel_reads import DEFAULT_STREAMS, read_session_table_async
 from lakehouse.client.request_builders import (
     CHANNEL_OPTIONS,
+    READ_CHANNEL_OPTIONS,
     Connection,
     Partitioning,
     TableName,
@@ -87,6 +90,8 @@ class AsyncLakehouse:
         timeout: The deadline of each call, in seconds; None for none.
         retry: When to retry and how long to wait (``RetryPolicy()`` by default).
         on_retry: Called before each retry's wait (for logs or metrics).
+        read_streams: ``read`` reads a read session's streams at once, at most this many,
+            over as many connections (opened on the first read); 1 reads one ``ReadRows``.
     """
 
     def __init__(
@@ -101,6 +106,7 @@ class AsyncLakehouse:
         timeout: float | None = 60.0,
         retry: RetryPolicy | None = None,
         on_retry: OnRetry | None = None,
+        read_streams: int = DEFAULT_STREAMS,
     ) -> None:
         self._connection = Connection(
             target, api_key, tls, root_certificates, client_certificate, client_key
@@ -121,9 +127,27 @@ class AsyncLakehouse:
         """The generated ``IngestService`` stub."""
         self.jobs = job_service_pb2_grpc.JobServiceStub(self._channel)
         """The generated ``JobService`` stub."""
+        self.read_streams = read_streams
+        self._read_channels: list[grpc.aio.Channel] = []
+
+    def _read_stubs(self) -> list[table_service_pb2_grpc.TableServiceAsyncStub]:
+        """The main channel's stub and those of the read channels, opened on first use."""
+        if not self._read_channels:
+            credentials = self._connection.credentials()
+            target = self._connection.target
+            self._read_channels = [
+                grpc.aio.secure_channel(target, credentials, options=READ_CHANNEL_OPTIONS)
+                if credentials is not None
+                else grpc.aio.insecure_channel(target, options=READ_CHANNEL_OPTIONS)
+                for _ in range(self.read_streams - 1)
+            ]
+        extra = [table_service_pb2_grpc.TableServiceStub(c) for c in self._read_channels]
+        return [self.tables, *extra]
 
     async def close(self) -> None:
-        """Closes the channel; calls in flight are cancelled."""
+        """Closes the channels; calls in flight are cancelled."""
+        for channel in self._read_channels:
+            await channel.close()
         await self._channel.close()
 
     async def __aenter__(self) -> AsyncLakehouse:
@@ -337,7 +361,14 @@ class AsyncLakehouse:
         request.ref = ref
 
         async def attempt() -> pa.Table:
-            return await read_rows_to_arrow_async(self.tables.ReadRows(request, **self._options()))
+            if limit or self.read_streams <= 1:
+                call = self.tables.ReadRows(request, **self._options())
+                return await read_rows_to_arrow_async(call)
+            return await read_session_table_async(
+                self._read_stubs(),
+                read_session_request(request, self.read_streams),
+                **self._options(),
+            )
 
         return await self._call(attempt, idempotent=True)
 

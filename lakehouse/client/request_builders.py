@@ -41,6 +41,13 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2000),
 )
+#: Channels for a read session's streams: each its own connection (gRPC shares one per
+#: target between channels otherwise), so streams may reach several replicas behind one
+#: address and do not share one HTTP/2 connection.
+READ_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    *CHANNEL_OPTIONS,
+    ("grpc.use_local_subchannel_pool", 1),
+)
 
 
 @dataclasses.dataclass(frozen=True)

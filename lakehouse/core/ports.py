@@ -40,7 +40,7 @@ from lakehouse.domain.row_changes import DeleteOutcome, RowChange
 from lakehouse.domain.sql_result import SqlOutcome
 from lakehouse.domain.table_health import FileStats
 from lakehouse.domain.table_jobs import CompactResult, ExpireResult, ImportOutcome, OrphanResult
-from lakehouse.domain.tables import OpenScan, ScanRequest, SnapshotInfo, TableInfo
+from lakehouse.domain.tables import OpenScan, PlannedRead, ScanRequest, SnapshotInfo, TableInfo
 
 T = TypeVar("T")
 
@@ -226,6 +226,14 @@ class CatalogPort(Protocol):
 
     async def open_scan(self, namespace: str, name: str, request: ScanRequest) -> OpenScan:
         """Plans a scan (files and row groups pruned by the filter) and opens a lazy reader."""
+
+    async def plan_read_session(
+        self, namespace: str, name: str, request: ScanRequest, max_streams: int
+    ) -> PlannedRead:
+        """Pins a read's snapshot, plans its files and splits them into at most ``max_streams``.
+
+        ``open_scan`` with ``ScanRequest.share`` then reads one stream's files, on any replica.
+        """
 
     async def next_batch(self, scan: OpenScan) -> pa.RecordBatch | None:
         """The next record batch of an open scan, or None at its end."""

@@ -100,6 +100,62 @@ def _check_incremental(options: ReadOptions) -> None:
         )
 
 
+async def checked_scan_request(
+    catalog: CatalogPort, namespace: str, name: str, options: ReadOptions
+) -> ScanRequest:
+    """The scan ``options`` ask for, once names, limit, versions, columns and filter are checked.
+
+    Raises:
+        InvalidArgument: Bad names, columns, filter, limit or versions.
+        NotFound: No such table.
+        Unavailable: The catalog failed.
+    """
+    check_identifier("namespace", namespace)
+    check_identifier("table", name)
+    if options.limit < 0:
+        raise InvalidArgument.field("row_limit", f"must not be negative, got {options.limit}")
+    _check_incremental(options)
+    info = await catalog.load_table(namespace, name)
+    _check_columns(info.schema, options.columns)
+    expression = await parse_row_filter_off_loop(options.row_filter, info.schema)
+    return ScanRequest(
+        columns=options.columns,
+        row_filter=expression,
+        snapshot_id=options.snapshot_id,
+        as_of_ms=options.as_of_ms,
+        limit=options.limit or None,
+        start_snapshot_id=options.start_snapshot_id,
+        end_snapshot_id=options.end_snapshot_id,
+        ref=options.ref,
+    )
+
+
+async def scan_items(
+    catalog: CatalogPort, namespace: str, name: str, request: ScanRequest, *, budget_bytes: int
+) -> AsyncIterator[ReadStart | pa.RecordBatch]:
+    """Opens ``request``'s scan; yields a ReadStart, then batches of about ``budget_bytes``.
+
+    Raises:
+        NotFound: No such table or snapshot.
+        Unavailable: The catalog or the object store failed.
+    """
+    scan = await catalog.open_scan(namespace, name, request)
+    try:
+        yield ReadStart(scan.schema, scan.snapshot_id)
+        remaining = request.limit
+        while remaining is None or remaining > 0:
+            batch = await catalog.next_batch(scan)
+            if batch is None:
+                break
+            if remaining is not None:
+                batch = batch.slice(0, remaining)
+                remaining -= batch.num_rows
+            for piece in split_batch(batch, budget_bytes):
+                yield piece
+    finally:
+        await catalog.close_scan(scan)
+
+
 class Reads:
     """The read use case behind TableService.ReadRows."""
 
@@ -116,39 +172,8 @@ class Reads:
             NotFound: No such table or snapshot.
             Unavailable: The catalog or the object store failed.
         """
-        check_identifier("namespace", namespace)
-        check_identifier("table", name)
-        if options.limit < 0:
-            raise InvalidArgument.field("row_limit", f"must not be negative, got {options.limit}")
-        _check_incremental(options)
-        info = await self._catalog.load_table(namespace, name)
-        _check_columns(info.schema, options.columns)
-        expression = await parse_row_filter_off_loop(options.row_filter, info.schema)
-        scan = await self._catalog.open_scan(
-            namespace,
-            name,
-            ScanRequest(
-                columns=options.columns,
-                row_filter=expression,
-                snapshot_id=options.snapshot_id,
-                as_of_ms=options.as_of_ms,
-                limit=options.limit or None,
-                start_snapshot_id=options.start_snapshot_id,
-                end_snapshot_id=options.end_snapshot_id,
-                ref=options.ref,
-            ),
-        )
-        try:
-            yield ReadStart(scan.schema, scan.snapshot_id)
-            remaining = options.limit or None
-            while remaining is None or remaining > 0:
-                batch = await self._catalog.next_batch(scan)
-                if batch is None:
-                    break
-                if remaining is not None:
-                    batch = batch.slice(0, remaining)
-                    remaining -= batch.num_rows
-                for piece in split_batch(batch, budget_bytes):
-                    yield piece
-        finally:
-            await self._catalog.close_scan(scan)
+        request = await checked_scan_request(self._catalog, namespace, name, options)
+        async for item in scan_items(
+            self._catalog, namespace, name, request, budget_bytes=budget_bytes
+        ):
+            yield item

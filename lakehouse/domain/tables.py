@@ -11,6 +11,7 @@ from pyiceberg.schema import Schema
 from pyiceberg.table.sorting import SortOrder
 
 from lakehouse.domain.errors import NotFound
+from lakehouse.domain.read_sessions import StreamEstimate, StreamShare
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,18 @@ class ScanRequest:
     """The last snapshot of an incremental read (inclusive); None: the current one."""
     ref: str = ""
     """Read this branch's head or tag's snapshot; empty: the current snapshot."""
+    share: StreamShare | None = None
+    """One stream of a read session: its share of the pinned snapshot's files (the snapshot
+    is ``snapshot_id``; None there means a table that had no data: nothing to read)."""
+
+
+@dataclass(frozen=True)
+class PlannedRead:
+    """A read session's plan: the pinned snapshot, the batches' schema, the streams."""
+
+    snapshot_id: int | None
+    schema: pa.Schema
+    streams: tuple[StreamEstimate, ...]
 
 
 @dataclass

@@ -23,6 +23,7 @@ from lakehouse.core.commit_notifier import CommitNotifier
 from lakehouse.core.ingest import Ingest
 from lakehouse.core.ingest_requests import IngestRequests
 from lakehouse.core.job_cancellation import JobCancellation
+from lakehouse.core.read_sessions import ReadSessions, SessionSigner
 from lakehouse.core.reads import Reads
 from lakehouse.core.refs import Refs
 from lakehouse.core.row_changes import RowChanges
@@ -43,6 +44,7 @@ from lakehouse.server.job_runtime import JobRuntime
 from lakehouse.server.limits import CallDeadlines, server_options
 from lakehouse.server.ports import FLIGHT_PORT, GRPC_PORT, HTTP_PORT, binding, check_free
 from lakehouse.server.rate_limit import RateLimitInterceptor
+from lakehouse.server.read_session_key import read_session_secret
 from lakehouse.server.reflection import enable_reflection
 from lakehouse.server.tls import ServerTls, load_ca_bundle, load_key_pair
 from lakehouse.server.tracing import configure_tracing
@@ -92,6 +94,12 @@ class LakehouseServer:
         self.store = object_store_for(settings.warehouse, settings.s3, self.resilience)
         self.tables = Tables(self.catalog, self.store, settings.quotas)
         self.reads = Reads(self.catalog)
+        self.read_sessions = ReadSessions(
+            self.catalog,
+            SessionSigner(read_session_secret(settings)),
+            ttl_seconds=settings.read_sessions.ttl_seconds,
+            max_streams=settings.read_sessions.max_streams,
+        )
         self.job_runtime = JobRuntime(
             settings,
             self.catalog,
@@ -180,6 +188,7 @@ class LakehouseServer:
             TableWatch(
                 self.catalog, self.notifier, self.reads, max_watchers=self.settings.max_watchers
             ),
+            self.read_sessions,
             read_message_bytes=self.settings.read_message_bytes,
         )
         table_service_pb2_grpc.add_TableServiceServicer_to_server(table_servicer, server)

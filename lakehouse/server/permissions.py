@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from lakehouse.config import RoleName
+from lakehouse.domain.read_sessions import claimed_table
 from lakehouse.v1 import ingest_pb2
 
 TABLE_SERVICE: Final = "lakehouse.v1.TableService"
@@ -118,6 +119,18 @@ def _namespace(request: Any) -> Target:
 
 def _table(request: Any) -> Target:
     return Target((request.namespace,), {"namespace": request.namespace, "table": request.table})
+
+
+def _read_target(request: Any) -> Target:
+    """A ReadRows of a table, or of a read session's stream: the table its name claims.
+
+    The claim is checked against the caller's grants here and the name's signature when the
+    stream is read, so a name altered to pass the grants fails there.
+    """
+    if not request.read_session:
+        return _table(request)
+    namespace, table = claimed_table(request.read_session)
+    return Target((namespace,), {"namespace": namespace, "table": table})
 
 
 def _rename(request: Any) -> Target:
@@ -270,7 +283,8 @@ RULES: Final[Mapping[str, Rule]] = {
     _method(TABLE_SERVICE, "ListSnapshots"): Rule(P.TABLES_READ, _table),
     _method(TABLE_SERVICE, "GetSnapshot"): Rule(P.TABLES_READ, _table),
     _method(TABLE_SERVICE, "RollbackTable"): Rule(P.TABLES_ROLLBACK, _table),
-    _method(TABLE_SERVICE, "ReadRows"): Rule(P.TABLES_READ, _table),
+    _method(TABLE_SERVICE, "ReadRows"): Rule(P.TABLES_READ, _read_target),
+    _method(TABLE_SERVICE, "CreateReadSession"): Rule(P.TABLES_READ, _table),
     _method(TABLE_SERVICE, "CreateBranch"): Rule(P.TABLES_WRITE, _table),
     _method(TABLE_SERVICE, "CreateTag"): Rule(P.TABLES_WRITE, _table),
     _method(TABLE_SERVICE, "ListRefs"): Rule(P.TABLES_READ, _table),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +18,7 @@ from lakehouse.core.ingest import WriteResult, WriterInfo
 from lakehouse.core.ingest_requests import ArrowRows, JsonRows, QueuedRows, Rows
 from lakehouse.core.invalid_rows import InvalidRowPolicy, RequestedPolicy, UnknownPolicy
 from lakehouse.core.job_specs import timestamp_to_ms
+from lakehouse.core.read_sessions import ReadSession
 from lakehouse.core.reads import ReadOptions
 from lakehouse.core.tables import NamespaceInfo
 from lakehouse.domain import changes as ch
@@ -41,6 +43,7 @@ from lakehouse.v1 import (
     ingest_service_pb2,
     job_pb2,
     namespace_pb2,
+    read_session_pb2,
     rows_pb2,
     schema_pb2,
     snapshot_pb2,
@@ -423,6 +426,23 @@ def read_options_from_proto(request: table_service_pb2.ReadRowsRequest) -> ReadO
     Raises:
         InvalidArgument: On field ``as_of_time``: a time outside years 1970 to 9999.
     """
+    return dataclasses.replace(
+        selection_from_proto(request),
+        start_snapshot_id=(
+            request.start_snapshot_id if request.HasField("start_snapshot_id") else None
+        ),
+        end_snapshot_id=request.end_snapshot_id if request.HasField("end_snapshot_id") else None,
+    )
+
+
+def selection_from_proto(
+    request: table_service_pb2.ReadRowsRequest | table_service_pb2.CreateReadSessionRequest,
+) -> ReadOptions:
+    """What a ReadRows or CreateReadSession request selects (not an incremental range).
+
+    Raises:
+        InvalidArgument: On field ``as_of_time``: a time outside years 1970 to 9999.
+    """
     version = request.WhichOneof("version")
     return ReadOptions(
         columns=tuple(request.columns.paths),
@@ -433,12 +453,64 @@ def read_options_from_proto(request: table_service_pb2.ReadRowsRequest) -> ReadO
         if version == "as_of_time"
         else None,
         limit=request.row_limit,
-        start_snapshot_id=(
-            request.start_snapshot_id if request.HasField("start_snapshot_id") else None
-        ),
-        end_snapshot_id=request.end_snapshot_id if request.HasField("end_snapshot_id") else None,
         ref=request.ref,
     )
+
+
+#: ReadRows fields that select what to read: a session's stream takes them from its session.
+_SELECTION_FIELDS = (
+    "namespace",
+    "table",
+    "columns",
+    "row_filter",
+    "snapshot_id",
+    "as_of_time",
+    "row_limit",
+    "start_snapshot_id",
+    "end_snapshot_id",
+    "ref",
+)
+
+
+def check_stream_request(request: table_service_pb2.ReadRowsRequest) -> None:
+    """Checks that a ReadRows request reads a table or a session's stream, not both.
+
+    Raises:
+        InvalidArgument: On the first selection field set beside ``read_session``, or on
+            ``stream`` without it.
+    """
+    if not request.read_session:
+        if request.stream:
+            raise InvalidArgument.field("stream", "only with read_session")
+        return
+    given = {field.name for field, _ in request.ListFields()}
+    for name in _SELECTION_FIELDS:
+        if name in given:
+            raise InvalidArgument.field(
+                name, "not with read_session: the session fixes what its streams read"
+            )
+
+
+def read_session_to_proto(session: ReadSession) -> read_session_pb2.ReadSession:
+    """A created read session as the API shows it."""
+    message = read_session_pb2.ReadSession(
+        name=session.name,
+        arrow_schema=rows_pb2.ArrowSchema(
+            serialized_schema=session.schema.serialize().to_pybytes()
+        ),
+        estimated_row_count=sum(s.rows for s in session.streams),
+        estimated_total_bytes=sum(s.bytes for s in session.streams),
+        streams=[
+            read_session_pb2.ReadStream(
+                index=i, estimated_row_count=s.rows, estimated_total_bytes=s.bytes
+            )
+            for i, s in enumerate(session.streams)
+        ],
+    )
+    if session.snapshot_id is not None:
+        message.snapshot_id = session.snapshot_id
+    message.expire_time.FromMilliseconds(session.expire_ms)
+    return message
 
 
 def is_json_row_format(value: int) -> bool:

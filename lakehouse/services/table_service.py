@@ -9,7 +9,9 @@ from typing import Any
 import grpc
 import pyarrow as pa
 
+from lakehouse.core.caller import current_principal
 from lakehouse.core.job_specs import timestamp_to_ms
+from lakehouse.core.read_sessions import ReadSessions
 from lakehouse.core.reads import Reads, ReadStart
 from lakehouse.core.refs import Refs
 from lakehouse.core.row_changes import RowChanges
@@ -24,11 +26,14 @@ from lakehouse.services.convert import (
     TableProtoCache,
     arrow_compression_from_proto,
     changes_from_proto,
+    check_stream_request,
     delete_outcome_to_proto,
     is_json_row_format,
     namespace_to_proto,
     read_options_from_proto,
+    read_session_to_proto,
     ref_to_proto,
+    selection_from_proto,
     snapshot_to_proto,
     table_health_to_proto,
     table_to_proto,
@@ -56,9 +61,11 @@ class TableServicer(table_service_pb2_grpc.TableServiceServicer):
         refs: Refs,
         health: TableHealthCheck,
         watch: TableWatch,
+        read_sessions: ReadSessions,
         *,
         read_message_bytes: int,
     ) -> None:
+        self._read_sessions = read_sessions
         self._health = health
         self._watch = watch
         self._tables = tables
@@ -223,7 +230,8 @@ class TableServicer(table_service_pb2_grpc.TableServiceServicer):
     async def ReadRows(  # type: ignore[override]  # yields pre-encoded responses (wire.py)
         self, request: pb.ReadRowsRequest, context: Context
     ) -> AsyncIterator[bytes]:
-        """Streams rows as Arrow record batches (default) or JSON objects."""
+        """Streams rows as Arrow record batches (default) or JSON objects; or a session's stream."""
+        check_stream_request(request)
         options = read_options_from_proto(request)
         as_json = is_json_row_format(request.format)
         compression = arrow_compression_from_proto(request.arrow_compression)
@@ -254,7 +262,12 @@ class TableServicer(table_service_pb2_grpc.TableServiceServicer):
             # Encoding copies megabytes: off the event loop, overlapping the next file's decode.
             return await asyncio.to_thread(encode, item)
 
-        items = self._reads.read(request.namespace, request.table, options, budget_bytes=budget)
+        if request.read_session:
+            items = self._read_sessions.read_stream(
+                current_principal(), request.read_session, request.stream, budget_bytes=budget
+            )
+        else:
+            items = self._reads.read(request.namespace, request.table, options, budget_bytes=budget)
         json_messages = 0
         async for response in prefetch(items, encode_in_thread, depth=2):
             if response is not None:
@@ -264,6 +277,19 @@ class TableServicer(table_service_pb2_grpc.TableServiceServicer):
             # Every stream carries at least one message, so "no rows" is told from "broken".
             empty = pb.ReadRowsResponse(json_rows=rows_pb2.JsonRows(), snapshot_id=snapshot_id)
             yield empty.SerializeToString()
+
+    async def CreateReadSession(
+        self, request: pb.CreateReadSessionRequest, context: Context
+    ) -> pb.CreateReadSessionResponse:
+        """Plans a read once, pinned to a snapshot, as streams to read in parallel."""
+        session = await self._read_sessions.create(
+            request.namespace,
+            request.table,
+            selection_from_proto(request),
+            max_streams=request.max_streams,
+            principal=current_principal(),
+        )
+        return pb.CreateReadSessionResponse(session=read_session_to_proto(session))
 
     async def DeleteRows(
         self, request: pb.DeleteRowsRequest, context: Context

@@ -415,7 +415,8 @@ def test_read_table_over_grpc(table_server: tuple[StreamingTableService, str]) -
     service, address = table_server
     with grpc.insecure_channel(address) as channel:
         stub = table_service_pb2_grpc.TableServiceStub(channel)
-        everything = read_table(stub, "sales", "orders", timeout=10)
+        # One plain ReadRows (this fake serves no read sessions: see test_arrow_server.py).
+        everything = read_table(stub, "sales", "orders", timeout=10, max_streams=1)
         some = read_table(
             stub,
             "sales",
@@ -427,7 +428,7 @@ def test_read_table_over_grpc(table_server: tuple[StreamingTableService, str]) -
             metadata=[("x-team", "billing")],
         )
         with pytest.raises(grpc.RpcError) as info:
-            read_table(stub, "sales", "missing")
+            read_table(stub, "sales", "missing", max_streams=1)
     assert everything.equals(service.table)
     assert some.equals(service.table.select(["id", "address"]))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
@@ -444,12 +445,14 @@ async def test_read_table_async_over_grpc(
     service, address = table_server
     async with grpc.aio.insecure_channel(address) as channel:
         stub = table_service_pb2_grpc.TableServiceStub(channel)
-        result = await read_table_async(stub, "sales", "orders", columns=["id"], timeout=10)
+        result = await read_table_async(
+            stub, "sales", "orders", columns=["id"], timeout=10, max_streams=1
+        )
         batches = [
             b async for b in read_rows_batches_async(stub.ReadRows(read_rows_request("s", "t")))
         ]
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await read_table_async(stub, "sales", "missing")
+            await read_table_async(stub, "sales", "missing", max_streams=1)
     assert result.equals(service.table.select(["id"]))
     assert pa.Table.from_batches(batches).equals(service.table)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND

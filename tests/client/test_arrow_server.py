@@ -122,3 +122,34 @@ async def test_read_helpers_against_the_server(
             return read_table(stub, "c", "t", timeout=30)
 
     same_rows(await asyncio.to_thread(read_sync), data)
+
+
+@pytest.mark.parametrize("backend", ["local", "postgres_s3"], indirect=True)
+async def test_read_table_reads_a_session_in_parallel_as_one_read_rows(
+    table_stub: Any, backend: Any, grpc_target: str
+) -> None:
+    """The default path (a read session, streams over several channels) returns exactly the
+    rows, in the order, of one ReadRows; and a read with a limit is one ReadRows."""
+    await create_table(table_stub)
+    data = rows(6_000)
+    for start in range(0, 6_000, 1_000):  # six files, so six streams at most
+        append(backend, "c", "t", data.slice(start, 1_000))
+
+    def read_sync(**kwargs: Any) -> pa.Table:
+        channels = [grpc.insecure_channel(grpc_target) for _ in range(3)]
+        try:
+            stubs = [table_service_pb2_grpc.TableServiceStub(c) for c in channels]
+            return read_table(stubs, "c", "t", timeout=30, **kwargs)
+        finally:
+            for channel in channels:
+                channel.close()
+
+    one = await read_table_async(table_stub, "c", "t", max_streams=1)
+    same_rows(one, data)
+    for kwargs in ({}, {"max_streams": 6}, {"row_filter": "region = 'eu'", "columns": ["id"]}):
+        plain = {**kwargs, "max_streams": 1}
+        expected = await read_table_async(table_stub, "c", "t", **plain)
+        assert (await asyncio.to_thread(read_sync, **kwargs)).equals(expected), kwargs
+        assert (await read_table_async(table_stub, "c", "t", **kwargs)).equals(expected), kwargs
+    limited = await asyncio.to_thread(read_sync, row_limit=10)
+    assert limited.equals(one.slice(0, 10))

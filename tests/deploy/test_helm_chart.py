@@ -998,3 +998,26 @@ def test_notes_explain_http2_load_balancing(
     assert "round_robin" in full_notes
     assert "WARNING" not in full_notes
     assert "HTTP/2" in (CHART / "values.yaml").read_text()
+
+
+def test_notes_warn_when_replicas_share_no_read_session_key(
+    render: Callable[..., dict[str, str]],
+) -> None:
+    notes = "lakehouse/templates/NOTES.txt"
+    warning = "Read sessions: no signing key is shared by the server pods"
+    assert warning not in render(SHARED_CATALOG)[notes]  # one replica
+    replicas = {**SHARED_CATALOG, "replicaCount": 3}
+    assert warning in render(replicas)[notes]
+    shared_key = {
+        "replicaCount": 3,
+        "secret": {
+            "keys": {"LAKEHOUSE_READ_SESSIONS__SIGNING_KEY": "read-session-signing-key"},
+            "values": {
+                "catalog-password": CATALOG_PASSWORD,
+                "read-session-signing-key": "k" * 32,
+            },
+        },
+    }
+    rendered = render(shared_key)
+    assert warning not in rendered[notes]
+    assert "read-session-signing-key" in rendered["lakehouse/templates/secret.yaml"]

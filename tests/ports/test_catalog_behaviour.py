@@ -41,6 +41,7 @@ from lakehouse.domain.errors import (
     NotFound,
 )
 from lakehouse.domain.ingest import AppendPlan, IngestState
+from lakehouse.domain.read_sessions import StreamShare
 from lakehouse.domain.tables import OpenScan, ScanRequest, TableInfo
 
 IMPLEMENTATIONS = [IcebergCatalog]
@@ -845,3 +846,30 @@ async def test_owns_only_locations_inside_its_warehouse(
     assert catalog.owns_location(table.location.rstrip("/") + "/data/part-0.parquet")
     for elsewhere in ("file:///etc/passwd", "s3://another-bucket/warehouse/t", "/tmp", ""):
         assert not catalog.owns_location(elsewhere), elsewhere
+
+
+# -- read sessions -----------------------------------------------------------------------------
+
+
+async def test_a_read_session_plan_splits_the_pinned_snapshot_into_shares(
+    table: TableInfo, catalog: CatalogPort
+) -> None:
+    empty = await catalog.plan_read_session("ns", "t", scan_request(), 4)
+    assert empty.snapshot_id is None and len(empty.streams) == 1
+    for end in (2, 4, 6, 8):  # four data files
+        pinned = await append(catalog, end)
+    plan = await catalog.plan_read_session("ns", "t", scan_request(), 3)
+    assert plan.snapshot_id == pinned
+    assert plan.schema.names == ["id", "v"]
+    assert len(plan.streams) == 3
+    assert sum(s.rows for s in plan.streams) == 8
+    await append(catalog, 10)  # after the session: not seen by its streams
+
+    shares = []
+    for index in range(3):
+        request = scan_request(snapshot_id=pinned)
+        shared = ScanRequest(**{**request.__dict__, "share": StreamShare(index, 3)})
+        shares.append(await read_ids(catalog, shared))
+    assert sorted(i for share in shares for i in share) == list(range(8))
+    assert [len(share) for share in shares] == [s.rows for s in plan.streams]
+    assert len((await catalog.plan_read_session("ns", "t", scan_request(), 100)).streams) == 5

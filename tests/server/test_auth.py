@@ -380,6 +380,13 @@ MATRIX: list[tuple[str, str, Any, str, str | dict[str, str]]] = [
         "tables.read",
     ),
     (
+        "tables",
+        "CreateReadSession",
+        tpb.CreateReadSessionRequest(namespace="nope", table="t"),
+        "viewer",
+        "tables.read",
+    ),
+    (
         "ingest",
         "AppendRows",
         ipb.AppendRowsRequest(namespace="nope", table="t"),
@@ -1695,3 +1702,47 @@ async def test_without_polling_keys_are_reloaded_on_request(
         server.request_reload()  # what SIGHUP calls
         await _eventually_code(lambda: listing(new_plain), grpc.StatusCode.OK)
         assert await code_of(listing(old_plain)) == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_read_session_streams_follow_grants_and_their_creator(
+    auth_channel: grpc.aio.Channel, keys: Keys
+) -> None:
+    """A session's stream is read under the grants of the table its name claims, and only by
+    the caller who created the session; a claim altered to pass the grants fails the
+    signature check."""
+    stubs = Stubs.on(auth_channel)
+    admin, limited = bearer(keys.plain["admin"]), bearer(keys.plain["limited"])
+    viewer = bearer(keys.plain["viewer"])
+    await _make_table(stubs, admin, "sales", "orders")
+    await _make_table(stubs, admin, "hr", "salaries")
+
+    async def session(namespace: str, table: str, metadata: Any) -> str:
+        request = tpb.CreateReadSessionRequest(namespace=namespace, table=table)
+        return (await stubs.tables.CreateReadSession(request, metadata=metadata)).session.name
+
+    def stream(name: str, metadata: Any) -> Any:
+        return stubs.tables.ReadRows(tpb.ReadRowsRequest(read_session=name), metadata=metadata)
+
+    mine = await session("sales", "orders", limited)
+    assert await code_of(stream(mine, limited)) == grpc.StatusCode.OK
+    other = rpc_error_details(await failure(stream(mine, viewer)))  # another caller
+    assert (other.code, other.metadata["permission"]) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "tables.read",
+    )
+    hr = await session("hr", "salaries", admin)
+    outside = rpc_error_details(await failure(stream(hr, limited)))
+    assert (outside.code, outside.metadata["namespace"]) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "hr",
+    )
+    # The hr session's claims rewritten to name sales (and the limited caller), signature kept.
+    payload, _, mac = hr.partition(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims |= {"namespace": "sales", "table": "orders"}
+    forged_payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
+    forged = rpc_error_details(await failure(stream(f"{forged_payload}.{mac}", limited)))
+    assert (forged.code, forged.reason) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_READ_SESSION",
+    )

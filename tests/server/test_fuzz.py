@@ -723,6 +723,16 @@ def _bases(method: MethodDescriptor) -> list[Message]:
                 row_limit=100,
                 arrow_compression=rows_pb2.ARROW_COMPRESSION_ZSTD,
             ),
+            # A session's stream: mutations alter the name (tampered) and the index.
+            tpb.ReadRowsRequest(read_session="eyJ9.c2ln", stream=1),
+        ],
+        "CreateReadSession": [
+            tpb.CreateReadSessionRequest(
+                namespace=NS, table=TABLE, row_filter="id > 1", max_streams=4
+            ),
+            tpb.CreateReadSessionRequest(
+                namespace=NS, table=TABLE, snapshot_id=snapshot, row_limit=10, max_streams=-1
+            ),
         ],
         "CreateBranch": [
             tpb.CreateBranchRequest(namespace=NS, table=TABLE, name="fz-branch"),
@@ -891,6 +901,7 @@ READ_METHODS = frozenset(
         "ListSnapshots",
         "GetSnapshot",
         "ReadRows",
+        "CreateReadSession",
         "GetWriter",
         "GetJob",
         "ListJobs",

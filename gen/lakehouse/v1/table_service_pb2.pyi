@@ -12,6 +12,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from lakehouse.v1 import job_pb2 as _job_pb2
 from lakehouse.v1 import namespace_pb2 as _namespace_pb2
+from lakehouse.v1 import read_session_pb2 as _read_session_pb2
 from lakehouse.v1 import rows_pb2 as _rows_pb2
 from lakehouse.v1 import schema_pb2 as _schema_pb2
 from lakehouse.v1 import snapshot_pb2 as _snapshot_pb2
@@ -1385,6 +1386,8 @@ class ReadRowsRequest(_message.Message):
     START_SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
     END_SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
     REF_FIELD_NUMBER: _builtins.int
+    READ_SESSION_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """The namespace of the table."""
     table: _builtins.str
@@ -1424,6 +1427,19 @@ class ReadRowsRequest(_message.Message):
     """Read the head of this branch or the snapshot of this tag (see ListRefs); empty means
     "main", the current snapshot. Not with snapshot_id, as_of_time or start_snapshot_id.
     """
+    read_session: _builtins.str
+    """Read one stream of a read session (CreateReadSession): the session's name. The session
+    fixes the selection, so namespace, table, columns, row_filter, the version fields and
+    row_limit must be left empty (INVALID_ARGUMENT otherwise); format and arrow_compression
+    still apply. FAILED_PRECONDITION (reason READ_SESSION_EXPIRED) after the session
+    expired, SNAPSHOT_EXPIRED when its snapshot was expired meanwhile; PERMISSION_DENIED for
+    another caller's session; INVALID_ARGUMENT (reason INVALID_READ_SESSION) for a name this
+    service did not sign.
+    """
+    stream: _builtins.int
+    """With read_session: the index of the stream to read, from 0 to the session's stream
+    count minus one.
+    """
     @_builtins.property
     def columns(self) -> _field_mask_pb2.FieldMask:
         """The columns to return (dotted paths for nested fields); empty means all columns."""
@@ -1447,10 +1463,12 @@ class ReadRowsRequest(_message.Message):
         start_snapshot_id: _builtins.int | None = ...,
         end_snapshot_id: _builtins.int | None = ...,
         ref: _builtins.str = ...,
+        read_session: _builtins.str = ...,
+        stream: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_end_snapshot_id", b"_end_snapshot_id", "_start_snapshot_id", b"_start_snapshot_id", "as_of_time", b"as_of_time", "columns", b"columns", "end_snapshot_id", b"end_snapshot_id", "snapshot_id", b"snapshot_id", "start_snapshot_id", b"start_snapshot_id", "version", b"version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_end_snapshot_id", b"_end_snapshot_id", "_start_snapshot_id", b"_start_snapshot_id", "arrow_compression", b"arrow_compression", "as_of_time", b"as_of_time", "columns", b"columns", "end_snapshot_id", b"end_snapshot_id", "format", b"format", "namespace", b"namespace", "ref", b"ref", "row_filter", b"row_filter", "row_limit", b"row_limit", "snapshot_id", b"snapshot_id", "start_snapshot_id", b"start_snapshot_id", "table", b"table", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_end_snapshot_id", b"_end_snapshot_id", "_start_snapshot_id", b"_start_snapshot_id", "arrow_compression", b"arrow_compression", "as_of_time", b"as_of_time", "columns", b"columns", "end_snapshot_id", b"end_snapshot_id", "format", b"format", "namespace", b"namespace", "read_session", b"read_session", "ref", b"ref", "row_filter", b"row_filter", "row_limit", b"row_limit", "snapshot_id", b"snapshot_id", "start_snapshot_id", b"start_snapshot_id", "stream", b"stream", "table", b"table", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__end_snapshot_id: _TypeAlias = _typing.Literal["end_snapshot_id"]  # noqa: Y015
     _WhichOneofArgType__end_snapshot_id: _TypeAlias = _typing.Literal["_end_snapshot_id", b"_end_snapshot_id"]  # noqa: Y015
@@ -1466,6 +1484,97 @@ class ReadRowsRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_version) -> _WhichOneofReturnType_version | None: ...
 
 Global___ReadRowsRequest: _TypeAlias = ReadRowsRequest  # noqa: Y015
+
+@_typing.final
+class CreateReadSessionRequest(_message.Message):
+    """CreateReadSessionRequest is the request of TableService.CreateReadSession."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    TABLE_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
+    ROW_FILTER_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    AS_OF_TIME_FIELD_NUMBER: _builtins.int
+    ROW_LIMIT_FIELD_NUMBER: _builtins.int
+    REF_FIELD_NUMBER: _builtins.int
+    MAX_STREAMS_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """The namespace of the table."""
+    table: _builtins.str
+    """The table name."""
+    row_filter: _builtins.str
+    """A row filter in the syntax of ReadRowsRequest.row_filter. Empty means all rows."""
+    snapshot_id: _builtins.int
+    """Read this snapshot (time travel by id)."""
+    row_limit: _builtins.int
+    """The maximum number of rows to return; 0 means no limit. A session with a limit has one
+    stream: the rows a limit keeps depend on the order the files are read in.
+    """
+    ref: _builtins.str
+    """Read the head of this branch or the snapshot of this tag; empty means "main". Not with
+    snapshot_id or as_of_time.
+    """
+    max_streams: _builtins.int
+    """The most streams wanted, typically the readers the client runs in parallel; 0 means the
+    server's cap. Fewer may come: never more than the read's data files nor the server's
+    cap (read_sessions.max_streams), one for a table without data or a read with a limit.
+    """
+    @_builtins.property
+    def columns(self) -> _field_mask_pb2.FieldMask:
+        """The columns to return (dotted paths for nested fields); empty means all columns."""
+
+    @_builtins.property
+    def as_of_time(self) -> _timestamp_pb2.Timestamp:
+        """Read the snapshot that was current at this time (time travel by time)."""
+
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        table: _builtins.str = ...,
+        columns: _field_mask_pb2.FieldMask | None = ...,
+        row_filter: _builtins.str = ...,
+        snapshot_id: _builtins.int = ...,
+        as_of_time: _timestamp_pb2.Timestamp | None = ...,
+        row_limit: _builtins.int = ...,
+        ref: _builtins.str = ...,
+        max_streams: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of_time", b"as_of_time", "columns", b"columns", "snapshot_id", b"snapshot_id", "version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of_time", b"as_of_time", "columns", b"columns", "max_streams", b"max_streams", "namespace", b"namespace", "ref", b"ref", "row_filter", b"row_filter", "row_limit", b"row_limit", "snapshot_id", b"snapshot_id", "table", b"table", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_version: _TypeAlias = _typing.Literal["snapshot_id", "as_of_time"]  # noqa: Y015
+    _WhichOneofArgType_version: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_version) -> _WhichOneofReturnType_version | None: ...
+
+Global___CreateReadSessionRequest: _TypeAlias = CreateReadSessionRequest  # noqa: Y015
+
+@_typing.final
+class CreateReadSessionResponse(_message.Message):
+    """CreateReadSessionResponse is the response of TableService.CreateReadSession."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def session(self) -> _read_session_pb2.ReadSession:
+        """The session, with its streams."""
+
+    def __init__(
+        self,
+        *,
+        session: _read_session_pb2.ReadSession | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateReadSessionResponse: _TypeAlias = CreateReadSessionResponse  # noqa: Y015
 
 @_typing.final
 class ReadRowsResponse(_message.Message):

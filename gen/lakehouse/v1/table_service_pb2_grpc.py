@@ -116,6 +116,11 @@ class TableServiceStub:
                 request_serializer=lakehouse_dot_v1_dot_table__service__pb2.ReadRowsRequest.SerializeToString,
                 response_deserializer=lakehouse_dot_v1_dot_table__service__pb2.ReadRowsResponse.FromString,
                 _registered_method=True)
+        self.CreateReadSession = channel.unary_unary(
+                '/lakehouse.v1.TableService/CreateReadSession',
+                request_serializer=lakehouse_dot_v1_dot_table__service__pb2.CreateReadSessionRequest.SerializeToString,
+                response_deserializer=lakehouse_dot_v1_dot_table__service__pb2.CreateReadSessionResponse.FromString,
+                _registered_method=True)
         self.DeleteRows = channel.unary_unary(
                 '/lakehouse.v1.TableService/DeleteRows',
                 request_serializer=lakehouse_dot_v1_dot_table__service__pb2.DeleteRowsRequest.SerializeToString,
@@ -272,6 +277,16 @@ class TableServiceServicer:
 
     def ReadRows(self, request, context):
         """Streams a table's rows, optionally projected, filtered and as of a snapshot or time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateReadSession(self, request, context):
+        """Plans a read once, pins it to one snapshot and splits it into streams of roughly equal
+        bytes, to be read in parallel (from any replica) with ReadRows(read_session, stream)
+        until the session expires. The same selection as ReadRows; a row_limit makes one stream.
+        Needs tables.read, and only its creator may read its streams.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -437,6 +452,11 @@ def add_TableServiceServicer_to_server(servicer, server):
                     servicer.ReadRows,
                     request_deserializer=lakehouse_dot_v1_dot_table__service__pb2.ReadRowsRequest.FromString,
                     response_serializer=lakehouse_dot_v1_dot_table__service__pb2.ReadRowsResponse.SerializeToString,
+            ),
+            'CreateReadSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateReadSession,
+                    request_deserializer=lakehouse_dot_v1_dot_table__service__pb2.CreateReadSessionRequest.FromString,
+                    response_serializer=lakehouse_dot_v1_dot_table__service__pb2.CreateReadSessionResponse.SerializeToString,
             ),
             'DeleteRows': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteRows,
@@ -913,6 +933,33 @@ class TableService:
             '/lakehouse.v1.TableService/ReadRows',
             lakehouse_dot_v1_dot_table__service__pb2.ReadRowsRequest.SerializeToString,
             lakehouse_dot_v1_dot_table__service__pb2.ReadRowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateReadSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lakehouse.v1.TableService/CreateReadSession',
+            lakehouse_dot_v1_dot_table__service__pb2.CreateReadSessionRequest.SerializeToString,
+            lakehouse_dot_v1_dot_table__service__pb2.CreateReadSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

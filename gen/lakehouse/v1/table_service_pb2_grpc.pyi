@@ -71,6 +71,12 @@ class TableServiceStub:
     """Moves a table's current snapshot back to an earlier snapshot. Data files stay."""
     ReadRows: _grpc.UnaryStreamMultiCallable[_table_service_pb2.ReadRowsRequest, _table_service_pb2.ReadRowsResponse]
     """Streams a table's rows, optionally projected, filtered and as of a snapshot or time."""
+    CreateReadSession: _grpc.UnaryUnaryMultiCallable[_table_service_pb2.CreateReadSessionRequest, _table_service_pb2.CreateReadSessionResponse]
+    """Plans a read once, pins it to one snapshot and splits it into streams of roughly equal
+    bytes, to be read in parallel (from any replica) with ReadRows(read_session, stream)
+    until the session expires. The same selection as ReadRows; a row_limit makes one stream.
+    Needs tables.read, and only its creator may read its streams.
+    """
     DeleteRows: _grpc.UnaryUnaryMultiCallable[_table_service_pb2.DeleteRowsRequest, _table_service_pb2.DeleteRowsResponse]
     """Deletes the rows that match a filter, in one snapshot (copy-on-write: the data files
     holding matching rows are written again without them, files of only matching rows are
@@ -160,6 +166,12 @@ class TableServiceAsyncStub(TableServiceStub):
     """Moves a table's current snapshot back to an earlier snapshot. Data files stay."""
     ReadRows: _aio.UnaryStreamMultiCallable[_table_service_pb2.ReadRowsRequest, _table_service_pb2.ReadRowsResponse]  # type: ignore[assignment]
     """Streams a table's rows, optionally projected, filtered and as of a snapshot or time."""
+    CreateReadSession: _aio.UnaryUnaryMultiCallable[_table_service_pb2.CreateReadSessionRequest, _table_service_pb2.CreateReadSessionResponse]  # type: ignore[assignment]
+    """Plans a read once, pins it to one snapshot and splits it into streams of roughly equal
+    bytes, to be read in parallel (from any replica) with ReadRows(read_session, stream)
+    until the session expires. The same selection as ReadRows; a row_limit makes one stream.
+    Needs tables.read, and only its creator may read its streams.
+    """
     DeleteRows: _aio.UnaryUnaryMultiCallable[_table_service_pb2.DeleteRowsRequest, _table_service_pb2.DeleteRowsResponse]  # type: ignore[assignment]
     """Deletes the rows that match a filter, in one snapshot (copy-on-write: the data files
     holding matching rows are written again without them, files of only matching rows are
@@ -342,6 +354,18 @@ class TableServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_table_service_pb2.ReadRowsResponse], _abc.AsyncIterator[_table_service_pb2.ReadRowsResponse]]:
         """Streams a table's rows, optionally projected, filtered and as of a snapshot or time."""
+
+    @_abc_1.abstractmethod
+    def CreateReadSession(
+        self,
+        request: _table_service_pb2.CreateReadSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_table_service_pb2.CreateReadSessionResponse, _abc.Awaitable[_table_service_pb2.CreateReadSessionResponse]]:
+        """Plans a read once, pins it to one snapshot and splits it into streams of roughly equal
+        bytes, to be read in parallel (from any replica) with ReadRows(read_session, stream)
+        until the session expires. The same selection as ReadRows; a row_limit makes one stream.
+        Needs tables.read, and only its creator may read its streams.
+        """
 
     @_abc_1.abstractmethod
     def DeleteRows(

@@ -89,12 +89,17 @@ from lakehouse.adapters.iceberg.registration import (
     refuse_unusable_properties,
 )
 from lakehouse.adapters.iceberg.scan import lazy_batch_reader, small_offsets
+from lakehouse.adapters.iceberg.session_plans import (
+    SessionPlanner,
+    arrow_schema,
+    data_scan,
+    pinned_snapshot,
+)
 from lakehouse.adapters.iceberg.snapshot_refs import (
     create_ref,
     delete_ref,
     list_refs,
     publish_branch,
-    resolve_ref,
     write_head,
 )
 from lakehouse.adapters.iceberg.updates import apply_changes
@@ -119,11 +124,13 @@ from lakehouse.domain.ingest import (
     RequestIdLedger,
     StagedAppend,
 )
+from lakehouse.domain.read_sessions import StreamShare
 from lakehouse.domain.refs import RefInfo, RefKind
 from lakehouse.domain.row_changes import DeleteOutcome, RowChange
 from lakehouse.domain.table_health import FileStats
 from lakehouse.domain.tables import (
     OpenScan,
+    PlannedRead,
     ScanRequest,
     SnapshotInfo,
     TableInfo,
@@ -219,6 +226,7 @@ class IcebergCatalog:
         self._loading: dict[tuple[str, str], asyncio.Future[TableInfo]] = {}
         # Decoded ReadRows batches queued ahead of all streams together (see readahead.py).
         self._read_budget = ReadBudget(settings.read_buffer_bytes)
+        self._sessions = SessionPlanner()
 
     def _load(self) -> Catalog:
         with self._catalog_lock:  # the first calls arrive together from several threads
@@ -1023,28 +1031,13 @@ class IcebergCatalog:
             table = self._table(c, namespace, name)
             if request.start_snapshot_id is not None:
                 return self._open_changes(table, namespace, name, request)
-            snapshot_id = request.snapshot_id
-            if request.ref:
-                snapshot_id = resolve_ref(table, request.ref)
-            if snapshot_id is not None and table.snapshot_by_id(snapshot_id) is None:
-                raise snapshot_not_found(namespace, name, str(snapshot_id))
-            if request.as_of_ms is not None:
-                snapshot = table.snapshot_as_of_timestamp(request.as_of_ms)
-                if snapshot is None:
-                    raise snapshot_not_found(namespace, name, "as old as the given time")
-                snapshot_id = snapshot.snapshot_id
-            if snapshot_id is None and table.current_snapshot() is not None:
-                snapshot_id = table.metadata.current_snapshot_id
-            scan = table.scan(
-                row_filter=request.row_filter,
-                selected_fields=request.columns or ("*",),
-                snapshot_id=snapshot_id,
-                limit=request.limit,
-            )
             try:
+                if request.share is not None:
+                    return self._open_share(table, namespace, name, request, request.share)
+                snapshot_id = pinned_snapshot(table, namespace, name, request)
+                scan = data_scan(table, request, snapshot_id)
                 if snapshot_id is None:
-                    schema = small_offsets(schema_to_pyarrow(scan.projection()))
-                    return OpenScan(None, schema, None, namespace, name)
+                    return OpenScan(None, arrow_schema(scan), None, namespace, name)
                 reader = lazy_batch_reader(
                     table,
                     scan,
@@ -1054,6 +1047,48 @@ class IcebergCatalog:
             except ValueError as exc:
                 raise InvalidArgument.field("columns", brief(exc)) from exc
             return OpenScan(snapshot_id, reader.schema, reader, namespace, name)
+
+        return await self._call(work, namespace, name, retry=True)
+
+    def _open_share(
+        self,
+        table: IcebergTable,
+        namespace: str,
+        name: str,
+        request: ScanRequest,
+        share: StreamShare,
+    ) -> OpenScan:
+        """One stream of a read session: its share of the pinned snapshot's files."""
+        found = self._sessions.share(table, namespace, name, request, share)
+        if found is None:
+            scan = data_scan(table, request, None)
+            return OpenScan(None, arrow_schema(scan), None, namespace, name)
+        scan, tasks = found
+        reader = lazy_batch_reader(
+            table,
+            scan,
+            budget=self._read_budget,
+            stream_bytes=self._settings.read_stream_buffer_bytes,
+            tasks=tasks,
+        )
+        return OpenScan(request.snapshot_id, reader.schema, reader, namespace, name)
+
+    async def plan_read_session(
+        self, namespace: str, name: str, request: ScanRequest, max_streams: int
+    ) -> PlannedRead:
+        """Pins a read's snapshot, plans its files and splits them into streams.
+
+        Raises:
+            NotFound: No such table, snapshot or ref.
+            InvalidArgument: An unknown column.
+        """
+
+        def work(c: Catalog) -> PlannedRead:
+            table = self._table(c, namespace, name)
+            try:
+                return self._sessions.plan(table, namespace, name, request, max_streams)
+            except ValueError as exc:
+                raise InvalidArgument.field("columns", brief(exc)) from exc
 
         return await self._call(work, namespace, name, retry=True)
 

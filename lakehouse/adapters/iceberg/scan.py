@@ -6,7 +6,7 @@ Shared by ``ReadRows`` (``lakehouse.adapters.iceberg.catalog``) and the DuckDB e
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -61,6 +61,7 @@ def lazy_batch_reader(
     *,
     budget: ReadBudget | None = None,
     stream_bytes: int = 64 * 1024 * 1024,
+    tasks: Sequence[FileScanTask] | None = None,
 ) -> pa.RecordBatchReader:
     """A reader that decodes data files a couple at a time, as the consumer asks for batches.
 
@@ -88,8 +89,10 @@ def lazy_batch_reader(
         scan: The planned scan.
         budget: The process's read-ahead budget; None for no per-process bound.
         stream_bytes: This reader's cap on decoded bytes queued ahead.
+        tasks: The files to read, planned already (a read session's stream's share); None
+            plans the scan.
     """
-    tasks = list(scan.plan_files())
+    tasks = list(scan.plan_files()) if tasks is None else list(tasks)
     projected = scan.projection()
     target = small_offsets(schema_to_pyarrow(projected))
     deletes = read_delete_files(table.io, tasks)

@@ -51,6 +51,11 @@ type TableServiceClient interface {
 	RollbackTable(ctx context.Context, in *RollbackTableRequest, opts ...grpc.CallOption) (*RollbackTableResponse, error)
 	// Streams a table's rows, optionally projected, filtered and as of a snapshot or time.
 	ReadRows(ctx context.Context, in *ReadRowsRequest, opts ...grpc.CallOption) (TableService_ReadRowsClient, error)
+	// Plans a read once, pins it to one snapshot and splits it into streams of roughly equal
+	// bytes, to be read in parallel (from any replica) with ReadRows(read_session, stream)
+	// until the session expires. The same selection as ReadRows; a row_limit makes one stream.
+	// Needs tables.read, and only its creator may read its streams.
+	CreateReadSession(ctx context.Context, in *CreateReadSessionRequest, opts ...grpc.CallOption) (*CreateReadSessionResponse, error)
 	// Deletes the rows that match a filter, in one snapshot (copy-on-write: the data files
 	// holding matching rows are written again without them, files of only matching rows are
 	// removed). With a request_id, a retry deletes once. Needs tables.change_rows.
@@ -266,6 +271,15 @@ func (x *tableServiceReadRowsClient) Recv() (*ReadRowsResponse, error) {
 	return m, nil
 }
 
+func (c *tableServiceClient) CreateReadSession(ctx context.Context, in *CreateReadSessionRequest, opts ...grpc.CallOption) (*CreateReadSessionResponse, error) {
+	out := new(CreateReadSessionResponse)
+	err := c.cc.Invoke(ctx, "/lakehouse.v1.TableService/CreateReadSession", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *tableServiceClient) DeleteRows(ctx context.Context, in *DeleteRowsRequest, opts ...grpc.CallOption) (*DeleteRowsResponse, error) {
 	out := new(DeleteRowsResponse)
 	err := c.cc.Invoke(ctx, "/lakehouse.v1.TableService/DeleteRows", in, out, opts...)
@@ -399,6 +413,11 @@ type TableServiceServer interface {
 	RollbackTable(context.Context, *RollbackTableRequest) (*RollbackTableResponse, error)
 	// Streams a table's rows, optionally projected, filtered and as of a snapshot or time.
 	ReadRows(*ReadRowsRequest, TableService_ReadRowsServer) error
+	// Plans a read once, pins it to one snapshot and splits it into streams of roughly equal
+	// bytes, to be read in parallel (from any replica) with ReadRows(read_session, stream)
+	// until the session expires. The same selection as ReadRows; a row_limit makes one stream.
+	// Needs tables.read, and only its creator may read its streams.
+	CreateReadSession(context.Context, *CreateReadSessionRequest) (*CreateReadSessionResponse, error)
 	// Deletes the rows that match a filter, in one snapshot (copy-on-write: the data files
 	// holding matching rows are written again without them, files of only matching rows are
 	// removed). With a request_id, a retry deletes once. Needs tables.change_rows.
@@ -491,6 +510,9 @@ func (UnimplementedTableServiceServer) RollbackTable(context.Context, *RollbackT
 }
 func (UnimplementedTableServiceServer) ReadRows(*ReadRowsRequest, TableService_ReadRowsServer) error {
 	return status.Errorf(codes.Unimplemented, "method ReadRows not implemented")
+}
+func (UnimplementedTableServiceServer) CreateReadSession(context.Context, *CreateReadSessionRequest) (*CreateReadSessionResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CreateReadSession not implemented")
 }
 func (UnimplementedTableServiceServer) DeleteRows(context.Context, *DeleteRowsRequest) (*DeleteRowsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method DeleteRows not implemented")
@@ -820,6 +842,24 @@ func (x *tableServiceReadRowsServer) Send(m *ReadRowsResponse) error {
 	return x.ServerStream.SendMsg(m)
 }
 
+func _TableService_CreateReadSession_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateReadSessionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TableServiceServer).CreateReadSession(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/lakehouse.v1.TableService/CreateReadSession",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TableServiceServer).CreateReadSession(ctx, req.(*CreateReadSessionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _TableService_DeleteRows_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(DeleteRowsRequest)
 	if err := dec(in); err != nil {
@@ -1030,6 +1070,10 @@ var _TableService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RollbackTable",
 			Handler:    _TableService_RollbackTable_Handler,
+		},
+		{
+			MethodName: "CreateReadSession",
+			Handler:    _TableService_CreateReadSession_Handler,
 		},
 		{
 			MethodName: "DeleteRows",

@@ -1,0 +1,185 @@
+"""Reading a table as a read session: its streams in parallel, over several channels.
+
+``CreateReadSession`` plans the read once and pins its snapshot; each stream is then one
+``ReadRows(read_session, stream)`` call, and the streams together hold exactly the rows of
+one ``ReadRows``. Reading them at once, over a few channels (separate HTTP/2 connections,
+possibly to separate replicas), lifts the cap of one stream through Python's gRPC transport.
+
+A stream that fails with ``UNAVAILABLE`` (its replica went away) is read again from its
+start on the next channel: its snapshot is pinned, so a re-read returns the same rows, and
+the rows of the broken attempt are dropped. With no channel left, the error is raised.
+The result is in stream order, the order of one ``ReadRows``.
+
+This module needs pyarrow (``pip install './gen[arrow]'``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, TypeVar
+
+import grpc
+import pyarrow as pa
+
+from lakehouse.v1 import read_session_pb2, rows_pb2, table_service_pb2
+
+if TYPE_CHECKING:
+    from lakehouse.v1 import table_service_pb2_grpc
+
+__all__ = [
+    "DEFAULT_STREAMS",
+    "read_session_table",
+    "read_session_table_async",
+]
+
+#: Streams read at once by default: a few, so the server's decode and the client's transport
+#: overlap; more rarely help on one replica.
+DEFAULT_STREAMS = 4
+
+T = TypeVar("T")
+S = TypeVar("S")
+Metadata = tuple[tuple[str, str | bytes], ...] | None
+
+
+def _stream_request(
+    session: str, index: int, compression: rows_pb2.ArrowCompression.ValueType
+) -> table_service_pb2.ReadRowsRequest:
+    return table_service_pb2.ReadRowsRequest(
+        read_session=session, stream=index, arrow_compression=compression
+    )
+
+
+def _schema(session: read_session_pb2.ReadSession) -> pa.Schema:
+    return pa.ipc.read_schema(pa.py_buffer(session.arrow_schema.serialized_schema))
+
+
+def _attempts(stubs: Sequence[object]) -> int:
+    """Tries of one call: every channel once, and at least a second try on a single one."""
+    return max(2, len(stubs))
+
+
+def _failover(stubs: Sequence[S], first: int, call: Callable[[S], T]) -> T:
+    """``call`` on ``stubs[first]``, then on the next ones while it fails with UNAVAILABLE."""
+    failure: grpc.RpcError | None = None
+    for attempt in range(_attempts(stubs)):
+        try:
+            return call(stubs[(first + attempt) % len(stubs)])
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            failure = e
+    assert failure is not None
+    raise failure
+
+
+async def _failover_async(stubs: Sequence[S], first: int, call: Callable[[S], Awaitable[T]]) -> T:
+    """``_failover`` for grpc.aio stubs."""
+    failure: grpc.RpcError | None = None
+    for attempt in range(_attempts(stubs)):
+        try:
+            return await call(stubs[(first + attempt) % len(stubs)])
+        except grpc.aio.AioRpcError as e:
+            if e.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            failure = e
+    assert failure is not None
+    raise failure
+
+
+def read_session_table(
+    stubs: Sequence[table_service_pb2_grpc.TableServiceStub],
+    request: table_service_pb2.CreateReadSessionRequest,
+    *,
+    compression: rows_pb2.ArrowCompression.ValueType = rows_pb2.ARROW_COMPRESSION_UNSPECIFIED,
+    timeout: float | None = None,
+    metadata: Metadata = None,
+) -> pa.Table:
+    """Creates a read session and reads its streams at once, one thread per stream.
+
+    Args:
+        stubs: ``TableServiceStub`` s on sync channels; stream ``i`` is read on
+            ``stubs[i % len(stubs)]``, and again on the next one if it fails with
+            ``UNAVAILABLE``.
+        request: The session's selection and ``max_streams``.
+        compression: Arrow buffer compression of the streams.
+        timeout: The deadline of each call, in seconds.
+        metadata: gRPC metadata sent with each call.
+
+    Returns:
+        The rows of the streams in stream order, with the session's schema.
+
+    Raises:
+        grpc.RpcError: A call failed on every channel tried, or with another code.
+        ReadRowsStreamError: A stream breaks the wire format.
+    """
+    from lakehouse.client.arrow import read_rows_to_arrow
+
+    if not stubs:
+        raise ValueError("read_session_table needs at least one stub")
+    session = _failover(
+        stubs, 0, lambda s: s.CreateReadSession(request, timeout=timeout, metadata=metadata)
+    ).session
+
+    def read(index: int) -> pa.Table:
+        stream = _stream_request(session.name, index, compression)
+        return _failover(
+            stubs,
+            index,
+            lambda s: read_rows_to_arrow(s.ReadRows(stream, timeout=timeout, metadata=metadata)),
+        )
+
+    count = len(session.streams)
+    if count == 1:
+        parts = [read(0)]
+    else:
+        with ThreadPoolExecutor(count, thread_name_prefix="lakehouse-read") as pool:
+            parts = list(pool.map(read, range(count)))
+    return pa.concat_tables([_schema(session).empty_table(), *parts])
+
+
+async def read_session_table_async(
+    stubs: Sequence[table_service_pb2_grpc.TableServiceAsyncStub],
+    request: table_service_pb2.CreateReadSessionRequest,
+    *,
+    compression: rows_pb2.ArrowCompression.ValueType = rows_pb2.ARROW_COMPRESSION_UNSPECIFIED,
+    timeout: float | None = None,
+    metadata: Metadata = None,
+) -> pa.Table:
+    """``read_session_table`` over grpc.aio channels: the streams are read concurrently.
+
+    Raises:
+        grpc.aio.AioRpcError: A call failed on every channel tried, or with another code.
+        ReadRowsStreamError: A stream breaks the wire format.
+    """
+    from lakehouse.client.arrow import read_rows_to_arrow_async
+
+    if not stubs:
+        raise ValueError("read_session_table_async needs at least one stub")
+
+    async def create(
+        s: table_service_pb2_grpc.TableServiceAsyncStub,
+    ) -> read_session_pb2.ReadSession:
+        response = await s.CreateReadSession(request, timeout=timeout, metadata=metadata)
+        return response.session
+
+    session = await _failover_async(stubs, 0, create)
+
+    async def read(index: int) -> pa.Table:
+        stream = _stream_request(session.name, index, compression)
+        return await _failover_async(
+            stubs,
+            index,
+            lambda s: read_rows_to_arrow_async(
+                s.ReadRows(stream, timeout=timeout, metadata=metadata)
+            ),
+        )
+
+    tasks = [asyncio.ensure_future(read(i)) for i in range(len(session.streams))]
+    try:
+        parts = await asyncio.gather(*tasks)
+    finally:  # one stream failed: stop the others' calls
+        for task in tasks:
+            task.cancel()
+    return pa.concat_tables([_schema(session).empty_table(), *parts])
