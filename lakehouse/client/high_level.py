@@ -17,7 +17,8 @@ Every failure is raised as a decoded ``LakehouseError`` (``code``, ``reason``,
 ``sql``, which send a request id (generated per call unless given, the same on every attempt,
 so the service applies the call once); ``append``, whose writer offsets make it exactly once
 (a retry asks ``GetWriter`` how far the writer got and sends only the rest); creates with
-``exist_ok=True``. Other calls are retried only when refused at the door (``RATE_LIMITED``).
+``exist_ok=True``. Other calls are retried only when refused at the door (``RATE_LIMITED``,
+``SERVER_OVERLOADED``).
 ``AsyncLakehouse`` (``lakehouse.client.high_level_async``) is the same on ``grpc.aio``.
 
 Needs pyarrow (``pip install 'lakehouse-client[arrow]'``).
