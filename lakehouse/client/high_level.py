@@ -47,6 +47,7 @@ from lakehouse.client.arrow import (
     read_rows_to_arrow,
     write_rows_request,
 )
+from lakehouse.client.channels import DEFAULT_CHANNELS, RoundRobin, check_channels, pooled_options
 from lakehouse.client.errors import LakehouseError, decode_error, error_from_status
 from lakehouse.client.jobs import Job, sql_preview, succeeded
 from lakehouse.client.request_builders import (
@@ -82,6 +83,15 @@ __all__ = ["Lakehouse"]
 T = TypeVar("T")
 
 
+class _Stubs:
+    """The generated stubs of one channel."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.tables = table_service_pb2_grpc.TableServiceStub(channel)
+        self.ingest = ingest_service_pb2_grpc.IngestServiceStub(channel)
+        self.jobs = job_service_pb2_grpc.JobServiceStub(channel)
+
+
 class Lakehouse:
     """A synchronous lakehouse.v1 client: tables, writes, reads and SQL jobs, with retries.
 
@@ -96,6 +106,8 @@ class Lakehouse:
             attempt's whole stream); None for none.
         retry: When to retry and how long to wait (``RetryPolicy()`` by default).
         on_retry: Called before each retry's wait (for logs or metrics).
+        channels: Channels (each its own connection) the calls are spread over, in turn
+            (1 to 16); see ``lakehouse.client.channels``.
     """
 
     def __init__(
@@ -110,32 +122,54 @@ class Lakehouse:
         timeout: float | None = 60.0,
         retry: RetryPolicy | None = None,
         on_retry: OnRetry | None = None,
+        channels: int = DEFAULT_CHANNELS,
     ) -> None:
         self._connection = Connection(
             target, api_key, tls, root_certificates, client_certificate, client_key
         )
         credentials = self._connection.credentials()
-        self._channel = (
-            grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
+        options = pooled_options(CHANNEL_OPTIONS)
+        self._channels = [
+            grpc.secure_channel(target, credentials, options=options)
             if credentials is not None
-            else grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
-        )
+            else grpc.insecure_channel(target, options=options)
+            for _ in range(check_channels(channels))
+        ]
+        self._stubs = RoundRobin([_Stubs(channel) for channel in self._channels])
         self._metadata = self._connection.metadata()
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.on_retry = on_retry
-        self.tables = table_service_pb2_grpc.TableServiceStub(self._channel)
-        """The generated ``TableService`` stub, for calls this client does not wrap."""
-        self.ingest = ingest_service_pb2_grpc.IngestServiceStub(self._channel)
-        """The generated ``IngestService`` stub."""
-        self.jobs = job_service_pb2_grpc.JobServiceStub(self._channel)
-        """The generated ``JobService`` stub."""
+        first = self._stubs.items[0]
+        self.tables = first.tables
+        """The generated ``TableService`` stub (on the first channel), for calls this client
+        does not wrap."""
+        self.ingest = first.ingest
+        """The generated ``IngestService`` stub (on the first channel)."""
+        self.jobs = first.jobs
+        """The generated ``JobService`` stub (on the first channel)."""
+
+    @property
+    def _tables(self) -> table_service_pb2_grpc.TableServiceStub:
+        """``TableService`` on the next channel: each call goes out on the next connection."""
+        return self._stubs.next().tables
+
+    @property
+    def _ingest(self) -> ingest_service_pb2_grpc.IngestServiceStub:
+        """``IngestService`` on the next channel."""
+        return self._stubs.next().ingest
+
+    @property
+    def _jobs(self) -> job_service_pb2_grpc.JobServiceStub:
+        """``JobService`` on the next channel."""
+        return self._stubs.next().jobs
 
     # --- life -----------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Closes the channel; calls in flight are cancelled."""
-        self._channel.close()
+        """Closes the channels; calls in flight are cancelled."""
+        for channel in self._channels:
+            channel.close()
 
     def __enter__(self) -> Lakehouse:
         return self
@@ -192,11 +226,11 @@ class Lakehouse:
 
         def attempt() -> namespace_pb2.Namespace:
             try:
-                return self.tables.CreateNamespace(request, **self._options()).namespace
+                return self._tables.CreateNamespace(request, **self._options()).namespace
             except grpc.RpcError as e:
                 if exist_ok and e.code() == grpc.StatusCode.ALREADY_EXISTS:
                     get = table_service_pb2.GetNamespaceRequest(name=name)
-                    return self.tables.GetNamespace(get, **self._options()).namespace
+                    return self._tables.GetNamespace(get, **self._options()).namespace
                 raise
 
         return self._call(attempt, idempotent=exist_ok)
@@ -243,7 +277,7 @@ class Lakehouse:
 
         def attempt() -> table_pb2.Table:
             try:
-                return self.tables.CreateTable(request, **self._options()).table
+                return self._tables.CreateTable(request, **self._options()).table
             except grpc.RpcError as e:
                 if exist_ok and e.code() == grpc.StatusCode.ALREADY_EXISTS:
                     return self._get_table(request.namespace, request.table)
@@ -253,7 +287,7 @@ class Lakehouse:
 
     def _get_table(self, namespace: str, table: str) -> table_pb2.Table:
         request = table_service_pb2.GetTableRequest(namespace=namespace, table=table)
-        return self.tables.GetTable(request, **self._options()).table
+        return self._tables.GetTable(request, **self._options()).table
 
     def get_table(self, table: TableName) -> table_pb2.Table:
         """The table's metadata (schema, partition spec, snapshot, stats, etag).
@@ -307,7 +341,8 @@ class Lakehouse:
             overwrite_filter=overwrite_filter,
         )
         return self._call(
-            lambda: self.ingest.WriteRows(request, **self._options()).result, idempotent=True
+            lambda: self._ingest.WriteRows(request, **self._options()).result,
+            idempotent=True,
         )
 
     def writer_offset(self, table: TableName, writer_id: str) -> int:
@@ -319,7 +354,11 @@ class Lakehouse:
 
         def attempt() -> int:
             try:
-                return int(self.ingest.GetWriter(request, **self._options()).writer.next_offset)
+                return int(
+                    self._stubs.next()
+                    .ingest.GetWriter(request, **self._options())
+                    .writer.next_offset
+                )
             except grpc.RpcError as e:
                 if decode_error(e).reason == "WRITER_NOT_FOUND":
                     return 0
@@ -377,7 +416,7 @@ class Lakehouse:
                 writer_id=writer_id,
                 start_offset=resume_at,
             )
-            call = self.ingest.AppendRows(requests, **self._options())
+            call = self._ingest.AppendRows(requests, **self._options())
             for ack in call:
                 if ack.HasField("error"):
                     call.cancel()
@@ -427,7 +466,7 @@ class Lakehouse:
         # A read restarts from the beginning on a retry: the rows of a broken stream are
         # dropped, never mixed with the next attempt's.
         return self._call(
-            lambda: read_rows_to_arrow(self.tables.ReadRows(request, **self._options())),
+            lambda: read_rows_to_arrow(self._tables.ReadRows(request, **self._options())),
             idempotent=True,
         )
 
@@ -463,7 +502,7 @@ class Lakehouse:
             request_id=request_id,
         )
         return self._call(
-            lambda: Job.from_proto(self.jobs.CreateJob(request, **self._options()).job),
+            lambda: Job.from_proto(self._jobs.CreateJob(request, **self._options()).job),
             idempotent=True,
         )
 
@@ -471,7 +510,7 @@ class Lakehouse:
         """The job as it is now."""
         request = job_service_pb2.GetJobRequest(job_id=job if isinstance(job, str) else job.id)
         return self._call(
-            lambda: Job.from_proto(self.jobs.GetJob(request, **self._options()).job),
+            lambda: Job.from_proto(self._jobs.GetJob(request, **self._options()).job),
             idempotent=True,
         )
 
@@ -498,7 +537,7 @@ class Lakehouse:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             latest: Job | None = None
             try:
-                for response in self.jobs.WatchJob(
+                for response in self._jobs.WatchJob(
                     request, timeout=remaining, metadata=self._metadata
                 ):
                     latest = Job.from_proto(response.job)

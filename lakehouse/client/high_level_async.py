@@ -37,6 +37,7 @@ from lakehouse.client.arrow import (
     read_rows_to_arrow_async,
     write_rows_request,
 )
+from lakehouse.client.channels import DEFAULT_CHANNELS, RoundRobin, check_channels, pooled_options
 from lakehouse.client.errors import LakehouseError, decode_error, error_from_status
 from lakehouse.client.jobs import Job, sql_preview, succeeded
 from lakehouse.client.request_builders import (
@@ -72,6 +73,15 @@ __all__ = ["AsyncLakehouse"]
 T = TypeVar("T")
 
 
+class _Stubs:
+    """The generated stubs of one channel."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.tables = table_service_pb2_grpc.TableServiceStub(channel)
+        self.ingest = ingest_service_pb2_grpc.IngestServiceStub(channel)
+        self.jobs = job_service_pb2_grpc.JobServiceStub(channel)
+
+
 class AsyncLakehouse:
     """An asyncio lakehouse.v1 client; the arguments are ``Lakehouse``'s.
 
@@ -87,6 +97,8 @@ class AsyncLakehouse:
         timeout: The deadline of each call, in seconds; None for none.
         retry: When to retry and how long to wait (``RetryPolicy()`` by default).
         on_retry: Called before each retry's wait (for logs or metrics).
+        channels: Channels (each its own connection) the calls are spread over, in turn
+            (1 to 16); see ``lakehouse.client.channels``.
     """
 
     def __init__(
@@ -101,30 +113,52 @@ class AsyncLakehouse:
         timeout: float | None = 60.0,
         retry: RetryPolicy | None = None,
         on_retry: OnRetry | None = None,
+        channels: int = DEFAULT_CHANNELS,
     ) -> None:
         self._connection = Connection(
             target, api_key, tls, root_certificates, client_certificate, client_key
         )
         credentials = self._connection.credentials()
-        self._channel = (
-            grpc.aio.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
+        options = pooled_options(CHANNEL_OPTIONS)
+        self._channels = [
+            grpc.aio.secure_channel(target, credentials, options=options)
             if credentials is not None
-            else grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
-        )
+            else grpc.aio.insecure_channel(target, options=options)
+            for _ in range(check_channels(channels))
+        ]
+        self._stubs = RoundRobin([_Stubs(channel) for channel in self._channels])
         self._metadata = self._connection.metadata()
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.on_retry = on_retry
-        self.tables = table_service_pb2_grpc.TableServiceStub(self._channel)
-        """The generated ``TableService`` stub, for calls this client does not wrap."""
-        self.ingest = ingest_service_pb2_grpc.IngestServiceStub(self._channel)
-        """The generated ``IngestService`` stub."""
-        self.jobs = job_service_pb2_grpc.JobServiceStub(self._channel)
-        """The generated ``JobService`` stub."""
+        first = self._stubs.items[0]
+        self.tables = first.tables
+        """The generated ``TableService`` stub (on the first channel), for calls this client
+        does not wrap."""
+        self.ingest = first.ingest
+        """The generated ``IngestService`` stub (on the first channel)."""
+        self.jobs = first.jobs
+        """The generated ``JobService`` stub (on the first channel)."""
+
+    @property
+    def _tables(self) -> table_service_pb2_grpc.TableServiceAsyncStub:
+        """``TableService`` on the next channel: each call goes out on the next connection."""
+        return self._stubs.next().tables
+
+    @property
+    def _ingest(self) -> ingest_service_pb2_grpc.IngestServiceAsyncStub:
+        """``IngestService`` on the next channel."""
+        return self._stubs.next().ingest
+
+    @property
+    def _jobs(self) -> job_service_pb2_grpc.JobServiceAsyncStub:
+        """``JobService`` on the next channel."""
+        return self._stubs.next().jobs
 
     async def close(self) -> None:
-        """Closes the channel; calls in flight are cancelled."""
-        await self._channel.close()
+        """Closes the channels; calls in flight are cancelled."""
+        for channel in self._channels:
+            await channel.close()
 
     async def __aenter__(self) -> AsyncLakehouse:
         return self
@@ -170,11 +204,11 @@ class AsyncLakehouse:
 
         async def attempt() -> namespace_pb2.Namespace:
             try:
-                return (await self.tables.CreateNamespace(request, **self._options())).namespace
+                return (await self._tables.CreateNamespace(request, **self._options())).namespace
             except grpc.aio.AioRpcError as e:
                 if exist_ok and e.code() == grpc.StatusCode.ALREADY_EXISTS:
                     get = table_service_pb2.GetNamespaceRequest(name=name)
-                    return (await self.tables.GetNamespace(get, **self._options())).namespace
+                    return (await self._tables.GetNamespace(get, **self._options())).namespace
                 raise
 
         return await self._call(attempt, idempotent=exist_ok)
@@ -202,7 +236,7 @@ class AsyncLakehouse:
 
         async def attempt() -> table_pb2.Table:
             try:
-                return (await self.tables.CreateTable(request, **self._options())).table
+                return (await self._tables.CreateTable(request, **self._options())).table
             except grpc.aio.AioRpcError as e:
                 if exist_ok and e.code() == grpc.StatusCode.ALREADY_EXISTS:
                     return await self._get_table(request.namespace, request.table)
@@ -212,7 +246,7 @@ class AsyncLakehouse:
 
     async def _get_table(self, namespace: str, table: str) -> table_pb2.Table:
         request = table_service_pb2.GetTableRequest(namespace=namespace, table=table)
-        return (await self.tables.GetTable(request, **self._options())).table
+        return (await self._tables.GetTable(request, **self._options())).table
 
     async def get_table(self, table: TableName) -> table_pb2.Table:
         """The table's metadata; see ``Lakehouse.get_table``."""
@@ -244,7 +278,7 @@ class AsyncLakehouse:
         )
 
         async def attempt() -> ingest_pb2.WriteResult:
-            return (await self.ingest.WriteRows(request, **self._options())).result
+            return (await self._ingest.WriteRows(request, **self._options())).result
 
         return await self._call(attempt, idempotent=True)
 
@@ -257,7 +291,7 @@ class AsyncLakehouse:
 
         async def attempt() -> int:
             try:
-                response = await self.ingest.GetWriter(request, **self._options())
+                response = await self._ingest.GetWriter(request, **self._options())
             except grpc.aio.AioRpcError as e:
                 if decode_error(e).reason == "WRITER_NOT_FOUND":
                     return 0
@@ -303,7 +337,7 @@ class AsyncLakehouse:
                 writer_id=writer_id,
                 start_offset=resume_at,
             )
-            call = self.ingest.AppendRows(requests, **self._options())
+            call = self._ingest.AppendRows(requests, **self._options())
             async for ack in call:
                 if ack.HasField("error"):
                     call.cancel()
@@ -337,7 +371,7 @@ class AsyncLakehouse:
         request.ref = ref
 
         async def attempt() -> pa.Table:
-            return await read_rows_to_arrow_async(self.tables.ReadRows(request, **self._options()))
+            return await read_rows_to_arrow_async(self._tables.ReadRows(request, **self._options()))
 
         return await self._call(attempt, idempotent=True)
 
@@ -360,7 +394,7 @@ class AsyncLakehouse:
         )
 
         async def attempt() -> Job:
-            return Job.from_proto((await self.jobs.CreateJob(request, **self._options())).job)
+            return Job.from_proto((await self._jobs.CreateJob(request, **self._options())).job)
 
         return await self._call(attempt, idempotent=True)
 
@@ -369,7 +403,7 @@ class AsyncLakehouse:
         request = job_service_pb2.GetJobRequest(job_id=job if isinstance(job, str) else job.id)
 
         async def attempt() -> Job:
-            return Job.from_proto((await self.jobs.GetJob(request, **self._options())).job)
+            return Job.from_proto((await self._jobs.GetJob(request, **self._options())).job)
 
         return await self._call(attempt, idempotent=True)
 
@@ -384,7 +418,7 @@ class AsyncLakehouse:
         request = job_service_pb2.WatchJobRequest(job_id=job_id)
 
         async def attempt() -> Job:
-            async for response in self.jobs.WatchJob(request, metadata=self._metadata):
+            async for response in self._jobs.WatchJob(request, metadata=self._metadata):
                 latest = Job.from_proto(response.job)
                 if latest.finished:
                     return latest
