@@ -16,9 +16,12 @@ import asyncio
 import collections
 import contextlib
 import itertools
+import json
 import math
 import os
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -111,14 +114,13 @@ async def _qps(
 
 
 @contextlib.contextmanager
-def _bare_health_server() -> Iterator[tuple[str, int]]:
-    """``bench.bare_health`` in a child process: its target and process id."""
-    import json as _json
-    import subprocess
-    import sys
+def _child_server(module: str, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], Any]]:
+    """``python -m module args`` in a child process: it and the JSON of its first line.
 
+    The child prints one JSON object (its port...) once it listens; it is killed at the end.
+    """
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.bare_health"],
+        [sys.executable, "-m", module, *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -128,12 +130,18 @@ def _bare_health_server() -> Iterator[tuple[str, int]]:
         assert proc.stdout is not None
         first = proc.stdout.readline().decode()
         if not first:
-            raise HarnessError("the bare health server did not start")
-        started = _json.loads(first)
-        yield f"127.0.0.1:{started['port']}", int(started["pid"])
+            raise HarnessError(f"{module} did not start")
+        yield proc, json.loads(first)
     finally:
         proc.kill()
         proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def _bare_health_server() -> Iterator[tuple[str, int]]:
+    """``bench.bare_health`` in a child process: its target and process id."""
+    with _child_server("bench.bare_health") as (proc, started):
+        yield f"127.0.0.1:{started['port']}", proc.pid
 
 
 async def bare_health_qps(ctx: BenchContext) -> Result:
@@ -1453,41 +1461,16 @@ async def overwrite_partitions(ctx: BenchContext) -> Result:
 @contextlib.contextmanager
 def _flight_peer(server: ServerProcess, backend: Backend) -> Iterator[Any]:
     """``bench.flight_peer`` in a child process on the server's catalog; a connected client."""
-    import json as _json
-    import subprocess
-    import sys
-
     import pyarrow.flight as flight
 
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bench.flight_peer",
-            "--data-dir",
-            str(server.data_dir),
-            "--settings-json",
-            _json.dumps(backend.settings),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        assert proc.stdout is not None
-        first = proc.stdout.readline().decode()
-        if not first:
-            raise HarnessError("the Flight peer did not start")
-        port = int(_json.loads(first)["port"])
-        client = flight.FlightClient(f"grpc://127.0.0.1:{port}")
+    settings = json.dumps(backend.settings)
+    args = ("--data-dir", str(server.data_dir), "--settings-json", settings)
+    with _child_server("bench.flight_peer", *args) as (_, started):
+        client = flight.FlightClient(f"grpc://127.0.0.1:{int(started['port'])}")
         try:
             yield client
         finally:
             client.close()
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
 
 
 def append_rows_vs_flight(ctx: BenchContext) -> Result:

@@ -20,9 +20,26 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
-__all__ = ["DEFAULT_CHANNELS", "MAX_CHANNELS", "RoundRobin", "check_channels", "pooled_options"]
+import grpc
+
+from lakehouse.v1 import ingest_service_pb2_grpc, job_service_pb2_grpc, table_service_pb2_grpc
+
+if TYPE_CHECKING:
+    from lakehouse.v1.ingest_service_pb2_grpc import IngestServiceAsyncStub, IngestServiceStub
+    from lakehouse.v1.job_service_pb2_grpc import JobServiceAsyncStub, JobServiceStub
+    from lakehouse.v1.table_service_pb2_grpc import TableServiceAsyncStub, TableServiceStub
+
+__all__ = [
+    "DEFAULT_CHANNELS",
+    "MAX_CHANNELS",
+    "RoundRobin",
+    "Spread",
+    "check_channels",
+    "pooled_options",
+    "spread_over",
+]
 
 #: Channels a high-level client opens unless told otherwise.
 DEFAULT_CHANNELS = 2
@@ -31,6 +48,9 @@ MAX_CHANNELS = 16
 _OWN_CONNECTION = ("grpc.use_local_subchannel_pool", 1)
 
 T = TypeVar("T")
+TablesT = TypeVar("TablesT")
+IngestT = TypeVar("IngestT")
+JobsT = TypeVar("JobsT")
 
 
 def pooled_options(options: Sequence[tuple[str, Any]] = ()) -> tuple[tuple[str, Any], ...]:
@@ -58,3 +78,57 @@ class RoundRobin(Generic[T]):
         self.items = tuple(items)
         self.next = itertools.cycle(self.items).__next__
         """The next item."""
+
+
+class Spread(Generic[TablesT, IngestT, JobsT]):
+    """The three services' stubs on a few channels: each use takes the next channel's.
+
+    Args:
+        stubs: ``(tables, ingest, jobs)`` stubs of each channel.
+    """
+
+    def __init__(self, stubs: Sequence[tuple[TablesT, IngestT, JobsT]]) -> None:
+        self._turn = RoundRobin(stubs)
+        self.first = self._turn.items[0]
+        """The first channel's stubs."""
+
+    @property
+    def tables(self) -> TablesT:
+        """``TableService`` on the next channel."""
+        return self._turn.next()[0]
+
+    @property
+    def ingest(self) -> IngestT:
+        """``IngestService`` on the next channel."""
+        return self._turn.next()[1]
+
+    @property
+    def jobs(self) -> JobsT:
+        """``JobService`` on the next channel."""
+        return self._turn.next()[2]
+
+
+@overload
+def spread_over(
+    channels: Sequence[grpc.aio.Channel],
+) -> Spread[TableServiceAsyncStub, IngestServiceAsyncStub, JobServiceAsyncStub]: ...
+
+
+@overload
+def spread_over(
+    channels: Sequence[grpc.Channel],
+) -> Spread[TableServiceStub, IngestServiceStub, JobServiceStub]: ...
+
+
+def spread_over(channels: Sequence[Any]) -> Spread[Any, Any, Any]:
+    """The generated stubs of the three services on each of ``channels``."""
+    return Spread(
+        [
+            (
+                table_service_pb2_grpc.TableServiceStub(channel),
+                ingest_service_pb2_grpc.IngestServiceStub(channel),
+                job_service_pb2_grpc.JobServiceStub(channel),
+            )
+            for channel in channels
+        ]
+    )

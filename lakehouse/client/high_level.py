@@ -47,7 +47,12 @@ from lakehouse.client.arrow import (
     read_rows_to_arrow,
     write_rows_request,
 )
-from lakehouse.client.channels import DEFAULT_CHANNELS, RoundRobin, check_channels, pooled_options
+from lakehouse.client.channels import (
+    DEFAULT_CHANNELS,
+    check_channels,
+    pooled_options,
+    spread_over,
+)
 from lakehouse.client.errors import LakehouseError, decode_error, error_from_status
 from lakehouse.client.jobs import Job, sql_preview, succeeded
 from lakehouse.client.request_builders import (
@@ -68,28 +73,16 @@ from lakehouse.client.schema import schema_to_arrow
 from lakehouse.v1 import (
     ingest_pb2,
     ingest_service_pb2,
-    ingest_service_pb2_grpc,
     job_service_pb2,
-    job_service_pb2_grpc,
     namespace_pb2,
     schema_pb2,
     table_pb2,
     table_service_pb2,
-    table_service_pb2_grpc,
 )
 
 __all__ = ["Lakehouse"]
 
 T = TypeVar("T")
-
-
-class _Stubs:
-    """The generated stubs of one channel."""
-
-    def __init__(self, channel: grpc.Channel) -> None:
-        self.tables = table_service_pb2_grpc.TableServiceStub(channel)
-        self.ingest = ingest_service_pb2_grpc.IngestServiceStub(channel)
-        self.jobs = job_service_pb2_grpc.JobServiceStub(channel)
 
 
 class Lakehouse:
@@ -135,34 +128,19 @@ class Lakehouse:
             else grpc.insecure_channel(target, options=options)
             for _ in range(check_channels(channels))
         ]
-        self._stubs = RoundRobin([_Stubs(channel) for channel in self._channels])
+        # Each call takes the next channel's stub: calls spread over the connections.
+        self._next = spread_over(self._channels)
         self._metadata = self._connection.metadata()
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.on_retry = on_retry
-        first = self._stubs.items[0]
-        self.tables = first.tables
+        self.tables = self._next.first[0]
         """The generated ``TableService`` stub (on the first channel), for calls this client
         does not wrap."""
-        self.ingest = first.ingest
+        self.ingest = self._next.first[1]
         """The generated ``IngestService`` stub (on the first channel)."""
-        self.jobs = first.jobs
+        self.jobs = self._next.first[2]
         """The generated ``JobService`` stub (on the first channel)."""
-
-    @property
-    def _tables(self) -> table_service_pb2_grpc.TableServiceStub:
-        """``TableService`` on the next channel: each call goes out on the next connection."""
-        return self._stubs.next().tables
-
-    @property
-    def _ingest(self) -> ingest_service_pb2_grpc.IngestServiceStub:
-        """``IngestService`` on the next channel."""
-        return self._stubs.next().ingest
-
-    @property
-    def _jobs(self) -> job_service_pb2_grpc.JobServiceStub:
-        """``JobService`` on the next channel."""
-        return self._stubs.next().jobs
 
     # --- life -----------------------------------------------------------------------------
 
@@ -226,11 +204,11 @@ class Lakehouse:
 
         def attempt() -> namespace_pb2.Namespace:
             try:
-                return self._tables.CreateNamespace(request, **self._options()).namespace
+                return self._next.tables.CreateNamespace(request, **self._options()).namespace
             except grpc.RpcError as e:
                 if exist_ok and e.code() == grpc.StatusCode.ALREADY_EXISTS:
                     get = table_service_pb2.GetNamespaceRequest(name=name)
-                    return self._tables.GetNamespace(get, **self._options()).namespace
+                    return self._next.tables.GetNamespace(get, **self._options()).namespace
                 raise
 
         return self._call(attempt, idempotent=exist_ok)
@@ -277,7 +255,7 @@ class Lakehouse:
 
         def attempt() -> table_pb2.Table:
             try:
-                return self._tables.CreateTable(request, **self._options()).table
+                return self._next.tables.CreateTable(request, **self._options()).table
             except grpc.RpcError as e:
                 if exist_ok and e.code() == grpc.StatusCode.ALREADY_EXISTS:
                     return self._get_table(request.namespace, request.table)
@@ -287,7 +265,7 @@ class Lakehouse:
 
     def _get_table(self, namespace: str, table: str) -> table_pb2.Table:
         request = table_service_pb2.GetTableRequest(namespace=namespace, table=table)
-        return self._tables.GetTable(request, **self._options()).table
+        return self._next.tables.GetTable(request, **self._options()).table
 
     def get_table(self, table: TableName) -> table_pb2.Table:
         """The table's metadata (schema, partition spec, snapshot, stats, etag).
@@ -341,7 +319,7 @@ class Lakehouse:
             overwrite_filter=overwrite_filter,
         )
         return self._call(
-            lambda: self._ingest.WriteRows(request, **self._options()).result,
+            lambda: self._next.ingest.WriteRows(request, **self._options()).result,
             idempotent=True,
         )
 
@@ -354,11 +332,8 @@ class Lakehouse:
 
         def attempt() -> int:
             try:
-                return int(
-                    self._stubs.next()
-                    .ingest.GetWriter(request, **self._options())
-                    .writer.next_offset
-                )
+                response = self._next.ingest.GetWriter(request, **self._options())
+                return int(response.writer.next_offset)
             except grpc.RpcError as e:
                 if decode_error(e).reason == "WRITER_NOT_FOUND":
                     return 0
@@ -416,7 +391,7 @@ class Lakehouse:
                 writer_id=writer_id,
                 start_offset=resume_at,
             )
-            call = self._ingest.AppendRows(requests, **self._options())
+            call = self._next.ingest.AppendRows(requests, **self._options())
             for ack in call:
                 if ack.HasField("error"):
                     call.cancel()
@@ -466,7 +441,7 @@ class Lakehouse:
         # A read restarts from the beginning on a retry: the rows of a broken stream are
         # dropped, never mixed with the next attempt's.
         return self._call(
-            lambda: read_rows_to_arrow(self._tables.ReadRows(request, **self._options())),
+            lambda: read_rows_to_arrow(self._next.tables.ReadRows(request, **self._options())),
             idempotent=True,
         )
 
@@ -502,7 +477,7 @@ class Lakehouse:
             request_id=request_id,
         )
         return self._call(
-            lambda: Job.from_proto(self._jobs.CreateJob(request, **self._options()).job),
+            lambda: Job.from_proto(self._next.jobs.CreateJob(request, **self._options()).job),
             idempotent=True,
         )
 
@@ -510,7 +485,7 @@ class Lakehouse:
         """The job as it is now."""
         request = job_service_pb2.GetJobRequest(job_id=job if isinstance(job, str) else job.id)
         return self._call(
-            lambda: Job.from_proto(self._jobs.GetJob(request, **self._options()).job),
+            lambda: Job.from_proto(self._next.jobs.GetJob(request, **self._options()).job),
             idempotent=True,
         )
 
@@ -537,7 +512,7 @@ class Lakehouse:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             latest: Job | None = None
             try:
-                for response in self._jobs.WatchJob(
+                for response in self._next.jobs.WatchJob(
                     request, timeout=remaining, metadata=self._metadata
                 ):
                     latest = Job.from_proto(response.job)

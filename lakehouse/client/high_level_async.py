@@ -37,7 +37,12 @@ from lakehouse.client.arrow import (
     read_rows_to_arrow_async,
     write_rows_request,
 )
-from lakehouse.client.channels import DEFAULT_CHANNELS, RoundRobin, check_channels, pooled_options
+from lakehouse.client.channels import (
+    DEFAULT_CHANNELS,
+    check_channels,
+    pooled_options,
+    spread_over,
+)
 from lakehouse.client.errors import LakehouseError, decode_error, error_from_status
 from lakehouse.client.jobs import Job, sql_preview, succeeded
 from lakehouse.client.request_builders import (
@@ -58,28 +63,16 @@ from lakehouse.client.schema import schema_to_arrow
 from lakehouse.v1 import (
     ingest_pb2,
     ingest_service_pb2,
-    ingest_service_pb2_grpc,
     job_service_pb2,
-    job_service_pb2_grpc,
     namespace_pb2,
     schema_pb2,
     table_pb2,
     table_service_pb2,
-    table_service_pb2_grpc,
 )
 
 __all__ = ["AsyncLakehouse"]
 
 T = TypeVar("T")
-
-
-class _Stubs:
-    """The generated stubs of one channel."""
-
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        self.tables = table_service_pb2_grpc.TableServiceStub(channel)
-        self.ingest = ingest_service_pb2_grpc.IngestServiceStub(channel)
-        self.jobs = job_service_pb2_grpc.JobServiceStub(channel)
 
 
 class AsyncLakehouse:
@@ -126,34 +119,19 @@ class AsyncLakehouse:
             else grpc.aio.insecure_channel(target, options=options)
             for _ in range(check_channels(channels))
         ]
-        self._stubs = RoundRobin([_Stubs(channel) for channel in self._channels])
+        # Each call takes the next channel's stub: calls spread over the connections.
+        self._next = spread_over(self._channels)
         self._metadata = self._connection.metadata()
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.on_retry = on_retry
-        first = self._stubs.items[0]
-        self.tables = first.tables
+        self.tables = self._next.first[0]
         """The generated ``TableService`` stub (on the first channel), for calls this client
         does not wrap."""
-        self.ingest = first.ingest
+        self.ingest = self._next.first[1]
         """The generated ``IngestService`` stub (on the first channel)."""
-        self.jobs = first.jobs
+        self.jobs = self._next.first[2]
         """The generated ``JobService`` stub (on the first channel)."""
-
-    @property
-    def _tables(self) -> table_service_pb2_grpc.TableServiceAsyncStub:
-        """``TableService`` on the next channel: each call goes out on the next connection."""
-        return self._stubs.next().tables
-
-    @property
-    def _ingest(self) -> ingest_service_pb2_grpc.IngestServiceAsyncStub:
-        """``IngestService`` on the next channel."""
-        return self._stubs.next().ingest
-
-    @property
-    def _jobs(self) -> job_service_pb2_grpc.JobServiceAsyncStub:
-        """``JobService`` on the next channel."""
-        return self._stubs.next().jobs
 
     async def close(self) -> None:
         """Closes the channels; calls in flight are cancelled."""
@@ -204,11 +182,13 @@ class AsyncLakehouse:
 
         async def attempt() -> namespace_pb2.Namespace:
             try:
-                return (await self._tables.CreateNamespace(request, **self._options())).namespace
+                return (
+                    await self._next.tables.CreateNamespace(request, **self._options())
+                ).namespace
             except grpc.aio.AioRpcError as e:
                 if exist_ok and e.code() == grpc.StatusCode.ALREADY_EXISTS:
                     get = table_service_pb2.GetNamespaceRequest(name=name)
-                    return (await self._tables.GetNamespace(get, **self._options())).namespace
+                    return (await self._next.tables.GetNamespace(get, **self._options())).namespace
                 raise
 
         return await self._call(attempt, idempotent=exist_ok)
@@ -236,7 +216,7 @@ class AsyncLakehouse:
 
         async def attempt() -> table_pb2.Table:
             try:
-                return (await self._tables.CreateTable(request, **self._options())).table
+                return (await self._next.tables.CreateTable(request, **self._options())).table
             except grpc.aio.AioRpcError as e:
                 if exist_ok and e.code() == grpc.StatusCode.ALREADY_EXISTS:
                     return await self._get_table(request.namespace, request.table)
@@ -246,7 +226,7 @@ class AsyncLakehouse:
 
     async def _get_table(self, namespace: str, table: str) -> table_pb2.Table:
         request = table_service_pb2.GetTableRequest(namespace=namespace, table=table)
-        return (await self._tables.GetTable(request, **self._options())).table
+        return (await self._next.tables.GetTable(request, **self._options())).table
 
     async def get_table(self, table: TableName) -> table_pb2.Table:
         """The table's metadata; see ``Lakehouse.get_table``."""
@@ -278,7 +258,7 @@ class AsyncLakehouse:
         )
 
         async def attempt() -> ingest_pb2.WriteResult:
-            return (await self._ingest.WriteRows(request, **self._options())).result
+            return (await self._next.ingest.WriteRows(request, **self._options())).result
 
         return await self._call(attempt, idempotent=True)
 
@@ -291,7 +271,7 @@ class AsyncLakehouse:
 
         async def attempt() -> int:
             try:
-                response = await self._ingest.GetWriter(request, **self._options())
+                response = await self._next.ingest.GetWriter(request, **self._options())
             except grpc.aio.AioRpcError as e:
                 if decode_error(e).reason == "WRITER_NOT_FOUND":
                     return 0
@@ -337,7 +317,7 @@ class AsyncLakehouse:
                 writer_id=writer_id,
                 start_offset=resume_at,
             )
-            call = self._ingest.AppendRows(requests, **self._options())
+            call = self._next.ingest.AppendRows(requests, **self._options())
             async for ack in call:
                 if ack.HasField("error"):
                     call.cancel()
@@ -371,7 +351,9 @@ class AsyncLakehouse:
         request.ref = ref
 
         async def attempt() -> pa.Table:
-            return await read_rows_to_arrow_async(self._tables.ReadRows(request, **self._options()))
+            return await read_rows_to_arrow_async(
+                self._next.tables.ReadRows(request, **self._options())
+            )
 
         return await self._call(attempt, idempotent=True)
 
@@ -394,7 +376,7 @@ class AsyncLakehouse:
         )
 
         async def attempt() -> Job:
-            return Job.from_proto((await self._jobs.CreateJob(request, **self._options())).job)
+            return Job.from_proto((await self._next.jobs.CreateJob(request, **self._options())).job)
 
         return await self._call(attempt, idempotent=True)
 
@@ -403,7 +385,7 @@ class AsyncLakehouse:
         request = job_service_pb2.GetJobRequest(job_id=job if isinstance(job, str) else job.id)
 
         async def attempt() -> Job:
-            return Job.from_proto((await self._jobs.GetJob(request, **self._options())).job)
+            return Job.from_proto((await self._next.jobs.GetJob(request, **self._options())).job)
 
         return await self._call(attempt, idempotent=True)
 
@@ -418,7 +400,7 @@ class AsyncLakehouse:
         request = job_service_pb2.WatchJobRequest(job_id=job_id)
 
         async def attempt() -> Job:
-            async for response in self._jobs.WatchJob(request, metadata=self._metadata):
+            async for response in self._next.jobs.WatchJob(request, metadata=self._metadata):
                 latest = Job.from_proto(response.job)
                 if latest.finished:
                     return latest

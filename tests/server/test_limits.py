@@ -75,6 +75,16 @@ async def queued_job(channel: grpc.aio.Channel) -> str:
     return created.job.id
 
 
+async def open_watches(channel: grpc.aio.Channel, count: int) -> tuple[Any, str, list[Any]]:
+    """``count`` WatchJob streams on a job that stays QUEUED, each open on the server."""
+    job_id = await queued_job(channel)
+    jobs = job_service_pb2_grpc.JobServiceStub(channel)
+    watches = [jobs.WatchJob(jpb.WatchJobRequest(job_id=job_id)) for _ in range(count)]
+    for watch in watches:
+        await watch.read()  # its first message: the stream runs on the server
+    return jobs, job_id, watches
+
+
 @pytest.fixture
 def no_workers(local_settings: Settings) -> Settings:
     return local_settings.model_copy(
@@ -216,11 +226,7 @@ async def test_streams_beyond_the_per_connection_limit_wait(no_workers: Settings
         update={"max_concurrent_streams": 2, "stream_timeout_seconds": 30.0}
     )
     async with serving(settings) as channel:
-        job_id = await queued_job(channel)
-        jobs = job_service_pb2_grpc.JobServiceStub(channel)
-        watches = [jobs.WatchJob(jpb.WatchJobRequest(job_id=job_id)) for _ in range(2)]
-        for watch in watches:
-            await watch.read()  # both streams are open on the server
+        jobs, job_id, watches = await open_watches(channel, 2)  # both open on the server
         # A third call on the same connection waits for a free stream...
         with pytest.raises(grpc.aio.AioRpcError) as exc:
             await jobs.GetJob(jpb.GetJobRequest(job_id=job_id), timeout=0.5)
@@ -266,11 +272,8 @@ async def test_calls_beyond_the_process_bound_are_resource_exhausted(
         update={"max_concurrent_calls": 2, "stream_timeout_seconds": 30.0}
     )
     async with serving(settings) as channel:
-        job_id = await queued_job(channel)
-        jobs = job_service_pb2_grpc.JobServiceStub(channel)
-        watches = [jobs.WatchJob(jpb.WatchJobRequest(job_id=job_id)) for _ in range(2)]
-        for watch in watches:
-            await watch.read()  # both streams are open on the server: the bound is reached
+        # Both streams are open on the server: the bound is reached.
+        jobs, job_id, watches = await open_watches(channel, 2)
         with pytest.raises(grpc.aio.AioRpcError) as exc:
             await jobs.GetJob(jpb.GetJobRequest(job_id=job_id), timeout=10)
         details = rpc_error_details(exc.value)
