@@ -191,6 +191,11 @@ class ServerProcess:
                 # Shutdown speed is not measured; do not wait for load balancers that are not there.
                 "LAKEHOUSE_SHUTDOWN_DRAIN_SECONDS": "0",
                 "LAKEHOUSE_SHUTDOWN_GRACE_SECONDS": "2",
+                # The bench process is one caller: the default per-caller rate (1,000 calls/s,
+                # bursts of 2,000) would cap the qps scenarios below what the server does. Set
+                # high rather than off, so every call still pays the rate limit's check.
+                "LAKEHOUSE_QUOTAS__CALLS_PER_SECOND": "1000000",
+                "LAKEHOUSE_QUOTAS__BURST_CALLS": "10000000",
             }
         )
         cmd = [
