@@ -749,7 +749,8 @@ async def write_rows_small(ctx: BenchContext) -> Result:
             f"{SMALL_ROWS} rows in {stats.seconds:.1f}s, {stats.errors} errors"
             + (f" (e.g. {stats.error_examples[0]})" if stats.error_examples else "")
             + f"; {commits} commits ({ok_calls / max(commits, 1):.0f} requests per commit), "
-            f"row count checked; no request_id; CPU: server {server_cores:.2f} cores, client "
+            f"row count checked; no request_id; CPU: server {server_cores:.2f} cores "
+            f"({server_cores * wall / max(stats.calls, 1) * 1000:.2f} ms per call), client "
             f"{client_cores:.2f}; direct: {direct_commits} commits in {direct_seconds:.1f}s "
             f"({direct_commits / direct_seconds:.1f}/s); ingest settings default"
         ),
