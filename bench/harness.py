@@ -196,6 +196,11 @@ class ServerProcess:
                 "LAKEHOUSE_SHUTDOWN_DRAIN_SECONDS": "0",
                 "LAKEHOUSE_SHUTDOWN_GRACE_SECONDS": "2",
                 "LAKEHOUSE_FLIGHT_HOST": LOOPBACK,
+                # The bench process is one caller: the default per-caller rate (1,000 calls/s,
+                # bursts of 2,000) would cap the qps scenarios below what the server does. Set
+                # high rather than off, so every call still pays the rate limit's check.
+                "LAKEHOUSE_QUOTAS__CALLS_PER_SECOND": "1000000",
+                "LAKEHOUSE_QUOTAS__BURST_CALLS": "10000000",
             }
         )
         cmd = [
@@ -275,9 +280,7 @@ class ServerProcess:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the server process has used so far."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
-        return ticks / os.sysconf("SC_CLK_TCK")
+        return process_cpu_seconds(self.pid)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, then SIGKILL to the whole process group after ``timeout`` seconds."""
@@ -320,6 +323,13 @@ class ServerProcess:
             f"server {self.label} ({self.backend.name}) failed to start: {what}\n"
             f"--- last lines of {self.log_path} ---\n{self.log_tail()}"
         )
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time process ``pid`` has used so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _proc_status_kib(pid: int, key: str) -> int:

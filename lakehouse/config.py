@@ -701,6 +701,11 @@ class Settings(BaseSettings):
     max_concurrent_streams: int = Field(default=100, ge=1, le=100_000)
     """Calls one client connection may have open at once (HTTP/2 SETTINGS); a client's extra
     calls wait on its side, so one connection cannot take every handler."""
+    max_concurrent_calls: int = Field(default=2000, ge=0, le=1_000_000)
+    """Calls one process handles at once, all connections together (health and reflection
+    aside; streams count while open); one more is RESOURCE_EXHAUSTED (SERVER_OVERLOADED) with
+    a RetryInfo. The defence against overload now that gRPC core's own (which refused calls
+    as UNAVAILABLE well below the stream limit) is off. 0: no bound."""
     max_connection_age_seconds: float = Field(default=1800.0, ge=0, le=30 * 24 * 3600)
     """After this long a connection is asked to go away (GOAWAY, with gRPC's 10 % jitter) and
     clients reconnect, so long-lived HTTP/2 connections spread over replicas added since

@@ -20,6 +20,8 @@ from lakehouse.domain.errors import DeadlineExceeded
 _DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "lakehouse_call_deadline", default=None
 )
+#: What ``enter_deadline`` returns.
+DeadlineToken = contextvars.Token[float | None]
 
 
 @contextlib.contextmanager
@@ -28,15 +30,29 @@ def call_deadline(seconds: float | None) -> Iterator[None]:
 
     A deadline already set and sooner stays in force.
     """
-    if seconds is None:
-        yield
-        return
-    deadline = time.monotonic() + seconds
-    current = _DEADLINE.get()
-    token = _DEADLINE.set(deadline if current is None else min(current, deadline))
+    token = enter_deadline(seconds)
     try:
         yield
     finally:
+        leave_deadline(token)
+
+
+def enter_deadline(seconds: float | None) -> DeadlineToken | None:
+    """``call_deadline`` without the context manager, for the transport's per-call path.
+
+    Returns:
+        What ``leave_deadline`` needs to restore the previous deadline.
+    """
+    if seconds is None:
+        return None
+    deadline = time.monotonic() + seconds
+    current = _DEADLINE.get()
+    return _DEADLINE.set(deadline if current is None else min(current, deadline))
+
+
+def leave_deadline(token: DeadlineToken | None) -> None:
+    """Restores the deadline ``enter_deadline`` replaced."""
+    if token is not None:
         _DEADLINE.reset(token)
 
 

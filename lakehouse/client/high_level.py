@@ -17,7 +17,8 @@ Every failure is raised as a decoded ``LakehouseError`` (``code``, ``reason``,
 ``sql``, which send a request id (generated per call unless given, the same on every attempt,
 so the service applies the call once); ``append``, whose writer offsets make it exactly once
 (a retry asks ``GetWriter`` how far the writer got and sends only the rest); creates with
-``exist_ok=True``. Other calls are retried only when refused at the door (``RATE_LIMITED``).
+``exist_ok=True``. Other calls are retried only when refused at the door (``RATE_LIMITED``,
+``SERVER_OVERLOADED``).
 ``AsyncLakehouse`` (``lakehouse.client.high_level_async``) is the same on ``grpc.aio``.
 
 Needs pyarrow (``pip install 'lakehouse-client[arrow]'``).
@@ -47,6 +48,12 @@ from lakehouse.client.arrow import (
     read_session_request,
     write_rows_request,
 )
+from lakehouse.client.channels import (
+    DEFAULT_CHANNELS,
+    check_channels,
+    pooled_options,
+    spread_over,
+)
 from lakehouse.client.errors import LakehouseError, decode_error, error_from_status
 from lakehouse.client.jobs import Job, sql_preview, succeeded
 from lakehouse.client.parallel_reads import DEFAULT_STREAMS, read_session_table
@@ -69,9 +76,7 @@ from lakehouse.client.schema import schema_to_arrow
 from lakehouse.v1 import (
     ingest_pb2,
     ingest_service_pb2,
-    ingest_service_pb2_grpc,
     job_service_pb2,
-    job_service_pb2_grpc,
     namespace_pb2,
     schema_pb2,
     table_pb2,
@@ -98,8 +103,11 @@ class Lakehouse:
             attempt's whole stream); None for none.
         retry: When to retry and how long to wait (``RetryPolicy()`` by default).
         on_retry: Called before each retry's wait (for logs or metrics).
+        channels: Channels (each its own connection) the calls are spread over, in turn
+            (1 to 16); see ``lakehouse.client.channels``.
         read_streams: ``read`` reads a read session's streams at once, at most this many,
-            over as many connections (opened on the first read); 1 reads one ``ReadRows``.
+            over as many connections (the channels above, and more opened on the first read
+            when it asks more); 1 reads one ``ReadRows``.
     """
 
     def __init__(
@@ -114,51 +122,62 @@ class Lakehouse:
         timeout: float | None = 60.0,
         retry: RetryPolicy | None = None,
         on_retry: OnRetry | None = None,
+        channels: int = DEFAULT_CHANNELS,
         read_streams: int = DEFAULT_STREAMS,
     ) -> None:
         self._connection = Connection(
             target, api_key, tls, root_certificates, client_certificate, client_key
         )
         credentials = self._connection.credentials()
-        self._channel = (
-            grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
+        options = pooled_options(CHANNEL_OPTIONS)
+        self._channels = [
+            grpc.secure_channel(target, credentials, options=options)
             if credentials is not None
-            else grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
-        )
+            else grpc.insecure_channel(target, options=options)
+            for _ in range(check_channels(channels))
+        ]
+        # Each call takes the next channel's stub: calls spread over the connections.
+        self._next = spread_over(self._channels)
         self._metadata = self._connection.metadata()
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.on_retry = on_retry
-        self.tables = table_service_pb2_grpc.TableServiceStub(self._channel)
-        """The generated ``TableService`` stub, for calls this client does not wrap."""
-        self.ingest = ingest_service_pb2_grpc.IngestServiceStub(self._channel)
-        """The generated ``IngestService`` stub."""
-        self.jobs = job_service_pb2_grpc.JobServiceStub(self._channel)
-        """The generated ``JobService`` stub."""
+        self.tables = self._next.first[0]
+        """The generated ``TableService`` stub (on the first channel), for calls this client
+        does not wrap."""
+        self.ingest = self._next.first[1]
+        """The generated ``IngestService`` stub (on the first channel)."""
+        self.jobs = self._next.first[2]
+        """The generated ``JobService`` stub (on the first channel)."""
         self.read_streams = read_streams
         self._read_channels: list[grpc.Channel] = []
 
     def _read_stubs(self) -> list[table_service_pb2_grpc.TableServiceStub]:
-        """The main channel's stub and those of the read channels, opened on first use."""
-        if not self._read_channels:
+        """A ``TableService`` stub per read stream: the pool's, then more channels.
+
+        The channels past the pool's are opened on the first read that needs them, each its
+        own connection.
+        """
+        pool = [stubs[0] for stubs in self._next.stubs]
+        missing = self.read_streams - len(pool) - len(self._read_channels)
+        if missing > 0:
             credentials = self._connection.credentials()
             target = self._connection.target
-            self._read_channels = [
+            self._read_channels += [
                 grpc.secure_channel(target, credentials, options=READ_CHANNEL_OPTIONS)
                 if credentials is not None
                 else grpc.insecure_channel(target, options=READ_CHANNEL_OPTIONS)
-                for _ in range(self.read_streams - 1)
+                for _ in range(missing)
             ]
         extra = [table_service_pb2_grpc.TableServiceStub(c) for c in self._read_channels]
-        return [self.tables, *extra]
+        return [*pool, *extra][: max(self.read_streams, 1)]
 
     # --- life -----------------------------------------------------------------------------
 
     def close(self) -> None:
         """Closes the channels; calls in flight are cancelled."""
-        for channel in self._read_channels:
+        for channel in [*self._channels, *self._read_channels]:
             channel.close()
-        self._channel.close()
 
     def __enter__(self) -> Lakehouse:
         return self
@@ -215,11 +234,11 @@ class Lakehouse:
 
         def attempt() -> namespace_pb2.Namespace:
             try:
-                return self.tables.CreateNamespace(request, **self._options()).namespace
+                return self._next.tables.CreateNamespace(request, **self._options()).namespace
             except grpc.RpcError as e:
                 if exist_ok and e.code() == grpc.StatusCode.ALREADY_EXISTS:
                     get = table_service_pb2.GetNamespaceRequest(name=name)
-                    return self.tables.GetNamespace(get, **self._options()).namespace
+                    return self._next.tables.GetNamespace(get, **self._options()).namespace
                 raise
 
         return self._call(attempt, idempotent=exist_ok)
@@ -266,7 +285,7 @@ class Lakehouse:
 
         def attempt() -> table_pb2.Table:
             try:
-                return self.tables.CreateTable(request, **self._options()).table
+                return self._next.tables.CreateTable(request, **self._options()).table
             except grpc.RpcError as e:
                 if exist_ok and e.code() == grpc.StatusCode.ALREADY_EXISTS:
                     return self._get_table(request.namespace, request.table)
@@ -276,7 +295,7 @@ class Lakehouse:
 
     def _get_table(self, namespace: str, table: str) -> table_pb2.Table:
         request = table_service_pb2.GetTableRequest(namespace=namespace, table=table)
-        return self.tables.GetTable(request, **self._options()).table
+        return self._next.tables.GetTable(request, **self._options()).table
 
     def get_table(self, table: TableName) -> table_pb2.Table:
         """The table's metadata (schema, partition spec, snapshot, stats, etag).
@@ -330,7 +349,8 @@ class Lakehouse:
             overwrite_filter=overwrite_filter,
         )
         return self._call(
-            lambda: self.ingest.WriteRows(request, **self._options()).result, idempotent=True
+            lambda: self._next.ingest.WriteRows(request, **self._options()).result,
+            idempotent=True,
         )
 
     def writer_offset(self, table: TableName, writer_id: str) -> int:
@@ -342,7 +362,8 @@ class Lakehouse:
 
         def attempt() -> int:
             try:
-                return int(self.ingest.GetWriter(request, **self._options()).writer.next_offset)
+                response = self._next.ingest.GetWriter(request, **self._options())
+                return int(response.writer.next_offset)
             except grpc.RpcError as e:
                 if decode_error(e).reason == "WRITER_NOT_FOUND":
                     return 0
@@ -400,7 +421,7 @@ class Lakehouse:
                 writer_id=writer_id,
                 start_offset=resume_at,
             )
-            call = self.ingest.AppendRows(requests, **self._options())
+            call = self._next.ingest.AppendRows(requests, **self._options())
             for ack in call:
                 if ack.HasField("error"):
                     call.cancel()
@@ -455,7 +476,7 @@ class Lakehouse:
         # dropped, never mixed with the next attempt's.
         if limit or self.read_streams <= 1:
             return self._call(
-                lambda: read_rows_to_arrow(self.tables.ReadRows(request, **self._options())),
+                lambda: read_rows_to_arrow(self._next.tables.ReadRows(request, **self._options())),
                 idempotent=True,
             )
         # A read session's streams at once; a stream broken by UNAVAILABLE is read again on
@@ -498,7 +519,7 @@ class Lakehouse:
             request_id=request_id,
         )
         return self._call(
-            lambda: Job.from_proto(self.jobs.CreateJob(request, **self._options()).job),
+            lambda: Job.from_proto(self._next.jobs.CreateJob(request, **self._options()).job),
             idempotent=True,
         )
 
@@ -506,7 +527,7 @@ class Lakehouse:
         """The job as it is now."""
         request = job_service_pb2.GetJobRequest(job_id=job if isinstance(job, str) else job.id)
         return self._call(
-            lambda: Job.from_proto(self.jobs.GetJob(request, **self._options()).job),
+            lambda: Job.from_proto(self._next.jobs.GetJob(request, **self._options()).job),
             idempotent=True,
         )
 
@@ -533,7 +554,7 @@ class Lakehouse:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             latest: Job | None = None
             try:
-                for response in self.jobs.WatchJob(
+                for response in self._next.jobs.WatchJob(
                     request, timeout=remaining, metadata=self._metadata
                 ):
                     latest = Job.from_proto(response.job)

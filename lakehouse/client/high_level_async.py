@@ -38,6 +38,12 @@ from lakehouse.client.arrow import (
     read_session_request,
     write_rows_request,
 )
+from lakehouse.client.channels import (
+    DEFAULT_CHANNELS,
+    check_channels,
+    pooled_options,
+    spread_over,
+)
 from lakehouse.client.errors import LakehouseError, decode_error, error_from_status
 from lakehouse.client.jobs import Job, sql_preview, succeeded
 from lakehouse.client.parallel_reads import DEFAULT_STREAMS, read_session_table_async
@@ -60,9 +66,7 @@ from lakehouse.client.schema import schema_to_arrow
 from lakehouse.v1 import (
     ingest_pb2,
     ingest_service_pb2,
-    ingest_service_pb2_grpc,
     job_service_pb2,
-    job_service_pb2_grpc,
     namespace_pb2,
     schema_pb2,
     table_pb2,
@@ -90,8 +94,11 @@ class AsyncLakehouse:
         timeout: The deadline of each call, in seconds; None for none.
         retry: When to retry and how long to wait (``RetryPolicy()`` by default).
         on_retry: Called before each retry's wait (for logs or metrics).
+        channels: Channels (each its own connection) the calls are spread over, in turn
+            (1 to 16); see ``lakehouse.client.channels``.
         read_streams: ``read`` reads a read session's streams at once, at most this many,
-            over as many connections (opened on the first read); 1 reads one ``ReadRows``.
+            over as many connections (the channels above, and more opened on the first read
+            when it asks more); 1 reads one ``ReadRows``.
     """
 
     def __init__(
@@ -106,49 +113,60 @@ class AsyncLakehouse:
         timeout: float | None = 60.0,
         retry: RetryPolicy | None = None,
         on_retry: OnRetry | None = None,
+        channels: int = DEFAULT_CHANNELS,
         read_streams: int = DEFAULT_STREAMS,
     ) -> None:
         self._connection = Connection(
             target, api_key, tls, root_certificates, client_certificate, client_key
         )
         credentials = self._connection.credentials()
-        self._channel = (
-            grpc.aio.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
+        options = pooled_options(CHANNEL_OPTIONS)
+        self._channels = [
+            grpc.aio.secure_channel(target, credentials, options=options)
             if credentials is not None
-            else grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
-        )
+            else grpc.aio.insecure_channel(target, options=options)
+            for _ in range(check_channels(channels))
+        ]
+        # Each call takes the next channel's stub: calls spread over the connections.
+        self._next = spread_over(self._channels)
         self._metadata = self._connection.metadata()
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.on_retry = on_retry
-        self.tables = table_service_pb2_grpc.TableServiceStub(self._channel)
-        """The generated ``TableService`` stub, for calls this client does not wrap."""
-        self.ingest = ingest_service_pb2_grpc.IngestServiceStub(self._channel)
-        """The generated ``IngestService`` stub."""
-        self.jobs = job_service_pb2_grpc.JobServiceStub(self._channel)
-        """The generated ``JobService`` stub."""
+        self.tables = self._next.first[0]
+        """The generated ``TableService`` stub (on the first channel), for calls this client
+        does not wrap."""
+        self.ingest = self._next.first[1]
+        """The generated ``IngestService`` stub (on the first channel)."""
+        self.jobs = self._next.first[2]
+        """The generated ``JobService`` stub (on the first channel)."""
         self.read_streams = read_streams
         self._read_channels: list[grpc.aio.Channel] = []
 
     def _read_stubs(self) -> list[table_service_pb2_grpc.TableServiceAsyncStub]:
-        """The main channel's stub and those of the read channels, opened on first use."""
-        if not self._read_channels:
+        """A ``TableService`` stub per read stream: the pool's, then more channels.
+
+        The channels past the pool's are opened on the first read that needs them, each its
+        own connection.
+        """
+        pool = [stubs[0] for stubs in self._next.stubs]
+        missing = self.read_streams - len(pool) - len(self._read_channels)
+        if missing > 0:
             credentials = self._connection.credentials()
             target = self._connection.target
-            self._read_channels = [
+            self._read_channels += [
                 grpc.aio.secure_channel(target, credentials, options=READ_CHANNEL_OPTIONS)
                 if credentials is not None
                 else grpc.aio.insecure_channel(target, options=READ_CHANNEL_OPTIONS)
-                for _ in range(self.read_streams - 1)
+                for _ in range(missing)
             ]
         extra = [table_service_pb2_grpc.TableServiceStub(c) for c in self._read_channels]
-        return [self.tables, *extra]
+        return [*pool, *extra][: max(self.read_streams, 1)]
 
     async def close(self) -> None:
         """Closes the channels; calls in flight are cancelled."""
-        for channel in self._read_channels:
+        for channel in [*self._channels, *self._read_channels]:
             await channel.close()
-        await self._channel.close()
 
     async def __aenter__(self) -> AsyncLakehouse:
         return self
@@ -194,11 +212,13 @@ class AsyncLakehouse:
 
         async def attempt() -> namespace_pb2.Namespace:
             try:
-                return (await self.tables.CreateNamespace(request, **self._options())).namespace
+                return (
+                    await self._next.tables.CreateNamespace(request, **self._options())
+                ).namespace
             except grpc.aio.AioRpcError as e:
                 if exist_ok and e.code() == grpc.StatusCode.ALREADY_EXISTS:
                     get = table_service_pb2.GetNamespaceRequest(name=name)
-                    return (await self.tables.GetNamespace(get, **self._options())).namespace
+                    return (await self._next.tables.GetNamespace(get, **self._options())).namespace
                 raise
 
         return await self._call(attempt, idempotent=exist_ok)
@@ -226,7 +246,7 @@ class AsyncLakehouse:
 
         async def attempt() -> table_pb2.Table:
             try:
-                return (await self.tables.CreateTable(request, **self._options())).table
+                return (await self._next.tables.CreateTable(request, **self._options())).table
             except grpc.aio.AioRpcError as e:
                 if exist_ok and e.code() == grpc.StatusCode.ALREADY_EXISTS:
                     return await self._get_table(request.namespace, request.table)
@@ -236,7 +256,7 @@ class AsyncLakehouse:
 
     async def _get_table(self, namespace: str, table: str) -> table_pb2.Table:
         request = table_service_pb2.GetTableRequest(namespace=namespace, table=table)
-        return (await self.tables.GetTable(request, **self._options())).table
+        return (await self._next.tables.GetTable(request, **self._options())).table
 
     async def get_table(self, table: TableName) -> table_pb2.Table:
         """The table's metadata; see ``Lakehouse.get_table``."""
@@ -268,7 +288,7 @@ class AsyncLakehouse:
         )
 
         async def attempt() -> ingest_pb2.WriteResult:
-            return (await self.ingest.WriteRows(request, **self._options())).result
+            return (await self._next.ingest.WriteRows(request, **self._options())).result
 
         return await self._call(attempt, idempotent=True)
 
@@ -281,7 +301,7 @@ class AsyncLakehouse:
 
         async def attempt() -> int:
             try:
-                response = await self.ingest.GetWriter(request, **self._options())
+                response = await self._next.ingest.GetWriter(request, **self._options())
             except grpc.aio.AioRpcError as e:
                 if decode_error(e).reason == "WRITER_NOT_FOUND":
                     return 0
@@ -327,7 +347,7 @@ class AsyncLakehouse:
                 writer_id=writer_id,
                 start_offset=resume_at,
             )
-            call = self.ingest.AppendRows(requests, **self._options())
+            call = self._next.ingest.AppendRows(requests, **self._options())
             async for ack in call:
                 if ack.HasField("error"):
                     call.cancel()
@@ -362,7 +382,7 @@ class AsyncLakehouse:
 
         async def attempt() -> pa.Table:
             if limit or self.read_streams <= 1:
-                call = self.tables.ReadRows(request, **self._options())
+                call = self._next.tables.ReadRows(request, **self._options())
                 return await read_rows_to_arrow_async(call)
             return await read_session_table_async(
                 self._read_stubs(),
@@ -391,7 +411,7 @@ class AsyncLakehouse:
         )
 
         async def attempt() -> Job:
-            return Job.from_proto((await self.jobs.CreateJob(request, **self._options())).job)
+            return Job.from_proto((await self._next.jobs.CreateJob(request, **self._options())).job)
 
         return await self._call(attempt, idempotent=True)
 
@@ -400,7 +420,7 @@ class AsyncLakehouse:
         request = job_service_pb2.GetJobRequest(job_id=job if isinstance(job, str) else job.id)
 
         async def attempt() -> Job:
-            return Job.from_proto((await self.jobs.GetJob(request, **self._options())).job)
+            return Job.from_proto((await self._next.jobs.GetJob(request, **self._options())).job)
 
         return await self._call(attempt, idempotent=True)
 
@@ -415,7 +435,7 @@ class AsyncLakehouse:
         request = job_service_pb2.WatchJobRequest(job_id=job_id)
 
         async def attempt() -> Job:
-            async for response in self.jobs.WatchJob(request, metadata=self._metadata):
+            async for response in self._next.jobs.WatchJob(request, metadata=self._metadata):
                 latest = Job.from_proto(response.job)
                 if latest.finished:
                     return latest

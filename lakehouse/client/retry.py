@@ -5,8 +5,8 @@ or a backing service is) and ``RESOURCE_EXHAUSTED`` that carries a ``RetryInfo``
 says when to come back: ``RATE_LIMITED``, a full write buffer). The wait is the server's
 ``RetryInfo`` delay when it gave one, else an exponential backoff with jitter; attempts are
 bounded. Only calls that are safe to repeat are retried with ``UNAVAILABLE`` (the first attempt
-may have done its work before the connection broke); a ``RATE_LIMITED`` refusal happens before
-the call does anything, so it is retried for every call.
+may have done its work before the connection broke); a ``RATE_LIMITED`` or ``SERVER_OVERLOADED``
+refusal happens before the call does anything, so it is retried for every call.
 
 The loop is a few lines on purpose: the wait comes from each error's RetryInfo, which a
 generic retry library would need a custom wait function for anyway.
@@ -28,7 +28,7 @@ __all__ = ["OnRetry", "RetryPolicy"]
 OnRetry = Callable[[LakehouseError, int, float], None]
 
 #: Refused before the call did anything: safe to retry whatever the call.
-_REFUSED_AT_THE_DOOR = frozenset({"RATE_LIMITED"})
+_REFUSED_AT_THE_DOOR = frozenset({"RATE_LIMITED", "SERVER_OVERLOADED"})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,7 +39,12 @@ from lakehouse.server.flight.sources import ReadRowsSource
 from lakehouse.server.flight.tickets import TicketSigner
 from lakehouse.server.health import Dependency, HealthMonitor
 from lakehouse.server.http import build_http_app
-from lakehouse.server.interceptors import ObservabilityInterceptor, RequestDecodingInterceptor
+from lakehouse.server.interceptors import (
+    InterceptorChain,
+    MethodInterceptor,
+    ObservabilityInterceptor,
+    RequestDecodingInterceptor,
+)
 from lakehouse.server.job_runtime import JobRuntime
 from lakehouse.server.limits import CallDeadlines, server_options
 from lakehouse.server.ports import FLIGHT_PORT, GRPC_PORT, HTTP_PORT, binding, check_free
@@ -47,7 +52,7 @@ from lakehouse.server.rate_limit import RateLimitInterceptor
 from lakehouse.server.read_session_key import read_session_secret
 from lakehouse.server.reflection import enable_reflection
 from lakehouse.server.tls import ServerTls, load_ca_bundle, load_key_pair
-from lakehouse.server.tracing import configure_tracing
+from lakehouse.server.tracing import configure_tracing, tracing_enabled
 from lakehouse.services.ingest_service import IngestServicer
 from lakehouse.services.job_service import JobServicer
 from lakehouse.services.table_service import TableServicer
@@ -156,20 +161,30 @@ class LakehouseServer:
         """
         configure_tracing(self.settings.tracing)
         metrics.BUILD_INFO.labels(_version()).set(1)
-        interceptors: list[grpc.aio.ServerInterceptor] = [
-            aio_server_interceptor(),  # type: ignore[no-untyped-call]
-            ObservabilityInterceptor(CallDeadlines.from_settings(self.settings)),
+        spans = tracing_enabled(self.settings.tracing)
+        layers: list[MethodInterceptor] = [
+            ObservabilityInterceptor(
+                CallDeadlines.from_settings(self.settings),
+                max_concurrent_calls=self.settings.max_concurrent_calls,
+                span_trace_ids=spans,
+            ),
             # Inside observability: refusals are metered, logged and mapped like any error.
             AuthInterceptor(self.authenticator, self.settings.auth, jobs=self.job_runtime.jobs),
         ]
         if self.settings.quotas.calls_per_second > 0:
             # Inside auth: buckets are per authenticated principal (per client address when
             # authentication is off); a caller refused by auth never takes a token.
-            interceptors.append(
+            layers.append(
                 RateLimitInterceptor(self.settings.quotas, by_peer=not self.authenticator.enabled)
             )
         # Innermost: bytes that do not parse are answered only to a caller let in.
-        interceptors.append(RequestDecodingInterceptor())
+        layers.append(RequestDecodingInterceptor())
+        # One interceptor for all our layers, wrapping each method's handler once. OpenTelemetry's
+        # runs only when spans are exported: with the no-op tracer it would only carry the
+        # caller's trace id, which the observability layer reads from ``traceparent`` itself.
+        interceptors: list[grpc.aio.ServerInterceptor] = [InterceptorChain(layers)]
+        if spans:
+            interceptors.insert(0, aio_server_interceptor())  # type: ignore[no-untyped-call]
         server = grpc.aio.server(
             interceptors=interceptors,
             options=[

@@ -44,6 +44,8 @@ from lakehouse.config import AuthSettings
 from lakehouse.domain.errors import LakehouseError, PermissionDenied, Unauthenticated
 from lakehouse.server.credentials import ANONYMOUS, Authenticator, CredentialError, Principal
 from lakehouse.server.interceptors import (
+    Handler,
+    MethodInterceptor,
     UndecodableRequest,
     current_request_id,
     rewrapped,
@@ -139,7 +141,7 @@ def _finished(context: Context) -> grpc.StatusCode:
     return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class AuthInterceptor(MethodInterceptor):
     """Authenticates and authorizes every call, and writes the audit log.
 
     Args:
@@ -157,6 +159,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         *,
         jobs: JobLookup | None = None,
     ) -> None:
+        super().__init__()
         self._authenticator = authenticator
         self._jobs = jobs
         public = set()
@@ -176,17 +179,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 extra={"auth_mode": settings.mode},
             )
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+    def wrap_method(self, method: str, handler: Handler) -> Handler:
         """Wraps the handler in the checks, keeping its (de)serializers."""
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or split_method(method)[0] in self._public:
+        if split_method(method)[0] in self._public:
             return handler
         rule = RULES.get(method)
 

@@ -20,6 +20,7 @@ import json
 import logging
 import re
 import secrets
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,6 +194,9 @@ class ApiKeyVerifier:
 
 
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+#: Accepted JWTs a verifier remembers (a few hundred bytes each): callers send the same token
+#: for its whole life, so this covers that many concurrent callers.
+MAX_ACCEPTED_TOKENS = 4096
 
 
 class JwtVerifier:
@@ -232,6 +236,12 @@ class JwtVerifier:
         if audience is not None:
             required.append("aud")
         self._required = required
+        # Tokens this verifier accepted: principal and until when (exp + leeway, what a new
+        # verification would accept). A signature check costs tens to hundreds of
+        # microseconds on every call of a client that sends the same token each time.
+        # Safe: the outcome depends only on the token, these keys and the time; a reload
+        # builds a new verifier (AuthKeys), so rotated-out keys take their tokens with them.
+        self._accepted: dict[str, tuple[Principal, float]] = {}
 
     @property
     def algorithms(self) -> list[str]:
@@ -246,6 +256,12 @@ class JwtVerifier:
                 signature from a configured key, is expired or not yet valid, has the wrong
                 issuer or audience, or names no known role.
         """
+        accepted = self._accepted.get(token)
+        if accepted is not None:
+            principal, until = accepted
+            if time.time() < until:
+                return principal
+            del self._accepted[token]
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError as exc:
@@ -261,7 +277,15 @@ class JwtVerifier:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
             raise CredentialError("JWT sub is not a non-empty string")
-        return Principal(subject, self._role(claims), self._namespaces(claims), "jwt")
+        principal = Principal(subject, self._role(claims), self._namespaces(claims), "jwt")
+        self._remember(token, principal, float(claims["exp"]) + self._leeway)
+        return principal
+
+    def _remember(self, token: str, principal: Principal, until: float) -> None:
+        """Keeps an accepted token (the oldest is forgotten past ``MAX_ACCEPTED_TOKENS``)."""
+        if len(self._accepted) >= MAX_ACCEPTED_TOKENS:
+            del self._accepted[next(iter(self._accepted))]
+        self._accepted[token] = (principal, until)
 
     def _keys_for(self, algorithm: str, kid: str | None) -> list[Any]:
         if algorithm.startswith("HS"):

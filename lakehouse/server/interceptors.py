@@ -1,23 +1,30 @@
-"""The server interceptors: metrics, one JSON log line per RPC, error mapping, request decoding.
+r"""The server interceptors: metrics, one JSON log line per RPC, error mapping, request decoding.
 
-The order (see ``lakehouse.server.app``): OpenTelemetry's interceptor, then
-:class:`ObservabilityInterceptor` (error mapping innermost in it, so metrics and logs see the
-final status code), then the auth interceptor, then :class:`RequestDecodingInterceptor`, so
-that a request whose bytes do not parse fails only after its caller was authenticated.
+The order (see ``lakehouse.server.app``): OpenTelemetry's interceptor (only when spans are
+exported), then :class:`ObservabilityInterceptor` (error mapping innermost in it, so metrics
+and logs see the final status code), then the auth interceptor, then
+:class:`RequestDecodingInterceptor`, so that a request whose bytes do not parse fails only
+after its caller was authenticated.
+
+Every call pays this chain, so it is built to cost what it must (issue 18): the layers are
+:class:`MethodInterceptor`\ s, whose wrapping depends only on the method, composed by one
+:class:`InterceptorChain` and wrapped once per method rather than once per call; metric
+children are resolved once per method; the request id and the caller's W3C trace id come from
+one pass over the metadata; the log line is built only when its level is on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
+import random
+import re
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -29,33 +36,100 @@ from lakehouse.domain.errors import InvalidArgument, LakehouseError, ResourceExh
 from lakehouse.domain.status import RpcFailure, failure_for, internal_failure, simple_failure
 from lakehouse.server import metrics
 from lakehouse.server.limits import CallDeadlines
+from lakehouse.server.permissions import HEALTH_SERVICE, REFLECTION_SERVICES
 
 log = logging.getLogger("lakehouse.rpc")
 Context = grpc.aio.ServicerContext[Any, Any]
 REQUEST_ID_HEADER = "x-request-id"
+TRACEPARENT_HEADER = "traceparent"
+#: Services the process-wide call limit never refuses: probes and operators get through.
+UNLIMITED_SERVICES = frozenset({HEALTH_SERVICE, *REFLECTION_SERVICES})
+#: A W3C ``traceparent`` (version, trace id, parent id, flags); read for the log line when no
+#: OpenTelemetry interceptor runs (tracing off), as its no-op tracer would have carried it.
+_TRACEPARENT = re.compile(
+    r"[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?[ \t]*"
+)
+_NO_TRACE = "0" * 32
+_NO_SPAN = "0" * 16
 
 
 class _PeerGone(Exception):
     """A response could not be sent: the client cancelled the call or its connection went."""
 
 
-@dataclass
+class _Method:
+    """What every call of one method shares: its names and its metric children.
+
+    Resolved once per method, so a call does no label lookups (``labels()`` takes a lock and
+    builds a key each time).
+    """
+
+    __slots__ = (
+        "_handled",
+        "grpc_type",
+        "in_flight",
+        "limited",
+        "method",
+        "received",
+        "seconds",
+        "sent",
+        "service",
+        "started",
+    )
+
+    def __init__(self, grpc_type: str, service: str, method: str) -> None:
+        labels = (grpc_type, service, method)
+        self.grpc_type = grpc_type
+        self.service = service
+        self.method = method
+        self.limited = service not in UNLIMITED_SERVICES
+        self.started = metrics.STARTED.labels(*labels)
+        self.in_flight = metrics.IN_FLIGHT.labels(service, method)
+        self.received = metrics.MSG_RECEIVED.labels(*labels)
+        self.sent = metrics.MSG_SENT.labels(*labels)
+        self.seconds = metrics.HANDLING_SECONDS.labels(*labels)
+        self._handled: dict[grpc.StatusCode, Any] = {}
+
+    def handled(self, code: grpc.StatusCode) -> Any:
+        """The ``grpc_server_handled_total`` child of ``code``."""
+        child = self._handled.get(code)
+        if child is None:
+            child = self._handled[code] = metrics.HANDLED.labels(
+                self.grpc_type,
+                self.service,
+                self.method,
+                metrics.GO_CODE_NAMES.get(code, "Unknown"),
+            )
+        return child
+
+
 class _Call:
     """Bookkeeping of one RPC."""
 
-    grpc_type: str
-    service: str
-    method: str
-    peer: str
-    request_id: str
-    started: float = field(default_factory=time.perf_counter)
-    code: grpc.StatusCode = grpc.StatusCode.OK
-    error: str = ""
-    principal: str = ""
+    __slots__ = (
+        "code",
+        "context",
+        "error",
+        "info",
+        "principal",
+        "request_id",
+        "started",
+        "trace_id",
+    )
+
+    def __init__(self, info: _Method, context: Context, request_id: str, trace_id: str) -> None:
+        self.info = info
+        self.context = context
+        self.request_id = request_id
+        self.trace_id = trace_id
+        self.started = time.perf_counter()
+        self.code = grpc.StatusCode.OK
+        self.error = ""
+        self.principal = ""
 
     @property
-    def labels(self) -> tuple[str, str, str]:
-        return (self.grpc_type, self.service, self.method)
+    def method(self) -> str:
+        return self.info.method
 
 
 #: The RPC being handled. Each call runs in its own task, hence its own context, so inner
@@ -85,14 +159,46 @@ def split_method(full_method: str) -> tuple[str, str]:
     return service, method
 
 
-def _request_id(context: Context) -> str:
+def _ids(context: Context) -> tuple[str, str]:
+    """The call's request id and the trace id of its ``traceparent``, in one pass.
+
+    The request id is the caller's ``x-request-id`` or a new one; the trace id is "" without
+    a valid ``traceparent``.
+    """
+    request_id = traceparent = ""
     for key, value in context.invocation_metadata() or ():
-        if key == REQUEST_ID_HEADER and isinstance(value, str) and 0 < len(value) <= 128:
-            return value
-    return uuid.uuid4().hex
+        if key == REQUEST_ID_HEADER:
+            if not request_id and isinstance(value, str) and 0 < len(value) <= 128:
+                request_id = value
+        elif key == TRACEPARENT_HEADER and isinstance(value, str):
+            traceparent = value
+    # Correlation, not a secret: the module's PRNG costs a tenth of uuid4's os.urandom.
+    return request_id or f"{_random.getrandbits(128):032x}", _caller_trace_id(traceparent)
 
 
-def _trace_id() -> str:
+_random = random.Random()
+
+
+def _caller_trace_id(traceparent: str) -> str:
+    """The trace id of a W3C ``traceparent`` header, "" when it is missing or invalid."""
+    if not traceparent:
+        return ""
+    match = _TRACEPARENT.fullmatch(traceparent)
+    if match is None:
+        return ""
+    version, trace_id, span_id, _, rest = match.groups()
+    if (
+        version == "ff"
+        or (version == "00" and rest)
+        or trace_id == _NO_TRACE
+        or span_id == _NO_SPAN
+    ):
+        return ""
+    return trace_id
+
+
+def _span_trace_id() -> str:
+    """The trace id of the current OpenTelemetry span ("" without a valid one)."""
     ctx = trace.get_current_span().get_span_context()
     return format(ctx.trace_id, "032x") if ctx.is_valid else ""
 
@@ -153,6 +259,66 @@ def rewrapped(
     )
 
 
+if TYPE_CHECKING:
+    Handler = grpc.RpcMethodHandler[Any, Any]
+else:  # grpc's classes are generic only in their type stubs
+    Handler = grpc.RpcMethodHandler
+
+
+class MethodInterceptor(grpc.aio.ServerInterceptor):
+    """An interceptor whose wrapping of a handler depends only on the method called.
+
+    Its handlers are wrapped once per method and kept: a call then costs a dictionary lookup
+    here, not new closures and a new handler per layer. gRPC's generic handlers return the
+    same handler object for a method every time; a different one is wrapped anew.
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
+
+    def wrap_method(self, method: str, handler: Handler) -> Handler:
+        """``handler`` of ``method`` (``/pkg.Service/Method``) wrapped in this layer."""
+        raise NotImplementedError
+
+    def wrapped(self, method: str, handler: Handler) -> Handler:
+        """``wrap_method``'s result, computed once per method and handler."""
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        result = self.wrap_method(method, handler)
+        self._wrapped[method] = (handler, result)
+        return result
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        """The handler of the call's method, wrapped (once per method)."""
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        return self.wrapped(handler_call_details.method, handler)
+
+
+class InterceptorChain(MethodInterceptor):
+    """Several method interceptors as one: one ``intercept_service`` a call, not one a layer.
+
+    Args:
+        layers: Outermost first, as they would be given to ``grpc.aio.server``.
+    """
+
+    def __init__(self, layers: Sequence[MethodInterceptor]) -> None:
+        super().__init__()
+        self._layers = tuple(reversed(layers))
+
+    def wrap_method(self, method: str, handler: Handler) -> Handler:
+        """``handler`` wrapped by every layer, innermost first."""
+        for layer in self._layers:
+            handler = layer.wrap_method(method, handler)
+        return handler
+
+
 @dataclass(frozen=True)
 class UndecodableRequest:
     """Stands in for a request message whose bytes did not parse.
@@ -204,7 +370,7 @@ def tolerant_deserializer(
     return deserialize
 
 
-class RequestDecodingInterceptor(grpc.aio.ServerInterceptor):
+class RequestDecodingInterceptor(MethodInterceptor):
     """Fails a call whose request bytes do not parse, as the innermost interceptor.
 
     Its tolerant deserializer is the one gRPC uses (the interceptors around it keep their
@@ -215,17 +381,8 @@ class RequestDecodingInterceptor(grpc.aio.ServerInterceptor):
     that may not call the method at all ``PERMISSION_DENIED``, whatever the bytes.
     """
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+    def wrap_method(self, method: str, handler: Handler) -> Handler:
         """Wraps the handler's behavior and makes its request deserializer tolerant."""
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
         return rewrapped(
             handler,
             _checked,
@@ -308,65 +465,94 @@ async def _all_decoded(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield _decoded(request)
 
 
-class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
+class ObservabilityInterceptor(MethodInterceptor):
     """Counts, times and logs every RPC and maps exceptions to rich gRPC statuses.
+
+    It also holds the process-wide bound on calls being handled at once: past
+    ``max_concurrent_calls`` a new call (health and reflection aside) ends at once with
+    ``RESOURCE_EXHAUSTED``, reason ``SERVER_OVERLOADED``, and a ``RetryInfo``, so an
+    overloaded process sheds load with an answer clients retry elsewhere or later, instead of
+    piling up handlers.
 
     Args:
         deadlines: The server's own time limit per call (see ``lakehouse.server.limits``);
             None leaves calls to the client's deadline alone.
+        max_concurrent_calls: Calls handled at once at most; 0 for no bound.
+        span_trace_ids: Take the log line's trace id from the current OpenTelemetry span (an
+            exporting tracer runs before this interceptor); otherwise from the caller's
+            ``traceparent``, which is what the no-op tracer would report.
     """
 
-    def __init__(self, deadlines: CallDeadlines | None = None) -> None:
-        self._deadlines = deadlines
-
-    async def intercept_service(
+    def __init__(
         self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        deadlines: CallDeadlines | None = None,
+        *,
+        max_concurrent_calls: int = 0,
+        span_trace_ids: bool = False,
+    ) -> None:
+        super().__init__()
+        self._deadlines = deadlines
+        self._max_calls = max_concurrent_calls
+        self._calls = 0
+        self._span_trace_ids = span_trace_ids
+
+    def wrap_method(self, method: str, handler: Handler) -> Handler:
         """Wraps the handler's behavior, keeping its (de)serializers."""
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        service, method = split_method(handler_call_details.method)
+        service, name = split_method(method)
 
         def wrap(behavior: Callable[..., Any], grpc_type: str) -> Callable[..., Any]:
+            info = _Method(grpc_type, service, name)
             if grpc_type in ("unary", "client_stream"):  # one response
-                return self._unary(behavior, grpc_type, service, method)
-            return self._streaming(behavior, grpc_type, service, method)
+                return self._unary(behavior, info)
+            return self._streaming(behavior, info)
 
         return rewrapped(
             handler, wrap, response_serializer=passthrough_serializer(handler.response_serializer)
         )
 
-    def _begin(self, grpc_type: str, service: str, method: str, context: Context) -> _Call:
-        call = _Call(grpc_type, service, method, context.peer() or "", _request_id(context))
+    def _begin(self, info: _Method, context: Context) -> _Call:
+        request_id, trace_id = _ids(context)
+        call = _Call(info, context, request_id, trace_id)
         _current_call.set(call)
-        metrics.STARTED.labels(*call.labels).inc()
-        metrics.IN_FLIGHT.labels(service, method).inc()
+        info.started.inc()
+        info.in_flight.inc()
         return call
 
-    def _count_requests(self, call: _Call, request_or_iterator: Any) -> Any:
-        """Counts received messages (those that did not parse too: they were received)."""
-        if call.grpc_type in ("unary", "server_stream"):
-            metrics.MSG_RECEIVED.labels(*call.labels).inc()
-            return request_or_iterator
+    def _admit(self, info: _Method) -> bool:
+        """Counts the call against the process-wide bound; False when it is not counted.
+
+        Raises:
+            ResourceExhausted: The bound is reached (reason ``SERVER_OVERLOADED``).
+        """
+        if not self._max_calls or not info.limited:
+            return False
+        if self._calls >= self._max_calls:
+            raise ResourceExhausted(
+                f"the server is handling its limit of {self._max_calls} calls at once "
+                "(max_concurrent_calls); retry shortly, or on another replica",
+                reason="SERVER_OVERLOADED",
+                metadata={"limit": str(self._max_calls)},
+                retry_after_seconds=OVERLOAD_RETRY_SECONDS,
+            )
+        self._calls += 1
+        return True
+
+    @staticmethod
+    def _count_requests(call: _Call, request_iterator: Any) -> AsyncIterator[Any]:
+        """Counts received messages of a request stream (those that did not parse too)."""
+        received = call.info.received
 
         async def counted() -> AsyncIterator[Any]:
-            async for item in request_or_iterator:
-                metrics.MSG_RECEIVED.labels(*call.labels).inc()
+            async for item in request_iterator:
+                received.inc()
                 yield item
 
         return counted()
 
-    def _limit(
-        self, call: _Call, context: Context, *, streaming: bool
-    ) -> contextlib.AbstractAsyncContextManager[None]:
-        """The server's time limit for this call (nothing when none is configured)."""
+    def _limit(self, call: _Call, context: Context, *, streaming: bool) -> Any:
+        """The server's time limit for this call (only the client's deadline when none)."""
         if self._deadlines is None:
-            return contextlib.nullcontext()
+            return _NO_LIMIT
         return self._deadlines.applied(context, streaming=streaming, method=call.method)
 
     async def _fail(self, call: _Call, exc: BaseException, context: Context) -> None:
@@ -394,7 +580,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         ):
             failure = simple_failure(
                 grpc.StatusCode.UNIMPLEMENTED,
-                f"{call.service}/{call.method} is not implemented yet",
+                f"{call.info.service}/{call.method} is not implemented yet",
                 "NOT_IMPLEMENTED",
                 call.request_id,
             )
@@ -409,26 +595,33 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         call.error = failure.message
         await context.abort(failure.code, failure.message, failure.trailing_metadata)
 
-    def _finish(self, call: _Call) -> None:
+    def _finish(self, call: _Call, counted: bool) -> None:
         elapsed = time.perf_counter() - call.started
-        metrics.IN_FLIGHT.labels(call.service, call.method).dec()
-        metrics.HANDLED.labels(*call.labels, metrics.GO_CODE_NAMES.get(call.code, "Unknown")).inc()
-        metrics.HANDLING_SECONDS.labels(*call.labels).observe(elapsed)
+        if counted:
+            self._calls -= 1
+        info = call.info
+        info.in_flight.dec()
+        info.handled(call.code).inc()
+        info.seconds.observe(elapsed)
         level = logging.ERROR if call.code == grpc.StatusCode.INTERNAL else logging.INFO
+        if not log.isEnabledFor(level):
+            return  # no line: build nothing
         entry = {
-            "service": call.service,
-            "method": call.method,
-            "grpc_type": call.grpc_type,
+            "service": info.service,
+            "method": info.method,
+            "grpc_type": info.grpc_type,
             "code": call.code.name,
             "duration_ms": round(elapsed * 1000, 3),
-            "peer": call.peer,
+            "peer": call.context.peer() or "",
             "principal": call.principal,
             "request_id": call.request_id,
-            "trace_id": _trace_id(),
+            "trace_id": _span_trace_id() if self._span_trace_ids else call.trace_id,
         }
         if call.error:
             entry["error"] = call.error
-        log.log(level, "rpc", extra=entry)
+        # The record as Logger.log would make it, without its search of the caller's frame
+        # (file and line are not in the JSON line).
+        log.handle(log.makeRecord(log.name, level, "", 0, "rpc", (), None, extra=entry))
 
     @staticmethod
     def _observed_code(context: Context, default: grpc.StatusCode) -> grpc.StatusCode:
@@ -436,14 +629,22 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         return code if isinstance(code, grpc.StatusCode) else default
 
     def _unary(
-        self, behavior: Callable[..., Awaitable[Any]], grpc_type: str, service: str, method: str
+        self, behavior: Callable[..., Awaitable[Any]], info: _Method
     ) -> Callable[..., Awaitable[Any]]:
+        streamed = info.grpc_type == "client_stream"
+
         async def handle(request: Any, context: Context) -> Any:
-            call = self._begin(grpc_type, service, method, context)
+            call = self._begin(info, context)
+            counted = False
             try:
+                counted = self._admit(info)
+                if streamed:
+                    request = self._count_requests(call, request)
+                else:
+                    info.received.inc()
                 async with self._limit(call, context, streaming=False):
-                    response = await behavior(self._count_requests(call, request), context)
-                metrics.MSG_SENT.labels(*call.labels).inc()
+                    response = await behavior(request, context)
+                info.sent.inc()
                 call.code = self._observed_code(context, grpc.StatusCode.OK)
                 return response
             except asyncio.CancelledError:
@@ -455,7 +656,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             except BaseException as exc:
                 await self._fail(call, _escaped(exc), context)
             finally:
-                self._finish(call)
+                self._finish(call, counted)
 
         return handle
 
@@ -468,6 +669,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         a cancellation there lands in this frame, not in gRPC's loop, which would end the
         call without a status.
         """
+        sent = call.info.sent
         try:
             async for response in responses:
                 try:
@@ -478,20 +680,28 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                     # gRPC's own error (ExecuteBatchError, UsageError) for a send on a call
                     # the client cancelled or whose connection went away: not a bug of ours.
                     raise _PeerGone() from exc
-                metrics.MSG_SENT.labels(*call.labels).inc()
+                sent.inc()
         finally:
             aclose = getattr(responses, "aclose", None)
             if aclose is not None:
                 await aclose()
 
     def _streaming(
-        self, behavior: Callable[..., Any], grpc_type: str, service: str, method: str
+        self, behavior: Callable[..., Any], info: _Method
     ) -> Callable[..., AsyncIterator[Any]]:
+        streamed = info.grpc_type == "bidi_stream"
+
         async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
-            call = self._begin(grpc_type, service, method, context)
+            call = self._begin(info, context)
+            counted = False
             try:
+                counted = self._admit(info)
+                if streamed:
+                    request = self._count_requests(call, request)
+                else:
+                    info.received.inc()
                 async with self._limit(call, context, streaming=True):
-                    result = behavior(self._count_requests(call, request), context)
+                    result = behavior(request, context)
                     if inspect.isawaitable(result):  # a handler writing with context.write()
                         await result
                     else:
@@ -510,13 +720,28 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             except BaseException as exc:
                 await self._fail(call, _escaped(exc), context)
             finally:
-                self._finish(call)
+                self._finish(call, counted)
             # The OpenTelemetry interceptor around this one iterates its handler, so this must
             # stay an async generator; it yields nothing: responses went out by context.write.
             return
             yield  # type: ignore[unreachable]
 
         return handle
+
+
+class _NoLimit:
+    """The server's limit when none is configured: nothing to enter or leave."""
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_LIMIT = _NoLimit()
+#: What ``SERVER_OVERLOADED``'s ``RetryInfo`` asks: calls here last milliseconds to seconds.
+OVERLOAD_RETRY_SECONDS = 0.5
 
 
 def _escaped(exc: BaseException) -> Exception:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -30,7 +30,7 @@ from lakehouse.config import QuotaSettings
 from lakehouse.core.caller import current_principal
 from lakehouse.domain.errors import ResourceExhausted
 from lakehouse.metrics import QUOTA_REFUSALS
-from lakehouse.server.interceptors import relay, rewrapped, split_method
+from lakehouse.server.interceptors import Handler, MethodInterceptor, relay, rewrapped, split_method
 from lakehouse.server.permissions import HEALTH_SERVICE, REFLECTION_SERVICES
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -117,7 +117,7 @@ def caller_key(principal: str, peer: str, *, by_peer: bool) -> str:
     return f"peer:{host}"
 
 
-class RateLimitInterceptor(grpc.aio.ServerInterceptor):
+class RateLimitInterceptor(MethodInterceptor):
     """Refuses calls beyond a principal's rate with ``RESOURCE_EXHAUSTED`` and ``RetryInfo``.
 
     Args:
@@ -134,21 +134,13 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
         by_peer: bool,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__()
         self.buckets = TokenBuckets(settings.calls_per_second, settings.burst_calls, clock=clock)
         self._by_peer = by_peer
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        """Wraps the handler of every call but those of the exempt services."""
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        if split_method(handler_call_details.method)[0] in EXEMPT_SERVICES:
+    def wrap_method(self, method: str, handler: Handler) -> Handler:
+        """Wraps the handler of every method but those of the exempt services."""
+        if split_method(method)[0] in EXEMPT_SERVICES:
             return handler
         return rewrapped(handler, self._wrap)
 

@@ -1,8 +1,9 @@
 """OpenTelemetry tracing: real spans only when an OTLP endpoint is configured.
 
-Without an exporter the API's no-op tracer stays in place: it still carries an incoming W3C
-``traceparent`` through the call (so log lines show the caller's trace id) but records
-nothing, which keeps the cost of an RPC at its floor.
+Without an exporter no tracing runs on the call path at all: OpenTelemetry's server
+interceptor is left out, and the log line takes the caller's trace id from its W3C
+``traceparent`` header (what the API's no-op tracer would have carried), which keeps the cost
+of an RPC at its floor.
 """
 
 from __future__ import annotations
@@ -12,6 +13,11 @@ from opentelemetry import trace
 from lakehouse.config import TracingSettings
 
 _configured = False
+
+
+def tracing_enabled(settings: TracingSettings) -> bool:
+    """Whether spans are exported (an OTLP endpoint is configured)."""
+    return bool(settings.otlp_endpoint)
 
 
 def configure_tracing(settings: TracingSettings) -> None:

@@ -11,6 +11,7 @@ import decimal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pyarrow as pa
@@ -23,6 +24,7 @@ from lakehouse.client.high_level import Lakehouse
 from lakehouse.client.jobs import JobState
 from lakehouse.client.retry import RetryPolicy
 from lakehouse.client.schema import schema_to_arrow
+from lakehouse.v1 import job_service_pb2 as jpb
 from lakehouse.v1 import schema_pb2
 
 #: Every type the contract carries, in the canonical Arrow spelling: it comes back equal.
@@ -229,6 +231,32 @@ def test_rate_limited_calls_wait_the_servers_retry_delay(tmp_path: Path) -> None
         assert error.reason == "RATE_LIMITED"
         assert error.retry_delay is not None
         assert delay == error.retry_delay  # the server's delay, not the client's backoff
+
+
+def test_a_call_refused_by_an_overloaded_server_is_retried(tmp_path: Path) -> None:
+    # The server handles one call at once; an open WatchJob stream holds that place, so a
+    # CreateNamespace is refused SERVER_OVERLOADED (before anything ran). The first refusal
+    # ends the stream; the client waits the server's delay and its retry goes through.
+    env = {"LAKEHOUSE_MAX_CONCURRENT_CALLS": "1", "LAKEHOUSE_JOBS__WORKERS": "0"}
+    refusals: list[LakehouseError] = []
+    watches: list[Any] = []
+
+    def on_retry(error: LakehouseError, attempt: int, delay: float) -> None:
+        refusals.append(error)
+        watches[0].cancel()
+
+    with (
+        serve_process(tmp_path / "overloaded", env) as server,
+        Lakehouse(server.target, channels=1, on_retry=on_retry) as lh,
+    ):
+        job = lh.sql("SELECT 1")  # stays queued: no workers
+        watches.append(lh.jobs.WatchJob(jpb.WatchJobRequest(job_id=job.id)))
+        next(watches[0])  # the stream is open on the server: it holds the only place
+        assert lh.create_namespace("after_overload").name == "after_overload"
+    assert refusals, "the server did not refuse the call while its place was taken"
+    assert all(e.reason == "SERVER_OVERLOADED" for e in refusals)
+    assert all(e.code == grpc.StatusCode.RESOURCE_EXHAUSTED for e in refusals)
+    assert all(e.retry_delay is not None and e.retry_delay > 0 for e in refusals)
 
 
 def test_arrow_and_proto_schemas_agree_on_nullability() -> None:

@@ -152,3 +152,12 @@ def test_decode_error_reads_sync_refusals_and_connection_failures(server: ServeP
 def test_the_package_exports_both_clients() -> None:
     assert Lakehouse.__name__ == "Lakehouse"
     assert AsyncLakehouse.__name__ == "AsyncLakehouse"
+
+
+async def test_the_async_client_spreads_calls_over_its_channels(tmp_path: Path) -> None:
+    with serve_process(tmp_path / "spread", {}) as process:
+        async with AsyncLakehouse(process.target, channels=2) as lh:
+            await lh.create_namespace("spread")
+            await lh.create_table("spread.t", ORDERS)
+            await asyncio.gather(*(lh.get_table("spread.t") for _ in range(4)))
+        assert len(process.peers("GetTable")) == 2, process.logs()

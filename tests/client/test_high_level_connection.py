@@ -99,3 +99,20 @@ def test_calls_survive_a_server_restart_and_an_append_resumes(tmp_path: Path) ->
     finally:
         server.kill()
     assert refusals[0].code == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_calls_are_spread_over_the_clients_channels(tmp_path: Path, channels: int) -> None:
+    # Each channel is its own connection (its own client port), taken in turn per call.
+    with serve_process(tmp_path / "spread", {}) as server:
+        with Lakehouse(server.target, channels=channels) as lh:
+            lh.create_namespace("spread")
+            lh.create_table("spread.t", ROWS)
+            for _ in range(2 * channels):
+                lh.get_table("spread.t")
+        assert len(server.peers("GetTable")) == channels, server.logs()
+
+
+def test_a_channel_count_out_of_range_is_refused() -> None:
+    with pytest.raises(ValueError, match="channels"):
+        Lakehouse(f"{LOOPBACK}:1", channels=0)

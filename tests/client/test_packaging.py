@@ -96,6 +96,7 @@ def test_the_client_wheel_holds_stubs_and_helpers(tmp_path: Path) -> None:
         "lakehouse/client/request_builders.py",
         "lakehouse/client/high_level.py",
         "lakehouse/client/high_level_async.py",
+        "lakehouse/client/channels.py",
         "lakehouse/client/py.typed",
         "lakehouse/v1/__init__.py",
         "lakehouse/v1/py.typed",

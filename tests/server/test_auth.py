@@ -1555,6 +1555,24 @@ def test_jwt_claims_edge_cases(keys: Keys) -> None:
         verifier.verify(hs256(realm_access={"roles": ["viewer"]}))
 
 
+def test_an_accepted_jwt_is_remembered_only_until_it_expires() -> None:
+    # Verified once, then remembered (a caller sends the same token on every call); the
+    # memory ends where a fresh verification would: at exp (here without leeway).
+    verifier = JwtVerifier(algorithms=["HS256"], secret=SECRET.encode(), leeway_seconds=0)
+    exp = int(time.time()) + 2
+    token = jwt.encode(
+        {k: v for k, v in claims(exp=exp).items() if k not in ("iss", "aud")},
+        SECRET,
+        algorithm="HS256",
+    )
+    first = verifier.verify(token)
+    assert verifier.verify(token) == first
+    assert (first.name, first.role) == ("alice", "developer")
+    time.sleep(max(0.0, exp - time.time()) + 0.05)
+    with pytest.raises(CredentialError, match="Expired"):
+        verifier.verify(token)
+
+
 def test_key_files_are_checked_at_start(tmp_path: Path, keys: Keys) -> None:
     assert len(load_api_keys_file(keys.api_keys_file)) == 2
     as_json = tmp_path / "keys.json"

@@ -15,11 +15,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+import pyarrow as pa
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from fixtures.grpc_errors import rpc_error_details
 from fixtures.net import LOOPBACK
+from lakehouse.client.arrow import write_rows_request
 from lakehouse.config import Settings
 from lakehouse.server.app import LakehouseServer
 from lakehouse.server.interceptors import ObservabilityInterceptor
@@ -70,6 +73,16 @@ async def queued_job(channel: grpc.aio.Channel) -> str:
     created = await jobs.CreateJob(jpb.CreateJobRequest(spec=spec))
     assert created.job.state == job_pb2.JOB_STATE_QUEUED
     return created.job.id
+
+
+async def open_watches(channel: grpc.aio.Channel, count: int) -> tuple[Any, str, list[Any]]:
+    """``count`` WatchJob streams on a job that stays QUEUED, each open on the server."""
+    job_id = await queued_job(channel)
+    jobs = job_service_pb2_grpc.JobServiceStub(channel)
+    watches = [jobs.WatchJob(jpb.WatchJobRequest(job_id=job_id)) for _ in range(count)]
+    for watch in watches:
+        await watch.read()  # its first message: the stream runs on the server
+    return jobs, job_id, watches
 
 
 @pytest.fixture
@@ -213,16 +226,66 @@ async def test_streams_beyond_the_per_connection_limit_wait(no_workers: Settings
         update={"max_concurrent_streams": 2, "stream_timeout_seconds": 30.0}
     )
     async with serving(settings) as channel:
-        job_id = await queued_job(channel)
-        jobs = job_service_pb2_grpc.JobServiceStub(channel)
-        watches = [jobs.WatchJob(jpb.WatchJobRequest(job_id=job_id)) for _ in range(2)]
-        for watch in watches:
-            await watch.read()  # both streams are open on the server
+        jobs, job_id, watches = await open_watches(channel, 2)  # both open on the server
         # A third call on the same connection waits for a free stream...
         with pytest.raises(grpc.aio.AioRpcError) as exc:
             await jobs.GetJob(jpb.GetJobRequest(job_id=job_id), timeout=0.5)
         assert exc.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         # ...and runs as soon as one ends.
+        watches[0].cancel()
+        got = await jobs.GetJob(jpb.GetJobRequest(job_id=job_id), timeout=10)
+        assert got.job.id == job_id
+        watches[1].cancel()
+
+
+#: More calls at once on one channel than a connection's stream limit (100) lets run.
+MANY_CALLS = 150
+
+
+async def test_many_concurrent_calls_on_one_channel_are_all_served(
+    local_settings: Settings,
+) -> None:
+    # gRPC core's overload protection refused streams as UNAVAILABLE well below the limit
+    # (half of these). Now the ones past a connection's 100 streams wait on the client.
+    async with serving(local_settings) as channel:
+        tables = table_service_pb2_grpc.TableServiceStub(channel)
+        ingest = ingest_service_pb2_grpc.IngestServiceStub(channel)
+        await tables.CreateNamespace(tpb.CreateNamespaceRequest(name="many"))
+        schema = schema_pb2.Schema(fields=[schema_pb2.Field(name="id", type=LONG, required=False)])
+        await tables.CreateTable(tpb.CreateTableRequest(namespace="many", table="t", schema=schema))
+        rows = 10
+
+        async def write(n: int) -> Any:
+            batch = pa.table({"id": pa.array(range(n * rows, (n + 1) * rows), pa.int64())})
+            return await ingest.WriteRows(write_rows_request("many", "t", batch), timeout=120)
+
+        results = await asyncio.gather(*(write(n) for n in range(MANY_CALLS)))
+        assert len(results) == MANY_CALLS  # any refusal would have raised
+        table = await tables.GetTable(tpb.GetTableRequest(namespace="many", table="t"))
+        assert table.table.stats.row_count == MANY_CALLS * rows
+
+
+async def test_calls_beyond_the_process_bound_are_resource_exhausted(
+    no_workers: Settings,
+) -> None:
+    settings = no_workers.model_copy(
+        update={"max_concurrent_calls": 2, "stream_timeout_seconds": 30.0}
+    )
+    async with serving(settings) as channel:
+        # Both streams are open on the server: the bound is reached.
+        jobs, job_id, watches = await open_watches(channel, 2)
+        with pytest.raises(grpc.aio.AioRpcError) as exc:
+            await jobs.GetJob(jpb.GetJobRequest(job_id=job_id), timeout=10)
+        details = rpc_error_details(exc.value)
+        assert details.code == grpc.StatusCode.RESOURCE_EXHAUSTED, details.message
+        assert details.reason == "SERVER_OVERLOADED"
+        assert details.metadata["limit"] == "2"
+        assert details.retry_delay_seconds is not None and details.retry_delay_seconds > 0
+        # Probes get through whatever the load.
+        health = health_pb2_grpc.HealthStub(channel)
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        # A call ending frees its place.
         watches[0].cancel()
         got = await jobs.GetJob(jpb.GetJobRequest(job_id=job_id), timeout=10)
         assert got.job.id == job_id
@@ -259,6 +322,8 @@ def test_server_options_carry_the_limits(local_settings: Settings) -> None:
     assert local_settings.max_message_bytes == 64 * 1024 * 1024
     assert options["grpc.max_concurrent_streams"] == 100
     assert options["grpc.max_metadata_size"] == MAX_METADATA_BYTES
+    # Streams count while open (as the client counts them), not until Python frees the call.
+    assert options["grpc.http.overload_protection"] == 0
     assert options["grpc.max_connection_age_ms"] == 1_800_000
     assert options["grpc.max_connection_age_grace_ms"] == 3_600_000
     forever = local_settings.model_copy(update={"max_connection_age_seconds": 0.0})
