@@ -250,7 +250,7 @@ class _BufferBudget:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while not self._fits(key, nbytes, held):
+        while not self.try_take(key, nbytes, held=held):
             changed = self._changed
             try:
                 await asyncio.wait_for(changed.wait(), max(deadline - loop.time(), 0))
@@ -260,9 +260,15 @@ class _BufferBudget:
                     reason="WRITE_BUFFER_FULL",
                     retry_after_seconds=1.0,
                 ) from None
+
+    def try_take(self, key: tuple[str, str], nbytes: int, *, held: int = 0) -> bool:
+        """Takes room for ``nbytes`` more if there is some now; returns whether it did."""
+        if not self._fits(key, nbytes, held):
+            return False
         self._total += nbytes
         self._tables[key] = self._tables.get(key, 0) + nbytes
         metrics.INGEST_BUFFERED_BYTES.set(self._total)
+        return True
 
     def release(self, key: tuple[str, str], nbytes: int) -> None:
         """Gives ``nbytes`` back and wakes the waiters (synchronous: safe in any ``finally``)."""
@@ -876,6 +882,16 @@ class Ingest:
         budget = self._buffers()
         await budget.reserve(key, nbytes, self._settings.buffer_wait_seconds)
         return Reservation(budget, key, nbytes)
+
+    def try_reserve(self, namespace: str, table: str, nbytes: int) -> Reservation | None:
+        """Reserves write-buffer bytes if they are free now, without waiting (see ``reserve``).
+
+        Returns:
+            The reservation, or None when there is no room now (``reserve`` waits for it).
+        """
+        key = (namespace, table)
+        budget = self._buffers()
+        return Reservation(budget, key, nbytes) if budget.try_take(key, nbytes) else None
 
     async def grow(self, reservation: Reservation, nbytes: int) -> None:
         """Reserves ``nbytes`` more for a request being decoded (see :meth:`reserve`).

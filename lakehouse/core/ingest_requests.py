@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from pyiceberg.schema import Schema
 
 from lakehouse import metrics
 from lakehouse.core.dead_letters import DeadLetters
@@ -43,7 +44,7 @@ from lakehouse.domain.row_changes import (
 )
 from lakehouse.domain.rows.arrow_conform import conform_arrow
 from lakehouse.domain.rows.arrow_read import check_dictionary_bytes, dictionary_bytes, read_arrow
-from lakehouse.domain.rows.arrow_size import ArrowLimits, arrow_size
+from lakehouse.domain.rows.arrow_size import ArrowLimits, ArrowSize, arrow_size
 from lakehouse.domain.rows.json_rows import decode_json, json_charge
 from lakehouse.domain.rows.problems import DecodedRows, RowProblem
 from lakehouse.domain.schemas import schema_to_arrow
@@ -57,10 +58,10 @@ class ArrowRows:
     """A request's rows as one serialized Arrow record batch.
 
     Attributes:
-        payload: Reads the serialized record batch. Called when it is needed and not kept:
-            protobuf copies a bytes field on each access, so a request waiting for buffer
-            room holds only gRPC's message, not a copy of its payload besides (40 waiting
-            16 MiB requests: 640 MiB less).
+        payload: Reads the serialized record batch. Called when it is needed: protobuf copies
+            a bytes field on each access, so it is read once to size and decode a request,
+            but a request waiting for buffer room drops that copy and holds only gRPC's
+            message (40 waiting 16 MiB requests: 640 MiB less).
         schema_bytes: The serialized Arrow schema sent with the request or its stream, if
             any.
     """
@@ -160,6 +161,35 @@ def _combined(staged: list[StagedRows]) -> tuple[pa.Table, int, pa.Array | None]
     return data, base, indices
 
 
+def _sized_payload(rows: ArrowRows, schema: Schema, limits: ArrowLimits) -> tuple[bytes, ArrowSize]:
+    """A request's payload (read once: protobuf copies it on each access) and its size."""
+    payload = rows.payload()
+    return payload, arrow_size(payload, rows.schema_bytes, schema, limits)
+
+
+def _read_conformed(
+    rows: ArrowRows, payload: bytes | None, schema: Schema, max_bytes: int
+) -> DecodedRows | tuple[pa.Table, int]:
+    """Reads and conforms a request's rows in one go, unless dictionaries need a charge.
+
+    Returns:
+        The decoded rows; or, when dictionary-encoded columns decode to more than their wire
+        size, the table as read and the bytes they take (charge them, then conform).
+
+    Raises:
+        ArrowTooLarge: Dictionary-encoded columns that decode to more than ``max_bytes``.
+        MemoryError: An allocation failed.
+    """
+    read = read_arrow(rows.payload() if payload is None else payload, rows.schema_bytes, schema)
+    if isinstance(read, DecodedRows):
+        return read  # corrupt bytes: nothing to conform
+    expanded = dictionary_bytes(read)
+    check_dictionary_bytes(expanded, max_bytes)
+    if expanded:
+        return read, expanded
+    return conform_arrow(read, schema)
+
+
 def _out_of_memory() -> ResourceExhausted:
     """The error for an allocation that failed while decoding.
 
@@ -195,24 +225,28 @@ class IngestRequests:
             # What decoding takes is read from the headers and charged before it starts, so
             # concurrent requests (and a few bytes that claim gigabytes) stay within the
             # write buffers; decoding then runs in a thread, away from the event loop.
-            # The payload is read once to size it and again to decode it (see ArrowRows).
-            size = await asyncio.to_thread(
-                lambda: arrow_size(rows.payload(), rows.schema_bytes, schema, limits)
-            )
-            reservation = await self._ingest.reserve(namespace, table, max(size.charge, 1))
+            payload: bytes | None
+            payload, size = await asyncio.to_thread(_sized_payload, rows, schema, limits)
+            charge = max(size.charge, 1)
+            reservation = self._ingest.try_reserve(namespace, table, charge)
+            if reservation is None:
+                # No room now: the request waits without its copy of the payload, and reads
+                # it again once it has room (see ArrowRows).
+                payload = None
+                reservation = await self._ingest.reserve(namespace, table, charge)
             try:
                 read = await asyncio.to_thread(
-                    lambda: read_arrow(rows.payload(), rows.schema_bytes, schema)
+                    _read_conformed, rows, payload, schema, limits.max_bytes
                 )
+                del payload  # the decoded columns hold what they need of it
                 if isinstance(read, DecodedRows):
-                    decoded = read  # corrupt bytes: nothing to conform
+                    decoded = read
                 else:
-                    # Decoding dictionaries to plain values takes what the indices pick, which
-                    # the headers do not tell: charged too, before the casts allocate it.
-                    expanded = await asyncio.to_thread(dictionary_bytes, read)
-                    check_dictionary_bytes(expanded, limits.max_bytes)
+                    # Dictionary-encoded columns: decoding them to plain values takes what the
+                    # indices pick, charged before the casts allocate it.
+                    table_read, expanded = read
                     await self._ingest.grow(reservation, expanded)
-                    decoded = await asyncio.to_thread(conform_arrow, read, schema)
+                    decoded = await asyncio.to_thread(conform_arrow, table_read, schema)
             except MemoryError:
                 reservation.release()
                 raise _out_of_memory() from None

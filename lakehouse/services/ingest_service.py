@@ -123,6 +123,9 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             index = 0
             async for request in request_iterator:
                 accepted = await self._accept(stream, request, index)
+                # Decoded: its message (megabytes) need not wait here for room in the
+                # pipeline or for the next message.
+                del request
                 if accepted is not None:
                     await pending.put(accepted)
                 index += 1

@@ -237,6 +237,35 @@ def test_unknown_column_invalidates_every_row() -> None:
     assert_conformed(decoded, SIMPLE)
 
 
+def test_columns_of_the_tables_types_are_kept_as_sent_and_strings_widened() -> None:
+    # The plain path: no value is checked but the required columns' nulls, nothing is copied
+    # but what a cast makes, and several batches stay as they came.
+    first = pa.record_batch({"name": ["a", None], "id": pa.array([1, 2], pa.int64())})
+    second = pa.record_batch({"name": ["c", "d"], "id": pa.array([3, 4], pa.int64())})
+    table = pa.Table.from_batches([first, second])
+    decoded = conform_arrow(table, SIMPLE)
+    assert_conformed(decoded, SIMPLE)
+    assert decoded.problems == [] and list(decoded.valid_indices) == [0, 1, 2, 3]
+    assert decoded.valid.to_pylist() == [
+        {"id": 1, "name": "a", "score": None},
+        {"id": 2, "name": None, "score": None},
+        {"id": 3, "name": "c", "score": None},
+        {"id": 4, "name": "d", "score": None},
+    ]
+    sent = table.column("id").chunk(0).buffers()[1]
+    assert decoded.valid.column("id").chunk(0).buffers()[1].address == sent.address
+    assert decoded.valid.schema.field("name").type == pa.large_string()
+
+
+def test_nulls_of_a_required_column_in_a_later_batch_are_found() -> None:
+    first = pa.record_batch({"id": pa.array([1, 2], pa.int64()), "name": ["a", "b"]})
+    second = pa.record_batch({"id": pa.array([None, 4], pa.int64()), "name": ["c", "d"]})
+    decoded = conform_arrow(pa.Table.from_batches([first, second]), SIMPLE)
+    assert reasons(decoded) == [(2, "id", RowErrorReason.MISSING_REQUIRED_COLUMN)]
+    assert list(decoded.valid_indices) == [0, 1, 3]
+    assert decoded.valid.column("name").to_pylist() == ["a", "b", "d"]
+
+
 def test_missing_required_column_invalidates_every_row() -> None:
     decoded = conform_arrow(pa.table({"name": ["a", "b"]}), SIMPLE)
     assert reasons(decoded) == [

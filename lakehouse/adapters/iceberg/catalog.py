@@ -136,6 +136,7 @@ from lakehouse.domain.tables import (
     TableInfo,
     snapshot_not_found,
 )
+from lakehouse.memory import release_free_memory
 
 T = TypeVar("T")
 
@@ -879,6 +880,8 @@ class IcebergCatalog:
                 )
                 if outcome.table is not None:  # the next plan starts from the cache
                     self._remember(namespace, name, outcome.table)
+                    # The Parquet write freed as much heap as the group's rows: give it back.
+                    release_free_memory()
                 if committer is not None:
                     committer.discard()
                 return outcome

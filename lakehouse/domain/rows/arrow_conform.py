@@ -6,6 +6,7 @@ and the problems and payloads of invalid rows are built lazily, when read.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -141,6 +142,11 @@ def conform_arrow(table: pa.Table, table_schema: Schema) -> DecodedRows:
     """
     target = schema_to_arrow(table_schema)
     n = table.num_rows
+    plan = _plain_plan(target, table.schema)
+    if plan is not None:
+        plain = _conform_plain(table, target, plan)
+        if plain is not None:
+            return DecodedRows(plain, range(n), [], {}, n)
     table = table.combine_chunks()
     columns = {name: _single_chunk(table.column(i)) for i, name in enumerate(table.column_names)}
     fields = list(zip(target, table_schema.fields, strict=True))
@@ -174,6 +180,63 @@ def conform_arrow(table: pa.Table, table_schema: Schema) -> DecodedRows:
         invalid_payloads=_ArrowPayloads(rows, table),
         row_count=n,
     )
+
+
+#: Casts that cannot fail and that a plain plan may make: the wider offsets of the same data.
+_WIDENINGS = {
+    (pa.string(), pa.large_string()),
+    (pa.binary(), pa.large_binary()),
+}
+
+#: A plain plan: for each column of the target, its index among the columns sent (None: left
+#: out, filled with nulls), its type and whether it must cast to it, and whether it is required.
+_PlainPlan = tuple[tuple[int | None, pa.DataType, bool, bool], ...]
+
+
+@functools.lru_cache(maxsize=256)
+def _plain_plan(target: pa.Schema, source: pa.Schema) -> _PlainPlan | None:
+    """How to conform batches of ``source`` to ``target`` without checking values, if it can be.
+
+    It can when every column of the target is of a primitive type, every column sent is one
+    of them (once), of its exact type or one that only widens to it, and no required column is
+    left out: then conforming is at most a widening cast, and only the required columns'
+    nulls are left to check. Decided once per pair of schemas (a writer repeats its own);
+    None sends the rows through the general path, which finds and reports every problem.
+    """
+    names = source.names
+    if len(set(names)) != len(names) or any(pa.types.is_nested(f.type) for f in target):
+        return None
+    known = set(target.names)
+    if any(name not in known for name in names):
+        return None
+    plan: list[tuple[int | None, pa.DataType, bool, bool]] = []
+    for f in target:
+        index = source.get_field_index(f.name)
+        if index < 0:
+            if not f.nullable:
+                return None
+            plan.append((None, f.type, False, False))
+            continue
+        sent = source.field(index).type
+        if sent != f.type and (sent, f.type) not in _WIDENINGS:
+            return None
+        plan.append((index, f.type, sent != f.type, not f.nullable))
+    return tuple(plan)
+
+
+def _conform_plain(table: pa.Table, target: pa.Schema, plan: _PlainPlan) -> pa.Table | None:
+    """``table`` conformed by a plain plan; None when a required column holds nulls."""
+    n = table.num_rows
+    columns: list[pa.ChunkedArray | pa.Array] = []
+    for index, t, cast, required in plan:
+        if index is None:
+            columns.append(pa.nulls(n, t))
+            continue
+        column = table.column(index)
+        if required and column.null_count:
+            return None  # the general path tells which rows
+        columns.append(column.cast(t) if cast else column)
+    return pa.Table.from_arrays(columns, schema=target)
 
 
 def _single_chunk(column: pa.ChunkedArray) -> pa.Array:

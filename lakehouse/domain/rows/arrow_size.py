@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 
@@ -225,6 +226,34 @@ def _decoded_lengths(
     return nodes, lengths
 
 
+@functools.lru_cache(maxsize=256)
+def _layout(schema: pa.Schema) -> tuple[tuple[str, pa.DataType, int | None], ...]:
+    """The field nodes of ``schema``'s record batches in IPC order: path, type and buffers.
+
+    Computed once per schema (requests of one writer repeat theirs). A type not modelled here
+    ends the layout with a ``None`` buffer count: what follows it is checked by Arrow.
+    """
+    nodes: list[tuple[str, pa.DataType, int | None]] = []
+
+    def walk(t: pa.DataType, path: str) -> bool:
+        count = _buffer_count(t)
+        nodes.append((path, t, count))
+        if count is None:
+            return False
+        return all(walk(c, f"{path}.{i}") for i, c in enumerate(_children(t)))
+
+    for column in schema:
+        if not walk(column.type, column.name):
+            break
+    return tuple(nodes)
+
+
+@functools.lru_cache(maxsize=1024)
+def _bounds(t: pa.DataType, rows: int) -> tuple[list[int], list[int | None]]:
+    """The least and most decoded lengths of the buffers of ``rows`` rows of type ``t``."""
+    return _min_lengths(t, rows), _max_lengths(t, rows)
+
+
 def _check_layout(
     schema: pa.Schema, rows: int, nodes: list[tuple[int, int]], lengths: list[int]
 ) -> None:
@@ -238,12 +267,9 @@ def _check_layout(
         CorruptArrow: The header and the buffers disagree.
     """
     node_at = buffer_at = 0
-
-    def walk(t: pa.DataType, path: str) -> bool:
-        nonlocal node_at, buffer_at
-        count = _buffer_count(t)
+    for path, t, count in _layout(schema):
         if count is None:
-            return False
+            return
         if node_at >= len(nodes) or buffer_at + count > len(lengths):
             raise CorruptArrow("the record batch has fewer field nodes or buffers than its schema")
         length, null_count = nodes[node_at]
@@ -252,7 +278,7 @@ def _check_layout(
             raise CorruptArrow(f"column {path!r} claims {length} rows with {null_count} nulls")
         mine = lengths[buffer_at : buffer_at + count]
         buffer_at += count
-        lows, highs = _min_lengths(t, length), _max_lengths(t, length)
+        lows, highs = _bounds(t, length)
         for i, got in enumerate(mine):
             low = lows[i] if i < len(lows) else 0
             high = highs[i] if i < len(highs) else None
@@ -265,11 +291,6 @@ def _check_layout(
                     else f"column {path!r} has a {got}-byte "
                     f"buffer, more than its {length} rows need"
                 )
-        return all(walk(c, f"{path}.{i}") for i, c in enumerate(_children(t)))
-
-    for column in schema:
-        if not walk(column.type, column.name):
-            return
     if node_at != len(nodes) or buffer_at != len(lengths):
         raise CorruptArrow("the record batch has more field nodes or buffers than its schema")
     del rows
@@ -284,6 +305,12 @@ def _slot_bytes(t: pa.DataType) -> int:
         return max(int(t.bit_width) // 8, 1) + 1
     except ValueError:
         return SLOT_BYTES
+
+
+@functools.lru_cache(maxsize=256)
+def _row_slot_bytes(target: pa.Schema) -> int:
+    """Bytes per row of a table of ``target``'s columns at the least (see ``_slot_bytes``)."""
+    return sum(_slot_bytes(f.type) for f in target)
 
 
 def arrow_size(
@@ -326,7 +353,7 @@ def arrow_size(
             reason="TOO_MANY_ROWS",
         )
     target = schema_to_arrow(table_schema)
-    charge = 2 * body_bytes + rows * sum(_slot_bytes(f.type) for f in target)
+    charge = 2 * body_bytes + rows * _row_slot_bytes(target)
     if charge > limits.max_bytes:
         raise ArrowTooLarge.field(
             field,
@@ -354,7 +381,7 @@ def _header_sizes(payload: bytes, schema_bytes: bytes | None) -> tuple[int, int]
         return 0, 0
     schema: pa.Schema | None = None
     if messages[0].type == "schema":
-        schema = _read_schema(messages[0].serialize())
+        schema = _read_schema(messages[0].serialize().to_pybytes())
         messages = messages[1:]
     elif schema_bytes:
         schema = _read_schema(schema_bytes)
@@ -381,9 +408,11 @@ def _header_sizes(payload: bytes, schema_bytes: bytes | None) -> tuple[int, int]
     return rows, body_bytes
 
 
-def _read_schema(data: bytes | pa.Buffer) -> pa.Schema:
+@functools.lru_cache(maxsize=256)
+def _read_schema(data: bytes) -> pa.Schema:
+    """The schema of serialized schema bytes (a writer's repeat: parsed once)."""
     try:
-        return pa.ipc.read_schema(pa.py_buffer(data) if isinstance(data, bytes) else data)
+        return pa.ipc.read_schema(pa.py_buffer(data))
     except (pa.ArrowException, OSError, EOFError, ValueError) as exc:
         raise CorruptArrow(f"unreadable Arrow schema: {exc}") from exc
 
