@@ -5,8 +5,8 @@
 one ``ReadRows``. Reading them at once, over a few channels (separate HTTP/2 connections,
 possibly to separate replicas), lifts the cap of one stream through Python's gRPC transport.
 
-A stream that fails with ``UNAVAILABLE`` (its replica went away) is read again from its
-start on the next channel: its snapshot is pinned, so a re-read returns the same rows, and
+A stream that fails with ``UNAVAILABLE`` because its replica went away (the connection
+failed, or the replica is shutting down) is read again from its start on the next channel: its snapshot is pinned, so a re-read returns the same rows, and
 the rows of the broken attempt are dropped. With no channel left, the error is raised.
 The result is in stream order, the order of one ``ReadRows``.
 
@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, TypeVar
 import grpc
 import pyarrow as pa
 
+from lakehouse.client.errors import decode_error
 from lakehouse.v1 import read_session_pb2, rows_pb2, table_service_pb2
 
 if TYPE_CHECKING:
@@ -55,6 +56,22 @@ def _schema(session: read_session_pb2.ReadSession) -> pa.Schema:
     return pa.ipc.read_schema(pa.py_buffer(session.arrow_schema.serialized_schema))
 
 
+#: UNAVAILABLE reasons of a replica going away (draining); a call fails over to another
+#: channel on these, and on an UNAVAILABLE without ErrorInfo (the connection failed).
+_GOING_AWAY = frozenset({"", "SHUTTING_DOWN"})
+
+
+def _replica_gone(error: grpc.RpcError) -> bool:
+    """Whether ``error`` says the replica (or the connection to it) went away.
+
+    A backing service that failed (``OBJECT_STORE_UNAVAILABLE``, a circuit breaker open...)
+    fails every replica alike: trying the next channel at once only adds a wait, so such an
+    error is the caller's to retry after its ``RetryInfo``.
+    """
+    decoded = decode_error(error)
+    return decoded.code == grpc.StatusCode.UNAVAILABLE and decoded.reason in _GOING_AWAY
+
+
 def _attempts(stubs: Sequence[object]) -> int:
     """Tries of one call: every channel once, and at least a second try on a single one."""
     return max(2, len(stubs))
@@ -67,7 +84,7 @@ def _failover(stubs: Sequence[S], first: int, call: Callable[[S], T]) -> T:
         try:
             return call(stubs[(first + attempt) % len(stubs)])
         except grpc.RpcError as e:
-            if e.code() != grpc.StatusCode.UNAVAILABLE:
+            if not _replica_gone(e):
                 raise
             failure = e
     assert failure is not None
@@ -81,7 +98,7 @@ async def _failover_async(stubs: Sequence[S], first: int, call: Callable[[S], Aw
         try:
             return await call(stubs[(first + attempt) % len(stubs)])
         except grpc.aio.AioRpcError as e:
-            if e.code() != grpc.StatusCode.UNAVAILABLE:
+            if not _replica_gone(e):
                 raise
             failure = e
     assert failure is not None
