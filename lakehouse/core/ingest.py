@@ -523,14 +523,17 @@ class _TableCommitter:
                 await self._fleet.store.submit(self._key, self._branch, batch)
             except Unavailable as exc:
                 # As when the lease cannot be read: commit here rather than fail the writes.
+                # But the row may be stored all the same (only the acknowledgement was lost)
+                # and an owner then commits it: so commit the batch itself, its files and its
+                # id, never the units again, and whichever of the two commits comes second
+                # finds the batch id in the table and adds nothing.
                 log.warning(
                     "cannot hand ingest files over; committing locally",
                     extra={"table": ".".join(self._key), "error": exc.message},
                 )
-                await self._discard(staged.paths)
-                await self._commit([unit for unit, _ in waiting])
-                return
-            resolution = await self._await_batch(batch, staged.paths)
+                resolution = await self._commit_here(batch)
+            else:
+                resolution = await self._await_batch(batch, staged.paths)
             if resolution.status is BatchStatus.COMMITTED:
                 metrics.INGEST_ROWS.inc(rows)  # counted where they were received
                 for unit, decision in waiting:
@@ -605,6 +608,16 @@ class _TableCommitter:
             else:
                 waiting.append((unit, decision))
         return staged, waiting
+
+    async def _commit_here(self, batch: PendingBatch) -> BatchResolution:
+        """Commits a batch of this replica's files as its owner would (its id checked)."""
+        fates: dict[str, BatchStatus] = {}
+        result = await self._commit([], [batch], fates)
+        if isinstance(result, LakehouseError):
+            return BatchResolution(batch.batch_id, BatchStatus.FAILED, error=result)
+        return BatchResolution(
+            batch.batch_id, fates.get(batch.batch_id, BatchStatus.FAILED), result
+        )
 
     def _with_known_writers(self, state: IngestState) -> IngestState:
         """``state`` with the offsets this replica's committed batches moved writers to."""

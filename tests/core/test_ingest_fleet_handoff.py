@@ -1,0 +1,130 @@
+"""Hand-offs between two in-process replicas: a real catalog, a real PostgreSQL fleet store.
+
+Each test has an owner replica (holding the table's commit lease) and a replica that hands its
+files to it, with a failure put between the replica and the database at the port: the
+database did what was asked, the replica was not told (a lost acknowledgement).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pyarrow as pa
+import pytest
+import pytest_asyncio
+import sqlalchemy
+from pyiceberg.partitioning import PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table.sorting import SortOrder
+from pyiceberg.types import LongType, NestedField, StringType
+
+from fixtures.iceberg import direct_catalog
+from lakehouse.adapters.iceberg.catalog import IcebergCatalog
+from lakehouse.adapters.ingest_fleet_store import IngestFleetStore
+from lakehouse.adapters.job_store.store import JobStore
+from lakehouse.blocking import BlockingPool
+from lakehouse.core.ingest import Ingest
+from lakehouse.core.ingest_fleet import Fleet
+from lakehouse.core.ports import IngestFleetPort
+from lakehouse.domain.errors import Unavailable
+from lakehouse.domain.ingest import PendingBatch
+
+SCHEMA = Schema(NestedField(1, "id", LongType(), required=True), NestedField(2, "v", StringType()))
+ARROW = pa.schema([pa.field("id", pa.int64(), nullable=False), pa.field("v", pa.string())])
+TABLE = ("fleet", "t")
+
+
+def rows(start: int, count: int) -> pa.Table:
+    return pa.table(
+        {"id": list(range(start, start + count)), "v": [f"r{i}" for i in range(count)]},
+        schema=ARROW,
+    )
+
+
+class LostSubmitAck(IngestFleetStore):
+    """Stores the first handed batch, then answers as if the database could not be reached."""
+
+    lost: list[str]
+
+    async def submit(self, table: tuple[str, str], branch: str, batch: PendingBatch) -> None:
+        await super().submit(table, branch, batch)
+        if not self.lost:
+            self.lost.append(batch.batch_id)
+            raise Unavailable("connection lost before the commit was acknowledged")
+
+
+class Replica:
+    def __init__(self, settings: Any, jobs_url: str, name: str, store: type[Any]) -> None:
+        self.pool = BlockingPool(4)
+        self.jobs = JobStore(jobs_url)
+        self.store: IngestFleetPort = store(self.jobs, self.pool)
+        self.catalog = IcebergCatalog(settings, self.pool)
+        self.ingest = Ingest(self.catalog, settings.ingest, fleet=Fleet(self.store, name))
+
+    async def close(self) -> None:
+        await self.ingest.close(timeout=5)
+        await self.catalog.close()
+        self.pool.close()
+        self.jobs.close()
+
+
+@pytest_asyncio.fixture
+async def jobs_url(postgres_jobs_url: str) -> AsyncIterator[str]:
+    yield postgres_jobs_url
+    engine = sqlalchemy.create_engine(postgres_jobs_url)
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text("DELETE FROM lakehouse_ingest_batches"))
+        conn.execute(sqlalchemy.text("DELETE FROM lakehouse_ingest_leases"))
+    engine.dispose()
+
+
+def open_batches(jobs_url: str) -> int:
+    engine = sqlalchemy.create_engine(jobs_url)
+    try:
+        with engine.connect() as conn:
+            query = "SELECT count(*) FROM lakehouse_ingest_batches WHERE status IN (0, 1)"
+            return int(conn.execute(sqlalchemy.text(query)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+async def settled(jobs_url: str, timeout: float = 10.0) -> None:
+    """Waits until no handed batch is open (the owner claimed and resolved them all)."""
+    deadline = time.monotonic() + timeout
+    while await asyncio.to_thread(open_batches, jobs_url):
+        assert time.monotonic() < deadline, "handed batches still open"
+        await asyncio.sleep(0.05)
+
+
+def table_ids(settings: Any) -> list[int]:
+    table = direct_catalog(settings).load_table(TABLE)
+    return sorted(table.scan().to_arrow().column("id").to_pylist())
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_a_hand_off_whose_acknowledgement_was_lost_is_written_once(
+    backend: Any, jobs_url: str
+) -> None:
+    owner = Replica(backend, jobs_url, "owner", IngestFleetStore)
+    LostSubmitAck.lost = []
+    replica = Replica(backend, jobs_url, "replica", LostSubmitAck)
+    try:
+        await owner.catalog.create_namespace(TABLE[0], {})
+        await owner.catalog.create_table(*TABLE, SCHEMA, PartitionSpec(), SortOrder(), {})
+        await owner.ingest.write(*TABLE, rows(0, 10))  # takes the table's commit lease
+        # The batch is stored, but the replica is told it was not: the owner may commit it.
+        written = await replica.ingest.write(*TABLE, rows(100, 10))
+        assert written.rows_written == 10
+        assert LostSubmitAck.lost
+        await settled(jobs_url)
+        await owner.ingest.write(*TABLE, rows(200, 10))  # the owner's next window
+        ids = table_ids(backend)  # every data file the table lists can be read
+        assert [i for i, n in Counter(ids).items() if n > 1] == []
+        assert ids == [*range(0, 10), *range(100, 110), *range(200, 210)]
+    finally:
+        await replica.close()
+        await owner.close()
