@@ -602,7 +602,9 @@ class _TableCommitter:
         waiting = []
         for unit, decision in zip(group, decisions, strict=True):
             if decision.error is not None:
-                unit.future.set_exception(decision.error)
+                # Not set_exception: a caller that went away cancelled its future, and the
+                # InvalidStateError would fail every other write of the group.
+                _fail([unit], decision.error)
             elif decision.already or not staged.files:
                 _answer(unit, decision, staged.snapshot_id)
             else:

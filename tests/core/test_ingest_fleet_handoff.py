@@ -128,3 +128,28 @@ async def test_a_hand_off_whose_acknowledgement_was_lost_is_written_once(
     finally:
         await replica.close()
         await owner.close()
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_a_cancelled_caller_in_a_handed_group_fails_nobody_else(
+    backend: Any, jobs_url: str
+) -> None:
+    owner = Replica(backend, jobs_url, "owner", IngestFleetStore)
+    replica = Replica(backend, jobs_url, "replica", IngestFleetStore)
+    try:
+        await owner.catalog.create_namespace(TABLE[0], {})
+        await owner.catalog.create_table(*TABLE, SCHEMA, PartitionSpec(), SortOrder(), {})
+        await owner.ingest.write(*TABLE, rows(0, 10))  # takes the table's commit lease
+        await replica.ingest.write(*TABLE, rows(10, 10))  # the replica's committer is up
+        # One group: a write with an offset gap whose caller went away, and another write.
+        gap, other = await asyncio.gather(
+            replica.ingest.enqueue(*TABLE, rows(500, 5), writer_id="w", offset=1000),
+            replica.ingest.enqueue(*TABLE, rows(20, 10), request_id="other"),
+        )
+        gap.cancel()  # what awaiting it does when the caller's RPC is cancelled
+        written = await asyncio.wait_for(other, 10)
+        assert (written.rows_written, written.already_written) == (10, False)
+        assert table_ids(backend) == list(range(30))
+    finally:
+        await replica.close()
+        await owner.close()
