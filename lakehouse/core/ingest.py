@@ -46,6 +46,7 @@ from lakehouse.domain.errors import (
     Unavailable,
 )
 from lakehouse.domain.ingest import (
+    HANDED_FILES_REFUSED,
     AppendPlan,
     BatchEntry,
     BatchResolution,
@@ -483,7 +484,14 @@ class _TableCommitter:
         self._lease.busy()
         fates: dict[str, BatchStatus] = {}
         result = await self._commit(group, batches, fates)
-        if isinstance(result, LakehouseError):
+        if _refused(result):
+            # Staged on a table that changed since (or unreadable): their replicas stage them
+            # again, and the owner's own writes are committed without them.
+            fates = {b.batch_id: BatchStatus.REJECTED for b in batches}
+            done = resolutions(fates, None)
+            if group:
+                await self._commit(group)
+        elif isinstance(result, LakehouseError):
             done = [BatchResolution(b.batch_id, BatchStatus.FAILED, error=result) for b in batches]
         else:
             done = resolutions(fates, result)
@@ -503,8 +511,10 @@ class _TableCommitter:
         """Writes the group's files here, hands them to the owner, answers once committed."""
         assert self._fleet is not None
         pending = group
+        rejected = False
         for _ in range(self._settings.commit_attempts):
-            staged, waiting = await self._stage(pending)
+            # After a rejection the table moved on: plan on it as it is, not as cached.
+            staged, waiting = await self._stage(pending, fresh=rejected)
             if staged is None or not waiting:
                 return
             entries = [
@@ -545,6 +555,7 @@ class _TableCommitter:
             if resolution.status is BatchStatus.REJECTED:
                 await self._discard(staged.paths)
                 pending = [unit for unit, _ in waiting]
+                rejected = True
                 continue
             # Failed: whether the owner's commit took the files is not known (a commit state
             # unknown); orphan removal takes them if it did not.
@@ -615,6 +626,8 @@ class _TableCommitter:
         """Commits a batch of this replica's files as its owner would (its id checked)."""
         fates: dict[str, BatchStatus] = {}
         result = await self._commit([], [batch], fates)
+        if _refused(result):
+            return BatchResolution(batch.batch_id, BatchStatus.REJECTED)
         if isinstance(result, LakehouseError):
             return BatchResolution(batch.batch_id, BatchStatus.FAILED, error=result)
         return BatchResolution(
@@ -703,6 +716,8 @@ class _TableCommitter:
                 branch=self._branch,
             )
         except LakehouseError as exc:
+            if batches and exc.reason == HANDED_FILES_REFUSED:
+                return exc  # the owner commits its own writes again, without the batches
             metrics.INGEST_COMMITS.labels("error").inc()
             for unit in group:
                 if not unit.future.done():
@@ -801,6 +816,11 @@ def _fail(group: Sequence[_Unit], error: BaseException) -> None:
     for unit in group:
         if not unit.future.done():
             unit.future.set_exception(error)
+
+
+def _refused(result: int | LakehouseError | None) -> bool:
+    """Whether a commit refused the handed files as they are (see ``HANDED_FILES_REFUSED``)."""
+    return isinstance(result, LakehouseError) and result.reason == HANDED_FILES_REFUSED
 
 
 async def _withdrawn(store: IngestFleetPort, batch_id: str) -> bool:

@@ -24,6 +24,7 @@ from pyiceberg.types import LongType, NestedField, StringType
 
 from fixtures.iceberg import direct_catalog
 from lakehouse.adapters.iceberg.catalog import IcebergCatalog
+from lakehouse.adapters.iceberg.ingest_files import dump_data_files
 from lakehouse.adapters.ingest_fleet_store import IngestFleetStore
 from lakehouse.adapters.job_store.store import JobStore
 from lakehouse.blocking import BlockingPool
@@ -31,7 +32,7 @@ from lakehouse.core.ingest import Ingest
 from lakehouse.core.ingest_fleet import Fleet
 from lakehouse.core.ports import IngestFleetPort
 from lakehouse.domain.errors import Unavailable
-from lakehouse.domain.ingest import PendingBatch
+from lakehouse.domain.ingest import BatchStatus, PendingBatch
 
 SCHEMA = Schema(NestedField(1, "id", LongType(), required=True), NestedField(2, "v", StringType()))
 ARROW = pa.schema([pa.field("id", pa.int64(), nullable=False), pa.field("v", pa.string())])
@@ -152,4 +153,75 @@ async def test_a_cancelled_caller_in_a_handed_group_fails_nobody_else(
         assert table_ids(backend) == list(range(30))
     finally:
         await replica.close()
+        await owner.close()
+
+
+class SpecChangesBeforeSubmit(IngestFleetStore):
+    """Partitions the table by ``v`` after the first batch was staged, before it is handed."""
+
+    settings: Any
+    changed: list[bool]
+
+    async def submit(self, table: tuple[str, str], branch: str, batch: PendingBatch) -> None:
+        if not self.changed:
+            self.changed.append(True)
+
+            def partition() -> None:
+                loaded = direct_catalog(self.settings).load_table(table)
+                with loaded.update_spec() as spec:
+                    spec.add_identity("v")
+
+            await asyncio.to_thread(partition)
+        await super().submit(table, branch, batch)
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_files_staged_before_a_partition_change_are_staged_again(
+    backend: Any, jobs_url: str
+) -> None:
+    owner = Replica(backend, jobs_url, "owner", IngestFleetStore)
+    SpecChangesBeforeSubmit.settings, SpecChangesBeforeSubmit.changed = backend, []
+    replica = Replica(backend, jobs_url, "replica", SpecChangesBeforeSubmit)
+    try:
+        await owner.catalog.create_namespace(TABLE[0], {})
+        await owner.catalog.create_table(*TABLE, SCHEMA, PartitionSpec(), SortOrder(), {})
+        await owner.ingest.write(*TABLE, rows(0, 10))  # takes the table's commit lease
+        written = await asyncio.wait_for(replica.ingest.write(*TABLE, rows(100, 10)), 20)
+        assert written.rows_written == 10
+        assert SpecChangesBeforeSubmit.changed
+        table = direct_catalog(backend).load_table(TABLE)
+        # Each data file is listed under the partition spec it was written with.
+        for task in table.scan().plan_files():
+            spec = table.specs()[task.file.spec_id]
+            assert len(task.file.partition) == len(spec.fields), task.file.file_path
+        assert table_ids(backend) == [*range(0, 10), *range(100, 110)]
+        only = table.scan(row_filter="v == 'r3'").to_arrow().column("id").to_pylist()
+        assert sorted(only) == [3, 103]
+    finally:
+        await replica.close()
+        await owner.close()
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_a_handed_file_outside_the_table_is_refused(backend: Any, jobs_url: str) -> None:
+    owner = Replica(backend, jobs_url, "owner", IngestFleetStore)
+    try:
+        await owner.catalog.create_namespace(TABLE[0], {})
+        for name in (TABLE[1], "other"):
+            await owner.catalog.create_table(
+                TABLE[0], name, SCHEMA, PartitionSpec(), SortOrder(), {}
+            )
+        await owner.ingest.write(TABLE[0], "other", rows(900, 5))
+        await owner.ingest.write(*TABLE, rows(0, 10))  # takes the table's commit lease
+        other = direct_catalog(backend).load_table((TABLE[0], "other"))
+        foreign = [task.file for task in other.scan().plan_files()]
+        # A batch row nobody's replica wrote: another table's file, as a database row.
+        batch = PendingBatch("foreign", (), dump_data_files(foreign, 0), 5)
+        await owner.store.submit(TABLE, "main", batch)
+        await settled(jobs_url)
+        await owner.ingest.write(*TABLE, rows(10, 10))
+        resolution = await owner.store.resolution("foreign")
+        assert resolution is not None and resolution.status is BatchStatus.REJECTED
+        assert table_ids(backend) == list(range(20))
+    finally:
         await owner.close()
