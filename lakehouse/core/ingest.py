@@ -440,6 +440,13 @@ class _TableCommitter:
                 # futures): the committer must outlive it, its writers get the error.
                 log.exception("ingest hand-off failed", extra={"table": ".".join(self._key)})
                 _fail(group, exc)
+            except asyncio.CancelledError as exc:
+                if own_cancellation(exc):
+                    raise
+                # A cancelled future inside a library (as ``_commit`` handles it): it would
+                # end the committer, and every later write to the table would wait forever.
+                log.exception("ingest hand-off failed", extra={"table": ".".join(self._key)})
+                _fail(group, Unavailable("the hand-off to the commit owner was interrupted"))
             finally:
                 for unit in group:
                     self._budget.release(self._key, unit.nbytes)

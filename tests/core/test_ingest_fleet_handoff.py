@@ -32,7 +32,7 @@ from lakehouse.core.ingest import Ingest
 from lakehouse.core.ingest_fleet import Fleet
 from lakehouse.core.ports import IngestFleetPort
 from lakehouse.domain.errors import Unavailable
-from lakehouse.domain.ingest import BatchStatus, PendingBatch
+from lakehouse.domain.ingest import BatchResolution, BatchStatus, PendingBatch
 
 SCHEMA = Schema(NestedField(1, "id", LongType(), required=True), NestedField(2, "v", StringType()))
 ARROW = pa.schema([pa.field("id", pa.int64(), nullable=False), pa.field("v", pa.string())])
@@ -224,4 +224,42 @@ async def test_a_handed_file_outside_the_table_is_refused(backend: Any, jobs_url
         assert resolution is not None and resolution.status is BatchStatus.REJECTED
         assert table_ids(backend) == list(range(20))
     finally:
+        await owner.close()
+
+
+class CancelledOnce(IngestFleetStore):
+    """The first look for a resolution ends in a CancelledError that is not the caller's
+    (a cancelled future inside a library, as a closed thread pool's)."""
+
+    raised: list[bool]
+
+    async def resolution(self, batch_id: str) -> BatchResolution | None:
+        if not self.raised:
+            self.raised.append(True)
+            raise asyncio.CancelledError()
+        return await super().resolution(batch_id)
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_a_stray_cancellation_fails_one_hand_off_not_the_committer(
+    backend: Any, jobs_url: str
+) -> None:
+    owner = Replica(backend, jobs_url, "owner", IngestFleetStore)
+    CancelledOnce.raised = []
+    replica = Replica(backend, jobs_url, "replica", CancelledOnce)
+    try:
+        await owner.catalog.create_namespace(TABLE[0], {})
+        await owner.catalog.create_table(*TABLE, SCHEMA, PartitionSpec(), SortOrder(), {})
+        await owner.ingest.write(*TABLE, rows(0, 10))  # takes the table's commit lease
+        with pytest.raises(Unavailable):
+            await asyncio.wait_for(replica.ingest.write(*TABLE, rows(10, 10), request_id="a"), 10)
+        # The replica's committer lives on: the resend is answered (written once).
+        again = await asyncio.wait_for(
+            replica.ingest.write(*TABLE, rows(10, 10), request_id="a"), 10
+        )
+        assert again.rows_written == 10
+        await settled(jobs_url)
+        assert table_ids(backend) == list(range(20))
+    finally:
+        await replica.close()
         await owner.close()
