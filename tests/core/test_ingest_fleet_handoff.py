@@ -8,6 +8,7 @@ database did what was asked, the replica was not told (a lost acknowledgement).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -106,17 +107,34 @@ def table_ids(settings: Any) -> list[int]:
     return sorted(table.scan().to_arrow().column("id").to_pylist())
 
 
+async def owning(owner: Replica) -> None:
+    """Creates the table, and ``owner`` takes its commit lease with a first write (0-9)."""
+    await owner.catalog.create_namespace(TABLE[0], {})
+    await owner.catalog.create_table(*TABLE, SCHEMA, PartitionSpec(), SortOrder(), {})
+    await owner.ingest.write(*TABLE, rows(0, 10))
+
+
+@contextlib.asynccontextmanager
+async def owner_and_replica(
+    settings: Any, jobs_url: str, store: type[Any]
+) -> AsyncIterator[tuple[Replica, Replica]]:
+    """An owner of the table (see ``owning``), and a replica handing through ``store``."""
+    owner = Replica(settings, jobs_url, "owner", IngestFleetStore)
+    replica = Replica(settings, jobs_url, "replica", store)
+    try:
+        await owning(owner)
+        yield owner, replica
+    finally:
+        await replica.close()
+        await owner.close()
+
+
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 async def test_a_hand_off_whose_acknowledgement_was_lost_is_written_once(
     backend: Any, jobs_url: str
 ) -> None:
-    owner = Replica(backend, jobs_url, "owner", IngestFleetStore)
     LostSubmitAck.lost = []
-    replica = Replica(backend, jobs_url, "replica", LostSubmitAck)
-    try:
-        await owner.catalog.create_namespace(TABLE[0], {})
-        await owner.catalog.create_table(*TABLE, SCHEMA, PartitionSpec(), SortOrder(), {})
-        await owner.ingest.write(*TABLE, rows(0, 10))  # takes the table's commit lease
+    async with owner_and_replica(backend, jobs_url, LostSubmitAck) as (owner, replica):
         # The batch is stored, but the replica is told it was not: the owner may commit it.
         written = await replica.ingest.write(*TABLE, rows(100, 10))
         assert written.rows_written == 10
@@ -126,21 +144,13 @@ async def test_a_hand_off_whose_acknowledgement_was_lost_is_written_once(
         ids = table_ids(backend)  # every data file the table lists can be read
         assert [i for i, n in Counter(ids).items() if n > 1] == []
         assert ids == [*range(0, 10), *range(100, 110), *range(200, 210)]
-    finally:
-        await replica.close()
-        await owner.close()
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 async def test_a_cancelled_caller_in_a_handed_group_fails_nobody_else(
     backend: Any, jobs_url: str
 ) -> None:
-    owner = Replica(backend, jobs_url, "owner", IngestFleetStore)
-    replica = Replica(backend, jobs_url, "replica", IngestFleetStore)
-    try:
-        await owner.catalog.create_namespace(TABLE[0], {})
-        await owner.catalog.create_table(*TABLE, SCHEMA, PartitionSpec(), SortOrder(), {})
-        await owner.ingest.write(*TABLE, rows(0, 10))  # takes the table's commit lease
+    async with owner_and_replica(backend, jobs_url, IngestFleetStore) as (_owner, replica):
         await replica.ingest.write(*TABLE, rows(10, 10))  # the replica's committer is up
         # One group: a write with an offset gap whose caller went away, and another write.
         gap, other = await asyncio.gather(
@@ -151,9 +161,6 @@ async def test_a_cancelled_caller_in_a_handed_group_fails_nobody_else(
         written = await asyncio.wait_for(other, 10)
         assert (written.rows_written, written.already_written) == (10, False)
         assert table_ids(backend) == list(range(30))
-    finally:
-        await replica.close()
-        await owner.close()
 
 
 class SpecChangesBeforeSubmit(IngestFleetStore):
@@ -179,13 +186,8 @@ class SpecChangesBeforeSubmit(IngestFleetStore):
 async def test_files_staged_before_a_partition_change_are_staged_again(
     backend: Any, jobs_url: str
 ) -> None:
-    owner = Replica(backend, jobs_url, "owner", IngestFleetStore)
     SpecChangesBeforeSubmit.settings, SpecChangesBeforeSubmit.changed = backend, []
-    replica = Replica(backend, jobs_url, "replica", SpecChangesBeforeSubmit)
-    try:
-        await owner.catalog.create_namespace(TABLE[0], {})
-        await owner.catalog.create_table(*TABLE, SCHEMA, PartitionSpec(), SortOrder(), {})
-        await owner.ingest.write(*TABLE, rows(0, 10))  # takes the table's commit lease
+    async with owner_and_replica(backend, jobs_url, SpecChangesBeforeSubmit) as (_owner, replica):
         written = await asyncio.wait_for(replica.ingest.write(*TABLE, rows(100, 10)), 20)
         assert written.rows_written == 10
         assert SpecChangesBeforeSubmit.changed
@@ -197,9 +199,6 @@ async def test_files_staged_before_a_partition_change_are_staged_again(
         assert table_ids(backend) == [*range(0, 10), *range(100, 110)]
         only = table.scan(row_filter="v == 'r3'").to_arrow().column("id").to_pylist()
         assert sorted(only) == [3, 103]
-    finally:
-        await replica.close()
-        await owner.close()
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
@@ -244,13 +243,8 @@ class CancelledOnce(IngestFleetStore):
 async def test_a_stray_cancellation_fails_one_hand_off_not_the_committer(
     backend: Any, jobs_url: str
 ) -> None:
-    owner = Replica(backend, jobs_url, "owner", IngestFleetStore)
     CancelledOnce.raised = []
-    replica = Replica(backend, jobs_url, "replica", CancelledOnce)
-    try:
-        await owner.catalog.create_namespace(TABLE[0], {})
-        await owner.catalog.create_table(*TABLE, SCHEMA, PartitionSpec(), SortOrder(), {})
-        await owner.ingest.write(*TABLE, rows(0, 10))  # takes the table's commit lease
+    async with owner_and_replica(backend, jobs_url, CancelledOnce) as (_owner, replica):
         with pytest.raises(Unavailable):
             await asyncio.wait_for(replica.ingest.write(*TABLE, rows(10, 10), request_id="a"), 10)
         # The replica's committer lives on: the resend is answered (written once).
@@ -260,6 +254,3 @@ async def test_a_stray_cancellation_fails_one_hand_off_not_the_committer(
         assert again.rows_written == 10
         await settled(jobs_url)
         assert table_ids(backend) == list(range(20))
-    finally:
-        await replica.close()
-        await owner.close()
