@@ -490,11 +490,15 @@ class _TableCommitter:
             return
         self._lease.busy()
         fates: dict[str, BatchStatus] = {}
-        result = await self._commit(group, batches, fates)
+        included: list[str] = []
+        result = await self._commit(group, batches, fates, included)
         if _refused(result):
-            # Staged on a table that changed since (or unreadable): their replicas stage them
-            # again, and the owner's own writes are committed without them.
-            fates = {b.batch_id: BatchStatus.REJECTED for b in batches}
+            # Files staged on a table that changed since (or unreadable): their replicas
+            # stage them again, and the owner's own writes are committed without them. Only
+            # the batches whose files were refused go back: one already committed (by an
+            # owner that died before recording it) must not, its replica would delete its
+            # files. Those, and the rest, stay claimed and are decided in the next window.
+            fates = dict.fromkeys(included, BatchStatus.REJECTED)
             done = resolutions(fates, None)
             if group:
                 await self._commit(group)
@@ -696,9 +700,15 @@ class _TableCommitter:
         group: list[_Unit],
         batches: Sequence[PendingBatch] = (),
         fates: dict[str, BatchStatus] | None = None,
+        included: list[str] | None = None,
     ) -> int | LakehouseError | None:
-        """Commits the group (and handed batches); the snapshot id, or the failure."""
+        """Commits the group (and handed batches); the snapshot id, or the failure.
+
+        ``fates`` gets each batch's fate, ``included`` the batches whose files the last
+        attempt added (the others were already committed, or did not fit).
+        """
         decisions: list[_Decision] = []
+        included = [] if included is None else included
 
         def plan(state: IngestState) -> AppendPlan:
             nonlocal decisions
@@ -707,6 +717,7 @@ class _TableCommitter:
             if batches and fates is not None:
                 fates.clear()
                 fates.update(add_batches(decided, batches, state, now_ms))
+                included[:] = decided.batch_ids
             return decided
 
         started = time.perf_counter()

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -50,7 +50,9 @@ def rows(start: int, count: int) -> pa.Table:
 class LostSubmitAck(IngestFleetStore):
     """Stores the first handed batch, then answers as if the database could not be reached."""
 
-    lost: list[str]
+    def __init__(self, store: JobStore, pool: BlockingPool) -> None:
+        super().__init__(store, pool)
+        self.lost: list[str] = []
 
     async def submit(self, table: tuple[str, str], branch: str, batch: PendingBatch) -> None:
         await super().submit(table, branch, batch)
@@ -133,12 +135,11 @@ async def owner_and_replica(
 async def test_a_hand_off_whose_acknowledgement_was_lost_is_written_once(
     backend: Any, jobs_url: str
 ) -> None:
-    LostSubmitAck.lost = []
     async with owner_and_replica(backend, jobs_url, LostSubmitAck) as (owner, replica):
         # The batch is stored, but the replica is told it was not: the owner may commit it.
         written = await replica.ingest.write(*TABLE, rows(100, 10))
         assert written.rows_written == 10
-        assert LostSubmitAck.lost
+        assert isinstance(replica.store, LostSubmitAck) and replica.store.lost
         await settled(jobs_url)
         await owner.ingest.write(*TABLE, rows(200, 10))  # the owner's next window
         ids = table_ids(backend)  # every data file the table lists can be read
@@ -230,7 +231,9 @@ class CancelledOnce(IngestFleetStore):
     """The first look for a resolution ends in a CancelledError that is not the caller's
     (a cancelled future inside a library, as a closed thread pool's)."""
 
-    raised: list[bool]
+    def __init__(self, store: JobStore, pool: BlockingPool) -> None:
+        super().__init__(store, pool)
+        self.raised: list[bool] = []
 
     async def resolution(self, batch_id: str) -> BatchResolution | None:
         if not self.raised:
@@ -243,7 +246,6 @@ class CancelledOnce(IngestFleetStore):
 async def test_a_stray_cancellation_fails_one_hand_off_not_the_committer(
     backend: Any, jobs_url: str
 ) -> None:
-    CancelledOnce.raised = []
     async with owner_and_replica(backend, jobs_url, CancelledOnce) as (_owner, replica):
         with pytest.raises(Unavailable):
             await asyncio.wait_for(replica.ingest.write(*TABLE, rows(10, 10), request_id="a"), 10)
@@ -254,3 +256,43 @@ async def test_a_stray_cancellation_fails_one_hand_off_not_the_committer(
         assert again.rows_written == 10
         await settled(jobs_url)
         assert table_ids(backend) == list(range(20))
+
+
+class ResolveLostOnce(IngestFleetStore):
+    """The first resolution of a batch is not recorded (the owner's database link broke after
+    its commit), and meanwhile a batch that must be refused (``foreign``) is handed too."""
+
+    foreign: list[PendingBatch]
+
+    async def resolve(self, epoch: int, resolutions: Sequence[BatchResolution]) -> None:
+        if resolutions and self.foreign:
+            await self.submit(TABLE, "main", self.foreign.pop())
+            raise Unavailable("connection lost")
+        await super().resolve(epoch, resolutions)
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_refused_files_do_not_send_back_a_batch_already_committed(
+    backend: Any, jobs_url: str
+) -> None:
+    owner = Replica(backend, jobs_url, "owner", ResolveLostOnce)
+    replica = Replica(backend, jobs_url, "replica", IngestFleetStore)
+    ResolveLostOnce.foreign = []
+    try:
+        await owning(owner)
+        await owner.catalog.create_table(
+            TABLE[0], "other", SCHEMA, PartitionSpec(), SortOrder(), {}
+        )
+        await owner.ingest.write(TABLE[0], "other", rows(900, 5))
+        other = direct_catalog(backend).load_table((TABLE[0], "other"))
+        foreign = [task.file for task in other.scan().plan_files()]
+        ResolveLostOnce.foreign = [PendingBatch("foreign", (), dump_data_files(foreign, 0), 5)]
+        # Committed, not recorded; the next window holds it (committed) and the foreign one.
+        written = await asyncio.wait_for(replica.ingest.write(*TABLE, rows(100, 10)), 20)
+        assert written.rows_written == 10
+        assert not ResolveLostOnce.foreign
+        await settled(jobs_url)
+        assert table_ids(backend) == [*range(0, 10), *range(100, 110)]
+    finally:
+        await replica.close()
+        await owner.close()
