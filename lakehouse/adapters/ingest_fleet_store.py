@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Final, TypeVar
 
@@ -35,7 +34,9 @@ from sqlalchemy import (
     String,
     Table,
     and_,
+    cast,
     delete,
+    func,
     select,
     update,
 )
@@ -102,8 +103,15 @@ _ERRORS: Final[dict[str, type[errors.LakehouseError]]] = {
 }
 
 
-def _now_us() -> int:
-    return int(time.time() * 1_000_000)
+#: The database's clock in microseconds. Leases expire by it, not by the replicas' clocks: a
+#: replica whose clock ran ahead would take a live lease (and purge resolutions early).
+_DB_NOW_US: Final = select(
+    cast(func.floor(func.extract("epoch", func.clock_timestamp()) * 1_000_000), BigInteger)
+)
+
+
+def _now_us(conn: Connection) -> int:
+    return int(conn.execute(_DB_NOW_US).scalar_one())
 
 
 def _entries_json(entries: Sequence[BatchEntry]) -> bytes:
@@ -170,7 +178,7 @@ class IngestFleetStore:
         """
 
         def work(conn: Connection) -> int | None:
-            now = _now_us()
+            now = _now_us(conn)
             stmt = postgresql.insert(leases_table).values(
                 namespace=table[0],
                 table_name=table[1],
@@ -232,7 +240,7 @@ class IngestFleetStore:
                     entries=_entries_json(batch.entries),
                     files=batch.files,
                     rows_count=batch.rows,
-                    created_us=_now_us(),
+                    created_us=_now_us(conn),
                 )
             )
 
@@ -287,7 +295,7 @@ class IngestFleetStore:
             return
 
         def work(conn: Connection) -> None:
-            now = _now_us()
+            now = _now_us(conn)
             for r in resolutions:
                 conn.execute(
                     update(batches_table)

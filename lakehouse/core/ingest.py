@@ -46,6 +46,7 @@ from lakehouse.domain.errors import (
     Unavailable,
 )
 from lakehouse.domain.ingest import (
+    HANDED_FILES_REFUSED,
     AppendPlan,
     BatchEntry,
     BatchResolution,
@@ -445,6 +446,13 @@ class _TableCommitter:
                 # futures): the committer must outlive it, its writers get the error.
                 log.exception("ingest hand-off failed", extra={"table": ".".join(self._key)})
                 _fail(group, exc)
+            except asyncio.CancelledError as exc:
+                if own_cancellation(exc):
+                    raise
+                # A cancelled future inside a library (as ``_commit`` handles it): it would
+                # end the committer, and every later write to the table would wait forever.
+                log.exception("ingest hand-off failed", extra={"table": ".".join(self._key)})
+                _fail(group, Unavailable("the hand-off to the commit owner was interrupted"))
             finally:
                 for unit in group:
                     self._budget.release(self._key, unit.nbytes)
@@ -488,8 +496,19 @@ class _TableCommitter:
             return
         self._lease.busy()
         fates: dict[str, BatchStatus] = {}
-        result = await self._commit(group, batches, fates)
-        if isinstance(result, LakehouseError):
+        included: list[str] = []
+        result = await self._commit(group, batches, fates, included)
+        if _refused(result):
+            # Files staged on a table that changed since (or unreadable): their replicas
+            # stage them again, and the owner's own writes are committed without them. Only
+            # the batches whose files were refused go back: one already committed (by an
+            # owner that died before recording it) must not, its replica would delete its
+            # files. Those, and the rest, stay claimed and are decided in the next window.
+            fates = dict.fromkeys(included, BatchStatus.REJECTED)
+            done = resolutions(fates, None)
+            if group:
+                await self._commit(group)
+        elif isinstance(result, LakehouseError):
             done = [BatchResolution(b.batch_id, BatchStatus.FAILED, error=result) for b in batches]
         else:
             done = resolutions(fates, result)
@@ -509,8 +528,10 @@ class _TableCommitter:
         """Writes the group's files here, hands them to the owner, answers once committed."""
         assert self._fleet is not None
         pending = group
+        rejected = False
         for _ in range(self._settings.commit_attempts):
-            staged, waiting = await self._stage(pending)
+            # After a rejection the table moved on: plan on it as it is, not as cached.
+            staged, waiting = await self._stage(pending, fresh=rejected)
             if staged is None or not waiting:
                 return
             entries = [
@@ -529,14 +550,17 @@ class _TableCommitter:
                 await self._fleet.store.submit(self._key, self._branch, batch)
             except Unavailable as exc:
                 # As when the lease cannot be read: commit here rather than fail the writes.
+                # But the row may be stored all the same (only the acknowledgement was lost)
+                # and an owner then commits it: so commit the batch itself, its files and its
+                # id, never the units again, and whichever of the two commits comes second
+                # finds the batch id in the table and adds nothing.
                 log.warning(
                     "cannot hand ingest files over; committing locally",
                     extra={"table": ".".join(self._key), "error": exc.message},
                 )
-                await self._discard(staged.paths)
-                await self._commit([unit for unit, _ in waiting])
-                return
-            resolution = await self._await_batch(batch, staged.paths)
+                resolution = await self._commit_here(batch)
+            else:
+                resolution = await self._await_batch(batch, staged.paths)
             if resolution.status is BatchStatus.COMMITTED:
                 metrics.INGEST_ROWS.inc(rows)  # counted where they were received
                 for unit, decision in waiting:
@@ -548,6 +572,7 @@ class _TableCommitter:
             if resolution.status is BatchStatus.REJECTED:
                 await self._discard(staged.paths)
                 pending = [unit for unit, _ in waiting]
+                rejected = True
                 continue
             # Failed: whether the owner's commit took the files is not known (a commit state
             # unknown); orphan removal takes them if it did not.
@@ -605,12 +630,26 @@ class _TableCommitter:
         waiting = []
         for unit, decision in zip(group, decisions, strict=True):
             if decision.error is not None:
-                unit.future.set_exception(decision.error)
+                # Not set_exception: a caller that went away cancelled its future, and the
+                # InvalidStateError would fail every other write of the group.
+                _fail([unit], decision.error)
             elif decision.already or not staged.files:
                 _answer(unit, decision, staged.snapshot_id)
             else:
                 waiting.append((unit, decision))
         return staged, waiting
+
+    async def _commit_here(self, batch: PendingBatch) -> BatchResolution:
+        """Commits a batch of this replica's files as its owner would (its id checked)."""
+        fates: dict[str, BatchStatus] = {}
+        result = await self._commit([], [batch], fates)
+        if _refused(result):
+            return BatchResolution(batch.batch_id, BatchStatus.REJECTED)
+        if isinstance(result, LakehouseError):
+            return BatchResolution(batch.batch_id, BatchStatus.FAILED, error=result)
+        return BatchResolution(
+            batch.batch_id, fates.get(batch.batch_id, BatchStatus.FAILED), result
+        )
 
     def _with_known_writers(self, state: IngestState) -> IngestState:
         """``state`` with the offsets this replica's committed batches moved writers to."""
@@ -667,9 +706,15 @@ class _TableCommitter:
         group: list[_Unit],
         batches: Sequence[PendingBatch] = (),
         fates: dict[str, BatchStatus] | None = None,
+        included: list[str] | None = None,
     ) -> int | LakehouseError | None:
-        """Commits the group (and handed batches); the snapshot id, or the failure."""
+        """Commits the group (and handed batches); the snapshot id, or the failure.
+
+        ``fates`` gets each batch's fate, ``included`` the batches whose files the last
+        attempt added (the others were already committed, or did not fit).
+        """
         decisions: list[_Decision] = []
+        included = [] if included is None else included
 
         def plan(state: IngestState) -> AppendPlan:
             nonlocal decisions
@@ -678,6 +723,7 @@ class _TableCommitter:
             if batches and fates is not None:
                 fates.clear()
                 fates.update(add_batches(decided, batches, state, now_ms))
+                included[:] = decided.batch_ids
             return decided
 
         started = time.perf_counter()
@@ -694,6 +740,8 @@ class _TableCommitter:
                 branch=self._branch,
             )
         except LakehouseError as exc:
+            if batches and exc.reason == HANDED_FILES_REFUSED:
+                return exc  # the owner commits its own writes again, without the batches
             metrics.INGEST_COMMITS.labels("error").inc()
             for unit in group:
                 if not unit.future.done():
@@ -792,6 +840,11 @@ def _fail(group: Sequence[_Unit], error: BaseException) -> None:
     for unit in group:
         if not unit.future.done():
             unit.future.set_exception(error)
+
+
+def _refused(result: int | LakehouseError | None) -> bool:
+    """Whether a commit refused the handed files as they are (see ``HANDED_FILES_REFUSED``)."""
+    return isinstance(result, LakehouseError) and result.reason == HANDED_FILES_REFUSED
 
 
 async def _withdrawn(store: IngestFleetPort, batch_id: str) -> bool:

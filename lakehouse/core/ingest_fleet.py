@@ -66,7 +66,8 @@ def add_batches(
 
     ``plan`` already holds this replica's own rows (planned first). Returns each batch's
     fate: COMMITTED when it is in the plan or already in a committed snapshot, REJECTED when
-    it must be planned again by its replica.
+    it must be planned again by its replica, FAILED when whether it was written cannot be
+    told (the request-id store is unavailable).
     """
     fates: dict[str, BatchStatus] = {}
     seen = {**state.request_ids, **plan.request_ids}
@@ -75,15 +76,18 @@ def add_batches(
         if batch.batch_id in state.batch_ids:
             fates[batch.batch_id] = BatchStatus.COMMITTED  # an owner died after committing it
             continue
+        if any(e.request_id in state.unverified for e in batch.entries if e.request_id):
+            # Not REJECTED: a rejected batch's files are deleted, and this doubt passes. An
+            # owner that lost its lease while committing (a commit slower than the TTL) may
+            # still commit the batch once the ids can be read, and would then commit deleted
+            # files. FAILED keeps the files; the writes fail as on one replica (retryable).
+            fates[batch.batch_id] = BatchStatus.FAILED
+            continue
         writers: dict[str, tuple[int, int]] = {}
         requests: dict[str, int] = {}
         fits = True
         for entry in batch.entries:
-            if entry.request_id and (
-                entry.request_id in seen
-                or entry.request_id in requests
-                or entry.request_id in state.unverified
-            ):
+            if entry.request_id and (entry.request_id in seen or entry.request_id in requests):
                 fits = False
                 break
             if entry.writer_id and entry.start is not None and entry.end is not None:
@@ -111,9 +115,22 @@ def add_batches(
 def resolutions(fates: dict[str, BatchStatus], snapshot_id: int | None) -> list[BatchResolution]:
     """What to record for each batch after the owner's commit succeeded."""
     return [
-        BatchResolution(batch_id, fate, snapshot_id if fate is BatchStatus.COMMITTED else None)
+        BatchResolution(
+            batch_id,
+            fate,
+            snapshot_id if fate is BatchStatus.COMMITTED else None,
+            _UNVERIFIED if fate is BatchStatus.FAILED else None,
+        )
         for batch_id, fate in fates.items()
     ]
+
+
+#: Why ``add_batches`` fails a batch.
+_UNVERIFIED = Unavailable(
+    "cannot tell whether the request ids were written already: the request-id store is "
+    "unavailable; retry later",
+    reason="REQUEST_ID_STORE_UNAVAILABLE",
+)
 
 
 def new_batch(entries: Sequence[BatchEntry], files: bytes, rows: int) -> PendingBatch:

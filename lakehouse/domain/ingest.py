@@ -82,6 +82,12 @@ class AppendPlan:
     """The handed-off batches whose ``files`` this plan commits (recorded in the summary)."""
 
 
+#: The reason of the commit error that refuses handed files which no longer fit the table
+#: (its partition spec changed since they were written, or they cannot be read): the commit
+#: owner then rejects the batches, and their replicas stage them again.
+HANDED_FILES_REFUSED = "HANDED_FILES_REFUSED"
+
+
 @dataclass(frozen=True)
 class BatchEntry:
     """One request of a handed-off batch, as its replica planned it on committed state.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -105,5 +106,21 @@ def test_resolutions_nobody_reads_are_deleted_after_an_hour(
         assert gone is not None and gone.error is not None
         assert gone.error.reason == "INGEST_BATCH_LOST"
         assert await fleet.resolution("next") == BatchResolution("next", BatchStatus.COMMITTED, 2)
+
+    asyncio.run(scenario())
+
+
+def test_a_replica_whose_clock_runs_ahead_does_not_take_a_live_lease(
+    fleet: IngestFleetStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> None:
+        assert await fleet.acquire(TABLE, "skew", "a", 10) == 1
+        # Replica b's machine clock is an hour ahead (no NTP): the lease's expiry is the
+        # database's clock, so a's lease, renewed a moment ago, is still a's.
+        real = time.time
+        monkeypatch.setattr(time, "time", lambda: real() + 3600)
+        assert await fleet.acquire(TABLE, "skew", "b", 10) is None
+        monkeypatch.setattr(time, "time", real)
+        assert await fleet.acquire(TABLE, "skew", "a", 10) == 1
 
     asyncio.run(scenario())

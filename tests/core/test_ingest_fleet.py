@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lakehouse.core.ingest_fleet import add_batches
+from lakehouse.core.ingest_fleet import add_batches, resolutions
 from lakehouse.domain.ingest import AppendPlan, BatchEntry, BatchStatus, IngestState, PendingBatch
 
 
@@ -74,3 +74,23 @@ def test_batches_that_no_longer_fit_go_back_whole() -> None:
     assert plan.request_ids == {"mine": 1, "dup": 1}
     assert plan.batch_ids == ["twice"]
     assert plan.writers == {}
+
+
+def test_a_batch_whose_request_ids_cannot_be_checked_fails_and_keeps_its_files() -> None:
+    plan = AppendPlan(None)
+    doubt = IngestState(7, {}, {}, unverified=frozenset({"maybe"}))
+    fates = add_batches(
+        plan,
+        [
+            batch("doubt", BatchEntry("maybe", 1, "", None, None)),
+            batch("fine", BatchEntry("", 2, "", None, None)),
+        ],
+        doubt,
+        now_ms=99,
+    )
+    # Not REJECTED (whose files its replica deletes): the doubt passes, and an owner that lost
+    # its lease mid-commit may still commit the batch on its next attempt.
+    assert fates == {"doubt": BatchStatus.FAILED, "fine": BatchStatus.COMMITTED}
+    assert plan.batch_ids == ["fine"]
+    (failed,) = [r for r in resolutions(fates, 5) if r.batch_id == "doubt"]
+    assert failed.error is not None and failed.error.reason == "REQUEST_ID_STORE_UNAVAILABLE"

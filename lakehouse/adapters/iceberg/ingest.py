@@ -47,6 +47,7 @@ from pyiceberg.table.refs import MAIN_BRANCH, SnapshotRefType
 from pyiceberg.table.snapshots import Snapshot
 
 from lakehouse.adapters.iceberg.ingest_files import dump_data_files, load_data_files
+from lakehouse.adapters.iceberg.locations import canonical_location, within_location
 from lakehouse.adapters.iceberg.references import delete_all
 from lakehouse.adapters.iceberg.row_changes import without_commit_retries
 from lakehouse.adapters.iceberg.snapshot_refs import commit_to_branch, write_head
@@ -57,8 +58,9 @@ from lakehouse.adapters.pyiceberg_private.writes import (
     writable_table,
     write_data_files,
 )
-from lakehouse.domain.errors import Unavailable
+from lakehouse.domain.errors import FailedPrecondition, Unavailable
 from lakehouse.domain.ingest import (
+    HANDED_FILES_REFUSED,
     AppendOutcome,
     AppendPlan,
     IngestState,
@@ -407,7 +409,7 @@ def planned_append(
         # the lineage since the last one.
         table, state = _loaded_state(load, request_id_window_ms, ledger, request_ids, branch)
         decided = plan(state)
-        handed = [f for raw in decided.files for f in load_data_files(raw)]
+        handed = _handed_files(table, decided.files)
         nothing = not handed and (
             decided.data is None or (decided.data.num_rows == 0 and change is None)
         )
@@ -479,6 +481,46 @@ def record_request_ids(
     except Unavailable as exc:
         return exc
     return None
+
+
+def _handed_files(table: IcebergTable, files: Sequence[bytes]) -> list[DataFile]:
+    """The data files other replicas handed over, if ``table`` can take them as they are.
+
+    pyiceberg lists every added file under the table's current partition spec: a file staged
+    before the spec changed would be listed under the wrong one (the commit failed with an
+    IndexError, or the partition tuple is misread). And a file path is taken from a database
+    row: one outside the table's locations would put another table's data (or anything the
+    service can read) in this one.
+
+    Raises:
+        FailedPrecondition: HANDED_FILES_REFUSED; the batches are to be staged again.
+    """
+    try:
+        handed = [f for raw in files for f in load_data_files(raw)]
+    except Exception as exc:  # written by another pyiceberg version, or not by a replica
+        raise FailedPrecondition(
+            f"handed data files cannot be read: {type(exc).__name__}",
+            reason=HANDED_FILES_REFUSED,
+        ) from exc
+    roots = [table.location()] + [
+        path
+        for key in ("write.data.path", "write.object-storage.path")
+        if (path := table.properties.get(key))
+    ]
+    checked = canonical_location(roots[0]) is not None
+    spec_id = table.metadata.default_spec_id
+    for data_file in handed:
+        if data_file.spec_id != spec_id:
+            raise FailedPrecondition(
+                "the table's partition spec changed since handed files were written",
+                reason=HANDED_FILES_REFUSED,
+            )
+        if checked and not any(within_location(data_file.file_path, r) for r in roots):
+            raise FailedPrecondition(
+                "a handed data file lies outside the table's locations",
+                reason=HANDED_FILES_REFUSED,
+            )
+    return handed
 
 
 def _no_rows(table: IcebergTable) -> pa.Table:

@@ -18,7 +18,7 @@ import decimal
 import io
 import pickle
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
@@ -57,6 +57,10 @@ _ALLOWED: Final = {
 
 def _plain(data_file: DataFile, spec_id: int) -> dict[str, Any]:
     values: dict[str, Any] = {name: getattr(data_file, name) for name in _FIELDS}
+    for name, value in values.items():
+        # A file read from a manifest holds pyiceberg's LazyDict, which the unpickler refuses.
+        if isinstance(value, Mapping):
+            values[name] = dict(value)
     values["content"] = int(values["content"])
     values["file_format"] = values["file_format"].name
     partition = values["partition"]

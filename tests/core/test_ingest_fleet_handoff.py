@@ -1,0 +1,298 @@
+"""Hand-offs between two in-process replicas: a real catalog, a real PostgreSQL fleet store.
+
+Each test has an owner replica (holding the table's commit lease) and a replica that hands its
+files to it, with a failure put between the replica and the database at the port: the
+database did what was asked, the replica was not told (a lost acknowledgement).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pytest
+import pytest_asyncio
+import sqlalchemy
+from pyiceberg.partitioning import PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table.sorting import SortOrder
+from pyiceberg.types import LongType, NestedField, StringType
+
+from fixtures.iceberg import direct_catalog
+from lakehouse.adapters.iceberg.catalog import IcebergCatalog
+from lakehouse.adapters.iceberg.ingest_files import dump_data_files
+from lakehouse.adapters.ingest_fleet_store import IngestFleetStore
+from lakehouse.adapters.job_store.store import JobStore
+from lakehouse.blocking import BlockingPool
+from lakehouse.core.ingest import Ingest
+from lakehouse.core.ingest_fleet import Fleet
+from lakehouse.core.ports import IngestFleetPort
+from lakehouse.domain.errors import Unavailable
+from lakehouse.domain.ingest import BatchResolution, BatchStatus, PendingBatch
+
+SCHEMA = Schema(NestedField(1, "id", LongType(), required=True), NestedField(2, "v", StringType()))
+ARROW = pa.schema([pa.field("id", pa.int64(), nullable=False), pa.field("v", pa.string())])
+TABLE = ("fleet", "t")
+
+
+def rows(start: int, count: int) -> pa.Table:
+    return pa.table(
+        {"id": list(range(start, start + count)), "v": [f"r{i}" for i in range(count)]},
+        schema=ARROW,
+    )
+
+
+class LostSubmitAck(IngestFleetStore):
+    """Stores the first handed batch, then answers as if the database could not be reached."""
+
+    def __init__(self, store: JobStore, pool: BlockingPool) -> None:
+        super().__init__(store, pool)
+        self.lost: list[str] = []
+
+    async def submit(self, table: tuple[str, str], branch: str, batch: PendingBatch) -> None:
+        await super().submit(table, branch, batch)
+        if not self.lost:
+            self.lost.append(batch.batch_id)
+            raise Unavailable("connection lost before the commit was acknowledged")
+
+
+class Replica:
+    def __init__(self, settings: Any, jobs_url: str, name: str, store: type[Any]) -> None:
+        self.pool = BlockingPool(4)
+        self.jobs = JobStore(jobs_url)
+        self.store: IngestFleetPort = store(self.jobs, self.pool)
+        self.catalog = IcebergCatalog(settings, self.pool)
+        self.ingest = Ingest(self.catalog, settings.ingest, fleet=Fleet(self.store, name))
+
+    async def close(self) -> None:
+        await self.ingest.close(timeout=5)
+        await self.catalog.close()
+        self.pool.close()
+        self.jobs.close()
+
+
+@pytest_asyncio.fixture
+async def jobs_url(postgres_jobs_url: str) -> AsyncIterator[str]:
+    yield postgres_jobs_url
+    engine = sqlalchemy.create_engine(postgres_jobs_url)
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text("DELETE FROM lakehouse_ingest_batches"))
+        conn.execute(sqlalchemy.text("DELETE FROM lakehouse_ingest_leases"))
+    engine.dispose()
+
+
+def open_batches(jobs_url: str) -> int:
+    engine = sqlalchemy.create_engine(jobs_url)
+    try:
+        with engine.connect() as conn:
+            query = "SELECT count(*) FROM lakehouse_ingest_batches WHERE status IN (0, 1)"
+            return int(conn.execute(sqlalchemy.text(query)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+async def settled(jobs_url: str, timeout: float = 10.0) -> None:
+    """Waits until no handed batch is open (the owner claimed and resolved them all)."""
+    deadline = time.monotonic() + timeout
+    while await asyncio.to_thread(open_batches, jobs_url):
+        assert time.monotonic() < deadline, "handed batches still open"
+        await asyncio.sleep(0.05)
+
+
+def table_ids(settings: Any) -> list[int]:
+    table = direct_catalog(settings).load_table(TABLE)
+    return sorted(table.scan().to_arrow().column("id").to_pylist())
+
+
+async def owning(owner: Replica) -> None:
+    """Creates the table, and ``owner`` takes its commit lease with a first write (0-9)."""
+    await owner.catalog.create_namespace(TABLE[0], {})
+    await owner.catalog.create_table(*TABLE, SCHEMA, PartitionSpec(), SortOrder(), {})
+    await owner.ingest.write(*TABLE, rows(0, 10))
+
+
+@contextlib.asynccontextmanager
+async def owner_and_replica(
+    settings: Any, jobs_url: str, store: type[Any]
+) -> AsyncIterator[tuple[Replica, Replica]]:
+    """An owner of the table (see ``owning``), and a replica handing through ``store``."""
+    owner = Replica(settings, jobs_url, "owner", IngestFleetStore)
+    replica = Replica(settings, jobs_url, "replica", store)
+    try:
+        await owning(owner)
+        yield owner, replica
+    finally:
+        await replica.close()
+        await owner.close()
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_a_hand_off_whose_acknowledgement_was_lost_is_written_once(
+    backend: Any, jobs_url: str
+) -> None:
+    async with owner_and_replica(backend, jobs_url, LostSubmitAck) as (owner, replica):
+        # The batch is stored, but the replica is told it was not: the owner may commit it.
+        written = await replica.ingest.write(*TABLE, rows(100, 10))
+        assert written.rows_written == 10
+        assert isinstance(replica.store, LostSubmitAck) and replica.store.lost
+        await settled(jobs_url)
+        await owner.ingest.write(*TABLE, rows(200, 10))  # the owner's next window
+        ids = table_ids(backend)  # every data file the table lists can be read
+        assert [i for i, n in Counter(ids).items() if n > 1] == []
+        assert ids == [*range(0, 10), *range(100, 110), *range(200, 210)]
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_a_cancelled_caller_in_a_handed_group_fails_nobody_else(
+    backend: Any, jobs_url: str
+) -> None:
+    async with owner_and_replica(backend, jobs_url, IngestFleetStore) as (_owner, replica):
+        await replica.ingest.write(*TABLE, rows(10, 10))  # the replica's committer is up
+        # One group: a write with an offset gap whose caller went away, and another write.
+        gap, other = await asyncio.gather(
+            replica.ingest.enqueue(*TABLE, rows(500, 5), writer_id="w", offset=1000),
+            replica.ingest.enqueue(*TABLE, rows(20, 10), request_id="other"),
+        )
+        gap.cancel()  # what awaiting it does when the caller's RPC is cancelled
+        written = await asyncio.wait_for(other, 10)
+        assert (written.rows_written, written.already_written) == (10, False)
+        assert table_ids(backend) == list(range(30))
+
+
+class SpecChangesBeforeSubmit(IngestFleetStore):
+    """Partitions the table by ``v`` after the first batch was staged, before it is handed."""
+
+    settings: Any
+    changed: list[bool]
+
+    async def submit(self, table: tuple[str, str], branch: str, batch: PendingBatch) -> None:
+        if not self.changed:
+            self.changed.append(True)
+
+            def partition() -> None:
+                loaded = direct_catalog(self.settings).load_table(table)
+                with loaded.update_spec() as spec:
+                    spec.add_identity("v")
+
+            await asyncio.to_thread(partition)
+        await super().submit(table, branch, batch)
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_files_staged_before_a_partition_change_are_staged_again(
+    backend: Any, jobs_url: str
+) -> None:
+    SpecChangesBeforeSubmit.settings, SpecChangesBeforeSubmit.changed = backend, []
+    async with owner_and_replica(backend, jobs_url, SpecChangesBeforeSubmit) as (_owner, replica):
+        written = await asyncio.wait_for(replica.ingest.write(*TABLE, rows(100, 10)), 20)
+        assert written.rows_written == 10
+        assert SpecChangesBeforeSubmit.changed
+        table = direct_catalog(backend).load_table(TABLE)
+        # Each data file is listed under the partition spec it was written with.
+        for task in table.scan().plan_files():
+            spec = table.specs()[task.file.spec_id]
+            assert len(task.file.partition) == len(spec.fields), task.file.file_path
+        assert table_ids(backend) == [*range(0, 10), *range(100, 110)]
+        only = table.scan(row_filter="v == 'r3'").to_arrow().column("id").to_pylist()
+        assert sorted(only) == [3, 103]
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_a_handed_file_outside_the_table_is_refused(backend: Any, jobs_url: str) -> None:
+    owner = Replica(backend, jobs_url, "owner", IngestFleetStore)
+    try:
+        await owner.catalog.create_namespace(TABLE[0], {})
+        for name in (TABLE[1], "other"):
+            await owner.catalog.create_table(
+                TABLE[0], name, SCHEMA, PartitionSpec(), SortOrder(), {}
+            )
+        await owner.ingest.write(TABLE[0], "other", rows(900, 5))
+        await owner.ingest.write(*TABLE, rows(0, 10))  # takes the table's commit lease
+        other = direct_catalog(backend).load_table((TABLE[0], "other"))
+        foreign = [task.file for task in other.scan().plan_files()]
+        # A batch row nobody's replica wrote: another table's file, as a database row.
+        batch = PendingBatch("foreign", (), dump_data_files(foreign, 0), 5)
+        await owner.store.submit(TABLE, "main", batch)
+        await settled(jobs_url)
+        await owner.ingest.write(*TABLE, rows(10, 10))
+        resolution = await owner.store.resolution("foreign")
+        assert resolution is not None and resolution.status is BatchStatus.REJECTED
+        assert table_ids(backend) == list(range(20))
+    finally:
+        await owner.close()
+
+
+class CancelledOnce(IngestFleetStore):
+    """The first look for a resolution ends in a CancelledError that is not the caller's
+    (a cancelled future inside a library, as a closed thread pool's)."""
+
+    def __init__(self, store: JobStore, pool: BlockingPool) -> None:
+        super().__init__(store, pool)
+        self.raised: list[bool] = []
+
+    async def resolution(self, batch_id: str) -> BatchResolution | None:
+        if not self.raised:
+            self.raised.append(True)
+            raise asyncio.CancelledError()
+        return await super().resolution(batch_id)
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_a_stray_cancellation_fails_one_hand_off_not_the_committer(
+    backend: Any, jobs_url: str
+) -> None:
+    async with owner_and_replica(backend, jobs_url, CancelledOnce) as (_owner, replica):
+        with pytest.raises(Unavailable):
+            await asyncio.wait_for(replica.ingest.write(*TABLE, rows(10, 10), request_id="a"), 10)
+        # The replica's committer lives on: the resend is answered (written once).
+        again = await asyncio.wait_for(
+            replica.ingest.write(*TABLE, rows(10, 10), request_id="a"), 10
+        )
+        assert again.rows_written == 10
+        await settled(jobs_url)
+        assert table_ids(backend) == list(range(20))
+
+
+class ResolveLostOnce(IngestFleetStore):
+    """The first resolution of a batch is not recorded (the owner's database link broke after
+    its commit), and meanwhile a batch that must be refused (``foreign``) is handed too."""
+
+    foreign: list[PendingBatch]
+
+    async def resolve(self, epoch: int, resolutions: Sequence[BatchResolution]) -> None:
+        if resolutions and self.foreign:
+            await self.submit(TABLE, "main", self.foreign.pop())
+            raise Unavailable("connection lost")
+        await super().resolve(epoch, resolutions)
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_refused_files_do_not_send_back_a_batch_already_committed(
+    backend: Any, jobs_url: str
+) -> None:
+    owner = Replica(backend, jobs_url, "owner", ResolveLostOnce)
+    replica = Replica(backend, jobs_url, "replica", IngestFleetStore)
+    ResolveLostOnce.foreign = []
+    try:
+        await owning(owner)
+        await owner.catalog.create_table(
+            TABLE[0], "other", SCHEMA, PartitionSpec(), SortOrder(), {}
+        )
+        await owner.ingest.write(TABLE[0], "other", rows(900, 5))
+        other = direct_catalog(backend).load_table((TABLE[0], "other"))
+        foreign = [task.file for task in other.scan().plan_files()]
+        ResolveLostOnce.foreign = [PendingBatch("foreign", (), dump_data_files(foreign, 0), 5)]
+        # Committed, not recorded; the next window holds it (committed) and the foreign one.
+        written = await asyncio.wait_for(replica.ingest.write(*TABLE, rows(100, 10)), 20)
+        assert written.rows_written == 10
+        assert not ResolveLostOnce.foreign
+        await settled(jobs_url)
+        assert table_ids(backend) == [*range(0, 10), *range(100, 110)]
+    finally:
+        await replica.close()
+        await owner.close()
