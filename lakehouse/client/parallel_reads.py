@@ -6,8 +6,9 @@ one ``ReadRows``. Reading them at once, over a few channels (separate HTTP/2 con
 possibly to separate replicas), lifts the cap of one stream through Python's gRPC transport.
 
 A stream that fails with ``UNAVAILABLE`` because its replica went away (the connection
-failed, or the replica is shutting down) is read again from its start on the next channel: its snapshot is pinned, so a re-read returns the same rows, and
-the rows of the broken attempt are dropped. With no channel left, the error is raised.
+failed, or the replica is shutting down) is read again from its start on the next channel:
+its snapshot is pinned, so a re-read returns the same rows, and the rows of the broken
+attempt are dropped. With no channel left, the error is raised.
 The result is in stream order, the order of one ``ReadRows``.
 
 This module needs pyarrow (``pip install './gen[arrow]'``).
