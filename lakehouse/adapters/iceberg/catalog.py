@@ -558,13 +558,13 @@ class IcebergCatalog:
         # finds a query under way waits for the next one, which every call arriving in the
         # meantime shares: at most two queries per table at a time, each answer fresh.
         key = (namespace, name)
+        waiting = self._next_load.get(key)
+        if waiting is not None:  # its query has not started: it answers this call too
+            return await self._share_load(waiting, load, namespace, name)
         loop = asyncio.get_running_loop()
         current = self._loading.get(key)
         if current is None:
             return await self._lead_load(key, load, loop.create_future())
-        waiting = self._next_load.get(key)
-        if waiting is not None:
-            return await self._share_load(waiting, load, namespace, name)
         waiting = self._next_load[key] = loop.create_future()
         try:
             await asyncio.wait((current,))  # its outcome is not this call's: only its end
