@@ -24,6 +24,7 @@ from lakehouse.adapters.iceberg.catalog import IcebergCatalog
 from lakehouse.blocking import BlockingPool
 from lakehouse.config import Settings
 from lakehouse.domain.changes import SetProperties
+from lakehouse.domain.tables import TableInfo
 
 pytestmark = pytest.mark.parametrize("backend", ["local"], indirect=True)
 WAIT_SECONDS = 10.0
@@ -43,14 +44,20 @@ async def replicas(backend: Settings) -> AsyncIterator[tuple[IcebergCatalog, Ice
             pool.close()
 
 
+async def cached_table(writer: IcebergCatalog, reader: IcebergCatalog) -> TableInfo:
+    """``ns.t``, created by ``writer`` and in ``reader``'s cache."""
+    await writer.create_namespace("ns", {})
+    schema = Schema(NestedField(1, "id", LongType(), required=True))
+    created = await writer.create_table("ns", "t", schema, PartitionSpec(), SortOrder(), {})
+    assert (await reader.load_table("ns", "t")).metadata_location == created.metadata_location
+    return created
+
+
 async def test_a_call_after_an_acknowledged_commit_sees_it_while_an_older_query_runs(
     replicas: tuple[IcebergCatalog, IcebergCatalog], monkeypatch: Any
 ) -> None:
     writer, reader = replicas
-    await writer.create_namespace("ns", {})
-    schema = Schema(NestedField(1, "id", LongType(), required=True))
-    before = await writer.create_table("ns", "t", schema, PartitionSpec(), SortOrder(), {})
-    assert (await reader.load_table("ns", "t")).metadata_location == before.metadata_location
+    before = await cached_table(writer, reader)
 
     location_read, release = threading.Event(), threading.Event()
     query = reader._current_location
@@ -83,11 +90,8 @@ async def test_a_call_after_an_acknowledged_commit_sees_it_while_an_older_query_
 async def test_calls_that_arrive_together_share_one_query_after_the_running_one(
     replicas: tuple[IcebergCatalog, IcebergCatalog], monkeypatch: Any
 ) -> None:
-    writer, reader = replicas
-    await writer.create_namespace("ns", {})
-    schema = Schema(NestedField(1, "id", LongType(), required=True))
-    await writer.create_table("ns", "t", schema, PartitionSpec(), SortOrder(), {})
-    await reader.load_table("ns", "t")
+    await cached_table(*replicas)
+    reader = replicas[1]
 
     started, release = threading.Event(), threading.Event()
     queries = 0
