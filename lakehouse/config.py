@@ -679,6 +679,11 @@ class Settings(BaseSettings):
     """Read sessions: the signing secret, their lifetime, their most streams."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Minimum level of the JSON log lines on stdout."""
+    access_log_probes: bool = False
+    """Write the access-log line (``"msg": "rpc"``) of successful health checks and reflection
+    calls too. Off: load balancers and the kubelet probe every few seconds, and their lines
+    would drown the others; failed probe calls are logged either way, and the
+    ``grpc_server_*`` metrics count every call."""
     health_check_interval_seconds: float = Field(default=10.0, gt=0, le=3600)
     """How often the catalog and the object store are checked for health and readiness."""
     health_check_timeout_seconds: float = Field(default=5.0, gt=0, le=600)

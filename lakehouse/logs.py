@@ -1,4 +1,11 @@
-"""JSON log lines on stdout, one object per line."""
+"""JSON log lines on stdout, one object per line.
+
+The access log (one line per RPC) is most of what is logged, so :class:`JsonLineHandler` can
+also write a line straight from its fields: :func:`direct_handler` says when that gives the
+same result as a ``LogRecord`` through ``logging`` (the process's own stdout handler is the
+only one the record would reach), and the interceptor then skips the record, its handler
+chain and the formatter's walk over the record's attributes.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,8 @@ import logging
 import math
 import sys
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TextIO
 
 _STANDARD_ATTRS = frozenset(
     logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys() | {"message", "asctime"}
@@ -32,18 +40,24 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """Renders the record."""
-        entry: dict[str, Any] = {
-            "ts": self._timestamp(record.created),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
+        entry = self._head(record.created, record.levelname, record.name, record.getMessage())
         for key, value in record.__dict__.items():
             if key not in _STANDARD_ATTRS and not key.startswith("_"):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return _encode(entry)
+
+    def render(
+        self, created: float, level: str, logger: str, msg: str, fields: Mapping[str, Any]
+    ) -> str:
+        """The line ``format`` gives a record of these, with ``fields`` as its ``extra``."""
+        entry = self._head(created, level, logger, msg)
+        entry.update(fields)
+        return _encode(entry)
+
+    def _head(self, created: float, level: str, logger: str, msg: str) -> dict[str, Any]:
+        return {"ts": self._timestamp(created), "level": level, "logger": logger, "msg": msg}
 
     def _timestamp(self, created: float) -> str:
         """``created`` in UTC, ISO 8601 to the millisecond, as ``datetime.isoformat`` gives it."""
@@ -59,10 +73,71 @@ class JsonFormatter(logging.Formatter):
         return f"{self._second_text}.{micros // 1000:03d}+00:00"
 
 
+class JsonLineHandler(logging.StreamHandler[TextIO]):
+    """Writes JSON lines to a stream; also a line from its fields, with no ``LogRecord``."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._json = JsonFormatter()
+        self.setFormatter(self._json)
+
+    def write_fields(self, level: int, logger: str, msg: str, fields: Mapping[str, Any]) -> None:
+        """Writes the line a record of ``logger`` at ``level`` with ``extra=fields`` would give.
+
+        One render and one write and flush under the handler's lock, as ``emit`` does.
+        """
+        try:
+            line = self._json.render(time.time(), logging.getLevelName(level), logger, msg, fields)
+            with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
+                self.stream.write(line + self.terminator)
+                self.stream.flush()
+        except RecursionError:  # as Handler.emit does (issue 36272)
+            raise
+        except Exception:  # as Handler.emit does: a log line never fails the caller
+            self.handleError(_record_of(level, logger, msg, fields))
+
+    @property
+    def renders_fields(self) -> bool:
+        """Whether ``write_fields`` gives ``emit``'s line (its formatter was not replaced)."""
+        return self.formatter is self._json and not self.filters
+
+
+def _record_of(level: int, logger: str, msg: str, fields: Mapping[str, Any]) -> logging.LogRecord:
+    """A record of a line, for ``handleError``'s report only."""
+    record = logging.LogRecord(logger, level, "", 0, msg, (), None)
+    record.__dict__.update(fields)
+    return record
+
+
+def direct_handler(logger: logging.Logger, level: int) -> JsonLineHandler | None:
+    """The handler that may write ``logger``'s lines at ``level`` directly, if there is one.
+
+    That is when a record would reach exactly one handler, a filterless
+    :class:`JsonLineHandler` that takes the level, and no logger filter on the way: then
+    :meth:`JsonLineHandler.write_fields` gives the same line. Anything else (pytest's log
+    capture, a handler added by an embedding application) gets records as before. The caller
+    has checked ``logger.isEnabledFor(level)``.
+    """
+    if logger.filters:
+        return None
+    found: JsonLineHandler | None = None
+    current: logging.Logger | None = logger
+    while current is not None:
+        for handler in current.handlers:
+            if found is not None or type(handler) is not JsonLineHandler:
+                return None
+            found = handler
+        if not current.propagate:
+            break
+        current = current.parent
+    if found is None or level < found.level or not found.renders_fields:
+        return None
+    return found
+
+
 def configure_logging(level: str) -> None:
     """Sends every log record to stdout as JSON at ``level`` and above."""
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter())
+    handler = JsonLineHandler(sys.stdout)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

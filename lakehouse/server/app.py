@@ -167,6 +167,7 @@ class LakehouseServer:
                 CallDeadlines.from_settings(self.settings),
                 max_concurrent_calls=self.settings.max_concurrent_calls,
                 span_trace_ids=spans,
+                log_probes=self.settings.access_log_probes,
             ),
             # Inside observability: refusals are metered, logged and mapped like any error.
             AuthInterceptor(self.authenticator, self.settings.auth, jobs=self.job_runtime.jobs),

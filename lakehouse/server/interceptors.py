@@ -34,6 +34,7 @@ from lakehouse.core.caller import set_current_principal
 from lakehouse.core.survival import EscapedError
 from lakehouse.domain.errors import InvalidArgument, LakehouseError, ResourceExhausted
 from lakehouse.domain.status import RpcFailure, failure_for, internal_failure, simple_failure
+from lakehouse.logs import direct_handler
 from lakehouse.server import metrics
 from lakehouse.server.limits import CallDeadlines
 from lakehouse.server.permissions import HEALTH_SERVICE, REFLECTION_SERVICES
@@ -44,6 +45,9 @@ REQUEST_ID_HEADER = "x-request-id"
 TRACEPARENT_HEADER = "traceparent"
 #: Services the process-wide call limit never refuses: probes and operators get through.
 UNLIMITED_SERVICES = frozenset({HEALTH_SERVICE, *REFLECTION_SERVICES})
+#: Services whose successful calls have no access-log line unless ``access_log_probes`` is on:
+#: load balancers and the kubelet call them every few seconds per replica.
+PROBE_SERVICES = UNLIMITED_SERVICES
 #: A W3C ``traceparent`` (version, trace id, parent id, flags); read for the log line when no
 #: OpenTelemetry interceptor runs (tracing off), as its no-op tracer would have carried it.
 _TRACEPARENT = re.compile(
@@ -70,6 +74,7 @@ class _Method:
         "in_flight",
         "limited",
         "method",
+        "probe",
         "received",
         "seconds",
         "sent",
@@ -83,6 +88,7 @@ class _Method:
         self.service = service
         self.method = method
         self.limited = service not in UNLIMITED_SERVICES
+        self.probe = service in PROBE_SERVICES
         self.started = metrics.STARTED.labels(*labels)
         self.in_flight = metrics.IN_FLIGHT.labels(service, method)
         self.received = metrics.MSG_RECEIVED.labels(*labels)
@@ -481,6 +487,8 @@ class ObservabilityInterceptor(MethodInterceptor):
         span_trace_ids: Take the log line's trace id from the current OpenTelemetry span (an
             exporting tracer runs before this interceptor); otherwise from the caller's
             ``traceparent``, which is what the no-op tracer would report.
+        log_probes: Write the access-log line of successful health and reflection calls
+            too (failed ones always have theirs).
     """
 
     def __init__(
@@ -489,8 +497,10 @@ class ObservabilityInterceptor(MethodInterceptor):
         *,
         max_concurrent_calls: int = 0,
         span_trace_ids: bool = False,
+        log_probes: bool = False,
     ) -> None:
         super().__init__()
+        self._log_probes = log_probes
         self._deadlines = deadlines
         self._max_calls = max_concurrent_calls
         self._calls = 0
@@ -603,7 +613,10 @@ class ObservabilityInterceptor(MethodInterceptor):
         info.in_flight.dec()
         info.handled(call.code).inc()
         info.seconds.observe(elapsed)
-        level = logging.ERROR if call.code == grpc.StatusCode.INTERNAL else logging.INFO
+        code = call.code
+        if code is grpc.StatusCode.OK and info.probe and not self._log_probes:
+            return
+        level = logging.ERROR if code is grpc.StatusCode.INTERNAL else logging.INFO
         if not log.isEnabledFor(level):
             return  # no line: build nothing
         entry = {
@@ -619,6 +632,10 @@ class ObservabilityInterceptor(MethodInterceptor):
         }
         if call.error:
             entry["error"] = call.error
+        handler = direct_handler(log, level)
+        if handler is not None:  # only the process's JSON stdout handler would see the record
+            handler.write_fields(level, log.name, "rpc", entry)
+            return
         # The record as Logger.log would make it, without its search of the caller's frame
         # (file and line are not in the JSON line).
         log.handle(log.makeRecord(log.name, level, "", 0, "rpc", (), None, extra=entry))

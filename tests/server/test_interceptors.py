@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY
 
 from fixtures.grpc_errors import rpc_error_details
+from fixtures.net import LOOPBACK
+from lakehouse.config import Settings
 from lakehouse.domain.errors import Unavailable
-from lakehouse.logs import JsonFormatter
+from lakehouse.logs import JsonFormatter, JsonLineHandler, direct_handler
 from lakehouse.server.app import LakehouseServer
 from lakehouse.v1 import table_service_pb2 as pb
+from lakehouse.v1 import table_service_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.parametrize("backend", ["local"], indirect=True)
 
@@ -119,3 +125,90 @@ async def test_shutdown_lets_in_flight_calls_finish(
     await server.stop(grace=5)
     reply = await asyncio.wait_for(call, 10)
     assert reply.namespace.name == "slow"
+
+
+async def test_probes_are_access_logged_only_when_they_fail_or_when_asked(
+    channel: grpc.aio.Channel, rpc_log: pytest.LogCaptureFixture
+) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    checks = _handled_checks()
+    await health.Check(health_pb2.HealthCheckRequest())
+    with pytest.raises(grpc.aio.AioRpcError):
+        await health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"))
+    await pb_grpc.TableServiceStub(channel).ListNamespaces(pb.ListNamespacesRequest())
+    # the kubelet's probe every few seconds is no line; a failed probe and a real call are
+    assert [(x["method"], x["code"]) for x in rpc_lines(rpc_log)] == [
+        ("Check", "NOT_FOUND"),
+        ("ListNamespaces", "OK"),
+    ]
+    assert _handled_checks() == checks + 1  # metrics still count every call
+
+
+def _handled_checks() -> float:
+    """``grpc_server_handled_total`` of successful Health/Check calls in this process."""
+    labels = {
+        "grpc_type": "unary",
+        "grpc_service": "grpc.health.v1.Health",
+        "grpc_method": "Check",
+        "grpc_code": "OK",
+    }
+    return REGISTRY.get_sample_value("grpc_server_handled_total", labels) or 0.0
+
+
+async def test_probe_lines_are_written_with_access_log_probes(
+    backend: Settings, rpc_log: pytest.LogCaptureFixture
+) -> None:
+    server = LakehouseServer(backend.model_copy(update={"access_log_probes": True}))
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"{LOOPBACK}:{server.grpc_port}") as channel:
+            await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+    finally:
+        await asyncio.wait_for(server.stop(1.0), 30)
+    assert [(x["service"], x["method"], x["code"]) for x in rpc_lines(rpc_log)] == [
+        ("grpc.health.v1.Health", "Check", "OK")
+    ]
+
+
+async def test_the_access_line_written_directly_is_the_line_logging_writes(
+    table_stub: Any,
+) -> None:
+    """With only the JSON stdout handler, lines skip ``logging``'s records: same JSON."""
+    stream = io.StringIO()
+    handler = JsonLineHandler(stream)
+    root, rpc = logging.getLogger(), logging.getLogger("lakehouse.rpc")
+    saved = root.handlers[:], root.level
+    root.handlers[:] = [handler]  # as configure_logging leaves it (pytest's capture aside)
+    root.setLevel(logging.INFO)
+    try:
+        await table_stub.CreateNamespace(pb.CreateNamespaceRequest(name="access"))
+        assert direct_handler(rpc, logging.INFO) is handler
+        direct = await _two_calls(table_stub, stream)
+        handler.addFilter(lambda record: True)  # any filter: records go through logging again
+        assert direct_handler(rpc, logging.INFO) is None
+        logged = await _two_calls(table_stub, stream)
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    varying = {"ts", "duration_ms", "peer", "request_id"}
+    for ours, theirs in zip(direct, logged, strict=True):
+        assert list(ours) == list(theirs)  # the same keys in the same order
+        assert {k: v for k, v in ours.items() if k not in varying} == {
+            k: v for k, v in theirs.items() if k not in varying
+        }
+    assert [(x["method"], x["code"], x["level"]) for x in direct] == [
+        ("GetNamespace", "OK", "INFO"),
+        ("GetNamespace", "NOT_FOUND", "INFO"),
+    ]
+    assert "does not exist" in direct[1]["error"]
+
+
+async def _two_calls(table_stub: Any, stream: io.StringIO) -> list[dict[str, Any]]:
+    """The access lines of a successful and a failed call, read from ``stream``."""
+    stream.seek(0)
+    stream.truncate()
+    await table_stub.GetNamespace(pb.GetNamespaceRequest(name="access"))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await table_stub.GetNamespace(pb.GetNamespaceRequest(name="access_missing"))
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    return [x for x in lines if x.get("msg") == "rpc"]

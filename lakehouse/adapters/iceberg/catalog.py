@@ -224,7 +224,9 @@ class IcebergCatalog:
         self._tables_lock = threading.Lock()
         self._cache_size = settings.table_cache_size
         self._validated: dict[tuple[str, str], float] = {}
+        # Revalidations under way, and the next one for calls that came in after it started.
         self._loading: dict[tuple[str, str], asyncio.Future[TableInfo]] = {}
+        self._next_load: dict[tuple[str, str], asyncio.Future[TableInfo]] = {}
         # Decoded ReadRows batches queued ahead of all streams together (see readahead.py).
         self._read_budget = ReadBudget(settings.read_buffer_bytes)
         self._sessions = SessionPlanner()
@@ -549,24 +551,43 @@ class IcebergCatalog:
         def load(c: Catalog) -> TableInfo:
             return self._cached(c, namespace, name)[1]
 
-        # Calls for one table that arrive while its revalidation is under way share it: under
-        # load, one catalog query and one thread hop serve them all.
+        # Calls for one table share revalidations: under load, one catalog query and one
+        # thread hop serve them all. Only a query that starts after a call came in may answer
+        # it, though: one already under way may have read the metadata location before a
+        # commit this caller saw acknowledged (here or on another replica). So a call that
+        # finds a query under way waits for the next one, which every call arriving in the
+        # meantime shares: at most two queries per table at a time, each answer fresh.
         key = (namespace, name)
-        shared = self._loading.get(key)
-        if shared is not None:
-            try:
-                return await asyncio.shield(shared)
-            except (asyncio.CancelledError, DeadlineExceeded):
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise  # this call itself is cancelled
-                # The call that started the load gave up (its client went away, or its own
-                # deadline passed): that is no reason to fail this one; load without sharing.
-            return await self._call(load, namespace, name, retry=True, files=False)
-        shared = asyncio.get_running_loop().create_future()
-        self._loading[key] = shared
+        waiting = self._next_load.get(key)
+        if waiting is not None:  # its query has not started: it answers this call too
+            return await self._share_load(waiting, load, namespace, name)
+        loop = asyncio.get_running_loop()
+        current = self._loading.get(key)
+        if current is None:
+            return await self._lead_load(key, load, loop.create_future())
+        waiting = self._next_load[key] = loop.create_future()
         try:
-            info = await self._call(load, namespace, name, retry=True, files=False)
+            await asyncio.wait((current,))  # its outcome is not this call's: only its end
+        except BaseException:
+            waiting.cancel()  # the calls that joined load on their own (see _share_load)
+            raise
+        finally:
+            if self._next_load.get(key) is waiting:
+                del self._next_load[key]
+        return await self._lead_load(key, load, waiting)
+
+    async def _lead_load(
+        self,
+        key: tuple[str, str],
+        load: Callable[[Catalog], TableInfo],
+        shared: asyncio.Future[TableInfo],
+    ) -> TableInfo:
+        """Revalidates a table with ``load``; the calls waiting on ``shared`` get the outcome."""
+        owner = key not in self._loading
+        if owner:
+            self._loading[key] = shared
+        try:
+            info = await self._call(load, *key, retry=True, files=False)
         except BaseException as exc:
             shared.set_exception(exc)
             shared.exception()  # retrieved here, so an unshared failure is not reported twice
@@ -575,7 +596,26 @@ class IcebergCatalog:
             shared.set_result(info)
             return info
         finally:
-            del self._loading[key]
+            if owner:
+                del self._loading[key]
+
+    async def _share_load(
+        self,
+        shared: asyncio.Future[TableInfo],
+        load: Callable[[Catalog], TableInfo],
+        namespace: str,
+        name: str,
+    ) -> TableInfo:
+        """The outcome of a revalidation another call leads (its own if that call gave up)."""
+        try:
+            return await asyncio.shield(shared)
+        except (asyncio.CancelledError, DeadlineExceeded):
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this call itself is cancelled
+            # The call that leads the load gave up (its client went away, or its own deadline
+            # passed): that is no reason to fail this one; load without sharing.
+        return await self._call(load, namespace, name, retry=True, files=False)
 
     async def register_table(self, namespace: str, name: str, metadata_location: str) -> TableInfo:
         """Adds an existing table to the catalog from its metadata file.
