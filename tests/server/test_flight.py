@@ -140,6 +140,24 @@ async def create_table(
         await off_loop(lambda half=half: put(client, append_command(namespace, table), half))
 
 
+async def create_table_as(server: Any, client: flight.FlightClient, key: str) -> None:
+    """ROWS in sales.orders (one commit), created and written with the API key ``key``."""
+    metadata = [("authorization", f"Bearer {key}")]
+    async with grpc.aio.insecure_channel(f"{LOOPBACK}:{server.grpc_port}") as channel:
+        stub = table_service_pb2_grpc.TableServiceStub(channel)
+        await stub.CreateNamespace(pb.CreateNamespaceRequest(name="sales"), metadata=metadata)
+        fields = [
+            schema_pb2.Field(name="id", type=LONG),
+            schema_pb2.Field(name="region", type=STRING),
+        ]
+        schema = schema_pb2.Schema(fields=fields)
+        await stub.CreateTable(
+            pb.CreateTableRequest(namespace="sales", table="orders", schema=schema),
+            metadata=metadata,
+        )
+    await off_loop(lambda: put(client, append_command("sales", "orders"), ROWS, bearer(key)))
+
+
 def append_command(namespace: str, table: str, **fields: Any) -> bytes:
     return ingest_pb.AppendRowsRequest(
         namespace=namespace, table=table, **fields
@@ -631,9 +649,7 @@ async def test_replicas_with_one_ticket_key_redeem_each_others_tickets(
     first = await start_server()
     await create_table(first)
     second = await start_server()
-    stranger = await start_server(
-        auth={"signing_key": "another-key-of-at-least-32-bytes!!"}
-    )
+    stranger = await start_server(auth={"signing_key": "another-key-of-at-least-32-bytes!!"})
     request = pb.ReadRowsRequest(namespace="sales", table="orders", row_filter="id < 100")
     descriptor = flight.FlightDescriptor.for_command(request.SerializeToString())
     planner = flight.connect(f"grpc://{LOOPBACK}:{first.flight_port}")
@@ -658,21 +674,7 @@ async def test_role_matrix_on_the_flight_port(start_server: Callable[..., Any]) 
     auth = {"api_keys": [e.model_dump() for e in entries], "signing_key": SECRET}
     server = await start_server(auth=auth)
     client = flight.connect(f"grpc://{LOOPBACK}:{server.flight_port}")
-    admin = bearer(plain["admin"])
-    async with grpc.aio.insecure_channel(f"{LOOPBACK}:{server.grpc_port}") as channel:
-        stub = table_service_pb2_grpc.TableServiceStub(channel)
-        metadata = [("authorization", f"Bearer {plain['admin']}")]
-        await stub.CreateNamespace(pb.CreateNamespaceRequest(name="sales"), metadata=metadata)
-        fields = [
-            schema_pb2.Field(name="id", type=LONG),
-            schema_pb2.Field(name="region", type=STRING),
-        ]
-        schema = schema_pb2.Schema(fields=fields)
-        await stub.CreateTable(
-            pb.CreateTableRequest(namespace="sales", table="orders", schema=schema),
-            metadata=metadata,
-        )
-    await off_loop(lambda: put(client, append_command("sales", "orders"), ROWS, admin))
+    await create_table_as(server, client, plain["admin"])
     request = pb.ReadRowsRequest(namespace="sales", table="orders")
     allowed = {"viewer": {"read"}, "developer": {"read", "put"}, "admin": {"read", "put"}}
     for role, may in allowed.items():

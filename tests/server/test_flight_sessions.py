@@ -18,17 +18,13 @@ from google.protobuf import any_pb2, field_mask_pb2
 from server import test_flight
 from server.test_flight import (
     KEYS,
-    LONG,
-    ROWS,
     SECRET,
-    STRING,
-    append_command,
     bearer,
     create_table,
+    create_table_as,
     grpc_read,
     off_loop,
     plain,
-    put,
 )
 
 from fixtures.net import LOOPBACK
@@ -37,8 +33,8 @@ from lakehouse.core.signing_key import SigningKey
 from lakehouse.domain.read_sessions import SessionClaims, b64decode
 from lakehouse.server.flight.commands import session_tickets
 from lakehouse.server.flight.tickets import TicketSigner
-from lakehouse.v1 import schema_pb2, table_service_pb2_grpc
 from lakehouse.v1 import table_service_pb2 as pb
+from lakehouse.v1 import table_service_pb2_grpc
 
 #: The Flight tests' server fixture (a server with Flight on each backend).
 start_server = test_flight.start_server
@@ -122,7 +118,7 @@ async def test_session_tickets_are_the_callers_and_expire_with_the_session(
     server = await start_server(auth=KEYS.auth.model_dump() | {"signing_key": SECRET})
     developer, other = bearer(KEYS.developer), bearer(KEYS.other)
     client = flight.connect(f"grpc://{LOOPBACK}:{server.flight_port}")
-    await create_authorized_table(server, client)
+    await create_table_as(server, client, KEYS.developer)
     request = pb.CreateReadSessionRequest(namespace="sales", table="orders")
     info = await off_loop(lambda: client.get_flight_info(session_descriptor(request), developer))
     ticket = info.endpoints[0].ticket
@@ -144,25 +140,6 @@ async def test_session_tickets_are_the_callers_and_expire_with_the_session(
     [stale] = session_tickets(TicketSigner(key, 60), "developer-key", old, 1, far)
     with pytest.raises(pa.ArrowInvalid, match="READ_SESSION_EXPIRED"):
         await off_loop(lambda: client.do_get(flight.Ticket(stale), developer).read_all())
-
-
-async def create_authorized_table(server: Any, client: flight.FlightClient) -> None:
-    """ROWS in sales.orders, created and written with the developer key."""
-    metadata = [("authorization", f"Bearer {KEYS.developer}")]
-    async with grpc.aio.insecure_channel(f"{LOOPBACK}:{server.grpc_port}") as channel:
-        stub = table_service_pb2_grpc.TableServiceStub(channel)
-        await stub.CreateNamespace(pb.CreateNamespaceRequest(name="sales"), metadata=metadata)
-        fields = [
-            schema_pb2.Field(name="id", type=LONG),
-            schema_pb2.Field(name="region", type=STRING),
-        ]
-        schema = schema_pb2.Schema(fields=fields)
-        await stub.CreateTable(
-            pb.CreateTableRequest(namespace="sales", table="orders", schema=schema),
-            metadata=metadata,
-        )
-    command = append_command("sales", "orders")
-    await off_loop(lambda: put(client, command, ROWS, bearer(KEYS.developer)))
 
 
 def _session_name(ticket: bytes) -> str:

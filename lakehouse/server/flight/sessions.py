@@ -15,14 +15,19 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import cast
 
 import pyarrow as pa
-from google.protobuf.message import DecodeError
 
 from lakehouse.core.read_sessions import ReadSessions
 from lakehouse.core.reads import ReadStart
 from lakehouse.domain.errors import InvalidArgument
 from lakehouse.server.credentials import Principal
 from lakehouse.server.flight.auth import READ_METHOD, authorize
-from lakehouse.server.flight.sources import FLIGHT_BATCH_BYTES, ReadPlan, batches_of, started
+from lakehouse.server.flight.sources import (
+    FLIGHT_BATCH_BYTES,
+    ReadPlan,
+    batches_of,
+    parse_command,
+    started,
+)
 from lakehouse.services.convert import selection_from_proto
 from lakehouse.v1 import table_service_pb2 as pb
 
@@ -65,14 +70,7 @@ class ReadSessionSource:
 
     async def plan(self, principal: Principal, command: bytes) -> ReadPlan:
         """See :meth:`FlightReadSource.plan`; ``command`` is a ``CreateReadSessionRequest``."""
-        try:
-            request = pb.CreateReadSessionRequest.FromString(command)
-        except DecodeError as exc:
-            raise InvalidArgument.field(
-                "descriptor.cmd",
-                f"is not a serialized lakehouse.v1.CreateReadSessionRequest ({exc})",
-                reason="MALFORMED_REQUEST",
-            ) from None
+        request = parse_command(pb.CreateReadSessionRequest, command)
         authorize(principal, CREATE_SESSION_METHOD, request, "get_flight_info")
         session = await self._sessions.create(
             request.namespace,

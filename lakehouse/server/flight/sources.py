@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Protocol, TypeVar, cast
 
 import pyarrow as pa
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from lakehouse.core.reads import Reads, ReadStart
 from lakehouse.domain.errors import InvalidArgument
@@ -83,20 +83,32 @@ class FlightReadSource(Protocol):
         ...
 
 
+M = TypeVar("M", bound=Message)
+
+
+def parse_command(kind: type[M], command: bytes) -> M:
+    """A descriptor command (or a ticket's payload) as a request of type ``kind``.
+
+    Raises:
+        InvalidArgument: On field ``descriptor.cmd``: bytes that are not one.
+    """
+    try:
+        return kind.FromString(command)
+    except DecodeError as exc:
+        raise InvalidArgument.field(
+            "descriptor.cmd",
+            f"is not a serialized {kind.DESCRIPTOR.full_name} ({exc})",
+            reason="MALFORMED_REQUEST",
+        ) from None
+
+
 def parse_read_command(command: bytes) -> pb.ReadRowsRequest:
     """A descriptor command as a ``ReadRowsRequest``.
 
     Raises:
         InvalidArgument: On field ``descriptor.cmd``: bytes that are not one.
     """
-    try:
-        return pb.ReadRowsRequest.FromString(command)
-    except DecodeError as exc:
-        raise InvalidArgument.field(
-            "descriptor.cmd",
-            f"is not a serialized lakehouse.v1.ReadRowsRequest ({exc})",
-            reason="MALFORMED_REQUEST",
-        ) from None
+    return parse_command(pb.ReadRowsRequest, command)
 
 
 def pinned(request: pb.ReadRowsRequest, start: ReadStart) -> pb.ReadRowsRequest:
