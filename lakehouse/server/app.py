@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable
 from importlib import metadata
@@ -16,6 +17,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from lakehouse.adapters.iceberg.catalog import IcebergCatalog
 from lakehouse.adapters.object_store import object_store_for
 from lakehouse.adapters.resilience import CATALOG, JOB_STORE, OBJECT_STORE, Resilience
+from lakehouse.adapters.signing_key_store import shared_signing_key
 from lakehouse.blocking import BlockingPool
 from lakehouse.config import Settings
 from lakehouse.core.commit_conflicts import ConflictLog
@@ -261,7 +263,7 @@ class LakehouseServer:
         await self.job_runtime.start()
         self._key_loading = await load_shared_key(
             self.signing_key,
-            self.job_runtime.store,
+            functools.partial(shared_signing_key, self.job_runtime.store),
             self._pool,
             retry_seconds=self.settings.jobs.poll_interval_seconds * 5,
         )

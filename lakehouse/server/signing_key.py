@@ -16,10 +16,9 @@ import contextlib
 import logging
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
-from lakehouse.adapters.job_store.store import JobStore
-from lakehouse.adapters.signing_key_store import shared_signing_key
 from lakehouse.blocking import BlockingPool
 from lakehouse.config import Settings
 from lakehouse.core.signing_key import SigningKey
@@ -41,25 +40,28 @@ def initial_signing_key(settings: Settings, *, shared_store: bool) -> SigningKey
     return SigningKey(local_key(settings.data_dir / KEY_FILE))
 
 
+#: Reads (or first generates) the key in the shared job store; blocking. Raises
+#: ``Unavailable`` while the database does not answer.
+SharedKeyLoader = Callable[[], bytes]
+
+
 async def load_shared_key(
-    key: SigningKey, store: JobStore, pool: BlockingPool, *, retry_seconds: float
+    key: SigningKey, load: SharedKeyLoader, pool: BlockingPool, *, retry_seconds: float
 ) -> asyncio.Task[None] | None:
-    """Reads (or first generates) the key in the job store, once the job store is migrated.
+    """Loads the shared key with ``load`` (in ``pool``), once the job store is migrated.
 
     Returns:
         None once the key is known; else (the database does not answer) the background task
         that retries every ``retry_seconds`` until it does (cancel it at shutdown).
     """
-    if key.known or await _loaded(key, store, pool):
+    if key.known or await _loaded(key, load, pool):
         return None
-    return asyncio.create_task(
-        _load_until_done(key, store, pool, retry_seconds), name="signing-key"
-    )
+    return asyncio.create_task(_load_until_done(key, load, pool, retry_seconds), name="signing-key")
 
 
-async def _loaded(key: SigningKey, store: JobStore, pool: BlockingPool) -> bool:
+async def _loaded(key: SigningKey, load: SharedKeyLoader, pool: BlockingPool) -> bool:
     try:
-        key.set(await pool.run(shared_signing_key, store))
+        key.set(await pool.run(load))
     except RetryableError as exc:
         log.error(
             "signing key not loaded from the job store; retrying", extra={"error": exc.message}
@@ -69,11 +71,11 @@ async def _loaded(key: SigningKey, store: JobStore, pool: BlockingPool) -> bool:
 
 
 async def _load_until_done(
-    key: SigningKey, store: JobStore, pool: BlockingPool, retry_seconds: float
+    key: SigningKey, load: SharedKeyLoader, pool: BlockingPool, retry_seconds: float
 ) -> None:
     while True:
         await asyncio.sleep(retry_seconds)
-        if await _loaded(key, store, pool):
+        if await _loaded(key, load, pool):
             return
 
 
