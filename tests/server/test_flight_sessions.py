@@ -6,6 +6,7 @@ Against a real in-process server and pyarrow's Flight client; client calls run i
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,12 +18,14 @@ import pytest
 from google.protobuf import any_pb2, field_mask_pb2
 from server import test_flight
 from server.test_flight import (
+    DELIBERATE,
     KEYS,
     SECRET,
     bearer,
     create_table,
     create_table_as,
     grpc_read,
+    mutations,
     off_loop,
     plain,
 )
@@ -178,3 +181,42 @@ async def test_a_session_created_on_the_grpc_port_is_read_with_flight(
             pb.CreateReadSessionRequest(namespace="sales", table="orders")
         )
     assert [s.flight_ticket for s in response.session.streams] == [b"", b""]
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_fuzzed_session_commands_and_tickets_get_deliberate_answers(
+    start_server: Callable[..., Any],
+) -> None:
+    """Mutated Any-packed session commands and session tickets: INVALID_ARGUMENT, NOT_FOUND or
+    a refusal, never INTERNAL/UNKNOWN; the server still serves after them."""
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    server = await start_server()
+    await create_table(server)
+    client = flight.connect(f"grpc://{LOOPBACK}:{server.flight_port}")
+    request = pb.CreateReadSessionRequest(namespace="sales", table="orders", row_filter="id < 9")
+    command = session_descriptor(request).command
+    info = await off_loop(lambda: client.get_flight_info(session_descriptor(request)))
+    ticket = info.endpoints[0].ticket.ticket
+    calls: list[Callable[[], Any]] = [
+        lambda c=c: client.get_flight_info(flight.FlightDescriptor.for_command(c))
+        for c in mutations(rng, command, 100)
+    ]
+    calls += [
+        lambda t=t: client.do_get(flight.Ticket(t)).read_all() for t in mutations(rng, ticket, 100)
+    ]
+    for call in calls:
+        try:
+            await off_loop(call)
+        except DELIBERATE:
+            pass
+        except Exception as exc:
+            raise AssertionError(f"FLIGHT_FUZZ_SEED={seed}: {type(exc).__name__}: {exc}") from exc
+    assert (await read_all_endpoints(client, request)).num_rows == 9
+
+
+async def read_all_endpoints(
+    client: flight.FlightClient, request: pb.CreateReadSessionRequest
+) -> pa.Table:
+    info = await off_loop(lambda: client.get_flight_info(session_descriptor(request)))
+    return await off_loop(lambda: read_endpoints(client, info))
