@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import stat
 from pathlib import Path
 
 import pytest
 
+from fixtures.net import LOOPBACK, free_port
+from lakehouse.adapters.job_store.store import JobStore
+from lakehouse.adapters.signing_key_store import shared_signing_key
+from lakehouse.blocking import BlockingPool
 from lakehouse.config import Settings
 from lakehouse.core.signing_key import SigningKey
 from lakehouse.domain.errors import Unavailable
-from lakehouse.server.signing_key import KEY_FILE, initial_signing_key, local_key
+from lakehouse.server.signing_key import KEY_FILE, initial_signing_key, load_shared_key, local_key
 
 
 def test_a_configured_key_is_used_as_is(tmp_path: Path) -> None:
@@ -62,3 +67,36 @@ def test_an_unwritable_data_folder_gets_a_key_of_this_process(
     first, second = local_key(path), local_key(path)
     assert first != second and len(first) == 64
     assert "a key of this process only" in caplog.text
+
+
+async def test_a_job_store_that_answers_later_gives_the_key_later(
+    postgres_database_url: str,
+) -> None:
+    """A job store down at start: signing is UNAVAILABLE (reason SIGNING_KEY_UNAVAILABLE) and
+    a retry task is left running; a load from a store that answers makes the key known."""
+    pool = BlockingPool(2)
+    down = JobStore(f"postgresql+psycopg2://jobs@{LOOPBACK}:{free_port()}/jobs")
+    up = JobStore(postgres_database_url)
+    try:
+        key = SigningKey()
+        retrying = await load_shared_key(
+            key, functools.partial(shared_signing_key, down), pool, retry_seconds=0.05
+        )
+        assert retrying is not None and not key.known
+        with pytest.raises(Unavailable) as caught:
+            key.for_purpose("x")
+        assert caught.value.reason == "SIGNING_KEY_UNAVAILABLE"
+        assert not retrying.done()
+        retrying.cancel()
+        await pool.run(up.migrate)
+        assert (
+            await load_shared_key(
+                key, functools.partial(shared_signing_key, up), pool, retry_seconds=0.05
+            )
+            is None
+        )
+        assert key.for_purpose("x") == SigningKey(shared_signing_key(up)).for_purpose("x")
+    finally:
+        down.close()
+        up.close()
+        pool.close()
