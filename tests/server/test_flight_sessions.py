@@ -181,6 +181,15 @@ async def test_a_session_created_on_the_grpc_port_is_read_with_flight(
             pb.CreateReadSessionRequest(namespace="sales", table="orders")
         )
     assert [s.flight_ticket for s in response.session.streams] == [b"", b""]
+    # With an advertised host, each stream names where to redeem its ticket.
+    named = await start_server(flight_advertised_host="replica-3.example")
+    async with grpc.aio.insecure_channel(f"{LOOPBACK}:{named.grpc_port}") as channel:
+        stub = table_service_pb2_grpc.TableServiceStub(channel)
+        response = await stub.CreateReadSession(
+            pb.CreateReadSessionRequest(namespace="sales", table="orders")
+        )
+    expected = [f"grpc+tcp://replica-3.example:{named.flight_port}"]
+    assert [list(s.flight_locations) for s in response.session.streams] == [expected] * 2
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
