@@ -355,28 +355,16 @@ class QuotaSettings(_Section):
 class ReadSessionSettings(_Section):
     """Read sessions (CreateReadSession): a read split into streams read in parallel.
 
-    A session's name is signed with ``signing_key`` and carries the whole read, so any replica
-    holding the same secret serves its streams; nothing is stored.
+    A session's name is signed with ``auth.signing_key`` and carries the whole read, so any
+    replica holding the same key serves its streams; nothing is stored.
     """
 
-    signing_key: SecretStr | None = None
-    """Key (at least 16 characters) that signs read-session names. Every replica must have
-    the same one, or a stream read on another replica than the session's is INVALID_ARGUMENT
-    (reason ``INVALID_READ_SESSION``). Unset: a random key kept in ``read-session.key`` under
-    ``data_dir`` (created on first start), which suits one process or replicas sharing
-    ``data_dir``."""
     ttl_seconds: int = Field(default=3600, ge=10, le=7 * 24 * 3600)
     """How long a session's streams can be read; later, FAILED_PRECONDITION (reason
     ``READ_SESSION_EXPIRED``). Keep it below the tables' snapshot retention: a stream whose
     pinned snapshot was expired meanwhile fails (``SNAPSHOT_EXPIRED``)."""
     max_streams: int = Field(default=16, ge=1, le=1000)
     """The most streams one session is split into, whatever the client asks."""
-
-    @model_validator(mode="after")
-    def _long_enough_secret(self) -> ReadSessionSettings:
-        if self.signing_key is not None and len(self.signing_key.get_secret_value()) < 16:
-            raise ValueError("read_sessions.signing_key needs at least 16 characters")
-        return self
 
 
 class TracingSettings(_Section):
@@ -502,10 +490,13 @@ class AuthSettings(_Section):
     it changes and on SIGHUP (see ``reload_interval_seconds``)."""
     jwt_secret: SecretStr | None = None
     """Shared secret of HS256 JWTs; at least 32 bytes (RFC 7518)."""
-    flight_ticket_secret: SecretStr | None = None
-    """Key (at least 32 bytes) that signs Arrow Flight tickets (HMAC-SHA256). Every replica
-    needs the same one, so a ticket one made is accepted by all. Unset: a random key per
-    process, and tickets work only on the replica that made them."""
+    signing_key: SecretStr | None = None
+    """Key (at least 32 bytes) that signs the service's short-lived, caller-bound tokens:
+    read-session names and Arrow Flight tickets (HMAC-SHA256). Unset: with a PostgreSQL job
+    store, a key generated once in that database and shared by every replica; otherwise a
+    key generated once in ``data_dir`` (``signing.key``). Setting or changing it ends every
+    live session and ticket (they fail with ``INVALID_READ_SESSION`` /
+    ``FLIGHT_TICKET_INVALID``: clients create new ones)."""
     jwt_public_key_file: Path | None = None
     """PEM file with one or more public keys or certificates verifying RS256/ES256 JWTs."""
     jwt_jwks_file: Path | None = None
@@ -546,12 +537,12 @@ class AuthSettings(_Section):
     API key or JWT of any role."""
 
     @model_validator(mode="after")
-    def _flight_ticket_secret_is_long_enough(self) -> AuthSettings:
-        if self.flight_ticket_secret is not None:
-            size = len(self.flight_ticket_secret.get_secret_value().encode())
+    def _signing_key_is_long_enough(self) -> AuthSettings:
+        if self.signing_key is not None:
+            size = len(self.signing_key.get_secret_value().encode())
             if size < _HMAC_MIN_SECRET_BYTES["HS256"]:
                 raise ValueError(
-                    f"auth.flight_ticket_secret must be at least "
+                    f"auth.signing_key must be at least "
                     f"{_HMAC_MIN_SECRET_BYTES['HS256']} bytes (it has {size})"
                 )
         return self
@@ -650,9 +641,10 @@ class Settings(BaseSettings):
     """Host put in the locations of FlightInfo endpoints (with the bound Flight port), for
     clients that must reach this replica by another name. Empty: no location, and clients
     redeem tickets on the connection that asked for them (any replica: tickets are signed
-    with ``auth.flight_ticket_secret``)."""
+    with the shared ``auth.signing_key``)."""
     flight_ticket_ttl_seconds: float = Field(default=300.0, gt=0, le=24 * 3600)
-    """How long a Flight ticket from ``get_flight_info`` may be redeemed with ``do_get``."""
+    """How long a Flight ticket from ``get_flight_info`` on a ``ReadRowsRequest`` may be
+    redeemed with ``do_get`` (a read session's tickets last as long as the session)."""
     data_dir: Path = Path("lakehouse-data")
     """Local folder for the embedded default (SQLite catalog, warehouse)."""
     catalog: CatalogSettings = CatalogSettings()

@@ -2,7 +2,7 @@
 
 BigQuery Storage Read's design, stateless: ``create`` plans the read, pins its snapshot and
 returns a signed name (``SessionSigner``) that carries the whole selection; ``read_stream``
-on any replica sharing the secret checks the name and reads one stream's share of the pinned
+on any replica sharing the signing key checks the name and reads one stream's share of the pinned
 snapshot's files. Nothing is stored, so there is nothing to clean up and no replica to stick
 to; a name expires with its TTL.
 
@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from lakehouse.core.ports import CatalogPort
 from lakehouse.core.reads import ReadOptions, ReadStart, checked_scan_request, scan_items
+from lakehouse.core.signing_key import SigningKey
 from lakehouse.domain.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from lakehouse.domain.read_sessions import (
     SessionClaims,
@@ -38,18 +39,22 @@ READ_SESSION_EXPIRED = "READ_SESSION_EXPIRED"
 SNAPSHOT_EXPIRED = "SNAPSHOT_EXPIRED"
 #: The permission a session's streams are read under (that of ReadRows).
 READ_PERMISSION = "tables.read"
+#: What session names are signed for (see ``SigningKey.for_purpose``).
+PURPOSE = "lakehouse read session v1"
 
 
 class SessionSigner:
-    """Signs and checks session names: ``base64(claims).base64(HMAC-SHA256(secret, claims))``."""
+    """Signs and checks session names: ``base64(claims).base64(HMAC-SHA256(key, claims))``.
 
-    def __init__(self, secret: bytes) -> None:
-        if len(secret) < 16:
-            raise ValueError("a read-session secret needs at least 16 bytes")
-        self._secret = secret
+    The key is the service's signing key derived for read sessions (``SigningKey``).
+    """
+
+    def __init__(self, key: SigningKey) -> None:
+        self._key = key
 
     def _mac(self, payload: str) -> bytes:
-        return hmac.new(self._secret, payload.encode("ascii"), hashlib.sha256).digest()
+        secret = self._key.for_purpose(PURPOSE)
+        return hmac.new(secret, payload.encode("ascii"), hashlib.sha256).digest()
 
     def sign(self, claims: SessionClaims) -> str:
         """The session name of ``claims``."""
@@ -67,8 +72,8 @@ class SessionSigner:
             raise invalid_session("is not a read session of this service")
         if not hmac.compare_digest(self._mac(payload), b64decode(mac)):
             raise invalid_session(
-                "does not verify: altered, or signed with another secret (replicas must "
-                "share read_sessions.signing_key)"
+                "does not verify: altered, or signed with another key (auth.signing_key "
+                "changed, or replicas that do not share it)"
             )
         return SessionClaims.decode(b64decode(payload))
 

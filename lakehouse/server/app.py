@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable
 from importlib import metadata
@@ -16,6 +17,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from lakehouse.adapters.iceberg.catalog import IcebergCatalog
 from lakehouse.adapters.object_store import object_store_for
 from lakehouse.adapters.resilience import CATALOG, JOB_STORE, OBJECT_STORE, Resilience
+from lakehouse.adapters.signing_key_store import shared_signing_key
 from lakehouse.blocking import BlockingPool
 from lakehouse.config import Settings
 from lakehouse.core.commit_conflicts import ConflictLog
@@ -23,7 +25,7 @@ from lakehouse.core.commit_notifier import CommitNotifier
 from lakehouse.core.ingest import Ingest
 from lakehouse.core.ingest_requests import IngestRequests
 from lakehouse.core.job_cancellation import JobCancellation
-from lakehouse.core.read_sessions import ReadSessions, SessionSigner
+from lakehouse.core.read_sessions import ReadSession, ReadSessions, SessionSigner
 from lakehouse.core.reads import Reads
 from lakehouse.core.refs import Refs
 from lakehouse.core.row_changes import RowChanges
@@ -34,7 +36,9 @@ from lakehouse.metrics import TableGauges
 from lakehouse.server import metrics
 from lakehouse.server.auth import AuthInterceptor
 from lakehouse.server.auth_keys import AuthKeys
+from lakehouse.server.flight.commands import CommandRouter
 from lakehouse.server.flight.server import FlightTls, LakehouseFlightServer
+from lakehouse.server.flight.sessions import ReadSessionSource
 from lakehouse.server.flight.sources import ReadRowsSource
 from lakehouse.server.flight.tickets import TicketSigner
 from lakehouse.server.health import Dependency, HealthMonitor
@@ -49,8 +53,8 @@ from lakehouse.server.job_runtime import JobRuntime
 from lakehouse.server.limits import CallDeadlines, server_options
 from lakehouse.server.ports import FLIGHT_PORT, GRPC_PORT, HTTP_PORT, binding, check_free
 from lakehouse.server.rate_limit import RateLimitInterceptor
-from lakehouse.server.read_session_key import read_session_secret
 from lakehouse.server.reflection import enable_reflection
+from lakehouse.server.signing_key import initial_signing_key, load_shared_key
 from lakehouse.server.tls import ServerTls, load_ca_bundle, load_key_pair
 from lakehouse.server.tracing import configure_tracing, tracing_enabled
 from lakehouse.services.ingest_service import IngestServicer
@@ -99,12 +103,6 @@ class LakehouseServer:
         self.store = object_store_for(settings.warehouse, settings.s3, self.resilience)
         self.tables = Tables(self.catalog, self.store, settings.quotas)
         self.reads = Reads(self.catalog)
-        self.read_sessions = ReadSessions(
-            self.catalog,
-            SessionSigner(read_session_secret(settings)),
-            ttl_seconds=settings.read_sessions.ttl_seconds,
-            max_streams=settings.read_sessions.max_streams,
-        )
         self.job_runtime = JobRuntime(
             settings,
             self.catalog,
@@ -113,6 +111,15 @@ class LakehouseServer:
             resilience=self.resilience,
             slots=settings.jobs.workers,
             scheduler=True,
+        )
+        # One key signs read-session names and Flight tickets (lakehouse.server.signing_key).
+        self.signing_key = initial_signing_key(settings, shared_store=self.job_runtime.store.shared)
+        self._key_loading: asyncio.Task[None] | None = None
+        self.read_sessions = ReadSessions(
+            self.catalog,
+            SessionSigner(self.signing_key),
+            ttl_seconds=settings.read_sessions.ttl_seconds,
+            max_streams=settings.read_sessions.max_streams,
         )
         self.conflicts = ConflictLog()
         self.notifier = CommitNotifier()
@@ -206,6 +213,7 @@ class LakehouseServer:
             ),
             self.read_sessions,
             read_message_bytes=self.settings.read_message_bytes,
+            stream_endpoints=self._stream_endpoints,
         )
         table_service_pb2_grpc.add_TableServiceServicer_to_server(table_servicer, server)
         ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(
@@ -254,6 +262,12 @@ class LakehouseServer:
         self._flight = self._start_flight()
         self._grpc = server
         await self.job_runtime.start()
+        self._key_loading = await load_shared_key(
+            self.signing_key,
+            functools.partial(shared_signing_key, self.job_runtime.store),
+            self._pool,
+            retry_seconds=self.settings.jobs.poll_interval_seconds * 5,
+        )
         await self.monitor.check_once()
         self.monitor.start()
         self.tls.start()
@@ -298,6 +312,8 @@ class LakehouseServer:
         remaining = deadline - asyncio.get_running_loop().time()
         await self.ingest.close(timeout=max(remaining, 1.0))
         await stopping_jobs
+        if self._key_loading is not None:
+            self._key_loading.cancel()
         if self._http is not None:
             await self._http.cleanup()
         await self.tls.stop()
@@ -316,6 +332,16 @@ class LakehouseServer:
         it is destroyed: the process must then end without the interpreter's clean-up.
         """
         return self._flight is not None and self._flight.abandoned
+
+    def _stream_endpoints(
+        self, principal: str, session: ReadSession
+    ) -> list[tuple[bytes, list[str]]]:
+        """The Flight tickets and locations of a session's streams; none without Flight."""
+        if self._flight is None:
+            return []
+        return self._flight.session_endpoints(
+            principal, session.name, len(session.streams), session.expire_ms
+        )
 
     def _start_flight(self) -> LakehouseFlightServer | None:
         """Binds the Flight port, which serves at once; None when no port is configured.
@@ -337,17 +363,15 @@ class LakehouseServer:
             if files.require_client_cert and files.client_ca_file is not None:
                 client_ca = load_ca_bundle(files.client_ca_file)
             tls = FlightTls(pair.cert_chain, pair.private_key, client_ca)
-        secret = settings.auth.flight_ticket_secret
-        signer = TicketSigner(
-            secret.get_secret_value().encode() if secret is not None else None,
-            settings.flight_ticket_ttl_seconds,
-        )
+        signer = TicketSigner(self.signing_key, settings.flight_ticket_ttl_seconds)
         try:
             server = LakehouseFlightServer(
                 settings.flight_host,
                 settings.flight_port,
                 loop=asyncio.get_running_loop(),
-                source=ReadRowsSource(self.reads),
+                source=CommandRouter(
+                    ReadRowsSource(self.reads), ReadSessionSource(self.read_sessions)
+                ),
                 requests=IngestRequests(self.ingest, self.tables),
                 signer=signer,
                 authenticator=self.authenticator,

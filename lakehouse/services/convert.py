@@ -491,8 +491,10 @@ def check_stream_request(request: table_service_pb2.ReadRowsRequest) -> None:
             )
 
 
-def read_session_to_proto(session: ReadSession) -> read_session_pb2.ReadSession:
-    """A created read session as the API shows it."""
+def read_session_to_proto(
+    session: ReadSession, endpoints: Sequence[tuple[bytes, Sequence[str]]] = ()
+) -> read_session_pb2.ReadSession:
+    """A created read session as the API shows it, with its streams' Flight endpoints if any."""
     message = read_session_pb2.ReadSession(
         name=session.name,
         arrow_schema=rows_pb2.ArrowSchema(
@@ -510,6 +512,9 @@ def read_session_to_proto(session: ReadSession) -> read_session_pb2.ReadSession:
     if session.snapshot_id is not None:
         message.snapshot_id = session.snapshot_id
     message.expire_time.FromMilliseconds(session.expire_ms)
+    for stream, (ticket, locations) in zip(message.streams, endpoints, strict=False):
+        stream.flight_ticket = ticket
+        stream.flight_locations.extend(locations)
     return message
 
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, TypeAlias
 
 import grpc
 import pyarrow as pa
 
 from lakehouse.core.caller import current_principal
 from lakehouse.core.job_specs import timestamp_to_ms
-from lakehouse.core.read_sessions import ReadSessions
+from lakehouse.core.read_sessions import ReadSession, ReadSessions
 from lakehouse.core.reads import Reads, ReadStart
 from lakehouse.core.refs import Refs
 from lakehouse.core.row_changes import RowChanges
@@ -49,6 +49,14 @@ from lakehouse.v1 import table_service_pb2 as pb
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
+#: The Flight ticket and locations of each stream of a session, for its creator (principal,
+#: session); none without a Flight port. Made by the transport, which owns the Flight port.
+StreamEndpoints: TypeAlias = Callable[[str, ReadSession], Sequence[tuple[bytes, Sequence[str]]]]
+
+
+def _no_endpoints(principal: str, session: ReadSession) -> Sequence[tuple[bytes, Sequence[str]]]:
+    return ()
+
 
 class TableServicer(table_service_pb2_grpc.TableServiceServicer):
     """Implements lakehouse.v1.TableService on top of the core ``Tables`` and ``Reads``."""
@@ -64,8 +72,10 @@ class TableServicer(table_service_pb2_grpc.TableServiceServicer):
         read_sessions: ReadSessions,
         *,
         read_message_bytes: int,
+        stream_endpoints: StreamEndpoints = _no_endpoints,
     ) -> None:
         self._read_sessions = read_sessions
+        self._stream_endpoints = stream_endpoints
         self._health = health
         self._watch = watch
         self._tables = tables
@@ -282,14 +292,16 @@ class TableServicer(table_service_pb2_grpc.TableServiceServicer):
         self, request: pb.CreateReadSessionRequest, context: Context
     ) -> pb.CreateReadSessionResponse:
         """Plans a read once, pinned to a snapshot, as streams to read in parallel."""
+        principal = current_principal()
         session = await self._read_sessions.create(
             request.namespace,
             request.table,
             selection_from_proto(request),
             max_streams=request.max_streams,
-            principal=current_principal(),
+            principal=principal,
         )
-        return pb.CreateReadSessionResponse(session=read_session_to_proto(session))
+        endpoints = self._stream_endpoints(principal, session)
+        return pb.CreateReadSessionResponse(session=read_session_to_proto(session, endpoints))
 
     async def DeleteRows(
         self, request: pb.DeleteRowsRequest, context: Context

@@ -138,10 +138,14 @@ def test_migrate_from_version_1_adds_the_request_id_table_and_keeps_jobs(url: st
 
         store.migrate()
 
-        assert schema_versions(url) == [4] == [SCHEMA_VERSION]
-        # Version 4: the ingest commit leases and handed batches, empty.
+        assert schema_versions(url) == [5] == [SCHEMA_VERSION]
+        # Versions 4 and 5: the ingest commit leases and handed batches, the signing key: empty.
         with sqlalchemy.create_engine(url).connect() as conn:
-            for table in ("lakehouse_ingest_leases", "lakehouse_ingest_batches"):
+            for table in (
+                "lakehouse_ingest_leases",
+                "lakehouse_ingest_batches",
+                "lakehouse_signing_key",
+            ):
                 count = conn.execute(sqlalchemy.text(f"SELECT count(*) FROM {table}"))
                 assert count.scalar_one() == 0
         assert store.get("job-1").state == QUEUED

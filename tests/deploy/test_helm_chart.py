@@ -431,7 +431,7 @@ def test_the_flight_port_is_opened_only_when_set(
             **full_values["secret"],
             "keys": {
                 **full_values["secret"]["keys"],
-                "LAKEHOUSE_AUTH__FLIGHT_TICKET_SECRET": "flight-ticket-secret",
+                "LAKEHOUSE_AUTH__SIGNING_KEY": "signing-key",
             },
         },
     }
@@ -447,8 +447,8 @@ def test_the_flight_port_is_opened_only_when_set(
     ]
     policy = one(docs, "NetworkPolicy")["spec"]
     assert [r["ports"][0]["port"] for r in policy["ingress"]] == ["grpc", "flight", "http-metrics"]
-    # The ticket key comes from the Secret, like every secret setting (a file the service reads).
-    assert "LAKEHOUSE_AUTH__FLIGHT_TICKET_SECRET_FILE" in env_of(deployment)
+    # A signing key set explicitly comes from the Secret, like every secret setting (a file).
+    assert "LAKEHOUSE_AUTH__SIGNING_KEY_FILE" in env_of(deployment)
 
 
 def test_settings_come_from_the_configmap_and_secrets_from_files(full_docs: Docs) -> None:
@@ -1000,24 +1000,19 @@ def test_notes_explain_http2_load_balancing(
     assert "HTTP/2" in (CHART / "values.yaml").read_text()
 
 
-def test_notes_warn_when_replicas_share_no_read_session_key(
+def test_replicas_need_no_signing_key_and_may_set_one(
     render: Callable[..., dict[str, str]],
 ) -> None:
+    """Pods share the key generated in the job store: no note asks for one; one set explicitly
+    goes to the Secret."""
     notes = "lakehouse/templates/NOTES.txt"
-    warning = "Read sessions: no signing key is shared by the server pods"
-    assert warning not in render(SHARED_CATALOG)[notes]  # one replica
     replicas = {**SHARED_CATALOG, "replicaCount": 3}
-    assert warning in render(replicas)[notes]
+    assert "signing key" not in render(replicas)[notes].lower()
     shared_key = {
         "replicaCount": 3,
         "secret": {
-            "keys": {"LAKEHOUSE_READ_SESSIONS__SIGNING_KEY": "read-session-signing-key"},
-            "values": {
-                "catalog-password": CATALOG_PASSWORD,
-                "read-session-signing-key": "k" * 32,
-            },
+            "keys": {"LAKEHOUSE_AUTH__SIGNING_KEY": "signing-key"},
+            "values": {"catalog-password": CATALOG_PASSWORD, "signing-key": "k" * 32},
         },
     }
-    rendered = render(shared_key)
-    assert warning not in rendered[notes]
-    assert "read-session-signing-key" in rendered["lakehouse/templates/secret.yaml"]
+    assert "signing-key" in render(shared_key)["lakehouse/templates/secret.yaml"]

@@ -63,7 +63,7 @@ def _read(targets: list[str], interceptors: list[grpc.UnaryStreamClientIntercept
 def test_a_replica_killed_mid_session_is_read_around_or_fails_clearly(
     backend: Any, tmp_path: Path
 ) -> None:
-    env = fault_env(backend, LAKEHOUSE_READ_SESSIONS__SIGNING_KEY=SIGNING_KEY)
+    env = fault_env(backend, LAKEHOUSE_AUTH__SIGNING_KEY=SIGNING_KEY)
     with serve_process(tmp_path / "b", env, name="b") as b:
         create_id_kind_table(b.target, NAMESPACE, TABLE)
         for f in range(FILES):

@@ -28,6 +28,7 @@ from fixtures.net import LOOPBACK
 from fixtures.serve_process import serve_process
 from lakehouse.client.arrow import read_rows_to_arrow_async
 from lakehouse.config import AuthSettings, Settings
+from lakehouse.core.signing_key import SigningKey
 from lakehouse.server.app import LakehouseServer
 from lakehouse.server.credentials import new_api_key
 from lakehouse.server.flight.tickets import TicketError, TicketSigner
@@ -82,7 +83,7 @@ def make_keys() -> Keys:
 def flight_settings(settings: Settings, **overrides: Any) -> Settings:
     """``settings`` with a Flight port on 127.0.0.1 and a ticket key."""
     values = settings.model_dump()
-    auth = values.pop("auth") | {"flight_ticket_secret": SECRET}
+    auth = values.pop("auth") | {"signing_key": SECRET}
     return Settings(
         **values | {"flight_host": LOOPBACK, "flight_port": 0, "auth": auth} | overrides
     )
@@ -137,6 +138,24 @@ async def create_table(
     client = client or flight.connect(f"grpc://{LOOPBACK}:{server.flight_port}")
     for half in (ROWS.slice(0, 500), ROWS.slice(500)):
         await off_loop(lambda half=half: put(client, append_command(namespace, table), half))
+
+
+async def create_table_as(server: Any, client: flight.FlightClient, key: str) -> None:
+    """ROWS in sales.orders (one commit), created and written with the API key ``key``."""
+    metadata = [("authorization", f"Bearer {key}")]
+    async with grpc.aio.insecure_channel(f"{LOOPBACK}:{server.grpc_port}") as channel:
+        stub = table_service_pb2_grpc.TableServiceStub(channel)
+        await stub.CreateNamespace(pb.CreateNamespaceRequest(name="sales"), metadata=metadata)
+        fields = [
+            schema_pb2.Field(name="id", type=LONG),
+            schema_pb2.Field(name="region", type=STRING),
+        ]
+        schema = schema_pb2.Schema(fields=fields)
+        await stub.CreateTable(
+            pb.CreateTableRequest(namespace="sales", table="orders", schema=schema),
+            metadata=metadata,
+        )
+    await off_loop(lambda: put(client, append_command("sales", "orders"), ROWS, bearer(key)))
 
 
 def append_command(namespace: str, table: str, **fields: Any) -> bytes:
@@ -289,7 +308,7 @@ KEYS = make_keys()
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 async def test_auth_on_the_flight_port(start_server: Callable[..., Any]) -> None:
-    auth = KEYS.auth.model_dump() | {"flight_ticket_secret": SECRET}
+    auth = KEYS.auth.model_dump() | {"signing_key": SECRET}
     started = await start_server(auth=auth)
     client = flight.connect(f"grpc://{LOOPBACK}:{started.flight_port}")
     developer, viewer, other = bearer(KEYS.developer), bearer(KEYS.viewer), bearer(KEYS.other)
@@ -345,7 +364,7 @@ async def test_auth_on_the_flight_port(start_server: Callable[..., Any]) -> None
 
 def test_a_ticket_expires_after_its_ttl_and_not_before() -> None:
     now = [1_000.0]
-    signer = TicketSigner(SECRET.encode(), 300, clock=lambda: now[0])
+    signer = TicketSigner(SigningKey(SECRET.encode()), 300, clock=lambda: now[0])
     ticket = signer.sign("reader", b"payload")
     now[0] += 299.9
     assert signer.open(ticket, "reader").payload == b"payload"
@@ -630,9 +649,7 @@ async def test_replicas_with_one_ticket_key_redeem_each_others_tickets(
     first = await start_server()
     await create_table(first)
     second = await start_server()
-    stranger = await start_server(
-        auth={"flight_ticket_secret": "another-key-of-at-least-32-bytes!!"}
-    )
+    stranger = await start_server(auth={"signing_key": "another-key-of-at-least-32-bytes!!"})
     request = pb.ReadRowsRequest(namespace="sales", table="orders", row_filter="id < 100")
     descriptor = flight.FlightDescriptor.for_command(request.SerializeToString())
     planner = flight.connect(f"grpc://{LOOPBACK}:{first.flight_port}")
@@ -654,24 +671,10 @@ async def test_role_matrix_on_the_flight_port(start_server: Callable[..., Any]) 
     for role in ("viewer", "developer", "admin"):
         plain[role], entry = new_api_key(f"{role}-key", role)  # type: ignore[arg-type]
         entries.append(entry)
-    auth = {"api_keys": [e.model_dump() for e in entries], "flight_ticket_secret": SECRET}
+    auth = {"api_keys": [e.model_dump() for e in entries], "signing_key": SECRET}
     server = await start_server(auth=auth)
     client = flight.connect(f"grpc://{LOOPBACK}:{server.flight_port}")
-    admin = bearer(plain["admin"])
-    async with grpc.aio.insecure_channel(f"{LOOPBACK}:{server.grpc_port}") as channel:
-        stub = table_service_pb2_grpc.TableServiceStub(channel)
-        metadata = [("authorization", f"Bearer {plain['admin']}")]
-        await stub.CreateNamespace(pb.CreateNamespaceRequest(name="sales"), metadata=metadata)
-        fields = [
-            schema_pb2.Field(name="id", type=LONG),
-            schema_pb2.Field(name="region", type=STRING),
-        ]
-        schema = schema_pb2.Schema(fields=fields)
-        await stub.CreateTable(
-            pb.CreateTableRequest(namespace="sales", table="orders", schema=schema),
-            metadata=metadata,
-        )
-    await off_loop(lambda: put(client, append_command("sales", "orders"), ROWS, admin))
+    await create_table_as(server, client, plain["admin"])
     request = pb.ReadRowsRequest(namespace="sales", table="orders")
     allowed = {"viewer": {"read"}, "developer": {"read", "put"}, "admin": {"read", "put"}}
     for role, may in allowed.items():
@@ -747,10 +750,11 @@ async def test_do_get_checks_grants_again_even_for_a_well_signed_ticket(
     start_server: Callable[..., Any],
 ) -> None:
     """A ticket forged with a leaked key for a table outside the caller's grants is refused."""
-    server = await start_server(auth=KEYS.auth.model_dump() | {"flight_ticket_secret": SECRET})
+    server = await start_server(auth=KEYS.auth.model_dump() | {"signing_key": SECRET})
     client = flight.connect(f"grpc://{LOOPBACK}:{server.flight_port}")
-    payload = pb.ReadRowsRequest(namespace="sales", table="orders").SerializeToString()
-    forged = TicketSigner(SECRET.encode(), 60).sign("limited-key", payload)
+    # A ReadRows ticket's payload: the source tag "r", then the pinned request.
+    payload = b"r" + pb.ReadRowsRequest(namespace="sales", table="orders").SerializeToString()
+    forged = TicketSigner(SigningKey(SECRET.encode()), 60).sign("limited-key", payload)
     with pytest.raises(flight.FlightUnauthorizedError, match="namespace 'sales'"):
         await off_loop(
             lambda: client.do_get(flight.Ticket(forged), bearer(KEYS.limited)).read_all()
@@ -758,5 +762,5 @@ async def test_do_get_checks_grants_again_even_for_a_well_signed_ticket(
 
 
 def test_a_short_ticket_key_is_a_configuration_error() -> None:
-    with pytest.raises(ValueError, match=r"auth.flight_ticket_secret must be at least 32 bytes"):
-        AuthSettings(flight_ticket_secret="too short")
+    with pytest.raises(ValueError, match=r"auth.signing_key must be at least 32 bytes"):
+        AuthSettings(signing_key="too short")

@@ -18,10 +18,13 @@ from services.test_snapshots_and_reads import make_table, read_arrow, rows
 
 from fixtures.grpc_errors import rpc_error_details
 from fixtures.iceberg import append
+from lakehouse.adapters.job_store.store import JobStore
+from lakehouse.adapters.signing_key_store import shared_signing_key
 from lakehouse.config import Settings
 from lakehouse.core.read_sessions import SessionSigner
+from lakehouse.core.signing_key import SigningKey
 from lakehouse.domain.read_sessions import SessionClaims, b64decode, b64encode
-from lakehouse.server.read_session_key import read_session_secret
+from lakehouse.server.signing_key import KEY_FILE, local_key
 from lakehouse.v1 import rows_pb2
 from lakehouse.v1 import table_service_pb2 as pb
 
@@ -57,6 +60,18 @@ async def read_session(stub: Any, session: Any) -> pa.Table:
     for part in parts:
         assert part.schema == schema
     return pa.concat_tables(parts)
+
+
+def server_key(settings: Settings) -> SigningKey:
+    """The key a server on ``settings`` signs with (none configured: the job store's, or the
+    data folder's)."""
+    store = JobStore(settings.jobs_database_uri)
+    try:
+        if store.shared:
+            return SigningKey(shared_signing_key(store))
+    finally:
+        store.close()
+    return SigningKey(local_key(settings.data_dir / KEY_FILE))
 
 
 async def failure(call: Any) -> Any:
@@ -198,7 +213,7 @@ async def test_bad_session_reads_are_refused_clearly(table_stub: Any, backend: S
         ), name
     # Signed with the server's own key (as another replica would) but for another caller, or
     # expired.
-    signer = SessionSigner(read_session_secret(backend))
+    signer = SessionSigner(await asyncio.to_thread(server_key, backend))
     other = signer.sign(SessionClaims(**{**claims.__dict__, "principal": "someone-else"}))
     denied = await failure(table_stub.ReadRows(pb.ReadRowsRequest(read_session=other)))
     assert (denied.code, denied.reason) == (grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED")

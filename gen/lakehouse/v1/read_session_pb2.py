@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from lakehouse.v1 import rows_pb2 as lakehouse_dot_v1_dot_rows__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1flakehouse/v1/read_session.proto\x12\x0clakehouse.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17lakehouse/v1/rows.proto\"\x8e\x02\n\x0bReadSession\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x0bsnapshot_id\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12/\n\x0c\x61rrow_schema\x18\x03 \x01(\x0b\x32\x19.lakehouse.v1.ArrowSchema\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13\x65stimated_row_count\x18\x05 \x01(\x03\x12\x1d\n\x15\x65stimated_total_bytes\x18\x06 \x01(\x03\x12)\n\x07streams\x18\x07 \x03(\x0b\x32\x18.lakehouse.v1.ReadStreamB\x0e\n\x0c_snapshot_id\"W\n\nReadStream\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x1b\n\x13\x65stimated_row_count\x18\x02 \x01(\x03\x12\x1d\n\x15\x65stimated_total_bytes\x18\x03 \x01(\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1flakehouse/v1/read_session.proto\x12\x0clakehouse.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17lakehouse/v1/rows.proto\"\x8e\x02\n\x0bReadSession\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x0bsnapshot_id\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12/\n\x0c\x61rrow_schema\x18\x03 \x01(\x0b\x32\x19.lakehouse.v1.ArrowSchema\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13\x65stimated_row_count\x18\x05 \x01(\x03\x12\x1d\n\x15\x65stimated_total_bytes\x18\x06 \x01(\x03\x12)\n\x07streams\x18\x07 \x03(\x0b\x32\x18.lakehouse.v1.ReadStreamB\x0e\n\x0c_snapshot_id\"\x88\x01\n\nReadStream\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x1b\n\x13\x65stimated_row_count\x18\x02 \x01(\x03\x12\x1d\n\x15\x65stimated_total_bytes\x18\x03 \x01(\x03\x12\x15\n\rflight_ticket\x18\x04 \x01(\x0c\x12\x18\n\x10\x66light_locations\x18\x05 \x03(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,6 +35,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_READSESSION']._serialized_start=108
   _globals['_READSESSION']._serialized_end=378
-  _globals['_READSTREAM']._serialized_start=380
-  _globals['_READSTREAM']._serialized_end=467
+  _globals['_READSTREAM']._serialized_start=381
+  _globals['_READSTREAM']._serialized_end=517
 # @@protoc_insertion_point(module_scope)

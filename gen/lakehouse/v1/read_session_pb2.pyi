@@ -97,22 +97,37 @@ class ReadStream(_message.Message):
     INDEX_FIELD_NUMBER: _builtins.int
     ESTIMATED_ROW_COUNT_FIELD_NUMBER: _builtins.int
     ESTIMATED_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    FLIGHT_TICKET_FIELD_NUMBER: _builtins.int
+    FLIGHT_LOCATIONS_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """The stream's index in the session, from 0: ReadRowsRequest.stream."""
     estimated_row_count: _builtins.int
     """The rows of the stream's data files, before the row filter: an estimate."""
     estimated_total_bytes: _builtins.int
     """The bytes of the stream's data files (compressed, as stored): an estimate."""
+    flight_ticket: _builtins.bytes
+    """The stream's Arrow Flight ticket, when the server has a Flight port: any Flight client
+    reads the stream with do_get(ticket), with the credentials that created the session and
+    until the session expires (docs/flight.md). Empty without a Flight port.
+    """
+    @_builtins.property
+    def flight_locations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Where to redeem flight_ticket (Flight URIs such as grpc+tls://host:8815); empty means the
+        service's Flight port, on any replica.
+        """
+
     def __init__(
         self,
         *,
         index: _builtins.int = ...,
         estimated_row_count: _builtins.int = ...,
         estimated_total_bytes: _builtins.int = ...,
+        flight_ticket: _builtins.bytes = ...,
+        flight_locations: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimated_row_count", b"estimated_row_count", "estimated_total_bytes", b"estimated_total_bytes", "index", b"index"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimated_row_count", b"estimated_row_count", "estimated_total_bytes", b"estimated_total_bytes", "flight_locations", b"flight_locations", "flight_ticket", b"flight_ticket", "index", b"index"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from typing import cast
 
 import pyarrow as pa
-from google.protobuf.message import DecodeError
 
 from lakehouse.core.ingest_requests import ArrowRows, IngestRequests, QueuedRows
 from lakehouse.core.invalid_rows import RequestedPolicy
 from lakehouse.domain.errors import InvalidArgument, LakehouseError
 from lakehouse.domain.row_changes import WriteMode
+from lakehouse.server.flight.sources import parse_command
 from lakehouse.services.convert import (
     invalid_row_policy_from_proto,
     row_errors_to_proto,
@@ -39,14 +39,7 @@ def parse_append_command(command: bytes) -> pb.AppendRowsRequest:
         InvalidArgument: Bytes that are not such a request, a request without a table, with
             rows, or in a write mode other than APPEND.
     """
-    try:
-        request = pb.AppendRowsRequest.FromString(command)
-    except DecodeError as exc:
-        raise InvalidArgument.field(
-            "descriptor.cmd",
-            f"is not a serialized lakehouse.v1.AppendRowsRequest ({exc})",
-            reason="MALFORMED_REQUEST",
-        ) from None
+    request = parse_command(pb.AppendRowsRequest, command)
     for name in ("namespace", "table"):
         if not getattr(request, name):
             raise InvalidArgument.field(name, "the do_put command must name the table")

@@ -44,6 +44,7 @@ from lakehouse.server.flight.auth import (
     authorize,
     caller,
 )
+from lakehouse.server.flight.commands import session_tickets
 from lakehouse.server.flight.errors import flight_errors
 from lakehouse.server.flight.sources import FlightReadSource
 from lakehouse.server.flight.tickets import TicketSigner
@@ -141,16 +142,31 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
 
     # -- reads -------------------------------------------------------------------------------
 
+    def session_endpoints(
+        self, principal: str, session: str, streams: int, expires_ms: int
+    ) -> list[tuple[bytes, list[str]]]:
+        """The ticket and locations (URIs) of each stream of a session made on the gRPC port."""
+        uris = [location.uri.decode() for location in self.locations]
+        tickets = session_tickets(self._signer, principal, session, streams, expires_ms)
+        return [(ticket, uris) for ticket in tickets]
+
     def get_flight_info(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.FlightInfo:
-        """Plans a read: the schema, and one endpoint per stream with a signed ticket."""
+        """Plans a read: the schema, and one endpoint per stream with a signed ticket.
+
+        The command is a ReadRowsRequest (one stream) or a CreateReadSessionRequest packed in
+        an Any (a session, one endpoint per stream; see ``lakehouse.server.flight.commands``).
+        """
         with flight_errors():
             principal = caller(context)
-            command = _command(descriptor, "lakehouse.v1.ReadRowsRequest")
+            command = _command(descriptor)
             read = self._run(self._source.plan(principal, command))
             endpoints = [
-                flight.FlightEndpoint(self._signer.sign(principal.name, payload), self.locations)
+                flight.FlightEndpoint(
+                    self._signer.sign(principal.name, payload, expires_ms=read.expires_ms),
+                    self.locations,
+                )
                 for payload in read.streams
             ]
             return flight.FlightInfo(read.schema, descriptor, endpoints, -1, -1)
@@ -204,7 +220,7 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         """Appends each batch as one AppendRows request, acknowledged in ``app_metadata``."""
         with flight_errors():
             principal = caller(context)
-            request = parse_append_command(_command(descriptor, "lakehouse.v1.AppendRowsRequest"))
+            request = parse_append_command(_command(descriptor))
             authorize(principal, APPEND_METHOD, request, "do_put")
             stream = PutStream.open(request, reader.schema)
             acks: collections.deque[concurrent.futures.Future[Any]] = collections.deque()
@@ -262,7 +278,7 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         done.set()
 
 
-def _command(descriptor: flight.FlightDescriptor, message: str) -> bytes:
+def _command(descriptor: flight.FlightDescriptor) -> bytes:
     """The command of a command descriptor.
 
     Raises:
@@ -271,7 +287,8 @@ def _command(descriptor: flight.FlightDescriptor, message: str) -> bytes:
     if descriptor.descriptor_type != flight.DescriptorType.CMD:
         raise InvalidArgument.field(
             "descriptor",
-            f"must be a command: a serialized {message} (FlightDescriptor.for_command)",
+            "must be a command: a serialized request (FlightDescriptor.for_command; "
+            "docs/flight.md)",
             reason="MALFORMED_REQUEST",
         )
     return bytes(descriptor.command)

@@ -4,21 +4,22 @@ A :class:`FlightReadSource` turns a descriptor command into a plan (the schema a
 opaque payload per stream) and a payload back into record batches. Tickets wrap payloads:
 the server signs them and binds them to the caller, so a source never sees a forged one.
 
-Today's one source, :class:`ReadRowsSource`, plans a ``ReadRowsRequest`` with the core read
-of ``TableService.ReadRows`` (same selection, same validation errors) into one stream pinned
-to the snapshot planned, so ``do_get`` reads what ``get_flight_info`` described even if the
-table moved in between. A source of read sessions (many streams per plan) plugs in beside
-it: its payloads name a session and a stream index.
+:class:`ReadRowsSource` plans a ``ReadRowsRequest`` with the core read of
+``TableService.ReadRows`` (same selection, same validation errors) into one stream pinned to
+the snapshot planned, so ``do_get`` reads what ``get_flight_info`` described even if the
+table moved in between. Read sessions (many streams per plan) are the other source
+(``lakehouse.server.flight.sessions``); ``lakehouse.server.flight.commands`` tells which a
+command is for.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Protocol, TypeVar, cast
 
 import pyarrow as pa
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from lakehouse.core.reads import Reads, ReadStart
 from lakehouse.domain.errors import InvalidArgument
@@ -45,11 +46,14 @@ class ReadPlan:
         schema: The Arrow schema of every batch of every stream.
         streams: One opaque payload per stream (a ticket carries one).
         snapshot_id: The snapshot read (None: an empty table).
+        expires_ms: When its streams stop being readable (ms since the epoch); None: the
+            tickets' own TTL.
     """
 
     schema: pa.Schema
     streams: list[bytes]
     snapshot_id: int | None
+    expires_ms: int | None = None
 
 
 class FlightReadSource(Protocol):
@@ -79,20 +83,32 @@ class FlightReadSource(Protocol):
         ...
 
 
+M = TypeVar("M", bound=Message)
+
+
+def parse_command(kind: type[M], command: bytes) -> M:
+    """A descriptor command (or a ticket's payload) as a request of type ``kind``.
+
+    Raises:
+        InvalidArgument: On field ``descriptor.cmd``: bytes that are not one.
+    """
+    try:
+        return kind.FromString(command)
+    except DecodeError as exc:
+        raise InvalidArgument.field(
+            "descriptor.cmd",
+            f"is not a serialized {kind.DESCRIPTOR.full_name} ({exc})",
+            reason="MALFORMED_REQUEST",
+        ) from None
+
+
 def parse_read_command(command: bytes) -> pb.ReadRowsRequest:
     """A descriptor command as a ``ReadRowsRequest``.
 
     Raises:
         InvalidArgument: On field ``descriptor.cmd``: bytes that are not one.
     """
-    try:
-        return pb.ReadRowsRequest.FromString(command)
-    except DecodeError as exc:
-        raise InvalidArgument.field(
-            "descriptor.cmd",
-            f"is not a serialized lakehouse.v1.ReadRowsRequest ({exc})",
-            reason="MALFORMED_REQUEST",
-        ) from None
+    return parse_command(pb.ReadRowsRequest, command)
 
 
 def pinned(request: pb.ReadRowsRequest, start: ReadStart) -> pb.ReadRowsRequest:
@@ -144,7 +160,7 @@ class ReadRowsSource:
         # once, and a ticket key that leaked lets nobody read beyond their own grants.
         authorize(principal, READ_METHOD, request, "do_get")
         start, items = await self._start(request)
-        return start.schema, _batches(items)
+        return start.schema, batches_of(items)
 
     async def _start(
         self, request: pb.ReadRowsRequest
@@ -160,18 +176,24 @@ class ReadRowsSource:
                 budget_bytes=self._batch_bytes,
             ),
         )
-        try:
-            start = await anext(items)
-        except BaseException:
-            await items.aclose()
-            raise
-        assert isinstance(start, ReadStart)
-        return start, items
+        return await started(items), items
 
 
-async def _batches(
+async def started(items: AsyncGenerator[ReadStart | pa.RecordBatch, None]) -> ReadStart:
+    """The ``ReadStart`` a core read begins with; the read is closed if it fails first."""
+    try:
+        start = await anext(items)
+    except BaseException:
+        await items.aclose()
+        raise
+    assert isinstance(start, ReadStart)
+    return start
+
+
+async def batches_of(
     items: AsyncGenerator[ReadStart | pa.RecordBatch, None],
 ) -> AsyncGenerator[pa.RecordBatch, None]:
+    """The record batches of a started core read, which is closed when they end."""
     try:
         async for item in items:
             if isinstance(item, pa.RecordBatch):

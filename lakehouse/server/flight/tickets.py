@@ -4,22 +4,20 @@ A ticket is ``version || expiry (8 bytes, ms) || principal length (2) || princip
 || HMAC-SHA256(key, everything before)``. The payload is what the read source needs to
 stream (for today's reads, a ``ReadRowsRequest`` pinned to one snapshot); it is signed, not
 encrypted: a ticket names a table the caller was allowed to read when it was made, nothing
-secret. Every replica checks tickets with the same key (``auth.flight_ticket_secret``), so a
-ticket minted by one replica is redeemed by any.
+secret. Every replica checks tickets with the service's one signing key (``SigningKey``,
+derived for tickets), so a ticket minted by one replica is redeemed by any.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
-import secrets
 import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-log = logging.getLogger(__name__)
+from lakehouse.core.signing_key import SigningKey
 
 _VERSION = 1
 _HEADER = struct.Struct(">BQH")
@@ -48,38 +46,45 @@ class TicketContent:
     expires_ms: int
 
 
+#: What tickets are signed for (see ``SigningKey.for_purpose``).
+PURPOSE = "lakehouse flight ticket v1"
+
+
 class TicketSigner:
-    """Makes and checks tickets with one key.
+    """Makes and checks tickets with the service's signing key.
 
     Args:
-        secret: The signing key; None makes a random one for this process (tickets then
-            work only here, which is logged).
-        ttl_seconds: How long a new ticket is valid.
+        key: The service's signing key.
+        ttl_seconds: How long a new ticket is valid, unless ``sign`` is told otherwise.
         clock: Seconds since the epoch (tests move it forward).
     """
 
     def __init__(
         self,
-        secret: bytes | None,
+        key: SigningKey,
         ttl_seconds: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if secret is None:
-            secret = secrets.token_bytes(32)
-            log.warning(
-                "flight_ticket_secret is not set: Flight tickets are signed with a random key "
-                "and only this process accepts them"
-            )
-        self._key = secret
+        self._key = key
         self._ttl_ms = int(ttl_seconds * 1000)
         self._clock = clock
 
-    def sign(self, principal: str, payload: bytes) -> bytes:
-        """A ticket for ``payload``, redeemable by ``principal`` until the TTL has passed."""
+    def sign(self, principal: str, payload: bytes, *, expires_ms: int | None = None) -> bytes:
+        """A ticket for ``payload``, redeemable by ``principal`` until ``expires_ms``.
+
+        Args:
+            principal: The only caller who may redeem it.
+            payload: What the read source streams.
+            expires_ms: Its expiry (ms since the epoch); None: the TTL from now.
+
+        Raises:
+            Unavailable: The signing key is not loaded yet.
+        """
         name = principal.encode()
-        expires_ms = int(self._clock() * 1000) + self._ttl_ms
+        if expires_ms is None:
+            expires_ms = int(self._clock() * 1000) + self._ttl_ms
         body = _HEADER.pack(_VERSION, expires_ms, len(name)) + name + payload
-        return body + hmac.digest(self._key, body, "sha256")
+        return body + hmac.digest(self._key.for_purpose(PURPOSE), body, "sha256")
 
     def open(self, ticket: bytes, principal: str) -> TicketContent:
         """The content of a ticket ``principal`` may redeem now.
@@ -92,10 +97,12 @@ class TicketSigner:
         if len(ticket) < _HEADER.size + _MAC_BYTES:
             raise TicketError("not a lakehouse Flight ticket", "FLIGHT_TICKET_INVALID")
         body, mac = ticket[:-_MAC_BYTES], ticket[-_MAC_BYTES:]
-        if not hmac.compare_digest(mac, hmac.digest(self._key, body, "sha256")):
+        if not hmac.compare_digest(
+            mac, hmac.digest(self._key.for_purpose(PURPOSE), body, "sha256")
+        ):
             raise TicketError(
                 "the Flight ticket's signature does not verify (changed, or made with another "
-                "flight_ticket_secret)",
+                "signing key)",
                 "FLIGHT_TICKET_INVALID",
             )
         version, expires_ms, name_length = _HEADER.unpack_from(body)

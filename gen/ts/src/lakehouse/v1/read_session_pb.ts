@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file lakehouse/v1/read_session.proto.
  */
 export const file_lakehouse_v1_read_session: GenFile = /*@__PURE__*/
-  fileDesc("Ch9sYWtlaG91c2UvdjEvcmVhZF9zZXNzaW9uLnByb3RvEgxsYWtlaG91c2UudjEijgIKC1JlYWRTZXNzaW9uEgwKBG5hbWUYASABKAkSGAoLc25hcHNob3RfaWQYAiABKANIAIgBARIvCgxhcnJvd19zY2hlbWEYAyABKAsyGS5sYWtlaG91c2UudjEuQXJyb3dTY2hlbWESLwoLZXhwaXJlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhsKE2VzdGltYXRlZF9yb3dfY291bnQYBSABKAMSHQoVZXN0aW1hdGVkX3RvdGFsX2J5dGVzGAYgASgDEikKB3N0cmVhbXMYByADKAsyGC5sYWtlaG91c2UudjEuUmVhZFN0cmVhbUIOCgxfc25hcHNob3RfaWQiVwoKUmVhZFN0cmVhbRINCgVpbmRleBgBIAEoBRIbChNlc3RpbWF0ZWRfcm93X2NvdW50GAIgASgDEh0KFWVzdGltYXRlZF90b3RhbF9ieXRlcxgDIAEoA2IGcHJvdG8z", [file_google_protobuf_timestamp, file_lakehouse_v1_rows]);
+  fileDesc("Ch9sYWtlaG91c2UvdjEvcmVhZF9zZXNzaW9uLnByb3RvEgxsYWtlaG91c2UudjEijgIKC1JlYWRTZXNzaW9uEgwKBG5hbWUYASABKAkSGAoLc25hcHNob3RfaWQYAiABKANIAIgBARIvCgxhcnJvd19zY2hlbWEYAyABKAsyGS5sYWtlaG91c2UudjEuQXJyb3dTY2hlbWESLwoLZXhwaXJlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhsKE2VzdGltYXRlZF9yb3dfY291bnQYBSABKAMSHQoVZXN0aW1hdGVkX3RvdGFsX2J5dGVzGAYgASgDEikKB3N0cmVhbXMYByADKAsyGC5sYWtlaG91c2UudjEuUmVhZFN0cmVhbUIOCgxfc25hcHNob3RfaWQiiAEKClJlYWRTdHJlYW0SDQoFaW5kZXgYASABKAUSGwoTZXN0aW1hdGVkX3Jvd19jb3VudBgCIAEoAxIdChVlc3RpbWF0ZWRfdG90YWxfYnl0ZXMYAyABKAMSFQoNZmxpZ2h0X3RpY2tldBgEIAEoDBIYChBmbGlnaHRfbG9jYXRpb25zGAUgAygJYgZwcm90bzM", [file_google_protobuf_timestamp, file_lakehouse_v1_rows]);
 
 /**
  * ReadSession is a read planned once and pinned to one snapshot, split into streams that
@@ -114,6 +114,23 @@ export type ReadStream = Message<"lakehouse.v1.ReadStream"> & {
    * @generated from field: int64 estimated_total_bytes = 3;
    */
   estimatedTotalBytes: bigint;
+
+  /**
+   * The stream's Arrow Flight ticket, when the server has a Flight port: any Flight client
+   * reads the stream with do_get(ticket), with the credentials that created the session and
+   * until the session expires (docs/flight.md). Empty without a Flight port.
+   *
+   * @generated from field: bytes flight_ticket = 4;
+   */
+  flightTicket: Uint8Array;
+
+  /**
+   * Where to redeem flight_ticket (Flight URIs such as grpc+tls://host:8815); empty means the
+   * service's Flight port, on any replica.
+   *
+   * @generated from field: repeated string flight_locations = 5;
+   */
+  flightLocations: string[];
 };
 
 /**

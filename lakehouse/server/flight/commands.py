@@ -1,0 +1,97 @@
+"""Which read a Flight descriptor command asks for, and which source a ticket belongs to.
+
+A command is either a serialized ``lakehouse.v1.ReadRowsRequest`` (one stream), or a
+``google.protobuf.Any`` packing one of the supported requests (Flight SQL's convention):
+
+- ``type.googleapis.com/lakehouse.v1.ReadRowsRequest``: the same as the bare request;
+- ``type.googleapis.com/lakehouse.v1.CreateReadSessionRequest``: a read session, one endpoint
+  per stream.
+
+Telling them apart is unambiguous: a bare ``ReadRowsRequest`` read as an ``Any`` has its
+namespace as type URL, and no valid namespace holds a ``/``. Ticket payloads begin with one
+byte naming their source, so ``do_get`` hands each to the source that planned it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Final
+
+import pyarrow as pa
+from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
+
+from lakehouse.domain.errors import InvalidArgument
+from lakehouse.server.credentials import Principal
+from lakehouse.server.flight.sessions import stream_payload
+from lakehouse.server.flight.sources import FlightReadSource, ReadPlan
+from lakehouse.server.flight.tickets import TicketSigner
+
+_TYPE_PREFIX: Final = "type.googleapis.com/"
+READ_ROWS_TYPE: Final = _TYPE_PREFIX + "lakehouse.v1.ReadRowsRequest"
+CREATE_READ_SESSION_TYPE: Final = _TYPE_PREFIX + "lakehouse.v1.CreateReadSessionRequest"
+
+_READ_ROWS: Final = b"r"
+_SESSION: Final = b"s"
+
+
+def parse_command(command: bytes) -> tuple[bytes, bytes]:
+    """The source tag and the request bytes of a descriptor command.
+
+    Raises:
+        InvalidArgument: On field ``descriptor.cmd``: an ``Any`` of a type not supported.
+    """
+    try:
+        packed = any_pb2.Any.FromString(command)
+    except DecodeError:
+        return _READ_ROWS, command  # not an Any: a bare ReadRowsRequest, checked by its source
+    if packed.type_url == CREATE_READ_SESSION_TYPE:
+        return _SESSION, packed.value
+    if packed.type_url == READ_ROWS_TYPE:
+        return _READ_ROWS, packed.value
+    if packed.type_url.startswith(_TYPE_PREFIX):
+        raise InvalidArgument.field(
+            "descriptor.cmd",
+            f"packs {packed.type_url[len(_TYPE_PREFIX) :]!r}: the Flight port reads "
+            "lakehouse.v1.ReadRowsRequest or lakehouse.v1.CreateReadSessionRequest",
+            reason="MALFORMED_REQUEST",
+        )
+    return _READ_ROWS, command
+
+
+class CommandRouter:
+    """A :class:`FlightReadSource` over ReadRows reads and read sessions.
+
+    Args:
+        read_rows: The source of ``ReadRowsRequest`` commands.
+        sessions: The source of ``CreateReadSessionRequest`` commands.
+    """
+
+    def __init__(self, read_rows: FlightReadSource, sessions: FlightReadSource) -> None:
+        self._sources = {_READ_ROWS: read_rows, _SESSION: sessions}
+
+    async def plan(self, principal: Principal, command: bytes) -> ReadPlan:
+        """See :meth:`FlightReadSource.plan`."""
+        tag, body = parse_command(command)
+        plan = await self._sources[tag].plan(principal, body)
+        return replace(plan, streams=[tag + payload for payload in plan.streams])
+
+    async def open(
+        self, principal: Principal, payload: bytes
+    ) -> tuple[pa.Schema, AsyncIterator[pa.RecordBatch]]:
+        """See :meth:`FlightReadSource.open`."""
+        source = self._sources.get(payload[:1])
+        if source is None:  # signed by this service, so only an older release's ticket
+            raise InvalidArgument.field("ticket", "is not a ticket of this release: plan again")
+        return await source.open(principal, payload[1:])
+
+
+def session_tickets(
+    signer: TicketSigner, principal: str, session: str, streams: int, expires_ms: int
+) -> list[bytes]:
+    """The Flight tickets of a session's streams (as ``get_flight_info`` would make them)."""
+    return [
+        signer.sign(principal, _SESSION + stream_payload(session, i), expires_ms=expires_ms)
+        for i in range(streams)
+    ]

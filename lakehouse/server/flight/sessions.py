@@ -1,0 +1,102 @@
+"""Read sessions on the Flight port: one endpoint per stream, each read with ``do_get``.
+
+``get_flight_info`` on a ``CreateReadSessionRequest`` creates a session exactly as
+``TableService.CreateReadSession`` does (same rule, same validation, same cap on streams) and
+returns one endpoint per stream; a stream's payload names the session and the stream index,
+and ``do_get`` reads it with the core's ``read_stream``. The session name is itself signed
+and bound to its caller, so its checks (expiry, principal, stream index) apply again at
+``do_get``, on whichever replica the ticket is redeemed.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import cast
+
+import pyarrow as pa
+
+from lakehouse.core.read_sessions import ReadSessions
+from lakehouse.core.reads import ReadStart
+from lakehouse.domain.errors import InvalidArgument
+from lakehouse.server.credentials import Principal
+from lakehouse.server.flight.auth import READ_METHOD, authorize
+from lakehouse.server.flight.sources import (
+    FLIGHT_BATCH_BYTES,
+    ReadPlan,
+    batches_of,
+    parse_command,
+    started,
+)
+from lakehouse.services.convert import selection_from_proto
+from lakehouse.v1 import table_service_pb2 as pb
+
+#: The gRPC method whose permission rule creating a session on the Flight port follows.
+CREATE_SESSION_METHOD = "/lakehouse.v1.TableService/CreateReadSession"
+
+_INDEX = struct.Struct(">I")
+
+
+def stream_payload(session: str, stream: int) -> bytes:
+    """What a session stream's ticket carries: the stream index, then the session name."""
+    return _INDEX.pack(stream) + session.encode("ascii")
+
+
+def _parse_stream_payload(payload: bytes) -> tuple[str, int]:
+    if len(payload) <= _INDEX.size:
+        raise InvalidArgument.field(
+            "ticket", "is not a read-session stream", reason="MALFORMED_REQUEST"
+        )
+    (stream,) = _INDEX.unpack_from(payload)
+    try:
+        return payload[_INDEX.size :].decode("ascii"), stream
+    except UnicodeDecodeError:
+        raise InvalidArgument.field(
+            "ticket", "is not a read-session stream", reason="MALFORMED_REQUEST"
+        ) from None
+
+
+class ReadSessionSource:
+    """Plans read sessions (one stream per endpoint) and streams one session stream.
+
+    Args:
+        sessions: The core read-session use case.
+        batch_bytes: Target size of one batch.
+    """
+
+    def __init__(self, sessions: ReadSessions, batch_bytes: int = FLIGHT_BATCH_BYTES) -> None:
+        self._sessions = sessions
+        self._batch_bytes = batch_bytes
+
+    async def plan(self, principal: Principal, command: bytes) -> ReadPlan:
+        """See :meth:`FlightReadSource.plan`; ``command`` is a ``CreateReadSessionRequest``."""
+        request = parse_command(pb.CreateReadSessionRequest, command)
+        authorize(principal, CREATE_SESSION_METHOD, request, "get_flight_info")
+        session = await self._sessions.create(
+            request.namespace,
+            request.table,
+            selection_from_proto(request),
+            max_streams=request.max_streams,
+            principal=principal.name,
+        )
+        streams = [stream_payload(session.name, i) for i in range(len(session.streams))]
+        return ReadPlan(session.schema, streams, session.snapshot_id, session.expire_ms)
+
+    async def open(
+        self, principal: Principal, payload: bytes
+    ) -> tuple[pa.Schema, AsyncIterator[pa.RecordBatch]]:
+        """See :meth:`FlightReadSource.open`; ``payload`` names a session and a stream."""
+        session, stream = _parse_stream_payload(payload)
+        claims = self._sessions.claims(principal.name, session, stream)
+        # The table's read rule, checked now: a role or grant withdrawn since the session was
+        # created applies at once (as ReadRows(read_session) on the gRPC port).
+        target = pb.ReadRowsRequest(namespace=claims.namespace, table=claims.table)
+        authorize(principal, READ_METHOD, target, "do_get")
+        items = cast(
+            AsyncGenerator[ReadStart | pa.RecordBatch, None],
+            self._sessions.read_stream(
+                principal.name, session, stream, budget_bytes=self._batch_bytes
+            ),
+        )
+        start = await started(items)
+        return start.schema, batches_of(items)
