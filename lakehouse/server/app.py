@@ -70,6 +70,9 @@ from lakehouse.v1 import (
 )
 
 log = logging.getLogger(__name__)
+#: How long shutdown turns new calls away before the transport stops (see ``stop``): long
+#: enough for clients in a loop of calls to get their answer and go elsewhere.
+REFUSE_BEFORE_STOP_SECONDS = 0.2
 
 
 def _version() -> str:
@@ -153,6 +156,7 @@ class LakehouseServer:
         )
         self._served = served
         self._grpc: grpc.aio.Server | None = None
+        self._observability: ObservabilityInterceptor | None = None
         self._http: web.AppRunner | None = None
         self.tls = ServerTls(settings.tls)
         self._auth_keys = AuthKeys(settings.auth)  # a bad key file stops the start here
@@ -169,13 +173,14 @@ class LakehouseServer:
         configure_tracing(self.settings.tracing)
         metrics.BUILD_INFO.labels(_version()).set(1)
         spans = tracing_enabled(self.settings.tracing)
+        self._observability = ObservabilityInterceptor(
+            CallDeadlines.from_settings(self.settings),
+            max_concurrent_calls=self.settings.max_concurrent_calls,
+            span_trace_ids=spans,
+            log_probes=self.settings.access_log_probes,
+        )
         layers: list[MethodInterceptor] = [
-            ObservabilityInterceptor(
-                CallDeadlines.from_settings(self.settings),
-                max_concurrent_calls=self.settings.max_concurrent_calls,
-                span_trace_ids=spans,
-                log_probes=self.settings.access_log_probes,
-            ),
+            self._observability,
             # Inside observability: refusals are metered, logged and mapped like any error.
             AuthInterceptor(self.authenticator, self.settings.auth, jobs=self.job_runtime.jobs),
         ]
@@ -299,6 +304,12 @@ class LakehouseServer:
         log.info("shutting down", extra={"grace_seconds": grace})
         if self.settings.shutdown_drain_seconds and self._grpc is not None:
             await asyncio.sleep(self.settings.shutdown_drain_seconds)
+        if self._observability is not None and self._grpc is not None:
+            # Turn new calls away (UNAVAILABLE, SHUTTING_DOWN) a moment before the transport
+            # stops: its stop cancels calls not yet handed to a handler, and CANCELLED is an
+            # answer clients do not retry elsewhere.
+            self._observability.refuse_new_calls()
+            await asyncio.sleep(REFUSE_BEFORE_STOP_SECONDS)
         # One grace period for everything: running jobs are asked to stop (and go back to the
         # queue) while in-flight calls finish, and ingest gets what is left of it.
         deadline = asyncio.get_running_loop().time() + grace

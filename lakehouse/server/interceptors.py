@@ -32,7 +32,12 @@ from opentelemetry import trace
 
 from lakehouse.core.caller import set_current_principal
 from lakehouse.core.survival import EscapedError
-from lakehouse.domain.errors import InvalidArgument, LakehouseError, ResourceExhausted
+from lakehouse.domain.errors import (
+    InvalidArgument,
+    LakehouseError,
+    ResourceExhausted,
+    Unavailable,
+)
 from lakehouse.domain.status import RpcFailure, failure_for, internal_failure, simple_failure
 from lakehouse.logs import direct_handler
 from lakehouse.server import metrics
@@ -505,6 +510,18 @@ class ObservabilityInterceptor(MethodInterceptor):
         self._max_calls = max_concurrent_calls
         self._calls = 0
         self._span_trace_ids = span_trace_ids
+        self._closing = False
+
+    def refuse_new_calls(self) -> None:
+        """Ends every new call (health and reflection aside) at once: UNAVAILABLE.
+
+        The answer has reason ``SHUTTING_DOWN`` and a ``RetryInfo``. Shutdown calls it after
+        the drain, a moment before the transport stops: gRPC's stop cancels calls that arrived
+        but had not reached a handler yet (``CANCELLED``, which clients do not retry), so
+        clients still sending here are turned away first with an answer they retry elsewhere,
+        and few calls are left arriving when the port closes.
+        """
+        self._closing = True
 
     def wrap_method(self, method: str, handler: Handler) -> Handler:
         """Wraps the handler's behavior, keeping its (de)serializers."""
@@ -532,9 +549,18 @@ class ObservabilityInterceptor(MethodInterceptor):
         """Counts the call against the process-wide bound; False when it is not counted.
 
         Raises:
+            Unavailable: The server is shutting down (reason ``SHUTTING_DOWN``).
             ResourceExhausted: The bound is reached (reason ``SERVER_OVERLOADED``).
         """
-        if not self._max_calls or not info.limited:
+        if not info.limited:
+            return False
+        if self._closing:
+            raise Unavailable(
+                "the server is shutting down; retry on another replica",
+                reason="SHUTTING_DOWN",
+                retry_after_seconds=SHUTDOWN_RETRY_SECONDS,
+            )
+        if not self._max_calls:
             return False
         if self._calls >= self._max_calls:
             raise ResourceExhausted(
@@ -757,6 +783,8 @@ class _NoLimit:
 
 
 _NO_LIMIT = _NoLimit()
+#: What ``SHUTTING_DOWN``'s ``RetryInfo`` asks: another replica answers at once, this one never.
+SHUTDOWN_RETRY_SECONDS = 0.1
 #: What ``SERVER_OVERLOADED``'s ``RetryInfo`` asks: calls here last milliseconds to seconds.
 OVERLOAD_RETRY_SECONDS = 0.5
 

@@ -468,3 +468,39 @@ def json_rows(count: int) -> rows_pb2.JsonRows:
     for i in range(count):
         rows.rows.add().update({"id": i})
     return rows
+
+
+async def test_calls_arriving_as_the_server_stops_are_turned_away_not_cancelled(
+    local_settings: Settings,
+) -> None:
+    """After the drain, new calls get UNAVAILABLE (SHUTTING_DOWN, with RetryInfo) before the
+    transport stops, so clients calling in a loop turn elsewhere instead of having a call
+    cancelled by gRPC's stop (CANCELLED, which clients do not retry)."""
+    settings = local_settings.model_copy(update={"shutdown_drain_seconds": 0.3})
+    server = LakehouseServer(settings)
+    await server.start()
+    codes: list[grpc.StatusCode] = []
+    refusals: list[Any] = []
+    async with grpc.aio.insecure_channel(f"{LOOPBACK}:{server.grpc_port}") as channel:
+        tables = table_service_pb2_grpc.TableServiceStub(channel)
+        await tables.CreateNamespace(tpb.CreateNamespaceRequest(name="stopping"))
+
+        async def caller() -> None:
+            # As a client of several replicas: calls until its first refusal, then leaves.
+            while True:
+                try:
+                    await tables.GetNamespace(tpb.GetNamespaceRequest(name="stopping"))
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.aio.AioRpcError as exc:
+                    codes.append(exc.code())
+                    refusals.append(rpc_error_details(exc))
+                    return
+
+        callers = [asyncio.ensure_future(caller()) for _ in range(8)]
+        await asyncio.sleep(0.1)
+        await server.stop(1.0)
+        await asyncio.wait_for(asyncio.gather(*callers), 10)
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, codes
+    shutting_down = [r for r in refusals if r.reason == "SHUTTING_DOWN"]
+    assert shutting_down, [(r.code, r.reason, r.message) for r in refusals]
+    assert all(r.retry_delay_seconds for r in shutting_down)
