@@ -8,6 +8,7 @@ look at it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from pyiceberg.expressions import AlwaysTrue
@@ -21,10 +22,41 @@ from pyiceberg.table import Table, Transaction
 from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.refs import MAIN_BRANCH
 from pyiceberg.table.snapshots import Operation, Summary
-from pyiceberg.table.update import TableRequirement, TableUpdate
+from pyiceberg.table.update import (
+    TableRequirement,
+    TableUpdate,
+    _apply_table_update,
+    _TableMetadataUpdateContext,
+)
 from pyiceberg.table.update.snapshot import CommitWindow, _OverwriteFiles
 from pyiceberg.typedef import EMPTY_DICT, KeyDefaultDict
 from pyiceberg.utils.concurrent import ExecutorFactory
+from pyiceberg.utils.datetime import datetime_to_millis
+
+
+def updated_metadata(base: TableMetadata, updates: tuple[TableUpdate, ...]) -> TableMetadata:
+    """``update_table_metadata(base, updates)`` without its closing deep copy.
+
+    pyiceberg 0.12 ends every metadata update with ``model_copy(deep=True)`` of the result,
+    which copies every snapshot, schema and log entry of the table: on a table of 1,000
+    snapshots a group commit of 32x100 rows spent ~1.0 s of its ~1.4 s of CPU in these copies
+    (yappi, CPU clock). The metadata models are frozen and each update builds new
+    containers (``base.snapshots + [snapshot]``), so the result may share what it did not
+    change with ``base``. The private parts are ``_apply_table_update`` and
+    ``_TableMetadataUpdateContext``; the contract test checks the result equals pyiceberg's.
+    """
+    if not updates:
+        return base
+    context = _TableMetadataUpdateContext()
+    metadata = base
+    for update in updates:
+        metadata = _apply_table_update(update, metadata, context)
+    if context.has_changes() and base.last_updated_ms == metadata.last_updated_ms:
+        now = datetime_to_millis(datetime.now().astimezone())
+        metadata = metadata.model_copy(update={"last_updated_ms": now})
+    metadata.spec().check_compatible(metadata.schema())
+    metadata.sort_order().check_compatible(metadata.schema())
+    return metadata
 
 
 class _MemoizedTransaction(Transaction):
@@ -37,7 +69,7 @@ class _MemoizedTransaction(Transaction):
     work and grow with the table's history (70 overwrites of one table: 0.08 s to 0.19 s each;
     the copies were half the commit's CPU). The metadata models are frozen, so one result is
     shared until an update is staged (``_apply`` replaces the ``_updates`` tuple) or the table
-    is refreshed.
+    is refreshed; and it is computed without pyiceberg's closing deep copy (``updated_metadata``).
     """
 
     _memo: tuple[TableMetadata, tuple[TableUpdate, ...], TableMetadata] | None = None
@@ -48,7 +80,7 @@ class _MemoizedTransaction(Transaction):
         memo = self._memo
         if memo is not None and memo[0] is base and memo[1] is updates:
             return memo[2]
-        metadata = super().table_metadata
+        metadata = updated_metadata(base, updates)
         self._memo = (base, updates, metadata)
         return metadata
 
