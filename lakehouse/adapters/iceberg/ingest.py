@@ -61,6 +61,7 @@ from lakehouse.adapters.pyiceberg_private.writes import (
 from lakehouse.domain.errors import FailedPrecondition, Unavailable
 from lakehouse.domain.ingest import (
     HANDED_FILES_REFUSED,
+    WRITERS_SUMMARY_KEY,
     AppendOutcome,
     AppendPlan,
     IngestState,
@@ -70,7 +71,7 @@ from lakehouse.domain.ingest import (
 )
 from lakehouse.domain.row_changes import ChangeStats
 
-WRITERS_KEY = "lakehouse.writers"
+WRITERS_KEY = WRITERS_SUMMARY_KEY
 COMMIT_WRITERS_KEY = "lakehouse.commit-writers"
 REQUEST_IDS_KEY = "lakehouse.request-ids"
 BATCHES_KEY = "lakehouse.ingest-batches"
