@@ -236,6 +236,12 @@ class JobsSettings(_Section):
     scheduler_interval_seconds: float = Field(default=60.0, ge=0, le=86400)
     """How often table maintenance policies are checked and their jobs enqueued; 0 turns the
     scheduler off."""
+    ingest_keep_snapshots: int = Field(default=100, ge=0, le=1_000_000)
+    """Snapshots kept of a table under ingest (its newest snapshot was committed by
+    WriteRows or AppendRows) that sets no ``history.expire.*`` property of its own: the
+    scheduler expires the older ones, so that commits do not slow down as snapshots pile
+    up. Between two scheduler passes a table may gain more (up to its commits per
+    ``scheduler_interval_seconds``). 0 turns this default off."""
     retention_days: float = Field(default=30.0, ge=0, le=3650)
     """Finished jobs are deleted this long after they ended (by the scheduler); 0 keeps them."""
     duckdb_memory_limit_mb: int = Field(default=1024, ge=64, le=1024 * 1024)

@@ -14,6 +14,12 @@ and the scheduler in every server process turns them into jobs:
 | ``lakehouse.orphans.min-file-age-ms`` | remove orphan files older than this |
 | ``lakehouse.orphans.interval-ms`` | how often to look for orphans (default: a day) |
 
+A table under ingest (its newest snapshot was committed by the ingest path) that sets neither
+``history.expire`` property keeps its newest ``jobs.ingest_keep_snapshots`` snapshots (100 by
+default): a commit's cost grows with the snapshot count (its metadata, rewritten per commit),
+and an ingest table gains several per second. Expiry keeps exactly-once: the request ids of
+the snapshots it removes are copied to the request-id ledger first.
+
 Replicas all run the scheduler; the job store admits one queued-or-running scheduled job per
 table and kind, so they never pile up duplicates. Each pass also deletes finished jobs past
 their retention and request ids past the ingest request-id window.
@@ -43,7 +49,7 @@ from lakehouse.domain.compaction import (
     small_file_bytes,
 )
 from lakehouse.domain.errors import LakehouseError
-from lakehouse.domain.ingest import RequestIdLedger
+from lakehouse.domain.ingest import WRITERS_SUMMARY_KEY, RequestIdLedger
 from lakehouse.domain.jobs import KIND_REMOVE_ORPHAN_FILES
 from lakehouse.domain.tables import TableInfo
 
@@ -105,7 +111,9 @@ class MaintenanceScheduler:
         retention_seconds: float = 0.0,
         request_ids: RequestIdLedger | None = None,
         request_id_window_seconds: float = 0.0,
+        ingest_keep_snapshots: int = 0,
     ) -> None:
+        self._ingest_keep = ingest_keep_snapshots
         self._request_ids = request_ids
         self._request_id_window_seconds = request_id_window_seconds
         self._catalog = catalog
@@ -187,9 +195,6 @@ class MaintenanceScheduler:
 
     async def _check_table(self, namespace: str, name: str) -> list[str]:
         info = await self._catalog.load_table(namespace, name)
-        props = info.properties
-        if not any(key in props for key in POLICY_PROPERTIES):
-            return []
         specs: list[js.JobSpec] = []
         expire = await self._expire_spec(info)
         if expire is not None:
@@ -221,7 +226,7 @@ class MaintenanceScheduler:
         max_age = _int_property(props, EXPIRE_MAX_AGE)
         keep = _int_property(props, EXPIRE_KEEP)
         if max_age is None and keep is None:
-            return None
+            return await self._ingest_expire_spec(info)
         max_age = _DEFAULT_MAX_AGE_MS if max_age is None else max_age
         keep = max(_DEFAULT_KEEP if keep is None else keep, 1)
         if info.stats.snapshot_count <= keep:
@@ -236,6 +241,24 @@ class MaintenanceScheduler:
                 namespace=info.namespace,
                 table=info.name,
                 max_snapshot_age=_duration_ms(max_age),
+                retain_last=keep,
+            )
+        )
+
+    async def _ingest_expire_spec(self, info: TableInfo) -> js.JobSpec | None:
+        """Keeps the newest ``ingest_keep_snapshots`` of a table under ingest, of any age."""
+        keep = self._ingest_keep
+        if keep <= 0 or info.stats.snapshot_count <= keep:
+            return None
+        snapshots = await self._catalog.list_snapshots(info.namespace, info.name)
+        newest = max(snapshots, key=lambda s: s.timestamp_ms, default=None)
+        if newest is None or WRITERS_SUMMARY_KEY not in newest.summary:
+            return None
+        return js.JobSpec(
+            js.ExpireSnapshotsSpec(
+                namespace=info.namespace,
+                table=info.name,
+                max_snapshot_age=_duration_ms(0),
                 retain_last=keep,
             )
         )

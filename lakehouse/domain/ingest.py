@@ -13,6 +13,10 @@ from pyiceberg.table import Table as IcebergTable
 from lakehouse.domain.errors import LakehouseError, Unavailable
 from lakehouse.domain.row_changes import ChangeStats
 
+#: The snapshot summary key every ingest commit writes (the writers' offsets): a snapshot
+#: that has it was committed by the ingest path.
+WRITERS_SUMMARY_KEY = "lakehouse.writers"
+
 
 @dataclass(frozen=True)
 class RecordedRequest:

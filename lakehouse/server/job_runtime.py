@@ -152,6 +152,7 @@ class JobRuntime:
                 retention_seconds=settings.jobs.retention_days * 86400,
                 request_ids=self.request_ids,
                 request_id_window_seconds=window,
+                ingest_keep_snapshots=settings.jobs.ingest_keep_snapshots,
             )
             if scheduler
             else None

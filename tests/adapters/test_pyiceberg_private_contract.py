@@ -23,7 +23,12 @@ from pyiceberg.table.update import update_table_metadata
 from pyiceberg.types import LongType, NestedField, StringType
 
 from fixtures.iceberg import direct_catalog
-from lakehouse.adapters.pyiceberg_private.commits import is_stale_sequence_number, transaction
+from lakehouse.adapters.pyiceberg_private.commits import (
+    cheap_commits,
+    is_stale_sequence_number,
+    transaction,
+    updated_metadata,
+)
 from lakehouse.adapters.pyiceberg_private.writes import check_arrow_schema_fits, transaction_io
 
 SCHEMA = Schema(
@@ -119,6 +124,66 @@ def test_a_memoized_transaction_sees_every_staged_change_and_commits_as_pyiceber
     assert committed.properties["owner"] == "contract"
     assert sorted(committed.scan().to_arrow().column("id").to_pylist()) == [1, 2]
     assert len(committed.snapshots()) == 2
+
+
+def test_updated_metadata_is_pyiceberg_update_without_the_deep_copy(catalog: Catalog) -> None:
+    """``_apply_table_update`` and ``_TableMetadataUpdateContext``: the updates of an append
+    (a snapshot, the branch moved) give pyiceberg's metadata, sharing the snapshots it kept
+    with the base and leaving the base as it was."""
+    table = catalog.create_table(("contract", "updated"), SCHEMA)
+    table.append(pa.table({"id": [1], "name": ["a"]}, schema=ROWS_SCHEMA))
+    table = catalog.load_table(("contract", "updated"))
+    base = table.metadata
+    assert updated_metadata(base, ()) is base
+    tx = Transaction(table)
+    with tx.update_snapshot().fast_append() as append:
+        for data_file in _data_files(
+            table, pa.table({"id": [2], "name": ["b"]}, schema=ROWS_SCHEMA)
+        ):
+            append.append_data_file(data_file)
+    updates = tx._updates
+    assert updates, "the append staged no update"
+    ours = updated_metadata(base, updates)
+    expected = update_table_metadata(base, updates)
+    assert ours.model_copy(update={"last_updated_ms": 0}) == expected.model_copy(
+        update={"last_updated_ms": 0}
+    )
+    assert len(ours.snapshots) == 2 and ours.snapshots[0] is base.snapshots[0]
+    assert len(base.snapshots) == 1 and base == catalog.load_table(("contract", "updated")).metadata
+
+
+def test_cheap_commits_stage_what_pyiceberg_stages(catalog: Catalog) -> None:
+    """``MetastoreCatalog._update_and_stage_table(current, identifier, requirements,
+    updates)``, ``_parse_metadata_version`` and ``_load_file_io``: an existing table's commit
+    is staged as pyiceberg stages it (metadata log, next version's location), and commits
+    through the catalog land; a new table is still created by pyiceberg's own code."""
+    identifier = ("contract", "cheap")
+    original = type(catalog)._update_and_stage_table.__get__(catalog)
+    cheap_commits(catalog)
+    table = catalog.create_table(identifier, SCHEMA)
+    table.append(pa.table({"id": [1], "name": ["a"]}, schema=ROWS_SCHEMA))
+    table = catalog.load_table(identifier)
+    tx = Transaction(table)
+    tx.set_properties(owner="contract")
+    with tx.update_snapshot().fast_append() as append:
+        for data_file in _data_files(
+            table, pa.table({"id": [2], "name": ["b"]}, schema=ROWS_SCHEMA)
+        ):
+            append.append_data_file(data_file)
+    staged = catalog._update_and_stage_table(table, identifier, tx._requirements, tx._updates)  # type: ignore[attr-defined]
+    expected = original(table, identifier, tx._requirements, tx._updates)
+    version = expected.metadata_location.rsplit("/", 1)[1].split("-")[0]  # "00002"
+    assert staged.metadata_location.rsplit("/", 1)[1].startswith(f"{version}-")
+    assert staged.metadata.model_copy(update={"last_updated_ms": 0}) == (
+        expected.metadata.model_copy(update={"last_updated_ms": 0})
+    )
+    assert staged.metadata.metadata_log[-1].metadata_file == table.metadata_location
+
+    tx.commit_transaction()
+    committed = catalog.load_table(identifier)
+    assert committed.properties["owner"] == "contract"
+    assert sorted(committed.scan().to_arrow().column("id").to_pylist()) == [1, 2]
+    assert committed.metadata_location.rsplit("/", 1)[1].startswith(f"{version}-")
 
 
 def _data_files(table: Any, data: pa.Table) -> list[Any]:

@@ -349,3 +349,33 @@ async def test_an_id_rolled_back_with_its_rows_is_written_again_after_expiry(
         assert table_ids(backend) == [0, 10, 11, 20]
     finally:
         await r.close()
+
+
+async def test_ingest_commits_merge_manifests_once_a_table_has_enough(
+    replica: Replica, backend: Any
+) -> None:
+    """Each commit adds a manifest: past ``commit.manifest.min-count-to-merge`` they are merged
+    into one, so the manifest list stays short; every row is still there once, and every
+    commit is an append (a change feed reads it as inserts)."""
+    table = direct_catalog(backend).load_table(("ing", "t"))
+    with table.transaction() as tx:
+        tx.set_properties({"commit.manifest.min-count-to-merge": "3"})
+    for i in range(8):
+        await replica.ingest.write("ing", "t", rows(i * 10, 2))
+    table = table.refresh()
+    assert len(table.snapshots()) == 8
+    assert all(
+        s.summary is not None and s.summary.operation.value == "append" for s in table.snapshots()
+    )
+    assert len(table.current_snapshot().manifests(table.io)) < 3
+    assert table_ids(backend) == sorted(i * 10 + k for i in range(8) for k in range(2))
+    # The change log of every commit, merging ones included, is its own two rows inserted.
+    from pyiceberg.expressions import AlwaysTrue
+
+    from lakehouse.adapters.iceberg.changes_scan import changelog_batches
+
+    for i, snapshot in enumerate(table.snapshots()):
+        log = pa.Table.from_batches(
+            list(changelog_batches(table, [snapshot], AlwaysTrue(), table.schema()))
+        )
+        assert sorted(log.column("id").to_pylist()) == [i * 10, i * 10 + 1]

@@ -19,7 +19,8 @@ import pytest_asyncio
 
 from fixtures.iceberg import direct_catalog
 from fixtures.net import LOOPBACK
-from lakehouse.v1 import job_pb2, job_service_pb2_grpc
+from lakehouse.client.arrow import write_rows_request
+from lakehouse.v1 import ingest_service_pb2_grpc, job_pb2, job_service_pb2_grpc
 from lakehouse.v1 import job_service_pb2 as jpb
 
 NS = "policies"
@@ -32,7 +33,9 @@ SCHEDULER_INTERVAL = 0.3
 async def scheduled_server(backend: Any) -> AsyncIterator[Any]:
     from lakehouse.server.app import LakehouseServer
 
-    jobs = backend.jobs.model_copy(update={"scheduler_interval_seconds": SCHEDULER_INTERVAL})
+    jobs = backend.jobs.model_copy(
+        update={"scheduler_interval_seconds": SCHEDULER_INTERVAL, "ingest_keep_snapshots": KEEP}
+    )
     server = LakehouseServer(backend.model_copy(update={"jobs": jobs}))
     await server.start()
     try:
@@ -158,6 +161,32 @@ async def test_tables_without_a_policy_are_left_alone(backend: Any, scheduled_se
     await asyncio.sleep(SCHEDULER_INTERVAL * 4)
     assert len(table.refresh().metadata.snapshots) == 6
     assert len(list(table.refresh().scan().plan_files())) == 6
+
+
+@pytest.mark.parametrize("backend", ["local", "postgres_s3"], indirect=True)
+async def test_a_table_under_ingest_keeps_its_newest_snapshots_by_default(
+    backend: Any, scheduled_server: Any
+) -> None:
+    """No policy of its own: the ingest default (``jobs.ingest_keep_snapshots``) bounds its
+    snapshots, and a retry of a request whose snapshot expired is still not written twice."""
+    table = _table(backend, "ingested", {})
+    async with grpc.aio.insecure_channel(f"{LOOPBACK}:{scheduled_server.grpc_port}") as ch:
+        stub = ingest_service_pb2_grpc.IngestServiceStub(ch)
+        most = 0
+        for i in range(COMMITS):
+            data = pa.table({"id": pa.array([i], pa.int64())})
+            await stub.WriteRows(write_rows_request(NS, "ingested", data, request_id=f"r{i}"))
+            most = max(most, len(table.refresh().metadata.snapshots))
+            await asyncio.sleep(0.1)
+        # Bounded throughout (see the trickle test for the slack); without it, 30.
+        assert most <= KEEP + 17, most
+        await _wait_for(lambda: len(table.refresh().metadata.snapshots) <= KEEP)
+        first = write_rows_request(
+            NS, "ingested", pa.table({"id": pa.array([0], pa.int64())}), request_id="r0"
+        )
+        again = await stub.WriteRows(first)
+    assert again.result.already_written
+    assert sorted(table.refresh().scan().to_arrow()["id"].to_pylist()) == list(range(COMMITS))
 
 
 async def _jobs_of(server: Any, table: str, kind: int) -> list[job_pb2.Job]:

@@ -103,7 +103,7 @@ from lakehouse.adapters.iceberg.snapshot_refs import (
     write_head,
 )
 from lakehouse.adapters.iceberg.updates import apply_changes
-from lakehouse.adapters.pyiceberg_private.commits import add_commit_requirements
+from lakehouse.adapters.pyiceberg_private.commits import add_commit_requirements, cheap_commits
 from lakehouse.adapters.pyiceberg_private.io import confine_catalog_io, service_file_io
 from lakehouse.adapters.resilience import CATALOG, OBJECT_STORE, CircuitBreaker, Resilience
 from lakehouse.blocking import BlockingPool
@@ -236,8 +236,12 @@ class IcebergCatalog:
             if self._catalog is None:
                 if self._settings.catalog.type == "sql" and self._settings.catalog.uri is None:
                     self._settings.data_dir.mkdir(parents=True, exist_ok=True)
-                self._catalog = confine_catalog_io(
-                    load_catalog(self._settings.catalog.name, **catalog_properties(self._settings))
+                self._catalog = cheap_commits(
+                    confine_catalog_io(
+                        load_catalog(
+                            self._settings.catalog.name, **catalog_properties(self._settings)
+                        )
+                    )
                 )
             return self._catalog
 

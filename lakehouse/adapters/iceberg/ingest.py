@@ -42,6 +42,7 @@ import pyarrow as pa
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table as IcebergTable
+from pyiceberg.table import TableProperties
 from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.refs import MAIN_BRANCH, SnapshotRefType
 from pyiceberg.table.snapshots import Snapshot
@@ -61,6 +62,7 @@ from lakehouse.adapters.pyiceberg_private.writes import (
 from lakehouse.domain.errors import FailedPrecondition, Unavailable
 from lakehouse.domain.ingest import (
     HANDED_FILES_REFUSED,
+    WRITERS_SUMMARY_KEY,
     AppendOutcome,
     AppendPlan,
     IngestState,
@@ -70,7 +72,7 @@ from lakehouse.domain.ingest import (
 )
 from lakehouse.domain.row_changes import ChangeStats
 
-WRITERS_KEY = "lakehouse.writers"
+WRITERS_KEY = WRITERS_SUMMARY_KEY
 COMMIT_WRITERS_KEY = "lakehouse.commit-writers"
 REQUEST_IDS_KEY = "lakehouse.request-ids"
 BATCHES_KEY = "lakehouse.ingest-batches"
@@ -278,6 +280,10 @@ def _without_commit_retries(table: IcebergTable, data: pa.Table) -> IcebergTable
     # sized by bytes for ``data`` (see paged_by_bytes).
     paged = writable_table(table)
     metadata = paged_by_bytes(paged.metadata, data)
+    if TableProperties.MANIFEST_MERGE_ENABLED not in metadata.properties:
+        # Ingest commits merge manifests (see _append_or_discard) unless the table says not to.
+        merging = {**metadata.properties, TableProperties.MANIFEST_MERGE_ENABLED: "true"}
+        metadata = metadata.model_copy(update={"properties": merging})
     return without_commit_retries(
         IcebergTable(
             table.name(),
@@ -319,7 +325,13 @@ def _append_or_discard(
     transaction = memoized_transaction(writable)
     written: list[DataFile] = []
     update = transaction.update_snapshot(snapshot_properties=properties, branch=branch)
-    with update.fast_append() as append:
+    # A merge append: each commit adds a manifest, and expiry removes none, so the manifest
+    # list every commit reads and rewrites would grow with the commits since the last
+    # compaction (1,000 manifests: ~half of a group commit's CPU). Once a table has
+    # ``commit.manifest.min-count-to-merge`` (100) of them, pyiceberg merges them into one,
+    # as Iceberg's Java appends do; ``commit.manifest-merge.enabled=false`` on a table keeps
+    # pyiceberg's fast append.
+    with update.merge_append() as append:
         if data.num_rows:
             for data_file in write_data_files(
                 metadata, data, table.io, append.commit_uuid, itertools.count(0)
