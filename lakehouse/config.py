@@ -367,8 +367,9 @@ class ReadSessionSettings(_Section):
 
     ttl_seconds: int = Field(default=3600, ge=10, le=7 * 24 * 3600)
     """How long a session's streams can be read; later, FAILED_PRECONDITION (reason
-    ``READ_SESSION_EXPIRED``). Keep it below the tables' snapshot retention: a stream whose
-    pinned snapshot was expired meanwhile fails (``SNAPSHOT_EXPIRED``)."""
+    ``READ_SESSION_EXPIRED``). A stream whose pinned snapshot maintenance expired meanwhile
+    fails sooner (``SNAPSHOT_EXPIRED``): on a table under ingest with no snapshot policy of
+    its own, only the newest ``jobs.ingest_keep_snapshots`` are kept."""
     max_streams: int = Field(default=16, ge=1, le=1000)
     """The most streams one session is split into, whatever the client asks."""
 

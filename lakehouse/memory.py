@@ -18,6 +18,7 @@ import ctypes.util
 import functools
 import logging
 import os
+import time
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,11 @@ def _malloc_trim() -> Callable[[int], int] | None:
     return trim
 
 
-def release_free_memory() -> bool:
-    """Gives the free pages inside the C heap back to the system; returns whether it could.
+_last_release = 0.0
+
+
+def release_free_memory(*, at_most_every: float = 0.0) -> bool:
+    """Gives the free pages inside the C heap back to the system; returns whether it did.
 
     Blocks below the mmap threshold (Parquet pages, string offsets, gRPC's receive slices)
     come from the heap, and glibc returns only the free space at its top: the free chunks in
@@ -70,9 +74,18 @@ def release_free_memory() -> bool:
     they were 120-150 MiB of the RSS of one ingest stream (``ingest_peak_rss_mb``). Costs a
     walk of the heaps' free lists (about a millisecond); call it from a worker thread, after
     a large batch of memory was freed.
+
+    The walk holds the heaps' locks, stalling other threads' allocations: a caller after
+    frequent small frees passes ``at_most_every`` (seconds) and skips a walk made too soon
+    after the last (a race between threads at worst walks twice).
     """
+    global _last_release
     trim = _malloc_trim()
     if trim is None:
         return False
+    now = time.monotonic()
+    if at_most_every and now - _last_release < at_most_every:
+        return False
+    _last_release = now
     trim(0)
     return True

@@ -63,3 +63,17 @@ def test_free_heap_pages_go_back_to_the_system() -> None:
     released_kib = int(done.stdout)
     assert released_kib > 50 * 1024  # of the 100 MiB freed in holes
     assert release_free_memory() is True
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc_trim only")
+def test_a_release_asked_too_soon_after_the_last_is_skipped() -> None:
+    """Commits of small groups come several a second: the heap walk (it holds the heaps'
+    locks) runs at most once per ``at_most_every``; an unthrottled call always runs."""
+    code = (
+        "from lakehouse.memory import release_free_memory\n"
+        "print(release_free_memory(at_most_every=3600), release_free_memory(at_most_every=3600),"
+        " release_free_memory())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "False", "True"]

@@ -73,6 +73,11 @@ def _replica_gone(error: grpc.RpcError) -> bool:
     return decoded.code == grpc.StatusCode.UNAVAILABLE and decoded.reason in _GOING_AWAY
 
 
+def _snapshot_expired(error: grpc.RpcError) -> bool:
+    """Whether a session's pinned snapshot was expired by maintenance meanwhile."""
+    return decode_error(error).reason == "SNAPSHOT_EXPIRED"
+
+
 def _attempts(stubs: Sequence[object]) -> int:
     """Tries of one call: every channel once, and at least a second try on a single one."""
     return max(2, len(stubs))
@@ -116,6 +121,10 @@ def read_session_table(
 ) -> pa.Table:
     """Creates a read session and reads its streams at once, one thread per stream.
 
+    A session whose snapshot maintenance expired meanwhile (``SNAPSHOT_EXPIRED``: on a table
+    under ingest the default policy keeps only its newest snapshots) is read once more as a
+    new session, of the table's current snapshot: the rows still all come from one snapshot.
+
     Args:
         stubs: ``TableServiceStub`` s on sync channels; stream ``i`` is read on
             ``stubs[i % len(stubs)]``, and again on the next one if it fails with
@@ -132,10 +141,25 @@ def read_session_table(
         grpc.RpcError: A call failed on every channel tried, or with another code.
         ReadRowsStreamError: A stream breaks the wire format.
     """
-    from lakehouse.client.arrow import read_rows_to_arrow
-
     if not stubs:
         raise ValueError("read_session_table needs at least one stub")
+    try:
+        return _read_session_once(stubs, request, compression, timeout, metadata)
+    except grpc.RpcError as e:
+        if not _snapshot_expired(e):
+            raise
+    return _read_session_once(stubs, request, compression, timeout, metadata)
+
+
+def _read_session_once(
+    stubs: Sequence[table_service_pb2_grpc.TableServiceStub],
+    request: table_service_pb2.CreateReadSessionRequest,
+    compression: rows_pb2.ArrowCompression.ValueType,
+    timeout: float | None,
+    metadata: Metadata,
+) -> pa.Table:
+    from lakehouse.client.arrow import read_rows_to_arrow
+
     session = _failover(
         stubs, 0, lambda s: s.CreateReadSession(request, timeout=timeout, metadata=metadata)
     ).session
@@ -171,10 +195,24 @@ async def read_session_table_async(
         grpc.aio.AioRpcError: A call failed on every channel tried, or with another code.
         ReadRowsStreamError: A stream breaks the wire format.
     """
-    from lakehouse.client.arrow import read_rows_to_arrow_async
-
     if not stubs:
         raise ValueError("read_session_table_async needs at least one stub")
+    try:
+        return await _read_session_once_async(stubs, request, compression, timeout, metadata)
+    except grpc.aio.AioRpcError as e:
+        if not _snapshot_expired(e):
+            raise
+    return await _read_session_once_async(stubs, request, compression, timeout, metadata)
+
+
+async def _read_session_once_async(
+    stubs: Sequence[table_service_pb2_grpc.TableServiceAsyncStub],
+    request: table_service_pb2.CreateReadSessionRequest,
+    compression: rows_pb2.ArrowCompression.ValueType,
+    timeout: float | None,
+    metadata: Metadata,
+) -> pa.Table:
+    from lakehouse.client.arrow import read_rows_to_arrow_async
 
     async def create(
         s: table_service_pb2_grpc.TableServiceAsyncStub,

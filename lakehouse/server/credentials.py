@@ -14,6 +14,7 @@ keys in use stay.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -261,7 +262,8 @@ class JwtVerifier:
             principal, until = accepted
             if time.time() < until:
                 return principal
-            del self._accepted[token]
+            # Flight's threads verify too: another may have forgotten it meanwhile.
+            self._accepted.pop(token, None)
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError as exc:
@@ -284,7 +286,9 @@ class JwtVerifier:
     def _remember(self, token: str, principal: Principal, until: float) -> None:
         """Keeps an accepted token (the oldest is forgotten past ``MAX_ACCEPTED_TOKENS``)."""
         if len(self._accepted) >= MAX_ACCEPTED_TOKENS:
-            del self._accepted[next(iter(self._accepted))]
+            # Called from the event loop and from Flight's threads: the oldest may go twice.
+            with contextlib.suppress(StopIteration, RuntimeError):
+                self._accepted.pop(next(iter(self._accepted)), None)
         self._accepted[token] = (principal, until)
 
     def _keys_for(self, algorithm: str, kid: str | None) -> list[Any]:

@@ -20,6 +20,7 @@ from fixtures.grpc_errors import rpc_error_details
 from fixtures.iceberg import append
 from lakehouse.adapters.job_store.store import JobStore
 from lakehouse.adapters.signing_key_store import shared_signing_key
+from lakehouse.client.parallel_reads import read_session_table_async
 from lakehouse.config import Settings
 from lakehouse.core.read_sessions import SessionSigner
 from lakehouse.core.signing_key import SigningKey
@@ -261,3 +262,38 @@ async def test_a_stream_whose_snapshot_was_expired_fails_clearly(
         table_stub.ReadRows(pb.ReadRowsRequest(read_session=session.name, stream=0))
     )
     assert (gone.code, gone.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "SNAPSHOT_EXPIRED")
+
+
+class _ExpiringAfterCreate:
+    """A TableService stub whose first CreateReadSession is followed, before any stream is
+    read, by a real expiry of the session's snapshot (maintenance racing a read)."""
+
+    def __init__(self, stub: Any, backend: Settings) -> None:
+        self._stub = stub
+        self._backend = backend
+        self.created = 0
+        self.ReadRows = stub.ReadRows
+
+    async def CreateReadSession(self, request: Any, **kwargs: Any) -> Any:
+        response = await self._stub.CreateReadSession(request, **kwargs)
+        self.created += 1
+        if self.created == 1:
+            table = append(self._backend, "r", "t", rows(20, 5))  # a newer snapshot
+            with table.maintenance.expire_snapshots() as expire:
+                expire.by_id(response.session.snapshot_id)
+        return response
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_the_read_helper_reads_again_when_its_sessions_snapshot_was_expired(
+    table_stub: Any, backend: Settings
+) -> None:
+    await make_table(table_stub)
+    append(backend, "r", "t", rows(0, 10))
+    append(backend, "r", "t", rows(10, 10))
+    racing = _ExpiringAfterCreate(table_stub, backend)
+    request = pb.CreateReadSessionRequest(namespace="r", table="t", max_streams=2)
+    got = await read_session_table_async([racing], request, timeout=60)
+    # The first session's snapshot went; the second session read the current one, whole.
+    assert racing.created == 2
+    assert sorted(got.column("id").to_pylist()) == list(range(25))

@@ -139,6 +139,8 @@ from lakehouse.domain.tables import (
 from lakehouse.memory import release_free_memory
 
 T = TypeVar("T")
+#: The heap is given back to the system after an ingest commit at most this often.
+RELEASE_MEMORY_EVERY_SECONDS = 1.0
 
 
 # pyiceberg's SqlCatalog stores this marker property on every namespace it creates.
@@ -924,8 +926,9 @@ class IcebergCatalog:
                 )
                 if outcome.table is not None:  # the next plan starts from the cache
                     self._remember(namespace, name, outcome.table)
-                    # The Parquet write freed as much heap as the group's rows: give it back.
-                    release_free_memory()
+                    # The Parquet write freed as much heap as the group's rows: give it back
+                    # (at most once a second: commits of small groups come several a second).
+                    release_free_memory(at_most_every=RELEASE_MEMORY_EVERY_SECONDS)
                 if committer is not None:
                     committer.discard()
                 return outcome

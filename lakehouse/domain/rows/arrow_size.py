@@ -408,9 +408,25 @@ def _header_sizes(payload: bytes, schema_bytes: bytes | None) -> tuple[int, int]
     return rows, body_bytes
 
 
-@functools.lru_cache(maxsize=256)
+#: Schema bytes up to this size are remembered once parsed (a writer sends the same ones on
+#: every request); larger ones, which only an unusual or hostile caller sends, are parsed each
+#: time, so that the cache holds at most 256 of this size.
+CACHED_SCHEMA_BYTES = 64 * 1024
+
+
 def _read_schema(data: bytes) -> pa.Schema:
     """The schema of serialized schema bytes (a writer's repeat: parsed once)."""
+    if len(data) <= CACHED_SCHEMA_BYTES:
+        return _read_small_schema(data)
+    return _parse_schema(data)
+
+
+@functools.lru_cache(maxsize=256)
+def _read_small_schema(data: bytes) -> pa.Schema:
+    return _parse_schema(data)
+
+
+def _parse_schema(data: bytes) -> pa.Schema:
     try:
         return pa.ipc.read_schema(pa.py_buffer(data))
     except (pa.ArrowException, OSError, EOFError, ValueError) as exc:
