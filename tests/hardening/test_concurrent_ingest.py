@@ -263,6 +263,9 @@ async def test_json_request_beyond_the_budget_waits_then_is_refused(backend: Any
     server = await _in_process(
         backend,
         commit_delay_ms=4000,  # the other table's rows stay buffered while the JSON arrives
+        # Handing its rows to a commit owner would write them to Parquet at once and free
+        # their place (as it should): one process committing its own keeps them buffered.
+        single_committer=False,
         buffer_bytes=16 * MIB,
         table_buffer_bytes=16 * MIB,
         buffer_wait_seconds=0.5,
