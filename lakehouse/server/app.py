@@ -344,15 +344,11 @@ class LakehouseServer:
         """
         return self._flight is not None and self._flight.abandoned
 
-    def _stream_endpoints(
-        self, principal: str, session: ReadSession
-    ) -> list[tuple[bytes, list[str]]]:
+    def _stream_endpoints(self, session: ReadSession) -> list[tuple[bytes, list[str]]]:
         """The Flight tickets and locations of a session's streams; none without Flight."""
         if self._flight is None:
             return []
-        return self._flight.session_endpoints(
-            principal, session.name, len(session.streams), session.expire_ms
-        )
+        return self._flight.session_endpoints(session.claims)
 
     def _start_flight(self) -> LakehouseFlightServer | None:
         """Binds the Flight port, which serves at once; None when no port is configured.

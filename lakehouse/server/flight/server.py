@@ -29,6 +29,7 @@ import pyarrow.flight as flight
 
 from lakehouse.core.ingest_requests import IngestRequests
 from lakehouse.domain.errors import InvalidArgument, LakehouseError, Unavailable
+from lakehouse.domain.read_sessions import SessionClaims
 from lakehouse.server import metrics
 from lakehouse.server.credentials import Authenticator
 from lakehouse.server.flight.appends import (
@@ -142,13 +143,10 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
 
     # -- reads -------------------------------------------------------------------------------
 
-    def session_endpoints(
-        self, principal: str, session: str, streams: int, expires_ms: int
-    ) -> list[tuple[bytes, list[str]]]:
+    def session_endpoints(self, claims: SessionClaims) -> list[tuple[bytes, list[str]]]:
         """The ticket and locations (URIs) of each stream of a session made on the gRPC port."""
         uris = [location.uri.decode() for location in self.locations]
-        tickets = session_tickets(self._signer, principal, session, streams, expires_ms)
-        return [(ticket, uris) for ticket in tickets]
+        return [(ticket, uris) for ticket in session_tickets(self._signer, claims)]
 
     def get_flight_info(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
