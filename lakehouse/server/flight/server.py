@@ -35,6 +35,7 @@ from lakehouse.server.credentials import Authenticator
 from lakehouse.server.flight.appends import (
     PutStream,
     acknowledgement,
+    check_append_command,
     enqueue_batch,
     parse_append_command,
 )
@@ -219,7 +220,9 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         with flight_errors():
             principal = caller(context)
             request = parse_append_command(_command(descriptor))
+            # Authorized as sent, then checked: the gRPC port's order for AppendRows.
             authorize(principal, APPEND_METHOD, request, "do_put")
+            check_append_command(request)
             stream = PutStream.open(request, reader.schema)
             acks: collections.deque[concurrent.futures.Future[Any]] = collections.deque()
 
