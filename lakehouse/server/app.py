@@ -377,7 +377,8 @@ class LakehouseServer:
                 settings.flight_port,
                 loop=asyncio.get_running_loop(),
                 source=CommandRouter(
-                    ReadRowsSource(self.reads), ReadSessionSource(self.read_sessions)
+                    ReadRowsSource(self.reads, self.read_sessions),
+                    ReadSessionSource(self.read_sessions),
                 ),
                 requests=IngestRequests(self.ingest, self.tables),
                 signer=signer,
