@@ -25,6 +25,7 @@ from lakehouse.domain.errors import PermissionDenied, Unauthenticated
 from lakehouse.server import metrics
 from lakehouse.server.credentials import Authenticator, CredentialError, Principal
 from lakehouse.server.flight.errors import code_name, flight_error
+from lakehouse.server.limits import CallSlots
 from lakehouse.server.permissions import READ_PERMISSIONS, RULES, check
 
 log = logging.getLogger(__name__)
@@ -46,11 +47,16 @@ class CallMiddleware(flight.ServerMiddleware):  # type: ignore[misc]
         self.principal = principal
         self.method = method
         self.peer = peer
+        #: The bound whose slot the call holds until it completes (its stream included).
+        self.slot: CallSlots | None = None
         self._started = time.perf_counter()
         metrics.FLIGHT_STARTED.labels(method).inc()
 
     def call_completed(self, exception: BaseException | None) -> None:
-        """Counts the call by its outcome and writes its log line (as the gRPC port's)."""
+        """Frees the call's slot, counts the call by its outcome and writes its log line."""
+        if self.slot is not None:
+            self.slot.give_back()
+            self.slot = None
         elapsed = time.perf_counter() - self._started
         code = code_name(exception)
         metrics.FLIGHT_HANDLED.labels(self.method, code).inc()
@@ -103,12 +109,17 @@ class AuthMiddlewareFactory(flight.ServerMiddlewareFactory):  # type: ignore[mis
         return CallMiddleware(principal, method, "")
 
 
-def caller(context: Any) -> Principal:
-    """The authenticated caller of a Flight call (set by :class:`AuthMiddlewareFactory`)."""
+def call_of(context: Any) -> CallMiddleware:
+    """The middleware of a Flight call: its authenticated caller, its slot."""
     middleware = context.get_middleware(MIDDLEWARE_KEY)
     if not isinstance(middleware, CallMiddleware):  # not installed: a wiring bug
         raise flight.FlightInternalError("the Flight server has no auth middleware")
-    return middleware.principal
+    return middleware
+
+
+def caller(context: Any) -> Principal:
+    """The authenticated caller of a Flight call (set by :class:`AuthMiddlewareFactory`)."""
+    return call_of(context).principal
 
 
 def authorize(principal: Principal, method: str, request: Any, flight_method: str) -> None:
