@@ -12,6 +12,9 @@ The buckets live in the process: with N replicas behind a load balancer a caller
 to N times the configured rate in all. Enforcing it across replicas would need a shared
 store on the path of every call, which costs more than the limit protects.
 
+The Arrow Flight port takes its tokens from the same buckets (``RateLimiter``), so a caller's
+rate is one across both ports.
+
 The interceptor sits inside the auth interceptor (see ``lakehouse.server.app``), so the
 principal is known when it runs and a refusal is metered, logged and mapped to a status like
 any other error.

@@ -234,6 +234,40 @@ async def test_reads_return_read_rows_rows_for_each_selection(started: Any) -> N
     # A row limit: as many rows as ReadRows gives.
     limited = pb.ReadRowsRequest(namespace="sales", table="orders", row_limit=7)
     assert (await off_loop(lambda: read(client, limited))).num_rows == 7
+    # The plan's schema is the one do_get streams (the plan does not open the read).
+    for request in [*selections, limited]:
+        descriptor = flight.FlightDescriptor.for_command(request.SerializeToString())
+        info = await off_loop(lambda d=descriptor: client.get_flight_info(d))
+        streamed = await off_loop(lambda i=info: client.do_get(i.endpoints[0].ticket).read_all())
+        assert info.schema.equals(streamed.schema, check_metadata=True), request
+
+
+async def test_versions_and_incremental_ranges_read_as_read_rows(started: Any) -> None:
+    """A snapshot, a time, a ref and an incremental range: the rows ReadRows returns (the plan
+    pins the version, which do_get reads)."""
+    await create_table(started)  # two appends: two snapshots
+    async with grpc.aio.insecure_channel(f"{LOOPBACK}:{started.grpc_port}") as channel:
+        stub = table_service_pb2_grpc.TableServiceStub(channel)
+        listed = await stub.ListSnapshots(
+            pb.ListSnapshotsRequest(namespace="sales", table="orders")
+        )
+    snapshots = sorted(listed.snapshots, key=lambda s: s.commit_time.ToMilliseconds())
+    first = snapshots[0]
+    client = flight.connect(f"grpc://{LOOPBACK}:{started.flight_port}")
+    table = {"namespace": "sales", "table": "orders"}
+    requests = [
+        pb.ReadRowsRequest(**table, snapshot_id=first.snapshot_id),
+        pb.ReadRowsRequest(**table, as_of_time=first.commit_time),
+        pb.ReadRowsRequest(**table, ref="main"),
+        pb.ReadRowsRequest(**table, start_snapshot_id=first.snapshot_id),
+    ]
+    counts = []
+    for request in requests:
+        got = await off_loop(lambda request=request: read(client, request))
+        expected = await grpc_read(started, request)
+        assert plain(got).equals(plain(expected)), request
+        counts.append(got.num_rows)
+    assert counts == [500, 500, 1000, 500]
 
 
 async def test_a_ticket_reads_the_snapshot_planned(started: Any) -> None:
