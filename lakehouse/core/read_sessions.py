@@ -12,7 +12,6 @@ gRPC, and a Flight data plane can serve the same stream as a ticket.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import time
 from collections.abc import AsyncIterator, Callable
@@ -22,6 +21,7 @@ import pyarrow as pa
 
 from lakehouse.core.ports import CatalogPort
 from lakehouse.core.reads import ReadOptions, ReadStart, checked_scan_request, scan_items
+from lakehouse.core.signed_tokens import MAC_BYTES, SignedTokens, TokenError
 from lakehouse.core.signing_key import SigningKey
 from lakehouse.domain.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from lakehouse.domain.read_sessions import (
@@ -44,22 +44,20 @@ PURPOSE = "lakehouse read session v1"
 
 
 class SessionSigner:
-    """Signs and checks session names: ``base64(claims).base64(HMAC-SHA256(key, claims))``.
+    """Signs and checks session names: ``base64(claims).base64(HMAC-SHA256(key, base64(claims)))``.
 
-    The key is the service's signing key derived for read sessions (``SigningKey``).
+    The signature is that of :class:`~lakehouse.core.signed_tokens.SignedTokens` over the
+    name's first part, with the service's signing key derived for read sessions.
     """
 
     def __init__(self, key: SigningKey) -> None:
-        self._key = key
-
-    def _mac(self, payload: str) -> bytes:
-        secret = self._key.for_purpose(PURPOSE)
-        return hmac.new(secret, payload.encode("ascii"), hashlib.sha256).digest()
+        self._tokens = SignedTokens(key, PURPOSE)
 
     def sign(self, claims: SessionClaims) -> str:
         """The session name of ``claims``."""
         payload = b64encode(claims.encode())
-        return f"{payload}.{b64encode(self._mac(payload))}"
+        mac = self._tokens.sign(payload.encode("ascii"))[-MAC_BYTES:]
+        return f"{payload}.{b64encode(mac)}"
 
     def verify(self, name: str) -> SessionClaims:
         """The claims of a name this signer made.
@@ -70,23 +68,30 @@ class SessionSigner:
         payload, dot, mac = name.partition(".")
         if not dot or not payload.isascii() or not mac.isascii():
             raise invalid_session("is not a read session of this service")
-        if not hmac.compare_digest(self._mac(payload), b64decode(mac)):
+        try:
+            self._tokens.verify(payload.encode("ascii") + b64decode(mac))
+        except TokenError:
             raise invalid_session(
                 "does not verify: altered, or signed with another key (auth.signing_key "
                 "changed, or replicas that do not share it)"
-            )
+            ) from None
         return SessionClaims.decode(b64decode(payload))
 
 
 @dataclass(frozen=True)
 class ReadSession:
-    """A created session: its name, pinned snapshot, schema, expiry and streams."""
+    """A created session: its name, pinned snapshot, schema, expiry and streams.
+
+    ``claims`` are what ``name`` carries, for a Flight ticket of a stream to carry them as
+    they are (signed once, by the ticket) rather than the signed name inside a signed ticket.
+    """
 
     name: str
     snapshot_id: int | None
     schema: pa.Schema
     expire_ms: int
     streams: tuple[StreamEstimate, ...]
+    claims: SessionClaims
 
 
 class ReadSessions:
@@ -152,7 +157,12 @@ class ReadSessions:
             expire_ms=expire_ms,
         )
         return ReadSession(
-            self._signer.sign(claims), plan.snapshot_id, plan.schema, expire_ms, plan.streams
+            self._signer.sign(claims),
+            plan.snapshot_id,
+            plan.schema,
+            expire_ms,
+            plan.streams,
+            claims,
         )
 
     def claims(self, principal: str, session: str, stream: int) -> SessionClaims:
@@ -164,7 +174,18 @@ class ReadSessions:
             FailedPrecondition: The session expired (READ_SESSION_EXPIRED).
             PermissionDenied: Another caller's session.
         """
-        claims = self._signer.verify(session)
+        return self.checked(principal, self._signer.verify(session), stream)
+
+    def checked(self, principal: str, claims: SessionClaims, stream: int) -> SessionClaims:
+        """``claims`` if ``principal`` may read their ``stream`` now.
+
+        The claims are verified already: a session name's, or a Flight ticket's.
+
+        Raises:
+            InvalidArgument: No such stream.
+            FailedPrecondition: The session expired (READ_SESSION_EXPIRED).
+            PermissionDenied: Another caller's session.
+        """
         if int(self._clock() * 1000) > claims.expire_ms:
             raise FailedPrecondition(
                 "the read session expired: create a new one",
@@ -199,6 +220,20 @@ class ReadSessions:
             Unavailable: The catalog or the object store failed.
         """
         claims = self.claims(principal, session, stream)
+        async for item in self.read_checked(claims, stream, budget_bytes=budget_bytes):
+            yield item
+
+    async def read_checked(
+        self, claims: SessionClaims, stream: int, *, budget_bytes: int
+    ) -> AsyncIterator[ReadStart | pa.RecordBatch]:
+        """``read_stream`` of claims :meth:`claims` or :meth:`checked` returned.
+
+        Raises:
+            FailedPrecondition: The session's snapshot was expired by maintenance since
+                (SNAPSHOT_EXPIRED).
+            NotFound: The table was dropped.
+            Unavailable: The catalog or the object store failed.
+        """
         info = await self._catalog.load_table(claims.namespace, claims.table)
         expression = await parse_row_filter_off_loop(claims.row_filter, info.schema)
         request = ScanRequest(

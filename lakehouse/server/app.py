@@ -37,7 +37,7 @@ from lakehouse.server import metrics
 from lakehouse.server.auth import AuthInterceptor
 from lakehouse.server.auth_keys import AuthKeys
 from lakehouse.server.flight.commands import CommandRouter
-from lakehouse.server.flight.server import FlightTls, LakehouseFlightServer
+from lakehouse.server.flight.server import FlightBounds, FlightTls, LakehouseFlightServer
 from lakehouse.server.flight.sessions import ReadSessionSource
 from lakehouse.server.flight.sources import ReadRowsSource
 from lakehouse.server.flight.tickets import TicketSigner
@@ -50,9 +50,9 @@ from lakehouse.server.interceptors import (
     RequestDecodingInterceptor,
 )
 from lakehouse.server.job_runtime import JobRuntime
-from lakehouse.server.limits import CallDeadlines, server_options
+from lakehouse.server.limits import CallDeadlines, CallSlots, server_options
 from lakehouse.server.ports import FLIGHT_PORT, GRPC_PORT, HTTP_PORT, binding, check_free
-from lakehouse.server.rate_limit import RateLimitInterceptor
+from lakehouse.server.rate_limit import RateLimiter, RateLimitInterceptor
 from lakehouse.server.reflection import enable_reflection
 from lakehouse.server.signing_key import initial_signing_key, load_shared_key
 from lakehouse.server.tls import ServerTls, load_ca_bundle, load_key_pair
@@ -90,6 +90,8 @@ class LakehouseServer:
         http_port: The bound sidecar HTTP port (known after ``start``).
         flight_port: The bound Arrow Flight port (known after ``start``; 0 without Flight).
         tls: Certificates of both ports; ``tls.request_reload()`` re-reads them (SIGHUP).
+        call_slots: The bound on calls handled at once, shared by the gRPC and Flight ports.
+        rate_limiter: The per-caller rate limit of both ports; None when it is off.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -161,6 +163,13 @@ class LakehouseServer:
         self.tls = ServerTls(settings.tls)
         self._auth_keys = AuthKeys(settings.auth)  # a bad key file stops the start here
         self.authenticator = self._auth_keys.authenticator
+        # One bound on calls at once and one rate limit per caller, whichever port is called.
+        self.call_slots = CallSlots(settings.max_concurrent_calls)
+        self.rate_limiter = (
+            RateLimiter(settings.quotas, by_peer=not self.authenticator.enabled)
+            if settings.quotas.calls_per_second > 0
+            else None
+        )
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
@@ -175,7 +184,7 @@ class LakehouseServer:
         spans = tracing_enabled(self.settings.tracing)
         self._observability = ObservabilityInterceptor(
             CallDeadlines.from_settings(self.settings),
-            max_concurrent_calls=self.settings.max_concurrent_calls,
+            slots=self.call_slots,
             span_trace_ids=spans,
             log_probes=self.settings.access_log_probes,
         )
@@ -184,12 +193,10 @@ class LakehouseServer:
             # Inside observability: refusals are metered, logged and mapped like any error.
             AuthInterceptor(self.authenticator, self.settings.auth, jobs=self.job_runtime.jobs),
         ]
-        if self.settings.quotas.calls_per_second > 0:
+        if self.rate_limiter is not None:
             # Inside auth: buckets are per authenticated principal (per client address when
             # authentication is off); a caller refused by auth never takes a token.
-            layers.append(
-                RateLimitInterceptor(self.settings.quotas, by_peer=not self.authenticator.enabled)
-            )
+            layers.append(RateLimitInterceptor(self.rate_limiter))
         # Innermost: bytes that do not parse are answered only to a caller let in.
         layers.append(RequestDecodingInterceptor())
         # One interceptor for all our layers, wrapping each method's handler once. OpenTelemetry's
@@ -344,15 +351,11 @@ class LakehouseServer:
         """
         return self._flight is not None and self._flight.abandoned
 
-    def _stream_endpoints(
-        self, principal: str, session: ReadSession
-    ) -> list[tuple[bytes, list[str]]]:
+    def _stream_endpoints(self, session: ReadSession) -> list[tuple[bytes, list[str]]]:
         """The Flight tickets and locations of a session's streams; none without Flight."""
         if self._flight is None:
             return []
-        return self._flight.session_endpoints(
-            principal, session.name, len(session.streams), session.expire_ms
-        )
+        return self._flight.session_endpoints(session.claims)
 
     def _start_flight(self) -> LakehouseFlightServer | None:
         """Binds the Flight port, which serves at once; None when no port is configured.
@@ -381,11 +384,15 @@ class LakehouseServer:
                 settings.flight_port,
                 loop=asyncio.get_running_loop(),
                 source=CommandRouter(
-                    ReadRowsSource(self.reads), ReadSessionSource(self.read_sessions)
+                    ReadRowsSource(self.reads, self.read_sessions),
+                    ReadSessionSource(self.read_sessions),
                 ),
                 requests=IngestRequests(self.ingest, self.tables),
                 signer=signer,
                 authenticator=self.authenticator,
+                bounds=FlightBounds(
+                    settings.request_timeout_seconds, self.call_slots, self.rate_limiter
+                ),
                 tls=tls,
                 advertised_host=settings.flight_advertised_host,
             )

@@ -57,12 +57,14 @@ from lakehouse.server.permissions import (
     READ_PERMISSIONS,
     REFLECTION_SERVICES,
     RULES,
-    Permission,
     Rule,
     Target,
+    check_further,
+    check_namespaces,
+    check_role,
     is_authenticated_only,
-    role_allows,
 )
+from lakehouse.server.permissions import check as permission_check
 
 log = logging.getLogger("lakehouse.auth")
 audit_log = logging.getLogger("lakehouse.audit")
@@ -303,70 +305,51 @@ class AuthInterceptor(MethodInterceptor):
                     permission=UNMAPPED_PERMISSION,
                 )
             log.error("method missing from the permission table", extra={"method": check.method})
-        elif check.permission and not role_allows(principal.role, Permission(check.permission)):
-            check.refused = True
-            raise PermissionDenied(
-                f"permission denied: {check.method} needs {check.permission}, which role "
-                f"{principal.role} does not have",
-                permission=check.permission,
-            )
-        if rule is not None and not streamed_requests and not undecodable:
-            self._check_further_permission(check, principal, rule, request)
-        if principal.namespaces is not None and not streamed_requests and not undecodable:
-            await self._check_grants(check, principal, check.target)
+        else:
+            try:
+                if rule is not None and not streamed_requests and not undecodable:
+                    # The one decision the Flight port takes too (permissions.check).
+                    check.permission = permission_check(principal, check.method, request)
+                elif check.permission:
+                    check_role(principal, check.permission, check.method)
+            except PermissionDenied as exc:
+                check.refused = True
+                check.permission = exc.permission
+                raise
+            if not streamed_requests and not undecodable:
+                await self._check_job(check, principal, check.target)
         return principal
 
-    @staticmethod
-    def _check_further_permission(
-        check: _Check, principal: Principal, rule: Rule, request: Any
+    async def _check_message(
+        self, check: _Check, principal: Principal, rule: Rule, request: Any, target: Target
     ) -> None:
-        """Refuses a request needing a further permission that the caller's role lacks.
-
-        A write in a mode that removes rows needs ``tables.change_rows`` on top of
-        ``ingest.write``; the audit line then names the further permission.
+        """Checks one message of a request stream: its further permission, and its target.
 
         Raises:
-            PermissionDenied: The role lacks the further permission.
+            PermissionDenied: The role lacks the further permission the message needs, or
+                the target is outside the caller's namespace grants.
         """
-        further = rule.further_permission_for(request)
-        if further is None:
-            return
-        needed, check.permission = check.permission, further  # the audit names the stronger
-        if not role_allows(principal.role, further):
+        try:
+            further = check_further(principal, rule, request, check.method)
+            if further is not None:
+                check.permission = further  # the audit names the stronger
+            check_namespaces(principal, target, check.permission)
+        except PermissionDenied as exc:
             check.refused = True
-            raise PermissionDenied(
-                f"permission denied: this {check.method} request needs {further} besides "
-                f"{needed}, which role {principal.role} does not have",
-                permission=further,
-            )
+            check.permission = exc.permission
+            raise
+        await self._check_job(check, principal, target)
 
-    async def _check_grants(self, check: _Check, principal: Principal, target: Target) -> None:
-        """Refuses a call that reaches beyond a namespace-limited caller's grants."""
-        permission = check.permission
-        if target.any_namespace:
-            check.refused = True
-            raise PermissionDenied(
-                "permission denied: this call may reach any namespace (a SQL statement names "
-                "its own tables) and the caller is limited to some namespaces",
-                permission=permission,
-            )
-        for namespace in target.namespaces:
-            if not principal.may_touch(namespace):
-                check.refused = True
-                raise PermissionDenied(
-                    f"permission denied: namespace {namespace!r} is outside the caller's "
-                    "namespace grants",
-                    permission=permission,
-                    metadata={"namespace": namespace},
-                )
-        if target.job_id:
+    async def _check_job(self, check: _Check, principal: Principal, target: Target) -> None:
+        """Refuses a call on a job outside a namespace-limited caller's grants."""
+        if target.job_id and principal.namespaces is not None:
             job_namespace = await self._job_namespace(target.job_id)
             if job_namespace is None or not principal.may_touch(job_namespace):
                 check.refused = True
                 raise PermissionDenied(
                     f"permission denied: job {target.job_id!r} is outside the caller's "
                     "namespace grants",
-                    permission=permission,
+                    permission=check.permission,
                     metadata={"job_id": target.job_id},
                 )
 
@@ -391,14 +374,12 @@ class AuthInterceptor(MethodInterceptor):
         first = True
         async for request in requests:
             if rule is not None and not isinstance(request, UndecodableRequest):
-                self._check_further_permission(check, principal, rule, request)
                 target = rule.target(request)
                 if first:
                     check.target = target
                 elif target.namespaces:
                     target = replace(target, namespaces=tuple(n for n in target.namespaces if n))
-                if principal.namespaces is not None:
-                    await self._check_grants(check, principal, target)
+                await self._check_message(check, principal, rule, request, target)
             first = False
             yield request
 

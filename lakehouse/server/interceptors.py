@@ -41,7 +41,7 @@ from lakehouse.domain.errors import (
 from lakehouse.domain.status import RpcFailure, failure_for, internal_failure, simple_failure
 from lakehouse.logs import direct_handler
 from lakehouse.server import metrics
-from lakehouse.server.limits import CallDeadlines
+from lakehouse.server.limits import CallDeadlines, CallSlots
 from lakehouse.server.permissions import HEALTH_SERVICE, REFLECTION_SERVICES
 
 log = logging.getLogger("lakehouse.rpc")
@@ -489,6 +489,7 @@ class ObservabilityInterceptor(MethodInterceptor):
         deadlines: The server's own time limit per call (see ``lakehouse.server.limits``);
             None leaves calls to the client's deadline alone.
         max_concurrent_calls: Calls handled at once at most; 0 for no bound.
+        slots: The bound, shared with the Flight port; None: one of ``max_concurrent_calls``.
         span_trace_ids: Take the log line's trace id from the current OpenTelemetry span (an
             exporting tracer runs before this interceptor); otherwise from the caller's
             ``traceparent``, which is what the no-op tracer would report.
@@ -501,14 +502,14 @@ class ObservabilityInterceptor(MethodInterceptor):
         deadlines: CallDeadlines | None = None,
         *,
         max_concurrent_calls: int = 0,
+        slots: CallSlots | None = None,
         span_trace_ids: bool = False,
         log_probes: bool = False,
     ) -> None:
         super().__init__()
         self._log_probes = log_probes
         self._deadlines = deadlines
-        self._max_calls = max_concurrent_calls
-        self._calls = 0
+        self._slots = slots if slots is not None else CallSlots(max_concurrent_calls)
         self._span_trace_ids = span_trace_ids
         self._closing = False
 
@@ -560,18 +561,7 @@ class ObservabilityInterceptor(MethodInterceptor):
                 reason="SHUTTING_DOWN",
                 retry_after_seconds=SHUTDOWN_RETRY_SECONDS,
             )
-        if not self._max_calls:
-            return False
-        if self._calls >= self._max_calls:
-            raise ResourceExhausted(
-                f"the server is handling its limit of {self._max_calls} calls at once "
-                "(max_concurrent_calls); retry shortly, or on another replica",
-                reason="SERVER_OVERLOADED",
-                metadata={"limit": str(self._max_calls)},
-                retry_after_seconds=OVERLOAD_RETRY_SECONDS,
-            )
-        self._calls += 1
-        return True
+        return self._slots.take()
 
     @staticmethod
     def _count_requests(call: _Call, request_iterator: Any) -> AsyncIterator[Any]:
@@ -634,7 +624,7 @@ class ObservabilityInterceptor(MethodInterceptor):
     def _finish(self, call: _Call, counted: bool) -> None:
         elapsed = time.perf_counter() - call.started
         if counted:
-            self._calls -= 1
+            self._slots.give_back()
         info = call.info
         info.in_flight.dec()
         info.handled(call.code).inc()
@@ -785,8 +775,6 @@ class _NoLimit:
 _NO_LIMIT = _NoLimit()
 #: What ``SHUTTING_DOWN``'s ``RetryInfo`` asks: another replica answers at once, this one never.
 SHUTDOWN_RETRY_SECONDS = 0.1
-#: What ``SERVER_OVERLOADED``'s ``RetryInfo`` asks: calls here last milliseconds to seconds.
-OVERLOAD_RETRY_SECONDS = 0.5
 
 
 def _escaped(exc: BaseException) -> Exception:

@@ -13,6 +13,7 @@ from the client's own deadline.
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -21,12 +22,62 @@ import grpc
 
 from lakehouse.config import Settings
 from lakehouse.deadlines import DeadlineToken, enter_deadline, leave_deadline
-from lakehouse.domain.errors import DeadlineExceeded
+from lakehouse.domain.errors import DeadlineExceeded, ResourceExhausted
 
 #: Largest request metadata (headers) accepted. gRPC's own soft limit is 8 KiB; a JWT bearer
 #: token, ``traceparent`` and ``x-request-id`` fit in a quarter of this. Larger headers are
 #: refused by gRPC with RESOURCE_EXHAUSTED before any handler runs.
 MAX_METADATA_BYTES = 16 * 1024
+#: What ``SERVER_OVERLOADED``'s ``RetryInfo`` asks: calls here last milliseconds to seconds.
+OVERLOAD_RETRY_SECONDS = 0.5
+
+
+class CallSlots:
+    """The process-wide bound on calls handled at once, shared by the gRPC and Flight ports.
+
+    Past ``limit`` a new call ends at once with ``RESOURCE_EXHAUSTED``, reason
+    ``SERVER_OVERLOADED``, and a ``RetryInfo``, so an overloaded process sheds load with an
+    answer clients retry elsewhere or later instead of piling up handlers. gRPC calls take a
+    slot on the event loop, Flight calls on pyarrow's threads: the count is under a lock.
+
+    Args:
+        limit: Calls handled at once at most; 0 for no bound.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._used = 0
+        self._lock = threading.Lock()
+
+    @property
+    def in_use(self) -> int:
+        """Calls holding a slot now."""
+        return self._used
+
+    def take(self) -> bool:
+        """Takes a slot for a new call; False when there is no bound (nothing to give back).
+
+        Raises:
+            ResourceExhausted: Every slot is taken (reason ``SERVER_OVERLOADED``).
+        """
+        if not self.limit:
+            return False
+        with self._lock:
+            if self._used < self.limit:
+                self._used += 1
+                return True
+        raise ResourceExhausted(
+            f"the server is handling its limit of {self.limit} calls at once "
+            "(max_concurrent_calls); retry shortly, or on another replica",
+            reason="SERVER_OVERLOADED",
+            metadata={"limit": str(self.limit)},
+            retry_after_seconds=OVERLOAD_RETRY_SECONDS,
+        )
+
+    def give_back(self) -> None:
+        """Frees the slot of a call that ended (one ``take`` returned True for)."""
+        with self._lock:
+            self._used -= 1
 
 
 @dataclass(frozen=True)

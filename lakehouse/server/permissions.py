@@ -11,6 +11,10 @@ files, and ``jobs.create`` otherwise), a further permission some requests need o
 (``WriteRows`` and ``AppendRows`` in a write mode that removes rows also need
 ``tables.change_rows``), and what the call acts on: the namespaces that per-namespace grants
 are checked against, and the target written to the audit log.
+
+:func:`check` is the one decision of whether a caller may make a request, shared by the gRPC
+auth interceptor and the Arrow Flight port (which checks each action against the rule of the
+gRPC method it stands for), so a rule or role change applies to both ports.
 """
 
 from __future__ import annotations
@@ -19,11 +23,15 @@ import enum
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from lakehouse.config import RoleName
+from lakehouse.domain.errors import PermissionDenied
 from lakehouse.domain.read_sessions import claimed_table
 from lakehouse.v1 import ingest_pb2
+
+if TYPE_CHECKING:  # credentials imports this module (the roles' order)
+    from lakehouse.server.credentials import Principal
 
 TABLE_SERVICE: Final = "lakehouse.v1.TableService"
 INGEST_SERVICE: Final = "lakehouse.v1.IngestService"
@@ -324,3 +332,95 @@ def is_authenticated_only(service: str) -> bool:
 def role_allows(role: RoleName, permission: Permission) -> bool:
     """Whether ``role`` holds ``permission``."""
     return permission in ROLE_PERMISSIONS[role]
+
+
+def check_role(principal: Principal, permission: str, method: str) -> None:
+    """Refuses the call unless ``principal``'s role holds ``permission``.
+
+    Args:
+        principal: The caller.
+        permission: The permission needed.
+        method: The call as the error names it (a gRPC method, or a Flight action).
+
+    Raises:
+        PermissionDenied: The role lacks ``permission``.
+    """
+    if not role_allows(principal.role, Permission(permission)):
+        raise PermissionDenied(
+            f"permission denied: {method} needs {permission}, which role {principal.role} "
+            "does not have",
+            permission=permission,
+        )
+
+
+def check_further(principal: Principal, rule: Rule, request: Any, method: str) -> Permission | None:
+    """The further permission ``request`` needs (see :attr:`Rule.further_permission`), if any.
+
+    Raises:
+        PermissionDenied: The role lacks it.
+    """
+    further = rule.further_permission_for(request)
+    if further is not None and not role_allows(principal.role, further):
+        raise PermissionDenied(
+            f"permission denied: this {method} request needs {further} besides "
+            f"{rule.permission_for(request)}, which role {principal.role} does not have",
+            permission=further,
+        )
+    return further
+
+
+def check_namespaces(principal: Principal, target: Target, permission: str) -> None:
+    """Refuses a call reaching beyond a namespace-limited caller's grants.
+
+    A job named by id (``target.job_id``) needs its namespace looked up: the caller does
+    that (the gRPC interceptor, with the job store).
+
+    Raises:
+        PermissionDenied: A namespace outside the grants, or a call that may reach any.
+    """
+    if principal.namespaces is None:
+        return
+    if target.any_namespace:
+        raise PermissionDenied(
+            "permission denied: this call may reach any namespace (a SQL statement names "
+            "its own tables) and the caller is limited to some namespaces",
+            permission=permission,
+        )
+    for namespace in target.namespaces:
+        if not principal.may_touch(namespace):
+            raise PermissionDenied(
+                f"permission denied: namespace {namespace!r} is outside the caller's "
+                "namespace grants",
+                permission=permission,
+                metadata={"namespace": namespace},
+            )
+
+
+def check(principal: Principal, method: str, request: Any, *, label: str = "") -> Permission:
+    """Whether ``principal`` may make ``request`` as the gRPC ``method``: the one decision.
+
+    The method's rule gives the permission (the role must hold it), any further permission
+    the request needs (a write mode that removes rows), and the namespaces a
+    namespace-limited caller must hold grants for. Jobs named by id are left to the caller
+    (their namespace is looked up in the job store).
+
+    Args:
+        principal: The caller.
+        method: The gRPC method (``/lakehouse.v1.TableService/ReadRows``), in :data:`RULES`.
+        request: The request message.
+        label: How errors name the call (a Flight action); ``method`` by default.
+
+    Returns:
+        The permission the audit log names: the further one when the request needed one.
+
+    Raises:
+        PermissionDenied: The role or the namespace grants do not cover the request; its
+            ``permission`` names the one missing.
+    """
+    rule = RULES[method]
+    label = label or method
+    permission = rule.permission_for(request)
+    check_role(principal, permission, label)
+    audited = check_further(principal, rule, request, label) or permission
+    check_namespaces(principal, rule.target(request), audited)
+    return audited

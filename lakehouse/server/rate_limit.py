@@ -12,6 +12,9 @@ The buckets live in the process: with N replicas behind a load balancer a caller
 to N times the configured rate in all. Enforcing it across replicas would need a shared
 store on the path of every call, which costs more than the limit protects.
 
+The Arrow Flight port takes its tokens from the same buckets (``RateLimiter``), so a caller's
+rate is one across both ports.
+
 The interceptor sits inside the auth interceptor (see ``lakehouse.server.app``), so the
 principal is known when it runs and a refusal is metered, logged and mapped to a status like
 any other error.
@@ -20,6 +23,7 @@ any other error.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -69,6 +73,7 @@ class TokenBuckets:
         self._max_buckets = max_buckets
         # key -> (tokens, when they were counted). Tuples, not objects: one allocation a call.
         self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -80,16 +85,19 @@ class TokenBuckets:
             0.0 when the call may go ahead; otherwise the seconds until a token is there
             (nothing was taken).
         """
-        now = self._clock()
-        tokens, then = self._buckets.get(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - then) * self.rate)
-        if tokens >= 1.0:
-            if key not in self._buckets and len(self._buckets) >= self._max_buckets:
-                self._evict(now)
-            self._buckets[key] = (tokens - 1.0, now)
-            return 0.0
-        self._buckets[key] = (tokens, now)
-        return (1.0 - tokens) / self.rate
+        # Under a lock: the Flight port takes tokens on pyarrow's threads, the gRPC port on
+        # the event loop (uncontended, the lock costs well under a microsecond a call).
+        with self._lock:
+            now = self._clock()
+            tokens, then = self._buckets.get(key, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - then) * self.rate)
+            if tokens >= 1.0:
+                if key not in self._buckets and len(self._buckets) >= self._max_buckets:
+                    self._evict(now)
+                self._buckets[key] = (tokens - 1.0, now)
+                return 0.0
+            self._buckets[key] = (tokens, now)
+            return (1.0 - tokens) / self.rate
 
     def _evict(self, now: float) -> None:
         """Drops the buckets that are full again; if none is, the oldest half."""
@@ -117,8 +125,10 @@ def caller_key(principal: str, peer: str, *, by_peer: bool) -> str:
     return f"peer:{host}"
 
 
-class RateLimitInterceptor(MethodInterceptor):
-    """Refuses calls beyond a principal's rate with ``RESOURCE_EXHAUSTED`` and ``RetryInfo``.
+class RateLimiter:
+    """The per-caller rate limit, shared by the gRPC and Flight ports.
+
+    A caller has one bucket, whichever port it calls.
 
     Args:
         settings: ``calls_per_second`` and ``burst_calls`` (``calls_per_second`` > 0).
@@ -134,25 +144,17 @@ class RateLimitInterceptor(MethodInterceptor):
         by_peer: bool,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__()
         self.buckets = TokenBuckets(settings.calls_per_second, settings.burst_calls, clock=clock)
         self._by_peer = by_peer
 
-    def wrap_method(self, method: str, handler: Handler) -> Handler:
-        """Wraps the handler of every method but those of the exempt services."""
-        if split_method(method)[0] in EXEMPT_SERVICES:
-            return handler
-        return rewrapped(handler, self._wrap)
-
-    def _admit(self, context: Context) -> None:
-        """Takes a token for the call.
+    def admit(self, principal: str, peer: Callable[[], str]) -> None:
+        """Takes a token for a call of ``principal`` from ``peer()`` (asked only when needed).
 
         Raises:
             ResourceExhausted: The caller's bucket is empty (reason ``RATE_LIMITED``).
         """
-        principal = current_principal()
         if self._by_peer or not principal:
-            key = caller_key(principal, context.peer() or "", by_peer=True)
+            key = caller_key(principal, peer(), by_peer=True)
         else:
             key = f"principal:{principal}"  # the hot path: no peer string to build
         wait = self.buckets.take(key)
@@ -171,6 +173,32 @@ class RateLimitInterceptor(MethodInterceptor):
             },
             retry_after_seconds=wait_ms / 1000,
         )
+
+
+class RateLimitInterceptor(MethodInterceptor):
+    """Refuses calls beyond a principal's rate with ``RESOURCE_EXHAUSTED`` and ``RetryInfo``.
+
+    Args:
+        limiter: The process's rate limiter (shared with the Flight port).
+    """
+
+    def __init__(self, limiter: RateLimiter) -> None:
+        super().__init__()
+        self.limiter = limiter
+
+    def wrap_method(self, method: str, handler: Handler) -> Handler:
+        """Wraps the handler of every method but those of the exempt services."""
+        if split_method(method)[0] in EXEMPT_SERVICES:
+            return handler
+        return rewrapped(handler, self._wrap)
+
+    def _admit(self, context: Context) -> None:
+        """Takes a token for the call.
+
+        Raises:
+            ResourceExhausted: The caller's bucket is empty (reason ``RATE_LIMITED``).
+        """
+        self.limiter.admit(current_principal(), lambda: context.peer() or "")
 
     def _wrap(self, behavior: Callable[..., Any], grpc_type: str) -> Callable[..., Any]:
         if grpc_type in ("unary", "client_stream"):

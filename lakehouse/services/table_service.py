@@ -51,10 +51,10 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 #: The Flight ticket and locations of each stream of a session, for its creator (principal,
 #: session); none without a Flight port. Made by the transport, which owns the Flight port.
-StreamEndpoints: TypeAlias = Callable[[str, ReadSession], Sequence[tuple[bytes, Sequence[str]]]]
+StreamEndpoints: TypeAlias = Callable[[ReadSession], Sequence[tuple[bytes, Sequence[str]]]]
 
 
-def _no_endpoints(principal: str, session: ReadSession) -> Sequence[tuple[bytes, Sequence[str]]]:
+def _no_endpoints(session: ReadSession) -> Sequence[tuple[bytes, Sequence[str]]]:
     return ()
 
 
@@ -300,7 +300,7 @@ class TableServicer(table_service_pb2_grpc.TableServiceServicer):
             max_streams=request.max_streams,
             principal=principal,
         )
-        endpoints = self._stream_endpoints(principal, session)
+        endpoints = self._stream_endpoints(session)
         return pb.CreateReadSessionResponse(session=read_session_to_proto(session, endpoints))
 
     async def DeleteRows(

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 import pytest_asyncio
-from google.protobuf import field_mask_pb2
+from google.protobuf import any_pb2, field_mask_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
 from fixtures.certs import TestCA
@@ -29,9 +29,13 @@ from fixtures.serve_process import serve_process
 from lakehouse.client.arrow import read_rows_to_arrow_async
 from lakehouse.config import AuthSettings, Settings
 from lakehouse.core.signing_key import SigningKey
+from lakehouse.domain.errors import PermissionDenied
 from lakehouse.server.app import LakehouseServer
-from lakehouse.server.credentials import new_api_key
+from lakehouse.server.credentials import Principal, new_api_key
+from lakehouse.server.flight.auth import APPEND_METHOD, READ_METHOD
+from lakehouse.server.flight.sessions import CREATE_SESSION_METHOD
 from lakehouse.server.flight.tickets import TicketError, TicketSigner
+from lakehouse.server.permissions import check
 from lakehouse.v1 import ingest_pb2, schema_pb2, table_service_pb2_grpc
 from lakehouse.v1 import ingest_service_pb2 as ingest_pb
 from lakehouse.v1 import table_service_pb2 as pb
@@ -230,6 +234,40 @@ async def test_reads_return_read_rows_rows_for_each_selection(started: Any) -> N
     # A row limit: as many rows as ReadRows gives.
     limited = pb.ReadRowsRequest(namespace="sales", table="orders", row_limit=7)
     assert (await off_loop(lambda: read(client, limited))).num_rows == 7
+    # The plan's schema is the one do_get streams (the plan does not open the read).
+    for request in [*selections, limited]:
+        descriptor = flight.FlightDescriptor.for_command(request.SerializeToString())
+        info = await off_loop(lambda d=descriptor: client.get_flight_info(d))
+        streamed = await off_loop(lambda i=info: client.do_get(i.endpoints[0].ticket).read_all())
+        assert info.schema.equals(streamed.schema, check_metadata=True), request
+
+
+async def test_versions_and_incremental_ranges_read_as_read_rows(started: Any) -> None:
+    """A snapshot, a time, a ref and an incremental range: the rows ReadRows returns (the plan
+    pins the version, which do_get reads)."""
+    await create_table(started)  # two appends: two snapshots
+    async with grpc.aio.insecure_channel(f"{LOOPBACK}:{started.grpc_port}") as channel:
+        stub = table_service_pb2_grpc.TableServiceStub(channel)
+        listed = await stub.ListSnapshots(
+            pb.ListSnapshotsRequest(namespace="sales", table="orders")
+        )
+    snapshots = sorted(listed.snapshots, key=lambda s: s.commit_time.ToMilliseconds())
+    first = snapshots[0]
+    client = flight.connect(f"grpc://{LOOPBACK}:{started.flight_port}")
+    table = {"namespace": "sales", "table": "orders"}
+    requests = [
+        pb.ReadRowsRequest(**table, snapshot_id=first.snapshot_id),
+        pb.ReadRowsRequest(**table, as_of_time=first.commit_time),
+        pb.ReadRowsRequest(**table, ref="main"),
+        pb.ReadRowsRequest(**table, start_snapshot_id=first.snapshot_id),
+    ]
+    counts = []
+    for request in requests:
+        got = await off_loop(lambda request=request: read(client, request))
+        expected = await grpc_read(started, request)
+        assert plain(got).equals(plain(expected)), request
+        counts.append(got.num_rows)
+    assert counts == [500, 500, 1000, 500]
 
 
 async def test_a_ticket_reads_the_snapshot_planned(started: Any) -> None:
@@ -662,10 +700,21 @@ async def test_replicas_with_one_ticket_key_redeem_each_others_tickets(
         await off_loop(lambda: foreign.do_get(ticket).read_all())
 
 
+def expected_refusal(role: str, method: str, request: Any) -> str | None:
+    """The permission ``permissions.check`` (the gRPC port's decision) refuses, or None."""
+    try:
+        check(Principal(f"{role}-key", role, None, "api_key"), method, request)  # type: ignore[arg-type]
+    except PermissionDenied as exc:
+        return exc.permission
+    return None
+
+
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 async def test_role_matrix_on_the_flight_port(start_server: Callable[..., Any]) -> None:
-    """Reads (get_flight_info, do_get) need tables.read, do_put ingest.write, as ReadRows and
-    AppendRows do on the gRPC port."""
+    """Each Flight action is allowed exactly when the gRPC method it stands for is, by the
+    one permission table (RULES): reads as ReadRows and CreateReadSession (tables.read),
+    do_put as AppendRows (ingest.write; a write mode that removes rows also needs
+    tables.change_rows, and only then is refused as not an append)."""
     plain: dict[str, str] = {}
     entries = []
     for role in ("viewer", "developer", "admin"):
@@ -676,21 +725,62 @@ async def test_role_matrix_on_the_flight_port(start_server: Callable[..., Any]) 
     client = flight.connect(f"grpc://{LOOPBACK}:{server.flight_port}")
     await create_table_as(server, client, plain["admin"])
     request = pb.ReadRowsRequest(namespace="sales", table="orders")
-    allowed = {"viewer": {"read"}, "developer": {"read", "put"}, "admin": {"read", "put"}}
-    for role, may in allowed.items():
+    session = pb.CreateReadSessionRequest(namespace="sales", table="orders")
+    packed = any_pb2.Any()
+    packed.Pack(session)
+    append = ingest_pb.AppendRowsRequest(namespace="sales", table="orders")
+    overwrite = ingest_pb.AppendRowsRequest(
+        namespace="sales", table="orders", write_mode=ingest_pb2.WRITE_MODE_OVERWRITE
+    )
+    refusals = {}
+    for role in plain:
         options = bearer(plain[role])
-        actions: dict[str, Callable[[], Any]] = {
-            "read": lambda options=options: read(client, request, options),
-            "put": lambda options=options: put(
-                client, append_command("sales", "orders"), ROWS.slice(0, 1), options
+        actions: dict[str, tuple[str, Any, Callable[[], Any]]] = {
+            "read": (READ_METHOD, request, lambda o=options: read(client, request, o)),
+            "session": (
+                CREATE_SESSION_METHOD,
+                session,
+                lambda o=options: client.get_flight_info(
+                    flight.FlightDescriptor.for_command(packed.SerializeToString()), o
+                ),
+            ),
+            "append": (
+                APPEND_METHOD,
+                append,
+                lambda o=options: put(client, append.SerializeToString(), ROWS.slice(0, 1), o),
+            ),
+            "overwrite": (
+                APPEND_METHOD,
+                overwrite,
+                lambda o=options: put(client, overwrite.SerializeToString(), ROWS.slice(0, 1), o),
             ),
         }
-        for action, call in actions.items():
-            if action in may:
-                await off_loop(call)
-            else:
-                with pytest.raises(flight.FlightUnauthorizedError, match="permission denied"):
+        for action, (method, message, call) in actions.items():
+            refused = expected_refusal(role, method, message)
+            refusals[role, action] = refused
+            if refused is not None:
+                with pytest.raises(flight.FlightUnauthorizedError, match=f"needs {refused}"):
                     await off_loop(call)
+            elif action == "overwrite":  # allowed by the rules, then refused: do_put appends
+                with pytest.raises(pa.ArrowInvalid, match="write_mode"):
+                    await off_loop(call)
+            else:
+                await off_loop(call)
+    # What the table says today, so a change to it is a visible change here too.
+    assert refusals == {
+        ("viewer", "read"): None,
+        ("viewer", "session"): None,
+        ("viewer", "append"): "ingest.write",
+        ("viewer", "overwrite"): "ingest.write",
+        ("developer", "read"): None,
+        ("developer", "session"): None,
+        ("developer", "append"): None,
+        ("developer", "overwrite"): "tables.change_rows",
+        ("admin", "read"): None,
+        ("admin", "session"): None,
+        ("admin", "append"): None,
+        ("admin", "overwrite"): None,
+    }
 
 
 def test_a_replica_killed_mid_do_get_fails_the_read_clearly(tmp_path: Path) -> None:

@@ -33,8 +33,8 @@ from server.test_flight import (
 from fixtures.net import LOOPBACK
 from lakehouse.core.read_sessions import SessionSigner
 from lakehouse.core.signing_key import SigningKey
-from lakehouse.domain.read_sessions import SessionClaims, b64decode
-from lakehouse.server.flight.commands import session_tickets
+from lakehouse.domain.read_sessions import SessionClaims
+from lakehouse.server.flight.sessions import parse_stream_payload, stream_payload
 from lakehouse.server.flight.tickets import TicketSigner
 from lakehouse.v1 import table_service_pb2 as pb
 from lakehouse.v1 import table_service_pb2_grpc
@@ -133,25 +133,50 @@ async def test_session_tickets_are_the_callers_and_expire_with_the_session(
         )
     assert (await off_loop(lambda: read_endpoints(client, info, developer))).num_rows == 1000
     # An expired session: refused even with a ticket still valid (both carry an expiry).
-    name = _session_name(ticket.ticket)
-    claims = SessionClaims.decode(b64decode(name.partition(".")[0]))
-    key = SigningKey(SECRET.encode())
-    old = SessionSigner(key).sign(
-        SessionClaims(**{**claims.__dict__, "expire_ms": int(time.time() * 1000) - 1})
-    )
+    claims, _ = ticket_claims(ticket.ticket, "developer-key")
+    stale = SessionClaims(**{**claims.__dict__, "expire_ms": int(time.time() * 1000) - 1})
     far = int(time.time() * 1000) + 60_000
-    [stale] = session_tickets(TicketSigner(key, 60), "developer-key", old, 1, far)
+    forged = TicketSigner(SigningKey(SECRET.encode()), 60).sign(
+        "developer-key", b"c" + stream_payload(stale, 0), expires_ms=far
+    )
     with pytest.raises(pa.ArrowInvalid, match="READ_SESSION_EXPIRED"):
-        await off_loop(lambda: client.do_get(flight.Ticket(stale), developer).read_all())
+        await off_loop(lambda: client.do_get(flight.Ticket(forged), developer).read_all())
 
 
-def _session_name(ticket: bytes) -> str:
-    """The session name inside a session ticket (tests look inside; clients never need to)."""
-    body = ticket[:-32]
-    name_length = int.from_bytes(body[9:11], "big")
-    payload = body[11 + name_length :]
-    assert payload[:1] == b"s"
-    return payload[5:].decode("ascii")
+def ticket_claims(ticket: bytes, principal: str) -> tuple[SessionClaims, int]:
+    """The claims and stream index a session ticket carries (tests look inside; clients never
+    need to)."""
+    content = TicketSigner(SigningKey(SECRET.encode()), 60).open(ticket, principal)
+    assert content.payload[:1] == b"c"
+    return parse_stream_payload(content.payload[1:])
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_a_session_ticket_is_signed_once_and_an_older_one_is_refused(
+    start_server: Callable[..., Any],
+) -> None:
+    """A session stream's ticket carries the session's claims under the ticket's one signature
+    (its principal and expiry are the session's), not a signed session name inside a signed
+    ticket; a ticket of the earlier layout is refused with a clear error."""
+    server = await start_server()
+    await create_table(server)
+    client = flight.connect(f"grpc://{LOOPBACK}:{server.flight_port}")
+    request = pb.CreateReadSessionRequest(namespace="sales", table="orders", max_streams=2)
+    info = await off_loop(lambda: client.get_flight_info(session_descriptor(request)))
+    assert len(info.endpoints) == 2
+    key = SigningKey(SECRET.encode())
+    for index, endpoint in enumerate(info.endpoints):
+        claims, stream = ticket_claims(endpoint.ticket.ticket, "anonymous")
+        content = TicketSigner(key, 60).open(endpoint.ticket.ticket, "anonymous")
+        assert (stream, claims.streams, claims.table) == (index, 2, "orders")
+        assert (claims.principal, claims.expire_ms) == ("anonymous", content.expires_ms)
+    # The earlier layout: source "s", the index, then a signed session name.
+    name = SessionSigner(key).sign(claims)
+    older = TicketSigner(key, 60).sign(
+        "anonymous", b"s" + (0).to_bytes(4, "big") + name.encode("ascii")
+    )
+    with pytest.raises(pa.ArrowInvalid, match="plan again"):
+        await off_loop(lambda: client.do_get(flight.Ticket(older)).read_all())
 
 
 async def test_a_session_created_on_the_grpc_port_is_read_with_flight(

@@ -33,13 +33,24 @@ from lakehouse.v1 import ingest_service_pb2 as pb
 
 
 def parse_append_command(command: bytes) -> pb.AppendRowsRequest:
-    """A do_put descriptor command as the first request of an AppendRows stream.
+    """A do_put descriptor command as the first request of an AppendRows stream, unchecked.
+
+    It is authorized as it came (a write mode that removes rows needs its permission, as on
+    the gRPC port), then checked (``check_append_command``).
 
     Raises:
-        InvalidArgument: Bytes that are not such a request, a request without a table, with
-            rows, or in a write mode other than APPEND.
+        InvalidArgument: Bytes that are not such a request.
     """
-    request = parse_command(pb.AppendRowsRequest, command)
+    return parse_command(pb.AppendRowsRequest, command)
+
+
+def check_append_command(request: pb.AppendRowsRequest) -> None:
+    """Refuses a do_put command that is not a table's AppendRows stream start in APPEND mode.
+
+    Raises:
+        InvalidArgument: A request without a table, with rows, or in a write mode other
+            than APPEND.
+    """
     for name in ("namespace", "table"):
         if not getattr(request, name):
             raise InvalidArgument.field(name, "the do_put command must name the table")
@@ -50,7 +61,6 @@ def parse_append_command(command: bytes) -> pb.AppendRowsRequest:
         )
     if write_mode_from_proto(request.write_mode) is not WriteMode.APPEND:
         raise InvalidArgument.field("write_mode", "do_put appends: leave it unset or APPEND")
-    return request
 
 
 @dataclass

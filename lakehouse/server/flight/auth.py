@@ -25,7 +25,8 @@ from lakehouse.domain.errors import PermissionDenied, Unauthenticated
 from lakehouse.server import metrics
 from lakehouse.server.credentials import Authenticator, CredentialError, Principal
 from lakehouse.server.flight.errors import code_name, flight_error
-from lakehouse.server.permissions import READ_PERMISSIONS, RULES, Permission, role_allows
+from lakehouse.server.limits import CallSlots
+from lakehouse.server.permissions import READ_PERMISSIONS, RULES, check
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("lakehouse.audit")
@@ -46,11 +47,16 @@ class CallMiddleware(flight.ServerMiddleware):  # type: ignore[misc]
         self.principal = principal
         self.method = method
         self.peer = peer
+        #: The bound whose slot the call holds until it completes (its stream included).
+        self.slot: CallSlots | None = None
         self._started = time.perf_counter()
         metrics.FLIGHT_STARTED.labels(method).inc()
 
     def call_completed(self, exception: BaseException | None) -> None:
-        """Counts the call by its outcome and writes its log line (as the gRPC port's)."""
+        """Frees the call's slot, counts the call by its outcome and writes its log line."""
+        if self.slot is not None:
+            self.slot.give_back()
+            self.slot = None
         elapsed = time.perf_counter() - self._started
         code = code_name(exception)
         metrics.FLIGHT_HANDLED.labels(self.method, code).inc()
@@ -103,47 +109,36 @@ class AuthMiddlewareFactory(flight.ServerMiddlewareFactory):  # type: ignore[mis
         return CallMiddleware(principal, method, "")
 
 
-def caller(context: Any) -> Principal:
-    """The authenticated caller of a Flight call (set by :class:`AuthMiddlewareFactory`)."""
+def call_of(context: Any) -> CallMiddleware:
+    """The middleware of a Flight call: its authenticated caller, its slot."""
     middleware = context.get_middleware(MIDDLEWARE_KEY)
     if not isinstance(middleware, CallMiddleware):  # not installed: a wiring bug
         raise flight.FlightInternalError("the Flight server has no auth middleware")
-    return middleware.principal
+    return middleware
+
+
+def caller(context: Any) -> Principal:
+    """The authenticated caller of a Flight call (set by :class:`AuthMiddlewareFactory`)."""
+    return call_of(context).principal
 
 
 def authorize(principal: Principal, method: str, request: Any, flight_method: str) -> None:
     """Refuses ``request`` unless ``principal`` may make it as the gRPC ``method``.
 
+    The decision is the gRPC port's own (``permissions.check``); this adds the audit line.
+
     Raises:
         PermissionDenied: The role lacks the method's permission (or the further one the
             request needs), or the table's namespace is outside the caller's grants.
     """
-    rule = RULES[method]
-    permission = rule.permission_for(request)
-    needed = [permission]
-    further = rule.further_permission_for(request)
-    if further is not None:
-        needed.append(further)
-    target = rule.target(request)
-    for one in needed:
-        if not role_allows(principal.role, Permission(one)):
-            audit(principal, flight_method, one, target.attributes, "PERMISSION_DENIED")
-            raise PermissionDenied(
-                f"permission denied: flight {flight_method} needs {one}, which role "
-                f"{principal.role} does not have",
-                permission=one,
-            )
-    for namespace in target.namespaces:
-        if not principal.may_touch(namespace):
-            audit(principal, flight_method, permission, target.attributes, "PERMISSION_DENIED")
-            raise PermissionDenied(
-                f"permission denied: namespace {namespace!r} is outside the caller's "
-                "namespace grants",
-                permission=permission,
-                metadata={"namespace": namespace},
-            )
+    try:
+        permission = check(principal, method, request, label=f"flight {flight_method}")
+    except PermissionDenied as exc:
+        target = RULES[method].target(request).attributes
+        audit(principal, flight_method, exc.permission, target, "PERMISSION_DENIED")
+        raise
     if permission not in READ_PERMISSIONS:
-        audit(principal, flight_method, permission, target.attributes, "OK")
+        audit(principal, flight_method, permission, RULES[method].target(request).attributes, "OK")
 
 
 def audit(

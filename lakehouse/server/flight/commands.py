@@ -23,6 +23,7 @@ from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
 
 from lakehouse.domain.errors import InvalidArgument
+from lakehouse.domain.read_sessions import SessionClaims
 from lakehouse.server.credentials import Principal
 from lakehouse.server.flight.sessions import stream_payload
 from lakehouse.server.flight.sources import FlightReadSource, ReadPlan
@@ -33,7 +34,9 @@ READ_ROWS_TYPE: Final = _TYPE_PREFIX + "lakehouse.v1.ReadRowsRequest"
 CREATE_READ_SESSION_TYPE: Final = _TYPE_PREFIX + "lakehouse.v1.CreateReadSessionRequest"
 
 _READ_ROWS: Final = b"r"
-_SESSION: Final = b"s"
+#: "c": a session stream's claims ("s", a signed session name inside the ticket, was signed
+#: twice and is refused as a ticket of an earlier build).
+_SESSION: Final = b"c"
 
 
 def parse_command(command: bytes) -> tuple[bytes, bytes]:
@@ -87,11 +90,14 @@ class CommandRouter:
         return await source.open(principal, payload[1:])
 
 
-def session_tickets(
-    signer: TicketSigner, principal: str, session: str, streams: int, expires_ms: int
-) -> list[bytes]:
-    """The Flight tickets of a session's streams (as ``get_flight_info`` would make them)."""
+def session_tickets(signer: TicketSigner, claims: SessionClaims) -> list[bytes]:
+    """The Flight tickets of a session's streams, as ``get_flight_info`` would make them.
+
+    Each is the session creator's and expires with the session.
+    """
     return [
-        signer.sign(principal, _SESSION + stream_payload(session, i), expires_ms=expires_ms)
-        for i in range(streams)
+        signer.sign(
+            claims.principal, _SESSION + stream_payload(claims, i), expires_ms=claims.expire_ms
+        )
+        for i in range(claims.streams)
     ]

@@ -3,7 +3,8 @@
 pyarrow maps a handler's exception to a gRPC status: its Flight error classes to
 UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED and INTERNAL
 (with ``extra_info`` sent as the ``grpc-status-details-bin`` trailer: a ``google.rpc.Status``
-with the ``ErrorInfo``, as on the gRPC port); ``ArrowInvalid`` to INVALID_ARGUMENT and
+with the ``ErrorInfo`` and any ``RetryInfo``, as on the gRPC port; RESOURCE_EXHAUSTED, which
+Flight has no class for, is UNAVAILABLE with its details); ``ArrowInvalid`` to INVALID_ARGUMENT and
 ``KeyError`` to NOT_FOUND, with no details besides the message (pyarrow appends a short
 traceback of this module to those). The message always starts with the stable reason, so a
 Flight client in any language can branch on it: ``[UNKNOWN_COLUMN] columns.paths[0]: no
@@ -59,7 +60,9 @@ def flight_error(exc: LakehouseError | TicketError) -> Exception:
         details = status_proto_for(exc, "").SerializeToString()
         error = _WITH_DETAILS[exc.code](text, extra_info=details)
     elif exc.code in _RETRYABLE:
-        error = flight.FlightUnavailableError(text)
+        # With the details, so a RATE_LIMITED or SERVER_OVERLOADED refusal carries its RetryInfo.
+        details = status_proto_for(exc, "").SerializeToString()
+        error = flight.FlightUnavailableError(text, extra_info=details)
     elif exc.code in _BAD_INPUT:
         error = pa.ArrowInvalid(text)
     elif exc.code == grpc.StatusCode.NOT_FOUND:

@@ -7,6 +7,13 @@ pool), so each handler hands its core calls to the loop with
 batches never pass through Python per message (Flight's transport sends the Arrow buffers).
 A do_get asks for its next batch while Flight sends the current one.
 
+Bounds: every call passes the gRPC port's per-caller rate limit (the same buckets) and takes a
+slot of the process-wide bound on calls at once (shared with the gRPC port; held until the
+call completes, a do_get's stream included), and each wait on a core call is bounded by the
+server's unary limit (``request_timeout_seconds``): a core call that does not come back in
+time is cancelled and the call ends with DEADLINE_EXCEEDED (Flight's ``TimedOut``), so a stuck
+call cannot hold a Flight thread forever.
+
 Shutdown: the server stops taking calls at once and in-flight calls may finish within the
 grace period; after it they end with UNAVAILABLE (reason ``SHUTTING_DOWN``), so a client
 reads again elsewhere and a do_put writer resends from its last acknowledged offset.
@@ -28,12 +35,15 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from lakehouse.core.ingest_requests import IngestRequests
-from lakehouse.domain.errors import InvalidArgument, LakehouseError, Unavailable
+from lakehouse.deadlines import call_deadline
+from lakehouse.domain.errors import DeadlineExceeded, InvalidArgument, LakehouseError, Unavailable
+from lakehouse.domain.read_sessions import SessionClaims
 from lakehouse.server import metrics
-from lakehouse.server.credentials import Authenticator
+from lakehouse.server.credentials import Authenticator, Principal
 from lakehouse.server.flight.appends import (
     PutStream,
     acknowledgement,
+    check_append_command,
     enqueue_batch,
     parse_append_command,
 )
@@ -42,12 +52,14 @@ from lakehouse.server.flight.auth import (
     MIDDLEWARE_KEY,
     AuthMiddlewareFactory,
     authorize,
-    caller,
+    call_of,
 )
 from lakehouse.server.flight.commands import session_tickets
 from lakehouse.server.flight.errors import flight_errors
 from lakehouse.server.flight.sources import FlightReadSource
 from lakehouse.server.flight.tickets import TicketSigner
+from lakehouse.server.limits import CallSlots
+from lakehouse.server.rate_limit import RateLimiter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,6 +70,21 @@ ABANDON_SECONDS = 2.0
 
 #: do_put batches decoded and queued ahead of their acknowledgement (AppendRows' depth).
 PUT_PIPELINE_DEPTH = 64
+
+
+@dataclass(frozen=True)
+class FlightBounds:
+    """What bounds Flight calls, as the gRPC port's calls are bounded.
+
+    Attributes:
+        call_seconds: The longest wait on one core call (``request_timeout_seconds``).
+        slots: The process-wide bound on calls at once (``max_concurrent_calls``).
+        rate: The per-caller rate limit; None when it is off.
+    """
+
+    call_seconds: float
+    slots: CallSlots
+    rate: RateLimiter | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +115,7 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         requests: The ingest use case do_put feeds.
         signer: Signs and checks tickets.
         authenticator: The process's authenticator (shared with the gRPC port).
+        bounds: The rate limit, the bound on calls at once and on core calls' time.
         tls: The port's certificate, or None for plaintext.
         advertised_host: Host named in endpoint locations; empty for none.
     """
@@ -102,6 +130,7 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         requests: IngestRequests,
         signer: TicketSigner,
         authenticator: Authenticator,
+        bounds: FlightBounds,
         tls: FlightTls | None = None,
         advertised_host: str = "",
     ) -> None:
@@ -122,6 +151,7 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         self._source = source
         self._requests = requests
         self._signer = signer
+        self._bounds = bounds
         self._cancelled = False
         self.abandoned = False
         self.locations: list[flight.Location] = []
@@ -137,18 +167,60 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             raise _shutting_down()
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
+    def _submit_bounded(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """``coro`` on the loop, with the call's deadline set for the adapters it calls."""
+        return self._submit(_within(coro, self._bounds.call_seconds))
+
+    def _wait(self, future: concurrent.futures.Future[T], *, cancel: bool = True) -> T:
+        """The result of a core call, waited for at most the server's unary limit.
+
+        Args:
+            future: The core call.
+            cancel: Cancel the call at the limit (not for a wait on a commit: the commit goes
+                on, and the client resends from its last acknowledged offset).
+
+        Raises:
+            DeadlineExceeded: The call did not come back in time (reason SERVER_DEADLINE).
+        """
+        seconds = self._bounds.call_seconds
+        try:
+            return future.result(timeout=seconds)
+        except TimeoutError:
+            if future.done():
+                raise  # the core call's own TimeoutError, not this wait's
+            if cancel:
+                future.cancel()
+            raise DeadlineExceeded(
+                f"a Flight call waited the server's limit of {seconds:g} s for the service "
+                "(request_timeout_seconds)",
+                metadata={"limit_seconds": f"{seconds:g}"},
+            ) from None
+
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self._submit(coro).result()
+        return self._wait(self._submit_bounded(coro))
+
+    def _admit(self, context: flight.ServerCallContext) -> Principal:
+        """The caller, once its call passed the rate limit and took a slot of the bound.
+
+        Raises:
+            ResourceExhausted: The caller is over its rate (RATE_LIMITED), or the process
+                handles its limit of calls (SERVER_OVERLOADED).
+        """
+        call = call_of(context)
+        if call.slot is not None:
+            return call.principal  # admitted already (get_schema plans with get_flight_info)
+        if self._bounds.rate is not None:
+            self._bounds.rate.admit(call.principal.name, lambda: str(context.peer() or ""))
+        if self._bounds.slots.take():
+            call.slot = self._bounds.slots
+        return call.principal
 
     # -- reads -------------------------------------------------------------------------------
 
-    def session_endpoints(
-        self, principal: str, session: str, streams: int, expires_ms: int
-    ) -> list[tuple[bytes, list[str]]]:
+    def session_endpoints(self, claims: SessionClaims) -> list[tuple[bytes, list[str]]]:
         """The ticket and locations (URIs) of each stream of a session made on the gRPC port."""
         uris = [location.uri.decode() for location in self.locations]
-        tickets = session_tickets(self._signer, principal, session, streams, expires_ms)
-        return [(ticket, uris) for ticket in tickets]
+        return [(ticket, uris) for ticket in session_tickets(self._signer, claims)]
 
     def get_flight_info(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
@@ -159,7 +231,7 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         an Any (a session, one endpoint per stream; see ``lakehouse.server.flight.commands``).
         """
         with flight_errors():
-            principal = caller(context)
+            principal = self._admit(context)
             command = _command(descriptor)
             read = self._run(self._source.plan(principal, command))
             endpoints = [
@@ -180,7 +252,7 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> Any:
         """Streams the batches of a ticket's stream (its caller's ticket, within its TTL)."""
         with flight_errors():
-            principal = caller(context)
+            principal = self._admit(context)
             content = self._signer.open(ticket.ticket, principal.name)
             schema, batches = self._run(self._source.open(principal, content.payload))
         return flight.GeneratorStream(schema, self._sent(context, batches))
@@ -192,13 +264,13 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         pending: concurrent.futures.Future[pa.RecordBatch | None] | None = None
         try:
             with flight_errors():
-                pending = self._submit(_next(batches))
+                pending = self._submit_bounded(_next(batches))
                 while True:
-                    batch = pending.result()
+                    batch = self._wait(pending)
                     pending = None
                     if batch is None or context.is_cancelled():
                         return
-                    pending = self._submit(_next(batches))
+                    pending = self._submit_bounded(_next(batches))
                     metrics.FLIGHT_BATCHES_SENT.labels("do_get").inc()
                     metrics.FLIGHT_BYTES_SENT.labels("do_get").inc(batch.nbytes)
                     yield batch
@@ -219,15 +291,17 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     ) -> None:
         """Appends each batch as one AppendRows request, acknowledged in ``app_metadata``."""
         with flight_errors():
-            principal = caller(context)
+            principal = self._admit(context)
             request = parse_append_command(_command(descriptor))
+            # Authorized as sent, then checked: the gRPC port's order for AppendRows.
             authorize(principal, APPEND_METHOD, request, "do_put")
+            check_append_command(request)
             stream = PutStream.open(request, reader.schema)
             acks: collections.deque[concurrent.futures.Future[Any]] = collections.deque()
 
             def acknowledge(block: bool) -> None:
                 while acks and (block or acks[0].done() or len(acks) >= PUT_PIPELINE_DEPTH):
-                    response, error = acks.popleft().result()
+                    response, error = self._wait(acks.popleft(), cancel=False)
                     if error is not None:
                         raise error
                     writer.write(pa.py_buffer(response.SerializeToString()))
@@ -292,6 +366,15 @@ def _command(descriptor: flight.FlightDescriptor) -> bytes:
             reason="MALFORMED_REQUEST",
         )
     return bytes(descriptor.command)
+
+
+async def _within(coro: Coroutine[Any, Any, T], seconds: float) -> T:
+    """``coro`` run with the call's deadline set (``lakehouse.deadlines``).
+
+    Adapters time their calls to backing services by it, as on the gRPC port.
+    """
+    with call_deadline(seconds):
+        return await coro
 
 
 async def _next(batches: AsyncIterator[pa.RecordBatch]) -> pa.RecordBatch | None:

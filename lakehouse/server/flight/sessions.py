@@ -2,10 +2,11 @@
 
 ``get_flight_info`` on a ``CreateReadSessionRequest`` creates a session exactly as
 ``TableService.CreateReadSession`` does (same rule, same validation, same cap on streams) and
-returns one endpoint per stream; a stream's payload names the session and the stream index,
-and ``do_get`` reads it with the core's ``read_stream``. The session name is itself signed
-and bound to its caller, so its checks (expiry, principal, stream index) apply again at
-``do_get``, on whichever replica the ticket is redeemed.
+returns one endpoint per stream; a stream's payload is the stream index and the session's
+claims, and ``do_get`` reads it with the core's ``read_checked``. The payload is signed once,
+by the ticket (bound to the caller, expiring with the session), not a signed session name
+inside a signed ticket; the core's checks of the claims (expiry, principal, stream index)
+apply again at ``do_get``, on whichever replica the ticket is redeemed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pyarrow as pa
 from lakehouse.core.read_sessions import ReadSessions
 from lakehouse.core.reads import ReadStart
 from lakehouse.domain.errors import InvalidArgument
+from lakehouse.domain.read_sessions import SessionClaims
 from lakehouse.server.credentials import Principal
 from lakehouse.server.flight.auth import READ_METHOD, authorize
 from lakehouse.server.flight.sources import (
@@ -37,20 +39,25 @@ CREATE_SESSION_METHOD = "/lakehouse.v1.TableService/CreateReadSession"
 _INDEX = struct.Struct(">I")
 
 
-def stream_payload(session: str, stream: int) -> bytes:
-    """What a session stream's ticket carries: the stream index, then the session name."""
-    return _INDEX.pack(stream) + session.encode("ascii")
+def stream_payload(claims: SessionClaims, stream: int) -> bytes:
+    """What a session stream's ticket carries: the stream index, then the session's claims."""
+    return _INDEX.pack(stream) + claims.encode()
 
 
-def _parse_stream_payload(payload: bytes) -> tuple[str, int]:
+def parse_stream_payload(payload: bytes) -> tuple[SessionClaims, int]:
+    """The claims and the stream index of a session stream's payload.
+
+    Raises:
+        InvalidArgument: Not such a payload (MALFORMED_REQUEST).
+    """
     if len(payload) <= _INDEX.size:
         raise InvalidArgument.field(
             "ticket", "is not a read-session stream", reason="MALFORMED_REQUEST"
         )
     (stream,) = _INDEX.unpack_from(payload)
     try:
-        return payload[_INDEX.size :].decode("ascii"), stream
-    except UnicodeDecodeError:
+        return SessionClaims.decode(payload[_INDEX.size :]), stream
+    except InvalidArgument:
         raise InvalidArgument.field(
             "ticket", "is not a read-session stream", reason="MALFORMED_REQUEST"
         ) from None
@@ -79,24 +86,22 @@ class ReadSessionSource:
             max_streams=request.max_streams,
             principal=principal.name,
         )
-        streams = [stream_payload(session.name, i) for i in range(len(session.streams))]
+        streams = [stream_payload(session.claims, i) for i in range(len(session.streams))]
         return ReadPlan(session.schema, streams, session.snapshot_id, session.expire_ms)
 
     async def open(
         self, principal: Principal, payload: bytes
     ) -> tuple[pa.Schema, AsyncIterator[pa.RecordBatch]]:
         """See :meth:`FlightReadSource.open`; ``payload`` names a session and a stream."""
-        session, stream = _parse_stream_payload(payload)
-        claims = self._sessions.claims(principal.name, session, stream)
+        claims, stream = parse_stream_payload(payload)
+        claims = self._sessions.checked(principal.name, claims, stream)
         # The table's read rule, checked now: a role or grant withdrawn since the session was
         # created applies at once (as ReadRows(read_session) on the gRPC port).
         target = pb.ReadRowsRequest(namespace=claims.namespace, table=claims.table)
         authorize(principal, READ_METHOD, target, "do_get")
         items = cast(
             AsyncGenerator[ReadStart | pa.RecordBatch, None],
-            self._sessions.read_stream(
-                principal.name, session, stream, budget_bytes=self._batch_bytes
-            ),
+            self._sessions.read_checked(claims, stream, budget_bytes=self._batch_bytes),
         )
         start = await started(items)
         return start.schema, batches_of(items)

@@ -4,10 +4,13 @@ A :class:`FlightReadSource` turns a descriptor command into a plan (the schema a
 opaque payload per stream) and a payload back into record batches. Tickets wrap payloads:
 the server signs them and binds them to the caller, so a source never sees a forged one.
 
-:class:`ReadRowsSource` plans a ``ReadRowsRequest`` with the core read of
-``TableService.ReadRows`` (same selection, same validation errors) into one stream pinned to
-the snapshot planned, so ``do_get`` reads what ``get_flight_info`` described even if the
-table moved in between. Read sessions (many streams per plan) are the other source
+:class:`ReadRowsSource` plans a ``ReadRowsRequest`` (same selection, same validation errors
+as ``TableService.ReadRows``) into one stream pinned to the snapshot planned, so ``do_get``
+reads what ``get_flight_info`` described even if the table moved in between. The plan is a
+one-stream read session's (``ReadSessions.create``): it resolves the version and the files
+without opening the scan, so ``get_flight_info`` costs a planning and ``do_get`` is the one
+read. An incremental range (which sessions do not take) is planned by opening the read.
+Read sessions (many streams per plan) are the other source
 (``lakehouse.server.flight.sessions``); ``lakehouse.server.flight.commands`` tells which a
 command is for.
 """
@@ -21,6 +24,7 @@ from typing import Protocol, TypeVar, cast
 import pyarrow as pa
 from google.protobuf.message import DecodeError, Message
 
+from lakehouse.core.read_sessions import ReadSessions
 from lakehouse.core.reads import Reads, ReadStart
 from lakehouse.domain.errors import InvalidArgument
 from lakehouse.server.credentials import Principal
@@ -111,18 +115,18 @@ def parse_read_command(command: bytes) -> pb.ReadRowsRequest:
     return parse_command(pb.ReadRowsRequest, command)
 
 
-def pinned(request: pb.ReadRowsRequest, start: ReadStart) -> pb.ReadRowsRequest:
+def pinned(request: pb.ReadRowsRequest, snapshot_id: int | None) -> pb.ReadRowsRequest:
     """``request`` reading the snapshot its plan read, whatever the table's head is later."""
-    if start.snapshot_id is None:
+    if snapshot_id is None:
         return request  # an empty table: nothing to pin
     result = pb.ReadRowsRequest()
     result.CopyFrom(request)
     if request.HasField("start_snapshot_id"):
         if not request.HasField("end_snapshot_id"):
-            result.end_snapshot_id = start.snapshot_id
+            result.end_snapshot_id = snapshot_id
         return result
     result.ClearField("ref")
-    result.snapshot_id = start.snapshot_id  # replaces as_of_time (one version oneof)
+    result.snapshot_id = snapshot_id  # replaces as_of_time (one version oneof)
     return result
 
 
@@ -131,11 +135,15 @@ class ReadRowsSource:
 
     Args:
         reads: The core read use case.
+        sessions: The core read-session use case (plans without reading).
         batch_bytes: Target size of one batch.
     """
 
-    def __init__(self, reads: Reads, batch_bytes: int = FLIGHT_BATCH_BYTES) -> None:
+    def __init__(
+        self, reads: Reads, sessions: ReadSessions, batch_bytes: int = FLIGHT_BATCH_BYTES
+    ) -> None:
         self._reads = reads
+        self._sessions = sessions
         self._batch_bytes = batch_bytes
 
     async def plan(self, principal: Principal, command: bytes) -> ReadPlan:
@@ -145,11 +153,17 @@ class ReadRowsSource:
         if is_json_row_format(request.format):
             raise InvalidArgument.field("format", "Flight streams Arrow only: leave it unset")
         arrow_compression_from_proto(request.arrow_compression)  # checked; Flight has its own
-        start, items = await self._start(request)
-        await items.aclose()
-        return ReadPlan(
-            start.schema, [pinned(request, start).SerializeToString()], start.snapshot_id
-        )
+        options = read_options_from_proto(request)
+        if options.start_snapshot_id is not None:
+            start, items = await self._start(request)
+            await items.aclose()
+            schema, snapshot_id = start.schema, start.snapshot_id
+        else:
+            session = await self._sessions.create(
+                request.namespace, request.table, options, max_streams=1, principal=principal.name
+            )
+            schema, snapshot_id = session.schema, session.snapshot_id
+        return ReadPlan(schema, [pinned(request, snapshot_id).SerializeToString()], snapshot_id)
 
     async def open(
         self, principal: Principal, payload: bytes

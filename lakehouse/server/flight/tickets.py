@@ -1,8 +1,10 @@
 """Flight tickets: opaque, short-lived, HMAC-signed and bound to the principal they were made for.
 
 A ticket is ``version || expiry (8 bytes, ms) || principal length (2) || principal || payload
-|| HMAC-SHA256(key, everything before)``. The payload is what the read source needs to
-stream (for today's reads, a ``ReadRowsRequest`` pinned to one snapshot); it is signed, not
+|| HMAC-SHA256(key, everything before)`` (the service's one token codec,
+``lakehouse.core.signed_tokens``). The payload is what the read source needs to stream (a
+``ReadRowsRequest`` pinned to one snapshot, or a read session's claims and a stream index,
+signed by this ticket only); it is signed, not
 encrypted: a ticket names a table the caller was allowed to read when it was made, nothing
 secret. Every replica checks tickets with the service's one signing key (``SigningKey``,
 derived for tickets), so a ticket minted by one replica is redeemed by any.
@@ -10,18 +12,17 @@ derived for tickets), so a ticket minted by one replica is redeemed by any.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from lakehouse.core.signed_tokens import SignedTokens, TokenError
 from lakehouse.core.signing_key import SigningKey
 
 _VERSION = 1
 _HEADER = struct.Struct(">BQH")
-_MAC_BYTES = hashlib.sha256().digest_size
 
 
 class TicketError(Exception):
@@ -65,7 +66,7 @@ class TicketSigner:
         ttl_seconds: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._key = key
+        self._tokens = SignedTokens(key, PURPOSE)
         self._ttl_ms = int(ttl_seconds * 1000)
         self._clock = clock
 
@@ -83,8 +84,7 @@ class TicketSigner:
         name = principal.encode()
         if expires_ms is None:
             expires_ms = int(self._clock() * 1000) + self._ttl_ms
-        body = _HEADER.pack(_VERSION, expires_ms, len(name)) + name + payload
-        return body + hmac.digest(self._key.for_purpose(PURPOSE), body, "sha256")
+        return self._tokens.sign(_HEADER.pack(_VERSION, expires_ms, len(name)) + name + payload)
 
     def open(self, ticket: bytes, principal: str) -> TicketContent:
         """The content of a ticket ``principal`` may redeem now.
@@ -94,17 +94,16 @@ class TicketSigner:
                 (``FLIGHT_TICKET_INVALID``), past its TTL (``FLIGHT_TICKET_EXPIRED``), or made
                 for another principal (``FLIGHT_TICKET_OTHER_PRINCIPAL``).
         """
-        if len(ticket) < _HEADER.size + _MAC_BYTES:
-            raise TicketError("not a lakehouse Flight ticket", "FLIGHT_TICKET_INVALID")
-        body, mac = ticket[:-_MAC_BYTES], ticket[-_MAC_BYTES:]
-        if not hmac.compare_digest(
-            mac, hmac.digest(self._key.for_purpose(PURPOSE), body, "sha256")
-        ):
+        try:
+            body = self._tokens.verify(ticket)
+        except TokenError:
             raise TicketError(
                 "the Flight ticket's signature does not verify (changed, or made with another "
                 "signing key)",
                 "FLIGHT_TICKET_INVALID",
-            )
+            ) from None
+        if len(body) < _HEADER.size:
+            raise TicketError("not a lakehouse Flight ticket", "FLIGHT_TICKET_INVALID")
         version, expires_ms, name_length = _HEADER.unpack_from(body)
         if version != _VERSION or len(body) < _HEADER.size + name_length:
             raise TicketError("not a lakehouse Flight ticket", "FLIGHT_TICKET_INVALID")

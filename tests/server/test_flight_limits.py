@@ -1,0 +1,188 @@
+"""The Flight port's call bounds: the per-caller rate limit, the bound on calls at once (both
+shared with the gRPC port) and the bounded wait on core calls.
+
+Against real servers on 127.0.0.1 and pyarrow's Flight client. The bound and the timeout
+need a core call that does not come back: a second Flight server in the same process, wired
+to the real server's core, authenticator and shared bounds, whose read source waits on an
+event (or forever) before planning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import pyarrow as pa
+import pyarrow.flight as flight
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+from server import test_flight
+from server.test_flight import off_loop
+
+from fixtures.grpc_errors import rpc_error_details
+from fixtures.net import LOOPBACK
+from lakehouse.core.ingest_requests import IngestRequests
+from lakehouse.server.app import LakehouseServer
+from lakehouse.server.credentials import Principal
+from lakehouse.server.flight.server import FlightBounds, LakehouseFlightServer
+from lakehouse.server.flight.sources import ReadPlan
+from lakehouse.server.flight.tickets import TicketSigner
+from lakehouse.v1 import table_service_pb2 as pb
+from lakehouse.v1 import table_service_pb2_grpc
+
+#: The Flight tests' server fixture (a server with Flight).
+start_server = test_flight.start_server
+pytestmark = pytest.mark.parametrize("backend", ["local"], indirect=True)
+
+DESCRIPTOR = flight.FlightDescriptor.for_command(
+    pb.ReadRowsRequest(namespace="sales", table="none").SerializeToString()
+)
+#: The longest a test waits for something it started (a call to arrive, a slot to free).
+SETTLE_SECONDS = 10.0
+
+
+def details(error: flight.FlightError) -> status_pb2.Status:
+    """The google.rpc.Status a Flight error carries (its grpc-status-details-bin)."""
+    return status_pb2.Status.FromString(error.extra_info)
+
+
+def retry_delay(status: status_pb2.Status) -> float:
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return float(info.retry_delay.ToTimedelta().total_seconds())
+    raise AssertionError(f"no RetryInfo in {status}")
+
+
+class WaitingSource:
+    """A read source whose plan waits until ``release`` is set (never, if it is not).
+
+    Attributes:
+        waiting: Plans waiting now.
+        cancelled: Plans cancelled while waiting.
+    """
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.waiting = 0
+        self.cancelled = 0
+
+    async def plan(self, principal: Principal, command: bytes) -> ReadPlan:
+        self.waiting += 1
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.waiting -= 1
+        return ReadPlan(pa.schema([("id", pa.int64())]), [], None)
+
+    async def open(
+        self, principal: Principal, payload: bytes
+    ) -> tuple[pa.Schema, AsyncIterator[pa.RecordBatch]]:
+        raise AssertionError("no ticket is planned")
+
+
+def waiting_server(server: LakehouseServer, source: WaitingSource, seconds: float) -> Any:
+    """A Flight server on ``server``'s core and shared bounds, planning with ``source``."""
+    return LakehouseFlightServer(
+        LOOPBACK,
+        0,
+        loop=asyncio.get_running_loop(),
+        source=source,
+        requests=IngestRequests(server.ingest, server.tables),
+        signer=TicketSigner(server.signing_key, 60),
+        authenticator=server.authenticator,
+        bounds=FlightBounds(seconds, server.call_slots, server.rate_limiter),
+    )
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Waits (bounded) until ``condition`` holds."""
+    async with asyncio.timeout(SETTLE_SECONDS):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def test_a_caller_over_its_rate_is_refused_on_both_ports(
+    start_server: Callable[..., Any],
+) -> None:
+    """Flight calls take tokens from the gRPC port's buckets (per client address, with
+    authentication off): past the burst, RATE_LIMITED with a RetryInfo, on either port."""
+    server = await start_server(quotas={"calls_per_second": 0.01, "burst_calls": 3})
+    client = flight.connect(f"grpc://{LOOPBACK}:{server.flight_port}")
+    for _ in range(2):  # tokens taken: the call goes on (to NOT_FOUND: no such table)
+        with pytest.raises(KeyError, match="NAMESPACE_NOT_FOUND"):
+            await off_loop(lambda: client.get_flight_info(DESCRIPTOR))
+    async with grpc.aio.insecure_channel(f"{LOOPBACK}:{server.grpc_port}") as channel:
+        stub = table_service_pb2_grpc.TableServiceStub(channel)
+        await stub.ListNamespaces(pb.ListNamespacesRequest())  # the third token
+        with pytest.raises(flight.FlightUnavailableError, match=r"\[RATE_LIMITED\]") as caught:
+            await off_loop(lambda: client.get_flight_info(DESCRIPTOR))
+        status = details(caught.value)
+        assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+        assert 0 < retry_delay(status) <= 100
+        with pytest.raises(flight.FlightUnavailableError, match=r"\[RATE_LIMITED\]"):
+            await off_loop(lambda: client.do_get(flight.Ticket(b"x")).read_all())
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.ListNamespaces(pb.ListNamespacesRequest())
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert rpc_error_details(refused.value).reason == "RATE_LIMITED"
+
+
+async def test_the_bound_on_calls_at_once_is_shared_with_the_grpc_port(
+    start_server: Callable[..., Any],
+) -> None:
+    """With max_concurrent_calls 2 and two Flight calls in progress, a third Flight call and
+    a gRPC call are SERVER_OVERLOADED; once they end, calls go through again."""
+    server = await start_server(max_concurrent_calls=2)
+    source = WaitingSource()
+    waiting = waiting_server(server, source, 30.0)
+    try:
+        client = flight.connect(f"grpc://{LOOPBACK}:{waiting.port}")
+        held = [
+            asyncio.create_task(off_loop(lambda: client.get_flight_info(DESCRIPTOR)))
+            for _ in range(2)
+        ]
+        await until(lambda: source.waiting == 2)
+        with pytest.raises(flight.FlightUnavailableError, match=r"\[SERVER_OVERLOADED\]") as c:
+            await off_loop(lambda: client.get_flight_info(DESCRIPTOR))
+        assert retry_delay(details(c.value)) > 0
+        async with grpc.aio.insecure_channel(f"{LOOPBACK}:{server.grpc_port}") as channel:
+            stub = table_service_pb2_grpc.TableServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.ListNamespaces(pb.ListNamespacesRequest())
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert rpc_error_details(refused.value).reason == "SERVER_OVERLOADED"
+            source.release.set()
+            for call in held:
+                assert (await call).endpoints == []
+            await until(lambda: server.call_slots.in_use == 0)
+            await stub.ListNamespaces(pb.ListNamespacesRequest())
+        assert (await off_loop(lambda: client.get_flight_info(DESCRIPTOR))).endpoints == []
+    finally:
+        source.release.set()
+        await waiting.stop(5.0)
+
+
+async def test_a_core_call_that_never_returns_ends_with_a_timeout(
+    start_server: Callable[..., Any],
+) -> None:
+    """A plan that never comes back: the call ends with TimedOut (DEADLINE_EXCEEDED,
+    SERVER_DEADLINE) at the limit, the core call is cancelled and its slot freed."""
+    server = await start_server(max_concurrent_calls=5)
+    source = WaitingSource()
+    waiting = waiting_server(server, source, 0.5)
+    try:
+        client = flight.connect(f"grpc://{LOOPBACK}:{waiting.port}")
+        with pytest.raises(flight.FlightTimedOutError, match=r"\[SERVER_DEADLINE\]") as caught:
+            await off_loop(lambda: client.get_flight_info(DESCRIPTOR))
+        assert details(caught.value).code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+        await until(lambda: source.cancelled == 1 and source.waiting == 0)
+        await until(lambda: server.call_slots.in_use == 0)
+    finally:
+        await waiting.stop(5.0)
