@@ -43,8 +43,9 @@ from lakehouse.domain.errors import (
     LakehouseError,
     NotFound,
 )
-from lakehouse.domain.ingest import AppendPlan, IngestState
+from lakehouse.domain.ingest import WRITERS_SUMMARY_KEY, AppendPlan, IngestState
 from lakehouse.domain.read_sessions import StreamShare
+from lakehouse.domain.refs import RefKind
 from lakehouse.domain.tables import OpenScan, ScanRequest, TableInfo
 
 IMPLEMENTATIONS = [IcebergCatalog]
@@ -662,6 +663,31 @@ async def test_list_snapshots_lists_every_commit_with_its_parent(
         5,
         2,
     )
+
+
+async def test_current_snapshot_is_the_head_of_a_branch(
+    table: TableInfo, catalog: CatalogPort
+) -> None:
+    assert await catalog.current_snapshot("ns", "t") is None
+    first = await append(catalog, 2)
+    await catalog.create_ref("ns", "t", "audit", RefKind.BRANCH, first)
+    await catalog.create_ref("ns", "t", "v1", RefKind.TAG, first)
+    before = now_ms()
+    second = await append(catalog, 5)
+
+    head = await catalog.current_snapshot("ns", "t")
+
+    assert head is not None
+    assert (head.snapshot_id, head.parent_snapshot_id) == (second, first)
+    assert before - 1000 <= head.timestamp_ms <= now_ms()
+    assert head.summary["added-records"] == "3"
+    assert WRITERS_SUMMARY_KEY in head.summary  # what the scheduler looks for
+    assert head == {s.snapshot_id: s for s in await catalog.list_snapshots("ns", "t")}[second]
+    audit = await catalog.current_snapshot("ns", "t", "audit")
+    assert audit is not None and audit.snapshot_id == first
+    await raises(NotFound, "REF_NOT_FOUND", catalog.current_snapshot("ns", "t", "nope"))
+    await raises(FailedPrecondition, "NOT_A_BRANCH", catalog.current_snapshot("ns", "t", "v1"))
+    await raises(NotFound, "TABLE_NOT_FOUND", catalog.current_snapshot("ns", "missing"))
 
 
 async def test_rollback_to_a_snapshot_by_id_and_as_of_a_time(
