@@ -237,10 +237,10 @@ class JobsSettings(_Section):
     """How often table maintenance policies are checked and their jobs enqueued; 0 turns the
     scheduler off."""
     ingest_keep_snapshots: int = Field(default=100, ge=0, le=1_000_000)
-    """Snapshots kept of a table under ingest (its newest snapshot was committed by
-    WriteRows or AppendRows) that sets no ``history.expire.*`` property of its own: the
-    scheduler expires the older ones, so that commits do not slow down as snapshots pile
-    up. Between two scheduler passes a table may gain more (up to its commits per
+    """Snapshots kept of a table under ingest (its current snapshot, the head of main, was
+    committed by WriteRows or AppendRows) that sets no ``history.expire.*`` property of its
+    own: the scheduler expires the older ones, so that commits do not slow down as snapshots
+    pile up. Between two scheduler passes a table may gain more (up to its commits per
     ``scheduler_interval_seconds``). 0 turns this default off."""
     retention_days: float = Field(default=30.0, ge=0, le=3650)
     """Finished jobs are deleted this long after they ended (by the scheduler); 0 keeps them."""

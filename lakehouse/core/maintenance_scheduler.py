@@ -14,11 +14,12 @@ and the scheduler in every server process turns them into jobs:
 | ``lakehouse.orphans.min-file-age-ms`` | remove orphan files older than this |
 | ``lakehouse.orphans.interval-ms`` | how often to look for orphans (default: a day) |
 
-A table under ingest (its newest snapshot was committed by the ingest path) that sets neither
-``history.expire`` property keeps its newest ``jobs.ingest_keep_snapshots`` snapshots (100 by
-default): a commit's cost grows with the snapshot count (its metadata, rewritten per commit),
-and an ingest table gains several per second. Expiry keeps exactly-once: the request ids of
-the snapshots it removes are copied to the request-id ledger first.
+A table under ingest (its current snapshot, the head of main, was committed by the ingest path)
+that sets neither ``history.expire`` property keeps its newest ``jobs.ingest_keep_snapshots``
+snapshots (100 by default): a commit's cost grows with the snapshot count (its metadata,
+rewritten per commit), and an ingest table gains several per second. Expiry keeps
+exactly-once: the request ids of the snapshots it removes are copied to the request-id ledger
+first.
 
 Replicas all run the scheduler; the job store admits one queued-or-running scheduled job per
 table and kind, so they never pile up duplicates. Each pass also deletes finished jobs past
@@ -250,9 +251,9 @@ class MaintenanceScheduler:
         keep = self._ingest_keep
         if keep <= 0 or info.stats.snapshot_count <= keep:
             return None
-        snapshots = await self._catalog.list_snapshots(info.namespace, info.name)
-        newest = max(snapshots, key=lambda s: s.timestamp_ms, default=None)
-        if newest is None or WRITERS_SUMMARY_KEY not in newest.summary:
+        # The head alone: a table under ingest keeps a hundred snapshots or more.
+        head = await self._catalog.current_snapshot(info.namespace, info.name)
+        if head is None or WRITERS_SUMMARY_KEY not in head.summary:
             return None
         return js.JobSpec(
             js.ExpireSnapshotsSpec(

@@ -103,6 +103,18 @@ class CatalogPort(Protocol):
     async def list_snapshots(self, namespace: str, name: str) -> list[SnapshotInfo]:
         """Every snapshot kept in the table's metadata. Raises NotFound."""
 
+    async def current_snapshot(
+        self, namespace: str, name: str, branch: str = MAIN
+    ) -> SnapshotInfo | None:
+        """The snapshot at the head of ``branch``; None for main of a table with no snapshot.
+
+        Reads only the head, whatever the number of snapshots the table keeps.
+
+        Raises:
+            NotFound: No such table, or no such branch (REF_NOT_FOUND).
+            FailedPrecondition: ``branch`` names a tag (NOT_A_BRANCH).
+        """
+
     async def update_table(
         self,
         namespace: str,

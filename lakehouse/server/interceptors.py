@@ -276,20 +276,40 @@ else:  # grpc's classes are generic only in their type stubs
     Handler = grpc.RpcMethodHandler
 
 
-class MethodInterceptor(grpc.aio.ServerInterceptor):
-    """An interceptor whose wrapping of a handler depends only on the method called.
+class MethodInterceptor:
+    """One layer of the server's interceptors: a handler's wrapping, given only its method.
 
-    Its handlers are wrapped once per method and kept: a call then costs a dictionary lookup
-    here, not new closures and a new handler per layer. gRPC's generic handlers return the
-    same handler object for a method every time; a different one is wrapped anew.
+    A layer is not a gRPC interceptor on its own: :class:`InterceptorChain` wraps each method's
+    handler in all its layers once and keeps the result, so the one cache of wrapped handlers
+    is the chain's.
     """
-
-    def __init__(self) -> None:
-        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
     def wrap_method(self, method: str, handler: Handler) -> Handler:
         """``handler`` of ``method`` (``/pkg.Service/Method``) wrapped in this layer."""
         raise NotImplementedError
+
+
+class InterceptorChain(grpc.aio.ServerInterceptor):
+    """Several method interceptors as one: one ``intercept_service`` a call, not one a layer.
+
+    Each method's handler is wrapped in every layer once and kept: a call then costs a
+    dictionary lookup here, not new closures and a new handler per layer. gRPC's generic
+    handlers return the same handler object for a method every time; a different one is
+    wrapped anew.
+
+    Args:
+        layers: Outermost first, as they would be given to ``grpc.aio.server``.
+    """
+
+    def __init__(self, layers: Sequence[MethodInterceptor]) -> None:
+        self._layers = tuple(reversed(layers))
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
+
+    def wrap_method(self, method: str, handler: Handler) -> Handler:
+        """``handler`` wrapped by every layer, innermost first."""
+        for layer in self._layers:
+            handler = layer.wrap_method(method, handler)
+        return handler
 
     def wrapped(self, method: str, handler: Handler) -> Handler:
         """``wrap_method``'s result, computed once per method and handler."""
@@ -310,24 +330,6 @@ class MethodInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         return self.wrapped(handler_call_details.method, handler)
-
-
-class InterceptorChain(MethodInterceptor):
-    """Several method interceptors as one: one ``intercept_service`` a call, not one a layer.
-
-    Args:
-        layers: Outermost first, as they would be given to ``grpc.aio.server``.
-    """
-
-    def __init__(self, layers: Sequence[MethodInterceptor]) -> None:
-        super().__init__()
-        self._layers = tuple(reversed(layers))
-
-    def wrap_method(self, method: str, handler: Handler) -> Handler:
-        """``handler`` wrapped by every layer, innermost first."""
-        for layer in self._layers:
-            handler = layer.wrap_method(method, handler)
-        return handler
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ catalog on the same backend, as another replica of the service would.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -22,6 +23,7 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression, EqualTo
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
+from pyiceberg.table import DataScan
 from pyiceberg.table.sorting import SortField, SortOrder
 from pyiceberg.transforms import IdentityTransform
 from pyiceberg.types import LongType, NestedField, StringType
@@ -29,6 +31,7 @@ from pyiceberg.types import LongType, NestedField, StringType
 from fixtures.memory_ledger import MemoryLedger
 from fixtures.ports import protocol_mismatches
 from lakehouse.adapters.iceberg.catalog import IcebergCatalog
+from lakehouse.adapters.iceberg.session_plans import PlanCache
 from lakehouse.blocking import BlockingPool
 from lakehouse.core.ports import CatalogPort
 from lakehouse.domain.changes import AddColumn, DropColumn, SetProperties, TableChange
@@ -40,8 +43,9 @@ from lakehouse.domain.errors import (
     LakehouseError,
     NotFound,
 )
-from lakehouse.domain.ingest import AppendPlan, IngestState
+from lakehouse.domain.ingest import WRITERS_SUMMARY_KEY, AppendPlan, IngestState
 from lakehouse.domain.read_sessions import StreamShare
+from lakehouse.domain.refs import RefKind
 from lakehouse.domain.tables import OpenScan, ScanRequest, TableInfo
 
 IMPLEMENTATIONS = [IcebergCatalog]
@@ -661,6 +665,31 @@ async def test_list_snapshots_lists_every_commit_with_its_parent(
     )
 
 
+async def test_current_snapshot_is_the_head_of_a_branch(
+    table: TableInfo, catalog: CatalogPort
+) -> None:
+    assert await catalog.current_snapshot("ns", "t") is None
+    first = await append(catalog, 2)
+    await catalog.create_ref("ns", "t", "audit", RefKind.BRANCH, first)
+    await catalog.create_ref("ns", "t", "v1", RefKind.TAG, first)
+    before = now_ms()
+    second = await append(catalog, 5)
+
+    head = await catalog.current_snapshot("ns", "t")
+
+    assert head is not None
+    assert (head.snapshot_id, head.parent_snapshot_id) == (second, first)
+    assert before - 1000 <= head.timestamp_ms <= now_ms()
+    assert head.summary["added-records"] == "3"
+    assert WRITERS_SUMMARY_KEY in head.summary  # what the scheduler looks for
+    assert head == {s.snapshot_id: s for s in await catalog.list_snapshots("ns", "t")}[second]
+    audit = await catalog.current_snapshot("ns", "t", "audit")
+    assert audit is not None and audit.snapshot_id == first
+    await raises(NotFound, "REF_NOT_FOUND", catalog.current_snapshot("ns", "t", "nope"))
+    await raises(FailedPrecondition, "NOT_A_BRANCH", catalog.current_snapshot("ns", "t", "v1"))
+    await raises(NotFound, "TABLE_NOT_FOUND", catalog.current_snapshot("ns", "missing"))
+
+
 async def test_rollback_to_a_snapshot_by_id_and_as_of_a_time(
     table: TableInfo, catalog: CatalogPort
 ) -> None:
@@ -873,3 +902,51 @@ async def test_a_read_session_plan_splits_the_pinned_snapshot_into_shares(
     assert sorted(i for share in shares for i in share) == list(range(8))
     assert [len(share) for share in shares] == [s.rows for s in plan.streams]
     assert len((await catalog.plan_read_session("ns", "t", scan_request(), 100)).streams) == 5
+
+
+async def test_the_streams_of_a_session_arriving_together_at_another_replica_plan_once(
+    table: TableInfo,
+    catalog: CatalogPort,
+    open_catalog: OpenCatalog,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A replica that did not create the session plans it once for all its streams at once.
+
+    Each planning of the replica is counted around pyiceberg's real planner; the first one
+    waits until every stream has reached the replica's plan cache, so that all of them miss
+    it together (a bounded wait: it only makes the race certain).
+    """
+    streams = 3  # below the replica's 4 worker threads
+    for end in (2, 4, 6, 8):  # four data files
+        pinned = await append(catalog, end)
+    plan = await catalog.plan_read_session("ns", "t", scan_request(), streams)
+    assert (plan.snapshot_id, len(plan.streams)) == (pinned, streams)
+    replica = open_catalog()
+    arrived = threading.Condition()
+    counts = {"arrived": 0, "planned": 0}
+    real_tasks, real_plan_files = PlanCache.tasks, DataScan.plan_files
+
+    def arrive(cache: PlanCache, key: Any, planner: Any) -> Any:
+        with arrived:
+            counts["arrived"] += 1
+            arrived.notify_all()
+        return real_tasks(cache, key, planner)
+
+    def plan_files(scan: DataScan) -> Any:
+        with arrived:
+            counts["planned"] += 1
+            arrived.wait_for(lambda: counts["arrived"] >= streams, timeout=10)
+        return real_plan_files(scan)
+
+    monkeypatch.setattr(PlanCache, "tasks", arrive)
+    monkeypatch.setattr(DataScan, "plan_files", plan_files)
+
+    async def read_stream(index: int) -> list[int]:
+        request = scan_request(snapshot_id=pinned)
+        shared = ScanRequest(**{**request.__dict__, "share": StreamShare(index, streams)})
+        return await read_ids(replica, shared)
+
+    shares = await asyncio.gather(*(read_stream(i) for i in range(streams)))
+
+    assert counts == {"arrived": streams, "planned": 1}
+    assert sorted(i for share in shares for i in share) == list(range(8))

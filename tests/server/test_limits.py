@@ -25,7 +25,7 @@ from fixtures.net import LOOPBACK
 from lakehouse.client.arrow import write_rows_request
 from lakehouse.config import Settings
 from lakehouse.server.app import LakehouseServer
-from lakehouse.server.interceptors import ObservabilityInterceptor
+from lakehouse.server.interceptors import InterceptorChain, ObservabilityInterceptor
 from lakehouse.server.limits import MAX_METADATA_BYTES, CallDeadlines, server_options
 from lakehouse.v1 import ingest_service_pb2 as ipb
 from lakehouse.v1 import (
@@ -391,7 +391,7 @@ async def bare(handlers: Forever) -> AsyncIterator[grpc.aio.Channel]:
     server = grpc.aio.server(
         interceptors=[
             aio_server_interceptor(),  # type: ignore[no-untyped-call]
-            ObservabilityInterceptor(CallDeadlines(SLOW_UNARY, SLOW_STREAM)),
+            InterceptorChain([ObservabilityInterceptor(CallDeadlines(SLOW_UNARY, SLOW_STREAM))]),
         ]
     )
     methods = {

@@ -125,7 +125,7 @@ from lakehouse.domain.ingest import (
     StagedAppend,
 )
 from lakehouse.domain.read_sessions import StreamShare
-from lakehouse.domain.refs import RefInfo, RefKind
+from lakehouse.domain.refs import MAIN, RefInfo, RefKind
 from lakehouse.domain.row_changes import DeleteOutcome, RowChange
 from lakehouse.domain.table_health import FileStats
 from lakehouse.domain.tables import (
@@ -687,6 +687,22 @@ class IcebergCatalog:
             retry=True,
             files=False,
         )
+
+    async def current_snapshot(
+        self, namespace: str, name: str, branch: str = MAIN
+    ) -> SnapshotInfo | None:
+        """The snapshot at the head of ``branch``; None for main of a table with no snapshot.
+
+        Raises:
+            NotFound: No such table, or no such branch (REF_NOT_FOUND).
+            FailedPrecondition: ``branch`` names a tag (NOT_A_BRANCH).
+        """
+
+        def work(c: Catalog) -> SnapshotInfo | None:
+            head = write_head(self._table(c, namespace, name), branch)
+            return None if head is None else snapshot_info(head)
+
+        return await self._call(work, namespace, name, retry=True, files=False)
 
     async def update_table(
         self,

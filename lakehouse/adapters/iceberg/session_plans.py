@@ -3,7 +3,8 @@
 A session pins a snapshot; every replica that serves one of its streams plans that snapshot
 with the session's filter and columns (pyiceberg lists the data files in manifest order, the
 same on every replica) and reads the stream's contiguous share of the files. The plan is
-cached per process, so the streams of one session served by one replica plan once.
+cached per process, so the streams of one session served by one replica plan once, even when
+they arrive together.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Future
 
 import pyarrow as pa
 from pyiceberg.io.pyarrow import schema_to_pyarrow
@@ -31,27 +33,50 @@ _Plan = tuple[FileScanTask, ...]
 
 
 class PlanCache:
-    """The planned files of recent session reads, by table, snapshot, filter and columns."""
+    """The planned files of recent session reads, by table, snapshot, filter and columns.
+
+    One planning per key: the streams of a session reach a replica that did not create it at
+    once, and the first to miss plans while the others wait for its plan (a future in the
+    cache). A planning that fails leaves no entry, so the next read plans again.
+    """
 
     def __init__(self, size: int = PLAN_CACHE_SIZE) -> None:
         self._size = size
-        self._plans: OrderedDict[_PlanKey, tuple[FileScanTask, ...]] = OrderedDict()
+        self._plans: OrderedDict[_PlanKey, Future[_Plan]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def tasks(
-        self, key: _PlanKey, plan: Callable[[], tuple[FileScanTask, ...]]
-    ) -> tuple[FileScanTask, ...]:
-        """The cached plan of ``key``, planned with ``plan`` on a miss."""
+    def tasks(self, key: _PlanKey, plan: Callable[[], _Plan]) -> _Plan:
+        """The cached plan of ``key``, planned with ``plan`` on a miss.
+
+        Raises:
+            Exception: Whatever ``plan`` raised, to the caller that planned and to those that
+                waited for it.
+        """
         with self._lock:
             found = self._plans.get(key)
             if found is not None:
                 self._plans.move_to_end(key)
-                return found
-        planned = plan()  # outside the lock: planning reads manifests
-        with self._lock:
-            self._plans[key] = planned
-            while len(self._plans) > self._size:
-                self._plans.popitem(last=False)
+            else:
+                pending: Future[_Plan] = Future()
+                self._plans[key] = pending
+                while len(self._plans) > self._size:
+                    # A planning still under way stays its waiters' own: they hold its future.
+                    self._plans.popitem(last=False)
+        if found is not None:
+            # Blocks this worker thread while another plans: it would plan otherwise.
+            return found.result()
+        return self._plan(key, pending, plan)
+
+    def _plan(self, key: _PlanKey, pending: Future[_Plan], plan: Callable[[], _Plan]) -> _Plan:
+        try:
+            planned = plan()  # the lock is not held: planning reads manifests
+        except BaseException as exc:
+            with self._lock:
+                if self._plans.get(key) is pending:
+                    del self._plans[key]
+            pending.set_exception(exc)
+            raise
+        pending.set_result(planned)
         return planned
 
 
