@@ -27,6 +27,7 @@ Needs pyarrow (``pip install 'lakehouse-client[arrow]'``).
 from __future__ import annotations
 
 import datetime
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
@@ -151,32 +152,39 @@ class Lakehouse:
         """The generated ``JobService`` stub (on the first channel)."""
         self.read_streams = read_streams
         self._read_channels: list[grpc.Channel] = []
+        # Threads share the client: the first reads must open one set of channels between
+        # them, and no read may see a half-built list.
+        self._read_channels_lock = threading.Lock()
 
     def _read_stubs(self) -> list[table_service_pb2_grpc.TableServiceStub]:
         """A ``TableService`` stub per read stream: the pool's, then more channels.
 
         The channels past the pool's are opened on the first read that needs them, each its
-        own connection.
+        own connection; safe to call from several threads at once.
         """
         pool = [stubs[0] for stubs in self._next.stubs]
-        missing = self.read_streams - len(pool) - len(self._read_channels)
-        if missing > 0:
-            credentials = self._connection.credentials()
-            target = self._connection.target
-            self._read_channels += [
-                grpc.secure_channel(target, credentials, options=READ_CHANNEL_OPTIONS)
-                if credentials is not None
-                else grpc.insecure_channel(target, options=READ_CHANNEL_OPTIONS)
-                for _ in range(missing)
-            ]
-        extra = [table_service_pb2_grpc.TableServiceStub(c) for c in self._read_channels]
+        with self._read_channels_lock:
+            missing = self.read_streams - len(pool) - len(self._read_channels)
+            if missing > 0:
+                credentials = self._connection.credentials()
+                target = self._connection.target
+                self._read_channels += [
+                    grpc.secure_channel(target, credentials, options=READ_CHANNEL_OPTIONS)
+                    if credentials is not None
+                    else grpc.insecure_channel(target, options=READ_CHANNEL_OPTIONS)
+                    for _ in range(missing)
+                ]
+            opened = list(self._read_channels)
+        extra = [table_service_pb2_grpc.TableServiceStub(c) for c in opened]
         return [*pool, *extra][: max(self.read_streams, 1)]
 
     # --- life -----------------------------------------------------------------------------
 
     def close(self) -> None:
         """Closes the channels; calls in flight are cancelled."""
-        for channel in [*self._channels, *self._read_channels]:
+        with self._read_channels_lock:
+            read_channels = list(self._read_channels)
+        for channel in [*self._channels, *read_channels]:
             channel.close()
 
     def __enter__(self) -> Lakehouse:
