@@ -57,7 +57,8 @@ from lakehouse.client.channels import (
 )
 from lakehouse.client.errors import LakehouseError, decode_error, error_from_status
 from lakehouse.client.jobs import Job, sql_preview, succeeded
-from lakehouse.client.parallel_reads import DEFAULT_STREAMS, read_session_table
+from lakehouse.client.parallel_reads import DEFAULT_STREAMS, read_session
+from lakehouse.client.read_attempts import AttemptPlan
 from lakehouse.client.request_builders import (
     CHANNEL_OPTIONS,
     READ_CHANNEL_OPTIONS,
@@ -457,6 +458,14 @@ class Lakehouse:
         ``read_streams`` connections, in the order of one ``ReadRows``; with a ``limit``, or
         ``read_streams=1``, as one ``ReadRows``.
 
+        Retries are decided call by call (``lakehouse.client.read_attempts.AttemptPlan``):
+        the session's creation and each stream are each tried at most
+        ``retry.max_attempts`` times in all, the failover of a stream whose replica went
+        away to another connection included. A read that fails every call thus sends
+        ``retry.max_attempts`` calls; at worst a read sends
+        ``(1 + streams) * retry.max_attempts``, twice over when maintenance expired its
+        session's snapshot meanwhile (it is then read once more as a new session).
+
         Args:
             table: ``"namespace.table"`` or ``(namespace, table)``.
             columns: The columns (dotted paths for nested fields); None for all.
@@ -487,13 +496,16 @@ class Lakehouse:
                 lambda: read_rows_to_arrow(self._next.tables.ReadRows(request, **self._options())),
                 idempotent=True,
             )
-        # A read session's streams at once; a stream broken by UNAVAILABLE is read again on
-        # another channel, and a failed session as a whole is retried as one read.
+        # A read session's streams at once. Each call (the session's creation, each stream)
+        # is retried on its own, failover to other channels included, within the policy's
+        # attempts: the plan is the one place that retries, so attempts never multiply.
+        stubs = self._read_stubs()
+        plan = AttemptPlan(len(stubs), self.retry, self.on_retry)
         session = read_session_request(request, self.read_streams)
-        return self._call(
-            lambda: read_session_table(self._read_stubs(), session, **self._options()),
-            idempotent=True,
-        )
+        try:
+            return read_session(stubs, session, plan, request.arrow_compression, **self._options())
+        except grpc.RpcError as e:
+            raise decode_error(e) from None
 
     # --- SQL jobs -------------------------------------------------------------------------
 

@@ -46,7 +46,8 @@ from lakehouse.client.channels import (
 )
 from lakehouse.client.errors import LakehouseError, decode_error, error_from_status
 from lakehouse.client.jobs import Job, sql_preview, succeeded
-from lakehouse.client.parallel_reads import DEFAULT_STREAMS, read_session_table_async
+from lakehouse.client.parallel_reads import DEFAULT_STREAMS, read_session_async
+from lakehouse.client.read_attempts import AttemptPlan
 from lakehouse.client.request_builders import (
     CHANNEL_OPTIONS,
     READ_CHANNEL_OPTIONS,
@@ -380,17 +381,23 @@ class AsyncLakehouse:
         )
         request.ref = ref
 
-        async def attempt() -> pa.Table:
-            if limit or self.read_streams <= 1:
+        if limit or self.read_streams <= 1:
+
+            async def attempt() -> pa.Table:
                 call = self._next.tables.ReadRows(request, **self._options())
                 return await read_rows_to_arrow_async(call)
-            return await read_session_table_async(
-                self._read_stubs(),
-                read_session_request(request, self.read_streams),
-                **self._options(),
-            )
 
-        return await self._call(attempt, idempotent=True)
+            return await self._call(attempt, idempotent=True)
+        # Retried call by call within the policy, failover included: see Lakehouse.read.
+        stubs = self._read_stubs()
+        plan = AttemptPlan(len(stubs), self.retry, self.on_retry)
+        session = read_session_request(request, self.read_streams)
+        try:
+            return await read_session_async(
+                stubs, session, plan, request.arrow_compression, **self._options()
+            )
+        except grpc.RpcError as e:
+            raise decode_error(e) from None
 
     async def sql(
         self,

@@ -8,7 +8,9 @@ possibly to separate replicas), lifts the cap of one stream through Python's gRP
 A stream that fails with ``UNAVAILABLE`` because its replica went away (the connection
 failed, or the replica is shutting down) is read again from its start on the next channel:
 its snapshot is pinned, so a re-read returns the same rows, and the rows of the broken
-attempt are dropped. With no channel left, the error is raised.
+attempt are dropped. With no channel left, the error is raised. How many times a call is
+tried, and after which wait, is ``lakehouse.client.read_attempts.AttemptPlan``'s to decide
+(with the high-level clients' retry policy in it).
 The result is in stream order, the order of one ``ReadRows``.
 
 This module needs pyarrow (``pip install './gen[arrow]'``).
@@ -17,6 +19,8 @@ This module needs pyarrow (``pip install './gen[arrow]'``).
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, TypeVar
@@ -24,7 +28,7 @@ from typing import TYPE_CHECKING, TypeVar
 import grpc
 import pyarrow as pa
 
-from lakehouse.client.errors import decode_error
+from lakehouse.client.read_attempts import AttemptPlan, snapshot_expired
 from lakehouse.v1 import read_session_pb2, rows_pb2, table_service_pb2
 
 if TYPE_CHECKING:
@@ -32,6 +36,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_STREAMS",
+    "read_session",
+    "read_session_async",
     "read_session_table",
     "read_session_table_async",
 ]
@@ -57,58 +63,28 @@ def _schema(session: read_session_pb2.ReadSession) -> pa.Schema:
     return pa.ipc.read_schema(pa.py_buffer(session.arrow_schema.serialized_schema))
 
 
-#: UNAVAILABLE reasons of a replica going away (draining); a call fails over to another
-#: channel on these, and on an UNAVAILABLE without ErrorInfo (the connection failed).
-_GOING_AWAY = frozenset({"", "SHUTTING_DOWN"})
-
-
-def _replica_gone(error: grpc.RpcError) -> bool:
-    """Whether ``error`` says the replica (or the connection to it) went away.
-
-    A backing service that failed (``OBJECT_STORE_UNAVAILABLE``, a circuit breaker open...)
-    fails every replica alike: trying the next channel at once only adds a wait, so such an
-    error is the caller's to retry after its ``RetryInfo``.
-    """
-    decoded = decode_error(error)
-    return decoded.code == grpc.StatusCode.UNAVAILABLE and decoded.reason in _GOING_AWAY
-
-
-def _snapshot_expired(error: grpc.RpcError) -> bool:
-    """Whether a session's pinned snapshot was expired by maintenance meanwhile."""
-    return decode_error(error).reason == "SNAPSHOT_EXPIRED"
-
-
-def _attempts(stubs: Sequence[object]) -> int:
-    """Tries of one call: every channel once, and at least a second try on a single one."""
-    return max(2, len(stubs))
-
-
-def _failover(stubs: Sequence[S], first: int, call: Callable[[S], T]) -> T:
-    """``call`` on ``stubs[first]``, then on the next ones while it fails with UNAVAILABLE."""
-    failure: grpc.RpcError | None = None
-    for attempt in range(_attempts(stubs)):
+def _failover(stubs: Sequence[S], first: int, call: Callable[[S], T], plan: AttemptPlan) -> T:
+    """``call`` on ``stubs[first]``, then as ``plan`` says while it fails."""
+    for attempt in itertools.count(1):
         try:
-            return call(stubs[(first + attempt) % len(stubs)])
+            return call(stubs[plan.channel(first, attempt)])
         except grpc.RpcError as e:
-            if not _replica_gone(e):
-                raise
-            failure = e
-    assert failure is not None
-    raise failure
+            delay = plan.wait(e, attempt)
+        time.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover - itertools.count never ends
 
 
-async def _failover_async(stubs: Sequence[S], first: int, call: Callable[[S], Awaitable[T]]) -> T:
+async def _failover_async(
+    stubs: Sequence[S], first: int, call: Callable[[S], Awaitable[T]], plan: AttemptPlan
+) -> T:
     """``_failover`` for grpc.aio stubs."""
-    failure: grpc.RpcError | None = None
-    for attempt in range(_attempts(stubs)):
+    for attempt in itertools.count(1):
         try:
-            return await call(stubs[(first + attempt) % len(stubs)])
-        except grpc.aio.AioRpcError as e:
-            if not _replica_gone(e):
-                raise
-            failure = e
-    assert failure is not None
-    raise failure
+            return await call(stubs[plan.channel(first, attempt)])
+        except grpc.RpcError as e:
+            delay = plan.wait(e, attempt)
+        await asyncio.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover - itertools.count never ends
 
 
 def read_session_table(
@@ -143,17 +119,34 @@ def read_session_table(
     """
     if not stubs:
         raise ValueError("read_session_table needs at least one stub")
+    plan = AttemptPlan(len(stubs))
+    return read_session(stubs, request, plan, compression, timeout, metadata)
+
+
+def read_session(
+    stubs: Sequence[table_service_pb2_grpc.TableServiceStub],
+    request: table_service_pb2.CreateReadSessionRequest,
+    plan: AttemptPlan,
+    compression: rows_pb2.ArrowCompression.ValueType,
+    timeout: float | None,
+    metadata: Metadata,
+) -> pa.Table:
+    """``read_session_table`` with its calls tried as ``plan`` says.
+
+    The high-level clients pass their retry policy in the plan.
+    """
     try:
-        return _read_session_once(stubs, request, compression, timeout, metadata)
+        return _read_session_once(stubs, request, plan, compression, timeout, metadata)
     except grpc.RpcError as e:
-        if not _snapshot_expired(e):
+        if not snapshot_expired(e):
             raise
-    return _read_session_once(stubs, request, compression, timeout, metadata)
+    return _read_session_once(stubs, request, plan, compression, timeout, metadata)
 
 
 def _read_session_once(
     stubs: Sequence[table_service_pb2_grpc.TableServiceStub],
     request: table_service_pb2.CreateReadSessionRequest,
+    plan: AttemptPlan,
     compression: rows_pb2.ArrowCompression.ValueType,
     timeout: float | None,
     metadata: Metadata,
@@ -161,7 +154,7 @@ def _read_session_once(
     from lakehouse.client.arrow import read_rows_to_arrow
 
     session = _failover(
-        stubs, 0, lambda s: s.CreateReadSession(request, timeout=timeout, metadata=metadata)
+        stubs, 0, lambda s: s.CreateReadSession(request, timeout=timeout, metadata=metadata), plan
     ).session
 
     def read(index: int) -> pa.Table:
@@ -170,6 +163,7 @@ def _read_session_once(
             stubs,
             index,
             lambda s: read_rows_to_arrow(s.ReadRows(stream, timeout=timeout, metadata=metadata)),
+            plan,
         )
 
     count = len(session.streams)
@@ -197,17 +191,31 @@ async def read_session_table_async(
     """
     if not stubs:
         raise ValueError("read_session_table_async needs at least one stub")
+    plan = AttemptPlan(len(stubs))
+    return await read_session_async(stubs, request, plan, compression, timeout, metadata)
+
+
+async def read_session_async(
+    stubs: Sequence[table_service_pb2_grpc.TableServiceAsyncStub],
+    request: table_service_pb2.CreateReadSessionRequest,
+    plan: AttemptPlan,
+    compression: rows_pb2.ArrowCompression.ValueType,
+    timeout: float | None,
+    metadata: Metadata,
+) -> pa.Table:
+    """``read_session`` over grpc.aio channels."""
     try:
-        return await _read_session_once_async(stubs, request, compression, timeout, metadata)
-    except grpc.aio.AioRpcError as e:
-        if not _snapshot_expired(e):
+        return await _read_session_once_async(stubs, request, plan, compression, timeout, metadata)
+    except grpc.RpcError as e:
+        if not snapshot_expired(e):
             raise
-    return await _read_session_once_async(stubs, request, compression, timeout, metadata)
+    return await _read_session_once_async(stubs, request, plan, compression, timeout, metadata)
 
 
 async def _read_session_once_async(
     stubs: Sequence[table_service_pb2_grpc.TableServiceAsyncStub],
     request: table_service_pb2.CreateReadSessionRequest,
+    plan: AttemptPlan,
     compression: rows_pb2.ArrowCompression.ValueType,
     timeout: float | None,
     metadata: Metadata,
@@ -220,7 +228,7 @@ async def _read_session_once_async(
         response = await s.CreateReadSession(request, timeout=timeout, metadata=metadata)
         return response.session
 
-    session = await _failover_async(stubs, 0, create)
+    session = await _failover_async(stubs, 0, create, plan)
 
     async def read(index: int) -> pa.Table:
         stream = _stream_request(session.name, index, compression)
@@ -230,6 +238,7 @@ async def _read_session_once_async(
             lambda s: read_rows_to_arrow_async(
                 s.ReadRows(stream, timeout=timeout, metadata=metadata)
             ),
+            plan,
         )
 
     tasks = [asyncio.ensure_future(read(i)) for i in range(len(session.streams))]

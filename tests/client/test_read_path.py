@@ -1,0 +1,165 @@
+"""The read path of the clients against in-process servers on 127.0.0.1 that misbehave.
+
+Each server here is a real gRPC server serving ``lakehouse.v1.TableService`` through a generic
+handler, so a test counts what the server receives: the calls of a read that fails every
+time (the retry bound), what is left of the read's deadline at each call, and a server of an
+older release that serves ``ReadRows`` but no read sessions.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from lakehouse.client import AsyncLakehouse, Lakehouse
+from lakehouse.client.arrow import read_table
+from lakehouse.client.errors import LakehouseError
+from lakehouse.client.retry import RetryPolicy
+from lakehouse.v1 import table_service_pb2, table_service_pb2_grpc
+
+SERVICE = "lakehouse.v1.TableService"
+#: Short waits: the tests count attempts, they do not time them.
+FAST = RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.02)
+
+
+class Recorder:
+    """What the server received: each call's method and its time left (None: no deadline)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.calls: list[tuple[str, float | None]] = []
+
+    def record(self, method: str, context: grpc.ServicerContext) -> None:
+        with self._lock:
+            self.calls.append((method, context.time_remaining()))
+
+    def methods(self) -> list[str]:
+        with self._lock:
+            return [method for method, _ in self.calls]
+
+
+def unavailable(reason: str | None) -> grpc.Status:
+    """UNAVAILABLE without details (a replica gone), or with ErrorInfo and RetryInfo."""
+    status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message="down")
+    if reason is not None:
+        info = error_details_pb2.ErrorInfo(reason=reason, domain="lakehouse.v1")
+        retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(nanos=10_000_000))
+        status.details.add().Pack(info)
+        status.details.add().Pack(retry)
+    return rpc_status.to_status(status)
+
+
+def failing_handler(recorder: Recorder, status: grpc.Status) -> grpc.GenericRpcHandler:
+    """A TableService whose CreateReadSession and ReadRows fail with ``status``."""
+
+    def create(request: Any, context: grpc.ServicerContext) -> Any:
+        recorder.record("CreateReadSession", context)
+        context.abort_with_status(status)
+
+    def read(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        recorder.record("ReadRows", context)
+        context.abort_with_status(status)
+
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "CreateReadSession": grpc.unary_unary_rpc_method_handler(
+                create,
+                request_deserializer=table_service_pb2.CreateReadSessionRequest.FromString,
+                response_serializer=table_service_pb2.CreateReadSessionResponse.SerializeToString,
+            ),
+            "ReadRows": grpc.unary_stream_rpc_method_handler(
+                read,
+                request_deserializer=table_service_pb2.ReadRowsRequest.FromString,
+                response_serializer=table_service_pb2.ReadRowsResponse.SerializeToString,
+            ),
+        },
+    )
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[grpc.GenericRpcHandler], str]]:
+    """Starts in-process servers on 127.0.0.1 with the given handler; stops them after."""
+    servers: list[grpc.Server] = []
+
+    def start(handler: grpc.GenericRpcHandler) -> str:
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        server.add_generic_rpc_handlers((handler,))
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        servers.append(server)
+        return f"127.0.0.1:{port}"
+
+    yield start
+    for server in servers:
+        server.stop(None).wait()
+
+
+# --- 1. one place bounds a read's retries ----------------------------------------------------
+
+
+@pytest.mark.parametrize("reason", [None, "OBJECT_STORE_UNAVAILABLE"])
+def test_a_failing_read_reaches_the_server_at_most_max_attempts_times(
+    serve: Callable[[grpc.GenericRpcHandler], str], reason: str | None
+) -> None:
+    # Four read streams over 2 + 2 channels: failover has four channels to try. A replica
+    # that is gone (no ErrorInfo) fails over, a backing service's outage waits its RetryInfo;
+    # either way the session's creation is tried FAST.max_attempts times in all.
+    recorder = Recorder()
+    target = serve(failing_handler(recorder, unavailable(reason)))
+    retries: list[int] = []
+    with (
+        Lakehouse(
+            target,
+            channels=2,
+            read_streams=4,
+            retry=FAST,
+            on_retry=lambda e, attempt, d: retries.append(attempt),
+            timeout=30,
+        ) as lh,
+        pytest.raises(LakehouseError) as failed,
+    ):
+        lh.read("s.t")
+    assert failed.value.code == grpc.StatusCode.UNAVAILABLE
+    assert recorder.methods() == ["CreateReadSession"] * FAST.max_attempts
+    assert retries == [1, 2]
+
+
+async def test_a_failing_async_read_reaches_the_server_at_most_max_attempts_times(
+    serve: Callable[[grpc.GenericRpcHandler], str],
+) -> None:
+    recorder = Recorder()
+    target = serve(failing_handler(recorder, unavailable(None)))
+    async with AsyncLakehouse(target, channels=2, read_streams=4, retry=FAST, timeout=30) as lh:
+        with pytest.raises(LakehouseError) as failed:
+            await lh.read("s.t")
+    assert failed.value.code == grpc.StatusCode.UNAVAILABLE
+    assert recorder.methods() == ["CreateReadSession"] * FAST.max_attempts
+
+
+def test_the_arrow_helper_tries_each_channel_once_without_a_policy(
+    serve: Callable[[grpc.GenericRpcHandler], str],
+) -> None:
+    # read_table has no retry policy: failover only, every channel once (a single one twice).
+    recorder = Recorder()
+    target = serve(failing_handler(recorder, unavailable(None)))
+    channels = [grpc.insecure_channel(target) for _ in range(3)]
+    try:
+        stubs = [table_service_pb2_grpc.TableServiceStub(c) for c in channels]
+        with pytest.raises(grpc.RpcError) as failed:
+            read_table(stubs, "s", "t", timeout=30)
+        with pytest.raises(grpc.RpcError):
+            read_table(stubs[:1], "s", "t", timeout=30)
+    finally:
+        for channel in channels:
+            channel.close()
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert recorder.methods() == ["CreateReadSession"] * (3 + 2)
