@@ -431,7 +431,8 @@ def read_table(
         as_of_time: Read the snapshot current at this time (timezone-aware).
         row_limit: The maximum number of rows; 0 for no limit.
         compression: Arrow buffer compression (e.g. ``ARROW_COMPRESSION_ZSTD``).
-        timeout: The deadline of each call, in seconds.
+        timeout: The deadline of the whole read, in seconds: each call (the session's
+            creation, each stream, a failover) gets the time left.
         metadata: gRPC metadata sent with each call.
         ref: Read the head of this branch or this tag.
         max_streams: The most streams read at once; 1 for one plain ``ReadRows``.
@@ -441,7 +442,7 @@ def read_table(
 
     Raises:
         grpc.RpcError: A call failed (``NOT_FOUND`` table, ``INVALID_ARGUMENT`` filter...,
-            ``UNAVAILABLE`` on every channel tried).
+            ``UNAVAILABLE`` on every channel tried, ``DEADLINE_EXCEEDED`` past ``timeout``).
         ReadRowsStreamError: A stream breaks the wire format.
         ValueError: Both snapshot_id and as_of_time are given.
     """
@@ -499,7 +500,8 @@ async def read_table_async(
         as_of_time: Read the snapshot current at this time (timezone-aware).
         row_limit: The maximum number of rows; 0 for no limit.
         compression: Arrow buffer compression (e.g. ``ARROW_COMPRESSION_ZSTD``).
-        timeout: The deadline of each call, in seconds.
+        timeout: The deadline of the whole read, in seconds: each call (the session's
+            creation, each stream, a failover) gets the time left.
         metadata: gRPC metadata sent with each call.
         ref: Read the head of this branch or this tag.
         max_streams: The most streams read at once; 1 for one plain ``ReadRows``.

@@ -45,7 +45,6 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 from lakehouse.client.arrow import (
     append_rows_requests,
     read_rows_request,
-    read_rows_to_arrow,
     read_session_request,
     write_rows_request,
 )
@@ -57,8 +56,8 @@ from lakehouse.client.channels import (
 )
 from lakehouse.client.errors import LakehouseError, decode_error, error_from_status
 from lakehouse.client.jobs import Job, sql_preview, succeeded
-from lakehouse.client.parallel_reads import DEFAULT_STREAMS, read_session
-from lakehouse.client.read_attempts import AttemptPlan
+from lakehouse.client.parallel_reads import DEFAULT_STREAMS, read_plain, read_session
+from lakehouse.client.read_attempts import AttemptPlan, Deadline
 from lakehouse.client.request_builders import (
     CHANNEL_OPTIONS,
     READ_CHANNEL_OPTIONS,
@@ -101,8 +100,9 @@ class Lakehouse:
         root_certificates: PEM CA certificates to trust; None for the system's.
         client_certificate: PEM certificate chain for mTLS.
         client_key: PEM private key of ``client_certificate``.
-        timeout: The deadline of each call, in seconds (``read`` and ``append``: of each
-            attempt's whole stream); None for none.
+        timeout: The deadline of each call, in seconds (``append``: of each attempt's whole
+            stream; ``read``: of the whole read, its retries and waits included); None for
+            none.
         retry: When to retry and how long to wait (``RetryPolicy()`` by default).
         on_retry: Called before each retry's wait (for logs or metrics).
         channels: Channels (each its own connection) the calls are spread over, in turn
@@ -465,6 +465,8 @@ class Lakehouse:
         ``retry.max_attempts`` calls; at worst a read sends
         ``(1 + streams) * retry.max_attempts``, twice over when maintenance expired its
         session's snapshot meanwhile (it is then read once more as a new session).
+        All of it within the client's ``timeout``: each call gets the time left, and a read
+        with none left fails with ``DEADLINE_EXCEEDED``.
 
         Args:
             table: ``"namespace.table"`` or ``(namespace, table)``.
@@ -476,7 +478,8 @@ class Lakehouse:
             limit: At most this many rows; 0 for all.
 
         Raises:
-            LakehouseError: ``NOT_FOUND``, ``INVALID_ARGUMENT`` (a bad filter or column)...
+            LakehouseError: ``NOT_FOUND``, ``INVALID_ARGUMENT`` (a bad filter or column),
+                ``DEADLINE_EXCEEDED`` (the read took longer than ``timeout``)...
         """
         namespace, name = split_table(table)
         request = read_rows_request(
@@ -489,21 +492,19 @@ class Lakehouse:
             row_limit=limit,
         )
         request.ref = ref
-        # A read restarts from the beginning on a retry: the rows of a broken stream are
-        # dropped, never mixed with the next attempt's.
-        if limit or self.read_streams <= 1:
-            return self._call(
-                lambda: read_rows_to_arrow(self._next.tables.ReadRows(request, **self._options())),
-                idempotent=True,
-            )
-        # A read session's streams at once. Each call (the session's creation, each stream)
-        # is retried on its own, failover to other channels included, within the policy's
-        # attempts: the plan is the one place that retries, so attempts never multiply.
-        stubs = self._read_stubs()
-        plan = AttemptPlan(len(stubs), self.retry, self.on_retry)
-        session = read_session_request(request, self.read_streams)
+        # A read restarts a call from the beginning on a retry: the rows of a broken stream
+        # are dropped, never mixed with the next attempt's. Each call (the session's
+        # creation, each stream, or the one ReadRows) is retried on its own, failover to
+        # other channels included, within the policy's attempts and the read's deadline:
+        # the plan is the one place that retries, so attempts never multiply.
+        plain = bool(limit) or self.read_streams <= 1
+        stubs = [s[0] for s in self._next.stubs] if plain else self._read_stubs()
+        plan = AttemptPlan(len(stubs), self.retry, self.on_retry, Deadline.after(self.timeout))
         try:
-            return read_session(stubs, session, plan, request.arrow_compression, **self._options())
+            if plain:
+                return read_plain(stubs, request, plan, self._metadata)
+            session = read_session_request(request, self.read_streams)
+            return read_session(stubs, session, plan, request.arrow_compression, self._metadata)
         except grpc.RpcError as e:
             raise decode_error(e) from None
 

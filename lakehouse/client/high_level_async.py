@@ -34,7 +34,6 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 from lakehouse.client.arrow import (
     append_rows_requests,
     read_rows_request,
-    read_rows_to_arrow_async,
     read_session_request,
     write_rows_request,
 )
@@ -46,8 +45,12 @@ from lakehouse.client.channels import (
 )
 from lakehouse.client.errors import LakehouseError, decode_error, error_from_status
 from lakehouse.client.jobs import Job, sql_preview, succeeded
-from lakehouse.client.parallel_reads import DEFAULT_STREAMS, read_session_async
-from lakehouse.client.read_attempts import AttemptPlan
+from lakehouse.client.parallel_reads import (
+    DEFAULT_STREAMS,
+    read_plain_async,
+    read_session_async,
+)
+from lakehouse.client.read_attempts import AttemptPlan, Deadline
 from lakehouse.client.request_builders import (
     CHANNEL_OPTIONS,
     READ_CHANNEL_OPTIONS,
@@ -92,7 +95,8 @@ class AsyncLakehouse:
         root_certificates: PEM CA certificates to trust; None for the system's.
         client_certificate: PEM certificate chain for mTLS.
         client_key: PEM private key of ``client_certificate``.
-        timeout: The deadline of each call, in seconds; None for none.
+        timeout: The deadline of each call, in seconds (``read``: of the whole read, its
+            retries and waits included); None for none.
         retry: When to retry and how long to wait (``RetryPolicy()`` by default).
         on_retry: Called before each retry's wait (for logs or metrics).
         channels: Channels (each its own connection) the calls are spread over, in turn
@@ -381,20 +385,16 @@ class AsyncLakehouse:
         )
         request.ref = ref
 
-        if limit or self.read_streams <= 1:
-
-            async def attempt() -> pa.Table:
-                call = self._next.tables.ReadRows(request, **self._options())
-                return await read_rows_to_arrow_async(call)
-
-            return await self._call(attempt, idempotent=True)
-        # Retried call by call within the policy, failover included: see Lakehouse.read.
-        stubs = self._read_stubs()
-        plan = AttemptPlan(len(stubs), self.retry, self.on_retry)
-        session = read_session_request(request, self.read_streams)
+        # Retried call by call within the policy and the read's deadline: see Lakehouse.read.
+        plain = bool(limit) or self.read_streams <= 1
+        stubs = [s[0] for s in self._next.stubs] if plain else self._read_stubs()
+        plan = AttemptPlan(len(stubs), self.retry, self.on_retry, Deadline.after(self.timeout))
         try:
+            if plain:
+                return await read_plain_async(stubs, request, plan, self._metadata)
+            session = read_session_request(request, self.read_streams)
             return await read_session_async(
-                stubs, session, plan, request.arrow_compression, **self._options()
+                stubs, session, plan, request.arrow_compression, self._metadata
             )
         except grpc.RpcError as e:
             raise decode_error(e) from None

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, TypeVar
 import grpc
 import pyarrow as pa
 
-from lakehouse.client.read_attempts import AttemptPlan, snapshot_expired
+from lakehouse.client.read_attempts import AttemptPlan, Deadline, snapshot_expired
 from lakehouse.v1 import read_session_pb2, rows_pb2, table_service_pb2
 
 if TYPE_CHECKING:
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_STREAMS",
+    "read_plain",
+    "read_plain_async",
     "read_session",
     "read_session_async",
     "read_session_table",
@@ -107,20 +109,21 @@ def read_session_table(
             ``UNAVAILABLE``.
         request: The session's selection and ``max_streams``.
         compression: Arrow buffer compression of the streams.
-        timeout: The deadline of each call, in seconds.
+        timeout: The deadline of the whole read, in seconds: each call gets the time left.
         metadata: gRPC metadata sent with each call.
 
     Returns:
         The rows of the streams in stream order, with the session's schema.
 
     Raises:
-        grpc.RpcError: A call failed on every channel tried, or with another code.
+        grpc.RpcError: A call failed on every channel tried, or with another code;
+            ``DEADLINE_EXCEEDED`` when the read did not finish within ``timeout``.
         ReadRowsStreamError: A stream breaks the wire format.
     """
     if not stubs:
         raise ValueError("read_session_table needs at least one stub")
-    plan = AttemptPlan(len(stubs))
-    return read_session(stubs, request, plan, compression, timeout, metadata)
+    plan = AttemptPlan(len(stubs), deadline=Deadline.after(timeout))
+    return read_session(stubs, request, plan, compression, metadata)
 
 
 def read_session(
@@ -128,19 +131,37 @@ def read_session(
     request: table_service_pb2.CreateReadSessionRequest,
     plan: AttemptPlan,
     compression: rows_pb2.ArrowCompression.ValueType,
-    timeout: float | None,
     metadata: Metadata,
 ) -> pa.Table:
-    """``read_session_table`` with its calls tried as ``plan`` says.
+    """``read_session_table`` with its calls tried, and timed, as ``plan`` says.
 
-    The high-level clients pass their retry policy in the plan.
+    The high-level clients pass their retry policy and the read's deadline in the plan.
     """
     try:
-        return _read_session_once(stubs, request, plan, compression, timeout, metadata)
+        return _read_session_once(stubs, request, plan, compression, metadata)
     except grpc.RpcError as e:
         if not snapshot_expired(e):
             raise
-    return _read_session_once(stubs, request, plan, compression, timeout, metadata)
+    return _read_session_once(stubs, request, plan, compression, metadata)
+
+
+def read_plain(
+    stubs: Sequence[table_service_pb2_grpc.TableServiceStub],
+    request: table_service_pb2.ReadRowsRequest,
+    plan: AttemptPlan,
+    metadata: Metadata,
+) -> pa.Table:
+    """One plain ``ReadRows`` (no session), its tries as ``plan`` says."""
+    from lakehouse.client.arrow import read_rows_to_arrow
+
+    return _failover(
+        stubs,
+        0,
+        lambda s: read_rows_to_arrow(
+            s.ReadRows(request, timeout=plan.deadline.remaining(), metadata=metadata)
+        ),
+        plan,
+    )
 
 
 def _read_session_once(
@@ -148,13 +169,17 @@ def _read_session_once(
     request: table_service_pb2.CreateReadSessionRequest,
     plan: AttemptPlan,
     compression: rows_pb2.ArrowCompression.ValueType,
-    timeout: float | None,
     metadata: Metadata,
 ) -> pa.Table:
     from lakehouse.client.arrow import read_rows_to_arrow
 
     session = _failover(
-        stubs, 0, lambda s: s.CreateReadSession(request, timeout=timeout, metadata=metadata), plan
+        stubs,
+        0,
+        lambda s: s.CreateReadSession(
+            request, timeout=plan.deadline.remaining(), metadata=metadata
+        ),
+        plan,
     ).session
 
     def read(index: int) -> pa.Table:
@@ -162,7 +187,9 @@ def _read_session_once(
         return _failover(
             stubs,
             index,
-            lambda s: read_rows_to_arrow(s.ReadRows(stream, timeout=timeout, metadata=metadata)),
+            lambda s: read_rows_to_arrow(
+                s.ReadRows(stream, timeout=plan.deadline.remaining(), metadata=metadata)
+            ),
             plan,
         )
 
@@ -186,13 +213,14 @@ async def read_session_table_async(
     """``read_session_table`` over grpc.aio channels: the streams are read concurrently.
 
     Raises:
-        grpc.aio.AioRpcError: A call failed on every channel tried, or with another code.
+        grpc.aio.AioRpcError: A call failed on every channel tried, or with another code;
+            ``DEADLINE_EXCEEDED`` when the read did not finish within ``timeout``.
         ReadRowsStreamError: A stream breaks the wire format.
     """
     if not stubs:
         raise ValueError("read_session_table_async needs at least one stub")
-    plan = AttemptPlan(len(stubs))
-    return await read_session_async(stubs, request, plan, compression, timeout, metadata)
+    plan = AttemptPlan(len(stubs), deadline=Deadline.after(timeout))
+    return await read_session_async(stubs, request, plan, compression, metadata)
 
 
 async def read_session_async(
@@ -200,16 +228,34 @@ async def read_session_async(
     request: table_service_pb2.CreateReadSessionRequest,
     plan: AttemptPlan,
     compression: rows_pb2.ArrowCompression.ValueType,
-    timeout: float | None,
     metadata: Metadata,
 ) -> pa.Table:
     """``read_session`` over grpc.aio channels."""
     try:
-        return await _read_session_once_async(stubs, request, plan, compression, timeout, metadata)
+        return await _read_session_once_async(stubs, request, plan, compression, metadata)
     except grpc.RpcError as e:
         if not snapshot_expired(e):
             raise
-    return await _read_session_once_async(stubs, request, plan, compression, timeout, metadata)
+    return await _read_session_once_async(stubs, request, plan, compression, metadata)
+
+
+async def read_plain_async(
+    stubs: Sequence[table_service_pb2_grpc.TableServiceAsyncStub],
+    request: table_service_pb2.ReadRowsRequest,
+    plan: AttemptPlan,
+    metadata: Metadata,
+) -> pa.Table:
+    """``read_plain`` over grpc.aio channels."""
+    from lakehouse.client.arrow import read_rows_to_arrow_async
+
+    return await _failover_async(
+        stubs,
+        0,
+        lambda s: read_rows_to_arrow_async(
+            s.ReadRows(request, timeout=plan.deadline.remaining(), metadata=metadata)
+        ),
+        plan,
+    )
 
 
 async def _read_session_once_async(
@@ -217,7 +263,6 @@ async def _read_session_once_async(
     request: table_service_pb2.CreateReadSessionRequest,
     plan: AttemptPlan,
     compression: rows_pb2.ArrowCompression.ValueType,
-    timeout: float | None,
     metadata: Metadata,
 ) -> pa.Table:
     from lakehouse.client.arrow import read_rows_to_arrow_async
@@ -225,6 +270,7 @@ async def _read_session_once_async(
     async def create(
         s: table_service_pb2_grpc.TableServiceAsyncStub,
     ) -> read_session_pb2.ReadSession:
+        timeout = plan.deadline.remaining()
         response = await s.CreateReadSession(request, timeout=timeout, metadata=metadata)
         return response.session
 
@@ -236,7 +282,7 @@ async def _read_session_once_async(
             stubs,
             index,
             lambda s: read_rows_to_arrow_async(
-                s.ReadRows(stream, timeout=timeout, metadata=metadata)
+                s.ReadRows(stream, timeout=plan.deadline.remaining(), metadata=metadata)
             ),
             plan,
         )

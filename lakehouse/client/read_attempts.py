@@ -4,19 +4,21 @@ Only the I/O differs between ``Lakehouse.read`` and ``AsyncLakehouse.read`` (and
 ``read_table`` and ``read_table_async``); what to do when a call fails is decided here, once:
 which error fails a call over to another channel at once, how many times one call is tried
 and how long the client waits before the next try. The failover's tries count against the
-caller's ``RetryPolicy``: one place bounds them, so retries never multiply.
+caller's ``RetryPolicy``: one place bounds them, so retries never multiply. A read's
+``timeout`` is the deadline of the whole read: each call gets what is left of it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import grpc
 
 from lakehouse.client.errors import decode_error
 from lakehouse.client.retry import OnRetry, RetryPolicy
 
-__all__ = ["AttemptPlan", "replica_gone", "snapshot_expired"]
+__all__ = ["AttemptPlan", "Deadline", "deadline_exceeded", "replica_gone", "snapshot_expired"]
 
 #: UNAVAILABLE reasons of a replica going away (draining); a call fails over to another
 #: channel on these, and on an UNAVAILABLE without ErrorInfo (the connection failed).
@@ -39,6 +41,51 @@ def snapshot_expired(error: grpc.RpcError) -> bool:
     return decode_error(error).reason == "SNAPSHOT_EXPIRED"
 
 
+def deadline_exceeded() -> grpc.RpcError:
+    """The error of a read whose deadline passed, as gRPC raises it for a call's deadline."""
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(),
+        details="Deadline Exceeded",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Deadline:
+    """When a whole read must be done, its retries and waits included.
+
+    Attributes:
+        at: The end, on ``time.monotonic``'s clock; None for no deadline.
+    """
+
+    at: float | None = None
+
+    @classmethod
+    def after(cls, timeout: float | None) -> Deadline:
+        """The deadline ``timeout`` seconds from now (None: no deadline)."""
+        return cls(None if timeout is None else time.monotonic() + timeout)
+
+    def remaining(self) -> float | None:
+        """The seconds left, the timeout of the next call (None: no deadline).
+
+        Raises:
+            grpc.RpcError: ``DEADLINE_EXCEEDED``, when none is left.
+        """
+        if self.at is None:
+            return None
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise deadline_exceeded()
+        return left
+
+    def cap(self, delay: float) -> float:
+        """``delay``, or what is left of the deadline when that is shorter."""
+        if self.at is None:
+            return delay
+        return max(0.0, min(delay, self.at - time.monotonic()))
+
+
 @dataclasses.dataclass(frozen=True)
 class AttemptPlan:
     """How many times one call of a read is tried, on which channel, after which wait.
@@ -56,15 +103,21 @@ class AttemptPlan:
     of a backing service, ``RESOURCE_EXHAUSTED`` with ``RetryInfo``), the client waits the
     policy's delay (the server's ``RetryInfo``, else a jittered backoff).
 
+    Every call of the read and every wait fits in the read's ``deadline``: a call gets the
+    time left as its timeout, a wait is cut to it, and with none left the read fails with
+    ``DEADLINE_EXCEEDED``.
+
     Attributes:
         channels: How many channels the call may go to.
         policy: The caller's retry policy; None for failover only.
         on_retry: Called before each retry (``delay`` 0 for an immediate failover).
+        deadline: The deadline of the whole read.
     """
 
     channels: int
     policy: RetryPolicy | None = None
     on_retry: OnRetry | None = None
+    deadline: Deadline = Deadline()
 
     @property
     def tries(self) -> int:
@@ -88,7 +141,7 @@ class AttemptPlan:
             raise error
         if self.on_retry is not None:
             self.on_retry(decode_error(error), attempt, delay)
-        return delay
+        return self.deadline.cap(delay)
 
     def _delay(self, error: grpc.RpcError, attempt: int) -> float | None:
         if replica_gone(error) and (self.policy is None or attempt < self.channels):

@@ -8,7 +8,9 @@ older release that serves ``ReadRows`` but no read sessions.
 
 from __future__ import annotations
 
+import itertools
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Any
@@ -20,7 +22,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from lakehouse.client import AsyncLakehouse, Lakehouse
-from lakehouse.client.arrow import read_table
+from lakehouse.client.arrow import read_table, read_table_async
 from lakehouse.client.errors import LakehouseError
 from lakehouse.client.retry import RetryPolicy
 from lakehouse.v1 import table_service_pb2, table_service_pb2_grpc
@@ -57,15 +59,20 @@ def unavailable(reason: str | None) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
-def failing_handler(recorder: Recorder, status: grpc.Status) -> grpc.GenericRpcHandler:
-    """A TableService whose CreateReadSession and ReadRows fail with ``status``."""
+def failing_handler(
+    recorder: Recorder, status: grpc.Status, hold: float = 0.0
+) -> grpc.GenericRpcHandler:
+    """A TableService whose CreateReadSession and ReadRows fail with ``status``, each after
+    holding the call ``hold`` seconds (a replica stalling, then dropping the call)."""
 
     def create(request: Any, context: grpc.ServicerContext) -> Any:
         recorder.record("CreateReadSession", context)
+        time.sleep(hold)
         context.abort_with_status(status)
 
     def read(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         recorder.record("ReadRows", context)
+        time.sleep(hold)
         context.abort_with_status(status)
 
     return grpc.method_handlers_generic_handler(
@@ -163,3 +170,56 @@ def test_the_arrow_helper_tries_each_channel_once_without_a_policy(
             channel.close()
     assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
     assert recorder.methods() == ["CreateReadSession"] * (3 + 2)
+
+
+# --- 2. timeout is the deadline of the whole read ---------------------------------------------
+
+
+def time_left(recorder: Recorder) -> list[float]:
+    left = [remaining for _, remaining in recorder.calls]
+    assert all(r is not None for r in left), "a call came without a deadline"
+    return [r for r in left if r is not None]
+
+
+def test_a_reads_timeout_bounds_all_its_calls_and_waits(
+    serve: Callable[[grpc.GenericRpcHandler], str],
+) -> None:
+    # Every call is held 0.2 s, then dropped as by a replica going away. With a timeout per
+    # call, 8 attempts of 0.2 s each would take 1.6 s and end UNAVAILABLE; as the deadline of
+    # the read, each call gets what is left and the read ends DEADLINE_EXCEEDED.
+    hold, timeout = 0.2, 1.0
+    recorder = Recorder()
+    target = serve(failing_handler(recorder, unavailable(None), hold))
+    policy = RetryPolicy(max_attempts=8, initial_backoff=0.01, max_backoff=0.02)
+    with (
+        Lakehouse(target, channels=1, read_streams=2, retry=policy, timeout=timeout) as lh,
+        pytest.raises(LakehouseError) as failed,
+    ):
+        lh.read("s.t")
+    assert failed.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    left = time_left(recorder)
+    assert 1 < len(left) < policy.max_attempts
+    # each call was given what the previous ones left: at least the hold less each time
+    assert all(later <= earlier - hold / 2 for earlier, later in itertools.pairwise(left))
+
+
+async def test_the_async_helpers_timeout_is_the_whole_reads(
+    serve: Callable[[grpc.GenericRpcHandler], str],
+) -> None:
+    # read_table_async fails over to each of three channels; each call is held 0.4 s. The
+    # third call gets the 0.2 s left of the read's second, and the read ends DEADLINE_EXCEEDED.
+    hold, timeout = 0.4, 1.0
+    recorder = Recorder()
+    target = serve(failing_handler(recorder, unavailable(None), hold))
+    channels = [grpc.aio.insecure_channel(target) for _ in range(3)]
+    try:
+        stubs = [table_service_pb2_grpc.TableServiceStub(c) for c in channels]
+        with pytest.raises(grpc.RpcError) as failed:
+            await read_table_async(stubs, "s", "t", timeout=timeout)
+    finally:
+        for channel in channels:
+            await channel.close()
+    assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    left = time_left(recorder)
+    assert len(left) == 3
+    assert all(later <= earlier - hold / 2 for earlier, later in itertools.pairwise(left))
