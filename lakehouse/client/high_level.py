@@ -45,7 +45,6 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 from lakehouse.client.arrow import (
     append_rows_requests,
     read_rows_request,
-    read_session_request,
     write_rows_request,
 )
 from lakehouse.client.channels import (
@@ -56,8 +55,8 @@ from lakehouse.client.channels import (
 )
 from lakehouse.client.errors import LakehouseError, decode_error, error_from_status
 from lakehouse.client.jobs import Job, sql_preview, succeeded
-from lakehouse.client.parallel_reads import DEFAULT_STREAMS, read_plain, read_session
-from lakehouse.client.read_attempts import AttemptPlan, Deadline
+from lakehouse.client.parallel_reads import DEFAULT_STREAMS, read_rows
+from lakehouse.client.read_attempts import AttemptPlan, Deadline, ServerFeatures, plain_read
 from lakehouse.client.request_builders import (
     CHANNEL_OPTIONS,
     READ_CHANNEL_OPTIONS,
@@ -152,6 +151,8 @@ class Lakehouse:
         self.jobs = self._next.first[2]
         """The generated ``JobService`` stub (on the first channel)."""
         self.read_streams = read_streams
+        # Whether the server has read sessions: learnt on the first read, then remembered.
+        self._server = ServerFeatures()
         self._read_channels: list[grpc.Channel] = []
         # Threads share the client: the first reads must open one set of channels between
         # them, and no read may see a half-built list.
@@ -497,14 +498,12 @@ class Lakehouse:
         # creation, each stream, or the one ReadRows) is retried on its own, failover to
         # other channels included, within the policy's attempts and the read's deadline:
         # the plan is the one place that retries, so attempts never multiply.
-        plain = bool(limit) or self.read_streams <= 1
-        stubs = [s[0] for s in self._next.stubs] if plain else self._read_stubs()
+        pool = [s[0] for s in self._next.stubs]
+        plain = plain_read(limit, self.read_streams, self._server)
+        stubs = pool if plain else self._read_stubs()
         plan = AttemptPlan(len(stubs), self.retry, self.on_retry, Deadline.after(self.timeout))
         try:
-            if plain:
-                return read_plain(stubs, request, plan, self._metadata)
-            session = read_session_request(request, self.read_streams)
-            return read_session(stubs, session, plan, request.arrow_compression, self._metadata)
+            return read_rows(stubs, request, self.read_streams, plan, self._metadata, self._server)
         except grpc.RpcError as e:
             raise decode_error(e) from None
 

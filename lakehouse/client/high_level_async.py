@@ -34,7 +34,6 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 from lakehouse.client.arrow import (
     append_rows_requests,
     read_rows_request,
-    read_session_request,
     write_rows_request,
 )
 from lakehouse.client.channels import (
@@ -45,12 +44,8 @@ from lakehouse.client.channels import (
 )
 from lakehouse.client.errors import LakehouseError, decode_error, error_from_status
 from lakehouse.client.jobs import Job, sql_preview, succeeded
-from lakehouse.client.parallel_reads import (
-    DEFAULT_STREAMS,
-    read_plain_async,
-    read_session_async,
-)
-from lakehouse.client.read_attempts import AttemptPlan, Deadline
+from lakehouse.client.parallel_reads import DEFAULT_STREAMS, read_rows_async
+from lakehouse.client.read_attempts import AttemptPlan, Deadline, ServerFeatures, plain_read
 from lakehouse.client.request_builders import (
     CHANNEL_OPTIONS,
     READ_CHANNEL_OPTIONS,
@@ -146,6 +141,8 @@ class AsyncLakehouse:
         self.jobs = self._next.first[2]
         """The generated ``JobService`` stub (on the first channel)."""
         self.read_streams = read_streams
+        # Whether the server has read sessions: learnt on the first read, then remembered.
+        self._server = ServerFeatures()
         self._read_channels: list[grpc.aio.Channel] = []
 
     def _read_stubs(self) -> list[table_service_pb2_grpc.TableServiceAsyncStub]:
@@ -386,15 +383,13 @@ class AsyncLakehouse:
         request.ref = ref
 
         # Retried call by call within the policy and the read's deadline: see Lakehouse.read.
-        plain = bool(limit) or self.read_streams <= 1
-        stubs = [s[0] for s in self._next.stubs] if plain else self._read_stubs()
+        pool = [s[0] for s in self._next.stubs]
+        plain = plain_read(limit, self.read_streams, self._server)
+        stubs = pool if plain else self._read_stubs()
         plan = AttemptPlan(len(stubs), self.retry, self.on_retry, Deadline.after(self.timeout))
         try:
-            if plain:
-                return await read_plain_async(stubs, request, plan, self._metadata)
-            session = read_session_request(request, self.read_streams)
-            return await read_session_async(
-                stubs, session, plan, request.arrow_compression, self._metadata
+            return await read_rows_async(
+                stubs, request, self.read_streams, plan, self._metadata, self._server
             )
         except grpc.RpcError as e:
             raise decode_error(e) from None

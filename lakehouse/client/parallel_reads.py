@@ -28,7 +28,14 @@ from typing import TYPE_CHECKING, TypeVar
 import grpc
 import pyarrow as pa
 
-from lakehouse.client.read_attempts import AttemptPlan, Deadline, snapshot_expired
+from lakehouse.client.read_attempts import (
+    AttemptPlan,
+    Deadline,
+    ServerFeatures,
+    plain_read,
+    sessions_unsupported,
+    snapshot_expired,
+)
 from lakehouse.v1 import read_session_pb2, rows_pb2, table_service_pb2
 
 if TYPE_CHECKING:
@@ -38,8 +45,11 @@ __all__ = [
     "DEFAULT_STREAMS",
     "read_plain",
     "read_plain_async",
+    "read_rows",
+    "read_rows_async",
     "read_session",
     "read_session_async",
+    "read_session_request",
     "read_session_table",
     "read_session_table_async",
 ]
@@ -87,6 +97,74 @@ async def _failover_async(
             delay = plan.wait(e, attempt)
         await asyncio.sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover - itertools.count never ends
+
+
+def read_session_request(
+    request: table_service_pb2.ReadRowsRequest, max_streams: int
+) -> table_service_pb2.CreateReadSessionRequest:
+    """The ``CreateReadSessionRequest`` of a ``ReadRowsRequest``'s selection."""
+    session = table_service_pb2.CreateReadSessionRequest(
+        namespace=request.namespace,
+        table=request.table,
+        row_filter=request.row_filter,
+        row_limit=request.row_limit,
+        ref=request.ref,
+        max_streams=max_streams,
+    )
+    if request.HasField("columns"):
+        session.columns.CopyFrom(request.columns)
+    if request.HasField("snapshot_id"):
+        session.snapshot_id = request.snapshot_id
+    if request.HasField("as_of_time"):
+        session.as_of_time.CopyFrom(request.as_of_time)
+    return session
+
+
+def read_rows(
+    stubs: Sequence[table_service_pb2_grpc.TableServiceStub],
+    request: table_service_pb2.ReadRowsRequest,
+    max_streams: int,
+    plan: AttemptPlan,
+    metadata: Metadata,
+    server: ServerFeatures,
+) -> pa.Table:
+    """The rows of ``request``: a read session over ``max_streams`` streams, or one ReadRows.
+
+    One plain ``ReadRows`` when ``plain_read`` says so; a server that answers the session's
+    creation with ``UNIMPLEMENTED`` (a release without read sessions) is read with one plain
+    ``ReadRows``, and ``server`` remembers it for the next reads.
+    """
+    if plain_read(request.row_limit, max_streams, server):
+        return read_plain(stubs, request, plan, metadata)
+    session = read_session_request(request, max_streams)
+    try:
+        return read_session(stubs, session, plan, request.arrow_compression, metadata)
+    except grpc.RpcError as e:
+        if not sessions_unsupported(e):
+            raise
+    server.read_sessions = False
+    return read_plain(stubs, request, plan, metadata)
+
+
+async def read_rows_async(
+    stubs: Sequence[table_service_pb2_grpc.TableServiceAsyncStub],
+    request: table_service_pb2.ReadRowsRequest,
+    max_streams: int,
+    plan: AttemptPlan,
+    metadata: Metadata,
+    server: ServerFeatures,
+) -> pa.Table:
+    """``read_rows`` over grpc.aio channels."""
+    if plain_read(request.row_limit, max_streams, server):
+        return await read_plain_async(stubs, request, plan, metadata)
+    session = read_session_request(request, max_streams)
+    try:
+        return await read_session_async(stubs, session, plan, request.arrow_compression, metadata)
+    except grpc.RpcError as e:
+        if not sessions_unsupported(e):
+            raise
+    server.read_sessions = False
+    return await read_plain_async(stubs, request, plan, metadata)
 
 
 def read_session_table(

@@ -18,7 +18,16 @@ import grpc
 from lakehouse.client.errors import decode_error
 from lakehouse.client.retry import OnRetry, RetryPolicy
 
-__all__ = ["AttemptPlan", "Deadline", "deadline_exceeded", "replica_gone", "snapshot_expired"]
+__all__ = [
+    "AttemptPlan",
+    "Deadline",
+    "ServerFeatures",
+    "deadline_exceeded",
+    "plain_read",
+    "replica_gone",
+    "sessions_unsupported",
+    "snapshot_expired",
+]
 
 #: UNAVAILABLE reasons of a replica going away (draining); a call fails over to another
 #: channel on these, and on an UNAVAILABLE without ErrorInfo (the connection failed).
@@ -39,6 +48,32 @@ def replica_gone(error: grpc.RpcError) -> bool:
 def snapshot_expired(error: grpc.RpcError) -> bool:
     """Whether a session's pinned snapshot was expired by maintenance meanwhile."""
     return decode_error(error).reason == "SNAPSHOT_EXPIRED"
+
+
+def sessions_unsupported(error: grpc.RpcError) -> bool:
+    """Whether the server has no read sessions (an older release: ``UNIMPLEMENTED``)."""
+    return decode_error(error).code == grpc.StatusCode.UNIMPLEMENTED
+
+
+@dataclasses.dataclass
+class ServerFeatures:
+    """What a client learned about its server, so it asks only once.
+
+    Attributes:
+        read_sessions: Whether the server serves ``CreateReadSession``; False once it
+            answered ``UNIMPLEMENTED`` (a release older than read sessions).
+    """
+
+    read_sessions: bool = True
+
+
+def plain_read(row_limit: int, max_streams: int, server: ServerFeatures) -> bool:
+    """Whether a read is one plain ``ReadRows`` rather than a read session's streams.
+
+    A limit is read as one stream (its first rows, not a share of each stream's); so is a read
+    of one stream, and any read from a server without read sessions.
+    """
+    return bool(row_limit) or max_streams <= 1 or not server.read_sessions
 
 
 def deadline_exceeded() -> grpc.RpcError:

@@ -16,6 +16,7 @@ from concurrent import futures
 from typing import Any
 
 import grpc
+import pyarrow as pa
 import pytest
 from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -25,7 +26,7 @@ from lakehouse.client import AsyncLakehouse, Lakehouse
 from lakehouse.client.arrow import read_table, read_table_async
 from lakehouse.client.errors import LakehouseError
 from lakehouse.client.retry import RetryPolicy
-from lakehouse.v1 import table_service_pb2, table_service_pb2_grpc
+from lakehouse.v1 import rows_pb2, table_service_pb2, table_service_pb2_grpc
 
 SERVICE = "lakehouse.v1.TableService"
 #: Short waits: the tests count attempts, they do not time them.
@@ -223,3 +224,91 @@ async def test_the_async_helpers_timeout_is_the_whole_reads(
     left = time_left(recorder)
     assert len(left) == 3
     assert all(later <= earlier - hold / 2 for earlier, later in itertools.pairwise(left))
+
+
+# --- 4. a server without read sessions ---------------------------------------------------------
+
+ROWS = pa.table({"id": pa.array(range(100), pa.int64()), "name": [f"n{i}" for i in range(100)]})
+
+
+class CountCalls(grpc.ServerInterceptor):
+    """Counts every call the server receives, the methods it does not serve included."""
+
+    def __init__(self) -> None:
+        self.methods: list[str] = []
+
+    def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        self.methods.append(details.method.rsplit("/", 1)[-1])
+        return continuation(details)
+
+
+def read_rows_only_handler() -> grpc.GenericRpcHandler:
+    """A TableService of a release before read sessions: ReadRows, no CreateReadSession."""
+
+    def read(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        schema = rows_pb2.ArrowSchema(serialized_schema=ROWS.schema.serialize().to_pybytes())
+        yield table_service_pb2.ReadRowsResponse(arrow_schema=schema)
+        for batch in ROWS.to_batches(max_chunksize=30):
+            serialized = batch.serialize().to_pybytes()
+            yield table_service_pb2.ReadRowsResponse(
+                arrow_record_batch=rows_pb2.ArrowRecordBatch(
+                    serialized_record_batch=serialized, row_count=batch.num_rows
+                )
+            )
+
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "ReadRows": grpc.unary_stream_rpc_method_handler(
+                read,
+                request_deserializer=table_service_pb2.ReadRowsRequest.FromString,
+                response_serializer=table_service_pb2.ReadRowsResponse.SerializeToString,
+            )
+        },
+    )
+
+
+@pytest.fixture
+def old_server() -> Iterator[tuple[CountCalls, str]]:
+    counter = CountCalls()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), interceptors=[counter])
+    server.add_generic_rpc_handlers((read_rows_only_handler(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield counter, f"127.0.0.1:{port}"
+    finally:
+        server.stop(None).wait()
+
+
+def test_the_client_reads_a_server_without_read_sessions_with_read_rows(
+    old_server: tuple[CountCalls, str],
+) -> None:
+    counter, target = old_server
+    with Lakehouse(target, read_streams=4, timeout=30) as lh:
+        assert lh.read("s.t").equals(ROWS)
+        assert lh.read("s.t", columns=["id"]).equals(ROWS)  # the fake ignores columns
+    # asked once; the client remembers the server has no read sessions
+    assert counter.methods == ["CreateReadSession", "ReadRows", "ReadRows"]
+
+
+async def test_the_async_client_and_helper_fall_back_to_read_rows(
+    old_server: tuple[CountCalls, str],
+) -> None:
+    counter, target = old_server
+    async with AsyncLakehouse(target, read_streams=4, timeout=30) as lh:
+        assert (await lh.read("s.t")).equals(ROWS)
+        assert (await lh.read("s.t")).equals(ROWS)
+    assert counter.methods == ["CreateReadSession", "ReadRows", "ReadRows"]
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = table_service_pb2_grpc.TableServiceStub(channel)
+        assert (await read_table_async(stub, "s", "t", timeout=30)).equals(ROWS)
+    assert counter.methods[3:] == ["CreateReadSession", "ReadRows"]
+
+
+def test_the_sync_helper_falls_back_to_read_rows(old_server: tuple[CountCalls, str]) -> None:
+    counter, target = old_server
+    with grpc.insecure_channel(target) as channel:
+        stub = table_service_pb2_grpc.TableServiceStub(channel)
+        assert read_table(stub, "s", "t", timeout=30).equals(ROWS)
+    assert counter.methods == ["CreateReadSession", "ReadRows"]
