@@ -27,7 +27,6 @@ Needs pyarrow (``pip install 'lakehouse-client[arrow]'``).
 from __future__ import annotations
 
 import datetime
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
@@ -44,11 +43,11 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from lakehouse.client.arrow import (
     append_rows_requests,
-    read_rows_request,
     write_rows_request,
 )
 from lakehouse.client.channels import (
     DEFAULT_CHANNELS,
+    ReadChannels,
     check_channels,
     pooled_options,
     spread_over,
@@ -56,7 +55,13 @@ from lakehouse.client.channels import (
 from lakehouse.client.errors import LakehouseError, decode_error, error_from_status
 from lakehouse.client.jobs import Job, sql_preview, succeeded
 from lakehouse.client.parallel_reads import DEFAULT_STREAMS, read_rows
-from lakehouse.client.read_attempts import AttemptPlan, Deadline, ServerFeatures, plain_read
+from lakehouse.client.read_attempts import (
+    AttemptPlan,
+    Deadline,
+    ReadShape,
+    ServerFeatures,
+    first_shape,
+)
 from lakehouse.client.request_builders import (
     CHANNEL_OPTIONS,
     READ_CHANNEL_OPTIONS,
@@ -69,6 +74,7 @@ from lakehouse.client.request_builders import (
     new_request_id,
     split_table,
     sql_job_request,
+    table_read_request,
     write_mode,
 )
 from lakehouse.client.retry import OnRetry, RetryPolicy
@@ -81,7 +87,6 @@ from lakehouse.v1 import (
     schema_pb2,
     table_pb2,
     table_service_pb2,
-    table_service_pb2_grpc,
 )
 
 __all__ = ["Lakehouse"]
@@ -129,14 +134,9 @@ class Lakehouse:
         self._connection = Connection(
             target, api_key, tls, root_certificates, client_certificate, client_key
         )
-        credentials = self._connection.credentials()
-        options = pooled_options(CHANNEL_OPTIONS)
-        self._channels = [
-            grpc.secure_channel(target, credentials, options=options)
-            if credentials is not None
-            else grpc.insecure_channel(target, options=options)
-            for _ in range(check_channels(channels))
-        ]
+        self._channels = self._connection.channels(
+            check_channels(channels), pooled_options(CHANNEL_OPTIONS)
+        )
         # Each call takes the next channel's stub: calls spread over the connections.
         self._next = spread_over(self._channels)
         self._metadata = self._connection.metadata()
@@ -153,40 +153,16 @@ class Lakehouse:
         self.read_streams = read_streams
         # Whether the server has read sessions: learnt on the first read, then remembered.
         self._server = ServerFeatures()
-        self._read_channels: list[grpc.Channel] = []
-        # Threads share the client: the first reads must open one set of channels between
-        # them, and no read may see a half-built list.
-        self._read_channels_lock = threading.Lock()
-
-    def _read_stubs(self) -> list[table_service_pb2_grpc.TableServiceStub]:
-        """A ``TableService`` stub per read stream: the pool's, then more channels.
-
-        The channels past the pool's are opened on the first read that needs them, each its
-        own connection; safe to call from several threads at once.
-        """
-        pool = [stubs[0] for stubs in self._next.stubs]
-        with self._read_channels_lock:
-            missing = self.read_streams - len(pool) - len(self._read_channels)
-            if missing > 0:
-                credentials = self._connection.credentials()
-                target = self._connection.target
-                self._read_channels += [
-                    grpc.secure_channel(target, credentials, options=READ_CHANNEL_OPTIONS)
-                    if credentials is not None
-                    else grpc.insecure_channel(target, options=READ_CHANNEL_OPTIONS)
-                    for _ in range(missing)
-                ]
-            opened = list(self._read_channels)
-        extra = [table_service_pb2_grpc.TableServiceStub(c) for c in opened]
-        return [*pool, *extra][: max(self.read_streams, 1)]
+        self._reads = ReadChannels(
+            [stubs[0] for stubs in self._next.stubs],
+            lambda count: self._connection.channels(count, READ_CHANNEL_OPTIONS),
+        )
 
     # --- life -----------------------------------------------------------------------------
 
     def close(self) -> None:
         """Closes the channels; calls in flight are cancelled."""
-        with self._read_channels_lock:
-            read_channels = list(self._read_channels)
-        for channel in [*self._channels, *read_channels]:
+        for channel in [*self._channels, *self._reads.opened]:
             channel.close()
 
     def __enter__(self) -> Lakehouse:
@@ -482,25 +458,24 @@ class Lakehouse:
             LakehouseError: ``NOT_FOUND``, ``INVALID_ARGUMENT`` (a bad filter or column),
                 ``DEADLINE_EXCEEDED`` (the read took longer than ``timeout``)...
         """
-        namespace, name = split_table(table)
-        request = read_rows_request(
-            namespace,
-            name,
+        request = table_read_request(
+            table,
             columns=columns,
             row_filter=filter,
             snapshot_id=snapshot_id,
-            as_of_time=as_of,
-            row_limit=limit,
+            as_of=as_of,
+            ref=ref,
+            limit=limit,
         )
-        request.ref = ref
         # A read restarts a call from the beginning on a retry: the rows of a broken stream
         # are dropped, never mixed with the next attempt's. Each call (the session's
         # creation, each stream, or the one ReadRows) is retried on its own, failover to
         # other channels included, within the policy's attempts and the read's deadline:
         # the plan is the one place that retries, so attempts never multiply.
-        pool = [s[0] for s in self._next.stubs]
-        plain = plain_read(limit, self.read_streams, self._server)
-        stubs = pool if plain else self._read_stubs()
+        if first_shape(limit, self.read_streams, self._server) is ReadShape.PLAIN:
+            stubs = self._reads.pool
+        else:
+            stubs = self._reads.stubs(self.read_streams)
         plan = AttemptPlan(len(stubs), self.retry, self.on_retry, Deadline.after(self.timeout))
         try:
             return read_rows(stubs, request, self.read_streams, plan, self._metadata, self._server)

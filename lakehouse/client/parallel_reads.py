@@ -10,7 +10,9 @@ failed, or the replica is shutting down) is read again from its start on the nex
 its snapshot is pinned, so a re-read returns the same rows, and the rows of the broken
 attempt are dropped. With no channel left, the error is raised. How many times a call is
 tried, and after which wait, is ``lakehouse.client.read_attempts.AttemptPlan``'s to decide
-(with the high-level clients' retry policy in it).
+(with the high-level clients' retry policy in it), and so is the read's shape (a session, a new
+session after its snapshot expired, or one plain ``ReadRows``): the sync and async paths here
+differ only in their I/O.
 The result is in stream order, the order of one ``ReadRows``.
 
 This module needs pyarrow (``pip install './gen[arrow]'``).
@@ -31,10 +33,10 @@ import pyarrow as pa
 from lakehouse.client.read_attempts import (
     AttemptPlan,
     Deadline,
+    ReadShape,
     ServerFeatures,
-    plain_read,
-    sessions_unsupported,
-    snapshot_expired,
+    first_shape,
+    next_shape,
 )
 from lakehouse.v1 import read_session_pb2, rows_pb2, table_service_pb2
 
@@ -43,12 +45,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_STREAMS",
-    "read_plain",
-    "read_plain_async",
     "read_rows",
     "read_rows_async",
-    "read_session",
-    "read_session_async",
     "read_session_request",
     "read_session_table",
     "read_session_table_async",
@@ -130,20 +128,19 @@ def read_rows(
 ) -> pa.Table:
     """The rows of ``request``: a read session over ``max_streams`` streams, or one ReadRows.
 
-    One plain ``ReadRows`` when ``plain_read`` says so; a server that answers the session's
-    creation with ``UNIMPLEMENTED`` (a release without read sessions) is read with one plain
-    ``ReadRows``, and ``server`` remembers it for the next reads.
+    Its shape (``first_shape``, ``next_shape``) and each call's tries and deadline (``plan``)
+    are decided in ``lakehouse.client.read_attempts``; a server without read sessions is read
+    with one plain ``ReadRows``, and ``server`` remembers it for the next reads.
     """
-    if plain_read(request.row_limit, max_streams, server):
-        return read_plain(stubs, request, plan, metadata)
     session = read_session_request(request, max_streams)
-    try:
-        return read_session(stubs, session, plan, request.arrow_compression, metadata)
-    except grpc.RpcError as e:
-        if not sessions_unsupported(e):
-            raise
-    server.read_sessions = False
-    return read_plain(stubs, request, plan, metadata)
+    shape = first_shape(request.row_limit, max_streams, server)
+    while True:
+        try:
+            if shape is ReadShape.PLAIN:
+                return _read_plain(stubs, request, plan, metadata)
+            return _read_session(stubs, session, plan, request.arrow_compression, metadata)
+        except grpc.RpcError as e:
+            shape = next_shape(e, shape, server, can_read_plain=True)
 
 
 async def read_rows_async(
@@ -155,16 +152,16 @@ async def read_rows_async(
     server: ServerFeatures,
 ) -> pa.Table:
     """``read_rows`` over grpc.aio channels."""
-    if plain_read(request.row_limit, max_streams, server):
-        return await read_plain_async(stubs, request, plan, metadata)
     session = read_session_request(request, max_streams)
-    try:
-        return await read_session_async(stubs, session, plan, request.arrow_compression, metadata)
-    except grpc.RpcError as e:
-        if not sessions_unsupported(e):
-            raise
-    server.read_sessions = False
-    return await read_plain_async(stubs, request, plan, metadata)
+    shape = first_shape(request.row_limit, max_streams, server)
+    while True:
+        try:
+            if shape is ReadShape.PLAIN:
+                return await _read_plain_async(stubs, request, plan, metadata)
+            compression = request.arrow_compression
+            return await _read_session_async(stubs, session, plan, compression, metadata)
+        except grpc.RpcError as e:
+            shape = next_shape(e, shape, server, can_read_plain=True)
 
 
 def read_session_table(
@@ -198,86 +195,13 @@ def read_session_table(
             ``DEADLINE_EXCEEDED`` when the read did not finish within ``timeout``.
         ReadRowsStreamError: A stream breaks the wire format.
     """
-    if not stubs:
-        raise ValueError("read_session_table needs at least one stub")
-    plan = AttemptPlan(len(stubs), deadline=Deadline.after(timeout))
-    return read_session(stubs, request, plan, compression, metadata)
-
-
-def read_session(
-    stubs: Sequence[table_service_pb2_grpc.TableServiceStub],
-    request: table_service_pb2.CreateReadSessionRequest,
-    plan: AttemptPlan,
-    compression: rows_pb2.ArrowCompression.ValueType,
-    metadata: Metadata,
-) -> pa.Table:
-    """``read_session_table`` with its calls tried, and timed, as ``plan`` says.
-
-    The high-level clients pass their retry policy and the read's deadline in the plan.
-    """
-    try:
-        return _read_session_once(stubs, request, plan, compression, metadata)
-    except grpc.RpcError as e:
-        if not snapshot_expired(e):
-            raise
-    return _read_session_once(stubs, request, plan, compression, metadata)
-
-
-def read_plain(
-    stubs: Sequence[table_service_pb2_grpc.TableServiceStub],
-    request: table_service_pb2.ReadRowsRequest,
-    plan: AttemptPlan,
-    metadata: Metadata,
-) -> pa.Table:
-    """One plain ``ReadRows`` (no session), its tries as ``plan`` says."""
-    from lakehouse.client.arrow import read_rows_to_arrow
-
-    return _failover(
-        stubs,
-        0,
-        lambda s: read_rows_to_arrow(
-            s.ReadRows(request, timeout=plan.deadline.remaining(), metadata=metadata)
-        ),
-        plan,
-    )
-
-
-def _read_session_once(
-    stubs: Sequence[table_service_pb2_grpc.TableServiceStub],
-    request: table_service_pb2.CreateReadSessionRequest,
-    plan: AttemptPlan,
-    compression: rows_pb2.ArrowCompression.ValueType,
-    metadata: Metadata,
-) -> pa.Table:
-    from lakehouse.client.arrow import read_rows_to_arrow
-
-    session = _failover(
-        stubs,
-        0,
-        lambda s: s.CreateReadSession(
-            request, timeout=plan.deadline.remaining(), metadata=metadata
-        ),
-        plan,
-    ).session
-
-    def read(index: int) -> pa.Table:
-        stream = _stream_request(session.name, index, compression)
-        return _failover(
-            stubs,
-            index,
-            lambda s: read_rows_to_arrow(
-                s.ReadRows(stream, timeout=plan.deadline.remaining(), metadata=metadata)
-            ),
-            plan,
-        )
-
-    count = len(session.streams)
-    if count == 1:
-        parts = [read(0)]
-    else:
-        with ThreadPoolExecutor(count, thread_name_prefix="lakehouse-read") as pool:
-            parts = list(pool.map(read, range(count)))
-    return pa.concat_tables([_schema(session).empty_table(), *parts])
+    plan = _session_plan(stubs, timeout, "read_session_table")
+    shape = ReadShape.SESSION
+    while True:
+        try:
+            return _read_session(stubs, request, plan, compression, metadata)
+        except grpc.RpcError as e:
+            shape = next_shape(e, shape, ServerFeatures(), can_read_plain=False)
 
 
 async def read_session_table_async(
@@ -295,75 +219,108 @@ async def read_session_table_async(
             ``DEADLINE_EXCEEDED`` when the read did not finish within ``timeout``.
         ReadRowsStreamError: A stream breaks the wire format.
     """
+    plan = _session_plan(stubs, timeout, "read_session_table_async")
+    shape = ReadShape.SESSION
+    while True:
+        try:
+            return await _read_session_async(stubs, request, plan, compression, metadata)
+        except grpc.RpcError as e:
+            shape = next_shape(e, shape, ServerFeatures(), can_read_plain=False)
+
+
+def _session_plan(stubs: Sequence[object], timeout: float | None, caller: str) -> AttemptPlan:
+    """The failover-only plan of the public session helpers, once their stubs are checked."""
     if not stubs:
-        raise ValueError("read_session_table_async needs at least one stub")
-    plan = AttemptPlan(len(stubs), deadline=Deadline.after(timeout))
-    return await read_session_async(stubs, request, plan, compression, metadata)
+        raise ValueError(f"{caller} needs at least one stub")
+    return AttemptPlan(len(stubs), deadline=Deadline.after(timeout))
 
 
-async def read_session_async(
-    stubs: Sequence[table_service_pb2_grpc.TableServiceAsyncStub],
-    request: table_service_pb2.CreateReadSessionRequest,
+def _read_plain(
+    stubs: Sequence[table_service_pb2_grpc.TableServiceStub],
+    request: table_service_pb2.ReadRowsRequest,
     plan: AttemptPlan,
-    compression: rows_pb2.ArrowCompression.ValueType,
     metadata: Metadata,
+    first: int = 0,
 ) -> pa.Table:
-    """``read_session`` over grpc.aio channels."""
-    try:
-        return await _read_session_once_async(stubs, request, plan, compression, metadata)
-    except grpc.RpcError as e:
-        if not snapshot_expired(e):
-            raise
-    return await _read_session_once_async(stubs, request, plan, compression, metadata)
+    """One ``ReadRows``, a plain one or a session's stream, from ``stubs[first]`` on.
+
+    Its tries are as ``plan`` says.
+    """
+    from lakehouse.client.arrow import read_rows_to_arrow
+
+    def read(stub: table_service_pb2_grpc.TableServiceStub) -> pa.Table:
+        timeout = plan.deadline.remaining()
+        return read_rows_to_arrow(stub.ReadRows(request, timeout=timeout, metadata=metadata))
+
+    return _failover(stubs, first, read, plan)
 
 
-async def read_plain_async(
+async def _read_plain_async(
     stubs: Sequence[table_service_pb2_grpc.TableServiceAsyncStub],
     request: table_service_pb2.ReadRowsRequest,
     plan: AttemptPlan,
     metadata: Metadata,
+    first: int = 0,
 ) -> pa.Table:
-    """``read_plain`` over grpc.aio channels."""
     from lakehouse.client.arrow import read_rows_to_arrow_async
 
-    return await _failover_async(
-        stubs,
-        0,
-        lambda s: read_rows_to_arrow_async(
-            s.ReadRows(request, timeout=plan.deadline.remaining(), metadata=metadata)
-        ),
-        plan,
-    )
+    async def read(stub: table_service_pb2_grpc.TableServiceAsyncStub) -> pa.Table:
+        timeout = plan.deadline.remaining()
+        call = stub.ReadRows(request, timeout=timeout, metadata=metadata)
+        return await read_rows_to_arrow_async(call)
+
+    return await _failover_async(stubs, first, read, plan)
 
 
-async def _read_session_once_async(
+def _read_session(
+    stubs: Sequence[table_service_pb2_grpc.TableServiceStub],
+    request: table_service_pb2.CreateReadSessionRequest,
+    plan: AttemptPlan,
+    compression: rows_pb2.ArrowCompression.ValueType,
+    metadata: Metadata,
+) -> pa.Table:
+    """One read session: created, then its streams read at once, one thread each."""
+
+    def create(stub: table_service_pb2_grpc.TableServiceStub) -> read_session_pb2.ReadSession:
+        timeout = plan.deadline.remaining()
+        return stub.CreateReadSession(request, timeout=timeout, metadata=metadata).session
+
+    session = _failover(stubs, 0, create, plan)
+
+    def read(index: int) -> pa.Table:
+        stream = _stream_request(session.name, index, compression)
+        return _read_plain(stubs, stream, plan, metadata, first=index)
+
+    count = len(session.streams)
+    if count == 1:
+        parts = [read(0)]
+    else:
+        with ThreadPoolExecutor(count, thread_name_prefix="lakehouse-read") as pool:
+            parts = list(pool.map(read, range(count)))
+    return pa.concat_tables([_schema(session).empty_table(), *parts])
+
+
+async def _read_session_async(
     stubs: Sequence[table_service_pb2_grpc.TableServiceAsyncStub],
     request: table_service_pb2.CreateReadSessionRequest,
     plan: AttemptPlan,
     compression: rows_pb2.ArrowCompression.ValueType,
     metadata: Metadata,
 ) -> pa.Table:
-    from lakehouse.client.arrow import read_rows_to_arrow_async
+    """``_read_session`` over grpc.aio channels: the streams are read concurrently."""
 
     async def create(
-        s: table_service_pb2_grpc.TableServiceAsyncStub,
+        stub: table_service_pb2_grpc.TableServiceAsyncStub,
     ) -> read_session_pb2.ReadSession:
         timeout = plan.deadline.remaining()
-        response = await s.CreateReadSession(request, timeout=timeout, metadata=metadata)
+        response = await stub.CreateReadSession(request, timeout=timeout, metadata=metadata)
         return response.session
 
     session = await _failover_async(stubs, 0, create, plan)
 
     async def read(index: int) -> pa.Table:
         stream = _stream_request(session.name, index, compression)
-        return await _failover_async(
-            stubs,
-            index,
-            lambda s: read_rows_to_arrow_async(
-                s.ReadRows(stream, timeout=plan.deadline.remaining(), metadata=metadata)
-            ),
-            plan,
-        )
+        return await _read_plain_async(stubs, stream, plan, metadata, first=index)
 
     tasks = [asyncio.ensure_future(read(i)) for i in range(len(session.streams))]
     try:

@@ -11,6 +11,7 @@ caller's ``RetryPolicy``: one place bounds them, so retries never multiply. A re
 from __future__ import annotations
 
 import dataclasses
+import enum
 import time
 
 import grpc
@@ -21,9 +22,11 @@ from lakehouse.client.retry import OnRetry, RetryPolicy
 __all__ = [
     "AttemptPlan",
     "Deadline",
+    "ReadShape",
     "ServerFeatures",
     "deadline_exceeded",
-    "plain_read",
+    "first_shape",
+    "next_shape",
     "replica_gone",
     "sessions_unsupported",
     "snapshot_expired",
@@ -67,13 +70,44 @@ class ServerFeatures:
     read_sessions: bool = True
 
 
-def plain_read(row_limit: int, max_streams: int, server: ServerFeatures) -> bool:
-    """Whether a read is one plain ``ReadRows`` rather than a read session's streams.
+class ReadShape(enum.Enum):
+    """How a read gets its rows: a read session's streams, or one plain ``ReadRows``."""
+
+    SESSION = "a read session"
+    #: A new session, once, after maintenance expired the first one's snapshot.
+    SESSION_AGAIN = "a new read session"
+    PLAIN = "one ReadRows"
+
+
+def first_shape(row_limit: int, max_streams: int, server: ServerFeatures) -> ReadShape:
+    """How a read starts.
 
     A limit is read as one stream (its first rows, not a share of each stream's); so is a read
-    of one stream, and any read from a server without read sessions.
+    of one stream, and any read from a server known to have no read sessions.
     """
-    return bool(row_limit) or max_streams <= 1 or not server.read_sessions
+    if row_limit or max_streams <= 1 or not server.read_sessions:
+        return ReadShape.PLAIN
+    return ReadShape.SESSION
+
+
+def next_shape(
+    error: grpc.RpcError, shape: ReadShape, server: ServerFeatures, *, can_read_plain: bool
+) -> ReadShape:
+    """How a read goes on after ``shape`` failed with ``error`` (its calls' retries spent).
+
+    A session whose snapshot was expired meanwhile is read once more as a new session (of the
+    current snapshot: the rows still come from one snapshot). A server without read sessions
+    (``UNIMPLEMENTED``) is read with one plain ``ReadRows``, and ``server`` remembers it.
+
+    Raises:
+        grpc.RpcError: ``error`` itself, when it is final.
+    """
+    if shape is ReadShape.SESSION and snapshot_expired(error):
+        return ReadShape.SESSION_AGAIN
+    if shape is not ReadShape.PLAIN and can_read_plain and sessions_unsupported(error):
+        server.read_sessions = False
+        return ReadShape.PLAIN
+    raise error
 
 
 def deadline_exceeded() -> grpc.RpcError:

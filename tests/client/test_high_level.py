@@ -312,4 +312,4 @@ def test_threads_reading_at_once_share_one_pool_of_read_channels(server: ServePr
         finally:
             sys.setswitchinterval(switch)
         assert results == [list(range(50))] * threads
-        assert len(lh._read_channels) == read_streams - channels
+        assert len(lh._reads.opened) == read_streams - channels
