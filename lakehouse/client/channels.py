@@ -154,6 +154,7 @@ class ReadChannels(Generic[ChannelT]):
     def __init__(self, pool: Sequence[Any], open_channels: Callable[[int], list[ChannelT]]) -> None:
         self.pool = list(pool)
         """The pool's ``TableService`` stubs."""
+        self._turn: Callable[[], int] = itertools.cycle(range(len(self.pool))).__next__
         self._open_channels: Callable[[int], list[ChannelT]] = open_channels
         self._opened: list[ChannelT] = []
         self._lock = threading.Lock()
@@ -163,6 +164,11 @@ class ReadChannels(Generic[ChannelT]):
         """The channels opened past the pool's."""
         with self._lock:
             return list(self._opened)
+
+    def pool_in_turn(self) -> list[Any]:
+        """The pool's stubs from the next channel in turn on: plain reads spread over them."""
+        start: int = self._turn()
+        return [*self.pool[start:], *self.pool[:start]]
 
     def stubs(self, read_streams: int) -> list[Any]:
         """A ``TableService`` stub per read stream (at least one), opening what is missing."""

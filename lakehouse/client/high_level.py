@@ -473,7 +473,7 @@ class Lakehouse:
         # other channels included, within the policy's attempts and the read's deadline:
         # the plan is the one place that retries, so attempts never multiply.
         if first_shape(limit, self.read_streams, self._server) is ReadShape.PLAIN:
-            stubs = self._reads.pool
+            stubs = self._reads.pool_in_turn()
         else:
             stubs = self._reads.stubs(self.read_streams)
         plan = AttemptPlan(len(stubs), self.retry, self.on_retry, Deadline.after(self.timeout))

@@ -365,7 +365,7 @@ class AsyncLakehouse:
         )
         # Retried call by call within the policy and the read's deadline: see Lakehouse.read.
         if first_shape(limit, self.read_streams, self._server) is ReadShape.PLAIN:
-            stubs = self._reads.pool
+            stubs = self._reads.pool_in_turn()
         else:
             stubs = self._reads.stubs(self.read_streams)
         plan = AttemptPlan(len(stubs), self.retry, self.on_retry, Deadline.after(self.timeout))
