@@ -441,7 +441,9 @@ class Lakehouse:
         away to another connection included. A read that fails every call thus sends
         ``retry.max_attempts`` calls; at worst a read sends
         ``(1 + streams) * retry.max_attempts``, twice over when maintenance expired its
-        session's snapshot meanwhile (it is then read once more as a new session).
+        session's snapshot meanwhile (it is then read once more as a new session). A server
+        without read sessions (``UNIMPLEMENTED``, an older release) is read with one plain
+        ``ReadRows`` (``retry.max_attempts`` more calls at most), and the client remembers it.
         All of it within the client's ``timeout``: each call gets the time left, and a read
         with none left fails with ``DEADLINE_EXCEEDED``.
 
