@@ -208,7 +208,9 @@ async def test_the_async_helpers_timeout_is_the_whole_reads(
     serve: Callable[[grpc.GenericRpcHandler], str],
 ) -> None:
     # read_table_async fails over to each of three channels; each call is held 0.4 s. The
-    # third call gets the 0.2 s left of the read's second, and the read ends DEADLINE_EXCEEDED.
+    # third call gets the 0.2 s left of the read's second (none when the machine is slow, and
+    # the read does not make it), and the read ends DEADLINE_EXCEEDED; with a timeout per
+    # call it ended UNAVAILABLE after 1.2 s.
     hold, timeout = 0.4, 1.0
     recorder = Recorder()
     target = serve(failing_handler(recorder, unavailable(None), hold))
@@ -222,7 +224,7 @@ async def test_the_async_helpers_timeout_is_the_whole_reads(
             await channel.close()
     assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     left = time_left(recorder)
-    assert len(left) == 3
+    assert len(left) in (2, 3)
     assert all(later <= earlier - hold / 2 for earlier, later in itertools.pairwise(left))
 
 
