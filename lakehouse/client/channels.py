@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 import grpc
 
+from lakehouse.client.read_attempts import ReadShape, ServerFeatures, first_shape
 from lakehouse.v1 import ingest_service_pb2_grpc, job_service_pb2_grpc, table_service_pb2_grpc
 
 if TYPE_CHECKING:
@@ -169,6 +170,12 @@ class ReadChannels(Generic[ChannelT]):
         """The pool's stubs from the next channel in turn on: plain reads spread over them."""
         start: int = self._turn()
         return [*self.pool[start:], *self.pool[:start]]
+
+    def for_read(self, row_limit: int, read_streams: int, server: ServerFeatures) -> list[Any]:
+        """The stubs of one read: the pool's in turn for a plain read, else ``stubs``'s."""
+        if first_shape(row_limit, read_streams, server) is ReadShape.PLAIN:
+            return self.pool_in_turn()
+        return self.stubs(read_streams)
 
     def stubs(self, read_streams: int) -> list[Any]:
         """A ``TableService`` stub per read stream (at least one), opening what is missing."""

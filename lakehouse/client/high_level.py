@@ -55,13 +55,7 @@ from lakehouse.client.channels import (
 from lakehouse.client.errors import LakehouseError, decode_error, error_from_status
 from lakehouse.client.jobs import Job, sql_preview, succeeded
 from lakehouse.client.parallel_reads import DEFAULT_STREAMS, read_rows
-from lakehouse.client.read_attempts import (
-    AttemptPlan,
-    Deadline,
-    ReadShape,
-    ServerFeatures,
-    first_shape,
-)
+from lakehouse.client.read_attempts import AttemptPlan, Deadline, ServerFeatures
 from lakehouse.client.request_builders import (
     CHANNEL_OPTIONS,
     READ_CHANNEL_OPTIONS,
@@ -460,24 +454,13 @@ class Lakehouse:
             LakehouseError: ``NOT_FOUND``, ``INVALID_ARGUMENT`` (a bad filter or column),
                 ``DEADLINE_EXCEEDED`` (the read took longer than ``timeout``)...
         """
-        request = table_read_request(
-            table,
-            columns=columns,
-            row_filter=filter,
-            snapshot_id=snapshot_id,
-            as_of=as_of,
-            ref=ref,
-            limit=limit,
-        )
+        request = table_read_request(table, columns, filter, snapshot_id, as_of, ref, limit)
         # A read restarts a call from the beginning on a retry: the rows of a broken stream
         # are dropped, never mixed with the next attempt's. Each call (the session's
         # creation, each stream, or the one ReadRows) is retried on its own, failover to
         # other channels included, within the policy's attempts and the read's deadline:
         # the plan is the one place that retries, so attempts never multiply.
-        if first_shape(limit, self.read_streams, self._server) is ReadShape.PLAIN:
-            stubs = self._reads.pool_in_turn()
-        else:
-            stubs = self._reads.stubs(self.read_streams)
+        stubs = self._reads.for_read(limit, self.read_streams, self._server)
         plan = AttemptPlan(len(stubs), self.retry, self.on_retry, Deadline.after(self.timeout))
         try:
             return read_rows(stubs, request, self.read_streams, plan, self._metadata, self._server)

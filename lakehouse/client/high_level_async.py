@@ -45,13 +45,7 @@ from lakehouse.client.channels import (
 from lakehouse.client.errors import LakehouseError, decode_error, error_from_status
 from lakehouse.client.jobs import Job, sql_preview, succeeded
 from lakehouse.client.parallel_reads import DEFAULT_STREAMS, read_rows_async
-from lakehouse.client.read_attempts import (
-    AttemptPlan,
-    Deadline,
-    ReadShape,
-    ServerFeatures,
-    first_shape,
-)
+from lakehouse.client.read_attempts import AttemptPlan, Deadline, ServerFeatures
 from lakehouse.client.request_builders import (
     CHANNEL_OPTIONS,
     READ_CHANNEL_OPTIONS,
@@ -354,20 +348,9 @@ class AsyncLakehouse:
         limit: int = 0,
     ) -> pa.Table:
         """Reads a table into Arrow; see ``Lakehouse.read``."""
-        request = table_read_request(
-            table,
-            columns=columns,
-            row_filter=filter,
-            snapshot_id=snapshot_id,
-            as_of=as_of,
-            ref=ref,
-            limit=limit,
-        )
+        request = table_read_request(table, columns, filter, snapshot_id, as_of, ref, limit)
         # Retried call by call within the policy and the read's deadline: see Lakehouse.read.
-        if first_shape(limit, self.read_streams, self._server) is ReadShape.PLAIN:
-            stubs = self._reads.pool_in_turn()
-        else:
-            stubs = self._reads.stubs(self.read_streams)
+        stubs = self._reads.for_read(limit, self.read_streams, self._server)
         plan = AttemptPlan(len(stubs), self.retry, self.on_retry, Deadline.after(self.timeout))
         try:
             return await read_rows_async(

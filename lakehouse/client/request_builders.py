@@ -118,7 +118,6 @@ def split_table(table: TableName) -> tuple[str, str]:
 
 def table_read_request(
     table: TableName,
-    *,
     columns: Sequence[str] | None,
     row_filter: str,
     snapshot_id: int | None,

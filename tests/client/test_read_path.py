@@ -76,30 +76,37 @@ def failing_handler(
         time.sleep(hold)
         context.abort_with_status(status)
 
-    return grpc.method_handlers_generic_handler(
-        SERVICE,
-        {
-            "CreateReadSession": grpc.unary_unary_rpc_method_handler(
-                create,
-                request_deserializer=table_service_pb2.CreateReadSessionRequest.FromString,
-                response_serializer=table_service_pb2.CreateReadSessionResponse.SerializeToString,
-            ),
-            "ReadRows": grpc.unary_stream_rpc_method_handler(
-                read,
-                request_deserializer=table_service_pb2.ReadRowsRequest.FromString,
-                response_serializer=table_service_pb2.ReadRowsResponse.SerializeToString,
-            ),
-        },
-    )
+    return table_service(CreateReadSession=create, ReadRows=read)
+
+
+def table_service(**methods: Callable[..., Any]) -> grpc.GenericRpcHandler:
+    """A generic handler serving ``methods`` of lakehouse.v1.TableService (and no other)."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    if "CreateReadSession" in methods:
+        handlers["CreateReadSession"] = grpc.unary_unary_rpc_method_handler(
+            methods["CreateReadSession"],
+            request_deserializer=table_service_pb2.CreateReadSessionRequest.FromString,
+            response_serializer=table_service_pb2.CreateReadSessionResponse.SerializeToString,
+        )
+    if "ReadRows" in methods:
+        handlers["ReadRows"] = grpc.unary_stream_rpc_method_handler(
+            methods["ReadRows"],
+            request_deserializer=table_service_pb2.ReadRowsRequest.FromString,
+            response_serializer=table_service_pb2.ReadRowsResponse.SerializeToString,
+        )
+    return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
 
 @pytest.fixture
-def serve() -> Iterator[Callable[[grpc.GenericRpcHandler], str]]:
-    """Starts in-process servers on 127.0.0.1 with the given handler; stops them after."""
+def serve() -> Iterator[Callable[..., str]]:
+    """Starts in-process servers on 127.0.0.1 with the given handler (and interceptors);
+    stops them after."""
     servers: list[grpc.Server] = []
 
-    def start(handler: grpc.GenericRpcHandler) -> str:
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    def start(handler: grpc.GenericRpcHandler, *interceptors: grpc.ServerInterceptor) -> str:
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=8), interceptors=list(interceptors)
+        )
         server.add_generic_rpc_handlers((handler,))
         port = server.add_insecure_port("127.0.0.1:0")
         server.start()
@@ -116,7 +123,7 @@ def serve() -> Iterator[Callable[[grpc.GenericRpcHandler], str]]:
 
 @pytest.mark.parametrize("reason", [None, "OBJECT_STORE_UNAVAILABLE"])
 def test_a_failing_read_reaches_the_server_at_most_max_attempts_times(
-    serve: Callable[[grpc.GenericRpcHandler], str], reason: str | None
+    serve: Callable[..., str], reason: str | None
 ) -> None:
     # Four read streams over 2 + 2 channels: failover has four channels to try. A replica
     # that is gone (no ErrorInfo) fails over, a backing service's outage waits its RetryInfo;
@@ -142,7 +149,7 @@ def test_a_failing_read_reaches_the_server_at_most_max_attempts_times(
 
 
 async def test_a_failing_async_read_reaches_the_server_at_most_max_attempts_times(
-    serve: Callable[[grpc.GenericRpcHandler], str],
+    serve: Callable[..., str],
 ) -> None:
     recorder = Recorder()
     target = serve(failing_handler(recorder, unavailable(None)))
@@ -154,7 +161,7 @@ async def test_a_failing_async_read_reaches_the_server_at_most_max_attempts_time
 
 
 def test_the_arrow_helper_tries_each_channel_once_without_a_policy(
-    serve: Callable[[grpc.GenericRpcHandler], str],
+    serve: Callable[..., str],
 ) -> None:
     # read_table has no retry policy: failover only, every channel once (a single one twice).
     recorder = Recorder()
@@ -183,7 +190,7 @@ def time_left(recorder: Recorder) -> list[float]:
 
 
 def test_a_reads_timeout_bounds_all_its_calls_and_waits(
-    serve: Callable[[grpc.GenericRpcHandler], str],
+    serve: Callable[..., str],
 ) -> None:
     # Every call is held 0.2 s, then dropped as by a replica going away. With a timeout per
     # call, 8 attempts of 0.2 s each would take 1.6 s and end UNAVAILABLE; as the deadline of
@@ -205,7 +212,7 @@ def test_a_reads_timeout_bounds_all_its_calls_and_waits(
 
 
 async def test_the_async_helpers_timeout_is_the_whole_reads(
-    serve: Callable[[grpc.GenericRpcHandler], str],
+    serve: Callable[..., str],
 ) -> None:
     # read_table_async fails over to each of three channels; each call is held 0.4 s. The
     # third call gets the 0.2 s left of the read's second (none when the machine is slow, and
@@ -258,29 +265,13 @@ def read_rows_only_handler() -> grpc.GenericRpcHandler:
                 )
             )
 
-    return grpc.method_handlers_generic_handler(
-        SERVICE,
-        {
-            "ReadRows": grpc.unary_stream_rpc_method_handler(
-                read,
-                request_deserializer=table_service_pb2.ReadRowsRequest.FromString,
-                response_serializer=table_service_pb2.ReadRowsResponse.SerializeToString,
-            )
-        },
-    )
+    return table_service(ReadRows=read)
 
 
 @pytest.fixture
-def old_server() -> Iterator[tuple[CountCalls, str]]:
+def old_server(serve: Callable[..., str]) -> tuple[CountCalls, str]:
     counter = CountCalls()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), interceptors=[counter])
-    server.add_generic_rpc_handlers((read_rows_only_handler(),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield counter, f"127.0.0.1:{port}"
-    finally:
-        server.stop(None).wait()
+    return counter, serve(read_rows_only_handler(), counter)
 
 
 def test_the_client_reads_a_server_without_read_sessions_with_read_rows(
