@@ -45,9 +45,11 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from lakehouse.client.parallel_reads import (
     DEFAULT_STREAMS,
-    read_session_table,
-    read_session_table_async,
+    read_rows,
+    read_rows_async,
+    read_session_request,
 )
+from lakehouse.client.read_attempts import AttemptPlan, Deadline, ServerFeatures
 
 if TYPE_CHECKING:
     from lakehouse.v1 import table_service_pb2_grpc
@@ -417,8 +419,10 @@ def read_table(
 
     By default as a read session (``CreateReadSession``) whose streams are read at once, one
     thread each, spread over the stubs given (a stream broken by ``UNAVAILABLE`` is read
-    again on the next one); ``max_streams=1``, or a ``row_limit``, reads one ``ReadRows``.
-    Either way the rows are those, and in the order, of one ``ReadRows``.
+    again on the next one); ``max_streams=1``, or a ``row_limit``, reads one ``ReadRows``, and
+    so does a read from a server without read sessions (an older release, which answers
+    ``UNIMPLEMENTED``: asked on each call here, once per client by ``Lakehouse``). Either way
+    the rows are those, and in the order, of one ``ReadRows``.
 
     Args:
         stub: A ``TableServiceStub`` on a sync ``grpc.Channel``, or several on separate
@@ -431,7 +435,8 @@ def read_table(
         as_of_time: Read the snapshot current at this time (timezone-aware).
         row_limit: The maximum number of rows; 0 for no limit.
         compression: Arrow buffer compression (e.g. ``ARROW_COMPRESSION_ZSTD``).
-        timeout: The deadline of each call, in seconds.
+        timeout: The deadline of the whole read, in seconds: each call (the session's
+            creation, each stream, a failover) gets the time left.
         metadata: gRPC metadata sent with each call.
         ref: Read the head of this branch or this tag.
         max_streams: The most streams read at once; 1 for one plain ``ReadRows``.
@@ -441,7 +446,7 @@ def read_table(
 
     Raises:
         grpc.RpcError: A call failed (``NOT_FOUND`` table, ``INVALID_ARGUMENT`` filter...,
-            ``UNAVAILABLE`` on every channel tried).
+            ``UNAVAILABLE`` on every channel tried, ``DEADLINE_EXCEEDED`` past ``timeout``).
         ReadRowsStreamError: A stream breaks the wire format.
         ValueError: Both snapshot_id and as_of_time are given.
     """
@@ -457,16 +462,8 @@ def read_table(
     )
     request.ref = ref
     stubs = _stubs(stub)
-    if max_streams <= 1 or row_limit:
-        call = stubs[0].ReadRows(request, timeout=timeout, metadata=_metadata(metadata))
-        return read_rows_to_arrow(call)
-    return read_session_table(
-        stubs,
-        read_session_request(request, max_streams),
-        compression=compression,
-        timeout=timeout,
-        metadata=_metadata(metadata),
-    )
+    plan = AttemptPlan(len(stubs), deadline=Deadline.after(timeout))
+    return read_rows(stubs, request, max_streams, plan, _metadata(metadata), ServerFeatures())
 
 
 async def read_table_async(
@@ -499,7 +496,8 @@ async def read_table_async(
         as_of_time: Read the snapshot current at this time (timezone-aware).
         row_limit: The maximum number of rows; 0 for no limit.
         compression: Arrow buffer compression (e.g. ``ARROW_COMPRESSION_ZSTD``).
-        timeout: The deadline of each call, in seconds.
+        timeout: The deadline of the whole read, in seconds: each call (the session's
+            creation, each stream, a failover) gets the time left.
         metadata: gRPC metadata sent with each call.
         ref: Read the head of this branch or this tag.
         max_streams: The most streams read at once; 1 for one plain ``ReadRows``.
@@ -524,37 +522,9 @@ async def read_table_async(
     )
     request.ref = ref
     stubs = _stubs(stub)
-    if max_streams <= 1 or row_limit:
-        call = stubs[0].ReadRows(request, timeout=timeout, metadata=_metadata(metadata))
-        return await read_rows_to_arrow_async(call)
-    return await read_session_table_async(
-        stubs,
-        read_session_request(request, max_streams),
-        compression=compression,
-        timeout=timeout,
-        metadata=_metadata(metadata),
-    )
-
-
-def read_session_request(
-    request: table_service_pb2.ReadRowsRequest, max_streams: int
-) -> table_service_pb2.CreateReadSessionRequest:
-    """The ``CreateReadSessionRequest`` of a ``ReadRowsRequest``'s selection."""
-    session = table_service_pb2.CreateReadSessionRequest(
-        namespace=request.namespace,
-        table=request.table,
-        row_filter=request.row_filter,
-        row_limit=request.row_limit,
-        ref=request.ref,
-        max_streams=max_streams,
-    )
-    if request.HasField("columns"):
-        session.columns.CopyFrom(request.columns)
-    if request.HasField("snapshot_id"):
-        session.snapshot_id = request.snapshot_id
-    if request.HasField("as_of_time"):
-        session.as_of_time.CopyFrom(request.as_of_time)
-    return session
+    plan = AttemptPlan(len(stubs), deadline=Deadline.after(timeout))
+    features = ServerFeatures()
+    return await read_rows_async(stubs, request, max_streams, plan, _metadata(metadata), features)
 
 
 def _stubs(stub: S | Sequence[S]) -> Sequence[S]:

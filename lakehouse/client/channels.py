@@ -19,11 +19,13 @@ for each call; users of the generated stubs and ``lakehouse.client.arrow`` can d
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 import grpc
 
+from lakehouse.client.read_attempts import ReadShape, ServerFeatures, first_shape
 from lakehouse.v1 import ingest_service_pb2_grpc, job_service_pb2_grpc, table_service_pb2_grpc
 
 if TYPE_CHECKING:
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_CHANNELS",
     "MAX_CHANNELS",
+    "ReadChannels",
     "RoundRobin",
     "Spread",
     "check_channels",
@@ -51,6 +54,7 @@ T = TypeVar("T")
 TablesT = TypeVar("TablesT")
 IngestT = TypeVar("IngestT")
 JobsT = TypeVar("JobsT")
+ChannelT = TypeVar("ChannelT", grpc.Channel, grpc.aio.Channel)
 
 
 def pooled_options(options: Sequence[tuple[str, Any]] = ()) -> tuple[tuple[str, Any], ...]:
@@ -134,3 +138,51 @@ def spread_over(channels: Sequence[Any]) -> Spread[Any, Any, Any]:
             for channel in channels
         ]
     )
+
+
+class ReadChannels(Generic[ChannelT]):
+    """The connections a high-level client reads a session's streams over.
+
+    The pool's channels first, then more, each its own connection, opened on the first read
+    that needs them. Safe to use from several threads at once: threads reading through one
+    client open one set of channels between them, and none sees a half-built one.
+
+    Args:
+        pool: The ``TableService`` stub of each channel of the client's pool.
+        open_channels: Opens that many more channels.
+    """
+
+    def __init__(self, pool: Sequence[Any], open_channels: Callable[[int], list[ChannelT]]) -> None:
+        self.pool = list(pool)
+        """The pool's ``TableService`` stubs."""
+        self._turn: Callable[[], int] = itertools.cycle(range(len(self.pool))).__next__
+        self._open_channels: Callable[[int], list[ChannelT]] = open_channels
+        self._opened: list[ChannelT] = []
+        self._lock = threading.Lock()
+
+    @property
+    def opened(self) -> list[ChannelT]:
+        """The channels opened past the pool's."""
+        with self._lock:
+            return list(self._opened)
+
+    def pool_in_turn(self) -> list[Any]:
+        """The pool's stubs from the next channel in turn on: plain reads spread over them."""
+        start: int = self._turn()
+        return [*self.pool[start:], *self.pool[:start]]
+
+    def for_read(self, row_limit: int, read_streams: int, server: ServerFeatures) -> list[Any]:
+        """The stubs of one read: the pool's in turn for a plain read, else ``stubs``'s."""
+        if first_shape(row_limit, read_streams, server) is ReadShape.PLAIN:
+            return self.pool_in_turn()
+        return self.stubs(read_streams)
+
+    def stubs(self, read_streams: int) -> list[Any]:
+        """A ``TableService`` stub per read stream (at least one), opening what is missing."""
+        with self._lock:
+            missing = read_streams - len(self.pool) - len(self._opened)
+            if missing > 0:
+                self._opened += self._open_channels(missing)
+            opened = list(self._opened)
+        extra: list[Any] = [table_service_pb2_grpc.TableServiceStub(c) for c in opened]
+        return [*self.pool, *extra][: max(read_streams, 1)]

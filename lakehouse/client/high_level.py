@@ -43,20 +43,19 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from lakehouse.client.arrow import (
     append_rows_requests,
-    read_rows_request,
-    read_rows_to_arrow,
-    read_session_request,
     write_rows_request,
 )
 from lakehouse.client.channels import (
     DEFAULT_CHANNELS,
+    ReadChannels,
     check_channels,
     pooled_options,
     spread_over,
 )
 from lakehouse.client.errors import LakehouseError, decode_error, error_from_status
 from lakehouse.client.jobs import Job, sql_preview, succeeded
-from lakehouse.client.parallel_reads import DEFAULT_STREAMS, read_session_table
+from lakehouse.client.parallel_reads import DEFAULT_STREAMS, read_rows
+from lakehouse.client.read_attempts import AttemptPlan, Deadline, ServerFeatures
 from lakehouse.client.request_builders import (
     CHANNEL_OPTIONS,
     READ_CHANNEL_OPTIONS,
@@ -69,6 +68,7 @@ from lakehouse.client.request_builders import (
     new_request_id,
     split_table,
     sql_job_request,
+    table_read_request,
     write_mode,
 )
 from lakehouse.client.retry import OnRetry, RetryPolicy
@@ -81,7 +81,6 @@ from lakehouse.v1 import (
     schema_pb2,
     table_pb2,
     table_service_pb2,
-    table_service_pb2_grpc,
 )
 
 __all__ = ["Lakehouse"]
@@ -99,8 +98,9 @@ class Lakehouse:
         root_certificates: PEM CA certificates to trust; None for the system's.
         client_certificate: PEM certificate chain for mTLS.
         client_key: PEM private key of ``client_certificate``.
-        timeout: The deadline of each call, in seconds (``read`` and ``append``: of each
-            attempt's whole stream); None for none.
+        timeout: The deadline of each call, in seconds (``append``: of each attempt's whole
+            stream; ``read``: of the whole read, its retries and waits included); None for
+            none.
         retry: When to retry and how long to wait (``RetryPolicy()`` by default).
         on_retry: Called before each retry's wait (for logs or metrics).
         channels: Channels (each its own connection) the calls are spread over, in turn
@@ -128,14 +128,9 @@ class Lakehouse:
         self._connection = Connection(
             target, api_key, tls, root_certificates, client_certificate, client_key
         )
-        credentials = self._connection.credentials()
-        options = pooled_options(CHANNEL_OPTIONS)
-        self._channels = [
-            grpc.secure_channel(target, credentials, options=options)
-            if credentials is not None
-            else grpc.insecure_channel(target, options=options)
-            for _ in range(check_channels(channels))
-        ]
+        self._channels = self._connection.channels(
+            check_channels(channels), pooled_options(CHANNEL_OPTIONS)
+        )
         # Each call takes the next channel's stub: calls spread over the connections.
         self._next = spread_over(self._channels)
         self._metadata = self._connection.metadata()
@@ -150,33 +145,18 @@ class Lakehouse:
         self.jobs = self._next.first[2]
         """The generated ``JobService`` stub (on the first channel)."""
         self.read_streams = read_streams
-        self._read_channels: list[grpc.Channel] = []
-
-    def _read_stubs(self) -> list[table_service_pb2_grpc.TableServiceStub]:
-        """A ``TableService`` stub per read stream: the pool's, then more channels.
-
-        The channels past the pool's are opened on the first read that needs them, each its
-        own connection.
-        """
-        pool = [stubs[0] for stubs in self._next.stubs]
-        missing = self.read_streams - len(pool) - len(self._read_channels)
-        if missing > 0:
-            credentials = self._connection.credentials()
-            target = self._connection.target
-            self._read_channels += [
-                grpc.secure_channel(target, credentials, options=READ_CHANNEL_OPTIONS)
-                if credentials is not None
-                else grpc.insecure_channel(target, options=READ_CHANNEL_OPTIONS)
-                for _ in range(missing)
-            ]
-        extra = [table_service_pb2_grpc.TableServiceStub(c) for c in self._read_channels]
-        return [*pool, *extra][: max(self.read_streams, 1)]
+        # Whether the server has read sessions: learnt on the first read, then remembered.
+        self._server = ServerFeatures()
+        self._reads = ReadChannels(
+            [stubs[0] for stubs in self._next.stubs],
+            lambda count: self._connection.channels(count, READ_CHANNEL_OPTIONS),
+        )
 
     # --- life -----------------------------------------------------------------------------
 
     def close(self) -> None:
         """Closes the channels; calls in flight are cancelled."""
-        for channel in [*self._channels, *self._read_channels]:
+        for channel in [*self._channels, *self._reads.opened]:
             channel.close()
 
     def __enter__(self) -> Lakehouse:
@@ -449,6 +429,18 @@ class Lakehouse:
         ``read_streams`` connections, in the order of one ``ReadRows``; with a ``limit``, or
         ``read_streams=1``, as one ``ReadRows``.
 
+        Retries are decided call by call (``lakehouse.client.read_attempts.AttemptPlan``):
+        the session's creation and each stream are each tried at most
+        ``retry.max_attempts`` times in all, the failover of a stream whose replica went
+        away to another connection included. A read that fails every call thus sends
+        ``retry.max_attempts`` calls; at worst a read sends
+        ``(1 + streams) * retry.max_attempts``, twice over when maintenance expired its
+        session's snapshot meanwhile (it is then read once more as a new session). A server
+        without read sessions (``UNIMPLEMENTED``, an older release) is read with one plain
+        ``ReadRows`` (``retry.max_attempts`` more calls at most), and the client remembers it.
+        All of it within the client's ``timeout``: each call gets the time left, and a read
+        with none left fails with ``DEADLINE_EXCEEDED``.
+
         Args:
             table: ``"namespace.table"`` or ``(namespace, table)``.
             columns: The columns (dotted paths for nested fields); None for all.
@@ -459,33 +451,21 @@ class Lakehouse:
             limit: At most this many rows; 0 for all.
 
         Raises:
-            LakehouseError: ``NOT_FOUND``, ``INVALID_ARGUMENT`` (a bad filter or column)...
+            LakehouseError: ``NOT_FOUND``, ``INVALID_ARGUMENT`` (a bad filter or column),
+                ``DEADLINE_EXCEEDED`` (the read took longer than ``timeout``)...
         """
-        namespace, name = split_table(table)
-        request = read_rows_request(
-            namespace,
-            name,
-            columns=columns,
-            row_filter=filter,
-            snapshot_id=snapshot_id,
-            as_of_time=as_of,
-            row_limit=limit,
-        )
-        request.ref = ref
-        # A read restarts from the beginning on a retry: the rows of a broken stream are
-        # dropped, never mixed with the next attempt's.
-        if limit or self.read_streams <= 1:
-            return self._call(
-                lambda: read_rows_to_arrow(self._next.tables.ReadRows(request, **self._options())),
-                idempotent=True,
-            )
-        # A read session's streams at once; a stream broken by UNAVAILABLE is read again on
-        # another channel, and a failed session as a whole is retried as one read.
-        session = read_session_request(request, self.read_streams)
-        return self._call(
-            lambda: read_session_table(self._read_stubs(), session, **self._options()),
-            idempotent=True,
-        )
+        request = table_read_request(table, columns, filter, snapshot_id, as_of, ref, limit)
+        # A read restarts a call from the beginning on a retry: the rows of a broken stream
+        # are dropped, never mixed with the next attempt's. Each call (the session's
+        # creation, each stream, or the one ReadRows) is retried on its own, failover to
+        # other channels included, within the policy's attempts and the read's deadline:
+        # the plan is the one place that retries, so attempts never multiply.
+        stubs = self._reads.for_read(limit, self.read_streams, self._server)
+        plan = AttemptPlan(len(stubs), self.retry, self.on_retry, Deadline.after(self.timeout))
+        try:
+            return read_rows(stubs, request, self.read_streams, plan, self._metadata, self._server)
+        except grpc.RpcError as e:
+            raise decode_error(e) from None
 
     # --- SQL jobs -------------------------------------------------------------------------
 

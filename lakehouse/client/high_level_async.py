@@ -33,20 +33,19 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from lakehouse.client.arrow import (
     append_rows_requests,
-    read_rows_request,
-    read_rows_to_arrow_async,
-    read_session_request,
     write_rows_request,
 )
 from lakehouse.client.channels import (
     DEFAULT_CHANNELS,
+    ReadChannels,
     check_channels,
     pooled_options,
     spread_over,
 )
 from lakehouse.client.errors import LakehouseError, decode_error, error_from_status
 from lakehouse.client.jobs import Job, sql_preview, succeeded
-from lakehouse.client.parallel_reads import DEFAULT_STREAMS, read_session_table_async
+from lakehouse.client.parallel_reads import DEFAULT_STREAMS, read_rows_async
+from lakehouse.client.read_attempts import AttemptPlan, Deadline, ServerFeatures
 from lakehouse.client.request_builders import (
     CHANNEL_OPTIONS,
     READ_CHANNEL_OPTIONS,
@@ -59,6 +58,7 @@ from lakehouse.client.request_builders import (
     new_request_id,
     split_table,
     sql_job_request,
+    table_read_request,
     write_mode,
 )
 from lakehouse.client.retry import OnRetry, RetryPolicy
@@ -71,7 +71,6 @@ from lakehouse.v1 import (
     schema_pb2,
     table_pb2,
     table_service_pb2,
-    table_service_pb2_grpc,
 )
 
 __all__ = ["AsyncLakehouse"]
@@ -91,7 +90,8 @@ class AsyncLakehouse:
         root_certificates: PEM CA certificates to trust; None for the system's.
         client_certificate: PEM certificate chain for mTLS.
         client_key: PEM private key of ``client_certificate``.
-        timeout: The deadline of each call, in seconds; None for none.
+        timeout: The deadline of each call, in seconds (``read``: of the whole read, its
+            retries and waits included); None for none.
         retry: When to retry and how long to wait (``RetryPolicy()`` by default).
         on_retry: Called before each retry's wait (for logs or metrics).
         channels: Channels (each its own connection) the calls are spread over, in turn
@@ -119,14 +119,9 @@ class AsyncLakehouse:
         self._connection = Connection(
             target, api_key, tls, root_certificates, client_certificate, client_key
         )
-        credentials = self._connection.credentials()
-        options = pooled_options(CHANNEL_OPTIONS)
-        self._channels = [
-            grpc.aio.secure_channel(target, credentials, options=options)
-            if credentials is not None
-            else grpc.aio.insecure_channel(target, options=options)
-            for _ in range(check_channels(channels))
-        ]
+        self._channels = self._connection.aio_channels(
+            check_channels(channels), pooled_options(CHANNEL_OPTIONS)
+        )
         # Each call takes the next channel's stub: calls spread over the connections.
         self._next = spread_over(self._channels)
         self._metadata = self._connection.metadata()
@@ -141,31 +136,16 @@ class AsyncLakehouse:
         self.jobs = self._next.first[2]
         """The generated ``JobService`` stub (on the first channel)."""
         self.read_streams = read_streams
-        self._read_channels: list[grpc.aio.Channel] = []
-
-    def _read_stubs(self) -> list[table_service_pb2_grpc.TableServiceAsyncStub]:
-        """A ``TableService`` stub per read stream: the pool's, then more channels.
-
-        The channels past the pool's are opened on the first read that needs them, each its
-        own connection.
-        """
-        pool = [stubs[0] for stubs in self._next.stubs]
-        missing = self.read_streams - len(pool) - len(self._read_channels)
-        if missing > 0:
-            credentials = self._connection.credentials()
-            target = self._connection.target
-            self._read_channels += [
-                grpc.aio.secure_channel(target, credentials, options=READ_CHANNEL_OPTIONS)
-                if credentials is not None
-                else grpc.aio.insecure_channel(target, options=READ_CHANNEL_OPTIONS)
-                for _ in range(missing)
-            ]
-        extra = [table_service_pb2_grpc.TableServiceStub(c) for c in self._read_channels]
-        return [*pool, *extra][: max(self.read_streams, 1)]
+        # Whether the server has read sessions: learnt on the first read, then remembered.
+        self._server = ServerFeatures()
+        self._reads = ReadChannels(
+            [stubs[0] for stubs in self._next.stubs],
+            lambda count: self._connection.aio_channels(count, READ_CHANNEL_OPTIONS),
+        )
 
     async def close(self) -> None:
         """Closes the channels; calls in flight are cancelled."""
-        for channel in [*self._channels, *self._read_channels]:
+        for channel in [*self._channels, *self._reads.opened]:
             await channel.close()
 
     async def __aenter__(self) -> AsyncLakehouse:
@@ -368,29 +348,16 @@ class AsyncLakehouse:
         limit: int = 0,
     ) -> pa.Table:
         """Reads a table into Arrow; see ``Lakehouse.read``."""
-        namespace, name = split_table(table)
-        request = read_rows_request(
-            namespace,
-            name,
-            columns=columns,
-            row_filter=filter,
-            snapshot_id=snapshot_id,
-            as_of_time=as_of,
-            row_limit=limit,
-        )
-        request.ref = ref
-
-        async def attempt() -> pa.Table:
-            if limit or self.read_streams <= 1:
-                call = self._next.tables.ReadRows(request, **self._options())
-                return await read_rows_to_arrow_async(call)
-            return await read_session_table_async(
-                self._read_stubs(),
-                read_session_request(request, self.read_streams),
-                **self._options(),
+        request = table_read_request(table, columns, filter, snapshot_id, as_of, ref, limit)
+        # Retried call by call within the policy and the read's deadline: see Lakehouse.read.
+        stubs = self._reads.for_read(limit, self.read_streams, self._server)
+        plan = AttemptPlan(len(stubs), self.retry, self.on_retry, Deadline.after(self.timeout))
+        try:
+            return await read_rows_async(
+                stubs, request, self.read_streams, plan, self._metadata, self._server
             )
-
-        return await self._call(attempt, idempotent=True)
+        except grpc.RpcError as e:
+            raise decode_error(e) from None
 
     async def sql(
         self,

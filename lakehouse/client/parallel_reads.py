@@ -8,7 +8,11 @@ possibly to separate replicas), lifts the cap of one stream through Python's gRP
 A stream that fails with ``UNAVAILABLE`` because its replica went away (the connection
 failed, or the replica is shutting down) is read again from its start on the next channel:
 its snapshot is pinned, so a re-read returns the same rows, and the rows of the broken
-attempt are dropped. With no channel left, the error is raised.
+attempt are dropped. With no channel left, the error is raised. How many times a call is
+tried, and after which wait, is ``lakehouse.client.read_attempts.AttemptPlan``'s to decide
+(with the high-level clients' retry policy in it), and so is the read's shape (a session, a new
+session after its snapshot expired, or one plain ``ReadRows``): the sync and async paths here
+differ only in their I/O.
 The result is in stream order, the order of one ``ReadRows``.
 
 This module needs pyarrow (``pip install './gen[arrow]'``).
@@ -17,6 +21,8 @@ This module needs pyarrow (``pip install './gen[arrow]'``).
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, TypeVar
@@ -24,7 +30,14 @@ from typing import TYPE_CHECKING, TypeVar
 import grpc
 import pyarrow as pa
 
-from lakehouse.client.errors import decode_error
+from lakehouse.client.read_attempts import (
+    AttemptPlan,
+    Deadline,
+    ReadShape,
+    ServerFeatures,
+    first_shape,
+    next_shape,
+)
 from lakehouse.v1 import read_session_pb2, rows_pb2, table_service_pb2
 
 if TYPE_CHECKING:
@@ -32,6 +45,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_STREAMS",
+    "read_rows",
+    "read_rows_async",
+    "read_session_request",
     "read_session_table",
     "read_session_table_async",
 ]
@@ -57,58 +73,95 @@ def _schema(session: read_session_pb2.ReadSession) -> pa.Schema:
     return pa.ipc.read_schema(pa.py_buffer(session.arrow_schema.serialized_schema))
 
 
-#: UNAVAILABLE reasons of a replica going away (draining); a call fails over to another
-#: channel on these, and on an UNAVAILABLE without ErrorInfo (the connection failed).
-_GOING_AWAY = frozenset({"", "SHUTTING_DOWN"})
-
-
-def _replica_gone(error: grpc.RpcError) -> bool:
-    """Whether ``error`` says the replica (or the connection to it) went away.
-
-    A backing service that failed (``OBJECT_STORE_UNAVAILABLE``, a circuit breaker open...)
-    fails every replica alike: trying the next channel at once only adds a wait, so such an
-    error is the caller's to retry after its ``RetryInfo``.
-    """
-    decoded = decode_error(error)
-    return decoded.code == grpc.StatusCode.UNAVAILABLE and decoded.reason in _GOING_AWAY
-
-
-def _snapshot_expired(error: grpc.RpcError) -> bool:
-    """Whether a session's pinned snapshot was expired by maintenance meanwhile."""
-    return decode_error(error).reason == "SNAPSHOT_EXPIRED"
-
-
-def _attempts(stubs: Sequence[object]) -> int:
-    """Tries of one call: every channel once, and at least a second try on a single one."""
-    return max(2, len(stubs))
-
-
-def _failover(stubs: Sequence[S], first: int, call: Callable[[S], T]) -> T:
-    """``call`` on ``stubs[first]``, then on the next ones while it fails with UNAVAILABLE."""
-    failure: grpc.RpcError | None = None
-    for attempt in range(_attempts(stubs)):
+def _failover(stubs: Sequence[S], first: int, call: Callable[[S], T], plan: AttemptPlan) -> T:
+    """``call`` on ``stubs[first]``, then as ``plan`` says while it fails."""
+    for attempt in itertools.count(1):
         try:
-            return call(stubs[(first + attempt) % len(stubs)])
+            return call(stubs[plan.channel(first, attempt)])
         except grpc.RpcError as e:
-            if not _replica_gone(e):
-                raise
-            failure = e
-    assert failure is not None
-    raise failure
+            delay = plan.wait(e, attempt)
+        time.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover - itertools.count never ends
 
 
-async def _failover_async(stubs: Sequence[S], first: int, call: Callable[[S], Awaitable[T]]) -> T:
+async def _failover_async(
+    stubs: Sequence[S], first: int, call: Callable[[S], Awaitable[T]], plan: AttemptPlan
+) -> T:
     """``_failover`` for grpc.aio stubs."""
-    failure: grpc.RpcError | None = None
-    for attempt in range(_attempts(stubs)):
+    for attempt in itertools.count(1):
         try:
-            return await call(stubs[(first + attempt) % len(stubs)])
-        except grpc.aio.AioRpcError as e:
-            if not _replica_gone(e):
-                raise
-            failure = e
-    assert failure is not None
-    raise failure
+            return await call(stubs[plan.channel(first, attempt)])
+        except grpc.RpcError as e:
+            delay = plan.wait(e, attempt)
+        await asyncio.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover - itertools.count never ends
+
+
+def read_session_request(
+    request: table_service_pb2.ReadRowsRequest, max_streams: int
+) -> table_service_pb2.CreateReadSessionRequest:
+    """The ``CreateReadSessionRequest`` of a ``ReadRowsRequest``'s selection."""
+    session = table_service_pb2.CreateReadSessionRequest(
+        namespace=request.namespace,
+        table=request.table,
+        row_filter=request.row_filter,
+        row_limit=request.row_limit,
+        ref=request.ref,
+        max_streams=max_streams,
+    )
+    if request.HasField("columns"):
+        session.columns.CopyFrom(request.columns)
+    if request.HasField("snapshot_id"):
+        session.snapshot_id = request.snapshot_id
+    if request.HasField("as_of_time"):
+        session.as_of_time.CopyFrom(request.as_of_time)
+    return session
+
+
+def read_rows(
+    stubs: Sequence[table_service_pb2_grpc.TableServiceStub],
+    request: table_service_pb2.ReadRowsRequest,
+    max_streams: int,
+    plan: AttemptPlan,
+    metadata: Metadata,
+    server: ServerFeatures,
+) -> pa.Table:
+    """The rows of ``request``: a read session over ``max_streams`` streams, or one ReadRows.
+
+    Its shape (``first_shape``, ``next_shape``) and each call's tries and deadline (``plan``)
+    are decided in ``lakehouse.client.read_attempts``; a server without read sessions is read
+    with one plain ``ReadRows``, and ``server`` remembers it for the next reads.
+    """
+    session = read_session_request(request, max_streams)
+    shape = first_shape(request.row_limit, max_streams, server)
+    while True:
+        try:
+            if shape is ReadShape.PLAIN:
+                return _read_plain(stubs, request, plan, metadata)
+            return _read_session(stubs, session, plan, request.arrow_compression, metadata)
+        except grpc.RpcError as e:
+            shape = next_shape(e, shape, server, can_read_plain=True)
+
+
+async def read_rows_async(
+    stubs: Sequence[table_service_pb2_grpc.TableServiceAsyncStub],
+    request: table_service_pb2.ReadRowsRequest,
+    max_streams: int,
+    plan: AttemptPlan,
+    metadata: Metadata,
+    server: ServerFeatures,
+) -> pa.Table:
+    """``read_rows`` over grpc.aio channels."""
+    session = read_session_request(request, max_streams)
+    shape = first_shape(request.row_limit, max_streams, server)
+    while True:
+        try:
+            if shape is ReadShape.PLAIN:
+                return await _read_plain_async(stubs, request, plan, metadata)
+            compression = request.arrow_compression
+            return await _read_session_async(stubs, session, plan, compression, metadata)
+        except grpc.RpcError as e:
+            shape = next_shape(e, shape, server, can_read_plain=True)
 
 
 def read_session_table(
@@ -131,54 +184,24 @@ def read_session_table(
             ``UNAVAILABLE``.
         request: The session's selection and ``max_streams``.
         compression: Arrow buffer compression of the streams.
-        timeout: The deadline of each call, in seconds.
+        timeout: The deadline of the whole read, in seconds: each call gets the time left.
         metadata: gRPC metadata sent with each call.
 
     Returns:
         The rows of the streams in stream order, with the session's schema.
 
     Raises:
-        grpc.RpcError: A call failed on every channel tried, or with another code.
+        grpc.RpcError: A call failed on every channel tried, or with another code;
+            ``DEADLINE_EXCEEDED`` when the read did not finish within ``timeout``.
         ReadRowsStreamError: A stream breaks the wire format.
     """
-    if not stubs:
-        raise ValueError("read_session_table needs at least one stub")
-    try:
-        return _read_session_once(stubs, request, compression, timeout, metadata)
-    except grpc.RpcError as e:
-        if not _snapshot_expired(e):
-            raise
-    return _read_session_once(stubs, request, compression, timeout, metadata)
-
-
-def _read_session_once(
-    stubs: Sequence[table_service_pb2_grpc.TableServiceStub],
-    request: table_service_pb2.CreateReadSessionRequest,
-    compression: rows_pb2.ArrowCompression.ValueType,
-    timeout: float | None,
-    metadata: Metadata,
-) -> pa.Table:
-    from lakehouse.client.arrow import read_rows_to_arrow
-
-    session = _failover(
-        stubs, 0, lambda s: s.CreateReadSession(request, timeout=timeout, metadata=metadata)
-    ).session
-
-    def read(index: int) -> pa.Table:
-        stream = _stream_request(session.name, index, compression)
-        return _failover(
-            stubs,
-            index,
-            lambda s: read_rows_to_arrow(s.ReadRows(stream, timeout=timeout, metadata=metadata)),
-        )
-
-    count = len(session.streams)
-    if count == 1:
-        parts = [read(0)]
-    else:
-        with ThreadPoolExecutor(count, thread_name_prefix="lakehouse-read") as pool:
-            parts = list(pool.map(read, range(count)))
-    return pa.concat_tables([_schema(session).empty_table(), *parts])
+    plan = _session_plan(stubs, timeout, "read_session_table")
+    shape = ReadShape.SESSION
+    while True:
+        try:
+            return _read_session(stubs, request, plan, compression, metadata)
+        except grpc.RpcError as e:
+            shape = next_shape(e, shape, ServerFeatures(), can_read_plain=False)
 
 
 async def read_session_table_async(
@@ -192,45 +215,112 @@ async def read_session_table_async(
     """``read_session_table`` over grpc.aio channels: the streams are read concurrently.
 
     Raises:
-        grpc.aio.AioRpcError: A call failed on every channel tried, or with another code.
+        grpc.aio.AioRpcError: A call failed on every channel tried, or with another code;
+            ``DEADLINE_EXCEEDED`` when the read did not finish within ``timeout``.
         ReadRowsStreamError: A stream breaks the wire format.
     """
+    plan = _session_plan(stubs, timeout, "read_session_table_async")
+    shape = ReadShape.SESSION
+    while True:
+        try:
+            return await _read_session_async(stubs, request, plan, compression, metadata)
+        except grpc.RpcError as e:
+            shape = next_shape(e, shape, ServerFeatures(), can_read_plain=False)
+
+
+def _session_plan(stubs: Sequence[object], timeout: float | None, caller: str) -> AttemptPlan:
+    """The failover-only plan of the public session helpers, once their stubs are checked."""
     if not stubs:
-        raise ValueError("read_session_table_async needs at least one stub")
-    try:
-        return await _read_session_once_async(stubs, request, compression, timeout, metadata)
-    except grpc.aio.AioRpcError as e:
-        if not _snapshot_expired(e):
-            raise
-    return await _read_session_once_async(stubs, request, compression, timeout, metadata)
+        raise ValueError(f"{caller} needs at least one stub")
+    return AttemptPlan(len(stubs), deadline=Deadline.after(timeout))
 
 
-async def _read_session_once_async(
-    stubs: Sequence[table_service_pb2_grpc.TableServiceAsyncStub],
-    request: table_service_pb2.CreateReadSessionRequest,
-    compression: rows_pb2.ArrowCompression.ValueType,
-    timeout: float | None,
+def _read_plain(
+    stubs: Sequence[table_service_pb2_grpc.TableServiceStub],
+    request: table_service_pb2.ReadRowsRequest,
+    plan: AttemptPlan,
     metadata: Metadata,
+    first: int = 0,
+) -> pa.Table:
+    """One ``ReadRows``, a plain one or a session's stream, from ``stubs[first]`` on.
+
+    Its tries are as ``plan`` says.
+    """
+    from lakehouse.client.arrow import read_rows_to_arrow
+
+    def read(stub: table_service_pb2_grpc.TableServiceStub) -> pa.Table:
+        timeout = plan.deadline.remaining()
+        return read_rows_to_arrow(stub.ReadRows(request, timeout=timeout, metadata=metadata))
+
+    return _failover(stubs, first, read, plan)
+
+
+async def _read_plain_async(
+    stubs: Sequence[table_service_pb2_grpc.TableServiceAsyncStub],
+    request: table_service_pb2.ReadRowsRequest,
+    plan: AttemptPlan,
+    metadata: Metadata,
+    first: int = 0,
 ) -> pa.Table:
     from lakehouse.client.arrow import read_rows_to_arrow_async
 
+    async def read(stub: table_service_pb2_grpc.TableServiceAsyncStub) -> pa.Table:
+        timeout = plan.deadline.remaining()
+        call = stub.ReadRows(request, timeout=timeout, metadata=metadata)
+        return await read_rows_to_arrow_async(call)
+
+    return await _failover_async(stubs, first, read, plan)
+
+
+def _read_session(
+    stubs: Sequence[table_service_pb2_grpc.TableServiceStub],
+    request: table_service_pb2.CreateReadSessionRequest,
+    plan: AttemptPlan,
+    compression: rows_pb2.ArrowCompression.ValueType,
+    metadata: Metadata,
+) -> pa.Table:
+    """One read session: created, then its streams read at once, one thread each."""
+
+    def create(stub: table_service_pb2_grpc.TableServiceStub) -> read_session_pb2.ReadSession:
+        timeout = plan.deadline.remaining()
+        return stub.CreateReadSession(request, timeout=timeout, metadata=metadata).session
+
+    session = _failover(stubs, 0, create, plan)
+
+    def read(index: int) -> pa.Table:
+        stream = _stream_request(session.name, index, compression)
+        return _read_plain(stubs, stream, plan, metadata, first=index)
+
+    count = len(session.streams)
+    if count == 1:
+        parts = [read(0)]
+    else:
+        with ThreadPoolExecutor(count, thread_name_prefix="lakehouse-read") as pool:
+            parts = list(pool.map(read, range(count)))
+    return pa.concat_tables([_schema(session).empty_table(), *parts])
+
+
+async def _read_session_async(
+    stubs: Sequence[table_service_pb2_grpc.TableServiceAsyncStub],
+    request: table_service_pb2.CreateReadSessionRequest,
+    plan: AttemptPlan,
+    compression: rows_pb2.ArrowCompression.ValueType,
+    metadata: Metadata,
+) -> pa.Table:
+    """``_read_session`` over grpc.aio channels: the streams are read concurrently."""
+
     async def create(
-        s: table_service_pb2_grpc.TableServiceAsyncStub,
+        stub: table_service_pb2_grpc.TableServiceAsyncStub,
     ) -> read_session_pb2.ReadSession:
-        response = await s.CreateReadSession(request, timeout=timeout, metadata=metadata)
+        timeout = plan.deadline.remaining()
+        response = await stub.CreateReadSession(request, timeout=timeout, metadata=metadata)
         return response.session
 
-    session = await _failover_async(stubs, 0, create)
+    session = await _failover_async(stubs, 0, create, plan)
 
     async def read(index: int) -> pa.Table:
         stream = _stream_request(session.name, index, compression)
-        return await _failover_async(
-            stubs,
-            index,
-            lambda s: read_rows_to_arrow_async(
-                s.ReadRows(stream, timeout=timeout, metadata=metadata)
-            ),
-        )
+        return await _read_plain_async(stubs, stream, plan, metadata, first=index)
 
     tasks = [asyncio.ensure_future(read(i)) for i in range(len(session.streams))]
     try:

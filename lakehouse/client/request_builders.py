@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import uuid
-from collections.abc import Mapping, Sequence
-from typing import Literal, TypeAlias
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, TypeAlias, TypeVar
 
 import grpc
 
+from lakehouse.client.arrow import read_rows_request
 from lakehouse.client.schema import schema_from_arrow
 from lakehouse.v1 import ingest_pb2, job_pb2, job_service_pb2, schema_pb2, table_service_pb2
 
@@ -26,6 +28,8 @@ WriteModeName: TypeAlias = Literal["append", "overwrite", "overwrite_partitions"
 #: A partition spec: column → Iceberg transform (``{"ts": "day", "id": "bucket[16]"}``), or the
 #: proto fields.
 Partitioning: TypeAlias = Mapping[str, str] | Sequence[schema_pb2.PartitionField]
+
+ChannelT = TypeVar("ChannelT")
 
 _WRITE_MODES: dict[str, ingest_pb2.WriteMode.ValueType] = {
     "append": ingest_pb2.WRITE_MODE_APPEND,
@@ -71,6 +75,28 @@ class Connection:
             certificate_chain=self.client_certificate,
         )
 
+    def channels(self, count: int, options: Sequence[tuple[str, Any]]) -> list[grpc.Channel]:
+        """``count`` sync channels to the target, each with ``options``."""
+        return self._open(count, options, grpc.secure_channel, grpc.insecure_channel)
+
+    def aio_channels(
+        self, count: int, options: Sequence[tuple[str, Any]]
+    ) -> list[grpc.aio.Channel]:
+        """``count`` grpc.aio channels to the target, each with ``options``."""
+        return self._open(count, options, grpc.aio.secure_channel, grpc.aio.insecure_channel)
+
+    def _open(
+        self,
+        count: int,
+        options: Sequence[tuple[str, Any]],
+        secure: Callable[..., ChannelT],
+        insecure: Callable[..., ChannelT],
+    ) -> list[ChannelT]:
+        credentials = self.credentials()
+        if credentials is None:
+            return [insecure(self.target, options=options) for _ in range(count)]
+        return [secure(self.target, credentials, options=options) for _ in range(count)]
+
     def metadata(self) -> tuple[tuple[str, str], ...]:
         """The metadata every call carries: the API key as a bearer token."""
         return (("authorization", f"Bearer {self.api_key}"),) if self.api_key else ()
@@ -88,6 +114,34 @@ def split_table(table: TableName) -> tuple[str, str]:
     if not dot or not namespace or not name:
         raise ValueError(f"a table is 'namespace.table' or (namespace, table), not {table!r}")
     return namespace, name
+
+
+def table_read_request(
+    table: TableName,
+    columns: Sequence[str] | None,
+    row_filter: str,
+    snapshot_id: int | None,
+    as_of: datetime.datetime | None,
+    ref: str,
+    limit: int,
+) -> table_service_pb2.ReadRowsRequest:
+    """The ``ReadRowsRequest`` of a high-level ``read``'s arguments.
+
+    Raises:
+        ValueError: A bad table name, or both snapshot_id and as_of.
+    """
+    namespace, name = split_table(table)
+    request = read_rows_request(
+        namespace,
+        name,
+        columns=columns,
+        row_filter=row_filter,
+        snapshot_id=snapshot_id,
+        as_of_time=as_of,
+        row_limit=limit,
+    )
+    request.ref = ref
+    return request
 
 
 def write_mode(mode: WriteModeName) -> ingest_pb2.WriteMode.ValueType:

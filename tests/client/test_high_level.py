@@ -8,8 +8,11 @@ happen when the server is really down or really rate-limits (no mocks).
 from __future__ import annotations
 
 import decimal
+import sys
+import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -283,3 +286,30 @@ def test_time_travel_and_refs_read_old_rows(lh: Lakehouse) -> None:
     with pytest.raises(LakehouseError) as bad_ref:
         lh.read(table, ref="no-such-branch")
     assert bad_ref.value.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
+
+
+def test_threads_reading_at_once_share_one_pool_of_read_channels(server: ServeProcess) -> None:
+    # The first reads open the channels past the pool's (read_streams - channels of them);
+    # threads that read at once must not each open their own set, nor see a half-built one.
+    threads, read_streams, channels = 8, 6, 2
+    with Lakehouse(server.target, timeout=60, channels=channels, read_streams=read_streams) as lh:
+        ns = fresh_namespace(lh)
+        table = f"{ns}.orders"
+        lh.create_table(table, ORDERS)
+        lh.write(table, orders(range(0, 50)))
+        start = threading.Barrier(threads)
+
+        def read(_: int) -> list[int]:
+            start.wait()
+            return sorted(lh.read(table).column("id").to_pylist())
+
+        # Threads switch every microsecond, not every 5 ms: a check-then-open race shows.
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)
+        try:
+            with ThreadPoolExecutor(threads) as pool:
+                results = list(pool.map(read, range(threads)))
+        finally:
+            sys.setswitchinterval(switch)
+        assert results == [list(range(50))] * threads
+        assert len(lh._reads.opened) == read_streams - channels
