@@ -205,8 +205,13 @@ class IngestSettings(_Section):
     that died), another replica takes the commits over. A draining owner gives it up at
     once."""
     handoff_poll_ms: float = Field(default=20.0, ge=1, le=10_000)
-    """How often a replica looks for the owner's answer to the files it handed over, and an
-    owner for files handed to it."""
+    """While the hand-off notifications cannot be received (their PostgreSQL connection is
+    down): how often a replica looks for the owner's answer to the files it handed over, and
+    an owner for files handed to it."""
+    handoff_safety_poll_ms: float = Field(default=1000.0, ge=10, le=60_000)
+    """While the hand-off notifications are received (PostgreSQL LISTEN/NOTIFY wakes an owner
+    when files are handed to it, and a replica when its files are committed): how often they
+    look in the database anyway, in case a notification was lost."""
     handoff_timeout_seconds: float = Field(default=60.0, ge=1, le=3600)
     """How long handed files may wait for an owner to take them before the writes fail
     UNAVAILABLE (COMMIT_OWNER_UNAVAILABLE), nothing written."""

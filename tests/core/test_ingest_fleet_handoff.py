@@ -24,8 +24,10 @@ from pyiceberg.table.sorting import SortOrder
 from pyiceberg.types import LongType, NestedField, StringType
 
 from fixtures.iceberg import direct_catalog
+from fixtures.net import free_port
 from lakehouse.adapters.iceberg.catalog import IcebergCatalog
 from lakehouse.adapters.iceberg.ingest_files import dump_data_files
+from lakehouse.adapters.ingest_fleet_listener import FleetListener
 from lakehouse.adapters.ingest_fleet_store import IngestFleetStore
 from lakehouse.adapters.job_store.store import JobStore
 from lakehouse.blocking import BlockingPool
@@ -62,15 +64,42 @@ class LostSubmitAck(IngestFleetStore):
 
 
 class Replica:
-    def __init__(self, settings: Any, jobs_url: str, name: str, store: type[Any]) -> None:
+    """One replica's ingest; ``listen_url``: with a hand-off listener on that database."""
+
+    def __init__(
+        self,
+        settings: Any,
+        jobs_url: str,
+        name: str,
+        store: type[Any],
+        *,
+        listen_url: str | None = None,
+        **ingest: Any,
+    ) -> None:
         self.pool = BlockingPool(4)
         self.jobs = JobStore(jobs_url)
         self.store: IngestFleetPort = store(self.jobs, self.pool)
         self.catalog = IcebergCatalog(settings, self.pool)
-        self.ingest = Ingest(self.catalog, settings.ingest, fleet=Fleet(self.store, name))
+        self.fleet = Fleet(self.store, name)
+        self.listener: FleetListener | None = None
+        if listen_url is not None:
+            self.listen(listen_url)
+        self.ingest = Ingest(
+            self.catalog, settings.ingest.model_copy(update=ingest), fleet=self.fleet
+        )
+
+    def listen(self, url: str) -> None:
+        """Starts a hand-off listener on ``url``, as the server does."""
+        signals = self.fleet.signals
+        self.listener = FleetListener(
+            url, signals.batch_pending, signals.batch_resolved, signals.listener_state
+        )
+        self.listener.start(asyncio.get_running_loop())
 
     async def close(self) -> None:
         await self.ingest.close(timeout=5)
+        if self.listener is not None:
+            await asyncio.to_thread(self.listener.close)
         await self.catalog.close()
         self.pool.close()
         self.jobs.close()
@@ -118,11 +147,18 @@ async def owning(owner: Replica) -> None:
 
 @contextlib.asynccontextmanager
 async def owner_and_replica(
-    settings: Any, jobs_url: str, store: type[Any]
+    settings: Any,
+    jobs_url: str,
+    store: type[Any],
+    owner_store: type[Any] = IngestFleetStore,
+    **kw: Any,
 ) -> AsyncIterator[tuple[Replica, Replica]]:
-    """An owner of the table (see ``owning``), and a replica handing through ``store``."""
-    owner = Replica(settings, jobs_url, "owner", IngestFleetStore)
-    replica = Replica(settings, jobs_url, "replica", store)
+    """An owner of the table (see ``owning``), and a replica handing through ``store``.
+
+    ``kw``: ``Replica``'s options for both.
+    """
+    owner = Replica(settings, jobs_url, "owner", owner_store, **kw)
+    replica = Replica(settings, jobs_url, "replica", store, **kw)
     try:
         await owning(owner)
         yield owner, replica
@@ -296,3 +332,102 @@ async def test_refused_files_do_not_send_back_a_batch_already_committed(
     finally:
         await replica.close()
         await owner.close()
+
+
+class Counting(IngestFleetStore):
+    """Counts the calls of each method (each is one transaction on the database)."""
+
+    def __init__(self, store: JobStore, pool: BlockingPool) -> None:
+        super().__init__(store, pool)
+        self.calls: Counter[str] = Counter()
+
+    async def claim(
+        self, table: tuple[str, str], branch: str, epoch: int, limit: int
+    ) -> list[PendingBatch]:
+        self.calls["claim"] += 1
+        return await super().claim(table, branch, epoch, limit)
+
+    async def resolution(self, batch_id: str) -> BatchResolution | None:
+        self.calls["resolution"] += 1
+        return await super().resolution(batch_id)
+
+
+#: A safety poll of a minute: within a test only a notification makes anyone look.
+QUIET = {"handoff_safety_poll_ms": 60_000.0, "handoff_timeout_seconds": 120.0}
+
+
+async def listening(*replicas: Replica) -> None:
+    for r in replicas:
+        await until(lambda r=r: r.fleet.signals.listening, 10, "listening")
+
+
+async def until(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_notifications_wake_the_owner_and_the_replica_instead_of_polls(
+    backend: Any, jobs_url: str
+) -> None:
+    async with owner_and_replica(
+        backend, jobs_url, Counting, Counting, listen_url=jobs_url, **QUIET
+    ) as (owner, replica):
+        await listening(owner, replica)
+        await owner.ingest.write(*TABLE, rows(10, 10))  # its first claim under the lease
+        assert isinstance(owner.store, Counting) and isinstance(replica.store, Counting)
+        claims = owner.store.calls["claim"]
+        await asyncio.sleep(0.5)  # idle: 25 claims at the 20 ms hand-off poll
+        assert owner.store.calls["claim"] == claims
+        for i in range(5):
+            written = await asyncio.wait_for(
+                replica.ingest.write(*TABLE, rows(100 + 10 * i, 10)), 10
+            )
+            assert written.rows_written == 10
+        # One claim per handed batch (woken by it), one look per resolution (woken by it).
+        assert owner.store.calls["claim"] - claims <= 5
+        assert replica.store.calls["resolution"] == 5
+        assert table_ids(backend) == [*range(0, 20), *range(100, 150)]
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_a_lost_listening_connection_means_polling_then_listening_again(
+    backend: Any, jobs_url: str
+) -> None:
+    async with owner_and_replica(
+        backend, jobs_url, IngestFleetStore, listen_url=jobs_url, **QUIET
+    ) as (owner, replica):
+        await listening(owner, replica)
+        # The database ends the listening connections (a failover, an idle-session killer).
+        engine = sqlalchemy.create_engine(jobs_url)
+        with engine.begin() as conn:
+            ended = conn.execute(
+                sqlalchemy.text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+        engine.dispose()
+        assert ended == 2
+        await until(lambda: not replica.fleet.signals.listening, 10, "the loss noticed")
+        written = await asyncio.wait_for(replica.ingest.write(*TABLE, rows(100, 10)), 10)
+        assert written.rows_written == 10
+        await listening(owner, replica)  # reconnected after a backoff
+        written = await asyncio.wait_for(replica.ingest.write(*TABLE, rows(200, 10)), 10)
+        assert written.rows_written == 10
+        assert table_ids(backend) == [*range(0, 10), *range(100, 110), *range(200, 210)]
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_without_a_listener_hand_offs_poll(backend: Any, jobs_url: str) -> None:
+    # A listener that cannot connect (nothing listens on the port) stays down: polls only.
+    unreachable = sqlalchemy.make_url(jobs_url).set(port=free_port())
+    url = unreachable.render_as_string(hide_password=False)
+    async with owner_and_replica(backend, jobs_url, IngestFleetStore) as (_owner, replica):
+        replica.listen(url)
+        written = await asyncio.wait_for(replica.ingest.write(*TABLE, rows(100, 10)), 10)
+        assert written.rows_written == 10
+        assert not replica.fleet.signals.listening
+        assert table_ids(backend) == [*range(0, 10), *range(100, 110)]
