@@ -115,14 +115,20 @@ async def jobs_url(postgres_jobs_url: str) -> AsyncIterator[str]:
     engine.dispose()
 
 
-def open_batches(jobs_url: str) -> int:
+def sql(jobs_url: str, query: str) -> list[Any]:
+    """Runs ``query`` in a transaction of its own; its rows (none if it returns none)."""
     engine = sqlalchemy.create_engine(jobs_url)
     try:
-        with engine.connect() as conn:
-            query = "SELECT count(*) FROM lakehouse_ingest_batches WHERE status IN (0, 1)"
-            return int(conn.execute(sqlalchemy.text(query)).scalar_one())
+        with engine.begin() as conn:
+            result = conn.execute(sqlalchemy.text(query))
+            return list(result.all()) if result.returns_rows else []
     finally:
         engine.dispose()
+
+
+def open_batches(jobs_url: str) -> int:
+    query = "SELECT count(*) FROM lakehouse_ingest_batches WHERE status IN (0, 1)"
+    return int(sql(jobs_url, query)[0][0])
 
 
 async def settled(jobs_url: str, timeout: float = 10.0) -> None:
@@ -341,6 +347,12 @@ class Counting(IngestFleetStore):
         super().__init__(store, pool)
         self.calls: Counter[str] = Counter()
 
+    async def acquire(
+        self, table: tuple[str, str], branch: str, owner: str, ttl_seconds: float
+    ) -> int | None:
+        self.calls["acquire"] += 1
+        return await super().acquire(table, branch, owner, ttl_seconds)
+
     async def claim(
         self, table: tuple[str, str], branch: str, epoch: int, limit: int
     ) -> list[PendingBatch]:
@@ -401,16 +413,12 @@ async def test_a_lost_listening_connection_means_polling_then_listening_again(
     ) as (owner, replica):
         await listening(owner, replica)
         # The database ends the listening connections (a failover, an idle-session killer).
-        engine = sqlalchemy.create_engine(jobs_url)
-        with engine.begin() as conn:
-            ended = conn.execute(
-                sqlalchemy.text(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()"
-                )
-            ).scalar_one()
-        engine.dispose()
-        assert ended == 2
+        ended = sql(
+            jobs_url,
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+        )
+        assert ended[0][0] == 2
         await until(lambda: not replica.fleet.signals.listening, 10, "the loss noticed")
         written = await asyncio.wait_for(replica.ingest.write(*TABLE, rows(100, 10)), 10)
         assert written.rows_written == 10
@@ -431,3 +439,86 @@ async def test_without_a_listener_hand_offs_poll(backend: Any, jobs_url: str) ->
         assert written.rows_written == 10
         assert not replica.fleet.signals.listening
         assert table_ids(backend) == [*range(0, 10), *range(100, 110)]
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_a_busy_single_owner_pays_no_lease_query_per_commit(
+    backend: Any, jobs_url: str
+) -> None:
+    lease = 3.0
+    owner = Replica(
+        backend,
+        jobs_url,
+        "owner",
+        Counting,
+        listen_url=jobs_url,
+        commit_lease_seconds=lease,
+        commit_delay_ms=0.0,
+        **QUIET,
+    )
+    try:
+        await listening(owner)
+        await owning(owner)
+        assert isinstance(owner.store, Counting)
+        held = lease_row(jobs_url)
+        before = Counter(owner.store.calls)
+        started = time.monotonic()
+        writes = 0
+        while time.monotonic() - started < lease * 1.5:  # commits for longer than a TTL
+            await owner.ingest.write(*TABLE, rows(100 + 10 * writes, 10))
+            writes += 1
+        elapsed = time.monotonic() - started
+        calls = owner.store.calls - before
+        # Renewed each time a third of the TTL had passed, never per commit (one commit per
+        # write); kept throughout; nothing handed to it: no claim.
+        renewals = elapsed / (lease / 3)
+        assert renewals - 1 <= calls["acquire"] <= renewals + 1
+        assert writes > 3 * calls["acquire"]
+        assert calls["claim"] == 0 and set(calls) == {"acquire"}
+        assert lease_row(jobs_url) == held
+        snapshots = direct_catalog(backend).load_table(TABLE).metadata.snapshots
+        assert len(snapshots) == writes + 1
+    finally:
+        await owner.close()
+
+
+def lease_row(jobs_url: str) -> tuple[str, int]:
+    """The table's lease: its owner and epoch."""
+    (row,) = sql(jobs_url, "SELECT owner, epoch FROM lakehouse_ingest_leases")
+    return str(row.owner), int(row.epoch)
+
+
+async def take_lease(jobs_url: str, store: IngestFleetPort, owner: str) -> None:
+    """Expires the table's lease (as if its owner had stalled for a TTL) and takes it."""
+    sql(jobs_url, "UPDATE lakehouse_ingest_leases SET expires_us = 0")
+    assert await store.acquire(TABLE, "main", owner, 600) is not None
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_an_owner_whose_lease_was_taken_stops_committing(backend: Any, jobs_url: str) -> None:
+    lease = 3.0
+    owner = Replica(
+        backend,
+        jobs_url,
+        "owner",
+        IngestFleetStore,
+        commit_lease_seconds=lease,
+        handoff_timeout_seconds=1.0,
+    )
+    try:
+        await owning(owner)
+        await take_lease(jobs_url, owner.store, "other")  # a replica that never commits
+        await asyncio.sleep(lease / 3)  # the owner's next look at its lease is due
+        with pytest.raises(Unavailable) as failed:
+            await owner.ingest.write(*TABLE, rows(100, 10), request_id="r")
+        # It renewed, failed to, and handed the batch over instead of committing it.
+        assert failed.value.reason == "COMMIT_OWNER_UNAVAILABLE"
+        assert open_batches(jobs_url) == 0  # withdrawn
+        assert table_ids(backend) == list(range(10))
+        await owner.store.release(TABLE, "main", "other")
+        # Its own again: the resend is written, once.
+        written = await owner.ingest.write(*TABLE, rows(100, 10), request_id="r")
+        assert (written.rows_written, written.already_written) == (10, False)
+        assert table_ids(backend) == [*range(10), *range(100, 110)]
+    finally:
+        await owner.close()
