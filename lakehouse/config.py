@@ -215,6 +215,20 @@ class IngestSettings(_Section):
     handoff_timeout_seconds: float = Field(default=60.0, ge=1, le=3600)
     """How long handed files may wait for an owner to take them before the writes fail
     UNAVAILABLE (COMMIT_OWNER_UNAVAILABLE), nothing written."""
+    handoff_retention_seconds: float = Field(default=3600.0, ge=1, le=7 * 86400)
+    """How long the shared database keeps a handed batch's resolution that its replica did
+    not read (it died), and the commit lease of a table branch released or expired (a table
+    dropped or no longer written to). At least the hand-off timeout: a replica reads its
+    answer within it."""
+
+    @model_validator(mode="after")
+    def _retention_outlives_the_handoff(self) -> IngestSettings:
+        if self.handoff_retention_seconds < self.handoff_timeout_seconds:
+            raise ValueError(
+                "ingest.handoff_retention_seconds must be at least "
+                "ingest.handoff_timeout_seconds (a replica may read its answer until then)"
+            )
+        return self
 
 
 class JobsSettings(_Section):

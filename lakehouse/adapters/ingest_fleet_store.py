@@ -62,8 +62,6 @@ PENDING, CLAIMED = BatchStatus.PENDING, BatchStatus.CLAIMED
 FAILED = BatchStatus.FAILED
 
 T = TypeVar("T")
-#: How long a resolution waits to be read by its replica before it is deleted (1 hour).
-_FORGOTTEN_AFTER_US: Final = 3600 * 1_000_000
 #: Notified when a batch is handed to a table branch's owner; payload ``[ns, table, branch]``.
 PENDING_CHANNEL: Final = "lakehouse_ingest_pending"
 #: Notified when an owner resolves a batch; payload the batch id.
@@ -242,7 +240,8 @@ class IngestFleetStore:
                     _leases.branch == branch,
                     _leases.owner == owner,
                 )
-                .values(expires_us=0)
+                # Expired now, not at 0: prune deletes it once released for long.
+                .values(expires_us=_DB_NOW - 1)
             )
 
         await self._run(work)
@@ -339,10 +338,6 @@ class IngestFleetStore:
                     )
                     .returning(func.pg_notify(RESOLVED_CHANNEL, _batches.batch_id))
                 )
-            # Resolutions nobody read (their replica died meanwhile) go after a while.
-            conn.execute(
-                delete(batches_table).where(_batches.resolved_us < _DB_NOW - _FORGOTTEN_AFTER_US)
-            )
 
         await self._run(work)
 
@@ -391,5 +386,53 @@ class IngestFleetStore:
                 )
             )
             return bool(done.rowcount)
+
+        return await self._run(work)
+
+    async def prune(self, retention_seconds: float, limit: int) -> int:
+        """Deletes what nobody needs any more; how many rows went (at most ``limit`` each).
+
+        Resolutions older than ``retention_seconds`` (their replica died before reading
+        them), and leases released or expired for longer than that whose table branch has
+        no batch left (a dropped table, or one no longer written). A lease made again later
+        starts at an epoch above any of the deleted row's (see ``acquire``).
+
+        Raises:
+            Unavailable: The database cannot be reached.
+        """
+
+        def work(conn: Connection) -> int:
+            before = _DB_NOW - int(retention_seconds * 1_000_000)
+            old = (
+                select(_batches.batch_id)
+                .where(_batches.resolved_us < before)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+            batches = conn.execute(
+                delete(batches_table).where(_batches.batch_id.in_(old.scalar_subquery()))
+            ).rowcount
+            left = select(_batches.batch_id).where(
+                _batches.namespace == _leases.namespace,
+                _batches.table_name == _leases.table_name,
+                _batches.branch == _leases.branch,
+            )
+            stale = (
+                select(leases_table.c.namespace, _leases.table_name, _leases.branch)
+                .where(_leases.expires_us < before, ~left.exists())
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+                .cte("stale")
+            )
+            leases = conn.execute(
+                delete(leases_table).where(
+                    _leases.namespace == stale.c.namespace,
+                    _leases.table_name == stale.c.table_name,
+                    _leases.branch == stale.c.branch,
+                    # Still stale once locked: not taken meanwhile.
+                    _leases.expires_us < before,
+                )
+            ).rowcount
+            return int(batches) + int(leases)
 
         return await self._run(work)

@@ -548,6 +548,7 @@ class _TableCommitter:
                 "cannot record handed ingest batches",
                 extra={"table": ".".join(self._key), "error": exc.message},
             )
+        await self._fleet.pruner.maybe(store, self._settings.handoff_retention_seconds)
 
     async def _claim(self, epoch: int) -> list[PendingBatch]:
         """The batches handed to this owner, when some may be pending.

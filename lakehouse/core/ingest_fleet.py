@@ -95,6 +95,40 @@ class Signals:
             event.set()  # anything may have been missed: look once
 
 
+#: Rows ``Pruner`` deletes at most per pass, of each kind (a short transaction).
+PRUNE_LIMIT = 1000
+#: The longest between two passes of ``Pruner`` in one process.
+_PRUNE_EVERY_SECONDS = 60.0
+
+
+class Pruner:
+    """Deletes the fleet's rows nobody needs any more, from the owners' loops.
+
+    At most one pass per process every minute (or every retention, if shorter), bounded per
+    pass; any owner's window may run it, so rows of dropped or idle tables go too.
+    """
+
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+        self._running = False
+
+    async def maybe(self, store: IngestFleetPort, retention_seconds: float) -> None:
+        """Runs a pass if one is due (a failure waits for the next one)."""
+        now = time.monotonic()
+        if self._running or now - self._last < min(_PRUNE_EVERY_SECONDS, retention_seconds):
+            return
+        self._last, self._running = now, True
+        try:
+            deleted = await store.prune(retention_seconds, PRUNE_LIMIT)
+        except Unavailable as exc:
+            log.warning("cannot prune ingest hand-off rows", extra={"error": exc.message})
+            return
+        finally:
+            self._running = False
+        if deleted:
+            log.info("pruned ingest hand-off rows", extra={"rows": deleted})
+
+
 @dataclass(frozen=True)
 class Fleet:
     """What a committer needs to share a table with other replicas."""
@@ -104,6 +138,8 @@ class Fleet:
     """This replica's id in the leases."""
     signals: Signals = field(default_factory=Signals)
     """The notifications of handed and resolved batches (never listening: polls only)."""
+    pruner: Pruner = field(default_factory=Pruner)
+    """This process's deletion of old resolutions and leases."""
 
 
 def add_batches(

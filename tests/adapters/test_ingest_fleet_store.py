@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import sqlalchemy
@@ -85,28 +86,60 @@ def test_a_batch_is_claimed_resolved_and_read_once(fleet: IngestFleetStore) -> N
     asyncio.run(scenario())
 
 
-def test_resolutions_nobody_reads_are_deleted_after_an_hour(
+def test_old_resolutions_and_idle_leases_are_pruned_in_bounded_passes(
     fleet: IngestFleetStore, postgres_jobs_url: str
 ) -> None:
-    async def scenario() -> None:
-        await fleet.submit(TABLE, "main", batch("orphan"))
-        await fleet.claim(TABLE, "main", 5, 10)
-        await fleet.resolve(5, [BatchResolution("orphan", BatchStatus.COMMITTED, 1)])
+    def sql(statement: str) -> list[Any]:
         engine = sqlalchemy.create_engine(postgres_jobs_url)
-        with engine.begin() as conn:  # resolved an hour and a second ago
-            conn.execute(
-                sqlalchemy.text(
-                    "UPDATE lakehouse_ingest_batches SET resolved_us = resolved_us - 3601000000"
-                )
-            )
+        with engine.begin() as conn:
+            result = conn.execute(sqlalchemy.text(statement))
+            rows = list(result.all()) if result.returns_rows else []
         engine.dispose()
-        await fleet.submit(TABLE, "main", batch("next"))
+        return rows
+
+    async def scenario() -> None:
+        sql("DELETE FROM lakehouse_ingest_batches")
+        sql("DELETE FROM lakehouse_ingest_leases")
+        for name in ("old1", "old2", "old3", "recent", "open"):
+            await fleet.submit(TABLE, "main", batch(name))
         await fleet.claim(TABLE, "main", 5, 10)
-        await fleet.resolve(5, [BatchResolution("next", BatchStatus.COMMITTED, 2)])
-        gone = await fleet.resolution("orphan")
+        resolved = [BatchResolution(n, BatchStatus.COMMITTED, 1) for n in ("old1", "old2")]
+        resolved += [BatchResolution(n, BatchStatus.COMMITTED, 2) for n in ("old3", "recent")]
+        await fleet.resolve(5, resolved)
+        # Resolved an hour and a second ago (their replicas died before reading them).
+        sql(
+            "UPDATE lakehouse_ingest_batches SET resolved_us = resolved_us - 3601000000 "
+            "WHERE batch_id LIKE 'old%'"
+        )
+        # Leases: a dropped table's, released an hour ago; another's, expired an hour ago;
+        # one released a moment ago; one held.
+        epochs = {}
+        for table, owner in (("dropped", "a"), ("idle", "b"), ("released", "c"), ("held", "d")):
+            epochs[table] = await fleet.acquire(("sales", table), "main", owner, 10)
+        for table, owner in (("dropped", "a"), ("released", "c")):
+            await fleet.release(("sales", table), "main", owner)
+        sql(
+            "UPDATE lakehouse_ingest_leases SET expires_us = expires_us - 3611000000 "
+            "WHERE table_name IN ('dropped', 'idle')"
+        )
+
+        assert await fleet.prune(3600, 2) == 4  # two of each kind at most
+        assert await fleet.prune(3600, 2) == 1
+        assert await fleet.prune(3600, 2) == 0
+        leases = sql("SELECT table_name FROM lakehouse_ingest_leases ORDER BY 1")
+        assert [r.table_name for r in leases] == ["held", "released"]
+        # A resolution within the retention is still read by its replica; pruned ones are
+        # gone (an owner no longer knows them: lost).
+        assert await fleet.resolution("recent") == BatchResolution(
+            "recent", BatchStatus.COMMITTED, 2
+        )
+        gone = await fleet.resolution("old1")
         assert gone is not None and gone.error is not None
         assert gone.error.reason == "INGEST_BATCH_LOST"
-        assert await fleet.resolution("next") == BatchResolution("next", BatchStatus.COMMITTED, 2)
+        assert await fleet.resolution("open") is None  # open batches are never pruned
+        # A pruned lease made again fences off any epoch of the old row.
+        again = await fleet.acquire(("sales", "dropped"), "main", "e", 10)
+        assert again is not None and again > (epochs["dropped"] or 0)
 
     asyncio.run(scenario())
 

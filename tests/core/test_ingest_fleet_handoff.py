@@ -522,3 +522,32 @@ async def test_an_owner_whose_lease_was_taken_stops_committing(backend: Any, job
         assert table_ids(backend) == [*range(10), *range(100, 110)]
     finally:
         await owner.close()
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_an_owner_prunes_old_resolutions_and_idle_leases(backend: Any, jobs_url: str) -> None:
+    owner = Replica(
+        backend,
+        jobs_url,
+        "owner",
+        IngestFleetStore,
+        handoff_retention_seconds=1.0,
+        handoff_timeout_seconds=1.0,
+    )
+    try:
+        await owning(owner)
+        # A dropped table's lease, released; a resolution its replica never read.
+        gone = ("fleet", "dropped")
+        assert await owner.store.acquire(gone, "main", "other", 10) is not None
+        await owner.store.release(gone, "main", "other")
+        await owner.store.submit(gone, "main", PendingBatch("unread", (), b"", 0))
+        await owner.store.claim(gone, "main", 1, 10)
+        await owner.store.resolve(1, [BatchResolution("unread", BatchStatus.COMMITTED, 7)])
+        await asyncio.sleep(1.1)  # older than the retention; a pass is due
+        await owner.ingest.write(*TABLE, rows(10, 10))  # the owner's window prunes
+        assert sql(jobs_url, "SELECT batch_id FROM lakehouse_ingest_batches") == []
+        leases = sql(jobs_url, "SELECT table_name, owner FROM lakehouse_ingest_leases")
+        assert [tuple(r) for r in leases] == [("t", "owner")]
+        assert table_ids(backend) == list(range(20))
+    finally:
+        await owner.close()
