@@ -401,6 +401,8 @@ class _TableCommitter:
             # writes of its own: when notified, or at the latest after a poll interval.
             got = await self._next_or_pending()
             if got is None:
+                got = await self._after_notification()
+            if got is None:
                 return []
             first = got
         else:
@@ -463,6 +465,21 @@ class _TableCommitter:
         if getting.done() and not getting.cancelled():
             return getting.result()
         return None
+
+    async def _after_notification(self) -> _Unit | None:
+        """Once notified of a handed batch, a short wait (the hand-off poll) for more.
+
+        Batches handed at nearly the same time (replicas answering the same burst of
+        clients), and the owner's own writes, then share one commit: claiming at the first
+        notification committed one batch at a time, and the rest waited a whole commit.
+        """
+        assert self._fleet is not None
+        if not self._fleet.signals.pending(self._key, self._branch).is_set():
+            return None  # the safety poll is due, nothing notified
+        try:
+            return await asyncio.wait_for(self._queue.get(), self._settings.handoff_poll_ms / 1000)
+        except TimeoutError:
+            return None
 
     async def _run(self) -> None:
         while True:
