@@ -207,7 +207,8 @@ class IngestSettings(_Section):
     handoff_poll_ms: float = Field(default=20.0, ge=1, le=10_000)
     """While the hand-off notifications cannot be received (their PostgreSQL connection is
     down): how often a replica looks for the owner's answer to the files it handed over, and
-    an owner for files handed to it."""
+    an owner for files handed to it. While they are: how long an owner notified of handed
+    files waits for more before claiming them (so that a burst shares one commit)."""
     handoff_safety_poll_ms: float = Field(default=1000.0, ge=10, le=60_000)
     """While the hand-off notifications are received (PostgreSQL LISTEN/NOTIFY wakes an owner
     when files are handed to it, and a replica when its files are committed): how often they
