@@ -28,6 +28,8 @@ from lakehouse.adapters.ingest_fleet_store import PENDING_CHANNEL, RESOLVED_CHAN
 
 log = logging.getLogger(__name__)
 
+#: The listening connection's ``application_name`` (unless the URL sets one).
+APPLICATION_NAME: Final = "lakehouse-ingest-listener"
 #: The first wait before connecting again, doubled up to ``_BACKOFF_MAX_SECONDS``.
 _BACKOFF_SECONDS: Final = 0.5
 _BACKOFF_MAX_SECONDS: Final = 30.0
@@ -57,6 +59,9 @@ class FleetListener:
         connect_args: dict[str, Any] = (
             dict(postgres.missing_settings(parsed)) if postgres.is_libpq(parsed) else {}
         )
+        if postgres.is_libpq(parsed) and "application_name" not in parsed.query:
+            # So that operators tell it apart in pg_stat_activity (an idle connection).
+            connect_args["application_name"] = APPLICATION_NAME
         self._engine = sqlalchemy.create_engine(
             parsed, poolclass=NullPool, connect_args=connect_args
         )

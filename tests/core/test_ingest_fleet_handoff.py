@@ -27,7 +27,7 @@ from fixtures.iceberg import direct_catalog
 from fixtures.net import free_port
 from lakehouse.adapters.iceberg.catalog import IcebergCatalog
 from lakehouse.adapters.iceberg.ingest_files import dump_data_files
-from lakehouse.adapters.ingest_fleet_listener import FleetListener
+from lakehouse.adapters.ingest_fleet_listener import APPLICATION_NAME, FleetListener
 from lakehouse.adapters.ingest_fleet_store import IngestFleetStore
 from lakehouse.adapters.job_store.store import JobStore
 from lakehouse.blocking import BlockingPool
@@ -416,7 +416,7 @@ async def test_a_lost_listening_connection_means_polling_then_listening_again(
         ended = sql(
             jobs_url,
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+            f"WHERE application_name = '{APPLICATION_NAME}'",
         )
         assert ended[0][0] == 2
         await until(lambda: not replica.fleet.signals.listening, 10, "the loss noticed")
