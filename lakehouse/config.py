@@ -205,11 +205,31 @@ class IngestSettings(_Section):
     that died), another replica takes the commits over. A draining owner gives it up at
     once."""
     handoff_poll_ms: float = Field(default=20.0, ge=1, le=10_000)
-    """How often a replica looks for the owner's answer to the files it handed over, and an
-    owner for files handed to it."""
+    """While the hand-off notifications cannot be received (their PostgreSQL connection is
+    down): how often a replica looks for the owner's answer to the files it handed over, and
+    an owner for files handed to it. While they are: how long an owner notified of handed
+    files waits for more before claiming them (so that a burst shares one commit)."""
+    handoff_safety_poll_ms: float = Field(default=1000.0, ge=10, le=60_000)
+    """While the hand-off notifications are received (PostgreSQL LISTEN/NOTIFY wakes an owner
+    when files are handed to it, and a replica when its files are committed): how often they
+    look in the database anyway, in case a notification was lost."""
     handoff_timeout_seconds: float = Field(default=60.0, ge=1, le=3600)
     """How long handed files may wait for an owner to take them before the writes fail
     UNAVAILABLE (COMMIT_OWNER_UNAVAILABLE), nothing written."""
+    handoff_retention_seconds: float = Field(default=3600.0, ge=1, le=7 * 86400)
+    """How long the shared database keeps a handed batch's resolution that its replica did
+    not read (it died), and the commit lease of a table branch released or expired (a table
+    dropped or no longer written to). At least the hand-off timeout: a replica reads its
+    answer within it."""
+
+    @model_validator(mode="after")
+    def _retention_outlives_the_handoff(self) -> IngestSettings:
+        if self.handoff_retention_seconds < self.handoff_timeout_seconds:
+            raise ValueError(
+                "ingest.handoff_retention_seconds must be at least "
+                "ingest.handoff_timeout_seconds (a replica may read its answer until then)"
+            )
+        return self
 
 
 class JobsSettings(_Section):

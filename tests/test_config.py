@@ -60,6 +60,10 @@ def test_secrets_come_from_files_and_are_masked(
         ({"LAKEHOUSE_GRPC_PORT": "70000"}, "grpc_port"),
         ({"LAKEHOUSE_LOG_LEVEL": "LOUD"}, "log_level"),
         ({"LAKEHOUSE_CATALOG__TYPE": "rest"}, "catalog.uri is required"),
+        (
+            {"LAKEHOUSE_INGEST__HANDOFF_RETENTION_SECONDS": "30"},
+            "handoff_retention_seconds must be at least ingest.handoff_timeout_seconds",
+        ),
         ({"LAKEHOUSE_NO_SUCH_SETTING": "1"}, "unknown setting LAKEHOUSE_NO_SUCH_SETTING"),
         ({"LAKEHOUSE_CONFIG_FILE": "/nonexistent.yaml"}, "does not exist"),
         ({"LAKEHOUSE_S3__SECRET_ACCESS_KEY_FILE": "/nonexistent"}, "cannot read"),

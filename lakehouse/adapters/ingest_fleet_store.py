@@ -11,8 +11,14 @@ Two tables, created by the job store's migration 4:
   resolves them (committed with the snapshot id, rejected for re-planning, or failed with the
   error); a resolution counts only under the epoch that claimed the batch, so an owner that
   lost its lease while paused cannot overrule the next one. The replica that handed a batch
-  reads its resolution and deletes the row; resolutions left unread for an hour (their
-  replica died) are deleted by the owner.
+  reads its resolution and deletes the row; resolutions left unread (their replica died) and
+  leases released or expired for longer than a retention are deleted by ``prune``.
+
+Submitting a batch notifies ``PENDING_CHANNEL`` (payload: the table branch as JSON) and
+resolving it notifies ``RESOLVED_CHANNEL`` (payload: the batch id), in the statement that
+changes the row, so the notification costs no round trip and is sent only if the transaction
+commits. ``lakehouse.adapters.ingest_fleet_listener`` receives them, so that owners and
+submitters wait for them instead of polling.
 
 Blocking SQLAlchemy Core behind the job store's connections and breaker, run in the given
 pool; only PostgreSQL is used (a database replicas on several machines share).
@@ -56,8 +62,10 @@ PENDING, CLAIMED = BatchStatus.PENDING, BatchStatus.CLAIMED
 FAILED = BatchStatus.FAILED
 
 T = TypeVar("T")
-#: How long a resolution waits to be read by its replica before it is deleted (1 hour).
-_FORGOTTEN_AFTER_US: Final = 3600 * 1_000_000
+#: Notified when a batch is handed to a table branch's owner; payload ``[ns, table, branch]``.
+PENDING_CHANNEL: Final = "lakehouse_ingest_pending"
+#: Notified when an owner resolves a batch; payload the batch id.
+RESOLVED_CHANNEL: Final = "lakehouse_ingest_resolved"
 
 _metadata = MetaData()
 leases_table = Table(
@@ -104,14 +112,26 @@ _ERRORS: Final[dict[str, type[errors.LakehouseError]]] = {
 
 
 #: The database's clock in microseconds. Leases expire by it, not by the replicas' clocks: a
-#: replica whose clock ran ahead would take a live lease (and purge resolutions early).
-_DB_NOW_US: Final = select(
-    cast(func.floor(func.extract("epoch", func.clock_timestamp()) * 1_000_000), BigInteger)
+#: replica whose clock ran ahead would take a live lease (and purge resolutions early). An
+#: expression, so that statements use it without a round trip of their own.
+_DB_NOW: Final = cast(
+    func.floor(func.extract("epoch", func.clock_timestamp()) * 1_000_000), BigInteger
 )
 
 
-def _now_us(conn: Connection) -> int:
-    return int(conn.execute(_DB_NOW_US).scalar_one())
+def pending_payload(table: tuple[str, str], branch: str) -> str:
+    """The payload of a ``PENDING_CHANNEL`` notification."""
+    return json.dumps([table[0], table[1], branch])
+
+
+def parse_pending(payload: str) -> tuple[tuple[str, str], str]:
+    """The table branch of a ``PENDING_CHANNEL`` payload.
+
+    Raises:
+        ValueError: Not a payload of ``pending_payload``.
+    """
+    namespace, table, branch = json.loads(payload)
+    return (str(namespace), str(table)), str(branch)
 
 
 def _entries_json(entries: Sequence[BatchEntry]) -> bytes:
@@ -178,14 +198,18 @@ class IngestFleetStore:
         """
 
         def work(conn: Connection) -> int | None:
-            now = _now_us(conn)
+            # One clock reading for the whole statement (clock_timestamp moves within it).
+            now = select(_DB_NOW).scalar_subquery()
+            ttl_us = int(ttl_seconds * 1_000_000)
             stmt = postgresql.insert(leases_table).values(
                 namespace=table[0],
                 table_name=table[1],
                 branch=branch,
                 owner=owner,
-                epoch=1,
-                expires_us=now + int(ttl_seconds * 1_000_000),
+                # Not 1: a lease row pruned and made again must not hand out epochs that a
+                # paused owner of the old row may still hold (see prune).
+                epoch=now,
+                expires_us=now + ttl_us,
             )
             new = stmt.excluded
             same = _leases.owner == new.owner
@@ -197,7 +221,7 @@ class IngestFleetStore:
                     "epoch": _leases.epoch + (~same).cast(Integer),
                     "expires_us": new.expires_us,
                 },
-                where=same | (_leases.expires_us < now),
+                where=same | (_leases.expires_us < new.expires_us - ttl_us),
             ).returning(_leases.epoch)
             epoch = conn.execute(upsert).scalar_one_or_none()
             return None if epoch is None else int(epoch)
@@ -216,7 +240,8 @@ class IngestFleetStore:
                     _leases.branch == branch,
                     _leases.owner == owner,
                 )
-                .values(expires_us=0)
+                # Expired now, not at 0: prune deletes it once released for long.
+                .values(expires_us=_DB_NOW - 1)
             )
 
         await self._run(work)
@@ -230,7 +255,8 @@ class IngestFleetStore:
 
         def work(conn: Connection) -> None:
             conn.execute(
-                batches_table.insert().values(
+                batches_table.insert()
+                .values(
                     batch_id=batch.batch_id,
                     namespace=table[0],
                     table_name=table[1],
@@ -240,8 +266,9 @@ class IngestFleetStore:
                     entries=_entries_json(batch.entries),
                     files=batch.files,
                     rows_count=batch.rows,
-                    created_us=_now_us(conn),
+                    created_us=_DB_NOW,
                 )
+                .returning(func.pg_notify(PENDING_CHANNEL, pending_payload(table, branch)))
             )
 
         await self._run(work)
@@ -295,7 +322,6 @@ class IngestFleetStore:
             return
 
         def work(conn: Connection) -> None:
-            now = _now_us(conn)
             for r in resolutions:
                 conn.execute(
                     update(batches_table)
@@ -308,13 +334,10 @@ class IngestFleetStore:
                         status=r.status,
                         snapshot_id=r.snapshot_id,
                         error=_error_json(r.error) if r.error is not None else None,
-                        resolved_us=now,
+                        resolved_us=_DB_NOW,
                     )
+                    .returning(func.pg_notify(RESOLVED_CHANNEL, _batches.batch_id))
                 )
-            # Resolutions nobody read (their replica died meanwhile) go after a while.
-            conn.execute(
-                delete(batches_table).where(_batches.resolved_us < now - _FORGOTTEN_AFTER_US)
-            )
 
         await self._run(work)
 
@@ -325,12 +348,18 @@ class IngestFleetStore:
         """
 
         def work(conn: Connection) -> BatchResolution | None:
+            # One statement when it is resolved (what a notified submitter finds).
             row = conn.execute(
-                select(_batches.status, _batches.snapshot_id, _batches.error).where(
-                    _batches.batch_id == batch_id
-                )
+                delete(batches_table)
+                .where(_batches.batch_id == batch_id, _batches.status.not_in((PENDING, CLAIMED)))
+                .returning(_batches.status, _batches.snapshot_id, _batches.error)
             ).one_or_none()
             if row is None:
+                still_open = conn.execute(
+                    select(_batches.batch_id).where(_batches.batch_id == batch_id)
+                ).one_or_none()
+                if still_open is not None:
+                    return None
                 return BatchResolution(
                     batch_id,
                     FAILED,
@@ -338,9 +367,6 @@ class IngestFleetStore:
                         "the handed batch is gone", reason="INGEST_BATCH_LOST"
                     ),
                 )
-            if row.status in (PENDING, CLAIMED):
-                return None
-            conn.execute(delete(batches_table).where(_batches.batch_id == batch_id))
             return BatchResolution(
                 batch_id,
                 BatchStatus(int(row.status)),
@@ -360,5 +386,53 @@ class IngestFleetStore:
                 )
             )
             return bool(done.rowcount)
+
+        return await self._run(work)
+
+    async def prune(self, retention_seconds: float, limit: int) -> int:
+        """Deletes what nobody needs any more; how many rows went (at most ``limit`` each).
+
+        Resolutions older than ``retention_seconds`` (their replica died before reading
+        them), and leases released or expired for longer than that whose table branch has
+        no batch left (a dropped table, or one no longer written). A lease made again later
+        starts at an epoch above any of the deleted row's (see ``acquire``).
+
+        Raises:
+            Unavailable: The database cannot be reached.
+        """
+
+        def work(conn: Connection) -> int:
+            before = _DB_NOW - int(retention_seconds * 1_000_000)
+            old = (
+                select(_batches.batch_id)
+                .where(_batches.resolved_us < before)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+            batches = conn.execute(
+                delete(batches_table).where(_batches.batch_id.in_(old.scalar_subquery()))
+            ).rowcount
+            left = select(_batches.batch_id).where(
+                _batches.namespace == _leases.namespace,
+                _batches.table_name == _leases.table_name,
+                _batches.branch == _leases.branch,
+            )
+            stale = (
+                select(leases_table.c.namespace, _leases.table_name, _leases.branch)
+                .where(_leases.expires_us < before, ~left.exists())
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+                .cte("stale")
+            )
+            leases = conn.execute(
+                delete(leases_table).where(
+                    _leases.namespace == stale.c.namespace,
+                    _leases.table_name == stale.c.table_name,
+                    _leases.branch == stale.c.branch,
+                    # Still stale once locked: not taken meanwhile.
+                    _leases.expires_us < before,
+                )
+            ).rowcount
+            return int(batches) + int(leases)
 
         return await self._run(work)

@@ -345,6 +345,9 @@ class _TableCommitter:
         self._lease = Lease(fleet, key, branch, settings) if fleet is not None else None
         # Writers' next offsets once this replica's handed batches committed (see _stage).
         self._known_writers: dict[str, int] = {}
+        # When and under which epoch this owner last claimed handed batches (see _claim).
+        self._claimed_at = 0.0
+        self._claimed_epoch: int | None = None
         self._key = key
         self._branch = branch
         self._conflicts = conflicts
@@ -395,13 +398,13 @@ class _TableCommitter:
             first, self._held = self._held, None
         elif self._lease is not None and self._lease.epoch is not None:
             # An owner wakes up for the batches other replicas hand it, with or without
-            # writes of its own.
-            try:
-                first = await asyncio.wait_for(
-                    self._queue.get(), self._settings.handoff_poll_ms / 1000
-                )
-            except TimeoutError:
+            # writes of its own: when notified, or at the latest after a poll interval.
+            got = await self._next_or_pending()
+            if got is None:
+                got = await self._after_notification()
+            if got is None:
                 return []
+            first = got
         else:
             first = await self._queue.get()
         group = [first]
@@ -431,6 +434,52 @@ class _TableCommitter:
             rows += unit.data.num_rows
             nbytes += unit.nbytes
         return group
+
+    def _poll_seconds(self) -> float:
+        """How long to wait for a notification before looking in the database anyway."""
+        assert self._fleet is not None
+        if self._fleet.signals.listening:
+            return self._settings.handoff_safety_poll_ms / 1000
+        return self._settings.handoff_poll_ms / 1000
+
+    async def _next_or_pending(self) -> _Unit | None:
+        """The next queued unit, or None once batches are pending or the poll is due."""
+        assert self._fleet is not None
+        with contextlib.suppress(asyncio.QueueEmpty):
+            return self._queue.get_nowait()
+        pending = self._fleet.signals.pending(self._key, self._branch)
+        if pending.is_set():
+            return None
+        getting = asyncio.ensure_future(self._queue.get())
+        notified = asyncio.ensure_future(pending.wait())
+        try:
+            await asyncio.wait(
+                (getting, notified),
+                timeout=self._poll_seconds(),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            notified.cancel()
+            if not getting.done():
+                getting.cancel()
+        if getting.done() and not getting.cancelled():
+            return getting.result()
+        return None
+
+    async def _after_notification(self) -> _Unit | None:
+        """Once notified of a handed batch, a short wait (the hand-off poll) for more.
+
+        Batches handed at nearly the same time (replicas answering the same burst of
+        clients), and the owner's own writes, then share one commit: claiming at the first
+        notification committed one batch at a time, and the rest waited a whole commit.
+        """
+        assert self._fleet is not None
+        if not self._fleet.signals.pending(self._key, self._branch).is_set():
+            return None  # the safety poll is due, nothing notified
+        try:
+            return await asyncio.wait_for(self._queue.get(), self._settings.handoff_poll_ms / 1000)
+        except TimeoutError:
+            return None
 
     async def _run(self) -> None:
         while True:
@@ -482,14 +531,7 @@ class _TableCommitter:
     async def _commit_as_owner(self, group: list[_Unit], epoch: int) -> None:
         assert self._lease is not None and self._fleet is not None
         store = self._fleet.store
-        try:
-            batches = await store.claim(self._key, self._branch, epoch, _MAX_BATCHES)
-        except Unavailable as exc:
-            log.warning(
-                "cannot claim handed ingest batches",
-                extra={"table": ".".join(self._key), "error": exc.message},
-            )
-            batches = []
+        batches = await self._claim(epoch)
         if not group and not batches:
             if self._lease.idle():
                 await self._lease.release()
@@ -523,6 +565,42 @@ class _TableCommitter:
                 "cannot record handed ingest batches",
                 extra={"table": ".".join(self._key), "error": exc.message},
             )
+        await self._fleet.pruner.maybe(store, self._settings.handoff_retention_seconds)
+
+    async def _claim(self, epoch: int) -> list[PendingBatch]:
+        """The batches handed to this owner, when some may be pending.
+
+        The claim is skipped while the listener is up and nothing was notified since the
+        last one, unless the safety poll is due (a lost notification) or the lease is new
+        (batches left by the previous owner): a busy owner of a table nobody hands files to
+        costs no query per window.
+        """
+        assert self._fleet is not None
+        signals = self._fleet.signals
+        pending = signals.pending(self._key, self._branch)
+        now = time.monotonic()
+        due = (
+            not signals.listening
+            or pending.is_set()
+            or epoch != self._claimed_epoch
+            or now - self._claimed_at >= self._settings.handoff_safety_poll_ms / 1000
+        )
+        if not due:
+            return []
+        pending.clear()  # before the query: a batch handed during it sets it again
+        self._claimed_at, self._claimed_epoch = now, epoch
+        try:
+            batches = await self._fleet.store.claim(self._key, self._branch, epoch, _MAX_BATCHES)
+        except Unavailable as exc:
+            log.warning(
+                "cannot claim handed ingest batches",
+                extra={"table": ".".join(self._key), "error": exc.message},
+            )
+            pending.set()  # still pending: claim again next window
+            return []
+        if len(batches) == _MAX_BATCHES:
+            pending.set()  # more may wait
+        return batches
 
     async def _hand_off(self, group: list[_Unit]) -> None:
         """Writes the group's files here, hands them to the owner, answers once committed."""
@@ -546,21 +624,12 @@ class _TableCommitter:
             ]
             rows = staged.plan.data.num_rows if staged.plan.data is not None else 0
             batch = new_batch(entries, staged.files, rows)
+            # Watched before it is handed: the owner may resolve it before submit returns.
+            resolved = self._fleet.signals.watch(batch.batch_id)
             try:
-                await self._fleet.store.submit(self._key, self._branch, batch)
-            except Unavailable as exc:
-                # As when the lease cannot be read: commit here rather than fail the writes.
-                # But the row may be stored all the same (only the acknowledgement was lost)
-                # and an owner then commits it: so commit the batch itself, its files and its
-                # id, never the units again, and whichever of the two commits comes second
-                # finds the batch id in the table and adds nothing.
-                log.warning(
-                    "cannot hand ingest files over; committing locally",
-                    extra={"table": ".".join(self._key), "error": exc.message},
-                )
-                resolution = await self._commit_here(batch)
-            else:
-                resolution = await self._await_batch(batch, staged.paths)
+                resolution = await self._submit_and_wait(batch, staged.paths, resolved)
+            finally:
+                self._fleet.signals.unwatch(batch.batch_id)
             if resolution.status is BatchStatus.COMMITTED:
                 metrics.INGEST_ROWS.inc(rows)  # counted where they were received
                 for unit, decision in waiting:
@@ -661,14 +730,41 @@ class _TableCommitter:
                 writers[writer] = (end, 0)
         return dataclasses.replace(state, writers=writers)
 
-    async def _await_batch(self, batch: PendingBatch, paths: tuple[str, ...]) -> BatchResolution:
-        """Waits for the owner to resolve ``batch``, taking the lease over if it lapses."""
+    async def _submit_and_wait(
+        self, batch: PendingBatch, paths: tuple[str, ...], resolved: asyncio.Event
+    ) -> BatchResolution:
+        """Hands ``batch`` to the owner and waits for its resolution."""
+        assert self._fleet is not None
+        try:
+            await self._fleet.store.submit(self._key, self._branch, batch)
+        except Unavailable as exc:
+            # As when the lease cannot be read: commit here rather than fail the writes.
+            # But the row may be stored all the same (only the acknowledgement was lost)
+            # and an owner then commits it: so commit the batch itself, its files and its
+            # id, never the units again, and whichever of the two commits comes second
+            # finds the batch id in the table and adds nothing.
+            log.warning(
+                "cannot hand ingest files over; committing locally",
+                extra={"table": ".".join(self._key), "error": exc.message},
+            )
+            return await self._commit_here(batch)
+        return await self._await_batch(batch, paths, resolved)
+
+    async def _await_batch(
+        self, batch: PendingBatch, paths: tuple[str, ...], resolved: asyncio.Event
+    ) -> BatchResolution:
+        """Waits for the owner to resolve ``batch``, taking the lease over if it lapses.
+
+        Woken by ``resolved`` (the owner's notification), and at the latest after a poll
+        interval: the database is read then, in case the notification was lost.
+        """
         assert self._fleet is not None and self._lease is not None
         store = self._fleet.store
-        poll = self._settings.handoff_poll_ms / 1000
         deadline = time.monotonic() + self._settings.handoff_timeout_seconds
         while True:
-            await asyncio.sleep(poll)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(resolved.wait(), self._poll_seconds())
+            resolved.clear()
             try:
                 resolution = await store.resolution(batch.batch_id)
                 if resolution is not None:

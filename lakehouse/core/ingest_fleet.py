@@ -20,6 +20,7 @@ as committed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -27,7 +28,7 @@ import socket
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lakehouse import metrics
 from lakehouse.config import IngestSettings
@@ -50,6 +51,84 @@ def replica_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
+class Signals:
+    """Wake-ups from the shared database's notifications, when a listener delivers them.
+
+    An owner waits for ``pending`` of its table branch (a batch was handed to it) and a
+    submitter for ``watch`` of its batch (an owner resolved it), each with a timeout: the
+    slow safety poll while ``listening``, the hand-off poll otherwise. Both are set when the
+    listener goes up or down, as notifications may have been lost meanwhile. Used on the
+    event loop only.
+    """
+
+    def __init__(self) -> None:
+        self.listening = False
+        self._pending: dict[tuple[tuple[str, str], str], asyncio.Event] = {}
+        self._resolved: dict[str, asyncio.Event] = {}
+
+    def pending(self, table: tuple[str, str], branch: str) -> asyncio.Event:
+        """Set when a batch was handed to this table branch's owner (cleared by the owner)."""
+        return self._pending.setdefault((table, branch), asyncio.Event())
+
+    def watch(self, batch_id: str) -> asyncio.Event:
+        """Set when ``batch_id`` is resolved; call before handing it, ``unwatch`` after."""
+        return self._resolved.setdefault(batch_id, asyncio.Event())
+
+    def unwatch(self, batch_id: str) -> None:
+        """Forgets a batch whose resolution was read."""
+        self._resolved.pop(batch_id, None)
+
+    def batch_pending(self, table: tuple[str, str], branch: str) -> None:
+        """The listener's callback for a handed batch."""
+        self.pending(table, branch).set()
+
+    def batch_resolved(self, batch_id: str) -> None:
+        """The listener's callback for a resolved batch (of this replica or another)."""
+        event = self._resolved.get(batch_id)
+        if event is not None:
+            event.set()
+
+    def listener_state(self, up: bool) -> None:
+        """The listener's callback when it connects or loses its connection."""
+        self.listening = up
+        for event in (*self._pending.values(), *self._resolved.values()):
+            event.set()  # anything may have been missed: look once
+
+
+#: Rows ``Pruner`` deletes at most per pass, of each kind (a short transaction).
+PRUNE_LIMIT = 1000
+#: The longest between two passes of ``Pruner`` in one process.
+_PRUNE_EVERY_SECONDS = 60.0
+
+
+class Pruner:
+    """Deletes the fleet's rows nobody needs any more, from the owners' loops.
+
+    At most one pass per process every minute (or every retention, if shorter), bounded per
+    pass; any owner's window may run it, so rows of dropped or idle tables go too.
+    """
+
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+        self._running = False
+
+    async def maybe(self, store: IngestFleetPort, retention_seconds: float) -> None:
+        """Runs a pass if one is due (a failure waits for the next one)."""
+        now = time.monotonic()
+        if self._running or now - self._last < min(_PRUNE_EVERY_SECONDS, retention_seconds):
+            return
+        self._last, self._running = now, True
+        try:
+            deleted = await store.prune(retention_seconds, PRUNE_LIMIT)
+        except Unavailable as exc:
+            log.warning("cannot prune ingest hand-off rows", extra={"error": exc.message})
+            return
+        finally:
+            self._running = False
+        if deleted:
+            log.info("pruned ingest hand-off rows", extra={"rows": deleted})
+
+
 @dataclass(frozen=True)
 class Fleet:
     """What a committer needs to share a table with other replicas."""
@@ -57,6 +136,10 @@ class Fleet:
     store: IngestFleetPort
     owner: str
     """This replica's id in the leases."""
+    signals: Signals = field(default_factory=Signals)
+    """The notifications of handed and resolved batches (never listening: polls only)."""
+    pruner: Pruner = field(default_factory=Pruner)
+    """This process's deletion of old resolutions and leases."""
 
 
 def add_batches(

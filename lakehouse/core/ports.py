@@ -344,6 +344,9 @@ class IngestFleetPort(Protocol):
     async def withdraw(self, batch_id: str) -> bool:
         """Takes a batch back if no owner claimed it yet; whether it was taken back."""
 
+    async def prune(self, retention_seconds: float, limit: int) -> int:
+        """Deletes resolutions and idle leases older than the retention (``limit`` each)."""
+
 
 class JobStorePort(Protocol):
     """The durable job queue (``lakehouse.adapters.job_store.store.JobStore``)."""

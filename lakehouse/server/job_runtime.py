@@ -13,6 +13,7 @@ import logging
 
 from lakehouse.adapters.iceberg.catalog import IcebergCatalog
 from lakehouse.adapters.iceberg.table_jobs import IcebergTableJobs
+from lakehouse.adapters.ingest_fleet_listener import FleetListener
 from lakehouse.adapters.ingest_fleet_store import IngestFleetStore
 from lakehouse.adapters.job_store.store import JobStore
 from lakehouse.adapters.request_id_store import RequestIdStore
@@ -87,6 +88,17 @@ class JobRuntime:
         self.ingest_fleet = (
             Fleet(IngestFleetStore(self.store, pool), replica_id())
             if settings.ingest.single_committer and self.store.shared
+            else None
+        )
+        # Wakes owners and submitters of hand-offs (without it they poll the database).
+        self._fleet_listener = (
+            FleetListener(
+                settings.jobs_database_uri,
+                on_pending=self.ingest_fleet.signals.batch_pending,
+                on_resolved=self.ingest_fleet.signals.batch_resolved,
+                on_state=self.ingest_fleet.signals.listener_state,
+            )
+            if self.ingest_fleet is not None
             else None
         )
         window = settings.ingest.request_id_window_seconds
@@ -164,6 +176,8 @@ class JobRuntime:
         A database that is down at start does not stop the process: the tables are made in
         the background once it answers, and health reports ``job_store`` down until then.
         """
+        if self._fleet_listener is not None:
+            self._fleet_listener.start(asyncio.get_running_loop())
         try:
             await self._pool.run(self.store.migrate)
         except RetryableError as exc:
@@ -207,6 +221,8 @@ class JobRuntime:
             await self._scheduler.stop()
         await self.worker.stop(grace)
         await asyncio.to_thread(self._job_pool.close)
+        if self._fleet_listener is not None:
+            await asyncio.to_thread(self._fleet_listener.close)
         await self._pool.run(self.store.close)
 
     async def check(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import sqlalchemy
@@ -37,15 +38,16 @@ def batch(batch_id: str) -> PendingBatch:
 
 def test_one_owner_at_a_time_and_a_new_epoch_after_expiry(fleet: IngestFleetStore) -> None:
     async def scenario() -> None:
-        assert await fleet.acquire(TABLE, "main", "a", 0.2) == 1
+        first = await fleet.acquire(TABLE, "main", "a", 0.2)
+        assert first is not None
         assert await fleet.acquire(TABLE, "main", "b", 0.2) is None  # held by a
-        assert await fleet.acquire(TABLE, "main", "a", 0.2) == 1  # renewed, same epoch
+        assert await fleet.acquire(TABLE, "main", "a", 0.2) == first  # renewed, same epoch
         await asyncio.sleep(0.3)
-        assert await fleet.acquire(TABLE, "main", "b", 10) == 2  # expired: b takes it over
+        assert await fleet.acquire(TABLE, "main", "b", 10) == first + 1  # expired: b's now
         assert await fleet.acquire(TABLE, "main", "a", 10) is None
         await fleet.release(TABLE, "main", "b")
-        assert await fleet.acquire(TABLE, "main", "a", 10) == 3  # released: taken at once
-        assert await fleet.acquire(TABLE, "dev", "b", 10) == 1  # branches lease apart
+        assert await fleet.acquire(TABLE, "main", "a", 10) == first + 2  # released: at once
+        assert await fleet.acquire(TABLE, "dev", "b", 10) is not None  # branches lease apart
 
     asyncio.run(scenario())
 
@@ -84,28 +86,60 @@ def test_a_batch_is_claimed_resolved_and_read_once(fleet: IngestFleetStore) -> N
     asyncio.run(scenario())
 
 
-def test_resolutions_nobody_reads_are_deleted_after_an_hour(
+def test_old_resolutions_and_idle_leases_are_pruned_in_bounded_passes(
     fleet: IngestFleetStore, postgres_jobs_url: str
 ) -> None:
-    async def scenario() -> None:
-        await fleet.submit(TABLE, "main", batch("orphan"))
-        await fleet.claim(TABLE, "main", 5, 10)
-        await fleet.resolve(5, [BatchResolution("orphan", BatchStatus.COMMITTED, 1)])
+    def sql(statement: str) -> list[Any]:
         engine = sqlalchemy.create_engine(postgres_jobs_url)
-        with engine.begin() as conn:  # resolved an hour and a second ago
-            conn.execute(
-                sqlalchemy.text(
-                    "UPDATE lakehouse_ingest_batches SET resolved_us = resolved_us - 3601000000"
-                )
-            )
+        with engine.begin() as conn:
+            result = conn.execute(sqlalchemy.text(statement))
+            rows = list(result.all()) if result.returns_rows else []
         engine.dispose()
-        await fleet.submit(TABLE, "main", batch("next"))
+        return rows
+
+    async def scenario() -> None:
+        sql("DELETE FROM lakehouse_ingest_batches")
+        sql("DELETE FROM lakehouse_ingest_leases")
+        for name in ("old1", "old2", "old3", "recent", "open"):
+            await fleet.submit(TABLE, "main", batch(name))
         await fleet.claim(TABLE, "main", 5, 10)
-        await fleet.resolve(5, [BatchResolution("next", BatchStatus.COMMITTED, 2)])
-        gone = await fleet.resolution("orphan")
+        resolved = [BatchResolution(n, BatchStatus.COMMITTED, 1) for n in ("old1", "old2")]
+        resolved += [BatchResolution(n, BatchStatus.COMMITTED, 2) for n in ("old3", "recent")]
+        await fleet.resolve(5, resolved)
+        # Resolved an hour and a second ago (their replicas died before reading them).
+        sql(
+            "UPDATE lakehouse_ingest_batches SET resolved_us = resolved_us - 3601000000 "
+            "WHERE batch_id LIKE 'old%'"
+        )
+        # Leases: a dropped table's, released an hour ago; another's, expired an hour ago;
+        # one released a moment ago; one held.
+        epochs = {}
+        for table, owner in (("dropped", "a"), ("idle", "b"), ("released", "c"), ("held", "d")):
+            epochs[table] = await fleet.acquire(("sales", table), "main", owner, 10)
+        for table, owner in (("dropped", "a"), ("released", "c")):
+            await fleet.release(("sales", table), "main", owner)
+        sql(
+            "UPDATE lakehouse_ingest_leases SET expires_us = expires_us - 3611000000 "
+            "WHERE table_name IN ('dropped', 'idle')"
+        )
+
+        assert await fleet.prune(3600, 2) == 4  # two of each kind at most
+        assert await fleet.prune(3600, 2) == 1
+        assert await fleet.prune(3600, 2) == 0
+        leases = sql("SELECT table_name FROM lakehouse_ingest_leases ORDER BY 1")
+        assert [r.table_name for r in leases] == ["held", "released"]
+        # A resolution within the retention is still read by its replica; pruned ones are
+        # gone (an owner no longer knows them: lost).
+        assert await fleet.resolution("recent") == BatchResolution(
+            "recent", BatchStatus.COMMITTED, 2
+        )
+        gone = await fleet.resolution("old1")
         assert gone is not None and gone.error is not None
         assert gone.error.reason == "INGEST_BATCH_LOST"
-        assert await fleet.resolution("next") == BatchResolution("next", BatchStatus.COMMITTED, 2)
+        assert await fleet.resolution("open") is None  # open batches are never pruned
+        # A pruned lease made again fences off any epoch of the old row.
+        again = await fleet.acquire(("sales", "dropped"), "main", "e", 10)
+        assert again is not None and again > (epochs["dropped"] or 0)
 
     asyncio.run(scenario())
 
@@ -114,13 +148,15 @@ def test_a_replica_whose_clock_runs_ahead_does_not_take_a_live_lease(
     fleet: IngestFleetStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def scenario() -> None:
-        assert await fleet.acquire(TABLE, "skew", "a", 10) == 1
+        epoch = await fleet.acquire(TABLE, "skew", "a", 10)
+        assert epoch is not None
         # Replica b's machine clock is an hour ahead (no NTP): the lease's expiry is the
         # database's clock, so a's lease, renewed a moment ago, is still a's.
         real = time.time
         monkeypatch.setattr(time, "time", lambda: real() + 3600)
         assert await fleet.acquire(TABLE, "skew", "b", 10) is None
         monkeypatch.setattr(time, "time", real)
-        assert await fleet.acquire(TABLE, "skew", "a", 10) == 1
+        epoch = await fleet.acquire(TABLE, "skew", "a", 10)
+        assert epoch is not None
 
     asyncio.run(scenario())

@@ -24,8 +24,10 @@ from pyiceberg.table.sorting import SortOrder
 from pyiceberg.types import LongType, NestedField, StringType
 
 from fixtures.iceberg import direct_catalog
+from fixtures.net import free_port
 from lakehouse.adapters.iceberg.catalog import IcebergCatalog
 from lakehouse.adapters.iceberg.ingest_files import dump_data_files
+from lakehouse.adapters.ingest_fleet_listener import APPLICATION_NAME, FleetListener
 from lakehouse.adapters.ingest_fleet_store import IngestFleetStore
 from lakehouse.adapters.job_store.store import JobStore
 from lakehouse.blocking import BlockingPool
@@ -62,15 +64,42 @@ class LostSubmitAck(IngestFleetStore):
 
 
 class Replica:
-    def __init__(self, settings: Any, jobs_url: str, name: str, store: type[Any]) -> None:
+    """One replica's ingest; ``listen_url``: with a hand-off listener on that database."""
+
+    def __init__(
+        self,
+        settings: Any,
+        jobs_url: str,
+        name: str,
+        store: type[Any],
+        *,
+        listen_url: str | None = None,
+        **ingest: Any,
+    ) -> None:
         self.pool = BlockingPool(4)
         self.jobs = JobStore(jobs_url)
         self.store: IngestFleetPort = store(self.jobs, self.pool)
         self.catalog = IcebergCatalog(settings, self.pool)
-        self.ingest = Ingest(self.catalog, settings.ingest, fleet=Fleet(self.store, name))
+        self.fleet = Fleet(self.store, name)
+        self.listener: FleetListener | None = None
+        if listen_url is not None:
+            self.listen(listen_url)
+        self.ingest = Ingest(
+            self.catalog, settings.ingest.model_copy(update=ingest), fleet=self.fleet
+        )
+
+    def listen(self, url: str) -> None:
+        """Starts a hand-off listener on ``url``, as the server does."""
+        signals = self.fleet.signals
+        self.listener = FleetListener(
+            url, signals.batch_pending, signals.batch_resolved, signals.listener_state
+        )
+        self.listener.start(asyncio.get_running_loop())
 
     async def close(self) -> None:
         await self.ingest.close(timeout=5)
+        if self.listener is not None:
+            await asyncio.to_thread(self.listener.close)
         await self.catalog.close()
         self.pool.close()
         self.jobs.close()
@@ -86,14 +115,20 @@ async def jobs_url(postgres_jobs_url: str) -> AsyncIterator[str]:
     engine.dispose()
 
 
-def open_batches(jobs_url: str) -> int:
+def sql(jobs_url: str, query: str) -> list[Any]:
+    """Runs ``query`` in a transaction of its own; its rows (none if it returns none)."""
     engine = sqlalchemy.create_engine(jobs_url)
     try:
-        with engine.connect() as conn:
-            query = "SELECT count(*) FROM lakehouse_ingest_batches WHERE status IN (0, 1)"
-            return int(conn.execute(sqlalchemy.text(query)).scalar_one())
+        with engine.begin() as conn:
+            result = conn.execute(sqlalchemy.text(query))
+            return list(result.all()) if result.returns_rows else []
     finally:
         engine.dispose()
+
+
+def open_batches(jobs_url: str) -> int:
+    query = "SELECT count(*) FROM lakehouse_ingest_batches WHERE status IN (0, 1)"
+    return int(sql(jobs_url, query)[0][0])
 
 
 async def settled(jobs_url: str, timeout: float = 10.0) -> None:
@@ -118,11 +153,18 @@ async def owning(owner: Replica) -> None:
 
 @contextlib.asynccontextmanager
 async def owner_and_replica(
-    settings: Any, jobs_url: str, store: type[Any]
+    settings: Any,
+    jobs_url: str,
+    store: type[Any],
+    owner_store: type[Any] = IngestFleetStore,
+    **kw: Any,
 ) -> AsyncIterator[tuple[Replica, Replica]]:
-    """An owner of the table (see ``owning``), and a replica handing through ``store``."""
-    owner = Replica(settings, jobs_url, "owner", IngestFleetStore)
-    replica = Replica(settings, jobs_url, "replica", store)
+    """An owner of the table (see ``owning``), and a replica handing through ``store``.
+
+    ``kw``: ``Replica``'s options for both.
+    """
+    owner = Replica(settings, jobs_url, "owner", owner_store, **kw)
+    replica = Replica(settings, jobs_url, "replica", store, **kw)
     try:
         await owning(owner)
         yield owner, replica
@@ -295,4 +337,217 @@ async def test_refused_files_do_not_send_back_a_batch_already_committed(
         assert table_ids(backend) == [*range(0, 10), *range(100, 110)]
     finally:
         await replica.close()
+        await owner.close()
+
+
+class Counting(IngestFleetStore):
+    """Counts the calls of each method (each is one transaction on the database)."""
+
+    def __init__(self, store: JobStore, pool: BlockingPool) -> None:
+        super().__init__(store, pool)
+        self.calls: Counter[str] = Counter()
+
+    async def acquire(
+        self, table: tuple[str, str], branch: str, owner: str, ttl_seconds: float
+    ) -> int | None:
+        self.calls["acquire"] += 1
+        return await super().acquire(table, branch, owner, ttl_seconds)
+
+    async def claim(
+        self, table: tuple[str, str], branch: str, epoch: int, limit: int
+    ) -> list[PendingBatch]:
+        self.calls["claim"] += 1
+        return await super().claim(table, branch, epoch, limit)
+
+    async def resolution(self, batch_id: str) -> BatchResolution | None:
+        self.calls["resolution"] += 1
+        return await super().resolution(batch_id)
+
+
+#: A safety poll of a minute: within a test only a notification makes anyone look.
+QUIET = {"handoff_safety_poll_ms": 60_000.0, "handoff_timeout_seconds": 120.0}
+
+
+async def listening(*replicas: Replica) -> None:
+    for r in replicas:
+        await until(lambda r=r: r.fleet.signals.listening, 10, "listening")
+
+
+async def until(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_notifications_wake_the_owner_and_the_replica_instead_of_polls(
+    backend: Any, jobs_url: str
+) -> None:
+    async with owner_and_replica(
+        backend, jobs_url, Counting, Counting, listen_url=jobs_url, **QUIET
+    ) as (owner, replica):
+        await listening(owner, replica)
+        await owner.ingest.write(*TABLE, rows(10, 10))  # its first claim under the lease
+        assert isinstance(owner.store, Counting) and isinstance(replica.store, Counting)
+        claims = owner.store.calls["claim"]
+        await asyncio.sleep(0.5)  # idle: 25 claims at the 20 ms hand-off poll
+        assert owner.store.calls["claim"] == claims
+        for i in range(5):
+            written = await asyncio.wait_for(
+                replica.ingest.write(*TABLE, rows(100 + 10 * i, 10)), 10
+            )
+            assert written.rows_written == 10
+        # One claim per handed batch (woken by it), one look per resolution (woken by it).
+        assert owner.store.calls["claim"] - claims <= 5
+        assert replica.store.calls["resolution"] == 5
+        assert table_ids(backend) == [*range(0, 20), *range(100, 150)]
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_a_lost_listening_connection_means_polling_then_listening_again(
+    backend: Any, jobs_url: str
+) -> None:
+    async with owner_and_replica(
+        backend, jobs_url, IngestFleetStore, listen_url=jobs_url, **QUIET
+    ) as (owner, replica):
+        await listening(owner, replica)
+        # The database ends the listening connections (a failover, an idle-session killer).
+        ended = sql(
+            jobs_url,
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            f"WHERE application_name = '{APPLICATION_NAME}'",
+        )
+        assert ended[0][0] == 2
+        await until(lambda: not replica.fleet.signals.listening, 10, "the loss noticed")
+        written = await asyncio.wait_for(replica.ingest.write(*TABLE, rows(100, 10)), 10)
+        assert written.rows_written == 10
+        await listening(owner, replica)  # reconnected after a backoff
+        written = await asyncio.wait_for(replica.ingest.write(*TABLE, rows(200, 10)), 10)
+        assert written.rows_written == 10
+        assert table_ids(backend) == [*range(0, 10), *range(100, 110), *range(200, 210)]
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_without_a_listener_hand_offs_poll(backend: Any, jobs_url: str) -> None:
+    # A listener that cannot connect (nothing listens on the port) stays down: polls only.
+    unreachable = sqlalchemy.make_url(jobs_url).set(port=free_port())
+    url = unreachable.render_as_string(hide_password=False)
+    async with owner_and_replica(backend, jobs_url, IngestFleetStore) as (_owner, replica):
+        replica.listen(url)
+        written = await asyncio.wait_for(replica.ingest.write(*TABLE, rows(100, 10)), 10)
+        assert written.rows_written == 10
+        assert not replica.fleet.signals.listening
+        assert table_ids(backend) == [*range(0, 10), *range(100, 110)]
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_a_busy_single_owner_pays_no_lease_query_per_commit(
+    backend: Any, jobs_url: str
+) -> None:
+    lease = 3.0
+    owner = Replica(
+        backend,
+        jobs_url,
+        "owner",
+        Counting,
+        listen_url=jobs_url,
+        commit_lease_seconds=lease,
+        commit_delay_ms=0.0,
+        **QUIET,
+    )
+    try:
+        await listening(owner)
+        await owning(owner)
+        assert isinstance(owner.store, Counting)
+        held = lease_row(jobs_url)
+        before = Counter(owner.store.calls)
+        started = time.monotonic()
+        writes = 0
+        while time.monotonic() - started < lease * 1.5:  # commits for longer than a TTL
+            await owner.ingest.write(*TABLE, rows(100 + 10 * writes, 10))
+            writes += 1
+        elapsed = time.monotonic() - started
+        calls = owner.store.calls - before
+        # Renewed each time a third of the TTL had passed, never per commit (one commit per
+        # write); kept throughout; nothing handed to it: no claim.
+        renewals = elapsed / (lease / 3)
+        assert renewals - 1 <= calls["acquire"] <= renewals + 1
+        assert writes > 3 * calls["acquire"]
+        assert calls["claim"] == 0 and set(calls) == {"acquire"}
+        assert lease_row(jobs_url) == held
+        snapshots = direct_catalog(backend).load_table(TABLE).metadata.snapshots
+        assert len(snapshots) == writes + 1
+    finally:
+        await owner.close()
+
+
+def lease_row(jobs_url: str) -> tuple[str, int]:
+    """The table's lease: its owner and epoch."""
+    (row,) = sql(jobs_url, "SELECT owner, epoch FROM lakehouse_ingest_leases")
+    return str(row.owner), int(row.epoch)
+
+
+async def take_lease(jobs_url: str, store: IngestFleetPort, owner: str) -> None:
+    """Expires the table's lease (as if its owner had stalled for a TTL) and takes it."""
+    sql(jobs_url, "UPDATE lakehouse_ingest_leases SET expires_us = 0")
+    assert await store.acquire(TABLE, "main", owner, 600) is not None
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_an_owner_whose_lease_was_taken_stops_committing(backend: Any, jobs_url: str) -> None:
+    lease = 3.0
+    owner = Replica(
+        backend,
+        jobs_url,
+        "owner",
+        IngestFleetStore,
+        commit_lease_seconds=lease,
+        handoff_timeout_seconds=1.0,
+    )
+    try:
+        await owning(owner)
+        await take_lease(jobs_url, owner.store, "other")  # a replica that never commits
+        await asyncio.sleep(lease / 3)  # the owner's next look at its lease is due
+        with pytest.raises(Unavailable) as failed:
+            await owner.ingest.write(*TABLE, rows(100, 10), request_id="r")
+        # It renewed, failed to, and handed the batch over instead of committing it.
+        assert failed.value.reason == "COMMIT_OWNER_UNAVAILABLE"
+        assert open_batches(jobs_url) == 0  # withdrawn
+        assert table_ids(backend) == list(range(10))
+        await owner.store.release(TABLE, "main", "other")
+        # Its own again: the resend is written, once.
+        written = await owner.ingest.write(*TABLE, rows(100, 10), request_id="r")
+        assert (written.rows_written, written.already_written) == (10, False)
+        assert table_ids(backend) == [*range(10), *range(100, 110)]
+    finally:
+        await owner.close()
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_an_owner_prunes_old_resolutions_and_idle_leases(backend: Any, jobs_url: str) -> None:
+    owner = Replica(
+        backend,
+        jobs_url,
+        "owner",
+        IngestFleetStore,
+        handoff_retention_seconds=1.0,
+        handoff_timeout_seconds=1.0,
+    )
+    try:
+        await owning(owner)
+        # A dropped table's lease, released; a resolution its replica never read.
+        gone = ("fleet", "dropped")
+        assert await owner.store.acquire(gone, "main", "other", 10) is not None
+        await owner.store.release(gone, "main", "other")
+        await owner.store.submit(gone, "main", PendingBatch("unread", (), b"", 0))
+        await owner.store.claim(gone, "main", 1, 10)
+        await owner.store.resolve(1, [BatchResolution("unread", BatchStatus.COMMITTED, 7)])
+        await asyncio.sleep(1.1)  # older than the retention; a pass is due
+        await owner.ingest.write(*TABLE, rows(10, 10))  # the owner's window prunes
+        assert sql(jobs_url, "SELECT batch_id FROM lakehouse_ingest_batches") == []
+        leases = sql(jobs_url, "SELECT table_name, owner FROM lakehouse_ingest_leases")
+        assert [tuple(r) for r in leases] == [("t", "owner")]
+        assert table_ids(backend) == list(range(20))
+    finally:
         await owner.close()

@@ -6,7 +6,9 @@ table's commits and commits the files the others hand it: no commit attempt is l
 conflict, every acknowledged row is in the table exactly once, and resends are answered as
 already written. Then the owner is frozen with batches handed to it and killed: another
 replica takes the lease over within its TTL, and the interrupted clients' retries (same
-request ids, same offsets) write exactly once.
+request ids, same offsets) write exactly once. An owner frozen for longer than the hand-off
+timeout (its lease still live) fails the handed writes UNAVAILABLE, withdrawn, and their
+resends write once.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from fixtures.faults import (
     run_threads,
     wait_for,
 )
+from fixtures.grpc_errors import rpc_error_details
 from fixtures.iceberg import direct_catalog
 from fixtures.net import LOOPBACK
 from fixtures.serve_process import ServeProcess, serve_process
@@ -352,3 +355,80 @@ def test_without_the_shared_database_replicas_commit_their_own_writes_exactly(
     for request_id, already in answers.items():
         assert already == [False, True], (request_id, already, logs)
     assert_exactly(settings, table, sent)
+
+
+def open_batches(settings: Any) -> int:
+    """Handed batches no owner has resolved (the job store is the catalog's database)."""
+    engine = sqlalchemy.create_engine(settings.catalog_uri)
+    try:
+        with engine.connect() as conn:
+            query = "SELECT count(*) FROM lakehouse_ingest_batches WHERE status IN (0, 1)"
+            return int(conn.execute(sqlalchemy.text(query)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.timeout(240)
+def test_a_hand_off_no_owner_takes_in_time_fails_withdrawn_and_its_resend_writes_once(
+    postgres_s3_settings: Any, tmp_path: Path
+) -> None:
+    """The owner frozen (SIGSTOP) with its lease live: nobody commits the handed files."""
+    settings = postgres_s3_settings
+    timeout = 2.0
+    # The lease outlives the freeze (no takeover): only the hand-off timeout can answer.
+    env = {
+        **fleet_env(settings, DEFAULT_LEASE_SECONDS),
+        "LAKEHOUSE_INGEST__HANDOFF_TIMEOUT_SECONDS": str(timeout),
+    }
+    table = "owner_frozen"
+    with (
+        serve_process(tmp_path / "a", env, name="replica-a") as a,
+        serve_process(tmp_path / "b", env, name="replica-b") as b,
+    ):
+        create_id_kind_table(a.target, NAMESPACE, table, CALL_TIMEOUT)
+        first, late, after = rows("first", 0), rows("late", 10_000), rows("after", 20_000)
+        with (
+            grpc.insecure_channel(a.target) as to_a,
+            grpc.insecure_channel(b.target) as to_b,
+        ):
+            stub_a = ingest_service_pb2_grpc.IngestServiceStub(to_a)
+            stub_b = ingest_service_pb2_grpc.IngestServiceStub(to_b)
+            stub_a.WriteRows(
+                write_rows_request(NAMESPACE, table, first, request_id="first"),
+                timeout=CALL_TIMEOUT,
+            )
+            wait_for(
+                lambda: True if metric(a, "lakehouse_ingest_commit_owned_branches") == 1 else None,
+                10,
+                "replica-a owns the table's commits",
+            )
+            late_request = write_rows_request(NAMESPACE, table, late, request_id="late")
+            os.kill(a.pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                with pytest.raises(grpc.RpcError) as failed:
+                    stub_b.WriteRows(late_request, timeout=CALL_TIMEOUT)
+                waited = time.monotonic() - started
+                assert open_batches(settings) == 0  # taken back before the answer
+            finally:
+                os.kill(a.pid, signal.SIGCONT)
+            # The owner's next window (its own write) finds nothing handed to commit.
+            stub_a.WriteRows(
+                write_rows_request(NAMESPACE, table, after, request_id="after"),
+                timeout=CALL_TIMEOUT,
+            )
+            without_late = read_direct(settings, NAMESPACE, table)
+            resent = stub_b.WriteRows(late_request, timeout=CALL_TIMEOUT)
+            again = stub_a.WriteRows(late_request, timeout=CALL_TIMEOUT)
+        logs = b.logs(20)
+
+    details = rpc_error_details(failed.value)
+    assert details.code == grpc.StatusCode.UNAVAILABLE, (details, logs)
+    assert details.reason == "COMMIT_OWNER_UNAVAILABLE", details
+    assert details.retry_delay_seconds is not None and details.retry_delay_seconds > 0
+    assert waited >= timeout  # answered by the hand-off timeout
+    # Withdrawn: never committed, not even once the owner came back.
+    assert row_checksum(without_late) == row_checksum(pa.concat_tables([first, after]))
+    assert (resent.result.rows_written, resent.result.already_written) == (ROWS, False)
+    assert (again.result.rows_written, again.result.already_written) == (ROWS, True)
+    assert_exactly(settings, table, [first, late, after])

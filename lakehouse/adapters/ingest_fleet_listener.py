@@ -1,0 +1,150 @@
+"""The notifications of the ingest hand-offs: PostgreSQL LISTEN on one connection per process.
+
+``IngestFleetStore`` notifies when a batch is handed to a table branch's owner and when an
+owner resolves one. This listener receives them on its own connection (not one of the job
+store's pool: a listening connection stays open and idle) on its own thread, and calls back
+on the event loop, so that owners and submitters wait for them instead of polling the
+database. When the connection is lost it reports itself down (its users then poll as they
+did without it) and reconnects with a growing backoff; notifications sent meanwhile are
+lost, so coming back up is reported too (its users look once at everything).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import select
+import threading
+from collections.abc import Callable
+from typing import Any, Final
+
+import sqlalchemy
+from sqlalchemy.pool import NullPool
+
+from lakehouse.adapters import postgres
+from lakehouse.adapters.ingest_fleet_store import PENDING_CHANNEL, RESOLVED_CHANNEL, parse_pending
+
+log = logging.getLogger(__name__)
+
+#: The listening connection's ``application_name`` (unless the URL sets one).
+APPLICATION_NAME: Final = "lakehouse-ingest-listener"
+#: The first wait before connecting again, doubled up to ``_BACKOFF_MAX_SECONDS``.
+_BACKOFF_SECONDS: Final = 0.5
+_BACKOFF_MAX_SECONDS: Final = 30.0
+#: An idle listening connection is probed this often (a partition that TCP keepalives have
+#: not noticed yet shows as a failed probe).
+_PROBE_SECONDS: Final = 15.0
+
+
+class FleetListener:
+    """Listens for handed and resolved batches; calls back on ``loop``.
+
+    Args:
+        url: The job store's SQLAlchemy URL (PostgreSQL through libpq).
+        on_pending: Called with the table and branch a batch was handed to.
+        on_resolved: Called with the id of a batch an owner resolved.
+        on_state: Called with True once listening, False once the connection is lost.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        on_pending: Callable[[tuple[str, str], str], None],
+        on_resolved: Callable[[str], None],
+        on_state: Callable[[bool], None],
+    ) -> None:
+        parsed = sqlalchemy.make_url(url)
+        connect_args: dict[str, Any] = (
+            dict(postgres.missing_settings(parsed)) if postgres.is_libpq(parsed) else {}
+        )
+        if postgres.is_libpq(parsed) and "application_name" not in parsed.query:
+            # So that operators tell it apart in pg_stat_activity (an idle connection).
+            connect_args["application_name"] = APPLICATION_NAME
+        self._engine = sqlalchemy.create_engine(
+            parsed, poolclass=NullPool, connect_args=connect_args
+        )
+        self._on_pending = on_pending
+        self._on_resolved = on_resolved
+        self._on_state = on_state
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        # Written to by close() to wake the thread out of select() at once.
+        self._wake_read, self._wake_write = os.pipe()
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Starts listening on a thread of its own; callbacks run on ``loop``."""
+        self._loop = loop
+        self._thread = threading.Thread(
+            target=self._run, name="lakehouse-ingest-listener", daemon=True
+        )
+        self._thread.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stops listening and closes the connection (blocking: call it in a thread)."""
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            os.write(self._wake_write, b"x")
+        if self._thread is not None:
+            self._thread.join(timeout)
+        for fd in (self._wake_read, self._wake_write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._engine.dispose()
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _run(self) -> None:
+        backoff = _BACKOFF_SECONDS
+        while not self._stop.is_set():
+            try:
+                self._listen()
+            except Exception as exc:  # any failure: report down, reconnect
+                log.warning(
+                    "ingest hand-off notifications lost; polling until reconnected",
+                    extra={"error": f"{type(exc).__name__}: {exc}"[:300]},
+                )
+            else:
+                return  # stopped
+            self._call(self._on_state, False)
+            if self._stop.wait(backoff):
+                return
+            backoff = min(backoff * 2, _BACKOFF_MAX_SECONDS)
+
+    def _listen(self) -> None:
+        raw = self._engine.raw_connection()
+        try:
+            conn: Any = raw.driver_connection
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(f"LISTEN {PENDING_CHANNEL}; LISTEN {RESOLVED_CHANNEL}")
+            self._call(self._on_state, True)
+            while not self._stop.is_set():
+                readable, _, _ = select.select([conn, self._wake_read], [], [], _PROBE_SECONDS)
+                if not readable:
+                    with conn.cursor() as cur:
+                        cur.execute("SELECT 1")
+                if conn in readable:
+                    conn.poll()
+                self._dispatch(conn)
+        finally:
+            with contextlib.suppress(Exception):
+                raw.close()
+
+    def _dispatch(self, conn: Any) -> None:
+        while conn.notifies:
+            note = conn.notifies.pop(0)
+            if note.channel == RESOLVED_CHANNEL:
+                self._call(self._on_resolved, note.payload)
+            elif note.channel == PENDING_CHANNEL:
+                try:
+                    table, branch = parse_pending(note.payload)
+                except (ValueError, TypeError):
+                    log.warning("unreadable ingest notification", extra={"payload": note.payload})
+                    continue
+                self._call(self._on_pending, table, branch)
