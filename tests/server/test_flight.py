@@ -30,6 +30,7 @@ from lakehouse.client.arrow import read_rows_to_arrow_async
 from lakehouse.config import AuthSettings, Settings
 from lakehouse.core.signing_key import SigningKey
 from lakehouse.domain.errors import PermissionDenied
+from lakehouse.domain.read_sessions import b64encode
 from lakehouse.server.app import LakehouseServer
 from lakehouse.server.credentials import Principal, new_api_key
 from lakehouse.server.flight.auth import APPEND_METHOD, READ_METHOD
@@ -854,3 +855,33 @@ async def test_do_get_checks_grants_again_even_for_a_well_signed_ticket(
 def test_a_short_ticket_key_is_a_configuration_error() -> None:
     with pytest.raises(ValueError, match=r"auth.signing_key must be at least 32 bytes"):
         AuthSettings(signing_key="too short")
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_a_read_session_claim_does_not_open_another_namespace(
+    start_server: Callable[..., Any],
+) -> None:
+    """A key granted only ``elsewhere`` names sales.orders beside a forged session name that
+    claims ``elsewhere``: refused on both ports, and no row is read."""
+    server = await start_server(auth=KEYS.auth.model_dump() | {"signing_key": SECRET})
+    client = flight.connect(f"grpc://{LOOPBACK}:{server.flight_port}")
+    await create_table_as(server, client, KEYS.developer)
+    claim = b64encode(b'{"namespace":"elsewhere","table":"x"}') + ".AAAA"
+    request = pb.ReadRowsRequest(namespace="sales", table="orders", read_session=claim)
+    limited = bearer(KEYS.limited)
+    with pytest.raises(flight.FlightUnauthorizedError, match="namespace 'sales'"):
+        await off_loop(lambda: read(client, request, limited))
+    async with grpc.aio.insecure_channel(f"{LOOPBACK}:{server.grpc_port}") as channel:
+        stub = table_service_pb2_grpc.TableServiceStub(channel)
+        metadata = [("authorization", f"Bearer {KEYS.limited}")]
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await read_rows_to_arrow_async(stub.ReadRows(request, metadata=metadata))
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # A session's stream in a ReadRowsRequest command is refused by Flight whoever asks:
+    # sessions are CreateReadSessionRequests packed in an Any there.
+    for field, alone in (
+        ("read_session", pb.ReadRowsRequest(read_session=claim)),
+        ("stream", pb.ReadRowsRequest(namespace="sales", table="orders", stream=1)),
+    ):
+        with pytest.raises(pa.ArrowInvalid, match=rf"\] {field}: not in a Flight"):
+            await off_loop(lambda alone=alone: read(client, alone, bearer(KEYS.developer)))
