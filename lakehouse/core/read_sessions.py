@@ -68,14 +68,19 @@ class SessionSigner:
         payload, dot, mac = name.partition(".")
         if not dot or not payload.isascii() or not mac.isascii():
             raise invalid_session("is not a read session of this service")
+        signature = b64decode(mac)
         try:
-            self._tokens.verify(payload.encode("ascii") + b64decode(mac))
+            # Exactly one signature after the dot: otherwise a name re-split across it (the
+            # signature's first byte moved before the dot) would verify as the same bytes.
+            if len(signature) != MAC_BYTES:
+                raise TokenError("the signature part is not one signature")
+            signed = self._tokens.verify(payload.encode("ascii") + signature)
         except TokenError:
             raise invalid_session(
                 "does not verify: altered, or signed with another key (auth.signing_key "
                 "changed, or replicas that do not share it)"
             ) from None
-        return SessionClaims.decode(b64decode(payload))
+        return SessionClaims.decode(b64decode(signed.decode("ascii")))
 
 
 @dataclass(frozen=True)
