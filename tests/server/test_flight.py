@@ -7,6 +7,7 @@ test runs on: every client call here runs in a thread (``asyncio.to_thread``).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import random
 import signal
@@ -29,11 +30,12 @@ from fixtures.serve_process import serve_process
 from lakehouse.client.arrow import read_rows_to_arrow_async
 from lakehouse.config import AuthSettings, Settings
 from lakehouse.core.signing_key import SigningKey
-from lakehouse.domain.errors import PermissionDenied
+from lakehouse.domain.errors import DeadlineExceeded, PermissionDenied
 from lakehouse.domain.read_sessions import b64encode
 from lakehouse.server.app import LakehouseServer
 from lakehouse.server.credentials import Principal, new_api_key
 from lakehouse.server.flight.auth import APPEND_METHOD, READ_METHOD
+from lakehouse.server.flight.server import wait_for
 from lakehouse.server.flight.sessions import CREATE_SESSION_METHOD
 from lakehouse.server.flight.tickets import TicketError, TicketSigner
 from lakehouse.server.permissions import check
@@ -885,3 +887,24 @@ async def test_a_read_session_claim_does_not_open_another_namespace(
     ):
         with pytest.raises(pa.ArrowInvalid, match=rf"\] {field}: not in a Flight"):
             await off_loop(lambda alone=alone: read(client, alone, bearer(KEYS.developer)))
+
+
+class LateFuture(concurrent.futures.Future[str]):
+    """A core call that comes back just as the wait on it times out: the race of a result
+    set between ``result(timeout)`` giving up and the waiter's next look."""
+
+    def result(self, timeout: float | None = None) -> str:
+        if timeout is not None and not self.done():
+            self.set_result("an open scan")
+            raise TimeoutError
+        return super().result(timeout)
+
+
+def test_a_core_call_that_comes_back_as_its_wait_times_out_is_its_result() -> None:
+    assert wait_for(LateFuture(), 0.01) == "an open scan"
+    late_error: concurrent.futures.Future[str] = concurrent.futures.Future()
+    late_error.set_exception(TimeoutError("the core's own"))
+    with pytest.raises(TimeoutError, match="the core's own"):
+        wait_for(late_error, 0.01)
+    with pytest.raises(DeadlineExceeded):
+        wait_for(concurrent.futures.Future(), 0.01)

@@ -182,19 +182,7 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         Raises:
             DeadlineExceeded: The call did not come back in time (reason SERVER_DEADLINE).
         """
-        seconds = self._bounds.call_seconds
-        try:
-            return future.result(timeout=seconds)
-        except TimeoutError:
-            if future.done():
-                raise  # the core call's own TimeoutError, not this wait's
-            if cancel:
-                future.cancel()
-            raise DeadlineExceeded(
-                f"a Flight call waited the server's limit of {seconds:g} s for the service "
-                "(request_timeout_seconds)",
-                metadata={"limit_seconds": f"{seconds:g}"},
-            ) from None
+        return wait_for(future, self._bounds.call_seconds, cancel=cancel)
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self._wait(self._submit_bounded(coro))
@@ -350,6 +338,29 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     def _shutdown(self, done: threading.Event) -> None:
         self.shutdown()
         done.set()
+
+
+def wait_for(future: concurrent.futures.Future[T], seconds: float, *, cancel: bool = True) -> T:
+    """The result of ``future``, waited for at most ``seconds`` (see ``_wait``).
+
+    Raises:
+        DeadlineExceeded: It did not come back in time (reason SERVER_DEADLINE).
+    """
+    try:
+        return future.result(timeout=seconds)
+    except TimeoutError:
+        if future.done():
+            # It came back between the wait's timeout and this check (or failed with its own
+            # TimeoutError): its outcome, not the wait's, so a result (an open scan) is used
+            # and closed by its caller rather than dropped.
+            return future.result()
+        if cancel:
+            future.cancel()
+        raise DeadlineExceeded(
+            f"a Flight call waited the server's limit of {seconds:g} s for the service "
+            "(request_timeout_seconds)",
+            metadata={"limit_seconds": f"{seconds:g}"},
+        ) from None
 
 
 def _command(descriptor: flight.FlightDescriptor) -> bytes:
