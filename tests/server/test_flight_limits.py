@@ -186,3 +186,33 @@ async def test_a_core_call_that_never_returns_ends_with_a_timeout(
         await until(lambda: server.call_slots.in_use == 0)
     finally:
         await waiting.stop(5.0)
+
+
+async def test_an_overloaded_refusal_costs_no_rate_token(
+    start_server: Callable[..., Any],
+) -> None:
+    """As on the gRPC port, the bound on calls at once refuses a call before the rate limit
+    takes a token: with a burst of 3 and one slot held, refused calls leave the caller its
+    two tokens; get_schema costs one token, as get_flight_info does."""
+    server = await start_server(
+        max_concurrent_calls=1, quotas={"calls_per_second": 0.001, "burst_calls": 3}
+    )
+    source = WaitingSource()
+    waiting = waiting_server(server, source, 30.0)
+    try:
+        client = flight.connect(f"grpc://{LOOPBACK}:{waiting.port}")
+        held = asyncio.create_task(off_loop(lambda: client.get_flight_info(DESCRIPTOR)))
+        await until(lambda: source.waiting == 1)
+        for _ in range(3):
+            with pytest.raises(flight.FlightUnavailableError, match=r"\[SERVER_OVERLOADED\]"):
+                await off_loop(lambda: client.get_flight_info(DESCRIPTOR))
+        source.release.set()
+        assert (await held).endpoints == []
+        await until(lambda: server.call_slots.in_use == 0)
+        assert (await off_loop(lambda: client.get_schema(DESCRIPTOR))).schema.names == ["id"]
+        assert (await off_loop(lambda: client.get_flight_info(DESCRIPTOR))).endpoints == []
+        with pytest.raises(flight.FlightUnavailableError, match=r"\[RATE_LIMITED\]"):
+            await off_loop(lambda: client.get_flight_info(DESCRIPTOR))
+    finally:
+        source.release.set()
+        await waiting.stop(5.0)

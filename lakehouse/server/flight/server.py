@@ -188,19 +188,20 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         return self._wait(self._submit_bounded(coro))
 
     def _admit(self, context: flight.ServerCallContext) -> Principal:
-        """The caller, once its call passed the rate limit and took a slot of the bound.
+        """The caller, once its call took a slot of the bound and passed the rate limit.
+
+        The gRPC port's order: an overloaded server refuses a call before it costs the caller
+        a rate token (a refused call's slot is freed when the call completes).
 
         Raises:
-            ResourceExhausted: The caller is over its rate (RATE_LIMITED), or the process
-                handles its limit of calls (SERVER_OVERLOADED).
+            ResourceExhausted: The process handles its limit of calls (SERVER_OVERLOADED), or
+                the caller is over its rate (RATE_LIMITED).
         """
         call = call_of(context)
-        if call.slot is not None:
-            return call.principal  # admitted already (get_schema plans with get_flight_info)
-        if self._bounds.rate is not None:
-            self._bounds.rate.admit(call.principal.name, lambda: str(context.peer() or ""))
         if self._bounds.slots.take():
             call.slot = self._bounds.slots
+        if self._bounds.rate is not None:
+            self._bounds.rate.admit(call.principal.name, lambda: str(context.peer() or ""))
         return call.principal
 
     # -- reads -------------------------------------------------------------------------------
@@ -219,23 +220,27 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         an Any (a session, one endpoint per stream; see ``lakehouse.server.flight.commands``).
         """
         with flight_errors():
-            principal = self._admit(context)
-            command = _command(descriptor)
-            read = self._run(self._source.plan(principal, command))
-            endpoints = [
-                flight.FlightEndpoint(
-                    self._signer.sign(principal.name, payload, expires_ms=read.expires_ms),
-                    self.locations,
-                )
-                for payload in read.streams
-            ]
-            return flight.FlightInfo(read.schema, descriptor, endpoints, -1, -1)
+            return self._flight_info(self._admit(context), descriptor)
 
     def get_schema(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.SchemaResult:
         """The schema ``get_flight_info`` would plan."""
-        return flight.SchemaResult(self.get_flight_info(context, descriptor).schema)
+        with flight_errors():
+            return flight.SchemaResult(self._flight_info(self._admit(context), descriptor).schema)
+
+    def _flight_info(
+        self, principal: Principal, descriptor: flight.FlightDescriptor
+    ) -> flight.FlightInfo:
+        read = self._run(self._source.plan(principal, _command(descriptor)))
+        endpoints = [
+            flight.FlightEndpoint(
+                self._signer.sign(principal.name, payload, expires_ms=read.expires_ms),
+                self.locations,
+            )
+            for payload in read.streams
+        ]
+        return flight.FlightInfo(read.schema, descriptor, endpoints, -1, -1)
 
     def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> Any:
         """Streams the batches of a ticket's stream (its caller's ticket, within its TTL)."""
