@@ -87,7 +87,27 @@ class WaitingSource:
         raise AssertionError("no ticket is planned")
 
 
-def waiting_server(server: LakehouseServer, source: WaitingSource, seconds: float) -> Any:
+class EndlessSource:
+    """A read source of one stream of 1 MiB batches that never ends (a client that stops
+    reading it stalls the server's sends on its window)."""
+
+    SCHEMA = pa.schema([("payload", pa.binary())])
+
+    async def plan(self, principal: Principal, command: bytes) -> ReadPlan:
+        return ReadPlan(self.SCHEMA, [b"endless"], None)
+
+    async def open(
+        self, principal: Principal, payload: bytes
+    ) -> tuple[pa.Schema, AsyncIterator[pa.RecordBatch]]:
+        async def batches() -> AsyncIterator[pa.RecordBatch]:
+            batch = pa.record_batch([pa.array([b"x" * (1 << 20)])], schema=self.SCHEMA)
+            while True:
+                yield batch
+
+        return self.SCHEMA, batches()
+
+
+def waiting_server(server: LakehouseServer, source: Any, seconds: float) -> Any:
     """A Flight server on ``server``'s core and shared bounds, planning with ``source``."""
     return LakehouseFlightServer(
         LOOPBACK,
@@ -216,3 +236,31 @@ async def test_an_overloaded_refusal_costs_no_rate_token(
     finally:
         source.release.set()
         await waiting.stop(5.0)
+
+
+async def test_stalled_do_get_readers_do_not_block_grpc_calls(
+    start_server: Callable[..., Any],
+) -> None:
+    """With max_concurrent_calls 2, two do_get readers that read a batch and then stop hold
+    no slot once their streams started: gRPC and Flight calls go on being served."""
+    server = await start_server(max_concurrent_calls=2)
+    streaming = waiting_server(server, EndlessSource(), 30.0)
+    client = flight.connect(f"grpc://{LOOPBACK}:{streaming.port}")
+    readers = []
+    try:
+        for _ in range(2):
+            info = await off_loop(lambda: client.get_flight_info(DESCRIPTOR))
+            reader = await off_loop(lambda info=info: client.do_get(info.endpoints[0].ticket))
+            assert (await off_loop(reader.read_chunk)).data.num_rows == 1
+            readers.append(reader)  # and reads nothing more
+        assert server.call_slots.in_use == 0
+        async with grpc.aio.insecure_channel(f"{LOOPBACK}:{server.grpc_port}") as channel:
+            stub = table_service_pb2_grpc.TableServiceStub(channel)
+            for _ in range(3):
+                await stub.ListNamespaces(pb.ListNamespacesRequest())
+        assert len((await off_loop(lambda: client.get_flight_info(DESCRIPTOR))).endpoints) == 1
+    finally:
+        for reader in readers:
+            reader.cancel()
+        client.close()
+        await streaming.stop(5.0)

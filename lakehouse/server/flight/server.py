@@ -7,9 +7,10 @@ pool), so each handler hands its core calls to the loop with
 batches never pass through Python per message (Flight's transport sends the Arrow buffers).
 A do_get asks for its next batch while Flight sends the current one.
 
-Bounds: every call passes the gRPC port's per-caller rate limit (the same buckets) and takes a
-slot of the process-wide bound on calls at once (shared with the gRPC port; held until the
-call completes, a do_get's stream included), and each wait on a core call is bounded by the
+Bounds: every call takes a slot of the process-wide bound on calls at once (shared with the
+gRPC port; held until the call completes, or until a do_get's read is open: a client that
+stops reading must not hold a slot forever) and passes the gRPC port's per-caller rate limit
+(the same buckets), in the gRPC port's order, and each wait on a core call is bounded by the
 server's unary limit (``request_timeout_seconds``): a core call that does not come back in
 time is cancelled and the call ends with DEADLINE_EXCEEDED (Flight's ``TimedOut``), so a stuck
 call cannot hold a Flight thread forever.
@@ -248,6 +249,11 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             principal = self._admit(context)
             content = self._signer.open(ticket.ticket, principal.name)
             schema, batches = self._run(self._source.open(principal, content.payload))
+        # The read is open: the stream holds no slot of the bound on calls at once. A client
+        # may stop reading for as long as it likes (Flight's writer waits for its window, with
+        # no deadline) and must not starve both ports; what the stream holds meanwhile is one
+        # batch asked for ahead (the read's budget), as a gRPC ReadRows stream does.
+        call_of(context).free_slot()
         return flight.GeneratorStream(schema, self._sent(context, batches))
 
     def _sent(
