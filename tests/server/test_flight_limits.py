@@ -264,3 +264,27 @@ async def test_stalled_do_get_readers_do_not_block_grpc_calls(
             reader.cancel()
         client.close()
         await streaming.stop(5.0)
+
+
+async def test_an_abandoned_do_get_and_a_bad_ticket_give_their_slot_back(
+    start_server: Callable[..., Any],
+) -> None:
+    """With max_concurrent_calls 1: a do_get cancelled mid-stream, then a do_get of a ticket
+    that does not verify, each leave the one slot free for the next call."""
+    server = await start_server(max_concurrent_calls=1)
+    streaming = waiting_server(server, EndlessSource(), 30.0)
+    client = flight.connect(f"grpc://{LOOPBACK}:{streaming.port}")
+    try:
+        info = await off_loop(lambda: client.get_flight_info(DESCRIPTOR))
+        reader = await off_loop(lambda: client.do_get(info.endpoints[0].ticket))
+        assert (await off_loop(reader.read_chunk)).data.num_rows == 1
+        reader.cancel()
+        await until(lambda: server.call_slots.in_use == 0)
+        assert len((await off_loop(lambda: client.get_flight_info(DESCRIPTOR))).endpoints) == 1
+        with pytest.raises(flight.FlightUnauthenticatedError, match=r"\[FLIGHT_TICKET_INVALID\]"):
+            await off_loop(lambda: client.do_get(flight.Ticket(b"not a ticket")).read_all())
+        await until(lambda: server.call_slots.in_use == 0)
+        assert len((await off_loop(lambda: client.get_flight_info(DESCRIPTOR))).endpoints) == 1
+    finally:
+        client.close()
+        await streaming.stop(5.0)
