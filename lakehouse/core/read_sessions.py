@@ -125,6 +125,7 @@ class ReadSessions:
         *,
         max_streams: int,
         principal: str,
+        keep_plan: bool = True,
     ) -> ReadSession:
         """Plans a read, pins its snapshot and splits it into streams of about equal bytes.
 
@@ -134,6 +135,9 @@ class ReadSessions:
             options: The selection (no incremental range).
             max_streams: The most streams the caller wants; 0: the server's cap.
             principal: The caller, the only one who may read the streams.
+            keep_plan: Keep the plan for the streams' reads; False when they are not read by
+                share (Flight's ReadRowsRequest: its do_get is a ReadRows of the pinned
+                snapshot, which plans for itself).
 
         Raises:
             InvalidArgument: Bad names, columns, filter, limit, version or max_streams.
@@ -148,7 +152,9 @@ class ReadSessions:
             # The rows a limit keeps are the first ones in the files' order: one stream reads
             # them as ReadRows does (allotting the limit across streams needs their counts).
             wanted = 1
-        plan = await self._catalog.plan_read_session(namespace, name, request, wanted)
+        plan = await self._catalog.plan_read_session(
+            namespace, name, request, wanted, keep_plan=keep_plan
+        )
         expire_ms = int(self._clock() * 1000) + self._ttl_ms
         claims = SessionClaims(
             namespace=namespace,

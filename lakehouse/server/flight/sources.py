@@ -178,8 +178,15 @@ class ReadRowsSource:
             await items.aclose()
             schema, snapshot_id = start.schema, start.snapshot_id
         else:
+            # Not kept: do_get reads the pinned request with Reads.read, which plans again,
+            # so a kept plan would only push the plans of sessions being read out of the cache.
             session = await self._sessions.create(
-                request.namespace, request.table, options, max_streams=1, principal=principal.name
+                request.namespace,
+                request.table,
+                options,
+                max_streams=1,
+                principal=principal.name,
+                keep_plan=False,
             )
             schema, snapshot_id = session.schema, session.snapshot_id
         return ReadPlan(schema, [pinned(request, snapshot_id).SerializeToString()], snapshot_id)
