@@ -19,16 +19,17 @@ import pyarrow.flight as flight
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 from server import test_flight
-from server.test_flight import off_loop
+from server.test_flight import ROWS, append_command, create_table, off_loop
 
 from fixtures.grpc_errors import rpc_error_details
 from fixtures.net import LOOPBACK
-from lakehouse.core.ingest_requests import IngestRequests
+from lakehouse.core.ingest_requests import IngestRequests, QueuedRows
 from lakehouse.server.app import LakehouseServer
 from lakehouse.server.credentials import Principal
 from lakehouse.server.flight.server import FlightBounds, LakehouseFlightServer
 from lakehouse.server.flight.sources import ReadPlan
 from lakehouse.server.flight.tickets import TicketSigner
+from lakehouse.v1 import ingest_service_pb2 as ingest_pb
 from lakehouse.v1 import table_service_pb2 as pb
 from lakehouse.v1 import table_service_pb2_grpc
 
@@ -288,3 +289,85 @@ async def test_an_abandoned_do_get_and_a_bad_ticket_give_their_slot_back(
     finally:
         client.close()
         await streaming.stop(5.0)
+
+
+class SlowSecondBatch(IngestRequests):
+    """The core's ingest, where the second batch waits for the first's commit and then
+    ``delay`` seconds more (None: forever) before it is queued, as a full write buffer or a
+    commit handed off to another replica makes a writer wait."""
+
+    def __init__(self, server: LakehouseServer, delay: float | None) -> None:
+        super().__init__(server.ingest, server.tables)
+        self._delay = delay
+        self._first: QueuedRows | None = None
+
+    async def enqueue(self, *args: Any, **kwargs: Any) -> QueuedRows:
+        if self._first is None:
+            self._first = await super().enqueue(*args, **kwargs)
+            return self._first
+        await self._first.future
+        if self._delay is None:
+            await asyncio.Event().wait()
+        await asyncio.sleep(self._delay)
+        return await super().enqueue(*args, **kwargs)
+
+
+def put_server(server: LakehouseServer, requests: IngestRequests) -> Any:
+    """A Flight server on ``server``'s core with a unary limit of 0.2 s and a stream one of
+    2 s, appending through ``requests``."""
+    return LakehouseFlightServer(
+        LOOPBACK,
+        0,
+        loop=asyncio.get_running_loop(),
+        source=WaitingSource(),
+        requests=requests,
+        signer=TicketSigner(server.signing_key, 60),
+        authenticator=server.authenticator,
+        bounds=FlightBounds(0.2, server.call_slots, server.rate_limiter, stream_seconds=2.0),
+    )
+
+
+def put_halves(
+    client: flight.FlightClient, writer_id: str
+) -> tuple[list[int], BaseException | None]:
+    """do_put of ROWS in two batches: the offsets acknowledged, and the error that ended it."""
+    command = append_command("sales", "orders", writer_id=writer_id, offset=0)
+    descriptor = flight.FlightDescriptor.for_command(command)
+    writer, reader = client.do_put(descriptor, ROWS.schema)
+    offsets: list[int] = []
+    try:
+        with writer:
+            for half in (ROWS.slice(0, 500), ROWS.slice(500)):
+                writer.write_table(half)
+            writer.done_writing()
+            while (ack := reader.read()) is not None:
+                offsets.append(ingest_pb.AppendRowsResponse.FromString(ack.to_pybytes()).offset)
+    except flight.FlightError as exc:
+        return offsets, exc
+    return offsets, None
+
+
+async def test_do_put_waits_within_the_stream_limit_as_append_rows_does(
+    start_server: Callable[..., Any],
+) -> None:
+    """A batch waiting longer than the unary limit (0.2 s) but within the stream limit (2 s)
+    is appended; past the stream limit the call ends with SERVER_DEADLINE after the
+    acknowledgement of what was committed."""
+    server = await start_server()
+    await create_table(server)
+    for writer_id, delay, expected in (("w1", 0.5, None), ("w2", None, "SERVER_DEADLINE")):
+        putting = put_server(server, SlowSecondBatch(server, delay))
+        client = flight.connect(f"grpc://{LOOPBACK}:{putting.port}")
+        try:
+            offsets, error = await off_loop(
+                lambda client=client, writer_id=writer_id: put_halves(client, writer_id)
+            )
+        finally:
+            client.close()
+            await putting.stop(5.0)
+        assert offsets == ([0, 500] if expected is None else [0]), error
+        if expected is None:
+            assert error is None
+        else:
+            assert isinstance(error, flight.FlightTimedOutError)
+            assert expected in str(error)

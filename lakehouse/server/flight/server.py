@@ -10,8 +10,9 @@ A do_get asks for its next batch while Flight sends the current one.
 Bounds: every call takes a slot of the process-wide bound on calls at once (shared with the
 gRPC port; held until the call completes, or until a do_get's read is open: a client that
 stops reading must not hold a slot forever) and passes the gRPC port's per-caller rate limit
-(the same buckets), in the gRPC port's order, and each wait on a core call is bounded by the
-server's unary limit (``request_timeout_seconds``): a core call that does not come back in
+(the same buckets), in the gRPC port's order. Each wait on a core call of a read is bounded by
+the server's unary limit (``request_timeout_seconds``), a do_put as a whole by the stream limit
+(``stream_timeout_seconds``, as AppendRows): a core call that does not come back in
 time is cancelled and the call ends with DEADLINE_EXCEEDED (Flight's ``TimedOut``), so a stuck
 call cannot hold a Flight thread forever.
 
@@ -28,6 +29,7 @@ import concurrent.futures
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -81,11 +83,14 @@ class FlightBounds:
         call_seconds: The longest wait on one core call (``request_timeout_seconds``).
         slots: The process-wide bound on calls at once (``max_concurrent_calls``).
         rate: The per-caller rate limit; None when it is off.
+        stream_seconds: The limit of a do_put as a whole (``stream_timeout_seconds``, that of
+            an AppendRows stream); None: ``call_seconds``.
     """
 
     call_seconds: float
     slots: CallSlots
     rate: RateLimiter | None = None
+    stream_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -168,22 +173,25 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             raise _shutting_down()
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
-    def _submit_bounded(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        """``coro`` on the loop, with the call's deadline set for the adapters it calls."""
-        return self._submit(_within(coro, self._bounds.call_seconds))
+    def _submit_bounded(
+        self, coro: Coroutine[Any, Any, T], seconds: float | None = None
+    ) -> concurrent.futures.Future[T]:
+        """``coro`` on the loop, with the call's deadline set for the adapters it calls.
 
-    def _wait(self, future: concurrent.futures.Future[T], *, cancel: bool = True) -> T:
+        ``seconds``: that deadline; None: the unary limit.
+        """
+        return self._submit(
+            _within(coro, self._bounds.call_seconds if seconds is None else seconds)
+        )
+
+    def _wait(self, future: concurrent.futures.Future[T]) -> T:
         """The result of a core call, waited for at most the server's unary limit.
 
-        Args:
-            future: The core call.
-            cancel: Cancel the call at the limit (not for a wait on a commit: the commit goes
-                on, and the client resends from its last acknowledged offset).
-
         Raises:
-            DeadlineExceeded: The call did not come back in time (reason SERVER_DEADLINE).
+            DeadlineExceeded: The call did not come back in time (reason SERVER_DEADLINE);
+                the call is cancelled.
         """
-        return wait_for(future, self._bounds.call_seconds, cancel=cancel)
+        return wait_for(future, self._bounds.call_seconds)
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self._wait(self._submit_bounded(coro))
@@ -297,26 +305,51 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             check_append_command(request)
             stream = PutStream.open(request, reader.schema)
             acks: collections.deque[concurrent.futures.Future[Any]] = collections.deque()
+            # Bounded as an AppendRows stream is: by the stream limit as a whole, not the
+            # unary one per wait, since waiting for buffer space or for a commit handed off
+            # to another replica (ingest.handoff_timeout_seconds) is part of appending.
+            limit = self._bounds.stream_seconds or self._bounds.call_seconds
+            ends = time.monotonic() + limit
+
+            def wait(future: concurrent.futures.Future[T], *, cancel: bool = True) -> T:
+                return wait_for(
+                    future,
+                    ends - time.monotonic(),
+                    cancel=cancel,
+                    limit=(limit, "stream_timeout_seconds"),
+                )
 
             def acknowledge(block: bool) -> None:
                 while acks and (block or acks[0].done() or len(acks) >= PUT_PIPELINE_DEPTH):
-                    response, error = self._wait(acks.popleft(), cancel=False)
+                    response, error = wait(acks.popleft(), cancel=False)
                     if error is not None:
                         raise error
                     writer.write(pa.py_buffer(response.SerializeToString()))
 
-            for chunk in reader:
-                if chunk.data is None:
-                    continue  # metadata without rows: nothing to append
-                metrics.FLIGHT_BATCHES_RECEIVED.labels("do_put").inc()
-                metrics.FLIGHT_BYTES_RECEIVED.labels("do_put").inc(chunk.data.nbytes)
-                offset, outcome = self._run(enqueue_batch(self._requests, stream, chunk.data))
-                if isinstance(outcome, LakehouseError):
-                    acknowledge(block=True)  # what came before is committed and acknowledged
-                    raise outcome
-                acks.append(self._submit(acknowledgement(offset, outcome)))
-                acknowledge(block=False)
-            acknowledge(block=True)
+            try:
+                for chunk in reader:
+                    if chunk.data is None:
+                        continue  # metadata without rows: nothing to append
+                    metrics.FLIGHT_BATCHES_RECEIVED.labels("do_put").inc()
+                    metrics.FLIGHT_BYTES_RECEIVED.labels("do_put").inc(chunk.data.nbytes)
+                    batch = enqueue_batch(self._requests, stream, chunk.data)
+                    offset, outcome = wait(self._submit_bounded(batch, ends - time.monotonic()))
+                    if isinstance(outcome, LakehouseError):
+                        acknowledge(block=True)  # what came before is committed and acknowledged
+                        raise outcome
+                    acks.append(self._submit(acknowledgement(offset, outcome)))
+                    acknowledge(block=False)
+                acknowledge(block=True)
+            except BaseException:
+                # Whatever ends the call, the commits already known are acknowledged first,
+                # so the writer resends from the last one rather than rows committed.
+                with contextlib.suppress(BaseException):
+                    while acks and acks[0].done():
+                        response, error = acks.popleft().result()
+                        if error is not None:
+                            break
+                        writer.write(pa.py_buffer(response.SerializeToString()))
+                raise
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -351,14 +384,28 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         done.set()
 
 
-def wait_for(future: concurrent.futures.Future[T], seconds: float, *, cancel: bool = True) -> T:
+def wait_for(
+    future: concurrent.futures.Future[T],
+    seconds: float,
+    *,
+    cancel: bool = True,
+    limit: tuple[float, str] | None = None,
+) -> T:
     """The result of ``future``, waited for at most ``seconds`` (see ``_wait``).
+
+    Args:
+        future: The core call.
+        seconds: How long to wait.
+        cancel: Cancel the call at the limit (not for a wait on a commit: the commit goes on,
+            and the client resends from its last acknowledged offset).
+        limit: The limit and the setting the wait counts against when it is not ``seconds``
+            per wait (a do_put's stream limit, of which ``seconds`` is what is left).
 
     Raises:
         DeadlineExceeded: It did not come back in time (reason SERVER_DEADLINE).
     """
     try:
-        return future.result(timeout=seconds)
+        return future.result(timeout=max(seconds, 0.0))
     except TimeoutError:
         if future.done():
             # It came back between the wait's timeout and this check (or failed with its own
@@ -367,6 +414,13 @@ def wait_for(future: concurrent.futures.Future[T], seconds: float, *, cancel: bo
             return future.result()
         if cancel:
             future.cancel()
+        if limit is not None:
+            total, setting = limit
+            raise DeadlineExceeded(
+                f"a Flight do_put reached the server's limit of {total:g} s ({setting}): "
+                "resend from the last acknowledged offset",
+                metadata={"limit_seconds": f"{total:g}"},
+            ) from None
         raise DeadlineExceeded(
             f"a Flight call waited the server's limit of {seconds:g} s for the service "
             "(request_timeout_seconds)",
