@@ -108,17 +108,27 @@ class EndlessSource:
         return self.SCHEMA, batches()
 
 
-def waiting_server(server: LakehouseServer, source: Any, seconds: float) -> Any:
-    """A Flight server on ``server``'s core and shared bounds, planning with ``source``."""
+def waiting_server(
+    server: LakehouseServer,
+    source: Any,
+    seconds: float,
+    *,
+    requests: IngestRequests | None = None,
+    stream_seconds: float | None = None,
+) -> Any:
+    """A Flight server on ``server``'s core and shared bounds, planning with ``source`` and
+    appending through ``requests`` (the core's own by default)."""
     return LakehouseFlightServer(
         LOOPBACK,
         0,
         loop=asyncio.get_running_loop(),
         source=source,
-        requests=IngestRequests(server.ingest, server.tables),
+        requests=requests or IngestRequests(server.ingest, server.tables),
         signer=TicketSigner(server.signing_key, 60),
         authenticator=server.authenticator,
-        bounds=FlightBounds(seconds, server.call_slots, server.rate_limiter),
+        bounds=FlightBounds(
+            seconds, server.call_slots, server.rate_limiter, stream_seconds=stream_seconds
+        ),
     )
 
 
@@ -312,21 +322,6 @@ class SlowSecondBatch(IngestRequests):
         return await super().enqueue(*args, **kwargs)
 
 
-def put_server(server: LakehouseServer, requests: IngestRequests) -> Any:
-    """A Flight server on ``server``'s core with a unary limit of 0.2 s and a stream one of
-    2 s, appending through ``requests``."""
-    return LakehouseFlightServer(
-        LOOPBACK,
-        0,
-        loop=asyncio.get_running_loop(),
-        source=WaitingSource(),
-        requests=requests,
-        signer=TicketSigner(server.signing_key, 60),
-        authenticator=server.authenticator,
-        bounds=FlightBounds(0.2, server.call_slots, server.rate_limiter, stream_seconds=2.0),
-    )
-
-
 def put_halves(
     client: flight.FlightClient, writer_id: str
 ) -> tuple[list[int], BaseException | None]:
@@ -356,7 +351,8 @@ async def test_do_put_waits_within_the_stream_limit_as_append_rows_does(
     server = await start_server()
     await create_table(server)
     for writer_id, delay, expected in (("w1", 0.5, None), ("w2", None, "SERVER_DEADLINE")):
-        putting = put_server(server, SlowSecondBatch(server, delay))
+        requests = SlowSecondBatch(server, delay)
+        putting = waiting_server(server, WaitingSource(), 0.2, requests=requests, stream_seconds=2)
         client = flight.connect(f"grpc://{LOOPBACK}:{putting.port}")
         try:
             offsets, error = await off_loop(
