@@ -240,11 +240,19 @@ class CatalogPort(Protocol):
         """Plans a scan (files and row groups pruned by the filter) and opens a lazy reader."""
 
     async def plan_read_session(
-        self, namespace: str, name: str, request: ScanRequest, max_streams: int
+        self,
+        namespace: str,
+        name: str,
+        request: ScanRequest,
+        max_streams: int,
+        *,
+        keep_plan: bool = True,
     ) -> PlannedRead:
         """Pins a read's snapshot, plans its files and splits them into at most ``max_streams``.
 
-        ``open_scan`` with ``ScanRequest.share`` then reads one stream's files, on any replica.
+        ``open_scan`` with ``ScanRequest.share`` then reads one stream's files, on any replica;
+        with ``keep_plan`` the files planned are kept for those reads (False: nothing reads
+        the plan's streams by share, so it is not kept).
         """
 
     async def next_batch(self, scan: OpenScan) -> pa.RecordBatch | None:

@@ -68,14 +68,19 @@ class SessionSigner:
         payload, dot, mac = name.partition(".")
         if not dot or not payload.isascii() or not mac.isascii():
             raise invalid_session("is not a read session of this service")
+        signature = b64decode(mac)
         try:
-            self._tokens.verify(payload.encode("ascii") + b64decode(mac))
+            # Exactly one signature after the dot: otherwise a name re-split across it (the
+            # signature's first byte moved before the dot) would verify as the same bytes.
+            if len(signature) != MAC_BYTES:
+                raise TokenError("the signature part is not one signature")
+            signed = self._tokens.verify(payload.encode("ascii") + signature)
         except TokenError:
             raise invalid_session(
                 "does not verify: altered, or signed with another key (auth.signing_key "
                 "changed, or replicas that do not share it)"
             ) from None
-        return SessionClaims.decode(b64decode(payload))
+        return SessionClaims.decode(b64decode(signed.decode("ascii")))
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,7 @@ class ReadSessions:
         *,
         max_streams: int,
         principal: str,
+        keep_plan: bool = True,
     ) -> ReadSession:
         """Plans a read, pins its snapshot and splits it into streams of about equal bytes.
 
@@ -129,6 +135,9 @@ class ReadSessions:
             options: The selection (no incremental range).
             max_streams: The most streams the caller wants; 0: the server's cap.
             principal: The caller, the only one who may read the streams.
+            keep_plan: Keep the plan for the streams' reads; False when they are not read by
+                share (Flight's ReadRowsRequest: its do_get is a ReadRows of the pinned
+                snapshot, which plans for itself).
 
         Raises:
             InvalidArgument: Bad names, columns, filter, limit, version or max_streams.
@@ -143,7 +152,9 @@ class ReadSessions:
             # The rows a limit keeps are the first ones in the files' order: one stream reads
             # them as ReadRows does (allotting the limit across streams needs their counts).
             wanted = 1
-        plan = await self._catalog.plan_read_session(namespace, name, request, wanted)
+        plan = await self._catalog.plan_read_session(
+            namespace, name, request, wanted, keep_plan=keep_plan
+        )
         expire_ms = int(self._clock() * 1000) + self._ttl_ms
         claims = SessionClaims(
             namespace=namespace,

@@ -391,7 +391,10 @@ class LakehouseServer:
                 signer=signer,
                 authenticator=self.authenticator,
                 bounds=FlightBounds(
-                    settings.request_timeout_seconds, self.call_slots, self.rate_limiter
+                    settings.request_timeout_seconds,
+                    self.call_slots,
+                    self.rate_limiter,
+                    stream_seconds=settings.stream_timeout_seconds,
                 ),
                 tls=tls,
                 advertised_host=settings.flight_advertised_host,

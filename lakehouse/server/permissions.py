@@ -133,9 +133,12 @@ def _read_target(request: Any) -> Target:
     """A ReadRows of a table, or of a read session's stream: the table its name claims.
 
     The claim is checked against the caller's grants here and the name's signature when the
-    stream is read, so a name altered to pass the grants fails there.
+    stream is read, so a name altered to pass the grants fails there. A request that names a
+    namespace is authorized on it, session or not: whatever reads it (the gRPC port refuses
+    the pair, the Flight port reads the table named), a claim never stands in for the table
+    the request names.
     """
-    if not request.read_session:
+    if request.namespace or not request.read_session:
         return _table(request)
     namespace, table = claimed_table(request.read_session)
     return Target((namespace,), {"namespace": namespace, "table": table})

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from lakehouse.core.read_sessions import SessionSigner
 from lakehouse.core.signed_tokens import MAC_BYTES, SignedTokens, TokenError
 from lakehouse.core.signing_key import SigningKey
 from lakehouse.domain.errors import InvalidArgument, Unavailable
-from lakehouse.domain.read_sessions import SessionClaims
+from lakehouse.domain.read_sessions import SessionClaims, b64decode, b64encode
 from lakehouse.server.flight.tickets import TicketError, TicketSigner
 
 KEY = SigningKey(b"k" * 32)
@@ -59,3 +61,20 @@ def test_session_names_and_tickets_map_the_codecs_error_to_their_own_reasons() -
     # A session name's signature is no ticket's: each purpose has its own derived key.
     with pytest.raises(TicketError):
         TicketSigner(KEY, 60).open(payload.encode() + b"\0" * MAC_BYTES, "reader")
+
+
+def test_a_session_name_re_split_across_its_dot_does_not_verify() -> None:
+    """``P + chr(mac[0]) . b64(mac[1:])`` is the same signed bytes as ``P . b64(mac)``: the
+    signature part must be exactly one signature."""
+    signer = SessionSigner(KEY)
+    resplit = []
+    for expire in range(2_000_000, 2_000_064):  # names whose signature starts with ASCII
+        payload, _, mac = signer.sign(dataclasses.replace(CLAIMS, expire_ms=expire)).partition(".")
+        signature = b64decode(mac)
+        if signature[0] < 0x80:
+            resplit.append(f"{payload}{chr(signature[0])}.{b64encode(signature[1:])}")
+    assert resplit
+    for name in resplit:
+        with pytest.raises(InvalidArgument) as caught:
+            signer.verify(name)
+        assert caught.value.reason == "INVALID_READ_SESSION"

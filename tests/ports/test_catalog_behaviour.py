@@ -926,11 +926,11 @@ async def test_the_streams_of_a_session_arriving_together_at_another_replica_pla
     counts = {"arrived": 0, "planned": 0}
     real_tasks, real_plan_files = PlanCache.tasks, DataScan.plan_files
 
-    def arrive(cache: PlanCache, key: Any, planner: Any) -> Any:
+    def arrive(cache: PlanCache, key: Any, planner: Any, *, keep: bool = True) -> Any:
         with arrived:
             counts["arrived"] += 1
             arrived.notify_all()
-        return real_tasks(cache, key, planner)
+        return real_tasks(cache, key, planner, keep=keep)
 
     def plan_files(scan: DataScan) -> Any:
         with arrived:

@@ -7,6 +7,7 @@ test runs on: every client call here runs in a thread (``asyncio.to_thread``).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import random
 import signal
@@ -29,10 +30,12 @@ from fixtures.serve_process import serve_process
 from lakehouse.client.arrow import read_rows_to_arrow_async
 from lakehouse.config import AuthSettings, Settings
 from lakehouse.core.signing_key import SigningKey
-from lakehouse.domain.errors import PermissionDenied
+from lakehouse.domain.errors import DeadlineExceeded, PermissionDenied
+from lakehouse.domain.read_sessions import b64encode
 from lakehouse.server.app import LakehouseServer
 from lakehouse.server.credentials import Principal, new_api_key
 from lakehouse.server.flight.auth import APPEND_METHOD, READ_METHOD
+from lakehouse.server.flight.server import wait_for
 from lakehouse.server.flight.sessions import CREATE_SESSION_METHOD
 from lakehouse.server.flight.tickets import TicketError, TicketSigner
 from lakehouse.server.permissions import check
@@ -854,3 +857,54 @@ async def test_do_get_checks_grants_again_even_for_a_well_signed_ticket(
 def test_a_short_ticket_key_is_a_configuration_error() -> None:
     with pytest.raises(ValueError, match=r"auth.signing_key must be at least 32 bytes"):
         AuthSettings(signing_key="too short")
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_a_read_session_claim_does_not_open_another_namespace(
+    start_server: Callable[..., Any],
+) -> None:
+    """A key granted only ``elsewhere`` names sales.orders beside a forged session name that
+    claims ``elsewhere``: refused on both ports, and no row is read."""
+    server = await start_server(auth=KEYS.auth.model_dump() | {"signing_key": SECRET})
+    client = flight.connect(f"grpc://{LOOPBACK}:{server.flight_port}")
+    await create_table_as(server, client, KEYS.developer)
+    claim = b64encode(b'{"namespace":"elsewhere","table":"x"}') + ".AAAA"
+    request = pb.ReadRowsRequest(namespace="sales", table="orders", read_session=claim)
+    limited = bearer(KEYS.limited)
+    with pytest.raises(flight.FlightUnauthorizedError, match="namespace 'sales'"):
+        await off_loop(lambda: read(client, request, limited))
+    async with grpc.aio.insecure_channel(f"{LOOPBACK}:{server.grpc_port}") as channel:
+        stub = table_service_pb2_grpc.TableServiceStub(channel)
+        metadata = [("authorization", f"Bearer {KEYS.limited}")]
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await read_rows_to_arrow_async(stub.ReadRows(request, metadata=metadata))
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # A session's stream in a ReadRowsRequest command is refused by Flight whoever asks:
+    # sessions are CreateReadSessionRequests packed in an Any there.
+    for field, alone in (
+        ("read_session", pb.ReadRowsRequest(read_session=claim)),
+        ("stream", pb.ReadRowsRequest(namespace="sales", table="orders", stream=1)),
+    ):
+        with pytest.raises(pa.ArrowInvalid, match=rf"\] {field}: not in a Flight"):
+            await off_loop(lambda alone=alone: read(client, alone, bearer(KEYS.developer)))
+
+
+class LateFuture(concurrent.futures.Future[str]):
+    """A core call that comes back just as the wait on it times out: the race of a result
+    set between ``result(timeout)`` giving up and the waiter's next look."""
+
+    def result(self, timeout: float | None = None) -> str:
+        if timeout is not None and not self.done():
+            self.set_result("an open scan")
+            raise TimeoutError
+        return super().result(timeout)
+
+
+def test_a_core_call_that_comes_back_as_its_wait_times_out_is_its_result() -> None:
+    assert wait_for(LateFuture(), 0.01) == "an open scan"
+    late_error: concurrent.futures.Future[str] = concurrent.futures.Future()
+    late_error.set_exception(TimeoutError("the core's own"))
+    with pytest.raises(TimeoutError, match="the core's own"):
+        wait_for(late_error, 0.01)
+    with pytest.raises(DeadlineExceeded):
+        wait_for(concurrent.futures.Future(), 0.01)

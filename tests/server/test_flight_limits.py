@@ -19,16 +19,17 @@ import pyarrow.flight as flight
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 from server import test_flight
-from server.test_flight import off_loop
+from server.test_flight import ROWS, append_command, create_table, off_loop
 
 from fixtures.grpc_errors import rpc_error_details
 from fixtures.net import LOOPBACK
-from lakehouse.core.ingest_requests import IngestRequests
+from lakehouse.core.ingest_requests import IngestRequests, QueuedRows
 from lakehouse.server.app import LakehouseServer
 from lakehouse.server.credentials import Principal
 from lakehouse.server.flight.server import FlightBounds, LakehouseFlightServer
 from lakehouse.server.flight.sources import ReadPlan
 from lakehouse.server.flight.tickets import TicketSigner
+from lakehouse.v1 import ingest_service_pb2 as ingest_pb
 from lakehouse.v1 import table_service_pb2 as pb
 from lakehouse.v1 import table_service_pb2_grpc
 
@@ -87,17 +88,47 @@ class WaitingSource:
         raise AssertionError("no ticket is planned")
 
 
-def waiting_server(server: LakehouseServer, source: WaitingSource, seconds: float) -> Any:
-    """A Flight server on ``server``'s core and shared bounds, planning with ``source``."""
+class EndlessSource:
+    """A read source of one stream of 1 MiB batches that never ends (a client that stops
+    reading it stalls the server's sends on its window)."""
+
+    SCHEMA = pa.schema([("payload", pa.binary())])
+
+    async def plan(self, principal: Principal, command: bytes) -> ReadPlan:
+        return ReadPlan(self.SCHEMA, [b"endless"], None)
+
+    async def open(
+        self, principal: Principal, payload: bytes
+    ) -> tuple[pa.Schema, AsyncIterator[pa.RecordBatch]]:
+        async def batches() -> AsyncIterator[pa.RecordBatch]:
+            batch = pa.record_batch([pa.array([b"x" * (1 << 20)])], schema=self.SCHEMA)
+            while True:
+                yield batch
+
+        return self.SCHEMA, batches()
+
+
+def waiting_server(
+    server: LakehouseServer,
+    source: Any,
+    seconds: float,
+    *,
+    requests: IngestRequests | None = None,
+    stream_seconds: float | None = None,
+) -> Any:
+    """A Flight server on ``server``'s core and shared bounds, planning with ``source`` and
+    appending through ``requests`` (the core's own by default)."""
     return LakehouseFlightServer(
         LOOPBACK,
         0,
         loop=asyncio.get_running_loop(),
         source=source,
-        requests=IngestRequests(server.ingest, server.tables),
+        requests=requests or IngestRequests(server.ingest, server.tables),
         signer=TicketSigner(server.signing_key, 60),
         authenticator=server.authenticator,
-        bounds=FlightBounds(seconds, server.call_slots, server.rate_limiter),
+        bounds=FlightBounds(
+            seconds, server.call_slots, server.rate_limiter, stream_seconds=stream_seconds
+        ),
     )
 
 
@@ -186,3 +217,153 @@ async def test_a_core_call_that_never_returns_ends_with_a_timeout(
         await until(lambda: server.call_slots.in_use == 0)
     finally:
         await waiting.stop(5.0)
+
+
+async def test_an_overloaded_refusal_costs_no_rate_token(
+    start_server: Callable[..., Any],
+) -> None:
+    """As on the gRPC port, the bound on calls at once refuses a call before the rate limit
+    takes a token: with a burst of 3 and one slot held, refused calls leave the caller its
+    two tokens; get_schema costs one token, as get_flight_info does."""
+    server = await start_server(
+        max_concurrent_calls=1, quotas={"calls_per_second": 0.001, "burst_calls": 3}
+    )
+    source = WaitingSource()
+    waiting = waiting_server(server, source, 30.0)
+    try:
+        client = flight.connect(f"grpc://{LOOPBACK}:{waiting.port}")
+        held = asyncio.create_task(off_loop(lambda: client.get_flight_info(DESCRIPTOR)))
+        await until(lambda: source.waiting == 1)
+        for _ in range(3):
+            with pytest.raises(flight.FlightUnavailableError, match=r"\[SERVER_OVERLOADED\]"):
+                await off_loop(lambda: client.get_flight_info(DESCRIPTOR))
+        source.release.set()
+        assert (await held).endpoints == []
+        await until(lambda: server.call_slots.in_use == 0)
+        assert (await off_loop(lambda: client.get_schema(DESCRIPTOR))).schema.names == ["id"]
+        assert (await off_loop(lambda: client.get_flight_info(DESCRIPTOR))).endpoints == []
+        with pytest.raises(flight.FlightUnavailableError, match=r"\[RATE_LIMITED\]"):
+            await off_loop(lambda: client.get_flight_info(DESCRIPTOR))
+    finally:
+        source.release.set()
+        await waiting.stop(5.0)
+
+
+async def test_stalled_do_get_readers_do_not_block_grpc_calls(
+    start_server: Callable[..., Any],
+) -> None:
+    """With max_concurrent_calls 2, two do_get readers that read a batch and then stop hold
+    no slot once their streams started: gRPC and Flight calls go on being served."""
+    server = await start_server(max_concurrent_calls=2)
+    streaming = waiting_server(server, EndlessSource(), 30.0)
+    client = flight.connect(f"grpc://{LOOPBACK}:{streaming.port}")
+    readers = []
+    try:
+        for _ in range(2):
+            info = await off_loop(lambda: client.get_flight_info(DESCRIPTOR))
+            reader = await off_loop(lambda info=info: client.do_get(info.endpoints[0].ticket))
+            assert (await off_loop(reader.read_chunk)).data.num_rows == 1
+            readers.append(reader)  # and reads nothing more
+        assert server.call_slots.in_use == 0
+        async with grpc.aio.insecure_channel(f"{LOOPBACK}:{server.grpc_port}") as channel:
+            stub = table_service_pb2_grpc.TableServiceStub(channel)
+            for _ in range(3):
+                await stub.ListNamespaces(pb.ListNamespacesRequest())
+        assert len((await off_loop(lambda: client.get_flight_info(DESCRIPTOR))).endpoints) == 1
+    finally:
+        for reader in readers:
+            reader.cancel()
+        client.close()
+        await streaming.stop(5.0)
+
+
+async def test_an_abandoned_do_get_and_a_bad_ticket_give_their_slot_back(
+    start_server: Callable[..., Any],
+) -> None:
+    """With max_concurrent_calls 1: a do_get cancelled mid-stream, then a do_get of a ticket
+    that does not verify, each leave the one slot free for the next call."""
+    server = await start_server(max_concurrent_calls=1)
+    streaming = waiting_server(server, EndlessSource(), 30.0)
+    client = flight.connect(f"grpc://{LOOPBACK}:{streaming.port}")
+    try:
+        info = await off_loop(lambda: client.get_flight_info(DESCRIPTOR))
+        reader = await off_loop(lambda: client.do_get(info.endpoints[0].ticket))
+        assert (await off_loop(reader.read_chunk)).data.num_rows == 1
+        reader.cancel()
+        await until(lambda: server.call_slots.in_use == 0)
+        assert len((await off_loop(lambda: client.get_flight_info(DESCRIPTOR))).endpoints) == 1
+        with pytest.raises(flight.FlightUnauthenticatedError, match=r"\[FLIGHT_TICKET_INVALID\]"):
+            await off_loop(lambda: client.do_get(flight.Ticket(b"not a ticket")).read_all())
+        await until(lambda: server.call_slots.in_use == 0)
+        assert len((await off_loop(lambda: client.get_flight_info(DESCRIPTOR))).endpoints) == 1
+    finally:
+        client.close()
+        await streaming.stop(5.0)
+
+
+class SlowSecondBatch(IngestRequests):
+    """The core's ingest, where the second batch waits for the first's commit and then
+    ``delay`` seconds more (None: forever) before it is queued, as a full write buffer or a
+    commit handed off to another replica makes a writer wait."""
+
+    def __init__(self, server: LakehouseServer, delay: float | None) -> None:
+        super().__init__(server.ingest, server.tables)
+        self._delay = delay
+        self._first: QueuedRows | None = None
+
+    async def enqueue(self, *args: Any, **kwargs: Any) -> QueuedRows:
+        if self._first is None:
+            self._first = await super().enqueue(*args, **kwargs)
+            return self._first
+        await self._first.future
+        if self._delay is None:
+            await asyncio.Event().wait()
+        await asyncio.sleep(self._delay)
+        return await super().enqueue(*args, **kwargs)
+
+
+def put_halves(
+    client: flight.FlightClient, writer_id: str
+) -> tuple[list[int], BaseException | None]:
+    """do_put of ROWS in two batches: the offsets acknowledged, and the error that ended it."""
+    command = append_command("sales", "orders", writer_id=writer_id, offset=0)
+    descriptor = flight.FlightDescriptor.for_command(command)
+    writer, reader = client.do_put(descriptor, ROWS.schema)
+    offsets: list[int] = []
+    try:
+        with writer:
+            for half in (ROWS.slice(0, 500), ROWS.slice(500)):
+                writer.write_table(half)
+            writer.done_writing()
+            while (ack := reader.read()) is not None:
+                offsets.append(ingest_pb.AppendRowsResponse.FromString(ack.to_pybytes()).offset)
+    except flight.FlightError as exc:
+        return offsets, exc
+    return offsets, None
+
+
+async def test_do_put_waits_within_the_stream_limit_as_append_rows_does(
+    start_server: Callable[..., Any],
+) -> None:
+    """A batch waiting longer than the unary limit (0.2 s) but within the stream limit (2 s)
+    is appended; past the stream limit the call ends with SERVER_DEADLINE after the
+    acknowledgement of what was committed."""
+    server = await start_server()
+    await create_table(server)
+    for writer_id, delay, expected in (("w1", 0.5, None), ("w2", None, "SERVER_DEADLINE")):
+        requests = SlowSecondBatch(server, delay)
+        putting = waiting_server(server, WaitingSource(), 0.2, requests=requests, stream_seconds=2)
+        client = flight.connect(f"grpc://{LOOPBACK}:{putting.port}")
+        try:
+            offsets, error = await off_loop(
+                lambda client=client, writer_id=writer_id: put_halves(client, writer_id)
+            )
+        finally:
+            client.close()
+            await putting.stop(5.0)
+        assert offsets == ([0, 500] if expected is None else [0]), error
+        if expected is None:
+            assert error is None
+        else:
+            assert isinstance(error, flight.FlightTimedOutError)
+            assert expected in str(error)

@@ -28,6 +28,7 @@ from server.test_flight import (
     mutations,
     off_loop,
     plain,
+    read,
 )
 
 from fixtures.net import LOOPBACK
@@ -254,3 +255,23 @@ async def read_all_endpoints(
 ) -> pa.Table:
     info = await off_loop(lambda: client.get_flight_info(session_descriptor(request)))
     return await off_loop(lambda: read_endpoints(client, info))
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_a_read_rows_plan_leaves_the_session_plan_cache_as_it_was(
+    start_server: Callable[..., Any],
+) -> None:
+    """get_flight_info of a ReadRowsRequest plans as a one-stream session but its do_get does
+    not read by share: its plans are not kept, so they push no session's plan out."""
+    server = await start_server()
+    await create_table(server)
+    client = flight.connect(f"grpc://{LOOPBACK}:{server.flight_port}")
+    plans = server.catalog._sessions._cache._plans
+    session = pb.CreateReadSessionRequest(namespace="sales", table="orders", max_streams=2)
+    await off_loop(lambda: client.get_flight_info(session_descriptor(session)))
+    kept = list(plans)
+    assert len(kept) == 1  # a session's plan is kept for its streams
+    for bound in (10, 500, 900):
+        request = pb.ReadRowsRequest(namespace="sales", table="orders", row_filter=f"id < {bound}")
+        assert (await off_loop(lambda request=request: read(client, request))).num_rows == bound
+    assert list(plans) == kept

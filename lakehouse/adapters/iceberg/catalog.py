@@ -1140,7 +1140,13 @@ class IcebergCatalog:
         return OpenScan(request.snapshot_id, reader.schema, reader, namespace, name)
 
     async def plan_read_session(
-        self, namespace: str, name: str, request: ScanRequest, max_streams: int
+        self,
+        namespace: str,
+        name: str,
+        request: ScanRequest,
+        max_streams: int,
+        *,
+        keep_plan: bool = True,
     ) -> PlannedRead:
         """Pins a read's snapshot, plans its files and splits them into streams.
 
@@ -1152,7 +1158,9 @@ class IcebergCatalog:
         def work(c: Catalog) -> PlannedRead:
             table = self._table(c, namespace, name)
             try:
-                return self._sessions.plan(table, namespace, name, request, max_streams)
+                return self._sessions.plan(
+                    table, namespace, name, request, max_streams, keep_plan=keep_plan
+                )
             except ValueError as exc:
                 raise InvalidArgument.field("columns", brief(exc)) from exc
 

@@ -45,8 +45,15 @@ class PlanCache:
         self._plans: OrderedDict[_PlanKey, Future[_Plan]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def tasks(self, key: _PlanKey, plan: Callable[[], _Plan]) -> _Plan:
+    def tasks(self, key: _PlanKey, plan: Callable[[], _Plan], *, keep: bool = True) -> _Plan:
         """The cached plan of ``key``, planned with ``plan`` on a miss.
+
+        Args:
+            key: What the plan is of.
+            plan: Plans it.
+            keep: Cache a plan made on a miss; False for a plan nothing reads again (a
+                one-stream plan whose read plans for itself): it would only push out the
+                plans of sessions being read.
 
         Raises:
             Exception: Whatever ``plan`` raised, to the caller that planned and to those that
@@ -54,7 +61,9 @@ class PlanCache:
         """
         with self._lock:
             found = self._plans.get(key)
-            if found is not None:
+            if not keep:
+                pass  # used if there, neither added nor moved: the cache stays as it was
+            elif found is not None:
                 self._plans.move_to_end(key)
             else:
                 pending: Future[_Plan] = Future()
@@ -65,6 +74,8 @@ class PlanCache:
         if found is not None:
             # Blocks this worker thread while another plans: it would plan otherwise.
             return found.result()
+        if not keep:
+            return plan()
         return self._plan(key, pending, plan)
 
     def _plan(self, key: _PlanKey, pending: Future[_Plan], plan: Callable[[], _Plan]) -> _Plan:
@@ -125,7 +136,13 @@ class SessionPlanner:
         self._cache = cache or PlanCache()
 
     def _tasks(
-        self, table: IcebergTable, request: ScanRequest, scan: DataScan, snapshot_id: int
+        self,
+        table: IcebergTable,
+        request: ScanRequest,
+        scan: DataScan,
+        snapshot_id: int,
+        *,
+        keep: bool = True,
     ) -> tuple[FileScanTask, ...]:
         key = (
             table.metadata.table_uuid.hex,
@@ -134,7 +151,7 @@ class SessionPlanner:
             repr(request.row_filter),
             request.columns,
         )
-        return self._cache.tasks(key, lambda: tuple(scan.plan_files()))
+        return self._cache.tasks(key, lambda: tuple(scan.plan_files()), keep=keep)
 
     def plan(
         self,
@@ -143,8 +160,12 @@ class SessionPlanner:
         name: str,
         request: ScanRequest,
         max_streams: int,
+        *,
+        keep_plan: bool = True,
     ) -> PlannedRead:
         """Pins the snapshot, plans its files and splits them into streams.
+
+        ``keep_plan``: cache the files planned for the streams' reads (see ``PlanCache``).
 
         Raises:
             NotFound: No such snapshot or ref.
@@ -155,7 +176,7 @@ class SessionPlanner:
         schema = arrow_schema(scan)
         if snapshot_id is None:
             return PlannedRead(None, schema, (StreamEstimate(0, 0),))
-        tasks = self._tasks(table, request, scan, snapshot_id)
+        tasks = self._tasks(table, request, scan, snapshot_id, keep=keep_plan)
         runs = split_by_bytes([t.file.file_size_in_bytes for t in tasks], max_streams)
         streams = tuple(
             StreamEstimate(

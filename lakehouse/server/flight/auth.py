@@ -47,16 +47,21 @@ class CallMiddleware(flight.ServerMiddleware):  # type: ignore[misc]
         self.principal = principal
         self.method = method
         self.peer = peer
-        #: The bound whose slot the call holds until it completes (its stream included).
+        #: The bound whose slot the call holds: until it completes, or a do_get's stream
+        #: starts (``free_slot``).
         self.slot: CallSlots | None = None
         self._started = time.perf_counter()
         metrics.FLIGHT_STARTED.labels(method).inc()
 
+    def free_slot(self) -> None:
+        """Gives the call's slot back, if it holds one (at most once)."""
+        slot, self.slot = self.slot, None
+        if slot is not None:
+            slot.give_back()
+
     def call_completed(self, exception: BaseException | None) -> None:
         """Frees the call's slot, counts the call by its outcome and writes its log line."""
-        if self.slot is not None:
-            self.slot.give_back()
-            self.slot = None
+        self.free_slot()
         elapsed = time.perf_counter() - self._started
         code = code_name(exception)
         metrics.FLIGHT_HANDLED.labels(self.method, code).inc()

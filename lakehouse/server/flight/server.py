@@ -7,10 +7,12 @@ pool), so each handler hands its core calls to the loop with
 batches never pass through Python per message (Flight's transport sends the Arrow buffers).
 A do_get asks for its next batch while Flight sends the current one.
 
-Bounds: every call passes the gRPC port's per-caller rate limit (the same buckets) and takes a
-slot of the process-wide bound on calls at once (shared with the gRPC port; held until the
-call completes, a do_get's stream included), and each wait on a core call is bounded by the
-server's unary limit (``request_timeout_seconds``): a core call that does not come back in
+Bounds: every call takes a slot of the process-wide bound on calls at once (shared with the
+gRPC port; held until the call completes, or until a do_get's read is open: a client that
+stops reading must not hold a slot forever) and passes the gRPC port's per-caller rate limit
+(the same buckets), in the gRPC port's order. Each wait on a core call of a read is bounded by
+the server's unary limit (``request_timeout_seconds``), a do_put as a whole by the stream limit
+(``stream_timeout_seconds``, as AppendRows): a core call that does not come back in
 time is cancelled and the call ends with DEADLINE_EXCEEDED (Flight's ``TimedOut``), so a stuck
 call cannot hold a Flight thread forever.
 
@@ -27,6 +29,7 @@ import concurrent.futures
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -80,11 +83,14 @@ class FlightBounds:
         call_seconds: The longest wait on one core call (``request_timeout_seconds``).
         slots: The process-wide bound on calls at once (``max_concurrent_calls``).
         rate: The per-caller rate limit; None when it is off.
+        stream_seconds: The limit of a do_put as a whole (``stream_timeout_seconds``, that of
+            an AppendRows stream); None: ``call_seconds``.
     """
 
     call_seconds: float
     slots: CallSlots
     rate: RateLimiter | None = None
+    stream_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -167,52 +173,44 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             raise _shutting_down()
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
-    def _submit_bounded(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        """``coro`` on the loop, with the call's deadline set for the adapters it calls."""
-        return self._submit(_within(coro, self._bounds.call_seconds))
+    def _submit_bounded(
+        self, coro: Coroutine[Any, Any, T], seconds: float | None = None
+    ) -> concurrent.futures.Future[T]:
+        """``coro`` on the loop, with the call's deadline set for the adapters it calls.
 
-    def _wait(self, future: concurrent.futures.Future[T], *, cancel: bool = True) -> T:
+        ``seconds``: that deadline; None: the unary limit.
+        """
+        return self._submit(
+            _within(coro, self._bounds.call_seconds if seconds is None else seconds)
+        )
+
+    def _wait(self, future: concurrent.futures.Future[T]) -> T:
         """The result of a core call, waited for at most the server's unary limit.
 
-        Args:
-            future: The core call.
-            cancel: Cancel the call at the limit (not for a wait on a commit: the commit goes
-                on, and the client resends from its last acknowledged offset).
-
         Raises:
-            DeadlineExceeded: The call did not come back in time (reason SERVER_DEADLINE).
+            DeadlineExceeded: The call did not come back in time (reason SERVER_DEADLINE);
+                the call is cancelled.
         """
-        seconds = self._bounds.call_seconds
-        try:
-            return future.result(timeout=seconds)
-        except TimeoutError:
-            if future.done():
-                raise  # the core call's own TimeoutError, not this wait's
-            if cancel:
-                future.cancel()
-            raise DeadlineExceeded(
-                f"a Flight call waited the server's limit of {seconds:g} s for the service "
-                "(request_timeout_seconds)",
-                metadata={"limit_seconds": f"{seconds:g}"},
-            ) from None
+        return wait_for(future, self._bounds.call_seconds)
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self._wait(self._submit_bounded(coro))
 
     def _admit(self, context: flight.ServerCallContext) -> Principal:
-        """The caller, once its call passed the rate limit and took a slot of the bound.
+        """The caller, once its call took a slot of the bound and passed the rate limit.
+
+        The gRPC port's order: an overloaded server refuses a call before it costs the caller
+        a rate token (a refused call's slot is freed when the call completes).
 
         Raises:
-            ResourceExhausted: The caller is over its rate (RATE_LIMITED), or the process
-                handles its limit of calls (SERVER_OVERLOADED).
+            ResourceExhausted: The process handles its limit of calls (SERVER_OVERLOADED), or
+                the caller is over its rate (RATE_LIMITED).
         """
         call = call_of(context)
-        if call.slot is not None:
-            return call.principal  # admitted already (get_schema plans with get_flight_info)
-        if self._bounds.rate is not None:
-            self._bounds.rate.admit(call.principal.name, lambda: str(context.peer() or ""))
         if self._bounds.slots.take():
             call.slot = self._bounds.slots
+        if self._bounds.rate is not None:
+            self._bounds.rate.admit(call.principal.name, lambda: str(context.peer() or ""))
         return call.principal
 
     # -- reads -------------------------------------------------------------------------------
@@ -231,23 +229,27 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         an Any (a session, one endpoint per stream; see ``lakehouse.server.flight.commands``).
         """
         with flight_errors():
-            principal = self._admit(context)
-            command = _command(descriptor)
-            read = self._run(self._source.plan(principal, command))
-            endpoints = [
-                flight.FlightEndpoint(
-                    self._signer.sign(principal.name, payload, expires_ms=read.expires_ms),
-                    self.locations,
-                )
-                for payload in read.streams
-            ]
-            return flight.FlightInfo(read.schema, descriptor, endpoints, -1, -1)
+            return self._flight_info(self._admit(context), descriptor)
 
     def get_schema(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.SchemaResult:
         """The schema ``get_flight_info`` would plan."""
-        return flight.SchemaResult(self.get_flight_info(context, descriptor).schema)
+        with flight_errors():
+            return flight.SchemaResult(self._flight_info(self._admit(context), descriptor).schema)
+
+    def _flight_info(
+        self, principal: Principal, descriptor: flight.FlightDescriptor
+    ) -> flight.FlightInfo:
+        read = self._run(self._source.plan(principal, _command(descriptor)))
+        endpoints = [
+            flight.FlightEndpoint(
+                self._signer.sign(principal.name, payload, expires_ms=read.expires_ms),
+                self.locations,
+            )
+            for payload in read.streams
+        ]
+        return flight.FlightInfo(read.schema, descriptor, endpoints, -1, -1)
 
     def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> Any:
         """Streams the batches of a ticket's stream (its caller's ticket, within its TTL)."""
@@ -255,6 +257,11 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             principal = self._admit(context)
             content = self._signer.open(ticket.ticket, principal.name)
             schema, batches = self._run(self._source.open(principal, content.payload))
+        # The read is open: the stream holds no slot of the bound on calls at once. A client
+        # may stop reading for as long as it likes (Flight's writer waits for its window, with
+        # no deadline) and must not starve both ports; what the stream holds meanwhile is one
+        # batch asked for ahead (the read's budget), as a gRPC ReadRows stream does.
+        call_of(context).free_slot()
         return flight.GeneratorStream(schema, self._sent(context, batches))
 
     def _sent(
@@ -298,26 +305,51 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             check_append_command(request)
             stream = PutStream.open(request, reader.schema)
             acks: collections.deque[concurrent.futures.Future[Any]] = collections.deque()
+            # Bounded as an AppendRows stream is: by the stream limit as a whole, not the
+            # unary one per wait, since waiting for buffer space or for a commit handed off
+            # to another replica (ingest.handoff_timeout_seconds) is part of appending.
+            limit = self._bounds.stream_seconds or self._bounds.call_seconds
+            ends = time.monotonic() + limit
+
+            def wait(future: concurrent.futures.Future[T], *, cancel: bool = True) -> T:
+                return wait_for(
+                    future,
+                    ends - time.monotonic(),
+                    cancel=cancel,
+                    limit=(limit, "stream_timeout_seconds"),
+                )
 
             def acknowledge(block: bool) -> None:
                 while acks and (block or acks[0].done() or len(acks) >= PUT_PIPELINE_DEPTH):
-                    response, error = self._wait(acks.popleft(), cancel=False)
+                    response, error = wait(acks.popleft(), cancel=False)
                     if error is not None:
                         raise error
                     writer.write(pa.py_buffer(response.SerializeToString()))
 
-            for chunk in reader:
-                if chunk.data is None:
-                    continue  # metadata without rows: nothing to append
-                metrics.FLIGHT_BATCHES_RECEIVED.labels("do_put").inc()
-                metrics.FLIGHT_BYTES_RECEIVED.labels("do_put").inc(chunk.data.nbytes)
-                offset, outcome = self._run(enqueue_batch(self._requests, stream, chunk.data))
-                if isinstance(outcome, LakehouseError):
-                    acknowledge(block=True)  # what came before is committed and acknowledged
-                    raise outcome
-                acks.append(self._submit(acknowledgement(offset, outcome)))
-                acknowledge(block=False)
-            acknowledge(block=True)
+            try:
+                for chunk in reader:
+                    if chunk.data is None:
+                        continue  # metadata without rows: nothing to append
+                    metrics.FLIGHT_BATCHES_RECEIVED.labels("do_put").inc()
+                    metrics.FLIGHT_BYTES_RECEIVED.labels("do_put").inc(chunk.data.nbytes)
+                    batch = enqueue_batch(self._requests, stream, chunk.data)
+                    offset, outcome = wait(self._submit_bounded(batch, ends - time.monotonic()))
+                    if isinstance(outcome, LakehouseError):
+                        acknowledge(block=True)  # what came before is committed and acknowledged
+                        raise outcome
+                    acks.append(self._submit(acknowledgement(offset, outcome)))
+                    acknowledge(block=False)
+                acknowledge(block=True)
+            except BaseException:
+                # Whatever ends the call, the commits already known are acknowledged first,
+                # so the writer resends from the last one rather than rows committed.
+                with contextlib.suppress(BaseException):
+                    while acks and acks[0].done():
+                        response, error = acks.popleft().result()
+                        if error is not None:
+                            break
+                        writer.write(pa.py_buffer(response.SerializeToString()))
+                raise
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -350,6 +382,50 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     def _shutdown(self, done: threading.Event) -> None:
         self.shutdown()
         done.set()
+
+
+def wait_for(
+    future: concurrent.futures.Future[T],
+    seconds: float,
+    *,
+    cancel: bool = True,
+    limit: tuple[float, str] | None = None,
+) -> T:
+    """The result of ``future``, waited for at most ``seconds`` (see ``_wait``).
+
+    Args:
+        future: The core call.
+        seconds: How long to wait.
+        cancel: Cancel the call at the limit (not for a wait on a commit: the commit goes on,
+            and the client resends from its last acknowledged offset).
+        limit: The limit and the setting the wait counts against when it is not ``seconds``
+            per wait (a do_put's stream limit, of which ``seconds`` is what is left).
+
+    Raises:
+        DeadlineExceeded: It did not come back in time (reason SERVER_DEADLINE).
+    """
+    try:
+        return future.result(timeout=max(seconds, 0.0))
+    except TimeoutError:
+        if future.done():
+            # It came back between the wait's timeout and this check (or failed with its own
+            # TimeoutError): its outcome, not the wait's, so a result (an open scan) is used
+            # and closed by its caller rather than dropped.
+            return future.result()
+        if cancel:
+            future.cancel()
+        if limit is not None:
+            total, setting = limit
+            raise DeadlineExceeded(
+                f"a Flight do_put reached the server's limit of {total:g} s ({setting}): "
+                "resend from the last acknowledged offset",
+                metadata={"limit_seconds": f"{total:g}"},
+            ) from None
+        raise DeadlineExceeded(
+            f"a Flight call waited the server's limit of {seconds:g} s for the service "
+            "(request_timeout_seconds)",
+            metadata={"limit_seconds": f"{seconds:g}"},
+        ) from None
 
 
 def _command(descriptor: flight.FlightDescriptor) -> bytes:

@@ -115,6 +115,24 @@ def parse_read_command(command: bytes) -> pb.ReadRowsRequest:
     return parse_command(pb.ReadRowsRequest, command)
 
 
+def check_flight_read(request: pb.ReadRowsRequest) -> None:
+    """Refuses a session's stream in a ReadRowsRequest command: Flight reads the table named.
+
+    Sessions on Flight are CreateReadSessionRequests packed in an Any (docs/flight.md); a
+    ``read_session`` here would otherwise be ignored while the request reads another table.
+
+    Raises:
+        InvalidArgument: On field ``read_session`` or ``stream``.
+    """
+    for name in ("read_session", "stream"):
+        if getattr(request, name):
+            raise InvalidArgument.field(
+                name,
+                "not in a Flight ReadRowsRequest command: read a session on Flight with a "
+                "CreateReadSessionRequest packed in an Any (docs/flight.md)",
+            )
+
+
 def pinned(request: pb.ReadRowsRequest, snapshot_id: int | None) -> pb.ReadRowsRequest:
     """``request`` reading the snapshot its plan read, whatever the table's head is later."""
     if snapshot_id is None:
@@ -150,6 +168,7 @@ class ReadRowsSource:
         """See :meth:`FlightReadSource.plan`."""
         request = parse_read_command(command)
         authorize(principal, READ_METHOD, request, "get_flight_info")
+        check_flight_read(request)
         if is_json_row_format(request.format):
             raise InvalidArgument.field("format", "Flight streams Arrow only: leave it unset")
         arrow_compression_from_proto(request.arrow_compression)  # checked; Flight has its own
@@ -159,8 +178,15 @@ class ReadRowsSource:
             await items.aclose()
             schema, snapshot_id = start.schema, start.snapshot_id
         else:
+            # Not kept: do_get reads the pinned request with Reads.read, which plans again,
+            # so a kept plan would only push the plans of sessions being read out of the cache.
             session = await self._sessions.create(
-                request.namespace, request.table, options, max_streams=1, principal=principal.name
+                request.namespace,
+                request.table,
+                options,
+                max_streams=1,
+                principal=principal.name,
+                keep_plan=False,
             )
             schema, snapshot_id = session.schema, session.snapshot_id
         return ReadPlan(schema, [pinned(request, snapshot_id).SerializeToString()], snapshot_id)
@@ -173,6 +199,7 @@ class ReadRowsSource:
         # Checked again, not only at plan time: a role or grant withdrawn since applies at
         # once, and a ticket key that leaked lets nobody read beyond their own grants.
         authorize(principal, READ_METHOD, request, "do_get")
+        check_flight_read(request)
         start, items = await self._start(request)
         return start.schema, batches_of(items)
 
