@@ -100,6 +100,13 @@ class FleetListener:
             self._loop.call_soon_threadsafe(fn, *args)
 
     def _run(self) -> None:
+        try:
+            self._reconnecting()
+        finally:
+            # Closed (or ended by a bug): its users poll again, as without a listener.
+            self._call(self._on_state, False)
+
+    def _reconnecting(self) -> None:
         backoff = _BACKOFF_SECONDS
         while not self._stop.is_set():
             try:

@@ -212,6 +212,11 @@ class JobRuntime:
             await asyncio.sleep(QUEUE_DEPTH_SECONDS)
 
     async def stop(self, grace: float) -> None:
+        """Stops the jobs, then closes the hand-off listener and the job store."""
+        await self.stop_jobs(grace)
+        await self.close()
+
+    async def stop_jobs(self, grace: float) -> None:
         """Stops the scheduler and the workers (running jobs go back to the queue)."""
         for task in (self._migrating, self._gauges):
             if task is not None:
@@ -221,6 +226,13 @@ class JobRuntime:
             await self._scheduler.stop()
         await self.worker.stop(grace)
         await asyncio.to_thread(self._job_pool.close)
+
+    async def close(self) -> None:
+        """Closes the hand-off listener and the job store: after ingest drained.
+
+        Ingest hands its last batches over through both while it drains; a listener closed
+        earlier left each of those hand-offs waiting for the safety poll.
+        """
         if self._fleet_listener is not None:
             await asyncio.to_thread(self._fleet_listener.close)
         await self._pool.run(self.store.close)

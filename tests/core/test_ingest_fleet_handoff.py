@@ -429,6 +429,22 @@ async def test_a_lost_listening_connection_means_polling_then_listening_again(
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_a_closed_listener_means_polling_again(backend: Any, jobs_url: str) -> None:
+    async with owner_and_replica(
+        backend, jobs_url, IngestFleetStore, listen_url=jobs_url, **QUIET
+    ) as (owner, replica):
+        await listening(owner, replica)
+        assert replica.listener is not None
+        await asyncio.to_thread(replica.listener.close)  # as at shutdown, ingest still draining
+        replica.listener = None
+        assert not replica.fleet.signals.listening
+        # The owner's resolution is not heard any more: the replica reads it at the hand-off
+        # poll (20 ms), not at the safety poll (a minute here).
+        written = await asyncio.wait_for(replica.ingest.write(*TABLE, rows(100, 10)), 10)
+        assert written.rows_written == 10
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
 async def test_without_a_listener_hand_offs_poll(backend: Any, jobs_url: str) -> None:
     # A listener that cannot connect (nothing listens on the port) stays down: polls only.
     unreachable = sqlalchemy.make_url(jobs_url).set(port=free_port())
