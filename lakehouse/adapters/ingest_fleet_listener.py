@@ -17,6 +17,7 @@ import logging
 import os
 import select
 import threading
+from collections.abc import Iterable
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -71,12 +72,14 @@ class FleetListener:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        # Written to by close() to wake the thread out of select() at once.
-        self._wake_read, self._wake_write = os.pipe()
+        # Written to by close() to wake the thread out of its wait at once; made in start()
+        # and closed by the thread itself, never under it.
+        self._wake: tuple[int, int] | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Starts listening on a thread of its own; callbacks run on ``loop``."""
         self._loop = loop
+        self._wake = os.pipe()
         self._thread = threading.Thread(
             target=self._run, name="lakehouse-ingest-listener", daemon=True
         )
@@ -85,13 +88,14 @@ class FleetListener:
     def close(self, timeout: float = 5.0) -> None:
         """Stops listening and closes the connection (blocking: call it in a thread)."""
         self._stop.set()
-        with contextlib.suppress(OSError):
-            os.write(self._wake_write, b"x")
-        if self._thread is not None:
-            self._thread.join(timeout)
-        for fd in (self._wake_read, self._wake_write):
+        if self._wake is not None:
             with contextlib.suppress(OSError):
-                os.close(fd)
+                os.write(self._wake[1], b"x")
+        if self._thread is not None:
+            # A thread still running after the timeout keeps its pipe and connection (they
+            # go with the process); closing them under it could hand their numbers to
+            # files opened meanwhile.
+            self._thread.join(timeout)
         self._engine.dispose()
 
     def _call(self, fn: Callable[..., None], *args: Any) -> None:
@@ -105,6 +109,10 @@ class FleetListener:
         finally:
             # Closed (or ended by a bug): its users poll again, as without a listener.
             self._call(self._on_state, False)
+            assert self._wake is not None
+            for fd in self._wake:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     def _reconnecting(self) -> None:
         backoff = _BACKOFF_SECONDS
@@ -132,11 +140,12 @@ class FleetListener:
                 cur.execute(f"LISTEN {PENDING_CHANNEL}; LISTEN {RESOLVED_CHANNEL}")
             self._call(self._on_state, True)
             while not self._stop.is_set():
-                readable, _, _ = select.select([conn, self._wake_read], [], [], _PROBE_SECONDS)
+                assert self._wake is not None
+                readable = wait_readable((conn.fileno(), self._wake[0]), _PROBE_SECONDS)
                 if not readable:
                     with conn.cursor() as cur:
                         cur.execute("SELECT 1")
-                if conn in readable:
+                if conn.fileno() in readable:
                     conn.poll()
                 self._dispatch(conn)
         finally:
@@ -155,3 +164,16 @@ class FleetListener:
                     log.warning("unreadable ingest notification", extra={"payload": note.payload})
                     continue
                 self._call(self._on_pending, table, branch)
+
+
+def wait_readable(fds: Iterable[int], timeout: float) -> set[int]:
+    """The file descriptors of ``fds`` readable within ``timeout`` seconds (none: timed out).
+
+    ``poll``, not ``select``: ``select`` refuses descriptors from 1024 up, and a server
+    allowed many files (systemd's ``LimitNOFILE=65536``) opens its listener's above that.
+    """
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    # Errors and hang-ups count as readable: reading then tells what happened.
+    return {fd for fd, _ in poller.poll(timeout * 1000)}
