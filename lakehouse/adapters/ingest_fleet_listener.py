@@ -72,6 +72,7 @@ class FleetListener:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._listened = False
         # Written to by close() to wake the thread out of its wait at once; made in start()
         # and closed by the thread itself, never under it.
         self._wake: tuple[int, int] | None = None
@@ -117,12 +118,21 @@ class FleetListener:
     def _reconnecting(self) -> None:
         backoff = _BACKOFF_SECONDS
         while not self._stop.is_set():
+            self._listened = False
             try:
                 self._listen()
             except Exception as exc:  # any failure: report down, reconnect
+                if self._listened:
+                    # It listened since the last failure: a new outage, not the same one
+                    # going on (a backoff never reset grew to its maximum over the
+                    # disconnects of a long-lived process).
+                    backoff = _BACKOFF_SECONDS
                 log.warning(
                     "ingest hand-off notifications lost; polling until reconnected",
-                    extra={"error": f"{type(exc).__name__}: {exc}"[:300]},
+                    extra={
+                        "error": f"{type(exc).__name__}: {exc}"[:300],
+                        "retry_seconds": backoff,
+                    },
                 )
             else:
                 return  # stopped
@@ -139,6 +149,7 @@ class FleetListener:
             with conn.cursor() as cur:
                 cur.execute(f"LISTEN {PENDING_CHANNEL}; LISTEN {RESOLVED_CHANNEL}")
             self._call(self._on_state, True)
+            self._listened = True
             while not self._stop.is_set():
                 assert self._wake is not None
                 readable = wait_readable((conn.fileno(), self._wake[0]), _PROBE_SECONDS)
@@ -148,7 +159,13 @@ class FleetListener:
                 if conn.fileno() in readable:
                     conn.poll()
                 self._dispatch(conn)
-        finally:
+        except BaseException:
+            # Dropped, not returned: returning a broken connection resets it first, and
+            # SQLAlchemy logs that reset's failure as an ERROR with a traceback each time.
+            with contextlib.suppress(Exception):
+                raw.invalidate()
+            raise
+        else:
             with contextlib.suppress(Exception):
                 raw.close()
 

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
 import resource
+import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
+import sqlalchemy
 
-from lakehouse.adapters.ingest_fleet_listener import wait_readable
+from fixtures.ingest_fleet import end_connections
+from lakehouse.adapters.ingest_fleet_listener import FleetListener, wait_readable
 
 #: Above select()'s limit of 1024, as under systemd's LimitNOFILE=65536.
 HIGH_FD = 1500
@@ -40,3 +46,44 @@ def test_the_wait_works_with_a_descriptor_above_1024() -> None:
             assert wait_readable([read], 5) == {read}
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+class Listening:
+    """A listener's reported states, on this test's event loop."""
+
+    def __init__(self, url: str) -> None:
+        self.states: list[bool] = []
+        self.listener = FleetListener(url, lambda *_: None, lambda _: None, self.states.append)
+
+    async def until(self, up: bool, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.states or self.states[-1] is not up:
+            assert time.monotonic() < deadline, f"never {'up' if up else 'down'}: {self.states}"
+            await asyncio.sleep(0.02)
+
+
+def named(url: str, application_name: str) -> str:
+    """``url`` with the connections' ``application_name`` (this test's own)."""
+    parsed = sqlalchemy.make_url(url).update_query_dict({"application_name": application_name})
+    return parsed.render_as_string(hide_password=False)
+
+
+async def test_each_outage_after_listening_again_waits_the_first_backoff_step(
+    postgres_jobs_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = f"listener-test-{uuid.uuid4().hex[:8]}"
+    probe = Listening(named(postgres_jobs_url, name))
+    probe.listener.start(asyncio.get_running_loop())
+    try:
+        with caplog.at_level(logging.WARNING):
+            for _ in range(3):
+                await probe.until(True)
+                assert await asyncio.to_thread(end_connections, postgres_jobs_url, name) == 1
+                await probe.until(False)
+            await probe.until(True)
+    finally:
+        await asyncio.to_thread(probe.listener.close)
+    waits = [r.__dict__["retry_seconds"] for r in caplog.records if hasattr(r, "retry_seconds")]
+    assert waits == [0.5, 0.5, 0.5]  # not 0.5, 1, 2: each outage is a new one
+    # A lost connection is a warning, not an ERROR with a traceback per disconnect.
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
