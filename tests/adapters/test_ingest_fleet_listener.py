@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import resource
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -87,3 +88,44 @@ async def test_each_outage_after_listening_again_waits_the_first_backoff_step(
     assert waits == [0.5, 0.5, 0.5]  # not 0.5, 1, 2: each outage is a new one
     # A lost connection is a warning, not an ERROR with a traceback per disconnect.
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+class Deaf(FleetListener):
+    """Listens where its probes do not notify: like LISTEN through a transaction pooler."""
+
+    probe_listened = "lakehouse_ingest_probe_elsewhere"
+
+
+async def test_a_listener_whose_probe_never_comes_back_reports_down(
+    postgres_jobs_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    states: list[bool] = []
+    deaf = Deaf(postgres_jobs_url, lambda *_: None, lambda _: None, states.append, probe_timeout=0.2)
+    with caplog.at_level(logging.WARNING):
+        deaf.start(asyncio.get_running_loop())
+        try:
+            deadline = time.monotonic() + 10
+            while len(states) < 2:  # two connections, each down after its probe
+                assert time.monotonic() < deadline, states
+                await asyncio.sleep(0.02)
+        finally:
+            await asyncio.to_thread(deaf.close)
+    assert True not in states  # never reported up: its users keep the hand-off poll
+    assert any("did not come back" in str(getattr(r, "error", "")) for r in caplog.records)
+
+
+async def test_a_listener_with_another_driver_does_not_start(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    states: list[bool] = []
+    url = "postgresql+psycopg://lakehouse@127.0.0.1:1/jobs"  # psycopg 3: no poll()/notifies
+    listener = FleetListener(url, lambda *_: None, lambda _: None, states.append)
+    with caplog.at_level(logging.WARNING):
+        listener.start(asyncio.get_running_loop())
+    assert [r.getMessage() for r in caplog.records] == [
+        "ingest hand-off notifications need the psycopg2 driver; hand-offs poll"
+    ]
+    assert not any(t.name == "lakehouse-ingest-listener" for t in threading.enumerate())
+    await asyncio.to_thread(listener.close)
+    await asyncio.sleep(0)
+    assert states == []  # never listening: hand-offs poll
