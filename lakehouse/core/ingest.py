@@ -537,6 +537,36 @@ class _TableCommitter:
                 await self._lease.release()
             return
         self._lease.busy()
+        recorded = False
+        done: list[BatchResolution] = []
+        try:
+            done = await self._commit_batches(group, batches)
+            for r in done:
+                metrics.INGEST_HANDED_BATCHES.labels(r.status.name.lower()).inc()
+            try:
+                await store.resolve(epoch, done)
+                recorded = True
+            except Unavailable as exc:
+                # The batches stay claimed: the next owner (or this one) finds the committed
+                # ones in the snapshot summaries.
+                log.warning(
+                    "cannot record handed ingest batches",
+                    extra={"table": ".".join(self._key), "error": exc.message},
+                )
+        finally:
+            unresolved = {b.batch_id for b in batches} - (
+                {r.batch_id for r in done} if recorded else set()
+            )
+            if unresolved:
+                # Still claimed, and nothing will notify them: the next window claims them
+                # again, not the safety poll.
+                self._fleet.signals.pending(self._key, self._branch).set()
+        await self._fleet.pruner.maybe(store, self._settings.handoff_retention_seconds)
+
+    async def _commit_batches(
+        self, group: list[_Unit], batches: list[PendingBatch]
+    ) -> list[BatchResolution]:
+        """Commits the owner's group with the handed batches; what to record of each batch."""
         fates: dict[str, BatchStatus] = {}
         included: list[str] = []
         result = await self._commit(group, batches, fates, included)
@@ -554,18 +584,7 @@ class _TableCommitter:
             done = [BatchResolution(b.batch_id, BatchStatus.FAILED, error=result) for b in batches]
         else:
             done = resolutions(fates, result)
-        for fate in fates.values():
-            metrics.INGEST_HANDED_BATCHES.labels(fate.name.lower()).inc()
-        try:
-            await store.resolve(epoch, done)
-        except Unavailable as exc:
-            # The batches stay claimed: the next owner (or this one) finds the committed
-            # ones in the snapshot summaries.
-            log.warning(
-                "cannot record handed ingest batches",
-                extra={"table": ".".join(self._key), "error": exc.message},
-            )
-        await self._fleet.pruner.maybe(store, self._settings.handoff_retention_seconds)
+        return done
 
     async def _claim(self, epoch: int) -> list[PendingBatch]:
         """The batches handed to this owner, when some may be pending.

@@ -444,6 +444,35 @@ async def test_a_closed_listener_means_polling_again(backend: Any, jobs_url: str
         assert written.rows_written == 10
 
 
+class ResolveFailsOnce(IngestFleetStore):
+    """The first resolution is not recorded (the database link broke after the commit)."""
+
+    failed = False
+
+    async def resolve(self, epoch: int, resolutions: Sequence[BatchResolution]) -> None:
+        if resolutions and not self.failed:
+            self.failed = True
+            raise Unavailable("connection lost")
+        await super().resolve(epoch, resolutions)
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_a_batch_left_claimed_is_claimed_again_in_the_next_window(
+    backend: Any, jobs_url: str
+) -> None:
+    async with owner_and_replica(
+        backend, jobs_url, IngestFleetStore, ResolveFailsOnce, listen_url=jobs_url, **QUIET
+    ) as (owner, replica):
+        await listening(owner, replica)
+        # Committed, not recorded: nobody notifies it, so the owner looks again at once
+        # rather than at the safety poll (a minute here).
+        written = await asyncio.wait_for(replica.ingest.write(*TABLE, rows(100, 10)), 10)
+        assert written.rows_written == 10
+        assert isinstance(owner.store, ResolveFailsOnce) and owner.store.failed
+        await settled(jobs_url)
+        assert table_ids(backend) == [*range(0, 10), *range(100, 110)]
+
+
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 async def test_without_a_listener_hand_offs_poll(backend: Any, jobs_url: str) -> None:
     # A listener that cannot connect (nothing listens on the port) stays down: polls only.
