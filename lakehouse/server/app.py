@@ -116,6 +116,7 @@ class LakehouseServer:
             resilience=self.resilience,
             slots=settings.jobs.workers,
             scheduler=True,
+            ingest=True,
         )
         # One key signs read-session names and Flight tickets (lakehouse.server.signing_key).
         self.signing_key = initial_signing_key(settings, shared_store=self.job_runtime.store.shared)
