@@ -26,8 +26,7 @@ import select
 import threading
 import time
 import uuid
-from collections.abc import Iterable
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import sqlalchemy

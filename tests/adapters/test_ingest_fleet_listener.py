@@ -100,7 +100,9 @@ async def test_a_listener_whose_probe_never_comes_back_reports_down(
     postgres_jobs_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     states: list[bool] = []
-    deaf = Deaf(postgres_jobs_url, lambda *_: None, lambda _: None, states.append, probe_timeout=0.2)
+    deaf = Deaf(
+        postgres_jobs_url, lambda *_: None, lambda _: None, states.append, probe_timeout=0.2
+    )
     with caplog.at_level(logging.WARNING):
         deaf.start(asyncio.get_running_loop())
         try:
