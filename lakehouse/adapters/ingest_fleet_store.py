@@ -53,7 +53,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from lakehouse.adapters.job_store.store import JobStore
 from lakehouse.blocking import BlockingPool
 from lakehouse.domain import errors
-from lakehouse.domain.ingest import BatchEntry, BatchResolution, BatchStatus, PendingBatch
+from lakehouse.domain.ingest import (
+    LOST_BATCH_REASON,
+    BatchEntry,
+    BatchResolution,
+    BatchStatus,
+    PendingBatch,
+)
 
 #: The reason of the ``Unavailable`` raised when the database cannot be reached.
 UNAVAILABLE_REASON: Final = "INGEST_FLEET_STORE_UNAVAILABLE"
@@ -363,9 +369,7 @@ class IngestFleetStore:
                 return BatchResolution(
                     batch_id,
                     FAILED,
-                    error=errors.Unavailable(
-                        "the handed batch is gone", reason="INGEST_BATCH_LOST"
-                    ),
+                    error=errors.Unavailable("the handed batch is gone", reason=LOST_BATCH_REASON),
                 )
             return BatchResolution(
                 batch_id,

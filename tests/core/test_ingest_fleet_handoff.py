@@ -473,6 +473,33 @@ async def test_a_batch_left_claimed_is_claimed_again_in_the_next_window(
         assert table_ids(backend) == [*range(0, 10), *range(100, 110)]
 
 
+class PrunedBeforeRead(IngestFleetStore):
+    """A resolved batch's row is deleted before its replica reads it (pruned: it paused)."""
+
+    url = ""
+
+    async def resolution(self, batch_id: str) -> BatchResolution | None:
+        await asyncio.to_thread(
+            sql,
+            self.url,
+            f"DELETE FROM lakehouse_ingest_batches WHERE batch_id = '{batch_id}' "
+            "AND status NOT IN (0, 1)",
+        )
+        return await super().resolution(batch_id)
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_a_batch_whose_answer_was_pruned_but_committed_is_answered_committed(
+    backend: Any, jobs_url: str
+) -> None:
+    PrunedBeforeRead.url = jobs_url
+    async with owner_and_replica(backend, jobs_url, PrunedBeforeRead) as (_owner, replica):
+        # Gone from the database, yet in the table: the write is acknowledged, not failed.
+        written = await asyncio.wait_for(replica.ingest.write(*TABLE, rows(100, 10)), 10)
+        assert written.rows_written == 10
+        assert table_ids(backend) == [*range(0, 10), *range(100, 110)]
+
+
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 async def test_without_a_listener_hand_offs_poll(backend: Any, jobs_url: str) -> None:
     # A listener that cannot connect (nothing listens on the port) stays down: polls only.
