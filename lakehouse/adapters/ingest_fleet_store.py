@@ -204,7 +204,9 @@ class IngestFleetStore:
         """
 
         def work(conn: Connection) -> int | None:
-            # One clock reading for the whole statement (clock_timestamp moves within it).
+            # The database's clock, read where each value is computed (clock_timestamp moves
+            # within a statement: the epoch and the expiry may differ by microseconds, which
+            # nothing relies on).
             now = select(_DB_NOW).scalar_subquery()
             ttl_us = int(ttl_seconds * 1_000_000)
             stmt = postgresql.insert(leases_table).values(

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import sqlalchemy
 
+from fixtures.ingest_fleet import sql as run_sql
 from lakehouse.adapters.ingest_fleet_store import IngestFleetStore
 from lakehouse.adapters.job_store.store import JobStore
 from lakehouse.blocking import BlockingPool
@@ -90,12 +90,7 @@ def test_old_resolutions_and_idle_leases_are_pruned_in_bounded_passes(
     fleet: IngestFleetStore, postgres_jobs_url: str
 ) -> None:
     def sql(statement: str) -> list[Any]:
-        engine = sqlalchemy.create_engine(postgres_jobs_url)
-        with engine.begin() as conn:
-            result = conn.execute(sqlalchemy.text(statement))
-            rows = list(result.all()) if result.returns_rows else []
-        engine.dispose()
-        return rows
+        return run_sql(postgres_jobs_url, statement)
 
     async def scenario() -> None:
         sql("DELETE FROM lakehouse_ingest_batches")

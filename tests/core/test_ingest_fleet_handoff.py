@@ -24,6 +24,7 @@ from pyiceberg.table.sorting import SortOrder
 from pyiceberg.types import LongType, NestedField, StringType
 
 from fixtures.iceberg import direct_catalog
+from fixtures.ingest_fleet import end_connections, open_batches, sql
 from fixtures.net import free_port
 from lakehouse.adapters.iceberg.catalog import IcebergCatalog
 from lakehouse.adapters.iceberg.ingest_files import dump_data_files
@@ -113,22 +114,6 @@ async def jobs_url(postgres_jobs_url: str) -> AsyncIterator[str]:
         conn.execute(sqlalchemy.text("DELETE FROM lakehouse_ingest_batches"))
         conn.execute(sqlalchemy.text("DELETE FROM lakehouse_ingest_leases"))
     engine.dispose()
-
-
-def sql(jobs_url: str, query: str) -> list[Any]:
-    """Runs ``query`` in a transaction of its own; its rows (none if it returns none)."""
-    engine = sqlalchemy.create_engine(jobs_url)
-    try:
-        with engine.begin() as conn:
-            result = conn.execute(sqlalchemy.text(query))
-            return list(result.all()) if result.returns_rows else []
-    finally:
-        engine.dispose()
-
-
-def open_batches(jobs_url: str) -> int:
-    query = "SELECT count(*) FROM lakehouse_ingest_batches WHERE status IN (0, 1)"
-    return int(sql(jobs_url, query)[0][0])
 
 
 async def settled(jobs_url: str, timeout: float = 10.0) -> None:
@@ -413,12 +398,7 @@ async def test_a_lost_listening_connection_means_polling_then_listening_again(
     ) as (owner, replica):
         await listening(owner, replica)
         # The database ends the listening connections (a failover, an idle-session killer).
-        ended = sql(
-            jobs_url,
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            f"WHERE application_name = '{APPLICATION_NAME}'",
-        )
-        assert ended[0][0] == 2
+        assert end_connections(jobs_url, APPLICATION_NAME) == 2
         await until(lambda: not replica.fleet.signals.listening, 10, "the loss noticed")
         written = await asyncio.wait_for(replica.ingest.write(*TABLE, rows(100, 10)), 10)
         assert written.rows_written == 10
