@@ -218,6 +218,11 @@ class IngestSettings(_Section):
     """While the hand-off notifications are received (PostgreSQL LISTEN/NOTIFY wakes an owner
     when files are handed to it, and a replica when its files are committed): how often they
     look in the database anyway, in case a notification was lost."""
+    handoff_notify: bool = True
+    """Whether hand-offs send PostgreSQL notifications (NOTIFY) and each serving process
+    listens for them. Off: no NOTIFY (which takes PostgreSQL's cluster-wide notification lock
+    until each submit and resolve commits), no listening connection, and owners and replicas
+    poll every ``handoff_poll_ms``."""
     handoff_timeout_seconds: float = Field(default=60.0, ge=1, le=3600)
     """How long handed files may wait for an owner to take them before the writes fail
     UNAVAILABLE (COMMIT_OWNER_UNAVAILABLE), nothing written."""

@@ -169,11 +169,13 @@ class IngestFleetStore:
     Args:
         store: The job store whose database, pool and breaker are used.
         pool: The thread pool the blocking calls run in.
+        notify: Whether submitting and resolving send their notifications.
     """
 
-    def __init__(self, store: JobStore, pool: BlockingPool) -> None:
+    def __init__(self, store: JobStore, pool: BlockingPool, *, notify: bool = True) -> None:
         self._store = store
         self._pool = pool
+        self._notify = notify
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[Connection]:
@@ -276,7 +278,11 @@ class IngestFleetStore:
                     rows_count=batch.rows,
                     created_us=_DB_NOW,
                 )
-                .returning(func.pg_notify(PENDING_CHANNEL, pending_payload(table, branch)))
+                .returning(
+                    func.pg_notify(PENDING_CHANNEL, pending_payload(table, branch))
+                    if self._notify
+                    else _batches.batch_id
+                )
             )
 
         await self._run(work)
@@ -344,7 +350,11 @@ class IngestFleetStore:
                         error=_error_json(r.error) if r.error is not None else None,
                         resolved_us=_DB_NOW,
                     )
-                    .returning(func.pg_notify(RESOLVED_CHANNEL, _batches.batch_id))
+                    .returning(
+                        func.pg_notify(RESOLVED_CHANNEL, _batches.batch_id)
+                        if self._notify
+                        else _batches.batch_id
+                    )
                 )
 
         await self._run(work)

@@ -91,7 +91,10 @@ class JobRuntime:
         # One committer per table across replicas needs a database they all share; only a
         # process that ingests (the server, not ``lakehouse worker``) takes part.
         self.ingest_fleet = (
-            Fleet(IngestFleetStore(self.store, pool), replica_id())
+            Fleet(
+                IngestFleetStore(self.store, pool, notify=settings.ingest.handoff_notify),
+                replica_id(),
+            )
             if ingest and settings.ingest.single_committer and self.store.shared
             else None
         )
@@ -103,7 +106,7 @@ class JobRuntime:
                 on_resolved=self.ingest_fleet.signals.batch_resolved,
                 on_state=self.ingest_fleet.signals.listener_state,
             )
-            if self.ingest_fleet is not None
+            if self.ingest_fleet is not None and settings.ingest.handoff_notify
             else None
         )
         window = settings.ingest.request_id_window_seconds
