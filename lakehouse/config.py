@@ -162,6 +162,11 @@ class S3Settings(_Section):
         return self.path_style if self.path_style is not None else self.endpoint_url is not None
 
 
+#: What ``IngestSettings.handoff_retention_seconds`` must exceed the longest wait for an answer
+#: by (a replica's answer read late: a pause, a slow database).
+HANDOFF_RETENTION_MARGIN_SECONDS = 60.0
+
+
 class IngestSettings(_Section):
     """Group commit, buffers and exactly-once bookkeeping of IngestService."""
 
@@ -213,21 +218,30 @@ class IngestSettings(_Section):
     """While the hand-off notifications are received (PostgreSQL LISTEN/NOTIFY wakes an owner
     when files are handed to it, and a replica when its files are committed): how often they
     look in the database anyway, in case a notification was lost."""
+    handoff_notify: bool = True
+    """Whether hand-offs send PostgreSQL notifications (NOTIFY) and each serving process
+    listens for them. Off: no NOTIFY (which takes PostgreSQL's cluster-wide notification lock
+    until each submit and resolve commits), no listening connection, and owners and replicas
+    poll every ``handoff_poll_ms``."""
     handoff_timeout_seconds: float = Field(default=60.0, ge=1, le=3600)
     """How long handed files may wait for an owner to take them before the writes fail
     UNAVAILABLE (COMMIT_OWNER_UNAVAILABLE), nothing written."""
     handoff_retention_seconds: float = Field(default=3600.0, ge=1, le=7 * 86400)
     """How long the shared database keeps a handed batch's resolution that its replica did
     not read (it died), and the commit lease of a table branch released or expired (a table
-    dropped or no longer written to). At least the hand-off timeout: a replica reads its
-    answer within it."""
+    dropped or no longer written to). At least the longer of the hand-off timeout and the
+    safety poll, plus a minute: a replica reads its answer within the timeout, and a replica
+    that missed the notification reads it at the next safety poll."""
 
     @model_validator(mode="after")
     def _retention_outlives_the_handoff(self) -> IngestSettings:
-        if self.handoff_retention_seconds < self.handoff_timeout_seconds:
+        wait = max(self.handoff_timeout_seconds, self.handoff_safety_poll_ms / 1000)
+        if self.handoff_retention_seconds < wait + HANDOFF_RETENTION_MARGIN_SECONDS:
             raise ValueError(
-                "ingest.handoff_retention_seconds must be at least "
-                "ingest.handoff_timeout_seconds (a replica may read its answer until then)"
+                "ingest.handoff_retention_seconds must be at least the longer of "
+                "ingest.handoff_timeout_seconds and ingest.handoff_safety_poll_ms, plus "
+                f"{HANDOFF_RETENTION_MARGIN_SECONDS:g} s (a replica may read its answer "
+                "until then)"
             )
         return self
 

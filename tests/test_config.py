@@ -62,7 +62,19 @@ def test_secrets_come_from_files_and_are_masked(
         ({"LAKEHOUSE_CATALOG__TYPE": "rest"}, "catalog.uri is required"),
         (
             {"LAKEHOUSE_INGEST__HANDOFF_RETENTION_SECONDS": "30"},
-            "handoff_retention_seconds must be at least ingest.handoff_timeout_seconds",
+            "handoff_retention_seconds must be at least the longer of",
+        ),
+        (  # the timeout (60 s) plus the margin is 120 s
+            {"LAKEHOUSE_INGEST__HANDOFF_RETENTION_SECONDS": "119"},
+            "handoff_retention_seconds must be at least the longer of",
+        ),
+        (
+            {
+                "LAKEHOUSE_INGEST__HANDOFF_RETENTION_SECONDS": "90",
+                "LAKEHOUSE_INGEST__HANDOFF_TIMEOUT_SECONDS": "5",
+                "LAKEHOUSE_INGEST__HANDOFF_SAFETY_POLL_MS": "40000",
+            },
+            "plus 60 s",
         ),
         ({"LAKEHOUSE_NO_SUCH_SETTING": "1"}, "unknown setting LAKEHOUSE_NO_SUCH_SETTING"),
         ({"LAKEHOUSE_CONFIG_FILE": "/nonexistent.yaml"}, "does not exist"),

@@ -53,7 +53,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from lakehouse.adapters.job_store.store import JobStore
 from lakehouse.blocking import BlockingPool
 from lakehouse.domain import errors
-from lakehouse.domain.ingest import BatchEntry, BatchResolution, BatchStatus, PendingBatch
+from lakehouse.domain.ingest import (
+    LOST_BATCH_REASON,
+    BatchEntry,
+    BatchResolution,
+    BatchStatus,
+    PendingBatch,
+)
 
 #: The reason of the ``Unavailable`` raised when the database cannot be reached.
 UNAVAILABLE_REASON: Final = "INGEST_FLEET_STORE_UNAVAILABLE"
@@ -163,11 +169,13 @@ class IngestFleetStore:
     Args:
         store: The job store whose database, pool and breaker are used.
         pool: The thread pool the blocking calls run in.
+        notify: Whether submitting and resolving send their notifications.
     """
 
-    def __init__(self, store: JobStore, pool: BlockingPool) -> None:
+    def __init__(self, store: JobStore, pool: BlockingPool, *, notify: bool = True) -> None:
         self._store = store
         self._pool = pool
+        self._notify = notify
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[Connection]:
@@ -198,7 +206,9 @@ class IngestFleetStore:
         """
 
         def work(conn: Connection) -> int | None:
-            # One clock reading for the whole statement (clock_timestamp moves within it).
+            # The database's clock, read where each value is computed (clock_timestamp moves
+            # within a statement: the epoch and the expiry may differ by microseconds, which
+            # nothing relies on).
             now = select(_DB_NOW).scalar_subquery()
             ttl_us = int(ttl_seconds * 1_000_000)
             stmt = postgresql.insert(leases_table).values(
@@ -268,7 +278,11 @@ class IngestFleetStore:
                     rows_count=batch.rows,
                     created_us=_DB_NOW,
                 )
-                .returning(func.pg_notify(PENDING_CHANNEL, pending_payload(table, branch)))
+                .returning(
+                    func.pg_notify(PENDING_CHANNEL, pending_payload(table, branch))
+                    if self._notify
+                    else _batches.batch_id
+                )
             )
 
         await self._run(work)
@@ -336,7 +350,11 @@ class IngestFleetStore:
                         error=_error_json(r.error) if r.error is not None else None,
                         resolved_us=_DB_NOW,
                     )
-                    .returning(func.pg_notify(RESOLVED_CHANNEL, _batches.batch_id))
+                    .returning(
+                        func.pg_notify(RESOLVED_CHANNEL, _batches.batch_id)
+                        if self._notify
+                        else _batches.batch_id
+                    )
                 )
 
         await self._run(work)
@@ -363,9 +381,7 @@ class IngestFleetStore:
                 return BatchResolution(
                     batch_id,
                     FAILED,
-                    error=errors.Unavailable(
-                        "the handed batch is gone", reason="INGEST_BATCH_LOST"
-                    ),
+                    error=errors.Unavailable("the handed batch is gone", reason=LOST_BATCH_REASON),
                 )
             return BatchResolution(
                 batch_id,

@@ -47,6 +47,7 @@ from lakehouse.domain.errors import (
 )
 from lakehouse.domain.ingest import (
     HANDED_FILES_REFUSED,
+    LOST_BATCH_REASON,
     AppendPlan,
     BatchEntry,
     BatchResolution,
@@ -537,6 +538,36 @@ class _TableCommitter:
                 await self._lease.release()
             return
         self._lease.busy()
+        recorded = False
+        done: list[BatchResolution] = []
+        try:
+            done = await self._commit_batches(group, batches)
+            for r in done:
+                metrics.INGEST_HANDED_BATCHES.labels(r.status.name.lower()).inc()
+            try:
+                await store.resolve(epoch, done)
+                recorded = True
+            except Unavailable as exc:
+                # The batches stay claimed: the next owner (or this one) finds the committed
+                # ones in the snapshot summaries.
+                log.warning(
+                    "cannot record handed ingest batches",
+                    extra={"table": ".".join(self._key), "error": exc.message},
+                )
+        finally:
+            unresolved = {b.batch_id for b in batches} - (
+                {r.batch_id for r in done} if recorded else set()
+            )
+            if unresolved:
+                # Still claimed, and nothing will notify them: the next window claims them
+                # again, not the safety poll.
+                self._fleet.signals.pending(self._key, self._branch).set()
+        await self._fleet.pruner.maybe(store, self._settings.handoff_retention_seconds)
+
+    async def _commit_batches(
+        self, group: list[_Unit], batches: list[PendingBatch]
+    ) -> list[BatchResolution]:
+        """Commits the owner's group with the handed batches; what to record of each batch."""
         fates: dict[str, BatchStatus] = {}
         included: list[str] = []
         result = await self._commit(group, batches, fates, included)
@@ -554,18 +585,7 @@ class _TableCommitter:
             done = [BatchResolution(b.batch_id, BatchStatus.FAILED, error=result) for b in batches]
         else:
             done = resolutions(fates, result)
-        for fate in fates.values():
-            metrics.INGEST_HANDED_BATCHES.labels(fate.name.lower()).inc()
-        try:
-            await store.resolve(epoch, done)
-        except Unavailable as exc:
-            # The batches stay claimed: the next owner (or this one) finds the committed
-            # ones in the snapshot summaries.
-            log.warning(
-                "cannot record handed ingest batches",
-                extra={"table": ".".join(self._key), "error": exc.message},
-            )
-        await self._fleet.pruner.maybe(store, self._settings.handoff_retention_seconds)
+        return done
 
     async def _claim(self, epoch: int) -> list[PendingBatch]:
         """The batches handed to this owner, when some may be pending.
@@ -768,7 +788,7 @@ class _TableCommitter:
             try:
                 resolution = await store.resolution(batch.batch_id)
                 if resolution is not None:
-                    return resolution
+                    return await self._unless_committed(batch, resolution)
                 epoch = await self._lease.hold()
                 if epoch is not None:  # the owner died or drained: commit them here
                     await self._commit_as_owner([], epoch)
@@ -792,6 +812,38 @@ class _TableCommitter:
                         ),
                     )
                 deadline = time.monotonic() + self._settings.handoff_timeout_seconds
+
+    async def _unless_committed(
+        self, batch: PendingBatch, resolution: BatchResolution
+    ) -> BatchResolution:
+        """``resolution``, or COMMITTED if the batch is gone yet in a snapshot summary.
+
+        A batch's row is gone when its answer was pruned before it was read (the replica
+        paused past the retention); the owner may have committed it all the same, and its
+        id is then in a snapshot summary of the request-id window (read as the owner reads
+        it). The snapshot answered is the branch's head, at or after the one that holds it.
+        """
+        error = resolution.error
+        if error is None or error.reason != LOST_BATCH_REASON:
+            return resolution
+        found: list[bool] = []
+
+        def plan(state: IngestState) -> AppendPlan:
+            found.append(batch.batch_id in state.batch_ids)
+            return AppendPlan(None)  # nothing written: a look at the summaries only
+
+        try:
+            staged = await self._catalog.stage_append(
+                *self._key,
+                plan,
+                request_id_window_ms=int(self._settings.request_id_window_seconds * 1000),
+                branch=self._branch,
+            )
+        except LakehouseError:
+            return resolution
+        if found and found[-1]:
+            return BatchResolution(batch.batch_id, BatchStatus.COMMITTED, staged.snapshot_id)
+        return resolution
 
     async def _discard(self, paths: tuple[str, ...]) -> None:
         with contextlib.suppress(LakehouseError):  # orphan removal takes them

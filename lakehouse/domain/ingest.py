@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Protocol
+from typing import Final, Protocol
 
 import pyarrow as pa
 from pyiceberg.table import Table as IcebergTable
@@ -16,6 +16,11 @@ from lakehouse.domain.row_changes import ChangeStats
 #: The snapshot summary key every ingest commit writes (the writers' offsets): a snapshot
 #: that has it was committed by the ingest path.
 WRITERS_SUMMARY_KEY = "lakehouse.writers"
+
+
+#: The reason of the failure a handed batch resolves to once its row is gone (taken back, or
+#: its answer pruned before its replica read it).
+LOST_BATCH_REASON: Final = "INGEST_BATCH_LOST"
 
 
 @dataclass(frozen=True)

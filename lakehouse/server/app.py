@@ -116,6 +116,7 @@ class LakehouseServer:
             resilience=self.resilience,
             slots=settings.jobs.workers,
             scheduler=True,
+            ingest=True,
         )
         # One key signs read-session names and Flight tickets (lakehouse.server.signing_key).
         self.signing_key = initial_signing_key(settings, shared_store=self.job_runtime.store.shared)
@@ -320,7 +321,7 @@ class LakehouseServer:
         # One grace period for everything: running jobs are asked to stop (and go back to the
         # queue) while in-flight calls finish, and ingest gets what is left of it.
         deadline = asyncio.get_running_loop().time() + grace
-        stopping_jobs = asyncio.create_task(self.job_runtime.stop(grace))
+        stopping_jobs = asyncio.create_task(self.job_runtime.stop_jobs(grace))
         stopping: list[Awaitable[None]] = []
         if self._grpc is not None:
             stopping.append(self._grpc.stop(grace))
@@ -330,6 +331,8 @@ class LakehouseServer:
         remaining = deadline - asyncio.get_running_loop().time()
         await self.ingest.close(timeout=max(remaining, 1.0))
         await stopping_jobs
+        # Only now: ingest's drain hands its last batches over through both.
+        await self.job_runtime.close()
         if self._key_loading is not None:
             self._key_loading.cancel()
         if self._http is not None:

@@ -57,6 +57,9 @@ class JobRuntime:
         sql_engines: Every SQL engine by name (``lakehouse.server.sql_engines``).
         request_ids: The request-id ledger in the job store's database (ingest records and
             reads it, expiry copies to it, the scheduler prunes it).
+        ingest_fleet: The hand-offs between replicas' ingest (``ingest`` and a PostgreSQL job
+            store), else None.
+        fleet_listener: Their notifications' listener, with ``ingest_fleet``.
 
     The job store and Trino report to the breakers of ``resilience`` (the process's; a
     private set when None).
@@ -71,6 +74,7 @@ class JobRuntime:
         *,
         slots: int,
         scheduler: bool,
+        ingest: bool = False,
         resilience: Resilience | None = None,
     ) -> None:
         self._settings = settings
@@ -84,21 +88,25 @@ class JobRuntime:
             on_lease_expired=count_lease_expired,
         )
         self.request_ids = RequestIdStore(self.store)
-        # One committer per table across replicas needs a database they all share.
+        # One committer per table across replicas needs a database they all share; only a
+        # process that ingests (the server, not ``lakehouse worker``) takes part.
         self.ingest_fleet = (
-            Fleet(IngestFleetStore(self.store, pool), replica_id())
-            if settings.ingest.single_committer and self.store.shared
+            Fleet(
+                IngestFleetStore(self.store, pool, notify=settings.ingest.handoff_notify),
+                replica_id(),
+            )
+            if ingest and settings.ingest.single_committer and self.store.shared
             else None
         )
         # Wakes owners and submitters of hand-offs (without it they poll the database).
-        self._fleet_listener = (
+        self.fleet_listener = (
             FleetListener(
                 settings.jobs_database_uri,
                 on_pending=self.ingest_fleet.signals.batch_pending,
                 on_resolved=self.ingest_fleet.signals.batch_resolved,
                 on_state=self.ingest_fleet.signals.listener_state,
             )
-            if self.ingest_fleet is not None
+            if self.ingest_fleet is not None and settings.ingest.handoff_notify
             else None
         )
         window = settings.ingest.request_id_window_seconds
@@ -176,8 +184,8 @@ class JobRuntime:
         A database that is down at start does not stop the process: the tables are made in
         the background once it answers, and health reports ``job_store`` down until then.
         """
-        if self._fleet_listener is not None:
-            self._fleet_listener.start(asyncio.get_running_loop())
+        if self.fleet_listener is not None:
+            self.fleet_listener.start(asyncio.get_running_loop())
         try:
             await self._pool.run(self.store.migrate)
         except RetryableError as exc:
@@ -212,6 +220,11 @@ class JobRuntime:
             await asyncio.sleep(QUEUE_DEPTH_SECONDS)
 
     async def stop(self, grace: float) -> None:
+        """Stops the jobs, then closes the hand-off listener and the job store."""
+        await self.stop_jobs(grace)
+        await self.close()
+
+    async def stop_jobs(self, grace: float) -> None:
         """Stops the scheduler and the workers (running jobs go back to the queue)."""
         for task in (self._migrating, self._gauges):
             if task is not None:
@@ -221,8 +234,15 @@ class JobRuntime:
             await self._scheduler.stop()
         await self.worker.stop(grace)
         await asyncio.to_thread(self._job_pool.close)
-        if self._fleet_listener is not None:
-            await asyncio.to_thread(self._fleet_listener.close)
+
+    async def close(self) -> None:
+        """Closes the hand-off listener and the job store: after ingest drained.
+
+        Ingest hands its last batches over through both while it drains; a listener closed
+        earlier left each of those hand-offs waiting for the safety poll.
+        """
+        if self.fleet_listener is not None:
+            await asyncio.to_thread(self.fleet_listener.close)
         await self._pool.run(self.store.close)
 
     async def check(self) -> None:

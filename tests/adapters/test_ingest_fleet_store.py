@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import psycopg2
 import pytest
 import sqlalchemy
 
-from lakehouse.adapters.ingest_fleet_store import IngestFleetStore
+from fixtures.ingest_fleet import sql as run_sql
+from lakehouse.adapters.ingest_fleet_store import (
+    PENDING_CHANNEL,
+    RESOLVED_CHANNEL,
+    IngestFleetStore,
+)
 from lakehouse.adapters.job_store.store import JobStore
 from lakehouse.blocking import BlockingPool
 from lakehouse.domain.errors import Conflict
@@ -90,12 +96,7 @@ def test_old_resolutions_and_idle_leases_are_pruned_in_bounded_passes(
     fleet: IngestFleetStore, postgres_jobs_url: str
 ) -> None:
     def sql(statement: str) -> list[Any]:
-        engine = sqlalchemy.create_engine(postgres_jobs_url)
-        with engine.begin() as conn:
-            result = conn.execute(sqlalchemy.text(statement))
-            rows = list(result.all()) if result.returns_rows else []
-        engine.dispose()
-        return rows
+        return run_sql(postgres_jobs_url, statement)
 
     async def scenario() -> None:
         sql("DELETE FROM lakehouse_ingest_batches")
@@ -160,3 +161,39 @@ def test_a_replica_whose_clock_runs_ahead_does_not_take_a_live_lease(
         assert epoch is not None
 
     asyncio.run(scenario())
+
+
+def notifications(url: str, work: Callable[[], None]) -> list[str]:
+    """The channels notified while ``work`` ran, as a listener on ``url`` receives them."""
+    dsn = sqlalchemy.make_url(url).set(drivername="postgresql")
+    listening: Any = psycopg2.connect(dsn.render_as_string(hide_password=False))
+    try:
+        listening.autocommit = True
+        with listening.cursor() as cur:
+            cur.execute(f"LISTEN {PENDING_CHANNEL}; LISTEN {RESOLVED_CHANNEL}")
+        work()
+        with listening.cursor() as cur:
+            cur.execute("SELECT 1")  # delivers what was sent meanwhile
+        return [n.channel for n in listening.notifies]
+    finally:
+        listening.close()
+
+
+@pytest.mark.parametrize("notify", [True, False])
+def test_hand_offs_notify_unless_turned_off(postgres_jobs_url: str, notify: bool) -> None:
+    store = JobStore(postgres_jobs_url)
+    pool = BlockingPool(2)
+    fleet = IngestFleetStore(store, pool, notify=notify)
+
+    async def hand_off() -> None:
+        await fleet.submit(TABLE, "main", batch("notified"))
+        claimed = await fleet.claim(TABLE, "main", 1, 10)
+        await fleet.resolve(1, [BatchResolution(claimed[0].batch_id, BatchStatus.COMMITTED, 7)])
+        await fleet.resolution("notified")
+
+    try:
+        sent = notifications(postgres_jobs_url, lambda: asyncio.run(hand_off()))
+    finally:
+        pool.close()
+        store.close()
+    assert sent == ([PENDING_CHANNEL, RESOLVED_CHANNEL] if notify else [])

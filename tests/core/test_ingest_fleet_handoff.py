@@ -24,6 +24,7 @@ from pyiceberg.table.sorting import SortOrder
 from pyiceberg.types import LongType, NestedField, StringType
 
 from fixtures.iceberg import direct_catalog
+from fixtures.ingest_fleet import end_connections, open_batches, sql
 from fixtures.net import free_port
 from lakehouse.adapters.iceberg.catalog import IcebergCatalog
 from lakehouse.adapters.iceberg.ingest_files import dump_data_files
@@ -113,22 +114,6 @@ async def jobs_url(postgres_jobs_url: str) -> AsyncIterator[str]:
         conn.execute(sqlalchemy.text("DELETE FROM lakehouse_ingest_batches"))
         conn.execute(sqlalchemy.text("DELETE FROM lakehouse_ingest_leases"))
     engine.dispose()
-
-
-def sql(jobs_url: str, query: str) -> list[Any]:
-    """Runs ``query`` in a transaction of its own; its rows (none if it returns none)."""
-    engine = sqlalchemy.create_engine(jobs_url)
-    try:
-        with engine.begin() as conn:
-            result = conn.execute(sqlalchemy.text(query))
-            return list(result.all()) if result.returns_rows else []
-    finally:
-        engine.dispose()
-
-
-def open_batches(jobs_url: str) -> int:
-    query = "SELECT count(*) FROM lakehouse_ingest_batches WHERE status IN (0, 1)"
-    return int(sql(jobs_url, query)[0][0])
 
 
 async def settled(jobs_url: str, timeout: float = 10.0) -> None:
@@ -413,12 +398,7 @@ async def test_a_lost_listening_connection_means_polling_then_listening_again(
     ) as (owner, replica):
         await listening(owner, replica)
         # The database ends the listening connections (a failover, an idle-session killer).
-        ended = sql(
-            jobs_url,
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            f"WHERE application_name = '{APPLICATION_NAME}'",
-        )
-        assert ended[0][0] == 2
+        assert end_connections(jobs_url, APPLICATION_NAME) == 2
         await until(lambda: not replica.fleet.signals.listening, 10, "the loss noticed")
         written = await asyncio.wait_for(replica.ingest.write(*TABLE, rows(100, 10)), 10)
         assert written.rows_written == 10
@@ -426,6 +406,78 @@ async def test_a_lost_listening_connection_means_polling_then_listening_again(
         written = await asyncio.wait_for(replica.ingest.write(*TABLE, rows(200, 10)), 10)
         assert written.rows_written == 10
         assert table_ids(backend) == [*range(0, 10), *range(100, 110), *range(200, 210)]
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_a_closed_listener_means_polling_again(backend: Any, jobs_url: str) -> None:
+    async with owner_and_replica(
+        backend, jobs_url, IngestFleetStore, listen_url=jobs_url, **QUIET
+    ) as (owner, replica):
+        await listening(owner, replica)
+        assert replica.listener is not None
+        await asyncio.to_thread(replica.listener.close)  # as at shutdown, ingest still draining
+        replica.listener = None
+        assert not replica.fleet.signals.listening
+        # The owner's resolution is not heard any more: the replica reads it at the hand-off
+        # poll (20 ms), not at the safety poll (a minute here).
+        written = await asyncio.wait_for(replica.ingest.write(*TABLE, rows(100, 10)), 10)
+        assert written.rows_written == 10
+
+
+class ResolveFailsOnce(IngestFleetStore):
+    """The first resolution is not recorded (the database link broke after the commit)."""
+
+    failed = False
+
+    async def resolve(self, epoch: int, resolutions: Sequence[BatchResolution]) -> None:
+        if resolutions and not self.failed:
+            self.failed = True
+            raise Unavailable("connection lost")
+        await super().resolve(epoch, resolutions)
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_a_batch_left_claimed_is_claimed_again_in_the_next_window(
+    backend: Any, jobs_url: str
+) -> None:
+    async with owner_and_replica(
+        backend, jobs_url, IngestFleetStore, ResolveFailsOnce, listen_url=jobs_url, **QUIET
+    ) as (owner, replica):
+        await listening(owner, replica)
+        # Committed, not recorded: nobody notifies it, so the owner looks again at once
+        # rather than at the safety poll (a minute here).
+        written = await asyncio.wait_for(replica.ingest.write(*TABLE, rows(100, 10)), 10)
+        assert written.rows_written == 10
+        assert isinstance(owner.store, ResolveFailsOnce) and owner.store.failed
+        await settled(jobs_url)
+        assert table_ids(backend) == [*range(0, 10), *range(100, 110)]
+
+
+class PrunedBeforeRead(IngestFleetStore):
+    """A resolved batch's row is deleted before its replica reads it (pruned: it paused)."""
+
+    url = ""
+
+    async def resolution(self, batch_id: str) -> BatchResolution | None:
+        await asyncio.to_thread(
+            sql,
+            self.url,
+            f"DELETE FROM lakehouse_ingest_batches WHERE batch_id = '{batch_id}' "
+            "AND status NOT IN (0, 1)",
+        )
+        return await super().resolution(batch_id)
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_a_batch_whose_answer_was_pruned_but_committed_is_answered_committed(
+    backend: Any, jobs_url: str
+) -> None:
+    PrunedBeforeRead.url = jobs_url
+    async with owner_and_replica(backend, jobs_url, PrunedBeforeRead) as (_owner, replica):
+        # Gone from the database, yet in the table: the write is acknowledged, not failed.
+        written = await asyncio.wait_for(replica.ingest.write(*TABLE, rows(100, 10)), 10)
+        assert written.rows_written == 10
+        assert table_ids(backend) == [*range(0, 10), *range(100, 110)]
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)

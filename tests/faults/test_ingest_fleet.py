@@ -40,6 +40,7 @@ from fixtures.faults import (
 )
 from fixtures.grpc_errors import rpc_error_details
 from fixtures.iceberg import direct_catalog
+from fixtures.ingest_fleet import open_batches
 from fixtures.net import LOOPBACK
 from fixtures.serve_process import ServeProcess, serve_process
 from fixtures.tcp_proxy import tcp_proxy
@@ -357,17 +358,6 @@ def test_without_the_shared_database_replicas_commit_their_own_writes_exactly(
     assert_exactly(settings, table, sent)
 
 
-def open_batches(settings: Any) -> int:
-    """Handed batches no owner has resolved (the job store is the catalog's database)."""
-    engine = sqlalchemy.create_engine(settings.catalog_uri)
-    try:
-        with engine.connect() as conn:
-            query = "SELECT count(*) FROM lakehouse_ingest_batches WHERE status IN (0, 1)"
-            return int(conn.execute(sqlalchemy.text(query)).scalar_one())
-    finally:
-        engine.dispose()
-
-
 @pytest.mark.timeout(240)
 def test_a_hand_off_no_owner_takes_in_time_fails_withdrawn_and_its_resend_writes_once(
     postgres_s3_settings: Any, tmp_path: Path
@@ -409,7 +399,7 @@ def test_a_hand_off_no_owner_takes_in_time_fails_withdrawn_and_its_resend_writes
                 with pytest.raises(grpc.RpcError) as failed:
                     stub_b.WriteRows(late_request, timeout=CALL_TIMEOUT)
                 waited = time.monotonic() - started
-                assert open_batches(settings) == 0  # taken back before the answer
+                assert open_batches(settings.catalog_uri) == 0  # taken back before the answer
             finally:
                 os.kill(a.pid, signal.SIGCONT)
             # The owner's next window (its own write) finds nothing handed to commit.
