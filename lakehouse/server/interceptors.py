@@ -578,8 +578,14 @@ class ObservabilityInterceptor(MethodInterceptor):
         return counted()
 
     def _limit(self, call: _Call, context: Context, *, streaming: bool) -> Any:
-        """The server's time limit for this call (only the client's deadline when none)."""
-        if self._deadlines is None:
+        """The server's time limit for this call (only the client's deadline when none).
+
+        A unary probe (health, reflection) has none: it answers from memory and calls no
+        backing service, and the limit (a timer per call) took about 5% of its server CPU.
+        A probe's stream (Health/Watch) keeps the stream limit: it is the only bound on how
+        long one stays open.
+        """
+        if self._deadlines is None or (not streaming and not call.info.limited):
             return _NO_LIMIT
         return self._deadlines.applied(context, streaming=streaming, method=call.method)
 
