@@ -438,8 +438,9 @@ class Lakehouse:
         session's snapshot meanwhile (it is then read once more as a new session). A server
         without read sessions (``UNIMPLEMENTED``, an older release) is read with one plain
         ``ReadRows`` (``retry.max_attempts`` more calls at most), and the client remembers it.
-        All of it within the client's ``timeout``: each call gets the time left, and a read
-        with none left fails with ``DEADLINE_EXCEEDED``.
+        All of it within the client's ``timeout``: each call gets the time left, a read
+        with none left fails with ``DEADLINE_EXCEEDED``, and a retry whose wait would end
+        past it is not waited for (the call's error is raised at once).
 
         Args:
             table: ``"namespace.table"`` or ``(namespace, table)``.

@@ -148,11 +148,9 @@ class Deadline:
             raise deadline_exceeded()
         return left
 
-    def cap(self, delay: float) -> float:
-        """``delay``, or what is left of the deadline when that is shorter."""
-        if self.at is None:
-            return delay
-        return max(0.0, min(delay, self.at - time.monotonic()))
+    def allows(self, delay: float) -> bool:
+        """Whether a wait of ``delay`` seconds ends before the deadline."""
+        return self.at is None or time.monotonic() + delay < self.at
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,8 +171,10 @@ class AttemptPlan:
     policy's delay (the server's ``RetryInfo``, else a jittered backoff).
 
     Every call of the read and every wait fits in the read's ``deadline``: a call gets the
-    time left as its timeout, a wait is cut to it, and with none left the read fails with
-    ``DEADLINE_EXCEEDED``.
+    time left as its timeout, and with none left the read fails with ``DEADLINE_EXCEEDED``.
+    A wait that would end past the deadline is not started: the call's own error is raised at
+    once (a retry that cannot happen would only turn, say, ``OBJECT_STORE_UNAVAILABLE`` with
+    its ``RetryInfo`` into a reasonless ``DEADLINE_EXCEEDED`` after a useless sleep).
 
     Attributes:
         channels: How many channels the call may go to.
@@ -203,14 +203,15 @@ class AttemptPlan:
         """The wait in seconds before the try after ``attempt`` (from 1) failed with ``error``.
 
         Raises:
-            grpc.RpcError: ``error`` itself, when it is final.
+            grpc.RpcError: ``error`` itself, when it is final or its wait would outlast the
+                read's deadline (then before ``on_retry``: no retry is announced in vain).
         """
         delay = self._delay(error, attempt) if attempt < self.tries else None
-        if delay is None:
+        if delay is None or not self.deadline.allows(delay):
             raise error
         if self.on_retry is not None:
             self.on_retry(decode_error(error), attempt, delay)
-        return self.deadline.cap(delay)
+        return delay
 
     def _delay(self, error: grpc.RpcError, attempt: int) -> float | None:
         if replica_gone(error) and (self.policy is None or attempt < self.channels):

@@ -49,12 +49,14 @@ class Recorder:
             return [method for method, _ in self.calls]
 
 
-def unavailable(reason: str | None) -> grpc.Status:
+def unavailable(reason: str | None, retry_delay: float = 0.01) -> grpc.Status:
     """UNAVAILABLE without details (a replica gone), or with ErrorInfo and RetryInfo."""
     status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message="down")
     if reason is not None:
         info = error_details_pb2.ErrorInfo(reason=reason, domain="lakehouse.v1")
-        retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(nanos=10_000_000))
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(retry_delay * 1e9))
+        retry = error_details_pb2.RetryInfo(retry_delay=delay)
         status.details.add().Pack(info)
         status.details.add().Pack(retry)
     return rpc_status.to_status(status)
@@ -209,6 +211,35 @@ def test_a_reads_timeout_bounds_all_its_calls_and_waits(
     assert 1 < len(left) < policy.max_attempts
     # each call was given what the previous ones left: at least the hold less each time
     assert all(later <= earlier - hold / 2 for earlier, later in itertools.pairwise(left))
+
+
+def test_a_retry_wait_beyond_the_deadline_raises_the_servers_error_at_once(
+    serve: Callable[..., str],
+) -> None:
+    # The backing service is down and the server says to come back in 3 s; the read has 1 s.
+    # Waiting what is left and failing DEADLINE_EXCEEDED would hide why; the client raises the
+    # server's error at once, and announces no retry that will not happen.
+    recorder = Recorder()
+    target = serve(failing_handler(recorder, unavailable("OBJECT_STORE_UNAVAILABLE", 3.0)))
+    retries: list[float] = []
+    with (
+        Lakehouse(
+            target,
+            read_streams=2,
+            retry=RetryPolicy(max_attempts=3),
+            on_retry=lambda e, attempt, delay: retries.append(delay),
+            timeout=1,
+        ) as lh,
+        pytest.raises(LakehouseError) as failed,
+    ):
+        lh.read("s.t")
+    assert (failed.value.code, failed.value.reason) == (
+        grpc.StatusCode.UNAVAILABLE,
+        "OBJECT_STORE_UNAVAILABLE",
+    )
+    assert failed.value.retry_delay == 3.0
+    assert retries == []
+    assert recorder.methods() == ["CreateReadSession"]
 
 
 async def test_the_async_helpers_timeout_is_the_whole_reads(
