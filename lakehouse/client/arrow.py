@@ -421,7 +421,7 @@ def read_table(
     thread each, spread over the stubs given (a stream broken by ``UNAVAILABLE`` is read
     again on the next one); ``max_streams=1``, or a ``row_limit``, reads one ``ReadRows``, and
     so does a read from a server without read sessions (an older release, which answers
-    ``UNIMPLEMENTED``: asked on each call here, once per client by ``Lakehouse``). Either way
+    ``UNIMPLEMENTED``: asked on each call here, every 5 minutes by ``Lakehouse``). Either way
     the rows are those, and in the order, of one ``ReadRows``.
 
     Args:

@@ -130,7 +130,7 @@ def read_rows(
 
     Its shape (``first_shape``, ``next_shape``) and each call's tries and deadline (``plan``)
     are decided in ``lakehouse.client.read_attempts``; a server without read sessions is read
-    with one plain ``ReadRows``, and ``server`` remembers it for the next reads.
+    with one plain ``ReadRows``, and ``server`` remembers it a while (``ServerFeatures``).
     """
     session = read_session_request(request, max_streams)
     shape = first_shape(request.row_limit, max_streams, server)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import time
+from collections.abc import Callable
 
 import grpc
 
@@ -20,6 +21,7 @@ from lakehouse.client.errors import decode_error
 from lakehouse.client.retry import OnRetry, RetryPolicy
 
 __all__ = [
+    "SESSIONS_RECHECK_SECONDS",
     "AttemptPlan",
     "Deadline",
     "ReadShape",
@@ -58,16 +60,37 @@ def sessions_unsupported(error: grpc.RpcError) -> bool:
     return decode_error(error).code == grpc.StatusCode.UNIMPLEMENTED
 
 
+#: How long a client reads with plain ``ReadRows`` after a server answered
+#: ``CreateReadSession`` with ``UNIMPLEMENTED``, before it asks again: during a rolling
+#: upgrade that answer came from one old replica, and the new ones have read sessions.
+SESSIONS_RECHECK_SECONDS = 300.0
+
+
 @dataclasses.dataclass
 class ServerFeatures:
-    """What a client learned about its server, so it asks only once.
+    """What a client learned about its server, so it does not ask on every read.
+
+    What it learned expires: behind one address, replicas of two releases answer during a
+    rolling upgrade, so one old replica's ``UNIMPLEMENTED`` holds for ``recheck_seconds``.
 
     Attributes:
-        read_sessions: Whether the server serves ``CreateReadSession``; False once it
-            answered ``UNIMPLEMENTED`` (a release older than read sessions).
+        recheck_seconds: How long an ``UNIMPLEMENTED`` answer holds.
+        clock: The clock of ``recheck_seconds`` (``time.monotonic``; a test moves its own).
     """
 
-    read_sessions: bool = True
+    recheck_seconds: float = SESSIONS_RECHECK_SECONDS
+    clock: Callable[[], float] = time.monotonic
+    _no_sessions_until: float | None = dataclasses.field(default=None, init=False)
+
+    @property
+    def read_sessions(self) -> bool:
+        """Whether to read with a session (not for ``recheck_seconds`` after UNIMPLEMENTED)."""
+        until = self._no_sessions_until
+        return until is None or self.clock() >= until
+
+    def sessions_unsupported(self) -> None:
+        """Remembers (for ``recheck_seconds``) that the server answered ``UNIMPLEMENTED``."""
+        self._no_sessions_until = self.clock() + self.recheck_seconds
 
 
 class ReadShape(enum.Enum):
@@ -97,7 +120,8 @@ def next_shape(
 
     A session whose snapshot was expired meanwhile is read once more as a new session (of the
     current snapshot: the rows still come from one snapshot). A server without read sessions
-    (``UNIMPLEMENTED``) is read with one plain ``ReadRows``, and ``server`` remembers it.
+    (``UNIMPLEMENTED``) is read with one plain ``ReadRows``, and ``server`` remembers it for
+    a while (``ServerFeatures.recheck_seconds``).
 
     Raises:
         grpc.RpcError: ``error`` itself, when it is final.
@@ -105,7 +129,7 @@ def next_shape(
     if shape is ReadShape.SESSION and snapshot_expired(error):
         return ReadShape.SESSION_AGAIN
     if shape is not ReadShape.PLAIN and can_read_plain and sessions_unsupported(error):
-        server.read_sessions = False
+        server.sessions_unsupported()
         return ReadShape.PLAIN
     raise error
 

@@ -25,6 +25,8 @@ from grpc_status import rpc_status
 from lakehouse.client import AsyncLakehouse, Lakehouse
 from lakehouse.client.arrow import read_table, read_table_async
 from lakehouse.client.errors import LakehouseError
+from lakehouse.client.parallel_reads import read_rows
+from lakehouse.client.read_attempts import AttemptPlan, Deadline, ServerFeatures
 from lakehouse.client.retry import RetryPolicy
 from lakehouse.v1 import rows_pb2, table_service_pb2, table_service_pb2_grpc
 
@@ -328,6 +330,43 @@ async def test_the_async_client_and_helper_fall_back_to_read_rows(
         stub = table_service_pb2_grpc.TableServiceStub(channel)
         assert (await read_table_async(stub, "s", "t", timeout=30)).equals(ROWS)
     assert counter.methods[3:] == ["CreateReadSession", "ReadRows"]
+
+
+class Clock:
+    """A clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_client_asks_for_read_sessions_again_after_a_while(
+    old_server: tuple[CountCalls, str],
+) -> None:
+    # During a rolling upgrade one old replica's UNIMPLEMENTED must not turn read sessions
+    # off for the client's lifetime: it holds recheck_seconds, then the client asks again.
+    counter, target = old_server
+    clock = Clock()
+    server = ServerFeatures(recheck_seconds=300, clock=clock)
+    request = table_service_pb2.ReadRowsRequest(namespace="s", table="t")
+    with grpc.insecure_channel(target) as channel:
+        stubs = [table_service_pb2_grpc.TableServiceStub(channel)]
+
+        def read() -> pa.Table:
+            plan = AttemptPlan(1, policy=FAST, deadline=Deadline.after(30))
+            return read_rows(stubs, request, 4, plan, None, server)
+
+        assert read().equals(ROWS)
+        clock.now = 299
+        assert read().equals(ROWS)
+        assert counter.methods == ["CreateReadSession", "ReadRows", "ReadRows"]
+        clock.now = 300
+        assert read().equals(ROWS)
+        assert counter.methods[3:] == ["CreateReadSession", "ReadRows"]
+        assert read().equals(ROWS)  # and remembered again
+        assert counter.methods[5:] == ["ReadRows"]
 
 
 def test_the_sync_helper_falls_back_to_read_rows(old_server: tuple[CountCalls, str]) -> None:
