@@ -28,7 +28,7 @@ from lakehouse.client.errors import LakehouseError
 from lakehouse.client.parallel_reads import read_rows
 from lakehouse.client.read_attempts import AttemptPlan, Deadline, ServerFeatures
 from lakehouse.client.retry import RetryPolicy
-from lakehouse.v1 import rows_pb2, table_service_pb2, table_service_pb2_grpc
+from lakehouse.v1 import read_session_pb2, rows_pb2, table_service_pb2, table_service_pb2_grpc
 
 SERVICE = "lakehouse.v1.TableService"
 #: Short waits: the tests count attempts, they do not time them.
@@ -266,6 +266,61 @@ async def test_the_async_helpers_timeout_is_the_whole_reads(
     left = time_left(recorder)
     assert len(left) in (2, 3)
     assert all(later <= earlier - hold / 2 for earlier, later in itertools.pairwise(left))
+
+
+# --- 3. a stream that fails stops its siblings -------------------------------------------------
+
+
+def two_stream_handler(slow_stream_ended: list[str], recorded: threading.Event) -> Any:
+    """A session of two streams: stream 0 sends its schema then stalls until its call ends
+    (recording whether the client cancelled it), stream 1 fails with INVALID_ARGUMENT as
+    soon as stream 0 is being served (earlier, the client could cancel stream 0's call before
+    its handler ran, and there would be nothing to record)."""
+    schema = rows_pb2.ArrowSchema(serialized_schema=ROWS.schema.serialize().to_pybytes())
+    slow_stream_served = threading.Event()
+
+    def create(request: Any, context: grpc.ServicerContext) -> Any:
+        streams = [read_session_pb2.ReadStream(index=i) for i in range(2)]
+        session = read_session_pb2.ReadSession(name="s1", arrow_schema=schema, streams=streams)
+        return table_service_pb2.CreateReadSessionResponse(session=session)
+
+    def read(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        if request.stream == 1:
+            slow_stream_served.wait(30)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "stream 1 is bad")
+        finished = threading.Event()
+
+        def ended() -> None:
+            # on the call's end, whatever ends it: a cancelled call's generator is dropped
+            # at its yield, so nothing after the yield may run
+            slow_stream_ended.append("read to its end" if finished.is_set() else "cancelled")
+            recorded.set()
+
+        if not context.add_callback(ended):
+            ended()  # the call has already ended
+        slow_stream_served.set()
+        yield table_service_pb2.ReadRowsResponse(arrow_schema=schema)
+        # bounded: without a cancel, the stream ends by itself (and the test fails)
+        recorded.wait(20)
+        finished.set()
+
+    return table_service(CreateReadSession=create, ReadRows=read)
+
+
+def test_a_failing_stream_cancels_the_other_streams_calls(serve: Callable[..., str]) -> None:
+    # One stream fails for good while another is still being read: the read raises that
+    # error at once, and cancels the other stream's call instead of reading it to its end.
+    slow_stream_ended: list[str] = []
+    recorded = threading.Event()
+    target = serve(two_stream_handler(slow_stream_ended, recorded))
+    with (
+        Lakehouse(target, read_streams=2, retry=FAST, timeout=60) as lh,
+        pytest.raises(LakehouseError) as failed,
+    ):
+        lh.read("s.t")
+    assert failed.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert recorded.wait(30), "the slow stream's call never ended"
+    assert slow_stream_ended == ["cancelled"]
 
 
 # --- 4. a server without read sessions ---------------------------------------------------------
