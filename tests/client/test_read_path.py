@@ -164,6 +164,50 @@ async def test_a_failing_async_read_reaches_the_server_at_most_max_attempts_time
     assert recorder.methods() == ["CreateReadSession"] * FAST.max_attempts
 
 
+def failing_streams_handler(recorder: Recorder, streams: int, status: grpc.Status) -> Any:
+    """A session of ``streams`` streams whose every ``ReadRows`` fails with ``status``."""
+
+    def create(request: Any, context: grpc.ServicerContext) -> Any:
+        recorder.record("CreateReadSession", context)
+        session = read_session_pb2.ReadSession(
+            name="s1",
+            arrow_schema=rows_pb2.ArrowSchema(
+                serialized_schema=ROWS.schema.serialize().to_pybytes()
+            ),
+            streams=[read_session_pb2.ReadStream(index=i) for i in range(streams)],
+        )
+        return table_service_pb2.CreateReadSessionResponse(session=session)
+
+    def read(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        recorder.record(f"ReadRows {request.stream}", context)
+        context.abort_with_status(status)
+
+    return table_service(CreateReadSession=create, ReadRows=read)
+
+
+@pytest.mark.parametrize("reason", [None, "OBJECT_STORE_UNAVAILABLE"])
+def test_a_read_whose_streams_fail_every_time_stays_within_the_documented_bound(
+    serve: Callable[..., str], reason: str | None
+) -> None:
+    # The session is created; then every stream's ReadRows fails, a replica gone (failover)
+    # or a backing service down (RetryInfo). Lakehouse.read documents at most
+    # (1 + streams) x max_attempts calls: each stream is tried max_attempts times at most.
+    streams, recorder = 4, Recorder()
+    target = serve(failing_streams_handler(recorder, streams, unavailable(reason)))
+    with (
+        Lakehouse(target, channels=2, read_streams=streams, retry=FAST, timeout=30) as lh,
+        pytest.raises(LakehouseError) as failed,
+    ):
+        lh.read("s.t")
+    assert failed.value.code == grpc.StatusCode.UNAVAILABLE
+    methods = recorder.methods()
+    assert len(methods) <= (1 + streams) * FAST.max_attempts
+    assert methods.count("CreateReadSession") == 1
+    per_stream = [methods.count(f"ReadRows {i}") for i in range(streams)]
+    assert max(per_stream) == FAST.max_attempts  # the stream that failed for good
+    assert all(count <= FAST.max_attempts for count in per_stream)
+
+
 def test_the_arrow_helper_tries_each_channel_once_without_a_policy(
     serve: Callable[..., str],
 ) -> None:
