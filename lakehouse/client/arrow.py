@@ -356,6 +356,7 @@ def read_rows_request(
     row_limit: int = 0,
     row_format: rows_pb2.RowFormat.ValueType = rows_pb2.ROW_FORMAT_ARROW,
     compression: rows_pb2.ArrowCompression.ValueType = rows_pb2.ARROW_COMPRESSION_UNSPECIFIED,
+    ref: str = "",
 ) -> table_service_pb2.ReadRowsRequest:
     """Builds a ``ReadRowsRequest``.
 
@@ -370,6 +371,7 @@ def read_rows_request(
         row_format: ``ROW_FORMAT_ARROW`` (the default) or ``ROW_FORMAT_JSON``.
         compression: Arrow buffer compression, e.g. ``ARROW_COMPRESSION_ZSTD`` on a slow
             network; pyarrow decompresses transparently.
+        ref: Read the head of this branch or this tag.
 
     Returns:
         The request.
@@ -388,6 +390,7 @@ def read_rows_request(
         row_limit=row_limit,
         format=row_format,
         arrow_compression=compression,
+        ref=ref,
     )
     if columns:
         request.columns.CopyFrom(field_mask_pb2.FieldMask(paths=list(columns)))
@@ -459,8 +462,8 @@ def read_table(
         as_of_time=as_of_time,
         row_limit=row_limit,
         compression=compression,
+        ref=ref,
     )
-    request.ref = ref
     stubs = _stubs(stub)
     plan = AttemptPlan(len(stubs), deadline=Deadline.after(timeout))
     return read_rows(stubs, request, max_streams, plan, _metadata(metadata), ServerFeatures())
@@ -519,8 +522,8 @@ async def read_table_async(
         as_of_time=as_of_time,
         row_limit=row_limit,
         compression=compression,
+        ref=ref,
     )
-    request.ref = ref
     stubs = _stubs(stub)
     plan = AttemptPlan(len(stubs), deadline=Deadline.after(timeout))
     features = ServerFeatures()
