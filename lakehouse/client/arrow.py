@@ -356,6 +356,7 @@ def read_rows_request(
     row_limit: int = 0,
     row_format: rows_pb2.RowFormat.ValueType = rows_pb2.ROW_FORMAT_ARROW,
     compression: rows_pb2.ArrowCompression.ValueType = rows_pb2.ARROW_COMPRESSION_UNSPECIFIED,
+    ref: str = "",
 ) -> table_service_pb2.ReadRowsRequest:
     """Builds a ``ReadRowsRequest``.
 
@@ -370,6 +371,7 @@ def read_rows_request(
         row_format: ``ROW_FORMAT_ARROW`` (the default) or ``ROW_FORMAT_JSON``.
         compression: Arrow buffer compression, e.g. ``ARROW_COMPRESSION_ZSTD`` on a slow
             network; pyarrow decompresses transparently.
+        ref: Read the head of this branch or this tag.
 
     Returns:
         The request.
@@ -388,6 +390,7 @@ def read_rows_request(
         row_limit=row_limit,
         format=row_format,
         arrow_compression=compression,
+        ref=ref,
     )
     if columns:
         request.columns.CopyFrom(field_mask_pb2.FieldMask(paths=list(columns)))
@@ -421,7 +424,7 @@ def read_table(
     thread each, spread over the stubs given (a stream broken by ``UNAVAILABLE`` is read
     again on the next one); ``max_streams=1``, or a ``row_limit``, reads one ``ReadRows``, and
     so does a read from a server without read sessions (an older release, which answers
-    ``UNIMPLEMENTED``: asked on each call here, once per client by ``Lakehouse``). Either way
+    ``UNIMPLEMENTED``: asked on each call here, every 5 minutes by ``Lakehouse``). Either way
     the rows are those, and in the order, of one ``ReadRows``.
 
     Args:
@@ -459,8 +462,8 @@ def read_table(
         as_of_time=as_of_time,
         row_limit=row_limit,
         compression=compression,
+        ref=ref,
     )
-    request.ref = ref
     stubs = _stubs(stub)
     plan = AttemptPlan(len(stubs), deadline=Deadline.after(timeout))
     return read_rows(stubs, request, max_streams, plan, _metadata(metadata), ServerFeatures())
@@ -519,8 +522,8 @@ async def read_table_async(
         as_of_time=as_of_time,
         row_limit=row_limit,
         compression=compression,
+        ref=ref,
     )
-    request.ref = ref
     stubs = _stubs(stub)
     plan = AttemptPlan(len(stubs), deadline=Deadline.after(timeout))
     features = ServerFeatures()

@@ -145,7 +145,7 @@ class Lakehouse:
         self.jobs = self._next.first[2]
         """The generated ``JobService`` stub (on the first channel)."""
         self.read_streams = read_streams
-        # Whether the server has read sessions: learnt on the first read, then remembered.
+        # Whether the server has read sessions: learnt on the first read, remembered a while.
         self._server = ServerFeatures()
         self._reads = ReadChannels(
             [stubs[0] for stubs in self._next.stubs],
@@ -437,9 +437,11 @@ class Lakehouse:
         ``(1 + streams) * retry.max_attempts``, twice over when maintenance expired its
         session's snapshot meanwhile (it is then read once more as a new session). A server
         without read sessions (``UNIMPLEMENTED``, an older release) is read with one plain
-        ``ReadRows`` (``retry.max_attempts`` more calls at most), and the client remembers it.
-        All of it within the client's ``timeout``: each call gets the time left, and a read
-        with none left fails with ``DEADLINE_EXCEEDED``.
+        ``ReadRows`` (``retry.max_attempts`` more calls at most), and the client remembers it
+        for ``read_attempts.SESSIONS_RECHECK_SECONDS`` (5 minutes), then asks again.
+        All of it within the client's ``timeout``: each call gets the time left, a read
+        with none left fails with ``DEADLINE_EXCEEDED``, and a retry whose wait would end
+        past it is not waited for (the call's error is raised at once).
 
         Args:
             table: ``"namespace.table"`` or ``(namespace, table)``.

@@ -136,7 +136,7 @@ class AsyncLakehouse:
         self.jobs = self._next.first[2]
         """The generated ``JobService`` stub (on the first channel)."""
         self.read_streams = read_streams
-        # Whether the server has read sessions: learnt on the first read, then remembered.
+        # Whether the server has read sessions: learnt on the first read, remembered a while.
         self._server = ServerFeatures()
         self._reads = ReadChannels(
             [stubs[0] for stubs in self._next.stubs],

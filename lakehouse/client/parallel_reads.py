@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, TypeVar
 
 import grpc
@@ -73,14 +74,52 @@ def _schema(session: read_session_pb2.ReadSession) -> pa.Schema:
     return pa.ipc.read_schema(pa.py_buffer(session.arrow_schema.serialized_schema))
 
 
-def _failover(stubs: Sequence[S], first: int, call: Callable[[S], T], plan: AttemptPlan) -> T:
+class _StreamCalls:
+    """The ``ReadRows`` calls of one session's streams, read in threads.
+
+    The first stream to fail for good cancels the others' calls at once: they would otherwise
+    be read to their end, or to the deadline, before the read could raise.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: list[grpc.Call] = []
+        self._stopped = threading.Event()
+
+    def started(self, call: grpc.Call) -> grpc.Call:
+        """Keeps ``call`` to cancel it with the others; cancels it now if they already are."""
+        with self._lock:
+            self._calls.append(call)
+            if self._stopped.is_set():
+                call.cancel()
+        return call
+
+    def cancel(self) -> None:
+        """Cancels every call, and any a stream starts after (its retry ends at once)."""
+        with self._lock:
+            self._stopped.set()
+            for call in self._calls:
+                call.cancel()
+
+    def sleep(self, seconds: float) -> None:
+        """A stream's wait before its next try, cut short when the streams are cancelled."""
+        self._stopped.wait(seconds)
+
+
+def _failover(
+    stubs: Sequence[S],
+    first: int,
+    call: Callable[[S], T],
+    plan: AttemptPlan,
+    sleep: Callable[[float], object] = time.sleep,
+) -> T:
     """``call`` on ``stubs[first]``, then as ``plan`` says while it fails."""
     for attempt in itertools.count(1):
         try:
             return call(stubs[plan.channel(first, attempt)])
         except grpc.RpcError as e:
             delay = plan.wait(e, attempt)
-        time.sleep(delay)
+        sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover - itertools.count never ends
 
 
@@ -130,7 +169,7 @@ def read_rows(
 
     Its shape (``first_shape``, ``next_shape``) and each call's tries and deadline (``plan``)
     are decided in ``lakehouse.client.read_attempts``; a server without read sessions is read
-    with one plain ``ReadRows``, and ``server`` remembers it for the next reads.
+    with one plain ``ReadRows``, and ``server`` remembers it a while (``ServerFeatures``).
     """
     session = read_session_request(request, max_streams)
     shape = first_shape(request.row_limit, max_streams, server)
@@ -241,18 +280,24 @@ def _read_plain(
     plan: AttemptPlan,
     metadata: Metadata,
     first: int = 0,
+    calls: _StreamCalls | None = None,
 ) -> pa.Table:
     """One ``ReadRows``, a plain one or a session's stream, from ``stubs[first]`` on.
 
-    Its tries are as ``plan`` says.
+    Its tries are as ``plan`` says; a session's stream keeps its calls in ``calls``.
     """
     from lakehouse.client.arrow import read_rows_to_arrow
 
     def read(stub: table_service_pb2_grpc.TableServiceStub) -> pa.Table:
         timeout = plan.deadline.remaining()
-        return read_rows_to_arrow(stub.ReadRows(request, timeout=timeout, metadata=metadata))
+        call = stub.ReadRows(request, timeout=timeout, metadata=metadata)
+        if calls is not None:
+            calls.started(call)
+        return read_rows_to_arrow(call)
 
-    return _failover(stubs, first, read, plan)
+    if calls is None:
+        return _failover(stubs, first, read, plan)
+    return _failover(stubs, first, read, plan, calls.sleep)
 
 
 async def _read_plain_async(
@@ -279,7 +324,10 @@ def _read_session(
     compression: rows_pb2.ArrowCompression.ValueType,
     metadata: Metadata,
 ) -> pa.Table:
-    """One read session: created, then its streams read at once, one thread each."""
+    """One read session: created, then its streams read at once, one thread each.
+
+    The first stream to fail for good cancels the others' calls, and its error is raised.
+    """
 
     def create(stub: table_service_pb2_grpc.TableServiceStub) -> read_session_pb2.ReadSession:
         timeout = plan.deadline.remaining()
@@ -287,17 +335,34 @@ def _read_session(
 
     session = _failover(stubs, 0, create, plan)
 
+    calls = _StreamCalls()
+
     def read(index: int) -> pa.Table:
         stream = _stream_request(session.name, index, compression)
-        return _read_plain(stubs, stream, plan, metadata, first=index)
+        return _read_plain(stubs, stream, plan, metadata, first=index, calls=calls)
 
-    count = len(session.streams)
-    if count == 1:
-        parts = [read(0)]
-    else:
-        with ThreadPoolExecutor(count, thread_name_prefix="lakehouse-read") as pool:
-            parts = list(pool.map(read, range(count)))
+    parts = _all_or_first_error(read, len(session.streams), calls)
     return pa.concat_tables([_schema(session).empty_table(), *parts])
+
+
+def _all_or_first_error(
+    read: Callable[[int], pa.Table], count: int, calls: _StreamCalls
+) -> list[pa.Table]:
+    """``read(0)`` .. ``read(count - 1)``, in threads; the first to raise cancels the others.
+
+    Raises:
+        Exception: The error of the first stream that failed (not a sibling's ``CANCELLED``).
+    """
+    if count == 1:
+        return [read(0)]
+    with ThreadPoolExecutor(count, thread_name_prefix="lakehouse-read") as pool:
+        futures = [pool.submit(read, index) for index in range(count)]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in futures if f in done and f.exception() is not None]
+        if failed:
+            calls.cancel()
+            failed[0].result()  # raises it, once the pool's threads are done
+    return [future.result() for future in futures]
 
 
 async def _read_session_async(

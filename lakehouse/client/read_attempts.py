@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import time
+from collections.abc import Callable
 
 import grpc
 
@@ -20,6 +21,7 @@ from lakehouse.client.errors import decode_error
 from lakehouse.client.retry import OnRetry, RetryPolicy
 
 __all__ = [
+    "SESSIONS_RECHECK_SECONDS",
     "AttemptPlan",
     "Deadline",
     "ReadShape",
@@ -58,16 +60,37 @@ def sessions_unsupported(error: grpc.RpcError) -> bool:
     return decode_error(error).code == grpc.StatusCode.UNIMPLEMENTED
 
 
+#: How long a client reads with plain ``ReadRows`` after a server answered
+#: ``CreateReadSession`` with ``UNIMPLEMENTED``, before it asks again: during a rolling
+#: upgrade that answer came from one old replica, and the new ones have read sessions.
+SESSIONS_RECHECK_SECONDS = 300.0
+
+
 @dataclasses.dataclass
 class ServerFeatures:
-    """What a client learned about its server, so it asks only once.
+    """What a client learned about its server, so it does not ask on every read.
+
+    What it learned expires: behind one address, replicas of two releases answer during a
+    rolling upgrade, so one old replica's ``UNIMPLEMENTED`` holds for ``recheck_seconds``.
 
     Attributes:
-        read_sessions: Whether the server serves ``CreateReadSession``; False once it
-            answered ``UNIMPLEMENTED`` (a release older than read sessions).
+        recheck_seconds: How long an ``UNIMPLEMENTED`` answer holds.
+        clock: The clock of ``recheck_seconds`` (``time.monotonic``; a test moves its own).
     """
 
-    read_sessions: bool = True
+    recheck_seconds: float = SESSIONS_RECHECK_SECONDS
+    clock: Callable[[], float] = time.monotonic
+    _no_sessions_until: float | None = dataclasses.field(default=None, init=False)
+
+    @property
+    def read_sessions(self) -> bool:
+        """Whether to read with a session (not for ``recheck_seconds`` after UNIMPLEMENTED)."""
+        until = self._no_sessions_until
+        return until is None or self.clock() >= until
+
+    def sessions_unsupported(self) -> None:
+        """Remembers (for ``recheck_seconds``) that the server answered ``UNIMPLEMENTED``."""
+        self._no_sessions_until = self.clock() + self.recheck_seconds
 
 
 class ReadShape(enum.Enum):
@@ -97,7 +120,8 @@ def next_shape(
 
     A session whose snapshot was expired meanwhile is read once more as a new session (of the
     current snapshot: the rows still come from one snapshot). A server without read sessions
-    (``UNIMPLEMENTED``) is read with one plain ``ReadRows``, and ``server`` remembers it.
+    (``UNIMPLEMENTED``) is read with one plain ``ReadRows``, and ``server`` remembers it for
+    a while (``ServerFeatures.recheck_seconds``).
 
     Raises:
         grpc.RpcError: ``error`` itself, when it is final.
@@ -105,7 +129,7 @@ def next_shape(
     if shape is ReadShape.SESSION and snapshot_expired(error):
         return ReadShape.SESSION_AGAIN
     if shape is not ReadShape.PLAIN and can_read_plain and sessions_unsupported(error):
-        server.read_sessions = False
+        server.sessions_unsupported()
         return ReadShape.PLAIN
     raise error
 
@@ -148,11 +172,9 @@ class Deadline:
             raise deadline_exceeded()
         return left
 
-    def cap(self, delay: float) -> float:
-        """``delay``, or what is left of the deadline when that is shorter."""
-        if self.at is None:
-            return delay
-        return max(0.0, min(delay, self.at - time.monotonic()))
+    def allows(self, delay: float) -> bool:
+        """Whether a wait of ``delay`` seconds ends before the deadline."""
+        return self.at is None or time.monotonic() + delay < self.at
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,8 +195,10 @@ class AttemptPlan:
     policy's delay (the server's ``RetryInfo``, else a jittered backoff).
 
     Every call of the read and every wait fits in the read's ``deadline``: a call gets the
-    time left as its timeout, a wait is cut to it, and with none left the read fails with
-    ``DEADLINE_EXCEEDED``.
+    time left as its timeout, and with none left the read fails with ``DEADLINE_EXCEEDED``.
+    A wait that would end past the deadline is not started: the call's own error is raised at
+    once (a retry that cannot happen would only turn, say, ``OBJECT_STORE_UNAVAILABLE`` with
+    its ``RetryInfo`` into a reasonless ``DEADLINE_EXCEEDED`` after a useless sleep).
 
     Attributes:
         channels: How many channels the call may go to.
@@ -203,14 +227,15 @@ class AttemptPlan:
         """The wait in seconds before the try after ``attempt`` (from 1) failed with ``error``.
 
         Raises:
-            grpc.RpcError: ``error`` itself, when it is final.
+            grpc.RpcError: ``error`` itself, when it is final or its wait would outlast the
+                read's deadline (then before ``on_retry``: no retry is announced in vain).
         """
         delay = self._delay(error, attempt) if attempt < self.tries else None
-        if delay is None:
+        if delay is None or not self.deadline.allows(delay):
             raise error
         if self.on_retry is not None:
             self.on_retry(decode_error(error), attempt, delay)
-        return self.deadline.cap(delay)
+        return delay
 
     def _delay(self, error: grpc.RpcError, attempt: int) -> float | None:
         if replica_gone(error) and (self.policy is None or attempt < self.channels):

@@ -131,7 +131,7 @@ def table_read_request(
         ValueError: A bad table name, or both snapshot_id and as_of.
     """
     namespace, name = split_table(table)
-    request = read_rows_request(
+    return read_rows_request(
         namespace,
         name,
         columns=columns,
@@ -139,9 +139,8 @@ def table_read_request(
         snapshot_id=snapshot_id,
         as_of_time=as_of,
         row_limit=limit,
+        ref=ref,
     )
-    request.ref = ref
-    return request
 
 
 def write_mode(mode: WriteModeName) -> ingest_pb2.WriteMode.ValueType:

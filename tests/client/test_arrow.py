@@ -371,6 +371,7 @@ def test_read_rows_request_fields() -> None:
     assert read_rows_request("s", "t", snapshot_id=0).WhichOneof("version") == "snapshot_id"
     timed = read_rows_request("s", "t", as_of_time=when)
     assert timed.as_of_time.ToDatetime(tzinfo=UTC) == when
+    assert read_rows_request("s", "t", ref="audit").ref == "audit"
     with pytest.raises(ValueError, match="not both"):
         read_rows_request("s", "t", snapshot_id=1, as_of_time=when)
     with pytest.raises(ValueError, match="not a string"):

@@ -25,8 +25,10 @@ from grpc_status import rpc_status
 from lakehouse.client import AsyncLakehouse, Lakehouse
 from lakehouse.client.arrow import read_table, read_table_async
 from lakehouse.client.errors import LakehouseError
+from lakehouse.client.parallel_reads import read_rows
+from lakehouse.client.read_attempts import AttemptPlan, Deadline, ServerFeatures
 from lakehouse.client.retry import RetryPolicy
-from lakehouse.v1 import rows_pb2, table_service_pb2, table_service_pb2_grpc
+from lakehouse.v1 import read_session_pb2, rows_pb2, table_service_pb2, table_service_pb2_grpc
 
 SERVICE = "lakehouse.v1.TableService"
 #: Short waits: the tests count attempts, they do not time them.
@@ -49,12 +51,14 @@ class Recorder:
             return [method for method, _ in self.calls]
 
 
-def unavailable(reason: str | None) -> grpc.Status:
+def unavailable(reason: str | None, retry_delay: float = 0.01) -> grpc.Status:
     """UNAVAILABLE without details (a replica gone), or with ErrorInfo and RetryInfo."""
     status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message="down")
     if reason is not None:
         info = error_details_pb2.ErrorInfo(reason=reason, domain="lakehouse.v1")
-        retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(nanos=10_000_000))
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(retry_delay * 1e9))
+        retry = error_details_pb2.RetryInfo(retry_delay=delay)
         status.details.add().Pack(info)
         status.details.add().Pack(retry)
     return rpc_status.to_status(status)
@@ -160,6 +164,50 @@ async def test_a_failing_async_read_reaches_the_server_at_most_max_attempts_time
     assert recorder.methods() == ["CreateReadSession"] * FAST.max_attempts
 
 
+def failing_streams_handler(recorder: Recorder, streams: int, status: grpc.Status) -> Any:
+    """A session of ``streams`` streams whose every ``ReadRows`` fails with ``status``."""
+
+    def create(request: Any, context: grpc.ServicerContext) -> Any:
+        recorder.record("CreateReadSession", context)
+        session = read_session_pb2.ReadSession(
+            name="s1",
+            arrow_schema=rows_pb2.ArrowSchema(
+                serialized_schema=ROWS.schema.serialize().to_pybytes()
+            ),
+            streams=[read_session_pb2.ReadStream(index=i) for i in range(streams)],
+        )
+        return table_service_pb2.CreateReadSessionResponse(session=session)
+
+    def read(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        recorder.record(f"ReadRows {request.stream}", context)
+        context.abort_with_status(status)
+
+    return table_service(CreateReadSession=create, ReadRows=read)
+
+
+@pytest.mark.parametrize("reason", [None, "OBJECT_STORE_UNAVAILABLE"])
+def test_a_read_whose_streams_fail_every_time_stays_within_the_documented_bound(
+    serve: Callable[..., str], reason: str | None
+) -> None:
+    # The session is created; then every stream's ReadRows fails, a replica gone (failover)
+    # or a backing service down (RetryInfo). Lakehouse.read documents at most
+    # (1 + streams) x max_attempts calls: each stream is tried max_attempts times at most.
+    streams, recorder = 4, Recorder()
+    target = serve(failing_streams_handler(recorder, streams, unavailable(reason)))
+    with (
+        Lakehouse(target, channels=2, read_streams=streams, retry=FAST, timeout=30) as lh,
+        pytest.raises(LakehouseError) as failed,
+    ):
+        lh.read("s.t")
+    assert failed.value.code == grpc.StatusCode.UNAVAILABLE
+    methods = recorder.methods()
+    assert len(methods) <= (1 + streams) * FAST.max_attempts
+    assert methods.count("CreateReadSession") == 1
+    per_stream = [methods.count(f"ReadRows {i}") for i in range(streams)]
+    assert max(per_stream) == FAST.max_attempts  # the stream that failed for good
+    assert all(count <= FAST.max_attempts for count in per_stream)
+
+
 def test_the_arrow_helper_tries_each_channel_once_without_a_policy(
     serve: Callable[..., str],
 ) -> None:
@@ -211,6 +259,35 @@ def test_a_reads_timeout_bounds_all_its_calls_and_waits(
     assert all(later <= earlier - hold / 2 for earlier, later in itertools.pairwise(left))
 
 
+def test_a_retry_wait_beyond_the_deadline_raises_the_servers_error_at_once(
+    serve: Callable[..., str],
+) -> None:
+    # The backing service is down and the server says to come back in 3 s; the read has 1 s.
+    # Waiting what is left and failing DEADLINE_EXCEEDED would hide why; the client raises the
+    # server's error at once, and announces no retry that will not happen.
+    recorder = Recorder()
+    target = serve(failing_handler(recorder, unavailable("OBJECT_STORE_UNAVAILABLE", 3.0)))
+    retries: list[float] = []
+    with (
+        Lakehouse(
+            target,
+            read_streams=2,
+            retry=RetryPolicy(max_attempts=3),
+            on_retry=lambda e, attempt, delay: retries.append(delay),
+            timeout=1,
+        ) as lh,
+        pytest.raises(LakehouseError) as failed,
+    ):
+        lh.read("s.t")
+    assert (failed.value.code, failed.value.reason) == (
+        grpc.StatusCode.UNAVAILABLE,
+        "OBJECT_STORE_UNAVAILABLE",
+    )
+    assert failed.value.retry_delay == 3.0
+    assert retries == []
+    assert recorder.methods() == ["CreateReadSession"]
+
+
 async def test_the_async_helpers_timeout_is_the_whole_reads(
     serve: Callable[..., str],
 ) -> None:
@@ -233,6 +310,61 @@ async def test_the_async_helpers_timeout_is_the_whole_reads(
     left = time_left(recorder)
     assert len(left) in (2, 3)
     assert all(later <= earlier - hold / 2 for earlier, later in itertools.pairwise(left))
+
+
+# --- 3. a stream that fails stops its siblings -------------------------------------------------
+
+
+def two_stream_handler(slow_stream_ended: list[str], recorded: threading.Event) -> Any:
+    """A session of two streams: stream 0 sends its schema then stalls until its call ends
+    (recording whether the client cancelled it), stream 1 fails with INVALID_ARGUMENT as
+    soon as stream 0 is being served (earlier, the client could cancel stream 0's call before
+    its handler ran, and there would be nothing to record)."""
+    schema = rows_pb2.ArrowSchema(serialized_schema=ROWS.schema.serialize().to_pybytes())
+    slow_stream_served = threading.Event()
+
+    def create(request: Any, context: grpc.ServicerContext) -> Any:
+        streams = [read_session_pb2.ReadStream(index=i) for i in range(2)]
+        session = read_session_pb2.ReadSession(name="s1", arrow_schema=schema, streams=streams)
+        return table_service_pb2.CreateReadSessionResponse(session=session)
+
+    def read(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        if request.stream == 1:
+            slow_stream_served.wait(30)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "stream 1 is bad")
+        finished = threading.Event()
+
+        def ended() -> None:
+            # on the call's end, whatever ends it: a cancelled call's generator is dropped
+            # at its yield, so nothing after the yield may run
+            slow_stream_ended.append("read to its end" if finished.is_set() else "cancelled")
+            recorded.set()
+
+        if not context.add_callback(ended):
+            ended()  # the call has already ended
+        slow_stream_served.set()
+        yield table_service_pb2.ReadRowsResponse(arrow_schema=schema)
+        # bounded: without a cancel, the stream ends by itself (and the test fails)
+        recorded.wait(20)
+        finished.set()
+
+    return table_service(CreateReadSession=create, ReadRows=read)
+
+
+def test_a_failing_stream_cancels_the_other_streams_calls(serve: Callable[..., str]) -> None:
+    # One stream fails for good while another is still being read: the read raises that
+    # error at once, and cancels the other stream's call instead of reading it to its end.
+    slow_stream_ended: list[str] = []
+    recorded = threading.Event()
+    target = serve(two_stream_handler(slow_stream_ended, recorded))
+    with (
+        Lakehouse(target, read_streams=2, retry=FAST, timeout=60) as lh,
+        pytest.raises(LakehouseError) as failed,
+    ):
+        lh.read("s.t")
+    assert failed.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert recorded.wait(30), "the slow stream's call never ended"
+    assert slow_stream_ended == ["cancelled"]
 
 
 # --- 4. a server without read sessions ---------------------------------------------------------
@@ -297,6 +429,43 @@ async def test_the_async_client_and_helper_fall_back_to_read_rows(
         stub = table_service_pb2_grpc.TableServiceStub(channel)
         assert (await read_table_async(stub, "s", "t", timeout=30)).equals(ROWS)
     assert counter.methods[3:] == ["CreateReadSession", "ReadRows"]
+
+
+class Clock:
+    """A clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_client_asks_for_read_sessions_again_after_a_while(
+    old_server: tuple[CountCalls, str],
+) -> None:
+    # During a rolling upgrade one old replica's UNIMPLEMENTED must not turn read sessions
+    # off for the client's lifetime: it holds recheck_seconds, then the client asks again.
+    counter, target = old_server
+    clock = Clock()
+    server = ServerFeatures(recheck_seconds=300, clock=clock)
+    request = table_service_pb2.ReadRowsRequest(namespace="s", table="t")
+    with grpc.insecure_channel(target) as channel:
+        stubs = [table_service_pb2_grpc.TableServiceStub(channel)]
+
+        def read() -> pa.Table:
+            plan = AttemptPlan(1, policy=FAST, deadline=Deadline.after(30))
+            return read_rows(stubs, request, 4, plan, None, server)
+
+        assert read().equals(ROWS)
+        clock.now = 299
+        assert read().equals(ROWS)
+        assert counter.methods == ["CreateReadSession", "ReadRows", "ReadRows"]
+        clock.now = 300
+        assert read().equals(ROWS)
+        assert counter.methods[3:] == ["CreateReadSession", "ReadRows"]
+        assert read().equals(ROWS)  # and remembered again
+        assert counter.methods[5:] == ["ReadRows"]
 
 
 def test_the_sync_helper_falls_back_to_read_rows(old_server: tuple[CountCalls, str]) -> None:
