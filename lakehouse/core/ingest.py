@@ -349,6 +349,9 @@ class _TableCommitter:
         # When and under which epoch this owner last claimed handed batches (see _claim).
         self._claimed_at = 0.0
         self._claimed_epoch: int | None = None
+        # Claims that failed in a row, and when the next may be tried (see _claim).
+        self._claim_failures = 0
+        self._claim_retry_at = 0.0
         self._key = key
         self._branch = branch
         self._conflicts = conflicts
@@ -599,6 +602,8 @@ class _TableCommitter:
         signals = self._fleet.signals
         pending = signals.pending(self._key, self._branch)
         now = time.monotonic()
+        if now < self._claim_retry_at:
+            return []  # the database failed the last claim: backing off
         due = (
             not signals.listening
             or pending.is_set()
@@ -612,12 +617,34 @@ class _TableCommitter:
         try:
             batches = await self._fleet.store.claim(self._key, self._branch, epoch, _MAX_BATCHES)
         except Unavailable as exc:
-            log.warning(
-                "cannot claim handed ingest batches",
-                extra={"table": ".".join(self._key), "error": exc.message},
+            # Still pending: claimed again once the backoff ends. The backoff doubles from
+            # the hand-off poll up to the safety poll, so an outage of the database costs a
+            # few queries and one warning, not one of each per window (every 20 ms).
+            self._claim_failures += 1
+            poll = self._settings.handoff_poll_ms / 1000
+            backoff = min(
+                poll * 2 ** (self._claim_failures - 1),
+                self._settings.handoff_safety_poll_ms / 1000,
             )
-            pending.set()  # still pending: claim again next window
+            self._claim_retry_at = now + backoff
+            pending.set()
+            log.log(
+                logging.WARNING if self._claim_failures == 1 else logging.DEBUG,
+                "cannot claim handed ingest batches",
+                extra={
+                    "table": ".".join(self._key),
+                    "error": exc.message,
+                    "failures": self._claim_failures,
+                    "retry_seconds": round(backoff, 3),
+                },
+            )
             return []
+        if self._claim_failures:
+            log.info(
+                "handed ingest batches claimed again",
+                extra={"table": ".".join(self._key), "failures": self._claim_failures},
+            )
+            self._claim_failures = 0
         if len(batches) == _MAX_BATCHES:
             pending.set()  # more may wait
         return batches

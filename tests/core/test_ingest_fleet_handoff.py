@@ -453,6 +453,51 @@ async def test_a_batch_left_claimed_is_claimed_again_in_the_next_window(
         assert table_ids(backend) == [*range(0, 10), *range(100, 110)]
 
 
+class ClaimsFailWhileDown(Counting):
+    """Claims fail while ``down`` (the database went away), and are counted."""
+
+    down = False
+
+    async def claim(
+        self, table: tuple[str, str], branch: str, epoch: int, limit: int
+    ) -> list[PendingBatch]:
+        if self.down:
+            self.calls["failed_claim"] += 1
+            raise Unavailable("the job store cannot be reached")
+        return await super().claim(table, branch, epoch, limit)
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_an_owner_backs_off_its_claims_while_the_database_fails_them(
+    backend: Any, jobs_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Without a listener an idle owner looks for handed batches every hand-off poll (20 ms);
+    # a claim the database fails waits twice as long each time, up to the safety poll (1 s).
+    async with owner_and_replica(backend, jobs_url, IngestFleetStore, ClaimsFailWhileDown) as (
+        owner,
+        replica,
+    ):
+        store = owner.store
+        assert isinstance(store, ClaimsFailWhileDown)
+        await until(lambda: store.calls["claim"] > 0, 10, "the owner claims")
+        caplog.set_level("DEBUG", logger="lakehouse.core.ingest")
+        store.down = True
+        await asyncio.sleep(1.0)
+        failed = store.calls["failed_claim"]
+        assert 2 <= failed <= 10, f"{failed} claims failed in 1 s"
+        warnings = [
+            r
+            for r in caplog.records
+            if r.levelname == "WARNING" and r.getMessage() == "cannot claim handed ingest batches"
+        ]
+        assert len(warnings) == 1
+        store.down = False
+        written = await asyncio.wait_for(replica.ingest.write(*TABLE, rows(100, 10)), 10)
+        assert written.rows_written == 10
+        await settled(jobs_url)
+        assert table_ids(backend) == [*range(0, 10), *range(100, 110)]
+
+
 class PrunedBeforeRead(IngestFleetStore):
     """A resolved batch's row is deleted before its replica reads it (pruned: it paused)."""
 
