@@ -15,9 +15,10 @@ from prometheus_client import REGISTRY
 
 from fixtures.grpc_errors import rpc_error_details
 from fixtures.net import LOOPBACK
+from fixtures.rpc_log import logged_rpc_lines, rpc_lines
 from lakehouse.config import Settings
 from lakehouse.domain.errors import Unavailable
-from lakehouse.logs import JsonFormatter, JsonLineHandler, direct_handler
+from lakehouse.logs import JsonLineHandler, direct_handler
 from lakehouse.server.app import LakehouseServer
 from lakehouse.v1 import table_service_pb2 as pb
 from lakehouse.v1 import table_service_pb2_grpc as pb_grpc
@@ -29,29 +30,6 @@ pytestmark = pytest.mark.parametrize("backend", ["local"], indirect=True)
 def rpc_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.INFO, logger="lakehouse")
     return caplog
-
-
-def rpc_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    formatter = JsonFormatter()
-    return [
-        json.loads(formatter.format(r))
-        for r in caplog.records
-        if r.name == "lakehouse.rpc" and r.getMessage() == "rpc"
-    ]
-
-
-async def logged_rpc_lines(caplog: pytest.LogCaptureFixture, count: int) -> list[dict[str, Any]]:
-    """The access lines once ``count`` are written (or what is there after 5 s).
-
-    A refused call's status goes to the client when the handler aborts, and its line is
-    written as the handler unwinds, which may come after the client has the error.
-    """
-    for _ in range(500):
-        lines = rpc_lines(caplog)
-        if len(lines) >= count:
-            return lines
-        await asyncio.sleep(0.01)
-    return rpc_lines(caplog)
 
 
 async def test_unexpected_exception_is_internal_with_request_id_and_no_leak(
@@ -152,7 +130,8 @@ async def test_probes_are_access_logged_only_when_they_fail_or_when_asked(
         await health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"))
     await pb_grpc.TableServiceStub(channel).ListNamespaces(pb.ListNamespacesRequest())
     # the kubelet's probe every few seconds is no line; a failed probe and a real call are
-    assert [(x["method"], x["code"]) for x in rpc_lines(rpc_log)] == [
+    lines = await logged_rpc_lines(rpc_log, 2)
+    assert sorted((x["method"], x["code"]) for x in lines) == [
         ("Check", "NOT_FOUND"),
         ("ListNamespaces", "OK"),
     ]
