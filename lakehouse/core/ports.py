@@ -258,8 +258,18 @@ class CatalogPort(Protocol):
     async def next_batch(self, scan: OpenScan) -> pa.RecordBatch | None:
         """The next record batch of an open scan, or None at its end."""
 
+    def next_batch_sync(self, scan: OpenScan) -> pa.RecordBatch | None:
+        """``next_batch`` on the calling thread, which blocks: never call it on the loop.
+
+        For a transport that pulls batches on its own thread (Flight's do_get), so that a
+        stream opened on the loop is read without a hop to the loop per batch.
+        """
+
     async def close_scan(self, scan: OpenScan) -> None:
         """Stops reading (the client went away or the limit was reached)."""
+
+    def close_scan_sync(self, scan: OpenScan) -> None:
+        """``close_scan`` on the calling thread (blocking); closing twice is a no-op."""
 
     async def list_tables(self, namespace: str) -> list[str]:
         """The table names of a namespace. Raises NotFound."""

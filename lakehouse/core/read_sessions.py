@@ -20,10 +20,22 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from lakehouse.core.ports import CatalogPort
-from lakehouse.core.reads import ReadOptions, ReadStart, checked_scan_request, scan_items
+from lakehouse.core.reads import (
+    OpenRead,
+    ReadOptions,
+    ReadStart,
+    checked_scan_request,
+    scan_items,
+)
 from lakehouse.core.signed_tokens import MAC_BYTES, SignedTokens, TokenError
 from lakehouse.core.signing_key import SigningKey
-from lakehouse.domain.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from lakehouse.domain.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    LakehouseError,
+    NotFound,
+    PermissionDenied,
+)
 from lakehouse.domain.read_sessions import (
     SessionClaims,
     StreamEstimate,
@@ -245,16 +257,7 @@ class ReadSessions:
             NotFound: The table was dropped.
             Unavailable: The catalog or the object store failed.
         """
-        info = await self._catalog.load_table(claims.namespace, claims.table)
-        expression = await parse_row_filter_off_loop(claims.row_filter, info.schema)
-        request = ScanRequest(
-            columns=claims.columns,
-            row_filter=expression,
-            snapshot_id=claims.snapshot_id,
-            as_of_ms=None,
-            limit=claims.limit or None,
-            share=StreamShare(stream, claims.streams),
-        )
+        request = await self._scan_request(claims, stream)
         items = scan_items(
             self._catalog, claims.namespace, claims.table, request, budget_bytes=budget_bytes
         )
@@ -262,11 +265,47 @@ class ReadSessions:
             async for item in items:
                 yield item
         except NotFound as exc:
-            if exc.reason != "SNAPSHOT_NOT_FOUND":
-                raise
-            raise FailedPrecondition(
-                f"the read session's snapshot {claims.snapshot_id} was expired: create a new "
-                "session",
-                reason=SNAPSHOT_EXPIRED,
-                metadata={"namespace": claims.namespace, "table": claims.table},
-            ) from None
+            raise _snapshot_expired(claims, exc) from None
+
+    async def open_checked(
+        self, claims: SessionClaims, stream: int, *, budget_bytes: int
+    ) -> OpenRead:
+        """``read_checked``, opened on the loop and read on the caller's thread (:class:`OpenRead`).
+
+        Raises:
+            FailedPrecondition: The session's snapshot was expired by maintenance since
+                (SNAPSHOT_EXPIRED).
+            NotFound: The table was dropped.
+            Unavailable: The catalog or the object store failed.
+        """
+        request = await self._scan_request(claims, stream)
+        try:
+            return await OpenRead.open(
+                self._catalog, claims.namespace, claims.table, request, budget_bytes=budget_bytes
+            )
+        except NotFound as exc:
+            raise _snapshot_expired(claims, exc) from None
+
+    async def _scan_request(self, claims: SessionClaims, stream: int) -> ScanRequest:
+        """The scan of a session's stream: its share of the pinned snapshot's files."""
+        info = await self._catalog.load_table(claims.namespace, claims.table)
+        expression = await parse_row_filter_off_loop(claims.row_filter, info.schema)
+        return ScanRequest(
+            columns=claims.columns,
+            row_filter=expression,
+            snapshot_id=claims.snapshot_id,
+            as_of_ms=None,
+            limit=claims.limit or None,
+            share=StreamShare(stream, claims.streams),
+        )
+
+
+def _snapshot_expired(claims: SessionClaims, exc: NotFound) -> LakehouseError:
+    """``exc``, or SNAPSHOT_EXPIRED when it says the session's pinned snapshot is gone."""
+    if exc.reason != "SNAPSHOT_NOT_FOUND":
+        return exc
+    return FailedPrecondition(
+        f"the read session's snapshot {claims.snapshot_id} was expired: create a new session",
+        reason=SNAPSHOT_EXPIRED,
+        metadata={"namespace": claims.namespace, "table": claims.table},
+    )

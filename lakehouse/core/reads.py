@@ -19,7 +19,7 @@ from lakehouse.domain.errors import InvalidArgument
 from lakehouse.domain.names import check_identifier
 from lakehouse.domain.refs import check_ref_name
 from lakehouse.domain.row_filter import parse_row_filter_off_loop
-from lakehouse.domain.tables import ScanRequest
+from lakehouse.domain.tables import OpenScan, ScanRequest
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,25 @@ async def checked_scan_request(
     )
 
 
+class _RowLimit:
+    """The rows a read may still yield: its limit's count down (None: no limit)."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.remaining = limit
+
+    @property
+    def reached(self) -> bool:
+        return self.remaining is not None and self.remaining <= 0
+
+    def take(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """``batch`` cut to the rows left, which it then uses up."""
+        if self.remaining is None:
+            return batch
+        batch = batch.slice(0, self.remaining)
+        self.remaining -= batch.num_rows
+        return batch
+
+
 async def scan_items(
     catalog: CatalogPort, namespace: str, name: str, request: ScanRequest, *, budget_bytes: int
 ) -> AsyncIterator[ReadStart | pa.RecordBatch]:
@@ -142,18 +161,85 @@ async def scan_items(
     scan = await catalog.open_scan(namespace, name, request)
     try:
         yield ReadStart(scan.schema, scan.snapshot_id)
-        remaining = request.limit
-        while remaining is None or remaining > 0:
+        limit = _RowLimit(request.limit)
+        while not limit.reached:
             batch = await catalog.next_batch(scan)
             if batch is None:
                 break
-            if remaining is not None:
-                batch = batch.slice(0, remaining)
-                remaining -= batch.num_rows
-            for piece in split_batch(batch, budget_bytes):
+            for piece in split_batch(limit.take(batch), budget_bytes):
                 yield piece
     finally:
         await catalog.close_scan(scan)
+
+
+class OpenRead:
+    """A read opened on the loop, whose batches are then pulled on the caller's own thread.
+
+    For a transport with its own threads (Flight's do_get): the scan is planned and opened
+    once on the loop (what needs the loop-bound catalog state), then every batch is read with
+    the catalog's blocking calls on the pulling thread, with no hop to the loop per batch.
+    The scan's read-ahead and its charge to the process's read budget are the same as the
+    async read's; ``close`` (or the end of ``batches``) gives them back.
+
+    Args:
+        catalog: The catalog the scan was opened on.
+        scan: The open scan.
+        limit: The most rows to yield (None: all).
+        budget_bytes: About the size of each batch yielded.
+    """
+
+    def __init__(
+        self, catalog: CatalogPort, scan: OpenScan, limit: int | None, *, budget_bytes: int
+    ) -> None:
+        self._catalog = catalog
+        self._scan = scan
+        self._limit = limit
+        self._budget_bytes = budget_bytes
+        self.start = ReadStart(scan.schema, scan.snapshot_id)
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The Arrow schema of every batch."""
+        return self.start.schema
+
+    @classmethod
+    async def open(
+        cls,
+        catalog: CatalogPort,
+        namespace: str,
+        name: str,
+        request: ScanRequest,
+        *,
+        budget_bytes: int,
+    ) -> OpenRead:
+        """Opens ``request``'s scan (on the loop).
+
+        Raises:
+            NotFound: No such table or snapshot.
+            Unavailable: The catalog or the object store failed.
+        """
+        scan = await catalog.open_scan(namespace, name, request)
+        return cls(catalog, scan, request.limit, budget_bytes=budget_bytes)
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        """The batches, read on the calling thread (blocking); the scan is closed at the end.
+
+        Raises:
+            Unavailable: The object store failed.
+        """
+        try:
+            limit = _RowLimit(self._limit)
+            while not limit.reached:
+                batch = self._catalog.next_batch_sync(self._scan)
+                if batch is None:
+                    break
+                yield from split_batch(limit.take(batch), self._budget_bytes)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stops reading and gives back the scan's read-ahead (blocking; idempotent)."""
+        self._catalog.close_scan_sync(self._scan)
 
 
 class Reads:
@@ -177,3 +263,18 @@ class Reads:
             self._catalog, namespace, name, request, budget_bytes=budget_bytes
         ):
             yield item
+
+    async def open(
+        self, namespace: str, name: str, options: ReadOptions, *, budget_bytes: int
+    ) -> OpenRead:
+        """``read``, opened on the loop and read on the caller's thread (see :class:`OpenRead`).
+
+        Raises:
+            InvalidArgument: Bad names, columns, filter or limit.
+            NotFound: No such table or snapshot.
+            Unavailable: The catalog or the object store failed.
+        """
+        request = await checked_scan_request(self._catalog, namespace, name, options)
+        return await OpenRead.open(
+            self._catalog, namespace, name, request, budget_bytes=budget_bytes
+        )

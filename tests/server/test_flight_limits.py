@@ -10,7 +10,7 @@ event (or forever) before planning.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -27,7 +27,7 @@ from lakehouse.core.ingest_requests import IngestRequests, QueuedRows
 from lakehouse.server.app import LakehouseServer
 from lakehouse.server.credentials import Principal
 from lakehouse.server.flight.server import FlightBounds, LakehouseFlightServer
-from lakehouse.server.flight.sources import ReadPlan
+from lakehouse.server.flight.sources import FlightStream, ReadPlan
 from lakehouse.server.flight.tickets import TicketSigner
 from lakehouse.v1 import ingest_service_pb2 as ingest_pb
 from lakehouse.v1 import table_service_pb2 as pb
@@ -82,9 +82,7 @@ class WaitingSource:
             self.waiting -= 1
         return ReadPlan(pa.schema([("id", pa.int64())]), [], None)
 
-    async def open(
-        self, principal: Principal, payload: bytes
-    ) -> tuple[pa.Schema, AsyncIterator[pa.RecordBatch]]:
+    async def open(self, principal: Principal, payload: bytes) -> FlightStream:
         raise AssertionError("no ticket is planned")
 
 
@@ -97,15 +95,22 @@ class EndlessSource:
     async def plan(self, principal: Principal, command: bytes) -> ReadPlan:
         return ReadPlan(self.SCHEMA, [b"endless"], None)
 
-    async def open(
-        self, principal: Principal, payload: bytes
-    ) -> tuple[pa.Schema, AsyncIterator[pa.RecordBatch]]:
-        async def batches() -> AsyncIterator[pa.RecordBatch]:
-            batch = pa.record_batch([pa.array([b"x" * (1 << 20)])], schema=self.SCHEMA)
-            while True:
-                yield batch
+    async def open(self, principal: Principal, payload: bytes) -> FlightStream:
+        return _Endless()
 
-        return self.SCHEMA, batches()
+
+class _Endless:
+    """The stream of :class:`EndlessSource`."""
+
+    schema = EndlessSource.SCHEMA
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        batch = pa.record_batch([pa.array([b"x" * (1 << 20)])], schema=self.schema)
+        while True:
+            yield batch
+
+    def close(self) -> None:
+        pass
 
 
 def waiting_server(

@@ -1210,7 +1210,11 @@ class IcebergCatalog:
         )
 
     async def next_batch(self, scan: OpenScan) -> pa.RecordBatch | None:
-        """The next record batch of an open scan, or None at its end.
+        """The next record batch of an open scan, or None at its end (in the blocking pool)."""
+        return await self._pool.run(self.next_batch_sync, scan)
+
+    def next_batch_sync(self, scan: OpenScan) -> pa.RecordBatch | None:
+        """:meth:`next_batch` on the calling thread (a transport's own thread, no event loop).
 
         Behind the object store's breaker, and never retried: a reader that failed midway
         cannot resume where it was.
@@ -1219,22 +1223,23 @@ class IcebergCatalog:
         def work() -> pa.RecordBatch | None:
             if scan.reader is None:
                 return None
-            check_deadline(OBJECT_STORE)
             with translate_errors(scan.namespace, scan.table):
                 try:
                     return scan.reader.read_next_batch()
                 except StopIteration:
                     return None
 
-        return await self._resilience.call(
-            lambda: self._pool.run(work), uses=(self._store_breaker,), retry=False
-        )
+        return self._resilience.call_sync(work, uses=(self._store_breaker,), retry=False)
 
     async def close_scan(self, scan: OpenScan) -> None:
         """Stops reading (the client went away or the limit was reached)."""
+        await self._pool.run(self.close_scan_sync, scan)
+
+    def close_scan_sync(self, scan: OpenScan) -> None:
+        """:meth:`close_scan` on the calling thread; closing twice is a no-op."""
         reader, scan.reader = scan.reader, None
         if reader is not None:
-            await self._pool.run(reader.close)
+            reader.close()
 
     async def list_tables(self, namespace: str) -> list[str]:
         """The table names of a namespace. Raises NotFound."""

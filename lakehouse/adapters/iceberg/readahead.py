@@ -26,6 +26,9 @@ from typing import Any
 import pyarrow as pa
 
 from lakehouse import metrics
+from lakehouse.adapters.resilience import OBJECT_STORE
+from lakehouse.deadlines import remaining_seconds
+from lakehouse.domain.errors import DeadlineExceeded
 
 _END = object()
 _POLL_SECONDS = 0.1
@@ -166,7 +169,7 @@ class _FileProducer:
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         while True:
-            item = self._queue.get()
+            item = self._next_item()
             if item is _END:
                 return
             if isinstance(item, _Failed):
@@ -181,6 +184,27 @@ class _FileProducer:
                 yield batch
             finally:
                 self._budget.release(nbytes)
+
+    def _next_item(self) -> Any:
+        """The next item of the queue, waited for until the current call's deadline at most.
+
+        The consumer may be a transport's own thread (Flight's do_get) rather than a pool
+        thread the loop waits on with its own timeout: a file whose reads hang must not hold
+        that thread past the call's limit.
+
+        Raises:
+            DeadlineExceeded: Nothing came before the deadline.
+        """
+        left = remaining_seconds()
+        if left is None:
+            return self._queue.get()
+        try:
+            return self._queue.get(timeout=max(left, 0.0))
+        except queue.Empty:
+            raise DeadlineExceeded(
+                "the next batch was not read from the object store within the call's limit",
+                metadata={"dependency": OBJECT_STORE},
+            ) from None
 
     def _given_back(self, nbytes: int) -> None:
         with self._queued_lock:

@@ -14,11 +14,9 @@ byte naming their source, so ``do_get`` hands each to the source that planned it
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Final
 
-import pyarrow as pa
 from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
 
@@ -26,7 +24,7 @@ from lakehouse.domain.errors import InvalidArgument
 from lakehouse.domain.read_sessions import SessionClaims
 from lakehouse.server.credentials import Principal
 from lakehouse.server.flight.sessions import stream_payload
-from lakehouse.server.flight.sources import FlightReadSource, ReadPlan
+from lakehouse.server.flight.sources import FlightReadSource, FlightStream, ReadPlan
 from lakehouse.server.flight.tickets import TicketSigner
 
 _TYPE_PREFIX: Final = "type.googleapis.com/"
@@ -80,9 +78,7 @@ class CommandRouter:
         plan = await self._sources[tag].plan(principal, body)
         return replace(plan, streams=[tag + payload for payload in plan.streams])
 
-    async def open(
-        self, principal: Principal, payload: bytes
-    ) -> tuple[pa.Schema, AsyncIterator[pa.RecordBatch]]:
+    async def open(self, principal: Principal, payload: bytes) -> FlightStream:
         """See :meth:`FlightReadSource.open`."""
         source = self._sources.get(payload[:1])
         if source is None:  # signed by this service, so only an older release's ticket

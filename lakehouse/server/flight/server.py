@@ -5,13 +5,17 @@ owns state bound to the loop (the ingest committers, the catalog's cache, the bl
 pool), so each handler hands its core calls to the loop with
 ``asyncio.run_coroutine_threadsafe`` and waits for them on its own thread; the bytes of
 batches never pass through Python per message (Flight's transport sends the Arrow buffers).
-A do_get asks for its next batch while Flight sends the current one.
+A do_get opens its stream on the loop once, then reads the batches on its own thread with the
+catalog's blocking calls (``lakehouse.core.reads.OpenRead``): a hop to the loop per batch cost
+about 0.8 ms of loop time per 2 MiB batch, a fifth of a read's GIL (bench/README.md). The
+scan's read-ahead threads decode the next batches while Flight sends the current one.
 
 Bounds: every call takes a slot of the process-wide bound on calls at once (shared with the
 gRPC port; held until the call completes, or until a do_get's read is open: a client that
 stops reading must not hold a slot forever) and passes the gRPC port's per-caller rate limit
-(the same buckets), in the gRPC port's order. Each wait on a core call of a read is bounded by
-the server's unary limit (``request_timeout_seconds``), a do_put as a whole by the stream limit
+(the same buckets), in the gRPC port's order. Each wait on a core call of a read (and each
+wait of a do_get for its next batch) is bounded by the server's unary limit
+(``request_timeout_seconds``), a do_put as a whole by the stream limit
 (``stream_timeout_seconds``, as AppendRows): a core call that does not come back in
 time is cancelled and the call ends with DEADLINE_EXCEEDED (Flight's ``TimedOut``), so a stuck
 call cannot hold a Flight thread forever.
@@ -30,7 +34,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -59,7 +63,7 @@ from lakehouse.server.flight.auth import (
 )
 from lakehouse.server.flight.commands import session_tickets
 from lakehouse.server.flight.errors import flight_errors
-from lakehouse.server.flight.sources import FlightReadSource
+from lakehouse.server.flight.sources import FlightReadSource, FlightStream
 from lakehouse.server.flight.tickets import TicketSigner
 from lakehouse.server.limits import CallSlots
 from lakehouse.server.rate_limit import RateLimiter
@@ -73,6 +77,10 @@ ABANDON_SECONDS = 2.0
 
 #: do_put batches decoded and queued ahead of their acknowledgement (AppendRows' depth).
 PUT_PIPELINE_DEPTH = 64
+
+#: do_get's counters, labelled once: they are counted per batch on the Flight thread.
+_BATCHES_SENT = metrics.FLIGHT_BATCHES_SENT.labels("do_get")
+_BYTES_SENT = metrics.FLIGHT_BYTES_SENT.labels("do_get")
 
 
 @dataclass(frozen=True)
@@ -252,40 +260,49 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         return flight.FlightInfo(read.schema, descriptor, endpoints, -1, -1)
 
     def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> Any:
-        """Streams the batches of a ticket's stream (its caller's ticket, within its TTL)."""
+        """Streams the batches of a ticket's stream (its caller's ticket, within its TTL).
+
+        The stream is opened on the loop (authorization, the plan, the scan and its read-ahead
+        charged to the read budget); its batches are then read on this Flight thread, as
+        pyarrow asks for them, with no hop to the loop per batch.
+        """
         with flight_errors():
             principal = self._admit(context)
             content = self._signer.open(ticket.ticket, principal.name)
-            schema, batches = self._run(self._source.open(principal, content.payload))
+            stream = self._run(self._source.open(principal, content.payload))
         # The read is open: the stream holds no slot of the bound on calls at once. A client
         # may stop reading for as long as it likes (Flight's writer waits for its window, with
-        # no deadline) and must not starve both ports; what the stream holds meanwhile is one
-        # batch asked for ahead (the read's budget), as a gRPC ReadRows stream does.
+        # no deadline) and must not starve both ports; what the stream holds meanwhile is its
+        # read-ahead (charged to the read budget), as a gRPC ReadRows stream does.
         call_of(context).free_slot()
-        return flight.GeneratorStream(schema, self._sent(context, batches))
+        return flight.GeneratorStream(stream.schema, self._sent(context, stream))
 
     def _sent(
-        self, context: flight.ServerCallContext, batches: AsyncIterator[pa.RecordBatch]
+        self, context: flight.ServerCallContext, stream: FlightStream
     ) -> Iterator[pa.RecordBatch]:
-        """The batches, each asked for while the one before is sent."""
-        pending: concurrent.futures.Future[pa.RecordBatch | None] | None = None
+        """The stream's batches, read on the Flight thread that sends them.
+
+        Each wait for a batch is bounded by the unary limit, as a core call of a read is
+        (``lakehouse.deadlines``: the read-ahead's wait reads it). The stream is closed (its
+        read-ahead stopped, its budget given back) when it ends, fails, or Flight drops it
+        (the client went away); after the grace period of a shutdown it ends with UNAVAILABLE.
+        """
+        batches = stream.batches()
         try:
             with flight_errors():
-                pending = self._submit_bounded(_next(batches))
                 while True:
-                    batch = self._wait(pending)
-                    pending = None
+                    if self._cancelled:
+                        raise _shutting_down()
+                    with call_deadline(self._bounds.call_seconds):
+                        batch = next(batches, None)
                     if batch is None or context.is_cancelled():
                         return
-                    pending = self._submit_bounded(_next(batches))
-                    metrics.FLIGHT_BATCHES_SENT.labels("do_get").inc()
-                    metrics.FLIGHT_BYTES_SENT.labels("do_get").inc(batch.nbytes)
+                    _BATCHES_SENT.inc()
+                    _BYTES_SENT.inc(batch.nbytes)
                     yield batch
         finally:
-            # Not waited for: a generator dropped by Flight may be closed on any thread (and
-            # after the loop ended, when an abandoned call's generator goes at exit).
-            if not self._loop.is_closed():
-                asyncio.run_coroutine_threadsafe(_closed(pending, batches), self._loop)
+            # On whichever thread ends the generator (Flight drops it when the client goes).
+            stream.close()
 
     # -- appends -----------------------------------------------------------------------------
 
@@ -451,20 +468,3 @@ async def _within(coro: Coroutine[Any, Any, T], seconds: float) -> T:
     """
     with call_deadline(seconds):
         return await coro
-
-
-async def _next(batches: AsyncIterator[pa.RecordBatch]) -> pa.RecordBatch | None:
-    return await anext(batches, None)
-
-
-async def _closed(
-    pending: concurrent.futures.Future[Any] | None, batches: AsyncIterator[pa.RecordBatch]
-) -> None:
-    """Closes a read once the batch it was asked for last has come (or failed)."""
-    if pending is not None:
-        # Its error was reported to the client already, or never will be: the call is over.
-        with contextlib.suppress(BaseException):
-            await asyncio.wrap_future(pending)
-    aclose = getattr(batches, "aclose", None)
-    if aclose is not None:
-        await aclose()

@@ -3,7 +3,7 @@
 ``get_flight_info`` on a ``CreateReadSessionRequest`` creates a session exactly as
 ``TableService.CreateReadSession`` does (same rule, same validation, same cap on streams) and
 returns one endpoint per stream; a stream's payload is the stream index and the session's
-claims, and ``do_get`` reads it with the core's ``read_checked``. The payload is signed once,
+claims, and ``do_get`` reads it with the core's ``open_checked``. The payload is signed once,
 by the ticket (bound to the caller, expiring with the session), not a signed session name
 inside a signed ticket; the core's checks of the claims (expiry, principal, stream index)
 apply again at ``do_get``, on whichever replica the ticket is redeemed.
@@ -12,13 +12,9 @@ apply again at ``do_get``, on whichever replica the ticket is redeemed.
 from __future__ import annotations
 
 import struct
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import cast
-
-import pyarrow as pa
 
 from lakehouse.core.read_sessions import ReadSessions
-from lakehouse.core.reads import ReadStart
+from lakehouse.core.reads import OpenRead
 from lakehouse.domain.errors import InvalidArgument
 from lakehouse.domain.read_sessions import SessionClaims
 from lakehouse.server.credentials import Principal
@@ -26,9 +22,7 @@ from lakehouse.server.flight.auth import READ_METHOD, authorize
 from lakehouse.server.flight.sources import (
     FLIGHT_BATCH_BYTES,
     ReadPlan,
-    batches_of,
     parse_command,
-    started,
 )
 from lakehouse.services.convert import selection_from_proto
 from lakehouse.v1 import table_service_pb2 as pb
@@ -89,9 +83,7 @@ class ReadSessionSource:
         streams = [stream_payload(session.claims, i) for i in range(len(session.streams))]
         return ReadPlan(session.schema, streams, session.snapshot_id, session.expire_ms)
 
-    async def open(
-        self, principal: Principal, payload: bytes
-    ) -> tuple[pa.Schema, AsyncIterator[pa.RecordBatch]]:
+    async def open(self, principal: Principal, payload: bytes) -> OpenRead:
         """See :meth:`FlightReadSource.open`; ``payload`` names a session and a stream."""
         claims, stream = parse_stream_payload(payload)
         claims = self._sessions.checked(principal.name, claims, stream)
@@ -99,9 +91,4 @@ class ReadSessionSource:
         # created applies at once (as ReadRows(read_session) on the gRPC port).
         target = pb.ReadRowsRequest(namespace=claims.namespace, table=claims.table)
         authorize(principal, READ_METHOD, target, "do_get")
-        items = cast(
-            AsyncGenerator[ReadStart | pa.RecordBatch, None],
-            self._sessions.read_checked(claims, stream, budget_bytes=self._batch_bytes),
-        )
-        start = await started(items)
-        return start.schema, batches_of(items)
+        return await self._sessions.open_checked(claims, stream, budget_bytes=self._batch_bytes)

@@ -17,7 +17,7 @@ command is for.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 from typing import Protocol, TypeVar, cast
 
@@ -25,7 +25,7 @@ import pyarrow as pa
 from google.protobuf.message import DecodeError, Message
 
 from lakehouse.core.read_sessions import ReadSessions
-from lakehouse.core.reads import Reads, ReadStart
+from lakehouse.core.reads import OpenRead, Reads, ReadStart
 from lakehouse.domain.errors import InvalidArgument
 from lakehouse.server.credentials import Principal
 from lakehouse.server.flight.auth import READ_METHOD, authorize
@@ -60,6 +60,26 @@ class ReadPlan:
     expires_ms: int | None = None
 
 
+class FlightStream(Protocol):
+    """One planned stream, opened on the loop; its batches are pulled on a Flight thread.
+
+    ``lakehouse.core.reads.OpenRead`` is one.
+    """
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The Arrow schema of every batch."""
+        ...
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        """The batches, read on the calling thread (blocking, never on the loop)."""
+        ...
+
+    def close(self) -> None:
+        """Stops reading and gives back what the stream holds (idempotent)."""
+        ...
+
+
 class FlightReadSource(Protocol):
     """Plans reads from descriptor commands, and streams a planned stream's batches."""
 
@@ -74,10 +94,11 @@ class FlightReadSource(Protocol):
         """
         ...
 
-    async def open(
-        self, principal: Principal, payload: bytes
-    ) -> tuple[pa.Schema, AsyncIterator[pa.RecordBatch]]:
-        """The schema and the record batches of one planned stream (a ticket's payload).
+    async def open(self, principal: Principal, payload: bytes) -> FlightStream:
+        """One planned stream (a ticket's payload), opened: its schema, then its batches.
+
+        Opened on the loop; its batches are then read on the Flight thread that sends them
+        (``OpenRead.batches``), with no hop to the loop per batch.
 
         Raises:
             PermissionDenied: The caller may not read the table (any more).
@@ -191,17 +212,19 @@ class ReadRowsSource:
             schema, snapshot_id = session.schema, session.snapshot_id
         return ReadPlan(schema, [pinned(request, snapshot_id).SerializeToString()], snapshot_id)
 
-    async def open(
-        self, principal: Principal, payload: bytes
-    ) -> tuple[pa.Schema, AsyncIterator[pa.RecordBatch]]:
+    async def open(self, principal: Principal, payload: bytes) -> OpenRead:
         """See :meth:`FlightReadSource.open`."""
         request = parse_read_command(payload)
         # Checked again, not only at plan time: a role or grant withdrawn since applies at
         # once, and a ticket key that leaked lets nobody read beyond their own grants.
         authorize(principal, READ_METHOD, request, "do_get")
         check_flight_read(request)
-        start, items = await self._start(request)
-        return start.schema, batches_of(items)
+        return await self._reads.open(
+            request.namespace,
+            request.table,
+            read_options_from_proto(request),
+            budget_bytes=self._batch_bytes,
+        )
 
     async def _start(
         self, request: pb.ReadRowsRequest
@@ -229,15 +252,3 @@ async def started(items: AsyncGenerator[ReadStart | pa.RecordBatch, None]) -> Re
         raise
     assert isinstance(start, ReadStart)
     return start
-
-
-async def batches_of(
-    items: AsyncGenerator[ReadStart | pa.RecordBatch, None],
-) -> AsyncGenerator[pa.RecordBatch, None]:
-    """The record batches of a started core read, which is closed when they end."""
-    try:
-        async for item in items:
-            if isinstance(item, pa.RecordBatch):
-                yield item
-    finally:
-        await items.aclose()
