@@ -324,6 +324,38 @@ def test_a_stalled_stream_queues_no_more_than_its_share() -> None:
     assert budget.held == 0
 
 
+def test_a_file_that_hangs_fails_its_reader_at_the_calls_deadline() -> None:
+    """A reader pulling on its own thread (Flight's do_get, not a pool thread the loop waits
+    on with a timeout): a file whose read hangs ends the wait for its next batch at the call's
+    deadline with DEADLINE_EXCEEDED, and the stream then holds no budget."""
+    import threading
+
+    from lakehouse.adapters.iceberg.readahead import ReadBudget, read_ahead
+    from lakehouse.deadlines import call_deadline
+    from lakehouse.domain.errors import DeadlineExceeded
+
+    release = threading.Event()
+
+    def hanging() -> Iterator[pa.RecordBatch]:
+        yield pa.record_batch([pa.array([1], pa.int64())], ["v"])
+        release.wait(SETTLE_LIMIT_SECONDS)  # a read that does not come back
+        yield pa.record_batch([pa.array([2], pa.int64())], ["v"])
+
+    budget = ReadBudget(1 << 20)
+    stream = read_ahead([hanging], budget=budget)
+    try:
+        with call_deadline(5.0):
+            assert next(stream).column(0).to_pylist() == [1]
+        started = time.monotonic()
+        with call_deadline(0.3), pytest.raises(DeadlineExceeded, match="within the call's limit"):
+            next(stream)
+        assert time.monotonic() - started < SETTLE_LIMIT_SECONDS / 2
+    finally:
+        release.set()
+        stream.close()
+    assert budget.held == 0
+
+
 def test_files_read_in_small_batches_keep_the_scan_semantics(backend: Any) -> None:
     """Projection, row filter, limit-free reads and schema evolution are what pyiceberg's own
     scan returns when files are read in small batches (pages of one row: many per row group)."""

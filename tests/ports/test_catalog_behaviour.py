@@ -785,6 +785,29 @@ async def test_open_scan_next_batch_close_scan_round_trip(
     assert sorted(read.column("v").to_pylist()) == sorted(f"r{i}" for i in range(6))
 
 
+async def test_an_open_scan_is_read_and_closed_on_a_thread_of_its_own(
+    table: TableInfo, catalog: CatalogPort
+) -> None:
+    """The blocking pair (next_batch_sync, close_scan_sync), as a transport thread uses it
+    (Flight's do_get): the same rows as next_batch, then nothing once closed, twice."""
+    await append(catalog, 3)
+    await append(catalog, 6)
+    scan = await catalog.open_scan("ns", "t", scan_request())
+
+    def read_on_thread() -> pa.Table:
+        batches = []
+        while (batch := catalog.next_batch_sync(scan)) is not None:
+            batches.append(batch)
+        catalog.close_scan_sync(scan)
+        assert catalog.next_batch_sync(scan) is None
+        catalog.close_scan_sync(scan)  # closing twice is harmless
+        return pa.Table.from_batches(batches, schema=scan.schema)
+
+    read = await asyncio.to_thread(read_on_thread)
+    assert sorted(read.column("id").to_pylist()) == list(range(6))
+    assert sorted(read.column("v").to_pylist()) == sorted(f"r{i}" for i in range(6))
+
+
 async def test_scans_project_filter_limit_and_travel_in_time(
     table: TableInfo, catalog: CatalogPort
 ) -> None:
