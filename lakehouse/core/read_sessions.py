@@ -273,10 +273,8 @@ class ReadSessions:
         """``read_checked``, opened on the loop and read on the caller's thread (:class:`OpenRead`).
 
         Raises:
-            FailedPrecondition: The session's snapshot was expired by maintenance since
-                (SNAPSHOT_EXPIRED).
-            NotFound: The table was dropped.
-            Unavailable: The catalog or the object store failed.
+            FailedPrecondition: As :meth:`read_checked` (SNAPSHOT_EXPIRED); so do NotFound
+                and Unavailable. A failure of a later batch is raised by ``OpenRead.batches``.
         """
         request = await self._scan_request(claims, stream)
         try:
