@@ -77,7 +77,8 @@ def ticket_of(client: flight.FlightClient) -> flight.Ticket:
 
 def read_ahead_bytes() -> float:
     """``lakehouse_read_ahead_bytes``, the gauge /metrics shows, from the process's registry
-    (the in-process servers of a test share it, and a stopped one serves no /metrics)."""
+    (one gauge for every in-process server of the test process, and a stopped server serves
+    no /metrics): a test compares it with its value before the test's reads."""
     value = REGISTRY.get_sample_value("lakehouse_read_ahead_bytes")
     assert value is not None
     return value
@@ -97,6 +98,7 @@ async def test_a_client_that_goes_away_mid_stream_gives_back_budget_and_slot(
     charged), then goes away: the read-ahead is given back and no slot stays taken; the next
     read returns every row."""
     server = await start_server(max_concurrent_calls=2)
+    before = read_ahead_bytes()  # what other tests of this process left (nothing)
     await wide_table(server, backend)
     client = flight.connect(f"grpc://{LOOPBACK}:{server.flight_port}")
     ticket = await off_loop(lambda: ticket_of(client))
@@ -104,11 +106,11 @@ async def test_a_client_that_goes_away_mid_stream_gives_back_budget_and_slot(
     first = await off_loop(reader.read_chunk)
     assert first.data.num_rows > 0
     # The stream is open and stalled: its read-ahead is charged, its slot is free.
-    await until(lambda: read_ahead_bytes() > 0)
+    await until(lambda: read_ahead_bytes() > before)
     assert server.call_slots.in_use == 0
     reader.cancel()
     client.close()
-    await until(lambda: read_ahead_bytes() == 0)
+    await until(lambda: read_ahead_bytes() == before)
     assert server.call_slots.in_use == 0
 
     again = flight.connect(f"grpc://{LOOPBACK}:{server.flight_port}")
@@ -124,6 +126,7 @@ async def test_a_data_file_gone_since_the_plan_fails_the_read_clearly(
     """A data file deleted behind the table's back after get_flight_info: do_get ends with
     TABLE_FILE_MISSING naming the file (never INTERNAL), and holds no read-ahead after."""
     server = await start_server()
+    before = read_ahead_bytes()  # what other tests of this process left (nothing)
     await wide_table(server, backend)
     client = flight.connect(f"grpc://{LOOPBACK}:{server.flight_port}")
     ticket = await off_loop(lambda: ticket_of(client))
@@ -135,7 +138,7 @@ async def test_a_data_file_gone_since_the_plan_fails_the_read_clearly(
     with pytest.raises(pa.ArrowInvalid, match=r"\[TABLE_FILE_MISSING\]") as caught:
         await off_loop(lambda: client.do_get(ticket).read_all())
     assert gone.name in str(caught.value)
-    await until(lambda: read_ahead_bytes() == 0)
+    await until(lambda: read_ahead_bytes() == before)
     assert server.call_slots.in_use == 0
     client.close()
 
@@ -147,6 +150,7 @@ async def test_a_stream_still_read_after_the_grace_period_ends_unavailable(
     stream ends with UNAVAILABLE (SHUTTING_DOWN, so the client reads elsewhere), the server
     stops, and the stream's read-ahead is given back."""
     server = await start_server()
+    before = read_ahead_bytes()  # what other tests of this process left (nothing)
     await wide_table(server, backend)
     client = flight.connect(f"grpc://{LOOPBACK}:{server.flight_port}")
     ticket = await off_loop(lambda: ticket_of(client))
@@ -165,11 +169,11 @@ async def test_a_stream_still_read_after_the_grace_period_ends_unavailable(
             time.sleep(0.05)
 
     reading = asyncio.create_task(off_loop(read_slowly))
-    await until(lambda: read_ahead_bytes() > 0)
+    await until(lambda: read_ahead_bytes() > before)
     stopping = asyncio.create_task(server.stop(grace=0.5))
     with pytest.raises(flight.FlightUnavailableError, match=r"\[SHUTTING_DOWN\]"):
         await asyncio.wait_for(reading, SETTLE_SECONDS)
     await asyncio.wait_for(stopping, SETTLE_SECONDS)
     assert not server.abandoned_calls
-    await until(lambda: read_ahead_bytes() == 0)
+    await until(lambda: read_ahead_bytes() == before)
     client.close()
