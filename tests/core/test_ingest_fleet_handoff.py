@@ -642,7 +642,12 @@ async def test_an_owner_prunes_old_resolutions_and_idle_leases(backend: Any, job
         await owner.store.resolve(1, [BatchResolution("unread", BatchStatus.COMMITTED, 7)])
         await asyncio.sleep(1.1)  # older than the retention; a pass is due
         await owner.ingest.write(*TABLE, rows(10, 10))  # the owner's window prunes
-        assert sql(jobs_url, "SELECT batch_id FROM lakehouse_ingest_batches") == []
+        # The pass runs after the window has acknowledged its writes, so it is waited for.
+        await until(
+            lambda: sql(jobs_url, "SELECT batch_id FROM lakehouse_ingest_batches") == [],
+            10,
+            "the unread resolution pruned",
+        )
         leases = sql(jobs_url, "SELECT table_name, owner FROM lakehouse_ingest_leases")
         assert [tuple(r) for r in leases] == [("t", "owner")]
         assert table_ids(backend) == list(range(20))
