@@ -33,12 +33,11 @@ from lakehouse.services.convert import (
 from lakehouse.v1 import ingest_service_pb2 as pb
 
 
-def check_append_command(request: pb.AppendRowsRequest) -> None:
-    """Refuses a do_put command that is not a table's AppendRows stream start in APPEND mode.
+def check_table_without_rows(request: pb.AppendRowsRequest | pb.WriteRowsRequest) -> None:
+    """Refuses a do_put command that names no table or carries rows of its own.
 
     Raises:
-        InvalidArgument: A request without a table, with rows, or in a write mode other
-            than APPEND.
+        InvalidArgument: On ``namespace``/``table`` (unset), or on the rows field set.
     """
     for name in ("namespace", "table"):
         if not getattr(request, name):
@@ -48,6 +47,16 @@ def check_append_command(request: pb.AppendRowsRequest) -> None:
             request.WhichOneof("rows") or "rows",
             "the do_put command carries no rows: send them as the stream's record batches",
         )
+
+
+def check_append_command(request: pb.AppendRowsRequest) -> None:
+    """Refuses a do_put command that is not a table's AppendRows stream start in APPEND mode.
+
+    Raises:
+        InvalidArgument: A request without a table, with rows, or in a write mode other
+            than APPEND.
+    """
+    check_table_without_rows(request)
     if write_mode_from_proto(request.write_mode) is not WriteMode.APPEND:
         raise InvalidArgument.field(
             "write_mode",

@@ -27,6 +27,7 @@ from google.protobuf.message import DecodeError
 from lakehouse.domain.errors import DeadlineExceeded, InvalidArgument
 from lakehouse.domain.rows.arrow_size import ArrowLimits, checked_size
 from lakehouse.server import metrics
+from lakehouse.server.flight.appends import check_table_without_rows
 from lakehouse.server.flight.sources import parse_command
 from lakehouse.v1 import ingest_service_pb2 as pb
 
@@ -70,14 +71,7 @@ def check_write_command(request: pb.WriteRowsRequest) -> None:
         InvalidArgument: A request without a table, with rows, or with an Arrow schema
             (the stream carries its own).
     """
-    for name in ("namespace", "table"):
-        if not getattr(request, name):
-            raise InvalidArgument.field(name, "the do_put command must name the table")
-    if request.WhichOneof("rows") is not None:
-        raise InvalidArgument.field(
-            request.WhichOneof("rows") or "rows",
-            "the do_put command carries no rows: send them as the stream's record batches",
-        )
+    check_table_without_rows(request)
     if request.HasField("arrow_schema"):
         raise InvalidArgument.field(
             "arrow_schema", "leave it unset in a do_put command: the stream carries its schema"
