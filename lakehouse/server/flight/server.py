@@ -450,8 +450,7 @@ def wait_for(
             total, setting = limit
             raise DeadlineExceeded(
                 f"a Flight do_put reached the server's limit of {total:g} s ({setting}): "
-                "resend from the last acknowledged offset (a packed WriteRows: send it again "
-                "with its request_id, which answers the commit if it was made)",
+                "resend from the last acknowledged offset",
                 metadata={"limit_seconds": f"{total:g}"},
             ) from None
         raise DeadlineExceeded(
