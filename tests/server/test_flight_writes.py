@@ -7,6 +7,7 @@ replaces, in one commit, with WriteRows' request ids, errors and bounds.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Callable
 from typing import Any
@@ -17,9 +18,12 @@ import pyarrow.flight as flight
 import pytest
 from google.protobuf import any_pb2
 from server.test_flight import off_loop, start_server, started
+from server.test_flight_limits import WaitingSource, waiting_server
 
 from fixtures.iceberg import direct_catalog
 from fixtures.net import LOOPBACK
+from lakehouse.core.ingest_requests import IngestRequests, QueuedRows
+from lakehouse.server.app import LakehouseServer
 from lakehouse.v1 import (
     ingest_pb2,
     ingest_service_pb2_grpc,
@@ -284,3 +288,52 @@ async def test_a_stream_past_one_requests_limits_is_refused_and_changes_nothing(
     # Within the limits, the same request id writes (it was not spent by the refusals).
     answer = await off_loop(lambda: put_write(client, command, wide.slice(0, 100)))
     assert answer.result.rows_written == 100 and not answer.result.already_written
+
+
+class SlowWrite(IngestRequests):
+    """The core's ingest, where a write waits ``delay`` seconds before it is queued (as a
+    full write buffer or a commit handed off to another replica makes it wait); ``settled``
+    is set once the write committed or failed."""
+
+    def __init__(self, server: LakehouseServer, delay: float) -> None:
+        super().__init__(server.ingest, server.tables)
+        self._delay = delay
+        self.settled = asyncio.Event()
+
+    async def enqueue(self, *args: Any, **kwargs: Any) -> QueuedRows:
+        try:
+            await asyncio.sleep(self._delay)
+            queued = await super().enqueue(*args, **kwargs)
+        except BaseException:
+            self.settled.set()
+            raise
+        queued.future.add_done_callback(lambda _: self.settled.set())
+        return queued
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_a_write_past_the_stream_limit_times_out_and_its_retry_is_exact(
+    started: Any,
+) -> None:
+    """Past the stream limit (1 s) the call ends with SERVER_DEADLINE and the write is left to
+    finish or fail on its own; the same request sent again then answers the commit or makes
+    it: the row is in the table once."""
+    await create_tables(started)
+    requests = SlowWrite(started, 1.5)
+    slow = waiting_server(started, WaitingSource(), 1.0, requests=requests, stream_seconds=1.0)
+    command = write_command("users", UPSERT, request_id="slow-upsert")
+    try:
+        client = flight.connect(f"grpc://{LOOPBACK}:{slow.port}")
+        with pytest.raises(flight.FlightTimedOutError, match=r"\[SERVER_DEADLINE\].*request_id"):
+            await off_loop(lambda: put_write(client, command, users((1, "a"))))
+        client.close()
+    finally:
+        await slow.stop(5.0)
+    await asyncio.wait_for(requests.settled.wait(), 30)
+    committed = snapshots(started, "users") == 1
+    again = await off_loop(lambda: put_write(connect(started), command, users((1, "a"))))
+    assert again.result.already_written == committed
+    third = await off_loop(lambda: put_write(connect(started), command, users((1, "a"))))
+    assert third.result.already_written
+    assert table_rows(started, "users") == [(1, "a")]
+    assert snapshots(started, "users") == 1

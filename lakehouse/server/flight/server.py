@@ -64,6 +64,7 @@ from lakehouse.server.flight.tickets import TicketSigner
 from lakehouse.server.flight.writes import (
     BATCHES_FIELD,
     check_write_command,
+    commit_deadline,
     parse_put_command,
     received_rows,
 )
@@ -328,14 +329,13 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
                     ends - time.monotonic(),
                 )
                 del rows  # the core holds the rows until its commit, not this thread
-                # Not cancelled at the limit: the commit goes on, and a retry with the same
-                # request_id gets its answer.
-                response = wait_for(
-                    written,
-                    ends - time.monotonic(),
-                    cancel=False,
-                    limit=(limit, "stream_timeout_seconds"),
-                )
+                # Not cancelled at the limit: a write under way commits or fails on its own
+                # (its adapters' deadline is the stream's), and the same request_id sent
+                # again gets its answer or writes it.
+                try:
+                    response = wait_for(written, ends - time.monotonic(), cancel=False)
+                except DeadlineExceeded:
+                    raise commit_deadline(limit) from None
                 writer.write(pa.py_buffer(response.SerializeToString()))
                 return
             authorize(principal, APPEND_METHOD, request, "do_put")

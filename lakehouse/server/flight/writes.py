@@ -112,3 +112,16 @@ def received_rows(
                 metadata={"limit_seconds": f"{limit:g}"},
             )
     return pa.Table.from_batches(batches, schema=reader.schema)
+
+
+def commit_deadline(limit: float) -> DeadlineExceeded:
+    """The error of a WriteRows do_put whose commit was not known within the stream limit.
+
+    The commit goes on: the same request sent again answers it (``already_written``) or
+    writes it.
+    """
+    return DeadlineExceeded(
+        f"a Flight do_put reached the server's limit of {limit:g} s (stream_timeout_seconds) "
+        "before its commit was known: send it again with its request_id",
+        metadata={"limit_seconds": f"{limit:g}"},
+    )
