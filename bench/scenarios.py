@@ -61,6 +61,7 @@ from lakehouse.client.arrow import (
     read_table_async,
     write_rows_request,
 )
+from lakehouse.client.high_level_async import AsyncLakehouse
 from lakehouse.client.parallel_reads import DEFAULT_STREAMS
 from lakehouse.config import Settings
 from lakehouse.v1 import (
@@ -1440,34 +1441,53 @@ async def upsert_rows(ctx: BenchContext) -> Result:
 
 
 async def overwrite_partitions(ctx: BenchContext) -> Result:
-    """WriteRows OVERWRITE_PARTITIONS of one day of a table partitioned by day, against
-    pyiceberg's ``dynamic_partition_overwrite``."""
-    catalog = _catalog_of(ctx.shared_server(), ctx.backend)
+    """The client's ``write`` in OVERWRITE_PARTITIONS mode (its default bulk path: the Flight
+    port's do_put) of one day of a table partitioned by day, against pyiceberg's
+    ``dynamic_partition_overwrite``."""
+    return await _overwrite_partitions(ctx, "overwrite_partitions", over_flight=True)
+
+
+async def overwrite_partitions_grpc(ctx: BenchContext) -> Result:
+    """overwrite_partitions through one unary gRPC WriteRows (the rows in one message)."""
+    return await _overwrite_partitions(ctx, "overwrite_partitions_grpc", over_flight=False)
+
+
+async def _overwrite_partitions(ctx: BenchContext, name: str, *, over_flight: bool) -> Result:
+    server = ctx.shared_server()
+    catalog = _catalog_of(server, ctx.backend)
     rows, days = ctx.count(CHANGE_ROWS, 100_000), ctx.count(CHANGE_FILES, 10)
     per_day = rows // days
     batches = [_daily(b, per_day) for b in _change_batches(ctx, rows, days)]
     reload = _changed(batches[days // 2])
     mode = ingest_pb2.WRITE_MODE_OVERWRITE_PARTITIONS
 
-    def build(name: str) -> tuple[str, str]:
-        return _change_table(catalog, name, batches, partition_column="event_date")
+    def build(table: str) -> tuple[str, str]:
+        return _change_table(catalog, table, batches, partition_column="event_date")
 
-    async with ctx.aio_channel_with(INGEST_CHANNEL_OPTIONS, ctx.shared_server().target) as channel:
+    flight = f"{LOOPBACK}:{server.flight_port}"
+    async with (
+        ctx.aio_channel_with(INGEST_CHANNEL_OPTIONS, server.target) as channel,
+        AsyncLakehouse(server.target, flight=flight, timeout=1800) as client,
+    ):
         stub = ingest_service_pb2_grpc.IngestServiceStub(channel)
+
+        async def write(identifier: tuple[str, str], data: pa.Table) -> Any:
+            if over_flight:
+                return await client.write(identifier, data, mode="overwrite_partitions")
+            response = await stub.WriteRows(_write_request(identifier, data, mode), timeout=1800)
+            return response.result
+
         # Warm-up on tables of their own, not measured (as delete_rows').
         warm = [batches[0].slice(0, 1000)]
-        warm_ours = _change_table(
-            catalog, "overwrite_partitions_warmup", warm, partition_column="event_date"
-        )
+        warm_ours = _change_table(catalog, f"{name}_warmup", warm, partition_column="event_date")
         warm_direct = _change_table(
-            catalog, "overwrite_partitions_warmup_direct", warm, partition_column="event_date"
+            catalog, f"{name}_warmup_direct", warm, partition_column="event_date"
         )
-        await stub.WriteRows(_write_request(warm_ours, _changed(warm[0]), mode), timeout=60)
+        await write(warm_ours, _changed(warm[0]))
         catalog.load_table(warm_direct).dynamic_partition_overwrite(_changed(warm[0]))
 
         async def ours(identifier: tuple[str, str]) -> Any:
-            response = await stub.WriteRows(_write_request(identifier, reload, mode), timeout=1800)
-            result = response.result
+            result = await write(identifier, reload)
             if result.rows_written != per_day or result.rows_deleted != per_day:
                 raise HarnessError(
                     f"OVERWRITE_PARTITIONS wrote {result.rows_written} rows and deleted "
@@ -1486,23 +1506,30 @@ async def overwrite_partitions(ctx: BenchContext) -> Result:
 
         best, best_direct, count = await _change_tries(
             ctx,
-            "overwrite_partitions",
+            name,
             build,
             ours,
             lambda table: table.dynamic_partition_overwrite(reload),
             check,
         )
+        if over_flight and not client._flight.usable:
+            raise HarnessError(f"{name}: the client fell back to WriteRows (no Flight port?)")
     result = best.response
+    path = (
+        "the client's write, over the Flight port (do_put of a packed WriteRowsRequest)"
+        if over_flight
+        else "one unary gRPC WriteRows"
+    )
     return Result(
-        "overwrite_partitions",
+        name,
         per_day / best.seconds,
         "rows/s",
         limit_name="direct pyiceberg dynamic_partition_overwrite, same rows",
         limit_value=per_day / best_direct.direct_seconds,
         goal_ratio=0.8,
         notes=(
-            f"one day of {days} reloaded ({per_day:,} of {rows:,} rows, one WriteRows, "
-            f"partitioned by identity(event_date)): {result.files_removed} files removed, "
+            f"one day of {days} reloaded ({per_day:,} of {rows:,} rows, {path}, partitioned by "
+            f"identity(event_date)): {result.files_removed} files removed, "
             f"{result.files_rewritten} rewritten; {_tries_note(best, best_direct, count)}; "
             "rows and reloaded rows checked on both sides"
         ),
@@ -2034,6 +2061,7 @@ SCENARIOS: list[Scenario] = [
     delete_rows,
     upsert_rows,
     overwrite_partitions,
+    overwrite_partitions_grpc,
     watch_latency,
     watch_latency_replica,
     ingest_scale_out,

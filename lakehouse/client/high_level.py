@@ -41,10 +41,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
         "the high-level client needs pyarrow: pip install 'lakehouse-client[arrow]'"
     ) from e
 
-from lakehouse.client.arrow import (
-    append_rows_requests,
-    write_rows_request,
-)
+from lakehouse.client.arrow import append_rows_requests
 from lakehouse.client.channels import (
     DEFAULT_CHANNELS,
     ReadChannels,
@@ -53,6 +50,7 @@ from lakehouse.client.channels import (
     spread_over,
 )
 from lakehouse.client.errors import LakehouseError, decode_error, error_from_status
+from lakehouse.client.flight_writes import BulkWrite, FlightWrites
 from lakehouse.client.jobs import Job, sql_preview, succeeded
 from lakehouse.client.parallel_reads import DEFAULT_STREAMS, read_rows
 from lakehouse.client.read_attempts import AttemptPlan, Deadline, ServerFeatures
@@ -108,6 +106,10 @@ class Lakehouse:
         read_streams: ``read`` reads a read session's streams at once, at most this many,
             over as many connections (the channels above, and more opened on the first read
             when it asks more); 1 reads one ``ReadRows``.
+        flight: The service's Arrow Flight port (``host:port``, or a Flight URI such as
+            ``grpc+tls://host:50052``), when it serves one: ``write`` then sends its rows
+            over it, with ``WriteRows`` as the fallback (``lakehouse.client.flight_writes``).
+            None: ``write`` uses ``WriteRows``.
     """
 
     def __init__(
@@ -124,10 +126,12 @@ class Lakehouse:
         on_retry: OnRetry | None = None,
         channels: int = DEFAULT_CHANNELS,
         read_streams: int = DEFAULT_STREAMS,
+        flight: str | None = None,
     ) -> None:
         self._connection = Connection(
             target, api_key, tls, root_certificates, client_certificate, client_key
         )
+        self._flight = FlightWrites(flight, self._connection)
         self._channels = self._connection.channels(
             check_channels(channels), pooled_options(CHANNEL_OPTIONS)
         )
@@ -158,6 +162,7 @@ class Lakehouse:
         """Closes the channels; calls in flight are cancelled."""
         for channel in [*self._channels, *self._reads.opened]:
             channel.close()
+        self._flight.close()
 
     def __enter__(self) -> Lakehouse:
         return self
@@ -303,9 +308,13 @@ class Lakehouse:
     ) -> ingest_pb2.WriteResult:
         """Writes rows in one commit (``WriteRows``), retry-safe by its request id.
 
+        With the client's ``flight`` port the rows go over Arrow Flight (a ``do_put`` that is
+        the same WriteRows), else in one gRPC message.
+
         Args:
             table: ``"namespace.table"`` or ``(namespace, table)``.
-            data: The rows (one gRPC message: for tens of MiB use ``append``).
+            data: The rows (without ``flight``, one gRPC message: for tens of MiB use
+                ``append``, or give the client the Flight port).
             request_id: The id that makes a repeated write a no-op; a fresh UUID by default,
                 the same for every attempt of this call. Pass your own to make your retries
                 of the whole call safe too.
@@ -319,19 +328,18 @@ class Lakehouse:
         Raises:
             LakehouseError: ``INVALID_ARGUMENT`` for rows that do not fit the schema...
         """
-        namespace, name = split_table(table)
-        request = write_rows_request(
-            namespace,
-            name,
-            data,
-            request_id=request_id or new_request_id(),
-            write_mode=write_mode(mode),
-            overwrite_filter=overwrite_filter,
+        write = BulkWrite(
+            table, data, request_id or new_request_id(), write_mode(mode), overwrite_filter
         )
-        return self._call(
-            lambda: self._next.ingest.WriteRows(request, **self._options()).result,
-            idempotent=True,
-        )
+
+        def attempt() -> ingest_pb2.WriteResult:
+            if self._flight.usable:
+                answer = self._flight.write(write.command, write.rows, self.timeout)
+                if answer is not None:
+                    return answer.result
+            return self._next.ingest.WriteRows(write.request(), **self._options()).result
+
+        return self._call(attempt, idempotent=True)
 
     def writer_offset(self, table: TableName, writer_id: str) -> int:
         """Where a writer resumes: the offset of the next row the service expects (0 if new)."""

@@ -31,10 +31,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
         "the high-level client needs pyarrow: pip install 'lakehouse-client[arrow]'"
     ) from e
 
-from lakehouse.client.arrow import (
-    append_rows_requests,
-    write_rows_request,
-)
+from lakehouse.client.arrow import append_rows_requests
 from lakehouse.client.channels import (
     DEFAULT_CHANNELS,
     ReadChannels,
@@ -43,6 +40,7 @@ from lakehouse.client.channels import (
     spread_over,
 )
 from lakehouse.client.errors import LakehouseError, decode_error, error_from_status
+from lakehouse.client.flight_writes import BulkWrite, FlightWrites
 from lakehouse.client.jobs import Job, sql_preview, succeeded
 from lakehouse.client.parallel_reads import DEFAULT_STREAMS, read_rows_async
 from lakehouse.client.read_attempts import AttemptPlan, Deadline, ServerFeatures
@@ -99,6 +97,7 @@ class AsyncLakehouse:
         read_streams: ``read`` reads a read session's streams at once, at most this many,
             over as many connections (the channels above, and more opened on the first read
             when it asks more); 1 reads one ``ReadRows``.
+        flight: The service's Arrow Flight port, for ``write``; see ``Lakehouse``.
     """
 
     def __init__(
@@ -115,10 +114,12 @@ class AsyncLakehouse:
         on_retry: OnRetry | None = None,
         channels: int = DEFAULT_CHANNELS,
         read_streams: int = DEFAULT_STREAMS,
+        flight: str | None = None,
     ) -> None:
         self._connection = Connection(
             target, api_key, tls, root_certificates, client_certificate, client_key
         )
+        self._flight = FlightWrites(flight, self._connection)
         self._channels = self._connection.aio_channels(
             check_channels(channels), pooled_options(CHANNEL_OPTIONS)
         )
@@ -147,6 +148,7 @@ class AsyncLakehouse:
         """Closes the channels; calls in flight are cancelled."""
         for channel in [*self._channels, *self._reads.opened]:
             await channel.close()
+        self._flight.close()
 
     async def __aenter__(self) -> AsyncLakehouse:
         return self
@@ -257,17 +259,19 @@ class AsyncLakehouse:
         overwrite_filter: str = "",
     ) -> ingest_pb2.WriteResult:
         """Writes rows in one commit, retry-safe by its request id; see ``Lakehouse.write``."""
-        namespace, name = split_table(table)
-        request = write_rows_request(
-            namespace,
-            name,
-            data,
-            request_id=request_id or new_request_id(),
-            write_mode=write_mode(mode),
-            overwrite_filter=overwrite_filter,
+        write = BulkWrite(
+            table, data, request_id or new_request_id(), write_mode(mode), overwrite_filter
         )
 
         async def attempt() -> ingest_pb2.WriteResult:
+            if self._flight.usable:
+                # pyarrow's Flight client blocks: in a thread, off the event loop.
+                answer = await asyncio.to_thread(
+                    self._flight.write, write.command, write.rows, self.timeout
+                )
+                if answer is not None:
+                    return answer.result
+            request = write.request()
             return (await self._next.ingest.WriteRows(request, **self._options())).result
 
         return await self._call(attempt, idempotent=True)

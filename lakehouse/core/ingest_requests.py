@@ -43,8 +43,13 @@ from lakehouse.domain.row_changes import (
     with_change_columns,
 )
 from lakehouse.domain.rows.arrow_conform import conform_arrow
-from lakehouse.domain.rows.arrow_read import check_dictionary_bytes, dictionary_bytes, read_arrow
-from lakehouse.domain.rows.arrow_size import ArrowLimits, ArrowSize, arrow_size
+from lakehouse.domain.rows.arrow_read import (
+    check_dictionary_bytes,
+    dictionary_bytes,
+    read_arrow,
+    validated,
+)
+from lakehouse.domain.rows.arrow_size import ArrowLimits, ArrowSize, arrow_size, table_size
 from lakehouse.domain.rows.json_rows import decode_json, json_charge
 from lakehouse.domain.rows.problems import DecodedRows, RowProblem
 from lakehouse.domain.schemas import schema_to_arrow
@@ -85,7 +90,23 @@ class JsonRows:
     to_dicts: Callable[[], list[Any]]
 
 
-Rows = ArrowRows | JsonRows | None
+@dataclass(frozen=True)
+class TableRows:
+    """A request's rows received as Arrow arrays (a Flight ``do_put`` stream's batches).
+
+    Handed over as they arrived, with no IPC round trip: sized from the arrays, charged,
+    validated and conformed as ``ArrowRows`` are.
+
+    Attributes:
+        table: The rows.
+        field: The request field errors about the rows as a whole name.
+    """
+
+    table: pa.Table
+    field: str
+
+
+Rows = ArrowRows | JsonRows | TableRows | None
 """A request's rows; None when it carries none."""
 
 
@@ -168,7 +189,7 @@ def _sized_payload(rows: ArrowRows, schema: Schema, limits: ArrowLimits) -> tupl
 
 
 def _read_conformed(
-    rows: ArrowRows, payload: bytes | None, schema: Schema, max_bytes: int
+    rows: ArrowRows | TableRows, payload: bytes | None, schema: Schema, max_bytes: int
 ) -> DecodedRows | tuple[pa.Table, int]:
     """Reads and conforms a request's rows in one go, unless dictionaries need a charge.
 
@@ -180,11 +201,17 @@ def _read_conformed(
         ArrowTooLarge: Dictionary-encoded columns that decode to more than ``max_bytes``.
         MemoryError: An allocation failed.
     """
-    read = read_arrow(rows.payload() if payload is None else payload, rows.schema_bytes, schema)
+    if isinstance(rows, TableRows):
+        read = validated(rows.table, schema)
+        field = rows.field
+    else:
+        payload = rows.payload() if payload is None else payload
+        read = read_arrow(payload, rows.schema_bytes, schema)
+        field = "arrow_record_batch.serialized_record_batch"
     if isinstance(read, DecodedRows):
         return read  # corrupt bytes: nothing to conform
     expanded = dictionary_bytes(read)
-    check_dictionary_bytes(expanded, max_bytes)
+    check_dictionary_bytes(expanded, max_bytes, field)
     if expanded:
         return read, expanded
     return conform_arrow(read, schema)
@@ -211,6 +238,12 @@ class IngestRequests:
         self._tables = tables
         self._dead_letters = DeadLetters(tables, ingest)
 
+    @property
+    def limits(self) -> ArrowLimits:
+        """What one request may decode to (``ingest.max_request_rows``/``_bytes``)."""
+        settings = self._ingest.settings
+        return ArrowLimits(settings.max_request_rows, settings.max_request_bytes)
+
     async def _decode(
         self, namespace: str, table: str, rows: Rows, mode: WriteMode = WriteMode.APPEND
     ) -> tuple[DecodedRows, TableInfo, Reservation | None]:
@@ -220,13 +253,16 @@ class IngestRequests:
         schema = with_change_columns(info.schema) if mode is WriteMode.UPSERT else info.schema
         settings = self._ingest.settings
         reservation: Reservation | None = None
-        if isinstance(rows, ArrowRows):
-            limits = ArrowLimits(settings.max_request_rows, settings.max_request_bytes)
+        if isinstance(rows, ArrowRows | TableRows):
+            limits = self.limits
             # What decoding takes is read from the headers and charged before it starts, so
             # concurrent requests (and a few bytes that claim gigabytes) stay within the
             # write buffers; decoding then runs in a thread, away from the event loop.
             payload: bytes | None
-            payload, size = await asyncio.to_thread(_sized_payload, rows, schema, limits)
+            if isinstance(rows, TableRows):
+                payload, size = None, table_size(rows.table, schema, limits, rows.field)
+            else:
+                payload, size = await asyncio.to_thread(_sized_payload, rows, schema, limits)
             charge = max(size.charge, 1)
             reservation = self._ingest.try_reserve(namespace, table, charge)
             if reservation is None:

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 
 from lakehouse.core.ingest import Ingest, WriteResult
-from lakehouse.core.ingest_requests import IngestRequests, QueuedRows, StagedRows
+from lakehouse.core.ingest_requests import IngestRequests, QueuedRows, Rows, StagedRows
 from lakehouse.core.invalid_rows import RowsRejected
 from lakehouse.domain.errors import InvalidArgument, LakehouseError
 from lakehouse.domain.row_changes import WriteMode
@@ -69,6 +69,36 @@ class _Stream:
         self.staged.clear()
 
 
+async def write_rows(
+    requests: IngestRequests, request: pb.WriteRowsRequest, rows: Rows
+) -> pb.WriteRowsResponse:
+    """One WriteRows: ``rows`` written as ``request`` says, in one commit, answered once it is.
+
+    The rows are the request's own on the gRPC port, a do_put stream's batches on the Flight
+    port (``lakehouse.server.flight.writes``): one path, so both ports write alike.
+
+    Raises:
+        LakehouseError: As ``IngestRequests.enqueue`` and the commit.
+    """
+    queued = await requests.enqueue(
+        request.namespace,
+        request.table,
+        rows,
+        invalid_row_policy_from_proto(request.invalid_row_policy),
+        writer_id="",
+        offset=None,
+        request_id=request.request_id,
+        mode=write_mode_from_proto(request.write_mode),
+        overwrite_filter=request.overwrite_filter,
+        branch=request.branch,
+    )
+    result = await queued.future
+    return pb.WriteRowsResponse(
+        result=write_result_to_proto(queued, result),
+        row_errors=row_errors_to_proto(queued.problems),
+    )
+
+
 class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
     """Implements lakehouse.v1.IngestService on top of the core ``IngestRequests``."""
 
@@ -83,23 +113,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         schema_bytes = (
             request.arrow_schema.serialized_schema if request.HasField("arrow_schema") else None
         )
-        queued = await self._requests.enqueue(
-            request.namespace,
-            request.table,
-            rows_from_proto(request, schema_bytes),
-            invalid_row_policy_from_proto(request.invalid_row_policy),
-            writer_id="",
-            offset=None,
-            request_id=request.request_id,
-            mode=write_mode_from_proto(request.write_mode),
-            overwrite_filter=request.overwrite_filter,
-            branch=request.branch,
-        )
-        result = await queued.future
-        return pb.WriteRowsResponse(
-            result=write_result_to_proto(queued, result),
-            row_errors=row_errors_to_proto(queued.problems),
-        )
+        return await write_rows(self._requests, request, rows_from_proto(request, schema_bytes))
 
     async def GetWriter(
         self, request: pb.GetWriterRequest, context: Context

@@ -34,7 +34,7 @@ from lakehouse.domain.errors import DeadlineExceeded, PermissionDenied
 from lakehouse.domain.read_sessions import b64encode
 from lakehouse.server.app import LakehouseServer
 from lakehouse.server.credentials import Principal, new_api_key
-from lakehouse.server.flight.auth import APPEND_METHOD, READ_METHOD
+from lakehouse.server.flight.auth import APPEND_METHOD, READ_METHOD, WRITE_METHOD
 from lakehouse.server.flight.server import wait_for
 from lakehouse.server.flight.sessions import CREATE_SESSION_METHOD
 from lakehouse.server.flight.tickets import TicketError, TicketSigner
@@ -658,13 +658,26 @@ async def test_fuzzed_descriptors_commands_and_tickets_get_deliberate_answers(
     )
     ticket = info.endpoints[0].ticket.ticket
     put_command = append_command("sales", "orders", writer_id="fuzz", offset=0)
+    packed_write = any_pb2.Any()
+    packed_write.Pack(
+        ingest_pb.WriteRowsRequest(
+            namespace="sales",
+            table="orders",
+            write_mode=ingest_pb2.WRITE_MODE_OVERWRITE,
+            overwrite_filter="id > 5000",
+            request_id="fuzz",
+        )
+    )
+    write_command = packed_write.SerializeToString()
     calls: list[Callable[[], Any]] = []
     for command in mutations(rng, read_command, 200):
         descriptor = flight.FlightDescriptor.for_command(command)
         calls.append(lambda d=descriptor: client.get_flight_info(d))
     for raw in mutations(rng, ticket, 150):
         calls.append(lambda r=raw: client.do_get(flight.Ticket(r)).read_all())
-    for command in mutations(rng, put_command, 50):
+    for command in mutations(rng, put_command, 25):
+        calls.append(lambda c=command: put(client, c, ROWS.slice(0, 3)))
+    for command in mutations(rng, write_command, 25):
         calls.append(lambda c=command: put(client, c, ROWS.slice(0, 3)))
     answers: dict[str, int] = {}
     for call in calls:
@@ -717,7 +730,8 @@ async def test_role_matrix_on_the_flight_port(start_server: Callable[..., Any]) 
     """Each Flight action is allowed exactly when the gRPC method it stands for is, by the
     one permission table (RULES): reads as ReadRows and CreateReadSession (tables.read),
     do_put as AppendRows (ingest.write; a write mode that removes rows also needs
-    tables.change_rows, and only then is refused as not an append)."""
+    tables.change_rows, and only then is refused as not an append), and do_put of a packed
+    WriteRowsRequest as WriteRows (the same two permissions)."""
     plain: dict[str, str] = {}
     entries = []
     for role in ("viewer", "developer", "admin"):
@@ -735,6 +749,17 @@ async def test_role_matrix_on_the_flight_port(start_server: Callable[..., Any]) 
     overwrite = ingest_pb.AppendRowsRequest(
         namespace="sales", table="orders", write_mode=ingest_pb2.WRITE_MODE_OVERWRITE
     )
+    write = ingest_pb.WriteRowsRequest(namespace="sales", table="orders")
+    packed_write = any_pb2.Any()
+    packed_write.Pack(write)
+    replace = ingest_pb.WriteRowsRequest(
+        namespace="sales",
+        table="orders",
+        write_mode=ingest_pb2.WRITE_MODE_OVERWRITE,
+        overwrite_filter="id < 0",
+    )
+    packed_replace = any_pb2.Any()
+    packed_replace.Pack(replace)
     refusals = {}
     for role in plain:
         options = bearer(plain[role])
@@ -757,6 +782,20 @@ async def test_role_matrix_on_the_flight_port(start_server: Callable[..., Any]) 
                 overwrite,
                 lambda o=options: put(client, overwrite.SerializeToString(), ROWS.slice(0, 1), o),
             ),
+            "write": (
+                WRITE_METHOD,
+                write,
+                lambda o=options: put(
+                    client, packed_write.SerializeToString(), ROWS.slice(0, 1), o
+                ),
+            ),
+            "write_overwrite": (
+                WRITE_METHOD,
+                replace,
+                lambda o=options: put(
+                    client, packed_replace.SerializeToString(), ROWS.slice(0, 1), o
+                ),
+            ),
         }
         for action, (method, message, call) in actions.items():
             refused = expected_refusal(role, method, message)
@@ -775,14 +814,20 @@ async def test_role_matrix_on_the_flight_port(start_server: Callable[..., Any]) 
         ("viewer", "session"): None,
         ("viewer", "append"): "ingest.write",
         ("viewer", "overwrite"): "ingest.write",
+        ("viewer", "write"): "ingest.write",
+        ("viewer", "write_overwrite"): "ingest.write",
         ("developer", "read"): None,
         ("developer", "session"): None,
         ("developer", "append"): None,
         ("developer", "overwrite"): "tables.change_rows",
+        ("developer", "write"): None,
+        ("developer", "write_overwrite"): "tables.change_rows",
         ("admin", "read"): None,
         ("admin", "session"): None,
         ("admin", "append"): None,
         ("admin", "overwrite"): None,
+        ("admin", "write"): None,
+        ("admin", "write_overwrite"): None,
     }
 
 

@@ -179,15 +179,39 @@ def read_arrow(
         return _corrupt(table_schema, exc)
 
 
-def check_dictionary_bytes(expanded: int, max_bytes: int) -> None:
+def validated(table: pa.Table, table_schema: Schema) -> pa.Table | DecodedRows:
+    """Rows received as Arrow arrays (a Flight stream), fully validated as IPC bytes are.
+
+    Flight's reader checks the messages' structure, not their values: offsets and UTF-8 are
+    checked here before any kernel reads them.
+
+    Returns:
+        ``table``; or, when it does not validate, decoded rows with one ``CORRUPT_ARROW``
+        problem and no rows.
+
+    Raises:
+        MemoryError: An allocation failed (``pyarrow.ArrowMemoryError`` included).
+    """
+    try:
+        table.validate(full=True)
+    except MemoryError:
+        raise
+    except (pa.ArrowException, ValueError, TypeError) as exc:
+        return _corrupt(table_schema, CorruptArrow(f"invalid Arrow data: {exc}"))
+    return table
+
+
+def check_dictionary_bytes(
+    expanded: int, max_bytes: int, field: str = "arrow_record_batch.serialized_record_batch"
+) -> None:
     """Refuses a request whose dictionary-encoded columns decode to more than ``max_bytes``.
 
     Raises:
-        ArrowTooLarge: They do (reason ``REQUEST_TOO_LARGE``).
+        ArrowTooLarge: On ``field``, they do (reason ``REQUEST_TOO_LARGE``).
     """
     if expanded > max_bytes:
         raise ArrowTooLarge.field(
-            "arrow_record_batch.serialized_record_batch",
+            field,
             f"its dictionary-encoded columns decode to {expanded} bytes; one request may "
             f"take at most {max_bytes}: split it",
             reason="REQUEST_TOO_LARGE",

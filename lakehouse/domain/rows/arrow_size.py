@@ -346,18 +346,51 @@ def arrow_size(
         raise InvalidArgument.field(
             field, f"{RowErrorReason.CORRUPT_ARROW.name}: {exc}", reason="INVALID_ROWS"
         ) from None
+    return checked_size(rows, body_bytes, table_schema, limits, field)
+
+
+def table_size(table: pa.Table, table_schema: Schema, limits: ArrowLimits, field: str) -> ArrowSize:
+    """Sizes rows already received as Arrow arrays (a Flight stream), as :func:`arrow_size`.
+
+    The bodies are the arrays' buffers (``nbytes``: dictionaries at their encoded size, as
+    on the wire; what they decode to is charged when they are read, as for IPC bytes).
+
+    Raises:
+        ArrowTooLarge: On ``field``: more rows or bytes than one request may take.
+    """
+    return checked_size(table.num_rows, table.nbytes, table_schema, limits, field)
+
+
+def checked_size(
+    rows: int, body_bytes: int, table_schema: Schema | None, limits: ArrowLimits, field: str
+) -> ArrowSize:
+    """The size of ``rows`` rows of ``body_bytes`` decoded bytes, refused beyond ``limits``.
+
+    Args:
+        rows: The rows.
+        body_bytes: Their decoded buffers' bytes.
+        table_schema: The table's schema, whose columns each take a slot per row once
+            conformed; None while rows still arrive (a Flight stream, bounded as it comes in
+            before the table is looked up): the charge counts the buffers only.
+        limits: What one request may decode to.
+        field: The request field an error names.
+
+    Raises:
+        ArrowTooLarge: On ``field``: reasons ``TOO_MANY_ROWS`` and ``REQUEST_TOO_LARGE``.
+    """
     if rows > limits.max_rows:
         raise ArrowTooLarge.field(
             field,
             f"holds {rows} rows; one request may hold at most {limits.max_rows}: split it",
             reason="TOO_MANY_ROWS",
         )
-    target = schema_to_arrow(table_schema)
+    target = schema_to_arrow(table_schema) if table_schema is not None else pa.schema([])
     charge = 2 * body_bytes + rows * _row_slot_bytes(target)
     if charge > limits.max_bytes:
+        columns = f" of {len(target)} columns" if table_schema is not None else ""
         raise ArrowTooLarge.field(
             field,
-            f"decodes to about {charge} bytes ({rows} rows of {len(target)} columns, "
+            f"decodes to about {charge} bytes ({rows} rows{columns}, "
             f"{body_bytes} bytes of buffers); one request may take at most "
             f"{limits.max_bytes}: split it",
             reason="REQUEST_TOO_LARGE",

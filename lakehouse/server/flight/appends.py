@@ -1,10 +1,12 @@
 """do_put: an AppendRows stream fed with Flight record batches, acknowledged per batch.
 
-The descriptor command is a serialized ``lakehouse.v1.AppendRowsRequest`` holding what the
-first request of an AppendRows stream holds, without rows: the table, ``writer_id``,
-``offset``, ``branch`` and ``invalid_row_policy`` (``write_mode`` APPEND or unset). Each
-record batch is then one request of that stream: with an ``offset`` in the command, the
-first batch has that offset and each next one follows the rows before it, so the writer's
+The descriptor command is a serialized ``lakehouse.v1.AppendRowsRequest`` (not packed in an
+``Any``: see ``lakehouse.server.flight.writes`` for the packed WriteRows of the other modes)
+holding what the first request of an AppendRows stream holds, without rows: the table,
+``writer_id``, ``offset``, ``branch`` and ``invalid_row_policy`` (``write_mode`` APPEND or
+unset). Each record batch is then one request of that stream: with an ``offset`` in the
+command, the first batch has that offset and each next one follows the rows before it, so the
+writer's
 exactly-once rules are AppendRows' own (a batch resent at a committed offset is
 acknowledged ``already_written`` and not written again; a gap is refused). Each batch is
 acknowledged, in order, once the commit holding it succeeded, with a serialized
@@ -22,7 +24,6 @@ from lakehouse.core.ingest_requests import ArrowRows, IngestRequests, QueuedRows
 from lakehouse.core.invalid_rows import RequestedPolicy
 from lakehouse.domain.errors import InvalidArgument, LakehouseError
 from lakehouse.domain.row_changes import WriteMode
-from lakehouse.server.flight.sources import parse_command
 from lakehouse.services.convert import (
     invalid_row_policy_from_proto,
     row_errors_to_proto,
@@ -32,24 +33,11 @@ from lakehouse.services.convert import (
 from lakehouse.v1 import ingest_service_pb2 as pb
 
 
-def parse_append_command(command: bytes) -> pb.AppendRowsRequest:
-    """A do_put descriptor command as the first request of an AppendRows stream, unchecked.
-
-    It is authorized as it came (a write mode that removes rows needs its permission, as on
-    the gRPC port), then checked (``check_append_command``).
+def check_table_without_rows(request: pb.AppendRowsRequest | pb.WriteRowsRequest) -> None:
+    """Refuses a do_put command that names no table or carries rows of its own.
 
     Raises:
-        InvalidArgument: Bytes that are not such a request.
-    """
-    return parse_command(pb.AppendRowsRequest, command)
-
-
-def check_append_command(request: pb.AppendRowsRequest) -> None:
-    """Refuses a do_put command that is not a table's AppendRows stream start in APPEND mode.
-
-    Raises:
-        InvalidArgument: A request without a table, with rows, or in a write mode other
-            than APPEND.
+        InvalidArgument: On ``namespace``/``table`` (unset), or on the rows field set.
     """
     for name in ("namespace", "table"):
         if not getattr(request, name):
@@ -59,8 +47,22 @@ def check_append_command(request: pb.AppendRowsRequest) -> None:
             request.WhichOneof("rows") or "rows",
             "the do_put command carries no rows: send them as the stream's record batches",
         )
+
+
+def check_append_command(request: pb.AppendRowsRequest) -> None:
+    """Refuses a do_put command that is not a table's AppendRows stream start in APPEND mode.
+
+    Raises:
+        InvalidArgument: A request without a table, with rows, or in a write mode other
+            than APPEND.
+    """
+    check_table_without_rows(request)
     if write_mode_from_proto(request.write_mode) is not WriteMode.APPEND:
-        raise InvalidArgument.field("write_mode", "do_put appends: leave it unset or APPEND")
+        raise InvalidArgument.field(
+            "write_mode",
+            "an AppendRowsRequest do_put appends: leave it unset or APPEND, or send a "
+            "WriteRowsRequest packed in an Any for the other modes (docs/flight.md)",
+        )
 
 
 @dataclass

@@ -4,7 +4,8 @@ A server middleware authenticates every Flight call from its headers with the sa
 :class:`~lakehouse.server.credentials.Authenticator` as the gRPC port (API keys and JWTs in
 ``authorization: Bearer ...``); a call without valid credentials never reaches a handler.
 Handlers then authorize each action against the rule of the gRPC method it stands for
-(``get_flight_info``/``do_get``: ``ReadRows``; ``do_put``: ``AppendRows``), from the one
+(``get_flight_info``/``do_get``: ``ReadRows``; ``do_put``: ``AppendRows``, or ``WriteRows``
+for a packed WriteRows command), from the one
 permission table, with the caller's namespace grants. Refused and mutating calls leave one
 line on the ``lakehouse.audit`` logger, as on the gRPC port.
 
@@ -38,6 +39,7 @@ FLIGHT_SERVICE = "arrow.flight.protocol.FlightService"
 MIDDLEWARE_KEY = "lakehouse"
 READ_METHOD = "/lakehouse.v1.TableService/ReadRows"
 APPEND_METHOD = "/lakehouse.v1.IngestService/AppendRows"
+WRITE_METHOD = "/lakehouse.v1.IngestService/WriteRows"
 
 
 class CallMiddleware(flight.ServerMiddleware):  # type: ignore[misc]

@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from lakehouse.core.ingest_requests import IngestRequests
+from lakehouse.core.ingest_requests import IngestRequests, TableRows
 from lakehouse.deadlines import call_deadline
 from lakehouse.domain.errors import DeadlineExceeded, InvalidArgument, LakehouseError, Unavailable
 from lakehouse.domain.read_sessions import SessionClaims
@@ -52,11 +52,11 @@ from lakehouse.server.flight.appends import (
     acknowledgement,
     check_append_command,
     enqueue_batch,
-    parse_append_command,
 )
 from lakehouse.server.flight.auth import (
     APPEND_METHOD,
     MIDDLEWARE_KEY,
+    WRITE_METHOD,
     AuthMiddlewareFactory,
     authorize,
     call_of,
@@ -65,8 +65,17 @@ from lakehouse.server.flight.commands import session_tickets
 from lakehouse.server.flight.errors import flight_errors
 from lakehouse.server.flight.sources import FlightReadSource, FlightStream
 from lakehouse.server.flight.tickets import TicketSigner
+from lakehouse.server.flight.writes import (
+    BATCHES_FIELD,
+    check_write_command,
+    commit_deadline,
+    parse_put_command,
+    received_rows,
+)
 from lakehouse.server.limits import CallSlots
 from lakehouse.server.rate_limit import RateLimiter
+from lakehouse.services.ingest_service import write_rows
+from lakehouse.v1 import ingest_service_pb2 as ingest_pb
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -313,20 +322,43 @@ class LakehouseFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         reader: flight.MetadataRecordBatchReader,
         writer: flight.FlightMetadataWriter,
     ) -> None:
-        """Appends each batch as one AppendRows request, acknowledged in ``app_metadata``."""
+        """Writes the stream's batches, answering in ``app_metadata``.
+
+        An AppendRowsRequest command: each batch is one AppendRows request, acknowledged in
+        order. A WriteRowsRequest packed in an Any: all the batches are one WriteRows (any
+        write mode), answered once after its commit (``lakehouse.server.flight.writes``).
+        """
         with flight_errors():
             principal = self._admit(context)
-            request = parse_append_command(_command(descriptor))
-            # Authorized as sent, then checked: the gRPC port's order for AppendRows.
+            request = parse_put_command(_command(descriptor))
+            # Bounded as an AppendRows stream is: by the stream limit as a whole, not the
+            # unary one per wait, since waiting for buffer space or for a commit handed off
+            # to another replica (ingest.handoff_timeout_seconds) is part of writing.
+            limit = self._bounds.stream_seconds or self._bounds.call_seconds
+            ends = time.monotonic() + limit
+            if isinstance(request, ingest_pb.WriteRowsRequest):
+                # Authorized as sent, then checked: the gRPC port's order.
+                authorize(principal, WRITE_METHOD, request, "do_put")
+                check_write_command(request)
+                rows = received_rows(reader, self._requests.limits, ends, limit)
+                written = self._submit_bounded(
+                    write_rows(self._requests, request, TableRows(rows, BATCHES_FIELD)),
+                    ends - time.monotonic(),
+                )
+                del rows  # the core holds the rows until its commit, not this thread
+                # Not cancelled at the limit: a write under way commits or fails on its own
+                # (its adapters' deadline is the stream's), and the same request_id sent
+                # again gets its answer or writes it.
+                try:
+                    response = wait_for(written, ends - time.monotonic(), cancel=False)
+                except DeadlineExceeded:
+                    raise commit_deadline(limit) from None
+                writer.write(pa.py_buffer(response.SerializeToString()))
+                return
             authorize(principal, APPEND_METHOD, request, "do_put")
             check_append_command(request)
             stream = PutStream.open(request, reader.schema)
             acks: collections.deque[concurrent.futures.Future[Any]] = collections.deque()
-            # Bounded as an AppendRows stream is: by the stream limit as a whole, not the
-            # unary one per wait, since waiting for buffer space or for a commit handed off
-            # to another replica (ingest.handoff_timeout_seconds) is part of appending.
-            limit = self._bounds.stream_seconds or self._bounds.call_seconds
-            ends = time.monotonic() + limit
 
             def wait(future: concurrent.futures.Future[T], *, cancel: bool = True) -> T:
                 return wait_for(
