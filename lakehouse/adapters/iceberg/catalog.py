@@ -79,6 +79,7 @@ from lakehouse.adapters.iceberg.ingest import (
     writer_last_commit,
 )
 from lakehouse.adapters.iceberg.locations import canonical_location, within_location
+from lakehouse.adapters.iceberg.loop_locations import LoopLocations, loop_locations
 from lakehouse.adapters.iceberg.planned_changes import ChangeCommitter, planned_delete
 from lakehouse.adapters.iceberg.readahead import ReadBudget
 from lakehouse.adapters.iceberg.references import delete_all
@@ -105,7 +106,13 @@ from lakehouse.adapters.iceberg.snapshot_refs import (
 from lakehouse.adapters.iceberg.updates import apply_changes
 from lakehouse.adapters.pyiceberg_private.commits import add_commit_requirements, cheap_commits
 from lakehouse.adapters.pyiceberg_private.io import confine_catalog_io, service_file_io
-from lakehouse.adapters.resilience import CATALOG, OBJECT_STORE, CircuitBreaker, Resilience
+from lakehouse.adapters.resilience import (
+    CATALOG,
+    OBJECT_STORE,
+    BreakerState,
+    CircuitBreaker,
+    Resilience,
+)
 from lakehouse.blocking import BlockingPool
 from lakehouse.config import Settings
 from lakehouse.deadlines import check_deadline
@@ -229,6 +236,12 @@ class IcebergCatalog:
         # Revalidations under way, and the next one for calls that came in after it started.
         self._loading: dict[tuple[str, str], asyncio.Future[TableInfo]] = {}
         self._next_load: dict[tuple[str, str], asyncio.Future[TableInfo]] = {}
+        # SQLite only: revalidations on the event loop, without the thread hop.
+        self._loop_locations: LoopLocations | None = (
+            loop_locations(settings.catalog_uri, settings.catalog.name)
+            if settings.catalog.type == "sql"
+            else None
+        )
         # Decoded ReadRows batches queued ahead of all streams together (see readahead.py).
         self._read_budget = ReadBudget(settings.read_buffer_bytes)
         self._sessions = SessionPlanner()
@@ -543,6 +556,9 @@ class IcebergCatalog:
             name: The table name.
             max_age: Trust a cache entry validated this recently (seconds) without a query.
         """
+        answer = self._answered_on_loop((namespace, name), max_age)
+        if answer is not None:
+            return answer
         # Cache misses read the table's metadata file: a failing object store is charged for
         # it, but does not stop loads the catalog alone can serve (files=False).
         if max_age > 0:
@@ -581,6 +597,34 @@ class IcebergCatalog:
             if self._next_load.get(key) is waiting:
                 del self._next_load[key]
         return await self._lead_load(key, load, waiting)
+
+    def _answered_on_loop(self, key: tuple[str, str], max_age: float) -> TableInfo | None:
+        """The cached table when the event loop can tell at once that it is current; else None.
+
+        Current means validated less than ``max_age`` ago, or (SQLite catalog) its metadata
+        location is the one the catalog holds now, read by a query that starts now (see
+        ``loop_locations``). Only with the catalog's breaker closed: otherwise the usual path
+        decides, with its rejection or trial call. None sends the call the usual way.
+        """
+        if self._catalog_breaker.state is not BreakerState.CLOSED:
+            return None
+        with self._tables_lock:
+            cached = self._tables.get(key)
+            validated = self._validated.get(key, 0.0)
+        if cached is None:
+            return None
+        if max_age > 0 and time.monotonic() - validated < max_age:
+            return cached[1]
+        probe = self._loop_locations
+        if probe is None:
+            return None
+        if probe.current(*key) != cached[0].metadata_location:
+            return None  # changed, gone or unreadable now: the usual path loads it
+        with self._tables_lock:
+            if self._tables.get(key) is cached:
+                self._tables.move_to_end(key)
+                self._validated[key] = time.monotonic()
+        return cached[1]
 
     async def _lead_load(
         self,
@@ -1275,6 +1319,8 @@ class IcebergCatalog:
 
     async def close(self) -> None:
         """Releases the catalog's database connections."""
+        if self._loop_locations is not None:
+            self._loop_locations.close()
         catalog = self._catalog
         self._catalog = None
         engine = getattr(catalog, "engine", None)
