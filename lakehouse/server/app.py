@@ -57,6 +57,7 @@ from lakehouse.server.reflection import enable_reflection
 from lakehouse.server.signing_key import initial_signing_key, load_shared_key
 from lakehouse.server.tls import ServerTls, load_ca_bundle, load_key_pair
 from lakehouse.server.tracing import configure_tracing, tracing_enabled
+from lakehouse.server.wrapped_handlers import WrappingRegistrar
 from lakehouse.services.ingest_service import IngestServicer
 from lakehouse.services.job_service import JobServicer
 from lakehouse.services.table_service import TableServicer
@@ -200,19 +201,21 @@ class LakehouseServer:
             layers.append(RateLimitInterceptor(self.rate_limiter))
         # Innermost: bytes that do not parse are answered only to a caller let in.
         layers.append(RequestDecodingInterceptor())
-        # One interceptor for all our layers, wrapping each method's handler once. OpenTelemetry's
+        # Our layers wrap each method's handler once, as its service is registered (see
+        # wrapped_handlers): no gRPC interceptor pipeline per call. OpenTelemetry's interceptor
         # runs only when spans are exported: with the no-op tracer it would only carry the
         # caller's trace id, which the observability layer reads from ``traceparent`` itself.
-        interceptors: list[grpc.aio.ServerInterceptor] = [InterceptorChain(layers)]
+        interceptors: list[grpc.aio.ServerInterceptor] = []
         if spans:
-            interceptors.insert(0, aio_server_interceptor())  # type: ignore[no-untyped-call]
-        server = grpc.aio.server(
+            interceptors.append(aio_server_interceptor())  # type: ignore[no-untyped-call]
+        grpc_server = grpc.aio.server(
             interceptors=interceptors,
             options=[
                 *server_options(self.settings),  # message, stream, connection limits
                 ("grpc.so_reuseport", 0),
             ],
         )
+        server = WrappingRegistrar(grpc_server, InterceptorChain(layers)).server
         table_servicer = TableServicer(
             self.tables,
             self.reads,
@@ -250,9 +253,9 @@ class LakehouseServer:
         credentials = self.tls.grpc_credentials
         try:
             if credentials is None:
-                self.grpc_port = server.add_insecure_port(address)
+                self.grpc_port = grpc_server.add_insecure_port(address)
             else:
-                self.grpc_port = server.add_secure_port(address, credentials)
+                self.grpc_port = grpc_server.add_secure_port(address, credentials)
         except RuntimeError as exc:  # grpc's "Failed to bind", whatever the cause
             raise OSError(f"cannot bind gRPC address {address}") from exc
         if self.grpc_port == 0:
@@ -273,7 +276,7 @@ class LakehouseServer:
         self._http = runner
         self.http_port = bound_port(runner, self.settings.http_port)
         self._flight = self._start_flight()
-        self._grpc = server
+        self._grpc = grpc_server
         await self.job_runtime.start()
         self._key_loading = await load_shared_key(
             self.signing_key,
@@ -285,7 +288,7 @@ class LakehouseServer:
         self.monitor.start()
         self.tls.start()
         self._auth_keys.start()
-        await server.start()
+        await grpc_server.start()
         log.info(
             "serving",
             extra={
