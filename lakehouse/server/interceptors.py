@@ -40,7 +40,7 @@ from lakehouse.domain.errors import (
 )
 from lakehouse.domain.status import RpcFailure, failure_for, internal_failure, simple_failure
 from lakehouse.logs import direct_handler
-from lakehouse.server import metrics
+from lakehouse.server.call_metrics import GRPC_SERVER
 from lakehouse.server.limits import CallDeadlines, CallSlots
 from lakehouse.server.permissions import HEALTH_SERVICE, REFLECTION_SERVICES
 
@@ -67,51 +67,20 @@ class _PeerGone(Exception):
 
 
 class _Method:
-    """What every call of one method shares: its names and its metric children.
+    """What every call of one method shares: its names and its metrics record.
 
-    Resolved once per method, so a call does no label lookups (``labels()`` takes a lock and
-    builds a key each time).
+    Resolved once per method, so a call does no label lookups.
     """
 
-    __slots__ = (
-        "_handled",
-        "grpc_type",
-        "in_flight",
-        "limited",
-        "method",
-        "probe",
-        "received",
-        "seconds",
-        "sent",
-        "service",
-        "started",
-    )
+    __slots__ = ("grpc_type", "limited", "method", "metrics", "probe", "service")
 
     def __init__(self, grpc_type: str, service: str, method: str) -> None:
-        labels = (grpc_type, service, method)
         self.grpc_type = grpc_type
         self.service = service
         self.method = method
         self.limited = service not in UNLIMITED_SERVICES
         self.probe = service in PROBE_SERVICES
-        self.started = metrics.STARTED.labels(*labels)
-        self.in_flight = metrics.IN_FLIGHT.labels(service, method)
-        self.received = metrics.MSG_RECEIVED.labels(*labels)
-        self.sent = metrics.MSG_SENT.labels(*labels)
-        self.seconds = metrics.HANDLING_SECONDS.labels(*labels)
-        self._handled: dict[grpc.StatusCode, Any] = {}
-
-    def handled(self, code: grpc.StatusCode) -> Any:
-        """The ``grpc_server_handled_total`` child of ``code``."""
-        child = self._handled.get(code)
-        if child is None:
-            child = self._handled[code] = metrics.HANDLED.labels(
-                self.grpc_type,
-                self.service,
-                self.method,
-                metrics.GO_CODE_NAMES.get(code, "Unknown"),
-            )
-        return child
+        self.metrics = GRPC_SERVER.method(grpc_type, service, method)
 
 
 class _Call:
@@ -544,8 +513,9 @@ class ObservabilityInterceptor(MethodInterceptor):
         request_id, trace_id = _ids(context)
         call = _Call(info, context, request_id, trace_id)
         _current_call.set(call)
-        info.started.inc()
-        info.in_flight.inc()
+        record = info.metrics
+        record.started += 1
+        record.in_flight += 1
         return call
 
     def _admit(self, info: _Method) -> bool:
@@ -568,11 +538,11 @@ class ObservabilityInterceptor(MethodInterceptor):
     @staticmethod
     def _count_requests(call: _Call, request_iterator: Any) -> AsyncIterator[Any]:
         """Counts received messages of a request stream (those that did not parse too)."""
-        received = call.info.received
+        record = call.info.metrics
 
         async def counted() -> AsyncIterator[Any]:
             async for item in request_iterator:
-                received.inc()
+                record.received += 1
                 yield item
 
         return counted()
@@ -634,10 +604,8 @@ class ObservabilityInterceptor(MethodInterceptor):
         if counted:
             self._slots.give_back()
         info = call.info
-        info.in_flight.dec()
-        info.handled(call.code).inc()
-        info.seconds.observe(elapsed)
         code = call.code
+        info.metrics.ended(code, elapsed)
         if code is grpc.StatusCode.OK and info.probe and not self._log_probes:
             return
         level = logging.ERROR if code is grpc.StatusCode.INTERNAL else logging.INFO
@@ -682,10 +650,10 @@ class ObservabilityInterceptor(MethodInterceptor):
                 if streamed:
                     request = self._count_requests(call, request)
                 else:
-                    info.received.inc()
+                    info.metrics.received += 1
                 async with self._limit(call, context, streaming=False):
                     response = await behavior(request, context)
-                info.sent.inc()
+                info.metrics.sent += 1
                 call.code = self._observed_code(context, grpc.StatusCode.OK)
                 return response
             except asyncio.CancelledError:
@@ -710,7 +678,7 @@ class ObservabilityInterceptor(MethodInterceptor):
         a cancellation there lands in this frame, not in gRPC's loop, which would end the
         call without a status.
         """
-        sent = call.info.sent
+        record = call.info.metrics
         try:
             async for response in responses:
                 try:
@@ -721,7 +689,7 @@ class ObservabilityInterceptor(MethodInterceptor):
                     # gRPC's own error (ExecuteBatchError, UsageError) for a send on a call
                     # the client cancelled or whose connection went away: not a bug of ours.
                     raise _PeerGone() from exc
-                sent.inc()
+                record.sent += 1
         finally:
             aclose = getattr(responses, "aclose", None)
             if aclose is not None:
@@ -740,7 +708,7 @@ class ObservabilityInterceptor(MethodInterceptor):
                 if streamed:
                     request = self._count_requests(call, request)
                 else:
-                    info.received.inc()
+                    info.metrics.received += 1
                 async with self._limit(call, context, streaming=True):
                     result = behavior(request, context)
                     if inspect.isawaitable(result):  # a handler writing with context.write()

@@ -27,37 +27,7 @@ GO_CODE_NAMES: dict[grpc.StatusCode, str] = {
     grpc.StatusCode.UNAUTHENTICATED: "Unauthenticated",
 }
 
-_LABELS = ("grpc_type", "grpc_service", "grpc_method")
-
-STARTED = Counter(
-    "grpc_server_started_total", "Total number of RPCs started on the server.", _LABELS
-)
-HANDLED = Counter(
-    "grpc_server_handled_total",
-    "Total number of RPCs completed on the server, regardless of success or failure.",
-    (*_LABELS, "grpc_code"),
-)
-HANDLING_SECONDS = Histogram(
-    "grpc_server_handling_seconds",
-    "Histogram of response latency (seconds) of gRPC that had been application-level "
-    "handled by the server.",
-    _LABELS,
-)
-MSG_RECEIVED = Counter(
-    "grpc_server_msg_received_total",
-    "Total number of RPC stream messages received on the server.",
-    _LABELS,
-)
-MSG_SENT = Counter(
-    "grpc_server_msg_sent_total",
-    "Total number of gRPC stream messages sent by the server.",
-    _LABELS,
-)
-IN_FLIGHT = Gauge(
-    "lakehouse_grpc_server_in_flight_requests",
-    "Number of RPCs currently being handled.",
-    ("grpc_service", "grpc_method"),
-)
+# The grpc_server_* series of calls are in lakehouse.server.call_metrics.
 DEPENDENCY_UP = Gauge(
     "lakehouse_dependency_up",
     "Whether the last health check of a backing service succeeded (1) or failed (0).",
