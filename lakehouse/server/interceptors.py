@@ -278,7 +278,7 @@ class InterceptorChain(grpc.aio.ServerInterceptor):
         """``handler`` wrapped by every layer, innermost first."""
         for layer in self._layers:
             handler = layer.wrap_method(method, handler)
-        return handler
+        return _awaited_by_grpc(handler)
 
     def wrapped(self, method: str, handler: Handler) -> Handler:
         """``wrap_method``'s result, computed once per method and handler."""
@@ -299,6 +299,24 @@ class InterceptorChain(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         return self.wrapped(handler_call_details.method, handler)
+
+
+def _awaited_by_grpc(handler: Handler) -> Handler:
+    """``handler``, its single-response behavior made a coroutine function if it is not one.
+
+    Inner layers may hand back their inner layer's awaitable without a coroutine of their
+    own; gRPC runs a handler that is not a coroutine function in a thread, so the outermost
+    one must be (our observability layer is; this covers a chain without it).
+    """
+    behavior = handler.unary_unary or handler.stream_unary
+    if behavior is None or inspect.iscoroutinefunction(behavior):
+        return handler
+    inner: Callable[..., Awaitable[Any]] = behavior
+
+    async def awaited(request: Any, context: Context) -> Any:
+        return await inner(request, context)
+
+    return rewrapped(handler, lambda _behavior, _grpc_type: awaited)
 
 
 @dataclass(frozen=True)
@@ -383,9 +401,15 @@ def _checked(behavior: Callable[..., Any], grpc_type: str) -> Callable[..., Any]
     return _checked_streaming(behavior, _all_decoded)
 
 
+# The layers inside the outermost one hand their inner layer's awaitable back rather than
+# await it in a coroutine of their own: one coroutine less per layer and call, and a refusal
+# raised here reaches the outer layer's ``await`` all the same. (Only the outermost handler,
+# the one gRPC calls, must be a coroutine function.)
+
+
 def _checked_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    async def handle(request: Any, context: Context) -> Any:
-        return await behavior(_decoded(request), context)
+    def handle(request: Any, context: Context) -> Awaitable[Any]:
+        return behavior(_decoded(request), context)
 
     return handle
 
@@ -393,8 +417,8 @@ def _checked_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awa
 def _checked_client_stream(
     behavior: Callable[..., Awaitable[Any]],
 ) -> Callable[..., Awaitable[Any]]:
-    async def handle(requests: AsyncIterator[Any], context: Context) -> Any:
-        return await behavior(_all_decoded(requests), context)
+    def handle(requests: AsyncIterator[Any], context: Context) -> Awaitable[Any]:
+        return behavior(_all_decoded(requests), context)
 
     return handle
 
