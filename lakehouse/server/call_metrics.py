@@ -100,10 +100,12 @@ class GrpcServerMetrics(Collector):
         """The families, from the records as they are now."""
         methods = list(self._methods.values())
         started = CounterMetricFamily(
-            "grpc_server_started", "Total number of RPCs started on the server.", labels=_LABELS
+            "grpc_server_started_total",
+            "Total number of RPCs started on the server.",
+            labels=_LABELS,
         )
         handled = CounterMetricFamily(
-            "grpc_server_handled",
+            "grpc_server_handled_total",
             "Total number of RPCs completed on the server, regardless of success or failure.",
             labels=(*_LABELS, "grpc_code"),
         )
@@ -114,12 +116,12 @@ class GrpcServerMetrics(Collector):
             labels=_LABELS,
         )
         received = CounterMetricFamily(
-            "grpc_server_msg_received",
+            "grpc_server_msg_received_total",
             "Total number of RPC stream messages received on the server.",
             labels=_LABELS,
         )
         sent = CounterMetricFamily(
-            "grpc_server_msg_sent",
+            "grpc_server_msg_sent_total",
             "Total number of gRPC stream messages sent by the server.",
             labels=_LABELS,
         )

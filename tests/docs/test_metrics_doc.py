@@ -10,8 +10,11 @@ from fixtures.doc_pages import doc_pages
 
 ROOT = Path(__file__).parents[2]
 PAGES = doc_pages()
-#: A metric's definition: ``Counter("name", ...``, also split over lines.
-DEFINED = re.compile(r'\b(?:Counter|Gauge|Histogram|Summary|Info)\(\s*"([a-z_:][a-z0-9_:]*)"')
+#: A metric's definition: ``Counter("name", ...``, also split over lines, or a family a
+#: collector renders (``CounterMetricFamily("name", ...``).
+DEFINED = re.compile(
+    r'\b(?:Counter|Gauge|Histogram|Summary|Info)(?:MetricFamily)?\(\s*"([a-z_:][a-z0-9_:]*)"'
+)
 #: A backticked name of ours in the docs, with its labels if any (``name{label}``).
 NAMED = re.compile(r"`((?:lakehouse|grpc_server)_[a-z0-9_]+)(?:\{[^}`]*\})?`")
 
