@@ -8,9 +8,12 @@ after its caller was authenticated.
 
 Every call pays this chain, so it is built to cost what it must (issue 18): the layers are
 :class:`MethodInterceptor`\ s, whose wrapping depends only on the method, composed by one
-:class:`InterceptorChain` and wrapped once per method rather than once per call; metric
-children are resolved once per method; the request id and the caller's W3C trace id come from
-one pass over the metadata; the log line is built only when its level is on.
+:class:`InterceptorChain` and wrapped once per method rather than once per call, as services
+are registered (``lakehouse.server.wrapped_handlers``: no gRPC interceptor pipeline per call);
+inner layers hand back their inner awaitable rather than await it in a coroutine of their own;
+each method's metrics are one plain record (``lakehouse.server.call_metrics``); the request id
+and the caller's W3C trace id come from one pass over the metadata; the log line is built only
+when its level is on.
 """
 
 from __future__ import annotations
@@ -259,12 +262,14 @@ class MethodInterceptor:
 
 
 class InterceptorChain(grpc.aio.ServerInterceptor):
-    """Several method interceptors as one: one ``intercept_service`` a call, not one a layer.
+    """Several method interceptors as one, wrapped around each method's handler once.
 
-    Each method's handler is wrapped in every layer once and kept: a call then costs a
-    dictionary lookup here, not new closures and a new handler per layer. gRPC's generic
-    handlers return the same handler object for a method every time; a different one is
-    wrapped anew.
+    The server registers its services with handlers already wrapped
+    (``lakehouse.server.wrapped_handlers``); given to ``grpc.aio.server`` as an interceptor
+    (tests do), it is one ``intercept_service`` a call, not one a layer. Either way each
+    method's handler is wrapped in every layer once and kept: a call then costs a dictionary
+    lookup at most, not new closures and a new handler per layer. gRPC's generic handlers
+    return the same handler object for a method every time; a different one is wrapped anew.
 
     Args:
         layers: Outermost first, as they would be given to ``grpc.aio.server``.
