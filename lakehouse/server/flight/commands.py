@@ -27,14 +27,40 @@ from lakehouse.server.flight.sessions import stream_payload
 from lakehouse.server.flight.sources import FlightReadSource, FlightStream, ReadPlan
 from lakehouse.server.flight.tickets import TicketSigner
 
-_TYPE_PREFIX: Final = "type.googleapis.com/"
-READ_ROWS_TYPE: Final = _TYPE_PREFIX + "lakehouse.v1.ReadRowsRequest"
-CREATE_READ_SESSION_TYPE: Final = _TYPE_PREFIX + "lakehouse.v1.CreateReadSessionRequest"
+TYPE_PREFIX: Final = "type.googleapis.com/"
+READ_ROWS_TYPE: Final = TYPE_PREFIX + "lakehouse.v1.ReadRowsRequest"
+CREATE_READ_SESSION_TYPE: Final = TYPE_PREFIX + "lakehouse.v1.CreateReadSessionRequest"
 
 _READ_ROWS: Final = b"r"
 #: "c": a session stream's claims ("s", a signed session name inside the ticket, was signed
 #: twice and is refused as a ticket of an earlier build).
 _SESSION: Final = b"c"
+
+
+def unpacked(command: bytes, accepted: tuple[str, ...], expected: str) -> tuple[str, bytes]:
+    """The type URL and value of a command packed in an ``Any``; ``("", command)`` if bare.
+
+    Args:
+        command: A descriptor command.
+        accepted: The type URLs this call takes.
+        expected: What the call takes, for the error.
+
+    Raises:
+        InvalidArgument: On field ``descriptor.cmd``: an ``Any`` of a type not in ``accepted``.
+    """
+    try:
+        packed = any_pb2.Any.FromString(command)
+    except DecodeError:
+        return "", command  # not an Any: the bare request, checked by its parser
+    if packed.type_url in accepted:
+        return packed.type_url, packed.value
+    if packed.type_url.startswith(TYPE_PREFIX):
+        raise InvalidArgument.field(
+            "descriptor.cmd",
+            f"packs {packed.type_url[len(TYPE_PREFIX) :]!r}: {expected}",
+            reason="MALFORMED_REQUEST",
+        )
+    return "", command
 
 
 def parse_command(command: bytes) -> tuple[bytes, bytes]:
@@ -43,22 +69,13 @@ def parse_command(command: bytes) -> tuple[bytes, bytes]:
     Raises:
         InvalidArgument: On field ``descriptor.cmd``: an ``Any`` of a type not supported.
     """
-    try:
-        packed = any_pb2.Any.FromString(command)
-    except DecodeError:
-        return _READ_ROWS, command  # not an Any: a bare ReadRowsRequest, checked by its source
-    if packed.type_url == CREATE_READ_SESSION_TYPE:
-        return _SESSION, packed.value
-    if packed.type_url == READ_ROWS_TYPE:
-        return _READ_ROWS, packed.value
-    if packed.type_url.startswith(_TYPE_PREFIX):
-        raise InvalidArgument.field(
-            "descriptor.cmd",
-            f"packs {packed.type_url[len(_TYPE_PREFIX) :]!r}: the Flight port reads "
-            "lakehouse.v1.ReadRowsRequest or lakehouse.v1.CreateReadSessionRequest",
-            reason="MALFORMED_REQUEST",
-        )
-    return _READ_ROWS, command
+    type_url, body = unpacked(
+        command,
+        (CREATE_READ_SESSION_TYPE, READ_ROWS_TYPE),
+        "the Flight port reads lakehouse.v1.ReadRowsRequest or "
+        "lakehouse.v1.CreateReadSessionRequest",
+    )
+    return (_SESSION if type_url == CREATE_READ_SESSION_TYPE else _READ_ROWS), body
 
 
 class CommandRouter:

@@ -21,18 +21,16 @@ from typing import Final
 
 import pyarrow as pa
 import pyarrow.flight as flight
-from google.protobuf import any_pb2
-from google.protobuf.message import DecodeError
 
 from lakehouse.domain.errors import DeadlineExceeded, InvalidArgument
 from lakehouse.domain.rows.arrow_size import ArrowLimits, checked_size
 from lakehouse.server import metrics
 from lakehouse.server.flight.appends import check_table_without_rows
+from lakehouse.server.flight.commands import TYPE_PREFIX, unpacked
 from lakehouse.server.flight.sources import parse_command
 from lakehouse.v1 import ingest_service_pb2 as pb
 
-_TYPE_PREFIX: Final = "type.googleapis.com/"
-WRITE_ROWS_TYPE: Final = _TYPE_PREFIX + "lakehouse.v1.WriteRowsRequest"
+WRITE_ROWS_TYPE: Final = TYPE_PREFIX + "lakehouse.v1.WriteRowsRequest"
 
 #: The field errors about a do_put's rows as a whole name: the stream's record batches.
 BATCHES_FIELD: Final = "batches"
@@ -45,20 +43,15 @@ def parse_put_command(command: bytes) -> pb.AppendRowsRequest | pb.WriteRowsRequ
         InvalidArgument: On field ``descriptor.cmd``: an ``Any`` of another type, or bytes
             that are neither (reason ``MALFORMED_REQUEST``).
     """
-    try:
-        packed = any_pb2.Any.FromString(command)
-    except DecodeError:
-        return parse_command(pb.AppendRowsRequest, command)
-    if packed.type_url == WRITE_ROWS_TYPE:
-        return parse_command(pb.WriteRowsRequest, packed.value)
-    if packed.type_url.startswith(_TYPE_PREFIX):
-        raise InvalidArgument.field(
-            "descriptor.cmd",
-            f"packs {packed.type_url[len(_TYPE_PREFIX) :]!r}: do_put takes a "
-            "lakehouse.v1.AppendRowsRequest, or a lakehouse.v1.WriteRowsRequest packed in an Any",
-            reason="MALFORMED_REQUEST",
-        )
-    return parse_command(pb.AppendRowsRequest, command)
+    type_url, body = unpacked(
+        command,
+        (WRITE_ROWS_TYPE,),
+        "do_put takes a lakehouse.v1.AppendRowsRequest, or a lakehouse.v1.WriteRowsRequest "
+        "packed in an Any",
+    )
+    if type_url == WRITE_ROWS_TYPE:
+        return parse_command(pb.WriteRowsRequest, body)
+    return parse_command(pb.AppendRowsRequest, body)
 
 
 def check_write_command(request: pb.WriteRowsRequest) -> None:
